@@ -1,0 +1,369 @@
+/*
+ * libattn — attention on the CPU: softmax kernels, positional encodings and
+ * scaled dot-product attention behind one versioned C ABI.
+ *
+ * Overview
+ * --------
+ * Everything starts from a context (attn_ctx). It owns its allocator, its
+ * thread count, its scratch memory, the text of the last error, and every
+ * tensor created from it. Tensors are fp32 (masks: uint8), 1 to 4 dims,
+ * axes outermost first (as NumPy and PyTorch), shapes and strides int64,
+ * strides counted in elements with the innermost axis contiguous.
+ *
+ *     attn_ctx *ctx;
+ *     attn_ctx_create(&ctx, NULL);                 // default options
+ *     int64_t dims[2] = {2, 5};
+ *     float buf[10] = {1, 2, 3, 4, 5, 0, 0, 0, 0, 0};
+ *     attn_tensor *x;
+ *     attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 2, dims, NULL, buf, sizeof buf, &x);
+ *     attn_softmax(ctx, x, x, NULL);               // in place, defaults
+ *     attn_ctx_destroy(ctx);                       // frees x's handle too
+ *
+ * Conventions
+ * -----------
+ * - Every fallible function returns attn_status; ATTN_OK is 0. On failure
+ *   attn_ctx_last_error() gives a sentence naming the function, the argument,
+ *   the observed value and the rule. Nothing aborts, prints or exits, and an
+ *   op that fails writes nothing into its outputs.
+ * - Results come back through a trailing `**out` written only on success.
+ * - Each op takes a size-tagged parameter struct: set `struct_size`, or call
+ *   the op's `_init()`; NULL means all defaults. A zero-filled struct with its
+ *   size set means defaults too: every field's zero value is its default. The
+ *   library reads only the fields the caller's size covers, so binaries built
+ *   against an older header keep working; a newer caller's non-zero fields
+ *   unknown to this library give ATTN_ERR_UNSUPPORTED.
+ * - Threads: one context is used by one thread at a time; distinct contexts
+ *   are independent. The only global state is a CPU feature probe
+ *   initialised once. An op uses at most the context's thread count.
+ * - Enum-valued fields are int32_t in structs, so their size is fixed for FFI.
+ *
+ * Semantics shared by all ops (details per op below)
+ * - A masked entry gets weight exactly 0; a row whose entries are all masked
+ *   gives zeros (log-softmax: -inf; log-sum-exp: -inf), never NaN.
+ * - A NaN in the input gives NaN in its row: errors are not hidden.
+ */
+#ifndef ATTN_H
+#define ATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** @name Export and version
+ * @{ */
+#if defined(ATTN_STATIC_DEFINE)
+#  define ATTN_API
+#elif defined(_WIN32)
+#  ifdef ATTN_BUILDING
+#    define ATTN_API __declspec(dllexport)
+#  else
+#    define ATTN_API __declspec(dllimport)
+#  endif
+#else
+#  define ATTN_API __attribute__((visibility("default")))
+#endif
+
+/* The one source of truth for the version: CMake reads these three lines. */
+#define ATTN_VERSION_MAJOR 0
+#define ATTN_VERSION_MINOR 1
+#define ATTN_VERSION_PATCH 0
+
+#define ATTN_VERSION_NUMBER_(a, b, c) ((a) * 10000 + (b) * 100 + (c))
+/** The header's version as one number: major*10000 + minor*100 + patch. */
+#define ATTN_VERSION ATTN_VERSION_NUMBER_(ATTN_VERSION_MAJOR, ATTN_VERSION_MINOR, ATTN_VERSION_PATCH)
+#define ATTN_STRINGIFY_(x) #x
+#define ATTN_EXPAND_STRINGIFY_(x) ATTN_STRINGIFY_(x)
+/** The header's version as "major.minor.patch". */
+#define ATTN_VERSION_STRING                                                    \
+  ATTN_EXPAND_STRINGIFY_(ATTN_VERSION_MAJOR) "." ATTN_EXPAND_STRINGIFY_(      \
+      ATTN_VERSION_MINOR) "." ATTN_EXPAND_STRINGIFY_(ATTN_VERSION_PATCH)
+
+/** The library's version as ATTN_VERSION encodes it; compare with the
+ * header's ATTN_VERSION to detect a mismatch at run time. @since 0.1.0 */
+ATTN_API int32_t attn_version(void);
+/** The library's version as "major.minor.patch" (static storage). @since 0.1.0 */
+ATTN_API const char *attn_version_string(void);
+/** @} */
+
+/** @name Status codes
+ * Values are pinned forever and only appended.
+ * @{ */
+typedef enum attn_status {
+  ATTN_OK = 0,                /**< success */
+  ATTN_ERR_NULL_ARG = 1,      /**< a required pointer or handle was NULL */
+  ATTN_ERR_INVALID_ARG = 2,   /**< a value is out of range (enum, scale, stride, ...) */
+  ATTN_ERR_SHAPE = 3,         /**< tensor shapes do not fit together */
+  ATTN_ERR_OVERFLOW = 4,      /**< a size product overflows, or exceeds what BLAS takes */
+  ATTN_ERR_NO_MEMORY = 5,     /**< the allocator returned NULL */
+  ATTN_ERR_UNSUPPORTED = 6,   /**< valid request this build does not do (dtype, newer field) */
+  ATTN_ERR_BAD_HANDLE = 7,    /**< handle freed, corrupt, or from another context */
+  ATTN_ERR_ALIASING = 8,      /**< an output overlaps an input in a way the op forbids */
+  ATTN_STATUS_MAX_ = 0x7fffffff
+} attn_status;
+
+/** The name of a status code ("ATTN_ERR_SHAPE"), or "unknown status" for a
+ * value not in the list. Static storage, never NULL. @since 0.1.0 */
+ATTN_API const char *attn_status_string(attn_status status);
+/** @} */
+
+/** @name Context
+ * @{ */
+typedef struct attn_ctx attn_ctx;
+
+/** Allocate `size` bytes (no alignment beyond malloc's is required); return
+ * NULL on failure. */
+typedef void *(*attn_alloc_fn)(void *user, size_t size);
+/** Release a block from attn_alloc_fn; never called with NULL. */
+typedef void (*attn_free_fn)(void *user, void *ptr);
+
+/** Options for attn_ctx_create(). Zero in any field means its default. */
+typedef struct attn_ctx_options {
+  size_t struct_size;     /**< sizeof(attn_ctx_options) */
+  int32_t num_threads;    /**< threads an op may use; 0 = CPUs available to the
+                               process, 1 = no worker threads; max 1024 */
+  int32_t reserved_;      /**< must be 0 */
+  attn_alloc_fn alloc;    /**< custom allocator; NULL = malloc/free. Set both
+                               alloc and free or neither. */
+  attn_free_fn free;      /**< custom free, paired with alloc */
+  void *alloc_user;       /**< passed to alloc and free as `user` */
+} attn_ctx_options;
+
+/** Fill `opts` with the defaults (and its struct_size). @since 0.1.0 */
+ATTN_API void attn_ctx_options_init(attn_ctx_options *opts);
+
+/** Create a context.
+ * @param[out] out  receives the context; written only on success.
+ * @param[in]  opts options, or NULL for the defaults.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG (out NULL), ATTN_ERR_INVALID_ARG (bad
+ *  option: negative or >1024 threads, alloc without free), ATTN_ERR_UNSUPPORTED
+ *  (newer options), ATTN_ERR_NO_MEMORY, or ATTN_ERR_INVALID_ARG if a worker
+ *  thread cannot be started. There is no context to hold a message yet.
+ * @since 0.1.0 */
+ATTN_API attn_status attn_ctx_create(attn_ctx **out, const attn_ctx_options *opts);
+
+/** Destroy a context: join its worker threads, free every tensor created from
+ * it and its scratch. NULL is a no-op. @since 0.1.0 */
+ATTN_API void attn_ctx_destroy(attn_ctx *ctx);
+
+/** The message of the most recent failed call on this context ("" if none).
+ * Valid until the next call on the context. NULL ctx gives a static text.
+ * @since 0.1.0 */
+ATTN_API const char *attn_ctx_last_error(const attn_ctx *ctx);
+
+/** The thread count an op on this context may use (>= 1); 0 for NULL.
+ * @since 0.1.0 */
+ATTN_API int32_t attn_ctx_num_threads(const attn_ctx *ctx);
+/** @} */
+
+/** @name Tensors
+ * @{ */
+typedef struct attn_tensor attn_tensor;
+
+/** Element types. */
+typedef enum attn_dtype {
+  ATTN_DTYPE_F32 = 0,  /**< IEEE-754 binary32: data, additive masks */
+  ATTN_DTYPE_U8 = 1,   /**< uint8: boolean masks, nonzero = keep */
+  ATTN_DTYPE_MAX_ = 0x7fffffff
+} attn_dtype;
+
+/** The largest number of dimensions a tensor has. */
+#define ATTN_MAX_DIMS 4
+
+/** Create a tensor owning a new, zero-filled, contiguous buffer.
+ * @param[in]  ctx   owner; the tensor lives until attn_tensor_free() or
+ *                   attn_ctx_destroy().
+ * @param[in]  dtype an attn_dtype value.
+ * @param[in]  ndim  1..ATTN_MAX_DIMS.
+ * @param[in]  dims  ndim sizes, each >= 1.
+ * @param[out] out   receives the tensor; written only on success.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG (ndim, dtype or a
+ *  dim <= 0), ATTN_ERR_OVERFLOW (byte size overflows size_t), ATTN_ERR_NO_MEMORY.
+ * @since 0.1.0 */
+ATTN_API attn_status attn_tensor_new(attn_ctx *ctx, int32_t dtype, int32_t ndim,
+                                     const int64_t *dims, attn_tensor **out);
+
+/** Wrap caller memory as a tensor, without copying. The caller keeps
+ * ownership of `data` and must keep it alive while the tensor is used.
+ * @param[in] strides ndim strides in elements, or NULL for contiguous. The
+ *  innermost stride must be 1; others must be >= 0. A zero stride broadcasts
+ *  (such a tensor may only be an input).
+ * @param[in] data    the first element; must be aligned for dtype.
+ * @param[in] size_bytes bytes available at data; the extent implied by dims
+ *  and strides must fit, and the library never touches a byte outside it.
+ * @return as attn_tensor_new(), plus ATTN_ERR_INVALID_ARG for bad strides,
+ *  misalignment or an extent larger than size_bytes.
+ * @since 0.1.0 */
+ATTN_API attn_status attn_tensor_wrap(attn_ctx *ctx, int32_t dtype, int32_t ndim,
+                                      const int64_t *dims, const int64_t *strides,
+                                      void *data, size_t size_bytes,
+                                      attn_tensor **out);
+
+/** Free a tensor before its context is destroyed (for an owned buffer, the
+ * buffer too; wrapped memory is left alone). NULL tensor: no-op, ATTN_OK.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG (ctx NULL), ATTN_ERR_BAD_HANDLE (already
+ *  freed, or created from another context).
+ * @since 0.1.0 */
+ATTN_API attn_status attn_tensor_free(attn_ctx *ctx, attn_tensor *t);
+
+/** First element of the tensor; NULL for a NULL tensor. @since 0.1.0 */
+ATTN_API void *attn_tensor_data(const attn_tensor *t);
+/** Number of dimensions; 0 for a NULL tensor. @since 0.1.0 */
+ATTN_API int32_t attn_tensor_ndim(const attn_tensor *t);
+/** Element type; -1 for a NULL tensor. @since 0.1.0 */
+ATTN_API int32_t attn_tensor_dtype(const attn_tensor *t);
+/** ndim sizes, outermost first (owned by the tensor); NULL for NULL. @since 0.1.0 */
+ATTN_API const int64_t *attn_tensor_dims(const attn_tensor *t);
+/** ndim strides in elements (owned by the tensor); NULL for NULL. @since 0.1.0 */
+ATTN_API const int64_t *attn_tensor_strides(const attn_tensor *t);
+/** @} */
+
+/** @name Softmax family
+ * @{ */
+
+/** Parameters of attn_softmax() and attn_log_softmax(). */
+typedef struct attn_softmax_params {
+  size_t struct_size;       /**< sizeof(attn_softmax_params) */
+  float scale;              /**< multiplies x before the mask (1/temperature);
+                                 0 = 1.0; must be finite */
+  int32_t reserved_;        /**< must be 0 */
+  const attn_tensor *mask;  /**< optional F32 additive mask, added after
+                                 scaling; -inf masks an entry */
+  const attn_tensor *bool_mask; /**< optional U8 mask, nonzero = keep */
+} attn_softmax_params;
+
+/** Fill `p` with the defaults (and its struct_size). @since 0.1.0 */
+ATTN_API void attn_softmax_params_init(attn_softmax_params *p);
+
+/** Softmax over the last axis:
+ *   z = scale*x + mask (entries where bool_mask == 0 removed),
+ *   y = exp(z - max z) / sum exp(z - max z).
+ * @param[in]  x  F32, 1..4 dims, any strides.
+ * @param[out] y  F32, same shape as x, no zero strides. May be x itself (in
+ *  place); any other overlap with x is ATTN_ERR_ALIASING.
+ * @param[in]  p  NULL for defaults. Masks broadcast to x's shape by NumPy
+ *  rules (aligned on the last axis; each mask dim equals x's or is 1).
+ * Results: masked entries are exactly 0; a row with every entry masked (by
+ * bool_mask or -inf) is all zeros; a NaN in a row makes the row NaN; rows are
+ * stable for |z| up to FLT_MAX (z - max is computed first).
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
+ *  (dtype), ATTN_ERR_SHAPE, ATTN_ERR_INVALID_ARG (scale, y strides),
+ *  ATTN_ERR_ALIASING, ATTN_ERR_NO_MEMORY.
+ * Thread safety: uses up to the context's threads.
+ * @since 0.1.0 */
+ATTN_API attn_status attn_softmax(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y,
+                                  const attn_softmax_params *p);
+
+/** Log-softmax over the last axis, computed as z - max z - log(sum exp(z - max z))
+ * (not as log of softmax, so tiny probabilities keep their precision).
+ * Masked entries are -inf; a row with every entry masked is all -inf.
+ * Arguments, aliasing and errors as attn_softmax(). @since 0.1.0 */
+ATTN_API attn_status attn_log_softmax(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y,
+                                      const attn_softmax_params *p);
+/** @} */
+
+/** @name Positional encodings
+ * @{ */
+
+/** Column layouts of a sinusoidal table [L, D]. Let h = floor(D/2), p a
+ * position and w_i a frequency. */
+typedef enum attn_pe_layout {
+  /** The paper (Vaswani et al.): PE[p, 2i] = sin(p w_i), PE[p, 2i+1] =
+   * cos(p w_i), w_i = base^(-2i/D). Odd D: the last column is a sin. */
+  ATTN_PE_INTERLEAVED = 0,
+  /** Concatenated: PE[p, i] = sin(p w_i), PE[p, h+i] = cos(p w_i), w_i =
+   * base^(-i/h). Odd D: the last column is 0. */
+  ATTN_PE_SIN_COS = 1,
+  /** As ATTN_PE_SIN_COS with w_i = base^(-i/(h-1)) (fairseq and
+   * tensor2tensor; the lowest frequency is exactly 1/base; needs D >= 4). */
+  ATTN_PE_SIN_COS_SHIFTED = 2,
+  /** Diffusion timestep embedding: PE[p, i] = cos(p w_i), PE[p, h+i] =
+   * sin(p w_i), w_i = base^(-i/h) (base = max period). Odd D: last column 0. */
+  ATTN_PE_COS_SIN = 3,
+  ATTN_PE_LAYOUT_MAX_ = 0x7fffffff
+} attn_pe_layout;
+
+/** Parameters of attn_sinusoidal() and attn_sinusoidal_add(). */
+typedef struct attn_sinusoidal_params {
+  size_t struct_size;       /**< sizeof(attn_sinusoidal_params) */
+  int32_t layout;           /**< attn_pe_layout; 0 = interleaved */
+  int32_t reserved_;        /**< must be 0 */
+  double base;              /**< 0 = 10000; must be finite and > 1 */
+  double offset;            /**< row l has position offset + l (may be
+                                 fractional); must be finite */
+  const double *positions;  /**< optional: L explicit positions (finite),
+                                 used instead of offset + l */
+} attn_sinusoidal_params;
+
+/** Fill `p` with the defaults (and its struct_size). @since 0.1.0 */
+ATTN_API void attn_sinusoidal_params_init(attn_sinusoidal_params *p);
+
+/** Write the sinusoidal table into `out` [L, D] (F32, no zero strides).
+ * Angles are computed in double, so positions up to 1e6 stay within 1e-6.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_SHAPE
+ *  (out not 2-D), ATTN_ERR_INVALID_ARG (layout, base, offset, positions,
+ *  strides), ATTN_ERR_UNSUPPORTED.
+ * @since 0.1.0 */
+ATTN_API attn_status attn_sinusoidal(attn_ctx *ctx, attn_tensor *x,
+                                     const attn_sinusoidal_params *p);
+
+/** Add the sinusoidal table to `x` in place: x [L, D] or [B, L, D] (every
+ * batch gets the same table). Errors as attn_sinusoidal(). @since 0.1.0 */
+ATTN_API attn_status attn_sinusoidal_add(attn_ctx *ctx, attn_tensor *x,
+                                         const attn_sinusoidal_params *p);
+
+/** Which pairs of a head vector rotary embedding rotates (r = rotary dim). */
+typedef enum attn_rope_style {
+  /** Half-split pairs (x[i], x[i + r/2]): GPT-NeoX, LLaMA (HF rotate_half). */
+  ATTN_ROPE_HALF_SPLIT = 0,
+  /** Interleaved pairs (x[2i], x[2i+1]): GPT-J, the RoFormer paper. */
+  ATTN_ROPE_INTERLEAVED = 1,
+  ATTN_ROPE_STYLE_MAX_ = 0x7fffffff
+} attn_rope_style;
+
+/** Parameters of attn_rope(). */
+typedef struct attn_rope_params {
+  size_t struct_size;       /**< sizeof(attn_rope_params) */
+  int32_t style;            /**< attn_rope_style; 0 = half-split */
+  int32_t rotary_dim;       /**< r: leading dims rotated, even, <= D; 0 = D
+                                 (then D must be even); the rest pass through */
+  double theta;             /**< base; 0 = 10000; finite and > 1 */
+  int64_t offset;           /**< token l has position offset + l (>= 0) */
+  const int64_t *positions; /**< optional [B, L] contiguous positions (>= 0),
+                                 used instead of offset + l */
+} attn_rope_params;
+
+/** Fill `p` with the defaults (and its struct_size). @since 0.1.0 */
+ATTN_API void attn_rope_params_init(attn_rope_params *p);
+
+/** Rotary position embedding, in place on x [B, H, L, D] (F32, no zero
+ * strides). For pair (a, b) at rotary index i and position p, with
+ * t = p * theta^(-2i/r): a' = a cos t - b sin t, b' = a sin t + b cos t.
+ * A [B, L, H, D] buffer is passed as the [B, H, L, D] view with strides
+ * {L*H*D, D, H*D, 1}. Angles in double.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_SHAPE (not
+ *  4-D), ATTN_ERR_INVALID_ARG (style, rotary_dim, theta, offset, a negative
+ *  position, strides), ATTN_ERR_UNSUPPORTED.
+ * @since 0.1.0 */
+ATTN_API attn_status attn_rope(attn_ctx *ctx, attn_tensor *x, const attn_rope_params *p);
+
+/** ALiBi slopes for n_heads heads (Press et al.): with n = 2^floor(log2 n_heads),
+ * m0 = 2^(-max_bias/n), m1 = 2^(-max_bias/(2n)): slope[h] = m0^(h+1) for h < n,
+ * else m1^(2(h-n)+1). With max_bias = 8 this is the reference list, for any
+ * head count.
+ * @param[in]  max_bias 0 = 8; finite and > 0.
+ * @param[out] slopes   n_heads floats.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG (n_heads < 1 or
+ *  > 1<<20, max_bias).
+ * @since 0.1.0 */
+ATTN_API attn_status attn_alibi_slopes(attn_ctx *ctx, int32_t n_heads, double max_bias,
+                                       float *slopes);
+/** @} */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ATTN_H */

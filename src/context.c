@@ -1,0 +1,191 @@
+/* Context lifecycle, the allocator, scratch memory, errors and version. */
+#define _GNU_SOURCE /* sched_getaffinity */
+#include "internal.h"
+
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ATTN_MAX_THREADS 1024
+
+int32_t attn_version(void) { return ATTN_VERSION; }
+
+const char *attn_version_string(void) { return ATTN_VERSION_STRING; }
+
+/* One table, indexed by the pinned values; the assert keeps it complete. */
+static const char *const status_names[] = {
+    [ATTN_OK] = "ATTN_OK",
+    [ATTN_ERR_NULL_ARG] = "ATTN_ERR_NULL_ARG",
+    [ATTN_ERR_INVALID_ARG] = "ATTN_ERR_INVALID_ARG",
+    [ATTN_ERR_SHAPE] = "ATTN_ERR_SHAPE",
+    [ATTN_ERR_OVERFLOW] = "ATTN_ERR_OVERFLOW",
+    [ATTN_ERR_NO_MEMORY] = "ATTN_ERR_NO_MEMORY",
+    [ATTN_ERR_UNSUPPORTED] = "ATTN_ERR_UNSUPPORTED",
+    [ATTN_ERR_BAD_HANDLE] = "ATTN_ERR_BAD_HANDLE",
+    [ATTN_ERR_ALIASING] = "ATTN_ERR_ALIASING",
+};
+_Static_assert(sizeof status_names / sizeof status_names[0] == ATTN_ERR_ALIASING + 1,
+               "every status has a name");
+
+const char *attn_status_string(attn_status status) {
+  if ((unsigned)status < sizeof status_names / sizeof status_names[0])
+    return status_names[status];
+  return "unknown status";
+}
+
+attn_status attn__fail(attn_ctx *ctx, attn_status status, const char *fmt, ...) {
+  if (ctx) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->err, sizeof ctx->err, fmt, ap);
+    va_end(ap);
+  }
+  return status;
+}
+
+static void *default_alloc(void *user, size_t size) {
+  (void)user;
+  return malloc(size);
+}
+
+static void default_free(void *user, void *p) {
+  (void)user;
+  free(p);
+}
+
+void *attn__alloc(attn_ctx *ctx, size_t size) {
+  return ctx->alloc(ctx->alloc_user, size ? size : 1);
+}
+
+void attn__free(attn_ctx *ctx, void *p) {
+  if (p)
+    ctx->free(ctx->alloc_user, p);
+}
+
+void *attn__scratch(attn_ctx *ctx, const char *fn, size_t size) {
+  if (size <= ctx->scratch_size)
+    return ctx->scratch;
+  if (size > SIZE_MAX - ATTN_ALIGN) {
+    attn__fail(ctx, ATTN_ERR_OVERFLOW, "%s: workspace of %zu bytes is too large", fn, size);
+    return NULL;
+  }
+  void *block = attn__alloc(ctx, size + ATTN_ALIGN);
+  if (!block) {
+    attn__fail(ctx, ATTN_ERR_NO_MEMORY, "%s: cannot allocate %zu bytes of workspace", fn,
+               size);
+    return NULL;
+  }
+  attn__free(ctx, ctx->scratch_block);
+  ctx->scratch_block = block;
+  ctx->scratch = (void *)(((uintptr_t)block + ATTN_ALIGN - 1) & ~(uintptr_t)(ATTN_ALIGN - 1));
+  ctx->scratch_size = size;
+  return ctx->scratch;
+}
+
+attn_status attn__read_params(attn_ctx *ctx, const char *fn, void *dst, size_t dst_size,
+                              const void *src) {
+  if (!src)
+    return ATTN_OK;
+  size_t src_size;
+  memcpy(&src_size, src, sizeof src_size);
+  if (src_size < sizeof(size_t))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "%s: params.struct_size = %zu is too small (set it to sizeof the "
+                      "struct, or call the _init function)",
+                      fn, src_size);
+  if (src_size > dst_size) {
+    const unsigned char *extra = (const unsigned char *)src + dst_size;
+    for (size_t i = 0; i < src_size - dst_size; i++)
+      if (extra[i])
+        return attn__fail(ctx, ATTN_ERR_UNSUPPORTED,
+                          "%s: params.struct_size = %zu but this library (%s) knows %zu "
+                          "bytes and byte %zu is set (built against a newer header?)",
+                          fn, src_size, ATTN_VERSION_STRING, dst_size, dst_size + i);
+    src_size = dst_size;
+  }
+  memcpy(dst, src, src_size);
+  return ATTN_OK;
+}
+
+void attn_ctx_options_init(attn_ctx_options *opts) {
+  if (!opts)
+    return;
+  memset(opts, 0, sizeof *opts);
+  opts->struct_size = sizeof *opts;
+}
+
+static int32_t cpus_available(void) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0)
+      return n > ATTN_MAX_THREADS ? ATTN_MAX_THREADS : n;
+  }
+  return 1;
+}
+
+attn_status attn_ctx_create(attn_ctx **out, const attn_ctx_options *opts) {
+  if (!out)
+    return ATTN_ERR_NULL_ARG;
+  attn_ctx_options o;
+  attn_ctx_options_init(&o);
+  attn_status st = attn__read_params(NULL, "attn_ctx_create", &o, sizeof o, opts);
+  if (st != ATTN_OK)
+    return st;
+  if (o.num_threads < 0 || o.num_threads > ATTN_MAX_THREADS || o.reserved_ != 0)
+    return ATTN_ERR_INVALID_ARG;
+  if (!o.alloc != !o.free)
+    return ATTN_ERR_INVALID_ARG;
+  attn_alloc_fn alloc = o.alloc ? o.alloc : default_alloc;
+  attn_free_fn free_fn = o.free ? o.free : default_free;
+
+  attn_ctx *ctx = alloc(o.alloc_user, sizeof *ctx);
+  if (!ctx)
+    return ATTN_ERR_NO_MEMORY;
+  memset(ctx, 0, sizeof *ctx);
+  ctx->magic = ATTN_CTX_MAGIC;
+  ctx->alloc = alloc;
+  ctx->free = free_fn;
+  ctx->alloc_user = o.alloc_user;
+  ctx->num_threads = o.num_threads ? o.num_threads : cpus_available();
+  if (ctx->num_threads > 1) {
+    st = attn__pool_create(ctx, ctx->num_threads - 1, &ctx->pool);
+    if (st != ATTN_OK) {
+      ctx->magic = ATTN_DEAD_MAGIC;
+      free_fn(o.alloc_user, ctx);
+      return st;
+    }
+  }
+  *out = ctx;
+  return ATTN_OK;
+}
+
+void attn_ctx_destroy(attn_ctx *ctx) {
+  if (!ctx || ctx->magic != ATTN_CTX_MAGIC)
+    return;
+  attn__pool_destroy(ctx, ctx->pool);
+  attn_tensor *t = ctx->tensors;
+  while (t) {
+    attn_tensor *next = t->next;
+    t->magic = ATTN_DEAD_MAGIC;
+    if (t->owns_data)
+      attn__free(ctx, t->block);
+    attn__free(ctx, t);
+    t = next;
+  }
+  attn__free(ctx, ctx->scratch_block);
+  ctx->magic = ATTN_DEAD_MAGIC;
+  attn_free_fn free_fn = ctx->free;
+  void *user = ctx->alloc_user;
+  free_fn(user, ctx);
+}
+
+const char *attn_ctx_last_error(const attn_ctx *ctx) {
+  if (!ctx)
+    return "attn_ctx_last_error: ctx is NULL";
+  return ctx->err;
+}
+
+int32_t attn_ctx_num_threads(const attn_ctx *ctx) { return ctx ? ctx->num_threads : 0; }

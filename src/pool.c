@@ -1,0 +1,150 @@
+/* The context's worker threads: created with the context, ended with it.
+ * A job is a loop over items; the calling thread takes part as worker 0 and
+ * items are handed out through one atomic counter, so uneven items balance. */
+#include "internal.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+
+struct attn_pool {
+  pthread_mutex_t mu;
+  pthread_cond_t start_cv;
+  pthread_cond_t done_cv;
+  int32_t n_workers;
+  pthread_t *threads;
+  /* The current job, guarded by mu (next is atomic). */
+  uint64_t generation;
+  bool stop;
+  attn_task_fn fn;
+  void *arg;
+  int64_t n_items;
+  int32_t active;  /* threads in this job, the caller included */
+  int32_t pending; /* workers of this job not yet finished */
+  atomic_llong next;
+};
+
+typedef struct {
+  attn_pool *pool;
+  int32_t id;
+} worker_arg;
+
+static void run_items(attn_pool *p, attn_task_fn fn, void *arg, int64_t n, int32_t id) {
+  for (;;) {
+    int64_t item = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
+    if (item >= n)
+      return;
+    fn(arg, item, id);
+  }
+}
+
+static void *worker_main(void *varg) {
+  worker_arg *wa = varg;
+  attn_pool *p = wa->pool;
+  int32_t id = wa->id;
+  uint64_t seen = 0;
+  pthread_mutex_lock(&p->mu);
+  for (;;) {
+    while (!p->stop && p->generation == seen)
+      pthread_cond_wait(&p->start_cv, &p->mu);
+    if (p->stop)
+      break;
+    seen = p->generation;
+    if (id >= p->active)
+      continue;
+    attn_task_fn fn = p->fn;
+    void *arg = p->arg;
+    int64_t n = p->n_items;
+    pthread_mutex_unlock(&p->mu);
+    run_items(p, fn, arg, n, id);
+    pthread_mutex_lock(&p->mu);
+    if (--p->pending == 0)
+      pthread_cond_signal(&p->done_cv);
+  }
+  pthread_mutex_unlock(&p->mu);
+  return NULL;
+}
+
+attn_status attn__pool_create(attn_ctx *ctx, int32_t workers, attn_pool **out) {
+  attn_pool *p = attn__alloc(ctx, sizeof *p);
+  if (!p)
+    return ATTN_ERR_NO_MEMORY;
+  memset(p, 0, sizeof *p);
+  /* One block for the thread ids and their arguments. */
+  size_t ids = (size_t)workers * sizeof(pthread_t);
+  void *block = attn__alloc(ctx, ids + (size_t)workers * sizeof(worker_arg));
+  if (!block) {
+    attn__free(ctx, p);
+    return ATTN_ERR_NO_MEMORY;
+  }
+  p->threads = block;
+  worker_arg *args = (worker_arg *)((char *)block + ids);
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->start_cv, NULL);
+  pthread_cond_init(&p->done_cv, NULL);
+  atomic_init(&p->next, 0);
+  for (int32_t i = 0; i < workers; i++) {
+    args[i].pool = p;
+    args[i].id = i + 1;
+    if (pthread_create(&p->threads[i], NULL, worker_main, &args[i]) != 0) {
+      p->n_workers = i;
+      attn__pool_destroy(ctx, p);
+      return ATTN_ERR_INVALID_ARG;
+    }
+  }
+  p->n_workers = workers;
+  *out = p;
+  return ATTN_OK;
+}
+
+void attn__pool_destroy(attn_ctx *ctx, attn_pool *p) {
+  if (!p)
+    return;
+  pthread_mutex_lock(&p->mu);
+  p->stop = true;
+  pthread_cond_broadcast(&p->start_cv);
+  pthread_mutex_unlock(&p->mu);
+  for (int32_t i = 0; i < p->n_workers; i++)
+    pthread_join(p->threads[i], NULL);
+  pthread_cond_destroy(&p->done_cv);
+  pthread_cond_destroy(&p->start_cv);
+  pthread_mutex_destroy(&p->mu);
+  attn__free(ctx, p->threads);
+  attn__free(ctx, p);
+}
+
+void attn__parallel_for(attn_ctx *ctx, int32_t threads, int64_t n, attn_task_fn fn,
+                        void *arg) {
+  attn_pool *p = ctx->pool;
+  if (p && threads > p->n_workers + 1)
+    threads = p->n_workers + 1;
+  if (threads > n)
+    threads = (int32_t)n;
+  if (!p || threads <= 1) {
+    for (int64_t i = 0; i < n; i++)
+      fn(arg, i, 0);
+    return;
+  }
+  pthread_mutex_lock(&p->mu);
+  p->fn = fn;
+  p->arg = arg;
+  p->n_items = n;
+  p->active = threads;
+  p->pending = threads - 1;
+  atomic_store_explicit(&p->next, 0, memory_order_relaxed);
+  p->generation++;
+  pthread_cond_broadcast(&p->start_cv);
+  pthread_mutex_unlock(&p->mu);
+  run_items(p, fn, arg, n, 0);
+  pthread_mutex_lock(&p->mu);
+  while (p->pending > 0)
+    pthread_cond_wait(&p->done_cv, &p->mu);
+  pthread_mutex_unlock(&p->mu);
+}
+
+int32_t attn__threads_for(const attn_ctx *ctx, double work, double min_per_thread) {
+  double t = work / min_per_thread;
+  if (t < 1)
+    return 1;
+  return t > ctx->num_threads ? ctx->num_threads : (int32_t)t;
+}

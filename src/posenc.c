@@ -1,0 +1,2 @@
+/* Placeholder until the positional encodings land. */
+#include "internal.h"
