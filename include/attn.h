@@ -362,6 +362,113 @@ ATTN_API attn_status attn_alibi_slopes(attn_ctx *ctx, int32_t n_heads, double ma
                                        float *slopes);
 /** @} */
 
+/** @name Scaled dot-product attention
+ * @{ */
+
+/** Parameters of attn_sdpa() and attn_sdpa_varlen().
+ *
+ * Let i be a query row, j a key, and i' = i (top-left alignment) or
+ * i' = i + Lk - Lq (bottom-right). The logit of (i, j) is
+ *   s = cap(scale * q_i . k_j) + slope_h * (j - i') + mask[i, j]
+ * where cap(x) = softcap * tanh(x / softcap) when softcap > 0. Key j is
+ * visible to row i unless: causal and j > i'; window and (j < i' - window_left
+ * or j > i' + window_right); kv_lens and j >= kv_lens[b]; bool_mask is 0;
+ * mask is -inf. Visible keys get softmax weights over the row, plus the sink
+ * logit in the denominator when sinks is set.
+ * Masks are applied after the soft-cap, so a masked -inf stays -inf. */
+typedef struct attn_sdpa_params {
+  size_t struct_size;            /**< sizeof(attn_sdpa_params) */
+  float scale;                   /**< 0 = 1/sqrt(D); must be finite */
+  float softcap;                 /**< 0 = off; > 0 soft-caps the scaled logits */
+  int32_t causal;                /**< nonzero: key j visible only if j <= i' */
+  int32_t align;                 /**< attn_align: where i' sits; 0 = top-left */
+  int32_t window;                /**< nonzero: sliding window, extents below */
+  int32_t reserved_;             /**< must be 0 */
+  int64_t window_left;           /**< keys j >= i' - window_left (>= 0) */
+  int64_t window_right;          /**< keys j <= i' + window_right (>= 0) */
+  const attn_tensor *mask;       /**< F32 additive, broadcast to [B, Hq, Lq, Lk]:
+                                      shape [1|B, 1|H, Lq, Lk] */
+  const attn_tensor *bool_mask;  /**< U8, nonzero = attend, broadcast likewise */
+  const int64_t *kv_lens;        /**< [B]: keys j >= kv_lens[b] ignored (0..Lk) */
+  const float *alibi_slopes;     /**< [Hq]: ALiBi slope per query head (finite) */
+  const float *sinks;            /**< [Hq]: sink logit per query head (finite) */
+  attn_tensor *lse;              /**< optional out [B, Hq, Lq]: natural log of the
+                                      softmax denominator (sink included);
+                                      -inf for a row with nothing visible */
+  attn_tensor *weights;          /**< optional out [B, Hq, Lq, Lk]: the
+                                      attention weights (0 where masked) */
+} attn_sdpa_params;
+
+/** Alignment of the causal diagonal, the window and ALiBi when Lq != Lk. */
+typedef enum attn_align {
+  /** i' = i: query i sees keys j <= i (PyTorch is_causal, ONNX). */
+  ATTN_ALIGN_TOP_LEFT = 0,
+  /** i' = i + Lk - Lq: the last query sees the last key (KV-cache decoding,
+   * FlashAttention >= 2.1). */
+  ATTN_ALIGN_BOTTOM_RIGHT = 1,
+  ATTN_ALIGN_MAX_ = 0x7fffffff
+} attn_align;
+
+/** Fill `p` with the defaults (and its struct_size). @since 0.1.0 */
+ATTN_API void attn_sdpa_params_init(attn_sdpa_params *p);
+
+/** Scaled dot-product attention O = softmax(S) V, S as in attn_sdpa_params.
+ * @param[in]  q   F32 [B, Hq, Lq, D]
+ * @param[in]  k   F32 [B, Hkv, Lk, D]; Hq must be a multiple of Hkv: query
+ *                 head h reads kv head h / (Hq / Hkv) (grouped-query; Hkv = 1
+ *                 is multi-query)
+ * @param[in]  v   F32 [B, Hkv, Lk, Dv]
+ * @param[out] out F32 [B, Hq, Lq, Dv], no zero strides, must not overlap
+ *                 q, k, v or the masks (ATTN_ERR_ALIASING)
+ * A [B, L, H, D] buffer is passed as the [B, H, L, D] view with strides
+ * {L*H*D, D, H*D, 1}; no copy is made.
+ * Results: a row with no visible key gives zeros (lse -inf, or the sink);
+ * a NaN in q, k or v reaches the rows it touches. The work takes O(tile)
+ * memory per thread; an Lq x Lk buffer exists only if weights is requested.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
+ *  (dtype, newer params), ATTN_ERR_SHAPE (any mismatch), ATTN_ERR_INVALID_ARG
+ *  (scale, softcap, align, window extents, kv_lens, strides),
+ *  ATTN_ERR_ALIASING, ATTN_ERR_OVERFLOW (a dim too large for BLAS),
+ *  ATTN_ERR_NO_MEMORY.
+ * Thread safety: uses up to the context's threads.
+ * @since 0.1.0 */
+ATTN_API attn_status attn_sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
+                               const attn_tensor *v, attn_tensor *out,
+                               const attn_sdpa_params *p);
+
+/** Attention over packed variable-length sequences (as FlashAttention's
+ * varlen entry point): sequence b holds query tokens cu_seqlens_q[b] ..
+ * cu_seqlens_q[b+1]-1 and key tokens cu_seqlens_k[b] .. cu_seqlens_k[b+1]-1,
+ * and attends only within itself.
+ * @param[in]  q   F32 [Tq, Hq, D]     @param[in] k F32 [Tk, Hkv, D]
+ * @param[in]  v   F32 [Tk, Hkv, Dv]   @param[out] out F32 [Tq, Hq, Dv]
+ * @param[in]  batch number of sequences (>= 1)
+ * @param[in]  cu_seqlens_q, cu_seqlens_k  batch+1 offsets, starting at 0,
+ *             non-decreasing, ending at Tq and Tk.
+ * @param[in]  p as attn_sdpa(), except that mask, bool_mask, kv_lens and
+ *             weights must be NULL, and lse (if set) is [Hq, Tq].
+ * @return as attn_sdpa(). @since 0.1.0 */
+ATTN_API attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q,
+                                      const attn_tensor *k, const attn_tensor *v,
+                                      attn_tensor *out, int32_t batch,
+                                      const int64_t *cu_seqlens_q,
+                                      const int64_t *cu_seqlens_k,
+                                      const attn_sdpa_params *p);
+/** @} */
+
+/** @name Build and machine information
+ * @{ */
+
+/** The CPU features found and the kernel set chosen at run time, e.g.
+ * "cpu: sse2 avx2 fma avx512f; kernels: avx512". Static storage. @since 0.1.0 */
+ATTN_API const char *attn_cpu_info(void);
+
+/** Write a line describing the linked BLAS (name, version, core, threads)
+ * into buf (always NUL-terminated, truncated to size).
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG (buf NULL or size 0). @since 0.1.0 */
+ATTN_API attn_status attn_blas_info(char *buf, size_t size);
+/** @} */
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,2 @@
+/* Placeholder until scaled dot-product attention lands. */
+#include "internal.h"
