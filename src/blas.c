@@ -14,3 +14,15 @@ attn_status attn_blas_info(char *buf, size_t size) {
                                           : "OpenMP build");
   return ATTN_OK;
 }
+
+void attn__sgemm_nt(int m, int n, int k, float alpha, const float *a, int lda, const float *b,
+                    int ldb, float *c, int ldc) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, alpha, a, lda, b, ldb, 0.0f, c,
+              ldc);
+}
+
+void attn__sgemm_nn_acc(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                        float *c, int ldc) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c,
+              ldc);
+}

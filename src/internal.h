@@ -104,4 +104,12 @@ void attn__parallel_for(attn_ctx *ctx, int32_t threads, int64_t n, attn_task_fn 
  * `min_per_thread` of them. */
 int32_t attn__threads_for(const attn_ctx *ctx, double work, double min_per_thread);
 
+/* ---- BLAS (blas.c, the only caller of cblas_sgemm) ---- */
+/* Row-major C[m, n] = alpha * A[m, k] * B[n, k]^T. */
+void attn__sgemm_nt(int m, int n, int k, float alpha, const float *a, int lda, const float *b,
+                    int ldb, float *c, int ldc);
+/* Row-major C[m, n] += A[m, k] * B[k, n]. */
+void attn__sgemm_nn_acc(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                        float *c, int ldc);
+
 #endif
