@@ -15,6 +15,10 @@ attn_status attn_blas_info(char *buf, size_t size) {
   return ATTN_OK;
 }
 
+int32_t attn__blas_threads(void) {
+  return openblas_get_parallel() == 0 ? 1 : openblas_get_num_threads();
+}
+
 void attn__sgemm_nt(int m, int n, int k, float alpha, const float *a, int lda, const float *b,
                     int ldb, float *c, int ldc) {
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, alpha, a, lda, b, ldb, 0.0f, c,

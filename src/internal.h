@@ -105,6 +105,11 @@ void attn__parallel_for(attn_ctx *ctx, int32_t threads, int64_t n, attn_task_fn 
 int32_t attn__threads_for(const attn_ctx *ctx, double work, double min_per_thread);
 
 /* ---- BLAS (blas.c, the only caller of cblas_sgemm) ---- */
+/* Threads one BLAS call may start on its own (1 for a sequential BLAS). A
+ * multi-threaded OpenBLAS serialises concurrent calls (OpenBLAS issue 4217,
+ * measured in bench/BLAS-THREADING.md), so an op that calls BLAS from
+ * several workers must use one worker when this is > 1. */
+int32_t attn__blas_threads(void);
 /* Row-major C[m, n] = alpha * A[m, k] * B[n, k]^T. */
 void attn__sgemm_nt(int m, int n, int k, float alpha, const float *a, int lda, const float *b,
                     int ldb, float *c, int ldc);

@@ -382,6 +382,10 @@ static attn_status run_problem(attn_ctx *ctx, const char *fn, sdpa_problem *p) {
   double work = (double)p->B * (double)p->Hq * (double)p->Lq * (double)p->Lk *
                 (double)(p->D + p->Dv);
   int32_t threads = attn__threads_for(ctx, work, 1 << 20);
+  /* With a multi-threaded BLAS, our workers' concurrent calls would queue
+   * behind one another: let the BLAS use its threads inside each call. */
+  if (attn__blas_threads() > 1)
+    threads = 1;
   p->n_split = 1;
   p->chunk_keys = p->Lk;
   if (threads > 1 && p->n_items < 2 * threads && p->Lk >= 2 * MIN_CHUNK_KEYS) {

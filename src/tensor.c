@@ -111,7 +111,7 @@ attn_status attn_tensor_new(attn_ctx *ctx, int32_t dtype, int32_t ndim, const in
                         fn, (int)i);
   int64_t strides[ATTN_MAX_DIMS];
   contiguous_strides(ndim, dims, strides);
-  size_t bytes;
+  size_t bytes = 0;
   if ((st = extent_bytes(ctx, fn, dtype, ndim, dims, strides, &bytes)) != ATTN_OK)
     return st;
   void *block = attn__alloc(ctx, bytes + ATTN_ALIGN);
@@ -145,7 +145,7 @@ attn_status attn_tensor_wrap(attn_ctx *ctx, int32_t dtype, int32_t ndim, const i
   if ((uintptr_t)data % attn__dtype_size(dtype))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: data %p is not aligned for %s", fn,
                       data, dtype_name(dtype));
-  int64_t s[ATTN_MAX_DIMS];
+  int64_t s[ATTN_MAX_DIMS] = {0};
   if (strides) {
     for (int32_t i = 0; i < ndim; i++) {
       if (strides[i] < 0)
@@ -168,7 +168,7 @@ attn_status attn_tensor_wrap(attn_ctx *ctx, int32_t dtype, int32_t ndim, const i
                           "%s: the element count overflows at dims[%d]", fn, (int)i);
     contiguous_strides(ndim, dims, s);
   }
-  size_t bytes;
+  size_t bytes = 0;
   if ((st = extent_bytes(ctx, fn, dtype, ndim, dims, s, &bytes)) != ATTN_OK)
     return st;
   if (bytes > size_bytes)
