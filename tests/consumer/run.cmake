@@ -1,0 +1,78 @@
+# Consumer test, run by ctest as `cmake -P`: install the build into a
+# temporary prefix, move that prefix (the package must be relocatable), then
+# build and run tests/consumer/consumer.c twice against it: with the flags of
+# `pkg-config --cflags --libs attn`, and as a CMake project using
+# find_package(attn CONFIG REQUIRED) and attn::attn.
+#
+# Inputs (-D): BUILD_DIR, SOURCE_DIR (this directory), WORK_DIR, CONFIG,
+# C_COMPILER, PKG_CONFIG, LIBDIR (CMAKE_INSTALL_LIBDIR), SANITIZE (may be empty).
+cmake_minimum_required(VERSION 3.21)
+
+foreach(var BUILD_DIR SOURCE_DIR WORK_DIR C_COMPILER PKG_CONFIG LIBDIR)
+  if(NOT ${var})
+    message(FATAL_ERROR "consumer test: -D${var}=... is required")
+  endif()
+endforeach()
+
+# Run a command; stop the test with its output when it fails.
+function(run what)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${what} failed (${rc}):\n${ARGN}\n${out}\n${err}")
+  endif()
+  set(run_output "${out}" PARENT_SCOPE)
+endfunction()
+
+set(extra_flags)
+if(SANITIZE)
+  # A sanitized libattn needs the sanitizer runtime in the program too.
+  set(extra_flags -fsanitize=${SANITIZE})
+endif()
+
+file(REMOVE_RECURSE "${WORK_DIR}")
+set(stage "${WORK_DIR}/stage")
+set(prefix "${WORK_DIR}/moved prefix") # a space, to catch unquoted paths
+run("cmake --install" "${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${stage}"
+    --config "${CONFIG}")
+file(RENAME "${stage}" "${prefix}")
+foreach(f include/attn.h ${LIBDIR}/pkgconfig/attn.pc ${LIBDIR}/cmake/attn/attnConfig.cmake
+          ${LIBDIR}/cmake/attn/attnConfigVersion.cmake ${LIBDIR}/cmake/attn/attnTargets.cmake)
+  if(NOT EXISTS "${prefix}/${f}")
+    message(FATAL_ERROR "cmake --install did not install ${f}")
+  endif()
+endforeach()
+
+# 1. pkg-config, as a Makefile would use it.
+set(ENV{PKG_CONFIG_PATH} "${prefix}/${LIBDIR}/pkgconfig")
+run("pkg-config" "${PKG_CONFIG}" --cflags --libs attn)
+string(STRIP "${run_output}" pc_flags)
+message(STATUS "pkg-config --cflags --libs attn: ${pc_flags}")
+run("pkg-config --variable=libdir" "${PKG_CONFIG}" --variable=libdir attn)
+string(STRIP "${run_output}" pc_libdir)
+string(REPLACE "\\ " " " pc_libdir "${pc_libdir}") # pkg-config escapes spaces
+file(REAL_PATH "${pc_libdir}" pc_libdir)
+file(REAL_PATH "${prefix}/${LIBDIR}" want_libdir)
+if(NOT pc_libdir STREQUAL want_libdir)
+  message(FATAL_ERROR "attn.pc is not relocatable: libdir ${pc_libdir}, expected ${want_libdir}")
+endif()
+separate_arguments(pc_flags UNIX_COMMAND "${pc_flags}")
+run("compile with pkg-config flags" "${C_COMPILER}" -std=c11 ${extra_flags}
+    "${SOURCE_DIR}/consumer.c" -o "${WORK_DIR}/pc-consumer" ${pc_flags} -lm)
+set(ENV{LD_LIBRARY_PATH} "${prefix}/${LIBDIR}")
+run("the pkg-config consumer" "${WORK_DIR}/pc-consumer")
+message(STATUS "pkg-config consumer: ${run_output}")
+unset(ENV{LD_LIBRARY_PATH})
+
+# 2. find_package(attn CONFIG), as a CMake project would use it. The package
+# registry is off so only the temporary prefix can satisfy it.
+run("configure the find_package consumer" "${CMAKE_COMMAND}"
+    -S "${SOURCE_DIR}/project" -B "${WORK_DIR}/cmake-build"
+    "-DCMAKE_PREFIX_PATH=${prefix}" "-DEXPECTED_PREFIX=${prefix}"
+    -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
+    "-DCMAKE_C_COMPILER=${C_COMPILER}" "-DCMAKE_BUILD_TYPE=${CONFIG}"
+    "-DCMAKE_C_FLAGS=${extra_flags}" "-DCMAKE_EXE_LINKER_FLAGS=${extra_flags}")
+run("build the find_package consumer" "${CMAKE_COMMAND}" --build "${WORK_DIR}/cmake-build")
+run("the find_package consumer" "${WORK_DIR}/cmake-build/consumer")
+message(STATUS "find_package consumer: ${run_output}")
+
+file(REMOVE_RECURSE "${WORK_DIR}")
