@@ -1,0 +1,33 @@
+"""libattn from Python: attention on the CPU over numpy arrays.
+
+    import numpy as np, attn
+    q = np.random.rand(1, 8, 128, 64).astype(np.float32)
+    out = attn.sdpa(q, q, q, causal=True)
+
+The package loads libattn.so.0 through ctypes: the file named by the
+ATTN_LIBRARY environment variable when it is set (and only that one), else
+the dynamic loader's search (LD_LIBRARY_PATH, the ld.so cache, /usr/lib),
+then <prefix>/lib for sys.prefix, /usr/local and ~/.local. Its major
+version must match the binding's.
+
+numpy arrays are passed without copying when they are float32 (bool/uint8
+for boolean masks) with non-negative strides and a contiguous innermost
+axis, so transposed, sliced and broadcast views work as they are. Other
+inputs are converted to float32 / C order with a copy; arrays the library
+writes into (out=, inplace=True) must already qualify, else ValueError.
+Errors of the library raise AttnError(status, message).
+"""
+from ._lib import ABI_MAJOR, AttnError, LibraryNotFound
+from ._api import (LIBRARY_PATH, Context, alibi_slopes, blas_info, cpu_info,
+                   default_context, get_num_threads, log_softmax, rope, sdpa, sdpa_varlen,
+                   set_num_threads, sinusoidal, sinusoidal_add, softmax, version,
+                   version_string)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ABI_MAJOR", "AttnError", "Context", "LIBRARY_PATH", "LibraryNotFound", "alibi_slopes",
+    "blas_info", "cpu_info", "default_context", "get_num_threads", "log_softmax", "rope",
+    "sdpa", "sdpa_varlen", "set_num_threads", "sinusoidal", "sinusoidal_add", "softmax",
+    "version", "version_string",
+]

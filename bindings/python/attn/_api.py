@@ -1,0 +1,627 @@
+"""Context, array passing and the ops.
+
+Array rule (the one place it is implemented is _Call.input/_Call.output):
+
+* Inputs are passed zero-copy when they are float32 (masks: bool or uint8),
+  aligned, with non-negative strides that are whole elements and an
+  innermost axis that is contiguous (or of length 1). Transposed and sliced
+  views, and np.broadcast_to views (stride 0), qualify.
+* Any other input is converted with a copy: real numbers (float16/64,
+  integers) become float32, a bool/uint8 mask is copied as uint8, and a
+  layout libattn cannot address (negative strides, a strided innermost
+  axis, misalignment) becomes C-contiguous. Other dtypes (complex, object,
+  strings; integer or float arrays where a boolean mask is expected is fine
+  for `mask`, which is additive) raise TypeError.
+* Outputs the caller passes (``out=``, ``inplace=True``) are never copied:
+  they must be writable float32 arrays that qualify as above, else
+  ValueError, because a result written into a copy would be lost.
+"""
+import ctypes
+import threading
+
+import numpy as np
+
+from . import _lib
+from ._lib import AttnError
+
+_LIB, LIBRARY_PATH = _lib.load()
+
+
+def _fn(name):
+    try:
+        return getattr(_LIB, name)
+    except AttributeError:
+        raise AttnError("ATTN_ERR_UNSUPPORTED",
+                        "%s has no %s() (libattn %s is older than this binding)"
+                        % (LIBRARY_PATH, name, version_string())) from None
+
+
+def version():
+    """The loaded library's version as major*10000 + minor*100 + patch."""
+    return int(_LIB.attn_version())
+
+
+def version_string():
+    """The loaded library's version as "major.minor.patch"."""
+    return _LIB.attn_version_string().decode()
+
+
+def cpu_info():
+    """CPU features found and the kernel set chosen (attn_cpu_info())."""
+    return _fn("attn_cpu_info")().decode()
+
+
+def blas_info():
+    """A line describing the linked BLAS (attn_blas_info())."""
+    buf = ctypes.create_string_buffer(512)
+    _fn("attn_blas_info")(buf, len(buf))
+    return buf.value.decode()
+
+
+def _status_name(st):
+    return _lib.STATUS_NAMES.get(st) or _LIB.attn_status_string(st).decode()
+
+
+_ADDITIVE_KINDS = "fiu"
+
+
+def _byte_extent(a):
+    """Bytes from a's first element to one past its last."""
+    return sum((d - 1) * s for d, s in zip(a.shape, a.strides)) + a.itemsize
+
+
+def _element_strides(a):
+    """a's strides in elements when libattn can address a as it is, else None."""
+    if not a.flags.aligned or a.ndim == 0:
+        return None
+    out = []
+    for d, s in zip(a.shape, a.strides):
+        if d == 1:
+            out.append(0)  # never stepped; numpy may give any value
+            continue
+        if s < 0 or s % a.itemsize:
+            return None
+        out.append(s // a.itemsize)
+    if a.shape[-1] > 1 and out[-1] != 1:
+        return None
+    return out
+
+
+class _Call:
+    """One op call: wraps arrays as tensors and frees the handles after.
+
+    Holds a reference to every array it wrapped (converted copies included)
+    so none is collected while libattn reads or writes it."""
+
+    def __init__(self, ctx, fn):
+        self.ctx = ctx
+        self.fn = fn
+        self.handles = []
+        self.keep = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        free = _LIB.attn_tensor_free
+        for h in self.handles:
+            free(self.ctx._handle, h)
+        self.handles.clear()
+        self.keep.clear()
+        return False
+
+    def _wrap(self, a, dtype, strides, name):
+        nd = a.ndim
+        dims = (ctypes.c_int64 * max(nd, 1))(*a.shape)
+        st = (ctypes.c_int64 * max(nd, 1))(*strides) if strides is not None else None
+        h = ctypes.c_void_p()
+        nbytes = _byte_extent(a) if a.size else 0
+        code = _LIB.attn_tensor_wrap(self.ctx._handle, dtype, nd, dims, st,
+                                     ctypes.c_void_p(a.ctypes.data), nbytes, ctypes.byref(h))
+        if code:
+            raise AttnError(_status_name(code), "%s: argument %s: %s"
+                            % (self.fn, name, self.ctx.last_error()), code)
+        self.handles.append(h)
+        self.keep.append(a)
+        return h
+
+    def input(self, a, name, boolean=False):
+        """Wrap an input array (copied only when the rule above says so)."""
+        a = np.asarray(a)
+        if boolean:
+            if a.dtype == np.bool_:
+                a = a.view(np.uint8)
+            elif a.dtype != np.uint8:
+                raise TypeError("%s: %s must be a bool or uint8 array (a boolean mask), "
+                                "not %s" % (self.fn, name, a.dtype))
+            dtype = _lib.DTYPE_U8
+        else:
+            if a.dtype.kind not in _ADDITIVE_KINDS:
+                raise TypeError("%s: %s has dtype %s but must hold real numbers (it is "
+                                "converted to float32)" % (self.fn, name, a.dtype))
+            if a.dtype != np.float32:
+                a = a.astype(np.float32)
+            dtype = _lib.DTYPE_F32
+        strides = _element_strides(a) if a.ndim else None
+        if strides is None and a.ndim:
+            a = np.ascontiguousarray(a)
+            strides = _element_strides(a)
+        return self._wrap(a, dtype, strides, name)
+
+    def output(self, a, name):
+        """Wrap an output array in place; refuse one libattn cannot write."""
+        if not isinstance(a, np.ndarray):
+            raise TypeError("%s: %s must be a numpy array, not %s"
+                            % (self.fn, name, type(a).__name__))
+        if a.dtype != np.float32:
+            raise ValueError("%s: %s has dtype %s but an output must be float32 (it is "
+                             "written in place, so it cannot be converted)"
+                             % (self.fn, name, a.dtype))
+        if not a.flags.writeable:
+            raise ValueError("%s: %s is read-only" % (self.fn, name))
+        strides = _element_strides(a)
+        if strides is None and a.ndim:
+            raise ValueError(
+                "%s: %s has strides %s (bytes) but an output needs non-negative strides, "
+                "aligned data and a contiguous innermost axis (it cannot be copied: the "
+                "result would not reach it)" % (self.fn, name, a.strides))
+        return self._wrap(a, _lib.DTYPE_F32, strides, name)
+
+    def mask(self, m, name):
+        """Wrap a mask: bool/uint8 -> boolean mask (nonzero = keep), numbers ->
+        additive. Returns (additive_handle, bool_handle), one of them None."""
+        m = np.asarray(m)
+        if m.dtype == np.bool_ or m.dtype == np.uint8:
+            return None, self.input(m, name, boolean=True)
+        return self.input(m, name), None
+
+    def check(self, code):
+        if code:
+            raise AttnError(_status_name(code), self.ctx.last_error(), code)
+
+
+def _int64_array(a, name, fn, shape=None):
+    a = np.ascontiguousarray(a, dtype=np.int64)
+    if shape is not None and a.shape != tuple(shape):
+        raise ValueError("%s: %s has shape %s but must have shape %s"
+                         % (fn, name, a.shape, tuple(shape)))
+    return a
+
+
+def _float32_vector(a, name, fn, n):
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if a.shape != (n,):
+        raise ValueError("%s: %s has shape %s but must have shape (%d,)"
+                         % (fn, name, a.shape, n))
+    return a
+
+
+def _scale(scale, fn, name="scale"):
+    if scale is None:
+        return 0.0
+    scale = float(scale)
+    if scale == 0.0:
+        # 0 selects the default in the C structs, so it cannot mean zero here.
+        raise ValueError("%s: %s = 0 is not allowed (pass None for the default)" % (fn, name))
+    return scale
+
+
+def _choice(table, value, fn, name):
+    if isinstance(value, str):
+        key = value.lower().replace("_", "-")
+        if key in table:
+            return table[key]
+    raise ValueError("%s: %s = %r but must be one of %s"
+                     % (fn, name, value, ", ".join(sorted(set(table)))))
+
+
+_LAYOUTS = ("bhld", "blhd")
+
+
+def _layout(layout, fn):
+    key = str(layout).lower()
+    if key not in _LAYOUTS:
+        raise ValueError("%s: layout = %r but must be 'bhld' or 'blhd'" % (fn, layout))
+    return key
+
+
+def _to_bhld(a, layout, batched):
+    """A [B,H,L,D] view of a (zero-copy): blhd views are transposed, 3-D
+    arrays get a batch axis of 1."""
+    if not batched:
+        a = a[None]
+    if layout == "blhd":
+        a = a.transpose(0, 2, 1, 3)
+    return a
+
+
+class Context:
+    """A libattn context: thread count, scratch memory, last error.
+
+    One context is used by one thread at a time (libattn's rule); using it
+    from two threads at once raises RuntimeError instead of racing. The
+    module-level functions use a per-thread default context.
+
+    ``num_threads``: threads an op may use; 0 or None = the CPUs available
+    to the process, 1 = no worker threads.
+    """
+
+    def __init__(self, num_threads=None):
+        n = 0 if num_threads is None else int(num_threads)
+        opts = _lib.CtxOptions(num_threads=n)
+        h = ctypes.c_void_p()
+        code = _LIB.attn_ctx_create(ctypes.byref(h), ctypes.byref(opts))
+        if code:
+            # No context exists to hold a message.
+            raise AttnError(_status_name(code),
+                            "attn_ctx_create: num_threads = %d refused (0..1024), or out "
+                            "of memory / threads" % n, code)
+        self._handle = h
+        self._busy = threading.Lock()
+
+    def close(self):
+        """Destroy the context (joins its worker threads). Idempotent."""
+        h, self._handle = getattr(self, "_handle", None), None
+        if h and _LIB is not None:
+            _LIB.attn_ctx_destroy(h)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    @property
+    def num_threads(self):
+        """The thread count an op on this context may use."""
+        return int(_LIB.attn_ctx_num_threads(self._live()))
+
+    def last_error(self):
+        """The message of the last failed call on this context."""
+        return _LIB.attn_ctx_last_error(self._handle).decode(errors="replace")
+
+    def _live(self):
+        if not self._handle:
+            raise ValueError("the attn.Context is closed")
+        return self._handle
+
+    def _call(self, fn):
+        self._live()
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("%s: this attn.Context is in use by another thread; "
+                               "use one context per thread" % fn)
+        return _Guarded(self, fn)
+
+    # ---- softmax family ----
+
+    def softmax(self, x, *, scale=None, mask=None, bool_mask=None, out=None):
+        """Softmax over the last axis of x (1-4 dims).
+
+        scale multiplies x first (1/temperature; None = 1). mask: additive
+        (numbers, -inf removes an entry) or boolean (bool/uint8, True =
+        keep), broadcast to x's shape by NumPy rules; bool_mask adds a
+        boolean mask next to an additive one. out: a float32 array of x's
+        shape to write into (may be x itself). Returns the result."""
+        return self._softmax("attn_softmax", x, scale, mask, bool_mask, out)
+
+    def log_softmax(self, x, *, scale=None, mask=None, bool_mask=None, out=None):
+        """Log-softmax over the last axis; arguments as softmax(). Masked
+        entries are -inf."""
+        return self._softmax("attn_log_softmax", x, scale, mask, bool_mask, out)
+
+    def _softmax(self, name, x, scale, mask, bool_mask, out):
+        fn = name[5:]
+        p = _lib.SoftmaxParams(scale=_scale(scale, fn))
+        x = np.asarray(x)
+        with self._call(fn) as c:
+            hx = c.input(x, "x")
+            if out is None:
+                out = np.empty(x.shape, np.float32)
+            hy = c.output(out, "out")
+            if mask is not None:
+                add, boolean = c.mask(mask, "mask")
+                p.mask, p.bool_mask = add, boolean
+            if bool_mask is not None:
+                if p.bool_mask:
+                    raise ValueError("%s: mask is boolean and bool_mask is set too" % fn)
+                p.bool_mask = c.input(bool_mask, "bool_mask", boolean=True)
+            c.check(_fn(name)(self._handle, hx, hy, ctypes.byref(p)))
+        return out
+
+    # ---- positional encodings ----
+
+    def _pe_params(self, fn, layout, base, offset, positions, length, c):
+        p = _lib.SinusoidalParams(layout=_choice(_lib.PE_LAYOUTS, layout, fn, "layout"),
+                                  base=0.0 if base is None else float(base),
+                                  offset=float(offset))
+        if positions is not None:
+            pos = np.ascontiguousarray(positions, dtype=np.float64)
+            if pos.shape != (length,):
+                raise ValueError("%s: positions has shape %s but must have shape (%d,)"
+                                 % (fn, pos.shape, length))
+            c.keep.append(pos)
+            p.positions = pos.ctypes.data_as(_lib._c_double_p)
+        return p
+
+    def sinusoidal(self, length, dim, *, layout="interleaved", base=None, offset=0.0,
+                   positions=None, out=None):
+        """The sinusoidal table [length, dim] as float32.
+
+        layout: "interleaved" (the paper), "concat" (sin | cos),
+        "concat-shifted" (fairseq/tensor2tensor), "cos-sin" (diffusion
+        timesteps). base: None = 10000. offset: row l has position
+        offset + l; positions: explicit float positions, one per row."""
+        fn = "sinusoidal"
+        if out is None:
+            out = np.empty((int(length), int(dim)), np.float32)
+        with self._call(fn) as c:
+            p = self._pe_params(fn, layout, base, offset, positions, out.shape[0], c)
+            h = c.output(out, "out")
+            c.check(_fn("attn_sinusoidal")(self._handle, h, ctypes.byref(p)))
+        return out
+
+    def sinusoidal_add(self, x, *, layout="interleaved", base=None, offset=0.0,
+                       positions=None, inplace=False):
+        """x + the sinusoidal table, for x [L, D] or [B, L, D] (every batch gets
+        the same table). inplace=True adds into x (a writable float32 array)
+        and returns it; otherwise x is left alone and a new array returned."""
+        fn = "sinusoidal_add"
+        y = x if inplace else np.array(x, dtype=np.float32, order="C")
+        with self._call(fn) as c:
+            length = y.shape[-2] if y.ndim >= 2 else 0
+            p = self._pe_params(fn, layout, base, offset, positions, length, c)
+            h = c.output(y, "x")
+            c.check(_fn("attn_sinusoidal_add")(self._handle, h, ctypes.byref(p)))
+        return y
+
+    def rope(self, x, *, style="half", rotary_dim=None, theta=None, offset=0,
+             positions=None, layout="bhld", inplace=False):
+        """Rotary position embedding of x: [B, H, L, D] (layout "bhld") or
+        [B, L, H, D] ("blhd"), or either without the batch axis.
+
+        style: "half" (NeoX/LLaMA rotate_half) or "interleaved" (GPT-J).
+        rotary_dim: leading dims rotated (even; None = D). theta: None =
+        10000. offset: token l has position offset + l; positions: explicit
+        int positions, [L] or [B, L]. inplace=True rotates x itself (a
+        writable float32 array); otherwise a rotated copy is returned."""
+        fn = "rope"
+        layout = _layout(layout, fn)
+        y = x if inplace else np.array(x, dtype=np.float32, order="C")
+        if not isinstance(y, np.ndarray) or y.ndim not in (3, 4):
+            raise ValueError("%s: x must have 3 or 4 dims (%s, batch axis optional), not %s"
+                             % (fn, layout.upper(), np.shape(y)))
+        v = _to_bhld(y, layout, y.ndim == 4)
+        p = _lib.RopeParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
+                            rotary_dim=0 if rotary_dim is None else int(rotary_dim),
+                            theta=0.0 if theta is None else float(theta),
+                            offset=int(offset))
+        with self._call(fn) as c:
+            if positions is not None:
+                B, L = v.shape[0], v.shape[2]
+                pos = np.asarray(positions)
+                if pos.ndim == 1:
+                    pos = np.broadcast_to(pos, (B, pos.shape[0]))
+                pos = _int64_array(pos, "positions", fn, (B, L))
+                c.keep.append(pos)
+                p.positions = pos.ctypes.data_as(_lib._c_int64_p)
+            h = c.output(v, "x")
+            c.check(_fn("attn_rope")(self._handle, h, ctypes.byref(p)))
+        return y
+
+    def alibi_slopes(self, n_heads, max_bias=8.0):
+        """ALiBi slopes for n_heads heads as a float32 array (any head count)."""
+        n = int(n_heads)
+        out = np.empty(max(n, 0), np.float32)
+        with self._call("alibi_slopes") as c:
+            c.check(_fn("attn_alibi_slopes")(
+                self._handle, n, float(max_bias),
+                out.ctypes.data_as(_lib._c_float_p) if n > 0 else None))
+        return out
+
+    # ---- attention ----
+
+    def _sdpa_params(self, fn, c, *, causal, align, scale, window, softcap, alibi_slopes,
+                     sinks, Hq):
+        p = _lib.SdpaParams(scale=_scale(scale, fn))
+        if isinstance(causal, str):
+            align = causal
+            causal = True
+        p.causal = 1 if causal else 0
+        p.align = _choice(_lib.ALIGNS, align, fn, "align")
+        if window is not None:
+            left, right = window
+            big = 1 << 62  # libattn clamps extents to Lq + Lk
+            p.window = 1
+            p.window_left = big if left is None else int(left)
+            p.window_right = big if right is None else int(right)
+        if softcap is not None:
+            p.softcap = float(softcap)
+            if p.softcap == 0.0:
+                raise ValueError("%s: softcap = 0 is not allowed (pass None for no cap)" % fn)
+        for field, value in (("alibi_slopes", alibi_slopes), ("sinks", sinks)):
+            if value is not None:
+                arr = _float32_vector(value, field, fn, Hq)
+                c.keep.append(arr)
+                setattr(p, field, arr.ctypes.data_as(_lib._c_float_p))
+        return p
+
+    def sdpa(self, q, k, v, *, mask=None, bool_mask=None, causal=False, align="top-left",
+             scale=None, window=None, kv_lens=None, alibi_slopes=None, sinks=None,
+             softcap=None, return_lse=False, return_weights=False, layout="bhld", out=None):
+        """Scaled dot-product attention softmax(scale * q k^T + bias) v.
+
+        q [B, Hq, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv] (layout
+        "bhld"), or [B, L, H, D] each with layout="blhd" (passed as strided
+        views, no copy); the batch axis may be left out. Hq must be a
+        multiple of Hkv (grouped-query attention).
+
+        mask: additive (numbers) or boolean (bool/uint8, True = attend),
+        broadcast to [B, Hq, Lq, Lk]; bool_mask adds a boolean one.
+        causal: False, True (aligned by `align`), "top-left" or
+        "bottom-right" (the last query sees the last key: KV-cache
+        decoding). align also places window and ALiBi when Lq != Lk.
+        scale: None = 1/sqrt(D). window: (left, right) key extents around
+        the diagonal, None for unbounded. kv_lens: [B] ints, keys past
+        kv_lens[b] ignored. alibi_slopes, sinks: [Hq] floats. softcap:
+        cap * tanh(logit / cap) before the masks.
+
+        Returns out [B, Hq, Lq, Dv] (in q's layout), or a tuple (out, lse)
+        / (out, weights) / (out, lse, weights) when return_lse /
+        return_weights ask for lse [B, Hq, Lq] (natural log of the softmax
+        denominator) or weights [B, Hq, Lq, Lk]."""
+        fn = "sdpa"
+        layout = _layout(layout, fn)
+        q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+        if not (q.ndim == k.ndim == v.ndim and q.ndim in (3, 4)):
+            raise ValueError("%s: q, k, v have %d, %d, %d dims but must all have 4 (%s) or 3 "
+                             "(no batch axis)" % (fn, q.ndim, k.ndim, v.ndim, layout.upper()))
+        batched = q.ndim == 4
+        q4, k4, v4 = (_to_bhld(a, layout, batched) for a in (q, k, v))
+        B, Hq, Lq, _ = q4.shape
+        Lk, Dv = k4.shape[2], v4.shape[3]
+        if out is None:
+            shape = (B, Hq, Lq, Dv) if layout == "bhld" else (B, Lq, Hq, Dv)
+            out = np.empty(shape if batched else shape[1:], np.float32)
+        elif not isinstance(out, np.ndarray) or out.ndim != q.ndim:
+            raise ValueError("%s: out must be a float32 array with %d dims" % (fn, q.ndim))
+        out4 = _to_bhld(out, layout, batched)
+        lse = np.empty((B, Hq, Lq), np.float32) if return_lse else None
+        weights = np.empty((B, Hq, Lq, Lk), np.float32) if return_weights else None
+        with self._call(fn) as c:
+            hq, hk, hv = c.input(q4, "q"), c.input(k4, "k"), c.input(v4, "v")
+            ho = c.output(out4, "out")
+            p = self._sdpa_params(fn, c, causal=causal, align=align, scale=scale,
+                                  window=window, softcap=softcap, alibi_slopes=alibi_slopes,
+                                  sinks=sinks, Hq=Hq)
+            if mask is not None:
+                p.mask, p.bool_mask = c.mask(mask, "mask")
+            if bool_mask is not None:
+                if p.bool_mask:
+                    raise ValueError("%s: mask is boolean and bool_mask is set too" % fn)
+                p.bool_mask = c.input(bool_mask, "bool_mask", boolean=True)
+            if kv_lens is not None:
+                lens = _int64_array(kv_lens, "kv_lens", fn, (B,))
+                c.keep.append(lens)
+                p.kv_lens = lens.ctypes.data_as(_lib._c_int64_p)
+            if lse is not None:
+                p.lse = c.output(lse, "lse")
+            if weights is not None:
+                p.weights = c.output(weights, "weights")
+            c.check(_fn("attn_sdpa")(self._handle, hq, hk, hv, ho, ctypes.byref(p)))
+        if not batched:
+            lse = None if lse is None else lse[0]
+            weights = None if weights is None else weights[0]
+        extra = tuple(a for a in (lse, weights) if a is not None)
+        return (out,) + extra if extra else out
+
+    def sdpa_varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k=None, *, causal=False,
+                    align="top-left", scale=None, window=None, alibi_slopes=None, sinks=None,
+                    softcap=None, return_lse=False, out=None):
+        """Attention over packed sequences: q [Tq, Hq, D], k [Tk, Hkv, D],
+        v [Tk, Hkv, Dv]; sequence b holds query tokens cu_seqlens_q[b] ..
+        cu_seqlens_q[b+1]-1 and key tokens likewise from cu_seqlens_k
+        (default: cu_seqlens_q). Other arguments as sdpa(). Returns out
+        [Tq, Hq, Dv], or (out, lse) with lse [Hq, Tq]."""
+        fn = "sdpa_varlen"
+        q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+        cu_q = _int64_array(cu_seqlens_q, "cu_seqlens_q", fn)
+        cu_k = cu_q if cu_seqlens_k is None else _int64_array(cu_seqlens_k, "cu_seqlens_k", fn)
+        if cu_q.ndim != 1 or cu_q.shape[0] < 2 or cu_k.shape != cu_q.shape:
+            raise ValueError("%s: cu_seqlens_q and cu_seqlens_k must be 1-D, of the same "
+                             "length batch + 1 >= 2; got shapes %s and %s"
+                             % (fn, cu_q.shape, cu_k.shape))
+        if q.ndim != 3 or v.ndim != 3:
+            raise ValueError("%s: q and v must have 3 dims [T, H, D], not %d and %d"
+                             % (fn, q.ndim, v.ndim))
+        Tq, Hq = q.shape[0], q.shape[1]
+        if out is None:
+            out = np.empty((Tq, Hq, v.shape[2]), np.float32)
+        lse = np.empty((Hq, Tq), np.float32) if return_lse else None
+        with self._call(fn) as c:
+            hq, hk, hv = c.input(q, "q"), c.input(k, "k"), c.input(v, "v")
+            ho = c.output(out, "out")
+            p = self._sdpa_params(fn, c, causal=causal, align=align, scale=scale,
+                                  window=window, softcap=softcap, alibi_slopes=alibi_slopes,
+                                  sinks=sinks, Hq=Hq)
+            if lse is not None:
+                p.lse = c.output(lse, "lse")
+            c.keep += [cu_q, cu_k]
+            c.check(_fn("attn_sdpa_varlen")(
+                self._handle, hq, hk, hv, ho, cu_q.shape[0] - 1,
+                cu_q.ctypes.data_as(_lib._c_int64_p), cu_k.ctypes.data_as(_lib._c_int64_p),
+                ctypes.byref(p)))
+        return (out, lse) if return_lse else out
+
+
+class _Guarded(_Call):
+    """A _Call that also holds the context's busy lock."""
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self.ctx._busy.release()
+
+
+# ---- per-thread default contexts ----
+
+_tls = threading.local()
+_defaults = {"threads": 0, "generation": 0}
+_defaults_lock = threading.Lock()
+
+
+def default_context():
+    """This thread's default Context (created on first use). Contexts are
+    single-thread, so each Python thread gets its own."""
+    gen = _defaults["generation"]
+    ctx = getattr(_tls, "ctx", None)
+    if ctx is None or getattr(_tls, "generation", None) != gen:
+        if ctx is not None:
+            ctx.close()
+        ctx = Context(_defaults["threads"])
+        _tls.ctx, _tls.generation = ctx, gen
+    return ctx
+
+
+def set_num_threads(n):
+    """Thread count of the default contexts (0 = CPUs available). Each
+    thread's default context is recreated with it at its next use."""
+    n = int(n)
+    if not 0 <= n <= 1024:
+        raise ValueError("set_num_threads: n = %d but must be 0..1024" % n)
+    with _defaults_lock:
+        _defaults["threads"] = n
+        _defaults["generation"] += 1
+
+
+def get_num_threads():
+    """The thread count of this thread's default context."""
+    return default_context().num_threads
+
+
+def _module_level(name):
+    method = getattr(Context, name)
+
+    def call(*args, **kwargs):
+        return method(default_context(), *args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = method.__doc__
+    return call
+
+
+softmax = _module_level("softmax")
+log_softmax = _module_level("log_softmax")
+sinusoidal = _module_level("sinusoidal")
+sinusoidal_add = _module_level("sinusoidal_add")
+rope = _module_level("rope")
+alibi_slopes = _module_level("alibi_slopes")
+sdpa = _module_level("sdpa")
+sdpa_varlen = _module_level("sdpa_varlen")

@@ -1,0 +1,247 @@
+"""Loading libattn.so and describing its C interface to ctypes.
+
+Everything here mirrors include/attn.h. The parameter structs are
+ctypes.Structure copies of the C structs: ctypes zero-fills a new structure,
+and a zero-filled struct with struct_size set means "all defaults" in
+libattn, so only the fields a caller sets need touching.
+"""
+import ctypes
+import ctypes.util
+import os
+import sys
+
+# The major version this binding was written for. libattn's SONAME follows
+# the major (libattn.so.0), and a different major may change the structs.
+ABI_MAJOR = 0
+SONAME = "libattn.so.%d" % ABI_MAJOR
+
+STATUS_NAMES = {
+    0: "ATTN_OK",
+    1: "ATTN_ERR_NULL_ARG",
+    2: "ATTN_ERR_INVALID_ARG",
+    3: "ATTN_ERR_SHAPE",
+    4: "ATTN_ERR_OVERFLOW",
+    5: "ATTN_ERR_NO_MEMORY",
+    6: "ATTN_ERR_UNSUPPORTED",
+    7: "ATTN_ERR_BAD_HANDLE",
+    8: "ATTN_ERR_ALIASING",
+}
+
+DTYPE_F32 = 0
+DTYPE_U8 = 1
+MAX_DIMS = 4
+
+PE_LAYOUTS = {
+    "interleaved": 0,
+    "concat": 1,
+    "sin-cos": 1,
+    "concat-shifted": 2,
+    "sin-cos-shifted": 2,
+    "cos-sin": 3,
+}
+ROPE_STYLES = {"half": 0, "half-split": 0, "neox": 0, "interleaved": 1, "gptj": 1}
+ALIGNS = {"top-left": 0, "bottom-right": 1}
+
+
+class AttnError(Exception):
+    """A libattn call failed.
+
+    Attributes: ``status`` (the status name, e.g. "ATTN_ERR_SHAPE"), ``code``
+    (its number) and ``message`` (the context's attn_ctx_last_error() text,
+    which names the function, the argument, the value and the rule).
+    """
+
+    def __init__(self, status, message, code=None):
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+    def __str__(self):
+        return "%s: %s" % (self.status, self.message)
+
+
+class LibraryNotFound(ImportError):
+    """libattn.so could not be loaded, or its major version does not match."""
+
+
+_c_int64_p = ctypes.POINTER(ctypes.c_int64)
+_c_float_p = ctypes.POINTER(ctypes.c_float)
+_c_double_p = ctypes.POINTER(ctypes.c_double)
+
+ALLOC_FN = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+FREE_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+
+
+class _SizedStruct(ctypes.Structure):
+    """A size-tagged parameter struct: struct_size is set on creation."""
+
+    def __init__(self, **fields):
+        super().__init__()
+        self.struct_size = ctypes.sizeof(self)
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+
+class CtxOptions(_SizedStruct):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("num_threads", ctypes.c_int32),
+        ("reserved_", ctypes.c_int32),
+        ("alloc", ALLOC_FN),
+        ("free", FREE_FN),
+        ("alloc_user", ctypes.c_void_p),
+    ]
+
+
+class SoftmaxParams(_SizedStruct):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("scale", ctypes.c_float),
+        ("reserved_", ctypes.c_int32),
+        ("mask", ctypes.c_void_p),
+        ("bool_mask", ctypes.c_void_p),
+    ]
+
+
+class SinusoidalParams(_SizedStruct):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("layout", ctypes.c_int32),
+        ("reserved_", ctypes.c_int32),
+        ("base", ctypes.c_double),
+        ("offset", ctypes.c_double),
+        ("positions", _c_double_p),
+    ]
+
+
+class RopeParams(_SizedStruct):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("style", ctypes.c_int32),
+        ("rotary_dim", ctypes.c_int32),
+        ("theta", ctypes.c_double),
+        ("offset", ctypes.c_int64),
+        ("positions", _c_int64_p),
+    ]
+
+
+class SdpaParams(_SizedStruct):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("scale", ctypes.c_float),
+        ("softcap", ctypes.c_float),
+        ("causal", ctypes.c_int32),
+        ("align", ctypes.c_int32),
+        ("window", ctypes.c_int32),
+        ("reserved_", ctypes.c_int32),
+        ("window_left", ctypes.c_int64),
+        ("window_right", ctypes.c_int64),
+        ("mask", ctypes.c_void_p),
+        ("bool_mask", ctypes.c_void_p),
+        ("kv_lens", _c_int64_p),
+        ("alibi_slopes", _c_float_p),
+        ("sinks", _c_float_p),
+        ("lse", ctypes.c_void_p),
+        ("weights", ctypes.c_void_p),
+    ]
+
+
+# name -> (restype, argtypes). Handles are opaque: c_void_p.
+_P = ctypes.c_void_p
+_PROTOTYPES = {
+    "attn_version": (ctypes.c_int32, []),
+    "attn_version_string": (ctypes.c_char_p, []),
+    "attn_status_string": (ctypes.c_char_p, [ctypes.c_int]),
+    "attn_ctx_options_init": (None, [ctypes.POINTER(CtxOptions)]),
+    "attn_ctx_create": (ctypes.c_int, [ctypes.POINTER(_P), ctypes.POINTER(CtxOptions)]),
+    "attn_ctx_destroy": (None, [_P]),
+    "attn_ctx_last_error": (ctypes.c_char_p, [_P]),
+    "attn_ctx_num_threads": (ctypes.c_int32, [_P]),
+    "attn_tensor_wrap": (ctypes.c_int, [_P, ctypes.c_int32, ctypes.c_int32, _c_int64_p,
+                                        _c_int64_p, _P, ctypes.c_size_t, ctypes.POINTER(_P)]),
+    "attn_tensor_free": (ctypes.c_int, [_P, _P]),
+    "attn_softmax_params_init": (None, [ctypes.POINTER(SoftmaxParams)]),
+    "attn_softmax": (ctypes.c_int, [_P, _P, _P, ctypes.POINTER(SoftmaxParams)]),
+    "attn_log_softmax": (ctypes.c_int, [_P, _P, _P, ctypes.POINTER(SoftmaxParams)]),
+    "attn_sinusoidal_params_init": (None, [ctypes.POINTER(SinusoidalParams)]),
+    "attn_sinusoidal": (ctypes.c_int, [_P, _P, ctypes.POINTER(SinusoidalParams)]),
+    "attn_sinusoidal_add": (ctypes.c_int, [_P, _P, ctypes.POINTER(SinusoidalParams)]),
+    "attn_rope_params_init": (None, [ctypes.POINTER(RopeParams)]),
+    "attn_rope": (ctypes.c_int, [_P, _P, ctypes.POINTER(RopeParams)]),
+    "attn_alibi_slopes": (ctypes.c_int, [_P, ctypes.c_int32, ctypes.c_double, _c_float_p]),
+    "attn_sdpa_params_init": (None, [ctypes.POINTER(SdpaParams)]),
+    "attn_sdpa": (ctypes.c_int, [_P, _P, _P, _P, _P, ctypes.POINTER(SdpaParams)]),
+    "attn_sdpa_varlen": (ctypes.c_int, [_P, _P, _P, _P, _P, ctypes.c_int32, _c_int64_p,
+                                        _c_int64_p, ctypes.POINTER(SdpaParams)]),
+    "attn_cpu_info": (ctypes.c_char_p, []),
+    "attn_blas_info": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_size_t]),
+}
+
+
+def _candidates():
+    """Paths to try, in order. ATTN_LIBRARY (a file path) comes first and,
+    when set, is the only candidate: a mistake in it should not be hidden by
+    a different library found elsewhere."""
+    env = os.environ.get("ATTN_LIBRARY")
+    if env:
+        return [env]
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = [
+        # dlopen's own search: LD_LIBRARY_PATH, the ld.so cache, /lib, /usr/lib.
+        SONAME,
+        # A copy shipped next to the package.
+        os.path.join(here, SONAME),
+    ]
+    # Install prefixes whose lib directory the ld.so cache may not know yet
+    # (no ldconfig after `cmake --install`).
+    multiarch = getattr(sys.implementation, "_multiarch", None)
+    for prefix in (sys.prefix, "/usr/local", os.path.expanduser("~/.local")):
+        for libdir in ("lib", "lib64") + (("lib/" + multiarch,) if multiarch else ()):
+            found.append(os.path.join(prefix, libdir, SONAME))
+    name = ctypes.util.find_library("attn")
+    if name:
+        found.append(name)
+    return found
+
+
+def _bind(lib):
+    for name, (restype, argtypes) in _PROTOTYPES.items():
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            # An older library lacks the function; calling it reports that.
+            continue
+        fn.restype = restype
+        fn.argtypes = argtypes
+
+
+def load():
+    """Load libattn and check its major version. Returns (CDLL, path)."""
+    errors = []
+    for path in _candidates():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as e:
+            errors.append("%s: %s" % (path, e))
+            continue
+        try:
+            version = lib.attn_version
+        except AttributeError:
+            errors.append("%s: has no attn_version(), not libattn" % path)
+            continue
+        version.restype = ctypes.c_int32
+        version.argtypes = []
+        v = version()
+        if v // 10000 != ABI_MAJOR:
+            raise LibraryNotFound(
+                "%s is libattn %d.%d.%d but this binding needs major version %d"
+                % (path, v // 10000, v // 100 % 100, v % 100, ABI_MAJOR))
+        _bind(lib)
+        return lib, path
+    how = ("ATTN_LIBRARY=%s" % os.environ["ATTN_LIBRARY"]) if os.environ.get(
+        "ATTN_LIBRARY") else "the usual search"
+    raise LibraryNotFound(
+        "cannot load %s through %s; install libattn (cmake --install) or set "
+        "ATTN_LIBRARY to the library's path. Tried:\n  %s"
+        % (SONAME, how, "\n  ".join(errors)))

@@ -1,0 +1,208 @@
+import ctypes
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import attn
+from attn import _lib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PKG = os.path.dirname(HERE)
+
+
+def run_python(code, **env):
+    e = dict(os.environ, PYTHONPATH=PKG, **env)
+    return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True)
+
+
+def test_version_and_info():
+    assert attn.version() // 10000 == attn.ABI_MAJOR
+    assert attn.version_string().count(".") == 2
+    assert isinstance(attn.blas_info(), str) and attn.blas_info()
+    assert isinstance(attn.cpu_info(), str)
+    assert os.path.exists(attn.LIBRARY_PATH) or attn.LIBRARY_PATH.startswith("libattn")
+    if os.environ.get("ATTN_LIBRARY"):
+        assert attn.LIBRARY_PATH == os.environ["ATTN_LIBRARY"]
+
+
+def test_missing_library_is_a_clear_import_error():
+    r = run_python("import attn", ATTN_LIBRARY="/nonexistent/libattn.so.0")
+    assert r.returncode != 0
+    assert "LibraryNotFound" in r.stderr and "/nonexistent/libattn.so.0" in r.stderr
+
+
+def test_wrong_major_is_refused():
+    fake = os.environ.get("ATTN_FAKE_MAJOR_LIB")
+    if not fake:
+        pytest.skip("ATTN_FAKE_MAJOR_LIB not set (ctest builds it)")
+    r = run_python("import attn", ATTN_LIBRARY=fake)
+    assert r.returncode != 0
+    assert "libattn 1.0.0" in r.stderr and "major version 0" in r.stderr
+
+
+def _c_sizes():
+    """sizeof each params struct according to the library's _init()."""
+    out = {}
+    for cls, init in ((_lib.CtxOptions, "attn_ctx_options_init"),
+                      (_lib.SoftmaxParams, "attn_softmax_params_init"),
+                      (_lib.SinusoidalParams, "attn_sinusoidal_params_init"),
+                      (_lib.RopeParams, "attn_rope_params_init"),
+                      (_lib.SdpaParams, "attn_sdpa_params_init")):
+        fn = getattr(attn._api._LIB, init, None)
+        if fn is None:
+            continue
+        buf = (ctypes.c_uint8 * 512)()
+        ctypes.CDLL(attn.LIBRARY_PATH)[init](buf)
+        out[cls] = ctypes.c_size_t.from_buffer(buf).value
+        assert not any(buf[out[cls]:]), "%s wrote past its struct" % init
+    return out
+
+
+def test_struct_sizes_match_the_library():
+    sizes = _c_sizes()
+    assert _lib.SdpaParams in sizes
+    for cls, size in sizes.items():
+        assert ctypes.sizeof(cls) == size, cls.__name__
+        assert cls().struct_size == size
+
+
+def test_struct_offsets_match_the_compiler():
+    dump = os.environ.get("ATTN_LAYOUT_DUMP")
+    if not dump:
+        pytest.skip("ATTN_LAYOUT_DUMP not set (ctest builds it)")
+    lines = subprocess.run([dump], capture_output=True, text=True, check=True).stdout
+    n = 0
+    for line in lines.splitlines():
+        cls_name, field, value = line.split()
+        cls = getattr(_lib, cls_name)
+        if field == "sizeof":
+            assert ctypes.sizeof(cls) == int(value), cls_name
+        else:
+            assert getattr(cls, field).offset == int(value), (cls_name, field)
+        n += 1
+    assert n > 30
+
+
+def test_zero_filled_struct_means_defaults():
+    p = _lib.SdpaParams()
+    assert p.struct_size == ctypes.sizeof(p)
+    assert p.scale == 0 and p.causal == 0 and not p.mask
+
+
+def test_attn_error():
+    e = attn.AttnError("ATTN_ERR_SHAPE", "attn_sdpa: k.shape[3] = 4 but ...", 3)
+    assert str(e) == "ATTN_ERR_SHAPE: attn_sdpa: k.shape[3] = 4 but ..."
+    assert e.status == "ATTN_ERR_SHAPE" and e.code == 3 and e.message.startswith("attn_sdpa")
+    assert isinstance(e, Exception)
+
+
+def test_context_threads_and_close():
+    with attn.Context(num_threads=1) as ctx:
+        assert ctx.num_threads == 1
+        q = np.ones((1, 1, 2, 4), np.float32)
+        assert ctx.sdpa(q, q, q).shape == (1, 1, 2, 4)
+        assert ctx.last_error() == ""
+    with pytest.raises(ValueError, match="closed"):
+        ctx.sdpa(q, q, q)
+    ctx.close()  # idempotent
+    assert attn.Context(3).num_threads == 3
+    assert attn.Context().num_threads >= 1
+    with pytest.raises(attn.AttnError) as e:
+        attn.Context(num_threads=5000)
+    assert e.value.status == "ATTN_ERR_INVALID_ARG"
+
+
+def test_context_errors_are_per_context():
+    a, b = attn.Context(1), attn.Context(1)
+    q = np.ones((1, 1, 2, 4), np.float32)
+    with pytest.raises(attn.AttnError):
+        a.sdpa(q, q[..., :2], q)
+    assert "attn_sdpa" in a.last_error() and b.last_error() == ""
+
+
+def test_context_in_use_by_another_thread():
+    ctx = attn.Context(1)
+    ctx._busy.acquire()  # as if another thread were inside an op
+    try:
+        with pytest.raises(RuntimeError, match="another thread"):
+            ctx.sdpa(*(np.ones((1, 1, 1, 2), np.float32),) * 3)
+    finally:
+        ctx._busy.release()
+
+
+def test_default_context_is_per_thread():
+    seen = {}
+
+    def work(i):
+        rng = np.random.default_rng(i)
+        q = rng.standard_normal((1, 2, 16, 8)).astype(np.float32)
+        for _ in range(20):
+            out = attn.sdpa(q, q, q, causal=True)
+        seen[i] = (attn.default_context(), out)  # kept alive, so ids stay distinct
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(v[0]) for v in seen.values()}) == 4
+    for i, (_, out) in seen.items():
+        q = np.random.default_rng(i).standard_normal((1, 2, 16, 8)).astype(np.float32)
+        np.testing.assert_array_equal(out, attn.Context(1).sdpa(q, q, q, causal=True))
+
+
+def test_set_num_threads():
+    old = attn.get_num_threads()
+    try:
+        attn.set_num_threads(1)
+        assert attn.get_num_threads() == 1
+        attn.set_num_threads(2)
+        assert attn.get_num_threads() == 2
+        with pytest.raises(ValueError):
+            attn.set_num_threads(-1)
+    finally:
+        attn.set_num_threads(0)
+    assert attn.get_num_threads() >= 1 and old >= 1
+
+
+def _counting_context():
+    """A Context whose allocator counts live blocks (through libc malloc)."""
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    live = {"n": 0}
+
+    def alloc(user, size):
+        live["n"] += 1
+        return libc.malloc(size)
+
+    def free(user, ptr):
+        live["n"] -= 1
+        libc.free(ptr)
+
+    cbs = (_lib.ALLOC_FN(alloc), _lib.FREE_FN(free))
+    opts = _lib.CtxOptions(num_threads=1, alloc=cbs[0], free=cbs[1])
+    h = ctypes.c_void_p()
+    assert attn._api._LIB.attn_ctx_create(ctypes.byref(h), ctypes.byref(opts)) == 0
+    ctx = attn.Context.__new__(attn.Context)
+    ctx._handle, ctx._busy, ctx._callbacks = h, threading.Lock(), cbs
+    return ctx, live
+
+
+def test_tensors_are_freed_after_each_call():
+    # Wrapped handles are freed after every call, failed ones included.
+    ctx, live = _counting_context()
+    q = np.ones((1, 1, 2, 4), np.float32)
+    ctx.sdpa(q, q, q)  # warm the scratch
+    before = live["n"]
+    for _ in range(50):
+        with pytest.raises(attn.AttnError):
+            ctx.sdpa(q, q[..., :2], q)
+        ctx.sdpa(q, q, q, return_lse=True, return_weights=True)
+    assert live["n"] == before
+    ctx.close()
+    assert live["n"] == 0

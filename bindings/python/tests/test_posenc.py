@@ -1,0 +1,131 @@
+import numpy as np
+import pytest
+
+import attn
+import reference as ref
+from conftest import close, requires, try_torch
+
+LAYOUTS = ["interleaved", "concat", "concat-shifted", "cos-sin"]
+
+
+@requires("attn_sinusoidal")
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dim", [4, 7, 16, 65])
+def test_sinusoidal(layout, dim):
+    close(attn.sinusoidal(23, dim, layout=layout), ref.sinusoidal(23, dim, layout), atol=2e-6)
+    close(attn.sinusoidal(5, dim, layout=layout, base=500.0, offset=1000.5),
+          ref.sinusoidal(5, dim, layout, base=500.0, offset=1000.5), atol=2e-6)
+    pos = np.array([0.0, 3.0, 1e5, 7.25])
+    close(attn.sinusoidal(4, dim, layout=layout, positions=pos),
+          ref.sinusoidal(4, dim, layout, positions=pos), atol=2e-6)
+
+
+@requires("attn_sinusoidal")
+def test_sinusoidal_chunks_agree():
+    whole = attn.sinusoidal(40, 32)
+    close(attn.sinusoidal(15, 32, offset=25), whole[25:], atol=1e-6)
+
+
+@requires("attn_sinusoidal")
+def test_sinusoidal_into_view():
+    buf = np.zeros((10, 20), np.float32)
+    attn.sinusoidal(10, 8, out=buf[:, 4:12])
+    close(buf[:, 4:12], ref.sinusoidal(10, 8), atol=2e-6)
+    assert not buf[:, :4].any() and not buf[:, 12:].any()
+
+
+@requires("attn_sinusoidal_add")
+def test_sinusoidal_add(rng):
+    x = rng.standard_normal((3, 9, 12)).astype(np.float32)
+    y = attn.sinusoidal_add(x, layout="concat")
+    close(y, x + ref.sinusoidal(9, 12, "concat"), atol=2e-6)
+    x2 = x[0].copy()
+    same = attn.sinusoidal_add(x2, offset=4, inplace=True)
+    assert same is x2
+    close(x2, x[0] + ref.sinusoidal(9, 12, offset=4), atol=2e-6)
+    with pytest.raises(ValueError, match="float32"):
+        attn.sinusoidal_add(x.astype(np.float64), inplace=True)
+
+
+@requires("attn_sinusoidal")
+def test_sinusoidal_errors():
+    with pytest.raises(ValueError, match="layout"):
+        attn.sinusoidal(4, 4, layout="diagonal")
+    with pytest.raises(attn.AttnError) as e:
+        attn.sinusoidal(4, 4, base=1.0)
+    assert e.value.status == "ATTN_ERR_INVALID_ARG"
+    with pytest.raises(ValueError, match="positions"):
+        attn.sinusoidal(4, 4, positions=[1.0, 2.0])
+
+
+@requires("attn_rope")
+@pytest.mark.parametrize("style", ["half", "interleaved"])
+@pytest.mark.parametrize("rotary_dim", [None, 4])
+def test_rope(rng, style, rotary_dim):
+    x = rng.standard_normal((2, 3, 7, 8)).astype(np.float32)
+    close(attn.rope(x, style=style, rotary_dim=rotary_dim),
+          ref.rope(x, style, rotary_dim), atol=2e-6)
+    pos = rng.integers(0, 5000, size=(2, 7))
+    close(attn.rope(x, style=style, rotary_dim=rotary_dim, theta=500000.0, positions=pos),
+          ref.rope(x, style, rotary_dim, theta=500000.0, positions=pos), atol=1e-5)
+
+
+@requires("attn_rope")
+def test_rope_offset_layouts_and_inplace(rng):
+    x = rng.standard_normal((2, 4, 6, 16)).astype(np.float32)   # [B, H, L, D]
+    want = ref.rope(x, positions=np.broadcast_to(np.arange(10, 16), (2, 6)))
+    close(attn.rope(x, offset=10), want, atol=2e-6)
+    close(attn.rope(x, positions=np.arange(10, 16)), want, atol=2e-6)
+    blhd = np.ascontiguousarray(x.transpose(0, 2, 1, 3))        # [B, L, H, D]
+    got = attn.rope(blhd, offset=10, layout="blhd")
+    close(got.transpose(0, 2, 1, 3), want, atol=2e-6)
+    close(attn.rope(x[0], offset=10), want[0], atol=2e-6)      # no batch axis
+    y = blhd.copy()
+    assert attn.rope(y, offset=10, layout="blhd", inplace=True) is y
+    close(y, got, atol=0)
+
+
+@requires("attn_rope")
+def test_rope_torch_rotate_half(rng):
+    torch = try_torch()
+    if torch is None:
+        pytest.skip("torch is not installed")
+    x = rng.standard_normal((1, 2, 5, 8)).astype(np.float32)
+    t = torch.from_numpy(x).double()
+    inv = 1.0 / (10000.0 ** (torch.arange(0, 8, 2, dtype=torch.float64) / 8))
+    freqs = torch.outer(torch.arange(5, dtype=torch.float64), inv)
+    emb = torch.cat([freqs, freqs], -1)
+    half = torch.cat([-t[..., 4:], t[..., :4]], -1)             # HF rotate_half
+    close(attn.rope(x), (t * emb.cos() + half * emb.sin()).numpy(), atol=2e-6)
+
+
+@requires("attn_rope")
+def test_rope_errors(rng):
+    x = rng.standard_normal((1, 2, 3, 6)).astype(np.float32)
+    with pytest.raises(attn.AttnError) as e:
+        attn.rope(x, rotary_dim=3)
+    assert e.value.status == "ATTN_ERR_INVALID_ARG" and "rotary_dim" in e.value.message
+    with pytest.raises(attn.AttnError):
+        attn.rope(x, positions=np.array([[0, -1, 2]]))
+    with pytest.raises(ValueError, match="positions"):
+        attn.rope(x, positions=np.zeros((2, 3), np.int64))
+    with pytest.raises(ValueError, match="style"):
+        attn.rope(x, style="sideways")
+    with pytest.raises(ValueError, match="dims"):
+        attn.rope(x[0, 0])
+
+
+@requires("attn_alibi_slopes")
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 12, 16, 24, 40, 64])
+def test_alibi_slopes(n):
+    close(attn.alibi_slopes(n), ref.alibi_slopes_press(n), rtol=1e-6)
+    close(attn.alibi_slopes(n, max_bias=4.0), ref.alibi_slopes(n, 4.0), rtol=1e-6)
+
+
+@requires("attn_alibi_slopes")
+def test_alibi_errors():
+    with pytest.raises(attn.AttnError) as e:
+        attn.alibi_slopes(0)
+    assert e.value.status in ("ATTN_ERR_INVALID_ARG", "ATTN_ERR_NULL_ARG")
+    with pytest.raises(attn.AttnError):
+        attn.alibi_slopes(4, max_bias=-1.0)
