@@ -11,12 +11,14 @@ PACKAGES="
   libopenblas-dev
   libcmocka-dev
   python3-numpy python3-pytest
+  python3-torch
   clang-14 libclang-rt-14-dev
   valgrind
   abigail-tools
   doxygen
 "
-# libopenblas-dev: the BLAS; libcmocka-dev: unit tests; python3-*: binding tests;
+# libopenblas-dev: the BLAS; libcmocka-dev: unit tests; python3-*: binding tests
+# (python3-torch: the binding's second, independent reference; its tests skip without it);
 # clang-14 + libclang-rt-14-dev: the clang preset, fuzzing and sanitizers;
 # valgrind: memory checks; abigail-tools: abidiff; doxygen: the API reference.
 
