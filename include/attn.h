@@ -300,17 +300,24 @@ typedef struct attn_sinusoidal_params {
 /** Fill `p` with the defaults (and its struct_size). @since 0.1.0 */
 ATTN_API void attn_sinusoidal_params_init(attn_sinusoidal_params *p);
 
-/** Write the sinusoidal table into `out` [L, D] (F32, no zero strides).
- * Angles are computed in double, so positions up to 1e6 stay within 1e-6.
+/** Write the sinusoidal table into `out` [L, D] (F32, no zero strides, no
+ * two indices sharing an element): row l holds position offset + l, or
+ * positions[l]. Angles p * w_i are formed and passed to sin/cos in double,
+ * so positions up to 1e6 stay within 1e-6 of the exact table.
+ * @param[in] p NULL for defaults (interleaved, base 10000, offset 0).
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_SHAPE
- *  (out not 2-D), ATTN_ERR_INVALID_ARG (layout, base, offset, positions,
- *  strides), ATTN_ERR_UNSUPPORTED.
+ *  (out not 2-D), ATTN_ERR_INVALID_ARG (layout, reserved_, base, offset, a
+ *  non-finite position, D < 4 with ATTN_PE_SIN_COS_SHIFTED, out strides),
+ *  ATTN_ERR_UNSUPPORTED (dtype, newer params), ATTN_ERR_NO_MEMORY.
+ * Thread safety: uses up to the context's threads.
  * @since 0.1.0 */
-ATTN_API attn_status attn_sinusoidal(attn_ctx *ctx, attn_tensor *x,
+ATTN_API attn_status attn_sinusoidal(attn_ctx *ctx, attn_tensor *out,
                                      const attn_sinusoidal_params *p);
 
 /** Add the sinusoidal table to `x` in place: x [L, D] or [B, L, D] (every
- * batch gets the same table). Errors as attn_sinusoidal(). @since 0.1.0 */
+ * batch gets the same table, positions index the L axis). x must have no
+ * zero strides and no two indices sharing an element. Errors as
+ * attn_sinusoidal() (ATTN_ERR_SHAPE: x not 2-D or 3-D). @since 0.1.0 */
 ATTN_API attn_status attn_sinusoidal_add(attn_ctx *ctx, attn_tensor *x,
                                          const attn_sinusoidal_params *p);
 
@@ -339,24 +346,33 @@ typedef struct attn_rope_params {
 ATTN_API void attn_rope_params_init(attn_rope_params *p);
 
 /** Rotary position embedding, in place on x [B, H, L, D] (F32, no zero
- * strides). For pair (a, b) at rotary index i and position p, with
- * t = p * theta^(-2i/r): a' = a cos t - b sin t, b' = a sin t + b cos t.
- * A [B, L, H, D] buffer is passed as the [B, H, L, D] view with strides
- * {L*H*D, D, H*D, 1}. Angles in double.
+ * strides, no two indices sharing an element). For pair (a, b) at rotary
+ * index i (0 <= i < r/2) and position p, with t = p * theta^(-2i/r):
+ * a' = a cos t - b sin t, b' = a sin t + b cos t. Token l of batch b has
+ * position positions[b*L + l] if set, else offset + l; dims r..D-1 are left
+ * untouched. A [B, L, H, D] buffer is passed as the [B, H, L, D] view with
+ * strides {L*H*D, D, H*D, 1}. Angles and the rotation are computed in
+ * double, so the only rounding is the final store to float.
+ * @param[in] p NULL for defaults (half-split, r = D, theta 10000, offset 0).
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_SHAPE (not
- *  4-D), ATTN_ERR_INVALID_ARG (style, rotary_dim, theta, offset, a negative
- *  position, strides), ATTN_ERR_UNSUPPORTED.
+ *  4-D), ATTN_ERR_INVALID_ARG (style, rotary_dim, theta, a negative offset or
+ *  offset + L - 1 beyond int64, a negative position, strides),
+ *  ATTN_ERR_UNSUPPORTED (dtype, newer params), ATTN_ERR_NO_MEMORY. Every
+ *  position is checked before x is touched.
+ * Thread safety: uses up to the context's threads.
  * @since 0.1.0 */
 ATTN_API attn_status attn_rope(attn_ctx *ctx, attn_tensor *x, const attn_rope_params *p);
 
 /** ALiBi slopes for n_heads heads (Press et al.): with n = 2^floor(log2 n_heads),
  * m0 = 2^(-max_bias/n), m1 = 2^(-max_bias/(2n)): slope[h] = m0^(h+1) for h < n,
  * else m1^(2(h-n)+1). With max_bias = 8 this is the reference list, for any
- * head count.
+ * head count (for a non-power of two, the n slopes of n heads followed by
+ * every other slope of 2n heads). Each slope is computed as one power of
+ * two, so n = 8, max_bias = 8 gives 2^-1 .. 2^-8 exactly.
  * @param[in]  max_bias 0 = 8; finite and > 0.
- * @param[out] slopes   n_heads floats.
- * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG (n_heads < 1 or
- *  > 1<<20, max_bias).
+ * @param[out] slopes   n_heads floats; written only on success.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG (ctx or slopes), ATTN_ERR_BAD_HANDLE,
+ *  ATTN_ERR_INVALID_ARG (n_heads < 1 or > 1<<20, max_bias).
  * @since 0.1.0 */
 ATTN_API attn_status attn_alibi_slopes(attn_ctx *ctx, int32_t n_heads, double max_bias,
                                        float *slopes);
