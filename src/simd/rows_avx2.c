@@ -1,0 +1,68 @@
+/* Row kernels for AVX2 + FMA: the only file built with -mavx2 -mfma, and
+ * only called after cpu.c has seen both in CPUID and the YMM state enabled
+ * by the OS (XGETBV). */
+#include "exp_const.h"
+#include "kernels.h"
+
+#include <immintrin.h>
+
+typedef __m256 vf;
+typedef __m256 vm;
+#define VW 8
+
+static inline vf v_set1(float a) { return _mm256_set1_ps(a); }
+static inline vf v_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline void v_store(float *p, vf v) { _mm256_storeu_ps(p, v); }
+static inline vf v_load_part(const float *p, int64_t k, float fill) {
+  float buf[VW];
+  for (int64_t j = 0; j < VW; j++)
+    buf[j] = j < k ? p[j] : fill;
+  return _mm256_loadu_ps(buf);
+}
+static inline void v_store_part(float *p, int64_t k, vf v) {
+  float buf[VW];
+  _mm256_storeu_ps(buf, v);
+  for (int64_t j = 0; j < k; j++)
+    p[j] = buf[j];
+}
+static inline vf v_add(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf v_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+static inline vf v_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+static inline vf v_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vf v_min(vf a, vf b) { return _mm256_min_ps(a, b); }
+static inline vf v_max(vf a, vf b) { return _mm256_max_ps(a, b); }
+static inline vm v_nan(vf a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
+static inline vm vm_or(vm a, vm b) { return _mm256_or_ps(a, b); }
+static inline int vm_any(vm a) { return _mm256_movemask_ps(a) != 0; }
+static inline float v_hmax(vf a) {
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+  return _mm_cvtss_f32(h);
+}
+static inline vf v_pow2(vf p, vf t) {
+  __m256i n = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(EXP_MAGIC_BITS));
+  __m256i n1 = _mm256_srai_epi32(n, 1);
+  __m256i n2 = _mm256_sub_epi32(n, n1);
+  __m256i bias = _mm256_set1_epi32(127);
+  vf s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+  vf s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+  return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+typedef struct {
+  __m256d d;
+} vsum;
+static inline vsum vsum_zero(void) { return (vsum){_mm256_setzero_pd()}; }
+static inline void vsum_add(vsum *s, vf a) {
+  s->d = _mm256_add_pd(s->d, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a)),
+                                           _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1))));
+}
+static inline double vsum_total(vsum s) {
+  __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s.d), _mm256_extractf128_pd(s.d, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+
+#include "rows_body.h"
+
+const attn_kernels attn__kernels_avx2 = ROWS_TABLE("avx2");

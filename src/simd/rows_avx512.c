@@ -1,0 +1,57 @@
+/* Row kernels for AVX-512F: the only file built with -mavx512f, and only
+ * called after cpu.c has seen it in CPUID and the ZMM and opmask state
+ * enabled by the OS (XGETBV). Row tails use masked loads and stores, which
+ * never touch the lanes masked off. */
+#include "exp_const.h"
+#include "kernels.h"
+
+#include <immintrin.h>
+
+typedef __m512 vf;
+typedef __mmask16 vm;
+#define VW 16
+
+static inline __mmask16 first_lanes(int64_t k) { return (__mmask16)((1u << k) - 1u); }
+static inline vf v_set1(float a) { return _mm512_set1_ps(a); }
+static inline vf v_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline void v_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
+static inline vf v_load_part(const float *p, int64_t k, float fill) {
+  return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), first_lanes(k), p);
+}
+static inline void v_store_part(float *p, int64_t k, vf v) {
+  _mm512_mask_storeu_ps(p, first_lanes(k), v);
+}
+static inline vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf v_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+static inline vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf v_min(vf a, vf b) { return _mm512_min_ps(a, b); }
+static inline vf v_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+static inline vm v_nan(vf a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
+static inline vm vm_or(vm a, vm b) { return (vm)(a | b); }
+static inline int vm_any(vm a) { return a != 0; }
+static inline float v_hmax(vf a) { return _mm512_reduce_max_ps(a); }
+static inline vf v_pow2(vf p, vf t) {
+  __m512i n = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(EXP_MAGIC_BITS));
+  __m512i n1 = _mm512_srai_epi32(n, 1);
+  __m512i n2 = _mm512_sub_epi32(n, n1);
+  __m512i bias = _mm512_set1_epi32(127);
+  vf s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n1, bias), 23));
+  vf s2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n2, bias), 23));
+  return _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
+}
+
+typedef struct {
+  __m512d d;
+} vsum;
+static inline vsum vsum_zero(void) { return (vsum){_mm512_setzero_pd()}; }
+static inline void vsum_add(vsum *s, vf a) {
+  __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+  s->d = _mm512_add_pd(s->d, _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(a)),
+                                           _mm512_cvtps_pd(hi)));
+}
+static inline double vsum_total(vsum s) { return _mm512_reduce_add_pd(s.d); }
+
+#include "rows_body.h"
+
+const attn_kernels attn__kernels_avx512 = ROWS_TABLE("avx512");

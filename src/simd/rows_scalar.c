@@ -1,0 +1,54 @@
+/* Portable row kernels for builds without the x86 sets (cpu.c uses them
+ * off x86): plain loops over libm's expf. */
+#include "kernels.h"
+
+#include <math.h>
+
+static float row_max(const float *x, int64_t n) {
+  float m = x[0];
+  for (int64_t i = 0; i < n; i++) {
+    if (isnan(x[i]))
+      return NAN;
+    if (x[i] > m)
+      m = x[i];
+  }
+  return m;
+}
+
+static float exp_shift_sum(const float *x, float *y, int64_t n, float shift) {
+  double sum = 0;
+  for (int64_t i = 0; i < n; i++) {
+    y[i] = expf(x[i] - shift);
+    sum += y[i];
+  }
+  return (float)sum;
+}
+
+static float sum_exp_shift(const float *x, int64_t n, float shift) {
+  double sum = 0;
+  for (int64_t i = 0; i < n; i++)
+    sum += expf(x[i] - shift);
+  return (float)sum;
+}
+
+static void scale(const float *x, float *y, int64_t n, float s) {
+  for (int64_t i = 0; i < n; i++)
+    y[i] = x[i] * s;
+}
+
+static void scale_add(const float *x, const float *m, float *y, int64_t n, float s) {
+  for (int64_t i = 0; i < n; i++) {
+    float p = x[i] * s; /* a separate statement: never contracted into an FMA */
+    y[i] = p + m[i];
+  }
+}
+
+static void sub2(const float *x, float *y, int64_t n, float a, float b) {
+  for (int64_t i = 0; i < n; i++) {
+    float d = x[i] - a;
+    y[i] = d - b;
+  }
+}
+
+const attn_kernels attn__kernels_scalar = {"scalar",  row_max, exp_shift_sum, sum_exp_shift,
+                                           scale,     scale_add, sub2};
