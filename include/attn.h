@@ -476,7 +476,18 @@ ATTN_API attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q,
  * @{ */
 
 /** The CPU features found and the kernel set chosen at run time, e.g.
- * "cpu: sse2 avx2 fma avx512f; kernels: avx512". Static storage. @since 0.1.0 */
+ * "cpu: sse2 avx2 fma avx512f; kernels: avx512". Static storage. @since 0.1.0
+ *
+ * Kernel sets: "sse2" (any x86-64), "avx2" (AVX2 + FMA), "avx512" (AVX-512F),
+ * or "scalar" off x86. A feature counts only if the OS also enables its
+ * registers (XGETBV). The probe runs once per process, on the first call of
+ * this function or of an op, and is thread-safe. The environment variable
+ * ATTN_KERNELS=sse2|avx2|avx512, read by that probe, forces a set (for tests
+ * and benchmarks); a set this CPU cannot run, or an unknown name, is refused:
+ * the best set is used and the string ends with
+ * " (ATTN_KERNELS=... refused: ...)". Every set computes exp within 1.02 ULP
+ * (measured over every float in [-104, 89]), so results differ between sets
+ * only in the last bits. */
 ATTN_API const char *attn_cpu_info(void);
 
 /** Write a line describing the linked BLAS (name, version, core, threads)
