@@ -1,5 +1,6 @@
 /* The attn command: library information and a demo of its main job. */
 #include "attn.h"
+#include "attn_cmds.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -18,6 +19,7 @@ static int cmd_info(void) {
 
 static void usage(FILE *f) {
   fprintf(f, "usage: attn info | attn demo\n");
+  attn_npy_usage(f);
 }
 
 int main(int argc, char **argv) {
@@ -27,6 +29,9 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(argv[1], "info"))
     return cmd_info();
+  for (const attn_subcommand *c = attn_npy_subcommands; c->name; c++)
+    if (!strcmp(argv[1], c->name))
+      return c->run(argc - 1, argv + 1);
   if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
     usage(stdout);
     return 0;

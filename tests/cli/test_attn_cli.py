@@ -1,0 +1,341 @@
+"""The attn command's .npy subcommands, run as a user would: inputs made by
+numpy, results compared with the independent float64 references of the
+Python binding's tests, and malformed files that must give exit code 2 and
+a message naming the file, never a crash. ATTN_CLI names the binary."""
+import os
+import pty
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "bindings", "python", "tests"))
+import reference as ref  # noqa: E402
+
+CLI = os.environ.get("ATTN_CLI")
+pytestmark = pytest.mark.skipif(not CLI, reason="ATTN_CLI not set (ctest sets it)")
+TOL = dict(rtol=1e-4, atol=2e-5)
+
+
+def attn(*args, env=None):
+    r = subprocess.run([CLI] + [str(a) for a in args], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode >= 0, "killed by signal %d: %s" % (-r.returncode, r.stderr)
+    return r
+
+
+def ok(*args):
+    r = attn(*args)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def save(tmp_path, name, a, **kw):
+    p = tmp_path / name
+    with open(p, "wb") as f:
+        np.lib.format.write_array(f, np.asarray(a), **kw)
+    return p
+
+
+def close(got, want, **tol):
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, **(tol or TOL))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+# ---- results ----
+
+def test_softmax(tmp_path, rng):
+    x = rng.standard_normal((2, 3, 11)).astype(np.float32)
+    inp, out = save(tmp_path, "x.npy", x), tmp_path / "y.npy"
+    ok("softmax", inp, "-o", out)
+    y = np.load(out)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    close(y, ref.softmax(x))
+    ok("softmax", inp, "-o", out, "--log", "--scale", "0.5")
+    close(np.load(out), ref.softmax(x, scale=0.5, log=True))
+    m = rng.standard_normal((3, 11)).astype(np.float32)
+    ok("softmax", inp, "--mask", save(tmp_path, "m.npy", m), "--output=%s" % out)
+    close(np.load(out), ref.softmax(x, mask=m))
+    keep = rng.random((11,)) > 0.4
+    ok("softmax", inp, "-o", out, "--mask", save(tmp_path, "b.npy", keep))
+    close(np.load(out), ref.softmax(x, bool_mask=keep))
+
+
+def test_npy_versions_orders_and_float64(tmp_path, rng):
+    x = rng.standard_normal((4, 6))
+    out = tmp_path / "y.npy"
+    for i, version in enumerate([(1, 0), (2, 0), (3, 0)]):
+        for order, arr in (("C", x), ("F", np.asfortranarray(x))):
+            p = save(tmp_path, "x%d%s.npy" % (i, order), arr.astype(np.float32),
+                     version=version)
+            ok("softmax", p, "-o", out)
+            close(np.load(out), ref.softmax(x.astype(np.float32)))
+    ok("softmax", save(tmp_path, "x64.npy", np.asfortranarray(x)), "-o", out)
+    close(np.load(out), ref.softmax(x))
+    x4 = np.asfortranarray(rng.standard_normal((2, 3, 4, 5)))
+    ok("softmax", save(tmp_path, "x4.npy", x4), "-o", out)
+    close(np.load(out), ref.softmax(x4))
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "concat", "concat-shifted", "cos-sin"])
+def test_pe(tmp_path, layout):
+    out = tmp_path / "pe.npy"
+    ok("pe", "--len", 9, "--dim", 10, "--layout", layout, "-o", out)
+    close(np.load(out), ref.sinusoidal(9, 10, layout), atol=2e-6)
+    ok("pe", "--len", 4, "--dim", 7, "--layout", layout, "--base", 100, "--offset", 2.5,
+       "-o", out)
+    close(np.load(out), ref.sinusoidal(4, 7, layout, base=100.0, offset=2.5), atol=2e-6)
+
+
+def test_rope(tmp_path, rng):
+    x = rng.standard_normal((2, 3, 5, 8)).astype(np.float32)
+    inp, out = save(tmp_path, "x.npy", x), tmp_path / "y.npy"
+    ok("rope", inp, "-o", out)
+    close(np.load(out), ref.rope(x), atol=2e-6)
+    ok("rope", inp, "-o", out, "--style", "interleaved", "--theta", 500, "--rotary-dim", 4,
+       "--offset", 3)
+    pos = np.broadcast_to(np.arange(3, 8), (2, 5))
+    close(np.load(out), ref.rope(x, "interleaved", 4, 500.0, pos), atol=2e-6)
+    blhd = np.ascontiguousarray(x.transpose(0, 2, 1, 3))
+    ok("rope", save(tmp_path, "t.npy", blhd), "-o", out, "--layout", "blhd")
+    close(np.load(out).transpose(0, 2, 1, 3), ref.rope(x), atol=2e-6)
+    ok("rope", save(tmp_path, "u.npy", x[0]), "-o", out)
+    close(np.load(out), ref.rope(x[:1])[0], atol=2e-6)
+
+
+def test_sdpa(tmp_path, rng):
+    q = rng.standard_normal((2, 4, 5, 8)).astype(np.float32)
+    k = rng.standard_normal((2, 2, 7, 8)).astype(np.float32)
+    v = rng.standard_normal((2, 2, 7, 3)).astype(np.float32)
+    files = [save(tmp_path, n + ".npy", a) for n, a in (("q", q), ("k", k), ("v", v))]
+    out, lse, w = tmp_path / "o.npy", tmp_path / "lse.npy", tmp_path / "w.npy"
+    ok("sdpa", *files, "-o", out)
+    close(np.load(out), ref.sdpa(q, k, v)[0])
+    for align in ("top-left", "bottom-right"):
+        ok("sdpa", *files, "-o", out, "--causal", align, "--lse", lse, "--weights", w,
+           "--scale", 0.2)
+        want = ref.sdpa(q, k, v, causal=True, align=align, scale=0.2)
+        close(np.load(out), want[0])
+        close(np.load(lse), want[1])
+        close(np.load(w), want[2])
+    m = rng.standard_normal((5, 7)).astype(np.float32)
+    ok("sdpa", *files, "-o", out, "--mask", save(tmp_path, "m.npy", m))
+    close(np.load(out), ref.sdpa(q, k, v, mask=m)[0])
+    keep = rng.random((2, 1, 5, 7)) > 0.3
+    ok("sdpa", *files, "-o", out, "--mask", save(tmp_path, "b.npy", keep.astype(np.uint8)))
+    close(np.load(out), ref.sdpa(q, k, v, bool_mask=keep)[0])
+    t = [save(tmp_path, n + "t.npy", np.ascontiguousarray(a.transpose(0, 2, 1, 3)))
+         for n, a in (("q", q), ("k", k), ("v", v))]
+    ok("sdpa", *t, "-o", out, "--layout", "blhd", "--causal", "bottom-right")
+    got = np.load(out)
+    assert got.shape == (2, 5, 4, 3)
+    close(got.transpose(0, 2, 1, 3), ref.sdpa(q, k, v, causal=True, align="bottom-right")[0])
+    u = [save(tmp_path, n + "u.npy", a[0]) for n, a in (("q", q), ("k", k), ("v", v))]
+    ok("sdpa", *u, "-o", out, "--lse", lse)
+    want = ref.sdpa(q[:1], k[:1], v[:1])
+    close(np.load(out), want[0][0])
+    close(np.load(lse), want[1][0])
+
+
+# ---- usage ----
+
+@pytest.mark.parametrize("cmd", ["softmax", "pe", "rope", "sdpa", "bench"])
+def test_help(cmd):
+    r = ok(cmd, "--help")
+    assert r.stdout.startswith("usage: attn " + cmd)
+    assert "Exit status" in r.stdout
+
+
+def test_top_level_help():
+    r = ok("--help")
+    for cmd in ("softmax", "pe", "rope", "sdpa", "bench"):
+        assert "attn " + cmd in r.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["softmax"], ["softmax", "x.npy"], ["softmax", "x.npy", "-o"],
+    ["softmax", "x.npy", "-o", "y.npy", "--scale", "abc"],
+    ["softmax", "x.npy", "-o", "y.npy", "--frobnicate"],
+    ["pe", "--len", "3", "-o", "y.npy"], ["pe", "--len", "-3", "--dim", "4", "-o", "y.npy"],
+    ["pe", "--len", "3", "--dim", "4", "--layout", "diagonal", "-o", "y.npy"],
+    ["rope", "x.npy", "-o", "y.npy", "--style", "sideways"],
+    ["rope", "x.npy", "-o", "y.npy", "--offset", "1.5"],
+    ["sdpa", "q.npy", "k.npy", "-o", "o.npy"],
+    ["sdpa", "q.npy", "k.npy", "v.npy", "-o", "o.npy", "--causal", "diagonal"],
+    ["sdpa", "q.npy", "k.npy", "v.npy", "w.npy", "-o", "o.npy"],
+])
+def test_usage_errors(tmp_path, args):
+    r = attn(*args)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("attn " + args[0]) and "--help" in r.stderr
+
+
+# ---- bad input ----
+
+def header_file(tmp_path, name, header, data=b"", version=1):
+    h = header.encode()
+    pad = (-(10 + len(h) + 1)) % 64
+    h = h + b" " * pad + b"\n"
+    pre = b"\x93NUMPY" + bytes([version, 0]) + (
+        len(h).to_bytes(2, "little") if version == 1 else len(h).to_bytes(4, "little"))
+    p = tmp_path / name
+    p.write_bytes(pre + h + data)
+    return p
+
+
+def bad_files(tmp_path):
+    good = save(tmp_path, "good.npy", np.ones((3, 4), np.float32)).read_bytes()
+    f32 = np.ones(12, np.float32).tobytes()
+    cases = {
+        "truncated data": (good[:-5], "truncated"),
+        "truncated header": (good[:40], "truncated"),
+        "magic only": (good[:8], "too short"),
+        "empty": (b"", "too short"),
+        "not npy": (b"hello world, this is not numpy", "not an .npy"),
+        "version 4": (good[:6] + b"\x04\x00" + good[8:], "version 4.0"),
+        "extra data": (good + b"\0" * 4, "lies"),
+    }
+    paths = {}
+    for name, (data, why) in cases.items():
+        p = tmp_path / (name.replace(" ", "_") + ".npy")
+        p.write_bytes(data)
+        paths[name] = (p, why)
+    hdr = {
+        "shape lies": ("{'descr': '<f4', 'fortran_order': False, 'shape': (4, 4), }", f32,
+                       "truncated"),
+        "int64": ("{'descr': '<i8', 'fortran_order': False, 'shape': (12,), }",
+                  np.ones(12, np.int64).tobytes(), "'<i8' is not supported"),
+        "complex": ("{'descr': '<c8', 'fortran_order': False, 'shape': (12,), }", f32 * 2,
+                    "not supported"),
+        "big-endian": ("{'descr': '>f4', 'fortran_order': False, 'shape': (12,), }", f32,
+                       "big-endian"),
+        "5 dims": ("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 1, 2, 3), }",
+                   f32, "5 dims"),
+        "scalar": ("{'descr': '<f4', 'fortran_order': False, 'shape': (), }", f32[:4],
+                   "scalar"),
+        "empty shape": ("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 0), }", b"",
+                        "empty"),
+        "negative dim": ("{'descr': '<f4', 'fortran_order': False, 'shape': (-3, 4), }", f32,
+                         "negative"),
+        "huge dim": ("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999,"
+                     " 4), }", f32, "exceeds"),
+        "overflow": ("{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, "
+                     "1099511627776), }", f32, "too large"),
+        "missing key": ("{'descr': '<f4', 'shape': (12,), }", f32, "missing key"),
+        "unknown key": ("{'descr': '<f4', 'fortran_order': False, 'shape': (12,), 'x': 1}",
+                        f32, "unknown key"),
+        "syntax": ("{'descr': '<f4' 'fortran_order': False, 'shape': (12,), }", f32,
+                   "bad header"),
+        "unterminated": ("{'descr': '<f4, 'fortran_order': False, 'shape': (12,)}", f32,
+                         "bad header"),
+        "structured": ("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (12,), }",
+                       f32, "structured"),
+        "fortran yes": ("{'descr': '<f4', 'fortran_order': Yes, 'shape': (12,), }", f32,
+                        "True or False"),
+        "v2 lies": ("{'descr': '<f4', 'fortran_order': False, 'shape': (13,), }", f32,
+                    "truncated"),
+    }
+    for name, (h, data, why) in hdr.items():
+        p = header_file(tmp_path, name.replace(" ", "_") + ".npy", h, data,
+                        version=2 if name.startswith("v2") else 1)
+        paths[name] = (p, why)
+    return paths
+
+
+def test_malformed_files(tmp_path):
+    out = tmp_path / "out.npy"
+    for name, (path, why) in bad_files(tmp_path).items():
+        r = attn("softmax", path, "-o", out)
+        assert r.returncode == 2, (name, r.stderr)
+        assert str(path) in r.stderr and why in r.stderr, (name, r.stderr)
+        assert not out.exists(), name
+
+
+def test_wrong_dtype_for_the_argument(tmp_path):
+    out = tmp_path / "out.npy"
+    b = save(tmp_path, "bool.npy", np.ones((3, 4), bool))
+    r = attn("softmax", b, "-o", out)
+    assert r.returncode == 2 and "bool" in r.stderr and "float" in r.stderr
+    i8 = save(tmp_path, "i8.npy", np.ones((3, 4), np.int8))
+    x = save(tmp_path, "x.npy", np.ones((3, 4), np.float32))
+    r = attn("softmax", x, "--mask", i8, "-o", out)
+    assert r.returncode == 2 and str(i8) in r.stderr and "|i1" in r.stderr
+
+
+def test_missing_file_and_unwritable_output(tmp_path):
+    r = attn("softmax", tmp_path / "nope.npy", "-o", tmp_path / "y.npy")
+    assert r.returncode == 2 and "nope.npy" in r.stderr and "cannot open" in r.stderr
+    x = save(tmp_path, "x.npy", np.ones((2, 2), np.float32))
+    r = attn("softmax", x, "-o", tmp_path / "no" / "dir" / "y.npy")
+    assert r.returncode == 2 and "cannot create" in r.stderr
+
+
+def test_shapes_libattn_refuses(tmp_path, rng):
+    q = save(tmp_path, "q.npy", rng.standard_normal((1, 2, 3, 8)).astype(np.float32))
+    k = save(tmp_path, "k.npy", rng.standard_normal((1, 2, 4, 6)).astype(np.float32))
+    out = tmp_path / "o.npy"
+    r = attn("sdpa", q, k, k, "-o", out)
+    assert r.returncode == 2 and "q.npy" in r.stderr and "k.shape[3]" in r.stderr
+    assert "ATTN_ERR_SHAPE" in r.stderr and not out.exists()
+    m = save(tmp_path, "m.npy", np.zeros((5, 5), np.float32))
+    r = attn("softmax", q, "--mask", m, "-o", out)
+    assert r.returncode == 2 and "m.npy" in r.stderr and "mask" in r.stderr
+    r = attn("rope", save(tmp_path, "r.npy", np.ones((2, 3), np.float32)), "-o", out)
+    assert r.returncode == 2 and "r.npy" in r.stderr and "2 dims" in r.stderr
+    r = attn("rope", q, "-o", out, "--rotary-dim", 3)
+    assert r.returncode == 2 and "rotary_dim" in r.stderr
+    r = attn("pe", "--len", 3, "--dim", 4, "--base", 0.5, "-o", out)
+    assert r.returncode == 2 and "base" in r.stderr
+
+
+# ---- bench ----
+
+def fake_bench(tmp_path, code=0):
+    p = tmp_path / "fake-bench"
+    p.write_text("#!/bin/sh\necho 'result 1'\necho \"args: $*\"\nexit %d\n" % code)
+    p.chmod(0o755)
+    return p
+
+
+def test_bench_runs_attn_bench(tmp_path):
+    env = dict(os.environ, ATTN_BENCH=str(fake_bench(tmp_path, 3)))
+    r = attn("bench", "--quick", "x", env=env)
+    assert r.returncode == 3
+    assert r.stdout == "result 1\nargs: --quick x\n"
+    r = attn("bench", "--", "--help", env=env)
+    assert "args: --help" in r.stdout
+    env["ATTN_BENCH"] = str(tmp_path / "missing")
+    r = attn("bench", env=env)
+    assert r.returncode == 2 and "cannot find attn-bench" in r.stderr
+
+
+def test_bench_progress_on_a_terminal(tmp_path):
+    env = dict(os.environ, ATTN_BENCH=str(fake_bench(tmp_path)))
+    master, slave = pty.openpty()
+    try:
+        r = subprocess.run([CLI, "bench", "a"], stdout=subprocess.PIPE, stderr=slave,
+                           env=env, timeout=60)
+        os.close(slave)
+        slave = None
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if slave is not None:
+            os.close(slave)
+        os.close(master)
+    assert r.returncode == 0
+    assert r.stdout == b"result 1\nargs: a\n"
+    assert b"attn bench: 2 lines of results" in seen

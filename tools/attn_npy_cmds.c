@@ -1,0 +1,783 @@
+/* attn subcommands on .npy files: softmax, pe, rope, sdpa; and bench, which
+ * runs attn-bench. Exit codes: 0 success, 1 bad usage (unknown option,
+ * missing or non-numeric value), 2 bad input (a file that cannot be read or
+ * is malformed, arrays or values libattn refuses, an output that cannot be
+ * written, or attn-bench not found). Every message names the file or
+ * option and the reason. */
+#define _POSIX_C_SOURCE 200809L
+#include "attn.h"
+#include "attn_cmds.h"
+#include "npy.h"
+
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- command-line helpers ---- */
+
+typedef struct {
+  const char *cmd;   /* "softmax", for messages */
+  const char *usage; /* the subcommand's help text */
+} cli;
+
+static int usage_error(const cli *c, const char *fmt, const char *arg) {
+  fprintf(stderr, "attn %s: ", c->cmd);
+  fprintf(stderr, fmt, arg);
+  fprintf(stderr, "\nTry 'attn %s --help'.\n", c->cmd);
+  return ATTN_EXIT_USAGE;
+}
+
+/* Match option `name` at argv[*i] as "--name VALUE" or "--name=VALUE".
+ * Returns 1 and sets *val on a match, -1 if the value is missing, 0 if
+ * argv[*i] is another option. */
+static int take(int argc, char **argv, int *i, const char *name, const char **val) {
+  size_t n = strlen(name);
+  const char *a = argv[*i];
+  if (strncmp(a, name, n))
+    return 0;
+  if (a[n] == '=') {
+    *val = a + n + 1;
+    return 1;
+  }
+  if (a[n])
+    return 0;
+  if (*i + 1 >= argc)
+    return -1;
+  *val = argv[++*i];
+  return 1;
+}
+
+static int parse_double(const cli *c, const char *opt, const char *s, double *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (end == s || *end || errno == ERANGE || !isfinite(v)) {
+    fprintf(stderr, "attn %s: %s = '%s' is not a finite number\nTry 'attn %s --help'.\n",
+            c->cmd, opt, s, c->cmd);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+static int parse_int(const cli *c, const char *opt, const char *s, int64_t lo, int64_t hi,
+                     int64_t *out) {
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (end == s || *end || errno == ERANGE || v < lo || v > hi) {
+    fprintf(stderr, "attn %s: %s = '%s' is not an integer in %lld..%lld\n"
+                    "Try 'attn %s --help'.\n",
+            c->cmd, opt, s, (long long)lo, (long long)hi, c->cmd);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+static int pick(const cli *c, const char *opt, const char *s, const char *const *names,
+                const int *values, int n, int *out) {
+  for (int i = 0; i < n; i++)
+    if (!strcmp(s, names[i])) {
+      *out = values[i];
+      return 0;
+    }
+  fprintf(stderr, "attn %s: %s = '%s' is not one of:", c->cmd, opt, s);
+  for (int i = 0; i < n; i++)
+    fprintf(stderr, " %s", names[i]);
+  fprintf(stderr, "\nTry 'attn %s --help'.\n", c->cmd);
+  return -1;
+}
+
+/* ---- libattn helpers ---- */
+
+typedef struct {
+  const cli *c;
+  const char *files; /* the input files, for messages */
+  attn_ctx *ctx;
+} run;
+
+static int open_ctx(run *r) {
+  attn_status st = attn_ctx_create(&r->ctx, NULL);
+  if (st != ATTN_OK) {
+    fprintf(stderr, "attn %s: cannot create a libattn context (%s)\n", r->c->cmd,
+            attn_status_string(st));
+    return -1;
+  }
+  return 0;
+}
+
+/* Report a failed libattn call with the files it was about. */
+static int lib_error(run *r, attn_status st) {
+  const char *msg = attn_ctx_last_error(r->ctx);
+  fprintf(stderr, "attn %s: %s: %s%s%s%s\n", r->c->cmd, r->files, msg, *msg ? " (" : "",
+          attn_status_string(st), *msg ? ")" : "");
+  return ATTN_EXIT_INPUT;
+}
+
+static attn_status wrap(run *r, const npy_array *a, const int64_t *dims, const int64_t *strides,
+                        int ndim, attn_tensor **out) {
+  size_t bytes = npy_count(a) * (a->dtype == NPY_U8 ? 1 : 4);
+  return attn_tensor_wrap(r->ctx, a->dtype == NPY_U8 ? ATTN_DTYPE_U8 : ATTN_DTYPE_F32, ndim,
+                          dims ? dims : a->dims, strides, a->data, bytes, out);
+}
+
+static int read_input(const cli *c, const char *path, int accept, npy_array *a) {
+  char err[NPY_ERR_LEN + 64];
+  if (npy_read(path, accept, a, err, sizeof err)) {
+    fprintf(stderr, "attn %s: %s\n", c->cmd, err);
+    return -1;
+  }
+  return 0;
+}
+
+static int write_output(const cli *c, const char *path, int ndim, const int64_t *dims,
+                        const float *data) {
+  char err[NPY_ERR_LEN + 64];
+  if (npy_write(path, NPY_F32, ndim, dims, data, err, sizeof err)) {
+    fprintf(stderr, "attn %s: %s\n", c->cmd, err);
+    return -1;
+  }
+  return 0;
+}
+
+static float *alloc_floats(const cli *c, size_t n) {
+  float *p = n <= SIZE_MAX / sizeof(float) ? malloc(n * sizeof(float)) : NULL;
+  if (!p)
+    fprintf(stderr, "attn %s: out of memory for %zu floats\n", c->cmd, n);
+  return p;
+}
+
+/* Files named on the command line, joined for messages. */
+static void join_files(char *buf, size_t size, const char *const *names, int n) {
+  buf[0] = 0;
+  for (int i = 0; i < n; i++)
+    if (names[i]) {
+      size_t used = strlen(buf);
+      snprintf(buf + used, size - used, "%s%s", used ? ", " : "", names[i]);
+    }
+}
+
+/* ---- softmax ---- */
+
+static const char softmax_usage[] =
+    "usage: attn softmax IN.npy -o OUT.npy [--log] [--scale S] [--mask M.npy]\n"
+    "Softmax (or log-softmax) over the last axis of IN (1-4 dims, float32 or float64).\n"
+    "  -o, --output OUT.npy  result, float32, IN's shape\n"
+    "  --log                 log-softmax instead\n"
+    "  --scale S             multiply IN by S first (1/temperature; default 1)\n"
+    "  --mask M.npy          float: added after scaling (-inf removes an entry);\n"
+    "                        bool/uint8: nonzero = keep. Broadcast to IN's shape.\n"
+    "Exit status: 0 success, 1 bad usage, 2 bad input.\n";
+
+static int cmd_softmax(int argc, char **argv) {
+  cli c = {"softmax", softmax_usage};
+  const char *in = NULL, *outp = NULL, *maskp = NULL, *v;
+  int log = 0;
+  double scale = 1.0;
+  for (int i = 1; i < argc; i++) {
+    int m;
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      fputs(c.usage, stdout);
+      return ATTN_EXIT_OK;
+    } else if (!strcmp(argv[i], "--log")) {
+      log = 1;
+    } else if ((m = take(argc, argv, &i, "-o", &v)) || (m = take(argc, argv, &i, "--output", &v))) {
+      if (m < 0)
+        return usage_error(&c, "%s needs a value", argv[i]);
+      outp = v;
+    } else if ((m = take(argc, argv, &i, "--scale", &v))) {
+      if (m < 0)
+        return usage_error(&c, "%s needs a value", argv[i]);
+      if (parse_double(&c, "--scale", v, &scale))
+        return ATTN_EXIT_USAGE;
+    } else if ((m = take(argc, argv, &i, "--mask", &v))) {
+      if (m < 0)
+        return usage_error(&c, "%s needs a value", argv[i]);
+      maskp = v;
+    } else if (argv[i][0] == '-' && argv[i][1]) {
+      return usage_error(&c, "unknown option '%s'", argv[i]);
+    } else if (!in) {
+      in = argv[i];
+    } else {
+      return usage_error(&c, "unexpected argument '%s'", argv[i]);
+    }
+  }
+  if (!in)
+    return usage_error(&c, "%s", "missing IN.npy");
+  if (!outp)
+    return usage_error(&c, "%s", "missing -o OUT.npy");
+  if (scale == 0)
+    return usage_error(&c, "%s", "--scale must not be 0");
+
+  int rc = ATTN_EXIT_INPUT;
+  npy_array x = {0}, mask = {0};
+  float *y = NULL;
+  char files[512];
+  join_files(files, sizeof files, (const char *const[]){in, maskp}, 2);
+  run r = {&c, files, NULL};
+  if (read_input(&c, in, NPY_ACCEPT_FLOAT, &x) ||
+      (maskp && read_input(&c, maskp, NPY_ACCEPT_FLOAT | NPY_ACCEPT_BOOL, &mask)) ||
+      !(y = alloc_floats(&c, npy_count(&x))) || open_ctx(&r))
+    goto done;
+  attn_tensor *tx, *ty, *tm = NULL;
+  npy_array ya = x;
+  ya.data = y;
+  attn_softmax_params p;
+  attn_softmax_params_init(&p);
+  p.scale = (float)scale;
+  attn_status st;
+  if ((st = wrap(&r, &x, NULL, NULL, x.ndim, &tx)) || (st = wrap(&r, &ya, NULL, NULL, x.ndim, &ty)) ||
+      (maskp && (st = wrap(&r, &mask, NULL, NULL, mask.ndim, &tm)))) {
+    rc = lib_error(&r, st);
+    goto done;
+  }
+  if (tm && mask.dtype == NPY_U8)
+    p.bool_mask = tm;
+  else
+    p.mask = tm;
+  st = log ? attn_log_softmax(r.ctx, tx, ty, &p) : attn_softmax(r.ctx, tx, ty, &p);
+  if (st) {
+    rc = lib_error(&r, st);
+    goto done;
+  }
+  rc = write_output(&c, outp, x.ndim, x.dims, y) ? ATTN_EXIT_INPUT : ATTN_EXIT_OK;
+done:
+  attn_ctx_destroy(r.ctx);
+  free(y);
+  npy_free(&x);
+  npy_free(&mask);
+  return rc;
+}
+
+/* ---- pe ---- */
+
+static const char pe_usage[] =
+    "usage: attn pe --len L --dim D [--layout NAME] [--base B] [--offset O] -o OUT.npy\n"
+    "Write the sinusoidal position table [L, D] (float32).\n"
+    "  --layout NAME   interleaved (default; the paper: sin, cos pairs),\n"
+    "                  concat (all sin then all cos), concat-shifted (fairseq,\n"
+    "                  tensor2tensor), cos-sin (diffusion timestep embedding)\n"
+    "  --base B        frequency base (default 10000)\n"
+    "  --offset O      row l has position O + l (default 0; may be fractional)\n"
+    "Exit status: 0 success, 1 bad usage, 2 bad input.\n";
+
+static const char *const pe_names[] = {"interleaved", "concat", "concat-shifted", "cos-sin"};
+static const int pe_values[] = {ATTN_PE_INTERLEAVED, ATTN_PE_SIN_COS, ATTN_PE_SIN_COS_SHIFTED,
+                                ATTN_PE_COS_SIN};
+
+static int cmd_pe(int argc, char **argv) {
+  cli c = {"pe", pe_usage};
+  const char *outp = NULL, *v;
+  int64_t len = 0, dim = 0;
+  int layout = ATTN_PE_INTERLEAVED;
+  double base = 10000.0, offset = 0.0;
+  for (int i = 1; i < argc; i++) {
+    int m;
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      fputs(c.usage, stdout);
+      return ATTN_EXIT_OK;
+    } else if ((m = take(argc, argv, &i, "-o", &v)) || (m = take(argc, argv, &i, "--output", &v))) {
+      if (m < 0)
+        return usage_error(&c, "%s needs a value", argv[i]);
+      outp = v;
+    } else if ((m = take(argc, argv, &i, "--len", &v))) {
+      if (m < 0 || parse_int(&c, "--len", v, 1, (int64_t)1 << 31, &len))
+        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+    } else if ((m = take(argc, argv, &i, "--dim", &v))) {
+      if (m < 0 || parse_int(&c, "--dim", v, 1, (int64_t)1 << 31, &dim))
+        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+    } else if ((m = take(argc, argv, &i, "--layout", &v))) {
+      if (m < 0 || pick(&c, "--layout", v, pe_names, pe_values, 4, &layout))
+        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+    } else if ((m = take(argc, argv, &i, "--base", &v))) {
+      if (m < 0 || parse_double(&c, "--base", v, &base))
+        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+    } else if ((m = take(argc, argv, &i, "--offset", &v))) {
+      if (m < 0 || parse_double(&c, "--offset", v, &offset))
+        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+    } else {
+      return usage_error(&c, "unexpected argument '%s'", argv[i]);
+    }
+  }
+  if (!len || !dim)
+    return usage_error(&c, "%s", "--len and --dim are required");
+  if (!outp)
+    return usage_error(&c, "%s", "missing -o OUT.npy");
+
+  int rc = ATTN_EXIT_INPUT;
+  run r = {&c, "--len/--dim/--base/--offset", NULL};
+  int64_t dims[2] = {len, dim};
+  float *y = NULL;
+  if ((uint64_t)len * (uint64_t)dim > ((uint64_t)1 << 40)) {
+    fprintf(stderr, "attn pe: --len %lld x --dim %lld is too large\n", (long long)len,
+            (long long)dim);
+    goto done;
+  }
+  if (!(y = alloc_floats(&c, (size_t)(len * dim))) || open_ctx(&r))
+    goto done;
+  attn_tensor *t;
+  attn_sinusoidal_params p;
+  attn_sinusoidal_params_init(&p);
+  p.layout = layout;
+  p.base = base;
+  p.offset = offset;
+  attn_status st = attn_tensor_wrap(r.ctx, ATTN_DTYPE_F32, 2, dims, NULL, y,
+                                    (size_t)(len * dim) * sizeof(float), &t);
+  if (st || (st = attn_sinusoidal(r.ctx, t, &p))) {
+    rc = lib_error(&r, st);
+    goto done;
+  }
+  rc = write_output(&c, outp, 2, dims, y) ? ATTN_EXIT_INPUT : ATTN_EXIT_OK;
+done:
+  attn_ctx_destroy(r.ctx);
+  free(y);
+  return rc;
+}
+
+/* ---- the [B, H, L, D] view of a 3-D or 4-D array ---- */
+
+/* Fill dims/strides of the [B, H, L, D] view of `a` (C order) stored as
+ * [B, H, L, D] (blhd = 0) or [B, L, H, D] (blhd = 1); 3-D arrays have no
+ * batch axis. Returns 0, or -1 with a message for another rank. */
+static int bhld_view(const cli *c, const char *path, const npy_array *a, int blhd,
+                     int64_t *dims, int64_t *strides) {
+  if (a->ndim != 3 && a->ndim != 4) {
+    fprintf(stderr, "attn %s: %s: has %d dims but must have 4 (%s) or 3 (no batch axis)\n",
+            c->cmd, path, a->ndim, blhd ? "[B, L, H, D]" : "[B, H, L, D]");
+    return -1;
+  }
+  int64_t d[4] = {1, 0, 0, 0};
+  memcpy(d + 4 - a->ndim, a->dims, (size_t)a->ndim * sizeof d[0]);
+  int64_t s[4]; /* C-order strides of the stored array */
+  s[3] = 1;
+  for (int i = 2; i >= 0; i--)
+    s[i] = s[i + 1] * d[i + 1];
+  if (blhd) {
+    int64_t t = d[1];
+    d[1] = d[2], d[2] = t;
+    t = s[1];
+    s[1] = s[2], s[2] = t;
+  }
+  memcpy(dims, d, sizeof d);
+  memcpy(strides, s, sizeof s);
+  return 0;
+}
+
+static const char *const layout_names[] = {"bhld", "blhd"};
+static const int layout_values[] = {0, 1};
+
+/* ---- rope ---- */
+
+static const char rope_usage[] =
+    "usage: attn rope IN.npy -o OUT.npy [--style half|interleaved] [--theta T]\n"
+    "                 [--rotary-dim R] [--offset P] [--layout bhld|blhd]\n"
+    "Rotary position embedding of IN: [B, H, L, D] (or [B, L, H, D] with\n"
+    "--layout blhd; 3-D without the batch axis), float32 or float64.\n"
+    "  --style half         pairs (i, i + R/2): GPT-NeoX, LLaMA (default)\n"
+    "  --style interleaved  pairs (2i, 2i + 1): GPT-J\n"
+    "  --theta T            frequency base (default 10000)\n"
+    "  --rotary-dim R       rotate the first R dims of each head (even; default D)\n"
+    "  --offset P           token l has position P + l (default 0)\n"
+    "Exit status: 0 success, 1 bad usage, 2 bad input.\n";
+
+static int cmd_rope(int argc, char **argv) {
+  cli c = {"rope", rope_usage};
+  const char *in = NULL, *outp = NULL, *v;
+  int style = ATTN_ROPE_HALF_SPLIT, blhd = 0;
+  double theta = 10000.0;
+  int64_t rdim = 0, offset = 0;
+  static const char *const style_names[] = {"half", "interleaved"};
+  static const int style_values[] = {ATTN_ROPE_HALF_SPLIT, ATTN_ROPE_INTERLEAVED};
+  for (int i = 1; i < argc; i++) {
+    int m;
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      fputs(c.usage, stdout);
+      return ATTN_EXIT_OK;
+    } else if ((m = take(argc, argv, &i, "-o", &v)) || (m = take(argc, argv, &i, "--output", &v))) {
+      if (m < 0)
+        return usage_error(&c, "%s needs a value", argv[i]);
+      outp = v;
+    } else if ((m = take(argc, argv, &i, "--style", &v))) {
+      if (m < 0 || pick(&c, "--style", v, style_names, style_values, 2, &style))
+        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+    } else if ((m = take(argc, argv, &i, "--layout", &v))) {
+      if (m < 0 || pick(&c, "--layout", v, layout_names, layout_values, 2, &blhd))
+        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+    } else if ((m = take(argc, argv, &i, "--theta", &v))) {
+      if (m < 0 || parse_double(&c, "--theta", v, &theta))
+        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+    } else if ((m = take(argc, argv, &i, "--rotary-dim", &v))) {
+      if (m < 0 || parse_int(&c, "--rotary-dim", v, 1, INT32_MAX, &rdim))
+        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+    } else if ((m = take(argc, argv, &i, "--offset", &v))) {
+      if (m < 0 || parse_int(&c, "--offset", v, 0, INT64_MAX / 2, &offset))
+        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+    } else if (argv[i][0] == '-' && argv[i][1]) {
+      return usage_error(&c, "unknown option '%s'", argv[i]);
+    } else if (!in) {
+      in = argv[i];
+    } else {
+      return usage_error(&c, "unexpected argument '%s'", argv[i]);
+    }
+  }
+  if (!in)
+    return usage_error(&c, "%s", "missing IN.npy");
+  if (!outp)
+    return usage_error(&c, "%s", "missing -o OUT.npy");
+
+  int rc = ATTN_EXIT_INPUT;
+  npy_array x = {0};
+  run r = {&c, in, NULL};
+  int64_t dims[4], strides[4];
+  if (read_input(&c, in, NPY_ACCEPT_FLOAT, &x) || bhld_view(&c, in, &x, blhd, dims, strides) ||
+      open_ctx(&r))
+    goto done;
+  attn_tensor *t;
+  attn_rope_params p;
+  attn_rope_params_init(&p);
+  p.style = style;
+  p.theta = theta;
+  p.rotary_dim = (int32_t)rdim;
+  p.offset = offset;
+  attn_status st = wrap(&r, &x, dims, strides, 4, &t);
+  if (st || (st = attn_rope(r.ctx, t, &p))) {
+    rc = lib_error(&r, st);
+    goto done;
+  }
+  rc = write_output(&c, outp, x.ndim, x.dims, x.data) ? ATTN_EXIT_INPUT : ATTN_EXIT_OK;
+done:
+  attn_ctx_destroy(r.ctx);
+  npy_free(&x);
+  return rc;
+}
+
+/* ---- sdpa ---- */
+
+static const char sdpa_usage[] =
+    "usage: attn sdpa Q.npy K.npy V.npy -o OUT.npy [--causal top-left|bottom-right]\n"
+    "                 [--scale S] [--mask M.npy] [--lse LSE.npy] [--weights W.npy]\n"
+    "                 [--layout bhld|blhd]\n"
+    "Scaled dot-product attention softmax(S q k^T + mask) v.\n"
+    "Q [B, Hq, Lq, D], K [B, Hkv, Lk, D], V [B, Hkv, Lk, Dv] (or [B, L, H, D] each\n"
+    "with --layout blhd; 3-D without the batch axis), float32 or float64; Hq a\n"
+    "multiple of Hkv (grouped-query). OUT has Q's layout with Dv columns.\n"
+    "  --causal ALIGN    causal mask; top-left: query i sees keys j <= i (PyTorch);\n"
+    "                    bottom-right: the last query sees the last key (KV cache)\n"
+    "  --scale S         logit scale (default 1/sqrt(D))\n"
+    "  --mask M.npy      float: additive; bool/uint8: nonzero = attend; broadcast to\n"
+    "                    [B, Hq, Lq, Lk]\n"
+    "  --lse LSE.npy     also write the log-sum-exp [B, Hq, Lq]\n"
+    "  --weights W.npy   also write the attention weights [B, Hq, Lq, Lk]\n"
+    "Exit status: 0 success, 1 bad usage, 2 bad input.\n";
+
+static int cmd_sdpa(int argc, char **argv) {
+  cli c = {"sdpa", sdpa_usage};
+  const char *paths[3] = {NULL, NULL, NULL}, *outp = NULL, *maskp = NULL, *lsep = NULL,
+             *wp = NULL, *v;
+  int npos = 0, causal = 0, align = ATTN_ALIGN_TOP_LEFT, blhd = 0;
+  double scale = 0;
+  static const char *const align_names[] = {"top-left", "bottom-right"};
+  static const int align_values[] = {ATTN_ALIGN_TOP_LEFT, ATTN_ALIGN_BOTTOM_RIGHT};
+  for (int i = 1; i < argc; i++) {
+    int m;
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      fputs(c.usage, stdout);
+      return ATTN_EXIT_OK;
+    } else if ((m = take(argc, argv, &i, "-o", &v)) || (m = take(argc, argv, &i, "--output", &v))) {
+      if (m < 0)
+        return usage_error(&c, "%s needs a value", argv[i]);
+      outp = v;
+    } else if ((m = take(argc, argv, &i, "--causal", &v))) {
+      if (m < 0 || pick(&c, "--causal", v, align_names, align_values, 2, &align))
+        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+      causal = 1;
+    } else if ((m = take(argc, argv, &i, "--layout", &v))) {
+      if (m < 0 || pick(&c, "--layout", v, layout_names, layout_values, 2, &blhd))
+        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+    } else if ((m = take(argc, argv, &i, "--scale", &v))) {
+      if (m < 0 || parse_double(&c, "--scale", v, &scale))
+        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+      if (scale == 0)
+        return usage_error(&c, "%s", "--scale must not be 0");
+    } else if ((m = take(argc, argv, &i, "--mask", &v))) {
+      if (m < 0)
+        return usage_error(&c, "%s needs a value", argv[i]);
+      maskp = v;
+    } else if ((m = take(argc, argv, &i, "--lse", &v))) {
+      if (m < 0)
+        return usage_error(&c, "%s needs a value", argv[i]);
+      lsep = v;
+    } else if ((m = take(argc, argv, &i, "--weights", &v))) {
+      if (m < 0)
+        return usage_error(&c, "%s needs a value", argv[i]);
+      wp = v;
+    } else if (argv[i][0] == '-' && argv[i][1]) {
+      return usage_error(&c, "unknown option '%s'", argv[i]);
+    } else if (npos < 3) {
+      paths[npos++] = argv[i];
+    } else {
+      return usage_error(&c, "unexpected argument '%s'", argv[i]);
+    }
+  }
+  if (npos < 3)
+    return usage_error(&c, "%s", "needs Q.npy K.npy V.npy");
+  if (!outp)
+    return usage_error(&c, "%s", "missing -o OUT.npy");
+
+  int rc = ATTN_EXIT_INPUT;
+  npy_array a[3] = {{0}}, mask = {0};
+  float *out = NULL, *lse = NULL, *w = NULL;
+  char files[1024];
+  join_files(files, sizeof files, (const char *const[]){paths[0], paths[1], paths[2], maskp},
+             4);
+  run r = {&c, files, NULL};
+  int64_t dims[3][4], strides[3][4];
+  for (int i = 0; i < 3; i++)
+    if (read_input(&c, paths[i], NPY_ACCEPT_FLOAT, &a[i]) ||
+        bhld_view(&c, paths[i], &a[i], blhd, dims[i], strides[i]))
+      goto done;
+  if (a[0].ndim != a[1].ndim || a[0].ndim != a[2].ndim) {
+    fprintf(stderr, "attn sdpa: %s: Q, K, V have %d, %d, %d dims but must have the same\n",
+            files, a[0].ndim, a[1].ndim, a[2].ndim);
+    goto done;
+  }
+  if (maskp && read_input(&c, maskp, NPY_ACCEPT_FLOAT | NPY_ACCEPT_BOOL, &mask))
+    goto done;
+  int64_t B = dims[0][0], Hq = dims[0][1], Lq = dims[0][2], Lk = dims[1][2],
+          Dv = dims[2][3];
+  /* OUT in Q's layout: [B, Hq, Lq, Dv] or [B, Lq, Hq, Dv]. */
+  npy_array oa = {NPY_F32, a[0].ndim, {0}, NULL};
+  memcpy(oa.dims, a[0].dims, sizeof oa.dims);
+  oa.dims[a[0].ndim - 1] = Dv;
+  int64_t odims[4], ostrides[4];
+  bhld_view(&c, outp, &oa, blhd, odims, ostrides);
+  size_t n_out = npy_count(&oa), n_lse = (size_t)(B * Hq * Lq);
+  if (!(out = alloc_floats(&c, n_out)) || (lsep && !(lse = alloc_floats(&c, n_lse))))
+    goto done;
+  if (wp) {
+    uint64_t n_w;
+    if (__builtin_mul_overflow((uint64_t)n_lse, (uint64_t)Lk, &n_w) ||
+        !(w = alloc_floats(&c, (size_t)n_w)))
+      goto done;
+  }
+  if (open_ctx(&r))
+    goto done;
+  oa.data = out;
+  attn_tensor *tq, *tk, *tv, *to, *tm = NULL, *tl = NULL, *tw = NULL;
+  int64_t ldims[3] = {B, Hq, Lq}, wdims[4] = {B, Hq, Lq, Lk};
+  attn_status st;
+  if ((st = wrap(&r, &a[0], dims[0], strides[0], 4, &tq)) ||
+      (st = wrap(&r, &a[1], dims[1], strides[1], 4, &tk)) ||
+      (st = wrap(&r, &a[2], dims[2], strides[2], 4, &tv)) ||
+      (st = wrap(&r, &oa, odims, ostrides, 4, &to)) ||
+      (maskp && (st = wrap(&r, &mask, NULL, NULL, mask.ndim, &tm))) ||
+      (lse && (st = attn_tensor_wrap(r.ctx, ATTN_DTYPE_F32, 3, ldims, NULL, lse,
+                                     n_lse * sizeof(float), &tl))) ||
+      (w && (st = attn_tensor_wrap(r.ctx, ATTN_DTYPE_F32, 4, wdims, NULL, w,
+                                   n_lse * (size_t)Lk * sizeof(float), &tw)))) {
+    rc = lib_error(&r, st);
+    goto done;
+  }
+  attn_sdpa_params p;
+  attn_sdpa_params_init(&p);
+  p.scale = (float)scale;
+  p.causal = causal;
+  p.align = align;
+  if (tm && mask.dtype == NPY_U8)
+    p.bool_mask = tm;
+  else
+    p.mask = tm;
+  p.lse = tl;
+  p.weights = tw;
+  if ((st = attn_sdpa(r.ctx, tq, tk, tv, to, &p))) {
+    rc = lib_error(&r, st);
+    goto done;
+  }
+  /* 3-D inputs give lse [Hq, Lq] and weights [Hq, Lq, Lk]. */
+  int drop = a[0].ndim == 3;
+  if (write_output(&c, outp, oa.ndim, oa.dims, out) ||
+      (lse && write_output(&c, lsep, 3 - drop, ldims + drop, lse)) ||
+      (w && write_output(&c, wp, 4 - drop, wdims + drop, w)))
+    goto done;
+  rc = ATTN_EXIT_OK;
+done:
+  attn_ctx_destroy(r.ctx);
+  free(out);
+  free(lse);
+  free(w);
+  for (int i = 0; i < 3; i++)
+    npy_free(&a[i]);
+  npy_free(&mask);
+  return rc;
+}
+
+/* ---- bench ---- */
+
+static const char bench_usage[] =
+    "usage: attn bench [--] [ARGS...]\n"
+    "Run attn-bench with ARGS ('attn bench -- --help' shows its options). It is looked for in\n"
+    "$ATTN_BENCH, next to this attn, in ../bench/ (a build tree), then on PATH.\n"
+    "When stderr is a terminal, a progress line shows the results so far and\n"
+    "the time spent.\n"
+    "Exit status: attn-bench's, or 2 if it cannot be run.\n";
+
+/* Candidate paths of attn-bench; returns how many were written. */
+static int bench_candidates(char paths[][4096], int max) {
+  int n = 0;
+  const char *env = getenv("ATTN_BENCH");
+  if (env && *env) {
+    snprintf(paths[n++], 4096, "%s", env);
+    return n; /* an explicit choice is the only one */
+  }
+  char self[4000]; /* leaves room for the suffixes in 4096 */
+  ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (len > 0) {
+    self[len] = 0;
+    char *slash = strrchr(self, '/');
+    if (slash) {
+      *slash = 0;
+      if (n < max)
+        snprintf(paths[n++], 4096, "%s/attn-bench", self);
+      if (n < max)
+        snprintf(paths[n++], 4096, "%s/../bench/attn-bench", self);
+    }
+  }
+  return n;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void write_all(int fd, const char *p, size_t n) {
+  while (n) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      return;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+}
+
+/* Run attn-bench with its stdout through a pipe, passing the output on and
+ * keeping a progress line on stderr (a terminal) up to date. */
+static int bench_with_progress(const char *path, char **argv) {
+  int fds[2];
+  if (pipe(fds)) {
+    fprintf(stderr, "attn bench: pipe: %s\n", strerror(errno));
+    return ATTN_EXIT_INPUT;
+  }
+  fflush(stdout);
+  pid_t pid = fork();
+  if (pid < 0) {
+    fprintf(stderr, "attn bench: fork: %s\n", strerror(errno));
+    return ATTN_EXIT_INPUT;
+  }
+  if (pid == 0) {
+    dup2(fds[1], STDOUT_FILENO);
+    close(fds[0]);
+    close(fds[1]);
+    execv(path, argv);
+    fprintf(stderr, "attn bench: cannot run %s: %s\n", path, strerror(errno));
+    _exit(127);
+  }
+  close(fds[1]);
+  double t0 = now_s();
+  long lines = 0;
+  char buf[4096], status[128];
+  struct pollfd pfd = {fds[0], POLLIN, 0};
+  for (;;) {
+    int ready = poll(&pfd, 1, 1000);
+    if (ready < 0 && errno != EINTR)
+      break;
+    ssize_t n = 0;
+    if (ready > 0) {
+      n = read(fds[0], buf, sizeof buf);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        break;
+    }
+    write_all(STDERR_FILENO, "\r\033[K", 4); /* clear the progress line first */
+    if (n > 0) {
+      write_all(STDOUT_FILENO, buf, (size_t)n);
+      for (ssize_t i = 0; i < n; i++)
+        lines += buf[i] == '\n';
+    }
+    int len = snprintf(status, sizeof status, "attn bench: %ld lines of results, %.0f s",
+                       lines, now_s() - t0);
+    write_all(STDERR_FILENO, status, (size_t)len);
+  }
+  write_all(STDERR_FILENO, "\r\033[K", 4);
+  close(fds[0]);
+  int wstatus;
+  while (waitpid(pid, &wstatus, 0) < 0)
+    if (errno != EINTR)
+      return ATTN_EXIT_INPUT;
+  if (WIFEXITED(wstatus))
+    return WEXITSTATUS(wstatus) == 127 ? ATTN_EXIT_INPUT : WEXITSTATUS(wstatus);
+  fprintf(stderr, "attn bench: attn-bench was killed by signal %d\n", WTERMSIG(wstatus));
+  return ATTN_EXIT_INPUT;
+}
+
+static int cmd_bench(int argc, char **argv) {
+  if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+    fputs(bench_usage, stdout);
+    return ATTN_EXIT_OK;
+  }
+  if (argc >= 2 && !strcmp(argv[1], "--")) { /* everything after -- is attn-bench's */
+    argv++;
+    argc--;
+  }
+  char paths[3][4096];
+  int n = bench_candidates(paths, 3);
+  const char *path = NULL;
+  for (int i = 0; i < n && !path; i++)
+    if (access(paths[i], X_OK) == 0)
+      path = paths[i];
+  argv[0] = (char *)"attn-bench";
+  if (isatty(STDERR_FILENO)) {
+    if (path)
+      return bench_with_progress(path, argv);
+  } else {
+    if (path)
+      execv(path, argv);
+    else if (!getenv("ATTN_BENCH") || !*getenv("ATTN_BENCH"))
+      execvp("attn-bench", argv);
+  }
+  fprintf(stderr, "attn bench: cannot find attn-bench (tried");
+  for (int i = 0; i < n; i++)
+    fprintf(stderr, " %s", paths[i]);
+  fprintf(stderr, "%s); build it (ATTN_BUILD_BENCH=ON) or set ATTN_BENCH to its path\n",
+          getenv("ATTN_BENCH") ? "" : " and PATH");
+  return ATTN_EXIT_INPUT;
+}
+
+const attn_subcommand attn_npy_subcommands[] = {
+    {"softmax", "softmax or log-softmax of an .npy array", cmd_softmax},
+    {"pe", "sinusoidal position table to an .npy file", cmd_pe},
+    {"rope", "rotary position embedding of an .npy array", cmd_rope},
+    {"sdpa", "scaled dot-product attention of Q, K, V .npy arrays", cmd_sdpa},
+    {"bench", "run attn-bench (with a progress line on a terminal)", cmd_bench},
+    {NULL, NULL, NULL},
+};
+
+void attn_npy_usage(FILE *f) {
+  for (const attn_subcommand *c = attn_npy_subcommands; c->name; c++)
+    fprintf(f, "  attn %-8s %s\n", c->name, c->summary);
+  fprintf(f, "Each subcommand takes --help. Exit status: 0 success, 1 bad usage,\n"
+             "2 bad input (unreadable or malformed file, arrays or values libattn refuses).\n");
+}
