@@ -10,18 +10,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import attn  # noqa: E402
 
 
-def has(symbol):
-    return hasattr(attn._api._LIB, symbol)
-
-
-def requires(symbol):
-    """Skip while the library lacks an op (ops land one by one); set
-    ATTN_PY_REQUIRE_ALL=1 to make a missing op a failure instead."""
-    if os.environ.get("ATTN_PY_REQUIRE_ALL") == "1":
-        return pytest.mark.skipif(False, reason="")
-    return pytest.mark.skipif(not has(symbol), reason="the library has no %s yet" % symbol)
-
-
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -3,12 +3,11 @@ import pytest
 
 import attn
 import reference as ref
-from conftest import close, requires, try_torch
+from conftest import close, try_torch
 
 LAYOUTS = ["interleaved", "concat", "concat-shifted", "cos-sin"]
 
 
-@requires("attn_sinusoidal")
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dim", [4, 7, 16, 65])
 def test_sinusoidal(layout, dim):
@@ -20,13 +19,11 @@ def test_sinusoidal(layout, dim):
           ref.sinusoidal(4, dim, layout, positions=pos), atol=2e-6)
 
 
-@requires("attn_sinusoidal")
 def test_sinusoidal_chunks_agree():
     whole = attn.sinusoidal(40, 32)
     close(attn.sinusoidal(15, 32, offset=25), whole[25:], atol=1e-6)
 
 
-@requires("attn_sinusoidal")
 def test_sinusoidal_into_view():
     buf = np.zeros((10, 20), np.float32)
     attn.sinusoidal(10, 8, out=buf[:, 4:12])
@@ -34,7 +31,6 @@ def test_sinusoidal_into_view():
     assert not buf[:, :4].any() and not buf[:, 12:].any()
 
 
-@requires("attn_sinusoidal_add")
 def test_sinusoidal_add(rng):
     x = rng.standard_normal((3, 9, 12)).astype(np.float32)
     y = attn.sinusoidal_add(x, layout="concat")
@@ -47,7 +43,6 @@ def test_sinusoidal_add(rng):
         attn.sinusoidal_add(x.astype(np.float64), inplace=True)
 
 
-@requires("attn_sinusoidal")
 def test_sinusoidal_errors():
     with pytest.raises(ValueError, match="layout"):
         attn.sinusoidal(4, 4, layout="diagonal")
@@ -58,7 +53,6 @@ def test_sinusoidal_errors():
         attn.sinusoidal(4, 4, positions=[1.0, 2.0])
 
 
-@requires("attn_rope")
 @pytest.mark.parametrize("style", ["half", "interleaved"])
 @pytest.mark.parametrize("rotary_dim", [None, 4])
 def test_rope(rng, style, rotary_dim):
@@ -70,7 +64,6 @@ def test_rope(rng, style, rotary_dim):
           ref.rope(x, style, rotary_dim, theta=500000.0, positions=pos), atol=1e-5)
 
 
-@requires("attn_rope")
 def test_rope_offset_layouts_and_inplace(rng):
     x = rng.standard_normal((2, 4, 6, 16)).astype(np.float32)   # [B, H, L, D]
     want = ref.rope(x, positions=np.broadcast_to(np.arange(10, 16), (2, 6)))
@@ -85,7 +78,6 @@ def test_rope_offset_layouts_and_inplace(rng):
     close(y, got, atol=0)
 
 
-@requires("attn_rope")
 def test_rope_torch_rotate_half(rng):
     torch = try_torch()
     if torch is None:
@@ -99,7 +91,6 @@ def test_rope_torch_rotate_half(rng):
     close(attn.rope(x), (t * emb.cos() + half * emb.sin()).numpy(), atol=2e-6)
 
 
-@requires("attn_rope")
 def test_rope_errors(rng):
     x = rng.standard_normal((1, 2, 3, 6)).astype(np.float32)
     with pytest.raises(attn.AttnError) as e:
@@ -115,14 +106,12 @@ def test_rope_errors(rng):
         attn.rope(x[0, 0])
 
 
-@requires("attn_alibi_slopes")
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 12, 16, 24, 40, 64])
 def test_alibi_slopes(n):
     close(attn.alibi_slopes(n), ref.alibi_slopes_press(n), rtol=1e-6)
     close(attn.alibi_slopes(n, max_bias=4.0), ref.alibi_slopes(n, 4.0), rtol=1e-6)
 
 
-@requires("attn_alibi_slopes")
 def test_alibi_errors():
     with pytest.raises(attn.AttnError) as e:
         attn.alibi_slopes(0)
