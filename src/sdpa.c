@@ -15,11 +15,15 @@
 #include <math.h>
 #include <string.h>
 
-/* Tile sizes. BLOCK_ROWS query rows (all heads of a group included) by
- * BLOCK_KEYS keys: S is 64 x 256 floats = 64 KiB, which stays in the 1 MiB
- * per-core L2 next to the K and V tiles (256 x 128 floats each). Measured
- * on this machine (AMD EPYC, 2 cores, OpenBLAS 0.3.21): see bench/RESULTS.md. */
-#define BLOCK_ROWS 64
+/* Tile sizes: BLOCK_ROWS query rows (all heads of a group included) by
+ * BLOCK_KEYS keys, so S is 128 KiB and stays in the 1 MiB L2 of a core next
+ * to the K and V tiles. Measured on the development machine (AMD EPYC, 1
+ * thread, OpenBLAS 0.3.21 Haswell kernels, B=1 H=8 L=2048, two rounds, as a
+ * fraction of a same-run 2048^3 sgemm), rows x keys: 32x256 0.73-0.79,
+ * 64x256 0.81-0.87, 64x512 0.77-0.90, 128x128 0.71-0.89, 128x256 0.84-0.99,
+ * 128x512 0.87-0.92, 256x256 0.86-1.08 but causal/full time 0.57-0.63
+ * (128x256: 0.53-0.54), as larger blocks waste more work on the diagonal. */
+#define BLOCK_ROWS 128
 #define BLOCK_KEYS 256
 /* A key chunk of a split item holds at least this many keys. */
 #define MIN_CHUNK_KEYS 1024
