@@ -246,8 +246,11 @@ ATTN_API void attn_softmax_params_init(attn_softmax_params *p);
  * @param[in]  p  NULL for defaults. Masks broadcast to x's shape by NumPy
  *  rules (aligned on the last axis; each mask dim equals x's or is 1).
  * Results: masked entries are exactly 0; a row with every entry masked (by
- * bool_mask or -inf) is all zeros; a NaN in a row makes the row NaN; rows are
- * stable for |z| up to FLT_MAX (z - max is computed first).
+ * bool_mask or -inf) is all zeros; a NaN or +inf z makes the row NaN (IEEE
+ * inf - inf, as PyTorch), a bool-masked entry is removed whatever x holds;
+ * z is computed in float, so scale*x + mask may overflow to +-inf (to -inf:
+ * a masked entry). Finite rows are stable up to |z| = FLT_MAX (z - max is
+ * computed first).
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
  *  (dtype), ATTN_ERR_SHAPE, ATTN_ERR_INVALID_ARG (scale, y strides),
  *  ATTN_ERR_ALIASING, ATTN_ERR_NO_MEMORY.
@@ -439,7 +442,8 @@ ATTN_API void attn_sdpa_params_init(attn_sdpa_params *p);
  * A [B, L, H, D] buffer is passed as the [B, H, L, D] view with strides
  * {L*H*D, D, H*D, 1}; no copy is made.
  * Results: a row with no visible key gives zeros (lse -inf, or the sink);
- * a NaN in q, k or v reaches the rows it touches. The work takes O(tile)
+ * a NaN in q, k or v reaches the rows it touches, and a +inf logit makes its
+ * row NaN (as in attn_softmax). The work takes O(tile)
  * memory per thread; an Lq x Lk buffer exists only if weights is requested.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
  *  (dtype, newer params), ATTN_ERR_SHAPE (any mismatch), ATTN_ERR_INVALID_ARG
