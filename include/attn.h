@@ -1,4 +1,4 @@
-/*
+/** @file attn.h
  * libattn — attention on the CPU: softmax kernels, positional encodings and
  * scaled dot-product attention behind one versioned C ABI.
  *
@@ -54,6 +54,11 @@ extern "C" {
 
 /** @name Export and version
  * @{ */
+/** @def ATTN_API
+ * Marks the functions libattn exports: default visibility on ELF targets,
+ * dllexport/dllimport on Windows, nothing for a static library (define
+ * ATTN_STATIC_DEFINE, which `pkg-config --cflags attn` and the CMake
+ * target do for a static build). */
 #if defined(ATTN_STATIC_DEFINE)
 #  define ATTN_API
 #elif defined(_WIN32)
@@ -70,6 +75,12 @@ extern "C" {
 #define ATTN_VERSION_MAJOR 0
 #define ATTN_VERSION_MINOR 1
 #define ATTN_VERSION_PATCH 0
+/** @def ATTN_VERSION_MAJOR
+ * Major version of this header; the library's SONAME (libattn.so.N) follows it. */
+/** @def ATTN_VERSION_MINOR
+ * Minor version of this header: features added; 0.x minors stay binary-compatible. */
+/** @def ATTN_VERSION_PATCH
+ * Patch version of this header: fixes only. */
 
 #define ATTN_VERSION_NUMBER_(a, b, c) ((a) * 10000 + (b) * 100 + (c))
 /** The header's version as one number: major*10000 + minor*100 + patch. */
@@ -82,15 +93,21 @@ extern "C" {
       ATTN_VERSION_MINOR) "." ATTN_EXPAND_STRINGIFY_(ATTN_VERSION_PATCH)
 
 /** The library's version as ATTN_VERSION encodes it; compare with the
- * header's ATTN_VERSION to detect a mismatch at run time. @since 0.1.0 */
+ * header's ATTN_VERSION to detect a mismatch at run time.
+ * @return major*10000 + minor*100 + patch of the linked library.
+ * @since 0.1.0 */
 ATTN_API int32_t attn_version(void);
-/** The library's version as "major.minor.patch" (static storage). @since 0.1.0 */
+/** The library's version as text.
+ * @return "major.minor.patch" of the linked library (static storage).
+ * @since 0.1.0 */
 ATTN_API const char *attn_version_string(void);
 /** @} */
 
 /** @name Status codes
  * Values are pinned forever and only appended.
  * @{ */
+/** The result of every fallible function: ATTN_OK (0) or an error code;
+ * attn_ctx_last_error() has the sentence that explains an error. */
 typedef enum attn_status {
   ATTN_OK = 0,                /**< success */
   ATTN_ERR_NULL_ARG = 1,      /**< a required pointer or handle was NULL */
@@ -104,13 +121,18 @@ typedef enum attn_status {
   ATTN_STATUS_MAX_ = 0x7fffffff
 } attn_status;
 
-/** The name of a status code ("ATTN_ERR_SHAPE"), or "unknown status" for a
- * value not in the list. Static storage, never NULL. @since 0.1.0 */
+/** The name of a status code.
+ * @param status any value.
+ * @return its name ("ATTN_ERR_SHAPE"), or "unknown status" for a value not in
+ *  the list. Static storage, never NULL.
+ * @since 0.1.0 */
 ATTN_API const char *attn_status_string(attn_status status);
 /** @} */
 
 /** @name Context
  * @{ */
+/** Opaque context: allocator, thread count, scratch memory, last error and
+ * the tensors created from it. Made by attn_ctx_create(). */
 typedef struct attn_ctx attn_ctx;
 
 /** Allocate `size` bytes (no alignment beyond malloc's is required); return
@@ -131,7 +153,9 @@ typedef struct attn_ctx_options {
   void *alloc_user;       /**< passed to alloc and free as `user` */
 } attn_ctx_options;
 
-/** Fill `opts` with the defaults (and its struct_size). @since 0.1.0 */
+/** Fill `opts` with the defaults (and its struct_size).
+ * @param[out] opts the options to fill; NULL is ignored.
+ * @since 0.1.0 */
 ATTN_API void attn_ctx_options_init(attn_ctx_options *opts);
 
 /** Create a context.
@@ -145,21 +169,30 @@ ATTN_API void attn_ctx_options_init(attn_ctx_options *opts);
 ATTN_API attn_status attn_ctx_create(attn_ctx **out, const attn_ctx_options *opts);
 
 /** Destroy a context: join its worker threads, free every tensor created from
- * it and its scratch. NULL is a no-op. @since 0.1.0 */
+ * it and its scratch.
+ * @param[in] ctx the context; NULL is a no-op.
+ * @since 0.1.0 */
 ATTN_API void attn_ctx_destroy(attn_ctx *ctx);
 
-/** The message of the most recent failed call on this context ("" if none).
- * Valid until the next call on the context. NULL ctx gives a static text.
+/** The message of the most recent failed call on this context.
+ * @param[in] ctx the context; NULL gives a static text.
+ * @return the message ("" if no call failed), valid until the next call on
+ *  the context.
  * @since 0.1.0 */
 ATTN_API const char *attn_ctx_last_error(const attn_ctx *ctx);
 
-/** The thread count an op on this context may use (>= 1); 0 for NULL.
+/** The thread count an op on this context may use.
+ * @param[in] ctx the context.
+ * @return the count (>= 1); 0 for a NULL ctx.
  * @since 0.1.0 */
 ATTN_API int32_t attn_ctx_num_threads(const attn_ctx *ctx);
 /** @} */
 
 /** @name Tensors
  * @{ */
+/** Opaque tensor: dtype, 1..ATTN_MAX_DIMS dims, element strides and a data
+ * pointer, owned by its context. Made by attn_tensor_new() or
+ * attn_tensor_wrap(). */
 typedef struct attn_tensor attn_tensor;
 
 /** Element types. */
@@ -187,12 +220,17 @@ ATTN_API attn_status attn_tensor_new(attn_ctx *ctx, int32_t dtype, int32_t ndim,
 
 /** Wrap caller memory as a tensor, without copying. The caller keeps
  * ownership of `data` and must keep it alive while the tensor is used.
+ * @param[in] ctx     owner of the handle (not of the memory).
+ * @param[in] dtype   an attn_dtype value.
+ * @param[in] ndim    1..ATTN_MAX_DIMS.
+ * @param[in] dims    ndim sizes, each >= 1.
  * @param[in] strides ndim strides in elements, or NULL for contiguous. The
  *  innermost stride must be 1; others must be >= 0. A zero stride broadcasts
  *  (such a tensor may only be an input).
  * @param[in] data    the first element; must be aligned for dtype.
  * @param[in] size_bytes bytes available at data; the extent implied by dims
  *  and strides must fit, and the library never touches a byte outside it.
+ * @param[out] out    receives the tensor; written only on success.
  * @return as attn_tensor_new(), plus ATTN_ERR_INVALID_ARG for bad strides,
  *  misalignment or an extent larger than size_bytes.
  * @since 0.1.0 */
@@ -202,21 +240,35 @@ ATTN_API attn_status attn_tensor_wrap(attn_ctx *ctx, int32_t dtype, int32_t ndim
                                       attn_tensor **out);
 
 /** Free a tensor before its context is destroyed (for an owned buffer, the
- * buffer too; wrapped memory is left alone). NULL tensor: no-op, ATTN_OK.
+ * buffer too; wrapped memory is left alone).
+ * @param[in] ctx the context the tensor was created from.
+ * @param[in] t   the tensor; NULL is a no-op returning ATTN_OK.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG (ctx NULL), ATTN_ERR_BAD_HANDLE (already
  *  freed, or created from another context).
  * @since 0.1.0 */
 ATTN_API attn_status attn_tensor_free(attn_ctx *ctx, attn_tensor *t);
 
-/** First element of the tensor; NULL for a NULL tensor. @since 0.1.0 */
+/** The tensor's data.
+ * @param[in] t a tensor, or NULL.
+ * @return its first element; NULL for a NULL tensor. @since 0.1.0 */
 ATTN_API void *attn_tensor_data(const attn_tensor *t);
-/** Number of dimensions; 0 for a NULL tensor. @since 0.1.0 */
+/** The tensor's number of dimensions.
+ * @param[in] t a tensor, or NULL.
+ * @return 1..ATTN_MAX_DIMS; 0 for a NULL tensor. @since 0.1.0 */
 ATTN_API int32_t attn_tensor_ndim(const attn_tensor *t);
-/** Element type; -1 for a NULL tensor. @since 0.1.0 */
+/** The tensor's element type.
+ * @param[in] t a tensor, or NULL.
+ * @return an attn_dtype value; -1 for a NULL tensor. @since 0.1.0 */
 ATTN_API int32_t attn_tensor_dtype(const attn_tensor *t);
-/** ndim sizes, outermost first (owned by the tensor); NULL for NULL. @since 0.1.0 */
+/** The tensor's shape.
+ * @param[in] t a tensor, or NULL.
+ * @return ndim sizes, outermost first (owned by the tensor); NULL for a NULL
+ *  tensor. @since 0.1.0 */
 ATTN_API const int64_t *attn_tensor_dims(const attn_tensor *t);
-/** ndim strides in elements (owned by the tensor); NULL for NULL. @since 0.1.0 */
+/** The tensor's strides.
+ * @param[in] t a tensor, or NULL.
+ * @return ndim strides in elements (owned by the tensor); NULL for a NULL
+ *  tensor. @since 0.1.0 */
 ATTN_API const int64_t *attn_tensor_strides(const attn_tensor *t);
 /** @} */
 
@@ -234,12 +286,15 @@ typedef struct attn_softmax_params {
   const attn_tensor *bool_mask; /**< optional U8 mask, nonzero = keep */
 } attn_softmax_params;
 
-/** Fill `p` with the defaults (and its struct_size). @since 0.1.0 */
+/** Fill `p` with the defaults (and its struct_size).
+ * @param[out] p the parameters to fill; NULL is ignored.
+ * @since 0.1.0 */
 ATTN_API void attn_softmax_params_init(attn_softmax_params *p);
 
 /** Softmax over the last axis:
  *   z = scale*x + mask (entries where bool_mask == 0 removed),
  *   y = exp(z - max z) / sum exp(z - max z).
+ * @param[in]  ctx the context (threads, scratch, error message).
  * @param[in]  x  F32, 1..4 dims, any strides.
  * @param[out] y  F32, same shape as x, no zero strides. May be x itself (in
  *  place); any other overlap with x is ATTN_ERR_ALIASING.
@@ -262,7 +317,12 @@ ATTN_API attn_status attn_softmax(attn_ctx *ctx, const attn_tensor *x, attn_tens
 /** Log-softmax over the last axis, computed as z - max z - log(sum exp(z - max z))
  * (not as log of softmax, so tiny probabilities keep their precision).
  * Masked entries are -inf; a row with every entry masked is all -inf.
- * Arguments, aliasing and errors as attn_softmax(). @since 0.1.0 */
+ * Aliasing and errors as attn_softmax().
+ * @param[in]  ctx the context.
+ * @param[in]  x   F32, 1..4 dims, any strides.
+ * @param[out] y   F32, x's shape; may be x itself (in place).
+ * @param[in]  p   NULL for defaults; scale and masks as attn_softmax().
+ * @return as attn_softmax(). @since 0.1.0 */
 ATTN_API attn_status attn_log_softmax(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y,
                                       const attn_softmax_params *p);
 /** @} */
@@ -300,13 +360,17 @@ typedef struct attn_sinusoidal_params {
                                  used instead of offset + l */
 } attn_sinusoidal_params;
 
-/** Fill `p` with the defaults (and its struct_size). @since 0.1.0 */
+/** Fill `p` with the defaults (and its struct_size).
+ * @param[out] p the parameters to fill; NULL is ignored.
+ * @since 0.1.0 */
 ATTN_API void attn_sinusoidal_params_init(attn_sinusoidal_params *p);
 
 /** Write the sinusoidal table into `out` [L, D] (F32, no zero strides, no
  * two indices sharing an element): row l holds position offset + l, or
  * positions[l]. Angles p * w_i are formed and passed to sin/cos in double,
  * so positions up to 1e6 stay within 1e-6 of the exact table.
+ * @param[in]  ctx the context.
+ * @param[out] out F32 [L, D], the table.
  * @param[in] p NULL for defaults (interleaved, base 10000, offset 0).
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_SHAPE
  *  (out not 2-D), ATTN_ERR_INVALID_ARG (layout, reserved_, base, offset, a
@@ -319,8 +383,11 @@ ATTN_API attn_status attn_sinusoidal(attn_ctx *ctx, attn_tensor *out,
 
 /** Add the sinusoidal table to `x` in place: x [L, D] or [B, L, D] (every
  * batch gets the same table, positions index the L axis). x must have no
- * zero strides and no two indices sharing an element. Errors as
- * attn_sinusoidal() (ATTN_ERR_SHAPE: x not 2-D or 3-D). @since 0.1.0 */
+ * zero strides and no two indices sharing an element.
+ * @param[in]     ctx the context.
+ * @param[in,out] x   F32 [L, D] or [B, L, D].
+ * @param[in]     p   NULL for defaults, as attn_sinusoidal().
+ * @return as attn_sinusoidal() (ATTN_ERR_SHAPE: x not 2-D or 3-D). @since 0.1.0 */
 ATTN_API attn_status attn_sinusoidal_add(attn_ctx *ctx, attn_tensor *x,
                                          const attn_sinusoidal_params *p);
 
@@ -345,7 +412,9 @@ typedef struct attn_rope_params {
                                  used instead of offset + l */
 } attn_rope_params;
 
-/** Fill `p` with the defaults (and its struct_size). @since 0.1.0 */
+/** Fill `p` with the defaults (and its struct_size).
+ * @param[out] p the parameters to fill; NULL is ignored.
+ * @since 0.1.0 */
 ATTN_API void attn_rope_params_init(attn_rope_params *p);
 
 /** Rotary position embedding, in place on x [B, H, L, D] (F32, no zero
@@ -356,6 +425,8 @@ ATTN_API void attn_rope_params_init(attn_rope_params *p);
  * untouched. A [B, L, H, D] buffer is passed as the [B, H, L, D] view with
  * strides {L*H*D, D, H*D, 1}. Angles and the rotation are computed in
  * double, so the only rounding is the final store to float.
+ * @param[in]     ctx the context.
+ * @param[in,out] x   F32 [B, H, L, D], rotated in place.
  * @param[in] p NULL for defaults (half-split, r = D, theta 10000, offset 0).
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_SHAPE (not
  *  4-D), ATTN_ERR_INVALID_ARG (style, rotary_dim, theta, a negative offset or
@@ -372,6 +443,8 @@ ATTN_API attn_status attn_rope(attn_ctx *ctx, attn_tensor *x, const attn_rope_pa
  * head count (for a non-power of two, the n slopes of n heads followed by
  * every other slope of 2n heads). Each slope is computed as one power of
  * two, so n = 8, max_bias = 8 gives 2^-1 .. 2^-8 exactly.
+ * @param[in]  ctx      the context (for the error message).
+ * @param[in]  n_heads  number of heads, 1 .. 1<<20.
  * @param[in]  max_bias 0 = 8; finite and > 0.
  * @param[out] slopes   n_heads floats; written only on success.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG (ctx or slopes), ATTN_ERR_BAD_HANDLE,
@@ -428,10 +501,13 @@ typedef enum attn_align {
   ATTN_ALIGN_MAX_ = 0x7fffffff
 } attn_align;
 
-/** Fill `p` with the defaults (and its struct_size). @since 0.1.0 */
+/** Fill `p` with the defaults (and its struct_size).
+ * @param[out] p the parameters to fill; NULL is ignored.
+ * @since 0.1.0 */
 ATTN_API void attn_sdpa_params_init(attn_sdpa_params *p);
 
 /** Scaled dot-product attention O = softmax(S) V, S as in attn_sdpa_params.
+ * @param[in]  ctx the context (threads, scratch, error message).
  * @param[in]  q   F32 [B, Hq, Lq, D]
  * @param[in]  k   F32 [B, Hkv, Lk, D]; Hq must be a multiple of Hkv: query
  *                 head h reads kv head h / (Hq / Hkv) (grouped-query; Hkv = 1
@@ -439,6 +515,9 @@ ATTN_API void attn_sdpa_params_init(attn_sdpa_params *p);
  * @param[in]  v   F32 [B, Hkv, Lk, Dv]
  * @param[out] out F32 [B, Hq, Lq, Dv], no zero strides, must not overlap
  *                 q, k, v or the masks (ATTN_ERR_ALIASING)
+ * @param[in]  p   NULL for defaults; masks, options and the optional lse
+ *                 and weights outputs (see attn_sdpa_params).
+ *
  * A [B, L, H, D] buffer is passed as the [B, H, L, D] view with strides
  * {L*H*D, D, H*D, 1}; no copy is made.
  * Results: a row with no visible key gives zeros (lse -inf, or the sink);
@@ -457,14 +536,18 @@ ATTN_API attn_status attn_sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_t
                                const attn_sdpa_params *p);
 
 /** Attention over packed variable-length sequences (as FlashAttention's
- * varlen entry point): sequence b holds query tokens cu_seqlens_q[b] ..
- * cu_seqlens_q[b+1]-1 and key tokens cu_seqlens_k[b] .. cu_seqlens_k[b+1]-1,
+ * varlen entry point): sequence b holds query tokens cu_seqlens_q[b] to
+ * cu_seqlens_q[b+1]-1 and key tokens cu_seqlens_k[b] to cu_seqlens_k[b+1]-1,
  * and attends only within itself.
- * @param[in]  q   F32 [Tq, Hq, D]     @param[in] k F32 [Tk, Hkv, D]
- * @param[in]  v   F32 [Tk, Hkv, Dv]   @param[out] out F32 [Tq, Hq, Dv]
+ * @param[in]  ctx the context.
+ * @param[in]  q   F32 [Tq, Hq, D]
+ * @param[in]  k   F32 [Tk, Hkv, D]
+ * @param[in]  v   F32 [Tk, Hkv, Dv]
+ * @param[out] out F32 [Tq, Hq, Dv]
  * @param[in]  batch number of sequences (>= 1)
- * @param[in]  cu_seqlens_q, cu_seqlens_k  batch+1 offsets, starting at 0,
- *             non-decreasing, ending at Tq and Tk.
+ * @param[in]  cu_seqlens_q batch+1 query offsets, starting at 0,
+ *             non-decreasing, ending at Tq.
+ * @param[in]  cu_seqlens_k batch+1 key offsets, likewise, ending at Tk.
  * @param[in]  p as attn_sdpa(), except that mask, bool_mask, kv_lens and
  *             weights must be NULL, and lse (if set) is [Hq, Tq].
  * @return as attn_sdpa(). @since 0.1.0 */
@@ -479,8 +562,9 @@ ATTN_API attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q,
 /** @name Build and machine information
  * @{ */
 
-/** The CPU features found and the kernel set chosen at run time, e.g.
- * "cpu: sse2 avx2 fma avx512f; kernels: avx512". Static storage. @since 0.1.0
+/** The CPU features found and the kernel set chosen at run time.
+ * @return e.g. "cpu: sse2 avx2 fma avx512f; kernels: avx512" (static storage).
+ * @since 0.1.0
  *
  * Kernel sets: "sse2" (any x86-64), "avx2" (AVX2 + FMA), "avx512" (AVX-512F),
  * or "scalar" off x86. A feature counts only if the OS also enables its
@@ -494,8 +578,9 @@ ATTN_API attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q,
  * only in the last bits. */
 ATTN_API const char *attn_cpu_info(void);
 
-/** Write a line describing the linked BLAS (name, version, core, threads)
- * into buf (always NUL-terminated, truncated to size).
+/** Write a line describing the linked BLAS (name, version, core, threads).
+ * @param[out] buf  receives the line, always NUL-terminated.
+ * @param[in]  size bytes at buf; a longer line is truncated.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG (buf NULL or size 0). @since 0.1.0 */
 ATTN_API attn_status attn_blas_info(char *buf, size_t size);
 /** @} */
