@@ -489,8 +489,9 @@ static void run_cases_threads(const sdpa_case *cases, size_t n, int nctx) {
 #define TL ATTN_ALIGN_TOP_LEFT
 #define BR ATTN_ALIGN_BOTTOM_RIGHT
 
-/* Sizes 1, odd and prime, across the 64-row and 256-key tiles; Lq and Lk
- * both ways round; D != Dv. */
+/* Sizes 1, odd and prime, across the row tiles (128 rows in sdpa.c, GQA
+ * heads included) and the 256-key tiles; Lq and Lk both ways round;
+ * D != Dv. */
 static void shapes(void **state) {
   (void)state;
   static const sdpa_case cases[] = {
@@ -503,6 +504,7 @@ static void shapes(void **state) {
       {.name = "257x300", .B = 2, .Hq = 2, .Hkv = 2, .Lq = 257, .Lk = 300, .D = 64, .Dv = 32, .lse = 1},
       {.name = "300x67", .B = 1, .Hq = 1, .Hkv = 1, .Lq = 300, .Lk = 67, .D = 33, .Dv = 65, .lse = 1},
       {.name = "65x513", .B = 1, .Hq = 2, .Hkv = 2, .Lq = 65, .Lk = 513, .D = 32, .Dv = 32, .lse = 1},
+      {.name = "129x257 D128", .B = 1, .Hq = 1, .Hkv = 1, .Lq = 129, .Lk = 257, .D = 128, .Dv = 96, .lse = 1},
       {.name = "64x256", .B = 1, .Hq = 1, .Hkv = 1, .Lq = 64, .Lk = 256, .D = 128, .Dv = 128},
       {.name = "128x512 D128", .B = 1, .Hq = 2, .Hkv = 2, .Lq = 128, .Lk = 512, .D = 128, .Dv = 64, .lse = 1},
       {.name = "D1 Dv1 long", .B = 1, .Hq = 1, .Hkv = 1, .Lq = 3, .Lk = 600, .D = 1, .Dv = 1, .lse = 1},
@@ -545,7 +547,7 @@ static void gqa_mqa(void **state) {
       {.name = "mqa 8/1 decode", .B = 2, .Hq = 8, .Hkv = 1, .Lq = 1, .Lk = 300, .D = 32, .Dv = 32, .lse = 1},
       {.name = "mqa 8/1 causal", .B = 1, .Hq = 8, .Hkv = 1, .Lq = 70, .Lk = 70, .D = 16, .Dv = 8,
        .causal = 1, .lse = 1, .weights = 1},
-      {.name = "group 128", .B = 1, .Hq = 128, .Hkv = 1, .Lq = 3, .Lk = 100, .D = 8, .Dv = 8,
+      {.name = "group 160", .B = 1, .Hq = 160, .Hkv = 1, .Lq = 3, .Lk = 100, .D = 8, .Dv = 8,
        .causal = 1, .align = BR, .lse = 1, .alibi = 1, .sinks = 1},
       {.name = "group 3", .B = 1, .Hq = 3, .Hkv = 1, .Lq = 65, .Lk = 65, .D = 8, .Dv = 8,
        .causal = 1, .lse = 1, .alibi = 1},
