@@ -1,41 +1,351 @@
-/* The attn command: library information and a demo of its main job. */
+/* The attn command: what libattn is linked and how it runs here (attn info),
+ * and its main job on a built-in example (attn demo). Each subcommand is one
+ * function with its own help text, listed in the table `commands`; the .npy
+ * subcommands (softmax, pe, rope, sdpa, bench) live in attn_npy_cmds.c. */
 #include "attn.h"
 #include "attn_cmds.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-static int cmd_info(void) {
-  attn_ctx *ctx = NULL;
-  if (attn_ctx_create(&ctx, NULL) != ATTN_OK) {
-    fprintf(stderr, "attn: cannot create a context\n");
-    return 1;
-  }
-  printf("libattn %s (header %s)\n", attn_version_string(), ATTN_VERSION_STRING);
-  printf("context threads: %d\n", (int)attn_ctx_num_threads(ctx));
-  attn_ctx_destroy(ctx);
-  return 0;
+/* Exit codes (attn_cmds.h), shared by every subcommand and documented in
+ * the main help: 0 success, 1 bad usage, 2 bad input or a step libattn refused. */
+enum { EXIT_OK = ATTN_EXIT_OK, EXIT_USAGE = ATTN_EXIT_USAGE, EXIT_INPUT = ATTN_EXIT_INPUT };
+
+typedef struct command {
+  const char *name;
+  const char *summary; /* one line, for the main help */
+  const char *help;    /* the full help of the subcommand */
+  int (*run)(int argc, char **argv); /* argv[0] is the subcommand's name */
+} command;
+
+static int cmd_info(int argc, char **argv);
+static int cmd_demo(int argc, char **argv);
+static int cmd_help(int argc, char **argv);
+
+static const command commands[] = {
+    {"info", "library and header versions, BLAS, CPU kernels, threads",
+     "usage: attn info\n"
+     "\n"
+     "Print the version of the loaded libattn and of the header it was built\n"
+     "with, the BLAS it calls (name, core, thread count), the CPU features and\n"
+     "the kernels chosen at run time, and the thread count of a default context\n"
+     "(the CPUs available to this process).\n"
+     "Exit status: 0 success, 1 bad usage.\n",
+     cmd_info},
+    {"demo", "softmax, positional encodings and attention on a built-in example",
+     "usage: attn demo\n"
+     "\n"
+     "Run libattn's main job on a built-in six-token sentence with made-up\n"
+     "8-dimensional embeddings, and print each step:\n"
+     "  1. sinusoidal positional encodings (attn_sinusoidal, attn_sinusoidal_add);\n"
+     "  2. softmax of [1, 2, 3, 4, 5], then of the same row scaled by 0.5 with its\n"
+     "     last two entries masked (attn_softmax);\n"
+     "  3. causal self-attention over the encoded tokens (attn_sdpa): the\n"
+     "     attention weights as a grid, then the output rows.\n"
+     "Exit status: 0 success, 1 bad usage, 2 if libattn refuses a step (its\n"
+     "message is printed).\n",
+     cmd_demo},
+    {"help", "help on a subcommand: attn help SUBCOMMAND",
+     "usage: attn help [SUBCOMMAND]\n", cmd_help},
+};
+enum { N_COMMANDS = sizeof commands / sizeof commands[0] };
+
+static void main_help(FILE *f) {
+  fprintf(f, "usage: attn SUBCOMMAND [OPTIONS]\n"
+             "       attn SUBCOMMAND --help\n"
+             "       attn --version\n"
+             "\n"
+             "libattn %s: attention on the CPU.\n"
+             "\n"
+             "Subcommands:\n",
+          ATTN_VERSION_STRING);
+  for (int i = 0; i < N_COMMANDS; i++)
+    fprintf(f, "  attn %-8s %s\n", commands[i].name, commands[i].summary);
+  attn_npy_usage(f); /* the .npy subcommands, and the exit status line */
 }
 
-static void usage(FILE *f) {
-  fprintf(f, "usage: attn info | attn demo\n");
-  attn_npy_usage(f);
+static const command *find_command(const char *name) {
+  for (int i = 0; i < N_COMMANDS; i++)
+    if (!strcmp(commands[i].name, name))
+      return &commands[i];
+  return NULL;
+}
+
+static int is_help_flag(const char *arg) { return !strcmp(arg, "--help") || !strcmp(arg, "-h"); }
+
+/* For subcommands without options: accept only --help. Returns -1 to go on,
+ * or the exit code. */
+static int no_options(const command *c, int argc, char **argv) {
+  if (argc == 2 && is_help_flag(argv[1])) {
+    fputs(c->help, stdout);
+    return EXIT_OK;
+  }
+  if (argc > 1) {
+    fprintf(stderr, "attn %s: unexpected argument '%s'\n%s", c->name, argv[1], c->help);
+    return EXIT_USAGE;
+  }
+  return -1;
+}
+
+static int cmd_help(int argc, char **argv) {
+  if (argc < 2 || is_help_flag(argv[1])) {
+    main_help(stdout);
+    return EXIT_OK;
+  }
+  const command *c = find_command(argv[1]);
+  if (c) {
+    fputs(c->help, stdout);
+    return EXIT_OK;
+  }
+  for (const attn_subcommand *n = attn_npy_subcommands; n->name; n++)
+    if (!strcmp(argv[1], n->name)) {
+      char *help_argv[] = {argv[1], "--help", NULL};
+      return n->run(2, help_argv);
+    }
+  fprintf(stderr, "attn help: unknown subcommand '%s'\n", argv[1]);
+  return EXIT_USAGE;
+}
+
+/* ---- attn info ---- */
+
+static int cmd_info(int argc, char **argv) {
+  int rc = no_options(find_command("info"), argc, argv);
+  if (rc >= 0)
+    return rc;
+
+  printf("libattn  %s (header %s)\n", attn_version_string(), ATTN_VERSION_STRING);
+  if (attn_version() != ATTN_VERSION)
+    printf("warning: the loaded library is not the version this program was built with\n");
+  char blas[256];
+  if (attn_blas_info(blas, sizeof blas) == ATTN_OK)
+    printf("blas     %s\n", blas);
+  printf("cpu      %s\n", attn_cpu_info());
+
+  attn_ctx *ctx = NULL;
+  attn_status st = attn_ctx_create(&ctx, NULL);
+  if (st != ATTN_OK) {
+    fprintf(stderr, "attn info: attn_ctx_create: %s\n", attn_status_string(st));
+    return EXIT_INPUT;
+  }
+  printf("threads  %d (default context: the CPUs available to this process)\n",
+         (int)attn_ctx_num_threads(ctx));
+  attn_ctx_destroy(ctx);
+  return EXIT_OK;
+}
+
+/* ---- attn demo ---- */
+
+enum { L = 6, D = 8 };
+static const char *const tokens[L] = {"the", "cat", "sat", "on", "the", "mat"};
+
+/* Report a failed call with the context's message. */
+static int failed(attn_ctx *ctx, const char *call, attn_status st) {
+  fprintf(stderr, "attn demo: %s failed: %s: %s\n", call, attn_status_string(st),
+          attn_ctx_last_error(ctx));
+  return EXIT_INPUT;
+}
+
+static void print_row(const char *label, const float *x, int n, const char *fmt) {
+  printf("  %-6s", label);
+  for (int i = 0; i < n; i++)
+    printf(fmt, x[i]);
+  printf("\n");
+}
+
+/* Rows of an [L, D] table labelled with position and token. */
+static void print_table(const char *title, const float *x) {
+  printf("\n  %s\n  %-6s", title, "");
+  for (int d = 0; d < D; d++) {
+    char col[8];
+    snprintf(col, sizeof col, "d%d", d);
+    printf(" %7s", col);
+  }
+  printf("\n");
+  for (int l = 0; l < L; l++) {
+    char label[16];
+    snprintf(label, sizeof label, "%d %s", l, tokens[l]);
+    print_row(label, x + l * D, D, " %7.3f");
+  }
+}
+
+/* Made-up embeddings: a fixed vector per distinct word, so the two "the"
+ * tokens are identical until the positional encoding tells them apart. */
+static void embed(float x[L][D]) {
+  for (int l = 0; l < L; l++) {
+    unsigned h = 5381;
+    for (const char *c = tokens[l]; *c; c++)
+      h = h * 33u + (unsigned char)*c;
+    for (int d = 0; d < D; d++)
+      x[l][d] = 0.5f * sinf((float)(h % 1000u) * 0.01f + 1.3f * (float)d);
+  }
+}
+
+static int demo_encodings(attn_ctx *ctx, float x[L][D]) {
+  static float pe[L][D];
+  int64_t dims[2] = {L, D};
+  attn_tensor *tpe, *tx;
+  attn_status st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 2, dims, NULL, pe, sizeof pe, &tpe);
+  if (st == ATTN_OK)
+    st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 2, dims, NULL, x, sizeof(float) * L * D, &tx);
+  if (st != ATTN_OK)
+    return failed(ctx, "attn_tensor_wrap", st);
+
+  printf("1. Positional encodings\n"
+         "\n"
+         "  Attention by itself ignores word order, so each token's embedding gets\n"
+         "  a sinusoidal encoding of its position added: PE[p, 2i] = sin(p w_i),\n"
+         "  PE[p, 2i+1] = cos(p w_i), w_i = 10000^(-2i/D) (attn_sinusoidal,\n"
+         "  interleaved layout as in the paper).\n");
+  embed(x);
+  print_table("token embeddings (made up; both \"the\" rows are equal):", &x[0][0]);
+  if ((st = attn_sinusoidal(ctx, tpe, NULL)) != ATTN_OK)
+    return failed(ctx, "attn_sinusoidal", st);
+  print_table("positional encoding PE:", &pe[0][0]);
+  if ((st = attn_sinusoidal_add(ctx, tx, NULL)) != ATTN_OK)
+    return failed(ctx, "attn_sinusoidal_add", st);
+  print_table("embedding + PE (attn_sinusoidal_add, in place):", &x[0][0]);
+  return EXIT_OK;
+}
+
+static int demo_softmax(attn_ctx *ctx) {
+  enum { N = 5 };
+  float row[N] = {1, 2, 3, 4, 5}, y[N], y2[N];
+  uint8_t keep[N] = {1, 1, 1, 0, 0};
+  int64_t dims[1] = {N};
+  attn_tensor *tx, *ty, *ty2, *tkeep;
+  attn_status st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 1, dims, NULL, row, sizeof row, &tx);
+  if (st == ATTN_OK)
+    st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 1, dims, NULL, y, sizeof y, &ty);
+  if (st == ATTN_OK)
+    st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 1, dims, NULL, y2, sizeof y2, &ty2);
+  if (st == ATTN_OK)
+    st = attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 1, dims, NULL, keep, sizeof keep, &tkeep);
+  if (st != ATTN_OK)
+    return failed(ctx, "attn_tensor_wrap", st);
+
+  printf("\n2. Softmax\n"
+         "\n"
+         "  softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x): positive\n"
+         "  weights that sum to 1, the largest logit getting the most.\n\n");
+  if ((st = attn_softmax(ctx, tx, ty, NULL)) != ATTN_OK)
+    return failed(ctx, "attn_softmax", st);
+  attn_softmax_params p;
+  attn_softmax_params_init(&p);
+  p.scale = 0.5f; /* temperature 2: a flatter distribution */
+  p.bool_mask = tkeep;
+  if ((st = attn_softmax(ctx, tx, ty2, &p)) != ATTN_OK)
+    return failed(ctx, "attn_softmax", st);
+
+  float s1 = 0, s2 = 0;
+  for (int i = 0; i < N; i++) {
+    s1 += y[i];
+    s2 += y2[i];
+  }
+  printf("  %-34s", "x");
+  for (int i = 0; i < N; i++)
+    printf(" %7.0f", row[i]);
+  printf("\n  %-34s", "softmax(x)");
+  for (int i = 0; i < N; i++)
+    printf(" %7.5f", y[i]);
+  printf("   sum %.6f\n  %-34s", s1, "scale 0.5, last two masked");
+  for (int i = 0; i < N; i++)
+    printf(" %7.5f", y2[i]);
+  printf("   sum %.6f\n", s2);
+  return EXIT_OK;
+}
+
+static int demo_attention(attn_ctx *ctx, float x[L][D]) {
+  static float out[L][D], weights[L][L];
+  int64_t xdims[4] = {1, 1, L, D}, wdims[4] = {1, 1, L, L};
+  attn_tensor *tx, *to, *tw;
+  attn_status st =
+      attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, xdims, NULL, x, sizeof(float) * L * D, &tx);
+  if (st == ATTN_OK)
+    st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, xdims, NULL, out, sizeof out, &to);
+  if (st == ATTN_OK)
+    st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, wdims, NULL, weights, sizeof weights, &tw);
+  if (st != ATTN_OK)
+    return failed(ctx, "attn_tensor_wrap", st);
+
+  printf("\n3. Attention\n"
+         "\n"
+         "  out = softmax(Q K^T / sqrt(D)) V, here self-attention with Q = K = V =\n"
+         "  the encoded tokens (a real layer first multiplies them by learned\n"
+         "  matrices), one head, causal: token i attends to tokens 0..i only.\n");
+  attn_sdpa_params p;
+  attn_sdpa_params_init(&p);
+  p.causal = 1;
+  p.weights = tw;
+  st = attn_sdpa(ctx, tx, tx, tx, to, &p);
+  if (st != ATTN_OK) {
+    printf("\n  attn_sdpa returned %s: %s\n", attn_status_string(st), attn_ctx_last_error(ctx));
+    return EXIT_INPUT;
+  }
+
+  printf("\n  attention weights (row: query token, column: key token; - = masked)\n  %-6s",
+         "");
+  for (int j = 0; j < L; j++)
+    printf(" %6s", tokens[j]);
+  printf("\n");
+  for (int i = 0; i < L; i++) {
+    printf("  %-6s", tokens[i]);
+    for (int j = 0; j < L; j++) {
+      if (j > i && weights[i][j] == 0.0f)
+        printf(" %6s", "-");
+      else
+        printf(" %6.3f", weights[i][j]);
+    }
+    printf("\n");
+  }
+  print_table("output rows (each a weighted mean of the value rows it sees):",
+              &out[0][0]);
+  return EXIT_OK;
+}
+
+static int cmd_demo(int argc, char **argv) {
+  int rc = no_options(find_command("demo"), argc, argv);
+  if (rc >= 0)
+    return rc;
+
+  attn_ctx *ctx = NULL;
+  attn_status st = attn_ctx_create(&ctx, NULL);
+  if (st != ATTN_OK) {
+    fprintf(stderr, "attn demo: attn_ctx_create: %s\n", attn_status_string(st));
+    return EXIT_INPUT;
+  }
+  static float x[L][D];
+  printf("libattn %s demo: the sentence \"the cat sat on the mat\", %d tokens, D = %d\n\n",
+         attn_version_string(), L, D);
+  rc = demo_encodings(ctx, x);
+  if (rc == EXIT_OK)
+    rc = demo_softmax(ctx);
+  if (rc == EXIT_OK)
+    rc = demo_attention(ctx, x);
+  attn_ctx_destroy(ctx);
+  return rc;
 }
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    usage(stderr);
-    return 1;
+    main_help(stderr);
+    return EXIT_USAGE;
   }
-  if (!strcmp(argv[1], "info"))
-    return cmd_info();
-  for (const attn_subcommand *c = attn_npy_subcommands; c->name; c++)
-    if (!strcmp(argv[1], c->name))
-      return c->run(argc - 1, argv + 1);
-  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-    usage(stdout);
-    return 0;
+  if (is_help_flag(argv[1])) {
+    main_help(stdout);
+    return EXIT_OK;
   }
-  usage(stderr);
-  return 1;
+  if (!strcmp(argv[1], "--version")) {
+    printf("attn %s (libattn %s)\n", ATTN_VERSION_STRING, attn_version_string());
+    return EXIT_OK;
+  }
+  const command *c = find_command(argv[1]);
+  if (c)
+    return c->run(argc - 1, argv + 1);
+  for (const attn_subcommand *n = attn_npy_subcommands; n->name; n++)
+    if (!strcmp(argv[1], n->name))
+      return n->run(argc - 1, argv + 1);
+  fprintf(stderr, "attn: unknown subcommand '%s' (see attn --help)\n", argv[1]);
+  return EXIT_USAGE;
 }
