@@ -521,8 +521,9 @@ ATTN_API void attn_sdpa_params_init(attn_sdpa_params *p);
  * A [B, L, H, D] buffer is passed as the [B, H, L, D] view with strides
  * {L*H*D, D, H*D, 1}; no copy is made.
  * Results: a row with no visible key gives zeros (lse -inf, or the sink);
- * a NaN in q, k or v reaches the rows it touches, and a +inf logit makes its
- * row NaN (as in attn_softmax). The work takes O(tile)
+ * a NaN in q or k reaches the rows that see its key, a NaN in v the rows
+ * that give its key a nonzero weight (a hidden key never leaks one), and a
+ * +inf logit makes its row NaN (as in attn_softmax). The work takes O(tile)
  * memory per thread; an Lq x Lk buffer exists only if weights is requested.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
  *  (dtype, newer params), ATTN_ERR_SHAPE (any mismatch), ATTN_ERR_INVALID_ARG

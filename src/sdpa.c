@@ -185,8 +185,10 @@ static void adjust_logits(const sdpa_problem *p, const sdpa_item *it, int64_t r,
   }
   if (p->mask) {
     const float *mrow = p->mask + it->b * p->ms[0] + h * p->ms[1] + i * p->ms[2] + j0 * p->ms[3];
-    for (int64_t j = a; j < e; j++)
-      s[j] += mrow[j * p->ms[3]];
+    for (int64_t j = a; j < e; j++) {
+      float mv = mrow[j * p->ms[3]];
+      s[j] = mv == -INFINITY ? -INFINITY : s[j] + mv; /* hidden, even if s is NaN */
+    }
   }
   if (p->bmask) {
     const uint8_t *brow =
@@ -195,6 +197,27 @@ static void adjust_logits(const sdpa_problem *p, const sdpa_item *it, int64_t r,
       if (!brow[j * p->bs[3]])
         s[j] = -INFINITY;
   }
+}
+
+static bool all_finite(const float *x, int64_t rows, int64_t cols, int ld) {
+  float acc = 0; /* x - x is 0 for finite x, NaN otherwise */
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++)
+      acc += x[r * ld + c] - x[r * ld + c];
+  return acc == 0;
+}
+
+/* acc[rows, dv] += p[rows, n] v[n, dv], skipping zero weights. */
+static void accumulate_nonzero(const float *p, int64_t rows, int64_t n, const float *v, int ldv,
+                               int64_t dv, float *acc) {
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t j = 0; j < n; j++) {
+      float w = p[r * BLOCK_KEYS + j];
+      if (w == 0)
+        continue;
+      for (int64_t d = 0; d < dv; d++)
+        acc[r * dv + d] += w * v[j * ldv + d];
+    }
 }
 
 /* Online softmax over keys [kb, ke) for one item, accumulating into st. */
@@ -285,8 +308,13 @@ static void attend_chunk(const sdpa_problem *p, const sdpa_item *it, const sdpa_
     }
     const float *vt = tile_rows(vbase + j0 * p->vs[2], p->vs[2], n, Dv, p->gather_v,
                                 wk->vbuf, &ldv);
-    attn__sgemm_nn_acc((int)rows, (int)Dv, (int)n, wk->s, BLOCK_KEYS, vt, ldv, st.acc,
-                       (int)Dv);
+    /* A hidden key has weight 0, but 0 * NaN is NaN: where the tile may hide
+     * keys and V holds a non-finite value, skip the zero weights by hand. */
+    if ((inside && plain) || all_finite(vt, n, Dv, ldv))
+      attn__sgemm_nn_acc((int)rows, (int)Dv, (int)n, wk->s, BLOCK_KEYS, vt, ldv, st.acc,
+                         (int)Dv);
+    else
+      accumulate_nonzero(wk->s, rows, n, vt, ldv, Dv, st.acc);
   }
 }
 
@@ -305,10 +333,10 @@ static void finish_item(const sdpa_problem *p, const sdpa_item *it, sdpa_state s
     float lse = empty ? -INFINITY : m + logf(l);
     if (p->lse)
       p->lse[it->b * p->lses[0] + h * p->lses[1] + i * p->lses[2]] = lse;
-    if (p->w) {
+    if (p->w) { /* exp(s - m) / l: exp(s - lse) would carry lse's rounding */
       float *wr = weights_row(p, it, r);
       for (int64_t j = 0; j < p->Lk; j++)
-        wr[j] = wr[j] == -INFINITY || empty ? 0.0f : expf(wr[j] - lse);
+        wr[j] = wr[j] == -INFINITY || empty ? 0.0f : expf(wr[j] - m) * inv;
     }
   }
 }

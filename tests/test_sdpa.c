@@ -1129,25 +1129,16 @@ static void prop_nan_reaches_only_its_rows(void **state) {
 }
 
 /* ---------------------------------------------------------------------- */
-/* Known bugs of src/sdpa.c, found by this suite. Each test skips until the
- * fix lands; configure with -DCMAKE_C_FLAGS=-DATTN_TEST_KNOWN_BUGS to run
- * them (and drop the skip with the fix). */
+/* Regressions: bugs of src/sdpa.c this suite found, fixed since. */
 
-#ifndef ATTN_TEST_KNOWN_BUGS
-#define SKIP_KNOWN_BUG() skip()
-#else
-#define SKIP_KNOWN_BUG() ((void)0)
-#endif
-
-/* BUG (attend_chunk): a NaN in v reaches rows that do not see its key.
+/* Was a bug (attend_chunk): a NaN in v reaches rows that do not see its key.
  * Masked and out-of-range columns of the probability tile are 0, and
  * O += P V multiplies them with the whole V tile in sgemm: 0 * NaN = NaN.
  * Smallest case: causal, Lq = Lk = 2, v[1] = NaN: row 0, which sees key 0
  * only, comes out NaN instead of v[0]. Every way a row sees part of a tile
  * leaks: causal, window, boolean mask, -inf mask, the split path. */
-static void known_bug_nan_v_leaks_to_rows_that_cannot_see_it(void **state) {
+static void nan_v_stays_in_rows_that_see_it(void **state) {
   (void)state;
-  SKIP_KNOWN_BUG();
   static const sdpa_case cases[] = {
       {.name = "nan v causal", .B = 1, .Hq = 2, .Hkv = 1, .Lq = 100, .Lk = 100, .D = 16, .Dv = 8, .causal = 1, .nan_v = 38, .lse = 1},
       {.name = "nan v causal 300", .B = 1, .Hq = 1, .Hkv = 1, .Lq = 300, .Lk = 300, .D = 16, .Dv = 8, .causal = 1, .nan_v = 281},
@@ -1159,27 +1150,25 @@ static void known_bug_nan_v_leaks_to_rows_that_cannot_see_it(void **state) {
   RUN_CASES(cases);
 }
 
-/* BUG (adjust_logits): a key hidden by a -inf entry of the additive mask
+/* Was a bug (adjust_logits): a key hidden by a -inf entry of the additive mask
  * still poisons the row when its k holds a NaN: the logit is NaN + -inf =
  * NaN, so the row turns NaN, even a row whose keys are all masked (which
  * must give zeros). attn.h: "Key j is visible to row i unless ... mask is
  * -inf" (the boolean mask gets this right). */
-static void known_bug_nan_k_under_inf_mask(void **state) {
+static void nan_k_under_inf_mask_is_hidden(void **state) {
   (void)state;
-  SKIP_KNOWN_BUG();
   static const sdpa_case cases[] = {
       {.name = "nan k -inf mask", .B = 1, .Hq = 1, .Hkv = 1, .Lq = 50, .Lk = 70, .D = 16, .Dv = 8, .mask = MASK_11, .nan_k = 38, .lse = 1},
   };
   RUN_CASES(cases);
 }
 
-/* BUG (finish_item): weights are computed as exp(s - lse) with lse a float,
+/* Was a bug (finish_item): weights are computed as exp(s - lse) with lse a float,
  * so they carry a relative error of |lse| * 2^-24: near 1e4 a row split
  * between near-tied keys gets weights off by ~1e-4. exp(s - m) / l keeps
  * them to float precision, as out already is. */
-static void known_bug_weights_at_large_logits(void **state) {
+static void weights_exact_at_large_logits(void **state) {
   (void)state;
-  SKIP_KNOWN_BUG();
   /* Logits 10000 and 10000.5 (D = 1, scale 1, all exact in float). */
   attn_ctx *ctx = tu_ctx(1);
   float q[1] = {1}, k[2] = {10000.0f, 10000.5f}, v[2] = {0, 1}, out[1], lse[1], w[2];
@@ -1764,9 +1753,9 @@ int main(void) {
       cmocka_unit_test(prop_layouts_agree),
       cmocka_unit_test(prop_nan_reaches_only_its_rows),
       cmocka_unit_test(varlen),
-      cmocka_unit_test(known_bug_nan_v_leaks_to_rows_that_cannot_see_it),
-      cmocka_unit_test(known_bug_nan_k_under_inf_mask),
-      cmocka_unit_test(known_bug_weights_at_large_logits),
+      cmocka_unit_test(nan_v_stays_in_rows_that_see_it),
+      cmocka_unit_test(nan_k_under_inf_mask_is_hidden),
+      cmocka_unit_test(weights_exact_at_large_logits),
       cmocka_unit_test(bad_tensors),
       cmocka_unit_test(bad_params),
       cmocka_unit_test(bad_varlen),
