@@ -1,9 +1,34 @@
 /* The only file that talks to BLAS. */
+#ifdef ATTN_BLAS_GENERIC
+#define _GNU_SOURCE /* dladdr */
+#endif
 #include "internal.h"
 
 #include <cblas.h>
 #include <stdio.h>
 
+#ifdef ATTN_BLAS_GENERIC
+/* A CBLAS other than OpenBLAS (ATTN_BLAS=Generic): the library that
+ * provides cblas_sgemm is named from the loaded object, and its threading
+ * is its own (set e.g. BLIS_NUM_THREADS or MKL_NUM_THREADS); libattn treats
+ * it as single-threaded. */
+#include <dlfcn.h>
+#include <string.h>
+
+attn_status attn_blas_info(char *buf, size_t size) {
+  if (!buf || !size)
+    return ATTN_ERR_NULL_ARG;
+  void (*fn)(void) = (void (*)(void))cblas_sgemm;
+  void *addr;
+  memcpy(&addr, &fn, sizeof addr); /* ISO C has no function-to-object cast */
+  Dl_info info;
+  const char *where = dladdr(addr, &info) && info.dli_fname ? info.dli_fname : "unknown";
+  snprintf(buf, size, "generic CBLAS: cblas_sgemm from %s; threads: the provider's own", where);
+  return ATTN_OK;
+}
+
+int32_t attn__blas_threads(void) { return 1; }
+#else
 attn_status attn_blas_info(char *buf, size_t size) {
   if (!buf || !size)
     return ATTN_ERR_NULL_ARG;
@@ -18,6 +43,7 @@ attn_status attn_blas_info(char *buf, size_t size) {
 int32_t attn__blas_threads(void) {
   return openblas_get_parallel() == 0 ? 1 : openblas_get_num_threads();
 }
+#endif
 
 void attn__sgemm_nt(int m, int n, int k, float alpha, const float *a, int lda, const float *b,
                     int ldb, float *c, int ldc) {

@@ -9,6 +9,7 @@ set -eu
 PACKAGES="
   build-essential cmake pkg-config
   libopenblas-dev
+  libblis-dev
   libcmocka-dev
   python3-numpy python3-pytest
   python3-torch
@@ -17,7 +18,8 @@ PACKAGES="
   abigail-tools
   doxygen
 "
-# libopenblas-dev: the BLAS; libcmocka-dev: unit tests; python3-*: binding tests
+# libopenblas-dev: the BLAS; libblis-dev: the second BLAS CI tests (.ci/run blis);
+# libcmocka-dev: unit tests; python3-*: binding tests
 # (python3-torch: the binding's second, independent reference; its tests skip without it);
 # clang-14 + libclang-rt-14-dev: the clang preset, fuzzing and sanitizers;
 # valgrind: memory checks; abigail-tools: abidiff; doxygen: the API reference.
