@@ -144,7 +144,8 @@ class _Call:
             dtype = _lib.DTYPE_F32
         strides = _element_strides(a) if a.ndim else None
         if strides is None and a.ndim:
-            a = np.ascontiguousarray(a)
+            # A fresh copy: ascontiguousarray would keep an unaligned C-order array.
+            a = np.array(a, order="C")
             strides = _element_strides(a)
         return self._wrap(a, dtype, strides, name)
 

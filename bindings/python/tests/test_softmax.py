@@ -84,6 +84,13 @@ def test_converted_inputs(rng):
     close(attn.softmax(x[:, ::-1]), ref.softmax(x[:, ::-1]))  # negative stride -> copy
     close(attn.softmax(np.arange(6).reshape(2, 3)), ref.softmax(np.arange(6).reshape(2, 3)))
     close(attn.softmax([[1.0, 2.0, 3.0]]), ref.softmax([[1.0, 2.0, 3.0]]))
+    raw = np.zeros(5 * 7 * 4 + 1, np.uint8)
+    unaligned = np.ndarray((5, 7), np.float32, raw.data, offset=1)
+    unaligned[:] = x
+    assert not unaligned.flags.aligned
+    close(attn.softmax(unaligned), ref.softmax(x.astype(np.float32)))  # misaligned -> copy
+    with pytest.raises(ValueError, match="aligned"):
+        attn.softmax(x.astype(np.float32), out=unaligned)
 
 
 def test_broadcast_mask_view(rng):
