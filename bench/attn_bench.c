@@ -1,0 +1,731 @@
+/* attn-bench: speed and memory of libattn's attention next to the machine's
+ * own ceilings measured in the same run (a large sgemm, a memory copy) and
+ * next to the naive way that materialises the score matrix.
+ *
+ *   attn-bench [--json] [--quick | --smoke] [--help]
+ *
+ * Default: the full run, as a table. --json: one JSON object per line per
+ * case. --quick: the cases behind issue 3's targets, well under a minute on
+ * 2 cores. --smoke: one tiny case, a few milliseconds, checked against the
+ * naive result (ctest runs it so the benchmark cannot rot).
+ *
+ * Threads: each case runs on a context with num_threads = the case's
+ * threads. libattn calls BLAS from its own workers, so the BLAS should be
+ * single-threaded (OPENBLAS_NUM_THREADS=1, or Debian's libopenblas0-serial);
+ * with a multi-threaded OpenBLAS the library falls back to one worker (see
+ * bench/BLAS-THREADING.md) and this program warns. It never changes BLAS
+ * settings itself. */
+#define _POSIX_C_SOURCE 200809L
+
+#include "attn.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- timing and statistics ---- */
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, cmp_double);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+#define MAX_REPS 7
+
+/* Seconds of one call of fn(arg), the median of repeats. With `warm`, a
+ * first untimed call absorbs first-touch costs (page faults, scratch growth,
+ * thread start); without, the caller has made that call already. Repeats
+ * fill about `budget` seconds, at least 1 and at most MAX_REPS. fn returns
+ * nonzero on failure, which ends the measurement with NAN. */
+typedef int (*timed_fn)(void *arg);
+
+static double time_median(timed_fn fn, void *arg, double budget, int warm, int *reps_out) {
+  double t[MAX_REPS];
+  int reps = 0;
+  double s = now();
+  if (fn(arg))
+    return NAN;
+  double first = now() - s;
+  if (!warm)
+    t[reps++] = first;
+  int want = first > 0 ? (int)(budget / first) : MAX_REPS;
+  if (want < 1)
+    want = 1;
+  if (want > MAX_REPS)
+    want = MAX_REPS;
+  while (reps < want) {
+    s = now();
+    if (fn(arg))
+      return NAN;
+    t[reps++] = now() - s;
+  }
+  if (reps_out)
+    *reps_out = reps;
+  return median(t, reps);
+}
+
+/* ---- memory ---- */
+
+static float *new_floats(size_t n, uint64_t seed) {
+  size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
+  float *p = aligned_alloc(64, bytes ? bytes : 64);
+  if (!p) {
+    fprintf(stderr, "attn-bench: out of memory (%zu bytes)\n", bytes);
+    exit(2);
+  }
+  uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
+  for (size_t i = 0; i < n; i++) {
+    s ^= s >> 12;
+    s ^= s << 25;
+    s ^= s >> 27;
+    p[i] = (float)((s * 0x2545f4914f6cdd1dull) >> 40) / (float)(1 << 24) * 2.0f - 1.0f;
+  }
+  return p;
+}
+
+/* The context's allocator counts live bytes and their high-water mark, so
+ * "extra memory" is exactly what libattn itself allocated (inputs and
+ * outputs are caller memory, wrapped). */
+typedef struct {
+  atomic_size_t live, peak;
+} counter;
+
+#define HDR 16 /* keeps malloc's 16-byte alignment */
+
+static void *count_alloc(void *user, size_t size) {
+  counter *c = user;
+  char *p = malloc(size + HDR);
+  if (!p)
+    return NULL;
+  memcpy(p, &size, sizeof size);
+  size_t live = atomic_fetch_add(&c->live, size) + size;
+  size_t peak = atomic_load(&c->peak);
+  while (live > peak && !atomic_compare_exchange_weak(&c->peak, &peak, live))
+    ;
+  return p + HDR;
+}
+
+static void count_free(void *user, void *ptr) {
+  counter *c = user;
+  char *p = (char *)ptr - HDR;
+  size_t size;
+  memcpy(&size, p, sizeof size);
+  atomic_fetch_sub(&c->live, size);
+  free(p);
+}
+
+static attn_ctx *new_ctx(int threads, counter *c) {
+  attn_ctx_options o;
+  attn_ctx_options_init(&o);
+  o.num_threads = threads;
+  o.alloc = count_alloc;
+  o.free = count_free;
+  o.alloc_user = c;
+  attn_ctx *ctx = NULL;
+  if (attn_ctx_create(&ctx, &o) != ATTN_OK) {
+    fprintf(stderr, "attn-bench: cannot create a context with %d threads\n", threads);
+    exit(2);
+  }
+  return ctx;
+}
+
+static attn_tensor *wrap4(attn_ctx *ctx, float *data, int64_t a, int64_t b, int64_t c,
+                          int64_t d) {
+  int64_t dims[4] = {a, b, c, d};
+  attn_tensor *t = NULL;
+  size_t bytes = (size_t)(a * b * c * d) * sizeof(float);
+  if (attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, dims, NULL, data, bytes, &t) != ATTN_OK) {
+    fprintf(stderr, "attn-bench: attn_tensor_wrap: %s\n", attn_ctx_last_error(ctx));
+    exit(2);
+  }
+  return t;
+}
+
+/* ---- threads for the reference computations ---- */
+
+typedef void (*par_fn)(void *arg, int index, int nthreads);
+typedef struct {
+  par_fn fn;
+  void *arg;
+  int index, n;
+} par_job;
+
+static void *par_main(void *a) {
+  par_job *j = a;
+  j->fn(j->arg, j->index, j->n);
+  return NULL;
+}
+
+/* fn(arg, t, n) for t < n, each on its own thread (t = 0 on the caller). */
+static void run_parallel(par_fn fn, void *arg, int n) {
+  pthread_t th[64];
+  par_job jobs[64];
+  if (n > 64)
+    n = 64;
+  for (int t = 1; t < n; t++) {
+    jobs[t] = (par_job){fn, arg, t, n};
+    if (pthread_create(&th[t], NULL, par_main, &jobs[t])) {
+      fprintf(stderr, "attn-bench: pthread_create failed\n");
+      exit(2);
+    }
+  }
+  fn(arg, 0, n);
+  for (int t = 1; t < n; t++)
+    pthread_join(th[t], NULL);
+}
+
+/* Threads inside one BLAS call; > 1 means our own threads must not call it
+ * concurrently (OpenBLAS serialises them, bench/BLAS-THREADING.md). */
+static int blas_threads(void) {
+#ifdef ATTN_BLAS_GENERIC
+  return 1; /* another CBLAS: its threads are its own business (as in blas.c) */
+#else
+  return openblas_get_parallel() == 0 ? 1 : openblas_get_num_threads();
+#endif
+}
+
+/* Threads to use for our own parallel BLAS work at `threads` requested. */
+static int ref_threads(int threads) { return blas_threads() > 1 ? 1 : threads; }
+
+/* ---- the sgemm ceiling: an n^3 product on `threads` threads ---- */
+
+typedef struct {
+  int n;
+  const float *a, *b;
+  float *c;
+} gemm_job;
+
+static void gemm_part(void *arg, int t, int nt) {
+  gemm_job *g = arg;
+  int m0 = (int)((int64_t)g->n * t / nt), m1 = (int)((int64_t)g->n * (t + 1) / nt);
+  if (m1 > m0)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m1 - m0, g->n, g->n, 1.0f,
+                g->a + (size_t)m0 * g->n, g->n, g->b, g->n, 0.0f, g->c + (size_t)m0 * g->n,
+                g->n);
+}
+
+typedef struct {
+  gemm_job job;
+  int threads;
+} gemm_run;
+
+static int gemm_once(void *arg) {
+  gemm_run *r = arg;
+  run_parallel(gemm_part, &r->job, ref_threads(r->threads));
+  return 0;
+}
+
+/* GFLOP/s of C = A B at n^3, rows split over the threads (or one call when
+ * the BLAS threads itself). Cached per thread count: measured once a run. */
+static double sgemm_gflops(int threads, int n) {
+  static double cache[65];
+  static int cache_n[65];
+  if (threads < 1 || threads > 64)
+    return NAN;
+  if (cache_n[threads] == n)
+    return cache[threads];
+  gemm_run r = {{n, new_floats((size_t)n * n, 1), new_floats((size_t)n * n, 2),
+                 new_floats((size_t)n * n, 3)},
+                threads};
+  double t = time_median(gemm_once, &r, 1.0, 1, NULL);
+  free((void *)r.job.a);
+  free((void *)r.job.b);
+  free(r.job.c);
+  cache[threads] = 2.0 * n * (double)n * n / t * 1e-9;
+  cache_n[threads] = n;
+  return cache[threads];
+}
+
+/* ---- memory copy bandwidth (buffers larger than the L3) ---- */
+
+typedef struct {
+  char *src, *dst;
+  size_t bytes;
+  int threads;
+} copy_run;
+
+static void copy_part(void *arg, int t, int nt) {
+  copy_run *c = arg;
+  size_t b0 = c->bytes * (size_t)t / (size_t)nt, b1 = c->bytes * (size_t)(t + 1) / (size_t)nt;
+  memcpy(c->dst + b0, c->src + b0, b1 - b0);
+}
+
+static int copy_once(void *arg) {
+  copy_run *c = arg;
+  run_parallel(copy_part, c, c->threads);
+  return 0;
+}
+
+/* GB/s of memcpy counting bytes read plus bytes written (as STREAM's Copy),
+ * split over `threads` threads. */
+static double memcpy_gbps(int threads, size_t bytes) {
+  copy_run c = {malloc(bytes), malloc(bytes), bytes, threads};
+  if (!c.src || !c.dst) {
+    free(c.src);
+    free(c.dst);
+    return NAN;
+  }
+  memset(c.src, 1, bytes);
+  memset(c.dst, 2, bytes);
+  double t = time_median(copy_once, &c, 1.0, 1, NULL);
+  free(c.src);
+  free(c.dst);
+  return 2.0 * (double)bytes / t * 1e-9;
+}
+
+/* ---- the naive way: full scores, row softmax, one product with V ---- */
+
+typedef struct {
+  int64_t B, Hq, Hkv, Lq, Lk, D, Dv;
+  int causal;
+  const float *q, *k, *v;
+  float *out;
+  float **s; /* per thread: Lq x Lk scores */
+  int threads;
+} naive_run;
+
+static void naive_part(void *arg, int t, int nt) {
+  naive_run *n = arg;
+  float *s = n->s[t];
+  int64_t G = n->Hq / n->Hkv;
+  float scale = 1.0f / sqrtf((float)n->D);
+  for (int64_t bh = t; bh < n->B * n->Hq; bh += nt) {
+    int64_t b = bh / n->Hq, h = bh % n->Hq, kh = h / G;
+    const float *q = n->q + (size_t)bh * (size_t)(n->Lq * n->D);
+    const float *k = n->k + (size_t)(b * n->Hkv + kh) * (size_t)(n->Lk * n->D);
+    const float *v = n->v + (size_t)(b * n->Hkv + kh) * (size_t)(n->Lk * n->Dv);
+    float *o = n->out + (size_t)bh * (size_t)(n->Lq * n->Dv);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n->Lq, (int)n->Lk, (int)n->D,
+                scale, q, (int)n->D, k, (int)n->D, 0.0f, s, (int)n->Lk);
+    for (int64_t i = 0; i < n->Lq; i++) {
+      float *row = s + (size_t)i * (size_t)n->Lk;
+      int64_t vis = n->causal ? (i + 1 < n->Lk ? i + 1 : n->Lk) : n->Lk; /* top-left */
+      float m = row[0];
+      for (int64_t j = 1; j < vis; j++)
+        m = row[j] > m ? row[j] : m;
+      float sum = 0;
+      for (int64_t j = 0; j < vis; j++) {
+        row[j] = expf(row[j] - m);
+        sum += row[j];
+      }
+      float inv = 1.0f / sum;
+      for (int64_t j = 0; j < vis; j++)
+        row[j] *= inv;
+      for (int64_t j = vis; j < n->Lk; j++)
+        row[j] = 0;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n->Lq, (int)n->Dv,
+                (int)n->Lk, 1.0f, s, (int)n->Lk, v, (int)n->Dv, 0.0f, o, (int)n->Dv);
+  }
+}
+
+static int naive_once(void *arg) {
+  naive_run *n = arg;
+  run_parallel(naive_part, n, n->threads);
+  return 0;
+}
+
+/* ---- cases ---- */
+
+typedef enum { K_SDPA, K_DECODE, K_LONG, K_SOFTMAX } kind;
+
+typedef struct {
+  kind kind;
+  int64_t B, Hq, Hkv, Lq, Lk, D, Dv;
+  int causal, threads;
+} bcase;
+
+typedef struct {
+  double seconds, gflops, sgemm, naive_seconds, max_diff, kv_gbps, copy_gbps, gbps;
+  double naive_bytes;
+  size_t peak_extra;
+  int reps;
+  const char *error;
+} result;
+
+static const char *kind_name(kind k) {
+  return k == K_SDPA ? "sdpa" : k == K_DECODE ? "sdpa_decode" : k == K_LONG ? "sdpa_long"
+                                                                            : "softmax";
+}
+
+typedef struct {
+  attn_ctx *ctx;
+  attn_tensor *q, *k, *v, *o, *x, *y;
+  attn_sdpa_params p;
+  char err[600];
+} op_run;
+
+static int sdpa_once(void *arg) {
+  op_run *r = arg;
+  if (attn_sdpa(r->ctx, r->q, r->k, r->v, r->o, &r->p) != ATTN_OK) {
+    snprintf(r->err, sizeof r->err, "%s", attn_ctx_last_error(r->ctx));
+    return 1;
+  }
+  return 0;
+}
+
+static int softmax_once(void *arg) {
+  op_run *r = arg;
+  if (attn_softmax(r->ctx, r->x, r->y, NULL) != ATTN_OK) {
+    snprintf(r->err, sizeof r->err, "%s", attn_ctx_last_error(r->ctx));
+    return 1;
+  }
+  return 0;
+}
+
+static double g_budget = 1.5;       /* seconds of repeats per measurement */
+static double g_naive_limit = 2.0;  /* GiB of score matrices the naive way may use */
+static int g_sgemm_n = 2048;
+static size_t g_copy_bytes = (size_t)256 << 20;
+static char g_err[600];
+
+/* Query-key pairs the shape requires (exact count under a top-left causal
+ * mask: about half of Lq * Lk for a square one). */
+static double visible_pairs(const bcase *c) {
+  if (!c->causal)
+    return (double)c->Lq * (double)c->Lk;
+  double pairs = 0;
+  for (int64_t i = 0; i < c->Lq; i++)
+    pairs += (double)(i + 1 < c->Lk ? i + 1 : c->Lk);
+  return pairs;
+}
+
+static result run_sdpa_case(const bcase *c) {
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL};
+  size_t nq = (size_t)(c->B * c->Hq * c->Lq * c->D), nk = (size_t)(c->B * c->Hkv * c->Lk * c->D),
+         nv = (size_t)(c->B * c->Hkv * c->Lk * c->Dv), no = (size_t)(c->B * c->Hq * c->Lq * c->Dv);
+  float *q = new_floats(nq, 11), *k = new_floats(nk, 12), *v = new_floats(nv, 13);
+  float *o = new_floats(no, 14);
+  counter cnt = {0, 0};
+  op_run r = {0};
+  r.ctx = new_ctx(c->threads, &cnt);
+  r.q = wrap4(r.ctx, q, c->B, c->Hq, c->Lq, c->D);
+  r.k = wrap4(r.ctx, k, c->B, c->Hkv, c->Lk, c->D);
+  r.v = wrap4(r.ctx, v, c->B, c->Hkv, c->Lk, c->Dv);
+  r.o = wrap4(r.ctx, o, c->B, c->Hq, c->Lq, c->Dv);
+  attn_sdpa_params_init(&r.p);
+  r.p.causal = c->causal;
+
+  /* Extra memory: what the context allocates beyond its tensors' handles
+   * during the first (cold) call; later calls reuse that scratch. */
+  size_t base = atomic_load(&cnt.live);
+  atomic_store(&cnt.peak, base);
+  if (sdpa_once(&r)) {
+    snprintf(g_err, sizeof g_err, "%s", r.err);
+    res.error = g_err;
+    goto done;
+  }
+  res.peak_extra = atomic_load(&cnt.peak) - base;
+  res.seconds = time_median(sdpa_once, &r, g_budget, 0, &res.reps);
+  double pairs = visible_pairs(c) * (double)c->B * (double)c->Hq;
+  res.gflops = 2.0 * pairs * (double)(c->D + c->Dv) / res.seconds * 1e-9;
+  res.sgemm = sgemm_gflops(c->threads, g_sgemm_n);
+  if (c->kind == K_DECODE) {
+    res.kv_gbps = (double)(nk + nv) * sizeof(float) / res.seconds * 1e-9;
+    res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes);
+  }
+
+  int nt = ref_threads(c->threads);
+  if (nt > c->B * c->Hq)
+    nt = (int)(c->B * c->Hq);
+  res.naive_bytes = (double)nt * (double)c->Lq * (double)c->Lk * sizeof(float);
+  if (res.naive_bytes <= g_naive_limit * 1073741824.0) {
+    naive_run n = {c->B, c->Hq, c->Hkv, c->Lq, c->Lk, c->D, c->Dv, c->causal, q, k, v,
+                   new_floats(no, 15), calloc((size_t)nt, sizeof(float *)), nt};
+    for (int t = 0; t < nt; t++)
+      n.s[t] = new_floats((size_t)(c->Lq * c->Lk), 16);
+    res.naive_seconds = time_median(naive_once, &n, g_budget, 1, NULL);
+    double d = 0;
+    for (size_t i = 0; i < no; i++)
+      d = fmax(d, fabs((double)o[i] - (double)n.out[i]));
+    res.max_diff = d;
+    for (int t = 0; t < nt; t++)
+      free(n.s[t]);
+    free(n.s);
+    free(n.out);
+  }
+done:
+  attn_ctx_destroy(r.ctx);
+  free(q);
+  free(k);
+  free(v);
+  free(o);
+  return res;
+}
+
+static result run_softmax_case(const bcase *c) {
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL};
+  int64_t rows = c->Lq, cols = c->Lk;
+  size_t n = (size_t)(rows * cols);
+  float *x = new_floats(n, 21), *y = new_floats(n, 22);
+  counter cnt = {0, 0};
+  op_run r = {0};
+  r.ctx = new_ctx(c->threads, &cnt);
+  int64_t dims[2] = {rows, cols};
+  if (attn_tensor_wrap(r.ctx, ATTN_DTYPE_F32, 2, dims, NULL, x, n * sizeof(float), &r.x) ||
+      attn_tensor_wrap(r.ctx, ATTN_DTYPE_F32, 2, dims, NULL, y, n * sizeof(float), &r.y)) {
+    fprintf(stderr, "attn-bench: attn_tensor_wrap: %s\n", attn_ctx_last_error(r.ctx));
+    exit(2);
+  }
+  size_t base = atomic_load(&cnt.live);
+  atomic_store(&cnt.peak, base);
+  if (softmax_once(&r)) {
+    snprintf(g_err, sizeof g_err, "%s", r.err);
+    res.error = g_err;
+  } else {
+    res.peak_extra = atomic_load(&cnt.peak) - base;
+    res.seconds = time_median(softmax_once, &r, g_budget, 0, &res.reps);
+    res.gbps = 2.0 * (double)n * sizeof(float) / res.seconds * 1e-9; /* read x, write y */
+  }
+  attn_ctx_destroy(r.ctx);
+  free(x);
+  free(y);
+  return res;
+}
+
+/* ---- output ---- */
+
+static void json_num(const char *key, double v, const char *fmt) {
+  printf(", \"%s\": ", key);
+  if (isfinite(v))
+    printf(fmt, v);
+  else
+    printf("null");
+}
+
+static void json_string(const char *s) {
+  putchar('"');
+  for (; *s; s++) {
+    if (*s == '"' || *s == '\\')
+      printf("\\%c", *s);
+    else if ((unsigned char)*s < 0x20)
+      printf("\\u%04x", (unsigned)(unsigned char)*s);
+    else
+      putchar(*s);
+  }
+  putchar('"');
+}
+
+static void print_json(const bcase *c, const result *r) {
+  printf("{\"op\": \"%s\"", kind_name(c->kind));
+  if (c->kind == K_SOFTMAX) {
+    printf(", \"rows\": %lld, \"cols\": %lld", (long long)c->Lq, (long long)c->Lk);
+  } else {
+    printf(", \"B\": %lld, \"Hq\": %lld, \"Hkv\": %lld, \"Lq\": %lld, \"Lk\": %lld, \"D\": %lld, "
+           "\"Dv\": %lld, \"causal\": %s",
+           (long long)c->B, (long long)c->Hq, (long long)c->Hkv, (long long)c->Lq,
+           (long long)c->Lk, (long long)c->D, (long long)c->Dv, c->causal ? "true" : "false");
+  }
+  printf(", \"threads\": %d, \"blas_threads\": %d", c->threads, blas_threads());
+  json_num("seconds", r->seconds, "%.6g");
+  printf(", \"repeats\": %d", r->reps);
+  if (c->kind == K_SOFTMAX) {
+    json_num("gbps", r->gbps, "%.4g");
+  } else {
+    json_num("gflops", r->gflops, "%.4g");
+    json_num("sgemm_gflops", r->sgemm, "%.4g");
+    json_num("ratio_sgemm", r->gflops / r->sgemm, "%.3f");
+    json_num("naive_seconds", r->naive_seconds, "%.6g");
+    json_num("speedup_naive", r->naive_seconds / r->seconds, "%.3f");
+    json_num("naive_extra_bytes", r->naive_bytes, "%.0f");
+    json_num("max_abs_diff_naive", r->max_diff, "%.3g");
+  }
+  if (r->error)
+    printf(", \"peak_extra_bytes\": null");
+  else
+    printf(", \"peak_extra_bytes\": %zu", r->peak_extra);
+  if (c->kind == K_DECODE) {
+    json_num("kv_gbps", r->kv_gbps, "%.4g");
+    json_num("memcpy_gbps", r->copy_gbps, "%.4g");
+    json_num("ratio_memcpy", r->kv_gbps / r->copy_gbps, "%.3f");
+  }
+  if (r->error) {
+    printf(", \"error\": ");
+    json_string(r->error);
+  }
+  printf("}\n");
+}
+
+static void print_table_header(void) {
+  printf("%-11s %2s %3s %3s %6s %6s %4s %4s %3s %3s | %9s %8s %7s %6s | %9s %7s | %9s %s\n",
+         "op", "B", "Hq", "Hkv", "Lq", "Lk", "D", "Dv", "cau", "thr", "ms", "GFLOP/s", "sgemm",
+         "ratio", "naive ms", "speedup", "extra MiB", "notes");
+}
+
+static void fmt_or_dash(char *buf, size_t n, const char *fmt, double v) {
+  if (isfinite(v))
+    snprintf(buf, n, fmt, v);
+  else
+    snprintf(buf, n, "-");
+}
+
+static void print_row(const bcase *c, const result *r) {
+  char ms[32], gf[32], sg[32], ra[32], nms[32], sp[32], notes[700] = "";
+  fmt_or_dash(ms, sizeof ms, "%.2f", r->seconds * 1e3);
+  fmt_or_dash(gf, sizeof gf, "%.1f", r->gflops);
+  fmt_or_dash(sg, sizeof sg, "%.1f", r->sgemm);
+  fmt_or_dash(ra, sizeof ra, "%.3f", r->gflops / r->sgemm);
+  fmt_or_dash(nms, sizeof nms, "%.2f", r->naive_seconds * 1e3);
+  fmt_or_dash(sp, sizeof sp, "%.2f", r->naive_seconds / r->seconds);
+  if (c->kind == K_DECODE)
+    snprintf(notes, sizeof notes, "K/V read %.1f GB/s, memcpy %.1f GB/s (%.0f%%)", r->kv_gbps,
+             r->copy_gbps, 100 * r->kv_gbps / r->copy_gbps);
+  else if (c->kind == K_SOFTMAX)
+    snprintf(notes, sizeof notes, "%.1f GB/s (read + write)", r->gbps);
+  else if (!isfinite(r->naive_seconds))
+    snprintf(notes, sizeof notes, "naive skipped: needs %.0f MiB", r->naive_bytes / 1048576.0);
+  if (r->error)
+    snprintf(notes, sizeof notes, "error: %s", r->error);
+  printf("%-11s %2lld %3lld %3lld %6lld %6lld %4lld %4lld %3s %3d | %9s %8s %7s %6s | %9s %7s | "
+         "%9.2f %s\n",
+         kind_name(c->kind), (long long)c->B, (long long)c->Hq, (long long)c->Hkv,
+         (long long)c->Lq, (long long)c->Lk, (long long)c->D, (long long)c->Dv,
+         c->causal ? "yes" : "no", c->threads, ms, gf, sg, ra, nms, sp,
+         (double)r->peak_extra / 1048576.0, notes);
+}
+
+/* ---- case lists ---- */
+
+#define MAX_CASES 128
+
+static int add(bcase *cs, int n, kind k, int64_t B, int64_t Hq, int64_t Hkv, int64_t Lq,
+               int64_t Lk, int64_t D, int causal, int threads) {
+  if (n < MAX_CASES)
+    cs[n++] = (bcase){k, B, Hq, Hkv, Lq, Lk, D, D, causal, threads};
+  return n;
+}
+
+static int quick_cases(bcase *cs) {
+  int n = 0;
+  static const int64_t Ls[] = {2048, 4096}, Ds[] = {128, 64};
+  for (int li = 0; li < 2; li++)
+    for (int di = 0; di < 2; di++)
+      for (int causal = 0; causal < 2; causal++)
+        n = add(cs, n, K_SDPA, 1, 8, 8, Ls[li], Ls[li], Ds[di], causal, 2);
+  n = add(cs, n, K_DECODE, 1, 32, 8, 1, 32768, 128, 0, 2);
+  n = add(cs, n, K_LONG, 1, 1, 1, 32768, 32768, 128, 1, 2);
+  n = add(cs, n, K_SOFTMAX, 1, 1, 1, 4096, 4096, 1, 0, 2);
+  return n;
+}
+
+static int full_cases(bcase *cs) {
+  int n = 0;
+  static const int64_t Ls[] = {512, 2048, 4096, 8192}, Ds[] = {64, 128};
+  for (int threads = 2; threads >= 1; threads--)
+    for (int li = 0; li < 4; li++)
+      for (int di = 0; di < 2; di++)
+        for (int causal = 0; causal < 2; causal++)
+          n = add(cs, n, K_SDPA, 1, 8, 8, Ls[li], Ls[li], Ds[di], causal, threads);
+  for (int threads = 2; threads >= 1; threads--)
+    n = add(cs, n, K_DECODE, 1, 32, 8, 1, 32768, 128, 0, threads);
+  n = add(cs, n, K_LONG, 1, 1, 1, 32768, 32768, 128, 0, 2);
+  n = add(cs, n, K_LONG, 1, 1, 1, 32768, 32768, 128, 1, 2);
+  for (int threads = 2; threads >= 1; threads--)
+    n = add(cs, n, K_SOFTMAX, 1, 1, 1, 4096, 4096, 1, 0, threads);
+  return n;
+}
+
+static int smoke_cases(bcase *cs) {
+  int n = 0;
+  n = add(cs, n, K_SDPA, 1, 4, 2, 64, 64, 16, 1, 2);
+  n = add(cs, n, K_DECODE, 1, 4, 2, 1, 300, 16, 0, 2);
+  n = add(cs, n, K_SOFTMAX, 1, 1, 1, 8, 33, 1, 0, 2);
+  return n;
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: attn-bench [--json] [--quick | --smoke]\n"
+          "  (default)  the full run (several minutes on 2 cores), as a table\n"
+          "  --json     one JSON object per line per case\n"
+          "  --quick    the cases behind the performance targets, under a minute\n"
+          "  --smoke    one tiny case per op, checked against the naive result\n"
+          "Set OPENBLAS_NUM_THREADS=1: libattn runs BLAS from its own threads.\n");
+}
+
+int main(int argc, char **argv) {
+  int json = 0, quick = 0, smoke = 0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--json"))
+      json = 1;
+    else if (!strcmp(argv[i], "--quick"))
+      quick = 1;
+    else if (!strcmp(argv[i], "--smoke"))
+      smoke = 1;
+    else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      usage(stdout);
+      return 0;
+    } else {
+      fprintf(stderr, "attn-bench: unknown option '%s'\n", argv[i]);
+      usage(stderr);
+      return 2;
+    }
+  }
+  setvbuf(stdout, NULL, _IOLBF, 0); /* each result as soon as it exists */
+
+  bcase cs[MAX_CASES];
+  int n;
+  if (smoke) {
+    n = smoke_cases(cs);
+    g_budget = 0.001;
+    g_sgemm_n = 128;
+    g_copy_bytes = (size_t)1 << 20;
+  } else if (quick) {
+    n = quick_cases(cs);
+    g_budget = 0.6;
+  } else {
+    n = full_cases(cs);
+  }
+
+  char blas[256];
+  attn_blas_info(blas, sizeof blas);
+  if (blas_threads() > 1)
+    fprintf(stderr,
+            "attn-bench: warning: OpenBLAS runs %d threads per call; libattn then runs SDPA on "
+            "one worker (concurrent calls would queue). For the fast configuration set "
+            "OPENBLAS_NUM_THREADS=1 (bench/BLAS-THREADING.md).\n",
+            blas_threads());
+  if (json) {
+    printf("{\"op\": \"info\", \"libattn\": \"%s\", \"cpu\": ", attn_version_string());
+    json_string(attn_cpu_info());
+    printf(", \"blas\": ");
+    json_string(blas);
+    printf("}\n");
+  } else {
+    printf("libattn %s | %s | %s\n", attn_version_string(), attn_cpu_info(), blas);
+    printf("ms: median of repeats; GFLOP/s counts 2*(D+Dv) per visible query-key pair; sgemm: "
+           "%d^3 cblas_sgemm on the same threads; extra: peak bytes libattn allocated\n",
+           g_sgemm_n);
+    print_table_header();
+  }
+
+  int failed = 0;
+  for (int i = 0; i < n; i++) {
+    result r = cs[i].kind == K_SOFTMAX ? run_softmax_case(&cs[i]) : run_sdpa_case(&cs[i]);
+    if (json)
+      print_json(&cs[i], &r);
+    else
+      print_row(&cs[i], &r);
+    /* The smoke run checks that the op works, not how fast. */
+    if (smoke && (r.error || (cs[i].kind != K_SOFTMAX && !(r.max_diff <= 1e-4))))
+      failed = 1;
+  }
+  return failed;
+}
