@@ -89,10 +89,13 @@ static attn_tensor *link_new(attn_ctx *ctx, int32_t dtype, int32_t ndim,
 }
 
 static void contiguous_strides(int32_t ndim, const int64_t *dims, int64_t *strides) {
-  int64_t s = 1;
+  /* Unsigned and saturated: the count may exceed INT64_MAX here (callers only
+   * checked it against UINT64_MAX); extent_bytes() then refuses the shape. */
+  uint64_t s = 1;
   for (int32_t i = ndim - 1; i >= 0; i--) {
-    strides[i] = s;
-    s *= dims[i]; /* bounded: callers check the extent before using more */
+    strides[i] = s <= INT64_MAX ? (int64_t)s : INT64_MAX;
+    if (__builtin_mul_overflow(s, (uint64_t)dims[i], &s))
+      s = UINT64_MAX;
   }
 }
 
