@@ -173,9 +173,11 @@ static void adjust_logits(const sdpa_problem *p, const sdpa_item *it, int64_t r,
                           int64_t j0, int64_t a, int64_t e) {
   int64_t i = row_pos(p, it, r), h = row_head(p, it, r);
   if (p->softcap > 0) {
-    float c = p->softcap, inv = 1.0f / p->softcap;
+    /* Divide rather than multiply by 1/c: for a subnormal c, 1/c is inf and
+     * a zero logit would give NaN. tanhf costs far more than the division. */
+    float c = p->softcap;
     for (int64_t j = a; j < e; j++)
-      s[j] = c * tanhf(s[j] * inv);
+      s[j] = c * tanhf(s[j] / c);
   }
   if (p->alibi) {
     float slope = p->alibi[h];

@@ -81,6 +81,7 @@ typedef struct {
 #define U(...) ((const uint8_t[]){__VA_ARGS__})
 #define W(...) ((const double[]){__VA_ARGS__})
 #define NINF (-INFINITY)
+static const float kSub = 1e-40f; /* a subnormal */
 
 static const sdpa_case sdpa_cases[] = {
     /* length-1 sequence, D = 1: weight 1, out = v, lse = the logit */
@@ -134,6 +135,8 @@ static const sdpa_case sdpa_cases[] = {
     {"sink of -FLT_MAX", 1, 1, 1, 1, F(1), F(1), F(5), .scale = 1, .sink = F(-FLT_MAX),
      .out = W(5), .lse = W(1)},
     /* soft-cap at the edges */
+    {"subnormal softcap", 1, 2, 1, 1, F(0), F(0, 1), F(2, 4), .scale = 1, .softcap = kSub,
+     .out = W(3)},
     {"softcap of FLT_MAX logits", 1, 2, 1, 1, F(FLT_MAX), F(1, -1), F(2, 4), .scale = 1,
      .softcap = 1, .out = W(2.2384058440442351)},
     /* bad values are refused, not computed */
