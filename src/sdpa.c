@@ -402,8 +402,9 @@ static void merge_chunks(void *arg, int64_t item, int32_t worker) {
   finish_item(p, &it, first);
 }
 
-/* Tiling, threads and workspace; then run. */
-static attn_status run_problem(attn_ctx *ctx, const char *fn, sdpa_problem *p) {
+/* Tiling and threads; the workspace it needs goes to *total. */
+static attn_status plan_problem(attn_ctx *ctx, const char *fn, sdpa_problem *p,
+                                int32_t *threads_out, size_t *total_out) {
   p->nb = BLOCK_ROWS / p->G > 0 ? BLOCK_ROWS / p->G : 1;
   if (p->nb > p->Lq)
     p->nb = p->Lq;
@@ -442,6 +443,19 @@ static attn_status run_problem(attn_ctx *ctx, const char *fn, sdpa_problem *p) {
   if (__builtin_mul_overflow(p->work_per_thread, (size_t)threads, &total) ||
       __builtin_add_overflow(total, states_bytes, &total))
     return attn__fail(ctx, ATTN_ERR_OVERFLOW, "%s: workspace size overflows", fn);
+  *threads_out = threads;
+  *total_out = total;
+  return ATTN_OK;
+}
+
+/* Plan, take the workspace, run. */
+static attn_status run_problem(attn_ctx *ctx, const char *fn, sdpa_problem *p) {
+  int32_t threads;
+  size_t total;
+  attn_status st = plan_problem(ctx, fn, p, &threads, &total);
+  if (st != ATTN_OK)
+    return st;
+  int64_t tasks = p->n_items * p->n_split;
   char *mem = attn__scratch(ctx, fn, total);
   if (!mem)
     return ATTN_ERR_NO_MEMORY;
@@ -668,6 +682,39 @@ static attn_status check_offsets(attn_ctx *ctx, const char *fn, const char *name
   return ATTN_OK;
 }
 
+/* Sequence s of a packed batch as a [1, H, L, D] view of the tensors. */
+static void varlen_problem(sdpa_problem *p, const attn_sdpa_params *prm, const attn_tensor *q,
+                           const attn_tensor *k, const attn_tensor *v, attn_tensor *out,
+                           int32_t s, const int64_t *cu_q, const int64_t *cu_k) {
+  memset(p, 0, sizeof *p);
+  p->B = 1, p->Hq = q->dims[1], p->Hkv = k->dims[1], p->G = p->Hq / p->Hkv;
+  p->D = q->dims[2], p->Dv = v->dims[2];
+  p->Lq = cu_q[s + 1] - cu_q[s];
+  p->Lk = cu_k[s + 1] - cu_k[s];
+  /* An empty range may start at the token count, one past the last token,
+   * where an axis of size 1 has an arbitrary stride: do not offset by it. */
+  int64_t q0 = p->Lq ? cu_q[s] : 0, k0 = p->Lk ? cu_k[s] : 0;
+  const attn_tensor *ts[4] = {q, k, v, out};
+  int64_t *strides[4] = {p->qs, p->ks, p->vs, p->os};
+  for (int t = 0; t < 4; t++) {
+    strides[t][0] = 0;
+    strides[t][1] = ts[t]->strides[1];
+    strides[t][2] = ts[t]->strides[0];
+    strides[t][3] = 1;
+  }
+  p->q = (const float *)q->data + q0 * q->strides[0];
+  p->k = (const float *)k->data + k0 * k->strides[0];
+  p->v = (const float *)v->data + k0 * v->strides[0];
+  p->out = (float *)out->data + q0 * out->strides[0];
+  if (prm->lse) {
+    p->lse = (float *)prm->lse->data + q0 * prm->lse->strides[1];
+    p->lses[0] = 0;
+    p->lses[1] = prm->lse->strides[0];
+    p->lses[2] = 1;
+  }
+  fill_common(p, prm);
+}
+
 attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
                              const attn_tensor *v, attn_tensor *out, int32_t batch,
                              const int64_t *cu_q, const int64_t *cu_k,
@@ -731,35 +778,27 @@ attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q, const attn_ten
       return st;
   }
 
-  /* Each sequence is a [1, H, L, D] view of the packed tensors. */
+  /* Every sequence's plan and the largest workspace come first: failing
+   * half-way would leave the earlier sequences' outputs written. */
+  size_t most = 0;
   for (int32_t s = 0; s < batch; s++) {
-    int64_t q0 = cu_q[s], k0 = cu_k[s];
     sdpa_problem p;
-    memset(&p, 0, sizeof p);
-    p.B = 1, p.Hq = Hq, p.Hkv = Hkv, p.G = Hq / Hkv, p.D = D, p.Dv = Dv;
-    p.Lq = cu_q[s + 1] - q0;
-    p.Lk = cu_k[s + 1] - k0;
+    varlen_problem(&p, &prm, q, k, v, out, s, cu_q, cu_k);
     if (p.Lq == 0)
       continue;
-    const attn_tensor *ts[4] = {q, k, v, out};
-    int64_t *strides[4] = {p.qs, p.ks, p.vs, p.os};
-    for (int t = 0; t < 4; t++) {
-      strides[t][0] = 0;
-      strides[t][1] = ts[t]->strides[1];
-      strides[t][2] = ts[t]->strides[0];
-      strides[t][3] = 1;
-    }
-    p.q = (const float *)q->data + q0 * q->strides[0];
-    p.k = (const float *)k->data + k0 * k->strides[0];
-    p.v = (const float *)v->data + k0 * v->strides[0];
-    p.out = (float *)out->data + q0 * out->strides[0];
-    if (prm.lse) {
-      p.lse = (float *)prm.lse->data + q0 * prm.lse->strides[1];
-      p.lses[0] = 0;
-      p.lses[1] = prm.lse->strides[0];
-      p.lses[2] = 1;
-    }
-    fill_common(&p, &prm);
+    int32_t threads;
+    size_t total;
+    if ((st = plan_problem(ctx, fn, &p, &threads, &total)) != ATTN_OK)
+      return st;
+    most = total > most ? total : most;
+  }
+  if (most && !attn__scratch(ctx, fn, most))
+    return ATTN_ERR_NO_MEMORY;
+  for (int32_t s = 0; s < batch; s++) {
+    sdpa_problem p;
+    varlen_problem(&p, &prm, q, k, v, out, s, cu_q, cu_k);
+    if (p.Lq == 0)
+      continue;
     if ((st = run_problem(ctx, fn, &p)) != ATTN_OK)
       return st;
   }

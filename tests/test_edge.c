@@ -271,11 +271,33 @@ static void sdpa_huge_l(void **state) {
   free(o);
 }
 
+/* Packed sequences at the edges: empty sequences (no queries, or no keys),
+ * including a last one that starts one past the end of k, whose first axis
+ * has size 1 and therefore any stride. */
+static void sdpa_varlen_empty(void **state) {
+  (void)state;
+  attn_ctx *ctx = tu_ctx(1);
+  float q[2] = {1, 1}, k[1] = {1}, v[1] = {6}, out[2] = {-7, -7}, lse[2];
+  int64_t qd[3] = {2, 1, 1}, kd[3] = {1, 1, 1}, ks[3] = {INT64_MAX / 8, 1, 1}, ld[2] = {1, 2};
+  int64_t cu_q[4] = {0, 0, 1, 2}, cu_k[4] = {0, 1, 1, 1};
+  attn_sdpa_params p;
+  attn_sdpa_params_init(&p);
+  p.lse = tu_wrap(ctx, lse, 2, 2, ld, NULL);
+  assert_ok(attn_sdpa_varlen(ctx, tu_wrap(ctx, q, 2, 3, qd, NULL), tu_wrap(ctx, k, 1, 3, kd, ks),
+                             tu_wrap(ctx, v, 1, 3, kd, ks), tu_wrap(ctx, out, 2, 3, qd, NULL), 3,
+                             cu_q, cu_k, &p));
+  /* Sequence 0 has a key and no query; 1 and 2 have a query and no key. */
+  assert_true(out[0] == 0 && out[1] == 0);
+  assert_true(lse[0] == -INFINITY && lse[1] == -INFINITY);
+  attn_ctx_destroy(ctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(tensor_overflowing_shapes),
       cmocka_unit_test(sdpa_table),
       cmocka_unit_test(sdpa_huge_l),
+      cmocka_unit_test(sdpa_varlen_empty),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,297 @@
+/* Allocation failure, through the context's allocator callbacks: for every
+ * op, count the allocations it makes on a fresh context, then for each k up
+ * to that count make the k-th fail. The op must return ATTN_ERR_NO_MEMORY
+ * (or succeed with the right result if that allocation was optional), leak
+ * nothing, leave its outputs and their owners untouched, and leave the
+ * context usable: the same call then succeeds with the same result. */
+#include "test_util.h"
+
+#define MAX_T 12
+#define MAX_OUT 4
+
+/* One context with a counting allocator, the tensors an op needs, and the
+ * op's outputs (as raw buffers, to compare them whole). */
+typedef struct fixture {
+  tu_counter c;
+  attn_ctx *ctx;
+  attn_tensor *t[MAX_T];
+  float *out[MAX_OUT]; /* caller memory or an owned tensor's buffer */
+  size_t out_n[MAX_OUT];
+  attn_tensor *owned; /* an output created by attn_tensor_new, if any */
+  int n_out;
+} fixture;
+
+typedef struct {
+  const char *name; /* the function, as its messages name it */
+  int32_t threads;
+  void (*setup)(fixture *f);
+  attn_status (*run)(fixture *f);
+} op_case;
+
+/* ---- shared read-only inputs ---- */
+enum { B = 2, HQ = 4, HKV = 2, LQ = 37, LK = 300, D = 16, DV = 12 };
+static float g_q[B * HQ * LQ * D], g_k[B * HKV * LK * D], g_v[B * HKV * LK * DV];
+static float g_long_k[4096 * 8], g_long_v[4096 * 8], g_long_q[8];
+static float g_x[6 * 33];
+
+static void fill_inputs(void) {
+  tu_rng r = {12345};
+  tu_fill(&r, g_q, sizeof g_q / sizeof *g_q, -1, 1);
+  tu_fill(&r, g_k, sizeof g_k / sizeof *g_k, -1, 1);
+  tu_fill(&r, g_v, sizeof g_v / sizeof *g_v, -1, 1);
+  tu_fill(&r, g_long_k, sizeof g_long_k / sizeof *g_long_k, -1, 1);
+  tu_fill(&r, g_long_v, sizeof g_long_v / sizeof *g_long_v, -1, 1);
+  tu_fill(&r, g_long_q, sizeof g_long_q / sizeof *g_long_q, -1, 1);
+  tu_fill(&r, g_x, sizeof g_x / sizeof *g_x, -3, 3);
+}
+
+static attn_tensor *wrap_in(fixture *f, const float *data, size_t n, int32_t ndim,
+                            const int64_t *dims) {
+  return tu_wrap(f->ctx, (float *)data, n, ndim, dims, NULL);
+}
+
+/* A caller-memory output of n floats, wrapped with dims. */
+static attn_tensor *wrap_out(fixture *f, size_t n, int32_t ndim, const int64_t *dims) {
+  assert_true(f->n_out < MAX_OUT);
+  float *buf = malloc(n * sizeof *buf);
+  assert_non_null(buf);
+  for (size_t i = 0; i < n; i++)
+    buf[i] = -777.0f; /* sentinel */
+  f->out[f->n_out] = buf;
+  f->out_n[f->n_out++] = n;
+  return tu_wrap(f->ctx, buf, n, ndim, dims, NULL);
+}
+
+/* An output owned by the context (zero-filled by attn_tensor_new). */
+static attn_tensor *owned_out(fixture *f, size_t n, int32_t ndim, const int64_t *dims) {
+  assert_true(f->n_out < MAX_OUT);
+  attn_tensor *t = NULL;
+  assert_ok(attn_tensor_new(f->ctx, ATTN_DTYPE_F32, ndim, dims, &t));
+  f->owned = t;
+  f->out[f->n_out] = attn_tensor_data(t);
+  f->out_n[f->n_out++] = n;
+  return t;
+}
+
+/* ---- the ops ---- */
+
+static void setup_sdpa(fixture *f) {
+  int64_t qd[4] = {B, HQ, LQ, D}, kd[4] = {B, HKV, LK, D}, vd[4] = {B, HKV, LK, DV};
+  int64_t od[4] = {B, HQ, LQ, DV}, ld[3] = {B, HQ, LQ}, wd[4] = {B, HQ, LQ, LK};
+  f->t[0] = wrap_in(f, g_q, sizeof g_q / 4, 4, qd);
+  f->t[1] = wrap_in(f, g_k, sizeof g_k / 4, 4, kd);
+  f->t[2] = wrap_in(f, g_v, sizeof g_v / 4, 4, vd);
+  f->t[3] = owned_out(f, (size_t)B * HQ * LQ * DV, 4, od);
+  f->t[4] = wrap_out(f, (size_t)B * HQ * LQ, 3, ld);
+  f->t[5] = wrap_out(f, (size_t)B * HQ * LQ * LK, 4, wd);
+}
+static attn_status run_sdpa(fixture *f) {
+  attn_sdpa_params p;
+  attn_sdpa_params_init(&p);
+  p.causal = 1;
+  p.align = ATTN_ALIGN_BOTTOM_RIGHT;
+  p.lse = f->t[4];
+  p.weights = f->t[5];
+  return attn_sdpa(f->ctx, f->t[0], f->t[1], f->t[2], f->t[3], &p);
+}
+
+/* One query against 4096 keys: with 2 threads (and a sequential BLAS) the
+ * keys are split in chunks with their own partial states. */
+static void setup_sdpa_split(fixture *f) {
+  int64_t qd[4] = {1, 1, 1, 8}, kd[4] = {1, 1, 4096, 8}, od[4] = {1, 1, 1, 8};
+  f->t[0] = wrap_in(f, g_long_q, 8, 4, qd);
+  f->t[1] = wrap_in(f, g_long_k, 4096 * 8, 4, kd);
+  f->t[2] = wrap_in(f, g_long_v, 4096 * 8, 4, kd);
+  f->t[3] = wrap_out(f, 8, 4, od);
+}
+static attn_status run_sdpa_split(fixture *f) {
+  return attn_sdpa(f->ctx, f->t[0], f->t[1], f->t[2], f->t[3], NULL);
+}
+
+/* Packed sequences that grow: the last needs the largest workspace, so an
+ * op that grew its workspace per sequence would fail after writing the
+ * first sequences' outputs. */
+static const int64_t g_cu_q[4] = {0, 1, 4, 37}, g_cu_k[4] = {0, 2, 40, 300};
+static void setup_varlen(fixture *f) {
+  int64_t qd[3] = {LQ, HQ, D}, kd[3] = {LK, HKV, D}, vd[3] = {LK, HKV, DV};
+  int64_t od[3] = {LQ, HQ, DV}, ld[2] = {HQ, LQ};
+  f->t[0] = wrap_in(f, g_q, (size_t)LQ * HQ * D, 3, qd);
+  f->t[1] = wrap_in(f, g_k, (size_t)LK * HKV * D, 3, kd);
+  f->t[2] = wrap_in(f, g_v, (size_t)LK * HKV * DV, 3, vd);
+  f->t[3] = wrap_out(f, (size_t)LQ * HQ * DV, 3, od);
+  f->t[4] = wrap_out(f, (size_t)HQ * LQ, 2, ld);
+}
+static attn_status run_varlen(fixture *f) {
+  attn_sdpa_params p;
+  attn_sdpa_params_init(&p);
+  p.causal = 1;
+  p.lse = f->t[4];
+  return attn_sdpa_varlen(f->ctx, f->t[0], f->t[1], f->t[2], f->t[3], 3, g_cu_q, g_cu_k, &p);
+}
+
+/* Tensor creation is an op too: its output is the handle. */
+static void setup_none(fixture *f) { (void)f; }
+static attn_status run_tensor_new(fixture *f) {
+  int64_t dims[3] = {3, 5, 7};
+  attn_tensor *t = (attn_tensor *)0x1;
+  attn_status st = attn_tensor_new(f->ctx, ATTN_DTYPE_F32, 3, dims, &t);
+  if (st != ATTN_OK)
+    assert_ptr_equal(t, (attn_tensor *)0x1);
+  return st;
+}
+static attn_status run_tensor_wrap(fixture *f) {
+  int64_t dims[2] = {6, 33}, strides[2] = {33, 1};
+  attn_tensor *t = (attn_tensor *)0x1;
+  attn_status st =
+      attn_tensor_wrap(f->ctx, ATTN_DTYPE_F32, 2, dims, strides, g_x, sizeof g_x, &t);
+  if (st != ATTN_OK)
+    assert_ptr_equal(t, (attn_tensor *)0x1);
+  return st;
+}
+
+static const op_case g_cases[] = {
+    {"attn_tensor_new", 1, setup_none, run_tensor_new},
+    {"attn_tensor_wrap", 1, setup_none, run_tensor_wrap},
+    {"attn_sdpa", 1, setup_sdpa, run_sdpa},
+    {"attn_sdpa", 2, setup_sdpa, run_sdpa},
+    {"attn_sdpa", 2, setup_sdpa_split, run_sdpa_split},
+    {"attn_sdpa_varlen", 1, setup_varlen, run_varlen},
+    {"attn_sdpa_varlen", 2, setup_varlen, run_varlen},
+};
+
+/* ---- the driver ---- */
+
+static void open_fixture(fixture *f, const op_case *oc) {
+  memset(f, 0, sizeof *f);
+  attn_ctx_options o;
+  attn_ctx_options_init(&o);
+  o.num_threads = oc->threads;
+  o.alloc = tu_alloc;
+  o.free = tu_free;
+  o.alloc_user = &f->c;
+  assert_ok(attn_ctx_create(&f->ctx, &o));
+  oc->setup(f);
+}
+
+static void close_fixture(fixture *f) {
+  void *owned_data = f->owned ? attn_tensor_data(f->owned) : NULL;
+  attn_ctx_destroy(f->ctx); /* frees the owned output too */
+  if (f->c.allocs != f->c.frees)
+    fail_msg("leak: %ld allocations, %ld frees", f->c.allocs, f->c.frees);
+  for (int i = 0; i < f->n_out; i++)
+    if (f->out[i] != owned_data)
+      free(f->out[i]);
+}
+
+static float *snapshot(const fixture *f) {
+  size_t total = 0;
+  for (int i = 0; i < f->n_out; i++)
+    total += f->out_n[i];
+  float *s = malloc((total ? total : 1) * sizeof *s);
+  assert_non_null(s);
+  size_t at = 0;
+  for (int i = 0; i < f->n_out; i++) {
+    memcpy(s + at, f->out[i], f->out_n[i] * sizeof *s);
+    at += f->out_n[i];
+  }
+  return s;
+}
+
+static void assert_outputs_equal(const fixture *f, const op_case *oc, const float *want,
+                                 const char *what) {
+  size_t at = 0;
+  for (int i = 0; i < f->n_out; i++) {
+    if (memcmp(f->out[i], want + at, f->out_n[i] * sizeof *want) != 0)
+      fail_msg("%s (%d threads): %s: output %d differs", oc->name, oc->threads, what, i);
+    at += f->out_n[i];
+  }
+}
+
+static void exercise(const op_case *oc) {
+  /* The allocations of one call on a fresh context, and its result. */
+  fixture f;
+  open_fixture(&f, oc);
+  float *before = snapshot(&f);
+  long a0 = f.c.allocs;
+  assert_ok(oc->run(&f));
+  long count = f.c.allocs - a0;
+  float *want = snapshot(&f);
+  /* Warm: the same call again allocates nothing and gives the same. */
+  long a1 = f.c.allocs;
+  assert_ok(oc->run(&f));
+  if (oc->run != run_tensor_new && oc->run != run_tensor_wrap)
+    assert_int_equal(f.c.allocs, a1);
+  assert_outputs_equal(&f, oc, want, "second call");
+  close_fixture(&f);
+  if (oc->run != run_tensor_new && oc->run != run_tensor_wrap)
+    assert_true(count >= 1); /* else this test would prove nothing */
+
+  for (long k = 1; k <= count; k++) {
+    open_fixture(&f, oc);
+    void *owned_data = f.owned ? attn_tensor_data(f.owned) : NULL;
+    f.c.fail_at = f.c.allocs + k;
+    attn_status st = oc->run(&f);
+    if (st == ATTN_OK) {
+      /* An optional allocation: the result must be right all the same. */
+      assert_outputs_equal(&f, oc, want, "optional allocation failed");
+    } else {
+      if (st != ATTN_ERR_NO_MEMORY)
+        fail_msg("%s (%d threads), allocation %ld of %ld failing: %s", oc->name, oc->threads,
+                 k, count, attn_status_string(st));
+      assert_outputs_equal(&f, oc, before, "outputs after a failed call");
+      assert_error_mentions(f.ctx, oc->name);
+      if (f.owned) { /* the owner of an output is intact */
+        assert_ptr_equal(attn_tensor_data(f.owned), owned_data);
+        assert_int_equal(attn_tensor_dtype(f.owned), ATTN_DTYPE_F32);
+      }
+      /* The context is usable: the same call now succeeds, same result. */
+      assert_ok(oc->run(&f));
+      assert_outputs_equal(&f, oc, want, "retry after a failed call");
+    }
+    close_fixture(&f);
+  }
+  free(before);
+  free(want);
+}
+
+static void all_ops(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof g_cases / sizeof g_cases[0]; i++)
+    exercise(&g_cases[i]);
+}
+
+/* attn_ctx_create itself, with and without worker threads. */
+static void ctx_create(void **state) {
+  (void)state;
+  for (int32_t threads = 1; threads <= 3; threads++) {
+    tu_counter c = {0};
+    attn_ctx_options o;
+    attn_ctx_options_init(&o);
+    o.num_threads = threads;
+    o.alloc = tu_alloc;
+    o.free = tu_free;
+    o.alloc_user = &c;
+    attn_ctx *ctx = NULL;
+    assert_ok(attn_ctx_create(&ctx, &o));
+    long count = c.allocs;
+    attn_ctx_destroy(ctx);
+    assert_int_equal(c.allocs, c.frees);
+    for (long k = 1; k <= count; k++) {
+      tu_counter fc = {0, 0, k};
+      o.alloc_user = &fc;
+      ctx = (attn_ctx *)0x1;
+      assert_status(attn_ctx_create(&ctx, &o), ATTN_ERR_NO_MEMORY);
+      assert_ptr_equal(ctx, (attn_ctx *)0x1);
+      assert_int_equal(fc.allocs, fc.frees);
+    }
+  }
+}
+
+int main(void) {
+  fill_inputs();
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(ctx_create),
+      cmocka_unit_test(all_ops),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
