@@ -148,12 +148,11 @@ static void check_rows(const ref_view *r) {
           m = x;
       }
       /* Values whose weighted sum could overflow float are not tame: the
-       * accumulator is float, as in any fp32 attention. Known issue: a NaN
-       * or Inf in V at a key the row cannot see, but inside a key tile that
-       * other rows of the block see, reaches the row (0 * NaN in the P V
-       * product), so every key's V must be finite, not only the visible. */
+       * accumulator is float, as in any fp32 attention. Only the visible
+       * keys' values count: a NaN or Inf at a hidden key must not reach
+       * the row. */
       for (int64_t j = 0; j < r->Lk && tame; j++)
-        for (int64_t d = 0; d < r->Dv; d++)
+        for (int64_t d = 0; vis[j] && d < r->Dv; d++)
           if (!(fabs(rd(r->v, r->vb + hk * r->vs[0] + j * r->vs[1] + d * r->vs[2])) *
                     (double)(r->Lk + 1) <
                 1e36))
