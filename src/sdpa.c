@@ -439,7 +439,7 @@ static attn_status plan_problem(attn_ctx *ctx, const char *fn, sdpa_problem *p,
   p->work_per_thread = work_bytes(p);
   size_t states_bytes =
       p->n_split > 1 ? (size_t)tasks * state_floats(p) * sizeof(float) : 0;
-  size_t total;
+  size_t total = 0;
   if (__builtin_mul_overflow(p->work_per_thread, (size_t)threads, &total) ||
       __builtin_add_overflow(total, states_bytes, &total))
     return attn__fail(ctx, ATTN_ERR_OVERFLOW, "%s: workspace size overflows", fn);
@@ -450,8 +450,8 @@ static attn_status plan_problem(attn_ctx *ctx, const char *fn, sdpa_problem *p,
 
 /* Plan, take the workspace, run. */
 static attn_status run_problem(attn_ctx *ctx, const char *fn, sdpa_problem *p) {
-  int32_t threads;
-  size_t total;
+  int32_t threads = 1;
+  size_t total = 0;
   attn_status st = plan_problem(ctx, fn, p, &threads, &total);
   if (st != ATTN_OK)
     return st;
@@ -786,8 +786,8 @@ attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q, const attn_ten
     varlen_problem(&p, &prm, q, k, v, out, s, cu_q, cu_k);
     if (p.Lq == 0)
       continue;
-    int32_t threads;
-    size_t total;
+    int32_t threads = 1;
+    size_t total = 0;
     if ((st = plan_problem(ctx, fn, &p, &threads, &total)) != ATTN_OK)
       return st;
     most = total > most ? total : most;
