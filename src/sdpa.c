@@ -499,6 +499,46 @@ static attn_status check_disjoint(attn_ctx *ctx, const char *fn, const char *out
   return ATTN_OK;
 }
 
+/* An optional output: a live F32 tensor of the wanted shape, writable, and
+ * overlapping none of `others` (the inputs and the outputs checked before). */
+static attn_status check_output(attn_ctx *ctx, const char *fn, const char *name,
+                                const attn_tensor *t, int32_t ndim, const int64_t *want,
+                                const char *shape_text, const char *const *names,
+                                const attn_tensor *const *others, int n_others) {
+  attn_status st = attn__check_tensor(ctx, fn, name, t, ATTN_DTYPE_F32, ndim, ndim);
+  if (st != ATTN_OK)
+    return st;
+  for (int a = 0; a < ndim; a++)
+    if (t->dims[a] != want[a])
+      return attn__fail(ctx, ATTN_ERR_SHAPE, "%s: %s.shape[%d] = %lld but must be %lld (%s)",
+                        fn, name, a, (long long)t->dims[a], (long long)want[a], shape_text);
+  if ((st = attn__check_writable(ctx, fn, name, t)) != ATTN_OK)
+    return st;
+  return check_disjoint(ctx, fn, name, t, names, others, n_others);
+}
+
+/* q, k, v and out: live F32 tensors of ndim dims. */
+static attn_status check_operands(attn_ctx *ctx, const char *fn, const attn_tensor *q,
+                                  const attn_tensor *k, const attn_tensor *v,
+                                  const attn_tensor *out, int32_t ndim) {
+  attn_status st;
+  if ((st = attn__check_tensor(ctx, fn, "q", q, ATTN_DTYPE_F32, ndim, ndim)) ||
+      (st = attn__check_tensor(ctx, fn, "k", k, ATTN_DTYPE_F32, ndim, ndim)) ||
+      (st = attn__check_tensor(ctx, fn, "v", v, ATTN_DTYPE_F32, ndim, ndim)) ||
+      (st = attn__check_tensor(ctx, fn, "out", out, ATTN_DTYPE_F32, ndim, ndim)))
+    return st;
+  return ATTN_OK;
+}
+
+static attn_status check_heads(attn_ctx *ctx, const char *fn, int64_t Hq, int64_t Hkv) {
+  if (Hq % Hkv)
+    return attn__fail(ctx, ATTN_ERR_SHAPE,
+                      "%s: q has %lld heads but k has %lld: the query heads must be a "
+                      "multiple of the kv heads",
+                      fn, (long long)Hq, (long long)Hkv);
+  return ATTN_OK;
+}
+
 /* Parameter checks that do not depend on the tensors' layout. */
 static attn_status check_params(attn_ctx *ctx, const char *fn, const attn_sdpa_params *p,
                                 int64_t B, int64_t Hq, int64_t Lk, int64_t D) {
@@ -564,10 +604,7 @@ attn_status attn_sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
   attn_sdpa_params prm;
   attn_sdpa_params_init(&prm);
   if ((st = attn__read_params(ctx, fn, &prm, sizeof prm, params)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "q", q, ATTN_DTYPE_F32, 4, 4)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "k", k, ATTN_DTYPE_F32, 4, 4)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "v", v, ATTN_DTYPE_F32, 4, 4)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "out", out, ATTN_DTYPE_F32, 4, 4)) != ATTN_OK)
+      (st = check_operands(ctx, fn, q, k, v, out, 4)) != ATTN_OK)
     return st;
   int64_t B = q->dims[0], Hq = q->dims[1], Lq = q->dims[2], D = q->dims[3];
   int64_t Hkv = k->dims[1], Lk = k->dims[2], Dv = v->dims[3];
@@ -581,12 +618,8 @@ attn_status attn_sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
       (st = check_dim(ctx, fn, "out", out, 2, Lq, "the query count q.shape[2]")) ||
       (st = check_dim(ctx, fn, "out", out, 3, Dv, "the value dim v.shape[3]")))
     return st;
-  if (Hq % Hkv)
-    return attn__fail(ctx, ATTN_ERR_SHAPE,
-                      "%s: q has %lld heads but k has %lld: the query heads must be a "
-                      "multiple of the kv heads",
-                      fn, (long long)Hq, (long long)Hkv);
-  if ((st = attn__check_writable(ctx, fn, "out", out)) != ATTN_OK ||
+  if ((st = check_heads(ctx, fn, Hq, Hkv)) != ATTN_OK ||
+      (st = attn__check_writable(ctx, fn, "out", out)) != ATTN_OK ||
       (st = check_params(ctx, fn, &prm, B, Hq, Lk, D)) != ATTN_OK)
     return st;
 
@@ -607,42 +640,16 @@ attn_status attn_sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
       return st;
     p.bmask = prm.bool_mask->data;
   }
-  const char *in_names[5] = {"q", "k", "v", "params.mask", "params.bool_mask"};
-  const attn_tensor *ins[5] = {q, k, v, prm.mask, prm.bool_mask};
-  if ((st = check_disjoint(ctx, fn, "out", out, in_names, ins, 5)) != ATTN_OK)
+  /* Inputs, then the outputs in the order they are checked. */
+  const char *names[7] = {"q", "k", "v", "params.mask", "params.bool_mask", "out", "params.lse"};
+  const attn_tensor *ts[7] = {q, k, v, prm.mask, prm.bool_mask, out, prm.lse};
+  if ((st = check_disjoint(ctx, fn, "out", out, names, ts, 5)) ||
+      (prm.lse && (st = check_output(ctx, fn, "params.lse", prm.lse, 3,
+                                     (const int64_t[]){B, Hq, Lq}, "[B, Hq, Lq]", names, ts,
+                                     6))) ||
+      (prm.weights && (st = check_output(ctx, fn, "params.weights", prm.weights, 4, full,
+                                         "[B, Hq, Lq, Lk]", names, ts, 7))))
     return st;
-  if (prm.lse) {
-    const int64_t want[3] = {B, Hq, Lq};
-    if ((st = attn__check_tensor(ctx, fn, "params.lse", prm.lse, ATTN_DTYPE_F32, 3, 3)))
-      return st;
-    for (int a = 0; a < 3; a++)
-      if (prm.lse->dims[a] != want[a])
-        return attn__fail(ctx, ATTN_ERR_SHAPE,
-                          "%s: params.lse.shape[%d] = %lld but must be %lld ([B, Hq, Lq])", fn,
-                          a, (long long)prm.lse->dims[a], (long long)want[a]);
-    if ((st = attn__check_writable(ctx, fn, "params.lse", prm.lse)) ||
-        (st = check_disjoint(ctx, fn, "params.lse", prm.lse, in_names, ins, 5)) ||
-        (st = check_disjoint(ctx, fn, "params.lse", prm.lse, (const char *const[]){"out"},
-                             (const attn_tensor *const[]){out}, 1)))
-      return st;
-  }
-  if (prm.weights) {
-    if ((st = attn__check_tensor(ctx, fn, "params.weights", prm.weights, ATTN_DTYPE_F32, 4,
-                                 4)))
-      return st;
-    for (int a = 0; a < 4; a++)
-      if (prm.weights->dims[a] != full[a])
-        return attn__fail(ctx, ATTN_ERR_SHAPE,
-                          "%s: params.weights.shape[%d] = %lld but must be %lld ([B, Hq, Lq, "
-                          "Lk])",
-                          fn, a, (long long)prm.weights->dims[a], (long long)full[a]);
-    if ((st = attn__check_writable(ctx, fn, "params.weights", prm.weights)) ||
-        (st = check_disjoint(ctx, fn, "params.weights", prm.weights, in_names, ins, 5)) ||
-        (st = check_disjoint(ctx, fn, "params.weights", prm.weights,
-                             (const char *const[]){"out", "params.lse"},
-                             (const attn_tensor *const[]){out, prm.lse}, 2)))
-      return st;
-  }
 
   p.B = B, p.Hq = Hq, p.Hkv = Hkv, p.G = Hq / Hkv, p.Lq = Lq, p.Lk = Lk, p.D = D, p.Dv = Dv;
   p.q = q->data, p.k = k->data, p.v = v->data, p.out = out->data;
@@ -726,10 +733,7 @@ attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q, const attn_ten
   attn_sdpa_params prm;
   attn_sdpa_params_init(&prm);
   if ((st = attn__read_params(ctx, fn, &prm, sizeof prm, params)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "q", q, ATTN_DTYPE_F32, 3, 3)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "k", k, ATTN_DTYPE_F32, 3, 3)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "v", v, ATTN_DTYPE_F32, 3, 3)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "out", out, ATTN_DTYPE_F32, 3, 3)) != ATTN_OK)
+      (st = check_operands(ctx, fn, q, k, v, out, 3)) != ATTN_OK)
     return st;
   if (prm.mask || prm.bool_mask || prm.kv_lens || prm.weights)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
@@ -748,35 +752,18 @@ attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q, const attn_ten
       (st = check_dim(ctx, fn, "out", out, 1, Hq, "the query head count q.shape[1]")) ||
       (st = check_dim(ctx, fn, "out", out, 2, Dv, "the value dim v.shape[2]")))
     return st;
-  if (Hq % Hkv)
-    return attn__fail(ctx, ATTN_ERR_SHAPE,
-                      "%s: q has %lld heads but k has %lld: the query heads must be a "
-                      "multiple of the kv heads",
-                      fn, (long long)Hq, (long long)Hkv);
-  if ((st = check_offsets(ctx, fn, "cu_seqlens_q", cu_q, batch, Tq)) ||
+  if ((st = check_heads(ctx, fn, Hq, Hkv)) ||
+      (st = check_offsets(ctx, fn, "cu_seqlens_q", cu_q, batch, Tq)) ||
       (st = check_offsets(ctx, fn, "cu_seqlens_k", cu_k, batch, Tk)) ||
       (st = attn__check_writable(ctx, fn, "out", out)) ||
       (st = check_params(ctx, fn, &prm, 0, Hq, Tk, D)))
     return st;
-  const char *in_names[3] = {"q", "k", "v"};
-  const attn_tensor *ins[3] = {q, k, v};
-  if ((st = check_disjoint(ctx, fn, "out", out, in_names, ins, 3)))
+  const char *names[4] = {"q", "k", "v", "out"};
+  const attn_tensor *ts[4] = {q, k, v, out};
+  if ((st = check_disjoint(ctx, fn, "out", out, names, ts, 3)) ||
+      (prm.lse && (st = check_output(ctx, fn, "params.lse", prm.lse, 2,
+                                     (const int64_t[]){Hq, Tq}, "[Hq, Tq]", names, ts, 4))))
     return st;
-  if (prm.lse) {
-    if ((st = attn__check_tensor(ctx, fn, "params.lse", prm.lse, ATTN_DTYPE_F32, 2, 2)))
-      return st;
-    if (prm.lse->dims[0] != Hq || prm.lse->dims[1] != Tq)
-      return attn__fail(ctx, ATTN_ERR_SHAPE,
-                        "%s: params.lse has shape [%lld, %lld] but must be [Hq, Tq] = [%lld, "
-                        "%lld]",
-                        fn, (long long)prm.lse->dims[0], (long long)prm.lse->dims[1],
-                        (long long)Hq, (long long)Tq);
-    if ((st = attn__check_writable(ctx, fn, "params.lse", prm.lse)) ||
-        (st = check_disjoint(ctx, fn, "params.lse", prm.lse, in_names, ins, 3)) ||
-        (st = check_disjoint(ctx, fn, "params.lse", prm.lse, (const char *const[]){"out"},
-                             (const attn_tensor *const[]){out}, 1)))
-      return st;
-  }
 
   /* Every sequence's plan and the largest workspace come first: failing
    * half-way would leave the earlier sequences' outputs written. */
