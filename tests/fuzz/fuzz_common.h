@@ -440,11 +440,19 @@ static inline int fz_unchanged(const fz_tensor *tz) {
   return memcmp(tz->buf, tz->snap, tz->buf_bytes) == 0;
 }
 
+/* A zero stride on an axis longer than 1: such a tensor cannot be written. */
+static inline int fz_broadcasts(const fz_tensor *tz) {
+  for (int32_t i = 0; i < tz->ndim; i++)
+    if (tz->dims[i] > 1 && tz->eff[i] == 0)
+      return 1;
+  return 0;
+}
+
 /* Number of elements of a tensor (its dims' product); small for outputs. */
 static inline int64_t fz_numel(const fz_tensor *tz) {
   int64_t n = 1;
   for (int32_t i = 0; i < tz->ndim; i++)
-    n *= tz->dims[i];
+    n = fz_mul_sat(n, tz->dims[i]); /* a broadcast input may be huge */
   return n;
 }
 

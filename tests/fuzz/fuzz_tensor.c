@@ -253,6 +253,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       FZ_CHECK(s && s[0], "status string");
       FZ_CHECK(attn_ctx_last_error(NULL) != NULL, "last_error(NULL)");
       attn_ctx_options_init(NULL);
+      attn_softmax_params_init(NULL);
+      attn_sinusoidal_params_init(NULL);
+      attn_rope_params_init(NULL);
       attn_sdpa_params_init(NULL);
       attn_ctx_destroy(NULL);
       break;
