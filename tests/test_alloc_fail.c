@@ -3,7 +3,9 @@
  * to that count make the k-th fail. The op must return ATTN_ERR_NO_MEMORY
  * (or succeed with the right result if that allocation was optional), leak
  * nothing, leave its outputs and their owners untouched, and leave the
- * context usable: the same call then succeeds with the same result. */
+ * context usable: the same call then succeeds with the same result. An op
+ * that allocates nothing must succeed while the allocator fails; a warm
+ * context (second call, same shapes) must not allocate at all. */
 #include "test_util.h"
 
 #define MAX_T 12
@@ -17,6 +19,7 @@ typedef struct fixture {
   attn_tensor *t[MAX_T];
   float *out[MAX_OUT]; /* caller memory or an owned tensor's buffer */
   size_t out_n[MAX_OUT];
+  const float *init[MAX_OUT]; /* in-place outputs: their input, restored before each call */
   attn_tensor *owned; /* an output created by attn_tensor_new, if any */
   int n_out;
 } fixture;
@@ -33,6 +36,13 @@ enum { B = 2, HQ = 4, HKV = 2, LQ = 37, LK = 300, D = 16, DV = 12 };
 static float g_q[B * HQ * LQ * D], g_k[B * HKV * LK * D], g_v[B * HKV * LK * DV];
 static float g_long_k[4096 * 8], g_long_v[4096 * 8], g_long_q[8];
 static float g_x[6 * 33];
+enum { SM_R = 64, SM_N = 4096 };
+static float g_sm[SM_R * SM_N], g_sm_mask[SM_N];
+static uint8_t g_sm_bmask[SM_R];
+enum { PE_B = 2, PE_L = 300, PE_D = 64, RP_H = 4, RP_L = 100 };
+static float g_pe[PE_B * PE_L * PE_D], g_rope[PE_B * RP_H * RP_L * PE_D];
+static double g_pe_pos[PE_L];
+static int64_t g_rope_pos[PE_B * RP_L];
 
 static void fill_inputs(void) {
   tu_rng r = {12345};
@@ -43,6 +53,17 @@ static void fill_inputs(void) {
   tu_fill(&r, g_long_v, sizeof g_long_v / sizeof *g_long_v, -1, 1);
   tu_fill(&r, g_long_q, sizeof g_long_q / sizeof *g_long_q, -1, 1);
   tu_fill(&r, g_x, sizeof g_x / sizeof *g_x, -3, 3);
+  tu_fill(&r, g_sm, sizeof g_sm / sizeof *g_sm, -8, 8);
+  tu_fill(&r, g_sm_mask, SM_N, -2, 0);
+  g_sm_mask[7] = -INFINITY;
+  for (int i = 0; i < SM_R; i++)
+    g_sm_bmask[i] = (uint8_t)(i % 5 != 0);
+  tu_fill(&r, g_pe, sizeof g_pe / sizeof *g_pe, -1, 1);
+  tu_fill(&r, g_rope, sizeof g_rope / sizeof *g_rope, -1, 1);
+  for (int i = 0; i < PE_L; i++)
+    g_pe_pos[i] = 0.5 * i + 1000;
+  for (int i = 0; i < PE_B * RP_L; i++)
+    g_rope_pos[i] = (i * 7) % 500;
 }
 
 static attn_tensor *wrap_in(fixture *f, const float *data, size_t n, int32_t ndim,
@@ -60,6 +81,14 @@ static attn_tensor *wrap_out(fixture *f, size_t n, int32_t ndim, const int64_t *
   f->out[f->n_out] = buf;
   f->out_n[f->n_out++] = n;
   return tu_wrap(f->ctx, buf, n, ndim, dims, NULL);
+}
+
+/* An in-place operand: a copy of `src`, restored before every call. */
+static attn_tensor *wrap_inout(fixture *f, const float *src, size_t n, int32_t ndim,
+                               const int64_t *dims) {
+  attn_tensor *t = wrap_out(f, n, ndim, dims);
+  f->init[f->n_out - 1] = src;
+  return t;
 }
 
 /* An output owned by the context (zero-filled by attn_tensor_new). */
@@ -149,7 +178,88 @@ static attn_status run_tensor_wrap(fixture *f) {
   return st;
 }
 
+/* Softmax over [64, 4096] (enough work for two threads), masks broadcast. */
+static void setup_softmax(fixture *f) {
+  int64_t xd[2] = {SM_R, SM_N}, md[1] = {SM_N}, bd[2] = {SM_R, 1};
+  f->t[0] = wrap_in(f, g_sm, SM_R * SM_N, 2, xd);
+  f->t[1] = wrap_out(f, SM_R * SM_N, 2, xd);
+  f->t[2] = wrap_in(f, g_sm_mask, SM_N, 1, md);
+  assert_ok(attn_tensor_wrap(f->ctx, ATTN_DTYPE_U8, 2, bd, NULL, g_sm_bmask, SM_R, &f->t[3]));
+}
+static attn_status run_softmax_common(fixture *f, int log) {
+  attn_softmax_params p;
+  attn_softmax_params_init(&p);
+  p.scale = 0.5f;
+  p.mask = f->t[2];
+  p.bool_mask = f->t[3];
+  return log ? attn_log_softmax(f->ctx, f->t[0], f->t[1], &p)
+             : attn_softmax(f->ctx, f->t[0], f->t[1], &p);
+}
+static attn_status run_softmax(fixture *f) { return run_softmax_common(f, 0); }
+static attn_status run_log_softmax(fixture *f) { return run_softmax_common(f, 1); }
+/* In place. */
+static void setup_softmax_inplace(fixture *f) {
+  int64_t xd[2] = {SM_R, SM_N};
+  f->t[0] = wrap_inout(f, g_sm, SM_R * SM_N, 2, xd);
+}
+static attn_status run_softmax_inplace(fixture *f) {
+  return attn_softmax(f->ctx, f->t[0], f->t[0], NULL);
+}
+
+static void setup_sinusoidal(fixture *f) {
+  int64_t d[2] = {PE_L, PE_D};
+  f->t[0] = owned_out(f, PE_L * PE_D, 2, d);
+}
+static attn_status run_sinusoidal(fixture *f) {
+  attn_sinusoidal_params p;
+  attn_sinusoidal_params_init(&p);
+  p.layout = ATTN_PE_SIN_COS;
+  p.positions = g_pe_pos;
+  return attn_sinusoidal(f->ctx, f->t[0], &p);
+}
+static void setup_sinusoidal_add(fixture *f) {
+  int64_t d[3] = {PE_B, PE_L, PE_D};
+  f->t[0] = wrap_inout(f, g_pe, PE_B * PE_L * PE_D, 3, d);
+}
+static attn_status run_sinusoidal_add(fixture *f) {
+  attn_sinusoidal_params p;
+  attn_sinusoidal_params_init(&p);
+  p.offset = 17;
+  return attn_sinusoidal_add(f->ctx, f->t[0], &p);
+}
+static void setup_rope(fixture *f) {
+  int64_t d[4] = {PE_B, RP_H, RP_L, PE_D};
+  f->t[0] = wrap_inout(f, g_rope, PE_B * RP_H * RP_L * PE_D, 4, d);
+}
+static attn_status run_rope(fixture *f) {
+  attn_rope_params p;
+  attn_rope_params_init(&p);
+  p.rotary_dim = 48;
+  p.positions = g_rope_pos;
+  return attn_rope(f->ctx, f->t[0], &p);
+}
+static void setup_alibi(fixture *f) {
+  assert_true(f->n_out < MAX_OUT);
+  float *buf = malloc(12 * sizeof *buf);
+  assert_non_null(buf);
+  for (int i = 0; i < 12; i++)
+    buf[i] = -777.0f;
+  f->out[f->n_out] = buf;
+  f->out_n[f->n_out++] = 12;
+}
+static attn_status run_alibi(fixture *f) { return attn_alibi_slopes(f->ctx, 12, 0, f->out[0]); }
+
 static const op_case g_cases[] = {
+    {"attn_softmax", 1, setup_softmax, run_softmax},
+    {"attn_softmax", 2, setup_softmax, run_softmax},
+    {"attn_log_softmax", 2, setup_softmax, run_log_softmax},
+    {"attn_softmax", 2, setup_softmax_inplace, run_softmax_inplace},
+    {"attn_sinusoidal", 1, setup_sinusoidal, run_sinusoidal},
+    {"attn_sinusoidal", 2, setup_sinusoidal, run_sinusoidal},
+    {"attn_sinusoidal_add", 2, setup_sinusoidal_add, run_sinusoidal_add},
+    {"attn_rope", 1, setup_rope, run_rope},
+    {"attn_rope", 2, setup_rope, run_rope},
+    {"attn_alibi_slopes", 1, setup_alibi, run_alibi},
     {"attn_tensor_new", 1, setup_none, run_tensor_new},
     {"attn_tensor_wrap", 1, setup_none, run_tensor_wrap},
     {"attn_sdpa", 1, setup_sdpa, run_sdpa},
@@ -207,27 +317,54 @@ static void assert_outputs_equal(const fixture *f, const op_case *oc, const floa
   }
 }
 
+/* Restore the in-place operands, then call the op. */
+static attn_status call(fixture *f, const op_case *oc) {
+  for (int i = 0; i < f->n_out; i++)
+    if (f->init[i])
+      memcpy(f->out[i], f->init[i], f->out_n[i] * sizeof(float));
+  return oc->run(f);
+}
+
+static int makes_handles(const op_case *oc) {
+  return oc->run == run_tensor_new || oc->run == run_tensor_wrap;
+}
+
 static void exercise(const op_case *oc) {
   /* The allocations of one call on a fresh context, and its result. */
   fixture f;
   open_fixture(&f, oc);
-  float *before = snapshot(&f);
   long a0 = f.c.allocs;
-  assert_ok(oc->run(&f));
+  assert_ok(call(&f, oc));
   long count = f.c.allocs - a0;
   float *want = snapshot(&f);
   /* Warm: the same call again allocates nothing and gives the same. */
   long a1 = f.c.allocs;
-  assert_ok(oc->run(&f));
-  if (oc->run != run_tensor_new && oc->run != run_tensor_wrap)
-    assert_int_equal(f.c.allocs, a1);
+  assert_ok(call(&f, oc));
+  if (!makes_handles(oc) && f.c.allocs != a1)
+    fail_msg("%s (%d threads): a warm call allocated %ld times", oc->name, oc->threads,
+             f.c.allocs - a1);
   assert_outputs_equal(&f, oc, want, "second call");
   close_fixture(&f);
-  if (oc->run != run_tensor_new && oc->run != run_tensor_wrap)
-    assert_true(count >= 1); /* else this test would prove nothing */
+  print_message("%-20s %d thread(s): %ld allocation(s) on a fresh context\n", oc->name,
+                (int)oc->threads, count);
+
+  if (count == 0) {
+    /* Nothing to fail: the op must not even try while allocation fails. */
+    open_fixture(&f, oc);
+    f.c.fail_at = f.c.allocs + 1;
+    if (call(&f, oc) != ATTN_OK || f.c.fail_at == 0)
+      fail_msg("%s (%d threads) allocated on a fresh context the second time", oc->name,
+               oc->threads);
+    assert_outputs_equal(&f, oc, want, "with a failing allocator");
+    close_fixture(&f);
+  }
 
   for (long k = 1; k <= count; k++) {
     open_fixture(&f, oc);
+    for (int i = 0; i < f.n_out; i++)
+      if (f.init[i])
+        memcpy(f.out[i], f.init[i], f.out_n[i] * sizeof(float));
+    float *before = snapshot(&f);
     void *owned_data = f.owned ? attn_tensor_data(f.owned) : NULL;
     f.c.fail_at = f.c.allocs + k;
     attn_status st = oc->run(&f);
@@ -245,12 +382,12 @@ static void exercise(const op_case *oc) {
         assert_int_equal(attn_tensor_dtype(f.owned), ATTN_DTYPE_F32);
       }
       /* The context is usable: the same call now succeeds, same result. */
-      assert_ok(oc->run(&f));
+      assert_ok(call(&f, oc));
       assert_outputs_equal(&f, oc, want, "retry after a failed call");
     }
+    free(before);
     close_fixture(&f);
   }
-  free(before);
   free(want);
 }
 

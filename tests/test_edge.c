@@ -268,12 +268,347 @@ static void sdpa_varlen_empty(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+
+/* ================= attn_softmax / attn_log_softmax ================= */
+
+/* One row of n entries (or rows x n with .rows); bmask/mask are per entry. */
+typedef struct {
+  const char *name;
+  int64_t n;
+  const float *x;
+  const uint8_t *bmask;
+  const float *mask;
+  float scale;
+  attn_status status;
+  const double *y;    /* softmax, NaN = must be NaN */
+  const double *logy; /* log-softmax */
+} sm_case;
+
+#define LN2 0.69314718055994531
+#define LN3 1.0986122886681098
+static const sm_case sm_cases[] = {
+    {"length 1", 1, F(5), .y = W(1), .logy = W(0)},
+    {"length 1, -FLT_MAX", 1, F(-FLT_MAX), .y = W(1), .logy = W(0)},
+    {"length 1, subnormal", 1, F(1e-40f), .y = W(1), .logy = W(0)},
+    {"+-FLT_MAX", 2, F(FLT_MAX, -FLT_MAX), .y = W(1, 0), .logy = W(0, NINF)},
+    {"FLT_MAX twice", 2, F(FLT_MAX, FLT_MAX), .y = W(0.5, 0.5), .logy = W(-LN2, -LN2)},
+    {"-FLT_MAX twice", 2, F(-FLT_MAX, -FLT_MAX), .y = W(0.5, 0.5), .logy = W(-LN2, -LN2)},
+    {"subnormals", 3, F(1e-40f, -1e-40f, 0), .y = W(1. / 3, 1. / 3, 1. / 3),
+     .logy = W(-LN3, -LN3, -LN3)},
+    {"-inf entry", 2, F(NINF, 1), .y = W(0, 1), .logy = W(NINF, 0)},
+    {"all -inf", 2, F(NINF, NINF), .y = W(0, 0), .logy = W(NINF, NINF)},
+    {"+inf entry", 2, F(INFINITY, 1), .y = W(NAN, NAN), .logy = W(NAN, NAN)},
+    {"NaN first", 3, F(NAN, 1, 2), .y = W(NAN, NAN, NAN), .logy = W(NAN, NAN, NAN)},
+    {"NaN middle", 3, F(1, NAN, 2), .y = W(NAN, NAN, NAN), .logy = W(NAN, NAN, NAN)},
+    {"NaN last", 3, F(1, 2, NAN), .y = W(NAN, NAN, NAN), .logy = W(NAN, NAN, NAN)},
+    {"NaN bool-masked", 3, F(NAN, 0, 0), .bmask = U(0, 1, 1), .y = W(0, 0.5, 0.5),
+     .logy = W(NINF, -LN2, -LN2)},
+    {"+inf bool-masked", 2, F(INFINITY, 0), .bmask = U(0, 1), .y = W(0, 1), .logy = W(NINF, 0)},
+    {"all bool-masked", 2, F(1, 2), .bmask = U(0, 0), .y = W(0, 0), .logy = W(NINF, NINF)},
+    {"-inf mask", 2, F(3, 1), .mask = F(NINF, 0), .y = W(0, 1), .logy = W(NINF, 0)},
+    {"-inf mask on every entry", 2, F(3, 1), .mask = F(NINF, NINF), .y = W(0, 0),
+     .logy = W(NINF, NINF)},
+    {"NaN in mask", 2, F(3, 1), .mask = F(0, NAN), .y = W(NAN, NAN), .logy = W(NAN, NAN)},
+    {"FLT_MAX mask", 2, F(0, 0), .mask = F(FLT_MAX, 0), .y = W(1, 0), .logy = W(0, -FLT_MAX)},
+    /* z is float: scale*x overflows, to +inf (a NaN row) or -inf (masked) */
+    {"scale*x overflows to +inf", 2, F(FLT_MAX, 0), .scale = 2, .y = W(NAN, NAN),
+     .logy = W(NAN, NAN)},
+    {"scale*x overflows to -inf", 2, F(-FLT_MAX, 0), .scale = 2, .y = W(0, 1),
+     .logy = W(NINF, 0)},
+    {"negative scale", 2, F(1, 2), .scale = -1, .y = W(0.7310585786300049, 0.2689414213699951),
+     .logy = W(-0.31326168751822286, -1.3132616875182228)},
+    {"subnormal scale", 2, F(FLT_MAX, 0), .scale = 1e-45f, .y = W(0.5000000000000001, 0.5),
+     .logy = W(-LN2, -LN2)},
+    {"NaN scale", 1, F(1), .scale = NAN, .status = ATTN_ERR_INVALID_ARG},
+    {"inf scale", 1, F(1), .scale = INFINITY, .status = ATTN_ERR_INVALID_ARG},
+};
+
+static void run_sm_case(const sm_case *c, int log) {
+  attn_ctx *ctx = tu_ctx(1);
+  int64_t d[1] = {c->n};
+  float y[16];
+  for (int i = 0; i < 16; i++)
+    y[i] = -777;
+  attn_softmax_params p;
+  attn_softmax_params_init(&p);
+  if (c->scale != 0)
+    p.scale = c->scale;
+  if (c->mask)
+    p.mask = tu_wrap(ctx, (float *)c->mask, (size_t)c->n, 1, d, NULL);
+  if (c->bmask)
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 1, d, NULL, (void *)c->bmask, (size_t)c->n,
+                               (attn_tensor **)&p.bool_mask));
+  attn_tensor *x = tu_wrap(ctx, (float *)c->x, (size_t)c->n, 1, d, NULL);
+  attn_tensor *yt = tu_wrap(ctx, y, (size_t)c->n, 1, d, NULL);
+  attn_status st = log ? attn_log_softmax(ctx, x, yt, &p) : attn_softmax(ctx, x, yt, &p);
+  if (st != c->status)
+    fail_msg("%s \"%s\": %s, expected %s", log ? "log_softmax" : "softmax", c->name,
+             attn_status_string(st), attn_status_string(c->status));
+  if (st == ATTN_OK) {
+    char what[128];
+    snprintf(what, sizeof what, "%s \"%s\"", log ? "log_softmax" : "softmax", c->name);
+    expect_row(what, y, log ? c->logy : c->y, c->n, 1e-6);
+  } else {
+    for (int i = 0; i < 16; i++)
+      assert_true(y[i] == -777);
+  }
+  attn_ctx_destroy(ctx);
+}
+
+static void softmax_table(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof sm_cases / sizeof sm_cases[0]; i++) {
+    run_sm_case(&sm_cases[i], 0);
+    run_sm_case(&sm_cases[i], 1);
+  }
+}
+
+/* Huge L with tiny D: one row of 2^20 zeros, and 2^20 rows of length 1. */
+static void softmax_huge(void **state) {
+  (void)state;
+  enum { N = 1 << 20 };
+  float *x = calloc(N, sizeof *x), *y = malloc(N * sizeof *y);
+  assert_true(x && y);
+  for (int32_t threads = 1; threads <= 2; threads++) {
+    attn_ctx *ctx = tu_ctx(threads);
+    int64_t row[1] = {N}, col[2] = {N, 1};
+    assert_ok(attn_softmax(ctx, tu_wrap(ctx, x, N, 1, row, NULL), tu_wrap(ctx, y, N, 1, row, NULL),
+                           NULL));
+    double sum = 0;
+    for (int i = 0; i < N; i++) {
+      assert_close(y[i], 1.0 / N, 1e-6, 0);
+      sum += y[i];
+    }
+    assert_close(sum, 1.0, 1e-5, 0);
+    x[5] = NAN; /* one NaN: only its own length-1 row */
+    x[6] = -INFINITY; /* a fully masked length-1 row */
+    assert_ok(attn_log_softmax(ctx, tu_wrap(ctx, x, N, 2, col, NULL),
+                               tu_wrap(ctx, y, N, 2, col, NULL), NULL));
+    for (int i = 0; i < N; i++)
+      if (i == 5)
+        assert_true(isnan(y[i]));
+      else if (i == 6)
+        assert_true(y[i] == -INFINITY);
+      else
+        assert_true(y[i] == 0.0f);
+    x[5] = 0;
+    x[6] = 0;
+    attn_ctx_destroy(ctx);
+  }
+  free(x);
+  free(y);
+}
+
+/* ================= positional encodings ================= */
+
+static attn_status sinusoidal_1(int32_t layout, int64_t L, int64_t D, double base,
+                                double offset, const double *positions, float *out) {
+  attn_ctx *ctx = tu_ctx(1);
+  int64_t d[2] = {L, D};
+  attn_sinusoidal_params p;
+  attn_sinusoidal_params_init(&p);
+  p.layout = layout;
+  p.base = base;
+  p.offset = offset;
+  p.positions = positions;
+  attn_status st = attn_sinusoidal(ctx, tu_wrap(ctx, out, (size_t)(L * D), 2, d, NULL), &p);
+  attn_ctx_destroy(ctx);
+  return st;
+}
+
+static void sinusoidal_edges(void **state) {
+  (void)state;
+  float o[8];
+  /* D = 1: interleaved has one sin column of frequency 1; the others a 0. */
+  assert_ok(sinusoidal_1(ATTN_PE_INTERLEAVED, 1, 1, 0, 2, NULL, o));
+  assert_close(o[0], sin(2.0), 1e-6, 1e-7);
+  assert_ok(sinusoidal_1(ATTN_PE_SIN_COS, 1, 1, 0, 2, NULL, o));
+  assert_true(o[0] == 0.0f);
+  assert_ok(sinusoidal_1(ATTN_PE_COS_SIN, 1, 1, 0, 2, NULL, o));
+  assert_true(o[0] == 0.0f);
+  /* L = 1, D = 2, position 0: sin 0, cos 0 (cos first for COS_SIN). */
+  assert_ok(sinusoidal_1(ATTN_PE_INTERLEAVED, 1, 2, 0, 0, NULL, o));
+  assert_true(o[0] == 0.0f && o[1] == 1.0f);
+  assert_ok(sinusoidal_1(ATTN_PE_COS_SIN, 1, 2, 0, 0, NULL, o));
+  assert_true(o[0] == 1.0f && o[1] == 0.0f);
+  /* The shifted layout needs D >= 4. */
+  assert_status(sinusoidal_1(ATTN_PE_SIN_COS_SHIFTED, 1, 3, 0, 0, NULL, o), ATTN_ERR_INVALID_ARG);
+  assert_ok(sinusoidal_1(ATTN_PE_SIN_COS_SHIFTED, 1, 4, 0, 1, NULL, o));
+  assert_close(o[1], sin(1.0 / 10000), 1e-6, 1e-9); /* lowest frequency exactly 1/base */
+  /* Huge finite positions and bases just above 1 stay finite, in [-1, 1]. */
+  static const double far[2] = {1e300, -1e300};
+  assert_ok(sinusoidal_1(ATTN_PE_INTERLEAVED, 2, 4, 1.0000001, 0, far, o));
+  for (int i = 0; i < 8; i++)
+    assert_true(isfinite(o[i]) && fabs(o[i]) <= 1);
+  assert_ok(sinusoidal_1(ATTN_PE_SIN_COS, 2, 4, DBL_MAX, -1e308, NULL, o));
+  for (int i = 0; i < 8; i++)
+    assert_true(isfinite(o[i]) && fabs(o[i]) <= 1);
+  /* Negative and fractional positions are positions too. */
+  static const double neg[1] = {-0.5};
+  assert_ok(sinusoidal_1(ATTN_PE_INTERLEAVED, 1, 2, 0, 0, neg, o));
+  assert_close(o[0], sin(-0.5), 1e-6, 1e-7);
+  /* Non-finite values are refused, nothing written. */
+  static const double bad_pos[2][1] = {{NAN}, {INFINITY}};
+  static const double bad_base[] = {1.0, 0.5, -2, INFINITY, NAN};
+  static const double bad_off[] = {NAN, INFINITY, -INFINITY};
+  for (int i = 0; i < 8; i++)
+    o[i] = -777;
+  for (int i = 0; i < 2; i++)
+    assert_status(sinusoidal_1(0, 1, 2, 0, 0, bad_pos[i], o), ATTN_ERR_INVALID_ARG);
+  for (size_t i = 0; i < sizeof bad_base / sizeof *bad_base; i++)
+    assert_status(sinusoidal_1(0, 1, 2, bad_base[i], 0, NULL, o), ATTN_ERR_INVALID_ARG);
+  for (size_t i = 0; i < sizeof bad_off / sizeof *bad_off; i++)
+    assert_status(sinusoidal_1(0, 1, 2, 0, bad_off[i], NULL, o), ATTN_ERR_INVALID_ARG);
+  for (int i = 0; i < 8; i++)
+    assert_true(o[i] == -777);
+
+  /* attn_sinusoidal_add keeps NaN and +-Inf, and rounds FLT_MAX + 1. */
+  attn_ctx *ctx = tu_ctx(1);
+  float x[4] = {NAN, INFINITY, -INFINITY, FLT_MAX};
+  int64_t d[2] = {2, 2};
+  assert_ok(attn_sinusoidal_add(ctx, tu_wrap(ctx, x, 4, 2, d, NULL), NULL));
+  assert_true(isnan(x[0]) && x[1] == INFINITY && x[2] == -INFINITY && x[3] == FLT_MAX);
+  attn_ctx_destroy(ctx);
+}
+
+/* Huge L with tiny D: a million positions, D = 1 and D = 2. */
+static void sinusoidal_huge_l(void **state) {
+  (void)state;
+  enum { L = 1000000 };
+  float *o = malloc(2 * L * sizeof *o);
+  assert_non_null(o);
+  assert_ok(sinusoidal_1(ATTN_PE_INTERLEAVED, L, 1, 0, 0, NULL, o));
+  for (int l = 0; l < L; l += 9973)
+    assert_close(o[l], sin((double)l), 0, 1e-6);
+  assert_close(o[L - 1], sin((double)(L - 1)), 0, 1e-6);
+  assert_ok(sinusoidal_1(ATTN_PE_INTERLEAVED, L, 2, 0, 0, NULL, o));
+  for (int l = 0; l < L; l += 9973) {
+    assert_close(o[2 * l], sin((double)l), 0, 1e-6);
+    assert_close(o[2 * l + 1], cos((double)l), 0, 1e-6);
+  }
+  free(o);
+}
+
+static attn_status rope_1(float *x, int64_t L, int64_t D, int32_t rotary_dim, int64_t offset,
+                          const int64_t *positions) {
+  attn_ctx *ctx = tu_ctx(1);
+  int64_t d[4] = {1, 1, L, D};
+  attn_rope_params p;
+  attn_rope_params_init(&p);
+  p.rotary_dim = rotary_dim;
+  p.offset = offset;
+  p.positions = positions;
+  attn_status st = attn_rope(ctx, tu_wrap(ctx, x, (size_t)(L * D), 4, d, NULL), &p);
+  attn_ctx_destroy(ctx);
+  return st;
+}
+
+static void rope_edges(void **state) {
+  (void)state;
+  /* Position 0 is the identity, exactly, even for FLT_MAX and subnormals. */
+  float x[4] = {FLT_MAX, -FLT_MAX, 1e-40f, -1e-45f};
+  assert_ok(rope_1(x, 1, 4, 0, 0, NULL));
+  assert_true(x[0] == FLT_MAX && x[1] == -FLT_MAX && x[2] == 1e-40f && x[3] == -1e-45f);
+  /* A NaN poisons its own pair only (half-split pairs: (0, 2) and (1, 3)). */
+  float y[4] = {NAN, 1, 2, 3};
+  assert_ok(rope_1(y, 1, 4, 0, 1, NULL));
+  assert_true(isnan(y[0]) && isnan(y[2]) && !isnan(y[1]) && !isnan(y[3]));
+  /* D = 2, one pair at position 1 (t = 1 rad); FLT_MAX pairs overflow on
+   * the store to float, as any float result would. */
+  float z[2] = {FLT_MAX, FLT_MAX};
+  assert_ok(rope_1(z, 1, 2, 0, 1, NULL));
+  assert_close(z[0], (double)FLT_MAX * (cos(1.0) - sin(1.0)), 1e-6, 0);
+  assert_true(z[1] == INFINITY);
+  float sub[2] = {1e-40f, 0};
+  assert_ok(rope_1(sub, 1, 2, 0, 1, NULL));
+  assert_close(sub[0], 1e-40 * cos(1.0), 0, 2e-45);
+  assert_close(sub[1], 1e-40 * sin(1.0), 0, 2e-45);
+  /* Partial rotation: the pass-through dims are untouched, NaN included. */
+  float w[3] = {1, 0, NAN};
+  assert_ok(rope_1(w, 1, 3, 2, 1, NULL));
+  assert_close(w[0], cos(1.0), 1e-6, 0);
+  assert_true(isnan(w[2]));
+  /* The largest offset a one-token call allows; one more token overflows. */
+  float big[4] = {3, 4, 0, 0};
+  assert_ok(rope_1(big, 1, 2, 0, INT64_MAX, NULL));
+  assert_close(hypot(big[0], big[1]), 5.0, 1e-6, 0);
+  assert_status(rope_1(big, 2, 2, 0, INT64_MAX, NULL), ATTN_ERR_INVALID_ARG);
+  /* Refused: negative offset or position, odd D with rotary_dim 0, odd or
+   * too large rotary_dim. Nothing written. */
+  float v[3] = {1, 2, 3};
+  static const int64_t negpos[1] = {-1};
+  assert_status(rope_1(v, 1, 2, 0, -1, NULL), ATTN_ERR_INVALID_ARG);
+  assert_status(rope_1(v, 1, 2, 0, 0, negpos), ATTN_ERR_INVALID_ARG);
+  assert_status(rope_1(v, 1, 3, 0, 0, NULL), ATTN_ERR_INVALID_ARG);
+  assert_status(rope_1(v, 1, 3, 1, 0, NULL), ATTN_ERR_INVALID_ARG);
+  assert_status(rope_1(v, 1, 2, 4, 0, NULL), ATTN_ERR_INVALID_ARG);
+  assert_true(v[0] == 1 && v[1] == 2 && v[2] == 3);
+}
+
+/* Huge L with tiny D: a million tokens of one pair each. */
+static void rope_huge_l(void **state) {
+  (void)state;
+  enum { L = 1000000 };
+  float *x = malloc(2 * L * sizeof *x);
+  assert_non_null(x);
+  for (int l = 0; l < L; l++) {
+    x[2 * l] = 1;
+    x[2 * l + 1] = 0;
+  }
+  assert_ok(rope_1(x, L, 2, 0, 0, NULL));
+  for (int l = 0; l < L; l += 9973) {
+    assert_close(x[2 * l], cos((double)l), 0, 1e-6);
+    assert_close(x[2 * l + 1], sin((double)l), 0, 1e-6);
+  }
+  free(x);
+}
+
+static void alibi_edges(void **state) {
+  (void)state;
+  attn_ctx *ctx = tu_ctx(1);
+  float s[16];
+  assert_ok(attn_alibi_slopes(ctx, 1, 0, s)); /* one head: 2^-8 */
+  assert_true(s[0] == 0x1p-8f);
+  assert_ok(attn_alibi_slopes(ctx, 8, 8, s));
+  for (int h = 0; h < 8; h++)
+    assert_true(s[h] == ldexpf(1.0f, -(h + 1)));
+  assert_ok(attn_alibi_slopes(ctx, 3, 1e-300, s)); /* tiny bias: slopes 1 */
+  assert_true(s[0] == 1.0f && s[2] == 1.0f);
+  assert_ok(attn_alibi_slopes(ctx, 3, 1e300, s)); /* huge bias: 0, not NaN */
+  assert_true(s[0] == 0.0f && s[1] == 0.0f && s[2] == 0.0f);
+  for (int i = 0; i < 16; i++)
+    s[i] = -777;
+  static const double bad_bias[] = {-1, NAN, INFINITY, -INFINITY};
+  for (size_t i = 0; i < sizeof bad_bias / sizeof *bad_bias; i++)
+    assert_status(attn_alibi_slopes(ctx, 4, bad_bias[i], s), ATTN_ERR_INVALID_ARG);
+  assert_status(attn_alibi_slopes(ctx, 0, 0, s), ATTN_ERR_INVALID_ARG);
+  assert_status(attn_alibi_slopes(ctx, -1, 0, s), ATTN_ERR_INVALID_ARG);
+  assert_status(attn_alibi_slopes(ctx, (1 << 20) + 1, 0, s), ATTN_ERR_INVALID_ARG);
+  assert_status(attn_alibi_slopes(ctx, 4, 0, NULL), ATTN_ERR_NULL_ARG);
+  for (int i = 0; i < 16; i++)
+    assert_true(s[i] == -777);
+  float *many = malloc((1 << 20) * sizeof *many); /* the most heads allowed */
+  assert_non_null(many);
+  assert_ok(attn_alibi_slopes(ctx, 1 << 20, 0, many));
+  for (int h = 0; h < (1 << 20); h++)
+    assert_true(many[h] > 0 && many[h] <= 1);
+  free(many);
+  attn_ctx_destroy(ctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(tensor_overflowing_shapes),
       cmocka_unit_test(sdpa_table),
       cmocka_unit_test(sdpa_huge_l),
       cmocka_unit_test(sdpa_varlen_empty),
+      cmocka_unit_test(softmax_table),
+      cmocka_unit_test(softmax_huge),
+      cmocka_unit_test(sinusoidal_edges),
+      cmocka_unit_test(sinusoidal_huge_l),
+      cmocka_unit_test(rope_edges),
+      cmocka_unit_test(rope_huge_l),
+      cmocka_unit_test(alibi_edges),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
