@@ -1,0 +1,277 @@
+/* Concurrency: 8 application threads, each with its own single-threaded
+ * context, run every op at the same time on shared read-only inputs, while
+ * a 9th runs them on a context with num_threads = 2 (the library's own
+ * worker pool) and the main thread computes the single-threaded reference.
+ * Nothing has called the library before the threads start, so they also
+ * race on the once-only CPU probe. Each thread's results must equal the
+ * reference: bit for bit on single-threaded contexts (same code, same
+ * order), within rounding on the pooled one (a split over keys sums in
+ * another order). Meant for ThreadSanitizer (preset tsan), useful anywhere. */
+#define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
+
+#include "test_util.h"
+
+#define N_APP_THREADS 8
+#define ITERATIONS 2
+
+/* ---- shared read-only inputs ---- */
+enum { SM_R = 64, SM_N = 2048 };                           /* softmax */
+enum { B = 1, HQ = 4, HKV = 2, LQ = 96, LK = 256, D = 32 }; /* sdpa */
+enum { SPLIT_LK = 4096, SPLIT_D = 16 };                     /* sdpa, keys split */
+enum { PE_L = 256, PE_D = 64, RP_B = 2, RP_H = 4, RP_L = 64 };
+static float g_sm[SM_R * SM_N], g_mask[SM_N];
+static uint8_t g_bmask[SM_R * SM_N];
+static float g_q[B * HQ * LQ * D], g_k[B * HKV * LK * D], g_v[B * HKV * LK * D];
+static float g_sq[SPLIT_D], g_sk[SPLIT_LK * SPLIT_D], g_sv[SPLIT_LK * SPLIT_D];
+static float g_pe_x[2 * PE_L * PE_D], g_rope_x[RP_B * RP_H * RP_L * PE_D];
+static int64_t g_rope_pos[RP_B * RP_L];
+static const int64_t g_cu_q[3] = {0, 40, 96}, g_cu_k[3] = {0, 100, 256};
+
+/* Every op's outputs, one block per op. */
+enum {
+  O_SOFTMAX,
+  O_LOGSOFTMAX,
+  O_SIN,
+  O_SIN_ADD,
+  O_ROPE,
+  O_ALIBI,
+  O_SDPA,
+  O_SDPA_LSE,
+  O_SPLIT,
+  O_VARLEN,
+  O_COUNT
+};
+static const size_t g_out_n[O_COUNT] = {
+    SM_R * SM_N, SM_R * SM_N, PE_L * PE_D, 2 * PE_L * PE_D, RP_B * RP_H * RP_L * PE_D,
+    48,          B * HQ * LQ * D, B * HQ * LQ, SPLIT_D, LQ * HQ * D};
+static const char *const g_out_name[O_COUNT] = {
+    "softmax", "log_softmax", "sinusoidal", "sinusoidal_add", "rope",
+    "alibi",   "sdpa",        "sdpa lse",   "sdpa split",     "sdpa_varlen"};
+
+typedef struct {
+  float *out[O_COUNT];
+  int32_t ctx_threads;
+  int failures; /* set by the thread: a status other than ATTN_OK */
+  char why[256];
+  pthread_barrier_t *start;
+} worker;
+
+static void fill_inputs(void) {
+  tu_rng r = {2024};
+  tu_fill(&r, g_sm, SM_R * SM_N, -6, 6);
+  tu_fill(&r, g_mask, SM_N, -3, 0);
+  for (int i = 0; i < SM_R * SM_N; i++)
+    g_bmask[i] = (uint8_t)(tu_next(&r) % 7 != 0);
+  tu_fill(&r, g_q, sizeof g_q / 4, -1, 1);
+  tu_fill(&r, g_k, sizeof g_k / 4, -1, 1);
+  tu_fill(&r, g_v, sizeof g_v / 4, -1, 1);
+  tu_fill(&r, g_sq, SPLIT_D, -1, 1);
+  tu_fill(&r, g_sk, SPLIT_LK * SPLIT_D, -1, 1);
+  tu_fill(&r, g_sv, SPLIT_LK * SPLIT_D, -1, 1);
+  tu_fill(&r, g_pe_x, sizeof g_pe_x / 4, -1, 1);
+  tu_fill(&r, g_rope_x, sizeof g_rope_x / 4, -1, 1);
+  for (int i = 0; i < RP_B * RP_L; i++)
+    g_rope_pos[i] = (i * 13) % 1000;
+}
+
+#define CHECK(w, expr)                                                                     \
+  do {                                                                                     \
+    attn_status st_ = (expr);                                                              \
+    if (st_ != ATTN_OK && !(w)->failures++)                                                \
+      snprintf((w)->why, sizeof (w)->why, "%s: %s", #expr, attn_status_string(st_));       \
+  } while (0)
+
+static attn_tensor *wrap(attn_ctx *ctx, const void *data, size_t n, int32_t ndim,
+                         const int64_t *dims) {
+  attn_tensor *t = NULL;
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, ndim, dims, NULL, (void *)data, n * sizeof(float), &t);
+  return t;
+}
+
+/* Every public op once, results into w->out. */
+static void run_all(attn_ctx *ctx, worker *w) {
+  char info[256];
+  CHECK(w, attn_blas_info(info, sizeof info));
+  if (!attn_cpu_info()[0])
+    w->failures++;
+
+  /* Tensors of its own: created, freed, recreated. */
+  int64_t td[2] = {7, 9};
+  attn_tensor *own = NULL;
+  CHECK(w, attn_tensor_new(ctx, ATTN_DTYPE_F32, 2, td, &own));
+  CHECK(w, attn_tensor_free(ctx, own));
+
+  int64_t smd[2] = {SM_R, SM_N}, md[1] = {SM_N};
+  attn_softmax_params sp;
+  attn_softmax_params_init(&sp);
+  sp.scale = 0.75f;
+  sp.mask = wrap(ctx, g_mask, SM_N, 1, md);
+  CHECK(w, attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, smd, NULL, g_bmask, sizeof g_bmask,
+                            (attn_tensor **)&sp.bool_mask));
+  attn_tensor *x = wrap(ctx, g_sm, SM_R * SM_N, 2, smd);
+  CHECK(w, attn_softmax(ctx, x, wrap(ctx, w->out[O_SOFTMAX], SM_R * SM_N, 2, smd), &sp));
+  CHECK(w, attn_log_softmax(ctx, x, wrap(ctx, w->out[O_LOGSOFTMAX], SM_R * SM_N, 2, smd), &sp));
+
+  int64_t ped[2] = {PE_L, PE_D}, pe3[3] = {2, PE_L, PE_D};
+  attn_sinusoidal_params pp;
+  attn_sinusoidal_params_init(&pp);
+  pp.layout = ATTN_PE_COS_SIN;
+  pp.offset = 3.5;
+  CHECK(w, attn_sinusoidal(ctx, wrap(ctx, w->out[O_SIN], PE_L * PE_D, 2, ped), &pp));
+  memcpy(w->out[O_SIN_ADD], g_pe_x, sizeof g_pe_x); /* in place on its own copy */
+  CHECK(w, attn_sinusoidal_add(ctx, wrap(ctx, w->out[O_SIN_ADD], 2 * PE_L * PE_D, 3, pe3), NULL));
+
+  int64_t rd[4] = {RP_B, RP_H, RP_L, PE_D};
+  attn_rope_params rp;
+  attn_rope_params_init(&rp);
+  rp.style = ATTN_ROPE_INTERLEAVED;
+  rp.positions = g_rope_pos;
+  memcpy(w->out[O_ROPE], g_rope_x, sizeof g_rope_x);
+  CHECK(w, attn_rope(ctx, wrap(ctx, w->out[O_ROPE], sizeof g_rope_x / 4, 4, rd), &rp));
+  CHECK(w, attn_alibi_slopes(ctx, 48, 0, w->out[O_ALIBI]));
+
+  int64_t qd[4] = {B, HQ, LQ, D}, kd[4] = {B, HKV, LK, D}, ld[3] = {B, HQ, LQ};
+  attn_sdpa_params p;
+  attn_sdpa_params_init(&p);
+  p.causal = 1;
+  p.align = ATTN_ALIGN_BOTTOM_RIGHT;
+  p.softcap = 30;
+  p.lse = wrap(ctx, w->out[O_SDPA_LSE], B * HQ * LQ, 3, ld);
+  CHECK(w, attn_sdpa(ctx, wrap(ctx, g_q, sizeof g_q / 4, 4, qd), wrap(ctx, g_k, sizeof g_k / 4, 4, kd),
+                     wrap(ctx, g_v, sizeof g_v / 4, 4, kd),
+                     wrap(ctx, w->out[O_SDPA], sizeof g_q / 4, 4, qd), &p));
+  int64_t sqd[4] = {1, 1, 1, SPLIT_D}, skd[4] = {1, 1, SPLIT_LK, SPLIT_D};
+  CHECK(w, attn_sdpa(ctx, wrap(ctx, g_sq, SPLIT_D, 4, sqd), wrap(ctx, g_sk, SPLIT_LK * SPLIT_D, 4, skd),
+                     wrap(ctx, g_sv, SPLIT_LK * SPLIT_D, 4, skd),
+                     wrap(ctx, w->out[O_SPLIT], SPLIT_D, 4, sqd), NULL));
+  int64_t vq[3] = {LQ, HQ, D}, vk[3] = {LK, HKV, D};
+  attn_sdpa_params vp;
+  attn_sdpa_params_init(&vp);
+  vp.causal = 1;
+  CHECK(w, attn_sdpa_varlen(ctx, wrap(ctx, g_q, LQ * HQ * D, 3, vq), wrap(ctx, g_k, LK * HKV * D, 3, vk),
+                            wrap(ctx, g_v, LK * HKV * D, 3, vk),
+                            wrap(ctx, w->out[O_VARLEN], LQ * HQ * D, 3, vq), 2, g_cu_q, g_cu_k, &vp));
+}
+
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  pthread_barrier_wait(w->start);
+  for (int it = 0; it < ITERATIONS; it++) {
+    attn_ctx_options o;
+    attn_ctx_options_init(&o);
+    o.num_threads = w->ctx_threads;
+    attn_ctx *ctx = NULL;
+    CHECK(w, attn_ctx_create(&ctx, &o));
+    if (!ctx)
+      return NULL;
+    run_all(ctx, w);
+    attn_ctx_destroy(ctx);
+  }
+  return NULL;
+}
+
+static void alloc_outputs(worker *w) {
+  for (int o = 0; o < O_COUNT; o++) {
+    w->out[o] = calloc(g_out_n[o], sizeof(float));
+    assert_non_null(w->out[o]);
+  }
+}
+
+static void compare(const worker *w, const worker *ref, int exact, int index) {
+  for (int o = 0; o < O_COUNT; o++)
+    for (size_t i = 0; i < g_out_n[o]; i++) {
+      float g = w->out[o][i], r = ref->out[o][i];
+      int same = exact ? memcmp(&g, &r, sizeof g) == 0
+                       : (isnan(r) ? isnan(g) : tu_close(g, r, 1e-5, 1e-6));
+      if (!same)
+        fail_msg("thread %d (%d-thread context): %s[%zu] = %.9g but the single-threaded "
+                 "reference has %.9g",
+                 index, (int)w->ctx_threads, g_out_name[o], i, (double)g, (double)r);
+    }
+}
+
+static void concurrent_contexts(void **state) {
+  (void)state;
+  enum { N = N_APP_THREADS + 1 };
+  worker ws[N], ref;
+  pthread_t th[N];
+  pthread_barrier_t start;
+  pthread_barrier_init(&start, NULL, N + 1);
+  memset(ws, 0, sizeof ws);
+  memset(&ref, 0, sizeof ref);
+  for (int i = 0; i < N; i++) {
+    alloc_outputs(&ws[i]);
+    ws[i].ctx_threads = i < N_APP_THREADS ? 1 : 2; /* the last: the library's own pool */
+    ws[i].start = &start;
+    assert_int_equal(pthread_create(&th[i], NULL, worker_main, &ws[i]), 0);
+  }
+  /* The reference, computed while the others run. */
+  alloc_outputs(&ref);
+  ref.ctx_threads = 1;
+  pthread_barrier_wait(&start);
+  attn_ctx *ctx = tu_ctx(1);
+  run_all(ctx, &ref);
+  attn_ctx_destroy(ctx);
+  for (int i = 0; i < N; i++)
+    assert_int_equal(pthread_join(th[i], NULL), 0);
+  pthread_barrier_destroy(&start);
+  if (ref.failures)
+    fail_msg("reference: %s", ref.why);
+  for (int i = 0; i < N; i++) {
+    if (ws[i].failures)
+      fail_msg("thread %d: %s", i, ws[i].why);
+    compare(&ws[i], &ref, ws[i].ctx_threads == 1, i);
+  }
+  for (int i = 0; i < N; i++)
+    for (int o = 0; o < O_COUNT; o++)
+      free(ws[i].out[o]);
+  for (int o = 0; o < O_COUNT; o++)
+    free(ref.out[o]);
+}
+
+/* One context with two workers, used by one thread after another (the
+ * documented rule: one thread at a time), and destroyed by a third. */
+static attn_ctx *g_shared;
+static void *use_shared(void *arg) {
+  worker *w = arg;
+  run_all(g_shared, w);
+  return NULL;
+}
+
+static void context_handed_between_threads(void **state) {
+  (void)state;
+  worker w[2], ref;
+  memset(w, 0, sizeof w);
+  memset(&ref, 0, sizeof ref);
+  alloc_outputs(&ref);
+  attn_ctx *ctx = tu_ctx(1);
+  run_all(ctx, &ref);
+  attn_ctx_destroy(ctx);
+  g_shared = tu_ctx(2);
+  for (int i = 0; i < 2; i++) {
+    pthread_t t;
+    alloc_outputs(&w[i]);
+    w[i].ctx_threads = 2;
+    assert_int_equal(pthread_create(&t, NULL, use_shared, &w[i]), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    if (w[i].failures)
+      fail_msg("handed-over context, thread %d: %s", i, w[i].why);
+    compare(&w[i], &ref, 0, i);
+  }
+  attn_ctx_destroy(g_shared);
+  for (int i = 0; i < 2; i++)
+    for (int o = 0; o < O_COUNT; o++)
+      free(w[i].out[o]);
+  for (int o = 0; o < O_COUNT; o++)
+    free(ref.out[o]);
+}
+
+int main(void) {
+  fill_inputs();
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(concurrent_contexts),
+      cmocka_unit_test(context_handed_between_threads),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
