@@ -147,7 +147,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int64_t dims[ATTN_MAX_DIMS];
   for (int32_t i = 0; i < ATTN_MAX_DIMS; i++)
     dims[i] = fz_dim(&in, 5);
-  if (fz_chance(&in, 48)) /* long rows: vector bodies and tails */
+  if (fz_chance(&in, 20)) /* long rows: vector bodies and tails */
     dims[ndim - 1] = fz_range(&in, 6, 3000);
   fz_tensor x, y, mask, bmask;
   fz_tensor *pm = NULL, *pb = NULL;
