@@ -109,6 +109,7 @@ typedef struct {
 } shape;
 
 static const shape g_shapes[] = {
+    {"S   64x64  k64 (QK^T)", 64, 64, 64, 1},
     {"S  128x128 k128 (QK^T)", 128, 128, 128, 1},
     {"S   64x128 k128 (QK^T)", 64, 128, 128, 1},
     {"O  128x128 k128 (PV)", 128, 128, 128, 0},
@@ -128,112 +129,136 @@ static void run_shape(const shape *s, const float *a, const float *b, float *c) 
                 s->n, 1.0f, c, s->n);
 }
 
+/* Two persistent caller threads, as a libattn context's workers are: each
+ * sample wakes them through a barrier, and `active` of them (1 or 2) make
+ * `calls` calls on their own buffers. */
+typedef struct race race;
 typedef struct {
-  const shape *s;
-  long calls;
-  float *a, *b, *c;
-  const float *want; /* C = A B (or A B^T) computed alone, before the race */
-  pthread_barrier_t *bar;
-  double t0, t1; /* this caller's own start and end */
+  race *r;
+  int id;
+  float *a, *b, *c, *want; /* want: the product computed alone, beforehand */
+  double t0, t1;           /* this caller's own start and end */
   double max_err;
 } caller;
 
-static void *caller_main(void *arg) {
-  caller *cl = arg;
-  const shape *s = cl->s;
-  pthread_barrier_wait(cl->bar);
-  cl->t0 = now();
-  for (long i = 0; i < cl->calls; i++)
-    run_shape(s, cl->a, cl->b, cl->c);
-  cl->t1 = now();
-  pthread_barrier_wait(cl->bar);
-  /* Correctness under concurrency (untimed, both callers at once): every
-   * product from zero must equal the one computed alone. */
-  size_t n = (size_t)s->m * s->n;
-  double err = 0;
-  for (int rep = 0; rep < 20; rep++) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, s->trans_b ? CblasTrans : CblasNoTrans, s->m,
-                s->n, s->k, 1.0f, cl->a, s->k, cl->b, s->trans_b ? s->k : s->n, 0.0f, cl->c,
-                s->n);
-    for (size_t i = 0; i < n; i++)
-      err = fmax(err, fabs((double)cl->c[i] - cl->want[i]));
-  }
-  cl->max_err = err;
-  return NULL;
+struct race {
+  const shape *s;
+  long calls;
+  int active, verify, quit;
+  pthread_barrier_t bar;
+  caller cl[2];
+};
+
+static void product_from_zero(const shape *s, const float *a, const float *b, float *c) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, s->trans_b ? CblasTrans : CblasNoTrans, s->m, s->n,
+              s->k, 1.0f, a, s->k, b, s->trans_b ? s->k : s->n, 0.0f, c, s->n);
 }
 
-/* Aggregate GFLOP/s of `nthreads` callers, each making `calls` calls on its
- * own buffers; also the process cpu/wall ratio. */
-static double concurrent_once(const shape *s, int nthreads, long calls, double *cpu_ratio,
-                              double *max_err) {
-  caller cl[8];
-  pthread_t th[8];
-  pthread_barrier_t bar;
-  pthread_barrier_init(&bar, NULL, (unsigned)nthreads + 1);
-  size_t na = (size_t)s->m * s->k, nb = (size_t)s->n * s->k, nc = (size_t)s->m * s->n;
-  for (int t = 0; t < nthreads; t++) {
-    cl[t].s = s;
-    cl[t].calls = calls;
-    cl[t].a = new_floats(na, 10);
-    cl[t].b = new_floats(nb, 11);
-    cl[t].c = new_floats(nc, 12);
-    memset(cl[t].c, 0, nc * sizeof(float));
-    float *want = new_floats(nc, 13);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, s->trans_b ? CblasTrans : CblasNoTrans, s->m,
-                s->n, s->k, 1.0f, cl[t].a, s->k, cl[t].b, s->trans_b ? s->k : s->n, 0.0f,
-                want, s->n);
-    cl[t].want = want;
-    cl[t].bar = &bar;
-    pthread_create(&th[t], NULL, caller_main, &cl[t]);
+static void *caller_main(void *arg) {
+  caller *cl = arg;
+  race *r = cl->r;
+  for (;;) {
+    pthread_barrier_wait(&r->bar);
+    if (r->quit)
+      return NULL;
+    const shape *s = r->s;
+    if (cl->id < r->active && r->verify) {
+      /* Correctness under concurrency: every product from zero made while
+       * the other caller runs must equal the one computed alone. */
+      size_t n = (size_t)s->m * s->n;
+      for (long rep = 0; rep < r->calls; rep++) {
+        product_from_zero(s, cl->a, cl->b, cl->c);
+        for (size_t i = 0; i < n; i++)
+          cl->max_err = fmax(cl->max_err, fabs((double)cl->c[i] - cl->want[i]));
+      }
+    } else if (cl->id < r->active) {
+      cl->t0 = now();
+      for (long i = 0; i < r->calls; i++)
+        run_shape(s, cl->a, cl->b, cl->c);
+      cl->t1 = now();
+    }
+    pthread_barrier_wait(&r->bar);
   }
+}
+
+/* One sample: aggregate GFLOP/s of `active` callers and the process's
+ * cpu/wall ratio over it. */
+static double race_sample(race *r, int active, long calls, double *cpu_ratio) {
+  r->active = active;
+  r->calls = calls;
+  r->verify = 0;
   double c0 = cpu_seconds();
-  pthread_barrier_wait(&bar);
-  pthread_barrier_wait(&bar);
-  double cpu = cpu_seconds() - c0, t0 = cl[0].t0, t1 = cl[0].t1;
-  for (int t = 1; t < nthreads; t++) {
-    t0 = fmin(t0, cl[t].t0);
-    t1 = fmax(t1, cl[t].t1);
+  pthread_barrier_wait(&r->bar);
+  pthread_barrier_wait(&r->bar);
+  double cpu = cpu_seconds() - c0, t0 = r->cl[0].t0, t1 = r->cl[0].t1;
+  for (int t = 1; t < active; t++) {
+    t0 = fmin(t0, r->cl[t].t0);
+    t1 = fmax(t1, r->cl[t].t1);
   }
   double wall = t1 - t0; /* first start to last end, whatever main was doing */
-  *max_err = 0;
-  for (int t = 0; t < nthreads; t++) {
-    pthread_join(th[t], NULL);
-    if (cl[t].max_err > *max_err)
-      *max_err = cl[t].max_err;
-    free(cl[t].a);
-    free(cl[t].b);
-    free(cl[t].c);
-    free((void *)cl[t].want);
-  }
-  pthread_barrier_destroy(&bar);
   *cpu_ratio = cpu / wall;
-  return (double)nthreads * (double)calls * shape_flops(s) / wall * 1e-9;
+  return (double)active * (double)calls * shape_flops(r->s) / wall * 1e-9;
 }
 
 static void cmd_concurrent(void) {
   printf("conc %-24s %10s %6s %10s %6s %8s %8s\n", "shape", "1 caller", "cpu/w", "2 callers",
          "cpu/w", "2c/1c", "max err");
+  race r;
+  memset(&r, 0, sizeof r);
+  pthread_barrier_init(&r.bar, NULL, 3);
+  pthread_t th[2];
+  for (int t = 0; t < 2; t++) {
+    r.cl[t].r = &r;
+    r.cl[t].id = t;
+    pthread_create(&th[t], NULL, caller_main, &r.cl[t]);
+  }
   for (size_t i = 0; i < sizeof g_shapes / sizeof g_shapes[0]; i++) {
     const shape *s = &g_shapes[i];
-    /* Calibrate so one caller's sample takes about g_time seconds. */
-    double cr, err;
-    long probe = 200;
-    double g = concurrent_once(s, 1, probe, &cr, &err);
+    r.s = s;
+    size_t na = (size_t)s->m * s->k, nb = (size_t)s->n * s->k, nc = (size_t)s->m * s->n;
+    for (int t = 0; t < 2; t++) {
+      caller *cl = &r.cl[t];
+      cl->a = new_floats(na, 10 + (unsigned)t);
+      cl->b = new_floats(nb, 20 + (unsigned)t);
+      cl->c = new_floats(nc, 30);
+      memset(cl->c, 0, nc * sizeof(float));
+      cl->want = new_floats(nc, 40);
+      product_from_zero(s, cl->a, cl->b, cl->want);
+      cl->max_err = 0;
+    }
+    /* Warm both callers up, then size samples to about g_time seconds. */
+    double cr;
+    race_sample(&r, 2, 20, &cr);
+    double g = race_sample(&r, 1, 200, &cr);
     long calls = (long)(g_time * g * 1e9 / shape_flops(s));
     if (calls < 20)
       calls = 20;
-    double g1[64], g2[64], r1[64], r2[64], worst = 0;
+    double g1[64], g2[64], r1[64], r2[64];
     int reps = g_reps < 64 ? g_reps : 64;
-    for (int r = 0; r < reps; r++) {
-      g1[r] = concurrent_once(s, 1, calls, &r1[r], &err);
-      worst = fmax(worst, err);
-      g2[r] = concurrent_once(s, 2, calls, &r2[r], &err);
-      worst = fmax(worst, err);
+    for (int k = 0; k < reps; k++) {
+      g1[k] = race_sample(&r, 1, calls, &r1[k]);
+      g2[k] = race_sample(&r, 2, calls, &r2[k]);
     }
+    r.active = 2;
+    r.calls = 20;
+    r.verify = 1;
+    pthread_barrier_wait(&r.bar);
+    pthread_barrier_wait(&r.bar);
     double m1 = median(g1, reps), m2 = median(g2, reps);
     printf("conc %-24s %10.1f %6.2f %10.1f %6.2f %8.2f %8.1e\n", s->name, m1, median(r1, reps),
-           m2, median(r2, reps), m2 / m1, worst);
+           m2, median(r2, reps), m2 / m1, fmax(r.cl[0].max_err, r.cl[1].max_err));
+    for (int t = 0; t < 2; t++) {
+      free(r.cl[t].a);
+      free(r.cl[t].b);
+      free(r.cl[t].c);
+      free(r.cl[t].want);
+    }
   }
+  r.quit = 1;
+  pthread_barrier_wait(&r.bar);
+  for (int t = 0; t < 2; t++)
+    pthread_join(th[t], NULL);
+  pthread_barrier_destroy(&r.bar);
 }
 
 /* ---- tiles: single-caller GFLOP/s of the two attention products ---- */

@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Markdown tables from `attn-bench --json` output (stdin or a file), for
+bench/RESULTS.md:  attn-bench --json | bench/results_md.py"""
+import json
+import sys
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def main():
+    src = open(sys.argv[1]) if len(sys.argv) > 1 else sys.stdin
+    rows = [json.loads(line) for line in src if line.startswith("{")]
+    for r in rows:
+        if r["op"] == "info":
+            print(f"libattn {r['libattn']} | {r['cpu']} | {r['blas']}\n")
+    print("| op | B | Hq | Hkv | L | D | causal | threads | ms | GFLOP/s | sgemm GFLOP/s "
+          "| ratio_sgemm | naive ms | speedup_naive | extra MiB | other load |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        if r["op"] not in ("sdpa", "sdpa_long", "sdpa_decode"):
+            continue
+        length = r["Lq"] if r["Lq"] == r["Lk"] else f"{r['Lq']}x{r['Lk']}"
+        extra = None if r["peak_extra_bytes"] is None else r["peak_extra_bytes"] / 2**20
+        print(f"| {r['op']} | {r['B']} | {r['Hq']} | {r['Hkv']} | {length} | {r['D']} "
+              f"| {'yes' if r['causal'] else 'no'} | {r['threads']} "
+              f"| {fmt(r['seconds'] and r['seconds'] * 1e3, '.2f')} | {fmt(r['gflops'], '.1f')} "
+              f"| {fmt(r['sgemm_gflops'], '.1f')} | {fmt(r['ratio_sgemm'], '.3f')} "
+              f"| {fmt(r['naive_seconds'] and r['naive_seconds'] * 1e3, '.2f')} "
+              f"| {fmt(r['speedup_naive'], '.2f')} | {fmt(extra, '.2f')} "
+              f"| {fmt(r.get('other_load'), '.2f')} |")
+    dec = [r for r in rows if r["op"] == "sdpa_decode"]
+    if dec:
+        print("\n| decode | threads | ms | K/V read GB/s | memcpy GB/s | ratio_memcpy | other load |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for r in dec:
+            print(f"| Lq=1 Lk={r['Lk']} Hq={r['Hq']} Hkv={r['Hkv']} D={r['D']} | {r['threads']} "
+                  f"| {fmt(r['seconds'] and r['seconds'] * 1e3, '.2f')} | {fmt(r['kv_gbps'], '.1f')} "
+                  f"| {fmt(r['memcpy_gbps'], '.1f')} | {fmt(r['ratio_memcpy'], '.2f')} "
+                  f"| {fmt(r.get('other_load'), '.2f')} |")
+    sm = [r for r in rows if r["op"] == "softmax"]
+    if sm:
+        print("\n| softmax | threads | ms | GB/s (read + write) | other load |")
+        print("|---|---:|---:|---:|---:|")
+        for r in sm:
+            print(f"| [{r['rows']}, {r['cols']}] | {r['threads']} "
+                  f"| {fmt(r['seconds'] and r['seconds'] * 1e3, '.2f')} | {fmt(r['gbps'], '.1f')} "
+                  f"| {fmt(r.get('other_load'), '.2f')} |")
+
+
+if __name__ == "__main__":
+    main()
