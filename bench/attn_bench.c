@@ -293,24 +293,20 @@ static int gemm_once(void *arg) {
 }
 
 /* GFLOP/s of C = A B at n^3, rows split over the threads (or one call when
- * the BLAS threads itself). Cached per thread count: measured once a run. */
+ * the BLAS threads itself). Measured next to every case rather than once,
+ * so that a ratio compares two numbers taken under the same conditions on a
+ * shared machine. */
 static double sgemm_gflops(int threads, int n) {
-  static double cache[65];
-  static int cache_n[65];
   if (threads < 1 || threads > 64)
     return NAN;
-  if (cache_n[threads] == n)
-    return cache[threads];
   gemm_run r = {{n, new_floats((size_t)n * n, 1), new_floats((size_t)n * n, 2),
                  new_floats((size_t)n * n, 3)},
                 threads};
-  double t = time_median(gemm_once, &r, 1.0, 1, NULL);
+  double t = time_median(gemm_once, &r, 0.5, 1, NULL);
   free((void *)r.job.a);
   free((void *)r.job.b);
   free(r.job.c);
-  cache[threads] = 2.0 * n * (double)n * n / t * 1e-9;
-  cache_n[threads] = n;
-  return cache[threads];
+  return 2.0 * n * (double)n * n / t * 1e-9;
 }
 
 /* ---- memory copy bandwidth (buffers larger than the L3) ---- */
@@ -720,7 +716,7 @@ static void usage(FILE *f) {
           "  --json     one JSON object per line per case\n"
           "  --quick    the cases behind the performance targets, under a minute\n"
           "  --smoke    one tiny case per op, checked against the naive result\n"
-          "  --wait-quiet  before each case, wait (up to 5 min) until other processes\n"
+          "  --wait-quiet  before each case, wait (up to a minute) until other processes\n"
           "             use < 0.1 core, and run a case again (twice at most) when they\n"
           "             took > 0.15 core during it; every case reports other_load\n"
           "Set OPENBLAS_NUM_THREADS=1: libattn runs BLAS from its own threads.\n");
@@ -792,7 +788,7 @@ int main(int argc, char **argv) {
      * core on average) is run again, up to twice; the quietest run counts. */
     for (int attempt = 0; attempt < (quiet ? 3 : 1); attempt++) {
       if (quiet)
-        wait_quiet(300);
+        wait_quiet(60);
       load_mark m = load_now();
       result a = cs[i].kind == K_SOFTMAX ? run_softmax_case(&cs[i]) : run_sdpa_case(&cs[i]);
       a.other_load = other_load_since(m);
