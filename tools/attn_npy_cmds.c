@@ -35,9 +35,10 @@ static int usage_error(const cli *c, const char *fmt, const char *arg) {
 }
 
 /* Match option `name` at argv[*i] as "--name VALUE" or "--name=VALUE".
- * Returns 1 and sets *val on a match, -1 if the value is missing, 0 if
- * argv[*i] is another option. */
-static int take(int argc, char **argv, int *i, const char *name, const char **val) {
+ * Returns 1 and sets *val on a match, 0 if argv[*i] is another option, and
+ * -1 (after saying so on stderr) if the value is missing. */
+static int take(const cli *c, int argc, char **argv, int *i, const char *name,
+                const char **val) {
   size_t n = strlen(name);
   const char *a = argv[*i];
   if (strncmp(a, name, n))
@@ -48,8 +49,10 @@ static int take(int argc, char **argv, int *i, const char *name, const char **va
   }
   if (a[n])
     return 0;
-  if (*i + 1 >= argc)
+  if (*i + 1 >= argc) {
+    usage_error(c, "%s needs a value", a);
     return -1;
+  }
   *val = argv[++*i];
   return 1;
 }
@@ -189,18 +192,18 @@ static int cmd_softmax(int argc, char **argv) {
       return ATTN_EXIT_OK;
     } else if (!strcmp(argv[i], "--log")) {
       log = 1;
-    } else if ((m = take(argc, argv, &i, "-o", &v)) || (m = take(argc, argv, &i, "--output", &v))) {
+    } else if ((m = take(&c, argc, argv, &i, "-o", &v)) || (m = take(&c, argc, argv, &i, "--output", &v))) {
       if (m < 0)
-        return usage_error(&c, "%s needs a value", argv[i]);
+        return ATTN_EXIT_USAGE;
       outp = v;
-    } else if ((m = take(argc, argv, &i, "--scale", &v))) {
+    } else if ((m = take(&c, argc, argv, &i, "--scale", &v))) {
       if (m < 0)
-        return usage_error(&c, "%s needs a value", argv[i]);
+        return ATTN_EXIT_USAGE;
       if (parse_double(&c, "--scale", v, &scale))
         return ATTN_EXIT_USAGE;
-    } else if ((m = take(argc, argv, &i, "--mask", &v))) {
+    } else if ((m = take(&c, argc, argv, &i, "--mask", &v))) {
       if (m < 0)
-        return usage_error(&c, "%s needs a value", argv[i]);
+        return ATTN_EXIT_USAGE;
       maskp = v;
     } else if (argv[i][0] == '-' && argv[i][1]) {
       return usage_error(&c, "unknown option '%s'", argv[i]);
@@ -284,25 +287,25 @@ static int cmd_pe(int argc, char **argv) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       fputs(c.usage, stdout);
       return ATTN_EXIT_OK;
-    } else if ((m = take(argc, argv, &i, "-o", &v)) || (m = take(argc, argv, &i, "--output", &v))) {
+    } else if ((m = take(&c, argc, argv, &i, "-o", &v)) || (m = take(&c, argc, argv, &i, "--output", &v))) {
       if (m < 0)
-        return usage_error(&c, "%s needs a value", argv[i]);
+        return ATTN_EXIT_USAGE;
       outp = v;
-    } else if ((m = take(argc, argv, &i, "--len", &v))) {
+    } else if ((m = take(&c, argc, argv, &i, "--len", &v))) {
       if (m < 0 || parse_int(&c, "--len", v, 1, (int64_t)1 << 31, &len))
-        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
-    } else if ((m = take(argc, argv, &i, "--dim", &v))) {
+        return ATTN_EXIT_USAGE;
+    } else if ((m = take(&c, argc, argv, &i, "--dim", &v))) {
       if (m < 0 || parse_int(&c, "--dim", v, 1, (int64_t)1 << 31, &dim))
-        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
-    } else if ((m = take(argc, argv, &i, "--layout", &v))) {
+        return ATTN_EXIT_USAGE;
+    } else if ((m = take(&c, argc, argv, &i, "--layout", &v))) {
       if (m < 0 || pick(&c, "--layout", v, pe_names, pe_values, 4, &layout))
-        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
-    } else if ((m = take(argc, argv, &i, "--base", &v))) {
+        return ATTN_EXIT_USAGE;
+    } else if ((m = take(&c, argc, argv, &i, "--base", &v))) {
       if (m < 0 || parse_double(&c, "--base", v, &base))
-        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
-    } else if ((m = take(argc, argv, &i, "--offset", &v))) {
+        return ATTN_EXIT_USAGE;
+    } else if ((m = take(&c, argc, argv, &i, "--offset", &v))) {
       if (m < 0 || parse_double(&c, "--offset", v, &offset))
-        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+        return ATTN_EXIT_USAGE;
     } else {
       return usage_error(&c, "unexpected argument '%s'", argv[i]);
     }
@@ -401,25 +404,25 @@ static int cmd_rope(int argc, char **argv) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       fputs(c.usage, stdout);
       return ATTN_EXIT_OK;
-    } else if ((m = take(argc, argv, &i, "-o", &v)) || (m = take(argc, argv, &i, "--output", &v))) {
+    } else if ((m = take(&c, argc, argv, &i, "-o", &v)) || (m = take(&c, argc, argv, &i, "--output", &v))) {
       if (m < 0)
-        return usage_error(&c, "%s needs a value", argv[i]);
+        return ATTN_EXIT_USAGE;
       outp = v;
-    } else if ((m = take(argc, argv, &i, "--style", &v))) {
+    } else if ((m = take(&c, argc, argv, &i, "--style", &v))) {
       if (m < 0 || pick(&c, "--style", v, style_names, style_values, 2, &style))
-        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
-    } else if ((m = take(argc, argv, &i, "--layout", &v))) {
+        return ATTN_EXIT_USAGE;
+    } else if ((m = take(&c, argc, argv, &i, "--layout", &v))) {
       if (m < 0 || pick(&c, "--layout", v, layout_names, layout_values, 2, &blhd))
-        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
-    } else if ((m = take(argc, argv, &i, "--theta", &v))) {
+        return ATTN_EXIT_USAGE;
+    } else if ((m = take(&c, argc, argv, &i, "--theta", &v))) {
       if (m < 0 || parse_double(&c, "--theta", v, &theta))
-        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
-    } else if ((m = take(argc, argv, &i, "--rotary-dim", &v))) {
+        return ATTN_EXIT_USAGE;
+    } else if ((m = take(&c, argc, argv, &i, "--rotary-dim", &v))) {
       if (m < 0 || parse_int(&c, "--rotary-dim", v, 1, INT32_MAX, &rdim))
-        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
-    } else if ((m = take(argc, argv, &i, "--offset", &v))) {
+        return ATTN_EXIT_USAGE;
+    } else if ((m = take(&c, argc, argv, &i, "--offset", &v))) {
       if (m < 0 || parse_int(&c, "--offset", v, 0, INT64_MAX / 2, &offset))
-        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+        return ATTN_EXIT_USAGE;
     } else if (argv[i][0] == '-' && argv[i][1]) {
       return usage_error(&c, "unknown option '%s'", argv[i]);
     } else if (!in) {
@@ -491,33 +494,33 @@ static int cmd_sdpa(int argc, char **argv) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       fputs(c.usage, stdout);
       return ATTN_EXIT_OK;
-    } else if ((m = take(argc, argv, &i, "-o", &v)) || (m = take(argc, argv, &i, "--output", &v))) {
+    } else if ((m = take(&c, argc, argv, &i, "-o", &v)) || (m = take(&c, argc, argv, &i, "--output", &v))) {
       if (m < 0)
-        return usage_error(&c, "%s needs a value", argv[i]);
+        return ATTN_EXIT_USAGE;
       outp = v;
-    } else if ((m = take(argc, argv, &i, "--causal", &v))) {
+    } else if ((m = take(&c, argc, argv, &i, "--causal", &v))) {
       if (m < 0 || pick(&c, "--causal", v, align_names, align_values, 2, &align))
-        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+        return ATTN_EXIT_USAGE;
       causal = 1;
-    } else if ((m = take(argc, argv, &i, "--layout", &v))) {
+    } else if ((m = take(&c, argc, argv, &i, "--layout", &v))) {
       if (m < 0 || pick(&c, "--layout", v, layout_names, layout_values, 2, &blhd))
-        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
-    } else if ((m = take(argc, argv, &i, "--scale", &v))) {
+        return ATTN_EXIT_USAGE;
+    } else if ((m = take(&c, argc, argv, &i, "--scale", &v))) {
       if (m < 0 || parse_double(&c, "--scale", v, &scale))
-        return m < 0 ? usage_error(&c, "%s needs a value", argv[i]) : ATTN_EXIT_USAGE;
+        return ATTN_EXIT_USAGE;
       if (scale == 0)
         return usage_error(&c, "%s", "--scale must not be 0");
-    } else if ((m = take(argc, argv, &i, "--mask", &v))) {
+    } else if ((m = take(&c, argc, argv, &i, "--mask", &v))) {
       if (m < 0)
-        return usage_error(&c, "%s needs a value", argv[i]);
+        return ATTN_EXIT_USAGE;
       maskp = v;
-    } else if ((m = take(argc, argv, &i, "--lse", &v))) {
+    } else if ((m = take(&c, argc, argv, &i, "--lse", &v))) {
       if (m < 0)
-        return usage_error(&c, "%s needs a value", argv[i]);
+        return ATTN_EXIT_USAGE;
       lsep = v;
-    } else if ((m = take(argc, argv, &i, "--weights", &v))) {
+    } else if ((m = take(&c, argc, argv, &i, "--weights", &v))) {
       if (m < 0)
-        return usage_error(&c, "%s needs a value", argv[i]);
+        return ATTN_EXIT_USAGE;
       wp = v;
     } else if (argv[i][0] == '-' && argv[i][1]) {
       return usage_error(&c, "unknown option '%s'", argv[i]);
