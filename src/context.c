@@ -151,7 +151,7 @@ attn_status attn_ctx_create(attn_ctx **out, const attn_ctx_options *opts) {
   ctx->alloc_user = o.alloc_user;
   ctx->num_threads = o.num_threads ? o.num_threads : cpus_available();
   if (ctx->num_threads > 1) {
-    st = attn__pool_create(ctx, ctx->num_threads - 1, &ctx->pool);
+    st = attn__threadpool_create(ctx, ctx->num_threads - 1, &ctx->pool);
     if (st != ATTN_OK) {
       ctx->magic = ATTN_DEAD_MAGIC;
       free_fn(o.alloc_user, ctx);
@@ -165,7 +165,7 @@ attn_status attn_ctx_create(attn_ctx **out, const attn_ctx_options *opts) {
 void attn_ctx_destroy(attn_ctx *ctx) {
   if (!ctx || ctx->magic != ATTN_CTX_MAGIC)
     return;
-  attn__pool_destroy(ctx, ctx->pool);
+  attn__threadpool_destroy(ctx, ctx->pool);
   attn_tensor *t = ctx->tensors;
   while (t) {
     attn_tensor *next = t->next;

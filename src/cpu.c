@@ -8,7 +8,7 @@
  * benchmarks; a set this CPU cannot run is refused (the best one is used,
  * and attn_cpu_info() says so). */
 #include "internal.h"
-#include "kernels.h"
+#include "simd/kernels.h"
 
 #include <pthread.h>
 #include <stdio.h>

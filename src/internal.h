@@ -15,7 +15,7 @@
 #define ATTN_ERR_LEN 512
 #define ATTN_ALIGN 64
 
-typedef struct attn_pool attn_pool;
+typedef struct attn_threadpool attn_threadpool;
 
 struct attn_tensor {
   uint32_t magic;
@@ -41,7 +41,7 @@ struct attn_ctx {
   void *scratch_block;  /* grows to its high-water mark, reused */
   void *scratch;        /* scratch_block aligned to ATTN_ALIGN */
   size_t scratch_size;
-  attn_pool *pool; /* NULL when num_threads == 1 */
+  attn_threadpool *pool; /* NULL when num_threads == 1 */
   char err[ATTN_ERR_LEN];
 };
 
@@ -91,11 +91,11 @@ attn_status attn__broadcast_strides(attn_ctx *ctx, const char *fn, const char *n
                                     const attn_tensor *m, int32_t ndim,
                                     const int64_t *dims, int64_t *strides_out);
 
-/* ---- threads (pool.c) ---- */
+/* ---- threads (threadpool.c) ---- */
 /* Body of a parallel loop: item in [0, n), worker in [0, num_threads). */
 typedef void (*attn_task_fn)(void *arg, int64_t item, int32_t worker);
-attn_status attn__pool_create(attn_ctx *ctx, int32_t workers, attn_pool **out);
-void attn__pool_destroy(attn_ctx *ctx, attn_pool *pool);
+attn_status attn__threadpool_create(attn_ctx *ctx, int32_t workers, attn_threadpool **out);
+void attn__threadpool_destroy(attn_ctx *ctx, attn_threadpool *pool);
 /* Run fn for every item in [0, n) on up to `threads` threads (the caller's
  * included), each item exactly once, and return when all are done. */
 void attn__parallel_for(attn_ctx *ctx, int32_t threads, int64_t n, attn_task_fn fn,

@@ -10,7 +10,7 @@
  * chunks merged through their log-sum-exp when there are fewer items than
  * threads (decoding with one kv head and a long cache). */
 #include "internal.h"
-#include "kernels.h"
+#include "simd/kernels.h"
 
 #include <math.h>
 #include <string.h>

@@ -1,6 +1,6 @@
 /* Softmax and log-softmax over the last axis. Validation first (nothing is
  * written on failure), then blocks of rows spread over the context's
- * threads; each row goes through the dispatched kernels (kernels.h).
+ * threads; each row goes through the dispatched kernels (simd/kernels.h).
  *
  * A row needs no workspace: z = scale*x + mask is built in y's row (which
  * is contiguous and, in place, is x's own row, read before it is written),
@@ -17,7 +17,7 @@
  *   in [1, n], and a z - M that overflows to -inf (z = -FLT_MAX, M =
  *   FLT_MAX) gives 0 (log: -inf), the nearest float to the true result. */
 #include "internal.h"
-#include "kernels.h"
+#include "simd/kernels.h"
 
 #include <math.h>
 #include <string.h>

@@ -16,7 +16,7 @@
 
 #include <float.h>
 
-#include "kernels.h"
+#include "simd/kernels.h"
 
 typedef struct {
   const attn_kernels *k;

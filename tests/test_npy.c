@@ -1,4 +1,4 @@
-/* The .npy reader of the attn command (tools/npy.c): valid files in every
+/* The .npy reader of the attn command (tools/cli/npy.c): valid files in every
  * version, order and dtype it accepts, then every truncation and many byte
  * mutations of valid images, which must fail (or succeed consistently)
  * without reading out of bounds (the asan preset checks that). */

@@ -1,4 +1,4 @@
-/* libFuzzer target: the attn command's .npy reader (tools/npy.c) on
+/* libFuzzer target: the attn command's .npy reader (tools/cli/npy.c) on
  * arbitrary bytes, with every accept mask. A parse must either fail with a
  * message or give an array whose every element can be read. */
 #include "npy.h"

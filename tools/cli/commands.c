@@ -6,7 +6,7 @@
  * option and the reason. */
 #define _POSIX_C_SOURCE 200809L
 #include "attn.h"
-#include "attn_cmds.h"
+#include "commands.h"
 #include "npy.h"
 
 #include <errno.h>

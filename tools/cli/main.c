@@ -1,15 +1,15 @@
 /* The attn command: what libattn is linked and how it runs here (attn info),
  * and its main job on a built-in example (attn demo). Each subcommand is one
  * function with its own help text, listed in the table `commands`; the .npy
- * subcommands (softmax, pe, rope, sdpa, bench) live in attn_npy_cmds.c. */
+ * subcommands (softmax, pe, rope, sdpa, bench) live in commands.c. */
 #include "attn.h"
-#include "attn_cmds.h"
+#include "commands.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-/* Exit codes (attn_cmds.h), shared by every subcommand and documented in
+/* Exit codes (commands.h), shared by every subcommand and documented in
  * the main help: 0 success, 1 bad usage, 2 bad input or a step libattn refused. */
 enum { EXIT_OK = ATTN_EXIT_OK, EXIT_USAGE = ATTN_EXIT_USAGE, EXIT_INPUT = ATTN_EXIT_INPUT };
 

@@ -1,4 +1,4 @@
-/* Subcommands of the attn command defined outside attn.c. */
+/* Subcommands of the attn command defined outside main.c. */
 #ifndef ATTN_TOOLS_CMDS_H
 #define ATTN_TOOLS_CMDS_H
 

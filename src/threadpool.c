@@ -7,7 +7,7 @@
 #include <stdatomic.h>
 #include <string.h>
 
-struct attn_pool {
+struct attn_threadpool {
   pthread_mutex_t mu;
   pthread_cond_t start_cv;
   pthread_cond_t done_cv;
@@ -25,11 +25,11 @@ struct attn_pool {
 };
 
 typedef struct {
-  attn_pool *pool;
+  attn_threadpool *pool;
   int32_t id;
 } worker_arg;
 
-static void run_items(attn_pool *p, attn_task_fn fn, void *arg, int64_t n, int32_t id) {
+static void run_items(attn_threadpool *p, attn_task_fn fn, void *arg, int64_t n, int32_t id) {
   for (;;) {
     int64_t item = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
     if (item >= n)
@@ -40,7 +40,7 @@ static void run_items(attn_pool *p, attn_task_fn fn, void *arg, int64_t n, int32
 
 static void *worker_main(void *varg) {
   worker_arg *wa = varg;
-  attn_pool *p = wa->pool;
+  attn_threadpool *p = wa->pool;
   int32_t id = wa->id;
   uint64_t seen = 0;
   pthread_mutex_lock(&p->mu);
@@ -65,8 +65,8 @@ static void *worker_main(void *varg) {
   return NULL;
 }
 
-attn_status attn__pool_create(attn_ctx *ctx, int32_t workers, attn_pool **out) {
-  attn_pool *p = attn__alloc(ctx, sizeof *p);
+attn_status attn__threadpool_create(attn_ctx *ctx, int32_t workers, attn_threadpool **out) {
+  attn_threadpool *p = attn__alloc(ctx, sizeof *p);
   if (!p)
     return ATTN_ERR_NO_MEMORY;
   memset(p, 0, sizeof *p);
@@ -88,7 +88,7 @@ attn_status attn__pool_create(attn_ctx *ctx, int32_t workers, attn_pool **out) {
     args[i].id = i + 1;
     if (pthread_create(&p->threads[i], NULL, worker_main, &args[i]) != 0) {
       p->n_workers = i;
-      attn__pool_destroy(ctx, p);
+      attn__threadpool_destroy(ctx, p);
       return ATTN_ERR_INVALID_ARG;
     }
   }
@@ -97,7 +97,7 @@ attn_status attn__pool_create(attn_ctx *ctx, int32_t workers, attn_pool **out) {
   return ATTN_OK;
 }
 
-void attn__pool_destroy(attn_ctx *ctx, attn_pool *p) {
+void attn__threadpool_destroy(attn_ctx *ctx, attn_threadpool *p) {
   if (!p)
     return;
   pthread_mutex_lock(&p->mu);
@@ -115,7 +115,7 @@ void attn__pool_destroy(attn_ctx *ctx, attn_pool *p) {
 
 void attn__parallel_for(attn_ctx *ctx, int32_t threads, int64_t n, attn_task_fn fn,
                         void *arg) {
-  attn_pool *p = ctx->pool;
+  attn_threadpool *p = ctx->pool;
   if (p && threads > p->n_workers + 1)
     threads = p->n_workers + 1;
   if (threads > n)
