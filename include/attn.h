@@ -459,8 +459,12 @@ ATTN_API attn_status attn_alibi_slopes(attn_ctx *ctx, int32_t n_heads, double ma
 
 /** Parameters of attn_sdpa() and attn_sdpa_varlen().
  *
- * Let i be a query row, j a key, and i' = i (top-left alignment) or
- * i' = i + Lk - Lq (bottom-right). The logit of (i, j) is
+ * Let i be a query row of batch b, j a key, and i' the row's position among
+ * the keys: i' = q_offsets[b] + i when q_offsets is set; otherwise i
+ * (top-left alignment), or i + n_b - Lq (bottom-right) with n_b = kv_lens[b]
+ * when kv_lens is set and Lk otherwise, so that the last query row sits at
+ * the last valid key of its sequence (FlashAttention's
+ * flash_attn_with_kvcache with cache_seqlens). The logit of (i, j) is
  *   s = cap(scale * q_i . k_j) + slope_h * (j - i') + mask[i, j]
  * where cap(x) = softcap * tanh(x / softcap) when softcap > 0. Key j is
  * visible to row i unless: causal and j > i'; window and (j < i' - window_left
@@ -489,14 +493,23 @@ typedef struct attn_sdpa_params {
                                       -inf for a row with nothing visible */
   attn_tensor *weights;          /**< optional out [B, Hq, Lq, Lk]: the
                                       attention weights (0 where masked) */
+  /** [B] (attn_sdpa_varlen: [batch], one per sequence), optional: the
+   * position among the keys of each sequence's first query row; row i sits
+   * at i' = q_offsets[b] + i (ONNX Attention's past length, or any cache
+   * layout). Values may be negative (rows before the first key) and must lie
+   * in [-2^60, 2^60]. It replaces the alignment, so align must then be
+   * ATTN_ALIGN_TOP_LEFT (ATTN_ERR_INVALID_ARG otherwise). It moves the
+   * causal diagonal, the window and the ALiBi distances; it hides no key by
+   * itself (kv_lens still does). @since 0.2.0 */
+  const int64_t *q_offsets;
 } attn_sdpa_params;
 
 /** Alignment of the causal diagonal, the window and ALiBi when Lq != Lk. */
 typedef enum attn_align {
   /** i' = i: query i sees keys j <= i (PyTorch is_causal, ONNX). */
   ATTN_ALIGN_TOP_LEFT = 0,
-  /** i' = i + Lk - Lq: the last query sees the last key (KV-cache decoding,
-   * FlashAttention >= 2.1). */
+  /** i' = i + Lk - Lq, or i + kv_lens[b] - Lq with kv_lens: the last query
+   * sees the last (valid) key (KV-cache decoding, FlashAttention >= 2.1). */
   ATTN_ALIGN_BOTTOM_RIGHT = 1,
   ATTN_ALIGN_MAX_ = 0x7fffffff
 } attn_align;
@@ -550,7 +563,8 @@ ATTN_API attn_status attn_sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_t
  *             non-decreasing, ending at Tq.
  * @param[in]  cu_seqlens_k batch+1 key offsets, likewise, ending at Tk.
  * @param[in]  p as attn_sdpa(), except that mask, bool_mask, kv_lens and
- *             weights must be NULL, and lse (if set) is [Hq, Tq].
+ *             weights must be NULL, lse (if set) is [Hq, Tq], and q_offsets
+ *             (if set) holds one offset per sequence: [batch].
  * @return as attn_sdpa(). @since 0.1.0 */
 ATTN_API attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q,
                                       const attn_tensor *k, const attn_tensor *v,

@@ -25,6 +25,8 @@
  * (128x256: 0.53-0.54), as larger blocks waste more work on the diagonal. */
 #define BLOCK_ROWS 128
 #define BLOCK_KEYS 256
+/* Bound on |q_offsets[b]|: positions and window ends stay far from overflow. */
+#define MAX_Q_OFFSET ((int64_t)1 << 60)
 /* A key chunk of a split item holds at least this many keys. */
 #define MIN_CHUNK_KEYS 1024
 
@@ -38,10 +40,11 @@ typedef struct {
   const uint8_t *bmask;
   int64_t bs[4];
   const int64_t *kv_lens;
+  const int64_t *q_offsets; /* [B] or NULL: i' = q_offsets[b] + i */
   const float *alibi, *sinks;
   float scale, softcap;
-  bool causal, window;
-  int64_t wl, wr, diag; /* aligned position i' = i + diag */
+  bool causal, window, bottom_right;
+  int64_t wl, wr;
   /* tiling */
   int64_t nb;         /* query positions per block */
   int64_t n_qblocks;  /* blocks per (batch, kv head) */
@@ -104,11 +107,21 @@ static size_t work_bytes(const sdpa_problem *p) {
          round_up(state_floats(p) * sizeof(float));
 }
 
+/* Position i' among the keys of query position i of batch b (attn.h): the
+ * bottom-right alignment puts the last query at the sequence's last key. */
+static int64_t key_position(const sdpa_problem *p, int64_t b, int64_t i) {
+  if (p->q_offsets)
+    return p->q_offsets[b] + i;
+  if (!p->bottom_right)
+    return i;
+  return i + (p->kv_lens ? p->kv_lens[b] : p->Lk) - p->Lq;
+}
+
 /* Keys visible to query position i of batch b: [*lo, *hi), possibly empty.
  * Both ends are non-decreasing in i, which the tile skipping relies on. */
 static void visible_keys(const sdpa_problem *p, int64_t b, int64_t i, int64_t *lo,
                          int64_t *hi) {
-  int64_t ip = i + p->diag;
+  int64_t ip = key_position(p, b, i);
   int64_t l = 0, h = p->kv_lens ? p->kv_lens[b] : p->Lk;
   if (p->causal && ip + 1 < h)
     h = ip + 1;
@@ -181,7 +194,7 @@ static void adjust_logits(const sdpa_problem *p, const sdpa_item *it, int64_t r,
   }
   if (p->alibi) {
     float slope = p->alibi[h];
-    int64_t ip = i + p->diag;
+    int64_t ip = key_position(p, it->b, i);
     for (int64_t j = a; j < e; j++)
       s[j] += slope * (float)(j0 + j - ip);
   }
@@ -559,6 +572,18 @@ static attn_status check_params(attn_ctx *ctx, const char *fn, const attn_sdpa_p
                       "%s: params.window_left = %lld, window_right = %lld but both must be "
                       ">= 0",
                       fn, (long long)p->window_left, (long long)p->window_right);
+  if (p->q_offsets) {
+    if (p->align != ATTN_ALIGN_TOP_LEFT)
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                        "%s: params.align = %d but must be ATTN_ALIGN_TOP_LEFT when "
+                        "params.q_offsets is set (the offsets replace the alignment)",
+                        fn, (int)p->align);
+    for (int64_t b = 0; b < B; b++)
+      if (p->q_offsets[b] < -MAX_Q_OFFSET || p->q_offsets[b] > MAX_Q_OFFSET)
+        return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                          "%s: params.q_offsets[%lld] = %lld but must be in -2^60..2^60", fn,
+                          (long long)b, (long long)p->q_offsets[b]);
+  }
   if (p->kv_lens)
     for (int64_t b = 0; b < B; b++)
       if (p->kv_lens[b] < 0 || p->kv_lens[b] > Lk)
@@ -586,11 +611,12 @@ static void fill_common(sdpa_problem *p, const attn_sdpa_params *prm) {
   p->softcap = prm->softcap;
   p->causal = prm->causal != 0;
   p->window = prm->window != 0;
-  /* Clamp the extents so i' +- extent cannot overflow. */
-  int64_t far = p->Lq + p->Lk;
+  /* Clamp the extents so i' +- extent cannot overflow: |i'| < Lq + Lk +
+   * MAX_Q_OFFSET, so a longer extent reaches past every key all the same. */
+  int64_t far = p->Lq + p->Lk + MAX_Q_OFFSET;
   p->wl = prm->window_left < far ? prm->window_left : far;
   p->wr = prm->window_right < far ? prm->window_right : far;
-  p->diag = prm->align == ATTN_ALIGN_BOTTOM_RIGHT ? p->Lk - p->Lq : 0;
+  p->bottom_right = prm->align == ATTN_ALIGN_BOTTOM_RIGHT;
   p->alibi = prm->alibi_slopes;
   p->sinks = prm->sinks;
 }
@@ -666,6 +692,7 @@ attn_status attn_sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
     memcpy(p.ws, prm.weights->strides, sizeof p.ws);
   }
   p.kv_lens = prm.kv_lens;
+  p.q_offsets = prm.q_offsets;
   fill_common(&p, &prm);
   return run_problem(ctx, fn, &p);
 }
@@ -719,6 +746,7 @@ static void varlen_problem(sdpa_problem *p, const attn_sdpa_params *prm, const a
     p->lses[1] = prm->lse->strides[0];
     p->lses[2] = 1;
   }
+  p->q_offsets = prm->q_offsets ? prm->q_offsets + s : NULL; /* one per sequence */
   fill_common(p, prm);
 }
 
@@ -756,7 +784,7 @@ attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q, const attn_ten
       (st = check_offsets(ctx, fn, "cu_seqlens_q", cu_q, batch, Tq)) ||
       (st = check_offsets(ctx, fn, "cu_seqlens_k", cu_k, batch, Tk)) ||
       (st = attn__check_writable(ctx, fn, "out", out)) ||
-      (st = check_params(ctx, fn, &prm, 0, Hq, Tk, D)))
+      (st = check_params(ctx, fn, &prm, batch, Hq, Tk, D)))
     return st;
   const char *names[4] = {"q", "k", "v", "out"};
   const attn_tensor *ts[4] = {q, k, v, out};

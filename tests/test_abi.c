@@ -75,7 +75,8 @@ PIN(attn_sdpa_params, alibi_slopes, 72, 8);
 PIN(attn_sdpa_params, sinks, 80, 8);
 PIN(attn_sdpa_params, lse, 88, 8);
 PIN(attn_sdpa_params, weights, 96, 8);
-END(attn_sdpa_params, weights, 104);
+PIN(attn_sdpa_params, q_offsets, 104, 8); /* 0.2 */
+END(attn_sdpa_params, q_offsets, 112);
 #endif
 
 /* Enum values and sizes (int-sized through their 0x7fffffff sentinels). */
@@ -178,7 +179,8 @@ static void sdpa_older_caller(void **state) {
                                 offsetof(attn_sdpa_params, align),
                                 offsetof(attn_sdpa_params, window_left),
                                 offsetof(attn_sdpa_params, mask),
-                                offsetof(attn_sdpa_params, lse)};
+                                offsetof(attn_sdpa_params, lse),
+                                offsetof(attn_sdpa_params, q_offsets)}; /* 0.1's size */
   for (size_t i = 0; i < sizeof cuts / sizeof *cuts; i++) {
     attn_sdpa_params p;
     attn_sdpa_params_init(&p);

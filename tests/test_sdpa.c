@@ -268,6 +268,7 @@ typedef struct {
   int64_t wl, wr;
   int mask, bmask; /* MASK_* */
   int kvl;         /* kv_lens cycling over batches: 2Lk/3+1, 0, Lk, 1 */
+  int qoff;        /* q_offsets cycling over batches: Lk/3, -Lq/2 - 1, Lk - Lq, Lk + 2 */
   int alibi, sinks, lse, weights;
   int big;       /* q, k = 16 * integers: logits ~1e4, exact in float */
   float qk_mul;  /* q and k uniform in [-qk_mul, qk_mul); 0 = 1 */
@@ -323,6 +324,11 @@ static int run_case(const sdpa_case *c, attn_ctx *const *ctxs, int nctx) {
     int64_t pattern[4] = {2 * Lk / 3 + 1 < Lk ? 2 * Lk / 3 + 1 : Lk, 0, Lk, 1};
     kv_lens[b] = pattern[b % 4];
   }
+  int64_t *q_offsets = malloc((size_t)B * sizeof *q_offsets);
+  for (int64_t b = 0; b < B; b++) {
+    int64_t pattern[4] = {Lk / 3, -Lq / 2 - 1, Lk - Lq, Lk + 2};
+    q_offsets[b] = pattern[b % 4];
+  }
   float *slopes = malloc((size_t)Hq * sizeof *slopes), *sinks = malloc((size_t)Hq * sizeof *sinks);
   double *dslopes = malloc((size_t)Hq * sizeof *dslopes);
   ref_alibi_slopes(Hq, 8.0, dslopes);
@@ -349,6 +355,7 @@ static int run_case(const sdpa_case *c, attn_ctx *const *ctxs, int nctx) {
     memcpy(ra.bs, bmask.ref_strides, sizeof ra.bs);
   }
   ra.kv_lens = c->kvl ? kv_lens : NULL;
+  ra.q_offsets = c->qoff ? q_offsets : NULL;
   ra.alibi_slopes = c->alibi ? slopes : NULL;
   ra.sinks = c->sinks ? sinks : NULL;
 
@@ -395,6 +402,7 @@ static int run_case(const sdpa_case *c, attn_ctx *const *ctxs, int nctx) {
     if (c->bmask)
       p.bool_mask = mask_wrap(ctx, &bmask, 1);
     p.kv_lens = ra.kv_lens, p.alibi_slopes = ra.alibi_slopes, p.sinks = ra.sinks;
+    p.q_offsets = ra.q_offsets;
     int64_t ldims[3] = {B, Hq, Lq};
     for (size_t r = 0; r < nl; r++)
       lse[r] = SENTINEL;
@@ -460,6 +468,7 @@ static int run_case(const sdpa_case *c, attn_ctx *const *ctxs, int nctx) {
   free(sinks);
   free(slopes);
   free(kv_lens);
+  free(q_offsets);
   free(mask.data);
   free(bmask.data);
   view_free(&out);
@@ -595,6 +604,47 @@ static void causal_window_kvlens(void **state) {
        .kvl = 1, .sinks = 1, .lse = 1, .weights = 1},
   };
   RUN_CASES(cases);
+}
+
+/* Query positions per sequence: {causal, window, ALiBi} (every non-empty
+ * combination) x {padded kv_lens with bottom-right alignment, q_offsets,
+ * both}, then the issue 9 examples: decoding one token with a sliding window
+ * in a padded cache, and a causal multi-token step (chunked prefill). */
+static void positions(void **state) {
+  (void)state;
+  enum { N = 7 * 3 };
+  static char names[N][48];
+  sdpa_case cases[N + 4];
+  size_t n = 0;
+  static const char *const modes[3] = {"kv_lens br", "q_offsets", "kv_lens+q_offsets"};
+  for (int combo = 1; combo < 8; combo++)
+    for (int mode = 0; mode < 3; mode++) {
+      sdpa_case c = {.B = 4, .Hq = 4, .Hkv = 2, .Lq = 37, .Lk = 300, .D = 16, .Dv = 8,
+                     .lse = 1, .weights = 1};
+      c.causal = combo & 1;
+      c.window = (combo >> 1) & 1, c.wl = 40, c.wr = 3;
+      c.alibi = (combo >> 2) & 1;
+      c.kvl = mode != 1;
+      c.align = mode == 0 ? BR : ATTN_ALIGN_TOP_LEFT;
+      c.qoff = mode != 0;
+      snprintf(names[n], sizeof names[n], "%s%s%s, %s", c.causal ? "+causal" : "",
+               c.window ? "+window" : "", c.alibi ? "+alibi" : "", modes[mode]);
+      c.name = names[n];
+      cases[n++] = c;
+    }
+  cases[n++] = (sdpa_case){.name = "decode window padded cache", .B = 4, .Hq = 8, .Hkv = 2,
+                           .Lq = 1, .Lk = 300, .D = 16, .Dv = 16, .window = 1, .wl = 32,
+                           .wr = 0, .align = BR, .kvl = 1, .lse = 1, .weights = 1};
+  cases[n++] = (sdpa_case){.name = "decode causal alibi padded cache", .B = 4, .Hq = 4,
+                           .Hkv = 1, .Lq = 1, .Lk = 3000, .D = 16, .Dv = 16, .causal = 1,
+                           .alibi = 1, .align = BR, .kvl = 1, .lse = 1};
+  cases[n++] = (sdpa_case){.name = "chunked prefill padded cache", .B = 4, .Hq = 4, .Hkv = 2,
+                           .Lq = 16, .Lk = 300, .D = 16, .Dv = 16, .causal = 1, .align = BR,
+                           .kvl = 1, .lse = 1, .weights = 1};
+  cases[n++] = (sdpa_case){.name = "long q_offsets split keys", .B = 1, .Hq = 2, .Hkv = 1,
+                           .Lq = 3, .Lk = 5000, .D = 8, .Dv = 8, .causal = 1, .window = 1,
+                           .wl = 3000, .wr = 0, .qoff = 1, .lse = 1};
+  run_cases_threads(cases, n, 2);
 }
 
 /* Additive and boolean masks in every broadcast shape; all-masked rows. */
@@ -1205,6 +1255,8 @@ typedef struct {
   int64_t wl, wr;
   int alibi, sinks, lse;
   int pad; /* token rows (and lse rows) padded: strided packed tensors */
+  int use_qoff;
+  int64_t qoff[8]; /* q_offsets per sequence, when use_qoff */
 } varlen_case;
 
 /* Against the reference per sequence, and against attn_sdpa on each
@@ -1242,6 +1294,7 @@ static int run_varlen(const varlen_case *c, attn_ctx *const *ctxs) {
     p.causal = c->causal, p.align = c->align, p.window = c->window;
     p.window_left = c->wl, p.window_right = c->wr;
     p.alibi_slopes = c->alibi ? slopes : NULL, p.sinks = c->sinks ? sinks : NULL;
+    p.q_offsets = c->use_qoff ? c->qoff : NULL;
     int64_t qd[3] = {Tq, Hq, D}, kd[3] = {Tk, Hkv, D}, vd[3] = {Tk, Hkv, Dv},
             od[3] = {Tq, Hq, Dv}, ld[2] = {Hq, Tq};
     int64_t qst[3] = {sq, D, 1}, kst[3] = {sk, D, 1}, vst[3] = {sv, Dv, 1}, ost[3] = {so, Dv, 1},
@@ -1283,6 +1336,7 @@ static int run_varlen(const varlen_case *c, attn_ctx *const *ctxs) {
       ra.causal = c->causal, ra.bottom_right = c->align == ATTN_ALIGN_BOTTOM_RIGHT;
       ra.window = c->window, ra.window_left = c->wl, ra.window_right = c->wr;
       ra.alibi_slopes = p.alibi_slopes, ra.sinks = p.sinks;
+      ra.q_offsets = c->use_qoff ? &c->qoff[s] : NULL;
       for (int64_t h = 0; h < Hq; h++)
         for (int64_t i = 0; i < Lq; i++) {
           double rl;
@@ -1297,6 +1351,7 @@ static int run_varlen(const varlen_case *c, attn_ctx *const *ctxs) {
       int64_t q4[4] = {1, Hq, Lq, D}, k4[4] = {1, Hkv, Lk, D}, v4[4] = {1, Hkv, Lk, Dv},
               o4[4] = {1, Hq, Lq, Dv}, l3[3] = {1, Hq, Lq}, ls[3] = {0, sl, 1};
       attn_sdpa_params ps = p;
+      ps.q_offsets = ra.q_offsets;
       ps.lse = c->lse ? tu_wrap(ctx, lse_seq + cq[s], nl - (size_t)cq[s], 3, l3, ls) : NULL;
       st = attn_sdpa(ctx, tu_wrap(ctx, q + cq[s] * sq, nq - (size_t)(cq[s] * sq), 4, q4, qs),
                      tu_wrap(ctx, k + ck[s] * sk, nk - (size_t)(ck[s] * sk), 4, k4, ks),
@@ -1350,6 +1405,10 @@ static void varlen(void **state) {
       {.name = "varlen split padded", .batch = 2, .lq = {3, 1}, .lk = {4500, 2600},
        .Hq = 2, .Hkv = 1, .D = 64, .Dv = 64, .window = 1, .wl = 3000, .wr = 0, .align = BR,
        .alibi = 1, .lse = 1, .pad = 1},
+      /* One query position per sequence, negative ones included. */
+      {.name = "varlen q_offsets", .batch = 5, .lq = {7, 0, 70, 3, 4}, .lk = {13, 5, 40, 0, 3000},
+       .Hq = 4, .Hkv = 2, .D = 16, .Dv = 8, .causal = 1, .window = 1, .wl = 20, .wr = 2,
+       .alibi = 1, .lse = 1, .use_qoff = 1, .qoff = {-3, 9, 12, 0, 2990}},
   };
   int bad = 0;
   attn_ctx *ctxs[2] = {tu_ctx(1), tu_ctx(2)};
@@ -1576,6 +1635,11 @@ static void bad_params(void **state) {
   WITH(p.alibi_slopes = inf_f, ATTN_ERR_INVALID_ARG, "alibi_slopes[3]");
   WITH(p.sinks = bad_f, ATTN_ERR_INVALID_ARG, "sinks[2]");
   WITH(p.sinks = inf_f, ATTN_ERR_INVALID_ARG, "sinks[3]");
+  int64_t off_ok[2] = {-5, 3}, off_big[2] = {0, ((int64_t)1 << 60) + 1},
+          off_low[2] = {INT64_MIN, 0};
+  WITH(p.q_offsets = off_big, ATTN_ERR_INVALID_ARG, "q_offsets[1]");
+  WITH(p.q_offsets = off_low, ATTN_ERR_INVALID_ARG, "q_offsets[0]");
+  WITH((p.q_offsets = off_ok, p.align = BR), ATTN_ERR_INVALID_ARG, "align");
 
   /* Masks: wrong shapes, wrong dtypes, too many dims. */
   int64_t m_bad[4] = {1, 1, 5, 6}, m_b3[4] = {3, 1, 5, 7}, m_h3[4] = {1, 3, 5, 7},
@@ -1728,6 +1792,10 @@ static void bad_varlen(void **state) {
   VBAD(attn_sdpa_varlen(ctx, tq, tk, tv, to, 2, cq, ck, &p2), ATTN_ERR_INVALID_ARG, "weights");
   p2 = p, p2.scale = NAN;
   VBAD(attn_sdpa_varlen(ctx, tq, tk, tv, to, 2, cq, ck, &p2), ATTN_ERR_INVALID_ARG, "scale");
+  int64_t offs[2] = {0, INT64_MAX}; /* one per sequence: the second is read */
+  p2 = p, p2.q_offsets = offs;
+  VBAD(attn_sdpa_varlen(ctx, tq, tk, tv, to, 2, cq, ck, &p2), ATTN_ERR_INVALID_ARG,
+       "q_offsets[1]");
   p2 = p, p2.struct_size = 0;
   VBAD(attn_sdpa_varlen(ctx, tq, tk, tv, to, 2, cq, ck, &p2), ATTN_ERR_INVALID_ARG, "struct_size");
 #undef VBAD
@@ -1740,6 +1808,7 @@ int main(void) {
       cmocka_unit_test(layouts),
       cmocka_unit_test(gqa_mqa),
       cmocka_unit_test(causal_window_kvlens),
+      cmocka_unit_test(positions),
       cmocka_unit_test(masks),
       cmocka_unit_test(numerics),
       cmocka_unit_test(long_and_split),

@@ -3,8 +3,18 @@
 #include <math.h>
 #include <stdlib.h>
 
+/* The position among the keys of query row i of batch b (i' in attn.h). */
+static int64_t position(const ref_sdpa_args *a, int64_t b, int64_t i) {
+  if (a->q_offsets)
+    return a->q_offsets[b] + i;
+  if (!a->bottom_right)
+    return i;
+  int64_t keys = a->kv_lens ? a->kv_lens[b] : a->Lk; /* the last query sees the last key */
+  return i + keys - a->Lq;
+}
+
 static int visible(const ref_sdpa_args *a, int64_t b, int64_t h, int64_t i, int64_t j) {
-  int64_t ip = a->bottom_right ? i + a->Lk - a->Lq : i;
+  int64_t ip = position(a, b, i);
   if (a->causal && j > ip)
     return 0;
   /* Written as distances so extents up to INT64_MAX cannot overflow. */
@@ -23,7 +33,7 @@ static int visible(const ref_sdpa_args *a, int64_t b, int64_t h, int64_t i, int6
 int64_t ref_sdpa_row(const ref_sdpa_args *a, int64_t b, int64_t h, int64_t i, double *out,
                      double *mag, double *lse, double *w, double *size) {
   int64_t Lk = a->Lk, hk = h / (a->Hq / a->Hkv);
-  int64_t ip = a->bottom_right ? i + a->Lk - a->Lq : i;
+  int64_t ip = position(a, b, i);
   double scale = a->scale != 0 ? a->scale : 1.0 / sqrt((double)a->D);
   double *s = malloc((size_t)(Lk > 0 ? Lk : 1) * sizeof *s);
   char *vis = malloc((size_t)(Lk > 0 ? Lk : 1));

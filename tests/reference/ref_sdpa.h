@@ -16,7 +16,8 @@ typedef struct ref_sdpa_args {
   double scale;   /* 0 = 1/sqrt(D) */
   double softcap; /* 0 = off */
   int causal;
-  int bottom_right; /* i' = i + Lk - Lq instead of i */
+  int bottom_right; /* i' = i + kv_lens[b] - Lq (kv_lens set) or i + Lk - Lq,
+                       instead of i */
   int window;
   int64_t window_left, window_right;
   const float *mask; /* additive, optional */
@@ -26,6 +27,8 @@ typedef struct ref_sdpa_args {
   const int64_t *kv_lens;     /* [B], optional */
   const float *alibi_slopes;  /* [Hq], optional */
   const float *sinks;         /* [Hq], optional */
+  const int64_t *q_offsets;   /* [B], optional: i' = q_offsets[b] + i (bottom_right
+                                 then unused) */
 } ref_sdpa_args;
 
 /* Row i of query head h in batch b.

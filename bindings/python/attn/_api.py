@@ -182,6 +182,17 @@ class _Call:
 
 
 def _int64_array(a, name, fn, shape=None):
+    a = np.asarray(a)
+    if a.dtype.kind == "f":
+        # Truncating 2.5 to 2 would silently change the answer.
+        if not np.all(np.isfinite(a)) or np.any(a != np.trunc(a)):
+            raise ValueError("%s: %s must hold integers; got %s" % (fn, name, a))
+    elif a.dtype.kind not in "iu":
+        raise ValueError("%s: %s must hold integers, not %s" % (fn, name, a.dtype))
+    if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
+        raise ValueError("%s: %s has a value past int64" % (fn, name))
+    if a.dtype.kind == "f" and a.size and np.any(np.abs(a) >= 2.0 ** 63):
+        raise ValueError("%s: %s has a value past int64" % (fn, name))
     a = np.ascontiguousarray(a, dtype=np.int64)
     if shape is not None and a.shape != tuple(shape):
         raise ValueError("%s: %s has shape %s but must have shape %s"
@@ -455,7 +466,8 @@ class Context:
 
     def sdpa(self, q, k, v, *, mask=None, bool_mask=None, causal=False, align="top-left",
              scale=None, window=None, kv_lens=None, alibi_slopes=None, sinks=None,
-             softcap=None, return_lse=False, return_weights=False, layout="bhld", out=None):
+             softcap=None, return_lse=False, return_weights=False, layout="bhld", out=None,
+             q_offsets=None):
         """Scaled dot-product attention softmax(scale * q k^T + bias) v.
 
         q [B, Hq, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv] (layout
@@ -470,7 +482,11 @@ class Context:
         decoding). align also places window and ALiBi when Lq != Lk.
         scale: None = 1/sqrt(D). window: (left, right) key extents around
         the diagonal, None for unbounded. kv_lens: [B] ints, keys past
-        kv_lens[b] ignored. alibi_slopes, sinks: [Hq] floats. softcap:
+        kv_lens[b] ignored; with align "bottom-right" the last query of
+        batch b sits at key kv_lens[b] - 1. q_offsets: [B] ints, the key
+        position of each batch's first query row (row i at q_offsets[b] +
+        i, may be negative); it replaces align, which must stay
+        "top-left". alibi_slopes, sinks: [Hq] floats. softcap:
         cap * tanh(logit / cap) before the masks.
 
         Returns out [B, Hq, Lq, Dv] (in q's layout), or a tuple (out, lse)
@@ -511,6 +527,10 @@ class Context:
                 lens = _int64_array(kv_lens, "kv_lens", fn, (B,))
                 c.keep.append(lens)
                 p.kv_lens = lens.ctypes.data_as(_lib._c_int64_p)
+            if q_offsets is not None:
+                offs = _int64_array(q_offsets, "q_offsets", fn, (B,))
+                c.keep.append(offs)
+                p.q_offsets = offs.ctypes.data_as(_lib._c_int64_p)
             if lse is not None:
                 p.lse = c.output(lse, "lse")
             if weights is not None:
@@ -524,11 +544,12 @@ class Context:
 
     def sdpa_varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k=None, *, causal=False,
                     align="top-left", scale=None, window=None, alibi_slopes=None, sinks=None,
-                    softcap=None, return_lse=False, out=None):
+                    softcap=None, return_lse=False, out=None, q_offsets=None):
         """Attention over packed sequences: q [Tq, Hq, D], k [Tk, Hkv, D],
         v [Tk, Hkv, Dv]; sequence b holds query tokens cu_seqlens_q[b] ..
         cu_seqlens_q[b+1]-1 and key tokens likewise from cu_seqlens_k
-        (default: cu_seqlens_q). Other arguments as sdpa(). Returns out
+        (default: cu_seqlens_q). q_offsets: one per sequence [batch]. Other
+        arguments as sdpa(). Returns out
         [Tq, Hq, Dv], or (out, lse) with lse [Hq, Tq]."""
         fn = "sdpa_varlen"
         q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
@@ -553,6 +574,10 @@ class Context:
                                   sinks=sinks, Hq=Hq)
             if lse is not None:
                 p.lse = c.output(lse, "lse")
+            if q_offsets is not None:
+                offs = _int64_array(q_offsets, "q_offsets", fn, (cu_q.shape[0] - 1,))
+                c.keep.append(offs)
+                p.q_offsets = offs.ctypes.data_as(_lib._c_int64_p)
             c.keep += [cu_q, cu_k]
             c.check(_fn("attn_sdpa_varlen")(
                 self._handle, hq, hk, hv, ho, cu_q.shape[0] - 1,

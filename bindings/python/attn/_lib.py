@@ -144,6 +144,7 @@ class SdpaParams(_SizedStruct):
         ("sinks", _c_float_p),
         ("lse", ctypes.c_void_p),
         ("weights", ctypes.c_void_p),
+        ("q_offsets", _c_int64_p),  # 0.2
     ]
 
 

@@ -45,5 +45,6 @@ int main(void) {
   FIELD(attn_sdpa_params, "SdpaParams", sinks);
   FIELD(attn_sdpa_params, "SdpaParams", lse);
   FIELD(attn_sdpa_params, "SdpaParams", weights);
+  FIELD(attn_sdpa_params, "SdpaParams", q_offsets);
   return 0;
 }

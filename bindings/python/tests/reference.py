@@ -89,14 +89,13 @@ def alibi_slopes(n, max_bias=8.0):
 
 
 def sdpa(q, k, v, scale=None, mask=None, bool_mask=None, causal=False, align="top-left",
-         window=None, kv_lens=None, alibi=None, sinks=None, softcap=None):
+         window=None, kv_lens=None, alibi=None, sinks=None, softcap=None, q_offsets=None):
     """q [B,Hq,Lq,D], k [B,Hkv,Lk,D], v [B,Hkv,Lk,Dv] -> (out, lse, weights)."""
     q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
     B, Hq, Lq, D = q.shape
     Hkv, Lk, Dv = k.shape[1], k.shape[2], v.shape[3]
     G = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    shift = Lk - Lq if align == "bottom-right" else 0
     m = None if mask is None else np.broadcast_to(np.asarray(mask, np.float64), (B, Hq, Lq, Lk))
     bm = None if bool_mask is None else np.broadcast_to(np.asarray(bool_mask).astype(bool),
                                                         (B, Hq, Lq, Lk))
@@ -107,7 +106,13 @@ def sdpa(q, k, v, scale=None, mask=None, bool_mask=None, causal=False, align="to
         for h in range(Hq):
             kk, vv = k[b, h // G], v[b, h // G]
             for i in range(Lq):
-                ip = i + shift
+                # The query's position among the keys (attn.h, attn_sdpa_params).
+                if q_offsets is not None:
+                    ip = q_offsets[b] + i
+                elif align == "bottom-right":
+                    ip = i + (Lk if kv_lens is None else kv_lens[b]) - Lq
+                else:
+                    ip = i
                 s = scale * (kk @ q[b, h, i])
                 if softcap is not None:
                     s = softcap * np.tanh(s / softcap)
@@ -120,8 +125,8 @@ def sdpa(q, k, v, scale=None, mask=None, bool_mask=None, causal=False, align="to
                 if causal:
                     vis &= j <= ip
                 if window is not None:
-                    left = Lq + Lk if window[0] is None else window[0]
-                    right = Lq + Lk if window[1] is None else window[1]
+                    left = math.inf if window[0] is None else window[0]
+                    right = math.inf if window[1] is None else window[1]
                     vis &= (j >= ip - left) & (j <= ip + right)
                 if kv_lens is not None:
                     vis &= j < kv_lens[b]

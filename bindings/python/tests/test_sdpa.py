@@ -87,6 +87,61 @@ def test_window_kvlens_alibi_sinks_softcap(rng):
     check(q, k, v, softcap=1.5, mask=np.where(rng.random((9, 11)) > 0.5, 0, -np.inf))
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window", [None, (3, 0)])
+@pytest.mark.parametrize("alibi", [False, True])
+def test_positions(rng, causal, window, alibi):
+    """Padded kv_lens with bottom-right alignment, q_offsets, and both."""
+    if not (causal or window or alibi):
+        return
+    q, k, v = qkv(rng, B=3, Lq=4, Lk=12)
+    kw = dict(window=window)
+    if alibi:
+        kw["alibi_slopes"] = ref.alibi_slopes(4).astype(np.float32)
+    lens, offs = [5, 12, 0], [-2, 7, 10]
+    check(q, k, v, causal="bottom-right" if causal else False,
+          align="bottom-right", kv_lens=lens, **kw)
+    check(q, k, v, causal=causal, q_offsets=offs, **kw)
+    check(q, k, v, causal=causal, q_offsets=np.array(offs, np.float64), kv_lens=lens, **kw)
+
+
+def test_decode_window_in_padded_cache(rng):
+    # One new token per sequence; the cache is padded to 16 keys.
+    q, k, v = qkv(rng, B=2, Lq=1, Lk=16)
+    out = attn.sdpa(q, k, v, window=(3, 0), align="bottom-right", kv_lens=[6, 11])
+    want = ref.sdpa(q, k, v, window=(3, 0), align="bottom-right", kv_lens=[6, 11])[0]
+    close(out, want, **TOL)
+    assert np.all(np.abs(out) > 0)
+
+
+def test_q_offsets_varlen_and_errors(rng):
+    cu_q, cu_k = np.array([0, 3, 5]), np.array([0, 6, 14])
+    q = rng.standard_normal((5, 2, 8)).astype(np.float32)
+    k = rng.standard_normal((14, 1, 8)).astype(np.float32)
+    v = rng.standard_normal((14, 1, 4)).astype(np.float32)
+    offs = [-1, 6]
+    out = attn.sdpa_varlen(q, k, v, cu_q, cu_k, causal=True, q_offsets=offs)
+    for b in range(2):
+        qs, ks = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
+        want = ref.sdpa(q[qs].transpose(1, 0, 2)[None], k[ks].transpose(1, 0, 2)[None],
+                        v[ks].transpose(1, 0, 2)[None], causal=True, q_offsets=[offs[b]])[0]
+        close(out[qs], want[0].transpose(1, 0, 2), **TOL)
+    q, k, v = qkv(rng)
+    with pytest.raises(attn.AttnError) as e:
+        attn.sdpa(q, k, v, causal="bottom-right", q_offsets=[0, 1])
+    assert e.value.status == "ATTN_ERR_INVALID_ARG" and "align" in e.value.message
+    with pytest.raises(attn.AttnError) as e:
+        attn.sdpa(q, k, v, q_offsets=[0, 2 ** 61])
+    assert "q_offsets[1]" in e.value.message
+    for bad in ([0.5, 1], [0, np.nan], ["a", "b"], [0, 2.0 ** 70]):
+        with pytest.raises(ValueError, match="q_offsets"):
+            attn.sdpa(q, k, v, q_offsets=bad)
+    with pytest.raises(ValueError, match="kv_lens"):
+        attn.sdpa(q, k, v, kv_lens=[2.5, 3])
+    with pytest.raises(ValueError, match="q_offsets"):
+        attn.sdpa(q, k, v, q_offsets=[1])
+
+
 def test_blhd_layout_and_strided_views(rng):
     q, k, v = qkv(rng, Lq=6, Lk=10)
     want = ref.sdpa(q, k, v, causal=True, align="bottom-right")[0]
