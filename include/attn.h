@@ -543,7 +543,9 @@ ATTN_API void attn_sdpa_params_init(attn_sdpa_params *p);
  *  (scale, softcap, align, window extents, kv_lens, strides),
  *  ATTN_ERR_ALIASING, ATTN_ERR_OVERFLOW (a dim too large for BLAS),
  *  ATTN_ERR_NO_MEMORY.
- * Thread safety: uses up to the context's threads.
+ * Thread safety: uses up to the context's threads; the result is the same
+ * bits for any thread count (for a given BLAS thread setting: a threaded
+ * OpenBLAS may round its products differently).
  * @since 0.1.0 */
 ATTN_API attn_status attn_sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
                                const attn_tensor *v, attn_tensor *out,

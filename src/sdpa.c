@@ -7,8 +7,10 @@
  * every query head of the kv head's group, ordered (position, head), so a
  * K/V tile read from memory serves the whole group (grouped-query decoding
  * reads K/V once, not once per query head). Keys are further split into
- * chunks merged through their log-sum-exp when there are fewer items than
- * threads (decoding with one kv head and a long cache). */
+ * chunks merged through their log-sum-exp when there are few items
+ * (decoding with one kv head and a long cache). The split depends on the
+ * shape only, never on the thread count, and chunks merge in a fixed order:
+ * the result is the same bits for any number of threads. */
 #include "internal.h"
 #include "simd/kernels.h"
 
@@ -29,6 +31,10 @@
 #define MAX_Q_OFFSET ((int64_t)1 << 60)
 /* A key chunk of a split item holds at least this many keys. */
 #define MIN_CHUNK_KEYS 1024
+/* Problems with fewer items than this split their keys into chunks, up to
+ * about this many tasks: enough to feed 32 threads, decided from the shape
+ * alone so that the thread count cannot change the rounding. */
+#define SPLIT_TASKS 32
 
 typedef struct {
   int64_t B, Hq, Hkv, G, Lq, Lk, D, Dv;
@@ -436,8 +442,8 @@ static attn_status plan_problem(attn_ctx *ctx, const char *fn, sdpa_problem *p,
     threads = 1;
   p->n_split = 1;
   p->chunk_keys = p->Lk;
-  if (threads > 1 && p->n_items < 2 * threads && p->Lk >= 2 * MIN_CHUNK_KEYS) {
-    int64_t want = (2 * threads + p->n_items - 1) / p->n_items;
+  if (p->n_items < SPLIT_TASKS && p->Lk >= 2 * MIN_CHUNK_KEYS) {
+    int64_t want = (SPLIT_TASKS + p->n_items - 1) / p->n_items;
     int64_t most = p->Lk / MIN_CHUNK_KEYS;
     p->n_split = want < most ? want : most;
     /* Chunks are whole tiles so the split changes no tile boundary. */
