@@ -37,7 +37,7 @@ class RefSdpaArgs(C.Structure):
         ("scale", C.c_double), ("softcap", C.c_double), ("causal", C.c_int),
         ("bottom_right", C.c_int), ("window", C.c_int), ("window_left", C.c_int64),
         ("window_right", C.c_int64), ("mask", P), ("ms", I64x4), ("bool_mask", P),
-        ("bs", I64x4), ("kv_lens", P), ("alibi_slopes", P), ("sinks", P)]
+        ("bs", I64x4), ("kv_lens", P), ("alibi_slopes", P), ("sinks", P), ("q_offsets", P)]
 
 
 class RefView(C.Structure):
@@ -129,9 +129,13 @@ class Case:
         return g
 
     def visible(self):
-        i = torch.arange(self.Lq).view(-1, 1)
-        j = torch.arange(self.Lk).view(1, -1)
-        ip = i + (self.Lk - self.Lq if self.bottom_right else 0)
+        i = torch.arange(self.Lq).view(1, 1, -1, 1)
+        j = torch.arange(self.Lk).view(1, 1, 1, -1)
+        ip = i
+        if self.bottom_right:  # the last query sits at the sequence's last key
+            keys = (torch.full((self.B,), self.Lk) if self.kv_lens is None
+                    else torch.from_numpy(np.asarray(self.kv_lens, np.int64)))
+            ip = i + keys.view(-1, 1, 1, 1) - self.Lq
         vis = torch.ones(self.B, self.Hq, self.Lq, self.Lk, dtype=torch.bool)
         if self.causal:
             vis &= j <= ip
