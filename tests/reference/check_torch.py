@@ -74,7 +74,7 @@ def dyadic(rng, shape, span=2.0):
 class Case:
     def __init__(self, name, rng, B=2, Hq=2, Hkv=2, Lq=5, Lk=7, D=4, Dv=4, scale=0.0,
                  softcap=0.0, causal=0, bottom_right=0, window=None, kv_lens=None,
-                 mask=False, bool_mask=False, alibi=False, sinks=False):
+                 mask=False, bool_mask=False, alibi=False, sinks=False, q_offsets=None):
         self.name = name
         self.B, self.Hq, self.Hkv, self.Lq, self.Lk, self.D, self.Dv = B, Hq, Hkv, Lq, Lk, D, Dv
         self.q = dyadic(rng, (B, Hq, Lq, D))
@@ -83,6 +83,7 @@ class Case:
         self.scale, self.softcap = scale, softcap
         self.causal, self.bottom_right, self.window = causal, bottom_right, window
         self.kv_lens = None if kv_lens is None else np.array(kv_lens, np.int64)
+        self.q_offsets = None if q_offsets is None else np.array(q_offsets, np.int64)
         self.mask = None
         if mask:
             m = dyadic(rng, (B, Hq, Lq, Lk))
@@ -110,6 +111,7 @@ class Case:
         if self.bool_mask is not None:
             a.bs = contig_strides(self.bool_mask.shape)
         a.kv_lens, a.alibi_slopes, a.sinks = ptr(self.kv_lens), ptr(self.alibi), ptr(self.sinks)
+        a.q_offsets = ptr(self.q_offsets)
         return a
 
     def ref_forward(self):
@@ -129,20 +131,25 @@ class Case:
         return g
 
     def visible(self):
+        # Query positions per batch (attn.h): q_offsets[b] + i, or bottom-right
+        # i + kv_lens[b] - Lq (Lk without kv_lens), or top-left i.
         i = torch.arange(self.Lq).view(1, 1, -1, 1)
         j = torch.arange(self.Lk).view(1, 1, 1, -1)
-        ip = i
-        if self.bottom_right:  # the last query sits at the sequence's last key
-            keys = (torch.full((self.B,), self.Lk) if self.kv_lens is None
-                    else torch.from_numpy(np.asarray(self.kv_lens, np.int64)))
-            ip = i + keys.view(-1, 1, 1, 1) - self.Lq
+        if self.q_offsets is not None:
+            ip = i + torch.from_numpy(self.q_offsets).view(-1, 1, 1, 1)
+        elif self.bottom_right:
+            lens = (torch.from_numpy(self.kv_lens) if self.kv_lens is not None
+                    else torch.full((self.B,), self.Lk))
+            ip = i + lens.view(-1, 1, 1, 1) - self.Lq
+        else:
+            ip = i
         vis = torch.ones(self.B, self.Hq, self.Lq, self.Lk, dtype=torch.bool)
         if self.causal:
             vis &= j <= ip
         if self.window is not None:
             vis &= (ip - j <= self.window[0]) & (j - ip <= self.window[1])
         if self.kv_lens is not None:
-            vis &= j.view(1, 1, 1, -1) < torch.from_numpy(self.kv_lens).view(-1, 1, 1, 1)
+            vis &= j < torch.from_numpy(self.kv_lens).view(-1, 1, 1, 1)
         if self.bool_mask is not None:
             vis &= torch.from_numpy(self.bool_mask) != 0
         if self.mask is not None:
@@ -215,9 +222,14 @@ def sdpa_cases(rng):
     yield Case("softcap", rng, softcap=1.5, scale=1.0)
     yield Case("sinks", rng, sinks=True)
     yield Case("sinks-empty-rows", rng, sinks=True, kv_lens=[0, 4])
+    yield Case("q_offsets", rng, causal=1, window=(3, 1), alibi=True, q_offsets=[2, -1])
+    yield Case("causal-br-kv_lens", rng, causal=1, bottom_right=1, kv_lens=[5, 2], alibi=True)
     yield Case("everything", rng, Hq=4, Hkv=2, D=6, Dv=3, softcap=2.0, causal=1,
                bottom_right=1, Lq=4, Lk=9, window=(5, 2), kv_lens=[8, 6], mask=True,
                bool_mask=True, alibi=True, sinks=True)
+    yield Case("everything-q_offsets", rng, Hq=4, Hkv=1, D=3, Dv=5, softcap=1.0, causal=1,
+               Lq=6, Lk=8, window=(4, 1), kv_lens=[7, 5], mask=True, alibi=True, sinks=True,
+               q_offsets=[1, 0])
 
 
 def check_sdpa_vs_torch(rng):
