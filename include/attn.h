@@ -6,7 +6,8 @@
  * --------
  * Everything starts from a context (attn_ctx). It owns its allocator, its
  * thread count, its scratch memory, the text of the last error, and every
- * tensor created from it. Tensors are fp32 (masks: uint8), 1 to 4 dims,
+ * tensor created from it. Tensors are fp32 (masks: uint8; f16 and bf16
+ * tensors exist and convert, see attn_tensor_copy()), 1 to 4 dims,
  * axes outermost first (as NumPy and PyTorch), shapes and strides int64,
  * strides counted in elements with the innermost axis contiguous.
  *
@@ -195,10 +196,24 @@ ATTN_API int32_t attn_ctx_num_threads(const attn_ctx *ctx);
  * attn_tensor_wrap(). */
 typedef struct attn_tensor attn_tensor;
 
-/** Element types. */
+/** Element types.
+ *
+ * The 2-byte float types (@since 0.2.0) are stored as uint16_t bit patterns
+ * in the platform's byte order. Conversions (attn_tensor_copy()) widen
+ * exactly and narrow by rounding to nearest, ties to even, once; an f32
+ * beyond the narrow type's range becomes +-Inf (for f16: |x| >= 65520, the
+ * midpoint above the largest finite 65504); subnormal results are kept, not
+ * flushed. NaN stays NaN in every direction: sign kept, quiet bit set, and
+ * the payload's leading bits kept as far as they fit (an f32 payload loses
+ * its low 13 bits in f16, its low 16 in bf16), as x86's F16C and AVX-512 BF16
+ * instructions do. Every kernel set gives the same bits.
+ * Ops do not yet compute in f16/bf16: they refuse such operands with
+ * ATTN_ERR_UNSUPPORTED (convert with attn_tensor_copy()). */
 typedef enum attn_dtype {
   ATTN_DTYPE_F32 = 0,  /**< IEEE-754 binary32: data, additive masks */
   ATTN_DTYPE_U8 = 1,   /**< uint8: boolean masks, nonzero = keep */
+  ATTN_DTYPE_F16 = 2,  /**< IEEE-754 binary16 (1 sign, 5 exponent, 10 fraction bits) */
+  ATTN_DTYPE_BF16 = 3, /**< bfloat16: the upper 16 bits of a binary32 (8 exponent, 7 fraction) */
   ATTN_DTYPE_MAX_ = 0x7fffffff
 } attn_dtype;
 
@@ -247,6 +262,22 @@ ATTN_API attn_status attn_tensor_wrap(attn_ctx *ctx, int32_t dtype, int32_t ndim
  *  freed, or created from another context).
  * @since 0.1.0 */
 ATTN_API attn_status attn_tensor_free(attn_ctx *ctx, attn_tensor *t);
+
+/** Copy a tensor's elements into another of the same shape, converting the
+ * element type: any of F32, F16 and BF16 into any of them (rounding as
+ * described at attn_dtype, once, so F16 -> BF16 is exact to the nearest
+ * BF16), or U8 into U8.
+ * @param[in] ctx the context both tensors belong to.
+ * @param[in] src the elements; zero strides (broadcast) allowed.
+ * @param[out] dst receives them: same dims as src, distinct elements (no zero
+ *  strides). It may be src itself (same view and dtype: nothing to do) but
+ *  must not otherwise overlap it.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_SHAPE
+ *  (dims differ), ATTN_ERR_UNSUPPORTED (U8 with a float type),
+ *  ATTN_ERR_INVALID_ARG (dst strides), ATTN_ERR_ALIASING (partial overlap).
+ *  On failure dst is unchanged.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_tensor_copy(attn_ctx *ctx, const attn_tensor *src, attn_tensor *dst);
 
 /** The tensor's data.
  * @param[in] t a tensor, or NULL.
@@ -583,16 +614,17 @@ ATTN_API attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q,
  * @return e.g. "cpu: sse2 avx2 fma avx512f; kernels: avx512" (static storage).
  * @since 0.1.0
  *
- * Kernel sets: "sse2" (any x86-64), "avx2" (AVX2 + FMA), "avx512" (AVX-512F),
- * or "scalar" off x86. A feature counts only if the OS also enables its
+ * Kernel sets: "sse2" (any x86-64), "avx2" (AVX2 + FMA + F16C), "avx512"
+ * (AVX-512F), "avx512bf16" (the same, narrowing to bf16 with AVX-512 BF16;
+ * @since 0.2.0), or "scalar" off x86. A feature counts only if the OS also enables its
  * registers (XGETBV). The probe runs once per process, on the first call of
  * this function or of an op, and is thread-safe. The environment variable
- * ATTN_KERNELS=sse2|avx2|avx512, read by that probe, forces a set (for tests
+ * ATTN_KERNELS=sse2|avx2|avx512|avx512bf16, read by that probe, forces a set (for tests
  * and benchmarks); a set this CPU cannot run, or an unknown name, is refused:
  * the best set is used and the string ends with
  * " (ATTN_KERNELS=... refused: ...)". Every set computes exp within 1.02 ULP
  * (measured over every float in [-104, 89]), so results differ between sets
- * only in the last bits. */
+ * only in the last bits; dtype conversions give the same bits in every set. */
 ATTN_API const char *attn_cpu_info(void);
 
 /** Write a line describing the linked BLAS (name, version, core, threads).

@@ -67,9 +67,12 @@ attn_status attn__read_params(attn_ctx *ctx, const char *fn, void *dst, size_t d
 
 /* ---- validation (tensor.c) ---- */
 size_t attn__dtype_size(int32_t dtype);
+/* "F32", "U8", "F16", "BF16" or "unknown". */
+const char *attn__dtype_name(int32_t dtype);
 /* ctx non-NULL and alive. Returns ATTN_ERR_NULL_ARG / BAD_HANDLE. */
 attn_status attn__check_ctx(const attn_ctx *ctx);
-/* t non-NULL, alive, from ctx, of dtype and ndim within [min_nd, max_nd]. */
+/* t non-NULL, alive, from ctx, of dtype (any if dtype < 0) and ndim within
+ * [min_nd, max_nd]. */
 attn_status attn__check_tensor(attn_ctx *ctx, const char *fn, const char *name,
                                const attn_tensor *t, int32_t dtype, int32_t min_nd,
                                int32_t max_nd);

@@ -7,14 +7,18 @@ size_t attn__dtype_size(int32_t dtype) {
   switch (dtype) {
   case ATTN_DTYPE_F32: return 4;
   case ATTN_DTYPE_U8: return 1;
+  case ATTN_DTYPE_F16: return 2;
+  case ATTN_DTYPE_BF16: return 2;
   default: return 0;
   }
 }
 
-static const char *dtype_name(int32_t dtype) {
+const char *attn__dtype_name(int32_t dtype) {
   switch (dtype) {
   case ATTN_DTYPE_F32: return "F32";
   case ATTN_DTYPE_U8: return "U8";
+  case ATTN_DTYPE_F16: return "F16";
+  case ATTN_DTYPE_BF16: return "BF16";
   default: return "unknown";
   }
 }
@@ -147,7 +151,7 @@ attn_status attn_tensor_wrap(attn_ctx *ctx, int32_t dtype, int32_t ndim, const i
     return attn__fail(ctx, ATTN_ERR_NULL_ARG, "%s: data is NULL", fn);
   if ((uintptr_t)data % attn__dtype_size(dtype))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: data %p is not aligned for %s", fn,
-                      data, dtype_name(dtype));
+                      data, attn__dtype_name(dtype));
   int64_t s[ATTN_MAX_DIMS] = {0};
   if (strides) {
     for (int32_t i = 0; i < ndim; i++) {
@@ -233,9 +237,14 @@ attn_status attn__check_tensor(attn_ctx *ctx, const char *fn, const char *name,
   if (t->ctx != ctx)
     return attn__fail(ctx, ATTN_ERR_BAD_HANDLE,
                       "%s: %s was created from another context", fn, name);
-  if (t->dtype != dtype)
-    return attn__fail(ctx, ATTN_ERR_UNSUPPORTED, "%s: %s has dtype %s but must be %s", fn,
-                      name, dtype_name(t->dtype), dtype_name(dtype));
+  if (dtype >= 0 && t->dtype != dtype)
+    /* Until the ops compute in f16/bf16 they refuse it here, before any
+     * byte is read as float; the message says how to get there. */
+    return attn__fail(ctx, ATTN_ERR_UNSUPPORTED, "%s: %s has dtype %s but must be %s%s", fn,
+                      name, attn__dtype_name(t->dtype), attn__dtype_name(dtype),
+                      (t->dtype == ATTN_DTYPE_F16 || t->dtype == ATTN_DTYPE_BF16)
+                          ? " (convert with attn_tensor_copy)"
+                          : "");
   if (t->ndim < min_nd || t->ndim > max_nd) {
     if (min_nd == max_nd)
       return attn__fail(ctx, ATTN_ERR_SHAPE, "%s: %s has %d dims but must have %d", fn, name,

@@ -86,6 +86,7 @@ _Static_assert(ATTN_OK == 0 && ATTN_ERR_NULL_ARG == 1 && ATTN_ERR_INVALID_ARG ==
                    ATTN_ERR_ALIASING == 8,
                "attn_status values are pinned");
 _Static_assert(ATTN_DTYPE_F32 == 0 && ATTN_DTYPE_U8 == 1, "attn_dtype values are pinned");
+_Static_assert(ATTN_DTYPE_F16 == 2 && ATTN_DTYPE_BF16 == 3, "attn_dtype values are pinned (0.2)");
 _Static_assert(ATTN_PE_INTERLEAVED == 0 && ATTN_PE_SIN_COS == 1 && ATTN_PE_SIN_COS_SHIFTED == 2 &&
                    ATTN_PE_COS_SIN == 3,
                "attn_pe_layout values are pinned");

@@ -574,8 +574,9 @@ static void cpu_info_names_the_kernels(void **state) {
     __builtin_cpu_init();
     int has = !strcmp(want, "sse2") ||
               (!strcmp(want, "avx2") && __builtin_cpu_supports("avx2") &&
-               __builtin_cpu_supports("fma")) ||
-              (!strcmp(want, "avx512") && __builtin_cpu_supports("avx512f"));
+               __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) ||
+              (!strcmp(want, "avx512") && __builtin_cpu_supports("avx512f")) ||
+              (!strcmp(want, "avx512bf16") && __builtin_cpu_supports("avx512bf16"));
     char expect[64];
     snprintf(expect, sizeof expect, "kernels: %s", want);
     if (has && !strstr(info, expect))

@@ -1,7 +1,8 @@
 /* Row kernels chosen once at run time from the CPU's features (cpu.c).
  * They know nothing of handles: plain pointers and lengths, valid input.
  * Every kernel set computes exp the same way (src/simd/rows_body.h), so the
- * sets differ only in vector width and in the use of FMA. */
+ * sets differ only in vector width and in the use of FMA. The dtype
+ * conversions give the same bits in every set (the rules: src/simd/half.h). */
 #ifndef ATTN_KERNELS_H
 #define ATTN_KERNELS_H
 
@@ -25,6 +26,13 @@ typedef struct attn_kernels {
   /* y[i] = (x[i] - a) - b, in that order (log-softmax: z - max - log sum).
    * y may be x. */
   void (*sub2)(const float *x, float *y, int64_t n, float a, float b);
+  /* n elements between f32 and f16 / bf16 (half.h: nearest even, IEEE
+   * overflow and subnormals, NaN made quiet). Source and destination do not
+   * overlap. */
+  void (*f32_to_f16)(const float *x, uint16_t *y, int64_t n);
+  void (*f16_to_f32)(const uint16_t *x, float *y, int64_t n);
+  void (*f32_to_bf16)(const float *x, uint16_t *y, int64_t n);
+  void (*bf16_to_f32)(const uint16_t *x, float *y, int64_t n);
 } attn_kernels;
 
 /* The kernel set for this CPU, probed once (thread-safe). */
@@ -34,8 +42,20 @@ const attn_kernels *attn__kernels(void);
  * call on a CPU (and OS) with its instruction set. */
 #if defined(ATTN_HAVE_X86_KERNELS)
 extern const attn_kernels attn__kernels_sse2;
-extern const attn_kernels attn__kernels_avx2;
-extern const attn_kernels attn__kernels_avx512;
+extern const attn_kernels attn__kernels_avx2;       /* AVX2 + FMA + F16C */
+extern const attn_kernels attn__kernels_avx512;     /* AVX-512F */
+extern const attn_kernels attn__kernels_avx512bf16; /* the same + AVX-512 BF16 */
+
+/* The conversions of each set (src/simd/half_*.c), for the tables. */
+#define ATTN_DECLARE_CONVERSIONS(set)                                                   \
+  void attn__f32_to_f16_##set(const float *x, uint16_t *y, int64_t n);                  \
+  void attn__f16_to_f32_##set(const uint16_t *x, float *y, int64_t n);                  \
+  void attn__f32_to_bf16_##set(const float *x, uint16_t *y, int64_t n);                 \
+  void attn__bf16_to_f32_##set(const uint16_t *x, float *y, int64_t n);
+ATTN_DECLARE_CONVERSIONS(sse2)
+ATTN_DECLARE_CONVERSIONS(avx2)
+ATTN_DECLARE_CONVERSIONS(avx512)
+void attn__f32_to_bf16_avx512bf16(const float *x, uint16_t *y, int64_t n);
 #else
 extern const attn_kernels attn__kernels_scalar;
 #endif

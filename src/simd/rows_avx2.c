@@ -65,4 +65,5 @@ static inline double vsum_total(vsum s) {
 
 #include "rows_body.h"
 
-const attn_kernels attn__kernels_avx2 = ROWS_TABLE("avx2");
+const attn_kernels attn__kernels_avx2 = ROWS_TABLE("avx2", attn__f32_to_f16_avx2, attn__f16_to_f32_avx2,
+                                                     attn__f32_to_bf16_avx2, attn__bf16_to_f32_avx2);

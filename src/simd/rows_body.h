@@ -129,5 +129,9 @@ static void sub2(const float *x, float *y, int64_t n, float a, float b) {
     v_store_part(y + i, n - i, v_sub(v_sub(v_load_part(x + i, n - i, 0.0f), va), vb));
 }
 
-#define ROWS_TABLE(set_name)                                                             \
-  { set_name, row_max, exp_shift_sum, sum_exp_shift, scale, scale_add, sub2 }
+/* The set's table: these row kernels and the given conversions. */
+#define ROWS_TABLE(set_name, f32_to_f16, f16_to_f32, f32_to_bf16, bf16_to_f32)          \
+  {                                                                                     \
+    set_name, row_max, exp_shift_sum, sum_exp_shift, scale, scale_add, sub2, f32_to_f16, \
+        f16_to_f32, f32_to_bf16, bf16_to_f32                                            \
+  }

@@ -1,5 +1,6 @@
 /* Portable row kernels for builds without the x86 sets (cpu.c uses them
  * off x86): plain loops over libm's expf. */
+#include "half.h"
 #include "kernels.h"
 
 #include <math.h>
@@ -50,5 +51,6 @@ static void sub2(const float *x, float *y, int64_t n, float a, float b) {
   }
 }
 
-const attn_kernels attn__kernels_scalar = {"scalar",  row_max, exp_shift_sum, sum_exp_shift,
-                                           scale,     scale_add, sub2};
+const attn_kernels attn__kernels_scalar = {
+    "scalar",  row_max, exp_shift_sum, sum_exp_shift, scale, scale_add, sub2, half_rows_f32_to_f16,
+    half_rows_f16_to_f32, half_rows_f32_to_bf16, half_rows_bf16_to_f32};

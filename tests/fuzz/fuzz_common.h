@@ -252,7 +252,9 @@ typedef struct {
   attn_tensor *t;
 } fz_tensor;
 
-static inline size_t fz_dtype_size(int32_t dtype) { return dtype == ATTN_DTYPE_U8 ? 1 : 4; }
+static inline size_t fz_dtype_size(int32_t dtype) {
+  return dtype == ATTN_DTYPE_U8 ? 1 : dtype == ATTN_DTYPE_F16 || dtype == ATTN_DTYPE_BF16 ? 2 : 4;
+}
 
 /* Bytes from the first element to one past the last; 0 on overflow or an
  * invalid layout. Written independently of src/tensor.c. */

@@ -1,11 +1,14 @@
 /* Fuzz target: contexts and tensors. The input is a script of actions
  * (create, wrap, free, free twice, free through the wrong context, accessors,
- * info functions) on one or two contexts with fuzzed options and a counting
+ * info functions, copies with dtype conversion checked element by element
+ * against tests/reference/ref_half.c) on one or two contexts with fuzzed
+ * options and a counting
  * allocator that may fail. Checks: every status agrees with the header's
  * rules (an independent oracle for layouts and sizes), out-pointers are
  * written only on success, owned buffers are zero-filled, wrapped buffers
  * are never touched, and destroying the contexts frees every allocation. */
 #include "fuzz_common.h"
+#include "ref_half.h"
 
 #define MAX_LIVE 16
 
@@ -64,12 +67,12 @@ static attn_ctx *make_ctx(fz_in *in, fz_alloc_state *a) {
 
 static void do_new(fz_in *in, attn_ctx *ctx, fz_alloc_state *a, live_tensor *lv, int *n_live,
                    int ci) {
-  int32_t dtype = fz_chance(in, 240) ? (int32_t)fz_range(in, 0, 1) : fz_enum(in, 2);
+  int32_t dtype = fz_chance(in, 240) ? (int32_t)fz_range(in, 0, 3) : fz_enum(in, 4);
   int32_t ndim = fz_chance(in, 240) ? (int32_t)fz_range(in, 1, 4) : (int32_t)fz_range(in, -1, 6);
   int64_t dims[8];
   for (int i = 0; i < 8; i++)
     dims[i] = fz_dim(in, 12);
-  int layout_ok = ndim >= 1 && ndim <= 4 && (dtype == 0 || dtype == 1);
+  int layout_ok = ndim >= 1 && ndim <= 4 && dtype >= 0 && dtype <= 3;
   unsigned __int128 bytes = fz_dtype_size(dtype);
   for (int32_t i = 0; layout_ok && i < ndim; i++) {
     if (dims[i] < 1)
@@ -121,7 +124,7 @@ static void do_new(fz_in *in, attn_ctx *ctx, fz_alloc_state *a, live_tensor *lv,
 }
 
 static void do_wrap(fz_in *in, attn_ctx *ctx, live_tensor *lv, int *n_live, int ci) {
-  int32_t dtype = (int32_t)fz_range(in, 0, 1);
+  int32_t dtype = (int32_t)fz_range(in, 0, 3);
   int32_t ndim = (int32_t)fz_range(in, 1, 4);
   int64_t dims[ATTN_MAX_DIMS];
   for (int i = 0; i < ATTN_MAX_DIMS; i++)
@@ -147,6 +150,81 @@ static void do_wrap(fz_in *in, attn_ctx *ctx, live_tensor *lv, int *n_live, int 
   l->wrapped = tz;
   l->ndim = ndim;
   memcpy(l->dims, dims, sizeof dims);
+}
+
+/* An element as f32 bits (float types) or its byte (U8). */
+static uint32_t elem_bits(int32_t dtype, const unsigned char *p) {
+  if (dtype == ATTN_DTYPE_U8)
+    return *p;
+  if (dtype == ATTN_DTYPE_F32) {
+    uint32_t b;
+    memcpy(&b, p, 4);
+    return b;
+  }
+  uint16_t h;
+  memcpy(&h, p, 2);
+  return dtype == ATTN_DTYPE_F16 ? ref_from_f16(h) : ref_from_bf16(h);
+}
+
+static int is_float_dtype(int32_t dt) { return dt == 0 || dt == 2 || dt == 3; }
+
+/* attn_tensor_copy from a live tensor into a fresh wrapped one of a fuzzed
+ * dtype and layout (sometimes another shape, or a broadcasting output). */
+static void do_copy(fz_in *in, attn_ctx *ctx, live_tensor *l) {
+  const attn_tensor *src = l->t;
+  int32_t st_dt = attn_tensor_dtype(src), dt = (int32_t)fz_range(in, 0, 3);
+  int64_t dims[ATTN_MAX_DIMS];
+  memcpy(dims, l->dims, sizeof dims);
+  int reshaped = fz_chance(in, 16);
+  if (reshaped)
+    dims[fz_u8(in) % l->ndim] += 1;
+  int64_t numel = 1;
+  for (int32_t i = 0; i < l->ndim; i++)
+    numel = fz_mul_sat(numel, dims[i]);
+  if (numel > 4096)
+    return; /* keep it quick */
+  fz_tensor out;
+  fz_make_tensor(in, ctx, &out, dt, l->ndim, dims, FZ_OUTPUT);
+  if (!out.t) {
+    fz_tensor_release(&out);
+    return;
+  }
+  attn_status st = attn_tensor_copy(ctx, src, out.t);
+  int want_ok = !reshaped && is_float_dtype(st_dt) == is_float_dtype(dt) &&
+                !fz_broadcasts(&out) && !out.exotic;
+  if (st != ATTN_OK) {
+    FZ_CHECK(!want_ok, "attn_tensor_copy refused: %s: %s", attn_status_string(st),
+             attn_ctx_last_error(ctx));
+    FZ_CHECK(fz_unchanged(&out), "dst written on failure");
+    if (reshaped)
+      FZ_CHECK(st == ATTN_ERR_SHAPE, "reshaped gave %s", attn_status_string(st));
+  } else {
+    FZ_CHECK(!reshaped && is_float_dtype(st_dt) == is_float_dtype(dt) && !fz_broadcasts(&out),
+             "attn_tensor_copy accepted a bad request");
+    const unsigned char *sp = attn_tensor_data(src);
+    const int64_t *ss = attn_tensor_strides(src);
+    size_t se = fz_dtype_size(st_dt), de = fz_dtype_size(dt);
+    int64_t n = fz_numel(&out);
+    for (int64_t f = 0; f < n; f++) {
+      int64_t so = 0, rem = f;
+      for (int32_t i = l->ndim - 1; i >= 0; i--) {
+        so += (rem % l->dims[i]) * ss[i];
+        rem /= l->dims[i];
+      }
+      uint32_t x = elem_bits(st_dt, sp + so * (int64_t)se);
+      const unsigned char *dp = (const unsigned char *)fz_data(&out) + fz_offset(&out, f) * (int64_t)de;
+      uint32_t want = dt == ATTN_DTYPE_F16    ? ref_to_f16(x)
+                      : dt == ATTN_DTYPE_BF16 ? ref_to_bf16(x)
+                                              : x;
+      uint32_t got = 0;
+      memcpy(&got, dp, de); /* little-endian: the low bytes */
+      FZ_CHECK(got == want, "copy %d -> %d: element %lld is %08x, expected %08x", (int)st_dt,
+               (int)dt, (long long)f, got, want);
+    }
+    fz_check_gaps(&out, "dst");
+  }
+  FZ_CHECK(attn_tensor_free(ctx, out.t) == ATTN_OK, "free");
+  fz_tensor_release(&out);
 }
 
 static void drop(live_tensor *lv, int *n_live, int i) {
@@ -183,7 +261,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     attn_ctx *c = ctx[ci];
     if (fz_chance(&in, 6))
       a.fail_at = a.allocs + fz_range(&in, 1, 3);
-    switch (fz_u8(&in) % 10) {
+    switch (fz_u8(&in) % 11) {
     case 0: case 1:
       do_new(&in, c, &a, lv, &n_live, ci);
       break;
@@ -260,6 +338,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       attn_ctx_destroy(NULL);
       break;
     }
+    case 9: /* copy a live tensor of this context, converting */
+      if (n_live) {
+        live_tensor *l = &lv[fz_u8(&in) % n_live];
+        if (l->ctx == ci)
+          do_copy(&in, c, l);
+      }
+      break;
     default: /* accessors of a live tensor */
       if (n_live) {
         live_tensor *l = &lv[fz_u8(&in) % n_live];

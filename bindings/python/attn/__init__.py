@@ -16,9 +16,14 @@ axis, so transposed, sliced and broadcast views work as they are. Other
 inputs are converted to float32 / C order with a copy; arrays the library
 writes into (out=, inplace=True) must already qualify, else ValueError.
 Errors of the library raise AttnError(status, message).
+
+attn.convert(a, dtype) converts between float32, float16 and bfloat16 with
+the library's round-to-nearest-even kernels: float16 arrays are read in
+place, bfloat16 comes as uint16 bit patterns (src_dtype="bfloat16") or as
+torch tensors.
 """
 from ._lib import ABI_MAJOR, AttnError, LibraryNotFound
-from ._api import (LIBRARY_PATH, Context, alibi_slopes, blas_info, cpu_info,
+from ._api import (LIBRARY_PATH, Context, alibi_slopes, blas_info, convert, cpu_info,
                    default_context, get_num_threads, log_softmax, rope, sdpa, sdpa_varlen,
                    set_num_threads, sinusoidal, sinusoidal_add, softmax, version,
                    version_string)
@@ -27,7 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ABI_MAJOR", "AttnError", "Context", "LIBRARY_PATH", "LibraryNotFound", "alibi_slopes",
-    "blas_info", "cpu_info", "default_context", "get_num_threads", "log_softmax", "rope",
+    "blas_info", "convert", "cpu_info", "default_context", "get_num_threads", "log_softmax", "rope",
     "sdpa", "sdpa_varlen", "set_num_threads", "sinusoidal", "sinusoidal_add", "softmax",
     "version", "version_string",
 ]

@@ -208,6 +208,64 @@ def _float32_vector(a, name, fn, n):
     return a
 
 
+_DTYPE_NAMES = {"float32": "float32", "f32": "float32", "float16": "float16", "f16": "float16",
+                "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def _dtype_name(dtype, fn):
+    """"float32" / "float16" / "bfloat16" from a name, a NumPy dtype or a torch dtype."""
+    key = str(dtype).lower().replace("torch.", "")
+    if key not in _DTYPE_NAMES:
+        try:
+            key = np.dtype(dtype).name
+        except TypeError:
+            pass
+    if key not in _DTYPE_NAMES:
+        raise ValueError("%s: dtype %r is not float32, float16 or bfloat16" % (fn, dtype))
+    return _DTYPE_NAMES[key]
+
+
+def _half_kind(a, src_dtype, fn):
+    """The libattn type of a numpy array's elements: float32 and float16 from
+    the array's dtype; bfloat16 only as uint16 with src_dtype="bfloat16"."""
+    if src_dtype is not None:
+        want = _dtype_name(src_dtype, fn)
+        ok = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[want]
+        if a.dtype != ok:
+            raise TypeError("%s: src_dtype=%s needs a %s array, not %s"
+                            % (fn, want, np.dtype(ok).name, a.dtype))
+        return want
+    if a.dtype == np.float32:
+        return "float32"
+    if a.dtype == np.float16:
+        return "float16"
+    if a.dtype == np.uint16:
+        raise TypeError("%s: a uint16 array is ambiguous: pass src_dtype='bfloat16' "
+                        "(or 'float16') to say what its bits are" % fn)
+    raise TypeError("%s: a has dtype %s but must be float32 or float16 (bfloat16: a "
+                    "uint16 array with src_dtype='bfloat16', or a torch tensor)"
+                    % (fn, a.dtype))
+
+
+def _is_torch(a):
+    t = type(a)
+    return t.__module__.split(".")[0] == "torch" and t.__name__ in ("Tensor", "Parameter")
+
+
+def _torch_view(t, fn):
+    """A zero-copy numpy view of a CPU torch tensor and its element type."""
+    import torch
+    if t.device.type != "cpu":
+        raise ValueError("%s: the torch tensor is on %s; libattn reads CPU memory" % (fn, t.device))
+    t = t.detach()
+    kinds = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+    if t.dtype not in kinds:
+        raise TypeError("%s: torch dtype %s is not float32, float16 or bfloat16" % (fn, t.dtype))
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16), "bfloat16"
+    return t.numpy(), kinds[t.dtype]
+
+
 def _scale(scale, fn, name="scale"):
     if scale is None:
         return 0.0
@@ -310,6 +368,53 @@ class Context:
             raise RuntimeError("%s: this attn.Context is in use by another thread; "
                                "use one context per thread" % fn)
         return _Guarded(self, fn)
+
+    # ---- dtype conversion ----
+
+    def convert(self, a, dtype, *, src_dtype=None):
+        """Convert an array between float32, float16 and bfloat16 with the
+        library's kernels (attn_tensor_copy): widening is exact, narrowing
+        rounds to nearest even once, beyond-range values become +-inf, NaN
+        stays NaN.
+
+        a: a numpy array of float32 or float16 (read in place, no upcast), or
+        of uint16 holding bfloat16 bit patterns with src_dtype="bfloat16"
+        (NumPy has no bfloat16), or a torch tensor (float32, float16 or
+        bfloat16; CPU), read through a zero-copy view.
+        dtype: "float32", "float16" or "bfloat16" (NumPy dtypes work for the
+        first two). Returns a new array: float32 / float16, and for bfloat16
+        a uint16 array of bit patterns; a torch tensor when a was one."""
+        fn = "convert"
+        torch_in = _is_torch(a)
+        if torch_in:
+            a, src = _torch_view(a, fn)
+        else:
+            a = np.asarray(a)
+            src = _half_kind(a, src_dtype, fn)
+        dst = _dtype_name(dtype, fn)
+        codes = {"float32": _lib.DTYPE_F32, "float16": _lib.DTYPE_F16,
+                 "bfloat16": _lib.DTYPE_BF16}
+        np_of = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+        a_scalar = a.ndim == 0
+        if a_scalar:
+            a = a.reshape(1)
+        out = np.empty(a.shape, np_of[dst])
+        if a.size:
+            with self._call("attn_tensor_copy") as c:
+                strides = _element_strides(a)
+                if strides is None:
+                    a = np.array(a, order="C")
+                    strides = _element_strides(a)
+                hs = c._wrap(a, codes[src], strides, "a")
+                ho = c._wrap(out, codes[dst], _element_strides(out), "out")
+                c.check(_fn("attn_tensor_copy")(self._handle, hs, ho))
+        if a_scalar:
+            out = out.reshape(())
+        if torch_in:
+            import torch
+            t = torch.from_numpy(out.view(np.int16) if dst == "bfloat16" else out)
+            return t.view(torch.bfloat16) if dst == "bfloat16" else t
+        return out
 
     # ---- softmax family ----
 
@@ -651,3 +756,4 @@ rope = _module_level("rope")
 alibi_slopes = _module_level("alibi_slopes")
 sdpa = _module_level("sdpa")
 sdpa_varlen = _module_level("sdpa_varlen")
+convert = _module_level("convert")

@@ -29,6 +29,8 @@ STATUS_NAMES = {
 
 DTYPE_F32 = 0
 DTYPE_U8 = 1
+DTYPE_F16 = 2
+DTYPE_BF16 = 3
 MAX_DIMS = 4
 
 PE_LAYOUTS = {
@@ -162,6 +164,7 @@ _PROTOTYPES = {
     "attn_tensor_wrap": (ctypes.c_int, [_P, ctypes.c_int32, ctypes.c_int32, _c_int64_p,
                                         _c_int64_p, _P, ctypes.c_size_t, ctypes.POINTER(_P)]),
     "attn_tensor_free": (ctypes.c_int, [_P, _P]),
+    "attn_tensor_copy": (ctypes.c_int, [_P, _P, _P]),
     "attn_softmax_params_init": (None, [ctypes.POINTER(SoftmaxParams)]),
     "attn_softmax": (ctypes.c_int, [_P, _P, _P, ctypes.POINTER(SoftmaxParams)]),
     "attn_log_softmax": (ctypes.c_int, [_P, _P, _P, ctypes.POINTER(SoftmaxParams)]),

@@ -1,0 +1,104 @@
+"""attn.convert: float32 <-> float16 / bfloat16 through libattn's kernels,
+checked against NumPy's float16 casts (IEEE, nearest even) and torch's
+bfloat16 casts (nearest even) as independent references."""
+import numpy as np
+import pytest
+
+import attn
+
+try:
+    import torch
+except ImportError:  # torch is optional
+    torch = None
+
+
+def _all_f16():
+    return np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16)
+
+
+def _nasty_f32(n=200000, seed=1):
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+    edge = np.array([0.0, -0.0, 65504.0, 65519.99, 65520.0, -65520.0, 65536.0, 2**-24,
+                     2**-25, 1.5 * 2**-24, 2**-14, 1 + 2**-11, 1 + 3 * 2**-11, 1 + 2**-8,
+                     np.inf, -np.inf, 3.4028235e38, 1e-45], np.float32)
+    return np.concatenate([bits.view(np.float32), edge])
+
+
+def test_f16_widening_is_exact_for_all_patterns():
+    h = _all_f16()
+    got = attn.convert(h, "float32")
+    assert got.dtype == np.float32
+    want = h.astype(np.float32)
+    nan = np.isnan(want)
+    assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    assert np.isnan(got[nan]).all()
+    # Quiet bit set, sign and payload kept.
+    assert np.array_equal(got[nan].view(np.uint32) & 0x80000000,
+                          want[nan].view(np.uint32) & 0x80000000)
+    assert (got[nan].view(np.uint32) & 0x400000).all()
+
+
+def test_f16_narrowing_matches_numpy():
+    x = _nasty_f32()
+    got = attn.convert(x, np.float16)
+    assert got.dtype == np.float16
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16)
+    nan = np.isnan(x)
+    assert np.array_equal(got[~nan].view(np.uint16), want[~nan].view(np.uint16))
+    assert np.isnan(got[nan]).all()
+    # Round trip of every non-NaN half is exact.
+    h = _all_f16()
+    ok = ~np.isnan(h)
+    back = attn.convert(attn.convert(h, "float32"), "float16")
+    assert np.array_equal(back[ok].view(np.uint16), h[ok].view(np.uint16))
+
+
+def test_strided_and_scalar_inputs():
+    x = _nasty_f32(982).reshape(10, 100)
+    got = attn.convert(x.T, "float16")  # transposed: copied to a layout libattn reads
+    with np.errstate(over="ignore"):
+        want = x.T.astype(np.float16)
+    assert np.array_equal(got.view(np.uint16)[~np.isnan(want)],
+                          want.view(np.uint16)[~np.isnan(want)])
+    with np.errstate(over="ignore"):
+        h = x.astype(np.float16)[:, ::2][1:5]  # a strided float16 view, read in place
+    assert np.array_equal(attn.convert(h, "float32"), h.astype(np.float32), equal_nan=True)
+    assert attn.convert(np.float32(1.5), "float16") == np.float16(1.5)
+    assert attn.convert(np.zeros((0, 3), np.float32), "float16").shape == (0, 3)
+
+
+def test_bf16_needs_an_explicit_dtype():
+    u = np.zeros(4, np.uint16)
+    with pytest.raises(TypeError, match="src_dtype"):
+        attn.convert(u, "float32")
+    with pytest.raises(TypeError):
+        attn.convert(np.zeros(4, np.float64), "float16")
+    with pytest.raises(ValueError):
+        attn.convert(np.zeros(4, np.float32), "int8")
+    # bf16 widening is a shift: 0x3f80 is 1.0, 0xc000 is -2.0.
+    got = attn.convert(np.array([0x3f80, 0xc000, 0x7f80], np.uint16), "float32",
+                       src_dtype="bfloat16")
+    assert got.tolist() == [1.0, -2.0, float("inf")]
+
+
+@pytest.mark.skipif(torch is None, reason="torch not installed")
+def test_bf16_matches_torch():
+    x = _nasty_f32()
+    got = attn.convert(x, "bfloat16")
+    assert got.dtype == np.uint16
+    want = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    nan = np.isnan(x)
+    assert np.array_equal(got[~nan], want[~nan])
+    assert ((got[nan] & 0x7fc0) == 0x7fc0).all()  # quiet NaN
+    # torch tensors in and out, bfloat16 both ways.
+    t = torch.from_numpy(x[~nan].copy())
+    tb = attn.convert(t, "bfloat16")
+    assert tb.dtype == torch.bfloat16
+    assert torch.equal(tb.view(torch.int16), t.to(torch.bfloat16).view(torch.int16))
+    back = attn.convert(tb, torch.float32)
+    assert torch.equal(back, tb.to(torch.float32))
+    h = attn.convert(tb, "float16")
+    assert h.dtype == torch.float16
+    assert torch.equal(h.view(torch.int16), tb.to(torch.float32).to(torch.float16).view(torch.int16))

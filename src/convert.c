@@ -1,0 +1,93 @@
+/* attn_tensor_copy: element-wise copy between tensors of the same shape,
+ * converting f32 / f16 / bf16 with the dispatched kernels (simd/half.h has
+ * the rounding rules). Rows are contiguous (attn_tensor_wrap guarantees a
+ * unit innermost stride), so each row is one kernel call. */
+#include "internal.h"
+#include "simd/kernels.h"
+
+#include <string.h>
+
+/* f16 <-> bf16 goes through f32 (exact), in chunks of this many elements:
+ * one rounding, and the chunk stays in L1. */
+#define CHUNK 256
+
+static bool is_float(int32_t dtype) {
+  return dtype == ATTN_DTYPE_F32 || dtype == ATTN_DTYPE_F16 || dtype == ATTN_DTYPE_BF16;
+}
+
+static void widen(const attn_kernels *k, int32_t dtype, const void *x, float *y, int64_t n) {
+  if (dtype == ATTN_DTYPE_F16)
+    k->f16_to_f32(x, y, n);
+  else if (dtype == ATTN_DTYPE_BF16)
+    k->bf16_to_f32(x, y, n);
+  else
+    memcpy(y, x, (size_t)n * sizeof *y);
+}
+
+static void narrow(const attn_kernels *k, int32_t dtype, const float *x, void *y, int64_t n) {
+  if (dtype == ATTN_DTYPE_F16)
+    k->f32_to_f16(x, y, n);
+  else if (dtype == ATTN_DTYPE_BF16)
+    k->f32_to_bf16(x, y, n);
+  else
+    memcpy(y, x, (size_t)n * sizeof(float));
+}
+
+static void copy_row(const attn_kernels *k, int32_t st, const char *x, int32_t dt, char *y,
+                     int64_t n) {
+  if (st == dt)
+    memcpy(y, x, (size_t)n * attn__dtype_size(st));
+  else if (st == ATTN_DTYPE_F32)
+    narrow(k, dt, (const float *)x, y, n);
+  else if (dt == ATTN_DTYPE_F32)
+    widen(k, st, x, (float *)y, n);
+  else { /* f16 <-> bf16 */
+    float buf[CHUNK];
+    for (int64_t i = 0; i < n; i += CHUNK) {
+      int64_t m = n - i < CHUNK ? n - i : CHUNK;
+      widen(k, st, x + i * 2, buf, m);
+      narrow(k, dt, buf, y + i * 2, m);
+    }
+  }
+}
+
+attn_status attn_tensor_copy(attn_ctx *ctx, const attn_tensor *src, attn_tensor *dst) {
+  static const char fn[] = "attn_tensor_copy";
+  attn_status st = attn__check_ctx(ctx);
+  if (st != ATTN_OK)
+    return st;
+  if ((st = attn__check_tensor(ctx, fn, "src", src, -1, 1, ATTN_MAX_DIMS)) != ATTN_OK ||
+      (st = attn__check_tensor(ctx, fn, "dst", dst, -1, 1, ATTN_MAX_DIMS)) != ATTN_OK ||
+      (st = attn__check_same_shape(ctx, fn, "src", src, "dst", dst)) != ATTN_OK ||
+      (st = attn__check_writable(ctx, fn, "dst", dst)) != ATTN_OK)
+    return st;
+  if (is_float(src->dtype) != is_float(dst->dtype))
+    return attn__fail(ctx, ATTN_ERR_UNSUPPORTED,
+                      "%s: src has dtype %s but dst has %s (U8 copies only to U8)", fn,
+                      attn__dtype_name(src->dtype), attn__dtype_name(dst->dtype));
+  if (attn__same_view(src, dst))
+    return ATTN_OK; /* same elements, same type */
+  if (attn__overlap(src, dst))
+    return attn__fail(ctx, ATTN_ERR_ALIASING,
+                      "%s: dst overlaps src in memory (only the very same view is allowed)",
+                      fn);
+  const attn_kernels *k = attn__kernels();
+  /* Pad to 4 axes (leading dims 1); axis 3 is the row. */
+  int64_t dims[ATTN_MAX_DIMS], ss[ATTN_MAX_DIMS], ds[ATTN_MAX_DIMS];
+  int32_t pad = ATTN_MAX_DIMS - src->ndim;
+  for (int32_t i = 0; i < ATTN_MAX_DIMS; i++) {
+    bool in = i >= pad;
+    dims[i] = in ? src->dims[i - pad] : 1;
+    ss[i] = in ? src->strides[i - pad] : 0;
+    ds[i] = in ? dst->strides[i - pad] : 0;
+  }
+  size_t se = attn__dtype_size(src->dtype), de = attn__dtype_size(dst->dtype);
+  for (int64_t a = 0; a < dims[0]; a++)
+    for (int64_t b = 0; b < dims[1]; b++)
+      for (int64_t c = 0; c < dims[2]; c++) {
+        int64_t so = a * ss[0] + b * ss[1] + c * ss[2], dof = a * ds[0] + b * ds[1] + c * ds[2];
+        copy_row(k, src->dtype, (const char *)src->data + (size_t)so * se, dst->dtype,
+                 (char *)dst->data + (size_t)dof * de, dims[3]);
+      }
+  return ATTN_OK;
+}
