@@ -266,7 +266,8 @@ ATTN_API attn_status attn_tensor_free(attn_ctx *ctx, attn_tensor *t);
 /** Copy a tensor's elements into another of the same shape, converting the
  * element type: any of F32, F16 and BF16 into any of them (rounding as
  * described at attn_dtype, once, so F16 -> BF16 is exact to the nearest
- * BF16), or U8 into U8.
+ * BF16), or U8 into U8. Between tensors of one type the bits are copied
+ * unchanged (a signalling NaN stays signalling).
  * @param[in] ctx the context both tensors belong to.
  * @param[in] src the elements; zero strides (broadcast) allowed.
  * @param[out] dst receives them: same dims as src, distinct elements (no zero

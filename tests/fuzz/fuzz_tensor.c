@@ -211,11 +211,14 @@ static void do_copy(fz_in *in, attn_ctx *ctx, live_tensor *l) {
         so += (rem % l->dims[i]) * ss[i];
         rem /= l->dims[i];
       }
-      uint32_t x = elem_bits(st_dt, sp + so * (int64_t)se);
+      const unsigned char *ep = sp + so * (int64_t)se;
+      uint32_t x = elem_bits(st_dt, ep);
       const unsigned char *dp = (const unsigned char *)fz_data(&out) + fz_offset(&out, f) * (int64_t)de;
-      uint32_t want = dt == ATTN_DTYPE_F16    ? ref_to_f16(x)
-                      : dt == ATTN_DTYPE_BF16 ? ref_to_bf16(x)
-                                              : x;
+      uint32_t want = 0;
+      if (dt == st_dt) /* the same type: the bits, unchanged (NaN included) */
+        memcpy(&want, ep, de);
+      else
+        want = dt == ATTN_DTYPE_F16 ? ref_to_f16(x) : dt == ATTN_DTYPE_BF16 ? ref_to_bf16(x) : x;
       uint32_t got = 0;
       memcpy(&got, dp, de); /* little-endian: the low bytes */
       FZ_CHECK(got == want, "copy %d -> %d: element %lld is %08x, expected %08x", (int)st_dt,
