@@ -469,6 +469,144 @@ ATTN_API void attn_rope_params_init(attn_rope_params *p);
  * @since 0.1.0 */
 ATTN_API attn_status attn_rope(attn_ctx *ctx, attn_tensor *x, const attn_rope_params *p);
 
+/** Long-context scalings of the rotary frequencies, as Hugging Face
+ * transformers' modeling_rope_utils names them (rope_type). Let r be the
+ * rotary dim, i in 0..r/2-1, w_i = theta^(-2i/r) the default frequency,
+ * s the factor and P0 the original (pre-training) context length. */
+typedef enum attn_rope_scaling {
+  /** "default": w_i. Attention factor 1. */
+  ATTN_ROPE_SCALING_NONE = 0,
+  /** "linear" (position interpolation): w_i / s. */
+  ATTN_ROPE_SCALING_LINEAR = 1,
+  /** "ntk" (NTK-aware): theta replaced by theta * s^(r/(r-2)). */
+  ATTN_ROPE_SCALING_NTK = 2,
+  /** "dynamic" (dynamic NTK): theta replaced by theta * (s n / P0 - (s - 1))^(r/(r-2))
+   * with n = max(seq_len, P0); n = P0 gives the default frequencies. */
+  ATTN_ROPE_SCALING_DYNAMIC_NTK = 3,
+  /** "yarn": with d(k) = r ln(P0 / (2 pi k)) / (2 ln theta), lo =
+   * max(floor(d(beta_fast)), 0), hi = min(ceil(d(beta_slow)), r - 1) (no
+   * floor/ceil when yarn_no_truncate), hi += 0.001 if hi == lo, ramp_i =
+   * clamp((i - lo) / (hi - lo), 0, 1): (w_i / s) ramp_i + w_i (1 - ramp_i).
+   * Attention factor: the given one,
+   * else m(s, mscale) / m(s, mscale_all_dim) when both are set, else m(s, 1),
+   * with m(s, k) = 0.1 k ln s + 1 for s > 1 and 1 otherwise. */
+  ATTN_ROPE_SCALING_YARN = 4,
+  /** "llama3": with wavelength l_i = 2 pi / w_i, L_lo = P0 / low_freq_factor,
+   * L_hi = P0 / high_freq_factor: w_i / s if l_i > L_lo; w_i if l_i < L_hi;
+   * else (1 - g) w_i / s + g w_i with g = (P0 / l_i - low_freq_factor) /
+   * (high_freq_factor - low_freq_factor). */
+  ATTN_ROPE_SCALING_LLAMA3 = 5,
+  /** "longrope": w_i / f_i with f = long_factors when seq_len > P0, else
+   * short_factors. Attention factor: the given one, else 1 for s <= 1, else
+   * sqrt(1 + ln s / ln P0). */
+  ATTN_ROPE_SCALING_LONGROPE = 6,
+  ATTN_ROPE_SCALING_MAX_ = 0x7fffffff
+} attn_rope_scaling;
+
+/** Parameters of attn_rope_cache_fill(). Zero means the default in every
+ * field; the fields a scaling does not use must be 0. */
+typedef struct attn_rope_cache_params {
+  size_t struct_size;          /**< sizeof(attn_rope_cache_params) */
+  int32_t scaling;             /**< attn_rope_scaling; 0 = none */
+  int32_t apply_attention_factor; /**< nonzero: cos and sin are multiplied by the
+                                   attention factor (as transformers does);
+                                   0: the tables are plain cos and sin and the
+                                   factor is only returned */
+  double theta;                /**< base; 0 = 10000; finite and > 1 */
+  double factor;               /**< s: finite and > 0; required (non-zero) by
+                                    linear, ntk, dynamic, yarn and llama3; LongRoPE:
+                                    0 = max_position / original_max_position */
+  int64_t original_max_position; /**< P0 (> 0): required by dynamic, yarn, llama3,
+                                      longrope */
+  int64_t seq_len;             /**< dynamic and longrope: the sequence length the
+                                    tables serve; 0 = max_position (the table's rows) */
+  double beta_fast;            /**< yarn: 0 = 32 */
+  double beta_slow;            /**< yarn: 0 = 1 */
+  double mscale;               /**< yarn: 0 = unset */
+  double mscale_all_dim;       /**< yarn: 0 = unset */
+  double attention_factor;     /**< yarn, longrope: 0 = from the formula; else > 0 */
+  double low_freq_factor;      /**< llama3: 0 = 1 */
+  double high_freq_factor;     /**< llama3: 0 = 4; must exceed low_freq_factor */
+  const double *short_factors; /**< longrope: r/2 finite factors > 0 */
+  const double *long_factors;  /**< longrope: r/2 finite factors > 0 */
+  int32_t yarn_no_truncate;    /**< yarn: nonzero keeps lo and hi unrounded
+                                    (transformers' truncate = False) */
+  int32_t reserved_;           /**< must be 0 */
+} attn_rope_cache_params;
+
+/** Fill `p` with the defaults (and its struct_size).
+ * @param[out] p the parameters to fill; NULL is ignored.
+ * @since 0.2.0 */
+ATTN_API void attn_rope_cache_params_init(attn_rope_cache_params *p);
+
+/** Fill rotary cos/sin tables for attn_rope_cached(): cos[p, i] = a cos(p w_i),
+ * sin[p, i] = a sin(p w_i) for p in 0..P-1, with w_i the frequencies of the
+ * chosen scaling (attn_rope_scaling) and a the attention factor when
+ * apply_attention_factor is set, else 1. Frequencies, angles and sin/cos are
+ * computed in double (transformers computes them in float32, so tables agree
+ * to float32 rounding of the angle, about 1e-7 * p).
+ * @param[in]  ctx the context.
+ * @param[out] cos F32 [P, r/2]: P = max_position, r = the rotary dim. No zero
+ *                 strides; must not overlap sin.
+ * @param[out] sin F32 [P, r/2], the same shape.
+ * @param[in]  p   NULL for defaults (no scaling, theta 10000).
+ * @param[out] attention_factor receives the attention factor (the YaRN mscale;
+ *                 1 for the scalings that have none); may be NULL.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
+ *  (dtype, newer params), ATTN_ERR_SHAPE (not 2-D, shapes differ, r/2 < 2 for
+ *  ntk/dynamic, whose exponent r/(r-2) needs r > 2), ATTN_ERR_INVALID_ARG (a
+ *  parameter out of range or set for a scaling that does not use it, strides),
+ *  ATTN_ERR_ALIASING, ATTN_ERR_NO_MEMORY. Nothing is written on failure.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_rope_cache_fill(attn_ctx *ctx, attn_tensor *cos, attn_tensor *sin,
+                                          const attn_rope_cache_params *p,
+                                          double *attention_factor);
+
+/** Parameters of attn_rope_cached(). */
+typedef struct attn_rope_cached_params {
+  size_t struct_size;          /**< sizeof(attn_rope_cached_params) */
+  int32_t style;               /**< attn_rope_style; 0 = half-split */
+  int32_t num_heads;           /**< 3-D x [B, L, H*D]: the head count H (> 0);
+                                    must be 0 for 4-D x */
+  const int64_t *position_ids; /**< [B, L] contiguous row indices into 2-D
+                                    caches (0 <= id < P); NULL: token l reads
+                                    row l. Must be NULL with 3-D caches. */
+} attn_rope_cached_params;
+
+/** Fill `p` with the defaults (and its struct_size).
+ * @param[out] p the parameters to fill; NULL is ignored.
+ * @since 0.2.0 */
+ATTN_API void attn_rope_cached_params_init(attn_rope_cached_params *p);
+
+/** Rotary embedding from caller-given cos/sin tables, as ONNX
+ * RotaryEmbedding-23 and transformers' apply_rotary_pos_emb: the tables are
+ * arbitrary (need not be cos and sin of any angle). With c, s the table rows
+ * of token (b, l) and r = 2 * (last dim of the tables), pair (a, b) at index i
+ * (half-split: x[i], x[i + r/2]; interleaved: x[2i], x[2i+1]) becomes
+ * (a c_i - b s_i, a s_i + b c_i); dims r..D-1 are copied unchanged. The
+ * arithmetic is in double, so the only rounding is the final store.
+ * @param[in]  ctx the context.
+ * @param[in]  x   F32 [B, H, L, D] (a [B, L, H, D] buffer as the view with
+ *                 strides {L*H*D, D, H*D, 1}), or [B, L, H*D] with
+ *                 params.num_heads = H.
+ * @param[out] y   F32, x's shape, no zero strides; may be x itself (in place);
+ *                 any other overlap with x or the tables is ATTN_ERR_ALIASING.
+ * @param[in]  cos F32 [P, r/2] indexed by position_ids (or token index), or
+ *                 [B|1, L, r/2] per token (ONNX without position_ids; a batch
+ *                 dim of 1 is shared). r must be even and <= D.
+ * @param[in]  sin F32, cos's shape.
+ * @param[in]  p   NULL for defaults (half-split, 4-D x, row l for token l).
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
+ *  (dtype, newer params), ATTN_ERR_SHAPE (dims, H*D != x.shape[2], r > D, L > P
+ *  without position_ids), ATTN_ERR_INVALID_ARG (style, num_heads, a position id
+ *  outside 0..P-1, position_ids with 3-D tables, y strides), ATTN_ERR_ALIASING,
+ *  ATTN_ERR_NO_MEMORY. Every position id is checked before y is touched.
+ * Thread safety: uses up to the context's threads.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_rope_cached(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y,
+                                      const attn_tensor *cos, const attn_tensor *sin,
+                                      const attn_rope_cached_params *p);
+
 /** ALiBi slopes for n_heads heads (Press et al.): with n = 2^floor(log2 n_heads),
  * m0 = 2^(-max_bias/n), m1 = 2^(-max_bias/(2n)): slope[h] = m0^(h+1) for h < n,
  * else m1^(2(h-n)+1). With max_bias = 8 this is the reference list, for any
@@ -606,6 +744,97 @@ ATTN_API attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q,
                                       const int64_t *cu_seqlens_q,
                                       const int64_t *cu_seqlens_k,
                                       const attn_sdpa_params *p);
+/** @} */
+
+/** @name Pooling over the sequence axis
+ * The aggregation step that ends an attention pipeline: y = aggregate(x)
+ * over the tokens of each sequence.
+ * @{ */
+
+/** How attn_pool() aggregates the kept tokens of a sequence. */
+typedef enum attn_pool_mode {
+  ATTN_POOL_SUM = 0,      /**< sum of the kept tokens */
+  ATTN_POOL_MEAN = 1,     /**< sum divided by the number of kept tokens */
+  ATTN_POOL_MAX = 2,      /**< elementwise maximum of the kept tokens */
+  /** softmax-weighted average: y = sum_l w_l x_l with w = softmax of the
+   * kept tokens' scores (params.scores) */
+  ATTN_POOL_WEIGHTED = 3,
+  ATTN_POOL_MODE_MAX_ = 0x7fffffff
+} attn_pool_mode;
+
+/** Parameters of attn_pool(). With x [B, L, D] the per-token tensors are
+ * [B, L]; with x [B, H, L, D] they are [B, H, L] or [B, L] (shared by the
+ * heads). Any of their dims may be 1 (broadcast). */
+typedef struct attn_pool_params {
+  size_t struct_size;          /**< sizeof(attn_pool_params) */
+  int32_t mode;                /**< attn_pool_mode; 0 = sum */
+  int32_t reserved_;           /**< must be 0 */
+  const int64_t *lengths;      /**< optional [B]: tokens l >= lengths[b] are
+                                    dropped (0 <= lengths[b] <= L) */
+  const attn_tensor *keep;     /**< optional U8 per-token mask, nonzero = keep
+                                    (combined with lengths) */
+  const attn_tensor *scores;   /**< F32 per-token scores; required by
+                                    ATTN_POOL_WEIGHTED, NULL otherwise */
+} attn_pool_params;
+
+/** Fill `p` with the defaults (and its struct_size).
+ * @param[out] p the parameters to fill; NULL is ignored.
+ * @since 0.2.0 */
+ATTN_API void attn_pool_params_init(attn_pool_params *p);
+
+/** Pool x over its sequence axis L.
+ * A sequence with no kept token gives zeros in every mode (max and weighted
+ * too); so does a weighted sequence whose kept scores are all -inf. A NaN in
+ * x reaches only the output elements that read it (a dropped token is never
+ * read; max propagates NaN); a NaN or +inf among a sequence's kept scores
+ * makes its weighted output NaN (as attn_softmax). Sums and the softmax are
+ * accumulated in double.
+ * @param[in]  ctx the context.
+ * @param[in]  x   F32 [B, L, D] or [B, H, L, D], any strides.
+ * @param[out] out F32 [B, D] or [B, H, D], no zero strides, not overlapping
+ *                 x or the per-token tensors.
+ * @param[in]  p   NULL for defaults (sum over every token).
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
+ *  (dtype, newer params), ATTN_ERR_SHAPE, ATTN_ERR_INVALID_ARG (mode, scores
+ *  missing or unexpected, lengths, strides), ATTN_ERR_ALIASING,
+ *  ATTN_ERR_NO_MEMORY.
+ * Thread safety: uses up to the context's threads.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_pool(attn_ctx *ctx, const attn_tensor *x, attn_tensor *out,
+                               const attn_pool_params *p);
+
+/** Parameters of attn_pool_attention(). */
+typedef struct attn_pool_attention_params {
+  size_t struct_size;          /**< sizeof(attn_pool_attention_params) */
+  float scale;                 /**< 0 = 1/sqrt(D); finite */
+  int32_t reserved_;           /**< must be 0 */
+  const int64_t *lengths;      /**< optional [B]: keys l >= lengths[b] ignored */
+  const attn_tensor *keep;     /**< optional U8 [B, L], nonzero = attend */
+  attn_tensor *weights;        /**< optional out [B, Hq, M, L]: the weights */
+} attn_pool_attention_params;
+
+/** Fill `p` with the defaults (and its struct_size).
+ * @param[out] p the parameters to fill; NULL is ignored.
+ * @since 0.2.0 */
+ATTN_API void attn_pool_attention_params_init(attn_pool_attention_params *p);
+
+/** Learned-query attention pooling (CLIP's attention pool, Set Transformer's
+ * PMA): M query vectors per head, shared by every sequence, attend over the
+ * sequence's keys and values through the SDPA kernel:
+ * out[b, h] = softmax(scale * queries[h] k[b, h']^T) v[b, h'], h' = h / (Hq / Hkv).
+ * For the plain aggregation of x [B, L, D] pass k = v = x viewed as
+ * [B, 1, L, D]. A sequence with no kept key gives zeros.
+ * @param[in]  ctx     the context.
+ * @param[in]  queries F32 [Hq, M, D], any strides.
+ * @param[in]  k       F32 [B, Hkv, L, D]; Hq a multiple of Hkv.
+ * @param[in]  v       F32 [B, Hkv, L, Dv].
+ * @param[out] out     F32 [B, Hq, M, Dv], not overlapping any input.
+ * @param[in]  p       NULL for defaults.
+ * @return as attn_sdpa(). @since 0.2.0 */
+ATTN_API attn_status attn_pool_attention(attn_ctx *ctx, const attn_tensor *queries,
+                                         const attn_tensor *k, const attn_tensor *v,
+                                         attn_tensor *out,
+                                         const attn_pool_attention_params *p);
 /** @} */
 
 /** @name Build and machine information

@@ -1,0 +1,343 @@
+/* Pooling over the sequence axis: sum, mean, max and the softmax-weighted
+ * average (attn_pool), and learned-query attention pooling through the SDPA
+ * kernel (attn_pool_attention).
+ *
+ * attn_pool: check -> pool_problem (plain pointers and strides), plan
+ * (threads, workspace), run. A work item is one sequence of one head, (b, h):
+ * its D outputs are accumulated in double over the kept tokens, reading x
+ * token by token (each token's row is contiguous), so a dropped token is
+ * never read and a NaN reaches only the outputs of the rows that read it. */
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+
+static size_t round_up(size_t n) { return (n + ATTN_ALIGN - 1) & ~(size_t)(ATTN_ALIGN - 1); }
+
+/* A token costs a few flops per element; a thread earns its wake-up after
+ * about this many elements read. */
+#define MIN_WORK_PER_THREAD 32768.0
+
+typedef struct {
+  int32_t mode;
+  int64_t B, H, L, D; /* H = 1 for x [B, L, D] */
+  const float *x;
+  int64_t xs[4]; /* strides of the [B, H, L, D] view */
+  float *out;
+  int64_t os[3]; /* strides of the [B, H, D] view */
+  const int64_t *lengths;
+  const uint8_t *keep;
+  int64_t ks[3]; /* strides of keep broadcast to [B, H, L] */
+  const float *scores;
+  int64_t ss[3];
+  /* workspace: per worker D doubles (sums) and L doubles (weights) */
+  double *work;
+  size_t work_stride; /* doubles per worker */
+} pool_problem;
+
+static bool kept(const pool_problem *p, int64_t b, int64_t h, int64_t l) {
+  if (p->lengths && l >= p->lengths[b])
+    return false;
+  return !p->keep || p->keep[b * p->ks[0] + h * p->ks[1] + l * p->ks[2]] != 0;
+}
+
+static const float *token(const pool_problem *p, int64_t b, int64_t h, int64_t l) {
+  return p->x + b * p->xs[0] + h * p->xs[1] + l * p->xs[2];
+}
+
+/* Softmax weights of the kept tokens into w (dropped tokens get 0); returns
+ * the count of kept tokens with a nonzero weight possible, 0 when the
+ * sequence gives zeros, -1 when it is NaN. */
+static int64_t pool_weights(const pool_problem *p, int64_t b, int64_t h, double *w) {
+  const float *s = p->scores + b * p->ss[0] + h * p->ss[1];
+  double m = -INFINITY;
+  int64_t n = 0;
+  for (int64_t l = 0; l < p->L; l++) {
+    if (!kept(p, b, h, l))
+      continue;
+    double v = s[l * p->ss[2]];
+    if (isnan(v) || v == INFINITY)
+      return -1; /* as softmax: NaN, or inf - inf */
+    if (v > m)
+      m = v;
+    n++;
+  }
+  if (n == 0 || m == -INFINITY)
+    return 0;
+  double sum = 0;
+  for (int64_t l = 0; l < p->L; l++) {
+    w[l] = kept(p, b, h, l) ? exp((double)s[l * p->ss[2]] - m) : 0.0;
+    sum += w[l];
+  }
+  for (int64_t l = 0; l < p->L; l++)
+    w[l] /= sum; /* sum >= 1: the maximum contributes exp(0) */
+  return n;
+}
+
+static void pool_item(void *arg, int64_t item, int32_t worker) {
+  const pool_problem *p = arg;
+  int64_t b = item / p->H, h = item % p->H, D = p->D;
+  double *acc = p->work + p->work_stride * (size_t)worker;
+  double *w = acc + round_up((size_t)D * sizeof(double)) / sizeof(double);
+  float *o = p->out + b * p->os[0] + h * p->os[1];
+  int64_t n = 0;
+  if (p->mode == ATTN_POOL_WEIGHTED) {
+    n = pool_weights(p, b, h, w);
+    if (n < 0) {
+      for (int64_t d = 0; d < D; d++)
+        o[d] = NAN;
+      return;
+    }
+  }
+  for (int64_t d = 0; d < D; d++)
+    acc[d] = p->mode == ATTN_POOL_MAX ? -INFINITY : 0.0;
+  if (p->mode != ATTN_POOL_WEIGHTED || n > 0) {
+    n = 0;
+    for (int64_t l = 0; l < p->L; l++) {
+      if (!kept(p, b, h, l))
+        continue;
+      const float *xt = token(p, b, h, l);
+      n++;
+      switch (p->mode) {
+      case ATTN_POOL_MAX:
+        /* NaN sticks: once acc is NaN no comparison replaces it. */
+        for (int64_t d = 0; d < D; d++)
+          if (xt[d] > acc[d] || isnan(xt[d]))
+            acc[d] = isnan(acc[d]) ? acc[d] : xt[d];
+        break;
+      case ATTN_POOL_WEIGHTED:
+        for (int64_t d = 0; d < D; d++)
+          acc[d] += w[l] * xt[d];
+        break;
+      default:
+        for (int64_t d = 0; d < D; d++)
+          acc[d] += xt[d];
+        break;
+      }
+    }
+  }
+  for (int64_t d = 0; d < D; d++) {
+    double v = n == 0 ? 0.0 : acc[d];
+    if (p->mode == ATTN_POOL_MEAN && n > 0)
+      v /= (double)n;
+    o[d] = (float)v;
+  }
+}
+
+void attn_pool_params_init(attn_pool_params *p) {
+  if (!p)
+    return;
+  memset(p, 0, sizeof *p);
+  p->struct_size = sizeof *p;
+}
+
+/* A per-token tensor (keep or scores): [B, L] or, for 4-D x, [B, H, L]; each
+ * dim equal to x's or 1. Writes its strides over the [B, H, L] view. */
+static attn_status check_per_token(attn_ctx *ctx, const char *fn, const char *name,
+                                   const attn_tensor *t, int32_t dtype, const pool_problem *p,
+                                   int32_t x_ndim, int64_t *st3) {
+  attn_status st = attn__check_tensor(ctx, fn, name, t, dtype, 2, x_ndim - 1);
+  if (st != ATTN_OK)
+    return st;
+  const int64_t want3[3] = {p->B, p->H, p->L};
+  /* A 2-D tensor is [B, L]; its H axis is broadcast. */
+  int64_t dims[3], strides[3];
+  if (t->ndim == 2) {
+    dims[0] = t->dims[0], dims[1] = 1, dims[2] = t->dims[1];
+    strides[0] = t->strides[0], strides[1] = 0, strides[2] = t->strides[1];
+  } else {
+    memcpy(dims, t->dims, sizeof dims);
+    memcpy(strides, t->strides, sizeof strides);
+  }
+  static const char *const axis[3] = {"B", "H", "L"};
+  for (int a = 0; a < 3; a++) {
+    if (dims[a] != want3[a] && dims[a] != 1)
+      return attn__fail(ctx, ATTN_ERR_SHAPE,
+                        "%s: %s has %s = %lld but x has %lld (each dim must equal x's or be 1; "
+                        "shape [B, L]%s)",
+                        fn, name, axis[a], (long long)dims[a], (long long)want3[a],
+                        x_ndim == 4 ? " or [B, H, L]" : "");
+    st3[a] = dims[a] == 1 ? 0 : strides[a];
+  }
+  return ATTN_OK;
+}
+
+attn_status attn_pool(attn_ctx *ctx, const attn_tensor *x, attn_tensor *out,
+                      const attn_pool_params *params) {
+  static const char fn[] = "attn_pool";
+  attn_status st = attn__check_ctx(ctx);
+  if (st != ATTN_OK)
+    return st;
+  attn_pool_params prm;
+  attn_pool_params_init(&prm);
+  if ((st = attn__read_params(ctx, fn, &prm, sizeof prm, params)) != ATTN_OK ||
+      (st = attn__check_tensor(ctx, fn, "x", x, ATTN_DTYPE_F32, 3, 4)) != ATTN_OK ||
+      (st = attn__check_tensor(ctx, fn, "out", out, ATTN_DTYPE_F32, x->ndim - 1,
+                               x->ndim - 1)) != ATTN_OK)
+    return st;
+  if (prm.mode < ATTN_POOL_SUM || prm.mode > ATTN_POOL_WEIGHTED)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "%s: params.mode = %d is not an attn_pool_mode (0 sum, 1 mean, 2 max, 3 "
+                      "weighted)",
+                      fn, (int)prm.mode);
+  if (prm.reserved_)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: params.reserved_ = %d but must be 0", fn,
+                      (int)prm.reserved_);
+  if ((prm.mode == ATTN_POOL_WEIGHTED) != (prm.scores != NULL))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "%s: params.scores is %s but mode is %d (scores are required by "
+                      "ATTN_POOL_WEIGHTED and only by it)",
+                      fn, prm.scores ? "set" : "NULL", (int)prm.mode);
+
+  pool_problem p;
+  memset(&p, 0, sizeof p);
+  int32_t nd = x->ndim;
+  p.mode = prm.mode;
+  p.B = x->dims[0];
+  p.H = nd == 4 ? x->dims[1] : 1;
+  p.L = x->dims[nd - 2];
+  p.D = x->dims[nd - 1];
+  const int64_t want_out[3] = {p.B, p.H, p.D};
+  for (int32_t a = 0; a < nd - 1; a++) {
+    int64_t want = nd == 4 ? want_out[a] : (a == 0 ? p.B : p.D);
+    if (out->dims[a] != want)
+      return attn__fail(ctx, ATTN_ERR_SHAPE, "%s: out.shape[%d] = %lld but must be %lld (%s)",
+                        fn, (int)a, (long long)out->dims[a], (long long)want,
+                        nd == 4 ? "[B, H, D] for x [B, H, L, D]" : "[B, D] for x [B, L, D]");
+  }
+  if (prm.lengths)
+    for (int64_t b = 0; b < p.B; b++)
+      if (prm.lengths[b] < 0 || prm.lengths[b] > p.L)
+        return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                          "%s: params.lengths[%lld] = %lld but must be in 0..L = %lld", fn,
+                          (long long)b, (long long)prm.lengths[b], (long long)p.L);
+  if (prm.keep && (st = check_per_token(ctx, fn, "params.keep", prm.keep, ATTN_DTYPE_U8, &p,
+                                        nd, p.ks)) != ATTN_OK)
+    return st;
+  if (prm.scores && (st = check_per_token(ctx, fn, "params.scores", prm.scores, ATTN_DTYPE_F32,
+                                          &p, nd, p.ss)) != ATTN_OK)
+    return st;
+  if ((st = attn__check_writable(ctx, fn, "out", out)) != ATTN_OK)
+    return st;
+  const attn_tensor *inputs[3] = {x, prm.keep, prm.scores};
+  static const char *const names[3] = {"x", "params.keep", "params.scores"};
+  for (int i = 0; i < 3; i++)
+    if (inputs[i] && attn__overlap(out, inputs[i]))
+      return attn__fail(ctx, ATTN_ERR_ALIASING, "%s: out overlaps %s in memory", fn, names[i]);
+
+  p.x = x->data;
+  p.xs[0] = x->strides[0];
+  p.xs[1] = nd == 4 ? x->strides[1] : 0;
+  p.xs[2] = x->strides[nd - 2];
+  p.xs[3] = 1;
+  p.out = out->data;
+  p.os[0] = out->strides[0];
+  p.os[1] = nd == 4 ? out->strides[1] : 0;
+  p.os[2] = 1;
+  p.lengths = prm.lengths;
+  p.keep = prm.keep ? prm.keep->data : NULL;
+  p.scores = prm.scores ? prm.scores->data : NULL;
+
+  /* plan */
+  int64_t items = p.B * p.H;
+  int32_t threads = attn__threads_for(ctx, (double)items * (double)p.L * (double)p.D,
+                                      MIN_WORK_PER_THREAD);
+  if (threads > items)
+    threads = (int32_t)items;
+  size_t per = round_up((size_t)p.D * sizeof(double));
+  if (p.mode == ATTN_POOL_WEIGHTED)
+    per += round_up((size_t)p.L * sizeof(double));
+  size_t total;
+  if (__builtin_mul_overflow(per, (size_t)threads, &total))
+    return attn__fail(ctx, ATTN_ERR_OVERFLOW, "%s: workspace size overflows", fn);
+  double *mem = attn__scratch(ctx, fn, total);
+  if (!mem)
+    return ATTN_ERR_NO_MEMORY;
+
+  /* run */
+  p.work = mem;
+  p.work_stride = per / sizeof(double);
+  attn__parallel_for(ctx, threads, items, pool_item, &p);
+  return ATTN_OK;
+}
+
+/* ---------------------------------------------------------------- attention pooling */
+
+void attn_pool_attention_params_init(attn_pool_attention_params *p) {
+  if (!p)
+    return;
+  memset(p, 0, sizeof *p);
+  p->struct_size = sizeof *p;
+}
+
+/* A view of t with other dims and strides, valid for the duration of a call:
+ * it is not in the context's tensor list and is never freed. */
+static attn_tensor view_of(const attn_tensor *t, int32_t ndim, const int64_t *dims,
+                           const int64_t *strides) {
+  attn_tensor v = *t;
+  v.ndim = ndim;
+  memcpy(v.dims, dims, (size_t)ndim * sizeof *dims);
+  memcpy(v.strides, strides, (size_t)ndim * sizeof *strides);
+  v.prev = v.next = NULL;
+  v.owns_data = false;
+  return v;
+}
+
+attn_status attn_pool_attention(attn_ctx *ctx, const attn_tensor *queries, const attn_tensor *k,
+                                const attn_tensor *v, attn_tensor *out,
+                                const attn_pool_attention_params *params) {
+  static const char fn[] = "attn_pool_attention";
+  attn_status st = attn__check_ctx(ctx);
+  if (st != ATTN_OK)
+    return st;
+  attn_pool_attention_params prm;
+  attn_pool_attention_params_init(&prm);
+  if ((st = attn__read_params(ctx, fn, &prm, sizeof prm, params)) != ATTN_OK ||
+      (st = attn__check_tensor(ctx, fn, "queries", queries, ATTN_DTYPE_F32, 3, 3)) != ATTN_OK ||
+      (st = attn__check_tensor(ctx, fn, "k", k, ATTN_DTYPE_F32, 4, 4)) != ATTN_OK)
+    return st;
+  if (prm.reserved_)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: params.reserved_ = %d but must be 0", fn,
+                      (int)prm.reserved_);
+  int64_t B = k->dims[0], L = k->dims[2];
+  /* queries [Hq, M, D] as q [B, Hq, M, D] with a zero batch stride. */
+  const int64_t qd[4] = {B, queries->dims[0], queries->dims[1], queries->dims[2]};
+  const int64_t qs[4] = {0, queries->strides[0], queries->strides[1], 1};
+  attn_tensor q4 = view_of(queries, 4, qd, qs);
+  attn_tensor keep4;
+  attn_sdpa_params sp;
+  attn_sdpa_params_init(&sp);
+  sp.scale = prm.scale;
+  sp.kv_lens = prm.lengths;
+  sp.weights = prm.weights;
+  if (prm.keep) {
+    if ((st = attn__check_tensor(ctx, fn, "params.keep", prm.keep, ATTN_DTYPE_U8, 2, 2)) !=
+        ATTN_OK)
+      return st;
+    if (prm.keep->dims[0] != B && prm.keep->dims[0] != 1)
+      return attn__fail(ctx, ATTN_ERR_SHAPE,
+                        "%s: params.keep.shape[0] = %lld but must be B = %lld or 1", fn,
+                        (long long)prm.keep->dims[0], (long long)B);
+    if (prm.keep->dims[1] != L)
+      return attn__fail(ctx, ATTN_ERR_SHAPE,
+                        "%s: params.keep.shape[1] = %lld but must be L = k.shape[2] = %lld", fn,
+                        (long long)prm.keep->dims[1], (long long)L);
+    /* [B, L] as the [B, 1, 1, L] mask SDPA broadcasts over heads and queries. */
+    const int64_t kd[4] = {prm.keep->dims[0], 1, 1, L};
+    const int64_t ks[4] = {prm.keep->strides[0], 0, 0, 1};
+    keep4 = view_of(prm.keep, 4, kd, ks);
+    sp.bool_mask = &keep4;
+  }
+  st = attn_sdpa(ctx, &q4, k, v, out, &sp);
+  if (st != ATTN_OK) {
+    /* Name this function; the rest (q = queries as [B, Hq, M, D], bool_mask
+     * = keep as [B, 1, 1, L]) still gives the axis and the rule. */
+    static const char sdpa[] = "attn_sdpa: ";
+    if (!strncmp(ctx->err, sdpa, sizeof sdpa - 1)) {
+      char rest[ATTN_ERR_LEN];
+      memcpy(rest, ctx->err + sizeof sdpa - 1, sizeof rest - (sizeof sdpa - 1));
+      attn__fail(ctx, st, "%s (via attn_sdpa): %s", fn, rest);
+    }
+  }
+  return st;
+}

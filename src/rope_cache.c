@@ -1,0 +1,493 @@
+/* Rotary embedding from caller-given cos/sin tables (attn_rope_cached, as
+ * ONNX RotaryEmbedding-23), and the function that fills such tables with the
+ * long-context frequency scalings (attn_rope_cache_fill), with Hugging Face
+ * transformers' modeling_rope_utils as the reference for names and
+ * semantics. Frequencies, angles and the rotation are computed in double. */
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+
+static size_t round_up(size_t n) { return (n + ATTN_ALIGN - 1) & ~(size_t)(ATTN_ALIGN - 1); }
+
+/* A sin/cos pair costs tens of times a multiply-add. */
+#define MIN_WORK_PER_THREAD 16384.0
+
+static const double two_pi = 6.283185307179586476925286766559;
+
+/* ---------------------------------------------------------------- frequencies */
+
+typedef struct {
+  int32_t scaling;
+  int64_t half;  /* r / 2 */
+  int64_t P;     /* table rows */
+  double theta, factor, attention_factor;
+  int64_t p0, seq_len;
+  double beta_fast, beta_slow, mscale, mscale_all_dim;
+  double low_ff, high_ff;
+  const double *short_f, *long_f;
+  bool truncate;
+} freq_plan;
+
+/* YaRN's inverse of the rotation count: the dim whose wavelength turns
+ * `rotations` times over the original context. */
+static double yarn_dim(double rotations, double r, double theta, double p0) {
+  return r * log(p0 / (rotations * two_pi)) / (2.0 * log(theta));
+}
+
+static double yarn_mscale(double s, double k) { return s <= 1 ? 1.0 : 0.1 * k * log(s) + 1.0; }
+
+/* Frequencies w[0..half) of the plan, and its attention factor. */
+static double plan_freqs(const freq_plan *f, double *w) {
+  double r = (double)(2 * f->half), theta = f->theta, s = f->factor;
+  if (f->scaling == ATTN_ROPE_SCALING_NTK)
+    theta *= pow(s, r / (r - 2.0));
+  if (f->scaling == ATTN_ROPE_SCALING_DYNAMIC_NTK) {
+    double n = f->seq_len > f->p0 ? (double)f->seq_len : (double)f->p0;
+    theta *= pow(s * n / (double)f->p0 - (s - 1.0), r / (r - 2.0));
+  }
+  for (int64_t i = 0; i < f->half; i++)
+    w[i] = pow(theta, -(double)(2 * i) / r);
+  double af = 1.0;
+  switch (f->scaling) {
+  case ATTN_ROPE_SCALING_LINEAR:
+    for (int64_t i = 0; i < f->half; i++)
+      w[i] /= s;
+    break;
+  case ATTN_ROPE_SCALING_YARN: {
+    double p0 = (double)f->p0;
+    double lo = yarn_dim(f->beta_fast, r, theta, p0), hi = yarn_dim(f->beta_slow, r, theta, p0);
+    if (f->truncate) {
+      lo = floor(lo);
+      hi = ceil(hi);
+    }
+    lo = lo > 0 ? lo : 0;
+    hi = hi < r - 1 ? hi : r - 1;
+    if (lo == hi)
+      hi += 0.001; /* as transformers: no division by zero */
+    for (int64_t i = 0; i < f->half; i++) {
+      double ramp = ((double)i - lo) / (hi - lo);
+      ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+      w[i] = w[i] / s * ramp + w[i] * (1.0 - ramp);
+    }
+    if (f->attention_factor)
+      af = f->attention_factor;
+    else if (f->mscale && f->mscale_all_dim)
+      af = yarn_mscale(s, f->mscale) / yarn_mscale(s, f->mscale_all_dim);
+    else
+      af = yarn_mscale(s, 1.0);
+    break;
+  }
+  case ATTN_ROPE_SCALING_LLAMA3: {
+    double p0 = (double)f->p0;
+    double lo_wl = p0 / f->low_ff, hi_wl = p0 / f->high_ff;
+    for (int64_t i = 0; i < f->half; i++) {
+      double wl = two_pi / w[i];
+      if (wl > lo_wl) {
+        w[i] /= s;
+      } else if (!(wl < hi_wl)) {
+        double g = (p0 / wl - f->low_ff) / (f->high_ff - f->low_ff);
+        w[i] = (1.0 - g) * w[i] / s + g * w[i];
+      }
+    }
+    break;
+  }
+  case ATTN_ROPE_SCALING_LONGROPE: {
+    const double *ext = f->seq_len > f->p0 ? f->long_f : f->short_f;
+    for (int64_t i = 0; i < f->half; i++)
+      w[i] /= ext[i];
+    if (f->attention_factor)
+      af = f->attention_factor;
+    else
+      af = s <= 1 ? 1.0 : sqrt(1.0 + log(s) / log((double)f->p0));
+    break;
+  }
+  default:
+    break;
+  }
+  return af;
+}
+
+typedef struct {
+  float *cos, *sin;
+  int64_t cs, ss; /* row strides */
+  int64_t half, P, rows_per_item;
+  const double *w;
+  double scale; /* the attention factor when applied, else 1 */
+} fill_problem;
+
+static void fill_item(void *arg, int64_t item, int32_t worker) {
+  (void)worker;
+  const fill_problem *p = arg;
+  int64_t p0 = item * p->rows_per_item;
+  int64_t p1 = p0 + p->rows_per_item < p->P ? p0 + p->rows_per_item : p->P;
+  for (int64_t pos = p0; pos < p1; pos++) {
+    float *c = p->cos + pos * p->cs, *s = p->sin + pos * p->ss;
+    for (int64_t i = 0; i < p->half; i++) {
+      double a = (double)pos * p->w[i];
+      c[i] = (float)(cos(a) * p->scale);
+      s[i] = (float)(sin(a) * p->scale);
+    }
+  }
+}
+
+void attn_rope_cache_params_init(attn_rope_cache_params *p) {
+  if (!p)
+    return;
+  memset(p, 0, sizeof *p);
+  p->struct_size = sizeof *p;
+}
+
+/* Which fields each scaling reads; a field it ignores must stay 0, so a
+ * parameter meant for another scaling is reported rather than dropped. */
+enum {
+  U_FACTOR = 1,
+  U_P0 = 2,
+  U_SEQ = 4,
+  U_YARN = 8,
+  U_AF = 16,
+  U_LLAMA = 32,
+  U_LONG = 64
+};
+static const unsigned scaling_uses[] = {
+    [ATTN_ROPE_SCALING_NONE] = 0,
+    [ATTN_ROPE_SCALING_LINEAR] = U_FACTOR,
+    [ATTN_ROPE_SCALING_NTK] = U_FACTOR,
+    [ATTN_ROPE_SCALING_DYNAMIC_NTK] = U_FACTOR | U_P0 | U_SEQ,
+    [ATTN_ROPE_SCALING_YARN] = U_FACTOR | U_P0 | U_YARN | U_AF,
+    [ATTN_ROPE_SCALING_LLAMA3] = U_FACTOR | U_P0 | U_LLAMA,
+    [ATTN_ROPE_SCALING_LONGROPE] = U_FACTOR | U_P0 | U_SEQ | U_AF | U_LONG,
+};
+
+static bool pos_finite(double v) { return isfinite(v) && v > 0; }
+
+static attn_status check_cache_params(attn_ctx *ctx, const char *fn,
+                                      const attn_rope_cache_params *c, freq_plan *f) {
+  if (c->scaling < 0 || c->scaling > ATTN_ROPE_SCALING_LONGROPE)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "%s: params.scaling = %d is not an attn_rope_scaling (0..6)", fn,
+                      (int)c->scaling);
+  if (c->reserved_)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: params.reserved_ = %d but must be 0", fn,
+                      (int)c->reserved_);
+  unsigned uses = scaling_uses[c->scaling];
+  struct {
+    unsigned group;
+    bool set;
+    const char *name;
+  } fields[] = {
+      {U_FACTOR, c->factor != 0, "factor"},
+      {U_P0, c->original_max_position != 0, "original_max_position"},
+      {U_SEQ, c->seq_len != 0, "seq_len"},
+      {U_YARN, c->beta_fast != 0, "beta_fast"},
+      {U_YARN, c->beta_slow != 0, "beta_slow"},
+      {U_YARN, c->mscale != 0, "mscale"},
+      {U_YARN, c->mscale_all_dim != 0, "mscale_all_dim"},
+      {U_YARN, c->yarn_no_truncate != 0, "yarn_no_truncate"},
+      {U_AF, c->attention_factor != 0, "attention_factor"},
+      {U_LLAMA, c->low_freq_factor != 0, "low_freq_factor"},
+      {U_LLAMA, c->high_freq_factor != 0, "high_freq_factor"},
+      {U_LONG, c->short_factors != NULL, "short_factors"},
+      {U_LONG, c->long_factors != NULL, "long_factors"},
+  };
+  for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+    if (fields[i].set && !(uses & fields[i].group))
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                        "%s: params.%s is set but scaling %d does not use it (leave it 0)", fn,
+                        fields[i].name, (int)c->scaling);
+  f->scaling = c->scaling;
+  f->theta = c->theta == 0 ? 10000.0 : c->theta;
+  if (!isfinite(f->theta) || !(f->theta > 1))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "%s: params.theta = %g but must be finite and > 1 (0 = 10000)", fn,
+                      c->theta);
+  f->seq_len = c->seq_len == 0 ? f->P : c->seq_len;
+  if (f->seq_len < 0)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: params.seq_len = %lld but must be >= 0",
+                      fn, (long long)c->seq_len);
+  if (uses & U_P0) {
+    if (c->original_max_position <= 0)
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                        "%s: params.original_max_position = %lld but scaling %d needs it > 0",
+                        fn, (long long)c->original_max_position, (int)c->scaling);
+    f->p0 = c->original_max_position;
+  }
+  f->factor = c->factor;
+  if (c->scaling == ATTN_ROPE_SCALING_LONGROPE && c->factor == 0)
+    f->factor = (double)f->P / (double)f->p0;
+  if ((uses & U_FACTOR) && !pos_finite(f->factor))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "%s: params.factor = %g but scaling %d needs it finite and > 0", fn,
+                      c->factor, (int)c->scaling);
+  f->attention_factor = c->attention_factor;
+  if (c->attention_factor != 0 && !pos_finite(c->attention_factor))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "%s: params.attention_factor = %g but must be finite and > 0 (0 = from "
+                      "the formula)",
+                      fn, c->attention_factor);
+  f->beta_fast = c->beta_fast == 0 ? 32.0 : c->beta_fast;
+  f->beta_slow = c->beta_slow == 0 ? 1.0 : c->beta_slow;
+  f->mscale = c->mscale, f->mscale_all_dim = c->mscale_all_dim;
+  f->truncate = !c->yarn_no_truncate;
+  if (!pos_finite(f->beta_fast) || !pos_finite(f->beta_slow) || !isfinite(c->mscale) ||
+      !isfinite(c->mscale_all_dim))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "%s: params.beta_fast = %g, beta_slow = %g must be finite and > 0, "
+                      "mscale = %g and mscale_all_dim = %g finite",
+                      fn, c->beta_fast, c->beta_slow, c->mscale, c->mscale_all_dim);
+  f->low_ff = c->low_freq_factor == 0 ? 1.0 : c->low_freq_factor;
+  f->high_ff = c->high_freq_factor == 0 ? 4.0 : c->high_freq_factor;
+  if (!pos_finite(f->low_ff) || !isfinite(f->high_ff) || !(f->high_ff > f->low_ff))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "%s: params.low_freq_factor = %g, high_freq_factor = %g but need 0 < low "
+                      "< high (0 = 1 and 4)",
+                      fn, c->low_freq_factor, c->high_freq_factor);
+  if (c->scaling == ATTN_ROPE_SCALING_LONGROPE) {
+    const double *arrays[2] = {c->short_factors, c->long_factors};
+    static const char *const names[2] = {"short_factors", "long_factors"};
+    for (int a = 0; a < 2; a++) {
+      if (!arrays[a])
+        return attn__fail(ctx, ATTN_ERR_NULL_ARG,
+                          "%s: params.%s is NULL but ATTN_ROPE_SCALING_LONGROPE needs r/2 = "
+                          "%lld factors",
+                          fn, names[a], (long long)f->half);
+      for (int64_t i = 0; i < f->half; i++)
+        if (!pos_finite(arrays[a][i]))
+          return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                            "%s: params.%s[%lld] = %g but must be finite and > 0", fn, names[a],
+                            (long long)i, arrays[a][i]);
+    }
+    f->short_f = c->short_factors, f->long_f = c->long_factors;
+  }
+  if ((c->scaling == ATTN_ROPE_SCALING_NTK || c->scaling == ATTN_ROPE_SCALING_DYNAMIC_NTK) &&
+      f->half < 2)
+    return attn__fail(ctx, ATTN_ERR_SHAPE,
+                      "%s: the tables have r/2 = %lld columns but NTK scaling needs r > 2 (its "
+                      "exponent is r/(r-2))",
+                      fn, (long long)f->half);
+  return ATTN_OK;
+}
+
+attn_status attn_rope_cache_fill(attn_ctx *ctx, attn_tensor *cos_t, attn_tensor *sin_t,
+                                 const attn_rope_cache_params *params,
+                                 double *attention_factor) {
+  static const char fn[] = "attn_rope_cache_fill";
+  attn_status st = attn__check_ctx(ctx);
+  if (st != ATTN_OK)
+    return st;
+  attn_rope_cache_params prm;
+  attn_rope_cache_params_init(&prm);
+  if ((st = attn__read_params(ctx, fn, &prm, sizeof prm, params)) != ATTN_OK ||
+      (st = attn__check_tensor(ctx, fn, "cos", cos_t, ATTN_DTYPE_F32, 2, 2)) != ATTN_OK ||
+      (st = attn__check_tensor(ctx, fn, "sin", sin_t, ATTN_DTYPE_F32, 2, 2)) != ATTN_OK ||
+      (st = attn__check_same_shape(ctx, fn, "cos", cos_t, "sin", sin_t)) != ATTN_OK)
+    return st;
+  freq_plan f;
+  memset(&f, 0, sizeof f);
+  f.P = cos_t->dims[0];
+  f.half = cos_t->dims[1];
+  if ((st = check_cache_params(ctx, fn, &prm, &f)) != ATTN_OK ||
+      (st = attn__check_writable(ctx, fn, "cos", cos_t)) != ATTN_OK ||
+      (st = attn__check_writable(ctx, fn, "sin", sin_t)) != ATTN_OK)
+    return st;
+  if (attn__overlap(cos_t, sin_t))
+    return attn__fail(ctx, ATTN_ERR_ALIASING, "%s: cos and sin overlap in memory", fn);
+
+  fill_problem p;
+  memset(&p, 0, sizeof p);
+  p.cos = cos_t->data, p.sin = sin_t->data;
+  p.cs = cos_t->strides[0], p.ss = sin_t->strides[0];
+  p.half = f.half, p.P = f.P;
+  int32_t threads =
+      attn__threads_for(ctx, (double)f.P * (double)f.half * 2, MIN_WORK_PER_THREAD);
+  p.rows_per_item = 1024 / f.half > 1 ? 1024 / f.half : 1;
+  if (threads > 1 && f.P / p.rows_per_item < 4 * (int64_t)threads)
+    p.rows_per_item = f.P / (4 * (int64_t)threads) > 1 ? f.P / (4 * (int64_t)threads) : 1;
+  int64_t items = (f.P + p.rows_per_item - 1) / p.rows_per_item;
+  if (threads > items)
+    threads = (int32_t)items;
+  double *w = attn__scratch(ctx, fn, round_up((size_t)f.half * sizeof(double)));
+  if (!w)
+    return ATTN_ERR_NO_MEMORY;
+  double af = plan_freqs(&f, w);
+  p.w = w;
+  p.scale = prm.apply_attention_factor ? af : 1.0;
+  attn__parallel_for(ctx, threads, items, fill_item, &p);
+  if (attention_factor)
+    *attention_factor = af;
+  return ATTN_OK;
+}
+
+/* ---------------------------------------------------------------- rotation */
+
+typedef struct {
+  const float *x;
+  float *y;
+  int64_t B, H, L, D, half;
+  int64_t xs[4], ys[4];
+  const float *cos, *sin;
+  int64_t cs[3], ss[3]; /* table strides over [B, L, half] (row lookups below) */
+  const int64_t *pos;   /* [B, L] row indices into 2-D tables, or NULL */
+  bool per_token;       /* 3-D tables */
+  bool interleaved, in_place;
+} cached_problem;
+
+static void cached_item(void *arg, int64_t item, int32_t worker) {
+  (void)worker;
+  const cached_problem *p = arg;
+  int64_t b = item / p->L, l = item % p->L, half = p->half;
+  const float *c, *s;
+  if (p->per_token) {
+    c = p->cos + b * p->cs[0] + l * p->cs[1];
+    s = p->sin + b * p->ss[0] + l * p->ss[1];
+  } else {
+    int64_t row = p->pos ? p->pos[b * p->L + l] : l;
+    c = p->cos + row * p->cs[1];
+    s = p->sin + row * p->ss[1];
+  }
+  for (int64_t h = 0; h < p->H; h++) {
+    const float *xr = p->x + b * p->xs[0] + h * p->xs[1] + l * p->xs[2];
+    float *yr = p->y + b * p->ys[0] + h * p->ys[1] + l * p->ys[2];
+    /* Read a pair before writing it: in place, y's row is x's row. */
+    for (int64_t i = 0; i < half; i++) {
+      int64_t ja = p->interleaved ? 2 * i : i, jb = p->interleaved ? 2 * i + 1 : i + half;
+      double u = xr[ja], v = xr[jb], ci = c[i], si = s[i];
+      yr[ja] = (float)(u * ci - v * si);
+      yr[jb] = (float)(u * si + v * ci);
+    }
+    if (!p->in_place)
+      memcpy(yr + 2 * half, xr + 2 * half, (size_t)(p->D - 2 * half) * sizeof(float));
+  }
+}
+
+void attn_rope_cached_params_init(attn_rope_cached_params *p) {
+  if (!p)
+    return;
+  memset(p, 0, sizeof *p);
+  p->struct_size = sizeof *p;
+}
+
+/* x or y as the [B, H, L, D] view; a 3-D [B, L, H*D] tensor is split into
+ * heads through its strides. */
+static void head_view(const attn_tensor *t, int64_t H, int64_t *dims, int64_t *strides) {
+  if (t->ndim == 4) {
+    memcpy(dims, t->dims, 4 * sizeof *dims);
+    memcpy(strides, t->strides, 4 * sizeof *strides);
+    return;
+  }
+  int64_t D = t->dims[2] / H;
+  dims[0] = t->dims[0], dims[1] = H, dims[2] = t->dims[1], dims[3] = D;
+  strides[0] = t->strides[0], strides[1] = D, strides[2] = t->strides[1], strides[3] = 1;
+}
+
+attn_status attn_rope_cached(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y,
+                             const attn_tensor *cos_t, const attn_tensor *sin_t,
+                             const attn_rope_cached_params *params) {
+  static const char fn[] = "attn_rope_cached";
+  attn_status st = attn__check_ctx(ctx);
+  if (st != ATTN_OK)
+    return st;
+  attn_rope_cached_params prm;
+  attn_rope_cached_params_init(&prm);
+  if ((st = attn__read_params(ctx, fn, &prm, sizeof prm, params)) != ATTN_OK ||
+      (st = attn__check_tensor(ctx, fn, "x", x, ATTN_DTYPE_F32, 3, 4)) != ATTN_OK ||
+      (st = attn__check_tensor(ctx, fn, "y", y, ATTN_DTYPE_F32, 3, 4)) != ATTN_OK ||
+      (st = attn__check_same_shape(ctx, fn, "x", x, "y", y)) != ATTN_OK ||
+      (st = attn__check_tensor(ctx, fn, "cos", cos_t, ATTN_DTYPE_F32, 2, 3)) != ATTN_OK ||
+      (st = attn__check_tensor(ctx, fn, "sin", sin_t, ATTN_DTYPE_F32, 2, 3)) != ATTN_OK ||
+      (st = attn__check_same_shape(ctx, fn, "cos", cos_t, "sin", sin_t)) != ATTN_OK)
+    return st;
+  if (prm.style != ATTN_ROPE_HALF_SPLIT && prm.style != ATTN_ROPE_INTERLEAVED)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "%s: params.style = %d is not an attn_rope_style (0 = half-split, 1 = "
+                      "interleaved)",
+                      fn, (int)prm.style);
+  int64_t H;
+  if (x->ndim == 3) {
+    if (prm.num_heads <= 0)
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                        "%s: x is 3-D [B, L, H*D] but params.num_heads = %d (must be > 0)", fn,
+                        (int)prm.num_heads);
+    H = prm.num_heads;
+    if (x->dims[2] % H)
+      return attn__fail(ctx, ATTN_ERR_SHAPE,
+                        "%s: x.shape[2] = %lld is not a multiple of params.num_heads = %lld",
+                        fn, (long long)x->dims[2], (long long)H);
+  } else {
+    if (prm.num_heads != 0)
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                        "%s: params.num_heads = %d but must be 0 for 4-D x [B, H, L, D]", fn,
+                        (int)prm.num_heads);
+    H = x->dims[1];
+  }
+  cached_problem p;
+  memset(&p, 0, sizeof p);
+  int64_t xd[4];
+  head_view(x, H, xd, p.xs);
+  head_view(y, H, xd, p.ys);
+  p.B = xd[0], p.H = xd[1], p.L = xd[2], p.D = xd[3];
+  int32_t cnd = cos_t->ndim;
+  p.half = cos_t->dims[cnd - 1];
+  if (2 * p.half > p.D)
+    return attn__fail(ctx, ATTN_ERR_SHAPE,
+                      "%s: the tables have %lld columns, a rotary dim of %lld, but the head "
+                      "dim is only %lld",
+                      fn, (long long)p.half, (long long)(2 * p.half), (long long)p.D);
+  p.per_token = cnd == 3;
+  if (p.per_token) {
+    if (prm.position_ids)
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                        "%s: params.position_ids is set but the tables are 3-D [B, L, r/2] "
+                        "(per token); position ids index 2-D tables [P, r/2]",
+                        fn);
+    if ((cos_t->dims[0] != p.B && cos_t->dims[0] != 1) || cos_t->dims[1] != p.L)
+      return attn__fail(ctx, ATTN_ERR_SHAPE,
+                        "%s: cos.shape = [%lld, %lld, %lld] but 3-D tables must be [B|1, L, "
+                        "r/2] with B = %lld, L = %lld",
+                        fn, (long long)cos_t->dims[0], (long long)cos_t->dims[1],
+                        (long long)p.half, (long long)p.B, (long long)p.L);
+  } else {
+    int64_t P = cos_t->dims[0];
+    if (!prm.position_ids && p.L > P)
+      return attn__fail(ctx, ATTN_ERR_SHAPE,
+                        "%s: x has L = %lld tokens but the tables only %lld rows (token l reads "
+                        "row l without position_ids)",
+                        fn, (long long)p.L, (long long)P);
+    if (prm.position_ids)
+      for (int64_t i = 0; i < p.B * p.L; i++)
+        if (prm.position_ids[i] < 0 || prm.position_ids[i] >= P)
+          return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                            "%s: params.position_ids[%lld] (batch %lld, token %lld) = %lld but "
+                            "must be in 0..%lld (the tables' rows)",
+                            fn, (long long)i, (long long)(i / p.L), (long long)(i % p.L),
+                            (long long)prm.position_ids[i], (long long)(P - 1));
+  }
+  if ((st = attn__check_writable(ctx, fn, "y", y)) != ATTN_OK)
+    return st;
+  p.in_place = attn__same_view(x, y);
+  if (!p.in_place && attn__overlap(x, y))
+    return attn__fail(ctx, ATTN_ERR_ALIASING,
+                      "%s: y overlaps x but is not the same view (in place means y == x)", fn);
+  if (attn__overlap(y, cos_t) || attn__overlap(y, sin_t))
+    return attn__fail(ctx, ATTN_ERR_ALIASING, "%s: y overlaps the cos or sin table", fn);
+
+  p.x = x->data, p.y = y->data;
+  p.cos = cos_t->data, p.sin = sin_t->data;
+  /* Table strides over [B, L]: 3-D [B|1, L, r/2], or 2-D rows (batch unused). */
+  if (p.per_token) {
+    p.cs[0] = cos_t->dims[0] == 1 ? 0 : cos_t->strides[0];
+    p.ss[0] = sin_t->dims[0] == 1 ? 0 : sin_t->strides[0];
+    p.cs[1] = cos_t->strides[1], p.ss[1] = sin_t->strides[1];
+  } else {
+    p.cs[1] = cos_t->strides[0], p.ss[1] = sin_t->strides[0];
+  }
+  p.pos = prm.position_ids;
+  p.interleaved = prm.style == ATTN_ROPE_INTERLEAVED;
+  int64_t items = p.B * p.L;
+  int32_t threads = attn__threads_for(ctx, (double)items * (double)p.H * (double)p.D,
+                                      MIN_WORK_PER_THREAD * 4);
+  if (threads > items)
+    threads = (int32_t)items;
+  attn__parallel_for(ctx, threads, items, cached_item, &p);
+  return ATTN_OK;
+}
