@@ -249,6 +249,78 @@ static void setup_alibi(fixture *f) {
 }
 static attn_status run_alibi(fixture *f) { return attn_alibi_slopes(f->ctx, 12, 0, f->out[0]); }
 
+/* Pooling: x [4, 16, 256, 16] (the softmax input, reused), weighted with a
+ * keep mask and lengths, so two threads have work. */
+enum { PL_B = 4, PL_H = 16, PL_L = 256, PL_D = 16 };
+static const int64_t g_pool_len[PL_B] = {256, 3, 0, 100};
+static uint8_t g_pool_keep[PL_B * PL_L];
+static void setup_pool(fixture *f) {
+  int64_t xd[4] = {PL_B, PL_H, PL_L, PL_D}, od[3] = {PL_B, PL_H, PL_D}, sd[3] = {PL_B, PL_H, PL_L};
+  int64_t kd[2] = {PL_B, PL_L};
+  for (int i = 0; i < PL_B * PL_L; i++)
+    g_pool_keep[i] = (uint8_t)(i % 3 != 0);
+  f->t[0] = wrap_in(f, g_sm, (size_t)PL_B * PL_H * PL_L * PL_D, 4, xd);
+  f->t[1] = wrap_out(f, (size_t)PL_B * PL_H * PL_D, 3, od);
+  f->t[2] = wrap_in(f, g_rope, (size_t)PL_B * PL_H * PL_L, 3, sd);
+  assert_ok(attn_tensor_wrap(f->ctx, ATTN_DTYPE_U8, 2, kd, NULL, g_pool_keep,
+                             sizeof g_pool_keep, &f->t[3]));
+}
+static attn_status run_pool(fixture *f) {
+  attn_pool_params p;
+  attn_pool_params_init(&p);
+  p.mode = ATTN_POOL_WEIGHTED;
+  p.scores = f->t[2];
+  p.keep = f->t[3];
+  p.lengths = g_pool_len;
+  return attn_pool(f->ctx, f->t[0], f->t[1], &p);
+}
+/* Learned queries [HQ, 3, D] over the SDPA inputs' keys and values. */
+static void setup_pool_attention(fixture *f) {
+  int64_t qd[3] = {HQ, 3, D}, kd[4] = {B, HKV, LK, D}, vd[4] = {B, HKV, LK, DV};
+  int64_t od[4] = {B, HQ, 3, DV};
+  f->t[0] = wrap_in(f, g_q, (size_t)HQ * 3 * D, 3, qd);
+  f->t[1] = wrap_in(f, g_k, sizeof g_k / 4, 4, kd);
+  f->t[2] = wrap_in(f, g_v, sizeof g_v / 4, 4, vd);
+  f->t[3] = wrap_out(f, (size_t)B * HQ * 3 * DV, 4, od);
+}
+static attn_status run_pool_attention(fixture *f) {
+  attn_pool_attention_params p;
+  attn_pool_attention_params_init(&p);
+  int64_t lengths[B] = {LK, 17};
+  p.lengths = lengths;
+  return attn_pool_attention(f->ctx, f->t[0], f->t[1], f->t[2], f->t[3], &p);
+}
+/* YaRN tables [300, 32], then the rotation from them out of place. */
+static void setup_rope_cache(fixture *f) {
+  int64_t d[2] = {PE_L, 32};
+  f->t[0] = wrap_out(f, (size_t)PE_L * 32, 2, d);
+  f->t[1] = wrap_out(f, (size_t)PE_L * 32, 2, d);
+}
+static attn_status run_rope_cache(fixture *f) {
+  attn_rope_cache_params p;
+  attn_rope_cache_params_init(&p);
+  p.scaling = ATTN_ROPE_SCALING_YARN;
+  p.factor = 4;
+  p.original_max_position = 64;
+  p.apply_attention_factor = 1;
+  return attn_rope_cache_fill(f->ctx, f->t[0], f->t[1], &p, NULL);
+}
+static void setup_rope_cached(fixture *f) {
+  int64_t x3[3] = {PE_B, RP_L, RP_H * PE_D}, td[2] = {500, 24}; /* positions < 500 */
+  f->t[0] = wrap_in(f, g_rope, (size_t)PE_B * RP_H * RP_L * PE_D, 3, x3);
+  f->t[1] = wrap_out(f, (size_t)PE_B * RP_H * RP_L * PE_D, 3, x3);
+  f->t[2] = wrap_in(f, g_pe, (size_t)500 * 24, 2, td);
+  f->t[3] = wrap_in(f, g_pe + 500 * 24, (size_t)500 * 24, 2, td);
+}
+static attn_status run_rope_cached(fixture *f) {
+  attn_rope_cached_params p;
+  attn_rope_cached_params_init(&p);
+  p.style = ATTN_ROPE_INTERLEAVED;
+  p.num_heads = RP_H;
+  p.position_ids = g_rope_pos;
+  return attn_rope_cached(f->ctx, f->t[0], f->t[1], f->t[2], f->t[3], &p);
+}
+
 static const op_case g_cases[] = {
     {"attn_softmax", 1, setup_softmax, run_softmax},
     {"attn_softmax", 2, setup_softmax, run_softmax},
@@ -267,6 +339,12 @@ static const op_case g_cases[] = {
     {"attn_sdpa", 2, setup_sdpa_split, run_sdpa_split},
     {"attn_sdpa_varlen", 1, setup_varlen, run_varlen},
     {"attn_sdpa_varlen", 2, setup_varlen, run_varlen},
+    {"attn_pool", 1, setup_pool, run_pool},
+    {"attn_pool", 2, setup_pool, run_pool},
+    {"attn_pool_attention", 2, setup_pool_attention, run_pool_attention},
+    {"attn_rope_cache_fill", 1, setup_rope_cache, run_rope_cache},
+    {"attn_rope_cache_fill", 2, setup_rope_cache, run_rope_cache},
+    {"attn_rope_cached", 2, setup_rope_cached, run_rope_cached},
 };
 
 /* ---- the driver ---- */

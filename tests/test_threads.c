@@ -40,14 +40,21 @@ enum {
   O_SDPA_LSE,
   O_SPLIT,
   O_VARLEN,
+  O_POOL,
+  O_POOL_ATTN,
+  O_ROPE_COS,
+  O_ROPE_SIN,
+  O_ROPE_CACHED,
   O_COUNT
 };
 static const size_t g_out_n[O_COUNT] = {
     SM_R * SM_N, SM_R * SM_N, PE_L * PE_D, 2 * PE_L * PE_D, RP_B * RP_H * RP_L * PE_D,
-    48,          B * HQ * LQ * D, B * HQ * LQ, SPLIT_D, LQ * HQ * D};
+    48,          B * HQ * LQ * D, B * HQ * LQ, SPLIT_D, LQ * HQ * D,
+    B * HQ * D,  B * HQ * 2 * D,  PE_L * 16,   PE_L * 16, RP_B * RP_H * RP_L * PE_D};
 static const char *const g_out_name[O_COUNT] = {
     "softmax", "log_softmax", "sinusoidal", "sinusoidal_add", "rope",
-    "alibi",   "sdpa",        "sdpa lse",   "sdpa split",     "sdpa_varlen"};
+    "alibi",   "sdpa",        "sdpa lse",   "sdpa split",     "sdpa_varlen",
+    "pool",    "pool_attention", "rope cos", "rope sin",      "rope_cached"};
 
 typedef struct {
   float *out[O_COUNT];
@@ -152,6 +159,38 @@ static void run_all(attn_ctx *ctx, worker *w) {
   CHECK(w, attn_sdpa_varlen(ctx, wrap(ctx, g_q, LQ * HQ * D, 3, vq), wrap(ctx, g_k, LK * HKV * D, 3, vk),
                             wrap(ctx, g_v, LK * HKV * D, 3, vk),
                             wrap(ctx, w->out[O_VARLEN], LQ * HQ * D, 3, vq), 2, g_cu_q, g_cu_k, &vp));
+
+  /* Pooling: the queries as x [B, HQ, LQ, D], weighted by the lse output. */
+  int64_t pod[3] = {B, HQ, D};
+  attn_pool_params plp;
+  attn_pool_params_init(&plp);
+  plp.mode = ATTN_POOL_WEIGHTED;
+  plp.scores = wrap(ctx, g_mask, B * HQ * LQ, 3, ld);
+  CHECK(w, attn_pool(ctx, wrap(ctx, g_q, sizeof g_q / 4, 4, qd),
+                     wrap(ctx, w->out[O_POOL], B * HQ * D, 3, pod), &plp));
+  int64_t lqd[3] = {HQ, 2, D}, pao[4] = {B, HQ, 2, D};
+  CHECK(w, attn_pool_attention(ctx, wrap(ctx, g_q, HQ * 2 * D, 3, lqd),
+                               wrap(ctx, g_k, sizeof g_k / 4, 4, kd),
+                               wrap(ctx, g_v, sizeof g_v / 4, 4, kd),
+                               wrap(ctx, w->out[O_POOL_ATTN], B * HQ * 2 * D, 4, pao), NULL));
+  /* Llama-3 tables [PE_L, 16], then a rotation from random tables. */
+  int64_t cd[2] = {PE_L, 16};
+  attn_rope_cache_params cp;
+  attn_rope_cache_params_init(&cp);
+  cp.scaling = ATTN_ROPE_SCALING_LLAMA3;
+  cp.factor = 8;
+  cp.original_max_position = 64;
+  CHECK(w, attn_rope_cache_fill(ctx, wrap(ctx, w->out[O_ROPE_COS], PE_L * 16, 2, cd),
+                                wrap(ctx, w->out[O_ROPE_SIN], PE_L * 16, 2, cd), &cp, NULL));
+  int64_t rtd[2] = {1000, 16}, r3[3] = {RP_B, RP_L, RP_H * PE_D};
+  attn_rope_cached_params rcp;
+  attn_rope_cached_params_init(&rcp);
+  rcp.num_heads = RP_H;
+  rcp.position_ids = g_rope_pos;
+  CHECK(w, attn_rope_cached(ctx, wrap(ctx, g_rope_x, sizeof g_rope_x / 4, 3, r3),
+                            wrap(ctx, w->out[O_ROPE_CACHED], sizeof g_rope_x / 4, 3, r3),
+                            wrap(ctx, g_sm, 1000 * 16, 2, rtd),
+                            wrap(ctx, g_sm + 1000 * 16, 1000 * 16, 2, rtd), &rcp));
 }
 
 static void *worker_main(void *arg) {
