@@ -596,6 +596,117 @@ static void alibi_edges(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+
+/* ================= attn_pool ================= */
+
+/* One sequence batch: x [B = 2, L, D = 2] contiguous; keep [2, L] or NULL;
+ * scores [2, L] for weighted. want [2, 2]. */
+typedef struct {
+  const char *name;
+  int32_t mode;
+  int64_t L;
+  const float *x;
+  const uint8_t *keep;
+  const float *scores;
+  const double *out;
+} pool_case;
+
+#define MX FLT_MAX
+static const pool_case pool_cases[] = {
+    /* A NaN at a dropped token is never read; at a kept one it reaches its column only. */
+    {"sum, NaN dropped", ATTN_POOL_SUM, 2, F(1, NAN, 2, 3, NAN, 1, 5, 6), U(1, 0, 0, 1), NULL,
+     W(1, NAN, 5, 6)},
+    {"mean, NaN dropped", ATTN_POOL_MEAN, 2, F(NAN, NAN, 2, 3, 4, 2, 6, 8), U(0, 1, 1, 1), NULL,
+     W(2, 3, 5, 5)},
+    {"max, NaN kept sticks", ATTN_POOL_MAX, 2, F(NAN, 1, 2, 3, -1, -2, -3, -4), NULL, NULL,
+     W(NAN, 3, -1, -2)},
+    {"max, NaN last", ATTN_POOL_MAX, 2, F(5, 1, NAN, 3, -1, -2, -3, -4), NULL, NULL,
+     W(NAN, 3, -1, -2)},
+    /* Nothing kept: zeros in every mode, max and weighted too. */
+    {"sum, nothing kept", ATTN_POOL_SUM, 2, F(1, 2, 3, 4, NAN, 1, 1, 1), U(0, 0, 1, 1), NULL,
+     W(0, 0, NAN, 2)},
+    {"mean, nothing kept", ATTN_POOL_MEAN, 1, F(7, 8, 1, 2), U(0, 1), NULL, W(0, 0, 1, 2)},
+    {"max, nothing kept", ATTN_POOL_MAX, 1, F(7, 8, 1, 2), U(0, 1), NULL, W(0, 0, 1, 2)},
+    {"weighted, nothing kept", ATTN_POOL_WEIGHTED, 1, F(7, 8, 1, 2), U(0, 1), F(NAN, 3),
+     W(0, 0, 1, 2)},
+    /* Scores: all -inf gives zeros; +inf or NaN among kept makes the row NaN;
+     * a dropped NaN score is never read. */
+    {"weighted, all -inf", ATTN_POOL_WEIGHTED, 2, F(1, 2, 3, 4, 1, 2, 3, 4), NULL,
+     F(-INFINITY, -INFINITY, 0, 0), W(0, 0, 2, 3)},
+    {"weighted, +inf", ATTN_POOL_WEIGHTED, 2, F(1, 2, 3, 4, 1, 2, 3, 4), NULL,
+     F(INFINITY, 0, 0, -INFINITY), W(NAN, NAN, 1, 2)},
+    {"weighted, NaN score dropped", ATTN_POOL_WEIGHTED, 2, F(1, 2, 3, 4, 1, 2, 3, 4),
+     U(1, 0, 1, 1), F(0, NAN, NAN, 0), W(1, 2, NAN, NAN)},
+    /* Extreme scores stay finite (the max is taken first); extreme values
+     * accumulate in double, so the mean of two FLT_MAX is FLT_MAX. */
+    {"weighted, +-FLT_MAX scores", ATTN_POOL_WEIGHTED, 2, F(1, 2, 3, 4, 1, 2, 3, 4), NULL,
+     F(MX, -MX, MX, MX), W(1, 2, 2, 3)},
+    {"mean, FLT_MAX", ATTN_POOL_MEAN, 2, F(MX, -MX, MX, -MX, 1, 1, 1, 1), NULL, NULL,
+     W(MX, -MX, 1, 1)},
+    {"sum, FLT_MAX overflows", ATTN_POOL_SUM, 2, F(MX, -MX, MX, -MX, 1, 1, 1, 1), NULL, NULL,
+     W(INFINITY, -INFINITY, 2, 2)},
+    {"max, -inf and subnormal", ATTN_POOL_MAX, 2, F(-INFINITY, 1e-45f, -INFINITY, 0, 1, 1, 1, 1),
+     NULL, NULL, W(-INFINITY, 1.4012984643e-45, 1, 1)},
+};
+
+static void pool_table(void **state) {
+  (void)state;
+  for (int32_t threads = 1; threads <= 2; threads++) {
+    attn_ctx *ctx = tu_ctx(threads);
+    for (size_t i = 0; i < sizeof pool_cases / sizeof pool_cases[0]; i++) {
+      const pool_case *c = &pool_cases[i];
+      float out[4] = {-7, -7, -7, -7};
+      int64_t xd[3] = {2, c->L, 2}, od[2] = {2, 2}, kd[2] = {2, c->L};
+      attn_tensor *tx = tu_wrap(ctx, (float *)c->x, (size_t)(4 * c->L), 3, xd, NULL);
+      attn_tensor *to = tu_wrap(ctx, out, 4, 2, od, NULL), *tk = NULL;
+      attn_pool_params p;
+      attn_pool_params_init(&p);
+      p.mode = c->mode;
+      if (c->keep) {
+        assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, kd, NULL, (void *)c->keep,
+                                   (size_t)(2 * c->L), &tk));
+        p.keep = tk;
+      }
+      if (c->scores)
+        p.scores = tu_wrap(ctx, (float *)c->scores, (size_t)(2 * c->L), 2, kd, NULL);
+      attn_status st = attn_pool(ctx, tx, to, &p);
+      if (st != ATTN_OK)
+        fail_msg("%s: %s", c->name, attn_ctx_last_error(ctx));
+      expect_row(c->name, out, c->out, 4, 0);
+    }
+    attn_ctx_destroy(ctx);
+  }
+}
+
+/* ================= attn_rope_cached ================= */
+
+/* A NaN in a table row reaches only the pairs of the tokens that read it;
+ * the pass-through dims are copied bit for bit (NaN, inf, -0). */
+static void rope_cached_edges(void **state) {
+  (void)state;
+  attn_ctx *ctx = tu_ctx(1);
+  /* x [1, 1, L = 2, D = 5], r = 2: pair (x0, x1), dims 2..4 pass through. */
+  float x[10] = {1, 2, NAN, INFINITY, -0.0f, 3, 4, 1e-45f, -MX, 7};
+  float y[10];
+  float c[3] = {1, NAN, 0.5f}, s[3] = {0, 0, -INFINITY};
+  int64_t xd[4] = {1, 1, 2, 5}, td[2] = {3, 1};
+  attn_tensor *tx = tu_wrap(ctx, x, 10, 4, xd, NULL), *ty = tu_wrap(ctx, y, 10, 4, xd, NULL);
+  attn_tensor *tc = tu_wrap(ctx, c, 3, 2, td, NULL), *ts = tu_wrap(ctx, s, 3, 2, td, NULL);
+  attn_rope_cached_params p;
+  attn_rope_cached_params_init(&p);
+  int64_t pos[2] = {0, 1};
+  p.position_ids = pos;
+  assert_ok(attn_rope_cached(ctx, tx, ty, tc, ts, &p));
+  expect_row("token 0 (table row 0: identity)", y, W(1, 2, NAN, INFINITY, 0), 5, 0);
+  assert_true(signbit(y[4]));
+  expect_row("token 1 (NaN cos)", y + 5, W(NAN, NAN, 1.4012984643e-45, -MX, 7), 5, 0);
+  pos[0] = 2, pos[1] = 0; /* -inf sin: inf arithmetic, as IEEE gives it */
+  assert_ok(attn_rope_cached(ctx, tx, ty, tc, ts, &p));
+  expect_row("token 0 (row 2)", y, W(INFINITY, -INFINITY, NAN, INFINITY, 0), 5, 0);
+  expect_row("token 1 (row 0)", y + 5, W(3, 4, 1.4012984643e-45, -MX, 7), 5, 0);
+  attn_ctx_destroy(ctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(tensor_overflowing_shapes),
@@ -609,6 +720,8 @@ int main(void) {
       cmocka_unit_test(rope_edges),
       cmocka_unit_test(rope_huge_l),
       cmocka_unit_test(alibi_edges),
+      cmocka_unit_test(pool_table),
+      cmocka_unit_test(rope_cached_edges),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
