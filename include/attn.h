@@ -522,8 +522,8 @@ typedef struct attn_rope_cache_params {
                                     tables serve; 0 = max_position (the table's rows) */
   double beta_fast;            /**< yarn: 0 = 32 */
   double beta_slow;            /**< yarn: 0 = 1 */
-  double mscale;               /**< yarn: 0 = unset */
-  double mscale_all_dim;       /**< yarn: 0 = unset */
+  double mscale;               /**< yarn: 0 = unset; else finite and > 0 */
+  double mscale_all_dim;       /**< yarn: 0 = unset; else finite and > 0 */
   double attention_factor;     /**< yarn, longrope: 0 = from the formula; else > 0 */
   double low_freq_factor;      /**< llama3: 0 = 1 */
   double high_freq_factor;     /**< llama3: 0 = 4; must exceed low_freq_factor */

@@ -229,11 +229,12 @@ static attn_status check_cache_params(attn_ctx *ctx, const char *fn,
   f->beta_slow = c->beta_slow == 0 ? 1.0 : c->beta_slow;
   f->mscale = c->mscale, f->mscale_all_dim = c->mscale_all_dim;
   f->truncate = !c->yarn_no_truncate;
+  /* mscale >= 0 keeps 0.1 mscale ln s + 1 >= 1, so the factor is finite. */
   if (!pos_finite(f->beta_fast) || !pos_finite(f->beta_slow) || !isfinite(c->mscale) ||
-      !isfinite(c->mscale_all_dim))
+      !isfinite(c->mscale_all_dim) || c->mscale < 0 || c->mscale_all_dim < 0)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "%s: params.beta_fast = %g, beta_slow = %g must be finite and > 0, "
-                      "mscale = %g and mscale_all_dim = %g finite",
+                      "mscale = %g and mscale_all_dim = %g finite and >= 0",
                       fn, c->beta_fast, c->beta_slow, c->mscale, c->mscale_all_dim);
   f->low_ff = c->low_freq_factor == 0 ? 1.0 : c->low_freq_factor;
   f->high_ff = c->high_freq_factor == 0 ? 4.0 : c->high_freq_factor;
@@ -258,6 +259,11 @@ static attn_status check_cache_params(attn_ctx *ctx, const char *fn,
                             (long long)i, arrays[a][i]);
     }
     f->short_f = c->short_factors, f->long_f = c->long_factors;
+    if (!c->attention_factor && f->factor > 1 && f->p0 < 2)
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                        "%s: params.original_max_position = 1 but LongRoPE's attention factor "
+                        "sqrt(1 + ln s / ln P0) needs P0 >= 2 (or give attention_factor)",
+                        fn);
   }
   if ((c->scaling == ATTN_ROPE_SCALING_NTK || c->scaling == ATTN_ROPE_SCALING_DYNAMIC_NTK) &&
       f->half < 2)
