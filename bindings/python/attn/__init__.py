@@ -24,7 +24,8 @@ torch tensors.
 """
 from ._lib import ABI_MAJOR, AttnError, LibraryNotFound
 from ._api import (LIBRARY_PATH, Context, alibi_slopes, blas_info, convert, cpu_info,
-                   default_context, get_num_threads, log_softmax, rope, sdpa, sdpa_varlen,
+                   default_context, get_num_threads, log_softmax, pool, pool_attention,
+                   rope, rope_cache, rope_cached, sdpa, sdpa_varlen,
                    set_num_threads, sinusoidal, sinusoidal_add, softmax, version,
                    version_string)
 
@@ -32,7 +33,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ABI_MAJOR", "AttnError", "Context", "LIBRARY_PATH", "LibraryNotFound", "alibi_slopes",
-    "blas_info", "convert", "cpu_info", "default_context", "get_num_threads", "log_softmax", "rope",
+    "blas_info", "convert", "cpu_info", "default_context", "get_num_threads", "log_softmax",
+    "pool", "pool_attention", "rope", "rope_cache", "rope_cached",
     "sdpa", "sdpa_varlen", "set_num_threads", "sinusoidal", "sinusoidal_add", "softmax",
     "version", "version_string",
 ]

@@ -542,6 +542,157 @@ class Context:
                 out.ctypes.data_as(_lib._c_float_p) if n > 0 else None))
         return out
 
+    def rope_cache(self, max_position, rotary_dim, *, scaling="none", theta=None, factor=None,
+                   original_max_position=None, seq_len=None, beta_fast=None, beta_slow=None,
+                   mscale=None, mscale_all_dim=None, attention_factor=None,
+                   low_freq_factor=None, high_freq_factor=None, short_factors=None,
+                   long_factors=None, truncate=True, apply_attention_factor=False):
+        """Rotary cos/sin tables [max_position, rotary_dim/2] with a long-context
+        scaling, named as transformers' rope_type: "none", "linear", "ntk",
+        "dynamic", "yarn", "llama3", "longrope"; the keyword arguments are that
+        config's fields (None = the library's default; attn.h documents each).
+
+        Returns (cos, sin, attention_factor). With apply_attention_factor=True
+        the tables are multiplied by the factor (as transformers does);
+        otherwise the caller applies it (YaRN's mscale, LongRoPE's factor)."""
+        fn = "rope_cache"
+        P, r = int(max_position), int(rotary_dim)
+        if P < 1 or r < 2 or r % 2:
+            raise ValueError("%s: max_position = %d must be >= 1 and rotary_dim = %d even "
+                             "and >= 2" % (fn, P, r))
+        cos = np.empty((P, r // 2), np.float32)
+        sin = np.empty((P, r // 2), np.float32)
+        p = _lib.RopeCacheParams(scaling=_choice(_lib.ROPE_SCALINGS, scaling, fn, "scaling"),
+                                 apply_attention_factor=1 if apply_attention_factor else 0,
+                                 yarn_no_truncate=0 if truncate else 1)
+        for name, value in (("theta", theta), ("factor", factor), ("beta_fast", beta_fast),
+                            ("beta_slow", beta_slow), ("mscale", mscale),
+                            ("mscale_all_dim", mscale_all_dim),
+                            ("attention_factor", attention_factor),
+                            ("low_freq_factor", low_freq_factor),
+                            ("high_freq_factor", high_freq_factor)):
+            if value is not None:
+                setattr(p, name, float(value))
+        if original_max_position is not None:
+            p.original_max_position = int(original_max_position)
+        if seq_len is not None:
+            p.seq_len = int(seq_len)
+        af = ctypes.c_double()
+        with self._call(fn) as c:
+            for name, value in (("short_factors", short_factors), ("long_factors", long_factors)):
+                if value is not None:
+                    arr = np.ascontiguousarray(value, dtype=np.float64)
+                    if arr.shape != (r // 2,):
+                        raise ValueError("%s: %s has shape %s but must have shape (%d,)"
+                                         % (fn, name, arr.shape, r // 2))
+                    c.keep.append(arr)
+                    setattr(p, name, arr.ctypes.data_as(_lib._c_double_p))
+            c.check(_fn("attn_rope_cache_fill")(self._handle, c.output(cos, "cos"),
+                                                c.output(sin, "sin"), ctypes.byref(p),
+                                                ctypes.byref(af)))
+        return cos, sin, af.value
+
+    def rope_cached(self, x, cos, sin, *, position_ids=None, style="half", num_heads=None,
+                    inplace=False):
+        """Rotary embedding from cos/sin tables, as ONNX RotaryEmbedding-23.
+
+        x: [B, H, L, D], or [B, L, H*D] with num_heads = H. cos, sin: [P,
+        r/2] tables indexed by position_ids ([B, L] ints; None: token l reads
+        row l), or [B, L, r/2] / [1, L, r/2] per token. The tables are used
+        as given (any values). The first r dims of each head are rotated,
+        the rest copied. style: "half" or "interleaved". Returns the result
+        (x itself when inplace=True)."""
+        fn = "rope_cached"
+        if inplace:
+            y = x
+        else:
+            x = np.asarray(x)
+            y = np.empty(x.shape, np.float32)
+        with self._call(fn) as c:
+            hx = c.output(x, "x") if inplace else c.input(x, "x")
+            hy = hx if inplace else c.output(y, "out")
+            p = _lib.RopeCachedParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
+                                      num_heads=0 if num_heads is None else int(num_heads))
+            if position_ids is not None:
+                shape = np.shape(y)
+                L = shape[1] if len(shape) == 3 else (shape[2] if len(shape) == 4 else 0)
+                pos = _int64_array(position_ids, "position_ids", fn, (shape[0], L))
+                c.keep.append(pos)
+                p.position_ids = pos.ctypes.data_as(_lib._c_int64_p)
+            c.check(_fn("attn_rope_cached")(self._handle, hx, hy, c.input(cos, "cos"),
+                                            c.input(sin, "sin"), ctypes.byref(p)))
+        return y
+
+    # ---- pooling ----
+
+    def pool(self, x, mode="sum", *, scores=None, lengths=None, keep=None):
+        """Pool x [B, L, D] or [B, H, L, D] over its sequence axis L.
+
+        mode: "sum", "mean" (divided by the kept count), "max", or
+        "weighted" (softmax of `scores` [B, L] or [B, H, L] over the kept
+        tokens, then the weighted sum). lengths: [B] ints, tokens past
+        lengths[b] dropped; keep: bool [B, L] or [B, H, L], True = keep. A
+        sequence with no kept token gives zeros. Returns [B, D] or [B, H, D]."""
+        fn = "pool"
+        x = np.asarray(x)
+        if x.ndim not in (3, 4):
+            raise ValueError("%s: x must be [B, L, D] or [B, H, L, D], not %s" % (fn, x.shape))
+        out = np.empty(x.shape[:-2] + x.shape[-1:], np.float32)
+        p = _lib.PoolParams(mode=_choice(_lib.POOL_MODES, mode, fn, "mode"))
+        with self._call(fn) as c:
+            hx = c.input(x, "x")
+            if scores is not None:
+                p.scores = c.input(scores, "scores")
+            if keep is not None:
+                p.keep = c.input(keep, "keep", boolean=True)
+            if lengths is not None:
+                ln = _int64_array(lengths, "lengths", fn, (x.shape[0],))
+                c.keep.append(ln)
+                p.lengths = ln.ctypes.data_as(_lib._c_int64_p)
+            c.check(_fn("attn_pool")(self._handle, hx, c.output(out, "out"), ctypes.byref(p)))
+        return out
+
+    def pool_attention(self, queries, k, v=None, *, scale=None, lengths=None, keep=None,
+                       return_weights=False):
+        """Learned-query attention pooling (CLIP attention pool, Set
+        Transformer PMA): queries [Hq, M, D] (or [M, D]) shared by every
+        sequence attend over k [B, Hkv, L, D] (or [B, L, D]) and v (default
+        k). lengths: [B]; keep: bool [B, L]. Returns out [B, Hq, M, Dv]
+        (or [B, M, Dv] for 2-D queries and 3-D k), and the weights
+        [B, Hq, M, L] with return_weights."""
+        fn = "pool_attention"
+        q = np.asarray(queries)
+        k = np.asarray(k)
+        v = k if v is None else np.asarray(v)
+        squeeze = q.ndim == 2 and k.ndim == 3
+        q3 = q[None] if q.ndim == 2 else q
+        k4 = k[:, None] if k.ndim == 3 else k
+        v4 = v[:, None] if v.ndim == 3 else v
+        if q3.ndim != 3 or k4.ndim != 4 or v4.ndim != 4:
+            raise ValueError("%s: queries must be [Hq, M, D] or [M, D] and k, v [B, Hkv, L, D] "
+                             "or [B, L, D]" % fn)
+        B, L = k4.shape[0], k4.shape[2]
+        Hq, M = q3.shape[0], q3.shape[1]
+        out = np.empty((B, Hq, M, v4.shape[3]), np.float32)
+        weights = np.empty((B, Hq, M, L), np.float32) if return_weights else None
+        p = _lib.PoolAttentionParams(scale=_scale(scale, fn))
+        with self._call(fn) as c:
+            if keep is not None:
+                p.keep = c.input(keep, "keep", boolean=True)
+            if lengths is not None:
+                ln = _int64_array(lengths, "lengths", fn, (B,))
+                c.keep.append(ln)
+                p.lengths = ln.ctypes.data_as(_lib._c_int64_p)
+            if weights is not None:
+                p.weights = c.output(weights, "weights")
+            c.check(_fn("attn_pool_attention")(
+                self._handle, c.input(q3, "queries"), c.input(k4, "k"), c.input(v4, "v"),
+                c.output(out, "out"), ctypes.byref(p)))
+        if squeeze:
+            out = out[:, 0]
+            weights = weights[:, 0] if weights is not None else None
+        return (out, weights) if return_weights else out
+
     # ---- attention ----
 
     def _sdpa_params(self, fn, c, *, causal, align, scale, window, softcap, alibi_slopes,
@@ -757,3 +908,7 @@ alibi_slopes = _module_level("alibi_slopes")
 sdpa = _module_level("sdpa")
 sdpa_varlen = _module_level("sdpa_varlen")
 convert = _module_level("convert")
+rope_cache = _module_level("rope_cache")
+rope_cached = _module_level("rope_cached")
+pool = _module_level("pool")
+pool_attention = _module_level("pool_attention")

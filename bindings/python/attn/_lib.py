@@ -43,6 +43,9 @@ PE_LAYOUTS = {
 }
 ROPE_STYLES = {"half": 0, "half-split": 0, "neox": 0, "interleaved": 1, "gptj": 1}
 ALIGNS = {"top-left": 0, "bottom-right": 1}
+POOL_MODES = {"sum": 0, "mean": 1, "max": 2, "weighted": 3}
+ROPE_SCALINGS = {"none": 0, "default": 0, "linear": 1, "ntk": 2, "dynamic": 3,
+                 "dynamic-ntk": 3, "yarn": 4, "llama3": 5, "longrope": 6}
 
 
 class AttnError(Exception):
@@ -150,6 +153,60 @@ class SdpaParams(_SizedStruct):
     ]
 
 
+class RopeCacheParams(_SizedStruct):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("scaling", ctypes.c_int32),
+        ("apply_attention_factor", ctypes.c_int32),
+        ("theta", ctypes.c_double),
+        ("factor", ctypes.c_double),
+        ("original_max_position", ctypes.c_int64),
+        ("seq_len", ctypes.c_int64),
+        ("beta_fast", ctypes.c_double),
+        ("beta_slow", ctypes.c_double),
+        ("mscale", ctypes.c_double),
+        ("mscale_all_dim", ctypes.c_double),
+        ("attention_factor", ctypes.c_double),
+        ("low_freq_factor", ctypes.c_double),
+        ("high_freq_factor", ctypes.c_double),
+        ("short_factors", _c_double_p),
+        ("long_factors", _c_double_p),
+        ("yarn_no_truncate", ctypes.c_int32),
+        ("reserved_", ctypes.c_int32),
+    ]
+
+
+class RopeCachedParams(_SizedStruct):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("style", ctypes.c_int32),
+        ("num_heads", ctypes.c_int32),
+        ("position_ids", _c_int64_p),
+    ]
+
+
+class PoolParams(_SizedStruct):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("mode", ctypes.c_int32),
+        ("reserved_", ctypes.c_int32),
+        ("lengths", _c_int64_p),
+        ("keep", ctypes.c_void_p),
+        ("scores", ctypes.c_void_p),
+    ]
+
+
+class PoolAttentionParams(_SizedStruct):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("scale", ctypes.c_float),
+        ("reserved_", ctypes.c_int32),
+        ("lengths", _c_int64_p),
+        ("keep", ctypes.c_void_p),
+        ("weights", ctypes.c_void_p),
+    ]
+
+
 # name -> (restype, argtypes). Handles are opaque: c_void_p.
 _P = ctypes.c_void_p
 _PROTOTYPES = {
@@ -178,6 +235,12 @@ _PROTOTYPES = {
     "attn_sdpa": (ctypes.c_int, [_P, _P, _P, _P, _P, ctypes.POINTER(SdpaParams)]),
     "attn_sdpa_varlen": (ctypes.c_int, [_P, _P, _P, _P, _P, ctypes.c_int32, _c_int64_p,
                                         _c_int64_p, ctypes.POINTER(SdpaParams)]),
+    "attn_rope_cache_fill": (ctypes.c_int, [_P, _P, _P, ctypes.POINTER(RopeCacheParams),
+                                            _c_double_p]),
+    "attn_rope_cached": (ctypes.c_int, [_P, _P, _P, _P, _P, ctypes.POINTER(RopeCachedParams)]),
+    "attn_pool": (ctypes.c_int, [_P, _P, _P, ctypes.POINTER(PoolParams)]),
+    "attn_pool_attention": (ctypes.c_int, [_P, _P, _P, _P, _P,
+                                           ctypes.POINTER(PoolAttentionParams)]),
     "attn_cpu_info": (ctypes.c_char_p, []),
     "attn_blas_info": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_size_t]),
 }

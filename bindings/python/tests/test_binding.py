@@ -51,7 +51,11 @@ def _c_sizes():
                       (_lib.SoftmaxParams, "attn_softmax_params_init"),
                       (_lib.SinusoidalParams, "attn_sinusoidal_params_init"),
                       (_lib.RopeParams, "attn_rope_params_init"),
-                      (_lib.SdpaParams, "attn_sdpa_params_init")):
+                      (_lib.SdpaParams, "attn_sdpa_params_init"),
+                      (_lib.RopeCacheParams, "attn_rope_cache_params_init"),
+                      (_lib.RopeCachedParams, "attn_rope_cached_params_init"),
+                      (_lib.PoolParams, "attn_pool_params_init"),
+                      (_lib.PoolAttentionParams, "attn_pool_attention_params_init")):
         fn = getattr(attn._api._LIB, init, None)
         if fn is None:
             continue
