@@ -339,3 +339,49 @@ def test_bench_progress_on_a_terminal(tmp_path):
     assert r.returncode == 0
     assert r.stdout == b"result 1\nargs: a\n"
     assert b"attn bench: 2 lines of results" in seen
+
+
+# ---- pool (issue 11) ----
+
+def test_pool(tmp_path, rng):
+    x = rng.standard_normal((3, 2, 9, 4)).astype(np.float32)
+    s = rng.standard_normal((3, 9)).astype(np.float32)
+    keep = rng.random((3, 9)) > 0.3
+    keep[2] = False
+    inp, out = save(tmp_path, "x.npy", x), tmp_path / "y.npy"
+    sp, kp = save(tmp_path, "s.npy", s), save(tmp_path, "k.npy", keep)
+    ok("pool", inp, "-o", out)
+    close(np.load(out), x.sum(2))
+    for mode in ("sum", "mean", "max", "weighted"):
+        args = ["pool", inp, "-o", out, "--mode", mode, "--keep", kp]
+        if mode == "weighted":
+            args += ["--scores", sp]
+        ok(*args)
+        y = np.load(out)
+        assert y.shape == (3, 2, 4) and y.dtype == np.float32
+        for b in range(3):
+            xs = x[b][:, keep[b]].astype(np.float64)
+            if not keep[b].any():
+                assert not y[b].any()
+                continue
+            if mode == "weighted":
+                w = np.exp(s[b][keep[b]] - s[b][keep[b]].max())
+                want = np.einsum("l,hld->hd", w / w.sum(), xs)
+            else:
+                want = {"sum": xs.sum(1), "mean": xs.mean(1), "max": xs.max(1)}[mode]
+            close(y[b], want)
+    ok("pool", save(tmp_path, "x3.npy", x[:, 0]), "-o", out, "--mode", "mean")
+    close(np.load(out), x[:, 0].mean(1))
+
+
+def test_pool_usage_and_refusals(tmp_path, rng):
+    r = ok("pool", "--help")
+    assert r.stdout.startswith("usage: attn pool") and "Exit status" in r.stdout
+    assert "attn pool" in ok("--help").stdout
+    inp = save(tmp_path, "x.npy", np.zeros((2, 3, 4), np.float32))
+    assert attn("pool", inp, "-o", tmp_path / "y.npy", "--mode", "median").returncode == 1
+    assert attn("pool", inp).returncode == 1
+    r = attn("pool", inp, "-o", tmp_path / "y.npy", "--mode", "weighted")
+    assert r.returncode == 2 and "scores" in r.stderr
+    r = attn("pool", save(tmp_path, "v.npy", np.zeros(4, np.float32)), "-o", tmp_path / "y.npy")
+    assert r.returncode == 2 and "dims" in r.stderr

@@ -769,11 +769,115 @@ static int cmd_bench(int argc, char **argv) {
   return ATTN_EXIT_INPUT;
 }
 
+/* ---- pool ---- */
+
+static const char pool_usage[] =
+    "usage: attn pool X.npy -o OUT.npy [--mode sum|mean|max|weighted] [--scores S.npy]\n"
+    "                 [--keep K.npy]\n"
+    "Pool X [B, L, D] or [B, H, L, D] over its sequence axis L (attn_pool).\n"
+    "  -o, --output OUT.npy  result, float32, [B, D] or [B, H, D]\n"
+    "  --mode M              sum (default), mean (over the kept tokens), max, or\n"
+    "                        weighted: softmax of the scores over the kept tokens\n"
+    "  --scores S.npy        float [B, L] or [B, H, L]; required by --mode weighted\n"
+    "  --keep K.npy          bool/uint8 [B, L] or [B, H, L], nonzero = keep the token\n"
+    "A sequence with no kept token gives zeros.\n"
+    "Exit status: 0 success, 1 bad usage, 2 bad input.\n";
+
+static int cmd_pool(int argc, char **argv) {
+  cli c = {"pool", pool_usage};
+  const char *in = NULL, *outp = NULL, *scores = NULL, *keep = NULL, *v;
+  int mode = ATTN_POOL_SUM;
+  static const char *const mode_names[] = {"sum", "mean", "max", "weighted"};
+  static const int mode_values[] = {ATTN_POOL_SUM, ATTN_POOL_MEAN, ATTN_POOL_MAX,
+                                    ATTN_POOL_WEIGHTED};
+  for (int i = 1; i < argc; i++) {
+    int m;
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      fputs(c.usage, stdout);
+      return ATTN_EXIT_OK;
+    } else if ((m = take(&c, argc, argv, &i, "-o", &v)) ||
+               (m = take(&c, argc, argv, &i, "--output", &v))) {
+      if (m < 0)
+        return ATTN_EXIT_USAGE;
+      outp = v;
+    } else if ((m = take(&c, argc, argv, &i, "--mode", &v))) {
+      if (m < 0 || pick(&c, "--mode", v, mode_names, mode_values, 4, &mode))
+        return ATTN_EXIT_USAGE;
+    } else if ((m = take(&c, argc, argv, &i, "--scores", &v))) {
+      if (m < 0)
+        return ATTN_EXIT_USAGE;
+      scores = v;
+    } else if ((m = take(&c, argc, argv, &i, "--keep", &v))) {
+      if (m < 0)
+        return ATTN_EXIT_USAGE;
+      keep = v;
+    } else if (argv[i][0] == '-' && argv[i][1]) {
+      return usage_error(&c, "unknown option '%s'", argv[i]);
+    } else if (!in) {
+      in = argv[i];
+    } else {
+      return usage_error(&c, "unexpected argument '%s'", argv[i]);
+    }
+  }
+  if (!in)
+    return usage_error(&c, "%s", "missing X.npy");
+  if (!outp)
+    return usage_error(&c, "%s", "missing -o OUT.npy");
+
+  int rc = ATTN_EXIT_INPUT;
+  npy_array x = {0}, s = {0}, k = {0};
+  const char *names[3] = {in, scores, keep};
+  char files[1024];
+  join_files(files, sizeof files, names, 3);
+  run r = {&c, files, NULL};
+  float *out = NULL;
+  if (read_input(&c, in, NPY_ACCEPT_FLOAT, &x) ||
+      (scores && read_input(&c, scores, NPY_ACCEPT_FLOAT, &s)) ||
+      (keep && read_input(&c, keep, NPY_ACCEPT_BOOL, &k)) || open_ctx(&r))
+    goto done;
+  if (x.ndim != 3 && x.ndim != 4) {
+    fprintf(stderr, "attn pool: %s has %d dims but must be [B, L, D] or [B, H, L, D]\n", in,
+            x.ndim);
+    goto done;
+  }
+  int64_t odims[3] = {x.dims[0], x.ndim == 4 ? x.dims[1] : x.dims[2], x.dims[x.ndim - 1]};
+  int ond = x.ndim - 1;
+  size_t n = (size_t)odims[0] * (size_t)odims[1] * (ond == 3 ? (size_t)odims[2] : 1);
+  if (!(out = alloc_floats(&c, n)))
+    goto done;
+  attn_tensor *tx, *to, *ts = NULL, *tk = NULL;
+  attn_pool_params p;
+  attn_pool_params_init(&p);
+  p.mode = mode;
+  attn_status st = wrap(&r, &x, NULL, NULL, x.ndim, &tx);
+  if (!st)
+    st = attn_tensor_wrap(r.ctx, ATTN_DTYPE_F32, ond, odims, NULL, out, n * sizeof(float), &to);
+  if (!st && scores)
+    st = wrap(&r, &s, NULL, NULL, s.ndim, &ts);
+  if (!st && keep)
+    st = wrap(&r, &k, NULL, NULL, k.ndim, &tk);
+  p.scores = ts;
+  p.keep = tk;
+  if (st || (st = attn_pool(r.ctx, tx, to, &p))) {
+    rc = lib_error(&r, st);
+    goto done;
+  }
+  rc = write_output(&c, outp, ond, odims, out) ? ATTN_EXIT_INPUT : ATTN_EXIT_OK;
+done:
+  attn_ctx_destroy(r.ctx);
+  free(out);
+  npy_free(&x);
+  npy_free(&s);
+  npy_free(&k);
+  return rc;
+}
+
 const attn_subcommand attn_npy_subcommands[] = {
     {"softmax", "softmax or log-softmax of an .npy array", cmd_softmax},
     {"pe", "sinusoidal position table to an .npy file", cmd_pe},
     {"rope", "rotary position embedding of an .npy array", cmd_rope},
     {"sdpa", "scaled dot-product attention of Q, K, V .npy arrays", cmd_sdpa},
+    {"pool", "pool an .npy sequence over its tokens: sum, mean, max, weighted", cmd_pool},
     {"bench", "run attn-bench (with a progress line on a terminal)", cmd_bench},
     {NULL, NULL, NULL},
 };

@@ -43,7 +43,11 @@ static const command commands[] = {
      "  2. softmax of [1, 2, 3, 4, 5], then of the same row scaled by 0.5 with its\n"
      "     last two entries masked (attn_softmax);\n"
      "  3. causal self-attention over the encoded tokens (attn_sdpa): the\n"
-     "     attention weights as a grid, then the output rows.\n"
+     "     attention weights as a grid, then the output rows;\n"
+     "  4. the seed article's pipeline end to end: feature weights by softmax\n"
+     "     (attn_softmax), the weighted sequence, the positional encoding added\n"
+     "     (attn_sinusoidal_add), and the aggregation y = aggregate(x) as sum,\n"
+     "     mean, max and softmax-weighted average (attn_pool).\n"
      "Exit status: 0 success, 1 bad usage, 2 if libattn refuses a step (its\n"
      "message is printed).\n",
      cmd_demo},
@@ -304,6 +308,70 @@ static int demo_attention(attn_ctx *ctx, float x[L][D]) {
   return EXIT_OK;
 }
 
+/* The article's steps: w = softmax(f) over the tokens for a feature f,
+ * x_weighted = w * x, x_encoded = x_weighted + PE, y = aggregate(x_encoded).
+ * Its TensorFlow code ends with reduce_sum of the attention weights (a row
+ * of ones, not an aggregate of the sequence); this aggregates the values. */
+static int demo_pipeline(attn_ctx *ctx) {
+  static float x[L][D], f[L], w[L], y[4][D];
+  embed(x);
+  for (int l = 0; l < L; l++) { /* a stand-in feature extractor: the row mean */
+    f[l] = 0;
+    for (int d = 0; d < D; d++)
+      f[l] += x[l][d] / (float)D;
+  }
+  int64_t ld[1] = {L}, xd[3] = {1, L, D}, sd[2] = {1, L}, yd[2] = {1, D};
+  attn_tensor *tf, *tw, *tx, *ts, *ty[4];
+  attn_status st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 1, ld, NULL, f, sizeof f, &tf);
+  if (st == ATTN_OK)
+    st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 1, ld, NULL, w, sizeof w, &tw);
+  if (st == ATTN_OK)
+    st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, xd, NULL, x, sizeof x, &tx);
+  if (st == ATTN_OK)
+    st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 2, sd, NULL, f, sizeof f, &ts);
+  for (int m = 0; m < 4 && st == ATTN_OK; m++)
+    st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 2, yd, NULL, y[m], sizeof y[m], &ty[m]);
+  if (st != ATTN_OK)
+    return failed(ctx, "attn_tensor_wrap", st);
+
+  printf("\n4. The article's pipeline: weights, weighted sequence, encoding, aggregate\n"
+         "\n"
+         "  A feature per token (here the mean of its embedding) gives weights\n"
+         "  w = softmax(f) over the tokens; each token is scaled by its weight, the\n"
+         "  positional encoding is added, and y = aggregate(x_encoded) reduces the\n"
+         "  sequence to one vector.\n\n");
+  if ((st = attn_softmax(ctx, tf, tw, NULL)) != ATTN_OK)
+    return failed(ctx, "attn_softmax", st);
+  printf("  %-6s", "token");
+  for (int l = 0; l < L; l++)
+    printf(" %7s", tokens[l]);
+  printf("\n");
+  print_row("f", f, L, " %7.3f");
+  print_row("w", w, L, " %7.3f");
+  for (int l = 0; l < L; l++)
+    for (int d = 0; d < D; d++)
+      x[l][d] *= w[l];
+  print_table("x_weighted = w * x (attn_softmax weights per token):", &x[0][0]);
+  if ((st = attn_sinusoidal_add(ctx, tx, NULL)) != ATTN_OK)
+    return failed(ctx, "attn_sinusoidal_add", st);
+  print_table("x_encoded = x_weighted + PE (attn_sinusoidal_add):", &x[0][0]);
+  static const char *const names[4] = {"sum", "mean", "max", "wavg"};
+  static const int32_t modes[4] = {ATTN_POOL_SUM, ATTN_POOL_MEAN, ATTN_POOL_MAX,
+                                   ATTN_POOL_WEIGHTED};
+  printf("\n  y = aggregate(x_encoded) over the %d tokens (attn_pool; wavg: the average\n"
+         "  weighted by softmax(f), the article's \"weighted average\")\n", L);
+  for (int m = 0; m < 4; m++) {
+    attn_pool_params p;
+    attn_pool_params_init(&p);
+    p.mode = modes[m];
+    p.scores = modes[m] == ATTN_POOL_WEIGHTED ? ts : NULL;
+    if ((st = attn_pool(ctx, tx, ty[m], &p)) != ATTN_OK)
+      return failed(ctx, "attn_pool", st);
+    print_row(names[m], y[m], D, " %7.3f");
+  }
+  return EXIT_OK;
+}
+
 static int cmd_demo(int argc, char **argv) {
   int rc = no_options(find_command("demo"), argc, argv);
   if (rc >= 0)
@@ -323,6 +391,8 @@ static int cmd_demo(int argc, char **argv) {
     rc = demo_softmax(ctx);
   if (rc == EXIT_OK)
     rc = demo_attention(ctx, x);
+  if (rc == EXIT_OK)
+    rc = demo_pipeline(ctx);
   attn_ctx_destroy(ctx);
   return rc;
 }
