@@ -77,6 +77,49 @@ PIN(attn_sdpa_params, lse, 88, 8);
 PIN(attn_sdpa_params, weights, 96, 8);
 PIN(attn_sdpa_params, q_offsets, 104, 8); /* 0.2 */
 END(attn_sdpa_params, q_offsets, 112);
+
+/* Added in 0.2.0 (issue 11): pooling and rotary tables. */
+PIN(attn_rope_cache_params, struct_size, 0, 8);
+PIN(attn_rope_cache_params, scaling, 8, 4);
+PIN(attn_rope_cache_params, apply_attention_factor, 12, 4);
+PIN(attn_rope_cache_params, theta, 16, 8);
+PIN(attn_rope_cache_params, factor, 24, 8);
+PIN(attn_rope_cache_params, original_max_position, 32, 8);
+PIN(attn_rope_cache_params, seq_len, 40, 8);
+PIN(attn_rope_cache_params, beta_fast, 48, 8);
+PIN(attn_rope_cache_params, beta_slow, 56, 8);
+PIN(attn_rope_cache_params, mscale, 64, 8);
+PIN(attn_rope_cache_params, mscale_all_dim, 72, 8);
+PIN(attn_rope_cache_params, attention_factor, 80, 8);
+PIN(attn_rope_cache_params, low_freq_factor, 88, 8);
+PIN(attn_rope_cache_params, high_freq_factor, 96, 8);
+PIN(attn_rope_cache_params, short_factors, 104, 8);
+PIN(attn_rope_cache_params, long_factors, 112, 8);
+PIN(attn_rope_cache_params, yarn_no_truncate, 120, 4);
+PIN(attn_rope_cache_params, reserved_, 124, 4);
+END(attn_rope_cache_params, reserved_, 128);
+
+PIN(attn_rope_cached_params, struct_size, 0, 8);
+PIN(attn_rope_cached_params, style, 8, 4);
+PIN(attn_rope_cached_params, num_heads, 12, 4);
+PIN(attn_rope_cached_params, position_ids, 16, 8);
+END(attn_rope_cached_params, position_ids, 24);
+
+PIN(attn_pool_params, struct_size, 0, 8);
+PIN(attn_pool_params, mode, 8, 4);
+PIN(attn_pool_params, reserved_, 12, 4);
+PIN(attn_pool_params, lengths, 16, 8);
+PIN(attn_pool_params, keep, 24, 8);
+PIN(attn_pool_params, scores, 32, 8);
+END(attn_pool_params, scores, 40);
+
+PIN(attn_pool_attention_params, struct_size, 0, 8);
+PIN(attn_pool_attention_params, scale, 8, 4);
+PIN(attn_pool_attention_params, reserved_, 12, 4);
+PIN(attn_pool_attention_params, lengths, 16, 8);
+PIN(attn_pool_attention_params, keep, 24, 8);
+PIN(attn_pool_attention_params, weights, 32, 8);
+END(attn_pool_attention_params, weights, 40);
 #endif
 
 /* Enum values and sizes (int-sized through their 0x7fffffff sentinels). */
@@ -99,6 +142,14 @@ _Static_assert(sizeof(attn_status) == 4 && sizeof(attn_dtype) == 4 &&
                    sizeof(attn_align) == 4,
                "enums are int-sized");
 _Static_assert(ATTN_MAX_DIMS == 4, "ATTN_MAX_DIMS is part of the ABI");
+_Static_assert(ATTN_POOL_SUM == 0 && ATTN_POOL_MEAN == 1 && ATTN_POOL_MAX == 2 &&
+                   ATTN_POOL_WEIGHTED == 3 && sizeof(attn_pool_mode) == 4,
+               "attn_pool_mode values are pinned");
+_Static_assert(ATTN_ROPE_SCALING_NONE == 0 && ATTN_ROPE_SCALING_LINEAR == 1 &&
+                   ATTN_ROPE_SCALING_NTK == 2 && ATTN_ROPE_SCALING_DYNAMIC_NTK == 3 &&
+                   ATTN_ROPE_SCALING_YARN == 4 && ATTN_ROPE_SCALING_LLAMA3 == 5 &&
+                   ATTN_ROPE_SCALING_LONGROPE == 6 && sizeof(attn_rope_scaling) == 4,
+               "attn_rope_scaling values are pinned");
 
 /* ---------------- 2. older and newer callers ---------------- */
 
