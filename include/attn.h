@@ -34,14 +34,20 @@
  *   against an older header keep working; a newer caller's non-zero fields
  *   unknown to this library give ATTN_ERR_UNSUPPORTED.
  * - Threads: one context is used by one thread at a time; distinct contexts
- *   are independent. The only global state is a CPU feature probe
+ *   are independent. A call that finds another thread inside a call on the
+ *   same context (an op, or a tensor new / wrap / free) returns ATTN_ERR_BUSY
+ *   at once, changing nothing; the running call is not disturbed and
+ *   attn_ctx_last_error() keeps describing it (the busy call writes no
+ *   message). The only global state is a CPU feature probe
  *   initialised once. An op uses at most the context's thread count.
  * - Enum-valued fields are int32_t in structs, so their size is fixed for FFI.
  *
  * Semantics shared by all ops (details per op below)
  * - A masked entry gets weight exactly 0; a row whose entries are all masked
  *   gives zeros (log-softmax: -inf; log-sum-exp: -inf), never NaN.
- * - A NaN in the input gives NaN in its row: errors are not hidden.
+ * - A NaN in the input gives NaN in its row (errors are not hidden), unless
+ *   a mask hides its entry (boolean 0 or additive -inf): a hidden entry never
+ *   reaches the result.
  */
 #ifndef ATTN_H
 #define ATTN_H
@@ -119,6 +125,10 @@ typedef enum attn_status {
   ATTN_ERR_UNSUPPORTED = 6,   /**< valid request this build does not do (dtype, newer field) */
   ATTN_ERR_BAD_HANDLE = 7,    /**< handle freed, corrupt, or from another context */
   ATTN_ERR_ALIASING = 8,      /**< an output overlaps an input in a way the op forbids */
+  /** another thread is inside a call on the same context (a context serves
+   * one call at a time; use one context per thread). The other call is not
+   * disturbed and attn_ctx_last_error() keeps its message. @since 0.2.0 */
+  ATTN_ERR_BUSY = 9,
   ATTN_STATUS_MAX_ = 0x7fffffff
 } attn_status;
 
@@ -334,7 +344,8 @@ ATTN_API void attn_softmax_params_init(attn_softmax_params *p);
  *  rules (aligned on the last axis; each mask dim equals x's or is 1).
  * Results: masked entries are exactly 0; a row with every entry masked (by
  * bool_mask or -inf) is all zeros; a NaN or +inf z makes the row NaN (IEEE
- * inf - inf, as PyTorch), a bool-masked entry is removed whatever x holds;
+ * inf - inf, as PyTorch), an entry masked by bool_mask == 0 or by a -inf
+ * in mask is removed whatever x holds (NaN included, as in attn_sdpa);
  * z is computed in float, so scale*x + mask may overflow to +-inf (to -inf:
  * a masked entry). Finite rows are stable up to |z| = FLT_MAX (z - max is
  * computed first).

@@ -1,4 +1,5 @@
-/* Context lifecycle, the allocator, scratch memory, errors and version. */
+/* Context lifecycle, the op prologue (in-use flag, op name), the allocator,
+ * the workspace arena, errors and version. */
 #define _GNU_SOURCE /* sched_getaffinity */
 #include "internal.h"
 
@@ -25,8 +26,9 @@ static const char *const status_names[] = {
     [ATTN_ERR_UNSUPPORTED] = "ATTN_ERR_UNSUPPORTED",
     [ATTN_ERR_BAD_HANDLE] = "ATTN_ERR_BAD_HANDLE",
     [ATTN_ERR_ALIASING] = "ATTN_ERR_ALIASING",
+    [ATTN_ERR_BUSY] = "ATTN_ERR_BUSY",
 };
-_Static_assert(sizeof status_names / sizeof status_names[0] == ATTN_ERR_ALIASING + 1,
+_Static_assert(sizeof status_names / sizeof status_names[0] == ATTN_ERR_BUSY + 1,
                "every status has a name");
 
 const char *attn_status_string(attn_status status) {
@@ -37,12 +39,35 @@ const char *attn_status_string(attn_status status) {
 
 attn_status attn__fail(attn_ctx *ctx, attn_status status, const char *fmt, ...) {
   if (ctx) {
+    int n = ctx->op ? snprintf(ctx->err, sizeof ctx->err, "%s: ", ctx->op) : 0;
+    if (n < 0 || (size_t)n >= sizeof ctx->err)
+      n = 0;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(ctx->err, sizeof ctx->err, fmt, ap);
+    vsnprintf(ctx->err + n, sizeof ctx->err - (size_t)n, fmt, ap);
     va_end(ap);
   }
   return status;
+}
+
+attn_status attn__op_begin(attn_ctx *ctx, const char *op) {
+  if (!ctx)
+    return ATTN_ERR_NULL_ARG;
+  if (ctx->magic != ATTN_CTX_MAGIC)
+    return ATTN_ERR_BAD_HANDLE;
+  /* Acquire pairs with the release in attn__op_end: the previous call's
+   * writes to the context happen before this call's reads. */
+  if (atomic_exchange_explicit(&ctx->busy, 1, memory_order_acquire))
+    return ATTN_ERR_BUSY;
+  ctx->op = op;
+  return ATTN_OK;
+}
+
+attn_status attn__op_end(attn_ctx *ctx, attn_status st) {
+  ctx->ws_used = 0;
+  ctx->op = NULL;
+  atomic_store_explicit(&ctx->busy, 0, memory_order_release);
+  return st;
 }
 
 static void *default_alloc(void *user, size_t size) {
@@ -64,45 +89,79 @@ void attn__free(attn_ctx *ctx, void *p) {
     ctx->free(ctx->alloc_user, p);
 }
 
-void *attn__scratch(attn_ctx *ctx, const char *fn, size_t size) {
-  if (size <= ctx->scratch_size)
-    return ctx->scratch;
-  if (size > SIZE_MAX - ATTN_ALIGN) {
-    attn__fail(ctx, ATTN_ERR_OVERFLOW, "%s: workspace of %zu bytes is too large", fn, size);
-    return NULL;
-  }
-  void *block = attn__alloc(ctx, size + ATTN_ALIGN);
-  if (!block) {
-    attn__fail(ctx, ATTN_ERR_NO_MEMORY, "%s: cannot allocate %zu bytes of workspace", fn,
-               size);
-    return NULL;
-  }
-  attn__free(ctx, ctx->scratch_block);
-  ctx->scratch_block = block;
-  ctx->scratch = (void *)(((uintptr_t)block + ATTN_ALIGN - 1) & ~(uintptr_t)(ATTN_ALIGN - 1));
-  ctx->scratch_size = size;
-  return ctx->scratch;
+/* ---- workspace ---- */
+
+size_t attn__ws_round(size_t bytes) {
+  if (bytes > SIZE_MAX - (ATTN_ALIGN - 1))
+    return SIZE_MAX; /* never fits: every caller then refuses it */
+  return (bytes + ATTN_ALIGN - 1) & ~(size_t)(ATTN_ALIGN - 1);
 }
 
-attn_status attn__read_params(attn_ctx *ctx, const char *fn, void *dst, size_t dst_size,
-                              const void *src) {
+void *attn__ws_take(attn_ws_layout *l, size_t count, size_t elem_size) {
+  size_t bytes, end;
+  if (__builtin_mul_overflow(count, elem_size, &bytes) ||
+      (bytes = attn__ws_round(bytes)) == SIZE_MAX || __builtin_add_overflow(l->used, bytes, &end)) {
+    l->used = SIZE_MAX;
+    return NULL;
+  }
+  void *p = l->base ? l->base + l->used : NULL;
+  l->used = end;
+  return p;
+}
+
+attn_status attn__ws_reserve(attn_ctx *ctx, size_t bytes) {
+  size_t need; /* rounded as attn__ws_alloc rounds, so a slice of `bytes` fits */
+  if (__builtin_add_overflow(ctx->ws_used, attn__ws_round(bytes), &need) ||
+      need > SIZE_MAX - ATTN_ALIGN)
+    return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the workspace size overflows");
+  if (need <= ctx->ws_cap)
+    return ATTN_OK;
+  if (ctx->ws_used)
+    return attn__fail(ctx, ATTN_ERR_NO_MEMORY,
+                      "internal error: %zu bytes of workspace asked for while slices are "
+                      "live (the outer plan must include them)",
+                      bytes);
+  void *block = attn__alloc(ctx, need + ATTN_ALIGN);
+  if (!block)
+    return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate %zu bytes of workspace", need);
+  attn__free(ctx, ctx->ws_block);
+  ctx->ws_block = block;
+  ctx->ws = attn__align_ptr(block);
+  ctx->ws_cap = need;
+  return ATTN_OK;
+}
+
+void *attn__ws_alloc(attn_ctx *ctx, size_t bytes) {
+  bytes = attn__ws_round(bytes);
+  if (bytes > ctx->ws_cap - ctx->ws_used)
+    return NULL;
+  void *p = ctx->ws + ctx->ws_used;
+  ctx->ws_used += bytes;
+  return p;
+}
+
+size_t attn__ws_mark(const attn_ctx *ctx) { return ctx->ws_used; }
+
+void attn__ws_release(attn_ctx *ctx, size_t mark) { ctx->ws_used = mark; }
+
+attn_status attn__read_params(attn_ctx *ctx, void *dst, size_t dst_size, const void *src) {
   if (!src)
     return ATTN_OK;
   size_t src_size;
   memcpy(&src_size, src, sizeof src_size);
   if (src_size < sizeof(size_t))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "%s: params.struct_size = %zu is too small (set it to sizeof the "
+                      "params.struct_size = %zu is too small (set it to sizeof the "
                       "struct, or call the _init function)",
-                      fn, src_size);
+                      src_size);
   if (src_size > dst_size) {
     const unsigned char *extra = (const unsigned char *)src + dst_size;
     for (size_t i = 0; i < src_size - dst_size; i++)
       if (extra[i])
         return attn__fail(ctx, ATTN_ERR_UNSUPPORTED,
-                          "%s: params.struct_size = %zu but this library (%s) knows %zu "
+                          "params.struct_size = %zu but this library (%s) knows %zu "
                           "bytes and byte %zu is set (built against a newer header?)",
-                          fn, src_size, ATTN_VERSION_STRING, dst_size, dst_size + i);
+                          src_size, ATTN_VERSION_STRING, dst_size, dst_size + i);
     src_size = dst_size;
   }
   memcpy(dst, src, src_size);
@@ -131,7 +190,7 @@ attn_status attn_ctx_create(attn_ctx **out, const attn_ctx_options *opts) {
     return ATTN_ERR_NULL_ARG;
   attn_ctx_options o;
   attn_ctx_options_init(&o);
-  attn_status st = attn__read_params(NULL, "attn_ctx_create", &o, sizeof o, opts);
+  attn_status st = attn__read_params(NULL, &o, sizeof o, opts);
   if (st != ATTN_OK)
     return st;
   if (o.num_threads < 0 || o.num_threads > ATTN_MAX_THREADS || o.reserved_ != 0)
@@ -149,6 +208,7 @@ attn_status attn_ctx_create(attn_ctx **out, const attn_ctx_options *opts) {
   ctx->alloc = alloc;
   ctx->free = free_fn;
   ctx->alloc_user = o.alloc_user;
+  atomic_init(&ctx->busy, 0);
   ctx->num_threads = o.num_threads ? o.num_threads : cpus_available();
   if (ctx->num_threads > 1) {
     st = attn__threadpool_create(ctx, ctx->num_threads - 1, &ctx->pool);
@@ -175,7 +235,7 @@ void attn_ctx_destroy(attn_ctx *ctx) {
     attn__free(ctx, t);
     t = next;
   }
-  attn__free(ctx, ctx->scratch_block);
+  attn__free(ctx, ctx->ws_block);
   ctx->magic = ATTN_DEAD_MAGIC;
   attn_free_fn free_fn = ctx->free;
   void *user = ctx->alloc_user;

@@ -2,7 +2,7 @@
  * converting f32 / f16 / bf16 with the dispatched kernels (simd/half.h has
  * the rounding rules). Rows are contiguous (attn_tensor_wrap guarantees a
  * unit innermost stride), so each row is one kernel call. */
-#include "internal.h"
+#include "check.h"
 #include "simd/kernels.h"
 
 #include <string.h>
@@ -11,9 +11,9 @@
  * one rounding, and the chunk stays in L1. */
 #define CHUNK 256
 
-static bool is_float(int32_t dtype) {
-  return dtype == ATTN_DTYPE_F32 || dtype == ATTN_DTYPE_F16 || dtype == ATTN_DTYPE_BF16;
-}
+#define FLOAT_DTYPES (ATTN_DT_F32 | ATTN_DT_F16 | ATTN_DT_BF16)
+
+static bool is_float(int32_t dtype) { return (FLOAT_DTYPES & ATTN_DT(dtype)) != 0; }
 
 static void widen(const attn_kernels *k, int32_t dtype, const void *x, float *y, int64_t n) {
   if (dtype == ATTN_DTYPE_F16)
@@ -51,26 +51,21 @@ static void copy_row(const attn_kernels *k, int32_t st, const char *x, int32_t d
   }
 }
 
-attn_status attn_tensor_copy(attn_ctx *ctx, const attn_tensor *src, attn_tensor *dst) {
-  static const char fn[] = "attn_tensor_copy";
-  attn_status st = attn__check_ctx(ctx);
+static attn_status copy(attn_ctx *ctx, const attn_tensor *src, attn_tensor *dst) {
+  const attn_operand ops[] = {
+      {ATTN_OPERAND("src", src, FLOAT_DTYPES | ATTN_DT_U8, 1, ATTN_MAX_DIMS)},
+      {ATTN_OPERAND("dst", dst, FLOAT_DTYPES | ATTN_DT_U8, 1, ATTN_MAX_DIMS), .like = ATTN_LIKE(0),
+       .flags = ATTN_OPND_OUTPUT | ATTN_OPND_SAME_SHAPE | ATTN_OPND_INPLACE},
+  };
+  attn_status st = attn__check_operands(ctx, ops, 2, NULL);
   if (st != ATTN_OK)
-    return st;
-  if ((st = attn__check_tensor(ctx, fn, "src", src, -1, 1, ATTN_MAX_DIMS)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "dst", dst, -1, 1, ATTN_MAX_DIMS)) != ATTN_OK ||
-      (st = attn__check_same_shape(ctx, fn, "src", src, "dst", dst)) != ATTN_OK ||
-      (st = attn__check_writable(ctx, fn, "dst", dst)) != ATTN_OK)
     return st;
   if (is_float(src->dtype) != is_float(dst->dtype))
     return attn__fail(ctx, ATTN_ERR_UNSUPPORTED,
-                      "%s: src has dtype %s but dst has %s (U8 copies only to U8)", fn,
+                      "src has dtype %s but dst has %s (U8 copies only to U8)",
                       attn__dtype_name(src->dtype), attn__dtype_name(dst->dtype));
   if (attn__same_view(src, dst))
     return ATTN_OK; /* same elements, same type */
-  if (attn__overlap(src, dst))
-    return attn__fail(ctx, ATTN_ERR_ALIASING,
-                      "%s: dst overlaps src in memory (only the very same view is allowed)",
-                      fn);
   const attn_kernels *k = attn__kernels();
   /* Pad to 4 axes (leading dims 1); axis 3 is the row. */
   int64_t dims[ATTN_MAX_DIMS], ss[ATTN_MAX_DIMS], ds[ATTN_MAX_DIMS];
@@ -90,4 +85,11 @@ attn_status attn_tensor_copy(attn_ctx *ctx, const attn_tensor *src, attn_tensor 
                  (char *)dst->data + (size_t)dof * de, dims[3]);
       }
   return ATTN_OK;
+}
+
+attn_status attn_tensor_copy(attn_ctx *ctx, const attn_tensor *src, attn_tensor *dst) {
+  attn_status st = attn__op_begin(ctx, "attn_tensor_copy");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, copy(ctx, src, dst));
 }

@@ -7,12 +7,10 @@
  * its D outputs are accumulated in double over the kept tokens, reading x
  * token by token (each token's row is contiguous), so a dropped token is
  * never read and a NaN reaches only the outputs of the rows that read it. */
-#include "internal.h"
+#include "check.h"
 
 #include <math.h>
 #include <string.h>
-
-static size_t round_up(size_t n) { return (n + ATTN_ALIGN - 1) & ~(size_t)(ATTN_ALIGN - 1); }
 
 /* A token costs a few flops per element; a thread earns its wake-up after
  * about this many elements read. */
@@ -78,7 +76,7 @@ static void pool_item(void *arg, int64_t item, int32_t worker) {
   const pool_problem *p = arg;
   int64_t b = item / p->H, h = item % p->H, D = p->D;
   double *acc = p->work + p->work_stride * (size_t)worker;
-  double *w = acc + round_up((size_t)D * sizeof(double)) / sizeof(double);
+  double *w = acc + attn__ws_round((size_t)D * sizeof(double)) / sizeof(double);
   float *o = p->out + b * p->os[0] + h * p->os[1];
   int64_t n = 0;
   if (p->mode == ATTN_POOL_WEIGHTED) {
@@ -133,12 +131,12 @@ void attn_pool_params_init(attn_pool_params *p) {
 
 /* A per-token tensor (keep or scores): [B, L] or, for 4-D x, [B, H, L]; each
  * dim equal to x's or 1. Writes its strides over the [B, H, L] view. */
-static attn_status check_per_token(attn_ctx *ctx, const char *fn, const char *name,
-                                   const attn_tensor *t, int32_t dtype, const pool_problem *p,
-                                   int32_t x_ndim, int64_t *st3) {
-  attn_status st = attn__check_tensor(ctx, fn, name, t, dtype, 2, x_ndim - 1);
-  if (st != ATTN_OK)
-    return st;
+static attn_status check_per_token(attn_ctx *ctx, const char *name, const attn_tensor *t,
+                                   const pool_problem *p, int32_t x_ndim, int64_t *st3) {
+  /* Handle, dtype and 2..3 dims were checked with the other operands. */
+  if (t->ndim > x_ndim - 1)
+    return attn__fail(ctx, ATTN_ERR_SHAPE, "%s has %d dims but must have 2..%d", name, (int)t->ndim,
+                      (int)(x_ndim - 1));
   const int64_t want3[3] = {p->B, p->H, p->L};
   /* A 2-D tensor is [B, L]; its H axis is broadcast. */
   int64_t dims[3], strides[3];
@@ -153,41 +151,46 @@ static attn_status check_per_token(attn_ctx *ctx, const char *fn, const char *na
   for (int a = 0; a < 3; a++) {
     if (dims[a] != want3[a] && dims[a] != 1)
       return attn__fail(ctx, ATTN_ERR_SHAPE,
-                        "%s: %s has %s = %lld but x has %lld (each dim must equal x's or be 1; "
+                        "%s has %s = %lld but x has %lld (each dim must equal x's or be 1; "
                         "shape [B, L]%s)",
-                        fn, name, axis[a], (long long)dims[a], (long long)want3[a],
+                        name, axis[a], (long long)dims[a], (long long)want3[a],
                         x_ndim == 4 ? " or [B, H, L]" : "");
     st3[a] = dims[a] == 1 ? 0 : strides[a];
   }
   return ATTN_OK;
 }
 
-attn_status attn_pool(attn_ctx *ctx, const attn_tensor *x, attn_tensor *out,
-                      const attn_pool_params *params) {
-  static const char fn[] = "attn_pool";
-  attn_status st = attn__check_ctx(ctx);
-  if (st != ATTN_OK)
-    return st;
+static attn_status pool(attn_ctx *ctx, const attn_tensor *x, attn_tensor *out,
+                        const attn_pool_params *params) {
   attn_pool_params prm;
   attn_pool_params_init(&prm);
-  if ((st = attn__read_params(ctx, fn, &prm, sizeof prm, params)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "x", x, ATTN_DTYPE_F32, 3, 4)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "out", out, ATTN_DTYPE_F32, x->ndim - 1,
-                               x->ndim - 1)) != ATTN_OK)
+  attn_status st = attn__read_params(ctx, &prm, sizeof prm, params);
+  if (st != ATTN_OK)
     return st;
+  const attn_operand ops[] = {
+      {ATTN_OPERAND("x", x, ATTN_DT_F32, 3, 4)},
+      {ATTN_OPERAND("out", out, ATTN_DT_F32, 2, 3), .flags = ATTN_OPND_OUTPUT},
+      {ATTN_OPERAND("params.keep", prm.keep, ATTN_DT_U8, 2, 3), .flags = ATTN_OPND_OPTIONAL},
+      {ATTN_OPERAND("params.scores", prm.scores, ATTN_DT_F32, 2, 3), .flags = ATTN_OPND_OPTIONAL},
+  };
+  if ((st = attn__check_operands(ctx, ops, 4, NULL)) != ATTN_OK)
+    return st;
+  if (out->ndim != x->ndim - 1)
+    return attn__fail(ctx, ATTN_ERR_SHAPE, "out has %d dims but must have %d", (int)out->ndim,
+                      (int)(x->ndim - 1));
   if (prm.mode < ATTN_POOL_SUM || prm.mode > ATTN_POOL_WEIGHTED)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "%s: params.mode = %d is not an attn_pool_mode (0 sum, 1 mean, 2 max, 3 "
+                      "params.mode = %d is not an attn_pool_mode (0 sum, 1 mean, 2 max, 3 "
                       "weighted)",
-                      fn, (int)prm.mode);
+                      (int)prm.mode);
   if (prm.reserved_)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: params.reserved_ = %d but must be 0", fn,
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.reserved_ = %d but must be 0",
                       (int)prm.reserved_);
   if ((prm.mode == ATTN_POOL_WEIGHTED) != (prm.scores != NULL))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "%s: params.scores is %s but mode is %d (scores are required by "
+                      "params.scores is %s but mode is %d (scores are required by "
                       "ATTN_POOL_WEIGHTED and only by it)",
-                      fn, prm.scores ? "set" : "NULL", (int)prm.mode);
+                      prm.scores ? "set" : "NULL", (int)prm.mode);
 
   pool_problem p;
   memset(&p, 0, sizeof p);
@@ -201,30 +204,21 @@ attn_status attn_pool(attn_ctx *ctx, const attn_tensor *x, attn_tensor *out,
   for (int32_t a = 0; a < nd - 1; a++) {
     int64_t want = nd == 4 ? want_out[a] : (a == 0 ? p.B : p.D);
     if (out->dims[a] != want)
-      return attn__fail(ctx, ATTN_ERR_SHAPE, "%s: out.shape[%d] = %lld but must be %lld (%s)",
-                        fn, (int)a, (long long)out->dims[a], (long long)want,
+      return attn__fail(ctx, ATTN_ERR_SHAPE, "out.shape[%d] = %lld but must be %lld (%s)", (int)a,
+                        (long long)out->dims[a], (long long)want,
                         nd == 4 ? "[B, H, D] for x [B, H, L, D]" : "[B, D] for x [B, L, D]");
   }
   if (prm.lengths)
     for (int64_t b = 0; b < p.B; b++)
       if (prm.lengths[b] < 0 || prm.lengths[b] > p.L)
         return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                          "%s: params.lengths[%lld] = %lld but must be in 0..L = %lld", fn,
-                          (long long)b, (long long)prm.lengths[b], (long long)p.L);
-  if (prm.keep && (st = check_per_token(ctx, fn, "params.keep", prm.keep, ATTN_DTYPE_U8, &p,
-                                        nd, p.ks)) != ATTN_OK)
+                          "params.lengths[%lld] = %lld but must be in 0..L = %lld", (long long)b,
+                          (long long)prm.lengths[b], (long long)p.L);
+  if (prm.keep && (st = check_per_token(ctx, "params.keep", prm.keep, &p, nd, p.ks)) != ATTN_OK)
     return st;
-  if (prm.scores && (st = check_per_token(ctx, fn, "params.scores", prm.scores, ATTN_DTYPE_F32,
-                                          &p, nd, p.ss)) != ATTN_OK)
+  if (prm.scores &&
+      (st = check_per_token(ctx, "params.scores", prm.scores, &p, nd, p.ss)) != ATTN_OK)
     return st;
-  if ((st = attn__check_writable(ctx, fn, "out", out)) != ATTN_OK)
-    return st;
-  const attn_tensor *inputs[3] = {x, prm.keep, prm.scores};
-  static const char *const names[3] = {"x", "params.keep", "params.scores"};
-  for (int i = 0; i < 3; i++)
-    if (inputs[i] && attn__overlap(out, inputs[i]))
-      return attn__fail(ctx, ATTN_ERR_ALIASING, "%s: out overlaps %s in memory", fn, names[i]);
-
   p.x = x->data;
   p.xs[0] = x->strides[0];
   p.xs[1] = nd == 4 ? x->strides[1] : 0;
@@ -240,25 +234,31 @@ attn_status attn_pool(attn_ctx *ctx, const attn_tensor *x, attn_tensor *out,
 
   /* plan */
   int64_t items = p.B * p.H;
-  int32_t threads = attn__threads_for(ctx, (double)items * (double)p.L * (double)p.D,
-                                      MIN_WORK_PER_THREAD);
-  if (threads > items)
-    threads = (int32_t)items;
-  size_t per = round_up((size_t)p.D * sizeof(double));
+  int32_t threads = attn__threads_plan(ctx, (double)items * (double)p.L * (double)p.D,
+                                       MIN_WORK_PER_THREAD, items);
+  size_t per = attn__ws_round((size_t)p.D * sizeof(double));
   if (p.mode == ATTN_POOL_WEIGHTED)
-    per += round_up((size_t)p.L * sizeof(double));
+    per += attn__ws_round((size_t)p.L * sizeof(double));
   size_t total;
   if (__builtin_mul_overflow(per, (size_t)threads, &total))
-    return attn__fail(ctx, ATTN_ERR_OVERFLOW, "%s: workspace size overflows", fn);
-  double *mem = attn__scratch(ctx, fn, total);
-  if (!mem)
-    return ATTN_ERR_NO_MEMORY;
+    total = SIZE_MAX; /* refused by the reservation */
+  if ((st = attn__ws_reserve(ctx, total)) != ATTN_OK)
+    return st;
+  double *mem = attn__ws_alloc(ctx, total);
 
   /* run */
   p.work = mem;
   p.work_stride = per / sizeof(double);
   attn__parallel_for(ctx, threads, items, pool_item, &p);
   return ATTN_OK;
+}
+
+attn_status attn_pool(attn_ctx *ctx, const attn_tensor *x, attn_tensor *out,
+                      const attn_pool_params *params) {
+  attn_status st = attn__op_begin(ctx, "attn_pool");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, pool(ctx, x, out, params));
 }
 
 /* ---------------------------------------------------------------- attention pooling */
@@ -283,21 +283,23 @@ static attn_tensor view_of(const attn_tensor *t, int32_t ndim, const int64_t *di
   return v;
 }
 
-attn_status attn_pool_attention(attn_ctx *ctx, const attn_tensor *queries, const attn_tensor *k,
-                                const attn_tensor *v, attn_tensor *out,
-                                const attn_pool_attention_params *params) {
-  static const char fn[] = "attn_pool_attention";
-  attn_status st = attn__check_ctx(ctx);
-  if (st != ATTN_OK)
-    return st;
+static attn_status pool_attention(attn_ctx *ctx, const attn_tensor *queries, const attn_tensor *k,
+                                  const attn_tensor *v, attn_tensor *out,
+                                  const attn_pool_attention_params *params) {
   attn_pool_attention_params prm;
   attn_pool_attention_params_init(&prm);
-  if ((st = attn__read_params(ctx, fn, &prm, sizeof prm, params)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "queries", queries, ATTN_DTYPE_F32, 3, 3)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "k", k, ATTN_DTYPE_F32, 4, 4)) != ATTN_OK)
+  attn_status st = attn__read_params(ctx, &prm, sizeof prm, params);
+  if (st != ATTN_OK)
+    return st;
+  const attn_operand ops[] = {
+      {ATTN_OPERAND("queries", queries, ATTN_DT_F32, 3, 3)},
+      {ATTN_OPERAND("k", k, ATTN_DT_F32, 4, 4)},
+      {ATTN_OPERAND("params.keep", prm.keep, ATTN_DT_U8, 2, 2), .flags = ATTN_OPND_OPTIONAL},
+  };
+  if ((st = attn__check_operands(ctx, ops, 3, NULL)) != ATTN_OK)
     return st;
   if (prm.reserved_)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: params.reserved_ = %d but must be 0", fn,
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.reserved_ = %d but must be 0",
                       (int)prm.reserved_);
   int64_t B = k->dims[0], L = k->dims[2];
   /* queries [Hq, M, D] as q [B, Hq, M, D] with a zero batch stride. */
@@ -311,16 +313,13 @@ attn_status attn_pool_attention(attn_ctx *ctx, const attn_tensor *queries, const
   sp.kv_lens = prm.lengths;
   sp.weights = prm.weights;
   if (prm.keep) {
-    if ((st = attn__check_tensor(ctx, fn, "params.keep", prm.keep, ATTN_DTYPE_U8, 2, 2)) !=
-        ATTN_OK)
-      return st;
     if (prm.keep->dims[0] != B && prm.keep->dims[0] != 1)
       return attn__fail(ctx, ATTN_ERR_SHAPE,
-                        "%s: params.keep.shape[0] = %lld but must be B = %lld or 1", fn,
+                        "params.keep.shape[0] = %lld but must be B = %lld or 1",
                         (long long)prm.keep->dims[0], (long long)B);
     if (prm.keep->dims[1] != L)
       return attn__fail(ctx, ATTN_ERR_SHAPE,
-                        "%s: params.keep.shape[1] = %lld but must be L = k.shape[2] = %lld", fn,
+                        "params.keep.shape[1] = %lld but must be L = k.shape[2] = %lld",
                         (long long)prm.keep->dims[1], (long long)L);
     /* [B, L] as the [B, 1, 1, L] mask SDPA broadcasts over heads and queries. */
     const int64_t kd[4] = {prm.keep->dims[0], 1, 1, L};
@@ -328,16 +327,18 @@ attn_status attn_pool_attention(attn_ctx *ctx, const attn_tensor *queries, const
     keep4 = view_of(prm.keep, 4, kd, ks);
     sp.bool_mask = &keep4;
   }
-  st = attn_sdpa(ctx, &q4, k, v, out, &sp);
-  if (st != ATTN_OK) {
-    /* Name this function; the rest (q = queries as [B, Hq, M, D], bool_mask
-     * = keep as [B, 1, 1, L]) still gives the axis and the rule. */
-    static const char sdpa[] = "attn_sdpa: ";
-    if (!strncmp(ctx->err, sdpa, sizeof sdpa - 1)) {
-      char rest[ATTN_ERR_LEN];
-      memcpy(rest, ctx->err + sizeof sdpa - 1, sizeof rest - (sizeof sdpa - 1));
-      attn__fail(ctx, st, "%s (via attn_sdpa): %s", fn, rest);
-    }
-  }
-  return st;
+  /* The rest is attn_sdpa's check and run; its messages name q (queries as
+   * [B, Hq, M, D]) and bool_mask (keep as [B, 1, 1, L]), so say where they
+   * come from. */
+  ctx->op = "attn_pool_attention (via attn_sdpa)";
+  return attn__sdpa(ctx, &q4, k, v, out, &sp);
+}
+
+attn_status attn_pool_attention(attn_ctx *ctx, const attn_tensor *queries, const attn_tensor *k,
+                                const attn_tensor *v, attn_tensor *out,
+                                const attn_pool_attention_params *params) {
+  attn_status st = attn__op_begin(ctx, "attn_pool_attention");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, pool_attention(ctx, queries, k, v, out, params));
 }

@@ -3,12 +3,10 @@
  * long-context frequency scalings (attn_rope_cache_fill), with Hugging Face
  * transformers' modeling_rope_utils as the reference for names and
  * semantics. Frequencies, angles and the rotation are computed in double. */
-#include "internal.h"
+#include "check.h"
 
 #include <math.h>
 #include <string.h>
-
-static size_t round_up(size_t n) { return (n + ATTN_ALIGN - 1) & ~(size_t)(ATTN_ALIGN - 1); }
 
 /* A sin/cos pair costs tens of times a multiply-add. */
 #define MIN_WORK_PER_THREAD 16384.0
@@ -19,8 +17,8 @@ static const double two_pi = 6.283185307179586476925286766559;
 
 typedef struct {
   int32_t scaling;
-  int64_t half;  /* r / 2 */
-  int64_t P;     /* table rows */
+  int64_t half; /* r / 2 */
+  int64_t P;    /* table rows */
   double theta, factor, attention_factor;
   int64_t p0, seq_len;
   double beta_fast, beta_slow, mscale, mscale_all_dim;
@@ -102,8 +100,7 @@ static double plan_freqs(const freq_plan *f, double *w) {
       af = s <= 1 ? 1.0 : sqrt(1.0 + log(s) / log((double)f->p0));
     break;
   }
-  default:
-    break;
+  default: break;
   }
   return af;
 }
@@ -140,15 +137,7 @@ void attn_rope_cache_params_init(attn_rope_cache_params *p) {
 
 /* Which fields each scaling reads; a field it ignores must stay 0, so a
  * parameter meant for another scaling is reported rather than dropped. */
-enum {
-  U_FACTOR = 1,
-  U_P0 = 2,
-  U_SEQ = 4,
-  U_YARN = 8,
-  U_AF = 16,
-  U_LLAMA = 32,
-  U_LONG = 64
-};
+enum { U_FACTOR = 1, U_P0 = 2, U_SEQ = 4, U_YARN = 8, U_AF = 16, U_LLAMA = 32, U_LONG = 64 };
 static const unsigned scaling_uses[] = {
     [ATTN_ROPE_SCALING_NONE] = 0,
     [ATTN_ROPE_SCALING_LINEAR] = U_FACTOR,
@@ -161,14 +150,13 @@ static const unsigned scaling_uses[] = {
 
 static bool pos_finite(double v) { return isfinite(v) && v > 0; }
 
-static attn_status check_cache_params(attn_ctx *ctx, const char *fn,
-                                      const attn_rope_cache_params *c, freq_plan *f) {
+static attn_status check_cache_params(attn_ctx *ctx, const attn_rope_cache_params *c,
+                                      freq_plan *f) {
   if (c->scaling < 0 || c->scaling > ATTN_ROPE_SCALING_LONGROPE)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "%s: params.scaling = %d is not an attn_rope_scaling (0..6)", fn,
-                      (int)c->scaling);
+                      "params.scaling = %d is not an attn_rope_scaling (0..6)", (int)c->scaling);
   if (c->reserved_)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: params.reserved_ = %d but must be 0", fn,
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.reserved_ = %d but must be 0",
                       (int)c->reserved_);
   unsigned uses = scaling_uses[c->scaling];
   struct {
@@ -193,23 +181,22 @@ static attn_status check_cache_params(attn_ctx *ctx, const char *fn,
   for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
     if (fields[i].set && !(uses & fields[i].group))
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "%s: params.%s is set but scaling %d does not use it (leave it 0)", fn,
+                        "params.%s is set but scaling %d does not use it (leave it 0)",
                         fields[i].name, (int)c->scaling);
   f->scaling = c->scaling;
   f->theta = c->theta == 0 ? 10000.0 : c->theta;
   if (!isfinite(f->theta) || !(f->theta > 1))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "%s: params.theta = %g but must be finite and > 1 (0 = 10000)", fn,
-                      c->theta);
+                      "params.theta = %g but must be finite and > 1 (0 = 10000)", c->theta);
   f->seq_len = c->seq_len == 0 ? f->P : c->seq_len;
   if (f->seq_len < 0)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: params.seq_len = %lld but must be >= 0",
-                      fn, (long long)c->seq_len);
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.seq_len = %lld but must be >= 0",
+                      (long long)c->seq_len);
   if (uses & U_P0) {
     if (c->original_max_position <= 0)
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "%s: params.original_max_position = %lld but scaling %d needs it > 0",
-                        fn, (long long)c->original_max_position, (int)c->scaling);
+                        "params.original_max_position = %lld but scaling %d needs it > 0",
+                        (long long)c->original_max_position, (int)c->scaling);
     f->p0 = c->original_max_position;
   }
   f->factor = c->factor;
@@ -217,14 +204,14 @@ static attn_status check_cache_params(attn_ctx *ctx, const char *fn,
     f->factor = (double)f->P / (double)f->p0;
   if ((uses & U_FACTOR) && !pos_finite(f->factor))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "%s: params.factor = %g but scaling %d needs it finite and > 0", fn,
-                      c->factor, (int)c->scaling);
+                      "params.factor = %g but scaling %d needs it finite and > 0", c->factor,
+                      (int)c->scaling);
   f->attention_factor = c->attention_factor;
   if (c->attention_factor != 0 && !pos_finite(c->attention_factor))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "%s: params.attention_factor = %g but must be finite and > 0 (0 = from "
+                      "params.attention_factor = %g but must be finite and > 0 (0 = from "
                       "the formula)",
-                      fn, c->attention_factor);
+                      c->attention_factor);
   f->beta_fast = c->beta_fast == 0 ? 32.0 : c->beta_fast;
   f->beta_slow = c->beta_slow == 0 ? 1.0 : c->beta_slow;
   f->mscale = c->mscale, f->mscale_all_dim = c->mscale_all_dim;
@@ -233,71 +220,65 @@ static attn_status check_cache_params(attn_ctx *ctx, const char *fn,
   if (!pos_finite(f->beta_fast) || !pos_finite(f->beta_slow) || !isfinite(c->mscale) ||
       !isfinite(c->mscale_all_dim) || c->mscale < 0 || c->mscale_all_dim < 0)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "%s: params.beta_fast = %g, beta_slow = %g must be finite and > 0, "
+                      "params.beta_fast = %g, beta_slow = %g must be finite and > 0, "
                       "mscale = %g and mscale_all_dim = %g finite and >= 0",
-                      fn, c->beta_fast, c->beta_slow, c->mscale, c->mscale_all_dim);
+                      c->beta_fast, c->beta_slow, c->mscale, c->mscale_all_dim);
   f->low_ff = c->low_freq_factor == 0 ? 1.0 : c->low_freq_factor;
   f->high_ff = c->high_freq_factor == 0 ? 4.0 : c->high_freq_factor;
   if (!pos_finite(f->low_ff) || !isfinite(f->high_ff) || !(f->high_ff > f->low_ff))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "%s: params.low_freq_factor = %g, high_freq_factor = %g but need 0 < low "
+                      "params.low_freq_factor = %g, high_freq_factor = %g but need 0 < low "
                       "< high (0 = 1 and 4)",
-                      fn, c->low_freq_factor, c->high_freq_factor);
+                      c->low_freq_factor, c->high_freq_factor);
   if (c->scaling == ATTN_ROPE_SCALING_LONGROPE) {
     const double *arrays[2] = {c->short_factors, c->long_factors};
     static const char *const names[2] = {"short_factors", "long_factors"};
     for (int a = 0; a < 2; a++) {
       if (!arrays[a])
         return attn__fail(ctx, ATTN_ERR_NULL_ARG,
-                          "%s: params.%s is NULL but ATTN_ROPE_SCALING_LONGROPE needs r/2 = "
+                          "params.%s is NULL but ATTN_ROPE_SCALING_LONGROPE needs r/2 = "
                           "%lld factors",
-                          fn, names[a], (long long)f->half);
+                          names[a], (long long)f->half);
       for (int64_t i = 0; i < f->half; i++)
         if (!pos_finite(arrays[a][i]))
           return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                            "%s: params.%s[%lld] = %g but must be finite and > 0", fn, names[a],
+                            "params.%s[%lld] = %g but must be finite and > 0", names[a],
                             (long long)i, arrays[a][i]);
     }
     f->short_f = c->short_factors, f->long_f = c->long_factors;
     if (!c->attention_factor && f->factor > 1 && f->p0 < 2)
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "%s: params.original_max_position = 1 but LongRoPE's attention factor "
-                        "sqrt(1 + ln s / ln P0) needs P0 >= 2 (or give attention_factor)",
-                        fn);
+                        "params.original_max_position = 1 but LongRoPE's attention factor "
+                        "sqrt(1 + ln s / ln P0) needs P0 >= 2 (or give attention_factor)");
   }
   if ((c->scaling == ATTN_ROPE_SCALING_NTK || c->scaling == ATTN_ROPE_SCALING_DYNAMIC_NTK) &&
       f->half < 2)
     return attn__fail(ctx, ATTN_ERR_SHAPE,
-                      "%s: the tables have r/2 = %lld columns but NTK scaling needs r > 2 (its "
+                      "the tables have r/2 = %lld columns but NTK scaling needs r > 2 (its "
                       "exponent is r/(r-2))",
-                      fn, (long long)f->half);
+                      (long long)f->half);
   return ATTN_OK;
 }
 
-attn_status attn_rope_cache_fill(attn_ctx *ctx, attn_tensor *cos_t, attn_tensor *sin_t,
-                                 const attn_rope_cache_params *params,
-                                 double *attention_factor) {
-  static const char fn[] = "attn_rope_cache_fill";
-  attn_status st = attn__check_ctx(ctx);
-  if (st != ATTN_OK)
-    return st;
+static attn_status cache_fill(attn_ctx *ctx, attn_tensor *cos_t, attn_tensor *sin_t,
+                              const attn_rope_cache_params *params, double *attention_factor) {
   attn_rope_cache_params prm;
   attn_rope_cache_params_init(&prm);
-  if ((st = attn__read_params(ctx, fn, &prm, sizeof prm, params)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "cos", cos_t, ATTN_DTYPE_F32, 2, 2)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "sin", sin_t, ATTN_DTYPE_F32, 2, 2)) != ATTN_OK ||
-      (st = attn__check_same_shape(ctx, fn, "cos", cos_t, "sin", sin_t)) != ATTN_OK)
+  const attn_operand ops[] = {
+      {ATTN_OPERAND("cos", cos_t, ATTN_DT_F32, 2, 2), .flags = ATTN_OPND_OUTPUT},
+      {ATTN_OPERAND("sin", sin_t, ATTN_DT_F32, 2, 2), .like = ATTN_LIKE(0),
+       .flags = ATTN_OPND_OUTPUT | ATTN_OPND_SAME_SHAPE},
+  };
+  attn_status st;
+  if ((st = attn__read_params(ctx, &prm, sizeof prm, params)) != ATTN_OK ||
+      (st = attn__check_operands(ctx, ops, 2, NULL)) != ATTN_OK)
     return st;
   freq_plan f;
   memset(&f, 0, sizeof f);
   f.P = cos_t->dims[0];
   f.half = cos_t->dims[1];
-  if ((st = check_cache_params(ctx, fn, &prm, &f)) != ATTN_OK ||
-      (st = attn__check_writable(ctx, fn, "cos", cos_t)) != ATTN_OK ||
-      (st = attn__check_writable(ctx, fn, "sin", sin_t)) != ATTN_OK)
+  if ((st = check_cache_params(ctx, &prm, &f)) != ATTN_OK)
     return st;
-  if (attn__overlap(cos_t, sin_t))
-    return attn__fail(ctx, ATTN_ERR_ALIASING, "%s: cos and sin overlap in memory", fn);
 
   fill_problem p;
   memset(&p, 0, sizeof p);
@@ -305,16 +286,15 @@ attn_status attn_rope_cache_fill(attn_ctx *ctx, attn_tensor *cos_t, attn_tensor 
   p.cs = cos_t->strides[0], p.ss = sin_t->strides[0];
   p.half = f.half, p.P = f.P;
   int32_t threads =
-      attn__threads_for(ctx, (double)f.P * (double)f.half * 2, MIN_WORK_PER_THREAD);
-  p.rows_per_item = 1024 / f.half > 1 ? 1024 / f.half : 1;
-  if (threads > 1 && f.P / p.rows_per_item < 4 * (int64_t)threads)
-    p.rows_per_item = f.P / (4 * (int64_t)threads) > 1 ? f.P / (4 * (int64_t)threads) : 1;
+      attn__threads_plan(ctx, (double)f.P * (double)f.half * 2, MIN_WORK_PER_THREAD, 0);
+  p.rows_per_item = attn__items_balanced(f.P, 1024 / f.half, threads);
   int64_t items = (f.P + p.rows_per_item - 1) / p.rows_per_item;
   if (threads > items)
     threads = (int32_t)items;
-  double *w = attn__scratch(ctx, fn, round_up((size_t)f.half * sizeof(double)));
-  if (!w)
-    return ATTN_ERR_NO_MEMORY;
+  size_t bytes = (size_t)f.half * sizeof(double);
+  if ((st = attn__ws_reserve(ctx, bytes)) != ATTN_OK)
+    return st;
+  double *w = attn__ws_alloc(ctx, bytes);
   double af = plan_freqs(&f, w);
   p.w = w;
   p.scale = prm.apply_attention_factor ? af : 1.0;
@@ -322,6 +302,14 @@ attn_status attn_rope_cache_fill(attn_ctx *ctx, attn_tensor *cos_t, attn_tensor 
   if (attention_factor)
     *attention_factor = af;
   return ATTN_OK;
+}
+
+attn_status attn_rope_cache_fill(attn_ctx *ctx, attn_tensor *cos_t, attn_tensor *sin_t,
+                                 const attn_rope_cache_params *params, double *attention_factor) {
+  attn_status st = attn__op_begin(ctx, "attn_rope_cache_fill");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, cache_fill(ctx, cos_t, sin_t, params, attention_factor));
 }
 
 /* ---------------------------------------------------------------- rotation */
@@ -386,43 +374,43 @@ static void head_view(const attn_tensor *t, int64_t H, int64_t *dims, int64_t *s
   strides[0] = t->strides[0], strides[1] = D, strides[2] = t->strides[1], strides[3] = 1;
 }
 
-attn_status attn_rope_cached(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y,
-                             const attn_tensor *cos_t, const attn_tensor *sin_t,
-                             const attn_rope_cached_params *params) {
-  static const char fn[] = "attn_rope_cached";
-  attn_status st = attn__check_ctx(ctx);
-  if (st != ATTN_OK)
-    return st;
+static attn_status rope_cached(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y,
+                               const attn_tensor *cos_t, const attn_tensor *sin_t,
+                               const attn_rope_cached_params *params) {
   attn_rope_cached_params prm;
   attn_rope_cached_params_init(&prm);
-  if ((st = attn__read_params(ctx, fn, &prm, sizeof prm, params)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "x", x, ATTN_DTYPE_F32, 3, 4)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "y", y, ATTN_DTYPE_F32, 3, 4)) != ATTN_OK ||
-      (st = attn__check_same_shape(ctx, fn, "x", x, "y", y)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "cos", cos_t, ATTN_DTYPE_F32, 2, 3)) != ATTN_OK ||
-      (st = attn__check_tensor(ctx, fn, "sin", sin_t, ATTN_DTYPE_F32, 2, 3)) != ATTN_OK ||
-      (st = attn__check_same_shape(ctx, fn, "cos", cos_t, "sin", sin_t)) != ATTN_OK)
+  const attn_operand ops[] = {
+      {ATTN_OPERAND("x", x, ATTN_DT_F32, 3, 4)},
+      {ATTN_OPERAND("y", y, ATTN_DT_F32, 3, 4), .like = ATTN_LIKE(0),
+       .flags = ATTN_OPND_OUTPUT | ATTN_OPND_SAME_SHAPE | ATTN_OPND_INPLACE},
+      {ATTN_OPERAND("cos", cos_t, ATTN_DT_F32, 2, 3)},
+      {ATTN_OPERAND("sin", sin_t, ATTN_DT_F32, 2, 3), .like = ATTN_LIKE(2),
+       .flags = ATTN_OPND_SAME_SHAPE},
+  };
+  attn_status st;
+  if ((st = attn__read_params(ctx, &prm, sizeof prm, params)) != ATTN_OK ||
+      (st = attn__check_operands(ctx, ops, 4, NULL)) != ATTN_OK)
     return st;
   if (prm.style != ATTN_ROPE_HALF_SPLIT && prm.style != ATTN_ROPE_INTERLEAVED)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "%s: params.style = %d is not an attn_rope_style (0 = half-split, 1 = "
+                      "params.style = %d is not an attn_rope_style (0 = half-split, 1 = "
                       "interleaved)",
-                      fn, (int)prm.style);
+                      (int)prm.style);
   int64_t H;
   if (x->ndim == 3) {
     if (prm.num_heads <= 0)
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "%s: x is 3-D [B, L, H*D] but params.num_heads = %d (must be > 0)", fn,
+                        "x is 3-D [B, L, H*D] but params.num_heads = %d (must be > 0)",
                         (int)prm.num_heads);
     H = prm.num_heads;
     if (x->dims[2] % H)
       return attn__fail(ctx, ATTN_ERR_SHAPE,
-                        "%s: x.shape[2] = %lld is not a multiple of params.num_heads = %lld",
-                        fn, (long long)x->dims[2], (long long)H);
+                        "x.shape[2] = %lld is not a multiple of params.num_heads = %lld",
+                        (long long)x->dims[2], (long long)H);
   } else {
     if (prm.num_heads != 0)
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "%s: params.num_heads = %d but must be 0 for 4-D x [B, H, L, D]", fn,
+                        "params.num_heads = %d but must be 0 for 4-D x [B, H, L, D]",
                         (int)prm.num_heads);
     H = x->dims[1];
   }
@@ -436,46 +424,38 @@ attn_status attn_rope_cached(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y
   p.half = cos_t->dims[cnd - 1];
   if (2 * p.half > p.D)
     return attn__fail(ctx, ATTN_ERR_SHAPE,
-                      "%s: the tables have %lld columns, a rotary dim of %lld, but the head "
+                      "the tables have %lld columns, a rotary dim of %lld, but the head "
                       "dim is only %lld",
-                      fn, (long long)p.half, (long long)(2 * p.half), (long long)p.D);
+                      (long long)p.half, (long long)(2 * p.half), (long long)p.D);
   p.per_token = cnd == 3;
   if (p.per_token) {
     if (prm.position_ids)
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "%s: params.position_ids is set but the tables are 3-D [B, L, r/2] "
-                        "(per token); position ids index 2-D tables [P, r/2]",
-                        fn);
+                        "params.position_ids is set but the tables are 3-D [B, L, r/2] "
+                        "(per token); position ids index 2-D tables [P, r/2]");
     if ((cos_t->dims[0] != p.B && cos_t->dims[0] != 1) || cos_t->dims[1] != p.L)
       return attn__fail(ctx, ATTN_ERR_SHAPE,
-                        "%s: cos.shape = [%lld, %lld, %lld] but 3-D tables must be [B|1, L, "
+                        "cos.shape = [%lld, %lld, %lld] but 3-D tables must be [B|1, L, "
                         "r/2] with B = %lld, L = %lld",
-                        fn, (long long)cos_t->dims[0], (long long)cos_t->dims[1],
-                        (long long)p.half, (long long)p.B, (long long)p.L);
+                        (long long)cos_t->dims[0], (long long)cos_t->dims[1], (long long)p.half,
+                        (long long)p.B, (long long)p.L);
   } else {
     int64_t P = cos_t->dims[0];
     if (!prm.position_ids && p.L > P)
       return attn__fail(ctx, ATTN_ERR_SHAPE,
-                        "%s: x has L = %lld tokens but the tables only %lld rows (token l reads "
+                        "x has L = %lld tokens but the tables only %lld rows (token l reads "
                         "row l without position_ids)",
-                        fn, (long long)p.L, (long long)P);
+                        (long long)p.L, (long long)P);
     if (prm.position_ids)
       for (int64_t i = 0; i < p.B * p.L; i++)
         if (prm.position_ids[i] < 0 || prm.position_ids[i] >= P)
           return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                            "%s: params.position_ids[%lld] (batch %lld, token %lld) = %lld but "
+                            "params.position_ids[%lld] (batch %lld, token %lld) = %lld but "
                             "must be in 0..%lld (the tables' rows)",
-                            fn, (long long)i, (long long)(i / p.L), (long long)(i % p.L),
+                            (long long)i, (long long)(i / p.L), (long long)(i % p.L),
                             (long long)prm.position_ids[i], (long long)(P - 1));
   }
-  if ((st = attn__check_writable(ctx, fn, "y", y)) != ATTN_OK)
-    return st;
   p.in_place = attn__same_view(x, y);
-  if (!p.in_place && attn__overlap(x, y))
-    return attn__fail(ctx, ATTN_ERR_ALIASING,
-                      "%s: y overlaps x but is not the same view (in place means y == x)", fn);
-  if (attn__overlap(y, cos_t) || attn__overlap(y, sin_t))
-    return attn__fail(ctx, ATTN_ERR_ALIASING, "%s: y overlaps the cos or sin table", fn);
 
   p.x = x->data, p.y = y->data;
   p.cos = cos_t->data, p.sin = sin_t->data;
@@ -490,10 +470,17 @@ attn_status attn_rope_cached(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y
   p.pos = prm.position_ids;
   p.interleaved = prm.style == ATTN_ROPE_INTERLEAVED;
   int64_t items = p.B * p.L;
-  int32_t threads = attn__threads_for(ctx, (double)items * (double)p.H * (double)p.D,
-                                      MIN_WORK_PER_THREAD * 4);
-  if (threads > items)
-    threads = (int32_t)items;
+  int32_t threads = attn__threads_plan(ctx, (double)items * (double)p.H * (double)p.D,
+                                       MIN_WORK_PER_THREAD * 4, items);
   attn__parallel_for(ctx, threads, items, cached_item, &p);
   return ATTN_OK;
+}
+
+attn_status attn_rope_cached(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y,
+                             const attn_tensor *cos_t, const attn_tensor *sin_t,
+                             const attn_rope_cached_params *params) {
+  attn_status st = attn__op_begin(ctx, "attn_rope_cached");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, rope_cached(ctx, x, y, cos_t, sin_t, params));
 }

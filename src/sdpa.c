@@ -11,7 +11,8 @@
  * (decoding with one kv head and a long cache). The split depends on the
  * shape only, never on the thread count, and chunks merge in a fixed order:
  * the result is the same bits for any number of threads. */
-#include "internal.h"
+#include "check.h"
+#include "logits.h"
 #include "simd/kernels.h"
 
 #include <math.h>
@@ -59,26 +60,26 @@ typedef struct {
   int64_t n_split;    /* key chunks per item */
   int64_t chunk_keys; /* keys per chunk */
   bool gather_k, gather_v;
+  int32_t threads;
+  size_t ws_bytes; /* exact workspace (sdpa_layout) */
   /* workspace */
-  char *work;
-  size_t work_per_thread;
-  float *states; /* n_items * n_split partial results when n_split > 1 */
+  struct sdpa_work *works; /* one per thread */
+  float *states;           /* n_items * n_split partial results when n_split > 1 */
 } sdpa_problem;
-
-/* Per-thread workspace, carved out of the context's scratch. */
-typedef struct {
-  float *qbuf; /* rows x D, the block's queries gathered contiguous */
-  float *s;    /* rows x BLOCK_KEYS: logits, then probabilities */
-  float *kbuf; /* BLOCK_KEYS x D, when K rows cannot be handed to BLAS as they are */
-  float *vbuf; /* BLOCK_KEYS x Dv, likewise for V */
-} sdpa_work;
 
 /* Online-softmax state of a block's rows: acc (rows x Dv), m and l (rows). */
 typedef struct {
   float *acc, *m, *l;
 } sdpa_state;
 
-static size_t round_up(size_t n) { return (n + ATTN_ALIGN - 1) & ~(size_t)(ATTN_ALIGN - 1); }
+/* Per-thread workspace. */
+typedef struct sdpa_work {
+  float *qbuf;   /* rows x D, the block's queries gathered contiguous */
+  float *s;      /* rows x BLOCK_KEYS: logits, then probabilities */
+  float *kbuf;   /* BLOCK_KEYS x D, when K rows cannot be handed to BLAS as they are */
+  float *vbuf;   /* BLOCK_KEYS x Dv, likewise for V */
+  sdpa_state st; /* the unsplit path's state */
+} sdpa_work;
 
 static size_t state_floats(const sdpa_problem *p) {
   return (size_t)p->rows_max * (size_t)(p->Dv + 2);
@@ -89,28 +90,25 @@ static sdpa_state state_at(const sdpa_problem *p, float *base) {
   return st;
 }
 
-static sdpa_work work_of(const sdpa_problem *p, int32_t worker, sdpa_state *st) {
-  char *base = p->work + p->work_per_thread * (size_t)worker;
-  sdpa_work w;
-  size_t off = 0;
-  w.qbuf = (float *)(base + off);
-  off += round_up((size_t)p->rows_max * (size_t)p->D * sizeof(float));
-  w.s = (float *)(base + off);
-  off += round_up((size_t)p->rows_max * BLOCK_KEYS * sizeof(float));
-  w.kbuf = (float *)(base + off);
-  off += p->gather_k ? round_up((size_t)BLOCK_KEYS * (size_t)p->D * sizeof(float)) : 0;
-  w.vbuf = (float *)(base + off);
-  off += p->gather_v ? round_up((size_t)BLOCK_KEYS * (size_t)p->Dv * sizeof(float)) : 0;
-  *st = state_at(p, (float *)(base + off));
-  return w;
-}
-
-static size_t work_bytes(const sdpa_problem *p) {
-  return round_up((size_t)p->rows_max * (size_t)p->D * sizeof(float)) +
-         round_up((size_t)p->rows_max * BLOCK_KEYS * sizeof(float)) +
-         (p->gather_k ? round_up((size_t)BLOCK_KEYS * (size_t)p->D * sizeof(float)) : 0) +
-         (p->gather_v ? round_up((size_t)BLOCK_KEYS * (size_t)p->Dv * sizeof(float)) : 0) +
-         round_up(state_floats(p) * sizeof(float));
+/* The workspace: per-thread buffers, then the split path's states. Sizes
+ * it when l->base is NULL, carves it otherwise. */
+static void sdpa_layout(sdpa_problem *p, attn_ws_layout *l) {
+  size_t rows = (size_t)p->rows_max;
+  p->works = attn__ws_take(l, (size_t)p->threads, sizeof(sdpa_work));
+  for (int32_t t = 0; t < p->threads; t++) {
+    sdpa_work w;
+    w.qbuf = attn__ws_take(l, rows * (size_t)p->D, sizeof(float));
+    w.s = attn__ws_take(l, rows * BLOCK_KEYS, sizeof(float));
+    w.kbuf = p->gather_k ? attn__ws_take(l, BLOCK_KEYS * (size_t)p->D, sizeof(float)) : NULL;
+    w.vbuf = p->gather_v ? attn__ws_take(l, BLOCK_KEYS * (size_t)p->Dv, sizeof(float)) : NULL;
+    float *state = attn__ws_take(l, state_floats(p), sizeof(float));
+    if (p->works) {
+      w.st = state_at(p, state);
+      p->works[t] = w;
+    }
+  }
+  size_t tasks = (size_t)(p->n_items * p->n_split);
+  p->states = p->n_split > 1 ? attn__ws_take(l, tasks, state_floats(p) * sizeof(float)) : NULL;
 }
 
 /* Position i' among the keys of query position i of batch b (attn.h): the
@@ -125,8 +123,7 @@ static int64_t key_position(const sdpa_problem *p, int64_t b, int64_t i) {
 
 /* Keys visible to query position i of batch b: [*lo, *hi), possibly empty.
  * Both ends are non-decreasing in i, which the tile skipping relies on. */
-static void visible_keys(const sdpa_problem *p, int64_t b, int64_t i, int64_t *lo,
-                         int64_t *hi) {
+static void visible_keys(const sdpa_problem *p, int64_t b, int64_t i, int64_t *lo, int64_t *hi) {
   int64_t ip = key_position(p, b, i);
   int64_t l = 0, h = p->kv_lens ? p->kv_lens[b] : p->Lk;
   if (p->causal && ip + 1 < h)
@@ -191,33 +188,17 @@ static const float *tile_rows(const float *base, int64_t stride, int64_t n, int6
 static void adjust_logits(const sdpa_problem *p, const sdpa_item *it, int64_t r, float *s,
                           int64_t j0, int64_t a, int64_t e) {
   int64_t i = row_pos(p, it, r), h = row_head(p, it, r);
-  if (p->softcap > 0) {
-    /* Divide rather than multiply by 1/c: for a subnormal c, 1/c is inf and
-     * a zero logit would give NaN. tanhf costs far more than the division. */
-    float c = p->softcap;
-    for (int64_t j = a; j < e; j++)
-      s[j] = c * tanhf(s[j] / c);
-  }
-  if (p->alibi) {
-    float slope = p->alibi[h];
-    int64_t ip = key_position(p, it->b, i);
-    for (int64_t j = a; j < e; j++)
-      s[j] += slope * (float)(j0 + j - ip);
-  }
-  if (p->mask) {
-    const float *mrow = p->mask + it->b * p->ms[0] + h * p->ms[1] + i * p->ms[2] + j0 * p->ms[3];
-    for (int64_t j = a; j < e; j++) {
-      float mv = mrow[j * p->ms[3]];
-      s[j] = mv == -INFINITY ? -INFINITY : s[j] + mv; /* hidden, even if s is NaN */
-    }
-  }
-  if (p->bmask) {
-    const uint8_t *brow =
-        p->bmask + it->b * p->bs[0] + h * p->bs[1] + i * p->bs[2] + j0 * p->bs[3];
-    for (int64_t j = a; j < e; j++)
-      if (!brow[j * p->bs[3]])
-        s[j] = -INFINITY;
-  }
+  int64_t j = j0 + a, n = e - a; /* first key, keys */
+  float *z = s + a;
+  if (p->softcap > 0)
+    attn__logits_cap(z, n, p->softcap);
+  if (p->alibi)
+    attn__logits_alibi(z, n, p->alibi[h], j - key_position(p, it->b, i));
+  const float *m =
+      p->mask ? p->mask + it->b * p->ms[0] + h * p->ms[1] + i * p->ms[2] + j * p->ms[3] : NULL;
+  const uint8_t *bm =
+      p->bmask ? p->bmask + it->b * p->bs[0] + h * p->bs[1] + i * p->bs[2] + j * p->bs[3] : NULL;
+  attn__logits_mask(z, n, m, p->ms[3], bm, p->bs[3]);
 }
 
 static bool all_finite(const float *x, int64_t rows, int64_t cols, int ld) {
@@ -273,10 +254,10 @@ static void attend_chunk(const sdpa_problem *p, const sdpa_item *it, const sdpa_
   for (int64_t j0 = j_begin; j0 < j_end; j0 += BLOCK_KEYS) {
     int64_t n = j_end - j0 < BLOCK_KEYS ? j_end - j0 : BLOCK_KEYS;
     int ldk, ldv;
-    const float *kt = tile_rows(kbase + j0 * p->ks[2], p->ks[2], n, p->D, p->gather_k,
-                                wk->kbuf, &ldk);
-    attn__sgemm_nt((int)rows, (int)n, (int)p->D, p->scale, wk->qbuf, (int)p->D, kt, ldk,
-                   wk->s, BLOCK_KEYS);
+    const float *kt =
+        tile_rows(kbase + j0 * p->ks[2], p->ks[2], n, p->D, p->gather_k, wk->kbuf, &ldk);
+    attn__sgemm_nt((int)rows, (int)n, (int)p->D, p->scale, wk->qbuf, (int)p->D, kt, ldk, wk->s,
+                   BLOCK_KEYS);
     /* Tiles inside every row's visible range need no per-row bounds. */
     bool inside = j0 >= lo_last && j0 + n <= hi_first;
     for (int64_t r = 0; r < rows; r++) {
@@ -327,13 +308,12 @@ static void attend_chunk(const sdpa_problem *p, const sdpa_item *it, const sdpa_
       }
       st.l[r] += sum;
     }
-    const float *vt = tile_rows(vbase + j0 * p->vs[2], p->vs[2], n, Dv, p->gather_v,
-                                wk->vbuf, &ldv);
+    const float *vt =
+        tile_rows(vbase + j0 * p->vs[2], p->vs[2], n, Dv, p->gather_v, wk->vbuf, &ldv);
     /* A hidden key has weight 0, but 0 * NaN is NaN: where the tile may hide
      * keys and V holds a non-finite value, skip the zero weights by hand. */
     if ((inside && plain) || all_finite(vt, n, Dv, ldv))
-      attn__sgemm_nn_acc((int)rows, (int)Dv, (int)n, wk->s, BLOCK_KEYS, vt, ldv, st.acc,
-                         (int)Dv);
+      attn__sgemm_nn_acc((int)rows, (int)Dv, (int)n, wk->s, BLOCK_KEYS, vt, ldv, st.acc, (int)Dv);
     else
       accumulate_nonzero(wk->s, rows, n, vt, ldv, Dv, st.acc);
   }
@@ -365,8 +345,8 @@ static void finish_item(const sdpa_problem *p, const sdpa_item *it, sdpa_state s
 static void gather_queries(const sdpa_problem *p, const sdpa_item *it, float *qbuf) {
   int64_t rows = it->n_pos * p->G;
   for (int64_t r = 0; r < rows; r++) {
-    const float *src = p->q + it->b * p->qs[0] + row_head(p, it, r) * p->qs[1] +
-                       row_pos(p, it, r) * p->qs[2];
+    const float *src =
+        p->q + it->b * p->qs[0] + row_head(p, it, r) * p->qs[1] + row_pos(p, it, r) * p->qs[2];
     memcpy(qbuf + r * p->D, src, (size_t)p->D * sizeof(float));
   }
 }
@@ -374,11 +354,10 @@ static void gather_queries(const sdpa_problem *p, const sdpa_item *it, float *qb
 static void run_item(void *arg, int64_t index, int32_t worker) {
   const sdpa_problem *p = arg;
   sdpa_item it = item_of(p, index);
-  sdpa_state st;
-  sdpa_work wk = work_of(p, worker, &st);
-  gather_queries(p, &it, wk.qbuf);
-  attend_chunk(p, &it, &wk, st, 0, p->Lk, true);
-  finish_item(p, &it, st);
+  const sdpa_work *wk = &p->works[worker];
+  gather_queries(p, &it, wk->qbuf);
+  attend_chunk(p, &it, wk, wk->st, 0, p->Lk, true);
+  finish_item(p, &it, wk->st);
 }
 
 /* Split path, phase 1: one key chunk of one item into its own state. */
@@ -386,12 +365,11 @@ static void run_chunk(void *arg, int64_t index, int32_t worker) {
   const sdpa_problem *p = arg;
   int64_t item = index / p->n_split, c = index % p->n_split;
   sdpa_item it = item_of(p, item);
-  sdpa_state scratch_state;
-  sdpa_work wk = work_of(p, worker, &scratch_state);
+  const sdpa_work *wk = &p->works[worker];
   sdpa_state st = state_at(p, p->states + (size_t)index * state_floats(p));
   int64_t kb = c * p->chunk_keys, ke = kb + p->chunk_keys < p->Lk ? kb + p->chunk_keys : p->Lk;
-  gather_queries(p, &it, wk.qbuf);
-  attend_chunk(p, &it, &wk, st, kb, ke, c == 0);
+  gather_queries(p, &it, wk->qbuf);
+  attend_chunk(p, &it, wk, st, kb, ke, c == 0);
 }
 
 /* Split path, phase 2: merge an item's chunks through their maxima and sums. */
@@ -421,9 +399,8 @@ static void merge_chunks(void *arg, int64_t item, int32_t worker) {
   finish_item(p, &it, first);
 }
 
-/* Tiling and threads; the workspace it needs goes to *total. */
-static attn_status plan_problem(attn_ctx *ctx, const char *fn, sdpa_problem *p,
-                                int32_t *threads_out, size_t *total_out) {
+/* Tiling, split, threads and the exact workspace (p->ws_bytes). */
+static void plan_problem(const attn_ctx *ctx, sdpa_problem *p) {
   p->nb = BLOCK_ROWS / p->G > 0 ? BLOCK_ROWS / p->G : 1;
   if (p->nb > p->Lq)
     p->nb = p->Lq;
@@ -433,9 +410,9 @@ static attn_status plan_problem(attn_ctx *ctx, const char *fn, sdpa_problem *p,
   p->gather_k = p->Lk > 1 && (p->ks[2] < p->D || p->ks[2] > INT32_MAX);
   p->gather_v = p->Lk > 1 && (p->vs[2] < p->Dv || p->vs[2] > INT32_MAX);
 
-  double work = (double)p->B * (double)p->Hq * (double)p->Lq * (double)p->Lk *
-                (double)(p->D + p->Dv);
-  int32_t threads = attn__threads_for(ctx, work, 1 << 20);
+  double work =
+      (double)p->B * (double)p->Hq * (double)p->Lq * (double)p->Lk * (double)(p->D + p->Dv);
+  int32_t threads = attn__threads_plan(ctx, work, 1 << 20, 0);
   /* With a multi-threaded BLAS, our workers' concurrent calls would queue
    * behind one another: let the BLAS use its threads inside each call. */
   if (attn__blas_threads() > 1)
@@ -455,39 +432,24 @@ static attn_status plan_problem(attn_ctx *ctx, const char *fn, sdpa_problem *p,
   if (threads > tasks)
     threads = (int32_t)tasks;
 
-  p->work_per_thread = work_bytes(p);
-  size_t states_bytes =
-      p->n_split > 1 ? (size_t)tasks * state_floats(p) * sizeof(float) : 0;
-  size_t total = 0;
-  if (__builtin_mul_overflow(p->work_per_thread, (size_t)threads, &total) ||
-      __builtin_add_overflow(total, states_bytes, &total))
-    return attn__fail(ctx, ATTN_ERR_OVERFLOW, "%s: workspace size overflows", fn);
-  *threads_out = threads;
-  *total_out = total;
-  return ATTN_OK;
+  p->threads = threads;
+  attn_ws_layout l = {0};
+  sdpa_layout(p, &l);
+  p->ws_bytes = l.used;
 }
 
-/* Plan, take the workspace, run. */
-static attn_status run_problem(attn_ctx *ctx, const char *fn, sdpa_problem *p) {
-  int32_t threads = 1;
-  size_t total = 0;
-  attn_status st = plan_problem(ctx, fn, p, &threads, &total);
-  if (st != ATTN_OK)
-    return st;
-  int64_t tasks = p->n_items * p->n_split;
-  char *mem = attn__scratch(ctx, fn, total);
-  if (!mem)
-    return ATTN_ERR_NO_MEMORY;
-  p->work = mem;
-  p->states = (float *)(mem + p->work_per_thread * (size_t)threads);
-
+/* Run a planned problem inside the workspace reserved for it. */
+static void run_problem(attn_ctx *ctx, sdpa_problem *p) {
+  size_t mark = attn__ws_mark(ctx);
+  attn_ws_layout l = {attn__ws_alloc(ctx, p->ws_bytes), 0};
+  sdpa_layout(p, &l);
   if (p->n_split == 1) {
-    attn__parallel_for(ctx, threads, p->n_items, run_item, p);
+    attn__parallel_for(ctx, p->threads, p->n_items, run_item, p);
   } else {
-    attn__parallel_for(ctx, threads, tasks, run_chunk, p);
-    attn__parallel_for(ctx, threads, p->n_items, merge_chunks, p);
+    attn__parallel_for(ctx, p->threads, p->n_items * p->n_split, run_chunk, p);
+    attn__parallel_for(ctx, p->threads, p->n_items, merge_chunks, p);
   }
-  return ATTN_OK;
+  attn__ws_release(ctx, mark);
 }
 
 /* ---- validation ---- */
@@ -499,116 +461,65 @@ void attn_sdpa_params_init(attn_sdpa_params *p) {
   p->struct_size = sizeof *p;
 }
 
-static attn_status check_dim(attn_ctx *ctx, const char *fn, const char *name,
-                             const attn_tensor *t, int axis, int64_t want, const char *what) {
-  if (t->dims[axis] != want)
-    return attn__fail(ctx, ATTN_ERR_SHAPE, "%s: %s.shape[%d] = %lld but %s is %lld", fn, name,
-                      axis, (long long)t->dims[axis], what, (long long)want);
-  return ATTN_OK;
-}
-
-/* Outputs must not overlap inputs or one another. */
-static attn_status check_disjoint(attn_ctx *ctx, const char *fn, const char *out_name,
-                                  const attn_tensor *out, const char *const *names,
-                                  const attn_tensor *const *others, int n) {
-  for (int i = 0; i < n; i++)
-    if (others[i] && attn__overlap(out, others[i]))
-      return attn__fail(ctx, ATTN_ERR_ALIASING, "%s: %s overlaps %s in memory", fn, out_name,
-                        names[i]);
-  return ATTN_OK;
-}
-
-/* An optional output: a live F32 tensor of the wanted shape, writable, and
- * overlapping none of `others` (the inputs and the outputs checked before). */
-static attn_status check_output(attn_ctx *ctx, const char *fn, const char *name,
-                                const attn_tensor *t, int32_t ndim, const int64_t *want,
-                                const char *shape_text, const char *const *names,
-                                const attn_tensor *const *others, int n_others) {
-  attn_status st = attn__check_tensor(ctx, fn, name, t, ATTN_DTYPE_F32, ndim, ndim);
-  if (st != ATTN_OK)
-    return st;
-  for (int a = 0; a < ndim; a++)
-    if (t->dims[a] != want[a])
-      return attn__fail(ctx, ATTN_ERR_SHAPE, "%s: %s.shape[%d] = %lld but must be %lld (%s)",
-                        fn, name, a, (long long)t->dims[a], (long long)want[a], shape_text);
-  if ((st = attn__check_writable(ctx, fn, name, t)) != ATTN_OK)
-    return st;
-  return check_disjoint(ctx, fn, name, t, names, others, n_others);
-}
-
-/* q, k, v and out: live F32 tensors of ndim dims. */
-static attn_status check_operands(attn_ctx *ctx, const char *fn, const attn_tensor *q,
-                                  const attn_tensor *k, const attn_tensor *v,
-                                  const attn_tensor *out, int32_t ndim) {
-  attn_status st;
-  if ((st = attn__check_tensor(ctx, fn, "q", q, ATTN_DTYPE_F32, ndim, ndim)) ||
-      (st = attn__check_tensor(ctx, fn, "k", k, ATTN_DTYPE_F32, ndim, ndim)) ||
-      (st = attn__check_tensor(ctx, fn, "v", v, ATTN_DTYPE_F32, ndim, ndim)) ||
-      (st = attn__check_tensor(ctx, fn, "out", out, ATTN_DTYPE_F32, ndim, ndim)))
-    return st;
-  return ATTN_OK;
-}
-
-static attn_status check_heads(attn_ctx *ctx, const char *fn, int64_t Hq, int64_t Hkv) {
+static attn_status check_heads(attn_ctx *ctx, int64_t Hq, int64_t Hkv) {
   if (Hq % Hkv)
     return attn__fail(ctx, ATTN_ERR_SHAPE,
-                      "%s: q has %lld heads but k has %lld: the query heads must be a "
+                      "q has %lld heads but k has %lld: the query heads must be a "
                       "multiple of the kv heads",
-                      fn, (long long)Hq, (long long)Hkv);
+                      (long long)Hq, (long long)Hkv);
   return ATTN_OK;
 }
 
 /* Parameter checks that do not depend on the tensors' layout. */
-static attn_status check_params(attn_ctx *ctx, const char *fn, const attn_sdpa_params *p,
-                                int64_t B, int64_t Hq, int64_t Lk, int64_t D) {
+static attn_status check_params(attn_ctx *ctx, const attn_sdpa_params *p, int64_t B, int64_t Hq,
+                                int64_t Lk, int64_t D) {
   if (!isfinite(p->scale))
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: params.scale = %g but must be finite",
-                      fn, (double)p->scale);
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.scale = %g but must be finite",
+                      (double)p->scale);
   if (!isfinite(p->softcap) || p->softcap < 0)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "%s: params.softcap = %g but must be finite and >= 0 (0 = off)", fn,
+                      "params.softcap = %g but must be finite and >= 0 (0 = off)",
                       (double)p->softcap);
   if (p->align != ATTN_ALIGN_TOP_LEFT && p->align != ATTN_ALIGN_BOTTOM_RIGHT)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: params.align = %d is not an attn_align",
-                      fn, (int)p->align);
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.align = %d is not an attn_align",
+                      (int)p->align);
   if (p->reserved_)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: params.reserved_ must be 0", fn);
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.reserved_ must be 0");
   if (p->window && (p->window_left < 0 || p->window_right < 0))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "%s: params.window_left = %lld, window_right = %lld but both must be "
+                      "params.window_left = %lld, window_right = %lld but both must be "
                       ">= 0",
-                      fn, (long long)p->window_left, (long long)p->window_right);
+                      (long long)p->window_left, (long long)p->window_right);
   if (p->q_offsets) {
     if (p->align != ATTN_ALIGN_TOP_LEFT)
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "%s: params.align = %d but must be ATTN_ALIGN_TOP_LEFT when "
+                        "params.align = %d but must be ATTN_ALIGN_TOP_LEFT when "
                         "params.q_offsets is set (the offsets replace the alignment)",
-                        fn, (int)p->align);
+                        (int)p->align);
     for (int64_t b = 0; b < B; b++)
       if (p->q_offsets[b] < -MAX_Q_OFFSET || p->q_offsets[b] > MAX_Q_OFFSET)
         return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                          "%s: params.q_offsets[%lld] = %lld but must be in -2^60..2^60", fn,
-                          (long long)b, (long long)p->q_offsets[b]);
+                          "params.q_offsets[%lld] = %lld but must be in -2^60..2^60", (long long)b,
+                          (long long)p->q_offsets[b]);
   }
   if (p->kv_lens)
     for (int64_t b = 0; b < B; b++)
       if (p->kv_lens[b] < 0 || p->kv_lens[b] > Lk)
         return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                          "%s: params.kv_lens[%lld] = %lld but must be in 0..Lk = %lld", fn,
-                          (long long)b, (long long)p->kv_lens[b], (long long)Lk);
+                          "params.kv_lens[%lld] = %lld but must be in 0..Lk = %lld", (long long)b,
+                          (long long)p->kv_lens[b], (long long)Lk);
   const float *arrays[2] = {p->alibi_slopes, p->sinks};
   const char *names[2] = {"alibi_slopes", "sinks"};
   for (int a = 0; a < 2; a++)
     if (arrays[a])
       for (int64_t h = 0; h < Hq; h++)
         if (!isfinite(arrays[a][h]))
-          return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                            "%s: params.%s[%lld] = %g but must be finite", fn, names[a],
-                            (long long)h, (double)arrays[a][h]);
+          return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.%s[%lld] = %g but must be finite",
+                            names[a], (long long)h, (double)arrays[a][h]);
   if (D > INT32_MAX || Lk > INT32_MAX)
     return attn__fail(ctx, ATTN_ERR_OVERFLOW,
-                      "%s: D = %lld or Lk = %lld exceeds what BLAS takes (2^31 - 1)", fn,
-                      (long long)D, (long long)Lk);
+                      "D = %lld or Lk = %lld exceeds what BLAS takes (2^31 - 1)", (long long)D,
+                      (long long)Lk);
   return ATTN_OK;
 }
 
@@ -627,105 +538,112 @@ static void fill_common(sdpa_problem *p, const attn_sdpa_params *prm) {
   p->sinks = prm->sinks;
 }
 
-attn_status attn_sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
-                      const attn_tensor *v, attn_tensor *out, const attn_sdpa_params *params) {
-  static const char fn[] = "attn_sdpa";
-  attn_status st = attn__check_ctx(ctx);
-  if (st != ATTN_OK)
-    return st;
+/* Check attn_sdpa's operands and params into a problem. */
+static attn_status sdpa_check(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
+                              const attn_tensor *v, attn_tensor *out,
+                              const attn_sdpa_params *params, sdpa_problem *p) {
   attn_sdpa_params prm;
   attn_sdpa_params_init(&prm);
-  if ((st = attn__read_params(ctx, fn, &prm, sizeof prm, params)) != ATTN_OK ||
-      (st = check_operands(ctx, fn, q, k, v, out, 4)) != ATTN_OK)
+  attn_status st = attn__read_params(ctx, &prm, sizeof prm, params);
+  if (st != ATTN_OK)
     return st;
-  int64_t B = q->dims[0], Hq = q->dims[1], Lq = q->dims[2], D = q->dims[3];
-  int64_t Hkv = k->dims[1], Lk = k->dims[2], Dv = v->dims[3];
-  if ((st = check_dim(ctx, fn, "k", k, 0, B, "the batch size q.shape[0]")) ||
-      (st = check_dim(ctx, fn, "k", k, 3, D, "the head dim q.shape[3]")) ||
-      (st = check_dim(ctx, fn, "v", v, 0, B, "the batch size q.shape[0]")) ||
-      (st = check_dim(ctx, fn, "v", v, 1, Hkv, "the kv head count k.shape[1]")) ||
-      (st = check_dim(ctx, fn, "v", v, 2, Lk, "the key count k.shape[2]")) ||
-      (st = check_dim(ctx, fn, "out", out, 0, B, "the batch size q.shape[0]")) ||
-      (st = check_dim(ctx, fn, "out", out, 1, Hq, "the query head count q.shape[1]")) ||
-      (st = check_dim(ctx, fn, "out", out, 2, Lq, "the query count q.shape[2]")) ||
-      (st = check_dim(ctx, fn, "out", out, 3, Dv, "the value dim v.shape[3]")))
+  enum { B = ATTN_SYM_B, HQ = ATTN_SYM_HQ, HKV = ATTN_SYM_HKV, LQ = ATTN_SYM_LQ };
+  enum { LK = ATTN_SYM_LK, D = ATTN_SYM_D, DV = ATTN_SYM_DV };
+  const uint8_t opt_in = ATTN_OPND_OPTIONAL | ATTN_OPND_BROADCAST;
+  const uint8_t opt_out = ATTN_OPND_OPTIONAL | ATTN_OPND_OUTPUT;
+  int64_t ms[4] = {0}, bs[4] = {0};
+  const attn_operand ops[] = {
+      {ATTN_OPERAND("q", q, ATTN_DT_F32, 4, 4), .sym = {B, HQ, LQ, D}},
+      {ATTN_OPERAND("k", k, ATTN_DT_F32, 4, 4), .sym = {B, HKV, LK, D}},
+      {ATTN_OPERAND("v", v, ATTN_DT_F32, 4, 4), .sym = {B, HKV, LK, DV}},
+      {ATTN_OPERAND("params.mask", prm.mask, ATTN_DT_F32, 1, 4), .flags = opt_in, .bcast_nd = 4,
+       .bcast = {B, HQ, LQ, LK}, .bstrides = ms},
+      {ATTN_OPERAND("params.bool_mask", prm.bool_mask, ATTN_DT_U8, 1, 4), .flags = opt_in,
+       .bcast_nd = 4, .bcast = {B, HQ, LQ, LK}, .bstrides = bs},
+      {ATTN_OPERAND("out", out, ATTN_DT_F32, 4, 4), .sym = {B, HQ, LQ, DV},
+       .flags = ATTN_OPND_OUTPUT},
+      {ATTN_OPERAND("params.lse", prm.lse, ATTN_DT_F32, 3, 3), .sym = {B, HQ, LQ},
+       .flags = opt_out},
+      {ATTN_OPERAND("params.weights", prm.weights, ATTN_DT_F32, 4, 4), .sym = {B, HQ, LQ, LK},
+       .flags = opt_out},
+  };
+  attn_dims d;
+  if ((st = attn__check_operands(ctx, ops, 8, &d)) != ATTN_OK ||
+      (st = check_heads(ctx, d.v[HQ], d.v[HKV])) != ATTN_OK ||
+      (st = check_params(ctx, &prm, d.v[B], d.v[HQ], d.v[LK], d.v[D])) != ATTN_OK)
     return st;
-  if ((st = check_heads(ctx, fn, Hq, Hkv)) != ATTN_OK ||
-      (st = attn__check_writable(ctx, fn, "out", out)) != ATTN_OK ||
-      (st = check_params(ctx, fn, &prm, B, Hq, Lk, D)) != ATTN_OK)
-    return st;
-
-  sdpa_problem p;
-  memset(&p, 0, sizeof p);
-  const int64_t full[4] = {B, Hq, Lq, Lk};
+  memset(p, 0, sizeof *p);
+  p->B = d.v[B], p->Hq = d.v[HQ], p->Hkv = d.v[HKV], p->G = p->Hq / p->Hkv;
+  p->Lq = d.v[LQ], p->Lk = d.v[LK], p->D = d.v[D], p->Dv = d.v[DV];
+  p->q = q->data, p->k = k->data, p->v = v->data, p->out = out->data;
+  memcpy(p->qs, q->strides, sizeof p->qs);
+  memcpy(p->ks, k->strides, sizeof p->ks);
+  memcpy(p->vs, v->strides, sizeof p->vs);
+  memcpy(p->os, out->strides, sizeof p->os);
   if (prm.mask) {
-    if ((st = attn__check_tensor(ctx, fn, "params.mask", prm.mask, ATTN_DTYPE_F32, 1, 4)) ||
-        (st = attn__broadcast_strides(ctx, fn, "params.mask", prm.mask, 4, full, p.ms)))
-      return st;
-    p.mask = prm.mask->data;
+    p->mask = prm.mask->data;
+    memcpy(p->ms, ms, sizeof ms);
   }
   if (prm.bool_mask) {
-    if ((st = attn__check_tensor(ctx, fn, "params.bool_mask", prm.bool_mask, ATTN_DTYPE_U8, 1,
-                                 4)) ||
-        (st = attn__broadcast_strides(ctx, fn, "params.bool_mask", prm.bool_mask, 4, full,
-                                      p.bs)))
-      return st;
-    p.bmask = prm.bool_mask->data;
+    p->bmask = prm.bool_mask->data;
+    memcpy(p->bs, bs, sizeof bs);
   }
-  /* Inputs, then the outputs in the order they are checked. */
-  const char *names[7] = {"q", "k", "v", "params.mask", "params.bool_mask", "out", "params.lse"};
-  const attn_tensor *ts[7] = {q, k, v, prm.mask, prm.bool_mask, out, prm.lse};
-  if ((st = check_disjoint(ctx, fn, "out", out, names, ts, 5)) ||
-      (prm.lse && (st = check_output(ctx, fn, "params.lse", prm.lse, 3,
-                                     (const int64_t[]){B, Hq, Lq}, "[B, Hq, Lq]", names, ts,
-                                     6))) ||
-      (prm.weights && (st = check_output(ctx, fn, "params.weights", prm.weights, 4, full,
-                                         "[B, Hq, Lq, Lk]", names, ts, 7))))
-    return st;
-
-  p.B = B, p.Hq = Hq, p.Hkv = Hkv, p.G = Hq / Hkv, p.Lq = Lq, p.Lk = Lk, p.D = D, p.Dv = Dv;
-  p.q = q->data, p.k = k->data, p.v = v->data, p.out = out->data;
-  memcpy(p.qs, q->strides, sizeof p.qs);
-  memcpy(p.ks, k->strides, sizeof p.ks);
-  memcpy(p.vs, v->strides, sizeof p.vs);
-  memcpy(p.os, out->strides, sizeof p.os);
   if (prm.lse) {
-    p.lse = prm.lse->data;
-    memcpy(p.lses, prm.lse->strides, sizeof p.lses);
+    p->lse = prm.lse->data;
+    memcpy(p->lses, prm.lse->strides, sizeof p->lses);
   }
   if (prm.weights) {
-    p.w = prm.weights->data;
-    memcpy(p.ws, prm.weights->strides, sizeof p.ws);
+    p->w = prm.weights->data;
+    memcpy(p->ws, prm.weights->strides, sizeof p->ws);
   }
-  p.kv_lens = prm.kv_lens;
-  p.q_offsets = prm.q_offsets;
-  fill_common(&p, &prm);
-  return run_problem(ctx, fn, &p);
+  p->kv_lens = prm.kv_lens;
+  p->q_offsets = prm.q_offsets;
+  fill_common(p, &prm);
+  return ATTN_OK;
 }
 
-static attn_status check_offsets(attn_ctx *ctx, const char *fn, const char *name,
-                                 const int64_t *cu, int32_t batch, int64_t total) {
+attn_status attn__sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
+                       const attn_tensor *v, attn_tensor *out, const attn_sdpa_params *params) {
+  sdpa_problem p;
+  attn_status st = sdpa_check(ctx, q, k, v, out, params, &p);
+  if (st == ATTN_OK) {
+    plan_problem(ctx, &p);
+    if ((st = attn__ws_reserve(ctx, p.ws_bytes)) == ATTN_OK)
+      run_problem(ctx, &p);
+  }
+  return st;
+}
+
+attn_status attn_sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
+                      const attn_tensor *v, attn_tensor *out, const attn_sdpa_params *params) {
+  attn_status st = attn__op_begin(ctx, "attn_sdpa");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, attn__sdpa(ctx, q, k, v, out, params));
+}
+
+static attn_status check_offsets(attn_ctx *ctx, const char *name, const int64_t *cu, int32_t batch,
+                                 int64_t total) {
   if (!cu)
-    return attn__fail(ctx, ATTN_ERR_NULL_ARG, "%s: %s is NULL", fn, name);
+    return attn__fail(ctx, ATTN_ERR_NULL_ARG, "%s is NULL", name);
   if (cu[0] != 0)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: %s[0] = %lld but must be 0", fn, name,
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s[0] = %lld but must be 0", name,
                       (long long)cu[0]);
   for (int32_t b = 0; b < batch; b++)
     if (cu[b + 1] < cu[b])
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "%s: %s[%d] = %lld < %s[%d] = %lld but offsets must not decrease", fn,
-                        name, (int)b + 1, (long long)cu[b + 1], name, (int)b, (long long)cu[b]);
+                        "%s[%d] = %lld < %s[%d] = %lld but offsets must not decrease", name,
+                        (int)b + 1, (long long)cu[b + 1], name, (int)b, (long long)cu[b]);
   if (cu[batch] != total)
-    return attn__fail(ctx, ATTN_ERR_SHAPE,
-                      "%s: %s[%d] = %lld but must equal the token count %lld", fn, name,
-                      (int)batch, (long long)cu[batch], (long long)total);
+    return attn__fail(ctx, ATTN_ERR_SHAPE, "%s[%d] = %lld but must equal the token count %lld",
+                      name, (int)batch, (long long)cu[batch], (long long)total);
   return ATTN_OK;
 }
 
 /* Sequence s of a packed batch as a [1, H, L, D] view of the tensors. */
 static void varlen_problem(sdpa_problem *p, const attn_sdpa_params *prm, const attn_tensor *q,
-                           const attn_tensor *k, const attn_tensor *v, attn_tensor *out,
-                           int32_t s, const int64_t *cu_q, const int64_t *cu_k) {
+                           const attn_tensor *k, const attn_tensor *v, attn_tensor *out, int32_t s,
+                           const int64_t *cu_q, const int64_t *cu_k) {
   memset(p, 0, sizeof *p);
   p->B = 1, p->Hq = q->dims[1], p->Hkv = k->dims[1], p->G = p->Hq / p->Hkv;
   p->D = q->dims[2], p->Dv = v->dims[2];
@@ -756,49 +674,50 @@ static void varlen_problem(sdpa_problem *p, const attn_sdpa_params *prm, const a
   fill_common(p, prm);
 }
 
+/* Check attn_sdpa_varlen's operands and params; *prm gets the params. */
+static attn_status varlen_check(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
+                                const attn_tensor *v, attn_tensor *out, int32_t batch,
+                                const int64_t *cu_q, const int64_t *cu_k,
+                                const attn_sdpa_params *params, attn_sdpa_params *prm) {
+  attn_sdpa_params_init(prm);
+  attn_status st = attn__read_params(ctx, prm, sizeof *prm, params);
+  if (st != ATTN_OK)
+    return st;
+  if (prm->mask || prm->bool_mask || prm->kv_lens || prm->weights)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.mask, bool_mask, kv_lens and weights must be NULL (packed "
+                      "sequences are masked by their offsets)");
+  if (batch < 1)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "batch = %d but must be >= 1", (int)batch);
+  enum { TQ = ATTN_SYM_TQ, TK = ATTN_SYM_TK, HQ = ATTN_SYM_HQ, HKV = ATTN_SYM_HKV };
+  enum { D = ATTN_SYM_D, DV = ATTN_SYM_DV };
+  const attn_operand ops[] = {
+      {ATTN_OPERAND("q", q, ATTN_DT_F32, 3, 3), .sym = {TQ, HQ, D}},
+      {ATTN_OPERAND("k", k, ATTN_DT_F32, 3, 3), .sym = {TK, HKV, D}},
+      {ATTN_OPERAND("v", v, ATTN_DT_F32, 3, 3), .sym = {TK, HKV, DV}},
+      {ATTN_OPERAND("out", out, ATTN_DT_F32, 3, 3), .sym = {TQ, HQ, DV}, .flags = ATTN_OPND_OUTPUT},
+      {ATTN_OPERAND("params.lse", prm->lse, ATTN_DT_F32, 2, 2), .sym = {HQ, TQ},
+       .flags = ATTN_OPND_OPTIONAL | ATTN_OPND_OUTPUT},
+  };
+  attn_dims d;
+  if ((st = attn__check_operands(ctx, ops, 5, &d)) != ATTN_OK ||
+      (st = check_heads(ctx, d.v[HQ], d.v[HKV])) != ATTN_OK ||
+      (st = check_offsets(ctx, "cu_seqlens_q", cu_q, batch, d.v[TQ])) != ATTN_OK ||
+      (st = check_offsets(ctx, "cu_seqlens_k", cu_k, batch, d.v[TK])) != ATTN_OK)
+    return st;
+  return check_params(ctx, prm, batch, d.v[HQ], d.v[TK], d.v[D]);
+}
+
 attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
                              const attn_tensor *v, attn_tensor *out, int32_t batch,
                              const int64_t *cu_q, const int64_t *cu_k,
                              const attn_sdpa_params *params) {
-  static const char fn[] = "attn_sdpa_varlen";
-  attn_status st = attn__check_ctx(ctx);
+  attn_status st = attn__op_begin(ctx, "attn_sdpa_varlen");
   if (st != ATTN_OK)
     return st;
   attn_sdpa_params prm;
-  attn_sdpa_params_init(&prm);
-  if ((st = attn__read_params(ctx, fn, &prm, sizeof prm, params)) != ATTN_OK ||
-      (st = check_operands(ctx, fn, q, k, v, out, 3)) != ATTN_OK)
-    return st;
-  if (prm.mask || prm.bool_mask || prm.kv_lens || prm.weights)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "%s: params.mask, bool_mask, kv_lens and weights must be NULL (packed "
-                      "sequences are masked by their offsets)",
-                      fn);
-  if (batch < 1)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: batch = %d but must be >= 1", fn,
-                      (int)batch);
-  int64_t Tq = q->dims[0], Hq = q->dims[1], D = q->dims[2];
-  int64_t Tk = k->dims[0], Hkv = k->dims[1], Dv = v->dims[2];
-  if ((st = check_dim(ctx, fn, "k", k, 2, D, "the head dim q.shape[2]")) ||
-      (st = check_dim(ctx, fn, "v", v, 0, Tk, "the key token count k.shape[0]")) ||
-      (st = check_dim(ctx, fn, "v", v, 1, Hkv, "the kv head count k.shape[1]")) ||
-      (st = check_dim(ctx, fn, "out", out, 0, Tq, "the query token count q.shape[0]")) ||
-      (st = check_dim(ctx, fn, "out", out, 1, Hq, "the query head count q.shape[1]")) ||
-      (st = check_dim(ctx, fn, "out", out, 2, Dv, "the value dim v.shape[2]")))
-    return st;
-  if ((st = check_heads(ctx, fn, Hq, Hkv)) ||
-      (st = check_offsets(ctx, fn, "cu_seqlens_q", cu_q, batch, Tq)) ||
-      (st = check_offsets(ctx, fn, "cu_seqlens_k", cu_k, batch, Tk)) ||
-      (st = attn__check_writable(ctx, fn, "out", out)) ||
-      (st = check_params(ctx, fn, &prm, batch, Hq, Tk, D)))
-    return st;
-  const char *names[4] = {"q", "k", "v", "out"};
-  const attn_tensor *ts[4] = {q, k, v, out};
-  if ((st = check_disjoint(ctx, fn, "out", out, names, ts, 3)) ||
-      (prm.lse && (st = check_output(ctx, fn, "params.lse", prm.lse, 2,
-                                     (const int64_t[]){Hq, Tq}, "[Hq, Tq]", names, ts, 4))))
-    return st;
-
+  if ((st = varlen_check(ctx, q, k, v, out, batch, cu_q, cu_k, params, &prm)) != ATTN_OK)
+    return attn__op_end(ctx, st);
   /* Every sequence's plan and the largest workspace come first: failing
    * half-way would leave the earlier sequences' outputs written. */
   size_t most = 0;
@@ -807,21 +726,17 @@ attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q, const attn_ten
     varlen_problem(&p, &prm, q, k, v, out, s, cu_q, cu_k);
     if (p.Lq == 0)
       continue;
-    int32_t threads = 1;
-    size_t total = 0;
-    if ((st = plan_problem(ctx, fn, &p, &threads, &total)) != ATTN_OK)
-      return st;
-    most = total > most ? total : most;
+    plan_problem(ctx, &p);
+    most = p.ws_bytes > most ? p.ws_bytes : most;
   }
-  if (most && !attn__scratch(ctx, fn, most))
-    return ATTN_ERR_NO_MEMORY;
-  for (int32_t s = 0; s < batch; s++) {
-    sdpa_problem p;
-    varlen_problem(&p, &prm, q, k, v, out, s, cu_q, cu_k);
-    if (p.Lq == 0)
-      continue;
-    if ((st = run_problem(ctx, fn, &p)) != ATTN_OK)
-      return st;
-  }
-  return ATTN_OK;
+  if ((st = attn__ws_reserve(ctx, most)) == ATTN_OK)
+    for (int32_t s = 0; s < batch; s++) {
+      sdpa_problem p;
+      varlen_problem(&p, &prm, q, k, v, out, s, cu_q, cu_k);
+      if (p.Lq == 0)
+        continue;
+      plan_problem(ctx, &p);
+      run_problem(ctx, &p);
+    }
+  return attn__op_end(ctx, st);
 }

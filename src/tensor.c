@@ -23,37 +23,28 @@ const char *attn__dtype_name(int32_t dtype) {
   }
 }
 
-attn_status attn__check_ctx(const attn_ctx *ctx) {
-  if (!ctx)
-    return ATTN_ERR_NULL_ARG;
-  if (ctx->magic != ATTN_CTX_MAGIC)
-    return ATTN_ERR_BAD_HANDLE;
-  return ATTN_OK;
-}
-
 /* Validate ndim, dtype, dims and out. */
-static attn_status check_layout(attn_ctx *ctx, const char *fn, int32_t dtype, int32_t ndim,
-                                const int64_t *dims, attn_tensor **out) {
+static attn_status check_layout(attn_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *dims,
+                                attn_tensor **out) {
   if (!dims)
-    return attn__fail(ctx, ATTN_ERR_NULL_ARG, "%s: dims is NULL", fn);
+    return attn__fail(ctx, ATTN_ERR_NULL_ARG, "dims is NULL");
   if (!out)
-    return attn__fail(ctx, ATTN_ERR_NULL_ARG, "%s: out is NULL", fn);
+    return attn__fail(ctx, ATTN_ERR_NULL_ARG, "out is NULL");
   if (ndim < 1 || ndim > ATTN_MAX_DIMS)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: ndim = %d but must be 1..%d", fn,
-                      (int)ndim, ATTN_MAX_DIMS);
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "ndim = %d but must be 1..%d", (int)ndim,
+                      ATTN_MAX_DIMS);
   if (!attn__dtype_size(dtype))
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: dtype = %d is not an attn_dtype", fn,
-                      (int)dtype);
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "dtype = %d is not an attn_dtype", (int)dtype);
   for (int32_t i = 0; i < ndim; i++)
     if (dims[i] < 1)
-      return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: dims[%d] = %lld but must be >= 1",
-                        fn, (int)i, (long long)dims[i]);
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "dims[%d] = %lld but must be >= 1", (int)i,
+                        (long long)dims[i]);
   return ATTN_OK;
 }
 
 /* Bytes from the first element to one past the last, for dims/strides. */
-static attn_status extent_bytes(attn_ctx *ctx, const char *fn, int32_t dtype, int32_t ndim,
-                                const int64_t *dims, const int64_t *strides, size_t *out) {
+static attn_status extent_bytes(attn_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *dims,
+                                const int64_t *strides, size_t *out) {
   uint64_t last = 0; /* offset of the last element, in elements */
   for (int32_t i = 0; i < ndim; i++) {
     uint64_t step;
@@ -70,11 +61,11 @@ static attn_status extent_bytes(attn_ctx *ctx, const char *fn, int32_t dtype, in
   return ATTN_OK;
 overflow:
   return attn__fail(ctx, ATTN_ERR_OVERFLOW,
-                    "%s: dims and strides span more bytes than memory can address", fn);
+                    "dims and strides span more bytes than memory can address");
 }
 
-static attn_tensor *link_new(attn_ctx *ctx, int32_t dtype, int32_t ndim,
-                             const int64_t *dims, const int64_t *strides) {
+static attn_tensor *link_new(attn_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *dims,
+                             const int64_t *strides) {
   attn_tensor *t = attn__alloc(ctx, sizeof *t);
   if (!t)
     return NULL;
@@ -103,99 +94,88 @@ static void contiguous_strides(int32_t ndim, const int64_t *dims, int64_t *strid
   }
 }
 
-attn_status attn_tensor_new(attn_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *dims,
-                            attn_tensor **out) {
-  static const char fn[] = "attn_tensor_new";
-  attn_status st = attn__check_ctx(ctx);
-  if (st != ATTN_OK)
-    return st;
-  if ((st = check_layout(ctx, fn, dtype, ndim, dims, out)) != ATTN_OK)
+static attn_status tensor_new(attn_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *dims,
+                              attn_tensor **out) {
+  attn_status st;
+  if ((st = check_layout(ctx, dtype, ndim, dims, out)) != ATTN_OK)
     return st;
   uint64_t count = 1;
   for (int32_t i = 0; i < ndim; i++)
     if (__builtin_mul_overflow(count, (uint64_t)dims[i], &count))
-      return attn__fail(ctx, ATTN_ERR_OVERFLOW, "%s: the element count overflows at dims[%d]",
-                        fn, (int)i);
+      return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the element count overflows at dims[%d]", (int)i);
   int64_t strides[ATTN_MAX_DIMS];
   contiguous_strides(ndim, dims, strides);
   size_t bytes = 0;
-  if ((st = extent_bytes(ctx, fn, dtype, ndim, dims, strides, &bytes)) != ATTN_OK)
+  if ((st = extent_bytes(ctx, dtype, ndim, dims, strides, &bytes)) != ATTN_OK)
     return st;
   void *block = attn__alloc(ctx, bytes + ATTN_ALIGN);
   if (!block)
-    return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "%s: cannot allocate %zu bytes", fn, bytes);
+    return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate %zu bytes", bytes);
   attn_tensor *t = link_new(ctx, dtype, ndim, dims, strides);
   if (!t) {
     attn__free(ctx, block);
-    return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "%s: cannot allocate the tensor handle", fn);
+    return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate the tensor handle");
   }
   t->owns_data = true;
   t->block = block;
-  t->data = (void *)(((uintptr_t)block + ATTN_ALIGN - 1) & ~(uintptr_t)(ATTN_ALIGN - 1));
+  t->data = attn__align_ptr(block);
   t->extent_bytes = bytes;
   memset(t->data, 0, bytes);
   *out = t;
   return ATTN_OK;
 }
 
-attn_status attn_tensor_wrap(attn_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *dims,
-                             const int64_t *strides, void *data, size_t size_bytes,
-                             attn_tensor **out) {
-  static const char fn[] = "attn_tensor_wrap";
-  attn_status st = attn__check_ctx(ctx);
-  if (st != ATTN_OK)
-    return st;
-  if ((st = check_layout(ctx, fn, dtype, ndim, dims, out)) != ATTN_OK)
+static attn_status tensor_wrap(attn_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *dims,
+                               const int64_t *strides, void *data, size_t size_bytes,
+                               attn_tensor **out) {
+  attn_status st;
+  if ((st = check_layout(ctx, dtype, ndim, dims, out)) != ATTN_OK)
     return st;
   if (!data)
-    return attn__fail(ctx, ATTN_ERR_NULL_ARG, "%s: data is NULL", fn);
+    return attn__fail(ctx, ATTN_ERR_NULL_ARG, "data is NULL");
   if ((uintptr_t)data % attn__dtype_size(dtype))
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s: data %p is not aligned for %s", fn,
-                      data, attn__dtype_name(dtype));
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "data %p is not aligned for %s", data,
+                      attn__dtype_name(dtype));
   int64_t s[ATTN_MAX_DIMS] = {0};
   if (strides) {
     for (int32_t i = 0; i < ndim; i++) {
       if (strides[i] < 0)
-        return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                          "%s: strides[%d] = %lld but strides must be >= 0", fn, (int)i,
-                          (long long)strides[i]);
+        return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "strides[%d] = %lld but strides must be >= 0",
+                          (int)i, (long long)strides[i]);
       s[i] = strides[i];
     }
     if (s[ndim - 1] != 1 && dims[ndim - 1] > 1)
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "%s: strides[%d] = %lld but the innermost axis must be contiguous "
+                        "strides[%d] = %lld but the innermost axis must be contiguous "
                         "(stride 1)",
-                        fn, (int)(ndim - 1), (long long)s[ndim - 1]);
+                        (int)(ndim - 1), (long long)s[ndim - 1]);
     s[ndim - 1] = 1;
   } else {
     uint64_t count = 1;
     for (int32_t i = 0; i < ndim; i++)
       if (__builtin_mul_overflow(count, (uint64_t)dims[i], &count))
-        return attn__fail(ctx, ATTN_ERR_OVERFLOW,
-                          "%s: the element count overflows at dims[%d]", fn, (int)i);
+        return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the element count overflows at dims[%d]",
+                          (int)i);
     contiguous_strides(ndim, dims, s);
   }
   size_t bytes = 0;
-  if ((st = extent_bytes(ctx, fn, dtype, ndim, dims, s, &bytes)) != ATTN_OK)
+  if ((st = extent_bytes(ctx, dtype, ndim, dims, s, &bytes)) != ATTN_OK)
     return st;
   if (bytes > size_bytes)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "%s: dims and strides span %zu bytes but size_bytes = %zu", fn, bytes,
-                      size_bytes);
+                      "dims and strides span %zu bytes but size_bytes = %zu", bytes, size_bytes);
   attn_tensor *t = link_new(ctx, dtype, ndim, dims, s);
   if (!t)
-    return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "%s: cannot allocate the tensor handle", fn);
+    return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate the tensor handle");
   t->data = data;
   t->extent_bytes = bytes;
   *out = t;
   return ATTN_OK;
 }
 
-attn_status attn_tensor_free(attn_ctx *ctx, attn_tensor *t) {
-  static const char fn[] = "attn_tensor_free";
-  attn_status st = attn__check_ctx(ctx);
-  if (st != ATTN_OK || !t)
-    return st;
+static attn_status tensor_free(attn_ctx *ctx, attn_tensor *t) {
+  if (!t)
+    return ATTN_OK;
   /* Search the context's list rather than trust t: a freed handle is never
    * dereferenced. */
   attn_tensor *it = ctx->tensors;
@@ -203,9 +183,9 @@ attn_status attn_tensor_free(attn_ctx *ctx, attn_tensor *t) {
     it = it->next;
   if (!it)
     return attn__fail(ctx, ATTN_ERR_BAD_HANDLE,
-                      "%s: tensor %p is not a live tensor of this context (freed twice, "
+                      "tensor %p is not a live tensor of this context (freed twice, "
                       "or created from another context)",
-                      fn, (void *)t);
+                      (void *)t);
   if (t->prev)
     t->prev->next = t->next;
   else
@@ -219,6 +199,31 @@ attn_status attn_tensor_free(attn_ctx *ctx, attn_tensor *t) {
   return ATTN_OK;
 }
 
+/* The public calls: the prologue around the bodies above. */
+attn_status attn_tensor_new(attn_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *dims,
+                            attn_tensor **out) {
+  attn_status st = attn__op_begin(ctx, "attn_tensor_new");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, tensor_new(ctx, dtype, ndim, dims, out));
+}
+
+attn_status attn_tensor_wrap(attn_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *dims,
+                             const int64_t *strides, void *data, size_t size_bytes,
+                             attn_tensor **out) {
+  attn_status st = attn__op_begin(ctx, "attn_tensor_wrap");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, tensor_wrap(ctx, dtype, ndim, dims, strides, data, size_bytes, out));
+}
+
+attn_status attn_tensor_free(attn_ctx *ctx, attn_tensor *t) {
+  attn_status st = attn__op_begin(ctx, "attn_tensor_free");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, tensor_free(ctx, t));
+}
+
 void *attn_tensor_data(const attn_tensor *t) { return t ? t->data : NULL; }
 int32_t attn_tensor_ndim(const attn_tensor *t) { return t ? t->ndim : 0; }
 int32_t attn_tensor_dtype(const attn_tensor *t) { return t ? t->dtype : -1; }
@@ -227,36 +232,7 @@ const int64_t *attn_tensor_strides(const attn_tensor *t) { return t ? t->strides
 
 /* ---- validation shared by the ops ---- */
 
-attn_status attn__check_tensor(attn_ctx *ctx, const char *fn, const char *name,
-                               const attn_tensor *t, int32_t dtype, int32_t min_nd,
-                               int32_t max_nd) {
-  if (!t)
-    return attn__fail(ctx, ATTN_ERR_NULL_ARG, "%s: %s is NULL", fn, name);
-  if (t->magic != ATTN_TENSOR_MAGIC)
-    return attn__fail(ctx, ATTN_ERR_BAD_HANDLE, "%s: %s is not a live tensor", fn, name);
-  if (t->ctx != ctx)
-    return attn__fail(ctx, ATTN_ERR_BAD_HANDLE,
-                      "%s: %s was created from another context", fn, name);
-  if (dtype >= 0 && t->dtype != dtype)
-    /* Until the ops compute in f16/bf16 they refuse it here, before any
-     * byte is read as float; the message says how to get there. */
-    return attn__fail(ctx, ATTN_ERR_UNSUPPORTED, "%s: %s has dtype %s but must be %s%s", fn,
-                      name, attn__dtype_name(t->dtype), attn__dtype_name(dtype),
-                      (t->dtype == ATTN_DTYPE_F16 || t->dtype == ATTN_DTYPE_BF16)
-                          ? " (convert with attn_tensor_copy)"
-                          : "");
-  if (t->ndim < min_nd || t->ndim > max_nd) {
-    if (min_nd == max_nd)
-      return attn__fail(ctx, ATTN_ERR_SHAPE, "%s: %s has %d dims but must have %d", fn, name,
-                        (int)t->ndim, (int)min_nd);
-    return attn__fail(ctx, ATTN_ERR_SHAPE, "%s: %s has %d dims but must have %d..%d", fn,
-                      name, (int)t->ndim, (int)min_nd, (int)max_nd);
-  }
-  return ATTN_OK;
-}
-
-attn_status attn__check_writable(attn_ctx *ctx, const char *fn, const char *name,
-                                 const attn_tensor *t) {
+attn_status attn__check_writable(attn_ctx *ctx, const char *name, const attn_tensor *t) {
   /* Sort axes by stride; each must step past everything the inner ones span. */
   int32_t order[ATTN_MAX_DIMS];
   int32_t n = 0;
@@ -265,8 +241,7 @@ attn_status attn__check_writable(attn_ctx *ctx, const char *fn, const char *name
       continue;
     if (t->strides[i] == 0)
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "%s: %s.strides[%d] = 0 but an output cannot broadcast", fn, name,
-                        (int)i);
+                        "%s.strides[%d] = 0 but an output cannot broadcast", name, (int)i);
     int32_t j = n++;
     while (j > 0 && t->strides[order[j - 1]] > t->strides[i]) {
       order[j] = order[j - 1];
@@ -279,25 +254,11 @@ attn_status attn__check_writable(attn_ctx *ctx, const char *fn, const char *name
     int32_t a = order[k];
     if (t->strides[a] < span)
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "%s: %s.strides[%d] = %lld overlaps the inner axes (which span "
+                        "%s.strides[%d] = %lld overlaps the inner axes (which span "
                         "%lld elements): an output's elements must be distinct",
-                        fn, name, (int)a, (long long)t->strides[a], (long long)span);
+                        name, (int)a, (long long)t->strides[a], (long long)span);
     span = t->strides[a] * (t->dims[a] - 1) + span;
   }
-  return ATTN_OK;
-}
-
-attn_status attn__check_same_shape(attn_ctx *ctx, const char *fn, const char *na,
-                                   const attn_tensor *a, const char *nb,
-                                   const attn_tensor *b) {
-  if (a->ndim != b->ndim)
-    return attn__fail(ctx, ATTN_ERR_SHAPE, "%s: %s has %d dims but %s has %d", fn, nb,
-                      (int)b->ndim, na, (int)a->ndim);
-  for (int32_t i = 0; i < a->ndim; i++)
-    if (a->dims[i] != b->dims[i])
-      return attn__fail(ctx, ATTN_ERR_SHAPE, "%s: %s.shape[%d] = %lld but %s.shape[%d] = %lld",
-                        fn, nb, (int)i, (long long)b->dims[i], na, (int)i,
-                        (long long)a->dims[i]);
   return ATTN_OK;
 }
 
@@ -316,12 +277,11 @@ bool attn__same_view(const attn_tensor *a, const attn_tensor *b) {
   return true;
 }
 
-attn_status attn__broadcast_strides(attn_ctx *ctx, const char *fn, const char *name,
-                                    const attn_tensor *m, int32_t ndim, const int64_t *dims,
-                                    int64_t *strides_out) {
+attn_status attn__broadcast_strides(attn_ctx *ctx, const char *name, const attn_tensor *m,
+                                    int32_t ndim, const int64_t *dims, int64_t *strides_out) {
   if (m->ndim > ndim)
-    return attn__fail(ctx, ATTN_ERR_SHAPE, "%s: %s has %d dims but the target has only %d",
-                      fn, name, (int)m->ndim, (int)ndim);
+    return attn__fail(ctx, ATTN_ERR_SHAPE, "%s has %d dims but the target has only %d", name,
+                      (int)m->ndim, (int)ndim);
   int32_t shift = ndim - m->ndim;
   for (int32_t i = 0; i < ndim; i++) {
     if (i < shift) {
@@ -335,8 +295,8 @@ attn_status attn__broadcast_strides(attn_ctx *ctx, const char *fn, const char *n
       strides_out[i] = 0;
     else
       return attn__fail(ctx, ATTN_ERR_SHAPE,
-                        "%s: %s.shape[%d] = %lld but must be 1 or %lld to broadcast", fn,
-                        name, (int)(i - shift), (long long)md, (long long)dims[i]);
+                        "%s.shape[%d] = %lld but must be 1 or %lld to broadcast", name,
+                        (int)(i - shift), (long long)md, (long long)dims[i]);
   }
   return ATTN_OK;
 }

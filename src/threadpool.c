@@ -1,4 +1,4 @@
-/* The context's worker threads: created with the context, ended with it.
+/* The context's worker threads and the one thread planner: created with the context, ended with it.
  * A job is a loop over items; the calling thread takes part as worker 0 and
  * items are handed out through one atomic counter, so uneven items balance. */
 #include "internal.h"
@@ -113,8 +113,7 @@ void attn__threadpool_destroy(attn_ctx *ctx, attn_threadpool *p) {
   attn__free(ctx, p);
 }
 
-void attn__parallel_for(attn_ctx *ctx, int32_t threads, int64_t n, attn_task_fn fn,
-                        void *arg) {
+void attn__parallel_for(attn_ctx *ctx, int32_t threads, int64_t n, attn_task_fn fn, void *arg) {
   attn_threadpool *p = ctx->pool;
   if (p && threads > p->n_workers + 1)
     threads = p->n_workers + 1;
@@ -142,9 +141,17 @@ void attn__parallel_for(attn_ctx *ctx, int32_t threads, int64_t n, attn_task_fn 
   pthread_mutex_unlock(&p->mu);
 }
 
-int32_t attn__threads_for(const attn_ctx *ctx, double work, double min_per_thread) {
+int32_t attn__threads_plan(const attn_ctx *ctx, double work, double min_per_thread, int64_t items) {
   double t = work / min_per_thread;
-  if (t < 1)
-    return 1;
-  return t > ctx->num_threads ? ctx->num_threads : (int32_t)t;
+  int32_t threads = t < 1 ? 1 : t > ctx->num_threads ? ctx->num_threads : (int32_t)t;
+  if (items > 0 && threads > items)
+    threads = (int32_t)items;
+  return threads;
+}
+
+int64_t attn__items_balanced(int64_t n, int64_t per, int32_t threads) {
+  int64_t balanced = n / (4 * (int64_t)threads);
+  if (threads > 1 && per > balanced)
+    per = balanced;
+  return per > 1 ? per : 1;
 }

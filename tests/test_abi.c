@@ -126,7 +126,7 @@ END(attn_pool_attention_params, weights, 40);
 _Static_assert(ATTN_OK == 0 && ATTN_ERR_NULL_ARG == 1 && ATTN_ERR_INVALID_ARG == 2 &&
                    ATTN_ERR_SHAPE == 3 && ATTN_ERR_OVERFLOW == 4 && ATTN_ERR_NO_MEMORY == 5 &&
                    ATTN_ERR_UNSUPPORTED == 6 && ATTN_ERR_BAD_HANDLE == 7 &&
-                   ATTN_ERR_ALIASING == 8,
+                   ATTN_ERR_ALIASING == 8 && ATTN_ERR_BUSY == 9,
                "attn_status values are pinned");
 _Static_assert(ATTN_DTYPE_F32 == 0 && ATTN_DTYPE_U8 == 1, "attn_dtype values are pinned");
 _Static_assert(ATTN_DTYPE_F16 == 2 && ATTN_DTYPE_BF16 == 3, "attn_dtype values are pinned (0.2)");

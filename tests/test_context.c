@@ -25,6 +25,8 @@ static void status_strings(void **state) {
   assert_int_equal(ATTN_ERR_NULL_ARG, 1);
   assert_int_equal(ATTN_ERR_NO_MEMORY, 5);
   assert_int_equal(ATTN_ERR_ALIASING, 8);
+  assert_int_equal(ATTN_ERR_BUSY, 9);
+  assert_string_equal(attn_status_string(ATTN_ERR_BUSY), "ATTN_ERR_BUSY");
 }
 
 static void create_defaults(void **state) {

@@ -9,6 +9,7 @@
  * another order). Meant for ThreadSanitizer (preset tsan), useful anywhere. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
+#include <stdlib.h>
 
 #include "test_util.h"
 
@@ -16,7 +17,7 @@
 #define ITERATIONS 2
 
 /* ---- shared read-only inputs ---- */
-enum { SM_R = 64, SM_N = 2048 };                           /* softmax */
+enum { SM_R = 64, SM_N = 2048 };                            /* softmax */
 enum { B = 1, HQ = 4, HKV = 2, LQ = 96, LK = 256, D = 32 }; /* sdpa */
 enum { SPLIT_LK = 4096, SPLIT_D = 16 };                     /* sdpa, keys split */
 enum { PE_L = 256, PE_D = 64, RP_B = 2, RP_H = 4, RP_L = 64 };
@@ -82,11 +83,11 @@ static void fill_inputs(void) {
     g_rope_pos[i] = (i * 13) % 1000;
 }
 
-#define CHECK(w, expr)                                                                     \
-  do {                                                                                     \
-    attn_status st_ = (expr);                                                              \
-    if (st_ != ATTN_OK && !(w)->failures++)                                                \
-      snprintf((w)->why, sizeof (w)->why, "%s: %s", #expr, attn_status_string(st_));       \
+#define CHECK(w, expr)                                                                             \
+  do {                                                                                             \
+    attn_status st_ = (expr);                                                                      \
+    if (st_ != ATTN_OK && !(w)->failures++)                                                        \
+      snprintf((w)->why, sizeof(w)->why, "%s: %s", #expr, attn_status_string(st_));                \
   } while (0)
 
 static attn_tensor *wrap(attn_ctx *ctx, const void *data, size_t n, int32_t ndim,
@@ -145,11 +146,12 @@ static void run_all(attn_ctx *ctx, worker *w) {
   p.align = ATTN_ALIGN_BOTTOM_RIGHT;
   p.softcap = 30;
   p.lse = wrap(ctx, w->out[O_SDPA_LSE], B * HQ * LQ, 3, ld);
-  CHECK(w, attn_sdpa(ctx, wrap(ctx, g_q, sizeof g_q / 4, 4, qd), wrap(ctx, g_k, sizeof g_k / 4, 4, kd),
-                     wrap(ctx, g_v, sizeof g_v / 4, 4, kd),
+  CHECK(w, attn_sdpa(ctx, wrap(ctx, g_q, sizeof g_q / 4, 4, qd),
+                     wrap(ctx, g_k, sizeof g_k / 4, 4, kd), wrap(ctx, g_v, sizeof g_v / 4, 4, kd),
                      wrap(ctx, w->out[O_SDPA], sizeof g_q / 4, 4, qd), &p));
   int64_t sqd[4] = {1, 1, 1, SPLIT_D}, skd[4] = {1, 1, SPLIT_LK, SPLIT_D};
-  CHECK(w, attn_sdpa(ctx, wrap(ctx, g_sq, SPLIT_D, 4, sqd), wrap(ctx, g_sk, SPLIT_LK * SPLIT_D, 4, skd),
+  CHECK(w, attn_sdpa(ctx, wrap(ctx, g_sq, SPLIT_D, 4, sqd),
+                     wrap(ctx, g_sk, SPLIT_LK * SPLIT_D, 4, skd),
                      wrap(ctx, g_sv, SPLIT_LK * SPLIT_D, 4, skd),
                      wrap(ctx, w->out[O_SPLIT], SPLIT_D, 4, sqd), NULL));
   int64_t vq[3] = {LQ, HQ, D}, vk[3] = {LK, HKV, D};
@@ -306,11 +308,195 @@ static void context_handed_between_threads(void **state) {
     free(ref.out[o]);
 }
 
+/* ---- one context shared by two threads at once: misuse, detected ----
+ * Every call returns ATTN_OK with the right result, or ATTN_ERR_BUSY having
+ * written nothing; never a wrong result. */
+#define BUSY_ITERS 2000
+enum { BS_R = 16, BS_N = 256, BQ = 8, BK = 64 };
+typedef struct {
+  attn_tensor *x, *y, *q, *k, *v, *o; /* wrapped by the main thread */
+  float *y_data, *o_data;
+  const float *y_want, *o_want;
+  int ok, busy, wrong;
+  char why[256];
+  pthread_barrier_t *start;
+} busy_worker;
+static attn_ctx *g_busy_ctx;
+
+static void busy_note(busy_worker *b, attn_status st, const char *what) {
+  if (st == ATTN_OK)
+    b->ok++;
+  else if (st == ATTN_ERR_BUSY)
+    b->busy++;
+  else if (!b->wrong++)
+    snprintf(b->why, sizeof b->why, "%s gave %s", what, attn_status_string(st));
+}
+
+static void *busy_main(void *arg) {
+  busy_worker *b = arg;
+  const float sentinel = -1234.5f;
+  pthread_barrier_wait(b->start);
+  for (int it = 0; it < BUSY_ITERS; it++) {
+    for (int i = 0; i < BS_R * BS_N; i++)
+      b->y_data[i] = sentinel;
+    attn_status st = attn_softmax(g_busy_ctx, b->x, b->y, NULL);
+    busy_note(b, st, "attn_softmax");
+    for (int i = 0; i < BS_R * BS_N; i++) {
+      float want = st == ATTN_OK ? b->y_want[i] : sentinel;
+      if (memcmp(&b->y_data[i], &want, sizeof want) && !b->wrong++)
+        snprintf(b->why, sizeof b->why, "softmax (%s) y[%d] = %g, want %g", attn_status_string(st),
+                 i, (double)b->y_data[i], (double)want);
+    }
+    for (int i = 0; i < BQ * 32; i++)
+      b->o_data[i] = sentinel;
+    st = attn_sdpa(g_busy_ctx, b->q, b->k, b->v, b->o, NULL);
+    busy_note(b, st, "attn_sdpa");
+    for (int i = 0; i < BQ * 32; i++) {
+      float g = b->o_data[i];
+      int right = st == ATTN_OK ? tu_close(g, b->o_want[i], 1e-5, 1e-6) : g == sentinel;
+      if (!right && !b->wrong++)
+        snprintf(b->why, sizeof b->why, "sdpa (%s) out[%d] = %g, want %g", attn_status_string(st),
+                 i, (double)g, (double)b->o_want[i]);
+    }
+    attn_tensor *t = NULL;
+    int64_t td[1] = {5};
+    st = attn_tensor_new(g_busy_ctx, ATTN_DTYPE_F32, 1, td, &t);
+    busy_note(b, st, "attn_tensor_new");
+    if ((st == ATTN_OK) != (t != NULL) && !b->wrong++)
+      snprintf(b->why, sizeof b->why, "attn_tensor_new: %s but out %s", attn_status_string(st),
+               t ? "set" : "not set");
+    while (t && (st = attn_tensor_free(g_busy_ctx, t)) == ATTN_ERR_BUSY)
+      b->busy++;
+    if (t)
+      busy_note(b, st, "attn_tensor_free");
+  }
+  return NULL;
+}
+
+static void one_context_two_threads(void **state) {
+  (void)state;
+  enum { N = 2 };
+  static float x[N][BS_R * BS_N], y[N][BS_R * BS_N], y_want[N][BS_R * BS_N];
+  static float q[N][BQ * 32], o[N][BQ * 32], o_want[N][BQ * 32];
+  int64_t sd[2] = {BS_R, BS_N}, qd[4] = {1, 1, BQ, 32}, kd[4] = {1, 1, BK, 32};
+  tu_rng r = {77};
+  for (int i = 0; i < N; i++) {
+    tu_fill(&r, x[i], BS_R * BS_N, -5, 5);
+    tu_fill(&r, q[i], BQ * 32, -1, 1);
+  }
+  /* The expected results, from a context of their own. */
+  attn_ctx *ref = tu_ctx(1);
+  for (int i = 0; i < N; i++) {
+    assert_ok(attn_softmax(ref, wrap(ref, x[i], BS_R * BS_N, 2, sd),
+                           wrap(ref, y_want[i], BS_R * BS_N, 2, sd), NULL));
+    assert_ok(attn_sdpa(ref, wrap(ref, q[i], BQ * 32, 4, qd), wrap(ref, g_k, BK * 32, 4, kd),
+                        wrap(ref, g_v, BK * 32, 4, kd), wrap(ref, o_want[i], BQ * 32, 4, qd),
+                        NULL));
+  }
+  attn_ctx_destroy(ref);
+
+  g_busy_ctx = tu_ctx(2);
+  busy_worker w[N];
+  memset(w, 0, sizeof w);
+  for (int i = 0; i < N; i++) {
+    w[i].x = wrap(g_busy_ctx, x[i], BS_R * BS_N, 2, sd);
+    w[i].y = wrap(g_busy_ctx, y[i], BS_R * BS_N, 2, sd);
+    w[i].q = wrap(g_busy_ctx, q[i], BQ * 32, 4, qd);
+    w[i].k = wrap(g_busy_ctx, g_k, BK * 32, 4, kd);
+    w[i].v = wrap(g_busy_ctx, g_v, BK * 32, 4, kd);
+    w[i].o = wrap(g_busy_ctx, o[i], BQ * 32, 4, qd);
+    w[i].y_data = y[i], w[i].o_data = o[i];
+    w[i].y_want = y_want[i], w[i].o_want = o_want[i];
+  }
+  pthread_t th[N];
+  pthread_barrier_t start;
+  pthread_barrier_init(&start, NULL, N);
+  for (int i = 0; i < N; i++) {
+    w[i].start = &start;
+    assert_int_equal(pthread_create(&th[i], NULL, busy_main, &w[i]), 0);
+  }
+  for (int i = 0; i < N; i++)
+    assert_int_equal(pthread_join(th[i], NULL), 0);
+  pthread_barrier_destroy(&start);
+  attn_ctx_destroy(g_busy_ctx);
+  for (int i = 0; i < N; i++)
+    if (w[i].wrong)
+      fail_msg("thread %d: %s", i, w[i].why);
+  /* One thread may be refused every time while the other keeps the context
+   * busy: only the total must show progress. */
+  assert_true(w[0].ok + w[1].ok > 0);
+  print_message("shared context: %d calls ATTN_OK, %d ATTN_ERR_BUSY\n", w[0].ok + w[1].ok,
+                w[0].busy + w[1].busy);
+}
+
+/* ATTN_ERR_BUSY made certain: the allocator, called inside an op, calls
+ * back into the same context. The inner call is refused, the outer one
+ * completes, and the message is the outer call's, not rewritten. */
+typedef struct {
+  attn_ctx *ctx;
+  attn_tensor *x, *y;
+  attn_status inner;
+  int calls;
+} reentry;
+
+static void *reentry_alloc(void *user, size_t size) {
+  reentry *r = user;
+  if (r->ctx && r->calls++ == 0) {
+    r->inner = attn_softmax(r->ctx, r->x, r->y, NULL);
+    int64_t d[1] = {3};
+    attn_tensor *t = NULL;
+    if (attn_tensor_new(r->ctx, ATTN_DTYPE_F32, 1, d, &t) != ATTN_ERR_BUSY || t)
+      r->inner = ATTN_ERR_INVALID_ARG; /* reported below as a failure */
+  }
+  return malloc(size);
+}
+
+static void reentry_free(void *user, void *p) {
+  (void)user;
+  free(p);
+}
+
+static void busy_from_reentry(void **state) {
+  (void)state;
+  reentry r = {0};
+  attn_ctx_options o;
+  attn_ctx_options_init(&o);
+  o.num_threads = 1;
+  o.alloc = reentry_alloc;
+  o.free = reentry_free;
+  o.alloc_user = &r;
+  attn_ctx *ctx = NULL;
+  assert_ok(attn_ctx_create(&ctx, &o));
+  float x[4] = {1, 2, 3, 4}, y[4] = {0}, out[PE_L * PE_D];
+  int64_t d[1] = {4}, ped[2] = {PE_L, PE_D};
+  r.x = wrap(ctx, x, 4, 1, d);
+  r.y = wrap(ctx, y, 4, 1, d);
+  attn_tensor *tout = wrap(ctx, out, PE_L * PE_D, 2, ped);
+  /* A failure first, so the context holds a message to keep. */
+  assert_int_equal(attn_softmax(ctx, r.x, NULL, NULL), ATTN_ERR_NULL_ARG);
+  char before[512];
+  snprintf(before, sizeof before, "%s", attn_ctx_last_error(ctx));
+  r.ctx = ctx;                                 /* from now on the allocator calls back */
+  assert_ok(attn_sinusoidal(ctx, tout, NULL)); /* allocates its workspace */
+  assert_int_equal(r.calls, 1);
+  assert_int_equal(r.inner, ATTN_ERR_BUSY);
+  assert_true(y[0] == 0.0f && y[3] == 0.0f);
+  assert_string_equal(attn_ctx_last_error(ctx), before);
+  assert_string_equal(attn_status_string(ATTN_ERR_BUSY), "ATTN_ERR_BUSY");
+  /* The context is free again once the call has returned. */
+  r.ctx = NULL;
+  assert_ok(attn_softmax(ctx, r.x, r.y, NULL));
+  assert_true(y[3] > y[0]);
+  attn_ctx_destroy(ctx);
+}
+
 int main(void) {
   fill_inputs();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(concurrent_contexts),
       cmocka_unit_test(context_handed_between_threads),
+      cmocka_unit_test(one_context_two_threads),
+      cmocka_unit_test(busy_from_reentry),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

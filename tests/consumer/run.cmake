@@ -42,6 +42,41 @@ foreach(f include/attn.h ${LIBDIR}/pkgconfig/attn.pc ${LIBDIR}/cmake/attn/attnCo
   endif()
 endforeach()
 
+# 0. The version policy of the installed attnConfigVersion.cmake: every 0.x
+# minor stays compatible with the earlier ones. Evaluated as find_package
+# does (the PACKAGE_FIND_* variables, then include), for this version and
+# for the same file claiming 0.2.0.
+function(version_check file want expect)
+  set(PACKAGE_FIND_VERSION "${want}")
+  string(REGEX MATCH "^[0-9]+" PACKAGE_FIND_VERSION_MAJOR "${want}")
+  set(CMAKE_SIZEOF_VOID_P "")
+  include("${file}")
+  if(NOT "${PACKAGE_VERSION_COMPATIBLE}" STREQUAL "${expect}")
+    message(FATAL_ERROR "attnConfigVersion.cmake of ${PACKAGE_VERSION}: a request for "
+                        "${want} gave COMPATIBLE=${PACKAGE_VERSION_COMPATIBLE}, expected ${expect}")
+  endif()
+endfunction()
+set(version_file "${prefix}/${LIBDIR}/cmake/attn/attnConfigVersion.cmake")
+file(READ "${version_file}" version_text)
+string(REGEX MATCH "set\\(PACKAGE_VERSION \"([0-9.]+)\"\\)" _ "${version_text}")
+set(this_version "${CMAKE_MATCH_1}")
+string(REGEX MATCH "^[0-9]+" this_major "${this_version}")
+version_check("${version_file}" "${this_version}" TRUE)
+version_check("${version_file}" "${this_major}.0" TRUE)
+math(EXPR next_major "${this_major} + 1")
+version_check("${version_file}" "${next_major}.0" FALSE)
+string(REGEX REPLACE "set\\(PACKAGE_VERSION \"[0-9.]+\"\\)" "set(PACKAGE_VERSION \"0.2.0\")"
+       fake_text "${version_text}")
+file(WRITE "${WORK_DIR}/fake-0.2.0-version.cmake" "${fake_text}")
+foreach(case "0.1;TRUE" "0.1.7;TRUE" "0.2;TRUE" "0.2.0;TRUE" "0.2.1;FALSE" "0.3;FALSE"
+        "1.0;FALSE")
+  list(GET case 0 want)
+  list(GET case 1 expect)
+  version_check("${WORK_DIR}/fake-0.2.0-version.cmake" "${want}" ${expect})
+endforeach()
+message(STATUS "attnConfigVersion.cmake: ${this_version}; as 0.2.0 it accepts 0.1 and 0.2, "
+               "refuses 0.2.1, 0.3 and 1.0")
+
 # 1. pkg-config, as a Makefile would use it.
 set(ENV{PKG_CONFIG_PATH} "${prefix}/${LIBDIR}/pkgconfig")
 run("pkg-config" "${PKG_CONFIG}" --cflags --libs attn)

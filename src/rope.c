@@ -1,0 +1,196 @@
+/* Rotary position embedding (RoPE), in place: check -> plan -> run.
+ *
+ * Angles are formed and passed to sin/cos in double (see posenc.c); sin/cos
+ * once per (position, frequency) per block of tokens, reused across heads
+ * (and across batches when they share positions). */
+#include "rope.h"
+#include "check.h"
+
+#include <math.h>
+#include <string.h>
+
+/* A sin/cos pair costs tens of times an add, so a thread earns its wake-up
+ * after about this many rotated elements. */
+#define MIN_WORK_PER_THREAD 16384.0
+
+/* Pairs (a[i], b[i]) rotated by angle i: a' = a c - b s, b' = a s + b c, in
+ * double so the only rounding is the final store. For half-split pairs a
+ * and b are two halves of a row and never overlap, hence restrict. */
+static void rotate_split(float *restrict a, float *restrict b, const double *c, const double *s,
+                         int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    double u = a[i], v = b[i];
+    a[i] = (float)(u * c[i] - v * s[i]);
+    b[i] = (float)(u * s[i] + v * c[i]);
+  }
+}
+
+static void rotate_interleaved(float *x, const double *c, const double *s, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    double u = x[2 * i], v = x[2 * i + 1];
+    x[2 * i] = (float)(u * c[i] - v * s[i]);
+    x[2 * i + 1] = (float)(u * s[i] + v * c[i]);
+  }
+}
+
+static void rotate_row(const attn_rope_problem *p, float *row, const double *c, const double *s) {
+  if (p->interleaved)
+    rotate_interleaved(row, c, s, p->half);
+  else
+    rotate_split(row, row + p->half, c, s, p->half);
+}
+
+static void rope_item(void *arg, int64_t item, int32_t worker) {
+  const attn_rope_problem *p = arg;
+  double *cosv = p->tables + p->table_stride * (size_t)worker;
+  double *sinv = cosv + p->T * p->half;
+  int64_t blk = item % p->n_blocks;
+  int64_t b0 = p->share_batches ? 0 : item / p->n_blocks;
+  int64_t b1 = p->share_batches ? p->B : b0 + 1;
+  int64_t l0 = blk * p->T, nl = p->L - l0 < p->T ? p->L - l0 : p->T;
+  for (int64_t b = b0; b < b1; b++) {
+    if (b == b0 || p->positions) {
+      for (int64_t t = 0; t < nl; t++) {
+        int64_t l = l0 + t;
+        double pos = (double)(p->positions ? p->positions[b * p->L + l] : p->offset + l);
+        double *c = cosv + t * p->half, *s = sinv + t * p->half;
+        for (int64_t i = 0; i < p->half; i++) {
+          double a = pos * p->inv_freq[i];
+          c[i] = cos(a);
+          s[i] = sin(a);
+        }
+      }
+    }
+    float *xb = p->x + b * p->xs[0] + l0 * p->xs[2];
+    /* Walk the rows in memory order so each head (or token) is one stream. */
+    if (p->heads_outer) {
+      for (int64_t h = 0; h < p->H; h++)
+        for (int64_t t = 0; t < nl; t++)
+          rotate_row(p, xb + h * p->xs[1] + t * p->xs[2], cosv + t * p->half, sinv + t * p->half);
+    } else {
+      for (int64_t t = 0; t < nl; t++)
+        for (int64_t h = 0; h < p->H; h++)
+          rotate_row(p, xb + h * p->xs[1] + t * p->xs[2], cosv + t * p->half, sinv + t * p->half);
+    }
+  }
+}
+
+void attn_rope_params_init(attn_rope_params *p) {
+  if (!p)
+    return;
+  memset(p, 0, sizeof *p);
+  p->struct_size = sizeof *p;
+}
+
+static attn_status rope_check(attn_ctx *ctx, attn_tensor *x, const attn_rope_params *params,
+                              attn_rope_problem *p) {
+  attn_rope_params prm;
+  attn_rope_params_init(&prm);
+  const attn_operand ops[] = {{ATTN_OPERAND("x", x, ATTN_DT_F32, 4, 4), .flags = ATTN_OPND_OUTPUT}};
+  attn_status st;
+  if ((st = attn__read_params(ctx, &prm, sizeof prm, params)) != ATTN_OK ||
+      (st = attn__check_operands(ctx, ops, 1, NULL)) != ATTN_OK)
+    return st;
+  int64_t B = x->dims[0], H = x->dims[1], L = x->dims[2], D = x->dims[3];
+  if (prm.style != ATTN_ROPE_HALF_SPLIT && prm.style != ATTN_ROPE_INTERLEAVED)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.style = %d is not an attn_rope_style (0 = half-split, 1 = "
+                      "interleaved)",
+                      (int)prm.style);
+  int64_t r = prm.rotary_dim;
+  if (r == 0 && (D & 1))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.rotary_dim = 0 rotates all of x.shape[3] = %lld, which must "
+                      "then be even (or set rotary_dim to an even value <= %lld)",
+                      (long long)D, (long long)D);
+  if (r < 0 || r > D || (r & 1))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.rotary_dim = %lld but must be even and in 0..x.shape[3] = "
+                      "%lld (0 = all)",
+                      (long long)r, (long long)D);
+  if (r == 0)
+    r = D;
+  double theta = prm.theta == 0 ? 10000.0 : prm.theta;
+  if (!isfinite(theta) || !(theta > 1))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.theta = %g but must be finite and > 1 (0 = 10000)", prm.theta);
+  if (prm.offset < 0 || (!prm.positions && prm.offset > INT64_MAX - (L - 1)))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.offset = %lld but must be >= 0, with offset + L - 1 within "
+                      "int64 (L = %lld)",
+                      (long long)prm.offset, (long long)L);
+  if (prm.positions)
+    for (int64_t i = 0; i < B * L; i++)
+      if (prm.positions[i] < 0)
+        return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                          "params.positions[%lld] (batch %lld, token %lld) = %lld but "
+                          "positions must be >= 0",
+                          (long long)i, (long long)(i / L), (long long)(i % L),
+                          (long long)prm.positions[i]);
+
+  memset(p, 0, sizeof *p);
+  p->x = x->data;
+  p->B = B, p->H = H, p->L = L, p->D = D;
+  memcpy(p->xs, x->strides, sizeof p->xs);
+  p->half = r / 2;
+  p->interleaved = prm.style == ATTN_ROPE_INTERLEAVED;
+  p->theta = theta;
+  p->offset = prm.offset;
+  p->positions = prm.positions;
+  return ATTN_OK;
+}
+
+/* The workspace: inverse frequencies, then a cos/sin table per thread.
+ * Sizes it when l->base is NULL, carves it otherwise. */
+static void rope_layout(attn_rope_problem *p, attn_ws_layout *l) {
+  p->table_stride = attn__ws_round((size_t)(2 * p->T * p->half) * sizeof(double)) / sizeof(double);
+  p->inv_freq = attn__ws_take(l, (size_t)p->half, sizeof(double));
+  p->tables = attn__ws_take(l, (size_t)p->threads, p->table_stride * sizeof(double));
+}
+
+void attn__rope_plan(const attn_ctx *ctx, attn_rope_problem *p) {
+  /* Stride order decides the walk; a size-1 axis has no say. */
+  p->heads_outer = p->H > 1 && (p->L == 1 || p->xs[1] >= p->xs[2]);
+  /* A block's table (T tokens x r/2 cos and sin, doubles) stays within
+   * 16 KiB so it sits in L1 next to the rows being rotated. */
+  p->T = 1024 / p->half > 1 ? 1024 / p->half : 1;
+  if (p->T > 16)
+    p->T = 16;
+  if (p->T > p->L)
+    p->T = p->L;
+  p->n_blocks = (p->L + p->T - 1) / p->T;
+  double rotated = (double)p->B * (double)p->H * (double)p->L * (double)(2 * p->half);
+  double trig = (double)(p->positions ? p->B : 1) * (double)p->L * (double)p->half * 16;
+  int32_t threads = attn__threads_plan(ctx, rotated + trig, MIN_WORK_PER_THREAD, 0);
+  /* Without explicit positions every batch has the same table: compute it
+   * once per block, unless that leaves too few items for the threads. */
+  p->share_batches = !p->positions && (p->B == 1 || p->n_blocks >= 2 * (int64_t)threads);
+  p->n_items = p->share_batches ? p->n_blocks : p->B * p->n_blocks;
+  p->threads = threads > p->n_items ? (int32_t)p->n_items : threads;
+  attn_ws_layout l = {0};
+  rope_layout(p, &l);
+  p->ws_bytes = l.used;
+}
+
+void attn__rope_apply(attn_ctx *ctx, attn_rope_problem *p) {
+  size_t mark = attn__ws_mark(ctx);
+  attn_ws_layout l = {attn__ws_alloc(ctx, p->ws_bytes), 0};
+  rope_layout(p, &l);
+  for (int64_t i = 0; i < p->half; i++)
+    p->inv_freq[i] = pow(p->theta, -(double)(2 * i) / (double)(2 * p->half));
+  attn__parallel_for(ctx, p->threads, p->n_items, rope_item, p);
+  attn__ws_release(ctx, mark);
+}
+
+attn_status attn_rope(attn_ctx *ctx, attn_tensor *x, const attn_rope_params *params) {
+  attn_status st = attn__op_begin(ctx, "attn_rope");
+  if (st != ATTN_OK)
+    return st;
+  attn_rope_problem p;
+  if ((st = rope_check(ctx, x, params, &p)) == ATTN_OK) {
+    attn__rope_plan(ctx, &p);
+    if ((st = attn__ws_reserve(ctx, p.ws_bytes)) == ATTN_OK)
+      attn__rope_apply(ctx, &p);
+  }
+  return attn__op_end(ctx, st);
+}

@@ -1,0 +1,35 @@
+/* Rotary embedding (RoPE) for use inside the library (rope.c): a layer
+ * rotates its own q/k buffers through the same plan and run as attn_rope. */
+#ifndef ATTN_ROPE_H
+#define ATTN_ROPE_H
+
+#include "internal.h"
+
+typedef struct {
+  float *x; /* [B, H, L, D] view, rotated in place */
+  int64_t B, H, L, D, xs[4];
+  int64_t half;             /* rotated pairs per row: rotary_dim / 2 */
+  bool interleaved;         /* pairs (2i, 2i+1), else (i, i + half) */
+  double theta;             /* frequency base, > 1 */
+  int64_t offset;           /* position of token 0 when positions is NULL */
+  const int64_t *positions; /* [B, L] or NULL */
+  /* Filled by attn__rope_plan. Work items are (batch, block of T tokens)
+   * or, when every batch shares the positions, blocks of tokens with the
+   * batches looped inside. */
+  int64_t T, n_blocks, n_items;
+  bool share_batches;
+  bool heads_outer; /* x's head stride exceeds its token stride */
+  int32_t threads;
+  size_t ws_bytes;
+  /* Workspace, carved by the run. */
+  double *inv_freq; /* half */
+  double *tables;   /* per worker: cos[T][half] then sin[T][half] */
+  size_t table_stride;
+} attn_rope_problem;
+
+/* Blocks, threads and the exact workspace (p->ws_bytes). */
+void attn__rope_plan(const attn_ctx *ctx, attn_rope_problem *p);
+/* Rotate: takes p->ws_bytes from the reserved workspace; no validation. */
+void attn__rope_apply(attn_ctx *ctx, attn_rope_problem *p);
+
+#endif
