@@ -140,6 +140,19 @@ void *attn__ws_alloc(attn_ctx *ctx, size_t bytes) {
   return p;
 }
 
+size_t attn__ws_size(attn_ws_layout_fn layout, void *problem) {
+  attn_ws_layout l = {NULL, 0};
+  layout(problem, &l);
+  return l.used;
+}
+
+size_t attn__ws_carve(attn_ctx *ctx, attn_ws_layout_fn layout, void *problem, size_t bytes) {
+  size_t mark = ctx->ws_used;
+  attn_ws_layout l = {attn__ws_alloc(ctx, bytes), 0};
+  layout(problem, &l);
+  return mark;
+}
+
 size_t attn__ws_mark(const attn_ctx *ctx) { return ctx->ws_used; }
 
 void attn__ws_release(attn_ctx *ctx, size_t mark) { ctx->ws_used = mark; }

@@ -95,6 +95,14 @@ size_t attn__ws_round(size_t bytes);
  * when no slice is live (growing would move them); otherwise a shortfall is
  * a planning error. ATTN_ERR_NO_MEMORY / OVERFLOW with a message. */
 attn_status attn__ws_reserve(attn_ctx *ctx, size_t bytes);
+/* A layout function: describes a problem's buffers through attn__ws_take. */
+typedef void (*attn_ws_layout_fn)(void *problem, attn_ws_layout *l);
+/* Plan side: the bytes `layout` needs for `problem`. */
+size_t attn__ws_size(attn_ws_layout_fn layout, void *problem);
+/* Run side: take a slice of `bytes` (the planned size, within the
+ * reservation) and lay the problem's buffers out on it. Returns the mark to
+ * give to attn__ws_release when the run is done. */
+size_t attn__ws_carve(attn_ctx *ctx, attn_ws_layout_fn layout, void *problem, size_t bytes);
 /* A slice of `bytes` (ATTN_ALIGN-aligned) within the reservation; NULL if
  * the reservation is too small (a planning error). */
 void *attn__ws_alloc(attn_ctx *ctx, size_t bytes);
@@ -140,13 +148,6 @@ int32_t attn__threads_plan(const attn_ctx *ctx, double work, double min_per_thre
 /* Items of `per` units each over `n` units, shrunk so that `threads`
  * threads get at least 4 items each (balance); at least 1. */
 int64_t attn__items_balanced(int64_t n, int64_t per, int32_t threads);
-
-/* ---- SDPA (sdpa.c) ---- */
-/* attn_sdpa without the prologue: check the handles and params, plan,
- * reserve, run. For an op inside the library that attends over views of
- * its own tensors (attn_pool_attention); messages carry ctx->op. */
-attn_status attn__sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
-                       const attn_tensor *v, attn_tensor *out, const attn_sdpa_params *params);
 
 /* ---- BLAS (blas.c, the only caller of cblas_sgemm) ---- */
 /* Threads one BLAS call may start on its own (1 for a sequential BLAS). A

@@ -8,6 +8,7 @@
  * token by token (each token's row is contiguous), so a dropped token is
  * never read and a NaN reaches only the outputs of the rows that read it. */
 #include "check.h"
+#include "sdpa.h"
 
 #include <math.h>
 #include <string.h>

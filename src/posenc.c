@@ -39,7 +39,8 @@ typedef struct {
 
 /* The workspace: frequencies, then a row per thread. Sizes it when l->base
  * is NULL, carves it otherwise. */
-static void sin_layout(sin_problem *p, attn_ws_layout *l) {
+static void sin_layout(void *problem, attn_ws_layout *l) {
+  sin_problem *p = problem;
   p->rowbuf_stride = attn__ws_round((size_t)p->D * sizeof(float)) / sizeof(float);
   p->freq = attn__ws_take(l, (size_t)(p->D / 2 + 1), sizeof(double));
   p->rowbuf = attn__ws_take(l, (size_t)p->threads, p->rowbuf_stride * sizeof(float));
@@ -199,15 +200,11 @@ static void sin_plan(const attn_ctx *ctx, sin_problem *p) {
   p->n_items = (p->L + p->rows_per_item - 1) / p->rows_per_item;
   if (p->threads > p->n_items)
     p->threads = (int32_t)p->n_items;
-  attn_ws_layout l = {0};
-  sin_layout(p, &l);
-  p->ws_bytes = l.used;
+  p->ws_bytes = attn__ws_size(sin_layout, p);
 }
 
 static void sin_run(attn_ctx *ctx, sin_problem *p) {
-  size_t mark = attn__ws_mark(ctx);
-  attn_ws_layout l = {attn__ws_alloc(ctx, p->ws_bytes), 0};
-  sin_layout(p, &l);
+  size_t mark = attn__ws_carve(ctx, sin_layout, p, p->ws_bytes);
   sin_freqs(p->layout, p->D, p->base, p->freq);
   attn__parallel_for(ctx, p->threads, p->n_items, sin_item, p);
   attn__ws_release(ctx, mark);

@@ -142,7 +142,8 @@ static attn_status rope_check(attn_ctx *ctx, attn_tensor *x, const attn_rope_par
 
 /* The workspace: inverse frequencies, then a cos/sin table per thread.
  * Sizes it when l->base is NULL, carves it otherwise. */
-static void rope_layout(attn_rope_problem *p, attn_ws_layout *l) {
+static void rope_layout(void *problem, attn_ws_layout *l) {
+  attn_rope_problem *p = problem;
   p->table_stride = attn__ws_round((size_t)(2 * p->T * p->half) * sizeof(double)) / sizeof(double);
   p->inv_freq = attn__ws_take(l, (size_t)p->half, sizeof(double));
   p->tables = attn__ws_take(l, (size_t)p->threads, p->table_stride * sizeof(double));
@@ -167,15 +168,11 @@ void attn__rope_plan(const attn_ctx *ctx, attn_rope_problem *p) {
   p->share_batches = !p->positions && (p->B == 1 || p->n_blocks >= 2 * (int64_t)threads);
   p->n_items = p->share_batches ? p->n_blocks : p->B * p->n_blocks;
   p->threads = threads > p->n_items ? (int32_t)p->n_items : threads;
-  attn_ws_layout l = {0};
-  rope_layout(p, &l);
-  p->ws_bytes = l.used;
+  p->ws_bytes = attn__ws_size(rope_layout, p);
 }
 
 void attn__rope_apply(attn_ctx *ctx, attn_rope_problem *p) {
-  size_t mark = attn__ws_mark(ctx);
-  attn_ws_layout l = {attn__ws_alloc(ctx, p->ws_bytes), 0};
-  rope_layout(p, &l);
+  size_t mark = attn__ws_carve(ctx, rope_layout, p, p->ws_bytes);
   for (int64_t i = 0; i < p->half; i++)
     p->inv_freq[i] = pow(p->theta, -(double)(2 * i) / (double)(2 * p->half));
   attn__parallel_for(ctx, p->threads, p->n_items, rope_item, p);

@@ -1,0 +1,107 @@
+/* Private interface of scaled dot-product attention, shared by sdpa.c
+ * (entry points and checks), sdpa_plan.c (planning, workspace and thread
+ * drivers) and sdpa_tile.c (the tile kernel and masking), and the internal
+ * entry points other parts of the library call:
+ *
+ *   fill an attn_sdpa_problem (plain pointers and element strides, no
+ *   handles), attn__sdpa_plan, reserve p.ws_bytes (attn__ws_reserve, or add
+ *   it to an outer plan's reservation), attn__sdpa_run. */
+#ifndef ATTN_SDPA_H
+#define ATTN_SDPA_H
+
+#include "internal.h"
+
+/* Tile sizes: BLOCK_ROWS query rows (all heads of a group included) by
+ * BLOCK_KEYS keys, so S is 128 KiB and stays in the 1 MiB L2 of a core next
+ * to the K and V tiles. Measured on the development machine (AMD EPYC, 1
+ * thread, OpenBLAS 0.3.21 Haswell kernels, B=1 H=8 L=2048, two rounds, as a
+ * fraction of a same-run 2048^3 sgemm), rows x keys: 32x256 0.73-0.79,
+ * 64x256 0.81-0.87, 64x512 0.77-0.90, 128x128 0.71-0.89, 128x256 0.84-0.99,
+ * 128x512 0.87-0.92, 256x256 0.86-1.08 but causal/full time 0.57-0.63
+ * (128x256: 0.53-0.54), as larger blocks waste more work on the diagonal. */
+#define BLOCK_ROWS 128
+#define BLOCK_KEYS 256
+/* Bound on |q_offsets[b]|: positions and window ends stay far from overflow. */
+#define MAX_Q_OFFSET ((int64_t)1 << 60)
+
+typedef struct attn_sdpa_work attn_sdpa_work;
+
+/* One attention problem: q [B, Hq, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv,
+ * Lk, Dv], out [B, Hq, Lq, Dv] as element strides, and what shapes the
+ * logits. Fields up to "tiling" are the caller's; the rest the plan's. */
+typedef struct {
+  int64_t B, Hq, Hkv, G, Lq, Lk, D, Dv;
+  const float *q, *k, *v;
+  float *out, *lse, *w;
+  int64_t qs[4], ks[4], vs[4], os[4], lses[3], ws[4];
+  const float *mask;
+  int64_t ms[4];
+  const uint8_t *bmask;
+  int64_t bs[4];
+  const int64_t *kv_lens;   /* [B] or NULL: keys of each sequence */
+  const int64_t *q_offsets; /* [B] or NULL: i' = q_offsets[b] + i */
+  const float *alibi, *sinks;
+  float scale, softcap;
+  bool causal, window, bottom_right;
+  int64_t wl, wr;
+  /* tiling */
+  int64_t nb;         /* query positions per block */
+  int64_t n_qblocks;  /* blocks per (batch, kv head) */
+  int64_t rows_max;   /* nb * G */
+  int64_t n_items;    /* B * Hkv * n_qblocks */
+  int64_t n_split;    /* key chunks per item */
+  int64_t chunk_keys; /* keys per chunk */
+  bool gather_k, gather_v;
+  int32_t threads;
+  size_t ws_bytes; /* exact workspace (sdpa_layout) */
+  /* workspace */
+  attn_sdpa_work *works; /* one per thread */
+  float *states;         /* n_items * n_split partial results when n_split > 1 */
+} attn_sdpa_problem;
+
+/* attn_sdpa without the prologue: check the handles and params, plan,
+ * reserve, run. For an op inside the library that attends over views of
+ * its own tensors (attn_pool_attention); messages carry ctx->op. */
+attn_status attn__sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
+                       const attn_tensor *v, attn_tensor *out, const attn_sdpa_params *params);
+/* Plan: blocks, key split, threads and the exact workspace (p->ws_bytes).
+ * Needs the caller's fields; never fails (an overflowing size saturates and
+ * the reservation refuses it). */
+void attn__sdpa_plan(const attn_ctx *ctx, attn_sdpa_problem *p);
+/* Run a planned problem: takes p->ws_bytes from the reserved workspace,
+ * validates nothing, allocates nothing. */
+void attn__sdpa_run(attn_ctx *ctx, attn_sdpa_problem *p);
+
+/* ---- between the drivers (sdpa_plan.c) and the tile kernel (sdpa_tile.c) */
+
+/* Online-softmax state of a block's rows: acc (rows x Dv), m and l (rows). */
+typedef struct {
+  float *acc, *m, *l;
+} attn_sdpa_state;
+
+/* Per-thread workspace. */
+typedef struct attn_sdpa_work {
+  float *qbuf;        /* rows x D, the block's queries gathered contiguous */
+  float *s;           /* rows x BLOCK_KEYS: logits, then probabilities */
+  float *kbuf;        /* BLOCK_KEYS x D, when K rows cannot be handed to BLAS as they are */
+  float *vbuf;        /* BLOCK_KEYS x Dv, likewise for V */
+  attn_sdpa_state st; /* the unsplit path's state */
+} attn_sdpa_work;
+
+typedef struct {
+  int64_t b, kvh, i0, n_pos; /* batch, kv head, first query position, positions */
+} attn_sdpa_item;
+
+/* Work item `index` (of p->n_items): its batch, kv head and query block. */
+attn_sdpa_item attn__sdpa_item(const attn_sdpa_problem *p, int64_t index);
+/* Copy the item's query rows into qbuf (rows x D). */
+void attn__sdpa_gather_queries(const attn_sdpa_problem *p, const attn_sdpa_item *it, float *qbuf);
+/* Online softmax of the item's rows over keys [kb, ke) into st; with_sink
+ * starts the state with the sinks (the first chunk only). */
+void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
+                       const attn_sdpa_work *wk, attn_sdpa_state st, int64_t kb, int64_t ke,
+                       bool with_sink);
+/* Write out = acc / l, the log-sum-exp and the normalised weights. */
+void attn__sdpa_finish(const attn_sdpa_problem *p, const attn_sdpa_item *it, attn_sdpa_state st);
+
+#endif

@@ -1,0 +1,262 @@
+/* The SDPA tile kernel: for one work item, S = scale Q K^T per key tile
+ * (BLAS), the logit pipeline (logits.h) on each row's visible keys, the
+ * online softmax (running max m and sum l per row; the accumulator is
+ * rescaled when m grows), and O += P V (BLAS). Visibility (causal, window,
+ * kv_lens, alignment) is decided here, per row, in visible_keys. */
+#include "logits.h"
+#include "sdpa.h"
+#include "simd/kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+/* Position i' among the keys of query position i of batch b (attn.h): the
+ * bottom-right alignment puts the last query at the sequence's last key. */
+static int64_t key_position(const attn_sdpa_problem *p, int64_t b, int64_t i) {
+  if (p->q_offsets)
+    return p->q_offsets[b] + i;
+  if (!p->bottom_right)
+    return i;
+  return i + (p->kv_lens ? p->kv_lens[b] : p->Lk) - p->Lq;
+}
+
+/* Keys visible to query position i of batch b: [*lo, *hi), possibly empty.
+ * Both ends are non-decreasing in i, which the tile skipping relies on. */
+static void visible_keys(const attn_sdpa_problem *p, int64_t b, int64_t i, int64_t *lo,
+                         int64_t *hi) {
+  int64_t ip = key_position(p, b, i);
+  int64_t l = 0, h = p->kv_lens ? p->kv_lens[b] : p->Lk;
+  if (p->causal && ip + 1 < h)
+    h = ip + 1;
+  if (p->window) {
+    if (ip - p->wl > l)
+      l = ip - p->wl;
+    if (ip + p->wr + 1 < h)
+      h = ip + p->wr + 1;
+  }
+  if (h < l)
+    h = l;
+  *lo = l < 0 ? 0 : l;
+  *hi = h < 0 ? 0 : h;
+}
+
+attn_sdpa_item attn__sdpa_item(const attn_sdpa_problem *p, int64_t index) {
+  attn_sdpa_item it;
+  /* Last query blocks first: under a causal mask they are the most work, and
+   * the dynamic schedule then balances the short ones at the end. */
+  int64_t qb = p->n_qblocks - 1 - index % p->n_qblocks;
+  int64_t bh = index / p->n_qblocks;
+  it.b = bh / p->Hkv;
+  it.kvh = bh % p->Hkv;
+  it.i0 = qb * p->nb;
+  it.n_pos = p->Lq - it.i0 < p->nb ? p->Lq - it.i0 : p->nb;
+  return it;
+}
+
+/* Row r of an item is query position i0 + r / G of head kvh * G + r % G. */
+static int64_t row_pos(const attn_sdpa_problem *p, const attn_sdpa_item *it, int64_t r) {
+  return it->i0 + r / p->G;
+}
+static int64_t row_head(const attn_sdpa_problem *p, const attn_sdpa_item *it, int64_t r) {
+  return it->kvh * p->G + r % p->G;
+}
+
+static float *weights_row(const attn_sdpa_problem *p, const attn_sdpa_item *it, int64_t r) {
+  return p->w + it->b * p->ws[0] + row_head(p, it, r) * p->ws[1] + row_pos(p, it, r) * p->ws[2];
+}
+
+/* Rows of a K or V tile for BLAS: in place when the row stride is usable as
+ * a leading dimension, else copied into buf. */
+static const float *tile_rows(const float *base, int64_t stride, int64_t n, int64_t cols,
+                              bool gather, float *buf, int *ld) {
+  if (!gather) {
+    *ld = (int)(n > 1 ? stride : cols);
+    return base;
+  }
+  for (int64_t j = 0; j < n; j++)
+    memcpy(buf + j * cols, base + j * stride, (size_t)cols * sizeof(float));
+  *ld = (int)cols;
+  return buf;
+}
+
+/* Everything that is not a plain dot product, applied to one row's logits on
+ * the visible columns [a, e) of the tile starting at key j0. */
+static void adjust_logits(const attn_sdpa_problem *p, const attn_sdpa_item *it, int64_t r, float *s,
+                          int64_t j0, int64_t a, int64_t e) {
+  int64_t i = row_pos(p, it, r), h = row_head(p, it, r);
+  int64_t j = j0 + a, n = e - a; /* first key, keys */
+  float *z = s + a;
+  if (p->softcap > 0)
+    attn__logits_cap(z, n, p->softcap);
+  if (p->alibi)
+    attn__logits_alibi(z, n, p->alibi[h], j - key_position(p, it->b, i));
+  const float *m =
+      p->mask ? p->mask + it->b * p->ms[0] + h * p->ms[1] + i * p->ms[2] + j * p->ms[3] : NULL;
+  const uint8_t *bm =
+      p->bmask ? p->bmask + it->b * p->bs[0] + h * p->bs[1] + i * p->bs[2] + j * p->bs[3] : NULL;
+  attn__logits_mask(z, n, m, p->ms[3], bm, p->bs[3]);
+}
+
+static bool all_finite(const float *x, int64_t rows, int64_t cols, int ld) {
+  float acc = 0; /* x - x is 0 for finite x, NaN otherwise */
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++)
+      acc += x[r * ld + c] - x[r * ld + c];
+  return acc == 0;
+}
+
+/* acc[rows, dv] += p[rows, n] v[n, dv], skipping zero weights. */
+static void accumulate_nonzero(const float *p, int64_t rows, int64_t n, const float *v, int ldv,
+                               int64_t dv, float *acc) {
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t j = 0; j < n; j++) {
+      float w = p[r * BLOCK_KEYS + j];
+      if (w == 0)
+        continue;
+      for (int64_t d = 0; d < dv; d++)
+        acc[r * dv + d] += w * v[j * ldv + d];
+    }
+}
+
+/* Start the state: no key seen, or only the sink (a key with logit `sink`
+ * and a zero value vector); weights of keys [kb, ke) hidden until seen. */
+static void start_state(const attn_sdpa_problem *p, const attn_sdpa_item *it, attn_sdpa_state st,
+                        int64_t kb, int64_t ke, bool with_sink) {
+  int64_t rows = it->n_pos * p->G;
+  bool sink = with_sink && p->sinks;
+  for (int64_t r = 0; r < rows; r++) {
+    st.m[r] = sink ? p->sinks[row_head(p, it, r)] : -INFINITY;
+    st.l[r] = sink ? 1.0f : 0.0f;
+  }
+  memset(st.acc, 0, (size_t)rows * (size_t)p->Dv * sizeof(float));
+  if (p->w)
+    for (int64_t r = 0; r < rows; r++) {
+      float *wr = weights_row(p, it, r);
+      for (int64_t j = kb; j < ke; j++)
+        wr[j] = -INFINITY;
+    }
+}
+
+/* Row r of a tile of n logits s starting at key j0, visible on [a, e):
+ * turn s into the row's weights (0 where hidden) and fold the tile into
+ * the row's running max, sum and accumulator. */
+static void online_row(const attn_sdpa_problem *p, const attn_sdpa_item *it, attn_sdpa_state st,
+                       int64_t r, float *s, int64_t j0, int64_t n, int64_t a, int64_t e,
+                       bool plain) {
+  const attn_kernels *kern = attn__kernels();
+  if (!plain && e > a)
+    adjust_logits(p, it, r, s, j0, a, e);
+  if (p->w) {
+    float *wr = weights_row(p, it, r) + j0;
+    for (int64_t j = a; j < e; j++)
+      wr[j] = s[j];
+  }
+  float m_old = st.m[r];
+  float m_tile = e > a ? kern->row_max(s + a, e - a) : -INFINITY;
+  float m_new = isnan(m_tile) || m_tile > m_old ? m_tile : m_old;
+  for (int64_t j = 0; j < a; j++)
+    s[j] = 0;
+  for (int64_t j = e; j < n; j++)
+    s[j] = 0;
+  if (m_new == -INFINITY) { /* nothing visible in this row yet */
+    for (int64_t j = a; j < e; j++)
+      s[j] = 0;
+    return;
+  }
+  if (!isfinite(m_new)) { /* NaN, or a +inf logit: the row is NaN */
+    for (int64_t j = a; j < e; j++)
+      s[j] = NAN;
+    st.m[r] = NAN;
+    st.l[r] = NAN;
+    return;
+  }
+  float sum = e > a ? kern->exp_shift_sum(s + a, s + a, e - a, m_new) : 0.0f;
+  if (m_new != m_old) {
+    float corr = expf(m_old - m_new); /* 0 when m_old = -inf */
+    st.l[r] *= corr;
+    float *acc = st.acc + r * p->Dv;
+    for (int64_t d = 0; d < p->Dv; d++)
+      acc[d] *= corr;
+    st.m[r] = m_new;
+  }
+  st.l[r] += sum;
+}
+
+void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
+                       const attn_sdpa_work *wk, attn_sdpa_state st, int64_t kb, int64_t ke,
+                       bool with_sink) {
+  int64_t rows = it->n_pos * p->G, Dv = p->Dv;
+  start_state(p, it, st, kb, ke, with_sink);
+  /* Keys some row of the item sees: the first row's start to the last's end. */
+  int64_t lo_first, hi_first, lo_last, hi_last;
+  visible_keys(p, it->b, it->i0, &lo_first, &hi_first);
+  visible_keys(p, it->b, it->i0 + it->n_pos - 1, &lo_last, &hi_last);
+  int64_t j_begin = lo_first > kb ? lo_first : kb;
+  int64_t j_end = hi_last < ke ? hi_last : ke;
+  bool plain = !p->softcap && !p->alibi && !p->mask && !p->bmask;
+
+  const float *kbase = p->k + it->b * p->ks[0] + it->kvh * p->ks[1];
+  const float *vbase = p->v + it->b * p->vs[0] + it->kvh * p->vs[1];
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += BLOCK_KEYS) {
+    int64_t n = j_end - j0 < BLOCK_KEYS ? j_end - j0 : BLOCK_KEYS;
+    int ldk, ldv;
+    const float *kt =
+        tile_rows(kbase + j0 * p->ks[2], p->ks[2], n, p->D, p->gather_k, wk->kbuf, &ldk);
+    attn__sgemm_nt((int)rows, (int)n, (int)p->D, p->scale, wk->qbuf, (int)p->D, kt, ldk, wk->s,
+                   BLOCK_KEYS);
+    /* Tiles inside every row's visible range need no per-row bounds. */
+    bool inside = j0 >= lo_last && j0 + n <= hi_first;
+    for (int64_t r = 0; r < rows; r++) {
+      int64_t a = 0, e = n;
+      if (!inside) {
+        int64_t lo, hi;
+        visible_keys(p, it->b, it->i0 + r / p->G, &lo, &hi);
+        a = lo > j0 ? lo - j0 : 0;
+        e = hi < j0 + n ? hi - j0 : n;
+        if (e < a)
+          e = a;
+      }
+      online_row(p, it, st, r, wk->s + r * BLOCK_KEYS, j0, n, a, e, plain);
+    }
+    const float *vt =
+        tile_rows(vbase + j0 * p->vs[2], p->vs[2], n, Dv, p->gather_v, wk->vbuf, &ldv);
+    /* A hidden key has weight 0, but 0 * NaN is NaN: where the tile may hide
+     * keys and V holds a non-finite value, skip the zero weights by hand. */
+    if ((inside && plain) || all_finite(vt, n, Dv, ldv))
+      attn__sgemm_nn_acc((int)rows, (int)Dv, (int)n, wk->s, BLOCK_KEYS, vt, ldv, st.acc, (int)Dv);
+    else
+      accumulate_nonzero(wk->s, rows, n, vt, ldv, Dv, st.acc);
+  }
+}
+
+/* Write out = acc / l, the log-sum-exp and the normalised weights. */
+void attn__sdpa_finish(const attn_sdpa_problem *p, const attn_sdpa_item *it, attn_sdpa_state st) {
+  int64_t rows = it->n_pos * p->G;
+  for (int64_t r = 0; r < rows; r++) {
+    int64_t i = row_pos(p, it, r), h = row_head(p, it, r);
+    float *o = p->out + it->b * p->os[0] + h * p->os[1] + i * p->os[2];
+    const float *acc = st.acc + r * p->Dv;
+    float m = st.m[r], l = st.l[r];
+    bool empty = m == -INFINITY || l == 0;
+    float inv = empty ? 0.0f : 1.0f / l;
+    for (int64_t d = 0; d < p->Dv; d++)
+      o[d] = empty ? 0.0f : acc[d] * inv;
+    float lse = empty ? -INFINITY : m + logf(l);
+    if (p->lse)
+      p->lse[it->b * p->lses[0] + h * p->lses[1] + i * p->lses[2]] = lse;
+    if (p->w) { /* exp(s - m) / l: exp(s - lse) would carry lse's rounding */
+      float *wr = weights_row(p, it, r);
+      for (int64_t j = 0; j < p->Lk; j++)
+        wr[j] = wr[j] == -INFINITY || empty ? 0.0f : expf(wr[j] - m) * inv;
+    }
+  }
+}
+
+void attn__sdpa_gather_queries(const attn_sdpa_problem *p, const attn_sdpa_item *it, float *qbuf) {
+  int64_t rows = it->n_pos * p->G;
+  for (int64_t r = 0; r < rows; r++) {
+    const float *src =
+        p->q + it->b * p->qs[0] + row_head(p, it, r) * p->qs[1] + row_pos(p, it, r) * p->qs[2];
+    memcpy(qbuf + r * p->D, src, (size_t)p->D * sizeof(float));
+  }
+}
