@@ -133,8 +133,8 @@ attn_status attn__ws_reserve(attn_ctx *ctx, size_t bytes) {
 
 void *attn__ws_alloc(attn_ctx *ctx, size_t bytes) {
   bytes = attn__ws_round(bytes);
-  if (bytes > ctx->ws_cap - ctx->ws_used)
-    return NULL;
+  if (!ctx->ws || bytes > ctx->ws_cap - ctx->ws_used)
+    return NULL; /* nothing reserved yet, or more than was reserved */
   void *p = ctx->ws + ctx->ws_used;
   ctx->ws_used += bytes;
   return p;
