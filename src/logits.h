@@ -18,10 +18,14 @@ void attn__logits_cap(float *z, int64_t n, float cap);
 /* z[j] += slope * (dist0 + j): ALiBi, dist0 the first column's key
  * position minus the query's. */
 void attn__logits_alibi(float *z, int64_t n, float slope, int64_t dist0);
-/* The masks of one row: z[j] += m[j * ms] (-inf hides), then z[j] = -inf
- * where b[j * bs] == 0. Either mask may be NULL; a stride of 0 broadcasts
- * one value over the row. */
+/* The masks of one row: z[j] += m[j * ms], then attn__logits_hide. Either
+ * mask may be NULL; a stride of 0 broadcasts one value over the row. */
 void attn__logits_mask(float *z, int64_t n, const float *m, int64_t ms, const uint8_t *b,
+                       int64_t bs);
+/* What hides an entry, for a row whose additive mask is already added (by
+ * attn__logits_mask, or fused into the scaling by a row kernel): z[j] =
+ * -inf where m[j * ms] == -inf or b[j * bs] == 0. */
+void attn__logits_hide(float *z, int64_t n, const float *m, int64_t ms, const uint8_t *b,
                        int64_t bs);
 
 #endif

@@ -55,10 +55,15 @@ static void one_row(const attn_softmax_problem *j, const attn_kernels *k, int64_
   float *y = j->y + i0 * j->ys[0] + i1 * j->ys[1] + i2 * j->ys[2];
   const float *z = x;
   if (j->scale != 1.0f || j->mask || j->bmask) {
-    k->scale(x, y, n, j->scale);
     const float *m = j->mask ? j->mask + i0 * j->ms[0] + i1 * j->ms[1] + i2 * j->ms[2] : NULL;
     const uint8_t *b = j->bmask ? j->bmask + i0 * j->bs[0] + i1 * j->bs[1] + i2 * j->bs[2] : NULL;
-    attn__logits_mask(y, n, m, j->ms[3], b, j->bs[3]);
+    if (m && j->ms[3] == 1) { /* the common layout: scale and add in one pass */
+      k->scale_add(x, m, y, n, j->scale);
+      attn__logits_hide(y, n, m, 1, b, j->bs[3]);
+    } else {
+      k->scale(x, y, n, j->scale);
+      attn__logits_mask(y, n, m, j->ms[3], b, j->bs[3]);
+    }
     z = y;
   }
   float m = k->row_max(z, n);
