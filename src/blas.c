@@ -1,8 +1,11 @@
-/* The only file that talks to BLAS. */
+/* The only file that talks to BLAS. SDPA's two tile products go to
+ * libattn's own kernels where the CPU has them (AVX2 + FMA, AVX-512:
+ * simd/gemm_body.h says why), else to cblas_sgemm. */
 #ifdef ATTN_BLAS_GENERIC
 #define _GNU_SOURCE /* dladdr */
 #endif
 #include "internal.h"
+#include "simd/kernels.h"
 
 #include <cblas.h>
 #include <stdio.h>
@@ -41,18 +44,30 @@ attn_status attn_blas_info(char *buf, size_t size) {
 }
 
 int32_t attn__blas_threads(void) {
+  if (attn__kernels()->gemm_nt)
+    return 1; /* libattn calls no BLAS on its hot paths */
   return openblas_get_parallel() == 0 ? 1 : openblas_get_num_threads();
 }
 #endif
 
 void attn__sgemm_nt(int m, int n, int k, float alpha, const float *a, int lda, const float *b,
                     int ldb, float *c, int ldc) {
+  const attn_kernels *kern = attn__kernels();
+  if (kern->gemm_nt) {
+    kern->gemm_nt(m, n, k, alpha, a, lda, b, ldb, c, ldc);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, alpha, a, lda, b, ldb, 0.0f, c,
               ldc);
 }
 
 void attn__sgemm_nn_acc(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
                         float *c, int ldc) {
+  const attn_kernels *kern = attn__kernels();
+  if (kern->gemm_nn) {
+    kern->gemm_nn(m, n, k, a, lda, b, ldb, c, ldc);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c,
               ldc);
 }

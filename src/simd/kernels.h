@@ -6,6 +6,7 @@
 #ifndef ATTN_KERNELS_H
 #define ATTN_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct attn_kernels {
@@ -33,6 +34,14 @@ typedef struct attn_kernels {
   void (*f16_to_f32)(const uint16_t *x, float *y, int64_t n);
   void (*f32_to_bf16)(const float *x, uint16_t *y, int64_t n);
   void (*bf16_to_f32)(const uint16_t *x, float *y, int64_t n);
+  /* SDPA's tile products (simd/gemm_body.h), row-major, any leading
+   * dimensions; NULL in the sets that leave them to BLAS (blas.c).
+   * gemm_nt: c[m, n] = alpha a[m, k] b[n, k]^T (c is not read).
+   * gemm_nn: c[m, n] += a[m, k] b[k, n]. */
+  void (*gemm_nt)(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                  const float *b, int64_t ldb, float *c, int64_t ldc);
+  void (*gemm_nn)(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
+                  int64_t ldb, float *c, int64_t ldc);
 } attn_kernels;
 
 /* The kernel set for this CPU, probed once (thread-safe). */

@@ -64,6 +64,9 @@ static inline double vsum_total(vsum s) {
 }
 
 #include "rows_body.h"
+#define GEMM_MR 6 /* 2 * 6 accumulators + 3 of the 16 vector registers */
+#include "gemm_body.h"
 
-const attn_kernels attn__kernels_avx2 = ROWS_TABLE("avx2", attn__f32_to_f16_avx2, attn__f16_to_f32_avx2,
-                                                     attn__f32_to_bf16_avx2, attn__bf16_to_f32_avx2);
+const attn_kernels attn__kernels_avx2 =
+    ROWS_TABLE("avx2", attn__f32_to_f16_avx2, attn__f16_to_f32_avx2, attn__f32_to_bf16_avx2,
+               attn__bf16_to_f32_avx2, gemm_nt, gemm_nn_acc);

@@ -53,11 +53,13 @@ static inline void vsum_add(vsum *s, vf a) {
 static inline double vsum_total(vsum s) { return _mm512_reduce_add_pd(s.d); }
 
 #include "rows_body.h"
+#define GEMM_MR 12 /* 2 * 12 accumulators + 3 of the 32 vector registers */
+#include "gemm_body.h"
 
 const attn_kernels attn__kernels_avx512 =
     ROWS_TABLE("avx512", attn__f32_to_f16_avx512, attn__f16_to_f32_avx512,
-               attn__f32_to_bf16_avx512, attn__bf16_to_f32_avx512);
+               attn__f32_to_bf16_avx512, attn__bf16_to_f32_avx512, gemm_nt, gemm_nn_acc);
 /* The same with f32 -> bf16 through AVX-512 BF16 (half_avx512bf16.c). */
 const attn_kernels attn__kernels_avx512bf16 =
     ROWS_TABLE("avx512bf16", attn__f32_to_f16_avx512, attn__f16_to_f32_avx512,
-               attn__f32_to_bf16_avx512bf16, attn__bf16_to_f32_avx512);
+               attn__f32_to_bf16_avx512bf16, attn__bf16_to_f32_avx512, gemm_nt, gemm_nn_acc);

@@ -1,0 +1,150 @@
+/* The two tile products of SDPA, written once over the vector vocabulary of
+ * rows_body.h (v_set1 v_load v_store v_load_part v_store_part v_add v_mul
+ * v_fma) and included after it by the ISA files that have FMA, with
+ * GEMM_MR defined: the rows of C a micro-kernel keeps in registers
+ * (2 * GEMM_MR accumulators of VW floats each, plus 3 vectors, must fit in
+ * the register file).
+ *
+ * Why libattn has them instead of calling cblas_sgemm: the tiles are small
+ * (128 x 256 x D), and a BLAS then costs what libattn cannot control: a
+ * multi-threaded one splits every small product over its own threads while
+ * libattn's workers wait, and a DYNAMIC_ARCH OpenBLAS that does not know the
+ * CPU runs its oldest kernels (OpenBLAS 0.3.21 on a CPU newer than it: SSE3
+ * "Prescott", a quarter of the AVX-512 rate). These kernels reach the rate
+ * of a well-chosen BLAS on these shapes (bench/RESULTS.md).
+ *
+ * The order of every sum is fixed (k ascending, one FMA chain per element),
+ * so a result depends only on the operands: never on threads or alignment.
+ * IEEE semantics as a BLAS: 0 * inf and 0 * NaN give NaN. */
+
+#include <stdbool.h>
+
+#define GEMM_NR (2 * VW) /* columns of C per micro-kernel: two vectors */
+#define GEMM_KC 256      /* depth of one packed panel of B^T (on the stack) */
+
+/* The first n (1..VW) lanes at p; the others 0, not read. */
+static inline vf gemm_load_n(const float *p, int64_t n) {
+  return n >= VW ? v_load(p) : v_load_part(p, n, 0.0f);
+}
+
+/* C[0..mr, 0..nr) (=, or += when acc) alpha * sum over kk < k of
+ * A[i, kk] B[kk, 0..nr), A rows lda apart, B rows ldb apart. full: nr is
+ * GEMM_NR (every load and store whole). */
+static inline __attribute__((always_inline)) void gemm_micro(int mr, bool full, int64_t nr,
+                                                             int64_t k, const float *a,
+                                                             int64_t lda, const float *b,
+                                                             int64_t ldb, float alpha, bool acc,
+                                                             float *c, int64_t ldc) {
+  vf c0[GEMM_MR], c1[GEMM_MR];
+#pragma GCC unroll 16
+  for (int i = 0; i < mr; i++) {
+    c0[i] = v_set1(0.0f);
+    c1[i] = v_set1(0.0f);
+  }
+  for (int64_t kk = 0; kk < k; kk++) {
+    const float *bk = b + kk * ldb;
+    vf b0 = full ? v_load(bk) : gemm_load_n(bk, nr);
+    vf b1 = full ? v_load(bk + VW) : nr > VW ? gemm_load_n(bk + VW, nr - VW) : v_set1(0.0f);
+#pragma GCC unroll 16
+    for (int i = 0; i < mr; i++) {
+      vf av = v_set1(a[i * lda + kk]);
+      c0[i] = v_fma(av, b0, c0[i]);
+      c1[i] = v_fma(av, b1, c1[i]);
+    }
+  }
+  vf al = v_set1(alpha);
+#pragma GCC unroll 16
+  for (int i = 0; i < mr; i++) {
+    float *ci = c + i * ldc;
+    vf r0 = v_mul(c0[i], al), r1 = v_mul(c1[i], al);
+    if (full) {
+      v_store(ci, acc ? v_add(v_load(ci), r0) : r0);
+      v_store(ci + VW, acc ? v_add(v_load(ci + VW), r1) : r1);
+      continue;
+    }
+    int64_t n0 = nr < VW ? nr : VW;
+    v_store_part(ci, n0, acc ? v_add(gemm_load_n(ci, n0), r0) : r0);
+    if (nr > VW)
+      v_store_part(ci + VW, nr - VW, acc ? v_add(gemm_load_n(ci + VW, nr - VW), r1) : r1);
+  }
+}
+
+/* One column panel (nr <= GEMM_NR columns) of C over all m rows. */
+static void gemm_panel(int64_t m, int64_t nr, int64_t k, const float *a, int64_t lda,
+                       const float *b, int64_t ldb, float alpha, bool acc, float *c,
+                       int64_t ldc) {
+  int64_t i = 0;
+  if (nr == GEMM_NR) {
+    for (; i + GEMM_MR <= m; i += GEMM_MR)
+      gemm_micro(GEMM_MR, true, nr, k, a + i * lda, lda, b, ldb, alpha, acc, c + i * ldc, ldc);
+  } else {
+    for (; i + GEMM_MR <= m; i += GEMM_MR)
+      gemm_micro(GEMM_MR, false, nr, k, a + i * lda, lda, b, ldb, alpha, acc, c + i * ldc,
+                 ldc);
+  }
+  if (i == m)
+    return;
+  /* The last rows: one call with the remaining count as a constant. */
+  a += i * lda;
+  c += i * ldc;
+  switch (m - i) {
+#define GEMM_TAIL(R)                                                                          \
+  case R:                                                                                     \
+    if (nr == GEMM_NR)                                                                        \
+      gemm_micro(R, true, nr, k, a, lda, b, ldb, alpha, acc, c, ldc);                         \
+    else                                                                                      \
+      gemm_micro(R, false, nr, k, a, lda, b, ldb, alpha, acc, c, ldc);                        \
+    break;
+    GEMM_TAIL(1)
+    GEMM_TAIL(2)
+    GEMM_TAIL(3)
+    GEMM_TAIL(4)
+    GEMM_TAIL(5)
+#if GEMM_MR > 6
+    GEMM_TAIL(6)
+    GEMM_TAIL(7)
+    GEMM_TAIL(8)
+    GEMM_TAIL(9)
+    GEMM_TAIL(10)
+    GEMM_TAIL(11)
+#endif
+#undef GEMM_TAIL
+  default:
+    break;
+  }
+}
+
+/* c[m, n] = alpha a[m, k] b[n, k]^T. Each panel of GEMM_NR rows of b is
+ * copied transposed (kk-major, zero-padded to GEMM_NR columns) to the stack,
+ * GEMM_KC deep at a time; deeper products add the later slices into c. */
+static void gemm_nt(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                    const float *b, int64_t ldb, float *c, int64_t ldc) {
+  float bt[GEMM_KC * GEMM_NR] __attribute__((aligned(64)));
+  for (int64_t j0 = 0; j0 < n; j0 += GEMM_NR) {
+    int64_t nr = n - j0 < GEMM_NR ? n - j0 : GEMM_NR;
+    int64_t k0 = 0;
+    do {
+      int64_t kc = k - k0 < GEMM_KC ? k - k0 : GEMM_KC;
+      for (int64_t jj = 0; jj < GEMM_NR; jj++) {
+        if (jj < nr) {
+          const float *row = b + (j0 + jj) * ldb + k0;
+          for (int64_t kk = 0; kk < kc; kk++)
+            bt[kk * GEMM_NR + jj] = row[kk];
+        } else {
+          for (int64_t kk = 0; kk < kc; kk++)
+            bt[kk * GEMM_NR + jj] = 0.0f;
+        }
+      }
+      gemm_panel(m, nr, kc, a + k0, lda, bt, GEMM_NR, alpha, k0 > 0, c + j0, ldc);
+      k0 += kc;
+    } while (k0 < k);
+  }
+}
+
+/* c[m, n] += a[m, k] b[k, n]. */
+static void gemm_nn_acc(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                        const float *b, int64_t ldb, float *c, int64_t ldc) {
+  for (int64_t j0 = 0; j0 < n; j0 += GEMM_NR)
+    gemm_panel(m, n - j0 < GEMM_NR ? n - j0 : GEMM_NR, k, a, lda, b + j0, ldb, 1.0f, true,
+               c + j0, ldc);
+}
