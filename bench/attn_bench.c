@@ -760,12 +760,21 @@ int main(int argc, char **argv) {
 
   char blas[256];
   attn_blas_info(blas, sizeof blas);
-  if (blas_threads() > 1)
+  /* Only when SDPA's products go to BLAS (a CPU without AVX2, or
+   * ATTN_KERNELS=sse2); libattn's own tile kernels call no BLAS. */
+  if (blas_threads() > 1 && strstr(blas, "SDPA products: cblas_sgemm"))
     fprintf(stderr,
             "attn-bench: warning: OpenBLAS runs %d threads per call; libattn then runs SDPA on "
             "one worker (concurrent calls would queue). For the fast configuration set "
             "OPENBLAS_NUM_THREADS=1 (bench/BLAS-THREADING.md).\n",
             blas_threads());
+  /* OpenBLAS 0.3.21 falls back to SSE3 kernels on a CPU it does not know:
+   * the sgemm ceiling is then not this machine's (libattn's kernels are
+   * unaffected). */
+  if (strstr(blas, "core Prescott") && strstr(attn_cpu_info(), "avx2"))
+    fprintf(stderr, "attn-bench: note: OpenBLAS does not know this CPU and runs its Prescott "
+                    "(SSE3) kernels, so the sgemm ceiling is low; OPENBLAS_CORETYPE=Haswell or "
+                    "SkylakeX gives the CPU's rate (libattn's own tile kernels are unaffected).\n");
   if (json) {
     printf("{\"op\": \"info\", \"libattn\": \"%s\", \"cpu\": ", attn_version_string());
     json_string(attn_cpu_info());

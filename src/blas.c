@@ -9,6 +9,17 @@
 
 #include <cblas.h>
 #include <stdio.h>
+#include <string.h>
+
+/* Appended to attn_blas_info's line: who computes SDPA's products. */
+static void append_products(char *buf, size_t size) {
+  size_t used = strlen(buf);
+  const attn_kernels *kern = attn__kernels();
+  if (kern->gemm_nt)
+    snprintf(buf + used, size - used, "; SDPA products: libattn %s kernels", kern->name);
+  else
+    snprintf(buf + used, size - used, "; SDPA products: cblas_sgemm");
+}
 
 #ifdef ATTN_BLAS_GENERIC
 /* A CBLAS other than OpenBLAS (ATTN_BLAS=Generic): the library that
@@ -16,7 +27,6 @@
  * is its own (set e.g. BLIS_NUM_THREADS or MKL_NUM_THREADS); libattn treats
  * it as single-threaded. */
 #include <dlfcn.h>
-#include <string.h>
 
 attn_status attn_blas_info(char *buf, size_t size) {
   if (!buf || !size)
@@ -27,6 +37,7 @@ attn_status attn_blas_info(char *buf, size_t size) {
   Dl_info info;
   const char *where = dladdr(addr, &info) && info.dli_fname ? info.dli_fname : "unknown";
   snprintf(buf, size, "generic CBLAS: cblas_sgemm from %s; threads: the provider's own", where);
+  append_products(buf, size);
   return ATTN_OK;
 }
 
@@ -40,6 +51,7 @@ attn_status attn_blas_info(char *buf, size_t size) {
            openblas_get_parallel() == 0   ? "sequential build"
            : openblas_get_parallel() == 1 ? "pthreads build"
                                           : "OpenMP build");
+  append_products(buf, size);
   return ATTN_OK;
 }
 
