@@ -10,11 +10,11 @@
  * naive result (ctest runs it so the benchmark cannot rot).
  *
  * Threads: each case runs on a context with num_threads = the case's
- * threads. libattn calls BLAS from its own workers, so the BLAS should be
- * single-threaded (OPENBLAS_NUM_THREADS=1, or Debian's libopenblas0-serial);
- * with a multi-threaded OpenBLAS the library falls back to one worker (see
- * bench/BLAS-THREADING.md) and this program warns. It never changes BLAS
- * settings itself. */
+ * threads. With AVX2 or AVX-512, SDPA's products are libattn's own kernels
+ * and no BLAS setting matters; when they go to BLAS (ATTN_KERNELS=sse2, or
+ * an older CPU) a multi-threaded OpenBLAS makes the library fall back to one
+ * worker (bench/BLAS-THREADING.md) and this program warns. The naive method
+ * and the sgemm ceiling always call BLAS. It never changes BLAS settings. */
 #define _POSIX_C_SOURCE 200809L
 
 #include "attn.h"
@@ -719,7 +719,8 @@ static void usage(FILE *f) {
           "  --wait-quiet  before each case, wait (up to a minute) until other processes\n"
           "             use < 0.1 core, and run a case again (twice at most) when they\n"
           "             took > 0.15 core during it; every case reports other_load\n"
-          "Set OPENBLAS_NUM_THREADS=1: libattn runs BLAS from its own threads.\n");
+          "OPENBLAS_NUM_THREADS=1 helps the ceilings and the naive method (and SDPA only\n"
+          "when its products go to BLAS: see the warning).\n");
 }
 
 int main(int argc, char **argv) {

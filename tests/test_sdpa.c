@@ -20,10 +20,11 @@
  * forgets to write are caught, and padding around strided outputs must keep
  * it; inputs' padding holds NaN, so a read outside a view shows.
  *
- * Threads: every case runs on contexts with 1 and 2 threads. sdpa.c uses one
- * thread when the BLAS is itself multi-threaded, so tests/CMakeLists.txt runs
- * this suite with OPENBLAS_NUM_THREADS=1 to reach its worker threads and its
- * split-keys path (few work items and Lk >= 2048). */
+ * Threads: every case runs on contexts with 1 and 2 threads. When SDPA's
+ * products go to BLAS (ATTN_KERNELS=sse2) sdpa.c uses one thread if the BLAS
+ * is itself multi-threaded, so tests/CMakeLists.txt runs this suite with
+ * OPENBLAS_NUM_THREADS=1 to reach its worker threads and its split-keys path
+ * (few work items and Lk >= 2048) there too. */
 #include "test_util.h"
 
 #include "ref_posenc.h" /* ref_alibi_slopes */
@@ -1831,7 +1832,8 @@ int main(void) {
   };
   char blas[256];
   attn_blas_info(blas, sizeof blas);
-  if (strstr(blas, "; 1 threads;") == NULL && strstr(blas, "sequential") == NULL)
+  if (strstr(blas, "SDPA products: cblas_sgemm") && strstr(blas, "; 1 threads;") == NULL &&
+      strstr(blas, "sequential") == NULL)
     print_message("note: %s\n  sdpa.c then runs single-threaded; set OPENBLAS_NUM_THREADS=1 "
                   "to test its worker threads and split-keys path\n", blas);
   return cmocka_run_group_tests(tests, NULL, NULL);
