@@ -400,7 +400,10 @@ static int naive_once(void *arg) {
 
 /* ---- cases ---- */
 
-typedef enum { K_SDPA, K_DECODE, K_LONG, K_SOFTMAX } kind;
+/* K_VARLEN: attn_sdpa_varlen over B sequences of Lq..Lk tokens (lengths
+ * spread by varlen_len); K_ROPE: attn_rope in place on [B, Hq, Lq, D];
+ * K_SINUS: attn_sinusoidal_add in place on [B, Lq, D]. */
+typedef enum { K_SDPA, K_DECODE, K_LONG, K_SOFTMAX, K_VARLEN, K_ROPE, K_SINUS } kind;
 
 typedef struct {
   kind kind;
@@ -418,20 +421,56 @@ typedef struct {
 } result;
 
 static const char *kind_name(kind k) {
-  return k == K_SDPA ? "sdpa" : k == K_DECODE ? "sdpa_decode" : k == K_LONG ? "sdpa_long"
-                                                                            : "softmax";
+  static const char *const names[] = {"sdpa", "sdpa_decode", "sdpa_long", "softmax",
+                                      "sdpa_varlen", "rope", "sinusoidal"};
+  return names[k];
 }
+
+/* Ops measured in GB/s against the memcpy ceiling rather than in GFLOP/s. */
+static int is_stream(kind k) { return k == K_SOFTMAX || k == K_ROPE || k == K_SINUS; }
 
 typedef struct {
   attn_ctx *ctx;
   attn_tensor *q, *k, *v, *o, *x, *y;
   attn_sdpa_params p;
+  int32_t batch;               /* attn_sdpa_varlen */
+  const int64_t *cu;           /* its cu_seqlens (q and k alike) */
+  attn_rope_params rope;
+  attn_sinusoidal_params sinus;
   char err[600];
 } op_run;
 
 static int sdpa_once(void *arg) {
   op_run *r = arg;
   if (attn_sdpa(r->ctx, r->q, r->k, r->v, r->o, &r->p) != ATTN_OK) {
+    snprintf(r->err, sizeof r->err, "%s", attn_ctx_last_error(r->ctx));
+    return 1;
+  }
+  return 0;
+}
+
+static int varlen_once(void *arg) {
+  op_run *r = arg;
+  if (attn_sdpa_varlen(r->ctx, r->q, r->k, r->v, r->o, r->batch, r->cu, r->cu, &r->p) !=
+      ATTN_OK) {
+    snprintf(r->err, sizeof r->err, "%s", attn_ctx_last_error(r->ctx));
+    return 1;
+  }
+  return 0;
+}
+
+static int rope_once(void *arg) {
+  op_run *r = arg;
+  if (attn_rope(r->ctx, r->x, &r->rope) != ATTN_OK) {
+    snprintf(r->err, sizeof r->err, "%s", attn_ctx_last_error(r->ctx));
+    return 1;
+  }
+  return 0;
+}
+
+static int sinus_once(void *arg) {
+  op_run *r = arg;
+  if (attn_sinusoidal_add(r->ctx, r->x, &r->sinus) != ATTN_OK) {
     snprintf(r->err, sizeof r->err, "%s", attn_ctx_last_error(r->ctx));
     return 1;
   }
@@ -550,10 +589,108 @@ static result run_softmax_case(const bcase *c) {
     res.peak_extra = atomic_load(&cnt.peak) - base;
     res.seconds = time_median(softmax_once, &r, g_budget, 0, &res.reps);
     res.gbps = 2.0 * (double)n * sizeof(float) / res.seconds * 1e-9; /* read x, write y */
+    res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes);
   }
   attn_ctx_destroy(r.ctx);
   free(x);
   free(y);
+  return res;
+}
+
+/* Length of sequence i of n in a varlen case: spread over [lo, hi] by a
+ * fixed permutation, so short and long sequences alternate. */
+static int64_t varlen_len(int64_t i, int64_t n, int64_t lo, int64_t hi) {
+  return n < 2 ? hi : lo + (i * 37 % n) * (hi - lo) / (n - 1);
+}
+
+/* BERT-style serving: B sequences packed [T, H, D], non-causal. */
+static result run_varlen_case(const bcase *c) {
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN};
+  int64_t *cu = malloc((size_t)(c->B + 1) * sizeof *cu);
+  if (!cu) {
+    fprintf(stderr, "attn-bench: out of memory\n");
+    exit(2);
+  }
+  double pairs = 0;
+  cu[0] = 0;
+  for (int64_t i = 0; i < c->B; i++) {
+    int64_t len = varlen_len(i, c->B, c->Lq, c->Lk);
+    cu[i + 1] = cu[i] + len;
+    pairs += (double)len * (double)len;
+  }
+  int64_t T = cu[c->B];
+  size_t nq = (size_t)(T * c->Hq * c->D), nk = (size_t)(T * c->Hkv * c->D);
+  size_t nv = (size_t)(T * c->Hkv * c->Dv), no = (size_t)(T * c->Hq * c->Dv);
+  float *q = new_floats(nq, 31), *k = new_floats(nk, 32), *v = new_floats(nv, 33);
+  float *o = new_floats(no, 34);
+  counter cnt = {0, 0};
+  op_run r = {0};
+  r.ctx = new_ctx(c->threads, &cnt);
+  int64_t dq[3] = {T, c->Hq, c->D}, dk[3] = {T, c->Hkv, c->D}, dv[3] = {T, c->Hkv, c->Dv},
+          dout[3] = {T, c->Hq, c->Dv};
+  if (attn_tensor_wrap(r.ctx, ATTN_DTYPE_F32, 3, dq, NULL, q, nq * sizeof(float), &r.q) ||
+      attn_tensor_wrap(r.ctx, ATTN_DTYPE_F32, 3, dk, NULL, k, nk * sizeof(float), &r.k) ||
+      attn_tensor_wrap(r.ctx, ATTN_DTYPE_F32, 3, dv, NULL, v, nv * sizeof(float), &r.v) ||
+      attn_tensor_wrap(r.ctx, ATTN_DTYPE_F32, 3, dout, NULL, o, no * sizeof(float), &r.o)) {
+    fprintf(stderr, "attn-bench: attn_tensor_wrap: %s\n", attn_ctx_last_error(r.ctx));
+    exit(2);
+  }
+  attn_sdpa_params_init(&r.p);
+  r.batch = (int32_t)c->B;
+  r.cu = cu;
+  size_t base = atomic_load(&cnt.live);
+  atomic_store(&cnt.peak, base);
+  if (varlen_once(&r)) {
+    snprintf(g_err, sizeof g_err, "%s", r.err);
+    res.error = g_err;
+  } else {
+    res.peak_extra = atomic_load(&cnt.peak) - base;
+    res.seconds = time_median(varlen_once, &r, g_budget, 0, &res.reps);
+    res.gflops = 2.0 * pairs * (double)c->Hq * (double)(c->D + c->Dv) / res.seconds * 1e-9;
+    res.sgemm = sgemm_gflops(c->threads, g_sgemm_n);
+  }
+  attn_ctx_destroy(r.ctx);
+  free(q);
+  free(k);
+  free(v);
+  free(o);
+  free(cu);
+  return res;
+}
+
+/* RoPE and the sinusoidal table, in place: bytes read + written against
+ * the same run's memcpy. */
+static result run_posenc_case(const bcase *c) {
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN};
+  int64_t heads = c->kind == K_ROPE ? c->Hq : 1;
+  size_t n = (size_t)(c->B * heads * c->Lq * c->D);
+  float *x = new_floats(n, 41);
+  counter cnt = {0, 0};
+  op_run r = {0};
+  r.ctx = new_ctx(c->threads, &cnt);
+  int64_t d4[4] = {c->B, heads, c->Lq, c->D}, d3[3] = {c->B, c->Lq, c->D};
+  int ndim = c->kind == K_ROPE ? 4 : 3;
+  if (attn_tensor_wrap(r.ctx, ATTN_DTYPE_F32, ndim, ndim == 4 ? d4 : d3, NULL, x,
+                       n * sizeof(float), &r.x)) {
+    fprintf(stderr, "attn-bench: attn_tensor_wrap: %s\n", attn_ctx_last_error(r.ctx));
+    exit(2);
+  }
+  attn_rope_params_init(&r.rope);
+  attn_sinusoidal_params_init(&r.sinus);
+  timed_fn fn = c->kind == K_ROPE ? rope_once : sinus_once;
+  size_t base = atomic_load(&cnt.live);
+  atomic_store(&cnt.peak, base);
+  if (fn(&r)) {
+    snprintf(g_err, sizeof g_err, "%s", r.err);
+    res.error = g_err;
+  } else {
+    res.peak_extra = atomic_load(&cnt.peak) - base;
+    res.seconds = time_median(fn, &r, g_budget, 0, &res.reps);
+    res.gbps = 2.0 * (double)n * sizeof(float) / res.seconds * 1e-9;
+    res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes);
+  }
+  attn_ctx_destroy(r.ctx);
+  free(x);
   return res;
 }
 
@@ -584,6 +721,14 @@ static void print_json(const bcase *c, const result *r) {
   printf("{\"op\": \"%s\"", kind_name(c->kind));
   if (c->kind == K_SOFTMAX) {
     printf(", \"rows\": %lld, \"cols\": %lld", (long long)c->Lq, (long long)c->Lk);
+  } else if (c->kind == K_ROPE || c->kind == K_SINUS) {
+    printf(", \"B\": %lld, \"H\": %lld, \"L\": %lld, \"D\": %lld", (long long)c->B,
+           (long long)(c->kind == K_ROPE ? c->Hq : 1), (long long)c->Lq, (long long)c->D);
+  } else if (c->kind == K_VARLEN) {
+    printf(", \"sequences\": %lld, \"L_min\": %lld, \"L_max\": %lld, \"H\": %lld, "
+           "\"D\": %lld",
+           (long long)c->B, (long long)c->Lq, (long long)c->Lk, (long long)c->Hq,
+           (long long)c->D);
   } else {
     printf(", \"B\": %lld, \"Hq\": %lld, \"Hkv\": %lld, \"Lq\": %lld, \"Lk\": %lld, \"D\": %lld, "
            "\"Dv\": %lld, \"causal\": %s",
@@ -593,8 +738,10 @@ static void print_json(const bcase *c, const result *r) {
   printf(", \"threads\": %d, \"blas_threads\": %d", c->threads, blas_threads());
   json_num("seconds", r->seconds, "%.6g");
   printf(", \"repeats\": %d", r->reps);
-  if (c->kind == K_SOFTMAX) {
+  if (is_stream(c->kind)) {
     json_num("gbps", r->gbps, "%.4g");
+    json_num("memcpy_gbps", r->copy_gbps, "%.4g");
+    json_num("ratio_memcpy", r->gbps / r->copy_gbps, "%.3f");
   } else {
     json_num("gflops", r->gflops, "%.4g");
     json_num("sgemm_gflops", r->sgemm, "%.4g");
@@ -646,8 +793,12 @@ static void print_row(const bcase *c, const result *r) {
   if (c->kind == K_DECODE)
     snprintf(notes, sizeof notes, "K/V read %.1f GB/s, memcpy %.1f GB/s (%.0f%%)", r->kv_gbps,
              r->copy_gbps, 100 * r->kv_gbps / r->copy_gbps);
-  else if (c->kind == K_SOFTMAX)
-    snprintf(notes, sizeof notes, "%.1f GB/s (read + write)", r->gbps);
+  else if (is_stream(c->kind))
+    snprintf(notes, sizeof notes, "%.1f GB/s (read + write), memcpy %.1f GB/s (%.0f%%)", r->gbps,
+             r->copy_gbps, 100 * r->gbps / r->copy_gbps);
+  else if (c->kind == K_VARLEN)
+    snprintf(notes, sizeof notes, "%lld sequences of %lld..%lld tokens", (long long)c->B,
+             (long long)c->Lq, (long long)c->Lk);
   else if (!isfinite(r->naive_seconds))
     snprintf(notes, sizeof notes, "naive skipped: needs %.0f MiB", r->naive_bytes / 1048576.0);
   if (r->error)
@@ -671,6 +822,26 @@ static int add(bcase *cs, int n, kind k, int64_t B, int64_t Hq, int64_t Hkv, int
   return n;
 }
 
+/* Softmax at square, long-row and short-row shapes; RoPE on [1, 8, 4096,
+ * 128]; the sinusoidal table added to [8, 4096, 128]. */
+static int add_stream_cases(bcase *cs, int n, int threads) {
+  n = add(cs, n, K_SOFTMAX, 1, 1, 1, 4096, 4096, 1, 0, threads);
+  n = add(cs, n, K_SOFTMAX, 1, 1, 1, 64, 65536, 1, 0, threads);
+  n = add(cs, n, K_SOFTMAX, 1, 1, 1, 65536, 64, 1, 0, threads);
+  n = add(cs, n, K_ROPE, 1, 8, 8, 4096, 4096, 128, 0, threads);
+  n = add(cs, n, K_SINUS, 8, 1, 1, 4096, 4096, 128, 0, threads);
+  return n;
+}
+
+/* BERT-style serving: 64 sequences of 64..512 tokens, H = 12, D = 64, and
+ * one short sequence (L = 128, 512) at the same H and D. */
+static int add_serving_cases(bcase *cs, int n, int threads) {
+  n = add(cs, n, K_VARLEN, 64, 12, 12, 64, 512, 64, 0, threads);
+  n = add(cs, n, K_SDPA, 1, 12, 12, 128, 128, 64, 0, threads);
+  n = add(cs, n, K_SDPA, 1, 12, 12, 512, 512, 64, 0, threads);
+  return n;
+}
+
 static int quick_cases(bcase *cs) {
   int n = 0;
   static const int64_t Ls[] = {2048, 4096}, Ds[] = {128, 64};
@@ -680,7 +851,8 @@ static int quick_cases(bcase *cs) {
         n = add(cs, n, K_SDPA, 1, 8, 8, Ls[li], Ls[li], Ds[di], causal, 2);
   n = add(cs, n, K_DECODE, 1, 32, 8, 1, 32768, 128, 0, 2);
   n = add(cs, n, K_LONG, 1, 1, 1, 32768, 32768, 128, 1, 2);
-  n = add(cs, n, K_SOFTMAX, 1, 1, 1, 4096, 4096, 1, 0, 2);
+  n = add_stream_cases(cs, n, 2);
+  n = add_serving_cases(cs, n, 2);
   return n;
 }
 
@@ -696,8 +868,10 @@ static int full_cases(bcase *cs) {
     n = add(cs, n, K_DECODE, 1, 32, 8, 1, 32768, 128, 0, threads);
   n = add(cs, n, K_LONG, 1, 1, 1, 32768, 32768, 128, 0, 2);
   n = add(cs, n, K_LONG, 1, 1, 1, 32768, 32768, 128, 1, 2);
-  for (int threads = 2; threads >= 1; threads--)
-    n = add(cs, n, K_SOFTMAX, 1, 1, 1, 4096, 4096, 1, 0, threads);
+  for (int threads = 2; threads >= 1; threads--) {
+    n = add_stream_cases(cs, n, threads);
+    n = add_serving_cases(cs, n, threads);
+  }
   return n;
 }
 
@@ -706,6 +880,9 @@ static int smoke_cases(bcase *cs) {
   n = add(cs, n, K_SDPA, 1, 4, 2, 64, 64, 16, 1, 2);
   n = add(cs, n, K_DECODE, 1, 4, 2, 1, 300, 16, 0, 2);
   n = add(cs, n, K_SOFTMAX, 1, 1, 1, 8, 33, 1, 0, 2);
+  n = add(cs, n, K_VARLEN, 3, 2, 1, 5, 40, 16, 0, 2);
+  n = add(cs, n, K_ROPE, 1, 2, 2, 33, 33, 16, 0, 2);
+  n = add(cs, n, K_SINUS, 2, 1, 1, 33, 33, 16, 0, 2);
   return n;
 }
 
@@ -800,7 +977,10 @@ int main(int argc, char **argv) {
       if (quiet)
         wait_quiet(60);
       load_mark m = load_now();
-      result a = cs[i].kind == K_SOFTMAX ? run_softmax_case(&cs[i]) : run_sdpa_case(&cs[i]);
+      result a = cs[i].kind == K_SOFTMAX ? run_softmax_case(&cs[i])
+                 : cs[i].kind == K_VARLEN  ? run_varlen_case(&cs[i])
+                 : is_stream(cs[i].kind)   ? run_posenc_case(&cs[i])
+                                           : run_sdpa_case(&cs[i]);
       a.other_load = other_load_since(m);
       if (attempt == 0 || a.other_load < r.other_load)
         r = a;
@@ -812,7 +992,8 @@ int main(int argc, char **argv) {
     else
       print_row(&cs[i], &r);
     /* The smoke run checks that the op works, not how fast. */
-    if (smoke && (r.error || (cs[i].kind != K_SOFTMAX && !(r.max_diff <= 1e-4))))
+    if (smoke && (r.error || (cs[i].kind != K_VARLEN && !is_stream(cs[i].kind) &&
+                              !(r.max_diff <= 1e-4))))
       failed = 1;
   }
   return failed;

@@ -39,15 +39,33 @@ def main():
                   f"| {fmt(r['seconds'] and r['seconds'] * 1e3, '.2f')} | {fmt(r['kv_gbps'], '.1f')} "
                   f"| {fmt(r['memcpy_gbps'], '.1f')} | {fmt(r['ratio_memcpy'], '.2f')} "
                   f"| {fmt(r.get('other_load'), '.2f')} |")
-    sm = [r for r in rows if r["op"] == "softmax"]
-    if sm:
-        print("\n| softmax | threads | ms | GB/s (read + write) | other load |")
-        print("|---|---:|---:|---:|---:|")
-        for r in sm:
-            print(f"| [{r['rows']}, {r['cols']}] | {r['threads']} "
-                  f"| {fmt(r['seconds'] and r['seconds'] * 1e3, '.2f')} | {fmt(r['gbps'], '.1f')} "
+    vl = [r for r in rows if r["op"] == "sdpa_varlen"]
+    if vl:
+        print("\n| varlen (non-causal) | threads | ms | GFLOP/s | sgemm GFLOP/s | ratio_sgemm "
+              "| other load |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for r in vl:
+            print(f"| {r['sequences']} sequences of {r['L_min']}..{r['L_max']} tokens, "
+                  f"H={r['H']} D={r['D']} | {r['threads']} "
+                  f"| {fmt(r['seconds'] and r['seconds'] * 1e3, '.2f')} | {fmt(r['gflops'], '.1f')} "
+                  f"| {fmt(r['sgemm_gflops'], '.1f')} | {fmt(r['ratio_sgemm'], '.3f')} "
                   f"| {fmt(r.get('other_load'), '.2f')} |")
-
+    st = [r for r in rows if r["op"] in ("softmax", "rope", "sinusoidal")]
+    if st:
+        print("\n| streaming op | threads | ms | GB/s (read + write) | memcpy GB/s | ratio_memcpy "
+              "| other load |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for r in st:
+            if r["op"] == "softmax":
+                what = f"softmax [{r['rows']}, {r['cols']}]"
+            elif r["op"] == "rope":
+                what = f"rope [{r['B']}, {r['H']}, {r['L']}, {r['D']}]"
+            else:
+                what = f"sinusoidal_add [{r['B']}, {r['L']}, {r['D']}]"
+            print(f"| {what} | {r['threads']} "
+                  f"| {fmt(r['seconds'] and r['seconds'] * 1e3, '.2f')} | {fmt(r['gbps'], '.1f')} "
+                  f"| {fmt(r.get('memcpy_gbps'), '.1f')} | {fmt(r.get('ratio_memcpy'), '.2f')} "
+                  f"| {fmt(r.get('other_load'), '.2f')} |")
 
 if __name__ == "__main__":
     main()
