@@ -687,6 +687,44 @@ static void rope_threads_agree(void **state) {
   attn_ctx_destroy(c2);
 }
 
+/* Consecutive positions are where the library saves trig calls (angles
+ * stepped from anchors): a chunk of a long sequence, rotated alone with its
+ * offset, gives the whole sequence's rows bit for bit, for chunks starting
+ * anywhere; and long offsets that start between anchors match the float64
+ * reference. */
+static void rope_chunks_agree(void **state) {
+  (void)state;
+  attn_ctx *ctx = tu_ctx(1);
+  enum { H = 2, L = 150, D = 64 };
+  float *whole = xmalloc(H * L * D * sizeof(float)), *part = xmalloc(H * L * D * sizeof(float));
+  static const int64_t starts[] = {1, 16, 37, 70, 149};
+  for (int32_t style = 0; style < 2; style++)
+    for (size_t si = 0; si < sizeof starts / sizeof *starts; si++) {
+      int64_t s0 = starts[si], n = L - s0;
+      tu_rng rng = {(uint64_t)(style * 10 + si + 1)};
+      tu_fill(&rng, whole, H * L * D, -1, 1);
+      for (int64_t h = 0; h < H; h++)
+        memcpy(part + h * n * D, whole + (h * L + s0) * D, (size_t)(n * D) * sizeof(float));
+      rope_case cw = {style, 1, H, L, D, 0, 0, 5, NULL};
+      rope_case cp = {style, 1, H, n, D, 0, 0, 5 + s0, NULL};
+      assert_ok(lib_rope(ctx, &cw, whole, H * L * D, NULL));
+      assert_ok(lib_rope(ctx, &cp, part, (size_t)(H * n * D), NULL));
+      for (int64_t h = 0; h < H; h++)
+        assert_memory_equal(part + h * n * D, whole + (h * L + s0) * D,
+                            (size_t)(n * D) * sizeof(float));
+    }
+  for (int32_t style = 0; style < 2; style++) {
+    rope_case c = {style, 2, 3, 77, 128, 0, 0, 1000003, NULL};
+    check_rope(ctx, &c);
+    c.offset = 0;
+    c.L = 300;
+    check_rope(ctx, &c);
+  }
+  free(whole);
+  free(part);
+  attn_ctx_destroy(ctx);
+}
+
 static void rope_bad_input(void **state) {
   (void)state;
   attn_ctx *ctx = tu_ctx(1), *other = tu_ctx(1);
@@ -872,6 +910,7 @@ int main(void) {
       cmocka_unit_test(rope_norm_and_pass_through),
       cmocka_unit_test(rope_composition_and_identity),
       cmocka_unit_test(rope_threads_agree),
+      cmocka_unit_test(rope_chunks_agree),
       cmocka_unit_test(rope_bad_input),
       cmocka_unit_test(alibi_eight_heads_exact),
       cmocka_unit_test(alibi_vs_press_reference),
