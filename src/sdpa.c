@@ -122,14 +122,14 @@ static attn_status sdpa_check(attn_ctx *ctx, const attn_tensor *q, const attn_te
   const uint8_t opt_out = ATTN_OPND_OPTIONAL | ATTN_OPND_OUTPUT;
   int64_t ms[4] = {0}, bs[4] = {0};
   const attn_operand ops[] = {
-      {ATTN_OPERAND("q", q, ATTN_DT_F32, 4, 4), .sym = {B, HQ, LQ, D}},
-      {ATTN_OPERAND("k", k, ATTN_DT_F32, 4, 4), .sym = {B, HKV, LK, D}},
-      {ATTN_OPERAND("v", v, ATTN_DT_F32, 4, 4), .sym = {B, HKV, LK, DV}},
+      {ATTN_OPERAND("q", q, ATTN_DT_FLOAT, 4, 4), .sym = {B, HQ, LQ, D}},
+      {ATTN_OPERAND("k", k, ATTN_DT_FLOAT, 4, 4), .sym = {B, HKV, LK, D}},
+      {ATTN_OPERAND("v", v, ATTN_DT_FLOAT, 4, 4), .sym = {B, HKV, LK, DV}},
       {ATTN_OPERAND("params.mask", prm.mask, ATTN_DT_F32, 1, 4), .flags = opt_in, .bcast_nd = 4,
        .bcast = {B, HQ, LQ, LK}, .bstrides = ms},
       {ATTN_OPERAND("params.bool_mask", prm.bool_mask, ATTN_DT_U8, 1, 4), .flags = opt_in,
        .bcast_nd = 4, .bcast = {B, HQ, LQ, LK}, .bstrides = bs},
-      {ATTN_OPERAND("out", out, ATTN_DT_F32, 4, 4), .sym = {B, HQ, LQ, DV},
+      {ATTN_OPERAND("out", out, ATTN_DT_FLOAT, 4, 4), .sym = {B, HQ, LQ, DV},
        .flags = ATTN_OPND_OUTPUT},
       {ATTN_OPERAND("params.lse", prm.lse, ATTN_DT_F32, 3, 3), .sym = {B, HQ, LQ},
        .flags = opt_out},
@@ -145,6 +145,7 @@ static attn_status sdpa_check(attn_ctx *ctx, const attn_tensor *q, const attn_te
   p->B = d.v[B], p->Hq = d.v[HQ], p->Hkv = d.v[HKV], p->G = p->Hq / p->Hkv;
   p->Lq = d.v[LQ], p->Lk = d.v[LK], p->D = d.v[D], p->Dv = d.v[DV];
   p->q = q->data, p->k = k->data, p->v = v->data, p->out = out->data;
+  p->qdt = q->dtype, p->kdt = k->dtype, p->vdt = v->dtype, p->odt = out->dtype;
   memcpy(p->qs, q->strides, sizeof p->qs);
   memcpy(p->ks, k->strides, sizeof p->ks);
   memcpy(p->vs, v->strides, sizeof p->vs);
@@ -229,10 +230,11 @@ static void varlen_problem(attn_sdpa_problem *p, const attn_sdpa_params *prm, co
     strides[t][2] = ts[t]->strides[0];
     strides[t][3] = 1;
   }
-  p->q = (const float *)q->data + q0 * q->strides[0];
-  p->k = (const float *)k->data + k0 * k->strides[0];
-  p->v = (const float *)v->data + k0 * v->strides[0];
-  p->out = (float *)out->data + q0 * out->strides[0];
+  p->qdt = q->dtype, p->kdt = k->dtype, p->vdt = v->dtype, p->odt = out->dtype;
+  p->q = (const char *)q->data + q0 * q->strides[0] * (int64_t)attn__dtype_size(q->dtype);
+  p->k = (const char *)k->data + k0 * k->strides[0] * (int64_t)attn__dtype_size(k->dtype);
+  p->v = (const char *)v->data + k0 * v->strides[0] * (int64_t)attn__dtype_size(v->dtype);
+  p->out = (char *)out->data + q0 * out->strides[0] * (int64_t)attn__dtype_size(out->dtype);
   if (prm->lse) {
     p->lse = (float *)prm->lse->data + q0 * prm->lse->strides[1];
     p->lses[0] = 0;
@@ -261,10 +263,11 @@ static attn_status varlen_check(attn_ctx *ctx, const attn_tensor *q, const attn_
   enum { TQ = ATTN_SYM_TQ, TK = ATTN_SYM_TK, HQ = ATTN_SYM_HQ, HKV = ATTN_SYM_HKV };
   enum { D = ATTN_SYM_D, DV = ATTN_SYM_DV };
   const attn_operand ops[] = {
-      {ATTN_OPERAND("q", q, ATTN_DT_F32, 3, 3), .sym = {TQ, HQ, D}},
-      {ATTN_OPERAND("k", k, ATTN_DT_F32, 3, 3), .sym = {TK, HKV, D}},
-      {ATTN_OPERAND("v", v, ATTN_DT_F32, 3, 3), .sym = {TK, HKV, DV}},
-      {ATTN_OPERAND("out", out, ATTN_DT_F32, 3, 3), .sym = {TQ, HQ, DV}, .flags = ATTN_OPND_OUTPUT},
+      {ATTN_OPERAND("q", q, ATTN_DT_FLOAT, 3, 3), .sym = {TQ, HQ, D}},
+      {ATTN_OPERAND("k", k, ATTN_DT_FLOAT, 3, 3), .sym = {TK, HKV, D}},
+      {ATTN_OPERAND("v", v, ATTN_DT_FLOAT, 3, 3), .sym = {TK, HKV, DV}},
+      {ATTN_OPERAND("out", out, ATTN_DT_FLOAT, 3, 3), .sym = {TQ, HQ, DV},
+       .flags = ATTN_OPND_OUTPUT},
       {ATTN_OPERAND("params.lse", prm->lse, ATTN_DT_F32, 2, 2), .sym = {HQ, TQ},
        .flags = ATTN_OPND_OPTIONAL | ATTN_OPND_OUTPUT},
   };

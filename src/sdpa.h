@@ -28,11 +28,16 @@ typedef struct attn_sdpa_work attn_sdpa_work;
 
 /* One attention problem: q [B, Hq, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv,
  * Lk, Dv], out [B, Hq, Lq, Dv] as element strides, and what shapes the
- * logits. Fields up to "tiling" are the caller's; the rest the plan's. */
+ * logits. Fields up to "tiling" are the caller's; the rest the plan's.
+ * q, k, v and out are F32, F16 or BF16 (their *dt), each on its own: half
+ * queries are widened as they are gathered, half K/V tiles into kbuf/vbuf,
+ * and a half output row is rounded once from the float result. */
 typedef struct {
   int64_t B, Hq, Hkv, G, Lq, Lk, D, Dv;
-  const float *q, *k, *v;
-  float *out, *lse, *w;
+  const void *q, *k, *v;
+  void *out;
+  int32_t qdt, kdt, vdt, odt;
+  float *lse, *w;
   int64_t qs[4], ks[4], vs[4], os[4], lses[3], ws[4];
   const float *mask;
   int64_t ms[4];
@@ -83,7 +88,8 @@ typedef struct {
 typedef struct attn_sdpa_work {
   float *qbuf;        /* rows x D, the block's queries gathered contiguous */
   float *s;           /* rows x BLOCK_KEYS: logits, then probabilities */
-  float *kbuf;        /* BLOCK_KEYS x D, when K rows cannot be handed to BLAS as they are */
+  float *kbuf;        /* BLOCK_KEYS x D, when K rows cannot be handed to BLAS as they
+                         are (a stride BLAS cannot take, or half elements to widen) */
   float *vbuf;        /* BLOCK_KEYS x Dv, likewise for V */
   attn_sdpa_state st; /* the unsplit path's state */
 } attn_sdpa_work;

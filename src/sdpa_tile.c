@@ -65,16 +65,34 @@ static float *weights_row(const attn_sdpa_problem *p, const attn_sdpa_item *it, 
   return p->w + it->b * p->ws[0] + row_head(p, it, r) * p->ws[1] + row_pos(p, it, r) * p->ws[2];
 }
 
-/* Rows of a K or V tile for BLAS: in place when the row stride is usable as
- * a leading dimension, else copied into buf. */
-static const float *tile_rows(const float *base, int64_t stride, int64_t n, int64_t cols,
-                              bool gather, float *buf, int *ld) {
+/* Element `off` of a dt-typed array. */
+static const void *elem(const void *base, int32_t dt, int64_t off) {
+  return (const char *)base + off * (int64_t)attn__dtype_size(dt);
+}
+
+/* n elements of type dt as floats in y (exact). */
+static void widen(const attn_kernels *k, int32_t dt, const void *x, float *y, int64_t n) {
+  if (dt == ATTN_DTYPE_F16)
+    k->f16_to_f32(x, y, n);
+  else if (dt == ATTN_DTYPE_BF16)
+    k->bf16_to_f32(x, y, n);
+  else
+    memcpy(y, x, (size_t)n * sizeof(float));
+}
+
+/* Rows of a K or V tile for BLAS: in place when they are F32 and the row
+ * stride is usable as a leading dimension, else copied (widened) into buf.
+ * A half tile is read once from memory and the float copy stays in cache
+ * for BLAS: decoding over a half cache reads half the bytes. */
+static const float *tile_rows(const void *base, int32_t dt, int64_t stride, int64_t n,
+                              int64_t cols, bool gather, float *buf, int *ld) {
   if (!gather) {
     *ld = (int)(n > 1 ? stride : cols);
     return base;
   }
+  const attn_kernels *k = attn__kernels();
   for (int64_t j = 0; j < n; j++)
-    memcpy(buf + j * cols, base + j * stride, (size_t)cols * sizeof(float));
+    widen(k, dt, elem(base, dt, j * stride), buf + j * cols, cols);
   *ld = (int)cols;
   return buf;
 }
@@ -195,13 +213,13 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
   int64_t j_end = hi_last < ke ? hi_last : ke;
   bool plain = !p->softcap && !p->alibi && !p->mask && !p->bmask;
 
-  const float *kbase = p->k + it->b * p->ks[0] + it->kvh * p->ks[1];
-  const float *vbase = p->v + it->b * p->vs[0] + it->kvh * p->vs[1];
+  int64_t kbase = it->b * p->ks[0] + it->kvh * p->ks[1];
+  int64_t vbase = it->b * p->vs[0] + it->kvh * p->vs[1];
   for (int64_t j0 = j_begin; j0 < j_end; j0 += BLOCK_KEYS) {
     int64_t n = j_end - j0 < BLOCK_KEYS ? j_end - j0 : BLOCK_KEYS;
     int ldk, ldv;
-    const float *kt =
-        tile_rows(kbase + j0 * p->ks[2], p->ks[2], n, p->D, p->gather_k, wk->kbuf, &ldk);
+    const float *kt = tile_rows(elem(p->k, p->kdt, kbase + j0 * p->ks[2]), p->kdt, p->ks[2], n,
+                                p->D, p->gather_k, wk->kbuf, &ldk);
     attn__sgemm_nt((int)rows, (int)n, (int)p->D, p->scale, wk->qbuf, (int)p->D, kt, ldk, wk->s,
                    BLOCK_KEYS);
     /* Tiles inside every row's visible range need no per-row bounds. */
@@ -218,8 +236,8 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
       }
       online_row(p, it, st, r, wk->s + r * BLOCK_KEYS, j0, n, a, e, plain);
     }
-    const float *vt =
-        tile_rows(vbase + j0 * p->vs[2], p->vs[2], n, Dv, p->gather_v, wk->vbuf, &ldv);
+    const float *vt = tile_rows(elem(p->v, p->vdt, vbase + j0 * p->vs[2]), p->vdt, p->vs[2], n,
+                                Dv, p->gather_v, wk->vbuf, &ldv);
     /* A hidden key has weight 0, but 0 * NaN is NaN: where the tile may hide
      * keys and V holds a non-finite value, skip the zero weights by hand. */
     if ((inside && plain) || all_finite(vt, n, Dv, ldv))
@@ -232,15 +250,24 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
 /* Write out = acc / l, the log-sum-exp and the normalised weights. */
 void attn__sdpa_finish(const attn_sdpa_problem *p, const attn_sdpa_item *it, attn_sdpa_state st) {
   int64_t rows = it->n_pos * p->G;
+  const attn_kernels *k = attn__kernels();
   for (int64_t r = 0; r < rows; r++) {
     int64_t i = row_pos(p, it, r), h = row_head(p, it, r);
-    float *o = p->out + it->b * p->os[0] + h * p->os[1] + i * p->os[2];
-    const float *acc = st.acc + r * p->Dv;
+    void *o = (char *)p->out + (it->b * p->os[0] + h * p->os[1] + i * p->os[2]) *
+                                   (int64_t)attn__dtype_size(p->odt);
+    float *acc = st.acc + r * p->Dv;
     float m = st.m[r], l = st.l[r];
     bool empty = m == -INFINITY || l == 0;
     float inv = empty ? 0.0f : 1.0f / l;
+    /* The float result in acc (done with it), then rounded once to out. */
     for (int64_t d = 0; d < p->Dv; d++)
-      o[d] = empty ? 0.0f : acc[d] * inv;
+      acc[d] = empty ? 0.0f : acc[d] * inv;
+    if (p->odt == ATTN_DTYPE_F16)
+      k->f32_to_f16(acc, o, p->Dv);
+    else if (p->odt == ATTN_DTYPE_BF16)
+      k->f32_to_bf16(acc, o, p->Dv);
+    else
+      memcpy(o, acc, (size_t)p->Dv * sizeof(float));
     float lse = empty ? -INFINITY : m + logf(l);
     if (p->lse)
       p->lse[it->b * p->lses[0] + h * p->lses[1] + i * p->lses[2]] = lse;
@@ -254,9 +281,10 @@ void attn__sdpa_finish(const attn_sdpa_problem *p, const attn_sdpa_item *it, att
 
 void attn__sdpa_gather_queries(const attn_sdpa_problem *p, const attn_sdpa_item *it, float *qbuf) {
   int64_t rows = it->n_pos * p->G;
+  const attn_kernels *k = attn__kernels();
   for (int64_t r = 0; r < rows; r++) {
-    const float *src =
-        p->q + it->b * p->qs[0] + row_head(p, it, r) * p->qs[1] + row_pos(p, it, r) * p->qs[2];
-    memcpy(qbuf + r * p->D, src, (size_t)p->D * sizeof(float));
+    int64_t off =
+        it->b * p->qs[0] + row_head(p, it, r) * p->qs[1] + row_pos(p, it, r) * p->qs[2];
+    widen(k, p->qdt, elem(p->q, p->qdt, off), qbuf + r * p->D, p->D);
   }
 }

@@ -1,0 +1,492 @@
+/* Every op on f16 / bf16 operands, against the float64 references of
+ * tests/reference/ run on the same (rounded) inputs, widened exactly.
+ *
+ * Error bound. The library widens half inputs exactly, computes as for F32
+ * (fp32 accumulation), and rounds a half output once, to nearest even. So a
+ * result differs from the float64 reference by the F32 path's own error
+ * plus at most half an ULP of the output type:
+ *   |got - want| <= u |want| + tol_f32 * scale + tiny,
+ * u = 2^-11 (f16) or 2^-8 (bf16), 0 for an F32 output; tol_f32 and scale as
+ * the F32 suites use them (1e-5 of the row's magnitude for SDPA, 1e-6 for
+ * softmax and the encodings); tiny = 2^-24 (f16 subnormal spacing). Measured
+ * worst cases are printed. NaN/Inf behave as for F32: a NaN input reaches
+ * its row, a masked entry is exactly 0, an all-masked row is zeros. */
+#include "test_util.h"
+
+#include "ref_half.h"
+#include "ref_posenc.h"
+#include "ref_sdpa.h"
+#include "ref_softmax.h"
+
+static const int32_t DTS[3] = {ATTN_DTYPE_F32, ATTN_DTYPE_F16, ATTN_DTYPE_BF16};
+
+static const char *dname(int32_t dt) {
+  return dt == ATTN_DTYPE_F16 ? "f16" : dt == ATTN_DTYPE_BF16 ? "bf16" : "f32";
+}
+
+/* Half an ULP, relative, of the output type. */
+static double half_ulp(int32_t dt) {
+  return dt == ATTN_DTYPE_F16 ? 0x1p-11 : dt == ATTN_DTYPE_BF16 ? 0x1p-8 : 0.0;
+}
+
+static uint32_t fbits(float f) {
+  uint32_t b;
+  memcpy(&b, &f, sizeof b);
+  return b;
+}
+static float bitsf(uint32_t b) {
+  float f;
+  memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+/* A host array of n values in type dt: `vals` rounded to dt (written back,
+ * so vals holds exactly what the tensor holds), and a tensor wrapping it. */
+typedef struct {
+  void *data;
+  attn_tensor *t;
+  int32_t dt;
+  size_t n;
+} harr;
+
+static void harr_make(harr *a, attn_ctx *ctx, int32_t dt, int32_t nd, const int64_t *dims,
+                      float *vals) {
+  size_t n = 1;
+  for (int32_t i = 0; i < nd; i++)
+    n *= (size_t)dims[i];
+  size_t es = dt == ATTN_DTYPE_F32 ? 4 : 2;
+  a->dt = dt;
+  a->n = n;
+  a->data = malloc(n * es);
+  assert_non_null(a->data);
+  for (size_t i = 0; i < n; i++) {
+    if (dt == ATTN_DTYPE_F32) {
+      ((float *)a->data)[i] = vals ? vals[i] : -777.0f;
+      continue;
+    }
+    float v = vals ? vals[i] : -777.0f;
+    uint16_t h = dt == ATTN_DTYPE_F16 ? ref_to_f16(fbits(v)) : ref_to_bf16(fbits(v));
+    ((uint16_t *)a->data)[i] = h;
+    if (vals)
+      vals[i] = bitsf(dt == ATTN_DTYPE_F16 ? ref_from_f16(h) : ref_from_bf16(h));
+  }
+  assert_ok(attn_tensor_wrap(ctx, dt, nd, dims, NULL, a->data, n * es, &a->t));
+}
+
+static double harr_get(const harr *a, size_t i) {
+  if (a->dt == ATTN_DTYPE_F32)
+    return ((const float *)a->data)[i];
+  uint16_t h = ((const uint16_t *)a->data)[i];
+  return a->dt == ATTN_DTYPE_F16 ? ref_f16_value(h) : ref_bf16_value(h);
+}
+
+static void harr_free(harr *a) { free(a->data); }
+
+/* got vs want under the bound above; returns the worst |err| / bound. */
+static double check_all(const char *what, const harr *got, const double *want, double tol,
+                        const double *scale) {
+  double u = half_ulp(got->dt), worst = 0;
+  int bad = 0;
+  for (size_t i = 0; i < got->n; i++) {
+    double g = harr_get(got, i), w = want[i];
+    if (isnan(w) || isinf(w)) {
+      if (!(isnan(w) ? isnan(g) : g == w) && bad++ < 5)
+        print_error("%s [%zu]: got %.9g want %.9g\n", what, i, g, w);
+      continue;
+    }
+    double bound = u * fabs(w) + tol * (scale ? scale[i] : 1.0) + 0x1p-24;
+    double e = fabs(g - w) / bound;
+    if (!(e <= 1.0)) {
+      if (bad++ < 5)
+        print_error("%s [%zu]: got %.9g want %.9g (err %.3g of the bound)\n", what, i, g, w, e);
+    } else if (e > worst) {
+      worst = e;
+    }
+  }
+  if (bad)
+    fail_msg("%s: %d elements outside the bound", what, bad);
+  return worst;
+}
+
+static attn_ctx *new_ctx(int threads) {
+  attn_ctx_options o;
+  attn_ctx_options_init(&o);
+  o.num_threads = threads;
+  attn_ctx *ctx = NULL;
+  assert_ok(attn_ctx_create(&ctx, &o));
+  return ctx;
+}
+
+/* ---------------- softmax ---------------- */
+
+static void softmax_half(void **state) {
+  (void)state;
+  attn_ctx *ctx = new_ctx(2);
+  static const int64_t shapes[][2] = {{1, 1}, {3, 7}, {5, 33}, {4, 1000}, {64, 129}};
+  tu_rng r = {7};
+  double worst = 0;
+  for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+    for (int xi = 0; xi < 3; xi++)
+      for (int yi = 0; yi < 3; yi++)
+        for (int log = 0; log < 2; log++) {
+          if (xi == 0 && yi == 0)
+            continue; /* the F32 suites */
+          int64_t R = shapes[si][0], C = shapes[si][1];
+          size_t n = (size_t)(R * C);
+          float *xv = malloc(n * sizeof *xv), *mv = malloc(n * sizeof *mv);
+          double *want = malloc(n * sizeof *want);
+          tu_fill(&r, xv, n, -8, 8);
+          tu_fill(&r, mv, n, -2, 2);
+          int masked = (int)(tu_next(&r) % 2);
+          harr x, y, m;
+          int64_t dims[2] = {R, C};
+          harr_make(&x, ctx, DTS[xi], 2, dims, xv);
+          harr_make(&y, ctx, DTS[yi], 2, dims, NULL);
+          harr_make(&m, ctx, ATTN_DTYPE_F32, 2, dims, mv);
+          attn_softmax_params p;
+          attn_softmax_params_init(&p);
+          p.scale = 0.75f;
+          p.mask = masked ? m.t : NULL;
+          attn_status st = log ? attn_log_softmax(ctx, x.t, y.t, &p) : attn_softmax(ctx, x.t, y.t, &p);
+          if (st != ATTN_OK)
+            fail_msg("softmax %s -> %s: %s", dname(x.dt), dname(y.dt), attn_ctx_last_error(ctx));
+          ref_view rx = {xv, 2, {R, C}, {C, 1}}, rm = {mv, 2, {R, C}, {C, 1}};
+          ref_softmax(&rx, 0.75f, masked ? &rm : NULL, NULL, log, want);
+          char what[96];
+          snprintf(what, sizeof what, "%s %s -> %s [%lld, %lld]", log ? "log_softmax" : "softmax",
+                   dname(x.dt), dname(y.dt), (long long)R, (long long)C);
+          /* F32 tolerance of the suites: 1e-6 relative (softmax), and for
+           * log-softmax 1e-6 of max(|want|, 1). */
+          double *sc = malloc(n * sizeof *sc);
+          for (size_t i = 0; i < n; i++)
+            sc[i] = log ? fmax(fabs(want[i]), 1.0) : fabs(want[i]);
+          double w = check_all(what, &y, want, 1e-6, sc);
+          worst = fmax(worst, w);
+          free(sc);
+          harr_free(&x), harr_free(&y), harr_free(&m);
+          free(xv), free(mv), free(want);
+        }
+  print_message("softmax: worst error %.3f of the bound\n", worst);
+  attn_ctx_destroy(ctx);
+}
+
+/* In place on a half tensor, NaN and all-masked rows. */
+static void softmax_half_edges(void **state) {
+  (void)state;
+  attn_ctx *ctx = new_ctx(1);
+  for (int di = 1; di < 3; di++) {
+    int64_t dims[2] = {4, 6};
+    float xv[24];
+    for (int i = 0; i < 24; i++)
+      xv[i] = (float)(i % 6) - 2.0f;
+    xv[6 + 2] = NAN;      /* row 1: NaN */
+    xv[12 + 3] = INFINITY; /* row 2: +inf: NaN (inf - inf) */
+    uint8_t keep[24];
+    for (int i = 0; i < 24; i++)
+      keep[i] = i / 6 != 3; /* row 3 all masked */
+    harr x;
+    harr_make(&x, ctx, DTS[di], 2, dims, xv);
+    attn_tensor *bm;
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, dims, NULL, keep, sizeof keep, &bm));
+    attn_softmax_params p;
+    attn_softmax_params_init(&p);
+    p.bool_mask = bm;
+    assert_ok(attn_softmax(ctx, x.t, x.t, &p)); /* in place */
+    double row0 = 0;
+    for (int j = 0; j < 6; j++) {
+      row0 += harr_get(&x, (size_t)j);
+      assert_true(isnan(harr_get(&x, 6 + (size_t)j)));
+      assert_true(isnan(harr_get(&x, 12 + (size_t)j)));
+      assert_true(harr_get(&x, 18 + (size_t)j) == 0.0);
+    }
+    assert_close(row0, 1.0, 6 * half_ulp(x.dt), 0);
+    harr_free(&x);
+  }
+  attn_ctx_destroy(ctx);
+}
+
+/* ---------------- encodings ---------------- */
+
+static void posenc_half(void **state) {
+  (void)state;
+  attn_ctx *ctx = new_ctx(2);
+  double worst = 0;
+  for (int di = 1; di < 3; di++) {
+    /* Sinusoidal table written in half. */
+    int64_t L = 37, D = 64, dims[2] = {L, D};
+    harr out;
+    harr_make(&out, ctx, DTS[di], 2, dims, NULL);
+    attn_sinusoidal_params sp;
+    attn_sinusoidal_params_init(&sp);
+    sp.offset = 1000;
+    assert_ok(attn_sinusoidal(ctx, out.t, &sp));
+    double pos[37], *want = malloc((size_t)(L * D) * sizeof *want);
+    for (int l = 0; l < L; l++)
+      pos[l] = 1000 + l;
+    ref_sinusoidal(0, L, D, 10000, pos, want);
+    worst = fmax(worst, check_all("sinusoidal", &out, want, 1e-6, NULL));
+    /* Added in place to half x. */
+    float *xv = malloc((size_t)(L * D) * sizeof *xv);
+    tu_rng r = {3};
+    tu_fill(&r, xv, (size_t)(L * D), -1, 1);
+    harr x;
+    harr_make(&x, ctx, DTS[di], 2, dims, xv);
+    assert_ok(attn_sinusoidal_add(ctx, x.t, &sp));
+    for (int64_t i = 0; i < L * D; i++)
+      want[i] += xv[i];
+    worst = fmax(worst, check_all("sinusoidal_add", &x, want, 1e-6, NULL));
+    harr_free(&out), harr_free(&x);
+    free(want), free(xv);
+
+    /* RoPE in place on half x [B, H, L, D]. */
+    int64_t B = 2, H = 3, RL = 19, RD = 32, rd[4] = {B, H, RL, RD};
+    size_t n = (size_t)(B * H * RL * RD);
+    float *rv = malloc(n * sizeof *rv);
+    double *rw = malloc(n * sizeof *rw);
+    tu_fill(&r, rv, n, -2, 2);
+    harr rx;
+    harr_make(&rx, ctx, DTS[di], 4, rd, rv);
+    for (size_t i = 0; i < n; i++)
+      rw[i] = rv[i];
+    int64_t *pp = malloc((size_t)(B * RL) * sizeof *pp);
+    for (int64_t i = 0; i < B * RL; i++)
+      pp[i] = 5 + i;
+    attn_rope_params rp;
+    attn_rope_params_init(&rp);
+    rp.positions = pp;
+    assert_ok(attn_rope(ctx, rx.t, &rp));
+    ref_rope(0, B, H, RL, RD, RD, 10000, pp, rw);
+    /* F32 RoPE: rotation in double, one float rounding: 1e-6 of |x| <= 2. */
+    worst = fmax(worst, check_all("rope", &rx, rw, 2e-6, NULL));
+    harr_free(&rx);
+    free(rv), free(rw), free(pp);
+  }
+  print_message("encodings: worst error %.3f of the bound\n", worst);
+  attn_ctx_destroy(ctx);
+}
+
+/* ---------------- SDPA ---------------- */
+
+typedef struct {
+  const char *name;
+  int64_t B, Hq, Hkv, Lq, Lk, D, Dv;
+  int causal, bottom_right;
+  int32_t qdt, kdt, vdt, odt;
+  int blhd; /* q/k/v/out in [B, L, H, D] memory */
+  int nan_k; /* 1 + a key made NaN */
+} hcase;
+
+static void fill_view(int64_t B, int64_t H, int64_t L, int64_t D, int blhd, int64_t *dims,
+                      int64_t *st) {
+  dims[0] = B, dims[1] = H, dims[2] = L, dims[3] = D;
+  if (blhd) {
+    st[0] = L * H * D, st[1] = D, st[2] = H * D, st[3] = 1;
+  } else {
+    st[0] = H * L * D, st[1] = L * D, st[2] = D, st[3] = 1;
+  }
+}
+
+static void* halloc_vals(int32_t dt, size_t n, float *vals) {
+  size_t es = dt == ATTN_DTYPE_F32 ? 4 : 2;
+  void *p = malloc(n * es);
+  assert_non_null(p);
+  for (size_t i = 0; i < n; i++) {
+    if (dt == ATTN_DTYPE_F32) {
+      ((float *)p)[i] = vals ? vals[i] : -777.0f;
+      continue;
+    }
+    float v = vals ? vals[i] : -777.0f;
+    uint16_t h = dt == ATTN_DTYPE_F16 ? ref_to_f16(fbits(v)) : ref_to_bf16(fbits(v));
+    ((uint16_t *)p)[i] = h;
+    if (vals)
+      vals[i] = bitsf(dt == ATTN_DTYPE_F16 ? ref_from_f16(h) : ref_from_bf16(h));
+  }
+  return p;
+}
+
+static double get_at(int32_t dt, const void *p, size_t i) {
+  if (dt == ATTN_DTYPE_F32)
+    return ((const float *)p)[i];
+  uint16_t h = ((const uint16_t *)p)[i];
+  return dt == ATTN_DTYPE_F16 ? ref_f16_value(h) : ref_bf16_value(h);
+}
+
+static double run_hcase(const hcase *c, attn_ctx *ctx) {
+  int64_t B = c->B, Hq = c->Hq, Hkv = c->Hkv, Lq = c->Lq, Lk = c->Lk, D = c->D, Dv = c->Dv;
+  size_t nq = (size_t)(B * Hq * Lq * D), nk = (size_t)(B * Hkv * Lk * D),
+         nv = (size_t)(B * Hkv * Lk * Dv), no = (size_t)(B * Hq * Lq * Dv);
+  tu_rng r = {(uint64_t)(Lq * 131 + Lk * 7 + D + c->qdt * 3 + c->kdt * 5 + c->odt * 11)};
+  float *qv = malloc(nq * 4), *kv = malloc(nk * 4), *vv = malloc(nv * 4);
+  tu_fill(&r, qv, nq, -1, 1);
+  tu_fill(&r, kv, nk, -1, 1);
+  tu_fill(&r, vv, nv, -1, 1);
+  if (c->nan_k) /* key nan_k - 1 of every (b, h), in memory order of the layout */
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t h = 0; h < Hkv; h++) {
+        int64_t dims[4], st[4];
+        fill_view(B, Hkv, Lk, D, c->blhd, dims, st);
+        kv[b * st[0] + h * st[1] + (c->nan_k - 1) * st[2]] = NAN;
+      }
+  void *qp = halloc_vals(c->qdt, nq, qv), *kp = halloc_vals(c->kdt, nk, kv),
+       *vp = halloc_vals(c->vdt, nv, vv), *op = halloc_vals(c->odt, no, NULL);
+  int64_t dq[4], sq[4], dk[4], sk[4], dvd[4], sv[4], dout[4], so[4];
+  fill_view(B, Hq, Lq, D, c->blhd, dq, sq);
+  fill_view(B, Hkv, Lk, D, c->blhd, dk, sk);
+  fill_view(B, Hkv, Lk, Dv, c->blhd, dvd, sv);
+  fill_view(B, Hq, Lq, Dv, c->blhd, dout, so);
+  size_t eq = c->qdt == 0 ? 4 : 2, ek = c->kdt == 0 ? 4 : 2, ev = c->vdt == 0 ? 4 : 2,
+         eo = c->odt == 0 ? 4 : 2;
+  attn_tensor *q, *k, *v, *o;
+  assert_ok(attn_tensor_wrap(ctx, c->qdt, 4, dq, sq, qp, nq * eq, &q));
+  assert_ok(attn_tensor_wrap(ctx, c->kdt, 4, dk, sk, kp, nk * ek, &k));
+  assert_ok(attn_tensor_wrap(ctx, c->vdt, 4, dvd, sv, vp, nv * ev, &v));
+  assert_ok(attn_tensor_wrap(ctx, c->odt, 4, dout, so, op, no * eo, &o));
+  attn_sdpa_params p;
+  attn_sdpa_params_init(&p);
+  p.causal = c->causal;
+  p.align = c->bottom_right ? ATTN_ALIGN_BOTTOM_RIGHT : ATTN_ALIGN_TOP_LEFT;
+  if (attn_sdpa(ctx, q, k, v, o, &p) != ATTN_OK)
+    fail_msg("%s: %s", c->name, attn_ctx_last_error(ctx));
+  ref_sdpa_args a;
+  memset(&a, 0, sizeof a);
+  a.B = B, a.Hq = Hq, a.Hkv = Hkv, a.Lq = Lq, a.Lk = Lk, a.D = D, a.Dv = Dv;
+  a.q = qv, a.k = kv, a.v = vv;
+  memcpy(a.qs, sq, sizeof sq), memcpy(a.ks, sk, sizeof sk), memcpy(a.vs, sv, sizeof sv);
+  a.causal = c->causal, a.bottom_right = c->bottom_right;
+  double *want = malloc(no * sizeof *want), *mag = malloc(no * sizeof *mag);
+  ref_sdpa(&a, want, mag, NULL, NULL);
+  /* Compare in [B, Hq, Lq, Dv] order (the reference's), reading out through
+   * its strides; the row's magnitude scales the F32 tolerance (1e-5). */
+  double worst = 0, u = half_ulp(c->odt);
+  int bad = 0;
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < Hq; h++)
+      for (int64_t i = 0; i < Lq; i++) {
+        size_t ri = (size_t)(((b * Hq + h) * Lq + i) * Dv);
+        double scale = 1e-6;
+        for (int64_t d = 0; d < Dv; d++)
+          scale = fmax(scale, mag[ri + (size_t)d]);
+        for (int64_t d = 0; d < Dv; d++) {
+          double w = want[ri + (size_t)d];
+          double g = get_at(c->odt, op, (size_t)(b * so[0] + h * so[1] + i * so[2] + d));
+          if (isnan(w)) {
+            if (!isnan(g) && bad++ < 5)
+              print_error("%s: (%lld,%lld,%lld,%lld) got %g want NaN\n", c->name, (long long)b,
+                          (long long)h, (long long)i, (long long)d, g);
+            continue;
+          }
+          double bound = u * fabs(w) + 1e-5 * scale + 0x1p-24;
+          double e = fabs(g - w) / bound;
+          if (!(e <= 1)) {
+            if (bad++ < 5)
+              print_error("%s: (%lld,%lld,%lld,%lld) got %.9g want %.9g (%.3g of the bound)\n",
+                          c->name, (long long)b, (long long)h, (long long)i, (long long)d, g, w,
+                          e);
+          } else if (e > worst) {
+            worst = e;
+          }
+        }
+      }
+  if (bad)
+    fail_msg("%s: %d outputs outside the bound", c->name, bad);
+  attn_tensor_free(ctx, q), attn_tensor_free(ctx, k), attn_tensor_free(ctx, v),
+      attn_tensor_free(ctx, o);
+  free(qp), free(kp), free(vp), free(op), free(qv), free(kv), free(vv), free(want), free(mag);
+  return worst;
+}
+
+#define F32 ATTN_DTYPE_F32
+#define F16 ATTN_DTYPE_F16
+#define BF16 ATTN_DTYPE_BF16
+
+static void sdpa_half(void **state) {
+  (void)state;
+  static const hcase cases[] = {
+      {"all f16", 1, 4, 2, 37, 53, 16, 16, 0, 0, F16, F16, F16, F16, 0, 0},
+      {"all bf16 causal", 2, 4, 4, 70, 70, 32, 24, 1, 0, BF16, BF16, BF16, BF16, 0, 0},
+      {"bf16 kv, f32 q/out, decode", 1, 8, 2, 1, 3000, 64, 64, 0, 0, F32, BF16, BF16, F32, 0, 0},
+      {"f16 kv, f32 q/out, decode", 2, 8, 2, 1, 2100, 64, 64, 0, 0, F32, F16, F16, F32, 0, 0},
+      {"f16 kv, 4 rows bottom-right", 1, 4, 1, 4, 600, 32, 32, 1, 1, F32, F16, F16, F32, 0, 0},
+      {"f16 q, bf16 k, f32 v, bf16 out", 1, 2, 1, 20, 300, 8, 8, 0, 0, F16, BF16, F32, BF16, 0, 0},
+      {"bf16 blhd", 1, 4, 2, 33, 300, 16, 16, 1, 0, BF16, BF16, BF16, BF16, 1, 0},
+      {"f16 prefill 300", 1, 2, 2, 300, 300, 64, 64, 1, 0, F16, F16, F16, F16, 0, 0},
+      {"f16 NaN key", 1, 2, 1, 9, 40, 8, 8, 1, 0, F16, F16, F16, F16, 0, 5},
+      {"bf16 kv NaN key decode", 1, 4, 2, 1, 2500, 16, 16, 0, 0, F32, BF16, BF16, F32, 0, 1000},
+  };
+  double worst = 0;
+  for (int t = 1; t <= 2; t++) {
+    attn_ctx *ctx = new_ctx(t);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+      worst = fmax(worst, run_hcase(&cases[i], ctx));
+    attn_ctx_destroy(ctx);
+  }
+  print_message("sdpa: worst error %.3f of the bound\n", worst);
+}
+
+/* Packed variable-length sequences in half precision. */
+static void varlen_half(void **state) {
+  (void)state;
+  attn_ctx *ctx = new_ctx(2);
+  int64_t cu[4] = {0, 5, 5, 21}, Tq = 21, Hq = 4, Hkv = 2, D = 16;
+  for (int di = 1; di < 3; di++) {
+    int32_t dt = DTS[di];
+    size_t nq = (size_t)(Tq * Hq * D), nk = (size_t)(Tq * Hkv * D);
+    tu_rng r = {99};
+    float *qv = malloc(nq * 4), *kv = malloc(nk * 4), *vv = malloc(nk * 4);
+    tu_fill(&r, qv, nq, -1, 1), tu_fill(&r, kv, nk, -1, 1), tu_fill(&r, vv, nk, -1, 1);
+    harr q, k, v, o;
+    int64_t dq[3] = {Tq, Hq, D}, dk[3] = {Tq, Hkv, D};
+    harr_make(&q, ctx, dt, 3, dq, qv);
+    harr_make(&k, ctx, dt, 3, dk, kv);
+    harr_make(&v, ctx, dt, 3, dk, vv);
+    harr_make(&o, ctx, dt, 3, dq, NULL);
+    attn_sdpa_params p;
+    attn_sdpa_params_init(&p);
+    p.causal = 1;
+    if (attn_sdpa_varlen(ctx, q.t, k.t, v.t, o.t, 3, cu, cu, &p) != ATTN_OK)
+      fail_msg("varlen %s: %s", dname(dt), attn_ctx_last_error(ctx));
+    double *want = calloc(nq, sizeof *want), *mag = calloc(nq, sizeof *mag),
+           *sc = calloc(nq, sizeof *sc);
+    for (int s = 0; s < 3; s++) {
+      int64_t L = cu[s + 1] - cu[s];
+      if (!L)
+        continue;
+      ref_sdpa_args a;
+      memset(&a, 0, sizeof a);
+      a.B = 1, a.Hq = Hq, a.Hkv = Hkv, a.Lq = L, a.Lk = L, a.D = D, a.Dv = D;
+      a.q = qv + cu[s] * Hq * D, a.k = kv + cu[s] * Hkv * D, a.v = vv + cu[s] * Hkv * D;
+      int64_t qs[4] = {0, D, Hq * D, 1}, ks[4] = {0, D, Hkv * D, 1};
+      memcpy(a.qs, qs, sizeof qs), memcpy(a.ks, ks, sizeof ks), memcpy(a.vs, ks, sizeof ks);
+      a.causal = 1;
+      double *w = malloc((size_t)(Hq * L * D) * sizeof *w), *m = malloc((size_t)(Hq * L * D) * sizeof *m);
+      ref_sdpa(&a, w, m, NULL, NULL);
+      for (int64_t h = 0; h < Hq; h++)
+        for (int64_t i = 0; i < L; i++) {
+          double rs = 1e-6;
+          for (int64_t d = 0; d < D; d++)
+            rs = fmax(rs, m[(h * L + i) * D + d]);
+          for (int64_t d = 0; d < D; d++) {
+            size_t at = (size_t)(((cu[s] + i) * Hq + h) * D + d);
+            want[at] = w[(h * L + i) * D + d];
+            sc[at] = rs;
+          }
+        }
+      free(w), free(m);
+    }
+    char what[32];
+    snprintf(what, sizeof what, "varlen %s", dname(dt));
+    check_all(what, &o, want, 1e-5, sc);
+    harr_free(&q), harr_free(&k), harr_free(&v), harr_free(&o);
+    free(qv), free(kv), free(vv), free(want), free(mag), free(sc);
+  }
+  attn_ctx_destroy(ctx);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(softmax_half), cmocka_unit_test(softmax_half_edges),
+      cmocka_unit_test(posenc_half),  cmocka_unit_test(sdpa_half),
+      cmocka_unit_test(varlen_half),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
