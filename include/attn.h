@@ -7,7 +7,7 @@
  * Everything starts from a context (attn_ctx). It owns its allocator, its
  * thread count, its scratch memory, the text of the last error, and every
  * tensor created from it. Tensors are fp32 (masks: uint8; f16 and bf16
- * tensors exist and convert, see attn_tensor_copy()), 1 to 4 dims,
+ * data tensors too, see attn_dtype), 1 to 4 dims,
  * axes outermost first (as NumPy and PyTorch), shapes and strides int64,
  * strides counted in elements with the innermost axis contiguous.
  *
@@ -217,8 +217,15 @@ typedef struct attn_tensor attn_tensor;
  * the payload's leading bits kept as far as they fit (an f32 payload loses
  * its low 13 bits in f16, its low 16 in bf16), as x86's F16C and AVX-512 BF16
  * instructions do. Every kernel set gives the same bits.
- * Ops do not yet compute in f16/bf16: they refuse such operands with
- * ATTN_ERR_UNSUPPORTED (convert with attn_tensor_copy()). */
+ * The ops read and write F16/BF16 data tensors (softmax and log-softmax x
+ * and y, the sinusoidal table and x, RoPE's x, SDPA's q, k, v and out,
+ * each on its own, so a bf16 KV cache goes with f32 queries): half inputs
+ * are widened exactly, every computation and accumulation is in float, and
+ * a half output is the float result rounded once, to nearest even. So a
+ * half result is within half an ULP of its type (2^-11 relative for f16,
+ * 2^-8 for bf16) of the F32 result computed from the same, already rounded,
+ * inputs. Masks, lse and weights stay F32 (U8 masks); a half one is refused
+ * with ATTN_ERR_UNSUPPORTED. */
 typedef enum attn_dtype {
   ATTN_DTYPE_F32 = 0,  /**< IEEE-754 binary32: data, additive masks */
   ATTN_DTYPE_U8 = 1,   /**< uint8: boolean masks, nonzero = keep */
@@ -337,8 +344,8 @@ ATTN_API void attn_softmax_params_init(attn_softmax_params *p);
  *   z = scale*x + mask (entries where bool_mask == 0 removed),
  *   y = exp(z - max z) / sum exp(z - max z).
  * @param[in]  ctx the context (threads, scratch, error message).
- * @param[in]  x  F32, 1..4 dims, any strides.
- * @param[out] y  F32, same shape as x, no zero strides. May be x itself (in
+ * @param[in]  x  F32, F16 or BF16, 1..4 dims, any strides.
+ * @param[out] y  F32, F16 or BF16 (any of them, whatever x is), same shape as x, no zero strides. May be x itself (in
  *  place); any other overlap with x is ATTN_ERR_ALIASING.
  * @param[in]  p  NULL for defaults. Masks broadcast to x's shape by NumPy
  *  rules (aligned on the last axis; each mask dim equals x's or is 1).
@@ -362,8 +369,8 @@ ATTN_API attn_status attn_softmax(attn_ctx *ctx, const attn_tensor *x, attn_tens
  * Masked entries are -inf; a row with every entry masked is all -inf.
  * Aliasing and errors as attn_softmax().
  * @param[in]  ctx the context.
- * @param[in]  x   F32, 1..4 dims, any strides.
- * @param[out] y   F32, x's shape; may be x itself (in place).
+ * @param[in]  x   F32, F16 or BF16, 1..4 dims, any strides.
+ * @param[out] y   F32, F16 or BF16, x's shape; may be x itself (in place).
  * @param[in]  p   NULL for defaults; scale and masks as attn_softmax().
  * @return as attn_softmax(). @since 0.1.0 */
 ATTN_API attn_status attn_log_softmax(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y,
@@ -408,12 +415,12 @@ typedef struct attn_sinusoidal_params {
  * @since 0.1.0 */
 ATTN_API void attn_sinusoidal_params_init(attn_sinusoidal_params *p);
 
-/** Write the sinusoidal table into `out` [L, D] (F32, no zero strides, no
+/** Write the sinusoidal table into `out` [L, D] (F32, F16 or BF16, no zero strides, no
  * two indices sharing an element): row l holds position offset + l, or
  * positions[l]. Angles p * w_i are formed and passed to sin/cos in double,
  * so positions up to 1e6 stay within 1e-6 of the exact table.
  * @param[in]  ctx the context.
- * @param[out] out F32 [L, D], the table.
+ * @param[out] out F32, F16 or BF16 [L, D], the table.
  * @param[in] p NULL for defaults (interleaved, base 10000, offset 0).
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_SHAPE
  *  (out not 2-D), ATTN_ERR_INVALID_ARG (layout, reserved_, base, offset, a
@@ -428,7 +435,7 @@ ATTN_API attn_status attn_sinusoidal(attn_ctx *ctx, attn_tensor *out,
  * batch gets the same table, positions index the L axis). x must have no
  * zero strides and no two indices sharing an element.
  * @param[in]     ctx the context.
- * @param[in,out] x   F32 [L, D] or [B, L, D].
+ * @param[in,out] x   F32, F16 or BF16 [L, D] or [B, L, D].
  * @param[in]     p   NULL for defaults, as attn_sinusoidal().
  * @return as attn_sinusoidal() (ATTN_ERR_SHAPE: x not 2-D or 3-D). @since 0.1.0 */
 ATTN_API attn_status attn_sinusoidal_add(attn_ctx *ctx, attn_tensor *x,
@@ -460,7 +467,7 @@ typedef struct attn_rope_params {
  * @since 0.1.0 */
 ATTN_API void attn_rope_params_init(attn_rope_params *p);
 
-/** Rotary position embedding, in place on x [B, H, L, D] (F32, no zero
+/** Rotary position embedding, in place on x [B, H, L, D] (F32, F16 or BF16, no zero
  * strides, no two indices sharing an element). For pair (a, b) at rotary
  * index i (0 <= i < r/2) and position p, with t = p * theta^(-2i/r):
  * a' = a cos t - b sin t, b' = a sin t + b cos t. Token l of batch b has
@@ -469,7 +476,7 @@ ATTN_API void attn_rope_params_init(attn_rope_params *p);
  * strides {L*H*D, D, H*D, 1}. Angles and the rotation are computed in
  * double, so the only rounding is the final store to float.
  * @param[in]     ctx the context.
- * @param[in,out] x   F32 [B, H, L, D], rotated in place.
+ * @param[in,out] x   F32, F16 or BF16 [B, H, L, D], rotated in place.
  * @param[in] p NULL for defaults (half-split, r = D, theta 10000, offset 0).
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_SHAPE (not
  *  4-D), ATTN_ERR_INVALID_ARG (style, rotary_dim, theta, a negative offset or
@@ -702,12 +709,13 @@ ATTN_API void attn_sdpa_params_init(attn_sdpa_params *p);
 
 /** Scaled dot-product attention O = softmax(S) V, S as in attn_sdpa_params.
  * @param[in]  ctx the context (threads, scratch, error message).
- * @param[in]  q   F32 [B, Hq, Lq, D]
- * @param[in]  k   F32 [B, Hkv, Lk, D]; Hq must be a multiple of Hkv: query
+ * @param[in]  q   F32, F16 or BF16 [B, Hq, Lq, D] (each of q, k, v, out any of the
+ *                 three: a half K/V cache with F32 queries reads half the bytes)
+ * @param[in]  k   F32, F16 or BF16 [B, Hkv, Lk, D]; Hq must be a multiple of Hkv: query
  *                 head h reads kv head h / (Hq / Hkv) (grouped-query; Hkv = 1
  *                 is multi-query)
- * @param[in]  v   F32 [B, Hkv, Lk, Dv]
- * @param[out] out F32 [B, Hq, Lq, Dv], no zero strides, must not overlap
+ * @param[in]  v   F32, F16 or BF16 [B, Hkv, Lk, Dv]
+ * @param[out] out F32, F16 or BF16 [B, Hq, Lq, Dv], no zero strides, must not overlap
  *                 q, k, v or the masks (ATTN_ERR_ALIASING)
  * @param[in]  p   NULL for defaults; masks, options and the optional lse
  *                 and weights outputs (see attn_sdpa_params).
@@ -737,10 +745,10 @@ ATTN_API attn_status attn_sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_t
  * cu_seqlens_q[b+1]-1 and key tokens cu_seqlens_k[b] to cu_seqlens_k[b+1]-1,
  * and attends only within itself.
  * @param[in]  ctx the context.
- * @param[in]  q   F32 [Tq, Hq, D]
- * @param[in]  k   F32 [Tk, Hkv, D]
- * @param[in]  v   F32 [Tk, Hkv, Dv]
- * @param[out] out F32 [Tq, Hq, Dv]
+ * @param[in]  q   F32, F16 or BF16 [Tq, Hq, D]
+ * @param[in]  k   F32, F16 or BF16 [Tk, Hkv, D]
+ * @param[in]  v   F32, F16 or BF16 [Tk, Hkv, Dv]
+ * @param[out] out F32, F16 or BF16 [Tq, Hq, Dv]
  * @param[in]  batch number of sequences (>= 1)
  * @param[in]  cu_seqlens_q batch+1 query offsets, starting at 0,
  *             non-decreasing, ending at Tq.

@@ -3,7 +3,7 @@
  * the rounding rules). Rows are contiguous (attn_tensor_wrap guarantees a
  * unit innermost stride), so each row is one kernel call. */
 #include "check.h"
-#include "simd/kernels.h"
+#include "convert.h"
 
 #include <string.h>
 
@@ -15,38 +15,20 @@
 
 static bool is_float(int32_t dtype) { return (FLOAT_DTYPES & ATTN_DT(dtype)) != 0; }
 
-static void widen(const attn_kernels *k, int32_t dtype, const void *x, float *y, int64_t n) {
-  if (dtype == ATTN_DTYPE_F16)
-    k->f16_to_f32(x, y, n);
-  else if (dtype == ATTN_DTYPE_BF16)
-    k->bf16_to_f32(x, y, n);
-  else
-    memcpy(y, x, (size_t)n * sizeof *y);
-}
-
-static void narrow(const attn_kernels *k, int32_t dtype, const float *x, void *y, int64_t n) {
-  if (dtype == ATTN_DTYPE_F16)
-    k->f32_to_f16(x, y, n);
-  else if (dtype == ATTN_DTYPE_BF16)
-    k->f32_to_bf16(x, y, n);
-  else
-    memcpy(y, x, (size_t)n * sizeof(float));
-}
-
 static void copy_row(const attn_kernels *k, int32_t st, const char *x, int32_t dt, char *y,
                      int64_t n) {
   if (st == dt)
     memcpy(y, x, (size_t)n * attn__dtype_size(st));
   else if (st == ATTN_DTYPE_F32)
-    narrow(k, dt, (const float *)x, y, n);
+    attn__narrow(k, dt, (const float *)x, y, n);
   else if (dt == ATTN_DTYPE_F32)
-    widen(k, st, x, (float *)y, n);
+    attn__widen(k, st, x, (float *)y, n);
   else { /* f16 <-> bf16 */
     float buf[CHUNK];
     for (int64_t i = 0; i < n; i += CHUNK) {
       int64_t m = n - i < CHUNK ? n - i : CHUNK;
-      widen(k, st, x + i * 2, buf, m);
-      narrow(k, dt, buf, y + i * 2, m);
+      attn__widen(k, st, x + i * 2, buf, m);
+      attn__narrow(k, dt, buf, y + i * 2, m);
     }
   }
 }

@@ -8,6 +8,7 @@
  * frequency) and reused across batches (sinusoidal_add),
  * since a sin/cos pair costs far more than the multiply-adds that use it. */
 #include "check.h"
+#include "convert.h"
 
 #include <math.h>
 #include <string.h>
@@ -21,7 +22,8 @@
 typedef struct {
   int32_t layout;
   int64_t B, L, D; /* B = 1 for the table itself */
-  float *x;        /* out (table) or x (add) */
+  void *x;         /* out (table) or x (add) */
+  int32_t xdt;     /* F32, or F16/BF16: rows computed in float, rounded once */
   int64_t xs[3];   /* strides of [B, L, D] (xs[0] unused when B = 1) */
   bool add;
   double offset;
@@ -33,7 +35,7 @@ typedef struct {
   size_t ws_bytes;
   /* Workspace (sin_layout). */
   double *freq;         /* the layout's frequencies */
-  float *rowbuf;        /* one row of D floats per worker */
+  float *rowbuf;        /* one row of D floats per worker (two adding to half x) */
   size_t rowbuf_stride; /* floats between workers' rows */
 } sin_problem;
 
@@ -41,7 +43,8 @@ typedef struct {
  * is NULL, carves it otherwise. */
 static void sin_layout(void *problem, attn_ws_layout *l) {
   sin_problem *p = problem;
-  p->rowbuf_stride = attn__ws_round((size_t)p->D * sizeof(float)) / sizeof(float);
+  size_t rows = p->add && p->xdt != ATTN_DTYPE_F32 ? 2 : 1;
+  p->rowbuf_stride = attn__ws_round(rows * (size_t)p->D * sizeof(float)) / sizeof(float);
   p->freq = attn__ws_take(l, (size_t)(p->D / 2 + 1), sizeof(double));
   p->rowbuf = attn__ws_take(l, (size_t)p->threads, p->rowbuf_stride * sizeof(float));
 }
@@ -104,6 +107,7 @@ static void sin_row(const sin_problem *p, double pos, float *row) {
 
 static void sin_item(void *arg, int64_t item, int32_t worker) {
   const sin_problem *p = arg;
+  const attn_kernels *k = attn__kernels();
   float *row = p->rowbuf + p->rowbuf_stride * (size_t)worker;
   int64_t l0 = item * p->rows_per_item;
   int64_t l1 = l0 + p->rows_per_item < p->L ? l0 + p->rows_per_item : p->L;
@@ -111,12 +115,17 @@ static void sin_item(void *arg, int64_t item, int32_t worker) {
     double pos = p->positions ? p->positions[l] : p->offset + (double)l;
     sin_row(p, pos, row);
     for (int64_t b = 0; b < p->B; b++) {
-      float *dst = p->x + b * p->xs[0] + l * p->xs[1];
-      if (p->add)
-        for (int64_t j = 0; j < p->D; j++)
-          dst[j] += row[j];
-      else
-        memcpy(dst, row, (size_t)p->D * sizeof(float));
+      void *dst = attn__elem(p->x, p->xdt, b * p->xs[0] + l * p->xs[1]);
+      if (!p->add) {
+        attn__narrow(k, p->xdt, row, dst, p->D);
+        continue;
+      }
+      /* x + row in float, rounded once back for a half x. */
+      float *xf = p->xdt == ATTN_DTYPE_F32 ? dst : row + p->D;
+      attn__widen(k, p->xdt, dst, xf, p->D);
+      for (int64_t j = 0; j < p->D; j++)
+        xf[j] += row[j];
+      attn__narrow(k, p->xdt, xf, dst, p->D);
     }
   }
 }
@@ -144,7 +153,7 @@ static attn_status sin_check(attn_ctx *ctx, const char *name, attn_tensor *x,
   attn_sinusoidal_params prm;
   attn_sinusoidal_params_init(&prm);
   const attn_operand ops[] = {
-      {ATTN_OPERAND(name, x, ATTN_DT_F32, 2, add ? 3 : 2), .flags = ATTN_OPND_OUTPUT},
+      {ATTN_OPERAND(name, x, ATTN_DT_FLOAT, 2, add ? 3 : 2), .flags = ATTN_OPND_OUTPUT},
   };
   attn_status st;
   if ((st = attn__read_params(ctx, &prm, sizeof prm, params)) != ATTN_OK ||
@@ -180,6 +189,7 @@ static attn_status sin_check(attn_ctx *ctx, const char *name, attn_tensor *x,
   p->layout = prm.layout;
   p->B = B, p->L = L, p->D = D;
   p->x = x->data;
+  p->xdt = x->dtype;
   p->xs[0] = nd == 3 ? x->strides[0] : 0;
   p->xs[1] = x->strides[nd - 2];
   p->xs[2] = 1;

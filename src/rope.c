@@ -5,6 +5,7 @@
  * (and across batches when they share positions). */
 #include "rope.h"
 #include "check.h"
+#include "convert.h"
 
 #include <math.h>
 #include <string.h>
@@ -40,10 +41,27 @@ static void rotate_row(const attn_rope_problem *p, float *row, const double *c, 
     rotate_split(row, row + p->half, c, s, p->half);
 }
 
+/* The row at element offset `off` of x: rotated in place (F32), or widened
+ * into buf, rotated, and rounded once back (F16/BF16). */
+static void rotate_at(const attn_rope_problem *p, int64_t off, const double *c, const double *s,
+                      float *buf) {
+  void *row = attn__elem(p->x, p->xdt, off);
+  if (p->xdt == ATTN_DTYPE_F32) {
+    rotate_row(p, row, c, s);
+    return;
+  }
+  const attn_kernels *k = attn__kernels();
+  int64_t r = 2 * p->half; /* dims past the rotary ones pass through untouched */
+  attn__widen(k, p->xdt, row, buf, r);
+  rotate_row(p, buf, c, s);
+  attn__narrow(k, p->xdt, buf, row, r);
+}
+
 static void rope_item(void *arg, int64_t item, int32_t worker) {
   const attn_rope_problem *p = arg;
   double *cosv = p->tables + p->table_stride * (size_t)worker;
   double *sinv = cosv + p->T * p->half;
+  float *rowbuf = (float *)(sinv + p->T * p->half);
   int64_t blk = item % p->n_blocks;
   int64_t b0 = p->share_batches ? 0 : item / p->n_blocks;
   int64_t b1 = p->share_batches ? p->B : b0 + 1;
@@ -61,16 +79,18 @@ static void rope_item(void *arg, int64_t item, int32_t worker) {
         }
       }
     }
-    float *xb = p->x + b * p->xs[0] + l0 * p->xs[2];
+    int64_t xb = b * p->xs[0] + l0 * p->xs[2];
     /* Walk the rows in memory order so each head (or token) is one stream. */
     if (p->heads_outer) {
       for (int64_t h = 0; h < p->H; h++)
         for (int64_t t = 0; t < nl; t++)
-          rotate_row(p, xb + h * p->xs[1] + t * p->xs[2], cosv + t * p->half, sinv + t * p->half);
+          rotate_at(p, xb + h * p->xs[1] + t * p->xs[2], cosv + t * p->half, sinv + t * p->half,
+                    rowbuf);
     } else {
       for (int64_t t = 0; t < nl; t++)
         for (int64_t h = 0; h < p->H; h++)
-          rotate_row(p, xb + h * p->xs[1] + t * p->xs[2], cosv + t * p->half, sinv + t * p->half);
+          rotate_at(p, xb + h * p->xs[1] + t * p->xs[2], cosv + t * p->half, sinv + t * p->half,
+                    rowbuf);
     }
   }
 }
@@ -86,7 +106,8 @@ static attn_status rope_check(attn_ctx *ctx, attn_tensor *x, const attn_rope_par
                               attn_rope_problem *p) {
   attn_rope_params prm;
   attn_rope_params_init(&prm);
-  const attn_operand ops[] = {{ATTN_OPERAND("x", x, ATTN_DT_F32, 4, 4), .flags = ATTN_OPND_OUTPUT}};
+  const attn_operand ops[] = {
+      {ATTN_OPERAND("x", x, ATTN_DT_FLOAT, 4, 4), .flags = ATTN_OPND_OUTPUT}};
   attn_status st;
   if ((st = attn__read_params(ctx, &prm, sizeof prm, params)) != ATTN_OK ||
       (st = attn__check_operands(ctx, ops, 1, NULL)) != ATTN_OK)
@@ -130,6 +151,7 @@ static attn_status rope_check(attn_ctx *ctx, attn_tensor *x, const attn_rope_par
 
   memset(p, 0, sizeof *p);
   p->x = x->data;
+  p->xdt = x->dtype;
   p->B = B, p->H = H, p->L = L, p->D = D;
   memcpy(p->xs, x->strides, sizeof p->xs);
   p->half = r / 2;
@@ -144,7 +166,9 @@ static attn_status rope_check(attn_ctx *ctx, attn_tensor *x, const attn_rope_par
  * Sizes it when l->base is NULL, carves it otherwise. */
 static void rope_layout(void *problem, attn_ws_layout *l) {
   attn_rope_problem *p = problem;
-  p->table_stride = attn__ws_round((size_t)(2 * p->T * p->half) * sizeof(double)) / sizeof(double);
+  size_t row = p->xdt == ATTN_DTYPE_F32 ? 0 : (size_t)(2 * p->half) * sizeof(float);
+  p->table_stride =
+      attn__ws_round((size_t)(2 * p->T * p->half) * sizeof(double) + row) / sizeof(double);
   p->inv_freq = attn__ws_take(l, (size_t)p->half, sizeof(double));
   p->tables = attn__ws_take(l, (size_t)p->threads, p->table_stride * sizeof(double));
 }

@@ -6,7 +6,8 @@
 #include "internal.h"
 
 typedef struct {
-  float *x; /* [B, H, L, D] view, rotated in place */
+  void *x; /* [B, H, L, D] view, rotated in place */
+  int32_t xdt; /* F32, or F16/BF16: a row widened, rotated in float, rounded once back */
   int64_t B, H, L, D, xs[4];
   int64_t half;             /* rotated pairs per row: rotary_dim / 2 */
   bool interleaved;         /* pairs (2i, 2i+1), else (i, i + half) */
@@ -23,7 +24,8 @@ typedef struct {
   size_t ws_bytes;
   /* Workspace, carved by the run. */
   double *inv_freq; /* half */
-  double *tables;   /* per worker: cos[T][half] then sin[T][half] */
+  double *tables;   /* per worker: cos[T][half] then sin[T][half], then (half
+                       x) a row of D floats */
   size_t table_stride;
 } attn_rope_problem;
 

@@ -3,6 +3,7 @@
  * online softmax (running max m and sum l per row; the accumulator is
  * rescaled when m grows), and O += P V (BLAS). Visibility (causal, window,
  * kv_lens, alignment) is decided here, per row, in visible_keys. */
+#include "convert.h"
 #include "logits.h"
 #include "sdpa.h"
 #include "simd/kernels.h"
@@ -65,21 +66,6 @@ static float *weights_row(const attn_sdpa_problem *p, const attn_sdpa_item *it, 
   return p->w + it->b * p->ws[0] + row_head(p, it, r) * p->ws[1] + row_pos(p, it, r) * p->ws[2];
 }
 
-/* Element `off` of a dt-typed array. */
-static const void *elem(const void *base, int32_t dt, int64_t off) {
-  return (const char *)base + off * (int64_t)attn__dtype_size(dt);
-}
-
-/* n elements of type dt as floats in y (exact). */
-static void widen(const attn_kernels *k, int32_t dt, const void *x, float *y, int64_t n) {
-  if (dt == ATTN_DTYPE_F16)
-    k->f16_to_f32(x, y, n);
-  else if (dt == ATTN_DTYPE_BF16)
-    k->bf16_to_f32(x, y, n);
-  else
-    memcpy(y, x, (size_t)n * sizeof(float));
-}
-
 /* Rows of a K or V tile for BLAS: in place when they are F32 and the row
  * stride is usable as a leading dimension, else copied (widened) into buf.
  * A half tile is read once from memory and the float copy stays in cache
@@ -92,7 +78,7 @@ static const float *tile_rows(const void *base, int32_t dt, int64_t stride, int6
   }
   const attn_kernels *k = attn__kernels();
   for (int64_t j = 0; j < n; j++)
-    widen(k, dt, elem(base, dt, j * stride), buf + j * cols, cols);
+    attn__widen(k, dt, attn__elem(base, dt, j * stride), buf + j * cols, cols);
   *ld = (int)cols;
   return buf;
 }
@@ -218,7 +204,7 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
   for (int64_t j0 = j_begin; j0 < j_end; j0 += BLOCK_KEYS) {
     int64_t n = j_end - j0 < BLOCK_KEYS ? j_end - j0 : BLOCK_KEYS;
     int ldk, ldv;
-    const float *kt = tile_rows(elem(p->k, p->kdt, kbase + j0 * p->ks[2]), p->kdt, p->ks[2], n,
+    const float *kt = tile_rows(attn__elem(p->k, p->kdt, kbase + j0 * p->ks[2]), p->kdt, p->ks[2], n,
                                 p->D, p->gather_k, wk->kbuf, &ldk);
     attn__sgemm_nt((int)rows, (int)n, (int)p->D, p->scale, wk->qbuf, (int)p->D, kt, ldk, wk->s,
                    BLOCK_KEYS);
@@ -236,7 +222,7 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
       }
       online_row(p, it, st, r, wk->s + r * BLOCK_KEYS, j0, n, a, e, plain);
     }
-    const float *vt = tile_rows(elem(p->v, p->vdt, vbase + j0 * p->vs[2]), p->vdt, p->vs[2], n,
+    const float *vt = tile_rows(attn__elem(p->v, p->vdt, vbase + j0 * p->vs[2]), p->vdt, p->vs[2], n,
                                 Dv, p->gather_v, wk->vbuf, &ldv);
     /* A hidden key has weight 0, but 0 * NaN is NaN: where the tile may hide
      * keys and V holds a non-finite value, skip the zero weights by hand. */
@@ -253,8 +239,7 @@ void attn__sdpa_finish(const attn_sdpa_problem *p, const attn_sdpa_item *it, att
   const attn_kernels *k = attn__kernels();
   for (int64_t r = 0; r < rows; r++) {
     int64_t i = row_pos(p, it, r), h = row_head(p, it, r);
-    void *o = (char *)p->out + (it->b * p->os[0] + h * p->os[1] + i * p->os[2]) *
-                                   (int64_t)attn__dtype_size(p->odt);
+    void *o = attn__elem(p->out, p->odt, it->b * p->os[0] + h * p->os[1] + i * p->os[2]);
     float *acc = st.acc + r * p->Dv;
     float m = st.m[r], l = st.l[r];
     bool empty = m == -INFINITY || l == 0;
@@ -262,12 +247,7 @@ void attn__sdpa_finish(const attn_sdpa_problem *p, const attn_sdpa_item *it, att
     /* The float result in acc (done with it), then rounded once to out. */
     for (int64_t d = 0; d < p->Dv; d++)
       acc[d] = empty ? 0.0f : acc[d] * inv;
-    if (p->odt == ATTN_DTYPE_F16)
-      k->f32_to_f16(acc, o, p->Dv);
-    else if (p->odt == ATTN_DTYPE_BF16)
-      k->f32_to_bf16(acc, o, p->Dv);
-    else
-      memcpy(o, acc, (size_t)p->Dv * sizeof(float));
+    attn__narrow(k, p->odt, acc, o, p->Dv);
     float lse = empty ? -INFINITY : m + logf(l);
     if (p->lse)
       p->lse[it->b * p->lses[0] + h * p->lses[1] + i * p->lses[2]] = lse;
@@ -285,6 +265,6 @@ void attn__sdpa_gather_queries(const attn_sdpa_problem *p, const attn_sdpa_item 
   for (int64_t r = 0; r < rows; r++) {
     int64_t off =
         it->b * p->qs[0] + row_head(p, it, r) * p->qs[1] + row_pos(p, it, r) * p->qs[2];
-    widen(k, p->qdt, elem(p->q, p->qdt, off), qbuf + r * p->D, p->D);
+    attn__widen(k, p->qdt, attn__elem(p->q, p->qdt, off), qbuf + r * p->D, p->D);
   }
 }

@@ -20,8 +20,8 @@
  *   FLT_MAX) gives 0 (log: -inf), the nearest float to the true result. */
 #include "softmax.h"
 #include "check.h"
+#include "convert.h"
 #include "logits.h"
-#include "simd/kernels.h"
 
 #include <math.h>
 #include <string.h>
@@ -47,12 +47,38 @@ static void fill(float *y, int64_t n, float v) {
     y[i] = v;
 }
 
-static void one_row(const attn_softmax_problem *j, const attn_kernels *k, int64_t r) {
+/* Row r: x and y are the row in float, buf the worker's row buffer (half
+ * rows only; see attn_softmax_problem). */
+static void float_row(const attn_softmax_problem *j, const attn_kernels *k, int64_t r,
+                      const float *x, float *y);
+
+static void one_row(const attn_softmax_problem *j, const attn_kernels *k, int64_t r, float *buf) {
+  int64_t i2 = r % j->dims[2], t = r / j->dims[2];
+  int64_t i1 = t % j->dims[1], i0 = t / j->dims[1];
+  const void *x = attn__elem(j->x, j->xdt, i0 * j->xs[0] + i1 * j->xs[1] + i2 * j->xs[2]);
+  void *y = attn__elem(j->y, j->ydt, i0 * j->ys[0] + i1 * j->ys[1] + i2 * j->ys[2]);
+  if (j->xdt == ATTN_DTYPE_F32 && j->ydt == ATTN_DTYPE_F32) {
+    float_row(j, k, r, x, y);
+    return;
+  }
+  /* x widened into buf (in place there when y is half too); the result in
+   * y, or in buf and rounded once into y. */
+  const float *xf = x;
+  if (j->xdt != ATTN_DTYPE_F32) {
+    attn__widen(k, j->xdt, x, buf, j->dims[3]);
+    xf = buf;
+  }
+  float *yf = j->ydt == ATTN_DTYPE_F32 ? y : buf;
+  float_row(j, k, r, xf, yf);
+  if (j->ydt != ATTN_DTYPE_F32)
+    attn__narrow(k, j->ydt, yf, y, j->dims[3]);
+}
+
+static void float_row(const attn_softmax_problem *j, const attn_kernels *k, int64_t r,
+                      const float *x, float *y) {
   int64_t n = j->dims[3];
   int64_t i2 = r % j->dims[2], t = r / j->dims[2];
   int64_t i1 = t % j->dims[1], i0 = t / j->dims[1];
-  const float *x = j->x + i0 * j->xs[0] + i1 * j->xs[1] + i2 * j->xs[2];
-  float *y = j->y + i0 * j->ys[0] + i1 * j->ys[1] + i2 * j->ys[2];
   const float *z = x;
   if (j->scale != 1.0f || j->mask || j->bmask) {
     const float *m = j->mask ? j->mask + i0 * j->ms[0] + i1 * j->ms[1] + i2 * j->ms[2] : NULL;
@@ -85,13 +111,21 @@ static void one_row(const attn_softmax_problem *j, const attn_kernels *k, int64_
 }
 
 static void rows_task(void *arg, int64_t item, int32_t worker) {
-  (void)worker;
   const attn_softmax_problem *j = arg;
   const attn_kernels *k = attn__kernels();
+  float *buf = j->rowbuf ? j->rowbuf + j->rowbuf_stride * (size_t)worker : NULL;
   int64_t r0 = item * j->rows_per_item;
   int64_t r1 = r0 + j->rows_per_item < j->rows ? r0 + j->rows_per_item : j->rows;
   for (int64_t r = r0; r < r1; r++)
-    one_row(j, k, r);
+    one_row(j, k, r, buf);
+}
+
+/* The workspace: a row of floats per thread when a row must be converted. */
+static void softmax_layout(void *problem, attn_ws_layout *l) {
+  attn_softmax_problem *p = problem;
+  bool half = p->xdt != ATTN_DTYPE_F32 || p->ydt != ATTN_DTYPE_F32;
+  p->rowbuf_stride = attn__ws_round((size_t)p->dims[3] * sizeof(float)) / sizeof(float);
+  p->rowbuf = half ? attn__ws_take(l, (size_t)p->threads, p->rowbuf_stride * sizeof(float)) : NULL;
 }
 
 void attn__softmax_plan(const attn_ctx *ctx, attn_softmax_problem *p) {
@@ -100,11 +134,14 @@ void attn__softmax_plan(const attn_ctx *ctx, attn_softmax_problem *p) {
   p->threads = attn__threads_plan(ctx, (double)p->rows * (double)n, THREAD_ELEMS, 0);
   p->rows_per_item =
       attn__items_balanced(p->rows, n >= ITEM_ELEMS ? 1 : ITEM_ELEMS / n, p->threads);
+  p->ws_bytes = attn__ws_size(softmax_layout, p);
 }
 
-void attn__softmax_rows(attn_ctx *ctx, const attn_softmax_problem *p) {
+void attn__softmax_rows(attn_ctx *ctx, attn_softmax_problem *p) {
+  size_t mark = attn__ws_carve(ctx, softmax_layout, p, p->ws_bytes);
   attn__parallel_for(ctx, p->threads, (p->rows + p->rows_per_item - 1) / p->rows_per_item,
-                     rows_task, (void *)p);
+                     rows_task, p);
+  attn__ws_release(ctx, mark);
 }
 
 /* Check: operands and params -> problem. Nothing is written on failure. */
@@ -123,8 +160,8 @@ static attn_status check(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y,
                       (double)prm.scale);
   int64_t ms[ATTN_MAX_DIMS] = {0}, bs[ATTN_MAX_DIMS] = {0};
   const attn_operand ops[] = {
-      {ATTN_OPERAND("x", x, ATTN_DT_F32, 1, ATTN_MAX_DIMS)},
-      {ATTN_OPERAND("y", y, ATTN_DT_F32, 1, ATTN_MAX_DIMS), .like = ATTN_LIKE(0),
+      {ATTN_OPERAND("x", x, ATTN_DT_FLOAT, 1, ATTN_MAX_DIMS)},
+      {ATTN_OPERAND("y", y, ATTN_DT_FLOAT, 1, ATTN_MAX_DIMS), .like = ATTN_LIKE(0),
        .flags = ATTN_OPND_OUTPUT | ATTN_OPND_SAME_SHAPE | ATTN_OPND_INPLACE},
       {ATTN_OPERAND("params.mask", prm.mask, ATTN_DT_F32, 1, ATTN_MAX_DIMS), .like = ATTN_LIKE(0),
        .flags = ATTN_OPND_OPTIONAL | ATTN_OPND_BROADCAST, .bstrides = ms},
@@ -136,6 +173,7 @@ static attn_status check(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y,
   memset(p, 0, sizeof *p);
   p->x = x->data;
   p->y = y->data;
+  p->xdt = x->dtype, p->ydt = y->dtype;
   p->mask = prm.mask ? prm.mask->data : NULL;
   p->bmask = prm.bool_mask ? prm.bool_mask->data : NULL;
   attn__pad_view(x, p->dims, p->xs);
@@ -159,7 +197,8 @@ static attn_status softmax(attn_ctx *ctx, const char *op, const attn_tensor *x, 
   attn_softmax_problem p;
   if ((st = check(ctx, x, y, params, log, &p)) == ATTN_OK) {
     attn__softmax_plan(ctx, &p);
-    attn__softmax_rows(ctx, &p);
+    if ((st = attn__ws_reserve(ctx, p.ws_bytes)) == ATTN_OK)
+      attn__softmax_rows(ctx, &p);
   }
   return attn__op_end(ctx, st);
 }

@@ -6,10 +6,13 @@
 
 /* Rows of a 4-axis view (leading axes of size 1 pad a smaller rank); axis 3
  * is the row, contiguous in x and y. y may be x (in place); the masks are
- * read broadcast through their strides (0 = broadcast). */
+ * read broadcast through their strides (0 = broadcast). x and y are F32,
+ * F16 or BF16 (xdt, ydt): a half row is widened into the worker's row
+ * buffer, computed in float, and a half result rounded once into y. */
 typedef struct {
-  const float *x;
-  float *y;
+  const void *x;
+  void *y;
+  int32_t xdt, ydt;
   const float *mask;    /* additive, or NULL */
   const uint8_t *bmask; /* keep-mask (0 hides), or NULL */
   int64_t dims[ATTN_MAX_DIMS];
@@ -19,11 +22,16 @@ typedef struct {
   /* Filled by attn__softmax_plan. */
   int64_t rows, rows_per_item;
   int32_t threads;
+  size_t ws_bytes; /* a row of floats per thread when x or y is half, else 0 */
+  /* Workspace, carved by the run. */
+  float *rowbuf;
+  size_t rowbuf_stride;
 } attn_softmax_problem;
 
-/* Threads and work items; softmax needs no workspace. */
+/* Threads, work items and the exact workspace (p->ws_bytes). */
 void attn__softmax_plan(const attn_ctx *ctx, attn_softmax_problem *p);
-/* Run a planned problem: no validation, no allocation. */
-void attn__softmax_rows(attn_ctx *ctx, const attn_softmax_problem *p);
+/* Run a planned problem: takes p->ws_bytes from the reserved workspace; no
+ * validation, no allocation. */
+void attn__softmax_rows(attn_ctx *ctx, attn_softmax_problem *p);
 
 #endif
