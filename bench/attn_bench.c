@@ -409,6 +409,9 @@ typedef struct {
   kind kind;
   int64_t B, Hq, Hkv, Lq, Lk, D, Dv;
   int causal, threads;
+  /* Element type: of K and V for decode rows (Q and O stay F32, as a
+   * half-precision KV cache is used), of Q, K, V and O for the others. */
+  int32_t dt;
 } bcase;
 
 typedef struct {
@@ -503,6 +506,28 @@ static double visible_pairs(const bcase *c) {
   return pairs;
 }
 
+/* A tensor of type dt holding f's values (rounded once by attn_tensor_copy),
+ * and f's data replaced by the rounded values, so the naive run sees the
+ * same inputs. For F32, f itself. */
+static attn_tensor *as_dtype(attn_ctx *ctx, attn_tensor *f, int32_t dt) {
+  if (dt == ATTN_DTYPE_F32)
+    return f;
+  attn_tensor *t = NULL;
+  if (attn_tensor_new(ctx, dt, attn_tensor_ndim(f), attn_tensor_dims(f), &t) ||
+      attn_tensor_copy(ctx, f, t) || attn_tensor_copy(ctx, t, f)) {
+    fprintf(stderr, "attn-bench: converting to dtype %d: %s\n", (int)dt,
+            attn_ctx_last_error(ctx));
+    exit(2);
+  }
+  return t;
+}
+
+static const char *dt_name(int32_t dt) {
+  return dt == ATTN_DTYPE_F16 ? "f16" : dt == ATTN_DTYPE_BF16 ? "bf16" : "f32";
+}
+
+static size_t dt_size(int32_t dt) { return dt == ATTN_DTYPE_F32 ? 4 : 2; }
+
 static result run_sdpa_case(const bcase *c) {
   result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN};
   size_t nq = (size_t)(c->B * c->Hq * c->Lq * c->D), nk = (size_t)(c->B * c->Hkv * c->Lk * c->D),
@@ -512,10 +537,12 @@ static result run_sdpa_case(const bcase *c) {
   counter cnt = {0, 0};
   op_run r = {0};
   r.ctx = new_ctx(c->threads, &cnt);
-  r.q = wrap4(r.ctx, q, c->B, c->Hq, c->Lq, c->D);
-  r.k = wrap4(r.ctx, k, c->B, c->Hkv, c->Lk, c->D);
-  r.v = wrap4(r.ctx, v, c->B, c->Hkv, c->Lk, c->Dv);
-  r.o = wrap4(r.ctx, o, c->B, c->Hq, c->Lq, c->Dv);
+  int32_t qdt = c->kind == K_DECODE ? ATTN_DTYPE_F32 : c->dt;
+  attn_tensor *of = wrap4(r.ctx, o, c->B, c->Hq, c->Lq, c->Dv);
+  r.q = as_dtype(r.ctx, wrap4(r.ctx, q, c->B, c->Hq, c->Lq, c->D), qdt);
+  r.k = as_dtype(r.ctx, wrap4(r.ctx, k, c->B, c->Hkv, c->Lk, c->D), c->dt);
+  r.v = as_dtype(r.ctx, wrap4(r.ctx, v, c->B, c->Hkv, c->Lk, c->Dv), c->dt);
+  r.o = as_dtype(r.ctx, of, qdt);
   attn_sdpa_params_init(&r.p);
   r.p.causal = c->causal;
 
@@ -533,8 +560,12 @@ static result run_sdpa_case(const bcase *c) {
   double pairs = visible_pairs(c) * (double)c->B * (double)c->Hq;
   res.gflops = 2.0 * pairs * (double)(c->D + c->Dv) / res.seconds * 1e-9;
   res.sgemm = sgemm_gflops(c->threads, g_sgemm_n);
+  if (r.o != of && attn_tensor_copy(r.ctx, r.o, of)) { /* the result as float */
+    fprintf(stderr, "attn-bench: %s\n", attn_ctx_last_error(r.ctx));
+    exit(2);
+  }
   if (c->kind == K_DECODE) {
-    res.kv_gbps = (double)(nk + nv) * sizeof(float) / res.seconds * 1e-9;
+    res.kv_gbps = (double)(nk + nv) * (double)dt_size(c->dt) / res.seconds * 1e-9;
     res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes);
   }
 
@@ -735,6 +766,7 @@ static void print_json(const bcase *c, const result *r) {
            (long long)c->B, (long long)c->Hq, (long long)c->Hkv, (long long)c->Lq,
            (long long)c->Lk, (long long)c->D, (long long)c->Dv, c->causal ? "true" : "false");
   }
+  printf(", \"dtype\": \"%s\"", dt_name(c->dt));
   printf(", \"threads\": %d, \"blas_threads\": %d", c->threads, blas_threads());
   json_num("seconds", r->seconds, "%.6g");
   printf(", \"repeats\": %d", r->reps);
@@ -769,8 +801,9 @@ static void print_json(const bcase *c, const result *r) {
 }
 
 static void print_table_header(void) {
-  printf("%-11s %2s %3s %3s %6s %6s %4s %4s %3s %3s | %9s %8s %7s %6s | %9s %7s | %9s %5s %s\n",
-         "op", "B", "Hq", "Hkv", "Lq", "Lk", "D", "Dv", "cau", "thr", "ms", "GFLOP/s", "sgemm",
+  printf("%-11s %4s %2s %3s %3s %6s %6s %4s %4s %3s %3s | %9s %8s %7s %6s | %9s %7s | %9s %5s "
+         "%s\n",
+         "op", "dt", "B", "Hq", "Hkv", "Lq", "Lk", "D", "Dv", "cau", "thr", "ms", "GFLOP/s", "sgemm",
          "ratio", "naive ms", "speedup", "extra MiB", "other", "notes");
 }
 
@@ -803,9 +836,9 @@ static void print_row(const bcase *c, const result *r) {
     snprintf(notes, sizeof notes, "naive skipped: needs %.0f MiB", r->naive_bytes / 1048576.0);
   if (r->error)
     snprintf(notes, sizeof notes, "error: %s", r->error);
-  printf("%-11s %2lld %3lld %3lld %6lld %6lld %4lld %4lld %3s %3d | %9s %8s %7s %6s | %9s %7s | "
-         "%9.2f %5s %s\n",
-         kind_name(c->kind), (long long)c->B, (long long)c->Hq, (long long)c->Hkv,
+  printf("%-11s %4s %2lld %3lld %3lld %6lld %6lld %4lld %4lld %3s %3d | %9s %8s %7s %6s | %9s "
+         "%7s | %9.2f %5s %s\n",
+         kind_name(c->kind), dt_name(c->dt), (long long)c->B, (long long)c->Hq, (long long)c->Hkv,
          (long long)c->Lq, (long long)c->Lk, (long long)c->D, (long long)c->Dv,
          c->causal ? "yes" : "no", c->threads, ms, gf, sg, ra, nms, sp,
          (double)r->peak_extra / 1048576.0, ol, notes);
@@ -815,10 +848,25 @@ static void print_row(const bcase *c, const result *r) {
 
 #define MAX_CASES 128
 
+static int add_dt(bcase *cs, int n, kind k, int64_t B, int64_t Hq, int64_t Hkv, int64_t Lq,
+                  int64_t Lk, int64_t D, int causal, int threads, int32_t dt) {
+  if (n < MAX_CASES)
+    cs[n++] = (bcase){k, B, Hq, Hkv, Lq, Lk, D, D, causal, threads, dt};
+  return n;
+}
+
 static int add(bcase *cs, int n, kind k, int64_t B, int64_t Hq, int64_t Hkv, int64_t Lq,
                int64_t Lk, int64_t D, int causal, int threads) {
-  if (n < MAX_CASES)
-    cs[n++] = (bcase){k, B, Hq, Hkv, Lq, Lk, D, D, causal, threads};
+  return add_dt(cs, n, k, B, Hq, Hkv, Lq, Lk, D, causal, threads, ATTN_DTYPE_F32);
+}
+
+/* The half-precision rows: decode over bf16 and f16 caches (next to the f32
+ * row), and bf16 prefill at L = 4096, D = 128. */
+static int add_half(bcase *cs, int n, int threads) {
+  n = add_dt(cs, n, K_DECODE, 1, 32, 8, 1, 32768, 128, 0, threads, ATTN_DTYPE_BF16);
+  n = add_dt(cs, n, K_DECODE, 1, 32, 8, 1, 32768, 128, 0, threads, ATTN_DTYPE_F16);
+  for (int causal = 0; causal < 2; causal++)
+    n = add_dt(cs, n, K_SDPA, 1, 8, 8, 4096, 4096, 128, causal, threads, ATTN_DTYPE_BF16);
   return n;
 }
 
@@ -850,6 +898,7 @@ static int quick_cases(bcase *cs) {
       for (int causal = 0; causal < 2; causal++)
         n = add(cs, n, K_SDPA, 1, 8, 8, Ls[li], Ls[li], Ds[di], causal, 2);
   n = add(cs, n, K_DECODE, 1, 32, 8, 1, 32768, 128, 0, 2);
+  n = add_half(cs, n, 2);
   n = add(cs, n, K_LONG, 1, 1, 1, 32768, 32768, 128, 1, 2);
   n = add_stream_cases(cs, n, 2);
   n = add_serving_cases(cs, n, 2);
@@ -864,8 +913,10 @@ static int full_cases(bcase *cs) {
       for (int di = 0; di < 2; di++)
         for (int causal = 0; causal < 2; causal++)
           n = add(cs, n, K_SDPA, 1, 8, 8, Ls[li], Ls[li], Ds[di], causal, threads);
-  for (int threads = 2; threads >= 1; threads--)
+  for (int threads = 2; threads >= 1; threads--) {
     n = add(cs, n, K_DECODE, 1, 32, 8, 1, 32768, 128, 0, threads);
+    n = add_half(cs, n, threads);
+  }
   n = add(cs, n, K_LONG, 1, 1, 1, 32768, 32768, 128, 0, 2);
   n = add(cs, n, K_LONG, 1, 1, 1, 32768, 32768, 128, 1, 2);
   for (int threads = 2; threads >= 1; threads--) {
@@ -879,6 +930,8 @@ static int smoke_cases(bcase *cs) {
   int n = 0;
   n = add(cs, n, K_SDPA, 1, 4, 2, 64, 64, 16, 1, 2);
   n = add(cs, n, K_DECODE, 1, 4, 2, 1, 300, 16, 0, 2);
+  n = add_dt(cs, n, K_DECODE, 1, 4, 2, 1, 300, 16, 0, 2, ATTN_DTYPE_BF16);
+  n = add_dt(cs, n, K_SDPA, 1, 4, 2, 64, 64, 16, 1, 2, ATTN_DTYPE_F16);
   n = add(cs, n, K_SOFTMAX, 1, 1, 1, 8, 33, 1, 0, 2);
   n = add(cs, n, K_VARLEN, 3, 2, 1, 5, 40, 16, 0, 2);
   n = add(cs, n, K_ROPE, 1, 2, 2, 33, 33, 16, 0, 2);
@@ -992,8 +1045,13 @@ int main(int argc, char **argv) {
     else
       print_row(&cs[i], &r);
     /* The smoke run checks that the op works, not how fast. */
+    /* Outputs in f16/bf16 carry their rounding (|o| <= 1: half an ULP is
+     * 2^-11 / 2^-8 at most). */
+    double tol = 1e-4 + (cs[i].kind == K_DECODE ? 0
+                         : cs[i].dt == ATTN_DTYPE_F16 ? 1e-3
+                         : cs[i].dt == ATTN_DTYPE_BF16 ? 8e-3 : 0);
     if (smoke && (r.error || (cs[i].kind != K_VARLEN && !is_stream(cs[i].kind) &&
-                              !(r.max_diff <= 1e-4))))
+                              !(r.max_diff <= tol))))
       failed = 1;
   }
   return failed;

@@ -15,15 +15,15 @@ def main():
     for r in rows:
         if r["op"] == "info":
             print(f"libattn {r['libattn']} | {r['cpu']} | {r['blas']}\n")
-    print("| op | B | Hq | Hkv | L | D | causal | threads | ms | GFLOP/s | sgemm GFLOP/s "
+    print("| op | dtype | B | Hq | Hkv | L | D | causal | threads | ms | GFLOP/s | sgemm GFLOP/s "
           "| ratio_sgemm | naive ms | speedup_naive | extra MiB | other load |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if r["op"] not in ("sdpa", "sdpa_long", "sdpa_decode"):
             continue
         length = r["Lq"] if r["Lq"] == r["Lk"] else f"{r['Lq']}x{r['Lk']}"
         extra = None if r["peak_extra_bytes"] is None else r["peak_extra_bytes"] / 2**20
-        print(f"| {r['op']} | {r['B']} | {r['Hq']} | {r['Hkv']} | {length} | {r['D']} "
+        print(f"| {r['op']} | {r.get('dtype', 'f32')} | {r['B']} | {r['Hq']} | {r['Hkv']} | {length} | {r['D']} "
               f"| {'yes' if r['causal'] else 'no'} | {r['threads']} "
               f"| {fmt(r['seconds'] and r['seconds'] * 1e3, '.2f')} | {fmt(r['gflops'], '.1f')} "
               f"| {fmt(r['sgemm_gflops'], '.1f')} | {fmt(r['ratio_sgemm'], '.3f')} "
@@ -32,10 +32,12 @@ def main():
               f"| {fmt(r.get('other_load'), '.2f')} |")
     dec = [r for r in rows if r["op"] == "sdpa_decode"]
     if dec:
-        print("\n| decode | threads | ms | K/V read GB/s | memcpy GB/s | ratio_memcpy | other load |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("\n| decode | K/V dtype | threads | ms | K/V read GB/s | memcpy GB/s | ratio_memcpy "
+              "| other load |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
         for r in dec:
-            print(f"| Lq=1 Lk={r['Lk']} Hq={r['Hq']} Hkv={r['Hkv']} D={r['D']} | {r['threads']} "
+            print(f"| Lq=1 Lk={r['Lk']} Hq={r['Hq']} Hkv={r['Hkv']} D={r['D']} "
+                  f"| {r.get('dtype', 'f32')} | {r['threads']} "
                   f"| {fmt(r['seconds'] and r['seconds'] * 1e3, '.2f')} | {fmt(r['kv_gbps'], '.1f')} "
                   f"| {fmt(r['memcpy_gbps'], '.1f')} | {fmt(r['ratio_memcpy'], '.2f')} "
                   f"| {fmt(r.get('other_load'), '.2f')} |")
