@@ -125,10 +125,13 @@ class _Call:
         self.keep.append(a)
         return h
 
-    def input(self, a, name, boolean=False):
-        """Wrap an input array (copied only when the rule above says so)."""
+    def input(self, a, name, boolean=False, dtype=None):
+        """Wrap an input array (copied only when the rule above says so).
+        dtype (from _data_array) keeps a float16 / bfloat16 array as it is."""
         a = np.asarray(a)
-        if boolean:
+        if dtype in (_lib.DTYPE_F16, _lib.DTYPE_BF16):
+            pass
+        elif boolean:
             if a.dtype == np.bool_:
                 a = a.view(np.uint8)
             elif a.dtype != np.uint8:
@@ -149,15 +152,19 @@ class _Call:
             strides = _element_strides(a)
         return self._wrap(a, dtype, strides, name)
 
-    def output(self, a, name):
-        """Wrap an output array in place; refuse one libattn cannot write."""
+    def output(self, a, name, half=False):
+        """Wrap an output array in place; refuse one libattn cannot write.
+        half: a float16 array is written as such (data outputs)."""
         if not isinstance(a, np.ndarray):
             raise TypeError("%s: %s must be a numpy array, not %s"
                             % (self.fn, name, type(a).__name__))
-        if a.dtype != np.float32:
-            raise ValueError("%s: %s has dtype %s but an output must be float32 (it is "
+        dtype = _lib.DTYPE_F32
+        if half and a.dtype == np.float16:
+            dtype = _lib.DTYPE_F16
+        elif a.dtype != np.float32:
+            raise ValueError("%s: %s has dtype %s but an output must be float32%s (it is "
                              "written in place, so it cannot be converted)"
-                             % (self.fn, name, a.dtype))
+                             % (self.fn, name, a.dtype, " or float16" if half else ""))
         if not a.flags.writeable:
             raise ValueError("%s: %s is read-only" % (self.fn, name))
         strides = _element_strides(a)
@@ -166,7 +173,7 @@ class _Call:
                 "%s: %s has strides %s (bytes) but an output needs non-negative strides, "
                 "aligned data and a contiguous innermost axis (it cannot be copied: the "
                 "result would not reach it)" % (self.fn, name, a.strides))
-        return self._wrap(a, _lib.DTYPE_F32, strides, name)
+        return self._wrap(a, dtype, strides, name)
 
     def mask(self, m, name):
         """Wrap a mask: bool/uint8 -> boolean mask (nonzero = keep), numbers ->
@@ -245,6 +252,29 @@ def _half_kind(a, src_dtype, fn):
     raise TypeError("%s: a has dtype %s but must be float32 or float16 (bfloat16: a "
                     "uint16 array with src_dtype='bfloat16', or a torch tensor)"
                     % (fn, a.dtype))
+
+
+def _data_array(a, fn):
+    """A data input as (numpy array, libattn dtype): float16 arrays and torch
+    float16 / bfloat16 tensors pass as they are (a bfloat16 tensor as its
+    uint16 bits), anything else as float32 (converted later by input())."""
+    if _is_torch(a):
+        a, kind = _torch_view(a, fn)
+        return a, {"float32": _lib.DTYPE_F32, "float16": _lib.DTYPE_F16,
+                   "bfloat16": _lib.DTYPE_BF16}[kind]
+    a = np.asarray(a)
+    return a, _lib.DTYPE_F16 if a.dtype == np.float16 else _lib.DTYPE_F32
+
+
+def _result_dtype(dt):
+    """The NumPy type of a result computed from a `dt` input: float16 for
+    float16, else float32 (NumPy has no bfloat16)."""
+    return np.float16 if dt == _lib.DTYPE_F16 else np.float32
+
+
+def _kept_dtype(x):
+    """The type a copy of x keeps: float16 stays float16, the rest float32."""
+    return np.float16 if getattr(x, "dtype", None) == np.float16 else np.float32
 
 
 def _is_torch(a):
@@ -436,12 +466,12 @@ class Context:
     def _softmax(self, name, x, scale, mask, bool_mask, out):
         fn = name[5:]
         p = _lib.SoftmaxParams(scale=_scale(scale, fn))
-        x = np.asarray(x)
+        x, xdt = _data_array(x, fn)
         with self._call(fn) as c:
-            hx = c.input(x, "x")
+            hx = c.input(x, "x", dtype=xdt)
             if out is None:
-                out = np.empty(x.shape, np.float32)
-            hy = c.output(out, "out")
+                out = np.empty(x.shape, _result_dtype(xdt))
+            hy = c.output(out, "out", half=True)
             if mask is not None:
                 add, boolean = c.mask(mask, "mask")
                 p.mask, p.bool_mask = add, boolean
@@ -480,7 +510,7 @@ class Context:
             out = np.empty((int(length), int(dim)), np.float32)
         with self._call(fn) as c:
             p = self._pe_params(fn, layout, base, offset, positions, out.shape[0], c)
-            h = c.output(out, "out")
+            h = c.output(out, "out", half=True)
             c.check(_fn("attn_sinusoidal")(self._handle, h, ctypes.byref(p)))
         return out
 
@@ -490,11 +520,11 @@ class Context:
         the same table). inplace=True adds into x (a writable float32 array)
         and returns it; otherwise x is left alone and a new array returned."""
         fn = "sinusoidal_add"
-        y = x if inplace else np.array(x, dtype=np.float32, order="C")
+        y = x if inplace else np.array(x, dtype=_kept_dtype(x), order="C")
         with self._call(fn) as c:
             length = y.shape[-2] if y.ndim >= 2 else 0
             p = self._pe_params(fn, layout, base, offset, positions, length, c)
-            h = c.output(y, "x")
+            h = c.output(y, "x", half=True)
             c.check(_fn("attn_sinusoidal_add")(self._handle, h, ctypes.byref(p)))
         return y
 
@@ -510,7 +540,7 @@ class Context:
         writable float32 array); otherwise a rotated copy is returned."""
         fn = "rope"
         layout = _layout(layout, fn)
-        y = x if inplace else np.array(x, dtype=np.float32, order="C")
+        y = x if inplace else np.array(x, dtype=_kept_dtype(x), order="C")
         if not isinstance(y, np.ndarray) or y.ndim not in (3, 4):
             raise ValueError("%s: x must have 3 or 4 dims (%s, batch axis optional), not %s"
                              % (fn, layout.upper(), np.shape(y)))
@@ -528,7 +558,7 @@ class Context:
                 pos = _int64_array(pos, "positions", fn, (B, L))
                 c.keep.append(pos)
                 p.positions = pos.ctypes.data_as(_lib._c_int64_p)
-            h = c.output(v, "x")
+            h = c.output(v, "x", half=True)
             c.check(_fn("attn_rope")(self._handle, h, ctypes.byref(p)))
         return y
 
@@ -751,7 +781,7 @@ class Context:
         denominator) or weights [B, Hq, Lq, Lk]."""
         fn = "sdpa"
         layout = _layout(layout, fn)
-        q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+        (q, qdt), (k, kdt), (v, vdt) = (_data_array(a, fn) for a in (q, k, v))
         if not (q.ndim == k.ndim == v.ndim and q.ndim in (3, 4)):
             raise ValueError("%s: q, k, v have %d, %d, %d dims but must all have 4 (%s) or 3 "
                              "(no batch axis)" % (fn, q.ndim, k.ndim, v.ndim, layout.upper()))
@@ -761,15 +791,16 @@ class Context:
         Lk, Dv = k4.shape[2], v4.shape[3]
         if out is None:
             shape = (B, Hq, Lq, Dv) if layout == "bhld" else (B, Lq, Hq, Dv)
-            out = np.empty(shape if batched else shape[1:], np.float32)
+            out = np.empty(shape if batched else shape[1:], _result_dtype(qdt))
         elif not isinstance(out, np.ndarray) or out.ndim != q.ndim:
             raise ValueError("%s: out must be a float32 array with %d dims" % (fn, q.ndim))
         out4 = _to_bhld(out, layout, batched)
         lse = np.empty((B, Hq, Lq), np.float32) if return_lse else None
         weights = np.empty((B, Hq, Lq, Lk), np.float32) if return_weights else None
         with self._call(fn) as c:
-            hq, hk, hv = c.input(q4, "q"), c.input(k4, "k"), c.input(v4, "v")
-            ho = c.output(out4, "out")
+            hq, hk, hv = (c.input(q4, "q", dtype=qdt), c.input(k4, "k", dtype=kdt),
+                          c.input(v4, "v", dtype=vdt))
+            ho = c.output(out4, "out", half=True)
             p = self._sdpa_params(fn, c, causal=causal, align=align, scale=scale,
                                   window=window, softcap=softcap, alibi_slopes=alibi_slopes,
                                   sinks=sinks, Hq=Hq)
@@ -808,7 +839,7 @@ class Context:
         arguments as sdpa(). Returns out
         [Tq, Hq, Dv], or (out, lse) with lse [Hq, Tq]."""
         fn = "sdpa_varlen"
-        q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+        (q, qdt), (k, kdt), (v, vdt) = (_data_array(a, fn) for a in (q, k, v))
         cu_q = _int64_array(cu_seqlens_q, "cu_seqlens_q", fn)
         cu_k = cu_q if cu_seqlens_k is None else _int64_array(cu_seqlens_k, "cu_seqlens_k", fn)
         if cu_q.ndim != 1 or cu_q.shape[0] < 2 or cu_k.shape != cu_q.shape:
@@ -820,11 +851,12 @@ class Context:
                              % (fn, q.ndim, v.ndim))
         Tq, Hq = q.shape[0], q.shape[1]
         if out is None:
-            out = np.empty((Tq, Hq, v.shape[2]), np.float32)
+            out = np.empty((Tq, Hq, v.shape[2]), _result_dtype(qdt))
         lse = np.empty((Hq, Tq), np.float32) if return_lse else None
         with self._call(fn) as c:
-            hq, hk, hv = c.input(q, "q"), c.input(k, "k"), c.input(v, "v")
-            ho = c.output(out, "out")
+            hq, hk, hv = (c.input(q, "q", dtype=qdt), c.input(k, "k", dtype=kdt),
+                          c.input(v, "v", dtype=vdt))
+            ho = c.output(out, "out", half=True)
             p = self._sdpa_params(fn, c, causal=causal, align=align, scale=scale,
                                   window=window, softcap=softcap, alibi_slopes=alibi_slopes,
                                   sinks=sinks, Hq=Hq)

@@ -102,3 +102,68 @@ def test_bf16_matches_torch():
     h = attn.convert(tb, "float16")
     assert h.dtype == torch.float16
     assert torch.equal(h.view(torch.int16), tb.to(torch.float32).to(torch.float16).view(torch.int16))
+
+
+# ---- ops on half arrays ----
+
+def _bound_ok(got, want, u, tol, scale=1.0):
+    got = np.asarray(got, np.float64)
+    return np.all(np.abs(got - want) <= u * np.abs(want) + tol * scale + 2.0**-24)
+
+
+def test_softmax_float16_in_and_out():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-6, 6, (5, 77)).astype(np.float16)
+    y = attn.softmax(x)
+    assert y.dtype == np.float16
+    xf = x.astype(np.float64)
+    e = np.exp(xf - xf.max(-1, keepdims=True))
+    want = e / e.sum(-1, keepdims=True)
+    assert _bound_ok(y, want, 2.0**-11, 1e-6 * np.abs(want).max())
+    # An explicit float32 out computes from the same float16 inputs.
+    y32 = attn.softmax(x, out=np.empty(x.shape, np.float32))
+    assert np.allclose(y32, want, rtol=1e-5, atol=1e-7)
+    ly = attn.log_softmax(x)
+    assert ly.dtype == np.float16
+
+
+def test_rope_and_sinusoidal_float16():
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, (1, 2, 9, 16)).astype(np.float16)
+    r16 = attn.rope(x)
+    r32 = attn.rope(x.astype(np.float32))
+    assert r16.dtype == np.float16
+    assert _bound_ok(r16, r32.astype(np.float64), 2.0**-11, 2e-6)
+    s16 = attn.sinusoidal_add(x[0, 0])
+    assert s16.dtype == np.float16
+    t = attn.sinusoidal(9, 16, out=np.empty((9, 16), np.float16))
+    assert t.dtype == np.float16
+    assert _bound_ok(t, attn.sinusoidal(9, 16).astype(np.float64), 2.0**-11, 1e-6)
+
+
+def test_sdpa_float16_and_mixed():
+    rng = np.random.default_rng(5)
+    q = rng.uniform(-1, 1, (1, 4, 7, 16)).astype(np.float16)
+    k = rng.uniform(-1, 1, (1, 2, 30, 16)).astype(np.float16)
+    v = rng.uniform(-1, 1, (1, 2, 30, 16)).astype(np.float16)
+    o16 = attn.sdpa(q, k, v, causal="bottom-right")
+    assert o16.dtype == np.float16
+    o32 = attn.sdpa(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32),
+                    causal="bottom-right")
+    assert _bound_ok(o16, o32.astype(np.float64), 2.0**-11, 1e-5)
+    # f32 queries over an f16 cache: a float32 result.
+    om = attn.sdpa(q.astype(np.float32), k, v, causal="bottom-right")
+    assert om.dtype == np.float32
+    assert np.allclose(om, o32, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(torch is None, reason="torch not installed")
+def test_sdpa_torch_bfloat16_cache():
+    g = torch.Generator().manual_seed(0)
+    q = torch.rand(1, 4, 1, 32, generator=g)
+    k = torch.rand(1, 2, 500, 32, generator=g).to(torch.bfloat16)
+    v = torch.rand(1, 2, 500, 32, generator=g).to(torch.bfloat16)
+    o = attn.sdpa(q, k, v)
+    assert o.dtype == np.float32
+    want = attn.sdpa(q.numpy(), k.float().numpy(), v.float().numpy())
+    assert np.allclose(o, want, rtol=1e-5, atol=1e-6)
