@@ -6,7 +6,9 @@
  *     zeros (log-softmax -inf, lse -inf or the sink), never NaN;
  *   - a NaN in the input reaches exactly the rows it touches;
  *   - rows stay finite for logits up to +-FLT_MAX (the max is taken first).
- * Plus size arithmetic at the edges (shapes whose products overflow). */
+ * Plus size arithmetic at the edges (shapes whose products overflow), and
+ * the softmax and SDPA tables again with f16 / bf16 data (see
+ * "the same tables with f16 / bf16 data"). */
 #include <float.h>
 
 #include "test_util.h"
@@ -22,6 +24,38 @@ static void expect_row(const char *what, const float *got, const double *want, i
       fail_msg("%s: element %lld = %.9g, expected %.9g", what, (long long)i, (double)got[i],
                want[i]);
   }
+}
+
+/* ---- the same tables with f16 / bf16 data ----
+ * A half case's inputs are the table's rounded to the type (FLT_MAX becomes
+ * Inf there, so the table's expected values do not carry over). The half
+ * path widens exactly, runs the float computation and rounds the result
+ * once; so it must give, bit for bit, the F32 op's result on the widened
+ * inputs rounded to the type (NaN as NaN). That F32 result is the one the
+ * F32 tables check; this is the edge semantics surviving the conversions. */
+
+/* n floats rounded to dt (in place) and a dt tensor holding them. */
+static attn_tensor *to_dt(attn_ctx *ctx, float *vals, int64_t n, int32_t nd, const int64_t *dims,
+                          int32_t dt) {
+  attn_tensor *f = tu_wrap(ctx, vals, (size_t)n, nd, dims, NULL), *h = NULL;
+  assert_ok(attn_tensor_new(ctx, dt, nd, dims, &h));
+  assert_ok(attn_tensor_copy(ctx, f, h));
+  assert_ok(attn_tensor_copy(ctx, h, f));
+  return h;
+}
+
+/* got (a dt tensor of n elements) equals want (floats) rounded to dt. */
+static void expect_rounded(const char *what, attn_ctx *ctx, const attn_tensor *got,
+                           const float *want, int64_t n, int32_t nd, const int64_t *dims) {
+  float back[64], w[64];
+  memcpy(w, want, (size_t)n * sizeof *w);
+  attn_tensor *bt = tu_wrap(ctx, back, (size_t)n, nd, dims, NULL);
+  (void)to_dt(ctx, w, n, nd, dims, attn_tensor_dtype(got)); /* w: want rounded */
+  assert_ok(attn_tensor_copy(ctx, got, bt));
+  for (int64_t i = 0; i < n; i++)
+    if (!(isnan(w[i]) ? isnan(back[i]) : memcmp(&w[i], &back[i], sizeof w[i]) == 0))
+      fail_msg("%s: element %lld = %.9g, expected %.9g", what, (long long)i, (double)back[i],
+               (double)w[i]);
 }
 
 /* ================= tensors: size arithmetic ================= */
@@ -204,6 +238,62 @@ static void sdpa_table(void **state) {
       run_sdpa_case(&sdpa_cases[i], threads);
 }
 
+static void run_sdpa_case_half(const sdpa_case *c, int32_t dt) {
+  if (c->status != ATTN_OK)
+    return;
+  attn_ctx *ctx = tu_ctx(1);
+  int64_t qd[4] = {1, 1, c->Lq, c->D}, kd[4] = {1, 1, c->Lk, c->D}, vd[4] = {1, 1, c->Lk, c->Dv};
+  int64_t od[4] = {1, 1, c->Lq, c->Dv}, md[2] = {c->Lq, c->Lk};
+  float q[64], k[64], v[64], o32[64];
+  memcpy(q, c->q, (size_t)(c->Lq * c->D) * sizeof *q);
+  memcpy(k, c->k, (size_t)(c->Lk * c->D) * sizeof *k);
+  memcpy(v, c->v, (size_t)(c->Lk * c->Dv) * sizeof *v);
+  attn_sdpa_params p;
+  attn_sdpa_params_init(&p);
+  p.scale = c->scale;
+  p.softcap = c->softcap;
+  p.causal = c->causal;
+  p.align = c->align;
+  int64_t kv_len = c->kv_len - 1;
+  if (c->kv_len)
+    p.kv_lens = &kv_len;
+  p.sinks = c->sink;
+  if (c->mask)
+    p.mask = tu_wrap(ctx, (float *)c->mask, (size_t)(c->Lq * c->Lk), 2, md, NULL);
+  if (c->bmask)
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, md, NULL, (void *)c->bmask,
+                               (size_t)(c->Lq * c->Lk), (attn_tensor **)&p.bool_mask));
+  attn_tensor *hq = to_dt(ctx, q, c->Lq * c->D, 4, qd, dt);
+  attn_tensor *hk = to_dt(ctx, k, c->Lk * c->D, 4, kd, dt);
+  attn_tensor *hv = to_dt(ctx, v, c->Lk * c->Dv, 4, vd, dt);
+  attn_tensor *ho = NULL;
+  assert_ok(attn_tensor_new(ctx, dt, 4, od, &ho));
+  assert_ok(attn_sdpa(ctx, tu_wrap(ctx, q, 64, 4, qd, NULL), tu_wrap(ctx, k, 64, 4, kd, NULL),
+                      tu_wrap(ctx, v, 64, 4, vd, NULL), tu_wrap(ctx, o32, 64, 4, od, NULL), &p));
+  assert_ok(attn_sdpa(ctx, hq, hk, hv, ho, &p));
+  char what[160];
+  snprintf(what, sizeof what, "sdpa \"%s\" in %s", c->name,
+           dt == ATTN_DTYPE_F16 ? "f16" : "bf16");
+  expect_rounded(what, ctx, ho, o32, c->Lq * c->Dv, 4, od);
+  /* f32 queries and output over a half cache: the F32 result itself. */
+  float om[64];
+  assert_ok(attn_sdpa(ctx, tu_wrap(ctx, q, 64, 4, qd, NULL), hk, hv,
+                      tu_wrap(ctx, om, 64, 4, od, NULL), &p));
+  for (int64_t i = 0; i < c->Lq * c->Dv; i++)
+    if (!(isnan(o32[i]) ? isnan(om[i]) : o32[i] == om[i]))
+      fail_msg("%s, f32 q over a half cache: element %lld = %.9g, expected %.9g", what,
+               (long long)i, (double)om[i], (double)o32[i]);
+  attn_ctx_destroy(ctx);
+}
+
+static void sdpa_table_half(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof sdpa_cases / sizeof sdpa_cases[0]; i++) {
+    run_sdpa_case_half(&sdpa_cases[i], ATTN_DTYPE_F16);
+    run_sdpa_case_half(&sdpa_cases[i], ATTN_DTYPE_BF16);
+  }
+}
+
 /* Huge L with tiny D: 200000 keys of D = 1 and q = 0 (uniform weights), and
  * 20000 queries against one key. */
 static void sdpa_huge_l(void **state) {
@@ -361,6 +451,47 @@ static void softmax_table(void **state) {
     run_sm_case(&sm_cases[i], 0);
     run_sm_case(&sm_cases[i], 1);
   }
+}
+
+static void run_sm_case_half(const sm_case *c, int log, int32_t dt) {
+  if (c->status != ATTN_OK)
+    return;
+  attn_ctx *ctx = tu_ctx(1);
+  int64_t d[1] = {c->n};
+  float x[16], y32[16];
+  memcpy(x, c->x, (size_t)c->n * sizeof *x);
+  attn_softmax_params p;
+  attn_softmax_params_init(&p);
+  if (c->scale != 0)
+    p.scale = c->scale;
+  if (c->mask)
+    p.mask = tu_wrap(ctx, (float *)c->mask, (size_t)c->n, 1, d, NULL);
+  if (c->bmask)
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 1, d, NULL, (void *)c->bmask, (size_t)c->n,
+                               (attn_tensor **)&p.bool_mask));
+  attn_tensor *hx = to_dt(ctx, x, c->n, 1, d, dt), *hy = NULL;
+  assert_ok(attn_tensor_new(ctx, dt, 1, d, &hy));
+  attn_tensor *fx = tu_wrap(ctx, x, (size_t)c->n, 1, d, NULL);
+  attn_tensor *fy = tu_wrap(ctx, y32, (size_t)c->n, 1, d, NULL);
+  assert_ok(log ? attn_log_softmax(ctx, fx, fy, &p) : attn_softmax(ctx, fx, fy, &p));
+  assert_ok(log ? attn_log_softmax(ctx, hx, hy, &p) : attn_softmax(ctx, hx, hy, &p));
+  char what[128];
+  snprintf(what, sizeof what, "%s \"%s\" in %s", log ? "log_softmax" : "softmax", c->name,
+           dt == ATTN_DTYPE_F16 ? "f16" : "bf16");
+  expect_rounded(what, ctx, hy, y32, c->n, 1, d);
+  /* In place on the half tensor: the same. */
+  assert_ok(log ? attn_log_softmax(ctx, hx, hx, &p) : attn_softmax(ctx, hx, hx, &p));
+  expect_rounded(what, ctx, hx, y32, c->n, 1, d);
+  attn_ctx_destroy(ctx);
+}
+
+static void softmax_table_half(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof sm_cases / sizeof sm_cases[0]; i++)
+    for (int log = 0; log < 2; log++) {
+      run_sm_case_half(&sm_cases[i], log, ATTN_DTYPE_F16);
+      run_sm_case_half(&sm_cases[i], log, ATTN_DTYPE_BF16);
+    }
 }
 
 /* Huge L with tiny D: one row of 2^20 zeros, and 2^20 rows of length 1. */
@@ -711,9 +842,11 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(tensor_overflowing_shapes),
       cmocka_unit_test(sdpa_table),
+      cmocka_unit_test(sdpa_table_half),
       cmocka_unit_test(sdpa_huge_l),
       cmocka_unit_test(sdpa_varlen_empty),
       cmocka_unit_test(softmax_table),
+      cmocka_unit_test(softmax_table_half),
       cmocka_unit_test(softmax_huge),
       cmocka_unit_test(sinusoidal_edges),
       cmocka_unit_test(sinusoidal_huge_l),

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "attn.h"
+#include "ref_half.h"
 
 #define FZ_CHECK(cond, ...)                                                            \
   do {                                                                                 \
@@ -388,7 +389,24 @@ static inline void fz_make_tensor(fz_in *in, attn_ctx *ctx, fz_tensor *tz, int32
     ok = 0;
   tz->valid = ok;
   unsigned char *data = tz->buf + tz->offset;
-  if (dtype == ATTN_DTYPE_F32) {
+  if (dtype == ATTN_DTYPE_F16 || dtype == ATTN_DTYPE_BF16) {
+    /* Floats as for F32, each rounded to the 2-byte type. */
+    size_t n = (tz->buf_bytes - tz->offset) / 2;
+    float *tmp = malloc((n ? n : 1) * sizeof *tmp);
+    FZ_CHECK(tmp, "malloc");
+    if (role == FZ_OUTPUT)
+      for (size_t i = 0; i < n; i++)
+        tmp[i] = -12345.5f; /* sentinel */
+    else
+      fz_fill(in, tmp, n);
+    for (size_t i = 0; i < n; i++) {
+      uint32_t b;
+      memcpy(&b, &tmp[i], 4);
+      uint16_t h = dtype == ATTN_DTYPE_F16 ? ref_to_f16(b) : ref_to_bf16(b);
+      memcpy(data + 2 * i, &h, 2);
+    }
+    free(tmp);
+  } else if (dtype == ATTN_DTYPE_F32) {
     size_t n = (tz->buf_bytes - tz->offset) / 4;
     float *tmp = malloc((n ? n : 1) * sizeof *tmp); /* data may be misaligned */
     FZ_CHECK(tmp, "malloc");
@@ -487,11 +505,37 @@ static inline void fz_check_gaps(const fz_tensor *tz, const char *name) {
   free(mark);
 }
 
-/* Element `flat` (row-major index) of an F32 tensor. */
-static inline float fz_get(const fz_tensor *tz, int64_t flat) {
+/* Element `off` (in elements) of a float tensor (F32, F16 or BF16), exactly. */
+static inline float fz_read(const fz_tensor *tz, int64_t off) {
+  const unsigned char *p = (const unsigned char *)fz_data(tz);
+  uint32_t b;
+  if (tz->dtype == ATTN_DTYPE_F32) {
+    memcpy(&b, p + off * 4, 4);
+  } else {
+    uint16_t h;
+    memcpy(&h, p + off * 2, 2);
+    b = tz->dtype == ATTN_DTYPE_F16 ? ref_from_f16(h) : ref_from_bf16(h);
+  }
   float v;
-  memcpy(&v, (const unsigned char *)fz_data(tz) + fz_offset(tz, flat) * 4, 4);
+  memcpy(&v, &b, 4);
   return v;
+}
+
+/* Half an ULP, relative, of a tensor's type (0 for F32): what rounding a
+ * float result into it may add. */
+static inline double fz_half_ulp(int32_t dtype) {
+  return dtype == ATTN_DTYPE_F16 ? 0x1p-11 : dtype == ATTN_DTYPE_BF16 ? 0x1p-8 : 0.0;
+}
+
+/* A data tensor's type: mostly F32, sometimes F16 or BF16. */
+static inline int32_t fz_float_dtype(fz_in *in) {
+  uint8_t c = fz_u8(in);
+  return c < 176 ? ATTN_DTYPE_F32 : c < 216 ? ATTN_DTYPE_F16 : ATTN_DTYPE_BF16;
+}
+
+/* Element `flat` (row-major index) of a float tensor. */
+static inline float fz_get(const fz_tensor *tz, int64_t flat) {
+  return fz_read(tz, fz_offset(tz, flat));
 }
 static inline uint8_t fz_get_u8(const fz_tensor *tz, int64_t flat) {
   return ((const uint8_t *)fz_data(tz))[fz_offset(tz, flat)];
