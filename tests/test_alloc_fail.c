@@ -206,6 +206,38 @@ static attn_status run_softmax_inplace(fixture *f) {
   return attn_softmax(f->ctx, f->t[0], f->t[0], NULL);
 }
 
+/* A half copy of `data` (input), owned by the context. */
+static attn_tensor *half_in(fixture *f, const float *data, size_t n, int32_t ndim,
+                            const int64_t *dims, int32_t dt) {
+  attn_tensor *h = NULL;
+  assert_ok(attn_tensor_new(f->ctx, dt, ndim, dims, &h));
+  assert_ok(attn_tensor_copy(f->ctx, wrap_in(f, data, n, ndim, dims), h));
+  return h;
+}
+
+/* F16 x, F32 y: rows widened into the workspace. */
+static void setup_softmax_half(fixture *f) {
+  int64_t xd[2] = {SM_R, SM_N};
+  f->t[0] = half_in(f, g_sm, SM_R * SM_N, 2, xd, ATTN_DTYPE_F16);
+  f->t[1] = wrap_out(f, SM_R * SM_N, 2, xd);
+}
+static attn_status run_softmax_half(fixture *f) {
+  return attn_softmax(f->ctx, f->t[0], f->t[1], NULL);
+}
+
+/* BF16 K/V under F32 q/out: tiles widened into the workspace. */
+static void setup_sdpa_half(fixture *f) {
+  int64_t qd[4] = {B, HQ, LQ, D}, kd[4] = {B, HKV, LK, D}, vd[4] = {B, HKV, LK, DV};
+  int64_t od[4] = {B, HQ, LQ, DV};
+  f->t[0] = wrap_in(f, g_q, sizeof g_q / 4, 4, qd);
+  f->t[1] = half_in(f, g_k, sizeof g_k / 4, 4, kd, ATTN_DTYPE_BF16);
+  f->t[2] = half_in(f, g_v, sizeof g_v / 4, 4, vd, ATTN_DTYPE_BF16);
+  f->t[3] = wrap_out(f, (size_t)B * HQ * LQ * DV, 4, od);
+}
+static attn_status run_sdpa_half(fixture *f) {
+  return attn_sdpa(f->ctx, f->t[0], f->t[1], f->t[2], f->t[3], NULL);
+}
+
 static void setup_sinusoidal(fixture *f) {
   int64_t d[2] = {PE_L, PE_D};
   f->t[0] = owned_out(f, PE_L * PE_D, 2, d);
@@ -345,6 +377,8 @@ static const op_case g_cases[] = {
     {"attn_rope_cache_fill", 1, setup_rope_cache, run_rope_cache},
     {"attn_rope_cache_fill", 2, setup_rope_cache, run_rope_cache},
     {"attn_rope_cached", 2, setup_rope_cached, run_rope_cached},
+    {"attn_softmax", 2, setup_softmax_half, run_softmax_half},
+    {"attn_sdpa", 2, setup_sdpa_half, run_sdpa_half},
 };
 
 /* ---- the driver ---- */
