@@ -926,6 +926,15 @@ static int full_cases(bcase *cs) {
   return n;
 }
 
+/* The half-precision rows next to their F32 counterparts (--half). */
+static int half_cases(bcase *cs) {
+  int n = 0;
+  n = add(cs, n, K_DECODE, 1, 32, 8, 1, 32768, 128, 0, 2);
+  for (int causal = 0; causal < 2; causal++)
+    n = add(cs, n, K_SDPA, 1, 8, 8, 4096, 4096, 128, causal, 2);
+  return add_half(cs, n, 2);
+}
+
 static int smoke_cases(bcase *cs) {
   int n = 0;
   n = add(cs, n, K_SDPA, 1, 4, 2, 64, 64, 16, 1, 2);
@@ -941,10 +950,12 @@ static int smoke_cases(bcase *cs) {
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: attn-bench [--json] [--quick | --smoke] [--wait-quiet]\n"
+          "usage: attn-bench [--json] [--quick | --half | --smoke] [--wait-quiet]\n"
           "  (default)  the full run (several minutes on 2 cores), as a table\n"
           "  --json     one JSON object per line per case\n"
           "  --quick    the cases behind the performance targets, under a minute\n"
+          "  --half     the f16/bf16 rows (decode over half caches, bf16 prefill) next to\n"
+          "             their f32 counterparts\n"
           "  --smoke    one tiny case per op, checked against the naive result\n"
           "  --wait-quiet  before each case, wait (up to a minute) until other processes\n"
           "             use < 0.1 core, and run a case again (twice at most) when they\n"
@@ -954,7 +965,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-  int json = 0, quick = 0, smoke = 0, quiet = 0;
+  int json = 0, quick = 0, smoke = 0, quiet = 0, half = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--json"))
       json = 1;
@@ -962,6 +973,8 @@ int main(int argc, char **argv) {
       quick = 1;
     else if (!strcmp(argv[i], "--smoke"))
       smoke = 1;
+    else if (!strcmp(argv[i], "--half"))
+      half = 1;
     else if (!strcmp(argv[i], "--wait-quiet"))
       quiet = 1;
     else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -982,8 +995,8 @@ int main(int argc, char **argv) {
     g_budget = 0.001;
     g_sgemm_n = 128;
     g_copy_bytes = (size_t)1 << 20;
-  } else if (quick) {
-    n = quick_cases(cs);
+  } else if (quick || half) {
+    n = half ? half_cases(cs) : quick_cases(cs);
     g_budget = 0.6;
   } else {
     n = full_cases(cs);
