@@ -29,6 +29,8 @@ enum {
 #define ATTN_DT_U8 ATTN_DT(ATTN_DTYPE_U8)
 #define ATTN_DT_F16 ATTN_DT(ATTN_DTYPE_F16)
 #define ATTN_DT_BF16 ATTN_DT(ATTN_DTYPE_BF16)
+/* The float types an op that computes in float reads and writes. */
+#define ATTN_DT_FLOAT (ATTN_DT_F32 | ATTN_DT_F16 | ATTN_DT_BF16)
 
 /* An operand index for attn_operand.like (0 there means none). */
 #define ATTN_LIKE(index) ((uint8_t)((index) + 1))

@@ -11,9 +11,7 @@
  * one rounding, and the chunk stays in L1. */
 #define CHUNK 256
 
-#define FLOAT_DTYPES (ATTN_DT_F32 | ATTN_DT_F16 | ATTN_DT_BF16)
-
-static bool is_float(int32_t dtype) { return (FLOAT_DTYPES & ATTN_DT(dtype)) != 0; }
+static bool is_float(int32_t dtype) { return (ATTN_DT_FLOAT & ATTN_DT(dtype)) != 0; }
 
 static void copy_row(const attn_kernels *k, int32_t st, const char *x, int32_t dt, char *y,
                      int64_t n) {
@@ -35,8 +33,8 @@ static void copy_row(const attn_kernels *k, int32_t st, const char *x, int32_t d
 
 static attn_status copy(attn_ctx *ctx, const attn_tensor *src, attn_tensor *dst) {
   const attn_operand ops[] = {
-      {ATTN_OPERAND("src", src, FLOAT_DTYPES | ATTN_DT_U8, 1, ATTN_MAX_DIMS)},
-      {ATTN_OPERAND("dst", dst, FLOAT_DTYPES | ATTN_DT_U8, 1, ATTN_MAX_DIMS), .like = ATTN_LIKE(0),
+      {ATTN_OPERAND("src", src, ATTN_DT_FLOAT | ATTN_DT_U8, 1, ATTN_MAX_DIMS)},
+      {ATTN_OPERAND("dst", dst, ATTN_DT_FLOAT | ATTN_DT_U8, 1, ATTN_MAX_DIMS), .like = ATTN_LIKE(0),
        .flags = ATTN_OPND_OUTPUT | ATTN_OPND_SAME_SHAPE | ATTN_OPND_INPLACE},
   };
   attn_status st = attn__check_operands(ctx, ops, 2, NULL);
