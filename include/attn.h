@@ -844,10 +844,11 @@ ATTN_API void attn_pool_attention_params_init(attn_pool_attention_params *p);
  * For the plain aggregation of x [B, L, D] pass k = v = x viewed as
  * [B, 1, L, D]. A sequence with no kept key gives zeros.
  * @param[in]  ctx     the context.
- * @param[in]  queries F32 [Hq, M, D], any strides.
- * @param[in]  k       F32 [B, Hkv, L, D]; Hq a multiple of Hkv.
- * @param[in]  v       F32 [B, Hkv, L, Dv].
- * @param[out] out     F32 [B, Hq, M, Dv], not overlapping any input.
+ * @param[in]  queries F32, F16 or BF16 [Hq, M, D], any strides.
+ * @param[in]  k       F32, F16 or BF16 [B, Hkv, L, D]; Hq a multiple of Hkv.
+ * @param[in]  v       F32, F16 or BF16 [B, Hkv, L, Dv].
+ * @param[out] out     F32, F16 or BF16 [B, Hq, M, Dv], not overlapping any input
+ *                     (each type on its own, as attn_sdpa()).
  * @param[in]  p       NULL for defaults.
  * @return as attn_sdpa(). @since 0.2.0 */
 ATTN_API attn_status attn_pool_attention(attn_ctx *ctx, const attn_tensor *queries,

@@ -293,8 +293,8 @@ static attn_status pool_attention(attn_ctx *ctx, const attn_tensor *queries, con
   if (st != ATTN_OK)
     return st;
   const attn_operand ops[] = {
-      {ATTN_OPERAND("queries", queries, ATTN_DT_F32, 3, 3)},
-      {ATTN_OPERAND("k", k, ATTN_DT_F32, 4, 4)},
+      {ATTN_OPERAND("queries", queries, ATTN_DT_FLOAT, 3, 3)},
+      {ATTN_OPERAND("k", k, ATTN_DT_FLOAT, 4, 4)},
       {ATTN_OPERAND("params.keep", prm.keep, ATTN_DT_U8, 2, 2), .flags = ATTN_OPND_OPTIONAL},
   };
   if ((st = attn__check_operands(ctx, ops, 3, NULL)) != ATTN_OK)

@@ -482,11 +482,44 @@ static void varlen_half(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* Attention pooling over a bf16 / f16 sequence with f32 queries: the F32
+ * pooling of the same (widened) values, bit for bit, since the half path
+ * widens exactly and runs the same float computation. */
+static void pool_attention_half(void **state) {
+  (void)state;
+  attn_ctx *ctx = new_ctx(2);
+  int64_t Hq = 4, M = 2, D = 16, B = 2, Hkv = 2, L = 300;
+  size_t nq = (size_t)(Hq * M * D), nk = (size_t)(B * Hkv * L * D), no = (size_t)(B * Hq * M * D);
+  tu_rng r = {5};
+  float *qv = malloc(nq * 4), *kv = malloc(nk * 4), *vv = malloc(nk * 4), *o32 = malloc(no * 4),
+        *oh = malloc(no * 4);
+  tu_fill(&r, qv, nq, -1, 1), tu_fill(&r, kv, nk, -1, 1), tu_fill(&r, vv, nk, -1, 1);
+  for (int di = 1; di < 3; di++) {
+    harr q, k, v, kf, vf;
+    int64_t dq[3] = {Hq, M, D}, dk[4] = {B, Hkv, L, D}, dout[4] = {B, Hq, M, D};
+    harr_make(&q, ctx, ATTN_DTYPE_F32, 3, dq, qv);
+    harr_make(&k, ctx, DTS[di], 4, dk, kv); /* kv, vv now hold the rounded values */
+    harr_make(&v, ctx, DTS[di], 4, dk, vv);
+    harr_make(&kf, ctx, ATTN_DTYPE_F32, 4, dk, kv);
+    harr_make(&vf, ctx, ATTN_DTYPE_F32, 4, dk, vv);
+    attn_tensor *of, *ohh;
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, dout, NULL, o32, no * 4, &of));
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, dout, NULL, oh, no * 4, &ohh));
+    assert_ok(attn_pool_attention(ctx, q.t, kf.t, vf.t, of, NULL));
+    if (attn_pool_attention(ctx, q.t, k.t, v.t, ohh, NULL) != ATTN_OK)
+      fail_msg("pool_attention %s: %s", dname(DTS[di]), attn_ctx_last_error(ctx));
+    assert_memory_equal(o32, oh, no * 4);
+    harr_free(&q), harr_free(&k), harr_free(&v), harr_free(&kf), harr_free(&vf);
+  }
+  free(qv), free(kv), free(vv), free(o32), free(oh);
+  attn_ctx_destroy(ctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(softmax_half), cmocka_unit_test(softmax_half_edges),
       cmocka_unit_test(posenc_half),  cmocka_unit_test(sdpa_half),
-      cmocka_unit_test(varlen_half),
+      cmocka_unit_test(varlen_half),  cmocka_unit_test(pool_attention_half),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
