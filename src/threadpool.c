@@ -1,18 +1,30 @@
 /* The context's worker threads and the one thread planner: created with the context, ended with it.
  * A job is a loop over items; the calling thread takes part as worker 0 and
- * items are handed out through one atomic counter, so uneven items balance. */
+ * items are handed out through one atomic counter, so uneven items balance.
+ *
+ * fork(): a child process has only the thread that called fork, so the
+ * pool records the process that started its workers; a job in another
+ * process (getpid() differs: one cheap call per job) first starts a new set
+ * of workers, and destroy there joins none of the parent's. No atfork
+ * handler and no global list of pools are needed. */
+#define _POSIX_C_SOURCE 200809L /* pid_t, getpid */
 #include "internal.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 struct attn_threadpool {
   pthread_mutex_t mu;
   pthread_cond_t start_cv;
   pthread_cond_t done_cv;
-  int32_t n_workers;
+  int32_t n_workers; /* running in process `pid` */
+  int32_t n_wanted;  /* asked for at creation */
+  pid_t pid;
   pthread_t *threads;
+  struct worker_arg *args;
   /* The current job, guarded by mu (next is atomic). */
   uint64_t generation;
   bool stop;
@@ -24,7 +36,7 @@ struct attn_threadpool {
   atomic_llong next;
 };
 
-typedef struct {
+typedef struct worker_arg {
   attn_threadpool *pool;
   int32_t id;
 } worker_arg;
@@ -65,6 +77,28 @@ static void *worker_main(void *varg) {
   return NULL;
 }
 
+/* Initialise the job state and start the workers in this process. Returns
+ * false if a thread could not be started; the pool then runs with the
+ * n_workers that did start. */
+static bool start_workers(attn_threadpool *p) {
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->start_cv, NULL);
+  pthread_cond_init(&p->done_cv, NULL);
+  p->generation = 0;
+  p->stop = false;
+  atomic_init(&p->next, 0);
+  p->pid = getpid();
+  p->n_workers = 0;
+  for (int32_t i = 0; i < p->n_wanted; i++) {
+    p->args[i].pool = p;
+    p->args[i].id = i + 1;
+    if (pthread_create(&p->threads[i], NULL, worker_main, &p->args[i]) != 0)
+      return false;
+    p->n_workers = i + 1;
+  }
+  return true;
+}
+
 attn_status attn__threadpool_create(attn_ctx *ctx, int32_t workers, attn_threadpool **out) {
   attn_threadpool *p = attn__alloc(ctx, sizeof *p);
   if (!p)
@@ -78,21 +112,12 @@ attn_status attn__threadpool_create(attn_ctx *ctx, int32_t workers, attn_threadp
     return ATTN_ERR_NO_MEMORY;
   }
   p->threads = block;
-  worker_arg *args = (worker_arg *)((char *)block + ids);
-  pthread_mutex_init(&p->mu, NULL);
-  pthread_cond_init(&p->start_cv, NULL);
-  pthread_cond_init(&p->done_cv, NULL);
-  atomic_init(&p->next, 0);
-  for (int32_t i = 0; i < workers; i++) {
-    args[i].pool = p;
-    args[i].id = i + 1;
-    if (pthread_create(&p->threads[i], NULL, worker_main, &args[i]) != 0) {
-      p->n_workers = i;
-      attn__threadpool_destroy(ctx, p);
-      return ATTN_ERR_INVALID_ARG;
-    }
+  p->args = (worker_arg *)((char *)block + ids);
+  p->n_wanted = workers;
+  if (!start_workers(p)) {
+    attn__threadpool_destroy(ctx, p);
+    return ATTN_ERR_INVALID_ARG;
   }
-  p->n_workers = workers;
   *out = p;
   return ATTN_OK;
 }
@@ -100,21 +125,31 @@ attn_status attn__threadpool_create(attn_ctx *ctx, int32_t workers, attn_threadp
 void attn__threadpool_destroy(attn_ctx *ctx, attn_threadpool *p) {
   if (!p)
     return;
-  pthread_mutex_lock(&p->mu);
-  p->stop = true;
-  pthread_cond_broadcast(&p->start_cv);
-  pthread_mutex_unlock(&p->mu);
-  for (int32_t i = 0; i < p->n_workers; i++)
-    pthread_join(p->threads[i], NULL);
-  pthread_cond_destroy(&p->done_cv);
-  pthread_cond_destroy(&p->start_cv);
-  pthread_mutex_destroy(&p->mu);
+  /* In a forked child the workers (and whatever state the parent's threads
+   * left the mutex in) belong to the parent: there is nothing to stop. */
+  if (p->pid == getpid()) {
+    pthread_mutex_lock(&p->mu);
+    p->stop = true;
+    pthread_cond_broadcast(&p->start_cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int32_t i = 0; i < p->n_workers; i++)
+      pthread_join(p->threads[i], NULL);
+    pthread_cond_destroy(&p->done_cv);
+    pthread_cond_destroy(&p->start_cv);
+    pthread_mutex_destroy(&p->mu);
+  }
   attn__free(ctx, p->threads);
   attn__free(ctx, p);
 }
 
 void attn__parallel_for(attn_ctx *ctx, int32_t threads, int64_t n, attn_task_fn fn, void *arg) {
   attn_threadpool *p = ctx->pool;
+  /* First job in a forked child: the parent's workers do not exist here.
+   * The mutex and condition variables are set up afresh (a parent thread
+   * may have held the mutex at the fork). If threads cannot be started, the
+   * job runs on those that did (results do not depend on the count). */
+  if (p && p->pid != getpid())
+    start_workers(p);
   if (p && threads > p->n_workers + 1)
     threads = p->n_workers + 1;
   if (threads > n)

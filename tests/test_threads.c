@@ -6,10 +6,14 @@
  * race on the once-only CPU probe. Each thread's results must equal the
  * reference: bit for bit on single-threaded contexts (same code, same
  * order), within rounding on the pooled one (a split over keys sums in
- * another order). Meant for ThreadSanitizer (preset tsan), useful anywhere. */
+ * another order). Meant for ThreadSanitizer (preset tsan), useful anywhere.
+ * Also: a context used, then its process forked; the child uses it. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <stdlib.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "test_util.h"
 
@@ -219,17 +223,26 @@ static void alloc_outputs(worker *w) {
   }
 }
 
-static void compare(const worker *w, const worker *ref, int exact, int index) {
+/* 0 if w's results match ref's (bit for bit when exact, else within
+ * rounding); otherwise 1 with the first difference described in w->why. */
+static int mismatch(worker *w, const worker *ref, int exact) {
   for (int o = 0; o < O_COUNT; o++)
     for (size_t i = 0; i < g_out_n[o]; i++) {
       float g = w->out[o][i], r = ref->out[o][i];
       int same = exact ? memcmp(&g, &r, sizeof g) == 0
                        : (isnan(r) ? isnan(g) : tu_close(g, r, 1e-5, 1e-6));
-      if (!same)
-        fail_msg("thread %d (%d-thread context): %s[%zu] = %.9g but the single-threaded "
-                 "reference has %.9g",
-                 index, (int)w->ctx_threads, g_out_name[o], i, (double)g, (double)r);
+      if (!same) {
+        snprintf(w->why, sizeof w->why, "%s[%zu] = %.9g but the reference has %.9g",
+                 g_out_name[o], i, (double)g, (double)r);
+        return 1;
+      }
     }
+  return 0;
+}
+
+static void compare(worker *w, const worker *ref, int exact, int index) {
+  if (mismatch(w, ref, exact))
+    fail_msg("thread %d (%d-thread context): %s", index, (int)w->ctx_threads, w->why);
 }
 
 static void concurrent_contexts(void **state) {
@@ -490,6 +503,83 @@ static void busy_from_reentry(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* ---- fork ---- */
+
+/* In a child process (no CMocka there): the exit status says how it went. */
+enum { CHILD_OK, CHILD_OP_FAILED, CHILD_WRONG, CHILD_NO_CTX };
+
+static int child_run_all(attn_ctx *ctx, worker *w, const worker *ref) {
+  w->failures = 0;
+  run_all(ctx, w);
+  if (w->failures) {
+    fprintf(stderr, "child: %s\n", w->why);
+    return CHILD_OP_FAILED;
+  }
+  if (mismatch(w, ref, 0)) {
+    fprintf(stderr, "child: %s\n", w->why);
+    return CHILD_WRONG;
+  }
+  return CHILD_OK;
+}
+
+/* Fork while `ctx` (with its worker threads) exists and has been used; in
+ * the child run every op on it, on a new context, and destroy both; the
+ * child must finish within the alarm. */
+static void fork_child_uses(attn_ctx *ctx, worker *w, const worker *ref, int use_first) {
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    alarm(60); /* a hang kills the child with SIGALRM */
+    int rc = use_first ? child_run_all(ctx, w, ref) : CHILD_OK;
+    attn_ctx_options o;
+    attn_ctx_options_init(&o);
+    o.num_threads = 3;
+    attn_ctx *fresh = NULL;
+    if (rc == CHILD_OK)
+      rc = attn_ctx_create(&fresh, &o) == ATTN_OK ? child_run_all(fresh, w, ref) : CHILD_NO_CTX;
+    attn_ctx_destroy(fresh);
+    attn_ctx_destroy(ctx);
+    _exit(rc);
+  }
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  if (WIFSIGNALED(status))
+    fail_msg("forked child killed by signal %d%s", WTERMSIG(status),
+             WTERMSIG(status) == SIGALRM ? " (it hung)" : "");
+  if (WEXITSTATUS(status) != CHILD_OK)
+    fail_msg("forked child exited with %d (1: an op failed, 2: wrong result, 3: no context)",
+             WEXITSTATUS(status));
+}
+
+static void fork_after_use(void **state) {
+  (void)state;
+  worker w, ref;
+  memset(&w, 0, sizeof w);
+  memset(&ref, 0, sizeof ref);
+  alloc_outputs(&w);
+  alloc_outputs(&ref);
+  attn_ctx *one = tu_ctx(1);
+  run_all(one, &ref);
+  attn_ctx_destroy(one);
+  attn_ctx *ctx = tu_ctx(3); /* two workers */
+  run_all(ctx, &w);
+  if (w.failures)
+    fail_msg("before fork: %s", w.why);
+  compare(&w, &ref, 0, 0);
+  fork_child_uses(ctx, &w, &ref, 1); /* used in the child */
+  fork_child_uses(ctx, &w, &ref, 0); /* only destroyed in the child */
+  /* The parent's context and workers are untouched. */
+  run_all(ctx, &w);
+  if (w.failures)
+    fail_msg("after fork, parent: %s", w.why);
+  compare(&w, &ref, 0, 0);
+  attn_ctx_destroy(ctx);
+  for (int o = 0; o < O_COUNT; o++) {
+    free(w.out[o]);
+    free(ref.out[o]);
+  }
+}
+
 int main(void) {
   fill_inputs();
   const struct CMUnitTest tests[] = {
@@ -497,6 +587,7 @@ int main(void) {
       cmocka_unit_test(context_handed_between_threads),
       cmocka_unit_test(one_context_two_threads),
       cmocka_unit_test(busy_from_reentry),
+      cmocka_unit_test(fork_after_use),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
