@@ -8,7 +8,10 @@
 #include "simd/kernels.h"
 
 #include <cblas.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Appended to attn_blas_info's line: who computes SDPA's products. */
@@ -42,6 +45,9 @@ attn_status attn_blas_info(char *buf, size_t size) {
 }
 
 int32_t attn__blas_threads(void) { return 1; }
+
+/* No known limit on concurrent callers. */
+static int32_t caller_limit(void) { return 0; }
 #else
 attn_status attn_blas_info(char *buf, size_t size) {
   if (!buf || !size)
@@ -60,7 +66,63 @@ int32_t attn__blas_threads(void) {
     return 1; /* libattn calls no BLAS on its hot paths */
   return openblas_get_parallel() == 0 ? 1 : openblas_get_num_threads();
 }
+
+/* OpenBLAS keeps per-thread buffers and thread metadata for 2 * MAX_THREADS
+ * threads (its build's NUM_THREADS, named in its config string: 64 on
+ * Debian), callers and its own workers together; past that it crashes or
+ * hangs (about 200 concurrent callers on Debian 12). MAX_THREADS callers at
+ * once stay within it; 32 if the config string does not say. */
+static int32_t caller_limit(void) {
+  const char *m = strstr(openblas_get_config(), "MAX_THREADS=");
+  long n = m ? strtol(m + strlen("MAX_THREADS="), NULL, 10) : 0;
+  return n > 0 && n < 4096 ? (int32_t)n : 32;
+}
 #endif
+
+/* ---- the bound on threads inside the BLAS at once ----
+ * Process-wide state, and the only such state besides the CPU probe: it
+ * guards a process-wide resource (the BLAS's buffer table), which no
+ * per-context object can. Contexts stay independent below the limit: a
+ * call takes a slot with one atomic add; only past the limit does it wait
+ * on the mutex for a slot to be given back. */
+static pthread_once_t gate_once = PTHREAD_ONCE_INIT;
+static int32_t gate_limit; /* 0: unbounded */
+static atomic_int gate_inside, gate_waiting;
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+
+static void gate_init(void) { gate_limit = caller_limit(); }
+
+static void gate_enter(void) {
+  pthread_once(&gate_once, gate_init);
+  if (!gate_limit || atomic_fetch_add(&gate_inside, 1) < gate_limit)
+    return;
+  atomic_fetch_sub(&gate_inside, 1);
+  pthread_mutex_lock(&gate_mu);
+  /* Registered as waiting before looking at the count (both seq_cst): a
+   * leaving thread either sees this waiter or left before the look. */
+  atomic_fetch_add(&gate_waiting, 1);
+  for (;;) {
+    int n = atomic_load(&gate_inside);
+    if (n < gate_limit && atomic_compare_exchange_weak(&gate_inside, &n, n + 1))
+      break;
+    if (n >= gate_limit)
+      pthread_cond_wait(&gate_cv, &gate_mu);
+  }
+  atomic_fetch_sub(&gate_waiting, 1);
+  pthread_mutex_unlock(&gate_mu);
+}
+
+static void gate_leave(void) {
+  if (!gate_limit)
+    return;
+  atomic_fetch_sub(&gate_inside, 1);
+  if (atomic_load(&gate_waiting) > 0) {
+    pthread_mutex_lock(&gate_mu);
+    pthread_cond_signal(&gate_cv);
+    pthread_mutex_unlock(&gate_mu);
+  }
+}
 
 void attn__sgemm_nt(int m, int n, int k, float alpha, const float *a, int lda, const float *b,
                     int ldb, float *c, int ldc) {
@@ -69,8 +131,10 @@ void attn__sgemm_nt(int m, int n, int k, float alpha, const float *a, int lda, c
     kern->gemm_nt(m, n, k, alpha, a, lda, b, ldb, c, ldc);
     return;
   }
+  gate_enter();
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, alpha, a, lda, b, ldb, 0.0f, c,
               ldc);
+  gate_leave();
 }
 
 void attn__sgemm_nn_acc(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
@@ -80,6 +144,8 @@ void attn__sgemm_nn_acc(int m, int n, int k, const float *a, int lda, const floa
     kern->gemm_nn(m, n, k, a, lda, b, ldb, c, ldc);
     return;
   }
+  gate_enter();
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c,
               ldc);
+  gate_leave();
 }

@@ -2,7 +2,9 @@ import ctypes
 import os
 import subprocess
 import sys
+import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -210,3 +212,54 @@ def test_tensors_are_freed_after_each_call():
     assert live["n"] == before
     ctx.close()
     assert live["n"] == 0
+
+
+def _every_op(ctx):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((64, 512)).astype(np.float32)
+    q = rng.standard_normal((1, 4, 64, 32)).astype(np.float32)
+    k = rng.standard_normal((1, 2, 256, 32)).astype(np.float32)
+    return [ctx.softmax(x), ctx.log_softmax(x), ctx.sinusoidal(128, 64),
+            ctx.sinusoidal_add(x[:64].reshape(2, 64, 256)),
+            ctx.rope(q.copy()), ctx.alibi_slopes(8),
+            ctx.sdpa(q, k, k, causal=True),
+            ctx.sdpa(q[:, :1, :1], k[:, :1], k[:, :1]),
+            ctx.sdpa_varlen(q[0].transpose(1, 0, 2).copy(), k[0].transpose(1, 0, 2).copy(),
+                            k[0].transpose(1, 0, 2).copy(), [0, 30, 64], [0, 100, 256])]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork()")
+def test_fork_after_use():
+    """A process forked after using a context (multiprocessing, DataLoader
+    workers, prefork servers) keeps using it and the module functions."""
+    ctx = attn.Context(3)  # two worker threads
+    want = _every_op(ctx)
+    module_want = attn.softmax(want[0])
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest here, only an exit status
+        code = 1
+        try:
+            signal.alarm(60)
+            got = _every_op(ctx)
+            same = all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(got, want))
+            same = same and np.allclose(attn.softmax(want[0]), module_want)
+            same = same and all(np.allclose(a, b, rtol=1e-5, atol=1e-6)
+                                for a, b in zip(_every_op(attn.Context(2)), want))
+            ctx.close()
+            code = 0 if same else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 120
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.05)
+    assert not os.WIFSIGNALED(status), "child killed by signal %d" % os.WTERMSIG(status)
+    assert os.WEXITSTATUS(status) == 0, "child: 1 = an op raised, 2 = wrong result"
+    np.testing.assert_array_equal(_every_op(ctx)[6], want[6])  # the parent's context still works
+    ctx.close()
