@@ -2,13 +2,16 @@
 # temporary prefix, move that prefix (the package must be relocatable), then
 # build and run tests/consumer/consumer.c twice against it: with the flags of
 # `pkg-config --cflags --libs attn`, and as a CMake project using
-# find_package(attn CONFIG REQUIRED) and attn::attn.
+# find_package(attn CONFIG REQUIRED) and attn::attn. The installed programs
+# (attn, attn-bench) must run from the moved prefix with no environment.
 #
 # Inputs (-D): BUILD_DIR, SOURCE_DIR (this directory), WORK_DIR, CONFIG,
-# C_COMPILER, PKG_CONFIG, LIBDIR (CMAKE_INSTALL_LIBDIR), SANITIZE (may be empty).
+# C_COMPILER, PKG_CONFIG, LIBDIR (CMAKE_INSTALL_LIBDIR), BINDIR
+# (CMAKE_INSTALL_BINDIR), PROGRAMS (the installed programs to run; may be
+# empty), SANITIZE (may be empty).
 cmake_minimum_required(VERSION 3.21)
 
-foreach(var BUILD_DIR SOURCE_DIR WORK_DIR C_COMPILER PKG_CONFIG LIBDIR)
+foreach(var BUILD_DIR SOURCE_DIR WORK_DIR C_COMPILER PKG_CONFIG LIBDIR BINDIR)
   if(NOT ${var})
     message(FATAL_ERROR "consumer test: -D${var}=... is required")
   endif()
@@ -77,8 +80,15 @@ endforeach()
 message(STATUS "attnConfigVersion.cmake: ${this_version}; as 0.2.0 it accepts 0.1 and 0.2, "
                "refuses 0.2.1, 0.3 and 1.0")
 
-# 1. pkg-config, as a Makefile would use it.
+# 1. pkg-config, as a Makefile would use it. For a shared libattn only its
+# own attn.pc may be needed (no OpenBLAS development files): the search path
+# is the prefix alone.
 set(ENV{PKG_CONFIG_PATH} "${prefix}/${LIBDIR}/pkgconfig")
+if(EXISTS "${prefix}/${LIBDIR}/libattn.so")
+  set(ENV{PKG_CONFIG_LIBDIR} "${prefix}/${LIBDIR}/pkgconfig")
+  run("pkg-config with no other .pc files" "${PKG_CONFIG}" --cflags --libs attn)
+  unset(ENV{PKG_CONFIG_LIBDIR})
+endif()
 run("pkg-config" "${PKG_CONFIG}" --cflags --libs attn)
 string(STRIP "${run_output}" pc_flags)
 message(STATUS "pkg-config --cflags --libs attn: ${pc_flags}")
@@ -109,5 +119,26 @@ run("configure the find_package consumer" "${CMAKE_COMMAND}"
 run("build the find_package consumer" "${CMAKE_COMMAND}" --build "${WORK_DIR}/cmake-build")
 run("the find_package consumer" "${WORK_DIR}/cmake-build/consumer")
 message(STATUS "find_package consumer: ${run_output}")
+
+# 3. The installed programs, found and run as a user of the prefix would.
+unset(ENV{LD_LIBRARY_PATH})
+foreach(program IN LISTS PROGRAMS)
+  if(NOT program)
+    continue()
+  endif()
+  set(exe "${prefix}/${BINDIR}/${program}")
+  if(NOT EXISTS "${exe}")
+    message(FATAL_ERROR "cmake --install did not install ${BINDIR}/${program}")
+  endif()
+  if(program STREQUAL "attn")
+    run("the installed attn" "${exe}" info)
+    if(NOT run_output MATCHES "libattn")
+      message(FATAL_ERROR "attn info printed: ${run_output}")
+    endif()
+  else()
+    run("the installed attn-bench" "${exe}" --smoke)
+  endif()
+  message(STATUS "installed ${program} runs from the moved prefix")
+endforeach()
 
 file(REMOVE_RECURSE "${WORK_DIR}")

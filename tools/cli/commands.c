@@ -1,9 +1,8 @@
-/* attn subcommands on .npy files: softmax, pe, rope, sdpa; and bench, which
- * runs attn-bench. Exit codes: 0 success, 1 bad usage (unknown option,
- * missing or non-numeric value), 2 bad input (a file that cannot be read or
- * is malformed, arrays or values libattn refuses, an output that cannot be
- * written, or attn-bench not found). Every message names the file or
- * option and the reason. */
+/* attn subcommands on .npy files: softmax, pe, rope, sdpa. Exit codes: 0
+ * success, 1 bad usage (unknown option, missing or non-numeric value), 2 bad
+ * input (a file that cannot be read or is malformed, arrays or values
+ * libattn refuses, an output that cannot be written). Every message names
+ * the file or option and the reason. */
 #define _POSIX_C_SOURCE 200809L
 #include "attn.h"
 #include "commands.h"
@@ -11,14 +10,10 @@
 
 #include <errno.h>
 #include <math.h>
-#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
 /* ---- command-line helpers ---- */
 
@@ -622,153 +617,6 @@ done:
   return rc;
 }
 
-/* ---- bench ---- */
-
-static const char bench_usage[] =
-    "usage: attn bench [--] [ARGS...]\n"
-    "Run attn-bench with ARGS ('attn bench -- --help' shows its options). It is looked for in\n"
-    "$ATTN_BENCH, next to this attn, in ../bench/ (a build tree), then on PATH.\n"
-    "When stderr is a terminal, a progress line shows the results so far and\n"
-    "the time spent.\n"
-    "Exit status: attn-bench's, or 2 if it cannot be run.\n";
-
-/* Candidate paths of attn-bench; returns how many were written. */
-static int bench_candidates(char paths[][4096], int max) {
-  int n = 0;
-  const char *env = getenv("ATTN_BENCH");
-  if (env && *env) {
-    snprintf(paths[n++], 4096, "%s", env);
-    return n; /* an explicit choice is the only one */
-  }
-  char self[4000]; /* leaves room for the suffixes in 4096 */
-  ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (len > 0) {
-    self[len] = 0;
-    char *slash = strrchr(self, '/');
-    if (slash) {
-      *slash = 0;
-      if (n < max)
-        snprintf(paths[n++], 4096, "%s/attn-bench", self);
-      if (n < max)
-        snprintf(paths[n++], 4096, "%s/../bench/attn-bench", self);
-    }
-  }
-  return n;
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void write_all(int fd, const char *p, size_t n) {
-  while (n) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR)
-        continue;
-      return;
-    }
-    p += w;
-    n -= (size_t)w;
-  }
-}
-
-/* Run attn-bench with its stdout through a pipe, passing the output on and
- * keeping a progress line on stderr (a terminal) up to date. */
-static int bench_with_progress(const char *path, char **argv) {
-  int fds[2];
-  if (pipe(fds)) {
-    fprintf(stderr, "attn bench: pipe: %s\n", strerror(errno));
-    return ATTN_EXIT_INPUT;
-  }
-  fflush(stdout);
-  pid_t pid = fork();
-  if (pid < 0) {
-    fprintf(stderr, "attn bench: fork: %s\n", strerror(errno));
-    return ATTN_EXIT_INPUT;
-  }
-  if (pid == 0) {
-    dup2(fds[1], STDOUT_FILENO);
-    close(fds[0]);
-    close(fds[1]);
-    execv(path, argv);
-    fprintf(stderr, "attn bench: cannot run %s: %s\n", path, strerror(errno));
-    _exit(127);
-  }
-  close(fds[1]);
-  double t0 = now_s();
-  long lines = 0;
-  char buf[4096], status[128];
-  struct pollfd pfd = {fds[0], POLLIN, 0};
-  for (;;) {
-    int ready = poll(&pfd, 1, 1000);
-    if (ready < 0 && errno != EINTR)
-      break;
-    ssize_t n = 0;
-    if (ready > 0) {
-      n = read(fds[0], buf, sizeof buf);
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n <= 0)
-        break;
-    }
-    write_all(STDERR_FILENO, "\r\033[K", 4); /* clear the progress line first */
-    if (n > 0) {
-      write_all(STDOUT_FILENO, buf, (size_t)n);
-      for (ssize_t i = 0; i < n; i++)
-        lines += buf[i] == '\n';
-    }
-    int len = snprintf(status, sizeof status, "attn bench: %ld lines of results, %.0f s",
-                       lines, now_s() - t0);
-    write_all(STDERR_FILENO, status, (size_t)len);
-  }
-  write_all(STDERR_FILENO, "\r\033[K", 4);
-  close(fds[0]);
-  int wstatus;
-  while (waitpid(pid, &wstatus, 0) < 0)
-    if (errno != EINTR)
-      return ATTN_EXIT_INPUT;
-  if (WIFEXITED(wstatus))
-    return WEXITSTATUS(wstatus) == 127 ? ATTN_EXIT_INPUT : WEXITSTATUS(wstatus);
-  fprintf(stderr, "attn bench: attn-bench was killed by signal %d\n", WTERMSIG(wstatus));
-  return ATTN_EXIT_INPUT;
-}
-
-static int cmd_bench(int argc, char **argv) {
-  if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-    fputs(bench_usage, stdout);
-    return ATTN_EXIT_OK;
-  }
-  if (argc >= 2 && !strcmp(argv[1], "--")) { /* everything after -- is attn-bench's */
-    argv++;
-    argc--;
-  }
-  char paths[3][4096];
-  int n = bench_candidates(paths, 3);
-  const char *path = NULL;
-  for (int i = 0; i < n && !path; i++)
-    if (access(paths[i], X_OK) == 0)
-      path = paths[i];
-  argv[0] = (char *)"attn-bench";
-  if (isatty(STDERR_FILENO)) {
-    if (path)
-      return bench_with_progress(path, argv);
-  } else {
-    if (path)
-      execv(path, argv);
-    else if (!getenv("ATTN_BENCH") || !*getenv("ATTN_BENCH"))
-      execvp("attn-bench", argv);
-  }
-  fprintf(stderr, "attn bench: cannot find attn-bench (tried");
-  for (int i = 0; i < n; i++)
-    fprintf(stderr, " %s", paths[i]);
-  fprintf(stderr, "%s); build it (ATTN_BUILD_BENCH=ON) or set ATTN_BENCH to its path\n",
-          getenv("ATTN_BENCH") ? "" : " and PATH");
-  return ATTN_EXIT_INPUT;
-}
-
 /* ---- pool ---- */
 
 static const char pool_usage[] =
@@ -878,7 +726,6 @@ const attn_subcommand attn_npy_subcommands[] = {
     {"rope", "rotary position embedding of an .npy array", cmd_rope},
     {"sdpa", "scaled dot-product attention of Q, K, V .npy arrays", cmd_sdpa},
     {"pool", "pool an .npy sequence over its tokens: sum, mean, max, weighted", cmd_pool},
-    {"bench", "run attn-bench (with a progress line on a terminal)", cmd_bench},
     {NULL, NULL, NULL},
 };
 
@@ -886,5 +733,6 @@ void attn_npy_usage(FILE *f) {
   for (const attn_subcommand *c = attn_npy_subcommands; c->name; c++)
     fprintf(f, "  attn %-8s %s\n", c->name, c->summary);
   fprintf(f, "Each subcommand takes --help. Exit status: 0 success, 1 bad usage,\n"
-             "2 bad input (unreadable or malformed file, arrays or values libattn refuses).\n");
+             "2 bad input (unreadable or malformed file, arrays or values libattn refuses).\n"
+             "Benchmarks: attn-bench (installed beside attn; attn-bench --help).\n");
 }

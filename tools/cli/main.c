@@ -1,7 +1,7 @@
 /* The attn command: what libattn is linked and how it runs here (attn info),
  * and its main job on a built-in example (attn demo). Each subcommand is one
  * function with its own help text, listed in the table `commands`; the .npy
- * subcommands (softmax, pe, rope, sdpa, bench) live in commands.c. */
+ * subcommands (softmax, pe, rope, sdpa) live in commands.c. */
 #include "attn.h"
 #include "commands.h"
 
