@@ -1,28 +1,52 @@
 #!/bin/sh
-# Install what building and testing libattn needs on Debian or Ubuntu.
+# Install the Debian or Ubuntu packages that a part of libattn needs:
+#   tools/install-deps.sh [GROUP...]     (no GROUP: build)
 # Does nothing when every package is already installed; runs apt-get update
 # only when the package lists do not know a missing package. As root it calls
 # apt-get directly, otherwise through sudo.
 set -eu
 
-# The one list. Add a package here (with why) when a part of the project needs it.
-PACKAGES="
-  build-essential cmake pkg-config
-  libopenblas-dev
-  libblis-dev
-  libcmocka-dev
-  python3-numpy python3-pytest
-  python3-torch
-  clang-14 libclang-rt-14-dev
-  valgrind
-  abigail-tools
-  doxygen
-"
-# libopenblas-dev: the BLAS; libblis-dev: the second BLAS CI tests (.ci/run blis);
-# libcmocka-dev: unit tests; python3-*: binding tests
-# (python3-torch: the binding's second, independent reference; its tests skip without it);
-# clang-14 + libclang-rt-14-dev: the clang preset, fuzzing and sanitizers;
-# valgrind: memory checks; abigail-tools: abidiff; doxygen: the API reference.
+# The groups. Add a package to the group of the part that needs it (with why).
+# build: compiler, CMake, pkg-config and the BLAS: building and the demo.
+BUILD="build-essential cmake pkg-config libopenblas-dev"
+# python: the README's Python steps (a venv that sees Debian's NumPy, and
+# pip installing the binding there without fetching setuptools).
+PYTHON="$BUILD python3-numpy python3-venv python3-setuptools python3-wheel"
+# test: the unit tests (CMocka), the binding's and the CLI's tests (pytest).
+TEST="$PYTHON libcmocka-dev python3-pytest"
+# torch: the binding's second, independent reference (its tests skip without
+# it); large (it pulls in OpenCV, Qt and GDAL), so only where those tests run.
+TORCH="python3-torch"
+BLIS="libblis-dev"                       # the second BLAS (.ci/run blis)
+CLANG="clang-14 libclang-rt-14-dev"      # the clang preset, fuzzing
+VALGRIND="valgrind"                      # .ci/run valgrind
+ABI="abigail-tools"                      # abidiff (.ci/run abi)
+DOCS="doxygen"                           # the API reference (.ci/run docs)
+
+usage() {
+  echo "usage: tools/install-deps.sh [GROUP...]" >&2
+  echo "groups: build (default), python, test, torch, blis, clang, valgrind, abi, docs, ci (all)" >&2
+  exit 1
+}
+
+[ $# -gt 0 ] || set -- build
+PACKAGES=""
+for g in "$@"; do
+  case "$g" in
+    build) PACKAGES="$PACKAGES $BUILD" ;;
+    python) PACKAGES="$PACKAGES $PYTHON" ;;
+    test) PACKAGES="$PACKAGES $TEST" ;;
+    torch) PACKAGES="$PACKAGES $TORCH" ;;
+    blis) PACKAGES="$PACKAGES $BUILD $BLIS" ;;
+    clang) PACKAGES="$PACKAGES $BUILD $CLANG" ;;
+    valgrind) PACKAGES="$PACKAGES $TEST $VALGRIND" ;;
+    abi) PACKAGES="$PACKAGES $BUILD $ABI" ;;
+    docs) PACKAGES="$PACKAGES $DOCS" ;;
+    ci) PACKAGES="$PACKAGES $TEST $TORCH $BLIS $CLANG $VALGRIND $ABI $DOCS" ;;
+    -h | --help) usage ;;
+    *) echo "install-deps: unknown group '$g'" >&2; usage ;;
+  esac
+done
 
 missing=""
 for p in $PACKAGES; do
