@@ -229,6 +229,8 @@ def _every_op(ctx):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork()")
+@pytest.mark.skipif("tsan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="ThreadSanitizer cannot follow threads started after a fork")
 def test_fork_after_use():
     """A process forked after using a context (multiprocessing, DataLoader
     workers, prefork servers) keeps using it and the module functions."""
