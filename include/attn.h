@@ -38,8 +38,17 @@
  *   same context (an op, or a tensor new / wrap / free) returns ATTN_ERR_BUSY
  *   at once, changing nothing; the running call is not disturbed and
  *   attn_ctx_last_error() keeps describing it (the busy call writes no
- *   message). The only global state is a CPU feature probe
- *   initialised once. An op uses at most the context's thread count.
+ *   message). The only global state is a CPU feature probe initialised once
+ *   and a bound on the threads inside OpenBLAS at once (its per-thread
+ *   buffers are a process-wide resource). An op uses at most the context's
+ *   thread count; a context starts num_threads - 1 worker threads when it is
+ *   created (see attn_ctx_create()).
+ * - fork(): a child process may keep using a context its parent created,
+ *   also after the parent used it; the context starts its worker threads again
+ *   in the child on first use. The library keeps no pointer the caller passed
+ *   (tensor data aside: a wrapped tensor borrows its memory until freed)
+ *   after a call returns: arrays such as kv_lens or positions are read
+ *   during the call only.
  * - Enum-valued fields are int32_t in structs, so their size is fixed for FFI.
  *
  * Semantics shared by all ops (details per op below)
@@ -155,8 +164,11 @@ typedef void (*attn_free_fn)(void *user, void *ptr);
 /** Options for attn_ctx_create(). Zero in any field means its default. */
 typedef struct attn_ctx_options {
   size_t struct_size;     /**< sizeof(attn_ctx_options) */
-  int32_t num_threads;    /**< threads an op may use; 0 = CPUs available to the
-                               process, 1 = no worker threads; max 1024 */
+  int32_t num_threads;    /**< threads an op may use; 0 = the CPUs available to
+                               the process: its affinity mask, lowered to its
+                               cgroup's CPU quota (cgroup v2 cpu.max or v1
+                               cpu.cfs_quota_us, rounded up); 1 = no worker
+                               threads; max 1024 */
   int32_t reserved_;      /**< must be 0 */
   attn_alloc_fn alloc;    /**< custom allocator; NULL = malloc/free. Set both
                                alloc and free or neither. */
@@ -170,6 +182,14 @@ typedef struct attn_ctx_options {
 ATTN_API void attn_ctx_options_init(attn_ctx_options *opts);
 
 /** Create a context.
+ *
+ * Cost: num_threads - 1 worker threads, started here and joined by
+ * attn_ctx_destroy() (they sleep between ops; each has the default pthread
+ * stack, mostly untouched), under 1 KiB for the context itself, and scratch
+ * memory that grows to the largest amount one op needed and is reused (for
+ * attn_sdpa a few tiles per thread, never the score matrix). A program with
+ * one context per thread should give each num_threads = 1 (no workers), or
+ * the threads multiply.
  * @param[out] out  receives the context; written only on success.
  * @param[in]  opts options, or NULL for the defaults.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG (out NULL), ATTN_ERR_INVALID_ARG (bad

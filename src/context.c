@@ -1,9 +1,7 @@
 /* Context lifecycle, the op prologue (in-use flag, op name), the allocator,
  * the workspace arena, errors and version. */
-#define _GNU_SOURCE /* sched_getaffinity */
 #include "internal.h"
 
-#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -188,16 +186,6 @@ void attn_ctx_options_init(attn_ctx_options *opts) {
   opts->struct_size = sizeof *opts;
 }
 
-static int32_t cpus_available(void) {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) {
-    int n = CPU_COUNT(&set);
-    if (n > 0)
-      return n > ATTN_MAX_THREADS ? ATTN_MAX_THREADS : n;
-  }
-  return 1;
-}
-
 attn_status attn_ctx_create(attn_ctx **out, const attn_ctx_options *opts) {
   if (!out)
     return ATTN_ERR_NULL_ARG;
@@ -222,7 +210,7 @@ attn_status attn_ctx_create(attn_ctx **out, const attn_ctx_options *opts) {
   ctx->free = free_fn;
   ctx->alloc_user = o.alloc_user;
   atomic_init(&ctx->busy, 0);
-  ctx->num_threads = o.num_threads ? o.num_threads : cpus_available();
+  ctx->num_threads = o.num_threads ? o.num_threads : attn__default_threads(ATTN_MAX_THREADS);
   if (ctx->num_threads > 1) {
     st = attn__threadpool_create(ctx, ctx->num_threads - 1, &ctx->pool);
     if (st != ATTN_OK) {

@@ -132,6 +132,14 @@ bool attn__same_view(const attn_tensor *a, const attn_tensor *b);
 attn_status attn__broadcast_strides(attn_ctx *ctx, const char *name, const attn_tensor *m,
                                     int32_t ndim, const int64_t *dims, int64_t *strides_out);
 
+/* ---- the default thread count (cpu_count.c) ---- */
+/* CPUs in the affinity mask, lowered to the cgroup CPU quota, at most max. */
+int32_t attn__default_threads(int32_t max);
+/* The CPU quota (rounded up) of the cgroup that `self_cgroup` (the format of
+ * /proc/self/cgroup) names under `mount` (/sys/fs/cgroup), the smallest along
+ * the path; cgroup v2 cpu.max or v1 cpu.cfs_quota_us. 0: no quota. */
+int32_t attn__cgroup_cpus(const char *mount, const char *self_cgroup);
+
 /* ---- threads (threadpool.c) ---- */
 /* Body of a parallel loop: item in [0, n), worker in [0, num_threads). */
 typedef void (*attn_task_fn)(void *arg, int64_t item, int32_t worker);
