@@ -295,6 +295,11 @@ ATTN_API attn_status attn_tensor_wrap(attn_ctx *ctx, int32_t dtype, int32_t ndim
  * buffer too; wrapped memory is left alone).
  * @param[in] ctx the context the tensor was created from.
  * @param[in] t   the tensor; NULL is a no-op returning ATTN_OK.
+ * Cost: O(1). The handle's own memory stays with the context (for reuse by
+ * the next attn_tensor_new() or attn_tensor_wrap()) until attn_ctx_destroy(),
+ * so a second free of `t`, or a free through another live context, is
+ * detected reading only memory the library owns. `t` must come from a
+ * context that still exists.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG (ctx NULL), ATTN_ERR_BAD_HANDLE (already
  *  freed, or created from another context).
  * @since 0.1.0 */

@@ -227,14 +227,16 @@ void attn_ctx_destroy(attn_ctx *ctx) {
   if (!ctx || ctx->magic != ATTN_CTX_MAGIC)
     return;
   attn__threadpool_destroy(ctx, ctx->pool);
-  attn_tensor *t = ctx->tensors;
-  while (t) {
-    attn_tensor *next = t->next;
-    t->magic = ATTN_DEAD_MAGIC;
-    if (t->owns_data)
-      attn__free(ctx, t->block);
-    attn__free(ctx, t);
-    t = next;
+  for (int list = 0; list < 2; list++) {
+    attn_tensor *t = list ? ctx->freed : ctx->tensors;
+    while (t) {
+      attn_tensor *next = t->next;
+      t->magic = ATTN_DEAD_MAGIC;
+      if (t->owns_data)
+        attn__free(ctx, t->block);
+      attn__free(ctx, t);
+      t = next;
+    }
   }
   attn__free(ctx, ctx->ws_block);
   ctx->magic = ATTN_DEAD_MAGIC;

@@ -39,6 +39,7 @@ struct attn_ctx {
   attn_free_fn free;
   void *alloc_user;
   attn_tensor *tensors;  /* every live tensor, doubly linked */
+  attn_tensor *freed, *freed_last; /* freed handles, oldest first, for reuse */
   attn_threadpool *pool; /* NULL when num_threads == 1 */
   /* Set while a call runs (attn__op_begin/end): a second thread entering a
    * call on this context is refused with ATTN_ERR_BUSY. */

@@ -66,9 +66,18 @@ overflow:
 
 static attn_tensor *link_new(attn_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *dims,
                              const int64_t *strides) {
-  attn_tensor *t = attn__alloc(ctx, sizeof *t);
-  if (!t)
-    return NULL;
+  /* A freed handle's memory is reused (oldest first, so a stale handle keeps
+   * reading as freed for as long as possible) before new memory is taken. */
+  attn_tensor *t = ctx->freed;
+  if (t) {
+    ctx->freed = t->next;
+    if (!ctx->freed)
+      ctx->freed_last = NULL;
+  } else {
+    t = attn__alloc(ctx, sizeof *t);
+    if (!t)
+      return NULL;
+  }
   memset(t, 0, sizeof *t);
   t->magic = ATTN_TENSOR_MAGIC;
   t->dtype = dtype;
@@ -176,16 +185,14 @@ static attn_status tensor_wrap(attn_ctx *ctx, int32_t dtype, int32_t ndim, const
 static attn_status tensor_free(attn_ctx *ctx, attn_tensor *t) {
   if (!t)
     return ATTN_OK;
-  /* Search the context's list rather than trust t: a freed handle is never
-   * dereferenced. */
-  attn_tensor *it = ctx->tensors;
-  while (it && it != t)
-    it = it->next;
-  if (!it)
+  /* O(1): a handle's memory stays with its context until the context is
+   * destroyed (freed handles wait on ctx->freed for reuse), so reading a
+   * freed handle, or one of another live context, is safe. */
+  if (t->magic != ATTN_TENSOR_MAGIC || t->ctx != ctx)
     return attn__fail(ctx, ATTN_ERR_BAD_HANDLE,
-                      "tensor %p is not a live tensor of this context (freed twice, "
-                      "or created from another context)",
-                      (void *)t);
+                      "tensor %p is not a live tensor of this context (%s)", (void *)t,
+                      t->magic == ATTN_DEAD_MAGIC && t->ctx == ctx ? "freed twice"
+                                                                   : "from another context");
   if (t->prev)
     t->prev->next = t->next;
   else
@@ -195,7 +202,14 @@ static attn_status tensor_free(attn_ctx *ctx, attn_tensor *t) {
   t->magic = ATTN_DEAD_MAGIC;
   if (t->owns_data)
     attn__free(ctx, t->block);
-  attn__free(ctx, t);
+  t->owns_data = false;
+  t->block = NULL;
+  t->next = NULL;
+  if (ctx->freed_last)
+    ctx->freed_last->next = t;
+  else
+    ctx->freed = t;
+  ctx->freed_last = t;
   return ATTN_OK;
 }
 
