@@ -125,7 +125,7 @@ class _Call:
         self.keep.append(a)
         return h
 
-    def input(self, a, name, boolean=False, dtype=None):
+    def input(self, a, name, boolean=False, dtype=None, additive_mask=False):
         """Wrap an input array (copied only when the rule above says so).
         dtype (from _data_array) keeps a float16 / bfloat16 array as it is."""
         a = np.asarray(a)
@@ -143,7 +143,7 @@ class _Call:
                 raise TypeError("%s: %s has dtype %s but must hold real numbers (it is "
                                 "converted to float32)" % (self.fn, name, a.dtype))
             if a.dtype != np.float32:
-                a = a.astype(np.float32)
+                a = _to_float32(a, self.fn, name, additive_mask)
             dtype = _lib.DTYPE_F32
         strides = _element_strides(a) if a.ndim else None
         if strides is None and a.ndim:
@@ -181,11 +181,34 @@ class _Call:
         m = np.asarray(m)
         if m.dtype == np.bool_ or m.dtype == np.uint8:
             return None, self.input(m, name, boolean=True)
-        return self.input(m, name), None
+        if m.dtype.kind in "iu":
+            # A Hugging Face attention_mask is int64 1/0: adding it to the
+            # logits would mask nothing.
+            raise TypeError(
+                "%s: %s has dtype %s; a mask is bool or uint8 (True/nonzero = keep) or "
+                "floating (added to the logits). For a 1/0 keep-mask pass mask != 0 (or "
+                "mask.astype(bool))" % (self.fn, name, m.dtype))
+        return self.input(m, name, additive_mask=True), None
 
     def check(self, code):
         if code:
             raise AttnError(_status_name(code), self.ctx.last_error(), code)
+
+
+def _to_float32(a, fn, name, additive_mask):
+    """float32 copy of a numeric array. A value float32 cannot hold (past
+    3.4e38) is refused rather than turned into inf, which would make NaN rows;
+    an additive mask may overflow to -inf (that is masking)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        b = a.astype(np.float32)
+    if a.dtype.kind == "f" and a.size:
+        over = np.isinf(b) & np.isfinite(a)
+        if additive_mask:
+            over &= b > 0
+        if over.any():
+            raise ValueError("%s: %s (%s) holds %r, past float32's range (libattn computes "
+                             "in float32)" % (fn, name, a.dtype, a[over].flat[0]))
+    return b
 
 
 def _int64_array(a, name, fn, shape=None):
@@ -303,6 +326,10 @@ def _scale(scale, fn, name="scale"):
     if scale == 0.0:
         # 0 selects the default in the C structs, so it cannot mean zero here.
         raise ValueError("%s: %s = 0 is not allowed (pass None for the default)" % (fn, name))
+    if np.float32(scale) == 0.0:
+        # The struct holds a float: 1e-50 would arrive as 0, the default.
+        raise ValueError("%s: %s = %r rounds to 0 in float32 (0 means the default)"
+                         % (fn, name, scale))
     return scale
 
 
@@ -360,10 +387,18 @@ class Context:
         self._busy = threading.Lock()
 
     def close(self):
-        """Destroy the context (joins its worker threads). Idempotent."""
-        h, self._handle = getattr(self, "_handle", None), None
-        if h and _LIB is not None:
-            _LIB.attn_ctx_destroy(h)
+        """Destroy the context (joins its worker threads). Idempotent. An op
+        running on it in another thread finishes first (close waits for it)."""
+        busy = getattr(self, "_busy", None)
+        if busy is not None:
+            busy.acquire()
+        try:
+            h, self._handle = getattr(self, "_handle", None), None
+            if h and _LIB is not None:
+                _LIB.attn_ctx_destroy(h)
+        finally:
+            if busy is not None:
+                busy.release()
 
     def __del__(self):
         try:
@@ -397,6 +432,9 @@ class Context:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("%s: this attn.Context is in use by another thread; "
                                "use one context per thread" % fn)
+        if not self._handle:  # closed meanwhile by another thread
+            self._busy.release()
+            self._live()
         return _Guarded(self, fn)
 
     # ---- dtype conversion ----

@@ -267,3 +267,83 @@ def test_fork_after_use():
     assert os.WEXITSTATUS(status) == 0, "child: 1 = an op raised, 2 = wrong result"
     np.testing.assert_array_equal(_every_op(ctx)[6], want[6])  # the parent's context still works
     ctx.close()
+
+
+# ---- issue 9: inputs that used to give a silent wrong answer ----
+
+def test_integer_mask_is_refused_not_added():
+    # A Hugging Face attention_mask (int64, 1 = keep) added to the logits
+    # would mask nothing.
+    q = np.ones((1, 1, 2, 4), np.float32)
+    hf = np.array([[1, 0]], np.int64)
+    for m in (hf, hf.astype(np.int32), hf.astype(np.uint16)):
+        with pytest.raises(TypeError, match="mask != 0"):
+            attn.sdpa(q, q, q, mask=m)
+        with pytest.raises(TypeError, match="bool or uint8"):
+            attn.softmax(np.ones((1, 2), np.float32), mask=m)
+    # The documented conversion gives the keep-mask meaning.
+    np.testing.assert_array_equal(attn.softmax(np.zeros((1, 2), np.float32), mask=hf != 0),
+                                  [[1.0, 0.0]])
+    np.testing.assert_array_equal(
+        attn.softmax(np.zeros((1, 2), np.float32), mask=hf.astype(np.uint8)), [[1.0, 0.0]])
+
+
+def test_scale_that_rounds_to_zero_is_refused():
+    x = np.ones((1, 4), np.float32)
+    q = np.ones((1, 1, 2, 4), np.float32)
+    for s in (1e-50, -1e-46):
+        with pytest.raises(ValueError, match="rounds to 0"):
+            attn.softmax(x, scale=s)
+        with pytest.raises(ValueError, match="rounds to 0"):
+            attn.sdpa(q, q, q, scale=s)
+    attn.softmax(x, scale=1e-40)  # subnormal in float32, still not 0
+
+
+def test_float64_past_float32_is_refused():
+    x = np.array([[1e39, 0.0]])
+    with pytest.raises(ValueError, match="float32's range"):
+        attn.softmax(x)
+    q = np.ones((1, 1, 2, 4))
+    q[0, 0, 1, 2] = -1e300
+    with pytest.raises(ValueError, match="float32's range"):
+        attn.sdpa(q, q, q)
+    # float64 within range is converted; the result is float32.
+    out = attn.softmax(np.array([[0.0, np.log(3.0)]]))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0.25, 0.75]], rtol=1e-6)
+    # An additive float64 mask may use the most negative double (torch's
+    # finfo(float64).min): it becomes -inf, i.e. masked.
+    m = np.array([[0.0, np.finfo(np.float64).min]])
+    np.testing.assert_array_equal(attn.softmax(np.zeros((1, 2)), mask=m), [[1.0, 0.0]])
+    with pytest.raises(ValueError, match="float32's range"):
+        attn.softmax(np.zeros((1, 2)), mask=np.array([[0.0, 1e300]]))
+    # inf and NaN given as such pass through (they are not an overflow).
+    assert np.isnan(attn.softmax(np.array([[np.nan, 0.0]]))).all()
+
+
+def test_close_waits_for_a_running_op():
+    ctx = attn.Context(1)
+    q = np.random.default_rng(1).standard_normal((1, 8, 512, 64)).astype(np.float32)
+    want = attn.Context(1).sdpa(q, q, q, causal=True)
+    got, errors = {}, []
+    started = threading.Event()
+
+    def run():
+        try:
+            started.set()
+            for _ in range(3):
+                got["out"] = ctx.sdpa(q, q, q, causal=True)
+        except (RuntimeError, ValueError) as e:  # closed before this call began
+            errors.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    started.wait()
+    ctx.close()  # must not free the context under the running call
+    t.join()
+    if "out" in got:
+        np.testing.assert_array_equal(got["out"], want)
+    for e in errors:
+        assert "closed" in str(e) or "in use" in str(e)
+    with pytest.raises(ValueError, match="closed"):
+        ctx.sdpa(q, q, q)
