@@ -117,8 +117,8 @@ def test_sdpa(tmp_path, rng):
     ok("sdpa", *files, "-o", out)
     close(np.load(out), ref.sdpa(q, k, v)[0])
     for align in ("top-left", "bottom-right"):
-        ok("sdpa", *files, "-o", out, "--causal", align, "--lse", lse, "--weights", w,
-           "--scale", 0.2)
+        ok("sdpa", *files, "-o", out, "--causal", "--align", align, "--lse", lse,
+           "--weights", w, "--scale", 0.2)
         want = ref.sdpa(q, k, v, causal=True, align=align, scale=0.2)
         close(np.load(out), want[0])
         close(np.load(lse), want[1])
@@ -131,7 +131,7 @@ def test_sdpa(tmp_path, rng):
     close(np.load(out), ref.sdpa(q, k, v, bool_mask=keep)[0])
     t = [save(tmp_path, n + "t.npy", np.ascontiguousarray(a.transpose(0, 2, 1, 3)))
          for n, a in (("q", q), ("k", k), ("v", v))]
-    ok("sdpa", *t, "-o", out, "--layout", "blhd", "--causal", "bottom-right")
+    ok("sdpa", *t, "-o", out, "--layout", "blhd", "--causal=bottom-right")
     got = np.load(out)
     assert got.shape == (2, 5, 4, 3)
     close(got.transpose(0, 2, 1, 3), ref.sdpa(q, k, v, causal=True, align="bottom-right")[0])
@@ -345,3 +345,79 @@ def test_pool_usage_and_refusals(tmp_path, rng):
     assert r.returncode == 2 and "scores" in r.stderr
     r = attn("pool", save(tmp_path, "v.npy", np.zeros(4, np.float32)), "-o", tmp_path / "y.npy")
     assert r.returncode == 2 and "dims" in r.stderr
+
+
+# ---- issue 9: options, stdout, "--", the same conventions everywhere ----
+
+def test_sdpa_options(tmp_path, rng):
+    q = rng.standard_normal((2, 4, 3, 8)).astype(np.float32)
+    k = rng.standard_normal((2, 2, 9, 8)).astype(np.float32)
+    v = rng.standard_normal((2, 2, 9, 5)).astype(np.float32)
+    files = [save(tmp_path, n + ".npy", a) for n, a in (("q", q), ("k", k), ("v", v))]
+    out = tmp_path / "o.npy"
+    slopes = ref.alibi_slopes(4, 8.0)
+    cases = [
+        (["--causal", "--align", "bottom-right", "--kv-lens", "7,9"],
+         dict(causal=True, align="bottom-right", kv_lens=[7, 9])),
+        (["--window", "2,1"], dict(window=(2, 1))),
+        (["--window", "3", "--causal"], dict(window=(3, 0), causal=True)),
+        (["--alibi", "8"], dict(alibi=slopes)),  # ALiBi without causal
+        (["--alibi", "8", "--causal", "--align", "bottom-right"],
+         dict(alibi=slopes, causal=True, align="bottom-right")),
+        (["--softcap", "2.5", "--sinks", "0.5,-1,2,0"],
+         dict(softcap=2.5, sinks=[0.5, -1.0, 2.0, 0.0])),
+        (["--threads", "3", "--causal"], dict(causal=True)),
+    ]
+    for args, kw in cases:
+        ok("sdpa", *files, "-o", out, *args)
+        close(np.load(out), ref.sdpa(q, k, v, **kw)[0])
+    # Lists must match the shapes; values must be numbers of the right kind.
+    r = attn("sdpa", *files, "-o", out, "--kv-lens", "7")
+    assert r.returncode == 2 and "kv-lens" in r.stderr and "2 batch entries" in r.stderr
+    r = attn("sdpa", *files, "-o", out, "--sinks", "1,2")
+    assert r.returncode == 2 and "4 heads" in r.stderr
+    for bad in (["--kv-lens", "7,x"], ["--kv-lens", "7.5,9"], ["--window", "-1"],
+                ["--alibi", "0"], ["--softcap", "-1"], ["--threads", "-1"],
+                ["--scale", "1e-50"], ["--scale", "1e300"]):
+        r = attn("sdpa", *files, "-o", out, *bad)
+        assert r.returncode == 1, (bad, r.stderr)
+    r = attn("softmax", files[0], "-o", out, "--scale", "1e-50")
+    assert r.returncode == 1 and "rounds to 0" in r.stderr
+
+
+def test_rope_positions(tmp_path, rng):
+    x = rng.standard_normal((2, 3, 4, 8)).astype(np.float32)
+    inp, out = save(tmp_path, "x.npy", x), tmp_path / "y.npy"
+    pos = np.array([[5, 0, 9, 2], [1, 1, 30, 4]])
+    ok("rope", inp, "-o", out, "--positions", ",".join(str(p) for p in pos.ravel()))
+    close(np.load(out), ref.rope(x, positions=pos), atol=2e-6)
+    r = attn("rope", inp, "-o", out, "--positions", "1,2,3")
+    assert r.returncode == 2 and "B * L = 8" in r.stderr
+
+
+def test_output_to_stdout_and_double_dash(tmp_path, rng):
+    import io
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    odd = save(tmp_path, "-x.npy", x)  # a file whose name starts with '-'
+    r = subprocess.run([CLI, "softmax", "-o", "-", "--", odd.name], capture_output=True,
+                       cwd=tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    close(np.load(io.BytesIO(r.stdout)), ref.softmax(x))
+    r = attn("softmax", "-o", tmp_path / "y.npy", "--", "--log")  # a file name after --
+    assert r.returncode == 2 and "--log" in r.stderr
+
+
+@pytest.mark.parametrize("cmd", ["softmax", "pe", "rope", "sdpa", "pool"])
+def test_same_conventions_everywhere(tmp_path, cmd):
+    # The same common options and exit codes in every subcommand.
+    r = ok(cmd, "--help")
+    for opt in ("-o, --output", "--threads", "Exit status: 0 success, 1 bad usage, 2 bad input"):
+        assert opt in r.stdout, (cmd, opt)
+    r = attn(cmd, "--frobnicate")
+    assert r.returncode == 1 and "Try 'attn %s --help'" % cmd in r.stderr
+    r = attn(cmd, "--threads", "x")
+    assert r.returncode == 1
+    if cmd != "pe":
+        files = ["missing.npy"] * (3 if cmd == "sdpa" else 1)
+        r = attn(cmd, *[tmp_path / f for f in files], "-o", tmp_path / "o.npy")
+        assert r.returncode == 2 and "missing.npy" in r.stderr

@@ -20,6 +20,10 @@
 typedef struct {
   const char *cmd;   /* "softmax", for messages */
   const char *usage; /* the subcommand's help text */
+  /* Set by common_option(): */
+  const char *out;     /* -o/--output; "-" = standard output */
+  int64_t threads;     /* --threads; 0 = the CPUs available */
+  int positional_only; /* after "--" */
 } cli;
 
 static int usage_error(const cli *c, const char *fmt, const char *arg) {
@@ -30,13 +34,14 @@ static int usage_error(const cli *c, const char *fmt, const char *arg) {
 }
 
 /* Match option `name` at argv[*i] as "--name VALUE" or "--name=VALUE".
- * Returns 1 and sets *val on a match, 0 if argv[*i] is another option, and
- * -1 (after saying so on stderr) if the value is missing. */
+ * Returns 1 and sets *val on a match, 0 if argv[*i] is another option (or
+ * comes after "--"), and -1 (after saying so on stderr) if the value is
+ * missing. */
 static int take(const cli *c, int argc, char **argv, int *i, const char *name,
                 const char **val) {
   size_t n = strlen(name);
   const char *a = argv[*i];
-  if (strncmp(a, name, n))
+  if (c->positional_only || strncmp(a, name, n))
     return 0;
   if (a[n] == '=') {
     *val = a + n + 1;
@@ -80,6 +85,96 @@ static int parse_int(const cli *c, const char *opt, const char *s, int64_t lo, i
   return 0;
 }
 
+/* A logit scale: finite, and not 0 in float32 (0 means the default). */
+static int parse_scale(const cli *c, const char *opt, const char *s, double *out) {
+  if (parse_double(c, opt, s, out))
+    return -1;
+  float f = (float)*out;
+  if (f == 0 || !isfinite(f)) {
+    fprintf(stderr, "attn %s: %s = '%s' %s in float32\nTry 'attn %s --help'.\n", c->cmd, opt,
+            s, f == 0 ? "rounds to 0 (0 would mean the default)" : "is out of range",
+            c->cmd);
+    return -1;
+  }
+  return 0;
+}
+
+/* A comma-separated list of numbers ("3,5,8") into a new array of doubles;
+ * integer lists (want_int) must hold integers that int64 represents. */
+static int parse_list(const cli *c, const char *opt, const char *s, int want_int,
+                      double **out, size_t *n) {
+  size_t count = 1;
+  for (const char *p = s; *p; p++)
+    count += *p == ',';
+  double *v = malloc(count * sizeof *v);
+  if (!v) {
+    fprintf(stderr, "attn %s: out of memory for %s\n", c->cmd, opt);
+    return -1;
+  }
+  const char *p = s;
+  for (size_t k = 0; k < count; k++) {
+    char *end;
+    errno = 0;
+    v[k] = strtod(p, &end);
+    if (end == p || (*end && *end != ',') || errno == ERANGE || !isfinite(v[k]) ||
+        (want_int && (v[k] != floor(v[k]) || fabs(v[k]) > 9.0e18))) {
+      fprintf(stderr, "attn %s: %s = '%s': item %zu is not %s\nTry 'attn %s --help'.\n",
+              c->cmd, opt, s, k + 1, want_int ? "an integer" : "a finite number", c->cmd);
+      free(v);
+      return -1;
+    }
+    p = end + 1;
+  }
+  free(*out); /* the option given twice: the last one counts */
+  *out = v;
+  *n = count;
+  return 0;
+}
+
+/* True for a "--flag" switch at arg (not after "--"). */
+static int flag(const cli *c, const char *arg, const char *name) {
+  return !c->positional_only && !strcmp(arg, name);
+}
+
+/* True if arg looks like an option ("-" alone is a file: standard input). */
+static int is_option(const cli *c, const char *arg) {
+  return !c->positional_only && arg[0] == '-' && arg[1];
+}
+
+enum { CLI_HELP = -2 };
+
+/* The options every subcommand takes: -h/--help, -o/--output PATH ("-" =
+ * standard output), --threads N and "--" (every later argument is a file).
+ * Returns 1 if argv[*i] was one, 0 if not, -1 after a usage error, CLI_HELP
+ * after printing the help. */
+static int common_option(cli *c, int argc, char **argv, int *i) {
+  const char *v;
+  int m;
+  if (c->positional_only)
+    return 0;
+  if (!strcmp(argv[*i], "--help") || !strcmp(argv[*i], "-h")) {
+    fputs(c->usage, stdout);
+    return CLI_HELP;
+  }
+  if (!strcmp(argv[*i], "--")) {
+    c->positional_only = 1;
+    return 1;
+  }
+  if ((m = take(c, argc, argv, i, "-o", &v)) || (m = take(c, argc, argv, i, "--output", &v))) {
+    c->out = v;
+    return m;
+  }
+  if ((m = take(c, argc, argv, i, "--threads", &v)))
+    return m < 0 || parse_int(c, "--threads", v, 0, 1024, &c->threads) ? -1 : 1;
+  return 0;
+}
+
+#define COMMON_HELP                                                                      \
+  "  -o, --output PATH     where to write the result ('-': standard output)\n"           \
+  "  --threads N           threads to use (default 0: the CPUs available)\n"             \
+  "  --                    end of options: every later argument is a file\n"             \
+  "Exit status: 0 success, 1 bad usage, 2 bad input.\n"
+
 static int pick(const cli *c, const char *opt, const char *s, const char *const *names,
                 const int *values, int n, int *out) {
   for (int i = 0; i < n; i++)
@@ -103,7 +198,10 @@ typedef struct {
 } run;
 
 static int open_ctx(run *r) {
-  attn_status st = attn_ctx_create(&r->ctx, NULL);
+  attn_ctx_options o;
+  attn_ctx_options_init(&o);
+  o.num_threads = (int32_t)r->c->threads;
+  attn_status st = attn_ctx_create(&r->ctx, &o);
   if (st != ATTN_OK) {
     fprintf(stderr, "attn %s: cannot create a libattn context (%s)\n", r->c->cmd,
             attn_status_string(st));
@@ -168,39 +266,33 @@ static void join_files(char *buf, size_t size, const char *const *names, int n) 
 static const char softmax_usage[] =
     "usage: attn softmax IN.npy -o OUT.npy [--log] [--scale S] [--mask M.npy]\n"
     "Softmax (or log-softmax) over the last axis of IN (1-4 dims, float32 or float64).\n"
-    "  -o, --output OUT.npy  result, float32, IN's shape\n"
+    "OUT: float32, IN's shape.\n"
     "  --log                 log-softmax instead\n"
     "  --scale S             multiply IN by S first (1/temperature; default 1)\n"
     "  --mask M.npy          float: added after scaling (-inf removes an entry);\n"
     "                        bool/uint8: nonzero = keep. Broadcast to IN's shape.\n"
-    "Exit status: 0 success, 1 bad usage, 2 bad input.\n";
+    COMMON_HELP;
 
 static int cmd_softmax(int argc, char **argv) {
-  cli c = {"softmax", softmax_usage};
+  cli c = {"softmax", softmax_usage, NULL, 0, 0};
   const char *in = NULL, *outp = NULL, *maskp = NULL, *v;
   int log = 0;
   double scale = 1.0;
   for (int i = 1; i < argc; i++) {
     int m;
-    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-      fputs(c.usage, stdout);
-      return ATTN_EXIT_OK;
-    } else if (!strcmp(argv[i], "--log")) {
+    if ((m = common_option(&c, argc, argv, &i))) {
+      if (m < 0)
+        return m == CLI_HELP ? ATTN_EXIT_OK : ATTN_EXIT_USAGE;
+    } else if (flag(&c, argv[i], "--log")) {
       log = 1;
-    } else if ((m = take(&c, argc, argv, &i, "-o", &v)) || (m = take(&c, argc, argv, &i, "--output", &v))) {
-      if (m < 0)
-        return ATTN_EXIT_USAGE;
-      outp = v;
     } else if ((m = take(&c, argc, argv, &i, "--scale", &v))) {
-      if (m < 0)
-        return ATTN_EXIT_USAGE;
-      if (parse_double(&c, "--scale", v, &scale))
+      if (m < 0 || parse_scale(&c, "--scale", v, &scale))
         return ATTN_EXIT_USAGE;
     } else if ((m = take(&c, argc, argv, &i, "--mask", &v))) {
       if (m < 0)
         return ATTN_EXIT_USAGE;
       maskp = v;
-    } else if (argv[i][0] == '-' && argv[i][1]) {
+    } else if (is_option(&c, argv[i])) {
       return usage_error(&c, "unknown option '%s'", argv[i]);
     } else if (!in) {
       in = argv[i];
@@ -210,10 +302,8 @@ static int cmd_softmax(int argc, char **argv) {
   }
   if (!in)
     return usage_error(&c, "%s", "missing IN.npy");
-  if (!outp)
+  if (!(outp = c.out))
     return usage_error(&c, "%s", "missing -o OUT.npy");
-  if (scale == 0)
-    return usage_error(&c, "%s", "--scale must not be 0");
 
   int rc = ATTN_EXIT_INPUT;
   npy_array x = {0}, mask = {0};
@@ -265,27 +355,23 @@ static const char pe_usage[] =
     "                  tensor2tensor), cos-sin (diffusion timestep embedding)\n"
     "  --base B        frequency base (default 10000)\n"
     "  --offset O      row l has position O + l (default 0; may be fractional)\n"
-    "Exit status: 0 success, 1 bad usage, 2 bad input.\n";
+    COMMON_HELP;
 
 static const char *const pe_names[] = {"interleaved", "concat", "concat-shifted", "cos-sin"};
 static const int pe_values[] = {ATTN_PE_INTERLEAVED, ATTN_PE_SIN_COS, ATTN_PE_SIN_COS_SHIFTED,
                                 ATTN_PE_COS_SIN};
 
 static int cmd_pe(int argc, char **argv) {
-  cli c = {"pe", pe_usage};
+  cli c = {"pe", pe_usage, NULL, 0, 0};
   const char *outp = NULL, *v;
   int64_t len = 0, dim = 0;
   int layout = ATTN_PE_INTERLEAVED;
   double base = 10000.0, offset = 0.0;
   for (int i = 1; i < argc; i++) {
     int m;
-    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-      fputs(c.usage, stdout);
-      return ATTN_EXIT_OK;
-    } else if ((m = take(&c, argc, argv, &i, "-o", &v)) || (m = take(&c, argc, argv, &i, "--output", &v))) {
+    if ((m = common_option(&c, argc, argv, &i))) {
       if (m < 0)
-        return ATTN_EXIT_USAGE;
-      outp = v;
+        return m == CLI_HELP ? ATTN_EXIT_OK : ATTN_EXIT_USAGE;
     } else if ((m = take(&c, argc, argv, &i, "--len", &v))) {
       if (m < 0 || parse_int(&c, "--len", v, 1, (int64_t)1 << 31, &len))
         return ATTN_EXIT_USAGE;
@@ -307,7 +393,7 @@ static int cmd_pe(int argc, char **argv) {
   }
   if (!len || !dim)
     return usage_error(&c, "%s", "--len and --dim are required");
-  if (!outp)
+  if (!(outp = c.out))
     return usage_error(&c, "%s", "missing -o OUT.npy");
 
   int rc = ATTN_EXIT_INPUT;
@@ -376,7 +462,8 @@ static const int layout_values[] = {0, 1};
 
 static const char rope_usage[] =
     "usage: attn rope IN.npy -o OUT.npy [--style half|interleaved] [--theta T]\n"
-    "                 [--rotary-dim R] [--offset P] [--layout bhld|blhd]\n"
+    "                 [--rotary-dim R] [--offset P | --positions P,...]\n"
+    "                 [--layout bhld|blhd]\n"
     "Rotary position embedding of IN: [B, H, L, D] (or [B, L, H, D] with\n"
     "--layout blhd; 3-D without the batch axis), float32 or float64.\n"
     "  --style half         pairs (i, i + R/2): GPT-NeoX, LLaMA (default)\n"
@@ -384,55 +471,67 @@ static const char rope_usage[] =
     "  --theta T            frequency base (default 10000)\n"
     "  --rotary-dim R       rotate the first R dims of each head (even; default D)\n"
     "  --offset P           token l has position P + l (default 0)\n"
-    "Exit status: 0 success, 1 bad usage, 2 bad input.\n";
+    "  --positions P,...    the position of every token instead, B * L integers >= 0\n"
+    "                       in [B, L] order\n"
+    COMMON_HELP;
 
 static int cmd_rope(int argc, char **argv) {
-  cli c = {"rope", rope_usage};
+  cli c = {"rope", rope_usage, NULL, 0, 0};
   const char *in = NULL, *outp = NULL, *v;
   int style = ATTN_ROPE_HALF_SPLIT, blhd = 0;
   double theta = 10000.0;
   int64_t rdim = 0, offset = 0;
+  double *posl = NULL;
+  size_t n_pos = 0;
   static const char *const style_names[] = {"half", "interleaved"};
   static const int style_values[] = {ATTN_ROPE_HALF_SPLIT, ATTN_ROPE_INTERLEAVED};
   for (int i = 1; i < argc; i++) {
     int m;
-    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-      fputs(c.usage, stdout);
-      return ATTN_EXIT_OK;
-    } else if ((m = take(&c, argc, argv, &i, "-o", &v)) || (m = take(&c, argc, argv, &i, "--output", &v))) {
-      if (m < 0)
-        return ATTN_EXIT_USAGE;
-      outp = v;
+    if ((m = common_option(&c, argc, argv, &i))) {
+      if (m < 0) {
+        free(posl);
+        return m == CLI_HELP ? ATTN_EXIT_OK : ATTN_EXIT_USAGE;
+      }
     } else if ((m = take(&c, argc, argv, &i, "--style", &v))) {
       if (m < 0 || pick(&c, "--style", v, style_names, style_values, 2, &style))
-        return ATTN_EXIT_USAGE;
+        goto usage;
     } else if ((m = take(&c, argc, argv, &i, "--layout", &v))) {
       if (m < 0 || pick(&c, "--layout", v, layout_names, layout_values, 2, &blhd))
-        return ATTN_EXIT_USAGE;
+        goto usage;
     } else if ((m = take(&c, argc, argv, &i, "--theta", &v))) {
       if (m < 0 || parse_double(&c, "--theta", v, &theta))
-        return ATTN_EXIT_USAGE;
+        goto usage;
     } else if ((m = take(&c, argc, argv, &i, "--rotary-dim", &v))) {
       if (m < 0 || parse_int(&c, "--rotary-dim", v, 1, INT32_MAX, &rdim))
-        return ATTN_EXIT_USAGE;
+        goto usage;
     } else if ((m = take(&c, argc, argv, &i, "--offset", &v))) {
       if (m < 0 || parse_int(&c, "--offset", v, 0, INT64_MAX / 2, &offset))
-        return ATTN_EXIT_USAGE;
-    } else if (argv[i][0] == '-' && argv[i][1]) {
-      return usage_error(&c, "unknown option '%s'", argv[i]);
+        goto usage;
+    } else if ((m = take(&c, argc, argv, &i, "--positions", &v))) {
+      if (m < 0 || parse_list(&c, "--positions", v, 1, &posl, &n_pos))
+        goto usage;
+    } else if (is_option(&c, argv[i])) {
+      {
+      usage_error(&c, "unknown option '%s'", argv[i]);
+      goto usage;
+    }
     } else if (!in) {
       in = argv[i];
     } else {
-      return usage_error(&c, "unexpected argument '%s'", argv[i]);
+      {
+      usage_error(&c, "unexpected argument '%s'", argv[i]);
+      goto usage;
+    }
     }
   }
-  if (!in)
-    return usage_error(&c, "%s", "missing IN.npy");
-  if (!outp)
-    return usage_error(&c, "%s", "missing -o OUT.npy");
+  if (!in || !(outp = c.out)) {
+    usage_error(&c, "%s", !in ? "missing IN.npy" : "missing -o OUT.npy");
+    goto usage;
+  }
 
   int rc = ATTN_EXIT_INPUT;
   npy_array x = {0};
+  int64_t *positions = NULL;
   run r = {&c, in, NULL};
   int64_t dims[4], strides[4];
   if (read_input(&c, in, NPY_ACCEPT_FLOAT, &x) || bhld_view(&c, in, &x, blhd, dims, strides) ||
@@ -445,6 +544,18 @@ static int cmd_rope(int argc, char **argv) {
   p.theta = theta;
   p.rotary_dim = (int32_t)rdim;
   p.offset = offset;
+  if (posl) { /* libattn reads B * L of them */
+    if (n_pos != (size_t)(dims[0] * dims[2])) {
+      fprintf(stderr, "attn rope: %s: --positions has %zu values but B * L = %lld\n", in,
+              n_pos, (long long)(dims[0] * dims[2]));
+      goto done;
+    }
+    if (!(positions = malloc(n_pos * sizeof *positions)))
+      goto done;
+    for (size_t k = 0; k < n_pos; k++)
+      positions[k] = (int64_t)posl[k];
+    p.positions = positions;
+  }
   attn_status st = wrap(&r, &x, dims, strides, 4, &t);
   if (st || (st = attn_rope(r.ctx, t, &p))) {
     rc = lib_error(&r, st);
@@ -454,85 +565,143 @@ static int cmd_rope(int argc, char **argv) {
 done:
   attn_ctx_destroy(r.ctx);
   npy_free(&x);
+  free(positions);
+  free(posl);
   return rc;
+usage:
+  free(posl);
+  return ATTN_EXIT_USAGE;
 }
 
 /* ---- sdpa ---- */
 
 static const char sdpa_usage[] =
-    "usage: attn sdpa Q.npy K.npy V.npy -o OUT.npy [--causal top-left|bottom-right]\n"
-    "                 [--scale S] [--mask M.npy] [--lse LSE.npy] [--weights W.npy]\n"
-    "                 [--layout bhld|blhd]\n"
+    "usage: attn sdpa Q.npy K.npy V.npy -o OUT.npy [--causal] [--align ALIGN]\n"
+    "                 [--scale S] [--mask M.npy] [--kv-lens N,...] [--window L[,R]]\n"
+    "                 [--alibi MAX_BIAS] [--softcap C] [--sinks S,...]\n"
+    "                 [--lse LSE.npy] [--weights W.npy] [--layout bhld|blhd]\n"
     "Scaled dot-product attention softmax(S q k^T + mask) v.\n"
     "Q [B, Hq, Lq, D], K [B, Hkv, Lk, D], V [B, Hkv, Lk, Dv] (or [B, L, H, D] each\n"
     "with --layout blhd; 3-D without the batch axis), float32 or float64; Hq a\n"
     "multiple of Hkv (grouped-query). OUT has Q's layout with Dv columns.\n"
-    "  --causal ALIGN    causal mask; top-left: query i sees keys j <= i (PyTorch);\n"
-    "                    bottom-right: the last query sees the last key (KV cache)\n"
+    "  --causal          causal mask: query i sees keys j <= i' (i' below)\n"
+    "  --align ALIGN     where query i sits among the keys, for --causal, --window\n"
+    "                    and --alibi: top-left (default): i' = i (PyTorch);\n"
+    "                    bottom-right: the last query sits at the last key (KV cache;\n"
+    "                    with --kv-lens, at key kv_lens[b] - 1). --causal=ALIGN sets both\n"
     "  --scale S         logit scale (default 1/sqrt(D))\n"
+    "  --kv-lens N,...   keys per batch entry (B integers): keys j >= N are ignored\n"
+    "  --window L[,R]    sliding window: keys i' - L <= j <= i' + R (R default 0)\n"
+    "  --alibi MAX_BIAS  ALiBi slopes for the Hq heads (attn_alibi_slopes; 8 is usual),\n"
+    "                    adds slope * (j - i') to the logits (keys after i', seen\n"
+    "                    without --causal, get a positive bias)\n"
+    "  --softcap C       soft-cap the scaled logits: C * tanh(logit / C)\n"
+    "  --sinks S,...     one sink logit per query head (Hq numbers)\n"
     "  --mask M.npy      float: additive; bool/uint8: nonzero = attend; broadcast to\n"
     "                    [B, Hq, Lq, Lk]\n"
     "  --lse LSE.npy     also write the log-sum-exp [B, Hq, Lq]\n"
     "  --weights W.npy   also write the attention weights [B, Hq, Lq, Lk]\n"
-    "Exit status: 0 success, 1 bad usage, 2 bad input.\n";
+    COMMON_HELP;
 
 static int cmd_sdpa(int argc, char **argv) {
-  cli c = {"sdpa", sdpa_usage};
+  cli c = {"sdpa", sdpa_usage, NULL, 0, 0};
   const char *paths[3] = {NULL, NULL, NULL}, *outp = NULL, *maskp = NULL, *lsep = NULL,
              *wp = NULL, *v;
-  int npos = 0, causal = 0, align = ATTN_ALIGN_TOP_LEFT, blhd = 0;
-  double scale = 0;
+  int npos = 0, causal = 0, align = ATTN_ALIGN_TOP_LEFT, blhd = 0, window = 0;
+  double scale = 0, softcap = 0, max_bias = -1;
+  double *kv_lens = NULL, *sinks = NULL, *win = NULL;
+  size_t n_kv_lens = 0, n_sinks = 0, n_win = 0;
   static const char *const align_names[] = {"top-left", "bottom-right"};
   static const int align_values[] = {ATTN_ALIGN_TOP_LEFT, ATTN_ALIGN_BOTTOM_RIGHT};
   for (int i = 1; i < argc; i++) {
     int m;
-    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-      fputs(c.usage, stdout);
-      return ATTN_EXIT_OK;
-    } else if ((m = take(&c, argc, argv, &i, "-o", &v)) || (m = take(&c, argc, argv, &i, "--output", &v))) {
-      if (m < 0)
-        return ATTN_EXIT_USAGE;
-      outp = v;
-    } else if ((m = take(&c, argc, argv, &i, "--causal", &v))) {
-      if (m < 0 || pick(&c, "--causal", v, align_names, align_values, 2, &align))
-        return ATTN_EXIT_USAGE;
+    if ((m = common_option(&c, argc, argv, &i))) {
+      if (m < 0) {
+        free(kv_lens);
+        free(sinks);
+        free(win);
+        return m == CLI_HELP ? ATTN_EXIT_OK : ATTN_EXIT_USAGE;
+      }
+    } else if (flag(&c, argv[i], "--causal")) {
       causal = 1;
+    } else if (!c.positional_only && !strncmp(argv[i], "--causal=", 9)) {
+      if (pick(&c, "--causal", argv[i] + 9, align_names, align_values, 2, &align))
+        goto usage;
+      causal = 1;
+    } else if ((m = take(&c, argc, argv, &i, "--align", &v))) {
+      if (m < 0 || pick(&c, "--align", v, align_names, align_values, 2, &align))
+        goto usage;
+    } else if ((m = take(&c, argc, argv, &i, "--kv-lens", &v))) {
+      if (m < 0 || parse_list(&c, "--kv-lens", v, 1, &kv_lens, &n_kv_lens))
+        goto usage;
+    } else if ((m = take(&c, argc, argv, &i, "--window", &v))) {
+      if (m < 0 || parse_list(&c, "--window", v, 1, &win, &n_win))
+        goto usage;
+      if (n_win > 2 || win[0] < 0 || (n_win == 2 && win[1] < 0)) {
+        usage_error(&c, "--window = '%s' must be LEFT or LEFT,RIGHT (integers >= 0)", v);
+        goto usage;
+      }
+      window = 1;
+    } else if ((m = take(&c, argc, argv, &i, "--alibi", &v))) {
+      if (m < 0 || parse_double(&c, "--alibi", v, &max_bias))
+        goto usage;
+      if (max_bias <= 0) {
+        usage_error(&c, "--alibi = '%s' must be a maximum bias > 0 (8 is usual)", v);
+        goto usage;
+      }
+    } else if ((m = take(&c, argc, argv, &i, "--softcap", &v))) {
+      if (m < 0 || parse_double(&c, "--softcap", v, &softcap))
+        goto usage;
+      if (softcap <= 0) {
+        usage_error(&c, "--softcap = '%s' must be > 0", v);
+        goto usage;
+      }
+    } else if ((m = take(&c, argc, argv, &i, "--sinks", &v))) {
+      if (m < 0 || parse_list(&c, "--sinks", v, 0, &sinks, &n_sinks))
+        goto usage;
     } else if ((m = take(&c, argc, argv, &i, "--layout", &v))) {
       if (m < 0 || pick(&c, "--layout", v, layout_names, layout_values, 2, &blhd))
-        return ATTN_EXIT_USAGE;
+        goto usage;
     } else if ((m = take(&c, argc, argv, &i, "--scale", &v))) {
-      if (m < 0 || parse_double(&c, "--scale", v, &scale))
-        return ATTN_EXIT_USAGE;
-      if (scale == 0)
-        return usage_error(&c, "%s", "--scale must not be 0");
+      if (m < 0 || parse_scale(&c, "--scale", v, &scale))
+        goto usage;
     } else if ((m = take(&c, argc, argv, &i, "--mask", &v))) {
       if (m < 0)
-        return ATTN_EXIT_USAGE;
+        goto usage;
       maskp = v;
     } else if ((m = take(&c, argc, argv, &i, "--lse", &v))) {
       if (m < 0)
-        return ATTN_EXIT_USAGE;
+        goto usage;
       lsep = v;
     } else if ((m = take(&c, argc, argv, &i, "--weights", &v))) {
       if (m < 0)
-        return ATTN_EXIT_USAGE;
+        goto usage;
       wp = v;
-    } else if (argv[i][0] == '-' && argv[i][1]) {
-      return usage_error(&c, "unknown option '%s'", argv[i]);
+    } else if (is_option(&c, argv[i])) {
+      {
+      usage_error(&c, "unknown option '%s'", argv[i]);
+      goto usage;
+    }
     } else if (npos < 3) {
       paths[npos++] = argv[i];
     } else {
-      return usage_error(&c, "unexpected argument '%s'", argv[i]);
+      usage_error(&c, "unexpected argument '%s'", argv[i]);
+      goto usage;
     }
   }
-  if (npos < 3)
-    return usage_error(&c, "%s", "needs Q.npy K.npy V.npy");
-  if (!outp)
-    return usage_error(&c, "%s", "missing -o OUT.npy");
+  if (npos < 3) {
+    usage_error(&c, "%s", "needs Q.npy K.npy V.npy");
+    goto usage;
+  }
+  if (!(outp = c.out)) {
+    usage_error(&c, "%s", "missing -o OUT.npy");
+    goto usage;
+  }
 
   int rc = ATTN_EXIT_INPUT;
   npy_array a[3] = {{0}}, mask = {0};
-  float *out = NULL, *lse = NULL, *w = NULL;
+  float *out = NULL, *lse = NULL, *w = NULL, *slopes = NULL, *sinks32 = NULL;
+  int64_t *lens = NULL;
   char files[1024];
   join_files(files, sizeof files, (const char *const[]){paths[0], paths[1], paths[2], maskp},
              4);
@@ -566,12 +735,41 @@ static int cmd_sdpa(int argc, char **argv) {
         !(w = alloc_floats(&c, (size_t)n_w)))
       goto done;
   }
+  /* The lists must match the shapes (libattn reads B or Hq values). */
+  if ((kv_lens && n_kv_lens != (size_t)B) || (sinks && n_sinks != (size_t)Hq)) {
+    fprintf(stderr, "attn sdpa: %s: --%s has %zu values but Q has %lld %s\n", files,
+            kv_lens && n_kv_lens != (size_t)B ? "kv-lens" : "sinks",
+            kv_lens && n_kv_lens != (size_t)B ? n_kv_lens : n_sinks,
+            (long long)(kv_lens && n_kv_lens != (size_t)B ? B : Hq),
+            kv_lens && n_kv_lens != (size_t)B ? "batch entries" : "heads");
+    goto done;
+  }
   if (open_ctx(&r))
     goto done;
+  if (kv_lens) {
+    if (!(lens = malloc(n_kv_lens * sizeof *lens)))
+      goto done;
+    for (size_t k = 0; k < n_kv_lens; k++)
+      lens[k] = (int64_t)kv_lens[k];
+  }
+  if (sinks) {
+    if (!(sinks32 = alloc_floats(&c, n_sinks)))
+      goto done;
+    for (size_t k = 0; k < n_sinks; k++)
+      sinks32[k] = (float)sinks[k];
+  }
+  attn_status st;
+  if (max_bias > 0) {
+    if (!(slopes = alloc_floats(&c, (size_t)Hq)))
+      goto done;
+    if ((st = attn_alibi_slopes(r.ctx, (int32_t)Hq, max_bias, slopes))) {
+      rc = lib_error(&r, st);
+      goto done;
+    }
+  }
   oa.data = out;
   attn_tensor *tq, *tk, *tv, *to, *tm = NULL, *tl = NULL, *tw = NULL;
   int64_t ldims[3] = {B, Hq, Lq}, wdims[4] = {B, Hq, Lq, Lk};
-  attn_status st;
   if ((st = wrap(&r, &a[0], dims[0], strides[0], 4, &tq)) ||
       (st = wrap(&r, &a[1], dims[1], strides[1], 4, &tk)) ||
       (st = wrap(&r, &a[2], dims[2], strides[2], 4, &tv)) ||
@@ -589,6 +787,13 @@ static int cmd_sdpa(int argc, char **argv) {
   p.scale = (float)scale;
   p.causal = causal;
   p.align = align;
+  p.softcap = (float)softcap;
+  p.window = window;
+  p.window_left = window ? (int64_t)win[0] : 0;
+  p.window_right = n_win == 2 ? (int64_t)win[1] : 0;
+  p.kv_lens = lens;
+  p.alibi_slopes = slopes;
+  p.sinks = sinks32;
   if (tm && mask.dtype == NPY_U8)
     p.bool_mask = tm;
   else
@@ -611,10 +816,21 @@ done:
   free(out);
   free(lse);
   free(w);
+  free(slopes);
+  free(sinks32);
+  free(lens);
   for (int i = 0; i < 3; i++)
     npy_free(&a[i]);
   npy_free(&mask);
+  free(kv_lens);
+  free(sinks);
+  free(win);
   return rc;
+usage:
+  free(kv_lens);
+  free(sinks);
+  free(win);
+  return ATTN_EXIT_USAGE;
 }
 
 /* ---- pool ---- */
@@ -623,16 +839,16 @@ static const char pool_usage[] =
     "usage: attn pool X.npy -o OUT.npy [--mode sum|mean|max|weighted] [--scores S.npy]\n"
     "                 [--keep K.npy]\n"
     "Pool X [B, L, D] or [B, H, L, D] over its sequence axis L (attn_pool).\n"
-    "  -o, --output OUT.npy  result, float32, [B, D] or [B, H, D]\n"
+    "OUT: float32, [B, D] or [B, H, D].\n"
     "  --mode M              sum (default), mean (over the kept tokens), max, or\n"
     "                        weighted: softmax of the scores over the kept tokens\n"
     "  --scores S.npy        float [B, L] or [B, H, L]; required by --mode weighted\n"
     "  --keep K.npy          bool/uint8 [B, L] or [B, H, L], nonzero = keep the token\n"
     "A sequence with no kept token gives zeros.\n"
-    "Exit status: 0 success, 1 bad usage, 2 bad input.\n";
+    COMMON_HELP;
 
 static int cmd_pool(int argc, char **argv) {
-  cli c = {"pool", pool_usage};
+  cli c = {"pool", pool_usage, NULL, 0, 0};
   const char *in = NULL, *outp = NULL, *scores = NULL, *keep = NULL, *v;
   int mode = ATTN_POOL_SUM;
   static const char *const mode_names[] = {"sum", "mean", "max", "weighted"};
@@ -640,14 +856,9 @@ static int cmd_pool(int argc, char **argv) {
                                     ATTN_POOL_WEIGHTED};
   for (int i = 1; i < argc; i++) {
     int m;
-    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-      fputs(c.usage, stdout);
-      return ATTN_EXIT_OK;
-    } else if ((m = take(&c, argc, argv, &i, "-o", &v)) ||
-               (m = take(&c, argc, argv, &i, "--output", &v))) {
+    if ((m = common_option(&c, argc, argv, &i))) {
       if (m < 0)
-        return ATTN_EXIT_USAGE;
-      outp = v;
+        return m == CLI_HELP ? ATTN_EXIT_OK : ATTN_EXIT_USAGE;
     } else if ((m = take(&c, argc, argv, &i, "--mode", &v))) {
       if (m < 0 || pick(&c, "--mode", v, mode_names, mode_values, 4, &mode))
         return ATTN_EXIT_USAGE;
@@ -659,7 +870,7 @@ static int cmd_pool(int argc, char **argv) {
       if (m < 0)
         return ATTN_EXIT_USAGE;
       keep = v;
-    } else if (argv[i][0] == '-' && argv[i][1]) {
+    } else if (is_option(&c, argv[i])) {
       return usage_error(&c, "unknown option '%s'", argv[i]);
     } else if (!in) {
       in = argv[i];
@@ -669,7 +880,7 @@ static int cmd_pool(int argc, char **argv) {
   }
   if (!in)
     return usage_error(&c, "%s", "missing X.npy");
-  if (!outp)
+  if (!(outp = c.out))
     return usage_error(&c, "%s", "missing -o OUT.npy");
 
   int rc = ATTN_EXIT_INPUT;

@@ -421,7 +421,8 @@ int npy_write(const char *path, npy_dtype dtype, int ndim, const int64_t *dims,
   size_t hlen = padded - 10;
   pre[8] = (uint8_t)(hlen & 0xff);
   pre[9] = (uint8_t)(hlen >> 8);
-  FILE *f = fopen(path, "wb");
+  int to_stdout = !strcmp(path, "-"); /* "-o -": standard output */
+  FILE *f = to_stdout ? stdout : fopen(path, "wb");
   if (!f)
     return fail(err, es, "%s: cannot create: %s", path, strerror(errno));
   int ok = fwrite(pre, 1, sizeof pre, f) == sizeof pre &&
@@ -449,12 +450,13 @@ int npy_write(const char *path, npy_dtype dtype, int ndim, const int64_t *dims,
     }
   }
   int saved = errno;
-  if (fclose(f) != 0 && ok) {
+  if ((to_stdout ? fflush(f) : fclose(f)) != 0 && ok) {
     ok = 0;
     saved = errno;
   }
   if (!ok) {
-    remove(path);
+    if (!to_stdout)
+      remove(path);
     return fail(err, es, "%s: write error: %s", path, strerror(saved));
   }
   return 0;
