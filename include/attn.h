@@ -684,7 +684,23 @@ ATTN_API attn_status attn_alibi_slopes(attn_ctx *ctx, int32_t n_heads, double ma
  * or j > i' + window_right); kv_lens and j >= kv_lens[b]; bool_mask is 0;
  * mask is -inf. Visible keys get softmax weights over the row, plus the sink
  * logit in the denominator when sinks is set.
- * Masks are applied after the soft-cap, so a masked -inf stays -inf. */
+ * Masks are applied after the soft-cap, so a masked -inf stays -inf.
+ *
+ * Mask broadcasting (mask and bool_mask alike), NumPy's rules: the mask's
+ * 1 to 4 axes align on the right with [B, Hq, Lq, Lk]; each of its dims
+ * equals the target's or is 1 (repeated along that axis); missing leading
+ * axes repeat too. So [Lk] (one row for every query), [Lq, Lk], [B, 1, 1, Lk]
+ * (a padding mask) and [Hq, Lq, Lk] are all accepted; any other dim is
+ * ATTN_ERR_SHAPE. A mask may be a zero-stride view.
+ *
+ * ALiBi without causal: the bias slope_h * (j - i') is the same linear
+ * function on both sides of i', so keys after i' (visible when causal is 0)
+ * get a positive bias growing with distance, as the formula says. For the
+ * symmetric form -slope_h * |j - i'| (bidirectional models), pass it as an
+ * additive mask instead.
+ *
+ * The library keeps none of these pointers (kv_lens, alibi_slopes, sinks,
+ * q_offsets, tensors) after the call returns. */
 typedef struct attn_sdpa_params {
   size_t struct_size;            /**< sizeof(attn_sdpa_params) */
   float scale;                   /**< 0 = 1/sqrt(D); must be finite */
@@ -695,8 +711,8 @@ typedef struct attn_sdpa_params {
   int32_t reserved_;             /**< must be 0 */
   int64_t window_left;           /**< keys j >= i' - window_left (>= 0) */
   int64_t window_right;          /**< keys j <= i' + window_right (>= 0) */
-  const attn_tensor *mask;       /**< F32 additive, broadcast to [B, Hq, Lq, Lk]:
-                                      shape [1|B, 1|H, Lq, Lk] */
+  const attn_tensor *mask;       /**< F32 additive, broadcast to [B, Hq, Lq, Lk]
+                                      (rules above) */
   const attn_tensor *bool_mask;  /**< U8, nonzero = attend, broadcast likewise */
   const int64_t *kv_lens;        /**< [B]: keys j >= kv_lens[b] ignored (0..Lk) */
   const float *alibi_slopes;     /**< [Hq]: ALiBi slope per query head (finite) */
