@@ -9,12 +9,13 @@
 
 #include "test_util.h"
 
-#define N_THREADS 512
+#define N_THREADS 512 /* ATTN_TEST_THREADS may lower it (valgrind runs at most 500) */
 #define CALLS 2
 enum { B = 1, H = 1, LQ = 128, LK = 192, D = 64 };
 enum { NQ = B * H * LQ * D, NK = B * H * LK * D };
 
 static float g_q[NQ], g_k[NK], g_v[NK], g_ref[NQ];
+static int g_threads = N_THREADS;
 static pthread_barrier_t g_start;
 
 typedef struct {
@@ -68,21 +69,21 @@ static void many_contexts_at_once(void **state) {
   assert_ok(sdpa(ctx, g_ref));
   attn_ctx_destroy(ctx);
 
-  job *jobs = calloc(N_THREADS, sizeof *jobs);
-  pthread_t *th = calloc(N_THREADS, sizeof *th);
+  job *jobs = calloc((size_t)g_threads, sizeof *jobs);
+  pthread_t *th = calloc((size_t)g_threads, sizeof *th);
   assert_non_null(jobs);
   assert_non_null(th);
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setstacksize(&attr, 1 << 20); /* 512 default 8 MiB stacks is a lot of address space */
-  assert_int_equal(pthread_barrier_init(&g_start, NULL, N_THREADS), 0);
-  for (int i = 0; i < N_THREADS; i++)
+  assert_int_equal(pthread_barrier_init(&g_start, NULL, (unsigned)g_threads), 0);
+  for (int i = 0; i < g_threads; i++)
     assert_int_equal(pthread_create(&th[i], &attr, run, &jobs[i]), 0);
-  for (int i = 0; i < N_THREADS; i++)
+  for (int i = 0; i < g_threads; i++)
     assert_int_equal(pthread_join(th[i], NULL), 0);
   pthread_barrier_destroy(&g_start);
   pthread_attr_destroy(&attr);
-  for (int i = 0; i < N_THREADS; i++) {
+  for (int i = 0; i < g_threads; i++) {
     if (jobs[i].st != ATTN_OK)
       fail_msg("thread %d: %s: %s", i, attn_status_string(jobs[i].st), jobs[i].why);
     if (memcmp(jobs[i].out, g_ref, sizeof g_ref))
@@ -93,6 +94,9 @@ static void many_contexts_at_once(void **state) {
 }
 
 int main(void) {
+  const char *n = getenv("ATTN_TEST_THREADS");
+  if (n && atoi(n) > 0)
+    g_threads = atoi(n);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(many_contexts_at_once),
   };
