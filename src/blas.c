@@ -84,7 +84,8 @@ static int32_t caller_limit(void) {
  * guards a process-wide resource (the BLAS's buffer table), which no
  * per-context object can. Contexts stay independent below the limit: a
  * call takes a slot with one atomic add; only past the limit does it wait
- * on the mutex for a slot to be given back. */
+ * on the mutex for a slot to be given back. (A fork while other threads are
+ * inside the BLAS leaves their slots taken in the child: it runs with fewer.) */
 static pthread_once_t gate_once = PTHREAD_ONCE_INIT;
 static int32_t gate_limit; /* 0: unbounded */
 static atomic_int gate_inside, gate_waiting;
