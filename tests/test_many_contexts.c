@@ -2,7 +2,8 @@
  * the same time under the BLAS's default threading. The README promises
  * that independent contexts run concurrently; Debian's pthread OpenBLAS
  * has a fixed number of per-caller buffers and crashed at about 200
- * concurrent callers before src/blas.c bounded them. Every thread's result
+ * concurrent callers before src/blas.c bounded them (ctest forces the sse2
+ * kernel set, whose SDPA products go through cblas_sgemm). Every thread's result
  * must equal the single-threaded reference bit for bit. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
