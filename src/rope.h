@@ -24,8 +24,8 @@ typedef struct {
   size_t ws_bytes;
   /* Workspace, carved by the run. */
   double *inv_freq; /* half */
-  double *tables;   /* per worker: cos[T][half] then sin[T][half], then (half
-                       x) a row of D floats */
+  double *tables;   /* per worker: cos[T][half], sin[T][half], 2 * half
+                       one-step angles, then (half x) a row of D floats */
   size_t table_stride;
 } attn_rope_problem;
 

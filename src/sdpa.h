@@ -12,14 +12,17 @@
 #include "internal.h"
 
 /* Tile sizes: BLOCK_ROWS query rows (all heads of a group included) by
- * BLOCK_KEYS keys, so S is 128 KiB and stays in the 1 MiB L2 of a core next
- * to the K and V tiles. Measured on the development machine (AMD EPYC, 1
- * thread, OpenBLAS 0.3.21 Haswell kernels, B=1 H=8 L=2048, two rounds, as a
- * fraction of a same-run 2048^3 sgemm), rows x keys: 32x256 0.73-0.79,
- * 64x256 0.81-0.87, 64x512 0.77-0.90, 128x128 0.71-0.89, 128x256 0.84-0.99,
- * 128x512 0.87-0.92, 256x256 0.86-1.08 but causal/full time 0.57-0.63
- * (128x256: 0.53-0.54), as larger blocks waste more work on the diagonal. */
-#define BLOCK_ROWS 128
+ * BLOCK_KEYS keys: S is 256 KiB, next to the K and V tiles in a core's L2.
+ * Each block streams every K and V tile from L3 once, so more rows per
+ * block mean fewer passes over K/V. With libattn's tile kernels on an
+ * Emerald Rapids KVM guest (2 MiB L2 per core; 1 thread, B=1 H=8 L=4096,
+ * SDPA per CPU second as a fraction of a same-process OpenBLAS SkylakeX
+ * sgemm on 128x256 tiles): 256 rows 0.90-0.91 non-causal and 0.95-0.98
+ * causal, against 0.80-0.84 and 0.92-0.94 with 128 rows. (Earlier, through
+ * OpenBLAS Haswell kernels on a Zen 4 with 1 MiB L2, 256x256 gave 0.86-1.08
+ * of a 2048^3 sgemm but a worse causal/full time, 0.57-0.63 against
+ * 0.53-0.54 at 128x256: larger blocks waste more work on the diagonal.) */
+#define BLOCK_ROWS 256
 #define BLOCK_KEYS 256
 /* Bound on |q_offsets[b]|: positions and window ends stay far from overflow. */
 #define MAX_Q_OFFSET ((int64_t)1 << 60)
