@@ -84,7 +84,8 @@ static void check_rows(const ref_view *r) {
   dump_view(r);
   int64_t G = r->Hq / r->Hkv;
   double scale = r->prm.scale != 0 ? (double)r->prm.scale : (double)(float)(1.0 / sqrt((double)r->D));
-  int64_t diag = r->prm.align == ATTN_ALIGN_BOTTOM_RIGHT ? r->Lk - r->Lq : 0;
+  /* Bottom-right puts the last query at the last valid key (attn.h). */
+  int64_t diag = r->prm.align == ATTN_ALIGN_BOTTOM_RIGHT ? r->kv_len - r->Lq : 0;
   double *s = malloc((size_t)(r->Lk ? r->Lk : 1) * sizeof *s);
   double *acc = malloc((size_t)r->Dv * sizeof *acc);
   unsigned char *vis = malloc((size_t)(r->Lk ? r->Lk : 1));
