@@ -159,10 +159,11 @@ int32_t attn__threads_plan(const attn_ctx *ctx, double work, double min_per_thre
 int64_t attn__items_balanced(int64_t n, int64_t per, int32_t threads);
 
 /* ---- BLAS (blas.c, the only caller of cblas_sgemm) ---- */
-/* Threads one BLAS call may start on its own (1 for a sequential BLAS). A
- * multi-threaded OpenBLAS serialises concurrent calls (OpenBLAS issue 4217,
- * measured in bench/BLAS-THREADING.md), so an op that calls BLAS from
- * several workers must use one worker when this is > 1. */
+/* Threads one call of attn__sgemm_* may start on its own: 1 when the
+ * products run on libattn's tile kernels (simd/gemm_body.h) or the BLAS is
+ * sequential. A multi-threaded OpenBLAS serialises concurrent calls
+ * (OpenBLAS issue 4217, measured in bench/BLAS-THREADING.md), so an op that
+ * calls these from several workers must use one worker when this is > 1. */
 int32_t attn__blas_threads(void);
 /* Row-major C[m, n] = alpha * A[m, k] * B[n, k]^T. */
 void attn__sgemm_nt(int m, int n, int k, float alpha, const float *a, int lda, const float *b,
