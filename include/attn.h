@@ -898,6 +898,386 @@ ATTN_API attn_status attn_pool_attention(attn_ctx *ctx, const attn_tensor *queri
                                          const attn_pool_attention_params *p);
 /** @} */
 
+/** @name KV cache
+ * Keys and values of past tokens for incremental decoding, per sequence.
+ *
+ * A cache holds B sequences of Hkv heads, keys of dim D and values of dim
+ * Dv (F32), and a length per sequence. Two layouts:
+ * - ATTN_KV_CONTIGUOUS: keys [B, Hkv, capacity, D] and values
+ *   [B, Hkv, capacity, Dv], owned (attn_kv_cache_create()) or wrapped
+ *   caller memory with any strides (attn_kv_cache_wrap()).
+ * - ATTN_KV_PAGED (vLLM's PagedAttention): a pool of num_blocks blocks of
+ *   block_size tokens, keys [num_blocks, Hkv, block_size, D] and values
+ *   likewise, and a block table per sequence. A sequence takes blocks from
+ *   the pool as it grows and returns them when truncated or reset; a copy
+ *   (attn_kv_copy()) shares the source's blocks (reference counts) and the
+ *   first append into a shared, partly filled block copies that block first.
+ *
+ * Every function checks all its arguments before it changes anything: on
+ * failure the cache (contents, lengths, blocks) is exactly as before.
+ * A cache belongs to the context it was created from and is used with it;
+ * it is freed by attn_kv_cache_free() or attn_ctx_destroy().
+ * @{ */
+
+/** Opaque KV cache; made by attn_kv_cache_create() or attn_kv_cache_wrap(). */
+typedef struct attn_kv_cache attn_kv_cache;
+
+/** Storage layouts of a KV cache. */
+typedef enum attn_kv_layout {
+  ATTN_KV_CONTIGUOUS = 0, /**< [B, Hkv, capacity, D]: a fixed capacity per sequence */
+  ATTN_KV_PAGED = 1,      /**< blocks of block_size tokens from a shared pool */
+  ATTN_KV_LAYOUT_MAX_ = 0x7fffffff
+} attn_kv_layout;
+
+/** Parameters of attn_kv_cache_create(). batch, kv_heads, head_dim and
+ * capacity (contiguous) or num_blocks (paged) have no default. */
+typedef struct attn_kv_cache_params {
+  size_t struct_size;  /**< sizeof(attn_kv_cache_params) */
+  int32_t layout;      /**< attn_kv_layout; 0 = contiguous */
+  int32_t dtype;       /**< element type; 0 = ATTN_DTYPE_F32, the only one */
+  int64_t batch;       /**< B: sequences, >= 1 */
+  int64_t kv_heads;    /**< Hkv: key/value heads, >= 1 */
+  int64_t head_dim;    /**< D: key dim, >= 1 */
+  int64_t value_dim;   /**< Dv: value dim; 0 = head_dim */
+  int64_t capacity;    /**< most tokens one sequence holds: contiguous >= 1;
+                            paged 0 = num_blocks * block_size */
+  int64_t block_size;  /**< paged: tokens per block; 0 = 16 */
+  int64_t num_blocks;  /**< paged: blocks in the pool, >= 1 */
+} attn_kv_cache_params;
+
+/** Fill `p` with the defaults (and its struct_size).
+ * @param[out] p the parameters to fill; NULL is ignored.
+ * @since 0.2.0 */
+ATTN_API void attn_kv_cache_params_init(attn_kv_cache_params *p);
+
+/** Create an empty cache (every length 0) owning its memory. The memory is
+ * allocated once here (B * Hkv * capacity * (D + Dv) floats contiguous,
+ * num_blocks * Hkv * block_size * (D + Dv) paged) and not initialised:
+ * nothing ever reads a row past a sequence's length.
+ * @param[in]  ctx owner.
+ * @param[in]  p   the sizes (required, see attn_kv_cache_params).
+ * @param[out] out receives the cache; written only on success.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_INVALID_ARG
+ *  (layout, a size < 1, paged capacity > num_blocks * block_size),
+ *  ATTN_ERR_UNSUPPORTED (dtype, newer params), ATTN_ERR_OVERFLOW (sizes),
+ *  ATTN_ERR_NO_MEMORY.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_kv_cache_create(attn_ctx *ctx, const attn_kv_cache_params *p,
+                                          attn_kv_cache **out);
+
+/** Wrap caller memory as a contiguous cache, without copying: keys k
+ * [B, Hkv, capacity, D] and values v [B, Hkv, capacity, Dv], tensors of ctx
+ * (F32, any strides with no two indices sharing an element, k and v not
+ * overlapping). The cache reads and writes the memory they view, which must
+ * outlive the cache; freeing the tensors afterwards does not affect it.
+ * @param[in]  ctx  owner.
+ * @param[in]  k    keys; capacity = k.shape[2].
+ * @param[in]  v    values; shape [B, Hkv, capacity, Dv].
+ * @param[in]  lens B initial lengths (0..capacity): tokens already in the
+ *                  memory (a restored cache); NULL = all 0.
+ * @param[out] out  receives the cache; written only on success.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
+ *  (dtype), ATTN_ERR_SHAPE, ATTN_ERR_INVALID_ARG (strides, lens),
+ *  ATTN_ERR_ALIASING, ATTN_ERR_NO_MEMORY.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_kv_cache_wrap(attn_ctx *ctx, const attn_tensor *k,
+                                        const attn_tensor *v, const int64_t *lens,
+                                        attn_kv_cache **out);
+
+/** Free a cache before its context is destroyed (owned memory too; wrapped
+ * memory is left alone).
+ * @param[in] ctx   the context the cache was created from.
+ * @param[in] cache the cache; NULL is a no-op returning ATTN_OK.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG (ctx), ATTN_ERR_BAD_HANDLE (freed, or
+ *  from another context).
+ * @since 0.2.0 */
+ATTN_API attn_status attn_kv_cache_free(attn_ctx *ctx, attn_kv_cache *cache);
+
+/** What a cache is and holds, from attn_kv_cache_info(). */
+typedef struct attn_kv_cache_info {
+  size_t struct_size;  /**< sizeof(attn_kv_cache_info), set by the caller */
+  int32_t layout;      /**< attn_kv_layout */
+  int32_t dtype;       /**< attn_dtype of keys and values */
+  int64_t batch;       /**< B */
+  int64_t kv_heads;    /**< Hkv */
+  int64_t head_dim;    /**< D */
+  int64_t value_dim;   /**< Dv */
+  int64_t capacity;    /**< most tokens one sequence may hold */
+  int64_t block_size;  /**< paged: tokens per block; contiguous: 0 */
+  int64_t num_blocks;  /**< paged: blocks in the pool; contiguous: 0 */
+  int64_t free_blocks; /**< paged: blocks no sequence holds; contiguous: 0 */
+} attn_kv_cache_info;
+
+/** Describe a cache.
+ * @param[in]  ctx   the cache's context.
+ * @param[in]  cache the cache.
+ * @param[out] info  filled up to info->struct_size (which the caller sets;
+ *                   at least sizeof(size_t)).
+ * @param[out] lens  optional: B current lengths.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_INVALID_ARG
+ *  (info->struct_size).
+ * @since 0.2.0 */
+ATTN_API attn_status attn_kv_cache_info_get(attn_ctx *ctx, const attn_kv_cache *cache,
+                                            attn_kv_cache_info *info, int64_t *lens);
+
+/** Parameters of attn_kv_append(). */
+typedef struct attn_kv_append_params {
+  size_t struct_size;            /**< sizeof(attn_kv_append_params) */
+  /** NULL = keys stored as given. Otherwise rotary embedding applied to the
+   * new keys before they are stored, as attn_rope() with this style,
+   * rotary_dim and theta, token i of sequence b at its absolute position
+   * len_b + i (len_b: the length before the append); offset must be 0 and
+   * positions NULL. */
+  const attn_rope_params *rope;
+} attn_kv_append_params;
+
+/** Fill `p` with the defaults (and its struct_size).
+ * @param[out] p the parameters to fill; NULL is ignored.
+ * @since 0.2.0 */
+ATTN_API void attn_kv_append_params_init(attn_kv_append_params *p);
+
+/** Append a step's new keys and values: rows 0..n_new[b]-1 of sequence b
+ * are stored at positions len_b .. len_b + n_new[b] - 1, and the length
+ * grows by n_new[b] (0 is allowed: the sequence is left alone).
+ * @param[in] ctx   the cache's context.
+ * @param[in] cache the cache.
+ * @param[in] k_new F32 [B, Hkv, L, D], any strides.
+ * @param[in] v_new F32 [B, Hkv, L, Dv], any strides.
+ * @param[in] n_new B counts in 0..L; NULL = L for every sequence.
+ * @param[in] p     NULL for defaults (no RoPE).
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
+ *  (dtype, newer params), ATTN_ERR_SHAPE (B, heads or dims differ from the
+ *  cache's), ATTN_ERR_INVALID_ARG (an n_new out of range, a sequence past
+ *  its capacity, rope), ATTN_ERR_NO_MEMORY (paged: the pool has too few free
+ *  blocks for the whole step; nothing is appended). k_new and v_new may not
+ *  overlap the cache's memory (ATTN_ERR_ALIASING).
+ * @since 0.2.0 */
+ATTN_API attn_status attn_kv_append(attn_ctx *ctx, attn_kv_cache *cache,
+                                    const attn_tensor *k_new, const attn_tensor *v_new,
+                                    const int64_t *n_new, const attn_kv_append_params *p);
+
+/** Shorten sequence `seq` to `len` tokens (beam search, speculative-decoding
+ * rollback); paged: blocks past the new end return to the pool. Appending
+ * after a truncate gives the same cache as never having appended the
+ * removed tokens.
+ * @param[in] ctx   the cache's context.
+ * @param[in] cache the cache.
+ * @param[in] seq   0..B-1.
+ * @param[in] len   0..the current length.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_INVALID_ARG.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_kv_truncate(attn_ctx *ctx, attn_kv_cache *cache, int64_t seq,
+                                      int64_t len);
+
+/** Empty sequence `seq`, or every sequence when seq = -1 (same as
+ * attn_kv_truncate() to 0).
+ * @param[in] ctx   the cache's context.
+ * @param[in] cache the cache.
+ * @param[in] seq   0..B-1, or -1 for all.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_INVALID_ARG.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_kv_reset(attn_ctx *ctx, attn_kv_cache *cache, int64_t seq);
+
+/** Make sequence `dst` a copy of sequence `src` (its keys, values and
+ * length); what dst held is dropped. Contiguous: the rows are copied
+ * (dst's capacity is the same). Paged: dst shares src's blocks, no data is
+ * copied; the first append to either into a shared, partly filled block
+ * copies that block (copy on write), so both diverge from there.
+ * @param[in] ctx   the cache's context.
+ * @param[in] cache the cache.
+ * @param[in] dst   0..B-1.
+ * @param[in] src   0..B-1 (dst == src is a no-op).
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_INVALID_ARG.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_kv_copy(attn_ctx *ctx, attn_kv_cache *cache, int64_t dst,
+                                  int64_t src);
+
+/** Read back the keys and values of sequence `seq` at positions `start` to
+ * `start + n - 1` (checkpointing, migration, tests).
+ * @param[in]  ctx   the cache's context.
+ * @param[in]  cache the cache.
+ * @param[in]  seq   0..B-1.
+ * @param[in]  start first position, >= 0; start + n <= the sequence's length.
+ * @param[out] k     F32 [Hkv, n, D], writable, or NULL to skip the keys.
+ * @param[out] v     F32 [Hkv, n, Dv], writable (same n), or NULL.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG (k and v both NULL), ATTN_ERR_BAD_HANDLE,
+ *  ATTN_ERR_UNSUPPORTED (dtype), ATTN_ERR_SHAPE, ATTN_ERR_INVALID_ARG (seq,
+ *  range, strides), ATTN_ERR_ALIASING (k or v overlaps the cache, or each
+ *  other).
+ * @since 0.2.0 */
+ATTN_API attn_status attn_kv_read(attn_ctx *ctx, const attn_kv_cache *cache, int64_t seq,
+                                  int64_t start, attn_tensor *k, attn_tensor *v);
+
+/** Attention of new queries against the cache, read in place (paged: tile
+ * by tile through the block table, tiles never crossing a block; no copy of
+ * the cache is made). Query row i < n_new[b] of sequence b sits at position
+ * i' = len_b - n_new[b] + i (len_b: the current length, so the rows are the
+ * last n_new[b] tokens appended), and sees the keys j < len_b, with the
+ * logit, causal mask (j <= i'), window, ALiBi, soft-cap, sinks and
+ * grouped-query heads of attn_sdpa_params. Rows i >= n_new[b] are written
+ * with zeros (lse -inf). Long caches are split over keys across threads and
+ * merged through their log-sum-exp, in a fixed order.
+ * @param[in]  ctx   the cache's context.
+ * @param[in]  cache the cache.
+ * @param[in]  q     F32 [B, Hq, Lq, D], Hq a multiple of the cache's Hkv.
+ * @param[out] out   F32 [B, Hq, Lq, Dv], no overlap with q or the cache.
+ * @param[in]  n_new B counts in 0..min(Lq, len_b); NULL = Lq for every
+ *                   sequence (then Lq <= every length).
+ * @param[in]  p     as attn_sdpa() (scale, softcap, causal, window, ALiBi,
+ *                   sinks, lse [B, Hq, Lq]); mask, bool_mask, kv_lens,
+ *                   q_offsets and weights must be NULL; align is ignored
+ *                   (positions come from the cache).
+ * @return as attn_sdpa(), and ATTN_ERR_INVALID_ARG for an n_new out of range.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_kv_attend(attn_ctx *ctx, const attn_kv_cache *cache,
+                                    const attn_tensor *q, attn_tensor *out,
+                                    const int64_t *n_new, const attn_sdpa_params *p);
+/** @} */
+
+/** @name Decoder attention layer
+ * The attention block of current decoder language models, owning its
+ * weights: q/k/v projections of x [B, L, E], rotary embedding, attention
+ * through a KV cache, output projection.
+ *
+ * For each new token t of sequence b (position p = len_b + i, len_b the
+ * cache length before the call):
+ *   q = x_t Wq^T + bq  [Hq, D],  k = x_t Wk^T + bk  [Hkv, D],
+ *   v = x_t Wv^T + bv  [Hkv, D];
+ *   q and k rotated at position p (if rope is set); k, v appended to the
+ *   cache; a = attention of q over the cache (causal, grouped-query, the
+ *   window and soft-cap below), heads concatenated [Hq * D];
+ *   y_t = a Wo^T + bo  [E].
+ * Weights use PyTorch nn.Linear layouts (row-major [out_features,
+ * in_features]), so a checkpoint's q_proj/k_proj/v_proj/o_proj load as
+ * they are: Wq [Hq*D, E], Wk and Wv [Hkv*D, E], Wo [E, Hq*D], biases
+ * [Hq*D], [Hkv*D], [Hkv*D], [E]. The projections of all B * L tokens of a
+ * call go to one cblas_sgemm each. A layer created from a context is used
+ * with it and freed with it (or by attn_mha_free()).
+ * @{ */
+
+/** Opaque attention layer; made by attn_mha_create_decoder(). */
+typedef struct attn_mha attn_mha;
+
+/** Parameters of attn_mha_create_decoder(). embed_dim and num_heads have no
+ * default. */
+typedef struct attn_mha_decoder_params {
+  size_t struct_size;     /**< sizeof(attn_mha_decoder_params) */
+  int64_t embed_dim;      /**< E: model width, >= 1 */
+  int64_t num_heads;      /**< Hq: query heads, >= 1 */
+  int64_t num_kv_heads;   /**< Hkv: key/value heads (divides Hq); 0 = Hq */
+  int64_t head_dim;       /**< D; 0 = E / Hq (E must then be a multiple of Hq) */
+  int32_t qkv_bias;       /**< nonzero: q, k, v projections have biases */
+  int32_t out_bias;       /**< nonzero: the output projection has a bias */
+  /** NULL = no rotary embedding; else style, rotary_dim and theta as
+   * attn_rope() (offset 0, positions NULL: positions come from the cache).
+   * The struct is copied at creation. */
+  const attn_rope_params *rope;
+  float scale;            /**< 0 = 1/sqrt(D) */
+  float softcap;          /**< 0 = off; > 0 soft-caps the logits */
+  int32_t window;         /**< nonzero: keys j >= p - window_left only */
+  int32_t reserved_;      /**< must be 0 */
+  int64_t window_left;    /**< sliding window extent (>= 0) */
+} attn_mha_decoder_params;
+
+/** Fill `p` with the defaults (and its struct_size).
+ * @param[out] p the parameters to fill; NULL is ignored.
+ * @since 0.2.0 */
+ATTN_API void attn_mha_decoder_params_init(attn_mha_decoder_params *p);
+
+/** The weights of a layer, as attn_mha_set_weight() names them. */
+typedef enum attn_mha_weight {
+  ATTN_MHA_Q_WEIGHT = 0, /**< Wq [Hq*D, E] */
+  ATTN_MHA_K_WEIGHT = 1, /**< Wk [Hkv*D, E] */
+  ATTN_MHA_V_WEIGHT = 2, /**< Wv [Hkv*D, E] */
+  ATTN_MHA_O_WEIGHT = 3, /**< Wo [E, Hq*D] */
+  ATTN_MHA_Q_BIAS = 4,   /**< bq [Hq*D] (qkv_bias) */
+  ATTN_MHA_K_BIAS = 5,   /**< bk [Hkv*D] (qkv_bias) */
+  ATTN_MHA_V_BIAS = 6,   /**< bv [Hkv*D] (qkv_bias) */
+  ATTN_MHA_O_BIAS = 7,   /**< bo [E] (out_bias) */
+  ATTN_MHA_WEIGHT_MAX_ = 0x7fffffff
+} attn_mha_weight;
+
+/** Create a decoder layer. Its weights are owned, zero-filled, until set.
+ * @param[in]  ctx owner.
+ * @param[in]  p   the sizes and options.
+ * @param[out] out receives the layer; written only on success.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_INVALID_ARG
+ *  (a size, heads not dividing, rope, scale, softcap, window),
+ *  ATTN_ERR_UNSUPPORTED (newer params), ATTN_ERR_OVERFLOW, ATTN_ERR_NO_MEMORY.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_mha_create_decoder(attn_ctx *ctx, const attn_mha_decoder_params *p,
+                                             attn_mha **out);
+
+/** Free a layer (its owned weights and buffers; wrapped weights are left
+ * alone).
+ * @param[in] ctx   the layer's context.
+ * @param[in] layer the layer; NULL is a no-op returning ATTN_OK.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG (ctx), ATTN_ERR_BAD_HANDLE.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_mha_free(attn_ctx *ctx, attn_mha *layer);
+
+/** Copy a weight from `w` (F32, the shape attn_mha_weight lists, any
+ * strides) into the layer's own storage; a wrapped weight becomes owned
+ * again.
+ * @param[in] ctx   the layer's context.
+ * @param[in] layer the layer.
+ * @param[in] which an attn_mha_weight (a bias the layer was created
+ *                  without is ATTN_ERR_INVALID_ARG).
+ * @param[in] w     the values.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_INVALID_ARG,
+ *  ATTN_ERR_SHAPE, ATTN_ERR_UNSUPPORTED (dtype).
+ * @since 0.2.0 */
+ATTN_API attn_status attn_mha_set_weight(attn_ctx *ctx, attn_mha *layer, int32_t which,
+                                         const attn_tensor *w);
+
+/** Use the memory `w` views as a weight, without copying: F32, the shape
+ * attn_mha_weight lists, innermost stride 1 and a row stride >= the row
+ * length (what BLAS takes). The memory must stay valid and unchanged while
+ * the layer runs; freeing the tensor handle afterwards does not matter.
+ * @param[in] ctx   the layer's context.
+ * @param[in] layer the layer.
+ * @param[in] which an attn_mha_weight.
+ * @param[in] w     the values.
+ * @return as attn_mha_set_weight(), and ATTN_ERR_INVALID_ARG for strides.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_mha_wrap_weight(attn_ctx *ctx, attn_mha *layer, int32_t which,
+                                          const attn_tensor *w);
+
+/** Read a weight back into `w` (F32, its shape, writable).
+ * @param[in]  ctx   the layer's context.
+ * @param[in]  layer the layer.
+ * @param[in]  which an attn_mha_weight.
+ * @param[out] w     receives the values.
+ * @return as attn_mha_set_weight().
+ * @since 0.2.0 */
+ATTN_API attn_status attn_mha_get_weight(attn_ctx *ctx, const attn_mha *layer, int32_t which,
+                                         attn_tensor *w);
+
+/** Run the layer over new tokens: a prompt (L tokens per sequence) that
+ * fills the cache, or a decode step (L = 1), or any chunk. Sequence b
+ * takes its first n_new[b] tokens of x; the other rows of y are written
+ * with zeros. Every count is checked against the cache before anything is
+ * computed or appended. Buffers grow to the largest call and are reused: a
+ * warm context and layer allocate nothing.
+ * @param[in]     ctx   the layer's context.
+ * @param[in]     layer the layer.
+ * @param[in,out] cache a KV cache of ctx with B sequences, Hkv heads and
+ *                      head dim D = value dim; the new keys and values are
+ *                      appended to it.
+ * @param[in]     x     F32 [B, L, E], any strides.
+ * @param[out]    y     F32 [B, L, E], writable, not overlapping x.
+ * @param[in]     n_new B counts in 0..L; NULL = L for every sequence.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_SHAPE (x,
+ *  y or the cache do not fit the layer), ATTN_ERR_INVALID_ARG (counts, past
+ *  the cache's capacity), ATTN_ERR_ALIASING, ATTN_ERR_OVERFLOW,
+ *  ATTN_ERR_NO_MEMORY (the pool of a paged cache, or the allocator: nothing
+ *  is appended then).
+ * @since 0.2.0 */
+ATTN_API attn_status attn_mha_forward(attn_ctx *ctx, attn_mha *layer, attn_kv_cache *cache,
+                                      const attn_tensor *x, attn_tensor *y,
+                                      const int64_t *n_new);
+/** @} */
+
 /** @name Build and machine information
  * @{ */
 

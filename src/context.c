@@ -1,6 +1,8 @@
 /* Context lifecycle, the op prologue (in-use flag, op name), the allocator,
  * the workspace arena, errors and version. */
 #include "internal.h"
+#include "kv_cache.h"
+#include "mha.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -227,6 +229,8 @@ void attn_ctx_destroy(attn_ctx *ctx) {
   if (!ctx || ctx->magic != ATTN_CTX_MAGIC)
     return;
   attn__threadpool_destroy(ctx, ctx->pool);
+  attn__mha_destroy_all(ctx);
+  attn__kv_destroy_all(ctx);
   for (int list = 0; list < 2; list++) {
     attn_tensor *t = list ? ctx->freed : ctx->tensors;
     while (t) {

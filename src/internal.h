@@ -12,6 +12,7 @@
 
 #define ATTN_CTX_MAGIC 0x41544e43u    /* "ATNC" */
 #define ATTN_TENSOR_MAGIC 0x41544e54u /* "ATNT" */
+#define ATTN_KV_MAGIC 0x41544e4bu     /* "ATNK" */
 #define ATTN_DEAD_MAGIC 0xdeadbeefu
 #define ATTN_ERR_LEN 512
 #define ATTN_ALIGN 64
@@ -40,6 +41,8 @@ struct attn_ctx {
   void *alloc_user;
   attn_tensor *tensors;  /* every live tensor, doubly linked */
   attn_tensor *freed, *freed_last; /* freed handles, oldest first, for reuse */
+  attn_kv_cache *caches; /* every live KV cache (kv_cache.c), doubly linked */
+  attn_mha *layers;      /* every live attention layer (mha.c), doubly linked */
   attn_threadpool *pool; /* NULL when num_threads == 1 */
   /* Set while a call runs (attn__op_begin/end): a second thread entering a
    * call on this context is refused with ATTN_ERR_BUSY. */

@@ -151,6 +151,35 @@ void attn_rope_params_init(attn_rope_params *p) {
   p->struct_size = sizeof *p;
 }
 
+attn_status attn__rope_config(attn_ctx *ctx, const char *where, const attn_rope_params *prm,
+                              int64_t D, attn_rope_problem *p) {
+  if (prm->style != ATTN_ROPE_HALF_SPLIT && prm->style != ATTN_ROPE_INTERLEAVED)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "%s.style = %d is not an attn_rope_style (0 = half-split, 1 = "
+                      "interleaved)",
+                      where, (int)prm->style);
+  int64_t r = prm->rotary_dim;
+  if (r == 0 && (D & 1))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "%s.rotary_dim = 0 rotates all of the head dim %lld, which must then "
+                      "be even (or set rotary_dim to an even value <= %lld)",
+                      where, (long long)D, (long long)D);
+  if (r < 0 || r > D || (r & 1))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "%s.rotary_dim = %lld but must be even and in 0..%lld (the head dim; "
+                      "0 = all)",
+                      where, (long long)r, (long long)D);
+  double theta = prm->theta == 0 ? 10000.0 : prm->theta;
+  if (!isfinite(theta) || !(theta > 1))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "%s.theta = %g but must be finite and > 1 (0 = 10000)", where,
+                      prm->theta);
+  p->half = (r == 0 ? D : r) / 2;
+  p->interleaved = prm->style == ATTN_ROPE_INTERLEAVED;
+  p->theta = theta;
+  return ATTN_OK;
+}
+
 static attn_status rope_check(attn_ctx *ctx, attn_tensor *x, const attn_rope_params *params,
                               attn_rope_problem *p) {
   attn_rope_params prm;
@@ -162,28 +191,9 @@ static attn_status rope_check(attn_ctx *ctx, attn_tensor *x, const attn_rope_par
       (st = attn__check_operands(ctx, ops, 1, NULL)) != ATTN_OK)
     return st;
   int64_t B = x->dims[0], H = x->dims[1], L = x->dims[2], D = x->dims[3];
-  if (prm.style != ATTN_ROPE_HALF_SPLIT && prm.style != ATTN_ROPE_INTERLEAVED)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "params.style = %d is not an attn_rope_style (0 = half-split, 1 = "
-                      "interleaved)",
-                      (int)prm.style);
-  int64_t r = prm.rotary_dim;
-  if (r == 0 && (D & 1))
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "params.rotary_dim = 0 rotates all of x.shape[3] = %lld, which must "
-                      "then be even (or set rotary_dim to an even value <= %lld)",
-                      (long long)D, (long long)D);
-  if (r < 0 || r > D || (r & 1))
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "params.rotary_dim = %lld but must be even and in 0..x.shape[3] = "
-                      "%lld (0 = all)",
-                      (long long)r, (long long)D);
-  if (r == 0)
-    r = D;
-  double theta = prm.theta == 0 ? 10000.0 : prm.theta;
-  if (!isfinite(theta) || !(theta > 1))
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "params.theta = %g but must be finite and > 1 (0 = 10000)", prm.theta);
+  memset(p, 0, sizeof *p);
+  if ((st = attn__rope_config(ctx, "params", &prm, D, p)) != ATTN_OK)
+    return st;
   if (prm.offset < 0 || (!prm.positions && prm.offset > INT64_MAX - (L - 1)))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "params.offset = %lld but must be >= 0, with offset + L - 1 within "
@@ -198,14 +208,10 @@ static attn_status rope_check(attn_ctx *ctx, attn_tensor *x, const attn_rope_par
                           (long long)i, (long long)(i / L), (long long)(i % L),
                           (long long)prm.positions[i]);
 
-  memset(p, 0, sizeof *p);
   p->x = x->data;
   p->xdt = x->dtype;
   p->B = B, p->H = H, p->L = L, p->D = D;
   memcpy(p->xs, x->strides, sizeof p->xs);
-  p->half = r / 2;
-  p->interleaved = prm.style == ATTN_ROPE_INTERLEAVED;
-  p->theta = theta;
   p->offset = prm.offset;
   p->positions = prm.positions;
   return ATTN_OK;

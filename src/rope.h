@@ -29,6 +29,10 @@ typedef struct {
   size_t table_stride;
 } attn_rope_problem;
 
+/* Check style, rotary_dim and theta of prm (named `where` in messages) for
+ * head dim D, and set p->half, p->interleaved and p->theta. */
+attn_status attn__rope_config(attn_ctx *ctx, const char *where, const attn_rope_params *prm,
+                              int64_t D, attn_rope_problem *p);
 /* Blocks, threads and the exact workspace (p->ws_bytes). */
 void attn__rope_plan(const attn_ctx *ctx, attn_rope_problem *p);
 /* Rotate: takes p->ws_bytes from the reserved workspace; no validation. */

@@ -316,3 +316,52 @@ attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q, const attn_ten
     varlen_sequences(ctx, &prm, q, k, v, out, batch, cu_q, cu_k, true);
   return attn__op_end(ctx, st);
 }
+
+attn_status attn__sdpa_kv(attn_ctx *ctx, const float *q, const int64_t *qs, int64_t Hq,
+                          int64_t Lq, float *out, const int64_t *os, const attn_kv_view *kv,
+                          const int64_t *q_lens, const attn_sdpa_params *prm) {
+  if (prm->mask || prm->bool_mask || prm->kv_lens || prm->q_offsets || prm->weights)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.mask, bool_mask, kv_lens, q_offsets and weights must be NULL "
+                      "(the cache's lengths place and bound the keys)");
+  int64_t B = kv->B, Lk = 0;
+  for (int64_t b = 0; b < B; b++)
+    Lk = kv->lens[b] > Lk ? kv->lens[b] : Lk;
+  attn_status st;
+  const attn_operand lse[] = {{ATTN_OPERAND("params.lse", prm->lse, ATTN_DT_F32, 3, 3),
+                               .flags = ATTN_OPND_OPTIONAL | ATTN_OPND_OUTPUT}};
+  if ((st = check_params(ctx, prm, B, Hq, Lk, kv->D)) != ATTN_OK ||
+      (st = attn__check_operands(ctx, lse, 1, NULL)) != ATTN_OK)
+    return st;
+  if (prm->lse && (prm->lse->dims[0] != B || prm->lse->dims[1] != Hq || prm->lse->dims[2] != Lq))
+    return attn__fail(ctx, ATTN_ERR_SHAPE,
+                      "params.lse has shape [%lld, %lld, %lld] but must be [B, Hq, Lq] = "
+                      "[%lld, %lld, %lld]",
+                      (long long)prm->lse->dims[0], (long long)prm->lse->dims[1],
+                      (long long)prm->lse->dims[2], (long long)B, (long long)Hq, (long long)Lq);
+  attn_sdpa_problem p;
+  memset(&p, 0, sizeof p);
+  p.B = B, p.Hq = Hq, p.Hkv = kv->Hkv, p.G = Hq / kv->Hkv, p.Lq = Lq, p.Lk = Lk;
+  p.D = kv->D, p.Dv = kv->Dv;
+  p.q = q, p.k = kv->k, p.v = kv->v, p.out = out;
+  memcpy(p.qs, qs, sizeof p.qs);
+  memcpy(p.os, os, sizeof p.os);
+  memcpy(p.ks, kv->ks, sizeof kv->ks);
+  memcpy(p.vs, kv->vs, sizeof kv->vs);
+  p.ks[3] = p.vs[3] = 1;
+  if (prm->lse) {
+    p.lse = prm->lse->data;
+    memcpy(p.lses, prm->lse->strides, sizeof p.lses);
+  }
+  p.kv_lens = kv->lens;
+  p.q_lens = q_lens;
+  p.blocks = kv->blocks;
+  p.blocks_stride = kv->blocks_stride;
+  p.block_size = kv->block_size;
+  fill_common(&p, prm);
+  p.bottom_right = true; /* whatever prm->align says: the cache places the rows */
+  attn__sdpa_plan(ctx, &p);
+  if ((st = attn__ws_reserve(ctx, p.ws_bytes)) == ATTN_OK)
+    attn__sdpa_run(ctx, &p);
+  return st;
+}

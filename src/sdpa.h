@@ -52,6 +52,14 @@ typedef struct {
   float scale, softcap;
   bool causal, window, bottom_right;
   int64_t wl, wr;
+  /* KV cache (kv_cache.c): batch b has n_b = q_lens[b] query rows (Lq when
+   * NULL), bottom-right aligned on its kv_lens[b] keys; rows i >= n_b are
+   * padding and see no key. Paged keys and values: key j of batch b lives
+   * in block blocks[b * blocks_stride + j / block_size], at k + block *
+   * ks[0] (and v + block * vs[0]); NULL for one strided view per batch. */
+  const int64_t *q_lens;
+  const int32_t *blocks;
+  int64_t blocks_stride, block_size;
   /* tiling */
   int64_t nb;         /* query positions per block */
   int64_t n_qblocks;  /* blocks per (batch, kv head) */
@@ -72,6 +80,27 @@ typedef struct {
  * its own tensors (attn_pool_attention); messages carry ctx->op. */
 attn_status attn__sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
                        const attn_tensor *v, attn_tensor *out, const attn_sdpa_params *params);
+/* Keys and values of a KV cache as the tile kernel reads them (strides of
+ * (sequence or block, head, row)); lens[b] keys are valid. */
+typedef struct {
+  int64_t B, Hkv, D, Dv;
+  const float *k, *v;
+  int64_t ks[3], vs[3];
+  const int32_t *blocks;
+  int64_t blocks_stride, block_size;
+  const int64_t *lens;
+} attn_kv_view;
+
+/* Attention of q (strides qs of [B, Hq, Lq, D]) over a KV cache view into
+ * out (strides os of [B, Hq, Lq, Dv]): row i < n_b of sequence b sits at
+ * position lens[b] - n_b + i, n_b = q_lens[b] (Lq when q_lens is NULL);
+ * rows past n_b get zeros (lse -inf). The caller checked q, out, q_lens and
+ * the view (and that prm->lse overlaps nothing); this checks the options
+ * in prm (mask, bool_mask, kv_lens, q_offsets and weights must be unset),
+ * plans, reserves and runs. */
+attn_status attn__sdpa_kv(attn_ctx *ctx, const float *q, const int64_t *qs, int64_t Hq,
+                          int64_t Lq, float *out, const int64_t *os, const attn_kv_view *kv,
+                          const int64_t *q_lens, const attn_sdpa_params *prm);
 /* Plan: blocks, key split, threads and the exact workspace (p->ws_bytes).
  * Needs the caller's fields; never fails (an overflowing size saturates and
  * the reservation refuses it). */

@@ -18,7 +18,7 @@ static int64_t key_position(const attn_sdpa_problem *p, int64_t b, int64_t i) {
     return p->q_offsets[b] + i;
   if (!p->bottom_right)
     return i;
-  return i + (p->kv_lens ? p->kv_lens[b] : p->Lk) - p->Lq;
+  return i + (p->kv_lens ? p->kv_lens[b] : p->Lk) - (p->q_lens ? p->q_lens[b] : p->Lq);
 }
 
 /* Keys visible to query position i of batch b: [*lo, *hi), possibly empty.
@@ -27,6 +27,10 @@ static void visible_keys(const attn_sdpa_problem *p, int64_t b, int64_t i, int64
                          int64_t *hi) {
   int64_t ip = key_position(p, b, i);
   int64_t l = 0, h = p->kv_lens ? p->kv_lens[b] : p->Lk;
+  if (p->q_lens && i >= p->q_lens[b]) { /* a padding row: empty, at the end */
+    *lo = *hi = h;
+    return;
+  }
   if (p->causal && ip + 1 < h)
     h = ip + 1;
   if (p->window) {
@@ -64,6 +68,22 @@ static int64_t row_head(const attn_sdpa_problem *p, const attn_sdpa_item *it, in
 
 static float *weights_row(const attn_sdpa_problem *p, const attn_sdpa_item *it, int64_t r) {
   return p->w + it->b * p->ws[0] + row_head(p, it, r) * p->ws[1] + row_pos(p, it, r) * p->ws[2];
+}
+
+/* Offsets of key row j0 in k and v; *n shrinks so that a tile of a paged
+ * KV cache never crosses a block (its rows are then evenly strided and go
+ * to BLAS in place, no gather). */
+static void key_offsets(const attn_sdpa_problem *p, const attn_sdpa_item *it, int64_t j0,
+                        int64_t *n, int64_t *koff, int64_t *voff) {
+  int64_t outer = it->b, row = j0;
+  if (p->blocks) {
+    outer = p->blocks[it->b * p->blocks_stride + j0 / p->block_size];
+    row = j0 % p->block_size;
+    if (*n > p->block_size - row)
+      *n = p->block_size - row;
+  }
+  *koff = outer * p->ks[0] + it->kvh * p->ks[1] + row * p->ks[2];
+  *voff = outer * p->vs[0] + it->kvh * p->vs[1] + row * p->vs[2];
 }
 
 /* Rows of a K or V tile for BLAS: in place when they are F32 and the row
@@ -199,13 +219,13 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
   int64_t j_end = hi_last < ke ? hi_last : ke;
   bool plain = !p->softcap && !p->alibi && !p->mask && !p->bmask;
 
-  int64_t kbase = it->b * p->ks[0] + it->kvh * p->ks[1];
-  int64_t vbase = it->b * p->vs[0] + it->kvh * p->vs[1];
-  for (int64_t j0 = j_begin; j0 < j_end; j0 += BLOCK_KEYS) {
-    int64_t n = j_end - j0 < BLOCK_KEYS ? j_end - j0 : BLOCK_KEYS;
+  for (int64_t j0 = j_begin, n; j0 < j_end; j0 += n) {
+    n = j_end - j0 < BLOCK_KEYS ? j_end - j0 : BLOCK_KEYS;
+    int64_t koff, voff;
+    key_offsets(p, it, j0, &n, &koff, &voff);
     int ldk, ldv;
-    const float *kt = tile_rows(attn__elem(p->k, p->kdt, kbase + j0 * p->ks[2]), p->kdt, p->ks[2], n,
-                                p->D, p->gather_k, wk->kbuf, &ldk);
+    const float *kt = tile_rows(attn__elem(p->k, p->kdt, koff), p->kdt, p->ks[2], n, p->D,
+                                p->gather_k, wk->kbuf, &ldk);
     attn__sgemm_nt((int)rows, (int)n, (int)p->D, p->scale, wk->qbuf, (int)p->D, kt, ldk, wk->s,
                    BLOCK_KEYS);
     /* Tiles inside every row's visible range need no per-row bounds. */
@@ -222,8 +242,8 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
       }
       online_row(p, it, st, r, wk->s + r * BLOCK_KEYS, j0, n, a, e, plain);
     }
-    const float *vt = tile_rows(attn__elem(p->v, p->vdt, vbase + j0 * p->vs[2]), p->vdt, p->vs[2], n,
-                                Dv, p->gather_v, wk->vbuf, &ldv);
+    const float *vt = tile_rows(attn__elem(p->v, p->vdt, voff), p->vdt, p->vs[2], n, Dv,
+                                p->gather_v, wk->vbuf, &ldv);
     /* A hidden key has weight 0, but 0 * NaN is NaN: where the tile may hide
      * keys and V holds a non-finite value, skip the zero weights by hand. */
     if ((inside && plain) || all_finite(vt, n, Dv, ldv))

@@ -120,6 +120,56 @@ PIN(attn_pool_attention_params, lengths, 16, 8);
 PIN(attn_pool_attention_params, keep, 24, 8);
 PIN(attn_pool_attention_params, weights, 32, 8);
 END(attn_pool_attention_params, weights, 40);
+
+/* Added in 0.2.0: the KV cache. */
+PIN(attn_kv_cache_params, struct_size, 0, 8);
+PIN(attn_kv_cache_params, layout, 8, 4);
+PIN(attn_kv_cache_params, dtype, 12, 4);
+PIN(attn_kv_cache_params, batch, 16, 8);
+PIN(attn_kv_cache_params, kv_heads, 24, 8);
+PIN(attn_kv_cache_params, head_dim, 32, 8);
+PIN(attn_kv_cache_params, value_dim, 40, 8);
+PIN(attn_kv_cache_params, capacity, 48, 8);
+PIN(attn_kv_cache_params, block_size, 56, 8);
+PIN(attn_kv_cache_params, num_blocks, 64, 8);
+END(attn_kv_cache_params, num_blocks, 72);
+
+PIN(attn_kv_cache_info, struct_size, 0, 8);
+PIN(attn_kv_cache_info, layout, 8, 4);
+PIN(attn_kv_cache_info, dtype, 12, 4);
+PIN(attn_kv_cache_info, batch, 16, 8);
+PIN(attn_kv_cache_info, kv_heads, 24, 8);
+PIN(attn_kv_cache_info, head_dim, 32, 8);
+PIN(attn_kv_cache_info, value_dim, 40, 8);
+PIN(attn_kv_cache_info, capacity, 48, 8);
+PIN(attn_kv_cache_info, block_size, 56, 8);
+PIN(attn_kv_cache_info, num_blocks, 64, 8);
+PIN(attn_kv_cache_info, free_blocks, 72, 8);
+END(attn_kv_cache_info, free_blocks, 80);
+
+PIN(attn_kv_append_params, struct_size, 0, 8);
+PIN(attn_kv_append_params, rope, 8, 8);
+END(attn_kv_append_params, rope, 16);
+_Static_assert(ATTN_KV_CONTIGUOUS == 0 && ATTN_KV_PAGED == 1, "attn_kv_layout values are pinned");
+
+PIN(attn_mha_decoder_params, struct_size, 0, 8);
+PIN(attn_mha_decoder_params, embed_dim, 8, 8);
+PIN(attn_mha_decoder_params, num_heads, 16, 8);
+PIN(attn_mha_decoder_params, num_kv_heads, 24, 8);
+PIN(attn_mha_decoder_params, head_dim, 32, 8);
+PIN(attn_mha_decoder_params, qkv_bias, 40, 4);
+PIN(attn_mha_decoder_params, out_bias, 44, 4);
+PIN(attn_mha_decoder_params, rope, 48, 8);
+PIN(attn_mha_decoder_params, scale, 56, 4);
+PIN(attn_mha_decoder_params, softcap, 60, 4);
+PIN(attn_mha_decoder_params, window, 64, 4);
+PIN(attn_mha_decoder_params, reserved_, 68, 4);
+PIN(attn_mha_decoder_params, window_left, 72, 8);
+END(attn_mha_decoder_params, window_left, 80);
+_Static_assert(ATTN_MHA_Q_WEIGHT == 0 && ATTN_MHA_O_WEIGHT == 3 && ATTN_MHA_Q_BIAS == 4 &&
+                   ATTN_MHA_O_BIAS == 7 && sizeof(attn_mha_weight) == 4,
+               "attn_mha_weight values are pinned");
+_Static_assert(sizeof(attn_kv_layout) == 4, "attn_kv_layout is int-sized");
 #endif
 
 /* Enum values and sizes (int-sized through their 0x7fffffff sentinels). */

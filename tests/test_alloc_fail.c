@@ -353,7 +353,97 @@ static attn_status run_rope_cached(fixture *f) {
   return attn_rope_cached(f->ctx, f->t[0], f->t[1], f->t[2], f->t[3], &p);
 }
 
+/* KV cache: attention over a paged cache filled in setup (ragged lengths,
+ * one query row for one sequence, none for another), and an append with
+ * RoPE into a wrapped cache (reset first, so every call does the same). */
+static void setup_kv_attend(fixture *f) {
+  attn_kv_cache_params p;
+  attn_kv_cache_params_init(&p);
+  p.layout = ATTN_KV_PAGED;
+  p.batch = B, p.kv_heads = HKV, p.head_dim = D, p.value_dim = DV;
+  p.block_size = 32, p.num_blocks = 24;
+  attn_kv_cache *kv = NULL;
+  assert_ok(attn_kv_cache_create(f->ctx, &p, &kv));
+  int64_t kd[4] = {B, HKV, LK, D}, vd[4] = {B, HKV, LK, DV}, n[B] = {LK, 150};
+  assert_ok(attn_kv_append(f->ctx, kv, wrap_in(f, g_k, sizeof g_k / 4, 4, kd),
+                           wrap_in(f, g_v, sizeof g_v / 4, 4, vd), n, NULL));
+  int64_t qd[4] = {B, HQ, LQ, D}, od[4] = {B, HQ, LQ, DV}, ld[3] = {B, HQ, LQ};
+  f->t[0] = wrap_in(f, g_q, sizeof g_q / 4, 4, qd);
+  f->t[1] = wrap_out(f, (size_t)B * HQ * LQ * DV, 4, od);
+  f->t[2] = wrap_out(f, (size_t)B * HQ * LQ, 3, ld);
+  f->t[3] = (attn_tensor *)(void *)kv;
+}
+static attn_status run_kv_attend(fixture *f) {
+  attn_sdpa_params p;
+  attn_sdpa_params_init(&p);
+  p.causal = 1;
+  p.lse = f->t[2];
+  int64_t n[B] = {LQ, 1};
+  return attn_kv_attend(f->ctx, (attn_kv_cache *)(void *)f->t[3], f->t[0], f->t[1], n, &p);
+}
+static void setup_kv_append(fixture *f) {
+  int64_t kd[4] = {B, HKV, LK, D}, vd[4] = {B, HKV, LK, DV};
+  attn_tensor *k = wrap_out(f, (size_t)B * HKV * LK * D, 4, kd);
+  attn_tensor *v = wrap_out(f, (size_t)B * HKV * LK * DV, 4, vd);
+  attn_kv_cache *kv = NULL;
+  assert_ok(attn_kv_cache_wrap(f->ctx, k, v, NULL, &kv));
+  int64_t nd[4] = {B, HKV, LQ, D}, nvd[4] = {B, HKV, LQ, DV};
+  f->t[0] = wrap_in(f, g_k, (size_t)B * HKV * LQ * D, 4, nd);
+  f->t[1] = wrap_in(f, g_v, (size_t)B * HKV * LQ * DV, 4, nvd);
+  f->t[2] = (attn_tensor *)(void *)kv;
+}
+static attn_status run_kv_append(fixture *f) {
+  attn_kv_cache *kv = (attn_kv_cache *)(void *)f->t[2];
+  assert_ok(attn_kv_reset(f->ctx, kv, -1));
+  attn_rope_params rp;
+  attn_rope_params_init(&rp);
+  rp.rotary_dim = 8;
+  attn_kv_append_params p;
+  attn_kv_append_params_init(&p);
+  p.rope = &rp;
+  int64_t n[B] = {LQ, 5};
+  return attn_kv_append(f->ctx, kv, f->t[0], f->t[1], n, &p);
+}
+
+/* The decoder layer over a contiguous cache (reset first, so every call
+ * does the same): its buffers, then the attention's workspace. */
+static void setup_mha(fixture *f) {
+  attn_mha_decoder_params p;
+  attn_mha_decoder_params_init(&p);
+  p.embed_dim = D, p.num_heads = 4, p.num_kv_heads = 2, p.head_dim = 8, p.qkv_bias = 1;
+  attn_rope_params rp;
+  attn_rope_params_init(&rp);
+  p.rope = &rp;
+  attn_mha *m = NULL;
+  assert_ok(attn_mha_create_decoder(f->ctx, &p, &m));
+  /* Wq [32, 16], Wk and Wv [16, 16], Wo [16, 32]; the biases stay zero. */
+  const int64_t dims[4][2] = {{32, D}, {16, D}, {16, D}, {D, 32}};
+  for (int32_t i = 0; i < 4; i++)
+    assert_ok(attn_mha_set_weight(f->ctx, m, i, wrap_in(f, g_k + 512 * i, 512, 2, dims[i])));
+  attn_kv_cache_params cp;
+  attn_kv_cache_params_init(&cp);
+  cp.batch = B, cp.kv_heads = 2, cp.head_dim = 8, cp.capacity = LQ;
+  attn_kv_cache *kv = NULL;
+  assert_ok(attn_kv_cache_create(f->ctx, &cp, &kv));
+  int64_t xd[3] = {B, LQ, D};
+  f->t[0] = wrap_in(f, g_q, (size_t)B * LQ * D, 3, xd);
+  f->t[1] = wrap_out(f, (size_t)B * LQ * D, 3, xd);
+  f->t[2] = (attn_tensor *)(void *)m;
+  f->t[3] = (attn_tensor *)(void *)kv;
+}
+static attn_status run_mha(fixture *f) {
+  attn_kv_cache *kv = (attn_kv_cache *)(void *)f->t[3];
+  assert_ok(attn_kv_reset(f->ctx, kv, -1));
+  int64_t n[B] = {LQ, 20};
+  return attn_mha_forward(f->ctx, (attn_mha *)(void *)f->t[2], kv, f->t[0], f->t[1], n);
+}
+
 static const op_case g_cases[] = {
+    {"attn_mha_forward", 1, setup_mha, run_mha},
+    {"attn_mha_forward", 2, setup_mha, run_mha},
+    {"attn_kv_attend", 1, setup_kv_attend, run_kv_attend},
+    {"attn_kv_attend", 2, setup_kv_attend, run_kv_attend},
+    {"attn_kv_append", 1, setup_kv_append, run_kv_append},
     {"attn_softmax", 1, setup_softmax, run_softmax},
     {"attn_softmax", 2, setup_softmax, run_softmax},
     {"attn_log_softmax", 2, setup_softmax, run_log_softmax},
@@ -509,6 +599,44 @@ static void all_ops(void **state) {
     exercise(&g_cases[i]);
 }
 
+/* attn_kv_cache_create in both layouts: each allocation failing gives
+ * ATTN_ERR_NO_MEMORY, no leak, out untouched, and the context still works. */
+static void kv_cache_create(void **state) {
+  (void)state;
+  for (int32_t layout = 0; layout < 2; layout++) {
+    attn_kv_cache_params p;
+    attn_kv_cache_params_init(&p);
+    p.layout = layout;
+    p.batch = 3, p.kv_heads = 2, p.head_dim = 8, p.capacity = 40, p.num_blocks = 9;
+    long count = -1;
+    for (long k = 0; k <= count || count < 0; k++) {
+      tu_counter c = {0};
+      attn_ctx_options o;
+      attn_ctx_options_init(&o);
+      o.num_threads = 1;
+      o.alloc = tu_alloc, o.free = tu_free, o.alloc_user = &c;
+      attn_ctx *ctx = NULL;
+      assert_ok(attn_ctx_create(&ctx, &o));
+      long a0 = c.allocs;
+      c.fail_at = k ? a0 + k : 0;
+      attn_kv_cache *kv = (attn_kv_cache *)0x1;
+      attn_status st = attn_kv_cache_create(ctx, &p, &kv);
+      if (k == 0) {
+        assert_ok(st);
+        count = c.allocs - a0;
+      } else {
+        assert_status(st, ATTN_ERR_NO_MEMORY);
+        assert_ptr_equal(kv, (attn_kv_cache *)0x1);
+        assert_int_equal(c.allocs, c.frees + 1); /* only the context's own */
+        assert_ok(attn_kv_cache_create(ctx, &p, &kv));
+      }
+      attn_ctx_destroy(ctx);
+      assert_int_equal(c.allocs, c.frees);
+    }
+    assert_true(count >= 2);
+  }
+}
+
 /* attn_ctx_create itself, with and without worker threads. */
 static void ctx_create(void **state) {
   (void)state;
@@ -541,6 +669,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(ctx_create),
       cmocka_unit_test(all_ops),
+      cmocka_unit_test(kv_cache_create),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -50,16 +50,21 @@ enum {
   O_ROPE_COS,
   O_ROPE_SIN,
   O_ROPE_CACHED,
+  O_KV,
+  O_KV_READ,
+  O_MHA,
   O_COUNT
 };
 static const size_t g_out_n[O_COUNT] = {
     SM_R * SM_N, SM_R * SM_N, PE_L * PE_D, 2 * PE_L * PE_D, RP_B * RP_H * RP_L * PE_D,
     48,          B * HQ * LQ * D, B * HQ * LQ, SPLIT_D, LQ * HQ * D,
-    B * HQ * D,  B * HQ * 2 * D,  PE_L * 16,   PE_L * 16, RP_B * RP_H * RP_L * PE_D};
+    B * HQ * D,  B * HQ * 2 * D,  PE_L * 16,   PE_L * 16, RP_B * RP_H * RP_L * PE_D,
+    HQ * LQ * D, HKV * (LK / 2 + 40) * D, LQ * D};
 static const char *const g_out_name[O_COUNT] = {
     "softmax", "log_softmax", "sinusoidal", "sinusoidal_add", "rope",
     "alibi",   "sdpa",        "sdpa lse",   "sdpa split",     "sdpa_varlen",
-    "pool",    "pool_attention", "rope cos", "rope sin",      "rope_cached"};
+    "pool",    "pool_attention", "rope cos", "rope sin",      "rope_cached",
+    "kv_attend", "kv_read", "mha_forward"};
 
 typedef struct {
   float *out[O_COUNT];
@@ -197,6 +202,48 @@ static void run_all(attn_ctx *ctx, worker *w) {
                             wrap(ctx, w->out[O_ROPE_CACHED], sizeof g_rope_x / 4, 3, r3),
                             wrap(ctx, g_sm, 1000 * 16, 2, rtd),
                             wrap(ctx, g_sm + 1000 * 16, 1000 * 16, 2, rtd), &rcp));
+  /* A paged KV cache of two sequences: append with RoPE, copy (shared
+   * blocks), append to the copy, attend, read back. */
+  attn_kv_cache_params kp;
+  attn_kv_cache_params_init(&kp);
+  kp.layout = ATTN_KV_PAGED;
+  kp.batch = 2, kp.kv_heads = HKV, kp.head_dim = D, kp.block_size = 24, kp.num_blocks = 40;
+  attn_kv_cache *kv = NULL;
+  CHECK(w, attn_kv_cache_create(ctx, &kp, &kv));
+  int64_t knd[4] = {2, HKV, LK / 2, D}, k40[4] = {2, HKV, 40, D}, n1[2] = {LK / 2, 30},
+          n2[2] = {0, 40}, kq[4] = {2, HQ, LQ / 2, D}, rdd[3] = {HKV, LK / 2 + 40, D};
+  attn_kv_append_params ap;
+  attn_kv_append_params_init(&ap);
+  ap.rope = &rp;
+  rp.positions = NULL;
+  CHECK(w, attn_kv_append(ctx, kv, wrap(ctx, g_k, sizeof g_k / 4, 4, knd),
+                          wrap(ctx, g_v, sizeof g_v / 4, 4, knd), n1, &ap));
+  CHECK(w, attn_kv_copy(ctx, kv, 1, 0));
+  CHECK(w, attn_kv_append(ctx, kv, wrap(ctx, g_v, 2 * HKV * 40 * D, 4, k40),
+                          wrap(ctx, g_k, 2 * HKV * 40 * D, 4, k40), n2, &ap));
+  int64_t nq[2] = {LQ / 2, 17};
+  CHECK(w, attn_kv_attend(ctx, kv, wrap(ctx, g_q, sizeof g_q / 4, 4, kq),
+                          wrap(ctx, w->out[O_KV], HQ * LQ * D, 4, kq), nq, NULL));
+  CHECK(w, attn_kv_read(ctx, kv, 1, 0, wrap(ctx, w->out[O_KV_READ], HKV * (LK / 2 + 40) * D, 3, rdd),
+                        NULL));
+
+  /* The decoder layer over a prompt of LQ tokens in a contiguous cache. */
+  attn_mha_decoder_params mp;
+  attn_mha_decoder_params_init(&mp);
+  mp.embed_dim = D, mp.num_heads = 4, mp.num_kv_heads = 2, mp.rope = &rp;
+  attn_mha *m = NULL;
+  CHECK(w, attn_mha_create_decoder(ctx, &mp, &m));
+  const int64_t wdims[4][2] = {{D, D}, {D / 2, D}, {D / 2, D}, {D, D}};
+  for (int32_t i = 0; i < 4; i++)
+    CHECK(w, attn_mha_set_weight(ctx, m, i, wrap(ctx, g_k + i * D * D, D * D, 2, wdims[i])));
+  attn_kv_cache_params mcp;
+  attn_kv_cache_params_init(&mcp);
+  mcp.batch = 1, mcp.kv_heads = 2, mcp.head_dim = D / 4, mcp.capacity = LQ;
+  attn_kv_cache *mkv = NULL;
+  CHECK(w, attn_kv_cache_create(ctx, &mcp, &mkv));
+  int64_t xd[3] = {1, LQ, D};
+  CHECK(w, attn_mha_forward(ctx, m, mkv, wrap(ctx, g_q, LQ * D, 3, xd),
+                            wrap(ctx, w->out[O_MHA], LQ * D, 3, xd), NULL));
 }
 
 static void *worker_main(void *arg) {

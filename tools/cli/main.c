@@ -47,7 +47,10 @@ static const command commands[] = {
      "  4. the seed article's pipeline end to end: feature weights by softmax\n"
      "     (attn_softmax), the weighted sequence, the positional encoding added\n"
      "     (attn_sinusoidal_add), and the aggregation y = aggregate(x) as sum,\n"
-     "     mean, max and softmax-weighted average (attn_pool).\n"
+     "     mean, max and softmax-weighted average (attn_pool);\n"
+     "  5. decoding: a decoder layer (attn_mha_forward) reads the sentence into a\n"
+     "     KV cache (attn_kv_cache_create), then generates four tokens greedily,\n"
+     "     one step each, with the cache length shown.\n"
      "Exit status: 0 success, 1 bad usage, 2 if libattn refuses a step (its\n"
      "message is printed).\n",
      cmd_demo},
@@ -372,6 +375,88 @@ static int demo_pipeline(attn_ctx *ctx) {
   return EXIT_OK;
 }
 
+/* One decoder layer (2 query heads and 1 key/value head of 4, RoPE) reads
+ * the sentence into a KV cache, then generates greedily: the next token is
+ * the vocabulary word whose embedding best matches the last output (a
+ * stand-in for a model's remaining layers and its output head). */
+static int demo_decoding(attn_ctx *ctx) {
+  static float x[L][D], y[L][D], w[4][D * D];
+  embed(x);
+  attn_rope_params rope;
+  attn_rope_params_init(&rope);
+  attn_mha_decoder_params lp;
+  attn_mha_decoder_params_init(&lp);
+  lp.embed_dim = D, lp.num_heads = 2, lp.num_kv_heads = 1;
+  lp.rope = &rope;
+  attn_mha *layer = NULL;
+  attn_kv_cache *kv = NULL;
+  attn_kv_cache_params cp;
+  attn_kv_cache_params_init(&cp);
+  cp.batch = 1, cp.kv_heads = 1, cp.head_dim = D / 2, cp.capacity = 16;
+  attn_status st = attn_mha_create_decoder(ctx, &lp, &layer);
+  if (st == ATTN_OK)
+    st = attn_kv_cache_create(ctx, &cp, &kv);
+  if (st != ATTN_OK)
+    return failed(ctx, "attn_mha_create_decoder / attn_kv_cache_create", st);
+  /* Made-up weights: Wq, Wk, Wv and Wo near the identity. */
+  const int64_t rows[4] = {D, D / 2, D / 2, D};
+  for (int32_t i = 0; i < 4 && st == ATTN_OK; i++) {
+    for (int r = 0; r < rows[i]; r++)
+      for (int c = 0; c < D; c++)
+        w[i][r * D + c] = (r == c ? 1.0f : 0.0f) + 0.1f * sinf((float)(3 * i + 7 * r + c));
+    int64_t dims[2] = {rows[i], D};
+    attn_tensor *t = NULL;
+    st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 2, dims, NULL, w[i], sizeof w[i], &t);
+    if (st == ATTN_OK)
+      st = attn_mha_set_weight(ctx, layer, i, t);
+  }
+  int64_t xd[3] = {1, L, D}, sd[3] = {1, 1, D};
+  attn_tensor *tx = NULL, *ty = NULL, *tn = NULL, *to = NULL;
+  static float next[D], out[D];
+  if (st == ATTN_OK)
+    st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, xd, NULL, x, sizeof x, &tx);
+  if (st == ATTN_OK)
+    st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, xd, NULL, y, sizeof y, &ty);
+  if (st == ATTN_OK)
+    st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, sd, NULL, next, sizeof next, &tn);
+  if (st == ATTN_OK)
+    st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, sd, NULL, out, sizeof out, &to);
+  if (st != ATTN_OK)
+    return failed(ctx, "attn_mha_set_weight / attn_tensor_wrap", st);
+
+  printf("\n5. Decoding through a KV cache\n"
+         "\n"
+         "  One decoder layer (q/k/v/o projections, 2 query heads sharing 1 key/value\n"
+         "  head, RoPE) reads the sentence into a KV cache in one call, then generates\n"
+         "  greedily: each step runs only the new token, whose keys and values join\n"
+         "  the cache; the next token is the word whose embedding best matches the\n"
+         "  output (a real model has more layers and an output head).\n\n");
+  if ((st = attn_mha_forward(ctx, layer, kv, tx, ty, NULL)) != ATTN_OK)
+    return failed(ctx, "attn_mha_forward", st);
+  memcpy(out, y[L - 1], sizeof out);
+  for (int step = 0; step < 4; step++) {
+    int best = 0;
+    float best_score = -INFINITY;
+    for (int l = 0; l < L; l++) {
+      float s = 0;
+      for (int d = 0; d < D; d++)
+        s += out[d] * x[l][d];
+      if (s > best_score)
+        best_score = s, best = l;
+    }
+    int64_t len = 0;
+    attn_kv_cache_info info = {.struct_size = sizeof info};
+    if ((st = attn_kv_cache_info_get(ctx, kv, &info, &len)) != ATTN_OK)
+      return failed(ctx, "attn_kv_cache_info_get", st);
+    printf("  cache holds %2lld tokens -> next token \"%s\" (score %.3f)\n", (long long)len,
+           tokens[best], (double)best_score);
+    memcpy(next, x[best], sizeof next);
+    if ((st = attn_mha_forward(ctx, layer, kv, tn, to, NULL)) != ATTN_OK)
+      return failed(ctx, "attn_mha_forward", st);
+  }
+  return EXIT_OK;
+}
+
 static int cmd_demo(int argc, char **argv) {
   int rc = no_options(find_command("demo"), argc, argv);
   if (rc >= 0)
@@ -393,6 +478,8 @@ static int cmd_demo(int argc, char **argv) {
     rc = demo_attention(ctx, x);
   if (rc == EXIT_OK)
     rc = demo_pipeline(ctx);
+  if (rc == EXIT_OK)
+    rc = demo_decoding(ctx);
   attn_ctx_destroy(ctx);
   return rc;
 }

@@ -23,7 +23,7 @@ place, bfloat16 comes as uint16 bit patterns (src_dtype="bfloat16") or as
 torch tensors.
 """
 from ._lib import ABI_MAJOR, AttnError, LibraryNotFound
-from ._api import (LIBRARY_PATH, Context, alibi_slopes, blas_info, convert, cpu_info,
+from ._api import (LIBRARY_PATH, Context, KVCache, alibi_slopes, blas_info, convert, cpu_info,
                    default_context, get_num_threads, log_softmax, pool, pool_attention,
                    rope, rope_cache, rope_cached, sdpa, sdpa_varlen,
                    set_num_threads, sinusoidal, sinusoidal_add, softmax, version,
@@ -32,7 +32,7 @@ from ._api import (LIBRARY_PATH, Context, alibi_slopes, blas_info, convert, cpu_
 __version__ = "0.1.0"
 
 __all__ = [
-    "ABI_MAJOR", "AttnError", "Context", "LIBRARY_PATH", "LibraryNotFound", "alibi_slopes",
+    "ABI_MAJOR", "AttnError", "Context", "KVCache", "LIBRARY_PATH", "LibraryNotFound", "alibi_slopes",
     "blas_info", "convert", "cpu_info", "default_context", "get_num_threads", "log_softmax",
     "pool", "pool_attention", "rope", "rope_cache", "rope_cached",
     "sdpa", "sdpa_varlen", "set_num_threads", "sinusoidal", "sinusoidal_add", "softmax",

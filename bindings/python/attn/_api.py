@@ -912,6 +912,155 @@ class Context:
         return (out, lse) if return_lse else out
 
 
+class KVCache:
+    """A KV cache for incremental decoding (attn_kv_cache_create).
+
+    KVCache(batch, kv_heads, head_dim, capacity=None, *, value_dim=None,
+    paged=False, block_size=16, num_blocks=None, context=None)
+
+    Contiguous (default): `capacity` tokens per sequence, reserved up front.
+    paged=True: `num_blocks` blocks of `block_size` tokens shared by all
+    sequences (vLLM's PagedAttention); `capacity` then caps one sequence
+    (None = the whole pool). copy() shares blocks, copying one only when an
+    append would change it. Every method checks its input before it changes
+    anything: an AttnError leaves the cache as it was.
+
+    The cache lives in `context` (default: this thread's default context)
+    and must be used from that context's thread."""
+
+    def __init__(self, batch, kv_heads, head_dim, capacity=None, *, value_dim=None,
+                 paged=False, block_size=16, num_blocks=None, context=None):
+        fn = "KVCache"
+        self._ctx = context if context is not None else default_context()
+        if paged and num_blocks is None:
+            raise ValueError("%s: paged=True needs num_blocks" % fn)
+        if not paged and capacity is None:
+            raise ValueError("%s: a contiguous cache needs capacity" % fn)
+        p = _lib.KvCacheParams(layout=1 if paged else 0, batch=int(batch),
+                               kv_heads=int(kv_heads), head_dim=int(head_dim),
+                               value_dim=int(value_dim or 0), capacity=int(capacity or 0),
+                               block_size=int(block_size) if paged else 0,
+                               num_blocks=int(num_blocks or 0))
+        h = ctypes.c_void_p()
+        with self._ctx._call(fn) as c:
+            c.check(_LIB.attn_kv_cache_create(self._ctx._handle, ctypes.byref(p),
+                                              ctypes.byref(h)))
+        self._handle = h
+        self.batch, self.kv_heads, self.head_dim = int(batch), int(kv_heads), int(head_dim)
+        self.value_dim = int(value_dim or head_dim)
+
+    def close(self):
+        """Free the cache now (it is freed with its context otherwise)."""
+        h, self._handle = getattr(self, "_handle", None), None
+        if h and _LIB is not None and self._ctx._handle:
+            _LIB.attn_kv_cache_free(self._ctx._handle, h)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def _info(self):
+        info = _lib.KvCacheInfo()
+        lens = np.zeros(self.batch, np.int64)
+        with self._ctx._call("KVCache.info") as c:
+            c.check(_LIB.attn_kv_cache_info_get(self._ctx._handle, self._handle,
+                                                ctypes.byref(info),
+                                                lens.ctypes.data_as(_lib._c_int64_p)))
+        return info, lens
+
+    @property
+    def lengths(self):
+        """Tokens held per sequence (int64 array [batch])."""
+        return self._info()[1]
+
+    @property
+    def free_blocks(self):
+        """Paged: blocks no sequence holds (0 for a contiguous cache)."""
+        return int(self._info()[0].free_blocks)
+
+    def _counts(self, n_new, L, fn, c):
+        if n_new is None:
+            return None
+        arr = _int64_array(n_new, "n_new", fn, (self.batch,))
+        c.keep.append(arr)
+        return arr.ctypes.data_as(_lib._c_int64_p)
+
+    def append(self, k, v, n_new=None, *, rope=None):
+        """Append k [B, Hkv, L, D] and v [B, Hkv, L, Dv]: rows 0..n_new[b]-1
+        of sequence b go after its end (n_new None = all L). rope: None, or a
+        dict with style ("half-split" / "interleaved"), rotary_dim, theta,
+        applied to the new keys at their absolute positions."""
+        fn = "KVCache.append"
+        k, v = np.asarray(k), np.asarray(v)
+        with self._ctx._call(fn) as c:
+            hk, hv = c.input(k, "k"), c.input(v, "v")
+            ap = _lib.KvAppendParams()
+            if rope is not None:
+                style = rope.get("style", "half-split")
+                rp = _lib.RopeParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
+                                     rotary_dim=int(rope.get("rotary_dim", 0)),
+                                     theta=float(rope.get("theta", 0.0)))
+                c.keep.append(rp)
+                ap.rope = ctypes.pointer(rp)
+            c.check(_LIB.attn_kv_append(self._ctx._handle, self._handle, hk, hv,
+                                        self._counts(n_new, k.shape[-2], fn, c),
+                                        ctypes.byref(ap)))
+
+    def attend(self, q, n_new=None, *, causal=True, scale=None, window=None, softcap=None,
+               alibi_slopes=None, sinks=None):
+        """Attention of q [B, Hq, Lq, D] over the cache: row i of sequence b
+        sits at position length[b] - n_new[b] + i (n_new None = Lq for all),
+        so call it after append() with the same counts. Rows past n_new[b]
+        are zeros. Returns out [B, Hq, Lq, Dv]."""
+        fn = "KVCache.attend"
+        q = np.asarray(q)
+        if q.ndim != 4:
+            raise ValueError("%s: q must be [B, Hq, Lq, D]" % fn)
+        out = np.empty(q.shape[:3] + (self.value_dim,), np.float32)
+        with self._ctx._call(fn) as c:
+            hq, ho = c.input(q, "q"), c.output(out, "out")
+            p = self._ctx._sdpa_params(fn, c, causal=causal, align="top-left", scale=scale,
+                                       window=window, softcap=softcap,
+                                       alibi_slopes=alibi_slopes, sinks=sinks, Hq=q.shape[1])
+            c.check(_LIB.attn_kv_attend(self._ctx._handle, self._handle, hq, ho,
+                                        self._counts(n_new, q.shape[2], fn, c),
+                                        ctypes.byref(p)))
+        return out
+
+    def _simple(self, fn, call, *args):
+        with self._ctx._call(fn) as c:
+            c.check(call(self._ctx._handle, self._handle, *args))
+
+    def truncate(self, seq, length):
+        """Keep the first `length` tokens of sequence `seq`."""
+        self._simple("KVCache.truncate", _LIB.attn_kv_truncate, int(seq), int(length))
+
+    def reset(self, seq=None):
+        """Empty sequence `seq`, or every sequence (None)."""
+        self._simple("KVCache.reset", _LIB.attn_kv_reset, -1 if seq is None else int(seq))
+
+    def copy(self, dst, src):
+        """Make sequence dst a copy of sequence src."""
+        self._simple("KVCache.copy", _LIB.attn_kv_copy, int(dst), int(src))
+
+    def read(self, seq, start=0, n=None):
+        """Keys [Hkv, n, D] and values [Hkv, n, Dv] of sequence `seq` from
+        position `start` (n None = to its end)."""
+        if n is None:
+            n = int(self.lengths[int(seq)]) - int(start)
+        k = np.empty((self.kv_heads, n, self.head_dim), np.float32)
+        v = np.empty((self.kv_heads, n, self.value_dim), np.float32)
+        if n == 0:
+            return k, v
+        with self._ctx._call("KVCache.read") as c:
+            hk, hv = c.output(k, "k"), c.output(v, "v")
+            c.check(_LIB.attn_kv_read(self._ctx._handle, self._handle, int(seq), int(start),
+                                      hk, hv))
+        return k, v
+
+
 class _Guarded(_Call):
     """A _Call that also holds the context's busy lock."""
 

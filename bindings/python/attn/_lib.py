@@ -208,6 +208,44 @@ class PoolAttentionParams(_SizedStruct):
     ]
 
 
+class KvCacheParams(_SizedStruct):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("layout", ctypes.c_int32),
+        ("dtype", ctypes.c_int32),
+        ("batch", ctypes.c_int64),
+        ("kv_heads", ctypes.c_int64),
+        ("head_dim", ctypes.c_int64),
+        ("value_dim", ctypes.c_int64),
+        ("capacity", ctypes.c_int64),
+        ("block_size", ctypes.c_int64),
+        ("num_blocks", ctypes.c_int64),
+    ]
+
+
+class KvCacheInfo(_SizedStruct):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("layout", ctypes.c_int32),
+        ("dtype", ctypes.c_int32),
+        ("batch", ctypes.c_int64),
+        ("kv_heads", ctypes.c_int64),
+        ("head_dim", ctypes.c_int64),
+        ("value_dim", ctypes.c_int64),
+        ("capacity", ctypes.c_int64),
+        ("block_size", ctypes.c_int64),
+        ("num_blocks", ctypes.c_int64),
+        ("free_blocks", ctypes.c_int64),
+    ]
+
+
+class KvAppendParams(_SizedStruct):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("rope", ctypes.POINTER(RopeParams)),
+    ]
+
+
 # name -> (restype, argtypes). Handles are opaque: c_void_p.
 _P = ctypes.c_void_p
 _PROTOTYPES = {
@@ -242,6 +280,18 @@ _PROTOTYPES = {
     "attn_pool": (ctypes.c_int, [_P, _P, _P, ctypes.POINTER(PoolParams)]),
     "attn_pool_attention": (ctypes.c_int, [_P, _P, _P, _P, _P,
                                            ctypes.POINTER(PoolAttentionParams)]),
+    "attn_kv_cache_create": (ctypes.c_int, [_P, ctypes.POINTER(KvCacheParams),
+                                            ctypes.POINTER(_P)]),
+    "attn_kv_cache_free": (ctypes.c_int, [_P, _P]),
+    "attn_kv_cache_info_get": (ctypes.c_int, [_P, _P, ctypes.POINTER(KvCacheInfo),
+                                              _c_int64_p]),
+    "attn_kv_append": (ctypes.c_int, [_P, _P, _P, _P, _c_int64_p,
+                                      ctypes.POINTER(KvAppendParams)]),
+    "attn_kv_truncate": (ctypes.c_int, [_P, _P, ctypes.c_int64, ctypes.c_int64]),
+    "attn_kv_reset": (ctypes.c_int, [_P, _P, ctypes.c_int64]),
+    "attn_kv_copy": (ctypes.c_int, [_P, _P, ctypes.c_int64, ctypes.c_int64]),
+    "attn_kv_read": (ctypes.c_int, [_P, _P, ctypes.c_int64, ctypes.c_int64, _P, _P]),
+    "attn_kv_attend": (ctypes.c_int, [_P, _P, _P, _P, _c_int64_p, ctypes.POINTER(SdpaParams)]),
     "attn_cpu_info": (ctypes.c_char_p, []),
     "attn_blas_info": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_size_t]),
 }

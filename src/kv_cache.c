@@ -1,0 +1,799 @@
+/* KV cache: keys and values of past tokens per sequence, contiguous or
+ * paged, and attention of new queries against it (through sdpa.c).
+ *
+ * Every operation checks all of its input first and only then writes, so a
+ * failed call leaves the cache as it was. The paged layout keeps a block
+ * table per sequence (B x max_blocks int32), a reference count per block
+ * and a stack of free blocks; a block is written only while its count is 1,
+ * so a shared block is copied before its first divergent row lands in it. */
+#include "kv_cache.h"
+#include "check.h"
+#include "rope.h"
+#include "sdpa.h"
+
+#include <string.h>
+
+struct attn_kv_cache {
+  uint32_t magic;
+  int32_t layout;
+  attn_ctx *ctx;
+  attn_kv_cache *prev, *next;
+  int64_t B, H, D, Dv, cap;
+  int64_t *lens;                /* [B] */
+  float *k, *v;                 /* contiguous: sequence 0; paged: block 0 */
+  int64_t ks[3], vs[3];         /* strides of (sequence or block, head, row) */
+  void *data_block;             /* owned K and V memory, NULL when wrapped */
+  size_t k_bytes, v_bytes;      /* extents from k and v (aliasing checks) */
+  /* paged */
+  int64_t bs, n_blocks, max_blocks;
+  int32_t *table;               /* [B, max_blocks] */
+  int32_t *refs;                /* [n_blocks] */
+  int32_t *free_stack;          /* [n_blocks], n_free used from the bottom */
+  int64_t n_free;
+};
+
+#define DEFAULT_BLOCK_SIZE 16
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+static bool paged(const attn_kv_cache *c) { return c->layout == ATTN_KV_PAGED; }
+
+/* t: a live F32 tensor of ctx with nd dims. */
+static attn_status check_f32(attn_ctx *ctx, const char *name, const attn_tensor *t, int nd) {
+  const attn_operand op[] = {{ATTN_OPERAND(name, t, ATTN_DT_F32, nd, nd)}};
+  return attn__check_operands(ctx, op, 1, NULL);
+}
+
+/* ---- handles ---- */
+
+/* Search the context's list rather than trust the pointer: a freed or
+ * foreign handle is never dereferenced. */
+attn_status attn__kv_check(attn_ctx *ctx, const attn_kv_cache *c) {
+  if (!c)
+    return attn__fail(ctx, ATTN_ERR_NULL_ARG, "cache is NULL");
+  const attn_kv_cache *it = ctx->caches;
+  while (it && it != c)
+    it = it->next;
+  if (!it)
+    return attn__fail(ctx, ATTN_ERR_BAD_HANDLE,
+                      "cache %p is not a live cache of this context (freed, or created "
+                      "from another context)", (const void *)c);
+  return ATTN_OK;
+}
+
+static attn_status check_seq(attn_ctx *ctx, const char *name,
+                             const attn_kv_cache *c, int64_t seq) {
+  if (seq < 0 || seq >= c->B)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s = %lld but must be in 0..%lld", name, (long long)seq, (long long)(c->B - 1));
+  return ATTN_OK;
+}
+
+static void release(attn_ctx *ctx, attn_kv_cache *c) {
+  c->magic = ATTN_DEAD_MAGIC;
+  attn__free(ctx, c->data_block);
+  attn__free(ctx, c->lens);
+  attn__free(ctx, c->table);
+  attn__free(ctx, c->refs);
+  attn__free(ctx, c->free_stack);
+  attn__free(ctx, c);
+}
+
+void attn__kv_destroy_all(attn_ctx *ctx) {
+  attn_kv_cache *c = ctx->caches;
+  while (c) {
+    attn_kv_cache *next = c->next;
+    release(ctx, c);
+    c = next;
+  }
+  ctx->caches = NULL;
+}
+
+static attn_status kv_cache_free_impl(attn_ctx *ctx, attn_kv_cache *cache) {
+  attn_status st = ATTN_OK;
+  if (st != ATTN_OK)
+    return st;
+  if (!cache)
+    return ATTN_OK;
+  if ((st = attn__kv_check(ctx, cache)) != ATTN_OK)
+    return st;
+  if (cache->prev)
+    cache->prev->next = cache->next;
+  else
+    ctx->caches = cache->next;
+  if (cache->next)
+    cache->next->prev = cache->prev;
+  release(ctx, cache);
+  return ATTN_OK;
+}
+
+/* A zeroed handle with its lengths array, not yet linked into ctx. */
+static attn_kv_cache *new_handle(attn_ctx *ctx, int64_t B) {
+  attn_kv_cache *c = attn__alloc(ctx, sizeof *c);
+  if (!c)
+    return NULL;
+  memset(c, 0, sizeof *c);
+  c->magic = ATTN_KV_MAGIC;
+  c->ctx = ctx;
+  c->lens = attn__alloc(ctx, (size_t)B * sizeof *c->lens);
+  if (!c->lens) {
+    release(ctx, c);
+    return NULL;
+  }
+  memset(c->lens, 0, (size_t)B * sizeof *c->lens);
+  return c;
+}
+
+static void link_cache(attn_ctx *ctx, attn_kv_cache *c) {
+  c->next = ctx->caches;
+  if (ctx->caches)
+    ctx->caches->prev = c;
+  ctx->caches = c;
+}
+
+void attn_kv_cache_params_init(attn_kv_cache_params *p) {
+  if (!p)
+    return;
+  memset(p, 0, sizeof *p);
+  p->struct_size = sizeof *p;
+}
+
+/* n = a * b * c * d without overflow, also as bytes of floats. */
+static bool product(int64_t a, int64_t b, int64_t c, int64_t d, size_t *bytes) {
+  uint64_t n;
+  return !__builtin_mul_overflow((uint64_t)a, (uint64_t)b, &n) &&
+         !__builtin_mul_overflow(n, (uint64_t)c, &n) &&
+         !__builtin_mul_overflow(n, (uint64_t)d, &n) &&
+         !__builtin_mul_overflow(n, (uint64_t)sizeof(float), &n) &&
+         n <= (uint64_t)PTRDIFF_MAX / 2 && !__builtin_add_overflow(n, 0, bytes);
+}
+
+static attn_status kv_cache_create_impl(attn_ctx *ctx, const attn_kv_cache_params *params,
+                                 attn_kv_cache **out) {
+  attn_status st = ATTN_OK;
+  if (st != ATTN_OK)
+    return st;
+  if (!params || !out)
+    return attn__fail(ctx, ATTN_ERR_NULL_ARG, "%s is NULL", params ? "out" : "params");
+  attn_kv_cache_params p;
+  attn_kv_cache_params_init(&p);
+  if ((st = attn__read_params(ctx, &p, sizeof p, params)) != ATTN_OK)
+    return st;
+  if (p.layout != ATTN_KV_CONTIGUOUS && p.layout != ATTN_KV_PAGED)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.layout = %d is not an attn_kv_layout (0 = contiguous, 1 = "
+                      "paged)", (int)p.layout);
+  if (p.dtype != ATTN_DTYPE_F32)
+    return attn__fail(ctx, ATTN_ERR_UNSUPPORTED,
+                      "params.dtype = %d but this library keeps F32 (0) caches only", (int)p.dtype);
+  bool pg = p.layout == ATTN_KV_PAGED;
+  if (p.value_dim == 0)
+    p.value_dim = p.head_dim;
+  if (pg && p.block_size == 0)
+    p.block_size = DEFAULT_BLOCK_SIZE;
+  const char *names[5] = {"batch", "kv_heads", "head_dim", "value_dim",
+                          pg ? "num_blocks" : "capacity"};
+  const int64_t vals[5] = {p.batch, p.kv_heads, p.head_dim, p.value_dim,
+                           pg ? p.num_blocks : p.capacity};
+  for (int i = 0; i < 5; i++)
+    if (vals[i] < 1)
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.%s = %lld but must be >= 1", names[i], (long long)vals[i]);
+  if (pg && (p.block_size < 1 || p.num_blocks > INT32_MAX))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.block_size = %lld must be >= 1 and num_blocks = %lld at "
+                      "most 2^31 - 1", (long long)p.block_size, (long long)p.num_blocks);
+  int64_t outer = pg ? p.num_blocks : p.batch, rows = pg ? p.block_size : p.capacity;
+  size_t kb, vb, tb = 0, all;
+  int64_t pool_tokens = 0;
+  if (!product(outer, p.kv_heads, rows, p.head_dim, &kb) ||
+      !product(outer, p.kv_heads, rows, p.value_dim, &vb) ||
+      (pg && __builtin_mul_overflow(p.num_blocks, p.block_size, &pool_tokens)) ||
+      __builtin_add_overflow(kb, vb, &all) || all > (size_t)PTRDIFF_MAX - 2 * ATTN_ALIGN)
+    return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the cache's size overflows");
+  if (pg) {
+    if (p.capacity == 0)
+      p.capacity = pool_tokens;
+    if (p.capacity < 0 || p.capacity > pool_tokens)
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                        "params.capacity = %lld but must be in 0..num_blocks * "
+                        "block_size = %lld (0 = the whole pool)", (long long)p.capacity, (long long)pool_tokens);
+    if (!product(p.batch, ceil_div(p.capacity, p.block_size), 1, 1, &tb))
+      return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the block tables' size overflows");
+  }
+  if (p.capacity > INT32_MAX)
+    return attn__fail(ctx, ATTN_ERR_OVERFLOW,
+                      "params.capacity = %lld exceeds what BLAS takes (2^31 - 1)", (long long)p.capacity);
+
+  attn_kv_cache *c = new_handle(ctx, p.batch);
+  if (!c)
+    goto oom;
+  c->layout = p.layout;
+  c->B = p.batch, c->H = p.kv_heads, c->D = p.head_dim, c->Dv = p.value_dim;
+  c->cap = p.capacity;
+  c->data_block = attn__alloc(ctx, all + 2 * ATTN_ALIGN);
+  if (!c->data_block)
+    goto oom;
+  /* Both arrays start on a cache line. */
+  uintptr_t base = ((uintptr_t)c->data_block + ATTN_ALIGN - 1) & ~(uintptr_t)(ATTN_ALIGN - 1);
+  c->k = (float *)base;
+  c->v = (float *)((base + kb + ATTN_ALIGN - 1) & ~(uintptr_t)(ATTN_ALIGN - 1));
+  c->k_bytes = kb, c->v_bytes = vb;
+  c->ks[2] = c->D, c->ks[1] = rows * c->D, c->ks[0] = c->H * c->ks[1];
+  c->vs[2] = c->Dv, c->vs[1] = rows * c->Dv, c->vs[0] = c->H * c->vs[1];
+  if (pg) {
+    c->bs = p.block_size, c->n_blocks = p.num_blocks;
+    c->max_blocks = ceil_div(c->cap, c->bs);
+    c->table = attn__alloc(ctx, tb / sizeof(float) * sizeof(int32_t));
+    c->refs = attn__alloc(ctx, (size_t)c->n_blocks * sizeof(int32_t));
+    c->free_stack = attn__alloc(ctx, (size_t)c->n_blocks * sizeof(int32_t));
+    if (!c->table || !c->refs || !c->free_stack)
+      goto oom;
+    memset(c->refs, 0, (size_t)c->n_blocks * sizeof(int32_t));
+    /* Popped from the top: block 0 first, so fresh caches fill in order. */
+    for (int64_t i = 0; i < c->n_blocks; i++)
+      c->free_stack[i] = (int32_t)(c->n_blocks - 1 - i);
+    c->n_free = c->n_blocks;
+  }
+  link_cache(ctx, c);
+  *out = c;
+  return ATTN_OK;
+oom:
+  if (c)
+    release(ctx, c);
+  return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate the cache");
+}
+
+static attn_status kv_cache_wrap_impl(attn_ctx *ctx, const attn_tensor *k, const attn_tensor *v,
+                               const int64_t *lens, attn_kv_cache **out) {
+  attn_status st = ATTN_OK;
+  if (st != ATTN_OK)
+    return st;
+  if (!out)
+    return attn__fail(ctx, ATTN_ERR_NULL_ARG, "out is NULL");
+  if ((st = check_f32(ctx, "k", k, 4)) ||
+      (st = check_f32(ctx, "v", v, 4)))
+    return st;
+  for (int a = 0; a < 3; a++)
+    if (v->dims[a] != k->dims[a])
+      return attn__fail(ctx, ATTN_ERR_SHAPE,
+                        "v.shape[%d] = %lld but k.shape[%d] = %lld (B, Hkv and capacity "
+                        "must match)", a, (long long)v->dims[a], a, (long long)k->dims[a]);
+  if ((st = attn__check_writable(ctx, "k", k)) ||
+      (st = attn__check_writable(ctx, "v", v)))
+    return st;
+  if (attn__overlap(k, v))
+    return attn__fail(ctx, ATTN_ERR_ALIASING, "k and v overlap in memory");
+  int64_t B = k->dims[0], cap = k->dims[2];
+  if (cap > INT32_MAX || k->dims[3] > INT32_MAX || v->dims[3] > INT32_MAX)
+    return attn__fail(ctx, ATTN_ERR_OVERFLOW,
+                      "capacity or a head dim exceeds what BLAS takes (2^31 - 1)");
+  if (lens)
+    for (int64_t b = 0; b < B; b++)
+      if (lens[b] < 0 || lens[b] > cap)
+        return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                          "lens[%lld] = %lld but must be in 0..capacity = %lld", (long long)b, (long long)lens[b], (long long)cap);
+  attn_kv_cache *c = new_handle(ctx, B);
+  if (!c)
+    return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate the handle");
+  c->layout = ATTN_KV_CONTIGUOUS;
+  c->B = B, c->H = k->dims[1], c->cap = cap, c->D = k->dims[3], c->Dv = v->dims[3];
+  c->k = k->data, c->v = v->data;
+  c->k_bytes = k->extent_bytes, c->v_bytes = v->extent_bytes;
+  memcpy(c->ks, k->strides, sizeof c->ks);
+  memcpy(c->vs, v->strides, sizeof c->vs);
+  if (lens)
+    memcpy(c->lens, lens, (size_t)B * sizeof *lens);
+  link_cache(ctx, c);
+  *out = c;
+  return ATTN_OK;
+}
+
+static attn_status kv_cache_info_get_impl(attn_ctx *ctx, const attn_kv_cache *cache,
+                                   attn_kv_cache_info *info, int64_t *lens) {
+  attn_status st = ATTN_OK;
+  if (st != ATTN_OK || (st = attn__kv_check(ctx, cache)) != ATTN_OK)
+    return st;
+  if (!info)
+    return attn__fail(ctx, ATTN_ERR_NULL_ARG, "info is NULL");
+  if (info->struct_size < sizeof(size_t))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "info->struct_size = %zu; set it to sizeof(attn_kv_cache_info)", info->struct_size);
+  attn_kv_cache_info all;
+  memset(&all, 0, sizeof all);
+  all.struct_size = info->struct_size;
+  all.layout = cache->layout;
+  all.dtype = ATTN_DTYPE_F32;
+  all.batch = cache->B, all.kv_heads = cache->H, all.head_dim = cache->D;
+  all.value_dim = cache->Dv, all.capacity = cache->cap;
+  all.block_size = cache->bs, all.num_blocks = cache->n_blocks, all.free_blocks = cache->n_free;
+  memcpy(info, &all, info->struct_size < sizeof all ? info->struct_size : sizeof all);
+  if (lens)
+    memcpy(lens, cache->lens, (size_t)cache->B * sizeof *lens);
+  return ATTN_OK;
+}
+
+/* ---- row addressing ---- */
+
+/* Offset (in floats from c->k or c->v) of row j of sequence b, head h. */
+static int64_t row_offset(const attn_kv_cache *c, const int64_t *s, int64_t b, int64_t h,
+                          int64_t j) {
+  if (paged(c))
+    return c->table[b * c->max_blocks + j / c->bs] * s[0] + h * s[1] + (j % c->bs) * s[2];
+  return b * s[0] + h * s[1] + j * s[2];
+}
+
+/* ---- paged block bookkeeping ---- */
+
+static int32_t take_block(attn_kv_cache *c) {
+  int32_t blk = c->free_stack[--c->n_free];
+  c->refs[blk] = 1;
+  return blk;
+}
+
+static void drop_block(attn_kv_cache *c, int32_t blk) {
+  if (--c->refs[blk] == 0)
+    c->free_stack[c->n_free++] = blk;
+}
+
+/* Blocks sequence b needs from the pool to grow from len to len + n: new
+ * blocks, plus a copy of the partly filled last block if it is shared. */
+static int64_t blocks_needed(const attn_kv_cache *c, int64_t b, int64_t n) {
+  int64_t len = c->lens[b];
+  if (n == 0)
+    return 0;
+  int64_t need = ceil_div(len + n, c->bs) - ceil_div(len, c->bs);
+  if (len % c->bs && c->refs[c->table[b * c->max_blocks + len / c->bs]] > 1)
+    need++;
+  return need;
+}
+
+/* Make room for n more rows of sequence b (blocks_needed() were checked). */
+static void grow(attn_kv_cache *c, int64_t b, int64_t n) {
+  int64_t len = c->lens[b];
+  int32_t *t = c->table + b * c->max_blocks;
+  if (n == 0)
+    return;
+  if (len % c->bs && c->refs[t[len / c->bs]] > 1) {
+    /* Copy on write: the shared block's filled rows move to a private block. */
+    int32_t old = t[len / c->bs], fresh = take_block(c);
+    int64_t used = len % c->bs;
+    for (int64_t h = 0; h < c->H; h++) {
+      memcpy(c->k + fresh * c->ks[0] + h * c->ks[1], c->k + old * c->ks[0] + h * c->ks[1],
+             (size_t)(used * c->D) * sizeof(float));
+      memcpy(c->v + fresh * c->vs[0] + h * c->vs[1], c->v + old * c->vs[0] + h * c->vs[1],
+             (size_t)(used * c->Dv) * sizeof(float));
+    }
+    drop_block(c, old);
+    t[len / c->bs] = fresh;
+  }
+  for (int64_t i = ceil_div(len, c->bs); i < ceil_div(len + n, c->bs); i++)
+    t[i] = take_block(c);
+}
+
+/* Sequence b keeps its first len rows. */
+static void shrink(attn_kv_cache *c, int64_t b, int64_t len) {
+  if (paged(c)) {
+    int32_t *t = c->table + b * c->max_blocks;
+    for (int64_t i = ceil_div(len, c->bs); i < ceil_div(c->lens[b], c->bs); i++)
+      drop_block(c, t[i]);
+  }
+  c->lens[b] = len;
+}
+
+/* ---- append ---- */
+
+void attn_kv_append_params_init(attn_kv_append_params *p) {
+  if (!p)
+    return;
+  memset(p, 0, sizeof *p);
+  p->struct_size = sizeof *p;
+}
+
+/* True if t's bytes intersect the cache's K or V memory. */
+static bool overlaps_cache(const attn_kv_cache *c, const attn_tensor *t) {
+  uintptr_t a = (uintptr_t)t->data, e = a + t->extent_bytes;
+  uintptr_t k = (uintptr_t)c->k, v = (uintptr_t)c->v;
+  return (a < k + c->k_bytes && k < e) || (a < v + c->v_bytes && v < e);
+}
+
+static attn_status check_kv_operand(attn_ctx *ctx, const char *name,
+                                    const attn_tensor *t, const attn_kv_cache *c,
+                                    int64_t outer, int64_t dim, const char *dim_name) {
+  attn_status st = check_f32(ctx, name, t, 4);
+  if (st != ATTN_OK)
+    return st;
+  if (t->dims[0] != outer || t->dims[1] != c->H || t->dims[3] != dim)
+    return attn__fail(ctx, ATTN_ERR_SHAPE,
+                      "%s has shape [%lld, %lld, %lld, %lld] but the cache holds "
+                      "[B = %lld, Hkv = %lld, L, %s = %lld]", name, (long long)t->dims[0], (long long)t->dims[1],
+                      (long long)t->dims[2], (long long)t->dims[3], (long long)outer,
+                      (long long)c->H, dim_name, (long long)dim);
+  if (overlaps_cache(c, t))
+    return attn__fail(ctx, ATTN_ERR_ALIASING, "%s overlaps the cache's memory", name);
+  return ATTN_OK;
+}
+
+/* Every sequence can take its n_new[b] (or L) more rows: within 0..L, its
+ * capacity, and (paged) the whole step within the free blocks. */
+static attn_status check_counts(attn_ctx *ctx, const attn_kv_cache *c,
+                                const int64_t *n_new, int64_t L) {
+  int64_t pool_need = 0;
+  for (int64_t b = 0; b < c->B; b++) {
+    int64_t n = n_new ? n_new[b] : L;
+    if (n < 0 || n > L)
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                        "n_new[%lld] = %lld but must be in 0..L = %lld", (long long)b,
+                        (long long)n, (long long)L);
+    if (n > c->cap - c->lens[b])
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                        "sequence %lld holds %lld tokens; %lld more exceed its capacity "
+                        "%lld", (long long)b, (long long)c->lens[b], (long long)n,
+                        (long long)c->cap);
+    if (paged(c))
+      pool_need += blocks_needed(c, b, n);
+  }
+  if (pool_need > c->n_free)
+    return attn__fail(ctx, ATTN_ERR_NO_MEMORY,
+                      "the step needs %lld blocks but the pool has %lld free (of %lld); "
+                      "nothing was appended", (long long)pool_need, (long long)c->n_free, (long long)c->n_blocks);
+  return ATTN_OK;
+}
+
+/* Store rows 0..n_new[b]-1 of kn/vn (strides of [B, H, L, D]) after each
+ * sequence's end. */
+static void store_rows(attn_kv_cache *c, const float *kn, const int64_t *kns, const float *vn,
+                       const int64_t *vns, const int64_t *n_new, int64_t L) {
+  for (int64_t b = 0; b < c->B; b++) {
+    int64_t n = n_new ? n_new[b] : L, len = c->lens[b];
+    if (paged(c))
+      grow(c, b, n);
+    for (int64_t i = 0; i < n; i++) {
+      for (int64_t h = 0; h < c->H; h++) {
+        memcpy(c->k + row_offset(c, c->ks, b, h, len + i),
+               kn + b * kns[0] + h * kns[1] + i * kns[2], (size_t)c->D * sizeof(float));
+        memcpy(c->v + row_offset(c, c->vs, b, h, len + i),
+               vn + b * vns[0] + h * vns[1] + i * vns[2], (size_t)c->Dv * sizeof(float));
+      }
+    }
+    c->lens[b] = len + n;
+  }
+}
+
+static attn_status kv_append_impl(attn_ctx *ctx, attn_kv_cache *cache, const attn_tensor *k_new,
+                           const attn_tensor *v_new, const int64_t *n_new,
+                           const attn_kv_append_params *params) {
+  attn_status st = ATTN_OK;
+  if (st != ATTN_OK || (st = attn__kv_check(ctx, cache)) != ATTN_OK)
+    return st;
+  attn_kv_append_params prm;
+  attn_kv_append_params_init(&prm);
+  attn_kv_cache *c = cache;
+  if ((st = attn__read_params(ctx, &prm, sizeof prm, params)) ||
+      (st = check_kv_operand(ctx, "k_new", k_new, c, c->B, c->D, "D")) ||
+      (st = check_kv_operand(ctx, "v_new", v_new, c, c->B, c->Dv, "Dv")))
+    return st;
+  int64_t L = k_new->dims[2];
+  if (v_new->dims[2] != L)
+    return attn__fail(ctx, ATTN_ERR_SHAPE,
+                      "v_new.shape[2] = %lld but k_new.shape[2] = %lld", (long long)v_new->dims[2], (long long)L);
+  attn_rope_problem rope;
+  memset(&rope, 0, sizeof rope);
+  if (prm.rope) {
+    attn_rope_params rp;
+    attn_rope_params_init(&rp);
+    if ((st = attn__read_params(ctx, &rp, sizeof rp, prm.rope)) ||
+        (st = attn__rope_config(ctx, "params.rope", &rp, c->D, &rope)))
+      return st;
+    if (rp.offset || rp.positions)
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                        "params.rope.offset and positions must be 0 and NULL (the "
+                        "cache places each new key at its sequence's length)");
+  }
+  if ((st = check_counts(ctx, c, n_new, L)) != ATTN_OK)
+    return st;
+  const float *kn = k_new->data;
+  const int64_t *kns = k_new->strides;
+  int64_t rot_strides[4];
+  if (prm.rope) {
+    /* The new keys are copied into the workspace and rotated there, at
+     * positions len_b + i, by attn_rope's own plan and run. */
+    int64_t H = c->H, D = c->D;
+    size_t kbytes, pbytes;
+    if (__builtin_mul_overflow((size_t)(c->B * H * L), (size_t)D * sizeof(float), &kbytes) ||
+        __builtin_mul_overflow((size_t)(c->B * L), sizeof(int64_t), &pbytes))
+      return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the workspace size overflows");
+    rope.B = c->B, rope.H = H, rope.L = L, rope.D = D;
+    rot_strides[0] = H * L * D, rot_strides[1] = L * D, rot_strides[2] = D, rot_strides[3] = 1;
+    memcpy(rope.xs, rot_strides, sizeof rope.xs);
+    attn__rope_plan(ctx, &rope);
+    size_t total = attn__ws_round(kbytes) + attn__ws_round(pbytes) + attn__ws_round(rope.ws_bytes);
+    if ((st = attn__ws_reserve(ctx, total)) != ATTN_OK)
+      return st;
+    float *kbuf = attn__ws_alloc(ctx, kbytes);
+    int64_t *pos = attn__ws_alloc(ctx, pbytes);
+    for (int64_t b = 0; b < c->B; b++)
+      for (int64_t h = 0; h < H; h++)
+        for (int64_t i = 0; i < L; i++) {
+          memcpy(kbuf + ((b * H + h) * L + i) * D, kn + b * kns[0] + h * kns[1] + i * kns[2],
+                 (size_t)D * sizeof(float));
+          pos[b * L + i] = c->lens[b] + i;
+        }
+    rope.x = kbuf;
+    rope.positions = pos;
+    attn__rope_apply(ctx, &rope);
+    kn = kbuf;
+    kns = rot_strides;
+  }
+  /* Checked: from here on nothing fails. */
+  store_rows(c, kn, kns, v_new->data, v_new->strides, n_new, L);
+  return ATTN_OK;
+}
+
+attn_status attn__kv_append_rows(attn_ctx *ctx, attn_kv_cache *c,
+                                 const float *kn, const int64_t *kns, const float *vn,
+                                 const int64_t *vns, const int64_t *n_new, int64_t L) {
+  attn_status st = check_counts(ctx, c, n_new, L);
+  if (st == ATTN_OK)
+    store_rows(c, kn, kns, vn, vns, n_new, L);
+  return st;
+}
+
+/* ---- truncate, reset, copy ---- */
+
+static attn_status kv_truncate_impl(attn_ctx *ctx, attn_kv_cache *cache, int64_t seq, int64_t len) {
+  attn_status st = ATTN_OK;
+  if (st != ATTN_OK || (st = attn__kv_check(ctx, cache)) ||
+      (st = check_seq(ctx, "seq", cache, seq)))
+    return st;
+  if (len < 0 || len > cache->lens[seq])
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "len = %lld but sequence %lld holds %lld tokens (0..that allowed)", (long long)len, (long long)seq, (long long)cache->lens[seq]);
+  shrink(cache, seq, len);
+  return ATTN_OK;
+}
+
+static attn_status kv_reset_impl(attn_ctx *ctx, attn_kv_cache *cache, int64_t seq) {
+  attn_status st = ATTN_OK;
+  if (st != ATTN_OK || (st = attn__kv_check(ctx, cache)))
+    return st;
+  if (seq != -1 && (st = check_seq(ctx, "seq", cache, seq)))
+    return st;
+  for (int64_t b = seq == -1 ? 0 : seq; b < (seq == -1 ? cache->B : seq + 1); b++)
+    shrink(cache, b, 0);
+  return ATTN_OK;
+}
+
+static attn_status kv_copy_impl(attn_ctx *ctx, attn_kv_cache *cache, int64_t dst, int64_t src) {
+  attn_status st = ATTN_OK;
+  if (st != ATTN_OK || (st = attn__kv_check(ctx, cache)) ||
+      (st = check_seq(ctx, "dst", cache, dst)) ||
+      (st = check_seq(ctx, "src", cache, src)))
+    return st;
+  attn_kv_cache *c = cache;
+  if (dst == src)
+    return ATTN_OK;
+  int64_t len = c->lens[src];
+  if (paged(c)) {
+    /* Take the references before dropping dst's own: they may share blocks. */
+    const int32_t *ts = c->table + src * c->max_blocks;
+    for (int64_t i = 0; i < ceil_div(len, c->bs); i++)
+      c->refs[ts[i]]++;
+    shrink(c, dst, 0);
+    memcpy(c->table + dst * c->max_blocks, ts, (size_t)ceil_div(len, c->bs) * sizeof(int32_t));
+  } else {
+    for (int64_t h = 0; h < c->H; h++)
+      for (int64_t j = 0; j < len; j++) {
+        memcpy(c->k + row_offset(c, c->ks, dst, h, j), c->k + row_offset(c, c->ks, src, h, j),
+               (size_t)c->D * sizeof(float));
+        memcpy(c->v + row_offset(c, c->vs, dst, h, j), c->v + row_offset(c, c->vs, src, h, j),
+               (size_t)c->Dv * sizeof(float));
+      }
+  }
+  c->lens[dst] = len;
+  return ATTN_OK;
+}
+
+/* ---- read back ---- */
+
+static attn_status kv_read_impl(attn_ctx *ctx, const attn_kv_cache *cache, int64_t seq, int64_t start,
+                         attn_tensor *k, attn_tensor *v) {
+  attn_status st = ATTN_OK;
+  if (st != ATTN_OK || (st = attn__kv_check(ctx, cache)) ||
+      (st = check_seq(ctx, "seq", cache, seq)))
+    return st;
+  if (!k && !v)
+    return attn__fail(ctx, ATTN_ERR_NULL_ARG, "k and v are both NULL");
+  const attn_kv_cache *c = cache;
+  attn_tensor *outs[2] = {k, v};
+  const char *names[2] = {"k", "v"};
+  const int64_t dims[2] = {c->D, c->Dv};
+  int64_t n = -1;
+  for (int o = 0; o < 2; o++) {
+    attn_tensor *t = outs[o];
+    if (!t)
+      continue;
+    if ((st = check_f32(ctx, names[o], t, 3)))
+      return st;
+    if (t->dims[0] != c->H || t->dims[2] != dims[o] || (n >= 0 && t->dims[1] != n))
+      return attn__fail(ctx, ATTN_ERR_SHAPE,
+                        "%s has shape [%lld, %lld, %lld] but must be [Hkv = %lld, n, %s = "
+                        "%lld] (k and v with the same n)", names[o], (long long)t->dims[0], (long long)t->dims[1],
+                        (long long)t->dims[2], (long long)c->H, o ? "Dv" : "D",
+                        (long long)dims[o]);
+    n = t->dims[1];
+    if ((st = attn__check_writable(ctx, names[o], t)))
+      return st;
+    if (overlaps_cache(c, t))
+      return attn__fail(ctx, ATTN_ERR_ALIASING, "%s overlaps the cache's memory", names[o]);
+  }
+  if (k && v && attn__overlap(k, v))
+    return attn__fail(ctx, ATTN_ERR_ALIASING, "k and v overlap in memory");
+  if (start < 0 || start > c->lens[seq] - n)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "positions %lld..%lld but sequence %lld holds %lld tokens", (long long)start, (long long)(start + n - 1), (long long)seq,
+                      (long long)c->lens[seq]);
+  for (int64_t h = 0; h < c->H; h++)
+    for (int64_t j = 0; j < n; j++) {
+      if (k)
+        memcpy((float *)k->data + h * k->strides[0] + j * k->strides[1],
+               c->k + row_offset(c, c->ks, seq, h, start + j), (size_t)c->D * sizeof(float));
+      if (v)
+        memcpy((float *)v->data + h * v->strides[0] + j * v->strides[1],
+               c->v + row_offset(c, c->vs, seq, h, start + j), (size_t)c->Dv * sizeof(float));
+    }
+  return ATTN_OK;
+}
+
+/* ---- attention ---- */
+
+static attn_status kv_attend_impl(attn_ctx *ctx, const attn_kv_cache *cache, const attn_tensor *q,
+                           attn_tensor *out, const int64_t *n_new,
+                           const attn_sdpa_params *params) {
+  attn_status st = ATTN_OK;
+  if (st != ATTN_OK || (st = attn__kv_check(ctx, cache)) != ATTN_OK)
+    return st;
+  attn_sdpa_params prm;
+  attn_sdpa_params_init(&prm);
+  const attn_kv_cache *c = cache;
+  if ((st = attn__read_params(ctx, &prm, sizeof prm, params)) ||
+      (st = check_f32(ctx, "q", q, 4)) ||
+      (st = check_f32(ctx, "out", out, 4)))
+    return st;
+  int64_t Hq = q->dims[1], Lq = q->dims[2];
+  if (q->dims[0] != c->B || q->dims[3] != c->D || Hq % c->H)
+    return attn__fail(ctx, ATTN_ERR_SHAPE,
+                      "q has shape [%lld, %lld, %lld, %lld] but the cache needs [B = %lld, "
+                      "a multiple of Hkv = %lld, Lq, D = %lld]", (long long)q->dims[0], (long long)Hq, (long long)Lq,
+                      (long long)q->dims[3], (long long)c->B, (long long)c->H, (long long)c->D);
+  const int64_t want[4] = {c->B, Hq, Lq, c->Dv};
+  for (int a = 0; a < 4; a++)
+    if (out->dims[a] != want[a])
+      return attn__fail(ctx, ATTN_ERR_SHAPE,
+                        "out.shape[%d] = %lld but must be %lld ([B, Hq, Lq, Dv])", a,
+                        (long long)out->dims[a], (long long)want[a]);
+  if ((st = attn__check_writable(ctx, "out", out)))
+    return st;
+  if (attn__overlap(out, q) || overlaps_cache(c, out))
+    return attn__fail(ctx, ATTN_ERR_ALIASING, "out overlaps %s in memory", attn__overlap(out, q) ? "q" : "the cache");
+  if (prm.lse) {
+    if ((st = check_f32(ctx, "params.lse", prm.lse, 3)))
+      return st;
+    if (attn__overlap(prm.lse, q) || attn__overlap(prm.lse, out) || overlaps_cache(c, prm.lse))
+      return attn__fail(ctx, ATTN_ERR_ALIASING,
+                        "params.lse overlaps q, out or the cache in memory");
+  }
+  return attn__kv_attend_rows(ctx, c, q->data, q->strides, Hq, Lq, out->data, out->strides,
+                              n_new, &prm);
+}
+
+attn_status attn__kv_attend_rows(attn_ctx *ctx, const attn_kv_cache *c,
+                                 const float *q, const int64_t *qs, int64_t Hq, int64_t Lq,
+                                 float *out, const int64_t *os, const int64_t *n_new,
+                                 const attn_sdpa_params *prm) {
+  for (int64_t b = 0; b < c->B; b++) {
+    int64_t n = n_new ? n_new[b] : Lq;
+    if (n < 0 || n > Lq || n > c->lens[b])
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                        "%s%lld] = %lld but must be in 0..min(Lq = %lld, the sequence's "
+                        "length %lld)", n_new ? "n_new[" : "Lq (n_new NULL) for sequence [", (long long)b,
+                        (long long)n, (long long)Lq, (long long)c->lens[b]);
+  }
+  attn_kv_view view = {.B = c->B, .Hkv = c->H, .D = c->D, .Dv = c->Dv, .k = c->k, .v = c->v,
+                        .lens = c->lens};
+  memcpy(view.ks, c->ks, sizeof view.ks);
+  memcpy(view.vs, c->vs, sizeof view.vs);
+  if (paged(c)) {
+    view.blocks = c->table;
+    view.blocks_stride = c->max_blocks;
+    view.block_size = c->bs;
+  }
+  return attn__sdpa_kv(ctx, q, qs, Hq, Lq, out, os, &view, n_new, prm);
+}
+
+void attn__kv_shape(const attn_kv_cache *c, int64_t *B, int64_t *H, int64_t *D, int64_t *Dv,
+                    const int64_t **lens) {
+  *B = c->B, *H = c->H, *D = c->D, *Dv = c->Dv, *lens = c->lens;
+}
+
+void attn__kv_truncate_to(attn_kv_cache *c, int64_t b, int64_t len) { shrink(c, b, len); }
+
+bool attn__kv_overlaps(const attn_kv_cache *c, const attn_tensor *t) { return overlaps_cache(c, t); }
+
+/* ---- public entry points: the prologue, then the work above ---- */
+
+attn_status attn_kv_cache_free(attn_ctx *ctx, attn_kv_cache *cache) {
+  attn_status st = attn__op_begin(ctx, "attn_kv_cache_free");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, kv_cache_free_impl(ctx, cache));
+}
+
+attn_status attn_kv_cache_create(attn_ctx *ctx, const attn_kv_cache_params *params,
+                                 attn_kv_cache **out) {
+  attn_status st = attn__op_begin(ctx, "attn_kv_cache_create");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, kv_cache_create_impl(ctx, params, out));
+}
+
+attn_status attn_kv_cache_wrap(attn_ctx *ctx, const attn_tensor *k, const attn_tensor *v,
+                               const int64_t *lens, attn_kv_cache **out) {
+  attn_status st = attn__op_begin(ctx, "attn_kv_cache_wrap");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, kv_cache_wrap_impl(ctx, k, v, lens, out));
+}
+
+attn_status attn_kv_cache_info_get(attn_ctx *ctx, const attn_kv_cache *cache,
+                                   attn_kv_cache_info *info, int64_t *lens) {
+  attn_status st = attn__op_begin(ctx, "attn_kv_cache_info_get");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, kv_cache_info_get_impl(ctx, cache, info, lens));
+}
+
+attn_status attn_kv_append(attn_ctx *ctx, attn_kv_cache *cache, const attn_tensor *k_new,
+                           const attn_tensor *v_new, const int64_t *n_new,
+                           const attn_kv_append_params *params) {
+  attn_status st = attn__op_begin(ctx, "attn_kv_append");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, kv_append_impl(ctx, cache, k_new, v_new, n_new, params));
+}
+
+attn_status attn_kv_truncate(attn_ctx *ctx, attn_kv_cache *cache, int64_t seq, int64_t len) {
+  attn_status st = attn__op_begin(ctx, "attn_kv_truncate");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, kv_truncate_impl(ctx, cache, seq, len));
+}
+
+attn_status attn_kv_reset(attn_ctx *ctx, attn_kv_cache *cache, int64_t seq) {
+  attn_status st = attn__op_begin(ctx, "attn_kv_reset");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, kv_reset_impl(ctx, cache, seq));
+}
+
+attn_status attn_kv_copy(attn_ctx *ctx, attn_kv_cache *cache, int64_t dst, int64_t src) {
+  attn_status st = attn__op_begin(ctx, "attn_kv_copy");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, kv_copy_impl(ctx, cache, dst, src));
+}
+
+attn_status attn_kv_read(attn_ctx *ctx, const attn_kv_cache *cache, int64_t seq, int64_t start,
+                         attn_tensor *k, attn_tensor *v) {
+  attn_status st = attn__op_begin(ctx, "attn_kv_read");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, kv_read_impl(ctx, cache, seq, start, k, v));
+}
+
+attn_status attn_kv_attend(attn_ctx *ctx, const attn_kv_cache *cache, const attn_tensor *q,
+                           attn_tensor *out, const int64_t *n_new,
+                           const attn_sdpa_params *params) {
+  attn_status st = attn__op_begin(ctx, "attn_kv_attend");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, kv_attend_impl(ctx, cache, q, out, n_new, params));
+}

@@ -1,0 +1,32 @@
+/* The KV cache's internal interface (kv_cache.c), for layers that own their
+ * buffers (mha.c) and for the context's teardown. */
+#ifndef ATTN_KV_CACHE_H
+#define ATTN_KV_CACHE_H
+
+#include "internal.h"
+
+/* Free every cache of a dying context. */
+void attn__kv_destroy_all(attn_ctx *ctx);
+/* cache is a live cache of ctx. */
+attn_status attn__kv_check(attn_ctx *ctx, const attn_kv_cache *c);
+/* Its shape and current lengths. */
+void attn__kv_shape(const attn_kv_cache *c, int64_t *B, int64_t *H, int64_t *D, int64_t *Dv,
+                    const int64_t **lens);
+/* True if t's bytes intersect the cache's keys or values. */
+bool attn__kv_overlaps(const attn_kv_cache *c, const attn_tensor *t);
+/* Append rows 0..n_new[b]-1 (L when n_new is NULL) of kn / vn, strides of
+ * [B, H, L, D]; every count is checked (range, capacity, pool) before
+ * anything changes. */
+attn_status attn__kv_append_rows(attn_ctx *ctx, attn_kv_cache *c, const float *kn,
+                                 const int64_t *kns, const float *vn, const int64_t *vns,
+                                 const int64_t *n_new, int64_t L);
+/* Shorten sequence b to len (<= its length): the rollback of a failed layer. */
+void attn__kv_truncate_to(attn_kv_cache *c, int64_t b, int64_t len);
+/* attn_kv_attend on raw strided q [B, Hq, Lq, D] and out [B, Hq, Lq, Dv]
+ * (strides qs, os); the counts are checked here. */
+attn_status attn__kv_attend_rows(attn_ctx *ctx, const attn_kv_cache *c, const float *q,
+                                 const int64_t *qs, int64_t Hq, int64_t Lq, float *out,
+                                 const int64_t *os, const int64_t *n_new,
+                                 const attn_sdpa_params *prm);
+
+#endif

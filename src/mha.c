@@ -1,0 +1,486 @@
+/* The decoder attention layer: q/k/v projections (one sgemm each over all
+ * B * L tokens of a call), rotary embedding at the cache positions, append
+ * to a KV cache, attention through the cache (kv_cache.c -> sdpa.c), output
+ * projection.
+ *
+ * The layer owns a buffer that grows to the largest call and is reused, so
+ * a warm layer allocates nothing (the attention's workspace is the
+ * context's scratch, likewise reused). Everything that can fail is checked
+ * before the cache changes, except the attention's workspace: if that
+ * allocation fails the appended rows are rolled back. */
+#include "check.h"
+#include "kv_cache.h"
+#include "mha.h"
+#include "rope.h"
+
+#include <math.h>
+#include <string.h>
+
+#define N_WEIGHTS 8
+
+struct attn_mha {
+  attn_ctx *ctx;
+  attn_mha *prev, *next;
+  int64_t E, Hq, Hkv, D;
+  bool qkv_bias, out_bias, has_rope;
+  attn_rope_problem rope; /* half, interleaved, theta */
+  attn_sdpa_params sp; /* the attention's options: causal, scale, softcap, window */
+  float *w[N_WEIGHTS];  /* current values: owned[] or caller memory */
+  void *owned[N_WEIGHTS];
+  int64_t ld[N_WEIGHTS]; /* row stride of each weight */
+  char *buf;             /* grows to the largest call */
+  size_t buf_bytes;
+};
+
+static const char *const weight_names[N_WEIGHTS] = {"Wq", "Wk", "Wv", "Wo",
+                                                    "bq", "bk", "bv", "bo"};
+
+/* Rows and columns of a weight (a bias is one row). */
+static void weight_shape(const attn_mha *m, int32_t which, int64_t *rows, int64_t *cols) {
+  int64_t hq = m->Hq * m->D, hkv = m->Hkv * m->D;
+  const int64_t r[N_WEIGHTS] = {hq, hkv, hkv, m->E, 1, 1, 1, 1};
+  const int64_t c[N_WEIGHTS] = {m->E, m->E, m->E, hq, hq, hkv, hkv, m->E};
+  *rows = r[which];
+  *cols = c[which];
+}
+
+static bool weight_present(const attn_mha *m, int32_t which) {
+  return which < 4 || (which < 7 ? m->qkv_bias : m->out_bias);
+}
+
+/* ---- lifecycle ---- */
+
+static void release(attn_ctx *ctx, attn_mha *m) {
+  for (int i = 0; i < N_WEIGHTS; i++)
+    attn__free(ctx, m->owned[i]);
+  attn__free(ctx, m->buf);
+  attn__free(ctx, m);
+}
+
+void attn__mha_destroy_all(attn_ctx *ctx) {
+  attn_mha *m = ctx->layers;
+  while (m) {
+    attn_mha *next = m->next;
+    release(ctx, m);
+    m = next;
+  }
+  ctx->layers = NULL;
+}
+
+/* Search the context's list: a freed or foreign handle is never read. */
+static attn_status check_layer(attn_ctx *ctx, const attn_mha *m) {
+  if (!m)
+    return attn__fail(ctx, ATTN_ERR_NULL_ARG, "layer is NULL");
+  const attn_mha *it = ctx->layers;
+  while (it && it != m)
+    it = it->next;
+  if (!it)
+    return attn__fail(ctx, ATTN_ERR_BAD_HANDLE,
+                      "layer %p is not a live layer of this context (freed, or created "
+                      "from another context)", (const void *)m);
+  return ATTN_OK;
+}
+
+static attn_status mha_free_impl(attn_ctx *ctx, attn_mha *layer) {
+  attn_status st;
+  if (!layer)
+    return ATTN_OK;
+  if ((st = check_layer(ctx, layer)) != ATTN_OK)
+    return st;
+  if (layer->prev)
+    layer->prev->next = layer->next;
+  else
+    ctx->layers = layer->next;
+  if (layer->next)
+    layer->next->prev = layer->prev;
+  release(ctx, layer);
+  return ATTN_OK;
+}
+
+void attn_mha_decoder_params_init(attn_mha_decoder_params *p) {
+  if (!p)
+    return;
+  memset(p, 0, sizeof *p);
+  p->struct_size = sizeof *p;
+}
+
+static attn_status mha_create_decoder_impl(attn_ctx *ctx, const attn_mha_decoder_params *params,
+                                    attn_mha **out) {
+  attn_status st = ATTN_OK;
+  if (st != ATTN_OK)
+    return st;
+  if (!params || !out)
+    return attn__fail(ctx, ATTN_ERR_NULL_ARG, "%s is NULL", params ? "out" : "params");
+  attn_mha_decoder_params p;
+  attn_mha_decoder_params_init(&p);
+  if ((st = attn__read_params(ctx, &p, sizeof p, params)) != ATTN_OK)
+    return st;
+  if (p.num_kv_heads == 0)
+    p.num_kv_heads = p.num_heads;
+  if (p.embed_dim < 1 || p.num_heads < 1 || p.num_kv_heads < 1 || p.head_dim < 0)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.embed_dim = %lld, num_heads = %lld, num_kv_heads = %lld must "
+                      "be >= 1 and head_dim = %lld >= 0", (long long)p.embed_dim, (long long)p.num_heads,
+                      (long long)p.num_kv_heads, (long long)p.head_dim);
+  if (p.num_heads % p.num_kv_heads)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.num_heads = %lld is not a multiple of num_kv_heads = %lld", (long long)p.num_heads, (long long)p.num_kv_heads);
+  if (p.head_dim == 0) {
+    if (p.embed_dim % p.num_heads)
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                        "params.head_dim = 0 needs embed_dim = %lld to be a multiple of "
+                        "num_heads = %lld", (long long)p.embed_dim, (long long)p.num_heads);
+    p.head_dim = p.embed_dim / p.num_heads;
+  }
+  if (p.reserved_ || !isfinite(p.scale) || !isfinite(p.softcap) || p.softcap < 0 ||
+      (p.window && p.window_left < 0))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.scale = %g must be finite, softcap = %g finite and >= 0, "
+                      "window_left = %lld >= 0 with window, reserved_ 0", (double)p.scale, (double)p.softcap, (long long)p.window_left);
+  int64_t hq;
+  if (__builtin_mul_overflow(p.num_heads, p.head_dim, &hq) || hq > INT32_MAX ||
+      p.embed_dim > INT32_MAX)
+    return attn__fail(ctx, ATTN_ERR_OVERFLOW,
+                      "num_heads * head_dim or embed_dim exceeds what BLAS takes");
+  attn_rope_problem rope;
+  memset(&rope, 0, sizeof rope);
+  if (p.rope) {
+    attn_rope_params rp;
+    attn_rope_params_init(&rp);
+    if ((st = attn__read_params(ctx, &rp, sizeof rp, p.rope)) ||
+        (st = attn__rope_config(ctx, "params.rope", &rp, p.head_dim, &rope)))
+      return st;
+    if (rp.offset || rp.positions)
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                        "params.rope.offset and positions must be 0 and NULL (positions "
+                        "come from the cache)");
+  }
+  attn_mha *m = attn__alloc(ctx, sizeof *m);
+  if (!m)
+    return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate the layer");
+  memset(m, 0, sizeof *m);
+  m->ctx = ctx;
+  m->E = p.embed_dim, m->Hq = p.num_heads, m->Hkv = p.num_kv_heads, m->D = p.head_dim;
+  m->qkv_bias = p.qkv_bias != 0, m->out_bias = p.out_bias != 0;
+  m->has_rope = p.rope != NULL;
+  m->rope = rope;
+  attn_sdpa_params_init(&m->sp);
+  m->sp.causal = 1;
+  m->sp.scale = p.scale;
+  m->sp.softcap = p.softcap;
+  m->sp.window = p.window;
+  m->sp.window_left = p.window_left;
+  for (int32_t i = 0; i < N_WEIGHTS; i++) {
+    if (!weight_present(m, i))
+      continue;
+    int64_t rows, cols;
+    weight_shape(m, i, &rows, &cols);
+    size_t bytes;
+    if (__builtin_mul_overflow((size_t)rows, (size_t)cols, &bytes) ||
+        __builtin_mul_overflow(bytes, sizeof(float), &bytes)) {
+      release(ctx, m);
+      return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the size of %s overflows", weight_names[i]);
+    }
+    if (!(m->owned[i] = attn__alloc(ctx, bytes))) {
+      release(ctx, m);
+      return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate %s", weight_names[i]);
+    }
+    memset(m->owned[i], 0, bytes);
+    m->w[i] = m->owned[i];
+    m->ld[i] = cols;
+  }
+  m->next = ctx->layers;
+  if (ctx->layers)
+    ctx->layers->prev = m;
+  ctx->layers = m;
+  *out = m;
+  return ATTN_OK;
+}
+
+/* t: a live F32 tensor of ctx with nd dims. */
+static attn_status check_f32(attn_ctx *ctx, const char *name, const attn_tensor *t, int nd) {
+  const attn_operand op[] = {{ATTN_OPERAND(name, t, ATTN_DT_F32, nd, nd)}};
+  return attn__check_operands(ctx, op, 1, NULL);
+}
+
+/* ---- weights ---- */
+
+/* `w` is a live F32 tensor holding weight `which` of the layer: a matrix
+ * [rows, cols], or a vector [cols] for a bias. */
+static attn_status check_weight(attn_ctx *ctx, const attn_mha *m, int32_t which,
+                                const attn_tensor *w) {
+  if (which < 0 || which >= N_WEIGHTS || !weight_present(m, which))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "which = %d is not a weight of this layer (attn_mha_weight; biases "
+                      "exist only if created with them)", (int)which);
+  int64_t rows, cols;
+  weight_shape(m, which, &rows, &cols);
+  int32_t nd = which < 4 ? 2 : 1;
+  const attn_operand op[] = {{ATTN_OPERAND("w", w, ATTN_DT_F32, nd, nd)}};
+  attn_status st = attn__check_operands(ctx, op, 1, NULL);
+  if (st != ATTN_OK)
+    return st;
+  if (nd == 2 && (w->dims[0] != rows || w->dims[1] != cols))
+    return attn__fail(ctx, ATTN_ERR_SHAPE, "%s must be [%lld, %lld] but w is [%lld, %lld]", weight_names[which], (long long)rows, (long long)cols,
+                      (long long)w->dims[0], (long long)w->dims[1]);
+  if (nd == 1 && w->dims[0] != cols)
+    return attn__fail(ctx, ATTN_ERR_SHAPE, "%s must be [%lld] but w is [%lld]", weight_names[which], (long long)cols, (long long)w->dims[0]);
+  return ATTN_OK;
+}
+
+static attn_status mha_set_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t which,
+                                const attn_tensor *w) {
+  attn_status st = ATTN_OK;
+  if (st != ATTN_OK || (st = check_layer(ctx, layer)) ||
+      (st = check_weight(ctx, layer, which, w)))
+    return st;
+  int64_t rows, cols;
+  weight_shape(layer, which, &rows, &cols);
+  if (!layer->owned[which]) { /* wrapped until now: own it again */
+    void *mem = attn__alloc(ctx, (size_t)(rows * cols) * sizeof(float));
+    if (!mem)
+      return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate %s", weight_names[which]);
+    layer->owned[which] = mem;
+  }
+  float *dst = layer->owned[which];
+  const float *src = w->data;
+  int64_t rs = w->ndim == 2 ? w->strides[0] : 0, cs = w->strides[w->ndim - 1];
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++)
+      dst[r * cols + c] = src[r * rs + c * cs];
+  layer->w[which] = dst;
+  layer->ld[which] = cols;
+  return ATTN_OK;
+}
+
+static attn_status mha_wrap_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t which,
+                                 const attn_tensor *w) {
+  attn_status st = ATTN_OK;
+  if (st != ATTN_OK || (st = check_layer(ctx, layer)) ||
+      (st = check_weight(ctx, layer, which, w)))
+    return st;
+  int64_t rows, cols;
+  weight_shape(layer, which, &rows, &cols);
+  int64_t ld = w->ndim == 2 ? w->strides[0] : cols;
+  if (w->strides[w->ndim - 1] != 1 || (rows > 1 && (ld < cols || ld > INT32_MAX)))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "%s must have contiguous rows (innermost stride 1, row stride "
+                      ">= %lld and < 2^31) to be used in place; use attn_mha_set_weight", weight_names[which], (long long)cols);
+  attn__free(ctx, layer->owned[which]);
+  layer->owned[which] = NULL;
+  layer->w[which] = w->data;
+  layer->ld[which] = ld;
+  return ATTN_OK;
+}
+
+static attn_status mha_get_weight_impl(attn_ctx *ctx, const attn_mha *layer, int32_t which,
+                                attn_tensor *w) {
+  attn_status st = ATTN_OK;
+  if (st != ATTN_OK || (st = check_layer(ctx, layer)) ||
+      (st = check_weight(ctx, layer, which, w)) ||
+      (st = attn__check_writable(ctx, "w", w)))
+    return st;
+  int64_t rows, cols;
+  weight_shape(layer, which, &rows, &cols);
+  float *dst = w->data;
+  int64_t rs = w->ndim == 2 ? w->strides[0] : 0, cs = w->strides[w->ndim - 1];
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++)
+      dst[r * rs + c * cs] = layer->w[which][r * layer->ld[which] + c];
+  return ATTN_OK;
+}
+
+/* ---- forward ---- */
+
+/* C[T, n] = A[T, k] W[n, k]^T (+ bias per column). */
+static void project(int64_t T, int64_t n, int64_t k, const float *a, int64_t lda,
+                    const float *w, int64_t ldw, const float *bias, float *c) {
+  attn__sgemm_nt((int)T, (int)n, (int)k, 1.0f, a, (int)lda, w, (int)ldw, c, (int)n);
+  if (bias)
+    for (int64_t t = 0; t < T; t++)
+      for (int64_t j = 0; j < n; j++)
+        c[t * n + j] += bias[j];
+}
+
+static size_t round_up(size_t n) { return (n + ATTN_ALIGN - 1) & ~(size_t)(ATTN_ALIGN - 1); }
+
+static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cache *cache,
+                             const attn_tensor *x, attn_tensor *y, const int64_t *n_new) {
+  attn_status st = ATTN_OK;
+  if (st != ATTN_OK || (st = check_layer(ctx, layer)) ||
+      (st = attn__kv_check(ctx, cache)) ||
+      (st = check_f32(ctx, "x", x, 3)) ||
+      (st = check_f32(ctx, "y", y, 3)))
+    return st;
+  attn_mha *m = layer;
+  int64_t B, H, D, Dv;
+  const int64_t *lens;
+  attn__kv_shape(cache, &B, &H, &D, &Dv, &lens);
+  if (H != m->Hkv || D != m->D || Dv != m->D)
+    return attn__fail(ctx, ATTN_ERR_SHAPE,
+                      "the cache holds Hkv = %lld heads of D = %lld, Dv = %lld but the "
+                      "layer has %lld heads of %lld", (long long)H, (long long)D, (long long)Dv, (long long)m->Hkv,
+                      (long long)m->D);
+  int64_t L = x->dims[1], E = m->E;
+  if (x->dims[0] != B || x->dims[2] != E || y->dims[0] != B || y->dims[1] != L ||
+      y->dims[2] != E)
+    return attn__fail(ctx, ATTN_ERR_SHAPE,
+                      "x is [%lld, %lld, %lld] and y [%lld, %lld, %lld] but both must be "
+                      "[B = %lld (the cache's), L, E = %lld]", (long long)x->dims[0], (long long)L, (long long)x->dims[2],
+                      (long long)y->dims[0], (long long)y->dims[1], (long long)y->dims[2],
+                      (long long)B, (long long)E);
+  if ((st = attn__check_writable(ctx, "y", y)))
+    return st;
+  if (attn__overlap(x, y) || attn__kv_overlaps(cache, y))
+    return attn__fail(ctx, ATTN_ERR_ALIASING, "y overlaps %s in memory", attn__overlap(x, y) ? "x" : "the cache");
+  for (int64_t b = 0; b < B; b++)
+    if (n_new && (n_new[b] < 0 || n_new[b] > L))
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                        "n_new[%lld] = %lld but must be in 0..L = %lld", (long long)b,
+                        (long long)n_new[b], (long long)L);
+
+  /* Buffers: x gathered (when its rows are not evenly strided), q, k, v,
+   * the attention output, y before scattering, RoPE positions (int64,
+   * counted as two floats each). */
+  int64_t T, hq = m->Hq * m->D, hkv = m->Hkv * m->D;
+  if (__builtin_mul_overflow(B, L, &T) || T > INT32_MAX)
+    return attn__fail(ctx, ATTN_ERR_OVERFLOW, "B * L exceeds what BLAS takes");
+  bool x_direct = x->strides[2] == 1 && x->strides[1] >= E && x->strides[1] <= INT32_MAX &&
+                  (B == 1 || x->strides[0] == L * x->strides[1]);
+  bool y_direct = y->strides[2] == 1 && y->strides[1] == E && (B == 1 || y->strides[0] == L * E);
+  size_t sizes[7] = {x_direct ? 0 : (size_t)(T * E), (size_t)(T * hq), (size_t)(T * hkv),
+                     (size_t)(T * hkv), (size_t)(T * hq), y_direct ? 0 : (size_t)(T * E),
+                     m->has_rope ? (size_t)T * 2 : 0};
+  size_t offs[7], total = 0;
+  for (int i = 0; i < 7; i++) {
+    offs[i] = total;
+    size_t bytes;
+    if (__builtin_mul_overflow(sizes[i], sizeof(float), &bytes) ||
+        __builtin_add_overflow(total, round_up(bytes), &total))
+      return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the buffers' size overflows");
+  }
+  if (total > m->buf_bytes) {
+    char *nb = attn__alloc(ctx, total + ATTN_ALIGN);
+    if (!nb)
+      return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate %zu bytes of buffers", total);
+    attn__free(ctx, m->buf);
+    m->buf = nb;
+    m->buf_bytes = total;
+  }
+  char *base = (char *)(((uintptr_t)m->buf + ATTN_ALIGN - 1) & ~(uintptr_t)(ATTN_ALIGN - 1));
+  float *xg = (float *)(base + offs[0]), *q = (float *)(base + offs[1]);
+  float *k = (float *)(base + offs[2]), *v = (float *)(base + offs[3]);
+  float *a = (float *)(base + offs[4]), *yb = (float *)(base + offs[5]);
+  int64_t *positions = (int64_t *)(void *)(base + offs[6]);
+
+  /* Projections of every token, padding rows included (one sgemm each). */
+  const float *xa = x->data;
+  int64_t ldx = x->strides[1];
+  if (!x_direct) {
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t l = 0; l < L; l++)
+        for (int64_t e = 0; e < E; e++)
+          xg[(b * L + l) * E + e] =
+              xa[b * x->strides[0] + l * x->strides[1] + e * x->strides[2]];
+    xa = xg;
+    ldx = E;
+  }
+  project(T, hq, E, xa, ldx, m->w[0], m->ld[0], m->w[4], q);
+  project(T, hkv, E, xa, ldx, m->w[1], m->ld[1], m->w[5], k);
+  project(T, hkv, E, xa, ldx, m->w[2], m->ld[2], m->w[6], v);
+  if (m->has_rope) {
+    /* q and k rotated at positions len_b + i by attn_rope's plan and run,
+     * on [B, H, L, D] views of the [B, L, H, D] rows. */
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t l = 0; l < L; l++)
+        positions[b * L + l] = lens[b] + l;
+    attn_rope_problem rq = m->rope, rk = m->rope;
+    rq.x = q, rq.B = B, rq.H = m->Hq, rq.L = L, rq.D = m->D, rq.positions = positions;
+    rk.x = k, rk.B = B, rk.H = m->Hkv, rk.L = L, rk.D = m->D, rk.positions = positions;
+    const int64_t xq[4] = {L * hq, m->D, hq, 1}, xk[4] = {L * hkv, m->D, hkv, 1};
+    memcpy(rq.xs, xq, sizeof xq);
+    memcpy(rk.xs, xk, sizeof xk);
+    attn__rope_plan(ctx, &rq);
+    attn__rope_plan(ctx, &rk);
+    size_t mark = attn__ws_mark(ctx);
+    if ((st = attn__ws_reserve(ctx, rq.ws_bytes > rk.ws_bytes ? rq.ws_bytes : rk.ws_bytes)))
+      return st;
+    attn__rope_apply(ctx, &rq);
+    attn__ws_release(ctx, mark);
+    attn__rope_apply(ctx, &rk);
+    attn__ws_release(ctx, mark);
+  }
+  /* q, k, v, a as [B, H, L, D] views of [B, L, H, D] rows. */
+  const int64_t ks[3] = {L * hkv, m->D, hkv}, qs[4] = {L * hq, m->D, hq, 1};
+  if ((st = attn__kv_append_rows(ctx, cache, k, ks, v, ks, n_new, L)) != ATTN_OK)
+    return st;
+  if ((st = attn__kv_attend_rows(ctx, cache, q, qs, m->Hq, L, a, qs, n_new, &m->sp))) {
+    /* Only the attention's workspace can fail here: take the rows back. */
+    for (int64_t b = 0; b < B; b++)
+      attn__kv_truncate_to(cache, b, lens[b] - (n_new ? n_new[b] : L));
+    return st;
+  }
+  float *yo = y_direct ? y->data : yb;
+  project(T, E, hq, a, hq, m->w[3], m->ld[3], m->w[7], yo);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t l = n_new ? n_new[b] : L; l < L; l++)
+      memset(yo + (b * L + l) * E, 0, (size_t)E * sizeof(float));
+  if (!y_direct) {
+    float *yd = y->data;
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t l = 0; l < L; l++)
+        for (int64_t e = 0; e < E; e++)
+          yd[b * y->strides[0] + l * y->strides[1] + e * y->strides[2]] =
+              yb[(b * L + l) * E + e];
+  }
+  return ATTN_OK;
+}
+
+/* ---- public entry points: the prologue, then the work above ---- */
+
+attn_status attn_mha_free(attn_ctx *ctx, attn_mha *layer) {
+  attn_status st = attn__op_begin(ctx, "attn_mha_free");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, mha_free_impl(ctx, layer));
+}
+
+attn_status attn_mha_create_decoder(attn_ctx *ctx, const attn_mha_decoder_params *params,
+                                    attn_mha **out) {
+  attn_status st = attn__op_begin(ctx, "attn_mha_create_decoder");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, mha_create_decoder_impl(ctx, params, out));
+}
+
+attn_status attn_mha_set_weight(attn_ctx *ctx, attn_mha *layer, int32_t which,
+                                const attn_tensor *w) {
+  attn_status st = attn__op_begin(ctx, "attn_mha_set_weight");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, mha_set_weight_impl(ctx, layer, which, w));
+}
+
+attn_status attn_mha_wrap_weight(attn_ctx *ctx, attn_mha *layer, int32_t which,
+                                 const attn_tensor *w) {
+  attn_status st = attn__op_begin(ctx, "attn_mha_wrap_weight");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, mha_wrap_weight_impl(ctx, layer, which, w));
+}
+
+attn_status attn_mha_get_weight(attn_ctx *ctx, const attn_mha *layer, int32_t which,
+                                attn_tensor *w) {
+  attn_status st = attn__op_begin(ctx, "attn_mha_get_weight");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, mha_get_weight_impl(ctx, layer, which, w));
+}
+
+attn_status attn_mha_forward(attn_ctx *ctx, attn_mha *layer, attn_kv_cache *cache,
+                             const attn_tensor *x, attn_tensor *y, const int64_t *n_new) {
+  attn_status st = attn__op_begin(ctx, "attn_mha_forward");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, mha_forward_impl(ctx, layer, cache, x, y, n_new));
+}
