@@ -121,7 +121,7 @@ static inline int32_t fz_enum(fz_in *in, int32_t n) {
  * break size arithmetic (zero, negative, 2^31, 2^62, ...). */
 static inline int64_t fz_dim(fz_in *in, int64_t small) {
   if (fz_chance(in, 240))
-    return fz_range(in, 1, small);
+    return fz_chance(in, 12) ? 0 : fz_range(in, 1, small); /* 0: an empty tensor */
   static const int64_t huge[] = {0,
                                  -1,
                                  INT64_MIN,
@@ -257,21 +257,26 @@ static inline size_t fz_dtype_size(int32_t dtype) {
   return dtype == ATTN_DTYPE_U8 ? 1 : dtype == ATTN_DTYPE_F16 || dtype == ATTN_DTYPE_BF16 ? 2 : 4;
 }
 
-/* Bytes from the first element to one past the last; 0 on overflow or an
- * invalid layout. Written independently of src/tensor.c. */
+/* Bytes from the first element to one past the last (0 for an empty
+ * tensor); SIZE_MAX on overflow or an invalid layout. Written independently
+ * of src/tensor.c. */
 static inline size_t fz_extent(int32_t dtype, int32_t ndim, const int64_t *dims,
                                const int64_t *strides) {
+  for (int32_t i = 0; i < ndim; i++)
+    if (dims[i] < 0 || strides[i] < 0)
+      return SIZE_MAX;
+  for (int32_t i = 0; i < ndim; i++)
+    if (dims[i] == 0)
+      return 0; /* no element: nothing addressed, whatever the strides */
   unsigned __int128 last = 0;
   for (int32_t i = 0; i < ndim; i++) {
-    if (dims[i] < 1 || strides[i] < 0)
-      return 0;
     last += (unsigned __int128)(uint64_t)(dims[i] - 1) * (uint64_t)strides[i];
     if (last > ((unsigned __int128)1 << 100))
-      return 0;
+      return SIZE_MAX;
   }
   unsigned __int128 bytes = (last + 1) * fz_dtype_size(dtype);
   if (bytes > (unsigned __int128)PTRDIFF_MAX / 2)
-    return 0;
+    return SIZE_MAX;
   return (size_t)bytes;
 }
 
@@ -361,7 +366,7 @@ static inline void fz_make_tensor(fz_in *in, attn_ctx *ctx, fz_tensor *tz, int32
   /* What wrap should decide, per the header's rules. */
   int ok = ndim >= 1 && ndim <= ATTN_MAX_DIMS;
   for (int32_t i = 0; ok && i < ndim; i++)
-    if (dims[i] < 1)
+    if (dims[i] < 0)
       ok = 0;
   memcpy(tz->eff, s, sizeof tz->eff);
   if (ok && tz->has_strides) {
@@ -372,9 +377,11 @@ static inline void fz_make_tensor(fz_in *in, attn_ctx *ctx, fz_tensor *tz, int32
       ok = 0;
     tz->eff[ndim - 1] = 1;
   }
-  size_t extent = ok ? fz_extent(dtype, ndim, dims, tz->eff) : 0;
-  if (ok && extent == 0)
+  size_t extent = ok ? fz_extent(dtype, ndim, dims, tz->eff) : SIZE_MAX;
+  if (extent == SIZE_MAX) {
     ok = 0; /* overflow: wrap must refuse */
+    extent = 0;
+  }
   size_t want = ok && extent <= FZ_MAX_BYTES ? extent : 64;
   /* Sometimes one byte short (must be refused), sometimes misaligned. */
   int short_by_one = want > 0 && fz_chance(in, 8);

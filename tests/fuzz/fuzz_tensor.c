@@ -75,7 +75,7 @@ static void do_new(fz_in *in, attn_ctx *ctx, fz_alloc_state *a, live_tensor *lv,
   int layout_ok = ndim >= 1 && ndim <= 4 && dtype >= 0 && dtype <= 3;
   unsigned __int128 bytes = fz_dtype_size(dtype);
   for (int32_t i = 0; layout_ok && i < ndim; i++) {
-    if (dims[i] < 1)
+    if (dims[i] < 0) /* 0 is an empty tensor */
       layout_ok = 0;
     else if ((bytes *= (uint64_t)dims[i]) > ((unsigned __int128)1 << 64))
       bytes = (unsigned __int128)1 << 64; /* saturate: too big anyway */
@@ -112,7 +112,7 @@ static void do_new(fz_in *in, attn_ctx *ctx, fz_alloc_state *a, live_tensor *lv,
   size_t nb = (size_t)bytes, step = nb > 4096 ? nb / 1024 : 1;
   for (size_t i = 0; i < nb; i += step)
     FZ_CHECK(p[i] == 0, "not zero-filled at byte %zu", i);
-  FZ_CHECK(p[nb - 1] == 0, "last byte not zero");
+  FZ_CHECK(nb == 0 || p[nb - 1] == 0, "last byte not zero");
   if (*n_live < MAX_LIVE) {
     live_tensor *l = &lv[(*n_live)++];
     memset(l, 0, sizeof *l);

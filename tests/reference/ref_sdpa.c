@@ -51,7 +51,7 @@ int64_t ref_sdpa_row(const ref_sdpa_args *a, int64_t b, int64_t h, int64_t i, do
     double dot = 0;
     for (int64_t d = 0; d < a->D; d++)
       dot += (double)qi[d * a->qs[3]] * (double)kj[d * a->ks[3]];
-    double x = scale * dot;
+    double x = a->D > 0 ? scale * dot : 0.0; /* an empty dot product is 0 at any scale */
     if (a->softcap > 0)
       x = a->softcap * tanh(x / a->softcap);
     if (a->alibi_slopes)
