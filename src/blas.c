@@ -125,8 +125,18 @@ static void gate_leave(void) {
   }
 }
 
+/* BLAS wants leading dimensions >= 1 even for an operand without elements:
+ * products with an empty dim (a head dim D or Dv of 0) are done here, before
+ * either path. */
 void attn__sgemm_nt(int m, int n, int k, float alpha, const float *a, int lda, const float *b,
                     int ldb, float *c, int ldc) {
+  if (m == 0 || n == 0)
+    return;
+  if (k == 0) { /* empty dot products */
+    for (int r = 0; r < m; r++)
+      memset(c + (size_t)r * (size_t)ldc, 0, (size_t)n * sizeof *c);
+    return;
+  }
   const attn_kernels *kern = attn__kernels();
   if (kern->gemm_nt) {
     kern->gemm_nt(m, n, k, alpha, a, lda, b, ldb, c, ldc);
@@ -140,6 +150,8 @@ void attn__sgemm_nt(int m, int n, int k, float alpha, const float *a, int lda, c
 
 void attn__sgemm_nn_acc(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
                         float *c, int ldc) {
+  if (m == 0 || n == 0 || k == 0)
+    return; /* c += nothing */
   const attn_kernels *kern = attn__kernels();
   if (kern->gemm_nn) {
     kern->gemm_nn(m, n, k, a, lda, b, ldb, c, ldc);

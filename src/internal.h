@@ -126,6 +126,8 @@ size_t attn__dtype_size(int32_t dtype);
 const char *attn__dtype_name(int32_t dtype);
 /* t can be written: no zero strides, no two indices sharing an element. */
 attn_status attn__check_writable(attn_ctx *ctx, const char *name, const attn_tensor *t);
+/* True if t has no element (a dim of 0). */
+bool attn__empty(const attn_tensor *t);
 /* True if the byte ranges spanned by a and b intersect. */
 bool attn__overlap(const attn_tensor *a, const attn_tensor *b);
 /* True if a and b are the same view of the same memory (an in-place call). */

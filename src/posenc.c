@@ -174,7 +174,7 @@ static attn_status sin_check(attn_ctx *ctx, const char *name, attn_tensor *x,
   if (!isfinite(prm.offset))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.offset = %g but must be finite",
                       prm.offset);
-  if (prm.layout == ATTN_PE_SIN_COS_SHIFTED && D < 4)
+  if (prm.layout == ATTN_PE_SIN_COS_SHIFTED && D < 4 && D > 0)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "%s.shape[%d] = %lld but ATTN_PE_SIN_COS_SHIFTED needs D >= 4 (its "
                       "exponent divides by D/2 - 1)",
@@ -226,7 +226,7 @@ static attn_status sinusoidal(attn_ctx *ctx, const char *op, const char *name, a
   if (st != ATTN_OK)
     return st;
   sin_problem p;
-  if ((st = sin_check(ctx, name, x, params, add, &p)) == ATTN_OK) {
+  if ((st = sin_check(ctx, name, x, params, add, &p)) == ATTN_OK && !attn__empty(x)) {
     sin_plan(ctx, &p);
     if ((st = attn__ws_reserve(ctx, p.ws_bytes)) == ATTN_OK)
       sin_run(ctx, &p);

@@ -194,7 +194,7 @@ static attn_status rope_check(attn_ctx *ctx, attn_tensor *x, const attn_rope_par
   memset(p, 0, sizeof *p);
   if ((st = attn__rope_config(ctx, "params", &prm, D, p)) != ATTN_OK)
     return st;
-  if (prm.offset < 0 || (!prm.positions && prm.offset > INT64_MAX - (L - 1)))
+  if (prm.offset < 0 || (!prm.positions && L > 0 && prm.offset > INT64_MAX - (L - 1)))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "params.offset = %lld but must be >= 0, with offset + L - 1 within "
                       "int64 (L = %lld)",
@@ -266,7 +266,7 @@ attn_status attn_rope(attn_ctx *ctx, attn_tensor *x, const attn_rope_params *par
   if (st != ATTN_OK)
     return st;
   attn_rope_problem p;
-  if ((st = rope_check(ctx, x, params, &p)) == ATTN_OK) {
+  if ((st = rope_check(ctx, x, params, &p)) == ATTN_OK && !attn__empty(x)) {
     attn__rope_plan(ctx, &p);
     if ((st = attn__ws_reserve(ctx, p.ws_bytes)) == ATTN_OK)
       attn__rope_apply(ctx, &p);

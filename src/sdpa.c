@@ -31,7 +31,7 @@ void attn_sdpa_params_init(attn_sdpa_params *p) {
 }
 
 static attn_status check_heads(attn_ctx *ctx, int64_t Hq, int64_t Hkv) {
-  if (Hq % Hkv)
+  if (Hkv == 0 ? Hq != 0 : Hq % Hkv != 0)
     return attn__fail(ctx, ATTN_ERR_SHAPE,
                       "q has %lld heads but k has %lld: the query heads must be a "
                       "multiple of the kv heads",
@@ -92,8 +92,16 @@ static attn_status check_params(attn_ctx *ctx, const attn_sdpa_params *p, int64_
   return ATTN_OK;
 }
 
+/* t's first n strides; zeros for an empty tensor, whose strides may be
+ * anything: no address is ever formed from them. */
+static void strides_of(const attn_tensor *t, int64_t *dst, int n) {
+  for (int a = 0; a < n; a++)
+    dst[a] = attn__empty(t) ? 0 : t->strides[a];
+}
+
 static void fill_common(attn_sdpa_problem *p, const attn_sdpa_params *prm) {
-  p->scale = prm->scale != 0 ? prm->scale : (float)(1.0 / sqrt((double)p->D));
+  /* With D = 0 every dot product is 0 and the scale does not matter. */
+  p->scale = prm->scale != 0 ? prm->scale : p->D > 0 ? (float)(1.0 / sqrt((double)p->D)) : 1.0f;
   p->softcap = prm->softcap;
   p->causal = prm->causal != 0;
   p->window = prm->window != 0;
@@ -142,14 +150,15 @@ static attn_status sdpa_check(attn_ctx *ctx, const attn_tensor *q, const attn_te
       (st = check_params(ctx, &prm, d.v[B], d.v[HQ], d.v[LK], d.v[D])) != ATTN_OK)
     return st;
   memset(p, 0, sizeof *p);
-  p->B = d.v[B], p->Hq = d.v[HQ], p->Hkv = d.v[HKV], p->G = p->Hq / p->Hkv;
+  p->B = d.v[B], p->Hq = d.v[HQ], p->Hkv = d.v[HKV];
+  p->G = p->Hkv ? p->Hq / p->Hkv : 0; /* Hkv = 0 only with Hq = 0 */
   p->Lq = d.v[LQ], p->Lk = d.v[LK], p->D = d.v[D], p->Dv = d.v[DV];
   p->q = q->data, p->k = k->data, p->v = v->data, p->out = out->data;
   p->qdt = q->dtype, p->kdt = k->dtype, p->vdt = v->dtype, p->odt = out->dtype;
-  memcpy(p->qs, q->strides, sizeof p->qs);
-  memcpy(p->ks, k->strides, sizeof p->ks);
-  memcpy(p->vs, v->strides, sizeof p->vs);
-  memcpy(p->os, out->strides, sizeof p->os);
+  strides_of(q, p->qs, 4);
+  strides_of(k, p->ks, 4);
+  strides_of(v, p->vs, 4);
+  strides_of(out, p->os, 4);
   if (prm.mask) {
     p->mask = prm.mask->data;
     memcpy(p->ms, ms, sizeof ms);
@@ -160,11 +169,11 @@ static attn_status sdpa_check(attn_ctx *ctx, const attn_tensor *q, const attn_te
   }
   if (prm.lse) {
     p->lse = prm.lse->data;
-    memcpy(p->lses, prm.lse->strides, sizeof p->lses);
+    strides_of(prm.lse, p->lses, 3);
   }
   if (prm.weights) {
     p->w = prm.weights->data;
-    memcpy(p->ws, prm.weights->strides, sizeof p->ws);
+    strides_of(prm.weights, p->ws, 4);
   }
   p->kv_lens = prm.kv_lens;
   p->q_offsets = prm.q_offsets;
@@ -176,7 +185,8 @@ attn_status attn__sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k
                        const attn_tensor *v, attn_tensor *out, const attn_sdpa_params *params) {
   attn_sdpa_problem p;
   attn_status st = sdpa_check(ctx, q, k, v, out, params, &p);
-  if (st == ATTN_OK) {
+  /* No query row: out, lse and weights are all empty. */
+  if (st == ATTN_OK && p.B > 0 && p.Hq > 0 && p.Lq > 0) {
     attn__sdpa_plan(ctx, &p);
     if ((st = attn__ws_reserve(ctx, p.ws_bytes)) == ATTN_OK)
       attn__sdpa_run(ctx, &p);
@@ -215,7 +225,7 @@ static void varlen_problem(attn_sdpa_problem *p, const attn_sdpa_params *prm, co
                            const attn_tensor *k, const attn_tensor *v, attn_tensor *out, int32_t s,
                            const int64_t *cu_q, const int64_t *cu_k) {
   memset(p, 0, sizeof *p);
-  p->B = 1, p->Hq = q->dims[1], p->Hkv = k->dims[1], p->G = p->Hq / p->Hkv;
+  p->B = 1, p->Hq = q->dims[1], p->Hkv = k->dims[1], p->G = p->Hkv ? p->Hq / p->Hkv : 0;
   p->D = q->dims[2], p->Dv = v->dims[2];
   p->Lq = cu_q[s + 1] - cu_q[s];
   p->Lk = cu_k[s + 1] - cu_k[s];
@@ -225,20 +235,25 @@ static void varlen_problem(attn_sdpa_problem *p, const attn_sdpa_params *prm, co
   const attn_tensor *ts[4] = {q, k, v, out};
   int64_t *strides[4] = {p->qs, p->ks, p->vs, p->os};
   for (int t = 0; t < 4; t++) {
+    int64_t ts_str[3];
+    strides_of(ts[t], ts_str, 3);
     strides[t][0] = 0;
-    strides[t][1] = ts[t]->strides[1];
-    strides[t][2] = ts[t]->strides[0];
+    strides[t][1] = ts_str[1];
+    strides[t][2] = ts_str[0];
     strides[t][3] = 1;
   }
   p->qdt = q->dtype, p->kdt = k->dtype, p->vdt = v->dtype, p->odt = out->dtype;
-  p->q = (const char *)q->data + q0 * q->strides[0] * (int64_t)attn__dtype_size(q->dtype);
-  p->k = (const char *)k->data + k0 * k->strides[0] * (int64_t)attn__dtype_size(k->dtype);
-  p->v = (const char *)v->data + k0 * v->strides[0] * (int64_t)attn__dtype_size(v->dtype);
-  p->out = (char *)out->data + q0 * out->strides[0] * (int64_t)attn__dtype_size(out->dtype);
+  /* p->xs[2] is the token stride (0 for an empty tensor, never stepped). */
+  p->q = (const char *)q->data + q0 * p->qs[2] * (int64_t)attn__dtype_size(q->dtype);
+  p->k = (const char *)k->data + k0 * p->ks[2] * (int64_t)attn__dtype_size(k->dtype);
+  p->v = (const char *)v->data + k0 * p->vs[2] * (int64_t)attn__dtype_size(v->dtype);
+  p->out = (char *)out->data + q0 * p->os[2] * (int64_t)attn__dtype_size(out->dtype);
   if (prm->lse) {
-    p->lse = (float *)prm->lse->data + q0 * prm->lse->strides[1];
+    int64_t ls[2];
+    strides_of(prm->lse, ls, 2);
+    p->lse = (float *)prm->lse->data + q0 * ls[1];
     p->lses[0] = 0;
-    p->lses[1] = prm->lse->strides[0];
+    p->lses[1] = ls[0];
     p->lses[2] = 1;
   }
   p->q_offsets = prm->q_offsets ? prm->q_offsets + s : NULL; /* one per sequence */
@@ -258,8 +273,8 @@ static attn_status varlen_check(attn_ctx *ctx, const attn_tensor *q, const attn_
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "params.mask, bool_mask, kv_lens and weights must be NULL (packed "
                       "sequences are masked by their offsets)");
-  if (batch < 1)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "batch = %d but must be >= 1", (int)batch);
+  if (batch < 0)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "batch = %d but must be >= 0", (int)batch);
   enum { TQ = ATTN_SYM_TQ, TK = ATTN_SYM_TK, HQ = ATTN_SYM_HQ, HKV = ATTN_SYM_HKV };
   enum { D = ATTN_SYM_D, DV = ATTN_SYM_DV };
   const attn_operand ops[] = {
@@ -289,8 +304,8 @@ static size_t varlen_sequences(attn_ctx *ctx, const attn_sdpa_params *prm, const
   for (int32_t s = 0; s < batch; s++) {
     attn_sdpa_problem p;
     varlen_problem(&p, prm, q, k, v, out, s, cu_q, cu_k);
-    if (p.Lq == 0)
-      continue;
+    if (p.Lq == 0 || p.Hq == 0)
+      continue; /* no query row */
     attn__sdpa_plan(ctx, &p);
     most = p.ws_bytes > most ? p.ws_bytes : most;
     if (run)

@@ -195,7 +195,8 @@ static attn_status softmax(attn_ctx *ctx, const char *op, const attn_tensor *x, 
   if (st != ATTN_OK)
     return st;
   attn_softmax_problem p;
-  if ((st = check(ctx, x, y, params, log, &p)) == ATTN_OK) {
+  /* An empty y: an empty result, as NumPy and PyTorch give. */
+  if ((st = check(ctx, x, y, params, log, &p)) == ATTN_OK && !attn__empty(y)) {
     attn__softmax_plan(ctx, &p);
     if ((st = attn__ws_reserve(ctx, p.ws_bytes)) == ATTN_OK)
       attn__softmax_rows(ctx, &p);

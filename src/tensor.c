@@ -23,6 +23,24 @@ const char *attn__dtype_name(int32_t dtype) {
   }
 }
 
+static bool any_zero(int32_t ndim, const int64_t *dims) {
+  for (int32_t i = 0; i < ndim; i++)
+    if (dims[i] == 0)
+      return true;
+  return false;
+}
+
+/* dims' product must fit (a tensor with a 0 dim has no element at all). */
+static attn_status element_count(attn_ctx *ctx, int32_t ndim, const int64_t *dims) {
+  uint64_t count = 1;
+  if (any_zero(ndim, dims))
+    return ATTN_OK;
+  for (int32_t i = 0; i < ndim; i++)
+    if (__builtin_mul_overflow(count, (uint64_t)dims[i], &count))
+      return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the element count overflows at dims[%d]", (int)i);
+  return ATTN_OK;
+}
+
 /* Validate ndim, dtype, dims and out. */
 static attn_status check_layout(attn_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *dims,
                                 attn_tensor **out) {
@@ -36,15 +54,20 @@ static attn_status check_layout(attn_ctx *ctx, int32_t dtype, int32_t ndim, cons
   if (!attn__dtype_size(dtype))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "dtype = %d is not an attn_dtype", (int)dtype);
   for (int32_t i = 0; i < ndim; i++)
-    if (dims[i] < 1)
-      return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "dims[%d] = %lld but must be >= 1", (int)i,
+    if (dims[i] < 0)
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "dims[%d] = %lld but must be >= 0", (int)i,
                         (long long)dims[i]);
   return ATTN_OK;
 }
 
-/* Bytes from the first element to one past the last, for dims/strides. */
+/* Bytes from the first element to one past the last, for dims/strides; 0
+ * for a tensor without elements, whatever its strides. */
 static attn_status extent_bytes(attn_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *dims,
                                 const int64_t *strides, size_t *out) {
+  if (any_zero(ndim, dims)) {
+    *out = 0;
+    return ATTN_OK;
+  }
   uint64_t last = 0; /* offset of the last element, in elements */
   for (int32_t i = 0; i < ndim; i++) {
     uint64_t step;
@@ -106,12 +129,9 @@ static void contiguous_strides(int32_t ndim, const int64_t *dims, int64_t *strid
 static attn_status tensor_new(attn_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *dims,
                               attn_tensor **out) {
   attn_status st;
-  if ((st = check_layout(ctx, dtype, ndim, dims, out)) != ATTN_OK)
+  if ((st = check_layout(ctx, dtype, ndim, dims, out)) != ATTN_OK ||
+      (st = element_count(ctx, ndim, dims)) != ATTN_OK)
     return st;
-  uint64_t count = 1;
-  for (int32_t i = 0; i < ndim; i++)
-    if (__builtin_mul_overflow(count, (uint64_t)dims[i], &count))
-      return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the element count overflows at dims[%d]", (int)i);
   int64_t strides[ATTN_MAX_DIMS];
   contiguous_strides(ndim, dims, strides);
   size_t bytes = 0;
@@ -160,11 +180,8 @@ static attn_status tensor_wrap(attn_ctx *ctx, int32_t dtype, int32_t ndim, const
                         (int)(ndim - 1), (long long)s[ndim - 1]);
     s[ndim - 1] = 1;
   } else {
-    uint64_t count = 1;
-    for (int32_t i = 0; i < ndim; i++)
-      if (__builtin_mul_overflow(count, (uint64_t)dims[i], &count))
-        return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the element count overflows at dims[%d]",
-                          (int)i);
+    if ((st = element_count(ctx, ndim, dims)) != ATTN_OK)
+      return st;
     contiguous_strides(ndim, dims, s);
   }
   size_t bytes = 0;
@@ -247,6 +264,8 @@ const int64_t *attn_tensor_strides(const attn_tensor *t) { return t ? t->strides
 /* ---- validation shared by the ops ---- */
 
 attn_status attn__check_writable(attn_ctx *ctx, const char *name, const attn_tensor *t) {
+  if (attn__empty(t))
+    return ATTN_OK; /* nothing is written */
   /* Sort axes by stride; each must step past everything the inner ones span. */
   int32_t order[ATTN_MAX_DIMS];
   int32_t n = 0;
@@ -275,6 +294,8 @@ attn_status attn__check_writable(attn_ctx *ctx, const char *name, const attn_ten
   }
   return ATTN_OK;
 }
+
+bool attn__empty(const attn_tensor *t) { return any_zero(t->ndim, t->dims); }
 
 bool attn__overlap(const attn_tensor *a, const attn_tensor *b) {
   uintptr_t a0 = (uintptr_t)a->data, a1 = a0 + a->extent_bytes;

@@ -74,6 +74,8 @@ def _element_strides(a):
     """a's strides in elements when libattn can address a as it is, else None."""
     if not a.flags.aligned or a.ndim == 0:
         return None
+    if a.size == 0:
+        return [0] * (a.ndim - 1) + [1]  # nothing is addressed
     out = []
     for d, s in zip(a.shape, a.strides):
         if d == 1:
@@ -880,9 +882,9 @@ class Context:
         (q, qdt), (k, kdt), (v, vdt) = (_data_array(a, fn) for a in (q, k, v))
         cu_q = _int64_array(cu_seqlens_q, "cu_seqlens_q", fn)
         cu_k = cu_q if cu_seqlens_k is None else _int64_array(cu_seqlens_k, "cu_seqlens_k", fn)
-        if cu_q.ndim != 1 or cu_q.shape[0] < 2 or cu_k.shape != cu_q.shape:
+        if cu_q.ndim != 1 or cu_q.shape[0] < 1 or cu_k.shape != cu_q.shape:
             raise ValueError("%s: cu_seqlens_q and cu_seqlens_k must be 1-D, of the same "
-                             "length batch + 1 >= 2; got shapes %s and %s"
+                             "length batch + 1 >= 1; got shapes %s and %s"
                              % (fn, cu_q.shape, cu_k.shape))
         if q.ndim != 3 or v.ndim != 3:
             raise ValueError("%s: q and v must have 3 dims [T, H, D], not %d and %d"
