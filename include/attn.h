@@ -258,14 +258,17 @@ typedef enum attn_dtype {
 #define ATTN_MAX_DIMS 4
 
 /** Create a tensor owning a new, zero-filled, contiguous buffer.
+ * A dim of 0 gives an empty tensor (no element; its data pointer is still
+ * valid and non-NULL). Every op accepts empty tensors and then writes
+ * nothing, except where an output still has elements (see attn_sdpa()).
  * @param[in]  ctx   owner; the tensor lives until attn_tensor_free() or
  *                   attn_ctx_destroy().
  * @param[in]  dtype an attn_dtype value.
  * @param[in]  ndim  1..ATTN_MAX_DIMS.
- * @param[in]  dims  ndim sizes, each >= 1.
+ * @param[in]  dims  ndim sizes, each >= 0.
  * @param[out] out   receives the tensor; written only on success.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG (ndim, dtype or a
- *  dim <= 0), ATTN_ERR_OVERFLOW (byte size overflows size_t), ATTN_ERR_NO_MEMORY.
+ *  dim < 0), ATTN_ERR_OVERFLOW (byte size overflows size_t), ATTN_ERR_NO_MEMORY.
  * @since 0.1.0 */
 ATTN_API attn_status attn_tensor_new(attn_ctx *ctx, int32_t dtype, int32_t ndim,
                                      const int64_t *dims, attn_tensor **out);
@@ -275,11 +278,13 @@ ATTN_API attn_status attn_tensor_new(attn_ctx *ctx, int32_t dtype, int32_t ndim,
  * @param[in] ctx     owner of the handle (not of the memory).
  * @param[in] dtype   an attn_dtype value.
  * @param[in] ndim    1..ATTN_MAX_DIMS.
- * @param[in] dims    ndim sizes, each >= 1.
+ * @param[in] dims    ndim sizes, each >= 0 (a 0 makes an empty tensor, which
+ *  spans 0 bytes whatever its strides).
  * @param[in] strides ndim strides in elements, or NULL for contiguous. The
- *  innermost stride must be 1; others must be >= 0. A zero stride broadcasts
- *  (such a tensor may only be an input).
- * @param[in] data    the first element; must be aligned for dtype.
+ *  innermost stride must be 1 (when that dim is > 1); others must be >= 0. A
+ *  zero stride broadcasts (such a tensor may only be an input).
+ * @param[in] data    the first element; must be aligned for dtype and
+ *  non-NULL, also for an empty tensor (any valid pointer).
  * @param[in] size_bytes bytes available at data; the extent implied by dims
  *  and strides must fit, and the library never touches a byte outside it.
  * @param[out] out    receives the tensor; written only on success.
@@ -763,6 +768,10 @@ ATTN_API void attn_sdpa_params_init(attn_sdpa_params *p);
  *
  * A [B, L, H, D] buffer is passed as the [B, H, L, D] view with strides
  * {L*H*D, D, H*D, 1}; no copy is made.
+ * Empty tensors: with B, Hq or Lq = 0 nothing is written; Lk = 0 gives
+ * rows that see no key; D = 0 makes every dot product 0 (the logits are the
+ * ALiBi and mask terms alone, whatever the scale); Dv = 0 leaves out empty
+ * but lse and weights are computed. Hkv = 0 requires Hq = 0.
  * Results: a row with no visible key gives zeros (lse -inf, or the sink);
  * a NaN in q or k reaches the rows that see its key, a NaN in v the rows
  * that give its key a nonzero weight (a hidden key never leaks one), and a
@@ -790,7 +799,7 @@ ATTN_API attn_status attn_sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_t
  * @param[in]  k   F32, F16 or BF16 [Tk, Hkv, D]
  * @param[in]  v   F32, F16 or BF16 [Tk, Hkv, Dv]
  * @param[out] out F32, F16 or BF16 [Tq, Hq, Dv]
- * @param[in]  batch number of sequences (>= 1)
+ * @param[in]  batch number of sequences (>= 0; 0 means no tokens)
  * @param[in]  cu_seqlens_q batch+1 query offsets, starting at 0,
  *             non-decreasing, ending at Tq.
  * @param[in]  cu_seqlens_k batch+1 key offsets, likewise, ending at Tk.
