@@ -441,6 +441,9 @@ static inline void fz_make_tensor(fz_in *in, attn_ctx *ctx, fz_tensor *tz, int32
              "strides");
     FZ_CHECK(attn_tensor_data(t) == data, "data");
     tz->t = t;
+    for (int32_t i = 0; i < ndim; i++)
+      if (dims[i] == 0) /* empty: no element is addressed, so no stride matters */
+        memset(tz->eff, 0, sizeof tz->eff);
   } else {
     FZ_CHECK(t == (attn_tensor *)0x1, "out written on failure");
     FZ_CHECK(!ok || st == ATTN_ERR_NO_MEMORY,
@@ -470,6 +473,9 @@ static inline int fz_unchanged(const fz_tensor *tz) {
 /* A zero stride on an axis longer than 1: such a tensor cannot be written. */
 static inline int fz_broadcasts(const fz_tensor *tz) {
   for (int32_t i = 0; i < tz->ndim; i++)
+    if (tz->dims[i] == 0)
+      return 0; /* empty: nothing is written */
+  for (int32_t i = 0; i < tz->ndim; i++)
     if (tz->dims[i] > 1 && tz->eff[i] == 0)
       return 1;
   return 0;
@@ -478,6 +484,9 @@ static inline int fz_broadcasts(const fz_tensor *tz) {
 /* Number of elements of a tensor (its dims' product); small for outputs. */
 static inline int64_t fz_numel(const fz_tensor *tz) {
   int64_t n = 1;
+  for (int32_t i = 0; i < tz->ndim; i++)
+    if (tz->dims[i] == 0)
+      return 0; /* empty */
   for (int32_t i = 0; i < tz->ndim; i++)
     n = fz_mul_sat(n, tz->dims[i]); /* a broadcast input may be huge */
   return n;

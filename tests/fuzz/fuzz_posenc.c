@@ -95,7 +95,7 @@ static void fuzz_sinusoidal(fz_in *in, attn_ctx *ctx, fz_alloc_state *a, int add
   double base = eff.base == 0 ? 10000.0 : eff.base;
   int valid_params = readable && eff.layout >= 0 && eff.layout <= 3 && eff.reserved_ == 0 &&
                      isfinite(base) && base > 1 && isfinite(eff.offset) &&
-                     !(eff.layout == ATTN_PE_SIN_COS_SHIFTED && D < 4);
+                     !(eff.layout == ATTN_PE_SIN_COS_SHIFTED && D < 4 && D > 0);
   if (valid_params && eff.positions)
     for (int64_t l = 0; l < L; l++)
       if (!isfinite(eff.positions[l]))
@@ -118,7 +118,7 @@ static void fuzz_sinusoidal(fz_in *in, attn_ctx *ctx, fz_alloc_state *a, int add
       FZ_CHECK(valid_params && nd >= 2 && nd <= (add ? 3 : 2), "bad arguments accepted");
       fz_check_gaps(&x, "x");
       int64_t B = nd == 3 ? dims[0] : 1;
-      for (int64_t b = 0; b < B; b++)
+      for (int64_t b = 0; b < B && fz_numel(&x) > 0; b++)
         for (int64_t l = 0; l < L; l++) {
           double pos = eff.positions ? eff.positions[l] : eff.offset + (double)l;
           for (int64_t j = 0; j < D; j++) {
@@ -195,8 +195,8 @@ static void fuzz_rope(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
   int64_t r = eff.rotary_dim == 0 ? D : eff.rotary_dim;
   double theta = eff.theta == 0 ? 10000.0 : eff.theta;
   int valid = readable && (eff.style == 0 || eff.style == 1) && r >= 0 && r <= D && !(r & 1) &&
-              r > 0 && isfinite(theta) && theta > 1 && eff.offset >= 0 &&
-              L >= 1 && (eff.positions || eff.offset <= INT64_MAX - (L - 1));
+              isfinite(theta) && theta > 1 && eff.offset >= 0 &&
+              (L <= 0 || eff.positions || eff.offset <= INT64_MAX - (L - 1));
   if (valid && eff.positions)
     for (int64_t i = 0; i < B * L; i++)
       if (eff.positions[i] < 0)
@@ -217,7 +217,7 @@ static void fuzz_rope(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
       FZ_CHECK(valid && nd == 4, "bad arguments accepted");
       fz_check_gaps(&x, "x");
       int64_t H = dims[1], half = r / 2;
-      for (int64_t b = 0; b < B; b++)
+      for (int64_t b = 0; b < B && fz_numel(&x) > 0; b++)
         for (int64_t h = 0; h < H; h++)
           for (int64_t l = 0; l < L; l++) {
             int64_t row = b * x.eff[0] + h * x.eff[1] + l * x.eff[2];

@@ -22,8 +22,16 @@ typedef struct {
   const fz_tensor *mask, *bmask; /* broadcast [B, Hq, Lq, Lk]; batch b below */
   int64_t b;
   int64_t kv_len;
+  int64_t diag; /* query row i sits at key position i + diag (attn.h) */
   attn_sdpa_params prm;
 } ref_view;
+
+/* The position offset of a sequence's query rows, from the header's rules. */
+static int64_t diag_of(const attn_sdpa_params *p, int64_t s, int64_t Lq, int64_t keys) {
+  if (p->q_offsets)
+    return p->q_offsets[s];
+  return p->align == ATTN_ALIGN_BOTTOM_RIGHT ? keys - Lq : 0;
+}
 
 static float rd(const fz_tensor *t, int64_t off) { return fz_read(t, off); }
 
@@ -82,10 +90,14 @@ static void dump_view(const ref_view *r) {
 /* Compare one batch entry's rows with the float64 formula. */
 static void check_rows(const ref_view *r) {
   dump_view(r);
+  if (r->Hq == 0)
+    return; /* no rows (and no kv heads) */
   int64_t G = r->Hq / r->Hkv;
-  double scale = r->prm.scale != 0 ? (double)r->prm.scale : (double)(float)(1.0 / sqrt((double)r->D));
-  /* Bottom-right puts the last query at the last valid key (attn.h). */
-  int64_t diag = r->prm.align == ATTN_ALIGN_BOTTOM_RIGHT ? r->kv_len - r->Lq : 0;
+  /* With D = 0 every dot product is 0, whatever the scale. */
+  double scale = r->prm.scale != 0 ? (double)r->prm.scale
+                 : r->D > 0        ? (double)(float)(1.0 / sqrt((double)r->D))
+                                   : 1.0;
+  int64_t diag = r->diag;
   double *s = malloc((size_t)(r->Lk ? r->Lk : 1) * sizeof *s);
   double *acc = malloc((size_t)r->Dv * sizeof *acc);
   unsigned char *vis = malloc((size_t)(r->Lk ? r->Lk : 1));
@@ -219,7 +231,7 @@ static void check_rows(const ref_view *r) {
 
 /* Shared parameter choices; arrays are allocated by the caller (n entries). */
 typedef struct {
-  int64_t *kv_lens;
+  int64_t *kv_lens, *q_offsets;
   float *slopes, *sinks;
 } param_arrays;
 
@@ -244,6 +256,14 @@ static void fuzz_params(fz_in *in, attn_sdpa_params *p, int64_t B, int64_t Hq, i
       arr->kv_lens[b] = fz_chance(in, 250) ? fz_range(in, 0, Lk) : fz_dim(in, Lk < 1000000 ? Lk + 1 : 9);
     p->kv_lens = arr->kv_lens;
   }
+  if (arr->q_offsets && fz_chance(in, 48)) {
+    for (int64_t b = 0; b < B; b++)
+      arr->q_offsets[b] = fz_chance(in, 250) ? fz_range(in, -12, (Lk < 1000000 ? Lk : 0) + 12)
+                                             : (int64_t)fz_u64(in);
+    p->q_offsets = arr->q_offsets;
+    if (fz_chance(in, 200))
+      p->align = 0; /* required with q_offsets */
+  }
   if (arr->slopes && fz_chance(in, 48)) {
     for (int64_t h = 0; h < Hq; h++)
       arr->slopes[h] = fz_chance(in, 250) ? (float)fz_range(in, 0, 64) / 64.0f : fz_float(in);
@@ -265,6 +285,13 @@ static int params_sane(const attn_sdpa_params *p, int64_t B, int64_t Hq, int64_t
     for (int64_t b = 0; b < B; b++)
       if (p->kv_lens[b] < 0 || p->kv_lens[b] > Lk)
         sane = 0;
+  if (p->q_offsets) {
+    if (p->align != 0)
+      sane = 0;
+    for (int64_t b = 0; b < B; b++)
+      if (p->q_offsets[b] < -((int64_t)1 << 60) || p->q_offsets[b] > ((int64_t)1 << 60))
+        sane = 0;
+  }
   for (int64_t h = 0; h < Hq; h++)
     if ((p->alibi_slopes && !isfinite(p->alibi_slopes[h])) ||
         (p->sinks && !isfinite(p->sinks[h])))
@@ -317,7 +344,8 @@ static int64_t small_lk(fz_in *in) {
 }
 
 static double work_of(int64_t B, int64_t Hq, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv) {
-  return (double)B * (double)Hq * (double)Lq * (double)Lk * ((double)D + (double)Dv);
+  /* + 1: with D = Dv = 0 the softmax over the keys is still computed. */
+  return (double)B * (double)Hq * (double)Lq * (double)Lk * ((double)D + (double)Dv + 1);
 }
 
 static void fuzz_sdpa(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
@@ -380,6 +408,7 @@ static void fuzz_sdpa(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
   int small_bh = B >= 1 && B <= 4096 && Hq >= 1 && Hq <= 4096;
   if (small_bh) {
     arr.kv_lens = malloc((size_t)B * sizeof *arr.kv_lens);
+    arr.q_offsets = malloc((size_t)B * sizeof *arr.q_offsets);
     arr.slopes = malloc((size_t)Hq * sizeof *arr.slopes);
     arr.sinks = malloc((size_t)Hq * sizeof *arr.sinks);
   }
@@ -417,12 +446,13 @@ static void fuzz_sdpa(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
         if (all[i] && (!all[i]->t || all[i]->exotic))
           exotic = 1; /* strides may overlap an output: the harness cannot tell */
       if (!exotic && !noise && mask_shape_ok && sane && readable && !rejected_for_size &&
-          Hq % Hkv == 0 && (!pl || (pl->dims[0] == B && pl->dims[1] == Hq && pl->dims[2] == Lq)))
+          (Hkv == 0 ? Hq == 0 : Hq % Hkv == 0) &&
+          (!pl || (pl->dims[0] == B && pl->dims[1] == Hq && pl->dims[2] == Lq)))
         FZ_CHECK(st == ATTN_ERR_NO_MEMORY && injected, "valid call refused: %s: %s",
                  attn_status_string(st), attn_ctx_last_error(ctx));
     } else {
       FZ_CHECK(readable && sane && !rejected_for_size, "attn_sdpa accepted bad params");
-      if (work <= WORK_CHECK) {
+      if (work <= WORK_CHECK && (double)B * (double)Hq * (double)Lq > 0) {
         for (int64_t b = 0; b < B; b++) {
           ref_view r;
           memset(&r, 0, sizeof r);
@@ -445,6 +475,7 @@ static void fuzz_sdpa(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
           r.lse = eff.lse ? pl : NULL, r.w = eff.weights ? pw : NULL;
           r.prm = eff;
           r.kv_len = eff.kv_lens ? eff.kv_lens[b] : Lk;
+          r.diag = diag_of(&eff, b, Lq, r.kv_len);
           check_rows(&r);
         }
       }
@@ -455,6 +486,7 @@ static void fuzz_sdpa(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
     if (all[i])
       fz_tensor_release(all[i]);
   free(arr.kv_lens);
+  free(arr.q_offsets);
   free(arr.slopes);
   free(arr.sinks);
 }
@@ -467,14 +499,16 @@ static void fuzz_varlen(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
     cu_q[s + 1] = cu_q[s] + fz_range(in, 0, 7);
     cu_k[s + 1] = cu_k[s] + (fz_chance(in, 16) ? fz_range(in, 2048, 3000) : fz_range(in, 0, 9));
   }
-  int64_t Tq = cu_q[nb] > 0 ? cu_q[nb] : 1, Tk = cu_k[nb] > 0 ? cu_k[nb] : 1;
+  int64_t Tq = cu_q[nb], Tk = cu_k[nb]; /* 0 tokens is fine */
   if (fz_chance(in, 8)) { /* corrupt an offset */
     int64_t *cu = fz_chance(in, 128) ? cu_q : cu_k;
     cu[fz_range(in, 0, nb)] = fz_range(in, -3, 20);
   }
-  /* The header's rules: start at 0, never decrease, end at the token count. */
-  int bad_offsets = cu_q[0] != 0 || cu_k[0] != 0 || cu_q[nb] != Tq || cu_k[nb] != Tk;
-  for (int64_t s = 0; s < nb; s++)
+  /* The header's rules: start at 0, never decrease, end at the token count
+   * (batch 0: just {0}, no tokens). */
+  int64_t n_seq = batch > 0 ? batch : 0;
+  int bad_offsets = cu_q[0] != 0 || cu_k[0] != 0 || cu_q[n_seq] != Tq || cu_k[n_seq] != Tk;
+  for (int64_t s = 0; s < n_seq; s++)
     if (cu_q[s + 1] < cu_q[s] || cu_k[s + 1] < cu_k[s])
       bad_offsets = 1;
   int64_t Hkv = fz_range(in, 1, 3), Hq = Hkv * fz_range(in, 1, 3);
@@ -497,18 +531,19 @@ static void fuzz_varlen(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
     pl = &lse;
   }
   param_arrays arr = {0};
-  arr.kv_lens = malloc(sizeof(int64_t));
+  arr.kv_lens = malloc((size_t)nb * sizeof(int64_t));
+  arr.q_offsets = malloc((size_t)nb * sizeof(int64_t)); /* one per sequence */
   arr.slopes = malloc((size_t)Hq * sizeof(float));
   arr.sinks = malloc((size_t)Hq * sizeof(float));
   attn_sdpa_params p, eff;
   int sane = 1, readable = 1;
-  fuzz_params(in, &p, 1, Hq, Tk, &arr);
+  fuzz_params(in, &p, nb, Hq, Tk, &arr);
   int forbidden = p.kv_lens != NULL; /* varlen refuses these */
   p.lse = pl ? pl->t : NULL;
   unsigned char raw[sizeof(attn_sdpa_params) + 64];
   const attn_sdpa_params *pp = fuzz_struct(in, raw, sizeof raw, &p, &eff, &readable);
   forbidden = readable && eff.kv_lens != NULL;
-  sane = readable ? params_sane(&eff, 1, Hq, Tk) : 1;
+  sane = readable ? params_sane(&eff, n_seq, Hq, Tk) : 1;
 
   double work = work_of(1, Hq, Tq, Tk, D, Dv);
   if (work <= WORK_CALL) {
@@ -526,11 +561,11 @@ static void fuzz_varlen(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
       for (int i = 0; i < 5; i++)
         if (all[i] && (!all[i]->t || all[i]->exotic))
           exotic = 1;
-      if (!exotic && !noise && !bad_offsets && sane && readable && !forbidden && batch >= 1)
+      if (!exotic && !noise && !bad_offsets && sane && readable && !forbidden && batch >= 0)
         FZ_CHECK(st == ATTN_ERR_NO_MEMORY && injected, "valid varlen call refused: %s: %s",
                  attn_status_string(st), attn_ctx_last_error(ctx));
     } else {
-      FZ_CHECK(readable && sane && !forbidden && !bad_offsets && batch >= 1,
+      FZ_CHECK(readable && sane && !forbidden && !bad_offsets && batch >= 0,
                "attn_sdpa_varlen accepted bad arguments");
       if (work <= WORK_CHECK)
         for (int64_t s = 0; s < batch; s++) {
@@ -556,6 +591,7 @@ static void fuzz_varlen(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
           }
           r.prm = eff;
           r.kv_len = r.Lk;
+          r.diag = diag_of(&eff, s, r.Lq, r.Lk);
           check_rows(&r);
         }
     }
@@ -565,6 +601,7 @@ static void fuzz_varlen(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
     if (all[i])
       fz_tensor_release(all[i]);
   free(arr.kv_lens);
+  free(arr.q_offsets);
   free(arr.slopes);
   free(arr.sinks);
 }

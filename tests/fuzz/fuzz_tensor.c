@@ -100,12 +100,17 @@ static void do_new(fz_in *in, attn_ctx *ctx, fz_alloc_state *a, live_tensor *lv,
   FZ_CHECK(layout_ok, "attn_tensor_new accepted a bad layout");
   FZ_CHECK(attn_tensor_dtype(t) == dtype && attn_tensor_ndim(t) == ndim, "dtype/ndim");
   const int64_t *d = attn_tensor_dims(t), *s = attn_tensor_strides(t);
-  int64_t want_stride = 1;
+  /* The product of the inner dims; an empty tensor's may exceed int64 (the
+   * stride then reads INT64_MAX: it is never stepped). */
+  unsigned __int128 inner = 1;
   for (int32_t i = ndim - 1; i >= 0; i--) {
     FZ_CHECK(d[i] == dims[i], "dims[%d]", (int)i);
+    int64_t want_stride = inner > INT64_MAX ? INT64_MAX : (int64_t)inner;
     FZ_CHECK(s[i] == want_stride, "strides[%d] = %lld, want %lld", (int)i, (long long)s[i],
              (long long)want_stride);
-    want_stride *= dims[i];
+    inner *= (uint64_t)dims[i];
+    if (inner > ((unsigned __int128)1 << 64))
+      inner = (unsigned __int128)1 << 64;
   }
   const unsigned char *p = attn_tensor_data(t);
   FZ_CHECK(p && (uintptr_t)p % 64 == 0, "data not 64-byte aligned");
