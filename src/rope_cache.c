@@ -280,6 +280,17 @@ static attn_status cache_fill(attn_ctx *ctx, attn_tensor *cos_t, attn_tensor *si
   if ((st = check_cache_params(ctx, &prm, &f)) != ATTN_OK)
     return st;
 
+  size_t bytes = (size_t)(f.half > 0 ? f.half : 1) * sizeof(double);
+  if ((st = attn__ws_reserve(ctx, bytes)) != ATTN_OK)
+    return st;
+  double *w = attn__ws_alloc(ctx, bytes);
+  double af = plan_freqs(&f, w);
+  if (attn__empty(cos_t)) { /* empty tables: only the attention factor */
+    if (attention_factor)
+      *attention_factor = af;
+    return ATTN_OK;
+  }
+
   fill_problem p;
   memset(&p, 0, sizeof p);
   p.cos = cos_t->data, p.sin = sin_t->data;
@@ -291,11 +302,6 @@ static attn_status cache_fill(attn_ctx *ctx, attn_tensor *cos_t, attn_tensor *si
   int64_t items = (f.P + p.rows_per_item - 1) / p.rows_per_item;
   if (threads > items)
     threads = (int32_t)items;
-  size_t bytes = (size_t)f.half * sizeof(double);
-  if ((st = attn__ws_reserve(ctx, bytes)) != ATTN_OK)
-    return st;
-  double *w = attn__ws_alloc(ctx, bytes);
-  double af = plan_freqs(&f, w);
   p.w = w;
   p.scale = prm.apply_attention_factor ? af : 1.0;
   attn__parallel_for(ctx, threads, items, fill_item, &p);

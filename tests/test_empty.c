@@ -274,10 +274,75 @@ static void varlen(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* The 0.2 ops: conversion, rotary tables, pooling. */
+static void newer_ops(void **state) {
+  (void)state;
+  attn_ctx *ctx = tu_ctx(2);
+  static buf a, b, c, d;
+  buf *all[4] = {&a, &b, &c, &d};
+  for (int i = 0; i < 4; i++)
+    buf_reset(all[i]);
+  int64_t e1[2] = {0, 5}, e2[2] = {3, 0};
+  for (int s = 0; s < 2; s++) {
+    const int64_t *dims = s ? e2 : e1;
+    attn_tensor *f16 = NULL;
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_F16, 2, dims, NULL, b.x, 0, &f16));
+    assert_ok(attn_tensor_copy(ctx, wrap(ctx, &a, 2, dims), f16));
+    assert_ok(attn_tensor_copy(ctx, f16, wrap(ctx, &c, 2, dims)));
+  }
+  /* Rotary tables with no position (or an empty rotary dim). */
+  int64_t t0[2] = {0, 4}, t1[2] = {6, 0};
+  assert_ok(attn_rope_cache_fill(ctx, wrap(ctx, &a, 2, t0), wrap(ctx, &b, 2, t0), NULL, NULL));
+  assert_ok(attn_rope_cache_fill(ctx, wrap(ctx, &a, 2, t1), wrap(ctx, &b, 2, t1), NULL, NULL));
+  int64_t xs[][4] = {{0, 2, 3, 8}, {1, 0, 3, 8}, {1, 2, 0, 8}};
+  int64_t cs[2] = {6, 4};
+  for (int s = 0; s < 3; s++)
+    assert_ok(attn_rope_cached(ctx, wrap(ctx, &c, 4, xs[s]), wrap(ctx, &d, 4, xs[s]),
+                               wrap(ctx, &a, 2, cs), wrap(ctx, &b, 2, cs), NULL));
+  int64_t xd0[4] = {1, 2, 3, 0};
+  assert_ok(attn_rope_cached(ctx, wrap(ctx, &c, 4, xd0), wrap(ctx, &d, 4, xd0),
+                             wrap(ctx, &a, 2, t1), wrap(ctx, &b, 2, t1), NULL));
+  for (int i = 0; i < 4; i++)
+    assert_true(buf_untouched(all[i], 0));
+  /* Pooling: no sequence, no feature: empty; no token: zeros (every mode). */
+  int64_t x0[3] = {0, 4, 3}, o0[2] = {0, 3}, xl[3] = {2, 0, 3}, ol[2] = {2, 3}, xd[3] = {2, 4, 0},
+          od[2] = {2, 0}, sc[2] = {2, 0};
+  for (int mode = 0; mode < 4; mode++) {
+    attn_pool_params p;
+    attn_pool_params_init(&p);
+    p.mode = mode;
+    int64_t scd0[2] = {0, 4}, scd[2] = {2, 4};
+    buf_reset(&d);
+    p.scores = mode == ATTN_POOL_WEIGHTED ? wrap(ctx, &b, 2, scd0) : NULL;
+    assert_ok(attn_pool(ctx, wrap(ctx, &a, 3, x0), wrap(ctx, &d, 2, o0), &p));
+    p.scores = mode == ATTN_POOL_WEIGHTED ? wrap(ctx, &b, 2, scd) : NULL;
+    assert_ok(attn_pool(ctx, wrap(ctx, &a, 3, xd), wrap(ctx, &d, 2, od), &p));
+    assert_true(buf_untouched(&d, 0));
+    p.scores = mode == ATTN_POOL_WEIGHTED ? wrap(ctx, &b, 2, sc) : NULL;
+    assert_ok(attn_pool(ctx, wrap(ctx, &a, 3, xl), wrap(ctx, &d, 2, ol), &p));
+    for (int i = 0; i < 6; i++)
+      assert_true(d.x[i] == 0);
+    assert_true(buf_untouched(&d, 6));
+  }
+  /* Attention pooling: no query, or no key (zeros). */
+  int64_t qd[3] = {2, 0, 4}, kd[4] = {3, 1, 5, 4}, od0[4] = {3, 2, 0, 4};
+  buf_reset(&d);
+  assert_ok(attn_pool_attention(ctx, wrap(ctx, &a, 3, qd), wrap(ctx, &b, 4, kd),
+                                wrap(ctx, &c, 4, kd), wrap(ctx, &d, 4, od0), NULL));
+  assert_true(buf_untouched(&d, 0));
+  int64_t qd1[3] = {2, 1, 4}, kd1[4] = {3, 1, 0, 4}, od1[4] = {3, 2, 1, 4};
+  assert_ok(attn_pool_attention(ctx, wrap(ctx, &a, 3, qd1), wrap(ctx, &b, 4, kd1),
+                                wrap(ctx, &c, 4, kd1), wrap(ctx, &d, 4, od1), NULL));
+  for (int i = 0; i < 24; i++)
+    assert_true(d.x[i] == 0);
+  assert_true(buf_untouched(&d, 24));
+  attn_ctx_destroy(ctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(tensors), cmocka_unit_test(softmaxes), cmocka_unit_test(posenc),
-      cmocka_unit_test(sdpa),    cmocka_unit_test(varlen),
+      cmocka_unit_test(sdpa),    cmocka_unit_test(varlen),  cmocka_unit_test(newer_ops),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
