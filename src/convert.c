@@ -44,8 +44,8 @@ static attn_status copy(attn_ctx *ctx, const attn_tensor *src, attn_tensor *dst)
     return attn__fail(ctx, ATTN_ERR_UNSUPPORTED,
                       "src has dtype %s but dst has %s (U8 copies only to U8)",
                       attn__dtype_name(src->dtype), attn__dtype_name(dst->dtype));
-  if (attn__same_view(src, dst))
-    return ATTN_OK; /* same elements, same type */
+  if (attn__same_view(src, dst) || attn__empty(dst))
+    return ATTN_OK; /* same elements, same type; or no element */
   const attn_kernels *k = attn__kernels();
   /* Pad to 4 axes (leading dims 1); axis 3 is the row. */
   int64_t dims[ATTN_MAX_DIMS], ss[ATTN_MAX_DIMS], ds[ATTN_MAX_DIMS];

@@ -232,6 +232,8 @@ static attn_status pool(attn_ctx *ctx, const attn_tensor *x, attn_tensor *out,
   p.lengths = prm.lengths;
   p.keep = prm.keep ? prm.keep->data : NULL;
   p.scores = prm.scores ? prm.scores->data : NULL;
+  if (attn__empty(out))
+    return ATTN_OK; /* no sequence or no feature: nothing to write */
 
   /* plan */
   int64_t items = p.B * p.H;

@@ -181,11 +181,13 @@ static void do_copy(fz_in *in, attn_ctx *ctx, live_tensor *l) {
   int64_t dims[ATTN_MAX_DIMS];
   memcpy(dims, l->dims, sizeof dims);
   int reshaped = fz_chance(in, 16);
-  if (reshaped)
-    dims[fz_u8(in) % l->ndim] += 1;
+  if (reshaped) {
+    int32_t axis = fz_u8(in) % l->ndim;
+    dims[axis] += dims[axis] < INT64_MAX ? 1 : -1;
+  }
   int64_t numel = 1;
   for (int32_t i = 0; i < l->ndim; i++)
-    numel = fz_mul_sat(numel, dims[i]);
+    numel = dims[i] == 0 ? 0 : numel == 0 ? 0 : fz_mul_sat(numel, dims[i]);
   if (numel > 4096)
     return; /* keep it quick */
   fz_tensor out;
