@@ -156,7 +156,7 @@ static attn_status check_per_token(attn_ctx *ctx, const char *name, const attn_t
                         "shape [B, L]%s)",
                         name, axis[a], (long long)dims[a], (long long)want3[a],
                         x_ndim == 4 ? " or [B, H, L]" : "");
-    st3[a] = dims[a] == 1 ? 0 : strides[a];
+    st3[a] = dims[a] == 1 || attn__empty(t) ? 0 : strides[a]; /* empty: never stepped */
   }
   return ATTN_OK;
 }
@@ -221,9 +221,11 @@ static attn_status pool(attn_ctx *ctx, const attn_tensor *x, attn_tensor *out,
       (st = check_per_token(ctx, "params.scores", prm.scores, &p, nd, p.ss)) != ATTN_OK)
     return st;
   p.x = x->data;
-  p.xs[0] = x->strides[0];
-  p.xs[1] = nd == 4 ? x->strides[1] : 0;
-  p.xs[2] = x->strides[nd - 2];
+  if (!attn__empty(x)) { /* an empty x (L = 0) is never read: its strides stay 0 */
+    p.xs[0] = x->strides[0];
+    p.xs[1] = nd == 4 ? x->strides[1] : 0;
+    p.xs[2] = x->strides[nd - 2];
+  }
   p.xs[3] = 1;
   p.out = out->data;
   p.os[0] = out->strides[0];

@@ -452,7 +452,8 @@ static attn_status rope_cached(attn_ctx *ctx, const attn_tensor *x, attn_tensor 
                         "x has L = %lld tokens but the tables only %lld rows (token l reads "
                         "row l without position_ids)",
                         (long long)p.L, (long long)P);
-    if (prm.position_ids)
+    /* An empty x: nothing is rotated, so no position id is read. */
+    if (prm.position_ids && !attn__empty(x))
       for (int64_t i = 0; i < p.B * p.L; i++)
         if (prm.position_ids[i] < 0 || prm.position_ids[i] >= P)
           return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
@@ -462,6 +463,8 @@ static attn_status rope_cached(attn_ctx *ctx, const attn_tensor *x, attn_tensor 
                             (long long)prm.position_ids[i], (long long)(P - 1));
   }
   p.in_place = attn__same_view(x, y);
+  if (attn__empty(y))
+    return ATTN_OK;
 
   p.x = x->data, p.y = y->data;
   p.cos = cos_t->data, p.sin = sin_t->data;

@@ -95,7 +95,7 @@ static void fuzz_pool(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
       fz_check_gaps(&out, "out");
       /* Reference: per (b, h) over kept tokens, in double. */
       const fz_tensor *kt = eff.keep ? &keep : NULL, *st_ = eff.scores ? &scores : NULL;
-      for (int64_t b = 0; b < B; b++)
+      for (int64_t b = 0; b < B && fz_numel(&out) > 0; b++)
         for (int64_t h = 0; h < H; h++) {
           double m = -INFINITY, wsum = 0;
           int64_t n = 0;
@@ -244,7 +244,7 @@ static void fuzz_cache_fill(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
       double amp = eff.apply_attention_factor && af != -99 ? af : 1.0;
       int64_t P = dims[0], half = dims[1];
       double theta = eff.theta == 0 ? 10000 : eff.theta;
-      for (int64_t pos = 0; pos < P; pos++)
+      for (int64_t pos = 0; pos < P && fz_numel(&c) > 0; pos++)
         for (int64_t i = 0; i < half; i++) {
           double cv = rd(&c, c.buf, pos * c.eff[0] + i), sv = rd(&s, s.buf, pos * s.eff[0] + i);
           if (eff.apply_attention_factor && af == -99)
@@ -331,7 +331,7 @@ static void fuzz_cached(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
       int64_t H = nd == 4 ? dims[1] : eff.num_heads, D = nd == 4 ? dims[3] : dims[2] / H;
       FZ_CHECK(2 * half <= D, "rotary dim %lld > D %lld accepted", (long long)(2 * half),
                (long long)D);
-      for (int64_t b = 0; b < B; b++)
+      for (int64_t b = 0; b < B && fz_numel(out) > 0; b++)
         for (int64_t h = 0; h < H; h++)
           for (int64_t l = 0; l < L; l++) {
             int64_t xo = nd == 4 ? b * x.eff[0] + h * x.eff[1] + l * x.eff[2]
