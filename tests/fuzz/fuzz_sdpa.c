@@ -203,6 +203,10 @@ static void check_rows(const ref_view *r) {
       for (int64_t d = 0; d < r->Dv; d++) {
         double want = empty ? 0.0 : acc[d] / l;
         double got = rd(r->out, o_row + d * r->os[2]);
+        /* Beyond a half out's range the rounding gives Inf, as it should. */
+        double top = r->out->dtype == ATTN_DTYPE_F16 ? 65504.0 : 3.38e38;
+        if (u && fabs(want) >= top && isinf(got) && (got < 0) == (want < 0))
+          continue;
         FZ_CHECK(close_enough(got, want, tol_v + u * fabs(want) + (u ? 0x1p-24 : 0)),
                  "b %lld h %lld i %lld d %lld: out %.9g, reference %.9g (tol %g)",
                  (long long)r->b, (long long)h, (long long)i, (long long)d, got, want, tol_v);

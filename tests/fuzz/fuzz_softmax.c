@@ -251,7 +251,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                         isfinite(eff.scale) && memcmp(dims, ydims, sizeof dims) == 0 &&
                         !(in_place && x.has_strides) && (!pm || !pm->exotic) &&
                         (!pb || !pb->exotic);
-      if (known_valid && !pm && !pb)
+      /* A half x or y takes a row buffer from the workspace: that may fail. */
+      int allocates = x.dtype != ATTN_DTYPE_F32 || y.dtype != ATTN_DTYPE_F32;
+      if (known_valid && !pm && !pb && !(allocates && st == ATTN_ERR_NO_MEMORY))
         FZ_CHECK(0, "valid call refused: %s: %s", attn_status_string(st),
                  attn_ctx_last_error(ctx));
     } else {
