@@ -402,8 +402,8 @@ static int naive_once(void *arg) {
 
 /* K_VARLEN: attn_sdpa_varlen over B sequences of Lq..Lk tokens (lengths
  * spread by varlen_len); K_ROPE: attn_rope in place on [B, Hq, Lq, D];
- * K_SINUS: attn_sinusoidal_add in place on [B, Lq, D]. */
-typedef enum { K_SDPA, K_DECODE, K_LONG, K_SOFTMAX, K_VARLEN, K_ROPE, K_SINUS } kind;
+ * K_SINUS: attn_sinusoidal_add in place on [B, Lq, D]; K_BWD: attn_sdpa_backward. */
+typedef enum { K_SDPA, K_DECODE, K_LONG, K_SOFTMAX, K_VARLEN, K_ROPE, K_SINUS, K_BWD } kind;
 
 typedef struct {
   kind kind;
@@ -425,7 +425,8 @@ typedef struct {
 
 static const char *kind_name(kind k) {
   static const char *const names[] = {"sdpa", "sdpa_decode", "sdpa_long", "softmax",
-                                      "sdpa_varlen", "rope", "sinusoidal"};
+                                      "sdpa_varlen", "rope", "sinusoidal",
+                                      "sdpa_backward"};
   return names[k];
 }
 
@@ -435,6 +436,7 @@ static int is_stream(kind k) { return k == K_SOFTMAX || k == K_ROPE || k == K_SI
 typedef struct {
   attn_ctx *ctx;
   attn_tensor *q, *k, *v, *o, *x, *y;
+  attn_tensor *lse, *dout, *dq, *dk, *dv; /* the backward's */
   attn_sdpa_params p;
   int32_t batch;               /* attn_sdpa_varlen */
   const int64_t *cu;           /* its cu_seqlens (q and k alike) */
@@ -442,6 +444,16 @@ typedef struct {
   attn_sinusoidal_params sinus;
   char err[600];
 } op_run;
+
+static int sdpa_backward_once(void *arg) {
+  op_run *r = arg;
+  if (attn_sdpa_backward(r->ctx, r->q, r->k, r->v, r->o, r->lse, r->dout, r->dq, r->dk, r->dv,
+                         &r->p, NULL) != ATTN_OK) {
+    snprintf(r->err, sizeof r->err, "%s", attn_ctx_last_error(r->ctx));
+    return 1;
+  }
+  return 0;
+}
 
 static int sdpa_once(void *arg) {
   op_run *r = arg;
@@ -545,25 +557,61 @@ static result run_sdpa_case(const bcase *c) {
   r.o = as_dtype(r.ctx, of, qdt);
   attn_sdpa_params_init(&r.p);
   r.p.causal = c->causal;
+  int (*once)(void *) = sdpa_once;
+  float *bufs[5] = {0};
+  if (c->kind == K_BWD) {
+    /* The forward (on its own context) gives out and lse; the timed call is
+     * the backward, whose cold call alone is measured for extra memory. */
+    size_t nl = (size_t)(c->B * c->Hq * c->Lq);
+    bufs[0] = new_floats(nl, 17), bufs[1] = new_floats(no, 18), bufs[2] = new_floats(nq, 0);
+    bufs[3] = new_floats(nk, 0), bufs[4] = new_floats(nv, 0);
+    int64_t ld[3] = {c->B, c->Hq, c->Lq};
+    attn_tensor_wrap(r.ctx, ATTN_DTYPE_F32, 3, ld, NULL, bufs[0], nl * sizeof(float), &r.lse);
+    r.dout = wrap4(r.ctx, bufs[1], c->B, c->Hq, c->Lq, c->Dv);
+    r.dq = wrap4(r.ctx, bufs[2], c->B, c->Hq, c->Lq, c->D);
+    r.dk = wrap4(r.ctx, bufs[3], c->B, c->Hkv, c->Lk, c->D);
+    r.dv = wrap4(r.ctx, bufs[4], c->B, c->Hkv, c->Lk, c->Dv);
+    op_run f = r;
+    counter fcnt = {0, 0};
+    f.ctx = new_ctx(c->threads, &fcnt);
+    f.q = wrap4(f.ctx, q, c->B, c->Hq, c->Lq, c->D);
+    f.k = wrap4(f.ctx, k, c->B, c->Hkv, c->Lk, c->D);
+    f.v = wrap4(f.ctx, v, c->B, c->Hkv, c->Lk, c->Dv);
+    f.o = wrap4(f.ctx, o, c->B, c->Hq, c->Lq, c->Dv);
+    attn_tensor_wrap(f.ctx, ATTN_DTYPE_F32, 3, ld, NULL, bufs[0], nl * sizeof(float),
+                     (attn_tensor **)&f.p.lse);
+    int bad = sdpa_once(&f);
+    attn_ctx_destroy(f.ctx);
+    if (bad) {
+      snprintf(g_err, sizeof g_err, "%s", f.err);
+      res.error = g_err;
+      goto done;
+    }
+    once = sdpa_backward_once;
+  }
 
   /* Extra memory: what the context allocates beyond its tensors' handles
    * during the first (cold) call; later calls reuse that scratch. */
   size_t base = atomic_load(&cnt.live);
   atomic_store(&cnt.peak, base);
-  if (sdpa_once(&r)) {
+  if (once(&r)) {
     snprintf(g_err, sizeof g_err, "%s", r.err);
     res.error = g_err;
     goto done;
   }
   res.peak_extra = atomic_load(&cnt.peak) - base;
-  res.seconds = time_median(sdpa_once, &r, g_budget, 0, &res.reps);
+  res.seconds = time_median(once, &r, g_budget, 0, &res.reps);
   double pairs = visible_pairs(c) * (double)c->B * (double)c->Hq;
-  res.gflops = 2.0 * pairs * (double)(c->D + c->Dv) / res.seconds * 1e-9;
+  /* Forward: S = QK^T and PV. Backward: S, dP = dO V^T, dV, dQ, dK. */
+  double per_pair = c->kind == K_BWD ? 2.0 * (3 * c->D + 2 * c->Dv) : 2.0 * (c->D + c->Dv);
+  res.gflops = pairs * per_pair / res.seconds * 1e-9;
   res.sgemm = sgemm_gflops(c->threads, g_sgemm_n);
   if (r.o != of && attn_tensor_copy(r.ctx, r.o, of)) { /* the result as float */
     fprintf(stderr, "attn-bench: %s\n", attn_ctx_last_error(r.ctx));
     exit(2);
   }
+  if (c->kind == K_BWD)
+    goto done; /* no naive backward to compare with here: bench/torch_backward.py */
   if (c->kind == K_DECODE) {
     res.kv_gbps = (double)(nk + nv) * (double)dt_size(c->dt) / res.seconds * 1e-9;
     res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes);
@@ -590,6 +638,8 @@ static result run_sdpa_case(const bcase *c) {
   }
 done:
   attn_ctx_destroy(r.ctx);
+  for (int i = 0; i < 5; i++)
+    free(bufs[i]);
   free(q);
   free(k);
   free(v);
@@ -801,7 +851,7 @@ static void print_json(const bcase *c, const result *r) {
 }
 
 static void print_table_header(void) {
-  printf("%-11s %4s %2s %3s %3s %6s %6s %4s %4s %3s %3s | %9s %8s %7s %6s | %9s %7s | %9s %5s "
+  printf("%-13s %4s %2s %3s %3s %6s %6s %4s %4s %3s %3s | %9s %8s %7s %6s | %9s %7s | %9s %5s "
          "%s\n",
          "op", "dt", "B", "Hq", "Hkv", "Lq", "Lk", "D", "Dv", "cau", "thr", "ms", "GFLOP/s", "sgemm",
          "ratio", "naive ms", "speedup", "extra MiB", "other", "notes");
@@ -832,11 +882,11 @@ static void print_row(const bcase *c, const result *r) {
   else if (c->kind == K_VARLEN)
     snprintf(notes, sizeof notes, "%lld sequences of %lld..%lld tokens", (long long)c->B,
              (long long)c->Lq, (long long)c->Lk);
-  else if (!isfinite(r->naive_seconds))
+  else if (c->kind != K_BWD && !isfinite(r->naive_seconds))
     snprintf(notes, sizeof notes, "naive skipped: needs %.0f MiB", r->naive_bytes / 1048576.0);
   if (r->error)
     snprintf(notes, sizeof notes, "error: %s", r->error);
-  printf("%-11s %4s %2lld %3lld %3lld %6lld %6lld %4lld %4lld %3s %3d | %9s %8s %7s %6s | %9s "
+  printf("%-13s %4s %2lld %3lld %3lld %6lld %6lld %4lld %4lld %3s %3d | %9s %8s %7s %6s | %9s "
          "%7s | %9.2f %5s %s\n",
          kind_name(c->kind), dt_name(c->dt), (long long)c->B, (long long)c->Hq, (long long)c->Hkv,
          (long long)c->Lq, (long long)c->Lk, (long long)c->D, (long long)c->Dv,
@@ -905,6 +955,17 @@ static int quick_cases(bcase *cs) {
   return n;
 }
 
+/* The backward's rows (issue 14): B=1, H=8, L=2048/4096, D=64/128, causal or
+ * not, and the long sequence for the extra memory. */
+static int backward_cases(bcase *cs, int n, int threads) {
+  static const int64_t Ls[] = {2048, 4096}, Ds[] = {64, 128};
+  for (int li = 0; li < 2; li++)
+    for (int di = 0; di < 2; di++)
+      for (int causal = 0; causal < 2; causal++)
+        n = add(cs, n, K_BWD, 1, 8, 8, Ls[li], Ls[li], Ds[di], causal, threads);
+  return add(cs, n, K_BWD, 1, 1, 1, 32768, 32768, 128, 1, threads);
+}
+
 static int full_cases(bcase *cs) {
   int n = 0;
   static const int64_t Ls[] = {512, 2048, 4096, 8192}, Ds[] = {64, 128};
@@ -923,7 +984,7 @@ static int full_cases(bcase *cs) {
     n = add_stream_cases(cs, n, threads);
     n = add_serving_cases(cs, n, threads);
   }
-  return n;
+  return backward_cases(cs, n, 2);
 }
 
 /* The half-precision rows next to their F32 counterparts (--half). */
@@ -945,18 +1006,20 @@ static int smoke_cases(bcase *cs) {
   n = add(cs, n, K_VARLEN, 3, 2, 1, 5, 40, 16, 0, 2);
   n = add(cs, n, K_ROPE, 1, 2, 2, 33, 33, 16, 0, 2);
   n = add(cs, n, K_SINUS, 2, 1, 1, 33, 33, 16, 0, 2);
+  n = add(cs, n, K_BWD, 1, 4, 2, 64, 64, 16, 1, 2);
   return n;
 }
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: attn-bench [--json] [--quick | --half | --smoke] [--wait-quiet]\n"
+          "usage: attn-bench [--json] [--quick | --half | --smoke | --backward] [--wait-quiet]\n"
           "  (default)  the full run (several minutes on 2 cores), as a table\n"
           "  --json     one JSON object per line per case\n"
           "  --quick    the cases behind the performance targets, under a minute\n"
           "  --half     the f16/bf16 rows (decode over half caches, bf16 prefill) next to\n"
           "             their f32 counterparts\n"
           "  --smoke    one tiny case per op, checked against the naive result\n"
+          "  --backward only attn_sdpa_backward's rows (also part of the full run)\n"
           "  --wait-quiet  before each case, wait (up to a minute) until other processes\n"
           "             use < 0.1 core, and run a case again (twice at most) when they\n"
           "             took > 0.15 core during it; every case reports other_load\n"
@@ -965,7 +1028,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-  int json = 0, quick = 0, smoke = 0, quiet = 0, half = 0;
+  int json = 0, quick = 0, smoke = 0, quiet = 0, half = 0, backward = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--json"))
       json = 1;
@@ -975,6 +1038,8 @@ int main(int argc, char **argv) {
       smoke = 1;
     else if (!strcmp(argv[i], "--half"))
       half = 1;
+    else if (!strcmp(argv[i], "--backward"))
+      backward = 1;
     else if (!strcmp(argv[i], "--wait-quiet"))
       quiet = 1;
     else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -995,6 +1060,9 @@ int main(int argc, char **argv) {
     g_budget = 0.001;
     g_sgemm_n = 128;
     g_copy_bytes = (size_t)1 << 20;
+  } else if (backward) {
+    n = backward_cases(cs, 0, 2);
+    g_budget = 0.6;
   } else if (quick || half) {
     n = half ? half_cases(cs) : quick_cases(cs);
     g_budget = 0.6;
@@ -1027,7 +1095,8 @@ int main(int argc, char **argv) {
     printf("}\n");
   } else {
     printf("libattn %s | %s | %s\n", attn_version_string(), attn_cpu_info(), blas);
-    printf("ms: median of repeats; GFLOP/s counts 2*(D+Dv) per visible query-key pair; sgemm: "
+    printf("ms: median of repeats; GFLOP/s counts 2*(D+Dv) per visible query-key pair "
+           "(sdpa_backward: 2*(3D+2Dv), five products); sgemm: "
            "%d^3 cblas_sgemm on the same threads; extra: peak bytes libattn allocated; other: "
            "cores used by other processes meanwhile (noise)\n",
            g_sgemm_n);
@@ -1063,7 +1132,8 @@ int main(int argc, char **argv) {
     double tol = 1e-4 + (cs[i].kind == K_DECODE ? 0
                          : cs[i].dt == ATTN_DTYPE_F16 ? 1e-3
                          : cs[i].dt == ATTN_DTYPE_BF16 ? 8e-3 : 0);
-    if (smoke && (r.error || (cs[i].kind != K_VARLEN && !is_stream(cs[i].kind) &&
+    if (smoke && (r.error || (cs[i].kind != K_VARLEN && cs[i].kind != K_BWD &&
+                              !is_stream(cs[i].kind) &&
                               !(r.max_diff <= tol))))
       failed = 1;
   }

@@ -405,6 +405,56 @@ ATTN_API attn_status attn_softmax(attn_ctx *ctx, const attn_tensor *x, attn_tens
  * @return as attn_softmax(). @since 0.1.0 */
 ATTN_API attn_status attn_log_softmax(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y,
                                       const attn_softmax_params *p);
+/** Gradient of attn_softmax(): from the forward's output y and the incoming
+ * gradient dy, the gradient of x (and, on request, of the logits z =
+ * scale*x + mask, which is the gradient of an additive mask). Per row:
+ *   dz_j = y_j (dy_j - sum_k y_k dy_k),  dx_j = scale * dz_j,
+ * the sum running over the entries with y_k != 0. An entry with y = 0 (a
+ * masked one, or one whose weight underflowed) is a constant of the forward:
+ * it gets dx = dz = 0 whatever dy holds there (NaN included), so the
+ * gradient of a masked entry is exactly 0 and a row with every entry masked
+ * gives zeros. A NaN in y (a NaN row of the forward) gives a NaN row.
+ * Sums are accumulated in double.
+ * @param[in]  ctx   the context.
+ * @param[in]  y     F32, 1..4 dims, any strides: attn_softmax()'s output.
+ * @param[in]  dy    F32, y's shape: the gradient of the loss w.r.t. y.
+ * @param[out] dx    F32, y's shape, no zero strides. May be dy itself (in
+ *  place); any other overlap with an operand is ATTN_ERR_ALIASING.
+ * @param[out] dmask optional (NULL = not computed) F32, y's shape: dz. For
+ *  a mask that was broadcast, the mask's gradient is dmask summed over the
+ *  broadcast axes (the caller does that sum). Must not overlap anything.
+ * @param[in]  p     the forward's parameters (NULL for defaults); only
+ *  scale is read (y already carries the masks), so the forward's struct can
+ *  be passed as it is.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_BUSY,
+ *  ATTN_ERR_UNSUPPORTED (dtype, newer params), ATTN_ERR_SHAPE,
+ *  ATTN_ERR_INVALID_ARG (scale, strides), ATTN_ERR_ALIASING.
+ * Thread safety: uses up to the context's threads.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_softmax_backward(attn_ctx *ctx, const attn_tensor *y,
+                                           const attn_tensor *dy, attn_tensor *dx,
+                                           attn_tensor *dmask, const attn_softmax_params *p);
+
+/** Gradient of attn_log_softmax(): from its output y and dy, per row
+ *   dz_j = dy_j - exp(y_j) sum_k dy_k,  dx_j = scale * dz_j,
+ * the sum running over the entries with y_k != -inf. An entry with y = -inf
+ * (masked) is a constant of the forward: dx = dz = 0 there and its dy is
+ * ignored (PyTorch's autograd would add a masked entry's dy into the sum;
+ * the two agree whenever dy is 0 on masked entries). A row with every
+ * entry masked gives zeros; a NaN row gives NaN.
+ * Parameters, aliasing and errors as attn_softmax_backward(), with y the
+ * output of attn_log_softmax().
+ * @param[in]  ctx   the context.
+ * @param[in]  y     F32: attn_log_softmax()'s output.
+ * @param[in]  dy    F32, y's shape.
+ * @param[out] dx    F32, y's shape; may be dy itself.
+ * @param[out] dmask optional F32, y's shape: dz.
+ * @param[in]  p     the forward's parameters; only scale is read.
+ * @return as attn_softmax_backward(). @since 0.2.0 */
+ATTN_API attn_status attn_log_softmax_backward(attn_ctx *ctx, const attn_tensor *y,
+                                               const attn_tensor *dy, attn_tensor *dx,
+                                               attn_tensor *dmask,
+                                               const attn_softmax_params *p);
 /** @} */
 
 /** @name Positional encodings
@@ -655,6 +705,18 @@ ATTN_API attn_status attn_rope_cached(attn_ctx *ctx, const attn_tensor *x, attn_
                                       const attn_tensor *cos, const attn_tensor *sin,
                                       const attn_rope_cached_params *p);
 
+/** Gradient of attn_rope(), in place: the rotation is orthogonal, so the
+ * gradient of its input is the inverse rotation (angle -t) of the gradient
+ * of its output: for pair (a, b), a' = a cos t + b sin t, b' = -a sin t +
+ * b cos t; dims r..D-1 pass through. Pass the forward's parameters.
+ * @param[in]     ctx the context.
+ * @param[in,out] dx  F32 [B, H, L, D]: on entry the gradient w.r.t. the
+ *  rotated x, on return the gradient w.r.t. the input x.
+ * @param[in] p the forward's parameters (NULL for defaults).
+ * @return as attn_rope(). @since 0.2.0 */
+ATTN_API attn_status attn_rope_backward(attn_ctx *ctx, attn_tensor *dx,
+                                        const attn_rope_params *p);
+
 /** ALiBi slopes for n_heads heads (Press et al.): with n = 2^floor(log2 n_heads),
  * m0 = 2^(-max_bias/n), m1 = 2^(-max_bias/(2n)): slope[h] = m0^(h+1) for h < n,
  * else m1^(2(h-n)+1). With max_bias = 8 this is the reference list, for any
@@ -813,6 +875,100 @@ ATTN_API attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q,
                                       const int64_t *cu_seqlens_q,
                                       const int64_t *cu_seqlens_k,
                                       const attn_sdpa_params *p);
+/** @} */
+
+/** @name Backward of scaled dot-product attention
+ * @{ */
+
+/** Optional outputs of attn_sdpa_backward(). Zero in any field means "not
+ * computed". */
+typedef struct attn_sdpa_backward_params {
+  size_t struct_size;  /**< sizeof(attn_sdpa_backward_params) */
+  attn_tensor *dmask;  /**< optional out F32 [B, Hq, Lq, Lk] (no broadcast):
+                            dS, the gradient of each logit, which is the
+                            gradient of an additive mask before its broadcast
+                            axes are summed (the caller sums them); 0 where
+                            the key is hidden. Needs no extra memory beyond
+                            the tensor itself. */
+  float *dsinks;       /**< optional out [Hq]: gradient of params.sinks,
+                            summed over batches and rows; requires sinks */
+} attn_sdpa_backward_params;
+
+/** Fill `p` with the defaults (and its struct_size).
+ * @param[out] p the parameters to fill; NULL is ignored.
+ * @since 0.2.0 */
+ATTN_API void attn_sdpa_backward_params_init(attn_sdpa_backward_params *p);
+
+/** Gradients of attn_sdpa(): from q, k, v, the forward's output `out` and
+ * log-sum-exp `lse` and the incoming gradient dout, the gradients dq, dk,
+ * dv. With S the logits and P = exp(S - lse) the weights (recomputed tile by
+ * tile exactly as the forward computes them, with the same visibility):
+ *   D_i = dout_i . out_i,  dP = dout V^T,  dS = P (dP - D),
+ *   dV = P^T dout,  dQ = scale * dX K,  dK = scale * dX^T Q,
+ * where dX = dS, or dS (1 - tanh^2(scale q.k / softcap)) with a soft-cap
+ * (the chain rule through the cap). Every product goes through
+ * cblas_sgemm on tiles; memory is O(tile) per thread, never Lq x Lk (unless
+ * dmask is requested, which is that size itself). Grouped-query heads: dk
+ * and dv are summed over the query heads of each group. The sink's
+ * gradient is -sum_i exp(sink - lse_i) D_i.
+ * Results: a key that is hidden (or whose weight is 0) contributes nothing,
+ * so a row with no visible key gives zero dq and adds nothing to dk and dv,
+ * and a NaN in a hidden k or v never leaks; a NaN row of the forward (NaN
+ * lse) gives NaN in dq and in the dk, dv rows of its visible keys.
+ * Deterministic: the result does not depend on the thread count (each dq,
+ * dk, dv row is summed in a fixed order by one thread).
+ * @param[in]  ctx  the context.
+ * @param[in]  q    F32 [B, Hq, Lq, D], as given to attn_sdpa().
+ * @param[in]  k    F32 [B, Hkv, Lk, D].
+ * @param[in]  v    F32 [B, Hkv, Lk, Dv].
+ * @param[in]  out  F32 [B, Hq, Lq, Dv]: attn_sdpa()'s output.
+ * @param[in]  lse  F32 [B, Hq, Lq]: the forward's log-sum-exp (params.lse).
+ * @param[in]  dout F32 [B, Hq, Lq, Dv]: the gradient w.r.t. out.
+ * @param[out] dq   F32 q's shape. Outputs have no zero strides and overlap
+ *                  no operand (ATTN_ERR_ALIASING).
+ * @param[out] dk   F32 k's shape.
+ * @param[out] dv   F32 v's shape.
+ * @param[in]  p    the forward's parameters, exactly as given to attn_sdpa()
+ *                  (NULL for defaults); its lse and weights fields are not
+ *                  read, so the forward's struct can be passed as it is.
+ * @param[in]  bp   optional outputs (NULL = none).
+ * @return as attn_sdpa(), plus ATTN_ERR_INVALID_ARG for dsinks without
+ *  sinks. Nothing is written on failure.
+ * Thread safety: uses up to the context's threads.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_sdpa_backward(attn_ctx *ctx, const attn_tensor *q,
+                                        const attn_tensor *k, const attn_tensor *v,
+                                        const attn_tensor *out, const attn_tensor *lse,
+                                        const attn_tensor *dout, attn_tensor *dq,
+                                        attn_tensor *dk, attn_tensor *dv,
+                                        const attn_sdpa_params *p,
+                                        const attn_sdpa_backward_params *bp);
+
+/** Gradients of attn_sdpa_varlen(), for packed variable-length sequences:
+ * as attn_sdpa_backward() over each sequence, with the forward's
+ * cu_seqlens offsets.
+ * @param[in]  ctx  the context.
+ * @param[in]  q    F32 [Tq, Hq, D]
+ * @param[in]  k    F32 [Tk, Hkv, D]
+ * @param[in]  v    F32 [Tk, Hkv, Dv]
+ * @param[in]  out  F32 [Tq, Hq, Dv]: attn_sdpa_varlen()'s output.
+ * @param[in]  lse  F32 [Hq, Tq]: its log-sum-exp.
+ * @param[in]  dout F32 [Tq, Hq, Dv].
+ * @param[out] dq   F32 q's shape.
+ * @param[out] dk   F32 k's shape (a key of a sequence without queries: 0).
+ * @param[out] dv   F32 v's shape.
+ * @param[in]  batch, cu_seqlens_q, cu_seqlens_k as attn_sdpa_varlen().
+ * @param[in]  p    the forward's parameters (mask, bool_mask and kv_lens
+ *                  must be NULL, as there).
+ * @param[in]  bp   optional outputs: dsinks (summed over the sequences);
+ *                  dmask must be NULL.
+ * @return as attn_sdpa_backward(). @since 0.2.0 */
+ATTN_API attn_status attn_sdpa_varlen_backward(
+    attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k, const attn_tensor *v,
+    const attn_tensor *out, const attn_tensor *lse, const attn_tensor *dout, attn_tensor *dq,
+    attn_tensor *dk, attn_tensor *dv, int32_t batch, const int64_t *cu_seqlens_q,
+    const int64_t *cu_seqlens_k, const attn_sdpa_params *p,
+    const attn_sdpa_backward_params *bp);
 /** @} */
 
 /** @name Pooling over the sequence axis

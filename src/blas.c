@@ -162,3 +162,9 @@ void attn__sgemm_nn_acc(int m, int n, int k, const float *a, int lda, const floa
               ldc);
   gate_leave();
 }
+
+void attn__sgemm_tn_acc(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                        float *c, int ldc) {
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c,
+              ldc);
+}

@@ -176,5 +176,8 @@ void attn__sgemm_nt(int m, int n, int k, float alpha, const float *a, int lda, c
 /* Row-major C[m, n] += A[m, k] * B[k, n]. */
 void attn__sgemm_nn_acc(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
                         float *c, int ldc);
+/* Row-major C[m, n] += A[k, m]^T * B[k, n]. */
+void attn__sgemm_tn_acc(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                        float *c, int ldc);
 
 #endif

@@ -62,7 +62,7 @@ static void exact_angles(const attn_rope_problem *p, double pos, double *c, doub
   for (int64_t i = 0; i < p->half; i++) {
     double a = pos * p->inv_freq[i];
     c[i] = cos(a);
-    s[i] = sin(a);
+    s[i] = p->inverse ? -sin(a) : sin(a); /* the backward rotates by -a */
   }
 }
 
@@ -94,7 +94,7 @@ static void stepped_angles(const attn_rope_problem *p, int64_t pos0, int64_t n, 
   double *sc = step, *ss = step + h;
   for (int64_t i = 0; i < h; i++) {
     sc[i] = cos(p->inv_freq[i]);
-    ss[i] = sin(p->inv_freq[i]);
+    ss[i] = p->inverse ? -sin(p->inv_freq[i]) : sin(p->inv_freq[i]);
   }
   for (int64_t t = 0; t < n; t++) {
     int64_t pos = pos0 + t, k = pos % ANGLE_ANCHOR;
@@ -261,15 +261,26 @@ void attn__rope_apply(attn_ctx *ctx, attn_rope_problem *p) {
   attn__ws_release(ctx, mark);
 }
 
-attn_status attn_rope(attn_ctx *ctx, attn_tensor *x, const attn_rope_params *params) {
-  attn_status st = attn__op_begin(ctx, "attn_rope");
+/* The backward of a rotation is its transpose, the rotation by -angle. */
+static attn_status rope(attn_ctx *ctx, const char *op, attn_tensor *x,
+                        const attn_rope_params *params, bool inverse) {
+  attn_status st = attn__op_begin(ctx, op);
   if (st != ATTN_OK)
     return st;
   attn_rope_problem p;
   if ((st = rope_check(ctx, x, params, &p)) == ATTN_OK && !attn__empty(x)) {
+    p.inverse = inverse;
     attn__rope_plan(ctx, &p);
     if ((st = attn__ws_reserve(ctx, p.ws_bytes)) == ATTN_OK)
       attn__rope_apply(ctx, &p);
   }
   return attn__op_end(ctx, st);
+}
+
+attn_status attn_rope(attn_ctx *ctx, attn_tensor *x, const attn_rope_params *params) {
+  return rope(ctx, "attn_rope", x, params, false);
+}
+
+attn_status attn_rope_backward(attn_ctx *ctx, attn_tensor *dx, const attn_rope_params *params) {
+  return rope(ctx, "attn_rope_backward", dx, params, true);
 }

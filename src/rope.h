@@ -14,6 +14,7 @@ typedef struct {
   double theta;             /* frequency base, > 1 */
   int64_t offset;           /* position of token 0 when positions is NULL */
   const int64_t *positions; /* [B, L] or NULL */
+  bool inverse;             /* rotate by -angle: the backward (R^T = R(-t)) */
   /* Filled by attn__rope_plan. Work items are (batch, block of T tokens)
    * or, when every batch shares the positions, blocks of tokens with the
    * batches looped inside. */

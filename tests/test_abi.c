@@ -170,6 +170,11 @@ _Static_assert(ATTN_MHA_Q_WEIGHT == 0 && ATTN_MHA_O_WEIGHT == 3 && ATTN_MHA_Q_BI
                    ATTN_MHA_O_BIAS == 7 && sizeof(attn_mha_weight) == 4,
                "attn_mha_weight values are pinned");
 _Static_assert(sizeof(attn_kv_layout) == 4, "attn_kv_layout is int-sized");
+/* 0.2.0 */
+PIN(attn_sdpa_backward_params, struct_size, 0, 8);
+PIN(attn_sdpa_backward_params, dmask, 8, 8);
+PIN(attn_sdpa_backward_params, dsinks, 16, 8);
+END(attn_sdpa_backward_params, dsinks, 24);
 #endif
 
 /* Enum values and sizes (int-sized through their 0x7fffffff sentinels). */

@@ -43,6 +43,7 @@ enum { PE_B = 2, PE_L = 300, PE_D = 64, RP_H = 4, RP_L = 100 };
 static float g_pe[PE_B * PE_L * PE_D], g_rope[PE_B * RP_H * RP_L * PE_D];
 static double g_pe_pos[PE_L];
 static int64_t g_rope_pos[PE_B * RP_L];
+static float g_o[B * HQ * LQ * DV], g_do[B * HQ * LQ * DV], g_lse[B * HQ * LQ];
 
 static void fill_inputs(void) {
   tu_rng r = {12345};
@@ -64,6 +65,9 @@ static void fill_inputs(void) {
     g_pe_pos[i] = 0.5 * i + 1000;
   for (int i = 0; i < PE_B * RP_L; i++)
     g_rope_pos[i] = (i * 7) % 500;
+  tu_fill(&r, g_o, sizeof g_o / sizeof *g_o, -1, 1);
+  tu_fill(&r, g_do, sizeof g_do / sizeof *g_do, -1, 1);
+  tu_fill(&r, g_lse, sizeof g_lse / sizeof *g_lse, 2, 4);
 }
 
 static attn_tensor *wrap_in(fixture *f, const float *data, size_t n, int32_t ndim,
@@ -270,6 +274,50 @@ static attn_status run_rope(fixture *f) {
   p.positions = g_rope_pos;
   return attn_rope(f->ctx, f->t[0], &p);
 }
+static attn_status run_rope_backward(fixture *f) {
+  attn_rope_params p;
+  attn_rope_params_init(&p);
+  p.rotary_dim = 48;
+  p.positions = g_rope_pos;
+  return attn_rope_backward(f->ctx, f->t[0], &p);
+}
+/* Softmax backward: y and dy read from the same inputs as the forward. */
+static void setup_softmax_backward(fixture *f) {
+  int64_t xd[2] = {SM_R, SM_N};
+  f->t[0] = wrap_in(f, g_sm, SM_R * SM_N, 2, xd);
+  f->t[1] = wrap_in(f, g_sm, SM_R * SM_N, 2, xd);
+  f->t[2] = wrap_out(f, SM_R * SM_N, 2, xd);
+  f->t[3] = wrap_out(f, SM_R * SM_N, 2, xd);
+}
+static attn_status run_softmax_backward(fixture *f) {
+  return attn_softmax_backward(f->ctx, f->t[0], f->t[1], f->t[2], f->t[3], NULL);
+}
+/* SDPA backward, every output (dq, dk, dv, dmask) requested. */
+static void setup_sdpa_backward(fixture *f) {
+  int64_t qd[4] = {B, HQ, LQ, D}, kd[4] = {B, HKV, LK, D}, vd[4] = {B, HKV, LK, DV};
+  int64_t od[4] = {B, HQ, LQ, DV}, ld[3] = {B, HQ, LQ}, wd[4] = {B, HQ, LQ, LK};
+  f->t[0] = wrap_in(f, g_q, sizeof g_q / 4, 4, qd);
+  f->t[1] = wrap_in(f, g_k, sizeof g_k / 4, 4, kd);
+  f->t[2] = wrap_in(f, g_v, sizeof g_v / 4, 4, vd);
+  f->t[3] = wrap_in(f, g_o, sizeof g_o / 4, 4, od);
+  f->t[4] = wrap_in(f, g_lse, sizeof g_lse / 4, 3, ld);
+  f->t[5] = wrap_in(f, g_do, sizeof g_do / 4, 4, od);
+  f->t[6] = wrap_out(f, sizeof g_q / 4, 4, qd);
+  f->t[7] = wrap_out(f, sizeof g_k / 4, 4, kd);
+  f->t[8] = wrap_out(f, sizeof g_v / 4, 4, vd);
+  f->t[9] = wrap_out(f, (size_t)B * HQ * LQ * LK, 4, wd);
+}
+static attn_status run_sdpa_backward(fixture *f) {
+  attn_sdpa_params p;
+  attn_sdpa_params_init(&p);
+  p.causal = 1;
+  p.softcap = 3.0f;
+  attn_sdpa_backward_params bp;
+  attn_sdpa_backward_params_init(&bp);
+  bp.dmask = f->t[9];
+  return attn_sdpa_backward(f->ctx, f->t[0], f->t[1], f->t[2], f->t[3], f->t[4], f->t[5],
+                            f->t[6], f->t[7], f->t[8], &p, &bp);
+}
 static void setup_alibi(fixture *f) {
   assert_true(f->n_out < MAX_OUT);
   float *buf = malloc(12 * sizeof *buf);
@@ -453,6 +501,10 @@ static const op_case g_cases[] = {
     {"attn_sinusoidal_add", 2, setup_sinusoidal_add, run_sinusoidal_add},
     {"attn_rope", 1, setup_rope, run_rope},
     {"attn_rope", 2, setup_rope, run_rope},
+    {"attn_rope_backward", 2, setup_rope, run_rope_backward},
+    {"attn_softmax_backward", 2, setup_softmax_backward, run_softmax_backward},
+    {"attn_sdpa_backward", 1, setup_sdpa_backward, run_sdpa_backward},
+    {"attn_sdpa_backward", 2, setup_sdpa_backward, run_sdpa_backward},
     {"attn_alibi_slopes", 1, setup_alibi, run_alibi},
     {"attn_tensor_new", 1, setup_none, run_tensor_new},
     {"attn_tensor_wrap", 1, setup_none, run_tensor_wrap},

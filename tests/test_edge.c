@@ -294,6 +294,92 @@ static void sdpa_table_half(void **state) {
   }
 }
 
+/* ================= sdpa backward ================= */
+
+/* One head, D = Dv = 1: the forward through the library, then the backward;
+ * gradients stated by hand from attn.h's formulas. */
+typedef struct {
+  const char *name;
+  int64_t Lq, Lk;
+  const float *q, *k, *v, *dout;
+  const uint8_t *bmask; /* [Lq, Lk], or NULL */
+  int32_t causal, align;
+  int64_t kv_len; /* as sdpa_case: 0 = none, else kv_len - 1 */
+  const float *sink;
+  const double *dq, *dk, *dv; /* NaN = must be NaN */
+  double dsink;
+} bwd_case;
+
+#define P1 0.7310585786300049 /* e / (e + 1) */
+static const bwd_case bwd_cases[] = {
+    {"one key", 1, 1, F(2), F(3), F(5), F(1), .dq = W(0), .dk = W(0), .dv = W(1)},
+    {"bool mask hides a row", 2, 2, F(1, 1), F(1, 1), F(2, 4), F(1, 1),
+     .bmask = U(0, 0, 1, 1), .dq = W(0, 0), .dk = W(-0.5, 0.5), .dv = W(0.5, 0.5)},
+    {"NaN in k and v past kv_len", 1, 2, F(1), F(1, NAN), F(3, NAN), F(1), .kv_len = 2,
+     .dq = W(0), .dk = W(0, 0), .dv = W(1, 0)},
+    {"NaN in bool-masked k and v", 1, 2, F(1), F(NAN, 2), F(NAN, 4), F(1), .bmask = U(0, 1),
+     .dq = W(0), .dk = W(0, 0), .dv = W(0, 1)},
+    {"NaN dout in a row that sees nothing", 2, 1, F(1, 1), F(1), F(5), F(NAN, 1), .causal = 1,
+     .align = ATTN_ALIGN_BOTTOM_RIGHT, .dq = W(0, 0), .dk = W(0), .dv = W(1)},
+    {"kv_len 0", 2, 2, F(1, 2), F(1, 1), F(2, 4), F(1, 1), .kv_len = 1, .dq = W(0, 0),
+     .dk = W(0, 0), .dv = W(0, 0)},
+    {"length 1 with a sink", 1, 1, F(1), F(1), F(5), F(1), .sink = F(0),
+     .dq = W(5 * P1 * (1 - P1)), .dk = W(5 * P1 * (1 - P1)), .dv = W(P1),
+     .dsink = -5 * P1 * (1 - P1)},
+    {"all masked with a sink", 1, 1, F(1), F(1), F(5), F(1), .bmask = U(0), .sink = F(0.5f),
+     .dq = W(0), .dk = W(0), .dv = W(0), .dsink = 0},
+    {"+inf logit: NaN row", 1, 1, F(INFINITY), F(1), F(1), F(1), .dq = W(NAN), .dk = W(NAN),
+     .dv = W(NAN)},
+};
+
+static void sdpa_backward_table(void **state) {
+  (void)state;
+  for (size_t c = 0; c < sizeof bwd_cases / sizeof *bwd_cases; c++)
+    for (int32_t threads = 1; threads <= 2; threads++) {
+      const bwd_case *e = &bwd_cases[c];
+      attn_ctx *ctx = tu_ctx(threads);
+      int64_t qd[4] = {1, 1, e->Lq, 1}, kd[4] = {1, 1, e->Lk, 1}, ld[3] = {1, 1, e->Lq},
+              md[2] = {e->Lq, e->Lk};
+      float o[8], lse[8], dq[8], dk[8], dv[8], dsink = -777;
+      attn_tensor *q = tu_wrap(ctx, (float *)e->q, (size_t)e->Lq, 4, qd, NULL);
+      attn_tensor *k = tu_wrap(ctx, (float *)e->k, (size_t)e->Lk, 4, kd, NULL);
+      attn_tensor *v = tu_wrap(ctx, (float *)e->v, (size_t)e->Lk, 4, kd, NULL);
+      attn_tensor *to = tu_wrap(ctx, o, 8, 4, qd, NULL), *tl = tu_wrap(ctx, lse, 8, 3, ld, NULL);
+      attn_sdpa_params p;
+      attn_sdpa_params_init(&p);
+      p.scale = 1;
+      p.causal = e->causal;
+      p.align = e->align;
+      int64_t kv_len = e->kv_len - 1;
+      if (e->kv_len)
+        p.kv_lens = &kv_len;
+      p.sinks = e->sink;
+      if (e->bmask)
+        assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, md, NULL, (void *)e->bmask,
+                                   (size_t)(e->Lq * e->Lk), (attn_tensor **)&p.bool_mask));
+      p.lse = tl;
+      assert_ok(attn_sdpa(ctx, q, k, v, to, &p));
+      attn_sdpa_backward_params bp;
+      attn_sdpa_backward_params_init(&bp);
+      bp.dsinks = e->sink ? &dsink : NULL;
+      assert_ok(attn_sdpa_backward(ctx, q, k, v, to, tl,
+                                   tu_wrap(ctx, (float *)e->dout, (size_t)e->Lq, 4, qd, NULL),
+                                   tu_wrap(ctx, dq, 8, 4, qd, NULL),
+                                   tu_wrap(ctx, dk, 8, 4, kd, NULL),
+                                   tu_wrap(ctx, dv, 8, 4, kd, NULL), &p, &bp));
+      char what[160];
+      snprintf(what, sizeof what, "sdpa_backward \"%s\" (%d threads) dq", e->name, (int)threads);
+      expect_row(what, dq, e->dq, e->Lq, 1e-6);
+      snprintf(what, sizeof what, "sdpa_backward \"%s\" dk", e->name);
+      expect_row(what, dk, e->dk, e->Lk, 1e-6);
+      snprintf(what, sizeof what, "sdpa_backward \"%s\" dv", e->name);
+      expect_row(what, dv, e->dv, e->Lk, 1e-6);
+      if (e->sink)
+        expect_row("sdpa_backward dsink", &dsink, &e->dsink, 1, 1e-6);
+      attn_ctx_destroy(ctx);
+    }
+}
+
 /* Huge L with tiny D: 200000 keys of D = 1 and q = 0 (uniform weights), and
  * 20000 queries against one key. */
 static void sdpa_huge_l(void **state) {
@@ -843,6 +929,7 @@ int main(void) {
       cmocka_unit_test(tensor_overflowing_shapes),
       cmocka_unit_test(sdpa_table),
       cmocka_unit_test(sdpa_table_half),
+      cmocka_unit_test(sdpa_backward_table),
       cmocka_unit_test(sdpa_huge_l),
       cmocka_unit_test(sdpa_varlen_empty),
       cmocka_unit_test(softmax_table),

@@ -53,18 +53,27 @@ enum {
   O_KV,
   O_KV_READ,
   O_MHA,
+  O_SM_BWD,
+  O_ROPE_BWD,
+  O_DQ,
+  O_DK,
+  O_DV,
   O_COUNT
 };
 static const size_t g_out_n[O_COUNT] = {
     SM_R * SM_N, SM_R * SM_N, PE_L * PE_D, 2 * PE_L * PE_D, RP_B * RP_H * RP_L * PE_D,
     48,          B * HQ * LQ * D, B * HQ * LQ, SPLIT_D, LQ * HQ * D,
     B * HQ * D,  B * HQ * 2 * D,  PE_L * 16,   PE_L * 16, RP_B * RP_H * RP_L * PE_D,
-    HQ * LQ * D, HKV * (LK / 2 + 40) * D, LQ * D};
+    HQ * LQ * D, HKV * (LK / 2 + 40) * D, LQ * D,
+    SM_R * SM_N, RP_B * RP_H * RP_L * PE_D, B * HQ * LQ * D, B * HKV * LK * D,
+    B * HKV * LK * D};
 static const char *const g_out_name[O_COUNT] = {
     "softmax", "log_softmax", "sinusoidal", "sinusoidal_add", "rope",
     "alibi",   "sdpa",        "sdpa lse",   "sdpa split",     "sdpa_varlen",
     "pool",    "pool_attention", "rope cos", "rope sin",      "rope_cached",
-    "kv_attend", "kv_read", "mha_forward"};
+    "kv_attend", "kv_read", "mha_forward",
+    "softmax_backward", "rope_backward", "sdpa_backward dq", "sdpa_backward dk",
+    "sdpa_backward dv"};
 
 typedef struct {
   float *out[O_COUNT];
@@ -158,6 +167,20 @@ static void run_all(attn_ctx *ctx, worker *w) {
   CHECK(w, attn_sdpa(ctx, wrap(ctx, g_q, sizeof g_q / 4, 4, qd),
                      wrap(ctx, g_k, sizeof g_k / 4, 4, kd), wrap(ctx, g_v, sizeof g_v / 4, 4, kd),
                      wrap(ctx, w->out[O_SDPA], sizeof g_q / 4, 4, qd), &p));
+  /* The backward passes, from the forward results above (dout = q). */
+  attn_tensor *sq = wrap(ctx, g_q, sizeof g_q / 4, 4, qd);
+  attn_status bwd = attn_sdpa_backward(
+      ctx, sq, wrap(ctx, g_k, sizeof g_k / 4, 4, kd), wrap(ctx, g_v, sizeof g_v / 4, 4, kd),
+      wrap(ctx, w->out[O_SDPA], sizeof g_q / 4, 4, qd), p.lse, sq,
+      wrap(ctx, w->out[O_DQ], sizeof g_q / 4, 4, qd),
+      wrap(ctx, w->out[O_DK], sizeof g_k / 4, 4, kd),
+      wrap(ctx, w->out[O_DV], sizeof g_v / 4, 4, kd), &p, NULL);
+  CHECK(w, bwd);
+  CHECK(w, attn_softmax_backward(ctx, wrap(ctx, w->out[O_SOFTMAX], SM_R * SM_N, 2, smd), x,
+                                 wrap(ctx, w->out[O_SM_BWD], SM_R * SM_N, 2, smd), NULL, &sp));
+  memcpy(w->out[O_ROPE_BWD], g_rope_x, sizeof g_rope_x);
+  CHECK(w, attn_rope_backward(ctx, wrap(ctx, w->out[O_ROPE_BWD], sizeof g_rope_x / 4, 4, rd),
+                              &rp));
   int64_t sqd[4] = {1, 1, 1, SPLIT_D}, skd[4] = {1, 1, SPLIT_LK, SPLIT_D};
   CHECK(w, attn_sdpa(ctx, wrap(ctx, g_sq, SPLIT_D, 4, sqd),
                      wrap(ctx, g_sk, SPLIT_LK * SPLIT_D, 4, skd),

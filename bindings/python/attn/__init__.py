@@ -24,9 +24,10 @@ torch tensors.
 """
 from ._lib import ABI_MAJOR, AttnError, LibraryNotFound
 from ._api import (LIBRARY_PATH, Context, KVCache, alibi_slopes, blas_info, convert, cpu_info,
-                   default_context, get_num_threads, log_softmax, pool, pool_attention,
-                   rope, rope_cache, rope_cached, sdpa, sdpa_varlen,
-                   set_num_threads, sinusoidal, sinusoidal_add, softmax, version,
+                   default_context, get_num_threads, log_softmax, log_softmax_backward, pool,
+                   pool_attention, rope, rope_backward, rope_cache, rope_cached, sdpa,
+                   sdpa_backward, sdpa_varlen, sdpa_varlen_backward, set_num_threads,
+                   sinusoidal, sinusoidal_add, softmax, softmax_backward, version,
                    version_string)
 
 __version__ = "0.1.0"
@@ -36,5 +37,9 @@ __all__ = [
     "blas_info", "convert", "cpu_info", "default_context", "get_num_threads", "log_softmax",
     "pool", "pool_attention", "rope", "rope_cache", "rope_cached",
     "sdpa", "sdpa_varlen", "set_num_threads", "sinusoidal", "sinusoidal_add", "softmax",
-    "version", "version_string",
+    "version", "version_string", "softmax_backward", "log_softmax_backward",
+    "rope_backward", "sdpa_backward", "sdpa_varlen_backward",
 ]
+
+# attn.torch (autograd functions) is imported on demand, only where torch is:
+#     import attn.torch

@@ -522,6 +522,37 @@ class Context:
             c.check(_fn(name)(self._handle, hx, hy, ctypes.byref(p)))
         return out
 
+    def softmax_backward(self, y, dy, *, scale=None, out=None, return_dmask=False):
+        """Gradient of softmax(): from its output y and the gradient dy of
+        the loss w.r.t. y, the gradient w.r.t. x (dx = scale * y * (dy -
+        sum(y * dy))). Entries with y == 0 (masked) get 0 whatever dy holds.
+        scale: the forward's. out: float32 array of y's shape (may be dy).
+        return_dmask=True also returns the gradient of the logits (that of
+        an additive mask, before summing its broadcast axes): (dx, dmask)."""
+        return self._softmax_backward("attn_softmax_backward", y, dy, scale, out,
+                                      return_dmask)
+
+    def log_softmax_backward(self, y, dy, *, scale=None, out=None, return_dmask=False):
+        """Gradient of log_softmax() (dx = scale * (dy - exp(y) * sum(dy)),
+        masked entries, y == -inf, get 0 and their dy is ignored);
+        arguments as softmax_backward()."""
+        return self._softmax_backward("attn_log_softmax_backward", y, dy, scale, out,
+                                      return_dmask)
+
+    def _softmax_backward(self, name, y, dy, scale, out, return_dmask):
+        fn = name[5:]
+        p = _lib.SoftmaxParams(scale=_scale(scale, fn))
+        y = np.asarray(y)
+        with self._call(fn) as c:
+            hy, hg = c.input(y, "y"), c.input(dy, "dy")
+            if out is None:
+                out = np.empty(y.shape, np.float32)
+            hx = c.output(out, "out")
+            dmask = np.empty(y.shape, np.float32) if return_dmask else None
+            hm = c.output(dmask, "dmask") if return_dmask else None
+            c.check(_fn(name)(self._handle, hy, hg, hx, hm, ctypes.byref(p)))
+        return (out, dmask) if return_dmask else out
+
     # ---- positional encodings ----
 
     def _pe_params(self, fn, layout, base, offset, positions, length, c):
@@ -568,6 +599,13 @@ class Context:
             c.check(_fn("attn_sinusoidal_add")(self._handle, h, ctypes.byref(p)))
         return y
 
+    def rope_backward(self, dx, *, style="half", rotary_dim=None, theta=None, offset=0,
+                      positions=None, layout="bhld", inplace=False):
+        """Gradient of rope(): the inverse rotation of dx (the gradient w.r.t.
+        the rotated x), giving the gradient w.r.t. x. Arguments as rope()."""
+        return self._rope("rope_backward", dx, style, rotary_dim, theta, offset, positions,
+                          layout, inplace)
+
     def rope(self, x, *, style="half", rotary_dim=None, theta=None, offset=0,
              positions=None, layout="bhld", inplace=False):
         """Rotary position embedding of x: [B, H, L, D] (layout "bhld") or
@@ -578,7 +616,10 @@ class Context:
         10000. offset: token l has position offset + l; positions: explicit
         int positions, [L] or [B, L]. inplace=True rotates x itself (a
         writable float32 array); otherwise a rotated copy is returned."""
-        fn = "rope"
+        return self._rope("rope", x, style, rotary_dim, theta, offset, positions, layout,
+                          inplace)
+
+    def _rope(self, fn, x, style, rotary_dim, theta, offset, positions, layout, inplace):
         layout = _layout(layout, fn)
         y = x if inplace else np.array(x, dtype=_kept_dtype(x), order="C")
         if not isinstance(y, np.ndarray) or y.ndim not in (3, 4):
@@ -599,7 +640,7 @@ class Context:
                 c.keep.append(pos)
                 p.positions = pos.ctypes.data_as(_lib._c_int64_p)
             h = c.output(v, "x", half=True)
-            c.check(_fn("attn_rope")(self._handle, h, ctypes.byref(p)))
+            c.check(_fn("attn_" + fn)(self._handle, h, ctypes.byref(p)))
         return y
 
     def alibi_slopes(self, n_heads, max_bias=8.0):
@@ -869,6 +910,93 @@ class Context:
         extra = tuple(a for a in (lse, weights) if a is not None)
         return (out,) + extra if extra else out
 
+    def sdpa_backward(self, q, k, v, out, lse, dout, *, mask=None, bool_mask=None,
+                      causal=False, align="top-left", scale=None, window=None, kv_lens=None,
+                      alibi_slopes=None, sinks=None, softcap=None, layout="bhld",
+                      return_dmask=False, return_dsinks=False):
+        """Gradients of sdpa(): from q, k, v, the forward's out and lse
+        (sdpa(..., return_lse=True)) and dout, the gradient w.r.t. out,
+        returns (dq, dk, dv) in the inputs' layout, followed by dmask [B, Hq,
+        Lq, Lk] (the gradient of each logit: that of an additive mask before
+        summing its broadcast axes) when return_dmask, and dsinks [Hq] when
+        return_dsinks (needs sinks). Pass exactly the forward's arguments.
+        Memory O(tile): nothing of size Lq x Lk unless dmask is asked for."""
+        fn = "sdpa_backward"
+        layout = _layout(layout, fn)
+        arrs = [np.asarray(a) for a in (q, k, v, out, dout)]
+        nd = arrs[0].ndim
+        if nd not in (3, 4) or any(a.ndim != nd for a in arrs):
+            raise ValueError("%s: q, k, v, out, dout must all have 4 dims (%s) or all 3"
+                             % (fn, layout.upper()))
+        batched = nd == 4
+        q4, k4, v4, o4, g4 = (_to_bhld(a, layout, batched) for a in arrs)
+        B, Hq, Lq, _ = q4.shape
+        lse = np.asarray(lse)
+        lse3 = lse if batched else lse[None]
+        grads = [np.empty(a.shape, np.float32) for a in arrs[:3]]
+        g4s = [_to_bhld(a, layout, batched) for a in grads]
+        dmask = np.empty((B, Hq, Lq, k4.shape[2]), np.float32) if return_dmask else None
+        dsinks = np.empty(Hq, np.float32) if return_dsinks else None
+        with self._call(fn) as c:
+            hs = [c.input(a, n) for a, n in ((q4, "q"), (k4, "k"), (v4, "v"), (o4, "out"),
+                                             (lse3, "lse"), (g4, "dout"))]
+            hd = [c.output(a, n) for a, n in zip(g4s, ("dq", "dk", "dv"))]
+            p = self._sdpa_params(fn, c, causal=causal, align=align, scale=scale,
+                                  window=window, softcap=softcap, alibi_slopes=alibi_slopes,
+                                  sinks=sinks, Hq=Hq)
+            if mask is not None:
+                p.mask, p.bool_mask = c.mask(mask, "mask")
+            if bool_mask is not None:
+                if p.bool_mask:
+                    raise ValueError("%s: mask is boolean and bool_mask is set too" % fn)
+                p.bool_mask = c.input(bool_mask, "bool_mask", boolean=True)
+            if kv_lens is not None:
+                lens = _int64_array(kv_lens, "kv_lens", fn, (B,))
+                c.keep.append(lens)
+                p.kv_lens = lens.ctypes.data_as(_lib._c_int64_p)
+            bp = _lib.SdpaBackwardParams()
+            if dmask is not None:
+                bp.dmask = c.output(dmask, "dmask")
+            if dsinks is not None:
+                bp.dsinks = dsinks.ctypes.data_as(_lib._c_float_p)
+            c.check(_fn("attn_sdpa_backward")(self._handle, *hs, *hd, ctypes.byref(p),
+                                              ctypes.byref(bp)))
+        if dmask is not None and not batched:
+            dmask = dmask[0]
+        extra = tuple(a for a in (dmask, dsinks) if a is not None)
+        return tuple(grads) + extra
+
+    def sdpa_varlen_backward(self, q, k, v, out, lse, dout, cu_seqlens_q, cu_seqlens_k=None,
+                             *, causal=False, align="top-left", scale=None, window=None,
+                             alibi_slopes=None, sinks=None, softcap=None, return_dsinks=False):
+        """Gradients of sdpa_varlen(): (dq, dk, dv) for packed q [Tq, Hq, D],
+        k [Tk, Hkv, D], v [Tk, Hkv, Dv], from its out, lse [Hq, Tq] and dout;
+        (dq, dk, dv, dsinks) with return_dsinks. Pass the forward's arguments."""
+        fn = "sdpa_varlen_backward"
+        arrs = [np.asarray(a) for a in (q, k, v, out, lse, dout)]
+        cu_q = _int64_array(cu_seqlens_q, "cu_seqlens_q", fn)
+        cu_k = cu_q if cu_seqlens_k is None else _int64_array(cu_seqlens_k, "cu_seqlens_k", fn)
+        if cu_q.ndim != 1 or cu_q.shape[0] < 2 or cu_k.shape != cu_q.shape:
+            raise ValueError("%s: cu_seqlens_q and cu_seqlens_k must be 1-D, of the same "
+                             "length batch + 1 >= 2" % fn)
+        Hq = arrs[0].shape[1] if arrs[0].ndim == 3 else 0
+        grads = [np.empty(a.shape, np.float32) for a in arrs[:3]]
+        dsinks = np.empty(Hq, np.float32) if return_dsinks else None
+        with self._call(fn) as c:
+            hs = [c.input(a, n) for a, n in zip(arrs, ("q", "k", "v", "out", "lse", "dout"))]
+            hd = [c.output(a, n) for a, n in zip(grads, ("dq", "dk", "dv"))]
+            p = self._sdpa_params(fn, c, causal=causal, align=align, scale=scale,
+                                  window=window, softcap=softcap, alibi_slopes=alibi_slopes,
+                                  sinks=sinks, Hq=Hq)
+            bp = _lib.SdpaBackwardParams()
+            if dsinks is not None:
+                bp.dsinks = dsinks.ctypes.data_as(_lib._c_float_p)
+            c.keep += [cu_q, cu_k]
+            c.check(_fn("attn_sdpa_varlen_backward")(
+                self._handle, *hs, *hd, cu_q.shape[0] - 1, cu_q.ctypes.data_as(_lib._c_int64_p),
+                cu_k.ctypes.data_as(_lib._c_int64_p), ctypes.byref(p), ctypes.byref(bp)))
+        return tuple(grads) + ((dsinks,) if dsinks is not None else ())
+
     def sdpa_varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k=None, *, causal=False,
                     align="top-left", scale=None, window=None, alibi_slopes=None, sinks=None,
                     softcap=None, return_lse=False, out=None, q_offsets=None):
@@ -1133,3 +1261,8 @@ rope_cache = _module_level("rope_cache")
 rope_cached = _module_level("rope_cached")
 pool = _module_level("pool")
 pool_attention = _module_level("pool_attention")
+softmax_backward = _module_level("softmax_backward")
+log_softmax_backward = _module_level("log_softmax_backward")
+rope_backward = _module_level("rope_backward")
+sdpa_backward = _module_level("sdpa_backward")
+sdpa_varlen_backward = _module_level("sdpa_varlen_backward")

@@ -205,6 +205,11 @@ class PoolAttentionParams(_SizedStruct):
         ("lengths", _c_int64_p),
         ("keep", ctypes.c_void_p),
         ("weights", ctypes.c_void_p),
+class SdpaBackwardParams(_SizedStruct):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("dmask", ctypes.c_void_p),
+        ("dsinks", _c_float_p),
     ]
 
 
@@ -292,6 +297,17 @@ _PROTOTYPES = {
     "attn_kv_copy": (ctypes.c_int, [_P, _P, ctypes.c_int64, ctypes.c_int64]),
     "attn_kv_read": (ctypes.c_int, [_P, _P, ctypes.c_int64, ctypes.c_int64, _P, _P]),
     "attn_kv_attend": (ctypes.c_int, [_P, _P, _P, _P, _c_int64_p, ctypes.POINTER(SdpaParams)]),
+    "attn_softmax_backward": (ctypes.c_int, [_P, _P, _P, _P, _P,
+                                             ctypes.POINTER(SoftmaxParams)]),
+    "attn_log_softmax_backward": (ctypes.c_int, [_P, _P, _P, _P, _P,
+                                                 ctypes.POINTER(SoftmaxParams)]),
+    "attn_rope_backward": (ctypes.c_int, [_P, _P, ctypes.POINTER(RopeParams)]),
+    "attn_sdpa_backward_params_init": (None, [ctypes.POINTER(SdpaBackwardParams)]),
+    "attn_sdpa_backward": (ctypes.c_int, [_P] + [_P] * 9 + [ctypes.POINTER(SdpaParams),
+                                                           ctypes.POINTER(SdpaBackwardParams)]),
+    "attn_sdpa_varlen_backward": (ctypes.c_int, [_P] + [_P] * 9 + [
+        ctypes.c_int32, _c_int64_p, _c_int64_p, ctypes.POINTER(SdpaParams),
+        ctypes.POINTER(SdpaBackwardParams)]),
     "attn_cpu_info": (ctypes.c_char_p, []),
     "attn_blas_info": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_size_t]),
 }

@@ -57,7 +57,8 @@ def _c_sizes():
                       (_lib.RopeCacheParams, "attn_rope_cache_params_init"),
                       (_lib.RopeCachedParams, "attn_rope_cached_params_init"),
                       (_lib.PoolParams, "attn_pool_params_init"),
-                      (_lib.PoolAttentionParams, "attn_pool_attention_params_init")):
+                      (_lib.PoolAttentionParams, "attn_pool_attention_params_init"),
+                      (_lib.SdpaBackwardParams, "attn_sdpa_backward_params_init")):
         fn = getattr(attn._api._LIB, init, None)
         if fn is None:
             continue

@@ -1,0 +1,251 @@
+/* Fuzz target: attn_sdpa_backward, attn_softmax_backward,
+ * attn_log_softmax_backward. The input chooses small shapes, every SDPA
+ * parameter (scale, soft-cap, causal, alignment, window, masks, key
+ * lengths, ALiBi, sinks, dmask and dsinks outputs), the data (NaN, +-Inf,
+ * +-FLT_MAX anywhere), the thread count and an allocation to fail.
+ * Tensors are contiguous over exactly-sized heap buffers (ASan sees any
+ * stray byte). Checks: a refused or failed call writes nothing; on success
+ * a key that no row sees (past kv_len) gets dk = dv = 0 exactly, a row whose
+ * lse is -inf gets dq = 0 exactly, and the gradients are the same bits on
+ * one and on two threads. Softmax backward: masked entries (y = 0, or -inf
+ * for log) get exactly 0, whatever dy holds. */
+#include "fuzz_common.h"
+
+enum { MAXB = 2, MAXH = 4, MAXL = 40, MAXD = 9 };
+
+typedef struct {
+  float *buf;
+  size_t n;
+  attn_tensor *t;
+} buf_t;
+
+static void make(attn_ctx *ctx, buf_t *b, int32_t ndim, const int64_t *dims, fz_in *in,
+                 int small) {
+  b->n = 1;
+  for (int32_t i = 0; i < ndim; i++)
+    b->n *= (size_t)dims[i];
+  b->buf = malloc(b->n * sizeof(float));
+  FZ_CHECK(b->buf, "malloc");
+  for (size_t i = 0; i < b->n; i++)
+    b->buf[i] = small ? fz_float_mostly_small(in) : fz_float(in);
+  attn_status st = attn_tensor_wrap(ctx, ATTN_DTYPE_F32, ndim, dims, NULL, b->buf,
+                                    b->n * sizeof(float), &b->t);
+  FZ_CHECK(st == ATTN_OK, "wrap: %s", attn_status_string(st));
+}
+
+/* The gradients of one SDPA problem on a context with `threads` threads;
+ * returns the status; outputs into dq/dk/dv/dm/ds (caller buffers). */
+typedef struct {
+  int64_t B, Hq, Hkv, Lq, Lk, D, Dv;
+  const float *q, *k, *v, *dout, *mask;
+  const uint8_t *bmask;
+  attn_sdpa_params p; /* masks as raw pointers above; tensors made per context */
+  int want_dmask, want_dsinks;
+  long fail_at;
+} problem;
+
+static attn_status grads(const problem *pr, int32_t threads, float *o, float *lse, float *dq,
+                         float *dk, float *dv, float *dm, float *ds) {
+  fz_alloc_state a = {0, 0, 0};
+  attn_ctx *ctx = fz_ctx(&a, threads);
+  int64_t qd[4] = {pr->B, pr->Hq, pr->Lq, pr->D}, kd[4] = {pr->B, pr->Hkv, pr->Lk, pr->D},
+          vd[4] = {pr->B, pr->Hkv, pr->Lk, pr->Dv}, od[4] = {pr->B, pr->Hq, pr->Lq, pr->Dv},
+          ld[3] = {pr->B, pr->Hq, pr->Lq}, md[4] = {pr->B, pr->Hq, pr->Lq, pr->Lk};
+  size_t nq = (size_t)(pr->B * pr->Hq * pr->Lq), nm = nq * (size_t)pr->Lk;
+  attn_tensor *t[12] = {0};
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, qd, NULL, (void *)pr->q, nq * pr->D * 4, &t[0]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, kd, NULL, (void *)pr->k,
+                   (size_t)(pr->B * pr->Hkv * pr->Lk * pr->D) * 4, &t[1]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, vd, NULL, (void *)pr->v,
+                   (size_t)(pr->B * pr->Hkv * pr->Lk * pr->Dv) * 4, &t[2]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, od, NULL, o, nq * pr->Dv * 4, &t[3]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, ld, NULL, lse, nq * 4, &t[4]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, od, NULL, (void *)pr->dout, nq * pr->Dv * 4, &t[5]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, qd, NULL, dq, nq * pr->D * 4, &t[6]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, kd, NULL, dk,
+                   (size_t)(pr->B * pr->Hkv * pr->Lk * pr->D) * 4, &t[7]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, vd, NULL, dv,
+                   (size_t)(pr->B * pr->Hkv * pr->Lk * pr->Dv) * 4, &t[8]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, md, NULL, dm, nm * 4, &t[9]);
+  if (pr->mask)
+    attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, md, NULL, (void *)pr->mask, nm * 4, &t[10]);
+  if (pr->bmask)
+    attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 4, md, NULL, (void *)pr->bmask, nm, &t[11]);
+  attn_sdpa_params p = pr->p;
+  p.mask = t[10];
+  p.bool_mask = t[11];
+  p.lse = t[4];
+  attn_status st = attn_sdpa(ctx, t[0], t[1], t[2], t[3], &p);
+  if (st == ATTN_OK) {
+    attn_sdpa_backward_params bp;
+    attn_sdpa_backward_params_init(&bp);
+    bp.dmask = pr->want_dmask ? t[9] : NULL;
+    bp.dsinks = pr->want_dsinks ? ds : NULL;
+    a.fail_at = pr->fail_at ? a.allocs + pr->fail_at : 0;
+    st = attn_sdpa_backward(ctx, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], &p, &bp);
+    FZ_CHECK(st == ATTN_OK || st == ATTN_ERR_NO_MEMORY || st == ATTN_ERR_INVALID_ARG,
+             "attn_sdpa_backward: %s (%s)", attn_status_string(st), attn_ctx_last_error(ctx));
+  }
+  fz_ctx_destroy(ctx, &a);
+  return st;
+}
+
+static void fuzz_sdpa_backward(fz_in *in) {
+  problem pr;
+  memset(&pr, 0, sizeof pr);
+  pr.B = fz_range(in, 1, MAXB);
+  pr.Hkv = fz_range(in, 1, 2);
+  pr.Hq = pr.Hkv * fz_range(in, 1, MAXH / 2);
+  pr.Lq = fz_range(in, 1, MAXL);
+  pr.Lk = fz_range(in, 1, MAXL);
+  pr.D = fz_range(in, 1, MAXD);
+  pr.Dv = fz_range(in, 1, MAXD);
+  attn_sdpa_params_init(&pr.p);
+  pr.p.scale = fz_chance(in, 200) ? 0.0f : fz_float(in);
+  pr.p.softcap = fz_chance(in, 200) ? 0.0f : fz_float_mostly_small(in);
+  pr.p.causal = fz_chance(in, 128);
+  pr.p.align = fz_chance(in, 128) ? ATTN_ALIGN_BOTTOM_RIGHT : ATTN_ALIGN_TOP_LEFT;
+  pr.p.window = fz_chance(in, 64);
+  pr.p.window_left = fz_range(in, 0, MAXL);
+  pr.p.window_right = fz_range(in, 0, MAXL);
+  int64_t kv_lens[MAXB];
+  float alibi[MAXH], sinks[MAXH], ds[MAXH], ds2[MAXH];
+  if (fz_chance(in, 64)) {
+    for (int64_t b = 0; b < pr.B; b++)
+      kv_lens[b] = fz_range(in, 0, pr.Lk);
+    pr.p.kv_lens = kv_lens;
+  }
+  if (fz_chance(in, 64)) {
+    for (int64_t h = 0; h < pr.Hq; h++)
+      alibi[h] = fz_float_mostly_small(in);
+    pr.p.alibi_slopes = alibi;
+  }
+  if (fz_chance(in, 64)) {
+    for (int64_t h = 0; h < pr.Hq; h++)
+      sinks[h] = fz_float_mostly_small(in);
+    pr.p.sinks = sinks;
+    pr.want_dsinks = fz_chance(in, 200);
+  }
+  pr.want_dmask = fz_chance(in, 64);
+  pr.fail_at = fz_chance(in, 32) ? fz_range(in, 1, 3) : 0;
+  int small = fz_chance(in, 192);
+  size_t nq = (size_t)(pr.B * pr.Hq * pr.Lq), nk = (size_t)(pr.B * pr.Hkv * pr.Lk),
+         nm = nq * (size_t)pr.Lk;
+  float *q = malloc(nq * pr.D * 4), *k = malloc(nk * pr.D * 4), *v = malloc(nk * pr.Dv * 4),
+        *g = malloc(nq * pr.Dv * 4), *mask = NULL;
+  uint8_t *bm = NULL;
+  FZ_CHECK(q && k && v && g, "malloc");
+  for (size_t i = 0; i < nq * pr.D; i++)
+    q[i] = small ? fz_float_mostly_small(in) : fz_float(in);
+  for (size_t i = 0; i < nk * pr.D; i++)
+    k[i] = small ? fz_float_mostly_small(in) : fz_float(in);
+  for (size_t i = 0; i < nk * pr.Dv; i++)
+    v[i] = small ? fz_float_mostly_small(in) : fz_float(in);
+  for (size_t i = 0; i < nq * pr.Dv; i++)
+    g[i] = small ? fz_float_mostly_small(in) : fz_float(in);
+  if (fz_chance(in, 64)) {
+    mask = malloc(nm * 4);
+    FZ_CHECK(mask, "malloc");
+    for (size_t i = 0; i < nm; i++)
+      mask[i] = fz_chance(in, 40) ? -INFINITY : fz_float_mostly_small(in);
+  }
+  if (fz_chance(in, 64)) {
+    bm = malloc(nm);
+    FZ_CHECK(bm, "malloc");
+    for (size_t i = 0; i < nm; i++)
+      bm[i] = fz_chance(in, 200);
+  }
+  pr.q = q, pr.k = k, pr.v = v, pr.dout = g, pr.mask = mask, pr.bmask = bm;
+  float *o = malloc(nq * pr.Dv * 4), *lse = malloc(nq * 4);
+  float *out[2][4];
+  size_t sizes[4] = {nq * pr.D, nk * pr.D, nk * pr.Dv, nm};
+  for (int r = 0; r < 2; r++)
+    for (int i = 0; i < 4; i++) {
+      out[r][i] = malloc(sizes[i] * 4);
+      FZ_CHECK(out[r][i], "malloc");
+      for (size_t e = 0; e < sizes[i]; e++)
+        out[r][i][e] = -777.0f; /* sentinel */
+    }
+  attn_status st1 = grads(&pr, 1, o, lse, out[0][0], out[0][1], out[0][2], out[0][3], ds);
+  attn_status st2 = grads(&pr, 2, o, lse, out[1][0], out[1][1], out[1][2], out[1][3], ds2);
+  for (int r = 0; r < 2; r++) {
+    attn_status st = r ? st2 : st1;
+    if (st != ATTN_OK) { /* nothing written */
+      for (int i = 0; i < 4; i++)
+        for (size_t e = 0; e < sizes[i]; e++)
+          FZ_CHECK(out[r][i][e] == -777.0f, "output %d written on failure", i);
+    }
+  }
+  if (st1 == ATTN_OK && st2 == ATTN_OK) {
+    for (int i = 0; i < (pr.want_dmask ? 4 : 3); i++)
+      FZ_CHECK(memcmp(out[0][i], out[1][i], sizes[i] * 4) == 0,
+               "output %d differs between 1 and 2 threads", i);
+    if (pr.want_dsinks)
+      FZ_CHECK(memcmp(ds, ds2, (size_t)pr.Hq * 4) == 0, "dsinks differ between thread counts");
+    /* keys past kv_len: nothing flows to them */
+    if (pr.p.kv_lens)
+      for (int64_t b = 0; b < pr.B; b++)
+        for (int64_t h = 0; h < pr.Hkv; h++)
+          for (int64_t j = kv_lens[b]; j < pr.Lk; j++) {
+            size_t r = (size_t)((b * pr.Hkv + h) * pr.Lk + j);
+            for (int64_t d = 0; d < pr.D; d++)
+              FZ_CHECK(out[0][1][r * pr.D + d] == 0, "dk of hidden key %zu", r);
+            for (int64_t d = 0; d < pr.Dv; d++)
+              FZ_CHECK(out[0][2][r * pr.Dv + d] == 0, "dv of hidden key %zu", r);
+          }
+    /* the forward's lse read back from grads(): rows with nothing visible */
+    for (size_t r = 0; r < nq; r++)
+      if (lse[r] == -INFINITY)
+        for (int64_t d = 0; d < pr.D; d++)
+          FZ_CHECK(out[0][0][r * pr.D + d] == 0, "dq of an empty row %zu", r);
+  }
+  for (int r = 0; r < 2; r++)
+    for (int i = 0; i < 4; i++)
+      free(out[r][i]);
+  free(q), free(k), free(v), free(g), free(mask), free(bm), free(o), free(lse);
+}
+
+static void fuzz_softmax_backward(fz_in *in) {
+  int log = fz_chance(in, 128);
+  int64_t dims[2] = {fz_range(in, 1, 6), fz_range(in, 1, 80)};
+  fz_alloc_state a = {0, 0, 0};
+  attn_ctx *ctx = fz_ctx(&a, (int32_t)fz_range(in, 1, 2));
+  buf_t y, dy, dx, dz;
+  make(ctx, &y, 2, dims, in, fz_chance(in, 128));
+  make(ctx, &dy, 2, dims, in, 0);
+  make(ctx, &dx, 2, dims, in, 0);
+  make(ctx, &dz, 2, dims, in, 0);
+  for (size_t i = 0; i < y.n; i++) /* hidden entries */
+    if (fz_chance(in, 40))
+      y.buf[i] = log ? -INFINITY : 0.0f;
+  attn_softmax_params p;
+  attn_softmax_params_init(&p);
+  p.scale = fz_chance(in, 200) ? 0.0f : fz_float(in);
+  float *before = malloc(dx.n * 4);
+  FZ_CHECK(before, "malloc");
+  memcpy(before, dx.buf, dx.n * 4);
+  attn_status st = (log ? attn_log_softmax_backward : attn_softmax_backward)(ctx, y.t, dy.t, dx.t,
+                                                                           dz.t, &p);
+  if (st != ATTN_OK) {
+    FZ_CHECK(st == ATTN_ERR_INVALID_ARG, "softmax backward: %s", attn_status_string(st));
+    FZ_CHECK(memcmp(before, dx.buf, dx.n * 4) == 0, "dx written on failure");
+  } else {
+    for (size_t i = 0; i < y.n; i++)
+      if (y.buf[i] == (log ? -INFINITY : 0.0f))
+        FZ_CHECK(dx.buf[i] == 0 && dz.buf[i] == 0, "hidden entry %zu: dx %g dz %g", i,
+                 (double)dx.buf[i], (double)dz.buf[i]);
+  }
+  free(before);
+  fz_ctx_destroy(ctx, &a);
+  free(y.buf), free(dy.buf), free(dx.buf), free(dz.buf);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  fz_in in = {data, size};
+  if (fz_chance(&in, 160))
+    fuzz_sdpa_backward(&in);
+  else
+    fuzz_softmax_backward(&in);
+  return 0;
+}
