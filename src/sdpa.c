@@ -30,7 +30,7 @@ void attn_sdpa_params_init(attn_sdpa_params *p) {
   p->struct_size = sizeof *p;
 }
 
-static attn_status check_heads(attn_ctx *ctx, int64_t Hq, int64_t Hkv) {
+attn_status attn__sdpa_check_heads(attn_ctx *ctx, int64_t Hq, int64_t Hkv) {
   if (Hkv == 0 ? Hq != 0 : Hq % Hkv != 0)
     return attn__fail(ctx, ATTN_ERR_SHAPE,
                       "q has %lld heads but k has %lld: the query heads must be a "
@@ -39,9 +39,8 @@ static attn_status check_heads(attn_ctx *ctx, int64_t Hq, int64_t Hkv) {
   return ATTN_OK;
 }
 
-/* Parameter checks that do not depend on the tensors' layout. */
-static attn_status check_params(attn_ctx *ctx, const attn_sdpa_params *p, int64_t B, int64_t Hq,
-                                int64_t Lk, int64_t D) {
+attn_status attn__sdpa_check_params(attn_ctx *ctx, const attn_sdpa_params *p, int64_t B,
+                                    int64_t Hq, int64_t Lk, int64_t D) {
   if (!isfinite(p->scale))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.scale = %g but must be finite",
                       (double)p->scale);
@@ -99,7 +98,7 @@ static void strides_of(const attn_tensor *t, int64_t *dst, int n) {
     dst[a] = attn__empty(t) ? 0 : t->strides[a];
 }
 
-static void fill_common(attn_sdpa_problem *p, const attn_sdpa_params *prm) {
+void attn__sdpa_fill_common(attn_sdpa_problem *p, const attn_sdpa_params *prm) {
   /* With D = 0 every dot product is 0 and the scale does not matter. */
   p->scale = prm->scale != 0 ? prm->scale : p->D > 0 ? (float)(1.0 / sqrt((double)p->D)) : 1.0f;
   p->softcap = prm->softcap;
@@ -146,8 +145,8 @@ static attn_status sdpa_check(attn_ctx *ctx, const attn_tensor *q, const attn_te
   };
   attn_dims d;
   if ((st = attn__check_operands(ctx, ops, 8, &d)) != ATTN_OK ||
-      (st = check_heads(ctx, d.v[HQ], d.v[HKV])) != ATTN_OK ||
-      (st = check_params(ctx, &prm, d.v[B], d.v[HQ], d.v[LK], d.v[D])) != ATTN_OK)
+      (st = attn__sdpa_check_heads(ctx, d.v[HQ], d.v[HKV])) != ATTN_OK ||
+      (st = attn__sdpa_check_params(ctx, &prm, d.v[B], d.v[HQ], d.v[LK], d.v[D])) != ATTN_OK)
     return st;
   memset(p, 0, sizeof *p);
   p->B = d.v[B], p->Hq = d.v[HQ], p->Hkv = d.v[HKV];
@@ -177,7 +176,7 @@ static attn_status sdpa_check(attn_ctx *ctx, const attn_tensor *q, const attn_te
   }
   p->kv_lens = prm.kv_lens;
   p->q_offsets = prm.q_offsets;
-  fill_common(p, &prm);
+  attn__sdpa_fill_common(p, &prm);
   return ATTN_OK;
 }
 
@@ -202,8 +201,8 @@ attn_status attn_sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
   return attn__op_end(ctx, attn__sdpa(ctx, q, k, v, out, params));
 }
 
-static attn_status check_offsets(attn_ctx *ctx, const char *name, const int64_t *cu, int32_t batch,
-                                 int64_t total) {
+attn_status attn__sdpa_check_offsets(attn_ctx *ctx, const char *name, const int64_t *cu,
+                                     int32_t batch, int64_t total) {
   if (!cu)
     return attn__fail(ctx, ATTN_ERR_NULL_ARG, "%s is NULL", name);
   if (cu[0] != 0)
@@ -257,7 +256,7 @@ static void varlen_problem(attn_sdpa_problem *p, const attn_sdpa_params *prm, co
     p->lses[2] = 1;
   }
   p->q_offsets = prm->q_offsets ? prm->q_offsets + s : NULL; /* one per sequence */
-  fill_common(p, prm);
+  attn__sdpa_fill_common(p, prm);
 }
 
 /* Check attn_sdpa_varlen's operands and params; *prm gets the params. */
@@ -288,11 +287,11 @@ static attn_status varlen_check(attn_ctx *ctx, const attn_tensor *q, const attn_
   };
   attn_dims d;
   if ((st = attn__check_operands(ctx, ops, 5, &d)) != ATTN_OK ||
-      (st = check_heads(ctx, d.v[HQ], d.v[HKV])) != ATTN_OK ||
-      (st = check_offsets(ctx, "cu_seqlens_q", cu_q, batch, d.v[TQ])) != ATTN_OK ||
-      (st = check_offsets(ctx, "cu_seqlens_k", cu_k, batch, d.v[TK])) != ATTN_OK)
+      (st = attn__sdpa_check_heads(ctx, d.v[HQ], d.v[HKV])) != ATTN_OK ||
+      (st = attn__sdpa_check_offsets(ctx, "cu_seqlens_q", cu_q, batch, d.v[TQ])) != ATTN_OK ||
+      (st = attn__sdpa_check_offsets(ctx, "cu_seqlens_k", cu_k, batch, d.v[TK])) != ATTN_OK)
     return st;
-  return check_params(ctx, prm, batch, d.v[HQ], d.v[TK], d.v[D]);
+  return attn__sdpa_check_params(ctx, prm, batch, d.v[HQ], d.v[TK], d.v[D]);
 }
 
 /* Plan every non-empty sequence and, with run, run it; returns the largest
@@ -345,7 +344,7 @@ attn_status attn__sdpa_kv(attn_ctx *ctx, const float *q, const int64_t *qs, int6
   attn_status st;
   const attn_operand lse[] = {{ATTN_OPERAND("params.lse", prm->lse, ATTN_DT_F32, 3, 3),
                                .flags = ATTN_OPND_OPTIONAL | ATTN_OPND_OUTPUT}};
-  if ((st = check_params(ctx, prm, B, Hq, Lk, kv->D)) != ATTN_OK ||
+  if ((st = attn__sdpa_check_params(ctx, prm, B, Hq, Lk, kv->D)) != ATTN_OK ||
       (st = attn__check_operands(ctx, lse, 1, NULL)) != ATTN_OK)
     return st;
   if (prm->lse && (prm->lse->dims[0] != B || prm->lse->dims[1] != Hq || prm->lse->dims[2] != Lq))
@@ -373,7 +372,7 @@ attn_status attn__sdpa_kv(attn_ctx *ctx, const float *q, const int64_t *qs, int6
   p.blocks = kv->blocks;
   p.blocks_stride = kv->blocks_stride;
   p.block_size = kv->block_size;
-  fill_common(&p, prm);
+  attn__sdpa_fill_common(&p, prm);
   p.bottom_right = true; /* whatever prm->align says: the cache places the rows */
   attn__sdpa_plan(ctx, &p);
   if ((st = attn__ws_reserve(ctx, p.ws_bytes)) == ATTN_OK)

@@ -109,6 +109,29 @@ void attn__sdpa_plan(const attn_ctx *ctx, attn_sdpa_problem *p);
  * validates nothing, allocates nothing. */
 void attn__sdpa_run(attn_ctx *ctx, attn_sdpa_problem *p);
 
+/* ---- checks and visibility shared with the backward (sdpa_bwd.c) ---- */
+
+/* Hq a multiple of Hkv (ATTN_ERR_SHAPE). */
+attn_status attn__sdpa_check_heads(attn_ctx *ctx, int64_t Hq, int64_t Hkv);
+/* The params' rules that do not depend on the tensors' layout. */
+attn_status attn__sdpa_check_params(attn_ctx *ctx, const attn_sdpa_params *p, int64_t B,
+                                    int64_t Hq, int64_t Lk, int64_t D);
+/* cu[0..batch]: starts at 0, non-decreasing, ends at total. */
+attn_status attn__sdpa_check_offsets(attn_ctx *ctx, const char *name, const int64_t *cu,
+                                     int32_t batch, int64_t total);
+/* Scale, soft-cap, visibility and bias fields from checked params (after
+ * D, Lq and Lk are set). */
+void attn__sdpa_fill_common(attn_sdpa_problem *p, const attn_sdpa_params *prm);
+/* Position i' among the keys of query position i of batch b (attn.h). */
+int64_t attn__sdpa_key_position(const attn_sdpa_problem *p, int64_t b, int64_t i);
+/* Keys visible to query position i of batch b by position: [*lo, *hi),
+ * possibly empty; both ends non-decreasing in i (tile skipping relies on it). */
+void attn__sdpa_visible_keys(const attn_sdpa_problem *p, int64_t b, int64_t i, int64_t *lo,
+                             int64_t *hi);
+/* Every x[r * ld + c] finite (0 * NaN is NaN: a product over hidden keys
+ * with non-finite values must skip their zero weights). */
+bool attn__sdpa_all_finite(const float *x, int64_t rows, int64_t cols, int64_t ld);
+
 /* ---- between the drivers (sdpa_plan.c) and the tile kernel (sdpa_tile.c) */
 
 /* Online-softmax state of a block's rows: acc (rows x Dv), m and l (rows). */

@@ -13,7 +13,7 @@
 
 /* Position i' among the keys of query position i of batch b (attn.h): the
  * bottom-right alignment puts the last query at the sequence's last key. */
-static int64_t key_position(const attn_sdpa_problem *p, int64_t b, int64_t i) {
+int64_t attn__sdpa_key_position(const attn_sdpa_problem *p, int64_t b, int64_t i) {
   if (p->q_offsets)
     return p->q_offsets[b] + i;
   if (!p->bottom_right)
@@ -23,9 +23,9 @@ static int64_t key_position(const attn_sdpa_problem *p, int64_t b, int64_t i) {
 
 /* Keys visible to query position i of batch b: [*lo, *hi), possibly empty.
  * Both ends are non-decreasing in i, which the tile skipping relies on. */
-static void visible_keys(const attn_sdpa_problem *p, int64_t b, int64_t i, int64_t *lo,
-                         int64_t *hi) {
-  int64_t ip = key_position(p, b, i);
+void attn__sdpa_visible_keys(const attn_sdpa_problem *p, int64_t b, int64_t i, int64_t *lo,
+                             int64_t *hi) {
+  int64_t ip = attn__sdpa_key_position(p, b, i);
   int64_t l = 0, h = p->kv_lens ? p->kv_lens[b] : p->Lk;
   if (p->q_lens && i >= p->q_lens[b]) { /* a padding row: empty, at the end */
     *lo = *hi = h;
@@ -113,7 +113,7 @@ static void adjust_logits(const attn_sdpa_problem *p, const attn_sdpa_item *it, 
   if (p->softcap > 0)
     attn__logits_cap(z, n, p->softcap);
   if (p->alibi)
-    attn__logits_alibi(z, n, p->alibi[h], j - key_position(p, it->b, i));
+    attn__logits_alibi(z, n, p->alibi[h], j - attn__sdpa_key_position(p, it->b, i));
   const float *m =
       p->mask ? p->mask + it->b * p->ms[0] + h * p->ms[1] + i * p->ms[2] + j * p->ms[3] : NULL;
   const uint8_t *bm =
@@ -121,7 +121,7 @@ static void adjust_logits(const attn_sdpa_problem *p, const attn_sdpa_item *it, 
   attn__logits_mask(z, n, m, p->ms[3], bm, p->bs[3]);
 }
 
-static bool all_finite(const float *x, int64_t rows, int64_t cols, int ld) {
+bool attn__sdpa_all_finite(const float *x, int64_t rows, int64_t cols, int64_t ld) {
   float acc = 0; /* x - x is 0 for finite x, NaN otherwise */
   for (int64_t r = 0; r < rows; r++)
     for (int64_t c = 0; c < cols; c++)
@@ -213,8 +213,8 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
   start_state(p, it, st, kb, ke, with_sink);
   /* Keys some row of the item sees: the first row's start to the last's end. */
   int64_t lo_first, hi_first, lo_last, hi_last;
-  visible_keys(p, it->b, it->i0, &lo_first, &hi_first);
-  visible_keys(p, it->b, it->i0 + it->n_pos - 1, &lo_last, &hi_last);
+  attn__sdpa_visible_keys(p, it->b, it->i0, &lo_first, &hi_first);
+  attn__sdpa_visible_keys(p, it->b, it->i0 + it->n_pos - 1, &lo_last, &hi_last);
   int64_t j_begin = lo_first > kb ? lo_first : kb;
   int64_t j_end = hi_last < ke ? hi_last : ke;
   bool plain = !p->softcap && !p->alibi && !p->mask && !p->bmask;
@@ -234,7 +234,7 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
       int64_t a = 0, e = n;
       if (!inside) {
         int64_t lo, hi;
-        visible_keys(p, it->b, it->i0 + r / p->G, &lo, &hi);
+        attn__sdpa_visible_keys(p, it->b, it->i0 + r / p->G, &lo, &hi);
         a = lo > j0 ? lo - j0 : 0;
         e = hi < j0 + n ? hi - j0 : n;
         if (e < a)
@@ -246,7 +246,7 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
                                 p->gather_v, wk->vbuf, &ldv);
     /* A hidden key has weight 0, but 0 * NaN is NaN: where the tile may hide
      * keys and V holds a non-finite value, skip the zero weights by hand. */
-    if ((inside && plain) || all_finite(vt, n, Dv, ldv))
+    if ((inside && plain) || attn__sdpa_all_finite(vt, n, Dv, ldv))
       attn__sgemm_nn_acc((int)rows, (int)Dv, (int)n, wk->s, BLOCK_KEYS, vt, ldv, st.acc, (int)Dv);
     else
       accumulate_nonzero(wk->s, rows, n, vt, ldv, Dv, st.acc);

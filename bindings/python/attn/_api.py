@@ -831,6 +831,22 @@ class Context:
                 setattr(p, field, arr.ctypes.data_as(_lib._c_float_p))
         return p
 
+    def _dense_params(self, fn, c, B, Hq, mask, bool_mask, kv_lens, q_offsets, **common):
+        """_sdpa_params plus what only the [B, H, L, D] entry points take."""
+        p = self._sdpa_params(fn, c, Hq=Hq, **common)
+        if mask is not None:
+            p.mask, p.bool_mask = c.mask(mask, "mask")
+        if bool_mask is not None:
+            if p.bool_mask:
+                raise ValueError("%s: mask is boolean and bool_mask is set too" % fn)
+            p.bool_mask = c.input(bool_mask, "bool_mask", boolean=True)
+        for field, value in (("kv_lens", kv_lens), ("q_offsets", q_offsets)):
+            if value is not None:
+                arr = _int64_array(value, field, fn, (B,))
+                c.keep.append(arr)
+                setattr(p, field, arr.ctypes.data_as(_lib._c_int64_p))
+        return p
+
     def sdpa(self, q, k, v, *, mask=None, bool_mask=None, causal=False, align="top-left",
              scale=None, window=None, kv_lens=None, alibi_slopes=None, sinks=None,
              softcap=None, return_lse=False, return_weights=False, layout="bhld", out=None,
@@ -882,23 +898,9 @@ class Context:
             hq, hk, hv = (c.input(q4, "q", dtype=qdt), c.input(k4, "k", dtype=kdt),
                           c.input(v4, "v", dtype=vdt))
             ho = c.output(out4, "out", half=True)
-            p = self._sdpa_params(fn, c, causal=causal, align=align, scale=scale,
-                                  window=window, softcap=softcap, alibi_slopes=alibi_slopes,
-                                  sinks=sinks, Hq=Hq)
-            if mask is not None:
-                p.mask, p.bool_mask = c.mask(mask, "mask")
-            if bool_mask is not None:
-                if p.bool_mask:
-                    raise ValueError("%s: mask is boolean and bool_mask is set too" % fn)
-                p.bool_mask = c.input(bool_mask, "bool_mask", boolean=True)
-            if kv_lens is not None:
-                lens = _int64_array(kv_lens, "kv_lens", fn, (B,))
-                c.keep.append(lens)
-                p.kv_lens = lens.ctypes.data_as(_lib._c_int64_p)
-            if q_offsets is not None:
-                offs = _int64_array(q_offsets, "q_offsets", fn, (B,))
-                c.keep.append(offs)
-                p.q_offsets = offs.ctypes.data_as(_lib._c_int64_p)
+            p = self._dense_params(fn, c, B, Hq, mask, bool_mask, kv_lens, q_offsets,
+                                   causal=causal, align=align, scale=scale, window=window,
+                                   softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks)
             if lse is not None:
                 p.lse = c.output(lse, "lse")
             if weights is not None:
@@ -912,8 +914,8 @@ class Context:
 
     def sdpa_backward(self, q, k, v, out, lse, dout, *, mask=None, bool_mask=None,
                       causal=False, align="top-left", scale=None, window=None, kv_lens=None,
-                      alibi_slopes=None, sinks=None, softcap=None, layout="bhld",
-                      return_dmask=False, return_dsinks=False):
+                      alibi_slopes=None, sinks=None, softcap=None, q_offsets=None,
+                      layout="bhld", return_dmask=False, return_dsinks=False):
         """Gradients of sdpa(): from q, k, v, the forward's out and lse
         (sdpa(..., return_lse=True)) and dout, the gradient w.r.t. out,
         returns (dq, dk, dv) in the inputs' layout, followed by dmask [B, Hq,
@@ -941,19 +943,9 @@ class Context:
             hs = [c.input(a, n) for a, n in ((q4, "q"), (k4, "k"), (v4, "v"), (o4, "out"),
                                              (lse3, "lse"), (g4, "dout"))]
             hd = [c.output(a, n) for a, n in zip(g4s, ("dq", "dk", "dv"))]
-            p = self._sdpa_params(fn, c, causal=causal, align=align, scale=scale,
-                                  window=window, softcap=softcap, alibi_slopes=alibi_slopes,
-                                  sinks=sinks, Hq=Hq)
-            if mask is not None:
-                p.mask, p.bool_mask = c.mask(mask, "mask")
-            if bool_mask is not None:
-                if p.bool_mask:
-                    raise ValueError("%s: mask is boolean and bool_mask is set too" % fn)
-                p.bool_mask = c.input(bool_mask, "bool_mask", boolean=True)
-            if kv_lens is not None:
-                lens = _int64_array(kv_lens, "kv_lens", fn, (B,))
-                c.keep.append(lens)
-                p.kv_lens = lens.ctypes.data_as(_lib._c_int64_p)
+            p = self._dense_params(fn, c, B, Hq, mask, bool_mask, kv_lens, q_offsets,
+                                   causal=causal, align=align, scale=scale, window=window,
+                                   softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks)
             bp = _lib.SdpaBackwardParams()
             if dmask is not None:
                 bp.dmask = c.output(dmask, "dmask")
@@ -968,7 +960,8 @@ class Context:
 
     def sdpa_varlen_backward(self, q, k, v, out, lse, dout, cu_seqlens_q, cu_seqlens_k=None,
                              *, causal=False, align="top-left", scale=None, window=None,
-                             alibi_slopes=None, sinks=None, softcap=None, return_dsinks=False):
+                             alibi_slopes=None, sinks=None, softcap=None, q_offsets=None,
+                             return_dsinks=False):
         """Gradients of sdpa_varlen(): (dq, dk, dv) for packed q [Tq, Hq, D],
         k [Tk, Hkv, D], v [Tk, Hkv, Dv], from its out, lse [Hq, Tq] and dout;
         (dq, dk, dv, dsinks) with return_dsinks. Pass the forward's arguments."""
@@ -988,6 +981,10 @@ class Context:
             p = self._sdpa_params(fn, c, causal=causal, align=align, scale=scale,
                                   window=window, softcap=softcap, alibi_slopes=alibi_slopes,
                                   sinks=sinks, Hq=Hq)
+            if q_offsets is not None:
+                offs = _int64_array(q_offsets, "q_offsets", fn, (cu_q.shape[0] - 1,))
+                c.keep.append(offs)
+                p.q_offsets = offs.ctypes.data_as(_lib._c_int64_p)
             bp = _lib.SdpaBackwardParams()
             if dsinks is not None:
                 bp.dsinks = dsinks.ctypes.data_as(_lib._c_float_p)
