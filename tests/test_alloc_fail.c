@@ -318,6 +318,27 @@ static attn_status run_sdpa_backward(fixture *f) {
   return attn_sdpa_backward(f->ctx, f->t[0], f->t[1], f->t[2], f->t[3], f->t[4], f->t[5],
                             f->t[6], f->t[7], f->t[8], &p, &bp);
 }
+/* Packed sequences: one backward problem per sequence in one reservation. */
+static void setup_varlen_backward(fixture *f) {
+  int64_t qd[3] = {LQ, HQ, D}, kd[3] = {LK, HKV, D}, vd[3] = {LK, HKV, DV};
+  int64_t od[3] = {LQ, HQ, DV}, ld[2] = {HQ, LQ};
+  f->t[0] = wrap_in(f, g_q, (size_t)LQ * HQ * D, 3, qd);
+  f->t[1] = wrap_in(f, g_k, (size_t)LK * HKV * D, 3, kd);
+  f->t[2] = wrap_in(f, g_v, (size_t)LK * HKV * DV, 3, vd);
+  f->t[3] = wrap_in(f, g_o, (size_t)LQ * HQ * DV, 3, od);
+  f->t[4] = wrap_in(f, g_lse, (size_t)HQ * LQ, 2, ld);
+  f->t[5] = wrap_in(f, g_do, (size_t)LQ * HQ * DV, 3, od);
+  f->t[6] = wrap_out(f, (size_t)LQ * HQ * D, 3, qd);
+  f->t[7] = wrap_out(f, (size_t)LK * HKV * D, 3, kd);
+  f->t[8] = wrap_out(f, (size_t)LK * HKV * DV, 3, vd);
+}
+static attn_status run_varlen_backward(fixture *f) {
+  attn_sdpa_params p;
+  attn_sdpa_params_init(&p);
+  p.causal = 1;
+  return attn_sdpa_varlen_backward(f->ctx, f->t[0], f->t[1], f->t[2], f->t[3], f->t[4], f->t[5],
+                                   f->t[6], f->t[7], f->t[8], 3, g_cu_q, g_cu_k, &p, NULL);
+}
 static void setup_alibi(fixture *f) {
   assert_true(f->n_out < MAX_OUT);
   float *buf = malloc(12 * sizeof *buf);
@@ -505,6 +526,7 @@ static const op_case g_cases[] = {
     {"attn_softmax_backward", 2, setup_softmax_backward, run_softmax_backward},
     {"attn_sdpa_backward", 1, setup_sdpa_backward, run_sdpa_backward},
     {"attn_sdpa_backward", 2, setup_sdpa_backward, run_sdpa_backward},
+    {"attn_sdpa_varlen_backward", 2, setup_varlen_backward, run_varlen_backward},
     {"attn_alibi_slopes", 1, setup_alibi, run_alibi},
     {"attn_tensor_new", 1, setup_none, run_tensor_new},
     {"attn_tensor_wrap", 1, setup_none, run_tensor_wrap},
