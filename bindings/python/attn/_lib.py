@@ -205,6 +205,9 @@ class PoolAttentionParams(_SizedStruct):
         ("lengths", _c_int64_p),
         ("keep", ctypes.c_void_p),
         ("weights", ctypes.c_void_p),
+    ]
+
+
 class SdpaBackwardParams(_SizedStruct):
     _fields_ = [
         ("struct_size", ctypes.c_size_t),
