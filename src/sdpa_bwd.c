@@ -56,6 +56,13 @@ typedef struct {
   float *dva; /* BC x Dv */
 } bwd_work;
 
+/* Row (a, b, c) of a [.., .., .., D] F32 view (the forward's problem holds
+ * its tensors untyped: the backward takes F32 only). */
+static const float *row_of(const void *base, const int64_t *s, int64_t a, int64_t b,
+                           int64_t c) {
+  return (const float *)base + a * s[0] + b * s[1] + c * s[2];
+}
+
 static void work_layout(const bwd_problem *p, attn_ws_layout *l, bwd_work *w) {
   w->p = attn__ws_take(l, BR * BC, sizeof(float));
   w->ds = attn__ws_take(l, BR * BC, sizeof(float));
@@ -100,7 +107,7 @@ static double dot(const float *a, const float *b, int64_t n) {
 static void block(const bwd_problem *p, const bwd_work *w, int64_t b, int64_t h, int64_t i0,
                   int64_t rows, int64_t j0, int64_t n, const float *kt, const float *vt,
                   bool k_finite) {
-  const float *qb = p->f.q + b * p->f.qs[0] + h * p->f.qs[1] + i0 * p->f.qs[2];
+  const float *qb = row_of(p->f.q, p->f.qs, b, h, i0);
   const float *gb = p->dout + b * p->gs[0] + h * p->gs[1] + i0 * p->gs[2];
   float *dqb = p->dq + b * p->dqs[0] + h * p->dqs[1] + i0 * p->dqs[2];
   attn__sgemm_nt((int)rows, (int)n, (int)p->f.D, p->f.scale, qb, (int)p->f.qs[2], kt, (int)p->f.ks[2],
@@ -134,7 +141,7 @@ static void block(const bwd_problem *p, const bwd_work *w, int64_t b, int64_t h,
     float lse = p->f.lse[b * p->f.lses[0] + h * p->f.lses[1] + i * p->f.lses[2]];
     /* D_i from the forward's output: one dot product per row and tile, far
      * below the tile's products. */
-    float di = (float)dot(gb + r * p->gs[2], p->f.out + b * p->f.os[0] + h * p->f.os[1] + i * p->f.os[2],
+    float di = (float)dot(gb + r * p->gs[2], row_of(p->f.out, p->f.os, b, h, i),
                           p->f.Dv);
     float *dmrow = p->dmask ? p->dmask + b * p->dms[0] + h * p->dms[1] + i * p->dms[2] +
                                   j0 * p->dms[3]
@@ -189,7 +196,7 @@ static void item_start(const bwd_problem *p, int64_t b, int64_t hk) {
         if (lse == -INFINITY)
           continue;
         double di = dot(p->dout + b * p->gs[0] + h * p->gs[1] + i * p->gs[2],
-                        p->f.out + b * p->f.os[0] + h * p->f.os[1] + i * p->f.os[2], p->f.Dv);
+                        row_of(p->f.out, p->f.os, b, h, i), p->f.Dv);
         sink -= exp((double)p->f.sinks[h] - (double)lse) * di;
       }
     }
@@ -207,8 +214,8 @@ static void run_item(void *arg, int64_t item, int32_t worker) {
   item_start(p, b, hk);
   for (int64_t j0 = 0; j0 < p->f.Lk; j0 += BC) {
     int64_t n = p->f.Lk - j0 < BC ? p->f.Lk - j0 : BC;
-    const float *kt = p->f.k + b * p->f.ks[0] + hk * p->f.ks[1] + j0 * p->f.ks[2];
-    const float *vt = p->f.v + b * p->f.vs[0] + hk * p->f.vs[1] + j0 * p->f.vs[2];
+    const float *kt = row_of(p->f.k, p->f.ks, b, hk, j0);
+    const float *vt = row_of(p->f.v, p->f.vs, b, hk, j0);
     memset(w.dka, 0, (size_t)(n * p->f.D) * sizeof(float));
     memset(w.dva, 0, (size_t)(n * p->f.Dv) * sizeof(float));
     bool kf = attn__sdpa_all_finite(kt, n, p->f.D, p->f.ks[2]);

@@ -8,8 +8,6 @@ torch = pytest.importorskip("torch")
 import attn  # noqa: E402
 import attn.torch as at  # noqa: E402
 
-torch.set_default_dtype(torch.float64)
-
 
 def sdpa_torch(q, k, v, mask=None, causal=False, scale=None, sinks=None, softcap=None):
     """The forward written from attn.h in float64 torch (torch 1.13 has no SDPA)."""
@@ -28,13 +26,13 @@ def sdpa_torch(q, k, v, mask=None, causal=False, scale=None, sinks=None, softcap
         vis = vis & mask
     elif mask is not None:
         vis = vis & (mask != -np.inf)
-        s = s + torch.where(mask == -np.inf, torch.zeros(()), mask)
-    s = torch.where(vis, s, torch.tensor(-1e30))
+        s = s + torch.where(mask == -np.inf, torch.zeros((), dtype=mask.dtype), mask)
+    s = torch.where(vis, s, torch.tensor(-1e30, dtype=s.dtype))
     cols = [s]
     if sinks is not None:
         cols.append(sinks.view(-1, 1, 1).expand(*s.shape[:-1], 1))
     lse = torch.logsumexp(torch.cat(cols, -1), -1, keepdim=True)
-    p = torch.where(vis, torch.exp(s - lse), torch.zeros(()))
+    p = torch.where(vis, torch.exp(s - lse), torch.zeros((), dtype=s.dtype))
     return p @ v
 
 
