@@ -288,6 +288,12 @@ static attn_status check(attn_ctx *ctx, const attn_tensor *q, const attn_tensor 
   attn_dims d;
   if ((st = attn__check_operands(ctx, ops, (int)(sizeof ops / sizeof *ops), &d)) != ATTN_OK)
     return st;
+  if (d.v[D] == 0 || d.v[DV] == 0 || d.v[HQ] == 0 || d.v[HKV] == 0)
+    return attn__fail(ctx, ATTN_ERR_UNSUPPORTED,
+                      "a head count or head dim of 0 (D = %lld, Dv = %lld, Hq = %lld, Hkv = "
+                      "%lld): the backward takes empty batches and sequences only",
+                      (long long)d.v[D], (long long)d.v[DV], (long long)d.v[HQ],
+                      (long long)d.v[HKV]);
   if ((st = attn__sdpa_check_heads(ctx, d.v[HQ], d.v[HKV])) != ATTN_OK)
     return st;
   if ((st = check_params(ctx, &prm, &bp, d.v[B], d.v[HQ], d.v[LK], d.v[D])) != ATTN_OK)
@@ -446,6 +452,12 @@ static attn_status varlen_check(attn_ctx *ctx, varlen_args *a, int32_t batch,
   attn_dims d;
   if ((st = attn__check_operands(ctx, ops, (int)(sizeof ops / sizeof *ops), &d)) != ATTN_OK)
     return st;
+  if (d.v[D] == 0 || d.v[DV] == 0 || d.v[HQ] == 0 || d.v[HKV] == 0)
+    return attn__fail(ctx, ATTN_ERR_UNSUPPORTED,
+                      "a head count or head dim of 0 (D = %lld, Dv = %lld, Hq = %lld, Hkv = "
+                      "%lld): the backward takes empty batches and sequences only",
+                      (long long)d.v[D], (long long)d.v[DV], (long long)d.v[HQ],
+                      (long long)d.v[HKV]);
   if ((st = attn__sdpa_check_heads(ctx, d.v[HQ], d.v[HKV])) != ATTN_OK)
     return st;
   if ((st = attn__sdpa_check_offsets(ctx, "cu_seqlens_q", a->cu_q, batch, d.v[TQ])) != ATTN_OK ||
