@@ -363,6 +363,11 @@ typedef struct attn_softmax_params {
   const attn_tensor *mask;  /**< optional F32 additive mask, added after
                                  scaling; -inf masks an entry */
   const attn_tensor *bool_mask; /**< optional U8 mask, nonzero = keep */
+  int32_t axis;             /**< the axis normalised, counted from the end:
+                                 -1 = the last, -ndim = the first; 0 = the last
+                                 (default). Positive values are refused (write
+                                 axis - ndim). @since 0.2.0 */
+  int32_t reserved2_;       /**< must be 0 */
 } attn_softmax_params;
 
 /** Fill `p` with the defaults (and its struct_size).
@@ -370,9 +375,13 @@ typedef struct attn_softmax_params {
  * @since 0.1.0 */
 ATTN_API void attn_softmax_params_init(attn_softmax_params *p);
 
-/** Softmax over the last axis:
+/** Softmax over the last axis, or over params.axis:
  *   z = scale*x + mask (entries where bool_mask == 0 removed),
  *   y = exp(z - max z) / sum exp(z - max z).
+ * Over another axis the tensor is read and written through its strides,
+ * without a transposed copy; the results equal those of the last axis of a
+ * transposed copy to within float rounding of exp (libm's expf there, the
+ * dispatched kernels on the last axis).
  * @param[in]  ctx the context (threads, scratch, error message).
  * @param[in]  x  F32, F16 or BF16, 1..4 dims, any strides.
  * @param[out] y  F32, F16 or BF16 (any of them, whatever x is), same shape as x, no zero strides. May be x itself (in
@@ -394,7 +403,7 @@ ATTN_API void attn_softmax_params_init(attn_softmax_params *p);
 ATTN_API attn_status attn_softmax(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y,
                                   const attn_softmax_params *p);
 
-/** Log-softmax over the last axis, computed as z - max z - log(sum exp(z - max z))
+/** Log-softmax over the last axis (or params.axis), computed as z - max z - log(sum exp(z - max z))
  * (not as log of softmax, so tiny probabilities keep their precision).
  * Masked entries are -inf; a row with every entry masked is all -inf.
  * Aliasing and errors as attn_softmax().

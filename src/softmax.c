@@ -128,7 +128,105 @@ static void softmax_layout(void *problem, attn_ws_layout *l) {
   p->rowbuf = half ? attn__ws_take(l, (size_t)p->threads, p->rowbuf_stride * sizeof(float)) : NULL;
 }
 
+/* ---- softmax along a strided axis ----
+ * A work item is (block of up to COL_BLOCK columns of the last axis, index
+ * of the other axes). Along the axis, each position's block of columns is
+ * contiguous: it is widened (half) into a small buffer, scaled and masked
+ * there by the same logit pipeline as a row (logits.h), and three passes
+ * (maximum, sum of exponentials, output) run over the axis, so nothing of
+ * the size of x is copied. */
+#define COL_BLOCK 256
+
+typedef struct {
+  const attn_softmax_problem *p;
+  int64_t n_blocks; /* blocks of the last axis */
+} axis_job;
+
+/* z for columns [c0, c0 + nc) at the view index idx[0..2]. */
+static void axis_z(const attn_softmax_problem *p, const attn_kernels *k, const int64_t *idx,
+                   int64_t c0, int64_t nc, float *z) {
+  const void *x = attn__elem(p->x, p->xdt, idx[0] * p->xs[0] + idx[1] * p->xs[1] + idx[2] * p->xs[2] + c0);
+  if (p->xdt == ATTN_DTYPE_F32) {
+    k->scale(x, z, nc, p->scale);
+  } else {
+    attn__widen(k, p->xdt, x, z, nc);
+    k->scale(z, z, nc, p->scale);
+  }
+  const float *m =
+      p->mask ? p->mask + idx[0] * p->ms[0] + idx[1] * p->ms[1] + idx[2] * p->ms[2] + c0 * p->ms[3]
+              : NULL;
+  const uint8_t *b = p->bmask ? p->bmask + idx[0] * p->bs[0] + idx[1] * p->bs[1] +
+                                    idx[2] * p->bs[2] + c0 * p->bs[3]
+                              : NULL;
+  attn__logits_mask(z, nc, m, p->ms[3], b, p->bs[3]);
+}
+
+static void axis_task(void *arg, int64_t item, int32_t worker) {
+  (void)worker;
+  const axis_job *job = arg;
+  const attn_softmax_problem *p = job->p;
+  const attn_kernels *k = attn__kernels();
+  int32_t a = ATTN_MAX_DIMS - 1 - p->axis_back;
+  int64_t blk = item % job->n_blocks, rest = item / job->n_blocks;
+  int64_t c0 = blk * COL_BLOCK, nc = p->dims[3] - c0 < COL_BLOCK ? p->dims[3] - c0 : COL_BLOCK;
+  /* The indices of axes 0..2 other than `a`, from `rest` (axis 2 fastest). */
+  int64_t idx[3] = {0, 0, 0};
+  for (int32_t ax = 2; ax >= 0; ax--)
+    if (ax != a) {
+      idx[ax] = rest % p->dims[ax];
+      rest /= p->dims[ax];
+    }
+  float z[COL_BLOCK], mx[COL_BLOCK], sum[COL_BLOCK], out[COL_BLOCK];
+  int64_t n = p->dims[a];
+  for (int64_t c = 0; c < nc; c++)
+    mx[c] = -INFINITY, sum[c] = 0;
+  for (idx[a] = 0; idx[a] < n; idx[a]++) { /* maximum; NaN sticks */
+    axis_z(p, k, idx, c0, nc, z);
+    for (int64_t c = 0; c < nc; c++)
+      if (z[c] > mx[c] || isnan(z[c]))
+        mx[c] = isnan(mx[c]) ? mx[c] : z[c];
+  }
+  for (idx[a] = 0; idx[a] < n; idx[a]++) { /* sum of exp(z - max) over the finite-max columns */
+    axis_z(p, k, idx, c0, nc, z);
+    for (int64_t c = 0; c < nc; c++)
+      if (mx[c] > -INFINITY && mx[c] < INFINITY)
+        sum[c] += expf(z[c] - mx[c]);
+  }
+  for (int64_t c = 0; c < nc; c++) /* log-softmax subtracts log(sum); softmax multiplies */
+    sum[c] = p->log ? (float)log((double)sum[c]) : (float)(1.0 / (double)sum[c]);
+  for (idx[a] = 0; idx[a] < n; idx[a]++) {
+    axis_z(p, k, idx, c0, nc, z);
+    void *y = attn__elem(p->y, p->ydt, idx[0] * p->ys[0] + idx[1] * p->ys[1] + idx[2] * p->ys[2] + c0);
+    float *yf = p->ydt == ATTN_DTYPE_F32 ? y : out;
+    for (int64_t c = 0; c < nc; c++) {
+      float m = mx[c];
+      if (m == -INFINITY) /* everything masked */
+        yf[c] = p->log ? -INFINITY : 0.0f;
+      else if (!(m < INFINITY)) /* NaN, or +inf - +inf */
+        yf[c] = NAN;
+      else if (p->log)
+        yf[c] = (z[c] - m) - sum[c];
+      else
+        yf[c] = expf(z[c] - m) * sum[c];
+    }
+    if (p->ydt != ATTN_DTYPE_F32)
+      attn__narrow(k, p->ydt, yf, y, nc);
+  }
+}
+
 void attn__softmax_plan(const attn_ctx *ctx, attn_softmax_problem *p) {
+  if (p->axis_back) {
+    /* Items: one per block of the last axis and index of the other axes;
+     * no workspace (the blocks live on the worker's stack). */
+    int64_t blocks = (p->dims[3] + COL_BLOCK - 1) / COL_BLOCK;
+    p->rows = blocks * (p->dims[0] * p->dims[1] * p->dims[2] / p->dims[3 - p->axis_back]);
+    p->rows_per_item = 1;
+    p->threads = attn__threads_plan(ctx, (double)p->dims[0] * (double)p->dims[1] *
+                                             (double)p->dims[2] * (double)p->dims[3] * 3,
+                                    THREAD_ELEMS, p->rows);
+    p->ws_bytes = 0;
+    return;
+  }
   int64_t n = p->dims[3];
   p->rows = p->dims[0] * p->dims[1] * p->dims[2];
   p->threads = attn__threads_plan(ctx, (double)p->rows * (double)n, THREAD_ELEMS, 0);
@@ -138,6 +236,11 @@ void attn__softmax_plan(const attn_ctx *ctx, attn_softmax_problem *p) {
 }
 
 void attn__softmax_rows(attn_ctx *ctx, attn_softmax_problem *p) {
+  if (p->axis_back) {
+    axis_job job = {p, (p->dims[3] + COL_BLOCK - 1) / COL_BLOCK};
+    attn__parallel_for(ctx, p->threads, p->rows, axis_task, &job);
+    return;
+  }
   size_t mark = attn__ws_carve(ctx, softmax_layout, p, p->ws_bytes);
   attn__parallel_for(ctx, p->threads, (p->rows + p->rows_per_item - 1) / p->rows_per_item,
                      rows_task, p);
@@ -158,6 +261,9 @@ static attn_status check(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y,
   if (!isfinite(prm.scale))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.scale = %g but must be finite (0 means 1)",
                       (double)prm.scale);
+  if (prm.reserved2_ != 0)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.reserved2_ = %d but must be 0",
+                      (int)prm.reserved2_);
   int64_t ms[ATTN_MAX_DIMS] = {0}, bs[ATTN_MAX_DIMS] = {0};
   const attn_operand ops[] = {
       {ATTN_OPERAND("x", x, ATTN_DT_FLOAT, 1, ATTN_MAX_DIMS)},
@@ -170,7 +276,15 @@ static attn_status check(attn_ctx *ctx, const attn_tensor *x, attn_tensor *y,
   };
   if ((st = attn__check_operands(ctx, ops, 4, NULL)) != ATTN_OK)
     return st;
+  /* Counted from the end, so a zero-filled struct keeps the last axis; a
+   * positive value would be read as NumPy's axis and silently differ. */
+  if (prm.axis > 0 || prm.axis < -x->ndim)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.axis = %d but must be in -%d..-1 (counted from the end; 0 = the "
+                      "last; for axis i from the front write i - ndim = %d)",
+                      (int)prm.axis, (int)x->ndim, prm.axis > 0 ? (int)(prm.axis - x->ndim) : -1);
   memset(p, 0, sizeof *p);
+  p->axis_back = prm.axis == 0 ? 0 : -1 - prm.axis;
   p->x = x->data;
   p->y = y->data;
   p->xdt = x->dtype, p->ydt = y->dtype;

@@ -6,7 +6,8 @@
 
 /* Rows of a 4-axis view (leading axes of size 1 pad a smaller rank); axis 3
  * is the row, contiguous in x and y. y may be x (in place); the masks are
- * read broadcast through their strides (0 = broadcast). x and y are F32,
+ * read broadcast through their strides (0 = broadcast). The softmax runs
+ * along axis 3 - axis_back (the row by default). x and y are F32,
  * F16 or BF16 (xdt, ydt): a half row is widened into the worker's row
  * buffer, computed in float, and a half result rounded once into y. */
 typedef struct {
@@ -19,6 +20,10 @@ typedef struct {
   int64_t xs[ATTN_MAX_DIMS], ys[ATTN_MAX_DIMS], ms[ATTN_MAX_DIMS], bs[ATTN_MAX_DIMS];
   float scale; /* 1 = none */
   bool log;    /* log-softmax */
+  int32_t axis_back; /* the softmax axis counted back from axis 3 of the view:
+                        0 = axis 3, the contiguous row (so a zero-filled problem
+                        is the row softmax); 1..3 = axis 2..0, strided, walked in
+                        blocks of the last axis */
   /* Filled by attn__softmax_plan. */
   int64_t rows, rows_per_item;
   int32_t threads;

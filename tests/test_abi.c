@@ -42,6 +42,9 @@ PIN(attn_softmax_params, reserved_, 12, 4);
 PIN(attn_softmax_params, mask, 16, 8);
 PIN(attn_softmax_params, bool_mask, 24, 8);
 END(attn_softmax_params, bool_mask, 32);
+PIN(attn_softmax_params, axis, 32, 4); /* 0.2 */
+PIN(attn_softmax_params, reserved2_, 36, 4);
+END(attn_softmax_params, reserved2_, 40);
 
 PIN(attn_sinusoidal_params, struct_size, 0, 8);
 PIN(attn_sinusoidal_params, layout, 8, 4);

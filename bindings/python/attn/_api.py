@@ -488,25 +488,34 @@ class Context:
 
     # ---- softmax family ----
 
-    def softmax(self, x, *, scale=None, mask=None, bool_mask=None, out=None):
-        """Softmax over the last axis of x (1-4 dims).
+    def softmax(self, x, *, scale=None, mask=None, bool_mask=None, out=None, axis=-1):
+        """Softmax over an axis of x (1-4 dims; axis as NumPy's, default the
+        last; other axes are read through strides, without a copy).
 
         scale multiplies x first (1/temperature; None = 1). mask: additive
         (numbers, -inf removes an entry) or boolean (bool/uint8, True =
         keep), broadcast to x's shape by NumPy rules; bool_mask adds a
         boolean mask next to an additive one. out: a float32 array of x's
         shape to write into (may be x itself). Returns the result."""
-        return self._softmax("attn_softmax", x, scale, mask, bool_mask, out)
+        return self._softmax("attn_softmax", x, scale, mask, bool_mask, out, axis)
 
-    def log_softmax(self, x, *, scale=None, mask=None, bool_mask=None, out=None):
-        """Log-softmax over the last axis; arguments as softmax(). Masked
-        entries are -inf."""
-        return self._softmax("attn_log_softmax", x, scale, mask, bool_mask, out)
+    def log_softmax(self, x, *, scale=None, mask=None, bool_mask=None, out=None, axis=-1):
+        """Log-softmax over an axis (default the last); arguments as
+        softmax(). Masked entries are -inf."""
+        return self._softmax("attn_log_softmax", x, scale, mask, bool_mask, out, axis)
 
-    def _softmax(self, name, x, scale, mask, bool_mask, out):
+    def _softmax(self, name, x, scale, mask, bool_mask, out, axis=-1):
         fn = name[5:]
         p = _lib.SoftmaxParams(scale=_scale(scale, fn))
         x, xdt = _data_array(x, fn)
+        # libattn counts the axis from the end (0 and -1 = the last).
+        nd = max(x.ndim, 1)
+        a = int(axis)
+        if not -nd <= a < nd:
+            raise ValueError("%s: axis = %d is out of range for %d dims" % (fn, a, x.ndim))
+        neg = a - nd if a >= 0 else a
+        if neg != -1:  # the last axis needs no field (older libraries lack it)
+            p.axis = neg
         with self._call(fn) as c:
             hx = c.input(x, "x", dtype=xdt)
             if out is None:

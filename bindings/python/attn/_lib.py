@@ -107,6 +107,8 @@ class SoftmaxParams(_SizedStruct):
         ("reserved_", ctypes.c_int32),
         ("mask", ctypes.c_void_p),
         ("bool_mask", ctypes.c_void_p),
+        ("axis", ctypes.c_int32),
+        ("reserved2_", ctypes.c_int32),
     ]
 
 

@@ -19,6 +19,7 @@ int main(void) {
   FIELD(attn_softmax_params, "SoftmaxParams", scale);
   FIELD(attn_softmax_params, "SoftmaxParams", mask);
   FIELD(attn_softmax_params, "SoftmaxParams", bool_mask);
+  FIELD(attn_softmax_params, "SoftmaxParams", axis);
   SIZE(attn_sinusoidal_params, "SinusoidalParams");
   FIELD(attn_sinusoidal_params, "SinusoidalParams", layout);
   FIELD(attn_sinusoidal_params, "SinusoidalParams", base);

@@ -185,3 +185,17 @@ def test_rope_cache_yarn_llama3_longrope():
     assert abs(af - np.sqrt(1 + np.log(8) / np.log(4))) < 1e-12
     with pytest.raises(attn.AttnError, match="factor"):
         attn.rope_cache(10, 8, scaling="linear")
+
+
+@pytest.mark.parametrize("axis", [0, 1, -2, 2, -1])
+def test_softmax_any_axis(rng, axis):
+    x = rng.standard_normal((3, 5, 7)).astype(np.float32)
+    want = np.exp(x - x.max(axis, keepdims=True))
+    want /= want.sum(axis, keepdims=True)
+    close(attn.softmax(x, axis=axis), want, rtol=2e-6, atol=1e-7)
+    close(attn.log_softmax(x, axis=axis), np.log(want), rtol=2e-6, atol=2e-6)
+    xt = np.swapaxes(x, 0, 2)  # a strided view
+    w2 = np.exp(xt - xt.max(axis, keepdims=True))
+    close(attn.softmax(xt, axis=axis), w2 / w2.sum(axis, keepdims=True), rtol=2e-6, atol=1e-7)
+    with pytest.raises(ValueError):
+        attn.softmax(x, axis=3)
