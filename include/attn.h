@@ -807,7 +807,30 @@ typedef struct attn_sdpa_params {
    * causal diagonal, the window and the ALiBi distances; it hides no key by
    * itself (kv_lens still does). @since 0.2.0 */
   const int64_t *q_offsets;
+  /** optional out [B, Hq, Lq, Lk]: the logits at stage `logits_stage`, for
+   * every key (ONNX Attention's qk_matmul_output). Materialised only when
+   * set, by a separate pass over Q K^T (so an Lq x Lk buffer exists only
+   * then); attn_sdpa_varlen refuses it. @since 0.2.0 */
+  attn_tensor *logits;
+  int32_t logits_stage; /**< attn_logits_stage; 0 = scaled Q K^T. @since 0.2.0 */
+  int32_t reserved2_;   /**< must be 0 */
 } attn_sdpa_params;
+
+/** Which logits attn_sdpa_params.logits receives (ONNX Attention's
+ * qk_matmul_output_mode 0, 1, 2; mode 3, the weights after softmax, is
+ * attn_sdpa_params.weights). */
+typedef enum attn_logits_stage {
+  /** scale * q_i . k_j for every key, hidden or not (mode 0). */
+  ATTN_LOGITS_SCALED = 0,
+  /** cap(scale * q_i . k_j), after the soft-cap (mode 1; equal to
+   * ATTN_LOGITS_SCALED when softcap is 0). */
+  ATTN_LOGITS_SOFTCAPPED = 1,
+  /** The logit s of attn_sdpa_params: after the soft-cap, ALiBi and the
+   * additive mask, and -inf for every hidden key (causal, window, kv_lens,
+   * boolean mask, -inf mask): what the softmax receives (mode 2). */
+  ATTN_LOGITS_MASKED = 2,
+  ATTN_LOGITS_STAGE_MAX_ = 0x7fffffff
+} attn_logits_stage;
 
 /** Alignment of the causal diagonal, the window and ALiBi when Lq != Lk. */
 typedef enum attn_align {

@@ -51,8 +51,13 @@ attn_status attn__sdpa_check_params(attn_ctx *ctx, const attn_sdpa_params *p, in
   if (p->align != ATTN_ALIGN_TOP_LEFT && p->align != ATTN_ALIGN_BOTTOM_RIGHT)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.align = %d is not an attn_align",
                       (int)p->align);
-  if (p->reserved_)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.reserved_ must be 0");
+  if (p->reserved_ || p->reserved2_)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.reserved_ and reserved2_ must be 0");
+  if (p->logits_stage < ATTN_LOGITS_SCALED || p->logits_stage > ATTN_LOGITS_MASKED)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.logits_stage = %d is not an attn_logits_stage (0 scaled, 1 "
+                      "soft-capped, 2 masked)",
+                      (int)p->logits_stage);
   if (p->window && (p->window_left < 0 || p->window_right < 0))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "params.window_left = %lld, window_right = %lld but both must be "
@@ -142,9 +147,11 @@ static attn_status sdpa_check(attn_ctx *ctx, const attn_tensor *q, const attn_te
        .flags = opt_out},
       {ATTN_OPERAND("params.weights", prm.weights, ATTN_DT_F32, 4, 4), .sym = {B, HQ, LQ, LK},
        .flags = opt_out},
+      {ATTN_OPERAND("params.logits", prm.logits, ATTN_DT_F32, 4, 4), .sym = {B, HQ, LQ, LK},
+       .flags = opt_out},
   };
   attn_dims d;
-  if ((st = attn__check_operands(ctx, ops, 8, &d)) != ATTN_OK ||
+  if ((st = attn__check_operands(ctx, ops, 9, &d)) != ATTN_OK ||
       (st = attn__sdpa_check_heads(ctx, d.v[HQ], d.v[HKV])) != ATTN_OK ||
       (st = attn__sdpa_check_params(ctx, &prm, d.v[B], d.v[HQ], d.v[LK], d.v[D])) != ATTN_OK)
     return st;
@@ -174,6 +181,17 @@ static attn_status sdpa_check(attn_ctx *ctx, const attn_tensor *q, const attn_te
     p->w = prm.weights->data;
     strides_of(prm.weights, p->ws, 4);
   }
+  if (prm.logits) {
+    /* The logits pass reads q and k as float; half ones would need their
+     * rows widened there too. */
+    if (q->dtype != ATTN_DTYPE_F32 || k->dtype != ATTN_DTYPE_F32)
+      return attn__fail(ctx, ATTN_ERR_UNSUPPORTED,
+                        "params.logits needs F32 q and k (q is %s, k is %s)",
+                        attn__dtype_name(q->dtype), attn__dtype_name(k->dtype));
+    p->logits = prm.logits->data;
+    memcpy(p->lgs, prm.logits->strides, sizeof p->lgs);
+    p->logits_stage = prm.logits_stage;
+  }
   p->kv_lens = prm.kv_lens;
   p->q_offsets = prm.q_offsets;
   attn__sdpa_fill_common(p, &prm);
@@ -187,8 +205,11 @@ attn_status attn__sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k
   /* No query row: out, lse and weights are all empty. */
   if (st == ATTN_OK && p.B > 0 && p.Hq > 0 && p.Lq > 0) {
     attn__sdpa_plan(ctx, &p);
-    if ((st = attn__ws_reserve(ctx, p.ws_bytes)) == ATTN_OK)
+    if ((st = attn__ws_reserve(ctx, p.ws_bytes)) == ATTN_OK) {
       attn__sdpa_run(ctx, &p);
+      if (p.logits)
+        attn__sdpa_logits(ctx, &p);
+    }
   }
   return st;
 }
@@ -268,10 +289,10 @@ static attn_status varlen_check(attn_ctx *ctx, const attn_tensor *q, const attn_
   attn_status st = attn__read_params(ctx, prm, sizeof *prm, params);
   if (st != ATTN_OK)
     return st;
-  if (prm->mask || prm->bool_mask || prm->kv_lens || prm->weights)
+  if (prm->mask || prm->bool_mask || prm->kv_lens || prm->weights || prm->logits)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "params.mask, bool_mask, kv_lens and weights must be NULL (packed "
-                      "sequences are masked by their offsets)");
+                      "params.mask, bool_mask, kv_lens, weights and logits must be NULL "
+                      "(packed sequences are masked by their offsets)");
   if (batch < 0)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "batch = %d but must be >= 0", (int)batch);
   enum { TQ = ATTN_SYM_TQ, TK = ATTN_SYM_TK, HQ = ATTN_SYM_HQ, HKV = ATTN_SYM_HKV };

@@ -60,6 +60,9 @@ typedef struct {
   const int64_t *q_lens;
   const int32_t *blocks;
   int64_t blocks_stride, block_size;
+  float *logits;       /* optional out [B, Hq, Lq, Lk] (attn__sdpa_logits) */
+  int64_t lgs[4];
+  int32_t logits_stage; /* attn_logits_stage */
   /* tiling */
   int64_t nb;         /* query positions per block */
   int64_t n_qblocks;  /* blocks per (batch, kv head) */
@@ -131,6 +134,10 @@ void attn__sdpa_visible_keys(const attn_sdpa_problem *p, int64_t b, int64_t i, i
 /* Every x[r * ld + c] finite (0 * NaN is NaN: a product over hidden keys
  * with non-finite values must skip their zero weights). */
 bool attn__sdpa_all_finite(const float *x, int64_t rows, int64_t cols, int64_t ld);
+/* Write p->logits at p->logits_stage for every (query, key): a pass of its
+ * own over Q K^T, run after attn__sdpa_run when the caller asked for them.
+ * No workspace. */
+void attn__sdpa_logits(attn_ctx *ctx, const attn_sdpa_problem *p);
 
 /* ---- between the drivers (sdpa_plan.c) and the tile kernel (sdpa_tile.c) */
 

@@ -2,7 +2,7 @@
  * (BLAS), the logit pipeline (logits.h) on each row's visible keys, the
  * online softmax (running max m and sum l per row; the accumulator is
  * rescaled when m grows), and O += P V (BLAS). Visibility (causal, window,
- * kv_lens, alignment) is decided here, per row, in visible_keys. */
+ * kv_lens, alignment) is decided here, per row, in attn__sdpa_visible_keys. */
 #include "convert.h"
 #include "logits.h"
 #include "sdpa.h"

@@ -80,6 +80,10 @@ PIN(attn_sdpa_params, lse, 88, 8);
 PIN(attn_sdpa_params, weights, 96, 8);
 PIN(attn_sdpa_params, q_offsets, 104, 8); /* 0.2 */
 END(attn_sdpa_params, q_offsets, 112);
+PIN(attn_sdpa_params, logits, 112, 8); /* 0.2 */
+PIN(attn_sdpa_params, logits_stage, 120, 4);
+PIN(attn_sdpa_params, reserved2_, 124, 4);
+END(attn_sdpa_params, reserved2_, 128);
 
 /* Added in 0.2.0 (issue 11): pooling and rotary tables. */
 PIN(attn_rope_cache_params, struct_size, 0, 8);
@@ -200,6 +204,9 @@ _Static_assert(sizeof(attn_status) == 4 && sizeof(attn_dtype) == 4 &&
                    sizeof(attn_align) == 4,
                "enums are int-sized");
 _Static_assert(ATTN_MAX_DIMS == 4, "ATTN_MAX_DIMS is part of the ABI");
+_Static_assert(ATTN_LOGITS_SCALED == 0 && ATTN_LOGITS_SOFTCAPPED == 1 && ATTN_LOGITS_MASKED == 2 &&
+                   sizeof(attn_logits_stage) == 4,
+               "attn_logits_stage values are pinned");
 _Static_assert(ATTN_POOL_SUM == 0 && ATTN_POOL_MEAN == 1 && ATTN_POOL_MAX == 2 &&
                    ATTN_POOL_WEIGHTED == 3 && sizeof(attn_pool_mode) == 4,
                "attn_pool_mode values are pinned");

@@ -98,8 +98,12 @@ static int64_t mask_index(const onnx_case *c, const onnx_inputs *in, int64_t b, 
   return off;
 }
 
-/* The specification in float64: Y [B, Hq, Lq, Dv]. */
-static void onnx_reference(const onnx_case *c, const onnx_inputs *in, double *y) {
+/* The specification in float64: Y [B, Hq, Lq, Dv], and (when qk is not
+ * NULL) qk_matmul_output [B, Hq, Lq, T] in mode qk_mode: 0 the scaled
+ * product, 1 after the soft-cap, 2 after soft-cap and bias (mask, causal,
+ * padding: -inf where hidden), 3 the softmax. */
+static void onnx_reference(const onnx_case *c, const onnx_inputs *in, double *y, int qk_mode,
+                           double *qk) {
   int64_t T = T_of(c), M = c->M ? c->M : T, G = c->Hq / c->Hkv;
   double scale = c->scale ? c->scale : 1.0 / sqrt((double)c->D);
   double *s = xmalloc((size_t)T * sizeof *s);
@@ -114,8 +118,13 @@ static void onnx_reference(const onnx_case *c, const onnx_inputs *in, double *y)
           for (int64_t d = 0; d < c->D; d++)
             dot += q_at(c, in, b, h, i, d) * kv_at(c, in->pk, in->k, c->D, b, g, j, d);
           double v = scale * dot;
+          double *qk_at = qk ? qk + ((b * c->Hq + h) * c->Lq + i) * T + j : NULL;
+          if (qk_at && qk_mode == 0)
+            *qk_at = v;
           if (c->softcap > 0)
             v = c->softcap * tanh(v / c->softcap);
+          if (qk_at && qk_mode == 1)
+            *qk_at = v;
           double bias = 0;
           if (j >= M) {
             bias = -INFINITY; /* the mask padded to T */
@@ -129,17 +138,26 @@ static void onnx_reference(const onnx_case *c, const onnx_inputs *in, double *y)
           if (c->nonpad && j >= in->nonpad[b])
             bias = -INFINITY;
           s[j] = v + bias;
+          if (qk && qk_mode == 2)
+            qk[((b * c->Hq + h) * c->Lq + i) * T + j] = s[j];
           if (s[j] > top)
             top = s[j];
         }
         double *out = y + ((b * c->Hq + h) * c->Lq + i) * c->Dv;
         for (int64_t d = 0; d < c->Dv; d++)
           out[d] = 0;
-        if (top == -INFINITY)
+        if (top == -INFINITY) {
+          if (qk && qk_mode == 3)
+            for (int64_t j = 0; j < T; j++)
+              qk[((b * c->Hq + h) * c->Lq + i) * T + j] = 0;
           continue; /* nothing visible: libattn's zeros (the reference: NaN) */
+        }
         double sum = 0;
         for (int64_t j = 0; j < T; j++)
           sum += s[j] = exp(s[j] - top);
+        if (qk && qk_mode == 3)
+          for (int64_t j = 0; j < T; j++)
+            qk[((b * c->Hq + h) * c->Lq + i) * T + j] = s[j] / sum;
         for (int64_t j = 0; j < T; j++)
           for (int64_t d = 0; d < c->Dv; d++)
             out[d] += s[j] / sum * kv_at(c, in->pv, in->v, c->Dv, b, g, j, d);
@@ -151,7 +169,7 @@ static void onnx_reference(const onnx_case *c, const onnx_inputs *in, double *y)
  * the [B, Hq, Lq, Dv] order for comparison (for 3-D it is written through a
  * [B, Lq, Hq*Dv] view, as ONNX's 3-D output). */
 static void onnx_via_libattn(attn_ctx *ctx, const onnx_case *c, const onnx_inputs *in,
-                             float *y_bhld) {
+                             float *y_bhld, int qk_mode, float *qk) {
   int64_t B = c->B, Hq = c->Hq, Hkv = c->Hkv, Lq = c->Lq, T = T_of(c), D = c->D, Dv = c->Dv;
   /* present_key / present_value [B, Hkv, T, D]: past then the new keys. */
   float *pk = xmalloc((size_t)(B * Hkv * T * D) * sizeof *pk);
@@ -170,8 +188,29 @@ static void onnx_via_libattn(attn_ctx *ctx, const onnx_case *c, const onnx_input
   attn_tensor *tq = tu_wrap(ctx, in->q, (size_t)(B * Hq * Lq * D), 4, qd, c->rank3 ? q3s : NULL);
   attn_tensor *ty = tu_wrap(ctx, y, (size_t)(B * Hq * Lq * Dv), 4, yd, c->rank3 ? y3s : NULL);
   /* A mask shorter than T hides keys M..T-1 of every row: K and V are
-   * passed as views of their first M keys (no copy). */
-  int64_t M = c->M ? c->M : T;
+   * passed as views of their first M keys (no copy). With qk_matmul_output
+   * every key's logit is wanted: the runtime pads the mask to T instead. */
+  int64_t M = c->M && !qk ? c->M : T;
+  float *padded = NULL;
+  uint8_t *bpadded = NULL;
+  int64_t pdims[4];
+  if (qk && c->M && c->mask_kind) {
+    memcpy(pdims, in->mdims, sizeof pdims);
+    pdims[c->mask_ndim - 1] = T;
+    size_t rows = 1;
+    for (int a = 0; a < c->mask_ndim - 1; a++)
+      rows *= (size_t)pdims[a];
+    padded = xmalloc(rows * (size_t)T * sizeof *padded);
+    bpadded = xmalloc(rows * (size_t)T);
+    for (size_t r = 0; r < rows; r++)
+      for (int64_t j = 0; j < T; j++) {
+        int in_mask = j < c->M;
+        padded[r * (size_t)T + (size_t)j] =
+            !in_mask ? -INFINITY : c->mask_kind == 1 ? in->mask[r * (size_t)c->M + (size_t)j] : 0;
+        bpadded[r * (size_t)T + (size_t)j] =
+            in_mask && c->mask_kind == 2 ? in->bmask[r * (size_t)c->M + (size_t)j] : 0;
+      }
+  }
   int64_t kd[4] = {B, Hkv, M, D}, ks[4] = {Hkv * T * D, T * D, D, 1};
   int64_t vd[4] = {B, Hkv, M, Dv}, vs[4] = {Hkv * T * Dv, T * Dv, Dv, 1};
   attn_tensor *tk = tu_wrap(ctx, pk, (size_t)(B * Hkv * T * D), 4, kd, ks);
@@ -194,15 +233,23 @@ static void onnx_via_libattn(attn_ctx *ctx, const onnx_case *c, const onnx_input
     p.kv_lens = lens;
   }
   size_t mn = 1;
+  const int64_t *md = padded ? pdims : in->mdims;
   for (int a = 0; a < c->mask_ndim; a++)
-    mn *= (size_t)in->mdims[a];
+    mn *= (size_t)md[a];
   if (c->mask_kind == 1) {
-    p.mask = tu_wrap(ctx, in->mask, mn, c->mask_ndim, in->mdims, NULL);
+    p.mask = tu_wrap(ctx, padded ? padded : in->mask, mn, c->mask_ndim, md, NULL);
   } else if (c->mask_kind == 2) {
     attn_tensor *tb = NULL;
-    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, c->mask_ndim, in->mdims, NULL, in->bmask, mn,
-                               &tb));
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, c->mask_ndim, md, NULL,
+                               bpadded ? bpadded : in->bmask, mn, &tb));
     p.bool_mask = tb;
+  }
+  int64_t qkd[4] = {B, Hq, Lq, T};
+  if (qk && qk_mode == 3) {
+    p.weights = tu_wrap(ctx, qk, (size_t)(B * Hq * Lq * T), 4, qkd, NULL);
+  } else if (qk) {
+    p.logits = tu_wrap(ctx, qk, (size_t)(B * Hq * Lq * T), 4, qkd, NULL);
+    p.logits_stage = qk_mode;
   }
   attn_status st = attn_sdpa(ctx, tq, tk, tv, ty, &p);
   if (st != ATTN_OK)
@@ -214,7 +261,7 @@ static void onnx_via_libattn(attn_ctx *ctx, const onnx_case *c, const onnx_input
           y_bhld[((b * Hq + h) * Lq + i) * Dv + d] =
               y[b * (c->rank3 ? y3s[0] : Hq * Lq * Dv) + h * (c->rank3 ? y3s[1] : Lq * Dv) +
                 i * (c->rank3 ? y3s[2] : Dv) + d];
-  free(pk), free(pv), free(y), free(offsets), free(lens);
+  free(pk), free(pv), free(y), free(offsets), free(lens), free(padded), free(bpadded);
 }
 
 static void run_case(const onnx_case *c, uint64_t seed, const int64_t *nonpad) {
@@ -253,13 +300,27 @@ static void run_case(const onnx_case *c, uint64_t seed, const int64_t *nonpad) {
   size_t ny = (size_t)(B * c->Hq * c->Lq * c->Dv);
   double *want = xmalloc(ny * sizeof *want);
   float *got = xmalloc(ny * sizeof *got);
-  onnx_reference(c, &in, want);
+  onnx_reference(c, &in, want, -1, NULL);
   for (int32_t threads = 1; threads <= 2; threads++) {
     attn_ctx *ctx = tu_ctx(threads);
-    onnx_via_libattn(ctx, c, &in, got);
+    onnx_via_libattn(ctx, c, &in, got, -1, NULL);
     double err = ref_max_rel_err(got, want, ny, 1.0);
     if (!(err <= 2e-5))
       fail_msg("%s (%d threads): max error %.3g", c->name, (int)threads, err);
+    /* qk_matmul_output, every mode: logits stages 0-2, the weights for 3. */
+    size_t nqk = (size_t)(B * c->Hq * c->Lq * T_of(c));
+    double *want_qk = xmalloc(nqk * sizeof *want_qk);
+    float *got_qk = xmalloc(nqk * sizeof *got_qk);
+    for (int mode = 0; mode <= 3; mode++) {
+      onnx_reference(c, &in, want, mode, want_qk);
+      onnx_via_libattn(ctx, c, &in, got, mode, got_qk);
+      double e1 = ref_max_rel_err(got, want, ny, 1.0);
+      double e2 = ref_max_rel_err(got_qk, want_qk, nqk, 1.0);
+      if (!(e1 <= 2e-5) || !(e2 <= 2e-5))
+        fail_msg("%s (%d threads) qk_matmul_output_mode %d: Y error %.3g, qk error %.3g",
+                 c->name, (int)threads, mode, e1, e2);
+    }
+    free(want_qk), free(got_qk);
     attn_ctx_destroy(ctx);
   }
   free(in.q), free(in.k), free(in.v), free(in.pk), free(in.pv), free(in.mask), free(in.bmask);

@@ -859,7 +859,7 @@ class Context:
     def sdpa(self, q, k, v, *, mask=None, bool_mask=None, causal=False, align="top-left",
              scale=None, window=None, kv_lens=None, alibi_slopes=None, sinks=None,
              softcap=None, return_lse=False, return_weights=False, layout="bhld", out=None,
-             q_offsets=None):
+             q_offsets=None, return_logits=None):
         """Scaled dot-product attention softmax(scale * q k^T + bias) v.
 
         q [B, Hq, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv] (layout
@@ -884,7 +884,9 @@ class Context:
         Returns out [B, Hq, Lq, Dv] (in q's layout), or a tuple (out, lse)
         / (out, weights) / (out, lse, weights) when return_lse /
         return_weights ask for lse [B, Hq, Lq] (natural log of the softmax
-        denominator) or weights [B, Hq, Lq, Lk]."""
+        denominator) or weights [B, Hq, Lq, Lk]. return_logits = "scaled",
+        "softcapped" or "masked" (ONNX qk_matmul_output_mode 0, 1, 2) appends
+        the logits [B, Hq, Lq, Lk] at that stage, last."""
         fn = "sdpa"
         layout = _layout(layout, fn)
         (q, qdt), (k, kdt), (v, vdt) = (_data_array(a, fn) for a in (q, k, v))
@@ -903,7 +905,10 @@ class Context:
         out4 = _to_bhld(out, layout, batched)
         lse = np.empty((B, Hq, Lq), np.float32) if return_lse else None
         weights = np.empty((B, Hq, Lq, Lk), np.float32) if return_weights else None
+        logits = np.empty((B, Hq, Lq, Lk), np.float32) if return_logits is not None else None
         with self._call(fn) as c:
+            if logits is not None:
+                p_stage = _choice(_lib.LOGITS_STAGES, return_logits, fn, "return_logits")
             hq, hk, hv = (c.input(q4, "q", dtype=qdt), c.input(k4, "k", dtype=kdt),
                           c.input(v4, "v", dtype=vdt))
             ho = c.output(out4, "out", half=True)
@@ -914,11 +919,15 @@ class Context:
                 p.lse = c.output(lse, "lse")
             if weights is not None:
                 p.weights = c.output(weights, "weights")
+            if logits is not None:
+                p.logits = c.output(logits, "logits")
+                p.logits_stage = p_stage
             c.check(_fn("attn_sdpa")(self._handle, hq, hk, hv, ho, ctypes.byref(p)))
         if not batched:
             lse = None if lse is None else lse[0]
             weights = None if weights is None else weights[0]
-        extra = tuple(a for a in (lse, weights) if a is not None)
+            logits = None if logits is None else logits[0]
+        extra = tuple(a for a in (lse, weights, logits) if a is not None)
         return (out,) + extra if extra else out
 
     def sdpa_backward(self, q, k, v, out, lse, dout, *, mask=None, bool_mask=None,

@@ -44,6 +44,7 @@ PE_LAYOUTS = {
 }
 ROPE_STYLES = {"half": 0, "half-split": 0, "neox": 0, "interleaved": 1, "gptj": 1}
 ALIGNS = {"top-left": 0, "bottom-right": 1}
+LOGITS_STAGES = {"scaled": 0, "softcapped": 1, "masked": 2}
 POOL_MODES = {"sum": 0, "mean": 1, "max": 2, "weighted": 3}
 ROPE_SCALINGS = {"none": 0, "default": 0, "linear": 1, "ntk": 2, "dynamic": 3,
                  "dynamic-ntk": 3, "yarn": 4, "llama3": 5, "longrope": 6}
@@ -153,6 +154,9 @@ class SdpaParams(_SizedStruct):
         ("lse", ctypes.c_void_p),
         ("weights", ctypes.c_void_p),
         ("q_offsets", _c_int64_p),  # 0.2
+        ("logits", ctypes.c_void_p),  # 0.2
+        ("logits_stage", ctypes.c_int32),
+        ("reserved2_", ctypes.c_int32),
     ]
 
 

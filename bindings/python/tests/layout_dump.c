@@ -47,6 +47,8 @@ int main(void) {
   FIELD(attn_sdpa_params, "SdpaParams", lse);
   FIELD(attn_sdpa_params, "SdpaParams", weights);
   FIELD(attn_sdpa_params, "SdpaParams", q_offsets);
+  FIELD(attn_sdpa_params, "SdpaParams", logits);
+  FIELD(attn_sdpa_params, "SdpaParams", logits_stage);
   SIZE(attn_rope_cache_params, "RopeCacheParams");
   FIELD(attn_rope_cache_params, "RopeCacheParams", scaling);
   FIELD(attn_rope_cache_params, "RopeCacheParams", apply_attention_factor);

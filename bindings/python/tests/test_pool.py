@@ -199,3 +199,20 @@ def test_softmax_any_axis(rng, axis):
     close(attn.softmax(xt, axis=axis), w2 / w2.sum(axis, keepdims=True), rtol=2e-6, atol=1e-7)
     with pytest.raises(ValueError):
         attn.softmax(x, axis=3)
+
+
+def test_sdpa_logits_stages(rng):
+    q = rng.standard_normal((2, 3, 4, 8)).astype(np.float32)
+    k = rng.standard_normal((2, 3, 6, 8)).astype(np.float32)
+    v = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
+    mask = rng.standard_normal((4, 6)).astype(np.float32)
+    raw = np.einsum("bhid,bhjd->bhij", q.astype(np.float64), k) / np.sqrt(8)
+    capped = 2.0 * np.tanh(raw / 2.0)
+    masked = capped + mask
+    masked[..., np.triu(np.ones((4, 6), bool), 1)] = -np.inf
+    for stage, want in (("scaled", raw), ("softcapped", capped), ("masked", masked)):
+        out, lg = attn.sdpa(q, k, v, mask=mask, causal=True, softcap=2.0,
+                            return_logits=stage)
+        close(lg, want, rtol=1e-5, atol=1e-5)
+    w = np.exp(masked - masked.max(-1, keepdims=True))
+    close(out, (w / w.sum(-1, keepdims=True)) @ v, rtol=1e-5, atol=1e-6)
