@@ -505,6 +505,32 @@ static attn_status run_mha(fixture *f) {
   assert_ok(attn_kv_reset(f->ctx, kv, -1));
   int64_t n[B] = {LQ, 20};
   return attn_mha_forward(f->ctx, (attn_mha *)(void *)f->t[2], kv, f->t[0], f->t[1], n);
+/* Softmax down the columns (a strided axis) and SDPA with its logits
+ * output: neither allocates beyond the plain op. */
+static attn_status run_softmax_axis(fixture *f) {
+  attn_softmax_params p;
+  attn_softmax_params_init(&p);
+  p.axis = -2;
+  p.mask = f->t[2];
+  return attn_softmax(f->ctx, f->t[0], f->t[1], &p);
+}
+static void setup_sdpa_logits(fixture *f) {
+  int64_t qd[4] = {B, HQ, LQ, D}, kd[4] = {B, HKV, LK, D}, vd[4] = {B, HKV, LK, DV};
+  int64_t od[4] = {B, HQ, LQ, DV}, wd[4] = {B, HQ, LQ, LK};
+  f->t[0] = wrap_in(f, g_q, sizeof g_q / 4, 4, qd);
+  f->t[1] = wrap_in(f, g_k, sizeof g_k / 4, 4, kd);
+  f->t[2] = wrap_in(f, g_v, sizeof g_v / 4, 4, vd);
+  f->t[3] = wrap_out(f, (size_t)B * HQ * LQ * DV, 4, od);
+  f->t[4] = wrap_out(f, (size_t)B * HQ * LQ * LK, 4, wd);
+}
+static attn_status run_sdpa_logits(fixture *f) {
+  attn_sdpa_params p;
+  attn_sdpa_params_init(&p);
+  p.causal = 1;
+  p.softcap = 5;
+  p.logits = f->t[4];
+  p.logits_stage = ATTN_LOGITS_MASKED;
+  return attn_sdpa(f->ctx, f->t[0], f->t[1], f->t[2], f->t[3], &p);
 }
 
 static const op_case g_cases[] = {
@@ -543,6 +569,8 @@ static const op_case g_cases[] = {
     {"attn_rope_cached", 2, setup_rope_cached, run_rope_cached},
     {"attn_softmax", 2, setup_softmax_half, run_softmax_half},
     {"attn_sdpa", 2, setup_sdpa_half, run_sdpa_half},
+    {"attn_softmax", 2, setup_softmax, run_softmax_axis},
+    {"attn_sdpa", 2, setup_sdpa_logits, run_sdpa_logits},
 };
 
 /* ---- the driver ---- */

@@ -58,6 +58,8 @@ enum {
   O_DQ,
   O_DK,
   O_DV,
+  O_SOFTMAX_AXIS,
+  O_SDPA_LOGITS,
   O_COUNT
 };
 static const size_t g_out_n[O_COUNT] = {
@@ -66,14 +68,16 @@ static const size_t g_out_n[O_COUNT] = {
     B * HQ * D,  B * HQ * 2 * D,  PE_L * 16,   PE_L * 16, RP_B * RP_H * RP_L * PE_D,
     HQ * LQ * D, HKV * (LK / 2 + 40) * D, LQ * D,
     SM_R * SM_N, RP_B * RP_H * RP_L * PE_D, B * HQ * LQ * D, B * HKV * LK * D,
-    B * HKV * LK * D};
+    B * HKV * LK * D,
+    SM_R * SM_N, B * HQ * LQ * LK};
 static const char *const g_out_name[O_COUNT] = {
     "softmax", "log_softmax", "sinusoidal", "sinusoidal_add", "rope",
     "alibi",   "sdpa",        "sdpa lse",   "sdpa split",     "sdpa_varlen",
     "pool",    "pool_attention", "rope cos", "rope sin",      "rope_cached",
     "kv_attend", "kv_read", "mha_forward",
     "softmax_backward", "rope_backward", "sdpa_backward dq", "sdpa_backward dk",
-    "sdpa_backward dv"};
+    "sdpa_backward dv",
+    "softmax axis -2", "sdpa logits"};
 
 typedef struct {
   float *out[O_COUNT];
@@ -207,6 +211,18 @@ static void run_all(attn_ctx *ctx, worker *w) {
                                wrap(ctx, g_k, sizeof g_k / 4, 4, kd),
                                wrap(ctx, g_v, sizeof g_v / 4, 4, kd),
                                wrap(ctx, w->out[O_POOL_ATTN], B * HQ * 2 * D, 4, pao), NULL));
+  /* Down the columns, and the masked logits of the causal SDPA above. */
+  attn_softmax_params ap;
+  attn_softmax_params_init(&ap);
+  ap.axis = -2;
+  CHECK(w, attn_softmax(ctx, x, wrap(ctx, w->out[O_SOFTMAX_AXIS], SM_R * SM_N, 2, smd), &ap));
+  int64_t lgd[4] = {B, HQ, LQ, LK};
+  p.lse = NULL;
+  p.logits = wrap(ctx, w->out[O_SDPA_LOGITS], B * HQ * LQ * LK, 4, lgd);
+  p.logits_stage = ATTN_LOGITS_MASKED;
+  CHECK(w, attn_sdpa(ctx, wrap(ctx, g_q, sizeof g_q / 4, 4, qd), wrap(ctx, g_k, sizeof g_k / 4, 4, kd),
+                     wrap(ctx, g_v, sizeof g_v / 4, 4, kd),
+                     wrap(ctx, w->out[O_SDPA], sizeof g_q / 4, 4, qd), &p));
   /* Llama-3 tables [PE_L, 16], then a rotation from random tables. */
   int64_t cd[2] = {PE_L, 16};
   attn_rope_cache_params cp;
