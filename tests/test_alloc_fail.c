@@ -505,6 +505,8 @@ static attn_status run_mha(fixture *f) {
   assert_ok(attn_kv_reset(f->ctx, kv, -1));
   int64_t n[B] = {LQ, 20};
   return attn_mha_forward(f->ctx, (attn_mha *)(void *)f->t[2], kv, f->t[0], f->t[1], n);
+}
+
 /* Softmax down the columns (a strided axis) and SDPA with its logits
  * output: neither allocates beyond the plain op. */
 static attn_status run_softmax_axis(fixture *f) {

@@ -212,10 +212,10 @@ static void run_all(attn_ctx *ctx, worker *w) {
                                wrap(ctx, g_v, sizeof g_v / 4, 4, kd),
                                wrap(ctx, w->out[O_POOL_ATTN], B * HQ * 2 * D, 4, pao), NULL));
   /* Down the columns, and the masked logits of the causal SDPA above. */
-  attn_softmax_params ap;
-  attn_softmax_params_init(&ap);
-  ap.axis = -2;
-  CHECK(w, attn_softmax(ctx, x, wrap(ctx, w->out[O_SOFTMAX_AXIS], SM_R * SM_N, 2, smd), &ap));
+  attn_softmax_params axp;
+  attn_softmax_params_init(&axp);
+  axp.axis = -2;
+  CHECK(w, attn_softmax(ctx, x, wrap(ctx, w->out[O_SOFTMAX_AXIS], SM_R * SM_N, 2, smd), &axp));
   int64_t lgd[4] = {B, HQ, LQ, LK};
   p.lse = NULL;
   p.logits = wrap(ctx, w->out[O_SDPA_LOGITS], B * HQ * LQ * LK, 4, lgd);
