@@ -484,6 +484,10 @@ static const sm_case sm_cases[] = {
     {"-inf mask", 2, F(3, 1), .mask = F(NINF, 0), .y = W(0, 1), .logy = W(NINF, 0)},
     {"-inf mask on every entry", 2, F(3, 1), .mask = F(NINF, NINF), .y = W(0, 0),
      .logy = W(NINF, NINF)},
+    {"NaN and +inf x under a -inf mask", 3, F(NAN, INFINITY, 1), .mask = F(NINF, NINF, 0),
+     .y = W(0, 0, 1), .logy = W(NINF, NINF, 0)},
+    {"+inf and NaN x under a -inf mask on every entry", 2, F(INFINITY, NAN),
+     .mask = F(NINF, NINF), .y = W(0, 0), .logy = W(NINF, NINF)},
     {"NaN in mask", 2, F(3, 1), .mask = F(0, NAN), .y = W(NAN, NAN), .logy = W(NAN, NAN)},
     {"FLT_MAX mask", 2, F(0, 0), .mask = F(FLT_MAX, 0), .y = W(1, 0), .logy = W(0, -FLT_MAX)},
     /* z is float: scale*x overflows, to +inf (a NaN row) or -inf (masked) */

@@ -68,6 +68,14 @@ static void check_rows(const sm_case *c) {
                        fz_bcast_offset(c->mask, nd, idx) * 4, 4);
         mv = f;
       }
+      /* A -inf mask value removes the entry whatever x holds (header): an
+       * x of +inf or NaN must not make sx + mv a NaN z here. A half x
+       * makes this common: its data are floats rounded to the type, and
+       * anything beyond the type's range (FLT_MAX, 1e30 in f16) is Inf. */
+      if (mv == -INFINITY) {
+        masked[j] = 1;
+        continue;
+      }
       /* Float overflow of scale*x or of the sum decides NaN vs -inf at the
        * edges (the header warns z is float): such rows are not judged. */
       if (isfinite(sx) && fabs(sx) > 1e37)
