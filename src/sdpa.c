@@ -110,8 +110,12 @@ void attn__sdpa_fill_common(attn_sdpa_problem *p, const attn_sdpa_params *prm) {
   p->causal = prm->causal != 0;
   p->window = prm->window != 0;
   /* Clamp the extents so i' +- extent cannot overflow: |i'| < Lq + Lk +
-   * MAX_Q_OFFSET, so a longer extent reaches past every key all the same. */
-  int64_t far = p->Lq + p->Lk + MAX_Q_OFFSET;
+   * MAX_Q_OFFSET, so a longer extent reaches past every key all the same.
+   * The sum saturates: an empty tensor may have any other dim up to
+   * INT64_MAX (no row of such a problem runs). */
+  int64_t far = MAX_Q_OFFSET;
+  far = p->Lq > INT64_MAX / 4 ? INT64_MAX / 4 : far + p->Lq;
+  far = p->Lk > INT64_MAX / 4 ? INT64_MAX / 4 : far + p->Lk;
   p->wl = prm->window_left < far ? prm->window_left : far;
   p->wr = prm->window_right < far ? prm->window_right : far;
   p->bottom_right = prm->align == ATTN_ALIGN_BOTTOM_RIGHT;
