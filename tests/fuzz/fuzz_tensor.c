@@ -118,7 +118,14 @@ static void do_new(fz_in *in, attn_ctx *ctx, fz_alloc_state *a, live_tensor *lv,
   for (size_t i = 0; i < nb; i += step)
     FZ_CHECK(p[i] == 0, "not zero-filled at byte %zu", i);
   FZ_CHECK(nb == 0 || p[nb - 1] == 0, "last byte not zero");
-  if (*n_live < MAX_LIVE) {
+  if (*n_live >= MAX_LIVE) {
+    /* Every live handle must be tracked: freed handles are reused, and an
+     * untracked tensor in a dead handle's slot would make case 6's double
+     * free a valid free. */
+    FZ_CHECK(attn_tensor_free(ctx, t) == ATTN_OK, "free");
+    return;
+  }
+  {
     live_tensor *l = &lv[(*n_live)++];
     memset(l, 0, sizeof *l);
     l->t = t;
