@@ -107,8 +107,6 @@ void attn_mha_decoder_params_init(attn_mha_decoder_params *p) {
 static attn_status mha_create_decoder_impl(attn_ctx *ctx, const attn_mha_decoder_params *params,
                                     attn_mha **out) {
   attn_status st = ATTN_OK;
-  if (st != ATTN_OK)
-    return st;
   if (!params || !out)
     return attn__fail(ctx, ATTN_ERR_NULL_ARG, "%s is NULL", params ? "out" : "params");
   attn_mha_decoder_params p;
@@ -230,8 +228,8 @@ static attn_status check_weight(attn_ctx *ctx, const attn_mha *m, int32_t which,
 
 static attn_status mha_set_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t which,
                                 const attn_tensor *w) {
-  attn_status st = ATTN_OK;
-  if (st != ATTN_OK || (st = check_layer(ctx, layer)) ||
+  attn_status st;
+  if ((st = check_layer(ctx, layer)) ||
       (st = check_weight(ctx, layer, which, w)))
     return st;
   int64_t rows, cols;
@@ -255,8 +253,8 @@ static attn_status mha_set_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t w
 
 static attn_status mha_wrap_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t which,
                                  const attn_tensor *w) {
-  attn_status st = ATTN_OK;
-  if (st != ATTN_OK || (st = check_layer(ctx, layer)) ||
+  attn_status st;
+  if ((st = check_layer(ctx, layer)) ||
       (st = check_weight(ctx, layer, which, w)))
     return st;
   int64_t rows, cols;
@@ -275,8 +273,8 @@ static attn_status mha_wrap_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t 
 
 static attn_status mha_get_weight_impl(attn_ctx *ctx, const attn_mha *layer, int32_t which,
                                 attn_tensor *w) {
-  attn_status st = ATTN_OK;
-  if (st != ATTN_OK || (st = check_layer(ctx, layer)) ||
+  attn_status st;
+  if ((st = check_layer(ctx, layer)) ||
       (st = check_weight(ctx, layer, which, w)) ||
       (st = attn__check_writable(ctx, "w", w)))
     return st;
@@ -306,8 +304,8 @@ static size_t round_up(size_t n) { return (n + ATTN_ALIGN - 1) & ~(size_t)(ATTN_
 
 static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cache *cache,
                              const attn_tensor *x, attn_tensor *y, const int64_t *n_new) {
-  attn_status st = ATTN_OK;
-  if (st != ATTN_OK || (st = check_layer(ctx, layer)) ||
+  attn_status st;
+  if ((st = check_layer(ctx, layer)) ||
       (st = attn__kv_check(ctx, cache)) ||
       (st = check_f32(ctx, "x", x, 3)) ||
       (st = check_f32(ctx, "y", y, 3)))
