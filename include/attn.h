@@ -268,7 +268,9 @@ typedef enum attn_dtype {
  * @param[in]  dims  ndim sizes, each >= 0.
  * @param[out] out   receives the tensor; written only on success.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG (ndim, dtype or a
- *  dim < 0), ATTN_ERR_OVERFLOW (byte size overflows size_t), ATTN_ERR_NO_MEMORY.
+ *  dim < 0), ATTN_ERR_OVERFLOW (byte size overflows size_t, or the product
+ *  of the dims, leaving out zeros, exceeds INT64_MAX: empty tensors too),
+ *  ATTN_ERR_NO_MEMORY.
  * @since 0.1.0 */
 ATTN_API attn_status attn_tensor_new(attn_ctx *ctx, int32_t dtype, int32_t ndim,
                                      const int64_t *dims, attn_tensor **out);
@@ -662,8 +664,11 @@ ATTN_API void attn_rope_cache_params_init(attn_rope_cache_params *p);
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
  *  (dtype, newer params), ATTN_ERR_SHAPE (not 2-D, shapes differ, r/2 < 2 for
  *  ntk/dynamic, whose exponent r/(r-2) needs r > 2), ATTN_ERR_INVALID_ARG (a
- *  parameter out of range or set for a scaling that does not use it, strides),
- *  ATTN_ERR_ALIASING, ATTN_ERR_NO_MEMORY. Nothing is written on failure.
+ *  parameter out of range or set for a scaling that does not use it, strides;
+ *  also finite parameters so extreme that a frequency or an angle overflows,
+ *  or an applied attention factor outside float's normal range, which would
+ *  write Inf, NaN or 0 into the tables), ATTN_ERR_ALIASING, ATTN_ERR_NO_MEMORY.
+ *  Nothing is written on failure.
  * @since 0.2.0 */
 ATTN_API attn_status attn_rope_cache_fill(attn_ctx *ctx, attn_tensor *cos, attn_tensor *sin,
                                           const attn_rope_cache_params *p,

@@ -5,6 +5,7 @@
  * semantics. Frequencies, angles and the rotation are computed in double. */
 #include "check.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -260,6 +261,27 @@ static attn_status check_cache_params(attn_ctx *ctx, const attn_rope_cache_param
   return ATTN_OK;
 }
 
+/* Extreme but finite parameters (a factor of 1e-300, beta_fast near 0, an
+ * attention factor of 1e300) can make a frequency, an angle or a scaled
+ * table entry overflow: refuse them rather than write Inf or NaN. */
+static attn_status check_freqs(attn_ctx *ctx, const freq_plan *f, const double *w,
+                               double scale) {
+  double last = f->P > 0 ? (double)(f->P - 1) : 0.0;
+  for (int64_t i = 0; i < f->half; i++)
+    if (!isfinite(w[i]) || !isfinite(w[i] * last))
+      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                        "the scaled frequency of pair %lld is %g, whose angle at position "
+                        "%lld is not finite: check factor, the betas and the per-dimension "
+                        "factors",
+                        (long long)i, w[i], (long long)(f->P > 0 ? f->P - 1 : 0));
+  if (!(scale >= FLT_MIN && scale <= FLT_MAX))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "the attention factor is %g: applied to float tables it would "
+                      "overflow or underflow (it must lie in [%g, %g])",
+                      scale, (double)FLT_MIN, (double)FLT_MAX);
+  return ATTN_OK;
+}
+
 static attn_status cache_fill(attn_ctx *ctx, attn_tensor *cos_t, attn_tensor *sin_t,
                               const attn_rope_cache_params *params, double *attention_factor) {
   attn_rope_cache_params prm;
@@ -285,6 +307,8 @@ static attn_status cache_fill(attn_ctx *ctx, attn_tensor *cos_t, attn_tensor *si
     return st;
   double *w = attn__ws_alloc(ctx, bytes);
   double af = plan_freqs(&f, w);
+  if ((st = check_freqs(ctx, &f, w, prm.apply_attention_factor ? af : 1.0)) != ATTN_OK)
+    return st;
   if (attn__empty(cos_t)) { /* empty tables: only the attention factor */
     if (attention_factor)
       *attention_factor = af;

@@ -193,7 +193,7 @@ static attn_status sdpa_check(attn_ctx *ctx, const attn_tensor *q, const attn_te
                         "params.logits needs F32 q and k (q is %s, k is %s)",
                         attn__dtype_name(q->dtype), attn__dtype_name(k->dtype));
     p->logits = prm.logits->data;
-    memcpy(p->lgs, prm.logits->strides, sizeof p->lgs);
+    strides_of(prm.logits, p->lgs, 4);
     p->logits_stage = prm.logits_stage;
   }
   p->kv_lens = prm.kv_lens;

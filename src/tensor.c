@@ -30,14 +30,19 @@ static bool any_zero(int32_t ndim, const int64_t *dims) {
   return false;
 }
 
-/* dims' product must fit (a tensor with a 0 dim has no element at all). */
+/* The element count must fit in int64_t. An empty tensor's count is 0,
+ * but the product of its other dims is bounded the same way: ops multiply
+ * dims taken from several operands (batch x heads x rows) before they look
+ * for an element, and those products must not overflow either. */
 static attn_status element_count(attn_ctx *ctx, int32_t ndim, const int64_t *dims) {
   uint64_t count = 1;
-  if (any_zero(ndim, dims))
-    return ATTN_OK;
   for (int32_t i = 0; i < ndim; i++)
-    if (__builtin_mul_overflow(count, (uint64_t)dims[i], &count))
-      return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the element count overflows at dims[%d]", (int)i);
+    if (dims[i] != 0 &&
+        (__builtin_mul_overflow(count, (uint64_t)dims[i], &count) || count > INT64_MAX))
+      return attn__fail(ctx, ATTN_ERR_OVERFLOW,
+                        "the product of the dims exceeds INT64_MAX at dims[%d] (empty "
+                        "tensors too: the product of their non-zero dims)",
+                        (int)i);
   return ATTN_OK;
 }
 
@@ -115,14 +120,12 @@ static attn_tensor *link_new(attn_ctx *ctx, int32_t dtype, int32_t ndim, const i
   return t;
 }
 
+/* Row-major strides; element_count() bounds every partial product. */
 static void contiguous_strides(int32_t ndim, const int64_t *dims, int64_t *strides) {
-  /* Unsigned and saturated: the count may exceed INT64_MAX here (callers only
-   * checked it against UINT64_MAX); extent_bytes() then refuses the shape. */
-  uint64_t s = 1;
+  int64_t s = 1;
   for (int32_t i = ndim - 1; i >= 0; i--) {
-    strides[i] = s <= INT64_MAX ? (int64_t)s : INT64_MAX;
-    if (__builtin_mul_overflow(s, (uint64_t)dims[i], &s))
-      s = UINT64_MAX;
+    strides[i] = s;
+    s *= dims[i];
   }
 }
 
@@ -165,6 +168,8 @@ static attn_status tensor_wrap(attn_ctx *ctx, int32_t dtype, int32_t ndim, const
   if ((uintptr_t)data % attn__dtype_size(dtype))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "data %p is not aligned for %s", data,
                       attn__dtype_name(dtype));
+  if ((st = element_count(ctx, ndim, dims)) != ATTN_OK)
+    return st;
   int64_t s[ATTN_MAX_DIMS] = {0};
   if (strides) {
     for (int32_t i = 0; i < ndim; i++) {
@@ -180,8 +185,6 @@ static attn_status tensor_wrap(attn_ctx *ctx, int32_t dtype, int32_t ndim, const
                         (int)(ndim - 1), (long long)s[ndim - 1]);
     s[ndim - 1] = 1;
   } else {
-    if ((st = element_count(ctx, ndim, dims)) != ATTN_OK)
-      return st;
     contiguous_strides(ndim, dims, s);
   }
   size_t bytes = 0;

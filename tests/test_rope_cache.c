@@ -474,6 +474,29 @@ static void cache_fill_bad_input(void **state) {
   attn_rope_cache_params_init(&p);
   p.scaling = ATTN_ROPE_SCALING_NTK, p.factor = 2;
   assert_status(attn_rope_cache_fill(ctx, tc1, ts1, &p, NULL), ATTN_ERR_SHAPE);
+  /* Finite but extreme parameters whose tables would hold Inf or NaN. */
+  attn_rope_cache_params_init(&p);
+  p.scaling = ATTN_ROPE_SCALING_LINEAR, p.factor = 1e-310; /* w / 1e-310 = Inf at pair 0 */
+  assert_status(attn_rope_cache_fill(ctx, tc, ts, &p, NULL), ATTN_ERR_INVALID_ARG);
+  assert_error_mentions(ctx, "not finite");
+  p.factor = 1e-308; /* frequencies finite, the angle 7 * 1e308 is not */
+  assert_status(attn_rope_cache_fill(ctx, tc, ts, &p, NULL), ATTN_ERR_INVALID_ARG);
+  attn_rope_cache_params_init(&p);
+  p.scaling = ATTN_ROPE_SCALING_YARN, p.original_max_position = 16, p.factor = 4;
+  p.beta_fast = 1e-320; /* its ramp bound is +Inf, the ramp NaN */
+  assert_status(attn_rope_cache_fill(ctx, tc, ts, &p, NULL), ATTN_ERR_INVALID_ARG);
+  p.beta_fast = 0, p.attention_factor = 1e300, p.apply_attention_factor = 1;
+  double af = -1;
+  assert_status(attn_rope_cache_fill(ctx, tc, ts, &p, &af), ATTN_ERR_INVALID_ARG);
+  assert_error_mentions(ctx, "attention factor");
+  assert_true(af == -1);
+  p.attention_factor = 1e-300;
+  assert_status(attn_rope_cache_fill(ctx, tc, ts, &p, NULL), ATTN_ERR_INVALID_ARG);
+  p.apply_attention_factor = 0; /* only returned: any positive double is fine */
+  assert_status(attn_rope_cache_fill(ctx, tc1, ts1, &p, &af), ATTN_OK);
+  assert_true(af == 1e-300);
+  for (int i = 0; i < 8; i++)
+    c[i] = s[i] = 9.0f; /* tc1 / ts1 were written */
   for (int i = 0; i < 32; i++)
     assert_true(c[i] == 9.0f && s[i] == 9.0f);
   attn_ctx_destroy(ctx);

@@ -113,6 +113,21 @@ static void wrap_bad_input(void **state) {
   int64_t huge_dims[2] = {INT64_MAX, INT64_MAX};
   assert_status(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 2, huge_dims, NULL, buf, sizeof buf, &t),
                 ATTN_ERR_OVERFLOW);
+  /* Empty, or all broadcast: no byte, but the dims still multiply past
+   * INT64_MAX, which the ops' work counts could not hold (fuzz_sdpa). */
+  int64_t empty_huge[4] = {1ll << 40, 1ll << 40, 1, 0}, zeros[4] = {0, 0, 0, 1};
+  assert_status(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, empty_huge, NULL, buf, sizeof buf, &t),
+                ATTN_ERR_OVERFLOW);
+  assert_error_mentions(ctx, "INT64_MAX");
+  assert_status(attn_tensor_new(ctx, ATTN_DTYPE_F32, 4, empty_huge, &t), ATTN_ERR_OVERFLOW);
+  int64_t bcast_huge[4] = {1ll << 40, 1ll << 40, 1, 1};
+  assert_status(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, bcast_huge, zeros, buf, sizeof buf, &t),
+                ATTN_ERR_OVERFLOW);
+  int64_t empty_ok[4] = {1ll << 30, 1ll << 31, 0, 3}; /* 3 * 2^61 < 2^63 */
+  assert_status(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, empty_ok, NULL, buf, sizeof buf, &t),
+                ATTN_OK);
+  attn_tensor_free(ctx, t);
+  t = (attn_tensor *)0x1;
   assert_ptr_equal(t, (attn_tensor *)0x1);
   attn_ctx_destroy(ctx);
 }

@@ -373,6 +373,11 @@ static inline void fz_make_tensor(fz_in *in, attn_ctx *ctx, fz_tensor *tz, int32
   for (int32_t i = 0; ok && i < ndim; i++)
     if (dims[i] < 0)
       ok = 0;
+  /* The non-zero dims must multiply within int64, empty tensors too. */
+  unsigned __int128 nonzero = 1;
+  for (int32_t i = 0; ok && i < ndim; i++)
+    if (dims[i] > 0 && (nonzero *= (uint64_t)dims[i]) > INT64_MAX)
+      ok = 0;
   memcpy(tz->eff, s, sizeof tz->eff);
   if (ok && tz->has_strides) {
     for (int32_t i = 0; i < ndim; i++)

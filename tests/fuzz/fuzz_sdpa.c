@@ -16,9 +16,9 @@
  * q_base + h*qs[0] + i*qs[1] + d*qs[2], and likewise for the others. */
 typedef struct {
   int64_t Hq, Hkv, Lq, Lk, D, Dv;
-  const fz_tensor *q, *k, *v, *out, *lse, *w;
-  int64_t qb, kb, vb, ob, lb, wb; /* bases in elements */
-  int64_t qs[3], ks[3], vs[3], os[3], ls[2], ws[3];
+  const fz_tensor *q, *k, *v, *out, *lse, *w, *lg;
+  int64_t qb, kb, vb, ob, lb, wb, gb; /* bases in elements */
+  int64_t qs[3], ks[3], vs[3], os[3], ls[2], ws[3], gs[3];
   const fz_tensor *mask, *bmask; /* broadcast [B, Hq, Lq, Lk]; batch b below */
   int64_t b;
   int64_t kv_len;
@@ -233,6 +233,52 @@ static void check_rows(const ref_view *r) {
   free(vis);
 }
 
+/* The logits output at its stage, for every key: scale * q.k, then the
+ * soft-cap, then ALiBi and the masks with -inf at every hidden key. */
+static void check_logits(const ref_view *r) {
+  double scale = r->prm.scale != 0 ? r->prm.scale : r->D > 0 ? 1.0 / sqrt((double)r->D) : 1.0;
+  int64_t G = r->Hq / r->Hkv;
+  int stage = r->prm.logits_stage;
+  for (int64_t h = 0; h < r->Hq; h++)
+    for (int64_t i = 0; i < r->Lq; i++) {
+      int64_t ip = i + r->diag;
+      for (int64_t j = 0; j < r->Lk; j++) {
+        double dot = 0, dmag = 0;
+        for (int64_t d = 0; d < r->D; d++) {
+          double a = rd(r->q, r->qb + h * r->qs[0] + i * r->qs[1] + d * r->qs[2]);
+          double c = rd(r->k, r->kb + h / G * r->ks[0] + j * r->ks[1] + d * r->ks[2]);
+          dot += a * c;
+          dmag += fabs(a * c);
+        }
+        double x = scale * dot, tol = 1e-6 * (double)(r->D + 8) * fabs(scale) * dmag + 1e-30;
+        int64_t idx[4] = {r->b, h, i, j};
+        int hidden = j >= r->kv_len || (r->prm.causal && j > ip) ||
+                     (r->prm.window && (ip - j > r->prm.window_left || j - ip > r->prm.window_right)) ||
+                     (r->bmask && !((const uint8_t *)fz_data(r->bmask))[fz_bcast_offset(r->bmask, 4, idx)]);
+        double mv = r->mask ? rd(r->mask, fz_bcast_offset(r->mask, 4, idx)) : 0;
+        if (!(dmag * fabs(scale) < 1e30)) /* the float product overflows: not judged */
+          continue;
+        if (stage >= ATTN_LOGITS_SOFTCAPPED && r->prm.softcap > 0)
+          x = r->prm.softcap * tanh(x / r->prm.softcap);
+        if (stage == ATTN_LOGITS_MASKED) {
+          if (hidden || mv == -INFINITY) {
+            x = -INFINITY;
+          } else {
+            double t = r->prm.alibi_slopes ? (double)r->prm.alibi_slopes[h] * (double)(j - ip) : 0;
+            if (!(fabs(t) < 1e30 && fabs(mv) < 1e30))
+              continue; /* float rounding of large terms: not judged */
+            x += t + mv;
+            tol += 1e-6 * (fabs(t) + fabs(mv));
+          }
+        }
+        double got = rd(r->lg, r->gb + h * r->gs[0] + i * r->gs[1] + j * r->gs[2]);
+        FZ_CHECK(close_enough(got, x, tol),
+                 "b %lld h %lld i %lld j %lld: logits (stage %d) %.9g, reference %.9g",
+                 (long long)r->b, (long long)h, (long long)i, (long long)j, stage, got, x);
+      }
+    }
+}
+
 /* Shared parameter choices; arrays are allocated by the caller (n entries). */
 typedef struct {
   int64_t *kv_lens, *q_offsets;
@@ -283,7 +329,8 @@ static void fuzz_params(fz_in *in, attn_sdpa_params *p, int64_t B, int64_t Hq, i
 /* Whether the harness believes the parameter values valid (shapes aside). */
 static int params_sane(const attn_sdpa_params *p, int64_t B, int64_t Hq, int64_t Lk) {
   int sane = isfinite(p->scale) && isfinite(p->softcap) && p->softcap >= 0 &&
-             (p->align == 0 || p->align == 1) && p->reserved_ == 0 &&
+             (p->align == 0 || p->align == 1) && p->reserved_ == 0 && p->reserved2_ == 0 &&
+             p->logits_stage >= 0 && p->logits_stage <= 2 &&
              (!p->window || (p->window_left >= 0 && p->window_right >= 0));
   if (p->kv_lens)
     for (int64_t b = 0; b < B; b++)
@@ -367,8 +414,8 @@ static void fuzz_sdpa(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
     int axis = fz_u8(in) % 4;
     t[axis] = dim_noise(in, t[axis]);
   }
-  fz_tensor q, k, v, out, mask, bmask, lse, w;
-  fz_tensor *pm = NULL, *pb = NULL, *pl = NULL, *pw = NULL;
+  fz_tensor q, k, v, out, mask, bmask, lse, w, lg;
+  fz_tensor *pm = NULL, *pb = NULL, *pl = NULL, *pw = NULL, *pg = NULL;
   fz_make_tensor(in, ctx, &q, fz_float_dtype(in), 4, qd, FZ_INPUT);
   fz_make_tensor(in, ctx, &k, fz_float_dtype(in), 4, kd, FZ_INPUT);
   fz_make_tensor(in, ctx, &v, fz_float_dtype(in), 4, vd, FZ_INPUT);
@@ -408,6 +455,10 @@ static void fuzz_sdpa(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
     fz_make_tensor(in, ctx, &w, ATTN_DTYPE_F32, 4, full, FZ_OUTPUT);
     pw = &w;
   }
+  if (fz_chance(in, 32)) {
+    fz_make_tensor(in, ctx, &lg, ATTN_DTYPE_F32, 4, full, FZ_OUTPUT);
+    pg = &lg;
+  }
   param_arrays arr = {0};
   int small_bh = B >= 1 && B <= 4096 && Hq >= 1 && Hq <= 4096;
   if (small_bh) {
@@ -426,6 +477,11 @@ static void fuzz_sdpa(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
   p.bool_mask = pb ? pb->t : NULL;
   p.lse = pl ? pl->t : NULL;
   p.weights = pw ? pw->t : NULL;
+  p.logits = pg ? pg->t : NULL;
+  if (small_bh && fz_chance(in, 24)) /* params_sane judges these only then */
+    p.logits_stage = fz_chance(in, 240) ? (int32_t)fz_range(in, 0, 2) : (int32_t)fz_range(in, -2, 5);
+  if (small_bh && fz_chance(in, 3))
+    p.reserved2_ = 1;
   unsigned char raw[sizeof(attn_sdpa_params) + 64];
   const attn_sdpa_params *pp = fuzz_struct(in, raw, sizeof raw, &p, &eff, &readable);
   sane = readable && small_bh ? params_sane(&eff, B, Hq, Lk) : 1;
@@ -438,20 +494,22 @@ static void fuzz_sdpa(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
     int injected = a->fail_at != 0;
     attn_status st = attn_sdpa(ctx, q.t, k.t, v.t, out.t, pp);
     a->fail_at = 0;
-    fz_tensor *ins[5] = {&q, &k, &v, pm, pb}, *outs[4] = {&out, pl, pw, NULL};
-    check_buffers(st, ins, 5, outs, 3);
+    fz_tensor *ins[5] = {&q, &k, &v, pm, pb}, *outs[4] = {&out, pl, pw, pg};
+    check_buffers(st, ins, 5, outs, 4);
     if (st != ATTN_OK) {
       FZ_CHECK(attn_ctx_last_error(ctx)[0], "failure without a message");
       FZ_CHECK(st >= ATTN_ERR_NULL_ARG && st <= ATTN_ERR_ALIASING, "status %d", (int)st);
       /* A call the harness knows to be valid may only run out of memory. */
       int exotic = 0;
-      fz_tensor *all[8] = {&q, &k, &v, &out, pm, pb, pl, pw};
-      for (int i = 0; i < 8; i++)
+      fz_tensor *all[9] = {&q, &k, &v, &out, pm, pb, pl, pw, pg};
+      for (int i = 0; i < 9; i++)
         if (all[i] && (!all[i]->t || all[i]->exotic))
           exotic = 1; /* strides may overlap an output: the harness cannot tell */
       if (!exotic && !noise && mask_shape_ok && sane && readable && !rejected_for_size &&
           (Hkv == 0 ? Hq == 0 : Hq % Hkv == 0) &&
-          (!pl || (pl->dims[0] == B && pl->dims[1] == Hq && pl->dims[2] == Lq)))
+          (!pl || (pl->dims[0] == B && pl->dims[1] == Hq && pl->dims[2] == Lq)) &&
+          /* the logits pass takes F32 q and k only */
+          !(eff.logits && (q.dtype != ATTN_DTYPE_F32 || k.dtype != ATTN_DTYPE_F32)))
         FZ_CHECK(st == ATTN_ERR_NO_MEMORY && injected, "valid call refused: %s: %s",
                  attn_status_string(st), attn_ctx_last_error(ctx));
     } else {
@@ -475,18 +533,25 @@ static void fuzz_sdpa(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
             r.wb = b * w.eff[0];
             memcpy(r.ws, w.eff + 1, 24);
           }
+          if (pg) {
+            r.gb = b * lg.eff[0];
+            memcpy(r.gs, lg.eff + 1, 24);
+          }
           r.mask = eff.mask ? pm : NULL, r.bmask = eff.bool_mask ? pb : NULL, r.b = b;
           r.lse = eff.lse ? pl : NULL, r.w = eff.weights ? pw : NULL;
           r.prm = eff;
           r.kv_len = eff.kv_lens ? eff.kv_lens[b] : Lk;
           r.diag = diag_of(&eff, b, Lq, r.kv_len);
           check_rows(&r);
+          r.lg = eff.logits ? pg : NULL;
+          if (r.lg)
+            check_logits(&r);
         }
       }
     }
   }
-  fz_tensor *all[8] = {&q, &k, &v, &out, pm, pb, pl, pw};
-  for (int i = 0; i < 8; i++)
+  fz_tensor *all[9] = {&q, &k, &v, &out, pm, pb, pl, pw, pg};
+  for (int i = 0; i < 9; i++)
     if (all[i])
       fz_tensor_release(all[i]);
   free(arr.kv_lens);

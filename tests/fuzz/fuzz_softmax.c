@@ -1,5 +1,6 @@
 /* Fuzz target: attn_softmax and attn_log_softmax. The input chooses the
  * shape (1..4 dims; rows long enough to reach the vector kernels' tails),
+ * the axis (any, or out of range),
  * strides (padded, transposed, broadcast, overlapping), in-place or aliased
  * outputs, additive and boolean masks with broadcast shapes, the scale, the
  * struct size, and the data (+-FLT_MAX, subnormals, +-Inf, NaN anywhere).
@@ -17,6 +18,7 @@ typedef struct {
   const float *x_before; /* x's buffer before the call (in place: y == x) */
   float scale;
   int log;
+  int32_t ax; /* the softmax axis, 0..ndim-1 */
 } sm_case;
 
 static float x_at(const sm_case *c, const int64_t *idx) {
@@ -40,21 +42,24 @@ static void check_rows(const sm_case *c) {
   int32_t nd = c->x->ndim;
   if (fz_numel(c->x) == 0)
     return; /* empty: fz_check_gaps saw that nothing was written */
-  int64_t n = c->x->dims[nd - 1], rows = fz_numel(c->x) / n;
+  int32_t ax = c->ax;
+  int64_t n = c->x->dims[ax], rows = fz_numel(c->x) / n;
   double *z = malloc((size_t)n * sizeof *z);
   unsigned char *masked = malloc((size_t)n);
   FZ_CHECK(z && masked, "malloc");
   for (int64_t r = 0; r < rows; r++) {
     int64_t idx[ATTN_MAX_DIMS] = {0};
     int64_t t = r;
-    for (int32_t i = nd - 2; i >= 0; i--) {
+    for (int32_t i = nd - 1; i >= 0; i--) {
+      if (i == ax)
+        continue;
       idx[i] = t % c->x->dims[i];
       t /= c->x->dims[i];
     }
     int tame = 1, nan_row = 0, any = 0;
     double M = -INFINITY, big = 0;
     for (int64_t j = 0; j < n; j++) {
-      idx[nd - 1] = j;
+      idx[ax] = j;
       masked[j] = 0;
       if (c->bmask && !((const uint8_t *)fz_data(c->bmask))[fz_bcast_offset(c->bmask, nd, idx)]) {
         masked[j] = 1; /* removed whatever x holds */
@@ -101,7 +106,7 @@ static void check_rows(const sm_case *c) {
       continue;
     if (nan_row) {
       for (int64_t j = 0; j < n; j++) {
-        idx[nd - 1] = j;
+        idx[ax] = j;
         FZ_CHECK(isnan(y_at(c, idx)), "row %lld: a NaN or +inf z, but y[%lld] = %g",
                  (long long)r, (long long)j, (double)y_at(c, idx));
       }
@@ -117,7 +122,7 @@ static void check_rows(const sm_case *c) {
     double u = fz_half_ulp(c->y->dtype), atol = u ? 0x1p-24 : 0; /* a half y: one more rounding */
     double sum = 0, lerr = 0;
     for (int64_t j = 0; j < n; j++) {
-      idx[nd - 1] = j;
+      idx[ax] = j;
       double got = y_at(c, idx);
       if (!any || masked[j]) {
         double want = c->log ? -INFINITY : 0.0;
@@ -232,6 +237,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     p.scale = fz_chance(&in, 200) ? fz_float_mostly_small(&in) : fz_float(&in);
   if (fz_chance(&in, 3))
     p.reserved_ = 5;
+  if (fz_chance(&in, 96)) /* mostly valid: 0 or -ndim..-1; sometimes anything */
+    p.axis = fz_chance(&in, 230) ? -(int32_t)fz_range(&in, 0, ndim) : (int32_t)fz_range(&in, -6, 6);
+  if (fz_chance(&in, 3))
+    p.reserved2_ = 1;
   p.mask = pm ? pm->t : NULL;
   p.bool_mask = pb ? pb->t : NULL;
   unsigned char raw[sizeof p + 64];
@@ -268,6 +277,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       FZ_CHECK(fz_unchanged(&y), "y was written by a failed call (%s)", attn_status_string(st));
       FZ_CHECK(attn_ctx_last_error(ctx)[0], "failure without a message");
       int known_valid = x.t && y.t && !x.exotic && !y.exotic && readable && eff.reserved_ == 0 &&
+                        eff.reserved2_ == 0 && eff.axis <= 0 && eff.axis >= -ndim &&
                         isfinite(eff.scale) && memcmp(dims, ydims, sizeof dims) == 0 &&
                         !(in_place && x.has_strides) && (!pm || !pm->exotic) &&
                         (!pb || !pb->exotic);
@@ -277,10 +287,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         FZ_CHECK(0, "valid call refused: %s: %s", attn_status_string(st),
                  attn_ctx_last_error(ctx));
     } else {
-      FZ_CHECK(readable && eff.reserved_ == 0 && isfinite(eff.scale), "bad params accepted");
+      FZ_CHECK(readable && eff.reserved_ == 0 && eff.reserved2_ == 0 && isfinite(eff.scale) &&
+                   eff.axis <= 0 && eff.axis >= -ndim,
+               "bad params accepted");
       fz_check_gaps(&y, "y");
       sm_case c = {&x, &y, eff.mask ? pm : NULL, eff.bool_mask ? pb : NULL, x_before,
-                   eff.scale == 0 ? 1.0f : eff.scale, log};
+                   eff.scale == 0 ? 1.0f : eff.scale, log,
+                   eff.axis == 0 ? ndim - 1 : ndim + eff.axis};
       check_rows(&c);
     }
     free(x_before);

@@ -73,14 +73,18 @@ static void do_new(fz_in *in, attn_ctx *ctx, fz_alloc_state *a, live_tensor *lv,
   for (int i = 0; i < 8; i++)
     dims[i] = fz_dim(in, 12);
   int layout_ok = ndim >= 1 && ndim <= 4 && dtype >= 0 && dtype <= 3;
-  unsigned __int128 bytes = fz_dtype_size(dtype);
+  unsigned __int128 bytes = fz_dtype_size(dtype), nonzero = 1; /* saturate: too big anyway */
   for (int32_t i = 0; layout_ok && i < ndim; i++) {
     if (dims[i] < 0) /* 0 is an empty tensor */
       layout_ok = 0;
     else if ((bytes *= (uint64_t)dims[i]) > ((unsigned __int128)1 << 64))
-      bytes = (unsigned __int128)1 << 64; /* saturate: too big anyway */
+      bytes = (unsigned __int128)1 << 64;
+    if (dims[i] > 0 && (nonzero *= (uint64_t)dims[i]) > ((unsigned __int128)1 << 64))
+      nonzero = (unsigned __int128)1 << 64;
   }
-  int fits = layout_ok && bytes <= ((size_t)64 << 20) - 64; /* fz_alloc's cap */
+  /* An empty tensor's non-zero dims must multiply within int64 as well. */
+  int fits = layout_ok && bytes <= ((size_t)64 << 20) - 64 /* fz_alloc's cap */ &&
+             nonzero <= INT64_MAX;
   int fail_armed = a->fail_at != 0;
   attn_tensor *t = (attn_tensor *)0x1;
   attn_status st = attn_tensor_new(ctx, dtype, ndim, dims, &t);
