@@ -13,8 +13,9 @@
  * "Prescott", a quarter of the AVX-512 rate). These kernels reach the rate
  * of a well-chosen BLAS on these shapes (bench/RESULTS.md).
  *
- * The order of every sum is fixed (k ascending, one FMA chain per element),
- * so a result depends only on the operands: never on threads or alignment.
+ * The order of every sum is fixed (k ascending, one FMA chain per element or,
+ * for gemm_nt's few-row path, per lane), so a result depends only on the
+ * operands and the shape: never on threads or alignment.
  * IEEE semantics as a BLAS: 0 * inf and 0 * NaN give NaN. */
 
 #include <stdbool.h>
@@ -114,11 +115,67 @@ static void gemm_panel(int64_t m, int64_t nr, int64_t k, const float *a, int64_t
   }
 }
 
+/* Rows of c that gemm_nt computes as dot products rather than through a
+ * packed panel: below this, packing b^T costs more than the products (a
+ * decode step has only its G query rows per head). */
+#define GEMM_DOT_MAX_ROWS 8
+#define GEMM_DOT_ROWS 4 /* rows per pass over b */
+
+/* c[0..mr, j] = alpha a[i] . b[j] for every j < n: each dot product summed
+ * in VW lanes (k ascending), then across the lanes by v_hsum; the order is
+ * fixed by k alone. */
+static inline __attribute__((always_inline)) void gemm_dot(int mr, int64_t n, int64_t k,
+                                                           float alpha, const float *a,
+                                                           int64_t lda, const float *b,
+                                                           int64_t ldb, float *c, int64_t ldc) {
+  int64_t tail = k % VW;
+  for (int64_t j = 0; j < n; j++) {
+    const float *bj = b + j * ldb;
+    vf s[GEMM_DOT_ROWS];
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++)
+      s[i] = v_set1(0.0f);
+    for (int64_t kk = 0; kk < k - tail; kk += VW) {
+      vf bv = v_load(bj + kk);
+#pragma GCC unroll 4
+      for (int i = 0; i < mr; i++)
+        s[i] = v_fma(v_load(a + i * lda + kk), bv, s[i]);
+    }
+    if (tail) {
+      vf bv = gemm_load_n(bj + k - tail, tail);
+#pragma GCC unroll 4
+      for (int i = 0; i < mr; i++)
+        s[i] = v_fma(gemm_load_n(a + i * lda + k - tail, tail), bv, s[i]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++)
+      c[i * ldc + j] = alpha * v_hsum(s[i]);
+  }
+}
+
+static void gemm_nt_dot(int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                        int64_t lda, const float *b, int64_t ldb, float *c, int64_t ldc) {
+  for (int64_t i = 0; i < m; i += GEMM_DOT_ROWS) {
+    const float *ai = a + i * lda;
+    float *ci = c + i * ldc;
+    switch (m - i < GEMM_DOT_ROWS ? m - i : GEMM_DOT_ROWS) {
+    case 1: gemm_dot(1, n, k, alpha, ai, lda, b, ldb, ci, ldc); break;
+    case 2: gemm_dot(2, n, k, alpha, ai, lda, b, ldb, ci, ldc); break;
+    case 3: gemm_dot(3, n, k, alpha, ai, lda, b, ldb, ci, ldc); break;
+    default: gemm_dot(4, n, k, alpha, ai, lda, b, ldb, ci, ldc); break;
+    }
+  }
+}
+
 /* c[m, n] = alpha a[m, k] b[n, k]^T. Each panel of GEMM_NR rows of b is
  * copied transposed (kk-major, zero-padded to GEMM_NR columns) to the stack,
  * GEMM_KC deep at a time; deeper products add the later slices into c. */
 static void gemm_nt(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                     const float *b, int64_t ldb, float *c, int64_t ldc) {
+  if (m <= GEMM_DOT_MAX_ROWS) {
+    gemm_nt_dot(m, n, k, alpha, a, lda, b, ldb, c, ldc);
+    return;
+  }
   float bt[GEMM_KC * GEMM_NR] __attribute__((aligned(64)));
   for (int64_t j0 = 0; j0 < n; j0 += GEMM_NR) {
     int64_t nr = n - j0 < GEMM_NR ? n - j0 : GEMM_NR;

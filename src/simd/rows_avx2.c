@@ -40,6 +40,12 @@ static inline float v_hmax(vf a) {
   h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
   return _mm_cvtss_f32(h);
 }
+static inline float v_hsum(vf a) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+  return _mm_cvtss_f32(h);
+}
 static inline vf v_pow2(vf p, vf t) {
   __m256i n = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(EXP_MAGIC_BITS));
   __m256i n1 = _mm256_srai_epi32(n, 1);

@@ -31,6 +31,7 @@ static inline vm v_nan(vf a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
 static inline vm vm_or(vm a, vm b) { return (vm)(a | b); }
 static inline int vm_any(vm a) { return a != 0; }
 static inline float v_hmax(vf a) { return _mm512_reduce_max_ps(a); }
+static inline float v_hsum(vf a) { return _mm512_reduce_add_ps(a); }
 static inline vf v_pow2(vf p, vf t) {
   __m512i n = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(EXP_MAGIC_BITS));
   __m512i n1 = _mm512_srai_epi32(n, 1);
