@@ -22,10 +22,11 @@ CLANG="clang-14 libclang-rt-14-dev"      # the clang preset, fuzzing
 VALGRIND="valgrind"                      # .ci/run valgrind
 ABI="abigail-tools"                      # abidiff (.ci/run abi)
 DOCS="doxygen"                           # the API reference (.ci/run docs)
+RUST="cargo"                             # Debian's Rust 1.63 (.ci/run rust, if no cargo)
 
 usage() {
   echo "usage: tools/install-deps.sh [GROUP...]" >&2
-  echo "groups: build (default), python, test, torch, blis, clang, valgrind, abi, docs, ci (all)" >&2
+  echo "groups: build (default), python, test, torch, blis, clang, valgrind, abi, docs, rust, ci (all)" >&2
   exit 1
 }
 
@@ -42,7 +43,8 @@ for g in "$@"; do
     valgrind) PACKAGES="$PACKAGES $TEST $VALGRIND" ;;
     abi) PACKAGES="$PACKAGES $BUILD $ABI" ;;
     docs) PACKAGES="$PACKAGES $DOCS" ;;
-    ci) PACKAGES="$PACKAGES $TEST $TORCH $BLIS $CLANG $VALGRIND $ABI $DOCS" ;;
+    rust) PACKAGES="$PACKAGES $BUILD $RUST" ;;
+    ci) PACKAGES="$PACKAGES $TEST $TORCH $BLIS $CLANG $VALGRIND $ABI $DOCS $RUST" ;;
     -h | --help) usage ;;
     *) echo "install-deps: unknown group '$g'" >&2; usage ;;
   esac
