@@ -38,8 +38,8 @@ pub use kv::{KvCache, KvCacheInfo};
 pub use mha::{DecoderConfig, DecoderLayer, Weight};
 pub use ops::{
     Align, LogitsStage, PeLayout, PoolAttentionOptions, PoolMode, PoolOptions, RopeCacheOptions,
-    RopeCachedOptions, RopeOptions, RopeScaling, RopeStyle, SdpaOptions, SdpaOutputs,
-    SinusoidalOptions, SoftmaxOptions,
+    RopeCachedOptions, RopeOptions, RopeScaling, RopeStyle, SdpaGradOutputs, SdpaOptions,
+    SdpaOutputs, SinusoidalOptions, SoftmaxOptions,
 };
 pub use tensor::{Bf16, Element, Float, View, ViewMut, F16};
 

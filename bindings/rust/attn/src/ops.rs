@@ -583,16 +583,7 @@ impl Context {
         lse: Option<&mut ViewMut<'_, f32>>,
     ) -> Result<()> {
         const F: &str = "Context::sdpa_varlen";
-        if cu_seqlens_q.is_empty() || cu_seqlens_q.len() != cu_seqlens_k.len() {
-            return Err(Error::Shape(format!(
-                "{}: cu_seqlens_q has {} entries and cu_seqlens_k {} (both batch + 1 >= 1)",
-                F,
-                cu_seqlens_q.len(),
-                cu_seqlens_k.len()
-            )));
-        }
-        let batch = i32::try_from(cu_seqlens_q.len() - 1)
-            .map_err(|_| Error::InvalidArg(format!("{}: batch too large", F)))?;
+        let batch = varlen_batch(F, cu_seqlens_q, cu_seqlens_k)?;
         let mut h = Handles::new(self);
         let mut p = opts.raw(F, &mut h, Some(batch as i64), dim(q.dims(), 3, 1))?;
         p.lse = h.opt_output(lse)?;
@@ -705,5 +696,208 @@ impl Context {
         let ot = h.output(out)?;
         // SAFETY: valid handles; lengths holds B entries.
         self.check(unsafe { sys::attn_pool_attention(self.as_ptr(), qt, kt, vt, ot, &p) })
+    }
+}
+
+// ---------------------------------------------------------------- gradients
+
+// batch + 1 offsets each: the count attn_sdpa_varlen* reads.
+fn varlen_batch(func: &str, cu_q: &[i64], cu_k: &[i64]) -> Result<i32> {
+    if cu_q.is_empty() || cu_q.len() != cu_k.len() {
+        return Err(Error::Shape(format!(
+            "{}: cu_seqlens_q has {} entries and cu_seqlens_k {} (both batch + 1 >= 1)",
+            func,
+            cu_q.len(),
+            cu_k.len()
+        )));
+    }
+    i32::try_from(cu_q.len() - 1)
+        .map_err(|_| Error::InvalidArg(format!("{}: batch = {} too large", func, cu_q.len() - 1)))
+}
+
+/// Optional outputs of the SDPA gradients.
+#[derive(Default)]
+pub struct SdpaGradOutputs<'a, 'b> {
+    /// [B, Hq, Lq, Lk]: dS, the gradient of an additive mask (not summed
+    /// over its broadcast axes).
+    pub dmask: Option<&'a mut ViewMut<'b, f32>>,
+    /// [Hq]: the gradient of SdpaOptions::sinks.
+    pub dsinks: Option<&'a mut [f32]>,
+}
+
+impl Context {
+    fn softmax_grad(
+        &self,
+        log: bool,
+        y: &View<'_, f32>,
+        dy: &View<'_, f32>,
+        dx: &mut ViewMut<'_, f32>,
+        dmask: Option<&mut ViewMut<'_, f32>>,
+        opts: &SoftmaxOptions<'_>,
+    ) -> Result<()> {
+        if opts.axis != 0 && opts.axis != -1 {
+            // The library's gradients run over the last axis and read only scale.
+            return Err(Error::Unsupported(format!(
+                "Context::softmax_backward: axis = {} (gradients are over the last axis)",
+                opts.axis
+            )));
+        }
+        let p = sys::attn_softmax_params { scale: opts.scale, ..Default::default() };
+        let mut h = Handles::new(self);
+        let (yt, dyt) = (h.input(y)?, h.input(dy)?);
+        let (dxt, dmt) = (h.output(dx)?, h.opt_output(dmask)?);
+        // SAFETY: valid handles.
+        let st = unsafe {
+            if log {
+                sys::attn_log_softmax_backward(self.as_ptr(), yt, dyt, dxt, dmt, &p)
+            } else {
+                sys::attn_softmax_backward(self.as_ptr(), yt, dyt, dxt, dmt, &p)
+            }
+        };
+        self.check(st)
+    }
+
+    /// The gradient of softmax: dx from its output y and dy (and dz, the
+    /// logits' gradient, into `dmask`); `opts` are the forward's (scale is
+    /// read; the last axis only).
+    pub fn softmax_backward(
+        &self,
+        y: &View<'_, f32>,
+        dy: &View<'_, f32>,
+        dx: &mut ViewMut<'_, f32>,
+        dmask: Option<&mut ViewMut<'_, f32>>,
+        opts: &SoftmaxOptions<'_>,
+    ) -> Result<()> {
+        self.softmax_grad(false, y, dy, dx, dmask, opts)
+    }
+
+    /// The gradient of log-softmax, as [`Context::softmax_backward`].
+    pub fn log_softmax_backward(
+        &self,
+        y: &View<'_, f32>,
+        dy: &View<'_, f32>,
+        dx: &mut ViewMut<'_, f32>,
+        dmask: Option<&mut ViewMut<'_, f32>>,
+        opts: &SoftmaxOptions<'_>,
+    ) -> Result<()> {
+        self.softmax_grad(true, y, dy, dx, dmask, opts)
+    }
+
+    /// The gradient of rope, in place on dx [B, H, L, D] (the inverse
+    /// rotation); `opts` are the forward's.
+    pub fn rope_backward(&self, dx: &mut ViewMut<'_, f32>, opts: &RopeOptions<'_>) -> Result<()> {
+        let bl = match dx.dims() {
+            &[b, _, l, _] => b.checked_mul(l),
+            _ => None,
+        };
+        check_len(
+            "Context::rope_backward",
+            "positions",
+            opts.positions,
+            bl,
+            "dx.shape[0] * dx.shape[2]",
+        )?;
+        let p = opts.raw()?;
+        let mut h = Handles::new(self);
+        let t = h.output(dx)?;
+        // SAFETY: valid handle; positions holds B * L entries.
+        self.check(unsafe { sys::attn_rope_backward(self.as_ptr(), t, &p) })
+    }
+
+    /// The gradients dq, dk, dv of sdpa from q, k, v, its output `out` and
+    /// log-sum-exp `lse` [B, Hq, Lq], and dout; `opts` are the forward's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sdpa_backward(
+        &self,
+        q: &View<'_, f32>,
+        k: &View<'_, f32>,
+        v: &View<'_, f32>,
+        out: &View<'_, f32>,
+        lse: &View<'_, f32>,
+        dout: &View<'_, f32>,
+        dq: &mut ViewMut<'_, f32>,
+        dk: &mut ViewMut<'_, f32>,
+        dv: &mut ViewMut<'_, f32>,
+        opts: &SdpaOptions<'_>,
+        extra: SdpaGradOutputs<'_, '_>,
+    ) -> Result<()> {
+        const F: &str = "Context::sdpa_backward";
+        let hq = dim(q.dims(), 4, 1);
+        let mut h = Handles::new(self);
+        let p = opts.raw(F, &mut h, dim(q.dims(), 4, 0), hq)?;
+        let bp = self.grad_outputs(F, &mut h, extra, hq)?;
+        let (qt, kt, vt) = (h.input(q)?, h.input(k)?, h.input(v)?);
+        let (ot, lt, dot) = (h.input(out)?, h.input(lse)?, h.input(dout)?);
+        let (dqt, dkt, dvt) = (h.output(dq)?, h.output(dk)?, h.output(dv)?);
+        // SAFETY: valid handles; the arrays hold the counts checked above.
+        self.check(unsafe {
+            sys::attn_sdpa_backward(self.as_ptr(), qt, kt, vt, ot, lt, dot, dqt, dkt, dvt, &p, &bp)
+        })
+    }
+
+    /// The gradients of sdpa_varlen (lse [Hq, Tq]; dmask must be None).
+    #[allow(clippy::too_many_arguments)]
+    pub fn sdpa_varlen_backward(
+        &self,
+        q: &View<'_, f32>,
+        k: &View<'_, f32>,
+        v: &View<'_, f32>,
+        out: &View<'_, f32>,
+        lse: &View<'_, f32>,
+        dout: &View<'_, f32>,
+        dq: &mut ViewMut<'_, f32>,
+        dk: &mut ViewMut<'_, f32>,
+        dv: &mut ViewMut<'_, f32>,
+        cu_seqlens_q: &[i64],
+        cu_seqlens_k: &[i64],
+        opts: &SdpaOptions<'_>,
+        extra: SdpaGradOutputs<'_, '_>,
+    ) -> Result<()> {
+        const F: &str = "Context::sdpa_varlen_backward";
+        let batch = varlen_batch(F, cu_seqlens_q, cu_seqlens_k)?;
+        let hq = dim(q.dims(), 3, 1);
+        let mut h = Handles::new(self);
+        let p = opts.raw(F, &mut h, Some(batch as i64), hq)?;
+        let bp = self.grad_outputs(F, &mut h, extra, hq)?;
+        let (qt, kt, vt) = (h.input(q)?, h.input(k)?, h.input(v)?);
+        let (ot, lt, dot) = (h.input(out)?, h.input(lse)?, h.input(dout)?);
+        let (dqt, dkt, dvt) = (h.output(dq)?, h.output(dk)?, h.output(dv)?);
+        // SAFETY: valid handles; cu_seqlens hold batch + 1 entries, the other
+        // arrays the counts checked above.
+        self.check(unsafe {
+            sys::attn_sdpa_varlen_backward(
+                self.as_ptr(),
+                qt,
+                kt,
+                vt,
+                ot,
+                lt,
+                dot,
+                dqt,
+                dkt,
+                dvt,
+                batch,
+                cu_seqlens_q.as_ptr(),
+                cu_seqlens_k.as_ptr(),
+                &p,
+                &bp,
+            )
+        })
+    }
+
+    fn grad_outputs(
+        &self,
+        func: &str,
+        h: &mut Handles<'_>,
+        extra: SdpaGradOutputs<'_, '_>,
+        hq: Option<i64>,
+    ) -> Result<sys::attn_sdpa_backward_params> {
+        let dsinks = extra.dsinks;
+        check_len(func, "dsinks", dsinks.as_deref(), hq, "q's head count (Hq)")?;
+        Ok(sys::attn_sdpa_backward_params {
+            dmask: h.opt_output(extra.dmask)?,
+            dsinks: dsinks.map_or(ptr::null_mut(), |d| d.as_mut_ptr()),
+            ..Default::default()
+        })
     }
 }
