@@ -24,6 +24,14 @@ pub struct KvCacheInfo {
 
 /// A KV cache of a context; it borrows the context (and, when it wraps
 /// caller memory, that memory) for its whole life, and is freed on drop.
+/// So a cache cannot be used after its context is gone:
+///
+/// ```compile_fail,E0505
+/// let ctx = attn::Context::new().unwrap();
+/// let cache = attn::KvCache::contiguous(&ctx, 1, 1, 4, 0, 8).unwrap();
+/// drop(ctx);
+/// cache.lens().unwrap();
+/// ```
 pub struct KvCache<'c> {
     pub(crate) ctx: &'c Context,
     pub(crate) raw: NonNull<sys::attn_kv_cache>,

@@ -421,9 +421,14 @@ impl Context {
 
     /// ALiBi slopes of `n_heads` heads (max_bias 0 = 8).
     pub fn alibi_slopes(&self, n_heads: usize, max_bias: f64) -> Result<Vec<f32>> {
-        let n = i32::try_from(n_heads).map_err(|_| {
-            Error::InvalidArg(format!("Context::alibi_slopes: n_heads = {}", n_heads))
-        })?;
+        // attn.h's bound, checked first so a huge count allocates nothing.
+        if n_heads > 1 << 20 {
+            return Err(Error::InvalidArg(format!(
+                "Context::alibi_slopes: n_heads = {} but must be 1 .. 1<<20",
+                n_heads
+            )));
+        }
+        let n = n_heads as i32;
         let mut out = vec![0.0f32; n_heads];
         // SAFETY: out holds n_heads floats (the library writes n_heads when
         // it accepts the count).
