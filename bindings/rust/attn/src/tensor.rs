@@ -1,7 +1,6 @@
 //! Tensors as borrowed slices, and the library handles made from them for
 //! the length of one call.
 use crate::{sys, Context, Error, Result};
-use std::marker::PhantomData;
 
 mod sealed {
     pub trait Sealed {}
@@ -198,12 +197,11 @@ impl<'a, E: Element> ViewMut<'a, E> {
 pub(crate) struct Handles<'c> {
     ctx: &'c Context,
     list: Vec<*mut sys::attn_tensor>,
-    _p: PhantomData<*mut ()>,
 }
 
 impl<'c> Handles<'c> {
     pub(crate) fn new(ctx: &'c Context) -> Self {
-        Handles { ctx, list: Vec::with_capacity(8), _p: PhantomData }
+        Handles { ctx, list: Vec::with_capacity(8) }
     }
 
     fn wrap(
