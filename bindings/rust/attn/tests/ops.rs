@@ -527,3 +527,36 @@ fn version_and_info() {
     assert!(cpu_info().contains("kernels"));
     assert!(!blas_info().is_empty());
 }
+
+#[test]
+fn sdpa_with_f32_queries_over_a_bf16_cache() {
+    let c = ctx();
+    let (b, h, lq, lk, d) = (1, 2, 3, 6, 8);
+    let mut r = Rng::new(11);
+    let (q, k, v) = (r.vec(b * h * lq * d), r.vec(b * h * lk * d), r.vec(b * h * lk * d));
+    let to_bf16 = |x: &[f32]| -> Vec<u16> {
+        let mut o = vec![0u16; x.len()];
+        c.convert(
+            &View::<f32>::new(x, &[x.len()]).unwrap(),
+            &mut ViewMut::<Bf16>::new(&mut o, &[x.len()]).unwrap(),
+        )
+        .unwrap();
+        o
+    };
+    let (kb, vb) = (to_bf16(&k), to_bf16(&v));
+    let mut out = vec![0f32; b * h * lq * d];
+    c.sdpa(
+        &View::<f32>::new(&q, &[b, h, lq, d]).unwrap(),
+        &View::<Bf16>::new(&kb, &[b, h, lk, d]).unwrap(),
+        &View::<Bf16>::new(&vb, &[b, h, lk, d]).unwrap(),
+        &mut ViewMut::<f32>::new(&mut out, &[b, h, lq, d]).unwrap(),
+        &SdpaOptions { causal: true, align: Align::BottomRight, ..Default::default() },
+    )
+    .unwrap();
+    // bfloat16 is the upper half of a binary32: widening is exact.
+    let widen =
+        |x: &[u16]| -> Vec<f32> { x.iter().map(|&u| f32::from_bits((u as u32) << 16)).collect() };
+    let (kw, vw) = (widen(&kb), widen(&vb));
+    assert!((kw[0] - k[0]).abs() <= k[0].abs() / 128.0, "bf16 rounding");
+    assert_close(&out, &sdpa(&q, &kw, &vw, b, h, h, lq, lk, d, d, true), 1e-5);
+}
