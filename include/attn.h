@@ -815,7 +815,8 @@ typedef struct attn_sdpa_params {
   /** optional out [B, Hq, Lq, Lk]: the logits at stage `logits_stage`, for
    * every key (ONNX Attention's qk_matmul_output). Materialised only when
    * set, by a separate pass over Q K^T (so an Lq x Lk buffer exists only
-   * then); attn_sdpa_varlen refuses it. @since 0.2.0 */
+   * then); F32 whatever q and k are (half q or k take a slower scalar
+   * pass); attn_sdpa_varlen refuses it. @since 0.2.0 */
   attn_tensor *logits;
   int32_t logits_stage; /**< attn_logits_stage; 0 = scaled Q K^T. @since 0.2.0 */
   int32_t reserved2_;   /**< must be 0 */

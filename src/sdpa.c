@@ -186,12 +186,6 @@ static attn_status sdpa_check(attn_ctx *ctx, const attn_tensor *q, const attn_te
     strides_of(prm.weights, p->ws, 4);
   }
   if (prm.logits) {
-    /* The logits pass reads q and k as float; half ones would need their
-     * rows widened there too. */
-    if (q->dtype != ATTN_DTYPE_F32 || k->dtype != ATTN_DTYPE_F32)
-      return attn__fail(ctx, ATTN_ERR_UNSUPPORTED,
-                        "params.logits needs F32 q and k (q is %s, k is %s)",
-                        attn__dtype_name(q->dtype), attn__dtype_name(k->dtype));
     p->logits = prm.logits->data;
     strides_of(prm.logits, p->lgs, 4);
     p->logits_stage = prm.logits_stage;

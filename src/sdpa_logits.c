@@ -9,8 +9,10 @@
  * then the stages are applied in the kernel's order, with the kernel's own
  * helpers: the soft-cap, ALiBi and the masks (logits.h), and -inf outside
  * the visible keys (attn__sdpa_visible_keys). */
+#include "convert.h"
 #include "logits.h"
 #include "sdpa.h"
+#include "simd/half.h"
 
 #include <math.h>
 
@@ -20,6 +22,15 @@ static bool blas_rows(int64_t stride, int64_t n, int64_t cols) {
   return n == 1 || (stride >= cols && stride <= INT32_MAX);
 }
 
+/* Element i of an F32, F16 or BF16 array, as a float (exact). */
+static float elem_f32(const void *base, int32_t dt, int64_t i) {
+  if (dt == ATTN_DTYPE_F16)
+    return half_f16_to_f32(((const uint16_t *)base)[i]);
+  if (dt == ATTN_DTYPE_BF16)
+    return half_bf16_to_f32(((const uint16_t *)base)[i]);
+  return ((const float *)base)[i];
+}
+
 static void logits_item(void *arg, int64_t item, int32_t worker) {
   (void)worker;
   const attn_sdpa_problem *p = arg;
@@ -27,21 +38,22 @@ static void logits_item(void *arg, int64_t item, int32_t worker) {
   int64_t blk = item % n_blocks, bh = item / n_blocks;
   int64_t b = bh / p->Hq, h = bh % p->Hq, g = h / p->G;
   int64_t i0 = blk * LOGIT_ROWS, rows = p->Lq - i0 < LOGIT_ROWS ? p->Lq - i0 : LOGIT_ROWS;
-  /* F32 q and k only (sdpa.c refuses half ones with a logits output). */
-  const float *q = (const float *)p->q + b * p->qs[0] + h * p->qs[1] + i0 * p->qs[2];
-  const float *k = (const float *)p->k + b * p->ks[0] + g * p->ks[1];
+  const void *q = attn__elem(p->q, p->qdt, b * p->qs[0] + h * p->qs[1] + i0 * p->qs[2]);
+  const void *k = attn__elem(p->k, p->kdt, b * p->ks[0] + g * p->ks[1]);
   float *out = p->logits + b * p->lgs[0] + h * p->lgs[1] + i0 * p->lgs[2];
-  if (blas_rows(p->qs[2], rows, p->D) && blas_rows(p->ks[2], p->Lk, p->D) &&
-      blas_rows(p->lgs[2], rows, p->Lk)) {
+  if (p->qdt == ATTN_DTYPE_F32 && p->kdt == ATTN_DTYPE_F32 && blas_rows(p->qs[2], rows, p->D) &&
+      blas_rows(p->ks[2], p->Lk, p->D) && blas_rows(p->lgs[2], rows, p->Lk)) {
     attn__sgemm_nt((int)rows, (int)p->Lk, (int)p->D, p->scale, q,
                    (int)(rows > 1 ? p->qs[2] : p->D), k, (int)(p->Lk > 1 ? p->ks[2] : p->D),
                    out, (int)(rows > 1 ? p->lgs[2] : p->Lk));
   } else {
+    /* Other strides, or half q / k (widened exactly, one element at a time:
+     * this output is for inspection and conformance, not the fast path). */
     for (int64_t r = 0; r < rows; r++)
       for (int64_t j = 0; j < p->Lk; j++) {
         float acc = 0;
         for (int64_t d = 0; d < p->D; d++)
-          acc += q[r * p->qs[2] + d] * k[j * p->ks[2] + d];
+          acc += elem_f32(q, p->qdt, r * p->qs[2] + d) * elem_f32(k, p->kdt, j * p->ks[2] + d);
         out[r * p->lgs[2] + j] = p->scale * acc;
       }
   }

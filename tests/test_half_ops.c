@@ -515,11 +515,69 @@ static void pool_attention_half(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* The logits output (stage 0, scale * q.k for every key) from f16 / bf16
+ * q and k, against float64 dot products of the rounded values; and the
+ * masked stage's -inf at the causal keys. */
+static void sdpa_logits_half(void **state) {
+  (void)state;
+  attn_ctx *ctx = new_ctx(2);
+  int64_t B = 2, H = 3, L = 70, D = 24;
+  size_t nq = (size_t)(B * H * L * D), nl = (size_t)(B * H * L * L);
+  tu_rng r = {11};
+  float *qv = malloc(nq * 4), *kv = malloc(nq * 4), *vv = malloc(nq * 4), *lg = malloc(nl * 4);
+  assert_true(qv && kv && vv && lg);
+  for (int di = 1; di < 3; di++) {
+    tu_fill(&r, qv, nq, -2, 2), tu_fill(&r, kv, nq, -2, 2), tu_fill(&r, vv, nq, -1, 1);
+    harr q, k, v, o;
+    int64_t dq[4] = {B, H, L, D}, dl[4] = {B, H, L, L};
+    harr_make(&q, ctx, DTS[di], 4, dq, qv); /* qv, kv now hold the rounded values */
+    harr_make(&k, ctx, DTS[di], 4, dq, kv);
+    harr_make(&v, ctx, DTS[di], 4, dq, vv);
+    harr_make(&o, ctx, ATTN_DTYPE_F32, 4, dq, NULL);
+    attn_tensor *tl;
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, dl, NULL, lg, nl * 4, &tl));
+    for (int stage = 0; stage < 3; stage += 2) {
+      attn_sdpa_params p;
+      attn_sdpa_params_init(&p);
+      p.causal = 1, p.logits = tl, p.logits_stage = stage;
+      if (attn_sdpa(ctx, q.t, k.t, v.t, o.t, &p) != ATTN_OK)
+        fail_msg("logits %s: %s", dname(DTS[di]), attn_ctx_last_error(ctx));
+      double worst = 0;
+      for (int64_t bh = 0; bh < B * H; bh++)
+        for (int64_t i = 0; i < L; i++)
+          for (int64_t j = 0; j < L; j++) {
+            double dot = 0, mag = 0;
+            for (int64_t d = 0; d < D; d++) {
+              double a = qv[(bh * L + i) * D + d], c = kv[(bh * L + j) * D + d];
+              dot += a * c, mag += fabs(a * c);
+            }
+            double w = stage == 2 && j > i ? -INFINITY : dot / sqrt((double)D);
+            double got = lg[(bh * L + i) * L + j];
+            if (isinf(w)) {
+              assert_true(got == w);
+              continue;
+            }
+            double e = fabs(got - w) / (1e-6 * (double)D * mag + 1e-30);
+            if (!(e <= 1))
+              fail_msg("logits %s stage %d [%lld, %lld, %lld]: %.9g, want %.9g",
+                       dname(DTS[di]), stage, (long long)bh, (long long)i, (long long)j, got, w);
+            worst = e > worst ? e : worst;
+          }
+      print_message("logits from %s q, k (stage %d): worst error %.3g of the bound\n",
+                    dname(DTS[di]), stage, worst);
+    }
+    harr_free(&q), harr_free(&k), harr_free(&v), harr_free(&o);
+  }
+  free(qv), free(kv), free(vv), free(lg);
+  attn_ctx_destroy(ctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(softmax_half), cmocka_unit_test(softmax_half_edges),
       cmocka_unit_test(posenc_half),  cmocka_unit_test(sdpa_half),
       cmocka_unit_test(varlen_half),  cmocka_unit_test(pool_attention_half),
+      cmocka_unit_test(sdpa_logits_half),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -507,9 +507,7 @@ static void fuzz_sdpa(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
           exotic = 1; /* strides may overlap an output: the harness cannot tell */
       if (!exotic && !noise && mask_shape_ok && sane && readable && !rejected_for_size &&
           (Hkv == 0 ? Hq == 0 : Hq % Hkv == 0) &&
-          (!pl || (pl->dims[0] == B && pl->dims[1] == Hq && pl->dims[2] == Lq)) &&
-          /* the logits pass takes F32 q and k only */
-          !(eff.logits && (q.dtype != ATTN_DTYPE_F32 || k.dtype != ATTN_DTYPE_F32)))
+          (!pl || (pl->dims[0] == B && pl->dims[1] == Hq && pl->dims[2] == Lq)))
         FZ_CHECK(st == ATTN_ERR_NO_MEMORY && injected, "valid call refused: %s: %s",
                  attn_status_string(st), attn_ctx_last_error(ctx));
     } else {
