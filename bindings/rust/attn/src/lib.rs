@@ -18,7 +18,7 @@
 //! ```no_run
 //! let ctx = attn::Context::new()?;
 //! let mut x = [1.0f32, 2.0, 3.0, 4.0, 0.0, 0.0];
-//! ctx.softmax_inplace(&mut attn::ViewMut::<f32>::new(&mut x, &[2, 3])?, &Default::default())?;
+//! ctx.softmax_inplace(&mut attn::ViewMut::f32(&mut x, &[2, 3])?, &Default::default())?;
 //! # Ok::<(), attn::Error>(())
 //! ```
 use std::cell::Cell;

@@ -192,6 +192,31 @@ impl<'a, E: Element> ViewMut<'a, E> {
     }
 }
 
+// Constructors that name the element type, so a call to a generic op needs
+// no turbofish: View::f32(&q, &dims) instead of View::<f32>::new(&q, &dims).
+macro_rules! named_constructors {
+    ($($t:ty, $repr:ty, $name:ident, $what:literal;)*) => {$(
+        impl<'a> View<'a, $t> {
+            #[doc = concat!("The contiguous ", $what, " tensor of `dims` at the start of `data`.")]
+            pub fn $name(data: &'a [$repr], dims: &[usize]) -> Result<Self> {
+                View::new(data, dims)
+            }
+        }
+        impl<'a> ViewMut<'a, $t> {
+            #[doc = concat!("The contiguous ", $what, " tensor of `dims` at the start of `data`.")]
+            pub fn $name(data: &'a mut [$repr], dims: &[usize]) -> Result<Self> {
+                ViewMut::new(data, dims)
+            }
+        }
+    )*};
+}
+named_constructors! {
+    f32, f32, f32, "f32";
+    u8, u8, u8, "u8 (boolean mask)";
+    F16, u16, f16, "binary16 (u16 bit patterns)";
+    Bf16, u16, bf16, "bfloat16 (u16 bit patterns)";
+}
+
 /// Tensor handles of one call, freed when it ends (the context keeps a
 /// freed handle's memory for reuse, so this is cheap).
 pub(crate) struct Handles<'c> {

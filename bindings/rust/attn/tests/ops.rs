@@ -65,11 +65,7 @@ fn half_inputs_are_widened_exactly() {
     let c = ctx();
     let x = Rng::new(3).vec(16);
     let mut h = vec![0u16; 16];
-    c.convert(
-        &View::<f32>::new(&x, &[16]).unwrap(),
-        &mut ViewMut::<F16>::new(&mut h, &[16]).unwrap(),
-    )
-    .unwrap();
+    c.convert(&View::f32(&x, &[16]).unwrap(), &mut ViewMut::f16(&mut h, &[16]).unwrap()).unwrap();
     let mut y = vec![0f32; 16];
     c.softmax(
         &View::<F16>::new(&h, &[2, 8]).unwrap(),
@@ -537,8 +533,8 @@ fn sdpa_with_f32_queries_over_a_bf16_cache() {
     let to_bf16 = |x: &[f32]| -> Vec<u16> {
         let mut o = vec![0u16; x.len()];
         c.convert(
-            &View::<f32>::new(x, &[x.len()]).unwrap(),
-            &mut ViewMut::<Bf16>::new(&mut o, &[x.len()]).unwrap(),
+            &View::f32(x, &[x.len()]).unwrap(),
+            &mut ViewMut::bf16(&mut o, &[x.len()]).unwrap(),
         )
         .unwrap();
         o
