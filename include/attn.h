@@ -944,8 +944,9 @@ ATTN_API void attn_sdpa_backward_params_init(attn_sdpa_backward_params *p);
  *   D_i = dout_i . out_i,  dP = dout V^T,  dS = P (dP - D),
  *   dV = P^T dout,  dQ = scale * dX K,  dK = scale * dX^T Q,
  * where dX = dS, or dS (1 - tanh^2(scale q.k / softcap)) with a soft-cap
- * (the chain rule through the cap). Every product goes through
- * cblas_sgemm on tiles; memory is O(tile) per thread, never Lq x Lk (unless
+ * (the chain rule through the cap). Every product is a tile product, as in
+ * attn_sdpa() (libattn's AVX2 / AVX-512 kernels, else cblas_sgemm); memory
+ * is O(tile) per thread, never Lq x Lk (unless
  * dmask is requested, which is that size itself). Grouped-query heads: dk
  * and dv are summed over the query heads of each group. The sink's
  * gradient is -sum_i exp(sink - lse_i) D_i.
@@ -1066,6 +1067,42 @@ ATTN_API void attn_pool_params_init(attn_pool_params *p);
 ATTN_API attn_status attn_pool(attn_ctx *ctx, const attn_tensor *x, attn_tensor *out,
                                const attn_pool_params *p);
 
+/** Gradients of attn_pool(): from its input x and the incoming gradient
+ * dout, the gradient dx and, in the weighted mode, the gradient of the
+ * scores. Per sequence, over its kept tokens l (count n, weights w):
+ * - sum: dx_l = dout; mean: dx_l = dout / n;
+ * - max: for each feature d, dout[d] goes to the one token the forward's
+ *   output came from: the earliest kept token holding the maximum (ties go
+ *   to the first), the first kept NaN if there is one, the first kept token
+ *   if every value is -inf; the other tokens get 0;
+ * - weighted: dx_l = w_l dout and dscores_l = w_l (dout . x_l - dout . y),
+ *   y = sum_k w_k x_k recomputed in double from x over the tokens of
+ *   nonzero weight; a token of weight 0 (its score -inf, or underflowed)
+ *   gets 0 in both and its x is not read (a NaN there, which makes the
+ *   forward's output NaN, reaches no gradient).
+ * Dropped tokens (lengths, keep) get 0 in dx and dscores whatever x and
+ * the scores hold there; a sequence whose forward gives zeros (nothing
+ * kept, or every kept score -inf) gets zeros; a weighted sequence whose
+ * forward is NaN (a NaN or +inf kept score) gets NaN in the dx rows and
+ * dscores of its kept tokens. Sums are in double; the result does not
+ * depend on the thread count.
+ * @param[in]  ctx     the context.
+ * @param[in]  x       F32, the forward's x.
+ * @param[in]  dout    F32, the gradient w.r.t. the forward's out (its shape).
+ * @param[out] dx      F32 x's shape, no zero strides; every element is
+ *                     written. Outputs overlap no operand.
+ * @param[out] dscores optional F32 with params.scores' shape (weighted mode
+ *                     only): the gradient summed over the axes along which
+ *                     scores is broadcast (its dims of 1); NULL = not computed.
+ * @param[in]  p       the forward's parameters, as given to attn_pool().
+ * @return as attn_pool(), plus ATTN_ERR_INVALID_ARG for dscores without
+ *  scores. Nothing is written on failure.
+ * Thread safety: uses up to the context's threads.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_pool_backward(attn_ctx *ctx, const attn_tensor *x,
+                                        const attn_tensor *dout, attn_tensor *dx,
+                                        attn_tensor *dscores, const attn_pool_params *p);
+
 /** Parameters of attn_pool_attention(). */
 typedef struct attn_pool_attention_params {
   size_t struct_size;          /**< sizeof(attn_pool_attention_params) */
@@ -1074,6 +1111,10 @@ typedef struct attn_pool_attention_params {
   const int64_t *lengths;      /**< optional [B]: keys l >= lengths[b] ignored */
   const attn_tensor *keep;     /**< optional U8 [B, L], nonzero = attend */
   attn_tensor *weights;        /**< optional out [B, Hq, M, L]: the weights */
+  attn_tensor *lse;            /**< optional out F32 [B, Hq, M]: the log-sum-exp
+                                    of each query's logits, for
+                                    attn_pool_attention_backward() (as
+                                    attn_sdpa_params.lse). @since 0.2.0 */
 } attn_pool_attention_params;
 
 /** Fill `p` with the defaults (and its struct_size).
@@ -1099,6 +1140,35 @@ ATTN_API attn_status attn_pool_attention(attn_ctx *ctx, const attn_tensor *queri
                                          const attn_tensor *k, const attn_tensor *v,
                                          attn_tensor *out,
                                          const attn_pool_attention_params *p);
+
+/** Gradients of attn_pool_attention(): attn_sdpa_backward() on the same
+ * problem (queries as [B, Hq, M, D] shared by the batch, keep as the
+ * boolean mask, lengths as kv_lens), with the queries' gradient summed
+ * over the batch (in batch order). Rows with no kept key give nothing; a
+ * dropped key gets dk = dv = 0 and its NaN never leaks. Takes B * Hq * M * D
+ * floats of workspace (the per-batch query gradients) besides the
+ * backward's tiles. Deterministic (the same bits for any thread count).
+ * @param[in]  ctx      the context.
+ * @param[in]  queries  F32 [Hq, M, D], as given to the forward.
+ * @param[in]  k        F32 [B, Hkv, L, D].
+ * @param[in]  v        F32 [B, Hkv, L, Dv].
+ * @param[in]  out      F32 [B, Hq, M, Dv]: the forward's output.
+ * @param[in]  lse      F32 [B, Hq, M]: the forward's params.lse.
+ * @param[in]  dout     F32 [B, Hq, M, Dv]: the gradient w.r.t. out.
+ * @param[out] dqueries F32 queries' shape; no zero strides, overlapping no
+ *                      operand (as dk and dv).
+ * @param[out] dk       F32 k's shape.
+ * @param[out] dv       F32 v's shape.
+ * @param[in]  p        the forward's parameters (NULL for defaults); its
+ *                      weights and lse fields are not read.
+ * @return as attn_sdpa_backward(). Nothing is written on failure.
+ * Thread safety: uses up to the context's threads.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_pool_attention_backward(
+    attn_ctx *ctx, const attn_tensor *queries, const attn_tensor *k, const attn_tensor *v,
+    const attn_tensor *out, const attn_tensor *lse, const attn_tensor *dout,
+    attn_tensor *dqueries, attn_tensor *dk, attn_tensor *dv,
+    const attn_pool_attention_params *p);
 /** @} */
 
 /** @name KV cache

@@ -1,6 +1,6 @@
-/* The only file that talks to BLAS. SDPA's two tile products go to
- * libattn's own kernels where the CPU has them (AVX2 + FMA, AVX-512:
- * simd/gemm_body.h says why), else to cblas_sgemm. */
+/* The only file that talks to BLAS. SDPA's tile products (the forward's
+ * and the backward's) go to libattn's own kernels where the CPU has them
+ * (AVX2 + FMA, AVX-512: simd/gemm_body.h says why), else to cblas_sgemm. */
 #ifdef ATTN_BLAS_GENERIC
 #define _GNU_SOURCE /* dladdr */
 #endif
@@ -165,6 +165,15 @@ void attn__sgemm_nn_acc(int m, int n, int k, const float *a, int lda, const floa
 
 void attn__sgemm_tn_acc(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
                         float *c, int ldc) {
+  if (m == 0 || n == 0 || k == 0)
+    return; /* c += nothing */
+  const attn_kernels *kern = attn__kernels();
+  if (kern->gemm_tn) {
+    kern->gemm_tn(m, n, k, a, lda, b, ldb, c, ldc);
+    return;
+  }
+  gate_enter();
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c,
               ldc);
+  gate_leave();
 }

@@ -8,6 +8,7 @@
  * token by token (each token's row is contiguous), so a dropped token is
  * never read and a NaN reaches only the outputs of the rows that read it. */
 #include "check.h"
+#include "pool.h"
 #include "sdpa.h"
 
 #include <math.h>
@@ -17,42 +18,12 @@
  * about this many elements read. */
 #define MIN_WORK_PER_THREAD 32768.0
 
-typedef struct {
-  int32_t mode;
-  int64_t B, H, L, D; /* H = 1 for x [B, L, D] */
-  const float *x;
-  int64_t xs[4]; /* strides of the [B, H, L, D] view */
-  float *out;
-  int64_t os[3]; /* strides of the [B, H, D] view */
-  const int64_t *lengths;
-  const uint8_t *keep;
-  int64_t ks[3]; /* strides of keep broadcast to [B, H, L] */
-  const float *scores;
-  int64_t ss[3];
-  /* workspace: per worker D doubles (sums) and L doubles (weights) */
-  double *work;
-  size_t work_stride; /* doubles per worker */
-} pool_problem;
-
-static bool kept(const pool_problem *p, int64_t b, int64_t h, int64_t l) {
-  if (p->lengths && l >= p->lengths[b])
-    return false;
-  return !p->keep || p->keep[b * p->ks[0] + h * p->ks[1] + l * p->ks[2]] != 0;
-}
-
-static const float *token(const pool_problem *p, int64_t b, int64_t h, int64_t l) {
-  return p->x + b * p->xs[0] + h * p->xs[1] + l * p->xs[2];
-}
-
-/* Softmax weights of the kept tokens into w (dropped tokens get 0); returns
- * the count of kept tokens with a nonzero weight possible, 0 when the
- * sequence gives zeros, -1 when it is NaN. */
-static int64_t pool_weights(const pool_problem *p, int64_t b, int64_t h, double *w) {
+int64_t attn__pool_weights(const pool_problem *p, int64_t b, int64_t h, double *w) {
   const float *s = p->scores + b * p->ss[0] + h * p->ss[1];
   double m = -INFINITY;
   int64_t n = 0;
   for (int64_t l = 0; l < p->L; l++) {
-    if (!kept(p, b, h, l))
+    if (!attn__pool_kept(p, b, h, l))
       continue;
     double v = s[l * p->ss[2]];
     if (isnan(v) || v == INFINITY)
@@ -65,7 +36,7 @@ static int64_t pool_weights(const pool_problem *p, int64_t b, int64_t h, double 
     return 0;
   double sum = 0;
   for (int64_t l = 0; l < p->L; l++) {
-    w[l] = kept(p, b, h, l) ? exp((double)s[l * p->ss[2]] - m) : 0.0;
+    w[l] = attn__pool_kept(p, b, h, l) ? exp((double)s[l * p->ss[2]] - m) : 0.0;
     sum += w[l];
   }
   for (int64_t l = 0; l < p->L; l++)
@@ -81,7 +52,7 @@ static void pool_item(void *arg, int64_t item, int32_t worker) {
   float *o = p->out + b * p->os[0] + h * p->os[1];
   int64_t n = 0;
   if (p->mode == ATTN_POOL_WEIGHTED) {
-    n = pool_weights(p, b, h, w);
+    n = attn__pool_weights(p, b, h, w);
     if (n < 0) {
       for (int64_t d = 0; d < D; d++)
         o[d] = NAN;
@@ -93,9 +64,9 @@ static void pool_item(void *arg, int64_t item, int32_t worker) {
   if (p->mode != ATTN_POOL_WEIGHTED || n > 0) {
     n = 0;
     for (int64_t l = 0; l < p->L; l++) {
-      if (!kept(p, b, h, l))
+      if (!attn__pool_kept(p, b, h, l))
         continue;
-      const float *xt = token(p, b, h, l);
+      const float *xt = attn__pool_token(p, b, h, l);
       n++;
       switch (p->mode) {
       case ATTN_POOL_MAX:
@@ -161,6 +132,70 @@ static attn_status check_per_token(attn_ctx *ctx, const char *name, const attn_t
   return ATTN_OK;
 }
 
+attn_status attn__pool_problem(attn_ctx *ctx, const attn_tensor *x, const attn_tensor *out,
+                               const char *out_name, const attn_pool_params *prm,
+                               pool_problem *p) {
+  attn_status st;
+  if (out->ndim != x->ndim - 1)
+    return attn__fail(ctx, ATTN_ERR_SHAPE, "%s has %d dims but must have %d", out_name, (int)out->ndim,
+                      (int)(x->ndim - 1));
+  if (prm->mode < ATTN_POOL_SUM || prm->mode > ATTN_POOL_WEIGHTED)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.mode = %d is not an attn_pool_mode (0 sum, 1 mean, 2 max, 3 "
+                      "weighted)",
+                      (int)prm->mode);
+  if (prm->reserved_)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.reserved_ = %d but must be 0",
+                      (int)prm->reserved_);
+  if ((prm->mode == ATTN_POOL_WEIGHTED) != (prm->scores != NULL))
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.scores is %s but mode is %d (scores are required by "
+                      "ATTN_POOL_WEIGHTED and only by it)",
+                      prm->scores ? "set" : "NULL", (int)prm->mode);
+
+  memset(p, 0, sizeof *p);
+  int32_t nd = x->ndim;
+  p->mode = prm->mode;
+  p->B = x->dims[0];
+  p->H = nd == 4 ? x->dims[1] : 1;
+  p->L = x->dims[nd - 2];
+  p->D = x->dims[nd - 1];
+  const int64_t want_out[3] = {p->B, p->H, p->D};
+  for (int32_t a = 0; a < nd - 1; a++) {
+    int64_t want = nd == 4 ? want_out[a] : (a == 0 ? p->B : p->D);
+    if (out->dims[a] != want)
+      return attn__fail(ctx, ATTN_ERR_SHAPE, "%s.shape[%d] = %lld but must be %lld (%s)", out_name, (int)a,
+                        (long long)out->dims[a], (long long)want,
+                        nd == 4 ? "[B, H, D] for x [B, H, L, D]" : "[B, D] for x [B, L, D]");
+  }
+  if (prm->lengths)
+    for (int64_t b = 0; b < p->B; b++)
+      if (prm->lengths[b] < 0 || prm->lengths[b] > p->L)
+        return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                          "params.lengths[%lld] = %lld but must be in 0..L = %lld", (long long)b,
+                          (long long)prm->lengths[b], (long long)p->L);
+  if (prm->keep && (st = check_per_token(ctx, "params.keep", prm->keep, p, nd, p->ks)) != ATTN_OK)
+    return st;
+  if (prm->scores &&
+      (st = check_per_token(ctx, "params.scores", prm->scores, p, nd, p->ss)) != ATTN_OK)
+    return st;
+  p->x = x->data;
+  if (!attn__empty(x)) { /* an empty x (L = 0) is never read: its strides stay 0 */
+    p->xs[0] = x->strides[0];
+    p->xs[1] = nd == 4 ? x->strides[1] : 0;
+    p->xs[2] = x->strides[nd - 2];
+  }
+  p->xs[3] = 1;
+  p->out = out->data;
+  p->os[0] = out->strides[0];
+  p->os[1] = nd == 4 ? out->strides[1] : 0;
+  p->os[2] = 1;
+  p->lengths = prm->lengths;
+  p->keep = prm->keep ? prm->keep->data : NULL;
+  p->scores = prm->scores ? prm->scores->data : NULL;
+  return ATTN_OK;
+}
+
 static attn_status pool(attn_ctx *ctx, const attn_tensor *x, attn_tensor *out,
                         const attn_pool_params *params) {
   attn_pool_params prm;
@@ -176,64 +211,9 @@ static attn_status pool(attn_ctx *ctx, const attn_tensor *x, attn_tensor *out,
   };
   if ((st = attn__check_operands(ctx, ops, 4, NULL)) != ATTN_OK)
     return st;
-  if (out->ndim != x->ndim - 1)
-    return attn__fail(ctx, ATTN_ERR_SHAPE, "out has %d dims but must have %d", (int)out->ndim,
-                      (int)(x->ndim - 1));
-  if (prm.mode < ATTN_POOL_SUM || prm.mode > ATTN_POOL_WEIGHTED)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "params.mode = %d is not an attn_pool_mode (0 sum, 1 mean, 2 max, 3 "
-                      "weighted)",
-                      (int)prm.mode);
-  if (prm.reserved_)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.reserved_ = %d but must be 0",
-                      (int)prm.reserved_);
-  if ((prm.mode == ATTN_POOL_WEIGHTED) != (prm.scores != NULL))
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "params.scores is %s but mode is %d (scores are required by "
-                      "ATTN_POOL_WEIGHTED and only by it)",
-                      prm.scores ? "set" : "NULL", (int)prm.mode);
-
   pool_problem p;
-  memset(&p, 0, sizeof p);
-  int32_t nd = x->ndim;
-  p.mode = prm.mode;
-  p.B = x->dims[0];
-  p.H = nd == 4 ? x->dims[1] : 1;
-  p.L = x->dims[nd - 2];
-  p.D = x->dims[nd - 1];
-  const int64_t want_out[3] = {p.B, p.H, p.D};
-  for (int32_t a = 0; a < nd - 1; a++) {
-    int64_t want = nd == 4 ? want_out[a] : (a == 0 ? p.B : p.D);
-    if (out->dims[a] != want)
-      return attn__fail(ctx, ATTN_ERR_SHAPE, "out.shape[%d] = %lld but must be %lld (%s)", (int)a,
-                        (long long)out->dims[a], (long long)want,
-                        nd == 4 ? "[B, H, D] for x [B, H, L, D]" : "[B, D] for x [B, L, D]");
-  }
-  if (prm.lengths)
-    for (int64_t b = 0; b < p.B; b++)
-      if (prm.lengths[b] < 0 || prm.lengths[b] > p.L)
-        return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                          "params.lengths[%lld] = %lld but must be in 0..L = %lld", (long long)b,
-                          (long long)prm.lengths[b], (long long)p.L);
-  if (prm.keep && (st = check_per_token(ctx, "params.keep", prm.keep, &p, nd, p.ks)) != ATTN_OK)
+  if ((st = attn__pool_problem(ctx, x, out, "out", &prm, &p)) != ATTN_OK)
     return st;
-  if (prm.scores &&
-      (st = check_per_token(ctx, "params.scores", prm.scores, &p, nd, p.ss)) != ATTN_OK)
-    return st;
-  p.x = x->data;
-  if (!attn__empty(x)) { /* an empty x (L = 0) is never read: its strides stay 0 */
-    p.xs[0] = x->strides[0];
-    p.xs[1] = nd == 4 ? x->strides[1] : 0;
-    p.xs[2] = x->strides[nd - 2];
-  }
-  p.xs[3] = 1;
-  p.out = out->data;
-  p.os[0] = out->strides[0];
-  p.os[1] = nd == 4 ? out->strides[1] : 0;
-  p.os[2] = 1;
-  p.lengths = prm.lengths;
-  p.keep = prm.keep ? prm.keep->data : NULL;
-  p.scores = prm.scores ? prm.scores->data : NULL;
   if (attn__empty(out))
     return ATTN_OK; /* no sequence or no feature: nothing to write */
 
@@ -288,6 +268,35 @@ static attn_tensor view_of(const attn_tensor *t, int32_t ndim, const int64_t *di
   return v;
 }
 
+attn_status attn__pool_attention_call(attn_ctx *ctx, const attn_tensor *queries,
+                                      const attn_tensor *k, const attn_pool_attention_params *prm,
+                                      pool_attention_call *c) {
+  int64_t B = k->dims[0], L = k->dims[2];
+  /* queries [Hq, M, D] as q [B, Hq, M, D] with a zero batch stride. */
+  const int64_t qd[4] = {B, queries->dims[0], queries->dims[1], queries->dims[2]};
+  const int64_t qs[4] = {0, queries->strides[0], queries->strides[1], 1};
+  c->q4 = view_of(queries, 4, qd, qs);
+  attn_sdpa_params_init(&c->sp);
+  c->sp.scale = prm->scale;
+  c->sp.kv_lens = prm->lengths;
+  if (prm->keep) {
+    if (prm->keep->dims[0] != B && prm->keep->dims[0] != 1)
+      return attn__fail(ctx, ATTN_ERR_SHAPE,
+                        "params.keep.shape[0] = %lld but must be B = %lld or 1",
+                        (long long)prm->keep->dims[0], (long long)B);
+    if (prm->keep->dims[1] != L)
+      return attn__fail(ctx, ATTN_ERR_SHAPE,
+                        "params.keep.shape[1] = %lld but must be L = k.shape[2] = %lld",
+                        (long long)prm->keep->dims[1], (long long)L);
+    /* [B, L] as the [B, 1, 1, L] mask SDPA broadcasts over heads and queries. */
+    const int64_t kd[4] = {prm->keep->dims[0], 1, 1, L};
+    const int64_t ks[4] = {prm->keep->strides[0], 0, 0, 1};
+    c->keep4 = view_of(prm->keep, 4, kd, ks);
+    c->sp.bool_mask = &c->keep4;
+  }
+  return ATTN_OK;
+}
+
 static attn_status pool_attention(attn_ctx *ctx, const attn_tensor *queries, const attn_tensor *k,
                                   const attn_tensor *v, attn_tensor *out,
                                   const attn_pool_attention_params *params) {
@@ -306,37 +315,16 @@ static attn_status pool_attention(attn_ctx *ctx, const attn_tensor *queries, con
   if (prm.reserved_)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.reserved_ = %d but must be 0",
                       (int)prm.reserved_);
-  int64_t B = k->dims[0], L = k->dims[2];
-  /* queries [Hq, M, D] as q [B, Hq, M, D] with a zero batch stride. */
-  const int64_t qd[4] = {B, queries->dims[0], queries->dims[1], queries->dims[2]};
-  const int64_t qs[4] = {0, queries->strides[0], queries->strides[1], 1};
-  attn_tensor q4 = view_of(queries, 4, qd, qs);
-  attn_tensor keep4;
-  attn_sdpa_params sp;
-  attn_sdpa_params_init(&sp);
-  sp.scale = prm.scale;
-  sp.kv_lens = prm.lengths;
-  sp.weights = prm.weights;
-  if (prm.keep) {
-    if (prm.keep->dims[0] != B && prm.keep->dims[0] != 1)
-      return attn__fail(ctx, ATTN_ERR_SHAPE,
-                        "params.keep.shape[0] = %lld but must be B = %lld or 1",
-                        (long long)prm.keep->dims[0], (long long)B);
-    if (prm.keep->dims[1] != L)
-      return attn__fail(ctx, ATTN_ERR_SHAPE,
-                        "params.keep.shape[1] = %lld but must be L = k.shape[2] = %lld",
-                        (long long)prm.keep->dims[1], (long long)L);
-    /* [B, L] as the [B, 1, 1, L] mask SDPA broadcasts over heads and queries. */
-    const int64_t kd[4] = {prm.keep->dims[0], 1, 1, L};
-    const int64_t ks[4] = {prm.keep->strides[0], 0, 0, 1};
-    keep4 = view_of(prm.keep, 4, kd, ks);
-    sp.bool_mask = &keep4;
-  }
+  pool_attention_call c;
+  if ((st = attn__pool_attention_call(ctx, queries, k, &prm, &c)) != ATTN_OK)
+    return st;
+  c.sp.weights = prm.weights;
+  c.sp.lse = prm.lse;
   /* The rest is attn_sdpa's check and run; its messages name q (queries as
    * [B, Hq, M, D]) and bool_mask (keep as [B, 1, 1, L]), so say where they
    * come from. */
   ctx->op = "attn_pool_attention (via attn_sdpa)";
-  return attn__sdpa(ctx, &q4, k, v, out, &sp);
+  return attn__sdpa(ctx, &c.q4, k, v, out, &c.sp);
 }
 
 attn_status attn_pool_attention(attn_ctx *ctx, const attn_tensor *queries, const attn_tensor *k,

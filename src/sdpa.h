@@ -83,6 +83,18 @@ typedef struct {
  * its own tensors (attn_pool_attention); messages carry ctx->op. */
 attn_status attn__sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
                        const attn_tensor *v, attn_tensor *out, const attn_sdpa_params *params);
+
+/* attn_sdpa_backward for queries shared by the batch (q's batch stride is
+ * 0: attn_pool_attention): dq of each batch goes to the workspace and their
+ * sum over the batch, in batch order, to dq_sum [Hq, Lq, D] (checked by the
+ * caller, last stride 1). Runs from inside an op (no prologue); writes
+ * nothing on failure. */
+attn_status attn__sdpa_backward_shared_q(attn_ctx *ctx, const attn_tensor *q,
+                                         const attn_tensor *k, const attn_tensor *v,
+                                         const attn_tensor *out, const attn_tensor *lse,
+                                         const attn_tensor *dout, attn_tensor *dq_sum,
+                                         attn_tensor *dk, attn_tensor *dv,
+                                         const attn_sdpa_params *p);
 /* Keys and values of a KV cache as the tile kernel reads them (strides of
  * (sequence or block, head, row)); lens[b] keys are valid. */
 typedef struct {

@@ -248,11 +248,25 @@ static attn_status check_params(attn_ctx *ctx, const attn_sdpa_params *p,
   return st;
 }
 
+/* Head counts and dims, for the dense and the packed entry points: empty
+ * batches and sequences are fine, empty heads are refused. */
+static attn_status check_heads(attn_ctx *ctx, const attn_dims *d) {
+  const int64_t *v = d->v;
+  if (v[ATTN_SYM_D] == 0 || v[ATTN_SYM_DV] == 0 || v[ATTN_SYM_HQ] == 0 || v[ATTN_SYM_HKV] == 0)
+    return attn__fail(ctx, ATTN_ERR_UNSUPPORTED,
+                      "a head count or head dim of 0 (D = %lld, Dv = %lld, Hq = %lld, Hkv = "
+                      "%lld): the backward takes empty batches and sequences only",
+                      (long long)v[ATTN_SYM_D], (long long)v[ATTN_SYM_DV],
+                      (long long)v[ATTN_SYM_HQ], (long long)v[ATTN_SYM_HKV]);
+  return attn__sdpa_check_heads(ctx, v[ATTN_SYM_HQ], v[ATTN_SYM_HKV]);
+}
+
 static attn_status check(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
                          const attn_tensor *v, const attn_tensor *out, const attn_tensor *lse,
                          const attn_tensor *dout, attn_tensor *dq, attn_tensor *dk,
                          attn_tensor *dv, const attn_sdpa_params *params,
-                         const attn_sdpa_backward_params *bparams, bwd_problem *p) {
+                         const attn_sdpa_backward_params *bparams, bool dq_inside,
+                         bwd_problem *p) {
   attn_sdpa_params prm;
   attn_sdpa_params_init(&prm);
   attn_sdpa_backward_params bp;
@@ -276,8 +290,9 @@ static attn_status check(attn_ctx *ctx, const attn_tensor *q, const attn_tensor 
        .bcast_nd = 4, .bcast = {B, HQ, LQ, LK}, .bstrides = ms},
       {ATTN_OPERAND("params.bool_mask", prm.bool_mask, ATTN_DT_U8, 1, 4), .flags = opt_in,
        .bcast_nd = 4, .bcast = {B, HQ, LQ, LK}, .bstrides = bs},
+      /* dq_inside: dq is the caller's workspace, given after the plan */
       {ATTN_OPERAND("dq", dq, ATTN_DT_F32, 4, 4), .sym = {B, HQ, LQ, D},
-       .flags = ATTN_OPND_OUTPUT},
+       .flags = (uint8_t)(ATTN_OPND_OUTPUT | (dq_inside ? ATTN_OPND_OPTIONAL : 0))},
       {ATTN_OPERAND("dk", dk, ATTN_DT_F32, 4, 4), .sym = {B, HKV, LK, D},
        .flags = ATTN_OPND_OUTPUT},
       {ATTN_OPERAND("dv", dv, ATTN_DT_F32, 4, 4), .sym = {B, HKV, LK, DV},
@@ -288,18 +303,12 @@ static attn_status check(attn_ctx *ctx, const attn_tensor *q, const attn_tensor 
   attn_dims d;
   if ((st = attn__check_operands(ctx, ops, (int)(sizeof ops / sizeof *ops), &d)) != ATTN_OK)
     return st;
-  if (d.v[D] == 0 || d.v[DV] == 0 || d.v[HQ] == 0 || d.v[HKV] == 0)
-    return attn__fail(ctx, ATTN_ERR_UNSUPPORTED,
-                      "a head count or head dim of 0 (D = %lld, Dv = %lld, Hq = %lld, Hkv = "
-                      "%lld): the backward takes empty batches and sequences only",
-                      (long long)d.v[D], (long long)d.v[DV], (long long)d.v[HQ],
-                      (long long)d.v[HKV]);
-  if ((st = attn__sdpa_check_heads(ctx, d.v[HQ], d.v[HKV])) != ATTN_OK)
+  if ((st = check_heads(ctx, &d)) != ATTN_OK)
     return st;
   if ((st = check_params(ctx, &prm, &bp, d.v[B], d.v[HQ], d.v[LK], d.v[D])) != ATTN_OK)
     return st;
   /* Every leading dimension handed to BLAS must fit its int. */
-  const attn_tensor *blas_ops[] = {q, k, v, dout, dq};
+  const attn_tensor *blas_ops[] = {q, k, v, dout, dq ? dq : q};
   const char *blas_names[] = {"q", "k", "v", "dout", "dq"};
   for (size_t t = 0; t < sizeof blas_ops / sizeof *blas_ops; t++)
     if (blas_ops[t]->strides[2] > INT32_MAX || d.v[D] > INT32_MAX || d.v[DV] > INT32_MAX)
@@ -310,14 +319,15 @@ static attn_status check(attn_ctx *ctx, const attn_tensor *q, const attn_tensor 
   p->f.B = d.v[B], p->f.Hq = d.v[HQ], p->f.Hkv = d.v[HKV], p->f.G = p->f.Hq / p->f.Hkv;
   p->f.Lq = d.v[LQ], p->f.Lk = d.v[LK], p->f.D = d.v[D], p->f.Dv = d.v[DV];
   p->f.q = q->data, p->f.k = k->data, p->f.v = v->data, p->f.out = out->data, p->f.lse = lse->data; /* read only here */
-  p->dout = dout->data, p->dq = dq->data, p->dk = dk->data, p->dv = dv->data;
+  p->dout = dout->data, p->dq = dq ? dq->data : NULL, p->dk = dk->data, p->dv = dv->data;
   memcpy(p->f.qs, q->strides, sizeof p->f.qs);
   memcpy(p->f.ks, k->strides, sizeof p->f.ks);
   memcpy(p->f.vs, v->strides, sizeof p->f.vs);
   memcpy(p->f.os, out->strides, sizeof p->f.os);
   memcpy(p->f.lses, lse->strides, sizeof p->f.lses);
   memcpy(p->gs, dout->strides, sizeof p->gs);
-  memcpy(p->dqs, dq->strides, sizeof p->dqs);
+  if (dq)
+    memcpy(p->dqs, dq->strides, sizeof p->dqs);
   memcpy(p->dks, dk->strides, sizeof p->dks);
   memcpy(p->dvs, dv->strides, sizeof p->dvs);
   if (bp.dmask) {
@@ -397,7 +407,7 @@ attn_status attn_sdpa_backward(attn_ctx *ctx, const attn_tensor *q, const attn_t
   if (st != ATTN_OK)
     return st;
   bwd_problem pr;
-  if ((st = check(ctx, q, k, v, out, lse, dout, dq, dk, dv, p, bp, &pr)) == ATTN_OK) {
+  if ((st = check(ctx, q, k, v, out, lse, dout, dq, dk, dv, p, bp, false, &pr)) == ATTN_OK) {
     plan(ctx, &pr);
     size_t acc_bytes = attn__ws_round((size_t)pr.f.Hq * sizeof(double));
     if ((st = attn__ws_reserve(ctx, acc_bytes + pr.ws_bytes)) == ATTN_OK) {
@@ -408,6 +418,43 @@ attn_status attn_sdpa_backward(attn_ctx *ctx, const attn_tensor *q, const attn_t
     }
   }
   return attn__op_end(ctx, st);
+}
+
+attn_status attn__sdpa_backward_shared_q(attn_ctx *ctx, const attn_tensor *q,
+                                         const attn_tensor *k, const attn_tensor *v,
+                                         const attn_tensor *out, const attn_tensor *lse,
+                                         const attn_tensor *dout, attn_tensor *dq_sum,
+                                         attn_tensor *dk, attn_tensor *dv,
+                                         const attn_sdpa_params *p) {
+  bwd_problem pr;
+  attn_status st = check(ctx, q, k, v, out, lse, dout, NULL, dk, dv, p, NULL, true, &pr);
+  if (st != ATTN_OK)
+    return st;
+  plan(ctx, &pr);
+  int64_t B = pr.f.B, Hq = pr.f.Hq, Lq = pr.f.Lq, D = pr.f.D;
+  size_t acc_bytes = attn__ws_round((size_t)Hq * sizeof(double)), dq_bytes, total;
+  /* the per-batch dq: B * Hq * Lq * D floats, summed below */
+  if (__builtin_mul_overflow((size_t)(B * Hq), (size_t)(Lq * D) * sizeof(float), &dq_bytes) ||
+      __builtin_add_overflow(acc_bytes + pr.ws_bytes, attn__ws_round(dq_bytes), &total))
+    total = SIZE_MAX; /* refused by the reservation */
+  if ((st = attn__ws_reserve(ctx, total)) != ATTN_OK)
+    return st;
+  double *acc = attn__ws_alloc(ctx, acc_bytes);
+  memset(acc, 0, (size_t)Hq * sizeof(double));
+  pr.dq = attn__ws_alloc(ctx, attn__ws_round(dq_bytes));
+  pr.dqs[0] = Hq * Lq * D, pr.dqs[1] = Lq * D, pr.dqs[2] = D, pr.dqs[3] = 1;
+  run(ctx, &pr, acc);
+  /* The sum over the batch, in batch order, in double until the store. */
+  float *o = dq_sum->data;
+  for (int64_t h = 0; h < Hq; h++)
+    for (int64_t i = 0; i < Lq; i++)
+      for (int64_t d = 0; d < D; d++) {
+        double s = 0;
+        for (int64_t b = 0; b < B; b++)
+          s += pr.dq[b * pr.dqs[0] + h * pr.dqs[1] + i * pr.dqs[2] + d];
+        o[h * dq_sum->strides[0] + i * dq_sum->strides[1] + d] = (float)s;
+      }
+  return ATTN_OK;
 }
 
 typedef struct {
@@ -452,13 +499,7 @@ static attn_status varlen_check(attn_ctx *ctx, varlen_args *a, int32_t batch,
   attn_dims d;
   if ((st = attn__check_operands(ctx, ops, (int)(sizeof ops / sizeof *ops), &d)) != ATTN_OK)
     return st;
-  if (d.v[D] == 0 || d.v[DV] == 0 || d.v[HQ] == 0 || d.v[HKV] == 0)
-    return attn__fail(ctx, ATTN_ERR_UNSUPPORTED,
-                      "a head count or head dim of 0 (D = %lld, Dv = %lld, Hq = %lld, Hkv = "
-                      "%lld): the backward takes empty batches and sequences only",
-                      (long long)d.v[D], (long long)d.v[DV], (long long)d.v[HQ],
-                      (long long)d.v[HKV]);
-  if ((st = attn__sdpa_check_heads(ctx, d.v[HQ], d.v[HKV])) != ATTN_OK)
+  if ((st = check_heads(ctx, &d)) != ATTN_OK)
     return st;
   if ((st = attn__sdpa_check_offsets(ctx, "cu_seqlens_q", a->cu_q, batch, d.v[TQ])) != ATTN_OK ||
       (st = attn__sdpa_check_offsets(ctx, "cu_seqlens_k", a->cu_k, batch, d.v[TK])) != ATTN_OK ||

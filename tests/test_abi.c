@@ -126,7 +126,8 @@ PIN(attn_pool_attention_params, reserved_, 12, 4);
 PIN(attn_pool_attention_params, lengths, 16, 8);
 PIN(attn_pool_attention_params, keep, 24, 8);
 PIN(attn_pool_attention_params, weights, 32, 8);
-END(attn_pool_attention_params, weights, 40);
+PIN(attn_pool_attention_params, lse, 40, 8);
+END(attn_pool_attention_params, lse, 48);
 
 /* Added in 0.2.0: the KV cache. */
 PIN(attn_kv_cache_params, struct_size, 0, 8);

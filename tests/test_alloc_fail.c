@@ -375,6 +375,23 @@ static attn_status run_pool(fixture *f) {
   p.lengths = g_pool_len;
   return attn_pool(f->ctx, f->t[0], f->t[1], &p);
 }
+/* Its backward, dout = the forward's x rows; dx and dscores. */
+static void setup_pool_backward(fixture *f) {
+  setup_pool(f);
+  int64_t xd[4] = {PL_B, PL_H, PL_L, PL_D}, od[3] = {PL_B, PL_H, PL_D}, sd[3] = {PL_B, PL_H, PL_L};
+  f->t[1] = wrap_in(f, g_sm, (size_t)PL_B * PL_H * PL_D, 3, od);
+  f->t[4] = wrap_out(f, (size_t)PL_B * PL_H * PL_L * PL_D, 4, xd);
+  f->t[5] = wrap_out(f, (size_t)PL_B * PL_H * PL_L, 3, sd);
+}
+static attn_status run_pool_backward(fixture *f) {
+  attn_pool_params p;
+  attn_pool_params_init(&p);
+  p.mode = ATTN_POOL_WEIGHTED;
+  p.scores = f->t[2];
+  p.keep = f->t[3];
+  p.lengths = g_pool_len;
+  return attn_pool_backward(f->ctx, f->t[0], f->t[1], f->t[4], f->t[5], &p);
+}
 /* Learned queries [HQ, 3, D] over the SDPA inputs' keys and values. */
 static void setup_pool_attention(fixture *f) {
   int64_t qd[3] = {HQ, 3, D}, kd[4] = {B, HKV, LK, D}, vd[4] = {B, HKV, LK, DV};
@@ -390,6 +407,28 @@ static attn_status run_pool_attention(fixture *f) {
   int64_t lengths[B] = {LK, 17};
   p.lengths = lengths;
   return attn_pool_attention(f->ctx, f->t[0], f->t[1], f->t[2], f->t[3], &p);
+}
+/* Its backward from the SDPA backward's inputs (values do not matter here). */
+static void setup_pool_attention_backward(fixture *f) {
+  int64_t qd[3] = {HQ, 3, D}, kd[4] = {B, HKV, LK, D}, vd[4] = {B, HKV, LK, DV};
+  int64_t od[4] = {B, HQ, 3, DV}, ld[3] = {B, HQ, 3};
+  f->t[0] = wrap_in(f, g_q, (size_t)HQ * 3 * D, 3, qd);
+  f->t[1] = wrap_in(f, g_k, sizeof g_k / 4, 4, kd);
+  f->t[2] = wrap_in(f, g_v, sizeof g_v / 4, 4, vd);
+  f->t[3] = wrap_in(f, g_o, (size_t)B * HQ * 3 * DV, 4, od);
+  f->t[4] = wrap_in(f, g_lse, (size_t)B * HQ * 3, 3, ld);
+  f->t[5] = wrap_in(f, g_do, (size_t)B * HQ * 3 * DV, 4, od);
+  f->t[6] = wrap_out(f, (size_t)HQ * 3 * D, 3, qd);
+  f->t[7] = wrap_out(f, sizeof g_k / 4, 4, kd);
+  f->t[8] = wrap_out(f, sizeof g_v / 4, 4, vd);
+}
+static attn_status run_pool_attention_backward(fixture *f) {
+  attn_pool_attention_params p;
+  attn_pool_attention_params_init(&p);
+  int64_t lengths[B] = {LK, 17};
+  p.lengths = lengths;
+  return attn_pool_attention_backward(f->ctx, f->t[0], f->t[1], f->t[2], f->t[3], f->t[4],
+                                      f->t[5], f->t[6], f->t[7], f->t[8], &p);
 }
 /* YaRN tables [300, 32], then the rotation from them out of place. */
 static void setup_rope_cache(fixture *f) {
@@ -565,7 +604,13 @@ static const op_case g_cases[] = {
     {"attn_sdpa_varlen", 2, setup_varlen, run_varlen},
     {"attn_pool", 1, setup_pool, run_pool},
     {"attn_pool", 2, setup_pool, run_pool},
+    {"attn_pool_backward", 1, setup_pool_backward, run_pool_backward},
+    {"attn_pool_backward", 2, setup_pool_backward, run_pool_backward},
     {"attn_pool_attention", 2, setup_pool_attention, run_pool_attention},
+    {"attn_pool_attention_backward", 1, setup_pool_attention_backward,
+     run_pool_attention_backward},
+    {"attn_pool_attention_backward", 2, setup_pool_attention_backward,
+     run_pool_attention_backward},
     {"attn_rope_cache_fill", 1, setup_rope_cache, run_rope_cache},
     {"attn_rope_cache_fill", 2, setup_rope_cache, run_rope_cache},
     {"attn_rope_cached", 2, setup_rope_cached, run_rope_cached},

@@ -441,7 +441,58 @@ static void sdpa_varlen_empty(void **state) {
   /* Sequence 0 has a key and no query; 1 and 2 have a query and no key. */
   assert_true(out[0] == 0 && out[1] == 0);
   assert_true(lse[0] == -INFINITY && lse[1] == -INFINITY);
+  /* The backward of the same packing: the rows that see no key get dq = 0
+   * (a NaN dout included), the key of the sequence without queries dk = dv
+   * = 0; a NaN in that key reaches nothing. (k's huge token stride would
+   * exceed what BLAS takes: contiguous here.) */
+  k[0] = NAN, v[0] = NAN;
+  float dout[2] = {NAN, 1}, dq[2] = {-7, -7}, dk[1] = {-7}, dv[1] = {-7};
+  assert_ok(attn_sdpa_varlen_backward(
+      ctx, tu_wrap(ctx, q, 2, 3, qd, NULL), tu_wrap(ctx, k, 1, 3, kd, NULL),
+      tu_wrap(ctx, v, 1, 3, kd, NULL), tu_wrap(ctx, out, 2, 3, qd, NULL),
+      tu_wrap(ctx, lse, 2, 2, ld, NULL), tu_wrap(ctx, dout, 2, 3, qd, NULL),
+      tu_wrap(ctx, dq, 2, 3, qd, NULL), tu_wrap(ctx, dk, 1, 3, kd, NULL),
+      tu_wrap(ctx, dv, 1, 3, kd, NULL), 3, cu_q, cu_k, &p, NULL));
+  assert_true(dq[0] == 0 && dq[1] == 0 && dk[0] == 0 && dv[0] == 0);
   attn_ctx_destroy(ctx);
+}
+
+/* Packed backward rows by hand (one head, D = Dv = 1, scale 1): sequence 0
+ * has one query and two keys, k = (0, 0) (equal weights 1/2), v = (1, 3),
+ * dout = 1: out = 2, dv = (1/2, 1/2), dP = v, dS = (1/2)(v - 2) = (-1/2, 1/2),
+ * dq = sum dS k = 0, dk = dS q = (-q/2, q/2) with q = 2; sequence 1 has one
+ * query and one key (length 1: dq = dk = 0, dv = dout = 3); sequence 2 has
+ * a key and no query (zeros); a causal bottom-right row of sequence 3 sees
+ * its one key, the other none (its NaN dout reaches nothing). */
+static void sdpa_varlen_backward_rows(void **state) {
+  (void)state;
+  for (int32_t threads = 1; threads <= 2; threads++) {
+    attn_ctx *ctx = tu_ctx(threads);
+    float q[4] = {2, 5, 1, 1}, k[5] = {0, 0, 1, NAN, 4}, v[5] = {1, 3, 6, NAN, 2};
+    float out[4], lse[4], dout[4] = {1, 3, NAN, 2};
+    float dq[4], dk[5], dv[5];
+    int64_t qd[3] = {4, 1, 1}, kd[3] = {5, 1, 1}, ld[2] = {1, 4};
+    int64_t cu_q[5] = {0, 1, 2, 2, 4}, cu_k[5] = {0, 2, 3, 4, 5};
+    attn_sdpa_params p;
+    attn_sdpa_params_init(&p);
+    p.scale = 1;
+    p.causal = 1;
+    p.align = ATTN_ALIGN_BOTTOM_RIGHT;
+    p.lse = tu_wrap(ctx, lse, 4, 2, ld, NULL);
+    attn_tensor *tq = tu_wrap(ctx, q, 4, 3, qd, NULL), *tk = tu_wrap(ctx, k, 5, 3, kd, NULL);
+    attn_tensor *tv = tu_wrap(ctx, v, 5, 3, kd, NULL), *to = tu_wrap(ctx, out, 4, 3, qd, NULL);
+    assert_ok(attn_sdpa_varlen(ctx, tq, tk, tv, to, 4, cu_q, cu_k, &p));
+    assert_ok(attn_sdpa_varlen_backward(ctx, tq, tk, tv, to, p.lse,
+                                        tu_wrap(ctx, dout, 4, 3, qd, NULL),
+                                        tu_wrap(ctx, dq, 4, 3, qd, NULL),
+                                        tu_wrap(ctx, dk, 5, 3, kd, NULL),
+                                        tu_wrap(ctx, dv, 5, 3, kd, NULL), 4, cu_q, cu_k, &p,
+                                        NULL));
+    expect_row("varlen backward dq", dq, W(0, 0, 0, 0), 4, 1e-6);
+    expect_row("varlen backward dk", dk, W(-1, 1, 0, 0, 0), 5, 1e-6);
+    expect_row("varlen backward dv", dv, W(0.5, 0.5, 3, 0, 2), 5, 1e-6);
+    attn_ctx_destroy(ctx);
+  }
 }
 
 
@@ -899,6 +950,132 @@ static void pool_table(void **state) {
   }
 }
 
+/* The backward on the same layout: dout [2, 2]; dx [2, L, 2] and, for
+ * weighted, dscores [2, L], stated by hand from attn.h's formulas. */
+typedef struct {
+  const char *name;
+  int32_t mode;
+  int64_t L;
+  const float *x;
+  const uint8_t *keep;
+  const float *scores;
+  const float *dout;
+  const double *dx, *dscores;
+} pool_bwd_case;
+
+static const pool_bwd_case pool_bwd_cases[] = {
+    {"sum, NaN dropped", ATTN_POOL_SUM, 2, F(1, NAN, 2, 3, NAN, 1, 5, 6), U(1, 0, 0, 1), NULL,
+     F(1, 2, 3, 4), W(1, 2, 0, 0, 0, 0, 3, 4), NULL},
+    {"mean, length 1", ATTN_POOL_MEAN, 1, F(7, 8, 1, 2), NULL, NULL, F(2, 4, 6, 8),
+     W(2, 4, 6, 8), NULL},
+    {"mean, NaN x", ATTN_POOL_MEAN, 2, F(NAN, 1, 2, 3, 4, 5, 6, 7), NULL, NULL, F(2, 4, 6, 8),
+     W(1, 2, 1, 2, 3, 4, 3, 4), NULL},
+    {"sum, nothing kept", ATTN_POOL_SUM, 2, F(NAN, 2, 3, 4, NAN, 1, 1, 1), U(0, 0, 1, 1), NULL,
+     F(1, 2, 3, 4), W(0, 0, 0, 0, 3, 4, 3, 4), NULL},
+    /* max: to the earliest maximum; a kept NaN takes it; all -inf: the first kept. */
+    {"max, ties to the first", ATTN_POOL_MAX, 2, F(3, 1, 3, 5, -1, -2, -1, -2), NULL, NULL,
+     F(1, 2, 3, 4), W(1, 0, 0, 2, 3, 4, 0, 0), NULL},
+    {"max, NaN kept", ATTN_POOL_MAX, 2, F(5, 1, NAN, 3, -1, -2, -3, -4), NULL, NULL,
+     F(1, 2, 3, 4), W(0, 0, 1, 2, 3, 4, 0, 0), NULL},
+    {"max, NaN dropped", ATTN_POOL_MAX, 2, F(NAN, NAN, 1, 2, 3, 4, NAN, NAN), U(0, 1, 1, 0),
+     NULL, F(1, 2, 3, 4), W(0, 0, 1, 2, 3, 4, 0, 0), NULL},
+    {"max, all -inf", ATTN_POOL_MAX, 2, F(-INFINITY, -INFINITY, -INFINITY, 0, 1, 1, 1, 1),
+     U(0, 1, 1, 1), NULL, F(1, 2, 3, 4), W(0, 0, 1, 2, 3, 4, 0, 0), NULL},
+    {"max, nothing kept", ATTN_POOL_MAX, 1, F(7, 8, 1, 2), U(0, 1), NULL, F(1, 2, 3, 4),
+     W(0, 0, 3, 4), NULL},
+    /* weighted: x (1, 2), (3, 4) with equal weights and dout (3, 4): g = 11
+     * and 25, dout . out = 18, dscores = 0.5 (g - 18). */
+    {"weighted, nothing kept", ATTN_POOL_WEIGHTED, 1, F(7, 8, 1, 2), U(0, 1), F(NAN, 3),
+     F(1, 2, 3, 4), W(0, 0, 3, 4), W(0, 0)},
+    {"weighted, all -inf", ATTN_POOL_WEIGHTED, 2, F(1, 2, 3, 4, 1, 2, 3, 4), NULL,
+     F(-INFINITY, -INFINITY, 0, 0), F(1, 2, 3, 4), W(0, 0, 0, 0, 1.5, 2, 1.5, 2),
+     W(0, 0, -3.5, 3.5)},
+    {"weighted, +inf: NaN", ATTN_POOL_WEIGHTED, 2, F(1, 2, 3, 4, 1, 2, 3, 4), NULL,
+     F(INFINITY, 0, 0, -INFINITY), F(1, 2, 3, 4), W(NAN, NAN, NAN, NAN, 3, 4, 0, 0),
+     W(NAN, NAN, 0, 0)},
+    {"weighted, NaN x at weight 0", ATTN_POOL_WEIGHTED, 2, F(1, 2, NAN, NAN, 1, 2, 3, 4), NULL,
+     F(0, -INFINITY, 0, 0), F(1, 2, 3, 4), W(1, 2, 0, 0, 1.5, 2, 1.5, 2), W(0, 0, -3.5, 3.5)},
+    {"weighted, NaN dropped", ATTN_POOL_WEIGHTED, 2, F(1, 2, NAN, NAN, NAN, NAN, 3, 4),
+     U(1, 0, 0, 1), F(0, NAN, NAN, 0), F(1, 2, 3, 4), W(1, 2, 0, 0, 0, 0, 3, 4), W(0, 0, 0, 0)},
+    {"weighted, +-FLT_MAX scores", ATTN_POOL_WEIGHTED, 2, F(1, 2, 3, 4, 1, 2, 3, 4), NULL,
+     F(MX, -MX, MX, MX), F(1, 2, 3, 4), W(1, 2, 0, 0, 1.5, 2, 1.5, 2), W(0, 0, -3.5, 3.5)},
+};
+
+static void pool_backward_table(void **state) {
+  (void)state;
+  for (int32_t threads = 1; threads <= 2; threads++) {
+    attn_ctx *ctx = tu_ctx(threads);
+    for (size_t i = 0; i < sizeof pool_bwd_cases / sizeof pool_bwd_cases[0]; i++) {
+      const pool_bwd_case *c = &pool_bwd_cases[i];
+      float dx[8] = {-7, -7, -7, -7, -7, -7, -7, -7}, ds[4] = {-7, -7, -7, -7};
+      int64_t xd[3] = {2, c->L, 2}, od[2] = {2, 2}, kd[2] = {2, c->L};
+      attn_tensor *tx = tu_wrap(ctx, (float *)c->x, (size_t)(4 * c->L), 3, xd, NULL);
+      attn_tensor *tg = tu_wrap(ctx, (float *)c->dout, 4, 2, od, NULL), *tk = NULL, *tds = NULL;
+      attn_pool_params p;
+      attn_pool_params_init(&p);
+      p.mode = c->mode;
+      if (c->keep) {
+        assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, kd, NULL, (void *)c->keep,
+                                   (size_t)(2 * c->L), &tk));
+        p.keep = tk;
+      }
+      if (c->scores) {
+        p.scores = tu_wrap(ctx, (float *)c->scores, (size_t)(2 * c->L), 2, kd, NULL);
+        tds = tu_wrap(ctx, ds, (size_t)(2 * c->L), 2, kd, NULL);
+      }
+      attn_status st =
+          attn_pool_backward(ctx, tx, tg, tu_wrap(ctx, dx, (size_t)(4 * c->L), 3, xd, NULL), tds,
+                             &p);
+      if (st != ATTN_OK)
+        fail_msg("%s: %s", c->name, attn_ctx_last_error(ctx));
+      char what[160];
+      snprintf(what, sizeof what, "pool_backward \"%s\" (%d threads) dx", c->name, (int)threads);
+      expect_row(what, dx, c->dx, 4 * c->L, 0);
+      if (c->scores) {
+        snprintf(what, sizeof what, "pool_backward \"%s\" dscores", c->name);
+        expect_row(what, ds, c->dscores, 2 * c->L, 0);
+      }
+    }
+    attn_ctx_destroy(ctx);
+  }
+}
+
+/* Attention pooling's backward: a dropped key's NaN (k, v) and the NaN
+ * dout of a sequence with nothing kept reach nothing; one kept key gets
+ * dv = dout and no other gradient (its weight is 1 whatever q and k are). */
+static void pool_attention_backward_edges(void **state) {
+  (void)state;
+  for (int32_t threads = 1; threads <= 2; threads++) {
+    attn_ctx *ctx = tu_ctx(threads);
+    float q[1] = {1}, k[4] = {0.5f, NAN, NAN, NAN}, v[4] = {3, NAN, NAN, NAN};
+    float out[2], lse[2], dout[2] = {1, NAN}, dq[1] = {-7}, dk[4], dv[4];
+    uint8_t keep[4] = {1, 0, 1, 1};
+    int64_t lengths[2] = {2, 0};
+    int64_t qd[3] = {1, 1, 1}, kd[4] = {2, 1, 2, 1}, od[4] = {2, 1, 1, 1}, ld[3] = {2, 1, 1},
+            md[2] = {2, 2};
+    attn_tensor *tq = tu_wrap(ctx, q, 1, 3, qd, NULL), *tk = tu_wrap(ctx, k, 4, 4, kd, NULL);
+    attn_tensor *tv = tu_wrap(ctx, v, 4, 4, kd, NULL), *to = tu_wrap(ctx, out, 2, 4, od, NULL);
+    attn_tensor *tm = NULL;
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, md, NULL, keep, 4, &tm));
+    attn_pool_attention_params p;
+    attn_pool_attention_params_init(&p);
+    p.keep = tm;
+    p.lengths = lengths;
+    p.lse = tu_wrap(ctx, lse, 2, 3, ld, NULL);
+    assert_ok(attn_pool_attention(ctx, tq, tk, tv, to, &p));
+    expect_row("pool_attention out", out, W(3, 0), 2, 1e-6);
+    assert_ok(attn_pool_attention_backward(ctx, tq, tk, tv, to, p.lse,
+                                           tu_wrap(ctx, dout, 2, 4, od, NULL),
+                                           tu_wrap(ctx, dq, 1, 3, qd, NULL),
+                                           tu_wrap(ctx, dk, 4, 4, kd, NULL),
+                                           tu_wrap(ctx, dv, 4, 4, kd, NULL), &p));
+    expect_row("pool_attention_backward dqueries", dq, W(0), 1, 1e-6);
+    expect_row("pool_attention_backward dk", dk, W(0, 0, 0, 0), 4, 1e-6);
+    expect_row("pool_attention_backward dv", dv, W(1, 0, 0, 0), 4, 1e-6);
+    attn_ctx_destroy(ctx);
+  }
+}
+
 /* ================= attn_rope_cached ================= */
 
 /* A NaN in a table row reaches only the pairs of the tokens that read it;
@@ -936,6 +1113,7 @@ int main(void) {
       cmocka_unit_test(sdpa_backward_table),
       cmocka_unit_test(sdpa_huge_l),
       cmocka_unit_test(sdpa_varlen_empty),
+      cmocka_unit_test(sdpa_varlen_backward_rows),
       cmocka_unit_test(softmax_table),
       cmocka_unit_test(softmax_table_half),
       cmocka_unit_test(softmax_huge),
@@ -945,6 +1123,8 @@ int main(void) {
       cmocka_unit_test(rope_huge_l),
       cmocka_unit_test(alibi_edges),
       cmocka_unit_test(pool_table),
+      cmocka_unit_test(pool_backward_table),
+      cmocka_unit_test(pool_attention_backward_edges),
       cmocka_unit_test(rope_cached_edges),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,7 +1,7 @@
 /* SDPA's tile products (src/simd/gemm_body.h) of every kernel set this CPU
  * can run that has them, called directly (the shared library hides them,
  * so this suite links the kernel objects, as test_exp does), against the
- * float64 reference: every row count around the micro-kernel heights (6,
+ * float64 reference (gemm_tn from A stored transposed): every row count around the micro-kernel heights (6,
  * 12), column counts around the panel widths (16, 32), depths across the
  * packing slice (256), leading dimensions larger than the rows, and C's
  * bytes outside the product left alone. The public path is test_sdpa, which
@@ -89,31 +89,45 @@ static void check_shape(const attn_kernels *kern, int64_t m, int64_t n, int64_t 
                  (long long)j, (double)got, w, bound * mag[i * n + j]);
     }
 
-  /* gemm_nn: C += A B. */
+  /* gemm_nn: C += A B; gemm_tn: the same from A stored transposed. */
   tu_fill(&rng, c0, nc, -1, 1);
   for (size_t i = 0; i < nc; i++)
     if ((int64_t)(i % (size_t)ldc) >= n)
       c0[i] = SENTINEL;
-  memcpy(c, c0, nc * sizeof(float));
-  kern->gemm_nn(m, n, k, a, lda, bn, ldb_n, c, ldc);
   ref_gemm(m, n, k, 1.0, a, lda, bn, ldb_n, 0, want, mag);
+  int64_t ldat = m + 4;
+  size_t nat = (size_t)((k - 1) * ldat + m);
+  float *at = floats(nat);
   for (int64_t i = 0; i < m; i++)
-    for (int64_t j = 0; j < ldc; j++) {
-      float got = c[i * ldc + j];
-      if (j >= n) {
-        if (got != SENTINEL)
-          fail_msg("%s gemm_nn %lldx%lldx%lld wrote c[%lld][%lld] past n", kern->name,
-                   (long long)m, (long long)n, (long long)k, (long long)i, (long long)j);
-        continue;
+    for (int64_t kk = 0; kk < k; kk++)
+      at[kk * ldat + i] = a[i * lda + kk];
+  for (int tn = 0; tn < 2; tn++) {
+    const char *what = tn ? "gemm_tn" : "gemm_nn";
+    memcpy(c, c0, nc * sizeof(float));
+    if (tn)
+      kern->gemm_tn(m, n, k, at, ldat, bn, ldb_n, c, ldc);
+    else
+      kern->gemm_nn(m, n, k, a, lda, bn, ldb_n, c, ldc);
+    for (int64_t i = 0; i < m; i++)
+      for (int64_t j = 0; j < ldc; j++) {
+        float got = c[i * ldc + j];
+        if (j >= n) {
+          if (got != SENTINEL)
+            fail_msg("%s %s %lldx%lldx%lld wrote c[%lld][%lld] past n", kern->name, what,
+                     (long long)m, (long long)n, (long long)k, (long long)i, (long long)j);
+          continue;
+        }
+        double c_in = c0[i * ldc + j];
+        double w = c_in + want[i * n + j], err = fabs((double)got - w);
+        /* gemm_tn adds its slices of GEMM_TK (128) into c: a rounding more each */
+        double b = (bound + (double)(tn * (k / 128)) * u) * (mag[i * n + j] + fabs(c_in));
+        if (!(err <= b + 1e-30))
+          fail_msg("%s %s %lldx%lldx%lld c[%lld][%lld] = %.9g, want %.9g (bound %.3g)",
+                   kern->name, what, (long long)m, (long long)n, (long long)k, (long long)i,
+                   (long long)j, (double)got, w, b);
       }
-      double c_in = c0[i * ldc + j];
-      double w = c_in + want[i * n + j], err = fabs((double)got - w);
-      double b = bound * (mag[i * n + j] + fabs(c_in));
-      if (!(err <= b + 1e-30))
-        fail_msg("%s gemm_nn %lldx%lldx%lld c[%lld][%lld] = %.9g, want %.9g (bound %.3g)",
-                 kern->name, (long long)m, (long long)n, (long long)k, (long long)i,
-                 (long long)j, (double)got, w, b);
-    }
+  }
+  free(at);
   free(a);
   free(bt);
   free(bn);
@@ -163,6 +177,11 @@ static void ieee_products(void **state) {
     assert_true(c[2] == INFINITY);               /* 3 * inf + ... */
     assert_true(c[1] == 3.0f && c[3] == 12.0f); /* finite column */
     kern->gemm_nt(2, 2, 3, 1.0f, a, 3, b, 3, c, 2);
+    assert_true(isnan(c[0]) && c[2] == INFINITY);
+    assert_true(c[1] == 3.0f && c[3] == 12.0f);
+    float at[3 * 2] = {0, 3, 1, 4, 2, 5}; /* a transposed: [3][2] */
+    memset(c, 0, sizeof c);
+    kern->gemm_tn(2, 2, 3, at, 2, b, 2, c, 2);
     assert_true(isnan(c[0]) && c[2] == INFINITY);
     assert_true(c[1] == 3.0f && c[3] == 12.0f);
   }

@@ -3,6 +3,7 @@
  * properties, and with bad input. */
 #include "test_util.h"
 
+#include "ref_backward.h"
 #include "ref_common.h"
 #include "ref_pool.h"
 #include "ref_sdpa.h"
@@ -23,6 +24,73 @@ typedef struct {
   int use_lengths, use_keep, keep_2d, scores_2d;
   int32_t threads;
 } pool_case;
+
+/* The backward of a run_pool_case forward (same tensors and params):
+ * dx in x's layout and dscores in scores' shape against ref_pool_backward,
+ * whose per-position dscores are summed here over the broadcast H axis. */
+static void pool_backward_check(const pool_case *c, attn_ctx *ctx, tu_rng *rng,
+                                attn_tensor *tx, attn_tensor *tscores,
+                                const attn_pool_params *p, const double *xd,
+                                const uint8_t *keep_all, const double *sd) {
+  int64_t B = c->B, H = c->H, L = c->L, D = c->D;
+  size_t nx = (size_t)(B * H * L * D), nt = (size_t)(B * H * L), no = (size_t)(B * H * D);
+  float *g = xmalloc(no * sizeof *g), *dx = xmalloc(nx * sizeof *dx);
+  float *ds = xmalloc(nt * sizeof *ds);
+  double *gd = xmalloc(no * sizeof *gd), *want_dx = xmalloc(nx * sizeof *want_dx);
+  double *want_ds = xmalloc(nt * sizeof *want_ds);
+  double *want_ds2 = xmalloc(nt * sizeof *want_ds2);
+  float *got_dxf = xmalloc(nx * sizeof *got_dxf);
+  tu_fill(rng, g, no, -2, 2);
+  for (size_t i = 0; i < no; i++)
+    gd[i] = g[i];
+  for (size_t i = 0; i < nx; i++)
+    dx[i] = 99.0f; /* every element must be written */
+  ref_pool_backward(c->mode, B, H, L, D, xd, keep_all, sd, gd, want_dx, want_ds);
+  attn_tensor *tg, *tdx, *tds = NULL;
+  int64_t dims[4] = {B, H, L, D}, st[4] = {L * H * D, D, H * D, 1};
+  if (c->four_d) {
+    int64_t od[3] = {B, H, D};
+    tg = tu_wrap(ctx, g, no, 3, od, NULL);
+    tdx = tu_wrap(ctx, dx, nx, 4, dims, c->tokens_outer ? st : NULL);
+  } else {
+    int64_t od[2] = {B, D}, xd3[3] = {B, L, D};
+    tg = tu_wrap(ctx, g, no, 2, od, NULL);
+    tdx = tu_wrap(ctx, dx, nx, 3, xd3, NULL);
+  }
+  int two = c->scores_2d || !c->four_d;
+  if (tscores) {
+    int64_t sd3[3] = {B, H, L}, sd2[2] = {B, L};
+    tds = tu_wrap(ctx, ds, nt, two ? 2 : 3, two ? sd2 : sd3, NULL);
+  }
+  attn_status status = attn_pool_backward(ctx, tx, tg, tdx, tds, p);
+  if (status != ATTN_OK)
+    fail_msg("attn_pool_backward: %s", attn_ctx_last_error(ctx));
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t l = 0; l < L; l++)
+        for (int64_t d = 0; d < D; d++) {
+          int64_t t = ((b * H + h) * L + l) * D + d;
+          got_dxf[t] = dx[c->tokens_outer ? ((b * L + l) * H + h) * D + d : t];
+        }
+  double err = ref_max_rel_err(got_dxf, want_dx, nx, 1.0), err_s = 0;
+  if (tscores) {
+    size_t ns = two ? (size_t)(B * L) : nt;
+    for (size_t i = 0; i < ns; i++)
+      want_ds2[i] = 0;
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t h = 0; h < H; h++)
+        for (int64_t l = 0; l < L; l++)
+          want_ds2[two ? b * L + l : (b * H + h) * L + l] += want_ds[(b * H + h) * L + l];
+    err_s = ref_max_rel_err(ds, want_ds2, ns, 1.0);
+  }
+  if (!(err <= 2e-6) || !(err_s <= 1e-5))
+    fail_msg("backward: mode %d B %lld H %lld L %lld D %lld 4d %d outer %d len %d keep %d "
+             "scores2d %d: dx error %.3g, dscores error %.3g",
+             (int)c->mode, (long long)B, (long long)H, (long long)L, (long long)D, c->four_d,
+             c->tokens_outer, c->use_lengths, c->use_keep, c->scores_2d, err, err_s);
+  free(g), free(dx), free(ds), free(gd), free(want_dx), free(want_ds);
+  free(want_ds2), free(got_dxf);
+}
 
 static void run_pool_case(const pool_case *c, uint64_t seed) {
   tu_rng rng = {seed};
@@ -107,6 +175,7 @@ static void run_pool_case(const pool_case *c, uint64_t seed) {
              (int)c->mode, (long long)B, (long long)H, (long long)L, (long long)D, c->four_d,
              c->tokens_outer, c->use_lengths, c->use_keep, c->keep_2d, c->scores_2d,
              (int)c->threads, err);
+  pool_backward_check(c, ctx, &rng, tx, tscores, &p, xd, keep_all, sd);
   attn_ctx_destroy(ctx);
   free(x), free(scores), free(out), free(keep), free(keep_all), free(xd), free(sd);
   free(want), free(lengths);
@@ -243,7 +312,146 @@ static void pool_bad_input(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* Backward properties: scores broadcast over B ([1, L]) get the sum over
+ * the batch of the per-sequence gradients; the thread count changes no bit. */
+static void pool_backward_properties(void **state) {
+  (void)state;
+  enum { B = 3, L = 40, D = 17 };
+  static float x[B * L * D], sc[B * L], g[B * D], dx1[B * L * D], dx4[B * L * D];
+  static float ds1[B * L], ds4[B * L], dsb[L];
+  tu_rng rng = {9};
+  tu_fill(&rng, x, B * L * D, -1, 1);
+  tu_fill(&rng, sc, L, -3, 3);
+  for (int b = 1; b < B; b++)
+    memcpy(sc + b * L, sc, L * sizeof *sc); /* the same scores for every sequence */
+  tu_fill(&rng, g, B * D, -1, 1);
+  int64_t xd[3] = {B, L, D}, od[2] = {B, D}, sd[2] = {B, L}, sd1[2] = {1, L};
+  attn_ctx *ctx = tu_ctx(1), *ctx4 = tu_ctx(4);
+  attn_pool_params p;
+  attn_pool_params_init(&p);
+  p.mode = ATTN_POOL_WEIGHTED;
+  p.scores = tu_wrap(ctx, sc, B * L, 2, sd, NULL);
+  assert_ok(attn_pool_backward(ctx, tu_wrap(ctx, x, B * L * D, 3, xd, NULL),
+                               tu_wrap(ctx, g, B * D, 2, od, NULL),
+                               tu_wrap(ctx, dx1, B * L * D, 3, xd, NULL),
+                               tu_wrap(ctx, ds1, B * L, 2, sd, NULL), &p));
+  p.scores = tu_wrap(ctx4, sc, B * L, 2, sd, NULL);
+  assert_ok(attn_pool_backward(ctx4, tu_wrap(ctx4, x, B * L * D, 3, xd, NULL),
+                               tu_wrap(ctx4, g, B * D, 2, od, NULL),
+                               tu_wrap(ctx4, dx4, B * L * D, 3, xd, NULL),
+                               tu_wrap(ctx4, ds4, B * L, 2, sd, NULL), &p));
+  assert_memory_equal(dx1, dx4, sizeof dx1);
+  assert_memory_equal(ds1, ds4, sizeof ds1);
+  p.scores = tu_wrap(ctx, sc, L, 2, sd1, NULL);
+  assert_ok(attn_pool_backward(ctx, tu_wrap(ctx, x, B * L * D, 3, xd, NULL),
+                               tu_wrap(ctx, g, B * D, 2, od, NULL),
+                               tu_wrap(ctx, dx4, B * L * D, 3, xd, NULL),
+                               tu_wrap(ctx, dsb, L, 2, sd1, NULL), &p));
+  assert_memory_equal(dx1, dx4, sizeof dx1);
+  for (int l = 0; l < L; l++)
+    assert_close(dsb[l], (double)ds1[l] + (double)ds1[L + l] + (double)ds1[2 * L + l], 1e-5,
+                 1e-6);
+  attn_ctx_destroy(ctx);
+  attn_ctx_destroy(ctx4);
+}
+
+static void pool_backward_bad_input(void **state) {
+  (void)state;
+  attn_ctx *ctx = tu_ctx(1);
+  float x[2 * 3 * 4] = {0}, g[2 * 4] = {0}, dx[2 * 3 * 4], sc[6] = {0}, ds[6];
+  int64_t xd[3] = {2, 3, 4}, od[2] = {2, 4}, bad_od[2] = {2, 3}, sd[2] = {2, 3};
+  attn_tensor *tx = tu_wrap(ctx, x, 24, 3, xd, NULL), *tg = tu_wrap(ctx, g, 8, 2, od, NULL);
+  attn_tensor *tdx = tu_wrap(ctx, dx, 24, 3, xd, NULL), *tsc = tu_wrap(ctx, sc, 6, 2, sd, NULL);
+  attn_tensor *tds = tu_wrap(ctx, ds, 6, 2, sd, NULL);
+  attn_tensor *tgbad = tu_wrap(ctx, g, 8, 2, bad_od, NULL);
+  for (int i = 0; i < 24; i++)
+    dx[i] = 7.0f;
+  for (int i = 0; i < 6; i++)
+    ds[i] = 7.0f;
+  attn_pool_params p;
+  attn_pool_params_init(&p);
+  assert_status(attn_pool_backward(NULL, tx, tg, tdx, NULL, &p), ATTN_ERR_NULL_ARG);
+  assert_status(attn_pool_backward(ctx, tx, NULL, tdx, NULL, &p), ATTN_ERR_NULL_ARG);
+  assert_status(attn_pool_backward(ctx, tx, tg, NULL, NULL, &p), ATTN_ERR_NULL_ARG);
+  assert_status(attn_pool_backward(ctx, tx, tgbad, tdx, NULL, &p), ATTN_ERR_SHAPE);
+  assert_error_mentions(ctx, "attn_pool_backward: dout.shape[1] = 3");
+  assert_status(attn_pool_backward(ctx, tx, tg, tx, NULL, &p), ATTN_ERR_ALIASING);
+  assert_status(attn_pool_backward(ctx, tx, tg, tg, NULL, &p), ATTN_ERR_SHAPE);
+  assert_status(attn_pool_backward(ctx, tx, tg, tdx, tds, &p), ATTN_ERR_INVALID_ARG);
+  assert_error_mentions(ctx, "dscores is set but params.scores is NULL");
+  p.mode = ATTN_POOL_WEIGHTED;
+  p.scores = tsc;
+  int64_t bad_sd[2] = {3, 2};
+  assert_status(attn_pool_backward(ctx, tx, tg, tdx, tu_wrap(ctx, ds, 6, 2, bad_sd, NULL), &p),
+                ATTN_ERR_SHAPE);
+  assert_status(attn_pool_backward(ctx, tx, tg, tdx, tsc, &p), ATTN_ERR_ALIASING);
+  int64_t lengths[2] = {3, 4};
+  p.lengths = lengths;
+  assert_status(attn_pool_backward(ctx, tx, tg, tdx, tds, &p), ATTN_ERR_INVALID_ARG);
+  assert_error_mentions(ctx, "params.lengths[1] = 4");
+  for (int i = 0; i < 24; i++)
+    assert_true(dx[i] == 7.0f); /* nothing written on failure */
+  for (int i = 0; i < 6; i++)
+    assert_true(ds[i] == 7.0f);
+  attn_ctx_destroy(ctx);
+}
+
 /* ---------------------------------------------------------------- attention pooling */
+
+/* The backward of a pool_attention_vs_reference forward (its params and
+ * reference arguments a): against ref_sdpa_backward on the same problem,
+ * whose per-batch dq (queries broadcast over B) is summed here. */
+static void pool_attention_backward_check(attn_ctx *ctx, attn_pool_attention_params *p,
+                                          const ref_sdpa_args *a, attn_tensor *tq,
+                                          attn_tensor *tk, attn_tensor *tv, attn_tensor *to,
+                                          int32_t threads) {
+  int64_t B = a->B, HQ = a->Hq, HKV = a->Hkv, M = a->Lq, L = a->Lk, D = a->D, DV = a->Dv;
+  size_t nq = (size_t)(HQ * M * D), nk = (size_t)(B * HKV * L * D), nv = (size_t)(B * HKV * L * DV);
+  size_t no = (size_t)(B * HQ * M * DV), nl = (size_t)(B * HQ * M);
+  float *lse = xmalloc(nl * 4), *g = xmalloc(no * 4), *dq = xmalloc(nq * 4);
+  float *dk = xmalloc(nk * 4), *dv = xmalloc(nv * 4);
+  double *gd = xmalloc(no * 8), *wq = xmalloc((size_t)B * nq * 8), *wk = xmalloc(nk * 8);
+  double *wv = xmalloc(nv * 8), *wqs = xmalloc(nq * 8);
+  tu_rng rng = {(uint64_t)(100 + threads)};
+  tu_fill(&rng, g, no, -1, 1);
+  for (size_t i = 0; i < no; i++)
+    gd[i] = g[i];
+  int64_t ld[3] = {B, HQ, M}, od[4] = {B, HQ, M, DV}, qd[3] = {HQ, M, D};
+  int64_t kd[4] = {B, HKV, L, D}, vd[4] = {B, HKV, L, DV};
+  p->lse = tu_wrap(ctx, lse, nl, 3, ld, NULL);
+  assert_ok(attn_pool_attention(ctx, tq, tk, tv, to, p));
+  attn_status st = attn_pool_attention_backward(
+      ctx, tq, tk, tv, to, p->lse, tu_wrap(ctx, g, no, 4, od, NULL), tu_wrap(ctx, dq, nq, 3, qd, NULL),
+      tu_wrap(ctx, dk, nk, 4, kd, NULL), tu_wrap(ctx, dv, nv, 4, vd, NULL), p);
+  if (st != ATTN_OK)
+    fail_msg("attn_pool_attention_backward: %s", attn_ctx_last_error(ctx));
+  ref_sdpa_backward(a, gd, wq, wk, wv, NULL, NULL);
+  for (size_t i = 0; i < nq; i++) {
+    wqs[i] = 0;
+    for (int64_t b = 0; b < B; b++)
+      wqs[i] += wq[(size_t)b * nq + i];
+  }
+  double eq = ref_max_rel_err(dq, wqs, nq, 1.0), ek = ref_max_rel_err(dk, wk, nk, 1.0);
+  double ev = ref_max_rel_err(dv, wv, nv, 1.0);
+  if (!(eq <= 1e-5) || !(ek <= 1e-5) || !(ev <= 1e-5))
+    fail_msg("pool_attention_backward (%d threads): dqueries %.3g, dk %.3g, dv %.3g",
+             (int)threads, eq, ek, ev);
+  /* A bad dqueries shape names the operand; nothing is written. */
+  int64_t bad[3] = {HQ, M, D - 1};
+  memset(dk, 0x7f, nk * 4);
+  assert_status(attn_pool_attention_backward(ctx, tq, tk, tv, to, p->lse,
+                                             tu_wrap(ctx, g, no, 4, od, NULL),
+                                             tu_wrap(ctx, dq, nq, 3, bad, NULL),
+                                             tu_wrap(ctx, dk, nk, 4, kd, NULL),
+                                             tu_wrap(ctx, dv, nv, 4, vd, NULL), p),
+                ATTN_ERR_SHAPE);
+  assert_error_mentions(ctx, "dqueries");
+  for (size_t i = 0; i < nk; i++)
+    assert_true(((uint32_t *)(void *)dk)[i] == 0x7f7f7f7fu);
+  p->lse = NULL;
+  free(lse), free(g), free(dq), free(dk), free(dv), free(gd), free(wq), free(wk), free(wv);
+  free(wqs);
+}
 
 static void pool_attention_vs_reference(void **state) {
   (void)state;
@@ -298,6 +506,7 @@ static void pool_attention_vs_reference(void **state) {
       fail_msg("threads %d: out error %.3g, weights error %.3g", (int)threads, err, err_w);
     for (int i = 2 * HQ * M * DV; i < B * HQ * M * DV; i++)
       assert_true(out[i] == 0.0f);
+    pool_attention_backward_check(ctx, &p, &a, tq, tk, tv, to, threads);
     /* Errors name this function. */
     int64_t bad[4] = {B, HKV, L, D - 1};
     attn_tensor *tkb = tu_wrap(ctx, k, sizeof k / 4, 4, bad, NULL);
@@ -318,6 +527,8 @@ int main(void) {
       cmocka_unit_test(pool_vs_reference),
       cmocka_unit_test(pool_properties),
       cmocka_unit_test(pool_bad_input),
+      cmocka_unit_test(pool_backward_properties),
+      cmocka_unit_test(pool_backward_bad_input),
       cmocka_unit_test(pool_attention_vs_reference),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

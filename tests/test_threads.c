@@ -60,6 +60,12 @@ enum {
   O_DV,
   O_SOFTMAX_AXIS,
   O_SDPA_LOGITS,
+  O_POOL_DX,
+  O_POOL_DSCORES,
+  O_PA_LSE,
+  O_PA_DQ,
+  O_PA_DK,
+  O_PA_DV,
   O_COUNT
 };
 static const size_t g_out_n[O_COUNT] = {
@@ -69,7 +75,8 @@ static const size_t g_out_n[O_COUNT] = {
     HQ * LQ * D, HKV * (LK / 2 + 40) * D, LQ * D,
     SM_R * SM_N, RP_B * RP_H * RP_L * PE_D, B * HQ * LQ * D, B * HKV * LK * D,
     B * HKV * LK * D,
-    SM_R * SM_N, B * HQ * LQ * LK};
+    SM_R * SM_N, B * HQ * LQ * LK, B * HQ * LQ * D, B * HQ * LQ,
+    B * HQ * 2,  HQ * 2 * D, B * HKV * LK * D, B * HKV * LK * D};
 static const char *const g_out_name[O_COUNT] = {
     "softmax", "log_softmax", "sinusoidal", "sinusoidal_add", "rope",
     "alibi",   "sdpa",        "sdpa lse",   "sdpa split",     "sdpa_varlen",
@@ -77,7 +84,9 @@ static const char *const g_out_name[O_COUNT] = {
     "kv_attend", "kv_read", "mha_forward",
     "softmax_backward", "rope_backward", "sdpa_backward dq", "sdpa_backward dk",
     "sdpa_backward dv",
-    "softmax axis -2", "sdpa logits"};
+    "softmax axis -2", "sdpa logits", "pool_backward dx", "pool_backward dscores",
+    "pool_attention lse", "pool_attention_backward dqueries", "pool_attention_backward dk",
+    "pool_attention_backward dv"};
 
 typedef struct {
   float *out[O_COUNT];
@@ -206,11 +215,23 @@ static void run_all(attn_ctx *ctx, worker *w) {
   plp.scores = wrap(ctx, g_mask, B * HQ * LQ, 3, ld);
   CHECK(w, attn_pool(ctx, wrap(ctx, g_q, sizeof g_q / 4, 4, qd),
                      wrap(ctx, w->out[O_POOL], B * HQ * D, 3, pod), &plp));
-  int64_t lqd[3] = {HQ, 2, D}, pao[4] = {B, HQ, 2, D};
-  CHECK(w, attn_pool_attention(ctx, wrap(ctx, g_q, HQ * 2 * D, 3, lqd),
-                               wrap(ctx, g_k, sizeof g_k / 4, 4, kd),
-                               wrap(ctx, g_v, sizeof g_v / 4, 4, kd),
-                               wrap(ctx, w->out[O_POOL_ATTN], B * HQ * 2 * D, 4, pao), NULL));
+  CHECK(w, attn_pool_backward(ctx, wrap(ctx, g_q, sizeof g_q / 4, 4, qd),
+                              wrap(ctx, w->out[O_POOL], B * HQ * D, 3, pod),
+                              wrap(ctx, w->out[O_POOL_DX], sizeof g_q / 4, 4, qd),
+                              wrap(ctx, w->out[O_POOL_DSCORES], B * HQ * LQ, 3, ld), &plp));
+  int64_t lqd[3] = {HQ, 2, D}, pao[4] = {B, HQ, 2, D}, pal[3] = {B, HQ, 2};
+  attn_pool_attention_params pap;
+  attn_pool_attention_params_init(&pap);
+  pap.lse = wrap(ctx, w->out[O_PA_LSE], B * HQ * 2, 3, pal);
+  attn_tensor *paq = wrap(ctx, g_q, HQ * 2 * D, 3, lqd), *pak = wrap(ctx, g_k, sizeof g_k / 4, 4, kd);
+  attn_tensor *pav = wrap(ctx, g_v, sizeof g_v / 4, 4, kd);
+  attn_tensor *pa_out = wrap(ctx, w->out[O_POOL_ATTN], B * HQ * 2 * D, 4, pao);
+  CHECK(w, attn_pool_attention(ctx, paq, pak, pav, pa_out, &pap));
+  /* Its backward, dout = out. */
+  CHECK(w, attn_pool_attention_backward(ctx, paq, pak, pav, pa_out, pap.lse, pa_out,
+                                        wrap(ctx, w->out[O_PA_DQ], HQ * 2 * D, 3, lqd),
+                                        wrap(ctx, w->out[O_PA_DK], sizeof g_k / 4, 4, kd),
+                                        wrap(ctx, w->out[O_PA_DV], sizeof g_v / 4, 4, kd), &pap));
   /* Down the columns, and the masked logits of the causal SDPA above. */
   attn_softmax_params axp;
   attn_softmax_params_init(&axp);

@@ -1,4 +1,4 @@
-/* The two tile products of SDPA, written once over the vector vocabulary of
+/* The tile products of SDPA (and of its backward), written once over the vector vocabulary of
  * rows_body.h (v_set1 v_load v_store v_load_part v_store_part v_add v_mul
  * v_fma) and included after it by the ISA files that have FMA, with
  * GEMM_MR defined: the rows of C a micro-kernel keeps in registers
@@ -204,4 +204,27 @@ static void gemm_nn_acc(int64_t m, int64_t n, int64_t k, const float *a, int64_t
   for (int64_t j0 = 0; j0 < n; j0 += GEMM_NR)
     gemm_panel(m, n - j0 < GEMM_NR ? n - j0 : GEMM_NR, k, a, lda, b + j0, ldb, 1.0f, true,
                c + j0, ldc);
+}
+
+/* c[m, n] += a[k, m]^T b[k, n]. Blocks of GEMM_TM rows of a^T, GEMM_TK
+ * deep, are copied to the stack (row-major) and multiplied as gemm_nn_acc;
+ * deeper products add the later slices into c. The copy costs k * m moves
+ * against k * m * n FMAs. */
+#define GEMM_TM (4 * GEMM_MR)
+#define GEMM_TK 128
+static void gemm_tn_acc(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                        const float *b, int64_t ldb, float *c, int64_t ldc) {
+  float at[GEMM_TM * GEMM_TK] __attribute__((aligned(64)));
+  for (int64_t i0 = 0; i0 < m; i0 += GEMM_TM) {
+    int64_t mr = m - i0 < GEMM_TM ? m - i0 : GEMM_TM;
+    for (int64_t k0 = 0; k0 < k; k0 += GEMM_TK) {
+      int64_t kc = k - k0 < GEMM_TK ? k - k0 : GEMM_TK;
+      for (int64_t kk = 0; kk < kc; kk++) {
+        const float *row = a + (k0 + kk) * lda + i0;
+        for (int64_t i = 0; i < mr; i++)
+          at[i * kc + kk] = row[i];
+      }
+      gemm_nn_acc(mr, n, kc, at, kc, b + k0 * ldb, ldb, c + i0 * ldc, ldc);
+    }
+  }
 }

@@ -37,10 +37,13 @@ typedef struct attn_kernels {
   /* SDPA's tile products (simd/gemm_body.h), row-major, any leading
    * dimensions; NULL in the sets that leave them to BLAS (blas.c).
    * gemm_nt: c[m, n] = alpha a[m, k] b[n, k]^T (c is not read).
-   * gemm_nn: c[m, n] += a[m, k] b[k, n]. */
+   * gemm_nn: c[m, n] += a[m, k] b[k, n].
+   * gemm_tn: c[m, n] += a[k, m]^T b[k, n] (the backward's dK and dV). */
   void (*gemm_nt)(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                   const float *b, int64_t ldb, float *c, int64_t ldc);
   void (*gemm_nn)(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
+                  int64_t ldb, float *c, int64_t ldc);
+  void (*gemm_tn)(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
                   int64_t ldb, float *c, int64_t ldc);
 } attn_kernels;
 

@@ -75,4 +75,4 @@ static inline double vsum_total(vsum s) {
 
 const attn_kernels attn__kernels_avx2 =
     ROWS_TABLE("avx2", attn__f32_to_f16_avx2, attn__f16_to_f32_avx2, attn__f32_to_bf16_avx2,
-               attn__bf16_to_f32_avx2, gemm_nt, gemm_nn_acc);
+               attn__bf16_to_f32_avx2, gemm_nt, gemm_nn_acc, gemm_tn_acc);

@@ -59,8 +59,10 @@ static inline double vsum_total(vsum s) { return _mm512_reduce_add_pd(s.d); }
 
 const attn_kernels attn__kernels_avx512 =
     ROWS_TABLE("avx512", attn__f32_to_f16_avx512, attn__f16_to_f32_avx512,
-               attn__f32_to_bf16_avx512, attn__bf16_to_f32_avx512, gemm_nt, gemm_nn_acc);
+               attn__f32_to_bf16_avx512, attn__bf16_to_f32_avx512, gemm_nt, gemm_nn_acc,
+               gemm_tn_acc);
 /* The same with f32 -> bf16 through AVX-512 BF16 (half_avx512bf16.c). */
 const attn_kernels attn__kernels_avx512bf16 =
     ROWS_TABLE("avx512bf16", attn__f32_to_f16_avx512, attn__f16_to_f32_avx512,
-               attn__f32_to_bf16_avx512bf16, attn__bf16_to_f32_avx512, gemm_nt, gemm_nn_acc);
+               attn__f32_to_bf16_avx512bf16, attn__bf16_to_f32_avx512, gemm_nt, gemm_nn_acc,
+               gemm_tn_acc);

@@ -131,8 +131,9 @@ static void sub2(const float *x, float *y, int64_t n, float a, float b) {
 
 /* The set's table: these row kernels, the given conversions, and the tile
  * products of gemm_body.h (gemm_nt, gemm_nn) or NULL. */
-#define ROWS_TABLE(set_name, f32_to_f16, f16_to_f32, f32_to_bf16, bf16_to_f32, gemm_nt, gemm_nn) \
-  {                                                                                     \
-    set_name, row_max, exp_shift_sum, sum_exp_shift, scale, scale_add, sub2, f32_to_f16, \
-        f16_to_f32, f32_to_bf16, bf16_to_f32, gemm_nt, gemm_nn                          \
+#define ROWS_TABLE(set_name, f32_to_f16, f16_to_f32, f32_to_bf16, bf16_to_f32, gemm_nt, gemm_nn, \
+                   gemm_tn)                                                                    \
+  {                                                                                            \
+    set_name, row_max, exp_shift_sum, sum_exp_shift, scale, scale_add, sub2, f32_to_f16,        \
+        f16_to_f32, f32_to_bf16, bf16_to_f32, gemm_nt, gemm_nn, gemm_tn                         \
   }

@@ -54,4 +54,4 @@ static void sub2(const float *x, float *y, int64_t n, float a, float b) {
 /* No tile products: SDPA calls BLAS. */
 const attn_kernels attn__kernels_scalar = {
     "scalar",  row_max, exp_shift_sum, sum_exp_shift, scale, scale_add, sub2, half_rows_f32_to_f16,
-    half_rows_f16_to_f32, half_rows_f32_to_bf16, half_rows_bf16_to_f32, NULL, NULL};
+    half_rows_f16_to_f32, half_rows_f32_to_bf16, half_rows_bf16_to_f32, NULL, NULL, NULL};

@@ -63,4 +63,4 @@ static inline double vsum_total(vsum s) {
 
 const attn_kernels attn__kernels_sse2 =
     ROWS_TABLE("sse2", attn__f32_to_f16_sse2, attn__f16_to_f32_sse2, attn__f32_to_bf16_sse2,
-               attn__bf16_to_f32_sse2, NULL, NULL); /* products: BLAS */
+               attn__bf16_to_f32_sse2, NULL, NULL, NULL); /* products: BLAS */

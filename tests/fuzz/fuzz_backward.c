@@ -1,4 +1,4 @@
-/* Fuzz target: attn_sdpa_backward, attn_softmax_backward,
+/* Fuzz target: attn_sdpa_backward, attn_sdpa_varlen_backward, attn_softmax_backward,
  * attn_log_softmax_backward. The input chooses small shapes, every SDPA
  * parameter (scale, soft-cap, causal, alignment, window, masks, key
  * lengths, ALiBi, sinks, dmask and dsinks outputs), the data (NaN, +-Inf,
@@ -7,7 +7,8 @@
  * stray byte). Checks: a refused or failed call writes nothing; on success
  * a key that no row sees (past kv_len) gets dk = dv = 0 exactly, a row whose
  * lse is -inf gets dq = 0 exactly, and the gradients are the same bits on
- * one and on two threads. Softmax backward: masked entries (y = 0, or -inf
+ * one and on two threads, and (B = 1, no mask or kv_lens) the same bits from
+ * attn_sdpa_varlen_backward over the packed view. Softmax backward: masked entries (y = 0, or -inf
  * for log) get exactly 0, whatever dy holds. */
 #include "fuzz_common.h"
 
@@ -41,8 +42,52 @@ typedef struct {
   const uint8_t *bmask;
   attn_sdpa_params p; /* masks as raw pointers above; tensors made per context */
   int want_dmask, want_dsinks;
+  int varlen; /* B = 1 and nothing varlen refuses: check it gives the same bits */
   long fail_at;
 } problem;
+
+/* attn_sdpa_varlen_backward on the same buffers seen as packed [T, H, D]
+ * (B = 1), between two empty sequences: the dense gradients, bit for bit
+ * (the same problem; an empty sequence adds nothing). */
+static void varlen_same(attn_ctx *ctx, const problem *pr, float *o, float *lse, const float *dq,
+                        const float *dk, const float *dv, const float *ds) {
+  int64_t Lq = pr->Lq, Lk = pr->Lk, D = pr->D, Dv = pr->Dv;
+  size_t nq = (size_t)(pr->Hq * Lq), nk = (size_t)(pr->Hkv * Lk);
+  float *g[3] = {malloc(nq * D * 4), malloc(nk * D * 4), malloc(nk * Dv * 4)}, gs[MAXH];
+  FZ_CHECK(g[0] && g[1] && g[2], "malloc");
+  int64_t qd[3] = {Lq, pr->Hq, D}, qs[3] = {D, Lq * D, 1}, kd[3] = {Lk, pr->Hkv, D},
+          ks[3] = {D, Lk * D, 1}, vd[3] = {Lk, pr->Hkv, Dv}, vs[3] = {Dv, Lk * Dv, 1},
+          od[3] = {Lq, pr->Hq, Dv}, os[3] = {Dv, Lq * Dv, 1}, ld[2] = {pr->Hq, Lq};
+  attn_tensor *t[9] = {0};
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, qd, qs, (void *)pr->q, nq * D * 4, &t[0]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, kd, ks, (void *)pr->k, nk * D * 4, &t[1]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, vd, vs, (void *)pr->v, nk * Dv * 4, &t[2]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, od, os, o, nq * Dv * 4, &t[3]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 2, ld, NULL, lse, nq * 4, &t[4]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, od, os, (void *)pr->dout, nq * Dv * 4, &t[5]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, qd, qs, g[0], nq * D * 4, &t[6]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, kd, ks, g[1], nk * D * 4, &t[7]);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, vd, vs, g[2], nk * Dv * 4, &t[8]);
+  int64_t cu_q[4] = {0, 0, Lq, Lq}, cu_k[4] = {0, 0, Lk, Lk}, offs[3] = {7, 0, -7};
+  attn_sdpa_params p = pr->p;
+  if (p.q_offsets) {
+    offs[1] = p.q_offsets[0];
+    p.q_offsets = offs;
+  }
+  attn_sdpa_backward_params bp;
+  attn_sdpa_backward_params_init(&bp);
+  bp.dsinks = pr->want_dsinks ? gs : NULL;
+  attn_status st = attn_sdpa_varlen_backward(ctx, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7],
+                                             t[8], 3, cu_q, cu_k, &p, &bp);
+  FZ_CHECK(st == ATTN_OK, "attn_sdpa_varlen_backward: %s (%s)", attn_status_string(st),
+           attn_ctx_last_error(ctx));
+  FZ_CHECK(memcmp(g[0], dq, nq * D * 4) == 0, "varlen dq differs from the dense one");
+  FZ_CHECK(memcmp(g[1], dk, nk * D * 4) == 0, "varlen dk differs from the dense one");
+  FZ_CHECK(memcmp(g[2], dv, nk * Dv * 4) == 0, "varlen dv differs from the dense one");
+  if (pr->want_dsinks)
+    FZ_CHECK(memcmp(gs, ds, (size_t)pr->Hq * 4) == 0, "varlen dsinks differ");
+  free(g[0]), free(g[1]), free(g[2]);
+}
 
 static attn_status grads(const problem *pr, int32_t threads, float *o, float *lse, float *dq,
                          float *dk, float *dv, float *dm, float *ds) {
@@ -85,6 +130,9 @@ static attn_status grads(const problem *pr, int32_t threads, float *o, float *ls
     st = attn_sdpa_backward(ctx, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], &p, &bp);
     FZ_CHECK(st == ATTN_OK || st == ATTN_ERR_NO_MEMORY || st == ATTN_ERR_INVALID_ARG,
              "attn_sdpa_backward: %s (%s)", attn_status_string(st), attn_ctx_last_error(ctx));
+    a.fail_at = 0;
+    if (st == ATTN_OK && pr->varlen)
+      varlen_same(ctx, pr, o, lse, dq, dk, dv, ds);
   }
   fz_ctx_destroy(ctx, &a);
   return st;
@@ -127,6 +175,7 @@ static void fuzz_sdpa_backward(fz_in *in) {
     pr.want_dsinks = fz_chance(in, 200);
   }
   pr.want_dmask = fz_chance(in, 64);
+  pr.varlen = pr.B == 1 && !pr.p.kv_lens && !pr.want_dmask;
   pr.fail_at = fz_chance(in, 32) ? fz_range(in, 1, 3) : 0;
   int small = fz_chance(in, 192);
   size_t nq = (size_t)(pr.B * pr.Hq * pr.Lq), nk = (size_t)(pr.B * pr.Hkv * pr.Lk),
@@ -156,6 +205,7 @@ static void fuzz_sdpa_backward(fz_in *in) {
       bm[i] = fz_chance(in, 200);
   }
   pr.q = q, pr.k = k, pr.v = v, pr.dout = g, pr.mask = mask, pr.bmask = bm;
+  pr.varlen &= !mask && !bm;
   float *o = malloc(nq * pr.Dv * 4), *lse = malloc(nq * 4);
   float *out[2][4];
   size_t sizes[4] = {nq * pr.D, nk * pr.D, nk * pr.Dv, nm};

@@ -52,6 +52,8 @@ lib.ref_softmax_backward.argtypes = [C.POINTER(RefView), C.c_float, C.POINTER(Re
                                      C.POINTER(RefView), C.c_int, P, P, P]
 lib.ref_rope_backward.argtypes = [C.c_int] + [C.c_int64] * 5 + [C.c_double, P, P]
 lib.ref_rope.argtypes = lib.ref_rope_backward.argtypes
+lib.ref_pool.argtypes = [C.c_int] + [C.c_int64] * 4 + [P, P, P, P]
+lib.ref_pool_backward.argtypes = [C.c_int] + [C.c_int64] * 4 + [P] * 6
 
 
 def ptr(a):
@@ -357,10 +359,86 @@ def check_rope(rng):
     return ok
 
 
+def check_pool(rng):
+    """attn_pool's backward (ref_pool_backward) against torch autograd on a
+    torch formulation of each mode over the kept tokens of each sequence,
+    and against central differences of ref_pool."""
+    ok = True
+    h = 2.0 ** -10
+    B, H, L, D = 2, 3, 6, 4
+    for mode in range(4):
+        for keep_kind in ("all", "some", "none-in-one"):
+            x = dyadic(rng, (B, H, L, D)).astype(np.float64)
+            # distinct values per feature, so max has no ties
+            x += np.arange(L).reshape(1, 1, L, 1) * 2.0 ** -12
+            scores = dyadic(rng, (B, H, L)).astype(np.float64)
+            keep = np.ones((B, H, L), np.uint8)
+            if keep_kind != "all":
+                keep = (rng.uniform(size=(B, H, L)) < 0.6).astype(np.uint8)
+                keep[0, 0, 1] = 1
+            if keep_kind == "none-in-one":
+                keep[1, 2, :] = 0
+            g = rng.standard_normal((B, H, D))
+            dx, ds = np.zeros(x.shape), np.zeros(scores.shape)
+            sc = scores if mode == 3 else None
+            lib.ref_pool_backward(mode, B, H, L, D, ptr(x), ptr(keep), ptr(sc), ptr(g), ptr(dx),
+                                  ptr(ds if mode == 3 else None))
+            xt = torch.tensor(x, requires_grad=True)
+            st = torch.tensor(scores, requires_grad=True)
+            outs = []
+            for b in range(B):
+                for hh in range(H):
+                    idx = torch.tensor(np.nonzero(keep[b, hh])[0], dtype=torch.long)
+                    if idx.numel() == 0:
+                        outs.append(torch.zeros(D) + 0 * xt[b, hh].sum())
+                        continue
+                    xs = xt[b, hh].index_select(0, idx)
+                    if mode == 0:
+                        outs.append(xs.sum(0))
+                    elif mode == 1:
+                        outs.append(xs.mean(0))
+                    elif mode == 2:
+                        outs.append(xs.max(0).values)
+                    else:
+                        w = torch.softmax(st[b, hh].index_select(0, idx), 0)
+                        outs.append((w.unsqueeze(1) * xs).sum(0))
+            y = torch.stack(outs).reshape(B, H, D)
+            (y * torch.tensor(g)).sum().backward()
+            good = close("dx", dx, xt.grad.numpy(), 1e-10, 1e-12)
+            if mode == 3:
+                good &= close("dscores", ds, st.grad.numpy(), 1e-10, 1e-12)
+
+            def loss():
+                out = np.zeros((B, H, D))
+                lib.ref_pool(mode, B, H, L, D, ptr(x), ptr(keep), ptr(sc), ptr(out))
+                return float((out * g).sum())
+            hx = 2.0 ** -14 if mode == 2 else h  # below the 2^-12 tie breakers
+            for name, arr, grad in (("x", x, dx), ("scores", scores, ds)):
+                if name == "scores" and mode != 3:
+                    continue
+                flat = arr.reshape(-1)
+                for i in rng.permutation(flat.size)[:10]:
+                    x0 = flat[i]
+                    flat[i] = x0 + hx
+                    up = loss()
+                    flat[i] = x0 - hx
+                    down = loss()
+                    flat[i] = x0
+                    fd = (up - down) / (2 * hx)
+                    an = grad.reshape(-1)[i]
+                    if not abs(fd - an) <= 1e-5 * max(1.0, abs(an)):
+                        print(f"    d{name}[{i}]: fd {fd:.9g} vs reference {an:.9g}")
+                        good = False
+            print(f"{'ok  ' if good else 'FAIL'} pool mode={mode} keep={keep_kind} vs torch + "
+                  "finite differences")
+            ok &= good
+    return ok
+
+
 def main():
     rng = np.random.default_rng(14)
     results = [check_sdpa_vs_torch(rng), check_sdpa_fd(rng), check_softmax(rng),
-               check_rope(rng)]
+               check_rope(rng), check_pool(rng)]
     return 0 if all(results) else 1
 
 

@@ -25,10 +25,10 @@ torch tensors.
 from ._lib import ABI_MAJOR, AttnError, LibraryNotFound
 from ._api import (LIBRARY_PATH, Context, KVCache, alibi_slopes, blas_info, convert, cpu_info,
                    default_context, get_num_threads, log_softmax, log_softmax_backward, pool,
-                   pool_attention, rope, rope_backward, rope_cache, rope_cached, sdpa,
-                   sdpa_backward, sdpa_varlen, sdpa_varlen_backward, set_num_threads,
-                   sinusoidal, sinusoidal_add, softmax, softmax_backward, version,
-                   version_string)
+                   pool_attention, pool_attention_backward, pool_backward, rope,
+                   rope_backward, rope_cache, rope_cached, sdpa, sdpa_backward, sdpa_varlen,
+                   sdpa_varlen_backward, set_num_threads, sinusoidal, sinusoidal_add, softmax,
+                   softmax_backward, version, version_string)
 
 __version__ = "0.1.0"
 
@@ -38,7 +38,8 @@ __all__ = [
     "pool", "pool_attention", "rope", "rope_cache", "rope_cached",
     "sdpa", "sdpa_varlen", "set_num_threads", "sinusoidal", "sinusoidal_add", "softmax",
     "version", "version_string", "softmax_backward", "log_softmax_backward",
-    "rope_backward", "sdpa_backward", "sdpa_varlen_backward",
+    "rope_backward", "sdpa_backward", "sdpa_varlen_backward", "pool_backward",
+    "pool_attention_backward",
 ]
 
 # attn.torch (autograd functions) is imported on demand, only where torch is:

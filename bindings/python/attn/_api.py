@@ -758,29 +758,117 @@ class Context:
         if x.ndim not in (3, 4):
             raise ValueError("%s: x must be [B, L, D] or [B, H, L, D], not %s" % (fn, x.shape))
         out = np.empty(x.shape[:-2] + x.shape[-1:], np.float32)
-        p = _lib.PoolParams(mode=_choice(_lib.POOL_MODES, mode, fn, "mode"))
         with self._call(fn) as c:
-            hx = c.input(x, "x")
-            if scores is not None:
-                p.scores = c.input(scores, "scores")
-            if keep is not None:
-                p.keep = c.input(keep, "keep", boolean=True)
-            if lengths is not None:
-                ln = _int64_array(lengths, "lengths", fn, (x.shape[0],))
-                c.keep.append(ln)
-                p.lengths = ln.ctypes.data_as(_lib._c_int64_p)
+            hx, p = self._pool_params(fn, c, x, mode, scores, lengths, keep)
             c.check(_fn("attn_pool")(self._handle, hx, c.output(out, "out"), ctypes.byref(p)))
         return out
 
+    def pool_backward(self, x, dout, mode="sum", *, scores=None, lengths=None, keep=None,
+                      return_dscores=False):
+        """Gradients of pool(): from its x and dout (the gradient w.r.t. its
+        output) returns dx (x's shape; 0 at dropped tokens) and, with
+        return_dscores (mode "weighted"), (dx, dscores) with dscores in
+        scores' shape. max sends each feature's gradient to the earliest
+        kept token holding the maximum. Pass exactly the forward's
+        arguments."""
+        fn = "pool_backward"
+        x = np.asarray(x)
+        if x.ndim not in (3, 4):
+            raise ValueError("%s: x must be [B, L, D] or [B, H, L, D], not %s" % (fn, x.shape))
+        dx = np.empty(x.shape, np.float32)
+        dscores = None
+        if return_dscores:
+            if scores is None:
+                raise ValueError("%s: return_dscores needs scores (mode 'weighted')" % fn)
+            dscores = np.empty(np.shape(scores), np.float32)
+        with self._call(fn) as c:
+            hx, p = self._pool_params(fn, c, x, mode, scores, lengths, keep)
+            hds = c.output(dscores, "dscores") if dscores is not None else None
+            c.check(_fn("attn_pool_backward")(self._handle, hx, c.input(dout, "dout"),
+                                              c.output(dx, "dx"), hds, ctypes.byref(p)))
+        return (dx, dscores) if return_dscores else dx
+
+    def _pool_params(self, fn, c, x, mode, scores, lengths, keep):
+        p = _lib.PoolParams(mode=_choice(_lib.POOL_MODES, mode, fn, "mode"))
+        hx = c.input(x, "x")
+        if scores is not None:
+            p.scores = c.input(scores, "scores")
+        if keep is not None:
+            p.keep = c.input(keep, "keep", boolean=True)
+        if lengths is not None:
+            ln = _int64_array(lengths, "lengths", fn, (x.shape[0],))
+            c.keep.append(ln)
+            p.lengths = ln.ctypes.data_as(_lib._c_int64_p)
+        return hx, p
+
     def pool_attention(self, queries, k, v=None, *, scale=None, lengths=None, keep=None,
-                       return_weights=False):
+                       return_weights=False, return_lse=False):
         """Learned-query attention pooling (CLIP attention pool, Set
         Transformer PMA): queries [Hq, M, D] (or [M, D]) shared by every
         sequence attend over k [B, Hkv, L, D] (or [B, L, D]) and v (default
         k). lengths: [B]; keep: bool [B, L]. Returns out [B, Hq, M, Dv]
-        (or [B, M, Dv] for 2-D queries and 3-D k), and the weights
-        [B, Hq, M, L] with return_weights."""
+        (or [B, M, Dv] for 2-D queries and 3-D k), followed by the weights
+        [B, Hq, M, L] with return_weights and the log-sum-exp [B, Hq, M]
+        (for pool_attention_backward) with return_lse."""
         fn = "pool_attention"
+        q3, k4, v4, squeeze = self._pool_attention_views(fn, queries, k, v)
+        B, L = k4.shape[0], k4.shape[2]
+        Hq, M = q3.shape[0], q3.shape[1]
+        out = np.empty((B, Hq, M, v4.shape[3]), np.float32)
+        weights = np.empty((B, Hq, M, L), np.float32) if return_weights else None
+        lse = np.empty((B, Hq, M), np.float32) if return_lse else None
+        with self._call(fn) as c:
+            p = self._pool_attention_params(fn, c, B, scale, lengths, keep)
+            if weights is not None:
+                p.weights = c.output(weights, "weights")
+            if lse is not None:
+                p.lse = c.output(lse, "lse")
+            c.check(_fn("attn_pool_attention")(
+                self._handle, c.input(q3, "queries"), c.input(k4, "k"), c.input(v4, "v"),
+                c.output(out, "out"), ctypes.byref(p)))
+        if squeeze:
+            out = out[:, 0]
+            weights = weights[:, 0] if weights is not None else None
+            lse = lse[:, 0] if lse is not None else None
+        extra = tuple(a for a in (weights, lse) if a is not None)
+        return (out,) + extra if extra else out
+
+    def pool_attention_backward(self, queries, k, v, out, lse, dout, *, scale=None,
+                                lengths=None, keep=None):
+        """Gradients of pool_attention(): from its arguments, its out and lse
+        (return_lse=True) and dout, returns (dqueries, dk, dv) in the
+        inputs' shapes (dqueries summed over the batch). v=None means v is
+        k, as in the forward: dk then holds the sum of both gradients."""
+        fn = "pool_attention_backward"
+        same_kv = v is None
+        q3, k4, v4, squeeze = self._pool_attention_views(fn, queries, k, v)
+        B = k4.shape[0]
+        o4 = np.asarray(out)
+        g4 = np.asarray(dout)
+        ls = np.asarray(lse)
+        if squeeze:
+            o4, g4, ls = o4[:, None], g4[:, None], ls[:, None]
+        dq = np.empty(q3.shape, np.float32)
+        dk = np.empty(k4.shape, np.float32)
+        dv = np.empty(v4.shape, np.float32)
+        with self._call(fn) as c:
+            p = self._pool_attention_params(fn, c, B, scale, lengths, keep)
+            c.check(_fn("attn_pool_attention_backward")(
+                self._handle, c.input(q3, "queries"), c.input(k4, "k"), c.input(v4, "v"),
+                c.input(o4, "out"), c.input(ls, "lse"), c.input(g4, "dout"),
+                c.output(dq, "dqueries"), c.output(dk, "dk"), c.output(dv, "dv"),
+                ctypes.byref(p)))
+        if same_kv:
+            dk += dv
+        shape_k = np.shape(k)
+        dq = dq.reshape(np.shape(queries))
+        dk = dk.reshape(shape_k)
+        if same_kv:
+            return dq, dk, None
+        return dq, dk, dv.reshape(np.shape(v))
+
+    @staticmethod
+    def _pool_attention_views(fn, queries, k, v):
         q = np.asarray(queries)
         k = np.asarray(k)
         v = k if v is None else np.asarray(v)
@@ -791,27 +879,17 @@ class Context:
         if q3.ndim != 3 or k4.ndim != 4 or v4.ndim != 4:
             raise ValueError("%s: queries must be [Hq, M, D] or [M, D] and k, v [B, Hkv, L, D] "
                              "or [B, L, D]" % fn)
-        B, L = k4.shape[0], k4.shape[2]
-        Hq, M = q3.shape[0], q3.shape[1]
-        out = np.empty((B, Hq, M, v4.shape[3]), np.float32)
-        weights = np.empty((B, Hq, M, L), np.float32) if return_weights else None
+        return q3, k4, v4, squeeze
+
+    def _pool_attention_params(self, fn, c, B, scale, lengths, keep):
         p = _lib.PoolAttentionParams(scale=_scale(scale, fn))
-        with self._call(fn) as c:
-            if keep is not None:
-                p.keep = c.input(keep, "keep", boolean=True)
-            if lengths is not None:
-                ln = _int64_array(lengths, "lengths", fn, (B,))
-                c.keep.append(ln)
-                p.lengths = ln.ctypes.data_as(_lib._c_int64_p)
-            if weights is not None:
-                p.weights = c.output(weights, "weights")
-            c.check(_fn("attn_pool_attention")(
-                self._handle, c.input(q3, "queries"), c.input(k4, "k"), c.input(v4, "v"),
-                c.output(out, "out"), ctypes.byref(p)))
-        if squeeze:
-            out = out[:, 0]
-            weights = weights[:, 0] if weights is not None else None
-        return (out, weights) if return_weights else out
+        if keep is not None:
+            p.keep = c.input(keep, "keep", boolean=True)
+        if lengths is not None:
+            ln = _int64_array(lengths, "lengths", fn, (B,))
+            c.keep.append(ln)
+            p.lengths = ln.ctypes.data_as(_lib._c_int64_p)
+        return p
 
     # ---- attention ----
 
@@ -1275,7 +1353,9 @@ convert = _module_level("convert")
 rope_cache = _module_level("rope_cache")
 rope_cached = _module_level("rope_cached")
 pool = _module_level("pool")
+pool_backward = _module_level("pool_backward")
 pool_attention = _module_level("pool_attention")
+pool_attention_backward = _module_level("pool_attention_backward")
 softmax_backward = _module_level("softmax_backward")
 log_softmax_backward = _module_level("log_softmax_backward")
 rope_backward = _module_level("rope_backward")

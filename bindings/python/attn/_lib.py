@@ -211,6 +211,7 @@ class PoolAttentionParams(_SizedStruct):
         ("lengths", _c_int64_p),
         ("keep", ctypes.c_void_p),
         ("weights", ctypes.c_void_p),
+        ("lse", ctypes.c_void_p),
     ]
 
 
@@ -292,8 +293,11 @@ _PROTOTYPES = {
                                             _c_double_p]),
     "attn_rope_cached": (ctypes.c_int, [_P, _P, _P, _P, _P, ctypes.POINTER(RopeCachedParams)]),
     "attn_pool": (ctypes.c_int, [_P, _P, _P, ctypes.POINTER(PoolParams)]),
+    "attn_pool_backward": (ctypes.c_int, [_P, _P, _P, _P, _P, ctypes.POINTER(PoolParams)]),
     "attn_pool_attention": (ctypes.c_int, [_P, _P, _P, _P, _P,
                                            ctypes.POINTER(PoolAttentionParams)]),
+    "attn_pool_attention_backward": (ctypes.c_int, [_P] * 10 + [
+        ctypes.POINTER(PoolAttentionParams)]),
     "attn_kv_cache_create": (ctypes.c_int, [_P, ctypes.POINTER(KvCacheParams),
                                             ctypes.POINTER(_P)]),
     "attn_kv_cache_free": (ctypes.c_int, [_P, _P]),

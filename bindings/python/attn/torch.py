@@ -15,7 +15,9 @@ Differences from PyTorch: a row that sees no key gives zeros (PyTorch:
 NaN), and its gradients are zeros.
 
 softmax(x, dim) and log_softmax(x, dim) are the libattn row kernels with
-their backward passes.
+their backward passes; pool(x, mode, scores=None, lengths=None, keep=None)
+is attn.pool (sum / mean / max / weighted over the sequence axis of
+x [B, L, D] or [B, H, L, D]) with gradients for x and the scores.
 
 CPU float32 tensors that are contiguous (where the library needs it) are
 passed without any copy: numpy views share their memory. Other tensors are
@@ -26,7 +28,7 @@ import torch as _torch
 
 from . import _api
 
-__all__ = ["scaled_dot_product_attention", "softmax", "log_softmax"]
+__all__ = ["scaled_dot_product_attention", "softmax", "log_softmax", "pool"]
 
 
 def _np(t):
@@ -128,3 +130,29 @@ def softmax(x, dim):
 def log_softmax(x, dim):
     """torch.log_softmax(x, dim) through libattn, with its backward."""
     return _Softmax.apply(x, dim, True)
+
+
+class _Pool(_torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scores, mode, lengths, keep):
+        kw = dict(scores=None if scores is None else _np(scores), lengths=lengths,
+                  keep=None if keep is None else _np_bool(keep))
+        ctx.kw, ctx.mode = kw, mode
+        ctx.save_for_backward(x, scores)
+        return _back(_api.pool(_np(x), mode, **kw), x)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, scores = ctx.saved_tensors
+        want_ds = scores is not None and ctx.needs_input_grad[1]
+        res = _api.pool_backward(_np(x), _np(dout), ctx.mode, return_dscores=want_ds, **ctx.kw)
+        if want_ds:
+            return _back(res[0], x), _back(res[1], scores), None, None, None
+        return _back(res, x), None, None, None, None
+
+
+def pool(x, mode="sum", *, scores=None, lengths=None, keep=None):
+    """attn.pool over x's sequence axis (see attn.Context.pool), with the
+    gradients of x and, for mode "weighted", of scores. lengths: a list or
+    array of ints; keep: a bool tensor, True = keep (no gradient)."""
+    return _Pool.apply(x, scores, mode, lengths, keep)

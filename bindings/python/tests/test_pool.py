@@ -216,3 +216,106 @@ def test_sdpa_logits_stages(rng):
         close(lg, want, rtol=1e-5, atol=1e-5)
     w = np.exp(masked - masked.max(-1, keepdims=True))
     close(out, (w / w.sum(-1, keepdims=True)) @ v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max", "weighted"])
+def test_pool_backward(rng, mode):
+    """dx (and dscores) against the chain rule written here in numpy."""
+    x = rng.standard_normal((2, 3, 7, 4)).astype(np.float32)
+    scores = rng.standard_normal((2, 3, 7)).astype(np.float32)
+    g = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    lengths = np.array([7, 3])
+    keep = rng.random((2, 7)) > 0.3
+    keep[:, 0] = True
+    full = np.broadcast_to((keep & (np.arange(7) < lengths[:, None]))[:, None], (2, 3, 7))
+    sc = scores if mode == "weighted" else None
+    res = attn.pool_backward(x, g, mode, scores=sc, lengths=lengths, keep=keep,
+                             return_dscores=mode == "weighted")
+    dx = res[0] if mode == "weighted" else res
+    want = np.zeros(x.shape)
+    want_ds = np.zeros(scores.shape)
+    for b in range(2):
+        for h in range(3):
+            k = np.nonzero(full[b, h])[0]
+            xs = x[b, h, k].astype(np.float64)
+            if mode == "sum":
+                want[b, h, k] = g[b, h]
+            elif mode == "mean":
+                want[b, h, k] = g[b, h] / len(k)
+            elif mode == "max":
+                want[b, h, k[xs.argmax(0)], np.arange(4)] = g[b, h]
+            else:
+                w = np.exp(scores[b, h, k] - scores[b, h, k].max())
+                w /= w.sum()
+                want[b, h, k] = w[:, None] * g[b, h]
+                gx = xs @ g[b, h]
+                want_ds[b, h, k] = w * (gx - w @ gx)
+    close(dx, want, rtol=1e-5, atol=1e-6)
+    if mode == "weighted":
+        close(res[1], want_ds, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError):
+        attn.pool_backward(x, g, mode, return_dscores=True)  # no scores
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max", "weighted"])
+def test_torch_pool_autograd(rng, mode):
+    torch = try_torch()
+    if torch is None:
+        pytest.skip("torch not installed")
+    import attn.torch as at
+    x = torch.tensor(rng.standard_normal((2, 5, 3)), dtype=torch.float32, requires_grad=True)
+    s = torch.tensor(rng.standard_normal((2, 5)), dtype=torch.float32, requires_grad=True)
+    keep = torch.tensor([[True, True, False, True, True], [True, False, True, True, False]])
+    sc = s if mode == "weighted" else None
+    y = at.pool(x, mode, scores=sc, keep=keep)
+    g = torch.tensor(rng.standard_normal(y.shape), dtype=torch.float32)
+    y.backward(g)
+    # torch itself, in float64, over the kept tokens
+    x64 = x.detach().double().requires_grad_()
+    s64 = s.detach().double().requires_grad_()
+    outs = []
+    for b in range(2):
+        idx = keep[b].nonzero()[:, 0]
+        xs = x64[b, idx]
+        if mode == "sum":
+            outs.append(xs.sum(0))
+        elif mode == "mean":
+            outs.append(xs.mean(0))
+        elif mode == "max":
+            outs.append(xs.max(0).values)
+        else:
+            outs.append((torch.softmax(s64[b, idx], 0)[:, None] * xs).sum(0))
+    torch.stack(outs).backward(g.double())
+    close(x.grad.numpy(), x64.grad.numpy(), rtol=1e-5, atol=1e-6)
+    if mode == "weighted":
+        close(s.grad.numpy(), s64.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_pool_attention_backward(rng):
+    torch = try_torch()
+    if torch is None:
+        pytest.skip("torch not installed")
+    q = rng.standard_normal((4, 2, 8)).astype(np.float32)      # [Hq, M, D]
+    k = rng.standard_normal((3, 2, 10, 8)).astype(np.float32)  # [B, Hkv, L, D]
+    v = rng.standard_normal((3, 2, 10, 5)).astype(np.float32)
+    keep = rng.random((3, 10)) > 0.2
+    lengths = np.array([10, 6, 9])
+    out, lse = attn.pool_attention(q, k, v, keep=keep, lengths=lengths, scale=0.4,
+                                   return_lse=True)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    dq, dk, dv = attn.pool_attention_backward(q, k, v, out, lse, g, keep=keep,
+                                              lengths=lengths, scale=0.4)
+    qt, kt, vt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (q, k, v))
+    vis = torch.tensor(keep & (np.arange(10) < lengths[:, None]))[:, None, None, :]
+    kk, vv = kt.repeat_interleave(2, 1), vt.repeat_interleave(2, 1)  # Hq / Hkv = 2
+    s = torch.einsum("hmd,bhld->bhml", qt, kk) * 0.4
+    w = torch.softmax(s.masked_fill(~vis, -float("inf")), -1)
+    (torch.einsum("bhml,bhle->bhme", w, vv) * torch.tensor(g, dtype=torch.float64)).sum().backward()
+    close(dq, qt.grad.numpy(), rtol=1e-4, atol=1e-5)
+    close(dk, kt.grad.numpy(), rtol=1e-4, atol=1e-5)
+    close(dv, vt.grad.numpy(), rtol=1e-4, atol=1e-5)
+    # v = k (the plain aggregation): dk carries both gradients
+    out2, lse2 = attn.pool_attention(q[:1, :, :], k[:, 0], return_lse=True)
+    dq2, dk2, dv2 = attn.pool_attention_backward(q[:1], k[:, 0], None, out2, lse2,
+                                                 np.ones_like(out2))
+    assert dv2 is None and dk2.shape == k[:, 0].shape and dq2.shape == q[:1].shape

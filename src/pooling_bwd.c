@@ -1,0 +1,287 @@
+/* Backward of attn_pool: dx (and the weighted mode's dscores) from x and
+ * the incoming gradient dout; and of attn_pool_attention, through the SDPA
+ * backward (at the end). The checks and the kept-token and weight
+ * rules are the forward's (pool.h); a work item is one sequence of one
+ * head, (b, h), as there. Every dx row of the item is written (zeros for
+ * dropped tokens), reading x only at kept tokens. The per-token score
+ * gradients go to a [B, H, L] double buffer and are summed into dscores
+ * over its broadcast axes afterwards, in a fixed order: the bits do not
+ * depend on the thread count. */
+#include "check.h"
+#include "pool.h"
+#include "sdpa.h"
+
+#include <math.h>
+#include <string.h>
+
+#define MIN_WORK_PER_THREAD 32768.0
+
+typedef struct {
+  pool_problem f; /* the forward's problem; f.out is dout (read only) */
+  float *dx;
+  int64_t dxs[3]; /* strides of the [B, H, L, D] view of dx (last: 1) */
+  double *ds;     /* [B, H, L] score gradients, or NULL */
+} bwd_problem;
+
+static float *dx_row(const bwd_problem *p, int64_t b, int64_t h, int64_t l) {
+  return p->dx + b * p->dxs[0] + h * p->dxs[1] + l * p->dxs[2];
+}
+
+static void fill(float *y, int64_t n, float v) {
+  for (int64_t d = 0; d < n; d++)
+    y[d] = v;
+}
+
+/* max: dout[d] goes to the token the forward's output came from (its
+ * strict comparison keeps the earliest of equal values; a NaN sticks at the
+ * first), or to the first kept token when every value is -inf. */
+static void max_item(const bwd_problem *p, int64_t b, int64_t h, const float *g, double *acc,
+                     int64_t *idx) {
+  const pool_problem *f = &p->f;
+  for (int64_t d = 0; d < f->D; d++)
+    acc[d] = -INFINITY, idx[d] = -1;
+  int64_t first = -1;
+  for (int64_t l = 0; l < f->L; l++) {
+    if (!attn__pool_kept(f, b, h, l))
+      continue;
+    if (first < 0)
+      first = l;
+    const float *xt = attn__pool_token(f, b, h, l);
+    for (int64_t d = 0; d < f->D; d++)
+      if ((xt[d] > acc[d] || isnan(xt[d])) && !isnan(acc[d]))
+        acc[d] = xt[d], idx[d] = l;
+  }
+  for (int64_t l = 0; l < f->L; l++) {
+    float *o = dx_row(p, b, h, l);
+    for (int64_t d = 0; d < f->D; d++)
+      o[d] = (idx[d] < 0 ? first : idx[d]) == l ? g[d] : 0.0f;
+  }
+}
+
+/* weighted: out = sum_l w_l x_l, so dx_l = w_l dout and, with
+ * g_l = dout . x_l, dscores_l = w_l (g_l - sum_k w_k g_k). A token of
+ * weight 0 gets 0 in both (its x is not read: 0 * inf would be NaN). */
+static void weighted_item(const bwd_problem *p, int64_t b, int64_t h, const float *g,
+                          double *w) {
+  const pool_problem *f = &p->f;
+  int64_t n = attn__pool_weights(f, b, h, w);
+  double *ds = p->ds ? p->ds + (b * f->H + h) * f->L : NULL;
+  double sum = 0;
+  for (int64_t l = 0; l < f->L; l++) {
+    float *o = dx_row(p, b, h, l);
+    if (n < 0 && attn__pool_kept(f, b, h, l)) { /* a NaN sequence */
+      fill(o, f->D, NAN);
+      if (ds)
+        ds[l] = NAN;
+      continue;
+    }
+    double wl = n > 0 ? w[l] : 0.0;
+    double gl = 0;
+    if (wl != 0) {
+      const float *xt = attn__pool_token(f, b, h, l);
+      for (int64_t d = 0; d < f->D; d++) {
+        o[d] = (float)(wl * g[d]);
+        gl += (double)g[d] * (double)xt[d];
+      }
+      sum += wl * gl;
+    } else {
+      fill(o, f->D, 0.0f);
+    }
+    if (ds)
+      ds[l] = gl;
+  }
+  if (ds && n >= 0)
+    for (int64_t l = 0; l < f->L; l++)
+      ds[l] = n > 0 && w[l] != 0 ? w[l] * (ds[l] - sum) : 0.0;
+}
+
+static void bwd_item(void *arg, int64_t item, int32_t worker) {
+  const bwd_problem *p = arg;
+  const pool_problem *f = &p->f;
+  int64_t b = item / f->H, h = item % f->H;
+  const float *g = f->out + b * f->os[0] + h * f->os[1];
+  if (f->mode == ATTN_POOL_MAX || f->mode == ATTN_POOL_WEIGHTED) {
+    double *w = f->work + f->work_stride * (size_t)worker;
+    if (f->mode == ATTN_POOL_MAX)
+      max_item(p, b, h, g, w,
+               (int64_t *)(w + attn__ws_round((size_t)f->D * sizeof(double)) / sizeof(double)));
+    else
+      weighted_item(p, b, h, g, w);
+    return;
+  }
+  int64_t n = 0;
+  for (int64_t l = 0; l < f->L; l++)
+    n += attn__pool_kept(f, b, h, l);
+  for (int64_t l = 0; l < f->L; l++) {
+    float *o = dx_row(p, b, h, l);
+    if (!attn__pool_kept(f, b, h, l))
+      fill(o, f->D, 0.0f);
+    else if (f->mode == ATTN_POOL_MEAN)
+      for (int64_t d = 0; d < f->D; d++)
+        o[d] = (float)((double)g[d] / (double)n);
+    else
+      memcpy(o, g, (size_t)f->D * sizeof *o);
+  }
+}
+
+/* dscores[e] = the sum of ds over the [B, H, L] positions that read score
+ * element e (every position along a broadcast axis of size 1). */
+static void store_dscores(const bwd_problem *p, const attn_tensor *dscores) {
+  const pool_problem *f = &p->f;
+  int64_t dims[3], st[3];
+  if (dscores->ndim == 2) {
+    dims[0] = dscores->dims[0], dims[1] = 1, dims[2] = dscores->dims[1];
+    st[0] = dscores->strides[0], st[1] = 0, st[2] = dscores->strides[1];
+  } else {
+    memcpy(dims, dscores->dims, sizeof dims);
+    memcpy(st, dscores->strides, sizeof st);
+  }
+  const int64_t full[3] = {f->B, f->H, f->L};
+  int64_t span[3];
+  for (int a = 0; a < 3; a++)
+    span[a] = dims[a] == full[a] ? 1 : full[a]; /* a dim of 1 sums its axis */
+  float *out = dscores->data;
+  for (int64_t e0 = 0; e0 < dims[0]; e0++)
+    for (int64_t e1 = 0; e1 < dims[1]; e1++)
+      for (int64_t e2 = 0; e2 < dims[2]; e2++) {
+        double s = 0;
+        for (int64_t b = e0 * (span[0] == 1); b < (span[0] == 1 ? e0 + 1 : span[0]); b++)
+          for (int64_t h = e1 * (span[1] == 1); h < (span[1] == 1 ? e1 + 1 : span[1]); h++)
+            for (int64_t l = e2 * (span[2] == 1); l < (span[2] == 1 ? e2 + 1 : span[2]); l++)
+              s += p->ds[(b * f->H + h) * f->L + l];
+        out[e0 * st[0] + e1 * st[1] + e2 * st[2]] = (float)s;
+      }
+}
+
+static attn_status pool_backward(attn_ctx *ctx, const attn_tensor *x, const attn_tensor *dout,
+                                 attn_tensor *dx, attn_tensor *dscores,
+                                 const attn_pool_params *params) {
+  attn_pool_params prm;
+  attn_pool_params_init(&prm);
+  attn_status st = attn__read_params(ctx, &prm, sizeof prm, params);
+  if (st != ATTN_OK)
+    return st;
+  if (dscores && !prm.scores)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "dscores is set but params.scores is NULL (only ATTN_POOL_WEIGHTED has "
+                      "scores to differentiate)");
+  const attn_operand ops[] = {
+      {ATTN_OPERAND("x", x, ATTN_DT_F32, 3, 4)},
+      {ATTN_OPERAND("dout", dout, ATTN_DT_F32, 2, 3)},
+      {ATTN_OPERAND("params.keep", prm.keep, ATTN_DT_U8, 2, 3), .flags = ATTN_OPND_OPTIONAL},
+      {ATTN_OPERAND("params.scores", prm.scores, ATTN_DT_F32, 2, 3), .flags = ATTN_OPND_OPTIONAL},
+      {ATTN_OPERAND("dx", dx, ATTN_DT_F32, 3, 4), .flags = ATTN_OPND_OUTPUT | ATTN_OPND_SAME_SHAPE,
+       .like = ATTN_LIKE(0)},
+      {ATTN_OPERAND("dscores", dscores, ATTN_DT_F32, 2, 3),
+       .flags = ATTN_OPND_OPTIONAL | ATTN_OPND_OUTPUT | ATTN_OPND_SAME_SHAPE, .like = ATTN_LIKE(3)},
+  };
+  if ((st = attn__check_operands(ctx, ops, (int)(sizeof ops / sizeof *ops), NULL)) != ATTN_OK)
+    return st;
+  bwd_problem p;
+  memset(&p, 0, sizeof p);
+  if ((st = attn__pool_problem(ctx, x, dout, "dout", &prm, &p.f)) != ATTN_OK)
+    return st;
+  int32_t nd = x->ndim;
+  p.dx = dx->data;
+  if (!attn__empty(dx)) {
+    p.dxs[0] = dx->strides[0];
+    p.dxs[1] = nd == 4 ? dx->strides[1] : 0;
+    p.dxs[2] = dx->strides[nd - 2];
+  }
+  int64_t items = p.f.B * p.f.H;
+  if (items == 0 || (attn__empty(dx) && !dscores))
+    return ATTN_OK; /* nothing to write */
+
+  /* plan: per worker D doubles and D indices (max) or L doubles (weights);
+   * the score gradients of every token */
+  int32_t threads = attn__threads_plan(
+      ctx, (double)items * (double)(p.f.L + 1) * (double)(p.f.D + 1), MIN_WORK_PER_THREAD, items);
+  size_t per = 0, ds_bytes = 0, total;
+  if (p.f.mode == ATTN_POOL_MAX)
+    per = attn__ws_round((size_t)p.f.D * sizeof(double)) +
+          attn__ws_round((size_t)p.f.D * sizeof(int64_t));
+  else if (p.f.mode == ATTN_POOL_WEIGHTED)
+    per = attn__ws_round((size_t)p.f.L * sizeof(double));
+  if (dscores)
+    ds_bytes = attn__ws_round((size_t)(items * p.f.L) * sizeof(double));
+  if (__builtin_mul_overflow(per, (size_t)threads, &total) ||
+      __builtin_add_overflow(total, ds_bytes, &total))
+    total = SIZE_MAX; /* refused by the reservation */
+  char *mem = NULL; /* sum and mean without dscores need none */
+  if (total > 0) {
+    if ((st = attn__ws_reserve(ctx, total)) != ATTN_OK)
+      return st;
+    mem = attn__ws_alloc(ctx, total);
+  }
+
+  /* run */
+  p.f.work = (double *)mem;
+  p.f.work_stride = per / sizeof(double);
+  p.ds = dscores ? (double *)(mem + per * (size_t)threads) : NULL;
+  attn__parallel_for(ctx, threads, items, bwd_item, &p);
+  if (dscores)
+    store_dscores(&p, dscores);
+  return ATTN_OK;
+}
+
+attn_status attn_pool_backward(attn_ctx *ctx, const attn_tensor *x, const attn_tensor *dout,
+                               attn_tensor *dx, attn_tensor *dscores,
+                               const attn_pool_params *params) {
+  attn_status st = attn__op_begin(ctx, "attn_pool_backward");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, pool_backward(ctx, x, dout, dx, dscores, params));
+}
+
+/* ---------------------------------------------------------------- attention pooling */
+
+static attn_status pool_attention_backward(attn_ctx *ctx, const attn_tensor *queries,
+                                           const attn_tensor *k, const attn_tensor *v,
+                                           const attn_tensor *out, const attn_tensor *lse,
+                                           const attn_tensor *dout, attn_tensor *dqueries,
+                                           attn_tensor *dk, attn_tensor *dv,
+                                           const attn_pool_attention_params *params) {
+  attn_pool_attention_params prm;
+  attn_pool_attention_params_init(&prm);
+  attn_status st = attn__read_params(ctx, &prm, sizeof prm, params);
+  if (st != ATTN_OK)
+    return st;
+  /* Every operand once, so dqueries (which the SDPA check never sees) is
+   * checked against all of them; shapes are SDPA's check. */
+  const attn_operand ops[] = {
+      {ATTN_OPERAND("queries", queries, ATTN_DT_F32, 3, 3)},
+      {ATTN_OPERAND("k", k, ATTN_DT_F32, 4, 4)},
+      {ATTN_OPERAND("v", v, ATTN_DT_F32, 4, 4)},
+      {ATTN_OPERAND("out", out, ATTN_DT_F32, 4, 4)},
+      {ATTN_OPERAND("lse", lse, ATTN_DT_F32, 3, 3)},
+      {ATTN_OPERAND("dout", dout, ATTN_DT_F32, 4, 4)},
+      {ATTN_OPERAND("params.keep", prm.keep, ATTN_DT_U8, 2, 2), .flags = ATTN_OPND_OPTIONAL},
+      {ATTN_OPERAND("dqueries", dqueries, ATTN_DT_F32, 3, 3),
+       .flags = ATTN_OPND_OUTPUT | ATTN_OPND_SAME_SHAPE, .like = ATTN_LIKE(0)},
+      {ATTN_OPERAND("dk", dk, ATTN_DT_F32, 4, 4), .flags = ATTN_OPND_OUTPUT},
+      {ATTN_OPERAND("dv", dv, ATTN_DT_F32, 4, 4), .flags = ATTN_OPND_OUTPUT},
+  };
+  if ((st = attn__check_operands(ctx, ops, (int)(sizeof ops / sizeof *ops), NULL)) != ATTN_OK)
+    return st;
+  if (prm.reserved_)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.reserved_ = %d but must be 0",
+                      (int)prm.reserved_);
+  pool_attention_call c;
+  if ((st = attn__pool_attention_call(ctx, queries, k, &prm, &c)) != ATTN_OK)
+    return st;
+  ctx->op = "attn_pool_attention_backward (via attn_sdpa_backward)";
+  return attn__sdpa_backward_shared_q(ctx, &c.q4, k, v, out, lse, dout, dqueries, dk, dv, &c.sp);
+}
+
+attn_status attn_pool_attention_backward(attn_ctx *ctx, const attn_tensor *queries,
+                                         const attn_tensor *k, const attn_tensor *v,
+                                         const attn_tensor *out, const attn_tensor *lse,
+                                         const attn_tensor *dout, attn_tensor *dqueries,
+                                         attn_tensor *dk, attn_tensor *dv,
+                                         const attn_pool_attention_params *params) {
+  attn_status st = attn__op_begin(ctx, "attn_pool_attention_backward");
+  if (st != ATTN_OK)
+    return st;
+  return attn__op_end(ctx, pool_attention_backward(ctx, queries, k, v, out, lse, dout, dqueries,
+                                                   dk, dv, params));
+}
