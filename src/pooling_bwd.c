@@ -101,10 +101,12 @@ static void bwd_item(void *arg, int64_t item, int32_t worker) {
   int64_t b = item / f->H, h = item % f->H;
   const float *g = f->out + b * f->os[0] + h * f->os[1];
   if (f->mode == ATTN_POOL_MAX || f->mode == ATTN_POOL_WEIGHTED) {
-    double *w = f->work + f->work_stride * (size_t)worker;
+    /* no workspace (NULL) when its sizes are 0: D = 0 for max, L = 0 */
+    double *w = f->work ? f->work + f->work_stride * (size_t)worker : NULL;
     if (f->mode == ATTN_POOL_MAX)
       max_item(p, b, h, g, w,
-               (int64_t *)(w + attn__ws_round((size_t)f->D * sizeof(double)) / sizeof(double)));
+               w ? (int64_t *)(w + attn__ws_round((size_t)f->D * sizeof(double)) / sizeof(double))
+                 : NULL);
     else
       weighted_item(p, b, h, g, w);
     return;
@@ -188,9 +190,17 @@ static attn_status pool_backward(attn_ctx *ctx, const attn_tensor *x, const attn
     p.dxs[1] = nd == 4 ? dx->strides[1] : 0;
     p.dxs[2] = dx->strides[nd - 2];
   }
-  int64_t items = p.f.B * p.f.H;
-  if (items == 0 || (attn__empty(dx) && !dscores))
+  if (attn__empty(dx) && (!dscores || attn__empty(dscores)))
     return ATTN_OK; /* nothing to write */
+  /* dx or dscores has elements, so B * H * L fits, unless only dscores
+   * [B, L] has them and x's H is huge (D = 0): then the [B, H, L] score
+   * buffer cannot exist. */
+  int64_t items, tokens;
+  if (__builtin_mul_overflow(p.f.B, p.f.H, &items) ||
+      __builtin_mul_overflow(items, p.f.L, &tokens))
+    return attn__fail(ctx, ATTN_ERR_NO_MEMORY,
+                      "the score gradients of B * H * L = %lld * %lld * %lld tokens do not fit",
+                      (long long)p.f.B, (long long)p.f.H, (long long)p.f.L);
 
   /* plan: per worker D doubles and D indices (max) or L doubles (weights);
    * the score gradients of every token */
@@ -202,8 +212,8 @@ static attn_status pool_backward(attn_ctx *ctx, const attn_tensor *x, const attn
           attn__ws_round((size_t)p.f.D * sizeof(int64_t));
   else if (p.f.mode == ATTN_POOL_WEIGHTED)
     per = attn__ws_round((size_t)p.f.L * sizeof(double));
-  if (dscores)
-    ds_bytes = attn__ws_round((size_t)(items * p.f.L) * sizeof(double));
+  if (dscores && __builtin_mul_overflow((size_t)tokens, sizeof(double), &ds_bytes))
+    ds_bytes = SIZE_MAX;
   if (__builtin_mul_overflow(per, (size_t)threads, &total) ||
       __builtin_add_overflow(total, ds_bytes, &total))
     total = SIZE_MAX; /* refused by the reservation */
@@ -217,9 +227,9 @@ static attn_status pool_backward(attn_ctx *ctx, const attn_tensor *x, const attn
   /* run */
   p.f.work = (double *)mem;
   p.f.work_stride = per / sizeof(double);
-  p.ds = dscores ? (double *)(mem + per * (size_t)threads) : NULL;
+  p.ds = dscores && mem ? (double *)(mem + per * (size_t)threads) : NULL; /* NULL: L = 0 */
   attn__parallel_for(ctx, threads, items, bwd_item, &p);
-  if (dscores)
+  if (p.ds)
     store_dscores(&p, dscores);
   return ATTN_OK;
 }

@@ -30,6 +30,136 @@ static int kept_tok(const attn_pool_params *eff, const fz_tensor *kt, int64_t b,
          (!kt || ((const uint8_t *)fz_data(kt))[tok_off(kt, b, h, l)] != 0);
 }
 
+/* ---- attn_pool_backward ----
+ * dout is the forward's out tensor (whatever it holds); dx has x's shape
+ * (sometimes not), dscores scores' (sometimes without scores). Checks: on
+ * failure nothing is written; on success dx is fully written, 0 at dropped
+ * tokens, and matches the header's formulas per mode; dscores (when no axis
+ * of scores is broadcast) is 0 at dropped tokens, NaN at the kept tokens of
+ * a NaN sequence and sums to 0 over each sequence. */
+static void fuzz_pool_backward(fz_in *in, attn_ctx *ctx, fz_alloc_state *a, const fz_tensor *x,
+                               const fz_tensor *dout, const fz_tensor *kt_in,
+                               const fz_tensor *st_in, const unsigned char *raw,
+                               const attn_pool_params *eff, int readable) {
+  int32_t nd = x->ndim;
+  int64_t dims[4] = {1, 1, 1, 1};
+  memcpy(dims, x->dims, (size_t)nd * sizeof *dims);
+  if (fz_chance(in, 8)) {
+    int64_t i = fz_range(in, 0, nd - 1); /* shape error */
+    dims[i] = dims[i] < 1000 ? dims[i] + 1 : 1;
+  }
+  fz_tensor dx, ds;
+  memset(&ds, 0, sizeof ds);
+  fz_make_tensor(in, ctx, &dx, ATTN_DTYPE_F32, nd, dims, FZ_OUTPUT);
+  int want_ds = st_in->t ? fz_chance(in, 200) : fz_chance(in, 8);
+  if (want_ds) {
+    int64_t sd[3] = {x->dims[0], nd >= 2 ? x->dims[nd - 2] : 1, 1};
+    fz_make_tensor(in, ctx, &ds, ATTN_DTYPE_F32, st_in->t ? st_in->ndim : 2,
+                   st_in->t ? st_in->dims : sd, FZ_OUTPUT);
+  }
+  if (dx.t && (!want_ds || ds.t) && fz_numel(x) <= MAX_ELEMS && fz_numel(&dx) <= MAX_ELEMS) {
+    if (fz_chance(in, 10))
+      a->fail_at = a->allocs + 1;
+    attn_status st = attn_pool_backward(ctx, x->t, dout->t, dx.t, want_ds ? ds.t : NULL,
+                                        (const attn_pool_params *)raw);
+    a->fail_at = 0;
+    if (st != ATTN_OK) {
+      FZ_CHECK(fz_unchanged(&dx) && (!want_ds || fz_unchanged(&ds)),
+               "dx or dscores written by a failed call (%s)", attn_status_string(st));
+      FZ_CHECK(attn_ctx_last_error(ctx)[0], "no message");
+    } else {
+      FZ_CHECK(readable && eff->mode >= 0 && eff->mode <= 3 && !eff->reserved_ &&
+                   (eff->mode == 3) == (eff->scores != NULL) && (nd == 3 || nd == 4) &&
+                   (!want_ds || eff->scores),
+               "bad arguments accepted");
+      fz_check_gaps(&dx, "dx");
+      if (want_ds)
+        fz_check_gaps(&ds, "dscores");
+      int64_t B = x->dims[0], H = nd == 4 ? x->dims[1] : 1, L = x->dims[nd - 2],
+              D = x->dims[nd - 1];
+      const fz_tensor *kt = eff->keep ? kt_in : NULL, *sc = eff->scores ? st_in : NULL;
+      /* dscores judged per position only when scores broadcasts nothing */
+      int ds_full = want_ds && !ds.exotic && (sc->ndim == 3 || H == 1) &&
+                    sc->dims[0] == B && sc->dims[sc->ndim - 1] == L &&
+                    (sc->ndim == 2 || sc->dims[1] == H);
+      for (int64_t b = 0; b < B && !dx.exotic && fz_numel(&dx) > 0; b++)
+        for (int64_t h = 0; h < H; h++) {
+          int64_t n = 0;
+          double m = -INFINITY, wsum = 0, dsum = 0, dmag = 0, gmag = 0;
+          int nan_row = 0;
+          for (int64_t l = 0; l < L; l++)
+            if (kept_tok(eff, kt, b, h, l)) {
+              n++;
+              double v = sc ? rd(sc, sc->buf, tok_off(sc, b, h, l)) : 0;
+              nan_row |= isnan(v) || v == INFINITY;
+              m = v > m ? v : m;
+            }
+          for (int64_t l = 0; sc && !nan_row && m > -INFINITY && l < L; l++)
+            if (kept_tok(eff, kt, b, h, l))
+              wsum += exp(rd(sc, sc->buf, tok_off(sc, b, h, l)) - m);
+          for (int64_t d = 0; d < D; d++) {
+            double g = rd(dout, dout->buf,
+                          b * dout->eff[0] + (nd == 4 ? h * dout->eff[1] + d * dout->eff[2]
+                                                      : d * dout->eff[1]));
+            int64_t winners = 0;
+            for (int64_t l = 0; l < L; l++) {
+              double got = rd(&dx, dx.buf,
+                              b * dx.eff[0] + (nd == 4 ? h * dx.eff[1] : 0) + l * dx.eff[nd - 2] + d);
+              if (!kept_tok(eff, kt, b, h, l)) {
+                FZ_CHECK(got == 0, "dropped token b %lld h %lld l %lld: dx %g", (long long)b,
+                         (long long)h, (long long)l, got);
+                continue;
+              }
+              double want = g;
+              if (eff->mode == 1)
+                want = g / (double)n;
+              if (eff->mode == 2) {
+                FZ_CHECK(got == 0 || got == g || (isnan(g) && isnan(got)), "max: dx %g, dout %g",
+                         got, g);
+                winners += got == g && g != 0;
+                continue;
+              }
+              if (eff->mode == 3) {
+                if (nan_row) {
+                  FZ_CHECK(isnan(got), "NaN sequence: dx %g", got);
+                  continue;
+                }
+                double w = m > -INFINITY ? exp(rd(sc, sc->buf, tok_off(sc, b, h, l)) - m) / wsum : 0;
+                want = w * g;
+                if (w != 0) /* the scale of g_l = dout . x_l, for the dscores sum */
+                  gmag += w * fabs(g * rd(x, x->buf, b * x->eff[0] + (nd == 4 ? h * x->eff[1] : 0) +
+                                                         l * x->eff[nd - 2] + d));
+              }
+              if (!isfinite(want))
+                continue;
+              FZ_CHECK(fabs(got - want) <= 1e-5 * fabs(want) + 1e-37,
+                       "mode %d b %lld h %lld l %lld d %lld: dx %.9g, expected %.9g",
+                       (int)eff->mode, (long long)b, (long long)h, (long long)l, (long long)d,
+                       got, want);
+            }
+            if (eff->mode == 2 && g != 0 && !isnan(g) && n > 0)
+              FZ_CHECK(winners == 1, "max: %lld tokens got dout", (long long)winners);
+          }
+          for (int64_t l = 0; ds_full && l < L; l++) {
+            double got = rd(&ds, ds.buf, tok_off(&ds, b, h, l));
+            if (!kept_tok(eff, kt, b, h, l))
+              FZ_CHECK(got == 0, "dropped token l %lld: dscores %g", (long long)l, got);
+            else if (nan_row)
+              FZ_CHECK(isnan(got), "NaN sequence: dscores %g", got);
+            else
+              dsum += got, dmag += fabs(got);
+          }
+          if (ds_full && !nan_row && isfinite(dmag) && dmag < 1e30 && isfinite(gmag) && gmag < 1e30)
+            FZ_CHECK(fabs(dsum) <= 1e-4 * dmag + 1e-12 * gmag + 1e-30, "dscores sum to %g (magnitude %g)", dsum,
+                     dmag);
+        }
+    }
+  }
+  fz_tensor_release(&dx);
+  if (want_ds)
+    fz_tensor_release(&ds);
+}
+
 /* ---- attn_pool ---- */
 
 static void fuzz_pool(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
@@ -184,136 +314,6 @@ static void fuzz_pool(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
   if (has_scores)
     fz_tensor_release(&scores);
   free(lengths);
-}
-
-/* ---- attn_pool_backward ----
- * dout is the forward's out tensor (whatever it holds); dx has x's shape
- * (sometimes not), dscores scores' (sometimes without scores). Checks: on
- * failure nothing is written; on success dx is fully written, 0 at dropped
- * tokens, and matches the header's formulas per mode; dscores (when no axis
- * of scores is broadcast) is 0 at dropped tokens, NaN at the kept tokens of
- * a NaN sequence and sums to 0 over each sequence. */
-static void fuzz_pool_backward(fz_in *in, attn_ctx *ctx, fz_alloc_state *a, const fz_tensor *x,
-                               const fz_tensor *dout, const fz_tensor *kt_in,
-                               const fz_tensor *st_in, const unsigned char *raw,
-                               const attn_pool_params *eff, int readable) {
-  int32_t nd = x->ndim;
-  int64_t dims[4] = {1, 1, 1, 1};
-  memcpy(dims, x->dims, (size_t)nd * sizeof *dims);
-  if (fz_chance(in, 8)) {
-    int64_t i = fz_range(in, 0, nd - 1); /* shape error */
-    dims[i] = dims[i] < 1000 ? dims[i] + 1 : 1;
-  }
-  fz_tensor dx, ds;
-  memset(&ds, 0, sizeof ds);
-  fz_make_tensor(in, ctx, &dx, ATTN_DTYPE_F32, nd, dims, FZ_OUTPUT);
-  int want_ds = st_in->t ? fz_chance(in, 200) : fz_chance(in, 8);
-  if (want_ds) {
-    int64_t sd[3] = {x->dims[0], nd >= 2 ? x->dims[nd - 2] : 1, 1};
-    fz_make_tensor(in, ctx, &ds, ATTN_DTYPE_F32, st_in->t ? st_in->ndim : 2,
-                   st_in->t ? st_in->dims : sd, FZ_OUTPUT);
-  }
-  if (dx.t && (!want_ds || ds.t) && fz_numel(x) <= MAX_ELEMS && fz_numel(&dx) <= MAX_ELEMS) {
-    if (fz_chance(in, 10))
-      a->fail_at = a->allocs + 1;
-    attn_status st = attn_pool_backward(ctx, x->t, dout->t, dx.t, want_ds ? ds.t : NULL,
-                                        (const attn_pool_params *)raw);
-    a->fail_at = 0;
-    if (st != ATTN_OK) {
-      FZ_CHECK(fz_unchanged(&dx) && (!want_ds || fz_unchanged(&ds)),
-               "dx or dscores written by a failed call (%s)", attn_status_string(st));
-      FZ_CHECK(attn_ctx_last_error(ctx)[0], "no message");
-    } else {
-      FZ_CHECK(readable && eff->mode >= 0 && eff->mode <= 3 && !eff->reserved_ &&
-                   (eff->mode == 3) == (eff->scores != NULL) && (nd == 3 || nd == 4) &&
-                   (!want_ds || eff->scores),
-               "bad arguments accepted");
-      fz_check_gaps(&dx, "dx");
-      if (want_ds)
-        fz_check_gaps(&ds, "dscores");
-      int64_t B = x->dims[0], H = nd == 4 ? x->dims[1] : 1, L = x->dims[nd - 2],
-              D = x->dims[nd - 1];
-      const fz_tensor *kt = eff->keep ? kt_in : NULL, *sc = eff->scores ? st_in : NULL;
-      /* dscores judged per position only when scores broadcasts nothing */
-      int ds_full = want_ds && !ds.exotic && (sc->ndim == 3 || H == 1) &&
-                    sc->dims[0] == B && sc->dims[sc->ndim - 1] == L &&
-                    (sc->ndim == 2 || sc->dims[1] == H);
-      for (int64_t b = 0; b < B && !dx.exotic && fz_numel(&dx) > 0; b++)
-        for (int64_t h = 0; h < H; h++) {
-          int64_t n = 0;
-          double m = -INFINITY, wsum = 0, dsum = 0, dmag = 0, gmag = 0;
-          int nan_row = 0;
-          for (int64_t l = 0; l < L; l++)
-            if (kept_tok(eff, kt, b, h, l)) {
-              n++;
-              double v = sc ? rd(sc, sc->buf, tok_off(sc, b, h, l)) : 0;
-              nan_row |= isnan(v) || v == INFINITY;
-              m = v > m ? v : m;
-            }
-          for (int64_t l = 0; sc && !nan_row && m > -INFINITY && l < L; l++)
-            if (kept_tok(eff, kt, b, h, l))
-              wsum += exp(rd(sc, sc->buf, tok_off(sc, b, h, l)) - m);
-          for (int64_t d = 0; d < D; d++) {
-            double g = rd(dout, dout->buf,
-                          b * dout->eff[0] + (nd == 4 ? h * dout->eff[1] + d * dout->eff[2]
-                                                      : d * dout->eff[1]));
-            int64_t winners = 0;
-            for (int64_t l = 0; l < L; l++) {
-              double got = rd(&dx, dx.buf,
-                              b * dx.eff[0] + (nd == 4 ? h * dx.eff[1] : 0) + l * dx.eff[nd - 2] + d);
-              if (!kept_tok(eff, kt, b, h, l)) {
-                FZ_CHECK(got == 0, "dropped token b %lld h %lld l %lld: dx %g", (long long)b,
-                         (long long)h, (long long)l, got);
-                continue;
-              }
-              double want = g;
-              if (eff->mode == 1)
-                want = g / (double)n;
-              if (eff->mode == 2) {
-                FZ_CHECK(got == 0 || got == g || (isnan(g) && isnan(got)), "max: dx %g, dout %g",
-                         got, g);
-                winners += got == g && g != 0;
-                continue;
-              }
-              if (eff->mode == 3) {
-                if (nan_row) {
-                  FZ_CHECK(isnan(got), "NaN sequence: dx %g", got);
-                  continue;
-                }
-                double w = m > -INFINITY ? exp(rd(sc, sc->buf, tok_off(sc, b, h, l)) - m) / wsum : 0;
-                want = w * g;
-                if (w != 0) /* the scale of g_l = dout . x_l, for the dscores sum */
-                  gmag += w * fabs(g * rd(x, x->buf, b * x->eff[0] + (nd == 4 ? h * x->eff[1] : 0) +
-                                                         l * x->eff[nd - 2] + d));
-              }
-              if (!isfinite(want))
-                continue;
-              FZ_CHECK(fabs(got - want) <= 1e-5 * fabs(want) + 1e-37,
-                       "mode %d b %lld h %lld l %lld d %lld: dx %.9g, expected %.9g",
-                       (int)eff->mode, (long long)b, (long long)h, (long long)l, (long long)d,
-                       got, want);
-            }
-            if (eff->mode == 2 && g != 0 && !isnan(g) && n > 0)
-              FZ_CHECK(winners == 1, "max: %lld tokens got dout", (long long)winners);
-          }
-          for (int64_t l = 0; ds_full && l < L; l++) {
-            double got = rd(&ds, ds.buf, tok_off(&ds, b, h, l));
-            if (!kept_tok(eff, kt, b, h, l))
-              FZ_CHECK(got == 0, "dropped token l %lld: dscores %g", (long long)l, got);
-            else if (nan_row)
-              FZ_CHECK(isnan(got), "NaN sequence: dscores %g", got);
-            else
-              dsum += got, dmag += fabs(got);
-          }
-          if (ds_full && !nan_row && isfinite(dmag) && dmag < 1e30 && isfinite(gmag) && gmag < 1e30)
-            FZ_CHECK(fabs(dsum) <= 1e-4 * dmag + 1e-12 * gmag + 1e-30, "dscores sum to %g (magnitude %g)", dsum,
-                     dmag);
-        }
-    }
-  }
-  fz_tensor_release(&dx);
-  if (want_ds)
-    fz_tensor_release(&ds);
 }
 
 /* ---- attn_rope_cache_fill ---- */
