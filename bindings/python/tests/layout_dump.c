@@ -83,6 +83,7 @@ int main(void) {
   FIELD(attn_pool_attention_params, "PoolAttentionParams", lengths);
   FIELD(attn_pool_attention_params, "PoolAttentionParams", keep);
   FIELD(attn_pool_attention_params, "PoolAttentionParams", weights);
+  FIELD(attn_pool_attention_params, "PoolAttentionParams", lse);
   SIZE(attn_sdpa_backward_params, "SdpaBackwardParams");
   FIELD(attn_sdpa_backward_params, "SdpaBackwardParams", dmask);
   FIELD(attn_sdpa_backward_params, "SdpaBackwardParams", dsinks);

@@ -240,6 +240,7 @@ pub struct attn_pool_attention_params {
     pub lengths: *const i64,
     pub keep: *const attn_tensor,
     pub weights: *mut attn_tensor,
+    pub lse: *mut attn_tensor,
 }
 
 #[repr(C)]
@@ -494,6 +495,14 @@ extern "C" {
         out: *mut attn_tensor,
         p: *const attn_pool_params,
     ) -> attn_status;
+    pub fn attn_pool_backward(
+        ctx: *mut attn_ctx,
+        x: *const attn_tensor,
+        dout: *const attn_tensor,
+        dx: *mut attn_tensor,
+        dscores: *mut attn_tensor,
+        p: *const attn_pool_params,
+    ) -> attn_status;
     pub fn attn_pool_attention_params_init(p: *mut attn_pool_attention_params);
     pub fn attn_pool_attention(
         ctx: *mut attn_ctx,
@@ -501,6 +510,19 @@ extern "C" {
         k: *const attn_tensor,
         v: *const attn_tensor,
         out: *mut attn_tensor,
+        p: *const attn_pool_attention_params,
+    ) -> attn_status;
+    pub fn attn_pool_attention_backward(
+        ctx: *mut attn_ctx,
+        queries: *const attn_tensor,
+        k: *const attn_tensor,
+        v: *const attn_tensor,
+        out: *const attn_tensor,
+        lse: *const attn_tensor,
+        dout: *const attn_tensor,
+        dqueries: *mut attn_tensor,
+        dk: *mut attn_tensor,
+        dv: *mut attn_tensor,
         p: *const attn_pool_attention_params,
     ) -> attn_status;
 

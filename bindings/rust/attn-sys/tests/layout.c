@@ -103,6 +103,7 @@ int main(void) {
   FIELD(attn_pool_attention_params, lengths);
   FIELD(attn_pool_attention_params, keep);
   FIELD(attn_pool_attention_params, weights);
+  FIELD(attn_pool_attention_params, lse);
   SIZE(attn_kv_cache_params);
   FIELD(attn_kv_cache_params, struct_size);
   FIELD(attn_kv_cache_params, layout);

@@ -100,7 +100,7 @@ fn rust_view() -> BTreeSet<String> {
     layout!(out, attn_pool_params { struct_size, mode, reserved_, lengths, keep, scores });
     layout!(
         out,
-        attn_pool_attention_params { struct_size, scale, reserved_, lengths, keep, weights }
+        attn_pool_attention_params { struct_size, scale, reserved_, lengths, keep, weights, lse }
     );
     layout!(
         out,
