@@ -37,9 +37,9 @@ mod tensor;
 pub use kv::{KvCache, KvCacheInfo};
 pub use mha::{DecoderConfig, DecoderLayer, Weight};
 pub use ops::{
-    Align, LogitsStage, PeLayout, PoolAttentionOptions, PoolMode, PoolOptions, RopeCacheOptions,
-    RopeCachedOptions, RopeOptions, RopeScaling, RopeStyle, SdpaGradOutputs, SdpaOptions,
-    SdpaOutputs, SinusoidalOptions, SoftmaxOptions,
+    Align, LogitsStage, PeLayout, PoolAttentionOptions, PoolAttentionOutputs, PoolMode,
+    PoolOptions, RopeCacheOptions, RopeCachedOptions, RopeOptions, RopeScaling, RopeStyle,
+    SdpaGradOutputs, SdpaOptions, SdpaOutputs, SinusoidalOptions, SoftmaxOptions,
 };
 pub use tensor::{Bf16, Element, Float, View, ViewMut, F16};
 

@@ -656,23 +656,16 @@ impl Context {
         out: &mut ViewMut<'_, f32>,
         opts: &PoolOptions<'_>,
     ) -> Result<()> {
-        let b = if x.dims().len() >= 3 { Some(x.dims()[0]) } else { None };
-        check_len("Context::pool", "lengths", opts.lengths, b, "x.shape[0] (B)")?;
         let mut h = Handles::new(self);
-        let p = sys::attn_pool_params {
-            mode: opts.mode as i32,
-            lengths: opt_ptr(opts.lengths),
-            keep: h.opt_input(opts.keep.as_ref())?,
-            scores: h.opt_input(opts.scores.as_ref())?,
-            ..Default::default()
-        };
+        let p = opts.raw("Context::pool", &mut h, x)?;
         let (xt, ot) = (h.input(x)?, h.output(out)?);
         // SAFETY: valid handles; lengths holds B entries.
         self.check(unsafe { sys::attn_pool(self.as_ptr(), xt, ot, &p) })
     }
 
     /// Learned-query pooling: queries [Hq, M, D] attend over k [B, Hkv, L, D]
-    /// and v [B, Hkv, L, Dv] into out [B, Hq, M, Dv]; `weights` [B, Hq, M, L].
+    /// and v [B, Hkv, L, Dv] into out [B, Hq, M, Dv]; optional outputs
+    /// weights [B, Hq, M, L] and lse [B, Hq, M].
     pub fn pool_attention<Q: Float, K: Float, V: Float, O: Float>(
         &self,
         queries: &View<'_, Q>,
@@ -680,27 +673,63 @@ impl Context {
         v: &View<'_, V>,
         out: &mut ViewMut<'_, O>,
         opts: &PoolAttentionOptions<'_>,
-        weights: Option<&mut ViewMut<'_, f32>>,
+        extra: PoolAttentionOutputs<'_, '_>,
     ) -> Result<()> {
-        check_len(
-            "Context::pool_attention",
-            "lengths",
-            opts.lengths,
-            dim(k.dims(), 4, 0),
-            "k.shape[0] (B)",
-        )?;
         let mut h = Handles::new(self);
-        let p = sys::attn_pool_attention_params {
-            scale: opts.scale,
-            lengths: opt_ptr(opts.lengths),
-            keep: h.opt_input(opts.keep.as_ref())?,
-            weights: h.opt_output(weights)?,
-            ..Default::default()
-        };
+        let mut p = opts.raw("Context::pool_attention", &mut h, k)?;
+        p.weights = h.opt_output(extra.weights)?;
+        p.lse = h.opt_output(extra.lse)?;
         let (qt, kt, vt) = (h.input(queries)?, h.input(k)?, h.input(v)?);
         let ot = h.output(out)?;
         // SAFETY: valid handles; lengths holds B entries.
         self.check(unsafe { sys::attn_pool_attention(self.as_ptr(), qt, kt, vt, ot, &p) })
+    }
+}
+
+/// Optional outputs of learned-query pooling.
+#[derive(Default)]
+pub struct PoolAttentionOutputs<'a, 'b> {
+    /// [B, Hq, M, L] attention weights.
+    pub weights: Option<&'a mut ViewMut<'b, f32>>,
+    /// [B, Hq, M] log-sum-exp, for the gradient.
+    pub lse: Option<&'a mut ViewMut<'b, f32>>,
+}
+
+impl PoolOptions<'_> {
+    // lengths is [B] of x [B, L, D] or [B, H, L, D].
+    fn raw(
+        &self,
+        func: &str,
+        h: &mut Handles<'_>,
+        x: &View<'_, f32>,
+    ) -> Result<sys::attn_pool_params> {
+        let b = if x.dims().len() >= 3 { Some(x.dims()[0]) } else { None };
+        check_len(func, "lengths", self.lengths, b, "x.shape[0] (B)")?;
+        Ok(sys::attn_pool_params {
+            mode: self.mode as i32,
+            lengths: opt_ptr(self.lengths),
+            keep: h.opt_input(self.keep.as_ref())?,
+            scores: h.opt_input(self.scores.as_ref())?,
+            ..Default::default()
+        })
+    }
+}
+
+impl PoolAttentionOptions<'_> {
+    // lengths is [B] of k [B, Hkv, L, D].
+    fn raw<K: Element>(
+        &self,
+        func: &str,
+        h: &mut Handles<'_>,
+        k: &View<'_, K>,
+    ) -> Result<sys::attn_pool_attention_params> {
+        check_len(func, "lengths", self.lengths, dim(k.dims(), 4, 0), "k.shape[0] (B)")?;
+        Ok(sys::attn_pool_attention_params {
+            scale: self.scale,
+            lengths: opt_ptr(self.lengths),
+            keep: h.opt_input(self.keep.as_ref())?,
+            ..Default::default()
+        })
     }
 }
 
@@ -886,6 +915,63 @@ impl Context {
                 cu_seqlens_k.as_ptr(),
                 &p,
                 &bp,
+            )
+        })
+    }
+
+    /// The gradient of pool: dx (x's shape) from x and dout, and in the
+    /// weighted mode dscores (scores' shape); `opts` are the forward's.
+    pub fn pool_backward(
+        &self,
+        x: &View<'_, f32>,
+        dout: &View<'_, f32>,
+        dx: &mut ViewMut<'_, f32>,
+        dscores: Option<&mut ViewMut<'_, f32>>,
+        opts: &PoolOptions<'_>,
+    ) -> Result<()> {
+        let mut h = Handles::new(self);
+        let p = opts.raw("Context::pool_backward", &mut h, x)?;
+        let (xt, dot) = (h.input(x)?, h.input(dout)?);
+        let (dxt, dst) = (h.output(dx)?, h.opt_output(dscores)?);
+        // SAFETY: valid handles; lengths holds B entries.
+        self.check(unsafe { sys::attn_pool_backward(self.as_ptr(), xt, dot, dxt, dst, &p) })
+    }
+
+    /// The gradients of pool_attention: dqueries (summed over the batch), dk,
+    /// dv from the forward's inputs, output and lse [B, Hq, M], and dout.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pool_attention_backward(
+        &self,
+        queries: &View<'_, f32>,
+        k: &View<'_, f32>,
+        v: &View<'_, f32>,
+        out: &View<'_, f32>,
+        lse: &View<'_, f32>,
+        dout: &View<'_, f32>,
+        dqueries: &mut ViewMut<'_, f32>,
+        dk: &mut ViewMut<'_, f32>,
+        dv: &mut ViewMut<'_, f32>,
+        opts: &PoolAttentionOptions<'_>,
+    ) -> Result<()> {
+        let mut h = Handles::new(self);
+        let p = opts.raw("Context::pool_attention_backward", &mut h, k)?;
+        let (qt, kt, vt) = (h.input(queries)?, h.input(k)?, h.input(v)?);
+        let (ot, lt, dot) = (h.input(out)?, h.input(lse)?, h.input(dout)?);
+        let (dqt, dkt, dvt) = (h.output(dqueries)?, h.output(dk)?, h.output(dv)?);
+        // SAFETY: valid handles; lengths holds B entries.
+        self.check(unsafe {
+            sys::attn_pool_attention_backward(
+                self.as_ptr(),
+                qt,
+                kt,
+                vt,
+                ot,
+                lt,
+                dot,
+                dqt,
+                dkt,
+                dvt,
+                &p,
             )
         })
     }

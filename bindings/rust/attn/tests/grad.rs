@@ -263,3 +263,129 @@ fn sdpa_varlen_gradients_per_sequence() {
     assert_close(&dk, &wk, 1e-5);
     assert_close(&dv, &wv, 1e-5);
 }
+
+#[test]
+fn pool_gradients_every_mode() {
+    let c = Context::with_threads(2).unwrap();
+    let (b, l, d) = (2, 4, 3);
+    let mut r = Rng::new(44);
+    let (x, dout, scores) = (r.vec(b * l * d), r.vec(b * d), r.vec(b * l));
+    let lengths = [2i64, 4];
+    for mode in [PoolMode::Sum, PoolMode::Mean, PoolMode::Max, PoolMode::Weighted] {
+        let weighted = mode == PoolMode::Weighted;
+        let opts = PoolOptions {
+            mode,
+            lengths: Some(&lengths),
+            scores: if weighted { Some(View::new(&scores, &[b, l]).unwrap()) } else { None },
+            ..Default::default()
+        };
+        let mut dx = vec![f32::NAN; b * l * d];
+        let mut ds = vec![f32::NAN; b * l];
+        let mut dsv = ViewMut::new(&mut ds, &[b, l]).unwrap();
+        c.pool_backward(
+            &View::new(&x, &[b, l, d]).unwrap(),
+            &View::new(&dout, &[b, d]).unwrap(),
+            &mut ViewMut::new(&mut dx, &[b, l, d]).unwrap(),
+            if weighted { Some(&mut dsv) } else { None },
+            &opts,
+        )
+        .unwrap();
+        let (mut want, mut want_ds) = (vec![0.0; b * l * d], vec![0.0; b * l]);
+        for bi in 0..b {
+            let n = lengths[bi] as usize;
+            let xs = |ll: usize, t: usize| x[(bi * l + ll) * d + t] as f64;
+            let g = |t: usize| dout[bi * d + t] as f64;
+            let w = softmax_row(&(0..n).map(|ll| scores[bi * l + ll] as f64).collect::<Vec<_>>());
+            let y: Vec<f64> = (0..d).map(|t| (0..n).map(|ll| w[ll] * xs(ll, t)).sum()).collect();
+            for t in 0..d {
+                let arg = (0..n).fold(0, |a, ll| if xs(ll, t) > xs(a, t) { ll } else { a });
+                for ll in 0..n {
+                    want[(bi * l + ll) * d + t] = match mode {
+                        PoolMode::Sum => g(t),
+                        PoolMode::Mean => g(t) / n as f64,
+                        PoolMode::Max => {
+                            if ll == arg {
+                                g(t)
+                            } else {
+                                0.0
+                            }
+                        }
+                        PoolMode::Weighted => w[ll] * g(t),
+                    };
+                }
+            }
+            for ll in 0..n {
+                let gx: f64 = (0..d).map(|t| g(t) * xs(ll, t)).sum();
+                let gy: f64 = (0..d).map(|t| g(t) * y[t]).sum();
+                want_ds[bi * l + ll] = w[ll] * (gx - gy);
+            }
+        }
+        assert_close(&dx, &want, 1e-6);
+        if weighted {
+            assert_close(&ds, &want_ds, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn pool_attention_gradients() {
+    let c = Context::with_threads(2).unwrap();
+    let (b, hq, l, d) = (2, 2, 4, 4);
+    let mut r = Rng::new(45);
+    let (qs, k, v, dout) = (r.vec(hq * d), r.vec(b * l * d), r.vec(b * l * d), r.vec(b * hq * d));
+    let mut out = vec![0f32; b * hq * d];
+    let mut lse = vec![0f32; b * hq];
+    let (qv, kv, vv) = (
+        View::<f32>::new(&qs, &[hq, 1, d]).unwrap(),
+        View::<f32>::new(&k, &[b, 1, l, d]).unwrap(),
+        View::<f32>::new(&v, &[b, 1, l, d]).unwrap(),
+    );
+    c.pool_attention(
+        &qv,
+        &kv,
+        &vv,
+        &mut ViewMut::<f32>::new(&mut out, &[b, hq, 1, d]).unwrap(),
+        &Default::default(),
+        PoolAttentionOutputs {
+            lse: Some(&mut ViewMut::new(&mut lse, &[b, hq, 1]).unwrap()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (mut dq, mut dk, mut dv) = (vec![0f32; qs.len()], vec![0f32; k.len()], vec![0f32; v.len()]);
+    c.pool_attention_backward(
+        &qv,
+        &kv,
+        &vv,
+        &View::new(&out, &[b, hq, 1, d]).unwrap(),
+        &View::new(&lse, &[b, hq, 1]).unwrap(),
+        &View::new(&dout, &[b, hq, 1, d]).unwrap(),
+        &mut ViewMut::new(&mut dq, &[hq, 1, d]).unwrap(),
+        &mut ViewMut::new(&mut dk, &[b, 1, l, d]).unwrap(),
+        &mut ViewMut::new(&mut dv, &[b, 1, l, d]).unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    // Per batch: SDPA of one query row per head over all keys (the
+    // reference's bottom-right causal mask hides nothing for Lq = 1).
+    let (mut wq, mut wk, mut wv) = (vec![0.0; qs.len()], Vec::new(), Vec::new());
+    for bi in 0..b {
+        let (gq, gk, gv) = sdpa_grad_reference(
+            &qs,
+            &k[bi * l * d..][..l * d],
+            &v[bi * l * d..][..l * d],
+            &dout[bi * hq * d..][..hq * d],
+            hq,
+            1,
+            1,
+            l,
+            d,
+        );
+        wq.iter_mut().zip(&gq).for_each(|(a, g)| *a += g);
+        wk.extend(gk);
+        wv.extend(gv);
+    }
+    assert_close(&dq, &wq, 1e-5);
+    assert_close(&dk, &wk, 1e-5);
+    assert_close(&dv, &wv, 1e-5);
+}

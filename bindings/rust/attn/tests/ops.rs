@@ -354,7 +354,7 @@ fn pool_attention_is_softmax_weighted() {
         &xv,
         &mut ViewMut::<f32>::new(&mut out, &[b, 1, 1, d]).unwrap(),
         &Default::default(),
-        None,
+        Default::default(),
     )
     .unwrap();
     let q64: Vec<f64> = qv.iter().map(|&v| v as f64).collect();
