@@ -49,8 +49,9 @@ int64_t attn__pool_weights(const pool_problem *p, int64_t b, int64_t h, double *
 
 /* attn_pool_attention's SDPA call, shared with its backward: queries
  * [Hq, M, D] as q [B, Hq, M, D] (batch stride 0), keep [B, L] as the
- * [B, 1, 1, L] boolean mask, scale and lengths; checks keep's shape (the
- * operands' dtypes and ranks are checked). sp points into c: do not copy c. */
+ * [B, 1, 1, L] boolean mask, scale and lengths; checks reserved_ and keep's
+ * shape (the operands' dtypes and ranks are checked). sp points into c: do
+ * not copy c. */
 typedef struct {
   attn_tensor q4, keep4;
   attn_sdpa_params sp;

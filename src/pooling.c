@@ -271,6 +271,9 @@ static attn_tensor view_of(const attn_tensor *t, int32_t ndim, const int64_t *di
 attn_status attn__pool_attention_call(attn_ctx *ctx, const attn_tensor *queries,
                                       const attn_tensor *k, const attn_pool_attention_params *prm,
                                       pool_attention_call *c) {
+  if (prm->reserved_)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.reserved_ = %d but must be 0",
+                      (int)prm->reserved_);
   int64_t B = k->dims[0], L = k->dims[2];
   /* queries [Hq, M, D] as q [B, Hq, M, D] with a zero batch stride. */
   const int64_t qd[4] = {B, queries->dims[0], queries->dims[1], queries->dims[2]};
@@ -312,9 +315,6 @@ static attn_status pool_attention(attn_ctx *ctx, const attn_tensor *queries, con
   };
   if ((st = attn__check_operands(ctx, ops, 3, NULL)) != ATTN_OK)
     return st;
-  if (prm.reserved_)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.reserved_ = %d but must be 0",
-                      (int)prm.reserved_);
   pool_attention_call c;
   if ((st = attn__pool_attention_call(ctx, queries, k, &prm, &c)) != ATTN_OK)
     return st;

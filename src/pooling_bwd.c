@@ -273,9 +273,6 @@ static attn_status pool_attention_backward(attn_ctx *ctx, const attn_tensor *que
   };
   if ((st = attn__check_operands(ctx, ops, (int)(sizeof ops / sizeof *ops), NULL)) != ATTN_OK)
     return st;
-  if (prm.reserved_)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.reserved_ = %d but must be 0",
-                      (int)prm.reserved_);
   pool_attention_call c;
   if ((st = attn__pool_attention_call(ctx, queries, k, &prm, &c)) != ATTN_OK)
     return st;
