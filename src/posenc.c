@@ -4,9 +4,10 @@
  * Angles are formed and passed to sin/cos in double: a float angle at
  * position 1e6 is off by up to 0.03 rad, while the double one stays near
  * 1e-10, so the stored float is the correctly rounded value to within a few
- * 1e-8. Frequencies are computed once per call; sin/cos once per (position,
- * frequency) and reused across batches (sinusoidal_add),
- * since a sin/cos pair costs far more than the multiply-adds that use it. */
+ * 1e-8. Frequencies are computed once per call; sin/cos at every 16th row
+ * (row_angles), the rows between stepped from it in double, each row reused
+ * across batches (sinusoidal_add), since a sin/cos pair costs far more than
+ * the multiply-adds that use it. */
 #include "check.h"
 #include "convert.h"
 
@@ -33,10 +34,12 @@ typedef struct {
   int32_t threads;
   int64_t rows_per_item, n_items;
   size_t ws_bytes;
+  int64_t nf; /* frequencies of the layout */
   /* Workspace (sin_layout). */
   double *freq;         /* the layout's frequencies */
-  float *rowbuf;        /* one row of D floats per worker (two adding to half x) */
-  size_t rowbuf_stride; /* floats between workers' rows */
+  double *step;         /* cos, then sin, of each frequency: one position's turn */
+  float *rowbuf;        /* per worker: one row of D floats (two adding to half x), */
+  size_t rowbuf_stride; /* then cos and sin of the current row (nf doubles each) */
 } sin_problem;
 
 /* The workspace: frequencies, then a row per thread. Sizes it when l->base
@@ -44,9 +47,39 @@ typedef struct {
 static void sin_layout(void *problem, attn_ws_layout *l) {
   sin_problem *p = problem;
   size_t rows = p->add && p->xdt != ATTN_DTYPE_F32 ? 2 : 1;
-  p->rowbuf_stride = attn__ws_round(rows * (size_t)p->D * sizeof(float)) / sizeof(float);
+  size_t row_bytes = attn__ws_round(rows * (size_t)p->D * sizeof(float));
+  p->rowbuf_stride =
+      attn__ws_round(row_bytes + 2 * (size_t)p->nf * sizeof(double)) / sizeof(float);
   p->freq = attn__ws_take(l, (size_t)(p->D / 2 + 1), sizeof(double));
+  p->step = attn__ws_take(l, 2 * (size_t)(p->D / 2 + 1), sizeof(double));
   p->rowbuf = attn__ws_take(l, (size_t)p->threads, p->rowbuf_stride * sizeof(float));
+}
+
+/* cos and sin at row l of every frequency, into (c, s), which hold row
+ * l - 1's unless `first`. As in RoPE (rope.c): sin and cos are called at
+ * the rows that are multiples of ANGLE_ANCHOR (and at explicit positions);
+ * the rows between are reached from the anchor before them by rotating in
+ * double by the one-position angle, so a row's values depend on the row
+ * alone, never on how rows are split among items or threads, and stay
+ * within a few 2^-53 of the direct ones (the float table: 6e-8). */
+#define ANGLE_ANCHOR 16
+static void row_angles(const sin_problem *p, int64_t l, bool first, double *c, double *s) {
+  int64_t k = p->positions ? 0 : l % ANGLE_ANCHOR, nf = p->nf;
+  if (k == 0 || first) {
+    double pos = p->positions ? p->positions[l] : p->offset + (double)(l - k);
+    for (int64_t i = 0; i < nf; i++) {
+      double a = pos * p->freq[i];
+      c[i] = cos(a);
+      s[i] = sin(a);
+    }
+  }
+  const double *sc = p->step, *ss = p->step + nf;
+  for (int64_t j = first ? k : (k != 0); j > 0; j--)
+    for (int64_t i = 0; i < nf; i++) {
+      double cv = c[i], sv = s[i];
+      c[i] = cv * sc[i] - sv * ss[i];
+      s[i] = sv * sc[i] + cv * ss[i];
+    }
 }
 
 /* Frequencies of a layout; returns how many. Exponents are exact ratios of
@@ -72,32 +105,28 @@ static int64_t sin_freqs(int32_t layout, int64_t D, double base, double *freq) {
   }
 }
 
-/* One row of the table at position pos. */
-static void sin_row(const sin_problem *p, double pos, float *row) {
-  const double *w = p->freq;
+/* One row of the table from the cos and sin of its angles. */
+static void sin_row(const sin_problem *p, const double *c, const double *s, float *row) {
   int64_t D = p->D, h = D / 2;
   switch (p->layout) {
   case ATTN_PE_INTERLEAVED:
     for (int64_t i = 0; i < h; i++) {
-      double a = pos * w[i];
-      row[2 * i] = (float)sin(a);
-      row[2 * i + 1] = (float)cos(a);
+      row[2 * i] = (float)s[i];
+      row[2 * i + 1] = (float)c[i];
     }
     if (D & 1)
-      row[D - 1] = (float)sin(pos * w[h]);
+      row[D - 1] = (float)s[h];
     return;
   case ATTN_PE_COS_SIN:
     for (int64_t i = 0; i < h; i++) {
-      double a = pos * w[i];
-      row[i] = (float)cos(a);
-      row[h + i] = (float)sin(a);
+      row[i] = (float)c[i];
+      row[h + i] = (float)s[i];
     }
     break;
   default: /* SIN_COS, SIN_COS_SHIFTED */
     for (int64_t i = 0; i < h; i++) {
-      double a = pos * w[i];
-      row[i] = (float)sin(a);
-      row[h + i] = (float)cos(a);
+      row[i] = (float)s[i];
+      row[h + i] = (float)c[i];
     }
     break;
   }
@@ -109,11 +138,14 @@ static void sin_item(void *arg, int64_t item, int32_t worker) {
   const sin_problem *p = arg;
   const attn_kernels *k = attn__kernels();
   float *row = p->rowbuf + p->rowbuf_stride * (size_t)worker;
+  size_t row_floats = attn__ws_round((p->add && p->xdt != ATTN_DTYPE_F32 ? 2 : 1) *
+                                     (size_t)p->D * sizeof(float)) / sizeof(float);
+  double *c = (double *)(row + row_floats), *s = c + p->nf;
   int64_t l0 = item * p->rows_per_item;
   int64_t l1 = l0 + p->rows_per_item < p->L ? l0 + p->rows_per_item : p->L;
   for (int64_t l = l0; l < l1; l++) {
-    double pos = p->positions ? p->positions[l] : p->offset + (double)l;
-    sin_row(p, pos, row);
+    row_angles(p, l, l == l0, c, s);
+    sin_row(p, c, s, row);
     for (int64_t b = 0; b < p->B; b++) {
       void *dst = attn__elem(p->x, p->xdt, b * p->xs[0] + l * p->xs[1]);
       if (!p->add) {
@@ -201,6 +233,7 @@ static attn_status sin_check(attn_ctx *ctx, const char *name, attn_tensor *x,
 }
 
 static void sin_plan(const attn_ctx *ctx, sin_problem *p) {
+  p->nf = p->layout == ATTN_PE_INTERLEAVED ? (p->D + 1) / 2 : p->D / 2;
   /* A sin or cos per table entry, plus a cheap add per element of x. */
   double work =
       (double)p->L * (double)p->D + (p->add ? (double)p->B * (double)p->L * (double)p->D / 16 : 0);
@@ -216,6 +249,10 @@ static void sin_plan(const attn_ctx *ctx, sin_problem *p) {
 static void sin_run(attn_ctx *ctx, sin_problem *p) {
   size_t mark = attn__ws_carve(ctx, sin_layout, p, p->ws_bytes);
   sin_freqs(p->layout, p->D, p->base, p->freq);
+  for (int64_t i = 0; i < p->nf; i++) {
+    p->step[i] = cos(p->freq[i]);
+    p->step[p->nf + i] = sin(p->freq[i]);
+  }
   attn__parallel_for(ctx, p->threads, p->n_items, sin_item, p);
   attn__ws_release(ctx, mark);
 }

@@ -25,8 +25,10 @@ typedef struct {
   size_t ws_bytes;
   /* Workspace, carved by the run. */
   double *inv_freq; /* half */
-  double *tables;   /* per worker: cos[T][half], sin[T][half], 2 * half
-                       one-step angles, then (half x) a row of D floats */
+  double *tables;   /* per worker: cos[T][ld], sin[T][ld] (ld = half, or
+                       2 * half interleaved: one value per float, as
+                       rotate_pairs reads them), 2 * half one-step angles,
+                       then (half x) a row of D floats */
   size_t table_stride;
 } attn_rope_problem;
 

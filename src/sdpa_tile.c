@@ -194,7 +194,7 @@ static void online_row(const attn_sdpa_problem *p, const attn_sdpa_item *it, att
     st.l[r] = NAN;
     return;
   }
-  float sum = e > a ? kern->exp_shift_sum(s + a, s + a, e - a, m_new) : 0.0f;
+  float sum = e > a ? kern->exp_shift_sum(s + a, s + a, e - a, m_new, NULL) : 0.0f;
   if (m_new != m_old) {
     float corr = expf(m_old - m_new); /* 0 when m_old = -inf */
     st.l[r] *= corr;

@@ -41,56 +41,46 @@ void attn_softmax_params_init(attn_softmax_params *p) {
  * does 0.8-2.6e9 elements/s (sse2 to avx512, [4096, 4096]), so this is
  * 25-80 microseconds of work, well above the cost of a wake-up. */
 #define THREAD_ELEMS 65536.0
+/* Streaming: a float row's z and exponentials live in the worker's row
+ * (L1/L2) and only the final pass writes y, with non-temporal stores. A
+ * normal store first reads y's line from memory, so this moves 2 bytes of
+ * memory traffic per byte of x where the plain passes move 3. Worth it when
+ * y is too large to be read back from the cache anyway (bench/RESULTS.md);
+ * the row bound keeps the worker's row within L2. */
+#define STREAM_MIN_BYTES (8.0 * 1024 * 1024)
+#define STREAM_MAX_ROW 65536
+/* Distance of the prefetch ahead of short rows: a page. */
+#define AHEAD_BYTES 4096
 
 static void fill(float *y, int64_t n, float v) {
   for (int64_t i = 0; i < n; i++)
     y[i] = v;
 }
 
-/* Row r: x and y are the row in float, buf the worker's row buffer (half
- * rows only; see attn_softmax_problem). */
-static void float_row(const attn_softmax_problem *j, const attn_kernels *k, int64_t r,
-                      const float *x, float *y);
+/* A row's operands, located once per row. */
+typedef struct {
+  const float *m;   /* additive mask row, or NULL */
+  const uint8_t *b; /* keep-mask row, or NULL */
+} row_masks;
 
-static void one_row(const attn_softmax_problem *j, const attn_kernels *k, int64_t r, float *buf) {
-  int64_t i2 = r % j->dims[2], t = r / j->dims[2];
-  int64_t i1 = t % j->dims[1], i0 = t / j->dims[1];
-  const void *x = attn__elem(j->x, j->xdt, i0 * j->xs[0] + i1 * j->xs[1] + i2 * j->xs[2]);
-  void *y = attn__elem(j->y, j->ydt, i0 * j->ys[0] + i1 * j->ys[1] + i2 * j->ys[2]);
-  if (j->xdt == ATTN_DTYPE_F32 && j->ydt == ATTN_DTYPE_F32) {
-    float_row(j, k, r, x, y);
-    return;
-  }
-  /* x widened into buf (in place there when y is half too); the result in
-   * y, or in buf and rounded once into y. */
-  const float *xf = x;
-  if (j->xdt != ATTN_DTYPE_F32) {
-    attn__widen(k, j->xdt, x, buf, j->dims[3]);
-    xf = buf;
-  }
-  float *yf = j->ydt == ATTN_DTYPE_F32 ? y : buf;
-  float_row(j, k, r, xf, yf);
-  if (j->ydt != ATTN_DTYPE_F32)
-    attn__narrow(k, j->ydt, yf, y, j->dims[3]);
-}
-
-static void float_row(const attn_softmax_problem *j, const attn_kernels *k, int64_t r,
-                      const float *x, float *y) {
+/* One float row: x in, y out (y may be x); w is a row of scratch floats
+ * that may be y (then no streaming) or x (half rows: x is the worker's
+ * row already). z = scale*x + mask is built in w, the exponentials go to
+ * w, and the last pass writes y: through scale_stream when `stream`.
+ * ahead: the next row's x (or NULL), fetched during the exponentials. */
+static void float_row(const attn_softmax_problem *j, const attn_kernels *k, const row_masks *rm,
+                      const float *x, float *y, float *w, bool stream, const float *ahead) {
   int64_t n = j->dims[3];
-  int64_t i2 = r % j->dims[2], t = r / j->dims[2];
-  int64_t i1 = t % j->dims[1], i0 = t / j->dims[1];
   const float *z = x;
-  if (j->scale != 1.0f || j->mask || j->bmask) {
-    const float *m = j->mask ? j->mask + i0 * j->ms[0] + i1 * j->ms[1] + i2 * j->ms[2] : NULL;
-    const uint8_t *b = j->bmask ? j->bmask + i0 * j->bs[0] + i1 * j->bs[1] + i2 * j->bs[2] : NULL;
-    if (m && j->ms[3] == 1) { /* the common layout: scale and add in one pass */
-      k->scale_add(x, m, y, n, j->scale);
-      attn__logits_hide(y, n, m, 1, b, j->bs[3]);
+  if (j->scale != 1.0f || rm->m || rm->b) {
+    if (rm->m && j->ms[3] == 1) { /* the common layout: scale and add in one pass */
+      k->scale_add(x, rm->m, w, n, j->scale);
+      attn__logits_hide(w, n, rm->m, 1, rm->b, j->bs[3]);
     } else {
-      k->scale(x, y, n, j->scale);
-      attn__logits_mask(y, n, m, j->ms[3], b, j->bs[3]);
+      k->scale(x, w, n, j->scale);
+      attn__logits_mask(w, n, rm->m, j->ms[3], rm->b, j->bs[3]);
     }
-    z = y;
+    z = w;
   }
   float m = k->row_max(z, n);
   if (m == -INFINITY) {
@@ -104,28 +94,77 @@ static void float_row(const attn_softmax_problem *j, const attn_kernels *k, int6
   if (j->log) {
     float s = k->sum_exp_shift(z, n, m);
     k->sub2(z, y, n, m, (float)log((double)s));
-  } else {
-    float s = k->exp_shift_sum(z, y, n, m); /* s >= 1: the maximum gives exp(0) */
-    k->scale(y, y, n, (float)(1.0 / (double)s));
+    return;
   }
+  float s = k->exp_shift_sum(z, w, n, m, ahead); /* s >= 1: the maximum gives exp(0) */
+  float inv = (float)(1.0 / (double)s);
+  if (stream) /* w is the worker's row, not y */
+    k->scale_stream(w, y, n, inv);
+  else
+    k->scale(w, y, n, inv);
 }
 
 static void rows_task(void *arg, int64_t item, int32_t worker) {
   const attn_softmax_problem *j = arg;
   const attn_kernels *k = attn__kernels();
   float *buf = j->rowbuf ? j->rowbuf + j->rowbuf_stride * (size_t)worker : NULL;
+  int64_t n = j->dims[3];
   int64_t r0 = item * j->rows_per_item;
   int64_t r1 = r0 + j->rows_per_item < j->rows ? r0 + j->rows_per_item : j->rows;
-  for (int64_t r = r0; r < r1; r++)
-    one_row(j, k, r, buf);
+  /* The view index of row r0, then stepped row by row (no divisions per
+   * row: short rows are a few hundred bytes). */
+  int64_t i2 = r0 % j->dims[2], t = r0 / j->dims[2];
+  int64_t i1 = t % j->dims[1], i0 = t / j->dims[1];
+  bool f32 = j->xdt == ATTN_DTYPE_F32 && j->ydt == ATTN_DTYPE_F32;
+  for (int64_t r = r0; r < r1; r++) {
+    const void *x = attn__elem(j->x, j->xdt, i0 * j->xs[0] + i1 * j->xs[1] + i2 * j->xs[2]);
+    void *y = attn__elem(j->y, j->ydt, i0 * j->ys[0] + i1 * j->ys[1] + i2 * j->ys[2]);
+    row_masks rm = {
+        j->mask ? j->mask + i0 * j->ms[0] + i1 * j->ms[1] + i2 * j->ms[2] : NULL,
+        j->bmask ? j->bmask + i0 * j->bs[0] + i1 * j->bs[1] + i2 * j->bs[2] : NULL};
+    if (++i2 == j->dims[2]) {
+      i2 = 0;
+      if (++i1 == j->dims[1])
+        i1 = 0, i0++;
+    }
+    if (f32) {
+      /* Fetched ahead: short rows laid end to end, the bytes a page
+       * (AHEAD_BYTES) further on, where the hardware prefetchers stop;
+       * else the next row. */
+      const float *next = NULL;
+      if (j->packed && n * (int64_t)sizeof(float) < AHEAD_BYTES)
+        next = (r + 1) * n + AHEAD_BYTES / (int64_t)sizeof(float) <= j->rows * n
+                   ? (const float *)x + AHEAD_BYTES / sizeof(float)
+                   : NULL;
+      else if (r + 1 < j->rows)
+        next = (const float *)j->x + i0 * j->xs[0] + i1 * j->xs[1] + i2 * j->xs[2];
+      float_row(j, k, &rm, x, y, j->stream ? buf : y, j->stream, next);
+    } else {
+      /* x widened into buf; the result computed in buf and rounded once
+       * into y, or written straight to a float y. */
+      const float *xf = x;
+      if (j->xdt != ATTN_DTYPE_F32) {
+        attn__widen(k, j->xdt, x, buf, n);
+        xf = buf;
+      }
+      float *yf = j->ydt == ATTN_DTYPE_F32 ? y : buf;
+      float_row(j, k, &rm, xf, yf, j->xdt != ATTN_DTYPE_F32 ? buf : yf, false, NULL);
+      if (j->ydt != ATTN_DTYPE_F32)
+        attn__narrow(k, j->ydt, yf, y, n);
+    }
+  }
+  if (j->stream)
+    k->stream_fence();
 }
 
-/* The workspace: a row of floats per thread when a row must be converted. */
+/* The workspace: a row of floats per thread when a row must be converted
+ * or is streamed. */
 static void softmax_layout(void *problem, attn_ws_layout *l) {
   attn_softmax_problem *p = problem;
   bool half = p->xdt != ATTN_DTYPE_F32 || p->ydt != ATTN_DTYPE_F32;
   p->rowbuf_stride = attn__ws_round((size_t)p->dims[3] * sizeof(float)) / sizeof(float);
-  p->rowbuf = half ? attn__ws_take(l, (size_t)p->threads, p->rowbuf_stride * sizeof(float)) : NULL;
+  p->rowbuf = half || p->stream ? attn__ws_take(l, (size_t)p->threads, p->rowbuf_stride * sizeof(float))
+                                : NULL;
 }
 
 /* ---- softmax along a strided axis ----
@@ -232,6 +271,9 @@ void attn__softmax_plan(const attn_ctx *ctx, attn_softmax_problem *p) {
   p->threads = attn__threads_plan(ctx, (double)p->rows * (double)n, THREAD_ELEMS, 0);
   p->rows_per_item =
       attn__items_balanced(p->rows, n >= ITEM_ELEMS ? 1 : ITEM_ELEMS / n, p->threads);
+  p->packed = p->xs[2] == n && p->xs[1] == n * p->dims[2] && p->xs[0] == n * p->dims[2] * p->dims[1];
+  p->stream = p->xdt == ATTN_DTYPE_F32 && p->ydt == ATTN_DTYPE_F32 && !p->log &&
+              n <= STREAM_MAX_ROW && (double)p->rows * (double)n * sizeof(float) >= STREAM_MIN_BYTES;
   p->ws_bytes = attn__ws_size(softmax_layout, p);
 }
 

@@ -27,7 +27,10 @@ typedef struct {
   /* Filled by attn__softmax_plan. */
   int64_t rows, rows_per_item;
   int32_t threads;
-  size_t ws_bytes; /* a row of floats per thread when x or y is half, else 0 */
+  bool packed;     /* x's rows lie end to end (row r at x + r * n) */
+  bool stream;     /* F32 rows through a worker's row, y written past the caches */
+  size_t ws_bytes; /* a row of floats per thread when x or y is half or when
+                      streaming, else 0 */
   /* Workspace, carved by the run. */
   float *rowbuf;
   size_t rowbuf_stride;

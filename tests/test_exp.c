@@ -71,7 +71,7 @@ typedef struct {
 } ulp_stats;
 
 static void measure(const attn_kernels *k, const float *x, float *y, int n, ulp_stats *s) {
-  k->exp_shift_sum(x, y, n, 0.0f); /* x - 0 is x: this is exp itself */
+  k->exp_shift_sum(x, y, n, 0.0f, NULL); /* x - 0 is x: this is exp itself */
   for (int i = 0; i < n; i++) {
     double w = exp((double)x[i]);
     s->count++;
@@ -135,7 +135,7 @@ static void exp_special_values(void **state) {
   enum { N = sizeof in / sizeof in[0] };
   FOR_EACH_SET(k) {
     float half = 0.5f, e_half;
-    k->exp_shift_sum(&half, &e_half, 1, 0.0f);
+    k->exp_shift_sum(&half, &e_half, 1, 0.0f, NULL);
     /* Each value in every lane position: as a vector, and as a tail. */
     for (int len = 1; len <= 21; len++)
       for (int i = 0; i < N; i++) {
@@ -144,7 +144,7 @@ static void exp_special_values(void **state) {
           x[j] = 0.5f;
         int pos = (i * 7) % len;
         x[pos] = in[i];
-        k->exp_shift_sum(x, y, len, 0.0f);
+        k->exp_shift_sum(x, y, len, 0.0f, NULL);
         float g = y[pos];
         switch (i) {
         case 0: case 5: case 6: case 7:
@@ -218,7 +218,7 @@ static void exp_shift_sum_kernel(void **state) {
       float shift = 2.5f;
       for (int i = 0; i < n + 16; i++)
         y[i] = y2[i] = 777.0f;
-      float s = k->exp_shift_sum(x, y, n, shift);
+      float s = k->exp_shift_sum(x, y, n, shift, NULL);
       double want_sum = 0;
       for (int i = 0; i < n; i++) {
         double w = exp((double)(x[i] - shift)); /* the kernel subtracts in float */
@@ -239,11 +239,11 @@ static void exp_shift_sum_kernel(void **state) {
       assert_true(k->sum_exp_shift(x, n, shift) == s);
       /* In place: the same values. */
       memcpy(y2, x, (size_t)n * sizeof *x);
-      assert_true(k->exp_shift_sum(y2, y2, n, shift) == s);
+      assert_true(k->exp_shift_sum(y2, y2, n, shift, NULL) == s);
       assert_memory_equal(y, y2, (size_t)n * sizeof *y);
       /* NaN propagates to its entry and the sum. */
       x[n - 1] = NAN;
-      assert_true(isnan(k->exp_shift_sum(x, y, n, shift)));
+      assert_true(isnan(k->exp_shift_sum(x, y, n, shift, NULL)));
       assert_true(isnan(y[n - 1]));
     }
   }
@@ -283,11 +283,71 @@ static void elementwise_kernels(void **state) {
   }
 }
 
+/* scale_stream: the values of scale at every alignment of y (its
+ * non-temporal stores start at the first 64-byte boundary), nothing written
+ * outside y. */
+static void scale_stream_kernel(void **state) {
+  (void)state;
+  tu_rng rng = {5};
+  float x[300];
+  _Alignas(64) float y[340];
+  FOR_EACH_SET(k) {
+    for (int off = 0; off < 17; off++)
+      for (int n = 1; n <= 300; n += n < 40 ? 1 : 37) {
+        tu_fill(&rng, x, (size_t)n, -1e3f, 1e3f);
+        float s = tu_uniform(&rng, -3, 3);
+        for (int i = 0; i < 340; i++)
+          y[i] = 777.0f;
+        k->scale_stream(x, y + off, n, s);
+        k->stream_fence();
+        for (int i = 0; i < 340; i++)
+          assert_true(y[i] == (i >= off && i < off + n ? x[i - off] * s : 777.0f));
+      }
+  }
+}
+
+/* RoPE's rotations: each output is the float rounding of a product
+ * difference or sum formed in double (products and sum rounded separately,
+ * as written here: this file is ISO C, so nothing is contracted into an
+ * FMA); interleaved tables hold one value per float. */
+static void rotate_kernels(void **state) {
+  (void)state;
+  tu_rng rng = {7};
+  float a[70], b[70], x[140], a0[70] = {0}, b0[70] = {0}, x0[140] = {0};
+  double c[70], s[70], cc[140], ss[140];
+  FOR_EACH_SET(k) {
+    for (int n = 1; n <= 70; n++) {
+      tu_fill(&rng, a0, (size_t)n, -50, 50);
+      tu_fill(&rng, b0, (size_t)n, -50, 50);
+      for (int i = 0; i < n; i++) {
+        double t = tu_uniform(&rng, -7, 7);
+        c[i] = cos(t), s[i] = sin(t);
+        cc[2 * i] = cc[2 * i + 1] = c[i];
+        ss[2 * i] = -s[i], ss[2 * i + 1] = s[i];
+        x0[2 * i] = a0[i], x0[2 * i + 1] = b0[i];
+      }
+      memcpy(a, a0, sizeof a), memcpy(b, b0, sizeof b), memcpy(x, x0, sizeof x);
+      k->rotate_split(a, b, c, s, n);
+      k->rotate_pairs(x, cc, ss, n);
+      for (int i = 0; i < n; i++) {
+        double u = a0[i], v = b0[i];
+        double uc = u * c[i], vs = v * s[i], us = u * s[i], vc = v * c[i];
+        float ea = (float)(uc - vs), eb = (float)(us + vc);
+        assert_true(a[i] == ea && b[i] == eb);
+        assert_true(x[2 * i] == ea && x[2 * i + 1] == eb);
+      }
+      for (int i = n; i < 70; i++)
+        assert_true(a[i] == a0[i] && b[i] == b0[i] && x[2 * i] == x0[2 * i]);
+    }
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(exp_ulp_error),      cmocka_unit_test(exp_special_values),
       cmocka_unit_test(row_max_kernel),     cmocka_unit_test(exp_shift_sum_kernel),
-      cmocka_unit_test(elementwise_kernels),
+      cmocka_unit_test(elementwise_kernels), cmocka_unit_test(scale_stream_kernel),
+      cmocka_unit_test(rotate_kernels),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

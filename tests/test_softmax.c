@@ -235,6 +235,57 @@ static void random_shapes_and_layouts(void **state) {
   }
 }
 
+/* Results of 8 MiB and more leave the last pass's stores past the caches
+ * (softmax.c, STREAM_MIN_BYTES): the same reference, with rows that start
+ * at every alignment (padded), in place or not. */
+static void large_results(void **state) {
+  (void)state;
+  tu_rng rng = {43};
+  static const shape big = {2, {2101, 1003}};
+  for (int threads = 1; threads <= 2; threads++) {
+    attn_ctx *ctx = tu_ctx(threads);
+    for (int lay = CONTIGUOUS; lay <= PADDED; lay++)
+      for (int in_place = 0; in_place <= 1; in_place++)
+        check_case(ctx, &rng, &big, (enum layout)lay, in_place, 0, -10, 10);
+    attn_ctx_destroy(ctx);
+  }
+}
+
+/* The same rows give the same bits whether the call is large (streamed) or
+ * small: the whole tensor against slices of 100 rows, masked and scaled. */
+static void large_results_match_small_calls(void **state) {
+  (void)state;
+  tu_rng rng = {44};
+  enum { R = 2101, N = 1003, SLICE = 100 };
+  float *x = malloc((size_t)R * N * sizeof *x), *m = malloc((size_t)R * N * sizeof *m);
+  float *y1 = malloc((size_t)R * N * sizeof *y1), *y2 = malloc((size_t)R * N * sizeof *y2);
+  tu_fill(&rng, x, (size_t)R * N, -20, 20);
+  tu_fill(&rng, m, (size_t)R * N, -3, 3);
+  attn_ctx *ctx = tu_ctx(2);
+  for (int masked = 0; masked <= 1; masked++) {
+    attn_softmax_params p;
+    attn_softmax_params_init(&p);
+    int64_t d[2] = {R, N};
+    if (masked) {
+      p.mask = tu_wrap(ctx, m, (size_t)R * N, 2, d, NULL);
+      p.scale = 0.7f;
+    }
+    assert_ok(attn_softmax(ctx, tu_wrap(ctx, x, (size_t)R * N, 2, d, NULL),
+                           tu_wrap(ctx, y1, (size_t)R * N, 2, d, NULL), &p));
+    for (int64_t r = 0; r < R; r += SLICE) {
+      int64_t ds[2] = {R - r < SLICE ? R - r : SLICE, N};
+      size_t c = (size_t)(ds[0] * N);
+      if (masked)
+        p.mask = tu_wrap(ctx, m + r * N, c, 2, ds, NULL);
+      assert_ok(attn_softmax(ctx, tu_wrap(ctx, x + r * N, c, 2, ds, NULL),
+                             tu_wrap(ctx, y2 + r * N, c, 2, ds, NULL), &p));
+    }
+    assert_memory_equal(y1, y2, (size_t)R * N * sizeof *y1);
+  }
+  attn_ctx_destroy(ctx);
+  free(x), free(m), free(y1), free(y2);
+}
+
 static void wide_logit_ranges(void **state) {
   (void)state;
   /* Spreads where many entries underflow to 0 or sit at subnormals. */
@@ -768,6 +819,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(seed_article_example),
       cmocka_unit_test(random_shapes_and_layouts),
+      cmocka_unit_test(large_results),
+      cmocka_unit_test(large_results_match_small_calls),
       cmocka_unit_test(wide_logit_ranges),
       cmocka_unit_test(log_softmax_is_log_of_softmax),
       cmocka_unit_test(adding_a_constant_changes_nothing),

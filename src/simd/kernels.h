@@ -14,13 +14,21 @@ typedef struct attn_kernels {
   /* Largest of x[0..n), n >= 1; NaN if any x is NaN. */
   float (*row_max)(const float *x, int64_t n);
   /* y[i] = exp(x[i] - shift) for i < n (y may be x); returns the sum of the
-   * y[i]. x[i] = -inf gives exactly 0; NaN propagates. shift is finite. */
-  float (*exp_shift_sum)(const float *x, float *y, int64_t n, float shift);
+   * y[i]. x[i] = -inf gives exactly 0; NaN propagates. shift is finite.
+   * ahead: NULL, or n floats (the next row) brought into L2 meanwhile. */
+  float (*exp_shift_sum)(const float *x, float *y, int64_t n, float shift, const float *ahead);
   /* The sum exp_shift_sum would return, storing nothing (log-softmax keeps
    * its logits). Same shift rules. */
   float (*sum_exp_shift)(const float *x, int64_t n, float shift);
   /* y[i] = x[i] * s (y may be x). */
   void (*scale)(const float *x, float *y, int64_t n, float s);
+  /* The same values as scale, with y written by non-temporal stores (past
+   * the caches) where it is aligned; x and y do not overlap. For a result
+   * too large to be read back from the cache. */
+  void (*scale_stream)(const float *x, float *y, int64_t n, float s);
+  /* Orders every scale_stream store before later stores: call before the
+   * results are handed over (to another thread, or back to the caller). */
+  void (*stream_fence)(void);
   /* y[i] = x[i] * s + m[i], rounded after the product and after the sum
    * (never fused, so every set gives the same z). y may be x. */
   void (*scale_add)(const float *x, const float *m, float *y, int64_t n, float s);
@@ -34,6 +42,14 @@ typedef struct attn_kernels {
   void (*f16_to_f32)(const uint16_t *x, float *y, int64_t n);
   void (*f32_to_bf16)(const float *x, uint16_t *y, int64_t n);
   void (*bf16_to_f32)(const uint16_t *x, float *y, int64_t n);
+  /* RoPE: half-split pairs (a[i], b[i]) rotated by (c[i], s[i]) = (cos,
+   * sin): a' = a c - b s, b' = a s + b c, each product and sum in double
+   * (never fused), rounded once to float; a and b do not overlap. */
+  void (*rotate_split)(float *a, float *b, const double *c, const double *s, int64_t n);
+  /* Interleaved pairs (x[2i], x[2i+1]), i < n, the same rotation with the
+   * tables per float: cc[2i] = cc[2i+1] = cos, ss[2i] = -sin, ss[2i+1] =
+   * sin. Same bits as rotate_split on the same pair. */
+  void (*rotate_pairs)(float *x, const double *cc, const double *ss, int64_t n);
   /* SDPA's tile products (simd/gemm_body.h), row-major, any leading
    * dimensions; NULL in the sets that leave them to BLAS (blas.c).
    * gemm_nt: c[m, n] = alpha a[m, k] b[n, k]^T (c is not read).

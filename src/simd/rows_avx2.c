@@ -46,7 +46,11 @@ static inline float v_hsum(vf a) {
   h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
   return _mm_cvtss_f32(h);
 }
-static inline vf v_pow2(vf p, vf t) {
+static inline void v_stream(float *p, vf v) { _mm256_stream_ps(p, v); }
+static inline void v_fence(void) { _mm_sfence(); }
+#define VA 32
+static inline vf v_pow2(vf p, vf t, vf nf) {
+  (void)nf;
   __m256i n = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(EXP_MAGIC_BITS));
   __m256i n1 = _mm256_srai_epi32(n, 1);
   __m256i n2 = _mm256_sub_epi32(n, n1);
@@ -68,6 +72,19 @@ static inline double vsum_total(vsum s) {
   __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s.d), _mm256_extractf128_pd(s.d, 1));
   return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
 }
+
+typedef __m256d vd;
+#define VD 4
+static inline vd vd_load(const double *p) { return _mm256_loadu_pd(p); }
+static inline vd vd_lo(vf a) { return _mm256_cvtps_pd(_mm256_castps256_ps128(a)); }
+static inline vd vd_hi(vf a) { return _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)); }
+static inline vf v_from_vd(vd lo, vd hi) {
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)), _mm256_cvtpd_ps(hi), 1);
+}
+static inline vd vd_add(vd a, vd b) { return _mm256_add_pd(a, b); }
+static inline vd vd_sub(vd a, vd b) { return _mm256_sub_pd(a, b); }
+static inline vd vd_mul(vd a, vd b) { return _mm256_mul_pd(a, b); }
+static inline vf v_swap_pairs(vf a) { return _mm256_permute_ps(a, 0xB1); }
 
 #include "rows_body.h"
 #define GEMM_MR 6 /* 2 * 6 accumulators + 3 of the 16 vector registers */

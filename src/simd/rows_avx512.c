@@ -32,14 +32,15 @@ static inline vm vm_or(vm a, vm b) { return (vm)(a | b); }
 static inline int vm_any(vm a) { return a != 0; }
 static inline float v_hmax(vf a) { return _mm512_reduce_max_ps(a); }
 static inline float v_hsum(vf a) { return _mm512_reduce_add_ps(a); }
-static inline vf v_pow2(vf p, vf t) {
-  __m512i n = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(EXP_MAGIC_BITS));
-  __m512i n1 = _mm512_srai_epi32(n, 1);
-  __m512i n2 = _mm512_sub_epi32(n, n1);
-  __m512i bias = _mm512_set1_epi32(127);
-  vf s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n1, bias), 23));
-  vf s2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n2, bias), 23));
-  return _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
+static inline void v_stream(float *p, vf v) { _mm512_stream_ps(p, v); }
+static inline void v_fence(void) { _mm_sfence(); }
+#define VA 64
+/* VSCALEFPS rounds p * 2^n once, as the two factors of the other sets do
+ * (exp_const.h), so every set keeps the same bits; one instruction instead
+ * of seven. */
+static inline vf v_pow2(vf p, vf t, vf nf) {
+  (void)t;
+  return _mm512_scalef_ps(p, nf);
 }
 
 typedef struct {
@@ -52,6 +53,22 @@ static inline void vsum_add(vsum *s, vf a) {
                                            _mm512_cvtps_pd(hi)));
 }
 static inline double vsum_total(vsum s) { return _mm512_reduce_add_pd(s.d); }
+
+typedef __m512d vd;
+#define VD 8
+static inline vd vd_load(const double *p) { return _mm512_loadu_pd(p); }
+static inline vd vd_lo(vf a) { return _mm512_cvtps_pd(_mm512_castps512_ps256(a)); }
+static inline vd vd_hi(vf a) {
+  return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+}
+static inline vf v_from_vd(vd lo, vd hi) {
+  __m512d l = _mm512_castps_pd(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo)));
+  return _mm512_castpd_ps(_mm512_insertf64x4(l, _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1));
+}
+static inline vd vd_add(vd a, vd b) { return _mm512_add_pd(a, b); }
+static inline vd vd_sub(vd a, vd b) { return _mm512_sub_pd(a, b); }
+static inline vd vd_mul(vd a, vd b) { return _mm512_mul_pd(a, b); }
+static inline vf v_swap_pairs(vf a) { return _mm512_permute_ps(a, 0xB1); }
 
 #include "rows_body.h"
 #define GEMM_MR 12 /* 2 * 12 accumulators + 3 of the 32 vector registers */

@@ -8,12 +8,24 @@
  *   v_min(a, b) v_max(a, b)   b when either is NaN (as MINPS/MAXPS)
  *   vm v_nan vm_or vm_any     a lane mask of NaNs
  *   v_hmax                    largest lane (no NaN present)
- *   v_pow2(p, t)              p * 2^n for the n that t encodes (see v_exp)
+ *   v_pow2(p, t, n)           p * 2^n for the n that t encodes (n: the same as a
+ *                             float; see v_exp), rounded once
+ *   v_stream, VA              a store bypassing the caches (non-temporal) to a
+ *                             VA-byte aligned address; v_fence orders such
+ *                             stores before later ones
  *   vsum vsum_zero vsum_add vsum_total  a float64 accumulator
+ *   vd, VD = VW/2, vd_load    a vector of doubles (RoPE's rotation)
+ *   vd_lo vd_hi               lanes [0, VD) / [VD, VW) of a vf widened
+ *   v_from_vd(lo, hi)         two vd rounded to floats, lo in the low lanes
+ *   vd_add vd_sub vd_mul      one rounding each
+ *   v_swap_pairs              lanes (0 1)(2 3)... exchanged
  * Only static functions live here; the including file builds the table.
  * The ISA files include exp_const.h first (v_pow2 needs EXP_MAGIC_BITS). */
 
+#include "rotate_tail.h"
+
 #include <math.h>
+#include <stdint.h>
 
 /* exp(x): the method and its constants are in exp_const.h. */
 static inline vf v_exp(vf x) {
@@ -28,7 +40,7 @@ static inline vf v_exp(vf x) {
   q = v_fma(q, r, v_set1(EXP_C3));
   q = v_fma(q, r, v_set1(EXP_C2));
   vf p = v_add(v_fma(v_mul(r, r), q, r), v_set1(1.0f));
-  return v_pow2(p, t);
+  return v_pow2(p, t, n);
 }
 
 static float row_max(const float *x, int64_t n) {
@@ -67,14 +79,21 @@ static float row_max(const float *x, int64_t n) {
  * cost of one conversion per SUM_BLOCK vectors. */
 #define SUM_BLOCK 16
 
+/* ahead: NULL, or n floats (the next row) whose cache lines are requested
+ * into L2 while this row is computed, one line per 16 floats: the memory
+ * then works during the exponentials instead of waiting for the next row's
+ * first pass (the hardware prefetchers only follow the loads being made). */
 static inline __attribute__((always_inline)) float exp_sum(const float *x, float *y, int64_t n,
-                                                           float shift, int store) {
+                                                           float shift, int store,
+                                                           const float *ahead) {
   vf sh = v_set1(shift);
   vsum total = vsum_zero();
   int64_t i = 0;
   while (i + VW <= n) {
     vf acc = v_set1(0.0f);
     for (int k = 0; k < SUM_BLOCK && i + VW <= n; k++, i += VW) {
+      if (ahead && (i & 15) == 0)
+        __builtin_prefetch(ahead + i, 0, 2);
       vf e = v_exp(v_sub(v_load(x + i), sh));
       if (store)
         v_store(y + i, e);
@@ -92,12 +111,13 @@ static inline __attribute__((always_inline)) float exp_sum(const float *x, float
   return (float)vsum_total(total);
 }
 
-static float exp_shift_sum(const float *x, float *y, int64_t n, float shift) {
-  return exp_sum(x, y, n, shift, 1);
+static float exp_shift_sum(const float *x, float *y, int64_t n, float shift,
+                           const float *ahead) {
+  return exp_sum(x, y, n, shift, 1, ahead);
 }
 
 static float sum_exp_shift(const float *x, int64_t n, float shift) {
-  return exp_sum(x, (float *)0, n, shift, 0);
+  return exp_sum(x, (float *)0, n, shift, 0, (const float *)0);
 }
 
 static void scale(const float *x, float *y, int64_t n, float s) {
@@ -108,6 +128,35 @@ static void scale(const float *x, float *y, int64_t n, float s) {
   if (i < n)
     v_store_part(y + i, n - i, v_mul(v_load_part(x + i, n - i, 0.0f), vs));
 }
+
+/* scale with y written by non-temporal stores wherever y is aligned (not
+ * ordered: stream_fence does that once for many rows): the
+ * bytes go to memory without reading y's lines into the cache first (a
+ * normal store reads each line before writing it) and without evicting the
+ * data being worked on. For outputs that will not be read back from the
+ * cache soon. The same values as scale. */
+static void scale_stream(const float *x, float *y, int64_t n, float s) {
+  vf vs = v_set1(s);
+  int64_t i = 0;
+  /* Up to the first aligned element: plain stores (the address is a
+   * multiple of 4, a float's alignment, or nothing here is aligned). */
+  int64_t head = (int64_t)((VA - ((uintptr_t)y & (VA - 1))) & (VA - 1));
+  if (head % (int64_t)sizeof(float) != 0 || head / (int64_t)sizeof(float) >= n) {
+    scale(x, y, n, s);
+    return;
+  }
+  head /= (int64_t)sizeof(float);
+  if (head) {
+    v_store_part(y, head, v_mul(v_load_part(x, head, 0.0f), vs));
+    i = head;
+  }
+  for (; i + VW <= n; i += VW)
+    v_stream(y + i, v_mul(v_load(x + i), vs));
+  if (i < n)
+    v_store_part(y + i, n - i, v_mul(v_load_part(x + i, n - i, 0.0f), vs));
+}
+
+static void stream_fence(void) { v_fence(); }
 
 static void scale_add(const float *x, const float *m, float *y, int64_t n, float s) {
   vf vs = v_set1(s);
@@ -129,11 +178,44 @@ static void sub2(const float *x, float *y, int64_t n, float a, float b) {
     v_store_part(y + i, n - i, v_sub(v_sub(v_load_part(x + i, n - i, 0.0f), va), vb));
 }
 
+/* RoPE's rotations, vectors of pairs in the roundings of rotate_tail.h, so
+ * every set gives the same bits. */
+static void rotate_split(float *restrict a, float *restrict b, const double *c, const double *s,
+                         int64_t n) {
+  int64_t i = 0;
+  for (; i + VW <= n; i += VW) {
+    vf va = v_load(a + i), vb = v_load(b + i);
+    vd a0 = vd_lo(va), a1 = vd_hi(va), b0 = vd_lo(vb), b1 = vd_hi(vb);
+    vd c0 = vd_load(c + i), c1 = vd_load(c + i + VD);
+    vd s0 = vd_load(s + i), s1 = vd_load(s + i + VD);
+    v_store(a + i, v_from_vd(vd_sub(vd_mul(a0, c0), vd_mul(b0, s0)),
+                             vd_sub(vd_mul(a1, c1), vd_mul(b1, s1))));
+    v_store(b + i, v_from_vd(vd_add(vd_mul(a0, s0), vd_mul(b0, c0)),
+                             vd_add(vd_mul(a1, s1), vd_mul(b1, c1))));
+  }
+  rotate_split_tail(a, b, c, s, i, n);
+}
+
+/* Interleaved: y[j] = x[j] cc[j] + x[j^1] ss[j] (tables per float). */
+static void rotate_pairs(float *x, const double *cc, const double *ss, int64_t n) {
+  int64_t j = 0;
+  for (; j + VW <= 2 * n; j += VW) {
+    vf vx = v_load(x + j), vp = v_swap_pairs(vx);
+    vd x0 = vd_lo(vx), x1 = vd_hi(vx), p0 = vd_lo(vp), p1 = vd_hi(vp);
+    vd c0 = vd_load(cc + j), c1 = vd_load(cc + j + VD);
+    vd s0 = vd_load(ss + j), s1 = vd_load(ss + j + VD);
+    v_store(x + j, v_from_vd(vd_add(vd_mul(x0, c0), vd_mul(p0, s0)),
+                             vd_add(vd_mul(x1, c1), vd_mul(p1, s1))));
+  }
+  rotate_pairs_tail(x, cc, ss, j, n);
+}
+
 /* The set's table: these row kernels, the given conversions, and the tile
  * products of gemm_body.h (gemm_nt, gemm_nn) or NULL. */
 #define ROWS_TABLE(set_name, f32_to_f16, f16_to_f32, f32_to_bf16, bf16_to_f32, gemm_nt, gemm_nn, \
                    gemm_tn)                                                                    \
   {                                                                                            \
-    set_name, row_max, exp_shift_sum, sum_exp_shift, scale, scale_add, sub2, f32_to_f16,        \
-        f16_to_f32, f32_to_bf16, bf16_to_f32, gemm_nt, gemm_nn, gemm_tn                         \
+    set_name, row_max, exp_shift_sum, sum_exp_shift, scale, scale_stream, stream_fence,         \
+        scale_add, sub2, f32_to_f16, f16_to_f32, f32_to_bf16, bf16_to_f32, rotate_split,        \
+        rotate_pairs, gemm_nt, gemm_nn, gemm_tn                                                 \
   }

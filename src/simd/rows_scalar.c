@@ -2,6 +2,7 @@
  * off x86): plain loops over libm's expf. */
 #include "half.h"
 #include "kernels.h"
+#include "rotate_tail.h"
 
 #include <math.h>
 
@@ -16,7 +17,9 @@ static float row_max(const float *x, int64_t n) {
   return m;
 }
 
-static float exp_shift_sum(const float *x, float *y, int64_t n, float shift) {
+static float exp_shift_sum(const float *x, float *y, int64_t n, float shift,
+                           const float *ahead) {
+  (void)ahead;
   double sum = 0;
   for (int64_t i = 0; i < n; i++) {
     y[i] = expf(x[i] - shift);
@@ -37,6 +40,10 @@ static void scale(const float *x, float *y, int64_t n, float s) {
     y[i] = x[i] * s;
 }
 
+static void scale_stream(const float *x, float *y, int64_t n, float s) { scale(x, y, n, s); }
+
+static void stream_fence(void) {}
+
 static void scale_add(const float *x, const float *m, float *y, int64_t n, float s) {
   for (int64_t i = 0; i < n; i++) {
     float p = x[i] * s; /* a separate statement: never contracted into an FMA */
@@ -51,7 +58,16 @@ static void sub2(const float *x, float *y, int64_t n, float a, float b) {
   }
 }
 
+static void rotate_split(float *a, float *b, const double *c, const double *s, int64_t n) {
+  rotate_split_tail(a, b, c, s, 0, n);
+}
+
+static void rotate_pairs(float *x, const double *cc, const double *ss, int64_t n) {
+  rotate_pairs_tail(x, cc, ss, 0, n);
+}
+
 /* No tile products: SDPA calls BLAS. */
 const attn_kernels attn__kernels_scalar = {
-    "scalar",  row_max, exp_shift_sum, sum_exp_shift, scale, scale_add, sub2, half_rows_f32_to_f16,
-    half_rows_f16_to_f32, half_rows_f32_to_bf16, half_rows_bf16_to_f32, NULL, NULL, NULL};
+    "scalar",  row_max, exp_shift_sum, sum_exp_shift, scale, scale_stream, stream_fence, scale_add,
+    sub2, half_rows_f32_to_f16, half_rows_f16_to_f32, half_rows_f32_to_bf16, half_rows_bf16_to_f32,
+    rotate_split, rotate_pairs, NULL, NULL, NULL};

@@ -38,7 +38,11 @@ static inline float v_hmax(vf a) {
   a = _mm_max_ss(a, _mm_shuffle_ps(a, a, 1));
   return _mm_cvtss_f32(a);
 }
-static inline vf v_pow2(vf p, vf t) {
+static inline void v_stream(float *p, vf v) { _mm_stream_ps(p, v); }
+static inline void v_fence(void) { _mm_sfence(); }
+#define VA 16
+static inline vf v_pow2(vf p, vf t, vf nf) {
+  (void)nf;
   __m128i n = _mm_sub_epi32(_mm_castps_si128(t), _mm_set1_epi32(EXP_MAGIC_BITS));
   __m128i n1 = _mm_srai_epi32(n, 1);
   __m128i n2 = _mm_sub_epi32(n, n1);
@@ -58,6 +62,17 @@ static inline void vsum_add(vsum *s, vf a) {
 static inline double vsum_total(vsum s) {
   return _mm_cvtsd_f64(_mm_add_sd(s.d, _mm_unpackhi_pd(s.d, s.d)));
 }
+
+typedef __m128d vd;
+#define VD 2
+static inline vd vd_load(const double *p) { return _mm_loadu_pd(p); }
+static inline vd vd_lo(vf a) { return _mm_cvtps_pd(a); }
+static inline vd vd_hi(vf a) { return _mm_cvtps_pd(_mm_movehl_ps(a, a)); }
+static inline vf v_from_vd(vd lo, vd hi) { return _mm_movelh_ps(_mm_cvtpd_ps(lo), _mm_cvtpd_ps(hi)); }
+static inline vd vd_add(vd a, vd b) { return _mm_add_pd(a, b); }
+static inline vd vd_sub(vd a, vd b) { return _mm_sub_pd(a, b); }
+static inline vd vd_mul(vd a, vd b) { return _mm_mul_pd(a, b); }
+static inline vf v_swap_pairs(vf a) { return _mm_shuffle_ps(a, a, 0xB1); }
 
 #include "rows_body.h"
 
