@@ -1428,7 +1428,8 @@ ATTN_API attn_status attn_kv_attend(attn_ctx *ctx, const attn_kv_cache *cache,
  * with it and freed with it (or by attn_mha_free()).
  * @{ */
 
-/** Opaque attention layer; made by attn_mha_create_decoder(). */
+/** Opaque attention layer; made by attn_mha_create_decoder() or
+ * attn_mha_create_torch(). */
 typedef struct attn_mha attn_mha;
 
 /** Parameters of attn_mha_create_decoder(). embed_dim and num_heads have no
@@ -1467,6 +1468,11 @@ typedef enum attn_mha_weight {
   ATTN_MHA_K_BIAS = 5,   /**< bk [Hkv*D] (qkv_bias) */
   ATTN_MHA_V_BIAS = 6,   /**< bv [Hkv*D] (qkv_bias) */
   ATTN_MHA_O_BIAS = 7,   /**< bo [E] (out_bias) */
+  /** PyTorch form, kdim = vdim = E: in_proj_weight [3E, E], rows Wq; Wk; Wv.
+   * @since 0.2.0 */
+  ATTN_MHA_IN_PROJ_WEIGHT = 8,
+  /** PyTorch form with bias: in_proj_bias [3E], bq; bk; bv. @since 0.2.0 */
+  ATTN_MHA_IN_PROJ_BIAS = 9,
   ATTN_MHA_WEIGHT_MAX_ = 0x7fffffff
 } attn_mha_weight;
 
@@ -1542,13 +1548,135 @@ ATTN_API attn_status attn_mha_get_weight(attn_ctx *ctx, const attn_mha *layer, i
  * @param[in]     n_new B counts in 0..L; NULL = L for every sequence.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_SHAPE (x,
  *  y or the cache do not fit the layer), ATTN_ERR_INVALID_ARG (counts, past
- *  the cache's capacity), ATTN_ERR_ALIASING, ATTN_ERR_OVERFLOW,
+ *  the cache's capacity, a PyTorch-form layer), ATTN_ERR_ALIASING, ATTN_ERR_OVERFLOW,
  *  ATTN_ERR_NO_MEMORY (the pool of a paged cache, or the allocator: nothing
  *  is appended then).
  * @since 0.2.0 */
 ATTN_API attn_status attn_mha_forward(attn_ctx *ctx, attn_mha *layer, attn_kv_cache *cache,
                                       const attn_tensor *x, attn_tensor *y,
                                       const int64_t *n_new);
+/** @} */
+
+/** @name PyTorch nn.MultiheadAttention layer
+ * The layer of torch.nn.MultiheadAttention (torch 1.13 semantics, eval
+ * mode: no dropout), owning its weights, so a module's state_dict loads as
+ * it is. With E = embed_dim, H = num_heads, D = E / H, for query
+ * [L, B, E], key [S, B, kdim] and value [S, B, vdim] (or [B, L, E],
+ * [B, S, kdim], [B, S, vdim] with batch_first):
+ *   q = query Wq^T + bq,  k = key Wk^T + bk,  v = value Wv^T + bv  (each [., E]);
+ *   per head h: w_h = softmax(q_h k_h^T / sqrt(D) + mask),  a_h = w_h v_h;
+ *   out = concat_h(a_h) Wo^T + bo.
+ * Weights, as attn_mha_weight names them, in the state_dict's row-major
+ * layouts:
+ *   - in_proj_weight [3E, E] (ATTN_MHA_IN_PROJ_WEIGHT) when kdim = vdim = E,
+ *     else q_proj_weight [E, E], k_proj_weight [E, kdim], v_proj_weight
+ *     [E, vdim] (ATTN_MHA_Q_WEIGHT, ATTN_MHA_K_WEIGHT, ATTN_MHA_V_WEIGHT);
+ *   - in_proj_bias [3E] (ATTN_MHA_IN_PROJ_BIAS), with bias;
+ *   - out_proj.weight [E, E] (ATTN_MHA_O_WEIGHT), out_proj.bias [E]
+ *     (ATTN_MHA_O_BIAS, with bias).
+ * Set, wrapped and read with attn_mha_set_weight(), attn_mha_wrap_weight()
+ * and attn_mha_get_weight(); any other attn_mha_weight is
+ * ATTN_ERR_INVALID_ARG. The layer is freed by attn_mha_free() or with its
+ * context. add_bias_kv and add_zero_attn are not supported (refused with
+ * ATTN_ERR_UNSUPPORTED): they are rarely used, and torch's own fast path
+ * leaves them out too.
+ * @{ */
+
+/** Parameters of attn_mha_create_torch(), named as nn.MultiheadAttention's
+ * constructor arguments (bias as no_bias, so that 0 is the default for
+ * every field). embed_dim and num_heads have no default. */
+typedef struct attn_mha_torch_params {
+  size_t struct_size;     /**< sizeof(attn_mha_torch_params) */
+  int64_t embed_dim;      /**< E >= 1 */
+  int64_t num_heads;      /**< H >= 1, dividing E */
+  int64_t kdim;           /**< key features; 0 = E */
+  int64_t vdim;           /**< value features; 0 = E */
+  int32_t no_bias;        /**< nonzero: no biases (torch's bias=False); 0:
+                               in_proj_bias and out_proj.bias, torch's default */
+  int32_t batch_first;    /**< nonzero: [B, L, E] tensors; 0 (default): [L, B, E] */
+  int32_t add_bias_kv;    /**< must be 0 (ATTN_ERR_UNSUPPORTED) */
+  int32_t add_zero_attn;  /**< must be 0 (ATTN_ERR_UNSUPPORTED) */
+} attn_mha_torch_params;
+
+/** Fill `p` with the defaults (biases, sequence first: every field 0) and
+ * its struct_size.
+ * @param[out] p the parameters to fill; NULL is ignored.
+ * @since 0.2.0 */
+ATTN_API void attn_mha_torch_params_init(attn_mha_torch_params *p);
+
+/** Create a PyTorch-form layer. Its weights are owned, zero-filled, until set.
+ * @param[in]  ctx owner.
+ * @param[in]  p   the sizes and options.
+ * @param[out] out receives the layer; written only on success.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_INVALID_ARG
+ *  (a size, num_heads not dividing embed_dim), ATTN_ERR_UNSUPPORTED
+ *  (add_bias_kv, add_zero_attn, newer params), ATTN_ERR_OVERFLOW,
+ *  ATTN_ERR_NO_MEMORY.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_mha_create_torch(attn_ctx *ctx, const attn_mha_torch_params *p,
+                                           attn_mha **out);
+
+/** Options of attn_mha_torch_forward(), as MultiheadAttention.forward's. */
+typedef struct attn_mha_torch_forward_params {
+  size_t struct_size;           /**< sizeof(attn_mha_torch_forward_params) */
+  /** nonzero: write the attention weights to out_weights, which must then
+   * be given (and must be NULL otherwise). Default 0. */
+  int32_t need_weights;
+  /** nonzero: out_weights per head [B, H, L, S] (torch's
+   * average_attn_weights=False); 0: their mean over heads [B, L, S], torch's
+   * default. */
+  int32_t per_head_weights;
+  /** nonzero: key j is hidden from query i when j > i (top-left
+   * alignment), on top of the masks. torch >= 2.0 takes is_causal as a
+   * hint and wants the causal mask in attn_mask too; passing that mask
+   * here as well gives the same result. */
+  int32_t is_causal;
+  int32_t reserved_;            /**< must be 0 */
+} attn_mha_torch_forward_params;
+
+/** Fill `p` with the defaults (every field 0: no weights, averaged when
+ * asked, not causal) and its struct_size.
+ * @param[out] p the parameters to fill; NULL is ignored.
+ * @since 0.2.0 */
+ATTN_API void attn_mha_torch_forward_params_init(attn_mha_torch_forward_params *p);
+
+/** nn.MultiheadAttention's forward. All tensors F32 unless said otherwise,
+ * any strides; 2-D (unbatched) inputs are not taken: give B = 1.
+ * @param[in]  ctx   the layer's context.
+ * @param[in]  layer a layer made by attn_mha_create_torch().
+ * @param[in]  query [L, B, E] ([B, L, E] with batch_first)
+ * @param[in]  key   [S, B, kdim] ([B, S, kdim])
+ * @param[in]  value [S, B, vdim] ([B, S, vdim])
+ * @param[in]  key_padding_mask NULL, or [B, S]: U8 (nonzero = padding, the
+ *             key is ignored: torch's bool True) or F32 (added to the
+ *             logits; torch 1.13 takes a float one only without attn_mask,
+ *             torch >= 2.0 adds it as here).
+ * @param[in]  attn_mask NULL, or [L, S] (every batch and head) or [B*H, L,
+ *             S] (index b * H + h): U8 (nonzero = NOT allowed to attend,
+ *             torch's bool True) or F32 (added to the logits).
+ * @param[in]  p     NULL for defaults.
+ * @param[out] out   [L, B, E] ([B, L, E] with batch_first), writable, not
+ *             overlapping any input.
+ * @param[out] out_weights NULL, or (need_weights) [B, L, S] averaged over
+ *             heads or [B, H, L, S] (per_head_weights), whatever
+ *             batch_first; writable, overlapping nothing else.
+ * A query row that sees no key (every key masked) gives zeros in out's
+ * attention part and in its weights, where torch gives NaN.
+ * Uses the context's workspace (q, k, v, the merged mask, the per-head
+ * weights when asked): a warm context allocates nothing. On failure
+ * nothing is written.
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
+ *  (dtype, newer params), ATTN_ERR_SHAPE, ATTN_ERR_INVALID_ARG (not a
+ *  PyTorch-form layer, need_weights and out_weights disagree, params),
+ *  ATTN_ERR_ALIASING, ATTN_ERR_OVERFLOW, ATTN_ERR_NO_MEMORY.
+ * @since 0.2.0 */
+ATTN_API attn_status attn_mha_torch_forward(attn_ctx *ctx, attn_mha *layer,
+                                            const attn_tensor *query, const attn_tensor *key,
+                                            const attn_tensor *value,
+                                            const attn_tensor *key_padding_mask,
+                                            const attn_tensor *attn_mask,
+                                            const attn_mha_torch_forward_params *p,
+                                            attn_tensor *out, attn_tensor *out_weights);
 /** @} */
 
 /** @name Build and machine information

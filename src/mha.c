@@ -16,27 +16,17 @@
 #include <math.h>
 #include <string.h>
 
-#define N_WEIGHTS 8
+#define N_WEIGHTS ATTN__MHA_N_WEIGHTS
 
-struct attn_mha {
-  attn_ctx *ctx;
-  attn_mha *prev, *next;
-  int64_t E, Hq, Hkv, D;
-  bool qkv_bias, out_bias, has_rope;
-  attn_rope_problem rope; /* half, interleaved, theta */
-  attn_sdpa_params sp; /* the attention's options: causal, scale, softcap, window */
-  float *w[N_WEIGHTS];  /* current values: owned[] or caller memory */
-  void *owned[N_WEIGHTS];
-  int64_t ld[N_WEIGHTS]; /* row stride of each weight */
-  char *buf;             /* grows to the largest call */
-  size_t buf_bytes;
-};
-
-static const char *const weight_names[N_WEIGHTS] = {"Wq", "Wk", "Wv", "Wo",
-                                                    "bq", "bk", "bv", "bo"};
+static const char *const weight_names[N_WEIGHTS] = {
+    "Wq", "Wk", "Wv", "Wo", "bq", "bk", "bv", "bo", "in_proj_weight", "in_proj_bias"};
 
 /* Rows and columns of a weight (a bias is one row). */
 static void weight_shape(const attn_mha *m, int32_t which, int64_t *rows, int64_t *cols) {
+  if (m->torch) {
+    attn__mha_torch_shape(m, which, rows, cols);
+    return;
+  }
   int64_t hq = m->Hq * m->D, hkv = m->Hkv * m->D;
   const int64_t r[N_WEIGHTS] = {hq, hkv, hkv, m->E, 1, 1, 1, 1};
   const int64_t c[N_WEIGHTS] = {m->E, m->E, m->E, hq, hq, hkv, hkv, m->E};
@@ -45,11 +35,14 @@ static void weight_shape(const attn_mha *m, int32_t which, int64_t *rows, int64_
 }
 
 static bool weight_present(const attn_mha *m, int32_t which) {
-  return which < 4 || (which < 7 ? m->qkv_bias : m->out_bias);
+  if (m->torch)
+    return attn__mha_torch_shape(m, which, NULL, NULL);
+  return which < 4 || (which < 7 ? m->qkv_bias : which == 7 && m->out_bias);
 }
 
 /* ---- lifecycle ---- */
 
+/* Free a layer not (or no longer) in the context's list. */
 static void release(attn_ctx *ctx, attn_mha *m) {
   for (int i = 0; i < N_WEIGHTS; i++)
     attn__free(ctx, m->owned[i]);
@@ -68,7 +61,7 @@ void attn__mha_destroy_all(attn_ctx *ctx) {
 }
 
 /* Search the context's list: a freed or foreign handle is never read. */
-static attn_status check_layer(attn_ctx *ctx, const attn_mha *m) {
+attn_status attn__mha_check_layer(attn_ctx *ctx, const attn_mha *m) {
   if (!m)
     return attn__fail(ctx, ATTN_ERR_NULL_ARG, "layer is NULL");
   const attn_mha *it = ctx->layers;
@@ -85,7 +78,7 @@ static attn_status mha_free_impl(attn_ctx *ctx, attn_mha *layer) {
   attn_status st;
   if (!layer)
     return ATTN_OK;
-  if ((st = check_layer(ctx, layer)) != ATTN_OK)
+  if ((st = attn__mha_check_layer(ctx, layer)) != ATTN_OK)
     return st;
   if (layer->prev)
     layer->prev->next = layer->next;
@@ -168,6 +161,13 @@ static attn_status mha_create_decoder_impl(attn_ctx *ctx, const attn_mha_decoder
   m->sp.softcap = p.softcap;
   m->sp.window = p.window;
   m->sp.window_left = p.window_left;
+  if ((st = attn__mha_add(ctx, m)) != ATTN_OK)
+    return st;
+  *out = m;
+  return ATTN_OK;
+}
+
+attn_status attn__mha_add(attn_ctx *ctx, attn_mha *m) {
   for (int32_t i = 0; i < N_WEIGHTS; i++) {
     if (!weight_present(m, i))
       continue;
@@ -191,7 +191,6 @@ static attn_status mha_create_decoder_impl(attn_ctx *ctx, const attn_mha_decoder
   if (ctx->layers)
     ctx->layers->prev = m;
   ctx->layers = m;
-  *out = m;
   return ATTN_OK;
 }
 
@@ -213,7 +212,7 @@ static attn_status check_weight(attn_ctx *ctx, const attn_mha *m, int32_t which,
                       "exist only if created with them)", (int)which);
   int64_t rows, cols;
   weight_shape(m, which, &rows, &cols);
-  int32_t nd = which < 4 ? 2 : 1;
+  int32_t nd = which < 4 || which == ATTN_MHA_IN_PROJ_WEIGHT ? 2 : 1;
   const attn_operand op[] = {{ATTN_OPERAND("w", w, ATTN_DT_F32, nd, nd)}};
   attn_status st = attn__check_operands(ctx, op, 1, NULL);
   if (st != ATTN_OK)
@@ -229,7 +228,7 @@ static attn_status check_weight(attn_ctx *ctx, const attn_mha *m, int32_t which,
 static attn_status mha_set_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t which,
                                 const attn_tensor *w) {
   attn_status st;
-  if ((st = check_layer(ctx, layer)) ||
+  if ((st = attn__mha_check_layer(ctx, layer)) ||
       (st = check_weight(ctx, layer, which, w)))
     return st;
   int64_t rows, cols;
@@ -254,7 +253,7 @@ static attn_status mha_set_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t w
 static attn_status mha_wrap_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t which,
                                  const attn_tensor *w) {
   attn_status st;
-  if ((st = check_layer(ctx, layer)) ||
+  if ((st = attn__mha_check_layer(ctx, layer)) ||
       (st = check_weight(ctx, layer, which, w)))
     return st;
   int64_t rows, cols;
@@ -274,7 +273,7 @@ static attn_status mha_wrap_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t 
 static attn_status mha_get_weight_impl(attn_ctx *ctx, const attn_mha *layer, int32_t which,
                                 attn_tensor *w) {
   attn_status st;
-  if ((st = check_layer(ctx, layer)) ||
+  if ((st = attn__mha_check_layer(ctx, layer)) ||
       (st = check_weight(ctx, layer, which, w)) ||
       (st = attn__check_writable(ctx, "w", w)))
     return st;
@@ -290,14 +289,13 @@ static attn_status mha_get_weight_impl(attn_ctx *ctx, const attn_mha *layer, int
 
 /* ---- forward ---- */
 
-/* C[T, n] = A[T, k] W[n, k]^T (+ bias per column). */
-static void project(int64_t T, int64_t n, int64_t k, const float *a, int64_t lda,
-                    const float *w, int64_t ldw, const float *bias, float *c) {
-  attn__sgemm_nt((int)T, (int)n, (int)k, 1.0f, a, (int)lda, w, (int)ldw, c, (int)n);
+void attn__mha_linear(int64_t T, int64_t n, int64_t k, const float *a, int64_t lda,
+                      const float *w, int64_t ldw, const float *bias, float *c, int64_t ldc) {
+  attn__sgemm_nt((int)T, (int)n, (int)k, 1.0f, a, (int)lda, w, (int)ldw, c, (int)ldc);
   if (bias)
     for (int64_t t = 0; t < T; t++)
       for (int64_t j = 0; j < n; j++)
-        c[t * n + j] += bias[j];
+        c[t * ldc + j] += bias[j];
 }
 
 static size_t round_up(size_t n) { return (n + ATTN_ALIGN - 1) & ~(size_t)(ATTN_ALIGN - 1); }
@@ -305,12 +303,15 @@ static size_t round_up(size_t n) { return (n + ATTN_ALIGN - 1) & ~(size_t)(ATTN_
 static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cache *cache,
                              const attn_tensor *x, attn_tensor *y, const int64_t *n_new) {
   attn_status st;
-  if ((st = check_layer(ctx, layer)) ||
+  if ((st = attn__mha_check_layer(ctx, layer)) ||
       (st = attn__kv_check(ctx, cache)) ||
       (st = check_f32(ctx, "x", x, 3)) ||
       (st = check_f32(ctx, "y", y, 3)))
     return st;
   attn_mha *m = layer;
+  if (m->torch)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "the layer has the PyTorch form: run it with attn_mha_torch_forward");
   int64_t B, H, D, Dv;
   const int64_t *lens;
   attn__kv_shape(cache, &B, &H, &D, &Dv, &lens);
@@ -383,9 +384,9 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
     xa = xg;
     ldx = E;
   }
-  project(T, hq, E, xa, ldx, m->w[0], m->ld[0], m->w[4], q);
-  project(T, hkv, E, xa, ldx, m->w[1], m->ld[1], m->w[5], k);
-  project(T, hkv, E, xa, ldx, m->w[2], m->ld[2], m->w[6], v);
+  attn__mha_linear(T, hq, E, xa, ldx, m->w[0], m->ld[0], m->w[4], q, hq);
+  attn__mha_linear(T, hkv, E, xa, ldx, m->w[1], m->ld[1], m->w[5], k, hkv);
+  attn__mha_linear(T, hkv, E, xa, ldx, m->w[2], m->ld[2], m->w[6], v, hkv);
   if (m->has_rope) {
     /* q and k rotated at positions len_b + i by attn_rope's plan and run,
      * on [B, H, L, D] views of the [B, L, H, D] rows. */
@@ -419,7 +420,7 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
     return st;
   }
   float *yo = y_direct ? y->data : yb;
-  project(T, E, hq, a, hq, m->w[3], m->ld[3], m->w[7], yo);
+  attn__mha_linear(T, E, hq, a, hq, m->w[3], m->ld[3], m->w[7], yo, E);
   for (int64_t b = 0; b < B; b++)
     for (int64_t l = n_new ? n_new[b] : L; l < L; l++)
       memset(yo + (b * L + l) * E, 0, (size_t)E * sizeof(float));

@@ -1,10 +1,45 @@
-/* The attention layer's internal interface (mha.c). */
+/* The attention layer's internal interface, shared by mha.c (the decoder
+ * form, weights, lifecycle) and mha_torch.c (the PyTorch form). */
 #ifndef ATTN_MHA_H
 #define ATTN_MHA_H
 
 #include "internal.h"
+#include "rope.h"
+
+/* attn_mha_weight values: the decoder's eight, then the PyTorch form's
+ * packed in_proj weight and bias. */
+#define ATTN__MHA_N_WEIGHTS 10
+
+struct attn_mha {
+  attn_ctx *ctx;
+  attn_mha *prev, *next;
+  int64_t E, Hq, Hkv, D;
+  bool qkv_bias, out_bias, has_rope;
+  attn_rope_problem rope; /* half, interleaved, theta */
+  attn_sdpa_params sp; /* the attention's options: causal, scale, softcap, window */
+  float *w[ATTN__MHA_N_WEIGHTS];  /* current values: owned[] or caller memory */
+  void *owned[ATTN__MHA_N_WEIGHTS];
+  int64_t ld[ATTN__MHA_N_WEIGHTS]; /* row stride of each weight */
+  char *buf;             /* grows to the largest call */
+  size_t buf_bytes;
+  /* The PyTorch form (mha_torch.c): Hq = Hkv = H, D = E / H. */
+  bool torch, batch_first, packed;
+  int64_t kdim, vdim;
+};
 
 /* Free every layer of a dying context. */
 void attn__mha_destroy_all(attn_ctx *ctx);
+/* layer is a live layer of ctx (ATTN_ERR_NULL_ARG / BAD_HANDLE otherwise). */
+attn_status attn__mha_check_layer(attn_ctx *ctx, const attn_mha *m);
+/* Allocate m's present weights zero-filled and link m into ctx's list; on
+ * failure m is freed and the status set. m's sizes and form are set. */
+attn_status attn__mha_add(attn_ctx *ctx, attn_mha *m);
+/* C[T, n] (row stride ldc) = A[T, k] W[n, k]^T (+ bias per column): one
+ * sgemm over all T tokens. T, n, k and the strides fit in int. */
+void attn__mha_linear(int64_t T, int64_t n, int64_t k, const float *a, int64_t lda,
+                      const float *w, int64_t ldw, const float *bias, float *c, int64_t ldc);
+/* Whether weight `which` belongs to PyTorch-form layer m, and its rows and
+ * columns (either pointer may be NULL). */
+bool attn__mha_torch_shape(const attn_mha *m, int32_t which, int64_t *rows, int64_t *cols);
 
 #endif

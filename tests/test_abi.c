@@ -178,6 +178,24 @@ _Static_assert(ATTN_MHA_Q_WEIGHT == 0 && ATTN_MHA_O_WEIGHT == 3 && ATTN_MHA_Q_BI
                    ATTN_MHA_O_BIAS == 7 && sizeof(attn_mha_weight) == 4,
                "attn_mha_weight values are pinned");
 _Static_assert(sizeof(attn_kv_layout) == 4, "attn_kv_layout is int-sized");
+_Static_assert(ATTN_MHA_IN_PROJ_WEIGHT == 8 && ATTN_MHA_IN_PROJ_BIAS == 9,
+               "attn_mha_weight values are pinned (PyTorch form)");
+PIN(attn_mha_torch_params, struct_size, 0, 8);
+PIN(attn_mha_torch_params, embed_dim, 8, 8);
+PIN(attn_mha_torch_params, num_heads, 16, 8);
+PIN(attn_mha_torch_params, kdim, 24, 8);
+PIN(attn_mha_torch_params, vdim, 32, 8);
+PIN(attn_mha_torch_params, no_bias, 40, 4);
+PIN(attn_mha_torch_params, batch_first, 44, 4);
+PIN(attn_mha_torch_params, add_bias_kv, 48, 4);
+PIN(attn_mha_torch_params, add_zero_attn, 52, 4);
+END(attn_mha_torch_params, add_zero_attn, 56);
+PIN(attn_mha_torch_forward_params, struct_size, 0, 8);
+PIN(attn_mha_torch_forward_params, need_weights, 8, 4);
+PIN(attn_mha_torch_forward_params, per_head_weights, 12, 4);
+PIN(attn_mha_torch_forward_params, is_causal, 16, 4);
+PIN(attn_mha_torch_forward_params, reserved_, 20, 4);
+END(attn_mha_torch_forward_params, reserved_, 24);
 /* 0.2.0 */
 PIN(attn_sdpa_backward_params, struct_size, 0, 8);
 PIN(attn_sdpa_backward_params, dmask, 8, 8);

@@ -546,6 +546,46 @@ static attn_status run_mha(fixture *f) {
   return attn_mha_forward(f->ctx, (attn_mha *)(void *)f->t[2], kv, f->t[0], f->t[1], n);
 }
 
+/* The PyTorch-form layer, cross-attention with kdim = 8 (separate
+ * projections), sequence first, a bool key padding mask, a float [L, S]
+ * attn_mask and per-head weights: every buffer is a workspace slice. */
+enum { MT_E = 16, MT_H = 4, MT_K = 8, MT_S = 40 };
+static uint8_t g_mt_kpm[B * MT_S];
+static void setup_mha_torch(fixture *f) {
+  attn_mha_torch_params p;
+  attn_mha_torch_params_init(&p);
+  p.embed_dim = MT_E, p.num_heads = MT_H, p.kdim = MT_K;
+  attn_mha *m = NULL;
+  assert_ok(attn_mha_create_torch(f->ctx, &p, &m));
+  const int64_t dq[2] = {MT_E, MT_E}, dk[2] = {MT_E, MT_K}, db[1] = {3 * MT_E};
+  const int32_t which[5] = {ATTN_MHA_Q_WEIGHT, ATTN_MHA_K_WEIGHT, ATTN_MHA_V_WEIGHT,
+                            ATTN_MHA_O_WEIGHT, ATTN_MHA_IN_PROJ_BIAS};
+  for (int i = 0; i < 5; i++)
+    assert_ok(attn_mha_set_weight(f->ctx, m, which[i],
+                                  wrap_in(f, g_k + 256 * i, 256, i == 4 ? 1 : 2,
+                                          i == 4 ? db : i == 1 ? dk : dq)));
+  for (int i = 0; i < B * MT_S; i++)
+    g_mt_kpm[i] = (uint8_t)(i % 7 == 3);
+  int64_t qd[3] = {LQ, B, MT_E}, kd[3] = {MT_S, B, MT_K}, vd[3] = {MT_S, B, MT_E};
+  int64_t kpd[2] = {B, MT_S}, amd[2] = {LQ, MT_S}, wd[4] = {B, MT_H, LQ, MT_S};
+  f->t[0] = wrap_in(f, g_q, (size_t)LQ * B * MT_E, 3, qd);
+  f->t[1] = wrap_in(f, g_k, (size_t)MT_S * B * MT_K, 3, kd);
+  f->t[2] = wrap_in(f, g_v, (size_t)MT_S * B * MT_E, 3, vd);
+  assert_ok(attn_tensor_wrap(f->ctx, ATTN_DTYPE_U8, 2, kpd, NULL, g_mt_kpm, sizeof g_mt_kpm,
+                             &f->t[3]));
+  f->t[4] = wrap_in(f, g_sm_mask, (size_t)LQ * MT_S, 2, amd);
+  f->t[5] = wrap_out(f, (size_t)LQ * B * MT_E, 3, qd);
+  f->t[6] = wrap_out(f, (size_t)B * MT_H * LQ * MT_S, 4, wd);
+  f->t[7] = (attn_tensor *)(void *)m;
+}
+static attn_status run_mha_torch(fixture *f) {
+  attn_mha_torch_forward_params p;
+  attn_mha_torch_forward_params_init(&p);
+  p.need_weights = 1, p.per_head_weights = 1, p.is_causal = 1;
+  return attn_mha_torch_forward(f->ctx, (attn_mha *)(void *)f->t[7], f->t[0], f->t[1], f->t[2],
+                                f->t[3], f->t[4], &p, f->t[5], f->t[6]);
+}
+
 /* Softmax down the columns (a strided axis) and SDPA with its logits
  * output: neither allocates beyond the plain op. */
 static attn_status run_softmax_axis(fixture *f) {
@@ -577,6 +617,8 @@ static attn_status run_sdpa_logits(fixture *f) {
 static const op_case g_cases[] = {
     {"attn_mha_forward", 1, setup_mha, run_mha},
     {"attn_mha_forward", 2, setup_mha, run_mha},
+    {"attn_mha_torch_forward", 1, setup_mha_torch, run_mha_torch},
+    {"attn_mha_torch_forward", 2, setup_mha_torch, run_mha_torch},
     {"attn_kv_attend", 1, setup_kv_attend, run_kv_attend},
     {"attn_kv_attend", 2, setup_kv_attend, run_kv_attend},
     {"attn_kv_append", 1, setup_kv_append, run_kv_append},

@@ -1105,6 +1105,95 @@ static void rope_cached_edges(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* ================= attn_mha_torch_forward ================= */
+
+/* A PyTorch-form layer with E = 2, one head, every projection the identity
+ * and no bias, so q = k = x of the query / key rows and v = the key rows:
+ * out = softmax(q . k / sqrt(2) + mask) v, by hand. batch_first, B = 1. */
+typedef struct {
+  const char *name;
+  int64_t L, S;
+  const float *q, *kv;      /* [L, 2], [S, 2] */
+  const uint8_t *kpm_bool;  /* [S] or NULL */
+  const float *kpm_float;   /* [S] or NULL */
+  const uint8_t *am_bool;   /* [L, S] or NULL */
+  const float *am_float;    /* [L, S] or NULL */
+  int causal;
+  const double *out, *w;    /* [L, 2], [L, S] */
+} mt_case;
+
+/* softmax([0, 1/sqrt(2)])[1] = 1 / (1 + exp(-1/sqrt(2))) */
+#define MT_P1 0.6697615493266569
+
+static const mt_case mt_cases[] = {
+    {"every key padded: zeros (torch: NaN)", 1, 2, F(1, 0), F(1, 0, 0, 1), U(1, 1), NULL,
+     NULL, NULL, 0, W(0, 0), W(0, 0)},
+    {"one key left by the padding", 1, 2, F(1, 0), F(1, 0, 0, 1), U(0, 1), NULL, NULL, NULL, 0,
+     W(1, 0), W(1, 0)},
+    {"NaN behind a padded key does not leak", 1, 2, F(1, 0), F(1, 0, NAN, NAN), U(0, 1), NULL,
+     NULL, NULL, 0, W(1, 0), W(1, 0)},
+    {"-inf float attn_mask hides", 1, 2, F(1, 0), F(1, 0, 0, 1), NULL, NULL, NULL,
+     F(-INFINITY, 0), 0, W(0, 1), W(0, 1)},
+    {"bool True hides whatever a float padding adds", 1, 2, F(1, 0), F(1, 0, 0, 1), NULL,
+     F(0, 5), U(0, 1), NULL, 0, W(1, 0), W(1, 0)},
+    {"FLT_MAX mask on a visible key: finite", 1, 2, F(1, 0), F(1, 0, 0, 1), NULL, NULL, NULL,
+     F(0, MX), 0, W(0, 1), W(0, 1)},
+    {"is_causal hides later keys", 2, 2, F(1, 0, 0, 1), F(1, 0, 0, 1), NULL, NULL, NULL, NULL,
+     1, W(1, 0, 1 - MT_P1, MT_P1), W(1, 0, 1 - MT_P1, MT_P1)},
+    {"is_causal with a bool mask: row 0 sees nothing", 2, 2, F(1, 0, 0, 1), F(1, 0, 0, 1), NULL,
+     NULL, U(1, 0, 0, 0), NULL, 1, W(0, 0, 1 - MT_P1, MT_P1), W(0, 0, 1 - MT_P1, MT_P1)},
+    {"equal logits split evenly", 1, 4, F(0, 0), F(1, 0, 0, 1, 1, 1, -1, 0), NULL, NULL, NULL,
+     NULL, 0, W(0.25, 0.5), W(0.25, 0.25, 0.25, 0.25)},
+    {"no key (S = 0): zeros", 1, 0, F(1, 2), F(0), NULL, NULL, NULL, NULL, 0, W(0, 0), W(0)},
+};
+
+static void mha_torch_table(void **state) {
+  (void)state;
+  for (int32_t threads = 1; threads <= 2; threads++) {
+    attn_ctx *ctx = tu_ctx(threads);
+    attn_mha_torch_params mp;
+    attn_mha_torch_params_init(&mp);
+    mp.embed_dim = 2, mp.num_heads = 1, mp.no_bias = 1, mp.batch_first = 1;
+    attn_mha *m = NULL;
+    assert_ok(attn_mha_create_torch(ctx, &mp, &m));
+    float in_w[12] = {1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1};
+    const int64_t inwd[2] = {6, 2}, owd[2] = {2, 2};
+    assert_ok(attn_mha_set_weight(ctx, m, ATTN_MHA_IN_PROJ_WEIGHT, tu_wrap(ctx, in_w, 12, 2, inwd, NULL)));
+    assert_ok(attn_mha_set_weight(ctx, m, ATTN_MHA_O_WEIGHT, tu_wrap(ctx, in_w, 4, 2, owd, NULL)));
+    for (size_t i = 0; i < sizeof mt_cases / sizeof mt_cases[0]; i++) {
+      const mt_case *c = &mt_cases[i];
+      float out[8], w[8];
+      for (int j = 0; j < 8; j++)
+        out[j] = w[j] = -7;
+      int64_t qd[3] = {1, c->L, 2}, kd[3] = {1, c->S, 2}, pd[2] = {1, c->S};
+      int64_t ad[2] = {c->L, c->S}, wd[3] = {1, c->L, c->S};
+      attn_tensor *tq = tu_wrap(ctx, (float *)c->q, (size_t)(2 * c->L), 3, qd, NULL);
+      attn_tensor *tk = tu_wrap(ctx, (float *)c->kv, (size_t)(c->S ? 2 * c->S : 1), 3, kd, NULL);
+      attn_tensor *to = tu_wrap(ctx, out, 8, 3, qd, NULL), *tw = tu_wrap(ctx, w, 8, 3, wd, NULL);
+      attn_tensor *kpm = NULL, *am = NULL;
+      if (c->kpm_bool)
+        assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, pd, NULL, (void *)c->kpm_bool,
+                                   (size_t)c->S, &kpm));
+      if (c->kpm_float)
+        kpm = tu_wrap(ctx, (float *)c->kpm_float, (size_t)c->S, 2, pd, NULL);
+      if (c->am_bool)
+        assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, ad, NULL, (void *)c->am_bool,
+                                   (size_t)(c->L * c->S), &am));
+      if (c->am_float)
+        am = tu_wrap(ctx, (float *)c->am_float, (size_t)(c->L * c->S), 2, ad, NULL);
+      attn_mha_torch_forward_params fp;
+      attn_mha_torch_forward_params_init(&fp);
+      fp.need_weights = 1, fp.is_causal = c->causal;
+      attn_status st = attn_mha_torch_forward(ctx, m, tq, tk, tk, kpm, am, &fp, to, tw);
+      if (st != ATTN_OK)
+        fail_msg("%s: %s", c->name, attn_ctx_last_error(ctx));
+      expect_row(c->name, out, c->out, 2 * c->L, 1e-6);
+      expect_row(c->name, w, c->w, c->L * c->S, 1e-6);
+    }
+    attn_ctx_destroy(ctx);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(tensor_overflowing_shapes),
@@ -1126,6 +1215,7 @@ int main(void) {
       cmocka_unit_test(pool_backward_table),
       cmocka_unit_test(pool_attention_backward_edges),
       cmocka_unit_test(rope_cached_edges),
+      cmocka_unit_test(mha_torch_table),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

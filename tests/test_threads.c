@@ -66,6 +66,8 @@ enum {
   O_PA_DQ,
   O_PA_DK,
   O_PA_DV,
+  O_MHA_TORCH,
+  O_MHA_TORCH_W,
   O_COUNT
 };
 static const size_t g_out_n[O_COUNT] = {
@@ -76,7 +78,8 @@ static const size_t g_out_n[O_COUNT] = {
     SM_R * SM_N, RP_B * RP_H * RP_L * PE_D, B * HQ * LQ * D, B * HKV * LK * D,
     B * HKV * LK * D,
     SM_R * SM_N, B * HQ * LQ * LK, B * HQ * LQ * D, B * HQ * LQ,
-    B * HQ * 2,  HQ * 2 * D, B * HKV * LK * D, B * HKV * LK * D};
+    B * HQ * 2,  HQ * 2 * D, B * HKV * LK * D, B * HKV * LK * D,
+    LQ * 2 * D, 2 * LQ * (LK / 2)};
 static const char *const g_out_name[O_COUNT] = {
     "softmax", "log_softmax", "sinusoidal", "sinusoidal_add", "rope",
     "alibi",   "sdpa",        "sdpa lse",   "sdpa split",     "sdpa_varlen",
@@ -86,7 +89,7 @@ static const char *const g_out_name[O_COUNT] = {
     "sdpa_backward dv",
     "softmax axis -2", "sdpa logits", "pool_backward dx", "pool_backward dscores",
     "pool_attention lse", "pool_attention_backward dqueries", "pool_attention_backward dk",
-    "pool_attention_backward dv"};
+    "pool_attention_backward dv", "mha_torch_forward", "mha_torch_forward weights"};
 
 typedef struct {
   float *out[O_COUNT];
@@ -304,6 +307,30 @@ static void run_all(attn_ctx *ctx, worker *w) {
   int64_t xd[3] = {1, LQ, D};
   CHECK(w, attn_mha_forward(ctx, m, mkv, wrap(ctx, g_q, LQ * D, 3, xd),
                             wrap(ctx, w->out[O_MHA], LQ * D, 3, xd), NULL));
+
+  /* The PyTorch-form layer: packed in_proj, B = 2 sequence first, cross
+   * attention over LK / 2 keys, causal, a float [L, S] mask, averaged
+   * weights. */
+  attn_mha_torch_params tp;
+  attn_mha_torch_params_init(&tp);
+  tp.embed_dim = D, tp.num_heads = 4;
+  attn_mha *tm = NULL;
+  CHECK(w, attn_mha_create_torch(ctx, &tp, &tm));
+  const int64_t inw[2] = {3 * D, D}, ow[2] = {D, D}, bd[1] = {3 * D}, od[1] = {D};
+  CHECK(w, attn_mha_set_weight(ctx, tm, ATTN_MHA_IN_PROJ_WEIGHT, wrap(ctx, g_k, 3 * D * D, 2, inw)));
+  CHECK(w, attn_mha_set_weight(ctx, tm, ATTN_MHA_O_WEIGHT, wrap(ctx, g_v, D * D, 2, ow)));
+  CHECK(w, attn_mha_set_weight(ctx, tm, ATTN_MHA_IN_PROJ_BIAS, wrap(ctx, g_q, 3 * D, 1, bd)));
+  CHECK(w, attn_mha_set_weight(ctx, tm, ATTN_MHA_O_BIAS, wrap(ctx, g_sk, D, 1, od)));
+  attn_mha_torch_forward_params tf;
+  attn_mha_torch_forward_params_init(&tf);
+  tf.need_weights = 1, tf.is_causal = 1;
+  int64_t tqd[3] = {LQ, 2, D}, tkd[3] = {LK / 2, 2, D}, amd[2] = {LQ, LK / 2};
+  int64_t twd[3] = {2, LQ, LK / 2};
+  CHECK(w, attn_mha_torch_forward(ctx, tm, wrap(ctx, g_q, LQ * 2 * D, 3, tqd),
+                                  wrap(ctx, g_k, LK * D, 3, tkd), wrap(ctx, g_v, LK * D, 3, tkd),
+                                  NULL, wrap(ctx, g_sm, LQ * LK / 2, 2, amd), &tf,
+                                  wrap(ctx, w->out[O_MHA_TORCH], LQ * 2 * D, 3, tqd),
+                                  wrap(ctx, w->out[O_MHA_TORCH_W], 2 * LQ * LK / 2, 3, twd)));
 }
 
 static void *worker_main(void *arg) {

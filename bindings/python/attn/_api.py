@@ -1284,6 +1284,180 @@ class KVCache:
         return k, v
 
 
+class MultiheadAttention:
+    """torch.nn.MultiheadAttention's forward on libattn (attn_mha_create_torch).
+
+    MultiheadAttention(embed_dim, num_heads, dropout=0.0, bias=True,
+    add_bias_kv=False, add_zero_attn=False, kdim=None, vdim=None,
+    batch_first=False, device=None, dtype=None, *, context=None)
+
+    The constructor and forward take torch's arguments; this is inference
+    (torch's eval mode): dropout is accepted and never applied, and
+    add_bias_kv / add_zero_attn raise AttnError (ATTN_ERR_UNSUPPORTED).
+    Weights start at zero: load them with load_state_dict(), for example
+    from a torch module:
+
+        m = attn.MultiheadAttention(E, H, batch_first=True)
+        m.load_state_dict({k: v.numpy() for k, v in torch_mha.state_dict().items()})
+        out, weights = m(query, key, value, key_padding_mask=pad)
+
+    Boolean masks follow torch: True (nonzero) = NOT allowed to attend; a
+    float mask is added to the logits. A query row that sees no key gives
+    zeros where torch gives NaN. The layer lives in `context` (default: this
+    thread's default context) and must be used from that context's thread."""
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
+                 add_zero_attn=False, kdim=None, vdim=None, batch_first=False, device=None,
+                 dtype=None, *, context=None):
+        fn = "MultiheadAttention"
+        if device not in (None, "cpu"):
+            raise ValueError("%s: device = %r but libattn runs on the CPU" % (fn, device))
+        if dtype is not None and str(dtype) not in ("float32", "torch.float32",
+                                                    str(np.float32), str(np.dtype(np.float32))):
+            raise ValueError("%s: dtype = %r but the layer is float32" % (fn, dtype))
+        self._ctx = context if context is not None else default_context()
+        self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
+        self.kdim = int(kdim) if kdim is not None else self.embed_dim
+        self.vdim = int(vdim) if vdim is not None else self.embed_dim
+        self.batch_first, self.dropout = bool(batch_first), float(dropout)
+        self.head_dim = self.embed_dim // max(self.num_heads, 1)
+        self._bias = bool(bias)
+        p = _lib.MhaTorchParams(embed_dim=self.embed_dim, num_heads=self.num_heads,
+                                kdim=self.kdim, vdim=self.vdim, no_bias=int(not bias),
+                                batch_first=int(self.batch_first),
+                                add_bias_kv=int(bool(add_bias_kv)),
+                                add_zero_attn=int(bool(add_zero_attn)))
+        h = ctypes.c_void_p()
+        with self._ctx._call(fn) as c:
+            c.check(_LIB.attn_mha_create_torch(self._ctx._handle, ctypes.byref(p),
+                                               ctypes.byref(h)))
+        self._handle = h
+
+    def close(self):
+        """Free the layer now (it is freed with its context otherwise)."""
+        h, self._handle = getattr(self, "_handle", None), None
+        if h and _LIB is not None and self._ctx._handle:
+            _LIB.attn_mha_free(self._ctx._handle, h)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def _weight_shapes(self):
+        E = self.embed_dim
+        if self.kdim == E and self.vdim == E:
+            shapes = {"in_proj_weight": (3 * E, E)}
+        else:
+            shapes = {"q_proj_weight": (E, E), "k_proj_weight": (E, self.kdim),
+                      "v_proj_weight": (E, self.vdim)}
+        if self._bias:
+            shapes["in_proj_bias"] = (3 * E,)
+        shapes["out_proj.weight"] = (E, E)
+        if self._bias:
+            shapes["out_proj.bias"] = (E,)
+        return shapes
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy the weights from a dict of arrays named as torch's state_dict
+        (in_proj_weight or q/k/v_proj_weight, in_proj_bias, out_proj.weight,
+        out_proj.bias), e.g. {k: v.numpy() for k, v in
+        module.state_dict().items()}. strict: every weight present and no
+        other key (KeyError otherwise); nothing is changed on an error."""
+        fn = "MultiheadAttention.load_state_dict"
+        shapes = self._weight_shapes()
+        if strict:
+            missing = sorted(set(shapes) - set(state_dict))
+            unexpected = sorted(set(state_dict) - set(shapes))
+            if missing or unexpected:
+                raise KeyError("%s: missing keys %s, unexpected keys %s"
+                               % (fn, missing, unexpected))
+        arrays = {}
+        for name, shape in shapes.items():
+            if name in state_dict:
+                a = np.asarray(state_dict[name])
+                if a.shape != shape:
+                    raise ValueError("%s: %s has shape %s but must be %s"
+                                     % (fn, name, a.shape, shape))
+                arrays[name] = a
+        with self._ctx._call(fn) as c:
+            for name, a in arrays.items():
+                c.check(_LIB.attn_mha_set_weight(self._ctx._handle, self._handle,
+                                                 _lib.MHA_TORCH_WEIGHTS[name],
+                                                 c.input(a, name)))
+
+    def state_dict(self):
+        """The weights as float32 arrays under torch's state_dict names."""
+        out = {}
+        with self._ctx._call("MultiheadAttention.state_dict") as c:
+            for name, shape in self._weight_shapes().items():
+                a = np.empty(shape, np.float32)
+                c.check(_LIB.attn_mha_get_weight(self._ctx._handle, self._handle,
+                                                 _lib.MHA_TORCH_WEIGHTS[name],
+                                                 c.output(a, name)))
+                out[name] = a
+        return out
+
+    def _mask(self, c, m, name):
+        m = np.asarray(m)
+        if m.dtype == np.bool_ or m.dtype == np.uint8:
+            return c.input(m, name, boolean=True)
+        if m.dtype.kind != "f":
+            raise TypeError("MultiheadAttention: %s has dtype %s; it must be bool (True = "
+                            "not allowed) or floating (added)" % (name, m.dtype))
+        return c.input(m, name, additive_mask=True)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
+                attn_mask=None, average_attn_weights=True, is_causal=False):
+        """torch's forward: query [L, B, E] ([B, L, E] with batch_first, or
+        [L, E] unbatched), key [S, B, kdim], value [S, B, vdim],
+        key_padding_mask [B, S], attn_mask [L, S] or [B * num_heads, L, S].
+        is_causal hides key j from query i when j > i, on top of the masks.
+        Returns (out, weights): weights [B, L, S] (averaged over heads) or
+        [B, num_heads, L, S], or None when need_weights is False."""
+        fn = "MultiheadAttention"
+        query, key, value = np.asarray(query), np.asarray(key), np.asarray(value)
+        batched = query.ndim == 3
+        if not batched:
+            if query.ndim != 2:
+                raise ValueError("%s: query must be 3-D (batched) or 2-D (unbatched), not "
+                                 "%d-D" % (fn, query.ndim))
+            axis = 0 if self.batch_first else 1
+            query, key, value = (np.expand_dims(a, axis) for a in (query, key, value))
+            if key_padding_mask is not None:
+                key_padding_mask = np.asarray(key_padding_mask)[None]
+        B = query.shape[0] if self.batch_first else query.shape[1]
+        L = query.shape[1] if self.batch_first else query.shape[0]
+        S = key.shape[1] if self.batch_first else key.shape[0]
+        out = np.empty(query.shape[:2] + (self.embed_dim,), np.float32)
+        weights = None
+        if need_weights:
+            weights = np.empty((B, L, S) if average_attn_weights
+                               else (B, self.num_heads, L, S), np.float32)
+        with self._ctx._call(fn) as c:
+            hq = c.input(query, "query")
+            hk = hq if key is query else c.input(key, "key")
+            hv = hk if value is key else c.input(value, "value")
+            hkpm = None if key_padding_mask is None else self._mask(c, key_padding_mask,
+                                                                    "key_padding_mask")
+            ham = None if attn_mask is None else self._mask(c, attn_mask, "attn_mask")
+            p = _lib.MhaTorchForwardParams(need_weights=int(bool(need_weights)),
+                                           per_head_weights=int(not average_attn_weights),
+                                           is_causal=int(bool(is_causal)))
+            ho = c.output(out, "out")
+            hw = None if weights is None else c.output(weights, "weights")
+            c.check(_LIB.attn_mha_torch_forward(self._ctx._handle, self._handle, hq, hk, hv,
+                                                hkpm, ham, ctypes.byref(p), ho, hw))
+        if not batched:
+            out = out[0] if self.batch_first else out[:, 0]
+            if weights is not None:
+                weights = weights[0]
+        return out, weights
+
+    __call__ = forward
+
+
 class _Guarded(_Call):
     """A _Call that also holds the context's busy lock."""
 

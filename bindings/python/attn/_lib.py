@@ -261,6 +261,37 @@ class KvAppendParams(_SizedStruct):
     ]
 
 
+class MhaTorchParams(_SizedStruct):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("embed_dim", ctypes.c_int64),
+        ("num_heads", ctypes.c_int64),
+        ("kdim", ctypes.c_int64),
+        ("vdim", ctypes.c_int64),
+        ("no_bias", ctypes.c_int32),
+        ("batch_first", ctypes.c_int32),
+        ("add_bias_kv", ctypes.c_int32),
+        ("add_zero_attn", ctypes.c_int32),
+    ]
+
+
+class MhaTorchForwardParams(_SizedStruct):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("need_weights", ctypes.c_int32),
+        ("per_head_weights", ctypes.c_int32),
+        ("is_causal", ctypes.c_int32),
+        ("reserved_", ctypes.c_int32),
+    ]
+
+
+# attn_mha_weight values of the PyTorch form, by state_dict name.
+MHA_TORCH_WEIGHTS = {
+    "in_proj_weight": 8, "q_proj_weight": 0, "k_proj_weight": 1, "v_proj_weight": 2,
+    "in_proj_bias": 9, "out_proj.weight": 3, "out_proj.bias": 7,
+}
+
+
 # name -> (restype, argtypes). Handles are opaque: c_void_p.
 _P = ctypes.c_void_p
 _PROTOTYPES = {
@@ -321,6 +352,13 @@ _PROTOTYPES = {
     "attn_sdpa_varlen_backward": (ctypes.c_int, [_P] + [_P] * 9 + [
         ctypes.c_int32, _c_int64_p, _c_int64_p, ctypes.POINTER(SdpaParams),
         ctypes.POINTER(SdpaBackwardParams)]),
+    "attn_mha_create_torch": (ctypes.c_int, [_P, ctypes.POINTER(MhaTorchParams),
+                                             ctypes.POINTER(_P)]),
+    "attn_mha_free": (ctypes.c_int, [_P, _P]),
+    "attn_mha_set_weight": (ctypes.c_int, [_P, _P, ctypes.c_int32, _P]),
+    "attn_mha_get_weight": (ctypes.c_int, [_P, _P, ctypes.c_int32, _P]),
+    "attn_mha_torch_forward": (ctypes.c_int, [_P, _P, _P, _P, _P, _P, _P,
+                                              ctypes.POINTER(MhaTorchForwardParams), _P, _P]),
     "attn_cpu_info": (ctypes.c_char_p, []),
     "attn_blas_info": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_size_t]),
 }

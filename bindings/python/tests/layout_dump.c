@@ -87,5 +87,19 @@ int main(void) {
   SIZE(attn_sdpa_backward_params, "SdpaBackwardParams");
   FIELD(attn_sdpa_backward_params, "SdpaBackwardParams", dmask);
   FIELD(attn_sdpa_backward_params, "SdpaBackwardParams", dsinks);
+  SIZE(attn_mha_torch_params, "MhaTorchParams");
+  FIELD(attn_mha_torch_params, "MhaTorchParams", embed_dim);
+  FIELD(attn_mha_torch_params, "MhaTorchParams", num_heads);
+  FIELD(attn_mha_torch_params, "MhaTorchParams", kdim);
+  FIELD(attn_mha_torch_params, "MhaTorchParams", vdim);
+  FIELD(attn_mha_torch_params, "MhaTorchParams", no_bias);
+  FIELD(attn_mha_torch_params, "MhaTorchParams", batch_first);
+  FIELD(attn_mha_torch_params, "MhaTorchParams", add_bias_kv);
+  FIELD(attn_mha_torch_params, "MhaTorchParams", add_zero_attn);
+  SIZE(attn_mha_torch_forward_params, "MhaTorchForwardParams");
+  FIELD(attn_mha_torch_forward_params, "MhaTorchForwardParams", need_weights);
+  FIELD(attn_mha_torch_forward_params, "MhaTorchForwardParams", per_head_weights);
+  FIELD(attn_mha_torch_forward_params, "MhaTorchForwardParams", is_causal);
+  FIELD(attn_mha_torch_forward_params, "MhaTorchForwardParams", reserved_);
   return 0;
 }

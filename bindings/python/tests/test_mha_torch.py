@@ -1,0 +1,93 @@
+"""attn.MultiheadAttention against torch.nn.MultiheadAttention (torch 1.13,
+eval mode): the module's state_dict loaded as NumPy arrays, the same
+forward arguments, out and weights within 1e-5."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import attn  # noqa: E402
+
+
+def make_pair(E, H, seed, **kw):
+    torch.manual_seed(seed)
+    ref = torch.nn.MultiheadAttention(E, H, **kw).eval()
+    with torch.no_grad():
+        for p in ref.parameters():  # the biases start at zero: make them count
+            p.uniform_(-0.5, 0.5)
+    ours = attn.MultiheadAttention(E, H, **kw)
+    ours.load_state_dict({k: v.numpy() for k, v in ref.state_dict().items()})
+    return ref, ours
+
+
+def check(ref, ours, args, kwargs):
+    with torch.no_grad():
+        want_out, want_w = ref(*[torch.from_numpy(a) for a in args],
+                               **{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                                  for k, v in kwargs.items()})
+    got_out, got_w = ours(*args, **kwargs)
+    np.testing.assert_allclose(got_out, want_out.numpy(), rtol=1e-5, atol=1e-5)
+    if want_w is None:
+        assert got_w is None
+    else:
+        np.testing.assert_allclose(got_w, want_w.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("average", [True, False])
+def test_self_attention_with_padding(batch_first, average):
+    rng = np.random.default_rng(1)
+    ref, ours = make_pair(16, 4, 3, batch_first=batch_first)
+    B, L = 3, 7
+    x = rng.uniform(-1, 1, (B, L, 16) if batch_first else (L, B, 16)).astype(np.float32)
+    pad = rng.random((B, L)) < 0.3
+    pad[:, 0] = False  # torch gives NaN for a row with no key
+    check(ref, ours, (x, x, x), dict(key_padding_mask=pad, need_weights=True,
+                                     average_attn_weights=average))
+
+
+def test_cross_attention_kdim_vdim_masks():
+    rng = np.random.default_rng(2)
+    ref, ours = make_pair(8, 2, 4, kdim=5, vdim=11)
+    L, S, B = 4, 6, 2
+    q = rng.uniform(-1, 1, (L, B, 8)).astype(np.float32)
+    k = rng.uniform(-1, 1, (S, B, 5)).astype(np.float32)
+    v = rng.uniform(-1, 1, (S, B, 11)).astype(np.float32)
+    am = rng.uniform(-1, 1, (B * 2, L, S)).astype(np.float32)
+    check(ref, ours, (q, k, v), dict(attn_mask=am, need_weights=True,
+                                     average_attn_weights=False))
+    bool_am = rng.random((L, S)) < 0.4
+    bool_am[:, 0] = False
+    check(ref, ours, (q, k, v), dict(attn_mask=bool_am, need_weights=False))
+
+
+def test_unbatched_and_is_causal():
+    rng = np.random.default_rng(3)
+    ref, ours = make_pair(12, 3, 5, batch_first=True, bias=False)
+    x = rng.uniform(-1, 1, (5, 12)).astype(np.float32)
+    check(ref, ours, (x, x, x), dict(need_weights=True))
+    causal = np.triu(np.ones((5, 5), bool), 1)
+    with torch.no_grad():
+        want, want_w = ref(*(torch.from_numpy(x),) * 3, attn_mask=torch.from_numpy(causal))
+    got, got_w = ours(x, x, x, is_causal=True)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_w, want_w.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_state_dict_round_trip_and_refusals():
+    ref, ours = make_pair(8, 2, 6)
+    back = ours.state_dict()
+    for k, v in ref.state_dict().items():
+        np.testing.assert_array_equal(back[k], v.numpy())
+    with pytest.raises(KeyError):
+        ours.load_state_dict({"in_proj_weight": back["in_proj_weight"]})
+    with pytest.raises(ValueError):
+        ours.load_state_dict(dict(back, **{"out_proj.bias": np.zeros(3, np.float32)}))
+    with pytest.raises(attn.AttnError) as e:
+        attn.MultiheadAttention(8, 2, add_bias_kv=True)
+    assert e.value.status == "ATTN_ERR_UNSUPPORTED"
+    with pytest.raises(attn.AttnError):
+        attn.MultiheadAttention(6, 4)
+    x = np.zeros((2, 1, 8), np.float32)
+    with pytest.raises(attn.AttnError) as e:
+        ours(x, x, np.zeros((2, 1, 7), np.float32))
+    assert e.value.status == "ATTN_ERR_SHAPE"
