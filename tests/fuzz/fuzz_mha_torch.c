@@ -236,14 +236,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int64_t *f[3] = {&kf, &vf, &of};
     *f[fz_u8(&in) % 3] += 1;
   }
+  /* Self-attention: the same handle three times (torch's common call). */
+  int self = fz_chance(&in, 64) && kf == E && vf == E;
+  if (self)
+    S = L;
   int64_t dq[3] = {L, B, E}, dk[3] = {S, B, kf}, dv[3] = {S, B, vf}, dout[3] = {L, B, of};
   if (r.bf)
     dq[0] = B, dq[1] = L, dk[0] = dv[0] = B, dk[1] = dv[1] = S, dout[0] = B, dout[1] = L;
   fz_tensor q, k, v, out, kpm, am, w;
-  int self = fz_chance(&in, 64) && kf == E && vf == E;
   fz_make_tensor(&in, ctx, &q, ATTN_DTYPE_F32, 3, dq, FZ_INPUT);
   if (self) {
-    k = q, v = q; /* the same handle three times (torch's self-attention) */
+    k = q, v = q;
   } else {
     fz_make_tensor(&in, ctx, &k, ATTN_DTYPE_F32, 3, dk, FZ_INPUT);
     fz_make_tensor(&in, ctx, &v, ATTN_DTYPE_F32, 3, dv, FZ_INPUT);
@@ -257,7 +260,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (has_kpm) {
     int64_t d[2] = {B, S};
     if (fz_chance(&in, 6))
-      d[1] += 1, noise = 1;
+      d[1] = d[1] >= 0 && d[1] < 1000 ? d[1] + 1 : 1, noise = d[1] != S;
     fz_make_tensor(&in, ctx, &kpm, fz_chance(&in, 160) ? ATTN_DTYPE_U8 : ATTN_DTYPE_F32, 2, d,
                    FZ_INPUT);
   }
@@ -265,7 +268,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int32_t nd = fz_chance(&in, 170) ? 2 : 3;
     int64_t d[3] = {fz_mul_sat(B, H), L, S};
     if (nd == 3 && fz_chance(&in, 6))
-      d[0] += 1, noise = 1;
+      d[0] = d[0] >= 0 && d[0] < 1000 ? d[0] + 1 : 1, noise = 1;
     fz_make_tensor(&in, ctx, &am, fz_chance(&in, 128) ? ATTN_DTYPE_U8 : ATTN_DTYPE_F32, nd,
                    nd == 3 ? d : d + 1, FZ_INPUT);
   }
@@ -316,8 +319,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       int judge = moderate && tensor_moderate(&q, 0) && tensor_moderate(&k, 0) &&
                   tensor_moderate(&v, 0) && (!has_kpm || tensor_moderate(&kpm, 1)) &&
                   (!has_am || tensor_moderate(&am, 1));
+      judge = judge && fz_numel(&out) > 0 && S <= MAX_ELEMS; /* else S may be absurd */
       double *ro = malloc((size_t)(E + 1) * sizeof *ro);
-      double *rw = malloc((size_t)(H * S + 1) * sizeof *rw);
+      double *rw = malloc((size_t)(judge ? H * S + 1 : 1) * sizeof *rw);
       FZ_CHECK(ro && rw, "malloc");
       for (int64_t b = 0; judge && b < B; b++)
         for (int64_t i = 0; i < L; i++) {
