@@ -326,11 +326,11 @@ static void run_all(attn_ctx *ctx, worker *w) {
   tf.need_weights = 1, tf.is_causal = 1;
   int64_t tqd[3] = {LQ, 2, D}, tkd[3] = {LK / 2, 2, D}, amd[2] = {LQ, LK / 2};
   int64_t twd[3] = {2, LQ, LK / 2};
-  CHECK(w, attn_mha_torch_forward(ctx, tm, wrap(ctx, g_q, LQ * 2 * D, 3, tqd),
-                                  wrap(ctx, g_k, LK * D, 3, tkd), wrap(ctx, g_v, LK * D, 3, tkd),
-                                  NULL, wrap(ctx, g_sm, LQ * LK / 2, 2, amd), &tf,
-                                  wrap(ctx, w->out[O_MHA_TORCH], LQ * 2 * D, 3, tqd),
-                                  wrap(ctx, w->out[O_MHA_TORCH_W], 2 * LQ * LK / 2, 3, twd)));
+  attn_tensor *tq = wrap(ctx, g_q, LQ * 2 * D, 3, tqd), *tk = wrap(ctx, g_k, LK * D, 3, tkd);
+  attn_tensor *tv = wrap(ctx, g_v, LK * D, 3, tkd), *tam = wrap(ctx, g_sm, LQ * LK / 2, 2, amd);
+  attn_tensor *to = wrap(ctx, w->out[O_MHA_TORCH], LQ * 2 * D, 3, tqd);
+  attn_tensor *tw = wrap(ctx, w->out[O_MHA_TORCH_W], 2 * LQ * LK / 2, 3, twd);
+  CHECK(w, attn_mha_torch_forward(ctx, tm, tq, tk, tv, NULL, tam, &tf, to, tw));
 }
 
 static void *worker_main(void *arg) {
