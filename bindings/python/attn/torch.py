@@ -17,7 +17,9 @@ NaN), and its gradients are zeros.
 softmax(x, dim) and log_softmax(x, dim) are the libattn row kernels with
 their backward passes; pool(x, mode, scores=None, lengths=None, keep=None)
 is attn.pool (sum / mean / max / weighted over the sequence axis of
-x [B, L, D] or [B, H, L, D]) with gradients for x and the scores.
+x [B, L, D] or [B, H, L, D]) with gradients for x and the scores;
+pool_attention(queries, key, value=None, ...) is attn.pool_attention
+(learned queries) with gradients for the queries, key and value.
 
 CPU float32 tensors that are contiguous (where the library needs it) are
 passed without any copy: numpy views share their memory. Other tensors are
@@ -28,7 +30,7 @@ import torch as _torch
 
 from . import _api
 
-__all__ = ["scaled_dot_product_attention", "softmax", "log_softmax", "pool"]
+__all__ = ["scaled_dot_product_attention", "softmax", "log_softmax", "pool", "pool_attention"]
 
 
 def _np(t):
@@ -156,3 +158,28 @@ def pool(x, mode="sum", *, scores=None, lengths=None, keep=None):
     gradients of x and, for mode "weighted", of scores. lengths: a list or
     array of ints; keep: a bool tensor, True = keep (no gradient)."""
     return _Pool.apply(x, scores, mode, lengths, keep)
+
+
+class _PoolAttention(_torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, queries, k, v, scale, lengths, keep):
+        kw = dict(scale=scale, lengths=lengths, keep=None if keep is None else _np_bool(keep))
+        out, lse = _api.pool_attention(_np(queries), _np(k), _np(v), return_lse=True, **kw)
+        ctx.kw = kw
+        ctx.save_for_backward(queries, k, v, _torch.from_numpy(out), _torch.from_numpy(lse))
+        return _back(out, queries)
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _api.pool_attention_backward(_np(q), _np(k), _np(v), out.numpy(),
+                                                  lse.numpy(), _np(dout), **ctx.kw)
+        return _back(dq, q), _back(dk, k), _back(dv, v), None, None, None
+
+
+def pool_attention(queries, key, value=None, *, scale=None, lengths=None, keep=None):
+    """attn.pool_attention (see attn.Context.pool_attention) with the
+    gradients of queries, key and value (value None: key is both, and its
+    gradient sums the two)."""
+    return _PoolAttention.apply(queries, key, key if value is None else value, scale, lengths,
+                                keep)

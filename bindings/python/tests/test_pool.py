@@ -319,3 +319,24 @@ def test_pool_attention_backward(rng):
     dq2, dk2, dv2 = attn.pool_attention_backward(q[:1], k[:, 0], None, out2, lse2,
                                                  np.ones_like(out2))
     assert dv2 is None and dk2.shape == k[:, 0].shape and dq2.shape == q[:1].shape
+
+
+def test_torch_pool_attention_autograd(rng):
+    torch = try_torch()
+    if torch is None:
+        pytest.skip("torch not installed")
+    import attn.torch as at
+    q = torch.tensor(rng.standard_normal((2, 3, 4)), dtype=torch.float32, requires_grad=True)
+    x = torch.tensor(rng.standard_normal((2, 7, 4)), dtype=torch.float32, requires_grad=True)
+    keep = torch.tensor(rng.random((2, 7)) > 0.3)
+    keep[:, 0] = True
+    y = at.pool_attention(q, x[:, None], keep=keep, scale=0.5)  # key = value = x
+    g = torch.tensor(rng.standard_normal(y.shape), dtype=torch.float32)
+    y.backward(g)
+    q64 = q.detach().double().requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    s = torch.einsum("hmd,bld->bhml", q64, x64) * 0.5
+    w = torch.softmax(s.masked_fill(~keep[:, None, None, :], -float("inf")), -1)
+    (torch.einsum("bhml,bld->bhmd", w, x64) * g.double()).sum().backward()
+    close(q.grad.numpy(), q64.grad.numpy(), rtol=1e-4, atol=1e-5)
+    close(x.grad.numpy(), x64.grad.numpy(), rtol=1e-4, atol=1e-5)
