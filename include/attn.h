@@ -435,11 +435,11 @@ ATTN_API attn_status attn_log_softmax(attn_ctx *ctx, const attn_tensor *x, attn_
  *  a mask that was broadcast, the mask's gradient is dmask summed over the
  *  broadcast axes (the caller does that sum). Must not overlap anything.
  * @param[in]  p     the forward's parameters (NULL for defaults); only
- *  scale is read (y already carries the masks), so the forward's struct can
- *  be passed as it is.
+ *  scale and axis are read (y already carries the masks), so the forward's
+ *  struct can be passed as it is. (Before 0.2.0's release axis was ignored.)
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_BUSY,
  *  ATTN_ERR_UNSUPPORTED (dtype, newer params), ATTN_ERR_SHAPE,
- *  ATTN_ERR_INVALID_ARG (scale, strides), ATTN_ERR_ALIASING.
+ *  ATTN_ERR_INVALID_ARG (scale, axis, strides), ATTN_ERR_ALIASING.
  * Thread safety: uses up to the context's threads.
  * @since 0.2.0 */
 ATTN_API attn_status attn_softmax_backward(attn_ctx *ctx, const attn_tensor *y,
@@ -460,7 +460,7 @@ ATTN_API attn_status attn_softmax_backward(attn_ctx *ctx, const attn_tensor *y,
  * @param[in]  dy    F32, y's shape.
  * @param[out] dx    F32, y's shape; may be dy itself.
  * @param[out] dmask optional F32, y's shape: dz.
- * @param[in]  p     the forward's parameters; only scale is read.
+ * @param[in]  p     the forward's parameters; only scale and axis are read.
  * @return as attn_softmax_backward(). @since 0.2.0 */
 ATTN_API attn_status attn_log_softmax_backward(attn_ctx *ctx, const attn_tensor *y,
                                                const attn_tensor *dy, attn_tensor *dx,

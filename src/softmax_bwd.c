@@ -1,5 +1,7 @@
-/* Gradients of softmax and log-softmax over the last axis: check -> plan ->
- * run, rows spread over the context's threads like the forward's.
+/* Gradients of softmax and log-softmax over the forward's axis: check ->
+ * plan -> run, rows spread over the context's threads like the forward's.
+ * Another axis than the last is swapped into the last place of the padded
+ * 4-D views, so a "row" steps by its stride rather than by 1.
  *
  * Only y (the forward's output) is needed: softmax dz = y (dy - <y, dy>),
  * log-softmax dz = dy - exp(y) sum(dy), dx = scale * dz. The forward's
@@ -41,19 +43,20 @@ static void one_row(const softmax_bwd_problem *p, int64_t r) {
   const float *y = p->y + row_offset(p->ys, idx), *dy = p->dy + row_offset(p->gs, idx);
   float *dx = p->dx + row_offset(p->xs, idx);
   float *dz = p->dz ? p->dz + row_offset(p->zs, idx) : NULL;
+  int64_t ys = p->ys[3], gs = p->gs[3], xs = p->xs[3], zs = p->zs[3];
   float hidden = p->log ? -INFINITY : 0.0f;
   double sum = 0;
   for (int64_t j = 0; j < n; j++)
-    if (y[j] != hidden)
-      sum += p->log ? (double)dy[j] : (double)y[j] * (double)dy[j];
+    if (y[j * ys] != hidden)
+      sum += p->log ? (double)dy[j * gs] : (double)y[j * ys] * (double)dy[j * gs];
   float s = (float)sum;
   for (int64_t j = 0; j < n; j++) {
-    float g = 0.0f;
-    if (y[j] != hidden)
-      g = p->log ? dy[j] - expf(y[j]) * s : y[j] * (dy[j] - s);
+    float g = 0.0f, yj = y[j * ys];
+    if (yj != hidden)
+      g = p->log ? dy[j * gs] - expf(yj) * s : yj * (dy[j * gs] - s);
     if (dz)
-      dz[j] = g;
-    dx[j] = p->scale * g;
+      dz[j * zs] = g;
+    dx[j * xs] = p->scale * g;
   }
 }
 
@@ -77,6 +80,7 @@ static attn_status check(attn_ctx *ctx, const attn_tensor *y, const attn_tensor 
   if (!isfinite(prm.scale))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "params.scale = %g but must be finite (0 means 1)", (double)prm.scale);
+
   const attn_operand ops[] = {
       {"y", y, ATTN_DT_F32, 1, ATTN_MAX_DIMS, .flags = 0},
       {"dy", dy, ATTN_DT_F32, 1, ATTN_MAX_DIMS, .like = ATTN_LIKE(0),
@@ -98,6 +102,20 @@ static attn_status check(attn_ctx *ctx, const attn_tensor *y, const attn_tensor 
   attn__pad_view(dx, NULL, p->xs);
   if (dmask)
     attn__pad_view(dmask, NULL, p->zs);
+  if (prm.axis > 0 || prm.axis < -y->ndim)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.axis = %d but must be in -%d..-1 (counted from the end; 0 = the "
+                      "last), as for the forward",
+                      (int)prm.axis, (int)y->ndim);
+  if (prm.axis != 0) { /* the padded views' axis 4 + axis becomes the last */
+    int32_t a = ATTN_MAX_DIMS + prm.axis;
+    int64_t *swap[5] = {p->dims, p->ys, p->gs, p->xs, p->zs};
+    for (int i = 0; i < 5; i++) {
+      int64_t t = swap[i][a];
+      swap[i][a] = swap[i][3];
+      swap[i][3] = t;
+    }
+  }
   p->scale = prm.scale == 0.0f ? 1.0f : prm.scale;
   p->log = log;
   return ATTN_OK;

@@ -154,6 +154,62 @@ static void softmax_backward_strided(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* Over another axis (params.axis, as the forward): the same bits as the
+ * last-axis gradient of a transposed copy; a positive or too negative axis
+ * is refused. */
+static void softmax_backward_axis(void **state) {
+  (void)state;
+  attn_ctx *ctx = new_ctx(2);
+  tu_rng rng = {21};
+  enum { A = 3, N = 11, R = 5 };
+  static float x[A * N * R], y[A * N * R], dy[A * N * R], dx[A * N * R], dz[A * N * R];
+  static float yt[A * R * N], dyt[A * R * N], dxt[A * R * N], dzt[A * R * N];
+  tu_fill(&rng, x, A * N * R, -3, 3);
+  tu_fill(&rng, dy, A * N * R, -1, 1);
+  int64_t dims[3] = {A, N, R}, tdims[3] = {A, R, N};
+  for (int log = 0; log < 2; log++) {
+    attn_softmax_params p;
+    attn_softmax_params_init(&p);
+    p.axis = -2, p.scale = 0.75f;
+    attn_tensor *tx = wrap(ctx, ATTN_DTYPE_F32, 3, dims, NULL, x, sizeof x);
+    attn_tensor *ty = wrap(ctx, ATTN_DTYPE_F32, 3, dims, NULL, y, sizeof y);
+    attn_tensor *tdy = wrap(ctx, ATTN_DTYPE_F32, 3, dims, NULL, dy, sizeof dy);
+    attn_tensor *tdx = wrap(ctx, ATTN_DTYPE_F32, 3, dims, NULL, dx, sizeof dx);
+    attn_tensor *tdz = wrap(ctx, ATTN_DTYPE_F32, 3, dims, NULL, dz, sizeof dz);
+    assert_ok((log ? attn_log_softmax : attn_softmax)(ctx, tx, ty, &p));
+    bwd_fn f = log ? attn_log_softmax_backward : attn_softmax_backward;
+    assert_ok(f(ctx, ty, tdy, tdx, tdz, &p));
+    for (int a = 0; a < A; a++)
+      for (int n = 0; n < N; n++)
+        for (int r = 0; r < R; r++) {
+          yt[(a * R + r) * N + n] = y[(a * N + n) * R + r];
+          dyt[(a * R + r) * N + n] = dy[(a * N + n) * R + r];
+        }
+    attn_tensor *uy = wrap(ctx, ATTN_DTYPE_F32, 3, tdims, NULL, yt, sizeof yt);
+    attn_tensor *udy = wrap(ctx, ATTN_DTYPE_F32, 3, tdims, NULL, dyt, sizeof dyt);
+    attn_tensor *udx = wrap(ctx, ATTN_DTYPE_F32, 3, tdims, NULL, dxt, sizeof dxt);
+    attn_tensor *udz = wrap(ctx, ATTN_DTYPE_F32, 3, tdims, NULL, dzt, sizeof dzt);
+    attn_softmax_params last = p;
+    last.axis = 0;
+    assert_ok(f(ctx, uy, udy, udx, udz, &last));
+    for (int a = 0; a < A; a++)
+      for (int n = 0; n < N; n++)
+        for (int r = 0; r < R; r++) {
+          assert_true(dx[(a * N + n) * R + r] == dxt[(a * R + r) * N + n]);
+          assert_true(dz[(a * N + n) * R + r] == dzt[(a * R + r) * N + n]);
+        }
+    p.axis = 1;
+    assert_status(f(ctx, ty, tdy, tdx, NULL, &p), ATTN_ERR_INVALID_ARG);
+    assert_error_mentions(ctx, "params.axis = 1");
+    p.axis = -4;
+    assert_status(f(ctx, ty, tdy, tdx, NULL, &p), ATTN_ERR_INVALID_ARG);
+    attn_tensor *ts[] = {tx, ty, tdy, tdx, tdz, uy, udy, udx, udz};
+    for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
+      assert_ok(attn_tensor_free(ctx, ts[i]));
+  }
+  attn_ctx_destroy(ctx);
+}
+
 /* Edge rows, exact: all hidden -> 0 whatever dy holds; NaN row -> NaN;
  * length 1 -> 0 (softmax of one entry is constant). */
 static void softmax_backward_edges(void **state) {
@@ -640,6 +696,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(softmax_backward_matches_reference),
       cmocka_unit_test(softmax_backward_strided),
+      cmocka_unit_test(softmax_backward_axis),
       cmocka_unit_test(softmax_backward_edges),
       cmocka_unit_test(softmax_backward_bad_input),
       cmocka_unit_test(rope_backward_matches_reference),

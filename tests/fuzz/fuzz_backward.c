@@ -271,6 +271,8 @@ static void fuzz_softmax_backward(fz_in *in) {
   attn_softmax_params p;
   attn_softmax_params_init(&p);
   p.scale = fz_chance(in, 200) ? 0.0f : fz_float(in);
+  if (fz_chance(in, 64)) /* the forward's axis: valid -2..0, else refused */
+    p.axis = (int32_t)fz_range(in, -3, 1);
   float *before = malloc(dx.n * 4);
   FZ_CHECK(before, "malloc");
   memcpy(before, dx.buf, dx.n * 4);
@@ -280,6 +282,7 @@ static void fuzz_softmax_backward(fz_in *in) {
     FZ_CHECK(st == ATTN_ERR_INVALID_ARG, "softmax backward: %s", attn_status_string(st));
     FZ_CHECK(memcmp(before, dx.buf, dx.n * 4) == 0, "dx written on failure");
   } else {
+    FZ_CHECK(p.axis <= 0 && p.axis >= -2, "axis %d accepted for 2-D y", (int)p.axis);
     for (size_t i = 0; i < y.n; i++)
       if (y.buf[i] == (log ? -INFINITY : 0.0f))
         FZ_CHECK(dx.buf[i] == 0 && dz.buf[i] == 0, "hidden entry %zu: dx %g dz %g", i,

@@ -321,6 +321,18 @@ def _torch_view(t, fn):
     return t.numpy(), kinds[t.dtype]
 
 
+def _set_axis(p, axis, ndim, fn):
+    """NumPy's axis into the params' axis, which libattn counts from the end
+    (0 and -1 = the last)."""
+    nd = max(ndim, 1)
+    a = int(axis)
+    if not -nd <= a < nd:
+        raise ValueError("%s: axis = %d is out of range for %d dims" % (fn, a, ndim))
+    neg = a - nd if a >= 0 else a
+    if neg != -1:  # the last axis needs no field (older libraries lack it)
+        p.axis = neg
+
+
 def _scale(scale, fn, name="scale"):
     if scale is None:
         return 0.0
@@ -508,14 +520,7 @@ class Context:
         fn = name[5:]
         p = _lib.SoftmaxParams(scale=_scale(scale, fn))
         x, xdt = _data_array(x, fn)
-        # libattn counts the axis from the end (0 and -1 = the last).
-        nd = max(x.ndim, 1)
-        a = int(axis)
-        if not -nd <= a < nd:
-            raise ValueError("%s: axis = %d is out of range for %d dims" % (fn, a, x.ndim))
-        neg = a - nd if a >= 0 else a
-        if neg != -1:  # the last axis needs no field (older libraries lack it)
-            p.axis = neg
+        _set_axis(p, axis, x.ndim, fn)
         with self._call(fn) as c:
             hx = c.input(x, "x", dtype=xdt)
             if out is None:
@@ -531,27 +536,28 @@ class Context:
             c.check(_fn(name)(self._handle, hx, hy, ctypes.byref(p)))
         return out
 
-    def softmax_backward(self, y, dy, *, scale=None, out=None, return_dmask=False):
+    def softmax_backward(self, y, dy, *, scale=None, out=None, return_dmask=False, axis=-1):
         """Gradient of softmax(): from its output y and the gradient dy of
         the loss w.r.t. y, the gradient w.r.t. x (dx = scale * y * (dy -
         sum(y * dy))). Entries with y == 0 (masked) get 0 whatever dy holds.
-        scale: the forward's. out: float32 array of y's shape (may be dy).
+        scale, axis: the forward's. out: float32 array of y's shape (may be dy).
         return_dmask=True also returns the gradient of the logits (that of
         an additive mask, before summing its broadcast axes): (dx, dmask)."""
         return self._softmax_backward("attn_softmax_backward", y, dy, scale, out,
-                                      return_dmask)
+                                      return_dmask, axis)
 
-    def log_softmax_backward(self, y, dy, *, scale=None, out=None, return_dmask=False):
+    def log_softmax_backward(self, y, dy, *, scale=None, out=None, return_dmask=False, axis=-1):
         """Gradient of log_softmax() (dx = scale * (dy - exp(y) * sum(dy)),
         masked entries, y == -inf, get 0 and their dy is ignored);
         arguments as softmax_backward()."""
         return self._softmax_backward("attn_log_softmax_backward", y, dy, scale, out,
-                                      return_dmask)
+                                      return_dmask, axis)
 
-    def _softmax_backward(self, name, y, dy, scale, out, return_dmask):
+    def _softmax_backward(self, name, y, dy, scale, out, return_dmask, axis):
         fn = name[5:]
         p = _lib.SoftmaxParams(scale=_scale(scale, fn))
         y = np.asarray(y)
+        _set_axis(p, axis, y.ndim, fn)
         with self._call(fn) as c:
             hy, hg = c.input(y, "y"), c.input(dy, "dy")
             if out is None:

@@ -165,3 +165,17 @@ def test_varlen_backward_equals_dense_per_sequence():
         sdpa_torch(*t, causal=True).backward(torch.tensor(g[a:b].transpose(1, 0, 2)).double())
         for got, ref in zip((dq, dk, dv), t):
             close(torch.tensor(got[a:b].transpose(1, 0, 2)), ref.grad)
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_backward_over_an_axis_vs_torch(log):
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-3, 3, (3, 7, 4)).astype(np.float32)
+    g = rng.uniform(-1, 1, (3, 7, 4)).astype(np.float32)
+    f, fb = (attn.log_softmax, attn.log_softmax_backward) if log else (attn.softmax,
+                                                                      attn.softmax_backward)
+    y = f(x, axis=1, scale=0.5)
+    dx = fb(y, g, axis=1, scale=0.5)
+    t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    (torch.log_softmax if log else torch.softmax)(0.5 * t, dim=1).backward(torch.tensor(g).double())
+    close(torch.tensor(dx), t.grad)
