@@ -8,7 +8,8 @@
  * a key that no row sees (past kv_len) gets dk = dv = 0 exactly, a row whose
  * lse is -inf gets dq = 0 exactly, and the gradients are the same bits on
  * one and on two threads, and (B = 1, no mask or kv_lens) the same bits from
- * attn_sdpa_varlen_backward over the packed view. Softmax backward: masked entries (y = 0, or -inf
+ * attn_sdpa_varlen_backward over the packed view; attn_pool_attention_backward
+ * against attn_sdpa_backward on queries shared by the batch. Softmax backward: masked entries (y = 0, or -inf
  * for log) get exactly 0, whatever dy holds. */
 #include "fuzz_common.h"
 
@@ -138,6 +139,78 @@ static attn_status grads(const problem *pr, int32_t threads, float *o, float *ls
   return st;
 }
 
+/* attn_pool_attention_backward against attn_sdpa_backward on the same
+ * problem (queries = q's batch 0 shared by the batch, the scale, kv_lens as
+ * lengths): the same forward bits, the same dk and dv bits, and dqueries the
+ * batch sum of the dense dq, in double in batch order (as the library sums
+ * it). */
+static void pool_attention_same(const problem *pr, int32_t threads) {
+  fz_alloc_state a = {0, 0, 0};
+  attn_ctx *ctx = fz_ctx(&a, threads);
+  int64_t B = pr->B, Hq = pr->Hq, M = pr->Lq, D = pr->D, Dv = pr->Dv;
+  size_t nq = (size_t)(Hq * M * D), nq4 = (size_t)B * nq, no = (size_t)(B * Hq * M * Dv);
+  size_t nl = (size_t)(B * Hq * M), nk = (size_t)(B * pr->Hkv * pr->Lk * D);
+  size_t nv = (size_t)(B * pr->Hkv * pr->Lk * Dv);
+  size_t sizes[10] = {no, nl, no, nl, nq, nk, nv, nq4, nk, nv};
+  float *f[10];
+  for (int i = 0; i < 10; i++) {
+    f[i] = malloc((sizes[i] ? sizes[i] : 1) * 4);
+    FZ_CHECK(f[i], "malloc");
+  }
+  int64_t qd[3] = {Hq, M, D}, q4d[4] = {B, Hq, M, D}, q4s[4] = {0, M * D, D, 1};
+  int64_t kd[4] = {B, pr->Hkv, pr->Lk, D}, vd[4] = {B, pr->Hkv, pr->Lk, Dv};
+  int64_t od[4] = {B, Hq, M, Dv}, ld[3] = {B, Hq, M};
+  attn_tensor *tq = NULL, *tq4 = NULL, *tk = NULL, *tv = NULL, *tg = NULL, *t[10] = {0};
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, qd, NULL, (void *)pr->q, nq * 4, &tq);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, q4d, q4s, (void *)pr->q, nq * 4, &tq4);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, kd, NULL, (void *)pr->k, nk * 4, &tk);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, vd, NULL, (void *)pr->v, nv * 4, &tv);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, od, NULL, (void *)pr->dout, no * 4, &tg);
+  const int64_t *dims[10] = {od, ld, od, ld, qd, kd, vd, q4d, kd, vd};
+  const int32_t nds[10] = {4, 3, 4, 3, 3, 4, 4, 4, 4, 4};
+  for (int i = 0; i < 10; i++)
+    attn_tensor_wrap(ctx, ATTN_DTYPE_F32, nds[i], dims[i], NULL, f[i], sizes[i] * 4, &t[i]);
+  attn_pool_attention_params pp;
+  attn_pool_attention_params_init(&pp);
+  pp.scale = pr->p.scale;
+  pp.lengths = pr->p.kv_lens;
+  pp.lse = t[1];
+  attn_status st = attn_pool_attention(ctx, tq, tk, tv, t[0], &pp);
+  FZ_CHECK(st == ATTN_OK || st == ATTN_ERR_INVALID_ARG, "attn_pool_attention: %s (%s)",
+           attn_status_string(st), attn_ctx_last_error(ctx));
+  if (st == ATTN_OK) {
+    st = attn_pool_attention_backward(ctx, tq, tk, tv, t[0], t[1], tg, t[4], t[5], t[6], &pp);
+    FZ_CHECK(st == ATTN_OK, "attn_pool_attention_backward: %s (%s)", attn_status_string(st),
+             attn_ctx_last_error(ctx));
+    attn_sdpa_params sp;
+    attn_sdpa_params_init(&sp);
+    sp.scale = pp.scale;
+    sp.kv_lens = pp.lengths;
+    sp.lse = t[3];
+    FZ_CHECK(attn_sdpa(ctx, tq4, tk, tv, t[2], &sp) == ATTN_OK, "attn_sdpa: %s",
+             attn_ctx_last_error(ctx));
+    FZ_CHECK(memcmp(f[0], f[2], no * 4) == 0 && memcmp(f[1], f[3], nl * 4) == 0,
+             "pool_attention's forward differs from attn_sdpa's");
+    FZ_CHECK(attn_sdpa_backward(ctx, tq4, tk, tv, t[2], t[3], tg, t[7], t[8], t[9], &sp, NULL) ==
+                 ATTN_OK,
+             "attn_sdpa_backward: %s", attn_ctx_last_error(ctx));
+    FZ_CHECK(memcmp(f[5], f[8], nk * 4) == 0 && memcmp(f[6], f[9], nv * 4) == 0,
+             "pool_attention_backward's dk or dv differs from attn_sdpa_backward's");
+    for (size_t i = 0; i < nq; i++) {
+      double s = 0;
+      for (int64_t b = 0; b < B; b++)
+        s += f[7][(size_t)b * nq + i];
+      float want = (float)s;
+      FZ_CHECK(memcmp(&want, &f[4][i], 4) == 0 || (isnan(want) && isnan(f[4][i])),
+               "dqueries[%zu] = %g but the batch sum of dq is %g", i, (double)f[4][i],
+               (double)want);
+    }
+  }
+  fz_ctx_destroy(ctx, &a);
+  for (int i = 0; i < 10; i++)
+    free(f[i]);
+}
+
 static void fuzz_sdpa_backward(fz_in *in) {
   problem pr;
   memset(&pr, 0, sizeof pr);
@@ -249,6 +322,8 @@ static void fuzz_sdpa_backward(fz_in *in) {
         for (int64_t d = 0; d < pr.D; d++)
           FZ_CHECK(out[0][0][r * pr.D + d] == 0, "dq of an empty row %zu", r);
   }
+  if (fz_chance(in, 96))
+    pool_attention_same(&pr, (int32_t)fz_range(in, 1, 2));
   for (int r = 0; r < 2; r++)
     for (int i = 0; i < 4; i++)
       free(out[r][i]);
