@@ -698,10 +698,12 @@ ATTN_API void attn_rope_cached_params_init(attn_rope_cached_params *p);
  * (a c_i - b s_i, a s_i + b c_i); dims r..D-1 are copied unchanged. The
  * arithmetic is in double, so the only rounding is the final store.
  * @param[in]  ctx the context.
- * @param[in]  x   F32 [B, H, L, D] (a [B, L, H, D] buffer as the view with
- *                 strides {L*H*D, D, H*D, 1}), or [B, L, H*D] with
- *                 params.num_heads = H.
- * @param[out] y   F32, x's shape, no zero strides; may be x itself (in place);
+ * @param[in]  x   F32, F16 or BF16 [B, H, L, D] (a [B, L, H, D] buffer as the
+ *                 view with strides {L*H*D, D, H*D, 1}), or [B, L, H*D] with
+ *                 params.num_heads = H. A half row is widened exactly and
+ *                 rotated as a float one.
+ * @param[out] y   F32, F16 or BF16 (any, whatever x is: the float result
+ *                 rounded once), x's shape, no zero strides; may be x itself (in place);
  *                 any other overlap with x or the tables is ATTN_ERR_ALIASING.
  * @param[in]  cos F32 [P, r/2] indexed by position_ids (or token index), or
  *                 [B|1, L, r/2] per token (ONNX without position_ids; a batch
@@ -1054,8 +1056,10 @@ ATTN_API void attn_pool_params_init(attn_pool_params *p);
  * makes its weighted output NaN (as attn_softmax). Sums and the softmax are
  * accumulated in double.
  * @param[in]  ctx the context.
- * @param[in]  x   F32 [B, L, D] or [B, H, L, D], any strides.
- * @param[out] out F32 [B, D] or [B, H, D], no zero strides, not overlapping
+ * @param[in]  x   F32, F16 or BF16 [B, L, D] or [B, H, L, D], any strides
+ *                 (half tokens widened exactly, summed in double).
+ * @param[out] out F32, F16 or BF16 [B, D] or [B, H, D] (a half out is the
+ *                 float result rounded once), no zero strides, not overlapping
  *                 x or the per-token tensors.
  * @param[in]  p   NULL for defaults (sum over every token).
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
@@ -1175,7 +1179,15 @@ ATTN_API attn_status attn_pool_attention_backward(
  * Keys and values of past tokens for incremental decoding, per sequence.
  *
  * A cache holds B sequences of Hkv heads, keys of dim D and values of dim
- * Dv (F32), and a length per sequence. Two layouts:
+ * Dv, and a length per sequence. Keys and values are stored as F32, F16 or
+ * BF16 (attn_kv_cache_params.dtype; a half cache takes half the memory and
+ * a decode step reads half the bytes). Appends take F32 or half rows of any
+ * of the three types and round them once, to nearest even, into the cache's
+ * type (as attn_tensor_copy()); attn_kv_read() converts back likewise;
+ * attn_kv_attend() reads half rows in place, widening each key/value tile
+ * to float inside the kernel, and accumulates in float. Attention over a
+ * half cache is therefore within the F32 bound of the float64 attention
+ * over the cache's (rounded) contents. Two layouts:
  * - ATTN_KV_CONTIGUOUS: keys [B, Hkv, capacity, D] and values
  *   [B, Hkv, capacity, Dv], owned (attn_kv_cache_create()) or wrapped
  *   caller memory with any strides (attn_kv_cache_wrap()).
@@ -1207,7 +1219,8 @@ typedef enum attn_kv_layout {
 typedef struct attn_kv_cache_params {
   size_t struct_size;  /**< sizeof(attn_kv_cache_params) */
   int32_t layout;      /**< attn_kv_layout; 0 = contiguous */
-  int32_t dtype;       /**< element type; 0 = ATTN_DTYPE_F32, the only one */
+  int32_t dtype;       /**< keys' and values' attn_dtype: 0 = ATTN_DTYPE_F32,
+                            ATTN_DTYPE_F16 or ATTN_DTYPE_BF16 (@since 0.2.0) */
   int64_t batch;       /**< B: sequences, >= 1 */
   int64_t kv_heads;    /**< Hkv: key/value heads, >= 1 */
   int64_t head_dim;    /**< D: key dim, >= 1 */
@@ -1224,8 +1237,9 @@ typedef struct attn_kv_cache_params {
 ATTN_API void attn_kv_cache_params_init(attn_kv_cache_params *p);
 
 /** Create an empty cache (every length 0) owning its memory. The memory is
- * allocated once here (B * Hkv * capacity * (D + Dv) floats contiguous,
- * num_blocks * Hkv * block_size * (D + Dv) paged) and not initialised:
+ * allocated once here (B * Hkv * capacity * (D + Dv) elements contiguous,
+ * num_blocks * Hkv * block_size * (D + Dv) paged, 4 or 2 bytes each) and
+ * not initialised:
  * nothing ever reads a row past a sequence's length.
  * @param[in]  ctx owner.
  * @param[in]  p   the sizes (required, see attn_kv_cache_params).
@@ -1240,7 +1254,8 @@ ATTN_API attn_status attn_kv_cache_create(attn_ctx *ctx, const attn_kv_cache_par
 
 /** Wrap caller memory as a contiguous cache, without copying: keys k
  * [B, Hkv, capacity, D] and values v [B, Hkv, capacity, Dv], tensors of ctx
- * (F32, any strides with no two indices sharing an element, k and v not
+ * (F32, F16 or BF16, both of one dtype, which becomes the cache's; any
+ * strides with no two indices sharing an element, k and v not
  * overlapping). The cache reads and writes the memory they view, which must
  * outlive the cache; freeing the tensors afterwards does not affect it.
  * @param[in]  ctx  owner.
@@ -1250,7 +1265,7 @@ ATTN_API attn_status attn_kv_cache_create(attn_ctx *ctx, const attn_kv_cache_par
  *                  memory (a restored cache); NULL = all 0.
  * @param[out] out  receives the cache; written only on success.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
- *  (dtype), ATTN_ERR_SHAPE, ATTN_ERR_INVALID_ARG (strides, lens),
+ *  (dtype, k and v of different dtypes), ATTN_ERR_SHAPE, ATTN_ERR_INVALID_ARG (strides, lens),
  *  ATTN_ERR_ALIASING, ATTN_ERR_NO_MEMORY.
  * @since 0.2.0 */
 ATTN_API attn_status attn_kv_cache_wrap(attn_ctx *ctx, const attn_tensor *k,
@@ -1300,7 +1315,8 @@ typedef struct attn_kv_append_params {
    * new keys before they are stored, as attn_rope() with this style,
    * rotary_dim and theta, token i of sequence b at its absolute position
    * len_b + i (len_b: the length before the append); offset must be 0 and
-   * positions NULL. */
+   * positions NULL. The rotation is computed in float and rounded once into
+   * a half cache. */
   const attn_rope_params *rope;
 } attn_kv_append_params;
 
@@ -1314,8 +1330,9 @@ ATTN_API void attn_kv_append_params_init(attn_kv_append_params *p);
  * grows by n_new[b] (0 is allowed: the sequence is left alone).
  * @param[in] ctx   the cache's context.
  * @param[in] cache the cache.
- * @param[in] k_new F32 [B, Hkv, L, D], any strides.
- * @param[in] v_new F32 [B, Hkv, L, Dv], any strides.
+ * @param[in] k_new F32, F16 or BF16 [B, Hkv, L, D], any strides (converted
+ *                  to the cache's dtype, one rounding).
+ * @param[in] v_new F32, F16 or BF16 [B, Hkv, L, Dv], any strides.
  * @param[in] n_new B counts in 0..L; NULL = L for every sequence.
  * @param[in] p     NULL for defaults (no RoPE).
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
@@ -1371,8 +1388,10 @@ ATTN_API attn_status attn_kv_copy(attn_ctx *ctx, attn_kv_cache *cache, int64_t d
  * @param[in]  cache the cache.
  * @param[in]  seq   0..B-1.
  * @param[in]  start first position, >= 0; start + n <= the sequence's length.
- * @param[out] k     F32 [Hkv, n, D], writable, or NULL to skip the keys.
- * @param[out] v     F32 [Hkv, n, Dv], writable (same n), or NULL.
+ * @param[out] k     F32, F16 or BF16 [Hkv, n, D], writable, or NULL to skip
+ *                   the keys (the cache's values converted: exact to F32 or
+ *                   to the cache's own type, else rounded once).
+ * @param[out] v     F32, F16 or BF16 [Hkv, n, Dv], writable (same n), or NULL.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG (k and v both NULL), ATTN_ERR_BAD_HANDLE,
  *  ATTN_ERR_UNSUPPORTED (dtype), ATTN_ERR_SHAPE, ATTN_ERR_INVALID_ARG (seq,
  *  range, strides), ATTN_ERR_ALIASING (k or v overlaps the cache, or each
@@ -1392,8 +1411,10 @@ ATTN_API attn_status attn_kv_read(attn_ctx *ctx, const attn_kv_cache *cache, int
  * merged through their log-sum-exp, in a fixed order.
  * @param[in]  ctx   the cache's context.
  * @param[in]  cache the cache.
- * @param[in]  q     F32 [B, Hq, Lq, D], Hq a multiple of the cache's Hkv.
- * @param[out] out   F32 [B, Hq, Lq, Dv], no overlap with q or the cache.
+ * @param[in]  q     F32, F16 or BF16 [B, Hq, Lq, D], Hq a multiple of the
+ *                   cache's Hkv (any dtype with any cache dtype).
+ * @param[out] out   F32, F16 or BF16 [B, Hq, Lq, Dv], no overlap with q or
+ *                   the cache (a half output is the float result rounded once).
  * @param[in]  n_new B counts in 0..min(Lq, len_b); NULL = Lq for every
  *                   sequence (then Lq <= every length).
  * @param[in]  p     as attn_sdpa() (scale, softcap, causal, window, ALiBi,

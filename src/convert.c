@@ -13,8 +13,10 @@
 
 static bool is_float(int32_t dtype) { return (ATTN_DT_FLOAT & ATTN_DT(dtype)) != 0; }
 
-static void copy_row(const attn_kernels *k, int32_t st, const char *x, int32_t dt, char *y,
-                     int64_t n) {
+void attn__convert_row(const attn_kernels *k, int32_t st, const void *src, int32_t dt,
+                       void *dst, int64_t n) {
+  const char *x = src;
+  char *y = dst;
   if (st == dt)
     memcpy(y, x, (size_t)n * attn__dtype_size(st));
   else if (st == ATTN_DTYPE_F32)
@@ -61,7 +63,7 @@ static attn_status copy(attn_ctx *ctx, const attn_tensor *src, attn_tensor *dst)
     for (int64_t b = 0; b < dims[1]; b++)
       for (int64_t c = 0; c < dims[2]; c++) {
         int64_t so = a * ss[0] + b * ss[1] + c * ss[2], dof = a * ds[0] + b * ds[1] + c * ds[2];
-        copy_row(k, src->dtype, (const char *)src->data + (size_t)so * se, dst->dtype,
+        attn__convert_row(k, src->dtype, (const char *)src->data + (size_t)so * se, dst->dtype,
                  (char *)dst->data + (size_t)dof * de, dims[3]);
       }
   return ATTN_OK;

@@ -36,4 +36,10 @@ static inline void attn__narrow(const attn_kernels *k, int32_t dt, const float *
     memcpy(y, x, (size_t)n * sizeof(float));
 }
 
+/* dst[0..n) of type dt = src[0..n) of type st (F32, F16 or BF16): copied
+ * when the types agree, else rounded once (f16 <-> bf16 through f32, exact
+ * in between). */
+void attn__convert_row(const attn_kernels *k, int32_t st, const void *src, int32_t dt,
+                       void *dst, int64_t n);
+
 #endif

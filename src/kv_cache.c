@@ -1,6 +1,10 @@
 /* KV cache: keys and values of past tokens per sequence, contiguous or
  * paged, and attention of new queries against it (through sdpa.c).
  *
+ * Keys and values are stored as F32, F16 or BF16 (one dtype per cache):
+ * rows are converted as they come in and go out (attn__convert_row, one
+ * rounding), and attention reads the half rows in place, a tile at a time.
+ *
  * Every operation checks all of its input first and only then writes, so a
  * failed call leaves the cache as it was. The paged layout keeps a block
  * table per sequence (B x max_blocks int32), a reference count per block
@@ -8,6 +12,7 @@
  * so a shared block is copied before its first divergent row lands in it. */
 #include "kv_cache.h"
 #include "check.h"
+#include "convert.h"
 #include "rope.h"
 #include "sdpa.h"
 
@@ -16,12 +21,14 @@
 struct attn_kv_cache {
   uint32_t magic;
   int32_t layout;
+  int32_t dt;                   /* dtype of keys and values */
   attn_ctx *ctx;
   attn_kv_cache *prev, *next;
   int64_t B, H, D, Dv, cap;
   int64_t *lens;                /* [B] */
-  float *k, *v;                 /* contiguous: sequence 0; paged: block 0 */
-  int64_t ks[3], vs[3];         /* strides of (sequence or block, head, row) */
+  char *k, *v;                  /* contiguous: sequence 0; paged: block 0 */
+  int64_t ks[3], vs[3];         /* element strides of (sequence or block, head, row) */
+  size_t esz;                   /* bytes per element */
   void *data_block;             /* owned K and V memory, NULL when wrapped */
   size_t k_bytes, v_bytes;      /* extents from k and v (aliasing checks) */
   /* paged */
@@ -38,9 +45,10 @@ static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 static bool paged(const attn_kv_cache *c) { return c->layout == ATTN_KV_PAGED; }
 
-/* t: a live F32 tensor of ctx with nd dims. */
-static attn_status check_f32(attn_ctx *ctx, const char *name, const attn_tensor *t, int nd) {
-  const attn_operand op[] = {{ATTN_OPERAND(name, t, ATTN_DT_F32, nd, nd)}};
+/* t: a live tensor of ctx with nd dims, of a dtype in `dts` (ATTN_DT_*). */
+static attn_status check_tensor(attn_ctx *ctx, const char *name, const attn_tensor *t, int nd,
+                                uint32_t dts) {
+  const attn_operand op[] = {{ATTN_OPERAND(name, t, dts, nd, nd)}};
   return attn__check_operands(ctx, op, 1, NULL);
 }
 
@@ -137,13 +145,13 @@ void attn_kv_cache_params_init(attn_kv_cache_params *p) {
   p->struct_size = sizeof *p;
 }
 
-/* n = a * b * c * d without overflow, also as bytes of floats. */
-static bool product(int64_t a, int64_t b, int64_t c, int64_t d, size_t *bytes) {
+/* n = a * b * c * d without overflow, as bytes of esz-byte elements. */
+static bool product(int64_t a, int64_t b, int64_t c, int64_t d, size_t esz, size_t *bytes) {
   uint64_t n;
   return !__builtin_mul_overflow((uint64_t)a, (uint64_t)b, &n) &&
          !__builtin_mul_overflow(n, (uint64_t)c, &n) &&
          !__builtin_mul_overflow(n, (uint64_t)d, &n) &&
-         !__builtin_mul_overflow(n, (uint64_t)sizeof(float), &n) &&
+         !__builtin_mul_overflow(n, (uint64_t)esz, &n) &&
          n <= (uint64_t)PTRDIFF_MAX / 2 && !__builtin_add_overflow(n, 0, bytes);
 }
 
@@ -162,9 +170,11 @@ static attn_status kv_cache_create_impl(attn_ctx *ctx, const attn_kv_cache_param
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "params.layout = %d is not an attn_kv_layout (0 = contiguous, 1 = "
                       "paged)", (int)p.layout);
-  if (p.dtype != ATTN_DTYPE_F32)
+  if (p.dtype != ATTN_DTYPE_F32 && p.dtype != ATTN_DTYPE_F16 && p.dtype != ATTN_DTYPE_BF16)
     return attn__fail(ctx, ATTN_ERR_UNSUPPORTED,
-                      "params.dtype = %d but this library keeps F32 (0) caches only", (int)p.dtype);
+                      "params.dtype = %d but a cache holds F32 (0), F16 (2) or BF16 (3)",
+                      (int)p.dtype);
+  size_t esz = attn__dtype_size(p.dtype);
   bool pg = p.layout == ATTN_KV_PAGED;
   if (p.value_dim == 0)
     p.value_dim = p.head_dim;
@@ -184,8 +194,8 @@ static attn_status kv_cache_create_impl(attn_ctx *ctx, const attn_kv_cache_param
   int64_t outer = pg ? p.num_blocks : p.batch, rows = pg ? p.block_size : p.capacity;
   size_t kb, vb, tb = 0, all;
   int64_t pool_tokens = 0;
-  if (!product(outer, p.kv_heads, rows, p.head_dim, &kb) ||
-      !product(outer, p.kv_heads, rows, p.value_dim, &vb) ||
+  if (!product(outer, p.kv_heads, rows, p.head_dim, esz, &kb) ||
+      !product(outer, p.kv_heads, rows, p.value_dim, esz, &vb) ||
       (pg && __builtin_mul_overflow(p.num_blocks, p.block_size, &pool_tokens)) ||
       __builtin_add_overflow(kb, vb, &all) || all > (size_t)PTRDIFF_MAX - 2 * ATTN_ALIGN)
     return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the cache's size overflows");
@@ -196,7 +206,7 @@ static attn_status kv_cache_create_impl(attn_ctx *ctx, const attn_kv_cache_param
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                         "params.capacity = %lld but must be in 0..num_blocks * "
                         "block_size = %lld (0 = the whole pool)", (long long)p.capacity, (long long)pool_tokens);
-    if (!product(p.batch, ceil_div(p.capacity, p.block_size), 1, 1, &tb))
+    if (!product(p.batch, ceil_div(p.capacity, p.block_size), 1, 1, sizeof(int32_t), &tb))
       return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the block tables' size overflows");
   }
   if (p.capacity > INT32_MAX)
@@ -207,6 +217,7 @@ static attn_status kv_cache_create_impl(attn_ctx *ctx, const attn_kv_cache_param
   if (!c)
     goto oom;
   c->layout = p.layout;
+  c->dt = p.dtype, c->esz = esz;
   c->B = p.batch, c->H = p.kv_heads, c->D = p.head_dim, c->Dv = p.value_dim;
   c->cap = p.capacity;
   c->data_block = attn__alloc(ctx, all + 2 * ATTN_ALIGN);
@@ -214,15 +225,15 @@ static attn_status kv_cache_create_impl(attn_ctx *ctx, const attn_kv_cache_param
     goto oom;
   /* Both arrays start on a cache line. */
   uintptr_t base = ((uintptr_t)c->data_block + ATTN_ALIGN - 1) & ~(uintptr_t)(ATTN_ALIGN - 1);
-  c->k = (float *)base;
-  c->v = (float *)((base + kb + ATTN_ALIGN - 1) & ~(uintptr_t)(ATTN_ALIGN - 1));
+  c->k = (char *)base;
+  c->v = (char *)((base + kb + ATTN_ALIGN - 1) & ~(uintptr_t)(ATTN_ALIGN - 1));
   c->k_bytes = kb, c->v_bytes = vb;
   c->ks[2] = c->D, c->ks[1] = rows * c->D, c->ks[0] = c->H * c->ks[1];
   c->vs[2] = c->Dv, c->vs[1] = rows * c->Dv, c->vs[0] = c->H * c->vs[1];
   if (pg) {
     c->bs = p.block_size, c->n_blocks = p.num_blocks;
     c->max_blocks = ceil_div(c->cap, c->bs);
-    c->table = attn__alloc(ctx, tb / sizeof(float) * sizeof(int32_t));
+    c->table = attn__alloc(ctx, tb);
     c->refs = attn__alloc(ctx, (size_t)c->n_blocks * sizeof(int32_t));
     c->free_stack = attn__alloc(ctx, (size_t)c->n_blocks * sizeof(int32_t));
     if (!c->table || !c->refs || !c->free_stack)
@@ -249,9 +260,13 @@ static attn_status kv_cache_wrap_impl(attn_ctx *ctx, const attn_tensor *k, const
     return st;
   if (!out)
     return attn__fail(ctx, ATTN_ERR_NULL_ARG, "out is NULL");
-  if ((st = check_f32(ctx, "k", k, 4)) ||
-      (st = check_f32(ctx, "v", v, 4)))
+  if ((st = check_tensor(ctx, "k", k, 4, ATTN_DT_FLOAT)) ||
+      (st = check_tensor(ctx, "v", v, 4, ATTN_DT_FLOAT)))
     return st;
+  if (k->dtype != v->dtype)
+    return attn__fail(ctx, ATTN_ERR_UNSUPPORTED,
+                      "k has dtype %s but v has %s (a cache holds one dtype)",
+                      attn__dtype_name(k->dtype), attn__dtype_name(v->dtype));
   for (int a = 0; a < 3; a++)
     if (v->dims[a] != k->dims[a])
       return attn__fail(ctx, ATTN_ERR_SHAPE,
@@ -275,6 +290,7 @@ static attn_status kv_cache_wrap_impl(attn_ctx *ctx, const attn_tensor *k, const
   if (!c)
     return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate the handle");
   c->layout = ATTN_KV_CONTIGUOUS;
+  c->dt = k->dtype, c->esz = attn__dtype_size(k->dtype);
   c->B = B, c->H = k->dims[1], c->cap = cap, c->D = k->dims[3], c->Dv = v->dims[3];
   c->k = k->data, c->v = v->data;
   c->k_bytes = k->extent_bytes, c->v_bytes = v->extent_bytes;
@@ -301,7 +317,7 @@ static attn_status kv_cache_info_get_impl(attn_ctx *ctx, const attn_kv_cache *ca
   memset(&all, 0, sizeof all);
   all.struct_size = info->struct_size;
   all.layout = cache->layout;
-  all.dtype = ATTN_DTYPE_F32;
+  all.dtype = cache->dt;
   all.batch = cache->B, all.kv_heads = cache->H, all.head_dim = cache->D;
   all.value_dim = cache->Dv, all.capacity = cache->cap;
   all.block_size = cache->bs, all.num_blocks = cache->n_blocks, all.free_blocks = cache->n_free;
@@ -313,12 +329,20 @@ static attn_status kv_cache_info_get_impl(attn_ctx *ctx, const attn_kv_cache *ca
 
 /* ---- row addressing ---- */
 
-/* Offset (in floats from c->k or c->v) of row j of sequence b, head h. */
+/* Offset (in elements from c->k or c->v) of row j of sequence b, head h. */
 static int64_t row_offset(const attn_kv_cache *c, const int64_t *s, int64_t b, int64_t h,
                           int64_t j) {
   if (paged(c))
     return c->table[b * c->max_blocks + j / c->bs] * s[0] + h * s[1] + (j % c->bs) * s[2];
   return b * s[0] + h * s[1] + j * s[2];
+}
+
+/* Key row j of sequence b, head h; and the value row. */
+static char *key_row(const attn_kv_cache *c, int64_t b, int64_t h, int64_t j) {
+  return c->k + row_offset(c, c->ks, b, h, j) * (int64_t)c->esz;
+}
+static char *value_row(const attn_kv_cache *c, int64_t b, int64_t h, int64_t j) {
+  return c->v + row_offset(c, c->vs, b, h, j) * (int64_t)c->esz;
 }
 
 /* ---- paged block bookkeeping ---- */
@@ -356,11 +380,12 @@ static void grow(attn_kv_cache *c, int64_t b, int64_t n) {
     /* Copy on write: the shared block's filled rows move to a private block. */
     int32_t old = t[len / c->bs], fresh = take_block(c);
     int64_t used = len % c->bs;
+    int64_t e = (int64_t)c->esz;
     for (int64_t h = 0; h < c->H; h++) {
-      memcpy(c->k + fresh * c->ks[0] + h * c->ks[1], c->k + old * c->ks[0] + h * c->ks[1],
-             (size_t)(used * c->D) * sizeof(float));
-      memcpy(c->v + fresh * c->vs[0] + h * c->vs[1], c->v + old * c->vs[0] + h * c->vs[1],
-             (size_t)(used * c->Dv) * sizeof(float));
+      memcpy(c->k + (fresh * c->ks[0] + h * c->ks[1]) * e,
+             c->k + (old * c->ks[0] + h * c->ks[1]) * e, (size_t)(used * c->D * e));
+      memcpy(c->v + (fresh * c->vs[0] + h * c->vs[1]) * e,
+             c->v + (old * c->vs[0] + h * c->vs[1]) * e, (size_t)(used * c->Dv * e));
     }
     drop_block(c, old);
     t[len / c->bs] = fresh;
@@ -398,7 +423,7 @@ static bool overlaps_cache(const attn_kv_cache *c, const attn_tensor *t) {
 static attn_status check_kv_operand(attn_ctx *ctx, const char *name,
                                     const attn_tensor *t, const attn_kv_cache *c,
                                     int64_t outer, int64_t dim, const char *dim_name) {
-  attn_status st = check_f32(ctx, name, t, 4);
+  attn_status st = check_tensor(ctx, name, t, 4, ATTN_DT_FLOAT);
   if (st != ATTN_OK)
     return st;
   if (t->dims[0] != outer || t->dims[1] != c->H || t->dims[3] != dim)
@@ -440,18 +465,20 @@ static attn_status check_counts(attn_ctx *ctx, const attn_kv_cache *c,
 
 /* Store rows 0..n_new[b]-1 of kn/vn (strides of [B, H, L, D]) after each
  * sequence's end. */
-static void store_rows(attn_kv_cache *c, const float *kn, const int64_t *kns, const float *vn,
-                       const int64_t *vns, const int64_t *n_new, int64_t L) {
+static void store_rows(attn_kv_cache *c, const void *kn, int32_t kdt, const int64_t *kns,
+                       const void *vn, int32_t vdt, const int64_t *vns, const int64_t *n_new,
+                       int64_t L) {
+  const attn_kernels *kern = attn__kernels();
   for (int64_t b = 0; b < c->B; b++) {
     int64_t n = n_new ? n_new[b] : L, len = c->lens[b];
     if (paged(c))
       grow(c, b, n);
     for (int64_t i = 0; i < n; i++) {
       for (int64_t h = 0; h < c->H; h++) {
-        memcpy(c->k + row_offset(c, c->ks, b, h, len + i),
-               kn + b * kns[0] + h * kns[1] + i * kns[2], (size_t)c->D * sizeof(float));
-        memcpy(c->v + row_offset(c, c->vs, b, h, len + i),
-               vn + b * vns[0] + h * vns[1] + i * vns[2], (size_t)c->Dv * sizeof(float));
+        attn__convert_row(kern, kdt, attn__elem(kn, kdt, b * kns[0] + h * kns[1] + i * kns[2]),
+                          c->dt, key_row(c, b, h, len + i), c->D);
+        attn__convert_row(kern, vdt, attn__elem(vn, vdt, b * vns[0] + h * vns[1] + i * vns[2]),
+                          c->dt, value_row(c, b, h, len + i), c->Dv);
       }
     }
     c->lens[b] = len + n;
@@ -490,7 +517,8 @@ static attn_status kv_append_impl(attn_ctx *ctx, attn_kv_cache *cache, const att
   }
   if ((st = check_counts(ctx, c, n_new, L)) != ATTN_OK)
     return st;
-  const float *kn = k_new->data;
+  const void *kn = k_new->data;
+  int32_t kdt = k_new->dtype;
   const int64_t *kns = k_new->strides;
   int64_t rot_strides[4];
   if (prm.rope) {
@@ -510,21 +538,22 @@ static attn_status kv_append_impl(attn_ctx *ctx, attn_kv_cache *cache, const att
       return st;
     float *kbuf = attn__ws_alloc(ctx, kbytes);
     int64_t *pos = attn__ws_alloc(ctx, pbytes);
+    const attn_kernels *kern = attn__kernels();
     for (int64_t b = 0; b < c->B; b++)
       for (int64_t h = 0; h < H; h++)
         for (int64_t i = 0; i < L; i++) {
-          memcpy(kbuf + ((b * H + h) * L + i) * D, kn + b * kns[0] + h * kns[1] + i * kns[2],
-                 (size_t)D * sizeof(float));
+          attn__widen(kern, kdt, attn__elem(kn, kdt, b * kns[0] + h * kns[1] + i * kns[2]),
+                      kbuf + ((b * H + h) * L + i) * D, D);
           pos[b * L + i] = c->lens[b] + i;
         }
     rope.x = kbuf;
     rope.positions = pos;
     attn__rope_apply(ctx, &rope);
-    kn = kbuf;
+    kn = kbuf, kdt = ATTN_DTYPE_F32; /* rotated in float, rounded once when stored */
     kns = rot_strides;
   }
   /* Checked: from here on nothing fails. */
-  store_rows(c, kn, kns, v_new->data, v_new->strides, n_new, L);
+  store_rows(c, kn, kdt, kns, v_new->data, v_new->dtype, v_new->strides, n_new, L);
   return ATTN_OK;
 }
 
@@ -533,7 +562,7 @@ attn_status attn__kv_append_rows(attn_ctx *ctx, attn_kv_cache *c,
                                  const int64_t *vns, const int64_t *n_new, int64_t L) {
   attn_status st = check_counts(ctx, c, n_new, L);
   if (st == ATTN_OK)
-    store_rows(c, kn, kns, vn, vns, n_new, L);
+    store_rows(c, kn, ATTN_DTYPE_F32, kns, vn, ATTN_DTYPE_F32, vns, n_new, L);
   return st;
 }
 
@@ -582,10 +611,8 @@ static attn_status kv_copy_impl(attn_ctx *ctx, attn_kv_cache *cache, int64_t dst
   } else {
     for (int64_t h = 0; h < c->H; h++)
       for (int64_t j = 0; j < len; j++) {
-        memcpy(c->k + row_offset(c, c->ks, dst, h, j), c->k + row_offset(c, c->ks, src, h, j),
-               (size_t)c->D * sizeof(float));
-        memcpy(c->v + row_offset(c, c->vs, dst, h, j), c->v + row_offset(c, c->vs, src, h, j),
-               (size_t)c->Dv * sizeof(float));
+        memcpy(key_row(c, dst, h, j), key_row(c, src, h, j), (size_t)c->D * c->esz);
+        memcpy(value_row(c, dst, h, j), value_row(c, src, h, j), (size_t)c->Dv * c->esz);
       }
   }
   c->lens[dst] = len;
@@ -611,7 +638,7 @@ static attn_status kv_read_impl(attn_ctx *ctx, const attn_kv_cache *cache, int64
     attn_tensor *t = outs[o];
     if (!t)
       continue;
-    if ((st = check_f32(ctx, names[o], t, 3)))
+    if ((st = check_tensor(ctx, names[o], t, 3, ATTN_DT_FLOAT)))
       return st;
     if (t->dims[0] != c->H || t->dims[2] != dims[o] || (n >= 0 && t->dims[1] != n))
       return attn__fail(ctx, ATTN_ERR_SHAPE,
@@ -631,19 +658,27 @@ static attn_status kv_read_impl(attn_ctx *ctx, const attn_kv_cache *cache, int64
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "positions %lld..%lld but sequence %lld holds %lld tokens", (long long)start, (long long)(start + n - 1), (long long)seq,
                       (long long)c->lens[seq]);
+  const attn_kernels *kern = attn__kernels();
   for (int64_t h = 0; h < c->H; h++)
     for (int64_t j = 0; j < n; j++) {
       if (k)
-        memcpy((float *)k->data + h * k->strides[0] + j * k->strides[1],
-               c->k + row_offset(c, c->ks, seq, h, start + j), (size_t)c->D * sizeof(float));
+        attn__convert_row(kern, c->dt, key_row(c, seq, h, start + j), k->dtype,
+                          attn__elem(k->data, k->dtype, h * k->strides[0] + j * k->strides[1]),
+                          c->D);
       if (v)
-        memcpy((float *)v->data + h * v->strides[0] + j * v->strides[1],
-               c->v + row_offset(c, c->vs, seq, h, start + j), (size_t)c->Dv * sizeof(float));
+        attn__convert_row(kern, c->dt, value_row(c, seq, h, start + j), v->dtype,
+                          attn__elem(v->data, v->dtype, h * v->strides[0] + j * v->strides[1]),
+                          c->Dv);
     }
   return ATTN_OK;
 }
 
 /* ---- attention ---- */
+
+static attn_status attend_rows(attn_ctx *ctx, const attn_kv_cache *c, const void *q,
+                               int32_t qdt, const int64_t *qs, int64_t Hq, int64_t Lq, void *out,
+                               int32_t odt, const int64_t *os, const int64_t *n_new,
+                               const attn_sdpa_params *prm);
 
 static attn_status kv_attend_impl(attn_ctx *ctx, const attn_kv_cache *cache, const attn_tensor *q,
                            attn_tensor *out, const int64_t *n_new,
@@ -655,8 +690,8 @@ static attn_status kv_attend_impl(attn_ctx *ctx, const attn_kv_cache *cache, con
   attn_sdpa_params_init(&prm);
   const attn_kv_cache *c = cache;
   if ((st = attn__read_params(ctx, &prm, sizeof prm, params)) ||
-      (st = check_f32(ctx, "q", q, 4)) ||
-      (st = check_f32(ctx, "out", out, 4)))
+      (st = check_tensor(ctx, "q", q, 4, ATTN_DT_FLOAT)) ||
+      (st = check_tensor(ctx, "out", out, 4, ATTN_DT_FLOAT)))
     return st;
   int64_t Hq = q->dims[1], Lq = q->dims[2];
   if (q->dims[0] != c->B || q->dims[3] != c->D || Hq % c->H)
@@ -675,20 +710,29 @@ static attn_status kv_attend_impl(attn_ctx *ctx, const attn_kv_cache *cache, con
   if (attn__overlap(out, q) || overlaps_cache(c, out))
     return attn__fail(ctx, ATTN_ERR_ALIASING, "out overlaps %s in memory", attn__overlap(out, q) ? "q" : "the cache");
   if (prm.lse) {
-    if ((st = check_f32(ctx, "params.lse", prm.lse, 3)))
+    if ((st = check_tensor(ctx, "params.lse", prm.lse, 3, ATTN_DT_F32)))
       return st;
     if (attn__overlap(prm.lse, q) || attn__overlap(prm.lse, out) || overlaps_cache(c, prm.lse))
       return attn__fail(ctx, ATTN_ERR_ALIASING,
                         "params.lse overlaps q, out or the cache in memory");
   }
-  return attn__kv_attend_rows(ctx, c, q->data, q->strides, Hq, Lq, out->data, out->strides,
-                              n_new, &prm);
+  return attend_rows(ctx, c, q->data, q->dtype, q->strides, Hq, Lq, out->data, out->dtype,
+                     out->strides, n_new, &prm);
 }
 
 attn_status attn__kv_attend_rows(attn_ctx *ctx, const attn_kv_cache *c,
                                  const float *q, const int64_t *qs, int64_t Hq, int64_t Lq,
                                  float *out, const int64_t *os, const int64_t *n_new,
                                  const attn_sdpa_params *prm) {
+  return attend_rows(ctx, c, q, ATTN_DTYPE_F32, qs, Hq, Lq, out, ATTN_DTYPE_F32, os, n_new,
+                     prm);
+}
+
+/* The attention of q (dtype qdt, strides qs) over the cache into out. */
+static attn_status attend_rows(attn_ctx *ctx, const attn_kv_cache *c, const void *q,
+                               int32_t qdt, const int64_t *qs, int64_t Hq, int64_t Lq, void *out,
+                               int32_t odt, const int64_t *os, const int64_t *n_new,
+                               const attn_sdpa_params *prm) {
   for (int64_t b = 0; b < c->B; b++) {
     int64_t n = n_new ? n_new[b] : Lq;
     if (n < 0 || n > Lq || n > c->lens[b])
@@ -697,8 +741,8 @@ attn_status attn__kv_attend_rows(attn_ctx *ctx, const attn_kv_cache *c,
                         "length %lld)", n_new ? "n_new[" : "Lq (n_new NULL) for sequence [", (long long)b,
                         (long long)n, (long long)Lq, (long long)c->lens[b]);
   }
-  attn_kv_view view = {.B = c->B, .Hkv = c->H, .D = c->D, .Dv = c->Dv, .k = c->k, .v = c->v,
-                        .lens = c->lens};
+  attn_kv_view view = {.B = c->B, .Hkv = c->H, .D = c->D, .Dv = c->Dv, .dt = c->dt,
+                       .k = c->k, .v = c->v, .lens = c->lens};
   memcpy(view.ks, c->ks, sizeof view.ks);
   memcpy(view.vs, c->vs, sizeof view.vs);
   if (paged(c)) {
@@ -706,7 +750,7 @@ attn_status attn__kv_attend_rows(attn_ctx *ctx, const attn_kv_cache *c,
     view.blocks_stride = c->max_blocks;
     view.block_size = c->bs;
   }
-  return attn__sdpa_kv(ctx, q, qs, Hq, Lq, out, os, &view, n_new, prm);
+  return attn__sdpa_kv(ctx, q, qdt, qs, Hq, Lq, out, odt, os, &view, n_new, prm);
 }
 
 void attn__kv_shape(const attn_kv_cache *c, int64_t *B, int64_t *H, int64_t *D, int64_t *Dv,

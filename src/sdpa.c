@@ -350,9 +350,10 @@ attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q, const attn_ten
   return attn__op_end(ctx, st);
 }
 
-attn_status attn__sdpa_kv(attn_ctx *ctx, const float *q, const int64_t *qs, int64_t Hq,
-                          int64_t Lq, float *out, const int64_t *os, const attn_kv_view *kv,
-                          const int64_t *q_lens, const attn_sdpa_params *prm) {
+attn_status attn__sdpa_kv(attn_ctx *ctx, const void *q, int32_t qdt, const int64_t *qs,
+                          int64_t Hq, int64_t Lq, void *out, int32_t odt, const int64_t *os,
+                          const attn_kv_view *kv, const int64_t *q_lens,
+                          const attn_sdpa_params *prm) {
   if (prm->mask || prm->bool_mask || prm->kv_lens || prm->q_offsets || prm->weights)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "params.mask, bool_mask, kv_lens, q_offsets and weights must be NULL "
@@ -377,6 +378,7 @@ attn_status attn__sdpa_kv(attn_ctx *ctx, const float *q, const int64_t *qs, int6
   p.B = B, p.Hq = Hq, p.Hkv = kv->Hkv, p.G = Hq / kv->Hkv, p.Lq = Lq, p.Lk = Lk;
   p.D = kv->D, p.Dv = kv->Dv;
   p.q = q, p.k = kv->k, p.v = kv->v, p.out = out;
+  p.qdt = qdt, p.kdt = p.vdt = kv->dt, p.odt = odt;
   memcpy(p.qs, qs, sizeof p.qs);
   memcpy(p.os, os, sizeof p.os);
   memcpy(p.ks, kv->ks, sizeof kv->ks);

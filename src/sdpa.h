@@ -99,23 +99,25 @@ attn_status attn__sdpa_backward_shared_q(attn_ctx *ctx, const attn_tensor *q,
  * (sequence or block, head, row)); lens[b] keys are valid. */
 typedef struct {
   int64_t B, Hkv, D, Dv;
-  const float *k, *v;
+  int32_t dt; /* of k and v: F32, or a half type read in place tile by tile */
+  const void *k, *v;
   int64_t ks[3], vs[3];
   const int32_t *blocks;
   int64_t blocks_stride, block_size;
   const int64_t *lens;
 } attn_kv_view;
 
-/* Attention of q (strides qs of [B, Hq, Lq, D]) over a KV cache view into
- * out (strides os of [B, Hq, Lq, Dv]): row i < n_b of sequence b sits at
+/* Attention of q (dtype qdt, strides qs of [B, Hq, Lq, D]) over a KV cache view into
+ * out (odt, strides os of [B, Hq, Lq, Dv]): row i < n_b of sequence b sits at
  * position lens[b] - n_b + i, n_b = q_lens[b] (Lq when q_lens is NULL);
  * rows past n_b get zeros (lse -inf). The caller checked q, out, q_lens and
  * the view (and that prm->lse overlaps nothing); this checks the options
  * in prm (mask, bool_mask, kv_lens, q_offsets and weights must be unset),
  * plans, reserves and runs. */
-attn_status attn__sdpa_kv(attn_ctx *ctx, const float *q, const int64_t *qs, int64_t Hq,
-                          int64_t Lq, float *out, const int64_t *os, const attn_kv_view *kv,
-                          const int64_t *q_lens, const attn_sdpa_params *prm);
+attn_status attn__sdpa_kv(attn_ctx *ctx, const void *q, int32_t qdt, const int64_t *qs,
+                          int64_t Hq, int64_t Lq, void *out, int32_t odt, const int64_t *os,
+                          const attn_kv_view *kv, const int64_t *q_lens,
+                          const attn_sdpa_params *prm);
 /* Plan: blocks, key split, threads and the exact workspace (p->ws_bytes).
  * Needs the caller's fields; never fails (an overflowing size saturates and
  * the reservation refuses it). */

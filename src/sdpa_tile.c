@@ -97,8 +97,11 @@ static const float *tile_rows(const void *base, int32_t dt, int64_t stride, int6
     return base;
   }
   const attn_kernels *k = attn__kernels();
-  for (int64_t j = 0; j < n; j++)
-    attn__widen(k, dt, attn__elem(base, dt, j * stride), buf + j * cols, cols);
+  if (stride == cols) /* packed rows (a cache's tile): one kernel call */
+    attn__widen(k, dt, base, buf, n * cols);
+  else
+    for (int64_t j = 0; j < n; j++)
+      attn__widen(k, dt, attn__elem(base, dt, j * stride), buf + j * cols, cols);
   *ld = (int)cols;
   return buf;
 }

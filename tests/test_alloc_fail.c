@@ -463,10 +463,12 @@ static attn_status run_rope_cached(fixture *f) {
 
 /* KV cache: attention over a paged cache filled in setup (ragged lengths,
  * one query row for one sequence, none for another), and an append with
- * RoPE into a wrapped cache (reset first, so every call does the same). */
-static void setup_kv_attend(fixture *f) {
+ * RoPE into a wrapped cache (reset first, so every call does the same).
+ * The _half variants: a bf16 paged cache, and an f16 contiguous one. */
+static void setup_kv_attend_dt(fixture *f, int32_t dt) {
   attn_kv_cache_params p;
   attn_kv_cache_params_init(&p);
+  p.dtype = dt;
   p.layout = ATTN_KV_PAGED;
   p.batch = B, p.kv_heads = HKV, p.head_dim = D, p.value_dim = DV;
   p.block_size = 32, p.num_blocks = 24;
@@ -481,6 +483,8 @@ static void setup_kv_attend(fixture *f) {
   f->t[2] = wrap_out(f, (size_t)B * HQ * LQ, 3, ld);
   f->t[3] = (attn_tensor *)(void *)kv;
 }
+static void setup_kv_attend(fixture *f) { setup_kv_attend_dt(f, ATTN_DTYPE_F32); }
+static void setup_kv_attend_half(fixture *f) { setup_kv_attend_dt(f, ATTN_DTYPE_BF16); }
 static attn_status run_kv_attend(fixture *f) {
   attn_sdpa_params p;
   attn_sdpa_params_init(&p);
@@ -495,6 +499,18 @@ static void setup_kv_append(fixture *f) {
   attn_tensor *v = wrap_out(f, (size_t)B * HKV * LK * DV, 4, vd);
   attn_kv_cache *kv = NULL;
   assert_ok(attn_kv_cache_wrap(f->ctx, k, v, NULL, &kv));
+  int64_t nd[4] = {B, HKV, LQ, D}, nvd[4] = {B, HKV, LQ, DV};
+  f->t[0] = wrap_in(f, g_k, (size_t)B * HKV * LQ * D, 4, nd);
+  f->t[1] = wrap_in(f, g_v, (size_t)B * HKV * LQ * DV, 4, nvd);
+  f->t[2] = (attn_tensor *)(void *)kv;
+}
+static void setup_kv_append_half(fixture *f) {
+  attn_kv_cache_params p;
+  attn_kv_cache_params_init(&p);
+  p.dtype = ATTN_DTYPE_F16;
+  p.batch = B, p.kv_heads = HKV, p.head_dim = D, p.value_dim = DV, p.capacity = LK;
+  attn_kv_cache *kv = NULL;
+  assert_ok(attn_kv_cache_create(f->ctx, &p, &kv));
   int64_t nd[4] = {B, HKV, LQ, D}, nvd[4] = {B, HKV, LQ, DV};
   f->t[0] = wrap_in(f, g_k, (size_t)B * HKV * LQ * D, 4, nd);
   f->t[1] = wrap_in(f, g_v, (size_t)B * HKV * LQ * DV, 4, nvd);
@@ -622,6 +638,8 @@ static const op_case g_cases[] = {
     {"attn_kv_attend", 1, setup_kv_attend, run_kv_attend},
     {"attn_kv_attend", 2, setup_kv_attend, run_kv_attend},
     {"attn_kv_append", 1, setup_kv_append, run_kv_append},
+    {"attn_kv_attend", 2, setup_kv_attend_half, run_kv_attend},
+    {"attn_kv_append", 1, setup_kv_append_half, run_kv_append},
     {"attn_softmax", 1, setup_softmax, run_softmax},
     {"attn_softmax", 2, setup_softmax, run_softmax},
     {"attn_log_softmax", 2, setup_softmax, run_log_softmax},

@@ -294,6 +294,63 @@ static void sdpa_table_half(void **state) {
   }
 }
 
+/* ---- a half KV cache: non-finite keys and values, hidden and visible ----
+ * Two keys (D = Dv = 1) appended as F32 into an F16 or a BF16 cache, one
+ * decode row (q = 1, scale 1, causal) at position 1; `hide` adds a window of
+ * 0 keys to the left, so only key 1 is seen. The expected outputs follow
+ * attn.h's rules on the rounded values: 1e5 is Inf in f16 (a +Inf logit
+ * makes the row NaN) but 99840 in bf16 (that key then takes all the weight). */
+typedef struct {
+  const char *name;
+  float k[2], v[2];
+  int hide;
+  double out_f16, out_bf16;
+} kv_edge;
+
+static const kv_edge kv_edges[] = {
+    {"NaN key hidden", {NAN, 2}, {8, 4}, 1, 4, 4},
+    {"Inf value hidden", {0, 2}, {INFINITY, 4}, 1, 4, 4},
+    {"NaN value hidden", {0, 2}, {NAN, 4}, 1, 4, 4},
+    {"-Inf key", {NINF, 2}, {8, 4}, 0, 4, 4},
+    {"NaN key visible", {NAN, 2}, {8, 4}, 0, NAN, NAN},
+    {"Inf value visible", {0, 0}, {INFINITY, 4}, 0, INFINITY, INFINITY},
+    {"key past f16's range", {1e5f, 2}, {8, 4}, 0, NAN, 8},
+    {"value past f16's range", {0, 0}, {1e5f, 0}, 0, INFINITY, 49920},
+    {"subnormal values", {0, 0}, {0x1p-24f, 0x1p-23f}, 0, 0x1.8p-24, 0x1.8p-24},
+};
+
+static void kv_half_table(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof kv_edges / sizeof kv_edges[0]; i++)
+    for (int t = 0; t < 2; t++) {
+      const kv_edge *e = &kv_edges[i];
+      int32_t dt = t ? ATTN_DTYPE_BF16 : ATTN_DTYPE_F16;
+      attn_ctx *ctx = tu_ctx(1);
+      attn_kv_cache_params cp;
+      attn_kv_cache_params_init(&cp);
+      cp.dtype = dt, cp.layout = t ? ATTN_KV_PAGED : ATTN_KV_CONTIGUOUS;
+      cp.batch = 1, cp.kv_heads = 1, cp.head_dim = 1, cp.capacity = 2;
+      cp.block_size = 1, cp.num_blocks = 2;
+      attn_kv_cache *kv = NULL;
+      assert_ok(attn_kv_cache_create(ctx, &cp, &kv));
+      float k[2], v[2], q[1] = {1}, o[1] = {-777};
+      memcpy(k, e->k, sizeof k), memcpy(v, e->v, sizeof v);
+      int64_t d2[4] = {1, 1, 2, 1}, d1[4] = {1, 1, 1, 1}, one = 1;
+      assert_ok(attn_kv_append(ctx, kv, tu_wrap(ctx, k, 2, 4, d2, NULL),
+                               tu_wrap(ctx, v, 2, 4, d2, NULL), NULL, NULL));
+      attn_sdpa_params p;
+      attn_sdpa_params_init(&p);
+      p.scale = 1, p.causal = 1, p.window = e->hide, p.window_left = 0;
+      assert_ok(attn_kv_attend(ctx, kv, tu_wrap(ctx, q, 1, 4, d1, NULL),
+                               tu_wrap(ctx, o, 1, 4, d1, NULL), &one, &p));
+      char what[160];
+      snprintf(what, sizeof what, "kv cache \"%s\" in %s", e->name, t ? "bf16" : "f16");
+      double want = t ? e->out_bf16 : e->out_f16;
+      expect_row(what, o, &want, 1, 0);
+      attn_ctx_destroy(ctx);
+    }
+}
+
 /* ================= sdpa backward ================= */
 
 /* One head, D = Dv = 1: the forward through the library, then the backward;
@@ -1199,6 +1256,7 @@ int main(void) {
       cmocka_unit_test(tensor_overflowing_shapes),
       cmocka_unit_test(sdpa_table),
       cmocka_unit_test(sdpa_table_half),
+      cmocka_unit_test(kv_half_table),
       cmocka_unit_test(sdpa_backward_table),
       cmocka_unit_test(sdpa_huge_l),
       cmocka_unit_test(sdpa_varlen_empty),

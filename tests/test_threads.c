@@ -290,7 +290,8 @@ static void run_all(attn_ctx *ctx, worker *w) {
   CHECK(w, attn_kv_read(ctx, kv, 1, 0, wrap(ctx, w->out[O_KV_READ], HKV * (LK / 2 + 40) * D, 3, rdd),
                         NULL));
 
-  /* The decoder layer over a prompt of LQ tokens in a contiguous cache. */
+  /* The decoder layer over a prompt of LQ tokens in a contiguous bf16 cache
+   * (the half cache's append and attention). */
   attn_mha_decoder_params mp;
   attn_mha_decoder_params_init(&mp);
   mp.embed_dim = D, mp.num_heads = 4, mp.num_kv_heads = 2, mp.rope = &rp;
@@ -302,6 +303,7 @@ static void run_all(attn_ctx *ctx, worker *w) {
   attn_kv_cache_params mcp;
   attn_kv_cache_params_init(&mcp);
   mcp.batch = 1, mcp.kv_heads = 2, mcp.head_dim = D / 4, mcp.capacity = LQ;
+  mcp.dtype = ATTN_DTYPE_BF16;
   attn_kv_cache *mkv = NULL;
   CHECK(w, attn_kv_cache_create(ctx, &mcp, &mkv));
   int64_t xd[3] = {1, LQ, D};

@@ -8,7 +8,10 @@
  * (except for out of memory); a failed call changes nothing (every sequence
  * read back equals the model); a paged append that needs at most the free
  * blocks succeeds; attention rows equal a float64 evaluation over the
- * model's keys and values. */
+ * model's keys and values. The cache's dtype (F32, F16, BF16), the appended
+ * rows' dtype and the queries' and outputs' dtypes are picked too; appended
+ * values are multiples of 1/16 in [-8, 8), exact in every type, so only
+ * RoPE rows are rounded (checked within an ULP of the cache's type). */
 #include "fuzz_common.h"
 
 #include <stdbool.h>
@@ -17,9 +20,25 @@ enum { MB = 3, MH = 2, MD = 6, MCAP = 48 };
 
 typedef struct {
   int64_t B, H, D, Dv, cap;
+  int32_t dt;   /* the cache's */
+  double ulp;   /* relative spacing of dt (0 for F32: bits compared) */
   int64_t len[MB];
   float k[MB][MH][MCAP][MD], v[MB][MH][MCAP][MD];
+  bool roped[MB][MCAP]; /* keys rotated (rounded into a half cache) */
 } model;
+
+static const int32_t DTYPES[3] = {ATTN_DTYPE_F32, ATTN_DTYPE_F16, ATTN_DTYPE_BF16};
+
+/* Keys equal the model's: bit for bit, or within an ULP of a half cache's
+ * type for rotated (rounded) rows. */
+static bool same_keys(const model *m, const float *got, const float *want, bool roped) {
+  if (!roped || m->ulp == 0)
+    return !memcmp(got, want, (size_t)m->D * 4);
+  for (int64_t d = 0; d < m->D; d++)
+    if (!(fabs((double)got[d] - want[d]) <= m->ulp * fabs((double)want[d]) + 1e-6))
+      return false;
+  return true;
+}
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -59,7 +78,7 @@ static void check_model(attn_ctx *ctx, attn_kv_cache *kv, const model *m, const 
     FZ_CHECK(st == ATTN_OK, "read: %s", attn_ctx_last_error(ctx));
     for (int64_t h = 0; h < m->H; h++)
       for (int64_t j = 0; j < len; j++) {
-        FZ_CHECK(!memcmp(k + (h * len + j) * m->D, m->k[b][h][j], (size_t)m->D * 4),
+        FZ_CHECK(same_keys(m, k + (h * len + j) * m->D, m->k[b][h][j], m->roped[b][j]),
                  "after %s: key %lld of sequence %lld head %lld differs", after, (long long)j,
                  (long long)b, (long long)h);
         FZ_CHECK(!memcmp(v + (h * len + j) * m->Dv, m->v[b][h][j], (size_t)m->Dv * 4),
@@ -82,10 +101,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   m.B = fz_range(&in, 1, MB), m.H = fz_range(&in, 1, MH);
   m.D = fz_range(&in, 4, MD), m.Dv = fz_range(&in, 1, MD);
   int paged = fz_chance(&in, 128);
+  m.dt = DTYPES[fz_range(&in, 0, 2)];
+  m.ulp = m.dt == ATTN_DTYPE_F16 ? 0x1p-10 : m.dt == ATTN_DTYPE_BF16 ? 0x1p-7 : 0;
+  int32_t in_dt = DTYPES[fz_range(&in, 0, 2)];
   int64_t bs = fz_range(&in, 1, 9), n_blocks = fz_range(&in, 1, 12);
   attn_kv_cache_params p;
   attn_kv_cache_params_init(&p);
   p.layout = paged;
+  p.dtype = m.dt;
   p.batch = m.B, p.kv_heads = m.H, p.head_dim = m.D, p.value_dim = m.Dv;
   if (paged) {
     p.block_size = bs, p.num_blocks = n_blocks;
@@ -100,9 +123,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   enum { L = 8 };
   float kn[MB * MH * L * MD], vn[MB * MH * L * MD];
   int64_t knd[4] = {m.B, m.H, L, m.D}, vnd[4] = {m.B, m.H, L, m.Dv};
-  attn_tensor *tk = NULL, *tv = NULL;
-  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, knd, NULL, kn, sizeof kn, &tk);
-  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, vnd, NULL, vn, sizeof vn, &tv);
+  attn_tensor *tk = NULL, *tv = NULL, *fk = NULL, *fv = NULL;
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, knd, NULL, kn, sizeof kn, &fk);
+  attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, vnd, NULL, vn, sizeof vn, &fv);
+  /* The rows handed to append: kn / vn themselves, or copies in a half type. */
+  uint16_t kh[sizeof kn / 4], vh[sizeof vn / 4];
+  if (in_dt == ATTN_DTYPE_F32) {
+    tk = fk, tv = fv;
+  } else {
+    attn_tensor_wrap(ctx, in_dt, 4, knd, NULL, kh, sizeof kh, &tk);
+    attn_tensor_wrap(ctx, in_dt, 4, vnd, NULL, vh, sizeof vh, &tv);
+  }
+  FZ_CHECK(fk && fv && tk && tv, "wrap: %s", attn_ctx_last_error(ctx));
 
   for (int op = 0; op < 24 && in.n; op++) {
     int kind = (int)fz_range(&in, 0, 5);
@@ -124,6 +156,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       }
       for (size_t i = 0; i < sizeof kn / 4; i++)
         kn[i] = (float)(int8_t)fz_u8(&in) / 16, vn[i] = (float)(int8_t)fz_u8(&in) / 16;
+      if (tk != fk) /* exact: multiples of 1/16 below 8 in magnitude */
+        FZ_CHECK(attn_tensor_copy(ctx, fk, tk) == ATTN_OK &&
+                     attn_tensor_copy(ctx, fv, tv) == ATTN_OK,
+                 "copy: %s", attn_ctx_last_error(ctx));
       int rope = fz_chance(&in, 64);
       attn_rope_params rp;
       attn_rope_params_init(&rp);
@@ -157,6 +193,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                      (size_t)m.D * 4);
               if (rope)
                 rope_row(m.k[b][h][m.len[b] + i], m.len[b] + i);
+              m.roped[b][m.len[b] + i] = rope;
               memcpy(m.v[b][h][m.len[b] + i], vn + ((b * m.H + h) * L + i) * m.Dv,
                      (size_t)m.Dv * 4);
             }
@@ -191,6 +228,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (ok && s1 != s2) {
         memcpy(m.k[s1], m.k[s2], sizeof m.k[s1]);
         memcpy(m.v[s1], m.v[s2], sizeof m.v[s1]);
+        memcpy(m.roped[s1], m.roped[s2], sizeof m.roped[s1]);
         m.len[s1] = m.len[s2];
       }
     } else {
@@ -204,18 +242,32 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       }
       int64_t Hq = m.H * G;
       float q[MB * 4 * 3 * MD], out[MB * 4 * 3 * MD];
+      uint16_t qh[sizeof q / 4], oh[sizeof out / 4];
       for (size_t i = 0; i < sizeof q / 4; i++)
         q[i] = (float)(int8_t)fz_u8(&in) / 32;
+      int32_t qdt = DTYPES[fz_range(&in, 0, 2)], odt = DTYPES[fz_range(&in, 0, 2)];
+      double out_ulp = odt == ATTN_DTYPE_F16 ? 0x1p-11 : odt == ATTN_DTYPE_BF16 ? 0x1p-8 : 0;
       int64_t qd[4] = {m.B, Hq, Lq, m.D}, od[4] = {m.B, Hq, Lq, m.Dv};
-      attn_tensor *tq = NULL, *to = NULL;
-      attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, qd, NULL, q, sizeof q, &tq);
-      attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, od, NULL, out, sizeof out, &to);
+      attn_tensor *tq = NULL, *to = NULL, *fq = NULL, *fo = NULL;
+      attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, qd, NULL, q, sizeof q, &fq);
+      attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, od, NULL, out, sizeof out, &fo);
+      tq = fq, to = fo;
+      if (qdt != ATTN_DTYPE_F32) { /* q exact in either half type */
+        attn_tensor_wrap(ctx, qdt, 4, qd, NULL, qh, sizeof qh, &tq);
+        FZ_CHECK(tq && attn_tensor_copy(ctx, fq, tq) == ATTN_OK, "q: %s",
+                 attn_ctx_last_error(ctx));
+      }
+      if (odt != ATTN_DTYPE_F32)
+        attn_tensor_wrap(ctx, odt, 4, od, NULL, oh, sizeof oh, &to);
+      FZ_CHECK(fq && fo && to, "wrap: %s", attn_ctx_last_error(ctx));
       attn_sdpa_params sp;
       attn_sdpa_params_init(&sp);
       sp.causal = fz_chance(&in, 160);
       ARM();
       st = attn_kv_attend(ctx, kv, tq, to, n, &sp);
       FZ_CHECK(ok || st != ATTN_OK, "attend with invalid counts succeeded");
+      if (st == ATTN_OK && to != fo) /* widen the half output (exact) to check it */
+        FZ_CHECK(attn_tensor_copy(ctx, to, fo) == ATTN_OK, "out: %s", attn_ctx_last_error(ctx));
       if (ok && st != ATTN_OK)
         FZ_CHECK(st == ATTN_ERR_NO_MEMORY, "attend failed: %s", attn_ctx_last_error(ctx));
       if (st == ATTN_OK)
@@ -228,12 +280,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
               int64_t pos = m.len[b] - n[b] + i, hi = sp.causal ? pos + 1 : m.len[b];
               if (i >= n[b])
                 hi = 0;
+              /* A rotated key in a half cache is the model's within an ULP:
+               * its logit within dlt, each weight within a factor e^(2 dlt),
+               * the output within 2 max|v| (e^(2 dlt) - 1). */
+              double dlt = 0, vmax = 0;
               for (int64_t j = 0; j < hi; j++) {
+                double sa = 0;
                 s[j] = 0;
-                for (int64_t d = 0; d < m.D; d++)
+                for (int64_t d = 0; d < m.D; d++) {
                   s[j] += (double)qr[d] * m.k[b][h / G][j][d];
+                  sa += fabs((double)qr[d] * m.k[b][h / G][j][d]);
+                }
                 s[j] /= sqrt((double)m.D);
                 mx = s[j] > mx ? s[j] : mx;
+                if (m.roped[b][j] && m.ulp * sa / sqrt((double)m.D) > dlt)
+                  dlt = m.ulp * sa / sqrt((double)m.D);
+                for (int64_t d = 0; d < m.Dv; d++)
+                  vmax = fabs(m.v[b][h / G][j][d]) > vmax ? fabs(m.v[b][h / G][j][d]) : vmax;
               }
               for (int64_t j = 0; j < hi; j++) {
                 double w = exp(s[j] - mx);
@@ -243,14 +306,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
               }
               for (int64_t d = 0; d < m.Dv; d++) {
                 double want = hi ? acc[d] / sum : 0;
-                FZ_CHECK(fabs(o[d] - want) <= 1e-4 * (1 + fabs(want)),
+                FZ_CHECK(fabs(o[d] - want) <=
+                             1e-4 * (1 + fabs(want)) + out_ulp * fabs(want) + 2 * vmax * expm1(2 * dlt),
                          "attend: sequence %lld head %lld row %lld col %lld: %g, want %g",
                          (long long)b, (long long)h, (long long)i, (long long)d,
                          (double)o[d], want);
               }
             }
-      attn_tensor_free(ctx, tq);
-      attn_tensor_free(ctx, to);
+      attn_tensor_free(ctx, fq);
+      attn_tensor_free(ctx, fo);
+      if (tq != fq)
+        attn_tensor_free(ctx, tq);
+      if (to != fo)
+        attn_tensor_free(ctx, to);
     }
     a.fail_at = 0;
 #undef ARM

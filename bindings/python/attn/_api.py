@@ -291,6 +291,19 @@ def _data_array(a, fn):
     return a, _lib.DTYPE_F16 if a.dtype == np.float16 else _lib.DTYPE_F32
 
 
+_DTYPE_CODES = {"float32": _lib.DTYPE_F32, "float16": _lib.DTYPE_F16,
+                "bfloat16": _lib.DTYPE_BF16}
+
+
+def _kv_rows(a, src_dtype, fn):
+    """Rows for KVCache.append as (array, libattn dtype): src_dtype names a
+    numpy array's element type (bfloat16: uint16 bits), else as _data_array."""
+    if src_dtype is None or _is_torch(a):
+        return _data_array(a, fn)
+    a = np.asarray(a)
+    return a, _DTYPE_CODES[_half_kind(a, src_dtype, fn)]
+
+
 def _result_dtype(dt):
     """The NumPy type of a result computed from a `dt` input: float16 for
     float16, else float32 (NumPy has no bfloat16)."""
@@ -1145,7 +1158,12 @@ class KVCache:
     """A KV cache for incremental decoding (attn_kv_cache_create).
 
     KVCache(batch, kv_heads, head_dim, capacity=None, *, value_dim=None,
-    paged=False, block_size=16, num_blocks=None, context=None)
+    paged=False, block_size=16, num_blocks=None, dtype="float32", context=None)
+
+    dtype: what the cache stores, "float32", "float16" or "bfloat16" (a
+    NumPy or torch dtype works too). A half cache takes half the memory and
+    a decode step reads half the bytes; appended rows are rounded once to
+    it, attention widens them to float32 inside the kernel.
 
     Contiguous (default): `capacity` tokens per sequence, reserved up front.
     paged=True: `num_blocks` blocks of `block_size` tokens shared by all
@@ -1158,8 +1176,10 @@ class KVCache:
     and must be used from that context's thread."""
 
     def __init__(self, batch, kv_heads, head_dim, capacity=None, *, value_dim=None,
-                 paged=False, block_size=16, num_blocks=None, context=None):
+                 paged=False, block_size=16, num_blocks=None, dtype="float32",
+                 context=None):
         fn = "KVCache"
+        self.dtype = _dtype_name(dtype, fn)
         self._ctx = context if context is not None else default_context()
         if paged and num_blocks is None:
             raise ValueError("%s: paged=True needs num_blocks" % fn)
@@ -1169,7 +1189,8 @@ class KVCache:
                                kv_heads=int(kv_heads), head_dim=int(head_dim),
                                value_dim=int(value_dim or 0), capacity=int(capacity or 0),
                                block_size=int(block_size) if paged else 0,
-                               num_blocks=int(num_blocks or 0))
+                               num_blocks=int(num_blocks or 0),
+                               dtype=_DTYPE_CODES[self.dtype])
         h = ctypes.c_void_p()
         with self._ctx._call(fn) as c:
             c.check(_LIB.attn_kv_cache_create(self._ctx._handle, ctypes.byref(p),
@@ -1216,15 +1237,18 @@ class KVCache:
         c.keep.append(arr)
         return arr.ctypes.data_as(_lib._c_int64_p)
 
-    def append(self, k, v, n_new=None, *, rope=None):
+    def append(self, k, v, n_new=None, *, rope=None, src_dtype=None):
         """Append k [B, Hkv, L, D] and v [B, Hkv, L, Dv]: rows 0..n_new[b]-1
         of sequence b go after its end (n_new None = all L). rope: None, or a
         dict with style ("half-split" / "interleaved"), rotary_dim, theta,
-        applied to the new keys at their absolute positions."""
+        applied to the new keys at their absolute positions (in float32,
+        then rounded once into a half cache). float16 arrays and torch
+        float16 / bfloat16 tensors are read as they are; uint16 arrays of
+        bfloat16 bits with src_dtype="bfloat16"."""
         fn = "KVCache.append"
-        k, v = np.asarray(k), np.asarray(v)
         with self._ctx._call(fn) as c:
-            hk, hv = c.input(k, "k"), c.input(v, "v")
+            (k, kdt), (v, vdt) = (_kv_rows(a, src_dtype, fn) for a in (k, v))
+            hk, hv = c.input(k, "k", dtype=kdt), c.input(v, "v", dtype=vdt)
             ap = _lib.KvAppendParams()
             if rope is not None:
                 style = rope.get("style", "half-split")
@@ -1242,14 +1266,15 @@ class KVCache:
         """Attention of q [B, Hq, Lq, D] over the cache: row i of sequence b
         sits at position length[b] - n_new[b] + i (n_new None = Lq for all),
         so call it after append() with the same counts. Rows past n_new[b]
-        are zeros. Returns out [B, Hq, Lq, Dv]."""
+        are zeros. Returns out [B, Hq, Lq, Dv], float16 for a float16 q,
+        else float32."""
         fn = "KVCache.attend"
-        q = np.asarray(q)
+        q, qdt = _data_array(q, fn)
         if q.ndim != 4:
             raise ValueError("%s: q must be [B, Hq, Lq, D]" % fn)
-        out = np.empty(q.shape[:3] + (self.value_dim,), np.float32)
+        out = np.empty(q.shape[:3] + (self.value_dim,), _result_dtype(qdt))
         with self._ctx._call(fn) as c:
-            hq, ho = c.input(q, "q"), c.output(out, "out")
+            hq, ho = c.input(q, "q", dtype=qdt), c.output(out, "out", half=True)
             p = self._ctx._sdpa_params(fn, c, causal=causal, align="top-left", scale=scale,
                                        window=window, softcap=softcap,
                                        alibi_slopes=alibi_slopes, sinks=sinks, Hq=q.shape[1])
@@ -1274,17 +1299,26 @@ class KVCache:
         """Make sequence dst a copy of sequence src."""
         self._simple("KVCache.copy", _LIB.attn_kv_copy, int(dst), int(src))
 
-    def read(self, seq, start=0, n=None):
+    def read(self, seq, start=0, n=None, dtype="float32"):
         """Keys [Hkv, n, D] and values [Hkv, n, Dv] of sequence `seq` from
-        position `start` (n None = to its end)."""
+        position `start` (n None = to its end), as dtype: "float32" (exact
+        from any cache), "float16", or "bfloat16" (uint16 arrays of the
+        bits)."""
+        fn = "KVCache.read"
+        kind = _dtype_name(dtype, fn)
+        npt = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[kind]
         if n is None:
             n = int(self.lengths[int(seq)]) - int(start)
-        k = np.empty((self.kv_heads, n, self.head_dim), np.float32)
-        v = np.empty((self.kv_heads, n, self.value_dim), np.float32)
+        k = np.empty((self.kv_heads, n, self.head_dim), npt)
+        v = np.empty((self.kv_heads, n, self.value_dim), npt)
         if n == 0:
             return k, v
-        with self._ctx._call("KVCache.read") as c:
-            hk, hv = c.output(k, "k"), c.output(v, "v")
+        with self._ctx._call(fn) as c:
+            if kind == "bfloat16":  # written in place as bits: no conversion
+                hk = c._wrap(k, _lib.DTYPE_BF16, _element_strides(k), "k")
+                hv = c._wrap(v, _lib.DTYPE_BF16, _element_strides(v), "v")
+            else:
+                hk, hv = c.output(k, "k", half=True), c.output(v, "v", half=True)
             c.check(_LIB.attn_kv_read(self._ctx._handle, self._handle, int(seq), int(start),
                                       hk, hv))
         return k, v

@@ -73,3 +73,62 @@ def test_copy_truncate_and_bad_input():
         cache.truncate(0, 7)
     cache.reset()
     assert cache.free_blocks == 4
+
+
+def _bf16_bits(x):
+    """float32 -> bfloat16 bits, nearest even (NaN-free input), in NumPy."""
+    b = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _bf16_value(h):
+    return (h.astype(np.uint32) << 16).view(np.float32)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("paged", [False, True])
+def test_half_cache(dtype, paged):
+    """A half cache holds the rows rounded once (NumPy's float16 cast, or
+    nearest-even bfloat16 by bits here); attention over it equals the
+    float64 reference over those rounded rows."""
+    rng = np.random.default_rng(11)
+    B, Hq, Hkv, D, T = 2, 4, 2, 8, 19
+    q = rng.standard_normal((B, Hq, T, D)).astype(np.float32)
+    k = rng.standard_normal((B, Hkv, T, D)).astype(np.float32)
+    v = rng.standard_normal((B, Hkv, T, D)).astype(np.float32)
+    cache = (attn.KVCache(B, Hkv, D, paged=True, block_size=4, num_blocks=16, dtype=dtype)
+             if paged else attn.KVCache(B, Hkv, D, capacity=T, dtype=dtype))
+    if dtype == "float16":
+        kr, vr = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+        # Half of the steps append float16 arrays (no upcast), half float32.
+        first = (k[:, :, :7].astype(np.float16), v[:, :, :7].astype(np.float16), {})
+    else:
+        kr, vr = _bf16_value(_bf16_bits(k)), _bf16_value(_bf16_bits(v))
+        first = (_bf16_bits(k[:, :, :7]), _bf16_bits(v[:, :, :7]), {"src_dtype": "bfloat16"})
+    cache.append(first[0], first[1], **first[2])
+    cache.append(k[:, :, 7:], v[:, :, 7:])
+    np.testing.assert_array_equal(cache.lengths, [T, T])
+    for b in range(B):
+        rk, rv = cache.read(b)
+        assert rk.dtype == np.float32
+        np.testing.assert_array_equal(rk, kr[b])
+        np.testing.assert_array_equal(rv, vr[b])
+        hk, hv = cache.read(b, dtype=dtype)
+        if dtype == "float16":
+            assert hk.dtype == np.float16
+            np.testing.assert_array_equal(hk.astype(np.float32), kr[b])
+        else:
+            assert hk.dtype == np.uint16
+            np.testing.assert_array_equal(hk, _bf16_bits(k[b]))
+    out = cache.attend(q[:, :, -3:], np.array([3, 3]))
+    for b in range(B):
+        want = causal_ref(q[b], kr[b], vr[b])[:, -3:]
+        np.testing.assert_allclose(out[b], want, atol=2e-6, rtol=1e-5)
+    out16 = cache.attend(q[:, :, -3:].astype(np.float16), np.array([3, 3]))
+    assert out16.dtype == np.float16
+    q16 = q[:, :, -3:].astype(np.float16).astype(np.float32)
+    for b in range(B):
+        want = causal_ref(np.concatenate([q[b, :, :-3], q16[b]], 1), kr[b], vr[b])[:, -3:]
+        np.testing.assert_allclose(out16[b].astype(np.float32), want, rtol=2**-10, atol=1e-5)
+    with pytest.raises(ValueError):
+        attn.KVCache(1, 1, 4, capacity=4, dtype="int8")
