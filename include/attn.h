@@ -1056,10 +1056,8 @@ ATTN_API void attn_pool_params_init(attn_pool_params *p);
  * makes its weighted output NaN (as attn_softmax). Sums and the softmax are
  * accumulated in double.
  * @param[in]  ctx the context.
- * @param[in]  x   F32, F16 or BF16 [B, L, D] or [B, H, L, D], any strides
- *                 (half tokens widened exactly, summed in double).
- * @param[out] out F32, F16 or BF16 [B, D] or [B, H, D] (a half out is the
- *                 float result rounded once), no zero strides, not overlapping
+ * @param[in]  x   F32 [B, L, D] or [B, H, L, D], any strides.
+ * @param[out] out F32 [B, D] or [B, H, D], no zero strides, not overlapping
  *                 x or the per-token tensors.
  * @param[in]  p   NULL for defaults (sum over every token).
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED

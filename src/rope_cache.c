@@ -4,6 +4,7 @@
  * transformers' modeling_rope_utils as the reference for names and
  * semantics. Frequencies, angles and the rotation are computed in double. */
 #include "check.h"
+#include "convert.h"
 
 #include <float.h>
 #include <math.h>
@@ -345,8 +346,10 @@ attn_status attn_rope_cache_fill(attn_ctx *ctx, attn_tensor *cos_t, attn_tensor 
 /* ---------------------------------------------------------------- rotation */
 
 typedef struct {
-  const float *x;
-  float *y;
+  const void *x;
+  void *y;
+  int32_t xdt, ydt; /* F32, F16 or BF16 each */
+  float *rows;      /* half x or y: D floats per worker, a row widened and rotated */
   int64_t B, H, L, D, half;
   int64_t xs[4], ys[4];
   const float *cos, *sin;
@@ -357,7 +360,6 @@ typedef struct {
 } cached_problem;
 
 static void cached_item(void *arg, int64_t item, int32_t worker) {
-  (void)worker;
   const cached_problem *p = arg;
   int64_t b = item / p->L, l = item % p->L, half = p->half;
   const float *c, *s;
@@ -369,9 +371,19 @@ static void cached_item(void *arg, int64_t item, int32_t worker) {
     c = p->cos + row * p->cs[1];
     s = p->sin + row * p->ss[1];
   }
+  bool f32 = p->xdt == ATTN_DTYPE_F32 && p->ydt == ATTN_DTYPE_F32;
+  const attn_kernels *k = attn__kernels();
   for (int64_t h = 0; h < p->H; h++) {
-    const float *xr = p->x + b * p->xs[0] + h * p->xs[1] + l * p->xs[2];
-    float *yr = p->y + b * p->ys[0] + h * p->ys[1] + l * p->ys[2];
+    const void *x = attn__elem(p->x, p->xdt, b * p->xs[0] + h * p->xs[1] + l * p->xs[2]);
+    void *y = attn__elem(p->y, p->ydt, b * p->ys[0] + h * p->ys[1] + l * p->ys[2]);
+    /* Half rows: widened into the worker's row, rotated there in float,
+     * rounded once into y (the unrotated tail passes through unchanged
+     * when x and y share a type). */
+    float *row = f32 ? NULL : p->rows + worker * p->D;
+    const float *xr = f32 ? x : row;
+    float *yr = f32 ? y : row;
+    if (!f32)
+      attn__widen(k, p->xdt, x, row, p->D);
     /* Read a pair before writing it: in place, y's row is x's row. */
     for (int64_t i = 0; i < half; i++) {
       int64_t ja = p->interleaved ? 2 * i : i, jb = p->interleaved ? 2 * i + 1 : i + half;
@@ -379,7 +391,9 @@ static void cached_item(void *arg, int64_t item, int32_t worker) {
       yr[ja] = (float)(u * ci - v * si);
       yr[jb] = (float)(u * si + v * ci);
     }
-    if (!p->in_place)
+    if (!f32)
+      attn__narrow(k, p->ydt, row, y, p->D);
+    else if (!p->in_place)
       memcpy(yr + 2 * half, xr + 2 * half, (size_t)(p->D - 2 * half) * sizeof(float));
   }
 }
@@ -410,8 +424,8 @@ static attn_status rope_cached(attn_ctx *ctx, const attn_tensor *x, attn_tensor 
   attn_rope_cached_params prm;
   attn_rope_cached_params_init(&prm);
   const attn_operand ops[] = {
-      {ATTN_OPERAND("x", x, ATTN_DT_F32, 3, 4)},
-      {ATTN_OPERAND("y", y, ATTN_DT_F32, 3, 4), .like = ATTN_LIKE(0),
+      {ATTN_OPERAND("x", x, ATTN_DT_FLOAT, 3, 4)},
+      {ATTN_OPERAND("y", y, ATTN_DT_FLOAT, 3, 4), .like = ATTN_LIKE(0),
        .flags = ATTN_OPND_OUTPUT | ATTN_OPND_SAME_SHAPE | ATTN_OPND_INPLACE},
       {ATTN_OPERAND("cos", cos_t, ATTN_DT_F32, 2, 3)},
       {ATTN_OPERAND("sin", sin_t, ATTN_DT_F32, 2, 3), .like = ATTN_LIKE(2),
@@ -491,6 +505,7 @@ static attn_status rope_cached(attn_ctx *ctx, const attn_tensor *x, attn_tensor 
     return ATTN_OK;
 
   p.x = x->data, p.y = y->data;
+  p.xdt = x->dtype, p.ydt = y->dtype;
   p.cos = cos_t->data, p.sin = sin_t->data;
   /* Table strides over [B, L]: 3-D [B|1, L, r/2], or 2-D rows (batch unused). */
   if (p.per_token) {
@@ -505,6 +520,14 @@ static attn_status rope_cached(attn_ctx *ctx, const attn_tensor *x, attn_tensor 
   int64_t items = p.B * p.L;
   int32_t threads = attn__threads_plan(ctx, (double)items * (double)p.H * (double)p.D,
                                        MIN_WORK_PER_THREAD * 4, items);
+  if (p.xdt != ATTN_DTYPE_F32 || p.ydt != ATTN_DTYPE_F32) {
+    size_t bytes;
+    if (__builtin_mul_overflow((size_t)p.D * sizeof(float), (size_t)threads, &bytes))
+      bytes = SIZE_MAX; /* refused by the reservation */
+    if ((st = attn__ws_reserve(ctx, bytes)) != ATTN_OK)
+      return st;
+    p.rows = attn__ws_alloc(ctx, bytes);
+  }
   attn__parallel_for(ctx, threads, items, cached_item, &p);
   return ATTN_OK;
 }

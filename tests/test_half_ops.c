@@ -14,6 +14,7 @@
 #include "test_util.h"
 
 #include "ref_half.h"
+#include "ref_pool.h"
 #include "ref_posenc.h"
 #include "ref_sdpa.h"
 #include "ref_softmax.h"
@@ -572,12 +573,71 @@ static void sdpa_logits_half(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* ---------------- RoPE from tables ---------------- */
+
+/* attn_rope_cached on half x and/or y (and in place on half x), against the
+ * float64 table rotation of the rounded x. */
+static void rope_cached_half(void **state) {
+  (void)state;
+  attn_ctx *ctx = new_ctx(2);
+  enum { B = 2, H = 3, L = 7, D = 12, HALF = 5, P = 16 };
+  tu_rng r = {23};
+  float cosv[P * HALF], sinv[P * HALF];
+  for (int p = 0; p < P; p++)
+    for (int i = 0; i < HALF; i++) {
+      double a = p * pow(100.0, -2.0 * i / (2 * HALF));
+      cosv[p * HALF + i] = (float)cos(a), sinv[p * HALF + i] = (float)sin(a);
+    }
+  int64_t pos[B * L];
+  for (int i = 0; i < B * L; i++)
+    pos[i] = (i * 5 + 3) % P;
+  int64_t td[2] = {P, HALF}, xd[4] = {B, H, L, D};
+  double worst = 0;
+  for (int xi = 0; xi < 3; xi++)
+    for (int yi = 0; yi < 4; yi++) { /* yi = 3: in place */
+      if (yi == 3 && xi == 0)
+        continue;
+      if (xi == 0 && yi == 0)
+        continue;
+      float xv[B * H * L * D];
+      tu_fill(&r, xv, B * H * L * D, -2, 2);
+      harr x, y;
+      harr_make(&x, ctx, DTS[xi], 4, xd, xv);
+      if (yi < 3)
+        harr_make(&y, ctx, DTS[yi], 4, xd, NULL);
+      attn_rope_cached_params rp;
+      attn_rope_cached_params_init(&rp);
+      rp.position_ids = pos;
+      rp.style = (xi + yi) % 2 ? ATTN_ROPE_INTERLEAVED : ATTN_ROPE_HALF_SPLIT;
+      if (attn_rope_cached(ctx, x.t, yi < 3 ? y.t : x.t, tu_wrap(ctx, cosv, P * HALF, 2, td, NULL),
+                           tu_wrap(ctx, sinv, P * HALF, 2, td, NULL), &rp) != ATTN_OK)
+        fail_msg("rope_cached %d -> %d: %s", xi, yi, attn_ctx_last_error(ctx));
+      double want[B * H * L * D], cr[B * L * HALF], sr[B * L * HALF];
+      for (int i = 0; i < B * H * L * D; i++)
+        want[i] = xv[i];
+      for (int t = 0; t < B * L; t++)
+        for (int i = 0; i < HALF; i++)
+          cr[t * HALF + i] = cosv[pos[t] * HALF + i], sr[t * HALF + i] = sinv[pos[t] * HALF + i];
+      ref_rope_tables(rp.style == ATTN_ROPE_INTERLEAVED, B, H, L, D, HALF, cr, sr, want);
+      char what[64];
+      snprintf(what, sizeof what, "rope_cached %s -> %s", dname(DTS[xi]),
+               yi < 3 ? dname(DTS[yi]) : "in place");
+      worst = fmax(worst, check_all(what, yi < 3 ? &y : &x, want, 2e-6, NULL));
+      harr_free(&x);
+      if (yi < 3)
+        harr_free(&y);
+    }
+  print_message("rope_cached: worst error %.3f of the bound\n", worst);
+  attn_ctx_destroy(ctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(softmax_half), cmocka_unit_test(softmax_half_edges),
       cmocka_unit_test(posenc_half),  cmocka_unit_test(sdpa_half),
       cmocka_unit_test(varlen_half),  cmocka_unit_test(pool_attention_half),
       cmocka_unit_test(sdpa_logits_half),
+      cmocka_unit_test(rope_cached_half),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
