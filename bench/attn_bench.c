@@ -403,7 +403,17 @@ static int naive_once(void *arg) {
 /* K_VARLEN: attn_sdpa_varlen over B sequences of Lq..Lk tokens (lengths
  * spread by varlen_len); K_ROPE: attn_rope in place on [B, Hq, Lq, D];
  * K_SINUS: attn_sinusoidal_add in place on [B, Lq, D]; K_BWD: attn_sdpa_backward. */
-typedef enum { K_SDPA, K_DECODE, K_LONG, K_SOFTMAX, K_VARLEN, K_ROPE, K_SINUS, K_BWD } kind;
+typedef enum {
+  K_SDPA,
+  K_DECODE,
+  K_LONG,
+  K_SOFTMAX,
+  K_VARLEN,
+  K_ROPE,
+  K_SINUS,
+  K_BWD,
+  K_KV /* decode through attn_kv_attend over a KV cache of dtype dt (Lk tokens) */
+} kind;
 
 typedef struct {
   kind kind;
@@ -421,12 +431,13 @@ typedef struct {
   int reps;
   const char *error;
   double other_load; /* cores used by other processes during the case */
+  double speedup_f32; /* K_KV half rows: the f32 cache row's time over this one's */
 } result;
 
 static const char *kind_name(kind k) {
   static const char *const names[] = {"sdpa", "sdpa_decode", "sdpa_long", "softmax",
                                       "sdpa_varlen", "rope", "sinusoidal",
-                                      "sdpa_backward"};
+                                      "sdpa_backward", "kv_decode"};
   return names[k];
 }
 
@@ -437,6 +448,7 @@ typedef struct {
   attn_ctx *ctx;
   attn_tensor *q, *k, *v, *o, *x, *y;
   attn_tensor *lse, *dout, *dq, *dk, *dv; /* the backward's */
+  attn_kv_cache *cache;                   /* K_KV */
   attn_sdpa_params p;
   int32_t batch;               /* attn_sdpa_varlen */
   const int64_t *cu;           /* its cu_seqlens (q and k alike) */
@@ -458,6 +470,15 @@ static int sdpa_backward_once(void *arg) {
 static int sdpa_once(void *arg) {
   op_run *r = arg;
   if (attn_sdpa(r->ctx, r->q, r->k, r->v, r->o, &r->p) != ATTN_OK) {
+    snprintf(r->err, sizeof r->err, "%s", attn_ctx_last_error(r->ctx));
+    return 1;
+  }
+  return 0;
+}
+
+static int kv_once(void *arg) {
+  op_run *r = arg;
+  if (attn_kv_attend(r->ctx, r->cache, r->q, r->o, NULL, &r->p) != ATTN_OK) {
     snprintf(r->err, sizeof r->err, "%s", attn_ctx_last_error(r->ctx));
     return 1;
   }
@@ -506,6 +527,7 @@ static double g_naive_limit = 2.0;  /* GiB of score matrices the naive way may u
 static int g_sgemm_n = 2048;
 static size_t g_copy_bytes = (size_t)256 << 20;
 static char g_err[600];
+static double g_f32_kv_seconds = NAN; /* the last f32 K_KV row's time */
 
 /* Query-key pairs the shape requires (exact count under a top-left causal
  * mask: about half of Lq * Lk for a square one). */
@@ -541,7 +563,7 @@ static const char *dt_name(int32_t dt) {
 static size_t dt_size(int32_t dt) { return dt == ATTN_DTYPE_F32 ? 4 : 2; }
 
 static result run_sdpa_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN};
   size_t nq = (size_t)(c->B * c->Hq * c->Lq * c->D), nk = (size_t)(c->B * c->Hkv * c->Lk * c->D),
          nv = (size_t)(c->B * c->Hkv * c->Lk * c->Dv), no = (size_t)(c->B * c->Hq * c->Lq * c->Dv);
   float *q = new_floats(nq, 11), *k = new_floats(nk, 12), *v = new_floats(nv, 13);
@@ -549,7 +571,7 @@ static result run_sdpa_case(const bcase *c) {
   counter cnt = {0, 0};
   op_run r = {0};
   r.ctx = new_ctx(c->threads, &cnt);
-  int32_t qdt = c->kind == K_DECODE ? ATTN_DTYPE_F32 : c->dt;
+  int32_t qdt = c->kind == K_DECODE || c->kind == K_KV ? ATTN_DTYPE_F32 : c->dt;
   attn_tensor *of = wrap4(r.ctx, o, c->B, c->Hq, c->Lq, c->Dv);
   r.q = as_dtype(r.ctx, wrap4(r.ctx, q, c->B, c->Hq, c->Lq, c->D), qdt);
   r.k = as_dtype(r.ctx, wrap4(r.ctx, k, c->B, c->Hkv, c->Lk, c->D), c->dt);
@@ -589,6 +611,22 @@ static result run_sdpa_case(const bcase *c) {
     }
     once = sdpa_backward_once;
   }
+  if (c->kind == K_KV) {
+    /* A contiguous cache of dtype dt holding the Lk keys and values (exact:
+     * k and v were rounded to dt above), attended by one query row. */
+    attn_kv_cache_params cp;
+    attn_kv_cache_params_init(&cp);
+    cp.dtype = c->dt;
+    cp.batch = c->B, cp.kv_heads = c->Hkv, cp.head_dim = c->D, cp.value_dim = c->Dv;
+    cp.capacity = c->Lk;
+    if (attn_kv_cache_create(r.ctx, &cp, &r.cache) ||
+        attn_kv_append(r.ctx, r.cache, r.k, r.v, NULL, NULL)) {
+      snprintf(g_err, sizeof g_err, "%s", attn_ctx_last_error(r.ctx));
+      res.error = g_err;
+      goto done;
+    }
+    once = kv_once;
+  }
 
   /* Extra memory: what the context allocates beyond its tensors' handles
    * during the first (cold) call; later calls reuse that scratch. */
@@ -612,10 +650,14 @@ static result run_sdpa_case(const bcase *c) {
   }
   if (c->kind == K_BWD)
     goto done; /* no naive backward to compare with here: bench/torch_backward.py */
-  if (c->kind == K_DECODE) {
+  if (c->kind == K_DECODE || c->kind == K_KV) {
     res.kv_gbps = (double)(nk + nv) * (double)dt_size(c->dt) / res.seconds * 1e-9;
     res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes);
   }
+  if (c->kind == K_KV && c->dt == ATTN_DTYPE_F32)
+    g_f32_kv_seconds = res.seconds;
+  else if (c->kind == K_KV)
+    res.speedup_f32 = g_f32_kv_seconds / res.seconds;
 
   int nt = ref_threads(c->threads);
   if (nt > c->B * c->Hq)
@@ -648,7 +690,7 @@ done:
 }
 
 static result run_softmax_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN};
   int64_t rows = c->Lq, cols = c->Lk;
   size_t n = (size_t)(rows * cols);
   float *x = new_floats(n, 21), *y = new_floats(n, 22);
@@ -686,7 +728,7 @@ static int64_t varlen_len(int64_t i, int64_t n, int64_t lo, int64_t hi) {
 
 /* BERT-style serving: B sequences packed [T, H, D], non-causal. */
 static result run_varlen_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN};
   int64_t *cu = malloc((size_t)(c->B + 1) * sizeof *cu);
   if (!cu) {
     fprintf(stderr, "attn-bench: out of memory\n");
@@ -742,7 +784,7 @@ static result run_varlen_case(const bcase *c) {
 /* RoPE and the sinusoidal table, in place: bytes read + written against
  * the same run's memcpy. */
 static result run_posenc_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN};
   int64_t heads = c->kind == K_ROPE ? c->Hq : 1;
   size_t n = (size_t)(c->B * heads * c->Lq * c->D);
   float *x = new_floats(n, 41);
@@ -837,11 +879,13 @@ static void print_json(const bcase *c, const result *r) {
     printf(", \"peak_extra_bytes\": null");
   else
     printf(", \"peak_extra_bytes\": %zu", r->peak_extra);
-  if (c->kind == K_DECODE) {
+  if (c->kind == K_DECODE || c->kind == K_KV) {
     json_num("kv_gbps", r->kv_gbps, "%.4g");
     json_num("memcpy_gbps", r->copy_gbps, "%.4g");
     json_num("ratio_memcpy", r->kv_gbps / r->copy_gbps, "%.3f");
   }
+  if (c->kind == K_KV && c->dt != ATTN_DTYPE_F32)
+    json_num("speedup_f32", r->speedup_f32, "%.3f");
   json_num("other_load", r->other_load, "%.2f");
   if (r->error) {
     printf(", \"error\": ");
@@ -873,7 +917,11 @@ static void print_row(const bcase *c, const result *r) {
   fmt_or_dash(ra, sizeof ra, "%.3f", r->gflops / r->sgemm);
   fmt_or_dash(nms, sizeof nms, "%.2f", r->naive_seconds * 1e3);
   fmt_or_dash(sp, sizeof sp, "%.2f", r->naive_seconds / r->seconds);
-  if (c->kind == K_DECODE)
+  if (c->kind == K_KV && c->dt != ATTN_DTYPE_F32)
+    snprintf(notes, sizeof notes,
+             "K/V read %.1f GB/s, memcpy %.1f GB/s (%.0f%%), %.2fx the f32 cache", r->kv_gbps,
+             r->copy_gbps, 100 * r->kv_gbps / r->copy_gbps, r->speedup_f32);
+  else if (c->kind == K_DECODE || c->kind == K_KV)
     snprintf(notes, sizeof notes, "K/V read %.1f GB/s, memcpy %.1f GB/s (%.0f%%)", r->kv_gbps,
              r->copy_gbps, 100 * r->kv_gbps / r->copy_gbps);
   else if (is_stream(c->kind))
@@ -910,11 +958,16 @@ static int add(bcase *cs, int n, kind k, int64_t B, int64_t Hq, int64_t Hkv, int
   return add_dt(cs, n, k, B, Hq, Hkv, Lq, Lk, D, causal, threads, ATTN_DTYPE_F32);
 }
 
-/* The half-precision rows: decode over bf16 and f16 caches (next to the f32
- * row), and bf16 prefill at L = 4096, D = 128. */
+/* The half-precision rows: decode over bf16 and f16 K/V tensors (attn_sdpa)
+ * and over KV caches of f32, bf16 and f16 (attn_kv_attend; the half rows
+ * report their speedup over the f32 cache's), and bf16 prefill at L = 4096,
+ * D = 128. */
 static int add_half(bcase *cs, int n, int threads) {
   n = add_dt(cs, n, K_DECODE, 1, 32, 8, 1, 32768, 128, 0, threads, ATTN_DTYPE_BF16);
   n = add_dt(cs, n, K_DECODE, 1, 32, 8, 1, 32768, 128, 0, threads, ATTN_DTYPE_F16);
+  n = add_dt(cs, n, K_KV, 1, 32, 8, 1, 32768, 128, 0, threads, ATTN_DTYPE_F32);
+  n = add_dt(cs, n, K_KV, 1, 32, 8, 1, 32768, 128, 0, threads, ATTN_DTYPE_BF16);
+  n = add_dt(cs, n, K_KV, 1, 32, 8, 1, 32768, 128, 0, threads, ATTN_DTYPE_F16);
   for (int causal = 0; causal < 2; causal++)
     n = add_dt(cs, n, K_SDPA, 1, 8, 8, 4096, 4096, 128, causal, threads, ATTN_DTYPE_BF16);
   return n;
@@ -1001,6 +1054,8 @@ static int smoke_cases(bcase *cs) {
   n = add(cs, n, K_SDPA, 1, 4, 2, 64, 64, 16, 1, 2);
   n = add(cs, n, K_DECODE, 1, 4, 2, 1, 300, 16, 0, 2);
   n = add_dt(cs, n, K_DECODE, 1, 4, 2, 1, 300, 16, 0, 2, ATTN_DTYPE_BF16);
+  n = add_dt(cs, n, K_KV, 1, 4, 2, 1, 300, 16, 0, 2, ATTN_DTYPE_F32);
+  n = add_dt(cs, n, K_KV, 1, 4, 2, 1, 300, 16, 0, 2, ATTN_DTYPE_F16);
   n = add_dt(cs, n, K_SDPA, 1, 4, 2, 64, 64, 16, 1, 2, ATTN_DTYPE_F16);
   n = add(cs, n, K_SOFTMAX, 1, 1, 1, 8, 33, 1, 0, 2);
   n = add(cs, n, K_VARLEN, 3, 2, 1, 5, 40, 16, 0, 2);
@@ -1016,8 +1071,8 @@ static void usage(FILE *f) {
           "  (default)  the full run (several minutes on 2 cores), as a table\n"
           "  --json     one JSON object per line per case\n"
           "  --quick    the cases behind the performance targets, under a minute\n"
-          "  --half     the f16/bf16 rows (decode over half caches, bf16 prefill) next to\n"
-          "             their f32 counterparts\n"
+          "  --half     the f16/bf16 rows (decode over half K/V and half KV caches, bf16\n"
+          "             prefill) next to their f32 counterparts\n"
           "  --smoke    one tiny case per op, checked against the naive result\n"
           "  --backward only attn_sdpa_backward's rows (also part of the full run)\n"
           "  --wait-quiet  before each case, wait (up to a minute) until other processes\n"
@@ -1129,7 +1184,7 @@ int main(int argc, char **argv) {
     /* The smoke run checks that the op works, not how fast. */
     /* Outputs in f16/bf16 carry their rounding (|o| <= 1: half an ULP is
      * 2^-11 / 2^-8 at most). */
-    double tol = 1e-4 + (cs[i].kind == K_DECODE ? 0
+    double tol = 1e-4 + (cs[i].kind == K_DECODE || cs[i].kind == K_KV ? 0
                          : cs[i].dt == ATTN_DTYPE_F16 ? 1e-3
                          : cs[i].dt == ATTN_DTYPE_BF16 ? 8e-3 : 0);
     if (smoke && (r.error || (cs[i].kind != K_VARLEN && cs[i].kind != K_BWD &&
