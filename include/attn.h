@@ -1470,6 +1470,23 @@ typedef struct attn_mha_decoder_params {
   int32_t window;         /**< nonzero: keys j >= p - window_left only */
   int32_t reserved_;      /**< must be 0 */
   int64_t window_left;    /**< sliding window extent (>= 0) */
+  /** NULL = the plain frequencies of `rope`. Otherwise a long-context
+   * scaling (linear, NTK, dynamic NTK, YaRN, Llama-3, LongRoPE; needs
+   * `rope`): q and k are rotated exactly as attn_rope_cached() with the
+   * tables attn_rope_cache_fill() fills from these params for seq_len rows,
+   * with rope's style and rotary dim, except that positions are not
+   * limited to seq_len rows (the angles are computed per position, in
+   * double). theta must be 0 or rope's theta (the base is rope's). Set
+   * apply_attention_factor to multiply the rotated dims of q and k by the
+   * attention factor (YaRN's mscale, LongRoPE's), as transformers does: the
+   * logits then scale by its square. seq_len takes the table length's role:
+   * dynamic NTK and LongRoPE need it (non-zero), and it picks their
+   * frequencies once for the layer's lifetime (transformers' dynamic NTK
+   * recomputes the base as a sequence grows, which changes keys already in a
+   * cache; a cached layer keeps one base); LongRoPE's factor 0 means
+   * seq_len / original_max_position. The struct and its factor arrays are
+   * read at creation only. @since 0.2.0 */
+  const attn_rope_cache_params *rope_scaling;
 } attn_mha_decoder_params;
 
 /** Fill `p` with the defaults (and its struct_size).
@@ -1499,8 +1516,10 @@ typedef enum attn_mha_weight {
  * @param[in]  ctx owner.
  * @param[in]  p   the sizes and options.
  * @param[out] out receives the layer; written only on success.
- * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_INVALID_ARG
- *  (a size, heads not dividing, rope, scale, softcap, window),
+ * @return ATTN_OK, ATTN_ERR_NULL_ARG (also LongRoPE's factor arrays),
+ *  ATTN_ERR_BAD_HANDLE, ATTN_ERR_INVALID_ARG (a size, heads not dividing,
+ *  rope, rope_scaling as attn_rope_cache_fill() checks it, scale, softcap,
+ *  window), ATTN_ERR_SHAPE (NTK scalings with a rotary dim of 2),
  *  ATTN_ERR_UNSUPPORTED (newer params), ATTN_ERR_OVERFLOW, ATTN_ERR_NO_MEMORY.
  * @since 0.2.0 */
 ATTN_API attn_status attn_mha_create_decoder(attn_ctx *ctx, const attn_mha_decoder_params *p,

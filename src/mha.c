@@ -47,6 +47,7 @@ static void release(attn_ctx *ctx, attn_mha *m) {
   for (int i = 0; i < N_WEIGHTS; i++)
     attn__free(ctx, m->owned[i]);
   attn__free(ctx, m->buf);
+  attn__free(ctx, m->freqs);
   attn__free(ctx, m);
 }
 
@@ -95,6 +96,47 @@ void attn_mha_decoder_params_init(attn_mha_decoder_params *p) {
     return;
   memset(p, 0, sizeof *p);
   p->struct_size = sizeof *p;
+}
+
+/* A long-context scaling: its frequencies (owned by the layer from here)
+ * and attention factor into `rope`, as attn_rope_cache_fill would compute
+ * them for p->rope_scaling->seq_len rows. */
+static attn_status scaled_freqs(attn_ctx *ctx, const attn_mha_decoder_params *p,
+                                attn_rope_problem *rope, double **freqs) {
+  attn_rope_cache_params cp;
+  attn_rope_cache_params_init(&cp);
+  attn_status st = attn__read_params(ctx, &cp, sizeof cp, p->rope_scaling);
+  if (st)
+    return st;
+  if (!p->rope)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.rope_scaling is set but params.rope is NULL (it gives the "
+                      "style, rotary dim and theta the scaling applies to)");
+  if (cp.theta != 0 && cp.theta != rope->theta)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.rope_scaling.theta = %g but params.rope's theta is %g (leave "
+                      "it 0: the base is rope's)",
+                      cp.theta, rope->theta);
+  cp.theta = rope->theta;
+  if ((cp.scaling == ATTN_ROPE_SCALING_DYNAMIC_NTK ||
+       cp.scaling == ATTN_ROPE_SCALING_LONGROPE) && cp.seq_len == 0)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.rope_scaling.seq_len = 0 but scaling %d needs it: it picks the "
+                      "frequencies (a layer has no table length to default to)",
+                      (int)cp.scaling);
+  double *w = attn__alloc(ctx, (size_t)rope->half * sizeof *w);
+  if (!w)
+    return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate the rotary frequencies");
+  double af;
+  if ((st = attn__rope_scaled_freqs(ctx, "params.rope_scaling", &cp, rope->half, cp.seq_len, w,
+                                    &af))) {
+    attn__free(ctx, w);
+    return st;
+  }
+  rope->freqs = w;
+  rope->amplitude = cp.apply_attention_factor ? af : 1.0;
+  *freqs = w;
+  return ATTN_OK;
 }
 
 static attn_status mha_create_decoder_impl(attn_ctx *ctx, const attn_mha_decoder_params *params,
@@ -146,15 +188,21 @@ static attn_status mha_create_decoder_impl(attn_ctx *ctx, const attn_mha_decoder
                         "params.rope.offset and positions must be 0 and NULL (positions "
                         "come from the cache)");
   }
+  double *freqs = NULL;
+  if (p.rope_scaling && (st = scaled_freqs(ctx, &p, &rope, &freqs)))
+    return st;
   attn_mha *m = attn__alloc(ctx, sizeof *m);
-  if (!m)
+  if (!m) {
+    attn__free(ctx, freqs);
     return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate the layer");
+  }
   memset(m, 0, sizeof *m);
   m->ctx = ctx;
   m->E = p.embed_dim, m->Hq = p.num_heads, m->Hkv = p.num_kv_heads, m->D = p.head_dim;
   m->qkv_bias = p.qkv_bias != 0, m->out_bias = p.out_bias != 0;
   m->has_rope = p.rope != NULL;
   m->rope = rope;
+  m->freqs = freqs;
   attn_sdpa_params_init(&m->sp);
   m->sp.causal = 1;
   m->sp.scale = p.scale;
@@ -337,6 +385,8 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                         "n_new[%lld] = %lld but must be in 0..L = %lld", (long long)b,
                         (long long)n_new[b], (long long)L);
+  if (L == 0)
+    return ATTN_OK; /* no token: nothing to project, append or write */
 
   /* Buffers: x gathered (when its rows are not evenly strided), q, k, v,
    * the attention output, y before scattering, RoPE positions (int64,

@@ -15,7 +15,8 @@ struct attn_mha {
   attn_mha *prev, *next;
   int64_t E, Hq, Hkv, D;
   bool qkv_bias, out_bias, has_rope;
-  attn_rope_problem rope; /* half, interleaved, theta */
+  attn_rope_problem rope; /* half, interleaved, theta; freqs and amplitude if scaled */
+  double *freqs;          /* owned: a scaling's frequencies (rope.freqs), or NULL */
   attn_sdpa_params sp; /* the attention's options: causal, scale, softcap, window */
   float *w[ATTN__MHA_N_WEIGHTS];  /* current values: owned[] or caller memory */
   void *owned[ATTN__MHA_N_WEIGHTS];

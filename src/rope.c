@@ -58,12 +58,14 @@ static void spread_pairs(double *c, double *s, int64_t half) {
   }
 }
 
-/* c[i], s[i] = cos, sin of pos * inv_freq[i]. */
+/* c[i], s[i] = cos, sin of pos * inv_freq[i], times the amplitude (1 but
+ * for a scaled RoPE; the steps below are unit rotations and keep it). */
 static void exact_angles(const attn_rope_problem *p, double pos, double *c, double *s) {
+  double amp = p->amplitude;
   for (int64_t i = 0; i < p->half; i++) {
     double a = pos * p->inv_freq[i];
-    c[i] = cos(a);
-    s[i] = p->inverse ? -sin(a) : sin(a); /* the backward rotates by -a */
+    c[i] = cos(a) * amp;
+    s[i] = (p->inverse ? -sin(a) : sin(a)) * amp; /* the backward rotates by -a */
   }
 }
 
@@ -264,7 +266,10 @@ void attn__rope_plan(const attn_ctx *ctx, attn_rope_problem *p) {
 void attn__rope_apply(attn_ctx *ctx, attn_rope_problem *p) {
   size_t mark = attn__ws_carve(ctx, rope_layout, p, p->ws_bytes);
   for (int64_t i = 0; i < p->half; i++)
-    p->inv_freq[i] = pow(p->theta, -(double)(2 * i) / (double)(2 * p->half));
+    p->inv_freq[i] =
+        p->freqs ? p->freqs[i] : pow(p->theta, -(double)(2 * i) / (double)(2 * p->half));
+  if (p->amplitude == 0)
+    p->amplitude = 1;
   attn__parallel_for(ctx, p->threads, p->n_items, rope_item, p);
   attn__ws_release(ctx, mark);
 }

@@ -15,6 +15,9 @@ typedef struct {
   int64_t offset;           /* position of token 0 when positions is NULL */
   const int64_t *positions; /* [B, L] or NULL */
   bool inverse;             /* rotate by -angle: the backward (R^T = R(-t)) */
+  const double *freqs;      /* half frequencies used instead of theta's (a scaled
+                               RoPE: attn__rope_scaled_freqs), or NULL */
+  double amplitude;         /* cos and sin times this (YaRN's attention factor); 0 = 1 */
   /* Filled by attn__rope_plan. Work items are (batch, block of T tokens)
    * or, when every batch shares the positions, blocks of tokens with the
    * batches looped inside. */
@@ -36,6 +39,12 @@ typedef struct {
  * head dim D, and set p->half, p->interleaved and p->theta. */
 attn_status attn__rope_config(attn_ctx *ctx, const char *where, const attn_rope_params *prm,
                               int64_t D, attn_rope_problem *p);
+/* The frequencies w[0..half) and the attention factor of a long-context
+ * scaling, exactly as attn_rope_cache_fill computes them for tables of P
+ * rows (rope_cache.c). Checks the params, named `where` in messages. */
+attn_status attn__rope_scaled_freqs(attn_ctx *ctx, const char *where,
+                                    const attn_rope_cache_params *prm, int64_t half, int64_t P,
+                                    double *w, double *attention_factor);
 /* Blocks, threads and the exact workspace (p->ws_bytes). */
 void attn__rope_plan(const attn_ctx *ctx, attn_rope_problem *p);
 /* Rotate: takes p->ws_bytes from the reserved workspace; no validation. */

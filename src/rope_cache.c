@@ -5,6 +5,7 @@
  * semantics. Frequencies, angles and the rotation are computed in double. */
 #include "check.h"
 #include "convert.h"
+#include "rope.h"
 
 #include <float.h>
 #include <math.h>
@@ -152,13 +153,13 @@ static const unsigned scaling_uses[] = {
 
 static bool pos_finite(double v) { return isfinite(v) && v > 0; }
 
-static attn_status check_cache_params(attn_ctx *ctx, const attn_rope_cache_params *c,
-                                      freq_plan *f) {
+static attn_status check_cache_params(attn_ctx *ctx, const char *where,
+                                      const attn_rope_cache_params *c, freq_plan *f) {
   if (c->scaling < 0 || c->scaling > ATTN_ROPE_SCALING_LONGROPE)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "params.scaling = %d is not an attn_rope_scaling (0..6)", (int)c->scaling);
+                      "%s.scaling = %d is not an attn_rope_scaling (0..6)", where, (int)c->scaling);
   if (c->reserved_)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.reserved_ = %d but must be 0",
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s.reserved_ = %d but must be 0", where,
                       (int)c->reserved_);
   unsigned uses = scaling_uses[c->scaling];
   struct {
@@ -183,21 +184,21 @@ static attn_status check_cache_params(attn_ctx *ctx, const attn_rope_cache_param
   for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
     if (fields[i].set && !(uses & fields[i].group))
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "params.%s is set but scaling %d does not use it (leave it 0)",
+                        "%s.%s is set but scaling %d does not use it (leave it 0)", where,
                         fields[i].name, (int)c->scaling);
   f->scaling = c->scaling;
   f->theta = c->theta == 0 ? 10000.0 : c->theta;
   if (!isfinite(f->theta) || !(f->theta > 1))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "params.theta = %g but must be finite and > 1 (0 = 10000)", c->theta);
+                      "%s.theta = %g but must be finite and > 1 (0 = 10000)", where, c->theta);
   f->seq_len = c->seq_len == 0 ? f->P : c->seq_len;
   if (f->seq_len < 0)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.seq_len = %lld but must be >= 0",
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "%s.seq_len = %lld but must be >= 0", where,
                       (long long)c->seq_len);
   if (uses & U_P0) {
     if (c->original_max_position <= 0)
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "params.original_max_position = %lld but scaling %d needs it > 0",
+                        "%s.original_max_position = %lld but scaling %d needs it > 0", where,
                         (long long)c->original_max_position, (int)c->scaling);
     f->p0 = c->original_max_position;
   }
@@ -206,13 +207,13 @@ static attn_status check_cache_params(attn_ctx *ctx, const attn_rope_cache_param
     f->factor = (double)f->P / (double)f->p0;
   if ((uses & U_FACTOR) && !pos_finite(f->factor))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "params.factor = %g but scaling %d needs it finite and > 0", c->factor,
+                      "%s.factor = %g but scaling %d needs it finite and > 0", where, c->factor,
                       (int)c->scaling);
   f->attention_factor = c->attention_factor;
   if (c->attention_factor != 0 && !pos_finite(c->attention_factor))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "params.attention_factor = %g but must be finite and > 0 (0 = from "
-                      "the formula)",
+                      "%s.attention_factor = %g but must be finite and > 0 (0 = from "
+                      "the formula)", where,
                       c->attention_factor);
   f->beta_fast = c->beta_fast == 0 ? 32.0 : c->beta_fast;
   f->beta_slow = c->beta_slow == 0 ? 1.0 : c->beta_slow;
@@ -222,15 +223,15 @@ static attn_status check_cache_params(attn_ctx *ctx, const attn_rope_cache_param
   if (!pos_finite(f->beta_fast) || !pos_finite(f->beta_slow) || !isfinite(c->mscale) ||
       !isfinite(c->mscale_all_dim) || c->mscale < 0 || c->mscale_all_dim < 0)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "params.beta_fast = %g, beta_slow = %g must be finite and > 0, "
-                      "mscale = %g and mscale_all_dim = %g finite and >= 0",
+                      "%s.beta_fast = %g, beta_slow = %g must be finite and > 0, "
+                      "mscale = %g and mscale_all_dim = %g finite and >= 0", where,
                       c->beta_fast, c->beta_slow, c->mscale, c->mscale_all_dim);
   f->low_ff = c->low_freq_factor == 0 ? 1.0 : c->low_freq_factor;
   f->high_ff = c->high_freq_factor == 0 ? 4.0 : c->high_freq_factor;
   if (!pos_finite(f->low_ff) || !isfinite(f->high_ff) || !(f->high_ff > f->low_ff))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "params.low_freq_factor = %g, high_freq_factor = %g but need 0 < low "
-                      "< high (0 = 1 and 4)",
+                      "%s.low_freq_factor = %g, high_freq_factor = %g but need 0 < low "
+                      "< high (0 = 1 and 4)", where,
                       c->low_freq_factor, c->high_freq_factor);
   if (c->scaling == ATTN_ROPE_SCALING_LONGROPE) {
     const double *arrays[2] = {c->short_factors, c->long_factors};
@@ -238,27 +239,27 @@ static attn_status check_cache_params(attn_ctx *ctx, const attn_rope_cache_param
     for (int a = 0; a < 2; a++) {
       if (!arrays[a])
         return attn__fail(ctx, ATTN_ERR_NULL_ARG,
-                          "params.%s is NULL but ATTN_ROPE_SCALING_LONGROPE needs r/2 = "
-                          "%lld factors",
+                          "%s.%s is NULL but ATTN_ROPE_SCALING_LONGROPE needs r/2 = "
+                          "%lld factors", where,
                           names[a], (long long)f->half);
       for (int64_t i = 0; i < f->half; i++)
         if (!pos_finite(arrays[a][i]))
           return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                            "params.%s[%lld] = %g but must be finite and > 0", names[a],
+                            "%s.%s[%lld] = %g but must be finite and > 0", where, names[a],
                             (long long)i, arrays[a][i]);
     }
     f->short_f = c->short_factors, f->long_f = c->long_factors;
     if (!c->attention_factor && f->factor > 1 && f->p0 < 2)
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "params.original_max_position = 1 but LongRoPE's attention factor "
-                        "sqrt(1 + ln s / ln P0) needs P0 >= 2 (or give attention_factor)");
+                        "%s.original_max_position = 1 but LongRoPE's attention factor "
+                        "sqrt(1 + ln s / ln P0) needs P0 >= 2 (or give attention_factor)", where);
   }
   if ((c->scaling == ATTN_ROPE_SCALING_NTK || c->scaling == ATTN_ROPE_SCALING_DYNAMIC_NTK) &&
       f->half < 2)
     return attn__fail(ctx, ATTN_ERR_SHAPE,
-                      "the tables have r/2 = %lld columns but NTK scaling needs r > 2 (its "
-                      "exponent is r/(r-2))",
-                      (long long)f->half);
+                      "the rotary dim r = %lld but NTK scaling needs r > 2 (its exponent "
+                      "is r/(r-2))",
+                      (long long)(2 * f->half));
   return ATTN_OK;
 }
 
@@ -283,6 +284,25 @@ static attn_status check_freqs(attn_ctx *ctx, const freq_plan *f, const double *
   return ATTN_OK;
 }
 
+/* For a layer: positions are not bounded by a table, so the angles must be
+ * finite at any int64 position. */
+attn_status attn__rope_scaled_freqs(attn_ctx *ctx, const char *where,
+                                    const attn_rope_cache_params *prm, int64_t half, int64_t P,
+                                    double *w, double *attention_factor) {
+  freq_plan f;
+  memset(&f, 0, sizeof f);
+  f.P = P;
+  f.half = half;
+  attn_status st = check_cache_params(ctx, where, prm, &f);
+  if (st != ATTN_OK)
+    return st;
+  double af = plan_freqs(&f, w);
+  f.P = INT64_MAX;
+  if ((st = check_freqs(ctx, &f, w, prm->apply_attention_factor ? af : 1.0)) == ATTN_OK)
+    *attention_factor = af;
+  return st;
+}
+
 static attn_status cache_fill(attn_ctx *ctx, attn_tensor *cos_t, attn_tensor *sin_t,
                               const attn_rope_cache_params *params, double *attention_factor) {
   attn_rope_cache_params prm;
@@ -300,7 +320,7 @@ static attn_status cache_fill(attn_ctx *ctx, attn_tensor *cos_t, attn_tensor *si
   memset(&f, 0, sizeof f);
   f.P = cos_t->dims[0];
   f.half = cos_t->dims[1];
-  if ((st = check_cache_params(ctx, &prm, &f)) != ATTN_OK)
+  if ((st = check_cache_params(ctx, "params", &prm, &f)) != ATTN_OK)
     return st;
 
   size_t bytes = (size_t)(f.half > 0 ? f.half : 1) * sizeof(double);

@@ -173,7 +173,8 @@ PIN(attn_mha_decoder_params, softcap, 60, 4);
 PIN(attn_mha_decoder_params, window, 64, 4);
 PIN(attn_mha_decoder_params, reserved_, 68, 4);
 PIN(attn_mha_decoder_params, window_left, 72, 8);
-END(attn_mha_decoder_params, window_left, 80);
+PIN(attn_mha_decoder_params, rope_scaling, 80, 8);
+END(attn_mha_decoder_params, rope_scaling, 88);
 _Static_assert(ATTN_MHA_Q_WEIGHT == 0 && ATTN_MHA_O_WEIGHT == 3 && ATTN_MHA_Q_BIAS == 4 &&
                    ATTN_MHA_O_BIAS == 7 && sizeof(attn_mha_weight) == 4,
                "attn_mha_weight values are pinned");

@@ -808,8 +808,56 @@ static void all_ops(void **state) {
     exercise(&g_cases[i]);
 }
 
-/* attn_kv_cache_create in both layouts: each allocation failing gives
- * ATTN_ERR_NO_MEMORY, no leak, out untouched, and the context still works. */
+/* A constructor under test: makes an object from ctx and `arg` into *out
+ * (an attn_kv_cache * or attn_mha *, seen as void *). */
+typedef attn_status (*create_fn)(attn_ctx *ctx, const void *arg, void **out);
+
+/* *out passes through a typed pointer, so a write on failure shows. */
+static attn_status create_kv(attn_ctx *ctx, const void *arg, void **out) {
+  attn_kv_cache *kv = *out;
+  attn_status st = attn_kv_cache_create(ctx, arg, &kv);
+  *out = kv;
+  return st;
+}
+static attn_status create_mha(attn_ctx *ctx, const void *arg, void **out) {
+  attn_mha *m = *out;
+  attn_status st = attn_mha_create_decoder(ctx, arg, &m);
+  *out = m;
+  return st;
+}
+
+/* Each allocation of a constructor failing gives ATTN_ERR_NO_MEMORY, no
+ * leak, *out untouched, and the context still works. */
+static void create_under_failures(create_fn create, const void *arg, long min_allocs) {
+  long count = -1;
+  for (long k = 0; k <= count || count < 0; k++) {
+    tu_counter c = {0};
+    attn_ctx_options o;
+    attn_ctx_options_init(&o);
+    o.num_threads = 1;
+    o.alloc = tu_alloc, o.free = tu_free, o.alloc_user = &c;
+    attn_ctx *ctx = NULL;
+    assert_ok(attn_ctx_create(&ctx, &o));
+    long a0 = c.allocs;
+    c.fail_at = k ? a0 + k : 0;
+    void *obj = (void *)0x1;
+    attn_status st = create(ctx, arg, &obj);
+    if (k == 0) {
+      assert_ok(st);
+      count = c.allocs - a0;
+    } else {
+      assert_status(st, ATTN_ERR_NO_MEMORY);
+      assert_ptr_equal(obj, (void *)0x1);
+      assert_int_equal(c.allocs, c.frees + 1); /* only the context's own */
+      assert_ok(create(ctx, arg, &obj));
+    }
+    attn_ctx_destroy(ctx);
+    assert_int_equal(c.allocs, c.frees);
+  }
+  assert_true(count >= min_allocs);
+}
+
+/* attn_kv_cache_create in both layouts. */
 static void kv_cache_create(void **state) {
   (void)state;
   for (int32_t layout = 0; layout < 2; layout++) {
@@ -817,33 +865,24 @@ static void kv_cache_create(void **state) {
     attn_kv_cache_params_init(&p);
     p.layout = layout;
     p.batch = 3, p.kv_heads = 2, p.head_dim = 8, p.capacity = 40, p.num_blocks = 9;
-    long count = -1;
-    for (long k = 0; k <= count || count < 0; k++) {
-      tu_counter c = {0};
-      attn_ctx_options o;
-      attn_ctx_options_init(&o);
-      o.num_threads = 1;
-      o.alloc = tu_alloc, o.free = tu_free, o.alloc_user = &c;
-      attn_ctx *ctx = NULL;
-      assert_ok(attn_ctx_create(&ctx, &o));
-      long a0 = c.allocs;
-      c.fail_at = k ? a0 + k : 0;
-      attn_kv_cache *kv = (attn_kv_cache *)0x1;
-      attn_status st = attn_kv_cache_create(ctx, &p, &kv);
-      if (k == 0) {
-        assert_ok(st);
-        count = c.allocs - a0;
-      } else {
-        assert_status(st, ATTN_ERR_NO_MEMORY);
-        assert_ptr_equal(kv, (attn_kv_cache *)0x1);
-        assert_int_equal(c.allocs, c.frees + 1); /* only the context's own */
-        assert_ok(attn_kv_cache_create(ctx, &p, &kv));
-      }
-      attn_ctx_destroy(ctx);
-      assert_int_equal(c.allocs, c.frees);
-    }
-    assert_true(count >= 2);
+    create_under_failures(create_kv, &p, 2);
   }
+}
+
+/* attn_mha_create_decoder with a YaRN-scaled RoPE (its frequencies, the
+ * layer, each weight). */
+static void mha_create(void **state) {
+  (void)state;
+  attn_mha_decoder_params p;
+  attn_mha_decoder_params_init(&p);
+  p.embed_dim = 16, p.num_heads = 4, p.num_kv_heads = 2, p.qkv_bias = 1;
+  attn_rope_params rp;
+  attn_rope_params_init(&rp);
+  attn_rope_cache_params sp;
+  attn_rope_cache_params_init(&sp);
+  sp.scaling = ATTN_ROPE_SCALING_YARN, sp.factor = 4, sp.original_max_position = 64;
+  p.rope = &rp, p.rope_scaling = &sp;
+  create_under_failures(create_mha, &p, 9);
 }
 
 /* attn_ctx_create itself, with and without worker threads. */
@@ -879,6 +918,7 @@ int main(void) {
       cmocka_unit_test(ctx_create),
       cmocka_unit_test(all_ops),
       cmocka_unit_test(kv_cache_create),
+      cmocka_unit_test(mha_create),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,6 +7,7 @@
 #include "test_util.h"
 
 #include "ref_mha.h"
+#include "ref_posenc.h"
 
 enum { MAXB = 3 };
 
@@ -20,6 +21,8 @@ typedef struct {
   int max_chunk; /* decode chunks of 0..max_chunk tokens (1: token by token) */
   int wrap;      /* weights wrapped instead of copied */
   int32_t threads;
+  const ref_rope_scaling *scaling; /* a long-context scaling of the rope (theta 1000) */
+  int apply_af;                    /* ... with its attention factor applied */
 } mha_case;
 
 typedef struct {
@@ -45,6 +48,31 @@ static void weights_free(weights *w) {
     free(w->w[i]);
 }
 
+/* The library's parameters for a reference configuration: the fields the
+ * scaling uses (explicit values, no defaults), the others left 0. */
+static void scaling_params(const ref_rope_scaling *c, int apply, attn_rope_cache_params *p) {
+  attn_rope_cache_params_init(p);
+  p->scaling = c->scaling;
+  p->apply_attention_factor = apply;
+  p->factor = c->factor;
+  int sc = c->scaling;
+  if (sc != REF_ROPE_LINEAR && sc != REF_ROPE_NTK)
+    p->original_max_position = c->p0;
+  if (sc == REF_ROPE_DYNAMIC_NTK || sc == REF_ROPE_LONGROPE)
+    p->seq_len = c->seq_len;
+  if (sc == REF_ROPE_YARN) {
+    p->beta_fast = c->beta_fast, p->beta_slow = c->beta_slow;
+    p->mscale = c->mscale, p->mscale_all_dim = c->mscale_all_dim;
+    p->yarn_no_truncate = !c->truncate;
+  }
+  if (sc == REF_ROPE_YARN || sc == REF_ROPE_LONGROPE)
+    p->attention_factor = c->attention_factor;
+  if (sc == REF_ROPE_LLAMA3)
+    p->low_freq_factor = c->low_ff, p->high_freq_factor = c->high_ff;
+  if (sc == REF_ROPE_LONGROPE)
+    p->short_factors = c->short_f, p->long_factors = c->long_f;
+}
+
 static attn_mha *make_layer(attn_ctx *ctx, const mha_case *c, weights *w) {
   attn_mha_decoder_params p;
   attn_mha_decoder_params_init(&p);
@@ -56,6 +84,10 @@ static attn_mha *make_layer(attn_ctx *ctx, const mha_case *c, weights *w) {
   rp.rotary_dim = c->rope == 2 ? (int32_t)(c->D / 2 & ~1) : 0;
   rp.theta = 1000;
   p.rope = c->rope ? &rp : NULL;
+  attn_rope_cache_params sp;
+  if (c->scaling)
+    scaling_params(c->scaling, c->apply_af, &sp);
+  p.rope_scaling = c->scaling ? &sp : NULL;
   p.softcap = c->softcap;
   p.window = c->window;
   p.window_left = 5;
@@ -76,7 +108,8 @@ static attn_mha *make_layer(attn_ctx *ctx, const mha_case *c, weights *w) {
   return m;
 }
 
-static ref_mha_args ref_args(const mha_case *c, const weights *w) {
+/* freqs: room for D/2 frequencies, used with a scaling. */
+static ref_mha_args ref_args(const mha_case *c, const weights *w, double *freqs) {
   ref_mha_args a;
   memset(&a, 0, sizeof a);
   a.E = c->E, a.Hq = c->Hq, a.Hkv = c->Hkv, a.D = c->D;
@@ -87,6 +120,11 @@ static ref_mha_args ref_args(const mha_case *c, const weights *w) {
   a.interleaved = c->rope == 2;
   a.rotary_dim = c->rope == 2 ? (c->D / 2 & ~1) : c->D;
   a.theta = 1000;
+  if (c->scaling) {
+    double af = ref_rope_scaled_freqs(c->scaling, a.rotary_dim / 2, freqs);
+    a.freqs = freqs;
+    a.amp = c->apply_af ? af : 1.0;
+  }
   a.softcap = c->softcap;
   a.window = c->window;
   a.window_left = 5;
@@ -107,7 +145,8 @@ static attn_kv_cache *make_cache(attn_ctx *ctx, const mha_case *c, int64_t cap) 
   return kv;
 }
 
-static void run_case(const mha_case *c) {
+/* keep: NULL, or receives the B outputs [total_b, E] (the caller frees). */
+static void run_case(const mha_case *c, float **keep) {
   tu_rng r = {0x5eed ^ (uint64_t)c->E * 31u ^ (uint64_t)c->total[0]};
   weights w;
   weights_make(c, &w, &r);
@@ -165,7 +204,9 @@ static void run_case(const mha_case *c) {
       done[b] += n[b];
     }
   }
-  ref_mha_args a = ref_args(c, &w);
+  double freqs[64];
+  assert_true(c->D / 2 <= 64);
+  ref_mha_args a = ref_args(c, &w, freqs);
   for (int64_t b = 0; b < c->B; b++) {
     double *want = malloc((size_t)(c->total[b] * c->E) * sizeof(double));
     ref_mha_decoder(&a, c->total[b], x[b], want);
@@ -177,8 +218,13 @@ static void run_case(const mha_case *c) {
                  (double)got[b][i], want[i]);
     free(want);
   }
-  for (int64_t b = 0; b < c->B; b++)
-    free(x[b]), free(got[b]);
+  for (int64_t b = 0; b < c->B; b++) {
+    free(x[b]);
+    if (keep)
+      keep[b] = got[b];
+    else
+      free(got[b]);
+  }
   free(xb), free(yb);
   attn_ctx_destroy(ctx);
   weights_free(&w);
@@ -187,22 +233,111 @@ static void run_case(const mha_case *c) {
 static void prompt_then_decode(void **state) {
   (void)state;
   static const mha_case cases[] = {
-      {"mha token by token", 2, 32, 4, 4, 8, 0, 0, 0, 0, 0, {9, 3}, {20, 14}, 1, 0, 1},
+      {"mha token by token", 2, 32, 4, 4, 8, 0, 0, 0, 0, 0, {9, 3}, {20, 14}, 1, 0, 1, NULL, 0},
       {"gqa bias rope chunks paged", 3, 24, 4, 2, 8, 1, 1, 1, 0, 0, {7, 1, 12}, {25, 9, 30}, 5,
-       0, 1},
+       0, 1, NULL, 0},
       {"mqa partial interleaved rope window softcap", 2, 20, 3, 1, 10, 1, 0, 2, 1, 3.0f,
-       {6, 15}, {22, 31}, 3, 0, 2},
+       {6, 15}, {22, 31}, 3, 0, 2, NULL, 0},
       {"wrapped weights, E != Hq*D", 2, 40, 6, 3, 4, 1, 1, 1, 0, 0, {11, 2}, {18, 20}, 4, 1,
-       3},
+       3, NULL, 0},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-    run_case(&cases[i]);
+    run_case(&cases[i], NULL);
+}
+
+/* Each long-context scaling (theta 1000, the original context p0 = 16..64
+ * well inside the 30 tokens run, so every branch of the formulas is taken)
+ * against the reference with the scaled frequencies written from their
+ * formulas; and decoding token by token equals one full causal forward. */
+static void rope_scalings(void **state) {
+  (void)state;
+  static const double sf[4] = {1.0, 1.5, 2.25, 3.0}, lf[4] = {1.5, 4.0, 9.5, 20.0};
+  ref_rope_scaling base;
+  memset(&base, 0, sizeof base);
+  base.theta = 1000, base.factor = 4, base.p0 = 16, base.seq_len = 40;
+  base.beta_fast = 32, base.beta_slow = 1, base.truncate = 1;
+  base.low_ff = 1, base.high_ff = 4, base.short_f = sf, base.long_f = lf;
+  ref_rope_scaling cfg[10];
+  for (int i = 0; i < 10; i++)
+    cfg[i] = base, cfg[i].scaling = i < 7 ? i : 0;
+  cfg[REF_ROPE_YARN].p0 = 64;             /* ramp 0, .5, 1, 1 over the four pairs */
+  cfg[7] = cfg[REF_ROPE_YARN];             /* DeepSeek style mscale / mscale_all_dim */
+  cfg[7].mscale = 0.707, cfg[7].mscale_all_dim = 1, cfg[7].truncate = 0;
+  cfg[8] = cfg[REF_ROPE_LONGROPE];          /* seq_len <= p0: the short factors */
+  cfg[8].seq_len = 12, cfg[8].attention_factor = 1.3;
+  cfg[9] = cfg[REF_ROPE_DYNAMIC_NTK];       /* seq_len <= p0: the plain frequencies */
+  cfg[9].seq_len = 10;
+  for (int i = 0; i < 10; i++) {
+    if (i == REF_ROPE_NONE)
+      continue;
+    mha_case c = {"scaled rope", 2, 24, 4, 2, 8, i & 1, i & 1, 1 + (i % 3 == 0), 0, 0,
+                  {7, 3}, {30, 22}, 4, 0, 2, &cfg[i], i != REF_ROPE_LONGROPE};
+    run_case(&c, NULL);
+    /* The same tokens in one forward, and one at a time: equal within 1e-5. */
+    float *full[2], *steps[2];
+    c.prompt[0] = 30, c.prompt[1] = 22;
+    run_case(&c, full);
+    c.prompt[0] = c.prompt[1] = 1, c.max_chunk = 1;
+    run_case(&c, steps);
+    for (int b = 0; b < 2; b++) {
+      for (int64_t j = 0; j < c.total[b] * c.E; j++)
+        if (!(fabsf(full[b][j] - steps[b][j]) <= 1e-5f))
+          fail_msg("scaling config %d: sequence %d element %lld: %.9g in one forward but "
+                   "%.9g token by token",
+                   i, b, (long long)j, (double)full[b][j], (double)steps[b][j]);
+      free(full[b]), free(steps[b]);
+    }
+  }
+}
+
+/* Bad scaling parameters are refused at creation, naming the field. */
+static void rope_scaling_bad(void **state) {
+  (void)state;
+  attn_ctx *ctx = tu_ctx(1);
+  attn_mha_decoder_params p;
+  attn_mha_decoder_params_init(&p);
+  p.embed_dim = 16, p.num_heads = 2;
+  attn_rope_params rp;
+  attn_rope_params_init(&rp);
+  rp.theta = 500;
+  attn_rope_cache_params sp;
+  attn_rope_cache_params_init(&sp);
+  sp.scaling = ATTN_ROPE_SCALING_YARN, sp.factor = 4, sp.original_max_position = 64;
+  p.rope_scaling = &sp;
+  attn_mha *m = NULL;
+  assert_status(attn_mha_create_decoder(ctx, &p, &m), ATTN_ERR_INVALID_ARG); /* no rope */
+  assert_error_mentions(ctx, "params.rope is NULL");
+  p.rope = &rp;
+  sp.theta = 10000; /* a base other than rope's */
+  assert_status(attn_mha_create_decoder(ctx, &p, &m), ATTN_ERR_INVALID_ARG);
+  assert_error_mentions(ctx, "rope_scaling.theta");
+  sp.theta = 500, sp.factor = -1;
+  assert_status(attn_mha_create_decoder(ctx, &p, &m), ATTN_ERR_INVALID_ARG);
+  assert_error_mentions(ctx, "params.rope_scaling.factor");
+  sp.factor = 4, sp.low_freq_factor = 2; /* a Llama-3 field with YaRN */
+  assert_status(attn_mha_create_decoder(ctx, &p, &m), ATTN_ERR_INVALID_ARG);
+  assert_error_mentions(ctx, "low_freq_factor");
+  attn_rope_cache_params_init(&sp);
+  sp.scaling = ATTN_ROPE_SCALING_DYNAMIC_NTK, sp.factor = 2, sp.original_max_position = 8;
+  assert_status(attn_mha_create_decoder(ctx, &p, &m), ATTN_ERR_INVALID_ARG); /* no seq_len */
+  assert_error_mentions(ctx, "seq_len");
+  sp.scaling = ATTN_ROPE_SCALING_LONGROPE, sp.seq_len = 100;
+  assert_status(attn_mha_create_decoder(ctx, &p, &m), ATTN_ERR_NULL_ARG); /* no factors */
+  assert_error_mentions(ctx, "short_factors");
+  assert_null(m);
+  sp.scaling = ATTN_ROPE_SCALING_NTK, sp.original_max_position = 0, sp.seq_len = 0;
+  rp.rotary_dim = 2; /* NTK's exponent r/(r-2) */
+  assert_status(attn_mha_create_decoder(ctx, &p, &m), ATTN_ERR_SHAPE);
+  rp.rotary_dim = 4;
+  assert_ok(attn_mha_create_decoder(ctx, &p, &m));
+  assert_ok(attn_mha_free(ctx, m));
+  attn_ctx_destroy(ctx);
 }
 
 /* Weights read back equal what was set; a wrapped weight is read in place. */
 static void weights_roundtrip(void **state) {
   (void)state;
-  mha_case c = {"w", 1, 12, 2, 1, 4, 1, 0, 0, 0, 0, {1}, {1}, 1, 0, 1};
+  mha_case c = {"w", 1, 12, 2, 1, 4, 1, 0, 0, 0, 0, {1}, {1}, 1, 0, 1, NULL, 0};
   tu_rng r = {3};
   weights w;
   weights_make(&c, &w, &r);
@@ -251,7 +386,7 @@ static void weights_roundtrip(void **state) {
 /* A warm layer and context allocate nothing; bad calls change nothing. */
 static void warm_and_bad_input(void **state) {
   (void)state;
-  mha_case c = {"warm", 2, 16, 4, 2, 4, 1, 0, 1, 0, 0, {4, 4}, {4, 4}, 1, 0, 2};
+  mha_case c = {"warm", 2, 16, 4, 2, 4, 1, 0, 1, 0, 0, {4, 4}, {4, 4}, 1, 0, 2, NULL, 0};
   tu_rng r = {9};
   weights w;
   weights_make(&c, &w, &r);
@@ -302,6 +437,8 @@ static void warm_and_bad_input(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(prompt_then_decode),
+      cmocka_unit_test(rope_scalings),
+      cmocka_unit_test(rope_scaling_bad),
       cmocka_unit_test(weights_roundtrip),
       cmocka_unit_test(warm_and_bad_input),
   };

@@ -191,105 +191,12 @@ static void cached_matches_rope(void **state) {
 
 /* ================= the scalings, written from their formulas ================= */
 
-typedef struct {
-  int32_t scaling;
-  double theta, factor;
-  int64_t p0, seq_len; /* seq_len: already defaulted to P by the test */
-  double beta_fast, beta_slow, mscale, mscale_all_dim, attention_factor;
-  double low_ff, high_ff;
-  const double *short_f, *long_f;
-  int truncate;
-} scaling_cfg;
+_Static_assert((int)REF_ROPE_LINEAR == (int)ATTN_ROPE_SCALING_LINEAR &&
+                   (int)REF_ROPE_YARN == (int)ATTN_ROPE_SCALING_YARN &&
+                   (int)REF_ROPE_LONGROPE == (int)ATTN_ROPE_SCALING_LONGROPE,
+               "the reference numbers its scalings as attn_rope_scaling");
 
-/* theta^(-2i/r) as exp(-(2i/r) ln theta): not the library's pow. */
-static double base_freq(double theta, int64_t i, int64_t r) {
-  return exp(-(2.0 * (double)i / (double)r) * log(theta));
-}
-
-/* Frequencies w[half] and the attention factor of one configuration. */
-static double ref_scaled(const scaling_cfg *c, int64_t half, double *w) {
-  const double pi = 3.14159265358979323846;
-  int64_t r = 2 * half;
-  double s = c->factor, af = 1.0;
-  for (int64_t i = 0; i < half; i++) {
-    switch (c->scaling) {
-    case ATTN_ROPE_SCALING_LINEAR: /* position interpolation: p / s */
-      w[i] = base_freq(c->theta, i, r) / s;
-      break;
-    case ATTN_ROPE_SCALING_NTK: { /* base' = base * s^(r/(r-2)) */
-      double base = c->theta * exp(log(s) * (double)r / (double)(r - 2));
-      w[i] = base_freq(base, i, r);
-      break;
-    }
-    case ATTN_ROPE_SCALING_DYNAMIC_NTK: {
-      double n = (double)(c->seq_len > c->p0 ? c->seq_len : c->p0);
-      double ratio = s * n / (double)c->p0 - (s - 1.0);
-      double base = c->theta * exp(log(ratio) * (double)r / (double)(r - 2));
-      w[i] = base_freq(base, i, r);
-      break;
-    }
-    case ATTN_ROPE_SCALING_YARN: {
-      /* The dim at which a wavelength fits `rot` times in p0:
-       * 2 pi theta^(2d/r) = p0 / rot  =>  d = r ln(p0 / (2 pi rot)) / (2 ln theta). */
-      double dlo = (double)r * log((double)c->p0 / (2 * pi * c->beta_fast)) / (2 * log(c->theta));
-      double dhi = (double)r * log((double)c->p0 / (2 * pi * c->beta_slow)) / (2 * log(c->theta));
-      if (c->truncate) {
-        dlo = floor(dlo);
-        dhi = ceil(dhi);
-      }
-      if (dlo < 0)
-        dlo = 0;
-      if (dhi > (double)(r - 1))
-        dhi = (double)(r - 1);
-      if (dhi == dlo)
-        dhi += 0.001;
-      double t = ((double)i - dlo) / (dhi - dlo);
-      double gamma = t < 0 ? 0 : t > 1 ? 1 : t; /* 0: keep (extrapolate), 1: interpolate */
-      double w0 = base_freq(c->theta, i, r);
-      w[i] = gamma * (w0 / s) + (1 - gamma) * w0;
-      break;
-    }
-    case ATTN_ROPE_SCALING_LLAMA3: {
-      double w0 = base_freq(c->theta, i, r);
-      double wavelen = 2 * pi / w0;
-      double lo = (double)c->p0 / c->low_ff, hi = (double)c->p0 / c->high_ff;
-      if (wavelen < hi)
-        w[i] = w0; /* high frequency: unchanged */
-      else if (wavelen > lo)
-        w[i] = w0 / s; /* low frequency: interpolated */
-      else {
-        double g = ((double)c->p0 / wavelen - c->low_ff) / (c->high_ff - c->low_ff);
-        w[i] = (1 - g) * w0 / s + g * w0;
-      }
-      break;
-    }
-    case ATTN_ROPE_SCALING_LONGROPE: {
-      const double *f = c->seq_len > c->p0 ? c->long_f : c->short_f;
-      w[i] = 1.0 / (f[i] * exp((2.0 * (double)i / (double)r) * log(c->theta)));
-      break;
-    }
-    default:
-      w[i] = base_freq(c->theta, i, r);
-      break;
-    }
-  }
-  if (c->scaling == ATTN_ROPE_SCALING_YARN) {
-    if (c->attention_factor > 0)
-      af = c->attention_factor;
-    else if (c->mscale != 0 && c->mscale_all_dim != 0)
-      af = (s <= 1 ? 1 : 0.1 * c->mscale * log(s) + 1) /
-           (s <= 1 ? 1 : 0.1 * c->mscale_all_dim * log(s) + 1);
-    else
-      af = s <= 1 ? 1 : 0.1 * log(s) + 1;
-  }
-  if (c->scaling == ATTN_ROPE_SCALING_LONGROPE)
-    af = c->attention_factor > 0 ? c->attention_factor
-         : s <= 1               ? 1.0
-                                : sqrt(1 + log(s) / log((double)c->p0));
-  return af;
-}
-
-static void check_scaling(attn_ctx *ctx, const scaling_cfg *c, int64_t P, int64_t half,
+static void check_scaling(attn_ctx *ctx, const ref_rope_scaling *c, int64_t P, int64_t half,
                           int apply) {
   float *ct = xmalloc((size_t)(P * half) * sizeof *ct), *st = xmalloc((size_t)(P * half) * sizeof *st);
   double *w = xmalloc((size_t)half * sizeof *w);
@@ -323,7 +230,7 @@ static void check_scaling(attn_ctx *ctx, const scaling_cfg *c, int64_t P, int64_
   if (s != ATTN_OK)
     fail_msg("scaling %d: %s: %s", (int)c->scaling, attn_status_string(s),
              attn_ctx_last_error(ctx));
-  double want_af = ref_scaled(c, half, w);
+  double want_af = ref_rope_scaled_freqs(c, half, w);
   if (!(fabs(af - want_af) <= 1e-14 * want_af))
     fail_msg("scaling %d: attention factor %.17g, expected %.17g", (int)c->scaling, af, want_af);
   double a = apply ? want_af : 1.0, worst = 0;
@@ -353,18 +260,18 @@ static void scalings_vs_formulas(void **state) {
   const int64_t halves[] = {2, 3, 32, 64};
   for (size_t hi = 0; hi < sizeof halves / sizeof halves[0]; hi++) {
     int64_t half = halves[hi], P = 300;
-    scaling_cfg base = {0};
+    ref_rope_scaling base = {0};
     base.theta = 10000, base.p0 = 64, base.seq_len = P, base.beta_fast = 32, base.beta_slow = 1;
     base.low_ff = 1, base.high_ff = 4, base.short_f = sf, base.long_f = lf, base.truncate = 1;
     base.factor = 4;
     for (int32_t sc = 0; sc <= ATTN_ROPE_SCALING_LONGROPE; sc++) {
-      scaling_cfg c = base;
+      ref_rope_scaling c = base;
       c.scaling = sc;
       check_scaling(ctx, &c, P, half, 0);
       check_scaling(ctx, &c, P, half, 1);
     }
     /* Published configurations and the branches each formula has. */
-    scaling_cfg c = base;
+    ref_rope_scaling c = base;
     c.scaling = ATTN_ROPE_SCALING_LLAMA3; /* Llama 3.1: theta 5e5, s 8, 1 / 4, p0 8192 */
     c.theta = 500000, c.factor = 8, c.p0 = 8192;
     check_scaling(ctx, &c, 50, half, 0);

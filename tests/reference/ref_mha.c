@@ -22,11 +22,12 @@ static void rotate(const ref_mha_args *a, int64_t T, int64_t H, double *x) {
     for (int64_t h = 0; h < H; h++) {
       double *v = x + (t * H + h) * a->D;
       for (int64_t i = 0; i < r / 2; i++) {
-        double ang = (double)t / pow(a->theta, (double)(2 * i) / (double)r);
+        double w = a->freqs ? a->freqs[i] : 1.0 / pow(a->theta, (double)(2 * i) / (double)r);
+        double ang = (double)t * w, amp = a->amp != 0 ? a->amp : 1.0;
         int64_t ia = a->interleaved ? 2 * i : i, ib = a->interleaved ? 2 * i + 1 : i + r / 2;
         double p = v[ia], q = v[ib];
-        v[ia] = p * cos(ang) - q * sin(ang);
-        v[ib] = p * sin(ang) + q * cos(ang);
+        v[ia] = amp * (p * cos(ang) - q * sin(ang));
+        v[ib] = amp * (p * sin(ang) + q * cos(ang));
       }
     }
 }

@@ -14,6 +14,8 @@ typedef struct ref_mha_args {
   int interleaved;     /* pairs (2i, 2i+1), else (i, i + r/2) */
   int64_t rotary_dim;  /* r */
   double theta;
+  const double *freqs; /* r/2 frequencies used instead of theta's (a scaling), or NULL */
+  double amp;          /* rotated dims times this (an attention factor); 0 = 1 */
   double scale;        /* 0 = 1/sqrt(D) */
   double softcap;      /* 0 = off */
   int window;          /* keys j >= p - window_left only */

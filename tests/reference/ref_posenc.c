@@ -73,3 +73,92 @@ void ref_alibi_slopes(int64_t n, double max_bias, double *out) {
     out[closest + k] = twice[2 * k];
   free(twice);
 }
+
+/* ---- long-context scalings of the rotary frequencies (moved from test_rope_cache.c) ---- */
+
+/* theta^(-2i/r), not through the library's pow. */
+static double base_freq(double theta, int64_t i, int64_t r) {
+  return inv_power(theta, 2.0 * (double)i / (double)r);
+}
+
+double ref_rope_scaled_freqs(const ref_rope_scaling *c, int64_t half, double *w) {
+  const double pi = 3.14159265358979323846;
+  int64_t r = 2 * half;
+  double s = c->factor, af = 1.0;
+  for (int64_t i = 0; i < half; i++) {
+    switch (c->scaling) {
+    case REF_ROPE_LINEAR: /* position interpolation: p / s */
+      w[i] = base_freq(c->theta, i, r) / s;
+      break;
+    case REF_ROPE_NTK: { /* base' = base * s^(r/(r-2)) */
+      double base = c->theta * exp(log(s) * (double)r / (double)(r - 2));
+      w[i] = base_freq(base, i, r);
+      break;
+    }
+    case REF_ROPE_DYNAMIC_NTK: {
+      double n = (double)(c->seq_len > c->p0 ? c->seq_len : c->p0);
+      double ratio = s * n / (double)c->p0 - (s - 1.0);
+      double base = c->theta * exp(log(ratio) * (double)r / (double)(r - 2));
+      w[i] = base_freq(base, i, r);
+      break;
+    }
+    case REF_ROPE_YARN: {
+      /* The dim at which a wavelength fits `rot` times in p0:
+       * 2 pi theta^(2d/r) = p0 / rot  =>  d = r ln(p0 / (2 pi rot)) / (2 ln theta). */
+      double dlo = (double)r * log((double)c->p0 / (2 * pi * c->beta_fast)) / (2 * log(c->theta));
+      double dhi = (double)r * log((double)c->p0 / (2 * pi * c->beta_slow)) / (2 * log(c->theta));
+      if (c->truncate) {
+        dlo = floor(dlo);
+        dhi = ceil(dhi);
+      }
+      if (dlo < 0)
+        dlo = 0;
+      if (dhi > (double)(r - 1))
+        dhi = (double)(r - 1);
+      if (dhi == dlo)
+        dhi += 0.001;
+      double t = ((double)i - dlo) / (dhi - dlo);
+      double gamma = t < 0 ? 0 : t > 1 ? 1 : t; /* 0: keep (extrapolate), 1: interpolate */
+      double w0 = base_freq(c->theta, i, r);
+      w[i] = gamma * (w0 / s) + (1 - gamma) * w0;
+      break;
+    }
+    case REF_ROPE_LLAMA3: {
+      double w0 = base_freq(c->theta, i, r);
+      double wavelen = 2 * pi / w0;
+      double lo = (double)c->p0 / c->low_ff, hi = (double)c->p0 / c->high_ff;
+      if (wavelen < hi)
+        w[i] = w0; /* high frequency: unchanged */
+      else if (wavelen > lo)
+        w[i] = w0 / s; /* low frequency: interpolated */
+      else {
+        double g = ((double)c->p0 / wavelen - c->low_ff) / (c->high_ff - c->low_ff);
+        w[i] = (1 - g) * w0 / s + g * w0;
+      }
+      break;
+    }
+    case REF_ROPE_LONGROPE: {
+      const double *f = c->seq_len > c->p0 ? c->long_f : c->short_f;
+      w[i] = 1.0 / (f[i] * exp((2.0 * (double)i / (double)r) * log(c->theta)));
+      break;
+    }
+    default:
+      w[i] = base_freq(c->theta, i, r);
+      break;
+    }
+  }
+  if (c->scaling == REF_ROPE_YARN) {
+    if (c->attention_factor > 0)
+      af = c->attention_factor;
+    else if (c->mscale != 0 && c->mscale_all_dim != 0)
+      af = (s <= 1 ? 1 : 0.1 * c->mscale * log(s) + 1) /
+           (s <= 1 ? 1 : 0.1 * c->mscale_all_dim * log(s) + 1);
+    else
+      af = s <= 1 ? 1 : 0.1 * log(s) + 1;
+  }
+  if (c->scaling == REF_ROPE_LONGROPE)
+    af = c->attention_factor > 0 ? c->attention_factor
+         : s <= 1               ? 1.0
+                                : sqrt(1 + log(s) / log((double)c->p0));
+  return af;
+}

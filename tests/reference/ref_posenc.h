@@ -28,4 +28,31 @@ void ref_rope(int interleaved, int64_t B, int64_t H, int64_t L, int64_t D, int64
  * followed by every other slope of the list for twice that. */
 void ref_alibi_slopes(int64_t n, double max_bias, double *out);
 
+/* Long-context scalings of the rotary frequencies, written from their
+ * formulas (transformers' modeling_rope_utils names), numbered as
+ * attn_rope_scaling. */
+enum {
+  REF_ROPE_NONE = 0,
+  REF_ROPE_LINEAR = 1,
+  REF_ROPE_NTK = 2,
+  REF_ROPE_DYNAMIC_NTK = 3,
+  REF_ROPE_YARN = 4,
+  REF_ROPE_LLAMA3 = 5,
+  REF_ROPE_LONGROPE = 6
+};
+
+typedef struct {
+  int32_t scaling;
+  double theta, factor;
+  int64_t p0, seq_len; /* every field explicit: no defaults here */
+  double beta_fast, beta_slow, mscale, mscale_all_dim, attention_factor;
+  double low_ff, high_ff;
+  const double *short_f, *long_f;
+  int truncate;
+} ref_rope_scaling;
+
+/* Frequencies w[half] (rotary dim r = 2 half) of one configuration; returns
+ * its attention factor. */
+double ref_rope_scaled_freqs(const ref_rope_scaling *c, int64_t half, double *w);
+
 #endif
