@@ -373,6 +373,8 @@ attn_status attn__sdpa_kv(attn_ctx *ctx, const void *q, int32_t qdt, const int64
                       "[%lld, %lld, %lld]",
                       (long long)prm->lse->dims[0], (long long)prm->lse->dims[1],
                       (long long)prm->lse->dims[2], (long long)B, (long long)Hq, (long long)Lq);
+  if (Lq == 0 || Hq == 0)
+    return ATTN_OK; /* no query row: nothing to compute (the plan divides by Lq) */
   attn_sdpa_problem p;
   memset(&p, 0, sizeof p);
   p.B = B, p.Hq = Hq, p.Hkv = kv->Hkv, p.G = Hq / kv->Hkv, p.Lq = Lq, p.Lk = Lk;

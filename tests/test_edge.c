@@ -1249,6 +1249,108 @@ static void mha_torch_table(void **state) {
     }
     attn_ctx_destroy(ctx);
   }
+/* ================= the decoder layer (attn_mha_forward) ================= */
+
+/* A layer with E = D = 2, one head, every weight the identity and scale 1:
+ * q = k = v = x, and y_t = sum_j softmax_j(x_t . x_j) x_j over the visible
+ * j. B = 2 sequences in a contiguous cache of 8 tokens. */
+static attn_mha *identity_layer(attn_ctx *ctx, int64_t window_left, float softcap,
+                                attn_kv_cache **kv) {
+  attn_mha_decoder_params p;
+  attn_mha_decoder_params_init(&p);
+  p.embed_dim = 2, p.num_heads = 1, p.scale = 1, p.softcap = softcap;
+  p.window = window_left >= 0, p.window_left = window_left >= 0 ? window_left : 0;
+  attn_mha *m = NULL;
+  assert_ok(attn_mha_create_decoder(ctx, &p, &m));
+  static float eye[4] = {1, 0, 0, 1};
+  for (int32_t i = 0; i < 4; i++)
+    assert_ok(attn_mha_set_weight(ctx, m, i, tu_wrap(ctx, eye, 4, 2, (int64_t[]){2, 2}, NULL)));
+  attn_kv_cache_params cp;
+  attn_kv_cache_params_init(&cp);
+  cp.batch = 2, cp.kv_heads = 1, cp.head_dim = 2, cp.capacity = 8;
+  assert_ok(attn_kv_cache_create(ctx, &cp, kv));
+  return m;
+}
+
+/* y [2, L, 2] of the layer over x [2, L, 2]. */
+static attn_status mha_step(attn_ctx *ctx, attn_mha *m, attn_kv_cache *kv, float *x, float *y,
+                            int64_t L, const int64_t *n_new) {
+  int64_t d[3] = {2, L, 2};
+  return attn_mha_forward(ctx, m, kv, tu_wrap(ctx, x, (size_t)(4 * L), 3, d, NULL),
+                          tu_wrap(ctx, y, (size_t)(4 * L), 3, d, NULL), n_new);
+}
+
+static void kv_lengths(attn_ctx *ctx, attn_kv_cache *kv, int64_t want0, int64_t want1) {
+  int64_t lens[2];
+  attn_kv_cache_info info = {.struct_size = sizeof info};
+  assert_ok(attn_kv_cache_info_get(ctx, kv, &info, lens));
+  assert_int_equal(lens[0], want0);
+  assert_int_equal(lens[1], want1);
+}
+
+static void mha_edges(void **state) {
+  (void)state;
+  const double e = exp(1.0);
+  attn_ctx *ctx = tu_ctx(2);
+  attn_kv_cache *kv = NULL;
+
+  /* A NaN token reaches the rows that see it and no other: with a window of
+   * one key back, token 2 no longer sees token 0; nor does the other
+   * sequence. A decode step then attends over tokens 2 and 3 only. */
+  attn_mha *m = identity_layer(ctx, 1, 0, &kv);
+  float x[12] = {NAN, NAN, 1, 0, 0, 1, /* sequence 1: */ 1, 0, 0, 1, 1, 1}, y[12];
+  assert_ok(mha_step(ctx, m, kv, x, y, 3, NULL));
+  expect_row("NaN token 0 (sees itself)", y, W(NAN, NAN), 2, 0);
+  expect_row("token 1 sees the NaN key", y + 2, W(NAN, NAN), 2, 0);
+  expect_row("token 2: the NaN key is outside the window", y + 4, W(1 / (1 + e), e / (1 + e)),
+             2, 1e-7);
+  /* sequence 1: token 1 over (1,0),(0,1): logits 0, 1; token 2 over (0,1),(1,1): 1, 2 */
+  expect_row("other sequence, token 0", y + 6, W(1, 0), 2, 0);
+  expect_row("other sequence, token 1", y + 8, W(1 / (1 + e), e / (1 + e)), 2, 1e-7);
+  expect_row("other sequence, token 2", y + 10, W(e / (1 + e), 1), 2, 1e-7);
+  float x1[4] = {1, 1, 1, 1}, y1[4];
+  assert_ok(mha_step(ctx, m, kv, x1, y1, 1, NULL));
+  expect_row("decode past the NaN key", y1, W(e / (1 + e), 1), 2, 1e-7);
+  kv_lengths(ctx, kv, 4, 4);
+
+  /* Length-0 steps: L = 0 (also straight through attn_kv_attend), and
+   * counts of 0 over a NaN-filled x. Nothing is appended; every y row is
+   * zero. */
+  assert_ok(mha_step(ctx, m, kv, x, y, 0, NULL));
+  int64_t q0[4] = {2, 1, 0, 2};
+  assert_ok(attn_kv_attend(ctx, kv, tu_wrap(ctx, x, 0, 4, q0, NULL), tu_wrap(ctx, y, 0, 4, q0, NULL),
+                           NULL, NULL));
+  float xn[4] = {NAN, NAN, NAN, NAN}, yn[4] = {5, 5, 5, 5};
+  assert_ok(mha_step(ctx, m, kv, xn, yn, 1, (int64_t[]){0, 0}));
+  expect_row("count 0: zeros", yn, W(0, 0, 0, 0), 4, 0);
+  kv_lengths(ctx, kv, 4, 4);
+  assert_ok(attn_mha_free(ctx, m));
+  assert_ok(attn_kv_cache_free(ctx, kv));
+
+  /* NaN in a padding row (past n_new) is projected but never appended:
+   * later steps stay finite. A single token attends to itself only: y = x
+   * exactly. */
+  m = identity_layer(ctx, -1, 0, &kv);
+  float xp[8] = {1, 0, NAN, NAN, /* sequence 1: */ 0, 1, 1, 0}, yp[8];
+  assert_ok(mha_step(ctx, m, kv, xp, yp, 2, (int64_t[]){1, 2}));
+  expect_row("one token: y = x", yp, W(1, 0, 0, 0), 4, 0);
+  expect_row("other sequence", yp + 4, W(0, 1, e / (1 + e), 1 / (1 + e)), 4, 1e-7);
+  float xd[4] = {0, 1, 0, 0}, yd[4];
+  assert_ok(mha_step(ctx, m, kv, xd, yd, 1, NULL));
+  expect_row("after a NaN padding row", yd, W(1 / (1 + e), e / (1 + e)), 2, 1e-7);
+  kv_lengths(ctx, kv, 2, 3);
+  assert_ok(attn_mha_free(ctx, m));
+  assert_ok(attn_kv_cache_free(ctx, kv));
+
+  /* Soft-cap 1 bounds logits that overflow float (1e20 * 1e20 = inf):
+   * token 1 has logits (0, 1) and stays finite. */
+  m = identity_layer(ctx, -1, 1.0f, &kv);
+  float xc[8] = {1e20f, 0, 0, 1e20f, 1, 0, 0, 1}, yc[8];
+  assert_ok(mha_step(ctx, m, kv, xc, yc, 2, NULL));
+  expect_row("soft-capped inf logit, token 0", yc, W(1e20f, 0), 2, 0);
+  expect_row("soft-capped inf logit, token 1", yc + 2,
+             W(1e20f / (1 + e), (double)1e20f * e / (1 + e)), 2, 1e14);
+  attn_ctx_destroy(ctx);
 }
 
 int main(void) {
@@ -1274,6 +1376,7 @@ int main(void) {
       cmocka_unit_test(pool_attention_backward_edges),
       cmocka_unit_test(rope_cached_edges),
       cmocka_unit_test(mha_torch_table),
+      cmocka_unit_test(mha_edges),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
