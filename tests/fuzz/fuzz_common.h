@@ -236,6 +236,37 @@ static inline void fz_ctx_destroy(attn_ctx *ctx, fz_alloc_state *a) {
   FZ_CHECK(a->allocs == a->frees, "leak: %ld allocations, %ld frees", a->allocs, a->frees);
 }
 
+/* ---- a KV cache ---- */
+typedef struct {
+  attn_kv_cache *kv;
+  int paged;
+  int64_t block_size; /* paged */
+  int64_t cap;        /* the most tokens one sequence can hold */
+} fz_cache;
+
+/* A cache of B sequences of H heads, key dim D and value dim Dv: contiguous
+ * with a capacity of 1..max_cap, or paged with blocks of 1..9 tokens in a
+ * pool of 1..12 (capped at max_cap per sequence). */
+static inline fz_cache fz_kv_cache(fz_in *in, attn_ctx *ctx, int64_t B, int64_t H, int64_t D,
+                                   int64_t Dv, int64_t max_cap) {
+  fz_cache c = {NULL, fz_chance(in, 128), 0, 0};
+  int64_t bs = fz_range(in, 1, 9), n_blocks = fz_range(in, 1, 12);
+  attn_kv_cache_params p;
+  attn_kv_cache_params_init(&p);
+  p.layout = c.paged;
+  p.batch = B, p.kv_heads = H, p.head_dim = D, p.value_dim = Dv;
+  if (c.paged) {
+    p.block_size = c.block_size = bs, p.num_blocks = n_blocks;
+    p.capacity = n_blocks * bs < max_cap ? 0 : max_cap;
+    c.cap = n_blocks * bs < max_cap ? n_blocks * bs : max_cap;
+  } else {
+    p.capacity = c.cap = fz_range(in, 1, max_cap);
+  }
+  FZ_CHECK(attn_kv_cache_create(ctx, &p, &c.kv) == ATTN_OK, "attn_kv_cache_create: %s",
+           attn_ctx_last_error(ctx));
+  return c;
+}
+
 /* ---- tensors over exactly-sized buffers ---- */
 enum {
   FZ_INPUT = 0,  /* may broadcast (zero strides) */
