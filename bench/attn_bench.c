@@ -402,7 +402,10 @@ static int naive_once(void *arg) {
 
 /* K_VARLEN: attn_sdpa_varlen over B sequences of Lq..Lk tokens (lengths
  * spread by varlen_len); K_ROPE: attn_rope in place on [B, Hq, Lq, D];
- * K_SINUS: attn_sinusoidal_add in place on [B, Lq, D]; K_BWD: attn_sdpa_backward. */
+ * K_SINUS: attn_sinusoidal_add in place on [B, Lq, D]; K_BWD: attn_sdpa_backward;
+ * K_MHA: the decoder layer's forward over a prompt of Lq tokens (E = Hq * D);
+ * K_KV_STEP: a decode step in a paged cache of B sequences of up to Lk tokens
+ * (lengths spread by varlen_len). */
 typedef enum {
   K_SDPA,
   K_DECODE,
@@ -412,7 +415,9 @@ typedef enum {
   K_ROPE,
   K_SINUS,
   K_BWD,
-  K_KV /* decode through attn_kv_attend over a KV cache of dtype dt (Lk tokens) */
+  K_KV, /* decode through attn_kv_attend over a KV cache of dtype dt (Lk tokens) */
+  K_MHA,
+  K_KV_STEP
 } kind;
 
 typedef struct {
@@ -437,12 +442,16 @@ typedef struct {
 static const char *kind_name(kind k) {
   static const char *const names[] = {"sdpa", "sdpa_decode", "sdpa_long", "softmax",
                                       "sdpa_varlen", "rope", "sinusoidal",
-                                      "sdpa_backward", "kv_decode"};
+                                      "sdpa_backward", "kv_decode", "mha_forward",
+                                      "paged_decode"};
   return names[k];
 }
 
 /* Ops measured in GB/s against the memcpy ceiling rather than in GFLOP/s. */
 static int is_stream(kind k) { return k == K_SOFTMAX || k == K_ROPE || k == K_SINUS; }
+
+/* Decode rows: the K/V bytes read per second next to memcpy. */
+static int reads_kv(kind k) { return k == K_DECODE || k == K_KV || k == K_KV_STEP; }
 
 typedef struct {
   attn_ctx *ctx;
@@ -562,6 +571,22 @@ static const char *dt_name(int32_t dt) {
 
 static size_t dt_size(int32_t dt) { return dt == ATTN_DTYPE_F32 ? 4 : 2; }
 
+/* The cold call (the extra memory libattn allocates in it, beyond its
+ * tensors' handles; later calls reuse that scratch), then the timed
+ * repeats. err: where `once` leaves its message. Returns 0 on success. */
+static int measure(timed_fn once, void *arg, const char *err, counter *cnt, result *res) {
+  size_t base = atomic_load(&cnt->live);
+  atomic_store(&cnt->peak, base);
+  if (once(arg)) {
+    snprintf(g_err, sizeof g_err, "%s", err);
+    res->error = g_err;
+    return 1;
+  }
+  res->peak_extra = atomic_load(&cnt->peak) - base;
+  res->seconds = time_median(once, arg, g_budget, 0, &res->reps);
+  return 0;
+}
+
 static result run_sdpa_case(const bcase *c) {
   result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN};
   size_t nq = (size_t)(c->B * c->Hq * c->Lq * c->D), nk = (size_t)(c->B * c->Hkv * c->Lk * c->D),
@@ -628,17 +653,8 @@ static result run_sdpa_case(const bcase *c) {
     once = kv_once;
   }
 
-  /* Extra memory: what the context allocates beyond its tensors' handles
-   * during the first (cold) call; later calls reuse that scratch. */
-  size_t base = atomic_load(&cnt.live);
-  atomic_store(&cnt.peak, base);
-  if (once(&r)) {
-    snprintf(g_err, sizeof g_err, "%s", r.err);
-    res.error = g_err;
+  if (measure(once, &r, r.err, &cnt, &res))
     goto done;
-  }
-  res.peak_extra = atomic_load(&cnt.peak) - base;
-  res.seconds = time_median(once, &r, g_budget, 0, &res.reps);
   double pairs = visible_pairs(c) * (double)c->B * (double)c->Hq;
   /* Forward: S = QK^T and PV. Backward: S, dP = dO V^T, dV, dQ, dK. */
   double per_pair = c->kind == K_BWD ? 2.0 * (3 * c->D + 2 * c->Dv) : 2.0 * (c->D + c->Dv);
@@ -817,6 +833,164 @@ static result run_posenc_case(const bcase *c) {
   return res;
 }
 
+/* K_MHA and K_KV_STEP: a decoder layer and a KV cache. */
+typedef struct {
+  attn_ctx *ctx;
+  attn_mha *layer;
+  attn_kv_cache *kv;
+  attn_tensor *x, *y;       /* K_MHA: [B, L, E] */
+  attn_tensor *q, *o, *k, *v; /* K_KV_STEP: one new token per sequence */
+  const int64_t *lens;      /* K_KV_STEP: each sequence's length before the step */
+  int64_t B;
+  attn_sdpa_params p;
+  char err[600];
+} layer_run;
+
+static int layer_fail(layer_run *r) {
+  snprintf(r->err, sizeof r->err, "%s", attn_ctx_last_error(r->ctx));
+  return 1;
+}
+
+/* A prompt through the layer into an emptied cache. */
+static int mha_once(void *arg) {
+  layer_run *r = arg;
+  if (attn_kv_reset(r->ctx, r->kv, -1) ||
+      attn_mha_forward(r->ctx, r->layer, r->kv, r->x, r->y, NULL))
+    return layer_fail(r);
+  return 0;
+}
+
+/* One decode step of the cache: append each sequence's new key and value,
+ * attend its query over the whole sequence, then truncate back. */
+static int kv_step_once(void *arg) {
+  layer_run *r = arg;
+  if (attn_kv_append(r->ctx, r->kv, r->k, r->v, NULL, NULL) ||
+      attn_kv_attend(r->ctx, r->kv, r->q, r->o, NULL, &r->p))
+    return layer_fail(r);
+  for (int64_t b = 0; b < r->B; b++)
+    if (attn_kv_truncate(r->ctx, r->kv, b, r->lens[b]))
+      return layer_fail(r);
+  return 0;
+}
+
+static attn_tensor *wrap_n(attn_ctx *ctx, float *data, int32_t nd, const int64_t *dims) {
+  size_t n = 1;
+  for (int32_t i = 0; i < nd; i++)
+    n *= (size_t)dims[i];
+  attn_tensor *t = NULL;
+  if (attn_tensor_wrap(ctx, ATTN_DTYPE_F32, nd, dims, NULL, data, n * sizeof(float), &t)) {
+    fprintf(stderr, "attn-bench: attn_tensor_wrap: %s\n", attn_ctx_last_error(ctx));
+    exit(2);
+  }
+  return t;
+}
+
+/* K_MHA: GFLOP/s of the four projections and the causal attention against
+ * the sgemm ceiling. K_KV_STEP: K/V bytes read per second against memcpy
+ * (the paged blocks hold 16 tokens, vLLM's default). */
+static result run_layer_case(const bcase *c) {
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN};
+  counter cnt = {0, 0};
+  layer_run r = {0};
+  r.ctx = new_ctx(c->threads, &cnt);
+  r.B = c->B;
+  int64_t E = c->Hq * c->D, hkv = c->Hkv * c->D, D = c->D;
+  float *bufs[8] = {0};
+  int64_t *lens = calloc((size_t)c->B, sizeof *lens);
+  timed_fn once;
+  attn_kv_cache_params cp;
+  attn_kv_cache_params_init(&cp);
+  cp.batch = c->B, cp.kv_heads = c->Hkv, cp.head_dim = D;
+  if (c->kind == K_MHA) {
+    attn_mha_decoder_params lp;
+    attn_mha_decoder_params_init(&lp);
+    lp.embed_dim = E, lp.num_heads = c->Hq, lp.num_kv_heads = c->Hkv;
+    if (attn_mha_create_decoder(r.ctx, &lp, &r.layer)) {
+      fprintf(stderr, "attn-bench: %s\n", attn_ctx_last_error(r.ctx));
+      exit(2);
+    }
+    const int64_t wd[4][2] = {{E, E}, {hkv, E}, {hkv, E}, {E, E}};
+    for (int32_t i = 0; i < 4; i++) { /* wrapped: the bench's memory, no copy */
+      bufs[i] = new_floats((size_t)(wd[i][0] * wd[i][1]), 51 + (uint64_t)i);
+      for (int64_t j = 0; j < wd[i][0] * wd[i][1]; j++)
+        bufs[i][j] *= 0.03f; /* about 1/sqrt(E): activations stay O(1) */
+      if (attn_mha_wrap_weight(r.ctx, r.layer, i, wrap_n(r.ctx, bufs[i], 2, wd[i]))) {
+        fprintf(stderr, "attn-bench: %s\n", attn_ctx_last_error(r.ctx));
+        exit(2);
+      }
+    }
+    int64_t xd[3] = {c->B, c->Lq, E};
+    bufs[4] = new_floats((size_t)(c->B * c->Lq * E), 55);
+    bufs[5] = new_floats((size_t)(c->B * c->Lq * E), 56);
+    r.x = wrap_n(r.ctx, bufs[4], 3, xd);
+    r.y = wrap_n(r.ctx, bufs[5], 3, xd);
+    cp.capacity = c->Lq;
+    once = mha_once;
+  } else {
+    int64_t blocks = 0;
+    for (int64_t b = 0; b < c->B; b++) {
+      lens[b] = varlen_len(b, c->B, 1024 < c->Lk ? 1024 : 1, c->Lk);
+      blocks += lens[b] / 16 + 2;
+    }
+    cp.layout = ATTN_KV_PAGED, cp.block_size = 16, cp.num_blocks = blocks;
+    int64_t one[4] = {c->B, c->Hkv, 1, D}, qd[4] = {c->B, c->Hq, 1, D};
+    bufs[0] = new_floats((size_t)(c->B * hkv), 61), bufs[1] = new_floats((size_t)(c->B * hkv), 62);
+    bufs[2] = new_floats((size_t)(c->B * c->Hq * D), 63);
+    bufs[3] = new_floats((size_t)(c->B * c->Hq * D), 64);
+    r.k = wrap_n(r.ctx, bufs[0], 4, one), r.v = wrap_n(r.ctx, bufs[1], 4, one);
+    r.q = wrap_n(r.ctx, bufs[2], 4, qd), r.o = wrap_n(r.ctx, bufs[3], 4, qd);
+    attn_sdpa_params_init(&r.p);
+    r.p.causal = 1;
+    r.lens = lens;
+    once = kv_step_once;
+  }
+  if (attn_kv_cache_create(r.ctx, &cp, &r.kv)) {
+    fprintf(stderr, "attn-bench: %s\n", attn_ctx_last_error(r.ctx));
+    exit(2);
+  }
+  if (c->kind == K_KV_STEP) { /* fill the sequences, 1024 tokens per append */
+    enum { CHUNK = 1024 };
+    int64_t cd[4] = {c->B, c->Hkv, CHUNK, D};
+    int64_t *n = calloc((size_t)c->B, sizeof *n);
+    float *kc = new_floats((size_t)(c->B * hkv * CHUNK), 65);
+    float *vc = new_floats((size_t)(c->B * hkv * CHUNK), 66);
+    attn_tensor *tk = wrap_n(r.ctx, kc, 4, cd), *tv = wrap_n(r.ctx, vc, 4, cd);
+    for (int64_t at = 0; at < c->Lk; at += CHUNK) {
+      for (int64_t b = 0; b < c->B; b++)
+        n[b] = lens[b] - at < 0 ? 0 : lens[b] - at > CHUNK ? CHUNK : lens[b] - at;
+      if (attn_kv_append(r.ctx, r.kv, tk, tv, n, NULL)) {
+        fprintf(stderr, "attn-bench: %s\n", attn_ctx_last_error(r.ctx));
+        exit(2);
+      }
+    }
+    free(kc);
+    free(vc);
+    free(n);
+  }
+  if (measure(once, &r, r.err, &cnt, &res))
+    goto done;
+  if (c->kind == K_MHA) {
+    /* q, k, v, o projections of every token, then S = QK^T and PV. */
+    double T = (double)(c->B * c->Lq);
+    double proj = 2.0 * T * (double)E * (double)(2 * E + 2 * hkv);
+    double att = visible_pairs(c) * (double)c->B * (double)c->Hq * 4.0 * (double)D;
+    res.gflops = (proj + att) / res.seconds * 1e-9;
+    res.sgemm = sgemm_gflops(c->threads, g_sgemm_n);
+  } else {
+    double tokens = 0;
+    for (int64_t b = 0; b < c->B; b++)
+      tokens += (double)(lens[b] + 1);
+    res.kv_gbps = tokens * 2.0 * (double)hkv * sizeof(float) / res.seconds * 1e-9;
+    res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes);
+  }
+done:
+  attn_ctx_destroy(r.ctx);
+  for (int i = 0; i < 8; i++)
+    free(bufs[i]);
+  free(lens);
+  return res;
+}
+
 /* ---- output ---- */
 
 static void json_num(const char *key, double v, const char *fmt) {
@@ -879,7 +1053,7 @@ static void print_json(const bcase *c, const result *r) {
     printf(", \"peak_extra_bytes\": null");
   else
     printf(", \"peak_extra_bytes\": %zu", r->peak_extra);
-  if (c->kind == K_DECODE || c->kind == K_KV) {
+  if (reads_kv(c->kind)) {
     json_num("kv_gbps", r->kv_gbps, "%.4g");
     json_num("memcpy_gbps", r->copy_gbps, "%.4g");
     json_num("ratio_memcpy", r->kv_gbps / r->copy_gbps, "%.3f");
@@ -921,16 +1095,20 @@ static void print_row(const bcase *c, const result *r) {
     snprintf(notes, sizeof notes,
              "K/V read %.1f GB/s, memcpy %.1f GB/s (%.0f%%), %.2fx the f32 cache", r->kv_gbps,
              r->copy_gbps, 100 * r->kv_gbps / r->copy_gbps, r->speedup_f32);
-  else if (c->kind == K_DECODE || c->kind == K_KV)
-    snprintf(notes, sizeof notes, "K/V read %.1f GB/s, memcpy %.1f GB/s (%.0f%%)", r->kv_gbps,
+  else if (reads_kv(c->kind))
+    snprintf(notes, sizeof notes, "%sK/V read %.1f GB/s, memcpy %.1f GB/s (%.0f%%)",
+             c->kind == K_KV_STEP ? "lengths spread up to Lk, " : "", r->kv_gbps,
              r->copy_gbps, 100 * r->kv_gbps / r->copy_gbps);
+  else if (c->kind == K_MHA)
+    snprintf(notes, sizeof notes, "E = %lld: 4 projections + attention",
+             (long long)(c->Hq * c->D));
   else if (is_stream(c->kind))
     snprintf(notes, sizeof notes, "%.1f GB/s (read + write), memcpy %.1f GB/s (%.0f%%)", r->gbps,
              r->copy_gbps, 100 * r->gbps / r->copy_gbps);
   else if (c->kind == K_VARLEN)
     snprintf(notes, sizeof notes, "%lld sequences of %lld..%lld tokens", (long long)c->B,
              (long long)c->Lq, (long long)c->Lk);
-  else if (c->kind != K_BWD && !isfinite(r->naive_seconds))
+  else if (c->kind != K_BWD && c->kind != K_KV_STEP && !isfinite(r->naive_seconds))
     snprintf(notes, sizeof notes, "naive skipped: needs %.0f MiB", r->naive_bytes / 1048576.0);
   if (r->error)
     snprintf(notes, sizeof notes, "error: %s", r->error);
@@ -993,6 +1171,14 @@ static int add_serving_cases(bcase *cs, int n, int threads) {
   return n;
 }
 
+/* The decoder layer's prompt forward (B = 1, L = 2048, E = 1024, 16 heads of
+ * 64, causal) and a decode step of 8 sequences of 1024..32768 tokens in a
+ * paged cache (32 query / 8 key-value heads, D = 128). */
+static int add_layer_cases(bcase *cs, int n, int threads) {
+  n = add(cs, n, K_MHA, 1, 16, 16, 2048, 2048, 64, 1, threads);
+  return add(cs, n, K_KV_STEP, 8, 32, 8, 1, 32768, 128, 1, threads);
+}
+
 static int quick_cases(bcase *cs) {
   int n = 0;
   static const int64_t Ls[] = {2048, 4096}, Ds[] = {128, 64};
@@ -1005,7 +1191,7 @@ static int quick_cases(bcase *cs) {
   n = add(cs, n, K_LONG, 1, 1, 1, 32768, 32768, 128, 1, 2);
   n = add_stream_cases(cs, n, 2);
   n = add_serving_cases(cs, n, 2);
-  return n;
+  return add_layer_cases(cs, n, 2);
 }
 
 /* The backward's rows (issue 14): B=1, H=8, L=2048/4096, D=64/128, causal or
@@ -1036,6 +1222,7 @@ static int full_cases(bcase *cs) {
   for (int threads = 2; threads >= 1; threads--) {
     n = add_stream_cases(cs, n, threads);
     n = add_serving_cases(cs, n, threads);
+    n = add_layer_cases(cs, n, threads);
   }
   return backward_cases(cs, n, 2);
 }
@@ -1062,6 +1249,8 @@ static int smoke_cases(bcase *cs) {
   n = add(cs, n, K_ROPE, 1, 2, 2, 33, 33, 16, 0, 2);
   n = add(cs, n, K_SINUS, 2, 1, 1, 33, 33, 16, 0, 2);
   n = add(cs, n, K_BWD, 1, 4, 2, 64, 64, 16, 1, 2);
+  n = add(cs, n, K_MHA, 1, 4, 2, 64, 64, 16, 1, 2);
+  n = add(cs, n, K_KV_STEP, 3, 4, 2, 1, 300, 16, 1, 2);
   return n;
 }
 
@@ -1167,8 +1356,9 @@ int main(int argc, char **argv) {
       if (quiet)
         wait_quiet(60);
       load_mark m = load_now();
-      result a = cs[i].kind == K_SOFTMAX ? run_softmax_case(&cs[i])
-                 : cs[i].kind == K_VARLEN  ? run_varlen_case(&cs[i])
+      result a = cs[i].kind == K_SOFTMAX                         ? run_softmax_case(&cs[i])
+                 : cs[i].kind == K_VARLEN                        ? run_varlen_case(&cs[i])
+                 : cs[i].kind == K_MHA || cs[i].kind == K_KV_STEP ? run_layer_case(&cs[i])
                  : is_stream(cs[i].kind)   ? run_posenc_case(&cs[i])
                                            : run_sdpa_case(&cs[i]);
       a.other_load = other_load_since(m);
@@ -1188,6 +1378,7 @@ int main(int argc, char **argv) {
                          : cs[i].dt == ATTN_DTYPE_F16 ? 1e-3
                          : cs[i].dt == ATTN_DTYPE_BF16 ? 8e-3 : 0);
     if (smoke && (r.error || (cs[i].kind != K_VARLEN && cs[i].kind != K_BWD &&
+                              cs[i].kind != K_MHA && cs[i].kind != K_KV_STEP &&
                               !is_stream(cs[i].kind) &&
                               !(r.max_diff <= tol))))
       failed = 1;
