@@ -23,19 +23,19 @@ place, bfloat16 comes as uint16 bit patterns (src_dtype="bfloat16") or as
 torch tensors.
 """
 from ._lib import ABI_MAJOR, AttnError, LibraryNotFound
-from ._api import (LIBRARY_PATH, Context, KVCache, MultiheadAttention, alibi_slopes,
-                   blas_info, convert, cpu_info, default_context, get_num_threads, log_softmax,
-                   log_softmax_backward, pool, pool_attention, pool_attention_backward,
-                   pool_backward, rope, rope_backward, rope_cache, rope_cached, sdpa,
-                   sdpa_backward, sdpa_varlen, sdpa_varlen_backward, set_num_threads,
-                   sinusoidal, sinusoidal_add, softmax, softmax_backward, version,
-                   version_string)
+from ._api import (LIBRARY_PATH, Context, DecoderLayer, KVCache, MultiheadAttention,
+                   alibi_slopes, blas_info, convert, cpu_info, default_context,
+                   get_num_threads, log_softmax, log_softmax_backward, pool, pool_attention,
+                   pool_attention_backward, pool_backward, rope, rope_backward, rope_cache,
+                   rope_cached, sdpa, sdpa_backward, sdpa_varlen, sdpa_varlen_backward,
+                   set_num_threads, sinusoidal, sinusoidal_add, softmax, softmax_backward,
+                   version, version_string)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ABI_MAJOR", "AttnError", "Context", "KVCache", "LIBRARY_PATH", "LibraryNotFound",
-    "MultiheadAttention", "alibi_slopes", "blas_info", "convert", "cpu_info",
+    "ABI_MAJOR", "AttnError", "Context", "DecoderLayer", "KVCache", "LIBRARY_PATH",
+    "LibraryNotFound", "MultiheadAttention", "alibi_slopes", "blas_info", "convert", "cpu_info",
     "default_context", "get_num_threads", "log_softmax",
     "pool", "pool_attention", "rope", "rope_cache", "rope_cached",
     "sdpa", "sdpa_varlen", "set_num_threads", "sinusoidal", "sinusoidal_add", "softmax",

@@ -360,6 +360,39 @@ def _scale(scale, fn, name="scale"):
     return scale
 
 
+def _rope_cache_params(fn, keep, half, *, scaling="none", theta=None, factor=None,
+                       original_max_position=None, seq_len=None, beta_fast=None,
+                       beta_slow=None, mscale=None, mscale_all_dim=None, attention_factor=None,
+                       low_freq_factor=None, high_freq_factor=None, short_factors=None,
+                       long_factors=None, truncate=True, apply_attention_factor=False):
+    """attn_rope_cache_params from rope_cache()'s keyword arguments (None =
+    the library's default); the factor arrays (half each) go to `keep`."""
+    p = _lib.RopeCacheParams(scaling=_choice(_lib.ROPE_SCALINGS, scaling, fn, "scaling"),
+                             apply_attention_factor=1 if apply_attention_factor else 0,
+                             yarn_no_truncate=0 if truncate else 1)
+    for name, value in (("theta", theta), ("factor", factor), ("beta_fast", beta_fast),
+                        ("beta_slow", beta_slow), ("mscale", mscale),
+                        ("mscale_all_dim", mscale_all_dim),
+                        ("attention_factor", attention_factor),
+                        ("low_freq_factor", low_freq_factor),
+                        ("high_freq_factor", high_freq_factor)):
+        if value is not None:
+            setattr(p, name, float(value))
+    if original_max_position is not None:
+        p.original_max_position = int(original_max_position)
+    if seq_len is not None:
+        p.seq_len = int(seq_len)
+    for name, value in (("short_factors", short_factors), ("long_factors", long_factors)):
+        if value is not None:
+            arr = np.ascontiguousarray(value, dtype=np.float64)
+            if arr.shape != (half,):
+                raise ValueError("%s: %s has shape %s but must have shape (%d,)"
+                                 % (fn, name, arr.shape, half))
+            keep.append(arr)
+            setattr(p, name, arr.ctypes.data_as(_lib._c_double_p))
+    return p
+
+
 def _choice(table, value, fn, name):
     if isinstance(value, str):
         key = value.lower().replace("_", "-")
@@ -701,31 +734,18 @@ class Context:
                              "and >= 2" % (fn, P, r))
         cos = np.empty((P, r // 2), np.float32)
         sin = np.empty((P, r // 2), np.float32)
-        p = _lib.RopeCacheParams(scaling=_choice(_lib.ROPE_SCALINGS, scaling, fn, "scaling"),
-                                 apply_attention_factor=1 if apply_attention_factor else 0,
-                                 yarn_no_truncate=0 if truncate else 1)
-        for name, value in (("theta", theta), ("factor", factor), ("beta_fast", beta_fast),
-                            ("beta_slow", beta_slow), ("mscale", mscale),
-                            ("mscale_all_dim", mscale_all_dim),
-                            ("attention_factor", attention_factor),
-                            ("low_freq_factor", low_freq_factor),
-                            ("high_freq_factor", high_freq_factor)):
-            if value is not None:
-                setattr(p, name, float(value))
-        if original_max_position is not None:
-            p.original_max_position = int(original_max_position)
-        if seq_len is not None:
-            p.seq_len = int(seq_len)
         af = ctypes.c_double()
         with self._call(fn) as c:
-            for name, value in (("short_factors", short_factors), ("long_factors", long_factors)):
-                if value is not None:
-                    arr = np.ascontiguousarray(value, dtype=np.float64)
-                    if arr.shape != (r // 2,):
-                        raise ValueError("%s: %s has shape %s but must have shape (%d,)"
-                                         % (fn, name, arr.shape, r // 2))
-                    c.keep.append(arr)
-                    setattr(p, name, arr.ctypes.data_as(_lib._c_double_p))
+            p = _rope_cache_params(fn, c.keep, r // 2, scaling=scaling, theta=theta,
+                                   factor=factor, original_max_position=original_max_position,
+                                   seq_len=seq_len, beta_fast=beta_fast, beta_slow=beta_slow,
+                                   mscale=mscale, mscale_all_dim=mscale_all_dim,
+                                   attention_factor=attention_factor,
+                                   low_freq_factor=low_freq_factor,
+                                   high_freq_factor=high_freq_factor,
+                                   short_factors=short_factors, long_factors=long_factors,
+                                   truncate=truncate,
+                                   apply_attention_factor=apply_attention_factor)
             c.check(_fn("attn_rope_cache_fill")(self._handle, c.output(cos, "cos"),
                                                 c.output(sin, "sin"), ctypes.byref(p),
                                                 ctypes.byref(af)))
@@ -1494,6 +1514,141 @@ class MultiheadAttention:
             if weights is not None:
                 weights = weights[0]
         return out, weights
+
+    __call__ = forward
+
+
+class DecoderLayer:
+    """The attention block of a decoder model (attn_mha_create_decoder):
+    q/k/v projections, RoPE at each token's position in the cache, append to
+    a KVCache, causal (grouped-query) attention over it, output projection.
+
+    DecoderLayer(embed_dim, num_heads, num_kv_heads=None, head_dim=None, *,
+    qkv_bias=False, out_bias=False, rope=None, rope_scaling=None, scale=None,
+    softcap=None, window=None, context=None)
+
+    rope: None, or a dict with style ("half-split" / "interleaved"),
+    rotary_dim (0 = head_dim) and theta. rope_scaling: None, or a dict of
+    rope_cache()'s keyword arguments (scaling="yarn", factor=..., ...;
+    apply_attention_factor=True multiplies q and k by the attention factor,
+    as transformers does; dynamic and longrope need seq_len). window: keys
+    at most `window` positions back (None = all).
+
+    Weights start at zero; set them with load_state_dict() or set_weight()
+    in nn.Linear layout ([out_features, in_features]), named as a
+    transformers attention block names them: q_proj.weight [Hq*D, E],
+    k_proj.weight and v_proj.weight [Hkv*D, E], o_proj.weight [E, Hq*D], and
+    the .bias of each (with qkv_bias / out_bias). They are copied."""
+
+    def __init__(self, embed_dim, num_heads, num_kv_heads=None, head_dim=None, *,
+                 qkv_bias=False, out_bias=False, rope=None, rope_scaling=None, scale=None,
+                 softcap=None, window=None, context=None):
+        fn = "DecoderLayer"
+        self._ctx = context if context is not None else default_context()
+        p = _lib.MhaDecoderParams(embed_dim=int(embed_dim), num_heads=int(num_heads),
+                                  num_kv_heads=int(num_kv_heads or 0),
+                                  head_dim=int(head_dim or 0), qkv_bias=1 if qkv_bias else 0,
+                                  out_bias=1 if out_bias else 0,
+                                  scale=float(scale or 0), softcap=float(softcap or 0),
+                                  window=0 if window is None else 1,
+                                  window_left=int(window or 0))
+        h = ctypes.c_void_p()
+        with self._ctx._call(fn) as c:
+            if rope is not None:
+                rp = _lib.RopeParams(style=_choice(_lib.ROPE_STYLES,
+                                                   rope.get("style", "half-split"), fn, "style"),
+                                     rotary_dim=int(rope.get("rotary_dim", 0)),
+                                     theta=float(rope.get("theta", 0.0)))
+                c.keep.append(rp)
+                p.rope = ctypes.pointer(rp)
+            if rope_scaling is not None:
+                D = int(head_dim or int(embed_dim) // max(int(num_heads), 1))
+                r = int((rope or {}).get("rotary_dim", 0)) or D
+                sp = _rope_cache_params(fn, c.keep, r // 2, **rope_scaling)
+                c.keep.append(sp)
+                p.rope_scaling = ctypes.pointer(sp)
+            c.check(_LIB.attn_mha_create_decoder(self._ctx._handle, ctypes.byref(p),
+                                                 ctypes.byref(h)))
+        self._handle = h
+        self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
+        self.num_kv_heads = int(num_kv_heads or num_heads)
+        self.head_dim = int(head_dim or int(embed_dim) // int(num_heads))
+        self.qkv_bias, self.out_bias = bool(qkv_bias), bool(out_bias)
+
+    def close(self):
+        """Free the layer now (it is freed with its context otherwise)."""
+        h, self._handle = getattr(self, "_handle", None), None
+        if h and _LIB is not None and self._ctx._handle:
+            _LIB.attn_mha_free(self._ctx._handle, h)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def _shape(self, name):
+        hq, hkv, E = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, \
+            self.embed_dim
+        return {"q_proj.weight": (hq, E), "k_proj.weight": (hkv, E), "v_proj.weight": (hkv, E),
+                "o_proj.weight": (E, hq), "q_proj.bias": (hq,), "k_proj.bias": (hkv,),
+                "v_proj.bias": (hkv,), "o_proj.bias": (E,)}[name]
+
+    def _which(self, name, fn):
+        if name not in _lib.MHA_WEIGHTS:
+            raise KeyError("%s: %r is not a weight name (%s)"
+                           % (fn, name, ", ".join(_lib.MHA_WEIGHTS)))
+        return _lib.MHA_WEIGHTS[name]
+
+    def set_weight(self, name, w):
+        """Copy weight `name` (e.g. "q_proj.weight") from w."""
+        fn = "DecoderLayer.set_weight"
+        which = self._which(name, fn)
+        with self._ctx._call(fn) as c:
+            c.check(_LIB.attn_mha_set_weight(self._ctx._handle, self._handle, which,
+                                             c.input(np.asarray(w), name)))
+
+    def get_weight(self, name):
+        """A copy of weight `name` (float32)."""
+        fn = "DecoderLayer.get_weight"
+        which = self._which(name, fn)
+        out = np.empty(self._shape(name), np.float32)
+        with self._ctx._call(fn) as c:
+            c.check(_LIB.attn_mha_get_weight(self._ctx._handle, self._handle, which,
+                                             c.output(out, name)))
+        return out
+
+    def load_state_dict(self, state, prefix=""):
+        """Set every weight the layer has from state[prefix + name] (arrays or
+        anything np.asarray takes); names the layer lacks are not read. A
+        missing weight raises KeyError before anything is set."""
+        names = [n for n in _lib.MHA_WEIGHTS
+                 if n.endswith(".weight") or (self.out_bias if n == "o_proj.bias"
+                                              else self.qkv_bias)]
+        missing = [prefix + n for n in names if prefix + n not in state]
+        if missing:
+            raise KeyError("DecoderLayer.load_state_dict: missing %s" % ", ".join(missing))
+        for n in names:
+            self.set_weight(n, state[prefix + n])
+
+    def forward(self, x, cache, n_new=None):
+        """Run new tokens x [B, L, E] through the layer: their keys and values
+        are appended to `cache` (a KVCache with B sequences, num_kv_heads
+        heads, head_dim = value_dim), each sequence's tokens sit after what it
+        holds. n_new: per-sequence counts 0..L (None = L); rows past n_new[b]
+        are zeros. Returns y [B, L, E]."""
+        fn = "DecoderLayer.forward"
+        x = np.asarray(x)
+        if x.ndim != 3:
+            raise ValueError("%s: x must be [B, L, E]" % fn)
+        y = np.empty(x.shape[:2] + (self.embed_dim,), np.float32)
+        if cache._ctx is not self._ctx:
+            raise ValueError("%s: the cache belongs to another context" % fn)
+        with self._ctx._call(fn) as c:
+            counts = cache._counts(n_new, x.shape[1], fn, c)
+            c.check(_LIB.attn_mha_forward(self._ctx._handle, self._handle, cache._handle,
+                                          c.input(x, "x"), c.output(y, "y"), counts))
+        return y
 
     __call__ = forward
 

@@ -285,6 +285,32 @@ class MhaTorchForwardParams(_SizedStruct):
     ]
 
 
+class MhaDecoderParams(_SizedStruct):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("embed_dim", ctypes.c_int64),
+        ("num_heads", ctypes.c_int64),
+        ("num_kv_heads", ctypes.c_int64),
+        ("head_dim", ctypes.c_int64),
+        ("qkv_bias", ctypes.c_int32),
+        ("out_bias", ctypes.c_int32),
+        ("rope", ctypes.POINTER(RopeParams)),
+        ("scale", ctypes.c_float),
+        ("softcap", ctypes.c_float),
+        ("window", ctypes.c_int32),
+        ("reserved_", ctypes.c_int32),
+        ("window_left", ctypes.c_int64),
+        ("rope_scaling", ctypes.POINTER(RopeCacheParams)),
+    ]
+
+
+# The decoder form's weights (attn_mha_weight), named as a transformers
+# attention block's state_dict names them.
+MHA_WEIGHTS = {"q_proj.weight": 0, "k_proj.weight": 1, "v_proj.weight": 2,
+               "o_proj.weight": 3, "q_proj.bias": 4, "k_proj.bias": 5, "v_proj.bias": 6,
+               "o_proj.bias": 7}
+
+
 # attn_mha_weight values of the PyTorch form, by state_dict name.
 MHA_TORCH_WEIGHTS = {
     "in_proj_weight": 8, "q_proj_weight": 0, "k_proj_weight": 1, "v_proj_weight": 2,
@@ -355,6 +381,10 @@ _PROTOTYPES = {
     "attn_mha_create_torch": (ctypes.c_int, [_P, ctypes.POINTER(MhaTorchParams),
                                              ctypes.POINTER(_P)]),
     "attn_mha_free": (ctypes.c_int, [_P, _P]),
+    "attn_mha_decoder_params_init": (None, [ctypes.POINTER(MhaDecoderParams)]),
+    "attn_mha_create_decoder": (ctypes.c_int, [_P, ctypes.POINTER(MhaDecoderParams),
+                                               ctypes.POINTER(_P)]),
+    "attn_mha_forward": (ctypes.c_int, [_P, _P, _P, _P, _P, _c_int64_p]),
     "attn_mha_set_weight": (ctypes.c_int, [_P, _P, ctypes.c_int32, _P]),
     "attn_mha_get_weight": (ctypes.c_int, [_P, _P, ctypes.c_int32, _P]),
     "attn_mha_torch_forward": (ctypes.c_int, [_P, _P, _P, _P, _P, _P, _P,

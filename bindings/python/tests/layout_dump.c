@@ -101,5 +101,18 @@ int main(void) {
   FIELD(attn_mha_torch_forward_params, "MhaTorchForwardParams", per_head_weights);
   FIELD(attn_mha_torch_forward_params, "MhaTorchForwardParams", is_causal);
   FIELD(attn_mha_torch_forward_params, "MhaTorchForwardParams", reserved_);
+  SIZE(attn_mha_decoder_params, "MhaDecoderParams");
+  FIELD(attn_mha_decoder_params, "MhaDecoderParams", embed_dim);
+  FIELD(attn_mha_decoder_params, "MhaDecoderParams", num_heads);
+  FIELD(attn_mha_decoder_params, "MhaDecoderParams", num_kv_heads);
+  FIELD(attn_mha_decoder_params, "MhaDecoderParams", head_dim);
+  FIELD(attn_mha_decoder_params, "MhaDecoderParams", qkv_bias);
+  FIELD(attn_mha_decoder_params, "MhaDecoderParams", out_bias);
+  FIELD(attn_mha_decoder_params, "MhaDecoderParams", rope);
+  FIELD(attn_mha_decoder_params, "MhaDecoderParams", scale);
+  FIELD(attn_mha_decoder_params, "MhaDecoderParams", softcap);
+  FIELD(attn_mha_decoder_params, "MhaDecoderParams", window);
+  FIELD(attn_mha_decoder_params, "MhaDecoderParams", window_left);
+  FIELD(attn_mha_decoder_params, "MhaDecoderParams", rope_scaling);
   return 0;
 }

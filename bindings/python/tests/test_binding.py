@@ -60,7 +60,8 @@ def _c_sizes():
                       (_lib.PoolAttentionParams, "attn_pool_attention_params_init"),
                       (_lib.SdpaBackwardParams, "attn_sdpa_backward_params_init"),
                       (_lib.MhaTorchParams, "attn_mha_torch_params_init"),
-                      (_lib.MhaTorchForwardParams, "attn_mha_torch_forward_params_init")):
+                      (_lib.MhaTorchForwardParams, "attn_mha_torch_forward_params_init"),
+                      (_lib.MhaDecoderParams, "attn_mha_decoder_params_init")):
         fn = getattr(attn._api._LIB, init, None)
         if fn is None:
             continue
