@@ -1484,8 +1484,10 @@ typedef struct attn_mha_decoder_params {
    * frequencies once for the layer's lifetime (transformers' dynamic NTK
    * recomputes the base as a sequence grows, which changes keys already in a
    * cache; a cached layer keeps one base); LongRoPE's factor 0 means
-   * seq_len / original_max_position. The struct and its factor arrays are
-   * read at creation only. @since 0.2.0 */
+   * seq_len / original_max_position. Frequencies whose angle is not finite
+   * at some int64 position, and an applied attention factor outside float's
+   * range, are refused. The struct and its factor arrays are read at
+   * creation only. @since 0.2.0 */
   const attn_rope_cache_params *rope_scaling;
 } attn_mha_decoder_params;
 
