@@ -1257,6 +1257,7 @@ static int smoke_cases(bcase *cs) {
 static void usage(FILE *f) {
   fprintf(f,
           "usage: attn-bench [--json] [--quick | --half | --smoke | --backward] [--wait-quiet]\n"
+          "                  [--only OP]\n"
           "  (default)  the full run (several minutes on 2 cores), as a table\n"
           "  --json     one JSON object per line per case\n"
           "  --quick    the cases behind the performance targets, under a minute\n"
@@ -1264,6 +1265,8 @@ static void usage(FILE *f) {
           "             prefill) next to their f32 counterparts\n"
           "  --smoke    one tiny case per op, checked against the naive result\n"
           "  --backward only attn_sdpa_backward's rows (also part of the full run)\n"
+          "  --only OP  only the chosen list's rows of op OP (the op column: sdpa_decode,\n"
+          "             mha_forward, paged_decode, ...)\n"
           "  --wait-quiet  before each case, wait (up to a minute) until other processes\n"
           "             use < 0.1 core, and run a case again (twice at most) when they\n"
           "             took > 0.15 core during it; every case reports other_load\n"
@@ -1273,6 +1276,7 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
   int json = 0, quick = 0, smoke = 0, quiet = 0, half = 0, backward = 0;
+  const char *only = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--json"))
       json = 1;
@@ -1286,6 +1290,8 @@ int main(int argc, char **argv) {
       backward = 1;
     else if (!strcmp(argv[i], "--wait-quiet"))
       quiet = 1;
+    else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+      only = argv[++i];
     else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       usage(stdout);
       return 0;
@@ -1312,6 +1318,14 @@ int main(int argc, char **argv) {
     g_budget = 0.6;
   } else {
     n = full_cases(cs);
+  }
+
+  if (only) {
+    int kept = 0;
+    for (int i = 0; i < n; i++)
+      if (!strcmp(kind_name(cs[i].kind), only))
+        cs[kept++] = cs[i];
+    n = kept;
   }
 
   char blas[256];
