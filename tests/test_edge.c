@@ -1249,6 +1249,8 @@ static void mha_torch_table(void **state) {
     }
     attn_ctx_destroy(ctx);
   }
+}
+
 /* ================= the decoder layer (attn_mha_forward) ================= */
 
 /* A layer with E = D = 2, one head, every weight the identity and scale 1:
