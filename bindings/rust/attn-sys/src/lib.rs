@@ -297,6 +297,8 @@ pub struct attn_mha_decoder_params {
     pub window: i32,
     pub reserved_: i32,
     pub window_left: i64,
+    /// Long-context scaling of the layer's RoPE, or NULL (since 0.2.0).
+    pub rope_scaling: *const attn_rope_cache_params,
 }
 
 // The zero-filled struct with its size set: every field's zero is its default.

@@ -144,6 +144,7 @@ int main(void) {
   FIELD(attn_mha_decoder_params, window);
   FIELD(attn_mha_decoder_params, reserved_);
   FIELD(attn_mha_decoder_params, window_left);
+  FIELD(attn_mha_decoder_params, rope_scaling);
   CONST(ATTN_OK);
   CONST(ATTN_ERR_NULL_ARG);
   CONST(ATTN_ERR_INVALID_ARG);

@@ -149,7 +149,8 @@ fn rust_view() -> BTreeSet<String> {
             softcap,
             window,
             reserved_,
-            window_left
+            window_left,
+            rope_scaling
         }
     );
     consts!(
