@@ -164,9 +164,9 @@ typedef struct {
 typedef struct attn_sdpa_work {
   float *qbuf;        /* rows x D, the block's queries gathered contiguous */
   float *s;           /* rows x BLOCK_KEYS: logits, then probabilities */
-  float *kbuf;        /* BLOCK_KEYS x D, when K rows cannot be handed to BLAS as they
+  float *kbuf;        /* min(BLOCK_KEYS, Lk) x D, when K rows cannot be handed to BLAS as they
                          are (a stride BLAS cannot take, or half elements to widen) */
-  float *vbuf;        /* BLOCK_KEYS x Dv, likewise for V */
+  float *vbuf;        /* min(BLOCK_KEYS, Lk) x Dv, likewise for V */
   attn_sdpa_state st; /* the unsplit path's state */
 } attn_sdpa_work;
 

@@ -29,13 +29,16 @@ static attn_sdpa_state state_at(const attn_sdpa_problem *p, float *base) {
 static void sdpa_layout(void *problem, attn_ws_layout *l) {
   attn_sdpa_problem *p = problem;
   size_t rows = (size_t)p->rows_max;
+  /* A tile holds at most BLOCK_KEYS keys and never more than Lk: a short
+   * problem with a long head dim gathers no more than it has. */
+  size_t tile_keys = (size_t)(p->Lk < BLOCK_KEYS ? (p->Lk > 0 ? p->Lk : 1) : BLOCK_KEYS);
   p->works = attn__ws_take(l, (size_t)p->threads, sizeof(attn_sdpa_work));
   for (int32_t t = 0; t < p->threads; t++) {
     attn_sdpa_work w;
     w.qbuf = attn__ws_take(l, rows * (size_t)p->D, sizeof(float));
     w.s = attn__ws_take(l, rows * BLOCK_KEYS, sizeof(float));
-    w.kbuf = p->gather_k ? attn__ws_take(l, BLOCK_KEYS * (size_t)p->D, sizeof(float)) : NULL;
-    w.vbuf = p->gather_v ? attn__ws_take(l, BLOCK_KEYS * (size_t)p->Dv, sizeof(float)) : NULL;
+    w.kbuf = p->gather_k ? attn__ws_take(l, tile_keys * (size_t)p->D, sizeof(float)) : NULL;
+    w.vbuf = p->gather_v ? attn__ws_take(l, tile_keys * (size_t)p->Dv, sizeof(float)) : NULL;
     float *state = attn__ws_take(l, state_floats(p), sizeof(float));
     if (p->works) {
       w.st = state_at(p, state);

@@ -256,7 +256,10 @@ static void check_logits(const ref_view *r) {
                      (r->prm.window && (ip - j > r->prm.window_left || j - ip > r->prm.window_right)) ||
                      (r->bmask && !((const uint8_t *)fz_data(r->bmask))[fz_bcast_offset(r->bmask, 4, idx)]);
         double mv = r->mask ? rd(r->mask, fz_bcast_offset(r->mask, 4, idx)) : 0;
-        if (!(dmag * fabs(scale) < 1e30)) /* the float product overflows: not judged */
+        /* The float products q_d k_d, or their scaled sum, overflow: as in
+         * any fp32 BLAS the logit may be Inf however small the true value
+         * (a scale of 1e-30 does not undo it): not judged. */
+        if (!(dmag < 1e30) || !(dmag * fabs(scale) < 1e30))
           continue;
         if (stage >= ATTN_LOGITS_SOFTCAPPED && r->prm.softcap > 0)
           x = r->prm.softcap * tanh(x / r->prm.softcap);
