@@ -187,8 +187,10 @@ attn_status attn__pool_problem(attn_ctx *ctx, const attn_tensor *x, const attn_t
   }
   p->xs[3] = 1;
   p->out = out->data;
-  p->os[0] = out->strides[0];
-  p->os[1] = nd == 4 ? out->strides[1] : 0;
+  if (!attn__empty(out)) { /* likewise an empty out (D = 0; the backward's dout) */
+    p->os[0] = out->strides[0];
+    p->os[1] = nd == 4 ? out->strides[1] : 0;
+  }
   p->os[2] = 1;
   p->lengths = prm->lengths;
   p->keep = prm->keep ? prm->keep->data : NULL;

@@ -631,7 +631,10 @@ static void fuzz_varlen(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
       for (int i = 0; i < 5; i++)
         if (all[i] && (!all[i]->t || all[i]->exotic))
           exotic = 1;
-      if (!exotic && !noise && !bad_offsets && sane && readable && !forbidden && batch >= 0)
+      /* as the dense path: a head dim or key count past int32 is refused */
+      int rejected_for_size = D > INT32_MAX || Tk > INT32_MAX;
+      if (!exotic && !noise && !bad_offsets && sane && readable && !forbidden && batch >= 0 &&
+          !rejected_for_size)
         FZ_CHECK(st == ATTN_ERR_NO_MEMORY && injected, "valid varlen call refused: %s: %s",
                  attn_status_string(st), attn_ctx_last_error(ctx));
     } else {
