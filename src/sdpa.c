@@ -200,8 +200,10 @@ attn_status attn__sdpa(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k
                        const attn_tensor *v, attn_tensor *out, const attn_sdpa_params *params) {
   attn_sdpa_problem p;
   attn_status st = sdpa_check(ctx, q, k, v, out, params, &p);
-  /* No query row: out, lse and weights are all empty. */
-  if (st == ATTN_OK && p.B > 0 && p.Hq > 0 && p.Lq > 0) {
+  /* No query row, or Dv = 0 with no other output: nothing to write (and the
+   * rows of such an empty problem may number 2^60). */
+  if (st == ATTN_OK && p.B > 0 && p.Hq > 0 && p.Lq > 0 &&
+      (p.Dv > 0 || p.lse || p.w || p.logits)) {
     attn__sdpa_plan(ctx, &p);
     if ((st = attn__ws_reserve(ctx, p.ws_bytes)) == ATTN_OK) {
       attn__sdpa_run(ctx, &p);
