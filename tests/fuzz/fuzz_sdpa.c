@@ -398,8 +398,9 @@ static int64_t small_lk(fz_in *in) {
 }
 
 static double work_of(int64_t B, int64_t Hq, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv) {
-  /* + 1: with D = Dv = 0 the softmax over the keys is still computed. */
-  return (double)B * (double)Hq * (double)Lq * (double)Lk * ((double)D + (double)Dv + 1);
+  /* + 1s: with D = Dv = 0 the softmax over the keys is still computed, and
+   * with Lk = 0 every row is still written (and checked) once. */
+  return (double)B * (double)Hq * (double)Lq * ((double)Lk + 1) * ((double)D + (double)Dv + 1);
 }
 
 static void fuzz_sdpa(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
