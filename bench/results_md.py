@@ -19,7 +19,7 @@ def main():
           "| ratio_sgemm | naive ms | speedup_naive | extra MiB | other load |")
     print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        if r["op"] not in ("sdpa", "sdpa_long", "sdpa_decode"):
+        if r["op"] not in ("sdpa", "sdpa_long", "sdpa_decode", "sdpa_backward", "mha_forward"):
             continue
         length = r["Lq"] if r["Lq"] == r["Lk"] else f"{r['Lq']}x{r['Lk']}"
         extra = None if r["peak_extra_bytes"] is None else r["peak_extra_bytes"] / 2**20
@@ -30,13 +30,14 @@ def main():
               f"| {fmt(r['naive_seconds'] and r['naive_seconds'] * 1e3, '.2f')} "
               f"| {fmt(r['speedup_naive'], '.2f')} | {fmt(extra, '.2f')} "
               f"| {fmt(r.get('other_load'), '.2f')} |")
-    dec = [r for r in rows if r["op"] == "sdpa_decode"]
+    dec = [r for r in rows if r["op"] in ("sdpa_decode", "kv_decode", "paged_decode")]
     if dec:
-        print("\n| decode | K/V dtype | threads | ms | K/V read GB/s | memcpy GB/s | ratio_memcpy "
-              "| other load |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        print("\n| decode | shape | K/V dtype | threads | ms | K/V read GB/s | memcpy GB/s "
+              "| ratio_memcpy | other load |")
+        print("|---|---|---|---:|---:|---:|---:|---:|---:|")
         for r in dec:
-            print(f"| Lq=1 Lk={r['Lk']} Hq={r['Hq']} Hkv={r['Hkv']} D={r['D']} "
+            keys = f"Lk={r['Lk']}" if r["op"] != "paged_decode" else f"Lk<={r['Lk']}"
+            print(f"| {r['op']} | B={r['B']} Lq={r['Lq']} {keys} Hq={r['Hq']} Hkv={r['Hkv']} D={r['D']} "
                   f"| {r.get('dtype', 'f32')} | {r['threads']} "
                   f"| {fmt(r['seconds'] and r['seconds'] * 1e3, '.2f')} | {fmt(r['kv_gbps'], '.1f')} "
                   f"| {fmt(r['memcpy_gbps'], '.1f')} | {fmt(r['ratio_memcpy'], '.2f')} "
