@@ -84,6 +84,8 @@ pub const ATTN_MHA_Q_BIAS: i32 = 4;
 pub const ATTN_MHA_K_BIAS: i32 = 5;
 pub const ATTN_MHA_V_BIAS: i32 = 6;
 pub const ATTN_MHA_O_BIAS: i32 = 7;
+pub const ATTN_MHA_IN_PROJ_WEIGHT: i32 = 8;
+pub const ATTN_MHA_IN_PROJ_BIAS: i32 = 9;
 
 /// Opaque context.
 #[repr(C)]
@@ -301,6 +303,30 @@ pub struct attn_mha_decoder_params {
     pub rope_scaling: *const attn_rope_cache_params,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct attn_mha_torch_params {
+    pub struct_size: usize,
+    pub embed_dim: i64,
+    pub num_heads: i64,
+    pub kdim: i64,
+    pub vdim: i64,
+    pub no_bias: i32,
+    pub batch_first: i32,
+    pub add_bias_kv: i32,
+    pub add_zero_attn: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct attn_mha_torch_forward_params {
+    pub struct_size: usize,
+    pub need_weights: i32,
+    pub per_head_weights: i32,
+    pub is_causal: i32,
+    pub reserved_: i32,
+}
+
 // The zero-filled struct with its size set: every field's zero is its default.
 macro_rules! sized_default {
     ($($t:ident)*) => {$(
@@ -318,7 +344,8 @@ macro_rules! sized_default {
 sized_default!(attn_ctx_options attn_softmax_params attn_sinusoidal_params attn_rope_params
     attn_rope_cache_params attn_rope_cached_params attn_sdpa_params attn_sdpa_backward_params
     attn_pool_params attn_pool_attention_params attn_kv_cache_params attn_kv_cache_info
-    attn_kv_append_params attn_mha_decoder_params);
+    attn_kv_append_params attn_mha_decoder_params attn_mha_torch_params
+    attn_mha_torch_forward_params);
 
 extern "C" {
     pub fn attn_version() -> i32;
@@ -619,6 +646,25 @@ extern "C" {
         x: *const attn_tensor,
         y: *mut attn_tensor,
         n_new: *const i64,
+    ) -> attn_status;
+    pub fn attn_mha_torch_params_init(p: *mut attn_mha_torch_params);
+    pub fn attn_mha_create_torch(
+        ctx: *mut attn_ctx,
+        p: *const attn_mha_torch_params,
+        out: *mut *mut attn_mha,
+    ) -> attn_status;
+    pub fn attn_mha_torch_forward_params_init(p: *mut attn_mha_torch_forward_params);
+    pub fn attn_mha_torch_forward(
+        ctx: *mut attn_ctx,
+        layer: *mut attn_mha,
+        query: *const attn_tensor,
+        key: *const attn_tensor,
+        value: *const attn_tensor,
+        key_padding_mask: *const attn_tensor,
+        attn_mask: *const attn_tensor,
+        p: *const attn_mha_torch_forward_params,
+        out: *mut attn_tensor,
+        out_weights: *mut attn_tensor,
     ) -> attn_status;
 
     pub fn attn_cpu_info() -> *const c_char;

@@ -153,6 +153,30 @@ fn rust_view() -> BTreeSet<String> {
             rope_scaling
         }
     );
+    layout!(
+        out,
+        attn_mha_torch_params {
+            struct_size,
+            embed_dim,
+            num_heads,
+            kdim,
+            vdim,
+            no_bias,
+            batch_first,
+            add_bias_kv,
+            add_zero_attn
+        }
+    );
+    layout!(
+        out,
+        attn_mha_torch_forward_params {
+            struct_size,
+            need_weights,
+            per_head_weights,
+            is_causal,
+            reserved_
+        }
+    );
     consts!(
         out,
         ATTN_OK,
@@ -201,6 +225,8 @@ fn rust_view() -> BTreeSet<String> {
         ATTN_MHA_K_BIAS,
         ATTN_MHA_V_BIAS,
         ATTN_MHA_O_BIAS,
+        ATTN_MHA_IN_PROJ_WEIGHT,
+        ATTN_MHA_IN_PROJ_BIAS,
         ATTN_MAX_DIMS,
         ATTN_VERSION_MAJOR
     );

@@ -1,6 +1,6 @@
 //! Safe Rust interface to libattn (include/attn.h): softmax kernels,
-//! positional encodings, scaled dot-product attention, pooling, KV caches
-//! and a decoder attention layer on the CPU.
+//! positional encodings, scaled dot-product attention, pooling, KV caches,
+//! a decoder attention layer and PyTorch's nn.MultiheadAttention on the CPU.
 //!
 //! - [`Context`] owns the library's context: dropping it destroys it. It is
 //!   `Send` but not `Sync`, which is the library's threading rule (one thread
@@ -31,11 +31,13 @@ pub use attn_sys as sys;
 
 mod kv;
 mod mha;
+mod mha_torch;
 mod ops;
 mod tensor;
 
 pub use kv::{KvCache, KvCacheInfo};
 pub use mha::{DecoderConfig, DecoderLayer, Weight};
+pub use mha_torch::{Mask, MhaConfig, MhaForwardOptions, MultiheadAttention, StateDict};
 pub use ops::{
     Align, LogitsStage, PeLayout, PoolAttentionOptions, PoolAttentionOutputs, PoolMode,
     PoolOptions, RopeCacheOptions, RopeCachedOptions, RopeOptions, RopeScaling, RopeStyle,

@@ -51,74 +51,116 @@ pub enum Weight {
     OBias = 7,
 }
 
+/// A layer handle of a context (either form), freed on drop, with the
+/// weight calls both forms share; `which` is an attn_mha_weight value.
+pub(crate) struct Layer<'c> {
+    pub(crate) ctx: &'c Context,
+    pub(crate) raw: NonNull<sys::attn_mha>,
+    // Wrapped weights stay borrowed while the layer lives.
+    _weights: PhantomData<&'c [f32]>,
+}
+
+impl<'c> Layer<'c> {
+    // `create` calls the library's constructor with the out pointer.
+    pub(crate) fn create(
+        ctx: &'c Context,
+        create: impl FnOnce(*mut *mut sys::attn_mha) -> sys::attn_status,
+    ) -> Result<Self> {
+        let mut raw = ptr::null_mut();
+        ctx.check(create(&mut raw))?;
+        Ok(Layer { ctx, raw: NonNull::new(raw).expect("layer"), _weights: PhantomData })
+    }
+
+    pub(crate) fn set_weight(&mut self, which: i32, w: &View<'_, f32>) -> Result<()> {
+        let mut h = Handles::new(self.ctx);
+        let t = h.input(w)?;
+        // SAFETY: valid handle.
+        self.ctx.check(unsafe {
+            sys::attn_mha_set_weight(self.ctx.as_ptr(), self.raw.as_ptr(), which, t)
+        })
+    }
+
+    pub(crate) fn wrap_weight(&mut self, which: i32, w: View<'c, f32>) -> Result<()> {
+        let mut h = Handles::new(self.ctx);
+        let t = h.input(&w)?;
+        // SAFETY: valid handle; the memory is borrowed for 'c.
+        self.ctx.check(unsafe {
+            sys::attn_mha_wrap_weight(self.ctx.as_ptr(), self.raw.as_ptr(), which, t)
+        })
+    }
+
+    pub(crate) fn get_weight(&self, which: i32, w: &mut ViewMut<'_, f32>) -> Result<()> {
+        let mut h = Handles::new(self.ctx);
+        let t = h.output(w)?;
+        // SAFETY: valid handle.
+        self.ctx.check(unsafe {
+            sys::attn_mha_get_weight(self.ctx.as_ptr(), self.raw.as_ptr(), which, t)
+        })
+    }
+}
+
+impl Drop for Layer<'_> {
+    fn drop(&mut self) {
+        // SAFETY: a live layer of this context.
+        unsafe { sys::attn_mha_free(self.ctx.as_ptr(), self.raw.as_ptr()) };
+    }
+}
+
+/// Err(InvalidArg) naming `what` unless `x` fits an int64 field.
+pub(crate) fn to_i64(func: &str, what: &str, x: u64) -> Result<i64> {
+    i64::try_from(x).map_err(|_| Error::InvalidArg(format!("{}: {} = {}", func, what, x)))
+}
+
 /// A decoder attention layer of a context, freed on drop. Weights set with
 /// [`DecoderLayer::wrap_weight`] stay borrowed for the layer's life.
 pub struct DecoderLayer<'c> {
-    ctx: &'c Context,
-    raw: NonNull<sys::attn_mha>,
-    _weights: PhantomData<&'c [f32]>,
+    layer: Layer<'c>,
 }
 
 impl<'c> DecoderLayer<'c> {
     /// Creates the layer; its weights are zero until set.
     pub fn new(ctx: &'c Context, cfg: &DecoderConfig<'_>) -> Result<Self> {
-        let n = |name: &str, x: u64| {
-            i64::try_from(x)
-                .map_err(|_| Error::InvalidArg(format!("DecoderLayer::new: {} = {}", name, x)))
-        };
+        let n = |name: &str, x: usize| to_i64("DecoderLayer::new", name, x as u64);
         let rope = match &cfg.rope {
             Some(r) => Some(r.raw()?),
             None => None,
         };
+        let window_left = cfg.window_left.unwrap_or(0);
         let p = sys::attn_mha_decoder_params {
-            embed_dim: n("embed_dim", cfg.embed_dim as u64)?,
-            num_heads: n("num_heads", cfg.num_heads as u64)?,
-            num_kv_heads: n("num_kv_heads", cfg.num_kv_heads as u64)?,
-            head_dim: n("head_dim", cfg.head_dim as u64)?,
+            embed_dim: n("embed_dim", cfg.embed_dim)?,
+            num_heads: n("num_heads", cfg.num_heads)?,
+            num_kv_heads: n("num_kv_heads", cfg.num_kv_heads)?,
+            head_dim: n("head_dim", cfg.head_dim)?,
             qkv_bias: cfg.qkv_bias as i32,
             out_bias: cfg.out_bias as i32,
             rope: rope.as_ref().map_or(ptr::null(), |r| r as *const _),
             scale: cfg.scale,
             softcap: cfg.softcap,
             window: cfg.window_left.is_some() as i32,
-            window_left: n("window_left", cfg.window_left.unwrap_or(0))?,
+            window_left: to_i64("DecoderLayer::new", "window_left", window_left)?,
             ..Default::default()
         };
-        let mut raw = ptr::null_mut();
         // SAFETY: params valid for the call (the library copies rope).
-        ctx.check(unsafe { sys::attn_mha_create_decoder(ctx.as_ptr(), &p, &mut raw) })?;
-        Ok(DecoderLayer { ctx, raw: NonNull::new(raw).expect("layer"), _weights: PhantomData })
+        let layer = Layer::create(ctx, |out| unsafe {
+            sys::attn_mha_create_decoder(ctx.as_ptr(), &p, out)
+        })?;
+        Ok(DecoderLayer { layer })
     }
 
     /// Copies a weight into the layer.
     pub fn set_weight(&mut self, which: Weight, w: &View<'_, f32>) -> Result<()> {
-        let mut h = Handles::new(self.ctx);
-        let t = h.input(w)?;
-        // SAFETY: valid handle.
-        self.ctx.check(unsafe {
-            sys::attn_mha_set_weight(self.ctx.as_ptr(), self.raw.as_ptr(), which as i32, t)
-        })
+        self.layer.set_weight(which as i32, w)
     }
 
     /// Uses `w`'s memory as the weight, without a copy; it stays borrowed
     /// (so unchanged) while the layer lives.
     pub fn wrap_weight(&mut self, which: Weight, w: View<'c, f32>) -> Result<()> {
-        let mut h = Handles::new(self.ctx);
-        let t = h.input(&w)?;
-        // SAFETY: valid handle; the memory is borrowed for 'c.
-        self.ctx.check(unsafe {
-            sys::attn_mha_wrap_weight(self.ctx.as_ptr(), self.raw.as_ptr(), which as i32, t)
-        })
+        self.layer.wrap_weight(which as i32, w)
     }
 
     /// Reads a weight back into `w`.
     pub fn get_weight(&self, which: Weight, w: &mut ViewMut<'_, f32>) -> Result<()> {
-        let mut h = Handles::new(self.ctx);
-        let t = h.output(w)?;
-        // SAFETY: valid handle.
-        self.ctx.check(unsafe {
-            sys::attn_mha_get_weight(self.ctx.as_ptr(), self.raw.as_ptr(), which as i32, t)
-        })
+        self.layer.get_weight(which as i32, w)
     }
 
     /// Runs the layer over new tokens x [B, L, E] into y [B, L, E]: sequence
@@ -133,29 +175,23 @@ impl<'c> DecoderLayer<'c> {
         n_new: Option<&[i64]>,
     ) -> Result<()> {
         const F: &str = "DecoderLayer::forward";
-        if !ptr::eq(self.ctx, cache.ctx) {
+        let ctx = self.layer.ctx;
+        if !ptr::eq(ctx, cache.ctx) {
             return Err(Error::BadHandle(format!("{}: the cache is of another context", F)));
         }
         check_len(F, "n_new", n_new, dim(x.dims(), 3, 0), "x.shape[0] (B)")?;
-        let mut h = Handles::new(self.ctx);
+        let mut h = Handles::new(ctx);
         let (xt, yt) = (h.input(x)?, h.output(y)?);
         // SAFETY: valid handles; n_new holds B entries.
-        self.ctx.check(unsafe {
+        ctx.check(unsafe {
             sys::attn_mha_forward(
-                self.ctx.as_ptr(),
-                self.raw.as_ptr(),
+                ctx.as_ptr(),
+                self.layer.raw.as_ptr(),
                 cache.raw.as_ptr(),
                 xt,
                 yt,
                 n_new.map_or(ptr::null(), |n| n.as_ptr()),
             )
         })
-    }
-}
-
-impl Drop for DecoderLayer<'_> {
-    fn drop(&mut self) {
-        // SAFETY: a live layer of this context.
-        unsafe { sys::attn_mha_free(self.ctx.as_ptr(), self.raw.as_ptr()) };
     }
 }
