@@ -29,6 +29,18 @@ use std::ptr::NonNull;
 
 pub use attn_sys as sys;
 
+/// A Rust enum over the values of a C enum, taken from attn-sys's constants
+/// (which its layout test checks against attn.h); `as i32` is the value the
+/// library takes.
+macro_rules! c_enum {
+    ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $v:ident = $c:ident,)* }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(i32)]
+        pub enum $name { $($(#[$vm])* $v = sys::$c,)* }
+    };
+}
+
 mod kv;
 mod mha;
 mod mha_torch;

@@ -30,25 +30,26 @@ pub struct DecoderConfig<'a> {
     pub window_left: Option<u64>,
 }
 
-/// A weight of the layer (attn_mha_weight), with its shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Weight {
-    /// Wq [Hq*D, E]
-    Q = 0,
-    /// Wk [Hkv*D, E]
-    K = 1,
-    /// Wv [Hkv*D, E]
-    V = 2,
-    /// Wo [E, Hq*D]
-    O = 3,
-    /// bq [Hq*D]
-    QBias = 4,
-    /// bk [Hkv*D]
-    KBias = 5,
-    /// bv [Hkv*D]
-    VBias = 6,
-    /// bo [E]
-    OBias = 7,
+c_enum! {
+    /// A weight of the layer (attn_mha_weight), with its shape.
+    pub enum Weight {
+        /// Wq [Hq*D, E]
+        Q = ATTN_MHA_Q_WEIGHT,
+        /// Wk [Hkv*D, E]
+        K = ATTN_MHA_K_WEIGHT,
+        /// Wv [Hkv*D, E]
+        V = ATTN_MHA_V_WEIGHT,
+        /// Wo [E, Hq*D]
+        O = ATTN_MHA_O_WEIGHT,
+        /// bq [Hq*D]
+        QBias = ATTN_MHA_Q_BIAS,
+        /// bk [Hkv*D]
+        KBias = ATTN_MHA_K_BIAS,
+        /// bv [Hkv*D]
+        VBias = ATTN_MHA_V_BIAS,
+        /// bo [E]
+        OBias = ATTN_MHA_O_BIAS,
+    }
 }
 
 /// A layer handle of a context (either form), freed on drop, with the

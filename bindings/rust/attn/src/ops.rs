@@ -61,10 +61,77 @@ pub struct SoftmaxOptions<'a> {
     pub axis: i32,
 }
 
+// attn_softmax / attn_log_softmax and their gradients.
+type SoftmaxFn = unsafe extern "C" fn(
+    *mut sys::attn_ctx,
+    *const sys::attn_tensor,
+    *mut sys::attn_tensor,
+    *const sys::attn_softmax_params,
+) -> sys::attn_status;
+type SoftmaxGradFn = unsafe extern "C" fn(
+    *mut sys::attn_ctx,
+    *const sys::attn_tensor,
+    *const sys::attn_tensor,
+    *mut sys::attn_tensor,
+    *mut sys::attn_tensor,
+    *const sys::attn_softmax_params,
+) -> sys::attn_status;
+
+// Softmax and log-softmax have the same entry points (out of place, in
+// place, gradient) over different library functions.
+macro_rules! softmax_family {
+    ($($fwd:ident($sys_fwd:ident), $inplace:ident, $grad:ident($sys_grad:ident), $what:literal,
+       $doc:literal;)*) => {
+        impl Context {$(
+            #[doc = $doc]
+            pub fn $fwd<X: Float, Y: Float>(
+                &self,
+                x: &View<'_, X>,
+                y: &mut ViewMut<'_, Y>,
+                opts: &SoftmaxOptions<'_>,
+            ) -> Result<()> {
+                self.softmax_raw(sys::$sys_fwd, Some(x), y, opts)
+            }
+
+            #[doc = concat!("[`Context::", stringify!($fwd), "`] in place.")]
+            pub fn $inplace<X: Float>(
+                &self,
+                x: &mut ViewMut<'_, X>,
+                opts: &SoftmaxOptions<'_>,
+            ) -> Result<()> {
+                self.softmax_raw(sys::$sys_fwd, None::<&View<'_, X>>, x, opts)
+            }
+
+            #[doc = concat!("The gradient of ", $what, ": dx from its output y and dy (and dz, \
+                the logits' gradient, into `dmask`); `opts` are the forward's (scale is read; \
+                the last axis only).")]
+            pub fn $grad(
+                &self,
+                y: &View<'_, f32>,
+                dy: &View<'_, f32>,
+                dx: &mut ViewMut<'_, f32>,
+                dmask: Option<&mut ViewMut<'_, f32>>,
+                opts: &SoftmaxOptions<'_>,
+            ) -> Result<()> {
+                let f = concat!("Context::", stringify!($grad));
+                self.softmax_grad(f, sys::$sys_grad, y, dy, dx, dmask, opts)
+            }
+        )*}
+    };
+}
+
+softmax_family! {
+    softmax(attn_softmax), softmax_inplace, softmax_backward(attn_softmax_backward), "softmax",
+        "y = softmax(scale * x + mask) over `axis` (default the last).";
+    log_softmax(attn_log_softmax), log_softmax_inplace,
+        log_softmax_backward(attn_log_softmax_backward), "log-softmax",
+        "y = log_softmax(scale * x + mask) (masked entries -inf).";
+}
+
 impl Context {
     fn softmax_raw(
         &self,
-        log: bool,
+        f: SoftmaxFn,
         x: Option<&View<'_, impl Float>>,
         y: &mut ViewMut<'_, impl Float>,
         o: &SoftmaxOptions<'_>,
@@ -83,52 +150,7 @@ impl Context {
             ..Default::default()
         };
         // SAFETY: handles and params are valid for the call.
-        let st = unsafe {
-            if log {
-                sys::attn_log_softmax(self.as_ptr(), xt, yt, &p)
-            } else {
-                sys::attn_softmax(self.as_ptr(), xt, yt, &p)
-            }
-        };
-        self.check(st)
-    }
-
-    /// y = softmax(scale * x + mask) over `axis` (default the last).
-    pub fn softmax<X: Float, Y: Float>(
-        &self,
-        x: &View<'_, X>,
-        y: &mut ViewMut<'_, Y>,
-        opts: &SoftmaxOptions<'_>,
-    ) -> Result<()> {
-        self.softmax_raw(false, Some(x), y, opts)
-    }
-
-    /// Softmax in place.
-    pub fn softmax_inplace<X: Float>(
-        &self,
-        x: &mut ViewMut<'_, X>,
-        opts: &SoftmaxOptions<'_>,
-    ) -> Result<()> {
-        self.softmax_raw(false, None::<&View<'_, X>>, x, opts)
-    }
-
-    /// y = log_softmax(scale * x + mask) (masked entries -inf).
-    pub fn log_softmax<X: Float, Y: Float>(
-        &self,
-        x: &View<'_, X>,
-        y: &mut ViewMut<'_, Y>,
-        opts: &SoftmaxOptions<'_>,
-    ) -> Result<()> {
-        self.softmax_raw(true, Some(x), y, opts)
-    }
-
-    /// Log-softmax in place.
-    pub fn log_softmax_inplace<X: Float>(
-        &self,
-        x: &mut ViewMut<'_, X>,
-        opts: &SoftmaxOptions<'_>,
-    ) -> Result<()> {
-        self.softmax_raw(true, None::<&View<'_, X>>, x, opts)
+        self.check(unsafe { f(self.as_ptr(), xt, yt, &p) })
     }
 
     /// Converts `src` into `dst` (same dims): between f32, F16 and Bf16
@@ -147,18 +169,20 @@ impl Context {
 
 // ---------------------------------------------------------------- encodings
 
-/// Column layouts of a sinusoidal table (attn_pe_layout).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum PeLayout {
-    #[default]
-    /// sin/cos interleaved (the paper).
-    Interleaved = 0,
-    /// sin half then cos half.
-    SinCos = 1,
-    /// As SinCos with frequencies base^(-i/(h-1)) (fairseq, tensor2tensor).
-    SinCosShifted = 2,
-    /// cos half then sin half (diffusion timesteps).
-    CosSin = 3,
+c_enum! {
+    /// Column layouts of a sinusoidal table (attn_pe_layout).
+    #[derive(Default)]
+    pub enum PeLayout {
+        #[default]
+        /// sin/cos interleaved (the paper).
+        Interleaved = ATTN_PE_INTERLEAVED,
+        /// sin half then cos half.
+        SinCos = ATTN_PE_SIN_COS,
+        /// As SinCos with frequencies base^(-i/(h-1)) (fairseq, tensor2tensor).
+        SinCosShifted = ATTN_PE_SIN_COS_SHIFTED,
+        /// cos half then sin half (diffusion timesteps).
+        CosSin = ATTN_PE_COS_SIN,
+    }
 }
 
 /// Options of the sinusoidal table.
@@ -185,14 +209,16 @@ impl SinusoidalOptions<'_> {
     }
 }
 
-/// Pairs rotary embedding rotates (attn_rope_style).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum RopeStyle {
-    #[default]
-    /// (x[i], x[i + r/2]): GPT-NeoX, LLaMA.
-    HalfSplit = 0,
-    /// (x[2i], x[2i+1]): GPT-J.
-    Interleaved = 1,
+c_enum! {
+    /// Pairs rotary embedding rotates (attn_rope_style).
+    #[derive(Default)]
+    pub enum RopeStyle {
+        #[default]
+        /// (x[i], x[i + r/2]): GPT-NeoX, LLaMA.
+        HalfSplit = ATTN_ROPE_HALF_SPLIT,
+        /// (x[2i], x[2i+1]): GPT-J.
+        Interleaved = ATTN_ROPE_INTERLEAVED,
+    }
 }
 
 /// Options of rotary embedding (also the RoPE of KV-cache appends and the
@@ -225,17 +251,19 @@ impl RopeOptions<'_> {
     }
 }
 
-/// Long-context frequency scalings (attn_rope_scaling, transformers' rope_type).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum RopeScaling {
-    #[default]
-    None = 0,
-    Linear = 1,
-    Ntk = 2,
-    DynamicNtk = 3,
-    Yarn = 4,
-    Llama3 = 5,
-    LongRope = 6,
+c_enum! {
+    /// Long-context frequency scalings (attn_rope_scaling, transformers' rope_type).
+    #[derive(Default)]
+    pub enum RopeScaling {
+        #[default]
+        None = ATTN_ROPE_SCALING_NONE,
+        Linear = ATTN_ROPE_SCALING_LINEAR,
+        Ntk = ATTN_ROPE_SCALING_NTK,
+        DynamicNtk = ATTN_ROPE_SCALING_DYNAMIC_NTK,
+        Yarn = ATTN_ROPE_SCALING_YARN,
+        Llama3 = ATTN_ROPE_SCALING_LLAMA3,
+        LongRope = ATTN_ROPE_SCALING_LONGROPE,
+    }
 }
 
 /// Options of the rotary tables (attn_rope_cache_params; 0 = default, and
@@ -311,16 +339,33 @@ impl Context {
 
     /// Rotary embedding in place on x [B, H, L, D].
     pub fn rope<X: Float>(&self, x: &mut ViewMut<'_, X>, opts: &RopeOptions<'_>) -> Result<()> {
+        self.rope_raw("Context::rope", sys::attn_rope, x, "x.shape[0] * x.shape[2]", opts)
+    }
+
+    // attn_rope / attn_rope_backward in place on x [B, H, L, D], whose
+    // positions are B * L.
+    fn rope_raw<X: Float>(
+        &self,
+        func: &str,
+        f: unsafe extern "C" fn(
+            *mut sys::attn_ctx,
+            *mut sys::attn_tensor,
+            *const sys::attn_rope_params,
+        ) -> sys::attn_status,
+        x: &mut ViewMut<'_, X>,
+        rule: &str,
+        opts: &RopeOptions<'_>,
+    ) -> Result<()> {
         let bl = match x.dims() {
             &[b, _, l, _] => b.checked_mul(l),
             _ => None,
         };
-        check_len("Context::rope", "positions", opts.positions, bl, "x.shape[0] * x.shape[2]")?;
+        check_len(func, "positions", opts.positions, bl, rule)?;
         let p = opts.raw()?;
         let mut h = Handles::new(self);
         let t = h.output(x)?;
         // SAFETY: valid handle; positions holds B * L entries.
-        self.check(unsafe { sys::attn_rope(self.as_ptr(), t, &p) })
+        self.check(unsafe { f(self.as_ptr(), t, &p) })
     }
 
     /// Fills rotary tables cos and sin [P, r/2] with a scaling; returns the
@@ -441,23 +486,27 @@ impl Context {
 
 // ---------------------------------------------------------------- attention
 
-/// Where query row i sits among the keys when Lq != Lk (attn_align).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Align {
-    #[default]
-    /// i' = i (PyTorch is_causal).
-    TopLeft = 0,
-    /// The last query sees the last (valid) key (KV-cache decoding).
-    BottomRight = 1,
+c_enum! {
+    /// Where query row i sits among the keys when Lq != Lk (attn_align).
+    #[derive(Default)]
+    pub enum Align {
+        #[default]
+        /// i' = i (PyTorch is_causal).
+        TopLeft = ATTN_ALIGN_TOP_LEFT,
+        /// The last query sees the last (valid) key (KV-cache decoding).
+        BottomRight = ATTN_ALIGN_BOTTOM_RIGHT,
+    }
 }
 
-/// Which logits SdpaOutputs::logits receives (attn_logits_stage).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LogitsStage {
-    #[default]
-    Scaled = 0,
-    Softcapped = 1,
-    Masked = 2,
+c_enum! {
+    /// Which logits SdpaOutputs::logits receives (attn_logits_stage).
+    #[derive(Default)]
+    pub enum LogitsStage {
+        #[default]
+        Scaled = ATTN_LOGITS_SCALED,
+        Softcapped = ATTN_LOGITS_SOFTCAPPED,
+        Masked = ATTN_LOGITS_MASKED,
+    }
 }
 
 /// Inputs and options of scaled dot-product attention (attn_sdpa_params).
@@ -614,15 +663,17 @@ impl Context {
 
 // ---------------------------------------------------------------- pooling
 
-/// How pooling aggregates a sequence's kept tokens (attn_pool_mode).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum PoolMode {
-    #[default]
-    Sum = 0,
-    Mean = 1,
-    Max = 2,
-    /// Softmax of `scores` as weights.
-    Weighted = 3,
+c_enum! {
+    /// How pooling aggregates a sequence's kept tokens (attn_pool_mode).
+    #[derive(Default)]
+    pub enum PoolMode {
+        #[default]
+        Sum = ATTN_POOL_SUM,
+        Mean = ATTN_POOL_MEAN,
+        Max = ATTN_POOL_MAX,
+        /// Softmax of `scores` as weights.
+        Weighted = ATTN_POOL_WEIGHTED,
+    }
 }
 
 /// Options of pooling.
@@ -760,9 +811,11 @@ pub struct SdpaGradOutputs<'a, 'b> {
 }
 
 impl Context {
+    #[allow(clippy::too_many_arguments)]
     fn softmax_grad(
         &self,
-        log: bool,
+        func: &str,
+        f: SoftmaxGradFn,
         y: &View<'_, f32>,
         dy: &View<'_, f32>,
         dx: &mut ViewMut<'_, f32>,
@@ -772,8 +825,8 @@ impl Context {
         if opts.axis != 0 && opts.axis != -1 {
             // The library's gradients run over the last axis and read only scale.
             return Err(Error::Unsupported(format!(
-                "Context::softmax_backward: axis = {} (gradients are over the last axis)",
-                opts.axis
+                "{}: axis = {} (gradients are over the last axis)",
+                func, opts.axis
             )));
         }
         let p = sys::attn_softmax_params { scale: opts.scale, ..Default::default() };
@@ -781,61 +834,14 @@ impl Context {
         let (yt, dyt) = (h.input(y)?, h.input(dy)?);
         let (dxt, dmt) = (h.output(dx)?, h.opt_output(dmask)?);
         // SAFETY: valid handles.
-        let st = unsafe {
-            if log {
-                sys::attn_log_softmax_backward(self.as_ptr(), yt, dyt, dxt, dmt, &p)
-            } else {
-                sys::attn_softmax_backward(self.as_ptr(), yt, dyt, dxt, dmt, &p)
-            }
-        };
-        self.check(st)
-    }
-
-    /// The gradient of softmax: dx from its output y and dy (and dz, the
-    /// logits' gradient, into `dmask`); `opts` are the forward's (scale is
-    /// read; the last axis only).
-    pub fn softmax_backward(
-        &self,
-        y: &View<'_, f32>,
-        dy: &View<'_, f32>,
-        dx: &mut ViewMut<'_, f32>,
-        dmask: Option<&mut ViewMut<'_, f32>>,
-        opts: &SoftmaxOptions<'_>,
-    ) -> Result<()> {
-        self.softmax_grad(false, y, dy, dx, dmask, opts)
-    }
-
-    /// The gradient of log-softmax, as [`Context::softmax_backward`].
-    pub fn log_softmax_backward(
-        &self,
-        y: &View<'_, f32>,
-        dy: &View<'_, f32>,
-        dx: &mut ViewMut<'_, f32>,
-        dmask: Option<&mut ViewMut<'_, f32>>,
-        opts: &SoftmaxOptions<'_>,
-    ) -> Result<()> {
-        self.softmax_grad(true, y, dy, dx, dmask, opts)
+        self.check(unsafe { f(self.as_ptr(), yt, dyt, dxt, dmt, &p) })
     }
 
     /// The gradient of rope, in place on dx [B, H, L, D] (the inverse
     /// rotation); `opts` are the forward's.
     pub fn rope_backward(&self, dx: &mut ViewMut<'_, f32>, opts: &RopeOptions<'_>) -> Result<()> {
-        let bl = match dx.dims() {
-            &[b, _, l, _] => b.checked_mul(l),
-            _ => None,
-        };
-        check_len(
-            "Context::rope_backward",
-            "positions",
-            opts.positions,
-            bl,
-            "dx.shape[0] * dx.shape[2]",
-        )?;
-        let p = opts.raw()?;
-        let mut h = Handles::new(self);
-        let t = h.output(dx)?;
-        // SAFETY: valid handle; positions holds B * L entries.
-        self.check(unsafe { sys::attn_rope_backward(self.as_ptr(), t, &p) })
+        let rule = "dx.shape[0] * dx.shape[2]";
+        self.rope_raw("Context::rope_backward", sys::attn_rope_backward, dx, rule, opts)
     }
 
     /// The gradients dq, dk, dv of sdpa from q, k, v, its output `out` and
@@ -860,8 +866,7 @@ impl Context {
         let mut h = Handles::new(self);
         let p = opts.raw(F, &mut h, dim(q.dims(), 4, 0), hq)?;
         let bp = self.grad_outputs(F, &mut h, extra, hq)?;
-        let (qt, kt, vt) = (h.input(q)?, h.input(k)?, h.input(v)?);
-        let (ot, lt, dot) = (h.input(out)?, h.input(lse)?, h.input(dout)?);
+        let [qt, kt, vt, ot, lt, dot] = h.inputs([q, k, v, out, lse, dout])?;
         let (dqt, dkt, dvt) = (h.output(dq)?, h.output(dk)?, h.output(dv)?);
         // SAFETY: valid handles; the arrays hold the counts checked above.
         self.check(unsafe {
@@ -893,28 +898,14 @@ impl Context {
         let mut h = Handles::new(self);
         let p = opts.raw(F, &mut h, Some(batch as i64), hq)?;
         let bp = self.grad_outputs(F, &mut h, extra, hq)?;
-        let (qt, kt, vt) = (h.input(q)?, h.input(k)?, h.input(v)?);
-        let (ot, lt, dot) = (h.input(out)?, h.input(lse)?, h.input(dout)?);
+        let [qt, kt, vt, ot, lt, dot] = h.inputs([q, k, v, out, lse, dout])?;
         let (dqt, dkt, dvt) = (h.output(dq)?, h.output(dk)?, h.output(dv)?);
         // SAFETY: valid handles; cu_seqlens hold batch + 1 entries, the other
         // arrays the counts checked above.
+        let (c, cq, ck) = (self.as_ptr(), cu_seqlens_q.as_ptr(), cu_seqlens_k.as_ptr());
         self.check(unsafe {
             sys::attn_sdpa_varlen_backward(
-                self.as_ptr(),
-                qt,
-                kt,
-                vt,
-                ot,
-                lt,
-                dot,
-                dqt,
-                dkt,
-                dvt,
-                batch,
-                cu_seqlens_q.as_ptr(),
-                cu_seqlens_k.as_ptr(),
-                &p,
-                &bp,
+                c, qt, kt, vt, ot, lt, dot, dqt, dkt, dvt, batch, cq, ck, &p, &bp,
             )
         })
     }
@@ -955,24 +946,12 @@ impl Context {
     ) -> Result<()> {
         let mut h = Handles::new(self);
         let p = opts.raw("Context::pool_attention_backward", &mut h, k)?;
-        let (qt, kt, vt) = (h.input(queries)?, h.input(k)?, h.input(v)?);
-        let (ot, lt, dot) = (h.input(out)?, h.input(lse)?, h.input(dout)?);
+        let [qt, kt, vt, ot, lt, dot] = h.inputs([queries, k, v, out, lse, dout])?;
         let (dqt, dkt, dvt) = (h.output(dqueries)?, h.output(dk)?, h.output(dv)?);
+        let c = self.as_ptr();
         // SAFETY: valid handles; lengths holds B entries.
         self.check(unsafe {
-            sys::attn_pool_attention_backward(
-                self.as_ptr(),
-                qt,
-                kt,
-                vt,
-                ot,
-                lt,
-                dot,
-                dqt,
-                dkt,
-                dvt,
-                &p,
-            )
+            sys::attn_pool_attention_backward(c, qt, kt, vt, ot, lt, dot, dqt, dkt, dvt, &p)
         })
     }
 

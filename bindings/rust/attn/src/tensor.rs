@@ -273,6 +273,18 @@ impl<'c> Handles<'c> {
         self.wrap(E::DTYPE, &v.shape, v.data.as_mut_ptr() as *mut sys::c_void, bytes)
     }
 
+    /// Handles of several inputs at once.
+    pub(crate) fn inputs<const N: usize>(
+        &mut self,
+        views: [&View<'_, f32>; N],
+    ) -> Result<[*const sys::attn_tensor; N]> {
+        let mut out = [std::ptr::null(); N];
+        for (t, v) in out.iter_mut().zip(views) {
+            *t = self.input(v)?;
+        }
+        Ok(out)
+    }
+
     pub(crate) fn opt_input<E: Element>(
         &mut self,
         v: Option<&View<'_, E>>,
