@@ -1,236 +1,20 @@
 //! The Rust declarations against the header: every struct size, field offset
 //! and field size, and every enum constant, as a C program compiled against
-//! attn.h prints them (tests/layout.c). A header change that the crate has
-//! not followed (an appended field grows the struct) fails here. The
+//! attn.h prints them (tests/abi/layout_dump.c, shared with the Python
+//! binding). A header change that the crate has not followed (an appended
+//! field grows the struct) fails here. The
 //! function declarations are checked too: each is turned back into a C
 //! prototype, and C refuses one that conflicts with the header's.
 use attn_sys::*;
 use std::collections::BTreeSet;
-use std::mem::{size_of, MaybeUninit};
+use std::mem::size_of;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn pointee_size<T>(_: *const T) -> usize {
-    size_of::<T>()
-}
-
-// offsetof and sizeof of a field without offset_of! (Rust 1.77).
-macro_rules! layout {
-    ($out:ident, $t:ident { $($f:ident),* }) => {{
-        $out.insert(format!("size {} {}", stringify!($t), size_of::<$t>()));
-        let u = MaybeUninit::<$t>::uninit();
-        let base = u.as_ptr();
-        $(
-            // SAFETY: addr_of! forms the field's address without reading it.
-            let f = unsafe { std::ptr::addr_of!((*base).$f) };
-            $out.insert(format!("field {}.{} {} {}", stringify!($t), stringify!($f),
-                                f as usize - base as usize, pointee_size(f)));
-        )*
-    }};
-}
-
-macro_rules! consts {
-    ($out:ident, $($c:ident),*) => {
-        $( $out.insert(format!("const {} {}", stringify!($c), $c as i64)); )*
-    };
-}
-
+// The sizes, offsets and values the crate declares (its c_structs! and
+// c_consts! tables).
 fn rust_view() -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    layout!(out, attn_ctx_options { struct_size, num_threads, reserved_, alloc, free, alloc_user });
-    layout!(
-        out,
-        attn_softmax_params { struct_size, scale, reserved_, mask, bool_mask, axis, reserved2_ }
-    );
-    layout!(
-        out,
-        attn_sinusoidal_params { struct_size, layout, reserved_, base, offset, positions }
-    );
-    layout!(out, attn_rope_params { struct_size, style, rotary_dim, theta, offset, positions });
-    layout!(
-        out,
-        attn_rope_cache_params {
-            struct_size,
-            scaling,
-            apply_attention_factor,
-            theta,
-            factor,
-            original_max_position,
-            seq_len,
-            beta_fast,
-            beta_slow,
-            mscale,
-            mscale_all_dim,
-            attention_factor,
-            low_freq_factor,
-            high_freq_factor,
-            short_factors,
-            long_factors,
-            yarn_no_truncate,
-            reserved_
-        }
-    );
-    layout!(out, attn_rope_cached_params { struct_size, style, num_heads, position_ids });
-    layout!(
-        out,
-        attn_sdpa_params {
-            struct_size,
-            scale,
-            softcap,
-            causal,
-            align,
-            window,
-            reserved_,
-            window_left,
-            window_right,
-            mask,
-            bool_mask,
-            kv_lens,
-            alibi_slopes,
-            sinks,
-            lse,
-            weights,
-            q_offsets,
-            logits,
-            logits_stage,
-            reserved2_
-        }
-    );
-    layout!(out, attn_sdpa_backward_params { struct_size, dmask, dsinks });
-    layout!(out, attn_pool_params { struct_size, mode, reserved_, lengths, keep, scores });
-    layout!(
-        out,
-        attn_pool_attention_params { struct_size, scale, reserved_, lengths, keep, weights, lse }
-    );
-    layout!(
-        out,
-        attn_kv_cache_params {
-            struct_size,
-            layout,
-            dtype,
-            batch,
-            kv_heads,
-            head_dim,
-            value_dim,
-            capacity,
-            block_size,
-            num_blocks
-        }
-    );
-    layout!(
-        out,
-        attn_kv_cache_info {
-            struct_size,
-            layout,
-            dtype,
-            batch,
-            kv_heads,
-            head_dim,
-            value_dim,
-            capacity,
-            block_size,
-            num_blocks,
-            free_blocks
-        }
-    );
-    layout!(out, attn_kv_append_params { struct_size, rope });
-    layout!(
-        out,
-        attn_mha_decoder_params {
-            struct_size,
-            embed_dim,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            qkv_bias,
-            out_bias,
-            rope,
-            scale,
-            softcap,
-            window,
-            reserved_,
-            window_left,
-            rope_scaling
-        }
-    );
-    layout!(
-        out,
-        attn_mha_torch_params {
-            struct_size,
-            embed_dim,
-            num_heads,
-            kdim,
-            vdim,
-            no_bias,
-            batch_first,
-            add_bias_kv,
-            add_zero_attn
-        }
-    );
-    layout!(
-        out,
-        attn_mha_torch_forward_params {
-            struct_size,
-            need_weights,
-            per_head_weights,
-            is_causal,
-            reserved_
-        }
-    );
-    consts!(
-        out,
-        ATTN_OK,
-        ATTN_ERR_NULL_ARG,
-        ATTN_ERR_INVALID_ARG,
-        ATTN_ERR_SHAPE,
-        ATTN_ERR_OVERFLOW,
-        ATTN_ERR_NO_MEMORY,
-        ATTN_ERR_UNSUPPORTED,
-        ATTN_ERR_BAD_HANDLE,
-        ATTN_ERR_ALIASING,
-        ATTN_ERR_BUSY,
-        ATTN_DTYPE_F32,
-        ATTN_DTYPE_U8,
-        ATTN_DTYPE_F16,
-        ATTN_DTYPE_BF16,
-        ATTN_PE_INTERLEAVED,
-        ATTN_PE_SIN_COS,
-        ATTN_PE_SIN_COS_SHIFTED,
-        ATTN_PE_COS_SIN,
-        ATTN_ROPE_HALF_SPLIT,
-        ATTN_ROPE_INTERLEAVED,
-        ATTN_ROPE_SCALING_NONE,
-        ATTN_ROPE_SCALING_LINEAR,
-        ATTN_ROPE_SCALING_NTK,
-        ATTN_ROPE_SCALING_DYNAMIC_NTK,
-        ATTN_ROPE_SCALING_YARN,
-        ATTN_ROPE_SCALING_LLAMA3,
-        ATTN_ROPE_SCALING_LONGROPE,
-        ATTN_LOGITS_SCALED,
-        ATTN_LOGITS_SOFTCAPPED,
-        ATTN_LOGITS_MASKED,
-        ATTN_ALIGN_TOP_LEFT,
-        ATTN_ALIGN_BOTTOM_RIGHT,
-        ATTN_POOL_SUM,
-        ATTN_POOL_MEAN,
-        ATTN_POOL_MAX,
-        ATTN_POOL_WEIGHTED,
-        ATTN_KV_CONTIGUOUS,
-        ATTN_KV_PAGED,
-        ATTN_MHA_Q_WEIGHT,
-        ATTN_MHA_K_WEIGHT,
-        ATTN_MHA_V_WEIGHT,
-        ATTN_MHA_O_WEIGHT,
-        ATTN_MHA_Q_BIAS,
-        ATTN_MHA_K_BIAS,
-        ATTN_MHA_V_BIAS,
-        ATTN_MHA_O_BIAS,
-        ATTN_MHA_IN_PROJ_WEIGHT,
-        ATTN_MHA_IN_PROJ_BIAS,
-        ATTN_MAX_DIMS,
-        ATTN_VERSION_MAJOR
-    );
-    out
+    struct_layouts().into_iter().chain(const_values()).collect()
 }
 
 fn include_dir() -> &'static str {
@@ -262,7 +46,8 @@ fn compile(src: &Path, extra: &[&str]) {
 }
 
 fn c_view() -> BTreeSet<String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/layout.c");
+    // Shared with the Python binding's layout test.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../tests/abi/layout_dump.c");
     let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("attn_layout");
     compile(&src, &["-o", exe.to_str().unwrap()]);
     let run = Command::new(&exe).output().expect("run the layout program");

@@ -1,6 +1,14 @@
-/* Prints the size and field offsets of every parameter struct and the value
- * of every enum constant of attn.h, one per line, for tests/layout.rs to
- * compare with the Rust declarations. Needs only the header (no linking). */
+/* The C compiler's view of attn.h for the bindings' layout tests: the size
+ * and field offsets and sizes of every parameter struct and the value of
+ * every enum constant, one per line:
+ *   size attn_sdpa_params 136
+ *   field attn_sdpa_params.scale 8 4
+ *   const ATTN_ERR_SHAPE 3
+ * bindings/rust/attn-sys/tests/layout.rs compiles and runs it (cc, header
+ * only) and compares it with the Rust declarations; the Python binding's
+ * tests (ctest builds it as attn_py_layout_dump) compare it with the ctypes
+ * mirrors. A field appended to the header goes here too: both then fail
+ * until they follow. */
 #include "attn.h"
 
 #include <stddef.h>
