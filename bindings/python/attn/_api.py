@@ -1174,7 +1174,27 @@ class Context:
         return (out, lse) if return_lse else out
 
 
-class KVCache:
+class _ContextObject:
+    """An object the library allocates in a context (a cache, a layer):
+    freed by close(), when collected, or with its context. Subclasses set
+    _FREE, the name of the library function that frees one."""
+
+    _FREE = None
+
+    def close(self):
+        """Free it now (it is freed with its context otherwise)."""
+        h, self._handle = getattr(self, "_handle", None), None
+        if h and _LIB is not None and self._ctx._handle:
+            getattr(_LIB, self._FREE)(self._ctx._handle, h)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+
+class KVCache(_ContextObject):
     """A KV cache for incremental decoding (attn_kv_cache_create).
 
     KVCache(batch, kv_heads, head_dim, capacity=None, *, value_dim=None,
@@ -1194,6 +1214,8 @@ class KVCache:
 
     The cache lives in `context` (default: this thread's default context)
     and must be used from that context's thread."""
+
+    _FREE = "attn_kv_cache_free"
 
     def __init__(self, batch, kv_heads, head_dim, capacity=None, *, value_dim=None,
                  paged=False, block_size=16, num_blocks=None, dtype="float32",
@@ -1218,18 +1240,6 @@ class KVCache:
         self._handle = h
         self.batch, self.kv_heads, self.head_dim = int(batch), int(kv_heads), int(head_dim)
         self.value_dim = int(value_dim or head_dim)
-
-    def close(self):
-        """Free the cache now (it is freed with its context otherwise)."""
-        h, self._handle = getattr(self, "_handle", None), None
-        if h and _LIB is not None and self._ctx._handle:
-            _LIB.attn_kv_cache_free(self._ctx._handle, h)
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
     def _info(self):
         info = _lib.KvCacheInfo()
@@ -1344,7 +1354,7 @@ class KVCache:
         return k, v
 
 
-class MultiheadAttention:
+class MultiheadAttention(_ContextObject):
     """torch.nn.MultiheadAttention's forward on libattn (attn_mha_create_torch).
 
     MultiheadAttention(embed_dim, num_heads, dropout=0.0, bias=True,
@@ -1365,6 +1375,8 @@ class MultiheadAttention:
     float mask is added to the logits. A query row that sees no key gives
     zeros where torch gives NaN. The layer lives in `context` (default: this
     thread's default context) and must be used from that context's thread."""
+
+    _FREE = "attn_mha_free"
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
                  add_zero_attn=False, kdim=None, vdim=None, batch_first=False, device=None,
@@ -1392,18 +1404,6 @@ class MultiheadAttention:
             c.check(_LIB.attn_mha_create_torch(self._ctx._handle, ctypes.byref(p),
                                                ctypes.byref(h)))
         self._handle = h
-
-    def close(self):
-        """Free the layer now (it is freed with its context otherwise)."""
-        h, self._handle = getattr(self, "_handle", None), None
-        if h and _LIB is not None and self._ctx._handle:
-            _LIB.attn_mha_free(self._ctx._handle, h)
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
     def _weight_shapes(self):
         E = self.embed_dim
@@ -1518,7 +1518,7 @@ class MultiheadAttention:
     __call__ = forward
 
 
-class DecoderLayer:
+class DecoderLayer(_ContextObject):
     """The attention block of a decoder model (attn_mha_create_decoder):
     q/k/v projections, RoPE at each token's position in the cache, append to
     a KVCache, causal (grouped-query) attention over it, output projection.
@@ -1539,6 +1539,8 @@ class DecoderLayer:
     transformers attention block names them: q_proj.weight [Hq*D, E],
     k_proj.weight and v_proj.weight [Hkv*D, E], o_proj.weight [E, Hq*D], and
     the .bias of each (with qkv_bias / out_bias). They are copied."""
+
+    _FREE = "attn_mha_free"
 
     def __init__(self, embed_dim, num_heads, num_kv_heads=None, head_dim=None, *,
                  qkv_bias=False, out_bias=False, rope=None, rope_scaling=None, scale=None,
@@ -1574,18 +1576,6 @@ class DecoderLayer:
         self.num_kv_heads = int(num_kv_heads or num_heads)
         self.head_dim = int(head_dim or int(embed_dim) // int(num_heads))
         self.qkv_bias, self.out_bias = bool(qkv_bias), bool(out_bias)
-
-    def close(self):
-        """Free the layer now (it is freed with its context otherwise)."""
-        h, self._handle = getattr(self, "_handle", None), None
-        if h and _LIB is not None and self._ctx._handle:
-            _LIB.attn_mha_free(self._ctx._handle, h)
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
     def _shape(self, name):
         hq, hkv, E = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, \

@@ -239,19 +239,8 @@ class KvCacheParams(_SizedStruct):
 
 
 class KvCacheInfo(_SizedStruct):
-    _fields_ = [
-        ("struct_size", ctypes.c_size_t),
-        ("layout", ctypes.c_int32),
-        ("dtype", ctypes.c_int32),
-        ("batch", ctypes.c_int64),
-        ("kv_heads", ctypes.c_int64),
-        ("head_dim", ctypes.c_int64),
-        ("value_dim", ctypes.c_int64),
-        ("capacity", ctypes.c_int64),
-        ("block_size", ctypes.c_int64),
-        ("num_blocks", ctypes.c_int64),
-        ("free_blocks", ctypes.c_int64),
-    ]
+    # attn_kv_cache_info is attn_kv_cache_params's fields, then free_blocks.
+    _fields_ = KvCacheParams._fields_ + [("free_blocks", ctypes.c_int64)]
 
 
 class KvAppendParams(_SizedStruct):
