@@ -148,7 +148,7 @@ enum { CLI_HELP = -2 };
  * Returns 1 if argv[*i] was one, 0 if not, -1 after a usage error, CLI_HELP
  * after printing the help. */
 static int common_option(cli *c, int argc, char **argv, int *i) {
-  const char *v;
+  const char *v = NULL;
   int m;
   if (c->positional_only)
     return 0;
@@ -175,19 +175,132 @@ static int common_option(cli *c, int argc, char **argv, int *i) {
   "  --                    end of options: every later argument is a file\n"             \
   "Exit status: 0 success, 1 bad usage, 2 bad input.\n"
 
-static int pick(const cli *c, const char *opt, const char *s, const char *const *names,
-                const int *values, int n, int *out) {
-  for (int i = 0; i < n; i++)
-    if (!strcmp(s, names[i])) {
-      *out = values[i];
+/* The names an option takes and the value each stands for. */
+typedef struct {
+  const char *const *names;
+  const int *values;
+  int n;
+} cli_choices;
+
+static int pick(const cli *c, const char *opt, const char *s, const cli_choices *ch, int *out) {
+  for (int i = 0; i < ch->n; i++)
+    if (!strcmp(s, ch->names[i])) {
+      *out = ch->values[i];
       return 0;
     }
   fprintf(stderr, "attn %s: %s = '%s' is not one of:", c->cmd, opt, s);
-  for (int i = 0; i < n; i++)
-    fprintf(stderr, " %s", names[i]);
+  for (int i = 0; i < ch->n; i++)
+    fprintf(stderr, " %s", ch->names[i]);
   fprintf(stderr, "\nTry 'attn %s --help'.\n", c->cmd);
   return -1;
 }
+
+/* What an option of a subcommand takes, and the type of its `dest`. */
+typedef enum {
+  OPT_FLAG,     /* int, set to 1; with `choices`, "--name=CHOICE" also sets *choice_dest */
+  OPT_PATH,     /* const char *: the value as given */
+  OPT_INT,      /* int64_t in lo..hi */
+  OPT_DOUBLE,   /* double, finite */
+  OPT_POSITIVE, /* double, finite and > 0 */
+  OPT_SCALE,    /* double, a logit scale (parse_scale) */
+  OPT_LIST,     /* double * (malloc'd, the caller frees) and *count: "1.5,2,3" */
+  OPT_INT_LIST, /* the same, integers */
+  OPT_CHOICE,   /* int: the value of one of `choices` */
+} opt_kind;
+
+typedef struct {
+  const char *name; /* "--scale" */
+  opt_kind kind;
+  void *dest;
+  int64_t lo, hi;             /* OPT_INT */
+  size_t *count;              /* the lists */
+  const cli_choices *choices; /* OPT_CHOICE, OPT_FLAG */
+  int *choice_dest;           /* OPT_FLAG */
+} cli_opt;
+
+static int set_option(const cli *c, const cli_opt *o, const char *v) {
+  switch (o->kind) {
+  case OPT_FLAG:
+    *(int *)o->dest = 1;
+    return v ? pick(c, o->name, v, o->choices, o->choice_dest) : 0;
+  case OPT_PATH:
+    *(const char **)o->dest = v;
+    return 0;
+  case OPT_INT:
+    return parse_int(c, o->name, v, o->lo, o->hi, o->dest);
+  case OPT_DOUBLE:
+    return parse_double(c, o->name, v, o->dest);
+  case OPT_POSITIVE:
+    if (parse_double(c, o->name, v, o->dest))
+      return -1;
+    if (*(double *)o->dest <= 0) {
+      fprintf(stderr, "attn %s: %s = '%s' must be > 0\nTry 'attn %s --help'.\n", c->cmd,
+              o->name, v, c->cmd);
+      return -1;
+    }
+    return 0;
+  case OPT_SCALE:
+    return parse_scale(c, o->name, v, o->dest);
+  case OPT_LIST:
+  case OPT_INT_LIST:
+    return parse_list(c, o->name, v, o->kind == OPT_INT_LIST, o->dest, o->count);
+  case OPT_CHOICE:
+    return pick(c, o->name, v, o->choices, o->dest);
+  }
+  return -1;
+}
+
+/* Parse argv[1..] of a subcommand: the common options, `opts`, and exactly
+ * n_pos positional arguments into pos[] (`missing` is the message when there
+ * are fewer); -o is required. Returns -1 to go on, or the exit code:
+ * ATTN_EXIT_OK after printing --help, ATTN_EXIT_USAGE after a message. Lists
+ * parsed before a failure are the caller's to free. */
+static int parse_args(cli *c, int argc, char **argv, const cli_opt *opts, int n_opts,
+                      const char **pos, int n_pos, const char *missing) {
+  int npos = 0;
+  for (int i = 1; i < argc; i++) {
+    int m = common_option(c, argc, argv, &i);
+    if (m == CLI_HELP)
+      return ATTN_EXIT_OK;
+    if (m < 0)
+      return ATTN_EXIT_USAGE;
+    if (m)
+      continue;
+    const cli_opt *o = NULL;
+    const char *v = NULL;
+    for (int k = 0; k < n_opts && !o; k++) {
+      size_t n = strlen(opts[k].name);
+      if (opts[k].kind != OPT_FLAG) {
+        if ((m = take(c, argc, argv, &i, opts[k].name, &v)) < 0)
+          return ATTN_EXIT_USAGE;
+        o = m ? &opts[k] : NULL;
+      } else if (flag(c, argv[i], opts[k].name)) {
+        o = &opts[k];
+      } else if (opts[k].choices && !c->positional_only && !strncmp(argv[i], opts[k].name, n) &&
+                 argv[i][n] == '=') {
+        o = &opts[k];
+        v = argv[i] + n + 1;
+      }
+    }
+    if (o) {
+      if (set_option(c, o, v))
+        return ATTN_EXIT_USAGE;
+    } else if (is_option(c, argv[i])) {
+      return usage_error(c, "unknown option '%s'", argv[i]);
+    } else if (npos < n_pos) {
+      pos[npos++] = argv[i];
+    } else {
+      return usage_error(c, "unexpected argument '%s'", argv[i]);
+    }
+  }
+  if (npos < n_pos)
+    return usage_error(c, "%s", missing);
+  if (!c->out)
+    return usage_error(c, "%s", "missing -o OUT.npy");
+  return -1;
+}
+
+#define N_OPTS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 /* ---- libattn helpers ---- */
 
@@ -275,37 +388,20 @@ static const char softmax_usage[] =
 
 static int cmd_softmax(int argc, char **argv) {
   cli c = {"softmax", softmax_usage, NULL, 0, 0};
-  const char *in = NULL, *outp = NULL, *maskp = NULL, *v;
+  const char *in = NULL, *outp = NULL, *maskp = NULL;
   int log = 0;
   double scale = 1.0;
-  for (int i = 1; i < argc; i++) {
-    int m;
-    if ((m = common_option(&c, argc, argv, &i))) {
-      if (m < 0)
-        return m == CLI_HELP ? ATTN_EXIT_OK : ATTN_EXIT_USAGE;
-    } else if (flag(&c, argv[i], "--log")) {
-      log = 1;
-    } else if ((m = take(&c, argc, argv, &i, "--scale", &v))) {
-      if (m < 0 || parse_scale(&c, "--scale", v, &scale))
-        return ATTN_EXIT_USAGE;
-    } else if ((m = take(&c, argc, argv, &i, "--mask", &v))) {
-      if (m < 0)
-        return ATTN_EXIT_USAGE;
-      maskp = v;
-    } else if (is_option(&c, argv[i])) {
-      return usage_error(&c, "unknown option '%s'", argv[i]);
-    } else if (!in) {
-      in = argv[i];
-    } else {
-      return usage_error(&c, "unexpected argument '%s'", argv[i]);
-    }
-  }
-  if (!in)
-    return usage_error(&c, "%s", "missing IN.npy");
-  if (!(outp = c.out))
-    return usage_error(&c, "%s", "missing -o OUT.npy");
+  const cli_opt opts[] = {
+      {"--log", OPT_FLAG, .dest = &log},
+      {"--scale", OPT_SCALE, .dest = &scale},
+      {"--mask", OPT_PATH, .dest = &maskp},
+  };
+  int rc = parse_args(&c, argc, argv, opts, N_OPTS(opts), &in, 1, "missing IN.npy");
+  if (rc >= 0)
+    return rc;
+  outp = c.out;
 
-  int rc = ATTN_EXIT_INPUT;
+  rc = ATTN_EXIT_INPUT;
   npy_array x = {0}, mask = {0};
   float *y = NULL;
   char files[512];
@@ -357,46 +453,32 @@ static const char pe_usage[] =
     "  --offset O      row l has position O + l (default 0; may be fractional)\n"
     COMMON_HELP;
 
-static const char *const pe_names[] = {"interleaved", "concat", "concat-shifted", "cos-sin"};
-static const int pe_values[] = {ATTN_PE_INTERLEAVED, ATTN_PE_SIN_COS, ATTN_PE_SIN_COS_SHIFTED,
-                                ATTN_PE_COS_SIN};
+static const cli_choices pe_layouts = {
+    (const char *const[]){"interleaved", "concat", "concat-shifted", "cos-sin"},
+    (const int[]){ATTN_PE_INTERLEAVED, ATTN_PE_SIN_COS, ATTN_PE_SIN_COS_SHIFTED, ATTN_PE_COS_SIN},
+    4};
 
 static int cmd_pe(int argc, char **argv) {
   cli c = {"pe", pe_usage, NULL, 0, 0};
-  const char *outp = NULL, *v;
+  const char *outp = NULL;
   int64_t len = 0, dim = 0;
   int layout = ATTN_PE_INTERLEAVED;
   double base = 10000.0, offset = 0.0;
-  for (int i = 1; i < argc; i++) {
-    int m;
-    if ((m = common_option(&c, argc, argv, &i))) {
-      if (m < 0)
-        return m == CLI_HELP ? ATTN_EXIT_OK : ATTN_EXIT_USAGE;
-    } else if ((m = take(&c, argc, argv, &i, "--len", &v))) {
-      if (m < 0 || parse_int(&c, "--len", v, 1, (int64_t)1 << 31, &len))
-        return ATTN_EXIT_USAGE;
-    } else if ((m = take(&c, argc, argv, &i, "--dim", &v))) {
-      if (m < 0 || parse_int(&c, "--dim", v, 1, (int64_t)1 << 31, &dim))
-        return ATTN_EXIT_USAGE;
-    } else if ((m = take(&c, argc, argv, &i, "--layout", &v))) {
-      if (m < 0 || pick(&c, "--layout", v, pe_names, pe_values, 4, &layout))
-        return ATTN_EXIT_USAGE;
-    } else if ((m = take(&c, argc, argv, &i, "--base", &v))) {
-      if (m < 0 || parse_double(&c, "--base", v, &base))
-        return ATTN_EXIT_USAGE;
-    } else if ((m = take(&c, argc, argv, &i, "--offset", &v))) {
-      if (m < 0 || parse_double(&c, "--offset", v, &offset))
-        return ATTN_EXIT_USAGE;
-    } else {
-      return usage_error(&c, "unexpected argument '%s'", argv[i]);
-    }
-  }
+  const cli_opt opts[] = {
+      {"--len", OPT_INT, .dest = &len, .lo = 1, .hi = (int64_t)1 << 31},
+      {"--dim", OPT_INT, .dest = &dim, .lo = 1, .hi = (int64_t)1 << 31},
+      {"--layout", OPT_CHOICE, .dest = &layout, .choices = &pe_layouts},
+      {"--base", OPT_DOUBLE, .dest = &base},
+      {"--offset", OPT_DOUBLE, .dest = &offset},
+  };
+  int rc = parse_args(&c, argc, argv, opts, N_OPTS(opts), NULL, 0, NULL);
+  if (rc >= 0)
+    return rc;
   if (!len || !dim)
     return usage_error(&c, "%s", "--len and --dim are required");
-  if (!(outp = c.out))
-    return usage_error(&c, "%s", "missing -o OUT.npy");
+  outp = c.out;
 
-  int rc = ATTN_EXIT_INPUT;
+  rc = ATTN_EXIT_INPUT;
   run r = {&c, "--len/--dim/--base/--offset", NULL};
   int64_t dims[2] = {len, dim};
   float *y = NULL;
@@ -455,8 +537,8 @@ static int bhld_view(const cli *c, const char *path, const npy_array *a, int blh
   return 0;
 }
 
-static const char *const layout_names[] = {"bhld", "blhd"};
-static const int layout_values[] = {0, 1};
+static const cli_choices layouts = {(const char *const[]){"bhld", "blhd"}, (const int[]){0, 1},
+                                    2};
 
 /* ---- rope ---- */
 
@@ -477,59 +559,30 @@ static const char rope_usage[] =
 
 static int cmd_rope(int argc, char **argv) {
   cli c = {"rope", rope_usage, NULL, 0, 0};
-  const char *in = NULL, *outp = NULL, *v;
+  const char *in = NULL, *outp = NULL;
   int style = ATTN_ROPE_HALF_SPLIT, blhd = 0;
   double theta = 10000.0;
   int64_t rdim = 0, offset = 0;
   double *posl = NULL;
   size_t n_pos = 0;
-  static const char *const style_names[] = {"half", "interleaved"};
-  static const int style_values[] = {ATTN_ROPE_HALF_SPLIT, ATTN_ROPE_INTERLEAVED};
-  for (int i = 1; i < argc; i++) {
-    int m;
-    if ((m = common_option(&c, argc, argv, &i))) {
-      if (m < 0) {
-        free(posl);
-        return m == CLI_HELP ? ATTN_EXIT_OK : ATTN_EXIT_USAGE;
-      }
-    } else if ((m = take(&c, argc, argv, &i, "--style", &v))) {
-      if (m < 0 || pick(&c, "--style", v, style_names, style_values, 2, &style))
-        goto usage;
-    } else if ((m = take(&c, argc, argv, &i, "--layout", &v))) {
-      if (m < 0 || pick(&c, "--layout", v, layout_names, layout_values, 2, &blhd))
-        goto usage;
-    } else if ((m = take(&c, argc, argv, &i, "--theta", &v))) {
-      if (m < 0 || parse_double(&c, "--theta", v, &theta))
-        goto usage;
-    } else if ((m = take(&c, argc, argv, &i, "--rotary-dim", &v))) {
-      if (m < 0 || parse_int(&c, "--rotary-dim", v, 1, INT32_MAX, &rdim))
-        goto usage;
-    } else if ((m = take(&c, argc, argv, &i, "--offset", &v))) {
-      if (m < 0 || parse_int(&c, "--offset", v, 0, INT64_MAX / 2, &offset))
-        goto usage;
-    } else if ((m = take(&c, argc, argv, &i, "--positions", &v))) {
-      if (m < 0 || parse_list(&c, "--positions", v, 1, &posl, &n_pos))
-        goto usage;
-    } else if (is_option(&c, argv[i])) {
-      {
-      usage_error(&c, "unknown option '%s'", argv[i]);
-      goto usage;
-    }
-    } else if (!in) {
-      in = argv[i];
-    } else {
-      {
-      usage_error(&c, "unexpected argument '%s'", argv[i]);
-      goto usage;
-    }
-    }
+  const cli_choices styles = {(const char *const[]){"half", "interleaved"},
+                                     (const int[]){ATTN_ROPE_HALF_SPLIT, ATTN_ROPE_INTERLEAVED}, 2};
+  const cli_opt opts[] = {
+      {"--style", OPT_CHOICE, .dest = &style, .choices = &styles},
+      {"--layout", OPT_CHOICE, .dest = &blhd, .choices = &layouts},
+      {"--theta", OPT_DOUBLE, .dest = &theta},
+      {"--rotary-dim", OPT_INT, .dest = &rdim, .lo = 1, .hi = INT32_MAX},
+      {"--offset", OPT_INT, .dest = &offset, .lo = 0, .hi = INT64_MAX / 2},
+      {"--positions", OPT_INT_LIST, .dest = &posl, .count = &n_pos},
+  };
+  int rc = parse_args(&c, argc, argv, opts, N_OPTS(opts), &in, 1, "missing IN.npy");
+  if (rc >= 0) {
+    free(posl);
+    return rc;
   }
-  if (!in || !(outp = c.out)) {
-    usage_error(&c, "%s", !in ? "missing IN.npy" : "missing -o OUT.npy");
-    goto usage;
-  }
+  outp = c.out;
 
-  int rc = ATTN_EXIT_INPUT;
+  rc = ATTN_EXIT_INPUT;
   npy_array x = {0};
   int64_t *positions = NULL;
   run r = {&c, in, NULL};
@@ -568,9 +621,6 @@ done:
   free(positions);
   free(posl);
   return rc;
-usage:
-  free(posl);
-  return ATTN_EXIT_USAGE;
 }
 
 /* ---- sdpa ---- */
@@ -606,99 +656,41 @@ static const char sdpa_usage[] =
 static int cmd_sdpa(int argc, char **argv) {
   cli c = {"sdpa", sdpa_usage, NULL, 0, 0};
   const char *paths[3] = {NULL, NULL, NULL}, *outp = NULL, *maskp = NULL, *lsep = NULL,
-             *wp = NULL, *v;
-  int npos = 0, causal = 0, align = ATTN_ALIGN_TOP_LEFT, blhd = 0, window = 0;
+             *wp = NULL;
+  int causal = 0, align = ATTN_ALIGN_TOP_LEFT, blhd = 0;
   double scale = 0, softcap = 0, max_bias = -1;
   double *kv_lens = NULL, *sinks = NULL, *win = NULL;
   size_t n_kv_lens = 0, n_sinks = 0, n_win = 0;
-  static const char *const align_names[] = {"top-left", "bottom-right"};
-  static const int align_values[] = {ATTN_ALIGN_TOP_LEFT, ATTN_ALIGN_BOTTOM_RIGHT};
-  for (int i = 1; i < argc; i++) {
-    int m;
-    if ((m = common_option(&c, argc, argv, &i))) {
-      if (m < 0) {
-        free(kv_lens);
-        free(sinks);
-        free(win);
-        return m == CLI_HELP ? ATTN_EXIT_OK : ATTN_EXIT_USAGE;
-      }
-    } else if (flag(&c, argv[i], "--causal")) {
-      causal = 1;
-    } else if (!c.positional_only && !strncmp(argv[i], "--causal=", 9)) {
-      if (pick(&c, "--causal", argv[i] + 9, align_names, align_values, 2, &align))
-        goto usage;
-      causal = 1;
-    } else if ((m = take(&c, argc, argv, &i, "--align", &v))) {
-      if (m < 0 || pick(&c, "--align", v, align_names, align_values, 2, &align))
-        goto usage;
-    } else if ((m = take(&c, argc, argv, &i, "--kv-lens", &v))) {
-      if (m < 0 || parse_list(&c, "--kv-lens", v, 1, &kv_lens, &n_kv_lens))
-        goto usage;
-    } else if ((m = take(&c, argc, argv, &i, "--window", &v))) {
-      if (m < 0 || parse_list(&c, "--window", v, 1, &win, &n_win))
-        goto usage;
-      if (n_win > 2 || win[0] < 0 || (n_win == 2 && win[1] < 0)) {
-        usage_error(&c, "--window = '%s' must be LEFT or LEFT,RIGHT (integers >= 0)", v);
-        goto usage;
-      }
-      window = 1;
-    } else if ((m = take(&c, argc, argv, &i, "--alibi", &v))) {
-      if (m < 0 || parse_double(&c, "--alibi", v, &max_bias))
-        goto usage;
-      if (max_bias <= 0) {
-        usage_error(&c, "--alibi = '%s' must be a maximum bias > 0 (8 is usual)", v);
-        goto usage;
-      }
-    } else if ((m = take(&c, argc, argv, &i, "--softcap", &v))) {
-      if (m < 0 || parse_double(&c, "--softcap", v, &softcap))
-        goto usage;
-      if (softcap <= 0) {
-        usage_error(&c, "--softcap = '%s' must be > 0", v);
-        goto usage;
-      }
-    } else if ((m = take(&c, argc, argv, &i, "--sinks", &v))) {
-      if (m < 0 || parse_list(&c, "--sinks", v, 0, &sinks, &n_sinks))
-        goto usage;
-    } else if ((m = take(&c, argc, argv, &i, "--layout", &v))) {
-      if (m < 0 || pick(&c, "--layout", v, layout_names, layout_values, 2, &blhd))
-        goto usage;
-    } else if ((m = take(&c, argc, argv, &i, "--scale", &v))) {
-      if (m < 0 || parse_scale(&c, "--scale", v, &scale))
-        goto usage;
-    } else if ((m = take(&c, argc, argv, &i, "--mask", &v))) {
-      if (m < 0)
-        goto usage;
-      maskp = v;
-    } else if ((m = take(&c, argc, argv, &i, "--lse", &v))) {
-      if (m < 0)
-        goto usage;
-      lsep = v;
-    } else if ((m = take(&c, argc, argv, &i, "--weights", &v))) {
-      if (m < 0)
-        goto usage;
-      wp = v;
-    } else if (is_option(&c, argv[i])) {
-      {
-      usage_error(&c, "unknown option '%s'", argv[i]);
-      goto usage;
-    }
-    } else if (npos < 3) {
-      paths[npos++] = argv[i];
-    } else {
-      usage_error(&c, "unexpected argument '%s'", argv[i]);
-      goto usage;
-    }
+  const cli_choices aligns = {(const char *const[]){"top-left", "bottom-right"},
+                                     (const int[]){ATTN_ALIGN_TOP_LEFT, ATTN_ALIGN_BOTTOM_RIGHT},
+                                     2};
+  const cli_opt opts[] = {
+      {"--causal", OPT_FLAG, .dest = &causal, .choices = &aligns, .choice_dest = &align},
+      {"--align", OPT_CHOICE, .dest = &align, .choices = &aligns},
+      {"--kv-lens", OPT_INT_LIST, .dest = &kv_lens, .count = &n_kv_lens},
+      {"--window", OPT_INT_LIST, .dest = &win, .count = &n_win},
+      {"--alibi", OPT_POSITIVE, .dest = &max_bias},
+      {"--softcap", OPT_POSITIVE, .dest = &softcap},
+      {"--sinks", OPT_LIST, .dest = &sinks, .count = &n_sinks},
+      {"--layout", OPT_CHOICE, .dest = &blhd, .choices = &layouts},
+      {"--scale", OPT_SCALE, .dest = &scale},
+      {"--mask", OPT_PATH, .dest = &maskp},
+      {"--lse", OPT_PATH, .dest = &lsep},
+      {"--weights", OPT_PATH, .dest = &wp},
+  };
+  int rc = parse_args(&c, argc, argv, opts, N_OPTS(opts), paths, 3, "needs Q.npy K.npy V.npy");
+  if (rc < 0 && win && (n_win > 2 || win[0] < 0 || (n_win == 2 && win[1] < 0)))
+    rc = usage_error(&c, "%s", "--window must be LEFT or LEFT,RIGHT (integers >= 0)");
+  outp = c.out;
+  if (rc >= 0) {
+    free(kv_lens);
+    free(sinks);
+    free(win);
+    return rc;
   }
-  if (npos < 3) {
-    usage_error(&c, "%s", "needs Q.npy K.npy V.npy");
-    goto usage;
-  }
-  if (!(outp = c.out)) {
-    usage_error(&c, "%s", "missing -o OUT.npy");
-    goto usage;
-  }
+  int window = win != NULL;
 
-  int rc = ATTN_EXIT_INPUT;
+  rc = ATTN_EXIT_INPUT;
   npy_array a[3] = {{0}}, mask = {0};
   float *out = NULL, *lse = NULL, *w = NULL, *slopes = NULL, *sinks32 = NULL;
   int64_t *lens = NULL;
@@ -826,11 +818,6 @@ done:
   free(sinks);
   free(win);
   return rc;
-usage:
-  free(kv_lens);
-  free(sinks);
-  free(win);
-  return ATTN_EXIT_USAGE;
 }
 
 /* ---- pool ---- */
@@ -849,41 +836,22 @@ static const char pool_usage[] =
 
 static int cmd_pool(int argc, char **argv) {
   cli c = {"pool", pool_usage, NULL, 0, 0};
-  const char *in = NULL, *outp = NULL, *scores = NULL, *keep = NULL, *v;
+  const char *in = NULL, *outp = NULL, *scores = NULL, *keep = NULL;
   int mode = ATTN_POOL_SUM;
-  static const char *const mode_names[] = {"sum", "mean", "max", "weighted"};
-  static const int mode_values[] = {ATTN_POOL_SUM, ATTN_POOL_MEAN, ATTN_POOL_MAX,
-                                    ATTN_POOL_WEIGHTED};
-  for (int i = 1; i < argc; i++) {
-    int m;
-    if ((m = common_option(&c, argc, argv, &i))) {
-      if (m < 0)
-        return m == CLI_HELP ? ATTN_EXIT_OK : ATTN_EXIT_USAGE;
-    } else if ((m = take(&c, argc, argv, &i, "--mode", &v))) {
-      if (m < 0 || pick(&c, "--mode", v, mode_names, mode_values, 4, &mode))
-        return ATTN_EXIT_USAGE;
-    } else if ((m = take(&c, argc, argv, &i, "--scores", &v))) {
-      if (m < 0)
-        return ATTN_EXIT_USAGE;
-      scores = v;
-    } else if ((m = take(&c, argc, argv, &i, "--keep", &v))) {
-      if (m < 0)
-        return ATTN_EXIT_USAGE;
-      keep = v;
-    } else if (is_option(&c, argv[i])) {
-      return usage_error(&c, "unknown option '%s'", argv[i]);
-    } else if (!in) {
-      in = argv[i];
-    } else {
-      return usage_error(&c, "unexpected argument '%s'", argv[i]);
-    }
-  }
-  if (!in)
-    return usage_error(&c, "%s", "missing X.npy");
-  if (!(outp = c.out))
-    return usage_error(&c, "%s", "missing -o OUT.npy");
+  const cli_choices modes = {
+      (const char *const[]){"sum", "mean", "max", "weighted"},
+      (const int[]){ATTN_POOL_SUM, ATTN_POOL_MEAN, ATTN_POOL_MAX, ATTN_POOL_WEIGHTED}, 4};
+  const cli_opt opts[] = {
+      {"--mode", OPT_CHOICE, .dest = &mode, .choices = &modes},
+      {"--scores", OPT_PATH, .dest = &scores},
+      {"--keep", OPT_PATH, .dest = &keep},
+  };
+  int rc = parse_args(&c, argc, argv, opts, N_OPTS(opts), &in, 1, "missing X.npy");
+  if (rc >= 0)
+    return rc;
+  outp = c.out;
 
-  int rc = ATTN_EXIT_INPUT;
+  rc = ATTN_EXIT_INPUT;
   npy_array x = {0}, s = {0}, k = {0};
   const char *names[3] = {in, scores, keep};
   char files[1024];
