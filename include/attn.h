@@ -130,7 +130,8 @@ typedef enum attn_status {
   ATTN_ERR_INVALID_ARG = 2,   /**< a value is out of range (enum, scale, stride, ...) */
   ATTN_ERR_SHAPE = 3,         /**< tensor shapes do not fit together */
   ATTN_ERR_OVERFLOW = 4,      /**< a size product overflows, or exceeds what BLAS takes */
-  ATTN_ERR_NO_MEMORY = 5,     /**< the allocator returned NULL */
+  ATTN_ERR_NO_MEMORY = 5,     /**< the allocator returned NULL, or (attn_ctx_create)
+                                   the system could not start a worker thread */
   ATTN_ERR_UNSUPPORTED = 6,   /**< valid request this build does not do (dtype, newer field) */
   ATTN_ERR_BAD_HANDLE = 7,    /**< handle freed, corrupt, or from another context */
   ATTN_ERR_ALIASING = 8,      /**< an output overlaps an input in a way the op forbids */
@@ -194,8 +195,10 @@ ATTN_API void attn_ctx_options_init(attn_ctx_options *opts);
  * @param[in]  opts options, or NULL for the defaults.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG (out NULL), ATTN_ERR_INVALID_ARG (bad
  *  option: negative or >1024 threads, alloc without free), ATTN_ERR_UNSUPPORTED
- *  (newer options), ATTN_ERR_NO_MEMORY, or ATTN_ERR_INVALID_ARG if a worker
- *  thread cannot be started. There is no context to hold a message yet.
+ *  (newer options), ATTN_ERR_NO_MEMORY (the allocator returned NULL, or a
+ *  worker thread cannot be started: the system's limit on threads or on
+ *  memory for their stacks; before 0.2.0 this was ATTN_ERR_INVALID_ARG).
+ *  There is no context to hold a message yet.
  * @since 0.1.0 */
 ATTN_API attn_status attn_ctx_create(attn_ctx **out, const attn_ctx_options *opts);
 

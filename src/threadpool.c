@@ -115,8 +115,11 @@ attn_status attn__threadpool_create(attn_ctx *ctx, int32_t workers, attn_threadp
   p->args = (worker_arg *)((char *)block + ids);
   p->n_wanted = workers;
   if (!start_workers(p)) {
+    /* pthread_create fails for want of resources (EAGAIN: the limit on
+     * threads, or memory for a stack), not for a bad argument: the same
+     * status as an allocator that returns NULL. */
     attn__threadpool_destroy(ctx, p);
-    return ATTN_ERR_INVALID_ARG;
+    return ATTN_ERR_NO_MEMORY;
   }
   *out = p;
   return ATTN_OK;

@@ -1,5 +1,20 @@
 /* Context lifecycle, options, errors, version, parameter structs. */
+#define _POSIX_C_SOURCE 200809L
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "test_util.h"
+
+/* Sanitizers reserve address space of their own: an RLIMIT_AS breaks them. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
+    __has_feature(memory_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
 
 static void version_matches_header(void **state) {
   (void)state;
@@ -40,6 +55,66 @@ static void create_defaults(void **state) {
   attn_ctx_destroy(NULL); /* no-op */
   assert_int_equal(attn_ctx_num_threads(NULL), 0);
   assert_non_null(attn_ctx_last_error(NULL));
+}
+
+/* The address space the process maps now, in bytes (VmSize), or 0. */
+static size_t mapped_bytes(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  unsigned long long kb = 0;
+  while (f && fgets(line, sizeof line, f))
+    if (sscanf(line, "VmSize: %llu kB", &kb) == 1)
+      break;
+  if (f)
+    fclose(f);
+  return (size_t)kb * 1024;
+}
+
+enum { CHILD_NO_MEMORY = 0, CHILD_CREATED = 1, CHILD_OTHER = 2, CHILD_NO_LIMIT = 3 };
+
+/* A worker thread the system cannot start is a resource failure
+ * (ATTN_ERR_NO_MEMORY), and nothing is created. Provoked in a child process
+ * whose address space is capped a little above what it maps: the context's
+ * small allocations fit, but 63 worker stacks (8 MiB each by default) do
+ * not, so pthread_create fails after starting none or a few (which must be
+ * joined). Skipped where the cap cannot be set or does not bite (sanitizers,
+ * valgrind). */
+static void thread_start_failure_is_no_memory(void **state) {
+  (void)state;
+#ifdef SANITIZED
+  skip();
+#endif
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    size_t now = mapped_bytes();
+    struct rlimit rl;
+    if (!now || getrlimit(RLIMIT_AS, &rl))
+      _exit(CHILD_NO_LIMIT);
+    rl.rlim_cur = now + ((size_t)4 << 20);
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_cur > rl.rlim_max)
+      _exit(CHILD_NO_LIMIT);
+    if (setrlimit(RLIMIT_AS, &rl))
+      _exit(CHILD_NO_LIMIT);
+    attn_ctx_options o;
+    attn_ctx_options_init(&o);
+    o.num_threads = 64;
+    attn_ctx *ctx = (attn_ctx *)0x1;
+    attn_status st = attn_ctx_create(&ctx, &o);
+    if (st == ATTN_OK) {
+      attn_ctx_destroy(ctx);
+      _exit(CHILD_CREATED);
+    }
+    _exit(st == ATTN_ERR_NO_MEMORY && ctx == (attn_ctx *)0x1 ? CHILD_NO_MEMORY : CHILD_OTHER);
+  }
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  if (WEXITSTATUS(status) == CHILD_CREATED || WEXITSTATUS(status) == CHILD_NO_LIMIT)
+    skip(); /* the cap did not bite here */
+  if (WEXITSTATUS(status) != CHILD_NO_MEMORY)
+    fail_msg("attn_ctx_create without room for its worker threads did not return "
+             "ATTN_ERR_NO_MEMORY (or wrote *out)");
 }
 
 static void create_bad_options(void **state) {
@@ -125,6 +200,7 @@ int main(void) {
       cmocka_unit_test(status_strings),
       cmocka_unit_test(create_defaults),
       cmocka_unit_test(create_bad_options),
+      cmocka_unit_test(thread_start_failure_is_no_memory),
       cmocka_unit_test(custom_allocator_counts_and_fails),
       cmocka_unit_test(params_size_rules),
   };

@@ -440,9 +440,11 @@ class Context:
         code = _LIB.attn_ctx_create(ctypes.byref(h), ctypes.byref(opts))
         if code:
             # No context exists to hold a message.
-            raise AttnError(_status_name(code),
-                            "attn_ctx_create: num_threads = %d refused (0..1024), or out "
-                            "of memory / threads" % n, code)
+            name = _status_name(code)
+            why = {"ATTN_ERR_INVALID_ARG": "num_threads = %d refused (0..1024)" % n,
+                   "ATTN_ERR_NO_MEMORY": "out of memory, or a worker thread could not be "
+                   "started (the system's limit on threads or on memory for their stacks)"}
+            raise AttnError(name, "attn_ctx_create: " + why.get(name, "failed"), code)
         self._handle = h
         self._busy = threading.Lock()
 

@@ -202,10 +202,17 @@ impl Context {
         let st = unsafe { sys::attn_ctx_create(&mut raw, &opts) };
         if st != sys::ATTN_OK {
             // There is no context to hold a message.
+            let why = match st {
+                sys::ATTN_ERR_NO_MEMORY => {
+                    ": out of memory, or a worker thread could not be started (the \
+                     system's limit on threads or on memory for their stacks)"
+                }
+                _ => "",
+            };
             let e = Error::from_status(st, String::new());
             return Err(Error::from_status(
                 st,
-                format!("attn_ctx_create failed ({})", e.status_name()),
+                format!("attn_ctx_create failed ({}){}", e.status_name(), why),
             ));
         }
         Ok(Context {
