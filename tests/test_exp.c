@@ -52,18 +52,6 @@ static double ulp_of(double w) {
   return ldexp(1.0, e - 24);
 }
 
-static float from_bits(uint32_t b) {
-  float f;
-  memcpy(&f, &b, sizeof f);
-  return f;
-}
-
-static uint32_t to_bits(float f) {
-  uint32_t b;
-  memcpy(&b, &f, sizeof b);
-  return b;
-}
-
 typedef struct {
   double normal, subnormal;
   float at_normal, at_subnormal;
@@ -101,9 +89,9 @@ static void exp_ulp_error(void **state) {
     int m = 0;
     /* Every 211th bit pattern of [0, 89] and of [-104, -0]. */
     for (int sign = 0; sign < 2; sign++) {
-      uint32_t lim = to_bits(sign ? 104.0f : 89.0f);
+      uint32_t lim = tu_bits(sign ? 104.0f : 89.0f);
       for (uint32_t b = 0; b <= lim; b += 211) {
-        x[m++] = from_bits(b | (sign ? 0x80000000u : 0));
+        x[m++] = tu_float(b | (sign ? 0x80000000u : 0));
         if (m == N)
           measure(k, x, y, m, &s), m = 0;
       }

@@ -25,17 +25,6 @@
 #include "simd/half.h"
 #include "simd/kernels.h"
 
-static uint32_t bits_of(float f) {
-  uint32_t b;
-  memcpy(&b, &f, sizeof b);
-  return b;
-}
-static float float_of(uint32_t b) {
-  float f;
-  memcpy(&f, &b, sizeof f);
-  return f;
-}
-
 /* ---------------- the kernel sets ---------------- */
 
 typedef struct {
@@ -90,9 +79,9 @@ static float *sweep_input(void) {
   size_t k = 0;
   for (uint32_t hi = 0; hi < 65536; hi++) {
     for (size_t j = 0; j < sizeof LOWS / sizeof LOWS[0]; j++)
-      x[k++] = float_of(hi << 16 | LOWS[j]);
+      x[k++] = tu_float(hi << 16 | LOWS[j]);
     for (int j = 0; j < NRANDOM; j++)
-      x[k++] = float_of(hi << 16 | (uint32_t)(tu_next(&r) >> 48));
+      x[k++] = tu_float(hi << 16 | (uint32_t)(tu_next(&r) >> 48));
   }
   return x;
 }
@@ -103,8 +92,8 @@ static void narrow_sweep(void **state) {
   uint16_t *want16 = malloc(NSWEEP * 2), *wantb = malloc(NSWEEP * 2), *got = malloc(NSWEEP * 2);
   assert_true(want16 && wantb && got);
   for (size_t i = 0; i < NSWEEP; i++) {
-    want16[i] = ref_to_f16(bits_of(x[i]));
-    wantb[i] = ref_to_bf16(bits_of(x[i]));
+    want16[i] = ref_to_f16(tu_bits(x[i]));
+    wantb[i] = ref_to_bf16(tu_bits(x[i]));
   }
   cset s[6];
   int ns = sets(s);
@@ -122,7 +111,7 @@ static void narrow_sweep(void **state) {
       for (int64_t i = 0; i < n; i++)
         if (got[i] != want[i])
           fail_msg("%s: f32 %08x -> %s gives %04x, expected %04x", s[si].name,
-                   bits_of(x[i]), fmt_i ? "bf16" : "f16", got[i], want[i]);
+                   tu_bits(x[i]), fmt_i ? "bf16" : "f16", got[i], want[i]);
       assert_int_equal(got[n], 0xa5a5); /* nothing written past the row */
     }
   }
@@ -144,9 +133,9 @@ static void widen_all_and_round_trip(void **state) {
       (bf ? s[si].from_bf16 : s[si].from_f16)(h, y, 65536);
       for (uint32_t i = 0; i < 65536; i++) {
         uint32_t want = bf ? ref_from_bf16((uint16_t)i) : ref_from_f16((uint16_t)i);
-        if (bits_of(y[i]) != want)
+        if (tu_bits(y[i]) != want)
           fail_msg("%s: %s %04x -> f32 %08x, expected %08x", s[si].name, tn, i,
-                   bits_of(y[i]), want);
+                   tu_bits(y[i]), want);
       }
       (bf ? s[si].to_bf16 : s[si].to_f16)(y, back, 65536);
       for (uint32_t i = 0; i < 65536; i++) {
@@ -216,7 +205,7 @@ static void boundary_cases(void **state) {
   for (int i = 0; i < N * 40; i++)
     x[i] = 1.0f;
   for (int i = 0; i < N; i++) {
-    x[i * 40 + 3] = float_of(CASES[i].x);
+    x[i * 40 + 3] = tu_float(CASES[i].x);
     /* The reference agrees with the hand-written bits. */
     assert_int_equal(ref_to_f16(CASES[i].x), CASES[i].f16);
     assert_int_equal(ref_to_bf16(CASES[i].x), CASES[i].bf16);
@@ -254,7 +243,7 @@ static void narrow_exhaustive(void **state) {
   for (uint64_t base = 0; base < (1ull << 32); base += CH) {
     for (uint32_t i = 0; i < CH; i++) {
       uint32_t b = (uint32_t)(base + i);
-      x[i] = float_of(b);
+      x[i] = tu_float(b);
       w16[i] = ref_to_f16(b);
       wb[i] = ref_to_bf16(b);
     }
@@ -312,7 +301,7 @@ static void copy_converts(void **state) {
   tu_rng r = {42};
   for (int i = 0; i < R; i++)
     for (int j = 0; j < C; j++)
-      x[i][j] = float_of((uint32_t)(tu_next(&r) >> 32)); /* any pattern, NaN included */
+      x[i][j] = tu_float((uint32_t)(tu_next(&r) >> 32)); /* any pattern, NaN included */
   x[0][0] = 65520.0f;
   x[0][1] = -0.0f;
   int64_t dims[2] = {R, C};
@@ -326,17 +315,17 @@ static void copy_converts(void **state) {
   assert_ok(attn_tensor_copy(ctx, xf, b));
   const uint16_t *ph = attn_tensor_data(h), *pb = attn_tensor_data(b), *phb;
   for (int i = 0; i < R * C; i++) {
-    uint32_t xb = bits_of((&x[0][0])[i]);
+    uint32_t xb = tu_bits((&x[0][0])[i]);
     assert_int_equal(ph[i], ref_to_f16(xb));
     assert_int_equal(pb[i], ref_to_bf16(xb));
   }
   assert_ok(attn_tensor_copy(ctx, h, back));
   const float *pf = attn_tensor_data(back);
   for (int i = 0; i < R * C; i++)
-    assert_int_equal(bits_of(pf[i]), ref_from_f16(ph[i]));
+    assert_int_equal(tu_bits(pf[i]), ref_from_f16(ph[i]));
   assert_ok(attn_tensor_copy(ctx, b, back));
   for (int i = 0; i < R * C; i++)
-    assert_int_equal(bits_of(pf[i]), ref_from_bf16(pb[i]));
+    assert_int_equal(tu_bits(pf[i]), ref_from_bf16(pb[i]));
   /* f16 -> bf16: one rounding of the (exact) f16 value. */
   assert_ok(attn_tensor_copy(ctx, h, hb));
   phb = attn_tensor_data(hb);
@@ -365,13 +354,13 @@ static void copy_converts(void **state) {
   const float *po = attn_tensor_data(out);
   for (int i = 0; i < R; i++)
     for (int j = 0; j < C; j++)
-      assert_int_equal(bits_of(po[i * C + j]), ref_from_f16(wide[i][j]));
+      assert_int_equal(tu_bits(po[i * C + j]), ref_from_f16(wide[i][j]));
   int64_t s0[3] = {0, 1, 1};
   assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_F16, 3, d1, s0, wide, sizeof wide, &bc));
   assert_ok(attn_tensor_copy(ctx, bc, out));
   for (int i = 0; i < R; i++)
     for (int j = 0; j < C; j++)
-      assert_int_equal(bits_of(po[i * C + j]), ref_from_f16(wide[0][j]));
+      assert_int_equal(tu_bits(po[i * C + j]), ref_from_f16(wide[0][j]));
   attn_ctx_destroy(ctx);
 }
 

@@ -30,17 +30,6 @@ static double half_ulp(int32_t dt) {
   return dt == ATTN_DTYPE_F16 ? 0x1p-11 : dt == ATTN_DTYPE_BF16 ? 0x1p-8 : 0.0;
 }
 
-static uint32_t fbits(float f) {
-  uint32_t b;
-  memcpy(&b, &f, sizeof b);
-  return b;
-}
-static float bitsf(uint32_t b) {
-  float f;
-  memcpy(&f, &b, sizeof f);
-  return f;
-}
-
 /* A host array of n values in type dt: `vals` rounded to dt (written back,
  * so vals holds exactly what the tensor holds), and a tensor wrapping it. */
 typedef struct {
@@ -66,10 +55,10 @@ static void harr_make(harr *a, attn_ctx *ctx, int32_t dt, int32_t nd, const int6
       continue;
     }
     float v = vals ? vals[i] : -777.0f;
-    uint16_t h = dt == ATTN_DTYPE_F16 ? ref_to_f16(fbits(v)) : ref_to_bf16(fbits(v));
+    uint16_t h = dt == ATTN_DTYPE_F16 ? ref_to_f16(tu_bits(v)) : ref_to_bf16(tu_bits(v));
     ((uint16_t *)a->data)[i] = h;
     if (vals)
-      vals[i] = bitsf(dt == ATTN_DTYPE_F16 ? ref_from_f16(h) : ref_from_bf16(h));
+      vals[i] = tu_float(dt == ATTN_DTYPE_F16 ? ref_from_f16(h) : ref_from_bf16(h));
   }
   assert_ok(attn_tensor_wrap(ctx, dt, nd, dims, NULL, a->data, n * es, &a->t));
 }
@@ -297,10 +286,10 @@ static void* halloc_vals(int32_t dt, size_t n, float *vals) {
       continue;
     }
     float v = vals ? vals[i] : -777.0f;
-    uint16_t h = dt == ATTN_DTYPE_F16 ? ref_to_f16(fbits(v)) : ref_to_bf16(fbits(v));
+    uint16_t h = dt == ATTN_DTYPE_F16 ? ref_to_f16(tu_bits(v)) : ref_to_bf16(tu_bits(v));
     ((uint16_t *)p)[i] = h;
     if (vals)
-      vals[i] = bitsf(dt == ATTN_DTYPE_F16 ? ref_from_f16(h) : ref_from_bf16(h));
+      vals[i] = tu_float(dt == ATTN_DTYPE_F16 ? ref_from_f16(h) : ref_from_bf16(h));
   }
   return p;
 }

@@ -31,17 +31,6 @@ static const int32_t DTS[3] = {ATTN_DTYPE_F32, ATTN_DTYPE_F16, ATTN_DTYPE_BF16};
 
 static size_t esize(int32_t dt) { return dt == ATTN_DTYPE_F32 ? 4 : 2; }
 
-static uint32_t fbits(float f) {
-  uint32_t b;
-  memcpy(&b, &f, sizeof b);
-  return b;
-}
-static float bitsf(uint32_t b) {
-  float f;
-  memcpy(&f, &b, sizeof f);
-  return f;
-}
-
 /* Element i of a dt array as f32 bits (exact; the reference's widening). */
 static uint32_t get_bits(const void *a, int32_t dt, size_t i) {
   if (dt == ATTN_DTYPE_F32)
@@ -111,7 +100,7 @@ static float special(tu_rng *r) {
       0x3f818000u, 0x7f7fffffu, 0x00800000u, 0x3effffffu};
   uint64_t x = tu_next(r);
   if (x % 4 == 0)
-    return bitsf(pats[(x >> 8) % (sizeof pats / sizeof pats[0])]);
+    return tu_float(pats[(x >> 8) % (sizeof pats / sizeof pats[0])]);
   return tu_uniform(r, -3, 3);
 }
 
@@ -141,9 +130,9 @@ static void append_read_bits(void **state) {
               n[b] = 0;
           }
           for (size_t i = 0; i < (size_t)(B * H * L * D); i++)
-            put_bits(k, idt, i, fbits(special(&r)));
+            put_bits(k, idt, i, tu_bits(special(&r)));
           for (size_t i = 0; i < (size_t)(B * H * L * DV); i++)
-            put_bits(v, idt, i, fbits(special(&r)));
+            put_bits(v, idt, i, tu_bits(special(&r)));
           for (int b = 0; b < B; b++)
             for (int h = 0; h < H; h++)
               for (int64_t i = 0; i < n[b]; i++) {
@@ -223,10 +212,10 @@ static void run_attend(const att_case *c) {
     const size_t ns[3] = {(size_t)(Hq * P * D), (size_t)(Hkv * P * D), (size_t)(Hkv * P * Dv)};
     for (int a = 0; a < 3; a++)
       for (size_t i = 0; i < ns[a]; i++) {
-        uint32_t x = round_to(rd[a], fbits(tu_uniform(&r, -2, 2))); /* the input's type */
+        uint32_t x = round_to(rd[a], tu_bits(tu_uniform(&r, -2, 2))); /* the input's type */
         if (a)
           x = round_to(c->cdt, x); /* then the cache's */
-        arrs[a][i] = bitsf(x);
+        arrs[a][i] = tu_float(x);
       }
   }
   float alibi[16], sinks[16];
@@ -283,16 +272,16 @@ static void run_attend(const att_case *c) {
         for (int64_t i = 0; i < n[b]; i++) {
           for (int64_t e = 0; e < D; e++)
             put_bits(kn, c->idt, (size_t)(((b * Hkv + h) * Lm + i) * D + e),
-                     fbits(k[b][(h * c->prompt[b] + done[b] + i) * D + e]));
+                     tu_bits(k[b][(h * c->prompt[b] + done[b] + i) * D + e]));
           for (int64_t e = 0; e < Dv; e++)
             put_bits(vn, c->idt, (size_t)(((b * Hkv + h) * Lm + i) * Dv + e),
-                     fbits(v[b][(h * c->prompt[b] + done[b] + i) * Dv + e]));
+                     tu_bits(v[b][(h * c->prompt[b] + done[b] + i) * Dv + e]));
         }
       for (int64_t h = 0; h < Hq; h++)
         for (int64_t i = 0; i < n[b]; i++)
           for (int64_t e = 0; e < D; e++)
             put_bits(qn, c->qdt, (size_t)(((b * Hq + h) * Lm + i) * D + e),
-                     fbits(q[b][(h * c->prompt[b] + done[b] + i) * D + e]));
+                     tu_bits(q[b][(h * c->prompt[b] + done[b] + i) * D + e]));
     }
     if (!left)
       break;
@@ -306,7 +295,7 @@ static void run_attend(const att_case *c) {
         for (int64_t i = 0; i < n[b]; i++)
           for (int64_t e = 0; e < Dv; e++) {
             size_t ri = (size_t)((h * c->prompt[b] + done[b] + i) * Dv + e);
-            double g = bitsf(get_bits(on, c->odt, (size_t)(((b * Hq + h) * Lm + i) * Dv + e)));
+            double g = tu_float(get_bits(on, c->odt, (size_t)(((b * Hq + h) * Lm + i) * Dv + e)));
             double wv = want[b][ri];
             double bound = u * fabs(wv) + 1e-5 * mag[b][ri] + 1e-6;
             if (!(fabs(g - wv) <= bound))
@@ -429,8 +418,8 @@ static void wrap_half(void **state) {
   for (int b = 0; b < B; b++)
     for (int i = 0; i < n[b]; i++)
       for (int e = 0; e < D; e++) {
-        assert_int_equal(km[(b * CAP + i) * D + e], ref_to_bf16(fbits(kn[(b * 2 + i) * D + e])));
-        assert_int_equal(vm[(b * CAP + i) * D + e], ref_to_bf16(fbits(vn[(b * 2 + i) * D + e])));
+        assert_int_equal(km[(b * CAP + i) * D + e], ref_to_bf16(tu_bits(kn[(b * 2 + i) * D + e])));
+        assert_int_equal(vm[(b * CAP + i) * D + e], ref_to_bf16(tu_bits(vn[(b * 2 + i) * D + e])));
       }
   /* U8 caches and U8 rows are refused, nothing appended. */
   attn_kv_cache_params p;
@@ -474,8 +463,8 @@ static void hidden_nonfinite(void **state) {
       memcpy(k + H * P * D, k, H * P * D * 4);
       memcpy(v + H * P * D, v, H * P * D * 4);
       for (int i = 0; i < 3 * D; i++) {
-        k[H * P * D + i] = bitsf(bad[bi]);
-        v[H * P * D + i] = bitsf(bad[(bi + 1) % 4]);
+        k[H * P * D + i] = tu_float(bad[bi]);
+        v[H * P * D + i] = tu_float(bad[(bi + 1) % 4]);
       }
       int64_t d4[4] = {2, H, P, D}, q4[4] = {2, H, 1, D};
       assert_ok(attn_kv_append(ctx, kv, tu_wrap(ctx, k, 2 * H * P * D, 4, d4, NULL),

@@ -36,6 +36,19 @@ static inline int tu_close(double got, double want, double rtol, double atol) {
   return fabs(got - want) <= atol + rtol * fabs(want);
 }
 
+/* A float's bit pattern and back (through memcpy, as C allows). */
+static inline uint32_t tu_bits(float f) {
+  uint32_t b;
+  memcpy(&b, &f, sizeof b);
+  return b;
+}
+
+static inline float tu_float(uint32_t b) {
+  float f;
+  memcpy(&f, &b, sizeof f);
+  return f;
+}
+
 #define assert_close(got, want, rtol, atol)                                           \
   do {                                                                                \
     double g_ = (got), w_ = (want);                                                   \
