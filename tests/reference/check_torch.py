@@ -205,6 +205,22 @@ def close(name, got, want, rtol, atol):
     return ok
 
 
+def fd_agrees(name, flat, i, h, loss, an):
+    """The central difference of loss() at flat[i] (restored afterwards)
+    against the analytic gradient an: within 1e-5, relative; else say so."""
+    x0 = flat[i]
+    flat[i] = x0 + h
+    up = loss()
+    flat[i] = x0 - h
+    down = loss()
+    flat[i] = x0
+    fd = (up - down) / (2 * h)
+    if abs(fd - an) <= 1e-5 * max(1.0, abs(an)):
+        return True
+    print(f"    {name}[{i}]: fd {fd:.9g} vs reference {an:.9g}")
+    return False
+
+
 def sdpa_cases(rng):
     yield Case("plain", rng)
     yield Case("gqa", rng, Hq=4, Hkv=2)
@@ -259,17 +275,7 @@ def check_sdpa_fd(rng):
             flat = arr.reshape(-1)
             idx = [i for i in rng.permutation(flat.size)[:6] if np.isfinite(flat[i])]
             for i in idx:
-                x0 = flat[i]
-                flat[i] = x0 + h
-                up = c.loss()
-                flat[i] = x0 - h
-                down = c.loss()
-                flat[i] = x0
-                fd = (up - down) / (2 * h)
-                an = g[name].reshape(-1)[i]
-                if not abs(fd - an) <= 1e-5 * max(1.0, abs(an)):
-                    print(f"    d{name}[{i}]: fd {fd:.9g} vs reference {an:.9g}")
-                    good = False
+                good &= fd_agrees("d" + name, flat, i, h, c.loss, g[name].reshape(-1)[i])
         print(f"{'ok  ' if good else 'FAIL'} sdpa finite differences: {c.name}")
         ok &= good
     return ok
@@ -323,16 +329,7 @@ def check_softmax(rng):
             return float(np.where(np.isfinite(y), y * dy, 0).sum())
         flat = x.reshape(-1)
         for i in rng.permutation(flat.size)[:8]:
-            x0 = flat[i]
-            flat[i] = x0 + h
-            up = loss()
-            flat[i] = x0 - h
-            down = loss()
-            flat[i] = x0
-            fd = (up - down) / (2 * h)
-            if not abs(fd - dx.reshape(-1)[i]) <= 1e-5 * max(1.0, abs(fd)):
-                print(f"    dx[{i}]: fd {fd:.9g} vs reference {dx.reshape(-1)[i]:.9g}")
-                good = False
+            good &= fd_agrees("dx", flat, i, h, loss, dx.reshape(-1)[i])
         name = f"{'log_softmax' if log else 'softmax'} scale={scale} masked={masked}"
         print(f"{'ok  ' if good else 'FAIL'} {name} vs torch + finite differences")
         ok &= good
@@ -418,17 +415,7 @@ def check_pool(rng):
                     continue
                 flat = arr.reshape(-1)
                 for i in rng.permutation(flat.size)[:10]:
-                    x0 = flat[i]
-                    flat[i] = x0 + hx
-                    up = loss()
-                    flat[i] = x0 - hx
-                    down = loss()
-                    flat[i] = x0
-                    fd = (up - down) / (2 * hx)
-                    an = grad.reshape(-1)[i]
-                    if not abs(fd - an) <= 1e-5 * max(1.0, abs(an)):
-                        print(f"    d{name}[{i}]: fd {fd:.9g} vs reference {an:.9g}")
-                        good = False
+                    good &= fd_agrees("d" + name, flat, i, hx, loss, grad.reshape(-1)[i])
             print(f"{'ok  ' if good else 'FAIL'} pool mode={mode} keep={keep_kind} vs torch + "
                   "finite differences")
             ok &= good
