@@ -422,7 +422,18 @@ def _to_bhld(a, layout, batched):
     return a
 
 
-class Context:
+class _ClosedWhenCollected:
+    """close() when garbage-collected (errors at interpreter shutdown, when
+    the library may be gone, are ignored)."""
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Context(_ClosedWhenCollected):
     """A libattn context: thread count, scratch memory, last error.
 
     One context is used by one thread at a time (libattn's rule); using it
@@ -461,12 +472,6 @@ class Context:
         finally:
             if busy is not None:
                 busy.release()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
     def __enter__(self):
         return self
@@ -1176,7 +1181,7 @@ class Context:
         return (out, lse) if return_lse else out
 
 
-class _ContextObject:
+class _ContextObject(_ClosedWhenCollected):
     """An object the library allocates in a context (a cache, a layer):
     freed by close(), when collected, or with its context. Subclasses set
     _FREE, the name of the library function that frees one."""
@@ -1188,12 +1193,6 @@ class _ContextObject:
         h, self._handle = getattr(self, "_handle", None), None
         if h and _LIB is not None and self._ctx._handle:
             getattr(_LIB, self._FREE)(self._ctx._handle, h)
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
 
 class KVCache(_ContextObject):

@@ -81,6 +81,13 @@ fn decode_matches_reference(cache: &mut KvCache<'_>, ctx: &Context) {
     let _ = ctx;
 }
 
+// Appends n zero tokens to every sequence.
+fn append_zeros(c: &mut KvCache<'_>, n: usize) -> Result<()> {
+    let z = vec![0f32; B * HKV * n * D];
+    let t = View::new(&z, &[B, HKV, n, D])?;
+    c.append(&t, &t, None, None)
+}
+
 #[test]
 fn contiguous_cache_decode() {
     let ctx = Context::with_threads(1).unwrap();
@@ -89,15 +96,7 @@ fn contiguous_cache_decode() {
     let info = c.info().unwrap();
     assert!(!info.paged && info.capacity == 8 && info.value_dim == D);
     // Past the capacity: refused, nothing appended.
-    let z = vec![0f32; B * HKV * 3 * D];
-    let e = c
-        .append(
-            &View::new(&z, &[B, HKV, 3, D]).unwrap(),
-            &View::new(&z, &[B, HKV, 3, D]).unwrap(),
-            None,
-            None,
-        )
-        .unwrap_err();
+    let e = append_zeros(&mut c, 3).unwrap_err();
     assert!(matches!(e, Error::InvalidArg(_)), "{}", e);
     assert_eq!(c.lens().unwrap(), vec![6, 4]);
     c.truncate(0, 2).unwrap();
@@ -115,15 +114,7 @@ fn paged_cache_decode_and_pool_exhaustion() {
     assert_eq!(info.free_blocks, 1); // 3 + 2 blocks held
     c.copy_seq(1, 0).unwrap();
     assert_eq!(c.lens().unwrap(), vec![6, 6]);
-    let z = vec![0f32; B * HKV * 4 * D];
-    let e = c
-        .append(
-            &View::new(&z, &[B, HKV, 4, D]).unwrap(),
-            &View::new(&z, &[B, HKV, 4, D]).unwrap(),
-            None,
-            None,
-        )
-        .unwrap_err();
+    let e = append_zeros(&mut c, 4).unwrap_err();
     assert!(matches!(e, Error::NoMemory(_)), "{}", e);
     assert_eq!(c.lens().unwrap(), vec![6, 6]);
 }
