@@ -5,13 +5,44 @@
 #define ATTN_CONVERT_H
 
 #include "internal.h"
+#include "simd/half.h"
 #include "simd/kernels.h"
 
+#include <math.h>
 #include <string.h>
 
 /* Element `off` (in elements, may be negative) of a dt-typed array. */
 static inline void *attn__elem(const void *base, int32_t dt, int64_t off) {
   return (char *)(uintptr_t)base + off * (int64_t)attn__dtype_size(dt);
+}
+
+/* Element i of an F32, F16 or BF16 array, as a float (exact). */
+static inline float attn__elem_value(const void *base, int32_t dt, int64_t i) {
+  if (dt == ATTN_DTYPE_F16)
+    return half_f16_to_f32(((const uint16_t *)base)[i]);
+  if (dt == ATTN_DTYPE_BF16)
+    return half_bf16_to_f32(((const uint16_t *)base)[i]);
+  return ((const float *)base)[i];
+}
+
+/* Element i of a dt-typed array = v, rounded once to nearest even. A half
+ * type goes through a float rounded "to odd" (truncated, last bit set when
+ * inexact): with 13 (f16) or 16 (bf16) more bits than the half type, that
+ * float rounds to the same half as v itself would, so double -> float ->
+ * half is not a double rounding. */
+static inline void attn__elem_store(void *base, int32_t dt, int64_t i, double v) {
+  float f = (float)v;
+  if (dt == ATTN_DTYPE_F32) {
+    ((float *)base)[i] = f;
+    return;
+  }
+  if (!isnan(v) && (double)f != v) {
+    uint32_t b = half_bits_of(f);
+    if (fabs((double)f) > fabs(v))
+      b--; /* toward zero: one step down in magnitude (Inf -> the largest float) */
+    f = half_float_of(b | 1u);
+  }
+  ((uint16_t *)base)[i] = dt == ATTN_DTYPE_F16 ? half_f32_to_f16(f) : half_f32_to_bf16(f);
 }
 
 /* y[0..n) = x[0..n) of type dt, as floats (exact). */

@@ -18,14 +18,27 @@
  * about this many elements read. */
 #define MIN_WORK_PER_THREAD 32768.0
 
+size_t attn__pool_scratch(const pool_problem *p, bool backward, char *base, pool_scratch *s) {
+  attn_ws_layout l = {base, 0};
+  size_t D = (size_t)p->D, L = (size_t)p->L;
+  bool max = p->mode == ATTN_POOL_MAX, weighted = p->mode == ATTN_POOL_WEIGHTED;
+  bool reads_x = !backward || max || weighted; /* sum and mean gradients do not read x */
+  s->acc = !backward || max ? attn__ws_take(&l, D, sizeof(double)) : NULL;
+  s->idx = backward && max ? attn__ws_take(&l, D, sizeof(int64_t)) : NULL;
+  s->w = weighted ? attn__ws_take(&l, L, sizeof(double)) : NULL;
+  s->row = reads_x && p->xdt != ATTN_DTYPE_F32 ? attn__ws_take(&l, D, sizeof(float)) : NULL;
+  s->g = backward && p->odt != ATTN_DTYPE_F32 ? attn__ws_take(&l, D, sizeof(float)) : NULL;
+  return l.used;
+}
+
 int64_t attn__pool_weights(const pool_problem *p, int64_t b, int64_t h, double *w) {
-  const float *s = p->scores + b * p->ss[0] + h * p->ss[1];
+  int64_t s0 = b * p->ss[0] + h * p->ss[1];
   double m = -INFINITY;
   int64_t n = 0;
   for (int64_t l = 0; l < p->L; l++) {
     if (!attn__pool_kept(p, b, h, l))
       continue;
-    double v = s[l * p->ss[2]];
+    double v = attn__elem_value(p->scores, p->sdt, s0 + l * p->ss[2]);
     if (isnan(v) || v == INFINITY)
       return -1; /* as softmax: NaN, or inf - inf */
     if (v > m)
@@ -36,7 +49,9 @@ int64_t attn__pool_weights(const pool_problem *p, int64_t b, int64_t h, double *
     return 0;
   double sum = 0;
   for (int64_t l = 0; l < p->L; l++) {
-    w[l] = attn__pool_kept(p, b, h, l) ? exp((double)s[l * p->ss[2]] - m) : 0.0;
+    w[l] = attn__pool_kept(p, b, h, l)
+               ? exp((double)attn__elem_value(p->scores, p->sdt, s0 + l * p->ss[2]) - m)
+               : 0.0;
     sum += w[l];
   }
   for (int64_t l = 0; l < p->L; l++)
@@ -47,15 +62,16 @@ int64_t attn__pool_weights(const pool_problem *p, int64_t b, int64_t h, double *
 static void pool_item(void *arg, int64_t item, int32_t worker) {
   const pool_problem *p = arg;
   int64_t b = item / p->H, h = item % p->H, D = p->D;
-  double *acc = p->work + p->work_stride * (size_t)worker;
-  double *w = acc + attn__ws_round((size_t)D * sizeof(double)) / sizeof(double);
-  float *o = p->out + b * p->os[0] + h * p->os[1];
+  pool_scratch s;
+  attn__pool_scratch(p, false, p->work + p->work_stride * (size_t)worker, &s);
+  double *acc = s.acc;
+  void *o = attn__pool_out(p, b, h);
   int64_t n = 0;
   if (p->mode == ATTN_POOL_WEIGHTED) {
-    n = attn__pool_weights(p, b, h, w);
+    n = attn__pool_weights(p, b, h, s.w);
     if (n < 0) {
       for (int64_t d = 0; d < D; d++)
-        o[d] = NAN;
+        attn__elem_store(o, p->odt, d, NAN);
       return;
     }
   }
@@ -66,7 +82,7 @@ static void pool_item(void *arg, int64_t item, int32_t worker) {
     for (int64_t l = 0; l < p->L; l++) {
       if (!attn__pool_kept(p, b, h, l))
         continue;
-      const float *xt = attn__pool_token(p, b, h, l);
+      const float *xt = attn__pool_token(p, b, h, l, s.row);
       n++;
       switch (p->mode) {
       case ATTN_POOL_MAX:
@@ -77,7 +93,7 @@ static void pool_item(void *arg, int64_t item, int32_t worker) {
         break;
       case ATTN_POOL_WEIGHTED:
         for (int64_t d = 0; d < D; d++)
-          acc[d] += w[l] * xt[d];
+          acc[d] += s.w[l] * xt[d];
         break;
       default:
         for (int64_t d = 0; d < D; d++)
@@ -90,7 +106,7 @@ static void pool_item(void *arg, int64_t item, int32_t worker) {
     double v = n == 0 ? 0.0 : acc[d];
     if (p->mode == ATTN_POOL_MEAN && n > 0)
       v /= (double)n;
-    o[d] = (float)v;
+    attn__elem_store(o, p->odt, d, v); /* the double rounded once to out's type */
   }
 }
 
@@ -132,10 +148,23 @@ static attn_status check_per_token(attn_ctx *ctx, const char *name, const attn_t
   return ATTN_OK;
 }
 
-attn_status attn__pool_problem(attn_ctx *ctx, const attn_tensor *x, const attn_tensor *out,
-                               const char *out_name, const attn_pool_params *prm,
-                               pool_problem *p) {
-  attn_status st;
+attn_status attn__pool_check(attn_ctx *ctx, const attn_tensor *x, const attn_tensor *out,
+                             const char *out_name, uint8_t out_flags,
+                             const attn_pool_params *prm, const attn_operand *more, int n_more,
+                             pool_problem *p) {
+  attn_operand ops[8] = {
+      {ATTN_OPERAND("x", x, ATTN_DT_FLOAT, 3, 4)},
+      {ATTN_OPERAND(out_name, out, ATTN_DT_FLOAT, 2, 3), .flags = out_flags},
+      {ATTN_OPERAND("params.keep", prm->keep, ATTN_DT_U8, 2, 3), .flags = ATTN_OPND_OPTIONAL},
+      {ATTN_OPERAND("params.scores", prm->scores, ATTN_DT_FLOAT, 2, 3),
+       .flags = ATTN_OPND_OPTIONAL},
+  };
+  int n = 4;
+  for (int i = 0; i < n_more && n < 8; i++)
+    ops[n++] = more[i];
+  attn_status st = attn__check_operands(ctx, ops, n, NULL);
+  if (st != ATTN_OK)
+    return st;
   if (out->ndim != x->ndim - 1)
     return attn__fail(ctx, ATTN_ERR_SHAPE, "%s has %d dims but must have %d", out_name, (int)out->ndim,
                       (int)(x->ndim - 1));
@@ -180,6 +209,7 @@ attn_status attn__pool_problem(attn_ctx *ctx, const attn_tensor *x, const attn_t
       (st = check_per_token(ctx, "params.scores", prm->scores, p, nd, p->ss)) != ATTN_OK)
     return st;
   p->x = x->data;
+  p->xdt = x->dtype;
   if (!attn__empty(x)) { /* an empty x (L = 0) is never read: its strides stay 0 */
     p->xs[0] = x->strides[0];
     p->xs[1] = nd == 4 ? x->strides[1] : 0;
@@ -187,6 +217,7 @@ attn_status attn__pool_problem(attn_ctx *ctx, const attn_tensor *x, const attn_t
   }
   p->xs[3] = 1;
   p->out = out->data;
+  p->odt = out->dtype;
   if (!attn__empty(out)) { /* likewise an empty out (D = 0; the backward's dout) */
     p->os[0] = out->strides[0];
     p->os[1] = nd == 4 ? out->strides[1] : 0;
@@ -195,6 +226,7 @@ attn_status attn__pool_problem(attn_ctx *ctx, const attn_tensor *x, const attn_t
   p->lengths = prm->lengths;
   p->keep = prm->keep ? prm->keep->data : NULL;
   p->scores = prm->scores ? prm->scores->data : NULL;
+  p->sdt = prm->scores ? prm->scores->dtype : ATTN_DTYPE_F32;
   return ATTN_OK;
 }
 
@@ -205,16 +237,8 @@ static attn_status pool(attn_ctx *ctx, const attn_tensor *x, attn_tensor *out,
   attn_status st = attn__read_params(ctx, &prm, sizeof prm, params);
   if (st != ATTN_OK)
     return st;
-  const attn_operand ops[] = {
-      {ATTN_OPERAND("x", x, ATTN_DT_F32, 3, 4)},
-      {ATTN_OPERAND("out", out, ATTN_DT_F32, 2, 3), .flags = ATTN_OPND_OUTPUT},
-      {ATTN_OPERAND("params.keep", prm.keep, ATTN_DT_U8, 2, 3), .flags = ATTN_OPND_OPTIONAL},
-      {ATTN_OPERAND("params.scores", prm.scores, ATTN_DT_F32, 2, 3), .flags = ATTN_OPND_OPTIONAL},
-  };
-  if ((st = attn__check_operands(ctx, ops, 4, NULL)) != ATTN_OK)
-    return st;
   pool_problem p;
-  if ((st = attn__pool_problem(ctx, x, out, "out", &prm, &p)) != ATTN_OK)
+  if ((st = attn__pool_check(ctx, x, out, "out", ATTN_OPND_OUTPUT, &prm, NULL, 0, &p)) != ATTN_OK)
     return st;
   if (attn__empty(out))
     return ATTN_OK; /* no sequence or no feature: nothing to write */
@@ -223,19 +247,16 @@ static attn_status pool(attn_ctx *ctx, const attn_tensor *x, attn_tensor *out,
   int64_t items = p.B * p.H;
   int32_t threads = attn__threads_plan(ctx, (double)items * (double)p.L * (double)p.D,
                                        MIN_WORK_PER_THREAD, items);
-  size_t per = attn__ws_round((size_t)p.D * sizeof(double));
-  if (p.mode == ATTN_POOL_WEIGHTED)
-    per += attn__ws_round((size_t)p.L * sizeof(double));
-  size_t total;
+  pool_scratch sizing;
+  size_t per = attn__pool_scratch(&p, false, NULL, &sizing), total;
   if (__builtin_mul_overflow(per, (size_t)threads, &total))
     total = SIZE_MAX; /* refused by the reservation */
   if ((st = attn__ws_reserve(ctx, total)) != ATTN_OK)
     return st;
-  double *mem = attn__ws_alloc(ctx, total);
 
   /* run */
-  p.work = mem;
-  p.work_stride = per / sizeof(double);
+  p.work = attn__ws_alloc(ctx, total);
+  p.work_stride = per;
   attn__parallel_for(ctx, threads, items, pool_item, &p);
   return ATTN_OK;
 }
@@ -271,8 +292,24 @@ static attn_tensor view_of(const attn_tensor *t, int32_t ndim, const int64_t *di
 }
 
 attn_status attn__pool_attention_call(attn_ctx *ctx, const attn_tensor *queries,
-                                      const attn_tensor *k, const attn_pool_attention_params *prm,
-                                      pool_attention_call *c) {
+                                      const attn_tensor *k, uint32_t dtypes,
+                                      const attn_pool_attention_params *params,
+                                      const attn_operand *more, int n_more,
+                                      attn_pool_attention_params *prm, pool_attention_call *c) {
+  attn_pool_attention_params_init(prm);
+  attn_status st = attn__read_params(ctx, prm, sizeof *prm, params);
+  if (st != ATTN_OK)
+    return st;
+  attn_operand ops[10] = {
+      {ATTN_OPERAND("queries", queries, dtypes, 3, 3)},
+      {ATTN_OPERAND("k", k, dtypes, 4, 4)},
+      {ATTN_OPERAND("params.keep", prm->keep, ATTN_DT_U8, 2, 2), .flags = ATTN_OPND_OPTIONAL},
+  };
+  int n = 3;
+  for (int i = 0; i < n_more && n < 10; i++)
+    ops[n++] = more[i];
+  if ((st = attn__check_operands(ctx, ops, n, NULL)) != ATTN_OK)
+    return st;
   if (prm->reserved_)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "params.reserved_ = %d but must be 0",
                       (int)prm->reserved_);
@@ -306,19 +343,10 @@ static attn_status pool_attention(attn_ctx *ctx, const attn_tensor *queries, con
                                   const attn_tensor *v, attn_tensor *out,
                                   const attn_pool_attention_params *params) {
   attn_pool_attention_params prm;
-  attn_pool_attention_params_init(&prm);
-  attn_status st = attn__read_params(ctx, &prm, sizeof prm, params);
-  if (st != ATTN_OK)
-    return st;
-  const attn_operand ops[] = {
-      {ATTN_OPERAND("queries", queries, ATTN_DT_FLOAT, 3, 3)},
-      {ATTN_OPERAND("k", k, ATTN_DT_FLOAT, 4, 4)},
-      {ATTN_OPERAND("params.keep", prm.keep, ATTN_DT_U8, 2, 2), .flags = ATTN_OPND_OPTIONAL},
-  };
-  if ((st = attn__check_operands(ctx, ops, 3, NULL)) != ATTN_OK)
-    return st;
   pool_attention_call c;
-  if ((st = attn__pool_attention_call(ctx, queries, k, &prm, &c)) != ATTN_OK)
+  attn_status st =
+      attn__pool_attention_call(ctx, queries, k, ATTN_DT_FLOAT, params, NULL, 0, &prm, &c);
+  if (st != ATTN_OK)
     return st;
   c.sp.weights = prm.weights;
   c.sp.lse = prm.lse;

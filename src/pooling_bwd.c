@@ -18,26 +18,30 @@
 
 typedef struct {
   pool_problem f; /* the forward's problem; f.out is dout (read only) */
-  float *dx;
+  void *dx;
+  int32_t dxdt;
   int64_t dxs[3]; /* strides of the [B, H, L, D] view of dx (last: 1) */
   double *ds;     /* [B, H, L] score gradients, or NULL */
 } bwd_problem;
 
-static float *dx_row(const bwd_problem *p, int64_t b, int64_t h, int64_t l) {
-  return p->dx + b * p->dxs[0] + h * p->dxs[1] + l * p->dxs[2];
+static void *dx_row(const bwd_problem *p, int64_t b, int64_t h, int64_t l) {
+  return attn__elem(p->dx, p->dxdt, b * p->dxs[0] + h * p->dxs[1] + l * p->dxs[2]);
 }
 
-static void fill(float *y, int64_t n, float v) {
-  for (int64_t d = 0; d < n; d++)
-    y[d] = v;
+/* y[0..n) of dx's type = v, each rounded once. */
+static void fill(const bwd_problem *p, void *y, double v) {
+  for (int64_t d = 0; d < p->f.D; d++)
+    attn__elem_store(y, p->dxdt, d, v);
 }
 
 /* max: dout[d] goes to the token the forward's output came from (its
  * strict comparison keeps the earliest of equal values; a NaN sticks at the
  * first), or to the first kept token when every value is -inf. */
-static void max_item(const bwd_problem *p, int64_t b, int64_t h, const float *g, double *acc,
-                     int64_t *idx) {
+static void max_item(const bwd_problem *p, int64_t b, int64_t h, const float *g,
+                     const pool_scratch *s) {
   const pool_problem *f = &p->f;
+  double *acc = s->acc;
+  int64_t *idx = s->idx;
   for (int64_t d = 0; d < f->D; d++)
     acc[d] = -INFINITY, idx[d] = -1;
   int64_t first = -1;
@@ -46,15 +50,15 @@ static void max_item(const bwd_problem *p, int64_t b, int64_t h, const float *g,
       continue;
     if (first < 0)
       first = l;
-    const float *xt = attn__pool_token(f, b, h, l);
+    const float *xt = attn__pool_token(f, b, h, l, s->row);
     for (int64_t d = 0; d < f->D; d++)
       if ((xt[d] > acc[d] || isnan(xt[d])) && !isnan(acc[d]))
         acc[d] = xt[d], idx[d] = l;
   }
   for (int64_t l = 0; l < f->L; l++) {
-    float *o = dx_row(p, b, h, l);
+    void *o = dx_row(p, b, h, l);
     for (int64_t d = 0; d < f->D; d++)
-      o[d] = (idx[d] < 0 ? first : idx[d]) == l ? g[d] : 0.0f;
+      attn__elem_store(o, p->dxdt, d, (idx[d] < 0 ? first : idx[d]) == l ? g[d] : 0.0f);
   }
 }
 
@@ -62,15 +66,16 @@ static void max_item(const bwd_problem *p, int64_t b, int64_t h, const float *g,
  * g_l = dout . x_l, dscores_l = w_l (g_l - sum_k w_k g_k). A token of
  * weight 0 gets 0 in both (its x is not read: 0 * inf would be NaN). */
 static void weighted_item(const bwd_problem *p, int64_t b, int64_t h, const float *g,
-                          double *w) {
+                          const pool_scratch *s) {
   const pool_problem *f = &p->f;
+  double *w = s->w;
   int64_t n = attn__pool_weights(f, b, h, w);
   double *ds = p->ds ? p->ds + (b * f->H + h) * f->L : NULL;
   double sum = 0;
   for (int64_t l = 0; l < f->L; l++) {
-    float *o = dx_row(p, b, h, l);
+    void *o = dx_row(p, b, h, l);
     if (n < 0 && attn__pool_kept(f, b, h, l)) { /* a NaN sequence */
-      fill(o, f->D, NAN);
+      fill(p, o, NAN);
       if (ds)
         ds[l] = NAN;
       continue;
@@ -78,14 +83,14 @@ static void weighted_item(const bwd_problem *p, int64_t b, int64_t h, const floa
     double wl = n > 0 ? w[l] : 0.0;
     double gl = 0;
     if (wl != 0) {
-      const float *xt = attn__pool_token(f, b, h, l);
+      const float *xt = attn__pool_token(f, b, h, l, s->row);
       for (int64_t d = 0; d < f->D; d++) {
-        o[d] = (float)(wl * g[d]);
+        attn__elem_store(o, p->dxdt, d, wl * g[d]);
         gl += (double)g[d] * (double)xt[d];
       }
       sum += wl * gl;
     } else {
-      fill(o, f->D, 0.0f);
+      fill(p, o, 0.0);
     }
     if (ds)
       ds[l] = gl;
@@ -99,30 +104,34 @@ static void bwd_item(void *arg, int64_t item, int32_t worker) {
   const bwd_problem *p = arg;
   const pool_problem *f = &p->f;
   int64_t b = item / f->H, h = item % f->H;
-  const float *g = f->out + b * f->os[0] + h * f->os[1];
-  if (f->mode == ATTN_POOL_MAX || f->mode == ATTN_POOL_WEIGHTED) {
-    /* no workspace (NULL) when its sizes are 0: D = 0 for max, L = 0 */
-    double *w = f->work ? f->work + f->work_stride * (size_t)worker : NULL;
-    if (f->mode == ATTN_POOL_MAX)
-      max_item(p, b, h, g, w,
-               w ? (int64_t *)(w + attn__ws_round((size_t)f->D * sizeof(double)) / sizeof(double))
-                 : NULL);
-    else
-      weighted_item(p, b, h, g, w);
+  pool_scratch s; /* no workspace (NULL) when its size is 0 */
+  attn__pool_scratch(f, true, f->work ? f->work + f->work_stride * (size_t)worker : NULL, &s);
+  const void *dout = attn__pool_out(f, b, h);
+  const float *g = dout;
+  if (f->odt != ATTN_DTYPE_F32) {
+    attn__widen(attn__kernels(), f->odt, dout, s.g, f->D);
+    g = s.g;
+  }
+  if (f->mode == ATTN_POOL_MAX) {
+    max_item(p, b, h, g, &s);
+    return;
+  }
+  if (f->mode == ATTN_POOL_WEIGHTED) {
+    weighted_item(p, b, h, g, &s);
     return;
   }
   int64_t n = 0;
   for (int64_t l = 0; l < f->L; l++)
     n += attn__pool_kept(f, b, h, l);
   for (int64_t l = 0; l < f->L; l++) {
-    float *o = dx_row(p, b, h, l);
+    void *o = dx_row(p, b, h, l);
     if (!attn__pool_kept(f, b, h, l))
-      fill(o, f->D, 0.0f);
+      fill(p, o, 0.0);
     else if (f->mode == ATTN_POOL_MEAN)
       for (int64_t d = 0; d < f->D; d++)
-        o[d] = (float)((double)g[d] / (double)n);
+        attn__elem_store(o, p->dxdt, d, (double)g[d] / (double)n);
     else
-      memcpy(o, g, (size_t)f->D * sizeof *o);
+      attn__convert_row(attn__kernels(), f->odt, dout, p->dxdt, o, f->D);
   }
 }
 
@@ -142,7 +151,7 @@ static void store_dscores(const bwd_problem *p, const attn_tensor *dscores) {
   int64_t span[3];
   for (int a = 0; a < 3; a++)
     span[a] = dims[a] == full[a] ? 1 : full[a]; /* a dim of 1 sums its axis */
-  float *out = dscores->data;
+  void *out = dscores->data;
   for (int64_t e0 = 0; e0 < dims[0]; e0++)
     for (int64_t e1 = 0; e1 < dims[1]; e1++)
       for (int64_t e2 = 0; e2 < dims[2]; e2++) {
@@ -151,7 +160,7 @@ static void store_dscores(const bwd_problem *p, const attn_tensor *dscores) {
           for (int64_t h = e1 * (span[1] == 1); h < (span[1] == 1 ? e1 + 1 : span[1]); h++)
             for (int64_t l = e2 * (span[2] == 1); l < (span[2] == 1 ? e2 + 1 : span[2]); l++)
               s += p->ds[(b * f->H + h) * f->L + l];
-        out[e0 * st[0] + e1 * st[1] + e2 * st[2]] = (float)s;
+        attn__elem_store(out, dscores->dtype, e0 * st[0] + e1 * st[1] + e2 * st[2], s);
       }
 }
 
@@ -167,24 +176,20 @@ static attn_status pool_backward(attn_ctx *ctx, const attn_tensor *x, const attn
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "dscores is set but params.scores is NULL (only ATTN_POOL_WEIGHTED has "
                       "scores to differentiate)");
-  const attn_operand ops[] = {
-      {ATTN_OPERAND("x", x, ATTN_DT_F32, 3, 4)},
-      {ATTN_OPERAND("dout", dout, ATTN_DT_F32, 2, 3)},
-      {ATTN_OPERAND("params.keep", prm.keep, ATTN_DT_U8, 2, 3), .flags = ATTN_OPND_OPTIONAL},
-      {ATTN_OPERAND("params.scores", prm.scores, ATTN_DT_F32, 2, 3), .flags = ATTN_OPND_OPTIONAL},
-      {ATTN_OPERAND("dx", dx, ATTN_DT_F32, 3, 4), .flags = ATTN_OPND_OUTPUT | ATTN_OPND_SAME_SHAPE,
-       .like = ATTN_LIKE(0)},
-      {ATTN_OPERAND("dscores", dscores, ATTN_DT_F32, 2, 3),
+  /* after x, dout, keep, scores (0..3) */
+  const attn_operand outs[] = {
+      {ATTN_OPERAND("dx", dx, ATTN_DT_FLOAT, 3, 4),
+       .flags = ATTN_OPND_OUTPUT | ATTN_OPND_SAME_SHAPE, .like = ATTN_LIKE(0)},
+      {ATTN_OPERAND("dscores", dscores, ATTN_DT_FLOAT, 2, 3),
        .flags = ATTN_OPND_OPTIONAL | ATTN_OPND_OUTPUT | ATTN_OPND_SAME_SHAPE, .like = ATTN_LIKE(3)},
   };
-  if ((st = attn__check_operands(ctx, ops, (int)(sizeof ops / sizeof *ops), NULL)) != ATTN_OK)
-    return st;
   bwd_problem p;
   memset(&p, 0, sizeof p);
-  if ((st = attn__pool_problem(ctx, x, dout, "dout", &prm, &p.f)) != ATTN_OK)
+  if ((st = attn__pool_check(ctx, x, dout, "dout", 0, &prm, outs, 2, &p.f)) != ATTN_OK)
     return st;
   int32_t nd = x->ndim;
   p.dx = dx->data;
+  p.dxdt = dx->dtype;
   if (!attn__empty(dx)) {
     p.dxs[0] = dx->strides[0];
     p.dxs[1] = nd == 4 ? dx->strides[1] : 0;
@@ -202,22 +207,17 @@ static attn_status pool_backward(attn_ctx *ctx, const attn_tensor *x, const attn
                       "the score gradients of B * H * L = %lld * %lld * %lld tokens do not fit",
                       (long long)p.f.B, (long long)p.f.H, (long long)p.f.L);
 
-  /* plan: per worker D doubles and D indices (max) or L doubles (weights);
-   * the score gradients of every token */
+  /* plan: per worker the scratch (pool.h); the score gradients of every token */
   int32_t threads = attn__threads_plan(
       ctx, (double)items * (double)(p.f.L + 1) * (double)(p.f.D + 1), MIN_WORK_PER_THREAD, items);
-  size_t per = 0, ds_bytes = 0, total;
-  if (p.f.mode == ATTN_POOL_MAX)
-    per = attn__ws_round((size_t)p.f.D * sizeof(double)) +
-          attn__ws_round((size_t)p.f.D * sizeof(int64_t));
-  else if (p.f.mode == ATTN_POOL_WEIGHTED)
-    per = attn__ws_round((size_t)p.f.L * sizeof(double));
+  pool_scratch sizing;
+  size_t per = attn__pool_scratch(&p.f, true, NULL, &sizing), ds_bytes = 0, total;
   if (dscores && __builtin_mul_overflow((size_t)tokens, sizeof(double), &ds_bytes))
     ds_bytes = SIZE_MAX;
   if (__builtin_mul_overflow(per, (size_t)threads, &total) ||
       __builtin_add_overflow(total, ds_bytes, &total))
     total = SIZE_MAX; /* refused by the reservation */
-  char *mem = NULL; /* sum and mean without dscores need none */
+  char *mem = NULL; /* sum and mean of F32 dout without dscores need none */
   if (total > 0) {
     if ((st = attn__ws_reserve(ctx, total)) != ATTN_OK)
       return st;
@@ -225,8 +225,8 @@ static attn_status pool_backward(attn_ctx *ctx, const attn_tensor *x, const attn
   }
 
   /* run */
-  p.f.work = (double *)mem;
-  p.f.work_stride = per / sizeof(double);
+  p.f.work = mem;
+  p.f.work_stride = per;
   p.ds = dscores && mem ? (double *)(mem + per * (size_t)threads) : NULL; /* NULL: L = 0 */
   attn__parallel_for(ctx, threads, items, bwd_item, &p);
   if (p.ds)
@@ -251,30 +251,24 @@ static attn_status pool_attention_backward(attn_ctx *ctx, const attn_tensor *que
                                            const attn_tensor *dout, attn_tensor *dqueries,
                                            attn_tensor *dk, attn_tensor *dv,
                                            const attn_pool_attention_params *params) {
-  attn_pool_attention_params prm;
-  attn_pool_attention_params_init(&prm);
-  attn_status st = attn__read_params(ctx, &prm, sizeof prm, params);
-  if (st != ATTN_OK)
-    return st;
   /* Every operand once, so dqueries (which the SDPA check never sees) is
-   * checked against all of them; shapes are SDPA's check. */
-  const attn_operand ops[] = {
-      {ATTN_OPERAND("queries", queries, ATTN_DT_F32, 3, 3)},
-      {ATTN_OPERAND("k", k, ATTN_DT_F32, 4, 4)},
+   * checked against all of them; shapes are SDPA's check. F32 only: the
+   * SDPA backward's types. */
+  const attn_operand more[] = {
       {ATTN_OPERAND("v", v, ATTN_DT_F32, 4, 4)},
       {ATTN_OPERAND("out", out, ATTN_DT_F32, 4, 4)},
       {ATTN_OPERAND("lse", lse, ATTN_DT_F32, 3, 3)},
       {ATTN_OPERAND("dout", dout, ATTN_DT_F32, 4, 4)},
-      {ATTN_OPERAND("params.keep", prm.keep, ATTN_DT_U8, 2, 2), .flags = ATTN_OPND_OPTIONAL},
       {ATTN_OPERAND("dqueries", dqueries, ATTN_DT_F32, 3, 3),
        .flags = ATTN_OPND_OUTPUT | ATTN_OPND_SAME_SHAPE, .like = ATTN_LIKE(0)},
       {ATTN_OPERAND("dk", dk, ATTN_DT_F32, 4, 4), .flags = ATTN_OPND_OUTPUT},
       {ATTN_OPERAND("dv", dv, ATTN_DT_F32, 4, 4), .flags = ATTN_OPND_OUTPUT},
   };
-  if ((st = attn__check_operands(ctx, ops, (int)(sizeof ops / sizeof *ops), NULL)) != ATTN_OK)
-    return st;
+  attn_pool_attention_params prm;
   pool_attention_call c;
-  if ((st = attn__pool_attention_call(ctx, queries, k, &prm, &c)) != ATTN_OK)
+  attn_status st = attn__pool_attention_call(ctx, queries, k, ATTN_DT_F32, params, more,
+                                             (int)(sizeof more / sizeof *more), &prm, &c);
+  if (st != ATTN_OK)
     return st;
   ctx->op = "attn_pool_attention_backward (via attn_sdpa_backward)";
   return attn__sdpa_backward_shared_q(ctx, &c.q4, k, v, out, lse, dout, dqueries, dk, dv, &c.sp);

@@ -22,15 +22,6 @@ static bool blas_rows(int64_t stride, int64_t n, int64_t cols) {
   return n == 1 || (stride >= cols && stride <= INT32_MAX);
 }
 
-/* Element i of an F32, F16 or BF16 array, as a float (exact). */
-static float elem_f32(const void *base, int32_t dt, int64_t i) {
-  if (dt == ATTN_DTYPE_F16)
-    return half_f16_to_f32(((const uint16_t *)base)[i]);
-  if (dt == ATTN_DTYPE_BF16)
-    return half_bf16_to_f32(((const uint16_t *)base)[i]);
-  return ((const float *)base)[i];
-}
-
 static void logits_item(void *arg, int64_t item, int32_t worker) {
   (void)worker;
   const attn_sdpa_problem *p = arg;
@@ -53,7 +44,8 @@ static void logits_item(void *arg, int64_t item, int32_t worker) {
       for (int64_t j = 0; j < p->Lk; j++) {
         float acc = 0;
         for (int64_t d = 0; d < p->D; d++)
-          acc += elem_f32(q, p->qdt, r * p->qs[2] + d) * elem_f32(k, p->kdt, j * p->ks[2] + d);
+          acc += attn__elem_value(q, p->qdt, r * p->qs[2] + d) *
+                 attn__elem_value(k, p->kdt, j * p->ks[2] + d);
         out[r * p->lgs[2] + j] = p->scale * acc;
       }
   }
