@@ -1042,8 +1042,9 @@ typedef struct attn_pool_params {
                                     dropped (0 <= lengths[b] <= L) */
   const attn_tensor *keep;     /**< optional U8 per-token mask, nonzero = keep
                                     (combined with lengths) */
-  const attn_tensor *scores;   /**< F32 per-token scores; required by
-                                    ATTN_POOL_WEIGHTED, NULL otherwise */
+  const attn_tensor *scores;   /**< F32, F16 or BF16 per-token scores;
+                                    required by ATTN_POOL_WEIGHTED, NULL
+                                    otherwise */
 } attn_pool_params;
 
 /** Fill `p` with the defaults (and its struct_size).
@@ -1058,10 +1059,16 @@ ATTN_API void attn_pool_params_init(attn_pool_params *p);
  * read; max propagates NaN); a NaN or +inf among a sequence's kept scores
  * makes its weighted output NaN (as attn_softmax). Sums and the softmax are
  * accumulated in double.
+ *
+ * x, out and params.scores are each F32, F16 or BF16, in any combination:
+ * half values are widened exactly, the computation is the F32 one, and
+ * each output element is the double result rounded once to out's type,
+ * to nearest even (an F16 out overflows to Inf past 65504; max copies an
+ * input value, exact in any type at least as wide).
  * @param[in]  ctx the context.
- * @param[in]  x   F32 [B, L, D] or [B, H, L, D], any strides.
- * @param[out] out F32 [B, D] or [B, H, D], no zero strides, not overlapping
- *                 x or the per-token tensors.
+ * @param[in]  x   F32, F16 or BF16 [B, L, D] or [B, H, L, D], any strides.
+ * @param[out] out F32, F16 or BF16 [B, D] or [B, H, D], no zero strides,
+ *                 not overlapping x or the per-token tensors.
  * @param[in]  p   NULL for defaults (sum over every token).
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
  *  (dtype, newer params), ATTN_ERR_SHAPE, ATTN_ERR_INVALID_ARG (mode, scores
@@ -1090,15 +1097,19 @@ ATTN_API attn_status attn_pool(attn_ctx *ctx, const attn_tensor *x, attn_tensor 
  * kept, or every kept score -inf) gets zeros; a weighted sequence whose
  * forward is NaN (a NaN or +inf kept score) gets NaN in the dx rows and
  * dscores of its kept tokens. Sums are in double; the result does not
- * depend on the thread count.
+ * depend on the thread count. Types as attn_pool(): each of x, dout,
+ * params.scores, dx and dscores is F32, F16 or BF16 on its own, and each
+ * output element is rounded once from double.
  * @param[in]  ctx     the context.
- * @param[in]  x       F32, the forward's x.
- * @param[in]  dout    F32, the gradient w.r.t. the forward's out (its shape).
- * @param[out] dx      F32 x's shape, no zero strides; every element is
- *                     written. Outputs overlap no operand.
- * @param[out] dscores optional F32 with params.scores' shape (weighted mode
- *                     only): the gradient summed over the axes along which
- *                     scores is broadcast (its dims of 1); NULL = not computed.
+ * @param[in]  x       F32, F16 or BF16, the forward's x.
+ * @param[in]  dout    F32, F16 or BF16, the gradient w.r.t. the forward's
+ *                     out (its shape).
+ * @param[out] dx      F32, F16 or BF16, x's shape, no zero strides; every
+ *                     element is written. Outputs overlap no operand.
+ * @param[out] dscores optional F32, F16 or BF16 with params.scores' shape
+ *                     (weighted mode only): the gradient summed over the
+ *                     axes along which scores is broadcast (its dims of 1);
+ *                     NULL = not computed.
  * @param[in]  p       the forward's parameters, as given to attn_pool().
  * @return as attn_pool(), plus ATTN_ERR_INVALID_ARG for dscores without
  *  scores. Nothing is written on failure.
@@ -1153,6 +1164,8 @@ ATTN_API attn_status attn_pool_attention(attn_ctx *ctx, const attn_tensor *queri
  * dropped key gets dk = dv = 0 and its NaN never leaks. Takes B * Hq * M * D
  * floats of workspace (the per-batch query gradients) besides the
  * backward's tiles. Deterministic (the same bits for any thread count).
+ * F32 operands only (the SDPA backward's type): half ones are refused
+ * with ATTN_ERR_UNSUPPORTED.
  * @param[in]  ctx      the context.
  * @param[in]  queries  F32 [Hq, M, D], as given to the forward.
  * @param[in]  k        F32 [B, Hkv, L, D].

@@ -45,9 +45,12 @@ static inline void attn__elem_store(void *base, int32_t dt, int64_t i, double v)
   ((uint16_t *)base)[i] = dt == ATTN_DTYPE_F16 ? half_f32_to_f16(f) : half_f32_to_bf16(f);
 }
 
-/* y[0..n) = x[0..n) of type dt, as floats (exact). */
+/* y[0..n) = x[0..n) of type dt, as floats (exact). n = 0 touches nothing
+ * (x and y may then be NULL: an empty row's scratch). */
 static inline void attn__widen(const attn_kernels *k, int32_t dt, const void *x, float *y,
                                int64_t n) {
+  if (n <= 0)
+    return;
   if (dt == ATTN_DTYPE_F16)
     k->f16_to_f32(x, y, n);
   else if (dt == ATTN_DTYPE_BF16)

@@ -392,6 +392,21 @@ static attn_status run_pool_backward(fixture *f) {
   p.lengths = g_pool_len;
   return attn_pool_backward(f->ctx, f->t[0], f->t[1], f->t[4], f->t[5], &p);
 }
+/* The same with F16 x and BF16 scores (and an F16 dout): half tokens
+ * widened into the per-thread scratch. */
+static void setup_pool_half(fixture *f) {
+  setup_pool(f);
+  int64_t xd[4] = {PL_B, PL_H, PL_L, PL_D}, sd[3] = {PL_B, PL_H, PL_L};
+  f->t[0] = half_in(f, g_sm, (size_t)PL_B * PL_H * PL_L * PL_D, 4, xd, ATTN_DTYPE_F16);
+  f->t[2] = half_in(f, g_rope, (size_t)PL_B * PL_H * PL_L, 3, sd, ATTN_DTYPE_BF16);
+}
+static void setup_pool_backward_half(fixture *f) {
+  setup_pool_backward(f);
+  int64_t xd[4] = {PL_B, PL_H, PL_L, PL_D}, od[3] = {PL_B, PL_H, PL_D}, sd[3] = {PL_B, PL_H, PL_L};
+  f->t[0] = half_in(f, g_sm, (size_t)PL_B * PL_H * PL_L * PL_D, 4, xd, ATTN_DTYPE_F16);
+  f->t[1] = half_in(f, g_sm, (size_t)PL_B * PL_H * PL_D, 3, od, ATTN_DTYPE_F16);
+  f->t[2] = half_in(f, g_rope, (size_t)PL_B * PL_H * PL_L, 3, sd, ATTN_DTYPE_BF16);
+}
 /* Learned queries [HQ, 3, D] over the SDPA inputs' keys and values. */
 static void setup_pool_attention(fixture *f) {
   int64_t qd[3] = {HQ, 3, D}, kd[4] = {B, HKV, LK, D}, vd[4] = {B, HKV, LK, DV};
@@ -666,6 +681,8 @@ static const op_case g_cases[] = {
     {"attn_pool", 2, setup_pool, run_pool},
     {"attn_pool_backward", 1, setup_pool_backward, run_pool_backward},
     {"attn_pool_backward", 2, setup_pool_backward, run_pool_backward},
+    {"attn_pool", 2, setup_pool_half, run_pool},
+    {"attn_pool_backward", 2, setup_pool_backward_half, run_pool_backward},
     {"attn_pool_attention", 2, setup_pool_attention, run_pool_attention},
     {"attn_pool_attention_backward", 1, setup_pool_attention_backward,
      run_pool_attention_backward},

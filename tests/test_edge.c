@@ -1097,6 +1097,109 @@ static void pool_backward_table(void **state) {
   }
 }
 
+/* The pooling tables with f16 / bf16 x, scores and dout (see "the same
+ * tables with f16 / bf16 data" above): each half result is the F32 op's on
+ * the widened inputs, rounded to the type (exact here: the tables' results
+ * are floats no double rounding can reach); an F32 out / dx / dscores from
+ * half inputs is that F32 result itself. */
+static void run_pool_case_half(const pool_case *c, int32_t dt) {
+  attn_ctx *ctx = tu_ctx(2);
+  int64_t xd[3] = {2, c->L, 2}, od[2] = {2, 2}, kd[2] = {2, c->L};
+  float x[8], sc[4], o32[4], om[4];
+  memcpy(x, c->x, (size_t)(4 * c->L) * sizeof *x);
+  attn_pool_params p;
+  attn_pool_params_init(&p);
+  p.mode = c->mode;
+  if (c->keep)
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, kd, NULL, (void *)c->keep,
+                               (size_t)(2 * c->L), (attn_tensor **)&p.keep));
+  attn_tensor *hx = to_dt(ctx, x, 4 * c->L, 3, xd, dt), *hs = NULL, *ho = NULL;
+  if (c->scores) {
+    memcpy(sc, c->scores, (size_t)(2 * c->L) * sizeof *sc);
+    hs = to_dt(ctx, sc, 2 * c->L, 2, kd, dt);
+    p.scores = tu_wrap(ctx, sc, (size_t)(2 * c->L), 2, kd, NULL);
+  }
+  assert_ok(attn_pool(ctx, tu_wrap(ctx, x, (size_t)(4 * c->L), 3, xd, NULL),
+                      tu_wrap(ctx, o32, 4, 2, od, NULL), &p));
+  if (hs)
+    p.scores = hs;
+  assert_ok(attn_tensor_new(ctx, dt, 2, od, &ho));
+  assert_ok(attn_pool(ctx, hx, ho, &p));
+  char what[160];
+  snprintf(what, sizeof what, "pool \"%s\" in %s", c->name, dt == ATTN_DTYPE_F16 ? "f16" : "bf16");
+  expect_rounded(what, ctx, ho, o32, 4, 2, od);
+  assert_ok(attn_pool(ctx, hx, tu_wrap(ctx, om, 4, 2, od, NULL), &p));
+  for (int i = 0; i < 4; i++)
+    if (!(isnan(o32[i]) ? isnan(om[i]) : o32[i] == om[i]))
+      fail_msg("%s, f32 out: element %d = %.9g, expected %.9g", what, i, (double)om[i],
+               (double)o32[i]);
+  attn_ctx_destroy(ctx);
+}
+
+static void pool_table_half(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof pool_cases / sizeof pool_cases[0]; i++) {
+    run_pool_case_half(&pool_cases[i], ATTN_DTYPE_F16);
+    run_pool_case_half(&pool_cases[i], ATTN_DTYPE_BF16);
+  }
+}
+
+static void run_pool_bwd_case_half(const pool_bwd_case *c, int32_t dt) {
+  attn_ctx *ctx = tu_ctx(2);
+  int64_t xd[3] = {2, c->L, 2}, od[2] = {2, 2}, kd[2] = {2, c->L};
+  float x[8], sc[4], g[4], dx32[8], ds32[4], dxm[8], dsm[4];
+  memcpy(x, c->x, (size_t)(4 * c->L) * sizeof *x);
+  memcpy(g, c->dout, sizeof g);
+  attn_pool_params p;
+  attn_pool_params_init(&p);
+  p.mode = c->mode;
+  if (c->keep)
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, kd, NULL, (void *)c->keep,
+                               (size_t)(2 * c->L), (attn_tensor **)&p.keep));
+  attn_tensor *hx = to_dt(ctx, x, 4 * c->L, 3, xd, dt), *hg = to_dt(ctx, g, 4, 2, od, dt);
+  attn_tensor *hs = NULL, *hdx = NULL, *hds = NULL, *fds = NULL, *mds = NULL;
+  if (c->scores) {
+    memcpy(sc, c->scores, (size_t)(2 * c->L) * sizeof *sc);
+    hs = to_dt(ctx, sc, 2 * c->L, 2, kd, dt);
+    p.scores = tu_wrap(ctx, sc, (size_t)(2 * c->L), 2, kd, NULL);
+    fds = tu_wrap(ctx, ds32, (size_t)(2 * c->L), 2, kd, NULL);
+    mds = tu_wrap(ctx, dsm, (size_t)(2 * c->L), 2, kd, NULL);
+    assert_ok(attn_tensor_new(ctx, dt, 2, kd, &hds));
+  }
+  assert_ok(attn_pool_backward(ctx, tu_wrap(ctx, x, (size_t)(4 * c->L), 3, xd, NULL),
+                               tu_wrap(ctx, g, 4, 2, od, NULL),
+                               tu_wrap(ctx, dx32, (size_t)(4 * c->L), 3, xd, NULL), fds, &p));
+  if (hs)
+    p.scores = hs;
+  assert_ok(attn_tensor_new(ctx, dt, 3, xd, &hdx));
+  assert_ok(attn_pool_backward(ctx, hx, hg, hdx, hds, &p));
+  char what[160];
+  snprintf(what, sizeof what, "pool_backward \"%s\" in %s", c->name,
+           dt == ATTN_DTYPE_F16 ? "f16" : "bf16");
+  expect_rounded(what, ctx, hdx, dx32, 4 * c->L, 3, xd);
+  if (hds)
+    expect_rounded(what, ctx, hds, ds32, 2 * c->L, 2, kd);
+  assert_ok(attn_pool_backward(ctx, hx, hg, tu_wrap(ctx, dxm, (size_t)(4 * c->L), 3, xd, NULL),
+                               mds, &p));
+  for (int64_t i = 0; i < 4 * c->L; i++)
+    if (!(isnan(dx32[i]) ? isnan(dxm[i]) : dx32[i] == dxm[i]))
+      fail_msg("%s, f32 dx: element %lld = %.9g, expected %.9g", what, (long long)i,
+               (double)dxm[i], (double)dx32[i]);
+  for (int64_t i = 0; mds && i < 2 * c->L; i++)
+    if (!(isnan(ds32[i]) ? isnan(dsm[i]) : ds32[i] == dsm[i]))
+      fail_msg("%s, f32 dscores: element %lld = %.9g, expected %.9g", what, (long long)i,
+               (double)dsm[i], (double)ds32[i]);
+  attn_ctx_destroy(ctx);
+}
+
+static void pool_backward_table_half(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof pool_bwd_cases / sizeof pool_bwd_cases[0]; i++) {
+    run_pool_bwd_case_half(&pool_bwd_cases[i], ATTN_DTYPE_F16);
+    run_pool_bwd_case_half(&pool_bwd_cases[i], ATTN_DTYPE_BF16);
+  }
+}
+
 /* Attention pooling's backward: a dropped key's NaN (k, v) and the NaN
  * dout of a sequence with nothing kept reach nothing; one kept key gets
  * dv = dout and no other gradient (its weight is 1 whatever q and k are). */
@@ -1375,6 +1478,8 @@ int main(void) {
       cmocka_unit_test(alibi_edges),
       cmocka_unit_test(pool_table),
       cmocka_unit_test(pool_backward_table),
+      cmocka_unit_test(pool_table_half),
+      cmocka_unit_test(pool_backward_table_half),
       cmocka_unit_test(pool_attention_backward_edges),
       cmocka_unit_test(rope_cached_edges),
       cmocka_unit_test(mha_torch_table),

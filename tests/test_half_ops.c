@@ -562,6 +562,180 @@ static void sdpa_logits_half(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* ---------------- pooling ---------------- */
+
+/* Exact bits of a double rounded once to dt (dt half). */
+static uint16_t round_bits(int32_t dt, double v) {
+  return dt == ATTN_DTYPE_F16 ? ref_round_f16(v) : ref_round_bf16(v);
+}
+
+/* attn_pool and attn_pool_backward with x (dx), out (dout) and scores
+ * (dscores) each F32, F16 or BF16, in every mode, with lengths and a keep
+ * mask shared by the heads, against ref_pool / ref_pool_backward on the
+ * rounded inputs. The library sums in double and rounds each output once;
+ * the F32 suites' tolerance is 1e-6 of the sum of the magnitudes that made
+ * an output. A sum of these half inputs is exact in double, so a half sum
+ * output must be the exact sum rounded once, bit for bit (rounding through
+ * a float first misses that at about one output in 2^13: pool_rounded_once
+ * has such sums by construction). */
+static void pool_half(void **state) {
+  (void)state;
+  static const int64_t shapes[][4] = {{1, 1, 1, 1}, {2, 3, 7, 5}, {3, 2, 33, 17},
+                                      {2, 2, 300, 64}, {2, 2, 0, 3}};
+  tu_rng r = {31};
+  double worst = 0;
+  long exact = 0;
+  for (int32_t threads = 1; threads <= 2; threads++) {
+    attn_ctx *ctx = new_ctx(threads);
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+      for (int combo = 1; combo < 27; combo++) /* 0: all F32, the F32 suites */
+        for (int mode = 0; mode < 4; mode++) {
+          if (threads == 2 && combo % 5) /* two threads: a sample */
+            continue;
+          int32_t xdt = DTS[combo % 3], odt = DTS[combo / 3 % 3], sdt = DTS[combo / 9];
+          int64_t B = shapes[si][0], H = shapes[si][1], L = shapes[si][2], D = shapes[si][3];
+          size_t nx = (size_t)(B * H * L * D), no = (size_t)(B * H * D), ns = (size_t)(B * H * L);
+          float *xv = malloc((nx + 1) * 4), *sv = malloc((ns + 1) * 4), *gv = malloc(no * 4);
+          double *xd = malloc((nx + 1) * 8), *sd = malloc((ns + 1) * 8), *gd = malloc(no * 8);
+          double *want = malloc(no * 8), *sc = malloc(no * 8), *dxw = malloc((nx + 1) * 8),
+                 *dxs = malloc((nx + 1) * 8), *dsw = malloc((ns + 1) * 8),
+                 *dss = malloc((ns + 1) * 8);
+          uint8_t *keep = malloc((size_t)(B * L) + 1), *keep3 = malloc(ns + 1);
+          int64_t *lengths = malloc((size_t)B * 8);
+          assert_true(xv && sv && gv && xd && sd && gd && want && sc && dxw && dxs && dsw &&
+                      dss && keep && keep3 && lengths);
+          tu_fill(&r, xv, nx, -2, 2);
+          tu_fill(&r, sv, ns, -3, 3);
+          tu_fill(&r, gv, no, -1, 1);
+          for (int64_t b = 0; b < B; b++)
+            lengths[b] = L ? (int64_t)(tu_next(&r) % (uint64_t)(L + 1)) : 0;
+          if (L > 2)
+            lengths[0] = L; /* a whole sequence */
+          for (int64_t i = 0; i < B * L; i++)
+            keep[i] = tu_next(&r) % 5 != 0;
+          for (size_t i = 0; i < ns; i++)
+            if (tu_next(&r) % 17 == 0)
+              sv[i] = -INFINITY; /* a score of weight 0 */
+          int64_t dx4[4] = {B, H, L, D}, do3[3] = {B, H, D}, ds3[3] = {B, H, L}, dk[2] = {B, L};
+          harr x, o, sco, g, dx, dsc;
+          harr_make(&x, ctx, xdt, 4, dx4, xv); /* the *v arrays now hold the rounded values */
+          harr_make(&o, ctx, odt, 3, do3, NULL);
+          harr_make(&sco, ctx, sdt, 3, ds3, sv);
+          harr_make(&g, ctx, odt, 3, do3, gv);
+          harr_make(&dx, ctx, xdt, 4, dx4, NULL);
+          harr_make(&dsc, ctx, sdt, 3, ds3, NULL);
+          attn_tensor *tk;
+          assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, dk, NULL, keep, (size_t)(B * L),
+                                     &tk));
+          attn_pool_params p;
+          attn_pool_params_init(&p);
+          p.mode = mode;
+          p.lengths = lengths;
+          p.keep = tk;
+          p.scores = mode == ATTN_POOL_WEIGHTED ? sco.t : NULL;
+          char what[128];
+          snprintf(what, sizeof what, "pool mode %d [%lld, %lld, %lld, %lld] x %s out %s scores %s",
+                   mode, (long long)B, (long long)H, (long long)L, (long long)D, dname(xdt),
+                   dname(odt), dname(sdt));
+          if (attn_pool(ctx, x.t, o.t, &p) != ATTN_OK)
+            fail_msg("%s: %s", what, attn_ctx_last_error(ctx));
+          if (attn_pool_backward(ctx, x.t, g.t, dx.t, p.scores ? dsc.t : NULL, &p) != ATTN_OK)
+            fail_msg("%s backward: %s", what, attn_ctx_last_error(ctx));
+
+          for (size_t i = 0; i < nx; i++)
+            xd[i] = xv[i];
+          for (size_t i = 0; i < ns; i++)
+            sd[i] = sv[i];
+          for (size_t i = 0; i < no; i++)
+            gd[i] = gv[i];
+          for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < H; h++)
+              for (int64_t l = 0; l < L; l++)
+                keep3[(b * H + h) * L + l] = l < lengths[b] && keep[b * L + l];
+          ref_pool(mode, B, H, L, D, xd, keep3, sd, want);
+          ref_pool_backward(mode, B, H, L, D, xd, keep3, sd, gd, dxw,
+                            mode == ATTN_POOL_WEIGHTED ? dsw : NULL);
+          /* Scales: the magnitudes behind each output (weights sum to 1). */
+          for (int64_t bh = 0; bh < B * H; bh++) {
+            double n = 0, xmax = 0, gsum = 0;
+            for (int64_t l = 0; l < L; l++)
+              n += keep3[bh * L + l];
+            for (int64_t d = 0; d < D; d++) {
+              double a = 0;
+              gsum += fabs(gd[bh * D + d]);
+              for (int64_t l = 0; l < L; l++)
+                if (keep3[bh * L + l]) {
+                  a += fabs(xd[(bh * L + l) * D + d]);
+                  xmax = fmax(xmax, fabs(xd[(bh * L + l) * D + d]));
+                }
+              sc[bh * D + d] = mode == ATTN_POOL_MEAN && n ? a / n : a;
+            }
+            for (int64_t l = 0; l < L; l++) {
+              for (int64_t d = 0; d < D; d++)
+                dxs[(bh * L + l) * D + d] = fabs(gd[bh * D + d]);
+              dss[bh * L + l] = 2 * gsum * xmax;
+            }
+          }
+          worst = fmax(worst, check_all(what, &o, want, 1e-6, sc));
+          if (mode == ATTN_POOL_SUM && odt != ATTN_DTYPE_F32 && xdt != ATTN_DTYPE_F32)
+            for (size_t i = 0; i < no; i++, exact++)
+              if (((uint16_t *)o.data)[i] != round_bits(odt, want[i]))
+                fail_msg("%s [%zu]: bits %04x, the exact sum %.17g rounds to %04x", what, i,
+                         ((uint16_t *)o.data)[i], want[i], round_bits(odt, want[i]));
+          snprintf(what + strlen(what), sizeof what - strlen(what), " dx");
+          worst = fmax(worst, check_all(what, &dx, dxw, 1e-6, dxs));
+          if (p.scores) {
+            snprintf(what + strlen(what) - 3, sizeof what - strlen(what) + 3, " dscores");
+            worst = fmax(worst, check_all(what, &dsc, dsw, 1e-6, dss));
+          }
+          harr_free(&x), harr_free(&o), harr_free(&sco), harr_free(&g), harr_free(&dx),
+              harr_free(&dsc);
+          free(xv), free(sv), free(gv), free(xd), free(sd), free(gd), free(want), free(sc);
+          free(dxw), free(dxs), free(dsw), free(dss), free(keep), free(keep3), free(lengths);
+        }
+    attn_ctx_destroy(ctx);
+  }
+  print_message("pool: worst error %.3f of the bound; %ld half sums bit-exact\n", worst, exact);
+}
+
+/* Rounded once: sums whose exact value lies just past a tie of the half
+ * type, where a float in between lands on the tie and rounds to even (the
+ * wrong way): f16 1 + 2^-11 + 2^-24 (float: 1 + 2^-11, a tie, -> 1; once:
+ * 1 + 2^-10), bf16 1 + 2^-8 + 2^-40 (-> 1 + 2^-7); and the mean of them,
+ * and the same just below, negative. */
+static void pool_rounded_once(void **state) {
+  (void)state;
+  attn_ctx *ctx = new_ctx(1);
+  for (int di = 1; di < 3; di++) {
+    int32_t dt = DTS[di];
+    double t = dt == ATTN_DTYPE_F16 ? 0x1p-11 : 0x1p-8, e = dt == ATTN_DTYPE_F16 ? 0x1p-24 : 0x1p-40;
+    /* x [1, 3, 2]: column 0 just above the tie, column 1 just below it, negated */
+    float xv[6] = {1.0f, -1.0f, (float)t, -(float)t, (float)e, (float)e};
+    int64_t xd[3] = {1, 3, 2}, od[2] = {1, 2};
+    attn_tensor *tx = tu_wrap(ctx, xv, 6, 3, xd, NULL), *to = NULL;
+    assert_ok(attn_tensor_new(ctx, dt, 2, od, &to));
+    for (int mode = 0; mode < 2; mode++) {
+      attn_pool_params p;
+      attn_pool_params_init(&p);
+      p.mode = mode;
+      assert_ok(attn_pool(ctx, tx, to, &p));
+      uint16_t got[2];
+      memcpy(got, attn_tensor_data(to), sizeof got);
+      double w0 = 1 + t + e, w1 = -1 - t + e;
+      if (mode == 1)
+        w0 /= 3, w1 /= 3;
+      assert_int_equal(got[0], round_bits(dt, w0));
+      assert_int_equal(got[1], round_bits(dt, w1));
+      if (mode == 0) { /* the case is the one it claims: a float in between goes wrong */
+        float f0 = (float)w0;
+        uint16_t twice = dt == ATTN_DTYPE_F16 ? ref_to_f16(tu_bits(f0)) : ref_to_bf16(tu_bits(f0));
+        assert_int_not_equal(twice, got[0]);
+      }
+    }
+  }
+  attn_ctx_destroy(ctx);
+}
+
 /* ---------------- RoPE from tables ---------------- */
 
 /* attn_rope_cached on half x and/or y (and in place on half x), against the
@@ -627,6 +801,8 @@ int main(void) {
       cmocka_unit_test(varlen_half),  cmocka_unit_test(pool_attention_half),
       cmocka_unit_test(sdpa_logits_half),
       cmocka_unit_test(rope_cached_half),
+      cmocka_unit_test(pool_half),
+      cmocka_unit_test(pool_rounded_once),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

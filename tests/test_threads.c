@@ -68,6 +68,8 @@ enum {
   O_PA_DV,
   O_MHA_TORCH,
   O_MHA_TORCH_W,
+  O_POOL_HALF,
+  O_POOL_HALF_DX,
   O_COUNT
 };
 static const size_t g_out_n[O_COUNT] = {
@@ -79,7 +81,7 @@ static const size_t g_out_n[O_COUNT] = {
     B * HKV * LK * D,
     SM_R * SM_N, B * HQ * LQ * LK, B * HQ * LQ * D, B * HQ * LQ,
     B * HQ * 2,  HQ * 2 * D, B * HKV * LK * D, B * HKV * LK * D,
-    LQ * 2 * D, 2 * LQ * (LK / 2)};
+    LQ * 2 * D, 2 * LQ * (LK / 2), B * HQ * D, B * HQ * LQ * D};
 static const char *const g_out_name[O_COUNT] = {
     "softmax", "log_softmax", "sinusoidal", "sinusoidal_add", "rope",
     "alibi",   "sdpa",        "sdpa lse",   "sdpa split",     "sdpa_varlen",
@@ -89,7 +91,8 @@ static const char *const g_out_name[O_COUNT] = {
     "sdpa_backward dv",
     "softmax axis -2", "sdpa logits", "pool_backward dx", "pool_backward dscores",
     "pool_attention lse", "pool_attention_backward dqueries", "pool_attention_backward dk",
-    "pool_attention_backward dv", "mha_torch_forward", "mha_torch_forward weights"};
+    "pool_attention_backward dv", "mha_torch_forward", "mha_torch_forward weights",
+    "pool bf16 out (f16 x, bf16 scores)", "pool_backward f16 dx (bf16 dout)"};
 
 typedef struct {
   float *out[O_COUNT];
@@ -222,6 +225,20 @@ static void run_all(attn_ctx *ctx, worker *w) {
                               wrap(ctx, w->out[O_POOL], B * HQ * D, 3, pod),
                               wrap(ctx, w->out[O_POOL_DX], sizeof g_q / 4, 4, qd),
                               wrap(ctx, w->out[O_POOL_DSCORES], B * HQ * LQ, 3, ld), &plp));
+  /* The same in half precision: f16 x, bf16 scores, a bf16 out (its bits
+   * in the slot's first half), then f16 dx from it as a bf16 dout. */
+  attn_tensor *hx = NULL, *hs = NULL, *ho = NULL, *hdx = NULL;
+  CHECK(w, attn_tensor_new(ctx, ATTN_DTYPE_F16, 4, qd, &hx));
+  CHECK(w, attn_tensor_copy(ctx, wrap(ctx, g_q, sizeof g_q / 4, 4, qd), hx));
+  CHECK(w, attn_tensor_new(ctx, ATTN_DTYPE_BF16, 3, ld, &hs));
+  CHECK(w, attn_tensor_copy(ctx, plp.scores, hs));
+  CHECK(w, attn_tensor_wrap(ctx, ATTN_DTYPE_BF16, 3, pod, NULL, w->out[O_POOL_HALF],
+                            B * HQ * D * 2, &ho));
+  CHECK(w, attn_tensor_wrap(ctx, ATTN_DTYPE_F16, 4, qd, NULL, w->out[O_POOL_HALF_DX],
+                            sizeof g_q / 2, &hdx));
+  plp.scores = hs;
+  CHECK(w, attn_pool(ctx, hx, ho, &plp));
+  CHECK(w, attn_pool_backward(ctx, hx, ho, hdx, NULL, &plp));
   int64_t lqd[3] = {HQ, 2, D}, pao[4] = {B, HQ, 2, D}, pal[3] = {B, HQ, 2};
   attn_pool_attention_params pap;
   attn_pool_attention_params_init(&pap);

@@ -2,17 +2,47 @@
  * attn_rope_cached). The input chooses the op, shapes, strides, every
  * parameter (modes and scalings out of range, lengths, masks and scores of
  * wrong shapes or dtypes, NaN/Inf factors, position ids out of range, struct
- * sizes) and the data. Checks: on failure nothing is written; on success
- * only the outputs' elements change and they match the header's formulas
- * computed here in float64. */
+ * sizes), the data, and the pooling tensors' types (F32, F16, BF16).
+ * Checks: on failure nothing is written; on success only the outputs'
+ * elements change and they match the header's formulas computed here in
+ * float64 from the values the tensors hold (half an ULP more for a half
+ * output). */
 #include "fuzz_common.h"
 
 #define MAX_ELEMS 50000
 
+/* Element off of a float tensor (F32, F16 or BF16) in buf (its buffer, or
+ * the snapshot taken before the call), exactly. */
 static double rd(const fz_tensor *t, const unsigned char *buf, int64_t off) {
-  float v;
-  memcpy(&v, buf + t->offset + off * 4, 4);
-  return v;
+  const unsigned char *p = buf + t->offset;
+  if (t->dtype == ATTN_DTYPE_F32) {
+    float v;
+    memcpy(&v, p + off * 4, 4);
+    return v;
+  }
+  uint16_t h;
+  memcpy(&h, p + off * 2, 2);
+  return t->dtype == ATTN_DTYPE_F16 ? ref_f16_value(h) : ref_bf16_value(h);
+}
+
+/* The float g rounded once to dt, as a result written in dt holds it. */
+static double to_dt(int32_t dt, double g) {
+  float f = (float)g;
+  if (dt == ATTN_DTYPE_F32 || isnan(f))
+    return f;
+  uint32_t b;
+  memcpy(&b, &f, 4);
+  b = dt == ATTN_DTYPE_F16 ? ref_from_f16(ref_to_f16(b)) : ref_from_bf16(ref_to_bf16(b));
+  memcpy(&f, &b, 4);
+  return f;
+}
+
+/* A result of dt past its largest finite value (f16 65504, bf16
+ * 0x1.fep127) may round to Inf; the bounds below are for the values it
+ * holds. */
+static int beyond(int32_t dt, double want) {
+  return (dt == ATTN_DTYPE_F16 && fabs(want) > 65504) ||
+         (dt == ATTN_DTYPE_BF16 && fabs(want) > 0x1.fep127);
 }
 
 /* Offset of token l of sequence (b, h) in a per-token table: [B, L] (h
@@ -50,11 +80,11 @@ static void fuzz_pool_backward(fz_in *in, attn_ctx *ctx, fz_alloc_state *a, cons
   }
   fz_tensor dx, ds;
   memset(&ds, 0, sizeof ds);
-  fz_make_tensor(in, ctx, &dx, ATTN_DTYPE_F32, nd, dims, FZ_OUTPUT);
+  fz_make_tensor(in, ctx, &dx, fz_float_dtype(in), nd, dims, FZ_OUTPUT);
   int want_ds = st_in->t ? fz_chance(in, 200) : fz_chance(in, 8);
   if (want_ds) {
     int64_t sd[3] = {x->dims[0], nd >= 2 ? x->dims[nd - 2] : 1, 1};
-    fz_make_tensor(in, ctx, &ds, ATTN_DTYPE_F32, st_in->t ? st_in->ndim : 2,
+    fz_make_tensor(in, ctx, &ds, fz_float_dtype(in), st_in->t ? st_in->ndim : 2,
                    st_in->t ? st_in->dims : sd, FZ_OUTPUT);
   }
   if (dx.t && (!want_ds || ds.t) && fz_numel(x) <= MAX_ELEMS && fz_numel(&dx) <= MAX_ELEMS) {
@@ -114,9 +144,10 @@ static void fuzz_pool_backward(fz_in *in, attn_ctx *ctx, fz_alloc_state *a, cons
               if (eff->mode == 1)
                 want = g / (double)n;
               if (eff->mode == 2) {
-                FZ_CHECK(got == 0 || got == g || (isnan(g) && isnan(got)), "max: dx %g, dout %g",
+                double gr = to_dt(dx.dtype, g); /* dout rounded once to dx's type */
+                FZ_CHECK(got == 0 || got == gr || (isnan(g) && isnan(got)), "max: dx %g, dout %g",
                          got, g);
-                winners += got == g && g != 0;
+                winners += got == gr && gr != 0;
                 continue;
               }
               if (eff->mode == 3) {
@@ -130,14 +161,15 @@ static void fuzz_pool_backward(fz_in *in, attn_ctx *ctx, fz_alloc_state *a, cons
                   gmag += w * fabs(g * rd(x, x->buf, b * x->eff[0] + (nd == 4 ? h * x->eff[1] : 0) +
                                                          l * x->eff[nd - 2] + d));
               }
-              if (!isfinite(want))
+              if (!isfinite(want) || beyond(dx.dtype, want))
                 continue;
-              FZ_CHECK(fabs(got - want) <= 1e-5 * fabs(want) + 1e-37,
+              FZ_CHECK(fabs(got - want) <= (1e-5 + fz_half_ulp(dx.dtype)) * fabs(want) +
+                                               (fz_half_ulp(dx.dtype) ? 0x1p-24 : 1e-37),
                        "mode %d b %lld h %lld l %lld d %lld: dx %.9g, expected %.9g",
                        (int)eff->mode, (long long)b, (long long)h, (long long)l, (long long)d,
                        got, want);
             }
-            if (eff->mode == 2 && g != 0 && !isnan(g) && n > 0)
+            if (eff->mode == 2 && to_dt(dx.dtype, g) != 0 && !isnan(g) && n > 0)
               FZ_CHECK(winners == 1, "max: %lld tokens got dout", (long long)winners);
           }
           for (int64_t l = 0; ds_full && l < L; l++) {
@@ -150,8 +182,9 @@ static void fuzz_pool_backward(fz_in *in, attn_ctx *ctx, fz_alloc_state *a, cons
               dsum += got, dmag += fabs(got);
           }
           if (ds_full && !nan_row && isfinite(dmag) && dmag < 1e30 && isfinite(gmag) && gmag < 1e30)
-            FZ_CHECK(fabs(dsum) <= 1e-4 * dmag + 1e-12 * gmag + 1e-30, "dscores sum to %g (magnitude %g)", dsum,
-                     dmag);
+            FZ_CHECK(fabs(dsum) <= (1e-4 + fz_half_ulp(ds.dtype)) * dmag + 1e-12 * gmag +
+                                       (fz_half_ulp(ds.dtype) ? 0x1p-24 * (double)L : 1e-30),
+                     "dscores sum to %g (magnitude %g)", dsum, dmag);
         }
     }
   }
@@ -172,7 +205,7 @@ static void fuzz_pool(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
   int64_t B = dims[0], H = nd == 4 ? dims[1] : 1, L = nd >= 2 ? dims[nd - 2] : 1,
           D = dims[nd - 1];
   fz_tensor x, out, keep, scores;
-  fz_make_tensor(in, ctx, &x, ATTN_DTYPE_F32, nd, dims, FZ_INPUT);
+  fz_make_tensor(in, ctx, &x, fz_float_dtype(in), nd, dims, FZ_INPUT);
   int64_t od[4] = {B, H, D, 1};
   if (nd == 3)
     od[1] = D;
@@ -183,7 +216,7 @@ static void fuzz_pool(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
   int32_t ond = nd == 4 ? 3 : 2;
   if (fz_chance(in, 4))
     ond = (int32_t)fz_range(in, 1, 4);
-  fz_make_tensor(in, ctx, &out, ATTN_DTYPE_F32, ond, od, FZ_OUTPUT);
+  fz_make_tensor(in, ctx, &out, fz_float_dtype(in), ond, od, FZ_OUTPUT);
   attn_pool_params p, eff;
   attn_pool_params_init(&p);
   p.mode = fz_enum(in, 4);
@@ -206,7 +239,7 @@ static void fuzz_pool(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
     p.keep = keep.t;
   }
   if (has_scores) {
-    fz_make_tensor(in, ctx, &scores, ATTN_DTYPE_F32, tnd, td, FZ_INPUT);
+    fz_make_tensor(in, ctx, &scores, fz_float_dtype(in), tnd, td, FZ_INPUT);
     p.scores = scores.t;
   }
   int64_t *lengths = NULL;
@@ -294,9 +327,11 @@ static void fuzz_pool(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
             }
             if (eff.mode == 1)
               acc /= (double)n, mag /= (double)n;
-            if (saw_nan || !isfinite(acc) || mag > 1e37)
+            if (saw_nan || !isfinite(acc) || mag > 1e37 || beyond(out.dtype, acc))
               continue; /* infinities and NaN: covered by the edge tables */
-            FZ_CHECK(fabs(got - acc) <= 1e-5 * mag + 1e-30,
+            /* a half out: the double rounded once, half an ULP */
+            double u = fz_half_ulp(out.dtype);
+            FZ_CHECK(fabs(got - acc) <= 1e-5 * mag + u * fabs(acc) + (u ? 0x1p-25 : 1e-30),
                      "mode %d b %lld h %lld d %lld: got %.9g, expected %.9g", (int)eff.mode,
                      (long long)b, (long long)h, (long long)d, got, acc);
           }

@@ -79,6 +79,9 @@ uint16_t ref_to_bf16(uint32_t x) {
   return (uint16_t)encode(BF16, (double)f);
 }
 
+uint16_t ref_round_f16(double v) { return (uint16_t)encode(F16, v); }
+uint16_t ref_round_bf16(double v) { return (uint16_t)encode(BF16, v); }
+
 uint32_t ref_from_f16(uint16_t h) {
   double v = decode(F16, h);
   if (isnan(v))

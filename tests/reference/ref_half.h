@@ -14,6 +14,10 @@ double ref_bf16_value(uint16_t h);
 /* f32 (bits) -> nearest f16 / bf16, ties to even, overflow to Inf. */
 uint16_t ref_to_f16(uint32_t x);
 uint16_t ref_to_bf16(uint32_t x);
+/* A double (not NaN) -> nearest f16 / bf16, ties to even: one rounding,
+ * for results the library computes in double. */
+uint16_t ref_round_f16(double v);
+uint16_t ref_round_bf16(double v);
 /* f16 / bf16 -> f32 bits (exact; NaN made quiet). */
 uint32_t ref_from_f16(uint16_t h);
 uint32_t ref_from_bf16(uint16_t h);

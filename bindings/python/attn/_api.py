@@ -791,22 +791,27 @@ class Context(_ClosedWhenCollected):
 
     # ---- pooling ----
 
-    def pool(self, x, mode="sum", *, scores=None, lengths=None, keep=None):
+    def pool(self, x, mode="sum", *, scores=None, lengths=None, keep=None, out=None):
         """Pool x [B, L, D] or [B, H, L, D] over its sequence axis L.
 
         mode: "sum", "mean" (divided by the kept count), "max", or
         "weighted" (softmax of `scores` [B, L] or [B, H, L] over the kept
         tokens, then the weighted sum). lengths: [B] ints, tokens past
         lengths[b] dropped; keep: bool [B, L] or [B, H, L], True = keep. A
-        sequence with no kept token gives zeros. Returns [B, D] or [B, H, D]."""
+        sequence with no kept token gives zeros. x and scores: float32,
+        float16 (read as they are), or torch float32 / float16 / bfloat16
+        tensors. Returns [B, D] or [B, H, D]: float16 for a float16 x, else
+        float32; out: an array of that shape (float32 or float16) to write."""
         fn = "pool"
-        x = np.asarray(x)
+        x, xdt = _data_array(x, fn)
         if x.ndim not in (3, 4):
             raise ValueError("%s: x must be [B, L, D] or [B, H, L, D], not %s" % (fn, x.shape))
-        out = np.empty(x.shape[:-2] + x.shape[-1:], np.float32)
+        if out is None:
+            out = np.empty(x.shape[:-2] + x.shape[-1:], _result_dtype(xdt))
         with self._call(fn) as c:
-            hx, p = self._pool_params(fn, c, x, mode, scores, lengths, keep)
-            c.check(_fn("attn_pool")(self._handle, hx, c.output(out, "out"), ctypes.byref(p)))
+            hx, p, _ = self._pool_params(fn, c, x, xdt, mode, scores, lengths, keep)
+            c.check(_fn("attn_pool")(self._handle, hx, c.output(out, "out", half=True),
+                                     ctypes.byref(p)))
         return out
 
     def pool_backward(self, x, dout, mode="sum", *, scores=None, lengths=None, keep=None,
@@ -816,51 +821,61 @@ class Context(_ClosedWhenCollected):
         return_dscores (mode "weighted"), (dx, dscores) with dscores in
         scores' shape. max sends each feature's gradient to the earliest
         kept token holding the maximum. Pass exactly the forward's
-        arguments."""
+        arguments. Types as pool(): dx (dscores) is float16 for a float16 x
+        (scores), else float32."""
         fn = "pool_backward"
-        x = np.asarray(x)
+        x, xdt = _data_array(x, fn)
+        dout, gdt = _data_array(dout, fn)
         if x.ndim not in (3, 4):
             raise ValueError("%s: x must be [B, L, D] or [B, H, L, D], not %s" % (fn, x.shape))
-        dx = np.empty(x.shape, np.float32)
+        dx = np.empty(x.shape, _result_dtype(xdt))
         dscores = None
-        if return_dscores:
-            if scores is None:
-                raise ValueError("%s: return_dscores needs scores (mode 'weighted')" % fn)
-            dscores = np.empty(np.shape(scores), np.float32)
+        if return_dscores and scores is None:
+            raise ValueError("%s: return_dscores needs scores (mode 'weighted')" % fn)
         with self._call(fn) as c:
-            hx, p = self._pool_params(fn, c, x, mode, scores, lengths, keep)
-            hds = c.output(dscores, "dscores") if dscores is not None else None
-            c.check(_fn("attn_pool_backward")(self._handle, hx, c.input(dout, "dout"),
-                                              c.output(dx, "dx"), hds, ctypes.byref(p)))
+            hx, p, sdt = self._pool_params(fn, c, x, xdt, mode, scores, lengths, keep)
+            hds = None
+            if return_dscores:
+                dscores = np.empty(np.shape(scores), _result_dtype(sdt))
+                hds = c.output(dscores, "dscores", half=True)
+            c.check(_fn("attn_pool_backward")(self._handle, hx, c.input(dout, "dout", dtype=gdt),
+                                              c.output(dx, "dx", half=True), hds,
+                                              ctypes.byref(p)))
         return (dx, dscores) if return_dscores else dx
 
-    def _pool_params(self, fn, c, x, mode, scores, lengths, keep):
+    def _pool_params(self, fn, c, x, xdt, mode, scores, lengths, keep):
         p = _lib.PoolParams(mode=_choice(_lib.POOL_MODES, mode, fn, "mode"))
-        hx = c.input(x, "x")
+        hx = c.input(x, "x", dtype=xdt)
+        sdt = _lib.DTYPE_F32
         if scores is not None:
-            p.scores = c.input(scores, "scores")
+            scores, sdt = _data_array(scores, fn)
+            p.scores = c.input(scores, "scores", dtype=sdt)
         if keep is not None:
             p.keep = c.input(keep, "keep", boolean=True)
         if lengths is not None:
             ln = _int64_array(lengths, "lengths", fn, (x.shape[0],))
             c.keep.append(ln)
             p.lengths = ln.ctypes.data_as(_lib._c_int64_p)
-        return hx, p
+        return hx, p, sdt
 
     def pool_attention(self, queries, k, v=None, *, scale=None, lengths=None, keep=None,
                        return_weights=False, return_lse=False):
         """Learned-query attention pooling (CLIP attention pool, Set
         Transformer PMA): queries [Hq, M, D] (or [M, D]) shared by every
         sequence attend over k [B, Hkv, L, D] (or [B, L, D]) and v (default
-        k). lengths: [B]; keep: bool [B, L]. Returns out [B, Hq, M, Dv]
-        (or [B, M, Dv] for 2-D queries and 3-D k), followed by the weights
+        k), each float32, float16 or a torch float32 / float16 / bfloat16
+        tensor, read as it is. lengths: [B]; keep: bool [B, L]. Returns out
+        [B, Hq, M, Dv] (or [B, M, Dv] for 2-D queries and 3-D k), float16
+        for float16 queries, else float32, followed by the weights
         [B, Hq, M, L] with return_weights and the log-sum-exp [B, Hq, M]
         (for pool_attention_backward) with return_lse."""
         fn = "pool_attention"
+        (queries, qdt), (k, kdt) = _data_array(queries, fn), _data_array(k, fn)
+        v, vdt = (k, kdt) if v is None else _data_array(v, fn)
         q3, k4, v4, squeeze = self._pool_attention_views(fn, queries, k, v)
         B, L = k4.shape[0], k4.shape[2]
         Hq, M = q3.shape[0], q3.shape[1]
-        out = np.empty((B, Hq, M, v4.shape[3]), np.float32)
+        out = np.empty((B, Hq, M, v4.shape[3]), _result_dtype(qdt))
         weights = np.empty((B, Hq, M, L), np.float32) if return_weights else None
         lse = np.empty((B, Hq, M), np.float32) if return_lse else None
         with self._call(fn) as c:
@@ -870,8 +885,8 @@ class Context(_ClosedWhenCollected):
             if lse is not None:
                 p.lse = c.output(lse, "lse")
             c.check(_fn("attn_pool_attention")(
-                self._handle, c.input(q3, "queries"), c.input(k4, "k"), c.input(v4, "v"),
-                c.output(out, "out"), ctypes.byref(p)))
+                self._handle, c.input(q3, "queries", dtype=qdt), c.input(k4, "k", dtype=kdt),
+                c.input(v4, "v", dtype=vdt), c.output(out, "out", half=True), ctypes.byref(p)))
         if squeeze:
             out = out[:, 0]
             weights = weights[:, 0] if weights is not None else None

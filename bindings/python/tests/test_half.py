@@ -167,3 +167,87 @@ def test_sdpa_torch_bfloat16_cache():
     assert o.dtype == np.float32
     want = attn.sdpa(q.numpy(), k.float().numpy(), v.float().numpy())
     assert np.allclose(o, want, rtol=1e-5, atol=1e-6)
+
+
+def _np_pool_ref(x, mode, keep, scores=None):
+    """float64 pooling of x [B, H, L, D] over the kept tokens keep [B, H, L]."""
+    B, H, L, D = x.shape
+    out = np.zeros((B, H, D))
+    for b in range(B):
+        for h in range(H):
+            k = keep[b, h]
+            if not k.any():
+                continue
+            xs = x[b, h][k].astype(np.float64)
+            if mode == "sum":
+                out[b, h] = xs.sum(0)
+            elif mode == "mean":
+                out[b, h] = xs.mean(0)
+            elif mode == "max":
+                out[b, h] = xs.max(0)
+            else:
+                s = scores[b, h][k].astype(np.float64)
+                w = np.exp(s - s.max())
+                out[b, h] = (w / w.sum()) @ xs
+    return out
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max", "weighted"])
+def test_pool_float16_in_and_out(mode):
+    rng = np.random.default_rng(6)
+    x = rng.uniform(-2, 2, (3, 2, 40, 8)).astype(np.float16)
+    scores = rng.uniform(-3, 3, (3, 2, 40)).astype(np.float16)
+    lengths = np.array([40, 7, 0])
+    keep = rng.random((3, 40)) > 0.2
+    sc = scores if mode == "weighted" else None
+    got = attn.pool(x, mode, scores=sc, lengths=lengths, keep=keep)
+    assert got.dtype == np.float16
+    full = np.broadcast_to((keep & (np.arange(40) < lengths[:, None]))[:, None], (3, 2, 40))
+    want = _np_pool_ref(x, mode, full, scores)
+    scale = np.abs(x.astype(np.float64)).sum(2) if mode == "sum" else np.abs(want)
+    assert _bound_ok(got, want, 2.0**-11, 1e-6 * (scale + 1))
+    assert not got[2].any()  # nothing kept: zeros
+    # float32 out from the same float16 inputs: the float64 result to float32.
+    g32 = attn.pool(x, mode, scores=sc, lengths=lengths, keep=keep,
+                    out=np.empty(got.shape, np.float32))
+    assert np.allclose(g32, want, rtol=1e-6, atol=1e-6)
+    # The backward keeps float16 too (dx, and dscores for float16 scores).
+    dout = rng.uniform(-1, 1, got.shape).astype(np.float16)
+    res = attn.pool_backward(x, dout, mode, scores=sc, lengths=lengths, keep=keep,
+                             return_dscores=mode == "weighted")
+    dx = res[0] if mode == "weighted" else res
+    assert dx.dtype == np.float16 and dx.shape == x.shape
+    d32 = attn.pool_backward(x.astype(np.float32), dout.astype(np.float32), mode,
+                             scores=None if sc is None else sc.astype(np.float32),
+                             lengths=lengths, keep=keep, return_dscores=mode == "weighted")
+    dx32 = d32[0] if mode == "weighted" else d32
+    assert _bound_ok(dx, dx32.astype(np.float64), 2.0**-11, 1e-6)
+    if mode == "weighted":
+        assert res[1].dtype == np.float16
+        assert _bound_ok(res[1], d32[1].astype(np.float64), 2.0**-11, 1e-5)
+
+
+@pytest.mark.skipif(torch is None, reason="torch not installed")
+def test_pool_torch_bfloat16():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 30, 16, generator=g).to(torch.bfloat16)
+    s = torch.randn(2, 30, generator=g).to(torch.bfloat16)
+    got = attn.pool(x, "weighted", scores=s)
+    assert got.dtype == np.float32  # NumPy has no bfloat16: the result is float32
+    want = attn.pool(x.float().numpy(), "weighted", scores=s.float().numpy())
+    assert np.array_equal(got, want)  # the same widened values, the same computation
+    w = torch.softmax(s.double(), -1)
+    assert np.allclose(got, (w[..., None] * x.double()).sum(1).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_pool_attention_float16():
+    rng = np.random.default_rng(7)
+    q = rng.uniform(-1, 1, (2, 3, 16)).astype(np.float16)
+    k = rng.uniform(-1, 1, (2, 2, 50, 16)).astype(np.float16)
+    o16 = attn.pool_attention(q, k)
+    assert o16.dtype == np.float16
+    o32 = attn.pool_attention(q.astype(np.float32), k.astype(np.float32))
+    assert _bound_ok(o16, o32.astype(np.float64), 2.0**-11, 1e-5)
+    om = attn.pool_attention(q.astype(np.float32), k)  # f32 queries over f16 keys
+    assert om.dtype == np.float32
+    assert np.array_equal(om, o32)
