@@ -1,7 +1,7 @@
-/* The decoder attention layer: q/k/v projections (one sgemm each over all
- * B * L tokens of a call), rotary embedding at the cache positions, append
- * to a KV cache, attention through the cache (kv_cache.c -> sdpa.c), output
- * projection.
+/* The decoder attention layer: q/k/v projections (one product over all
+ * B * L tokens of a call, the three weights side by side: gemm.h), rotary
+ * embedding at the cache positions, append to a KV cache, attention through
+ * the cache (kv_cache.c -> sdpa.c), output projection.
  *
  * The layer owns a buffer that grows to the largest call and is reused, so
  * a warm layer allocates nothing (the attention's workspace is the
@@ -9,6 +9,7 @@
  * before the cache changes, except the attention's workspace: if that
  * allocation fails the appended rows are rolled back. */
 #include "check.h"
+#include "gemm.h"
 #include "kv_cache.h"
 #include "mha.h"
 #include "rope.h"
@@ -337,15 +338,6 @@ static attn_status mha_get_weight_impl(attn_ctx *ctx, const attn_mha *layer, int
 
 /* ---- forward ---- */
 
-void attn__mha_linear(int64_t T, int64_t n, int64_t k, const float *a, int64_t lda,
-                      const float *w, int64_t ldw, const float *bias, float *c, int64_t ldc) {
-  attn__sgemm_nt((int)T, (int)n, (int)k, 1.0f, a, (int)lda, w, (int)ldw, c, (int)ldc);
-  if (bias)
-    for (int64_t t = 0; t < T; t++)
-      for (int64_t j = 0; j < n; j++)
-        c[t * ldc + j] += bias[j];
-}
-
 static size_t round_up(size_t n) { return (n + ATTN_ALIGN - 1) & ~(size_t)(ATTN_ALIGN - 1); }
 
 static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cache *cache,
@@ -397,8 +389,9 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   bool x_direct = x->strides[2] == 1 && x->strides[1] >= E && x->strides[1] <= INT32_MAX &&
                   (B == 1 || x->strides[0] == L * x->strides[1]);
   bool y_direct = y->strides[2] == 1 && y->strides[1] == E && (B == 1 || y->strides[0] == L * E);
-  size_t sizes[7] = {x_direct ? 0 : (size_t)(T * E), (size_t)(T * hq), (size_t)(T * hkv),
-                     (size_t)(T * hkv), (size_t)(T * hq), y_direct ? 0 : (size_t)(T * E),
+  int64_t ldp = hq + 2 * hkv; /* q, k and v side by side: one product */
+  size_t sizes[7] = {x_direct ? 0 : (size_t)(T * E), (size_t)(T * ldp), 0, 0, (size_t)(T * hq),
+                     y_direct ? 0 : (size_t)(T * E),
                      m->has_rope ? (size_t)T * 2 : 0};
   size_t offs[7], total = 0;
   for (int i = 0; i < 7; i++) {
@@ -418,11 +411,11 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   }
   char *base = (char *)(((uintptr_t)m->buf + ATTN_ALIGN - 1) & ~(uintptr_t)(ATTN_ALIGN - 1));
   float *xg = (float *)(base + offs[0]), *q = (float *)(base + offs[1]);
-  float *k = (float *)(base + offs[2]), *v = (float *)(base + offs[3]);
+  float *k = q + hq, *v = k + hkv;
   float *a = (float *)(base + offs[4]), *yb = (float *)(base + offs[5]);
   int64_t *positions = (int64_t *)(void *)(base + offs[6]);
 
-  /* Projections of every token, padding rows included (one sgemm each). */
+  /* Projections of every token, padding rows included. */
   const float *xa = x->data;
   int64_t ldx = x->strides[1];
   if (!x_direct) {
@@ -434,9 +427,19 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
     xa = xg;
     ldx = E;
   }
-  attn__mha_linear(T, hq, E, xa, ldx, m->w[0], m->ld[0], m->w[4], q, hq);
-  attn__mha_linear(T, hkv, E, xa, ldx, m->w[1], m->ld[1], m->w[5], k, hkv);
-  attn__mha_linear(T, hkv, E, xa, ldx, m->w[2], m->ld[2], m->w[6], v, hkv);
+  attn_gemm_problem pqkv;
+  memset(&pqkv, 0, sizeof pqkv);
+  pqkv.m = T, pqkv.k = E, pqkv.a = xa, pqkv.lda = ldx, pqkv.c = q, pqkv.ldc = ldp;
+  pqkv.n_parts = 3;
+  for (int i = 0; i < 3; i++)
+    pqkv.part[i] = (attn_gemm_part){m->w[i], m->ld[i], i ? hkv : hq, m->w[4 + i]};
+  attn__gemm_plan(ctx, &pqkv);
+  float *yo = y_direct ? y->data : yb;
+  attn_gemm_problem po =
+      attn__gemm_linear(ctx, T, E, hq, a, hq, m->w[3], m->ld[3], m->w[7], yo, E);
+  if ((st = attn__ws_reserve(ctx, pqkv.ws_bytes > po.ws_bytes ? pqkv.ws_bytes : po.ws_bytes)))
+    return st;
+  attn__gemm_run(ctx, &pqkv);
   if (m->has_rope) {
     /* q and k rotated at positions len_b + i by attn_rope's plan and run,
      * on [B, H, L, D] views of the [B, L, H, D] rows. */
@@ -446,9 +449,9 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
     attn_rope_problem rq = m->rope, rk = m->rope;
     rq.x = q, rq.B = B, rq.H = m->Hq, rq.L = L, rq.D = m->D, rq.positions = positions;
     rk.x = k, rk.B = B, rk.H = m->Hkv, rk.L = L, rk.D = m->D, rk.positions = positions;
-    const int64_t xq[4] = {L * hq, m->D, hq, 1}, xk[4] = {L * hkv, m->D, hkv, 1};
+    const int64_t xq[4] = {L * ldp, m->D, ldp, 1};
     memcpy(rq.xs, xq, sizeof xq);
-    memcpy(rk.xs, xk, sizeof xk);
+    memcpy(rk.xs, xq, sizeof xq);
     attn__rope_plan(ctx, &rq);
     attn__rope_plan(ctx, &rk);
     size_t mark = attn__ws_mark(ctx);
@@ -460,17 +463,17 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
     attn__ws_release(ctx, mark);
   }
   /* q, k, v, a as [B, H, L, D] views of [B, L, H, D] rows. */
-  const int64_t ks[3] = {L * hkv, m->D, hkv}, qs[4] = {L * hq, m->D, hq, 1};
+  const int64_t ks[3] = {L * ldp, m->D, ldp}, qs[4] = {L * ldp, m->D, ldp, 1};
+  const int64_t as[4] = {L * hq, m->D, hq, 1};
   if ((st = attn__kv_append_rows(ctx, cache, k, ks, v, ks, n_new, L)) != ATTN_OK)
     return st;
-  if ((st = attn__kv_attend_rows(ctx, cache, q, qs, m->Hq, L, a, qs, n_new, &m->sp))) {
+  if ((st = attn__kv_attend_rows(ctx, cache, q, qs, m->Hq, L, a, as, n_new, &m->sp))) {
     /* Only the attention's workspace can fail here: take the rows back. */
     for (int64_t b = 0; b < B; b++)
       attn__kv_truncate_to(cache, b, lens[b] - (n_new ? n_new[b] : L));
     return st;
   }
-  float *yo = y_direct ? y->data : yb;
-  attn__mha_linear(T, E, hq, a, hq, m->w[3], m->ld[3], m->w[7], yo, E);
+  attn__gemm_run(ctx, &po); /* its workspace reserved above (the block only grows) */
   for (int64_t b = 0; b < B; b++)
     for (int64_t l = n_new ? n_new[b] : L; l < L; l++)
       memset(yo + (b * L + l) * E, 0, (size_t)E * sizeof(float));

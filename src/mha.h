@@ -35,10 +35,6 @@ attn_status attn__mha_check_layer(attn_ctx *ctx, const attn_mha *m);
 /* Allocate m's present weights zero-filled and link m into ctx's list; on
  * failure m is freed and the status set. m's sizes and form are set. */
 attn_status attn__mha_add(attn_ctx *ctx, attn_mha *m);
-/* C[T, n] (row stride ldc) = A[T, k] W[n, k]^T (+ bias per column): one
- * sgemm over all T tokens. T, n, k and the strides fit in int. */
-void attn__mha_linear(int64_t T, int64_t n, int64_t k, const float *a, int64_t lda,
-                      const float *w, int64_t ldw, const float *bias, float *c, int64_t ldc);
 /* Whether weight `which` belongs to PyTorch-form layer m, and its rows and
  * columns (either pointer may be NULL). */
 bool attn__mha_torch_shape(const attn_mha *m, int32_t which, int64_t *rows, int64_t *cols);

@@ -3,7 +3,7 @@
  * set / wrap / get calls are mha.c's; this file has the form's weight
  * table, its creation and its forward:
  *
- *   q, k, v projections: one sgemm each over all tokens, in the inputs'
+ *   q, k, v projections: one product each over all tokens (gemm.h), in the inputs'
  *   own token order (l * B + b sequence first, b * L + l batch first), so
  *   the [B, H, L, D] views SDPA reads are strides of those rows; the two
  *   masks merged into one additive mask (torch's own merge: a boolean
@@ -13,6 +13,7 @@
  * Every buffer is a slice of the context's workspace, reserved once with
  * the attention's: a warm context allocates nothing. */
 #include "check.h"
+#include "gemm.h"
 #include "mha.h"
 #include "sdpa.h"
 
@@ -324,6 +325,23 @@ static const float *in_weight(const attn_mha *m, int part, int64_t *ld, const fl
   return m->w[ATTN_MHA_Q_WEIGHT + part];
 }
 
+/* Projection `part` (q 0, k 1, v 2, out 3) of the call as a planned
+ * product from x (rows ldx apart) into dst (rows lddst apart); the plan
+ * (and so its workspace) does not depend on the pointers. */
+static attn_gemm_problem projection(const attn_ctx *ctx, const torch_call *c, int part,
+                                    const float *x, int64_t ldx, float *dst, int64_t lddst) {
+  const attn_mha *m = c->m;
+  if (part == 3)
+    return attn__gemm_linear(ctx, c->T, m->E, m->E, x, ldx, m->w[ATTN_MHA_O_WEIGHT],
+                             m->ld[ATTN_MHA_O_WEIGHT],
+                             m->out_bias ? m->w[ATTN_MHA_O_BIAS] : NULL, dst, lddst);
+  const attn_tensor *in[3] = {c->query, c->key, c->value};
+  int64_t ldw;
+  const float *bias, *w = in_weight(m, part, &ldw, &bias);
+  return attn__gemm_linear(ctx, part ? c->Tk : c->T, m->E, in[part]->dims[2], x, ldx, w, ldw,
+                           bias, dst, lddst);
+}
+
 static void run_call(attn_ctx *ctx, torch_call *c, attn_sdpa_problem *sp) {
   const attn_mha *m = c->m;
   int64_t E = m->E, H = m->Hq;
@@ -340,10 +358,8 @@ static void run_call(attn_ctx *ctx, torch_call *c, attn_sdpa_problem *sp) {
       x = gathered[part];
       ld[part] = in[part]->dims[2];
     }
-    int64_t ldw;
-    const float *bias, *w = in_weight(m, part, &ldw, &bias);
-    attn__mha_linear(rows[part], E, in[part]->dims[2], x, ld[part], w, ldw, bias, proj[part],
-                     E);
+    attn_gemm_problem g = projection(ctx, c, part, x, ld[part], proj[part], E);
+    attn__gemm_run(ctx, &g);
   }
   if (c->mask)
     for (int64_t b = 0; b < c->Bm; b++)
@@ -376,8 +392,8 @@ static void run_call(attn_ctx *ctx, torch_call *c, attn_sdpa_problem *sp) {
         }
   }
   float *y = c->go ? c->y : c->out->data;
-  attn__mha_linear(c->T, E, E, c->a, E, m->w[ATTN_MHA_O_WEIGHT], m->ld[ATTN_MHA_O_WEIGHT],
-                   m->out_bias ? m->w[ATTN_MHA_O_BIAS] : NULL, y, c->go ? E : c->ldo);
+  attn_gemm_problem g = projection(ctx, c, 3, c->a, E, y, c->go ? E : c->ldo);
+  attn__gemm_run(ctx, &g);
   if (c->go)
     copy_rows(c->out, c->y, true);
 }
@@ -425,8 +441,15 @@ static attn_status forward_impl(attn_ctx *ctx, attn_mha *layer, const attn_tenso
   prm.causal = c.causal;
   attn__sdpa_fill_common(&sp, &prm);
   attn__sdpa_plan(ctx, &sp);
+  /* The projections and the attention run one after another above this
+   * call's buffers: the largest of their workspaces. */
+  size_t inner = sp.ws_bytes;
+  for (int part = 0; part < 4; part++) {
+    size_t b = projection(ctx, &c, part, NULL, 0, NULL, 0).ws_bytes;
+    inner = b > inner ? b : inner;
+  }
   size_t mine = attn__ws_size(torch_layout, &c), total;
-  if (mine == SIZE_MAX || __builtin_add_overflow(mine, sp.ws_bytes, &total))
+  if (mine == SIZE_MAX || __builtin_add_overflow(mine, inner, &total))
     total = SIZE_MAX; /* refused below */
   if ((st = attn__ws_reserve(ctx, total)) != ATTN_OK)
     return st;

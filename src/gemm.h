@@ -1,0 +1,54 @@
+/* The layers' linear maps: C[m, n] = A[m, k] W[n, k]^T + bias, where W is
+ * up to three weights stacked by rows (a decoder's q, k and v projections
+ * in one product over the same input), on the context's threads.
+ *
+ * Large products are cache-blocked (gemm.c): W packed once per call into
+ * column panels in the workspace, A copied block by block per thread, the
+ * products by the kernel set's tile kernel (simd/gemm_body.h). The sum of
+ * every element is bias, then the products in k order, in slices of
+ * ATTN_GEMM_KC added in k order: it depends on the shape alone, never on
+ * the thread count. Without tile kernels (the sse2 set) the product goes to
+ * cblas_sgemm (blas.c) and the bias is added after it. */
+#ifndef ATTN_GEMM_H
+#define ATTN_GEMM_H
+
+#include "internal.h"
+
+#define ATTN_GEMM_MAX_PARTS 3
+
+/* One weight: rows [n, k], ldw apart; its bias [n] or NULL. */
+typedef struct {
+  const float *w;
+  int64_t ldw, n;
+  const float *bias;
+} attn_gemm_part;
+
+typedef struct {
+  /* caller */
+  int64_t m, k;
+  const float *a; /* [m, k], lda apart */
+  int64_t lda;
+  attn_gemm_part part[ATTN_GEMM_MAX_PARTS];
+  int32_t n_parts;
+  float *c; /* [m, sum of the parts' n], ldc apart; overlaps no input */
+  int64_t ldc;
+  /* attn__gemm_plan */
+  int64_t n;       /* columns of C */
+  int32_t path;    /* how the product runs (gemm.c) */
+  int32_t threads;
+  size_t ws_bytes; /* workspace attn__gemm_run takes */
+  /* attn__gemm_run: slices of the workspace */
+  float *bp, *ap, *bias;
+} attn_gemm_problem;
+
+/* Fill the plan fields. m, n, k, the leading dimensions and m * ld fit in
+ * the int that BLAS takes (checked by the caller). */
+void attn__gemm_plan(const attn_ctx *ctx, attn_gemm_problem *p);
+/* Run a planned problem: p->ws_bytes must be reserved (allocates nothing). */
+void attn__gemm_run(attn_ctx *ctx, attn_gemm_problem *p);
+/* A one-weight problem, planned. */
+attn_gemm_problem attn__gemm_linear(const attn_ctx *ctx, int64_t m, int64_t n, int64_t k,
+                                    const float *a, int64_t lda, const float *w, int64_t ldw,
+                                    const float *bias, float *c, int64_t ldc);
+
+#endif
