@@ -20,6 +20,9 @@
 #include "attn.h"
 
 #include <cblas.h>
+#ifdef ATTN_HAVE_X86_KERNELS
+#include "simd/kernels.h" /* the tile kernels, linked from attn_simd's objects */
+#endif
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -309,6 +312,79 @@ static double sgemm_gflops(int threads, int n) {
   return 2.0 * n * (double)n * n / t * 1e-9;
 }
 
+/* ---- libattn's own tile kernel: the ceiling of its products ----
+ * The sgemm ceiling is the linked BLAS's, which may be far from the CPU's
+ * (OpenBLAS 0.3.21 runs Prescott kernels on CPUs newer than it); a layer's
+ * products run on libattn's own kernels, so its rate is also reported
+ * next to theirs: gemm_nt on SDPA's 128 x 256 x 64 tiles, one stream of
+ * tiles per thread, from the kernel set the library uses. */
+
+enum { TILE_M = 128, TILE_N = 256, TILE_K = 64, TILE_REPS = 64 };
+
+typedef struct {
+  const void *kern;
+  float *a, *b, *c; /* per thread: TILE_M x TILE_K, TILE_N x TILE_K, TILE_M x TILE_N */
+} tile_job;
+
+typedef struct {
+  tile_job job;
+  int threads;
+} tile_run;
+
+static void tile_part(void *arg, int t, int nt) {
+  (void)nt;
+#ifdef ATTN_HAVE_X86_KERNELS
+  tile_job *j = arg;
+  const attn_kernels *k = j->kern;
+  float *a = j->a + (size_t)t * TILE_M * TILE_K, *b = j->b + (size_t)t * TILE_N * TILE_K;
+  float *c = j->c + (size_t)t * TILE_M * TILE_N;
+  for (int r = 0; r < TILE_REPS; r++)
+    k->gemm_nt(TILE_M, TILE_N, TILE_K, 1.0f, a, TILE_K, b, TILE_K, c, TILE_N);
+#else
+  (void)arg, (void)t;
+#endif
+}
+
+static int tile_once(void *arg) {
+  tile_run *r = arg;
+  run_parallel(tile_part, &r->job, r->threads);
+  return 0;
+}
+
+/* The set named in attn_blas_info ("SDPA products: libattn NAME kernels"),
+ * or NULL (products through BLAS, or no x86 kernels in this build). */
+static const void *tile_kernels(void) {
+#ifdef ATTN_HAVE_X86_KERNELS
+  char info[512], want[64];
+  attn_blas_info(info, sizeof info);
+  const char *at = strstr(info, "SDPA products: libattn ");
+  if (!at || sscanf(at + strlen("SDPA products: libattn "), "%63s", want) != 1)
+    return NULL;
+  const attn_kernels *sets[] = {&attn__kernels_avx2, &attn__kernels_avx512,
+                                &attn__kernels_avx512bf16};
+  for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++)
+    if (!strcmp(sets[i]->name, want) && sets[i]->gemm_nt)
+      return sets[i];
+#endif
+  return NULL;
+}
+
+/* GFLOP/s of the tile kernel on `threads` threads; NAN without one. */
+static double tile_gflops(int threads) {
+  const void *kern = tile_kernels();
+  if (!kern || threads < 1 || threads > 64)
+    return NAN;
+  size_t nt = (size_t)threads;
+  tile_run r = {{kern, new_floats(nt * TILE_M * TILE_K, 4), new_floats(nt * TILE_N * TILE_K, 5),
+                 new_floats(nt * TILE_M * TILE_N, 6)},
+                threads};
+  double t = time_median(tile_once, &r, 0.3, 1, NULL);
+  free(r.job.a);
+  free(r.job.b);
+  free(r.job.c);
+  return 2.0 * TILE_M * TILE_N * TILE_K * TILE_REPS * threads / t * 1e-9;
+}
+
 /* ---- memory copy bandwidth (buffers larger than the L3) ---- */
 
 typedef struct {
@@ -437,6 +513,7 @@ typedef struct {
   const char *error;
   double other_load; /* cores used by other processes during the case */
   double speedup_f32; /* K_KV half rows: the f32 cache row's time over this one's */
+  double tile;        /* K_MHA: tile_gflops on the same threads */
 } result;
 
 static const char *kind_name(kind k) {
@@ -588,7 +665,7 @@ static int measure(timed_fn once, void *arg, const char *err, counter *cnt, resu
 }
 
 static result run_sdpa_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN};
   size_t nq = (size_t)(c->B * c->Hq * c->Lq * c->D), nk = (size_t)(c->B * c->Hkv * c->Lk * c->D),
          nv = (size_t)(c->B * c->Hkv * c->Lk * c->Dv), no = (size_t)(c->B * c->Hq * c->Lq * c->Dv);
   float *q = new_floats(nq, 11), *k = new_floats(nk, 12), *v = new_floats(nv, 13);
@@ -706,7 +783,7 @@ done:
 }
 
 static result run_softmax_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN};
   int64_t rows = c->Lq, cols = c->Lk;
   size_t n = (size_t)(rows * cols);
   float *x = new_floats(n, 21), *y = new_floats(n, 22);
@@ -744,7 +821,7 @@ static int64_t varlen_len(int64_t i, int64_t n, int64_t lo, int64_t hi) {
 
 /* BERT-style serving: B sequences packed [T, H, D], non-causal. */
 static result run_varlen_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN};
   int64_t *cu = malloc((size_t)(c->B + 1) * sizeof *cu);
   if (!cu) {
     fprintf(stderr, "attn-bench: out of memory\n");
@@ -800,7 +877,7 @@ static result run_varlen_case(const bcase *c) {
 /* RoPE and the sinusoidal table, in place: bytes read + written against
  * the same run's memcpy. */
 static result run_posenc_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN};
   int64_t heads = c->kind == K_ROPE ? c->Hq : 1;
   size_t n = (size_t)(c->B * heads * c->Lq * c->D);
   float *x = new_floats(n, 41);
@@ -889,7 +966,7 @@ static attn_tensor *wrap_n(attn_ctx *ctx, float *data, int32_t nd, const int64_t
  * the sgemm ceiling. K_KV_STEP: K/V bytes read per second against memcpy
  * (the paged blocks hold 16 tokens, vLLM's default). */
 static result run_layer_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN};
   counter cnt = {0, 0};
   layer_run r = {0};
   r.ctx = new_ctx(c->threads, &cnt);
@@ -976,6 +1053,7 @@ static result run_layer_case(const bcase *c) {
     double att = visible_pairs(c) * (double)c->B * (double)c->Hq * 4.0 * (double)D;
     res.gflops = (proj + att) / res.seconds * 1e-9;
     res.sgemm = sgemm_gflops(c->threads, g_sgemm_n);
+    res.tile = tile_gflops(c->threads);
   } else {
     double tokens = 0;
     for (int64_t b = 0; b < c->B; b++)
@@ -1060,6 +1138,10 @@ static void print_json(const bcase *c, const result *r) {
   }
   if (c->kind == K_KV && c->dt != ATTN_DTYPE_F32)
     json_num("speedup_f32", r->speedup_f32, "%.3f");
+  if (c->kind == K_MHA) {
+    json_num("tile_gflops", r->tile, "%.4g");
+    json_num("ratio_tile", r->gflops / r->tile, "%.3f");
+  }
   json_num("other_load", r->other_load, "%.2f");
   if (r->error) {
     printf(", \"error\": ");
@@ -1099,6 +1181,10 @@ static void print_row(const bcase *c, const result *r) {
     snprintf(notes, sizeof notes, "%sK/V read %.1f GB/s, memcpy %.1f GB/s (%.0f%%)",
              c->kind == K_KV_STEP ? "lengths spread up to Lk, " : "", r->kv_gbps,
              r->copy_gbps, 100 * r->kv_gbps / r->copy_gbps);
+  else if (c->kind == K_MHA && isfinite(r->tile))
+    snprintf(notes, sizeof notes,
+             "E = %lld: 4 projections + attention; tile kernel %.1f GFLOP/s (%.2f of it)",
+             (long long)(c->Hq * c->D), r->tile, r->gflops / r->tile);
   else if (c->kind == K_MHA)
     snprintf(notes, sizeof notes, "E = %lld: 4 projections + attention",
              (long long)(c->Hq * c->D));
