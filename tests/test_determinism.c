@@ -126,6 +126,72 @@ static void posenc(attn_ctx *ctx, float *res) {
   free(x);
 }
 
+/* The layer's weights: random, set from wrapped buffers. */
+static void set_weights(attn_ctx *ctx, attn_mha *m, const int32_t *which, int n,
+                        const int64_t (*shape)[2], uint64_t seed) {
+  for (int i = 0; i < n; i++) {
+    size_t count = (size_t)(shape[i][0] * shape[i][1]);
+    float *w = random_floats(seed + (uint64_t)i, count, -0.1f, 0.1f);
+    int nd = shape[i][0] == 1 ? 1 : 2;
+    const int64_t *d = nd == 1 ? &shape[i][1] : shape[i];
+    assert_ok(attn_mha_set_weight(ctx, m, which[i], tu_wrap(ctx, w, count, nd, d, NULL)));
+    free(w);
+  }
+}
+
+/* Decoder layer (E 256, 8 query / 2 kv heads of 32, biases, RoPE): a
+ * prompt of 300 tokens per sequence (the blocked projections), then one
+ * decode step (two rows: the few-row path). res = both outputs. */
+static void mha_decoder(attn_ctx *ctx, float *res) {
+  enum { B = 2, L = 300, E = 256 };
+  attn_rope_params rp;
+  attn_rope_params_init(&rp);
+  attn_mha_decoder_params p;
+  attn_mha_decoder_params_init(&p);
+  p.embed_dim = E, p.num_heads = 8, p.num_kv_heads = 2, p.qkv_bias = 1, p.out_bias = 1;
+  p.rope = &rp;
+  attn_mha *m = NULL;
+  assert_ok(attn_mha_create_decoder(ctx, &p, &m));
+  const int32_t which[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+  const int64_t shape[8][2] = {{E, E}, {64, E}, {64, E}, {E, E}, {1, E}, {1, 64}, {1, 64}, {1, E}};
+  set_weights(ctx, m, which, 8, shape, 20);
+  attn_kv_cache_params cp;
+  attn_kv_cache_params_init(&cp);
+  cp.batch = B, cp.kv_heads = 2, cp.head_dim = 32, cp.capacity = L + 1;
+  attn_kv_cache *kv = NULL;
+  assert_ok(attn_kv_cache_create(ctx, &cp, &kv));
+  size_t n = (size_t)(B * L * E);
+  float *x = random_floats(30, n + B * E, -1, 1);
+  int64_t d[3] = {B, L, E}, d1[3] = {B, 1, E};
+  assert_ok(attn_mha_forward(ctx, m, kv, tu_wrap(ctx, x, n, 3, d, NULL),
+                             tu_wrap(ctx, res, n, 3, d, NULL), NULL));
+  assert_ok(attn_mha_forward(ctx, m, kv, tu_wrap(ctx, x + n, B * E, 3, d1, NULL),
+                             tu_wrap(ctx, res + n, B * E, 3, d1, NULL), NULL));
+  free(x);
+}
+
+/* PyTorch-form layer (E 192, 6 heads, packed in_proj with bias), self
+ * attention over 2 sequences of 250 tokens. */
+static void mha_torch(attn_ctx *ctx, float *res) {
+  enum { B = 2, L = 250, E = 192 };
+  attn_mha_torch_params p;
+  attn_mha_torch_params_init(&p);
+  p.embed_dim = E, p.num_heads = 6, p.batch_first = 1;
+  attn_mha *m = NULL;
+  assert_ok(attn_mha_create_torch(ctx, &p, &m));
+  const int32_t which[4] = {ATTN_MHA_IN_PROJ_WEIGHT, ATTN_MHA_IN_PROJ_BIAS, ATTN_MHA_O_WEIGHT,
+                            ATTN_MHA_O_BIAS};
+  const int64_t shape[4][2] = {{3 * E, E}, {1, 3 * E}, {E, E}, {1, E}};
+  set_weights(ctx, m, which, 4, shape, 40);
+  size_t n = (size_t)(B * L * E);
+  float *x = random_floats(50, n, -1, 1);
+  int64_t d[3] = {B, L, E};
+  attn_tensor *xt = tu_wrap(ctx, x, n, 3, d, NULL);
+  assert_ok(attn_mha_torch_forward(ctx, m, xt, xt, xt, NULL, NULL, NULL,
+                                   tu_wrap(ctx, res, n, 3, d, NULL), NULL));
+  free(x);
+}
+
 static const op_case ops[] = {
     {"sdpa decode (split keys)", 8 * 64 + 8, decode},
     {"sdpa decode padded window alibi", 3 * 8 * 2 * 32 + 3 * 8 * 2, decode_padded},
@@ -134,6 +200,8 @@ static const op_case ops[] = {
     {"sdpa_varlen", 302 * 4 * 32 + 4 * 302, varlen},
     {"softmax, log_softmax", 2 * 300 * 1000, softmaxes},
     {"sinusoidal_add, rope", 4 * 777 * 64 + 2 * 8 * 333 * 64, posenc},
+    {"mha decoder prompt + decode step", 2 * 300 * 256 + 2 * 256, mha_decoder},
+    {"mha torch form", 2 * 250 * 192, mha_torch},
 };
 #define N_OPS (sizeof ops / sizeof ops[0])
 
