@@ -1,9 +1,10 @@
 /* The layers' linear maps (gemm.h): a cache-blocked product over the tile
  * kernels of simd/gemm_body.h, on the context's threads.
  *
- * Blocking (GotoBLAS order): W^T is packed once per call into column
- * panels of GEMM_NR columns, k-major (one panel row per k, contiguous), so
- * the tile kernel streams a KC x NR slice of it from L1; each work item is
+ * Blocking (GotoBLAS order): W^T is packed once per call, GEMM_NP columns
+ * at a time, into panels of GEMM_NR columns, k-major (one panel row per k,
+ * contiguous), so the tile kernel streams a KC x NR slice of it from L1;
+ * each work item is
  * a block of GEMM_MC rows by GEMM_NC columns of C, kept in L2 while its
  * rows of A are copied GEMM_KC deep (a contiguous block in L2, instead of
  * rows a page apart that would share L1 sets) and multiplied into it slice
@@ -18,6 +19,7 @@
 #define GEMM_KC 256  /* depth of one slice: NR x KC floats (32 KiB) stay in L1 */
 #define GEMM_MC 192  /* rows per item: a multiple of every set's GEMM_MR (12, 6) */
 #define GEMM_NC 256  /* columns per item */
+#define GEMM_NP 1024 /* columns of W packed at a time: bounds the workspace */
 #define GEMM_DOT_ROWS 8 /* up to this many rows: no packing (gemm_nt's dot products) */
 
 enum { PATH_BLAS, PATH_COLS, PATH_PACKED };
@@ -46,7 +48,7 @@ static void layout(void *problem, attn_ws_layout *l) {
   bool any_bias = false;
   for (int32_t i = 0; i < p->n_parts; i++)
     any_bias |= p->part[i].bias != NULL;
-  size_t panels = (size_t)cdiv(p->n, GEMM_NR);
+  size_t panels = (size_t)cdiv(min64(p->n, GEMM_NP), GEMM_NR);
   p->bp = attn__ws_take(l, panels * GEMM_NR * (size_t)p->k, sizeof(float));
   p->ap = attn__ws_take(l, (size_t)p->threads * GEMM_MC * GEMM_KC, sizeof(float));
   p->bias = attn__ws_take(l, any_bias ? panels * GEMM_NR : 0, sizeof(float));
@@ -69,7 +71,7 @@ void attn__gemm_plan(const attn_ctx *ctx, attn_gemm_problem *p) {
     items = cdiv(p->n, GEMM_NC);
   } else {
     p->path = PATH_PACKED;
-    items = cdiv(p->m, GEMM_MC) * cdiv(p->n, GEMM_NC);
+    items = cdiv(p->m, GEMM_MC) * cdiv(min64(p->n, GEMM_NP), GEMM_NC);
   }
   /* 2^21 multiply-adds: some 50 us on one core, well above a job's start. */
   p->threads = attn__threads_plan(ctx, work, 2097152.0, items);
@@ -90,13 +92,14 @@ attn_gemm_problem attn__gemm_linear(const attn_ctx *ctx, int64_t m, int64_t n, i
 
 /* ---- PATH_PACKED ---- */
 
-/* Panel jp: columns jp*NR.. of W^T, k-major, zero past n; and their biases. */
+/* Panel jp of the columns being packed (from p->j0): W^T k-major, zero
+ * past n; and their biases. */
 static void pack_panel(void *arg, int64_t jp, int32_t worker) {
   (void)worker;
   const attn_gemm_problem *p = arg;
   float *dst = p->bp + jp * p->k * GEMM_NR;
   for (int64_t jj = 0; jj < GEMM_NR; jj++) {
-    int64_t j = jp * GEMM_NR + jj;
+    int64_t j = p->j0 + jp * GEMM_NR + jj;
     float b = 0.0f;
     if (j < p->n) {
       const float *row = w_row(p, j, &b);
@@ -107,18 +110,19 @@ static void pack_panel(void *arg, int64_t jp, int32_t worker) {
         dst[kk * GEMM_NR + jj] = 0.0f;
     }
     if (p->bias)
-      p->bias[j] = b;
+      p->bias[jp * GEMM_NR + jj] = b;
   }
 }
 
-/* C block (ib, jb) = bias, then + A W^T slice by slice. */
+/* C block (ib, jb) of the packed columns = bias, then + A W^T slice by
+ * slice. j0: the block's first column among the packed ones. */
 static void block(void *arg, int64_t item, int32_t worker) {
   const attn_gemm_problem *p = arg;
   const attn_kernels *kern = attn__kernels();
-  int64_t nb = cdiv(p->n, GEMM_NC);
+  int64_t nb = cdiv(p->nj, GEMM_NC);
   int64_t i0 = item / nb * GEMM_MC, j0 = item % nb * GEMM_NC;
-  int64_t mc = min64(GEMM_MC, p->m - i0), nc = min64(GEMM_NC, p->n - j0);
-  float *c = p->c + i0 * p->ldc + j0;
+  int64_t mc = min64(GEMM_MC, p->m - i0), nc = min64(GEMM_NC, p->nj - j0);
+  float *c = p->c + i0 * p->ldc + p->j0 + j0;
   for (int64_t i = 0; i < mc; i++) {
     if (p->bias)
       memcpy(c + i * p->ldc, p->bias + j0, (size_t)nc * sizeof(float));
@@ -185,7 +189,10 @@ void attn__gemm_run(attn_ctx *ctx, attn_gemm_problem *p) {
     return;
   }
   size_t mark = attn__ws_carve(ctx, layout, p, p->ws_bytes);
-  attn__parallel_for(ctx, p->threads, cdiv(p->n, GEMM_NR), pack_panel, p);
-  attn__parallel_for(ctx, p->threads, cdiv(p->m, GEMM_MC) * cdiv(p->n, GEMM_NC), block, p);
+  for (p->j0 = 0; p->j0 < p->n; p->j0 += GEMM_NP) {
+    p->nj = min64(GEMM_NP, p->n - p->j0);
+    attn__parallel_for(ctx, p->threads, cdiv(p->nj, GEMM_NR), pack_panel, p);
+    attn__parallel_for(ctx, p->threads, cdiv(p->m, GEMM_MC) * cdiv(p->nj, GEMM_NC), block, p);
+  }
   attn__ws_release(ctx, mark);
 }

@@ -2,8 +2,8 @@
  * up to three weights stacked by rows (a decoder's q, k and v projections
  * in one product over the same input), on the context's threads.
  *
- * Large products are cache-blocked (gemm.c): W packed once per call into
- * column panels in the workspace, A copied block by block per thread, the
+ * Large products are cache-blocked (gemm.c): W packed once per call, 1024
+ * columns at a time, into column panels in the workspace, A copied block by block per thread, the
  * products by the kernel set's tile kernel (simd/gemm_body.h). The sum of
  * every element is bias, then the products in k order, in slices of
  * ATTN_GEMM_KC added in k order: it depends on the shape alone, never on
@@ -37,8 +37,9 @@ typedef struct {
   int32_t path;    /* how the product runs (gemm.c) */
   int32_t threads;
   size_t ws_bytes; /* workspace attn__gemm_run takes */
-  /* attn__gemm_run: slices of the workspace */
+  /* attn__gemm_run: slices of the workspace, the columns being packed */
   float *bp, *ap, *bias;
+  int64_t j0, nj;
 } attn_gemm_problem;
 
 /* Fill the plan fields. m, n, k, the leading dimensions and m * ld fit in

@@ -1,9 +1,9 @@
 /* The layers' linear maps (src/gemm.h, internal: this suite links the
  * library's objects, tests/CMakeLists.txt) against the float64 reference:
  * every (m, n, k) in {1, 3, 17, 63, 64, 65, 257, 1000}^3 up to a size
- * budget, with and without bias, leading dimensions larger than the rows,
- * C's padding left alone, one weight or three stacked (the decoder's q, k,
- * v), and contexts of 1 to 4 threads giving the same bits. ctest runs the
+ * budget and a few with more than 1024 columns, with and without bias,
+ * leading dimensions larger than the rows, C's padding left alone, one
+ * weight or three stacked (the decoder's q, k, v), and contexts of 1 to 4 threads giving the same bits. ctest runs the
  * suite with each kernel set forced (sse2: the cblas_sgemm path). */
 #include "test_util.h"
 
@@ -126,13 +126,17 @@ static void all_shapes(void **state) {
         /* A budget of multiply-adds per shape keeps the suite quick (and
          * usable under the sanitizers); the largest shapes pass it with
          * one small dim. */
-        if ((double)m * (double)n * (double)k > 1.8e7)
+        if ((double)m * (double)n * (double)k > 6e6)
           continue;
         check_shape(ctxs, m, n, k, (im + in + ik) % 2 == 0, 1, seed++);
         check_shape(ctxs, m, n, k, (im + in + ik) % 2 == 1, 1, seed++);
         if (n >= 3)
           check_shape(ctxs, m, n, k, true, 3, seed++);
       }
+  /* More columns than gemm.c packs at once (1024), the few-row path too. */
+  check_shape(ctxs, 65, 2100, 63, true, 3, seed++);
+  check_shape(ctxs, 17, 1030, 257, false, 1, seed++);
+  check_shape(ctxs, 3, 1500, 65, true, 3, seed++);
   for (int t = 0; t < MAX_THREADS; t++)
     attn_ctx_destroy(ctxs[t]);
 }
