@@ -386,6 +386,8 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   int64_t T, hq = m->Hq * m->D, hkv = m->Hkv * m->D;
   if (__builtin_mul_overflow(B, L, &T) || T > INT32_MAX)
     return attn__fail(ctx, ATTN_ERR_OVERFLOW, "B * L exceeds what BLAS takes");
+  if (hq + 2 * hkv > INT32_MAX) /* the row stride of the q, k, v product */
+    return attn__fail(ctx, ATTN_ERR_OVERFLOW, "(Hq + 2 Hkv) * D exceeds what BLAS takes");
   bool x_direct = x->strides[2] == 1 && x->strides[1] >= E && x->strides[1] <= INT32_MAX &&
                   (B == 1 || x->strides[0] == L * x->strides[1]);
   bool y_direct = y->strides[2] == 1 && y->strides[1] == E && (B == 1 || y->strides[0] == L * E);
