@@ -24,6 +24,11 @@
  * 0.53-0.54 at 128x256: larger blocks waste more work on the diagonal.) */
 #define BLOCK_ROWS 256
 #define BLOCK_KEYS 256
+/* Items of at most this many rows (a decode step: the query heads of one KV
+ * head, a few positions each) take the decode products (simd/decode_body.h)
+ * when the kernel set has them: K and V rows read once, in place and in
+ * their stored type. More rows read K/V tiles through the generic products. */
+#define DECODE_ROWS 8
 /* Bound on |q_offsets[b]|: positions and window ends stay far from overflow. */
 #define MAX_Q_OFFSET ((int64_t)1 << 60)
 
@@ -70,6 +75,7 @@ typedef struct {
   int64_t n_items;    /* B * Hkv * n_qblocks */
   int64_t n_split;    /* key chunks per item */
   int64_t chunk_keys; /* keys per chunk */
+  bool decode; /* the decode products: rows_max <= DECODE_ROWS and the kernels exist */
   bool gather_k, gather_v;
   int32_t threads;
   size_t ws_bytes; /* exact workspace (sdpa_layout) */

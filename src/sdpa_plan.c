@@ -4,6 +4,7 @@
  * split follows the shape only, so results do not depend on the threads), the workspace
  * layout, and the parallel loops over the tile kernel (sdpa_tile.c). */
 #include "sdpa.h"
+#include "simd/kernels.h"
 
 #include <math.h>
 #include <string.h>
@@ -106,8 +107,11 @@ void attn__sdpa_plan(const attn_ctx *ctx, attn_sdpa_problem *p) {
   p->n_qblocks = (p->Lq + p->nb - 1) / p->nb;
   p->rows_max = p->nb * p->G;
   p->n_items = p->B * p->Hkv * p->n_qblocks;
-  p->gather_k = p->kdt != ATTN_DTYPE_F32 || (p->Lk > 1 && (p->ks[2] < p->D || p->ks[2] > INT32_MAX));
-  p->gather_v = p->vdt != ATTN_DTYPE_F32 || (p->Lk > 1 && (p->vs[2] < p->Dv || p->vs[2] > INT32_MAX));
+  p->decode = p->rows_max <= DECODE_ROWS && attn__kernels()->dec_qk;
+  p->gather_k = !p->decode && (p->kdt != ATTN_DTYPE_F32 ||
+                               (p->Lk > 1 && (p->ks[2] < p->D || p->ks[2] > INT32_MAX)));
+  p->gather_v = !p->decode && (p->vdt != ATTN_DTYPE_F32 ||
+                               (p->Lk > 1 && (p->vs[2] < p->Dv || p->vs[2] > INT32_MAX)));
 
   p->n_split = 1;
   p->chunk_keys = p->Lk;

@@ -106,6 +106,40 @@ static const float *tile_rows(const void *base, int32_t dt, int64_t stride, int6
   return buf;
 }
 
+/* The element type of K or V rows for the decode products. */
+static int elem_of(int32_t dt) {
+  return dt == ATTN_DTYPE_F16    ? ATTN_ELEM_F16
+         : dt == ATTN_DTYPE_BF16 ? ATTN_ELEM_BF16
+                                 : ATTN_ELEM_F32;
+}
+
+/* The decode products over the tile of keys [j0, j0 + n), one run of keys
+ * stored together at a time (a paged cache's block): S = scale Q K^T into
+ * s, or (pv) acc += P V, zero weights adding nothing when skip. K and V
+ * rows are read in place, in their stored type; the kernels prefetch along
+ * the runs, into the next block of a paged cache (up to key `last`). */
+static void decode_products(const attn_sdpa_problem *p, const attn_sdpa_item *it, int64_t rows,
+                            const float *qbuf, float *s, float *acc, int64_t j0, int64_t n,
+                            int64_t last, bool pv, bool skip) {
+  const attn_kernels *kern = attn__kernels();
+  for (int64_t c = 0, len; c < n; c += len) {
+    len = n - c;
+    int64_t koff, voff, one = 1, knext, vnext;
+    key_offsets(p, it, j0 + c, &len, &koff, &voff);
+    const void *next = NULL;
+    if (p->blocks && j0 + c + len < last) {
+      key_offsets(p, it, j0 + c + len, &one, &knext, &vnext);
+      next = pv ? attn__elem(p->v, p->vdt, vnext) : attn__elem(p->k, p->kdt, knext);
+    }
+    if (pv)
+      kern->dec_pv(rows, len, p->Dv, s + c, BLOCK_KEYS, attn__elem(p->v, p->vdt, voff),
+                   elem_of(p->vdt), p->vs[2], next, acc, p->Dv, skip);
+    else
+      kern->dec_qk(rows, len, p->D, p->scale, qbuf, p->D, attn__elem(p->k, p->kdt, koff),
+                   elem_of(p->kdt), p->ks[2], next, s + c, BLOCK_KEYS);
+  }
+}
+
 /* Everything that is not a plain dot product, applied to one row's logits on
  * the visible columns [a, e) of the tile starting at key j0. */
 static void adjust_logits(const attn_sdpa_problem *p, const attn_sdpa_item *it, int64_t r, float *s,
@@ -224,13 +258,17 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
 
   for (int64_t j0 = j_begin, n; j0 < j_end; j0 += n) {
     n = j_end - j0 < BLOCK_KEYS ? j_end - j0 : BLOCK_KEYS;
-    int64_t koff, voff;
-    key_offsets(p, it, j0, &n, &koff, &voff);
-    int ldk, ldv;
-    const float *kt = tile_rows(attn__elem(p->k, p->kdt, koff), p->kdt, p->ks[2], n, p->D,
-                                p->gather_k, wk->kbuf, &ldk);
-    attn__sgemm_nt((int)rows, (int)n, (int)p->D, p->scale, wk->qbuf, (int)p->D, kt, ldk, wk->s,
-                   BLOCK_KEYS);
+    int64_t koff = 0, voff = 0;
+    if (p->decode) {
+      decode_products(p, it, rows, wk->qbuf, wk->s, NULL, j0, n, j_end, false, false);
+    } else {
+      key_offsets(p, it, j0, &n, &koff, &voff);
+      int ldk;
+      const float *kt = tile_rows(attn__elem(p->k, p->kdt, koff), p->kdt, p->ks[2], n, p->D,
+                                  p->gather_k, wk->kbuf, &ldk);
+      attn__sgemm_nt((int)rows, (int)n, (int)p->D, p->scale, wk->qbuf, (int)p->D, kt, ldk,
+                     wk->s, BLOCK_KEYS);
+    }
     /* Tiles inside every row's visible range need no per-row bounds. */
     bool inside = j0 >= lo_last && j0 + n <= hi_first;
     for (int64_t r = 0; r < rows; r++) {
@@ -245,10 +283,17 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
       }
       online_row(p, it, st, r, wk->s + r * BLOCK_KEYS, j0, n, a, e, plain);
     }
+    /* A hidden key has weight 0, but 0 * NaN is NaN: where the tile may hide
+     * keys and V holds a non-finite value, skip the zero weights by hand
+     * (the decode products skip them in every such tile: with finite V the
+     * sums are the same). */
+    if (p->decode) {
+      decode_products(p, it, rows, NULL, wk->s, st.acc, j0, n, j_end, true, !(inside && plain));
+      continue;
+    }
+    int ldv;
     const float *vt = tile_rows(attn__elem(p->v, p->vdt, voff), p->vdt, p->vs[2], n, Dv,
                                 p->gather_v, wk->vbuf, &ldv);
-    /* A hidden key has weight 0, but 0 * NaN is NaN: where the tile may hide
-     * keys and V holds a non-finite value, skip the zero weights by hand. */
     if ((inside && plain) || attn__sdpa_all_finite(vt, n, Dv, ldv))
       attn__sgemm_nn_acc((int)rows, (int)Dv, (int)n, wk->s, BLOCK_KEYS, vt, ldv, st.acc, (int)Dv);
     else

@@ -6,8 +6,12 @@
 #ifndef ATTN_KERNELS_H
 #define ATTN_KERNELS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* Element types the decode products read K and V rows in. */
+enum { ATTN_ELEM_F32, ATTN_ELEM_F16, ATTN_ELEM_BF16 };
 
 typedef struct attn_kernels {
   const char *name; /* "sse2", "avx2", "avx512" ("scalar" off x86) */
@@ -61,6 +65,17 @@ typedef struct attn_kernels {
                   int64_t ldb, float *c, int64_t ldc);
   void (*gemm_tn)(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
                   int64_t ldb, float *c, int64_t ldc);
+  /* SDPA's decode products (simd/decode_body.h): a few query rows against
+   * K and V rows of element type be / ve (ATTN_ELEM_*) read in place, each
+   * row once; NULL in the sets without them (SDPA then widens tiles and
+   * calls the products above). next: where the rows after this run go on
+   * (prefetched ahead; a paged cache's next block), NULL when they follow
+   * with the same stride. dec_qk: c[m, n] = alpha a[m, k] b[n, k]^T.
+   * dec_pv: c[m, n] += p[m, k] v[k, n]; skip: zero weights add nothing. */
+  void (*dec_qk)(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                 const void *b, int be, int64_t ldb, const void *next, float *c, int64_t ldc);
+  void (*dec_pv)(int64_t m, int64_t n, int64_t k, const float *p, int64_t ldp, const void *v,
+                 int ve, int64_t ldv, const void *next, float *c, int64_t ldc, bool skip);
 } attn_kernels;
 
 /* The kernel set for this CPU, probed once (thread-safe). */

@@ -1,5 +1,5 @@
-/* Row kernels for AVX2 + FMA: the only file built with -mavx2 -mfma, and
- * only called after cpu.c has seen both in CPUID and the YMM state enabled
+/* Row kernels for AVX2 + FMA + F16C: the only file built with -mavx2 -mfma
+ * -mf16c, and only called after cpu.c has seen them in CPUID and the YMM state enabled
  * by the OS (XGETBV). */
 #include "exp_const.h"
 #include "kernels.h"
@@ -85,11 +85,20 @@ static inline vd vd_add(vd a, vd b) { return _mm256_add_pd(a, b); }
 static inline vd vd_sub(vd a, vd b) { return _mm256_sub_pd(a, b); }
 static inline vd vd_mul(vd a, vd b) { return _mm256_mul_pd(a, b); }
 static inline vf v_swap_pairs(vf a) { return _mm256_permute_ps(a, 0xB1); }
+/* VW 2-byte floats widened (F16C; bf16 is the upper half of an f32). */
+static inline vf v_load_f16(const uint16_t *p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+static inline vf v_load_bf16(const uint16_t *p) {
+  __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
 
 #include "rows_body.h"
 #define GEMM_MR 6 /* 2 * 6 accumulators + 3 of the 16 vector registers */
 #include "gemm_body.h"
+#include "decode_body.h"
 
 const attn_kernels attn__kernels_avx2 =
     ROWS_TABLE("avx2", attn__f32_to_f16_avx2, attn__f16_to_f32_avx2, attn__f32_to_bf16_avx2,
-               attn__bf16_to_f32_avx2, gemm_nt, gemm_nn_acc, gemm_tn_acc);
+               attn__bf16_to_f32_avx2, gemm_nt, gemm_nn_acc, gemm_tn_acc, dec_qk, dec_pv);

@@ -69,17 +69,27 @@ static inline vd vd_add(vd a, vd b) { return _mm512_add_pd(a, b); }
 static inline vd vd_sub(vd a, vd b) { return _mm512_sub_pd(a, b); }
 static inline vd vd_mul(vd a, vd b) { return _mm512_mul_pd(a, b); }
 static inline vf v_swap_pairs(vf a) { return _mm512_permute_ps(a, 0xB1); }
+/* VW 2-byte floats widened (AVX-512F's vcvtph2ps; bf16 is the upper half
+ * of an f32). */
+static inline vf v_load_f16(const uint16_t *p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+static inline vf v_load_bf16(const uint16_t *p) {
+  __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
 
 #include "rows_body.h"
 #define GEMM_MR 12 /* 2 * 12 accumulators + 3 of the 32 vector registers */
 #include "gemm_body.h"
+#include "decode_body.h"
 
 const attn_kernels attn__kernels_avx512 =
     ROWS_TABLE("avx512", attn__f32_to_f16_avx512, attn__f16_to_f32_avx512,
                attn__f32_to_bf16_avx512, attn__bf16_to_f32_avx512, gemm_nt, gemm_nn_acc,
-               gemm_tn_acc);
+               gemm_tn_acc, dec_qk, dec_pv);
 /* The same with f32 -> bf16 through AVX-512 BF16 (half_avx512bf16.c). */
 const attn_kernels attn__kernels_avx512bf16 =
     ROWS_TABLE("avx512bf16", attn__f32_to_f16_avx512, attn__f16_to_f32_avx512,
                attn__f32_to_bf16_avx512bf16, attn__bf16_to_f32_avx512, gemm_nt, gemm_nn_acc,
-               gemm_tn_acc);
+               gemm_tn_acc, dec_qk, dec_pv);

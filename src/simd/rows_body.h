@@ -213,9 +213,9 @@ static void rotate_pairs(float *x, const double *cc, const double *ss, int64_t n
 /* The set's table: these row kernels, the given conversions, and the tile
  * products of gemm_body.h (gemm_nt, gemm_nn) or NULL. */
 #define ROWS_TABLE(set_name, f32_to_f16, f16_to_f32, f32_to_bf16, bf16_to_f32, gemm_nt, gemm_nn, \
-                   gemm_tn)                                                                    \
+                   gemm_tn, dec_qk, dec_pv)                                                    \
   {                                                                                            \
     set_name, row_max, exp_shift_sum, sum_exp_shift, scale, scale_stream, stream_fence,         \
         scale_add, sub2, f32_to_f16, f16_to_f32, f32_to_bf16, bf16_to_f32, rotate_split,        \
-        rotate_pairs, gemm_nt, gemm_nn, gemm_tn                                                 \
+        rotate_pairs, gemm_nt, gemm_nn, gemm_tn, dec_qk, dec_pv                                 \
   }

@@ -78,4 +78,4 @@ static inline vf v_swap_pairs(vf a) { return _mm_shuffle_ps(a, a, 0xB1); }
 
 const attn_kernels attn__kernels_sse2 =
     ROWS_TABLE("sse2", attn__f32_to_f16_sse2, attn__f16_to_f32_sse2, attn__f32_to_bf16_sse2,
-               attn__bf16_to_f32_sse2, NULL, NULL, NULL); /* products: BLAS */
+               attn__bf16_to_f32_sse2, NULL, NULL, NULL, NULL, NULL); /* products: BLAS */
