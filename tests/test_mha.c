@@ -383,6 +383,35 @@ static void weights_roundtrip(void **state) {
   weights_free(&w);
 }
 
+/* The same with 24 tokens per call: the projections' blocked path, whose
+ * packed weights live in the context's workspace. */
+static void warm_blocked_projections(void **state) {
+  (void)state;
+  mha_case c = {"warm", 2, 16, 4, 2, 4, 1, 0, 1, 0, 0, {12, 12}, {12, 12}, 1, 0, 2, NULL, 0};
+  tu_rng r = {10};
+  weights w;
+  weights_make(&c, &w, &r);
+  tu_counter cnt = {0};
+  attn_ctx_options o;
+  attn_ctx_options_init(&o);
+  o.num_threads = 2, o.alloc = tu_alloc, o.free = tu_free, o.alloc_user = &cnt;
+  attn_ctx *ctx = NULL;
+  assert_ok(attn_ctx_create(&ctx, &o));
+  attn_mha *m = make_layer(ctx, &c, &w);
+  attn_kv_cache *kv = make_cache(ctx, &c, 12);
+  float x[2 * 12 * 16], y[2 * 12 * 16];
+  tu_fill(&r, x, sizeof x / 4, -1, 1);
+  int64_t d3[3] = {2, 12, 16};
+  attn_tensor *tx = tu_wrap(ctx, x, 384, 3, d3, NULL), *ty = tu_wrap(ctx, y, 384, 3, d3, NULL);
+  assert_ok(attn_mha_forward(ctx, m, kv, tx, ty, NULL));
+  assert_ok(attn_kv_reset(ctx, kv, -1));
+  long before = cnt.allocs;
+  assert_ok(attn_mha_forward(ctx, m, kv, tx, ty, NULL));
+  assert_int_equal(cnt.allocs, before);
+  attn_ctx_destroy(ctx);
+  weights_free(&w);
+}
+
 /* A warm layer and context allocate nothing; bad calls change nothing. */
 static void warm_and_bad_input(void **state) {
   (void)state;
@@ -441,6 +470,7 @@ int main(void) {
       cmocka_unit_test(rope_scaling_bad),
       cmocka_unit_test(weights_roundtrip),
       cmocka_unit_test(warm_and_bad_input),
+      cmocka_unit_test(warm_blocked_projections),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
