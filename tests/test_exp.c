@@ -233,6 +233,14 @@ static void exp_shift_sum_kernel(void **state) {
       x[n - 1] = NAN;
       assert_true(isnan(k->exp_shift_sum(x, y, n, shift, NULL)));
       assert_true(isnan(y[n - 1]));
+      /* A shift of +inf: every entry and the sum are 0 (the lanes past a
+       * row's end are computed at x = shift, inf - inf = NaN there, and
+       * must be dropped). */
+      tu_fill(&rng, x, (size_t)n, -30, 5);
+      assert_true(k->exp_shift_sum(x, y, n, INFINITY, NULL) == 0.0f);
+      for (int i = 0; i < n; i++)
+        assert_true(y[i] == 0.0f);
+      assert_true(k->sum_exp_shift(x, n, INFINITY) == 0.0f);
     }
   }
   free(x);

@@ -538,6 +538,14 @@ static void layouts(void **state) {
        .lay_in = LAY_PAD, .lay_out = LAY_PAD},
       {.name = "blhd Lq 1", .B = 3, .Hq = 4, .Hkv = 2, .Lq = 1, .Lk = 100, .D = 16, .Dv = 16,
        .lay_in = LAY_BLHD, .lay_out = LAY_BLHD, .lse = 1},
+      /* Strided K/V rows go to the products in place up to 8 rows per
+       * block and are gathered per tile above (sdpa_plan.c). */
+      {.name = "blhd 8 rows per block", .B = 2, .Hq = 2, .Hkv = 1, .Lq = 4, .Lk = 300, .D = 16, .Dv = 8,
+       .lay_in = LAY_BLHD, .lse = 1, .weights = 1},
+      {.name = "blhd 9 rows per block", .B = 2, .Hq = 3, .Hkv = 1, .Lq = 3, .Lk = 300, .D = 16, .Dv = 8,
+       .lay_in = LAY_BLHD, .lay_out = LAY_BLHD, .lse = 1, .weights = 1},
+      {.name = "blhd 9 rows causal", .B = 1, .Hq = 9, .Hkv = 9, .Lq = 9, .Lk = 9, .D = 64, .Dv = 64,
+       .lay_in = LAY_BLHD, .causal = 1, .lse = 1},
       {.name = "inputs shared over batch", .B = 3, .Hq = 4, .Hkv = 2, .Lq = 20, .Lk = 300, .D = 16, .Dv = 8,
        .lay_in = LAY_B0, .kvl = 1, .causal = 1, .align = BR, .lse = 1, .weights = 1, .pad_aux = 1},
       {.name = "overlapping rows", .B = 2, .Hq = 2, .Hkv = 1, .Lq = 70, .Lk = 300, .D = 8, .Dv = 5,
