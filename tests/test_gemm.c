@@ -141,7 +141,9 @@ static void shapes_around_blocks(void **state) {
   (void)state;
   static const int64_t ms[] = {1, 2, 5, 6, 7, 11, 12, 13, 25, 37};
   static const int64_t ns[] = {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 65};
-  static const int64_t ks[] = {1, 5, 64, 257};
+  /* k = 40: two 16-deep blocks of gemm_nt's register transpose (avx512)
+   * and 8 depths packed one by one; 257: a full 256-deep slice, then 1. */
+  static const int64_t ks[] = {1, 5, 40, 64, 257};
   uint64_t seed = 1;
   FOR_EACH_GEMM_SET(kern) {
     for (size_t a = 0; a < sizeof ms / sizeof *ms; a++)

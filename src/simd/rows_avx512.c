@@ -80,6 +80,39 @@ static inline vf v_load_bf16(const uint16_t *p) {
 }
 
 #include "rows_body.h"
+
+/* gemm_body.h's packing of b^T, 16 x 16 at a time: rows of b loaded whole,
+ * transposed by three rounds of shuffles (pairs of rows, then quads, then
+ * 128-bit lanes), stored as rows of t. A copy: the values are unchanged. */
+#define GEMM_PACK_T 16
+static inline void gemm_pack_t(const float *b, int64_t ldb, float *t, int64_t ldt) {
+  __m512 r[16], u[16];
+  for (int i = 0; i < 16; i++)
+    r[i] = _mm512_loadu_ps(b + i * ldb);
+  for (int i = 0; i < 16; i += 2) { /* lane L: r[i][4L], r[i+1][4L], r[i][4L+1], ... */
+    u[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    u[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) { /* r[i + c], lane L: column 4L + c of rows i..i+3 */
+    __m512d a = _mm512_castps_pd(u[i]), b1 = _mm512_castps_pd(u[i + 1]);
+    __m512d c = _mm512_castps_pd(u[i + 2]), d = _mm512_castps_pd(u[i + 3]);
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b1, d));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b1, d));
+  }
+  for (int c = 0; c < 4; c++) { /* lanes of the four row quads: columns 4L + c */
+    __m512 x0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44);
+    __m512 x1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
+    __m512 x2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44);
+    __m512 x3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
+    _mm512_storeu_ps(t + (0 + c) * ldt, _mm512_shuffle_f32x4(x0, x2, 0x88));
+    _mm512_storeu_ps(t + (4 + c) * ldt, _mm512_shuffle_f32x4(x0, x2, 0xDD));
+    _mm512_storeu_ps(t + (8 + c) * ldt, _mm512_shuffle_f32x4(x1, x3, 0x88));
+    _mm512_storeu_ps(t + (12 + c) * ldt, _mm512_shuffle_f32x4(x1, x3, 0xDD));
+  }
+}
+
 #define GEMM_MR 12 /* 2 * 12 accumulators + 3 of the 32 vector registers */
 #include "gemm_body.h"
 #include "decode_body.h"
