@@ -1551,9 +1551,9 @@ ATTN_API attn_status attn_mha_create_decoder(attn_ctx *ctx, const attn_mha_decod
  * @since 0.2.0 */
 ATTN_API attn_status attn_mha_free(attn_ctx *ctx, attn_mha *layer);
 
-/** Copy a weight from `w` (F32, the shape attn_mha_weight lists, any
- * strides) into the layer's own storage; a wrapped weight becomes owned
- * again.
+/** Copy a weight from `w` (F32, F16 or BF16, the shape attn_mha_weight
+ * lists, any strides) into the layer's own storage, which is F32 (half
+ * values widened exactly); a wrapped weight becomes owned again.
  * @param[in] ctx   the layer's context.
  * @param[in] layer the layer.
  * @param[in] which an attn_mha_weight (a bias the layer was created
@@ -1565,7 +1565,9 @@ ATTN_API attn_status attn_mha_free(attn_ctx *ctx, attn_mha *layer);
 ATTN_API attn_status attn_mha_set_weight(attn_ctx *ctx, attn_mha *layer, int32_t which,
                                          const attn_tensor *w);
 
-/** Use the memory `w` views as a weight, without copying: F32, the shape
+/** Use the memory `w` views as a weight, without copying: F32 only (the
+ * products read it in place; a half weight goes through
+ * attn_mha_set_weight()), the shape
  * attn_mha_weight lists, innermost stride 1 and a row stride >= the row
  * length (what BLAS takes). The memory must stay valid and unchanged while
  * the layer runs; freeing the tensor handle afterwards does not matter.
@@ -1578,7 +1580,8 @@ ATTN_API attn_status attn_mha_set_weight(attn_ctx *ctx, attn_mha *layer, int32_t
 ATTN_API attn_status attn_mha_wrap_weight(attn_ctx *ctx, attn_mha *layer, int32_t which,
                                           const attn_tensor *w);
 
-/** Read a weight back into `w` (F32, its shape, writable).
+/** Read a weight back into `w` (F32, F16 or BF16, its shape, writable;
+ * each value rounded once to w's type).
  * @param[in]  ctx   the layer's context.
  * @param[in]  layer the layer.
  * @param[in]  which an attn_mha_weight.
@@ -1599,8 +1602,10 @@ ATTN_API attn_status attn_mha_get_weight(attn_ctx *ctx, const attn_mha *layer, i
  * @param[in,out] cache a KV cache of ctx with B sequences, Hkv heads and
  *                      head dim D = value dim; the new keys and values are
  *                      appended to it.
- * @param[in]     x     F32 [B, L, E], any strides.
- * @param[out]    y     F32 [B, L, E], writable, not overlapping x.
+ * @param[in]     x     F32, F16 or BF16 [B, L, E], any strides (half rows
+ *                      widened exactly into the layer's buffer).
+ * @param[out]    y     F32, F16 or BF16 [B, L, E], writable, not overlapping
+ *                      x; a half y is the float result rounded once.
  * @param[in]     n_new B counts in 0..L; NULL = L for every sequence.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_SHAPE (x,
  *  y or the cache do not fit the layer), ATTN_ERR_INVALID_ARG (counts, past
@@ -1696,8 +1701,10 @@ typedef struct attn_mha_torch_forward_params {
  * @since 0.2.0 */
 ATTN_API void attn_mha_torch_forward_params_init(attn_mha_torch_forward_params *p);
 
-/** nn.MultiheadAttention's forward. All tensors F32 unless said otherwise,
- * any strides; 2-D (unbatched) inputs are not taken: give B = 1.
+/** nn.MultiheadAttention's forward. query, key, value and out are each
+ * F32, F16 or BF16 (half inputs widened exactly, a half out rounded once
+ * from the float result); the masks and out_weights are as said below.
+ * Any strides; 2-D (unbatched) inputs are not taken: give B = 1.
  * @param[in]  ctx   the layer's context.
  * @param[in]  layer a layer made by attn_mha_create_torch().
  * @param[in]  query [L, B, E] ([B, L, E] with batch_first)
@@ -1713,7 +1720,7 @@ ATTN_API void attn_mha_torch_forward_params_init(attn_mha_torch_forward_params *
  * @param[in]  p     NULL for defaults.
  * @param[out] out   [L, B, E] ([B, L, E] with batch_first), writable, not
  *             overlapping any input.
- * @param[out] out_weights NULL, or (need_weights) [B, L, S] averaged over
+ * @param[out] out_weights NULL, or (need_weights) F32 [B, L, S] averaged over
  *             heads or [B, H, L, S] (per_head_weights), whatever
  *             batch_first; writable, overlapping nothing else.
  * A query row that sees no key (every key masked) gives zeros in out's

@@ -9,6 +9,7 @@
  * before the cache changes, except the attention's workspace: if that
  * allocation fails the appended rows are rolled back. */
 #include "check.h"
+#include "convert.h"
 #include "gemm.h"
 #include "kv_cache.h"
 #include "mha.h"
@@ -243,18 +244,18 @@ attn_status attn__mha_add(attn_ctx *ctx, attn_mha *m) {
   return ATTN_OK;
 }
 
-/* t: a live F32 tensor of ctx with nd dims. */
-static attn_status check_f32(attn_ctx *ctx, const char *name, const attn_tensor *t, int nd) {
-  const attn_operand op[] = {{ATTN_OPERAND(name, t, ATTN_DT_F32, nd, nd)}};
+/* t: a live F32, F16 or BF16 tensor of ctx with nd dims. */
+static attn_status check_float(attn_ctx *ctx, const char *name, const attn_tensor *t, int nd) {
+  const attn_operand op[] = {{ATTN_OPERAND(name, t, ATTN_DT_FLOAT, nd, nd)}};
   return attn__check_operands(ctx, op, 1, NULL);
 }
 
 /* ---- weights ---- */
 
-/* `w` is a live F32 tensor holding weight `which` of the layer: a matrix
- * [rows, cols], or a vector [cols] for a bias. */
+/* `w` is a live tensor of one of `dtypes` holding weight `which` of the
+ * layer: a matrix [rows, cols], or a vector [cols] for a bias. */
 static attn_status check_weight(attn_ctx *ctx, const attn_mha *m, int32_t which,
-                                const attn_tensor *w) {
+                                const attn_tensor *w, uint32_t dtypes) {
   if (which < 0 || which >= N_WEIGHTS || !weight_present(m, which))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "which = %d is not a weight of this layer (attn_mha_weight; biases "
@@ -262,7 +263,7 @@ static attn_status check_weight(attn_ctx *ctx, const attn_mha *m, int32_t which,
   int64_t rows, cols;
   weight_shape(m, which, &rows, &cols);
   int32_t nd = which < 4 || which == ATTN_MHA_IN_PROJ_WEIGHT ? 2 : 1;
-  const attn_operand op[] = {{ATTN_OPERAND("w", w, ATTN_DT_F32, nd, nd)}};
+  const attn_operand op[] = {{ATTN_OPERAND("w", w, dtypes, nd, nd)}};
   attn_status st = attn__check_operands(ctx, op, 1, NULL);
   if (st != ATTN_OK)
     return st;
@@ -278,7 +279,7 @@ static attn_status mha_set_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t w
                                 const attn_tensor *w) {
   attn_status st;
   if ((st = attn__mha_check_layer(ctx, layer)) ||
-      (st = check_weight(ctx, layer, which, w)))
+      (st = check_weight(ctx, layer, which, w, ATTN_DT_FLOAT)))
     return st;
   int64_t rows, cols;
   weight_shape(layer, which, &rows, &cols);
@@ -289,11 +290,10 @@ static attn_status mha_set_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t w
     layer->owned[which] = mem;
   }
   float *dst = layer->owned[which];
-  const float *src = w->data;
   int64_t rs = w->ndim == 2 ? w->strides[0] : 0, cs = w->strides[w->ndim - 1];
-  for (int64_t r = 0; r < rows; r++)
+  for (int64_t r = 0; r < rows; r++) /* a half weight widened exactly: the layer keeps F32 */
     for (int64_t c = 0; c < cols; c++)
-      dst[r * cols + c] = src[r * rs + c * cs];
+      dst[r * cols + c] = attn__elem_value(w->data, w->dtype, r * rs + c * cs);
   layer->w[which] = dst;
   layer->ld[which] = cols;
   return ATTN_OK;
@@ -303,7 +303,7 @@ static attn_status mha_wrap_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t 
                                  const attn_tensor *w) {
   attn_status st;
   if ((st = attn__mha_check_layer(ctx, layer)) ||
-      (st = check_weight(ctx, layer, which, w)))
+      (st = check_weight(ctx, layer, which, w, ATTN_DT_F32))) /* used in place */
     return st;
   int64_t rows, cols;
   weight_shape(layer, which, &rows, &cols);
@@ -323,16 +323,15 @@ static attn_status mha_get_weight_impl(attn_ctx *ctx, const attn_mha *layer, int
                                 attn_tensor *w) {
   attn_status st;
   if ((st = attn__mha_check_layer(ctx, layer)) ||
-      (st = check_weight(ctx, layer, which, w)) ||
+      (st = check_weight(ctx, layer, which, w, ATTN_DT_FLOAT)) ||
       (st = attn__check_writable(ctx, "w", w)))
     return st;
   int64_t rows, cols;
   weight_shape(layer, which, &rows, &cols);
-  float *dst = w->data;
   int64_t rs = w->ndim == 2 ? w->strides[0] : 0, cs = w->strides[w->ndim - 1];
   for (int64_t r = 0; r < rows; r++)
     for (int64_t c = 0; c < cols; c++)
-      dst[r * rs + c * cs] = layer->w[which][r * layer->ld[which] + c];
+      attn__elem_store(w->data, w->dtype, r * rs + c * cs, layer->w[which][r * layer->ld[which] + c]);
   return ATTN_OK;
 }
 
@@ -345,8 +344,8 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   attn_status st;
   if ((st = attn__mha_check_layer(ctx, layer)) ||
       (st = attn__kv_check(ctx, cache)) ||
-      (st = check_f32(ctx, "x", x, 3)) ||
-      (st = check_f32(ctx, "y", y, 3)))
+      (st = check_float(ctx, "x", x, 3)) ||
+      (st = check_float(ctx, "y", y, 3)))
     return st;
   attn_mha *m = layer;
   if (m->torch)
@@ -388,9 +387,9 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
     return attn__fail(ctx, ATTN_ERR_OVERFLOW, "B * L exceeds what BLAS takes");
   if (hq + 2 * hkv > INT32_MAX) /* the row stride of the q, k, v product */
     return attn__fail(ctx, ATTN_ERR_OVERFLOW, "(Hq + 2 Hkv) * D exceeds what BLAS takes");
-  bool x_direct = x->strides[2] == 1 && x->strides[1] >= E && x->strides[1] <= INT32_MAX &&
+  bool x_direct = x->dtype == ATTN_DTYPE_F32 && x->strides[2] == 1 && x->strides[1] >= E && x->strides[1] <= INT32_MAX &&
                   (B == 1 || x->strides[0] == L * x->strides[1]);
-  bool y_direct = y->strides[2] == 1 && y->strides[1] == E && (B == 1 || y->strides[0] == L * E);
+  bool y_direct = y->dtype == ATTN_DTYPE_F32 && y->strides[2] == 1 && y->strides[1] == E && (B == 1 || y->strides[0] == L * E);
   int64_t ldp = hq + 2 * hkv; /* q, k and v side by side: one product */
   size_t sizes[7] = {x_direct ? 0 : (size_t)(T * E), (size_t)(T * ldp), 0, 0, (size_t)(T * hq),
                      y_direct ? 0 : (size_t)(T * E),
@@ -420,12 +419,8 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   /* Projections of every token, padding rows included. */
   const float *xa = x->data;
   int64_t ldx = x->strides[1];
-  if (!x_direct) {
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t l = 0; l < L; l++)
-        for (int64_t e = 0; e < E; e++)
-          xg[(b * L + l) * E + e] =
-              xa[b * x->strides[0] + l * x->strides[1] + e * x->strides[2]];
+  if (!x_direct) { /* other strides, or half x */
+    attn__mha_copy_rows(x, xg, false);
     xa = xg;
     ldx = E;
   }
@@ -479,14 +474,8 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   for (int64_t b = 0; b < B; b++)
     for (int64_t l = n_new ? n_new[b] : L; l < L; l++)
       memset(yo + (b * L + l) * E, 0, (size_t)E * sizeof(float));
-  if (!y_direct) {
-    float *yd = y->data;
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t l = 0; l < L; l++)
-        for (int64_t e = 0; e < E; e++)
-          yd[b * y->strides[0] + l * y->strides[1] + e * y->strides[2]] =
-              yb[(b * L + l) * E + e];
-  }
+  if (!y_direct)
+    attn__mha_copy_rows(y, yb, true);
   return ATTN_OK;
 }
 

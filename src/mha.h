@@ -35,6 +35,10 @@ attn_status attn__mha_check_layer(attn_ctx *ctx, const attn_mha *m);
 /* Allocate m's present weights zero-filled and link m into ctx's list; on
  * failure m is freed and the status set. m's sizes and form are set. */
 attn_status attn__mha_add(attn_ctx *ctx, attn_mha *m);
+/* rows[(i0 * A1 + i1) * F + f] = t[i0, i1, f] for a 3-D float tensor t of
+ * dims [A0, A1, F] (F32, F16 or BF16: widened exactly), or with scatter
+ * the reverse (each element rounded once to t's type). */
+void attn__mha_copy_rows(const attn_tensor *t, float *rows, bool scatter);
 /* Whether weight `which` belongs to PyTorch-form layer m, and its rows and
  * columns (either pointer may be NULL). */
 bool attn__mha_torch_shape(const attn_mha *m, int32_t which, int64_t *rows, int64_t *cols);

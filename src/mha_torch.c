@@ -13,6 +13,7 @@
  * Every buffer is a slice of the context's workspace, reserved once with
  * the attention's: a warm context allocates nothing. */
 #include "check.h"
+#include "convert.h"
 #include "gemm.h"
 #include "mha.h"
 #include "sdpa.h"
@@ -115,6 +116,8 @@ static attn_status create_impl(attn_ctx *ctx, const attn_mha_torch_params *param
  * matrix [A0 * A1, F] of row stride *ld, when the strides allow; false if
  * they must be gathered first. */
 static bool as_rows(const attn_tensor *t, int64_t *ld) {
+  if (t->dtype != ATTN_DTYPE_F32)
+    return false; /* half: converted rows */
   int64_t a0 = t->dims[0], a1 = t->dims[1], f = t->dims[2];
   if (f > 1 && t->strides[2] != 1)
     return false;
@@ -127,18 +130,16 @@ static bool as_rows(const attn_tensor *t, int64_t *ld) {
   return true;
 }
 
-/* dst[(i0 * A1 + i1) * F + f] = t[i0, i1, f], or the reverse (scatter). */
-static void copy_rows(const attn_tensor *t, float *rows, bool scatter) {
-  float *x = t->data;
+void attn__mha_copy_rows(const attn_tensor *t, float *rows, bool scatter) {
   for (int64_t i0 = 0; i0 < t->dims[0]; i0++)
     for (int64_t i1 = 0; i1 < t->dims[1]; i1++) {
       float *r = rows + (i0 * t->dims[1] + i1) * t->dims[2];
-      float *e = x + i0 * t->strides[0] + i1 * t->strides[1];
+      int64_t e = i0 * t->strides[0] + i1 * t->strides[1];
       for (int64_t f = 0; f < t->dims[2]; f++) {
         if (scatter)
-          e[f * t->strides[2]] = r[f];
+          attn__elem_store(t->data, t->dtype, e + f * t->strides[2], r[f]);
         else
-          r[f] = e[f * t->strides[2]];
+          r[f] = attn__elem_value(t->data, t->dtype, e + f * t->strides[2]);
       }
     }
 }
@@ -231,14 +232,14 @@ static attn_status check_call(attn_ctx *ctx, torch_call *c,
   bool bf = m->batch_first;
   const uint8_t out = ATTN_OPND_OUTPUT, opt = ATTN_OPND_OPTIONAL;
   attn_operand ops[] = {
-      {ATTN_OPERAND("query", c->query, ATTN_DT_F32, 3, 3), .sym = {bf ? B : L, bf ? L : B, X}},
-      {ATTN_OPERAND("key", c->key, ATTN_DT_F32, 3, 3), .sym = {bf ? B : S, bf ? S : B, X}},
-      {ATTN_OPERAND("value", c->value, ATTN_DT_F32, 3, 3), .sym = {bf ? B : S, bf ? S : B, X}},
+      {ATTN_OPERAND("query", c->query, ATTN_DT_FLOAT, 3, 3), .sym = {bf ? B : L, bf ? L : B, X}},
+      {ATTN_OPERAND("key", c->key, ATTN_DT_FLOAT, 3, 3), .sym = {bf ? B : S, bf ? S : B, X}},
+      {ATTN_OPERAND("value", c->value, ATTN_DT_FLOAT, 3, 3), .sym = {bf ? B : S, bf ? S : B, X}},
       {ATTN_OPERAND("key_padding_mask", c->kpm, ATTN_DT_F32 | ATTN_DT_U8, 2, 2), .sym = {B, S},
        .flags = opt},
       {ATTN_OPERAND("attn_mask", c->am, ATTN_DT_F32 | ATTN_DT_U8, 2, 2), .sym = {L, S},
        .flags = opt},
-      {ATTN_OPERAND("out", c->out, ATTN_DT_F32, 3, 3), .sym = {bf ? B : L, bf ? L : B, X},
+      {ATTN_OPERAND("out", c->out, ATTN_DT_FLOAT, 3, 3), .sym = {bf ? B : L, bf ? L : B, X},
        .flags = out},
       {ATTN_OPERAND("out_weights", c->outw, ATTN_DT_F32, 3, 3), .sym = {B, L, S},
        .flags = out | opt},
@@ -354,7 +355,7 @@ static void run_call(attn_ctx *ctx, torch_call *c, attn_sdpa_problem *sp) {
       continue;
     const float *x = in[part]->data;
     if (gathered[part]) {
-      copy_rows(in[part], gathered[part], false);
+      attn__mha_copy_rows(in[part], gathered[part], false);
       x = gathered[part];
       ld[part] = in[part]->dims[2];
     }
@@ -395,7 +396,7 @@ static void run_call(attn_ctx *ctx, torch_call *c, attn_sdpa_problem *sp) {
   attn_gemm_problem g = projection(ctx, c, 3, c->a, E, y, c->go ? E : c->ldo);
   attn__gemm_run(ctx, &g);
   if (c->go)
-    copy_rows(c->out, c->y, true);
+    attn__mha_copy_rows(c->out, c->y, true);
 }
 
 static attn_status forward_impl(attn_ctx *ctx, attn_mha *layer, const attn_tensor *query,

@@ -570,6 +570,12 @@ static void setup_mha(fixture *f) {
   f->t[2] = (attn_tensor *)(void *)m;
   f->t[3] = (attn_tensor *)(void *)kv;
 }
+/* The same layer on an F16 x: its rows widened into the layer's buffer. */
+static void setup_mha_half(fixture *f) {
+  setup_mha(f);
+  int64_t xd[3] = {B, LQ, D};
+  f->t[0] = half_in(f, g_q, (size_t)B * LQ * D, 3, xd, ATTN_DTYPE_F16);
+}
 static attn_status run_mha(fixture *f) {
   attn_kv_cache *kv = (attn_kv_cache *)(void *)f->t[3];
   assert_ok(attn_kv_reset(f->ctx, kv, -1));
@@ -648,6 +654,7 @@ static attn_status run_sdpa_logits(fixture *f) {
 static const op_case g_cases[] = {
     {"attn_mha_forward", 1, setup_mha, run_mha},
     {"attn_mha_forward", 2, setup_mha, run_mha},
+    {"attn_mha_forward", 2, setup_mha_half, run_mha},
     {"attn_mha_torch_forward", 1, setup_mha_torch, run_mha_torch},
     {"attn_mha_torch_forward", 2, setup_mha_torch, run_mha_torch},
     {"attn_kv_attend", 1, setup_kv_attend, run_kv_attend},

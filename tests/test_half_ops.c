@@ -14,6 +14,7 @@
 #include "test_util.h"
 
 #include "ref_half.h"
+#include "ref_mha.h"
 #include "ref_pool.h"
 #include "ref_posenc.h"
 #include "ref_sdpa.h"
@@ -736,6 +737,114 @@ static void pool_rounded_once(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* ---------------- attention layers ---------------- */
+
+/* The decoder layer with BF16 weights (set, then read back as F32 and F16),
+ * F16 x and a BF16 or F32 y, against the float64 layer (ref_mha_decoder)
+ * on the rounded values; the F32 suites' tolerance, 1e-5 (1 + |want|). */
+static void mha_half(void **state) {
+  (void)state;
+  enum { E = 32, HQ = 4, HKV = 2, DH = 8, T = 20 };
+  attn_ctx *ctx = new_ctx(2);
+  tu_rng r = {41};
+  static float wv[4][E * E], xv[T * E];
+  const int64_t wd[4][2] = {{HQ * DH, E}, {HKV * DH, E}, {HKV * DH, E}, {E, HQ * DH}};
+  attn_mha_decoder_params mp;
+  attn_mha_decoder_params_init(&mp);
+  mp.embed_dim = E, mp.num_heads = HQ, mp.num_kv_heads = HKV;
+  attn_mha *m = NULL;
+  assert_ok(attn_mha_create_decoder(ctx, &mp, &m));
+  harr w[4];
+  for (int i = 0; i < 4; i++) {
+    tu_fill(&r, wv[i], (size_t)(wd[i][0] * wd[i][1]), -0.3f, 0.3f);
+    harr_make(&w[i], ctx, ATTN_DTYPE_BF16, 2, wd[i], wv[i]); /* wv: the rounded values */
+    if (attn_mha_set_weight(ctx, m, i, w[i].t) != ATTN_OK)
+      fail_msg("set_weight bf16: %s", attn_ctx_last_error(ctx));
+    /* read back: F32 is the widened value, F16 that value rounded once */
+    harr back32, back16;
+    harr_make(&back32, ctx, ATTN_DTYPE_F32, 2, wd[i], NULL);
+    harr_make(&back16, ctx, ATTN_DTYPE_F16, 2, wd[i], NULL);
+    assert_ok(attn_mha_get_weight(ctx, m, i, back32.t));
+    assert_ok(attn_mha_get_weight(ctx, m, i, back16.t));
+    for (size_t j = 0; j < back32.n; j++) {
+      assert_true(((float *)back32.data)[j] == wv[i][j]);
+      assert_int_equal(((uint16_t *)back16.data)[j], ref_to_f16(tu_bits(wv[i][j])));
+    }
+    harr_free(&back32), harr_free(&back16);
+  }
+  /* wrapping uses the memory as it is: F32 only */
+  assert_int_equal(attn_mha_wrap_weight(ctx, m, 0, w[0].t), ATTN_ERR_UNSUPPORTED);
+  tu_fill(&r, xv, T * E, -1, 1);
+  int64_t xd[3] = {1, T, E};
+  harr x;
+  harr_make(&x, ctx, ATTN_DTYPE_F16, 3, xd, xv);
+  ref_mha_args a;
+  memset(&a, 0, sizeof a);
+  a.E = E, a.Hq = HQ, a.Hkv = HKV, a.D = DH;
+  a.wq = wv[0], a.wk = wv[1], a.wv = wv[2], a.wo = wv[3];
+  double want[T * E], sc[T * E];
+  ref_mha_decoder(&a, T, xv, want);
+  for (int i = 0; i < T * E; i++)
+    sc[i] = 1 + fabs(want[i]);
+  double worst = 0;
+  for (int yi = 0; yi < 2; yi++) {
+    attn_kv_cache_params cp;
+    attn_kv_cache_params_init(&cp);
+    cp.batch = 1, cp.kv_heads = HKV, cp.head_dim = DH, cp.capacity = T;
+    attn_kv_cache *kv = NULL;
+    assert_ok(attn_kv_cache_create(ctx, &cp, &kv));
+    harr y;
+    harr_make(&y, ctx, yi ? ATTN_DTYPE_F32 : ATTN_DTYPE_BF16, 3, xd, NULL);
+    if (attn_mha_forward(ctx, m, kv, x.t, y.t, NULL) != ATTN_OK)
+      fail_msg("mha_forward f16 x: %s", attn_ctx_last_error(ctx));
+    worst = fmax(worst, check_all(yi ? "mha f16 x -> f32 y" : "mha f16 x -> bf16 y", &y, want,
+                                  1e-5, sc));
+    harr_free(&y);
+    attn_kv_cache_free(ctx, kv);
+  }
+  print_message("mha: worst error %.3f of the bound\n", worst);
+
+  /* The PyTorch form, batch first, on the same values: F16 query, BF16
+   * key / value, an F16 out, against its F32 forward on the widened values
+   * (that F32 path is checked against torch and float64 in test_mha_torch). */
+  attn_mha_torch_params tp;
+  attn_mha_torch_params_init(&tp);
+  tp.embed_dim = E, tp.num_heads = HQ, tp.batch_first = 1, tp.no_bias = 1;
+  attn_mha *tm = NULL;
+  assert_ok(attn_mha_create_torch(ctx, &tp, &tm));
+  int64_t inw[2] = {3 * E, E};
+  harr win;
+  float inv[3 * E * E];
+  tu_fill(&r, inv, 3 * E * E, -0.3f, 0.3f);
+  harr_make(&win, ctx, ATTN_DTYPE_F16, 2, inw, inv);
+  assert_ok(attn_mha_set_weight(ctx, tm, ATTN_MHA_IN_PROJ_WEIGHT, win.t));
+  assert_ok(attn_mha_set_weight(ctx, tm, ATTN_MHA_O_WEIGHT, w[3].t));
+  int64_t kd[3] = {1, T - 3, E};
+  float kvv[(T - 3) * E];
+  tu_fill(&r, kvv, (T - 3) * E, -1, 1);
+  harr key, o16, o32;
+  harr_make(&key, ctx, ATTN_DTYPE_BF16, 3, kd, kvv);
+  harr_make(&o16, ctx, ATTN_DTYPE_F16, 3, xd, NULL);
+  harr_make(&o32, ctx, ATTN_DTYPE_F32, 3, xd, NULL);
+  attn_mha_torch_forward_params fp;
+  attn_mha_torch_forward_params_init(&fp);
+  if (attn_mha_torch_forward(ctx, tm, x.t, key.t, key.t, NULL, NULL, &fp, o16.t, NULL) !=
+      ATTN_OK)
+    fail_msg("mha_torch_forward half: %s", attn_ctx_last_error(ctx));
+  assert_ok(attn_mha_torch_forward(ctx, tm, tu_wrap(ctx, xv, T * E, 3, xd, NULL),
+                                   tu_wrap(ctx, kvv, (size_t)((T - 3) * E), 3, kd, NULL),
+                                   tu_wrap(ctx, kvv, (size_t)((T - 3) * E), 3, kd, NULL), NULL,
+                                   NULL, &fp, o32.t, NULL));
+  double w32[T * E];
+  for (int i = 0; i < T * E; i++)
+    w32[i] = ((float *)o32.data)[i];
+  check_all("mha_torch f16 query, bf16 key/value -> f16 out", &o16, w32, 1e-6, sc);
+  harr_free(&win), harr_free(&key), harr_free(&o16), harr_free(&o32), harr_free(&x);
+  for (int i = 0; i < 4; i++)
+    harr_free(&w[i]);
+  attn_ctx_destroy(ctx);
+}
+
 /* ---------------- RoPE from tables ---------------- */
 
 /* attn_rope_cached on half x and/or y (and in place on half x), against the
@@ -803,6 +912,7 @@ int main(void) {
       cmocka_unit_test(rope_cached_half),
       cmocka_unit_test(pool_half),
       cmocka_unit_test(pool_rounded_once),
+      cmocka_unit_test(mha_half),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1452,16 +1452,16 @@ class MultiheadAttention(_ContextObject):
         arrays = {}
         for name, shape in shapes.items():
             if name in state_dict:
-                a = np.asarray(state_dict[name])
-                if a.shape != shape:
+                a = _data_array(state_dict[name], fn)
+                if a[0].shape != shape:
                     raise ValueError("%s: %s has shape %s but must be %s"
-                                     % (fn, name, a.shape, shape))
+                                     % (fn, name, a[0].shape, shape))
                 arrays[name] = a
         with self._ctx._call(fn) as c:
             for name, a in arrays.items():
                 c.check(_LIB.attn_mha_set_weight(self._ctx._handle, self._handle,
                                                  _lib.MHA_TORCH_WEIGHTS[name],
-                                                 c.input(a, name)))
+                                                 c.input(a[0], name, dtype=a[1])))
 
     def state_dict(self):
         """The weights as float32 arrays under torch's state_dict names."""
@@ -1493,7 +1493,12 @@ class MultiheadAttention(_ContextObject):
         Returns (out, weights): weights [B, L, S] (averaged over heads) or
         [B, num_heads, L, S], or None when need_weights is False."""
         fn = "MultiheadAttention"
-        query, key, value = np.asarray(query), np.asarray(key), np.asarray(value)
+        same_k, same_v = key is query, value is key
+        (query, qdt), (key, kdt), (value, vdt) = (_data_array(a, fn) for a in (query, key, value))
+        if same_k:
+            key = query
+        if same_v:
+            value = key
         batched = query.ndim == 3
         if not batched:
             if query.ndim != 2:
@@ -1506,22 +1511,22 @@ class MultiheadAttention(_ContextObject):
         B = query.shape[0] if self.batch_first else query.shape[1]
         L = query.shape[1] if self.batch_first else query.shape[0]
         S = key.shape[1] if self.batch_first else key.shape[0]
-        out = np.empty(query.shape[:2] + (self.embed_dim,), np.float32)
+        out = np.empty(query.shape[:2] + (self.embed_dim,), _result_dtype(qdt))
         weights = None
         if need_weights:
             weights = np.empty((B, L, S) if average_attn_weights
                                else (B, self.num_heads, L, S), np.float32)
         with self._ctx._call(fn) as c:
-            hq = c.input(query, "query")
-            hk = hq if key is query else c.input(key, "key")
-            hv = hk if value is key else c.input(value, "value")
+            hq = c.input(query, "query", dtype=qdt)
+            hk = hq if key is query else c.input(key, "key", dtype=kdt)
+            hv = hk if value is key else c.input(value, "value", dtype=vdt)
             hkpm = None if key_padding_mask is None else self._mask(c, key_padding_mask,
                                                                     "key_padding_mask")
             ham = None if attn_mask is None else self._mask(c, attn_mask, "attn_mask")
             p = _lib.MhaTorchForwardParams(need_weights=int(bool(need_weights)),
                                            per_head_weights=int(not average_attn_weights),
                                            is_causal=int(bool(is_causal)))
-            ho = c.output(out, "out")
+            ho = c.output(out, "out", half=True)
             hw = None if weights is None else c.output(weights, "weights")
             c.check(_LIB.attn_mha_torch_forward(self._ctx._handle, self._handle, hq, hk, hv,
                                                 hkpm, ham, ctypes.byref(p), ho, hw))
@@ -1607,12 +1612,15 @@ class DecoderLayer(_ContextObject):
         return _lib.MHA_WEIGHTS[name]
 
     def set_weight(self, name, w):
-        """Copy weight `name` (e.g. "q_proj.weight") from w."""
+        """Copy weight `name` (e.g. "q_proj.weight") from w (float16 arrays
+        and torch float16 / bfloat16 tensors are read as they are; the layer
+        keeps float32)."""
         fn = "DecoderLayer.set_weight"
         which = self._which(name, fn)
+        w, wdt = _data_array(w, fn)
         with self._ctx._call(fn) as c:
             c.check(_LIB.attn_mha_set_weight(self._ctx._handle, self._handle, which,
-                                             c.input(np.asarray(w), name)))
+                                             c.input(w, name, dtype=wdt)))
 
     def get_weight(self, name):
         """A copy of weight `name` (float32)."""
@@ -1642,18 +1650,20 @@ class DecoderLayer(_ContextObject):
         are appended to `cache` (a KVCache with B sequences, num_kv_heads
         heads, head_dim = value_dim), each sequence's tokens sit after what it
         holds. n_new: per-sequence counts 0..L (None = L); rows past n_new[b]
-        are zeros. Returns y [B, L, E]."""
+        are zeros. Returns y [B, L, E]: float16 for a float16 x (x may also be
+        a torch float16 / bfloat16 tensor), else float32."""
         fn = "DecoderLayer.forward"
-        x = np.asarray(x)
+        x, xdt = _data_array(x, fn)
         if x.ndim != 3:
             raise ValueError("%s: x must be [B, L, E]" % fn)
-        y = np.empty(x.shape[:2] + (self.embed_dim,), np.float32)
+        y = np.empty(x.shape[:2] + (self.embed_dim,), _result_dtype(xdt))
         if cache._ctx is not self._ctx:
             raise ValueError("%s: the cache belongs to another context" % fn)
         with self._ctx._call(fn) as c:
             counts = cache._counts(n_new, x.shape[1], fn, c)
             c.check(_LIB.attn_mha_forward(self._ctx._handle, self._handle, cache._handle,
-                                          c.input(x, "x"), c.output(y, "y"), counts))
+                                          c.input(x, "x", dtype=xdt), c.output(y, "y", half=True),
+                                          counts))
         return y
 
     __call__ = forward

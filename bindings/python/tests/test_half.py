@@ -251,3 +251,30 @@ def test_pool_attention_float16():
     om = attn.pool_attention(q.astype(np.float32), k)  # f32 queries over f16 keys
     assert om.dtype == np.float32
     assert np.array_equal(om, o32)
+
+
+def test_layers_float16():
+    rng = np.random.default_rng(8)
+    E, Hq, Hkv, D, T = 16, 4, 2, 4, 9
+    layer = attn.DecoderLayer(E, Hq, Hkv, D)
+    for name, shape in (("q_proj.weight", (Hq * D, E)), ("k_proj.weight", (Hkv * D, E)),
+                        ("v_proj.weight", (Hkv * D, E)), ("o_proj.weight", (E, Hq * D))):
+        w = rng.uniform(-0.3, 0.3, shape).astype(np.float16)
+        layer.set_weight(name, w)  # read as float16, kept as float32
+        assert np.array_equal(layer.get_weight(name), w.astype(np.float32))
+    x = rng.uniform(-1, 1, (1, T, E)).astype(np.float16)
+    y16 = layer(x, attn.KVCache(1, Hkv, D, capacity=T))
+    assert y16.dtype == np.float16
+    y32 = layer(x.astype(np.float32), attn.KVCache(1, Hkv, D, capacity=T))
+    assert _bound_ok(y16, y32.astype(np.float64), 2.0**-11, 1e-6)
+
+    m = attn.MultiheadAttention(E, 4, batch_first=True)
+    m.load_state_dict({k: rng.uniform(-0.3, 0.3, v.shape).astype(np.float16)
+                       for k, v in m.state_dict().items()})
+    q = rng.uniform(-1, 1, (2, 5, E)).astype(np.float16)
+    o16, w16 = m(q, q, q)
+    assert o16.dtype == np.float16 and w16.dtype == np.float32
+    o32, w32 = m(q.astype(np.float32), q.astype(np.float32), q.astype(np.float32))
+    assert np.abs(o32).max() > 0.01  # weights that do something
+    assert _bound_ok(o16, o32.astype(np.float64), 2.0**-11, 1e-6)
+    assert np.allclose(w16, w32, rtol=1e-6, atol=1e-7)
