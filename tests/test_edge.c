@@ -58,6 +58,15 @@ static void expect_rounded(const char *what, attn_ctx *ctx, const attn_tensor *g
                (double)w[i]);
 }
 
+/* got[0..n) equals want bit for bit (NaN as NaN): an F32 result from half
+ * inputs is the F32 op's on the widened values. */
+static void expect_same(const char *what, const float *got, const float *want, int64_t n) {
+  for (int64_t i = 0; i < n; i++)
+    if (!(isnan(want[i]) ? isnan(got[i]) : want[i] == got[i]))
+      fail_msg("%s: element %lld = %.9g, expected %.9g", what, (long long)i, (double)got[i],
+               (double)want[i]);
+}
+
 /* ================= tensors: size arithmetic ================= */
 
 static void tensor_overflowing_shapes(void **state) {
@@ -279,10 +288,8 @@ static void run_sdpa_case_half(const sdpa_case *c, int32_t dt) {
   float om[64];
   assert_ok(attn_sdpa(ctx, tu_wrap(ctx, q, 64, 4, qd, NULL), hk, hv,
                       tu_wrap(ctx, om, 64, 4, od, NULL), &p));
-  for (int64_t i = 0; i < c->Lq * c->Dv; i++)
-    if (!(isnan(o32[i]) ? isnan(om[i]) : o32[i] == om[i]))
-      fail_msg("%s, f32 q over a half cache: element %lld = %.9g, expected %.9g", what,
-               (long long)i, (double)om[i], (double)o32[i]);
+  snprintf(what + strlen(what), sizeof what - strlen(what), ", f32 q over a half cache");
+  expect_same(what, om, o32, c->Lq * c->Dv);
   attn_ctx_destroy(ctx);
 }
 
@@ -1129,10 +1136,8 @@ static void run_pool_case_half(const pool_case *c, int32_t dt) {
   snprintf(what, sizeof what, "pool \"%s\" in %s", c->name, dt == ATTN_DTYPE_F16 ? "f16" : "bf16");
   expect_rounded(what, ctx, ho, o32, 4, 2, od);
   assert_ok(attn_pool(ctx, hx, tu_wrap(ctx, om, 4, 2, od, NULL), &p));
-  for (int i = 0; i < 4; i++)
-    if (!(isnan(o32[i]) ? isnan(om[i]) : o32[i] == om[i]))
-      fail_msg("%s, f32 out: element %d = %.9g, expected %.9g", what, i, (double)om[i],
-               (double)o32[i]);
+  snprintf(what + strlen(what), sizeof what - strlen(what), ", f32 out");
+  expect_same(what, om, o32, 4);
   attn_ctx_destroy(ctx);
 }
 
@@ -1181,14 +1186,10 @@ static void run_pool_bwd_case_half(const pool_bwd_case *c, int32_t dt) {
     expect_rounded(what, ctx, hds, ds32, 2 * c->L, 2, kd);
   assert_ok(attn_pool_backward(ctx, hx, hg, tu_wrap(ctx, dxm, (size_t)(4 * c->L), 3, xd, NULL),
                                mds, &p));
-  for (int64_t i = 0; i < 4 * c->L; i++)
-    if (!(isnan(dx32[i]) ? isnan(dxm[i]) : dx32[i] == dxm[i]))
-      fail_msg("%s, f32 dx: element %lld = %.9g, expected %.9g", what, (long long)i,
-               (double)dxm[i], (double)dx32[i]);
-  for (int64_t i = 0; mds && i < 2 * c->L; i++)
-    if (!(isnan(ds32[i]) ? isnan(dsm[i]) : ds32[i] == dsm[i]))
-      fail_msg("%s, f32 dscores: element %lld = %.9g, expected %.9g", what, (long long)i,
-               (double)dsm[i], (double)ds32[i]);
+  snprintf(what + strlen(what), sizeof what - strlen(what), ", f32 dx and dscores");
+  expect_same(what, dxm, dx32, 4 * c->L);
+  if (mds)
+    expect_same(what, dsm, ds32, 2 * c->L);
   attn_ctx_destroy(ctx);
 }
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import attn
+from test_pool import np_pool
 
 try:
     import torch
@@ -169,29 +170,6 @@ def test_sdpa_torch_bfloat16_cache():
     assert np.allclose(o, want, rtol=1e-5, atol=1e-6)
 
 
-def _np_pool_ref(x, mode, keep, scores=None):
-    """float64 pooling of x [B, H, L, D] over the kept tokens keep [B, H, L]."""
-    B, H, L, D = x.shape
-    out = np.zeros((B, H, D))
-    for b in range(B):
-        for h in range(H):
-            k = keep[b, h]
-            if not k.any():
-                continue
-            xs = x[b, h][k].astype(np.float64)
-            if mode == "sum":
-                out[b, h] = xs.sum(0)
-            elif mode == "mean":
-                out[b, h] = xs.mean(0)
-            elif mode == "max":
-                out[b, h] = xs.max(0)
-            else:
-                s = scores[b, h][k].astype(np.float64)
-                w = np.exp(s - s.max())
-                out[b, h] = (w / w.sum()) @ xs
-    return out
-
-
 @pytest.mark.parametrize("mode", ["sum", "mean", "max", "weighted"])
 def test_pool_float16_in_and_out(mode):
     rng = np.random.default_rng(6)
@@ -203,7 +181,7 @@ def test_pool_float16_in_and_out(mode):
     got = attn.pool(x, mode, scores=sc, lengths=lengths, keep=keep)
     assert got.dtype == np.float16
     full = np.broadcast_to((keep & (np.arange(40) < lengths[:, None]))[:, None], (3, 2, 40))
-    want = _np_pool_ref(x, mode, full, scores)
+    want = np_pool(x, mode, full, scores)
     scale = np.abs(x.astype(np.float64)).sum(2) if mode == "sum" else np.abs(want)
     assert _bound_ok(got, want, 2.0**-11, 1e-6 * (scale + 1))
     assert not got[2].any()  # nothing kept: zeros
