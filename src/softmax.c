@@ -49,6 +49,9 @@ void attn_softmax_params_init(attn_softmax_params *p) {
  * the row bound keeps the worker's row within L2. */
 #define STREAM_MIN_BYTES (8.0 * 1024 * 1024)
 #define STREAM_MAX_ROW 65536
+/* Rows up to this many floats (16 KiB: in L1 with the mask's row) go a
+ * block at a time through the kernel set's softmax_rows. */
+#define SHORT_ROW 4096
 /* Distance of the prefetch ahead of short rows: a page. */
 #define AHEAD_BYTES 4096
 
@@ -104,6 +107,32 @@ static void float_row(const attn_softmax_problem *j, const attn_kernels *k, cons
     k->scale(w, y, n, inv);
 }
 
+/* Rows [r0, r1) of the view through the kernel set's softmax_rows, a call
+ * per run of rows that share axes 0 and 1 (constant strides within). */
+static void short_rows(const attn_softmax_problem *j, const attn_kernels *k, float *buf,
+                       int64_t r0, int64_t r1) {
+  int64_t i2 = r0 % j->dims[2], t = r0 / j->dims[2];
+  int64_t i1 = t % j->dims[1], i0 = t / j->dims[1];
+  attn_rows_job job = {
+      .ldx = j->xs[2], .ldy = j->ys[2], .ldm = j->ms[2], .ldb = j->bs[2], .n = j->dims[3],
+      .scale = j->scale, .log = j->log, .w = j->stream ? buf : NULL,
+      .x_end = j->packed && j->dims[3] * (int64_t)sizeof(float) < AHEAD_BYTES
+                   ? (const float *)j->x + j->rows * j->dims[3]
+                   : NULL};
+  for (int64_t r = r0; r < r1;) {
+    int64_t len = j->dims[2] - i2 < r1 - r ? j->dims[2] - i2 : r1 - r;
+    job.x = (const float *)j->x + i0 * j->xs[0] + i1 * j->xs[1] + i2 * j->xs[2];
+    job.y = (float *)j->y + i0 * j->ys[0] + i1 * j->ys[1] + i2 * j->ys[2];
+    job.m = j->mask ? j->mask + i0 * j->ms[0] + i1 * j->ms[1] + i2 * j->ms[2] : NULL;
+    job.b = j->bmask ? j->bmask + i0 * j->bs[0] + i1 * j->bs[1] + i2 * j->bs[2] : NULL;
+    k->softmax_rows(&job, len);
+    r += len;
+    i2 = 0;
+    if (++i1 == j->dims[1])
+      i1 = 0, i0++;
+  }
+}
+
 static void rows_task(void *arg, int64_t item, int32_t worker) {
   const attn_softmax_problem *j = arg;
   const attn_kernels *k = attn__kernels();
@@ -111,11 +140,16 @@ static void rows_task(void *arg, int64_t item, int32_t worker) {
   int64_t n = j->dims[3];
   int64_t r0 = item * j->rows_per_item;
   int64_t r1 = r0 + j->rows_per_item < j->rows ? r0 + j->rows_per_item : j->rows;
-  /* The view index of row r0, then stepped row by row (no divisions per
-   * row: short rows are a few hundred bytes). */
+  bool f32 = j->xdt == ATTN_DTYPE_F32 && j->ydt == ATTN_DTYPE_F32;
+  if (f32 && j->short_rows && k->softmax_rows) {
+    short_rows(j, k, buf, r0, r1);
+    if (j->stream)
+      k->stream_fence();
+    return;
+  }
+  /* The view index of row r0, then stepped row by row. */
   int64_t i2 = r0 % j->dims[2], t = r0 / j->dims[2];
   int64_t i1 = t % j->dims[1], i0 = t / j->dims[1];
-  bool f32 = j->xdt == ATTN_DTYPE_F32 && j->ydt == ATTN_DTYPE_F32;
   for (int64_t r = r0; r < r1; r++) {
     const void *x = attn__elem(j->x, j->xdt, i0 * j->xs[0] + i1 * j->xs[1] + i2 * j->xs[2]);
     void *y = attn__elem(j->y, j->ydt, i0 * j->ys[0] + i1 * j->ys[1] + i2 * j->ys[2]);
@@ -274,6 +308,7 @@ void attn__softmax_plan(const attn_ctx *ctx, attn_softmax_problem *p) {
   p->packed = p->xs[2] == n && p->xs[1] == n * p->dims[2] && p->xs[0] == n * p->dims[2] * p->dims[1];
   p->stream = p->xdt == ATTN_DTYPE_F32 && p->ydt == ATTN_DTYPE_F32 && !p->log &&
               n <= STREAM_MAX_ROW && (double)p->rows * (double)n * sizeof(float) >= STREAM_MIN_BYTES;
+  p->short_rows = n <= SHORT_ROW && (!p->mask || p->ms[3] == 1) && (!p->bmask || p->bs[3] == 1);
   p->ws_bytes = attn__ws_size(softmax_layout, p);
 }
 

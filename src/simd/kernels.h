@@ -13,6 +13,25 @@
 /* Element types the decode products read K and V rows in. */
 enum { ATTN_ELEM_F32, ATTN_ELEM_F16, ATTN_ELEM_BF16 };
 
+/* A block of short softmax rows for attn_kernels.softmax_rows: row r reads
+ * x + r * ldx (and the mask rows m + r * ldm, b + r * ldb, when not NULL;
+ * a stride of 0 gives every row the same mask row; the masks' columns are
+ * contiguous) and writes y + r * ldy. */
+typedef struct {
+  const float *x;
+  float *y;
+  const float *m;   /* additive mask, or NULL */
+  const uint8_t *b; /* keep-mask (0 hides), or NULL */
+  int64_t ldx, ldy, ldm, ldb;
+  int64_t n;        /* row length, >= 1 */
+  float scale;      /* 1 = none */
+  int log;          /* log-softmax */
+  float *w;         /* n floats of scratch: y is then written by scale_stream
+                       (softmax only); NULL: computed in y's row */
+  const float *x_end; /* rows lie end to end below x_end: each row's x a page
+                         further on (within x_end) is fetched meanwhile; or NULL */
+} attn_rows_job;
+
 typedef struct attn_kernels {
   const char *name; /* "sse2", "avx2", "avx512" ("scalar" off x86) */
   /* Largest of x[0..n), n >= 1; NaN if any x is NaN. */
@@ -76,6 +95,13 @@ typedef struct attn_kernels {
                  const void *b, int be, int64_t ldb, const void *next, float *c, int64_t ldc);
   void (*dec_pv)(int64_t m, int64_t n, int64_t k, const float *p, int64_t ldp, const void *v,
                  int ve, int64_t ldv, const void *next, float *c, int64_t ldc, bool skip);
+  /* Softmax (or log-softmax) of `rows` rows in one call, the same bits as
+   * the row-at-a-time composition in softmax.c (z = scale * x + m, hidden
+   * entries from logits.h, row_max, exp_shift_sum, scale / scale_stream;
+   * log: sum_exp_shift, sub2): the per-row calls and their fixed cost are
+   * gone, which is what rows of a few hundred bytes pay for. NULL in the
+   * sets without it. */
+  void (*softmax_rows)(const attn_rows_job *j, int64_t rows);
 } attn_kernels;
 
 /* The kernel set for this CPU, probed once (thread-safe). */

@@ -33,6 +33,17 @@ static inline vf v_min(vf a, vf b) { return _mm256_min_ps(a, b); }
 static inline vf v_max(vf a, vf b) { return _mm256_max_ps(a, b); }
 static inline vm v_nan(vf a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
 static inline vm vm_or(vm a, vm b) { return _mm256_or_ps(a, b); }
+static inline vm v_le(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_LE_OQ); }
+static inline vf v_clear(vm m, vf a) { return _mm256_andnot_ps(m, a); }
+static inline vm v_eq(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
+static inline vf v_set_where(vm m, vf a, vf b) { return _mm256_blendv_ps(a, b, m); }
+static inline vm v_zero_bytes(const uint8_t *b, int64_t k) {
+  uint8_t t[VW] = {1, 1, 1, 1, 1, 1, 1, 1};
+  for (int64_t j = 0; j < k; j++)
+    t[j] = b[j];
+  __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)t));
+  return _mm256_castsi256_ps(_mm256_cmpeq_epi32(v, _mm256_setzero_si256()));
+}
 static inline int vm_any(vm a) { return _mm256_movemask_ps(a) != 0; }
 static inline float v_hmax(vf a) {
   __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));

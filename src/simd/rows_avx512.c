@@ -29,6 +29,22 @@ static inline vf v_min(vf a, vf b) { return _mm512_min_ps(a, b); }
 static inline vf v_max(vf a, vf b) { return _mm512_max_ps(a, b); }
 static inline vm v_nan(vf a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
 static inline vm vm_or(vm a, vm b) { return (vm)(a | b); }
+static inline vm v_le(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
+static inline vf v_clear(vm m, vf a) { return _mm512_maskz_mov_ps((__mmask16)~m, a); }
+static inline vm v_eq(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+static inline vf v_set_where(vm m, vf a, vf b) { return _mm512_mask_mov_ps(a, m, b); }
+static inline vm v_zero_bytes(const uint8_t *b, int64_t k) {
+  __m512i v;
+  if (k == VW) {
+    v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b));
+  } else {
+    uint8_t t[VW];
+    for (int64_t j = 0; j < VW; j++)
+      t[j] = j < k ? b[j] : 1;
+    v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)t));
+  }
+  return _mm512_cmpeq_epi32_mask(v, _mm512_setzero_si512());
+}
 static inline int vm_any(vm a) { return a != 0; }
 static inline float v_hmax(vf a) { return _mm512_reduce_max_ps(a); }
 static inline float v_hsum(vf a) { return _mm512_reduce_add_ps(a); }

@@ -7,6 +7,10 @@
  *   v_fma(a, b, c)            a*b + c (fused where the ISA has FMA)
  *   v_min(a, b) v_max(a, b)   b when either is NaN (as MINPS/MAXPS)
  *   vm v_nan vm_or vm_any     a lane mask of NaNs
+ *   v_le(a, b) v_eq(a, b)     lanes with a <= b, a == b (false for NaN)
+ *   v_clear(m, a)             a with the lanes of m set to +0
+ *   v_set_where(m, a, b)      b in the lanes of m, a elsewhere
+ *   v_zero_bytes(b, k)        the lanes i < k with b[i] == 0 (k <= VW)
  *   v_hmax                    largest lane (no NaN present)
  *   v_pow2(p, t, n)           p * 2^n for the n that t encodes (n: the same as a
  *                             float; see v_exp), rounded once
@@ -29,8 +33,13 @@
 
 /* exp(x): the method and its constants are in exp_const.h. */
 static inline vf v_exp(vf x) {
-  x = v_min(v_set1(EXP_HI), x);
-  x = v_max(v_set1(EXP_LO), x);
+  /* x <= EXP_LO (a hidden -inf logit above all) gives +0, computed from 0
+   * instead: the 2^-150 scaling underflows, and Intel cores take a
+   * microcode assist of over a hundred cycles for each vector whose product
+   * is subnormal or underflows (softmax rows with -inf masked entries ran
+   * 10x slower). */
+  vm under = v_le(x, v_set1(EXP_LO));
+  x = v_clear(under, v_min(v_set1(EXP_HI), x));
   vf t = v_fma(x, v_set1(EXP_LOG2E), v_set1(EXP_MAGIC));
   vf n = v_sub(t, v_set1(EXP_MAGIC));
   vf r = v_fma(n, v_set1(-EXP_LN2_HI), x);
@@ -40,7 +49,7 @@ static inline vf v_exp(vf x) {
   q = v_fma(q, r, v_set1(EXP_C3));
   q = v_fma(q, r, v_set1(EXP_C2));
   vf p = v_add(v_fma(v_mul(r, r), q, r), v_set1(1.0f));
-  return v_pow2(p, t, n);
+  return v_clear(under, v_pow2(p, t, n));
 }
 
 static float row_max(const float *x, int64_t n) {
@@ -78,6 +87,9 @@ static float row_max(const float *x, int64_t n) {
  * the float64 total: long rows keep a sum accurate to about 1e-7 at the
  * cost of one conversion per SUM_BLOCK vectors. */
 #define SUM_BLOCK 16
+/* How far ahead softmax_rows fetches rows laid end to end: a page, where
+ * the hardware prefetchers stop. */
+#define AHEAD_FLOATS 1024
 
 /* ahead: NULL, or n floats (the next row) whose cache lines are requested
  * into L2 while this row is computed, one line per 16 floats: the memory
@@ -184,6 +196,101 @@ static void sub2(const float *x, float *y, int64_t n, float a, float b) {
     v_store_part(y + i, n - i, v_sub(v_sub(v_load_part(x + i, n - i, 0.0f), va), vb));
 }
 
+/* Short softmax rows a block at a time (kernels.h), each through the steps
+ * of softmax.c's float_row with the same kernels inlined, so the same bits;
+ * the non-finite maxima as there: -inf (all hidden) gives zeros (log:
+ * -inf), NaN or +inf gives NaN. */
+static void fill_row(float *y, int64_t n, float v) {
+  vf vv = v_set1(v);
+  int64_t i = 0;
+  for (; i + VW <= n; i += VW)
+    v_store(y + i, vv);
+  if (i < n)
+    v_store_part(y + i, n - i, vv);
+}
+
+/* One vector of z = x * s (+ m), entries hidden as attn__logits_hide does
+ * (logits.h: -inf where m is -inf or b is 0, whatever x holds), from the
+ * first k lanes (k < VW: a row's tail; 0 in the other lanes). */
+static inline vf z_vec(const float *x, const float *m, const uint8_t *b, int64_t k, vf vs) {
+  vf v = v_mul(k == VW ? v_load(x) : v_load_part(x, k, 0.0f), vs);
+  if (m) {
+    vf mv = k == VW ? v_load(m) : v_load_part(m, k, 0.0f);
+    v = v_set_where(v_eq(mv, v_set1(-INFINITY)), v_add(v, mv), v_set1(-INFINITY));
+  }
+  if (b)
+    v = v_set_where(v_zero_bytes(b, k), v, v_set1(-INFINITY));
+  return v;
+}
+
+/* z of a row into z[0..n) with its maximum in the same pass (row_max's
+ * value: NaN if any z is NaN). */
+static float logits_row(const float *x, const float *m, const uint8_t *b, float *z, int64_t n,
+                        float s) {
+  vf vs = v_set1(s), big = v_set1(-INFINITY);
+  vm bad = v_nan(big);
+  int64_t i = 0;
+  for (; i + VW <= n; i += VW) {
+    vf v = z_vec(x + i, m ? m + i : m, b ? b + i : b, VW, vs);
+    v_store(z + i, v);
+    big = v_max(big, v);
+    bad = vm_or(bad, v_nan(v));
+  }
+  if (i < n) {
+    vf v = z_vec(x + i, m ? m + i : m, b ? b + i : b, n - i, vs);
+    v_store_part(z + i, n - i, v);
+    /* -inf past the row (and where x is NaN: the row is NaN anyway) */
+    big = v_max(big, v_set_where(v_nan(v_load_part(x + i, n - i, NAN)), v, v_set1(-INFINITY)));
+    bad = vm_or(bad, v_nan(v));
+  }
+  if (vm_any(bad))
+    return NAN;
+  return v_hmax(big);
+}
+
+static void softmax_rows(const attn_rows_job *j, int64_t rows) {
+  int64_t n = j->n;
+  int build_z = j->scale != 1.0f || j->m || j->b;
+  for (int64_t r = 0; r < rows; r++) {
+    const float *x = j->x + r * j->ldx;
+    float *y = j->y + r * j->ldy;
+    float *w = j->w ? j->w : y;
+    const float *z = x;
+    float mx;
+    if (build_z) {
+      mx = logits_row(x, j->m ? j->m + r * j->ldm : (const float *)0,
+                      j->b ? j->b + r * j->ldb : (const uint8_t *)0, w, n, j->scale);
+      z = w;
+    } else {
+      mx = row_max(z, n);
+    }
+    if (mx == -INFINITY) {
+      fill_row(y, n, j->log ? -INFINITY : 0.0f);
+      continue;
+    }
+    if (!(mx < INFINITY)) {
+      fill_row(y, n, NAN);
+      continue;
+    }
+    if (j->log) {
+      float s = exp_sum(z, (float *)0, n, mx, 0, (const float *)0);
+      sub2(z, y, n, mx, (float)log((double)s));
+      continue;
+    }
+    const float *ahead = (const float *)0; /* a page on, else the next row */
+    if (j->x_end)
+      ahead = j->x_end - x >= AHEAD_FLOATS + n ? x + AHEAD_FLOATS : ahead;
+    else if (r + 1 < rows)
+      ahead = x + j->ldx;
+    float s = exp_sum(z, w, n, mx, 1, ahead); /* s >= 1: the maximum gives exp(0) */
+    float inv = (float)(1.0 / (double)s);
+    if (j->w)
+      scale_stream(w, y, n, inv);
+    else
+      scale(w, y, n, inv);
+  }
+}
+
 /* RoPE's rotations, vectors of pairs in the roundings of rotate_tail.h, so
  * every set gives the same bits. */
 static void rotate_split(float *restrict a, float *restrict b, const double *c, const double *s,
@@ -223,5 +330,5 @@ static void rotate_pairs(float *x, const double *cc, const double *ss, int64_t n
   {                                                                                            \
     set_name, row_max, exp_shift_sum, sum_exp_shift, scale, scale_stream, stream_fence,         \
         scale_add, sub2, f32_to_f16, f16_to_f32, f32_to_bf16, bf16_to_f32, rotate_split,        \
-        rotate_pairs, gemm_nt, gemm_nn, gemm_tn, dec_qk, dec_pv                                 \
+        rotate_pairs, gemm_nt, gemm_nn, gemm_tn, dec_qk, dec_pv, softmax_rows                   \
   }

@@ -4,6 +4,7 @@
 #include "kernels.h"
 
 #include <emmintrin.h>
+#include <string.h>
 
 typedef __m128 vf;
 typedef __m128 vm;
@@ -32,6 +33,20 @@ static inline vf v_min(vf a, vf b) { return _mm_min_ps(a, b); }
 static inline vf v_max(vf a, vf b) { return _mm_max_ps(a, b); }
 static inline vm v_nan(vf a) { return _mm_cmpunord_ps(a, a); }
 static inline vm vm_or(vm a, vm b) { return _mm_or_ps(a, b); }
+static inline vm v_le(vf a, vf b) { return _mm_cmple_ps(a, b); }
+static inline vf v_clear(vm m, vf a) { return _mm_andnot_ps(m, a); }
+static inline vm v_eq(vf a, vf b) { return _mm_cmpeq_ps(a, b); }
+static inline vf v_set_where(vm m, vf a, vf b) { return _mm_or_ps(_mm_and_ps(m, b), _mm_andnot_ps(m, a)); }
+static inline vm v_zero_bytes(const uint8_t *b, int64_t k) {
+  uint8_t t[VW] = {1, 1, 1, 1};
+  for (int64_t j = 0; j < k; j++)
+    t[j] = b[j];
+  int32_t w;
+  memcpy(&w, t, sizeof w);
+  __m128i z = _mm_setzero_si128();
+  __m128i v = _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(w), z), z);
+  return _mm_castsi128_ps(_mm_cmpeq_epi32(v, z));
+}
 static inline int vm_any(vm a) { return _mm_movemask_ps(a) != 0; }
 static inline float v_hmax(vf a) {
   a = _mm_max_ps(a, _mm_movehl_ps(a, a));
