@@ -338,12 +338,98 @@ static void rotate_kernels(void **state) {
   }
 }
 
+/* softmax_rows against the row-at-a-time composition of the same set's
+ * kernels (softmax.c before it: scale or scale_add, hiding, row_max,
+ * exp_shift_sum, scale; log: sum_exp_shift, sub2), bit for bit, with the
+ * hiding rule of logits.h written out here: rows of every length around the
+ * vector widths, masks per row or shared (stride 0), hidden NaN and +inf
+ * entries, all-hidden rows, NaN rows, the streamed form, several rows per
+ * call. */
+static void composed_row(const attn_kernels *k, const float *x, const float *m,
+                         const uint8_t *b, float *y, int64_t n, float s, int lg) {
+  float *z = malloc((size_t)n * sizeof *z);
+  if (m)
+    k->scale_add(x, m, z, n, s);
+  else
+    k->scale(x, z, n, s);
+  for (int64_t i = 0; i < n; i++)
+    if ((m && m[i] == -INFINITY) || (b && !b[i]))
+      z[i] = -INFINITY;
+  float mx = k->row_max(z, n);
+  if (mx == -INFINITY || !(mx < INFINITY)) {
+    for (int64_t i = 0; i < n; i++)
+      y[i] = mx == -INFINITY ? (lg ? -INFINITY : 0.0f) : NAN;
+  } else if (lg) {
+    float sum = k->sum_exp_shift(z, n, mx);
+    k->sub2(z, y, n, mx, (float)log((double)sum));
+  } else {
+    float sum = k->exp_shift_sum(z, z, n, mx, NULL);
+    k->scale(z, y, n, (float)(1.0 / (double)sum));
+  }
+  free(z);
+}
+
+static void softmax_rows_kernel(void **state) {
+  (void)state;
+  tu_rng rng = {5};
+  enum { R = 5, MAXN = 300 };
+  float *x = malloc(R * MAXN * sizeof *x), *m = malloc(R * MAXN * sizeof *m);
+  float *y = malloc((R * MAXN + 16) * sizeof *y), *want = malloc(R * MAXN * sizeof *want);
+  float *w = malloc(MAXN * sizeof *w);
+  uint8_t *b = malloc(R * MAXN);
+  const int lens[] = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 255, 257, MAXN};
+  FOR_EACH_SET(k) {
+    if (!k->softmax_rows)
+      continue;
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
+      for (int mode = 0; mode < 16; mode++) {
+        int n = lens[li], use_m = mode & 1, use_b = mode & 2, shared = mode & 4, log = mode & 8;
+        float s = mode % 3 == 0 ? 1.0f : -0.37f * (float)(mode + 1);
+        tu_fill(&rng, x, (size_t)(R * n), -30, 30);
+        for (int i = 0; i < R * n; i++) {
+          uint64_t u = tu_next(&rng) % 8;
+          m[i] = u == 0 ? -INFINITY : tu_uniform(&rng, -5, 5);
+          b[i] = u == 1 ? 0 : (uint8_t)(1 + u);
+          if (u == 2 && (use_m || use_b)) /* hidden by m[i] = -inf or b[i] = 0, so never seen */
+            m[i] = -INFINITY, b[i] = 0, x[i] = i % 2 ? NAN : INFINITY;
+        }
+        for (int j = 0; j < n; j++) { /* row 1: everything hidden, when masked */
+          if (use_m && !shared)
+            m[n + j] = -INFINITY;
+          if (use_b && !shared)
+            b[n + j] = 0;
+        }
+        if (R * n > 3 && !use_m && !use_b)
+          x[3 * n + n / 2] = NAN; /* row 3 (unmasked): NaN */
+        x[2 * n] = -INFINITY; /* row 2 starts with -inf */
+        for (int r = 0; r < R; r++)
+          composed_row(k, x + r * n, use_m ? m + (shared ? 0 : r * n) : NULL,
+                       use_b ? b + (shared ? 0 : r * n) : NULL, want + r * n, n, s, log);
+        for (int stream = 0; stream <= !log; stream++) {
+          for (int i = 0; i < R * n + 16; i++)
+            y[i] = 777.0f;
+          attn_rows_job j = {x, y, use_m ? m : NULL, use_b ? b : NULL, n, n,
+                             shared ? 0 : n, shared ? 0 : n, n, s, log, stream ? w : NULL,
+                             stream ? x + R * n : NULL};
+          k->softmax_rows(&j, R);
+          for (int i = 0; i < R * n; i++)
+            if (memcmp(&y[i], &want[i], sizeof(float)) != 0 && !(isnan(y[i]) && isnan(want[i])))
+              fail_msg("%s n=%d mode %d stream %d: y[%d] = %a, want %a", k->name, n, mode,
+                       stream, i, (double)y[i], (double)want[i]);
+          for (int i = R * n; i < R * n + 16; i++) /* nothing past the rows */
+            assert_true(y[i] == 777.0f);
+        }
+      }
+  }
+  free(x), free(m), free(y), free(want), free(w), free(b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(exp_ulp_error),      cmocka_unit_test(exp_special_values),
       cmocka_unit_test(row_max_kernel),     cmocka_unit_test(exp_shift_sum_kernel),
       cmocka_unit_test(elementwise_kernels), cmocka_unit_test(scale_stream_kernel),
-      cmocka_unit_test(rotate_kernels),
+      cmocka_unit_test(rotate_kernels),     cmocka_unit_test(softmax_rows_kernel),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -475,6 +475,72 @@ static void all_masked_rows(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* Rows of up to 4096 floats go a block at a time through the kernel set's
+ * softmax_rows (softmax.c): row lengths around the vector widths and the
+ * block bound, row counts that are no multiple of the work item and runs of
+ * rows that end at an axis (x [B, H, L, n]), padded rows, masks per token
+ * ([L, n]) or shared ([n]) with hidden NaN and +inf logits, rows hidden
+ * whole, and a result large enough to be streamed; against the reference. */
+static void short_row_blocks(void **state) {
+  (void)state;
+  tu_rng rng = {61};
+  static const int lens[] = {1, 15, 16, 17, 64, 4096, 4097};
+  static const int64_t outer[][3] = {{3, 5, 37}, {1, 2, 2049}, {4, 64, 128}};
+  for (int threads = 1; threads <= 2; threads++) {
+    attn_ctx *ctx = tu_ctx(threads);
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
+      for (size_t oi = 0; oi < sizeof outer / sizeof outer[0]; oi++) {
+        int64_t n = lens[li], L = n > 64 ? 7 : outer[oi][2];
+        if ((oi == 2 && n != 64) || (oi > 0 && n > 64))
+          continue; /* long rows and the streamed size once: keep the run short */
+        int64_t d[4] = {n > 64 ? 1 : outer[oi][0], n > 64 ? 3 : outer[oi][1], L, n};
+        int64_t c = d[0] * d[1] * L * n;
+        enum layout lay = oi == 0 ? PADDED : CONTIGUOUS;
+        view x = make_view(ctx, 4, d, lay), y = make_view(ctx, 4, d, lay);
+        fill_view(&rng, &x, -20, 20);
+        float *m = malloc((size_t)(L * n) * sizeof *m);
+        uint8_t *keep = malloc((size_t)n), *finite_m = malloc((size_t)(L * n));
+        for (int64_t i = 0; i < L * n; i++)
+          m[i] = tu_next(&rng) % 5 == 0 ? -INFINITY : tu_uniform(&rng, -4, 4);
+        for (int64_t j = 0; j < n; j++)
+          keep[j] = tu_next(&rng) % 4 != 0;
+        for (int64_t j = 0; j < n; j++) /* token 1: every entry hidden */
+          m[n + j] = -INFINITY;
+        /* The reference adds -inf to a NaN logit in IEEE arithmetic; the
+         * library hides it (logits.h): the reference's boolean mask says so. */
+        for (int64_t i = 0; i < L * n; i++)
+          finite_m[i] = m[i] != -INFINITY;
+        for (int64_t k = 0; k < c; k++) /* hidden entries hold NaN or +inf */
+          if (m[k % (L * n)] == -INFINITY && !keep[k % n])
+            *at(&x, k) = k % 2 ? NAN : INFINITY;
+        int64_t md[2] = {L, n}, bd[1] = {n};
+        attn_tensor *tm = tu_wrap(ctx, m, (size_t)(L * n), 2, md, NULL);
+        attn_tensor *tb = wrap_u8(ctx, keep, (size_t)n, 1, bd);
+        ref_view rx = as_ref(&x), rm = {m, 2, {L, n}, {n, 1}}, rb = {keep, 1, {n}, {1}};
+        ref_view rf = {finite_m, 2, {L, n}, {n, 1}};
+        double *want = malloc((size_t)c * sizeof *want);
+        for (int masks = 3; masks >= 1; masks--) /* both, additive, boolean */
+          for (int log = 0; log <= 1; log++) {
+            attn_softmax_params p;
+            attn_softmax_params_init(&p);
+            p.scale = masks == 2 ? 1.0f : 0.625f;
+            p.mask = masks & 1 ? tm : NULL;
+            p.bool_mask = masks & 2 ? tb : NULL;
+            ref_softmax(&rx, p.scale, p.mask ? &rm : NULL, p.bool_mask ? &rb : &rf, log, want);
+            assert_ok((log ? attn_log_softmax : attn_softmax)(ctx, x.t, y.t, &p));
+            assert_matches(&y, want, log);
+          }
+        assert_gaps_untouched(&y);
+        assert_ok(attn_tensor_free(ctx, tm));
+        assert_ok(attn_tensor_free(ctx, tb));
+        free(want), free(m), free(keep), free(finite_m);
+        free_view(ctx, &x);
+        free_view(ctx, &y);
+      }
+    attn_ctx_destroy(ctx);
+  }
+}
+
 /* ---- non-finite input ---- */
 
 static void nan_reaches_its_row_only(void **state) {
@@ -827,6 +893,7 @@ int main(void) {
       cmocka_unit_test(scale_parameter),
       cmocka_unit_test(masks_broadcast),
       cmocka_unit_test(all_masked_rows),
+      cmocka_unit_test(short_row_blocks),
       cmocka_unit_test(nan_reaches_its_row_only),
       cmocka_unit_test(huge_and_infinite_logits),
       cmocka_unit_test(threads_give_identical_results),
