@@ -125,11 +125,16 @@ static void short_rows(const attn_softmax_problem *j, const attn_kernels *k, flo
     job.y = (float *)j->y + i0 * j->ys[0] + i1 * j->ys[1] + i2 * j->ys[2];
     job.m = j->mask ? j->mask + i0 * j->ms[0] + i1 * j->ms[1] + i2 * j->ms[2] : NULL;
     job.b = j->bmask ? j->bmask + i0 * j->bs[0] + i1 * j->bs[1] + i2 * j->bs[2] : NULL;
+    if ((i2 += len) == j->dims[2]) {
+      i2 = 0;
+      if (++i1 == j->dims[1])
+        i1 = 0, i0++;
+    }
+    job.next = r + len < j->rows
+                   ? (const float *)j->x + i0 * j->xs[0] + i1 * j->xs[1] + i2 * j->xs[2]
+                   : NULL;
     k->softmax_rows(&job, len);
     r += len;
-    i2 = 0;
-    if (++i1 == j->dims[1])
-      i1 = 0, i0++;
   }
 }
 

@@ -410,7 +410,7 @@ static void softmax_rows_kernel(void **state) {
             y[i] = 777.0f;
           attn_rows_job j = {x, y, use_m ? m : NULL, use_b ? b : NULL, n, n,
                              shared ? 0 : n, shared ? 0 : n, n, s, log, stream ? w : NULL,
-                             stream ? x + R * n : NULL};
+                             stream ? x + R * n : NULL, NULL};
           k->softmax_rows(&j, R);
           for (int i = 0; i < R * n; i++)
             if (memcmp(&y[i], &want[i], sizeof(float)) != 0 && !(isnan(y[i]) && isnan(want[i])))

@@ -29,7 +29,9 @@ typedef struct {
   float *w;         /* n floats of scratch: y is then written by scale_stream
                        (softmax only); NULL: computed in y's row */
   const float *x_end; /* rows lie end to end below x_end: each row's x a page
-                         further on (within x_end) is fetched meanwhile; or NULL */
+                         further on (within x_end) is fetched meanwhile; or NULL:
+                         the next row is, and after the last row `next` */
+  const float *next;  /* the x row after the block, or NULL */
 } attn_rows_job;
 
 typedef struct attn_kernels {

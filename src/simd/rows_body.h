@@ -280,8 +280,8 @@ static void softmax_rows(const attn_rows_job *j, int64_t rows) {
     const float *ahead = (const float *)0; /* a page on, else the next row */
     if (j->x_end)
       ahead = j->x_end - x >= AHEAD_FLOATS + n ? x + AHEAD_FLOATS : ahead;
-    else if (r + 1 < rows)
-      ahead = x + j->ldx;
+    else
+      ahead = r + 1 < rows ? x + j->ldx : j->next;
     float s = exp_sum(z, w, n, mx, 1, ahead); /* s >= 1: the maximum gives exp(0) */
     float inv = (float)(1.0 / (double)s);
     if (j->w)
