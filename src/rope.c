@@ -15,6 +15,10 @@
  * after about this many rotated elements. */
 #define MIN_WORK_PER_THREAD 16384.0
 
+/* Blocks per work item, at most: 16 blocks of 16 tokens of 128 floats are
+ * 128 KiB per head, long enough runs for the prefetchers. */
+#define ITEM_BLOCKS 16
+
 /* Rows are rotated in memory order, and the hardware prefetchers stop at
  * each page: rotate_at requests the bytes a page ahead itself (RoPE ran
  * 1.3-1.6x faster per CPU second with it, bench/RESULTS.md). */
@@ -114,17 +118,10 @@ static void stepped_angles(const attn_rope_problem *p, int64_t pos0, int64_t n, 
   }
 }
 
-static void rope_item(void *arg, int64_t item, int32_t worker) {
-  const attn_rope_problem *p = arg;
-  const attn_kernels *k = attn__kernels();
+/* Block blk of T tokens, for batches [b0, b1): its table, then its rows. */
+static void rope_block(const attn_rope_problem *p, const attn_kernels *k, int64_t blk, int64_t b0,
+                       int64_t b1, double *cosv, double *sinv, double *step, float *rowbuf) {
   int64_t ld = p->interleaved ? 2 * p->half : p->half; /* a token's table row */
-  double *cosv = p->tables + p->table_stride * (size_t)worker;
-  double *sinv = cosv + p->T * ld;
-  double *step = sinv + p->T * ld;
-  float *rowbuf = (float *)(step + 2 * p->half);
-  int64_t blk = item % p->n_blocks;
-  int64_t b0 = p->share_batches ? 0 : item / p->n_blocks;
-  int64_t b1 = p->share_batches ? p->B : b0 + 1;
   int64_t l0 = blk * p->T, nl = p->L - l0 < p->T ? p->L - l0 : p->T;
   for (int64_t b = b0; b < b1; b++) {
     if (p->positions || b == b0) {
@@ -149,6 +146,27 @@ static void rope_item(void *arg, int64_t item, int32_t worker) {
           rotate_at(p, k, xb + h * p->xs[1] + t * p->xs[2], cosv + t * ld, sinv + t * ld, rowbuf);
     }
   }
+}
+
+/* An item: item_blocks consecutive blocks (of one batch, or of all when
+ * they share positions), so a thread's rows of each head are contiguous and
+ * its prefetches a page ahead land on its own rows, not on the next block,
+ * which another thread would rotate. */
+static void rope_item(void *arg, int64_t item, int32_t worker) {
+  const attn_rope_problem *p = arg;
+  const attn_kernels *k = attn__kernels();
+  int64_t ld = p->interleaved ? 2 * p->half : p->half;
+  double *cosv = p->tables + p->table_stride * (size_t)worker;
+  double *sinv = cosv + p->T * ld;
+  double *step = sinv + p->T * ld;
+  float *rowbuf = (float *)(step + 2 * p->half);
+  int64_t per_batch = (p->n_blocks + p->item_blocks - 1) / p->item_blocks;
+  int64_t k0 = item % per_batch * p->item_blocks;
+  int64_t k1 = k0 + p->item_blocks < p->n_blocks ? k0 + p->item_blocks : p->n_blocks;
+  int64_t b0 = p->share_batches ? 0 : item / per_batch;
+  int64_t b1 = p->share_batches ? p->B : b0 + 1;
+  for (int64_t blk = k0; blk < k1; blk++)
+    rope_block(p, k, blk, b0, b1, cosv, sinv, step, rowbuf);
 }
 
 void attn_rope_params_init(attn_rope_params *p) {
@@ -258,7 +276,11 @@ void attn__rope_plan(const attn_ctx *ctx, attn_rope_problem *p) {
   /* Without explicit positions every batch has the same table: compute it
    * once per block, unless that leaves too few items for the threads. */
   p->share_batches = !p->positions && (p->B == 1 || p->n_blocks >= 2 * (int64_t)threads);
-  p->n_items = p->share_batches ? p->n_blocks : p->B * p->n_blocks;
+  int64_t batch_items = p->share_batches ? 1 : p->B;
+  p->item_blocks = attn__items_balanced(p->n_blocks * batch_items, ITEM_BLOCKS, threads);
+  if (p->item_blocks > p->n_blocks)
+    p->item_blocks = p->n_blocks;
+  p->n_items = batch_items * ((p->n_blocks + p->item_blocks - 1) / p->item_blocks);
   p->threads = threads > p->n_items ? (int32_t)p->n_items : threads;
   p->ws_bytes = attn__ws_size(rope_layout, p);
 }

@@ -18,10 +18,11 @@ typedef struct {
   const double *freqs;      /* half frequencies used instead of theta's (a scaled
                                RoPE: attn__rope_scaled_freqs), or NULL */
   double amplitude;         /* cos and sin times this (YaRN's attention factor); 0 = 1 */
-  /* Filled by attn__rope_plan. Work items are (batch, block of T tokens)
-   * or, when every batch shares the positions, blocks of tokens with the
-   * batches looped inside. */
+  /* Filled by attn__rope_plan. Work items are (batch, item_blocks blocks of
+   * T tokens) or, when every batch shares the positions, runs of blocks with
+   * the batches looped inside. */
   int64_t T, n_blocks, n_items;
+  int64_t item_blocks; /* consecutive blocks per item */
   bool share_batches;
   bool heads_outer; /* x's head stride exceeds its token stride */
   int32_t threads;
