@@ -66,13 +66,29 @@ typedef struct {
   const uint8_t *b; /* keep-mask row, or NULL */
 } row_masks;
 
+/* A streamed row whose exponentials wait in a worker row for their stores:
+ * written during the next row's exponentials (exp_sum_flush) or by
+ * flush_pending. */
+typedef struct {
+  const float *w; /* NULL: none */
+  float *y;
+  float inv;
+} pending_row;
+
+static void flush_pending(const attn_kernels *k, pending_row *p, int64_t n) {
+  if (p->w)
+    k->scale_stream(p->w, p->y, n, p->inv);
+  p->w = NULL;
+}
+
 /* One float row: x in, y out (y may be x); w is a row of scratch floats
  * that may be y (then no streaming) or x (half rows: x is the worker's
  * row already). z = scale*x + mask is built in w, the exponentials go to
- * w, and the last pass writes y: through scale_stream when `stream`.
+ * w, and the last pass writes y, or with `pend` (streaming) is left in
+ * *pend to be written during the next row's exponentials.
  * ahead: the next row's x (or NULL), fetched during the exponentials. */
 static void float_row(const attn_softmax_problem *j, const attn_kernels *k, const row_masks *rm,
-                      const float *x, float *y, float *w, bool stream, const float *ahead) {
+                      const float *x, float *y, float *w, pending_row *pend, const float *ahead) {
   int64_t n = j->dims[3];
   const float *z = x;
   if (j->scale != 1.0f || rm->m || rm->b) {
@@ -86,23 +102,27 @@ static void float_row(const attn_softmax_problem *j, const attn_kernels *k, cons
     z = w;
   }
   float m = k->row_max(z, n);
-  if (m == -INFINITY) {
-    fill(y, n, j->log ? -INFINITY : 0.0f);
+  if (m == -INFINITY || !(m < INFINITY) || j->log) {
+    if (pend)
+      flush_pending(k, pend, n);
+    if (m == -INFINITY)
+      fill(y, n, j->log ? -INFINITY : 0.0f);
+    else if (!(m < INFINITY))
+      fill(y, n, NAN);
+    else
+      k->sub2(z, y, n, m, (float)log((double)k->sum_exp_shift(z, n, m)));
     return;
   }
-  if (!(m < INFINITY)) {
-    fill(y, n, NAN);
-    return;
+  float s; /* s >= 1: the maximum gives exp(0) */
+  if (pend && pend->w) {
+    s = k->exp_sum_flush(z, w, n, m, ahead, pend->w, pend->y, pend->inv);
+    pend->w = NULL;
+  } else {
+    s = k->exp_shift_sum(z, w, n, m, ahead);
   }
-  if (j->log) {
-    float s = k->sum_exp_shift(z, n, m);
-    k->sub2(z, y, n, m, (float)log((double)s));
-    return;
-  }
-  float s = k->exp_shift_sum(z, w, n, m, ahead); /* s >= 1: the maximum gives exp(0) */
   float inv = (float)(1.0 / (double)s);
-  if (stream) /* w is the worker's row, not y */
-    k->scale_stream(w, y, n, inv);
+  if (pend) /* w is the worker's row, not y */
+    *pend = (pending_row){w, y, inv};
   else
     k->scale(w, y, n, inv);
 }
@@ -155,6 +175,7 @@ static void rows_task(void *arg, int64_t item, int32_t worker) {
   /* The view index of row r0, then stepped row by row. */
   int64_t i2 = r0 % j->dims[2], t = r0 / j->dims[2];
   int64_t i1 = t % j->dims[1], i0 = t / j->dims[1];
+  pending_row pend = {NULL, NULL, 0};
   for (int64_t r = r0; r < r1; r++) {
     const void *x = attn__elem(j->x, j->xdt, i0 * j->xs[0] + i1 * j->xs[1] + i2 * j->xs[2]);
     void *y = attn__elem(j->y, j->ydt, i0 * j->ys[0] + i1 * j->ys[1] + i2 * j->ys[2]);
@@ -177,7 +198,9 @@ static void rows_task(void *arg, int64_t item, int32_t worker) {
                    : NULL;
       else if (r + 1 < j->rows)
         next = (const float *)j->x + i0 * j->xs[0] + i1 * j->xs[1] + i2 * j->xs[2];
-      float_row(j, k, &rm, x, y, j->stream ? buf : y, j->stream, next);
+      /* streamed: the worker's two rows in turn, one waiting for its stores */
+      float *w = j->stream ? buf + (r & 1) * (j->rowbuf_stride / 2) : y;
+      float_row(j, k, &rm, x, y, w, j->stream ? &pend : NULL, next);
     } else {
       /* x widened into buf; the result computed in buf and rounded once
        * into y, or written straight to a float y. */
@@ -187,21 +210,25 @@ static void rows_task(void *arg, int64_t item, int32_t worker) {
         xf = buf;
       }
       float *yf = j->ydt == ATTN_DTYPE_F32 ? y : buf;
-      float_row(j, k, &rm, xf, yf, j->xdt != ATTN_DTYPE_F32 ? buf : yf, false, NULL);
+      float_row(j, k, &rm, xf, yf, j->xdt != ATTN_DTYPE_F32 ? buf : yf, NULL, NULL);
       if (j->ydt != ATTN_DTYPE_F32)
         attn__narrow(k, j->ydt, yf, y, n);
     }
   }
+  flush_pending(k, &pend, n);
   if (j->stream)
     k->stream_fence();
 }
 
 /* The workspace: a row of floats per thread when a row must be converted
- * or is streamed. */
+ * or is streamed (two rows then). */
 static void softmax_layout(void *problem, attn_ws_layout *l) {
   attn_softmax_problem *p = problem;
   bool half = p->xdt != ATTN_DTYPE_F32 || p->ydt != ATTN_DTYPE_F32;
-  p->rowbuf_stride = attn__ws_round((size_t)p->dims[3] * sizeof(float)) / sizeof(float);
+  /* streamed: two rows (float_row's pending one and the next) */
+  size_t rows = p->stream ? 2 : 1;
+  p->rowbuf_stride =
+      rows * (attn__ws_round((size_t)p->dims[3] * sizeof(float)) / sizeof(float));
   p->rowbuf = half || p->stream ? attn__ws_take(l, (size_t)p->threads, p->rowbuf_stride * sizeof(float))
                                 : NULL;
 }
@@ -308,11 +335,13 @@ void attn__softmax_plan(const attn_ctx *ctx, attn_softmax_problem *p) {
   int64_t n = p->dims[3];
   p->rows = p->dims[0] * p->dims[1] * p->dims[2];
   p->threads = attn__threads_plan(ctx, (double)p->rows * (double)n, THREAD_ELEMS, 0);
-  p->rows_per_item =
-      attn__items_balanced(p->rows, n >= ITEM_ELEMS ? 1 : ITEM_ELEMS / n, p->threads);
   p->packed = p->xs[2] == n && p->xs[1] == n * p->dims[2] && p->xs[0] == n * p->dims[2] * p->dims[1];
   p->stream = p->xdt == ATTN_DTYPE_F32 && p->ydt == ATTN_DTYPE_F32 && !p->log &&
               n <= STREAM_MAX_ROW && (double)p->rows * (double)n * sizeof(float) >= STREAM_MIN_BYTES;
+  /* Streamed long rows: as many per item as balance allows, since each
+   * item's last row has no next row to overlap its stores with. */
+  p->rows_per_item = attn__items_balanced(
+      p->rows, n >= ITEM_ELEMS ? (p->stream ? p->rows : 1) : ITEM_ELEMS / n, p->threads);
   p->short_rows = n <= SHORT_ROW && (!p->mask || p->ms[3] == 1) && (!p->bmask || p->bs[3] == 1);
   p->ws_bytes = attn__ws_size(softmax_layout, p);
 }

@@ -252,38 +252,50 @@ static void large_results(void **state) {
 }
 
 /* The same rows give the same bits whether the call is large (streamed) or
- * small: the whole tensor against slices of 100 rows, masked and scaled. */
+ * small: the whole tensor against slices, masked and scaled. Short rows
+ * (softmax_rows) in slices of 100; long rows (their stores overlapped with
+ * the next row's exponentials) one row per call, with a NaN row and a row
+ * hidden whole among them, on 1 and 2 threads. */
 static void large_results_match_small_calls(void **state) {
   (void)state;
   tu_rng rng = {44};
-  enum { R = 2101, N = 1003, SLICE = 100 };
-  float *x = malloc((size_t)R * N * sizeof *x), *m = malloc((size_t)R * N * sizeof *m);
-  float *y1 = malloc((size_t)R * N * sizeof *y1), *y2 = malloc((size_t)R * N * sizeof *y2);
-  tu_fill(&rng, x, (size_t)R * N, -20, 20);
-  tu_fill(&rng, m, (size_t)R * N, -3, 3);
-  attn_ctx *ctx = tu_ctx(2);
-  for (int masked = 0; masked <= 1; masked++) {
-    attn_softmax_params p;
-    attn_softmax_params_init(&p);
-    int64_t d[2] = {R, N};
-    if (masked) {
-      p.mask = tu_wrap(ctx, m, (size_t)R * N, 2, d, NULL);
-      p.scale = 0.7f;
+  static const int64_t cases[][3] = {{2101, 1003, 100}, {41, 60000, 1}}; /* R, N, slice */
+  for (int ci = 0; ci < 2; ci++)
+    for (int threads = 2 - ci; threads <= 2; threads++) {
+      int64_t R = cases[ci][0], N = cases[ci][1], SLICE = cases[ci][2];
+      size_t c = (size_t)(R * N);
+      float *x = malloc(c * sizeof *x), *m = malloc(c * sizeof *m);
+      float *y1 = malloc(c * sizeof *y1), *y2 = malloc(c * sizeof *y2);
+      tu_fill(&rng, x, c, -20, 20);
+      tu_fill(&rng, m, c, -3, 3);
+      x[7 * N + N / 3] = NAN;
+      for (int64_t j = 0; j < N; j++)
+        m[9 * N + j] = -INFINITY;
+      attn_ctx *ctx = tu_ctx(threads);
+      for (int masked = 0; masked <= 1; masked++) {
+        attn_softmax_params p;
+        attn_softmax_params_init(&p);
+        int64_t d[2] = {R, N};
+        if (masked) {
+          p.mask = tu_wrap(ctx, m, c, 2, d, NULL);
+          p.scale = 0.7f;
+        }
+        assert_ok(attn_softmax(ctx, tu_wrap(ctx, x, c, 2, d, NULL), tu_wrap(ctx, y1, c, 2, d, NULL),
+                               &p));
+        for (int64_t r = 0; r < R; r += SLICE) {
+          int64_t ds[2] = {R - r < SLICE ? R - r : SLICE, N};
+          size_t cs = (size_t)(ds[0] * N);
+          if (masked)
+            p.mask = tu_wrap(ctx, m + r * N, cs, 2, ds, NULL);
+          assert_ok(attn_softmax(ctx, tu_wrap(ctx, x + r * N, cs, 2, ds, NULL),
+                                 tu_wrap(ctx, y2 + r * N, cs, 2, ds, NULL), &p));
+        }
+        assert_memory_equal(y1, y2, c * sizeof *y1);
+        assert_true(isnan(y1[7 * N]) && (masked ? y1[9 * N] == 0.0f : !isnan(y1[9 * N])));
+      }
+      attn_ctx_destroy(ctx);
+      free(x), free(m), free(y1), free(y2);
     }
-    assert_ok(attn_softmax(ctx, tu_wrap(ctx, x, (size_t)R * N, 2, d, NULL),
-                           tu_wrap(ctx, y1, (size_t)R * N, 2, d, NULL), &p));
-    for (int64_t r = 0; r < R; r += SLICE) {
-      int64_t ds[2] = {R - r < SLICE ? R - r : SLICE, N};
-      size_t c = (size_t)(ds[0] * N);
-      if (masked)
-        p.mask = tu_wrap(ctx, m + r * N, c, 2, ds, NULL);
-      assert_ok(attn_softmax(ctx, tu_wrap(ctx, x + r * N, c, 2, ds, NULL),
-                             tu_wrap(ctx, y2 + r * N, c, 2, ds, NULL), &p));
-    }
-    assert_memory_equal(y1, y2, (size_t)R * N * sizeof *y1);
-  }
-  attn_ctx_destroy(ctx);
-  free(x), free(m), free(y1), free(y2);
 }
 
 static void wide_logit_ranges(void **state) {

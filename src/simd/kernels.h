@@ -104,6 +104,13 @@ typedef struct attn_kernels {
    * gone, which is what rows of a few hundred bytes pay for. NULL in the
    * sets without it. */
   void (*softmax_rows)(const attn_rows_job *j, int64_t rows);
+  /* exp_shift_sum (y = exp(x - shift), the sum returned) that meanwhile
+   * writes the previous row, py = pw * ps, as scale_stream would (same
+   * values; stream_fence before handing over): streamed long rows overlap a
+   * row's stores with the next row's exponentials. pw, py: n floats, apart
+   * from x and y. */
+  float (*exp_sum_flush)(const float *x, float *y, int64_t n, float shift, const float *ahead,
+                         const float *pw, float *py, float ps);
 } attn_kernels;
 
 /* The kernel set for this CPU, probed once (thread-safe). */

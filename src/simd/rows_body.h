@@ -95,14 +95,20 @@ static float row_max(const float *x, int64_t n) {
  * into L2 while this row is computed, one line per 16 floats: the memory
  * then works during the exponentials instead of waiting for the next row's
  * first pass (the hardware prefetchers only follow the loads being made). */
+/* pw: NULL, or the previous row's exponentials, written meanwhile to py
+ * as scale_stream(pw, py, n, ps) would, a block behind the exponentials:
+ * the memory takes the stores while the exponentials are computed. */
+static void scale_stream(const float *x, float *y, int64_t n, float s);
 static inline __attribute__((always_inline)) float exp_sum(const float *x, float *y, int64_t n,
                                                            float shift, int store,
-                                                           const float *ahead) {
+                                                           const float *ahead, const float *pw,
+                                                           float *py, float ps) {
   vf sh = v_set1(shift);
   vsum total = vsum_zero();
   int64_t i = 0;
   while (i + VW <= n) {
     vf acc = v_set1(0.0f);
+    int64_t i0 = i;
     for (int k = 0; k < SUM_BLOCK && i + VW <= n; k++, i += VW) {
       if (ahead && (i & 15) == 0)
         __builtin_prefetch(ahead + i, 0, 2);
@@ -112,6 +118,8 @@ static inline __attribute__((always_inline)) float exp_sum(const float *x, float
       acc = v_add(acc, e);
     }
     vsum_add(&total, acc);
+    if (pw)
+      scale_stream(pw + i0, py + i0, i - i0, ps);
   }
   if (i < n) {
     /* The unused lanes hold x = shift (exp of 0) and are dropped through
@@ -125,17 +133,24 @@ static inline __attribute__((always_inline)) float exp_sum(const float *x, float
     if (store)
       v_store_part(y + i, n - i, e);
     vsum_add(&total, e);
+    if (pw)
+      scale_stream(pw + i, py + i, n - i, ps);
   }
   return (float)vsum_total(total);
 }
 
 static float exp_shift_sum(const float *x, float *y, int64_t n, float shift,
                            const float *ahead) {
-  return exp_sum(x, y, n, shift, 1, ahead);
+  return exp_sum(x, y, n, shift, 1, ahead, (const float *)0, (float *)0, 0.0f);
+}
+
+static float exp_sum_flush(const float *x, float *y, int64_t n, float shift, const float *ahead,
+                           const float *pw, float *py, float ps) {
+  return exp_sum(x, y, n, shift, 1, ahead, pw, py, ps);
 }
 
 static float sum_exp_shift(const float *x, int64_t n, float shift) {
-  return exp_sum(x, (float *)0, n, shift, 0, (const float *)0);
+  return exp_sum(x, (float *)0, n, shift, 0, (const float *)0, (const float *)0, (float *)0, 0.0f);
 }
 
 static void scale(const float *x, float *y, int64_t n, float s) {
@@ -273,7 +288,7 @@ static void softmax_rows(const attn_rows_job *j, int64_t rows) {
       continue;
     }
     if (j->log) {
-      float s = exp_sum(z, (float *)0, n, mx, 0, (const float *)0);
+      float s = sum_exp_shift(z, n, mx);
       sub2(z, y, n, mx, (float)log((double)s));
       continue;
     }
@@ -282,7 +297,7 @@ static void softmax_rows(const attn_rows_job *j, int64_t rows) {
       ahead = j->x_end - x >= AHEAD_FLOATS + n ? x + AHEAD_FLOATS : ahead;
     else
       ahead = r + 1 < rows ? x + j->ldx : j->next;
-    float s = exp_sum(z, w, n, mx, 1, ahead); /* s >= 1: the maximum gives exp(0) */
+    float s = exp_shift_sum(z, w, n, mx, ahead); /* s >= 1: the maximum gives exp(0) */
     float inv = (float)(1.0 / (double)s);
     if (j->w)
       scale_stream(w, y, n, inv);
@@ -330,5 +345,5 @@ static void rotate_pairs(float *x, const double *cc, const double *ss, int64_t n
   {                                                                                            \
     set_name, row_max, exp_shift_sum, sum_exp_shift, scale, scale_stream, stream_fence,         \
         scale_add, sub2, f32_to_f16, f16_to_f32, f32_to_bf16, bf16_to_f32, rotate_split,        \
-        rotate_pairs, gemm_nt, gemm_nn, gemm_tn, dec_qk, dec_pv, softmax_rows                   \
+        rotate_pairs, gemm_nt, gemm_nn, gemm_tn, dec_qk, dec_pv, softmax_rows, exp_sum_flush    \
   }

@@ -66,8 +66,15 @@ static void rotate_pairs(float *x, const double *cc, const double *ss, int64_t n
   rotate_pairs_tail(x, cc, ss, 0, n);
 }
 
+static float exp_sum_flush(const float *x, float *y, int64_t n, float shift, const float *ahead,
+                           const float *pw, float *py, float ps) {
+  if (pw)
+    scale(pw, py, n, ps);
+  return exp_shift_sum(x, y, n, shift, ahead);
+}
+
 /* No tile products: SDPA calls BLAS. */
 const attn_kernels attn__kernels_scalar = {
     "scalar",  row_max, exp_shift_sum, sum_exp_shift, scale, scale_stream, stream_fence, scale_add,
     sub2, half_rows_f32_to_f16, half_rows_f16_to_f32, half_rows_f32_to_bf16, half_rows_bf16_to_f32,
-    rotate_split, rotate_pairs, NULL, NULL, NULL, NULL, NULL, NULL};
+    rotate_split, rotate_pairs, NULL, NULL, NULL, NULL, NULL, NULL, exp_sum_flush};
