@@ -372,10 +372,10 @@ static void composed_row(const attn_kernels *k, const float *x, const float *m,
 static void softmax_rows_kernel(void **state) {
   (void)state;
   tu_rng rng = {5};
-  enum { R = 5, MAXN = 300 };
+  enum { R = 6, MAXN = 300 };
   float *x = malloc(R * MAXN * sizeof *x), *m = malloc(R * MAXN * sizeof *m);
   float *y = malloc((R * MAXN + 16) * sizeof *y), *want = malloc(R * MAXN * sizeof *want);
-  float *w = malloc(MAXN * sizeof *w);
+  float *w = malloc(2 * MAXN * sizeof *w);
   uint8_t *b = malloc(R * MAXN);
   const int lens[] = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 255, 257, MAXN};
   FOR_EACH_SET(k) {

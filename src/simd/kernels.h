@@ -26,8 +26,9 @@ typedef struct {
   int64_t n;        /* row length, >= 1 */
   float scale;      /* 1 = none */
   int log;          /* log-softmax */
-  float *w;         /* n floats of scratch: y is then written by scale_stream
-                       (softmax only); NULL: computed in y's row */
+  float *w;         /* 2 rows of n floats of scratch: y is then written by
+                       scale_stream (softmax only), each row during the next
+                       row's exponentials; NULL: computed in y's row */
   const float *x_end; /* rows lie end to end below x_end: each row's x a page
                          further on (within x_end) is fetched meanwhile; or NULL:
                          the next row is, and after the last row `next` */

@@ -266,10 +266,14 @@ static float logits_row(const float *x, const float *m, const uint8_t *b, float 
 static void softmax_rows(const attn_rows_job *j, int64_t rows) {
   int64_t n = j->n;
   int build_z = j->scale != 1.0f || j->m || j->b;
+  /* Streamed: the scratch rows in turn, the previous row's stores made
+   * during this row's exponentials (exp_sum's pw). */
+  const float *pw = (const float *)0;
+  float *py = (float *)0, pinv = 0.0f;
   for (int64_t r = 0; r < rows; r++) {
     const float *x = j->x + r * j->ldx;
     float *y = j->y + r * j->ldy;
-    float *w = j->w ? j->w : y;
+    float *w = j->w ? j->w + (r & 1) * n : y;
     const float *z = x;
     float mx;
     if (build_z) {
@@ -279,17 +283,16 @@ static void softmax_rows(const attn_rows_job *j, int64_t rows) {
     } else {
       mx = row_max(z, n);
     }
-    if (mx == -INFINITY) {
-      fill_row(y, n, j->log ? -INFINITY : 0.0f);
-      continue;
-    }
-    if (!(mx < INFINITY)) {
-      fill_row(y, n, NAN);
-      continue;
-    }
-    if (j->log) {
-      float s = sum_exp_shift(z, n, mx);
-      sub2(z, y, n, mx, (float)log((double)s));
+    if (mx == -INFINITY || !(mx < INFINITY) || j->log) {
+      if (pw)
+        scale_stream(pw, py, n, pinv);
+      pw = (const float *)0;
+      if (mx == -INFINITY)
+        fill_row(y, n, j->log ? -INFINITY : 0.0f);
+      else if (!(mx < INFINITY))
+        fill_row(y, n, NAN);
+      else
+        sub2(z, y, n, mx, (float)log((double)sum_exp_shift(z, n, mx)));
       continue;
     }
     const float *ahead = (const float *)0; /* a page on, else the next row */
@@ -297,13 +300,17 @@ static void softmax_rows(const attn_rows_job *j, int64_t rows) {
       ahead = j->x_end - x >= AHEAD_FLOATS + n ? x + AHEAD_FLOATS : ahead;
     else
       ahead = r + 1 < rows ? x + j->ldx : j->next;
-    float s = exp_shift_sum(z, w, n, mx, ahead); /* s >= 1: the maximum gives exp(0) */
+    /* s >= 1: the maximum gives exp(0) */
+    float s = exp_sum(z, w, n, mx, 1, ahead, pw, py, pinv);
     float inv = (float)(1.0 / (double)s);
+    pw = (const float *)0;
     if (j->w)
-      scale_stream(w, y, n, inv);
+      pw = w, py = y, pinv = inv;
     else
       scale(w, y, n, inv);
   }
+  if (pw)
+    scale_stream(pw, py, n, pinv);
 }
 
 /* RoPE's rotations, vectors of pairs in the roundings of rotate_tail.h, so
