@@ -7,7 +7,9 @@
  * +inf included), so a hidden entry never reaches the softmax. Visible
  * entries keep IEEE arithmetic (a NaN logit makes its row NaN). The scale is
  * applied by the caller (BLAS alpha in SDPA, the row kernels in softmax);
- * these helpers apply the rest in place on z[0..n). */
+ * these helpers apply the rest in place on z[0..n). The softmax's block
+ * kernel (simd/rows_body.h, z_vec) applies the same masks and hiding in
+ * vector form; tests/test_exp.c holds it to these rules bit for bit. */
 #ifndef ATTN_LOGITS_H
 #define ATTN_LOGITS_H
 

@@ -8,8 +8,11 @@
  * - Clamping x to [-104, 89] keeps n in [-150, 128]: every x <= -104
  *   (-inf included) ends at exactly 0, since exp(-104) < 2^-150, half the
  *   smallest subnormal; every x >= 89 (+inf included) overflows to +inf.
- *   MINPS/MAXPS return their second operand for a NaN, so NaN passes through
- *   the clamp and on through every step.
+ *   v_exp computes those x <= -104 from 0 and clears the result instead of
+ *   scaling by 2^-150 (the same +0, without the underflow that costs a
+ *   microcode assist per vector on Intel cores). MINPS returns its second
+ *   operand for a NaN and a NaN compares false, so NaN passes through the
+ *   clamp and on through every step.
  * - n is rounded by adding 1.5 * 2^23 (t below): the float's low mantissa
  *   bits are then n itself, which v_pow2 reads back as an integer.
  * - ln2 is split: LN2_HI has 16 significant bits, so n * LN2_HI is exact for
