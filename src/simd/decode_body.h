@@ -8,11 +8,12 @@
  *
  * Written once over the vocabulary of rows_body.h plus
  *   v_load_f16(p), v_load_bf16(p)   VW 2-byte elements widened to floats
+ *   v_hsum4(s0, s1, s2, s3, out)    out[i] = v_hsum(s_i), the same bits
  * and included after gemm_body.h (gemm_load_n) by the ISA files with FMA.
  *
  * Orders are fixed by the shape alone: a dot product sums VW lanes over k
- * ascending and then across the lanes by v_hsum (gemm_dot's order: for f32
- * rows dec_qk gives gemm_nt's few-row bits); an output element of dec_pv is
+ * ascending and then across the lanes by v_hsum's tree (four rows at once:
+ * v_hsum4); an output element of dec_pv is
  * one FMA chain over the keys in order. Nothing depends on threads,
  * alignment or where a run of keys is cut (a paged cache's blocks). */
 
@@ -96,9 +97,13 @@ static inline __attribute__((always_inline)) void dec_dot(int mr, int e, int64_t
     for (int i = 0; i < mr; i++)
       s[i] = v_fma(gemm_load_n(a + i * lda + kk, k - kk), bv, s[i]);
   }
+  /* Every row's lanes summed by the same tree, however many rows share it. */
+  vf zero = v_set1(0.0f);
+  float t[DEC_ROWS];
+  v_hsum4(s[0], mr > 1 ? s[1] : zero, mr > 2 ? s[2] : zero, mr > 3 ? s[3] : zero, t);
 #pragma GCC unroll 4
   for (int i = 0; i < mr; i++)
-    c[i * ldc] = alpha * v_hsum(s[i]);
+    c[i * ldc] = alpha * t[i];
 }
 
 /* c[i, j] = alpha a[i] . b[j] for i < m, j < n; b rows ldb elements apart. */

@@ -96,6 +96,10 @@ static inline vd vd_add(vd a, vd b) { return _mm256_add_pd(a, b); }
 static inline vd vd_sub(vd a, vd b) { return _mm256_sub_pd(a, b); }
 static inline vd vd_mul(vd a, vd b) { return _mm256_mul_pd(a, b); }
 static inline vf v_swap_pairs(vf a) { return _mm256_permute_ps(a, 0xB1); }
+/* out[i] = v_hsum(s_i) for four vectors. */
+static inline void v_hsum4(vf s0, vf s1, vf s2, vf s3, float out[4]) {
+  out[0] = v_hsum(s0), out[1] = v_hsum(s1), out[2] = v_hsum(s2), out[3] = v_hsum(s3);
+}
 /* VW 2-byte floats widened (F16C; bf16 is the upper half of an f32). */
 static inline vf v_load_f16(const uint16_t *p) {
   return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));

@@ -85,6 +85,19 @@ static inline vd vd_add(vd a, vd b) { return _mm512_add_pd(a, b); }
 static inline vd vd_sub(vd a, vd b) { return _mm512_sub_pd(a, b); }
 static inline vd vd_mul(vd a, vd b) { return _mm512_mul_pd(a, b); }
 static inline vf v_swap_pairs(vf a) { return _mm512_permute_ps(a, 0xB1); }
+/* out[i] = the sum of the lanes of s_i, for four vectors at once: each
+ * summed by the tree of v_hsum (halves, quarters, then pairs within a
+ * quarter), with the shuffles shared. */
+static inline void v_hsum4(vf s0, vf s1, vf s2, vf s3, float out[4]) {
+  vf x0 = _mm512_add_ps(_mm512_shuffle_f32x4(s0, s1, 0x44), _mm512_shuffle_f32x4(s0, s1, 0xEE));
+  vf x1 = _mm512_add_ps(_mm512_shuffle_f32x4(s2, s3, 0x44), _mm512_shuffle_f32x4(s2, s3, 0xEE));
+  vf y = _mm512_add_ps(_mm512_shuffle_f32x4(x0, x1, 0x88), _mm512_shuffle_f32x4(x0, x1, 0xDD));
+  y = _mm512_add_ps(y, _mm512_permute_ps(y, 0x4E));
+  y = _mm512_add_ps(y, _mm512_permute_ps(y, 0xB1));
+  float t[VW];
+  _mm512_storeu_ps(t, y);
+  out[0] = t[0], out[1] = t[4], out[2] = t[8], out[3] = t[12];
+}
 /* VW 2-byte floats widened (AVX-512F's vcvtph2ps; bf16 is the upper half
  * of an f32). */
 static inline vf v_load_f16(const uint16_t *p) {
