@@ -243,6 +243,17 @@ static void online_row(const attn_sdpa_problem *p, const attn_sdpa_item *it, att
   st.l[r] += sum;
 }
 
+/* Row j of a K or V tile (cols elements of type dt, stride elements
+ * apart) requested into the cache: the lines arrive while other work runs
+ * instead of at the start of a product (the first pass over a tile of a
+ * long sequence reads it from L3 or memory). */
+static void prefetch_row(const void *base, int32_t dt, int64_t stride, int64_t j, int64_t cols) {
+  const char *row = attn__elem(base, dt, j * stride);
+  int64_t bytes = cols * (int64_t)attn__dtype_size(dt);
+  for (int64_t o = 0; o < bytes; o += 64)
+    __builtin_prefetch(row + o, 0, 3);
+}
+
 void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
                        const attn_sdpa_work *wk, attn_sdpa_state st, int64_t kb, int64_t ke,
                        bool with_sink) {
@@ -271,7 +282,25 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
     }
     /* Tiles inside every row's visible range need no per-row bounds. */
     bool inside = j0 >= lo_last && j0 + n <= hi_first;
-    for (int64_t r = 0; r < rows; r++) {
+    /* While the rows are turned into weights: this tile's V rows (for
+     * P V below) and the next tile's K rows, one of each per row (B=1 H=8
+     * L=4096 D=64 and L=2048 D=128, 1 thread: 1.5-3 % faster). The decode
+     * products prefetch their own rows. */
+    bool fetch = !p->decode && rows > DECODE_ROWS;
+    int64_t kn_off = 0, vn_off, n_next = fetch ? j_end - (j0 + n) : 0;
+    if (n_next > 0) {
+      if (n_next > BLOCK_KEYS)
+        n_next = BLOCK_KEYS;
+      key_offsets(p, it, j0 + n, &n_next, &kn_off, &vn_off);
+    }
+    int64_t ahead = fetch && n > rows ? n : rows;
+    for (int64_t r = 0; r < ahead; r++) {
+      if (fetch && r < n)
+        prefetch_row(attn__elem(p->v, p->vdt, voff), p->vdt, p->vs[2], r, Dv);
+      if (r < n_next)
+        prefetch_row(attn__elem(p->k, p->kdt, kn_off), p->kdt, p->ks[2], r, p->D);
+      if (r >= rows)
+        continue;
       int64_t a = 0, e = n;
       if (!inside) {
         int64_t lo, hi;
