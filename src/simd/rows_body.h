@@ -122,14 +122,9 @@ static inline __attribute__((always_inline)) float exp_sum(const float *x, float
       scale_stream(pw + i0, py + i0, i - i0, ps);
   }
   if (i < n) {
-    /* The unused lanes hold x = shift (exp of 0) and are dropped through
-     * buf. Filling them with -inf instead would make their exp underflow
-     * to 0, and on Intel cores every vector whose result underflows takes a
-     * microcode assist (about 150 cycles: a row of 57 logits cost 4x a
-     * row of 64). */
-    float buf[VW];
-    v_store(buf, v_exp(v_sub(v_load_part(x + i, n - i, shift), sh)));
-    vf e = v_load_part(buf, n - i, 0.0f);
+    /* -inf in the unused lanes: exp gives 0 there (from 0, without an
+     * underflow: v_exp), so they add nothing. */
+    vf e = v_exp(v_sub(v_load_part(x + i, n - i, -INFINITY), sh));
     if (store)
       v_store_part(y + i, n - i, e);
     vsum_add(&total, e);
