@@ -21,7 +21,8 @@
 
 /* Rows of keys are read in memory order, and the hardware prefetchers stop
  * at each page boundary: the kernels request the row about DEC_AHEAD bytes
- * ahead in the stream of rows into the caches, a line at a time. The
+ * ahead in the stream of rows into L2 (prefetcht1: the L1 fill buffers stay free
+ * for the loads), a line at a time. The
  * stream goes on past the run at `next` (a paged cache's next block), or
  * with the same stride when next is NULL. A prefetch never faults, so the
  * address may lie past the run (formed as an integer). */
@@ -46,7 +47,7 @@ static inline void dec_ahead(const dec_stream *s, int64_t j, size_t off) {
   int64_t r = j + s->rows;
   uintptr_t a = r < s->n || !s->next ? s->base + (uintptr_t)r * s->stride
                                      : s->next + (uintptr_t)(r - s->n) * s->stride;
-  __builtin_prefetch((const void *)(a + off), 0, 3);
+  __builtin_prefetch((const void *)(a + off), 0, 2);
 }
 
 /* Whether the vector at element i of a row starts a new 64-byte line. */
