@@ -21,11 +21,11 @@
 
 /* Rows of keys are read in memory order, and the hardware prefetchers stop
  * at each page boundary: the kernels request the row about DEC_AHEAD bytes
- * ahead in the stream of rows into L2 (prefetcht1: the L1 fill buffers stay free
- * for the loads), a line at a time. The
- * stream goes on past the run at `next` (a paged cache's next block), or
- * with the same stride when next is NULL. A prefetch never faults, so the
- * address may lie past the run (formed as an integer). */
+ * ahead in the stream of rows into L2 (prefetcht1: the L1 fill buffers stay
+ * free for the loads), a line at a time. The stream goes on past the run at
+ * `next` (a paged cache's next block), or with the same stride when next is
+ * NULL. A prefetch never faults, so the address may lie past the run (formed
+ * as an integer). */
 #define DEC_AHEAD 4096
 
 typedef struct {
