@@ -295,6 +295,30 @@ static int gemm_once(void *arg) {
   return 0;
 }
 
+/* A threaded OpenBLAS would run a 1-thread row's ceiling on all its threads:
+ * cap it at the row's thread count for the measurement (the bench owns the
+ * process; the library itself never changes BLAS settings). */
+static int cap_blas_threads(int threads) {
+#ifdef ATTN_BLAS_GENERIC
+  (void)threads;
+  return 0;
+#else
+  int had = blas_threads();
+  if (had > threads)
+    openblas_set_num_threads(threads);
+  return had;
+#endif
+}
+
+static void restore_blas_threads(int had, int threads) {
+#ifdef ATTN_BLAS_GENERIC
+  (void)had, (void)threads;
+#else
+  if (had > threads)
+    openblas_set_num_threads(had);
+#endif
+}
+
 /* GFLOP/s of C = A B at n^3, rows split over the threads (or one call when
  * the BLAS threads itself). Measured next to every case rather than once,
  * so that a ratio compares two numbers taken under the same conditions on a
@@ -305,7 +329,9 @@ static double sgemm_gflops(int threads, int n) {
   gemm_run r = {{n, new_floats((size_t)n * n, 1), new_floats((size_t)n * n, 2),
                  new_floats((size_t)n * n, 3)},
                 threads};
+  int had = cap_blas_threads(threads);
   double t = time_median(gemm_once, &r, 0.5, 1, NULL);
+  restore_blas_threads(had, threads);
   free((void *)r.job.a);
   free((void *)r.job.b);
   free(r.job.c);
