@@ -448,6 +448,54 @@ static double memcpy_gbps(int threads, size_t bytes) {
   return 2.0 * (double)bytes / t * 1e-9;
 }
 
+/* ---- read-only bandwidth: the ceiling of a decode step, which reads K/V
+ * and writes almost nothing (memcpy also writes, and its stores and reads
+ * share the memory differently) ---- */
+
+static void read_part(void *arg, int t, int nt) {
+  copy_run *c = arg;
+  size_t words = c->bytes / sizeof(uint64_t);
+  size_t w0 = words * (size_t)t / (size_t)nt, w1 = words * (size_t)(t + 1) / (size_t)nt;
+  const uint64_t *p = (const uint64_t *)(const void *)c->src;
+  uint64_t acc[8] = {0}; /* independent chains: the loads, not the XORs, set the pace */
+  size_t i = w0;
+  for (; i + 8 <= w1; i += 8) {
+    /* a page ahead, as libattn's streaming kernels do: the hardware
+     * prefetchers stop at page boundaries */
+    __builtin_prefetch(p + i + 512);
+    for (int j = 0; j < 8; j++)
+      acc[j] ^= p[i + j];
+  }
+  for (; i < w1; i++)
+    acc[0] ^= p[i];
+  uint64_t x = 0;
+  for (int j = 0; j < 8; j++)
+    x ^= acc[j];
+  ((uint64_t *)(void *)c->dst)[t] = x; /* keeps the loads */
+}
+
+static int read_once(void *arg) {
+  copy_run *c = arg;
+  run_parallel(read_part, c, c->threads);
+  return 0;
+}
+
+/* GB/s read by `threads` threads streaming disjoint slices of a buffer
+ * larger than the L3. */
+static double read_gbps(int threads, size_t bytes) {
+  copy_run c = {malloc(bytes), malloc(64 * sizeof(uint64_t)), bytes, threads};
+  if (!c.src || !c.dst) {
+    free(c.src);
+    free(c.dst);
+    return NAN;
+  }
+  memset(c.src, 1, bytes);
+  double t = time_median(read_once, &c, 1.0, 1, NULL);
+  free(c.src);
+  free(c.dst);
+  return (double)bytes / t * 1e-9;
+}
+
 /* ---- the naive way: full scores, row softmax, one product with V ---- */
 
 typedef struct {
@@ -540,6 +588,7 @@ typedef struct {
   double other_load; /* cores used by other processes during the case */
   double speedup_f32; /* K_KV half rows: the f32 cache row's time over this one's */
   double tile;        /* K_MHA: tile_gflops on the same threads */
+  double read_gbps;   /* rows reading K/V: the same run's read-only stream */
 } result;
 
 static const char *kind_name(kind k) {
@@ -691,7 +740,7 @@ static int measure(timed_fn once, void *arg, const char *err, counter *cnt, resu
 }
 
 static result run_sdpa_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN};
   size_t nq = (size_t)(c->B * c->Hq * c->Lq * c->D), nk = (size_t)(c->B * c->Hkv * c->Lk * c->D),
          nv = (size_t)(c->B * c->Hkv * c->Lk * c->Dv), no = (size_t)(c->B * c->Hq * c->Lq * c->Dv);
   float *q = new_floats(nq, 11), *k = new_floats(nk, 12), *v = new_floats(nv, 13);
@@ -772,6 +821,7 @@ static result run_sdpa_case(const bcase *c) {
   if (c->kind == K_DECODE || c->kind == K_KV) {
     res.kv_gbps = (double)(nk + nv) * (double)dt_size(c->dt) / res.seconds * 1e-9;
     res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes);
+    res.read_gbps = read_gbps(c->threads, g_copy_bytes);
   }
   if (c->kind == K_KV && c->dt == ATTN_DTYPE_F32)
     g_f32_kv_seconds = res.seconds;
@@ -809,7 +859,7 @@ done:
 }
 
 static result run_softmax_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN};
   int64_t rows = c->Lq, cols = c->Lk;
   size_t n = (size_t)(rows * cols);
   float *x = new_floats(n, 21), *y = new_floats(n, 22);
@@ -847,7 +897,7 @@ static int64_t varlen_len(int64_t i, int64_t n, int64_t lo, int64_t hi) {
 
 /* BERT-style serving: B sequences packed [T, H, D], non-causal. */
 static result run_varlen_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN};
   int64_t *cu = malloc((size_t)(c->B + 1) * sizeof *cu);
   if (!cu) {
     fprintf(stderr, "attn-bench: out of memory\n");
@@ -903,7 +953,7 @@ static result run_varlen_case(const bcase *c) {
 /* RoPE and the sinusoidal table, in place: bytes read + written against
  * the same run's memcpy. */
 static result run_posenc_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN};
   int64_t heads = c->kind == K_ROPE ? c->Hq : 1;
   size_t n = (size_t)(c->B * heads * c->Lq * c->D);
   float *x = new_floats(n, 41);
@@ -992,7 +1042,7 @@ static attn_tensor *wrap_n(attn_ctx *ctx, float *data, int32_t nd, const int64_t
  * the sgemm ceiling. K_KV_STEP: K/V bytes read per second against memcpy
  * (the paged blocks hold 16 tokens, vLLM's default). */
 static result run_layer_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN};
   counter cnt = {0, 0};
   layer_run r = {0};
   r.ctx = new_ctx(c->threads, &cnt);
@@ -1086,6 +1136,7 @@ static result run_layer_case(const bcase *c) {
       tokens += (double)(lens[b] + 1);
     res.kv_gbps = tokens * 2.0 * (double)hkv * sizeof(float) / res.seconds * 1e-9;
     res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes);
+    res.read_gbps = read_gbps(c->threads, g_copy_bytes);
   }
 done:
   attn_ctx_destroy(r.ctx);
@@ -1161,6 +1212,8 @@ static void print_json(const bcase *c, const result *r) {
     json_num("kv_gbps", r->kv_gbps, "%.4g");
     json_num("memcpy_gbps", r->copy_gbps, "%.4g");
     json_num("ratio_memcpy", r->kv_gbps / r->copy_gbps, "%.3f");
+    json_num("read_gbps", r->read_gbps, "%.4g");
+    json_num("ratio_read", r->kv_gbps / r->read_gbps, "%.3f");
   }
   if (c->kind == K_KV && c->dt != ATTN_DTYPE_F32)
     json_num("speedup_f32", r->speedup_f32, "%.3f");
@@ -1201,12 +1254,16 @@ static void print_row(const bcase *c, const result *r) {
   fmt_or_dash(sp, sizeof sp, "%.2f", r->naive_seconds / r->seconds);
   if (c->kind == K_KV && c->dt != ATTN_DTYPE_F32)
     snprintf(notes, sizeof notes,
-             "K/V read %.1f GB/s, memcpy %.1f GB/s (%.0f%%), %.2fx the f32 cache", r->kv_gbps,
-             r->copy_gbps, 100 * r->kv_gbps / r->copy_gbps, r->speedup_f32);
+             "K/V read %.1f GB/s, memcpy %.1f GB/s (%.0f%%), read-only %.1f GB/s (%.0f%%), "
+             "%.2fx the f32 cache",
+             r->kv_gbps, r->copy_gbps, 100 * r->kv_gbps / r->copy_gbps, r->read_gbps,
+             100 * r->kv_gbps / r->read_gbps, r->speedup_f32);
   else if (reads_kv(c->kind))
-    snprintf(notes, sizeof notes, "%sK/V read %.1f GB/s, memcpy %.1f GB/s (%.0f%%)",
+    snprintf(notes, sizeof notes,
+             "%sK/V read %.1f GB/s, memcpy %.1f GB/s (%.0f%%), read-only %.1f GB/s (%.0f%%)",
              c->kind == K_KV_STEP ? "lengths spread up to Lk, " : "", r->kv_gbps,
-             r->copy_gbps, 100 * r->kv_gbps / r->copy_gbps);
+             r->copy_gbps, 100 * r->kv_gbps / r->copy_gbps, r->read_gbps,
+             100 * r->kv_gbps / r->read_gbps);
   else if (c->kind == K_MHA && isfinite(r->tile))
     snprintf(notes, sizeof notes,
              "E = %lld: 4 projections + attention; tile kernel %.1f GFLOP/s (%.2f of it)",
