@@ -119,14 +119,18 @@ static void all_shapes(void **state) {
   for (int t = 0; t < MAX_THREADS; t++)
     ctxs[t] = ctx_with(t + 1);
   uint64_t seed = 1;
+  /* A budget of multiply-adds per shape keeps the suite quick (and usable
+   * under the sanitizers); the largest shapes pass it with one small dim.
+   * ATTN_TEST_LINEAR_BUDGET lowers it (valgrind: tests/CMakeLists.txt). */
+  double budget = 6e6;
+  const char *env = getenv("ATTN_TEST_LINEAR_BUDGET");
+  if (env && atof(env) > 0)
+    budget = atof(env);
   for (int im = 0; im < N_DIMS; im++)
     for (int in = 0; in < N_DIMS; in++)
       for (int ik = 0; ik < N_DIMS; ik++) {
         int64_t m = dims[im], n = dims[in], k = dims[ik];
-        /* A budget of multiply-adds per shape keeps the suite quick (and
-         * usable under the sanitizers); the largest shapes pass it with
-         * one small dim. */
-        if ((double)m * (double)n * (double)k > 6e6)
+        if ((double)m * (double)n * (double)k > budget)
           continue;
         check_shape(ctxs, m, n, k, (im + in + ik) % 2 == 0, 1, seed++);
         check_shape(ctxs, m, n, k, (im + in + ik) % 2 == 1, 1, seed++);
