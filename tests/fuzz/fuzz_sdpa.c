@@ -90,8 +90,8 @@ static void dump_view(const ref_view *r) {
 /* Compare one batch entry's rows with the float64 formula. */
 static void check_rows(const ref_view *r) {
   dump_view(r);
-  if (r->Hq == 0)
-    return; /* no rows (and no kv heads) */
+  if (r->Hq == 0 || r->Lq == 0)
+    return; /* no rows (and maybe no kv heads): nothing to check, nothing to allocate */
   int64_t G = r->Hq / r->Hkv;
   /* With D = 0 every dot product is 0, whatever the scale. */
   double scale = r->prm.scale != 0 ? (double)r->prm.scale
