@@ -12,15 +12,6 @@ typedef attn_status (*fwd_fn)(attn_ctx *, const attn_tensor *, attn_tensor *,
 typedef attn_status (*bwd_fn)(attn_ctx *, const attn_tensor *, const attn_tensor *,
                               attn_tensor *, attn_tensor *, const attn_softmax_params *);
 
-static attn_ctx *new_ctx(int32_t threads) {
-  attn_ctx_options o;
-  attn_ctx_options_init(&o);
-  o.num_threads = threads;
-  attn_ctx *ctx;
-  assert_ok(attn_ctx_create(&ctx, &o));
-  return ctx;
-}
-
 static attn_tensor *wrap(attn_ctx *ctx, int32_t dtype, int ndim, const int64_t *dims,
                          const int64_t *strides, void *data, size_t bytes) {
   attn_tensor *t;
@@ -115,7 +106,7 @@ static void softmax_case(attn_ctx *ctx, tu_rng *rng, int log, int ndim, const in
 
 static void softmax_backward_matches_reference(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(2);
+  attn_ctx *ctx = tu_ctx(2);
   tu_rng rng = {14};
   static const int64_t shapes[][4] = {
       {1, 1}, {3, 7}, {5, 1}, {2, 3, 13}, {4, 1000}, {2, 2, 3, 31}, {1, 4097}};
@@ -132,7 +123,7 @@ static void softmax_backward_matches_reference(void **state) {
 /* Strided views (a [B, L, H, D]-like transpose) give the contiguous result. */
 static void softmax_backward_strided(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(1);
+  attn_ctx *ctx = tu_ctx(1);
   tu_rng rng = {3};
   enum { A = 3, R = 4, N = 9 };
   float y[A * R * N], dy[A * R * N], dx[A * R * N], cdx[A * R * N];
@@ -159,7 +150,7 @@ static void softmax_backward_strided(void **state) {
  * is refused. */
 static void softmax_backward_axis(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(2);
+  attn_ctx *ctx = tu_ctx(2);
   tu_rng rng = {21};
   enum { A = 3, N = 11, R = 5 };
   static float x[A * N * R], y[A * N * R], dy[A * N * R], dx[A * N * R], dz[A * N * R];
@@ -214,7 +205,7 @@ static void softmax_backward_axis(void **state) {
  * length 1 -> 0 (softmax of one entry is constant). */
 static void softmax_backward_edges(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(1);
+  attn_ctx *ctx = tu_ctx(1);
   int64_t d4[1] = {4}, d1[1] = {1};
   struct {
     int log;
@@ -252,7 +243,7 @@ static void softmax_backward_edges(void **state) {
 
 static void softmax_backward_bad_input(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(1);
+  attn_ctx *ctx = tu_ctx(1);
   float a[12] = {0}, b[12] = {0}, c[12] = {0};
   int64_t d[2] = {3, 4}, d2[2] = {4, 3};
   attn_tensor *y = wrap(ctx, ATTN_DTYPE_F32, 2, d, NULL, a, sizeof a);
@@ -285,7 +276,7 @@ static void softmax_backward_bad_input(void **state) {
  * styles, partial rotary dims, explicit positions. */
 static void rope_backward_matches_reference(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(2);
+  attn_ctx *ctx = tu_ctx(2);
   tu_rng rng = {5};
   enum { B = 2, H = 3, L = 7 };
   static const int64_t Ds[][2] = {{8, 8}, {10, 6}, {64, 0}, {2, 2}};
@@ -512,7 +503,7 @@ static const sdpa_case sdpa_cases[] = {
 
 static void sdpa_backward_matches_reference(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(2);
+  attn_ctx *ctx = tu_ctx(2);
   for (size_t c = 0; c < sizeof sdpa_cases / sizeof *sdpa_cases; c++)
     sdpa_case_run(ctx, &sdpa_cases[c], 100 + c, NULL);
   attn_ctx_destroy(ctx);
@@ -528,7 +519,7 @@ static void sdpa_backward_deterministic(void **state) {
   size_t nq = (size_t)(c->B * c->Hq * c->Lq * c->D);
   float *ref = malloc(nq * 4), *got = malloc(nq * 4);
   for (int32_t t = 1; t <= 3; t++) {
-    attn_ctx *ctx = new_ctx(t);
+    attn_ctx *ctx = tu_ctx(t);
     sdpa_case_run(ctx, c, 7, t == 1 ? ref : got);
     if (t > 1)
       assert_memory_equal(ref, got, nq * 4);
@@ -543,7 +534,7 @@ static void sdpa_backward_deterministic(void **state) {
  * a sequence without queries gives its keys zeros. */
 static void sdpa_varlen_backward_matches_dense(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(2);
+  attn_ctx *ctx = tu_ctx(2);
   tu_rng rng = {77};
   enum { NB = 4, HQ = 4, HKV = 2, D = 8, DV = 6, TQ = 150, TK = 260 };
   const int64_t cu_q[NB + 1] = {0, 40, 40, 137, TQ}, cu_k[NB + 1] = {0, 70, 75, 200, TK};
@@ -646,7 +637,7 @@ static void sdpa_varlen_backward_matches_dense(void **state) {
 /* Bad input to attn_sdpa_backward: refused with a message, nothing written. */
 static void sdpa_backward_bad_input(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(1);
+  attn_ctx *ctx = tu_ctx(1);
   float a[2 * 3 * 4], b[2 * 3 * 4], c[2 * 3 * 4], l[6], dq[2 * 3 * 4];
   memset(a, 0, sizeof a), memset(b, 0, sizeof b), memset(c, 0, sizeof c), memset(l, 0, sizeof l);
   for (int i = 0; i < 24; i++)

@@ -20,23 +20,12 @@
 #include "ref_half.h"
 #include "ref_sdpa.h"
 
-static uint32_t fbits(float f) {
-  uint32_t b;
-  memcpy(&b, &f, sizeof b);
-  return b;
-}
-static float bitsf(uint32_t b) {
-  float f;
-  memcpy(&f, &b, sizeof f);
-  return f;
-}
-
 /* x rounded to dt by the reference, as f32 (exact), and its raw pattern. */
 static float rounded(int32_t dt, float x, uint16_t *raw) {
   if (dt == ATTN_DTYPE_F32)
     return x;
-  *raw = dt == ATTN_DTYPE_F16 ? ref_to_f16(fbits(x)) : ref_to_bf16(fbits(x));
-  return bitsf(dt == ATTN_DTYPE_F16 ? ref_from_f16(*raw) : ref_from_bf16(*raw));
+  *raw = dt == ATTN_DTYPE_F16 ? ref_to_f16(tu_bits(x)) : ref_to_bf16(tu_bits(x));
+  return tu_float(dt == ATTN_DTYPE_F16 ? ref_from_f16(*raw) : ref_from_bf16(*raw));
 }
 
 enum { DENSE = 0, CONTIG = -1 }; /* where K/V live; > 0: a paged cache's block size */

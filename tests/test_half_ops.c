@@ -99,20 +99,11 @@ static double check_all(const char *what, const harr *got, const double *want, d
   return worst;
 }
 
-static attn_ctx *new_ctx(int threads) {
-  attn_ctx_options o;
-  attn_ctx_options_init(&o);
-  o.num_threads = threads;
-  attn_ctx *ctx = NULL;
-  assert_ok(attn_ctx_create(&ctx, &o));
-  return ctx;
-}
-
 /* ---------------- softmax ---------------- */
 
 static void softmax_half(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(2);
+  attn_ctx *ctx = tu_ctx(2);
   static const int64_t shapes[][2] = {{1, 1}, {3, 7}, {5, 33}, {4, 1000}, {64, 129}};
   tu_rng r = {7};
   double worst = 0;
@@ -164,7 +155,7 @@ static void softmax_half(void **state) {
 /* In place on a half tensor, NaN and all-masked rows. */
 static void softmax_half_edges(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(1);
+  attn_ctx *ctx = tu_ctx(1);
   for (int di = 1; di < 3; di++) {
     int64_t dims[2] = {4, 6};
     float xv[24];
@@ -200,7 +191,7 @@ static void softmax_half_edges(void **state) {
 
 static void posenc_half(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(2);
+  attn_ctx *ctx = tu_ctx(2);
   double worst = 0;
   for (int di = 1; di < 3; di++) {
     /* Sinusoidal table written in half. */
@@ -406,7 +397,7 @@ static void sdpa_half(void **state) {
   };
   double worst = 0;
   for (int t = 1; t <= 2; t++) {
-    attn_ctx *ctx = new_ctx(t);
+    attn_ctx *ctx = tu_ctx(t);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
       worst = fmax(worst, run_hcase(&cases[i], ctx));
     attn_ctx_destroy(ctx);
@@ -417,7 +408,7 @@ static void sdpa_half(void **state) {
 /* Packed variable-length sequences in half precision. */
 static void varlen_half(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(2);
+  attn_ctx *ctx = tu_ctx(2);
   int64_t cu[4] = {0, 5, 5, 21}, Tq = 21, Hq = 4, Hkv = 2, D = 16;
   for (int di = 1; di < 3; di++) {
     int32_t dt = DTS[di];
@@ -478,7 +469,7 @@ static void varlen_half(void **state) {
  * widens exactly and runs the same float computation. */
 static void pool_attention_half(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(2);
+  attn_ctx *ctx = tu_ctx(2);
   int64_t Hq = 4, M = 2, D = 16, B = 2, Hkv = 2, L = 300;
   size_t nq = (size_t)(Hq * M * D), nk = (size_t)(B * Hkv * L * D), no = (size_t)(B * Hq * M * D);
   tu_rng r = {5};
@@ -511,7 +502,7 @@ static void pool_attention_half(void **state) {
  * masked stage's -inf at the causal keys. */
 static void sdpa_logits_half(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(2);
+  attn_ctx *ctx = tu_ctx(2);
   int64_t B = 2, H = 3, L = 70, D = 24;
   size_t nq = (size_t)(B * H * L * D), nl = (size_t)(B * H * L * L);
   tu_rng r = {11};
@@ -587,7 +578,7 @@ static void pool_half(void **state) {
   double worst = 0;
   long exact = 0;
   for (int32_t threads = 1; threads <= 2; threads++) {
-    attn_ctx *ctx = new_ctx(threads);
+    attn_ctx *ctx = tu_ctx(threads);
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
       for (int combo = 1; combo < 27; combo++) /* 0: all F32, the F32 suites */
         for (int mode = 0; mode < 4; mode++) {
@@ -706,7 +697,7 @@ static void pool_half(void **state) {
  * and the same just below, negative. */
 static void pool_rounded_once(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(1);
+  attn_ctx *ctx = tu_ctx(1);
   for (int di = 1; di < 3; di++) {
     int32_t dt = DTS[di];
     double t = dt == ATTN_DTYPE_F16 ? 0x1p-11 : 0x1p-8, e = dt == ATTN_DTYPE_F16 ? 0x1p-24 : 0x1p-40;
@@ -745,7 +736,7 @@ static void pool_rounded_once(void **state) {
 static void mha_half(void **state) {
   (void)state;
   enum { E = 32, HQ = 4, HKV = 2, DH = 8, T = 20 };
-  attn_ctx *ctx = new_ctx(2);
+  attn_ctx *ctx = tu_ctx(2);
   tu_rng r = {41};
   static float wv[4][E * E], xv[T * E];
   const int64_t wd[4][2] = {{HQ * DH, E}, {HKV * DH, E}, {HKV * DH, E}, {E, HQ * DH}};
@@ -851,7 +842,7 @@ static void mha_half(void **state) {
  * float64 table rotation of the rounded x. */
 static void rope_cached_half(void **state) {
   (void)state;
-  attn_ctx *ctx = new_ctx(2);
+  attn_ctx *ctx = tu_ctx(2);
   enum { B = 2, H = 3, L = 7, D = 12, HALF = 5, P = 16 };
   tu_rng r = {23};
   float cosv[P * HALF], sinv[P * HALF];

@@ -22,15 +22,6 @@ static float *floats(size_t n) {
   return p;
 }
 
-static attn_ctx *ctx_with(int32_t threads) {
-  attn_ctx_options o;
-  attn_ctx_options_init(&o);
-  o.num_threads = threads;
-  attn_ctx *ctx = NULL;
-  assert_ok(attn_ctx_create(&ctx, &o));
-  return ctx;
-}
-
 /* c = a w^T + bias on ctx (parts: n split into n_parts weights of w's
  * rows, each with its own bias slice). */
 static void run(attn_ctx *ctx, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
@@ -117,7 +108,7 @@ static void all_shapes(void **state) {
   (void)state;
   attn_ctx *ctxs[MAX_THREADS];
   for (int t = 0; t < MAX_THREADS; t++)
-    ctxs[t] = ctx_with(t + 1);
+    ctxs[t] = tu_ctx(t + 1);
   uint64_t seed = 1;
   /* A budget of multiply-adds per shape keeps the suite quick (and usable
    * under the sanitizers); the largest shapes pass it with one small dim.
@@ -148,7 +139,7 @@ static void all_shapes(void **state) {
 /* Nothing to sum: C = bias (or 0), and an empty C is not touched. */
 static void empty_dims(void **state) {
   (void)state;
-  attn_ctx *ctx = ctx_with(2);
+  attn_ctx *ctx = tu_ctx(2);
   float a[1] = {0}, w[1] = {0}, bias[40], c[12 * 40];
   for (int j = 0; j < 40; j++)
     bias[j] = (float)j - 7.5f;
