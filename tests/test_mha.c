@@ -383,8 +383,19 @@ static void weights_roundtrip(void **state) {
   weights_free(&w);
 }
 
-/* The same with 24 tokens per call: the projections' blocked path, whose
- * packed weights live in the context's workspace. */
+/* A 2-thread context whose allocations are counted in *cnt. */
+static attn_ctx *counted_ctx(tu_counter *cnt) {
+  attn_ctx_options o;
+  attn_ctx_options_init(&o);
+  o.num_threads = 2, o.alloc = tu_alloc, o.free = tu_free, o.alloc_user = cnt;
+  attn_ctx *ctx = NULL;
+  assert_ok(attn_ctx_create(&ctx, &o));
+  return ctx;
+}
+
+/* A warm layer allocates nothing with 24 tokens per call too: the
+ * projections' blocked path, whose packed weights live in the context's
+ * workspace. */
 static void warm_blocked_projections(void **state) {
   (void)state;
   mha_case c = {"warm", 2, 16, 4, 2, 4, 1, 0, 1, 0, 0, {12, 12}, {12, 12}, 1, 0, 2, NULL, 0};
@@ -392,11 +403,7 @@ static void warm_blocked_projections(void **state) {
   weights w;
   weights_make(&c, &w, &r);
   tu_counter cnt = {0};
-  attn_ctx_options o;
-  attn_ctx_options_init(&o);
-  o.num_threads = 2, o.alloc = tu_alloc, o.free = tu_free, o.alloc_user = &cnt;
-  attn_ctx *ctx = NULL;
-  assert_ok(attn_ctx_create(&ctx, &o));
+  attn_ctx *ctx = counted_ctx(&cnt);
   attn_mha *m = make_layer(ctx, &c, &w);
   attn_kv_cache *kv = make_cache(ctx, &c, 12);
   float x[2 * 12 * 16], y[2 * 12 * 16];
@@ -420,11 +427,7 @@ static void warm_and_bad_input(void **state) {
   weights w;
   weights_make(&c, &w, &r);
   tu_counter cnt = {0};
-  attn_ctx_options o;
-  attn_ctx_options_init(&o);
-  o.num_threads = 2, o.alloc = tu_alloc, o.free = tu_free, o.alloc_user = &cnt;
-  attn_ctx *ctx = NULL;
-  assert_ok(attn_ctx_create(&ctx, &o));
+  attn_ctx *ctx = counted_ctx(&cnt);
   attn_mha *m = make_layer(ctx, &c, &w);
   attn_kv_cache *kv = make_cache(ctx, &c, 16);
   float x[2 * 4 * 16], y[2 * 4 * 16];
