@@ -130,6 +130,12 @@ attn_status attn__check_operands(attn_ctx *ctx, const attn_operand *ops, int n, 
   return ATTN_OK;
 }
 
+attn_status attn__check_tensor(attn_ctx *ctx, const char *name, const attn_tensor *t, int nd,
+                               uint32_t dtypes) {
+  const attn_operand op[] = {{ATTN_OPERAND(name, t, dtypes, nd, nd)}};
+  return attn__check_operands(ctx, op, 1, NULL);
+}
+
 void attn__pad_view(const attn_tensor *t, int64_t *dims, int64_t *strides) {
   int32_t shift = ATTN_MAX_DIMS - t->ndim;
   for (int32_t i = 0; i < ATTN_MAX_DIMS; i++) {

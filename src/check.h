@@ -74,6 +74,10 @@ typedef struct {
  * operand, inputs and outputs). dims may be NULL. */
 attn_status attn__check_operands(attn_ctx *ctx, const attn_operand *ops, int n, attn_dims *dims);
 
+/* One operand: t is a live tensor of ctx with nd dims, of a dtype in `dtypes`. */
+attn_status attn__check_tensor(attn_ctx *ctx, const char *name, const attn_tensor *t, int nd,
+                               uint32_t dtypes);
+
 /* The strides of t padded on the left to ATTN_MAX_DIMS axes (leading dims 1,
  * strides 0); dims may be NULL. */
 void attn__pad_view(const attn_tensor *t, int64_t *dims, int64_t *strides);

@@ -1,5 +1,6 @@
-/* KV cache: keys and values of past tokens per sequence, contiguous or
- * paged, and attention of new queries against it (through sdpa.c).
+/* KV cache storage: keys and values of past tokens per sequence, contiguous
+ * or paged. Attention of new queries against it is kv_attend.c's (through
+ * sdpa.c), on the view attn__kv_view builds.
  *
  * Keys and values are stored as F32, F16 or BF16 (one dtype per cache):
  * rows are converted as they come in and go out (attn__convert_row, one
@@ -14,7 +15,6 @@
 #include "check.h"
 #include "convert.h"
 #include "rope.h"
-#include "sdpa.h"
 
 #include <string.h>
 
@@ -44,13 +44,6 @@ struct attn_kv_cache {
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 static bool paged(const attn_kv_cache *c) { return c->layout == ATTN_KV_PAGED; }
-
-/* t: a live tensor of ctx with nd dims, of a dtype in `dts` (ATTN_DT_*). */
-static attn_status check_tensor(attn_ctx *ctx, const char *name, const attn_tensor *t, int nd,
-                                uint32_t dts) {
-  const attn_operand op[] = {{ATTN_OPERAND(name, t, dts, nd, nd)}};
-  return attn__check_operands(ctx, op, 1, NULL);
-}
 
 /* ---- handles ---- */
 
@@ -260,8 +253,8 @@ static attn_status kv_cache_wrap_impl(attn_ctx *ctx, const attn_tensor *k, const
     return st;
   if (!out)
     return attn__fail(ctx, ATTN_ERR_NULL_ARG, "out is NULL");
-  if ((st = check_tensor(ctx, "k", k, 4, ATTN_DT_FLOAT)) ||
-      (st = check_tensor(ctx, "v", v, 4, ATTN_DT_FLOAT)))
+  if ((st = attn__check_tensor(ctx, "k", k, 4, ATTN_DT_FLOAT)) ||
+      (st = attn__check_tensor(ctx, "v", v, 4, ATTN_DT_FLOAT)))
     return st;
   if (k->dtype != v->dtype)
     return attn__fail(ctx, ATTN_ERR_UNSUPPORTED,
@@ -423,7 +416,7 @@ static bool overlaps_cache(const attn_kv_cache *c, const attn_tensor *t) {
 static attn_status check_kv_operand(attn_ctx *ctx, const char *name,
                                     const attn_tensor *t, const attn_kv_cache *c,
                                     int64_t outer, int64_t dim, const char *dim_name) {
-  attn_status st = check_tensor(ctx, name, t, 4, ATTN_DT_FLOAT);
+  attn_status st = attn__check_tensor(ctx, name, t, 4, ATTN_DT_FLOAT);
   if (st != ATTN_OK)
     return st;
   if (t->dims[0] != outer || t->dims[1] != c->H || t->dims[3] != dim)
@@ -638,7 +631,7 @@ static attn_status kv_read_impl(attn_ctx *ctx, const attn_kv_cache *cache, int64
     attn_tensor *t = outs[o];
     if (!t)
       continue;
-    if ((st = check_tensor(ctx, names[o], t, 3, ATTN_DT_FLOAT)))
+    if ((st = attn__check_tensor(ctx, names[o], t, 3, ATTN_DT_FLOAT)))
       return st;
     if (t->dims[0] != c->H || t->dims[2] != dims[o] || (n >= 0 && t->dims[1] != n))
       return attn__fail(ctx, ATTN_ERR_SHAPE,
@@ -673,84 +666,18 @@ static attn_status kv_read_impl(attn_ctx *ctx, const attn_kv_cache *cache, int64
   return ATTN_OK;
 }
 
-/* ---- attention ---- */
+/* ---- the view SDPA reads (kv_attend.c) ---- */
 
-static attn_status attend_rows(attn_ctx *ctx, const attn_kv_cache *c, const void *q,
-                               int32_t qdt, const int64_t *qs, int64_t Hq, int64_t Lq, void *out,
-                               int32_t odt, const int64_t *os, const int64_t *n_new,
-                               const attn_sdpa_params *prm);
-
-static attn_status kv_attend_impl(attn_ctx *ctx, const attn_kv_cache *cache, const attn_tensor *q,
-                           attn_tensor *out, const int64_t *n_new,
-                           const attn_sdpa_params *params) {
-  attn_status st = ATTN_OK;
-  if (st != ATTN_OK || (st = attn__kv_check(ctx, cache)) != ATTN_OK)
-    return st;
-  attn_sdpa_params prm;
-  attn_sdpa_params_init(&prm);
-  const attn_kv_cache *c = cache;
-  if ((st = attn__read_params(ctx, &prm, sizeof prm, params)) ||
-      (st = check_tensor(ctx, "q", q, 4, ATTN_DT_FLOAT)) ||
-      (st = check_tensor(ctx, "out", out, 4, ATTN_DT_FLOAT)))
-    return st;
-  int64_t Hq = q->dims[1], Lq = q->dims[2];
-  if (q->dims[0] != c->B || q->dims[3] != c->D || Hq % c->H)
-    return attn__fail(ctx, ATTN_ERR_SHAPE,
-                      "q has shape [%lld, %lld, %lld, %lld] but the cache needs [B = %lld, "
-                      "a multiple of Hkv = %lld, Lq, D = %lld]", (long long)q->dims[0], (long long)Hq, (long long)Lq,
-                      (long long)q->dims[3], (long long)c->B, (long long)c->H, (long long)c->D);
-  const int64_t want[4] = {c->B, Hq, Lq, c->Dv};
-  for (int a = 0; a < 4; a++)
-    if (out->dims[a] != want[a])
-      return attn__fail(ctx, ATTN_ERR_SHAPE,
-                        "out.shape[%d] = %lld but must be %lld ([B, Hq, Lq, Dv])", a,
-                        (long long)out->dims[a], (long long)want[a]);
-  if ((st = attn__check_writable(ctx, "out", out)))
-    return st;
-  if (attn__overlap(out, q) || overlaps_cache(c, out))
-    return attn__fail(ctx, ATTN_ERR_ALIASING, "out overlaps %s in memory", attn__overlap(out, q) ? "q" : "the cache");
-  if (prm.lse) {
-    if ((st = check_tensor(ctx, "params.lse", prm.lse, 3, ATTN_DT_F32)))
-      return st;
-    if (attn__overlap(prm.lse, q) || attn__overlap(prm.lse, out) || overlaps_cache(c, prm.lse))
-      return attn__fail(ctx, ATTN_ERR_ALIASING,
-                        "params.lse overlaps q, out or the cache in memory");
-  }
-  return attend_rows(ctx, c, q->data, q->dtype, q->strides, Hq, Lq, out->data, out->dtype,
-                     out->strides, n_new, &prm);
-}
-
-attn_status attn__kv_attend_rows(attn_ctx *ctx, const attn_kv_cache *c,
-                                 const float *q, const int64_t *qs, int64_t Hq, int64_t Lq,
-                                 float *out, const int64_t *os, const int64_t *n_new,
-                                 const attn_sdpa_params *prm) {
-  return attend_rows(ctx, c, q, ATTN_DTYPE_F32, qs, Hq, Lq, out, ATTN_DTYPE_F32, os, n_new,
-                     prm);
-}
-
-/* The attention of q (dtype qdt, strides qs) over the cache into out. */
-static attn_status attend_rows(attn_ctx *ctx, const attn_kv_cache *c, const void *q,
-                               int32_t qdt, const int64_t *qs, int64_t Hq, int64_t Lq, void *out,
-                               int32_t odt, const int64_t *os, const int64_t *n_new,
-                               const attn_sdpa_params *prm) {
-  for (int64_t b = 0; b < c->B; b++) {
-    int64_t n = n_new ? n_new[b] : Lq;
-    if (n < 0 || n > Lq || n > c->lens[b])
-      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "%s%lld] = %lld but must be in 0..min(Lq = %lld, the sequence's "
-                        "length %lld)", n_new ? "n_new[" : "Lq (n_new NULL) for sequence [", (long long)b,
-                        (long long)n, (long long)Lq, (long long)c->lens[b]);
-  }
-  attn_kv_view view = {.B = c->B, .Hkv = c->H, .D = c->D, .Dv = c->Dv, .dt = c->dt,
-                       .k = c->k, .v = c->v, .lens = c->lens};
-  memcpy(view.ks, c->ks, sizeof view.ks);
-  memcpy(view.vs, c->vs, sizeof view.vs);
+void attn__kv_view(const attn_kv_cache *c, attn_kv_view *view) {
+  *view = (attn_kv_view){.B = c->B, .Hkv = c->H, .D = c->D, .Dv = c->Dv, .dt = c->dt,
+                         .k = c->k, .v = c->v, .lens = c->lens};
+  memcpy(view->ks, c->ks, sizeof view->ks);
+  memcpy(view->vs, c->vs, sizeof view->vs);
   if (paged(c)) {
-    view.blocks = c->table;
-    view.blocks_stride = c->max_blocks;
-    view.block_size = c->bs;
+    view->blocks = c->table;
+    view->blocks_stride = c->max_blocks;
+    view->block_size = c->bs;
   }
-  return attn__sdpa_kv(ctx, q, qdt, qs, Hq, Lq, out, odt, os, &view, n_new, prm);
 }
 
 void attn__kv_shape(const attn_kv_cache *c, int64_t *B, int64_t *H, int64_t *D, int64_t *Dv,
@@ -831,13 +758,4 @@ attn_status attn_kv_read(attn_ctx *ctx, const attn_kv_cache *cache, int64_t seq,
   if (st != ATTN_OK)
     return st;
   return attn__op_end(ctx, kv_read_impl(ctx, cache, seq, start, k, v));
-}
-
-attn_status attn_kv_attend(attn_ctx *ctx, const attn_kv_cache *cache, const attn_tensor *q,
-                           attn_tensor *out, const int64_t *n_new,
-                           const attn_sdpa_params *params) {
-  attn_status st = attn__op_begin(ctx, "attn_kv_attend");
-  if (st != ATTN_OK)
-    return st;
-  return attn__op_end(ctx, kv_attend_impl(ctx, cache, q, out, n_new, params));
 }

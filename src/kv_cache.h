@@ -1,9 +1,11 @@
-/* The KV cache's internal interface (kv_cache.c), for layers that own their
- * buffers (mha.c) and for the context's teardown. */
+/* The KV cache's internal interface: storage (kv_cache.c) and attention
+ * (kv_attend.c), for layers that own their buffers (mha.c), for the
+ * context's teardown, and between the two files. */
 #ifndef ATTN_KV_CACHE_H
 #define ATTN_KV_CACHE_H
 
 #include "internal.h"
+#include "sdpa.h"
 
 /* Free every cache of a dying context. */
 void attn__kv_destroy_all(attn_ctx *ctx);
@@ -12,6 +14,9 @@ attn_status attn__kv_check(attn_ctx *ctx, const attn_kv_cache *c);
 /* Its shape and current lengths. */
 void attn__kv_shape(const attn_kv_cache *c, int64_t *B, int64_t *H, int64_t *D, int64_t *Dv,
                     const int64_t **lens);
+/* The cache's keys, values, lengths and (paged) block table as SDPA reads
+ * them; valid until the cache next changes. */
+void attn__kv_view(const attn_kv_cache *c, attn_kv_view *view);
 /* True if t's bytes intersect the cache's keys or values. */
 bool attn__kv_overlaps(const attn_kv_cache *c, const attn_tensor *t);
 /* Append rows 0..n_new[b]-1 (L when n_new is NULL) of kn / vn, strides of
