@@ -1063,11 +1063,11 @@ static result run_layer_case(const bcase *c) {
       exit(2);
     }
     const int64_t wd[4][2] = {{E, E}, {hkv, E}, {hkv, E}, {E, E}};
-    for (int32_t i = 0; i < 4; i++) { /* wrapped: the bench's memory, no copy */
+    for (int32_t i = 0; i < 4; i++) { /* copied: owned weights, as a loaded checkpoint */
       bufs[i] = new_floats((size_t)(wd[i][0] * wd[i][1]), 51 + (uint64_t)i);
       for (int64_t j = 0; j < wd[i][0] * wd[i][1]; j++)
         bufs[i][j] *= 0.03f; /* about 1/sqrt(E): activations stay O(1) */
-      if (attn_mha_wrap_weight(r.ctx, r.layer, i, wrap_n(r.ctx, bufs[i], 2, wd[i]))) {
+      if (attn_mha_set_weight(r.ctx, r.layer, i, wrap_n(r.ctx, bufs[i], 2, wd[i]))) {
         fprintf(stderr, "attn-bench: %s\n", attn_ctx_last_error(r.ctx));
         exit(2);
       }

@@ -1,11 +1,13 @@
 /* The layers' linear maps (gemm.h): a cache-blocked product over the tile
  * kernels of simd/gemm_body.h, on the context's threads.
  *
- * Blocking (GotoBLAS order): W^T is packed once per call, GEMM_NP columns
- * at a time, into panels of GEMM_NR columns, k-major (one panel row per k,
- * contiguous), so the tile kernel streams a KC x NR slice of it from L1;
- * each work item is
- * a block of GEMM_MC rows by GEMM_NC columns of C, kept in L2 while its
+ * Blocking (GotoBLAS order): W^T is packed into panels of GEMM_NR columns,
+ * k-major (one panel row per k, contiguous), so the tile kernel streams a
+ * KC x NR slice of it from L1; each weight (part) has its own panels, the
+ * last one zero-padded. The panels are packed per call, GEMM_NPP at a
+ * time, into the workspace, or were packed once by the caller
+ * (attn__gemm_pack, the same layout). Each work item is
+ * a block of GEMM_MC rows by GEMM_NCP panels of C, kept in L2 while its
  * rows of A are copied GEMM_KC deep (a contiguous block in L2, instead of
  * rows a page apart that would share L1 sets) and multiplied into it slice
  * by slice. Items and slices come from the shape alone: the threads only
@@ -18,8 +20,8 @@
 #define GEMM_NR 32   /* panel width: a multiple of every set's micro-kernel width */
 #define GEMM_KC 256  /* depth of one slice: NR x KC floats (32 KiB) stay in L1 */
 #define GEMM_MC 192  /* rows per item: a multiple of every set's GEMM_MR (12, 6) */
-#define GEMM_NC 256  /* columns per item */
-#define GEMM_NP 1024 /* columns of W packed at a time: bounds the workspace */
+#define GEMM_NCP 8   /* panels per item (256 columns) */
+#define GEMM_NPP 32  /* panels packed at a time per call (1024 columns): bounds the workspace */
 #define GEMM_DOT_ROWS 8 /* up to this many rows: no packing (gemm_nt's dot products) */
 
 enum { PATH_BLAS, PATH_COLS, PATH_PACKED };
@@ -27,16 +29,39 @@ enum { PATH_BLAS, PATH_COLS, PATH_PACKED };
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-/* The weight row of output column j, and its bias (0 without one). */
-static const float *w_row(const attn_gemm_problem *p, int64_t j, float *bias) {
-  for (int32_t i = 0;; i++) {
-    const attn_gemm_part *pt = &p->part[i];
-    if (j < pt->n || i == p->n_parts - 1) {
-      *bias = pt->bias ? pt->bias[j] : 0.0f;
-      return pt->w + j * pt->ldw;
+/* A part's packed panels: each GEMM_NR of its rows, W^T k-major (one panel
+ * row of NR floats per k), the last one zero past n; then their biases,
+ * NR per panel (zeros without a bias). */
+size_t attn__gemm_packed_floats(int64_t n, int64_t k) {
+  size_t cols = (size_t)cdiv(n, GEMM_NR) * GEMM_NR, floats;
+  if (__builtin_mul_overflow(cols, (size_t)k + 1, &floats))
+    return SIZE_MAX;
+  return floats;
+}
+
+/* Panel lp of part pt into dst (k * NR floats) and its biases into bias. */
+static void pack_one(const attn_gemm_part *pt, int64_t k, int64_t lp, float *dst, float *bias) {
+  for (int64_t jj = 0; jj < GEMM_NR; jj++) {
+    int64_t j = lp * GEMM_NR + jj;
+    if (j < pt->n) {
+      const float *row = pt->w + j * pt->ldw;
+      for (int64_t kk = 0; kk < k; kk++)
+        dst[kk * GEMM_NR + jj] = row[kk];
+    } else {
+      for (int64_t kk = 0; kk < k; kk++)
+        dst[kk * GEMM_NR + jj] = 0.0f;
     }
-    j -= pt->n;
+    bias[jj] = j < pt->n && pt->bias ? pt->bias[j] : 0.0f;
   }
+}
+
+/* Panel jp of the whole product: its part, and its index there. */
+static int32_t panel_part(const attn_gemm_problem *p, int64_t jp, int64_t *lp) {
+  int32_t i = 0;
+  while (jp >= p->pan0[i + 1])
+    i++;
+  *lp = jp - p->pan0[i];
+  return i;
 }
 
 static void layout(void *problem, attn_ws_layout *l) {
@@ -45,21 +70,24 @@ static void layout(void *problem, attn_ws_layout *l) {
     p->bp = p->ap = p->bias = NULL;
     return;
   }
-  bool any_bias = false;
-  for (int32_t i = 0; i < p->n_parts; i++)
-    any_bias |= p->part[i].bias != NULL;
-  size_t panels = (size_t)cdiv(min64(p->n, GEMM_NP), GEMM_NR);
+  size_t panels = p->prepacked ? 0 : (size_t)min64(p->pan0[p->n_parts], GEMM_NPP);
   p->bp = attn__ws_take(l, panels * GEMM_NR * (size_t)p->k, sizeof(float));
   p->ap = attn__ws_take(l, (size_t)p->threads * GEMM_MC * GEMM_KC, sizeof(float));
-  p->bias = attn__ws_take(l, any_bias ? panels * GEMM_NR : 0, sizeof(float));
-  if (!any_bias)
-    p->bias = NULL;
+  p->bias = attn__ws_take(l, panels * GEMM_NR, sizeof(float));
 }
 
 void attn__gemm_plan(const attn_ctx *ctx, attn_gemm_problem *p) {
   p->n = 0;
-  for (int32_t i = 0; i < p->n_parts; i++)
+  int64_t panels = 0;
+  p->prepacked = true;
+  for (int32_t i = 0; i < p->n_parts; i++) {
+    p->col0[i] = p->n;
+    p->pan0[i] = panels;
     p->n += p->part[i].n;
+    panels += cdiv(p->part[i].n, GEMM_NR);
+    p->prepacked &= p->part[i].packed != NULL;
+  }
+  p->pan0[p->n_parts] = panels;
   const attn_kernels *kern = attn__kernels();
   double work = (double)p->m * (double)p->n * (double)p->k;
   int64_t items;
@@ -68,15 +96,18 @@ void attn__gemm_plan(const attn_ctx *ctx, attn_gemm_problem *p) {
     items = 1;
   } else if (p->m <= GEMM_DOT_ROWS) {
     p->path = PATH_COLS;
-    items = cdiv(p->n, GEMM_NC);
+    items = cdiv(p->n, GEMM_NR * GEMM_NCP);
   } else {
     p->path = PATH_PACKED;
-    items = cdiv(p->m, GEMM_MC) * cdiv(min64(p->n, GEMM_NP), GEMM_NC);
+    items = cdiv(p->m, GEMM_MC) * cdiv(p->prepacked ? panels : min64(panels, GEMM_NPP), GEMM_NCP);
   }
+  p->prepacked &= p->path == PATH_PACKED;
   /* 2^21 multiply-adds: some 50 us on one core, well above a job's start. */
   p->threads = attn__threads_plan(ctx, work, 2097152.0, items);
   p->ws_bytes = attn__ws_size(layout, p);
 }
+
+bool attn__gemm_blocked(const attn_gemm_problem *p) { return p->path == PATH_PACKED; }
 
 attn_gemm_problem attn__gemm_linear(const attn_ctx *ctx, int64_t m, int64_t n, int64_t k,
                                     const float *a, int64_t lda, const float *w, int64_t ldw,
@@ -84,7 +115,7 @@ attn_gemm_problem attn__gemm_linear(const attn_ctx *ctx, int64_t m, int64_t n, i
   attn_gemm_problem p;
   memset(&p, 0, sizeof p);
   p.m = m, p.k = k, p.a = a, p.lda = lda, p.c = c, p.ldc = ldc;
-  p.part[0] = (attn_gemm_part){w, ldw, n, bias};
+  p.part[0] = (attn_gemm_part){w, ldw, n, bias, NULL};
   p.n_parts = 1;
   attn__gemm_plan(ctx, &p);
   return p;
@@ -92,51 +123,77 @@ attn_gemm_problem attn__gemm_linear(const attn_ctx *ctx, int64_t m, int64_t n, i
 
 /* ---- PATH_PACKED ---- */
 
-/* Panel jp of the columns being packed (from p->j0): W^T k-major, zero
- * past n; and their biases. */
+typedef struct {
+  const attn_gemm_part *part;
+  int64_t k, panels;
+  float *dst;
+} pack_job;
+
+static void pack_task(void *arg, int64_t lp, int32_t worker) {
+  (void)worker;
+  const pack_job *j = arg;
+  pack_one(j->part, j->k, lp, j->dst + lp * j->k * GEMM_NR,
+           j->dst + j->panels * j->k * GEMM_NR + lp * GEMM_NR);
+}
+
+void attn__gemm_pack(attn_ctx *ctx, const attn_gemm_part *part, int64_t k, float *dst) {
+  pack_job j = {part, k, cdiv(part->n, GEMM_NR), dst};
+  /* A copy: threads only for some 2^20 floats each. */
+  int32_t threads = attn__threads_plan(ctx, (double)part->n * (double)k, 1048576.0, j.panels);
+  attn__parallel_for(ctx, threads, j.panels, pack_task, &j);
+}
+
+/* Panel jp (of the whole product; jp0 <= jp < jp0 + njp): its packed
+ * values and biases, its columns nr and their place in C. */
+static const float *panel(const attn_gemm_problem *p, int64_t jp, const float **bias, float **c,
+                          int64_t *nr) {
+  int64_t lp;
+  int32_t i = panel_part(p, jp, &lp);
+  const attn_gemm_part *pt = &p->part[i];
+  *nr = min64(GEMM_NR, pt->n - lp * GEMM_NR);
+  *c = p->c + p->col0[i] + lp * GEMM_NR;
+  if (p->prepacked) {
+    int64_t np = p->pan0[i + 1] - p->pan0[i];
+    *bias = pt->packed + (np * p->k + lp) * GEMM_NR;
+    return pt->packed + lp * p->k * GEMM_NR;
+  }
+  *bias = p->bias + (jp - p->jp0) * GEMM_NR;
+  return p->bp + (jp - p->jp0) * p->k * GEMM_NR;
+}
+
+/* Panel jp0 + jp packed into the workspace. */
 static void pack_panel(void *arg, int64_t jp, int32_t worker) {
   (void)worker;
   const attn_gemm_problem *p = arg;
-  float *dst = p->bp + jp * p->k * GEMM_NR;
-  for (int64_t jj = 0; jj < GEMM_NR; jj++) {
-    int64_t j = p->j0 + jp * GEMM_NR + jj;
-    float b = 0.0f;
-    if (j < p->n) {
-      const float *row = w_row(p, j, &b);
-      for (int64_t kk = 0; kk < p->k; kk++)
-        dst[kk * GEMM_NR + jj] = row[kk];
-    } else {
-      for (int64_t kk = 0; kk < p->k; kk++)
-        dst[kk * GEMM_NR + jj] = 0.0f;
-    }
-    if (p->bias)
-      p->bias[jp * GEMM_NR + jj] = b;
-  }
+  int64_t lp;
+  int32_t i = panel_part(p, p->jp0 + jp, &lp);
+  pack_one(&p->part[i], p->k, lp, p->bp + jp * p->k * GEMM_NR, p->bias + jp * GEMM_NR);
 }
 
-/* C block (ib, jb) of the packed columns = bias, then + A W^T slice by
- * slice. j0: the block's first column among the packed ones. */
+/* Item: GEMM_MC rows of C by GEMM_NCP panels = bias, then + A W^T slice by
+ * slice. */
 static void block(void *arg, int64_t item, int32_t worker) {
   const attn_gemm_problem *p = arg;
   const attn_kernels *kern = attn__kernels();
-  int64_t nb = cdiv(p->nj, GEMM_NC);
-  int64_t i0 = item / nb * GEMM_MC, j0 = item % nb * GEMM_NC;
-  int64_t mc = min64(GEMM_MC, p->m - i0), nc = min64(GEMM_NC, p->nj - j0);
-  float *c = p->c + i0 * p->ldc + p->j0 + j0;
-  for (int64_t i = 0; i < mc; i++) {
-    if (p->bias)
-      memcpy(c + i * p->ldc, p->bias + j0, (size_t)nc * sizeof(float));
-    else
-      memset(c + i * p->ldc, 0, (size_t)nc * sizeof(float));
+  int64_t nb = cdiv(p->njp, GEMM_NCP);
+  int64_t i0 = item / nb * GEMM_MC, mc = min64(GEMM_MC, p->m - i0);
+  int64_t jp0 = p->jp0 + item % nb * GEMM_NCP, jp1 = min64(jp0 + GEMM_NCP, p->jp0 + p->njp);
+  const float *bias;
+  float *c;
+  int64_t nr;
+  for (int64_t jp = jp0; jp < jp1; jp++) {
+    panel(p, jp, &bias, &c, &nr);
+    for (int64_t i = 0; i < mc; i++)
+      memcpy(c + (i0 + i) * p->ldc, bias, (size_t)nr * sizeof(float));
   }
   float *ap = p->ap + (size_t)worker * GEMM_MC * GEMM_KC;
   for (int64_t k0 = 0; k0 < p->k; k0 += GEMM_KC) {
     int64_t kc = min64(GEMM_KC, p->k - k0);
     for (int64_t i = 0; i < mc; i++)
       memcpy(ap + i * kc, p->a + (i0 + i) * p->lda + k0, (size_t)kc * sizeof(float));
-    for (int64_t j = 0; j < nc; j += GEMM_NR) {
-      const float *bp = p->bp + (j0 + j) / GEMM_NR * p->k * GEMM_NR + k0 * GEMM_NR;
-      kern->gemm_nn(mc, min64(GEMM_NR, nc - j), kc, ap, kc, bp, GEMM_NR, c + j, p->ldc);
+    for (int64_t jp = jp0; jp < jp1; jp++) {
+      const float *bp = panel(p, jp, &bias, &c, &nr);
+      kern->gemm_nn(mc, nr, kc, ap, kc, bp + k0 * GEMM_NR, GEMM_NR, c + i0 * p->ldc, p->ldc);
     }
   }
 }
@@ -147,7 +204,7 @@ static void cols(void *arg, int64_t item, int32_t worker) {
   (void)worker;
   const attn_gemm_problem *p = arg;
   const attn_kernels *kern = attn__kernels();
-  int64_t j = item * GEMM_NC, end = min64(j + GEMM_NC, p->n);
+  int64_t j = item * GEMM_NR * GEMM_NCP, end = min64(j + GEMM_NR * GEMM_NCP, p->n);
   while (j < end) {
     /* The run of columns from one weight. */
     int64_t first = 0;
@@ -185,14 +242,16 @@ void attn__gemm_run(attn_ctx *ctx, attn_gemm_problem *p) {
     return;
   }
   if (p->path == PATH_COLS) {
-    attn__parallel_for(ctx, p->threads, cdiv(p->n, GEMM_NC), cols, p);
+    attn__parallel_for(ctx, p->threads, cdiv(p->n, GEMM_NR * GEMM_NCP), cols, p);
     return;
   }
   size_t mark = attn__ws_carve(ctx, layout, p, p->ws_bytes);
-  for (p->j0 = 0; p->j0 < p->n; p->j0 += GEMM_NP) {
-    p->nj = min64(GEMM_NP, p->n - p->j0);
-    attn__parallel_for(ctx, p->threads, cdiv(p->nj, GEMM_NR), pack_panel, p);
-    attn__parallel_for(ctx, p->threads, cdiv(p->m, GEMM_MC) * cdiv(p->nj, GEMM_NC), block, p);
+  int64_t panels = p->pan0[p->n_parts], step = p->prepacked ? panels : GEMM_NPP;
+  for (p->jp0 = 0; p->jp0 < panels; p->jp0 += step) {
+    p->njp = min64(step, panels - p->jp0);
+    if (!p->prepacked)
+      attn__parallel_for(ctx, p->threads, p->njp, pack_panel, p);
+    attn__parallel_for(ctx, p->threads, cdiv(p->m, GEMM_MC) * cdiv(p->njp, GEMM_NCP), block, p);
   }
   attn__ws_release(ctx, mark);
 }

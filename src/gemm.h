@@ -2,9 +2,13 @@
  * up to three weights stacked by rows (a decoder's q, k and v projections
  * in one product over the same input), on the context's threads.
  *
- * Large products are cache-blocked (gemm.c): W packed once per call, 1024
- * columns at a time, into column panels in the workspace, A copied block by block per thread, the
- * products by the kernel set's tile kernel (simd/gemm_body.h). The sum of
+ * Large products are cache-blocked (gemm.c): W packed into column panels
+ * (each weight's own, its last panel zero-padded), A copied block by block
+ * per thread, the products by the kernel set's tile kernel
+ * (simd/gemm_body.h). The panels are either packed per call into the
+ * workspace, 1024 columns at a time, or packed once by the caller
+ * (attn__gemm_pack: a layer's owned weights) and given with each part:
+ * the same values in the same layout, so the same bits. The sum of
  * every element is bias, then the products in k order, in slices of
  * ATTN_GEMM_KC added in k order: it depends on the shape alone, never on
  * the thread count. Without tile kernels (the sse2 set) the product goes to
@@ -16,11 +20,14 @@
 
 #define ATTN_GEMM_MAX_PARTS 3
 
-/* One weight: rows [n, k], ldw apart; its bias [n] or NULL. */
+/* One weight: rows [n, k], ldw apart; its bias [n] or NULL; packed: NULL,
+ * or w and bias as attn__gemm_pack wrote them for this k (used on the
+ * blocked path when every part of the problem has one). */
 typedef struct {
   const float *w;
   int64_t ldw, n;
   const float *bias;
+  const float *packed;
 } attn_gemm_part;
 
 typedef struct {
@@ -36,10 +43,13 @@ typedef struct {
   int64_t n;       /* columns of C */
   int32_t path;    /* how the product runs (gemm.c) */
   int32_t threads;
+  bool prepacked;  /* the blocked path reads the parts' packed panels */
+  int64_t pan0[ATTN_GEMM_MAX_PARTS + 1]; /* first panel of each part; pan0[n_parts]: all */
+  int64_t col0[ATTN_GEMM_MAX_PARTS];     /* first column of each part in C */
   size_t ws_bytes; /* workspace attn__gemm_run takes */
-  /* attn__gemm_run: slices of the workspace, the columns being packed */
+  /* attn__gemm_run: slices of the workspace, the panels being multiplied */
   float *bp, *ap, *bias;
-  int64_t j0, nj;
+  int64_t jp0, njp;
 } attn_gemm_problem;
 
 /* Fill the plan fields. m, n, k, the leading dimensions and m * ld fit in
@@ -47,6 +57,15 @@ typedef struct {
 void attn__gemm_plan(const attn_ctx *ctx, attn_gemm_problem *p);
 /* Run a planned problem: p->ws_bytes must be reserved (allocates nothing). */
 void attn__gemm_run(attn_ctx *ctx, attn_gemm_problem *p);
+/* Whether a planned problem takes the blocked path (the one that reads
+ * packed parts). */
+bool attn__gemm_blocked(const attn_gemm_problem *p);
+/* Floats attn__gemm_pack writes for a weight of n rows of k (SIZE_MAX if
+ * that overflows size_t). */
+size_t attn__gemm_packed_floats(int64_t n, int64_t k);
+/* Pack part's w (and bias; zeros without one) for products of depth k into
+ * dst, on the context's threads. part->packed is not read. */
+void attn__gemm_pack(attn_ctx *ctx, const attn_gemm_part *part, int64_t k, float *dst);
 /* A one-weight problem, planned. */
 attn_gemm_problem attn__gemm_linear(const attn_ctx *ctx, int64_t m, int64_t n, int64_t k,
                                     const float *a, int64_t lda, const float *w, int64_t ldw,

@@ -42,12 +42,77 @@ static bool weight_present(const attn_mha *m, int32_t which) {
   return which < 4 || (which < 7 ? m->qkv_bias : which == 7 && m->out_bias);
 }
 
+/* ---- packed projections ---- */
+
+/* The weights projection `slot` reads: its matrix and its bias (which may
+ * be absent). */
+static void slot_weights(const attn_mha *m, int slot, int32_t which[2]) {
+  if (m->torch && slot < 3) {
+    which[0] = m->packed ? ATTN_MHA_IN_PROJ_WEIGHT : slot;
+    which[1] = ATTN_MHA_IN_PROJ_BIAS;
+  } else {
+    which[0] = slot;
+    which[1] = 4 + slot;
+  }
+}
+
+/* Weight `which` changed: stale packs; wrapped: freed, as no pack is made
+ * while a weight of the projection is caller memory. */
+static void packs_changed(attn_ctx *ctx, attn_mha *m, int32_t which, bool wrapped) {
+  for (int s = 0; s < ATTN__MHA_N_PACKS; s++) {
+    int32_t w[2];
+    slot_weights(m, s, w);
+    if (w[0] != which && w[1] != which)
+      continue;
+    m->pack[s].valid = false;
+    if (wrapped) {
+      attn__free(ctx, m->pack[s].mem);
+      m->pack[s].mem = NULL;
+    }
+  }
+}
+
+attn_status attn__mha_plan_projection(attn_ctx *ctx, attn_mha *m, attn_gemm_problem *p,
+                                      const int *slots) {
+  attn__gemm_plan(ctx, p);
+  if (!attn__gemm_blocked(p))
+    return ATTN_OK;
+  for (int32_t i = 0; i < p->n_parts; i++) {
+    int32_t w[2];
+    slot_weights(m, slots[i], w);
+    for (int j = 0; j < 2; j++)
+      if (weight_present(m, w[j]) && !m->owned[w[j]])
+        return ATTN_OK; /* caller memory: read (packed) per call */
+  }
+  for (int32_t i = 0; i < p->n_parts; i++) {
+    attn_mha_pack *pk = &m->pack[slots[i]];
+    if (!pk->mem) {
+      size_t floats = attn__gemm_packed_floats(p->part[i].n, p->k), bytes;
+      if (floats == SIZE_MAX || __builtin_mul_overflow(floats, sizeof(float), &bytes))
+        return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the packed weights' size overflows");
+      if (!(pk->mem = attn__alloc(ctx, bytes)))
+        return attn__fail(ctx, ATTN_ERR_NO_MEMORY,
+                          "cannot allocate %zu bytes for the packed weights", bytes);
+    }
+    if (!pk->valid) {
+      attn__gemm_pack(ctx, &p->part[i], p->k, pk->mem);
+      pk->valid = true;
+    }
+  }
+  for (int32_t i = 0; i < p->n_parts; i++)
+    p->part[i].packed = m->pack[slots[i]].mem;
+  attn__gemm_plan(ctx, p); /* again: packed parts need less workspace */
+  return ATTN_OK;
+}
+
 /* ---- lifecycle ---- */
 
 /* Free a layer not (or no longer) in the context's list. */
 static void release(attn_ctx *ctx, attn_mha *m) {
   for (int i = 0; i < N_WEIGHTS; i++)
     attn__free(ctx, m->owned[i]);
+  for (int i = 0; i < ATTN__MHA_N_PACKS; i++)
+    attn__free(ctx, m->pack[i].mem);
   attn__free(ctx, m->buf);
   attn__free(ctx, m->freqs);
   attn__free(ctx, m);
@@ -296,6 +361,7 @@ static attn_status mha_set_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t w
       dst[r * cols + c] = attn__elem_value(w->data, w->dtype, r * rs + c * cs);
   layer->w[which] = dst;
   layer->ld[which] = cols;
+  packs_changed(ctx, layer, which, false);
   return ATTN_OK;
 }
 
@@ -316,6 +382,7 @@ static attn_status mha_wrap_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t 
   layer->owned[which] = NULL;
   layer->w[which] = w->data;
   layer->ld[which] = ld;
+  packs_changed(ctx, layer, which, true);
   return ATTN_OK;
 }
 
@@ -429,11 +496,16 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   pqkv.m = T, pqkv.k = E, pqkv.a = xa, pqkv.lda = ldx, pqkv.c = q, pqkv.ldc = ldp;
   pqkv.n_parts = 3;
   for (int i = 0; i < 3; i++)
-    pqkv.part[i] = (attn_gemm_part){m->w[i], m->ld[i], i ? hkv : hq, m->w[4 + i]};
-  attn__gemm_plan(ctx, &pqkv);
+    pqkv.part[i] = (attn_gemm_part){m->w[i], m->ld[i], i ? hkv : hq, m->w[4 + i], NULL};
   float *yo = y_direct ? y->data : yb;
-  attn_gemm_problem po =
-      attn__gemm_linear(ctx, T, E, hq, a, hq, m->w[3], m->ld[3], m->w[7], yo, E);
+  attn_gemm_problem po;
+  memset(&po, 0, sizeof po);
+  po.m = T, po.k = hq, po.a = a, po.lda = hq, po.c = yo, po.ldc = E, po.n_parts = 1;
+  po.part[0] = (attn_gemm_part){m->w[3], m->ld[3], E, m->w[7], NULL};
+  static const int slots[4] = {0, 1, 2, 3};
+  if ((st = attn__mha_plan_projection(ctx, m, &pqkv, slots)) ||
+      (st = attn__mha_plan_projection(ctx, m, &po, slots + 3)))
+    return st;
   if ((st = attn__ws_reserve(ctx, pqkv.ws_bytes > po.ws_bytes ? pqkv.ws_bytes : po.ws_bytes)))
     return st;
   attn__gemm_run(ctx, &pqkv);

@@ -3,7 +3,10 @@
  * set / wrap / get calls are mha.c's; this file has the form's weight
  * table, its creation and its forward:
  *
- *   q, k, v projections: one product each over all tokens (gemm.h), in the inputs'
+ *   q, k, v projections over all tokens (gemm.h): one product each, or one
+ *   product for all three when query, key and value are the same view and
+ *   the layer has the packed in_proj_weight (self-attention: its rows
+ *   [q | k | v] side by side); in the inputs'
  *   own token order (l * B + b sequence first, b * L + l batch first), so
  *   the [B, H, L, D] views SDPA reads are strides of those rows; the two
  *   masks merged into one additive mask (torch's own merge: a boolean
@@ -146,7 +149,7 @@ void attn__mha_copy_rows(const attn_tensor *t, float *rows, bool scatter) {
 
 /* One forward call: the checked operands and the buffers' sizes. */
 typedef struct {
-  const attn_mha *m;
+  attn_mha *m;
   const attn_tensor *query, *key, *value, *kpm, *am;
   attn_tensor *out, *outw;
   int64_t B, L, S, T, Tk; /* T = B * L query tokens, Tk = B * S key tokens */
@@ -155,6 +158,10 @@ typedef struct {
   bool average, causal;
   int64_t ldq, ldk, ldv, ldo; /* row strides of the inputs and out used in place */
   bool gq, gk, gv, go;        /* gather (scatter for out) through a buffer */
+  bool fused;                 /* self-attention: one q, k, v product from query */
+  int64_t ldp;                /* row stride of the projected q, k, v: E, or 3E fused */
+  /* the products, planned: q, k, v (fused: g[0] all three), out g[3] */
+  attn_gemm_problem g[4];
   /* workspace */
   float *xq, *xk, *xv, *q, *k, *v, *a, *y, *mask, *w;
 } torch_call;
@@ -164,11 +171,14 @@ static void torch_layout(void *call, attn_ws_layout *l) {
   const attn_mha *m = c->m;
   size_t T = (size_t)c->T, Tk = (size_t)c->Tk, E = (size_t)m->E;
   c->xq = attn__ws_take(l, c->gq ? T * E : 0, sizeof(float));
-  c->xk = attn__ws_take(l, c->gk ? Tk * (size_t)m->kdim : 0, sizeof(float));
-  c->xv = attn__ws_take(l, c->gv ? Tk * (size_t)m->vdim : 0, sizeof(float));
-  c->q = attn__ws_take(l, T * E, sizeof(float));
-  c->k = attn__ws_take(l, Tk * E, sizeof(float));
-  c->v = attn__ws_take(l, Tk * E, sizeof(float));
+  bool sep = !c->fused; /* fused: key and value are query's rows, and q's */
+  c->xk = attn__ws_take(l, sep && c->gk ? Tk * (size_t)m->kdim : 0, sizeof(float));
+  c->xv = attn__ws_take(l, sep && c->gv ? Tk * (size_t)m->vdim : 0, sizeof(float));
+  c->q = attn__ws_take(l, T * (size_t)c->ldp, sizeof(float));
+  c->k = attn__ws_take(l, sep ? Tk * E : 0, sizeof(float));
+  c->v = attn__ws_take(l, sep ? Tk * E : 0, sizeof(float));
+  if (c->fused)
+    c->k = c->q + E, c->v = c->q + 2 * E;
   c->a = attn__ws_take(l, T * E, sizeof(float));
   c->y = attn__ws_take(l, c->go ? T * E : 0, sizeof(float));
   c->mask = attn__ws_take(l, c->n_mask, sizeof(float));
@@ -301,16 +311,18 @@ static attn_status check_call(attn_ctx *ctx, torch_call *c,
   c->gk = !as_rows(c->key, &c->ldk);
   c->gv = !as_rows(c->value, &c->ldv);
   c->go = !as_rows(c->out, &c->ldo);
+  c->fused = m->packed && attn__same_view(c->query, c->key) &&
+             attn__same_view(c->key, c->value);
+  c->ldp = c->fused ? 3 * m->E : m->E;
   return ATTN_OK;
 }
 
-/* The [B, H, len, D] view of projected rows [B * len, E] in the layer's
- * token order. */
-static void head_view(const attn_mha *m, int64_t B, int64_t len, int64_t *s) {
-  int64_t E = m->E;
-  s[0] = m->batch_first ? len * E : E;
+/* The [B, H, len, D] view of projected rows [B * len, *] ld apart in the
+ * layer's token order. */
+static void head_view(const attn_mha *m, int64_t B, int64_t len, int64_t ld, int64_t *s) {
+  s[0] = m->batch_first ? len * ld : ld;
   s[1] = m->D;
-  s[2] = m->batch_first ? E : B * E;
+  s[2] = m->batch_first ? ld : B * ld;
   s[3] = 1;
 }
 
@@ -326,21 +338,31 @@ static const float *in_weight(const attn_mha *m, int part, int64_t *ld, const fl
   return m->w[ATTN_MHA_Q_WEIGHT + part];
 }
 
-/* Projection `part` (q 0, k 1, v 2, out 3) of the call as a planned
- * product from x (rows ldx apart) into dst (rows lddst apart); the plan
- * (and so its workspace) does not depend on the pointers. */
-static attn_gemm_problem projection(const attn_ctx *ctx, const torch_call *c, int part,
-                                    const float *x, int64_t ldx, float *dst, int64_t lddst) {
-  const attn_mha *m = c->m;
-  if (part == 3)
-    return attn__gemm_linear(ctx, c->T, m->E, m->E, x, ldx, m->w[ATTN_MHA_O_WEIGHT],
-                             m->ld[ATTN_MHA_O_WEIGHT],
-                             m->out_bias ? m->w[ATTN_MHA_O_BIAS] : NULL, dst, lddst);
+/* The call's products, planned (run_call sets their pointers): the q, k
+ * and v projections, one each or (fused) all three parts of g[0] over the
+ * query rows, and the output projection g[3]. */
+static attn_status plan_products(attn_ctx *ctx, torch_call *c) {
+  attn_mha *m = c->m;
   const attn_tensor *in[3] = {c->query, c->key, c->value};
-  int64_t ldw;
-  const float *bias, *w = in_weight(m, part, &ldw, &bias);
-  return attn__gemm_linear(ctx, part ? c->Tk : c->T, m->E, in[part]->dims[2], x, ldx, w, ldw,
-                           bias, dst, lddst);
+  static const int slots[4] = {0, 1, 2, 3};
+  memset(c->g, 0, sizeof c->g);
+  for (int part = 0; part < 3; part++) {
+    attn_gemm_problem *g = &c->g[c->fused ? 0 : part];
+    g->m = part && !c->fused ? c->Tk : c->T;
+    g->k = in[part]->dims[2];
+    int64_t ldw;
+    const float *bias, *w = in_weight(m, part, &ldw, &bias);
+    g->part[g->n_parts++] = (attn_gemm_part){w, ldw, m->E, bias, NULL};
+  }
+  attn_gemm_problem *o = &c->g[3];
+  o->m = c->T, o->k = m->E, o->n_parts = 1;
+  o->part[0] = (attn_gemm_part){m->w[ATTN_MHA_O_WEIGHT], m->ld[ATTN_MHA_O_WEIGHT], m->E,
+                                m->out_bias ? m->w[ATTN_MHA_O_BIAS] : NULL, NULL};
+  attn_status st;
+  for (int i = 0; i < 4; i++)
+    if (c->g[i].n_parts && (st = attn__mha_plan_projection(ctx, m, &c->g[i], slots + i)))
+      return st;
+  return ATTN_OK;
 }
 
 static void run_call(attn_ctx *ctx, torch_call *c, attn_sdpa_problem *sp) {
@@ -348,10 +370,11 @@ static void run_call(attn_ctx *ctx, torch_call *c, attn_sdpa_problem *sp) {
   int64_t E = m->E, H = m->Hq;
   const attn_tensor *in[3] = {c->query, c->key, c->value};
   float *gathered[3] = {c->gq ? c->xq : NULL, c->gk ? c->xk : NULL, c->gv ? c->xv : NULL};
-  int64_t ld[3] = {c->ldq, c->ldk, c->ldv}, rows[3] = {c->T, c->Tk, c->Tk};
+  int64_t ld[3] = {c->ldq, c->ldk, c->ldv};
   float *proj[3] = {c->q, c->k, c->v};
-  for (int part = 0; part < 3; part++) {
-    if (rows[part] == 0)
+  for (int part = 0; part < (c->fused ? 1 : 3); part++) {
+    attn_gemm_problem *g = &c->g[part];
+    if (g->m == 0)
       continue;
     const float *x = in[part]->data;
     if (gathered[part]) {
@@ -359,8 +382,8 @@ static void run_call(attn_ctx *ctx, torch_call *c, attn_sdpa_problem *sp) {
       x = gathered[part];
       ld[part] = in[part]->dims[2];
     }
-    attn_gemm_problem g = projection(ctx, c, part, x, ld[part], proj[part], E);
-    attn__gemm_run(ctx, &g);
+    g->a = x, g->lda = ld[part], g->c = proj[part], g->ldc = c->ldp;
+    attn__gemm_run(ctx, g);
   }
   if (c->mask)
     for (int64_t b = 0; b < c->Bm; b++)
@@ -392,9 +415,10 @@ static void run_call(attn_ctx *ctx, torch_call *c, attn_sdpa_problem *sp) {
           }
         }
   }
-  float *y = c->go ? c->y : c->out->data;
-  attn_gemm_problem g = projection(ctx, c, 3, c->a, E, y, c->go ? E : c->ldo);
-  attn__gemm_run(ctx, &g);
+  attn_gemm_problem *g = &c->g[3];
+  g->a = c->a, g->lda = E;
+  g->c = c->go ? c->y : c->out->data, g->ldc = c->go ? E : c->ldo;
+  attn__gemm_run(ctx, g);
   if (c->go)
     attn__mha_copy_rows(c->out, c->y, true);
 }
@@ -424,10 +448,10 @@ static attn_status forward_impl(attn_ctx *ctx, attn_mha *layer, const attn_tenso
   sp.B = c.B, sp.Hq = sp.Hkv = layer->Hq, sp.G = 1;
   sp.Lq = c.L, sp.Lk = c.S, sp.D = sp.Dv = layer->D;
   sp.qdt = sp.kdt = sp.vdt = sp.odt = ATTN_DTYPE_F32;
-  head_view(layer, c.B, c.L, sp.qs);
-  head_view(layer, c.B, c.S, sp.ks);
+  head_view(layer, c.B, c.L, c.ldp, sp.qs);
+  head_view(layer, c.B, c.S, c.ldp, sp.ks);
   memcpy(sp.vs, sp.ks, sizeof sp.vs);
-  memcpy(sp.os, sp.qs, sizeof sp.os);
+  head_view(layer, c.B, c.L, layer->E, sp.os);
   if (c.Bm) {
     int64_t ms[4] = {c.Bm > 1 ? c.Hm * c.Lm * c.S : 0, c.Hm > 1 ? c.Lm * c.S : 0,
                      c.Lm > 1 ? c.S : 0, 1};
@@ -442,13 +466,13 @@ static attn_status forward_impl(attn_ctx *ctx, attn_mha *layer, const attn_tenso
   prm.causal = c.causal;
   attn__sdpa_fill_common(&sp, &prm);
   attn__sdpa_plan(ctx, &sp);
+  if ((st = plan_products(ctx, &c)) != ATTN_OK)
+    return st;
   /* The projections and the attention run one after another above this
    * call's buffers: the largest of their workspaces. */
   size_t inner = sp.ws_bytes;
-  for (int part = 0; part < 4; part++) {
-    size_t b = projection(ctx, &c, part, NULL, 0, NULL, 0).ws_bytes;
-    inner = b > inner ? b : inner;
-  }
+  for (int i = 0; i < 4; i++)
+    inner = c.g[i].ws_bytes > inner ? c.g[i].ws_bytes : inner;
   size_t mine = attn__ws_size(torch_layout, &c), total;
   if (mine == SIZE_MAX || __builtin_add_overflow(mine, inner, &total))
     total = SIZE_MAX; /* refused below */

@@ -3,7 +3,9 @@
  * every (m, n, k) in {1, 3, 17, 63, 64, 65, 257, 1000}^3 up to a size
  * budget and a few with more than 1024 columns, with and without bias,
  * leading dimensions larger than the rows, C's padding left alone, one
- * weight or three stacked (the decoder's q, k, v), and contexts of 1 to 4 threads giving the same bits. ctest runs the
+ * weight or three stacked (the decoder's q, k, v), and contexts of 1 to 4
+ * threads giving the same bits, with the weights packed per call or
+ * beforehand (attn__gemm_pack, a layer's cache). ctest runs the
  * suite with each kernel set forced (sse2: the cblas_sgemm path). */
 #include "test_util.h"
 
@@ -23,10 +25,11 @@ static float *floats(size_t n) {
 }
 
 /* c = a w^T + bias on ctx (parts: n split into n_parts weights of w's
- * rows, each with its own bias slice). */
+ * rows, each with its own bias slice); prepack: each part packed first by
+ * attn__gemm_pack, as a layer does with its owned weights. */
 static void run(attn_ctx *ctx, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                 const float *w, int64_t ldw, const float *bias, int n_parts, float *c,
-                int64_t ldc) {
+                int64_t ldc, bool prepack) {
   attn_gemm_problem p;
   memset(&p, 0, sizeof p);
   p.m = m, p.k = k, p.a = a, p.lda = lda, p.c = c, p.ldc = ldc, p.n_parts = n_parts;
@@ -34,13 +37,25 @@ static void run(attn_ctx *ctx, int64_t m, int64_t n, int64_t k, const float *a, 
   for (int i = 0; i < n_parts; i++) {
     int64_t nj = i == n_parts - 1 ? n - j : n / n_parts;
     /* the middle part has no bias: a mix of both */
-    p.part[i] = (attn_gemm_part){w + j * ldw, ldw, nj, bias && i != 1 ? bias + j : NULL};
+    p.part[i] = (attn_gemm_part){w + j * ldw, ldw, nj, bias && i != 1 ? bias + j : NULL, NULL};
     j += nj;
+  }
+  float *packed[ATTN_GEMM_MAX_PARTS] = {NULL};
+  for (int i = 0; prepack && i < n_parts; i++) {
+    /* NaN where the pack leaves nothing: every float must be written. */
+    size_t nf = attn__gemm_packed_floats(p.part[i].n, k);
+    packed[i] = floats(nf);
+    for (size_t f = 0; f < nf; f++)
+      packed[i][f] = NAN;
+    attn__gemm_pack(ctx, &p.part[i], k, packed[i]);
+    p.part[i].packed = packed[i];
   }
   attn__gemm_plan(ctx, &p);
   assert_ok(attn__ws_reserve(ctx, p.ws_bytes));
   attn__gemm_run(ctx, &p);
   assert_int_equal(attn__ws_mark(ctx), 0); /* its slices given back */
+  for (int i = 0; i < n_parts; i++)
+    free(packed[i]);
 }
 
 static void check_shape(attn_ctx **ctxs, int64_t m, int64_t n, int64_t k, bool with_bias,
@@ -66,11 +81,14 @@ static void check_shape(attn_ctx **ctxs, int64_t m, int64_t n, int64_t k, bool w
   for (int t = 1; t <= MAX_THREADS; t++) {
     for (size_t i = 0; i < nc; i++)
       c[i] = (int64_t)(i % (size_t)ldc) < n ? NAN : SENTINEL; /* C is not read */
-    run(ctxs[t - 1], m, n, k, a, lda, w, ldw, with_bias ? bias : NULL, n_parts, c, ldc);
+    /* t = 1 and 3: weights packed per call; 2 and 4: packed beforehand. */
+    run(ctxs[t - 1], m, n, k, a, lda, w, ldw, with_bias ? bias : NULL, n_parts, c, ldc,
+        t % 2 == 0);
     if (t > 1) {
       if (memcmp(c, c1, nc * sizeof(float)))
-        fail_msg("%lldx%lldx%lld bias %d parts %d: %d threads differ from 1 thread",
-                 (long long)m, (long long)n, (long long)k, with_bias, n_parts, t);
+        fail_msg("%lldx%lldx%lld bias %d parts %d: %d threads%s differ from 1 thread",
+                 (long long)m, (long long)n, (long long)k, with_bias, n_parts, t,
+                 t % 2 ? "" : " (weights packed beforehand)");
       continue;
     }
     memcpy(c1, c, nc * sizeof(float));
@@ -146,18 +164,18 @@ static void empty_dims(void **state) {
   for (int64_t m = 1; m <= 12; m += 11) {
     for (int i = 0; i < 12 * 40; i++)
       c[i] = NAN;
-    run(ctx, m, 40, 0, a, 1, w, 1, bias, 1, c, 40);
+    run(ctx, m, 40, 0, a, 1, w, 1, bias, 1, c, 40, m > 1);
     for (int64_t i = 0; i < m; i++)
       for (int j = 0; j < 40; j++)
         assert_true(c[i * 40 + j] == bias[j]);
-    run(ctx, m, 40, 0, a, 1, w, 1, NULL, 1, c, 40);
+    run(ctx, m, 40, 0, a, 1, w, 1, NULL, 1, c, 40, m > 1);
     for (int64_t i = 0; i < m; i++)
       for (int j = 0; j < 40; j++)
         assert_true(c[i * 40 + j] == 0.0f);
   }
   c[0] = SENTINEL;
-  run(ctx, 0, 40, 5, a, 5, w, 5, bias, 1, c, 40);
-  run(ctx, 3, 0, 5, a, 5, w, 5, NULL, 1, c, 1);
+  run(ctx, 0, 40, 5, a, 5, w, 5, bias, 1, c, 40, false);
+  run(ctx, 3, 0, 5, a, 5, w, 5, NULL, 1, c, 1, false);
   assert_true(c[0] == SENTINEL);
   attn_ctx_destroy(ctx);
 }
