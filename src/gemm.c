@@ -23,6 +23,10 @@
 #define GEMM_NCP 8   /* panels per item (256 columns) */
 #define GEMM_NPP 32  /* panels packed at a time per call (1024 columns): bounds the workspace */
 #define GEMM_DOT_ROWS 8 /* up to this many rows: no packing (gemm_nt's dot products) */
+/* Up to this depth a worker copies its block of A whole (MC x k, 3 MiB at
+ * most) and keeps it for its next items of the same rows: the items of a
+ * row block then copy A once per worker instead of once per item. */
+#define GEMM_A_WHOLE 4096
 
 enum { PATH_BLAS, PATH_COLS, PATH_PACKED };
 
@@ -71,9 +75,11 @@ static void layout(void *problem, attn_ws_layout *l) {
     return;
   }
   size_t panels = p->prepacked ? 0 : (size_t)min64(p->pan0[p->n_parts], GEMM_NPP);
+  size_t depth = p->k <= GEMM_A_WHOLE ? (size_t)p->k : GEMM_KC;
   p->bp = attn__ws_take(l, panels * GEMM_NR * (size_t)p->k, sizeof(float));
-  p->ap = attn__ws_take(l, (size_t)p->threads * GEMM_MC * GEMM_KC, sizeof(float));
+  p->ap = attn__ws_take(l, (size_t)p->threads * GEMM_MC * depth, sizeof(float));
   p->bias = attn__ws_take(l, panels * GEMM_NR, sizeof(float));
+  p->a_row = attn__ws_take(l, (size_t)p->threads, sizeof(int64_t));
 }
 
 void attn__gemm_plan(const attn_ctx *ctx, attn_gemm_problem *p) {
@@ -186,14 +192,19 @@ static void block(void *arg, int64_t item, int32_t worker) {
     for (int64_t i = 0; i < mc; i++)
       memcpy(c + (i0 + i) * p->ldc, bias, (size_t)nr * sizeof(float));
   }
-  float *ap = p->ap + (size_t)worker * GEMM_MC * GEMM_KC;
+  /* A whole: slice k0 at ap + k0 * MC, copied unless the worker's last
+   * item had the same rows; else one slice at a time at ap. */
+  bool whole = p->k <= GEMM_A_WHOLE, have = whole && p->a_row[worker] == i0;
+  float *ap = p->ap + (size_t)worker * GEMM_MC * (whole ? (size_t)p->k : GEMM_KC);
+  p->a_row[worker] = whole ? i0 : -1;
   for (int64_t k0 = 0; k0 < p->k; k0 += GEMM_KC) {
     int64_t kc = min64(GEMM_KC, p->k - k0);
-    for (int64_t i = 0; i < mc; i++)
-      memcpy(ap + i * kc, p->a + (i0 + i) * p->lda + k0, (size_t)kc * sizeof(float));
+    float *as = whole ? ap + k0 * GEMM_MC : ap;
+    for (int64_t i = 0; i < mc && !have; i++)
+      memcpy(as + i * kc, p->a + (i0 + i) * p->lda + k0, (size_t)kc * sizeof(float));
     for (int64_t jp = jp0; jp < jp1; jp++) {
       const float *bp = panel(p, jp, &bias, &c, &nr);
-      kern->gemm_nn(mc, nr, kc, ap, kc, bp + k0 * GEMM_NR, GEMM_NR, c + i0 * p->ldc, p->ldc);
+      kern->gemm_nn(mc, nr, kc, as, kc, bp + k0 * GEMM_NR, GEMM_NR, c + i0 * p->ldc, p->ldc);
     }
   }
 }
@@ -246,6 +257,8 @@ void attn__gemm_run(attn_ctx *ctx, attn_gemm_problem *p) {
     return;
   }
   size_t mark = attn__ws_carve(ctx, layout, p, p->ws_bytes);
+  for (int32_t t = 0; t < p->threads; t++)
+    p->a_row[t] = -1;
   int64_t panels = p->pan0[p->n_parts], step = p->prepacked ? panels : GEMM_NPP;
   for (p->jp0 = 0; p->jp0 < panels; p->jp0 += step) {
     p->njp = min64(step, panels - p->jp0);

@@ -49,6 +49,7 @@ typedef struct {
   size_t ws_bytes; /* workspace attn__gemm_run takes */
   /* attn__gemm_run: slices of the workspace, the panels being multiplied */
   float *bp, *ap, *bias;
+  int64_t *a_row; /* per worker: the row block its ap holds whole (-1: none) */
   int64_t jp0, njp;
 } attn_gemm_problem;
 

@@ -623,6 +623,38 @@ static attn_status run_mha_torch(fixture *f) {
                                 f->t[3], f->t[4], &p, f->t[5], f->t[6]);
 }
 
+/* The PyTorch form's self-attention: in_proj_weight, query = key = value
+ * (one q/k/v product), batch first, causal; the packed weights are the
+ * layer's first allocations of its first call. */
+static void setup_mha_torch_self(fixture *f) {
+  attn_mha_torch_params p;
+  attn_mha_torch_params_init(&p);
+  p.embed_dim = MT_E, p.num_heads = MT_H, p.batch_first = 1;
+  attn_mha *m = NULL;
+  assert_ok(attn_mha_create_torch(f->ctx, &p, &m));
+  const int64_t din[2] = {3 * MT_E, MT_E}, dbin[1] = {3 * MT_E}, dout[2] = {MT_E, MT_E},
+                dbout[1] = {MT_E};
+  assert_ok(attn_mha_set_weight(f->ctx, m, ATTN_MHA_IN_PROJ_WEIGHT,
+                                wrap_in(f, g_k, 3 * MT_E * MT_E, 2, din)));
+  assert_ok(attn_mha_set_weight(f->ctx, m, ATTN_MHA_IN_PROJ_BIAS,
+                                wrap_in(f, g_v, 3 * MT_E, 1, dbin)));
+  assert_ok(attn_mha_set_weight(f->ctx, m, ATTN_MHA_O_WEIGHT,
+                                wrap_in(f, g_k + 3 * MT_E * MT_E, MT_E * MT_E, 2, dout)));
+  assert_ok(attn_mha_set_weight(f->ctx, m, ATTN_MHA_O_BIAS,
+                                wrap_in(f, g_v + 3 * MT_E, MT_E, 1, dbout)));
+  int64_t qd[3] = {B, LQ, MT_E};
+  f->t[0] = wrap_in(f, g_q, (size_t)B * LQ * MT_E, 3, qd);
+  f->t[5] = wrap_out(f, (size_t)B * LQ * MT_E, 3, qd);
+  f->t[7] = (attn_tensor *)(void *)m;
+}
+static attn_status run_mha_torch_self(fixture *f) {
+  attn_mha_torch_forward_params p;
+  attn_mha_torch_forward_params_init(&p);
+  p.is_causal = 1;
+  return attn_mha_torch_forward(f->ctx, (attn_mha *)(void *)f->t[7], f->t[0], f->t[0], f->t[0],
+                                NULL, NULL, &p, f->t[5], NULL);
+}
+
 /* Softmax down the columns (a strided axis) and SDPA with its logits
  * output: neither allocates beyond the plain op. */
 static attn_status run_softmax_axis(fixture *f) {
@@ -657,6 +689,7 @@ static const op_case g_cases[] = {
     {"attn_mha_forward", 2, setup_mha_half, run_mha},
     {"attn_mha_torch_forward", 1, setup_mha_torch, run_mha_torch},
     {"attn_mha_torch_forward", 2, setup_mha_torch, run_mha_torch},
+    {"attn_mha_torch_forward", 2, setup_mha_torch_self, run_mha_torch_self},
     {"attn_kv_attend", 1, setup_kv_attend, run_kv_attend},
     {"attn_kv_attend", 2, setup_kv_attend, run_kv_attend},
     {"attn_kv_append", 1, setup_kv_append, run_kv_append},

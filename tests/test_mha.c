@@ -383,6 +383,119 @@ static void weights_roundtrip(void **state) {
   weights_free(&w);
 }
 
+/* One prompt of c->total[0] tokens (B = 1) through m into the emptied
+ * cache, checked against the float64 reference with the weights in *w as
+ * they are now; y receives the outputs. */
+static void prompt_vs_reference(attn_ctx *ctx, attn_mha *m, attn_kv_cache *kv,
+                                const mha_case *c, const weights *w, const float *x, float *y,
+                                const char *what) {
+  int64_t L = c->total[0], n = L * c->E, d3[3] = {1, L, c->E};
+  assert_ok(attn_kv_reset(ctx, kv, -1));
+  attn_status st = attn_mha_forward(ctx, m, kv, tu_wrap(ctx, (float *)x, (size_t)n, 3, d3, NULL),
+                                    tu_wrap(ctx, y, (size_t)n, 3, d3, NULL), NULL);
+  if (st != ATTN_OK)
+    fail_msg("%s: %s", what, attn_ctx_last_error(ctx));
+  double freqs[64], *want = malloc((size_t)n * sizeof(double));
+  ref_mha_args a = ref_args(c, w, freqs);
+  ref_mha_decoder(&a, L, x, want);
+  for (int64_t i = 0; i < n; i++)
+    if (!(fabs(y[i] - want[i]) <= 1e-5 + 1e-5 * fabs(want[i])))
+      fail_msg("%s: token %lld col %lld: %.9g but the float64 reference gives %.9g", what,
+               (long long)(i / c->E), (long long)(i % c->E), (double)y[i], want[i]);
+  free(want);
+}
+
+/* New random values for weight i of *w (in place). */
+static void weights_redraw(weights *w, int i, tu_rng *r) {
+  tu_fill(r, w->w[i], w->n[i], -0.3f, 0.3f);
+}
+
+/* The layer keeps its owned projections packed (24 tokens: the blocked
+ * products): a weight set after a forward must reach the next one, whether
+ * a matrix, a bias or the output projection. */
+static void set_weight_after_forward(void **state) {
+  (void)state;
+  mha_case c = {"set", 1, 16, 4, 2, 4, 1, 0, 1, 0, 0, {24}, {24}, 24, 0, 2, NULL, 0};
+  tu_rng r = {21};
+  weights w;
+  weights_make(&c, &w, &r);
+  float x[24 * 16], y0[24 * 16], y[24 * 16];
+  tu_fill(&r, x, 24 * 16, -1, 1);
+  attn_ctx *ctx = tu_ctx(2);
+  attn_mha *m = make_layer(ctx, &c, &w);
+  attn_kv_cache *kv = make_cache(ctx, &c, 24);
+  prompt_vs_reference(ctx, m, kv, &c, &w, x, y0, "first");
+  static const int32_t order[][3] = {{ATTN_MHA_Q_WEIGHT, -1, -1},
+                                     {ATTN_MHA_K_BIAS, ATTN_MHA_O_WEIGHT, -1},
+                                     {ATTN_MHA_V_WEIGHT, ATTN_MHA_Q_BIAS, ATTN_MHA_O_BIAS}};
+  for (int step = 0; step < 3; step++) {
+    for (int j = 0; j < 3 && order[step][j] >= 0; j++) {
+      int32_t i = order[step][j];
+      weights_redraw(&w, i, &r);
+      int64_t hq = c.Hq * c.D, hkv = c.Hkv * c.D;
+      const int64_t rows[8] = {hq, hkv, hkv, c.E, 1, 1, 1, 1};
+      int64_t dims[2] = {rows[i], (int64_t)w.n[i] / rows[i]};
+      attn_tensor *t = i < 4 ? tu_wrap(ctx, w.w[i], w.n[i], 2, dims, NULL)
+                             : tu_wrap(ctx, w.w[i], w.n[i], 1, dims + 1, NULL);
+      assert_ok(attn_mha_set_weight(ctx, m, i, t));
+    }
+    prompt_vs_reference(ctx, m, kv, &c, &w, x, y, "after set_weight");
+    assert_true(memcmp(y, y0, sizeof y) != 0);
+    memcpy(y0, y, sizeof y);
+  }
+  attn_ctx_destroy(ctx);
+  weights_free(&w);
+}
+
+/* Wrapped weights are read on every call: the caller's changes between
+ * calls reach the next forward, also after the weight was owned (and
+ * packed) for a while and then wrapped again. */
+static void wrapped_weights_read_each_call(void **state) {
+  (void)state;
+  mha_case c = {"wrap", 1, 16, 4, 2, 4, 1, 0, 1, 0, 0, {24}, {24}, 24, 1, 2, NULL, 0};
+  tu_rng r = {22};
+  weights w;
+  weights_make(&c, &w, &r);
+  float x[24 * 16], y[24 * 16];
+  tu_fill(&r, x, 24 * 16, -1, 1);
+  attn_ctx *ctx = tu_ctx(2);
+  attn_mha *m = make_layer(ctx, &c, &w); /* every weight wrapped */
+  attn_kv_cache *kv = make_cache(ctx, &c, 24);
+  prompt_vs_reference(ctx, m, kv, &c, &w, x, y, "wrapped");
+  weights_redraw(&w, ATTN_MHA_Q_WEIGHT, &r);
+  weights_redraw(&w, ATTN_MHA_V_BIAS, &r);
+  weights_redraw(&w, ATTN_MHA_O_WEIGHT, &r);
+  prompt_vs_reference(ctx, m, kv, &c, &w, x, y, "wrapped memory changed");
+  /* Owned: the caller's buffers no longer matter. */
+  for (int32_t i = 0; i < 8; i++) {
+    int64_t n = (int64_t)w.n[i], rows = i < 4 ? (i == 3 ? c.E : n / c.E) : 1;
+    int64_t dims[2] = {rows, n / rows};
+    attn_tensor *t = i < 4 ? tu_wrap(ctx, w.w[i], w.n[i], 2, dims, NULL)
+                           : tu_wrap(ctx, w.w[i], w.n[i], 1, dims + 1, NULL);
+    assert_ok(attn_mha_set_weight(ctx, m, i, t));
+  }
+  prompt_vs_reference(ctx, m, kv, &c, &w, x, y, "owned");
+  weights saved;
+  weights_make(&c, &saved, &r);
+  for (int i = 0; i < 8; i++)
+    memcpy(saved.w[i], w.w[i], w.n[i] * sizeof(float));
+  weights_redraw(&w, ATTN_MHA_Q_WEIGHT, &r);
+  prompt_vs_reference(ctx, m, kv, &c, &saved, x, y, "owned, caller memory changed");
+  /* Wk wrapped again: read in place from the next call on. */
+  int64_t dk[2] = {c.Hkv * c.D, c.E};
+  assert_ok(attn_mha_wrap_weight(ctx, m, ATTN_MHA_K_WEIGHT,
+                                 tu_wrap(ctx, w.w[1], w.n[1], 2, dk, NULL)));
+  weights_redraw(&w, ATTN_MHA_K_WEIGHT, &r);
+  memcpy(saved.w[1], w.w[1], w.n[1] * sizeof(float));
+  prompt_vs_reference(ctx, m, kv, &c, &saved, x, y, "Wk wrapped again");
+  weights_redraw(&w, ATTN_MHA_K_WEIGHT, &r);
+  memcpy(saved.w[1], w.w[1], w.n[1] * sizeof(float));
+  prompt_vs_reference(ctx, m, kv, &c, &saved, x, y, "Wk wrapped, changed");
+  attn_ctx_destroy(ctx);
+  weights_free(&saved);
+  weights_free(&w);
+}
+
 /* A 2-thread context whose allocations are counted in *cnt. */
 static attn_ctx *counted_ctx(tu_counter *cnt) {
   attn_ctx_options o;
@@ -474,6 +587,8 @@ int main(void) {
       cmocka_unit_test(weights_roundtrip),
       cmocka_unit_test(warm_and_bad_input),
       cmocka_unit_test(warm_blocked_projections),
+      cmocka_unit_test(set_weight_after_forward),
+      cmocka_unit_test(wrapped_weights_read_each_call),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,8 @@
  * (tests/reference/gen_mha_torch.py -> tests/data/mha_torch): the state_dict
  * loaded as it is, out and the attention weights within 1e-5, with the
  * tensors contiguous and then as strided views; a warm context allocating
- * nothing; bad input refused with nothing written. */
+ * nothing; bad input refused with nothing written; self-attention's one
+ * q/k/v product equal to three; weights changed between calls honoured. */
 #include "test_util.h"
 
 #ifndef ATTN_MHA_TORCH_DATA
@@ -395,6 +396,105 @@ static void test_all_keys_masked(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* ---- self-attention's one product; weights changed between calls ---- */
+
+enum { SF_E = 32, SF_H = 4, SF_L = 12, SF_B = 2, SF_N = SF_L * SF_B * SF_E };
+
+typedef struct {
+  float in_w[3 * SF_E * SF_E], in_b[3 * SF_E], out_w[SF_E * SF_E], out_b[SF_E];
+} sf_weights;
+
+static attn_tensor *sf_tensor(attn_ctx *ctx, float *p, int32_t which) {
+  static const int64_t d_in[2] = {3 * SF_E, SF_E}, d_out[2] = {SF_E, SF_E};
+  static const int64_t d_inb[1] = {3 * SF_E}, d_outb[1] = {SF_E};
+  switch (which) {
+  case ATTN_MHA_IN_PROJ_WEIGHT: return tu_wrap(ctx, p, 3 * SF_E * SF_E, 2, d_in, NULL);
+  case ATTN_MHA_IN_PROJ_BIAS: return tu_wrap(ctx, p, 3 * SF_E, 1, d_inb, NULL);
+  case ATTN_MHA_O_WEIGHT: return tu_wrap(ctx, p, SF_E * SF_E, 2, d_out, NULL);
+  default: return tu_wrap(ctx, p, SF_E, 1, d_outb, NULL);
+  }
+}
+
+/* A layer with w's values copied in. */
+static attn_mha *sf_layer(attn_ctx *ctx, sf_weights *w) {
+  attn_mha_torch_params p;
+  attn_mha_torch_params_init(&p);
+  p.embed_dim = SF_E, p.num_heads = SF_H;
+  attn_mha *m = NULL;
+  assert_ok(attn_mha_create_torch(ctx, &p, &m));
+  float *v[4] = {w->in_w, w->in_b, w->out_w, w->out_b};
+  const int32_t which[4] = {ATTN_MHA_IN_PROJ_WEIGHT, ATTN_MHA_IN_PROJ_BIAS, ATTN_MHA_O_WEIGHT,
+                            ATTN_MHA_O_BIAS};
+  for (int i = 0; i < 4; i++)
+    assert_ok(attn_mha_set_weight(ctx, m, which[i], sf_tensor(ctx, v[i], which[i])));
+  return m;
+}
+
+static void sf_forward(attn_ctx *ctx, attn_mha *m, float *q, float *k, float *v, float *out) {
+  static const int64_t d[3] = {SF_L, SF_B, SF_E};
+  attn_tensor *tq = tu_wrap(ctx, q, SF_N, 3, d, NULL);
+  attn_tensor *tk = k == q ? tq : tu_wrap(ctx, k, SF_N, 3, d, NULL);
+  attn_tensor *tv = v == q ? tq : tu_wrap(ctx, v, SF_N, 3, d, NULL);
+  attn_mha_torch_forward_params p;
+  attn_mha_torch_forward_params_init(&p);
+  p.is_causal = 1;
+  if (attn_mha_torch_forward(ctx, m, tq, tk, tv, NULL, NULL, &p,
+                             tu_wrap(ctx, out, SF_N, 3, d, NULL), NULL) != ATTN_OK)
+    fail_msg("%s", attn_ctx_last_error(ctx));
+}
+
+/* out of m on x equals, bit for bit, a fresh layer made from w's values. */
+static void sf_expect_fresh(attn_ctx *ctx, attn_mha *m, sf_weights *w, float *x,
+                            const char *what) {
+  static float got[SF_N], want[SF_N];
+  sf_forward(ctx, m, x, x, x, got);
+  attn_mha *fresh = sf_layer(ctx, w);
+  sf_forward(ctx, fresh, x, x, x, want);
+  assert_ok(attn_mha_free(ctx, fresh));
+  if (memcmp(got, want, sizeof got))
+    fail_msg("%s: the layer's output differs from a fresh layer's with the same weights", what);
+}
+
+/* query, key and value the same view (one q/k/v product over the query
+ * rows, 24 tokens: the blocked path with packed weights) give the bits of
+ * key and value as copies elsewhere (three products); weights set, or
+ * wrapped and changed, between calls reach the next call. */
+static void test_self_one_product_and_weight_changes(void **state) {
+  (void)state;
+  static sf_weights w;
+  static float x[SF_N], xk[SF_N], xv[SF_N], y0[SF_N], y1[SF_N];
+  tu_rng r = {0x5e1f};
+  tu_fill(&r, (float *)&w, sizeof w / sizeof(float), -0.3f, 0.3f);
+  tu_fill(&r, x, SF_N, -1, 1);
+  memcpy(xk, x, sizeof x);
+  memcpy(xv, x, sizeof x);
+  attn_ctx *ctx = tu_ctx(2);
+  attn_mha *m = sf_layer(ctx, &w);
+  sf_forward(ctx, m, x, x, x, y0);
+  sf_forward(ctx, m, x, xk, xv, y1);
+  assert_memory_equal(y0, y1, sizeof y0);
+  /* set after a forward: in_proj_weight, then the output projection's bias */
+  tu_fill(&r, w.in_w, 3 * SF_E * SF_E, -0.3f, 0.3f);
+  assert_ok(attn_mha_set_weight(ctx, m, ATTN_MHA_IN_PROJ_WEIGHT,
+                                sf_tensor(ctx, w.in_w, ATTN_MHA_IN_PROJ_WEIGHT)));
+  sf_expect_fresh(ctx, m, &w, x, "in_proj_weight set");
+  sf_forward(ctx, m, x, x, x, y1);
+  assert_true(memcmp(y0, y1, sizeof y0) != 0);
+  tu_fill(&r, w.out_b, SF_E, -0.3f, 0.3f);
+  assert_ok(attn_mha_set_weight(ctx, m, ATTN_MHA_O_BIAS, sf_tensor(ctx, w.out_b, ATTN_MHA_O_BIAS)));
+  sf_expect_fresh(ctx, m, &w, x, "out_proj.bias set");
+  /* wrapped, then changed in place between calls */
+  assert_ok(attn_mha_wrap_weight(ctx, m, ATTN_MHA_IN_PROJ_BIAS,
+                                 sf_tensor(ctx, w.in_b, ATTN_MHA_IN_PROJ_BIAS)));
+  assert_ok(attn_mha_wrap_weight(ctx, m, ATTN_MHA_O_WEIGHT,
+                                 sf_tensor(ctx, w.out_w, ATTN_MHA_O_WEIGHT)));
+  sf_expect_fresh(ctx, m, &w, x, "wrapped");
+  tu_fill(&r, w.in_b, 3 * SF_E, -0.3f, 0.3f);
+  tu_fill(&r, w.out_w, SF_E * SF_E, -0.3f, 0.3f);
+  sf_expect_fresh(ctx, m, &w, x, "wrapped memory changed");
+  attn_ctx_destroy(ctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_contiguous),
@@ -403,6 +503,7 @@ int main(void) {
       cmocka_unit_test(test_weight_names),
       cmocka_unit_test(test_forward_refusals),
       cmocka_unit_test(test_all_keys_masked),
+      cmocka_unit_test(test_self_one_product_and_weight_changes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
