@@ -1459,8 +1459,19 @@ ATTN_API attn_status attn_kv_attend(attn_ctx *ctx, const attn_kv_cache *cache,
  * in_features]), so a checkpoint's q_proj/k_proj/v_proj/o_proj load as
  * they are: Wq [Hq*D, E], Wk and Wv [Hkv*D, E], Wo [E, Hq*D], biases
  * [Hq*D], [Hkv*D], [Hkv*D], [E]. The projections of all B * L tokens of a
- * call go to one cblas_sgemm each. A layer created from a context is used
+ * call are one product for q, k and v and one for the output (libattn's
+ * own kernels; cblas_sgemm without AVX2). A layer created from a context is used
  * with it and freed with it (or by attn_mha_free()).
+ *
+ * Weights, both layer forms: a weight copied in by attn_mha_set_weight() is
+ * owned by the layer, which also keeps it packed for its products (made at
+ * the first forward of more than 8 tokens, in the layer's memory: the
+ * projections' weights are then held twice; remade after the next
+ * attn_mha_set_weight() of that weight). A weight used in place by
+ * attn_mha_wrap_weight() is read on every forward, as is every weight of
+ * the same product (q/k/v, or output): the caller may change the memory
+ * between calls, and the next call uses the new values; it is never kept
+ * packed.
  * @{ */
 
 /** Opaque attention layer; made by attn_mha_create_decoder() or
@@ -1553,7 +1564,9 @@ ATTN_API attn_status attn_mha_free(attn_ctx *ctx, attn_mha *layer);
 
 /** Copy a weight from `w` (F32, F16 or BF16, the shape attn_mha_weight
  * lists, any strides) into the layer's own storage, which is F32 (half
- * values widened exactly); a wrapped weight becomes owned again.
+ * values widened exactly); a wrapped weight becomes owned again. The next
+ * forward uses the new values (the packed copy of that projection is
+ * remade then).
  * @param[in] ctx   the layer's context.
  * @param[in] layer the layer.
  * @param[in] which an attn_mha_weight (a bias the layer was created
@@ -1569,8 +1582,11 @@ ATTN_API attn_status attn_mha_set_weight(attn_ctx *ctx, attn_mha *layer, int32_t
  * products read it in place; a half weight goes through
  * attn_mha_set_weight()), the shape
  * attn_mha_weight lists, innermost stride 1 and a row stride >= the row
- * length (what BLAS takes). The memory must stay valid and unchanged while
- * the layer runs; freeing the tensor handle afterwards does not matter.
+ * length (what BLAS takes). The memory must stay valid while the layer
+ * uses it and unchanged during a call; between calls it may change, and
+ * the next forward reads the new values (no packed copy is kept while a
+ * weight of the product is wrapped; the products then pack it per call).
+ * Freeing the tensor handle afterwards does not matter.
  * @param[in] ctx   the layer's context.
  * @param[in] layer the layer.
  * @param[in] which an attn_mha_weight.
@@ -1596,7 +1612,8 @@ ATTN_API attn_status attn_mha_get_weight(attn_ctx *ctx, const attn_mha *layer, i
  * takes its first n_new[b] tokens of x; the other rows of y are written
  * with zeros. Every count is checked against the cache before anything is
  * computed or appended. Buffers grow to the largest call and are reused: a
- * warm context and layer allocate nothing.
+ * warm context and layer allocate nothing (the first forward of more than
+ * 8 tokens after creation also allocates the packed owned weights).
  * @param[in]     ctx   the layer's context.
  * @param[in]     layer the layer.
  * @param[in,out] cache a KV cache of ctx with B sequences, Hkv heads and
@@ -1725,9 +1742,11 @@ ATTN_API void attn_mha_torch_forward_params_init(attn_mha_torch_forward_params *
  *             batch_first; writable, overlapping nothing else.
  * A query row that sees no key (every key masked) gives zeros in out's
  * attention part and in its weights, where torch gives NaN.
- * Uses the context's workspace (q, k, v, the merged mask, the per-head
- * weights when asked): a warm context allocates nothing. On failure
- * nothing is written.
+ * Self-attention (query, key and value the same view, in_proj_weight):
+ * one product for q, k and v. Uses the context's workspace (q, k, v, the
+ * merged mask, the per-head weights when asked): a warm context allocates
+ * nothing (the first call of more than 8 tokens also allocates the packed
+ * owned weights, see attn_mha_set_weight()). On failure nothing is written.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
  *  (dtype, newer params), ATTN_ERR_SHAPE, ATTN_ERR_INVALID_ARG (not a
  *  PyTorch-form layer, need_weights and out_weights disagree, params),
