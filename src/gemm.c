@@ -8,9 +8,9 @@
  * time, into the workspace, or were packed once by the caller
  * (attn__gemm_pack, the same layout). Each work item is
  * a block of GEMM_MC rows by GEMM_NCP panels of C, kept in L2 while its
- * rows of A are copied GEMM_KC deep (a contiguous block in L2, instead of
- * rows a page apart that would share L1 sets) and multiplied into it slice
- * by slice. Items and slices come from the shape alone: the threads only
+ * rows of A, copied into a contiguous block (instead of rows a page apart
+ * that would share L1 sets), are multiplied into it GEMM_KC deep slice by
+ * slice. Items and slices come from the shape alone: the threads only
  * choose which items they take, so no sum depends on them. */
 #include "gemm.h"
 #include "simd/kernels.h"
@@ -72,6 +72,7 @@ static void layout(void *problem, attn_ws_layout *l) {
   attn_gemm_problem *p = problem;
   if (p->path != PATH_PACKED) {
     p->bp = p->ap = p->bias = NULL;
+    p->a_row = NULL;
     return;
   }
   size_t panels = p->prepacked ? 0 : (size_t)min64(p->pan0[p->n_parts], GEMM_NPP);
