@@ -29,10 +29,11 @@ typedef struct {
   size_t ws_bytes;
   /* Workspace, carved by the run. */
   double *inv_freq; /* half */
+  double *step;     /* cos, then sin, of the one-step angles: 2 * half */
   double *tables;   /* per worker: cos[T][ld], sin[T][ld] (ld = half, or
                        2 * half interleaved: one value per float, as
-                       rotate_pairs reads them), 2 * half one-step angles,
-                       then (half x) a row of D floats */
+                       rotate_pairs reads them), 2 * half doubles carried
+                       from block to block, then (half x) a row of D floats */
   size_t table_stride;
 } attn_rope_problem;
 
