@@ -1253,7 +1253,8 @@ ATTN_API void attn_kv_cache_params_init(attn_kv_cache_params *p);
 /** Create an empty cache (every length 0) owning its memory. The memory is
  * allocated once here (B * Hkv * capacity * (D + Dv) elements contiguous,
  * num_blocks * Hkv * block_size * (D + Dv) paged, 4 or 2 bytes each) and
- * not initialised:
+ * written once in address order (so that its pages are mapped before
+ * decoding, in the order attention reads them); its values do not matter:
  * nothing ever reads a row past a sequence's length.
  * @param[in]  ctx owner.
  * @param[in]  p   the sizes (required, see attn_kv_cache_params).

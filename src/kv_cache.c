@@ -17,6 +17,12 @@
 #include "rope.h"
 
 #include <string.h>
+#if defined(__has_include)
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#define ATTN_HAVE_MEMCHECK 1
+#endif
+#endif
 
 struct attn_kv_cache {
   uint32_t magic;
@@ -221,6 +227,17 @@ static attn_status kv_cache_create_impl(attn_ctx *ctx, const attn_kv_cache_param
   c->k = (char *)base;
   c->v = (char *)((base + kb + ATTN_ALIGN - 1) & ~(uintptr_t)(ATTN_ALIGN - 1));
   c->k_bytes = kb, c->v_bytes = vb;
+  /* Written once now, in address order: the pages are then mapped in the
+   * order attention reads them. Appends write the heads' K and V rows token
+   * by token, and the pages they would first touch are handed out in that
+   * interleaved order: reading one head's keys then jumps between scattered
+   * physical pages (Lk = 32768, 8 heads, D = 128, bf16, 1 thread: 16.3 ms
+   * a decode step against 12.5 over the same rows in pages touched in
+   * order). It also keeps page faults out of the decode steps. */
+  memset(c->data_block, 0, all + 2 * ATTN_ALIGN);
+#ifdef ATTN_HAVE_MEMCHECK
+  VALGRIND_MAKE_MEM_UNDEFINED(c->data_block, all + 2 * ATTN_ALIGN); /* rows before append */
+#endif
   c->ks[2] = c->D, c->ks[1] = rows * c->D, c->ks[0] = c->H * c->ks[1];
   c->vs[2] = c->Dv, c->vs[1] = rows * c->Dv, c->vs[0] = c->H * c->vs[1];
   if (pg) {
