@@ -177,7 +177,7 @@ static void torch_layout(void *call, attn_ws_layout *l) {
   c->q = attn__ws_take(l, T * (size_t)c->ldp, sizeof(float));
   c->k = attn__ws_take(l, sep ? Tk * E : 0, sizeof(float));
   c->v = attn__ws_take(l, sep ? Tk * E : 0, sizeof(float));
-  if (c->fused)
+  if (c->fused && c->q) /* (sizing: no buffer, no pointer arithmetic) */
     c->k = c->q + E, c->v = c->q + 2 * E;
   c->a = attn__ws_take(l, T * E, sizeof(float));
   c->y = attn__ws_take(l, c->go ? T * E : 0, sizeof(float));
