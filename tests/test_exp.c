@@ -372,7 +372,7 @@ static void composed_row(const attn_kernels *k, const float *x, const float *m,
 static void softmax_rows_kernel(void **state) {
   (void)state;
   tu_rng rng = {5};
-  enum { R = 6, MAXN = 300 };
+  enum { R = 40, MAXN = 300 }; /* several batches of softmax_rows (rows_body.h) */
   float *x = malloc(R * MAXN * sizeof *x), *m = malloc(R * MAXN * sizeof *m);
   float *y = malloc((R * MAXN + 16) * sizeof *y), *want = malloc(R * MAXN * sizeof *want);
   float *w = malloc(2 * MAXN * sizeof *w);

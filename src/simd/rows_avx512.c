@@ -6,6 +6,7 @@
 #include "kernels.h"
 
 #include <immintrin.h>
+#include <math.h>
 
 typedef __m512 vf;
 typedef __mmask16 vm;
@@ -68,7 +69,14 @@ static inline void vsum_add(vsum *s, vf a) {
   s->d = _mm512_add_pd(s->d, _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(a)),
                                            _mm512_cvtps_pd(hi)));
 }
-static inline double vsum_total(vsum s) { return _mm512_reduce_add_pd(s.d); }
+/* Lanes i and i + 4, then i and i + 2, then the two (GCC's
+ * _mm512_reduce_add_pd, written out so that every compiler sums in this
+ * order, the one vsum_totals keeps). */
+static inline double vsum_total(vsum s) {
+  __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(s.d), _mm512_extractf64x4_pd(s.d, 1));
+  __m128d q = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+  return _mm_cvtsd_f64(q) + _mm_cvtsd_f64(_mm_unpackhi_pd(q, q));
+}
 
 typedef __m512d vd;
 #define VD 8
@@ -97,6 +105,52 @@ static inline void v_hsum4(vf s0, vf s1, vf s2, vf s3, float out[4]) {
   float t[VW];
   _mm512_storeu_ps(t, y);
   out[0] = t[0], out[1] = t[4], out[2] = t[8], out[3] = t[12];
+}
+/* rows_body.h's batched horizontal steps, 16 rows at a time: each round
+ * combines pairs of vectors, the halves (then quarters, pairs, lanes) of
+ * one against those of the other, so a vector ends up holding one result
+ * per row. The float64 sums keep vsum_total's tree (lanes i and i + 4, then
+ * i and i + 2, then the two), so the bits are those of one row at a time. */
+#define V_ROWS_REDUCE
+static inline void v_hmax_rows(const vf *v, int64_t k, float *out) {
+  vf a[16], t[8];
+  for (int i = 0; i < 16; i++)
+    a[i] = i < k ? v[i] : v_set1(-INFINITY);
+  for (int i = 0; i < 8; i++) /* [row 2i: 8 lanes | row 2i+1: 8 lanes] */
+    t[i] = _mm512_max_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; i++) /* 128-bit lane j: row 4i + j's 4 */
+    a[i] = _mm512_max_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; i++) { /* 128-bit lane j: rows 8i + j, 8i + 4 + j: 2 each */
+    __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(a[2 * i]), _mm512_castps_pd(a[2 * i + 1]));
+    __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(a[2 * i]), _mm512_castps_pd(a[2 * i + 1]));
+    t[i] = _mm512_max_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
+  }
+  /* lane 4j + q: row 4q + j */
+  vf r = _mm512_max_ps(_mm512_shuffle_ps(t[0], t[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(t[0], t[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  float o[16];
+  _mm512_storeu_ps(o, r);
+  for (int64_t i = 0; i < k; i++)
+    out[i] = o[4 * (i % 4) + i / 4];
+}
+static inline void vsum_totals(const vsum *s, int64_t k, float *out) {
+  __m512d a[16], t[8];
+  for (int i = 0; i < 16; i++)
+    a[i] = i < k ? s[i].d : _mm512_setzero_pd();
+  for (int i = 0; i < 8; i++) /* lanes i and i + 4: [row 2i: 4 | row 2i+1: 4] */
+    t[i] = _mm512_add_pd(_mm512_shuffle_f64x2(a[2 * i], a[2 * i + 1], 0x44),
+                         _mm512_shuffle_f64x2(a[2 * i], a[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; i++) /* i and i + 2: 128-bit lane j: row 4i + j's 2 */
+    a[i] = _mm512_add_pd(_mm512_shuffle_f64x2(t[2 * i], t[2 * i + 1], 0x88),
+                         _mm512_shuffle_f64x2(t[2 * i], t[2 * i + 1], 0xDD));
+  float o[16];
+  for (int i = 0; i < 2; i++) /* the two: lane 2j + q: row 8i + 4q + j */
+    _mm256_storeu_ps(o + 8 * i, _mm512_cvtpd_ps(_mm512_add_pd(_mm512_unpacklo_pd(a[2 * i], a[2 * i + 1]),
+                                                              _mm512_unpackhi_pd(a[2 * i], a[2 * i + 1]))));
+  for (int64_t i = 0; i < k; i++)
+    out[i] = o[8 * (i / 8) + 2 * (i % 4) + (i % 8) / 4];
 }
 /* VW 2-byte floats widened (AVX-512F's vcvtph2ps; bf16 is the upper half
  * of an f32). */

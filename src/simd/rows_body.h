@@ -31,15 +31,17 @@
 #include <math.h>
 #include <stdint.h>
 
-/* exp(x): the method and its constants are in exp_const.h. */
-static inline vf v_exp(vf x) {
+/* exp(x) for x <= EXP_HI or NaN (v_exp without its clamp: softmax rows
+ * shifted by their maximum); the method and its constants are in
+ * exp_const.h. */
+static inline vf v_exp_below_hi(vf x) {
   /* x <= EXP_LO (a hidden -inf logit above all) gives +0, computed from 0
    * instead: the 2^-150 scaling underflows, and Intel cores take a
    * microcode assist of over a hundred cycles for each vector whose product
    * is subnormal or underflows (softmax rows with -inf masked entries ran
    * 10x slower). */
   vm under = v_le(x, v_set1(EXP_LO));
-  x = v_clear(under, v_min(v_set1(EXP_HI), x));
+  x = v_clear(under, x);
   vf t = v_fma(x, v_set1(EXP_LOG2E), v_set1(EXP_MAGIC));
   vf n = v_sub(t, v_set1(EXP_MAGIC));
   vf r = v_fma(n, v_set1(-EXP_LN2_HI), x);
@@ -51,6 +53,9 @@ static inline vf v_exp(vf x) {
   vf p = v_add(v_fma(v_mul(r, r), q, r), v_set1(1.0f));
   return v_clear(under, v_pow2(p, t, n));
 }
+
+/* exp(x), any x. */
+static inline vf v_exp(vf x) { return v_exp_below_hi(v_min(v_set1(EXP_HI), x)); }
 
 static float row_max(const float *x, int64_t n) {
   /* Four accumulators: MAXPS has a latency of several cycles, and rows are
@@ -99,10 +104,12 @@ static float row_max(const float *x, int64_t n) {
  * as scale_stream(pw, py, n, ps) would, a block behind the exponentials:
  * the memory takes the stores while the exponentials are computed. */
 static void scale_stream(const float *x, float *y, int64_t n, float s);
-static inline __attribute__((always_inline)) float exp_sum(const float *x, float *y, int64_t n,
+/* below_hi: shift is the row's maximum (or the row is NaN), so no x -
+ * shift exceeds EXP_HI. Returns the float64 accumulator (vsum_total). */
+static inline __attribute__((always_inline)) vsum exp_vsum(const float *x, float *y, int64_t n,
                                                            float shift, int store,
                                                            const float *ahead, const float *pw,
-                                                           float *py, float ps) {
+                                                           float *py, float ps, int below_hi) {
   vf sh = v_set1(shift);
   vsum total = vsum_zero();
   int64_t i = 0;
@@ -112,7 +119,8 @@ static inline __attribute__((always_inline)) float exp_sum(const float *x, float
     for (int k = 0; k < SUM_BLOCK && i + VW <= n; k++, i += VW) {
       if (ahead && (i & 15) == 0)
         __builtin_prefetch(ahead + i, 0, 2);
-      vf e = v_exp(v_sub(v_load(x + i), sh));
+      vf d = v_sub(v_load(x + i), sh);
+      vf e = below_hi ? v_exp_below_hi(d) : v_exp(d);
       if (store)
         v_store(y + i, e);
       acc = v_add(acc, e);
@@ -124,14 +132,22 @@ static inline __attribute__((always_inline)) float exp_sum(const float *x, float
   if (i < n) {
     /* -inf in the unused lanes: exp gives 0 there (from 0, without an
      * underflow: v_exp), so they add nothing. */
-    vf e = v_exp(v_sub(v_load_part(x + i, n - i, -INFINITY), sh));
+    vf d = v_sub(v_load_part(x + i, n - i, -INFINITY), sh);
+    vf e = below_hi ? v_exp_below_hi(d) : v_exp(d);
     if (store)
       v_store_part(y + i, n - i, e);
     vsum_add(&total, e);
     if (pw)
       scale_stream(pw + i, py + i, n - i, ps);
   }
-  return (float)vsum_total(total);
+  return total;
+}
+
+static inline __attribute__((always_inline)) float exp_sum(const float *x, float *y, int64_t n,
+                                                           float shift, int store,
+                                                           const float *ahead, const float *pw,
+                                                           float *py, float ps) {
+  return (float)vsum_total(exp_vsum(x, y, n, shift, store, ahead, pw, py, ps, 0));
 }
 
 static float exp_shift_sum(const float *x, float *y, int64_t n, float shift,
@@ -233,79 +249,168 @@ static inline vf z_vec(const float *x, const float *m, const uint8_t *b, int64_t
   return v;
 }
 
-/* z of a row into z[0..n) with its maximum in the same pass (row_max's
- * value: NaN if any z is NaN). */
-static float logits_row(const float *x, const float *m, const uint8_t *b, float *z, int64_t n,
-                        float s) {
+/* Lane maxima for a batch of rows, found before any row's horizontal
+ * maximum (v_hmax_rows): -inf in the lanes past the row; a NaN may leave a
+ * lane at any value (v_max returns its second operand then), so a NaN row
+ * is found later: by its sum of exponentials (NaN), or, with a maximum of
+ * -inf, by has_nan. */
+static inline vf row_max_v(const float *x, int64_t n) {
+  vf m0 = v_set1(-INFINITY), m1 = m0;
+  int64_t i = 0;
+  for (; i + 2 * VW <= n; i += 2 * VW) {
+    m0 = v_max(m0, v_load(x + i));
+    m1 = v_max(m1, v_load(x + i + VW));
+  }
+  if (i + VW <= n)
+    m0 = v_max(m0, v_load(x + i)), i += VW;
+  if (i < n)
+    m1 = v_max(m1, v_load_part(x + i, n - i, -INFINITY));
+  return v_max(m0, m1);
+}
+
+/* z of a row into z[0..n) with its lane maxima in the same pass (as
+ * row_max_v). */
+static inline vf logits_row_v(const float *x, const float *m, const uint8_t *b, float *z,
+                              int64_t n, float s) {
   vf vs = v_set1(s), big = v_set1(-INFINITY);
-  vm bad = v_nan(big);
   int64_t i = 0;
   for (; i + VW <= n; i += VW) {
     vf v = z_vec(x + i, m ? m + i : m, b ? b + i : b, VW, vs);
     v_store(z + i, v);
     big = v_max(big, v);
-    bad = vm_or(bad, v_nan(v));
   }
   if (i < n) {
     vf v = z_vec(x + i, m ? m + i : m, b ? b + i : b, n - i, vs);
     v_store_part(z + i, n - i, v);
-    /* -inf past the row (and where x is NaN: the row is NaN anyway) */
+    /* -inf past the row (z's 0 there) */
     big = v_max(big, v_set_where(v_nan(v_load_part(x + i, n - i, NAN)), v, v_set1(-INFINITY)));
-    bad = vm_or(bad, v_nan(v));
   }
-  if (vm_any(bad))
-    return NAN;
-  return v_hmax(big);
+  return big;
 }
+
+static int has_nan(const float *z, int64_t n) {
+  for (int64_t i = 0; i < n; i++)
+    if (z[i] != z[i])
+      return 1;
+  return 0;
+}
+
+#ifndef V_ROWS_REDUCE
+/* out[i] = v_hmax(v[i]) for i < k (any value when v[i] has a NaN lane). */
+static inline void v_hmax_rows(const vf *v, int64_t k, float *out) {
+  for (int64_t i = 0; i < k; i++)
+    out[i] = v_hmax(v[i]);
+}
+/* out[i] = (float)vsum_total(s[i]) for i < k. */
+static inline void vsum_totals(const vsum *s, int64_t k, float *out) {
+  for (int64_t i = 0; i < k; i++)
+    out[i] = (float)vsum_total(s[i]);
+}
+#endif
+
+/* Rows go BATCH_ROWS at a time (at most BATCH_FLOATS floats), each step over
+ * the whole batch before the next: the lane maxima, the rows' maxima, the
+ * exponentials and their float64 sums, the sums, then the outputs. Row
+ * after row, each row's chain of dependent operations (horizontal maximum,
+ * exponentials, horizontal sum, division) waited on the one before it in
+ * the core's window; over a batch the chains are independent, and the
+ * horizontal steps of 16 rows share their shuffles (v_hmax_rows,
+ * vsum_totals). A NaN row is caught by its NaN sum (row_max_v). */
+#define BATCH_ROWS 16
+#define BATCH_FLOATS 4096
 
 static void softmax_rows(const attn_rows_job *j, int64_t rows) {
   int64_t n = j->n;
   int build_z = j->scale != 1.0f || j->m || j->b;
-  /* Streamed: the scratch rows in turn, the previous row's stores made
-   * during this row's exponentials (exp_sum's pw). */
+  int64_t nb = n >= BATCH_FLOATS / BATCH_ROWS ? BATCH_FLOATS / n : BATCH_ROWS;
+  nb = nb < 1 ? 1 : nb;
+  /* Streamed: a batch's exponentials wait in one of two buffers (rows
+   * longer than BATCH_FLOATS: the job's two scratch rows) and are stored
+   * during the next batch's exponentials (exp_vsum's pw). */
+  float wb[2 * BATCH_FLOATS];
+  float *wbuf = j->w && n <= BATCH_FLOATS ? wb : j->w;
+  int64_t wstep = n <= BATCH_FLOATS ? BATCH_FLOATS : n;
+  vf lanes[BATCH_ROWS];
+  vsum sums[BATCH_ROWS];
+  float mx[BATCH_ROWS], val[BATCH_ROWS];
+  /* the previous batch's rows waiting for their stores (pend[i]) */
   const float *pw = (const float *)0;
-  float *py = (float *)0, pinv = 0.0f;
-  for (int64_t r = 0; r < rows; r++) {
-    const float *x = j->x + r * j->ldx;
-    float *y = j->y + r * j->ldy;
-    float *w = j->w ? j->w + (r & 1) * n : y;
-    const float *z = x;
-    float mx;
-    if (build_z) {
-      mx = logits_row(x, j->m ? j->m + r * j->ldm : (const float *)0,
-                      j->b ? j->b + r * j->ldb : (const uint8_t *)0, w, n, j->scale);
-      z = w;
-    } else {
-      mx = row_max(z, n);
+  float *py = (float *)0, pinv[BATCH_ROWS];
+  char pend[BATCH_ROWS];
+  int64_t plen = 0;
+  for (int64_t r0 = 0; r0 < rows; r0 += nb) {
+    int64_t len = rows - r0 < nb ? rows - r0 : nb;
+    const float *x = j->x + r0 * j->ldx;
+    float *y = j->y + r0 * j->ldy;
+    float *wb0 = wbuf ? wbuf + (r0 / nb & 1) * wstep : (float *)0;
+#define ROW_W(i) (wb0 ? wb0 + (i) * n : y + (i) * j->ldy) /* row i's scratch */
+#define ROW_Z(i) (build_z ? ROW_W(i) : x + (i) * j->ldx)  /* row i's logits */
+    /* z (in the row's scratch: y's row unless streamed) and the maxima */
+    for (int64_t i = 0; i < len; i++)
+      lanes[i] = build_z ? logits_row_v(x + i * j->ldx,
+                                        j->m ? j->m + (r0 + i) * j->ldm : (const float *)0,
+                                        j->b ? j->b + (r0 + i) * j->ldb : (const uint8_t *)0,
+                                        ROW_W(i), n, j->scale)
+                         : row_max_v(x + i * j->ldx, n);
+    v_hmax_rows(lanes, len, mx);
+    /* the sums, with the exponentials stored unless log */
+    for (int64_t i = 0; i < len; i++) {
+      const float *xi = x + i * j->ldx;
+      const float *pwi = i < plen && pend[i] ? pw + i * n : (const float *)0;
+      float *pyi = pwi ? py + i * j->ldy : (float *)0;
+      sums[i] = vsum_zero();
+      if (mx[i] == -INFINITY && has_nan(ROW_Z(i), n))
+        mx[i] = NAN;
+      if (!(mx[i] > -INFINITY && mx[i] < INFINITY) || j->log) {
+        if (pwi)
+          scale_stream(pwi, pyi, n, pinv[i]);
+        /* log: y's row is written below, so its lines are requested now
+         * (in a burst there, the writes wait for them) */
+        for (int64_t k = 0; j->log && !build_z && k < n; k += 64 / (int64_t)sizeof(float))
+          __builtin_prefetch(y + i * j->ldy + k, 1, 3);
+        if (mx[i] > -INFINITY && mx[i] < INFINITY)
+          sums[i] = exp_vsum(ROW_Z(i), (float *)0, n, mx[i], 0, (const float *)0,
+                             (const float *)0, (float *)0, 0.0f, 1);
+        continue; /* all hidden, or NaN: filled below */
+      }
+      /* ahead: a page on, else the same row of the next batch (the last
+       * row: the first after the block) */
+      const float *ahead = (const float *)0;
+      if (j->x_end)
+        ahead = j->x_end - xi >= AHEAD_FLOATS + n ? xi + AHEAD_FLOATS : ahead;
+      else if (r0 + i + nb < rows)
+        ahead = xi + nb * j->ldx;
+      else if (r0 + i + 1 == rows)
+        ahead = j->next;
+      sums[i] = exp_vsum(ROW_Z(i), ROW_W(i), n, mx[i], 1, ahead, pwi, pyi, pwi ? pinv[i] : 0.0f, 1);
     }
-    if (mx == -INFINITY || !(mx < INFINITY) || j->log) {
-      if (pw)
-        scale_stream(pw, py, n, pinv);
-      pw = (const float *)0;
-      if (mx == -INFINITY)
-        fill_row(y, n, j->log ? -INFINITY : 0.0f);
-      else if (!(mx < INFINITY))
-        fill_row(y, n, NAN);
+    for (int64_t i = len; i < plen; i++) /* the last batch is shorter */
+      if (pend[i])
+        scale_stream(pw + i * n, py + i * j->ldy, n, pinv[i]);
+    vsum_totals(sums, len, val);
+    /* the outputs (streamed: left for the next batch); a finite maximum
+     * gives s >= 1 (exp(0)), or NaN */
+    for (int64_t i = 0; i < len; i++) {
+      float *yi = y + i * j->ldy;
+      pend[i] = 0;
+      if (mx[i] == -INFINITY)
+        fill_row(yi, n, j->log ? -INFINITY : 0.0f);
+      else if (!(mx[i] < INFINITY))
+        fill_row(yi, n, NAN);
+      else if (j->log)
+        sub2(ROW_Z(i), yi, n, mx[i], (float)log((double)val[i]));
+      else if (wb0)
+        pend[i] = 1, pinv[i] = (float)(1.0 / (double)val[i]);
       else
-        sub2(z, y, n, mx, (float)log((double)sum_exp_shift(z, n, mx)));
-      continue;
+        scale(yi, yi, n, (float)(1.0 / (double)val[i]));
     }
-    const float *ahead = (const float *)0; /* a page on, else the next row */
-    if (j->x_end)
-      ahead = j->x_end - x >= AHEAD_FLOATS + n ? x + AHEAD_FLOATS : ahead;
-    else
-      ahead = r + 1 < rows ? x + j->ldx : j->next;
-    /* s >= 1: the maximum gives exp(0) */
-    float s = exp_sum(z, w, n, mx, 1, ahead, pw, py, pinv);
-    float inv = (float)(1.0 / (double)s);
-    pw = (const float *)0;
-    if (j->w)
-      pw = w, py = y, pinv = inv;
-    else
-      scale(w, y, n, inv);
+#undef ROW_Z
+#undef ROW_W
+    pw = wb0, py = y, plen = wb0 ? len : 0;
   }
-  if (pw)
-    scale_stream(pw, py, n, pinv);
+  for (int64_t i = 0; i < plen; i++)
+    if (pend[i])
+      scale_stream(pw + i * n, py + i * j->ldy, n, pinv[i]);
 }
 
 /* RoPE's rotations, vectors of pairs in the roundings of rotate_tail.h, so
