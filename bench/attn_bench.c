@@ -577,7 +577,13 @@ typedef struct {
   /* Element type: of K and V for decode rows (Q and O stay F32, as a
    * half-precision KV cache is used), of Q, K, V and O for the others. */
   int32_t dt;
+  int mask; /* K_SOFTMAX: 0 none, MASK_ADD or MASK_BOOL */
 } bcase;
+
+/* Softmax masks: one row of Lk values broadcast over the rows (a key
+ * padding mask), every 7th entry hidden: an F32 additive mask (0.5, or -inf
+ * to hide) or a U8 keep-mask. */
+enum { MASK_ADD = 1, MASK_BOOL = 2 };
 
 typedef struct {
   double seconds, gflops, sgemm, naive_seconds, max_diff, kv_gbps, copy_gbps, gbps;
@@ -615,6 +621,7 @@ typedef struct {
   const int64_t *cu;           /* its cu_seqlens (q and k alike) */
   attn_rope_params rope;
   attn_sinusoidal_params sinus;
+  attn_softmax_params sm;
   char err[600];
 } op_run;
 
@@ -676,7 +683,7 @@ static int sinus_once(void *arg) {
 
 static int softmax_once(void *arg) {
   op_run *r = arg;
-  if (attn_softmax(r->ctx, r->x, r->y, NULL) != ATTN_OK) {
+  if (attn_softmax(r->ctx, r->x, r->y, &r->sm) != ATTN_OK) {
     snprintf(r->err, sizeof r->err, "%s", attn_ctx_last_error(r->ctx));
     return 1;
   }
@@ -862,16 +869,32 @@ static result run_softmax_case(const bcase *c) {
   result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN};
   int64_t rows = c->Lq, cols = c->Lk;
   size_t n = (size_t)(rows * cols);
-  float *x = new_floats(n, 21), *y = new_floats(n, 22);
+  float *x = new_floats(n, 21), *y = new_floats(n, 22), *m = new_floats((size_t)cols, 23);
+  uint8_t *keep = malloc((size_t)cols);
+  if (!keep) {
+    fprintf(stderr, "attn-bench: out of memory\n");
+    exit(2);
+  }
+  for (int64_t j = 0; j < cols; j++) {
+    m[j] = j % 7 == 0 ? -INFINITY : 0.5f;
+    keep[j] = j % 7 != 0;
+  }
   counter cnt = {0, 0};
   op_run r = {0};
   r.ctx = new_ctx(c->threads, &cnt);
   int64_t dims[2] = {rows, cols};
+  attn_tensor *mt = NULL, *kt = NULL;
+  attn_softmax_params_init(&r.sm);
   if (attn_tensor_wrap(r.ctx, ATTN_DTYPE_F32, 2, dims, NULL, x, n * sizeof(float), &r.x) ||
-      attn_tensor_wrap(r.ctx, ATTN_DTYPE_F32, 2, dims, NULL, y, n * sizeof(float), &r.y)) {
+      attn_tensor_wrap(r.ctx, ATTN_DTYPE_F32, 2, dims, NULL, y, n * sizeof(float), &r.y) ||
+      attn_tensor_wrap(r.ctx, ATTN_DTYPE_F32, 1, &cols, NULL, m, (size_t)cols * sizeof(float),
+                       &mt) ||
+      attn_tensor_wrap(r.ctx, ATTN_DTYPE_U8, 1, &cols, NULL, keep, (size_t)cols, &kt)) {
     fprintf(stderr, "attn-bench: attn_tensor_wrap: %s\n", attn_ctx_last_error(r.ctx));
     exit(2);
   }
+  r.sm.mask = c->mask == MASK_ADD ? mt : NULL;
+  r.sm.bool_mask = c->mask == MASK_BOOL ? kt : NULL;
   size_t base = atomic_load(&cnt.live);
   atomic_store(&cnt.peak, base);
   if (softmax_once(&r)) {
@@ -886,6 +909,8 @@ static result run_softmax_case(const bcase *c) {
   attn_ctx_destroy(r.ctx);
   free(x);
   free(y);
+  free(m);
+  free(keep);
   return res;
 }
 
@@ -1169,10 +1194,15 @@ static void json_string(const char *s) {
   putchar('"');
 }
 
+static const char *softmax_mask_name(int mask) {
+  return mask == MASK_ADD ? "additive" : mask == MASK_BOOL ? "bool" : "none";
+}
+
 static void print_json(const bcase *c, const result *r) {
   printf("{\"op\": \"%s\"", kind_name(c->kind));
   if (c->kind == K_SOFTMAX) {
-    printf(", \"rows\": %lld, \"cols\": %lld", (long long)c->Lq, (long long)c->Lk);
+    printf(", \"rows\": %lld, \"cols\": %lld, \"mask\": \"%s\"", (long long)c->Lq,
+           (long long)c->Lk, softmax_mask_name(c->mask));
   } else if (c->kind == K_ROPE || c->kind == K_SINUS) {
     printf(", \"B\": %lld, \"H\": %lld, \"L\": %lld, \"D\": %lld", (long long)c->B,
            (long long)(c->kind == K_ROPE ? c->Hq : 1), (long long)c->Lq, (long long)c->D);
@@ -1272,8 +1302,11 @@ static void print_row(const bcase *c, const result *r) {
     snprintf(notes, sizeof notes, "E = %lld: 4 projections + attention",
              (long long)(c->Hq * c->D));
   else if (is_stream(c->kind))
-    snprintf(notes, sizeof notes, "%.1f GB/s (read + write), memcpy %.1f GB/s (%.0f%%)", r->gbps,
-             r->copy_gbps, 100 * r->gbps / r->copy_gbps);
+    snprintf(notes, sizeof notes, "%s%.1f GB/s (read + write), memcpy %.1f GB/s (%.0f%%)",
+             c->mask == MASK_ADD    ? "additive mask [Lk], "
+             : c->mask == MASK_BOOL ? "bool mask [Lk], "
+                                    : "",
+             r->gbps, r->copy_gbps, 100 * r->gbps / r->copy_gbps);
   else if (c->kind == K_VARLEN)
     snprintf(notes, sizeof notes, "%lld sequences of %lld..%lld tokens", (long long)c->B,
              (long long)c->Lq, (long long)c->Lk);
@@ -1296,7 +1329,7 @@ static void print_row(const bcase *c, const result *r) {
 static int add_dt(bcase *cs, int n, kind k, int64_t B, int64_t Hq, int64_t Hkv, int64_t Lq,
                   int64_t Lk, int64_t D, int causal, int threads, int32_t dt) {
   if (n < MAX_CASES)
-    cs[n++] = (bcase){k, B, Hq, Hkv, Lq, Lk, D, D, causal, threads, dt};
+    cs[n++] = (bcase){k, B, Hq, Hkv, Lq, Lk, D, D, causal, threads, dt, 0};
   return n;
 }
 
@@ -1320,12 +1353,16 @@ static int add_half(bcase *cs, int n, int threads) {
   return n;
 }
 
-/* Softmax at square, long-row and short-row shapes; RoPE on [1, 8, 4096,
- * 128]; the sinusoidal table added to [8, 4096, 128]. */
+/* Softmax at square, long-row and short-row shapes, unmasked, then with an
+ * additive and a boolean key mask; RoPE on [1, 8, 4096, 128]; the
+ * sinusoidal table added to [8, 4096, 128]. */
 static int add_stream_cases(bcase *cs, int n, int threads) {
-  n = add(cs, n, K_SOFTMAX, 1, 1, 1, 4096, 4096, 1, 0, threads);
-  n = add(cs, n, K_SOFTMAX, 1, 1, 1, 64, 65536, 1, 0, threads);
-  n = add(cs, n, K_SOFTMAX, 1, 1, 1, 65536, 64, 1, 0, threads);
+  static const int64_t shapes[3][2] = {{4096, 4096}, {64, 65536}, {65536, 64}};
+  for (int mask = 0; mask <= MASK_BOOL; mask++)
+    for (int i = 0; i < 3; i++)
+      if (n < MAX_CASES)
+        cs[n++] = (bcase){K_SOFTMAX, 1, 1, 1, shapes[i][0], shapes[i][1], 1, 1, 0, threads,
+                          ATTN_DTYPE_F32, mask};
   n = add(cs, n, K_ROPE, 1, 8, 8, 4096, 4096, 128, 0, threads);
   n = add(cs, n, K_SINUS, 8, 1, 1, 4096, 4096, 128, 0, threads);
   return n;

@@ -62,6 +62,8 @@ def main():
         for r in st:
             if r["op"] == "softmax":
                 what = f"softmax [{r['rows']}, {r['cols']}]"
+                if r.get("mask", "none") != "none":
+                    what += f", {r['mask']} mask [{r['cols']}]"
             elif r["op"] == "rope":
                 what = f"rope [{r['B']}, {r['H']}, {r['L']}, {r['D']}]"
             else:

@@ -49,9 +49,6 @@ void attn_softmax_params_init(attn_softmax_params *p) {
  * the row bound keeps the worker's row within L2. */
 #define STREAM_MIN_BYTES (8.0 * 1024 * 1024)
 #define STREAM_MAX_ROW 65536
-/* Rows up to this many floats (16 KiB: in L1 with the mask's row) go a
- * block at a time through the kernel set's softmax_rows. */
-#define SHORT_ROW 4096
 /* Distance of the prefetch ahead of short rows: a page. */
 #define AHEAD_BYTES 4096
 
@@ -129,7 +126,7 @@ static void float_row(const attn_softmax_problem *j, const attn_kernels *k, cons
 
 /* Rows [r0, r1) of the view through the kernel set's softmax_rows, a call
  * per run of rows that share axes 0 and 1 (constant strides within). */
-static void short_rows(const attn_softmax_problem *j, const attn_kernels *k, float *buf,
+static void block_rows(const attn_softmax_problem *j, const attn_kernels *k, float *buf,
                        int64_t r0, int64_t r1) {
   int64_t i2 = r0 % j->dims[2], t = r0 / j->dims[2];
   int64_t i1 = t % j->dims[1], i0 = t / j->dims[1];
@@ -166,8 +163,8 @@ static void rows_task(void *arg, int64_t item, int32_t worker) {
   int64_t r0 = item * j->rows_per_item;
   int64_t r1 = r0 + j->rows_per_item < j->rows ? r0 + j->rows_per_item : j->rows;
   bool f32 = j->xdt == ATTN_DTYPE_F32 && j->ydt == ATTN_DTYPE_F32;
-  if (f32 && j->short_rows && k->softmax_rows) {
-    short_rows(j, k, buf, r0, r1);
+  if (f32 && j->block_rows && k->softmax_rows) {
+    block_rows(j, k, buf, r0, r1);
     if (j->stream)
       k->stream_fence();
     return;
@@ -342,7 +339,10 @@ void attn__softmax_plan(const attn_ctx *ctx, attn_softmax_problem *p) {
    * item's last row has no next row to overlap its stores with. */
   p->rows_per_item = attn__items_balanced(
       p->rows, n >= ITEM_ELEMS ? (p->stream ? p->rows : 1) : ITEM_ELEMS / n, p->threads);
-  p->short_rows = n <= SHORT_ROW && (!p->mask || p->ms[3] == 1) && (!p->bmask || p->bs[3] == 1);
+  /* F32 rows of any length go a block at a time through the kernel set's
+   * softmax_rows (the masks' vector form, no per-row calls) unless a mask's
+   * columns are strided (broadcast along the row). */
+  p->block_rows = (!p->mask || p->ms[3] == 1) && (!p->bmask || p->bs[3] == 1);
   p->ws_bytes = attn__ws_size(softmax_layout, p);
 }
 

@@ -29,7 +29,7 @@ typedef struct {
   int32_t threads;
   bool packed;     /* x's rows lie end to end (row r at x + r * n) */
   bool stream;     /* F32 rows through a worker's row, y written past the caches */
-  bool short_rows; /* F32 rows go a block at a time through softmax_rows
+  bool block_rows; /* F32 rows go a block at a time through softmax_rows
                       (kernels.h) when the set has it */
   size_t ws_bytes; /* a row of floats per thread when x or y is half or when
                       streaming, else 0 */

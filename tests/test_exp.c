@@ -372,12 +372,13 @@ static void composed_row(const attn_kernels *k, const float *x, const float *m,
 static void softmax_rows_kernel(void **state) {
   (void)state;
   tu_rng rng = {5};
-  enum { R = 40, MAXN = 300 }; /* several batches of softmax_rows (rows_body.h) */
+  enum { R = 40, MAXN = 4097 }; /* several batches of softmax_rows (rows_body.h) */
   float *x = malloc(R * MAXN * sizeof *x), *m = malloc(R * MAXN * sizeof *m);
   float *y = malloc((R * MAXN + 16) * sizeof *y), *want = malloc(R * MAXN * sizeof *want);
   float *w = malloc(2 * MAXN * sizeof *w);
   uint8_t *b = malloc(R * MAXN);
-  const int lens[] = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 255, 257, MAXN};
+  const int lens[] = {1,  2,  3,  4,  5,   7,   8,   9,   15,  16,   17,  31,
+                      32, 33, 63, 64, 65, 255, 256, 257, 300, 1000, 4096, MAXN};
   FOR_EACH_SET(k) {
     if (!k->softmax_rows)
       continue;

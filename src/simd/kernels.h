@@ -13,7 +13,7 @@
 /* Element types the decode products read K and V rows in. */
 enum { ATTN_ELEM_F32, ATTN_ELEM_F16, ATTN_ELEM_BF16 };
 
-/* A block of short softmax rows for attn_kernels.softmax_rows: row r reads
+/* A block of softmax rows for attn_kernels.softmax_rows: row r reads
  * x + r * ldx (and the mask rows m + r * ldm, b + r * ldb, when not NULL;
  * a stride of 0 gives every row the same mask row; the masks' columns are
  * contiguous) and writes y + r * ldy. */
@@ -27,11 +27,13 @@ typedef struct {
   float scale;      /* 1 = none */
   int log;          /* log-softmax */
   float *w;         /* 2 rows of n floats of scratch: y is then written by
-                       scale_stream (softmax only), each row during the next
-                       row's exponentials; NULL: computed in y's row */
+                       scale_stream (softmax only), each row (or batch of
+                       short rows) during the next one's exponentials; NULL:
+                       computed in y's row */
   const float *x_end; /* rows lie end to end below x_end: each row's x a page
                          further on (within x_end) is fetched meanwhile; or NULL:
-                         the next row is, and after the last row `next` */
+                         the row a batch further on is, and after the last row
+                         `next` */
   const float *next;  /* the x row after the block, or NULL */
 } attn_rows_job;
 
@@ -101,9 +103,10 @@ typedef struct attn_kernels {
   /* Softmax (or log-softmax) of `rows` rows in one call, the same bits as
    * the row-at-a-time composition in softmax.c (z = scale * x + m, hidden
    * entries from logits.h, row_max, exp_shift_sum, scale / scale_stream;
-   * log: sum_exp_shift, sub2): the per-row calls and their fixed cost are
-   * gone, which is what rows of a few hundred bytes pay for. NULL in the
-   * sets without it. */
+   * log: sum_exp_shift, sub2; NaN rows give NaN, whatever the payload):
+   * the per-row calls and their fixed cost are gone, which is what rows of
+   * a few hundred bytes pay for, and short rows go 16 at a time. NULL in
+   * the sets without it. */
   void (*softmax_rows)(const attn_rows_job *j, int64_t rows);
   /* exp_shift_sum (y = exp(x - shift), the sum returned) that meanwhile
    * writes the previous row, py = pw * ps, as scale_stream would (same
