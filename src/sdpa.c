@@ -240,18 +240,12 @@ attn_status attn__sdpa_check_offsets(attn_ctx *ctx, const char *name, const int6
   return ATTN_OK;
 }
 
-/* Sequence s of a packed batch as a [1, H, L, D] view of the tensors. */
-static void varlen_problem(attn_sdpa_problem *p, const attn_sdpa_params *prm, const attn_tensor *q,
-                           const attn_tensor *k, const attn_tensor *v, attn_tensor *out, int32_t s,
-                           const int64_t *cu_q, const int64_t *cu_k) {
+/* The packed tensors as [1, H, T, D] views (attn_sdpa_packed.whole). */
+static void varlen_whole(attn_sdpa_problem *p, const attn_sdpa_params *prm, const attn_tensor *q,
+                         const attn_tensor *k, const attn_tensor *v, attn_tensor *out) {
   memset(p, 0, sizeof *p);
   p->B = 1, p->Hq = q->dims[1], p->Hkv = k->dims[1], p->G = p->Hkv ? p->Hq / p->Hkv : 0;
   p->D = q->dims[2], p->Dv = v->dims[2];
-  p->Lq = cu_q[s + 1] - cu_q[s];
-  p->Lk = cu_k[s + 1] - cu_k[s];
-  /* An empty range may start at the token count, one past the last token,
-   * where an axis of size 1 has an arbitrary stride: do not offset by it. */
-  int64_t q0 = p->Lq ? cu_q[s] : 0, k0 = p->Lk ? cu_k[s] : 0;
   const attn_tensor *ts[4] = {q, k, v, out};
   int64_t *strides[4] = {p->qs, p->ks, p->vs, p->os};
   for (int t = 0; t < 4; t++) {
@@ -263,21 +257,16 @@ static void varlen_problem(attn_sdpa_problem *p, const attn_sdpa_params *prm, co
     strides[t][3] = 1;
   }
   p->qdt = q->dtype, p->kdt = k->dtype, p->vdt = v->dtype, p->odt = out->dtype;
-  /* p->xs[2] is the token stride (0 for an empty tensor, never stepped). */
-  p->q = (const char *)q->data + q0 * p->qs[2] * (int64_t)attn__dtype_size(q->dtype);
-  p->k = (const char *)k->data + k0 * p->ks[2] * (int64_t)attn__dtype_size(k->dtype);
-  p->v = (const char *)v->data + k0 * p->vs[2] * (int64_t)attn__dtype_size(v->dtype);
-  p->out = (char *)out->data + q0 * p->os[2] * (int64_t)attn__dtype_size(out->dtype);
+  p->q = q->data, p->k = k->data, p->v = v->data, p->out = out->data;
   if (prm->lse) {
     int64_t ls[2];
     strides_of(prm->lse, ls, 2);
-    p->lse = (float *)prm->lse->data + q0 * ls[1];
+    p->lse = prm->lse->data;
     p->lses[0] = 0;
     p->lses[1] = ls[0];
-    p->lses[2] = 1;
+    p->lses[2] = ls[1];
   }
-  p->q_offsets = prm->q_offsets ? prm->q_offsets + s : NULL; /* one per sequence */
-  attn__sdpa_fill_common(p, prm);
+  p->q_offsets = prm->q_offsets;
 }
 
 /* Check attn_sdpa_varlen's operands and params; *prm gets the params. */
@@ -315,25 +304,6 @@ static attn_status varlen_check(attn_ctx *ctx, const attn_tensor *q, const attn_
   return attn__sdpa_check_params(ctx, prm, batch, d.v[HQ], d.v[TK], d.v[D]);
 }
 
-/* Plan every non-empty sequence and, with run, run it; returns the largest
- * workspace a sequence needs. */
-static size_t varlen_sequences(attn_ctx *ctx, const attn_sdpa_params *prm, const attn_tensor *q,
-                               const attn_tensor *k, const attn_tensor *v, attn_tensor *out,
-                               int32_t batch, const int64_t *cu_q, const int64_t *cu_k, bool run) {
-  size_t most = 0;
-  for (int32_t s = 0; s < batch; s++) {
-    attn_sdpa_problem p;
-    varlen_problem(&p, prm, q, k, v, out, s, cu_q, cu_k);
-    if (p.Lq == 0 || p.Hq == 0)
-      continue; /* no query row */
-    attn__sdpa_plan(ctx, &p);
-    most = p.ws_bytes > most ? p.ws_bytes : most;
-    if (run)
-      attn__sdpa_run(ctx, &p);
-  }
-  return most;
-}
-
 attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q, const attn_tensor *k,
                              const attn_tensor *v, attn_tensor *out, int32_t batch,
                              const int64_t *cu_q, const int64_t *cu_k,
@@ -344,11 +314,18 @@ attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q, const attn_ten
   attn_sdpa_params prm;
   if ((st = varlen_check(ctx, q, k, v, out, batch, cu_q, cu_k, params, &prm)) != ATTN_OK)
     return attn__op_end(ctx, st);
-  /* Every sequence's plan and the largest workspace come first: failing
-   * half-way would leave the earlier sequences' outputs written. */
-  size_t most = varlen_sequences(ctx, &prm, q, k, v, out, batch, cu_q, cu_k, false);
-  if ((st = attn__ws_reserve(ctx, most)) == ATTN_OK)
-    varlen_sequences(ctx, &prm, q, k, v, out, batch, cu_q, cu_k, true);
+  /* The whole plan and its workspace come first: failing half-way would
+   * leave the earlier sequences' outputs written. */
+  attn_sdpa_packed pk;
+  memset(&pk, 0, sizeof pk);
+  varlen_whole(&pk.whole, &prm, q, k, v, out);
+  pk.prm = &prm;
+  pk.batch = batch;
+  pk.cu_q = cu_q;
+  pk.cu_k = cu_k;
+  attn__sdpa_plan_packed(ctx, &pk);
+  if ((st = attn__ws_reserve(ctx, pk.ws_bytes)) == ATTN_OK)
+    attn__sdpa_run_packed(ctx, &pk);
   return attn__op_end(ctx, st);
 }
 

@@ -132,6 +132,47 @@ void attn__sdpa_plan(const attn_ctx *ctx, attn_sdpa_problem *p);
  * validates nothing, allocates nothing. */
 void attn__sdpa_run(attn_ctx *ctx, attn_sdpa_problem *p);
 
+/* A packed batch (attn_sdpa_varlen): sequence s is tokens [cu_q[s],
+ * cu_q[s + 1]) of q and out and [cu_k[s], cu_k[s + 1]) of k and v. `whole`
+ * holds the tensors as [1, H, T, D] views (xs[1] the head stride, xs[2] the
+ * token stride; lses likewise) with Lq = Lk = 0; the rest of a sequence's
+ * problem comes from prm (attn__sdpa_fill_common). Fields up to "plan" are
+ * the caller's.
+ *
+ * Short sequences run together, one parallel loop over items of (sequence,
+ * group of kv heads), longest first: an item copies its heads' rows into
+ * head-major buffers of its thread (each token's rows of the group are
+ * adjacent, so the copy reads runs the hardware prefetchers follow, where
+ * the per-head tiles read rows a token apart: a cache and TLB miss each),
+ * attends over them, and copies the output rows back. Longer sequences
+ * (whose buffers would not stay in a core's L2) run one after another
+ * through attn__sdpa_plan / attn__sdpa_run. */
+typedef struct {
+  attn_sdpa_problem whole;
+  const attn_sdpa_params *prm;
+  int32_t batch;
+  const int64_t *cu_q, *cu_k;
+  /* plan */
+  int32_t n_staged;       /* sequences that run as staged items */
+  int64_t group;          /* kv heads per item */
+  int64_t n_groups;       /* items per staged sequence */
+  attn_sdpa_problem tile; /* the largest staged item's problem: sizes the workers' buffers */
+  size_t stage_floats;    /* a worker's head-major buffers */
+  int32_t threads;
+  size_t staged_bytes; /* the staged run's workspace */
+  size_t ws_bytes;     /* the largest of the staged run's and each other sequence's */
+  /* workspace */
+  float *stage;   /* threads x stage_floats */
+  int64_t *order; /* the staged sequences, longest first (sdpa_plan.c: fill_order) */
+} attn_sdpa_packed;
+
+/* Sequence s of a packed batch as a problem of its own (not planned). */
+void attn__sdpa_sequence(const attn_sdpa_packed *pk, int32_t s, attn_sdpa_problem *p);
+/* Plan a packed batch: never fails (sizes saturate). */
+void attn__sdpa_plan_packed(const attn_ctx *ctx, attn_sdpa_packed *pk);
+/* Run a planned packed batch within a reservation of pk->ws_bytes. */
+void attn__sdpa_run_packed(attn_ctx *ctx, attn_sdpa_packed *pk);
+
 /* ---- checks and visibility shared with the backward (sdpa_bwd.c) ---- */
 
 /* Hq a multiple of Hkv (ATTN_ERR_SHAPE). */
