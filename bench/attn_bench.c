@@ -338,6 +338,79 @@ static double sgemm_gflops(int threads, int n) {
   return 2.0 * n * (double)n * n / t * 1e-9;
 }
 
+/* ---- the same products through BLAS: the serving rows' ceiling ----
+ * One 2048^3 product is the rate of a large sgemm. A short sequence's
+ * attention is small products instead: per head S = Q K^T (L x L x D) and
+ * O = S V (L x Dv x L). This ceiling runs exactly those through cblas_sgemm
+ * (no softmax between them), one (sequence, head) pair per call on each
+ * thread (the BLAS held to one thread per call meanwhile), pairs taken in turn from a shared counter, operands head-major
+ * and as large in all as the case's tensors: what SDPA through BLAS would
+ * pay for its products alone on these shapes. */
+
+typedef struct {
+  int64_t n, H, D, Dv;
+  const int64_t *cu; /* sequence s: tokens cu[s] .. cu[s + 1] */
+  const float *q, *k, *v;
+  float *o;
+  float **s; /* per thread: L_max x L_max */
+  atomic_long next;
+  int threads;
+} prod_run;
+
+static void prod_part(void *arg, int t, int nt) {
+  prod_run *r = arg;
+  (void)nt;
+  for (long i; (i = atomic_fetch_add(&r->next, 1)) < r->n * r->H;) {
+    int64_t s = i / r->H, h = i % r->H, L = r->cu[s + 1] - r->cu[s];
+    size_t row = (size_t)(r->cu[s] * r->H + h * L); /* head h of sequence s */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)L, (int)L, (int)r->D, 1.0f,
+                r->q + row * (size_t)r->D, (int)r->D, r->k + row * (size_t)r->D, (int)r->D, 0.0f,
+                r->s[t], (int)L);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)L, (int)r->Dv, (int)L, 1.0f,
+                r->s[t], (int)L, r->v + row * (size_t)r->Dv, (int)r->Dv, 0.0f,
+                r->o + row * (size_t)r->Dv, (int)r->Dv);
+  }
+}
+
+static int prod_once(void *arg) {
+  prod_run *r = arg;
+  atomic_store(&r->next, 0);
+  run_parallel(prod_part, r, r->threads);
+  return 0;
+}
+
+/* GFLOP/s of the products of n sequences (offsets cu) of H heads, D / Dv,
+ * counted as SDPA's rows count them: 2 L^2 (D + Dv) per head. */
+static double products_gflops(int threads, int64_t n, const int64_t *cu, int64_t H, int64_t D,
+                              int64_t Dv) {
+  if (threads < 1 || threads > 64)
+    return NAN;
+  int64_t T = cu[n], Lmax = 0;
+  double flops = 0;
+  for (int64_t s = 0; s < n; s++) {
+    int64_t L = cu[s + 1] - cu[s];
+    Lmax = L > Lmax ? L : Lmax;
+    flops += 2.0 * (double)L * (double)L * (double)H * (double)(D + Dv);
+  }
+  int nt = threads;
+  prod_run r = {n, H, D, Dv, cu, new_floats((size_t)(T * H * D), 51),
+                new_floats((size_t)(T * H * D), 52), new_floats((size_t)(T * H * Dv), 53),
+                new_floats((size_t)(T * H * Dv), 54), calloc((size_t)nt, sizeof(float *)), 0, nt};
+  for (int t = 0; t < nt; t++)
+    r.s[t] = new_floats((size_t)(Lmax * Lmax), 55);
+  int had = cap_blas_threads(1);
+  double t = time_median(prod_once, &r, 0.5, 1, NULL);
+  restore_blas_threads(had, 1);
+  for (int i = 0; i < nt; i++)
+    free(r.s[i]);
+  free(r.s);
+  free((void *)r.q);
+  free((void *)r.k);
+  free((void *)r.v);
+  free(r.o);
+  return flops / t * 1e-9;
+}
+
 /* ---- libattn's own tile kernel: the ceiling of its products ----
  * The sgemm ceiling is the linked BLAS's, which may be far from the CPU's
  * (OpenBLAS 0.3.21 runs Prescott kernels on CPUs newer than it); a layer's
@@ -578,6 +651,9 @@ typedef struct {
    * half-precision KV cache is used), of Q, K, V and O for the others. */
   int32_t dt;
   int mask; /* K_SOFTMAX: 0 none, MASK_ADD or MASK_BOOL */
+  /* A serving row (add_serving_cases): also measured against the same
+   * products through BLAS (products_gflops) and the tile kernel. */
+  int serving;
 } bcase;
 
 /* Softmax masks: one row of Lk values broadcast over the rows (a key
@@ -595,6 +671,7 @@ typedef struct {
   double speedup_f32; /* K_KV half rows: the f32 cache row's time over this one's */
   double tile;        /* K_MHA: tile_gflops on the same threads */
   double read_gbps;   /* rows reading K/V: the same run's read-only stream */
+  double products;    /* serving rows: products_gflops on the same shapes and threads */
 } result;
 
 static const char *kind_name(kind k) {
@@ -747,7 +824,7 @@ static int measure(timed_fn once, void *arg, const char *err, counter *cnt, resu
 }
 
 static result run_sdpa_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN, NAN};
   size_t nq = (size_t)(c->B * c->Hq * c->Lq * c->D), nk = (size_t)(c->B * c->Hkv * c->Lk * c->D),
          nv = (size_t)(c->B * c->Hkv * c->Lk * c->Dv), no = (size_t)(c->B * c->Hq * c->Lq * c->Dv);
   float *q = new_floats(nq, 11), *k = new_floats(nk, 12), *v = new_floats(nv, 13);
@@ -819,6 +896,11 @@ static result run_sdpa_case(const bcase *c) {
   double per_pair = c->kind == K_BWD ? 2.0 * (3 * c->D + 2 * c->Dv) : 2.0 * (c->D + c->Dv);
   res.gflops = pairs * per_pair / res.seconds * 1e-9;
   res.sgemm = sgemm_gflops(c->threads, g_sgemm_n);
+  if (c->serving) {
+    int64_t cu1[2] = {0, c->Lq};
+    res.products = products_gflops(c->threads, 1, cu1, c->Hq, c->D, c->Dv);
+    res.tile = tile_gflops(c->threads);
+  }
   if (r.o != of && attn_tensor_copy(r.ctx, r.o, of)) { /* the result as float */
     fprintf(stderr, "attn-bench: %s\n", attn_ctx_last_error(r.ctx));
     exit(2);
@@ -866,7 +948,7 @@ done:
 }
 
 static result run_softmax_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN, NAN};
   int64_t rows = c->Lq, cols = c->Lk;
   size_t n = (size_t)(rows * cols);
   float *x = new_floats(n, 21), *y = new_floats(n, 22), *m = new_floats((size_t)cols, 23);
@@ -922,7 +1004,7 @@ static int64_t varlen_len(int64_t i, int64_t n, int64_t lo, int64_t hi) {
 
 /* BERT-style serving: B sequences packed [T, H, D], non-causal. */
 static result run_varlen_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN, NAN};
   int64_t *cu = malloc((size_t)(c->B + 1) * sizeof *cu);
   if (!cu) {
     fprintf(stderr, "attn-bench: out of memory\n");
@@ -965,6 +1047,10 @@ static result run_varlen_case(const bcase *c) {
     res.seconds = time_median(varlen_once, &r, g_budget, 0, &res.reps);
     res.gflops = 2.0 * pairs * (double)c->Hq * (double)(c->D + c->Dv) / res.seconds * 1e-9;
     res.sgemm = sgemm_gflops(c->threads, g_sgemm_n);
+    if (c->serving) {
+      res.products = products_gflops(c->threads, c->B, cu, c->Hq, c->D, c->Dv);
+      res.tile = tile_gflops(c->threads);
+    }
   }
   attn_ctx_destroy(r.ctx);
   free(q);
@@ -978,7 +1064,7 @@ static result run_varlen_case(const bcase *c) {
 /* RoPE and the sinusoidal table, in place: bytes read + written against
  * the same run's memcpy. */
 static result run_posenc_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN, NAN};
   int64_t heads = c->kind == K_ROPE ? c->Hq : 1;
   size_t n = (size_t)(c->B * heads * c->Lq * c->D);
   float *x = new_floats(n, 41);
@@ -1067,7 +1153,7 @@ static attn_tensor *wrap_n(attn_ctx *ctx, float *data, int32_t nd, const int64_t
  * the sgemm ceiling. K_KV_STEP: K/V bytes read per second against memcpy
  * (the paged blocks hold 16 tokens, vLLM's default). */
 static result run_layer_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN, NAN};
   counter cnt = {0, 0};
   layer_run r = {0};
   r.ctx = new_ctx(c->threads, &cnt);
@@ -1234,6 +1320,12 @@ static void print_json(const bcase *c, const result *r) {
     json_num("naive_extra_bytes", r->naive_bytes, "%.0f");
     json_num("max_abs_diff_naive", r->max_diff, "%.3g");
   }
+  if (c->serving) {
+    json_num("products_gflops", r->products, "%.4g");
+    json_num("ratio_products", r->gflops / r->products, "%.3f");
+    json_num("tile_gflops", r->tile, "%.4g");
+    json_num("ratio_tile", r->gflops / r->tile, "%.3f");
+  }
   if (r->error)
     printf(", \"peak_extra_bytes\": null");
   else
@@ -1307,9 +1399,15 @@ static void print_row(const bcase *c, const result *r) {
              : c->mask == MASK_BOOL ? "bool mask [Lk], "
                                     : "",
              r->gbps, r->copy_gbps, 100 * r->gbps / r->copy_gbps);
-  else if (c->kind == K_VARLEN)
-    snprintf(notes, sizeof notes, "%lld sequences of %lld..%lld tokens", (long long)c->B,
-             (long long)c->Lq, (long long)c->Lk);
+  else if (c->serving) {
+    int at = 0;
+    if (c->kind == K_VARLEN)
+      at = snprintf(notes, sizeof notes, "%lld sequences of %lld..%lld tokens; ", (long long)c->B,
+                    (long long)c->Lq, (long long)c->Lk);
+    snprintf(notes + at, sizeof notes - (size_t)at,
+             "same products via BLAS %.1f GFLOP/s (%.2f of it), tile kernel %.1f (%.2f)",
+             r->products, r->gflops / r->products, r->tile, r->gflops / r->tile);
+  }
   else if (c->kind != K_BWD && c->kind != K_KV_STEP && !isfinite(r->naive_seconds))
     snprintf(notes, sizeof notes, "naive skipped: needs %.0f MiB", r->naive_bytes / 1048576.0);
   if (r->error)
@@ -1329,7 +1427,7 @@ static void print_row(const bcase *c, const result *r) {
 static int add_dt(bcase *cs, int n, kind k, int64_t B, int64_t Hq, int64_t Hkv, int64_t Lq,
                   int64_t Lk, int64_t D, int causal, int threads, int32_t dt) {
   if (n < MAX_CASES)
-    cs[n++] = (bcase){k, B, Hq, Hkv, Lq, Lk, D, D, causal, threads, dt, 0};
+    cs[n++] = (bcase){k, B, Hq, Hkv, Lq, Lk, D, D, causal, threads, dt, 0, 0};
   return n;
 }
 
@@ -1362,7 +1460,7 @@ static int add_stream_cases(bcase *cs, int n, int threads) {
     for (int i = 0; i < 3; i++)
       if (n < MAX_CASES)
         cs[n++] = (bcase){K_SOFTMAX, 1, 1, 1, shapes[i][0], shapes[i][1], 1, 1, 0, threads,
-                          ATTN_DTYPE_F32, mask};
+                          ATTN_DTYPE_F32, mask, 0};
   n = add(cs, n, K_ROPE, 1, 8, 8, 4096, 4096, 128, 0, threads);
   n = add(cs, n, K_SINUS, 8, 1, 1, 4096, 4096, 128, 0, threads);
   return n;
@@ -1371,9 +1469,12 @@ static int add_stream_cases(bcase *cs, int n, int threads) {
 /* BERT-style serving: 64 sequences of 64..512 tokens, H = 12, D = 64, and
  * one short sequence (L = 128, 512) at the same H and D. */
 static int add_serving_cases(bcase *cs, int n, int threads) {
+  int first = n;
   n = add(cs, n, K_VARLEN, 64, 12, 12, 64, 512, 64, 0, threads);
   n = add(cs, n, K_SDPA, 1, 12, 12, 128, 128, 64, 0, threads);
   n = add(cs, n, K_SDPA, 1, 12, 12, 512, 512, 64, 0, threads);
+  for (int i = first; i < n; i++)
+    cs[i].serving = 1;
   return n;
 }
 
