@@ -46,13 +46,15 @@ def main():
     vl = [r for r in rows if r["op"] == "sdpa_varlen"]
     if vl:
         print("\n| varlen (non-causal) | threads | ms | GFLOP/s | sgemm GFLOP/s | ratio_sgemm "
-              "| other load |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+              "| same products via BLAS | ratio_products | tile kernel | ratio_tile | other load |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in vl:
             print(f"| {r['sequences']} sequences of {r['L_min']}..{r['L_max']} tokens, "
                   f"H={r['H']} D={r['D']} | {r['threads']} "
                   f"| {fmt(r['seconds'] and r['seconds'] * 1e3, '.2f')} | {fmt(r['gflops'], '.1f')} "
                   f"| {fmt(r['sgemm_gflops'], '.1f')} | {fmt(r['ratio_sgemm'], '.3f')} "
+                  f"| {fmt(r.get('products_gflops'), '.1f')} | {fmt(r.get('ratio_products'), '.3f')} "
+                  f"| {fmt(r.get('tile_gflops'), '.1f')} | {fmt(r.get('ratio_tile'), '.3f')} "
                   f"| {fmt(r.get('other_load'), '.2f')} |")
     st = [r for r in rows if r["op"] in ("softmax", "rope", "sinusoidal")]
     if st:
