@@ -139,7 +139,7 @@ void attn__sdpa_run(attn_ctx *ctx, attn_sdpa_problem *p);
  * problem comes from prm (attn__sdpa_fill_common). Fields up to "plan" are
  * the caller's.
  *
- * Short sequences run together, one parallel loop over items of (sequence,
+ * In a batch larger than the caches, short sequences run together, one parallel loop over items of (sequence,
  * group of kv heads), longest first: an item copies its heads' rows into
  * head-major buffers of its thread (each token's rows of the group are
  * adjacent, so the copy reads runs the hardware prefetchers follow, where
@@ -153,6 +153,7 @@ typedef struct {
   int32_t batch;
   const int64_t *cu_q, *cu_k;
   /* plan */
+  bool stage_all;         /* the batch is large enough to stage its short sequences */
   int32_t n_staged;       /* sequences that run as staged items */
   int64_t group;          /* kv heads per item */
   int64_t n_groups;       /* items per staged sequence */
@@ -209,7 +210,7 @@ typedef struct {
 
 /* Per-thread workspace. */
 typedef struct attn_sdpa_work {
-  float *qbuf;        /* rows x D, the block's queries gathered contiguous */
+  float *qbuf;        /* rows x D, the block's queries gathered contiguous (attn__sdpa_queries) */
   float *s;           /* rows x BLOCK_KEYS: logits, then probabilities */
   float *kbuf;        /* min(BLOCK_KEYS, Lk) x D, when K rows cannot be handed to BLAS as they
                          are (a stride BLAS cannot take, or half elements to widen) */
@@ -223,11 +224,14 @@ typedef struct {
 
 /* Work item `index` (of p->n_items): its batch, kv head and query block. */
 attn_sdpa_item attn__sdpa_item(const attn_sdpa_problem *p, int64_t index);
-/* Copy the item's query rows into qbuf (rows x D). */
-void attn__sdpa_gather_queries(const attn_sdpa_problem *p, const attn_sdpa_item *it, float *qbuf);
-/* Online softmax of the item's rows over keys [kb, ke) into st; with_sink
- * starts the state with the sinks (the first chunk only). */
-void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
+/* The item's query rows as F32, rows x D one after another: in place when
+ * q holds them so, else copied (widened) into qbuf. */
+const float *attn__sdpa_queries(const attn_sdpa_problem *p, const attn_sdpa_item *it,
+                               float *qbuf);
+/* Online softmax of the item's rows (q, from attn__sdpa_queries) over keys
+ * [kb, ke) into st; with_sink starts the state with the sinks (the first
+ * chunk only). */
+void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, const float *q,
                        const attn_sdpa_work *wk, attn_sdpa_state st, int64_t kb, int64_t ke,
                        bool with_sink);
 /* Write out = acc / l, the log-sum-exp and the normalised weights. */

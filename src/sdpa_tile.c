@@ -254,7 +254,7 @@ static void prefetch_row(const void *base, int32_t dt, int64_t stride, int64_t j
     __builtin_prefetch(row + o, 0, 3);
 }
 
-void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
+void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, const float *q,
                        const attn_sdpa_work *wk, attn_sdpa_state st, int64_t kb, int64_t ke,
                        bool with_sink) {
   int64_t rows = it->n_pos * p->G, Dv = p->Dv;
@@ -271,13 +271,13 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it,
     n = j_end - j0 < BLOCK_KEYS ? j_end - j0 : BLOCK_KEYS;
     int64_t koff = 0, voff = 0;
     if (p->decode) {
-      decode_products(p, it, rows, wk->qbuf, wk->s, NULL, j0, n, j_end, false, false);
+      decode_products(p, it, rows, q, wk->s, NULL, j0, n, j_end, false, false);
     } else {
       key_offsets(p, it, j0, &n, &koff, &voff);
       int ldk;
       const float *kt = tile_rows(attn__elem(p->k, p->kdt, koff), p->kdt, p->ks[2], n, p->D,
                                   p->gather_k, wk->kbuf, &ldk);
-      attn__sgemm_nt((int)rows, (int)n, (int)p->D, p->scale, wk->qbuf, (int)p->D, kt, ldk,
+      attn__sgemm_nt((int)rows, (int)n, (int)p->D, p->scale, q, (int)p->D, kt, ldk,
                      wk->s, BLOCK_KEYS);
     }
     /* Tiles inside every row's visible range need no per-row bounds. */
@@ -341,10 +341,13 @@ void attn__sdpa_finish(const attn_sdpa_problem *p, const attn_sdpa_item *it, att
     float m = st.m[r], l = st.l[r];
     bool empty = m == -INFINITY || l == 0;
     float inv = empty ? 0.0f : 1.0f / l;
-    /* The float result in acc (done with it), then rounded once to out. */
+    /* The float result, to an F32 out directly; else in acc (done with
+     * it), then rounded once to out. */
+    float *res = p->odt == ATTN_DTYPE_F32 ? o : acc;
     for (int64_t d = 0; d < p->Dv; d++)
-      acc[d] = empty ? 0.0f : acc[d] * inv;
-    attn__narrow(k, p->odt, acc, o, p->Dv);
+      res[d] = empty ? 0.0f : acc[d] * inv;
+    if (res == acc)
+      attn__narrow(k, p->odt, acc, o, p->Dv);
     float lse = empty ? -INFINITY : m + logf(l);
     if (p->lse)
       p->lse[it->b * p->lses[0] + h * p->lses[1] + i * p->lses[2]] = lse;
@@ -356,12 +359,20 @@ void attn__sdpa_finish(const attn_sdpa_problem *p, const attn_sdpa_item *it, att
   }
 }
 
-void attn__sdpa_gather_queries(const attn_sdpa_problem *p, const attn_sdpa_item *it, float *qbuf) {
+const float *attn__sdpa_queries(const attn_sdpa_problem *p, const attn_sdpa_item *it,
+                               float *qbuf) {
   int64_t rows = it->n_pos * p->G;
+  /* F32 rows that already follow one another (a head's positions D apart,
+   * or a group's heads interleaved per position) go to the products in
+   * place: row r is then r * D past the first. */
+  if (p->qdt == ATTN_DTYPE_F32 && p->qs[2] == p->G * p->D && (p->G == 1 || p->qs[1] == p->D))
+    return (const float *)p->q + it->b * p->qs[0] + row_head(p, it, 0) * p->qs[1] +
+           row_pos(p, it, 0) * p->qs[2];
   const attn_kernels *k = attn__kernels();
   for (int64_t r = 0; r < rows; r++) {
     int64_t off =
         it->b * p->qs[0] + row_head(p, it, r) * p->qs[1] + row_pos(p, it, r) * p->qs[2];
     attn__widen(k, p->qdt, attn__elem(p->q, p->qdt, off), qbuf + r * p->D, p->D);
   }
+  return qbuf;
 }

@@ -1414,14 +1414,16 @@ static void varlen(void **state) {
       {.name = "varlen split padded", .batch = 2, .lq = {3, 1}, .lk = {4500, 2600},
        .Hq = 2, .Hkv = 1, .D = 64, .Dv = 64, .window = 1, .wl = 3000, .wr = 0, .align = BR,
        .alibi = 1, .lse = 1, .pad = 1},
-      /* Items of a group of kv heads (attn_sdpa_packed): 512 tokens of two
-       * query heads per kv head at D = 32 fill two kv heads of the 1 MiB
-       * staging buffer, so the three kv heads run as groups of 2 and 1
-       * (alibi slopes, sinks and lse rows offset by the group's first
-       * head); 200 tokens stage with a strided last query block. */
-      {.name = "varlen head groups", .batch = 3, .lq = {512, 200, 7}, .lk = {512, 200, 9},
-       .Hq = 6, .Hkv = 3, .D = 32, .Dv = 32, .causal = 1, .align = BR, .window = 1, .wl = 300,
-       .wr = 0, .alibi = 1, .sinks = 1, .lse = 1, .pad = 1},
+      /* Staged items (attn_sdpa_packed: a batch larger than 4 MiB, each
+       * kv head's rows, keys and values within 512 KiB): up to 300 tokens
+       * of two query heads per kv head at D = 64 fill two kv heads of the
+       * 1 MiB staging buffer, so the three kv heads run as groups of 2 and
+       * 1 (alibi slopes, sinks and lse rows offset by the group's first
+       * head), 256+ tokens with a second, shorter query block; the last
+       * sequence's 3000 keys are not staged (split keys, after the rest). */
+      {.name = "varlen head groups", .batch = 7, .lq = {300, 250, 5, 300, 120, 280, 3},
+       .lk = {300, 260, 9, 290, 120, 280, 3000}, .Hq = 6, .Hkv = 3, .D = 64, .Dv = 64, .causal = 1,
+       .align = BR, .window = 1, .wl = 200, .wr = 0, .alibi = 1, .sinks = 1, .lse = 1, .pad = 1},
       /* One query position per sequence, negative ones included. */
       {.name = "varlen q_offsets", .batch = 5, .lq = {7, 0, 70, 3, 4}, .lk = {13, 5, 40, 0, 3000},
        .Hq = 4, .Hkv = 2, .D = 16, .Dv = 8, .causal = 1, .window = 1, .wl = 20, .wr = 2,
