@@ -13,16 +13,19 @@
  *
  * Orders are fixed by the shape alone: a dot product sums VW lanes over k
  * ascending and then across the lanes by v_hsum's tree (four rows at once:
- * v_hsum4); an output element of dec_pv is
- * one FMA chain over the keys in order. Nothing depends on threads,
- * alignment or where a run of keys is cut (a paged cache's blocks). */
+ * v_hsum4); an output element of dec_pv is one FMA chain over the keys in
+ * order. How many keys a pass takes (two K rows, eight V rows) changes no
+ * order. Nothing depends on threads, alignment or where a run of keys is
+ * cut (a paged cache's blocks). */
 
 #include "half.h"
 
 /* Rows of keys are read in memory order, and the hardware prefetchers stop
  * at each page boundary: the kernels request the row about DEC_AHEAD bytes
  * ahead in the stream of rows into L2 (prefetcht1: the L1 fill buffers stay
- * free for the loads), a line at a time. The stream goes on past the run at
+ * free for the loads), a line at a time as the loads reach that line of
+ * their own row (requesting whole rows at once was 7-16 % slower: the
+ * requests come in bursts). The stream goes on past the run at
  * `next` (a paged cache's next block), or with the same stride when next is
  * NULL. A prefetch never faults, so the address may lie past the run (formed
  * as an integer). */
@@ -42,12 +45,13 @@ static inline dec_stream dec_stream_of(const void *b, const void *next, int64_t 
   return s;
 }
 
-/* Request the line at byte `off` of row j + rows ahead of the stream. */
-static inline void dec_ahead(const dec_stream *s, int64_t j, size_t off) {
+/* The address of row j + rows ahead of the stream (an integer: it may lie
+ * past the run, and a prefetch never faults). */
+static inline uintptr_t dec_ahead(const dec_stream *s, int64_t j) {
   int64_t r = j + s->rows;
   uintptr_t a = r < s->n || !s->next ? s->base + (uintptr_t)r * s->stride
                                      : s->next + (uintptr_t)(r - s->n) * s->stride;
-  __builtin_prefetch((const void *)(a + off), 0, 2);
+  return a;
 }
 
 /* Whether the vector at element i of a row starts a new 64-byte line. */
@@ -55,8 +59,10 @@ static inline bool dec_line_start(int64_t i, size_t size) {
   return ((size_t)i * size) % 64 < (size_t)VW * size;
 }
 
-/* Query rows per pass over a K row (accumulators kept in registers). */
+/* Query rows per pass over K rows (accumulators kept in registers), and K
+ * rows per pass: each query vector loaded once for both. */
 #define DEC_ROWS 4
+#define DEC_QKEYS 2
 
 /* VW elements of a row of type `e` from element i, widened; `left` < VW
  * reads only that many (the other lanes 0). */
@@ -73,41 +79,59 @@ static inline __attribute__((always_inline)) vf dec_load(int e, const void *row,
   return v_load(buf);
 }
 
-/* c[i * ldc] = alpha a[i] . b for i < mr: one K row b against mr query rows. */
-static inline __attribute__((always_inline)) void dec_dot(int mr, int e, int64_t k, float alpha,
-                                                          const float *a, int64_t lda,
-                                                          const void *b, float *c, int64_t ldc,
-                                                          const dec_stream *st, int64_t j) {
+/* c[i * ldc + t] = alpha a[i] . b_t for i < mr, t < nk: nk K rows (b_1 at
+ * b + ldb elements) against mr query rows. */
+static inline __attribute__((always_inline)) void dec_dot(int mr, int nk, int e, int64_t k,
+                                                          float alpha, const float *a,
+                                                          int64_t lda, const void *b,
+                                                          int64_t ldb, float *c, int64_t ldc,
+                                                          const uintptr_t *ahead) {
   size_t size = e == ATTN_ELEM_F32 ? 4 : 2;
-  vf s[DEC_ROWS];
+  const void *b1 = nk > 1 ? (const void *)((const char *)b + (size_t)ldb * size) : b;
+  vf s[DEC_QKEYS][DEC_ROWS];
 #pragma GCC unroll 4
   for (int i = 0; i < mr; i++)
-    s[i] = v_set1(0.0f);
+    s[0][i] = s[1][i] = v_set1(0.0f);
   int64_t kk = 0;
   for (; kk + VW <= k; kk += VW) {
-    if (st && dec_line_start(kk, size))
-      dec_ahead(st, j, (size_t)kk * size);
-    vf bv = dec_load(e, b, kk, VW);
+    if (ahead && dec_line_start(kk, size))
+      for (int t = 0; t < nk; t++)
+        __builtin_prefetch((const void *)(ahead[t] + (size_t)kk * size), 0, 2);
+    vf b0v = dec_load(e, b, kk, VW), b1v = nk > 1 ? dec_load(e, b1, kk, VW) : b0v;
 #pragma GCC unroll 4
-    for (int i = 0; i < mr; i++)
-      s[i] = v_fma(v_load(a + i * lda + kk), bv, s[i]);
+    for (int i = 0; i < mr; i++) {
+      vf av = v_load(a + i * lda + kk);
+      s[0][i] = v_fma(av, b0v, s[0][i]);
+      if (nk > 1)
+        s[1][i] = v_fma(av, b1v, s[1][i]);
+    }
   }
   if (kk < k) {
-    vf bv = dec_load(e, b, kk, k - kk);
+    vf b0v = dec_load(e, b, kk, k - kk), b1v = nk > 1 ? dec_load(e, b1, kk, k - kk) : b0v;
 #pragma GCC unroll 4
-    for (int i = 0; i < mr; i++)
-      s[i] = v_fma(gemm_load_n(a + i * lda + kk, k - kk), bv, s[i]);
+    for (int i = 0; i < mr; i++) {
+      vf av = gemm_load_n(a + i * lda + kk, k - kk);
+      s[0][i] = v_fma(av, b0v, s[0][i]);
+      if (nk > 1)
+        s[1][i] = v_fma(av, b1v, s[1][i]);
+    }
   }
   /* Every row's lanes summed by the same tree, however many rows share it. */
   vf zero = v_set1(0.0f);
-  float t[DEC_ROWS];
-  v_hsum4(s[0], mr > 1 ? s[1] : zero, mr > 2 ? s[2] : zero, mr > 3 ? s[3] : zero, t);
+#pragma GCC unroll 2
+  for (int t = 0; t < nk; t++) {
+    float r[DEC_ROWS];
+    v_hsum4(s[t][0], mr > 1 ? s[t][1] : zero, mr > 2 ? s[t][2] : zero, mr > 3 ? s[t][3] : zero,
+            r);
 #pragma GCC unroll 4
-  for (int i = 0; i < mr; i++)
-    c[i * ldc] = alpha * t[i];
+    for (int i = 0; i < mr; i++)
+      c[i * ldc + t] = alpha * r[i];
+  }
 }
 
-/* c[i, j] = alpha a[i] . b[j] for i < m, j < n; b rows ldb elements apart. */
+/* c[i, j] = alpha a[i] . b[j] for i < m, j < n; b rows ldb elements apart.
+ * Each K row is read by its first pass from memory (the later ones find it
+ * in L1). */
 static inline __attribute__((always_inline)) void dec_qk_e(int e, int64_t m, int64_t n,
                                                            int64_t k, float alpha, const float *a,
                                                            int64_t lda, const void *b,
@@ -115,25 +139,40 @@ static inline __attribute__((always_inline)) void dec_qk_e(int e, int64_t m, int
                                                            float *c, int64_t ldc) {
   size_t size = e == ATTN_ELEM_F32 ? 4 : 2;
   dec_stream st = dec_stream_of(b, next, n, k, ldb, size);
-  for (int64_t j = 0; j < n; j++) {
+  for (int64_t j = 0; j < n; j += DEC_QKEYS) {
     const void *bj = (const char *)b + (size_t)(j * ldb) * size;
+    int nk = n - j < DEC_QKEYS ? (int)(n - j) : DEC_QKEYS;
+    uintptr_t ahead[DEC_QKEYS];
+    for (int t = 0; t < nk; t++)
+      ahead[t] = dec_ahead(&st, j + t);
     for (int64_t i = 0; i < m; i += DEC_ROWS) {
       const float *ai = a + i * lda;
       float *ci = c + i * ldc + j;
-      const dec_stream *sj = i == 0 ? &st : NULL; /* the first pass over row j prefetches */
-      switch (m - i < DEC_ROWS ? m - i : DEC_ROWS) {
-      case 1: dec_dot(1, e, k, alpha, ai, lda, bj, ci, ldc, sj, j); break;
-      case 2: dec_dot(2, e, k, alpha, ai, lda, bj, ci, ldc, sj, j); break;
-      case 3: dec_dot(3, e, k, alpha, ai, lda, bj, ci, ldc, sj, j); break;
-      default: dec_dot(4, e, k, alpha, ai, lda, bj, ci, ldc, sj, j); break;
+      int mr = m - i < DEC_ROWS ? (int)(m - i) : DEC_ROWS;
+      const uintptr_t *aj = i == 0 ? ahead : NULL; /* the first pass over rows j prefetches */
+      if (nk == DEC_QKEYS) {
+        switch (mr) {
+        case 1: dec_dot(1, 2, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
+        case 2: dec_dot(2, 2, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
+        case 3: dec_dot(3, 2, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
+        default: dec_dot(4, 2, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
+        }
+      } else {
+        switch (mr) {
+        case 1: dec_dot(1, 1, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
+        case 2: dec_dot(2, 1, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
+        case 3: dec_dot(3, 1, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
+        default: dec_dot(4, 1, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
+        }
       }
     }
   }
 }
 
-/* Keys per step of dec_pv: their V rows are read together, and each
- * accumulator vector is loaded and stored once per step. */
-#define DEC_KEYS 4
+/* Keys per step of dec_pv: their V rows are read (widened) once per step
+ * for every query row, and each accumulator vector is loaded and stored
+ * once per step. */
+#define DEC_KEYS 8
 
 /* c[i, d] += sum over j < n of p[i, j] v[j, d] for i < m, d < dv, v rows ldv
  * elements apart; skip: a zero p[i, j] adds nothing (0 * inf is not taken). */
@@ -148,21 +187,25 @@ static inline __attribute__((always_inline)) void dec_pv_e(int e, int64_t m, int
   int64_t j = 0;
   if (!skip) {
     for (; j + DEC_KEYS <= n; j += DEC_KEYS) {
+      uintptr_t ahead[DEC_KEYS];
+      for (int r = 0; r < DEC_KEYS; r++)
+        ahead[r] = dec_ahead(&st, j + r);
       for (int64_t d = 0; d < dv; d += VW) {
         int64_t left = dv - d;
         if (dec_line_start(d, size))
           for (int r = 0; r < DEC_KEYS; r++)
-            dec_ahead(&st, j + r, (size_t)d * size);
-        vf v0 = dec_load(e, DEC_ROW(j), d, left), v1 = dec_load(e, DEC_ROW(j + 1), d, left);
-        vf v2 = dec_load(e, DEC_ROW(j + 2), d, left), v3 = dec_load(e, DEC_ROW(j + 3), d, left);
-        for (int64_t i = 0; i < m; i++) {
-          const float *pi = p + i * ldp + j;
-          float *ci = c + i * ldc + d;
+            __builtin_prefetch((const void *)(ahead[r] + (size_t)d * size), 0, 2);
+        vf vr[DEC_KEYS];
+#pragma GCC unroll 8
+        for (int r = 0; r < DEC_KEYS; r++)
+          vr[r] = dec_load(e, DEC_ROW(j + r), d, left);
+        const float *pi = p + j;
+        float *ci = c + d;
+        for (int64_t i = 0; i < m; i++, pi += ldp, ci += ldc) {
           vf acc = gemm_load_n(ci, left);
-          acc = v_fma(v_set1(pi[0]), v0, acc);
-          acc = v_fma(v_set1(pi[1]), v1, acc);
-          acc = v_fma(v_set1(pi[2]), v2, acc);
-          acc = v_fma(v_set1(pi[3]), v3, acc);
+#pragma GCC unroll 8
+          for (int r = 0; r < DEC_KEYS; r++)
+            acc = v_fma(v_set1(pi[r]), vr[r], acc);
           if (left >= VW)
             v_store(ci, acc);
           else
@@ -174,10 +217,11 @@ static inline __attribute__((always_inline)) void dec_pv_e(int e, int64_t m, int
   /* The last keys, and every key when zero weights are skipped: the same
    * FMA chain per element, one key at a time. */
   for (; j < n; j++) {
+    uintptr_t ahead = dec_ahead(&st, j);
     for (int64_t d = 0; d < dv; d += VW) {
       int64_t left = dv - d;
       if (dec_line_start(d, size))
-        dec_ahead(&st, j, (size_t)d * size);
+        __builtin_prefetch((const void *)(ahead + (size_t)d * size), 0, 2);
       vf vj = dec_load(e, DEC_ROW(j), d, left);
       for (int64_t i = 0; i < m; i++) {
         float w = p[i * ldp + j];
