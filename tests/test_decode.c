@@ -10,7 +10,8 @@
  *   7, 65, 128, 256 (tails of every vector width), key counts that are no
  *   multiple of a block, a tile (256) or a split chunk (1024), sequences of
  *   different lengths, split items (>= 2048 keys), 1 to 8 rows per KV head,
- *   and causal, window, ALiBi, softcap, sinks, an additive mask and lse;
+ *   runs of 1..17 keys with 5..7 rows (every remainder of the products' key
+ *   groups), and causal, window, ALiBi, softcap, sinks, an additive mask and lse;
  *   bound as test_kv_half's: |got - want| <= 1e-5 * mag + 1e-6 (mag: sum_j
  *   w_j |v_j|), lse within 1e-5 relative + 1e-5;
  * - the same output bits for num_threads 1, 2, 3 and 4 (the key split and
@@ -217,7 +218,27 @@ static void features(void **state) {
     check_case(&cases[i]);
 }
 
+/* Short runs of keys: 1..17 keys (a pass of Q K^T takes two K rows, a step
+ * of P V eight V rows: every remainder), 5..7 query rows per KV head, head
+ * dims with a tail, dense, contiguous and in blocks of 5. */
+static void short_runs(void **state) {
+  (void)state;
+  static const int32_t dts[3] = {ATTN_DTYPE_F32, ATTN_DTYPE_F16, ATTN_DTYPE_BF16};
+  static const int stores[3] = {DENSE, CONTIG, 5};
+  char name[64];
+  for (int64_t n = 1; n <= 17; n++) {
+    int32_t dt = dts[n % 3];
+    int store = stores[(n / 3) % 3];
+    int64_t Hq = 5 + n % 3, D = n % 2 ? 33 : 16;
+    snprintf(name, sizeof name, "%lld keys, %lld rows, dt %d, store %d", (long long)n,
+             (long long)Hq, (int)dt, store);
+    dcase c = {name, dt, store, 1, Hq, 1, 1, D, D, {n}, .lse = 1};
+    check_case(&c);
+  }
+}
+
 int main(void) {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(dims_and_types), cmocka_unit_test(features)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(dims_and_types), cmocka_unit_test(features),
+                                     cmocka_unit_test(short_runs)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
