@@ -148,32 +148,29 @@ void attn__sgemm_nt(int m, int n, int k, float alpha, const float *a, int lda, c
   gate_leave();
 }
 
-void attn__sgemm_nn_acc(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
-                        float *c, int ldc) {
+/* The kernel's accumulating product c += op(a) b, or cblas_sgemm's with op =
+ * trans_a when the kernel set leaves it to BLAS (kernel NULL). */
+static void sgemm_acc(void (*kernel)(int64_t, int64_t, int64_t, const float *, int64_t,
+                                     const float *, int64_t, float *, int64_t),
+                      enum CBLAS_TRANSPOSE trans_a, int m, int n, int k, const float *a, int lda,
+                      const float *b, int ldb, float *c, int ldc) {
   if (m == 0 || n == 0 || k == 0)
     return; /* c += nothing */
-  const attn_kernels *kern = attn__kernels();
-  if (kern->gemm_nn) {
-    kern->gemm_nn(m, n, k, a, lda, b, ldb, c, ldc);
+  if (kernel) {
+    kernel(m, n, k, a, lda, b, ldb, c, ldc);
     return;
   }
   gate_enter();
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c,
-              ldc);
+  cblas_sgemm(CblasRowMajor, trans_a, CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, ldc);
   gate_leave();
+}
+
+void attn__sgemm_nn_acc(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                        float *c, int ldc) {
+  sgemm_acc(attn__kernels()->gemm_nn, CblasNoTrans, m, n, k, a, lda, b, ldb, c, ldc);
 }
 
 void attn__sgemm_tn_acc(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
                         float *c, int ldc) {
-  if (m == 0 || n == 0 || k == 0)
-    return; /* c += nothing */
-  const attn_kernels *kern = attn__kernels();
-  if (kern->gemm_tn) {
-    kern->gemm_tn(m, n, k, a, lda, b, ldb, c, ldc);
-    return;
-  }
-  gate_enter();
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c,
-              ldc);
-  gate_leave();
+  sgemm_acc(attn__kernels()->gemm_tn, CblasTrans, m, n, k, a, lda, b, ldb, c, ldc);
 }

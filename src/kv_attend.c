@@ -25,8 +25,8 @@ static attn_status attend_rows(attn_ctx *ctx, const attn_kv_view *view, const vo
 static attn_status kv_attend_impl(attn_ctx *ctx, const attn_kv_cache *cache, const attn_tensor *q,
                            attn_tensor *out, const int64_t *n_new,
                            const attn_sdpa_params *params) {
-  attn_status st = ATTN_OK;
-  if (st != ATTN_OK || (st = attn__kv_check(ctx, cache)) != ATTN_OK)
+  attn_status st;
+  if ((st = attn__kv_check(ctx, cache)) != ATTN_OK)
     return st;
   attn_sdpa_params prm;
   attn_sdpa_params_init(&prm);

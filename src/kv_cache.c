@@ -96,9 +96,7 @@ void attn__kv_destroy_all(attn_ctx *ctx) {
 }
 
 static attn_status kv_cache_free_impl(attn_ctx *ctx, attn_kv_cache *cache) {
-  attn_status st = ATTN_OK;
-  if (st != ATTN_OK)
-    return st;
+  attn_status st;
   if (!cache)
     return ATTN_OK;
   if ((st = attn__kv_check(ctx, cache)) != ATTN_OK)
@@ -156,9 +154,7 @@ static bool product(int64_t a, int64_t b, int64_t c, int64_t d, size_t esz, size
 
 static attn_status kv_cache_create_impl(attn_ctx *ctx, const attn_kv_cache_params *params,
                                  attn_kv_cache **out) {
-  attn_status st = ATTN_OK;
-  if (st != ATTN_OK)
-    return st;
+  attn_status st;
   if (!params || !out)
     return attn__fail(ctx, ATTN_ERR_NULL_ARG, "%s is NULL", params ? "out" : "params");
   attn_kv_cache_params p;
@@ -265,9 +261,7 @@ oom:
 
 static attn_status kv_cache_wrap_impl(attn_ctx *ctx, const attn_tensor *k, const attn_tensor *v,
                                const int64_t *lens, attn_kv_cache **out) {
-  attn_status st = ATTN_OK;
-  if (st != ATTN_OK)
-    return st;
+  attn_status st;
   if (!out)
     return attn__fail(ctx, ATTN_ERR_NULL_ARG, "out is NULL");
   if ((st = attn__check_tensor(ctx, "k", k, 4, ATTN_DT_FLOAT)) ||
@@ -315,8 +309,8 @@ static attn_status kv_cache_wrap_impl(attn_ctx *ctx, const attn_tensor *k, const
 
 static attn_status kv_cache_info_get_impl(attn_ctx *ctx, const attn_kv_cache *cache,
                                    attn_kv_cache_info *info, int64_t *lens) {
-  attn_status st = ATTN_OK;
-  if (st != ATTN_OK || (st = attn__kv_check(ctx, cache)) != ATTN_OK)
+  attn_status st;
+  if ((st = attn__kv_check(ctx, cache)) != ATTN_OK)
     return st;
   if (!info)
     return attn__fail(ctx, ATTN_ERR_NULL_ARG, "info is NULL");
@@ -498,8 +492,8 @@ static void store_rows(attn_kv_cache *c, const void *kn, int32_t kdt, const int6
 static attn_status kv_append_impl(attn_ctx *ctx, attn_kv_cache *cache, const attn_tensor *k_new,
                            const attn_tensor *v_new, const int64_t *n_new,
                            const attn_kv_append_params *params) {
-  attn_status st = ATTN_OK;
-  if (st != ATTN_OK || (st = attn__kv_check(ctx, cache)) != ATTN_OK)
+  attn_status st;
+  if ((st = attn__kv_check(ctx, cache)) != ATTN_OK)
     return st;
   attn_kv_append_params prm;
   attn_kv_append_params_init(&prm);
@@ -579,8 +573,8 @@ attn_status attn__kv_append_rows(attn_ctx *ctx, attn_kv_cache *c,
 /* ---- truncate, reset, copy ---- */
 
 static attn_status kv_truncate_impl(attn_ctx *ctx, attn_kv_cache *cache, int64_t seq, int64_t len) {
-  attn_status st = ATTN_OK;
-  if (st != ATTN_OK || (st = attn__kv_check(ctx, cache)) ||
+  attn_status st;
+  if ((st = attn__kv_check(ctx, cache)) ||
       (st = check_seq(ctx, "seq", cache, seq)))
     return st;
   if (len < 0 || len > cache->lens[seq])
@@ -591,8 +585,8 @@ static attn_status kv_truncate_impl(attn_ctx *ctx, attn_kv_cache *cache, int64_t
 }
 
 static attn_status kv_reset_impl(attn_ctx *ctx, attn_kv_cache *cache, int64_t seq) {
-  attn_status st = ATTN_OK;
-  if (st != ATTN_OK || (st = attn__kv_check(ctx, cache)))
+  attn_status st;
+  if ((st = attn__kv_check(ctx, cache)))
     return st;
   if (seq != -1 && (st = check_seq(ctx, "seq", cache, seq)))
     return st;
@@ -602,8 +596,8 @@ static attn_status kv_reset_impl(attn_ctx *ctx, attn_kv_cache *cache, int64_t se
 }
 
 static attn_status kv_copy_impl(attn_ctx *ctx, attn_kv_cache *cache, int64_t dst, int64_t src) {
-  attn_status st = ATTN_OK;
-  if (st != ATTN_OK || (st = attn__kv_check(ctx, cache)) ||
+  attn_status st;
+  if ((st = attn__kv_check(ctx, cache)) ||
       (st = check_seq(ctx, "dst", cache, dst)) ||
       (st = check_seq(ctx, "src", cache, src)))
     return st;
@@ -633,8 +627,8 @@ static attn_status kv_copy_impl(attn_ctx *ctx, attn_kv_cache *cache, int64_t dst
 
 static attn_status kv_read_impl(attn_ctx *ctx, const attn_kv_cache *cache, int64_t seq, int64_t start,
                          attn_tensor *k, attn_tensor *v) {
-  attn_status st = ATTN_OK;
-  if (st != ATTN_OK || (st = attn__kv_check(ctx, cache)) ||
+  attn_status st;
+  if ((st = attn__kv_check(ctx, cache)) ||
       (st = check_seq(ctx, "seq", cache, seq)))
     return st;
   if (!k && !v)

@@ -78,6 +78,10 @@ attn_status attn__pool_check(attn_ctx *ctx, const attn_tensor *x, const attn_ten
                              const attn_pool_params *prm, const attn_operand *more, int n_more,
                              pool_problem *p);
 
+/* A per-token tensor (keep, scores, dscores: [B, L] or [B, H, L]) as a
+ * [B, H, L] view: a 2-D tensor's H axis has size 1 and stride 0. */
+void attn__pool_token_view(const attn_tensor *t, int64_t dims[3], int64_t strides[3]);
+
 /* Softmax weights of sequence (b, h)'s kept tokens into w[L] (dropped
  * tokens get 0); returns the count of kept tokens, 0 when the sequence
  * gives zeros (nothing kept, or every kept score -inf), -1 when it is NaN

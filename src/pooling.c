@@ -117,6 +117,16 @@ void attn_pool_params_init(attn_pool_params *p) {
   p->struct_size = sizeof *p;
 }
 
+void attn__pool_token_view(const attn_tensor *t, int64_t dims[3], int64_t strides[3]) {
+  if (t->ndim == 2) {
+    dims[0] = t->dims[0], dims[1] = 1, dims[2] = t->dims[1];
+    strides[0] = t->strides[0], strides[1] = 0, strides[2] = t->strides[1];
+  } else {
+    memcpy(dims, t->dims, 3 * sizeof *dims);
+    memcpy(strides, t->strides, 3 * sizeof *strides);
+  }
+}
+
 /* A per-token tensor (keep or scores): [B, L] or, for 4-D x, [B, H, L]; each
  * dim equal to x's or 1. Writes its strides over the [B, H, L] view. */
 static attn_status check_per_token(attn_ctx *ctx, const char *name, const attn_tensor *t,
@@ -126,15 +136,8 @@ static attn_status check_per_token(attn_ctx *ctx, const char *name, const attn_t
     return attn__fail(ctx, ATTN_ERR_SHAPE, "%s has %d dims but must have 2..%d", name, (int)t->ndim,
                       (int)(x_ndim - 1));
   const int64_t want3[3] = {p->B, p->H, p->L};
-  /* A 2-D tensor is [B, L]; its H axis is broadcast. */
   int64_t dims[3], strides[3];
-  if (t->ndim == 2) {
-    dims[0] = t->dims[0], dims[1] = 1, dims[2] = t->dims[1];
-    strides[0] = t->strides[0], strides[1] = 0, strides[2] = t->strides[1];
-  } else {
-    memcpy(dims, t->dims, sizeof dims);
-    memcpy(strides, t->strides, sizeof strides);
-  }
+  attn__pool_token_view(t, dims, strides);
   static const char *const axis[3] = {"B", "H", "L"};
   for (int a = 0; a < 3; a++) {
     if (dims[a] != want3[a] && dims[a] != 1)

@@ -140,13 +140,7 @@ static void bwd_item(void *arg, int64_t item, int32_t worker) {
 static void store_dscores(const bwd_problem *p, const attn_tensor *dscores) {
   const pool_problem *f = &p->f;
   int64_t dims[3], st[3];
-  if (dscores->ndim == 2) {
-    dims[0] = dscores->dims[0], dims[1] = 1, dims[2] = dscores->dims[1];
-    st[0] = dscores->strides[0], st[1] = 0, st[2] = dscores->strides[1];
-  } else {
-    memcpy(dims, dscores->dims, sizeof dims);
-    memcpy(st, dscores->strides, sizeof st);
-  }
+  attn__pool_token_view(dscores, dims, st);
   const int64_t full[3] = {f->B, f->H, f->L};
   int64_t span[3];
   for (int a = 0; a < 3; a++)
