@@ -267,18 +267,20 @@ static void setup_rope(fixture *f) {
   int64_t d[4] = {PE_B, RP_H, RP_L, PE_D};
   f->t[0] = wrap_inout(f, g_rope, PE_B * RP_H * RP_L * PE_D, 4, d);
 }
-static attn_status run_rope(fixture *f) {
+/* The rotation both directions run: partial, at given positions. */
+static attn_rope_params rope_params(void) {
   attn_rope_params p;
   attn_rope_params_init(&p);
   p.rotary_dim = 48;
   p.positions = g_rope_pos;
+  return p;
+}
+static attn_status run_rope(fixture *f) {
+  attn_rope_params p = rope_params();
   return attn_rope(f->ctx, f->t[0], &p);
 }
 static attn_status run_rope_backward(fixture *f) {
-  attn_rope_params p;
-  attn_rope_params_init(&p);
-  p.rotary_dim = 48;
-  p.positions = g_rope_pos;
+  attn_rope_params p = rope_params();
   return attn_rope_backward(f->ctx, f->t[0], &p);
 }
 /* Softmax backward: y and dy read from the same inputs as the forward. */
@@ -366,13 +368,18 @@ static void setup_pool(fixture *f) {
   assert_ok(attn_tensor_wrap(f->ctx, ATTN_DTYPE_U8, 2, kd, NULL, g_pool_keep,
                              sizeof g_pool_keep, &f->t[3]));
 }
-static attn_status run_pool(fixture *f) {
+/* Weighted pooling with scores t[2], keep t[3] and lengths (both directions). */
+static attn_pool_params pool_params(const fixture *f) {
   attn_pool_params p;
   attn_pool_params_init(&p);
   p.mode = ATTN_POOL_WEIGHTED;
   p.scores = f->t[2];
   p.keep = f->t[3];
   p.lengths = g_pool_len;
+  return p;
+}
+static attn_status run_pool(fixture *f) {
+  attn_pool_params p = pool_params(f);
   return attn_pool(f->ctx, f->t[0], f->t[1], &p);
 }
 /* Its backward, dout = the forward's x rows; dx and dscores. */
@@ -384,28 +391,25 @@ static void setup_pool_backward(fixture *f) {
   f->t[5] = wrap_out(f, (size_t)PL_B * PL_H * PL_L, 3, sd);
 }
 static attn_status run_pool_backward(fixture *f) {
-  attn_pool_params p;
-  attn_pool_params_init(&p);
-  p.mode = ATTN_POOL_WEIGHTED;
-  p.scores = f->t[2];
-  p.keep = f->t[3];
-  p.lengths = g_pool_len;
+  attn_pool_params p = pool_params(f);
   return attn_pool_backward(f->ctx, f->t[0], f->t[1], f->t[4], f->t[5], &p);
 }
 /* The same with F16 x and BF16 scores (and an F16 dout): half tokens
  * widened into the per-thread scratch. */
-static void setup_pool_half(fixture *f) {
-  setup_pool(f);
+static void halve_pool_inputs(fixture *f) {
   int64_t xd[4] = {PL_B, PL_H, PL_L, PL_D}, sd[3] = {PL_B, PL_H, PL_L};
   f->t[0] = half_in(f, g_sm, (size_t)PL_B * PL_H * PL_L * PL_D, 4, xd, ATTN_DTYPE_F16);
   f->t[2] = half_in(f, g_rope, (size_t)PL_B * PL_H * PL_L, 3, sd, ATTN_DTYPE_BF16);
 }
+static void setup_pool_half(fixture *f) {
+  setup_pool(f);
+  halve_pool_inputs(f);
+}
 static void setup_pool_backward_half(fixture *f) {
   setup_pool_backward(f);
-  int64_t xd[4] = {PL_B, PL_H, PL_L, PL_D}, od[3] = {PL_B, PL_H, PL_D}, sd[3] = {PL_B, PL_H, PL_L};
-  f->t[0] = half_in(f, g_sm, (size_t)PL_B * PL_H * PL_L * PL_D, 4, xd, ATTN_DTYPE_F16);
+  halve_pool_inputs(f);
+  int64_t od[3] = {PL_B, PL_H, PL_D};
   f->t[1] = half_in(f, g_sm, (size_t)PL_B * PL_H * PL_D, 3, od, ATTN_DTYPE_F16);
-  f->t[2] = half_in(f, g_rope, (size_t)PL_B * PL_H * PL_L, 3, sd, ATTN_DTYPE_BF16);
 }
 /* Learned queries [HQ, 3, D] over the SDPA inputs' keys and values. */
 static void setup_pool_attention(fixture *f) {

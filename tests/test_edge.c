@@ -985,6 +985,22 @@ static const pool_case pool_cases[] = {
      NULL, NULL, W(-INFINITY, 1.4012984643e-45, 1, 1)},
 };
 
+/* A pooling case's params: mode, keep (U8 [2, L], wrapped) and scores
+ * (F32 [2, L], wrapped; NULL for none). */
+static attn_pool_params pool_case_params(attn_ctx *ctx, int32_t mode, int64_t L,
+                                         const uint8_t *keep, const float *scores) {
+  int64_t kd[2] = {2, L};
+  attn_pool_params p;
+  attn_pool_params_init(&p);
+  p.mode = mode;
+  if (keep)
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, kd, NULL, (void *)keep, (size_t)(2 * L),
+                               (attn_tensor **)&p.keep));
+  if (scores)
+    p.scores = tu_wrap(ctx, (float *)scores, (size_t)(2 * L), 2, kd, NULL);
+  return p;
+}
+
 static void pool_table(void **state) {
   (void)state;
   for (int32_t threads = 1; threads <= 2; threads++) {
@@ -992,19 +1008,10 @@ static void pool_table(void **state) {
     for (size_t i = 0; i < sizeof pool_cases / sizeof pool_cases[0]; i++) {
       const pool_case *c = &pool_cases[i];
       float out[4] = {-7, -7, -7, -7};
-      int64_t xd[3] = {2, c->L, 2}, od[2] = {2, 2}, kd[2] = {2, c->L};
+      int64_t xd[3] = {2, c->L, 2}, od[2] = {2, 2};
       attn_tensor *tx = tu_wrap(ctx, (float *)c->x, (size_t)(4 * c->L), 3, xd, NULL);
-      attn_tensor *to = tu_wrap(ctx, out, 4, 2, od, NULL), *tk = NULL;
-      attn_pool_params p;
-      attn_pool_params_init(&p);
-      p.mode = c->mode;
-      if (c->keep) {
-        assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, kd, NULL, (void *)c->keep,
-                                   (size_t)(2 * c->L), &tk));
-        p.keep = tk;
-      }
-      if (c->scores)
-        p.scores = tu_wrap(ctx, (float *)c->scores, (size_t)(2 * c->L), 2, kd, NULL);
+      attn_tensor *to = tu_wrap(ctx, out, 4, 2, od, NULL);
+      attn_pool_params p = pool_case_params(ctx, c->mode, c->L, c->keep, c->scores);
       attn_status st = attn_pool(ctx, tx, to, &p);
       if (st != ATTN_OK)
         fail_msg("%s: %s", c->name, attn_ctx_last_error(ctx));
@@ -1074,19 +1081,10 @@ static void pool_backward_table(void **state) {
       float dx[8] = {-7, -7, -7, -7, -7, -7, -7, -7}, ds[4] = {-7, -7, -7, -7};
       int64_t xd[3] = {2, c->L, 2}, od[2] = {2, 2}, kd[2] = {2, c->L};
       attn_tensor *tx = tu_wrap(ctx, (float *)c->x, (size_t)(4 * c->L), 3, xd, NULL);
-      attn_tensor *tg = tu_wrap(ctx, (float *)c->dout, 4, 2, od, NULL), *tk = NULL, *tds = NULL;
-      attn_pool_params p;
-      attn_pool_params_init(&p);
-      p.mode = c->mode;
-      if (c->keep) {
-        assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, kd, NULL, (void *)c->keep,
-                                   (size_t)(2 * c->L), &tk));
-        p.keep = tk;
-      }
-      if (c->scores) {
-        p.scores = tu_wrap(ctx, (float *)c->scores, (size_t)(2 * c->L), 2, kd, NULL);
+      attn_tensor *tg = tu_wrap(ctx, (float *)c->dout, 4, 2, od, NULL), *tds = NULL;
+      attn_pool_params p = pool_case_params(ctx, c->mode, c->L, c->keep, c->scores);
+      if (c->scores)
         tds = tu_wrap(ctx, ds, (size_t)(2 * c->L), 2, kd, NULL);
-      }
       attn_status st =
           attn_pool_backward(ctx, tx, tg, tu_wrap(ctx, dx, (size_t)(4 * c->L), 3, xd, NULL), tds,
                              &p);
@@ -1114,18 +1112,12 @@ static void run_pool_case_half(const pool_case *c, int32_t dt) {
   int64_t xd[3] = {2, c->L, 2}, od[2] = {2, 2}, kd[2] = {2, c->L};
   float x[8], sc[4], o32[4], om[4];
   memcpy(x, c->x, (size_t)(4 * c->L) * sizeof *x);
-  attn_pool_params p;
-  attn_pool_params_init(&p);
-  p.mode = c->mode;
-  if (c->keep)
-    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, kd, NULL, (void *)c->keep,
-                               (size_t)(2 * c->L), (attn_tensor **)&p.keep));
   attn_tensor *hx = to_dt(ctx, x, 4 * c->L, 3, xd, dt), *hs = NULL, *ho = NULL;
   if (c->scores) {
     memcpy(sc, c->scores, (size_t)(2 * c->L) * sizeof *sc);
     hs = to_dt(ctx, sc, 2 * c->L, 2, kd, dt);
-    p.scores = tu_wrap(ctx, sc, (size_t)(2 * c->L), 2, kd, NULL);
   }
+  attn_pool_params p = pool_case_params(ctx, c->mode, c->L, c->keep, c->scores ? sc : NULL);
   assert_ok(attn_pool(ctx, tu_wrap(ctx, x, (size_t)(4 * c->L), 3, xd, NULL),
                       tu_wrap(ctx, o32, 4, 2, od, NULL), &p));
   if (hs)
@@ -1155,22 +1147,16 @@ static void run_pool_bwd_case_half(const pool_bwd_case *c, int32_t dt) {
   float x[8], sc[4], g[4], dx32[8], ds32[4], dxm[8], dsm[4];
   memcpy(x, c->x, (size_t)(4 * c->L) * sizeof *x);
   memcpy(g, c->dout, sizeof g);
-  attn_pool_params p;
-  attn_pool_params_init(&p);
-  p.mode = c->mode;
-  if (c->keep)
-    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, kd, NULL, (void *)c->keep,
-                               (size_t)(2 * c->L), (attn_tensor **)&p.keep));
   attn_tensor *hx = to_dt(ctx, x, 4 * c->L, 3, xd, dt), *hg = to_dt(ctx, g, 4, 2, od, dt);
   attn_tensor *hs = NULL, *hdx = NULL, *hds = NULL, *fds = NULL, *mds = NULL;
   if (c->scores) {
     memcpy(sc, c->scores, (size_t)(2 * c->L) * sizeof *sc);
     hs = to_dt(ctx, sc, 2 * c->L, 2, kd, dt);
-    p.scores = tu_wrap(ctx, sc, (size_t)(2 * c->L), 2, kd, NULL);
     fds = tu_wrap(ctx, ds32, (size_t)(2 * c->L), 2, kd, NULL);
     mds = tu_wrap(ctx, dsm, (size_t)(2 * c->L), 2, kd, NULL);
     assert_ok(attn_tensor_new(ctx, dt, 2, kd, &hds));
   }
+  attn_pool_params p = pool_case_params(ctx, c->mode, c->L, c->keep, c->scores ? sc : NULL);
   assert_ok(attn_pool_backward(ctx, tu_wrap(ctx, x, (size_t)(4 * c->L), 3, xd, NULL),
                                tu_wrap(ctx, g, 4, 2, od, NULL),
                                tu_wrap(ctx, dx32, (size_t)(4 * c->L), 3, xd, NULL), fds, &p));

@@ -496,14 +496,48 @@ static void wrapped_weights_read_each_call(void **state) {
   weights_free(&w);
 }
 
-/* A 2-thread context whose allocations are counted in *cnt. */
-static attn_ctx *counted_ctx(tu_counter *cnt) {
+/* A warm layer: case c's layer (E = 16, B = 2) and a cache of cap tokens on a
+ * 2-thread context whose allocations are counted, x [2, L = c->prompt[0],
+ * 16] random. warm_layer_start runs the layer on x, resets the cache and
+ * runs it again: the second call must allocate nothing. */
+typedef struct {
+  tu_counter cnt;
+  weights w;
+  attn_ctx *ctx;
+  attn_mha *m;
+  attn_kv_cache *kv;
+  float x[2 * 12 * 16], y[2 * 12 * 16];
+  int64_t n; /* elements of x and y in use */
+  attn_tensor *tx, *ty;
+} warm_layer;
+
+static void warm_layer_start(warm_layer *f, const mha_case *c, uint64_t seed, int64_t cap) {
+  memset(f, 0, sizeof *f);
+  tu_rng r = {seed};
+  weights_make(c, &f->w, &r);
   attn_ctx_options o;
   attn_ctx_options_init(&o);
-  o.num_threads = 2, o.alloc = tu_alloc, o.free = tu_free, o.alloc_user = cnt;
-  attn_ctx *ctx = NULL;
-  assert_ok(attn_ctx_create(&ctx, &o));
-  return ctx;
+  o.num_threads = 2, o.alloc = tu_alloc, o.free = tu_free, o.alloc_user = &f->cnt;
+  assert_ok(attn_ctx_create(&f->ctx, &o));
+  f->m = make_layer(f->ctx, c, &f->w);
+  f->kv = make_cache(f->ctx, c, cap);
+  int64_t d3[3] = {2, c->prompt[0], 16};
+  f->n = 2 * c->prompt[0] * 16;
+  assert_true(f->n <= (int64_t)(sizeof f->x / sizeof *f->x));
+  tu_fill(&r, f->x, (size_t)f->n, -1, 1);
+  f->tx = tu_wrap(f->ctx, f->x, f->n, 3, d3, NULL);
+  f->ty = tu_wrap(f->ctx, f->y, f->n, 3, d3, NULL);
+  assert_ok(attn_mha_forward(f->ctx, f->m, f->kv, f->tx, f->ty, NULL));
+  assert_ok(attn_kv_reset(f->ctx, f->kv, -1));
+  long before = f->cnt.allocs;
+  assert_ok(attn_mha_forward(f->ctx, f->m, f->kv, f->tx, f->ty, NULL));
+  assert_int_equal(f->cnt.allocs, before);
+}
+
+static void warm_layer_end(warm_layer *f) {
+  attn_ctx_destroy(f->ctx);
+  assert_int_equal(f->cnt.allocs, f->cnt.frees);
+  weights_free(&f->w);
 }
 
 /* A warm layer allocates nothing with 24 tokens per call too: the
@@ -512,49 +546,24 @@ static attn_ctx *counted_ctx(tu_counter *cnt) {
 static void warm_blocked_projections(void **state) {
   (void)state;
   mha_case c = {"warm", 2, 16, 4, 2, 4, 1, 0, 1, 0, 0, {12, 12}, {12, 12}, 1, 0, 2, NULL, 0};
-  tu_rng r = {10};
-  weights w;
-  weights_make(&c, &w, &r);
-  tu_counter cnt = {0};
-  attn_ctx *ctx = counted_ctx(&cnt);
-  attn_mha *m = make_layer(ctx, &c, &w);
-  attn_kv_cache *kv = make_cache(ctx, &c, 12);
-  float x[2 * 12 * 16], y[2 * 12 * 16];
-  tu_fill(&r, x, sizeof x / 4, -1, 1);
-  int64_t d3[3] = {2, 12, 16};
-  attn_tensor *tx = tu_wrap(ctx, x, 384, 3, d3, NULL), *ty = tu_wrap(ctx, y, 384, 3, d3, NULL);
-  assert_ok(attn_mha_forward(ctx, m, kv, tx, ty, NULL));
-  assert_ok(attn_kv_reset(ctx, kv, -1));
-  long before = cnt.allocs;
-  assert_ok(attn_mha_forward(ctx, m, kv, tx, ty, NULL));
-  assert_int_equal(cnt.allocs, before);
-  attn_ctx_destroy(ctx);
-  weights_free(&w);
+  warm_layer f;
+  warm_layer_start(&f, &c, 10, 12);
+  warm_layer_end(&f);
 }
 
 /* A warm layer and context allocate nothing; bad calls change nothing. */
 static void warm_and_bad_input(void **state) {
   (void)state;
   mha_case c = {"warm", 2, 16, 4, 2, 4, 1, 0, 1, 0, 0, {4, 4}, {4, 4}, 1, 0, 2, NULL, 0};
-  tu_rng r = {9};
-  weights w;
-  weights_make(&c, &w, &r);
-  tu_counter cnt = {0};
-  attn_ctx *ctx = counted_ctx(&cnt);
-  attn_mha *m = make_layer(ctx, &c, &w);
-  attn_kv_cache *kv = make_cache(ctx, &c, 16);
-  float x[2 * 4 * 16], y[2 * 4 * 16];
-  tu_fill(&r, x, sizeof x / 4, -1, 1);
-  int64_t d3[3] = {2, 4, 16};
-  attn_tensor *tx = tu_wrap(ctx, x, 128, 3, d3, NULL), *ty = tu_wrap(ctx, y, 128, 3, d3, NULL);
-  assert_ok(attn_mha_forward(ctx, m, kv, tx, ty, NULL));
-  assert_ok(attn_kv_reset(ctx, kv, -1));
-  long before = cnt.allocs;
-  assert_ok(attn_mha_forward(ctx, m, kv, tx, ty, NULL));
-  assert_int_equal(cnt.allocs, before);
+  warm_layer f;
+  warm_layer_start(&f, &c, 9, 16);
+  attn_ctx *ctx = f.ctx;
+  attn_mha *m = f.m;
+  attn_kv_cache *kv = f.kv;
+  attn_tensor *tx = f.tx, *ty = f.ty;
+  float ysave[2 * 4 * 16];
+  assert_int_equal(f.n, 128);
   /* Bad: counts, past capacity, shapes, aliasing. Nothing changes. */
-  float ysave[128];
-  memcpy(ysave, y, sizeof y);
   int64_t lens0[2], lens1[2];
   attn_kv_cache_info info = {.struct_size = sizeof info};
   assert_ok(attn_kv_cache_info_get(ctx, kv, &info, lens0));
@@ -564,19 +573,17 @@ static void warm_and_bad_input(void **state) {
   for (int i = 0; i < 3; i++) /* 4 + 4 * 3 = 16 fits; the fourth would not */
     assert_ok(attn_mha_forward(ctx, m, kv, tx, ty, NULL));
   assert_ok(attn_kv_cache_info_get(ctx, kv, &info, lens0));
-  memcpy(ysave, y, sizeof y);
+  memcpy(ysave, f.y, sizeof ysave);
   assert_status(attn_mha_forward(ctx, m, kv, tx, ty, NULL), ATTN_ERR_INVALID_ARG);
   assert_error_mentions(ctx, "capacity");
   int64_t bad3[3] = {2, 4, 15};
-  assert_status(attn_mha_forward(ctx, m, kv, tu_wrap(ctx, x, 128, 3, bad3, NULL), ty, NULL),
+  assert_status(attn_mha_forward(ctx, m, kv, tu_wrap(ctx, f.x, 128, 3, bad3, NULL), ty, NULL),
                 ATTN_ERR_SHAPE);
   assert_status(attn_mha_forward(ctx, m, kv, tx, tx, NULL), ATTN_ERR_ALIASING);
   assert_ok(attn_kv_cache_info_get(ctx, kv, &info, lens1));
   assert_memory_equal(lens0, lens1, sizeof lens0);
-  assert_memory_equal(ysave, y, sizeof y);
-  attn_ctx_destroy(ctx);
-  assert_int_equal(cnt.allocs, cnt.frees);
-  weights_free(&w);
+  assert_memory_equal(ysave, f.y, sizeof ysave);
+  warm_layer_end(&f);
 }
 
 int main(void) {
