@@ -43,6 +43,25 @@ fn size(func: &str, name: &str, x: usize) -> Result<i64> {
     i64::try_from(x).map_err(|_| Error::InvalidArg(format!("{}: {} = {}", func, name, x)))
 }
 
+// The creation params both layouts share, checked for `func` in this order.
+fn params(
+    func: &str,
+    layout: i32,
+    batch: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    value_dim: usize,
+) -> Result<sys::attn_kv_cache_params> {
+    Ok(sys::attn_kv_cache_params {
+        layout,
+        batch: size(func, "batch", batch)?,
+        kv_heads: size(func, "kv_heads", kv_heads)?,
+        head_dim: size(func, "head_dim", head_dim)?,
+        value_dim: size(func, "value_dim", value_dim)?,
+        ..Default::default()
+    })
+}
+
 impl<'c> KvCache<'c> {
     fn create(ctx: &'c Context, p: &sys::attn_kv_cache_params) -> Result<Self> {
         let mut raw = ptr::null_mut();
@@ -69,18 +88,9 @@ impl<'c> KvCache<'c> {
         capacity: usize,
     ) -> Result<Self> {
         const F: &str = "KvCache::contiguous";
-        KvCache::create(
-            ctx,
-            &sys::attn_kv_cache_params {
-                layout: sys::ATTN_KV_CONTIGUOUS,
-                batch: size(F, "batch", batch)?,
-                kv_heads: size(F, "kv_heads", kv_heads)?,
-                head_dim: size(F, "head_dim", head_dim)?,
-                value_dim: size(F, "value_dim", value_dim)?,
-                capacity: size(F, "capacity", capacity)?,
-                ..Default::default()
-            },
-        )
+        let mut p = params(F, sys::ATTN_KV_CONTIGUOUS, batch, kv_heads, head_dim, value_dim)?;
+        p.capacity = size(F, "capacity", capacity)?;
+        KvCache::create(ctx, &p)
     }
 
     /// A paged cache (vLLM's PagedAttention): a pool of `num_blocks` blocks
@@ -95,19 +105,10 @@ impl<'c> KvCache<'c> {
         num_blocks: usize,
     ) -> Result<Self> {
         const F: &str = "KvCache::paged";
-        KvCache::create(
-            ctx,
-            &sys::attn_kv_cache_params {
-                layout: sys::ATTN_KV_PAGED,
-                batch: size(F, "batch", batch)?,
-                kv_heads: size(F, "kv_heads", kv_heads)?,
-                head_dim: size(F, "head_dim", head_dim)?,
-                value_dim: size(F, "value_dim", value_dim)?,
-                block_size: size(F, "block_size", block_size)?,
-                num_blocks: size(F, "num_blocks", num_blocks)?,
-                ..Default::default()
-            },
-        )
+        let mut p = params(F, sys::ATTN_KV_PAGED, batch, kv_heads, head_dim, value_dim)?;
+        p.block_size = size(F, "block_size", block_size)?;
+        p.num_blocks = size(F, "num_blocks", num_blocks)?;
+        KvCache::create(ctx, &p)
     }
 
     /// A contiguous cache over caller memory: keys [B, Hkv, capacity, D],
