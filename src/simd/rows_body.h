@@ -96,6 +96,44 @@ static float row_max(const float *x, int64_t n) {
  * the hardware prefetchers stop. */
 #define AHEAD_FLOATS 1024
 
+static void scale(const float *x, float *y, int64_t n, float s) {
+  vf vs = v_set1(s);
+  int64_t i = 0;
+  for (; i + VW <= n; i += VW)
+    v_store(y + i, v_mul(v_load(x + i), vs));
+  if (i < n)
+    v_store_part(y + i, n - i, v_mul(v_load_part(x + i, n - i, 0.0f), vs));
+}
+
+/* scale with y written by non-temporal stores wherever y is aligned (not
+ * ordered: stream_fence does that once for many rows): the
+ * bytes go to memory without reading y's lines into the cache first (a
+ * normal store reads each line before writing it) and without evicting the
+ * data being worked on. For outputs that will not be read back from the
+ * cache soon. The same values as scale. Inlined where exp_vsum stores the
+ * previous rows (a call per short row cost 4-5 % there). */
+static inline __attribute__((always_inline)) void scale_stream(const float *x, float *y,
+                                                                int64_t n, float s) {
+  vf vs = v_set1(s);
+  int64_t i = 0;
+  /* Up to the first aligned element: plain stores (the address is a
+   * multiple of 4, a float's alignment, or nothing here is aligned). */
+  int64_t head = (int64_t)((VA - ((uintptr_t)y & (VA - 1))) & (VA - 1));
+  if (head % (int64_t)sizeof(float) != 0 || head / (int64_t)sizeof(float) >= n) {
+    scale(x, y, n, s);
+    return;
+  }
+  head /= (int64_t)sizeof(float);
+  if (head) {
+    v_store_part(y, head, v_mul(v_load_part(x, head, 0.0f), vs));
+    i = head;
+  }
+  for (; i + VW <= n; i += VW)
+    v_stream(y + i, v_mul(v_load(x + i), vs));
+  if (i < n)
+    v_store_part(y + i, n - i, v_mul(v_load_part(x + i, n - i, 0.0f), vs));
+}
+
 /* ahead: NULL, or n floats (the next row) whose cache lines are requested
  * into L2 while this row is computed, one line per 16 floats: the memory
  * then works during the exponentials instead of waiting for the next row's
@@ -103,7 +141,6 @@ static float row_max(const float *x, int64_t n) {
 /* pw: NULL, or the previous row's exponentials, written meanwhile to py
  * as scale_stream(pw, py, n, ps) would, a block behind the exponentials:
  * the memory takes the stores while the exponentials are computed. */
-static void scale_stream(const float *x, float *y, int64_t n, float s);
 /* below_hi: shift is the row's maximum (or the row is NaN), so no x -
  * shift exceeds EXP_HI. Returns the float64 accumulator (vsum_total). */
 static inline __attribute__((always_inline)) vsum exp_vsum(const float *x, float *y, int64_t n,
@@ -164,42 +201,6 @@ static float sum_exp_shift(const float *x, int64_t n, float shift) {
   return exp_sum(x, (float *)0, n, shift, 0, (const float *)0, (const float *)0, (float *)0, 0.0f);
 }
 
-static void scale(const float *x, float *y, int64_t n, float s) {
-  vf vs = v_set1(s);
-  int64_t i = 0;
-  for (; i + VW <= n; i += VW)
-    v_store(y + i, v_mul(v_load(x + i), vs));
-  if (i < n)
-    v_store_part(y + i, n - i, v_mul(v_load_part(x + i, n - i, 0.0f), vs));
-}
-
-/* scale with y written by non-temporal stores wherever y is aligned (not
- * ordered: stream_fence does that once for many rows): the
- * bytes go to memory without reading y's lines into the cache first (a
- * normal store reads each line before writing it) and without evicting the
- * data being worked on. For outputs that will not be read back from the
- * cache soon. The same values as scale. */
-static void scale_stream(const float *x, float *y, int64_t n, float s) {
-  vf vs = v_set1(s);
-  int64_t i = 0;
-  /* Up to the first aligned element: plain stores (the address is a
-   * multiple of 4, a float's alignment, or nothing here is aligned). */
-  int64_t head = (int64_t)((VA - ((uintptr_t)y & (VA - 1))) & (VA - 1));
-  if (head % (int64_t)sizeof(float) != 0 || head / (int64_t)sizeof(float) >= n) {
-    scale(x, y, n, s);
-    return;
-  }
-  head /= (int64_t)sizeof(float);
-  if (head) {
-    v_store_part(y, head, v_mul(v_load_part(x, head, 0.0f), vs));
-    i = head;
-  }
-  for (; i + VW <= n; i += VW)
-    v_stream(y + i, v_mul(v_load(x + i), vs));
-  if (i < n)
-    v_store_part(y + i, n - i, v_mul(v_load_part(x + i, n - i, 0.0f), vs));
-}
-
 static void stream_fence(void) { v_fence(); }
 
 static void scale_add(const float *x, const float *m, float *y, int64_t n, float s) {
@@ -255,8 +256,9 @@ static inline vf z_vec(const float *x, const float *m, const uint8_t *b, int64_t
  * is found later: by its sum of exponentials (NaN), or, with a maximum of
  * -inf, by has_nan. */
 static inline vf row_max_v(const float *x, int64_t n) {
-  vf m0 = v_set1(-INFINITY), m1 = m0;
-  int64_t i = 0;
+  /* max(-inf, a) is a, NaN or not */
+  vf m0 = n >= VW ? v_load(x) : v_set1(-INFINITY), m1 = v_set1(-INFINITY);
+  int64_t i = n >= VW ? VW : 0;
   for (; i + 2 * VW <= n; i += 2 * VW) {
     m0 = v_max(m0, v_load(x + i));
     m1 = v_max(m1, v_load(x + i + VW));
