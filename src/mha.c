@@ -1,7 +1,7 @@
 /* The decoder attention layer: q/k/v projections (one product over all
  * B * L tokens of a call, the three weights side by side: gemm.h), rotary
  * embedding at the cache positions, append to a KV cache, attention through
- * the cache (kv_cache.c -> sdpa.c), output projection.
+ * the cache (kv_attend.c -> sdpa.c), output projection.
  *
  * The layer owns a buffer that grows to the largest call and is reused, so
  * a warm layer allocates nothing (the attention's workspace is the

@@ -11,8 +11,8 @@
 
 #include "internal.h"
 
-/* Tile sizes: BLOCK_ROWS query rows (all heads of a group included) by
- * BLOCK_KEYS keys: S is 256 KiB, next to the K and V tiles in a core's L2.
+/* Tile sizes: SDPA_TILE_ROWS query rows (all heads of a group included) by
+ * SDPA_TILE_KEYS keys: S is 256 KiB, next to the K and V tiles in a core's L2.
  * Each block streams every K and V tile from L3 once, so more rows per
  * block mean fewer passes over K/V. With libattn's tile kernels on an
  * Emerald Rapids KVM guest (2 MiB L2 per core; 1 thread, B=1 H=8 L=4096,
@@ -22,8 +22,8 @@
  * OpenBLAS Haswell kernels on a Zen 4 with 1 MiB L2, 256x256 gave 0.86-1.08
  * of a 2048^3 sgemm but a worse causal/full time, 0.57-0.63 against
  * 0.53-0.54 at 128x256: larger blocks waste more work on the diagonal.) */
-#define BLOCK_ROWS 256
-#define BLOCK_KEYS 256
+#define SDPA_TILE_ROWS 256
+#define SDPA_TILE_KEYS 256
 /* Items of at most this many rows (a decode step: the query heads of one KV
  * head, a few positions each) take the decode products (simd/decode_body.h)
  * when the kernel set has them: K and V rows read once, in place and in
@@ -57,7 +57,7 @@ typedef struct {
   float scale, softcap;
   bool causal, window, bottom_right;
   int64_t wl, wr;
-  /* KV cache (kv_cache.c): batch b has n_b = q_lens[b] query rows (Lq when
+  /* KV cache (kv_attend.c): batch b has n_b = q_lens[b] query rows (Lq when
    * NULL), bottom-right aligned on its kv_lens[b] keys; rows i >= n_b are
    * padding and see no key. Paged keys and values: key j of batch b lives
    * in block blocks[b * blocks_stride + j / block_size], at k + block *
@@ -211,10 +211,10 @@ typedef struct {
 /* Per-thread workspace. */
 typedef struct attn_sdpa_work {
   float *qbuf;        /* rows x D, the block's queries gathered contiguous (attn__sdpa_queries) */
-  float *s;           /* rows x BLOCK_KEYS: logits, then probabilities */
-  float *kbuf;        /* min(BLOCK_KEYS, Lk) x D, when K rows cannot be handed to BLAS as they
+  float *s;           /* rows x SDPA_TILE_KEYS: logits, then probabilities */
+  float *kbuf;        /* min(SDPA_TILE_KEYS, Lk) x D, when K rows cannot be handed to BLAS as they
                          are (a stride BLAS cannot take, or half elements to widen) */
-  float *vbuf;        /* min(BLOCK_KEYS, Lk) x Dv, likewise for V */
+  float *vbuf;        /* min(SDPA_TILE_KEYS, Lk) x Dv, likewise for V */
   attn_sdpa_state st; /* the unsplit path's state */
 } attn_sdpa_work;
 

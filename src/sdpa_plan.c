@@ -32,14 +32,14 @@ static attn_sdpa_state state_at(const attn_sdpa_problem *p, float *base) {
 static void sdpa_layout(void *problem, attn_ws_layout *l) {
   attn_sdpa_problem *p = problem;
   size_t rows = (size_t)p->rows_max;
-  /* A tile holds at most BLOCK_KEYS keys and never more than Lk: a short
+  /* A tile holds at most SDPA_TILE_KEYS keys and never more than Lk: a short
    * problem with a long head dim gathers no more than it has. */
-  size_t tile_keys = (size_t)(p->Lk < BLOCK_KEYS ? (p->Lk > 0 ? p->Lk : 1) : BLOCK_KEYS);
+  size_t tile_keys = (size_t)(p->Lk < SDPA_TILE_KEYS ? (p->Lk > 0 ? p->Lk : 1) : SDPA_TILE_KEYS);
   p->works = attn__ws_take(l, (size_t)p->threads, sizeof(attn_sdpa_work));
   for (int32_t t = 0; t < p->threads; t++) {
     attn_sdpa_work w;
     w.qbuf = attn__ws_take(l, rows * (size_t)p->D, sizeof(float));
-    w.s = attn__ws_take(l, rows * BLOCK_KEYS, sizeof(float));
+    w.s = attn__ws_take(l, rows * SDPA_TILE_KEYS, sizeof(float));
     w.kbuf = p->gather_k ? attn__ws_take(l, tile_keys * (size_t)p->D, sizeof(float)) : NULL;
     w.vbuf = p->gather_v ? attn__ws_take(l, tile_keys * (size_t)p->Dv, sizeof(float)) : NULL;
     float *state = attn__ws_take(l, state_floats(p), sizeof(float));
@@ -101,7 +101,7 @@ static void merge_chunks(void *arg, int64_t item, int32_t worker) {
 
 /* Blocks, items and how K/V tiles reach the products. */
 static void plan_tiles(attn_sdpa_problem *p) {
-  p->nb = BLOCK_ROWS / p->G > 0 ? BLOCK_ROWS / p->G : 1;
+  p->nb = SDPA_TILE_ROWS / p->G > 0 ? SDPA_TILE_ROWS / p->G : 1;
   if (p->nb > p->Lq)
     p->nb = p->Lq;
   p->n_qblocks = (p->Lq + p->nb - 1) / p->nb;
@@ -134,8 +134,8 @@ void attn__sdpa_plan(const attn_ctx *ctx, attn_sdpa_problem *p) {
     int64_t most = p->Lk / MIN_CHUNK_KEYS;
     p->n_split = want < most ? want : most;
     /* Chunks are whole tiles so the split changes no tile boundary. */
-    int64_t tiles = (p->Lk + BLOCK_KEYS - 1) / BLOCK_KEYS;
-    p->chunk_keys = (tiles + p->n_split - 1) / p->n_split * BLOCK_KEYS;
+    int64_t tiles = (p->Lk + SDPA_TILE_KEYS - 1) / SDPA_TILE_KEYS;
+    p->chunk_keys = (tiles + p->n_split - 1) / p->n_split * SDPA_TILE_KEYS;
     p->n_split = (p->Lk + p->chunk_keys - 1) / p->chunk_keys;
   }
   double work =

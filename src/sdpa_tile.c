@@ -132,11 +132,11 @@ static void decode_products(const attn_sdpa_problem *p, const attn_sdpa_item *it
       next = pv ? attn__elem(p->v, p->vdt, vnext) : attn__elem(p->k, p->kdt, knext);
     }
     if (pv)
-      kern->dec_pv(rows, len, p->Dv, s + c, BLOCK_KEYS, attn__elem(p->v, p->vdt, voff),
+      kern->dec_pv(rows, len, p->Dv, s + c, SDPA_TILE_KEYS, attn__elem(p->v, p->vdt, voff),
                    elem_of(p->vdt), p->vs[2], next, acc, p->Dv, skip);
     else
       kern->dec_qk(rows, len, p->D, p->scale, qbuf, p->D, attn__elem(p->k, p->kdt, koff),
-                   elem_of(p->kdt), p->ks[2], next, s + c, BLOCK_KEYS);
+                   elem_of(p->kdt), p->ks[2], next, s + c, SDPA_TILE_KEYS);
   }
 }
 
@@ -171,7 +171,7 @@ static void accumulate_nonzero(const float *p, int64_t rows, int64_t n, const fl
                                int64_t dv, float *acc) {
   for (int64_t r = 0; r < rows; r++)
     for (int64_t j = 0; j < n; j++) {
-      float w = p[r * BLOCK_KEYS + j];
+      float w = p[r * SDPA_TILE_KEYS + j];
       if (w == 0)
         continue;
       for (int64_t d = 0; d < dv; d++)
@@ -268,7 +268,7 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
   bool plain = !p->softcap && !p->alibi && !p->mask && !p->bmask;
 
   for (int64_t j0 = j_begin, n; j0 < j_end; j0 += n) {
-    n = j_end - j0 < BLOCK_KEYS ? j_end - j0 : BLOCK_KEYS;
+    n = j_end - j0 < SDPA_TILE_KEYS ? j_end - j0 : SDPA_TILE_KEYS;
     int64_t koff = 0, voff = 0;
     if (p->decode) {
       decode_products(p, it, rows, q, wk->s, NULL, j0, n, j_end, false, false);
@@ -278,7 +278,7 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
       const float *kt = tile_rows(attn__elem(p->k, p->kdt, koff), p->kdt, p->ks[2], n, p->D,
                                   p->gather_k, wk->kbuf, &ldk);
       attn__sgemm_nt((int)rows, (int)n, (int)p->D, p->scale, q, (int)p->D, kt, ldk,
-                     wk->s, BLOCK_KEYS);
+                     wk->s, SDPA_TILE_KEYS);
     }
     /* Tiles inside every row's visible range need no per-row bounds. */
     bool inside = j0 >= lo_last && j0 + n <= hi_first;
@@ -289,8 +289,8 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
     bool fetch = !p->decode && rows > DECODE_ROWS;
     int64_t kn_off = 0, vn_off, n_next = fetch ? j_end - (j0 + n) : 0;
     if (n_next > 0) {
-      if (n_next > BLOCK_KEYS)
-        n_next = BLOCK_KEYS;
+      if (n_next > SDPA_TILE_KEYS)
+        n_next = SDPA_TILE_KEYS;
       key_offsets(p, it, j0 + n, &n_next, &kn_off, &vn_off);
     }
     int64_t ahead = fetch && n > rows ? n : rows;
@@ -310,7 +310,7 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
         if (e < a)
           e = a;
       }
-      online_row(p, it, st, r, wk->s + r * BLOCK_KEYS, j0, n, a, e, plain);
+      online_row(p, it, st, r, wk->s + r * SDPA_TILE_KEYS, j0, n, a, e, plain);
     }
     /* A hidden key has weight 0, but 0 * NaN is NaN: where the tile may hide
      * keys and V holds a non-finite value, skip the zero weights by hand
@@ -324,7 +324,8 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
     const float *vt = tile_rows(attn__elem(p->v, p->vdt, voff), p->vdt, p->vs[2], n, Dv,
                                 p->gather_v, wk->vbuf, &ldv);
     if ((inside && plain) || attn__sdpa_all_finite(vt, n, Dv, ldv))
-      attn__sgemm_nn_acc((int)rows, (int)Dv, (int)n, wk->s, BLOCK_KEYS, vt, ldv, st.acc, (int)Dv);
+      attn__sgemm_nn_acc((int)rows, (int)Dv, (int)n, wk->s, SDPA_TILE_KEYS, vt, ldv, st.acc,
+                         (int)Dv);
     else
       accumulate_nonzero(wk->s, rows, n, vt, ldv, Dv, st.acc);
   }
