@@ -11,6 +11,9 @@
  *    reads nothing past the caller's struct_size; a newer caller's unknown
  *    fields are accepted when zero and refused with ATTN_ERR_UNSUPPORTED,
  *    writing nothing, when not.
+ * 3. Shared builds: a program linked against 0.1 gets the 0.1 _init
+ *    functions of the structs that grew, which write nothing past 0.1's
+ *    struct.
  * The exported-symbol check is tests/abi/check_symbols.sh. */
 #include <stddef.h>
 
@@ -475,6 +478,64 @@ static void posenc_callers(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+#ifdef ATTN_TEST_SYMBOL_VERSIONS
+/* 3. What a program linked against 0.1 calls: the @ATTN_0 versions of the
+ * _init functions of the structs that grew (src/compat.c). They must fill
+ * 0.1's struct only, never the bytes after it (the caller's other
+ * variables), and the library must then ignore whatever those bytes hold. */
+void sdpa_params_init_0_1(attn_sdpa_params *p);
+void softmax_params_init_0_1(attn_softmax_params *p);
+__asm__(".symver sdpa_params_init_0_1, attn_sdpa_params_init@ATTN_0");
+__asm__(".symver softmax_params_init_0_1, attn_softmax_params_init@ATTN_0");
+
+/* 0.1's sizes: its structs ended after `weights` and `bool_mask` (PIN lines above). */
+enum { SDPA_0_1 = 104, SOFTMAX_0_1 = 32 };
+
+static void linked_against_0_1(void **state) {
+  (void)state;
+  /* The 0xA5 bytes past 0.1's struct stand for the caller's next variable. */
+  union {
+    attn_sdpa_params p;
+    unsigned char b[sizeof(attn_sdpa_params)];
+  } s;
+  memset(&s, 0xA5, sizeof s);
+  sdpa_params_init_0_1(&s.p);
+  assert_int_equal(s.p.struct_size, SDPA_0_1);
+  for (size_t i = SDPA_0_1; i < sizeof s; i++)
+    assert_int_equal(s.b[i], 0xA5);
+  s.p.causal = 1;
+  float got[B * H * L * D], want[B * H * L * D];
+  sdpa_with(&s.p, got);
+  attn_sdpa_params cur;
+  attn_sdpa_params_init(&cur);
+  assert_int_equal(cur.struct_size, sizeof cur);
+  cur.causal = 1;
+  sdpa_with(&cur, want);
+  assert_memory_equal(got, want, sizeof got);
+
+  union {
+    attn_softmax_params p;
+    unsigned char b[sizeof(attn_softmax_params)];
+  } m;
+  memset(&m, 0xA5, sizeof m);
+  softmax_params_init_0_1(&m.p);
+  assert_int_equal(m.p.struct_size, SOFTMAX_0_1);
+  assert_true(m.p.scale == 1.0f);
+  for (size_t i = SOFTMAX_0_1; i < sizeof m; i++)
+    assert_int_equal(m.b[i], 0xA5);
+  attn_ctx *ctx = tu_ctx(1);
+  float x[3 * 5], y[3 * 5], yw[3 * 5];
+  fill(x, 15, 5);
+  int64_t d[2] = {3, 5};
+  attn_tensor *xt = tu_wrap(ctx, x, 15, 2, d, NULL), *yt = tu_wrap(ctx, y, 15, 2, d, NULL);
+  assert_ok(attn_softmax(ctx, xt, yt, &m.p));
+  memcpy(yw, y, sizeof y);
+  assert_ok(attn_softmax(ctx, xt, yt, NULL));
+  assert_memory_equal(y, yw, sizeof y);
+  attn_ctx_destroy(ctx);
+}
+#endif
+
 static void ctx_options_callers(void **state) {
   (void)state;
   struct {
@@ -495,6 +556,9 @@ int main(void) {
       cmocka_unit_test(sdpa_older_caller),  cmocka_unit_test(sdpa_newer_caller),
       cmocka_unit_test(softmax_callers),    cmocka_unit_test(posenc_callers),
       cmocka_unit_test(ctx_options_callers),
+#ifdef ATTN_TEST_SYMBOL_VERSIONS
+      cmocka_unit_test(linked_against_0_1),
+#endif
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

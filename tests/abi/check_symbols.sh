@@ -1,8 +1,10 @@
 #!/bin/sh
 # The exported interface of libattn.so, checked three ways:
 #  - the SONAME is libattn.so.<major>;
-#  - `nm -D --defined-only` shows only attn_* functions (plus the version node),
-#    each bound to that version node;
+#  - `nm -D --defined-only` shows only attn_* functions (plus the version
+#    nodes ATTN_<major> and ATTN_<major>.<minor>), each bound to one of them;
+#    a function kept in an older version for older programs (src/compat.c)
+#    also has a default version;
 #  - the exported functions are exactly those declared ATTN_API in attn.h.
 # usage: check_symbols.sh LIBRARY HEADER MAJOR
 set -eu
@@ -20,14 +22,19 @@ problem() {
 soname=$(readelf -d "$lib" | sed -n 's/.*(SONAME).*\[\(.*\)\]$/\1/p')
 [ "$soname" = "libattn.so.$major" ] || problem "SONAME is '$soname', expected libattn.so.$major"
 
-# Lines look like "000123 T attn_sdpa@@ATTN_0" or "0000 A ATTN_0" (the node).
+# Lines look like "000123 T attn_sdpa@@ATTN_0", "000456 T attn_x@ATTN_0" (an
+# older version kept for older programs) or "0000 A ATTN_0" (a version node).
 nm -D --defined-only "$lib" | awk '{print $3}' | sort -u >"$tmp/all"
-grep -vxF "$node" "$tmp/all" >"$tmp/exported" || true
+nodes="ATTN_$major(\.[0-9]+)?"
+grep -vxE "$nodes" "$tmp/all" >"$tmp/exported" || true
 grep -qxF "$node" "$tmp/all" || problem "version node $node is missing"
 while read -r sym; do
   case "$sym" in
-    attn_*"@@$node") ;;
-    attn_*) problem "$sym is not bound to version node $node" ;;
+    attn_*@@*) echo "${sym#*@@}" | grep -qxE "$nodes" || problem "$sym is not bound to a version node $node[.minor]" ;;
+    attn_*@*)
+      echo "${sym#*@}" | grep -qxE "$nodes" || problem "$sym is not bound to a version node $node[.minor]"
+      grep -q "^${sym%%@*}@@" "$tmp/exported" || problem "$sym has no default version" ;;
+    attn_*) problem "$sym has no version" ;;
     *) problem "exports $sym, which is not an attn_* symbol" ;;
   esac
 done <"$tmp/exported"
