@@ -1,5 +1,6 @@
 /* Context lifecycle, the op prologue (in-use flag, op name), the allocator,
  * the workspace arena, errors and version. */
+#define _DEFAULT_SOURCE /* madvise, MADV_HUGEPAGE; posix_memalign */
 #include "internal.h"
 #include "kv_cache.h"
 #include "mha.h"
@@ -8,6 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #define ATTN_MAX_THREADS 1024
 
@@ -82,6 +86,30 @@ static void default_free(void *user, void *p) {
 
 void *attn__alloc(attn_ctx *ctx, size_t size) {
   return ctx->alloc(ctx->alloc_user, size ? size : 1);
+}
+
+/* With 4 KiB pages, a decode step over a 256 MiB cache walks 65536 page
+ * table entries (and, in a VM, the host's as well); 2 MiB pages cut the TLB
+ * misses 512-fold. Transparent huge pages are often in "madvise" mode, so
+ * they must be asked for before the first touch. Only the default
+ * allocator's memory is advised: a caller's allocator owns its policy.
+ * (Lk = 32768, 8 heads, D = 128, 1 thread, reading K then V as a decode
+ * step does: bf16 21.5 ms against 26.5 ms, f32 32.6 against 38.5.) */
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+#define ATTN_HUGE_PAGE ((size_t)2 << 20)
+#endif
+
+void *attn__alloc_large(attn_ctx *ctx, size_t size) {
+#ifdef ATTN_HUGE_PAGE
+  if (ctx->alloc == default_alloc && size >= ATTN_HUGE_PAGE) {
+    void *p = NULL;
+    if (posix_memalign(&p, ATTN_HUGE_PAGE, size))
+      return NULL;
+    (void)madvise(p, size, MADV_HUGEPAGE); /* advice: failing (old kernel, THP off) is harmless */
+    return p; /* default_free frees it */
+  }
+#endif
+  return attn__alloc(ctx, size);
 }
 
 void attn__free(attn_ctx *ctx, void *p) {

@@ -71,6 +71,11 @@ attn_status attn__fail(attn_ctx *ctx, attn_status status, const char *fmt, ...)
 
 /* ---- memory (context.c): the context's allocator ---- */
 void *attn__alloc(attn_ctx *ctx, size_t size);
+/* For large, long-lived blocks (the owned KV cache): as attn__alloc, but
+ * with the default allocator on Linux the block starts on a 2 MiB boundary
+ * and is advised for transparent huge pages before its first touch.
+ * Released by attn__free. */
+void *attn__alloc_large(attn_ctx *ctx, size_t size);
 void attn__free(attn_ctx *ctx, void *p);
 
 /* ---- workspace (context.c) ----

@@ -215,7 +215,7 @@ static attn_status kv_cache_create_impl(attn_ctx *ctx, const attn_kv_cache_param
   c->dt = p.dtype, c->esz = esz;
   c->B = p.batch, c->H = p.kv_heads, c->D = p.head_dim, c->Dv = p.value_dim;
   c->cap = p.capacity;
-  c->data_block = attn__alloc(ctx, all + 2 * ATTN_ALIGN);
+  c->data_block = attn__alloc_large(ctx, all + 2 * ATTN_ALIGN);
   if (!c->data_block)
     goto oom;
   /* Both arrays start on a cache line. */
