@@ -1255,7 +1255,13 @@ ATTN_API void attn_kv_cache_params_init(attn_kv_cache_params *p);
  * num_blocks * Hkv * block_size * (D + Dv) paged, 4 or 2 bytes each) and
  * written once in address order (so that its pages are mapped before
  * decoding, in the order attention reads them); its values do not matter:
- * nothing ever reads a row past a sequence's length.
+ * nothing ever reads a row past a sequence's length. On Linux, with the
+ * context's default allocator (no attn_ctx_options::alloc), memory of 2 MiB
+ * or more is aligned to 2 MiB and advised for transparent huge pages
+ * (madvise(MADV_HUGEPAGE)) before that first write, so a decode step takes
+ * far fewer TLB misses; the advice may be declined (THP off, no free huge
+ * pages) without any effect on results. A caller's allocator's memory is
+ * left as it comes.
  * @param[in]  ctx owner.
  * @param[in]  p   the sizes (required, see attn_kv_cache_params).
  * @param[out] out receives the cache; written only on success.

@@ -307,7 +307,9 @@ static void long_cache_split(void **state) {
     kv_data d;
     data_make(&c, &d, 42);
     attn_ctx *ctx = tu_ctx(4);
-    attn_kv_cache *kv = make_cache(ctx, &c, pg ? 0 : 5000, pg ? 5000 / 64 + 1 : 0);
+    /* Room for 40000 tokens (5 MiB): with the default allocator a cache
+     * of 2 MiB or more takes the huge-page path (2 MiB-aligned, advised). */
+    attn_kv_cache *kv = make_cache(ctx, &c, pg ? 0 : 40000, pg ? 40000 / 64 + 1 : 0);
     /* Store every key at once, then attend with the last token's queries. */
     int64_t P = 5000;
     int64_t kd[4] = {1, 1, P, 16}, qd[4] = {1, 4, 1, 16};
