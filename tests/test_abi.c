@@ -491,21 +491,23 @@ __asm__(".symver softmax_params_init_0_1, attn_softmax_params_init@ATTN_0");
 /* 0.1's sizes: its structs ended after `weights` and `bool_mask` (PIN lines above). */
 enum { SDPA_0_1 = 104, SOFTMAX_0_1 = 32 };
 
+/* The bytes of p from `from` on still hold the 0xA5 they were set to: they
+ * stand for the 0.1 caller's next variable. */
+static void assert_guard(const void *p, size_t from, size_t size) {
+  for (size_t i = from; i < size; i++)
+    assert_int_equal(((const unsigned char *)p)[i], 0xA5);
+}
+
 static void linked_against_0_1(void **state) {
   (void)state;
-  /* The 0xA5 bytes past 0.1's struct stand for the caller's next variable. */
-  union {
-    attn_sdpa_params p;
-    unsigned char b[sizeof(attn_sdpa_params)];
-  } s;
+  attn_sdpa_params s;
   memset(&s, 0xA5, sizeof s);
-  sdpa_params_init_0_1(&s.p);
-  assert_int_equal(s.p.struct_size, SDPA_0_1);
-  for (size_t i = SDPA_0_1; i < sizeof s; i++)
-    assert_int_equal(s.b[i], 0xA5);
-  s.p.causal = 1;
+  sdpa_params_init_0_1(&s);
+  assert_int_equal(s.struct_size, SDPA_0_1);
+  assert_guard(&s, SDPA_0_1, sizeof s);
+  s.causal = 1;
   float got[B * H * L * D], want[B * H * L * D];
-  sdpa_with(&s.p, got);
+  sdpa_with(&s, got);
   attn_sdpa_params cur;
   attn_sdpa_params_init(&cur);
   assert_int_equal(cur.struct_size, sizeof cur);
@@ -513,22 +515,18 @@ static void linked_against_0_1(void **state) {
   sdpa_with(&cur, want);
   assert_memory_equal(got, want, sizeof got);
 
-  union {
-    attn_softmax_params p;
-    unsigned char b[sizeof(attn_softmax_params)];
-  } m;
+  attn_softmax_params m;
   memset(&m, 0xA5, sizeof m);
-  softmax_params_init_0_1(&m.p);
-  assert_int_equal(m.p.struct_size, SOFTMAX_0_1);
-  assert_true(m.p.scale == 1.0f);
-  for (size_t i = SOFTMAX_0_1; i < sizeof m; i++)
-    assert_int_equal(m.b[i], 0xA5);
+  softmax_params_init_0_1(&m);
+  assert_int_equal(m.struct_size, SOFTMAX_0_1);
+  assert_true(m.scale == 1.0f);
+  assert_guard(&m, SOFTMAX_0_1, sizeof m);
   attn_ctx *ctx = tu_ctx(1);
   float x[3 * 5], y[3 * 5], yw[3 * 5];
   fill(x, 15, 5);
   int64_t d[2] = {3, 5};
   attn_tensor *xt = tu_wrap(ctx, x, 15, 2, d, NULL), *yt = tu_wrap(ctx, y, 15, 2, d, NULL);
-  assert_ok(attn_softmax(ctx, xt, yt, &m.p));
+  assert_ok(attn_softmax(ctx, xt, yt, &m));
   memcpy(yw, y, sizeof y);
   assert_ok(attn_softmax(ctx, xt, yt, NULL));
   assert_memory_equal(y, yw, sizeof y);
