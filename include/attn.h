@@ -1471,14 +1471,18 @@ ATTN_API attn_status attn_kv_attend(attn_ctx *ctx, const attn_kv_cache *cache,
  * with it and freed with it (or by attn_mha_free()).
  *
  * Weights, both layer forms: a weight copied in by attn_mha_set_weight() is
- * owned by the layer, which also keeps it packed for its products (made at
- * the first forward of more than 8 tokens, in the layer's memory: the
- * projections' weights are then held twice; remade after the next
- * attn_mha_set_weight() of that weight). A weight used in place by
- * attn_mha_wrap_weight() is read on every forward, as is every weight of
- * the same product (q/k/v, or output): the caller may change the memory
- * between calls, and the next call uses the new values; it is never kept
- * packed.
+ * owned by the layer and held once, as F32. With libattn's own product
+ * kernels (every kernel set of attn_cpu_info() but sse2) it is held in the
+ * packed form the products read: a projection's weight [n, k] and its bias
+ * take (n rounded up to a multiple of 32) x (k + 1) floats (bias zeros if
+ * it has none), so the four projections of an E = 1024 layer take 16 MiB +
+ * 16 KiB; with sse2, row-major. A weight used in place by
+ * attn_mha_wrap_weight() is read on every forward and packed per call into
+ * the context's workspace, as is every owned weight of its group (q/k/v,
+ * or the output projection): those are held row-major meanwhile and go
+ * back to the packed form when the group's last wrapped weight is set
+ * again. The caller may change wrapped memory between calls, and the next
+ * call uses the new values.
  * @{ */
 
 /** Opaque attention layer; made by attn_mha_create_decoder() or
@@ -1571,16 +1575,18 @@ ATTN_API attn_status attn_mha_free(attn_ctx *ctx, attn_mha *layer);
 
 /** Copy a weight from `w` (F32, F16 or BF16, the shape attn_mha_weight
  * lists, any strides) into the layer's own storage, which is F32 (half
- * values widened exactly); a wrapped weight becomes owned again. The next
- * forward uses the new values (the packed copy of that projection is
- * remade then).
+ * values widened exactly); a wrapped weight becomes owned again (the
+ * layer then allocates its storage: for the last wrapped weight of its
+ * group, the group's packed form, into which its other weights move).
+ * The next forward uses the new values.
  * @param[in] ctx   the layer's context.
  * @param[in] layer the layer.
  * @param[in] which an attn_mha_weight (a bias the layer was created
  *                  without is ATTN_ERR_INVALID_ARG).
  * @param[in] w     the values.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_INVALID_ARG,
- *  ATTN_ERR_SHAPE, ATTN_ERR_UNSUPPORTED (dtype).
+ *  ATTN_ERR_SHAPE, ATTN_ERR_UNSUPPORTED (dtype), ATTN_ERR_NO_MEMORY (a
+ *  wrapped weight made owned; nothing changed then).
  * @since 0.2.0 */
 ATTN_API attn_status attn_mha_set_weight(attn_ctx *ctx, attn_mha *layer, int32_t which,
                                          const attn_tensor *w);
@@ -1591,14 +1597,17 @@ ATTN_API attn_status attn_mha_set_weight(attn_ctx *ctx, attn_mha *layer, int32_t
  * attn_mha_weight lists, innermost stride 1 and a row stride >= the row
  * length (what BLAS takes). The memory must stay valid while the layer
  * uses it and unchanged during a call; between calls it may change, and
- * the next forward reads the new values (no packed copy is kept while a
- * weight of the product is wrapped; the products then pack it per call).
- * Freeing the tensor handle afterwards does not matter.
+ * the next forward reads the new values (the products pack it per call).
+ * The other owned weights of its group (q/k/v, or the output projection)
+ * move from the packed form to row-major storage, which the layer
+ * allocates (see the section's introduction). Freeing the tensor handle
+ * afterwards does not matter.
  * @param[in] ctx   the layer's context.
  * @param[in] layer the layer.
  * @param[in] which an attn_mha_weight.
  * @param[in] w     the values.
- * @return as attn_mha_set_weight(), and ATTN_ERR_INVALID_ARG for strides.
+ * @return as attn_mha_set_weight() (ATTN_ERR_NO_MEMORY: the group's weights
+ *  could not move; nothing changed), and ATTN_ERR_INVALID_ARG for strides.
  * @since 0.2.0 */
 ATTN_API attn_status attn_mha_wrap_weight(attn_ctx *ctx, attn_mha *layer, int32_t which,
                                           const attn_tensor *w);
@@ -1619,8 +1628,7 @@ ATTN_API attn_status attn_mha_get_weight(attn_ctx *ctx, const attn_mha *layer, i
  * takes its first n_new[b] tokens of x; the other rows of y are written
  * with zeros. Every count is checked against the cache before anything is
  * computed or appended. Buffers grow to the largest call and are reused: a
- * warm context and layer allocate nothing (the first forward of more than
- * 8 tokens after creation also allocates the packed owned weights).
+ * warm context and layer allocate nothing.
  * @param[in]     ctx   the layer's context.
  * @param[in]     layer the layer.
  * @param[in,out] cache a KV cache of ctx with B sequences, Hkv heads and
@@ -1752,8 +1760,7 @@ ATTN_API void attn_mha_torch_forward_params_init(attn_mha_torch_forward_params *
  * Self-attention (query, key and value the same view, in_proj_weight):
  * one product for q, k and v. Uses the context's workspace (q, k, v, the
  * merged mask, the per-head weights when asked): a warm context allocates
- * nothing (the first call of more than 8 tokens also allocates the packed
- * owned weights, see attn_mha_set_weight()). On failure nothing is written.
+ * nothing. On failure nothing is written.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_UNSUPPORTED
  *  (dtype, newer params), ATTN_ERR_SHAPE, ATTN_ERR_INVALID_ARG (not a
  *  PyTorch-form layer, need_weights and out_weights disagree, params),

@@ -6,7 +6,7 @@
  * KC x NR slice of it from L1; each weight (part) has its own panels, the
  * last one zero-padded. The panels are packed per call, GEMM_NPP at a
  * time, into the workspace, or were packed once by the caller
- * (attn__gemm_pack, the same layout). Each work item is
+ * (attn__gemm_pack, the same layout; then at any row count). Each work item is
  * a block of GEMM_MC rows by GEMM_NCP panels of C, kept in L2 while its
  * rows of A, copied into a contiguous block (instead of rows a page apart
  * that would share L1 sets), are multiplied into it GEMM_KC deep slice by
@@ -22,7 +22,9 @@
 #define GEMM_MC 192  /* rows per item: a multiple of every set's GEMM_MR (12, 6) */
 #define GEMM_NCP 8   /* panels per item (256 columns) */
 #define GEMM_NPP 32  /* panels packed at a time per call (1024 columns): bounds the workspace */
-#define GEMM_DOT_ROWS 8 /* up to this many rows: no packing (gemm_nt's dot products) */
+/* Up to this many rows: no packing (gemm_nt's dot products), unless the
+ * parts come packed (their row-major form may not exist). */
+#define GEMM_DOT_ROWS 8
 /* Up to this depth a worker copies its block of A whole (MC x k, 3 MiB at
  * most) and keeps it for its next items of the same rows: the items of a
  * row block then copy A once per worker instead of once per item. */
@@ -41,6 +43,17 @@ size_t attn__gemm_packed_floats(int64_t n, int64_t k) {
   if (__builtin_mul_overflow(cols, (size_t)k + 1, &floats))
     return SIZE_MAX;
   return floats;
+}
+
+size_t attn__gemm_packed_at(int64_t n, int64_t k, int64_t j, int64_t kk) {
+  if (kk == k) /* the biases, after every panel */
+    return (size_t)(cdiv(n, GEMM_NR) * k * GEMM_NR + j);
+  return (size_t)((j / GEMM_NR * k + kk) * GEMM_NR + j % GEMM_NR);
+}
+
+bool attn__gemm_packs(void) {
+  const attn_kernels *kern = attn__kernels();
+  return kern->gemm_nn && kern->gemm_nt;
 }
 
 /* Panel lp of part pt into dst (k * NR floats) and its biases into bias. */
@@ -68,6 +81,12 @@ static int32_t panel_part(const attn_gemm_problem *p, int64_t jp, int64_t *lp) {
   return i;
 }
 
+/* Floats of a worker's copy of A: a block of rows (fewer for a short A),
+ * whole or one slice deep. */
+static size_t a_floats(const attn_gemm_problem *p) {
+  return (size_t)min64(p->m, GEMM_MC) * (size_t)(p->k <= GEMM_A_WHOLE ? p->k : GEMM_KC);
+}
+
 static void layout(void *problem, attn_ws_layout *l) {
   attn_gemm_problem *p = problem;
   if (p->path != PATH_PACKED) {
@@ -76,9 +95,8 @@ static void layout(void *problem, attn_ws_layout *l) {
     return;
   }
   size_t panels = p->prepacked ? 0 : (size_t)min64(p->pan0[p->n_parts], GEMM_NPP);
-  size_t depth = p->k <= GEMM_A_WHOLE ? (size_t)p->k : GEMM_KC;
   p->bp = attn__ws_take(l, panels * GEMM_NR * (size_t)p->k, sizeof(float));
-  p->ap = attn__ws_take(l, (size_t)p->threads * GEMM_MC * depth, sizeof(float));
+  p->ap = attn__ws_take(l, (size_t)p->threads * a_floats(p), sizeof(float));
   p->bias = attn__ws_take(l, panels * GEMM_NR, sizeof(float));
   p->a_row = attn__ws_take(l, (size_t)p->threads, sizeof(int64_t));
 }
@@ -95,13 +113,12 @@ void attn__gemm_plan(const attn_ctx *ctx, attn_gemm_problem *p) {
     p->prepacked &= p->part[i].packed != NULL;
   }
   p->pan0[p->n_parts] = panels;
-  const attn_kernels *kern = attn__kernels();
   double work = (double)p->m * (double)p->n * (double)p->k;
   int64_t items;
-  if (!kern->gemm_nn || !kern->gemm_nt) {
+  if (!attn__gemm_packs()) {
     p->path = PATH_BLAS;
     items = 1;
-  } else if (p->m <= GEMM_DOT_ROWS) {
+  } else if (p->m <= GEMM_DOT_ROWS && !p->prepacked) {
     p->path = PATH_COLS;
     items = cdiv(p->n, GEMM_NR * GEMM_NCP);
   } else {
@@ -113,8 +130,6 @@ void attn__gemm_plan(const attn_ctx *ctx, attn_gemm_problem *p) {
   p->threads = attn__threads_plan(ctx, work, 2097152.0, items);
   p->ws_bytes = attn__ws_size(layout, p);
 }
-
-bool attn__gemm_blocked(const attn_gemm_problem *p) { return p->path == PATH_PACKED; }
 
 attn_gemm_problem attn__gemm_linear(const attn_ctx *ctx, int64_t m, int64_t n, int64_t k,
                                     const float *a, int64_t lda, const float *w, int64_t ldw,
@@ -193,14 +208,14 @@ static void block(void *arg, int64_t item, int32_t worker) {
     for (int64_t i = 0; i < mc; i++)
       memcpy(c + (i0 + i) * p->ldc, bias, (size_t)nr * sizeof(float));
   }
-  /* A whole: slice k0 at ap + k0 * MC, copied unless the worker's last
+  /* A whole: slice k0 at ap + k0 * min(m, MC), copied unless the worker's last
    * item had the same rows; else one slice at a time at ap. */
   bool whole = p->k <= GEMM_A_WHOLE, have = whole && p->a_row[worker] == i0;
-  float *ap = p->ap + (size_t)worker * GEMM_MC * (whole ? (size_t)p->k : GEMM_KC);
+  float *ap = p->ap + (size_t)worker * a_floats(p);
   p->a_row[worker] = whole ? i0 : -1;
   for (int64_t k0 = 0; k0 < p->k; k0 += GEMM_KC) {
     int64_t kc = min64(GEMM_KC, p->k - k0);
-    float *as = whole ? ap + k0 * GEMM_MC : ap;
+    float *as = whole ? ap + k0 * min64(p->m, GEMM_MC) : ap;
     for (int64_t i = 0; i < mc && !have; i++)
       memcpy(as + i * kc, p->a + (i0 + i) * p->lda + k0, (size_t)kc * sizeof(float));
     for (int64_t jp = jp0; jp < jp1; jp++) {

@@ -21,8 +21,10 @@
 #define ATTN_GEMM_MAX_PARTS 3
 
 /* One weight: rows [n, k], ldw apart; its bias [n] or NULL; packed: NULL,
- * or w and bias as attn__gemm_pack wrote them for this k (used on the
- * blocked path when every part of the problem has one). */
+ * or w and bias as attn__gemm_pack wrote them for this k. When every part
+ * of a problem has one (possible only if attn__gemm_packs()), the product
+ * reads the packed parts alone, at any row count: w and bias may then be
+ * NULL. */
 typedef struct {
   const float *w;
   int64_t ldw, n;
@@ -58,12 +60,16 @@ typedef struct {
 void attn__gemm_plan(const attn_ctx *ctx, attn_gemm_problem *p);
 /* Run a planned problem: p->ws_bytes must be reserved (allocates nothing). */
 void attn__gemm_run(attn_ctx *ctx, attn_gemm_problem *p);
-/* Whether a planned problem takes the blocked path (the one that reads
- * packed parts). */
-bool attn__gemm_blocked(const attn_gemm_problem *p);
+/* Whether the products take packed parts: the kernel set has tile
+ * kernels (without them products go to cblas_sgemm and read w). Fixed for
+ * the process (the kernel set is chosen once). */
+bool attn__gemm_packs(void);
 /* Floats attn__gemm_pack writes for a weight of n rows of k (SIZE_MAX if
  * that overflows size_t). */
 size_t attn__gemm_packed_floats(int64_t n, int64_t k);
+/* Where w[j, kk] of a weight of n rows of k is in its packed floats; kk = k:
+ * where bias[j] is. (Padding columns are zeros.) */
+size_t attn__gemm_packed_at(int64_t n, int64_t k, int64_t j, int64_t kk);
 /* Pack part's w (and bias; zeros without one) for products of depth k into
  * dst, on the context's threads. part->packed is not read. */
 void attn__gemm_pack(attn_ctx *ctx, const attn_gemm_part *part, int64_t k, float *dst);

@@ -42,67 +42,154 @@ static bool weight_present(const attn_mha *m, int32_t which) {
   return which < 4 || (which < 7 ? m->qkv_bias : which == 7 && m->out_bias);
 }
 
-/* ---- packed projections ---- */
+/* ---- where the weights live (mha.h) ---- */
 
-/* The weights projection `slot` reads: its matrix and its bias (which may
- * be absent). */
-static void slot_weights(const attn_mha *m, int slot, int32_t which[2]) {
-  if (m->torch && slot < 3) {
-    which[0] = m->packed ? ATTN_MHA_IN_PROJ_WEIGHT : slot;
-    which[1] = ATTN_MHA_IN_PROJ_BIAS;
-  } else {
-    which[0] = slot;
-    which[1] = 4 + slot;
-  }
+/* Projections s0 <= s < s1 form weight `which`'s group: q/k/v or out. */
+static void group_of(int32_t which, int *s0, int *s1) {
+  bool out = which == ATTN_MHA_O_WEIGHT || which == ATTN_MHA_O_BIAS;
+  *s0 = out ? 3 : 0;
+  *s1 = out ? 4 : 3;
 }
 
-/* Weight `which` changed: stale packs; wrapped: freed, as no pack is made
- * while a weight of the projection is caller memory. */
-static void packs_changed(attn_ctx *ctx, attn_mha *m, int32_t which, bool wrapped) {
-  for (int s = 0; s < ATTN__MHA_N_PACKS; s++) {
-    int32_t w[2];
-    slot_weights(m, s, w);
-    if (w[0] != which && w[1] != which)
+static bool is_matrix(int32_t which) { return which < 4 || which == ATTN_MHA_IN_PROJ_WEIGHT; }
+
+/* Projection s's rows n and depth k. */
+static void proj_shape(const attn_mha *m, int s, int64_t *n, int64_t *k) {
+  if (m->torch) {
+    *n = m->E;
+    *k = s == 1 ? m->kdim : s == 2 ? m->vdim : m->E;
+    return;
+  }
+  *n = s == 0 ? m->Hq * m->D : s < 3 ? m->Hkv * m->D : m->E;
+  *k = s < 3 ? m->E : m->Hq * m->D;
+}
+
+/* Element (r, c) of present weight `which` (a bias: r = 0): row-major, or
+ * in the packed projection whose output row it feeds (in_proj's rows and
+ * bias are q's, then k's, then v's). */
+static float *weight_elem(const attn_mha *m, int32_t which, int64_t r, int64_t c) {
+  if (m->w[which])
+    return m->w[which] + r * m->ld[which] + c;
+  bool mat = is_matrix(which);
+  int64_t row = mat ? r : c, n, k;
+  int s = mat ? which : which - 4;
+  if (which >= ATTN_MHA_IN_PROJ_WEIGHT) {
+    s = (int)(row / m->E);
+    row %= m->E;
+  }
+  proj_shape(m, s, &n, &k);
+  return m->pack[s] + attn__gemm_packed_at(n, k, row, mat ? c : k);
+}
+
+/* Whether `which` is the layer's own (row-major or packed), not caller
+ * memory. */
+static bool is_owned(const attn_mha *m, int32_t which) {
+  return m->owned[which] || !m->w[which];
+}
+
+/* Pack weight `which`'s group: its projections' packs allocated, filled
+ * from the row-major weights (owned or wrapped; zeros: none yet, at
+ * creation), the owned ones freed: every weight of the group is then in the
+ * packs. On failure nothing changed. */
+static attn_status pack_group(attn_ctx *ctx, attn_mha *m, int32_t which, bool zeros) {
+  int s0, s1;
+  group_of(which, &s0, &s1);
+  float *mem[ATTN__MHA_N_PACKS] = {0};
+  size_t bytes[ATTN__MHA_N_PACKS] = {0};
+  for (int s = s0; s < s1; s++) {
+    int64_t n, k;
+    proj_shape(m, s, &n, &k);
+    size_t floats = attn__gemm_packed_floats(n, k);
+    attn_status st = ATTN_OK;
+    if (floats == SIZE_MAX || __builtin_mul_overflow(floats, sizeof(float), &bytes[s]))
+      st = attn__fail(ctx, ATTN_ERR_OVERFLOW, "the packed weights' size overflows");
+    else if (!(mem[s] = attn__alloc(ctx, bytes[s])))
+      st = attn__fail(ctx, ATTN_ERR_NO_MEMORY,
+                      "cannot allocate %zu bytes for the packed weights", bytes[s]);
+    if (st) {
+      for (int i = s0; i < s; i++)
+        attn__free(ctx, mem[i]);
+      return st;
+    }
+  }
+  for (int s = s0; s < s1; s++) {
+    int64_t n, k;
+    proj_shape(m, s, &n, &k);
+    if (zeros) {
+      memset(mem[s], 0, bytes[s]);
+    } else {
+      attn_gemm_part pt = attn__mha_part(m, s); /* row-major: pack[s] is NULL */
+      attn__gemm_pack(ctx, &pt, k, mem[s]);
+    }
+  }
+  for (int s = s0; s < s1; s++)
+    m->pack[s] = mem[s];
+  for (int32_t i = 0; i < N_WEIGHTS; i++) {
+    int g0, g1;
+    group_of(i, &g0, &g1);
+    if (g0 != s0)
       continue;
-    m->pack[s].valid = false;
-    if (wrapped) {
-      attn__free(ctx, m->pack[s].mem);
-      m->pack[s].mem = NULL;
-    }
+    attn__free(ctx, m->owned[i]);
+    m->owned[i] = NULL, m->w[i] = NULL;
   }
+  return ATTN_OK;
 }
 
-attn_status attn__mha_plan_projection(attn_ctx *ctx, attn_mha *m, attn_gemm_problem *p,
-                                      const int *slots) {
-  attn__gemm_plan(ctx, p);
-  if (!attn__gemm_blocked(p))
-    return ATTN_OK;
-  for (int32_t i = 0; i < p->n_parts; i++) {
-    int32_t w[2];
-    slot_weights(m, slots[i], w);
-    for (int j = 0; j < 2; j++)
-      if (weight_present(m, w[j]) && !m->owned[w[j]])
-        return ATTN_OK; /* caller memory: read (packed) per call */
-  }
-  for (int32_t i = 0; i < p->n_parts; i++) {
-    attn_mha_pack *pk = &m->pack[slots[i]];
-    if (!pk->mem) {
-      size_t floats = attn__gemm_packed_floats(p->part[i].n, p->k), bytes;
-      if (floats == SIZE_MAX || __builtin_mul_overflow(floats, sizeof(float), &bytes))
-        return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the packed weights' size overflows");
-      if (!(pk->mem = attn__alloc(ctx, bytes)))
-        return attn__fail(ctx, ATTN_ERR_NO_MEMORY,
-                          "cannot allocate %zu bytes for the packed weights", bytes);
+/* Unpack weight `which`'s group: every weight of it but `which` (which the
+ * caller wraps) copied row-major into its own memory, the packs freed. On
+ * failure nothing changed. */
+static attn_status unpack_group(attn_ctx *ctx, attn_mha *m, int32_t which) {
+  int s0, s1;
+  group_of(which, &s0, &s1);
+  float *mem[N_WEIGHTS] = {0};
+  bool move[N_WEIGHTS] = {0};
+  for (int32_t i = 0; i < N_WEIGHTS; i++) {
+    int g0, g1;
+    group_of(i, &g0, &g1);
+    move[i] = g0 == s0 && i != which && weight_present(m, i);
+    if (!move[i])
+      continue;
+    int64_t rows, cols;
+    weight_shape(m, i, &rows, &cols); /* its size was checked at creation */
+    if (!(mem[i] = attn__alloc(ctx, (size_t)(rows * cols) * sizeof(float)))) {
+      for (int32_t j = 0; j < i; j++)
+        attn__free(ctx, mem[j]);
+      return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate %s", weight_names[i]);
     }
-    if (!pk->valid) {
-      attn__gemm_pack(ctx, &p->part[i], p->k, pk->mem);
-      pk->valid = true;
-    }
+    for (int64_t r = 0; r < rows; r++)
+      for (int64_t c = 0; c < cols; c++)
+        mem[i][r * cols + c] = *weight_elem(m, i, r, c);
   }
-  for (int32_t i = 0; i < p->n_parts; i++)
-    p->part[i].packed = m->pack[slots[i]].mem;
-  attn__gemm_plan(ctx, p); /* again: packed parts need less workspace */
+  for (int32_t i = 0; i < N_WEIGHTS; i++) {
+    if (!move[i])
+      continue;
+    int64_t rows, cols;
+    weight_shape(m, i, &rows, &cols);
+    m->w[i] = mem[i], m->owned[i] = mem[i], m->ld[i] = cols;
+  }
+  for (int s = s0; s < s1; s++) {
+    attn__free(ctx, m->pack[s]);
+    m->pack[s] = NULL;
+  }
   return ATTN_OK;
+}
+
+attn_gemm_part attn__mha_part(const attn_mha *m, int s) {
+  int64_t n, k;
+  proj_shape(m, s, &n, &k);
+  if (m->pack[s])
+    return (attn_gemm_part){NULL, 0, n, NULL, m->pack[s]};
+  int32_t wi = s, bi = 4 + s;
+  int64_t row0 = 0; /* in_proj weight and bias: the rows of projection s */
+  if (m->torch && s < 3) {
+    bi = ATTN_MHA_IN_PROJ_BIAS;
+    row0 = s * m->E;
+    if (m->packed)
+      wi = ATTN_MHA_IN_PROJ_WEIGHT;
+  }
+  const float *w = m->w[wi] + (wi == ATTN_MHA_IN_PROJ_WEIGHT ? row0 * m->ld[wi] : 0);
+  const float *bias = weight_present(m, bi) ? m->w[bi] + (bi == ATTN_MHA_IN_PROJ_BIAS ? row0 : 0) : NULL;
+  return (attn_gemm_part){w, m->ld[wi], n, bias, NULL};
 }
 
 /* ---- lifecycle ---- */
@@ -112,7 +199,7 @@ static void release(attn_ctx *ctx, attn_mha *m) {
   for (int i = 0; i < N_WEIGHTS; i++)
     attn__free(ctx, m->owned[i]);
   for (int i = 0; i < ATTN__MHA_N_PACKS; i++)
-    attn__free(ctx, m->pack[i].mem);
+    attn__free(ctx, m->pack[i]);
   attn__free(ctx, m->buf);
   attn__free(ctx, m->freqs);
   attn__free(ctx, m);
@@ -283,6 +370,7 @@ static attn_status mha_create_decoder_impl(attn_ctx *ctx, const attn_mha_decoder
 }
 
 attn_status attn__mha_add(attn_ctx *ctx, attn_mha *m) {
+  bool packs = attn__gemm_packs();
   for (int32_t i = 0; i < N_WEIGHTS; i++) {
     if (!weight_present(m, i))
       continue;
@@ -294,13 +382,21 @@ attn_status attn__mha_add(attn_ctx *ctx, attn_mha *m) {
       release(ctx, m);
       return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the size of %s overflows", weight_names[i]);
     }
+    if (packs)
+      continue; /* in the packs below */
+    m->ld[i] = cols;
     if (!(m->owned[i] = attn__alloc(ctx, bytes))) {
       release(ctx, m);
       return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate %s", weight_names[i]);
     }
     memset(m->owned[i], 0, bytes);
     m->w[i] = m->owned[i];
-    m->ld[i] = cols;
+  }
+  attn_status st;
+  if (packs && ((st = pack_group(ctx, m, ATTN_MHA_Q_WEIGHT, true)) ||
+                (st = pack_group(ctx, m, ATTN_MHA_O_WEIGHT, true)))) {
+    release(ctx, m);
+    return st;
   }
   m->next = ctx->layers;
   if (ctx->layers)
@@ -348,20 +444,30 @@ static attn_status mha_set_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t w
     return st;
   int64_t rows, cols;
   weight_shape(layer, which, &rows, &cols);
-  if (!layer->owned[which]) { /* wrapped until now: own it again */
-    void *mem = attn__alloc(ctx, (size_t)(rows * cols) * sizeof(float));
-    if (!mem)
-      return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate %s", weight_names[which]);
-    layer->owned[which] = mem;
+  if (!is_owned(layer, which)) { /* wrapped until now: own it again */
+    bool whole = attn__gemm_packs(); /* then the group's packs take it? */
+    int s0, s1;
+    group_of(which, &s0, &s1);
+    for (int32_t i = 0; i < N_WEIGHTS && whole; i++) {
+      int g0, g1;
+      group_of(i, &g0, &g1);
+      whole = i == which || g0 != s0 || !weight_present(layer, i) || is_owned(layer, i);
+    }
+    if (whole) {
+      if ((st = pack_group(ctx, layer, which, false)))
+        return st;
+    } else {
+      void *mem = attn__alloc(ctx, (size_t)(rows * cols) * sizeof(float));
+      if (!mem)
+        return attn__fail(ctx, ATTN_ERR_NO_MEMORY, "cannot allocate %s", weight_names[which]);
+      layer->owned[which] = layer->w[which] = mem;
+      layer->ld[which] = cols;
+    }
   }
-  float *dst = layer->owned[which];
   int64_t rs = w->ndim == 2 ? w->strides[0] : 0, cs = w->strides[w->ndim - 1];
   for (int64_t r = 0; r < rows; r++) /* a half weight widened exactly: the layer keeps F32 */
     for (int64_t c = 0; c < cols; c++)
-      dst[r * cols + c] = attn__elem_value(w->data, w->dtype, r * rs + c * cs);
-  layer->w[which] = dst;
-  layer->ld[which] = cols;
-  packs_changed(ctx, layer, which, false);
+      *weight_elem(layer, which, r, c) = attn__elem_value(w->data, w->dtype, r * rs + c * cs);
   return ATTN_OK;
 }
 
@@ -378,11 +484,12 @@ static attn_status mha_wrap_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t 
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "%s must have contiguous rows (innermost stride 1, row stride "
                       ">= %lld and < 2^31) to be used in place; use attn_mha_set_weight", weight_names[which], (long long)cols);
+  if (!layer->w[which] && (st = unpack_group(ctx, layer, which)))
+    return st; /* the group's other weights go row-major: no packs with caller memory */
   attn__free(ctx, layer->owned[which]);
   layer->owned[which] = NULL;
   layer->w[which] = w->data;
   layer->ld[which] = ld;
-  packs_changed(ctx, layer, which, true);
   return ATTN_OK;
 }
 
@@ -398,7 +505,7 @@ static attn_status mha_get_weight_impl(attn_ctx *ctx, const attn_mha *layer, int
   int64_t rs = w->ndim == 2 ? w->strides[0] : 0, cs = w->strides[w->ndim - 1];
   for (int64_t r = 0; r < rows; r++)
     for (int64_t c = 0; c < cols; c++)
-      attn__elem_store(w->data, w->dtype, r * rs + c * cs, layer->w[which][r * layer->ld[which] + c]);
+      attn__elem_store(w->data, w->dtype, r * rs + c * cs, *weight_elem(layer, which, r, c));
   return ATTN_OK;
 }
 
@@ -496,16 +603,14 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   pqkv.m = T, pqkv.k = E, pqkv.a = xa, pqkv.lda = ldx, pqkv.c = q, pqkv.ldc = ldp;
   pqkv.n_parts = 3;
   for (int i = 0; i < 3; i++)
-    pqkv.part[i] = (attn_gemm_part){m->w[i], m->ld[i], i ? hkv : hq, m->w[4 + i], NULL};
+    pqkv.part[i] = attn__mha_part(m, i);
+  attn__gemm_plan(ctx, &pqkv);
   float *yo = y_direct ? y->data : yb;
   attn_gemm_problem po;
   memset(&po, 0, sizeof po);
   po.m = T, po.k = hq, po.a = a, po.lda = hq, po.c = yo, po.ldc = E, po.n_parts = 1;
-  po.part[0] = (attn_gemm_part){m->w[3], m->ld[3], E, m->w[7], NULL};
-  static const int slots[4] = {0, 1, 2, 3};
-  if ((st = attn__mha_plan_projection(ctx, m, &pqkv, slots)) ||
-      (st = attn__mha_plan_projection(ctx, m, &po, slots + 3)))
-    return st;
+  po.part[0] = attn__mha_part(m, 3);
+  attn__gemm_plan(ctx, &po);
   if ((st = attn__ws_reserve(ctx, pqkv.ws_bytes > po.ws_bytes ? pqkv.ws_bytes : po.ws_bytes)))
     return st;
   attn__gemm_run(ctx, &pqkv);

@@ -11,18 +11,14 @@
  * packed in_proj weight and bias. */
 #define ATTN__MHA_N_WEIGHTS 10
 
-/* The projections whose weights a layer keeps packed: q, k, v, out. */
+/* The projections: q, k, v, out. A layer's owned weights are stored once:
+ * when the products take packed weights (attn__gemm_packs), inside the
+ * packed projections they feed (pack[s], attn__gemm_pack's layout: weight
+ * panels then biases) as long as every weight of that projection's group
+ * (q/k/v, or out) is owned; else row-major (owned[]). Wrapping a weight
+ * moves the other owned weights of its group to row-major; owning the
+ * last wrapped one moves them back into the packs (mha.c). */
 #define ATTN__MHA_N_PACKS 4
-
-/* A projection's weight and bias packed for gemm.h's blocked path
- * (attn__gemm_pack), made at the first forward that takes that path and
- * kept while the weights are the layer's own: set_weight marks it stale
- * (repacked at the next forward), wrap_weight frees it (wrapped memory is
- * read on every call). */
-typedef struct {
-  float *mem; /* NULL until first needed */
-  bool valid; /* mem holds the current weights */
-} attn_mha_pack;
 
 struct attn_mha {
   attn_ctx *ctx;
@@ -32,10 +28,12 @@ struct attn_mha {
   attn_rope_problem rope; /* half, interleaved, theta; freqs and amplitude if scaled */
   double *freqs;          /* owned: a scaling's frequencies (rope.freqs), or NULL */
   attn_sdpa_params sp; /* the attention's options: causal, scale, softcap, window */
-  float *w[ATTN__MHA_N_WEIGHTS];  /* current values: owned[] or caller memory */
+  /* Row-major values (owned[] or caller memory), ld apart; NULL for a
+   * weight stored in pack[] (or absent). */
+  float *w[ATTN__MHA_N_WEIGHTS];
   void *owned[ATTN__MHA_N_WEIGHTS];
-  int64_t ld[ATTN__MHA_N_WEIGHTS]; /* row stride of each weight */
-  attn_mha_pack pack[ATTN__MHA_N_PACKS];
+  int64_t ld[ATTN__MHA_N_WEIGHTS];
+  float *pack[ATTN__MHA_N_PACKS]; /* NULL: that projection's weights are row-major */
   char *buf;             /* grows to the largest call */
   size_t buf_bytes;
   /* The PyTorch form (mha_torch.c): Hq = Hkv = H, D = E / H. */
@@ -54,14 +52,9 @@ attn_status attn__mha_add(attn_ctx *ctx, attn_mha *m);
  * dims [A0, A1, F] (F32, F16 or BF16: widened exactly), or with scatter
  * the reverse (each element rounded once to t's type). */
 void attn__mha_copy_rows(const attn_tensor *t, float *rows, bool scatter);
-/* Plan product p, whose part i is projection slots[i] of m (0 q, 1 k,
- * 2 v, 3 out). When it takes the blocked path and every part's weights are
- * owned, its parts read the layer's packed copies, allocated and packed
- * here when missing or stale; otherwise the product packs per call. Fails
- * only with ATTN_ERR_NO_MEMORY / OVERFLOW (the status set), before any
- * output changed. */
-attn_status attn__mha_plan_projection(attn_ctx *ctx, attn_mha *m, attn_gemm_problem *p,
-                                      const int *slots);
+/* Projection s of m (0 q, 1 k, 2 v, 3 out) as a product's part: its
+ * packed form, or its row-major weight and bias. */
+attn_gemm_part attn__mha_part(const attn_mha *m, int s);
 /* Whether weight `which` belongs to PyTorch-form layer m, and its rows and
  * columns (either pointer may be NULL). */
 bool attn__mha_torch_shape(const attn_mha *m, int32_t which, int64_t *rows, int64_t *cols);

@@ -326,43 +326,24 @@ static void head_view(const attn_mha *m, int64_t B, int64_t len, int64_t ld, int
   s[3] = 1;
 }
 
-/* The in-projection rows of q (0), k (1) or v (2): in_proj_weight's third
- * or the separate weight; the bias's third or NULL. */
-static const float *in_weight(const attn_mha *m, int part, int64_t *ld, const float **bias) {
-  *bias = m->out_bias ? m->w[ATTN_MHA_IN_PROJ_BIAS] + part * m->E : NULL;
-  if (m->packed) {
-    *ld = m->ld[ATTN_MHA_IN_PROJ_WEIGHT];
-    return m->w[ATTN_MHA_IN_PROJ_WEIGHT] + part * m->E * *ld;
-  }
-  *ld = m->ld[ATTN_MHA_Q_WEIGHT + part];
-  return m->w[ATTN_MHA_Q_WEIGHT + part];
-}
-
 /* The call's products, planned (run_call sets their pointers): the q, k
  * and v projections, one each or (fused) all three parts of g[0] over the
  * query rows, and the output projection g[3]. */
-static attn_status plan_products(attn_ctx *ctx, torch_call *c) {
-  attn_mha *m = c->m;
+static void plan_products(attn_ctx *ctx, torch_call *c) {
   const attn_tensor *in[3] = {c->query, c->key, c->value};
-  static const int slots[4] = {0, 1, 2, 3};
   memset(c->g, 0, sizeof c->g);
   for (int part = 0; part < 3; part++) {
     attn_gemm_problem *g = &c->g[c->fused ? 0 : part];
     g->m = part && !c->fused ? c->Tk : c->T;
     g->k = in[part]->dims[2];
-    int64_t ldw;
-    const float *bias, *w = in_weight(m, part, &ldw, &bias);
-    g->part[g->n_parts++] = (attn_gemm_part){w, ldw, m->E, bias, NULL};
+    g->part[g->n_parts++] = attn__mha_part(c->m, part);
   }
   attn_gemm_problem *o = &c->g[3];
-  o->m = c->T, o->k = m->E, o->n_parts = 1;
-  o->part[0] = (attn_gemm_part){m->w[ATTN_MHA_O_WEIGHT], m->ld[ATTN_MHA_O_WEIGHT], m->E,
-                                m->out_bias ? m->w[ATTN_MHA_O_BIAS] : NULL, NULL};
-  attn_status st;
+  o->m = c->T, o->k = c->m->E, o->n_parts = 1;
+  o->part[0] = attn__mha_part(c->m, 3);
   for (int i = 0; i < 4; i++)
-    if (c->g[i].n_parts && (st = attn__mha_plan_projection(ctx, m, &c->g[i], slots + i)))
-      return st;
-  return ATTN_OK;
+    if (c->g[i].n_parts)
+      attn__gemm_plan(ctx, &c->g[i]);
 }
 
 static void run_call(attn_ctx *ctx, torch_call *c, attn_sdpa_problem *sp) {
@@ -466,8 +447,7 @@ static attn_status forward_impl(attn_ctx *ctx, attn_mha *layer, const attn_tenso
   prm.causal = c.causal;
   attn__sdpa_fill_common(&sp, &prm);
   attn__sdpa_plan(ctx, &sp);
-  if ((st = plan_products(ctx, &c)) != ATTN_OK)
-    return st;
+  plan_products(ctx, &c);
   /* The projections and the attention run one after another above this
    * call's buffers: the largest of their workspaces. */
   size_t inner = sp.ws_bytes;

@@ -931,7 +931,7 @@ static void kv_cache_create(void **state) {
 }
 
 /* attn_mha_create_decoder with a YaRN-scaled RoPE (its frequencies, the
- * layer, each weight). */
+ * layer, then each packed projection, or each weight with the sse2 set). */
 static void mha_create(void **state) {
   (void)state;
   attn_mha_decoder_params p;
@@ -943,7 +943,112 @@ static void mha_create(void **state) {
   attn_rope_cache_params_init(&sp);
   sp.scaling = ATTN_ROPE_SCALING_YARN, sp.factor = 4, sp.original_max_position = 64;
   p.rope = &rp, p.rope_scaling = &sp;
-  create_under_failures(create_mha, &p, 9);
+  create_under_failures(create_mha, &p, 6);
+}
+
+/* A layer's owned weights live in its packed projections, or row-major
+ * while a weight of their group (q/k/v, or out) is caller memory
+ * (src/mha.h): wrapping Wq moves Wk, Wv, bq, bk, bv out of the packs,
+ * owning Wq again moves them back. Each allocation of either move failing
+ * gives ATTN_ERR_NO_MEMORY, leaks nothing and changes no weight (Wq stays
+ * owned, then wrapped); afterwards the layer computes what a fresh layer
+ * with the same weights does, to the bit. */
+enum { MW_E = 16, MW_L = 12 };
+static const int64_t mw_dims[8][2] = {{16, 16}, {8, 16}, {8, 16}, {16, 16},
+                                      {1, 16},  {1, 8},  {1, 8},  {1, 16}};
+
+static attn_tensor *mw_wrap(attn_ctx *ctx, float *data, int32_t which) {
+  const int64_t *d = mw_dims[which];
+  return which < 4 ? tu_wrap(ctx, data, (size_t)(d[0] * d[1]), 2, d, NULL)
+                   : tu_wrap(ctx, data, (size_t)d[1], 1, d + 1, NULL);
+}
+
+/* Every weight of m reads back as want. */
+static void mw_check(attn_ctx *ctx, attn_mha *m, attn_tensor *const *back, float *const *got,
+                     float want[8][256]) {
+  for (int32_t i = 0; i < 8; i++) {
+    assert_ok(attn_mha_get_weight(ctx, m, i, back[i]));
+    assert_memory_equal(got[i], want[i], (size_t)(mw_dims[i][0] * mw_dims[i][1]) * sizeof(float));
+  }
+}
+
+static attn_mha *mw_layer(attn_ctx *ctx) {
+  attn_mha_decoder_params p;
+  attn_mha_decoder_params_init(&p);
+  p.embed_dim = MW_E, p.num_heads = 4, p.num_kv_heads = 2, p.qkv_bias = 1, p.out_bias = 1;
+  attn_mha *m = NULL;
+  assert_ok(attn_mha_create_decoder(ctx, &p, &m));
+  return m;
+}
+
+/* y = the layer over x (one sequence of MW_L tokens, a fresh cache). */
+static void mw_forward(attn_ctx *ctx, attn_mha *m, float *x, float *y) {
+  attn_kv_cache_params cp;
+  attn_kv_cache_params_init(&cp);
+  cp.batch = 1, cp.kv_heads = 2, cp.head_dim = 4, cp.capacity = MW_L;
+  attn_kv_cache *kv = NULL;
+  assert_ok(attn_kv_cache_create(ctx, &cp, &kv));
+  int64_t d3[3] = {1, MW_L, MW_E};
+  assert_ok(attn_mha_forward(ctx, m, kv, tu_wrap(ctx, x, MW_L * MW_E, 3, d3, NULL),
+                             tu_wrap(ctx, y, MW_L * MW_E, 3, d3, NULL), NULL));
+  assert_ok(attn_kv_cache_free(ctx, kv));
+}
+
+static void mha_weight_moves(void **state) {
+  (void)state;
+  static float want[8][256], got[8][256], wq_caller[256], wq_new[256];
+  static float x[MW_L * MW_E], y[MW_L * MW_E], y_fresh[MW_L * MW_E];
+  tu_rng r = {77};
+  for (int i = 0; i < 8; i++)
+    tu_fill(&r, want[i], 256, -0.5f, 0.5f);
+  tu_fill(&r, wq_caller, 256, -0.5f, 0.5f);
+  tu_fill(&r, wq_new, 256, -0.5f, 0.5f);
+  tu_fill(&r, x, MW_L * MW_E, -1, 1);
+  tu_counter c = {0};
+  attn_ctx_options o;
+  attn_ctx_options_init(&o);
+  o.num_threads = 2, o.alloc = tu_alloc, o.free = tu_free, o.alloc_user = &c;
+  attn_ctx *ctx = NULL;
+  assert_ok(attn_ctx_create(&ctx, &o));
+  attn_mha *m = mw_layer(ctx);
+  attn_tensor *back[8];
+  float *gp[8];
+  for (int32_t i = 0; i < 8; i++) {
+    assert_ok(attn_mha_set_weight(ctx, m, i, mw_wrap(ctx, want[i], i)));
+    back[i] = mw_wrap(ctx, got[i], i);
+    gp[i] = got[i];
+  }
+  attn_tensor *t_caller = mw_wrap(ctx, wq_caller, 0), *t_new = mw_wrap(ctx, wq_new, 0);
+  /* The moves' allocations: row-major Wk, Wv, bq, bk, bv, then the three
+   * packs; none and Wq's own with the sse2 set (no packs). */
+  int packs = strstr(attn_cpu_info(), "kernels: sse2") == NULL;
+  const long expect[2] = {packs ? 5 : 0, packs ? 3 : 1};
+  for (int stage = 0; stage < 2; stage++) {
+    long k = 1;
+    for (;; k++) {
+      long live = c.allocs - c.frees;
+      c.fail_at = c.allocs + k;
+      attn_status st = stage == 0 ? attn_mha_wrap_weight(ctx, m, ATTN_MHA_Q_WEIGHT, t_caller)
+                                  : attn_mha_set_weight(ctx, m, ATTN_MHA_Q_WEIGHT, t_new);
+      c.fail_at = 0;
+      if (st == ATTN_OK)
+        break;
+      assert_status(st, ATTN_ERR_NO_MEMORY);
+      assert_int_equal(c.allocs - c.frees, live);
+      mw_check(ctx, m, back, gp, want);
+    }
+    assert_int_equal(k - 1, expect[stage]);
+    memcpy(want[0], stage == 0 ? wq_caller : wq_new, sizeof want[0]);
+    mw_check(ctx, m, back, gp, want);
+  }
+  mw_forward(ctx, m, x, y);
+  attn_mha *fresh = mw_layer(ctx);
+  for (int32_t i = 0; i < 8; i++)
+    assert_ok(attn_mha_set_weight(ctx, fresh, i, mw_wrap(ctx, want[i], i)));
+  mw_forward(ctx, fresh, x, y_fresh);
+  assert_memory_equal(y, y_fresh, sizeof y);
+  attn_ctx_destroy(ctx);
+  assert_int_equal(c.allocs, c.frees);
 }
 
 /* attn_ctx_create itself, with and without worker threads. */
@@ -980,6 +1085,7 @@ int main(void) {
       cmocka_unit_test(all_ops),
       cmocka_unit_test(kv_cache_create),
       cmocka_unit_test(mha_create),
+      cmocka_unit_test(mha_weight_moves),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
