@@ -87,50 +87,47 @@ static bool is_owned(const attn_mha *m, int32_t which) {
   return m->owned[which] || !m->w[which];
 }
 
-/* Pack weight `which`'s group: its projections' packs allocated, filled
- * from the row-major weights (owned or wrapped; zeros: none yet, at
- * creation), the owned ones freed: every weight of the group is then in the
- * packs. On failure nothing changed. */
-static attn_status pack_group(attn_ctx *ctx, attn_mha *m, int32_t which, bool zeros) {
+/* Pack weight `which`'s group: its projections' packs allocated
+ * (zero-filled), the group's owned row-major weights moved in, and a
+ * wrapped `which` given its place there (not read: the caller writes it,
+ * and may have freed the memory it replaces). Every other present weight of
+ * the group is owned. On failure nothing changed. */
+static attn_status pack_group(attn_ctx *ctx, attn_mha *m, int32_t which) {
   int s0, s1;
   group_of(which, &s0, &s1);
   float *mem[ATTN__MHA_N_PACKS] = {0};
-  size_t bytes[ATTN__MHA_N_PACKS] = {0};
   for (int s = s0; s < s1; s++) {
     int64_t n, k;
     proj_shape(m, s, &n, &k);
-    size_t floats = attn__gemm_packed_floats(n, k);
+    size_t floats = attn__gemm_packed_floats(n, k), bytes = 0;
     attn_status st = ATTN_OK;
-    if (floats == SIZE_MAX || __builtin_mul_overflow(floats, sizeof(float), &bytes[s]))
+    if (floats == SIZE_MAX || __builtin_mul_overflow(floats, sizeof(float), &bytes))
       st = attn__fail(ctx, ATTN_ERR_OVERFLOW, "the packed weights' size overflows");
-    else if (!(mem[s] = attn__alloc(ctx, bytes[s])))
+    else if (!(mem[s] = attn__alloc(ctx, bytes)))
       st = attn__fail(ctx, ATTN_ERR_NO_MEMORY,
-                      "cannot allocate %zu bytes for the packed weights", bytes[s]);
+                      "cannot allocate %zu bytes for the packed weights", bytes);
     if (st) {
       for (int i = s0; i < s; i++)
         attn__free(ctx, mem[i]);
       return st;
     }
-  }
-  for (int s = s0; s < s1; s++) {
-    int64_t n, k;
-    proj_shape(m, s, &n, &k);
-    if (zeros) {
-      memset(mem[s], 0, bytes[s]);
-    } else {
-      attn_gemm_part pt = attn__mha_part(m, s); /* row-major: pack[s] is NULL */
-      attn__gemm_pack(ctx, &pt, k, mem[s]);
-    }
+    memset(mem[s], 0, bytes); /* padding, absent biases */
   }
   for (int s = s0; s < s1; s++)
     m->pack[s] = mem[s];
   for (int32_t i = 0; i < N_WEIGHTS; i++) {
     int g0, g1;
     group_of(i, &g0, &g1);
-    if (g0 != s0)
+    if (g0 != s0 || !weight_present(m, i))
       continue;
-    attn__free(ctx, m->owned[i]);
-    m->owned[i] = NULL, m->w[i] = NULL;
+    float *src = m->owned[i];
+    int64_t rows, cols, ld = m->ld[i];
+    weight_shape(m, i, &rows, &cols);
+    m->w[i] = NULL, m->owned[i] = NULL; /* weight_elem: in the packs now */
+    for (int64_t r = 0; src && r < rows; r++)
+      for (int64_t c = 0; c < cols; c++)
+        *weight_elem(m, i, r, c) = src[r * ld + c];
+    attn__free(ctx, src);
   }
   return ATTN_OK;
 }
@@ -393,8 +390,8 @@ attn_status attn__mha_add(attn_ctx *ctx, attn_mha *m) {
     m->w[i] = m->owned[i];
   }
   attn_status st;
-  if (packs && ((st = pack_group(ctx, m, ATTN_MHA_Q_WEIGHT, true)) ||
-                (st = pack_group(ctx, m, ATTN_MHA_O_WEIGHT, true)))) {
+  if (packs && ((st = pack_group(ctx, m, ATTN_MHA_Q_WEIGHT)) ||
+                (st = pack_group(ctx, m, ATTN_MHA_O_WEIGHT)))) {
     release(ctx, m);
     return st;
   }
@@ -454,7 +451,7 @@ static attn_status mha_set_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t w
       whole = i == which || g0 != s0 || !weight_present(layer, i) || is_owned(layer, i);
     }
     if (whole) {
-      if ((st = pack_group(ctx, layer, which, false)))
+      if ((st = pack_group(ctx, layer, which)))
         return st;
     } else {
       void *mem = attn__alloc(ctx, (size_t)(rows * cols) * sizeof(float));

@@ -358,6 +358,16 @@ static void weights_roundtrip(void **state) {
   w.w[0][5] = 7.0f;
   assert_ok(attn_mha_get_weight(ctx, m, ATTN_MHA_Q_WEIGHT, tb));
   assert_true(back[5] == 42.0f);
+  /* Memory a wrapped weight used may be freed before the weight is set
+   * again: set_weight never reads it (ASan). */
+  float *gone = malloc(96 * sizeof(float));
+  assert_non_null(gone);
+  memcpy(gone, back, 96 * sizeof(float));
+  assert_ok(attn_mha_wrap_weight(ctx, m, ATTN_MHA_Q_WEIGHT, tu_wrap(ctx, gone, 96, 2, d, NULL)));
+  free(gone);
+  assert_ok(attn_mha_set_weight(ctx, m, ATTN_MHA_Q_WEIGHT, tu_wrap(ctx, w.w[0], 96, 2, d, NULL)));
+  assert_ok(attn_mha_get_weight(ctx, m, ATTN_MHA_Q_WEIGHT, tb));
+  assert_memory_equal(back, w.w[0], 96 * sizeof(float));
   /* Wrong shapes, a bias the layer lacks, strided wrap. */
   int64_t bad[2] = {12, 8};
   assert_status(attn_mha_set_weight(ctx, m, ATTN_MHA_Q_WEIGHT, tu_wrap(ctx, back, 96, 2, bad, NULL)),
