@@ -232,14 +232,14 @@ static void online_row(const attn_sdpa_problem *p, const attn_sdpa_item *it, att
     return;
   }
   float sum = e > a ? kern->exp_shift_sum(s + a, s + a, e - a, m_new, NULL) : 0.0f;
-  if (m_new != m_old) {
-    float corr = expf(m_old - m_new); /* 0 when m_old = -inf */
+  /* A row that saw no key yet has l = 0 and acc = 0: rescaling them by
+   * exp(-inf) = 0 changes nothing (a single-tile row skips it). */
+  if (m_new != m_old && m_old != -INFINITY) {
+    float corr = expf(m_old - m_new);
     st.l[r] *= corr;
-    float *acc = st.acc + r * p->Dv;
-    for (int64_t d = 0; d < p->Dv; d++)
-      acc[d] *= corr;
-    st.m[r] = m_new;
+    kern->scale(st.acc + r * p->Dv, st.acc + r * p->Dv, p->Dv, corr);
   }
+  st.m[r] = m_new;
   st.l[r] += sum;
 }
 
@@ -247,9 +247,8 @@ static void online_row(const attn_sdpa_problem *p, const attn_sdpa_item *it, att
  * apart) requested into the cache: the lines arrive while other work runs
  * instead of at the start of a product (the first pass over a tile of a
  * long sequence reads it from L3 or memory). */
-static void prefetch_row(const void *base, int32_t dt, int64_t stride, int64_t j, int64_t cols) {
+static void prefetch_row(const void *base, int32_t dt, int64_t stride, int64_t j, int64_t bytes) {
   const char *row = attn__elem(base, dt, j * stride);
-  int64_t bytes = cols * (int64_t)attn__dtype_size(dt);
   for (int64_t o = 0; o < bytes; o += 64)
     __builtin_prefetch(row + o, 0, 3);
 }
@@ -266,6 +265,8 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
   int64_t j_begin = lo_first > kb ? lo_first : kb;
   int64_t j_end = hi_last < ke ? hi_last : ke;
   bool plain = !p->softcap && !p->alibi && !p->mask && !p->bmask;
+  int64_t k_bytes = p->D * (int64_t)attn__dtype_size(p->kdt);
+  int64_t v_bytes = Dv * (int64_t)attn__dtype_size(p->vdt);
 
   for (int64_t j0 = j_begin, n; j0 < j_end; j0 += n) {
     n = j_end - j0 < SDPA_TILE_KEYS ? j_end - j0 : SDPA_TILE_KEYS;
@@ -296,9 +297,9 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
     int64_t ahead = fetch && n > rows ? n : rows;
     for (int64_t r = 0; r < ahead; r++) {
       if (fetch && r < n)
-        prefetch_row(attn__elem(p->v, p->vdt, voff), p->vdt, p->vs[2], r, Dv);
+        prefetch_row(attn__elem(p->v, p->vdt, voff), p->vdt, p->vs[2], r, v_bytes);
       if (r < n_next)
-        prefetch_row(attn__elem(p->k, p->kdt, kn_off), p->kdt, p->ks[2], r, p->D);
+        prefetch_row(attn__elem(p->k, p->kdt, kn_off), p->kdt, p->ks[2], r, k_bytes);
       if (r >= rows)
         continue;
       int64_t a = 0, e = n;
@@ -345,13 +346,15 @@ void attn__sdpa_finish(const attn_sdpa_problem *p, const attn_sdpa_item *it, att
     /* The float result, to an F32 out directly; else in acc (done with
      * it), then rounded once to out. */
     float *res = p->odt == ATTN_DTYPE_F32 ? o : acc;
-    for (int64_t d = 0; d < p->Dv; d++)
-      res[d] = empty ? 0.0f : acc[d] * inv;
+    if (empty)
+      memset(res, 0, (size_t)p->Dv * sizeof(float));
+    else
+      k->scale(acc, res, p->Dv, inv);
     if (res == acc)
       attn__narrow(k, p->odt, acc, o, p->Dv);
-    float lse = empty ? -INFINITY : m + logf(l);
     if (p->lse)
-      p->lse[it->b * p->lses[0] + h * p->lses[1] + i * p->lses[2]] = lse;
+      p->lse[it->b * p->lses[0] + h * p->lses[1] + i * p->lses[2]] =
+          empty ? -INFINITY : m + logf(l);
     if (p->w) { /* exp(s - m) / l: exp(s - lse) would carry lse's rounding */
       float *wr = weights_row(p, it, r);
       for (int64_t j = 0; j < p->Lk; j++)
