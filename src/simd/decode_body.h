@@ -60,9 +60,10 @@ static inline bool dec_line_start(int64_t i, size_t size) {
 }
 
 /* Query rows per pass over K rows (accumulators kept in registers), and K
- * rows per pass: each query vector loaded once for both. */
+ * rows per pass: each query vector loaded once for all of them (four with
+ * 32 vector registers: 16 sums, 4 rows and a query vector; two with 16). */
 #define DEC_ROWS 4
-#define DEC_QKEYS 2
+#define DEC_QKEYS (VW >= 16 ? 4 : 2)
 
 /* VW elements of a row of type `e` from element i, widened; `left` < VW
  * reads only that many (the other lanes 0). */
@@ -79,46 +80,58 @@ static inline __attribute__((always_inline)) vf dec_load(int e, const void *row,
   return v_load(buf);
 }
 
-/* c[i * ldc + t] = alpha a[i] . b_t for i < mr, t < nk: nk K rows (b_1 at
- * b + ldb elements) against mr query rows. */
+/* c[i * ldc + t] = alpha a[i] . b_t for i < mr, t < nk: nk K rows (b_t at
+ * b + t ldb elements) against mr query rows. */
 static inline __attribute__((always_inline)) void dec_dot(int mr, int nk, int e, int64_t k,
                                                           float alpha, const float *a,
                                                           int64_t lda, const void *b,
                                                           int64_t ldb, float *c, int64_t ldc,
                                                           const uintptr_t *ahead) {
   size_t size = e == ATTN_ELEM_F32 ? 4 : 2;
-  const void *b1 = nk > 1 ? (const void *)((const char *)b + (size_t)ldb * size) : b;
+  const void *bt[DEC_QKEYS];
   vf s[DEC_QKEYS][DEC_ROWS];
 #pragma GCC unroll 4
-  for (int i = 0; i < mr; i++)
-    s[0][i] = s[1][i] = v_set1(0.0f);
-  int64_t kk = 0;
-  for (; kk + VW <= k; kk += VW) {
+  for (int t = 0; t < nk; t++) {
+    bt[t] = (const char *)b + (size_t)(t * ldb) * size;
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++)
+      s[t][i] = v_set1(0.0f);
+  }
+  /* Whole vectors, then the last few elements (the same loads, partial). */
+  for (int64_t kk = 0; kk < k; kk += VW) {
+    int64_t left = k - kk >= VW ? VW : k - kk;
     if (ahead && dec_line_start(kk, size))
+#pragma GCC unroll 4
       for (int t = 0; t < nk; t++)
         __builtin_prefetch((const void *)(ahead[t] + (size_t)kk * size), 0, 2);
-    vf b0v = dec_load(e, b, kk, VW), b1v = nk > 1 ? dec_load(e, b1, kk, VW) : b0v;
+    vf bv[DEC_QKEYS];
+    if (left == VW) {
 #pragma GCC unroll 4
-    for (int i = 0; i < mr; i++) {
-      vf av = v_load(a + i * lda + kk);
-      s[0][i] = v_fma(av, b0v, s[0][i]);
-      if (nk > 1)
-        s[1][i] = v_fma(av, b1v, s[1][i]);
+      for (int t = 0; t < nk; t++)
+        bv[t] = dec_load(e, bt[t], kk, VW);
+#pragma GCC unroll 4
+      for (int i = 0; i < mr; i++) {
+        vf av = v_load(a + i * lda + kk);
+#pragma GCC unroll 4
+        for (int t = 0; t < nk; t++)
+          s[t][i] = v_fma(av, bv[t], s[t][i]);
+      }
+      continue;
     }
-  }
-  if (kk < k) {
-    vf b0v = dec_load(e, b, kk, k - kk), b1v = nk > 1 ? dec_load(e, b1, kk, k - kk) : b0v;
+#pragma GCC unroll 4
+    for (int t = 0; t < nk; t++)
+      bv[t] = dec_load(e, bt[t], kk, left);
 #pragma GCC unroll 4
     for (int i = 0; i < mr; i++) {
-      vf av = gemm_load_n(a + i * lda + kk, k - kk);
-      s[0][i] = v_fma(av, b0v, s[0][i]);
-      if (nk > 1)
-        s[1][i] = v_fma(av, b1v, s[1][i]);
+      vf av = gemm_load_n(a + i * lda + kk, left);
+#pragma GCC unroll 4
+      for (int t = 0; t < nk; t++)
+        s[t][i] = v_fma(av, bv[t], s[t][i]);
     }
   }
   /* Every row's lanes summed by the same tree, however many rows share it. */
   vf zero = v_set1(0.0f);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
   for (int t = 0; t < nk; t++) {
     float r[DEC_ROWS];
     v_hsum4(s[t][0], mr > 1 ? s[t][1] : zero, mr > 2 ? s[t][2] : zero, mr > 3 ? s[t][3] : zero,
@@ -152,17 +165,21 @@ static inline __attribute__((always_inline)) void dec_qk_e(int e, int64_t m, int
       const uintptr_t *aj = i == 0 ? ahead : NULL; /* the first pass over rows j prefetches */
       if (nk == DEC_QKEYS) {
         switch (mr) {
-        case 1: dec_dot(1, 2, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
-        case 2: dec_dot(2, 2, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
-        case 3: dec_dot(3, 2, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
-        default: dec_dot(4, 2, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
+        case 1: dec_dot(1, DEC_QKEYS, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
+        case 2: dec_dot(2, DEC_QKEYS, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
+        case 3: dec_dot(3, DEC_QKEYS, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
+        default: dec_dot(4, DEC_QKEYS, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
         }
-      } else {
-        switch (mr) {
-        case 1: dec_dot(1, 1, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
-        case 2: dec_dot(2, 1, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
-        case 3: dec_dot(3, 1, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
-        default: dec_dot(4, 1, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
+      } else { /* the last keys, one at a time */
+        for (int t = 0; t < nk; t++) {
+          const void *bt = (const char *)bj + (size_t)(t * ldb) * size;
+          const uintptr_t *at = aj ? aj + t : NULL;
+          switch (mr) {
+          case 1: dec_dot(1, 1, e, k, alpha, ai, lda, bt, ldb, ci + t, ldc, at); break;
+          case 2: dec_dot(2, 1, e, k, alpha, ai, lda, bt, ldb, ci + t, ldc, at); break;
+          case 3: dec_dot(3, 1, e, k, alpha, ai, lda, bt, ldb, ci + t, ldc, at); break;
+          default: dec_dot(4, 1, e, k, alpha, ai, lda, bt, ldb, ci + t, ldc, at); break;
+          }
         }
       }
     }
@@ -171,8 +188,59 @@ static inline __attribute__((always_inline)) void dec_qk_e(int e, int64_t m, int
 
 /* Keys per step of dec_pv: their V rows are read (widened) once per step
  * for every query row, and each accumulator vector is loaded and stored
- * once per step. */
+ * once per step. Within a step the accumulators of DEC_ROWS query rows by
+ * DEC_VECS vectors stay in registers (16 of AVX-512's 32, 8 of AVX2's 16):
+ * that many independent FMA chains, where one row's chain over the keys
+ * would wait on each FMA's latency. */
 #define DEC_KEYS 8
+#define DEC_VECS (VW >= 16 ? 4 : 2)
+
+/* One step of dec_pv over mr query rows and nv vectors of columns from d:
+ * c[i, d..] += sum over r < DEC_KEYS of p[i, r] v_r[d..], in key order.
+ * full: nv whole vectors; else one vector of the `left` columns left. */
+static inline __attribute__((always_inline)) void dec_pv_step(int mr, int nv, bool full, int e,
+                                                              int64_t left, const float *p,
+                                                              int64_t ldp, const void *v,
+                                                              int64_t ldv, int64_t d, float *c,
+                                                              int64_t ldc,
+                                                              const uintptr_t *ahead) {
+  size_t size = e == ATTN_ELEM_F32 ? 4 : 2;
+  vf acc[DEC_ROWS][DEC_VECS];
+#pragma GCC unroll 4
+  for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+    for (int t = 0; t < nv; t++)
+      acc[i][t] = gemm_load_n(c + i * ldc + d + t * VW, full ? VW : left);
+#pragma GCC unroll 8
+  for (int r = 0; r < DEC_KEYS; r++) {
+    const void *row = (const char *)v + (size_t)(r * ldv) * size;
+    vf vr[DEC_VECS];
+#pragma GCC unroll 4
+    for (int t = 0; t < nv; t++) {
+      int64_t o = d + t * VW;
+      if (ahead && dec_line_start(o, size))
+        __builtin_prefetch((const void *)(ahead[r] + (size_t)o * size), 0, 2);
+      vr[t] = dec_load(e, row, o, full ? VW : left);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++) {
+      vf w = v_set1(p[i * ldp + r]);
+#pragma GCC unroll 4
+      for (int t = 0; t < nv; t++)
+        acc[i][t] = v_fma(w, vr[t], acc[i][t]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+    for (int t = 0; t < nv; t++) {
+      float *ci = c + i * ldc + d + t * VW;
+      if (full || left >= VW)
+        v_store(ci, acc[i][t]);
+      else
+        v_store_part(ci, left, acc[i][t]);
+    }
+}
 
 /* c[i, d] += sum over j < n of p[i, j] v[j, d] for i < m, d < dv, v rows ldv
  * elements apart; skip: a zero p[i, j] adds nothing (0 * inf is not taken). */
@@ -184,36 +252,34 @@ static inline __attribute__((always_inline)) void dec_pv_e(int e, int64_t m, int
   size_t size = e == ATTN_ELEM_F32 ? 4 : 2;
   dec_stream st = dec_stream_of(v, next, n, dv, ldv, size);
 #define DEC_ROW(j) ((const void *)((const char *)v + (size_t)((j) * ldv) * size))
+#define DEC_STEP(nv, full, left)                                                                 \
+  switch (mr) {                                                                                  \
+  case 1: dec_pv_step(1, nv, full, e, left, pj, ldp, vj, ldv, d, ci, ldc, aj); break;           \
+  case 2: dec_pv_step(2, nv, full, e, left, pj, ldp, vj, ldv, d, ci, ldc, aj); break;           \
+  case 3: dec_pv_step(3, nv, full, e, left, pj, ldp, vj, ldv, d, ci, ldc, aj); break;           \
+  default: dec_pv_step(4, nv, full, e, left, pj, ldp, vj, ldv, d, ci, ldc, aj); break;          \
+  }
   int64_t j = 0;
   if (!skip) {
     for (; j + DEC_KEYS <= n; j += DEC_KEYS) {
       uintptr_t ahead[DEC_KEYS];
       for (int r = 0; r < DEC_KEYS; r++)
         ahead[r] = dec_ahead(&st, j + r);
-      for (int64_t d = 0; d < dv; d += VW) {
-        int64_t left = dv - d;
-        if (dec_line_start(d, size))
-          for (int r = 0; r < DEC_KEYS; r++)
-            __builtin_prefetch((const void *)(ahead[r] + (size_t)d * size), 0, 2);
-        vf vr[DEC_KEYS];
-#pragma GCC unroll 8
-        for (int r = 0; r < DEC_KEYS; r++)
-          vr[r] = dec_load(e, DEC_ROW(j + r), d, left);
-        const float *pi = p + j;
-        float *ci = c + d;
-        for (int64_t i = 0; i < m; i++, pi += ldp, ci += ldc) {
-          vf acc = gemm_load_n(ci, left);
-#pragma GCC unroll 8
-          for (int r = 0; r < DEC_KEYS; r++)
-            acc = v_fma(v_set1(pi[r]), vr[r], acc);
-          if (left >= VW)
-            v_store(ci, acc);
-          else
-            v_store_part(ci, left, acc);
-        }
+      const void *vj = DEC_ROW(j);
+      for (int64_t i = 0; i < m; i += DEC_ROWS) {
+        int mr = m - i < DEC_ROWS ? (int)(m - i) : DEC_ROWS;
+        const float *pj = p + i * ldp + j;
+        float *ci = c + i * ldc;
+        const uintptr_t *aj = i == 0 ? ahead : NULL; /* the first rows' pass prefetches */
+        int64_t d = 0;
+        for (; d + DEC_VECS * VW <= dv; d += DEC_VECS * VW)
+          DEC_STEP(DEC_VECS, true, VW)
+        for (; d < dv; d += VW)
+          DEC_STEP(1, false, dv - d)
       }
     }
   }
+#undef DEC_STEP
   /* The last keys, and every key when zero weights are skipped: the same
    * FMA chain per element, one key at a time. */
   for (; j < n; j++) {
