@@ -9,6 +9,7 @@
  * Written once over the vocabulary of rows_body.h plus
  *   v_load_f16(p), v_load_bf16(p)   VW 2-byte elements widened to floats
  *   v_hsum4(s0, s1, s2, s3, out)    out[i] = v_hsum(s_i), the same bits
+ *   v_hsum16t(v, out) (optional)    out[4 (k % 4) + k / 4] = v_hsum(v[k])
  * and included after gemm_body.h (gemm_load_n) by the ISA files with FMA.
  *
  * Orders are fixed by the shape alone: a dot product sums VW lanes over k
@@ -129,7 +130,20 @@ static inline __attribute__((always_inline)) void dec_dot(int mr, int nk, int e,
         s[t][i] = v_fma(av, bv[t], s[t][i]);
     }
   }
-  /* Every row's lanes summed by the same tree, however many rows share it. */
+  /* Every row's lanes summed by the same tree, however many rows and keys
+   * share it. */
+#ifdef V_HSUM16T
+  if (mr == 4 && nk == 4) { /* r[4 i + t]: row i, key t */
+    float r[16];
+    v_hsum16t(&s[0][0], r);
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+#pragma GCC unroll 4
+      for (int t = 0; t < 4; t++)
+        c[i * ldc + t] = alpha * r[4 * i + t];
+    return;
+  }
+#endif
   vf zero = v_set1(0.0f);
 #pragma GCC unroll 4
   for (int t = 0; t < nk; t++) {

@@ -106,6 +106,27 @@ static inline void v_hsum4(vf s0, vf s1, vf s2, vf s3, float out[4]) {
   _mm512_storeu_ps(t, y);
   out[0] = t[0], out[1] = t[4], out[2] = t[8], out[3] = t[12];
 }
+/* The sums of 16 vectors' lanes, each by v_hsum4's tree (the pattern of
+ * v_hmax_rows below: the shuffles shared by all 16), transposed as 4 x 4:
+ * out[4 * (k % 4) + k / 4] = v_hsum(v[k]). */
+#define V_HSUM16T
+static inline void v_hsum16t(const vf *v, float out[16]) {
+  vf a[4], t[8];
+  for (int i = 0; i < 8; i++) /* 256-bit halves: [v 2i: 8 lanes | v 2i+1: 8 lanes] */
+    t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; i++) /* 128-bit lane j: v 4i + j's 4 */
+    a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; i++) { /* lanes e and e + 2 of each 4 */
+    __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(a[2 * i]), _mm512_castps_pd(a[2 * i + 1]));
+    __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(a[2 * i]), _mm512_castps_pd(a[2 * i + 1]));
+    t[i] = _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
+  }
+  /* then the two: lane 4j + q holds v 4q + j */
+  _mm512_storeu_ps(out, _mm512_add_ps(_mm512_shuffle_ps(t[0], t[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                      _mm512_shuffle_ps(t[0], t[1], _MM_SHUFFLE(3, 1, 3, 1))));
+}
 /* rows_body.h's batched horizontal steps, 16 rows at a time: each round
  * combines pairs of vectors, the halves (then quarters, pairs, lanes) of
  * one against those of the other, so a vector ends up holding one result
