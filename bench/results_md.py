@@ -33,8 +33,9 @@ def main():
     dec = [r for r in rows if r["op"] in ("sdpa_decode", "kv_decode", "paged_decode")]
     if dec:
         print("\n| decode | shape | K/V dtype | threads | ms | K/V read GB/s | memcpy GB/s "
-              "| ratio_memcpy | read-only GB/s | ratio_read | other load |")
-        print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "| ratio_memcpy | read-only GB/s | ratio_read | read-only on its pages | ratio_pages "
+              "| other load |")
+        print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in dec:
             keys = f"Lk={r['Lk']}" if r["op"] != "paged_decode" else f"Lk<={r['Lk']}"
             print(f"| {r['op']} | B={r['B']} Lq={r['Lq']} {keys} Hq={r['Hq']} Hkv={r['Hkv']} D={r['D']} "
@@ -42,6 +43,7 @@ def main():
                   f"| {fmt(r['seconds'] and r['seconds'] * 1e3, '.2f')} | {fmt(r['kv_gbps'], '.1f')} "
                   f"| {fmt(r['memcpy_gbps'], '.1f')} | {fmt(r['ratio_memcpy'], '.2f')} "
                   f"| {fmt(r.get('read_gbps'), '.1f')} | {fmt(r.get('ratio_read'), '.2f')} "
+                  f"| {fmt(r.get('read_pages_gbps'), '.1f')} | {fmt(r.get('ratio_read_pages'), '.2f')} "
                   f"| {fmt(r.get('other_load'), '.2f')} |")
     vl = [r for r in rows if r["op"] == "sdpa_varlen"]
     if vl:
