@@ -5,7 +5,8 @@
  * leading dimensions larger than the rows, C's padding left alone, one
  * weight or three stacked (the decoder's q, k, v), and contexts of 1 to 4
  * threads giving the same bits, with the weights packed per call or
- * beforehand (attn__gemm_pack, a layer's owned weights): the same bits
+ * beforehand (attn__gemm_pack; attn__gemm_packed_at, where a layer writes
+ * its owned weights, finds each element there): the same bits
  * either way too, except up to 8 rows, where unpacked weights take dot
  * products and packed ones their panels. ctest runs the
  * suite with each kernel set forced (sse2: the cblas_sgemm path). */
@@ -51,6 +52,17 @@ static void run(attn_ctx *ctx, int64_t m, int64_t n, int64_t k, const float *a, 
       packed[i][f] = NAN;
     attn__gemm_pack(ctx, &p.part[i], k, packed[i]);
     p.part[i].packed = packed[i];
+    /* A layer writes its packs element by element at attn__gemm_packed_at:
+     * the same layout. */
+    const attn_gemm_part *pt = &p.part[i];
+    for (int64_t r = 0; r < pt->n; r++)
+      for (int64_t kk = 0; kk <= k; kk++) {
+        float want = kk < k ? pt->w[r * ldw + kk] : pt->bias ? pt->bias[r] : 0.0f;
+        if (packed[i][attn__gemm_packed_at(pt->n, k, r, kk)] != want)
+          fail_msg("n %lld k %lld: attn__gemm_packed_at(%lld, %lld) is not where "
+                   "attn__gemm_pack put it", (long long)pt->n, (long long)k, (long long)r,
+                   (long long)kk);
+      }
   }
   attn__gemm_plan(ctx, &p);
   assert_ok(attn__ws_reserve(ctx, p.ws_bytes));
