@@ -16,32 +16,9 @@
 
 #include <float.h>
 
-#include "simd/kernels.h"
+#include "kernel_sets.h"
 
-typedef struct {
-  const attn_kernels *k;
-  int runs;
-} kset;
-
-static int sets(kset *out) {
-  int n = 0;
-#if defined(ATTN_HAVE_X86_KERNELS)
-  __builtin_cpu_init();
-  out[n++] = (kset){&attn__kernels_sse2, 1};
-  out[n++] = (kset){&attn__kernels_avx2,
-                    __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")};
-  out[n++] = (kset){&attn__kernels_avx512, __builtin_cpu_supports("avx512f")};
-#else
-  out[n++] = (kset){&attn__kernels_scalar, 1};
-#endif
-  return n;
-}
-
-#define FOR_EACH_SET(k)                                                                 \
-  kset sets_[3];                                                                        \
-  int nsets_ = sets(sets_);                                                             \
-  for (int si_ = 0; si_ < nsets_; si_++)                                                \
-    for (const attn_kernels *k = sets_[si_].runs ? sets_[si_].k : NULL; k; k = NULL)
+#define FOR_EACH_SET(k) TU_FOR_EACH_SET(k, 1)
 
 static double ulp_of(double w) {
   w = fabs(w);

@@ -8,36 +8,11 @@
  * ctest also runs with each kernel set forced. */
 #include "test_util.h"
 
+#include "kernel_sets.h"
 #include "ref_gemm.h"
-#include "simd/kernels.h"
-
-typedef struct {
-  const attn_kernels *set;
-  int runs;
-} kset;
-
-static int sets(kset *out) {
-  int n = 0;
-#if defined(ATTN_HAVE_X86_KERNELS)
-  __builtin_cpu_init();
-  out[n++] = (kset){&attn__kernels_sse2, 1};
-  out[n++] = (kset){&attn__kernels_avx2,
-                    __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")};
-  out[n++] = (kset){&attn__kernels_avx512, __builtin_cpu_supports("avx512f")};
-#else
-  out[n++] = (kset){&attn__kernels_scalar, 1};
-#endif
-  return n;
-}
 
 /* Sets with products (the others leave them to BLAS: NULL both). */
-#define FOR_EACH_GEMM_SET(k)                                                             \
-  kset sets_[3];                                                                         \
-  int nsets_ = sets(sets_);                                                              \
-  for (int si_ = 0; si_ < nsets_; si_++)                                                 \
-    for (const attn_kernels *k =                                                        \
-             sets_[si_].runs && sets_[si_].set->gemm_nt ? sets_[si_].set : NULL;         \
-         k; k = NULL)
+#define FOR_EACH_GEMM_SET(k) TU_FOR_EACH_SET(k, k->gemm_nt != NULL)
 
 #define SENTINEL 12345.0f
 

@@ -21,9 +21,9 @@
 
 #include <float.h>
 
+#include "kernel_sets.h"
 #include "ref_half.h"
 #include "simd/half.h"
-#include "simd/kernels.h"
 
 /* ---------------- the kernel sets ---------------- */
 
@@ -40,22 +40,11 @@ static int sets(cset *out) {
   /* The portable definition the SIMD tails use. */
   out[n++] = (cset){"half.h", half_rows_f32_to_f16, half_rows_f16_to_f32,
                     half_rows_f32_to_bf16, half_rows_bf16_to_f32};
-  const attn_kernels *ks[4];
-  int nk = 0;
+  const attn_kernels *ks[TU_MAX_SETS];
+  int nk = tu_kernel_sets(ks, 1);
 #if defined(ATTN_HAVE_X86_KERNELS)
-  __builtin_cpu_init();
-  ks[nk++] = &attn__kernels_sse2;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c"))
-    ks[nk++] = &attn__kernels_avx2;
-  if (__builtin_cpu_supports("avx512f"))
-    ks[nk++] = &attn__kernels_avx512;
-  if (__builtin_cpu_supports("avx512bf16"))
-    ks[nk++] = &attn__kernels_avx512bf16;
-  else
+  if (!__builtin_cpu_supports("avx512bf16"))
     print_message("avx512bf16 not on this CPU: that set is not tested\n");
-#else
-  ks[nk++] = &attn__kernels_scalar;
 #endif
   for (int i = 0; i < nk; i++)
     out[n++] = (cset){ks[i]->name, ks[i]->f32_to_f16, ks[i]->f16_to_f32, ks[i]->f32_to_bf16,
