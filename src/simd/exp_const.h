@@ -8,9 +8,10 @@
  * - Clamping x to [-104, 89] keeps n in [-150, 128]: every x <= -104
  *   (-inf included) ends at exactly 0, since exp(-104) < 2^-150, half the
  *   smallest subnormal; every x >= 89 (+inf included) overflows to +inf.
- *   v_exp computes those x <= -104 from 0 and clears the result instead of
- *   scaling by 2^-150 (the same +0, without the underflow that costs a
- *   microcode assist per vector on Intel cores). MINPS returns its second
+ *   v_exp clears the result of those x <= -104 instead of scaling by
+ *   2^-150 (the same +0, without the underflow that costs a microcode
+ *   assist per vector on Intel cores): AVX-512 leaves those lanes out of
+ *   its masked VSCALEFPS, the other sets compute them from 0. MINPS returns its second
  *   operand for a NaN and a NaN compares false, so NaN passes through the
  *   clamp and on through every step.
  * - n is rounded by adding 1.5 * 2^23 (t below): the float's low mantissa
@@ -21,14 +22,17 @@
  * - q: degree-4 fit of (e^r - 1 - r) / r^2 on |r| <= 0.347 (a little more
  *   than ln2/2, since n comes from a rounded product) weighted for the
  *   relative error of e^r: 4.4e-9 with these float coefficients, well under
- *   half an ULP. Writing 1 + (r + r^2 q) rounds last at 1, so the large
- *   terms are exact and the small ones carry their error at a smaller ULP.
+ *   half an ULP. The last rounding is at 1, so the large terms are exact
+ *   and the small ones carry their error at a smaller ULP: with FMA
+ *   1 + r (1 + r q), two fused steps after q; without, 1 + (r + r^2 q)
+ *   (that order keeps sse2 within 1 ULP, where the first would reach 1.17).
  * - 2^n is applied as two factors 2^(n>>1) and 2^(n - (n>>1)), each a
  *   normal float, so subnormal results are rounded once, by the last
  *   product.
  * Measured against exp() in double over every float in [-104, 89] (2.24e9
- * values): at most 0.99 ULP without FMA (sse2), 1.02 ULP with it (avx2,
- * avx512), 0.75 ULP for subnormal results; 99.2% correctly rounded.
+ * values): at most 0.99 ULP without FMA (sse2; 0.75 ULP for subnormal
+ * results, 99.2% correctly rounded), 0.91 ULP with it (avx2, avx512; 0.86
+ * ULP for subnormal results, 99.5% correctly rounded).
  * tests/test_exp.c asserts 1.5 ULP on a 1.2e7-value sample. */
 #define EXP_HI 89.0f
 #define EXP_LO -104.0f

@@ -26,6 +26,7 @@ static inline vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 static inline vf v_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 static inline vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+#define V_FMA_FUSED
 static inline vf v_min(vf a, vf b) { return _mm512_min_ps(a, b); }
 static inline vf v_max(vf a, vf b) { return _mm512_max_ps(a, b); }
 static inline vm v_nan(vf a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
@@ -58,6 +59,13 @@ static inline void v_fence(void) { _mm_sfence(); }
 static inline vf v_pow2(vf p, vf t, vf nf) {
   (void)t;
   return _mm512_scalef_ps(p, nf);
+}
+/* Masked lanes are not computed, so they raise no underflow (and take no
+ * microcode assist) whatever they hold. */
+#define V_POW2_MASKED
+static inline vf v_pow2_clear(vm m, vf p, vf t, vf nf) {
+  (void)t;
+  return _mm512_maskz_scalef_ps((__mmask16)~m, p, nf);
 }
 
 typedef struct {

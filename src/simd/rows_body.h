@@ -4,7 +4,8 @@
  *   v_set1 v_load v_store     (unaligned loads and stores)
  *   v_load_part v_store_part  the first k < VW lanes; other lanes read `fill`
  *   v_add v_sub v_mul         one rounding each
- *   v_fma(a, b, c)            a*b + c (fused where the ISA has FMA)
+ *   v_fma(a, b, c)            a*b + c (fused where the ISA has FMA: then the
+ *                             set defines V_FMA_FUSED)
  *   v_min(a, b) v_max(a, b)   b when either is NaN (as MINPS/MAXPS)
  *   vm v_nan vm_or vm_any     a lane mask of NaNs
  *   v_le(a, b) v_eq(a, b)     lanes with a <= b, a == b (false for NaN)
@@ -14,6 +15,8 @@
  *   v_hmax                    largest lane (no NaN present)
  *   v_pow2(p, t, n)           p * 2^n for the n that t encodes (n: the same as a
  *                             float; see v_exp), rounded once
+ *   v_pow2_clear(m, p, t, n)  optional: v_clear(m, v_pow2(p, t, n)), the lanes
+ *                             of m not computed (defines V_POW2_MASKED)
  *   v_stream, VA              a store bypassing the caches (non-temporal) to a
  *                             VA-byte aligned address; v_fence orders such
  *                             stores before later ones
@@ -31,17 +34,25 @@
 #include <math.h>
 #include <stdint.h>
 
+#ifndef V_POW2_MASKED
+static inline vf v_pow2_clear(vm m, vf p, vf t, vf n) { return v_clear(m, v_pow2(p, t, n)); }
+#endif
+
 /* exp(x) for x <= EXP_HI or NaN (v_exp without its clamp: softmax rows
  * shifted by their maximum); the method and its constants are in
  * exp_const.h. */
 static inline vf v_exp_below_hi(vf x) {
-  /* x <= EXP_LO (a hidden -inf logit above all) gives +0, computed from 0
-   * instead: the 2^-150 scaling underflows, and Intel cores take a
-   * microcode assist of over a hundred cycles for each vector whose product
-   * is subnormal or underflows (softmax rows with -inf masked entries ran
-   * 10x slower). */
+  /* x <= EXP_LO (a hidden -inf logit above all) gives +0 without scaling
+   * by 2^-150 or less: that underflows, and Intel cores take a microcode
+   * assist of over a hundred cycles for each vector whose product is
+   * subnormal or underflows (softmax rows with -inf masked entries ran 10x
+   * slower). A set whose v_pow2_clear leaves those lanes uncomputed
+   * (V_POW2_MASKED) lets them carry whatever x gives (NaN for -inf); the
+   * others compute them from 0. */
   vm under = v_le(x, v_set1(EXP_LO));
+#ifndef V_POW2_MASKED
   x = v_clear(under, x);
+#endif
   vf t = v_fma(x, v_set1(EXP_LOG2E), v_set1(EXP_MAGIC));
   vf n = v_sub(t, v_set1(EXP_MAGIC));
   vf r = v_fma(n, v_set1(-EXP_LN2_HI), x);
@@ -50,8 +61,13 @@ static inline vf v_exp_below_hi(vf x) {
   q = v_fma(q, r, v_set1(EXP_C4));
   q = v_fma(q, r, v_set1(EXP_C3));
   q = v_fma(q, r, v_set1(EXP_C2));
+  /* 1 + r + r^2 q, its last rounding at 1 (exp_const.h) */
+#ifdef V_FMA_FUSED
+  vf p = v_fma(v_fma(q, r, v_set1(1.0f)), r, v_set1(1.0f));
+#else
   vf p = v_add(v_fma(v_mul(r, r), q, r), v_set1(1.0f));
-  return v_clear(under, v_pow2(p, t, n));
+#endif
+  return v_pow2_clear(under, p, t, n);
 }
 
 /* exp(x), any x. */
