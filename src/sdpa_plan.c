@@ -242,14 +242,19 @@ static void stage_problem(const attn_sdpa_packed *pk, const attn_sdpa_problem *s
 
 /* Rows of heads [h0, h0 + nh) of `rows` tokens (token stride ts, head
  * stride hs, type dt) to or from the head-major float rows at buf. The
- * token's next rows are requested a few tokens ahead. */
+ * token's next rows are requested a few tokens ahead. F32 output rows go
+ * out by non-temporal stores (x * 1 is x: results are never signalling
+ * NaNs), so their lines are not first read from memory (64 sequences of
+ * 64..512 tokens, 12 heads of 64, 1 thread: 2 % less time); they need no
+ * request ahead. */
 #define STAGE_AHEAD 4
 static void stage_rows(const void *x, int32_t dt, int64_t ts, int64_t hs, int64_t h0, int64_t nh,
                        int64_t rows, int64_t cols, float *buf, bool out) {
   const attn_kernels *k = attn__kernels();
   int64_t bytes = cols * (int64_t)attn__dtype_size(dt);
+  bool stream = out && dt == ATTN_DTYPE_F32;
   for (int64_t i = 0; i < rows; i++) {
-    if (i + STAGE_AHEAD < rows)
+    if (i + STAGE_AHEAD < rows && !stream)
       for (int64_t h = h0; h < h0 + nh; h++) {
         const char *row = attn__elem(x, dt, (i + STAGE_AHEAD) * ts + h * hs);
         for (int64_t o = 0; o < bytes; o += 64) {
@@ -262,12 +267,16 @@ static void stage_rows(const void *x, int32_t dt, int64_t ts, int64_t hs, int64_
     for (int64_t h = 0; h < nh; h++) {
       void *row = attn__elem(x, dt, i * ts + (h0 + h) * hs);
       float *f = buf + (h * rows + i) * cols;
-      if (out)
+      if (stream)
+        k->scale_stream(f, row, cols, 1.0f);
+      else if (out)
         attn__narrow(k, dt, f, row, cols);
       else
         attn__widen(k, dt, row, f, cols);
     }
   }
+  if (stream)
+    k->stream_fence(); /* before the rows are handed back */
 }
 
 /* Staged sequences, more work first, then by index: each as one key of the

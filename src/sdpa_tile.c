@@ -207,10 +207,10 @@ static void start_state(const attn_sdpa_problem *p, const attn_sdpa_item *it, at
 /* Row r of a tile of n logits s starting at key j0, visible on [a, e):
  * turn s into the row's weights (0 where hidden) and fold the tile into
  * the row's running max, sum and accumulator. */
-static void online_row(const attn_sdpa_problem *p, const attn_sdpa_item *it, attn_sdpa_state st,
+static void online_row(const attn_kernels *kern, const attn_sdpa_problem *p,
+                       const attn_sdpa_item *it, attn_sdpa_state st,
                        int64_t r, float *s, int64_t j0, int64_t n, int64_t a, int64_t e,
                        bool plain) {
-  const attn_kernels *kern = attn__kernels();
   if (!plain && e > a)
     adjust_logits(p, it, r, s, j0, a, e);
   if (p->w) {
@@ -270,6 +270,7 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
   attn__sdpa_visible_keys(p, it->b, it->i0 + it->n_pos - 1, &lo_last, &hi_last);
   int64_t j_begin = lo_first > kb ? lo_first : kb;
   int64_t j_end = hi_last < ke ? hi_last : ke;
+  const attn_kernels *kern = attn__kernels();
   bool plain = !p->softcap && !p->alibi && !p->mask && !p->bmask;
   int64_t k_bytes = p->D * (int64_t)attn__dtype_size(p->kdt);
   int64_t v_bytes = Dv * (int64_t)attn__dtype_size(p->vdt);
@@ -301,11 +302,12 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
       key_offsets(p, it, j0 + n, &n_next, &kn_off, &vn_off);
     }
     int64_t ahead = fetch && n > rows ? n : rows;
+    const void *v_tile = attn__elem(p->v, p->vdt, voff), *k_next = attn__elem(p->k, p->kdt, kn_off);
     for (int64_t r = 0; r < ahead; r++) {
       if (fetch && r < n)
-        prefetch_row(attn__elem(p->v, p->vdt, voff), p->vdt, p->vs[2], r, v_bytes);
+        prefetch_row(v_tile, p->vdt, p->vs[2], r, v_bytes);
       if (r < n_next)
-        prefetch_row(attn__elem(p->k, p->kdt, kn_off), p->kdt, p->ks[2], r, k_bytes);
+        prefetch_row(k_next, p->kdt, p->ks[2], r, k_bytes);
       if (r >= rows)
         continue;
       int64_t a = 0, e = n;
@@ -317,7 +319,7 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
         if (e < a)
           e = a;
       }
-      online_row(p, it, st, r, wk->s + r * SDPA_TILE_KEYS, j0, n, a, e, plain);
+      online_row(kern, p, it, st, r, wk->s + r * SDPA_TILE_KEYS, j0, n, a, e, plain);
     }
     /* A hidden key has weight 0, but 0 * NaN is NaN: where the tile may hide
      * keys and V holds a non-finite value, skip the zero weights by hand
