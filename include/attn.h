@@ -389,8 +389,9 @@ ATTN_API void attn_softmax_params_init(attn_softmax_params *p);
  * dispatched kernels on the last axis).
  * @param[in]  ctx the context (threads, scratch, error message).
  * @param[in]  x  F32, F16 or BF16, 1..4 dims, any strides.
- * @param[out] y  F32, F16 or BF16 (any of them, whatever x is), same shape as x, no zero strides. May be x itself (in
- *  place); any other overlap with x is ATTN_ERR_ALIASING.
+ * @param[out] y  F32, F16 or BF16 (any of them, whatever x is), same shape as
+ *  x, no zero strides. May be x itself (in place); any other overlap with x
+ *  is ATTN_ERR_ALIASING.
  * @param[in]  p  NULL for defaults. Masks broadcast to x's shape by NumPy
  *  rules (aligned on the last axis; each mask dim equals x's or is 1).
  * Results: masked entries are exactly 0; a row with every entry masked (by

@@ -185,7 +185,8 @@ attn_gemm_part attn__mha_part(const attn_mha *m, int s) {
       wi = ATTN_MHA_IN_PROJ_WEIGHT;
   }
   const float *w = m->w[wi] + (wi == ATTN_MHA_IN_PROJ_WEIGHT ? row0 * m->ld[wi] : 0);
-  const float *bias = weight_present(m, bi) ? m->w[bi] + (bi == ATTN_MHA_IN_PROJ_BIAS ? row0 : 0) : NULL;
+  const float *bias =
+      weight_present(m, bi) ? m->w[bi] + (bi == ATTN_MHA_IN_PROJ_BIAS ? row0 : 0) : NULL;
   return (attn_gemm_part){w, m->ld[wi], n, bias, NULL};
 }
 
@@ -291,7 +292,7 @@ static attn_status scaled_freqs(attn_ctx *ctx, const attn_mha_decoder_params *p,
 }
 
 static attn_status mha_create_decoder_impl(attn_ctx *ctx, const attn_mha_decoder_params *params,
-                                    attn_mha **out) {
+                                           attn_mha **out) {
   attn_status st = ATTN_OK;
   if (!params || !out)
     return attn__fail(ctx, ATTN_ERR_NULL_ARG, "%s is NULL", params ? "out" : "params");
@@ -304,11 +305,13 @@ static attn_status mha_create_decoder_impl(attn_ctx *ctx, const attn_mha_decoder
   if (p.embed_dim < 1 || p.num_heads < 1 || p.num_kv_heads < 1 || p.head_dim < 0)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "params.embed_dim = %lld, num_heads = %lld, num_kv_heads = %lld must "
-                      "be >= 1 and head_dim = %lld >= 0", (long long)p.embed_dim, (long long)p.num_heads,
-                      (long long)p.num_kv_heads, (long long)p.head_dim);
+                      "be >= 1 and head_dim = %lld >= 0",
+                      (long long)p.embed_dim, (long long)p.num_heads, (long long)p.num_kv_heads,
+                      (long long)p.head_dim);
   if (p.num_heads % p.num_kv_heads)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "params.num_heads = %lld is not a multiple of num_kv_heads = %lld", (long long)p.num_heads, (long long)p.num_kv_heads);
+                      "params.num_heads = %lld is not a multiple of num_kv_heads = %lld",
+                      (long long)p.num_heads, (long long)p.num_kv_heads);
   if (p.head_dim == 0) {
     if (p.embed_dim % p.num_heads)
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
@@ -320,7 +323,8 @@ static attn_status mha_create_decoder_impl(attn_ctx *ctx, const attn_mha_decoder
       (p.window && p.window_left < 0))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "params.scale = %g must be finite, softcap = %g finite and >= 0, "
-                      "window_left = %lld >= 0 with window, reserved_ 0", (double)p.scale, (double)p.softcap, (long long)p.window_left);
+                      "window_left = %lld >= 0 with window, reserved_ 0",
+                      (double)p.scale, (double)p.softcap, (long long)p.window_left);
   int64_t hq;
   if (__builtin_mul_overflow(p.num_heads, p.head_dim, &hq) || hq > INT32_MAX ||
       p.embed_dim > INT32_MAX)
@@ -426,15 +430,17 @@ static attn_status check_weight(attn_ctx *ctx, const attn_mha *m, int32_t which,
   if (st != ATTN_OK)
     return st;
   if (nd == 2 && (w->dims[0] != rows || w->dims[1] != cols))
-    return attn__fail(ctx, ATTN_ERR_SHAPE, "%s must be [%lld, %lld] but w is [%lld, %lld]", weight_names[which], (long long)rows, (long long)cols,
-                      (long long)w->dims[0], (long long)w->dims[1]);
+    return attn__fail(ctx, ATTN_ERR_SHAPE, "%s must be [%lld, %lld] but w is [%lld, %lld]",
+                      weight_names[which], (long long)rows, (long long)cols, (long long)w->dims[0],
+                      (long long)w->dims[1]);
   if (nd == 1 && w->dims[0] != cols)
-    return attn__fail(ctx, ATTN_ERR_SHAPE, "%s must be [%lld] but w is [%lld]", weight_names[which], (long long)cols, (long long)w->dims[0]);
+    return attn__fail(ctx, ATTN_ERR_SHAPE, "%s must be [%lld] but w is [%lld]", weight_names[which],
+                      (long long)cols, (long long)w->dims[0]);
   return ATTN_OK;
 }
 
 static attn_status mha_set_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t which,
-                                const attn_tensor *w) {
+                                       const attn_tensor *w) {
   attn_status st;
   if ((st = attn__mha_check_layer(ctx, layer)) ||
       (st = check_weight(ctx, layer, which, w, ATTN_DT_FLOAT)))
@@ -469,7 +475,7 @@ static attn_status mha_set_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t w
 }
 
 static attn_status mha_wrap_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t which,
-                                 const attn_tensor *w) {
+                                        const attn_tensor *w) {
   attn_status st;
   if ((st = attn__mha_check_layer(ctx, layer)) ||
       (st = check_weight(ctx, layer, which, w, ATTN_DT_F32))) /* used in place */
@@ -480,7 +486,8 @@ static attn_status mha_wrap_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t 
   if (w->strides[w->ndim - 1] != 1 || (rows > 1 && (ld < cols || ld > INT32_MAX)))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "%s must have contiguous rows (innermost stride 1, row stride "
-                      ">= %lld and < 2^31) to be used in place; use attn_mha_set_weight", weight_names[which], (long long)cols);
+                      ">= %lld and < 2^31) to be used in place; use attn_mha_set_weight",
+                      weight_names[which], (long long)cols);
   if (!layer->w[which] && (st = unpack_group(ctx, layer, which)))
     return st; /* the group's other weights go row-major: no packs with caller memory */
   attn__free(ctx, layer->owned[which]);
@@ -491,7 +498,7 @@ static attn_status mha_wrap_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t 
 }
 
 static attn_status mha_get_weight_impl(attn_ctx *ctx, const attn_mha *layer, int32_t which,
-                                attn_tensor *w) {
+                                       attn_tensor *w) {
   attn_status st;
   if ((st = attn__mha_check_layer(ctx, layer)) ||
       (st = check_weight(ctx, layer, which, w, ATTN_DT_FLOAT)) ||
@@ -511,7 +518,7 @@ static attn_status mha_get_weight_impl(attn_ctx *ctx, const attn_mha *layer, int
 static size_t round_up(size_t n) { return (n + ATTN_ALIGN - 1) & ~(size_t)(ATTN_ALIGN - 1); }
 
 static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cache *cache,
-                             const attn_tensor *x, attn_tensor *y, const int64_t *n_new) {
+                                    const attn_tensor *x, attn_tensor *y, const int64_t *n_new) {
   attn_status st;
   if ((st = attn__mha_check_layer(ctx, layer)) ||
       (st = attn__kv_check(ctx, cache)) ||
@@ -528,20 +535,23 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   if (H != m->Hkv || D != m->D || Dv != m->D)
     return attn__fail(ctx, ATTN_ERR_SHAPE,
                       "the cache holds Hkv = %lld heads of D = %lld, Dv = %lld but the "
-                      "layer has %lld heads of %lld", (long long)H, (long long)D, (long long)Dv, (long long)m->Hkv,
+                      "layer has %lld heads of %lld",
+                      (long long)H, (long long)D, (long long)Dv, (long long)m->Hkv,
                       (long long)m->D);
   int64_t L = x->dims[1], E = m->E;
   if (x->dims[0] != B || x->dims[2] != E || y->dims[0] != B || y->dims[1] != L ||
       y->dims[2] != E)
     return attn__fail(ctx, ATTN_ERR_SHAPE,
                       "x is [%lld, %lld, %lld] and y [%lld, %lld, %lld] but both must be "
-                      "[B = %lld (the cache's), L, E = %lld]", (long long)x->dims[0], (long long)L, (long long)x->dims[2],
+                      "[B = %lld (the cache's), L, E = %lld]",
+                      (long long)x->dims[0], (long long)L, (long long)x->dims[2],
                       (long long)y->dims[0], (long long)y->dims[1], (long long)y->dims[2],
                       (long long)B, (long long)E);
   if ((st = attn__check_writable(ctx, "y", y)))
     return st;
   if (attn__overlap(x, y) || attn__kv_overlaps(cache, y))
-    return attn__fail(ctx, ATTN_ERR_ALIASING, "y overlaps %s in memory", attn__overlap(x, y) ? "x" : "the cache");
+    return attn__fail(ctx, ATTN_ERR_ALIASING, "y overlaps %s in memory",
+                      attn__overlap(x, y) ? "x" : "the cache");
   for (int64_t b = 0; b < B; b++)
     if (n_new && (n_new[b] < 0 || n_new[b] > L))
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
@@ -558,9 +568,10 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
     return attn__fail(ctx, ATTN_ERR_OVERFLOW, "B * L exceeds what BLAS takes");
   if (hq + 2 * hkv > INT32_MAX) /* the row stride of the q, k, v product */
     return attn__fail(ctx, ATTN_ERR_OVERFLOW, "(Hq + 2 Hkv) * D exceeds what BLAS takes");
-  bool x_direct = x->dtype == ATTN_DTYPE_F32 && x->strides[2] == 1 && x->strides[1] >= E && x->strides[1] <= INT32_MAX &&
-                  (B == 1 || x->strides[0] == L * x->strides[1]);
-  bool y_direct = y->dtype == ATTN_DTYPE_F32 && y->strides[2] == 1 && y->strides[1] == E && (B == 1 || y->strides[0] == L * E);
+  bool x_direct = x->dtype == ATTN_DTYPE_F32 && x->strides[2] == 1 && x->strides[1] >= E &&
+                  x->strides[1] <= INT32_MAX && (B == 1 || x->strides[0] == L * x->strides[1]);
+  bool y_direct = y->dtype == ATTN_DTYPE_F32 && y->strides[2] == 1 && y->strides[1] == E &&
+                  (B == 1 || y->strides[0] == L * E);
   int64_t ldp = hq + 2 * hkv; /* q, k and v side by side: one product */
   size_t sizes[7] = {x_direct ? 0 : (size_t)(T * E), (size_t)(T * ldp), 0, 0, (size_t)(T * hq),
                      y_direct ? 0 : (size_t)(T * E),

@@ -169,8 +169,8 @@ attn_status attn__pool_check(attn_ctx *ctx, const attn_tensor *x, const attn_ten
   if (st != ATTN_OK)
     return st;
   if (out->ndim != x->ndim - 1)
-    return attn__fail(ctx, ATTN_ERR_SHAPE, "%s has %d dims but must have %d", out_name, (int)out->ndim,
-                      (int)(x->ndim - 1));
+    return attn__fail(ctx, ATTN_ERR_SHAPE, "%s has %d dims but must have %d", out_name,
+                      (int)out->ndim, (int)(x->ndim - 1));
   if (prm->mode < ATTN_POOL_SUM || prm->mode > ATTN_POOL_WEIGHTED)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "params.mode = %d is not an attn_pool_mode (0 sum, 1 mean, 2 max, 3 "
@@ -196,8 +196,8 @@ attn_status attn__pool_check(attn_ctx *ctx, const attn_tensor *x, const attn_ten
   for (int32_t a = 0; a < nd - 1; a++) {
     int64_t want = nd == 4 ? want_out[a] : (a == 0 ? p->B : p->D);
     if (out->dims[a] != want)
-      return attn__fail(ctx, ATTN_ERR_SHAPE, "%s.shape[%d] = %lld but must be %lld (%s)", out_name, (int)a,
-                        (long long)out->dims[a], (long long)want,
+      return attn__fail(ctx, ATTN_ERR_SHAPE, "%s.shape[%d] = %lld but must be %lld (%s)", out_name,
+                        (int)a, (long long)out->dims[a], (long long)want,
                         nd == 4 ? "[B, H, D] for x [B, H, L, D]" : "[B, D] for x [B, L, D]");
   }
   if (prm->lengths)

@@ -187,8 +187,9 @@ static void run_case(const mha_case *c, float **keep) {
         for (int64_t e = 0; e < c->E; e++)
           xb[(b * L + i) * c->E + e] = i < n[b] ? x[b][(done[b] + i) * c->E + e] : 99.0f;
     int64_t d3[3] = {c->B, L, c->E};
-    attn_status st = attn_mha_forward(ctx, m, kv, tu_wrap(ctx, xb, (size_t)(c->B * L * c->E), 3, d3, NULL),
-                                      tu_wrap(ctx, yb, (size_t)(c->B * L * c->E), 3, d3, NULL), n);
+    attn_status st =
+        attn_mha_forward(ctx, m, kv, tu_wrap(ctx, xb, (size_t)(c->B * L * c->E), 3, d3, NULL),
+                         tu_wrap(ctx, yb, (size_t)(c->B * L * c->E), 3, d3, NULL), n);
     if (st != ATTN_OK)
       fail_msg("%s: forward: %s", c->name, attn_ctx_last_error(ctx));
     for (int64_t b = 0; b < c->B; b++) {
@@ -370,8 +371,9 @@ static void weights_roundtrip(void **state) {
   assert_memory_equal(back, w.w[0], 96 * sizeof(float));
   /* Wrong shapes, a bias the layer lacks, strided wrap. */
   int64_t bad[2] = {12, 8};
-  assert_status(attn_mha_set_weight(ctx, m, ATTN_MHA_Q_WEIGHT, tu_wrap(ctx, back, 96, 2, bad, NULL)),
-                ATTN_ERR_SHAPE);
+  assert_status(
+      attn_mha_set_weight(ctx, m, ATTN_MHA_Q_WEIGHT, tu_wrap(ctx, back, 96, 2, bad, NULL)),
+      ATTN_ERR_SHAPE);
   assert_error_mentions(ctx, "Wq");
   assert_status(attn_mha_set_weight(ctx, m, 8, tb), ATTN_ERR_INVALID_ARG);
   int64_t st2[2] = {6, 1}; /* rows overlap: not a BLAS matrix */

@@ -280,7 +280,8 @@ static void test_weight_names(void **state) {
   float buf[64] = {0};
   const int64_t d12x4[2] = {12, 4}, d4x4[2] = {4, 4}, d4x3[2] = {4, 3}, d12[1] = {12};
   attn_tensor *in_w = tu_wrap(ctx, buf, 48, 2, d12x4, NULL);
-  attn_tensor *w44 = tu_wrap(ctx, buf, 16, 2, d4x4, NULL), *w43 = tu_wrap(ctx, buf, 12, 2, d4x3, NULL);
+  attn_tensor *w44 = tu_wrap(ctx, buf, 16, 2, d4x4, NULL),
+              *w43 = tu_wrap(ctx, buf, 12, 2, d4x3, NULL);
   attn_tensor *b12 = tu_wrap(ctx, buf, 12, 1, d12, NULL);
   assert_ok(attn_mha_set_weight(ctx, packed, ATTN_MHA_IN_PROJ_WEIGHT, in_w));
   assert_ok(attn_mha_set_weight(ctx, packed, ATTN_MHA_IN_PROJ_BIAS, b12));
