@@ -28,6 +28,9 @@
 #define GEMM_NCP 8   /* panels per item (256 columns) */
 #define GEMM_NPP 32  /* panels packed at a time per call (1024 columns): bounds the workspace */
 #define GEMM_PF_ROWS 12 /* rows per kernel call (a multiple of every GEMM_MR) */
+/* Fewer rows prefetch nothing: their product is too short to hide the
+ * prefetches (a decode step's 1 to 8 tokens: 15 % slower with them). */
+#define GEMM_PF_MIN_ROWS 96
 /* Up to this many rows: no packing (gemm_nt's dot products), unless the
  * parts come packed (their row-major form may not exist). */
 #define GEMM_DOT_ROWS 8
@@ -229,7 +232,7 @@ static void block(void *arg, int64_t item, int32_t worker) {
        * slice's first), prefetched a share per call, into L2. */
       int64_t kn = jp + 1 < jp1 ? k0 : k0 + GEMM_KC, lines = 0, nr_next;
       const char *next = NULL;
-      if (kn < p->k) {
+      if (kn < p->k && mc >= GEMM_PF_MIN_ROWS) {
         const float *np = panel(p, jp + 1 < jp1 ? jp + 1 : jp0, &bias, &c, &nr_next);
         next = (const char *)(np + kn * GEMM_NR);
         lines = min64(GEMM_KC, p->k - kn) * GEMM_NR * (int64_t)sizeof(float) / 64;
