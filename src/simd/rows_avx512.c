@@ -32,7 +32,6 @@ static inline vf v_max(vf a, vf b) { return _mm512_max_ps(a, b); }
 static inline vm v_nan(vf a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
 static inline vm vm_or(vm a, vm b) { return (vm)(a | b); }
 static inline vm v_le(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
-static inline vf v_clear(vm m, vf a) { return _mm512_maskz_mov_ps((__mmask16)~m, a); }
 static inline vm v_eq(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
 static inline vf v_set_where(vm m, vf a, vf b) { return _mm512_mask_mov_ps(a, m, b); }
 static inline vm v_zero_bytes(const uint8_t *b, int64_t k) {
@@ -55,13 +54,9 @@ static inline void v_fence(void) { _mm_sfence(); }
 #define VA 64
 /* VSCALEFPS rounds p * 2^n once, as the two factors of the other sets do
  * (exp_const.h), so every set keeps the same bits; one instruction instead
- * of seven. */
-static inline vf v_pow2(vf p, vf t, vf nf) {
-  (void)t;
-  return _mm512_scalef_ps(p, nf);
-}
-/* Masked lanes are not computed, so they raise no underflow (and take no
- * microcode assist) whatever they hold. */
+ * of seven. Masked lanes are not computed, so they raise no underflow (and
+ * take no microcode assist) whatever they hold; this set needs no v_pow2
+ * or v_clear. */
 #define V_POW2_MASKED
 static inline vf v_pow2_clear(vm m, vf p, vf t, vf nf) {
   (void)t;

@@ -9,14 +9,16 @@
  *   v_min(a, b) v_max(a, b)   b when either is NaN (as MINPS/MAXPS)
  *   vm v_nan vm_or vm_any     a lane mask of NaNs
  *   v_le(a, b) v_eq(a, b)     lanes with a <= b, a == b (false for NaN)
- *   v_clear(m, a)             a with the lanes of m set to +0
+ *   v_clear(m, a)             a with the lanes of m set to +0 (not needed with
+ *                             V_POW2_MASKED)
  *   v_set_where(m, a, b)      b in the lanes of m, a elsewhere
  *   v_zero_bytes(b, k)        the lanes i < k with b[i] == 0 (k <= VW)
  *   v_hmax                    largest lane (no NaN present)
  *   v_pow2(p, t, n)           p * 2^n for the n that t encodes (n: the same as a
  *                             float; see v_exp), rounded once
- *   v_pow2_clear(m, p, t, n)  optional: v_clear(m, v_pow2(p, t, n)), the lanes
- *                             of m not computed (defines V_POW2_MASKED)
+ *   v_pow2_clear(m, p, t, n)  optional, instead of v_pow2 and v_clear:
+ *                             v_clear(m, v_pow2(p, t, n)), the lanes of m not
+ *                             computed (defines V_POW2_MASKED)
  *   v_stream, VA              a store bypassing the caches (non-temporal) to a
  *                             VA-byte aligned address; v_fence orders such
  *                             stores before later ones
