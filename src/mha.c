@@ -51,6 +51,13 @@ static void group_of(int32_t which, int *s0, int *s1) {
   *s1 = out ? 4 : 3;
 }
 
+static bool same_group(int32_t a, int32_t b) {
+  int a0, a1, b0, b1;
+  group_of(a, &a0, &a1);
+  group_of(b, &b0, &b1);
+  return a0 == b0;
+}
+
 static bool is_matrix(int32_t which) { return which < 4 || which == ATTN_MHA_IN_PROJ_WEIGHT; }
 
 /* Projection s's rows n and depth k. */
@@ -116,9 +123,7 @@ static attn_status pack_group(attn_ctx *ctx, attn_mha *m, int32_t which) {
   for (int s = s0; s < s1; s++)
     m->pack[s] = mem[s];
   for (int32_t i = 0; i < N_WEIGHTS; i++) {
-    int g0, g1;
-    group_of(i, &g0, &g1);
-    if (g0 != s0 || !weight_present(m, i))
+    if (!same_group(i, which) || !weight_present(m, i))
       continue;
     float *src = m->owned[i];
     int64_t rows, cols, ld = m->ld[i];
@@ -141,9 +146,7 @@ static attn_status unpack_group(attn_ctx *ctx, attn_mha *m, int32_t which) {
   float *mem[N_WEIGHTS] = {0};
   bool move[N_WEIGHTS] = {0};
   for (int32_t i = 0; i < N_WEIGHTS; i++) {
-    int g0, g1;
-    group_of(i, &g0, &g1);
-    move[i] = g0 == s0 && i != which && weight_present(m, i);
+    move[i] = same_group(i, which) && i != which && weight_present(m, i);
     if (!move[i])
       continue;
     int64_t rows, cols;
@@ -449,13 +452,9 @@ static attn_status mha_set_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t w
   weight_shape(layer, which, &rows, &cols);
   if (!is_owned(layer, which)) { /* wrapped until now: own it again */
     bool whole = attn__gemm_packs(); /* then the group's packs take it? */
-    int s0, s1;
-    group_of(which, &s0, &s1);
-    for (int32_t i = 0; i < N_WEIGHTS && whole; i++) {
-      int g0, g1;
-      group_of(i, &g0, &g1);
-      whole = i == which || g0 != s0 || !weight_present(layer, i) || is_owned(layer, i);
-    }
+    for (int32_t i = 0; i < N_WEIGHTS && whole; i++)
+      whole = i == which || !same_group(i, which) || !weight_present(layer, i) ||
+              is_owned(layer, i);
     if (whole) {
       if ((st = pack_group(ctx, layer, which)))
         return st;
