@@ -174,7 +174,7 @@ void attn__sdpa_plan_packed(const attn_ctx *ctx, attn_sdpa_packed *pk);
 /* Run a planned packed batch within a reservation of pk->ws_bytes. */
 void attn__sdpa_run_packed(attn_ctx *ctx, attn_sdpa_packed *pk);
 
-/* ---- checks and visibility shared with the backward (sdpa_bwd.c) ---- */
+/* ---- checks and visibility shared with the backward (sdpa_bwd*.c) ---- */
 
 /* Hq a multiple of Hkv (ATTN_ERR_SHAPE). */
 attn_status attn__sdpa_check_heads(attn_ctx *ctx, int64_t Hq, int64_t Hkv);
