@@ -730,8 +730,9 @@ ATTN_API attn_status attn_rope_cached(attn_ctx *ctx, const attn_tensor *x, attn_
  * of its output: for pair (a, b), a' = a cos t + b sin t, b' = -a sin t +
  * b cos t; dims r..D-1 pass through. Pass the forward's parameters.
  * @param[in]     ctx the context.
- * @param[in,out] dx  F32 [B, H, L, D]: on entry the gradient w.r.t. the
- *  rotated x, on return the gradient w.r.t. the input x.
+ * @param[in,out] dx  F32, F16 or BF16 [B, H, L, D] (as attn_rope()'s x): on
+ *  entry the gradient w.r.t. the rotated x, on return the gradient w.r.t.
+ *  the input x.
  * @param[in] p the forward's parameters (NULL for defaults).
  * @return as attn_rope(). @since 0.2.0 */
 ATTN_API attn_status attn_rope_backward(attn_ctx *ctx, attn_tensor *dx,

@@ -11,6 +11,7 @@
  * "the same tables with f16 / bf16 data"). */
 #include <float.h>
 
+#include "ref_half.h"
 #include "test_util.h"
 
 /* Expected values: NaN means "must be NaN". */
@@ -1252,6 +1253,367 @@ static void rope_cached_edges(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* ================= half data for the ops without a half table above =================
+ * RoPE (forward and backward), attn_rope_cached, the sinusoidal encodings,
+ * packed SDPA and attention pooling with f16 / bf16 data, stated by bit
+ * pattern and checked against attn.h's rules with the reference
+ * conversions (tests/reference/ref_half.c), never the library's: an exact
+ * result (identity, pass-through, +-0, +-Inf) bit for bit, a rounded one
+ * within half an ULP of the type (plus float's rounding), a NaN as NaN.
+ * The ops that take F32 only refuse half operands with
+ * ATTN_ERR_UNSUPPORTED and write nothing. */
+
+static const int32_t kHalfTypes[2] = {ATTN_DTYPE_F16, ATTN_DTYPE_BF16};
+
+static const char *half_name(int32_t dt) { return dt == ATTN_DTYPE_F16 ? "f16" : "bf16"; }
+
+/* v (a double) in dt, rounded once; NaN as the quiet NaN. */
+static uint16_t hv(int32_t dt, double v) {
+  if (isnan(v))
+    return dt == ATTN_DTYPE_F16 ? 0x7e00 : 0x7fc0;
+  return dt == ATTN_DTYPE_F16 ? ref_round_f16(v) : ref_round_bf16(v);
+}
+
+static double half_value(int32_t dt, uint16_t h) {
+  return dt == ATTN_DTYPE_F16 ? ref_f16_value(h) : ref_bf16_value(h);
+}
+
+/* The largest finite value and the smallest subnormal of dt. */
+static uint16_t half_max(int32_t dt) { return dt == ATTN_DTYPE_F16 ? 0x7bff : 0x7f7f; }
+static const uint16_t kHalfTiny = 0x0001;
+
+/* n 2-byte elements of type dt as a tensor. */
+static attn_tensor *half_wrap(attn_ctx *ctx, int32_t dt, uint16_t *h, size_t n, int32_t nd,
+                              const int64_t *dims) {
+  attn_tensor *t = NULL;
+  attn_status st = attn_tensor_wrap(ctx, dt, nd, dims, NULL, h, n * sizeof *h, &t);
+  if (st != ATTN_OK)
+    fail_msg("attn_tensor_wrap: %s", attn_ctx_last_error(ctx));
+  return t;
+}
+
+/* got[i] (dt bits) against want[i]: NaN any NaN, an infinity exactly, else
+ * within half an ULP of dt at want plus 1e-6 relative (the float result
+ * rounded once more). */
+static void expect_half(const char *what, int32_t dt, const uint16_t *got, const double *want,
+                        int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    double g = half_value(dt, got[i]), w = want[i];
+    int ok;
+    if (isnan(w) || isinf(w)) {
+      ok = isnan(w) ? isnan(g) : g == w;
+    } else {
+      int e;
+      (void)frexp(w, &e); /* |w| in [2^(e-1), 2^e) */
+      int min_e = dt == ATTN_DTYPE_F16 ? -13 : -125, bits = dt == ATTN_DTYPE_F16 ? 11 : 8;
+      double half_ulp = ldexp(1.0, (e < min_e ? min_e : e) - 1 - bits);
+      ok = fabs(g - w) <= half_ulp + 1e-6 * fabs(w);
+    }
+    if (!ok)
+      fail_msg("%s (%s): element %lld = %.9g (0x%04x), expected %.9g", what, half_name(dt),
+               (long long)i, g, got[i], w);
+  }
+}
+
+/* got[0..n) bit for bit equal to want. */
+static void expect_bits(const char *what, int32_t dt, const uint16_t *got, const uint16_t *want,
+                        int64_t n) {
+  for (int64_t i = 0; i < n; i++)
+    if (got[i] != want[i])
+      fail_msg("%s (%s): element %lld = 0x%04x, expected 0x%04x", what, half_name(dt),
+               (long long)i, got[i], want[i]);
+}
+
+/* attn_rope (or its backward) on x [1, 1, L, D] of type dt, in place. */
+static attn_status rope_half(int32_t dt, uint16_t *x, int64_t L, int64_t D, int32_t rotary_dim,
+                             int64_t offset, int backward) {
+  attn_ctx *ctx = tu_ctx(1);
+  int64_t d[4] = {1, 1, L, D};
+  attn_rope_params p;
+  attn_rope_params_init(&p);
+  p.rotary_dim = rotary_dim;
+  p.offset = offset;
+  attn_tensor *t = half_wrap(ctx, dt, x, (size_t)(L * D), 4, d);
+  attn_status st = backward ? attn_rope_backward(ctx, t, &p) : attn_rope(ctx, t, &p);
+  attn_ctx_destroy(ctx);
+  return st;
+}
+
+/* rope_edges with f16 / bf16 x, forward and backward (the inverse rotation,
+ * angle -t: a cos t + b sin t, -a sin t + b cos t). */
+static void rope_edges_half(void **state) {
+  (void)state;
+  const double c1 = cos(1.0), s1 = sin(1.0), c01 = cos(0.01), s01 = sin(0.01);
+  for (int t = 0; t < 2; t++)
+    for (int bw = 0; bw < 2; bw++) {
+      int32_t dt = kHalfTypes[t];
+      double sg = bw ? -1 : 1; /* the sign of sin t */
+      uint16_t mx = half_max(dt), nmx = mx | 0x8000;
+      /* Position 0 is the identity, bit for bit: the largest finite values,
+       * the smallest subnormals. */
+      uint16_t x[4] = {mx, nmx, kHalfTiny, kHalfTiny | 0x8000}, x0[4];
+      memcpy(x0, x, sizeof x);
+      assert_ok(rope_half(dt, x, 1, 4, 0, 0, bw));
+      expect_bits("rope position 0", dt, x, x0, 4);
+      /* A NaN poisons its own pair only (half-split pairs (0, 2), (1, 3);
+       * pair 1 turns by 0.01 rad at position 1). */
+      uint16_t y[4] = {hv(dt, NAN), hv(dt, 1), hv(dt, 2), hv(dt, 3)};
+      assert_ok(rope_half(dt, y, 1, 4, 0, 1, bw));
+      expect_half("rope NaN pair", dt, y,
+                  W(NAN, c01 - sg * 3 * s01, NAN, sg * s01 + 3 * c01), 4);
+      /* One pair of the largest values at t = 1: the result past the
+       * type's range is +Inf, the other rounded. */
+      double m = half_value(dt, mx);
+      uint16_t z[2] = {mx, mx};
+      assert_ok(rope_half(dt, z, 1, 2, 0, 1, bw));
+      expect_half("rope overflow", dt, z,
+                  bw ? W(INFINITY, m * (c1 - s1)) : W(m * (c1 - s1), INFINITY), 2);
+      /* Subnormals rotate and round on the subnormal grid. */
+      uint16_t sub[2] = {100, 0};
+      double sv = half_value(dt, 100);
+      assert_ok(rope_half(dt, sub, 1, 2, 0, 1, bw));
+      expect_half("rope subnormal", dt, sub, W(sv * c1, sg * sv * s1), 2);
+      /* Partial rotation: the pass-through dim keeps its NaN bits. */
+      uint16_t w[3] = {hv(dt, 1), 0, hv(dt, NAN)};
+      assert_ok(rope_half(dt, w, 1, 3, 2, 1, bw));
+      expect_half("rope partial", dt, w, W(c1, sg * s1, NAN), 3);
+      assert_true(w[2] == hv(dt, NAN));
+      /* Refused: nothing written. */
+      uint16_t v[2] = {hv(dt, 1), hv(dt, 2)}, v0[2];
+      memcpy(v0, v, sizeof v);
+      assert_status(rope_half(dt, v, 1, 2, 0, -1, bw), ATTN_ERR_INVALID_ARG);
+      expect_bits("rope refused", dt, v, v0, 2);
+    }
+}
+
+/* rope_cached_edges with f16 / bf16 x and y (F32 tables, the type they
+ * must have): in place, out of place, and half x into an F32 y (the float
+ * result itself). */
+static void rope_cached_edges_half(void **state) {
+  (void)state;
+  for (int t = 0; t < 2; t++) {
+    int32_t dt = kHalfTypes[t];
+    attn_ctx *ctx = tu_ctx(1);
+    uint16_t mx = half_max(dt);
+    /* x [1, 1, L = 2, D = 5], r = 2: pair (x0, x1), dims 2..4 pass through. */
+    uint16_t x[10] = {hv(dt, 1), hv(dt, 2), hv(dt, NAN), hv(dt, INFINITY), 0x8000,
+                      hv(dt, 3), hv(dt, 4), kHalfTiny, mx | 0x8000, hv(dt, 7)};
+    float c[3] = {1, NAN, 0.5f}, s[3] = {0, 0, -INFINITY};
+    int64_t xd[4] = {1, 1, 2, 5}, td[2] = {3, 1};
+    attn_tensor *tc = tu_wrap(ctx, c, 3, 2, td, NULL), *ts = tu_wrap(ctx, s, 3, 2, td, NULL);
+    attn_rope_cached_params p;
+    attn_rope_cached_params_init(&p);
+    int64_t pos[2] = {0, 1};
+    p.position_ids = pos;
+    for (int in_place = 0; in_place < 2; in_place++) {
+      uint16_t xs[10], y[10];
+      memcpy(xs, x, sizeof x);
+      attn_tensor *tx = half_wrap(ctx, dt, xs, 10, 4, xd);
+      attn_tensor *ty = in_place ? tx : half_wrap(ctx, dt, y, 10, 4, xd);
+      uint16_t *out = in_place ? xs : y;
+      pos[0] = 0, pos[1] = 1;
+      assert_ok(attn_rope_cached(ctx, tx, ty, tc, ts, &p));
+      /* token 0 reads row 0 (c = 1, s = 0): the identity, bit for bit */
+      expect_bits("rope_cached token 0 (identity)", dt, out, x, 5);
+      /* token 1 reads the NaN cos: its pair NaN, the rest passed through */
+      expect_half("rope_cached token 1 (NaN cos)", dt, out + 5, W(NAN, NAN), 2);
+      expect_bits("rope_cached token 1 pass-through", dt, out + 7, x + 7, 3);
+      if (in_place)
+        continue;
+      pos[0] = 2, pos[1] = 0; /* -inf sin: (1 * 0.5 + 2 * inf, -inf + 2 * 0.5) */
+      assert_ok(attn_rope_cached(ctx, tx, ty, tc, ts, &p));
+      expect_half("rope_cached token 0 (row 2)", dt, y, W(INFINITY, -INFINITY), 2);
+      expect_bits("rope_cached token 0 pass-through", dt, y + 2, x + 2, 3);
+      expect_bits("rope_cached token 1 (row 0)", dt, y + 5, x + 5, 5);
+    }
+    /* Half x into an F32 y: the values widened exactly. */
+    float yf[10];
+    pos[0] = 0, pos[1] = 0;
+    assert_ok(attn_rope_cached(ctx, half_wrap(ctx, dt, x, 10, 4, xd),
+                               tu_wrap(ctx, yf, 10, 4, xd, NULL), tc, ts, &p));
+    for (int i = 0; i < 10; i++) {
+      double want = half_value(dt, x[i]);
+      if (!(isnan(want) ? isnan(yf[i]) : (double)yf[i] == want && !signbit(yf[i]) == !signbit(want)))
+        fail_msg("rope_cached %s x, f32 y: element %d = %.9g, expected %.9g", half_name(dt), i,
+                 (double)yf[i], want);
+    }
+    attn_ctx_destroy(ctx);
+  }
+}
+
+/* The sinusoidal table into an f16 / bf16 tensor, and the table added to
+ * f16 / bf16 x: NaN and +-Inf kept, the largest value plus at most 1 stays
+ * the largest (the sum rounds back to it). */
+static void sinusoidal_edges_half(void **state) {
+  (void)state;
+  for (int t = 0; t < 2; t++) {
+    int32_t dt = kHalfTypes[t];
+    attn_ctx *ctx = tu_ctx(1);
+    attn_sinusoidal_params p;
+    attn_sinusoidal_params_init(&p);
+    /* L = 1, D = 2, position 0: sin 0, cos 0 exactly. */
+    uint16_t o[8];
+    int64_t d12[2] = {1, 2}, d24[2] = {2, 4};
+    assert_ok(attn_sinusoidal(ctx, half_wrap(ctx, dt, o, 2, 2, d12), &p));
+    expect_bits("sinusoidal position 0", dt, o, (const uint16_t[]){0, hv(dt, 1)}, 2);
+    /* Huge finite positions and a base just above 1: finite, in [-1, 1]. */
+    static const double far[2] = {1e300, -1e300};
+    p.base = 1.0000001;
+    p.positions = far;
+    assert_ok(attn_sinusoidal(ctx, half_wrap(ctx, dt, o, 8, 2, d24), &p));
+    for (int i = 0; i < 8; i++)
+      if (!(fabs(half_value(dt, o[i])) <= 1))
+        fail_msg("sinusoidal far position (%s): element %d = %g", half_name(dt), i,
+                 half_value(dt, o[i]));
+    /* Refused, nothing written. */
+    static const double bad[1] = {NAN};
+    p.positions = bad;
+    uint16_t o0[8];
+    memcpy(o0, o, sizeof o);
+    int64_t d14[2] = {1, 4};
+    assert_status(attn_sinusoidal(ctx, half_wrap(ctx, dt, o, 4, 2, d14), &p),
+                  ATTN_ERR_INVALID_ARG);
+    expect_bits("sinusoidal refused", dt, o, o0, 4);
+    /* attn_sinusoidal_add, interleaved [2, 2]: row 0 adds (0, 1), row 1
+     * (sin 1, cos 1). */
+    uint16_t mx = half_max(dt);
+    uint16_t x[4] = {hv(dt, NAN), hv(dt, INFINITY), hv(dt, -INFINITY), mx};
+    int64_t d22[2] = {2, 2};
+    assert_ok(attn_sinusoidal_add(ctx, half_wrap(ctx, dt, x, 4, 2, d22), NULL));
+    expect_half("sinusoidal_add", dt, x, W(NAN, INFINITY, -INFINITY, half_value(dt, mx)), 4);
+    assert_true(x[3] == mx);
+    attn_ctx_destroy(ctx);
+  }
+}
+
+/* sdpa_varlen_backward_rows' forward with f16 / bf16 q, k, v and out: the
+ * NaN key of the sequence without queries reaches nothing, a row that sees
+ * no key gives 0 and lse -inf; out = (2, 6, 0, 2) and lse = (ln 2, 5,
+ * -inf, 4) by hand (equal weights over v = 1, 3; one key each). */
+static void sdpa_varlen_half(void **state) {
+  (void)state;
+  for (int t = 0; t < 2; t++)
+    for (int32_t threads = 1; threads <= 2; threads++) {
+      int32_t dt = kHalfTypes[t];
+      attn_ctx *ctx = tu_ctx(threads);
+      uint16_t q[4] = {hv(dt, 2), hv(dt, 5), hv(dt, 1), hv(dt, 1)};
+      uint16_t k[5] = {0, 0, hv(dt, 1), hv(dt, NAN), hv(dt, 4)};
+      uint16_t v[5] = {hv(dt, 1), hv(dt, 3), hv(dt, 6), hv(dt, NAN), hv(dt, 2)};
+      uint16_t out[4] = {0x1111, 0x1111, 0x1111, 0x1111};
+      float lse[4];
+      int64_t qd[3] = {4, 1, 1}, kd[3] = {5, 1, 1}, ld[2] = {1, 4};
+      int64_t cu_q[5] = {0, 1, 2, 2, 4}, cu_k[5] = {0, 2, 3, 4, 5};
+      attn_sdpa_params p;
+      attn_sdpa_params_init(&p);
+      p.scale = 1;
+      p.causal = 1;
+      p.align = ATTN_ALIGN_BOTTOM_RIGHT;
+      p.lse = tu_wrap(ctx, lse, 4, 2, ld, NULL);
+      assert_ok(attn_sdpa_varlen(ctx, half_wrap(ctx, dt, q, 4, 3, qd),
+                                 half_wrap(ctx, dt, k, 5, 3, kd), half_wrap(ctx, dt, v, 5, 3, kd),
+                                 half_wrap(ctx, dt, out, 4, 3, qd), 4, cu_q, cu_k, &p));
+      expect_bits("varlen out", dt, out,
+                  (const uint16_t[]){hv(dt, 2), hv(dt, 6), 0, hv(dt, 2)}, 4);
+      expect_row("varlen lse", lse, W(LN2, 5, -INFINITY, 4), 4, 1e-6);
+      attn_ctx_destroy(ctx);
+    }
+}
+
+/* pool_attention_backward_edges' forward with f16 / bf16 queries, k, v and
+ * out: the dropped keys' NaN reaches nothing, the one kept key gives out =
+ * v exactly, the sequence with nothing kept zeros. */
+static void pool_attention_half(void **state) {
+  (void)state;
+  for (int t = 0; t < 2; t++) {
+    int32_t dt = kHalfTypes[t];
+    attn_ctx *ctx = tu_ctx(2);
+    uint16_t nan = hv(dt, NAN);
+    uint16_t q[1] = {hv(dt, 1)}, k[4] = {hv(dt, 0.5), nan, nan, nan}, v[4] = {hv(dt, 3), nan, nan, nan};
+    uint16_t out[2] = {0x1111, 0x1111};
+    uint8_t keep[4] = {1, 0, 1, 1};
+    int64_t lengths[2] = {2, 0};
+    int64_t qd[3] = {1, 1, 1}, kd[4] = {2, 1, 2, 1}, od[4] = {2, 1, 1, 1}, md[2] = {2, 2};
+    attn_tensor *tm = NULL;
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, md, NULL, keep, 4, &tm));
+    attn_pool_attention_params p;
+    attn_pool_attention_params_init(&p);
+    p.keep = tm;
+    p.lengths = lengths;
+    assert_ok(attn_pool_attention(ctx, half_wrap(ctx, dt, q, 1, 3, qd),
+                                  half_wrap(ctx, dt, k, 4, 4, kd), half_wrap(ctx, dt, v, 4, 4, kd),
+                                  half_wrap(ctx, dt, out, 2, 4, od), &p));
+    expect_bits("pool_attention out", dt, out, (const uint16_t[]){hv(dt, 3), 0}, 2);
+    attn_ctx_destroy(ctx);
+  }
+}
+
+/* The ops documented as F32 only refuse a half operand with
+ * ATTN_ERR_UNSUPPORTED, name it, and write nothing. */
+static void half_refused(void **state) {
+  (void)state;
+  for (int t = 0; t < 2; t++) {
+    int32_t dt = kHalfTypes[t];
+    attn_ctx *ctx = tu_ctx(1);
+    uint16_t h[8] = {0};
+    float f[8] = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f}, o[8];
+    for (int i = 0; i < 8; i++)
+      o[i] = -777;
+    int64_t d1[1] = {2}, d4[4] = {1, 1, 2, 1}, d3[3] = {1, 1, 2}, d3v[3] = {2, 1, 1},
+            d2[2] = {1, 2}, dq[3] = {1, 2, 1};
+    attn_tensor *hy = half_wrap(ctx, dt, h, 2, 1, d1), *fy = tu_wrap(ctx, f, 2, 1, d1, NULL);
+    attn_tensor *fo = tu_wrap(ctx, o, 2, 1, d1, NULL);
+    assert_status(attn_softmax_backward(ctx, hy, fy, fo, NULL, NULL), ATTN_ERR_UNSUPPORTED);
+    assert_error_mentions(ctx, "y has dtype");
+    assert_status(attn_log_softmax_backward(ctx, fy, fy, half_wrap(ctx, dt, h, 2, 1, d1), NULL,
+                                            NULL),
+                  ATTN_ERR_UNSUPPORTED);
+    /* SDPA backward: a half k (the others F32). */
+    attn_tensor *f4 = tu_wrap(ctx, f, 2, 4, d4, NULL), *fl = tu_wrap(ctx, f, 2, 3, d3, NULL);
+    attn_tensor *o4 = tu_wrap(ctx, o, 2, 4, d4, NULL);
+    float o2[2] = {-777, -777}, o3[2] = {-777, -777};
+    attn_tensor *o4b = tu_wrap(ctx, o2, 2, 4, d4, NULL), *o4c = tu_wrap(ctx, o3, 2, 4, d4, NULL);
+    assert_status(attn_sdpa_backward(ctx, f4, half_wrap(ctx, dt, h, 2, 4, d4), f4, f4, fl, f4, o4,
+                                     o4b, o4c, NULL, NULL),
+                  ATTN_ERR_UNSUPPORTED);
+    assert_error_mentions(ctx, "k has dtype");
+    /* Packed: a half dout. */
+    int64_t cu[2] = {0, 2};
+    attn_tensor *f3 = tu_wrap(ctx, f, 2, 3, d3v, NULL), *fl2 = tu_wrap(ctx, f, 2, 2, d2, NULL);
+    attn_tensor *o3a = tu_wrap(ctx, o, 2, 3, d3v, NULL), *o3b = tu_wrap(ctx, o2, 2, 3, d3v, NULL),
+                *o3c = tu_wrap(ctx, o3, 2, 3, d3v, NULL);
+    assert_status(attn_sdpa_varlen_backward(ctx, f3, f3, f3, f3, fl2,
+                                            half_wrap(ctx, dt, h, 2, 3, d3v), o3a, o3b, o3c, 1, cu,
+                                            cu, NULL, NULL),
+                  ATTN_ERR_UNSUPPORTED);
+    assert_error_mentions(ctx, "dout has dtype");
+    /* Attention pooling's backward: half queries [Hq = 1, M = 2, D = 1]. */
+    int64_t pk[4] = {1, 1, 2, 1}, po[4] = {1, 1, 2, 1}, pl[3] = {1, 1, 2};
+    attn_tensor *fk = tu_wrap(ctx, f, 2, 4, pk, NULL), *fpo = tu_wrap(ctx, f, 2, 4, po, NULL);
+    assert_status(attn_pool_attention_backward(ctx, half_wrap(ctx, dt, h, 2, 3, dq), fk, fk, fpo,
+                                               tu_wrap(ctx, f, 2, 3, pl, NULL), fpo,
+                                               tu_wrap(ctx, o, 2, 3, dq, NULL), o4b, o4c, NULL),
+                  ATTN_ERR_UNSUPPORTED);
+    /* Rotary tables: attn_rope_cache_fill writes F32 tables, attn_rope_cached reads them. */
+    int64_t td[2] = {1, 1};
+    assert_status(attn_rope_cache_fill(ctx, tu_wrap(ctx, o, 1, 2, td, NULL),
+                                       half_wrap(ctx, dt, h, 1, 2, td), NULL, NULL),
+                  ATTN_ERR_UNSUPPORTED);
+    assert_error_mentions(ctx, "sin has dtype");
+    int64_t xd[4] = {1, 1, 1, 2};
+    assert_status(attn_rope_cached(ctx, tu_wrap(ctx, f, 2, 4, xd, NULL),
+                                   tu_wrap(ctx, o, 2, 4, xd, NULL), half_wrap(ctx, dt, h, 1, 2, td),
+                                   tu_wrap(ctx, f, 1, 2, td, NULL), NULL),
+                  ATTN_ERR_UNSUPPORTED);
+    assert_error_mentions(ctx, "cos has dtype");
+    for (int i = 0; i < 8; i++)
+      assert_true(o[i] == -777);
+    assert_true(o2[0] == -777 && o2[1] == -777 && o3[0] == -777 && o3[1] == -777);
+    for (int i = 0; i < 8; i++)
+      assert_true(h[i] == 0);
+    attn_ctx_destroy(ctx);
+  }
+}
+
 /* ================= attn_mha_torch_forward ================= */
 
 /* A PyTorch-form layer with E = 2, one head, every projection the identity
@@ -1445,6 +1807,106 @@ static void mha_edges(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* mha_torch_table with f16 / bf16 query, key, value and out (the tables'
+ * inputs are exact in both types; masks and weights stay F32): out within
+ * half an ULP of the stated rows, the weights as stated. */
+static void mha_torch_table_half(void **state) {
+  (void)state;
+  for (int t = 0; t < 2; t++) {
+    int32_t dt = kHalfTypes[t];
+    attn_ctx *ctx = tu_ctx(2);
+    attn_mha_torch_params mp;
+    attn_mha_torch_params_init(&mp);
+    mp.embed_dim = 2, mp.num_heads = 1, mp.no_bias = 1, mp.batch_first = 1;
+    attn_mha *m = NULL;
+    assert_ok(attn_mha_create_torch(ctx, &mp, &m));
+    float in_w[12] = {1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1};
+    const int64_t inwd[2] = {6, 2}, owd[2] = {2, 2};
+    assert_ok(attn_mha_set_weight(ctx, m, ATTN_MHA_IN_PROJ_WEIGHT,
+                                  tu_wrap(ctx, in_w, 12, 2, inwd, NULL)));
+    assert_ok(attn_mha_set_weight(ctx, m, ATTN_MHA_O_WEIGHT, tu_wrap(ctx, in_w, 4, 2, owd, NULL)));
+    for (size_t i = 0; i < sizeof mt_cases / sizeof mt_cases[0]; i++) {
+      const mt_case *c = &mt_cases[i];
+      uint16_t q[8], kv[8], out[8];
+      float w[8];
+      for (int j = 0; j < 8; j++)
+        w[j] = -7, out[j] = 0x1111;
+      for (int64_t j = 0; j < 2 * c->L; j++)
+        q[j] = hv(dt, c->q[j]);
+      for (int64_t j = 0; j < 2 * c->S; j++)
+        kv[j] = hv(dt, c->kv[j]);
+      int64_t qd[3] = {1, c->L, 2}, kd[3] = {1, c->S, 2}, pd[2] = {1, c->S};
+      int64_t ad[2] = {c->L, c->S}, wd[3] = {1, c->L, c->S};
+      attn_tensor *tq = half_wrap(ctx, dt, q, (size_t)(2 * c->L), 3, qd);
+      attn_tensor *tk = half_wrap(ctx, dt, kv, (size_t)(c->S ? 2 * c->S : 1), 3, kd);
+      attn_tensor *to = half_wrap(ctx, dt, out, 8, 3, qd), *tw = tu_wrap(ctx, w, 8, 3, wd, NULL);
+      attn_tensor *kpm = NULL, *am = NULL;
+      if (c->kpm_bool)
+        assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, pd, NULL, (void *)c->kpm_bool,
+                                   (size_t)c->S, &kpm));
+      if (c->kpm_float)
+        kpm = tu_wrap(ctx, (float *)c->kpm_float, (size_t)c->S, 2, pd, NULL);
+      if (c->am_bool)
+        assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, ad, NULL, (void *)c->am_bool,
+                                   (size_t)(c->L * c->S), &am));
+      if (c->am_float)
+        am = tu_wrap(ctx, (float *)c->am_float, (size_t)(c->L * c->S), 2, ad, NULL);
+      attn_mha_torch_forward_params fp;
+      attn_mha_torch_forward_params_init(&fp);
+      fp.need_weights = 1, fp.is_causal = c->causal;
+      attn_status st = attn_mha_torch_forward(ctx, m, tq, tk, tk, kpm, am, &fp, to, tw);
+      if (st != ATTN_OK)
+        fail_msg("%s (%s): %s", c->name, half_name(dt), attn_ctx_last_error(ctx));
+      expect_half(c->name, dt, out, c->out, 2 * c->L);
+      expect_row(c->name, w, c->w, c->L * c->S, 1e-6);
+    }
+    attn_ctx_destroy(ctx);
+  }
+}
+
+/* mha_edges' first two blocks with f16 / bf16 x and y: a NaN token reaches
+ * the rows that see it and no other; a NaN padding row (past n_new) is never
+ * appended. Rows stated as there, within half an ULP of the type. */
+static void mha_edges_half(void **state) {
+  (void)state;
+  const double e = exp(1.0);
+  for (int t = 0; t < 2; t++) {
+    int32_t dt = kHalfTypes[t];
+    attn_ctx *ctx = tu_ctx(2);
+    attn_kv_cache *kv = NULL;
+    attn_mha *m = identity_layer(ctx, 1, 0, &kv);
+    const float xv[12] = {NAN, NAN, 1, 0, 0, 1, 1, 0, 0, 1, 1, 1};
+    uint16_t x[12], y[12];
+    for (int i = 0; i < 12; i++)
+      x[i] = hv(dt, xv[i]);
+    int64_t d3[3] = {2, 3, 2};
+    assert_ok(attn_mha_forward(ctx, m, kv, half_wrap(ctx, dt, x, 12, 3, d3),
+                               half_wrap(ctx, dt, y, 12, 3, d3), NULL));
+    expect_half("mha NaN token and the row that sees it", dt, y, W(NAN, NAN, NAN, NAN), 4);
+    expect_half("mha row past the window", dt, y + 4, W(1 / (1 + e), e / (1 + e)), 2);
+    expect_half("mha other sequence", dt, y + 6,
+                W(1, 0, 1 / (1 + e), e / (1 + e), e / (1 + e), 1), 6);
+    assert_ok(attn_mha_free(ctx, m));
+    assert_ok(attn_kv_cache_free(ctx, kv));
+
+    m = identity_layer(ctx, -1, 0, &kv);
+    uint16_t xp[8] = {hv(dt, 1), 0, hv(dt, NAN), hv(dt, NAN), 0, hv(dt, 1), hv(dt, 1), 0};
+    uint16_t yp[8], xd[4] = {0, hv(dt, 1), 0, 0}, yd[4];
+    int64_t d2[3] = {2, 2, 2}, d1[3] = {2, 1, 2};
+    assert_ok(attn_mha_forward(ctx, m, kv, half_wrap(ctx, dt, xp, 8, 3, d2),
+                               half_wrap(ctx, dt, yp, 8, 3, d2), (int64_t[]){1, 2}));
+    expect_half("mha one token: y = x, padding row zeros", dt, yp, W(1, 0, 0, 0), 4);
+    expect_half("mha other sequence", dt, yp + 4, W(0, 1, e / (1 + e), 1 / (1 + e)), 4);
+    assert_ok(attn_mha_forward(ctx, m, kv, half_wrap(ctx, dt, xd, 4, 3, d1),
+                               half_wrap(ctx, dt, yd, 4, 3, d1), NULL));
+    expect_half("mha after a NaN padding row", dt, yd, W(1 / (1 + e), e / (1 + e)), 2);
+    kv_lengths(ctx, kv, 2, 3);
+    assert_ok(attn_mha_free(ctx, m));
+    assert_ok(attn_kv_cache_free(ctx, kv));
+    attn_ctx_destroy(ctx);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(tensor_overflowing_shapes),
@@ -1469,8 +1931,16 @@ int main(void) {
       cmocka_unit_test(pool_backward_table_half),
       cmocka_unit_test(pool_attention_backward_edges),
       cmocka_unit_test(rope_cached_edges),
+      cmocka_unit_test(rope_edges_half),
+      cmocka_unit_test(rope_cached_edges_half),
+      cmocka_unit_test(sinusoidal_edges_half),
+      cmocka_unit_test(sdpa_varlen_half),
+      cmocka_unit_test(pool_attention_half),
+      cmocka_unit_test(half_refused),
       cmocka_unit_test(mha_torch_table),
       cmocka_unit_test(mha_edges),
+      cmocka_unit_test(mha_torch_table_half),
+      cmocka_unit_test(mha_edges_half),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
