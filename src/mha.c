@@ -184,7 +184,7 @@ attn_gemm_part attn__mha_part(const attn_mha *m, int s) {
   if (m->torch && s < 3) {
     bi = ATTN_MHA_IN_PROJ_BIAS;
     row0 = s * m->E;
-    if (m->packed)
+    if (m->in_proj)
       wi = ATTN_MHA_IN_PROJ_WEIGHT;
   }
   const float *w = m->w[wi] + (wi == ATTN_MHA_IN_PROJ_WEIGHT ? row0 * m->ld[wi] : 0);

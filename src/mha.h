@@ -8,7 +8,7 @@
 #include "rope.h"
 
 /* attn_mha_weight values: the decoder's eight, then the PyTorch form's
- * packed in_proj weight and bias. */
+ * stacked in_proj weight and bias. */
 #define ATTN__MHA_N_WEIGHTS 10
 
 /* The projections: q, k, v, out. A layer's owned weights are stored once:
@@ -37,7 +37,8 @@ struct attn_mha {
   char *buf;             /* grows to the largest call */
   size_t buf_bytes;
   /* The PyTorch form (mha_torch.c): Hq = Hkv = H, D = E / H. */
-  bool torch, batch_first, packed;
+  bool torch, batch_first;
+  bool in_proj; /* one in_proj_weight [3E, E] (kdim = vdim = E), not three weights */
   int64_t kdim, vdim;
 };
 

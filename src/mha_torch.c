@@ -5,7 +5,7 @@
  *
  *   q, k, v projections over all tokens (gemm.h): one product each, or one
  *   product for all three when query, key and value are the same view and
- *   the layer has the packed in_proj_weight (self-attention: its rows
+ *   the layer has the stacked in_proj_weight (self-attention: its rows
  *   [q | k | v] side by side); in the inputs'
  *   own token order (l * B + b sequence first, b * L + l batch first), so
  *   the [B, H, L, D] views SDPA reads are strides of those rows; the two
@@ -28,12 +28,12 @@ bool attn__mha_torch_shape(const attn_mha *m, int32_t which, int64_t *rows, int6
   int64_t E = m->E, r = 0, c = 0;
   switch (which) {
   case ATTN_MHA_IN_PROJ_WEIGHT:
-    r = m->packed ? 3 * E : 0, c = E;
+    r = m->in_proj ? 3 * E : 0, c = E;
     break;
   case ATTN_MHA_Q_WEIGHT:
   case ATTN_MHA_K_WEIGHT:
   case ATTN_MHA_V_WEIGHT:
-    r = m->packed ? 0 : E;
+    r = m->in_proj ? 0 : E;
     c = which == ATTN_MHA_Q_WEIGHT ? E : which == ATTN_MHA_K_WEIGHT ? m->kdim : m->vdim;
     break;
   case ATTN_MHA_O_WEIGHT:
@@ -106,7 +106,7 @@ static attn_status create_impl(attn_ctx *ctx, const attn_mha_torch_params *param
   m->torch = true;
   m->batch_first = p.batch_first != 0;
   m->kdim = kdim, m->vdim = vdim;
-  m->packed = kdim == E && vdim == E; /* torch's _qkv_same_embed_dim */
+  m->in_proj = kdim == E && vdim == E; /* torch's _qkv_same_embed_dim */
   if ((st = attn__mha_add(ctx, m)) != ATTN_OK)
     return st;
   *out = m;
@@ -311,7 +311,7 @@ static attn_status check_call(attn_ctx *ctx, torch_call *c,
   c->gk = !as_rows(c->key, &c->ldk);
   c->gv = !as_rows(c->value, &c->ldv);
   c->go = !as_rows(c->out, &c->ldo);
-  c->fused = m->packed && attn__same_view(c->query, c->key) &&
+  c->fused = m->in_proj && attn__same_view(c->query, c->key) &&
              attn__same_view(c->key, c->value);
   c->ldp = c->fused ? 3 * m->E : m->E;
   return ATTN_OK;
