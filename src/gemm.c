@@ -5,8 +5,9 @@
  * k-major (one panel row per k, contiguous), so the tile kernel streams a
  * KC x NR slice of it from L1; each weight (part) has its own panels, the
  * last one zero-padded. The panels are packed per call, GEMM_NPP at a
- * time, into the workspace, or were packed once by the caller
- * (attn__gemm_pack, the same layout; then at any row count). Each work item is
+ * time, into the workspace, or were packed once by the caller (a layer's
+ * owned weights, each element written at attn__gemm_packed_at: the same
+ * layout; then at any row count). Each work item is
  * a block of GEMM_MC rows by GEMM_NCP panels of C, kept in L2 while its
  * rows of A, copied into a contiguous block (instead of rows a page apart
  * that would share L1 sets), are multiplied into it GEMM_KC deep slice by
@@ -140,39 +141,7 @@ void attn__gemm_plan(const attn_ctx *ctx, attn_gemm_problem *p) {
   p->ws_bytes = attn__ws_size(layout, p);
 }
 
-attn_gemm_problem attn__gemm_linear(const attn_ctx *ctx, int64_t m, int64_t n, int64_t k,
-                                    const float *a, int64_t lda, const float *w, int64_t ldw,
-                                    const float *bias, float *c, int64_t ldc) {
-  attn_gemm_problem p;
-  memset(&p, 0, sizeof p);
-  p.m = m, p.k = k, p.a = a, p.lda = lda, p.c = c, p.ldc = ldc;
-  p.part[0] = (attn_gemm_part){w, ldw, n, bias, NULL};
-  p.n_parts = 1;
-  attn__gemm_plan(ctx, &p);
-  return p;
-}
-
 /* ---- PATH_PACKED ---- */
-
-typedef struct {
-  const attn_gemm_part *part;
-  int64_t k, panels;
-  float *dst;
-} pack_job;
-
-static void pack_task(void *arg, int64_t lp, int32_t worker) {
-  (void)worker;
-  const pack_job *j = arg;
-  pack_one(j->part, j->k, lp, j->dst + lp * j->k * GEMM_NR,
-           j->dst + j->panels * j->k * GEMM_NR + lp * GEMM_NR);
-}
-
-void attn__gemm_pack(attn_ctx *ctx, const attn_gemm_part *part, int64_t k, float *dst) {
-  pack_job j = {part, k, cdiv(part->n, GEMM_NR), dst};
-  /* A copy: threads only for some 2^20 floats each. */
-  int32_t threads = attn__threads_plan(ctx, (double)part->n * (double)k, 1048576.0, j.panels);
-  attn__parallel_for(ctx, threads, j.panels, pack_task, &j);
-}
 
 /* Panel jp (of the whole product; jp0 <= jp < jp0 + njp): its packed
  * values and biases, its columns nr and their place in C. */

@@ -6,8 +6,9 @@
  * (each weight's own, its last panel zero-padded), A copied block by block
  * per thread, the products by the kernel set's tile kernel
  * (simd/gemm_body.h). The panels are either packed per call into the
- * workspace, 1024 columns at a time, or packed once by the caller
- * (attn__gemm_pack: a layer's owned weights) and given with each part:
+ * workspace, 1024 columns at a time, or packed once by the caller (a
+ * layer's owned weights, written at attn__gemm_packed_at) and given with
+ * each part:
  * the same values in the same layout, so the same bits. The sum of
  * every element is bias, then the products in k order, in slices of
  * ATTN_GEMM_KC added in k order: it depends on the shape alone, never on
@@ -21,7 +22,8 @@
 #define ATTN_GEMM_MAX_PARTS 3
 
 /* One weight: rows [n, k], ldw apart; its bias [n] or NULL; packed: NULL,
- * or w and bias as attn__gemm_pack wrote them for this k. When every part
+ * or w and bias in the packed layout for this k (attn__gemm_packed_floats
+ * floats, zero where attn__gemm_packed_at puts nothing). When every part
  * of a problem has one (possible only if attn__gemm_packs()), the product
  * reads the packed parts alone, at any row count: w and bias may then be
  * NULL. */
@@ -64,18 +66,11 @@ void attn__gemm_run(attn_ctx *ctx, attn_gemm_problem *p);
  * kernels (without them products go to cblas_sgemm and read w). Fixed for
  * the process (the kernel set is chosen once). */
 bool attn__gemm_packs(void);
-/* Floats attn__gemm_pack writes for a weight of n rows of k (SIZE_MAX if
+/* Floats of the packed layout of a weight of n rows of k (SIZE_MAX if
  * that overflows size_t). */
 size_t attn__gemm_packed_floats(int64_t n, int64_t k);
 /* Where w[j, kk] of a weight of n rows of k is in its packed floats; kk = k:
  * where bias[j] is. (Padding columns are zeros.) */
 size_t attn__gemm_packed_at(int64_t n, int64_t k, int64_t j, int64_t kk);
-/* Pack part's w (and bias; zeros without one) for products of depth k into
- * dst, on the context's threads. part->packed is not read. */
-void attn__gemm_pack(attn_ctx *ctx, const attn_gemm_part *part, int64_t k, float *dst);
-/* A one-weight problem, planned. */
-attn_gemm_problem attn__gemm_linear(const attn_ctx *ctx, int64_t m, int64_t n, int64_t k,
-                                    const float *a, int64_t lda, const float *w, int64_t ldw,
-                                    const float *bias, float *c, int64_t ldc);
 
 #endif

@@ -13,7 +13,7 @@
 
 /* The projections: q, k, v, out. A layer's owned weights are stored once:
  * when the products take packed weights (attn__gemm_packs), inside the
- * packed projections they feed (pack[s], attn__gemm_pack's layout: weight
+ * packed projections they feed (pack[s], attn__gemm_packed_at's layout: weight
  * panels then biases) as long as every weight of that projection's group
  * (q/k/v, or out) is owned; else row-major (owned[]). Wrapping a weight
  * moves the other owned weights of its group to row-major; owning the

@@ -5,8 +5,8 @@
  * leading dimensions larger than the rows, C's padding left alone, one
  * weight or three stacked (the decoder's q, k, v), and contexts of 1 to 4
  * threads giving the same bits, with the weights packed per call or
- * beforehand (attn__gemm_pack; attn__gemm_packed_at, where a layer writes
- * its owned weights, finds each element there): the same bits
+ * beforehand (as a layer packs its owned weights: each element written
+ * where attn__gemm_packed_at says, the rest zero): the same bits
  * either way too, except up to 8 rows, where unpacked weights take dot
  * products and packed ones their panels. ctest runs the
  * suite with each kernel set forced (sse2: the cblas_sgemm path). */
@@ -28,8 +28,9 @@ static float *floats(size_t n) {
 }
 
 /* c = a w^T + bias on ctx (parts: n split into n_parts weights of w's
- * rows, each with its own bias slice); prepack: each part packed first by
- * attn__gemm_pack, as a layer does with its owned weights. */
+ * rows, each with its own bias slice); prepack: each part packed first, as
+ * a layer packs its owned weights (zeros, then every element written at
+ * attn__gemm_packed_at). */
 static void run(attn_ctx *ctx, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                 const float *w, int64_t ldw, const float *bias, int n_parts, float *c,
                 int64_t ldc, bool prepack) {
@@ -45,24 +46,20 @@ static void run(attn_ctx *ctx, int64_t m, int64_t n, int64_t k, const float *a, 
   }
   float *packed[ATTN_GEMM_MAX_PARTS] = {NULL};
   for (int i = 0; prepack && i < n_parts; i++) {
-    /* NaN where the pack leaves nothing: every float must be written. */
-    size_t nf = attn__gemm_packed_floats(p.part[i].n, k);
-    packed[i] = floats(nf);
-    for (size_t f = 0; f < nf; f++)
-      packed[i][f] = NAN;
-    attn__gemm_pack(ctx, &p.part[i], k, packed[i]);
-    p.part[i].packed = packed[i];
-    /* A layer writes its packs element by element at attn__gemm_packed_at:
-     * the same layout. */
     const attn_gemm_part *pt = &p.part[i];
+    size_t nf = attn__gemm_packed_floats(pt->n, k);
+    packed[i] = floats(nf);
+    memset(packed[i], 0, nf * sizeof(float));
     for (int64_t r = 0; r < pt->n; r++)
       for (int64_t kk = 0; kk <= k; kk++) {
-        float want = kk < k ? pt->w[r * ldw + kk] : pt->bias ? pt->bias[r] : 0.0f;
-        if (packed[i][attn__gemm_packed_at(pt->n, k, r, kk)] != want)
-          fail_msg("n %lld k %lld: attn__gemm_packed_at(%lld, %lld) is not where "
-                   "attn__gemm_pack put it", (long long)pt->n, (long long)k, (long long)r,
-                   (long long)kk);
+        size_t at = attn__gemm_packed_at(pt->n, k, r, kk);
+        if (at >= nf)
+          fail_msg("n %lld k %lld: attn__gemm_packed_at(%lld, %lld) = %zu is past the %zu "
+                   "packed floats", (long long)pt->n, (long long)k, (long long)r,
+                   (long long)kk, at, nf);
+        packed[i][at] = kk < k ? pt->w[r * ldw + kk] : pt->bias ? pt->bias[r] : 0.0f;
       }
+    p.part[i].packed = packed[i];
   }
   attn__gemm_plan(ctx, &p);
   assert_ok(attn__ws_reserve(ctx, p.ws_bytes));
