@@ -1656,49 +1656,77 @@ static const mt_case mt_cases[] = {
     {"no key (S = 0): zeros", 1, 0, F(1, 2), F(0), NULL, NULL, NULL, NULL, 0, W(0, 0), W(0)},
 };
 
+/* The table on a layer of ctx with query, key, value and out of type dt:
+ * F32, or f16 / bf16 (the tables' inputs are exact in both; masks and
+ * weights stay F32), whose out is within half an ULP of the stated rows. */
+static void run_mt_cases(attn_ctx *ctx, int32_t dt) {
+  attn_mha_torch_params mp;
+  attn_mha_torch_params_init(&mp);
+  mp.embed_dim = 2, mp.num_heads = 1, mp.no_bias = 1, mp.batch_first = 1;
+  attn_mha *m = NULL;
+  assert_ok(attn_mha_create_torch(ctx, &mp, &m));
+  float in_w[12] = {1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1};
+  const int64_t inwd[2] = {6, 2}, owd[2] = {2, 2};
+  assert_ok(attn_mha_set_weight(ctx, m, ATTN_MHA_IN_PROJ_WEIGHT, tu_wrap(ctx, in_w, 12, 2, inwd, NULL)));
+  assert_ok(attn_mha_set_weight(ctx, m, ATTN_MHA_O_WEIGHT, tu_wrap(ctx, in_w, 4, 2, owd, NULL)));
+  for (size_t i = 0; i < sizeof mt_cases / sizeof mt_cases[0]; i++) {
+    const mt_case *c = &mt_cases[i];
+    float out[8], w[8];
+    uint16_t q16[8], kv16[8], out16[8];
+    for (int j = 0; j < 8; j++)
+      out[j] = w[j] = -7, out16[j] = 0x1111;
+    int f32 = dt == ATTN_DTYPE_F32;
+    for (int64_t j = 0; !f32 && j < 2 * c->L; j++)
+      q16[j] = hv(dt, c->q[j]);
+    for (int64_t j = 0; !f32 && j < 2 * c->S; j++)
+      kv16[j] = hv(dt, c->kv[j]);
+    int64_t qd[3] = {1, c->L, 2}, kd[3] = {1, c->S, 2}, pd[2] = {1, c->S};
+    int64_t ad[2] = {c->L, c->S}, wd[3] = {1, c->L, c->S};
+    size_t nkv = (size_t)(c->S ? 2 * c->S : 1);
+    attn_tensor *tq = f32 ? tu_wrap(ctx, (float *)c->q, (size_t)(2 * c->L), 3, qd, NULL)
+                          : half_wrap(ctx, dt, q16, (size_t)(2 * c->L), 3, qd);
+    attn_tensor *tk = f32 ? tu_wrap(ctx, (float *)c->kv, nkv, 3, kd, NULL)
+                          : half_wrap(ctx, dt, kv16, nkv, 3, kd);
+    attn_tensor *to = f32 ? tu_wrap(ctx, out, 8, 3, qd, NULL) : half_wrap(ctx, dt, out16, 8, 3, qd);
+    attn_tensor *tw = tu_wrap(ctx, w, 8, 3, wd, NULL), *kpm = NULL, *am = NULL;
+    if (c->kpm_bool)
+      assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, pd, NULL, (void *)c->kpm_bool,
+                                 (size_t)c->S, &kpm));
+    if (c->kpm_float)
+      kpm = tu_wrap(ctx, (float *)c->kpm_float, (size_t)c->S, 2, pd, NULL);
+    if (c->am_bool)
+      assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, ad, NULL, (void *)c->am_bool,
+                                 (size_t)(c->L * c->S), &am));
+    if (c->am_float)
+      am = tu_wrap(ctx, (float *)c->am_float, (size_t)(c->L * c->S), 2, ad, NULL);
+    attn_mha_torch_forward_params fp;
+    attn_mha_torch_forward_params_init(&fp);
+    fp.need_weights = 1, fp.is_causal = c->causal;
+    attn_status st = attn_mha_torch_forward(ctx, m, tq, tk, tk, kpm, am, &fp, to, tw);
+    if (st != ATTN_OK)
+      fail_msg("%s: %s", c->name, attn_ctx_last_error(ctx));
+    if (f32)
+      expect_row(c->name, out, c->out, 2 * c->L, 1e-6);
+    else
+      expect_half(c->name, dt, out16, c->out, 2 * c->L);
+    expect_row(c->name, w, c->w, c->L * c->S, 1e-6);
+  }
+}
+
 static void mha_torch_table(void **state) {
   (void)state;
   for (int32_t threads = 1; threads <= 2; threads++) {
     attn_ctx *ctx = tu_ctx(threads);
-    attn_mha_torch_params mp;
-    attn_mha_torch_params_init(&mp);
-    mp.embed_dim = 2, mp.num_heads = 1, mp.no_bias = 1, mp.batch_first = 1;
-    attn_mha *m = NULL;
-    assert_ok(attn_mha_create_torch(ctx, &mp, &m));
-    float in_w[12] = {1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1};
-    const int64_t inwd[2] = {6, 2}, owd[2] = {2, 2};
-    assert_ok(attn_mha_set_weight(ctx, m, ATTN_MHA_IN_PROJ_WEIGHT, tu_wrap(ctx, in_w, 12, 2, inwd, NULL)));
-    assert_ok(attn_mha_set_weight(ctx, m, ATTN_MHA_O_WEIGHT, tu_wrap(ctx, in_w, 4, 2, owd, NULL)));
-    for (size_t i = 0; i < sizeof mt_cases / sizeof mt_cases[0]; i++) {
-      const mt_case *c = &mt_cases[i];
-      float out[8], w[8];
-      for (int j = 0; j < 8; j++)
-        out[j] = w[j] = -7;
-      int64_t qd[3] = {1, c->L, 2}, kd[3] = {1, c->S, 2}, pd[2] = {1, c->S};
-      int64_t ad[2] = {c->L, c->S}, wd[3] = {1, c->L, c->S};
-      attn_tensor *tq = tu_wrap(ctx, (float *)c->q, (size_t)(2 * c->L), 3, qd, NULL);
-      attn_tensor *tk = tu_wrap(ctx, (float *)c->kv, (size_t)(c->S ? 2 * c->S : 1), 3, kd, NULL);
-      attn_tensor *to = tu_wrap(ctx, out, 8, 3, qd, NULL), *tw = tu_wrap(ctx, w, 8, 3, wd, NULL);
-      attn_tensor *kpm = NULL, *am = NULL;
-      if (c->kpm_bool)
-        assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, pd, NULL, (void *)c->kpm_bool,
-                                   (size_t)c->S, &kpm));
-      if (c->kpm_float)
-        kpm = tu_wrap(ctx, (float *)c->kpm_float, (size_t)c->S, 2, pd, NULL);
-      if (c->am_bool)
-        assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, ad, NULL, (void *)c->am_bool,
-                                   (size_t)(c->L * c->S), &am));
-      if (c->am_float)
-        am = tu_wrap(ctx, (float *)c->am_float, (size_t)(c->L * c->S), 2, ad, NULL);
-      attn_mha_torch_forward_params fp;
-      attn_mha_torch_forward_params_init(&fp);
-      fp.need_weights = 1, fp.is_causal = c->causal;
-      attn_status st = attn_mha_torch_forward(ctx, m, tq, tk, tk, kpm, am, &fp, to, tw);
-      if (st != ATTN_OK)
-        fail_msg("%s: %s", c->name, attn_ctx_last_error(ctx));
-      expect_row(c->name, out, c->out, 2 * c->L, 1e-6);
-      expect_row(c->name, w, c->w, c->L * c->S, 1e-6);
-    }
+    run_mt_cases(ctx, ATTN_DTYPE_F32);
+    attn_ctx_destroy(ctx);
+  }
+}
+
+static void mha_torch_table_half(void **state) {
+  (void)state;
+  for (int t = 0; t < 2; t++) {
+    attn_ctx *ctx = tu_ctx(2);
+    run_mt_cases(ctx, kHalfTypes[t]);
     attn_ctx_destroy(ctx);
   }
 }
@@ -1805,63 +1833,6 @@ static void mha_edges(void **state) {
   expect_row("soft-capped inf logit, token 1", yc + 2,
              W(1e20f / (1 + e), (double)1e20f * e / (1 + e)), 2, 1e14);
   attn_ctx_destroy(ctx);
-}
-
-/* mha_torch_table with f16 / bf16 query, key, value and out (the tables'
- * inputs are exact in both types; masks and weights stay F32): out within
- * half an ULP of the stated rows, the weights as stated. */
-static void mha_torch_table_half(void **state) {
-  (void)state;
-  for (int t = 0; t < 2; t++) {
-    int32_t dt = kHalfTypes[t];
-    attn_ctx *ctx = tu_ctx(2);
-    attn_mha_torch_params mp;
-    attn_mha_torch_params_init(&mp);
-    mp.embed_dim = 2, mp.num_heads = 1, mp.no_bias = 1, mp.batch_first = 1;
-    attn_mha *m = NULL;
-    assert_ok(attn_mha_create_torch(ctx, &mp, &m));
-    float in_w[12] = {1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1};
-    const int64_t inwd[2] = {6, 2}, owd[2] = {2, 2};
-    assert_ok(attn_mha_set_weight(ctx, m, ATTN_MHA_IN_PROJ_WEIGHT,
-                                  tu_wrap(ctx, in_w, 12, 2, inwd, NULL)));
-    assert_ok(attn_mha_set_weight(ctx, m, ATTN_MHA_O_WEIGHT, tu_wrap(ctx, in_w, 4, 2, owd, NULL)));
-    for (size_t i = 0; i < sizeof mt_cases / sizeof mt_cases[0]; i++) {
-      const mt_case *c = &mt_cases[i];
-      uint16_t q[8], kv[8], out[8];
-      float w[8];
-      for (int j = 0; j < 8; j++)
-        w[j] = -7, out[j] = 0x1111;
-      for (int64_t j = 0; j < 2 * c->L; j++)
-        q[j] = hv(dt, c->q[j]);
-      for (int64_t j = 0; j < 2 * c->S; j++)
-        kv[j] = hv(dt, c->kv[j]);
-      int64_t qd[3] = {1, c->L, 2}, kd[3] = {1, c->S, 2}, pd[2] = {1, c->S};
-      int64_t ad[2] = {c->L, c->S}, wd[3] = {1, c->L, c->S};
-      attn_tensor *tq = half_wrap(ctx, dt, q, (size_t)(2 * c->L), 3, qd);
-      attn_tensor *tk = half_wrap(ctx, dt, kv, (size_t)(c->S ? 2 * c->S : 1), 3, kd);
-      attn_tensor *to = half_wrap(ctx, dt, out, 8, 3, qd), *tw = tu_wrap(ctx, w, 8, 3, wd, NULL);
-      attn_tensor *kpm = NULL, *am = NULL;
-      if (c->kpm_bool)
-        assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, pd, NULL, (void *)c->kpm_bool,
-                                   (size_t)c->S, &kpm));
-      if (c->kpm_float)
-        kpm = tu_wrap(ctx, (float *)c->kpm_float, (size_t)c->S, 2, pd, NULL);
-      if (c->am_bool)
-        assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 2, ad, NULL, (void *)c->am_bool,
-                                   (size_t)(c->L * c->S), &am));
-      if (c->am_float)
-        am = tu_wrap(ctx, (float *)c->am_float, (size_t)(c->L * c->S), 2, ad, NULL);
-      attn_mha_torch_forward_params fp;
-      attn_mha_torch_forward_params_init(&fp);
-      fp.need_weights = 1, fp.is_causal = c->causal;
-      attn_status st = attn_mha_torch_forward(ctx, m, tq, tk, tk, kpm, am, &fp, to, tw);
-      if (st != ATTN_OK)
-        fail_msg("%s (%s): %s", c->name, half_name(dt), attn_ctx_last_error(ctx));
-      expect_half(c->name, dt, out, c->out, 2 * c->L);
-      expect_row(c->name, w, c->w, c->L * c->S, 1e-6);
-    }
-    attn_ctx_destroy(ctx);
-  }
 }
 
 /* mha_edges' first two blocks with f16 / bf16 x and y: a NaN token reaches
