@@ -169,11 +169,11 @@ static void sin_item(void *arg, int64_t item, int32_t worker) {
         attn__narrow(k, p->xdt, row, dst, p->D);
         continue;
       }
-      /* x + row in float, rounded once back for a half x. */
+      /* x + row in float (scale_add: x * 1 + row, the same sum, vectorised),
+       * rounded once back for a half x. */
       float *xf = p->xdt == ATTN_DTYPE_F32 ? dst : row + p->D;
       attn__widen(k, p->xdt, dst, xf, p->D);
-      for (int64_t j = 0; j < p->D; j++)
-        xf[j] += row[j];
+      k->scale_add(xf, row, xf, p->D, 1.0f);
       attn__narrow(k, p->xdt, xf, dst, p->D);
     }
   }
