@@ -17,7 +17,10 @@
  * into L2, so the next panel's first rows do not wait for memory (the
  * decoder layer's forward 6-8 % faster); the rows per call change no sum.
  * Items and slices come from the shape alone: the threads only choose
- * which items they take, so no sum depends on them. */
+ * which items they take, so no sum depends on them. A part may place its
+ * columns in heads of rows of their own (a KV cache's layout): the
+ * kernels then store each panel's columns a head at a time, the same sums
+ * (cblas_sgemm: a call per head). */
 #include "gemm.h"
 #include "simd/kernels.h"
 
@@ -91,6 +94,22 @@ static int32_t panel_part(const attn_gemm_problem *p, int64_t jp, int64_t *lp) {
   return i;
 }
 
+/* Where column j of part i goes (its row 0), the row stride there, and
+ * how many columns from j on are stored side by side (to the end of j's
+ * head, or of the part). */
+static float *out_col(const attn_gemm_problem *p, int32_t i, int64_t j, int64_t *ld,
+                      int64_t *run) {
+  const attn_gemm_part *pt = &p->part[i];
+  if (!pt->out) {
+    *ld = p->ldc;
+    *run = pt->n - j;
+    return p->c + p->col0[i] + j;
+  }
+  *ld = pt->ldo;
+  *run = min64(pt->head - j % pt->head, pt->n - j);
+  return pt->out + j / pt->head * pt->head_stride + j % pt->head;
+}
+
 /* Floats of a worker's copy of A: a block of rows (fewer for a short A),
  * whole or one slice deep. */
 static size_t a_floats(const attn_gemm_problem *p) {
@@ -115,8 +134,10 @@ void attn__gemm_plan(const attn_ctx *ctx, attn_gemm_problem *p) {
   p->n = 0;
   int64_t panels = 0;
   p->prepacked = true;
+  int64_t cols = 0; /* of C */
   for (int32_t i = 0; i < p->n_parts; i++) {
-    p->col0[i] = p->n;
+    p->col0[i] = cols;
+    cols += p->part[i].out ? 0 : p->part[i].n;
     p->pan0[i] = panels;
     p->n += p->part[i].n;
     panels += cdiv(p->part[i].n, GEMM_NR);
@@ -144,14 +165,15 @@ void attn__gemm_plan(const attn_ctx *ctx, attn_gemm_problem *p) {
 /* ---- PATH_PACKED ---- */
 
 /* Panel jp (of the whole product; jp0 <= jp < jp0 + njp): its packed
- * values and biases, its columns nr and their place in C. */
-static const float *panel(const attn_gemm_problem *p, int64_t jp, const float **bias, float **c,
-                          int64_t *nr) {
+ * values and biases, its columns nr (the first is column *j of part *i). */
+static const float *panel(const attn_gemm_problem *p, int64_t jp, const float **bias,
+                          int32_t *i_out, int64_t *j, int64_t *nr) {
   int64_t lp;
   int32_t i = panel_part(p, jp, &lp);
   const attn_gemm_part *pt = &p->part[i];
   *nr = min64(GEMM_NR, pt->n - lp * GEMM_NR);
-  *c = p->c + p->col0[i] + lp * GEMM_NR;
+  *i_out = i;
+  *j = lp * GEMM_NR;
   if (p->prepacked) {
     int64_t np = p->pan0[i + 1] - p->pan0[i];
     *bias = pt->packed + (np * p->k + lp) * GEMM_NR;
@@ -170,6 +192,25 @@ static void pack_panel(void *arg, int64_t jp, int32_t worker) {
   pack_one(&p->part[i], p->k, lp, p->bp + jp * p->k * GEMM_NR, p->bias + jp * GEMM_NR);
 }
 
+/* A panel's columns as runs stored side by side (one, unless a head ends
+ * inside it): run r is columns js[r] .. js[r] + w[r] of the panel, at
+ * c[r] (row 0), rows ld[r] apart. */
+typedef struct {
+  int32_t n;
+  int64_t js[GEMM_NR], w[GEMM_NR], ld[GEMM_NR];
+  float *c[GEMM_NR];
+} panel_runs;
+
+static void runs_of(const attn_gemm_problem *p, int32_t i, int64_t j, int64_t nr, panel_runs *r) {
+  r->n = 0;
+  for (int64_t js = 0, w; js < nr; js += w, r->n++) {
+    r->c[r->n] = out_col(p, i, j + js, &r->ld[r->n], &w);
+    w = min64(w, nr - js);
+    r->js[r->n] = js;
+    r->w[r->n] = w;
+  }
+}
+
 /* Item: GEMM_MC rows of C by GEMM_NCP panels = bias, then + A W^T slice by
  * slice. */
 static void block(void *arg, int64_t item, int32_t worker) {
@@ -179,12 +220,16 @@ static void block(void *arg, int64_t item, int32_t worker) {
   int64_t i0 = item / nb * GEMM_MC, mc = min64(GEMM_MC, p->m - i0);
   int64_t jp0 = p->jp0 + item % nb * GEMM_NCP, jp1 = min64(jp0 + GEMM_NCP, p->jp0 + p->njp);
   const float *bias;
-  float *c;
-  int64_t nr;
+  int32_t pi;
+  int64_t pj, nr;
+  panel_runs runs;
   for (int64_t jp = jp0; jp < jp1; jp++) {
-    panel(p, jp, &bias, &c, &nr);
-    for (int64_t i = 0; i < mc; i++)
-      memcpy(c + (i0 + i) * p->ldc, bias, (size_t)nr * sizeof(float));
+    panel(p, jp, &bias, &pi, &pj, &nr);
+    runs_of(p, pi, pj, nr, &runs);
+    for (int32_t r = 0; r < runs.n; r++)
+      for (int64_t i = 0; i < mc; i++)
+        memcpy(runs.c[r] + (i0 + i) * runs.ld[r], bias + runs.js[r],
+               (size_t)runs.w[r] * sizeof(float));
   }
   /* A whole: slice k0 at ap + k0 * min(m, MC), copied unless the worker's last
    * item had the same rows; else one slice at a time at ap. */
@@ -199,20 +244,24 @@ static void block(void *arg, int64_t item, int32_t worker) {
     for (int64_t jp = jp0; jp < jp1; jp++) {
       /* The slice multiplied next (this slice's next panel, else the next
        * slice's first), prefetched a share per call, into L2. */
-      int64_t kn = jp + 1 < jp1 ? k0 : k0 + GEMM_KC, lines = 0, nr_next;
+      int64_t kn = jp + 1 < jp1 ? k0 : k0 + GEMM_KC, lines = 0, nr_next, j_next;
+      int32_t i_next;
       const char *next = NULL;
       if (kn < p->k && mc >= GEMM_PF_MIN_ROWS) {
-        const float *np = panel(p, jp + 1 < jp1 ? jp + 1 : jp0, &bias, &c, &nr_next);
+        const float *np = panel(p, jp + 1 < jp1 ? jp + 1 : jp0, &bias, &i_next, &j_next, &nr_next);
         next = (const char *)(np + kn * GEMM_NR);
         lines = min64(GEMM_KC, p->k - kn) * GEMM_NR * (int64_t)sizeof(float) / 64;
       }
-      const float *bp = panel(p, jp, &bias, &c, &nr) + k0 * GEMM_NR;
+      const float *bp = panel(p, jp, &bias, &pi, &pj, &nr) + k0 * GEMM_NR;
+      runs_of(p, pi, pj, nr, &runs);
       int64_t calls = cdiv(mc, GEMM_PF_ROWS);
       for (int64_t ci = 0; ci < calls; ci++) {
         for (int64_t l = ci * lines / calls; l < (ci + 1) * lines / calls; l++)
           __builtin_prefetch(next + l * 64, 0, 2);
         int64_t i = ci * GEMM_PF_ROWS, rows = min64(GEMM_PF_ROWS, mc - i);
-        kern->gemm_nn(rows, nr, kc, as + i * kc, kc, bp, GEMM_NR, c + (i0 + i) * p->ldc, p->ldc);
+        for (int32_t r = 0; r < runs.n; r++)
+          kern->gemm_nn(rows, runs.w[r], kc, as + i * kc, kc, bp + runs.js[r], GEMM_NR,
+                        runs.c[r] + (i0 + i) * runs.ld[r], runs.ld[r]);
       }
     }
   }
@@ -232,14 +281,14 @@ static void cols(void *arg, int64_t item, int32_t worker) {
     while (j >= first + p->part[i].n)
       first += p->part[i++].n;
     const attn_gemm_part *pt = &p->part[i];
-    int64_t n = min64(end, first + pt->n) - j;
-    float *c = p->c + j;
-    kern->gemm_nt(p->m, n, p->k, 1.0f, p->a, p->lda, pt->w + (j - first) * pt->ldw, pt->ldw, c,
-                  p->ldc);
+    int64_t jl = j - first, ld, n; /* columns of part i, stored side by side */
+    float *c = out_col(p, i, jl, &ld, &n);
+    n = min64(n, end - j);
+    kern->gemm_nt(p->m, n, p->k, 1.0f, p->a, p->lda, pt->w + jl * pt->ldw, pt->ldw, c, ld);
     if (pt->bias)
       for (int64_t r = 0; r < p->m; r++)
         for (int64_t jj = 0; jj < n; jj++)
-          c[r * p->ldc + jj] += pt->bias[j - first + jj];
+          c[r * ld + jj] += pt->bias[jl + jj];
     j += n;
   }
 }
@@ -248,16 +297,17 @@ void attn__gemm_run(attn_ctx *ctx, attn_gemm_problem *p) {
   if (p->m == 0 || p->n == 0)
     return;
   if (p->path == PATH_BLAS) {
-    float *c = p->c;
     for (int32_t i = 0; i < p->n_parts; i++) {
       const attn_gemm_part *pt = &p->part[i];
-      attn__sgemm_nt((int)p->m, (int)pt->n, (int)p->k, 1.0f, p->a, (int)p->lda, pt->w,
-                     (int)pt->ldw, c, (int)p->ldc);
-      if (pt->bias)
-        for (int64_t r = 0; r < p->m; r++)
-          for (int64_t j = 0; j < pt->n; j++)
-            c[r * p->ldc + j] += pt->bias[j];
-      c += pt->n;
+      for (int64_t j = 0, n, ld; j < pt->n; j += n) { /* columns stored side by side */
+        float *c = out_col(p, i, j, &ld, &n);
+        attn__sgemm_nt((int)p->m, (int)n, (int)p->k, 1.0f, p->a, (int)p->lda, pt->w + j * pt->ldw,
+                       (int)pt->ldw, c, (int)ld);
+        if (pt->bias)
+          for (int64_t r = 0; r < p->m; r++)
+            for (int64_t jj = 0; jj < n; jj++)
+              c[r * ld + jj] += pt->bias[j + jj];
+      }
     }
     return;
   }

@@ -26,12 +26,17 @@
  * floats, zero where attn__gemm_packed_at puts nothing). When every part
  * of a problem has one (possible only if attn__gemm_packs()), the product
  * reads the packed parts alone, at any row count: w and bias may then be
- * NULL. */
+ * NULL. out: NULL, its columns go to C after those of the earlier parts
+ * without one; else column j of row i goes to out + i * ldo +
+ * (j / head) * head_stride + j % head (head >= 1): heads of `head` columns,
+ * each in rows of its own, as a KV cache's [H, capacity, D] keeps them. */
 typedef struct {
   const float *w;
   int64_t ldw, n;
   const float *bias;
   const float *packed;
+  float *out;
+  int64_t ldo, head, head_stride;
 } attn_gemm_part;
 
 typedef struct {
@@ -41,7 +46,7 @@ typedef struct {
   int64_t lda;
   attn_gemm_part part[ATTN_GEMM_MAX_PARTS];
   int32_t n_parts;
-  float *c; /* [m, sum of the parts' n], ldc apart; overlaps no input */
+  float *c; /* [m, the parts' n without out], ldc apart; overlaps no input, nor do the outs */
   int64_t ldc;
   /* attn__gemm_plan */
   int64_t n;       /* columns of C */
@@ -49,7 +54,7 @@ typedef struct {
   int32_t threads;
   bool prepacked;  /* the blocked path reads the parts' packed panels */
   int64_t pan0[ATTN_GEMM_MAX_PARTS + 1]; /* first panel of each part; pan0[n_parts]: all */
-  int64_t col0[ATTN_GEMM_MAX_PARTS];     /* first column of each part in C */
+  int64_t col0[ATTN_GEMM_MAX_PARTS];     /* first column in C of each part without out */
   size_t ws_bytes; /* workspace attn__gemm_run takes */
   /* attn__gemm_run: slices of the workspace, the panels being multiplied */
   float *bp, *ap, *bias;

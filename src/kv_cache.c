@@ -570,6 +570,26 @@ attn_status attn__kv_append_rows(attn_ctx *ctx, attn_kv_cache *c,
   return st;
 }
 
+bool attn__kv_rows(attn_kv_cache *c, float **k, int64_t *ks, float **v, int64_t *vs) {
+  if (paged(c) || c->dt != ATTN_DTYPE_F32)
+    return false;
+  *k = (float *)(void *)c->k;
+  *v = (float *)(void *)c->v;
+  memcpy(ks, c->ks, sizeof c->ks);
+  memcpy(vs, c->vs, sizeof c->vs);
+  return true;
+}
+
+attn_status attn__kv_check_rows(attn_ctx *ctx, const attn_kv_cache *c, const int64_t *n_new,
+                                int64_t L) {
+  return check_counts(ctx, c, n_new, L);
+}
+
+void attn__kv_commit_rows(attn_kv_cache *c, const int64_t *n_new, int64_t L) {
+  for (int64_t b = 0; b < c->B; b++)
+    c->lens[b] += n_new ? n_new[b] : L;
+}
+
 /* ---- truncate, reset, copy ---- */
 
 static attn_status kv_truncate_impl(attn_ctx *ctx, attn_kv_cache *cache, int64_t seq, int64_t len) {

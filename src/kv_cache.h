@@ -25,6 +25,18 @@ bool attn__kv_overlaps(const attn_kv_cache *c, const attn_tensor *t);
 attn_status attn__kv_append_rows(attn_ctx *ctx, attn_kv_cache *c, const float *kn,
                                  const int64_t *kns, const float *vn, const int64_t *vns,
                                  const int64_t *n_new, int64_t L);
+/* For a layer that writes new rows in place (its projection's output):
+ * with unpaged F32 storage, true, and key row j of sequence b, head h is at
+ * *k + b * ks[0] + h * ks[1] + j * ks[2] (values likewise); else false.
+ * Rows past a sequence's length become its own through
+ * attn__kv_commit_rows, whose counts the caller checks first. */
+bool attn__kv_rows(attn_kv_cache *c, float **k, int64_t *ks, float **v, int64_t *vs);
+/* The counts of attn__kv_append_rows checked (nothing changes). */
+attn_status attn__kv_check_rows(attn_ctx *ctx, const attn_kv_cache *c, const int64_t *n_new,
+                                int64_t L);
+/* The next n_new[b] (L when n_new is NULL) rows of every sequence, written
+ * in place (attn__kv_rows) and checked (attn__kv_check_rows), appended. */
+void attn__kv_commit_rows(attn_kv_cache *c, const int64_t *n_new, int64_t L);
 /* Shorten sequence b to len (<= its length): the rollback of a failed layer. */
 void attn__kv_truncate_to(attn_kv_cache *c, int64_t b, int64_t len);
 /* attn_kv_attend on raw strided q [B, Hq, Lq, D] and out [B, Hq, Lq, Dv]

@@ -1,7 +1,9 @@
 /* The decoder attention layer: q/k/v projections (one product over all
  * B * L tokens of a call, the three weights side by side: gemm.h), rotary
  * embedding at the cache positions, append to a KV cache, attention through
- * the cache (kv_attend.c -> sdpa.c), output projection.
+ * the cache (kv_attend.c -> sdpa.c), output projection. When one sequence
+ * appends every row to an unpaged F32 cache, the product writes k and v
+ * into the cache's rows directly (rotated there) instead of a copy.
  *
  * The layer owns a buffer that grows to the largest call and is reused, so
  * a warm layer allocates nothing (the attention's workspace is the
@@ -178,7 +180,7 @@ attn_gemm_part attn__mha_part(const attn_mha *m, int s) {
   int64_t n, k;
   proj_shape(m, s, &n, &k);
   if (m->pack[s])
-    return (attn_gemm_part){NULL, 0, n, NULL, m->pack[s]};
+    return (attn_gemm_part){.n = n, .packed = m->pack[s]};
   int32_t wi = s, bi = 4 + s;
   int64_t row0 = 0; /* in_proj weight and bias: the rows of projection s */
   if (m->torch && s < 3) {
@@ -190,7 +192,7 @@ attn_gemm_part attn__mha_part(const attn_mha *m, int s) {
   const float *w = m->w[wi] + (wi == ATTN_MHA_IN_PROJ_WEIGHT ? row0 * m->ld[wi] : 0);
   const float *bias =
       weight_present(m, bi) ? m->w[bi] + (bi == ATTN_MHA_IN_PROJ_BIAS ? row0 : 0) : NULL;
-  return (attn_gemm_part){w, m->ld[wi], n, bias, NULL};
+  return (attn_gemm_part){.w = w, .ldw = m->ld[wi], .n = n, .bias = bias};
 }
 
 /* ---- lifecycle ---- */
@@ -559,9 +561,6 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   if (L == 0)
     return ATTN_OK; /* no token: nothing to project, append or write */
 
-  /* Buffers: x gathered (when its rows are not evenly strided), q, k, v,
-   * the attention output, y before scattering, RoPE positions (int64,
-   * counted as two floats each). */
   int64_t T, hq = m->Hq * m->D, hkv = m->Hkv * m->D;
   if (__builtin_mul_overflow(B, L, &T) || T > INT32_MAX)
     return attn__fail(ctx, ATTN_ERR_OVERFLOW, "B * L exceeds what BLAS takes");
@@ -571,7 +570,21 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
                   x->strides[1] <= INT32_MAX && (B == 1 || x->strides[0] == L * x->strides[1]);
   bool y_direct = y->dtype == ATTN_DTYPE_F32 && y->strides[2] == 1 && y->strides[1] == E &&
                   (B == 1 || y->strides[0] == L * E);
-  int64_t ldp = hq + 2 * hkv; /* q, k and v side by side: one product */
+  /* One sequence whose every row is appended to unpaged F32 storage: the
+   * product writes k and v there (a copy less: the forward over a prompt
+   * of 2048 tokens ran it on one thread, 1-3 % of the layer's time). */
+  float *kc = NULL, *vc = NULL;
+  int64_t kcs[3], vcs[3];
+  bool in_place = B == 1 && (!n_new || n_new[0] == L) &&
+                  attn__kv_rows(cache, &kc, kcs, &vc, vcs) && kcs[2] <= INT32_MAX &&
+                  vcs[2] <= INT32_MAX && !attn__kv_overlaps(cache, x);
+  if (in_place && (st = attn__kv_check_rows(ctx, cache, n_new, L)))
+    return st;
+
+  /* Buffers: x gathered (when its rows are not evenly strided), q (and k,
+   * v unless in place), the attention output, y before scattering, RoPE
+   * positions (int64, counted as two floats each). */
+  int64_t ldp = in_place ? hq : hq + 2 * hkv; /* q (k and v) side by side: one product */
   size_t sizes[7] = {x_direct ? 0 : (size_t)(T * E), (size_t)(T * ldp), 0, 0, (size_t)(T * hq),
                      y_direct ? 0 : (size_t)(T * E),
                      m->has_rope ? (size_t)T * 2 : 0};
@@ -593,9 +606,17 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   }
   char *base = (char *)(((uintptr_t)m->buf + ATTN_ALIGN - 1) & ~(uintptr_t)(ATTN_ALIGN - 1));
   float *xg = (float *)(base + offs[0]), *q = (float *)(base + offs[1]);
-  float *k = q + hq, *v = k + hkv;
   float *a = (float *)(base + offs[4]), *yb = (float *)(base + offs[5]);
   int64_t *positions = (int64_t *)(void *)(base + offs[6]);
+  /* k and v as [B, H, L, D]: views of their [B, L, H, D] rows beside q, or
+   * the cache's rows after the sequence's end. */
+  float *k = q + hq, *v = k + hkv;
+  int64_t ks[3] = {L * ldp, m->D, ldp}, vs[3] = {L * ldp, m->D, ldp};
+  if (in_place) {
+    k = kc + lens[0] * kcs[2], v = vc + lens[0] * vcs[2];
+    memcpy(ks, kcs, sizeof ks);
+    memcpy(vs, vcs, sizeof vs);
+  }
 
   /* Projections of every token, padding rows included. */
   const float *xa = x->data;
@@ -611,6 +632,14 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   pqkv.n_parts = 3;
   for (int i = 0; i < 3; i++)
     pqkv.part[i] = attn__mha_part(m, i);
+  if (in_place) /* heads of D columns, each in its own rows */
+    for (int i = 1; i < 3; i++) {
+      attn_gemm_part *pt = &pqkv.part[i];
+      pt->out = i == 1 ? k : v;
+      pt->ldo = i == 1 ? ks[2] : vs[2];
+      pt->head = m->D;
+      pt->head_stride = i == 1 ? ks[1] : vs[1];
+    }
   attn__gemm_plan(ctx, &pqkv);
   float *yo = y_direct ? y->data : yb;
   attn_gemm_problem po;
@@ -618,35 +647,40 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   po.m = T, po.k = hq, po.a = a, po.lda = hq, po.c = yo, po.ldc = E, po.n_parts = 1;
   po.part[0] = attn__mha_part(m, 3);
   attn__gemm_plan(ctx, &po);
-  if ((st = attn__ws_reserve(ctx, pqkv.ws_bytes > po.ws_bytes ? pqkv.ws_bytes : po.ws_bytes)))
-    return st;
-  attn__gemm_run(ctx, &pqkv);
+  /* q and k rotated at positions len_b + i by attn_rope's plan and run, on
+   * their [B, H, L, D] views. */
+  attn_rope_problem rq = m->rope, rk = m->rope;
   if (m->has_rope) {
-    /* q and k rotated at positions len_b + i by attn_rope's plan and run,
-     * on [B, H, L, D] views of the [B, L, H, D] rows. */
     for (int64_t b = 0; b < B; b++)
       for (int64_t l = 0; l < L; l++)
         positions[b * L + l] = lens[b] + l;
-    attn_rope_problem rq = m->rope, rk = m->rope;
     rq.x = q, rq.B = B, rq.H = m->Hq, rq.L = L, rq.D = m->D, rq.positions = positions;
     rk.x = k, rk.B = B, rk.H = m->Hkv, rk.L = L, rk.D = m->D, rk.positions = positions;
-    const int64_t xq[4] = {L * ldp, m->D, ldp, 1};
+    const int64_t xq[4] = {L * ldp, m->D, ldp, 1}, xk[4] = {ks[0], ks[1], ks[2], 1};
     memcpy(rq.xs, xq, sizeof xq);
-    memcpy(rk.xs, xq, sizeof xq);
+    memcpy(rk.xs, xk, sizeof xk);
     attn__rope_plan(ctx, &rq);
     attn__rope_plan(ctx, &rk);
-    size_t mark = attn__ws_mark(ctx);
-    if ((st = attn__ws_reserve(ctx, rq.ws_bytes > rk.ws_bytes ? rq.ws_bytes : rk.ws_bytes)))
-      return st;
-    attn__rope_apply(ctx, &rq);
-    attn__ws_release(ctx, mark);
-    attn__rope_apply(ctx, &rk);
-    attn__ws_release(ctx, mark);
   }
-  /* q, k, v, a as [B, H, L, D] views of [B, L, H, D] rows. */
-  const int64_t ks[3] = {L * ldp, m->D, ldp}, qs[4] = {L * ldp, m->D, ldp, 1};
+  /* Every step's workspace, reserved before anything is written. */
+  size_t ws = pqkv.ws_bytes > po.ws_bytes ? pqkv.ws_bytes : po.ws_bytes;
+  if (m->has_rope && rq.ws_bytes > ws)
+    ws = rq.ws_bytes;
+  if (m->has_rope && rk.ws_bytes > ws)
+    ws = rk.ws_bytes;
+  if ((st = attn__ws_reserve(ctx, ws)))
+    return st;
+  attn__gemm_run(ctx, &pqkv);
+  if (m->has_rope) {
+    attn__rope_apply(ctx, &rq);
+    attn__rope_apply(ctx, &rk);
+  }
+  /* q, a as [B, H, L, D] views of [B, L, H, D] rows. */
+  const int64_t qs[4] = {L * ldp, m->D, ldp, 1};
   const int64_t as[4] = {L * hq, m->D, hq, 1};
-  if ((st = attn__kv_append_rows(ctx, cache, k, ks, v, ks, n_new, L)) != ATTN_OK)
+  if (in_place)
+    attn__kv_commit_rows(cache, n_new, L);
+  else if ((st = attn__kv_append_rows(ctx, cache, k, ks, v, vs, n_new, L)) != ATTN_OK)
     return st;
   if ((st = attn__kv_attend_rows(ctx, cache, q, qs, m->Hq, L, a, as, n_new, &m->sp))) {
     /* Only the attention's workspace can fail here: take the rows back. */

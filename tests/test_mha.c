@@ -241,6 +241,16 @@ static void prompt_then_decode(void **state) {
        {6, 15}, {22, 31}, 3, 0, 2, NULL, 0},
       {"wrapped weights, E != Hq*D", 2, 40, 6, 3, 4, 1, 1, 1, 0, 0, {11, 2}, {18, 20}, 4, 1,
        3, NULL, 0},
+      /* One sequence in a contiguous cache: k and v projected straight into
+       * it (heads of 8, 10 and 4 columns: inside the product's 32-column
+       * panels, across them, and without packs). */
+      {"one sequence gqa bias rope chunks", 1, 24, 4, 2, 8, 1, 0, 1, 0, 0, {7}, {25}, 5, 0, 2,
+       NULL, 0},
+      {"one sequence mqa interleaved rope window softcap", 1, 20, 3, 1, 10, 1, 0, 2, 1, 3.0f,
+       {6}, {22}, 1, 0, 1, NULL, 0},
+      {"one sequence wrapped weights", 1, 40, 6, 3, 4, 1, 0, 1, 0, 0, {11}, {18}, 4, 1, 3, NULL,
+       0},
+      {"one sequence paged", 1, 24, 4, 2, 8, 0, 1, 1, 0, 0, {9}, {20}, 3, 0, 2, NULL, 0},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     run_case(&cases[i], NULL);
