@@ -71,8 +71,9 @@ typedef struct {
   /* tiling */
   int64_t nb;         /* query positions per block */
   int64_t n_qblocks;  /* blocks per (batch, kv head) */
-  int64_t rows_max;   /* nb * G */
-  int64_t n_items;    /* B * Hkv * n_qblocks */
+  int64_t rows_max;   /* nb * G * heads */
+  int64_t heads;      /* kv heads per item: 1, or several in a paged decode (sdpa_plan.c) */
+  int64_t n_items;    /* B * (Hkv / heads) * n_qblocks */
   int64_t n_split;    /* key chunks per item */
   int64_t chunk_keys; /* keys per chunk */
   bool decode; /* the decode products: rows_max <= DECODE_ROWS and the kernels exist */
@@ -218,11 +219,18 @@ typedef struct attn_sdpa_work {
   attn_sdpa_state st; /* the unsplit path's state */
 } attn_sdpa_work;
 
+/* An item's rows: for each of its p->heads kv heads kvh, kvh + 1, ...,
+ * the n_pos positions of each of the G query heads of that kv head
+ * (position-major). */
 typedef struct {
-  int64_t b, kvh, i0, n_pos; /* batch, kv head, first query position, positions */
+  int64_t b, kvh, i0, n_pos; /* batch, first kv head, first query position, positions */
 } attn_sdpa_item;
 
-/* Work item `index` (of p->n_items): its batch, kv head and query block. */
+/* The rows of an item. */
+static inline int64_t attn__sdpa_item_rows(const attn_sdpa_problem *p, const attn_sdpa_item *it) {
+  return it->n_pos * p->G * p->heads;
+}
+/* Work item `index` (of p->n_items): its batch, kv heads and query block. */
 attn_sdpa_item attn__sdpa_item(const attn_sdpa_problem *p, int64_t index);
 /* The item's query rows as F32, rows x D one after another: in place when
  * q holds them so, else copied (widened) into qbuf. */

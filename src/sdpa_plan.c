@@ -76,7 +76,7 @@ static void merge_chunks(void *arg, int64_t item, int32_t worker) {
   const attn_sdpa_problem *p = arg;
   (void)worker;
   attn_sdpa_item it = attn__sdpa_item(p, item);
-  int64_t rows = it.n_pos * p->G;
+  int64_t rows = attn__sdpa_item_rows(p, &it);
   attn_sdpa_state first =
       state_at(p, p->states + (size_t)item * (size_t)p->n_split * state_floats(p));
   for (int64_t c = 1; c < p->n_split; c++) {
@@ -106,6 +106,7 @@ static void plan_tiles(attn_sdpa_problem *p) {
     p->nb = p->Lq;
   p->n_qblocks = (p->Lq + p->nb - 1) / p->nb;
   p->rows_max = p->nb * p->G;
+  p->heads = 1;
   p->n_items = p->B * p->Hkv * p->n_qblocks;
   p->decode = p->rows_max <= DECODE_ROWS && attn__kernels()->dec_qk;
   /* Otherwise K and V tiles go to the products in place when their rows
@@ -122,6 +123,28 @@ static void plan_tiles(attn_sdpa_problem *p) {
   p->gather_v = !p->decode && (p->vdt != ATTN_DTYPE_F32 ||
                                (p->Lk > 1 && (p->vs[2] < p->Dv || p->vs[2] > INT32_MAX ||
                                               (many && p->vs[2] != p->Dv))));
+}
+
+/* A paged cache stores a block's heads one after another: a decode item
+ * of one kv head reads a run of block_size rows of each block and jumps
+ * over the other heads' (16-token blocks of 8 f32 heads of 128: 8 KiB of
+ * every 64 KiB), and the hardware prefetchers, which follow a stream
+ * within a 4 KiB page, start over at every run. Items of all a block's
+ * heads read the blocks whole. Each head's sums are the same (the tile
+ * kernel takes the heads in turn on each run), so the grouping may depend
+ * on the threads: as many heads per item as leave ITEMS_PER_THREAD items
+ * (key chunks included) per thread. */
+#define ITEMS_PER_THREAD 4
+static void group_heads(attn_sdpa_problem *p) {
+  if (!p->decode || !p->blocks)
+    return;
+  int64_t tasks = p->n_items * p->n_split, heads = p->Hkv;
+  int64_t want = p->threads > 1 ? ITEMS_PER_THREAD * (int64_t)p->threads : 1;
+  while (heads > 1 && (p->Hkv % heads || tasks / heads < want))
+    heads--;
+  p->heads = heads;
+  p->n_items /= heads;
+  p->rows_max *= heads;
 }
 
 /* Tiling, split, threads and the exact workspace (p->ws_bytes). */
@@ -145,6 +168,7 @@ void attn__sdpa_plan(const attn_ctx *ctx, attn_sdpa_problem *p) {
    * behind one another: let the BLAS use its threads inside each call. */
   if (attn__blas_threads() > 1)
     p->threads = 1;
+  group_heads(p);
   p->ws_bytes = attn__ws_size(sdpa_layout, p);
 }
 

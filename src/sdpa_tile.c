@@ -50,20 +50,22 @@ attn_sdpa_item attn__sdpa_item(const attn_sdpa_problem *p, int64_t index) {
   /* Last query blocks first: under a causal mask they are the most work, and
    * the dynamic schedule then balances the short ones at the end. */
   int64_t qb = p->n_qblocks - 1 - index % p->n_qblocks;
-  int64_t bh = index / p->n_qblocks;
-  it.b = bh / p->Hkv;
-  it.kvh = bh % p->Hkv;
+  int64_t bh = index / p->n_qblocks, groups = p->Hkv / p->heads;
+  it.b = bh / groups;
+  it.kvh = bh % groups * p->heads;
   it.i0 = qb * p->nb;
   it.n_pos = p->Lq - it.i0 < p->nb ? p->Lq - it.i0 : p->nb;
   return it;
 }
 
-/* Row r of an item is query position i0 + r / G of head kvh * G + r % G. */
+/* Row r of an item is query position i0 + r' / G of head (kvh + h) * G +
+ * r' % G, where r = h * n_pos * G + r'. */
 static int64_t row_pos(const attn_sdpa_problem *p, const attn_sdpa_item *it, int64_t r) {
-  return it->i0 + r / p->G;
+  return it->i0 + r % (it->n_pos * p->G) / p->G;
 }
 static int64_t row_head(const attn_sdpa_problem *p, const attn_sdpa_item *it, int64_t r) {
-  return it->kvh * p->G + r % p->G;
+  int64_t per = it->n_pos * p->G;
+  return (it->kvh + r / per) * p->G + r % per % p->G;
 }
 
 static float *weights_row(const attn_sdpa_problem *p, const attn_sdpa_item *it, int64_t r) {
@@ -114,13 +116,15 @@ static int elem_of(int32_t dt) {
 }
 
 /* The decode products over the tile of keys [j0, j0 + n), one run of keys
- * stored together at a time (a paged cache's block): S = scale Q K^T into
- * s, or (pv) acc += P V, zero weights adding nothing when skip. K and V
- * rows are read in place, in their stored type; the kernels prefetch along
- * the runs, into the next block of a paged cache (up to key `last`). The
- * blocks are walked in order, not looked up per run as key_offsets does
- * (16-token blocks, a cache in L2, 1 thread: f32 37.5 -> 34.2 ns per key
- * and KV head). */
+ * stored together at a time (a paged cache's block), each of the item's kv
+ * heads in turn (rows query rows each): S = scale Q K^T into s, or (pv)
+ * acc += P V, zero weights adding nothing when skip. K and V rows are read
+ * in place, in their stored type; the kernels prefetch along the runs, into
+ * the next head's run and then the next block of a paged cache (up to key
+ * `last`). The blocks are walked in order, not looked up per run as
+ * key_offsets does (16-token blocks, a cache in L2, 1 thread: f32 37.5 ->
+ * 34.2 ns per key and KV head). Each head's products see the same runs in
+ * the same order whatever the item's heads. */
 static void decode_products(const attn_sdpa_problem *p, const attn_sdpa_item *it, int64_t rows,
                             const float *qbuf, float *s, float *acc, int64_t j0, int64_t n,
                             int64_t last, bool pv, bool skip) {
@@ -130,19 +134,25 @@ static void decode_products(const attn_sdpa_problem *p, const attn_sdpa_item *it
   const int64_t *st = pv ? p->vs : p->ks;
   const void *base = pv ? p->v : p->k;
   int32_t dt = pv ? p->vdt : p->kdt;
+  int64_t nh = p->heads;
   for (int64_t c = 0, len; c < n; c += len, blk++, row = 0) {
     len = table && bs - row < n - c ? bs - row : n - c;
     int64_t outer = table ? table[blk] : it->b;
-    const void *run = attn__elem(base, dt, outer * st[0] + it->kvh * st[1] + row * st[2]);
-    const void *next = NULL;
-    if (table && j0 + c + len < last)
-      next = attn__elem(base, dt, table[blk + 1] * st[0] + it->kvh * st[1]);
-    if (pv)
-      kern->dec_pv(rows, len, p->Dv, s + c, SDPA_TILE_KEYS, run, elem_of(dt), st[2], next, acc,
-                   p->Dv, skip);
-    else
-      kern->dec_qk(rows, len, p->D, p->scale, qbuf, p->D, run, elem_of(dt), st[2], next, s + c,
-                   SDPA_TILE_KEYS);
+    for (int64_t h = 0; h < nh; h++) {
+      int64_t kvh = it->kvh + h;
+      const void *run = attn__elem(base, dt, outer * st[0] + kvh * st[1] + row * st[2]);
+      const void *next = NULL;
+      if (h + 1 < nh)
+        next = attn__elem(base, dt, outer * st[0] + (kvh + 1) * st[1] + row * st[2]);
+      else if (table && j0 + c + len < last)
+        next = attn__elem(base, dt, table[blk + 1] * st[0] + it->kvh * st[1]);
+      if (pv)
+        kern->dec_pv(rows, len, p->Dv, s + h * rows * SDPA_TILE_KEYS + c, SDPA_TILE_KEYS, run,
+                     elem_of(dt), st[2], next, acc + h * rows * p->Dv, p->Dv, skip);
+      else
+        kern->dec_qk(rows, len, p->D, p->scale, qbuf + h * rows * p->D, p->D, run, elem_of(dt),
+                     st[2], next, s + h * rows * SDPA_TILE_KEYS + c, SDPA_TILE_KEYS);
+    }
   }
 }
 
@@ -189,7 +199,7 @@ static void accumulate_nonzero(const float *p, int64_t rows, int64_t n, const fl
  * and a zero value vector); weights of keys [kb, ke) hidden until seen. */
 static void start_state(const attn_sdpa_problem *p, const attn_sdpa_item *it, attn_sdpa_state st,
                         int64_t kb, int64_t ke, bool with_sink) {
-  int64_t rows = it->n_pos * p->G;
+  int64_t rows = attn__sdpa_item_rows(p, it);
   bool sink = with_sink && p->sinks;
   for (int64_t r = 0; r < rows; r++) {
     st.m[r] = sink ? p->sinks[row_head(p, it, r)] : -INFINITY;
@@ -262,7 +272,7 @@ static void prefetch_row(const void *base, int32_t dt, int64_t stride, int64_t j
 void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, const float *q,
                        const attn_sdpa_work *wk, attn_sdpa_state st, int64_t kb, int64_t ke,
                        bool with_sink) {
-  int64_t rows = it->n_pos * p->G, Dv = p->Dv;
+  int64_t rows = attn__sdpa_item_rows(p, it), head_rows = rows / p->heads, Dv = p->Dv;
   start_state(p, it, st, kb, ke, with_sink);
   /* Keys some row of the item sees: the first row's start to the last's end. */
   int64_t lo_first, hi_first, lo_last, hi_last;
@@ -279,7 +289,7 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
     n = j_end - j0 < SDPA_TILE_KEYS ? j_end - j0 : SDPA_TILE_KEYS;
     int64_t koff = 0, voff = 0;
     if (p->decode) {
-      decode_products(p, it, rows, q, wk->s, NULL, j0, n, j_end, false, false);
+      decode_products(p, it, head_rows, q, wk->s, NULL, j0, n, j_end, false, false);
     } else {
       key_offsets(p, it, j0, &n, &koff, &voff);
       int ldk;
@@ -313,7 +323,7 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
       int64_t a = 0, e = n;
       if (!inside) {
         int64_t lo, hi;
-        attn__sdpa_visible_keys(p, it->b, it->i0 + r / p->G, &lo, &hi);
+        attn__sdpa_visible_keys(p, it->b, row_pos(p, it, r), &lo, &hi);
         a = lo > j0 ? lo - j0 : 0;
         e = hi < j0 + n ? hi - j0 : n;
         if (e < a)
@@ -326,7 +336,8 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
      * (the decode products skip them in every such tile: with finite V the
      * sums are the same). */
     if (p->decode) {
-      decode_products(p, it, rows, NULL, wk->s, st.acc, j0, n, j_end, true, !(inside && plain));
+      decode_products(p, it, head_rows, NULL, wk->s, st.acc, j0, n, j_end, true,
+                      !(inside && plain));
       continue;
     }
     int ldv;
@@ -342,7 +353,7 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
 
 /* Write out = acc / l, the log-sum-exp and the normalised weights. */
 void attn__sdpa_finish(const attn_sdpa_problem *p, const attn_sdpa_item *it, attn_sdpa_state st) {
-  int64_t rows = it->n_pos * p->G;
+  int64_t rows = attn__sdpa_item_rows(p, it);
   const attn_kernels *k = attn__kernels();
   for (int64_t r = 0; r < rows; r++) {
     int64_t i = row_pos(p, it, r), h = row_head(p, it, r);
@@ -373,11 +384,12 @@ void attn__sdpa_finish(const attn_sdpa_problem *p, const attn_sdpa_item *it, att
 
 const float *attn__sdpa_queries(const attn_sdpa_problem *p, const attn_sdpa_item *it,
                                float *qbuf) {
-  int64_t rows = it->n_pos * p->G;
+  int64_t rows = attn__sdpa_item_rows(p, it);
   /* F32 rows that already follow one another (a head's positions D apart,
    * or a group's heads interleaved per position) go to the products in
    * place: row r is then r * D past the first. */
-  if (p->qdt == ATTN_DTYPE_F32 && p->qs[2] == p->G * p->D && (p->G == 1 || p->qs[1] == p->D))
+  if (p->qdt == ATTN_DTYPE_F32 && p->heads == 1 && p->qs[2] == p->G * p->D &&
+      (p->G == 1 || p->qs[1] == p->D))
     return (const float *)p->q + it->b * p->qs[0] + row_head(p, it, 0) * p->qs[1] +
            row_pos(p, it, 0) * p->qs[2];
   const attn_kernels *k = attn__kernels();

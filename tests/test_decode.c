@@ -11,7 +11,8 @@
  *   multiple of a block, a tile (256) or a split chunk (1024), sequences of
  *   different lengths, split items (>= 2048 keys), 1 to 8 rows per KV head,
  *   runs of 1..17 keys with 5..7 rows (every remainder of the products' key
- *   groups), and causal, window, ALiBi, softcap, sinks, an additive mask and lse;
+ *   groups), items of one and of several kv heads (a paged cache's), and
+ *   causal, window, ALiBi, softcap, sinks, an additive mask and lse;
  *   bound as test_kv_half's: |got - want| <= 1e-5 * mag + 1e-6 (mag: sum_j
  *   w_j |v_j|), lse within 1e-5 relative + 1e-5;
  * - the same output bits for num_threads 1, 2, 3 and 4 (the key split and
@@ -211,6 +212,10 @@ static void features(void **state) {
       {"paged 5 f32 D 256 window", F32, 5, 1, 6, 2, 1, 256, 256, {777}, .causal = 1,
        .window = 1},
       {"paged 16 f16 D 1", F16, 16, 2, 2, 1, 4, 1, 1, {17, 300}, .causal = 1},
+      /* Items of several kv heads (one thread: all four; four threads: one):
+       * rows of each head's positions, per-head ALiBi slopes and sinks. */
+      {"paged 16 bf16 4 kv heads two rows", BF16, 16, 2, 8, 4, 2, 65, 65, {40, 700},
+       .causal = 1, .alibi = 1, .sinks = 1, .lse = 1},
       {"paged 16 f32 nine rows (generic products)", F32, 16, 1, 9, 1, 1, 64, 64, {500},
        .causal = 1},
   };
