@@ -83,6 +83,7 @@ typedef struct {
   /* workspace */
   attn_sdpa_work *works; /* one per thread */
   float *states;         /* n_items * n_split partial results when n_split > 1 */
+  int64_t *order;        /* items of several kv heads: the batches, most keys first (sdpa_plan.c) */
 } attn_sdpa_problem;
 
 /* attn_sdpa without the prologue: check the handles and params, plan,

@@ -27,6 +27,24 @@ static attn_sdpa_state state_at(const attn_sdpa_problem *p, float *base) {
   return st;
 }
 
+/* Orders of work, more work first, then by index: each entry one key
+ * (the work's complement, then the index in the low ORDER_INDEX_BITS bits),
+ * sorted ascending. */
+#define ORDER_INDEX_BITS 31
+static int cmp_key(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* Items of several kv heads (group_heads) are few and as long as their
+ * batch's keys, which may differ 32-fold (a paged decode step over
+ * sequences of 1k..32k tokens): they run longest first, so the dynamic
+ * schedule ends on short ones (8 such items on 2 threads in batch order:
+ * the last thread done after 1.07x the even share of keys). */
+static bool ordered(const attn_sdpa_problem *p) {
+  return p->heads > 1 && p->threads > 1 && p->B > 1 && p->B <= INT32_MAX && p->Lk <= INT32_MAX;
+}
+
 /* The workspace: per-thread buffers, then the split path's states. Sizes
  * it when l->base is NULL, carves it otherwise. */
 static void sdpa_layout(void *problem, attn_ws_layout *l) {
@@ -50,6 +68,16 @@ static void sdpa_layout(void *problem, attn_ws_layout *l) {
   }
   size_t tasks = (size_t)(p->n_items * p->n_split);
   p->states = p->n_split > 1 ? attn__ws_take(l, tasks, state_floats(p) * sizeof(float)) : NULL;
+  p->order = ordered(p) ? attn__ws_take(l, (size_t)p->B, sizeof(int64_t)) : NULL;
+}
+
+/* The batches, most keys first, into p->order (then the indices alone). */
+static void fill_batch_order(const attn_sdpa_problem *p) {
+  for (int64_t b = 0; b < p->B; b++)
+    p->order[b] = (p->Lk - (p->kv_lens ? p->kv_lens[b] : p->Lk)) << ORDER_INDEX_BITS | b;
+  qsort(p->order, (size_t)p->B, sizeof *p->order, cmp_key);
+  for (int64_t b = 0; b < p->B; b++)
+    p->order[b] &= ((int64_t)1 << ORDER_INDEX_BITS) - 1;
 }
 
 static void run_item(void *arg, int64_t index, int32_t worker) {
@@ -175,6 +203,8 @@ void attn__sdpa_plan(const attn_ctx *ctx, attn_sdpa_problem *p) {
 /* Run a planned problem inside the workspace reserved for it. */
 void attn__sdpa_run(attn_ctx *ctx, attn_sdpa_problem *p) {
   size_t mark = attn__ws_carve(ctx, sdpa_layout, p, p->ws_bytes);
+  if (p->order)
+    fill_batch_order(p);
   if (p->n_split == 1) {
     attn__parallel_for(ctx, p->threads, p->n_items, run_item, p);
   } else {
@@ -262,6 +292,7 @@ static void stage_problem(const attn_sdpa_packed *pk, const attn_sdpa_problem *s
   p->chunk_keys = Lk;
   p->works = pk->tile.works;
   p->states = NULL;
+  p->order = NULL;
 }
 
 /* Rows of heads [h0, h0 + nh) of `rows` tokens (token stride ts, head
@@ -303,14 +334,7 @@ static void stage_rows(const void *x, int32_t dt, int64_t ts, int64_t hs, int64_
     k->stream_fence(); /* before the rows are handed back */
 }
 
-/* Staged sequences, more work first, then by index: each as one key of the
- * order (work < 2^22 by STAGE_TOKENS, index < 2^31), sorted ascending. */
-#define ORDER_INDEX_BITS 31
-static int cmp_key(const void *a, const void *b) {
-  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-  return (x > y) - (x < y);
-}
-
+/* The staged sequences, most work first (work < 2^22 by STAGE_TOKENS). */
 static void fill_order(const attn_sdpa_packed *pk) {
   int64_t n = 0, most = (int64_t)STAGE_TOKENS * STAGE_TOKENS;
   for (int32_t s = 0; s < pk->batch; s++) {

@@ -51,7 +51,7 @@ attn_sdpa_item attn__sdpa_item(const attn_sdpa_problem *p, int64_t index) {
    * the dynamic schedule then balances the short ones at the end. */
   int64_t qb = p->n_qblocks - 1 - index % p->n_qblocks;
   int64_t bh = index / p->n_qblocks, groups = p->Hkv / p->heads;
-  it.b = bh / groups;
+  it.b = p->order ? p->order[bh / groups] : bh / groups;
   it.kvh = bh % groups * p->heads;
   it.i0 = qb * p->nb;
   it.n_pos = p->Lq - it.i0 < p->nb ? p->Lq - it.i0 : p->nb;

@@ -11,7 +11,8 @@
  *   multiple of a block, a tile (256) or a split chunk (1024), sequences of
  *   different lengths, split items (>= 2048 keys), 1 to 8 rows per KV head,
  *   runs of 1..17 keys with 5..7 rows (every remainder of the products' key
- *   groups), items of one and of several kv heads (a paged cache's), and
+ *   groups), items of one and of several kv heads (a paged cache's, run
+ *   longest first), and
  *   causal, window, ALiBi, softcap, sinks, an additive mask and lse;
  *   bound as test_kv_half's: |got - want| <= 1e-5 * mag + 1e-6 (mag: sum_j
  *   w_j |v_j|), lse within 1e-5 relative + 1e-5;
@@ -216,6 +217,9 @@ static void features(void **state) {
        * rows of each head's positions, per-head ALiBi slopes and sinks. */
       {"paged 16 bf16 4 kv heads two rows", BF16, 16, 2, 8, 4, 2, 65, 65, {40, 700},
        .causal = 1, .alibi = 1, .sinks = 1, .lse = 1},
+      /* Two heads per item on 2 and 3 threads, the batches longest first. */
+      {"paged 16 f16 8 kv heads", F16, 16, 3, 16, 8, 1, 64, 64, {300, 20, 700}, .causal = 1,
+       .lse = 1},
       {"paged 16 f32 nine rows (generic products)", F32, 16, 1, 9, 1, 1, 64, 64, {500},
        .causal = 1},
   };
