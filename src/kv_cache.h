@@ -1,6 +1,6 @@
-/* The KV cache's internal interface: storage (kv_cache.c) and attention
- * (kv_attend.c), for layers that own their buffers (mha.c), for the
- * context's teardown, and between the two files. */
+/* The KV cache's internal interface: storage (kv_cache.c, kv_edit.c) and
+ * attention (kv_attend.c), for layers that own their buffers (mha_decoder.c), for the
+ * context's teardown, and between those files. */
 #ifndef ATTN_KV_CACHE_H
 #define ATTN_KV_CACHE_H
 

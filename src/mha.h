@@ -1,5 +1,6 @@
-/* The attention layer's internal interface, shared by mha.c (the decoder
- * form, weights, lifecycle) and mha_torch.c (the PyTorch form). */
+/* The attention layer's internal interface, shared by mha.c (handles and
+ * weights), mha_decoder.c (the decoder form) and mha_torch.c (the PyTorch
+ * form). */
 #ifndef ATTN_MHA_H
 #define ATTN_MHA_H
 
