@@ -49,7 +49,7 @@ typedef struct {
   float *c; /* [m, the parts' n without out], ldc apart; overlaps no input, nor do the outs */
   int64_t ldc;
   /* attn__gemm_plan */
-  int64_t n;       /* columns of C */
+  int64_t n;       /* columns of all parts (C's and the outs') */
   int32_t path;    /* how the product runs (gemm.c) */
   int32_t threads;
   bool prepacked;  /* the blocked path reads the parts' packed panels */

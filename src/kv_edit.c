@@ -198,18 +198,8 @@ static attn_status kv_append_impl(attn_ctx *ctx, attn_kv_cache *cache, const att
     return attn__fail(ctx, ATTN_ERR_SHAPE,
                       "v_new.shape[2] = %lld but k_new.shape[2] = %lld", (long long)v_new->dims[2], (long long)L);
   attn_rope_problem rope;
-  memset(&rope, 0, sizeof rope);
-  if (prm.rope) {
-    attn_rope_params rp;
-    attn_rope_params_init(&rp);
-    if ((st = attn__read_params(ctx, &rp, sizeof rp, prm.rope)) ||
-        (st = attn__rope_config(ctx, "params.rope", &rp, c->D, &rope)))
-      return st;
-    if (rp.offset || rp.positions)
-      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "params.rope.offset and positions must be 0 and NULL (the "
-                        "cache places each new key at its sequence's length)");
-  }
+  if ((st = attn__rope_config_cached(ctx, prm.rope, c->D, &rope)))
+    return st;
   if ((st = check_counts(ctx, c, n_new, L)) != ATTN_OK)
     return st;
   const void *kn = k_new->data;

@@ -110,18 +110,8 @@ static attn_status mha_create_decoder_impl(attn_ctx *ctx, const attn_mha_decoder
     return attn__fail(ctx, ATTN_ERR_OVERFLOW,
                       "num_heads * head_dim or embed_dim exceeds what BLAS takes");
   attn_rope_problem rope;
-  memset(&rope, 0, sizeof rope);
-  if (p.rope) {
-    attn_rope_params rp;
-    attn_rope_params_init(&rp);
-    if ((st = attn__read_params(ctx, &rp, sizeof rp, p.rope)) ||
-        (st = attn__rope_config(ctx, "params.rope", &rp, p.head_dim, &rope)))
-      return st;
-    if (rp.offset || rp.positions)
-      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "params.rope.offset and positions must be 0 and NULL (positions "
-                        "come from the cache)");
-  }
+  if ((st = attn__rope_config_cached(ctx, p.rope, p.head_dim, &rope)))
+    return st;
   double *freqs = NULL;
   if (p.rope_scaling && (st = scaled_freqs(ctx, &p, &rope, &freqs)))
     return st;

@@ -182,6 +182,24 @@ void attn_rope_params_init(attn_rope_params *p) {
   p->struct_size = sizeof *p;
 }
 
+attn_status attn__rope_config_cached(attn_ctx *ctx, const attn_rope_params *user, int64_t D,
+                                     attn_rope_problem *p) {
+  memset(p, 0, sizeof *p);
+  if (!user)
+    return ATTN_OK;
+  attn_rope_params rp;
+  attn_rope_params_init(&rp);
+  attn_status st;
+  if ((st = attn__read_params(ctx, &rp, sizeof rp, user)) ||
+      (st = attn__rope_config(ctx, "params.rope", &rp, D, p)))
+    return st;
+  if (rp.offset || rp.positions)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                      "params.rope.offset and positions must be 0 and NULL (the cache "
+                      "places each new key at its sequence's length)");
+  return ATTN_OK;
+}
+
 attn_status attn__rope_config(attn_ctx *ctx, const char *where, const attn_rope_params *prm,
                               int64_t D, attn_rope_problem *p) {
   if (prm->style != ATTN_ROPE_HALF_SPLIT && prm->style != ATTN_ROPE_INTERLEAVED)

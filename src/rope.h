@@ -41,6 +41,12 @@ typedef struct {
  * head dim D, and set p->half, p->interleaved and p->theta. */
 attn_status attn__rope_config(attn_ctx *ctx, const char *where, const attn_rope_params *prm,
                               int64_t D, attn_rope_problem *p);
+/* The rotation of keys placed by a KV cache (attn_kv_append, the decoder
+ * layer): a zeroed p, then, when user (params.rope) is not NULL, read and
+ * checked as attn__rope_config does for head dim D; offset and positions
+ * must be unset, since the cache gives each new row its position. */
+attn_status attn__rope_config_cached(attn_ctx *ctx, const attn_rope_params *user, int64_t D,
+                                     attn_rope_problem *p);
 /* The frequencies w[0..half) and the attention factor of a long-context
  * scaling, exactly as attn_rope_cache_fill computes them for tables of P
  * rows (rope_cache.c). Checks the params, named `where` in messages. */

@@ -686,6 +686,7 @@ static void bad_input_changes_nothing(void **state) {
     rp.rotary_dim = 0;
     rp.offset = 5;
     assert_status(attn_kv_append(ctx, kv, tk, tv, one, &ap), ATTN_ERR_INVALID_ARG);
+    assert_error_mentions(ctx, "params.rope.offset and positions");
     assert_unchanged(ctx, kv, &s, "bad rope");
     /* Truncate, reset, copy, read out of range. */
     assert_status(attn_kv_truncate(ctx, kv, 0, 14), ATTN_ERR_INVALID_ARG);

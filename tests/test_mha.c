@@ -340,6 +340,11 @@ static void rope_scaling_bad(void **state) {
   rp.rotary_dim = 2; /* NTK's exponent r/(r-2) */
   assert_status(attn_mha_create_decoder(ctx, &p, &m), ATTN_ERR_SHAPE);
   rp.rotary_dim = 4;
+  rp.offset = 3; /* positions come from the cache */
+  assert_status(attn_mha_create_decoder(ctx, &p, &m), ATTN_ERR_INVALID_ARG);
+  assert_error_mentions(ctx, "params.rope.offset and positions");
+  assert_null(m);
+  rp.offset = 0;
   assert_ok(attn_mha_create_decoder(ctx, &p, &m));
   assert_ok(attn_mha_free(ctx, m));
   attn_ctx_destroy(ctx);
