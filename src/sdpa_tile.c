@@ -324,7 +324,9 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
       if (!inside) {
         int64_t lo, hi;
         attn__sdpa_visible_keys(p, it->b, row_pos(p, it, r), &lo, &hi);
-        a = lo > j0 ? lo - j0 : 0;
+        /* [lo, hi) clipped to the tile: a padding row of a KV-cache step
+         * (lo = hi = its sequence's length) may start far past it. */
+        a = lo > j0 ? (lo - j0 < n ? lo - j0 : n) : 0;
         e = hi < j0 + n ? hi - j0 : n;
         if (e < a)
           e = a;

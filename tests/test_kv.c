@@ -336,6 +336,69 @@ static void long_cache_split(void **state) {
   }
 }
 
+/* ---- rows past n_new[b] with a long sequence ---- */
+
+/* A step where some sequences bring fewer than Lq rows, over a sequence
+ * longer than one key tile: a padding row's visible range starts at its
+ * sequence's end, hundreds of keys past the first tile. (The tile kernel
+ * once zeroed that many logits from the row's start: past the S buffer
+ * into the workspace's running sums, a wrong result and a heap overflow.)
+ * Both the decode products (G * Lq <= 8 rows) and the generic ones. */
+static void padding_rows_long_cache(void **state) {
+  (void)state;
+  enum { B = 2, L = 600, Lq = 3, D = 8 };
+  static const int64_t lens[B] = {600, 300}, n_new[B] = {1, 2};
+  static const int64_t heads[2][2] = {{4, 2}, {8, 1}}; /* Hq, Hkv */
+  for (int pg = 0; pg < 2; pg++)
+    for (int hc = 0; hc < 2; hc++)
+      for (int32_t threads = 1; threads <= 2; threads++) {
+        int64_t Hq = heads[hc][0], Hkv = heads[hc][1];
+        kv_case c = {"padding rows", B, Hq, Hkv, D, D, pg, 16, {0}, 0, 0, 1, 0, 0, 0, 0, 1};
+        attn_ctx *ctx = tu_ctx(threads);
+        attn_kv_cache *kv = make_cache(ctx, &c, pg ? 0 : L, pg ? 2 * L / 16 : 0);
+        size_t nkv = (size_t)(B * Hkv * L * D), nq = (size_t)(B * Hq * Lq * D);
+        float *k = malloc(nkv * sizeof *k), *v = malloc(nkv * sizeof *v);
+        float *q = malloc(nq * sizeof *q), *out = malloc(nq * sizeof *out);
+        tu_rng r = {99 + (uint64_t)(pg * 4 + hc * 2 + threads)};
+        tu_fill(&r, k, nkv, -2, 2);
+        tu_fill(&r, v, nkv, -2, 2);
+        tu_fill(&r, q, nq, -2, 2);
+        for (size_t i = 0; i < nq; i++)
+          out[i] = NAN;
+        int64_t kd[4] = {B, Hkv, L, D}, qd[4] = {B, Hq, Lq, D};
+        assert_ok(attn_kv_append(ctx, kv, tu_wrap(ctx, k, nkv, 4, kd, NULL),
+                                 tu_wrap(ctx, v, nkv, 4, kd, NULL), lens, NULL));
+        attn_sdpa_params sp;
+        attn_sdpa_params_init(&sp);
+        sp.causal = 1;
+        assert_ok(attn_kv_attend(ctx, kv, tu_wrap(ctx, q, nq, 4, qd, NULL),
+                                 tu_wrap(ctx, out, nq, 4, qd, NULL), n_new, &sp));
+        for (int64_t b = 0; b < B; b++) {
+          /* Rows 0..n_new[b]-1 are the last tokens of the sequence. */
+          ref_sdpa_args a;
+          memset(&a, 0, sizeof a);
+          a.B = 1, a.Hq = Hq, a.Hkv = Hkv, a.Lq = n_new[b], a.Lk = lens[b], a.D = D, a.Dv = D;
+          a.q = q + b * Hq * Lq * D, a.k = k + b * Hkv * L * D, a.v = v + b * Hkv * L * D;
+          int64_t qs[4] = {0, Lq * D, D, 1}, ks[4] = {0, L * D, D, 1};
+          memcpy(a.qs, qs, sizeof qs), memcpy(a.ks, ks, sizeof ks), memcpy(a.vs, ks, sizeof ks);
+          a.causal = 1, a.bottom_right = 1;
+          double ref[8 * Lq * D];
+          ref_sdpa(&a, ref, NULL, NULL, NULL);
+          for (int64_t h = 0; h < Hq; h++)
+            for (int64_t i = 0; i < Lq; i++)
+              for (int64_t d = 0; d < D; d++) {
+                float got = out[((b * Hq + h) * Lq + i) * D + d];
+                if (i < n_new[b])
+                  assert_close(got, ref[(h * n_new[b] + i) * D + d], 1e-5, 1e-6);
+                else
+                  assert_true(got == 0.0f);
+              }
+        }
+        free(k), free(v), free(q), free(out);
+        attn_ctx_destroy(ctx);
+      }
+}
+
 /* ---- paged and contiguous agree ---- */
 
 /* Append the same random steps to a contiguous and a paged cache and attend:
@@ -788,6 +851,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(decode_equals_full_forward),
       cmocka_unit_test(long_cache_split),
+      cmocka_unit_test(padding_rows_long_cache),
       cmocka_unit_test(paged_equals_contiguous),
       cmocka_unit_test(truncate_then_append),
       cmocka_unit_test(copy_diverges),
