@@ -32,7 +32,7 @@ attn_status attn__kv_append_rows(attn_ctx *ctx, attn_kv_cache *c, const float *k
  * attn__kv_commit_rows, whose counts the caller checks first. */
 bool attn__kv_rows(attn_kv_cache *c, float **k, int64_t *ks, float **v, int64_t *vs);
 /* The counts of attn__kv_append_rows checked (nothing changes). */
-attn_status attn__kv_check_rows(attn_ctx *ctx, const attn_kv_cache *c, const int64_t *n_new,
+attn_status attn__kv_check_rows(attn_ctx *ctx, attn_kv_cache *c, const int64_t *n_new,
                                 int64_t L);
 /* The next n_new[b] (L when n_new is NULL) rows of every sequence, written
  * in place (attn__kv_rows) and checked (attn__kv_check_rows), appended. */

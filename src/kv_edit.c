@@ -53,19 +53,34 @@ static void drop_block(attn_kv_cache *c, int32_t blk) {
     c->free_stack[c->n_free++] = blk;
 }
 
-/* Blocks sequence b needs from the pool to grow from len to len + n: new
- * blocks, plus a copy of the partly filled last block if it is shared. */
-static int64_t blocks_needed(const attn_kv_cache *c, int64_t b, int64_t n) {
-  int64_t len = c->lens[b];
-  if (n == 0)
-    return 0;
-  int64_t need = ceil_div(len + n, c->bs) - ceil_div(len, c->bs);
-  if (len % c->bs && c->refs[c->table[b * c->max_blocks + len / c->bs]] > 1)
-    need++;
+/* Blocks a step takes from the pool: each sequence's new blocks, plus a
+ * copy of its partly filled last block while another sequence holds that
+ * block too. grow() runs the sequences in order, so when every holder of a
+ * shared block appends, the last one finds it unshared and writes in place;
+ * the count follows grow() by dropping a copied block's count for the
+ * duration (the copying sequence's table entry marked ~blk), then restoring
+ * both: the cache is unchanged on return. */
+static int64_t pool_need(attn_kv_cache *c, const int64_t *n_new, int64_t L) {
+  int64_t need = 0;
+  for (int pass = 0; pass < 2; pass++)
+    for (int64_t b = 0; b < c->B; b++) {
+      int64_t n = n_new ? n_new[b] : L, len = c->lens[b];
+      if (n == 0)
+        continue;
+      int32_t *last = &c->table[b * c->max_blocks + len / c->bs];
+      if (pass == 1) {
+        if (len % c->bs && *last < 0)
+          *last = ~*last, c->refs[*last]++;
+        continue;
+      }
+      need += ceil_div(len + n, c->bs) - ceil_div(len, c->bs);
+      if (len % c->bs && c->refs[*last] > 1)
+        need++, c->refs[*last]--, *last = ~*last;
+    }
   return need;
 }
 
-/* Make room for n more rows of sequence b (blocks_needed() were checked). */
+/* Make room for n more rows of sequence b (pool_need() was checked). */
 static void grow(attn_kv_cache *c, int64_t b, int64_t n) {
   int64_t len = c->lens[b];
   int32_t *t = c->table + b * c->max_blocks;
@@ -134,9 +149,8 @@ static attn_status check_kv_operand(attn_ctx *ctx, const char *name,
 
 /* Every sequence can take its n_new[b] (or L) more rows: within 0..L, its
  * capacity, and (paged) the whole step within the free blocks. */
-static attn_status check_counts(attn_ctx *ctx, const attn_kv_cache *c,
+static attn_status check_counts(attn_ctx *ctx, attn_kv_cache *c,
                                 const int64_t *n_new, int64_t L) {
-  int64_t pool_need = 0;
   for (int64_t b = 0; b < c->B; b++) {
     int64_t n = n_new ? n_new[b] : L;
     if (n < 0 || n > L)
@@ -148,13 +162,12 @@ static attn_status check_counts(attn_ctx *ctx, const attn_kv_cache *c,
                         "sequence %lld holds %lld tokens; %lld more exceed its capacity "
                         "%lld", (long long)b, (long long)c->lens[b], (long long)n,
                         (long long)c->cap);
-    if (paged(c))
-      pool_need += blocks_needed(c, b, n);
   }
-  if (pool_need > c->n_free)
+  int64_t need = paged(c) ? pool_need(c, n_new, L) : 0;
+  if (need > c->n_free)
     return attn__fail(ctx, ATTN_ERR_NO_MEMORY,
                       "the step needs %lld blocks but the pool has %lld free (of %lld); "
-                      "nothing was appended", (long long)pool_need, (long long)c->n_free, (long long)c->n_blocks);
+                      "nothing was appended", (long long)need, (long long)c->n_free, (long long)c->n_blocks);
   return ATTN_OK;
 }
 
@@ -261,7 +274,7 @@ bool attn__kv_rows(attn_kv_cache *c, float **k, int64_t *ks, float **v, int64_t 
   return true;
 }
 
-attn_status attn__kv_check_rows(attn_ctx *ctx, const attn_kv_cache *c, const int64_t *n_new,
+attn_status attn__kv_check_rows(attn_ctx *ctx, attn_kv_cache *c, const int64_t *n_new,
                                 int64_t L) {
   return check_counts(ctx, c, n_new, L);
 }

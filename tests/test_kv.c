@@ -580,6 +580,52 @@ static void copy_diverges(void **state) {
   }
 }
 
+/* A step in which every holder of a shared, partly filled block appends:
+ * all but the last copy it (the last finds it unshared), so the step needs
+ * one block fewer than the holders. A pool with exactly that many free
+ * blocks takes it; one block fewer is refused, changing nothing. */
+static void shared_block_every_holder_appends(void **state) {
+  (void)state;
+  attn_ctx *ctx = tu_ctx(1);
+  enum { B = 3, H = 2, D = 6, Dv = 4 };
+  attn_kv_cache *tight = small_cache(ctx, 1, 8, 2), *kv = small_cache(ctx, 1, 8, 3),
+                *model = small_cache(ctx, 0, 0, 0);
+  attn_kv_cache *all[3] = {tight, kv, model};
+  for (int c = 0; c < 3; c++) {
+    append_one(ctx, all[c], B, 0, 5, 31, NULL);
+    assert_ok(attn_kv_copy(ctx, all[c], 1, 0));
+    assert_ok(attn_kv_copy(ctx, all[c], 2, 0));
+  }
+  assert_int_equal(free_blocks(ctx, tight), 1);
+  assert_int_equal(free_blocks(ctx, kv), 2);
+  static float k[B * H * D], v[B * H * Dv];
+  tu_rng r = {32};
+  tu_fill(&r, k, sizeof k / 4, -1, 1);
+  tu_fill(&r, v, sizeof v / 4, -1, 1);
+  int64_t kd[4] = {B, H, 1, D}, vd[4] = {B, H, 1, Dv};
+  attn_tensor *tk = tu_wrap(ctx, k, sizeof k / 4, 4, kd, NULL);
+  attn_tensor *tv = tu_wrap(ctx, v, sizeof v / 4, 4, vd, NULL);
+  /* Two copies needed, one block free. */
+  assert_int_equal(attn_kv_append(ctx, tight, tk, tv, NULL, NULL), ATTN_ERR_NO_MEMORY);
+  assert_int_equal(free_blocks(ctx, tight), 1);
+  for (int64_t b = 0; b < B; b++)
+    assert_same_sequence(ctx, tight, b, model, b, H, D, Dv);
+  /* Two free: the first two holders copy, the third writes in place. */
+  assert_ok(attn_kv_append(ctx, kv, tk, tv, NULL, NULL));
+  assert_ok(attn_kv_append(ctx, model, tk, tv, NULL, NULL));
+  assert_int_equal(free_blocks(ctx, kv), 0);
+  for (int64_t b = 0; b < B; b++)
+    assert_same_sequence(ctx, kv, b, model, b, H, D, Dv);
+  /* With two holders left, a step of both takes the tight pool's block. */
+  assert_ok(attn_kv_reset(ctx, tight, 2));
+  int64_t both[B] = {1, 1, 0};
+  assert_ok(attn_kv_append(ctx, tight, tk, tv, both, NULL));
+  assert_int_equal(free_blocks(ctx, tight), 0);
+  for (int64_t b = 0; b < 2; b++)
+    assert_same_sequence(ctx, tight, b, model, b, H, D, Dv);
+  attn_ctx_destroy(ctx);
+}
+
 /* RoPE on append equals attn_rope on the keys at their absolute positions. */
 static void rope_on_append(void **state) {
   (void)state;
@@ -855,6 +901,7 @@ int main(void) {
       cmocka_unit_test(paged_equals_contiguous),
       cmocka_unit_test(truncate_then_append),
       cmocka_unit_test(copy_diverges),
+      cmocka_unit_test(shared_block_every_holder_appends),
       cmocka_unit_test(rope_on_append),
       cmocka_unit_test(wrap_caller_memory),
       cmocka_unit_test(bad_input_changes_nothing),
