@@ -202,8 +202,10 @@ static void start_state(const attn_sdpa_problem *p, const attn_sdpa_item *it, at
   int64_t rows = attn__sdpa_item_rows(p, it);
   bool sink = with_sink && p->sinks;
   for (int64_t r = 0; r < rows; r++) {
-    st.m[r] = sink ? p->sinks[row_head(p, it, r)] : -INFINITY;
-    st.l[r] = sink ? 1.0f : 0.0f;
+    /* A padding row of a KV-cache step is no query: no sink, lse -inf. */
+    bool s = sink && !(p->q_lens && row_pos(p, it, r) >= p->q_lens[it->b]);
+    st.m[r] = s ? p->sinks[row_head(p, it, r)] : -INFINITY;
+    st.l[r] = s ? 1.0f : 0.0f;
   }
   memset(st.acc, 0, (size_t)rows * (size_t)p->Dv * sizeof(float));
   if (p->w)

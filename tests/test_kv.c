@@ -343,11 +343,14 @@ static void long_cache_split(void **state) {
  * sequence's end, hundreds of keys past the first tile. (The tile kernel
  * once zeroed that many logits from the row's start: past the S buffer
  * into the workspace's running sums, a wrong result and a heap overflow.)
- * Both the decode products (G * Lq <= 8 rows) and the generic ones. */
+ * Both the decode products (G * Lq <= 8 rows) and the generic ones, a
+ * sequence long enough for the split over keys, and sinks: a padding row
+ * gets lse -inf (it once got the sink). */
 static void padding_rows_long_cache(void **state) {
   (void)state;
-  enum { B = 2, L = 600, Lq = 3, D = 8 };
-  static const int64_t lens[B] = {600, 300}, n_new[B] = {1, 2};
+  enum { B = 2, L = 2600, Lq = 3, D = 8 };
+  static const int64_t lens[B] = {2600, 300}, n_new[B] = {1, 2};
+  static const float sinks[8] = {0.5f, -1, 2, 0, 1, -0.5f, 3, -2};
   static const int64_t heads[2][2] = {{4, 2}, {8, 1}}; /* Hq, Hkv */
   for (int pg = 0; pg < 2; pg++)
     for (int hc = 0; hc < 2; hc++)
@@ -359,6 +362,7 @@ static void padding_rows_long_cache(void **state) {
         size_t nkv = (size_t)(B * Hkv * L * D), nq = (size_t)(B * Hq * Lq * D);
         float *k = malloc(nkv * sizeof *k), *v = malloc(nkv * sizeof *v);
         float *q = malloc(nq * sizeof *q), *out = malloc(nq * sizeof *out);
+        float lse[B * 8 * Lq];
         tu_rng r = {99 + (uint64_t)(pg * 4 + hc * 2 + threads)};
         tu_fill(&r, k, nkv, -2, 2);
         tu_fill(&r, v, nkv, -2, 2);
@@ -371,6 +375,9 @@ static void padding_rows_long_cache(void **state) {
         attn_sdpa_params sp;
         attn_sdpa_params_init(&sp);
         sp.causal = 1;
+        sp.sinks = sinks;
+        int64_t ld[3] = {B, Hq, Lq};
+        sp.lse = tu_wrap(ctx, lse, (size_t)(B * Hq * Lq), 3, ld, NULL);
         assert_ok(attn_kv_attend(ctx, kv, tu_wrap(ctx, q, nq, 4, qd, NULL),
                                  tu_wrap(ctx, out, nq, 4, qd, NULL), n_new, &sp));
         for (int64_t b = 0; b < B; b++) {
@@ -381,11 +388,16 @@ static void padding_rows_long_cache(void **state) {
           a.q = q + b * Hq * Lq * D, a.k = k + b * Hkv * L * D, a.v = v + b * Hkv * L * D;
           int64_t qs[4] = {0, Lq * D, D, 1}, ks[4] = {0, L * D, D, 1};
           memcpy(a.qs, qs, sizeof qs), memcpy(a.ks, ks, sizeof ks), memcpy(a.vs, ks, sizeof ks);
-          a.causal = 1, a.bottom_right = 1;
-          double ref[8 * Lq * D];
-          ref_sdpa(&a, ref, NULL, NULL, NULL);
+          a.causal = 1, a.bottom_right = 1, a.sinks = sinks;
+          double ref[8 * Lq * D], ref_lse[8 * Lq];
+          ref_sdpa(&a, ref, NULL, ref_lse, NULL);
           for (int64_t h = 0; h < Hq; h++)
-            for (int64_t i = 0; i < Lq; i++)
+            for (int64_t i = 0; i < Lq; i++) {
+              float got_lse = lse[(b * Hq + h) * Lq + i];
+              if (i < n_new[b])
+                assert_close(got_lse, ref_lse[h * n_new[b] + i], 1e-5, 1e-6);
+              else
+                assert_true(got_lse == -INFINITY);
               for (int64_t d = 0; d < D; d++) {
                 float got = out[((b * Hq + h) * Lq + i) * D + d];
                 if (i < n_new[b])
@@ -393,6 +405,7 @@ static void padding_rows_long_cache(void **state) {
                 else
                   assert_true(got == 0.0f);
               }
+            }
         }
         free(k), free(v), free(q), free(out);
         attn_ctx_destroy(ctx);
