@@ -69,9 +69,12 @@ static double median(double *v, int n) {
  * returns nonzero on failure, which ends the measurement with NAN. */
 typedef int (*timed_fn)(void *arg);
 
+static void blas_settle(void);
+
 static double time_median(timed_fn fn, void *arg, double budget, int warm, int *reps_out) {
   double t[MAX_REPS];
   int reps = 0;
+  blas_settle();
   double s = now();
   if (fn(arg))
     return NAN;
@@ -124,8 +127,11 @@ typedef struct {
   double wall, busy, self;
 } load_mark;
 
+static load_mark g_settled; /* spent in blas_settle, below: left out of load figures */
+
 static load_mark load_now(void) {
-  load_mark m = {now(), machine_busy_seconds(), self_cpu_seconds()};
+  load_mark m = {now() - g_settled.wall, machine_busy_seconds() - g_settled.busy,
+                 self_cpu_seconds() - g_settled.self};
   return m;
 }
 
@@ -138,6 +144,33 @@ static double other_load_since(load_mark m) {
     return NAN;
   double other = (e.busy - m.busy) - (e.self - m.self);
   return other > 0 ? other / wall : 0.0;
+}
+
+/* A threaded OpenBLAS's idle threads spin (sched_yield) for 2^28 TSC
+ * cycles (its THREAD_TIMEOUT, 0.12 s on the 2.3 GHz Xeon) after the library
+ * loads and after each BLAS call, before they sleep. A 2-thread row timed
+ * meanwhile shares a core with them: `--only rope` ran its first row, 30 ms
+ * after the start, at 19-21 GB/s (the 1-thread rate), against 32-36 GB/s
+ * with OPENBLAS_NUM_THREADS=1, under chrt -f 10). So every measurement
+ * first waits until BLAS_SETTLE seconds have passed since the bench last
+ * called BLAS (g_blas_at: the start, then the BLAS ceilings' calls). The
+ * wait is left out of the load figures (g_settled), so that other jobs
+ * running meanwhile do not count as disturbing the case. */
+#define BLAS_SETTLE 0.3
+static double g_blas_at;
+static int blas_threads(void);
+
+static void blas_settle(void) {
+  double wait = g_blas_at + BLAS_SETTLE - now();
+  if (!(wait > 0) || blas_threads() <= 1)
+    return;
+  load_mark a = load_now();
+  struct timespec ts = {0, (long)(wait * 1e9)};
+  nanosleep(&ts, NULL);
+  load_mark b = load_now();
+  g_settled.wall += b.wall - a.wall;
+  g_settled.busy += b.busy - a.busy;
+  g_settled.self += b.self - a.self;
 }
 
 /* Wait (up to max_wait seconds) until other processes use less than a
@@ -326,6 +359,7 @@ typedef struct {
 static int gemm_once(void *arg) {
   gemm_run *r = arg;
   run_parallel(gemm_part, &r->job, ref_threads(r->threads));
+  g_blas_at = now();
   return 0;
 }
 
@@ -410,6 +444,7 @@ static int prod_once(void *arg) {
   prod_run *r = arg;
   atomic_store(&r->next, 0);
   run_parallel(prod_part, r, r->threads);
+  g_blas_at = now();
   return 0;
 }
 
@@ -677,6 +712,7 @@ static void naive_part(void *arg, int t, int nt) {
 static int naive_once(void *arg) {
   naive_run *n = arg;
   run_parallel(naive_part, n, n->threads);
+  g_blas_at = now();
   return 0;
 }
 
@@ -1654,7 +1690,10 @@ static void usage(FILE *f) {
           "             use < 0.1 core, and run a case again (twice at most) when they\n"
           "             took > 0.15 core during it; every case reports other_load\n"
           "OPENBLAS_NUM_THREADS=1 helps the ceilings and the naive method (and SDPA only\n"
-          "when its products go to BLAS: see the warning).\n");
+          "when its products go to BLAS: see the warning).\n"
+          "A threaded OpenBLAS's idle threads spin for ~0.1 s after it loads and after\n"
+          "each BLAS call: every measurement starts 0.3 s after the bench last used BLAS\n"
+          "(that wait is not counted in other_load).\n");
 }
 
 int main(int argc, char **argv) {
@@ -1685,6 +1724,7 @@ int main(int argc, char **argv) {
     }
   }
   setvbuf(stdout, NULL, _IOLBF, 0); /* each result as soon as it exists */
+  g_blas_at = now(); /* OpenBLAS started its threads when it loaded */
 
   bcase cs[MAX_CASES];
   int n;
