@@ -766,17 +766,20 @@ class Context(_ClosedWhenCollected):
         r/2] tables indexed by position_ids ([B, L] ints; None: token l reads
         row l), or [B, L, r/2] / [1, L, r/2] per token. The tables are used
         as given (any values). The first r dims of each head are rotated,
-        the rest copied. style: "half" or "interleaved". Returns the result
-        (x itself when inplace=True)."""
+        the rest copied. style: "half" or "interleaved". x: float32, float16
+        (read as it is) or a torch float32 / float16 / bfloat16 tensor.
+        Returns the result, float16 for a float16 x, else float32 (x itself
+        when inplace=True: a float32 or float16 array)."""
         fn = "rope_cached"
-        if inplace:
-            y = x
-        else:
-            x = np.asarray(x)
-            y = np.empty(x.shape, np.float32)
+        result = x
+        if inplace and not (isinstance(x, np.ndarray) or _is_torch(x)):
+            raise TypeError("%s: inplace needs x to be a numpy array or a torch tensor, not %s"
+                            % (fn, type(x).__name__))
+        x, xdt = _data_array(x, fn)
+        y = x if inplace else np.empty(x.shape, _result_dtype(xdt))
         with self._call(fn) as c:
-            hx = c.output(x, "x") if inplace else c.input(x, "x")
-            hy = hx if inplace else c.output(y, "out")
+            hx = c.output(x, "x", half=True) if inplace else c.input(x, "x", dtype=xdt)
+            hy = hx if inplace else c.output(y, "out", half=True)
             p = _lib.RopeCachedParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
                                       num_heads=0 if num_heads is None else int(num_heads))
             if position_ids is not None:
@@ -787,7 +790,7 @@ class Context(_ClosedWhenCollected):
                 p.position_ids = pos.ctypes.data_as(_lib._c_int64_p)
             c.check(_fn("attn_rope_cached")(self._handle, hx, hy, c.input(cos, "cos"),
                                             c.input(sin, "sin"), ctypes.byref(p)))
-        return y
+        return result if inplace else y
 
     # ---- pooling ----
 

@@ -340,3 +340,24 @@ def test_torch_pool_attention_autograd(rng):
     (torch.einsum("bhml,bld->bhmd", w, x64) * g.double()).sum().backward()
     close(q.grad.numpy(), q64.grad.numpy(), rtol=1e-4, atol=1e-5)
     close(x.grad.numpy(), x64.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_rope_cached_float16_kept(rng):
+    # A float16 x is read as it is and gives a float16 result (it was widened
+    # to a float32 result); the reference rotates the same float16 values in
+    # float64 and rounds once.
+    B, H, L, D, half, P = 1, 2, 5, 8, 3, 9
+    x = rng.standard_normal((B, H, L, D)).astype(np.float16)
+    cos = rng.uniform(-1, 1, (P, half)).astype(np.float32)
+    sin = rng.uniform(-1, 1, (P, half)).astype(np.float32)
+    pos = rng.integers(0, P, (B, L))
+    want = np_rope_tables(x.astype(np.float64), cos[pos].astype(np.float64),
+                          sin[pos].astype(np.float64), False).astype(np.float16)
+    got = attn.rope_cached(x, cos, sin, position_ids=pos)
+    assert got.dtype == np.float16
+    assert np.array_equal(got.view(np.uint16), want.view(np.uint16))
+    y = x.copy()
+    assert attn.rope_cached(y, cos, sin, position_ids=pos, inplace=True) is y
+    assert np.array_equal(y.view(np.uint16), want.view(np.uint16))
+    with pytest.raises(TypeError):
+        attn.rope_cached(x.tolist(), cos, sin, position_ids=pos, inplace=True)
