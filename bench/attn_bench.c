@@ -66,12 +66,14 @@ static double median(double *v, int n) {
  * shorter than MIN_SAMPLE is timed as a batch of back-to-back calls that
  * lasts about MIN_SAMPLE (the clock's resolution and one late wake-up of a
  * worker would otherwise weigh on a median of a few 0.1 ms calls). fn
- * returns nonzero on failure, which ends the measurement with NAN. */
+ * returns nonzero on failure, which ends the measurement with NAN. best_out
+ * (if not NULL) gets the fastest repeat. */
 typedef int (*timed_fn)(void *arg);
 
 static void blas_settle(void);
 
-static double time_median(timed_fn fn, void *arg, double budget, int warm, int *reps_out) {
+static double time_median(timed_fn fn, void *arg, double budget, int warm, int *reps_out,
+                          double *best_out) {
   double t[MAX_REPS];
   int reps = 0;
   blas_settle();
@@ -96,7 +98,10 @@ static double time_median(timed_fn fn, void *arg, double budget, int warm, int *
   }
   if (reps_out)
     *reps_out = reps * batch;
-  return median(t, reps);
+  double m = median(t, reps); /* sorts t */
+  if (best_out)
+    *best_out = t[0];
+  return m;
 }
 
 /* ---- other jobs on the machine (Linux /proc/stat) ---- */
@@ -398,7 +403,7 @@ static double sgemm_gflops(int threads, int n) {
                  new_floats((size_t)n * n, 3)},
                 threads};
   int had = cap_blas_threads(threads);
-  double t = time_median(gemm_once, &r, 0.5, 1, NULL);
+  double t = time_median(gemm_once, &r, 0.5, 1, NULL, NULL);
   restore_blas_threads(had, threads);
   free((void *)r.job.a);
   free((void *)r.job.b);
@@ -468,7 +473,7 @@ static double products_gflops(int threads, int64_t n, const int64_t *cu, int64_t
   for (int t = 0; t < nt; t++)
     r.s[t] = new_floats((size_t)(Lmax * Lmax), 55);
   int had = cap_blas_threads(1);
-  double t = time_median(prod_once, &r, 0.5, 1, NULL);
+  double t = time_median(prod_once, &r, 0.5, 1, NULL, NULL);
   restore_blas_threads(had, 1);
   for (int i = 0; i < nt; i++)
     free(r.s[i]);
@@ -546,7 +551,7 @@ static double tile_gflops(int threads) {
   tile_run r = {{kern, new_floats(nt * TILE_M * TILE_K, 4), new_floats(nt * TILE_N * TILE_K, 5),
                  new_floats(nt * TILE_M * TILE_N, 6)},
                 threads};
-  double t = time_median(tile_once, &r, 0.3, 1, NULL);
+  double t = time_median(tile_once, &r, 0.3, 1, NULL, NULL);
   free(r.job.a);
   free(r.job.b);
   free(r.job.c);
@@ -574,8 +579,9 @@ static int copy_once(void *arg) {
 }
 
 /* GB/s of memcpy counting bytes read plus bytes written (as STREAM's Copy),
- * split over `threads` threads. */
-static double memcpy_gbps(int threads, size_t bytes) {
+ * split over `threads` threads: the median repeat, and the fastest in
+ * best_gbps (if not NULL). */
+static double memcpy_gbps(int threads, size_t bytes, double *best_gbps) {
   copy_run c = {big_alloc(bytes), big_alloc(bytes), bytes, threads};
   if (!c.src || !c.dst) {
     free(c.src);
@@ -584,9 +590,11 @@ static double memcpy_gbps(int threads, size_t bytes) {
   }
   memset(c.src, 1, bytes);
   memset(c.dst, 2, bytes);
-  double t = time_median(copy_once, &c, 1.0, 1, NULL);
+  double best = NAN, t = time_median(copy_once, &c, 1.0, 1, NULL, &best);
   free(c.src);
   free(c.dst);
+  if (best_gbps)
+    *best_gbps = 2.0 * (double)bytes / best * 1e-9;
   return 2.0 * (double)bytes / t * 1e-9;
 }
 
@@ -632,7 +640,7 @@ static double read_gbps(int threads, size_t bytes) {
     return NAN;
   }
   memset(c.src, 1, bytes);
-  double t = time_median(read_once, &c, 1.0, 1, NULL);
+  double t = time_median(read_once, &c, 1.0, 1, NULL, NULL);
   free(c.src);
   free(c.dst);
   return (double)bytes / t * 1e-9;
@@ -659,7 +667,7 @@ static double read_pages_gbps(int threads, const void *k, size_t kb, const void 
                  {(char *)(uintptr_t)v, (char *)sink, vb, threads}};
   if (threads < 1 || threads > 64)
     return NAN;
-  double t = time_median(read_pages_once, &p, 1.0, 1, NULL);
+  double t = time_median(read_pages_once, &p, 1.0, 1, NULL, NULL);
   return (double)(kb + vb) / t * 1e-9;
 }
 
@@ -768,6 +776,9 @@ typedef struct {
   double read_gbps;   /* rows reading K/V: the same run's read-only stream */
   double products;    /* serving rows: products_gflops on the same shapes and threads */
   double pages_gbps;  /* K_DECODE, K_KV: the read-only stream over the row's own K/V */
+  /* Streaming rows: the fastest repeat's GB/s, and memcpy's. Their ratio moves
+   * less than the medians' when another job takes a core for part of a case. */
+  double gbps_best, copy_best_gbps;
 } result;
 
 static const char *kind_name(kind k) {
@@ -915,12 +926,13 @@ static int measure(timed_fn once, void *arg, const char *err, counter *cnt, resu
     return 1;
   }
   res->peak_extra = atomic_load(&cnt->peak) - base;
-  res->seconds = time_median(once, arg, g_budget, 0, &res->reps);
+  res->seconds = time_median(once, arg, g_budget, 0, &res->reps, NULL);
   return 0;
 }
 
 static result run_sdpa_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL,
+                NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
   size_t nq = (size_t)(c->B * c->Hq * c->Lq * c->D), nk = (size_t)(c->B * c->Hkv * c->Lk * c->D),
          nv = (size_t)(c->B * c->Hkv * c->Lk * c->Dv), no = (size_t)(c->B * c->Hq * c->Lq * c->Dv);
   float *q = new_floats(nq, 11), *k = new_floats(nk, 12), *v = new_floats(nv, 13);
@@ -1008,7 +1020,7 @@ static result run_sdpa_case(const bcase *c) {
     goto done; /* no naive backward to compare with here: bench/torch_backward.py */
   if (c->kind == K_DECODE || c->kind == K_KV) {
     res.kv_gbps = (double)(nk + nv) * (double)dt_size(c->dt) / res.seconds * 1e-9;
-    res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes);
+    res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes, NULL);
     res.read_gbps = read_gbps(c->threads, g_copy_bytes);
     res.pages_gbps = read_pages_gbps(c->threads, attn_tensor_data(r.k), nk * dt_size(c->dt),
                                      attn_tensor_data(r.v), nv * dt_size(c->dt));
@@ -1027,7 +1039,7 @@ static result run_sdpa_case(const bcase *c) {
                    new_floats(no, 15), calloc((size_t)nt, sizeof(float *)), nt};
     for (int t = 0; t < nt; t++)
       n.s[t] = new_floats((size_t)(c->Lq * c->Lk), 16);
-    res.naive_seconds = time_median(naive_once, &n, g_budget, 1, NULL);
+    res.naive_seconds = time_median(naive_once, &n, g_budget, 1, NULL, NULL);
     double d = 0;
     for (size_t i = 0; i < no; i++)
       d = fmax(d, fabs((double)o[i] - (double)n.out[i]));
@@ -1049,7 +1061,8 @@ done:
 }
 
 static result run_softmax_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL,
+                NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
   int64_t rows = c->Lq, cols = c->Lk;
   size_t n = (size_t)(rows * cols);
   float *x = new_floats(n, 21), *y = new_floats(n, 22), *m = new_floats((size_t)cols, 23);
@@ -1085,9 +1098,11 @@ static result run_softmax_case(const bcase *c) {
     res.error = g_err;
   } else {
     res.peak_extra = atomic_load(&cnt.peak) - base;
-    res.seconds = time_median(softmax_once, &r, g_budget, 0, &res.reps);
+    double best = NAN;
+    res.seconds = time_median(softmax_once, &r, g_budget, 0, &res.reps, &best);
     res.gbps = 2.0 * (double)n * sizeof(float) / res.seconds * 1e-9; /* read x, write y */
-    res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes);
+    res.gbps_best = 2.0 * (double)n * sizeof(float) / best * 1e-9;
+    res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes, &res.copy_best_gbps);
   }
   attn_ctx_destroy(r.ctx);
   free(x);
@@ -1105,7 +1120,8 @@ static int64_t varlen_len(int64_t i, int64_t n, int64_t lo, int64_t hi) {
 
 /* BERT-style serving: B sequences packed [T, H, D], non-causal. */
 static result run_varlen_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL,
+                NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
   int64_t *cu = malloc((size_t)(c->B + 1) * sizeof *cu);
   if (!cu) {
     fprintf(stderr, "attn-bench: out of memory\n");
@@ -1145,7 +1161,7 @@ static result run_varlen_case(const bcase *c) {
     res.error = g_err;
   } else {
     res.peak_extra = atomic_load(&cnt.peak) - base;
-    res.seconds = time_median(varlen_once, &r, g_budget, 0, &res.reps);
+    res.seconds = time_median(varlen_once, &r, g_budget, 0, &res.reps, NULL);
     res.gflops = 2.0 * pairs * (double)c->Hq * (double)(c->D + c->Dv) / res.seconds * 1e-9;
     res.sgemm = sgemm_gflops(c->threads, g_sgemm_n);
     if (c->serving) {
@@ -1165,7 +1181,8 @@ static result run_varlen_case(const bcase *c) {
 /* RoPE and the sinusoidal table, in place: bytes read + written against
  * the same run's memcpy. */
 static result run_posenc_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL,
+                NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
   int64_t heads = c->kind == K_ROPE ? c->Hq : 1;
   size_t n = (size_t)(c->B * heads * c->Lq * c->D);
   float *x = new_floats(n, 41);
@@ -1189,9 +1206,11 @@ static result run_posenc_case(const bcase *c) {
     res.error = g_err;
   } else {
     res.peak_extra = atomic_load(&cnt.peak) - base;
-    res.seconds = time_median(fn, &r, g_budget, 0, &res.reps);
+    double best = NAN;
+    res.seconds = time_median(fn, &r, g_budget, 0, &res.reps, &best);
     res.gbps = 2.0 * (double)n * sizeof(float) / res.seconds * 1e-9;
-    res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes);
+    res.gbps_best = 2.0 * (double)n * sizeof(float) / best * 1e-9;
+    res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes, &res.copy_best_gbps);
   }
   attn_ctx_destroy(r.ctx);
   free(x);
@@ -1254,7 +1273,8 @@ static attn_tensor *wrap_n(attn_ctx *ctx, float *data, int32_t nd, const int64_t
  * the sgemm ceiling. K_KV_STEP: K/V bytes read per second against memcpy
  * (the paged blocks hold 16 tokens, vLLM's default). */
 static result run_layer_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL, NAN, NAN, NAN, NAN, NAN, NAN};
+  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL,
+                NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
   counter cnt = {0, 0};
   layer_run r = {0};
   r.ctx = new_ctx(c->threads, &cnt);
@@ -1347,7 +1367,7 @@ static result run_layer_case(const bcase *c) {
     for (int64_t b = 0; b < c->B; b++)
       tokens += (double)(lens[b] + 1);
     res.kv_gbps = tokens * 2.0 * (double)hkv * sizeof(float) / res.seconds * 1e-9;
-    res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes);
+    res.copy_gbps = memcpy_gbps(c->threads, g_copy_bytes, NULL);
     res.read_gbps = read_gbps(c->threads, g_copy_bytes);
   }
 done:
@@ -1412,6 +1432,9 @@ static void print_json(const bcase *c, const result *r) {
     json_num("gbps", r->gbps, "%.4g");
     json_num("memcpy_gbps", r->copy_gbps, "%.4g");
     json_num("ratio_memcpy", r->gbps / r->copy_gbps, "%.3f");
+    json_num("gbps_best", r->gbps_best, "%.4g");
+    json_num("memcpy_best_gbps", r->copy_best_gbps, "%.4g");
+    json_num("ratio_best", r->gbps_best / r->copy_best_gbps, "%.3f");
   } else {
     json_num("gflops", r->gflops, "%.4g");
     json_num("sgemm_gflops", r->sgemm, "%.4g");
@@ -1506,11 +1529,14 @@ static void print_row(const bcase *c, const result *r) {
     snprintf(notes, sizeof notes, "E = %lld: 4 projections + attention",
              (long long)(c->Hq * c->D));
   else if (is_stream(c->kind))
-    snprintf(notes, sizeof notes, "%s%.1f GB/s (read + write), memcpy %.1f GB/s (%.0f%%)",
+    snprintf(notes, sizeof notes,
+             "%s%.1f GB/s (read + write), memcpy %.1f GB/s (%.0f%%); fastest repeats %.1f / "
+             "%.1f GB/s (%.0f%%)",
              c->mask == MASK_ADD    ? "additive mask [Lk], "
              : c->mask == MASK_BOOL ? "bool mask [Lk], "
                                     : "",
-             r->gbps, r->copy_gbps, 100 * r->gbps / r->copy_gbps);
+             r->gbps, r->copy_gbps, 100 * r->gbps / r->copy_gbps, r->gbps_best,
+             r->copy_best_gbps, 100 * r->gbps_best / r->copy_best_gbps);
   else if (c->serving) {
     int at = 0;
     if (c->kind == K_VARLEN)
@@ -1693,7 +1719,10 @@ static void usage(FILE *f) {
           "when its products go to BLAS: see the warning).\n"
           "A threaded OpenBLAS's idle threads spin for ~0.1 s after it loads and after\n"
           "each BLAS call: every measurement starts 0.3 s after the bench last used BLAS\n"
-          "(that wait is not counted in other_load).\n");
+          "(that wait is not counted in other_load).\n"
+          "Streaming rows (softmax, rope, sinusoidal) also give the fastest repeat's GB/s\n"
+          "and memcpy's (JSON gbps_best, memcpy_best_gbps, ratio_best): a job that takes\n"
+          "a core for part of a case moves their ratio less than the medians'.\n");
 }
 
 int main(int argc, char **argv) {

@@ -61,8 +61,8 @@ def main():
     st = [r for r in rows if r["op"] in ("softmax", "rope", "sinusoidal")]
     if st:
         print("\n| streaming op | threads | ms | GB/s (read + write) | memcpy GB/s | ratio_memcpy "
-              "| other load |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+              "| fastest repeats: GB/s / memcpy GB/s | ratio_best | other load |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in st:
             if r["op"] == "softmax":
                 what = f"softmax [{r['rows']}, {r['cols']}]"
@@ -75,6 +75,8 @@ def main():
             print(f"| {what} | {r['threads']} "
                   f"| {fmt(r['seconds'] and r['seconds'] * 1e3, '.2f')} | {fmt(r['gbps'], '.1f')} "
                   f"| {fmt(r.get('memcpy_gbps'), '.1f')} | {fmt(r.get('ratio_memcpy'), '.2f')} "
+                  f"| {fmt(r.get('gbps_best'), '.1f')} / {fmt(r.get('memcpy_best_gbps'), '.1f')} "
+                  f"| {fmt(r.get('ratio_best'), '.2f')} "
                   f"| {fmt(r.get('other_load'), '.2f')} |")
 
 if __name__ == "__main__":
