@@ -979,7 +979,9 @@ ATTN_API void attn_sdpa_backward_params_init(attn_sdpa_backward_params *p);
  *                  read, so the forward's struct can be passed as it is.
  * @param[in]  bp   optional outputs (NULL = none).
  * @return as attn_sdpa(), plus ATTN_ERR_INVALID_ARG for dsinks without
- *  sinks. Nothing is written on failure.
+ *  sinks, and ATTN_ERR_UNSUPPORTED for a head count or head dim of 0 (Hq,
+ *  Hkv, D or Dv; empty batches and sequences, B, Lq or Lk = 0, are taken).
+ *  Nothing is written on failure.
  * Thread safety: uses up to the context's threads.
  * @since 0.2.0 */
 ATTN_API attn_status attn_sdpa_backward(attn_ctx *ctx, const attn_tensor *q,
