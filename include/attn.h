@@ -455,7 +455,10 @@ ATTN_API attn_status attn_softmax_backward(attn_ctx *ctx, const attn_tensor *y,
  * the sum running over the entries with y_k != -inf. An entry with y = -inf
  * (masked) is a constant of the forward: dx = dz = 0 there and its dy is
  * ignored (PyTorch's autograd would add a masked entry's dy into the sum;
- * the two agree whenever dy is 0 on masked entries). A row with every
+ * the two agree whenever dy is 0 on masked entries). An unmasked entry whose
+ * y overflowed to -inf (a row whose finite logits span more than FLT_MAX) is
+ * taken for a masked one, as y cannot tell them apart: it gets 0 and its dy
+ * is left out of the sum (the exact gradient there is dy_j). A row with every
  * entry masked gives zeros; a NaN row gives NaN.
  * Parameters, aliasing and errors as attn_softmax_backward(), with y the
  * output of attn_log_softmax().
