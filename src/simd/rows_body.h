@@ -256,9 +256,14 @@ static void fill_row(float *y, int64_t n, float v) {
 
 /* One vector of z = x * s (+ m), entries hidden as attn__logits_hide does
  * (logits.h: -inf where m is -inf or b is 0, whatever x holds), from the
- * first k lanes (k < VW: a row's tail; 0 in the other lanes). */
-static inline vf z_vec(const float *x, const float *m, const uint8_t *b, int64_t k, vf vs) {
-  vf v = v_mul(k == VW ? v_load(x) : v_load_part(x, k, 0.0f), vs);
+ * first k lanes (k < VW: a row's tail; 0 in the other lanes). scaled = 0:
+ * s is 1, and x * 1 is x, so the product is left out. */
+static inline __attribute__((always_inline)) vf z_vec(const float *x, const float *m,
+                                                      const uint8_t *b, int64_t k, vf vs,
+                                                      int scaled) {
+  vf v = k == VW ? v_load(x) : v_load_part(x, k, 0.0f);
+  if (scaled)
+    v = v_mul(v, vs);
   if (m) {
     vf mv = k == VW ? v_load(m) : v_load_part(m, k, 0.0f);
     v = v_set_where(v_eq(mv, v_set1(-INFINITY)), v_add(v, mv), v_set1(-INFINITY));
@@ -290,22 +295,38 @@ static inline vf row_max_v(const float *x, int64_t n) {
 
 /* z of a row into z[0..n) with its lane maxima in the same pass (as
  * row_max_v). */
-static inline vf logits_row_v(const float *x, const float *m, const uint8_t *b, float *z,
-                              int64_t n, float s) {
+static inline __attribute__((always_inline)) vf logits_row_k(const float *x, const float *m,
+                                                             const uint8_t *b, float *z,
+                                                             int64_t n, float s, int scaled) {
   vf vs = v_set1(s), big = v_set1(-INFINITY);
   int64_t i = 0;
   for (; i + VW <= n; i += VW) {
-    vf v = z_vec(x + i, m ? m + i : m, b ? b + i : b, VW, vs);
+    vf v = z_vec(x + i, m ? m + i : m, b ? b + i : b, VW, vs, scaled);
     v_store(z + i, v);
     big = v_max(big, v);
   }
   if (i < n) {
-    vf v = z_vec(x + i, m ? m + i : m, b ? b + i : b, n - i, vs);
+    vf v = z_vec(x + i, m ? m + i : m, b ? b + i : b, n - i, vs, scaled);
     v_store_part(z + i, n - i, v);
     /* -inf past the row (z's 0 there) */
     big = v_max(big, v_set_where(v_nan(v_load_part(x + i, n - i, NAN)), v, v_set1(-INFINITY)));
   }
   return big;
+}
+
+/* logits_row_k with the operands known in each loop (a mask's loads and
+ * tests, and the product, only where they are used). */
+static inline vf logits_row_v(const float *x, const float *m, const uint8_t *b, float *z,
+                              int64_t n, float s) {
+  const float *m0 = (const float *)0;
+  const uint8_t *b0 = (const uint8_t *)0;
+  if (s != 1.0f)
+    return logits_row_k(x, m, b, z, n, s, 1);
+  if (m && b)
+    return logits_row_k(x, m, b, z, n, s, 0);
+  if (m)
+    return logits_row_k(x, m, b0, z, n, s, 0);
+  return logits_row_k(x, m0, b, z, n, s, 0);
 }
 
 static int has_nan(const float *z, int64_t n) {
