@@ -1063,7 +1063,9 @@ ATTN_API void attn_pool_params_init(attn_pool_params *p);
  * A sequence with no kept token gives zeros in every mode (max and weighted
  * too); so does a weighted sequence whose kept scores are all -inf. A NaN in
  * x reaches only the output elements that read it (a dropped token is never
- * read; max propagates NaN); a NaN or +inf among a sequence's kept scores
+ * read; max propagates NaN; in the weighted mode a kept token whose score
+ * is -inf is still read, so a NaN in its x makes the output NaN, 0 x NaN,
+ * as torch gives); a NaN or +inf among a sequence's kept scores
  * makes its weighted output NaN (as attn_softmax). Sums and the softmax are
  * accumulated in double.
  *

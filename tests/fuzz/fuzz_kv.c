@@ -11,12 +11,15 @@
  * model's keys and values. The cache's dtype (F32, F16, BF16), the appended
  * rows' dtype and the queries' and outputs' dtypes are picked too; appended
  * values are multiples of 1/16 in [-8, 8), exact in every type, so only
- * RoPE rows are rounded (checked within an ULP of the cache's type). */
+ * RoPE rows are rounded (checked within an ULP of the cache's type).
+ * One input in four asks for long sequences (appends of up to 160 rows,
+ * values from a seeded generator): attention then spans several 256-key
+ * tiles, where a step's padding rows once wrote past the tile buffer. */
 #include "fuzz_common.h"
 
 #include <stdbool.h>
 
-enum { MB = 3, MH = 2, MD = 6, MCAP = 48 };
+enum { MB = 3, MH = 2, MD = 6, MCAP = 512, SHORT_CAP = 48, LMAX = 160 };
 
 typedef struct {
   int64_t B, H, D, Dv, cap;
@@ -104,7 +107,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   m.dt = DTYPES[fz_range(&in, 0, 2)];
   m.ulp = m.dt == ATTN_DTYPE_F16 ? 0x1p-10 : m.dt == ATTN_DTYPE_BF16 ? 0x1p-7 : 0;
   int32_t in_dt = DTYPES[fz_range(&in, 0, 2)];
-  int64_t bs = fz_range(&in, 1, 9), n_blocks = fz_range(&in, 1, 12);
+  int long_seqs = fz_chance(&in, 64);
+  uint32_t seed = long_seqs ? fz_u32(&in) | 1 : 0; /* values from the input when 0 */
+  int64_t bs = long_seqs ? fz_range(&in, 16, 64) : fz_range(&in, 1, 9);
+  int64_t n_blocks = long_seqs ? fz_range(&in, 4, 24) : fz_range(&in, 1, 12);
   attn_kv_cache_params p;
   attn_kv_cache_params_init(&p);
   p.layout = paged;
@@ -115,13 +121,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     p.capacity = n_blocks * bs < MCAP ? 0 : MCAP;
     m.cap = n_blocks * bs < MCAP ? n_blocks * bs : MCAP;
   } else {
-    p.capacity = m.cap = fz_range(&in, 1, MCAP);
+    p.capacity = m.cap = long_seqs ? fz_range(&in, 257, MCAP) : fz_range(&in, 1, SHORT_CAP);
   }
   attn_kv_cache *kv = NULL;
   FZ_CHECK(attn_kv_cache_create(ctx, &p, &kv) == ATTN_OK, "create: %s",
            attn_ctx_last_error(ctx));
-  enum { L = 8 };
-  float kn[MB * MH * L * MD], vn[MB * MH * L * MD];
+  const int64_t L = long_seqs ? LMAX : 8;
+  float kn[MB * MH * LMAX * MD], vn[MB * MH * LMAX * MD];
   int64_t knd[4] = {m.B, m.H, L, m.D}, vnd[4] = {m.B, m.H, L, m.Dv};
   attn_tensor *tk = NULL, *tv = NULL, *fk = NULL, *fv = NULL;
   attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, knd, NULL, kn, sizeof kn, &fk);
@@ -154,8 +160,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (n[b] < 0 || n[b] > L || m.len[b] + n[b] > m.cap)
           ok = false;
       }
-      for (size_t i = 0; i < sizeof kn / 4; i++)
-        kn[i] = (float)(int8_t)fz_u8(&in) / 16, vn[i] = (float)(int8_t)fz_u8(&in) / 16;
+      for (size_t i = 0; i < (size_t)(m.B * m.H * L * MD); i++) {
+        if (seed) { /* xorshift32: long appends would use up the input */
+          seed ^= seed << 13, seed ^= seed >> 17, seed ^= seed << 5;
+          kn[i] = (float)(int8_t)seed / 16, vn[i] = (float)(int8_t)(seed >> 8) / 16;
+        } else {
+          kn[i] = (float)(int8_t)fz_u8(&in) / 16, vn[i] = (float)(int8_t)fz_u8(&in) / 16;
+        }
+      }
       if (tk != fk) /* exact: multiples of 1/16 below 8 in magnitude */
         FZ_CHECK(attn_tensor_copy(ctx, fk, tk) == ATTN_OK &&
                      attn_tensor_copy(ctx, fv, tv) == ATTN_OK,

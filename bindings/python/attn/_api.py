@@ -1043,7 +1043,7 @@ class Context(_ClosedWhenCollected):
             shape = (B, Hq, Lq, Dv) if layout == "bhld" else (B, Lq, Hq, Dv)
             out = np.empty(shape if batched else shape[1:], _result_dtype(qdt))
         elif not isinstance(out, np.ndarray) or out.ndim != q.ndim:
-            raise ValueError("%s: out must be a float32 array with %d dims" % (fn, q.ndim))
+            raise ValueError("%s: out must be a NumPy array with %d dims" % (fn, q.ndim))
         out4 = _to_bhld(out, layout, batched)
         lse = np.empty((B, Hq, Lq), np.float32) if return_lse else None
         weights = np.empty((B, Hq, Lq, Lk), np.float32) if return_weights else None
