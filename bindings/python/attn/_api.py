@@ -288,6 +288,8 @@ def _data_array(a, fn):
         return a, {"float32": _lib.DTYPE_F32, "float16": _lib.DTYPE_F16,
                    "bfloat16": _lib.DTYPE_BF16}[kind]
     a = np.asarray(a)
+    if a.dtype.kind == "f" and a.itemsize == 2 and a.dtype != np.float16:
+        a = a.astype(np.float16)  # byte-swapped float16: a native copy, still half
     return a, _lib.DTYPE_F16 if a.dtype == np.float16 else _lib.DTYPE_F32
 
 

@@ -126,6 +126,9 @@ def test_softmax_float16_in_and_out():
     assert np.allclose(y32, want, rtol=1e-5, atol=1e-7)
     ly = attn.log_softmax(x)
     assert ly.dtype == np.float16
+    # Byte-swapped float16 is still float16 (was widened to a float32 result).
+    ys = attn.softmax(x.astype(x.dtype.newbyteorder()))
+    assert ys.dtype == np.float16 and np.array_equal(ys.view(np.uint16), y.view(np.uint16))
 
 
 def test_rope_and_sinusoidal_float16():
