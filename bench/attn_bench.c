@@ -781,6 +781,13 @@ typedef struct {
   double gbps_best, copy_best_gbps;
 } result;
 
+/* A result with every figure unmeasured (NAN) and no error. */
+static result no_result(void) {
+  result r = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL,
+              NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
+  return r;
+}
+
 static const char *kind_name(kind k) {
   static const char *const names[] = {"sdpa", "sdpa_decode", "sdpa_long", "softmax",
                                       "sdpa_varlen", "rope", "sinusoidal",
@@ -931,8 +938,7 @@ static int measure(timed_fn once, void *arg, const char *err, counter *cnt, resu
 }
 
 static result run_sdpa_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL,
-                NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
+  result res = no_result();
   size_t nq = (size_t)(c->B * c->Hq * c->Lq * c->D), nk = (size_t)(c->B * c->Hkv * c->Lk * c->D),
          nv = (size_t)(c->B * c->Hkv * c->Lk * c->Dv), no = (size_t)(c->B * c->Hq * c->Lq * c->Dv);
   float *q = new_floats(nq, 11), *k = new_floats(nk, 12), *v = new_floats(nv, 13);
@@ -1061,8 +1067,7 @@ done:
 }
 
 static result run_softmax_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL,
-                NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
+  result res = no_result();
   int64_t rows = c->Lq, cols = c->Lk;
   size_t n = (size_t)(rows * cols);
   float *x = new_floats(n, 21), *y = new_floats(n, 22), *m = new_floats((size_t)cols, 23);
@@ -1120,8 +1125,7 @@ static int64_t varlen_len(int64_t i, int64_t n, int64_t lo, int64_t hi) {
 
 /* BERT-style serving: B sequences packed [T, H, D], non-causal. */
 static result run_varlen_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL,
-                NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
+  result res = no_result();
   int64_t *cu = malloc((size_t)(c->B + 1) * sizeof *cu);
   if (!cu) {
     fprintf(stderr, "attn-bench: out of memory\n");
@@ -1181,8 +1185,7 @@ static result run_varlen_case(const bcase *c) {
 /* RoPE and the sinusoidal table, in place: bytes read + written against
  * the same run's memcpy. */
 static result run_posenc_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL,
-                NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
+  result res = no_result();
   int64_t heads = c->kind == K_ROPE ? c->Hq : 1;
   size_t n = (size_t)(c->B * heads * c->Lq * c->D);
   float *x = new_floats(n, 41);
@@ -1273,8 +1276,7 @@ static attn_tensor *wrap_n(attn_ctx *ctx, float *data, int32_t nd, const int64_t
  * the sgemm ceiling. K_KV_STEP: K/V bytes read per second against memcpy
  * (the paged blocks hold 16 tokens, vLLM's default). */
 static result run_layer_case(const bcase *c) {
-  result res = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NULL,
-                NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
+  result res = no_result();
   counter cnt = {0, 0};
   layer_run r = {0};
   r.ctx = new_ctx(c->threads, &cnt);

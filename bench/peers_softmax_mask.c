@@ -77,6 +77,11 @@ static attn_tensor *wrap(attn_ctx *ctx, int32_t dt, const int64_t *dims, void *d
   return t;
 }
 
+/* Logit i of a row (x + mask, or x where kept and -inf elsewhere). */
+static double masked_logit(const float *x, const float *m, const uint8_t *keep, long i) {
+  return m ? (double)x[i] + m[i] : keep[i] ? x[i] : -INFINITY;
+}
+
 /* The largest |y - softmax(x + mask)| over three rows, in float64. */
 static double row_error(const float *x, const float *y, const float *m, const uint8_t *keep,
                         long R, long N, long mr) {
@@ -86,18 +91,15 @@ static double row_error(const float *x, const float *y, const float *m, const ui
     long r = rows[k];
     const float *xr = x + r * N, *yr = y + r * N;
     long o = (mr == 1 ? 0 : r) * N;
+    const float *mrow = m ? m + o : NULL;
+    const uint8_t *krow = m ? NULL : keep + o;
     double mx = -INFINITY, sum = 0;
+    for (long i = 0; i < N; i++)
+      mx = fmax(mx, masked_logit(xr, mrow, krow, i));
+    for (long i = 0; i < N; i++)
+      sum += exp(masked_logit(xr, mrow, krow, i) - mx);
     for (long i = 0; i < N; i++) {
-      double z = m ? (double)xr[i] + m[o + i] : keep[o + i] ? xr[i] : -INFINITY;
-      mx = z > mx ? z : mx;
-    }
-    for (long i = 0; i < N; i++) {
-      double z = m ? (double)xr[i] + m[o + i] : keep[o + i] ? xr[i] : -INFINITY;
-      sum += exp(z - mx);
-    }
-    for (long i = 0; i < N; i++) {
-      double z = m ? (double)xr[i] + m[o + i] : keep[o + i] ? xr[i] : -INFINITY;
-      double e = fabs(exp(z - mx) / sum - yr[i]);
+      double e = fabs(exp(masked_logit(xr, mrow, krow, i) - mx) / sum - yr[i]);
       worst = e > worst || e != e ? e : worst;
     }
   }

@@ -318,15 +318,13 @@ static inline __attribute__((always_inline)) vf logits_row_k(const float *x, con
  * tests, and the product, only where they are used). */
 static inline vf logits_row_v(const float *x, const float *m, const uint8_t *b, float *z,
                               int64_t n, float s) {
-  const float *m0 = (const float *)0;
-  const uint8_t *b0 = (const uint8_t *)0;
   if (s != 1.0f)
     return logits_row_k(x, m, b, z, n, s, 1);
   if (m && b)
     return logits_row_k(x, m, b, z, n, s, 0);
   if (m)
-    return logits_row_k(x, m, b0, z, n, s, 0);
-  return logits_row_k(x, m0, b, z, n, s, 0);
+    return logits_row_k(x, m, NULL, z, n, s, 0);
+  return logits_row_k(x, NULL, b, z, n, s, 0);
 }
 
 static int has_nan(const float *z, int64_t n) {
