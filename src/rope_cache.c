@@ -35,7 +35,7 @@ static double yarn_mscale(double s, double k) { return s <= 1 ? 1.0 : 0.1 * k * 
 
 /* Frequencies w[0..half) of the plan, and its attention factor. */
 static double plan_freqs(const freq_plan *f, double *w) {
-  double r = (double)(2 * f->half), theta = f->theta, s = f->factor;
+  double r = 2.0 * (double)f->half, theta = f->theta, s = f->factor;
   if (f->scaling == ATTN_ROPE_SCALING_NTK)
     theta *= pow(s, r / (r - 2.0));
   if (f->scaling == ATTN_ROPE_SCALING_DYNAMIC_NTK) {
@@ -315,11 +315,15 @@ static attn_status cache_fill(attn_ctx *ctx, attn_tensor *cos_t, attn_tensor *si
   memset(&f, 0, sizeof f);
   f.P = cos_t->dims[0];
   f.half = cos_t->dims[1];
-  if ((st = check_cache_params(ctx, "params", &prm, &f)) != ATTN_OK)
-    return st;
-
-  size_t bytes = (size_t)(f.half > 0 ? f.half : 1) * sizeof(double);
-  if ((st = attn__ws_reserve(ctx, bytes)) != ATTN_OK)
+  /* The frequencies take a double per pair; an empty table may claim 2^62. */
+  size_t bytes;
+  if (__builtin_mul_overflow((size_t)(f.half > 0 ? f.half : 1), sizeof(double), &bytes))
+    return attn__fail(ctx, ATTN_ERR_OVERFLOW,
+                      "the tables have %lld pairs per row: their frequencies (a double "
+                      "each) do not fit in memory",
+                      (long long)f.half);
+  if ((st = check_cache_params(ctx, "params", &prm, &f)) != ATTN_OK ||
+      (st = attn__ws_reserve(ctx, bytes)) != ATTN_OK)
     return st;
   double *w = attn__ws_alloc(ctx, bytes);
   double af = plan_freqs(&f, w);

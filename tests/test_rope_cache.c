@@ -402,6 +402,19 @@ static void cache_fill_bad_input(void **state) {
   p.apply_attention_factor = 0; /* only returned: any positive double is fine */
   assert_status(attn_rope_cache_fill(ctx, tc1, ts1, &p, &af), ATTN_OK);
   assert_true(af == 1e-300);
+  /* Empty tables whose pair count overflows the frequencies' bytes (the
+   * pool fuzz target's find: 2^62 wrapped to 0 bytes, then 2^61 + 1 to 8). */
+  attn_rope_cache_params_init(&p);
+  for (int i = 0; i < 2; i++) {
+    int64_t huge[2] = {0, i ? ((int64_t)1 << 61) + 1 : (int64_t)1 << 62};
+    attn_tensor *hc = tu_wrap(ctx, c, 0, 2, huge, NULL), *hs = tu_wrap(ctx, s, 0, 2, huge, NULL);
+    af = -1;
+    assert_status(attn_rope_cache_fill(ctx, hc, hs, &p, &af), ATTN_ERR_OVERFLOW);
+    assert_error_mentions(ctx, "pairs per row");
+    assert_true(af == -1);
+    attn_tensor_free(ctx, hc);
+    attn_tensor_free(ctx, hs);
+  }
   for (int i = 0; i < 8; i++)
     c[i] = s[i] = 9.0f; /* tc1 / ts1 were written */
   for (int i = 0; i < 32; i++)
