@@ -605,7 +605,11 @@ typedef enum attn_rope_scaling {
    * clamp((i - lo) / (hi - lo), 0, 1): (w_i / s) ramp_i + w_i (1 - ramp_i).
    * Attention factor: the given one,
    * else m(s, mscale) / m(s, mscale_all_dim) when both are set, else m(s, 1),
-   * with m(s, k) = 0.1 k ln s + 1 for s > 1 and 1 otherwise. */
+   * with m(s, k) = 0.1 k ln s + 1 for s > 1 and 1 otherwise. s is the given
+   * factor: some transformers versions instead derive it as
+   * max_position_embeddings / original_max_position_embeddings when the config
+   * has the latter (later ones warn when the two differ); pass the s your
+   * reference uses. */
   ATTN_ROPE_SCALING_YARN = 4,
   /** "llama3": with wavelength l_i = 2 pi / w_i, L_lo = P0 / low_freq_factor,
    * L_hi = P0 / high_freq_factor: w_i / s if l_i > L_lo; w_i if l_i < L_hi;
