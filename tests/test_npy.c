@@ -7,6 +7,7 @@
 
 #include "npy.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -67,6 +68,56 @@ static void test_valid(void **state) {
   assert_int_equal(npy_parse(im.buf, im.len, NPY_ACCEPT_FLOAT, &a, err, sizeof err), -1);
   assert_non_null(strstr(err, "bool"));
   assert_null(a.data);
+}
+
+/* float16 files widen exactly: every one of the 65536 patterns against the
+ * library's own F16 -> F32 conversion (separate code), NaN as NaN. */
+static void test_float16_every_pattern(void **state) {
+  (void)state;
+  enum { N = 65536 };
+  uint16_t *h = malloc(N * sizeof *h);
+  float *want = malloc(N * sizeof *want);
+  assert_non_null(h);
+  assert_non_null(want);
+  for (int i = 0; i < N; i++)
+    h[i] = (uint16_t)i;
+  attn_ctx *ctx = tu_ctx(1);
+  int64_t dims[1] = {N};
+  attn_tensor *th = NULL, *tw = NULL;
+  assert_status(attn_tensor_wrap(ctx, ATTN_DTYPE_F16, 1, dims, NULL, h, N * 2, &th), ATTN_OK);
+  assert_status(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 1, dims, NULL, want, N * 4, &tw), ATTN_OK);
+  assert_status(attn_tensor_copy(ctx, th, tw), ATTN_OK);
+  attn_ctx_destroy(ctx);
+  size_t n = 0;
+  uint8_t *buf = NULL;
+  char dict[80];
+  snprintf(dict, sizeof dict, "{'descr': '<f2', 'fortran_order': False, 'shape': (%d,), }", N);
+  size_t hlen = 118; /* 10 + 118 = 128: a 64-multiple preamble + header */
+  assert_true(strlen(dict) < hlen);
+  n = 10 + hlen + N * 2;
+  assert_non_null(buf = malloc(n));
+  memcpy(buf, "\x93NUMPY\x01\x00", 8);
+  buf[8] = (uint8_t)hlen, buf[9] = 0;
+  memset(buf + 10, ' ', hlen);
+  memcpy(buf + 10, dict, strlen(dict));
+  buf[10 + hlen - 1] = '\n';
+  for (int i = 0; i < N; i++) /* little-endian, whatever the host */
+    buf[128 + 2 * i] = (uint8_t)i, buf[128 + 2 * i + 1] = (uint8_t)(i >> 8);
+  npy_array a;
+  char err[NPY_ERR_LEN];
+  assert_int_equal(npy_parse(buf, n, NPY_ACCEPT_FLOAT, &a, err, sizeof err), 0);
+  assert_int_equal(a.dtype, NPY_F32);
+  const float *got = a.data;
+  for (int i = 0; i < N; i++)
+    if (isnan(want[i]) ? !isnan(got[i]) : memcmp(&got[i], &want[i], sizeof(float)))
+      fail_msg("float16 pattern 0x%04x read as %a, want %a", (unsigned)i, (double)got[i],
+               (double)want[i]);
+  npy_free(&a);
+  assert_int_equal(npy_parse(buf, n, NPY_ACCEPT_BOOL, &a, err, sizeof err), -1);
+  buf[10 + strlen("{'descr': '")] = '>'; /* '<f2' -> '>f2' */
+  assert_int_equal(npy_parse(buf, n, NPY_ACCEPT_FLOAT, &a, err, sizeof err), -1);
+  assert_non_null(strstr(err, "big-endian"));
+  free(buf), free(h), free(want);
 }
 
 static void test_roundtrip(void **state) {
@@ -135,6 +186,7 @@ static void test_truncations_and_mutations(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_valid),
+      cmocka_unit_test(test_float16_every_pattern),
       cmocka_unit_test(test_roundtrip),
       cmocka_unit_test(test_truncations_and_mutations),
   };

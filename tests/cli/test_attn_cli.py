@@ -82,6 +82,19 @@ def test_npy_versions_orders_and_float64(tmp_path, rng):
     close(np.load(out), ref.softmax(x4))
 
 
+def test_float16_inputs_widen_exactly(tmp_path, rng):
+    x = rng.standard_normal((5, 9)).astype(np.float16)
+    out = tmp_path / "y.npy"
+    ok("softmax", save(tmp_path, "x16.npy", x), "-o", out)
+    assert np.load(out).dtype == np.float32
+    close(np.load(out), ref.softmax(x.astype(np.float64)))
+    q, k, v = (rng.standard_normal((1, 2, 6, 8)).astype(np.float16) for _ in range(3))
+    ok("sdpa", save(tmp_path, "q.npy", q), save(tmp_path, "k.npy", k),
+       save(tmp_path, "v.npy", v), "-o", out)
+    want = ref.sdpa(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64))
+    close(np.load(out), want[0])
+
+
 @pytest.mark.parametrize("layout", ["interleaved", "concat", "concat-shifted", "cos-sin"])
 def test_pe(tmp_path, layout):
     out = tmp_path / "pe.npy"

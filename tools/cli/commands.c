@@ -378,7 +378,8 @@ static void join_files(char *buf, size_t size, const char *const *names, int n) 
 
 static const char softmax_usage[] =
     "usage: attn softmax IN.npy -o OUT.npy [--log] [--scale S] [--mask M.npy]\n"
-    "Softmax (or log-softmax) over the last axis of IN (1-4 dims, float32 or float64).\n"
+    "Softmax (or log-softmax) over the last axis of IN (1-4 dims; float16, float32\n"
+    "or float64).\n"
     "OUT: float32, IN's shape.\n"
     "  --log                 log-softmax instead\n"
     "  --scale S             multiply IN by S first (1/temperature; default 1)\n"
@@ -547,7 +548,7 @@ static const char rope_usage[] =
     "                 [--rotary-dim R] [--offset P | --positions P,...]\n"
     "                 [--layout bhld|blhd]\n"
     "Rotary position embedding of IN: [B, H, L, D] (or [B, L, H, D] with\n"
-    "--layout blhd; 3-D without the batch axis), float32 or float64.\n"
+    "--layout blhd; 3-D without the batch axis), float16, float32 or float64.\n"
     "  --style half         pairs (i, i + R/2): GPT-NeoX, LLaMA (default)\n"
     "  --style interleaved  pairs (2i, 2i + 1): GPT-J\n"
     "  --theta T            frequency base (default 10000)\n"
@@ -632,7 +633,7 @@ static const char sdpa_usage[] =
     "                 [--lse LSE.npy] [--weights W.npy] [--layout bhld|blhd]\n"
     "Scaled dot-product attention softmax(S q k^T + mask) v.\n"
     "Q [B, Hq, Lq, D], K [B, Hkv, Lk, D], V [B, Hkv, Lk, Dv] (or [B, L, H, D] each\n"
-    "with --layout blhd; 3-D without the batch axis), float32 or float64; Hq a\n"
+    "with --layout blhd; 3-D without the batch axis), float16, 32 or 64; Hq a\n"
     "multiple of Hkv (grouped-query). OUT has Q's layout with Dv columns.\n"
     "  --causal          causal mask: query i sees keys j <= i' (i' below)\n"
     "  --align ALIGN     where query i sits among the keys, for --causal, --window\n"
@@ -911,7 +912,8 @@ const attn_subcommand attn_npy_subcommands[] = {
 void attn_npy_usage(FILE *f) {
   for (const attn_subcommand *c = attn_npy_subcommands; c->name; c++)
     fprintf(f, "  attn %-8s %s\n", c->name, c->summary);
-  fprintf(f, "Each subcommand takes --help. Exit status: 0 success, 1 bad usage,\n"
+  fprintf(f, "Inputs: .npy float16 (widened exactly), float32 or float64; outputs float32.\n"
+             "Each subcommand takes --help. Exit status: 0 success, 1 bad usage,\n"
              "2 bad input (unreadable or malformed file, arrays or values libattn refuses).\n"
              "Benchmarks: attn-bench (installed beside attn; attn-bench --help).\n");
 }

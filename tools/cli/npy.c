@@ -8,6 +8,7 @@
 #include "npy.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -208,24 +209,24 @@ static int parse_header(const char *s, size_t n, header *h, char *err, size_t es
 
 /* ---- element types ---- */
 
-typedef enum { SRC_F32, SRC_F64, SRC_U8 } src_type;
+typedef enum { SRC_F32, SRC_F64, SRC_F16, SRC_U8 } src_type;
 
 static int parse_descr(const char *d, int accept, src_type *t, size_t *itemsize, char *err,
                        size_t es) {
   const char *want = accept == NPY_ACCEPT_BOOL   ? "bool or uint8"
-                     : accept == NPY_ACCEPT_FLOAT ? "float32 or float64"
-                                                  : "float32, float64, bool or uint8";
+                     : accept == NPY_ACCEPT_FLOAT ? "float16, float32 or float64"
+                                                  : "float16, float32, float64, bool or uint8";
   char order = d[0];
   const char *kind = d + 1;
   if (order != '<' && order != '|' && order != '=' && order != '>')
     order = 0, kind = d;
-  if (!strcmp(kind, "f4") || !strcmp(kind, "f8")) {
+  if (!strcmp(kind, "f2") || !strcmp(kind, "f4") || !strcmp(kind, "f8")) {
     if (order == '>')
       return fail(err, es, "dtype '%s' is big-endian; only little-endian data is read", d);
     if (!(accept & NPY_ACCEPT_FLOAT))
       return fail(err, es, "dtype '%s' (float) but this argument must be %s", d, want);
-    *t = kind[1] == '4' ? SRC_F32 : SRC_F64;
-    *itemsize = kind[1] == '4' ? 4 : 8;
+    *itemsize = (size_t)(kind[1] - '0');
+    *t = *itemsize == 2 ? SRC_F16 : *itemsize == 4 ? SRC_F32 : SRC_F64;
     return 0;
   }
   if (!strcmp(kind, "b1") || !strcmp(kind, "u1")) {
@@ -245,6 +246,16 @@ static float load_f32(const uint8_t *p) {
   float f;
   memcpy(&f, &u, sizeof f);
   return f;
+}
+
+/* IEEE binary16, widened exactly: every half value is a float. */
+static float load_f16(const uint8_t *p) {
+  unsigned u = (unsigned)p[0] | (unsigned)p[1] << 8;
+  unsigned e = u >> 10 & 31, m = u & 1023;
+  float v = e == 31 ? (m ? NAN : INFINITY)
+            : e == 0 ? ldexpf((float)m, -24)        /* zero or subnormal */
+                     : ldexpf((float)(1024 + m), (int)e - 25);
+  return u & 0x8000 ? -v : v;
 }
 
 static double load_f64(const uint8_t *p) {
@@ -338,6 +349,7 @@ int npy_parse(const uint8_t *buf, size_t len, int accept, npy_array *out, char *
     switch (t) {
     case SRC_F32: ((float *)data)[dst] = load_f32(p); break;
     case SRC_F64: ((float *)data)[dst] = (float)load_f64(p); break;
+    case SRC_F16: ((float *)data)[dst] = load_f16(p); break;
     case SRC_U8: data[dst] = p[0]; break;
     }
     if (h.fortran)

@@ -1,5 +1,6 @@
 /* Reading and writing NumPy .npy files (format versions 1.0, 2.0, 3.0) for
- * the attn command: little-endian float32 (float64 converted on reading),
+ * the attn command: little-endian float32 (float64 rounded and float16
+ * widened exactly to float32 on reading),
  * bool/uint8 masks, C or Fortran order, 1 to NPY_MAX_DIMS dims.
  * Malformed input of any kind gives an error message, never a crash. */
 #ifndef ATTN_TOOLS_NPY_H
@@ -13,11 +14,11 @@
 
 typedef enum npy_dtype { NPY_F32 = 0, NPY_U8 = 1 } npy_dtype;
 
-/* Which element types a reader accepts. float64 counts as float. */
+/* Which element types a reader accepts. float16 and float64 count as float. */
 enum { NPY_ACCEPT_FLOAT = 1, NPY_ACCEPT_BOOL = 2 };
 
 typedef struct npy_array {
-  npy_dtype dtype;   /* after conversion: float64 becomes NPY_F32 */
+  npy_dtype dtype;   /* after conversion: float16 and float64 become NPY_F32 */
   int ndim;          /* 1..NPY_MAX_DIMS */
   int64_t dims[NPY_MAX_DIMS];
   void *data;        /* C order, malloc'd, owned */
