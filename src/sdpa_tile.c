@@ -144,8 +144,10 @@ static void decode_products(const attn_sdpa_problem *p, const attn_sdpa_item *it
       const void *next = NULL;
       if (h + 1 < nh)
         next = attn__elem(base, dt, outer * st[0] + (kvh + 1) * st[1] + row * st[2]);
-      else if (table && j0 + c + len < last)
-        next = attn__elem(base, dt, table[blk + 1] * st[0] + it->kvh * st[1]);
+      else if (table && j0 + c + len < last) /* the next tile goes on in this block, or the next */
+        next = row + len < bs
+                   ? attn__elem(base, dt, outer * st[0] + it->kvh * st[1] + (row + len) * st[2])
+                   : attn__elem(base, dt, table[blk + 1] * st[0] + it->kvh * st[1]);
       if (pv)
         kern->dec_pv(rows, len, p->Dv, s + h * rows * SDPA_TILE_KEYS + c, SDPA_TILE_KEYS, run,
                      elem_of(dt), st[2], next, acc + h * rows * p->Dv, p->Dv, skip);

@@ -346,6 +346,50 @@ static void long_cache_split(void **state) {
  * Both the decode products (G * Lq <= 8 rows) and the generic ones, a
  * sequence long enough for the split over keys, and sinks: a padding row
  * gets lse -inf (it once got the sink). */
+/* A paged cache with a capacity (so each block-table row holds just the
+ * sequence's blocks) and blocks that do not divide the 256-key tile: a tile
+ * ending inside the last block prefetched the block after it, reading the
+ * table one entry past its end (ASan / valgrind catch that read; results
+ * were right). Decode steps over 300 keys against the float64 reference. */
+static void paged_tile_ends_inside_block(void **state) {
+  (void)state;
+  enum { B = 2, Hq = 4, Hkv = 2, L = 300, D = 8 };
+  static const int64_t block_sizes[] = {63, 100, 299};
+  for (size_t t = 0; t < sizeof block_sizes / sizeof block_sizes[0]; t++)
+    for (int32_t threads = 1; threads <= 2; threads++) {
+      int64_t bs = block_sizes[t], per_seq = (L + bs - 1) / bs;
+      kv_case c = {"tile inside block", B, Hq, Hkv, D, D, 1, bs, {0}, 0, 0, 1, 0, 0, 0, 0, 1};
+      attn_ctx *ctx = tu_ctx(threads);
+      attn_kv_cache *kv = make_cache(ctx, &c, L, B * per_seq);
+      size_t nkv = (size_t)(B * Hkv * L * D), nq = (size_t)(B * Hq * D);
+      float *k = malloc(nkv * sizeof *k), *v = malloc(nkv * sizeof *v);
+      float q[B * Hq * D], out[B * Hq * D];
+      tu_rng r = {7 + (uint64_t)(t * 2) + (uint64_t)threads};
+      tu_fill(&r, k, nkv, -2, 2);
+      tu_fill(&r, v, nkv, -2, 2);
+      tu_fill(&r, q, nq, -2, 2);
+      int64_t kd[4] = {B, Hkv, L, D}, qd[4] = {B, Hq, 1, D}, lens[B] = {L, L}, one[B] = {1, 1};
+      assert_ok(attn_kv_append(ctx, kv, tu_wrap(ctx, k, nkv, 4, kd, NULL),
+                               tu_wrap(ctx, v, nkv, 4, kd, NULL), lens, NULL));
+      assert_ok(attn_kv_attend(ctx, kv, tu_wrap(ctx, q, nq, 4, qd, NULL),
+                               tu_wrap(ctx, out, nq, 4, qd, NULL), one, NULL));
+      for (int64_t b = 0; b < B; b++) {
+        ref_sdpa_args a;
+        memset(&a, 0, sizeof a);
+        a.B = 1, a.Hq = Hq, a.Hkv = Hkv, a.Lq = 1, a.Lk = L, a.D = D, a.Dv = D;
+        a.q = q + b * Hq * D, a.k = k + b * Hkv * L * D, a.v = v + b * Hkv * L * D;
+        int64_t qs[4] = {0, D, D, 1}, ks[4] = {0, L * D, D, 1};
+        memcpy(a.qs, qs, sizeof qs), memcpy(a.ks, ks, sizeof ks), memcpy(a.vs, ks, sizeof ks);
+        double ref[Hq * D];
+        ref_sdpa(&a, ref, NULL, NULL, NULL);
+        for (int64_t i = 0; i < Hq * D; i++)
+          assert_close(out[b * Hq * D + i], ref[i], 1e-5, 1e-6);
+      }
+      free(k), free(v);
+      attn_ctx_destroy(ctx);
+    }
+}
+
 static void padding_rows_long_cache(void **state) {
   (void)state;
   enum { B = 2, L = 2600, Lq = 3, D = 8 };
@@ -911,6 +955,7 @@ int main(void) {
       cmocka_unit_test(decode_equals_full_forward),
       cmocka_unit_test(long_cache_split),
       cmocka_unit_test(padding_rows_long_cache),
+      cmocka_unit_test(paged_tile_ends_inside_block),
       cmocka_unit_test(paged_equals_contiguous),
       cmocka_unit_test(truncate_then_append),
       cmocka_unit_test(copy_diverges),
