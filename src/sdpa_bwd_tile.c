@@ -40,6 +40,9 @@ typedef struct {
   float *cap; /* BR x BC: cap'(x), with a soft-cap */
   float *dka; /* BC x D */
   float *dva; /* BC x Dv */
+  /* Copies of the rows of q, dout (BR x D, BR x Dv) and K, V tiles (BC x D,
+   * BC x Dv) whose row stride is below their length (gathered()); else NULL. */
+  float *qg, *gg, *kg, *vg;
 } bwd_work;
 
 /* Row (a, b, c) of a [.., .., .., D] F32 view (the forward's problem holds
@@ -49,12 +52,42 @@ static const float *row_of(const void *base, const int64_t *s, int64_t a, int64_
   return (const float *)base + a * s[0] + b * s[1] + c * s[2];
 }
 
+/* BLAS takes rows `ld` apart only for ld >= their length: an input's rows
+ * that overlap (a stride 0 broadcast over the sequence, or a smaller one)
+ * are copied first. One row is handed over with ld = its length. */
+static bool gathered(int64_t stride, int64_t rows, int64_t cols) {
+  return rows > 1 && stride < cols;
+}
+
+static float *gather_buf(attn_ws_layout *l, bool need, int64_t rows, int64_t cols) {
+  return need ? attn__ws_take(l, (size_t)(rows * cols), sizeof(float)) : NULL;
+}
+
+/* rows x cols at x, `stride` apart, as BLAS can take them: in place (*ld
+ * set), or copied into buf (given when gathered() holds). */
+static const float *blas_rows(const float *x, int64_t stride, int64_t rows, int64_t cols,
+                              float *buf, int64_t *ld) {
+  if (!gathered(stride, rows, cols)) {
+    *ld = rows > 1 ? stride : cols;
+    return x;
+  }
+  for (int64_t r = 0; r < rows; r++)
+    memcpy(buf + r * cols, x + r * stride, (size_t)cols * sizeof(float));
+  *ld = cols;
+  return buf;
+}
+
 static void work_layout(const attn_sdpa_bwd_problem *p, attn_ws_layout *l, bwd_work *w) {
+  const attn_sdpa_problem *f = &p->f;
   w->p = attn__ws_take(l, BR * BC, sizeof(float));
   w->ds = attn__ws_take(l, BR * BC, sizeof(float));
-  w->cap = p->f.softcap > 0 ? attn__ws_take(l, BR * BC, sizeof(float)) : NULL;
-  w->dka = attn__ws_take(l, (size_t)(BC * p->f.D), sizeof(float));
-  w->dva = attn__ws_take(l, (size_t)(BC * p->f.Dv), sizeof(float));
+  w->cap = f->softcap > 0 ? attn__ws_take(l, BR * BC, sizeof(float)) : NULL;
+  w->dka = attn__ws_take(l, (size_t)(BC * f->D), sizeof(float));
+  w->dva = attn__ws_take(l, (size_t)(BC * f->Dv), sizeof(float));
+  w->qg = gather_buf(l, gathered(f->qs[2], f->Lq, f->D), BR, f->D);
+  w->gg = gather_buf(l, gathered(p->gs[2], f->Lq, f->Dv), BR, f->Dv);
+  w->kg = gather_buf(l, gathered(f->ks[2], f->Lk, f->D), BC, f->D);
+  w->vg = gather_buf(l, gathered(f->vs[2], f->Lk, f->Dv), BC, f->Dv);
 }
 
 /* y[n, d] += w[rows, n]^T x[rows, d], skipping zero weights. */
@@ -91,15 +124,15 @@ static double dot(const float *a, const float *b, int64_t n) {
 /* One query block (rows i0.., head h) against the key tile j0..j0+n: P, dS
  * and the three products into dq and the tile's dK / dV sums. */
 static void block(const attn_sdpa_bwd_problem *p, const bwd_work *w, int64_t b, int64_t h, int64_t i0,
-                  int64_t rows, int64_t j0, int64_t n, const float *kt, const float *vt,
-                  bool k_finite) {
-  const float *qb = row_of(p->f.q, p->f.qs, b, h, i0);
-  const float *gb = p->dout + b * p->gs[0] + h * p->gs[1] + i0 * p->gs[2];
+                  int64_t rows, int64_t j0, int64_t n, const float *kt, int64_t ldk,
+                  const float *vt, int64_t ldv, bool k_finite) {
+  int64_t ldq, ldg, lddq = rows > 1 ? p->dqs[2] : p->f.D; /* dq's rows never overlap */
+  const float *qb = blas_rows(row_of(p->f.q, p->f.qs, b, h, i0), p->f.qs[2], rows, p->f.D, w->qg, &ldq);
+  const float *gb = blas_rows(p->dout + b * p->gs[0] + h * p->gs[1] + i0 * p->gs[2], p->gs[2], rows,
+                              p->f.Dv, w->gg, &ldg);
   float *dqb = p->dq + b * p->dqs[0] + h * p->dqs[1] + i0 * p->dqs[2];
-  attn__sgemm_nt((int)rows, (int)n, (int)p->f.D, p->f.scale, qb, (int)p->f.qs[2], kt, (int)p->f.ks[2],
-                 w->p, BC);
-  attn__sgemm_nt((int)rows, (int)n, (int)p->f.Dv, 1.0f, gb, (int)p->gs[2], vt, (int)p->f.vs[2],
-                 w->ds, BC);
+  attn__sgemm_nt((int)rows, (int)n, (int)p->f.D, p->f.scale, qb, (int)ldq, kt, (int)ldk, w->p, BC);
+  attn__sgemm_nt((int)rows, (int)n, (int)p->f.Dv, 1.0f, gb, (int)ldg, vt, (int)ldv, w->ds, BC);
   for (int64_t r = 0; r < rows; r++) {
     int64_t i = i0 + r, lo, hi;
     attn__sdpa_visible_keys(&p->f, b, i, &lo, &hi);
@@ -127,7 +160,7 @@ static void block(const attn_sdpa_bwd_problem *p, const bwd_work *w, int64_t b, 
     float lse = p->f.lse[b * p->f.lses[0] + h * p->f.lses[1] + i * p->f.lses[2]];
     /* D_i from the forward's output: one dot product per row and tile, far
      * below the tile's products. */
-    float di = (float)dot(gb + r * p->gs[2], row_of(p->f.out, p->f.os, b, h, i),
+    float di = (float)dot(gb + r * ldg, row_of(p->f.out, p->f.os, b, h, i),
                           p->f.Dv);
     float *dmrow = p->dmask ? p->dmask + b * p->dms[0] + h * p->dms[1] + i * p->dms[2] +
                                   j0 * p->dms[3]
@@ -147,21 +180,20 @@ static void block(const attn_sdpa_bwd_problem *p, const bwd_work *w, int64_t b, 
       ds[j] = p->f.scale * g;
     }
   }
-  if (attn__sdpa_all_finite(gb, rows, p->f.Dv, p->gs[2]))
-    attn__sgemm_tn_acc((int)n, (int)p->f.Dv, (int)rows, w->p, BC, gb, (int)p->gs[2], w->dva,
+  if (attn__sdpa_all_finite(gb, rows, p->f.Dv, ldg))
+    attn__sgemm_tn_acc((int)n, (int)p->f.Dv, (int)rows, w->p, BC, gb, (int)ldg, w->dva,
                        (int)p->f.Dv);
   else
-    acc_tn_nonzero(w->p, rows, n, gb, p->gs[2], p->f.Dv, w->dva);
-  if (attn__sdpa_all_finite(qb, rows, p->f.D, p->f.qs[2]))
-    attn__sgemm_tn_acc((int)n, (int)p->f.D, (int)rows, w->ds, BC, qb, (int)p->f.qs[2], w->dka,
+    acc_tn_nonzero(w->p, rows, n, gb, ldg, p->f.Dv, w->dva);
+  if (attn__sdpa_all_finite(qb, rows, p->f.D, ldq))
+    attn__sgemm_tn_acc((int)n, (int)p->f.D, (int)rows, w->ds, BC, qb, (int)ldq, w->dka,
                        (int)p->f.D);
   else
-    acc_tn_nonzero(w->ds, rows, n, qb, p->f.qs[2], p->f.D, w->dka);
+    acc_tn_nonzero(w->ds, rows, n, qb, ldq, p->f.D, w->dka);
   if (k_finite)
-    attn__sgemm_nn_acc((int)rows, (int)p->f.D, (int)n, w->ds, BC, kt, (int)p->f.ks[2], dqb,
-                       (int)p->dqs[2]);
+    attn__sgemm_nn_acc((int)rows, (int)p->f.D, (int)n, w->ds, BC, kt, (int)ldk, dqb, (int)lddq);
   else
-    acc_nn_nonzero(w->ds, rows, n, kt, p->f.ks[2], p->f.D, dqb, p->dqs[2]);
+    acc_nn_nonzero(w->ds, rows, n, kt, ldk, p->f.D, dqb, lddq);
 }
 
 /* Zero the item's dq rows and dmask rows; its share of dsinks. */
@@ -200,11 +232,12 @@ static void run_item(void *arg, int64_t item, int32_t worker) {
   item_start(p, b, hk);
   for (int64_t j0 = 0; j0 < p->f.Lk; j0 += BC) {
     int64_t n = p->f.Lk - j0 < BC ? p->f.Lk - j0 : BC;
-    const float *kt = row_of(p->f.k, p->f.ks, b, hk, j0);
-    const float *vt = row_of(p->f.v, p->f.vs, b, hk, j0);
+    int64_t ldk, ldv;
+    const float *kt = blas_rows(row_of(p->f.k, p->f.ks, b, hk, j0), p->f.ks[2], n, p->f.D, w.kg, &ldk);
+    const float *vt = blas_rows(row_of(p->f.v, p->f.vs, b, hk, j0), p->f.vs[2], n, p->f.Dv, w.vg, &ldv);
     memset(w.dka, 0, (size_t)(n * p->f.D) * sizeof(float));
     memset(w.dva, 0, (size_t)(n * p->f.Dv) * sizeof(float));
-    bool kf = attn__sdpa_all_finite(kt, n, p->f.D, p->f.ks[2]);
+    bool kf = attn__sdpa_all_finite(kt, n, p->f.D, ldk);
     for (int64_t h = hk * p->f.G; h < (hk + 1) * p->f.G; h++)
       for (int64_t i0 = 0; i0 < p->f.Lq; i0 += BR) {
         int64_t rows = p->f.Lq - i0 < BR ? p->f.Lq - i0 : BR, lo0, hi0, lo1, hi1;
@@ -212,7 +245,7 @@ static void run_item(void *arg, int64_t item, int32_t worker) {
         attn__sdpa_visible_keys(&p->f, b, i0 + rows - 1, &lo1, &hi1);
         if (hi1 <= j0 || lo0 >= j0 + n) /* no row of the block sees the tile */
           continue;
-        block(p, &w, b, h, i0, rows, j0, n, kt, vt, kf);
+        block(p, &w, b, h, i0, rows, j0, n, kt, ldk, vt, ldv, kf);
       }
     for (int64_t j = 0; j < n; j++) {
       memcpy(p->dk + b * p->dks[0] + hk * p->dks[1] + (j0 + j) * p->dks[2], w.dka + j * p->f.D,

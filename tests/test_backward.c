@@ -336,6 +336,9 @@ typedef struct {
   int causal, bottom_right, window;
   int64_t wl, wr;
   int kv_lens, mask, bool_mask, alibi, sinks, dmask, blhd, q_offsets;
+  /* q, k, v and dout read one row per head (row stride 0: broadcast over
+   * the sequence); with one query or key, dq or dk and dv too. */
+  int rows0;
 } sdpa_case;
 
 /* The forward through the library (out, lse), the backward through the
@@ -377,15 +380,26 @@ static void sdpa_case_run(attn_ctx *ctx, const sdpa_case *c, uint64_t seed, floa
   int64_t qs[4] = {Lq * Hq * D, D, Hq * D, 1}, ks[4] = {Lk * Hkv * D, D, Hkv * D, 1},
           vs[4] = {Lk * Hkv * Dv, Dv, Hkv * Dv, 1}, os[4] = {Lq * Hq * Dv, Dv, Hq * Dv, 1};
   int bl = c->blhd;
-  attn_tensor *tq = wrap(ctx, ATTN_DTYPE_F32, 4, qd, bl ? qs : NULL, q, (size_t)nq * 4);
-  attn_tensor *tk = wrap(ctx, ATTN_DTYPE_F32, 4, kd, bl ? ks : NULL, k, (size_t)nk * 4);
-  attn_tensor *tv = wrap(ctx, ATTN_DTYPE_F32, 4, vd, bl ? vs : NULL, v, (size_t)nv * 4);
+  if (c->rows0) { /* contiguous but for the row stride */
+    int64_t q0[4] = {Hq * Lq * D, Lq * D, 0, 1}, k0[4] = {Hkv * Lk * D, Lk * D, 0, 1},
+            v0[4] = {Hkv * Lk * Dv, Lk * Dv, 0, 1}, o0[4] = {Hq * Lq * Dv, Lq * Dv, 0, 1};
+    memcpy(qs, q0, sizeof qs), memcpy(ks, k0, sizeof ks), memcpy(vs, v0, sizeof vs);
+    memcpy(os, o0, sizeof os);
+  }
+  const int64_t *in_q = bl || c->rows0 ? qs : NULL, *in_k = bl || c->rows0 ? ks : NULL,
+                *in_v = bl || c->rows0 ? vs : NULL, *in_g = bl || c->rows0 ? os : NULL;
+  const int64_t *out_q = bl || (c->rows0 && Lq == 1) ? qs : NULL,
+                *out_k = bl || (c->rows0 && Lk == 1) ? ks : NULL,
+                *out_v = bl || (c->rows0 && Lk == 1) ? vs : NULL;
+  attn_tensor *tq = wrap(ctx, ATTN_DTYPE_F32, 4, qd, in_q, q, (size_t)nq * 4);
+  attn_tensor *tk = wrap(ctx, ATTN_DTYPE_F32, 4, kd, in_k, k, (size_t)nk * 4);
+  attn_tensor *tv = wrap(ctx, ATTN_DTYPE_F32, 4, vd, in_v, v, (size_t)nv * 4);
   attn_tensor *to = wrap(ctx, ATTN_DTYPE_F32, 4, od, bl ? os : NULL, o, (size_t)no * 4);
-  attn_tensor *tg = wrap(ctx, ATTN_DTYPE_F32, 4, od, bl ? os : NULL, g, (size_t)no * 4);
+  attn_tensor *tg = wrap(ctx, ATTN_DTYPE_F32, 4, od, in_g, g, (size_t)no * 4);
   attn_tensor *tl = wrap(ctx, ATTN_DTYPE_F32, 3, ld, NULL, lse, (size_t)(B * Hq * Lq) * 4);
-  attn_tensor *tdq = wrap(ctx, ATTN_DTYPE_F32, 4, qd, bl ? qs : NULL, dq, (size_t)nq * 4);
-  attn_tensor *tdk = wrap(ctx, ATTN_DTYPE_F32, 4, kd, bl ? ks : NULL, dk, (size_t)nk * 4);
-  attn_tensor *tdv = wrap(ctx, ATTN_DTYPE_F32, 4, vd, bl ? vs : NULL, dv, (size_t)nv * 4);
+  attn_tensor *tdq = wrap(ctx, ATTN_DTYPE_F32, 4, qd, out_q, dq, (size_t)nq * 4);
+  attn_tensor *tdk = wrap(ctx, ATTN_DTYPE_F32, 4, kd, out_k, dk, (size_t)nk * 4);
+  attn_tensor *tdv = wrap(ctx, ATTN_DTYPE_F32, 4, vd, out_v, dv, (size_t)nv * 4);
   attn_tensor *tm = wrap(ctx, ATTN_DTYPE_F32, 4, md, NULL, mask, (size_t)nm * 4);
   attn_tensor *tb = wrap(ctx, ATTN_DTYPE_U8, 4, md, NULL, bm, (size_t)nm);
   attn_tensor *tdm = wrap(ctx, ATTN_DTYPE_F32, 4, md, NULL, dm, (size_t)nm * 4);
@@ -418,16 +432,17 @@ static void sdpa_case_run(attn_ctx *ctx, const sdpa_case *c, uint64_t seed, floa
                      c->bool_mask ? bm : NULL, {Hq * Lq * Lk, Lq * Lk, Lk, 1},
                      c->kv_lens ? kv_lens : NULL, c->alibi ? alibi : NULL,
                      c->sinks ? sinks : NULL, c->q_offsets ? q_offsets : NULL};
-  memcpy(a.qs, bl ? qs : (int64_t[4]){Hq * Lq * D, Lq * D, D, 1}, sizeof a.qs);
-  memcpy(a.ks, bl ? ks : (int64_t[4]){Hkv * Lk * D, Lk * D, D, 1}, sizeof a.ks);
-  memcpy(a.vs, bl ? vs : (int64_t[4]){Hkv * Lk * Dv, Lk * Dv, Dv, 1}, sizeof a.vs);
+  memcpy(a.qs, in_q ? qs : (int64_t[4]){Hq * Lq * D, Lq * D, D, 1}, sizeof a.qs);
+  memcpy(a.ks, in_k ? ks : (int64_t[4]){Hkv * Lk * D, Lk * D, D, 1}, sizeof a.ks);
+  memcpy(a.vs, in_v ? vs : (int64_t[4]){Hkv * Lk * Dv, Lk * Dv, Dv, 1}, sizeof a.vs);
   /* dout in [B, H, L, D] order for the reference */
   for (int64_t b = 0; b < B; b++)
     for (int64_t h = 0; h < Hq; h++)
       for (int64_t i = 0; i < Lq; i++)
         for (int64_t d = 0; d < Dv; d++)
           wg[((b * Hq + h) * Lq + i) * Dv + d] =
-              g[bl ? ((b * Lq + i) * Hq + h) * Dv + d : ((b * Hq + h) * Lq + i) * Dv + d];
+              g[bl ? ((b * Lq + i) * Hq + h) * Dv + d
+                   : ((b * Hq + h) * Lq + (c->rows0 ? 0 : i)) * Dv + d];
   ref_sdpa_backward(&a, wg, wq, wk, wv, wm, c->sinks ? wsk : NULL);
   struct {
     const char *n;
@@ -499,6 +514,10 @@ static const sdpa_case sdpa_cases[] = {
     {"causal br + kv_lens", 4, 2, 2, 6, 9, 4, 4, .causal = 1, .bottom_right = 1, .kv_lens = 1,
      .alibi = 1},
     {"[B, L, H, D] strides", 2, 4, 2, 66, 130, 8, 6, .causal = 1, .blhd = 1, .sinks = 1},
+    /* Rows BLAS cannot take as they are (ATTN_KERNELS=sse2: cblas_sgemm wants
+     * a leading dimension >= the row length, even for one row). */
+    {"row stride 0", 2, 4, 2, 70, 140, 8, 6, .causal = 1, .alibi = 1, .rows0 = 1},
+    {"one row, stride 0", 2, 2, 1, 1, 1, 5, 3, .sinks = 1, .rows0 = 1},
 };
 
 static void sdpa_backward_matches_reference(void **state) {
