@@ -219,6 +219,12 @@ static void fuzz_sdpa_backward(fz_in *in) {
   pr.Hq = pr.Hkv * fz_range(in, 1, MAXH / 2);
   pr.Lq = fz_range(in, 1, MAXL);
   pr.Lk = fz_range(in, 1, MAXL);
+  /* Now and then past the kernel's 64-row blocks and 128-key tiles (the
+   * extra byte read only then: the committed seeds keep their shapes). */
+  if (pr.Lq == MAXL)
+    pr.Lq = fz_range(in, MAXL, 140);
+  if (pr.Lk == MAXL)
+    pr.Lk = fz_range(in, MAXL, 300);
   pr.D = fz_range(in, 1, MAXD);
   pr.Dv = fz_range(in, 1, MAXD);
   attn_sdpa_params_init(&pr.p);
