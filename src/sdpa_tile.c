@@ -115,46 +115,81 @@ static int elem_of(int32_t dt) {
                                  : ATTN_ELEM_F32;
 }
 
+/* Key row `row` of kv head kvh in the item's block `blk` (a paged cache's
+ * table index; the batch's rows otherwise): its first element in base. */
+static const void *decode_row(const attn_sdpa_item *it, const int32_t *table, const void *base,
+                              int32_t dt, const int64_t *st, int64_t blk, int64_t row,
+                              int64_t kvh) {
+  int64_t outer = table ? table[blk] : it->b;
+  return attn__elem(base, dt, outer * st[0] + kvh * st[1] + row * st[2]);
+}
+
+/* A paged decode item of several kv heads takes a tile's blocks in groups
+ * of about this many keys, each head over the whole group in turn: a
+ * head's query rows, logits and accumulator (2 KiB each at 4 query rows of
+ * D = 128) stay in L1 across the group. Taking every head of a block
+ * before the next block cycled all the heads' (8 heads: 16 KiB of queries,
+ * 16 KiB of accumulator) through an L1 the block's 64 KiB of K or V rows
+ * stream through. */
+#define DECODE_GROUP_KEYS 128
+
 /* The decode products over the tile of keys [j0, j0 + n), one run of keys
- * stored together at a time (a paged cache's block), each of the item's kv
- * heads in turn (rows query rows each): S = scale Q K^T into s, or (pv)
- * acc += P V, zero weights adding nothing when skip. K and V rows are read
- * in place, in their stored type; the kernels prefetch along the runs, into
- * the next head's run and then the next block of a paged cache (up to key
- * `last`). The blocks are walked in order, not looked up per run as
- * key_offsets does (16-token blocks, a cache in L2, 1 thread: f32 37.5 ->
- * 34.2 ns per key and KV head). Each head's products see the same runs in
- * the same order whatever the item's heads. */
+ * stored together at a time (a paged cache's block; DECODE_GROUP_KEYS of
+ * them for each of the item's kv heads in turn, rows query rows each):
+ * S = scale Q K^T into s, or (pv) acc += P V, zero weights adding nothing
+ * when skip. K and V rows are read in place, in their stored type; the
+ * kernels prefetch along the runs, into the next run to be read (the
+ * group's next block, the next head's first, the next group's) and at the
+ * tile's end into the rest of a paged cache (up to key `last`). The blocks
+ * are walked in order, not looked up per run as key_offsets does
+ * (16-token blocks, a cache in L2, 1 thread: f32 37.5 -> 34.2 ns per key
+ * and KV head). Each head's products see the same runs in the same order
+ * whatever the item's heads and the grouping. */
 static void decode_products(const attn_sdpa_problem *p, const attn_sdpa_item *it, int64_t rows,
                             const float *qbuf, float *s, float *acc, int64_t j0, int64_t n,
                             int64_t last, bool pv, bool skip) {
   const attn_kernels *kern = attn__kernels();
   const int32_t *table = p->blocks ? p->blocks + it->b * p->blocks_stride : NULL;
-  int64_t bs = table ? p->block_size : n, blk = table ? j0 / bs : 0, row = table ? j0 % bs : j0;
   const int64_t *st = pv ? p->vs : p->ks;
   const void *base = pv ? p->v : p->k;
   int32_t dt = pv ? p->vdt : p->kdt;
-  int64_t nh = p->heads;
-  for (int64_t c = 0, len; c < n; c += len, blk++, row = 0) {
-    len = table && bs - row < n - c ? bs - row : n - c;
-    int64_t outer = table ? table[blk] : it->b;
-    for (int64_t h = 0; h < nh; h++) {
-      int64_t kvh = it->kvh + h;
-      const void *run = attn__elem(base, dt, outer * st[0] + kvh * st[1] + row * st[2]);
-      const void *next = NULL;
-      if (h + 1 < nh)
-        next = attn__elem(base, dt, outer * st[0] + (kvh + 1) * st[1] + row * st[2]);
-      else if (table && j0 + c + len < last) /* the next tile goes on in this block, or the next */
-        next = row + len < bs
-                   ? attn__elem(base, dt, outer * st[0] + it->kvh * st[1] + (row + len) * st[2])
-                   : attn__elem(base, dt, table[blk + 1] * st[0] + it->kvh * st[1]);
-      if (pv)
-        kern->dec_pv(rows, len, p->Dv, s + h * rows * SDPA_TILE_KEYS + c, SDPA_TILE_KEYS, run,
-                     elem_of(dt), st[2], next, acc + h * rows * p->Dv, p->Dv, skip);
-      else
-        kern->dec_qk(rows, len, p->D, p->scale, qbuf + h * rows * p->D, p->D, run, elem_of(dt),
-                     st[2], next, s + h * rows * SDPA_TILE_KEYS + c, SDPA_TILE_KEYS);
-    }
+  int64_t nh = p->heads, kvh = it->kvh;
+  /* Run r holds the tile's keys [r bs - lead, (r + 1) bs - lead), clipped
+   * to [0, n): block blk0 + r of a paged cache (its first `lead` keys come
+   * before the tile); else one run from row j0. */
+  int64_t bs = table ? p->block_size : n, blk0 = table ? j0 / bs : 0, lead = table ? j0 % bs : 0;
+  int64_t row0 = table ? lead : j0, n_runs = (lead + n + bs - 1) / bs;
+  int64_t group = bs < DECODE_GROUP_KEYS ? DECODE_GROUP_KEYS / bs : 1;
+  /* Where the stream goes on after the tile: key j0 + n (this block or the next). */
+  const void *after = table && j0 + n < last ? decode_row(it, table, base, dt, st,
+                                                          blk0 + (lead + n) / bs,
+                                                          (lead + n) % bs, kvh)
+                                             : NULL;
+  for (int64_t g0 = 0; g0 < n_runs; g0 += group) {
+    int64_t g1 = g0 + group < n_runs ? g0 + group : n_runs;
+    for (int64_t h = 0; h < nh; h++)
+      for (int64_t r = g0; r < g1; r++) {
+        int64_t c = r > 0 ? r * bs - lead : 0;
+        int64_t len = ((r + 1) * bs - lead < n ? (r + 1) * bs - lead : n) - c;
+        const void *run = decode_row(it, table, base, dt, st, blk0 + r, r > 0 ? 0 : row0,
+                                     kvh + h);
+        const void *next;
+        if (r + 1 < g1) /* the group's next block */
+          next = decode_row(it, table, base, dt, st, blk0 + r + 1, 0, kvh + h);
+        else if (h + 1 < nh) /* the next head's first run of the group */
+          next = decode_row(it, table, base, dt, st, blk0 + g0, g0 > 0 ? 0 : row0,
+                            kvh + h + 1);
+        else if (g1 < n_runs) /* the next group */
+          next = decode_row(it, table, base, dt, st, blk0 + g1, 0, kvh);
+        else
+          next = after;
+        if (pv)
+          kern->dec_pv(rows, len, p->Dv, s + h * rows * SDPA_TILE_KEYS + c, SDPA_TILE_KEYS, run,
+                       elem_of(dt), st[2], next, acc + h * rows * p->Dv, p->Dv, skip);
+        else
+          kern->dec_qk(rows, len, p->D, p->scale, qbuf + h * rows * p->D, p->D, run, elem_of(dt),
+                       st[2], next, s + h * rows * SDPA_TILE_KEYS + c, SDPA_TILE_KEYS);
+      }
   }
 }
 
