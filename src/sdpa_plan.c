@@ -158,8 +158,9 @@ static void plan_tiles(attn_sdpa_problem *p) {
  * over the other heads' (16-token blocks of 8 f32 heads of 128: 8 KiB of
  * every 64 KiB), and the hardware prefetchers, which follow a stream
  * within a 4 KiB page, start over at every run. Items of all a block's
- * heads read the blocks whole. Each head's sums are the same (the tile
- * kernel takes the heads in turn on each run), so the grouping may depend
+ * heads read the blocks whole (a few blocks at a time, every head's runs
+ * of them in turn: sdpa_tile.c). Each head's sums are the same (its runs
+ * come in the same order whatever the other heads), so the grouping may depend
  * on the threads: as many heads per item as leave ITEMS_PER_THREAD items
  * (key chunks included) per thread. */
 #define ITEMS_PER_THREAD 4

@@ -390,6 +390,60 @@ static void paged_tile_ends_inside_block(void **state) {
     }
 }
 
+/* A decode step over a paged cache whose items hold several kv heads and
+ * take a tile's blocks in groups (block sizes whose groups do not divide a
+ * tile's blocks, blocks that start before a tile, several tiles): the same
+ * bits as the contiguous cache (whose items read one head's whole tile per
+ * product), and close to the float64 reference. */
+static void paged_decode_block_groups(void **state) {
+  (void)state;
+  enum { B = 2, Hq = 8, Hkv = 4, L = 1000, D = 16 };
+  static const int64_t block_sizes[] = {3, 16, 40, 129};
+  size_t nkv = (size_t)(B * Hkv * L * D), nq = (size_t)(B * Hq * D);
+  float *k = malloc(nkv * sizeof *k), *v = malloc(nkv * sizeof *v);
+  float q[B * Hq * D], want[B * Hq * D], got[B * Hq * D];
+  int64_t kd[4] = {B, Hkv, L, D}, qd[4] = {B, Hq, 1, D}, lens[B] = {L, L - 77}, one[B] = {1, 1};
+  tu_rng r = {41};
+  tu_fill(&r, k, nkv, -2, 2);
+  tu_fill(&r, v, nkv, -2, 2);
+  tu_fill(&r, q, nq, -2, 2);
+  for (int32_t threads = 1; threads <= 2; threads++) {
+    attn_ctx *ctx = tu_ctx(threads);
+    kv_case c = {"block groups", B, Hq, Hkv, D, D, 0, 0, {0}, 0, 0, 1, 0, 0, 0, 0, threads};
+    attn_kv_cache *con = make_cache(ctx, &c, L, 0);
+    assert_ok(attn_kv_append(ctx, con, tu_wrap(ctx, k, nkv, 4, kd, NULL),
+                             tu_wrap(ctx, v, nkv, 4, kd, NULL), lens, NULL));
+    assert_ok(attn_kv_attend(ctx, con, tu_wrap(ctx, q, nq, 4, qd, NULL),
+                             tu_wrap(ctx, want, nq, 4, qd, NULL), one, NULL));
+    for (int64_t b = 0; b < B; b++) {
+      ref_sdpa_args a;
+      memset(&a, 0, sizeof a);
+      a.B = 1, a.Hq = Hq, a.Hkv = Hkv, a.Lq = 1, a.Lk = lens[b], a.D = D, a.Dv = D;
+      a.q = q + b * Hq * D, a.k = k + b * Hkv * L * D, a.v = v + b * Hkv * L * D;
+      int64_t qs[4] = {0, D, D, 1}, ks[4] = {0, L * D, D, 1};
+      memcpy(a.qs, qs, sizeof qs), memcpy(a.ks, ks, sizeof ks), memcpy(a.vs, ks, sizeof ks);
+      double ref[Hq * D];
+      ref_sdpa(&a, ref, NULL, NULL, NULL);
+      for (int64_t i = 0; i < Hq * D; i++)
+        assert_close(want[b * Hq * D + i], ref[i], 1e-5, 1e-6);
+    }
+    for (size_t t = 0; t < sizeof block_sizes / sizeof block_sizes[0]; t++) {
+      c.paged = 1, c.block_size = block_sizes[t];
+      attn_kv_cache *pag = make_cache(ctx, &c, 0, B * ((L + c.block_size - 1) / c.block_size));
+      assert_ok(attn_kv_append(ctx, pag, tu_wrap(ctx, k, nkv, 4, kd, NULL),
+                               tu_wrap(ctx, v, nkv, 4, kd, NULL), lens, NULL));
+      assert_ok(attn_kv_attend(ctx, pag, tu_wrap(ctx, q, nq, 4, qd, NULL),
+                               tu_wrap(ctx, got, nq, 4, qd, NULL), one, NULL));
+      for (size_t i = 0; i < nq; i++)
+        if (memcmp(&got[i], &want[i], sizeof got[i]) != 0)
+          fail_msg("block size %lld, %d threads, element %zu: contiguous %.9g, paged %.9g",
+                   (long long)c.block_size, (int)threads, i, (double)want[i], (double)got[i]);
+    }
+    attn_ctx_destroy(ctx);
+  }
+  free(k), free(v);
+}
+
 static void padding_rows_long_cache(void **state) {
   (void)state;
   enum { B = 2, L = 2600, Lq = 3, D = 8 };
@@ -957,6 +1011,7 @@ int main(void) {
       cmocka_unit_test(padding_rows_long_cache),
       cmocka_unit_test(paged_tile_ends_inside_block),
       cmocka_unit_test(paged_equals_contiguous),
+      cmocka_unit_test(paged_decode_block_groups),
       cmocka_unit_test(truncate_then_append),
       cmocka_unit_test(copy_diverges),
       cmocka_unit_test(shared_block_every_holder_appends),
