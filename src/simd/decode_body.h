@@ -107,7 +107,7 @@ static inline __attribute__((always_inline)) void dec_dot(int mr, int nk, int e,
     for (int t = 0; t < nk; t++)
       for (int64_t kk = 0; kk < k; kk += VW) {
         int64_t left = k - kk >= VW ? VW : k - kk;
-        if (ahead && dec_line_start(kk, size))
+        if (dec_line_start(kk, size))
           __builtin_prefetch((const void *)(ahead[t] + (size_t)kk * size), 0, 2);
         vf bv = dec_load(e, bt[t], kk, left);
 #pragma GCC unroll 4
@@ -115,27 +115,38 @@ static inline __attribute__((always_inline)) void dec_dot(int mr, int nk, int e,
           s[t][i] = v_fma(gemm_load_n(a + i * lda + kk, left), bv, s[t][i]);
       }
   } else {
-    /* Whole vectors, then the last few elements (the same loads, partial). */
-    for (int64_t kk = 0; kk < k; kk += VW) {
-      int64_t left = k - kk >= VW ? VW : k - kk;
-      if (ahead && dec_line_start(kk, size))
+    /* A 64-byte line of each row per step (whole vectors: one prefetch per
+     * row and step, no tail test), then the last elements the same way in
+     * vectors, partial at the end. The sums take the vectors in the same
+     * order either way. */
+    const int64_t line = 64 / 2;
+    int64_t kk = 0;
+    for (; kk + line <= k; kk += line) {
+#pragma GCC unroll 4
+      for (int t = 0; t < nk; t++)
+        __builtin_prefetch((const void *)(ahead[t] + (size_t)kk * size), 0, 2);
+#pragma GCC unroll 4
+      for (int64_t o = kk; o < kk + line; o += VW) {
+        vf bv[DEC_QKEYS];
 #pragma GCC unroll 4
         for (int t = 0; t < nk; t++)
-          __builtin_prefetch((const void *)(ahead[t] + (size_t)kk * size), 0, 2);
-      vf bv[DEC_QKEYS];
-      if (left == VW) {
-#pragma GCC unroll 4
-        for (int t = 0; t < nk; t++)
-          bv[t] = dec_load(e, bt[t], kk, VW);
+          bv[t] = dec_load(e, bt[t], o, VW);
 #pragma GCC unroll 4
         for (int i = 0; i < mr; i++) {
-          vf av = v_load(a + i * lda + kk);
+          vf av = v_load(a + i * lda + o);
 #pragma GCC unroll 4
           for (int t = 0; t < nk; t++)
             s[t][i] = v_fma(av, bv[t], s[t][i]);
         }
-        continue;
       }
+    }
+    for (; kk < k; kk += VW) {
+      int64_t left = k - kk >= VW ? VW : k - kk;
+      if (dec_line_start(kk, size))
+#pragma GCC unroll 4
+        for (int t = 0; t < nk; t++)
+          __builtin_prefetch((const void *)(ahead[t] + (size_t)kk * size), 0, 2);
+      vf bv[DEC_QKEYS];
 #pragma GCC unroll 4
       for (int t = 0; t < nk; t++)
         bv[t] = dec_load(e, bt[t], kk, left);
@@ -153,7 +164,11 @@ static inline __attribute__((always_inline)) void dec_dot(int mr, int nk, int e,
 #ifdef V_HSUM16T
   if (mr == 4 && nk == 4) { /* r[4 i + t]: row i, key t */
     float r[16];
-    v_hsum16t(&s[0][0], r);
+    vf v[16]; /* a copy: s's address taken would keep some sums on the stack in the loop */
+#pragma GCC unroll 16
+    for (int q = 0; q < 16; q++)
+      v[q] = s[q / 4][q % 4];
+    v_hsum16t(v, r);
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++)
 #pragma GCC unroll 4
@@ -194,7 +209,7 @@ static inline __attribute__((always_inline)) void dec_qk_e(int e, int64_t m, int
       const float *ai = a + i * lda;
       float *ci = c + i * ldc + j;
       int mr = m - i < DEC_ROWS ? (int)(m - i) : DEC_ROWS;
-      const uintptr_t *aj = i == 0 ? ahead : NULL; /* the first pass over rows j prefetches */
+      const uintptr_t *aj = ahead; /* later passes find the lines requested (cheap) */
       if (nk == DEC_QKEYS) {
         switch (mr) {
         case 1: dec_dot(1, DEC_QKEYS, e, k, alpha, ai, lda, bj, ldb, ci, ldc, aj); break;
@@ -205,7 +220,7 @@ static inline __attribute__((always_inline)) void dec_qk_e(int e, int64_t m, int
       } else { /* the last keys, one at a time */
         for (int t = 0; t < nk; t++) {
           const void *bt = (const char *)bj + (size_t)(t * ldb) * size;
-          const uintptr_t *at = aj ? aj + t : NULL;
+          const uintptr_t *at = aj + t;
           switch (mr) {
           case 1: dec_dot(1, 1, e, k, alpha, ai, lda, bt, ldb, ci + t, ldc, at); break;
           case 2: dec_dot(2, 1, e, k, alpha, ai, lda, bt, ldb, ci + t, ldc, at); break;
