@@ -140,10 +140,10 @@ static const void *decode_row(const attn_sdpa_item *it, const int32_t *table, co
  * when skip. K and V rows are read in place, in their stored type; the
  * kernels prefetch along the runs, into the next run to be read (the
  * group's next block, the next head's first, the next group's) and at the
- * tile's end into the rest of a paged cache (up to key `last`). The blocks
- * are walked in order, not looked up per run as key_offsets does
- * (16-token blocks, a cache in L2, 1 thread: f32 37.5 -> 34.2 ns per key
- * and KV head). Each head's products see the same runs in the same order
+ * tile's end into its first V rows (after K) or the next tile's K (after V,
+ * up to key `last`). The blocks are walked in order, not looked up per run
+ * as key_offsets does (16-token blocks, a cache in L2, 1 thread: f32 37.5
+ * -> 34.2 ns per key and KV head). Each head's products see the same runs in the same order
  * whatever the item's heads and the grouping. */
 static void decode_products(const attn_sdpa_problem *p, const attn_sdpa_item *it, int64_t rows,
                             const float *qbuf, float *s, float *acc, int64_t j0, int64_t n,
@@ -160,11 +160,16 @@ static void decode_products(const attn_sdpa_problem *p, const attn_sdpa_item *it
   int64_t bs = table ? p->block_size : n, blk0 = table ? j0 / bs : 0, lead = table ? j0 % bs : 0;
   int64_t row0 = table ? lead : j0, n_runs = (lead + n + bs - 1) / bs;
   int64_t group = bs < DECODE_GROUP_KEYS ? DECODE_GROUP_KEYS / bs : 1;
-  /* Where the stream goes on after the tile: key j0 + n (this block or the next). */
-  const void *after = table && j0 + n < last ? decode_row(it, table, base, dt, st,
-                                                          blk0 + (lead + n) / bs,
-                                                          (lead + n) % bs, kvh)
-                                             : NULL;
+  /* Where the stream goes on after the tile, so that no pass starts on rows
+   * not yet requested: after its K into its first V rows, after its V into
+   * the next tile's K (key j0 + n: in this block or the next). */
+  const void *after = NULL;
+  if (!pv)
+    after = decode_row(it, table, p->v, p->vdt, p->vs, blk0, row0, kvh);
+  else if (j0 + n < last)
+    after = table ? decode_row(it, table, p->k, p->kdt, p->ks, blk0 + (lead + n) / bs,
+                               (lead + n) % bs, kvh)
+                  : decode_row(it, NULL, p->k, p->kdt, p->ks, 0, j0 + n, kvh);
   for (int64_t g0 = 0; g0 < n_runs; g0 += group) {
     int64_t g1 = g0 + group < n_runs ? g0 + group : n_runs;
     for (int64_t h = 0; h < nh; h++)
