@@ -27,8 +27,9 @@
  * free for the loads), a line at a time as the loads reach that line of
  * their own row (requesting whole rows at once was 7-16 % slower: the
  * requests come in bursts). The stream goes on past the run at
- * `next` (a paged cache's next block), or with the same stride when next is
- * NULL. A prefetch never faults, so the address may lie past the run (formed
+ * `next` (the rows the caller reads next: the next head's, block's, or the
+ * other of K and V), with this run's stride, or on along the run when next
+ * is NULL. A prefetch never faults, so the address may lie past the run (formed
  * as an integer). */
 #define DEC_AHEAD 4096
 
