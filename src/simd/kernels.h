@@ -92,9 +92,9 @@ typedef struct attn_kernels {
   /* SDPA's decode products (simd/decode_body.h): a few query rows against
    * K and V rows of element type be / ve (ATTN_ELEM_*) read in place, each
    * row once; NULL in the sets without them (SDPA then widens tiles and
-   * calls the products above). next: where the rows after this run go on
-   * (prefetched ahead; a paged cache's next block), NULL when they follow
-   * with the same stride. dec_qk: c[m, n] = alpha a[m, k] b[n, k]^T.
+   * calls the products above). next: the rows read after this run
+   * (prefetched ahead, with this run's stride: the next head's or block's,
+   * or V's after K), NULL when they follow this run. dec_qk: c[m, n] = alpha a[m, k] b[n, k]^T.
    * dec_pv: c[m, n] += p[m, k] v[k, n]; skip: zero weights add nothing. */
   void (*dec_qk)(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                  const void *b, int be, int64_t ldb, const void *next, float *c, int64_t ldc);
