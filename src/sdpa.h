@@ -84,6 +84,7 @@ typedef struct {
   attn_sdpa_work *works; /* one per thread */
   float *states;         /* n_items * n_split partial results when n_split > 1 */
   int64_t *order;        /* items of several kv heads: the batches, most keys first (sdpa_plan.c) */
+  bool stream_out;       /* F32 outputs by non-temporal stores (the caller fences) */
 } attn_sdpa_problem;
 
 /* attn_sdpa without the prologue: check the handles and params, plan,
@@ -146,7 +147,7 @@ void attn__sdpa_run(attn_ctx *ctx, attn_sdpa_problem *p);
  * head-major buffers of its thread (each token's rows of the group are
  * adjacent, so the copy reads runs the hardware prefetchers follow, where
  * the per-head tiles read rows a token apart: a cache and TLB miss each),
- * attends over them, and copies the output rows back. Longer sequences
+ * and attends over them, writing its outputs to their rows. Longer sequences
  * (whose buffers would not stay in a core's L2) run one after another
  * through attn__sdpa_plan / attn__sdpa_run. */
 typedef struct {

@@ -413,6 +413,8 @@ void attn__sdpa_finish(const attn_sdpa_problem *p, const attn_sdpa_item *it, att
     float *res = p->odt == ATTN_DTYPE_F32 ? o : acc;
     if (empty)
       memset(res, 0, (size_t)p->Dv * sizeof(float));
+    else if (p->stream_out && res != acc)
+      k->scale_stream(acc, res, p->Dv, inv);
     else
       k->scale(acc, res, p->Dv, inv);
     if (res == acc)
