@@ -1415,14 +1415,16 @@ static void varlen(void **state) {
        .Hq = 2, .Hkv = 1, .D = 64, .Dv = 64, .window = 1, .wl = 3000, .wr = 0, .align = BR,
        .alibi = 1, .lse = 1, .pad = 1},
       /* Staged items (attn_sdpa_packed: a batch larger than 4 MiB, each
-       * kv head's rows, keys and values within 512 KiB): up to 300 tokens
-       * of two query heads per kv head at D = 64 fill two kv heads of the
-       * 1 MiB staging buffer, so the three kv heads run as groups of 2 and
-       * 1 (alibi slopes, sinks and lse rows offset by the group's first
-       * head), 256+ tokens with a second, shorter query block; the last
-       * sequence's 3000 keys are not staged (split keys, after the rest). */
-      {.name = "varlen head groups", .batch = 7, .lq = {300, 250, 5, 300, 120, 280, 3},
-       .lk = {300, 260, 9, 290, 120, 280, 3000}, .Hq = 6, .Hkv = 3, .D = 64, .Dv = 64, .causal = 1,
+       * kv head's query rows, keys and values within 512 KiB; outputs go
+       * to their rows): up to 400 tokens of two query heads per kv head at
+       * D = 64 (400 KiB) fill two kv heads of the 1 MiB staging buffer, so
+       * the three kv heads run as groups of 2 and 1 (alibi slopes, sinks
+       * and lse rows offset by the group's first head), 256+ positions
+       * with a second, shorter query block (512 rows of two heads); the
+       * last sequence's 3000 keys are not staged (split keys, after the
+       * rest). */
+      {.name = "varlen head groups", .batch = 7, .lq = {400, 250, 5, 400, 120, 280, 3},
+       .lk = {400, 260, 9, 390, 120, 280, 3000}, .Hq = 6, .Hkv = 3, .D = 64, .Dv = 64, .causal = 1,
        .align = BR, .window = 1, .wl = 200, .wr = 0, .alibi = 1, .sinks = 1, .lse = 1, .pad = 1},
       /* One query position per sequence, negative ones included. */
       {.name = "varlen q_offsets", .batch = 5, .lq = {7, 0, 70, 3, 4}, .lk = {13, 5, 40, 0, 3000},
