@@ -235,7 +235,8 @@ void attn__sdpa_run(attn_ctx *ctx, attn_sdpa_problem *p) {
 /* Query rows per block of a staged item: a head of a sequence of up to 512
  * tokens is one block, so its K tiles are packed for the products once
  * (64 sequences of 64..512 tokens, 12 heads of 64, 1 thread: 1.3 % less
- * time than blocks of SDPA_TILE_ROWS). */
+ * time than blocks of SDPA_TILE_ROWS). Its logits tile (512 rows: 512 KiB)
+ * and the stage (up to STAGE_BYTES) still fit a 2 MiB L2. */
 #define STAGE_ROWS 512
 
 /* Floats one kv head of a sequence needs: its G query heads' rows, its
