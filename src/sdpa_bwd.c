@@ -116,6 +116,26 @@ static attn_status check(attn_ctx *ctx, const attn_tensor *q, const attn_tensor 
   return ATTN_OK;
 }
 
+/* Reserve the plan's workspace plus `more` bytes and, when dsinks is asked
+ * for, the zeroed accumulator of its Hq sums (*acc; NULL without dsinks).
+ * Only a caller's dsinks bounds Hq: an empty problem may claim 2^62 heads. */
+static attn_status reserve(attn_ctx *ctx, const attn_sdpa_bwd_problem *p, size_t more,
+                           double **acc) {
+  size_t heads = p->dsinks ? (size_t)p->f.Hq : 0;
+  attn_ws_layout l = {0};
+  attn__ws_take(&l, heads, sizeof(double));
+  size_t acc_bytes = l.used;
+  attn__ws_take(&l, 1, p->ws_bytes);
+  attn__ws_take(&l, 1, more);
+  attn_status st = attn__ws_reserve(ctx, l.used);
+  *acc = NULL;
+  if (st == ATTN_OK && heads) {
+    *acc = attn__ws_alloc(ctx, acc_bytes);
+    memset(*acc, 0, heads * sizeof(double));
+  }
+  return st;
+}
+
 /* The caller's dsinks from the sums, in double until this one rounding. */
 static void store_sinks(const attn_sdpa_bwd_problem *p, const double *acc) {
   if (p->dsinks)
@@ -141,10 +161,8 @@ attn_status attn_sdpa_backward(attn_ctx *ctx, const attn_tensor *q, const attn_t
   attn_sdpa_bwd_problem pr;
   if ((st = check(ctx, q, k, v, out, lse, dout, dq, dk, dv, p, bp, false, &pr)) == ATTN_OK) {
     attn__sdpa_bwd_plan(ctx, &pr);
-    size_t acc_bytes = attn__ws_round((size_t)pr.f.Hq * sizeof(double));
-    if ((st = attn__ws_reserve(ctx, acc_bytes + pr.ws_bytes)) == ATTN_OK) {
-      double *acc = attn__ws_alloc(ctx, acc_bytes);
-      memset(acc, 0, (size_t)pr.f.Hq * sizeof(double));
+    double *acc;
+    if ((st = reserve(ctx, &pr, 0, &acc)) == ATTN_OK) {
       attn__sdpa_bwd_run(ctx, &pr, acc);
       store_sinks(&pr, acc);
     }
@@ -164,21 +182,20 @@ attn_status attn__sdpa_backward_shared_q(attn_ctx *ctx, const attn_tensor *q,
     return st;
   attn__sdpa_bwd_plan(ctx, &pr);
   int64_t B = pr.f.B, Hq = pr.f.Hq, Lq = pr.f.Lq, D = pr.f.D;
-  size_t acc_bytes = attn__ws_round((size_t)Hq * sizeof(double)), dq_bytes, total;
+  size_t dq_bytes;
   /* the per-batch dq: B * Hq * Lq * D floats, summed below */
-  if (__builtin_mul_overflow((size_t)(B * Hq), (size_t)(Lq * D) * sizeof(float), &dq_bytes) ||
-      __builtin_add_overflow(acc_bytes + pr.ws_bytes, attn__ws_round(dq_bytes), &total))
-    total = SIZE_MAX; /* refused by the reservation */
-  if ((st = attn__ws_reserve(ctx, total)) != ATTN_OK)
+  if (__builtin_mul_overflow((size_t)(B * Hq), (size_t)(Lq * D) * sizeof(float), &dq_bytes))
+    dq_bytes = SIZE_MAX; /* refused by the reservation */
+  double *acc;
+  if ((st = reserve(ctx, &pr, attn__ws_round(dq_bytes), &acc)) != ATTN_OK)
     return st;
-  double *acc = attn__ws_alloc(ctx, acc_bytes);
-  memset(acc, 0, (size_t)Hq * sizeof(double));
   pr.dq = attn__ws_alloc(ctx, attn__ws_round(dq_bytes));
   pr.dqs[0] = Hq * Lq * D, pr.dqs[1] = Lq * D, pr.dqs[2] = D, pr.dqs[3] = 1;
   attn__sdpa_bwd_run(ctx, &pr, acc);
-  /* The sum over the batch, in batch order, in double until the store. */
+  /* The sum over the batch, in batch order, in double until the store
+   * (none without rows: queries of M = 0 may claim 2^62 heads). */
   float *o = dq_sum->data;
-  for (int64_t h = 0; h < Hq; h++)
+  for (int64_t h = 0; h < (attn__empty(dq_sum) ? 0 : Hq); h++)
     for (int64_t i = 0; i < Lq; i++)
       for (int64_t d = 0; d < D; d++) {
         double s = 0;
@@ -299,10 +316,9 @@ attn_status attn_sdpa_varlen_backward(attn_ctx *ctx, const attn_tensor *q, const
     attn__sdpa_bwd_plan(ctx, &pr);
     most = pr.ws_bytes > most ? pr.ws_bytes : most;
   }
-  size_t acc_bytes = attn__ws_round((size_t)pr.f.Hq * sizeof(double));
-  if ((st = attn__ws_reserve(ctx, acc_bytes + most)) == ATTN_OK) {
-    double *acc = attn__ws_alloc(ctx, acc_bytes);
-    memset(acc, 0, (size_t)pr.f.Hq * sizeof(double));
+  pr.ws_bytes = most;
+  double *acc;
+  if ((st = reserve(ctx, &pr, 0, &acc)) == ATTN_OK) {
     /* A sequence without queries still runs: its keys get zero gradients. */
     for (int32_t s = 0; s < batch; s++) {
       varlen_problem(&a, s, &pr);

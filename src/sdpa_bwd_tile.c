@@ -196,9 +196,16 @@ static void block(const attn_sdpa_bwd_problem *p, const bwd_work *w, int64_t b, 
     acc_nn_nonzero(w->ds, rows, n, kt, ldk, p->f.D, dqb, lddq);
 }
 
+/* The query heads an item walks: none without query rows, as a q of 0
+ * rows may claim 2^62 heads (its keys then get zero gradients), unless
+ * dsinks (of Hq floats) takes each head's share, which is then 0. */
+static int64_t heads_end(const attn_sdpa_bwd_problem *p, int64_t hk, bool sinks) {
+  return p->f.Lq > 0 || (sinks && p->dsinks) ? (hk + 1) * p->f.G : hk * p->f.G;
+}
+
 /* Zero the item's dq rows and dmask rows; its share of dsinks. */
 static void item_start(const attn_sdpa_bwd_problem *p, int64_t b, int64_t hk) {
-  for (int64_t h = hk * p->f.G; h < (hk + 1) * p->f.G; h++) {
+  for (int64_t h = hk * p->f.G; h < heads_end(p, hk, true); h++) {
     double sink = 0;
     for (int64_t i = 0; i < p->f.Lq; i++) {
       memset(p->dq + b * p->dqs[0] + h * p->dqs[1] + i * p->dqs[2], 0,
@@ -238,7 +245,7 @@ static void run_item(void *arg, int64_t item, int32_t worker) {
     memset(w.dka, 0, (size_t)(n * p->f.D) * sizeof(float));
     memset(w.dva, 0, (size_t)(n * p->f.Dv) * sizeof(float));
     bool kf = attn__sdpa_all_finite(kt, n, p->f.D, ldk);
-    for (int64_t h = hk * p->f.G; h < (hk + 1) * p->f.G; h++)
+    for (int64_t h = hk * p->f.G; h < heads_end(p, hk, false); h++)
       for (int64_t i0 = 0; i0 < p->f.Lq; i0 += BR) {
         int64_t rows = p->f.Lq - i0 < BR ? p->f.Lq - i0 : BR, lo0, hi0, lo1, hi1;
         attn__sdpa_visible_keys(&p->f, b, i0, &lo0, &hi0);

@@ -651,6 +651,52 @@ static void run_sm_case(const sm_case *c, int log) {
   attn_ctx_destroy(ctx);
 }
 
+/* Backward calls whose heads outnumber anything the memory could hold: an
+ * empty batch or no query rows may claim 2^40 or 2^62 query heads (the
+ * dsinks accumulator of Hq doubles was sized without a check, 8 TiB or a
+ * wrapped 0 bytes; the items walked every head without a row). */
+static void backward_empty_heads(void **state) {
+  (void)state;
+  attn_ctx *ctx = tu_ctx(2);
+  float buf[16] = {0}, dk[2], dv[2];
+  const int64_t big[2] = {(int64_t)1 << 40, (int64_t)1 << 62};
+  for (int i = 0; i < 2; i++) {
+    int64_t H = big[i];
+    /* B = 0: everything is empty. */
+    int64_t q0[4] = {0, H, 1, 1}, k0[4] = {0, 1, 1, 1}, l0[3] = {0, H, 1};
+    attn_tensor *q = tu_wrap(ctx, buf, 16, 4, q0, NULL), *k = tu_wrap(ctx, buf, 16, 4, k0, NULL),
+                *l = tu_wrap(ctx, buf, 16, 3, l0, NULL);
+    assert_ok(attn_sdpa_backward(ctx, q, k, k, q, l, q, q, k, k, NULL, NULL));
+    /* No query row, two keys: the keys' gradients are zeros. */
+    int64_t qd[4] = {1, H, 0, 1}, kd[4] = {1, 1, 2, 1}, ld[3] = {1, H, 0};
+    q = tu_wrap(ctx, buf, 16, 4, qd, NULL), l = tu_wrap(ctx, buf, 16, 3, ld, NULL);
+    k = tu_wrap(ctx, buf, 16, 4, kd, NULL);
+    dk[0] = dk[1] = dv[0] = dv[1] = -7;
+    assert_ok(attn_sdpa_backward(ctx, q, k, k, q, l, q, q, tu_wrap(ctx, dk, 2, 4, kd, NULL),
+                                 tu_wrap(ctx, dv, 2, 4, kd, NULL), NULL, NULL));
+    assert_true(dk[0] == 0 && dk[1] == 0 && dv[0] == 0 && dv[1] == 0);
+    /* The same as one packed sequence without queries. */
+    int64_t pq[3] = {0, H, 1}, pk[3] = {2, 1, 1}, pl[2] = {H, 0}, cu_q[2] = {0, 0},
+            cu_k[2] = {0, 2}, ps[3] = {1, 1, 1}; /* (a token stride BLAS takes) */
+    attn_tensor *tq = tu_wrap(ctx, buf, 16, 3, pq, ps), *tk = tu_wrap(ctx, buf, 16, 3, pk, NULL);
+    dk[0] = dk[1] = dv[0] = dv[1] = -7;
+    assert_ok(attn_sdpa_varlen_backward(ctx, tq, tk, tk, tq, tu_wrap(ctx, buf, 16, 2, pl, NULL),
+                                        tq, tq, tu_wrap(ctx, dk, 2, 3, pk, NULL),
+                                        tu_wrap(ctx, dv, 2, 3, pk, NULL), 1, cu_q, cu_k, NULL,
+                                        NULL));
+    assert_true(dk[0] == 0 && dk[1] == 0 && dv[0] == 0 && dv[1] == 0);
+    /* attn_pool_attention_backward with M = 0 learned queries of H heads. */
+    int64_t qq[3] = {H, 0, 1};
+    attn_tensor *qs = tu_wrap(ctx, buf, 16, 3, qq, NULL);
+    dk[0] = dk[1] = dv[0] = dv[1] = -7;
+    assert_ok(attn_pool_attention_backward(ctx, qs, k, k, q, l, q, qs,
+                                           tu_wrap(ctx, dk, 2, 4, kd, NULL),
+                                           tu_wrap(ctx, dv, 2, 4, kd, NULL), NULL));
+    assert_true(dk[0] == 0 && dk[1] == 0 && dv[0] == 0 && dv[1] == 0);
+  }
+  attn_ctx_destroy(ctx);
+}
+
 static void softmax_table(void **state) {
   (void)state;
   for (size_t i = 0; i < sizeof sm_cases / sizeof sm_cases[0]; i++) {
@@ -1888,6 +1934,7 @@ int main(void) {
       cmocka_unit_test(sdpa_huge_l),
       cmocka_unit_test(sdpa_varlen_empty),
       cmocka_unit_test(sdpa_varlen_backward_rows),
+      cmocka_unit_test(backward_empty_heads),
       cmocka_unit_test(softmax_table),
       cmocka_unit_test(softmax_table_half),
       cmocka_unit_test(softmax_huge),

@@ -10,7 +10,8 @@
  * one and on two threads, and (B = 1, no mask or kv_lens) the same bits from
  * attn_sdpa_varlen_backward over the packed view; attn_pool_attention_backward
  * against attn_sdpa_backward on queries shared by the batch. Softmax backward: masked entries (y = 0, or -inf
- * for log) get exactly 0, whatever dy holds. */
+ * for log) get exactly 0, whatever dy holds. Calls without query rows whose
+ * head count may be absurd (2^62): zero key gradients at once, or a refusal. */
 #include "fuzz_common.h"
 
 enum { MAXB = 2, MAXH = 4, MAXL = 40, MAXD = 9 };
@@ -374,12 +375,97 @@ static void fuzz_softmax_backward(fz_in *in) {
   free(y.buf), free(dy.buf), free(dx.buf), free(dz.buf);
 }
 
+/* An empty view: no element, so any strides (small ones, which BLAS takes). */
+static attn_tensor *empty_view(attn_ctx *ctx, int32_t ndim, const int64_t *dims) {
+  static float none;
+  const int64_t strides[4] = {1, 1, 1, 1};
+  attn_tensor *t = NULL;
+  if (attn_tensor_wrap(ctx, ATTN_DTYPE_F32, ndim, dims, strides, &none, 0, &t) != ATTN_OK)
+    return NULL; /* dims that overflow, or negative */
+  return t;
+}
+
+/* Backward calls with no query row (B = 0, Lq = 0, packed Tq = 0, M = 0
+ * learned queries) whose head count may be absurd (fz_dim: 2^31 ... 2^62,
+ * INT64_MAX): they must return at once, with zero gradients for the keys,
+ * or refuse with nothing written. */
+static void fuzz_empty_heads(fz_in *in) {
+  fz_alloc_state a = {0, 0, 0};
+  attn_ctx *ctx = fz_ctx(&a, (int32_t)fz_range(in, 1, 2));
+  int64_t Hq = fz_dim(in, 4), B = fz_range(in, 0, MAXB), Lk = fz_range(in, 1, 5),
+          D = fz_range(in, 1, 3), Dv = fz_range(in, 1, 3);
+  int which = fz_u8(in) % 3;
+  int64_t Lq = which == 0 && B > 0 ? 0 : fz_range(in, 0, 2);
+  if (which > 0 && B == 0)
+    B = 1;
+  size_t nk = (size_t)(B * Lk); /* Hkv = 1 */
+  float *k = calloc(nk * D + 1, 4), *v = calloc(nk * Dv + 1, 4), *dk = malloc(nk * D * 4 + 4),
+        *dv = malloc(nk * Dv * 4 + 4);
+  FZ_CHECK(k && v && dk && dv, "malloc");
+  for (size_t i = 0; i < nk * D; i++)
+    dk[i] = -777.0f;
+  for (size_t i = 0; i < nk * Dv; i++)
+    dv[i] = -777.0f;
+  int64_t kd[4] = {B, 1, Lk, D}, vd[4] = {B, 1, Lk, Dv};
+  attn_tensor *tk = NULL, *tv = NULL, *tdk = NULL, *tdv = NULL;
+  FZ_CHECK(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, kd, NULL, k, nk * D * 4, &tk) == ATTN_OK &&
+               attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, vd, NULL, v, nk * Dv * 4, &tv) == ATTN_OK &&
+               attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, kd, NULL, dk, nk * D * 4, &tdk) == ATTN_OK &&
+               attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, vd, NULL, dv, nk * Dv * 4, &tdv) == ATTN_OK,
+           "wrap k/v");
+  attn_status st = ATTN_OK;
+  int called = 0;
+  if (which == 0) { /* attn_sdpa_backward: B = 0 or Lq = 0 */
+    if (B > 0)
+      Lq = 0;
+    int64_t qd[4] = {B, Hq, Lq, D}, od[4] = {B, Hq, Lq, Dv}, ld[3] = {B, Hq, Lq};
+    attn_tensor *q = empty_view(ctx, 4, qd), *o = empty_view(ctx, 4, od), *l = empty_view(ctx, 3, ld);
+    if ((called = q && o && l))
+      st = attn_sdpa_backward(ctx, q, tk, tv, o, l, o, q, tdk, tdv, NULL, NULL);
+  } else if (which == 1) { /* packed: one sequence of Lk keys and no query */
+    int64_t qd[3] = {0, Hq, D}, od[3] = {0, Hq, Dv}, ld[2] = {Hq, 0}, cu_q[2] = {0, 0},
+            cu_k[2] = {0, B * Lk};
+    int64_t pk[3] = {B * Lk, 1, D}, pv[3] = {B * Lk, 1, Dv};
+    attn_tensor *q = empty_view(ctx, 3, qd), *o = empty_view(ctx, 3, od), *l = empty_view(ctx, 2, ld);
+    attn_tensor *k3 = NULL, *v3 = NULL, *dk3 = NULL, *dv3 = NULL;
+    FZ_CHECK(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, pk, NULL, k, nk * D * 4, &k3) == ATTN_OK &&
+                 attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, pv, NULL, v, nk * Dv * 4, &v3) == ATTN_OK &&
+                 attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, pk, NULL, dk, nk * D * 4, &dk3) == ATTN_OK &&
+                 attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, pv, NULL, dv, nk * Dv * 4, &dv3) == ATTN_OK,
+             "wrap packed k/v");
+    if ((called = q && o && l))
+      st = attn_sdpa_varlen_backward(ctx, q, k3, v3, o, l, o, q, dk3, dv3, 1, cu_q, cu_k, NULL,
+                                     NULL);
+  } else { /* attn_pool_attention_backward: M = 0 learned queries */
+    int64_t qd[3] = {Hq, 0, D}, od[4] = {B, Hq, 0, Dv}, ld[3] = {B, Hq, 0};
+    attn_tensor *q = empty_view(ctx, 3, qd), *o = empty_view(ctx, 4, od), *l = empty_view(ctx, 3, ld);
+    if ((called = q && o && l))
+      st = attn_pool_attention_backward(ctx, q, tk, tv, o, l, o, q, tdk, tdv, NULL);
+  }
+  if (called && st == ATTN_OK) {
+    for (size_t i = 0; i < nk * D; i++)
+      FZ_CHECK(dk[i] == 0, "dk[%zu] = %g without queries (Hq %lld)", i, (double)dk[i], (long long)Hq);
+    for (size_t i = 0; i < nk * Dv; i++)
+      FZ_CHECK(dv[i] == 0, "dv[%zu] = %g without queries", i, (double)dv[i]);
+  } else if (called) {
+    FZ_CHECK(st != ATTN_ERR_NO_MEMORY || a.fail_at, "no query row, yet: %s",
+             attn_ctx_last_error(ctx));
+    for (size_t i = 0; i < nk * D; i++)
+      FZ_CHECK(dk[i] == -777.0f, "dk written on failure");
+  }
+  fz_ctx_destroy(ctx, &a);
+  free(k), free(v), free(dk), free(dv);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fz_in in = {data, size};
-  if (fz_chance(&in, 160))
+  uint8_t sel = fz_u8(&in);
+  if (sel < 160)
     fuzz_sdpa_backward(&in);
-  else
+  else if (sel < 240)
     fuzz_softmax_backward(&in);
+  else
+    fuzz_empty_heads(&in);
   return 0;
 }
