@@ -1287,7 +1287,8 @@ ATTN_API attn_status attn_kv_cache_create(attn_ctx *ctx, const attn_kv_cache_par
                                           attn_kv_cache **out);
 
 /** Wrap caller memory as a contiguous cache, without copying: keys k
- * [B, Hkv, capacity, D] and values v [B, Hkv, capacity, Dv], tensors of ctx
+ * [B, Hkv, capacity, D] and values v [B, Hkv, capacity, Dv] (Hkv, D and Dv
+ * >= 1, as attn_kv_cache_create()), tensors of ctx
  * (F32, F16 or BF16, both of one dtype, which becomes the cache's; any
  * strides with no two indices sharing an element, k and v not
  * overlapping). The cache reads and writes the memory they view, which must

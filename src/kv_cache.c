@@ -238,12 +238,24 @@ static attn_status kv_cache_wrap_impl(attn_ctx *ctx, const attn_tensor *k, const
       return attn__fail(ctx, ATTN_ERR_SHAPE,
                         "v.shape[%d] = %lld but k.shape[%d] = %lld (B, Hkv and capacity "
                         "must match)", a, (long long)v->dims[a], a, (long long)k->dims[a]);
+  /* As attn_kv_cache_create: a head of no element would still be walked
+   * per token (2^62 heads of D = 0), at the empty tensors' unchecked strides. */
+  if (k->dims[1] < 1 || k->dims[3] < 1 || v->dims[3] < 1)
+    return attn__fail(ctx, ATTN_ERR_SHAPE,
+                      "k has shape [%lld, %lld, %lld, %lld] and v Dv = %lld but Hkv, D and "
+                      "Dv must be >= 1", (long long)k->dims[0], (long long)k->dims[1],
+                      (long long)k->dims[2], (long long)k->dims[3], (long long)v->dims[3]);
   if ((st = attn__check_writable(ctx, "k", k)) ||
       (st = attn__check_writable(ctx, "v", v)))
     return st;
   if (attn__overlap(k, v))
     return attn__fail(ctx, ATTN_ERR_ALIASING, "k and v overlap in memory");
   int64_t B = k->dims[0], cap = k->dims[2];
+  size_t lens_bytes; /* an empty k (capacity 0) may claim 2^62 sequences */
+  if (__builtin_mul_overflow((size_t)B, sizeof(int64_t), &lens_bytes))
+    return attn__fail(ctx, ATTN_ERR_OVERFLOW,
+                      "B = %lld sequences: their lengths (an int64 each) do not fit in memory",
+                      (long long)B);
   if (cap > INT32_MAX || k->dims[3] > INT32_MAX || v->dims[3] > INT32_MAX)
     return attn__fail(ctx, ATTN_ERR_OVERFLOW,
                       "capacity or a head dim exceeds what BLAS takes (2^31 - 1)");

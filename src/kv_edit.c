@@ -219,7 +219,7 @@ static attn_status kv_append_impl(attn_ctx *ctx, attn_kv_cache *cache, const att
   int32_t kdt = k_new->dtype;
   const int64_t *kns = k_new->strides;
   int64_t rot_strides[4];
-  if (prm.rope) {
+  if (prm.rope && !attn__empty(k_new)) { /* (the plan divides by L) */
     /* The new keys are copied into the workspace and rotated there, at
      * positions len_b + i, by attn_rope's own plan and run. */
     int64_t H = c->H, D = c->D;
@@ -374,8 +374,9 @@ static attn_status kv_read_impl(attn_ctx *ctx, const attn_kv_cache *cache, int64
     return attn__fail(ctx, ATTN_ERR_ALIASING, "k and v overlap in memory");
   if (start < 0 || start > c->lens[seq] - n)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "positions %lld..%lld but sequence %lld holds %lld tokens", (long long)start, (long long)(start + n - 1), (long long)seq,
-                      (long long)c->lens[seq]);
+                      "start = %lld and n = %lld tokens but sequence %lld holds %lld "
+                      "(start + n must not exceed that)", (long long)start, (long long)n,
+                      (long long)seq, (long long)c->lens[seq]);
   const attn_kernels *kern = attn__kernels();
   for (int64_t h = 0; h < c->H; h++)
     for (int64_t j = 0; j < n; j++) {

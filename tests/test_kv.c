@@ -822,6 +822,55 @@ static void wrap_caller_memory(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* Empty and absurd shapes: a RoPE append of no token (its plan divided by
+ * L = 0), wrapped caches of no element per head (2^40 heads of D = 0 were
+ * walked per token) or of 2^62 sequences (a wrapped size for their
+ * lengths), and a read range past int64 (its message overflowed). */
+static void empty_and_huge_shapes(void **state) {
+  (void)state;
+  attn_ctx *ctx = tu_ctx(2);
+  attn_kv_cache_params cp;
+  attn_kv_cache_params_init(&cp);
+  cp.batch = 2, cp.kv_heads = 1, cp.head_dim = 4, cp.capacity = 3;
+  attn_kv_cache *kv = NULL;
+  assert_ok(attn_kv_cache_create(ctx, &cp, &kv));
+  float buf[8] = {0};
+  int64_t none[4] = {2, 1, 0, 4};
+  attn_rope_params rp;
+  attn_rope_params_init(&rp);
+  attn_kv_append_params ap;
+  attn_kv_append_params_init(&ap);
+  ap.rope = &rp;
+  attn_tensor *e = tu_wrap(ctx, buf, 8, 4, none, NULL);
+  assert_ok(attn_kv_append(ctx, kv, e, e, NULL, &ap));
+  int64_t lens[2] = {-1, -1};
+  attn_kv_cache_info info = {.struct_size = sizeof info};
+  assert_ok(attn_kv_cache_info_get(ctx, kv, &info, lens));
+  assert_true(lens[0] == 0 && lens[1] == 0);
+  /* start + n past int64: refused. */
+  int64_t rd[3] = {1, 1, 4};
+  assert_status(attn_kv_read(ctx, kv, 0, INT64_MAX, tu_wrap(ctx, buf, 8, 3, rd, NULL), NULL),
+                ATTN_ERR_INVALID_ARG);
+  assert_ok(attn_kv_cache_free(ctx, kv));
+  /* Wrapped: Hkv, D and Dv of at least 1, as attn_kv_cache_create. */
+  const int64_t shapes[][4] = {{1, (int64_t)1 << 40, 5, 0}, {1, 0, 5, 4}, {2, 3, 4, 0}};
+  for (int i = 0; i < 3; i++) {
+    kv = (attn_kv_cache *)0x1;
+    attn_tensor *k = tu_wrap(ctx, buf, 8, 4, shapes[i], NULL);
+    assert_status(attn_kv_cache_wrap(ctx, k, k, NULL, &kv), ATTN_ERR_SHAPE);
+    assert_error_mentions(ctx, "must be >= 1");
+    assert_ptr_equal(kv, (attn_kv_cache *)0x1);
+  }
+  /* 2^62 (or 2^61 + 1) sequences of capacity 0: their int64 lengths overflow. */
+  for (int i = 0; i < 2; i++) {
+    int64_t kd[4] = {i ? ((int64_t)1 << 61) + 1 : (int64_t)1 << 62, 1, 0, 1};
+    attn_tensor *k = tu_wrap(ctx, buf, 8, 4, kd, NULL), *v = tu_wrap(ctx, buf + 4, 4, 4, kd, NULL);
+    assert_status(attn_kv_cache_wrap(ctx, k, v, NULL, &kv), ATTN_ERR_OVERFLOW);
+    assert_error_mentions(ctx, "sequences");
+  }
+  attn_ctx_destroy(ctx);
+}
+
 /* ---- bad input: a clear status and nothing changed ---- */
 
 typedef struct {
@@ -1019,6 +1068,7 @@ int main(void) {
       cmocka_unit_test(wrap_caller_memory),
       cmocka_unit_test(bad_input_changes_nothing),
       cmocka_unit_test(create_params),
+      cmocka_unit_test(empty_and_huge_shapes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

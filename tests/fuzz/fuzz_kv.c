@@ -14,7 +14,8 @@
  * RoPE rows are rounded (checked within an ULP of the cache's type).
  * One input in four asks for long sequences (appends of up to 160 rows,
  * values from a seeded generator): attention then spans several 256-key
- * tiles, where a step's padding rows once wrote past the tile buffer. */
+ * tiles, where a step's padding rows once wrote past the tile buffer.
+ * One in eight also wraps a cache of extreme sizes (wrapped_extremes). */
 #include "fuzz_common.h"
 
 #include <stdbool.h>
@@ -95,7 +96,66 @@ static void check_model(attn_ctx *ctx, attn_kv_cache *kv, const model *m, const 
   }
 }
 
+/* A wrapped cache of fz_dim sizes (0, 2^31 ... 2^62, INT64_MAX): accepted
+ * exactly when Hkv, D and Dv are >= 1 and the sizes fit (B lengths, BLAS's
+ * int); then an append of no token (with RoPE or not) and attention of no
+ * query return at once and leave the lengths alone. */
+static void wrapped_extremes(fz_in *in) {
+  fz_alloc_state a = {0};
+  attn_ctx *ctx = fz_ctx(&a, 1);
+  int64_t B = fz_dim(in, 3), H = fz_dim(in, 2), cap = fz_dim(in, 3), D = fz_dim(in, 4),
+          Dv = fz_chance(in, 128) ? D : fz_dim(in, 4);
+  int64_t kd[4] = {B, H, cap, D}, vd[4] = {B, H, cap, Dv};
+  float *buf = calloc(2 * FZ_MAX_BYTES / 4, 4);
+  FZ_CHECK(buf, "malloc");
+  attn_tensor *k = NULL, *v = NULL;
+  if (attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, kd, NULL, buf, FZ_MAX_BYTES, &k) == ATTN_OK &&
+      attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, vd, NULL, buf + FZ_MAX_BYTES / 4, FZ_MAX_BYTES,
+                       &v) == ATTN_OK) {
+    bool ok = H >= 1 && D >= 1 && Dv >= 1 && (uint64_t)B <= SIZE_MAX / 8 && cap <= INT32_MAX &&
+              D <= INT32_MAX && Dv <= INT32_MAX;
+    attn_kv_cache *kv = NULL;
+    attn_status st = attn_kv_cache_wrap(ctx, k, v, NULL, &kv);
+    FZ_CHECK(st == ATTN_OK ? ok : !ok || st == ATTN_ERR_NO_MEMORY, "wrap [%lld, %lld, %lld, %lld] "
+             "Dv %lld: %s", (long long)B, (long long)H, (long long)cap, (long long)D,
+             (long long)Dv, attn_ctx_last_error(ctx));
+    if (st == ATTN_OK) {
+      int64_t nd[4] = {B, H, 0, D}, nv[4] = {B, H, 0, Dv}, od[4] = {B, H, 0, Dv};
+      attn_tensor *kn = NULL, *vn = NULL, *q = NULL, *o = NULL;
+      attn_rope_params rp;
+      attn_rope_params_init(&rp);
+      attn_kv_append_params ap;
+      attn_kv_append_params_init(&ap);
+      ap.rope = fz_chance(in, 128) ? &rp : NULL; /* an odd D refuses it */
+      if (attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, nd, NULL, buf, 0, &kn) == ATTN_OK &&
+          attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, nv, NULL, buf, 0, &vn) == ATTN_OK) {
+        st = attn_kv_append(ctx, kv, kn, vn, NULL, &ap);
+        FZ_CHECK(st == ATTN_OK || st == ATTN_ERR_NO_MEMORY || (ap.rope && st == ATTN_ERR_INVALID_ARG),
+                 "append of no token: %s", attn_ctx_last_error(ctx));
+      }
+      if (attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, nd, NULL, buf, 0, &q) == ATTN_OK &&
+          attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, od, NULL, buf, 0, &o) == ATTN_OK) {
+        st = attn_kv_attend(ctx, kv, q, o, NULL, NULL);
+        FZ_CHECK(st == ATTN_OK || st == ATTN_ERR_NO_MEMORY, "attend of no query: %s",
+                 attn_ctx_last_error(ctx));
+      }
+      attn_kv_cache_info info = {.struct_size = sizeof info};
+      int64_t lens[4] = {0};
+      FZ_CHECK(attn_kv_cache_info_get(ctx, kv, &info, B <= 4 ? lens : NULL) == ATTN_OK, "info");
+      for (int64_t b = 0; b < B && b < 4; b++)
+        FZ_CHECK(lens[b] == 0, "sequence %lld holds %lld tokens", (long long)b, (long long)lens[b]);
+    }
+  }
+  free(buf);
+  fz_ctx_destroy(ctx, &a);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  /* The same bytes read again (the program below keeps its decoding). */
+  if (size && data[size - 1] < 32) {
+    fz_in again = {data, size};
+    wrapped_extremes(&again);
+  }
   fz_in in = {data, size};
   fz_alloc_state a = {0};
   attn_ctx *ctx = fz_ctx(&a, 1 + fz_chance(&in, 64));
