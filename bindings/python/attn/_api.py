@@ -213,6 +213,15 @@ def _to_float32(a, fn, name, additive_mask):
     return b
 
 
+def _int32(v, fn, name):
+    """v for an int32 argument or field: ctypes would wrap a larger value
+    silently (rotary_dim 2**32 + 2 became 2)."""
+    n = int(v)
+    if not -2 ** 31 <= n < 2 ** 31:
+        raise ValueError("%s: %s = %d does not fit an int32" % (fn, name, n))
+    return n
+
+
 def _int64_array(a, name, fn, shape=None):
     a = np.asarray(a)
     if a.dtype.kind == "f":
@@ -447,7 +456,7 @@ class Context(_ClosedWhenCollected):
     """
 
     def __init__(self, num_threads=None):
-        n = 0 if num_threads is None else int(num_threads)
+        n = 0 if num_threads is None else _int32(num_threads, "Context", "num_threads")
         opts = _lib.CtxOptions(num_threads=n)
         h = ctypes.c_void_p()
         code = _LIB.attn_ctx_create(ctypes.byref(h), ctypes.byref(opts))
@@ -697,7 +706,8 @@ class Context(_ClosedWhenCollected):
                              % (fn, layout.upper(), np.shape(y)))
         v = _to_bhld(y, layout, y.ndim == 4)
         p = _lib.RopeParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
-                            rotary_dim=0 if rotary_dim is None else int(rotary_dim),
+                            rotary_dim=0 if rotary_dim is None else _int32(rotary_dim, fn,
+                                                                           "rotary_dim"),
                             theta=0.0 if theta is None else float(theta),
                             offset=int(offset))
         with self._call(fn) as c:
@@ -715,7 +725,7 @@ class Context(_ClosedWhenCollected):
 
     def alibi_slopes(self, n_heads, max_bias=8.0):
         """ALiBi slopes for n_heads heads as a float32 array (any head count)."""
-        n = int(n_heads)
+        n = _int32(n_heads, "alibi_slopes", "n_heads")
         out = np.empty(max(n, 0), np.float32)
         with self._call("alibi_slopes") as c:
             c.check(_fn("attn_alibi_slopes")(
@@ -783,7 +793,8 @@ class Context(_ClosedWhenCollected):
             hx = c.output(x, "x", half=True) if inplace else c.input(x, "x", dtype=xdt)
             hy = hx if inplace else c.output(y, "out", half=True)
             p = _lib.RopeCachedParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
-                                      num_heads=0 if num_heads is None else int(num_heads))
+                                      num_heads=0 if num_heads is None
+                                      else _int32(num_heads, fn, "num_heads"))
             if position_ids is not None:
                 shape = np.shape(y)
                 L = shape[1] if len(shape) == 3 else (shape[2] if len(shape) == 4 else 0)
@@ -1304,7 +1315,8 @@ class KVCache(_ContextObject):
             if rope is not None:
                 style = rope.get("style", "half-split")
                 rp = _lib.RopeParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
-                                     rotary_dim=int(rope.get("rotary_dim", 0)),
+                                     rotary_dim=_int32(rope.get("rotary_dim", 0), fn,
+                                                       "rope rotary_dim"),
                                      theta=float(rope.get("theta", 0.0)))
                 c.keep.append(rp)
                 ap.rope = ctypes.pointer(rp)
@@ -1585,7 +1597,8 @@ class DecoderLayer(_ContextObject):
             if rope is not None:
                 rp = _lib.RopeParams(style=_choice(_lib.ROPE_STYLES,
                                                    rope.get("style", "half-split"), fn, "style"),
-                                     rotary_dim=int(rope.get("rotary_dim", 0)),
+                                     rotary_dim=_int32(rope.get("rotary_dim", 0), fn,
+                                                       "rope rotary_dim"),
                                      theta=float(rope.get("theta", 0.0)))
                 c.keep.append(rp)
                 p.rope = ctypes.pointer(rp)

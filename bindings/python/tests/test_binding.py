@@ -358,3 +358,21 @@ def test_close_waits_for_a_running_op():
         assert "closed" in str(e) or "in use" in str(e)
     with pytest.raises(ValueError, match="closed"):
         ctx.sdpa(q, q, q)
+
+
+def test_int32_arguments_past_int32_are_refused():
+    # ctypes would wrap them silently: rotary_dim 2**32 + 2 rotated 2 dims,
+    # alibi_slopes(2**32 + 4) filled 4 slopes of its array.
+    ctx = attn.Context(num_threads=1)
+    x = np.ones((1, 1, 3, 8), np.float32)
+    for r in (2 ** 32 + 2, -2 ** 31 - 1):
+        with pytest.raises(ValueError, match="rotary_dim = %d does not fit an int32" % r):
+            ctx.rope(x, rotary_dim=r)
+    with pytest.raises(ValueError, match="int32"):
+        ctx.alibi_slopes(2 ** 32 + 4)
+    cos = np.ones((3, 2), np.float32)
+    with pytest.raises(ValueError, match="int32"):
+        ctx.rope_cached(np.ones((1, 3, 8), np.float32), cos, cos, num_heads=2 ** 32 + 2)
+    with pytest.raises(ValueError, match="int32"):
+        attn.Context(num_threads=2 ** 32 + 1)
+    ctx.close()
