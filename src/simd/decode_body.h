@@ -165,11 +165,7 @@ static inline __attribute__((always_inline)) void dec_dot(int mr, int nk, int e,
 #ifdef V_HSUM16T
   if (mr == 4 && nk == 4) { /* r[4 i + t]: row i, key t */
     float r[16];
-    vf v[16]; /* a copy: s's address taken would keep some sums on the stack in the loop */
-#pragma GCC unroll 16
-    for (int q = 0; q < 16; q++)
-      v[q] = s[q / 4][q % 4];
-    v_hsum16t(v, r);
+    v_hsum16t(&s[0][0], r);
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++)
 #pragma GCC unroll 4
