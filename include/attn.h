@@ -679,7 +679,8 @@ ATTN_API void attn_rope_cache_params_init(attn_rope_cache_params *p);
  *  also finite parameters so extreme that a frequency or an angle overflows,
  *  or an applied attention factor outside float's normal range, which would
  *  write Inf, NaN or 0 into the tables), ATTN_ERR_ALIASING, ATTN_ERR_NO_MEMORY.
- *  Nothing is written on failure.
+ *  Nothing is written on failure. Empty tables (P or r/2 zero) have no angles:
+ *  the call checks the parameters and gives the attention factor.
  * @since 0.2.0 */
 ATTN_API attn_status attn_rope_cache_fill(attn_ctx *ctx, attn_tensor *cos, attn_tensor *sin,
                                           const attn_rope_cache_params *p,

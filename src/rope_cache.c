@@ -33,8 +33,26 @@ static double yarn_dim(double rotations, double r, double theta, double p0) {
 
 static double yarn_mscale(double s, double k) { return s <= 1 ? 1.0 : 0.1 * k * log(s) + 1.0; }
 
-/* Frequencies w[0..half) of the plan, and its attention factor. */
-static double plan_freqs(const freq_plan *f, double *w) {
+/* The plan's attention factor: YaRN's mscale, LongRoPE's, else 1. */
+static double plan_attention_factor(const freq_plan *f) {
+  double s = f->factor;
+  if (f->scaling == ATTN_ROPE_SCALING_YARN) {
+    if (f->attention_factor)
+      return f->attention_factor;
+    if (f->mscale && f->mscale_all_dim)
+      return yarn_mscale(s, f->mscale) / yarn_mscale(s, f->mscale_all_dim);
+    return yarn_mscale(s, 1.0);
+  }
+  if (f->scaling == ATTN_ROPE_SCALING_LONGROPE) {
+    if (f->attention_factor)
+      return f->attention_factor;
+    return s <= 1 ? 1.0 : sqrt(1.0 + log(s) / log((double)f->p0));
+  }
+  return 1.0;
+}
+
+/* Frequencies w[0..half) of the plan. */
+static void plan_freqs(const freq_plan *f, double *w) {
   double r = 2.0 * (double)f->half, theta = f->theta, s = f->factor;
   if (f->scaling == ATTN_ROPE_SCALING_NTK)
     theta *= pow(s, r / (r - 2.0));
@@ -44,7 +62,6 @@ static double plan_freqs(const freq_plan *f, double *w) {
   }
   for (int64_t i = 0; i < f->half; i++)
     w[i] = pow(theta, -(double)(2 * i) / r);
-  double af = 1.0;
   switch (f->scaling) {
   case ATTN_ROPE_SCALING_LINEAR:
     for (int64_t i = 0; i < f->half; i++)
@@ -66,12 +83,6 @@ static double plan_freqs(const freq_plan *f, double *w) {
       ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
       w[i] = w[i] / s * ramp + w[i] * (1.0 - ramp);
     }
-    if (f->attention_factor)
-      af = f->attention_factor;
-    else if (f->mscale && f->mscale_all_dim)
-      af = yarn_mscale(s, f->mscale) / yarn_mscale(s, f->mscale_all_dim);
-    else
-      af = yarn_mscale(s, 1.0);
     break;
   }
   case ATTN_ROPE_SCALING_LLAMA3: {
@@ -92,15 +103,10 @@ static double plan_freqs(const freq_plan *f, double *w) {
     const double *ext = f->seq_len > f->p0 ? f->long_f : f->short_f;
     for (int64_t i = 0; i < f->half; i++)
       w[i] /= ext[i];
-    if (f->attention_factor)
-      af = f->attention_factor;
-    else
-      af = s <= 1 ? 1.0 : sqrt(1.0 + log(s) / log((double)f->p0));
     break;
   }
   default: break;
   }
-  return af;
 }
 
 typedef struct {
@@ -260,11 +266,12 @@ static attn_status check_cache_params(attn_ctx *ctx, const char *where,
 
 /* Extreme but finite parameters (a factor of 1e-300, beta_fast near 0, an
  * attention factor of 1e300) can make a frequency, an angle or a scaled
- * table entry overflow: refuse them rather than write Inf or NaN. */
+ * table entry overflow: refuse them rather than write Inf or NaN. w NULL:
+ * empty tables, no angles. */
 static attn_status check_freqs(attn_ctx *ctx, const freq_plan *f, const double *w,
                                double scale) {
   double last = f->P > 0 ? (double)(f->P - 1) : 0.0;
-  for (int64_t i = 0; i < f->half; i++)
+  for (int64_t i = 0; w && i < f->half; i++)
     if (!isfinite(w[i]) || !isfinite(w[i] * last))
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                         "the scaled frequency of pair %lld is %g, whose angle at position "
@@ -291,7 +298,8 @@ attn_status attn__rope_scaled_freqs(attn_ctx *ctx, const char *where,
   attn_status st = check_cache_params(ctx, where, prm, &f);
   if (st != ATTN_OK)
     return st;
-  double af = plan_freqs(&f, w);
+  plan_freqs(&f, w);
+  double af = plan_attention_factor(&f);
   f.P = INT64_MAX;
   if ((st = check_freqs(ctx, &f, w, prm->apply_attention_factor ? af : 1.0)) == ATTN_OK)
     *attention_factor = af;
@@ -315,25 +323,22 @@ static attn_status cache_fill(attn_ctx *ctx, attn_tensor *cos_t, attn_tensor *si
   memset(&f, 0, sizeof f);
   f.P = cos_t->dims[0];
   f.half = cos_t->dims[1];
-  /* The frequencies take a double per pair; an empty table may claim 2^62. */
-  size_t bytes;
-  if (__builtin_mul_overflow((size_t)(f.half > 0 ? f.half : 1), sizeof(double), &bytes))
-    return attn__fail(ctx, ATTN_ERR_OVERFLOW,
-                      "the tables have %lld pairs per row: their frequencies (a double "
-                      "each) do not fit in memory",
-                      (long long)f.half);
-  if ((st = check_cache_params(ctx, "params", &prm, &f)) != ATTN_OK ||
-      (st = attn__ws_reserve(ctx, bytes)) != ATTN_OK)
+  if ((st = check_cache_params(ctx, "params", &prm, &f)) != ATTN_OK)
+    return st;
+  double af = plan_attention_factor(&f);
+  if (attn__empty(cos_t)) { /* no angles (an empty table may claim 2^62 pairs): the factor */
+    if ((st = check_freqs(ctx, &f, NULL, prm.apply_attention_factor ? af : 1.0)) == ATTN_OK &&
+        attention_factor)
+      *attention_factor = af;
+    return st;
+  }
+  size_t bytes = (size_t)f.half * sizeof(double); /* less than the tables' own bytes */
+  if ((st = attn__ws_reserve(ctx, bytes)) != ATTN_OK)
     return st;
   double *w = attn__ws_alloc(ctx, bytes);
-  double af = plan_freqs(&f, w);
+  plan_freqs(&f, w);
   if ((st = check_freqs(ctx, &f, w, prm.apply_attention_factor ? af : 1.0)) != ATTN_OK)
     return st;
-  if (attn__empty(cos_t)) { /* empty tables: only the attention factor */
-    if (attention_factor)
-      *attention_factor = af;
-    return ATTN_OK;
-  }
 
   fill_problem p;
   memset(&p, 0, sizeof p);
