@@ -346,6 +346,39 @@ static void long_cache_split(void **state) {
  * Both the decode products (G * Lq <= 8 rows) and the generic ones, a
  * sequence long enough for the split over keys, and sinks: a padding row
  * gets lse -inf (it once got the sink). */
+/* One decode step over a cache filled with k, v [B, Hkv, L, D] (lens[b] keys
+ * each): q [B, Hq, 1, D] -> out. */
+static void fill_and_decode(attn_ctx *ctx, attn_kv_cache *kv, int64_t B, int64_t Hq,
+                            int64_t Hkv, int64_t L, int64_t D, float *k, float *v,
+                            const int64_t *lens, float *q, float *out) {
+  size_t nkv = (size_t)(B * Hkv * L * D), nq = (size_t)(B * Hq * D);
+  int64_t kd[4] = {B, Hkv, L, D}, qd[4] = {B, Hq, 1, D}, one[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+  assert_true(B <= 8);
+  assert_ok(attn_kv_append(ctx, kv, tu_wrap(ctx, k, nkv, 4, kd, NULL),
+                           tu_wrap(ctx, v, nkv, 4, kd, NULL), lens, NULL));
+  assert_ok(attn_kv_attend(ctx, kv, tu_wrap(ctx, q, nq, 4, qd, NULL),
+                           tu_wrap(ctx, out, nq, 4, qd, NULL), one, NULL));
+}
+
+/* out of fill_and_decode against the float64 reference, sequence by sequence. */
+static void decode_matches_reference(int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64_t D,
+                                     const float *k, const float *v, const int64_t *lens,
+                                     const float *q, const float *out) {
+  double *ref = malloc((size_t)(Hq * D) * sizeof *ref);
+  for (int64_t b = 0; b < B; b++) {
+    ref_sdpa_args a;
+    memset(&a, 0, sizeof a);
+    a.B = 1, a.Hq = Hq, a.Hkv = Hkv, a.Lq = 1, a.Lk = lens[b], a.D = D, a.Dv = D;
+    a.q = q + b * Hq * D, a.k = k + b * Hkv * L * D, a.v = v + b * Hkv * L * D;
+    int64_t qs[4] = {0, D, D, 1}, ks[4] = {0, L * D, D, 1};
+    memcpy(a.qs, qs, sizeof qs), memcpy(a.ks, ks, sizeof ks), memcpy(a.vs, ks, sizeof ks);
+    ref_sdpa(&a, ref, NULL, NULL, NULL);
+    for (int64_t i = 0; i < Hq * D; i++)
+      assert_close(out[b * Hq * D + i], ref[i], 1e-5, 1e-6);
+  }
+  free(ref);
+}
+
 /* A paged cache with a capacity (so each block-table row holds just the
  * sequence's blocks) and blocks that do not divide the 256-key tile: a tile
  * ending inside the last block prefetched the block after it, reading the
@@ -368,23 +401,9 @@ static void paged_tile_ends_inside_block(void **state) {
       tu_fill(&r, k, nkv, -2, 2);
       tu_fill(&r, v, nkv, -2, 2);
       tu_fill(&r, q, nq, -2, 2);
-      int64_t kd[4] = {B, Hkv, L, D}, qd[4] = {B, Hq, 1, D}, lens[B] = {L, L}, one[B] = {1, 1};
-      assert_ok(attn_kv_append(ctx, kv, tu_wrap(ctx, k, nkv, 4, kd, NULL),
-                               tu_wrap(ctx, v, nkv, 4, kd, NULL), lens, NULL));
-      assert_ok(attn_kv_attend(ctx, kv, tu_wrap(ctx, q, nq, 4, qd, NULL),
-                               tu_wrap(ctx, out, nq, 4, qd, NULL), one, NULL));
-      for (int64_t b = 0; b < B; b++) {
-        ref_sdpa_args a;
-        memset(&a, 0, sizeof a);
-        a.B = 1, a.Hq = Hq, a.Hkv = Hkv, a.Lq = 1, a.Lk = L, a.D = D, a.Dv = D;
-        a.q = q + b * Hq * D, a.k = k + b * Hkv * L * D, a.v = v + b * Hkv * L * D;
-        int64_t qs[4] = {0, D, D, 1}, ks[4] = {0, L * D, D, 1};
-        memcpy(a.qs, qs, sizeof qs), memcpy(a.ks, ks, sizeof ks), memcpy(a.vs, ks, sizeof ks);
-        double ref[Hq * D];
-        ref_sdpa(&a, ref, NULL, NULL, NULL);
-        for (int64_t i = 0; i < Hq * D; i++)
-          assert_close(out[b * Hq * D + i], ref[i], 1e-5, 1e-6);
-      }
+      int64_t lens[B] = {L, L};
+      fill_and_decode(ctx, kv, B, Hq, Hkv, L, D, k, v, lens, q, out);
+      decode_matches_reference(B, Hq, Hkv, L, D, k, v, lens, q, out);
       free(k), free(v);
       attn_ctx_destroy(ctx);
     }
@@ -402,7 +421,7 @@ static void paged_decode_block_groups(void **state) {
   size_t nkv = (size_t)(B * Hkv * L * D), nq = (size_t)(B * Hq * D);
   float *k = malloc(nkv * sizeof *k), *v = malloc(nkv * sizeof *v);
   float q[B * Hq * D], want[B * Hq * D], got[B * Hq * D];
-  int64_t kd[4] = {B, Hkv, L, D}, qd[4] = {B, Hq, 1, D}, lens[B] = {L, L - 77}, one[B] = {1, 1};
+  int64_t lens[B] = {L, L - 77};
   tu_rng r = {41};
   tu_fill(&r, k, nkv, -2, 2);
   tu_fill(&r, v, nkv, -2, 2);
@@ -411,29 +430,12 @@ static void paged_decode_block_groups(void **state) {
     attn_ctx *ctx = tu_ctx(threads);
     kv_case c = {"block groups", B, Hq, Hkv, D, D, 0, 0, {0}, 0, 0, 1, 0, 0, 0, 0, threads};
     attn_kv_cache *con = make_cache(ctx, &c, L, 0);
-    assert_ok(attn_kv_append(ctx, con, tu_wrap(ctx, k, nkv, 4, kd, NULL),
-                             tu_wrap(ctx, v, nkv, 4, kd, NULL), lens, NULL));
-    assert_ok(attn_kv_attend(ctx, con, tu_wrap(ctx, q, nq, 4, qd, NULL),
-                             tu_wrap(ctx, want, nq, 4, qd, NULL), one, NULL));
-    for (int64_t b = 0; b < B; b++) {
-      ref_sdpa_args a;
-      memset(&a, 0, sizeof a);
-      a.B = 1, a.Hq = Hq, a.Hkv = Hkv, a.Lq = 1, a.Lk = lens[b], a.D = D, a.Dv = D;
-      a.q = q + b * Hq * D, a.k = k + b * Hkv * L * D, a.v = v + b * Hkv * L * D;
-      int64_t qs[4] = {0, D, D, 1}, ks[4] = {0, L * D, D, 1};
-      memcpy(a.qs, qs, sizeof qs), memcpy(a.ks, ks, sizeof ks), memcpy(a.vs, ks, sizeof ks);
-      double ref[Hq * D];
-      ref_sdpa(&a, ref, NULL, NULL, NULL);
-      for (int64_t i = 0; i < Hq * D; i++)
-        assert_close(want[b * Hq * D + i], ref[i], 1e-5, 1e-6);
-    }
+    fill_and_decode(ctx, con, B, Hq, Hkv, L, D, k, v, lens, q, want);
+    decode_matches_reference(B, Hq, Hkv, L, D, k, v, lens, q, want);
     for (size_t t = 0; t < sizeof block_sizes / sizeof block_sizes[0]; t++) {
       c.paged = 1, c.block_size = block_sizes[t];
       attn_kv_cache *pag = make_cache(ctx, &c, 0, B * ((L + c.block_size - 1) / c.block_size));
-      assert_ok(attn_kv_append(ctx, pag, tu_wrap(ctx, k, nkv, 4, kd, NULL),
-                               tu_wrap(ctx, v, nkv, 4, kd, NULL), lens, NULL));
-      assert_ok(attn_kv_attend(ctx, pag, tu_wrap(ctx, q, nq, 4, qd, NULL),
-                               tu_wrap(ctx, got, nq, 4, qd, NULL), one, NULL));
+      fill_and_decode(ctx, pag, B, Hq, Hkv, L, D, k, v, lens, q, got);
       for (size_t i = 0; i < nq; i++)
         if (memcmp(&got[i], &want[i], sizeof got[i]) != 0)
           fail_msg("block size %lld, %d threads, element %zu: contiguous %.9g, paged %.9g",

@@ -389,6 +389,19 @@ static attn_tensor *empty_view(attn_ctx *ctx, int32_t ndim, const int64_t *dims)
  * learned queries) whose head count may be absurd (fz_dim: 2^31 ... 2^62,
  * INT64_MAX): they must return at once, with zero gradients for the keys,
  * or refuse with nothing written. */
+/* k, v, dk, dv (n keys of D and Dv floats) wrapped with dims kd / vd. */
+static void wrap_kv_grads(attn_ctx *ctx, int32_t nd, const int64_t *kd, const int64_t *vd,
+                          float *const bufs[4], size_t n, int64_t D, int64_t Dv,
+                          attn_tensor *out[4]) {
+  for (int i = 0; i < 4; i++) {
+    int is_v = i & 1; /* k, v, dk, dv */
+    size_t bytes = n * (size_t)(is_v ? Dv : D) * 4;
+    FZ_CHECK(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, nd, is_v ? vd : kd, NULL, bufs[i], bytes,
+                              &out[i]) == ATTN_OK,
+             "wrap k/v/dk/dv %d", i);
+  }
+}
+
 static void fuzz_empty_heads(fz_in *in) {
   fz_alloc_state a = {0, 0, 0};
   attn_ctx *ctx = fz_ctx(&a, (int32_t)fz_range(in, 1, 2));
@@ -407,12 +420,10 @@ static void fuzz_empty_heads(fz_in *in) {
   for (size_t i = 0; i < nk * Dv; i++)
     dv[i] = -777.0f;
   int64_t kd[4] = {B, 1, Lk, D}, vd[4] = {B, 1, Lk, Dv};
-  attn_tensor *tk = NULL, *tv = NULL, *tdk = NULL, *tdv = NULL;
-  FZ_CHECK(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, kd, NULL, k, nk * D * 4, &tk) == ATTN_OK &&
-               attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, vd, NULL, v, nk * Dv * 4, &tv) == ATTN_OK &&
-               attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, kd, NULL, dk, nk * D * 4, &tdk) == ATTN_OK &&
-               attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, vd, NULL, dv, nk * Dv * 4, &tdv) == ATTN_OK,
-           "wrap k/v");
+  float *const bufs[4] = {k, v, dk, dv};
+  attn_tensor *t4[4];
+  wrap_kv_grads(ctx, 4, kd, vd, bufs, nk, D, Dv, t4);
+  attn_tensor *tk = t4[0], *tv = t4[1], *tdk = t4[2], *tdv = t4[3];
   attn_status st = ATTN_OK;
   int called = 0;
   if (which == 0) { /* attn_sdpa_backward: B = 0 or Lq = 0 */
@@ -427,15 +438,11 @@ static void fuzz_empty_heads(fz_in *in) {
             cu_k[2] = {0, B * Lk};
     int64_t pk[3] = {B * Lk, 1, D}, pv[3] = {B * Lk, 1, Dv};
     attn_tensor *q = empty_view(ctx, 3, qd), *o = empty_view(ctx, 3, od), *l = empty_view(ctx, 2, ld);
-    attn_tensor *k3 = NULL, *v3 = NULL, *dk3 = NULL, *dv3 = NULL;
-    FZ_CHECK(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, pk, NULL, k, nk * D * 4, &k3) == ATTN_OK &&
-                 attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, pv, NULL, v, nk * Dv * 4, &v3) == ATTN_OK &&
-                 attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, pk, NULL, dk, nk * D * 4, &dk3) == ATTN_OK &&
-                 attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, pv, NULL, dv, nk * Dv * 4, &dv3) == ATTN_OK,
-             "wrap packed k/v");
+    attn_tensor *t3[4];
+    wrap_kv_grads(ctx, 3, pk, pv, bufs, nk, D, Dv, t3);
     if ((called = q && o && l))
-      st = attn_sdpa_varlen_backward(ctx, q, k3, v3, o, l, o, q, dk3, dv3, 1, cu_q, cu_k, NULL,
-                                     NULL);
+      st = attn_sdpa_varlen_backward(ctx, q, t3[0], t3[1], o, l, o, q, t3[2], t3[3], 1, cu_q,
+                                     cu_k, NULL, NULL);
   } else { /* attn_pool_attention_backward: M = 0 learned queries */
     int64_t qd[3] = {Hq, 0, D}, od[4] = {B, Hq, 0, Dv}, ld[3] = {B, Hq, 0};
     attn_tensor *q = empty_view(ctx, 3, qd), *o = empty_view(ctx, 4, od), *l = empty_view(ctx, 3, ld);
