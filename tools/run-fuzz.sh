@@ -6,6 +6,11 @@
 #
 #   tools/run-fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default 60, all)
 #
+# Targets whose library code differs by kernel set (all but npy) spend half
+# their seconds on this CPU's set and a quarter each on ATTN_KERNELS=sse2
+# (products by cblas_sgemm, no decode kernels) and avx2 (8-wide kernels),
+# over one shared work corpus: the total time stays SECONDS per target.
+#
 # Environment: CC (default clang-14), ATTN_FUZZ_BUILD (default build/fuzz),
 # ATTN_FUZZ_JOBS (parallel build jobs, default 2).
 # To grow the committed seeds from a run (keeps only inputs adding coverage):
@@ -41,21 +46,39 @@ for t in $targets; do
   work=$build/work/$t
   mkdir -p "$work/corpus"
   rm -f "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-*
-  # New inputs go to the work corpus; the committed seeds are only read.
-  if "$exe" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2560 -print_final_stats=1 \
-      -artifact_prefix="$work/" "$work/corpus" "$root/tests/fuzz/corpus/$t" >"$work/log" 2>&1; then
-    result=ok
+  # "native:secs" runs: this CPU's kernels, or ATTN_KERNELS=set.
+  if [ "$t" = npy ]; then
+    runs="native:$secs"
   else
-    result=FAILED
-    status=1
+    q=$((secs / 4))
+    runs="native:$((secs - 2 * q)) sse2:$q avx2:$q"
   fi
-  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/log")
-  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$work/log")
-  printf '%-10s %s  %s s  %s executions  %s exec/s\n' "$t" "$result" "$secs" "${execs:-?}" "${rate:-?}"
-  if [ "$result" = FAILED ]; then
-    grep -E 'FUZZ CHECK|ERROR|runtime error|SUMMARY' "$work/log" | head -5 | sed 's/^/    /'
-    ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-* 2>/dev/null | sed 's/^/    input: /'
-    echo "    log: $work/log"
-  fi
+  for run in $runs; do
+    set_=${run%:*} s=${run#*:}
+    [ "$s" -gt 0 ] || continue
+    kernels=$set_
+    [ "$set_" = native ] && kernels=
+    # New inputs go to the work corpus; the committed seeds are only read.
+    if ATTN_KERNELS=$kernels "$exe" -max_total_time="$s" -timeout=10 -rss_limit_mb=2560 \
+        -print_final_stats=1 -artifact_prefix="$work/" "$work/corpus" "$root/tests/fuzz/corpus/$t" \
+        >"$work/log-$set_" 2>&1; then
+      result=ok
+    else
+      result=FAILED
+      status=1
+    fi
+    log=$work/log-$set_
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
+    printf '%-10s %-7s %s  %s s  %s executions  %s exec/s\n' "$t" "$set_" "$result" "$s" \
+      "${execs:-?}" "${rate:-?}"
+    if [ "$result" = FAILED ]; then
+      grep -E 'FUZZ CHECK|ERROR|runtime error|SUMMARY' "$log" | head -5 | sed 's/^/    /'
+      ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-* 2>/dev/null |
+        sed 's/^/    input: /'
+      echo "    log: $log (rerun: ATTN_KERNELS=$kernels $exe INPUT)"
+      break
+    fi
+  done
 done
 exit $status
