@@ -338,6 +338,10 @@ static inline void fz_contiguous(int32_t ndim, const int64_t *dims, int64_t *s) 
   }
 }
 
+/* Wrap a buffer for tz's dims and strides (tz->strides, used when
+ * tz->has_strides), filled from the input, or sentinels for an output. */
+static inline void fz_wrap_chosen(fz_in *in, attn_ctx *ctx, fz_tensor *tz, int role);
+
 /* Choose strides for `dims` and wrap a buffer. role decides whether zero
  * strides may be used; `shape_noise` lets a dim change (shape errors).
  * Returns the tensor in tz->t (NULL if wrap failed, which is then checked to
@@ -399,6 +403,26 @@ static inline void fz_make_tensor(fz_in *in, attn_ctx *ctx, fz_tensor *tz, int32
       s[i] = fz_chance(in, 200) ? fz_range(in, 0, 40) : (int64_t)fz_u64(in);
     break;
   }
+  fz_wrap_chosen(in, ctx, tz, role);
+}
+
+/* A tensor over the given strides (overlapping rows allowed: inputs only). */
+static inline void fz_make_tensor_strided(fz_in *in, attn_ctx *ctx, fz_tensor *tz, int32_t dtype,
+                                          int32_t ndim, const int64_t *dims,
+                                          const int64_t *strides, int role) {
+  memset(tz, 0, sizeof *tz);
+  tz->dtype = dtype;
+  tz->ndim = ndim;
+  memcpy(tz->dims, dims, (size_t)ndim * sizeof *dims);
+  memcpy(tz->strides, strides, (size_t)ndim * sizeof *strides);
+  tz->has_strides = 1;
+  fz_wrap_chosen(in, ctx, tz, role);
+}
+
+static inline void fz_wrap_chosen(fz_in *in, attn_ctx *ctx, fz_tensor *tz, int role) {
+  int32_t dtype = tz->dtype, ndim = tz->ndim;
+  const int64_t *dims = tz->dims;
+  const int64_t *s = tz->strides;
   /* What wrap should decide, per the header's rules. */
   int ok = ndim >= 1 && ndim <= ATTN_MAX_DIMS;
   for (int32_t i = 0; ok && i < ndim; i++)
