@@ -246,11 +246,20 @@ typedef struct {
 
 /* A cache of B sequences of H heads, key dim D and value dim Dv: contiguous
  * with a capacity of 1..max_cap, or paged with blocks of 1..9 tokens in a
- * pool of 1..12 (capped at max_cap per sequence). */
+ * pool of 1..12 (capped at max_cap per sequence). Now and then, when
+ * big_cap > max_cap, a cache past 256-key tiles: a capacity of max_cap..
+ * big_cap, or blocks of 1..300 tokens (mostly not dividing 256) and pools of
+ * up to B * big_cap tokens, capped at big_cap per sequence (the extra byte
+ * read only at the pool range's top: older seeds keep their caches). */
 static inline fz_cache fz_kv_cache(fz_in *in, attn_ctx *ctx, int64_t B, int64_t H, int64_t D,
-                                   int64_t Dv, int64_t max_cap) {
+                                   int64_t Dv, int64_t max_cap, int64_t big_cap) {
   fz_cache c = {NULL, fz_chance(in, 128), 0, 0};
-  int64_t bs = fz_range(in, 1, 9), n_blocks = fz_range(in, 1, 12);
+  int64_t bs = fz_range(in, 1, 9), n_blocks = fz_range(in, 1, 12), small_cap = 1;
+  if (big_cap > max_cap && n_blocks == 12 && fz_chance(in, 128)) {
+    bs = fz_range(in, 1, 300);
+    n_blocks = fz_range(in, 1, (B * big_cap + bs - 1) / bs);
+    small_cap = max_cap, max_cap = big_cap;
+  }
   attn_kv_cache_params p;
   attn_kv_cache_params_init(&p);
   p.layout = c.paged;
@@ -260,7 +269,8 @@ static inline fz_cache fz_kv_cache(fz_in *in, attn_ctx *ctx, int64_t B, int64_t 
     p.capacity = n_blocks * bs < max_cap ? 0 : max_cap;
     c.cap = n_blocks * bs < max_cap ? n_blocks * bs : max_cap;
   } else {
-    p.capacity = c.cap = fz_range(in, 1, max_cap);
+    p.capacity = c.cap = small_cap > 1 && fz_chance(in, 64) ? max_cap  /* split keys */
+                                                            : fz_range(in, small_cap, max_cap);
   }
   FZ_CHECK(attn_kv_cache_create(ctx, &p, &c.kv) == ATTN_OK, "attn_kv_cache_create: %s",
            attn_ctx_last_error(ctx));

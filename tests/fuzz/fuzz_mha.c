@@ -17,16 +17,21 @@
 
 #include <stdbool.h>
 
-enum { MB = 3, ME = 8, MHQ = 4, MD = 6, MCAP = 24, ML = 4 };
+/* Mostly caches of up to MCAP tokens and forwards of up to ML; now and
+ * then a cache of up to BIG_CAP (several 256-key tiles, split keys past
+ * 2048, paged blocks of up to 300 tokens: fz_kv_cache) whose forwards take
+ * up to BIG_L tokens (several query blocks), or with one sequence all the
+ * room left (a long prompt, so that the next steps split their keys). */
+enum { MB = 3, ME = 8, MHQ = 4, MD = 6, MCAP = 24, ML = 4, BIG_CAP = 2100, BIG_L = 300 };
 /* Floats of one sequence read back from a cache (heads and dims may exceed
  * the layer's by one). */
-#define SEQ ((size_t)(MHQ + 1) * MCAP * (MD + 1))
+#define SEQ ((size_t)(MHQ + 1) * BIG_CAP * (MD + 1))
 
 typedef struct {
   int64_t B, E, Hq, Hkv, D, cap;
   int64_t cH, cD, cDv; /* the cache's heads and dims (the layer's unless mismatched) */
   int64_t len[MB];
-  float x[MB][MCAP][ME]; /* the tokens each sequence holds */
+  float x[MB][BIG_CAP][ME]; /* the tokens each sequence holds */
 } model;
 
 /* LongRoPE factors for up to MD/2 pairs. */
@@ -230,7 +235,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   }
 
-  model m;
+  static model m;
   memset(&m, 0, sizeof m);
   m.B = fz_range(&in, 1, MB), m.E = eff.embed_dim, m.Hq = eff.num_heads;
   m.Hkv = eff.num_kv_heads ? eff.num_kv_heads : m.Hq, m.D = D;
@@ -268,7 +273,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   /* ---- the cache, sometimes not matching the layer ---- */
   int mismatch = fz_chance(&in, 12) ? (int)fz_range(&in, 1, 3) : 0;
   m.cH = m.Hkv + (mismatch == 1), m.cD = m.D + (mismatch == 2), m.cDv = m.D + (mismatch == 3);
-  fz_cache fc = fz_kv_cache(&in, ctx, m.B, m.cH, m.cD, m.cDv, MCAP);
+  fz_cache fc = fz_kv_cache(&in, ctx, m.B, m.cH, m.cD, m.cDv, MCAP, BIG_CAP);
   attn_kv_cache *kv = fc.kv;
   int paged = fc.paged;
   m.cap = fc.cap;
@@ -303,6 +308,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (kind <= 2) { /* forward: a prompt, a decode step, any chunk */
       name = "forward";
       int64_t L = fz_range(&in, 0, ML), n[MB];
+      if (m.cap > MCAP && L == ML && fz_chance(&in, 128))
+        L = m.B == 1 && fz_chance(&in, 64) ? m.cap - m.len[0] : fz_range(&in, ML, BIG_L);
       bool ok = !mismatch, counts = true, fits = true;
       for (int64_t b = 0; b < m.B; b++) {
         n[b] = fz_chance(&in, 8) ? fz_range(&in, -1, L + 1) : fz_range(&in, 0, L);
@@ -323,7 +330,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
        * contiguous or padded (scattered); sometimes y = x or a wrong E. */
       int xmode = (int)fz_range(&in, 0, 2), ymode = (int)fz_range(&in, 0, 1);
       int alias = fz_chance(&in, 6) && L > 0, bad_e = fz_chance(&in, 6);
-      static float xs[MB * (ML + 1) * (ME + 2)], ys[MB * (ML + 1) * (ME + 2)];
+      static float xs[MB * (BIG_CAP + 1) * (ME + 2)], ys[MB * (BIG_CAP + 1) * (ME + 2)];
       int64_t E = m.E, xst[3], yst[3];
       if (xmode == 0)
         xst[0] = L * E, xst[1] = E, xst[2] = 1;
@@ -335,8 +342,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         yst[0] = L * E, yst[1] = E, yst[2] = 1;
       else
         yst[0] = (L + 1) * (E + 1), yst[1] = E + 1, yst[2] = 1;
-      for (size_t i = 0; i < sizeof xs / 4; i++)
-        xs[i] = (float)(int8_t)fz_u8(&in) / 128.0f, ys[i] = -7.5f;
+      /* A small call's x from the input bytes; a large one's from a
+       * generator seeded by them. */
+      size_t nx = L <= ML ? (size_t)(MB * (ML + 1) * (ME + 2)) : sizeof xs / 4;
+      fz_rng rng = {L <= ML ? 1 : (uint64_t)fz_u32(&in) * 2 + 1};
+      for (size_t i = 0; i < nx; i++)
+        xs[i] = L <= ML ? (float)(int8_t)fz_u8(&in) / 128.0f : fz_unit(&rng);
+      for (size_t i = 0; i < sizeof ys / 4; i++)
+        ys[i] = -7.5f;
       int64_t xd[3] = {m.B, L, E + bad_e}, yd[3] = {m.B, L, E};
       attn_tensor *tx = NULL, *ty = NULL;
       FZ_CHECK(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, xd, bad_e ? NULL : xst, xs, sizeof xs,
@@ -345,7 +358,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       FZ_CHECK(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 3, yd, alias ? xst : yst, alias ? xs : ys,
                                 sizeof ys, &ty) == ATTN_OK,
                "wrap y");
-      float ysnap[sizeof ys / 4];
+      static float ysnap[sizeof ys / 4];
       memcpy(ysnap, ys, sizeof ys);
       ok = ok && counts && !alias && !bad_e;
       bool must = ok && fits && !paged && !fail_now;
@@ -369,12 +382,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             for (int64_t e = 0; e < E; e++)
               m.x[b][t0 + i][e] = xs[b * xst[0] + i * xst[1] + e];
           m.len[b] += n[b];
-          double want[MCAP * ME];
-          float xt[MCAP * ME]; /* the sequence's tokens, [T, E] */
+          static double want[BIG_CAP * ME];
+          static float xt[BIG_CAP * ME]; /* the sequence's tokens, [T, E] */
           for (int64_t t = 0; t < m.len[b]; t++)
             memcpy(xt + t * E, m.x[b][t], (size_t)E * 4);
+          /* The new rows only; of a long prompt, every step-th and the last. */
+          int64_t step = n[b] > 64 ? n[b] / 32 : 1;
           if (n[b])
-            ref_mha_decoder(&ra, m.len[b], xt, want);
+            ref_mha_decoder_rows(&ra, m.len[b], t0, step, xt, want);
           for (int64_t i = 0; i < L; i++)
             for (int64_t e = 0; e < E; e++) {
               float got = ys[b * yst[0] + i * yst[1] + e];
@@ -383,6 +398,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                          (long long)b, (double)got);
                 continue;
               }
+              if (i % step && i != n[b] - 1)
+                continue;
               double wv = want[(t0 + i) * E + e];
               FZ_CHECK(isfinite(got) && fabs(got - wv) <= 1e-4 * (1 + fabs(wv)),
                        "sequence %lld token %lld col %lld: %.9g, float64 layer %.9g",

@@ -10,7 +10,13 @@
  * matches torch's formulas computed here in float64. */
 #include "fuzz_common.h"
 
+/* Calls with a tensor of more elements are not made (a small call's
+ * limit; now and then shapes past the library's tiles take the larger). */
 #define MAX_ELEMS 4096
+#define MAX_ELEMS_BIG ((int64_t)1 << 18)
+/* Multiply-adds the float64 reference may spend on a call (B L S E (E + 2)):
+ * larger shapes are cut down to this. */
+#define REF_WORK 3e7
 
 /* The layer's weights as the harness holds them (row-major, float). */
 typedef struct {
@@ -46,8 +52,11 @@ static attn_mha *make_layer(fz_in *in, attn_ctx *ctx, fz_alloc_state *a, layer_r
   memset(r, 0, sizeof *r);
   r->H = fz_range(in, 1, 3);
   r->E = r->H * fz_range(in, 1, 3);
-  if (fz_chance(in, 8))
+  if (fz_chance(in, 8)) {
     r->E = fz_dim(in, 6); /* maybe not a multiple of H, or absurd */
+    if (r->E == 6 && fz_chance(in, 128)) /* past a product panel (32 columns) */
+      r->E = r->H * fz_range(in, 2, 64 / r->H);
+  }
   int64_t kdim = fz_chance(in, 128) ? 0 : fz_range(in, 1, 6);
   int64_t vdim = fz_chance(in, 128) ? 0 : fz_range(in, 1, 6);
   if (fz_chance(in, 4))
@@ -142,22 +151,12 @@ static int tensor_moderate(const fz_tensor *t, int mask) {
   return 1;
 }
 
-/* torch's forward in float64 for token (b, i): out row [E] and, when w is
- * set, the weights [H, S] of that row. */
-static void reference(const layer_ref *r, const fz_tensor *q, const fz_tensor *k,
-                      const fz_tensor *v, const fz_tensor *kpm, const fz_tensor *am, int causal,
-                      int64_t B, int64_t S, int64_t b, int64_t i, double *out, double *w) {
-  int64_t E = r->E, H = r->H, D = E / H;
-  double *qp = calloc((size_t)E, sizeof *qp), *kp = calloc((size_t)(S * E + 1), sizeof *kp);
-  double *vp = calloc((size_t)(S * E + 1), sizeof *vp), *a = calloc((size_t)E, sizeof *a);
-  FZ_CHECK(qp && kp && vp && a, "calloc");
 #define SEQ(t, pos, f) (r->bf ? el3(t, b, pos, f) : el3(t, pos, b, f))
-  for (int64_t e = 0; e < E; e++) {
-    double acc = r->bin[e];
-    for (int64_t f = 0; f < E; f++)
-      acc += (double)r->wq[e * E + f] * SEQ(q, i, f);
-    qp[e] = acc;
-  }
+
+/* Batch entry b's keys and values projected, kp and vp [S, E]. */
+static void project_kv(const layer_ref *r, const fz_tensor *k, const fz_tensor *v, int64_t S,
+                       int64_t b, double *kp, double *vp) {
+  int64_t E = r->E;
   for (int64_t j = 0; j < S; j++)
     for (int64_t e = 0; e < E; e++) {
       double ak = r->bin[E + e], av = r->bin[2 * E + e];
@@ -167,6 +166,22 @@ static void reference(const layer_ref *r, const fz_tensor *q, const fz_tensor *k
         av += (double)r->wv[e * r->vdim + f] * SEQ(v, j, f);
       kp[j * E + e] = ak, vp[j * E + e] = av;
     }
+}
+
+/* torch's forward in float64 for token (b, i) over b's projected keys and
+ * values: out row [E] and, when w is set, the weights [H, S] of that row. */
+static void reference(const layer_ref *r, const fz_tensor *q, const double *kp, const double *vp,
+                      const fz_tensor *kpm, const fz_tensor *am, int causal, int64_t B,
+                      int64_t S, int64_t b, int64_t i, double *out, double *w) {
+  int64_t E = r->E, H = r->H, D = E / H;
+  double *qp = calloc((size_t)E, sizeof *qp), *a = calloc((size_t)E, sizeof *a);
+  FZ_CHECK(qp && a, "calloc");
+  for (int64_t e = 0; e < E; e++) {
+    double acc = r->bin[e];
+    for (int64_t f = 0; f < E; f++)
+      acc += (double)r->wq[e * E + f] * SEQ(q, i, f);
+    qp[e] = acc;
+  }
   double *s = calloc((size_t)(S + 1), sizeof *s);
   FZ_CHECK(s, "calloc");
   for (int64_t h = 0; h < H; h++) {
@@ -213,10 +228,10 @@ static void reference(const layer_ref *r, const fz_tensor *q, const fz_tensor *k
       acc += (double)r->wo[e * E + f] * a[f];
     out[e] = acc;
   }
-#undef SEQ
   (void)B;
-  free(qp), free(kp), free(vp), free(a), free(s);
+  free(qp), free(a), free(s);
 }
+#undef SEQ
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fz_in in = {data, size};
@@ -230,6 +245,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   }
   int64_t B = fz_dim(&in, 3), L = fz_dim(&in, 5), S = fz_dim(&in, 5), E = r.E, H = r.H;
+  /* Now and then (an extra byte read only at the ranges' tops) several
+   * query blocks and rows of products (L up to 300), keys past 256-key
+   * tiles and split key chunks (S up to 2100); cut down to REF_WORK. */
+  int big = 0;
+  if (L == 5 && fz_chance(&in, 32))
+    L = fz_range(&in, 5, 300), big = 1;
+  if (S == 5 && fz_chance(&in, 32))
+    S = fz_chance(&in, 64) ? fz_range(&in, 2048, 2100) : fz_range(&in, 5, 600), big = 1;
+  while (big && L > 5 && (double)B * (double)L * (double)S * (double)E * (double)(E + 2) > REF_WORK)
+    L /= 2;
+  while (big && S > 5 && (double)B * (double)L * (double)S * (double)E * (double)(E + 2) > REF_WORK)
+    S /= 2;
+  int64_t max_elems = big || E > 9 ? MAX_ELEMS_BIG : MAX_ELEMS;
   int64_t kf = r.kdim, vf = r.vdim, of = E;
   int noise = fz_chance(&in, 10); /* a shape the call must refuse */
   if (noise) { /* one feature count wrong */
@@ -294,9 +322,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int readable = fz_effective_params(&eff, sizeof eff, raw, ss);
   int tensors_ok = q.t && (self || (k.t && v.t)) && out.t && (!has_kpm || kpm.t) &&
                    (!has_am || am.t) && (!has_w || w.t);
-  if (tensors_ok && fz_numel(&out) <= MAX_ELEMS && (!has_w || fz_numel(&w) <= MAX_ELEMS) &&
-      fz_numel(&q) <= MAX_ELEMS && fz_numel(&k) <= MAX_ELEMS && fz_numel(&v) <= MAX_ELEMS &&
-      (!has_am || fz_numel(&am) <= MAX_ELEMS) && (!has_kpm || fz_numel(&kpm) <= MAX_ELEMS)) {
+  if (tensors_ok && fz_numel(&out) <= max_elems && (!has_w || fz_numel(&w) <= max_elems) &&
+      fz_numel(&q) <= max_elems && fz_numel(&k) <= max_elems && fz_numel(&v) <= max_elems &&
+      (!has_am || fz_numel(&am) <= max_elems) && (!has_kpm || fz_numel(&kpm) <= max_elems)) {
     if (fz_chance(&in, 10))
       a.fail_at = a.allocs + 1;
     attn_status st = attn_mha_torch_forward(ctx, m, q.t, k.t, v.t, has_kpm ? kpm.t : NULL,
@@ -318,13 +346,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       int judge = moderate && tensor_moderate(&q, 0) && tensor_moderate(&k, 0) &&
                   tensor_moderate(&v, 0) && (!has_kpm || tensor_moderate(&kpm, 1)) &&
                   (!has_am || tensor_moderate(&am, 1));
-      judge = judge && fz_numel(&out) > 0 && S <= MAX_ELEMS; /* else S may be absurd */
+      judge = judge && fz_numel(&out) > 0 && S <= max_elems; /* else S may be absurd */
       double *ro = malloc((size_t)(E + 1) * sizeof *ro);
       double *rw = malloc((size_t)(judge ? H * S + 1 : 1) * sizeof *rw);
-      FZ_CHECK(ro && rw, "malloc");
-      for (int64_t b = 0; judge && b < B; b++)
+      double *kp = malloc((size_t)(judge ? S * E + 1 : 1) * sizeof *kp);
+      double *vp = malloc((size_t)(judge ? S * E + 1 : 1) * sizeof *vp);
+      FZ_CHECK(ro && rw && kp && vp, "malloc");
+      for (int64_t b = 0; judge && b < B; b++) {
+        project_kv(&r, &k, &v, S, b, kp, vp);
         for (int64_t i = 0; i < L; i++) {
-          reference(&r, &q, &k, &v, has_kpm ? &kpm : NULL, has_am ? &am : NULL,
+          reference(&r, &q, kp, vp, has_kpm ? &kpm : NULL, has_am ? &am : NULL,
                     eff.is_causal != 0, B, S, b, i, ro, rw);
           for (int64_t e = 0; e < E; e++) {
             double got = r.bf ? el3(&out, b, i, e) : el3(&out, i, b, e);
@@ -351,8 +382,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             }
           }
         }
+      }
       free(ro);
       free(rw);
+      free(kp);
+      free(vp);
     }
   }
   fz_tensor_release(&q);

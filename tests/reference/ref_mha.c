@@ -32,7 +32,17 @@ static void rotate(const ref_mha_args *a, int64_t T, int64_t H, double *x) {
     }
 }
 
+/* The row after t: t + step, the last row T - 1, then past it. */
+static int64_t next_row(int64_t t, int64_t step, int64_t T) {
+  return t + step < T || t == T - 1 ? t + step : T - 1;
+}
+
 void ref_mha_decoder(const ref_mha_args *a, int64_t T, const float *x, double *y) {
+  ref_mha_decoder_rows(a, T, 0, 1, x, y);
+}
+
+void ref_mha_decoder_rows(const ref_mha_args *a, int64_t T, int64_t first, int64_t step,
+                          const float *x, double *y) {
   int64_t E = a->E, D = a->D, hq = a->Hq * D, hkv = a->Hkv * D;
   double *xd = malloc((size_t)(T * E) * sizeof *xd);
   double *q = malloc((size_t)(T * hq) * sizeof *q);
@@ -52,7 +62,7 @@ void ref_mha_decoder(const ref_mha_args *a, int64_t T, const float *x, double *y
   double scale = a->scale != 0 ? a->scale : 1.0 / sqrt((double)D);
   for (int64_t h = 0; h < a->Hq; h++) {
     int64_t g = h / (a->Hq / a->Hkv);
-    for (int64_t t = 0; t < T; t++) {
+    for (int64_t t = first; t < T; t = next_row(t, step, T)) {
       int64_t lo = a->window && t - a->window_left > 0 ? t - a->window_left : 0;
       double mx = -INFINITY, sum = 0;
       for (int64_t j = lo; j <= t; j++) {
@@ -66,15 +76,16 @@ void ref_mha_decoder(const ref_mha_args *a, int64_t T, const float *x, double *y
         mx = d > mx ? d : mx;
       }
       for (int64_t j = lo; j <= t; j++)
-        sum += exp(s[j] - mx);
+        sum += s[j] = exp(s[j] - mx);
       for (int64_t e = 0; e < D; e++) {
         double o = 0;
         for (int64_t j = lo; j <= t; j++)
-          o += exp(s[j] - mx) / sum * v[j * hkv + g * D + e];
+          o += s[j] / sum * v[j * hkv + g * D + e];
         att[t * hq + h * D + e] = o;
       }
     }
   }
-  linear(T, hq, E, att, a->wo, a->bo, y);
+  for (int64_t t = first; t < T; t = next_row(t, step, T))
+    linear(1, hq, E, att + t * hq, a->wo, a->bo, y + t * E);
   free(xd), free(q), free(k), free(v), free(att), free(s);
 }

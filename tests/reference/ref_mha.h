@@ -25,5 +25,9 @@ typedef struct ref_mha_args {
 /* One sequence of T tokens x [T, E] at positions 0..T-1, causal:
  * y [T, E]. */
 void ref_mha_decoder(const ref_mha_args *a, int64_t T, const float *x, double *y);
+/* The same, only rows first, first + step, ... and T - 1 of y written (some
+ * of the newest tokens). */
+void ref_mha_decoder_rows(const ref_mha_args *a, int64_t T, int64_t first, int64_t step,
+                          const float *x, double *y);
 
 #endif
