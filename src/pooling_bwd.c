@@ -136,7 +136,8 @@ static void bwd_item(void *arg, int64_t item, int32_t worker) {
 }
 
 /* dscores[e] = the sum of ds over the [B, H, L] positions that read score
- * element e (every position along a broadcast axis of size 1). */
+ * element e (every position along a broadcast axis of size 1); 0 for every
+ * e when there is no position (ds NULL). */
 static void store_dscores(const bwd_problem *p, const attn_tensor *dscores) {
   const pool_problem *f = &p->f;
   int64_t dims[3], st[3];
@@ -150,7 +151,7 @@ static void store_dscores(const bwd_problem *p, const attn_tensor *dscores) {
     for (int64_t e1 = 0; e1 < dims[1]; e1++)
       for (int64_t e2 = 0; e2 < dims[2]; e2++) {
         double s = 0;
-        for (int64_t b = e0 * (span[0] == 1); b < (span[0] == 1 ? e0 + 1 : span[0]); b++)
+        for (int64_t b = e0 * (span[0] == 1); p->ds && b < (span[0] == 1 ? e0 + 1 : span[0]); b++)
           for (int64_t h = e1 * (span[1] == 1); h < (span[1] == 1 ? e1 + 1 : span[1]); h++)
             for (int64_t l = e2 * (span[2] == 1); l < (span[2] == 1 ? e2 + 1 : span[2]); l++)
               s += p->ds[(b * f->H + h) * f->L + l];
@@ -191,6 +192,13 @@ static attn_status pool_backward(attn_ctx *ctx, const attn_tensor *x, const attn
   }
   if (attn__empty(dx) && (!dscores || attn__empty(dscores)))
     return ATTN_OK; /* nothing to write */
+  /* No token: dx is empty and no dscores sum has a term (walking the B * H
+   * sequences, up to 2^62 of them over broadcast inputs, would hang). */
+  if (p.f.B == 0 || p.f.H == 0 || p.f.L == 0) {
+    if (dscores)
+      store_dscores(&p, dscores); /* p.ds is NULL: zeros */
+    return ATTN_OK;
+  }
   /* dx or dscores has elements, so B * H * L fits, unless only dscores
    * [B, L] has them and x's H is huge (D = 0): then the [B, H, L] score
    * buffer cannot exist. */
@@ -221,7 +229,7 @@ static attn_status pool_backward(attn_ctx *ctx, const attn_tensor *x, const attn
   /* run */
   p.f.work = mem;
   p.f.work_stride = per;
-  p.ds = dscores && mem ? (double *)(mem + per * (size_t)threads) : NULL; /* NULL: L = 0 */
+  p.ds = dscores && mem ? (double *)(mem + per * (size_t)threads) : NULL;
   attn__parallel_for(ctx, threads, items, bwd_item, &p);
   if (p.ds)
     store_dscores(&p, dscores);

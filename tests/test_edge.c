@@ -697,6 +697,27 @@ static void backward_empty_heads(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* attn_pool_backward of sequences without a token (L = 0) whose scores are
+ * broadcast ([1, 1]): dx is empty and dscores sums nothing, so it is 0, at
+ * once for 2^40 sequences (walked one by one, and their [1, 1] sum over
+ * every sequence, before: a hang). */
+static void pool_backward_no_tokens(void **state) {
+  (void)state;
+  attn_ctx *ctx = tu_ctx(2);
+  float buf[4] = {0}, ds = -7;
+  int64_t xd[3] = {(int64_t)1 << 40, 0, 2}, od[2] = {(int64_t)1 << 40, 2}, sd[2] = {1, 1},
+          zs[2] = {0, 1};
+  attn_tensor *x = tu_wrap(ctx, buf, 4, 3, xd, NULL), *dout = tu_wrap(ctx, buf, 4, 2, od, zs);
+  attn_pool_params p;
+  attn_pool_params_init(&p);
+  p.mode = ATTN_POOL_WEIGHTED;
+  p.scores = tu_wrap(ctx, buf, 4, 2, sd, NULL);
+  assert_ok(attn_pool_backward(ctx, x, dout, tu_wrap(ctx, buf, 4, 3, xd, NULL),
+                               tu_wrap(ctx, &ds, 1, 2, sd, NULL), &p));
+  assert_true(ds == 0);
+  attn_ctx_destroy(ctx);
+}
+
 static void softmax_table(void **state) {
   (void)state;
   for (size_t i = 0; i < sizeof sm_cases / sizeof sm_cases[0]; i++) {
@@ -1945,6 +1966,7 @@ int main(void) {
       cmocka_unit_test(alibi_edges),
       cmocka_unit_test(pool_table),
       cmocka_unit_test(pool_backward_table),
+      cmocka_unit_test(pool_backward_no_tokens),
       cmocka_unit_test(pool_table_half),
       cmocka_unit_test(pool_backward_table_half),
       cmocka_unit_test(pool_attention_backward_edges),
