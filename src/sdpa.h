@@ -85,6 +85,7 @@ typedef struct {
   float *states;         /* n_items * n_split partial results when n_split > 1 */
   int64_t *order;        /* items of several kv heads: the batches, most keys first (sdpa_plan.c) */
   bool stream_out;       /* F32 outputs by non-temporal stores (the caller fences) */
+  bool in_cache;         /* K and V rows are a worker's staged copies, in its L2 */
 } attn_sdpa_problem;
 
 /* attn_sdpa without the prologue: check the handles and params, plan,

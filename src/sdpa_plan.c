@@ -294,6 +294,7 @@ static void stage_problem(const attn_sdpa_packed *pk, const attn_sdpa_problem *s
   int64_t qh0 = kh0 * seq->G;
   p->out = attn__elem(seq->out, seq->odt, qh0 * seq->os[1]);
   p->stream_out = true;
+  p->in_cache = true;
   if (p->lse)
     p->lse += qh0 * p->lses[1];
   if (p->alibi)
@@ -315,17 +316,19 @@ static void stage_problem(const attn_sdpa_packed *pk, const attn_sdpa_problem *s
 static void stage_rows(const void *x, int32_t dt, int64_t ts, int64_t hs, int64_t h0, int64_t nh,
                        int64_t rows, int64_t cols, float *buf) {
   const attn_kernels *k = attn__kernels();
-  int64_t bytes = cols * (int64_t)attn__dtype_size(dt);
+  int64_t size = (int64_t)attn__dtype_size(dt), bytes = cols * size;
+  ts *= size, hs *= size; /* in bytes from here */
+  const char *first = (const char *)attn__elem(x, dt, h0 * hs / size);
   for (int64_t i = 0; i < rows; i++) {
+    const char *token = first + i * ts;
     if (i + STAGE_AHEAD < rows)
-      for (int64_t h = h0; h < h0 + nh; h++) {
-        const char *row = attn__elem(x, dt, (i + STAGE_AHEAD) * ts + h * hs);
+      for (int64_t h = 0; h < nh; h++) {
+        const char *row = token + STAGE_AHEAD * ts + h * hs;
         for (int64_t o = 0; o < bytes; o += 64)
           __builtin_prefetch(row + o, 0, 3);
       }
     for (int64_t h = 0; h < nh; h++)
-      attn__widen(k, dt, attn__elem(x, dt, i * ts + (h0 + h) * hs), buf + (h * rows + i) * cols,
-                  cols);
+      attn__widen(k, dt, token + h * hs, buf + (h * rows + i) * cols, cols);
   }
 }
 

@@ -291,7 +291,7 @@ static void online_row(const attn_kernels *kern, const attn_sdpa_problem *p,
     st.l[r] = NAN;
     return;
   }
-  float sum = e > a ? kern->exp_shift_sum(s + a, s + a, e - a, m_new, NULL) : 0.0f;
+  float sum = e > a ? kern->exp_below_sum(s + a, s + a, e - a, m_new) : 0.0f;
   /* A row that saw no key yet has l = 0 and acc = 0: rescaling them by
    * exp(-inf) = 0 changes nothing (a single-tile row skips it). */
   if (m_new != m_old && m_old != -INFINITY) {
@@ -347,8 +347,8 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
     /* While the rows are turned into weights: this tile's V rows (for
      * P V below) and the next tile's K rows, one of each per row (B=1 H=8
      * L=4096 D=64 and L=2048 D=128, 1 thread: 1.5-3 % faster). The decode
-     * products prefetch their own rows. */
-    bool fetch = !p->decode && rows > DECODE_ROWS;
+     * products prefetch their own rows; staged rows are in L2 already. */
+    bool fetch = !p->decode && !p->in_cache && rows > DECODE_ROWS;
     int64_t kn_off = 0, vn_off, n_next = fetch ? j_end - (j0 + n) : 0;
     if (n_next > 0) {
       if (n_next > SDPA_TILE_KEYS)

@@ -226,6 +226,39 @@ static void exp_shift_sum_kernel(void **state) {
   free(y2);
 }
 
+/* exp_below_sum: exp_shift_sum's values and sum, bit for bit, for a
+ * shift at or above the row's maximum (subnormal and zero results, -inf
+ * and NaN entries included). */
+static void exp_below_sum_kernel(void **state) {
+  (void)state;
+  tu_rng rng = {4};
+  enum { MAXN = 1000 };
+  float x[MAXN], y[MAXN + 16], y2[MAXN + 16];
+  const int lens[] = {1, 2, 15, 16, 17, 31, 33, 255, 256, 257, MAXN};
+  FOR_EACH_SET(k) {
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+      int n = lens[li];
+      for (int pass = 0; pass < 4; pass++) {
+        tu_fill(&rng, x, (size_t)n, -120, 20);
+        float shift = k->row_max(x, n) + (pass == 2 ? 3.5f : 0.0f);
+        if (pass == 1)
+          x[n / 3] = -INFINITY;
+        if (pass == 3)
+          x[n - 1] = NAN;
+        for (int i = 0; i < n + 16; i++)
+          y[i] = y2[i] = 777.0f;
+        float s = k->exp_shift_sum(x, y, n, shift, NULL);
+        float s2 = k->exp_below_sum(x, y2, n, shift);
+        assert_memory_equal(y, y2, (size_t)(n + 16) * sizeof *y);
+        if (pass == 3)
+          assert_true(isnan(s) && isnan(s2));
+        else
+          assert_true(s == s2);
+      }
+    }
+  }
+}
+
 static void elementwise_kernels(void **state) {
   (void)state;
   tu_rng rng = {3};
@@ -407,6 +440,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(exp_ulp_error),      cmocka_unit_test(exp_special_values),
       cmocka_unit_test(row_max_kernel),     cmocka_unit_test(exp_shift_sum_kernel),
+      cmocka_unit_test(exp_below_sum_kernel),
       cmocka_unit_test(elementwise_kernels), cmocka_unit_test(scale_stream_kernel),
       cmocka_unit_test(rotate_kernels),     cmocka_unit_test(softmax_rows_kernel),
   };

@@ -115,6 +115,11 @@ typedef struct attn_kernels {
    * from x and y. */
   float (*exp_sum_flush)(const float *x, float *y, int64_t n, float shift, const float *ahead,
                          const float *pw, float *py, float ps);
+  /* exp_shift_sum(x, y, n, shift, NULL) for a shift no x[i] exceeds (the
+   * row's maximum, or larger): the same values without the clamp of
+   * arguments above EXP_HI (one vector operation of about 13 per 16
+   * floats: SDPA's weights). */
+  float (*exp_below_sum)(const float *x, float *y, int64_t n, float shift);
 } attn_kernels;
 
 /* The kernel set for this CPU, probed once (thread-safe). */

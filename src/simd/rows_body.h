@@ -210,6 +210,11 @@ static float exp_shift_sum(const float *x, float *y, int64_t n, float shift,
   return exp_sum(x, y, n, shift, 1, ahead, (const float *)0, (float *)0, 0.0f);
 }
 
+static float exp_below_sum(const float *x, float *y, int64_t n, float shift) {
+  return (float)vsum_total(exp_vsum(x, y, n, shift, 1, (const float *)0, (const float *)0,
+                                    (float *)0, 0.0f, 1));
+}
+
 static float exp_sum_flush(const float *x, float *y, int64_t n, float shift, const float *ahead,
                            const float *pw, float *py, float ps) {
   return exp_sum(x, y, n, shift, 1, ahead, pw, py, ps);
@@ -491,5 +496,6 @@ static void rotate_pairs(float *x, const double *cc, const double *ss, int64_t n
   {                                                                                            \
     set_name, row_max, exp_shift_sum, sum_exp_shift, scale, scale_stream, stream_fence,         \
         scale_add, sub2, f32_to_f16, f16_to_f32, f32_to_bf16, bf16_to_f32, rotate_split,        \
-        rotate_pairs, gemm_nt, gemm_nn, gemm_tn, dec_qk, dec_pv, softmax_rows, exp_sum_flush    \
+        rotate_pairs, gemm_nt, gemm_nn, gemm_tn, dec_qk, dec_pv, softmax_rows, exp_sum_flush,   \
+        exp_below_sum                                                                          \
   }

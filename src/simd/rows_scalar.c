@@ -73,8 +73,12 @@ static float exp_sum_flush(const float *x, float *y, int64_t n, float shift, con
   return exp_shift_sum(x, y, n, shift, ahead);
 }
 
+static float exp_below_sum(const float *x, float *y, int64_t n, float shift) {
+  return exp_shift_sum(x, y, n, shift, NULL);
+}
+
 /* No tile products: SDPA calls BLAS. */
 const attn_kernels attn__kernels_scalar = {
     "scalar",  row_max, exp_shift_sum, sum_exp_shift, scale, scale_stream, stream_fence, scale_add,
     sub2, half_rows_f32_to_f16, half_rows_f16_to_f32, half_rows_f32_to_bf16, half_rows_bf16_to_f32,
-    rotate_split, rotate_pairs, NULL, NULL, NULL, NULL, NULL, NULL, exp_sum_flush};
+    rotate_split, rotate_pairs, NULL, NULL, NULL, NULL, NULL, NULL, exp_sum_flush, exp_below_sum};
