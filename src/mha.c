@@ -340,8 +340,10 @@ static attn_status mha_wrap_weight_impl(attn_ctx *ctx, attn_mha *layer, int32_t 
     return st;
   int64_t rows, cols;
   weight_shape(layer, which, &rows, &cols);
-  int64_t ld = w->ndim == 2 ? w->strides[0] : cols;
-  if (w->strides[w->ndim - 1] != 1 || (rows > 1 && (ld < cols || ld > INT32_MAX)))
+  /* One row: its stride is never stepped, and the products (cblas_sgemm's
+   * ldb) take only a row stride >= cols. */
+  int64_t ld = w->ndim == 2 && rows > 1 ? w->strides[0] : cols;
+  if (w->strides[w->ndim - 1] != 1 || ld < cols || ld > INT32_MAX)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "%s must have contiguous rows (innermost stride 1, row stride "
                       ">= %lld and < 2^31) to be used in place; use attn_mha_set_weight",

@@ -523,6 +523,34 @@ static void wrapped_weights_read_each_call(void **state) {
   weights_free(&w);
 }
 
+/* A one-row weight (Wo of an E = 1 layer) wrapped with any row stride: a
+ * stride of 0 or past 2^31 is never stepped, so it must not reach the
+ * products as their row stride (cblas_sgemm, with the sse2 set, refused
+ * such an ldb, printed, and left y unwritten). */
+static void wrapped_one_row_weight(void **state) {
+  (void)state;
+  mha_case c = {"one row", 1, 1, 1, 1, 2, 1, 0, 0, 0, 0, {5}, {5}, 5, 0, 1, NULL, 0};
+  tu_rng r = {23};
+  weights w;
+  weights_make(&c, &w, &r);
+  float x[5], y[5];
+  tu_fill(&r, x, 5, -1, 1);
+  attn_ctx *ctx = tu_ctx(1);
+  attn_mha *m = make_layer(ctx, &c, &w);
+  attn_kv_cache *kv = make_cache(ctx, &c, 5);
+  const int64_t row_strides[] = {0, 1, (int64_t)1 << 33};
+  for (int i = 0; i < 3; i++) {
+    int64_t dims[2] = {1, 2}, strides[2] = {row_strides[i], 1};
+    attn_tensor *t = NULL;
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 2, dims, strides, w.w[3],
+                               2 * sizeof(float), &t));
+    assert_ok(attn_mha_wrap_weight(ctx, m, ATTN_MHA_O_WEIGHT, t));
+    prompt_vs_reference(ctx, m, kv, &c, &w, x, y, "one-row Wo wrapped");
+  }
+  attn_ctx_destroy(ctx);
+  weights_free(&w);
+}
+
 /* A warm layer: case c's layer (E = 16, B = 2) and a cache of cap tokens on a
  * 2-thread context whose allocations are counted, x [2, L = c->prompt[0],
  * 16] random. warm_layer_start runs the layer on x, resets the cache and
@@ -623,6 +651,7 @@ int main(void) {
       cmocka_unit_test(warm_blocked_projections),
       cmocka_unit_test(set_weight_after_forward),
       cmocka_unit_test(wrapped_weights_read_each_call),
+      cmocka_unit_test(wrapped_one_row_weight),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
