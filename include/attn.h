@@ -1652,7 +1652,9 @@ ATTN_API attn_status attn_mha_get_weight(attn_ctx *ctx, const attn_mha *layer, i
  * @param[in]     x     F32, F16 or BF16 [B, L, E], any strides (half rows
  *                      widened exactly into the layer's buffer).
  * @param[out]    y     F32, F16 or BF16 [B, L, E], writable, not overlapping
- *                      x; a half y is the float result rounded once.
+ *                      x, the cache or a weight used in place
+ *                      (attn_mha_wrap_weight()); a half y is the float result
+ *                      rounded once.
  * @param[in]     n_new B counts in 0..L; NULL = L for every sequence.
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_SHAPE (x,
  *  y or the cache do not fit the layer), ATTN_ERR_INVALID_ARG (counts, past
@@ -1766,10 +1768,12 @@ ATTN_API void attn_mha_torch_forward_params_init(attn_mha_torch_forward_params *
  *             torch's bool True) or F32 (added to the logits).
  * @param[in]  p     NULL for defaults.
  * @param[out] out   [L, B, E] ([B, L, E] with batch_first), writable, not
- *             overlapping any input.
+ *             overlapping any input or a weight used in place
+ *             (attn_mha_wrap_weight()).
  * @param[out] out_weights NULL, or (need_weights) F32 [B, L, S] averaged over
  *             heads or [B, H, L, S] (per_head_weights), whatever
- *             batch_first; writable, overlapping nothing else.
+ *             batch_first; writable, overlapping nothing else (a weight
+ *             used in place included).
  * A query row that sees no key (every key masked) gives zeros in out's
  * attention part and in its weights, where torch gives NaN.
  * Self-attention (query, key and value the same view, in_proj_weight):

@@ -373,6 +373,21 @@ static attn_status mha_get_weight_impl(attn_ctx *ctx, const attn_mha *layer, int
   return ATTN_OK;
 }
 
+const char *attn__mha_wrapped_overlap(const attn_mha *m, const attn_tensor *t) {
+  uintptr_t a = (uintptr_t)t->data, e = a + t->extent_bytes;
+  for (int32_t i = 0; i < N_WEIGHTS; i++) {
+    if (is_owned(m, i))
+      continue;
+    int64_t rows, cols;
+    weight_shape(m, i, &rows, &cols);
+    uintptr_t w = (uintptr_t)m->w[i];
+    uintptr_t we = w + (size_t)((rows - 1) * m->ld[i] + cols) * sizeof(float);
+    if (a < we && w < e)
+      return weight_names[i];
+  }
+  return NULL;
+}
+
 /* ---- public entry points: the prologue, then the work above ---- */
 
 attn_status attn_mha_free(attn_ctx *ctx, attn_mha *layer) {

@@ -57,6 +57,10 @@ void attn__mha_copy_rows(const attn_tensor *t, float *rows, bool scatter);
 /* Projection s of m (0 q, 1 k, 2 v, 3 out) as a product's part: its
  * packed form, or its row-major weight and bias. */
 attn_gemm_part attn__mha_part(const attn_mha *m, int s);
+/* The name of a weight of m used in place (attn_mha_wrap_weight) whose
+ * memory t's bytes intersect, or NULL: an output there would change the
+ * weight while the call reads it. */
+const char *attn__mha_wrapped_overlap(const attn_mha *m, const attn_tensor *t);
 /* Whether weight `which` belongs to PyTorch-form layer m, and its rows and
  * columns (either pointer may be NULL). */
 bool attn__mha_torch_shape(const attn_mha *m, int32_t which, int64_t *rows, int64_t *cols);

@@ -184,6 +184,10 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   if (attn__overlap(x, y) || attn__kv_overlaps(cache, y))
     return attn__fail(ctx, ATTN_ERR_ALIASING, "y overlaps %s in memory",
                       attn__overlap(x, y) ? "x" : "the cache");
+  const char *wrapped = attn__mha_wrapped_overlap(m, y);
+  if (wrapped)
+    return attn__fail(ctx, ATTN_ERR_ALIASING,
+                      "y overlaps the memory of %s, a weight used in place", wrapped);
   for (int64_t b = 0; b < B; b++)
     if (n_new && (n_new[b] < 0 || n_new[b] > L))
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,

@@ -277,6 +277,14 @@ static attn_status check_call(attn_ctx *ctx, torch_call *c,
                         "%s has %lld features (its last dim) but the layer takes %lld (%s)",
                         feat[i].name, (long long)feat[i].t->dims[2], (long long)feat[i].want,
                         i == 1 ? "kdim" : i == 2 ? "vdim" : "embed_dim");
+  for (int i = 0; i < 2; i++) {
+    const attn_tensor *t = i ? c->outw : c->out;
+    const char *w = t ? attn__mha_wrapped_overlap(m, t) : NULL;
+    if (w)
+      return attn__fail(ctx, ATTN_ERR_ALIASING,
+                        "%s overlaps the memory of %s, a weight used in place",
+                        i ? "out_weights" : "out", w);
+  }
   c->B = d.v[B], c->L = d.v[L], c->S = d.v[S];
   int64_t bh_want = 0;
   if (c->am && c->am->ndim == 3 &&

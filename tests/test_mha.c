@@ -551,6 +551,34 @@ static void wrapped_one_row_weight(void **state) {
   weights_free(&w);
 }
 
+/* y in the memory of a weight used in place would change it while the
+ * call reads it: refused, nothing written, the cache unchanged. */
+static void y_over_wrapped_weight(void **state) {
+  (void)state;
+  mha_case c = {"y over Wo", 1, 4, 2, 1, 2, 0, 0, 0, 0, 0, {4}, {4}, 4, 1, 1, NULL, 0};
+  tu_rng r = {24};
+  weights w;
+  weights_make(&c, &w, &r);
+  float x[16];
+  tu_fill(&r, x, 16, -1, 1);
+  attn_ctx *ctx = tu_ctx(1);
+  attn_mha *m = make_layer(ctx, &c, &w); /* every weight wrapped */
+  attn_kv_cache *kv = make_cache(ctx, &c, 4);
+  float saved[16];
+  memcpy(saved, w.w[3], sizeof saved);
+  int64_t d3[3] = {1, 4, 4}, lens[1] = {-1};
+  attn_status st = attn_mha_forward(ctx, m, kv, tu_wrap(ctx, x, 16, 3, d3, NULL),
+                                    tu_wrap(ctx, w.w[3], 16, 3, d3, NULL), NULL);
+  assert_status(st, ATTN_ERR_ALIASING);
+  assert_error_mentions(ctx, "Wo");
+  assert_memory_equal(w.w[3], saved, sizeof saved);
+  attn_kv_cache_info info = {.struct_size = sizeof info};
+  assert_ok(attn_kv_cache_info_get(ctx, kv, &info, lens));
+  assert_int_equal(lens[0], 0);
+  attn_ctx_destroy(ctx);
+  weights_free(&w);
+}
+
 /* A warm layer: case c's layer (E = 16, B = 2) and a cache of cap tokens on a
  * 2-thread context whose allocations are counted, x [2, L = c->prompt[0],
  * 16] random. warm_layer_start runs the layer on x, resets the cache and
@@ -652,6 +680,7 @@ int main(void) {
       cmocka_unit_test(set_weight_after_forward),
       cmocka_unit_test(wrapped_weights_read_each_call),
       cmocka_unit_test(wrapped_one_row_weight),
+      cmocka_unit_test(y_over_wrapped_weight),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -368,6 +368,50 @@ static void test_forward_refusals(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* out or out_weights in the memory of a weight used in place: the call
+ * would write the weight while it reads it (a silent wrong answer), so it
+ * is refused and writes nothing; a weight owned again no longer counts. */
+static void test_out_over_wrapped_weight(void **state) {
+  (void)state;
+  attn_ctx *ctx = tu_ctx(1);
+  attn_mha *m = small_layer(ctx, 0, 0);
+  float q[16], wo[16], wi[48], w[8];
+  for (int i = 0; i < 48; i++)
+    wi[i] = 0.01f * (float)i;
+  for (int i = 0; i < 16; i++)
+    q[i] = 0.1f * (float)i, wo[i] = 0.05f * (float)i;
+  const int64_t dq[3] = {2, 2, 4}, dwo[2] = {4, 4}, dwi[2] = {12, 4}, dw[3] = {2, 2, 2};
+  attn_tensor *tq = tu_wrap(ctx, q, 16, 3, dq, NULL);
+  assert_ok(attn_mha_wrap_weight(ctx, m, ATTN_MHA_O_WEIGHT, tu_wrap(ctx, wo, 16, 2, dwo, NULL)));
+  assert_ok(attn_mha_wrap_weight(ctx, m, ATTN_MHA_IN_PROJ_WEIGHT,
+                                 tu_wrap(ctx, wi, 48, 2, dwi, NULL)));
+  float saved_wo[16], saved_wi[48];
+  memcpy(saved_wo, wo, sizeof wo);
+  memcpy(saved_wi, wi, sizeof wi);
+  attn_tensor *over_wo = tu_wrap(ctx, wo, 16, 3, dq, NULL);
+  assert_status(attn_mha_torch_forward(ctx, m, tq, tq, tq, NULL, NULL, NULL, over_wo, NULL),
+                ATTN_ERR_ALIASING);
+  assert_error_mentions(ctx, "used in place");
+  attn_mha_torch_forward_params fp;
+  attn_mha_torch_forward_params_init(&fp);
+  fp.need_weights = 1;
+  attn_tensor *tw = tu_wrap(ctx, wi + 40, 8, 3, dw, NULL); /* the last rows of Wv */
+  float y[16];
+  assert_status(attn_mha_torch_forward(ctx, m, tq, tq, tq, NULL, NULL, &fp,
+                                       tu_wrap(ctx, y, 16, 3, dq, NULL), tw),
+                ATTN_ERR_ALIASING);
+  assert_error_mentions(ctx, "in_proj_weight");
+  assert_memory_equal(wo, saved_wo, sizeof wo);
+  assert_memory_equal(wi, saved_wi, sizeof wi);
+  /* Owned again: that memory is the caller's to write into. */
+  assert_ok(attn_mha_set_weight(ctx, m, ATTN_MHA_O_WEIGHT, tu_wrap(ctx, wo, 16, 2, dwo, NULL)));
+  assert_ok(attn_mha_torch_forward(ctx, m, tq, tq, tq, NULL, NULL, NULL, over_wo, NULL));
+  assert_ok(attn_mha_torch_forward(ctx, m, tq, tq, tq, NULL, NULL, &fp,
+                                   tu_wrap(ctx, y, 16, 3, dq, NULL),
+                                   tu_wrap(ctx, w, 8, 3, dw, NULL)));
+  attn_ctx_destroy(ctx);
+}
+
 /* Every key padded: torch gives NaN, libattn a zero attention (so out is
  * out_proj.bias) and zero weights, as documented. */
 static void test_all_keys_masked(void **state) {
@@ -503,6 +547,7 @@ int main(void) {
       cmocka_unit_test(test_create_refusals),
       cmocka_unit_test(test_weight_names),
       cmocka_unit_test(test_forward_refusals),
+      cmocka_unit_test(test_out_over_wrapped_weight),
       cmocka_unit_test(test_all_keys_masked),
       cmocka_unit_test(test_self_one_product_and_weight_changes),
   };
