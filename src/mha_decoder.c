@@ -210,9 +210,12 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
    * of 2048 tokens ran it on one thread, 1-3 % of the layer's time). */
   float *kc = NULL, *vc = NULL;
   int64_t kcs[3], vcs[3];
+  /* The rows' stride is the product's ldc: from D (a wrapped cache of
+   * capacity 1 may have any, 0 included) to what BLAS takes. */
   bool in_place = B == 1 && (!n_new || n_new[0] == L) &&
-                  attn__kv_rows(cache, &kc, kcs, &vc, vcs) && kcs[2] <= INT32_MAX &&
-                  vcs[2] <= INT32_MAX && !attn__kv_overlaps(cache, x);
+                  attn__kv_rows(cache, &kc, kcs, &vc, vcs) && kcs[2] >= m->D &&
+                  kcs[2] <= INT32_MAX && vcs[2] >= m->D && vcs[2] <= INT32_MAX &&
+                  !attn__kv_overlaps(cache, x);
   if (in_place && (st = attn__kv_check_rows(ctx, cache, n_new, L)))
     return st;
 

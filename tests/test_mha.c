@@ -579,6 +579,36 @@ static void y_over_wrapped_weight(void **state) {
   weights_free(&w);
 }
 
+/* A wrapped cache of capacity 1 may give its row axis any stride (never
+ * stepped), 0 included. The layer's projection writes k and v into such a
+ * cache's rows directly: a row stride below D reached cblas_sgemm (the sse2
+ * set) as ldc, which refused it, printed, and left the cache row and y
+ * zero. */
+static void cache_of_one_row_any_stride(void **state) {
+  (void)state;
+  mha_case c = {"cap 1", 1, 4, 2, 1, 4, 1, 0, 1, 0, 0, {1}, {1}, 1, 0, 1, NULL, 0};
+  tu_rng r = {25};
+  weights w;
+  weights_make(&c, &w, &r);
+  float x[4], y[4], k[4], v[4];
+  tu_fill(&r, x, 4, -1, 1);
+  attn_ctx *ctx = tu_ctx(1);
+  attn_mha *m = make_layer(ctx, &c, &w);
+  const int64_t row_strides[] = {0, 2, 4};
+  for (int i = 0; i < 3; i++) {
+    int64_t dims[4] = {1, 1, 1, 4}, strides[4] = {4, 4, row_strides[i], 1};
+    attn_tensor *tk = NULL, *tv = NULL;
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, dims, strides, k, sizeof k, &tk));
+    assert_ok(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, dims, strides, v, sizeof v, &tv));
+    attn_kv_cache *kv = NULL;
+    assert_ok(attn_kv_cache_wrap(ctx, tk, tv, NULL, &kv));
+    prompt_vs_reference(ctx, m, kv, &c, &w, x, y, "capacity 1");
+    assert_ok(attn_kv_cache_free(ctx, kv));
+  }
+  attn_ctx_destroy(ctx);
+  weights_free(&w);
+}
+
 /* A warm layer: case c's layer (E = 16, B = 2) and a cache of cap tokens on a
  * 2-thread context whose allocations are counted, x [2, L = c->prompt[0],
  * 16] random. warm_layer_start runs the layer on x, resets the cache and
@@ -681,6 +711,7 @@ int main(void) {
       cmocka_unit_test(wrapped_weights_read_each_call),
       cmocka_unit_test(wrapped_one_row_weight),
       cmocka_unit_test(y_over_wrapped_weight),
+      cmocka_unit_test(cache_of_one_row_any_stride),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
