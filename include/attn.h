@@ -983,8 +983,8 @@ ATTN_API void attn_sdpa_backward_params_init(attn_sdpa_backward_params *p);
  * @param[out] dk   F32 k's shape.
  * @param[out] dv   F32 v's shape.
  * @param[in]  p    the forward's parameters, exactly as given to attn_sdpa()
- *                  (NULL for defaults); its lse and weights fields are not
- *                  read, so the forward's struct can be passed as it is.
+ *                  (NULL for defaults); its lse, weights and logits fields
+ *                  are not read, so the forward's struct can be passed as it is.
  * @param[in]  bp   optional outputs (NULL = none).
  * @return as attn_sdpa(), plus ATTN_ERR_INVALID_ARG for dsinks without
  *  sinks, and ATTN_ERR_UNSUPPORTED for a head count or head dim of 0 (Hq,
@@ -1455,7 +1455,7 @@ ATTN_API attn_status attn_kv_read(attn_ctx *ctx, const attn_kv_cache *cache, int
  *                   sequence (then Lq <= every length).
  * @param[in]  p     as attn_sdpa() (scale, softcap, causal, window, ALiBi,
  *                   sinks, lse [B, Hq, Lq]); mask, bool_mask, kv_lens,
- *                   q_offsets and weights must be NULL; align is ignored
+ *                   q_offsets, weights and logits must be NULL; align is ignored
  *                   (positions come from the cache).
  * @return as attn_sdpa(), and ATTN_ERR_INVALID_ARG for an n_new out of range.
  * @since 0.2.0 */

@@ -333,10 +333,11 @@ attn_status attn__sdpa_kv(attn_ctx *ctx, const void *q, int32_t qdt, const int64
                           int64_t Hq, int64_t Lq, void *out, int32_t odt, const int64_t *os,
                           const attn_kv_view *kv, const int64_t *q_lens,
                           const attn_sdpa_params *prm) {
-  if (prm->mask || prm->bool_mask || prm->kv_lens || prm->q_offsets || prm->weights)
+  if (prm->mask || prm->bool_mask || prm->kv_lens || prm->q_offsets || prm->weights ||
+      prm->logits)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                      "params.mask, bool_mask, kv_lens, q_offsets and weights must be NULL "
-                      "(the cache's lengths place and bound the keys)");
+                      "params.mask, bool_mask, kv_lens, q_offsets, weights and logits must be "
+                      "NULL (the cache's lengths place and bound the keys)");
   int64_t B = kv->B, Lk = 0;
   for (int64_t b = 0; b < B; b++)
     Lk = kv->lens[b] > Lk ? kv->lens[b] : Lk;

@@ -995,6 +995,17 @@ static void bad_input_changes_nothing(void **state) {
     int64_t kvl[3] = {1, 1, 1};
     sp.kv_lens = kvl;
     assert_status(attn_kv_attend(ctx, kv, tq, to, one, &sp), ATTN_ERR_INVALID_ARG);
+    /* The logits output has no place here (was ignored: never written). */
+    sp.kv_lens = NULL;
+    float lg[3 * 4 * 3 * 13];
+    int64_t lgd[4] = {3, 4, 3, 13};
+    for (size_t i = 0; i < sizeof lg / 4; i++)
+      lg[i] = 7;
+    sp.logits = tu_wrap(ctx, lg, sizeof lg / 4, 4, lgd, NULL);
+    assert_status(attn_kv_attend(ctx, kv, tq, to, one, &sp), ATTN_ERR_INVALID_ARG);
+    assert_error_mentions(ctx, "logits");
+    for (size_t i = 0; i < sizeof lg / 4; i++)
+      assert_true(lg[i] == 7);
     for (size_t i = 0; i < sizeof o / 4; i++)
       assert_true(o[i] == 7);
     /* Handles. */
