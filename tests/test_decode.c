@@ -11,8 +11,8 @@
  *   multiple of a block, a tile (256) or a split chunk (1024), sequences of
  *   different lengths, split items (>= 2048 keys), 1 to 8 rows per KV head,
  *   runs of 1..17 keys with 5..7 rows (every remainder of the products' key
- *   groups), items of one and of several kv heads (a paged cache's, run
- *   longest first), and
+ *   groups), runs read as spans with keys left after them, items of one
+ *   and of several kv heads (a paged cache's, run longest first), and
  *   causal, window, ALiBi, softcap, sinks, an additive mask and lse;
  *   bound as test_kv_half's: |got - want| <= 1e-5 * mag + 1e-6 (mag: sum_j
  *   w_j |v_j|), lse within 1e-5 relative + 1e-5;
@@ -202,6 +202,9 @@ static void features(void **state) {
       {"dense bf16 mask causal", BF16, DENSE, 1, 8, 1, 1, 65, 65, {700}, .causal = 1,
        .mask = 1},
       {"contiguous f32", F32, CONTIG, 2, 8, 1, 1, 128, 128, {1000, 37}, .causal = 1},
+      /* A last tile of 75 keys: four spans of 18, then 3 keys one at a time. */
+      {"contiguous f16 spans and a tail", F16, CONTIG, 2, 4, 1, 1, 65, 65, {331, 70},
+       .causal = 1, .lse = 1},
       {"contiguous bf16 window sinks", BF16, CONTIG, 2, 4, 4, 2, 128, 128, {1500, 600},
        .causal = 1, .window = 1, .sinks = 1, .lse = 1},
       {"paged 16 f32", F32, 16, 3, 8, 2, 1, 128, 128, {37, 1000, 2100}, .causal = 1,
