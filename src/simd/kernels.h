@@ -105,7 +105,8 @@ typedef struct attn_kernels {
    * entries from logits.h, row_max, exp_shift_sum, scale / scale_stream;
    * log: sum_exp_shift, sub2; NaN rows give NaN, whatever the payload):
    * the per-row calls and their fixed cost are gone, which is what rows of
-   * a few hundred bytes pay for, and short rows go 16 at a time. NULL in
+   * a few hundred bytes pay for, and short rows go 16 at a time (rows of
+   * at most 4 vectors, softmax only: 4 at a time in registers). NULL in
    * the sets without it. */
   void (*softmax_rows)(const attn_rows_job *j, int64_t rows);
   /* exp_shift_sum (y = exp(x - shift), the sum returned) that meanwhile

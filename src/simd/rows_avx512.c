@@ -138,6 +138,26 @@ static inline void v_hsum16t(const vf *v, float out[16]) {
 #define V_ROWS_REDUCE
 static inline void v_hmax_rows(const vf *v, int64_t k, float *out) {
   vf a[16], t[8];
+  if (k == 1) {
+    out[0] = v_hmax(v[0]);
+    return;
+  }
+  if (k <= 4) { /* the first two rounds on four vectors, then within each 128-bit lane */
+    for (int i = 0; i < 4; i++)
+      a[i] = i < k ? v[i] : v_set1(-INFINITY);
+    for (int i = 0; i < 2; i++)
+      t[i] = _mm512_max_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44),
+                           _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+    vf r = _mm512_max_ps(_mm512_shuffle_f32x4(t[0], t[1], 0x88),
+                         _mm512_shuffle_f32x4(t[0], t[1], 0xDD));
+    r = _mm512_max_ps(r, _mm512_permute_ps(r, 0x4E));
+    r = _mm512_max_ps(r, _mm512_permute_ps(r, 0xB1));
+    float o[16];
+    _mm512_storeu_ps(o, r); /* lane 4j: row j */
+    for (int64_t i = 0; i < k; i++)
+      out[i] = o[4 * i];
+    return;
+  }
   for (int i = 0; i < 16; i++)
     a[i] = i < k ? v[i] : v_set1(-INFINITY);
   for (int i = 0; i < 8; i++) /* [row 2i: 8 lanes | row 2i+1: 8 lanes] */
@@ -161,6 +181,25 @@ static inline void v_hmax_rows(const vf *v, int64_t k, float *out) {
 }
 static inline void vsum_totals(const vsum *s, int64_t k, float *out) {
   __m512d a[16], t[8];
+  if (k == 1) {
+    out[0] = (float)vsum_total(s[0]);
+    return;
+  }
+  if (k <= 4) { /* the same tree on four rows */
+    for (int i = 0; i < 4; i++)
+      a[i] = i < k ? s[i].d : _mm512_setzero_pd();
+    for (int i = 0; i < 2; i++)
+      t[i] = _mm512_add_pd(_mm512_shuffle_f64x2(a[2 * i], a[2 * i + 1], 0x44),
+                           _mm512_shuffle_f64x2(a[2 * i], a[2 * i + 1], 0xEE));
+    __m512d q = _mm512_add_pd(_mm512_shuffle_f64x2(t[0], t[1], 0x88),
+                              _mm512_shuffle_f64x2(t[0], t[1], 0xDD));
+    float o[8]; /* lane 2j: row j */
+    _mm256_storeu_ps(o, _mm512_cvtpd_ps(_mm512_add_pd(_mm512_unpacklo_pd(q, q),
+                                                      _mm512_unpackhi_pd(q, q))));
+    for (int64_t i = 0; i < k; i++)
+      out[i] = o[2 * i];
+    return;
+  }
   for (int i = 0; i < 16; i++)
     a[i] = i < k ? s[i].d : _mm512_setzero_pd();
   for (int i = 0; i < 8; i++) /* lanes i and i + 4: [row 2i: 4 | row 2i+1: 4] */
