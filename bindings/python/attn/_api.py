@@ -1653,15 +1653,26 @@ class DecoderLayer(_ContextObject):
     def load_state_dict(self, state, prefix=""):
         """Set every weight the layer has from state[prefix + name] (arrays or
         anything np.asarray takes); names the layer lacks are not read. A
-        missing weight raises KeyError before anything is set."""
+        missing weight (KeyError) or one of the wrong shape or type (ValueError,
+        TypeError) is found before anything is set."""
+        fn = "DecoderLayer.load_state_dict"
         names = [n for n in _lib.MHA_WEIGHTS
                  if n.endswith(".weight") or (self.out_bias if n == "o_proj.bias"
                                               else self.qkv_bias)]
         missing = [prefix + n for n in names if prefix + n not in state]
         if missing:
-            raise KeyError("DecoderLayer.load_state_dict: missing %s" % ", ".join(missing))
+            raise KeyError("%s: missing %s" % (fn, ", ".join(missing)))
+        arrays = {}
         for n in names:
-            self.set_weight(n, state[prefix + n])
+            a = _data_array(state[prefix + n], fn)
+            if a[0].shape != self._shape(n):
+                raise ValueError("%s: %s has shape %s but must be %s"
+                                 % (fn, prefix + n, a[0].shape, self._shape(n)))
+            arrays[n] = a
+        with self._ctx._call(fn) as c:
+            for n, (w, wdt) in arrays.items():
+                c.check(_LIB.attn_mha_set_weight(self._ctx._handle, self._handle,
+                                                 self._which(n, fn), c.input(w, n, dtype=wdt)))
 
     def forward(self, x, cache, n_new=None):
         """Run new tokens x [B, L, E] through the layer: their keys and values

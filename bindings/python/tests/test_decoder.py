@@ -120,6 +120,14 @@ def test_bad_input_changes_nothing():
         attn.DecoderLayer(8, 2, qkv_bias=True).load_state_dict(
             {"q_proj.weight": np.zeros((8, 8)), "k_proj.weight": np.zeros((8, 8)),
              "v_proj.weight": np.zeros((8, 8)), "o_proj.weight": np.zeros((8, 8))})
+    # A wrong shape after good weights: found before any weight is set.
+    before = {n: layer.get_weight(n) for n in ("q_proj.weight", "k_proj.weight")}
+    with pytest.raises(ValueError, match="v_proj.weight"):
+        layer.load_state_dict({"q_proj.weight": np.full((8, 8), 3.0),
+                               "k_proj.weight": np.full((8, 8), 3.0),
+                               "v_proj.weight": np.zeros((8, 7)), "o_proj.weight": np.zeros((8, 8))})
+    for n, w in before.items():
+        np.testing.assert_array_equal(layer.get_weight(n), w)
     with pytest.raises(KeyError):
         layer.set_weight("gate_proj.weight", np.zeros((8, 8)))
     with pytest.raises(attn.AttnError):
