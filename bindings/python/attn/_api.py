@@ -154,15 +154,18 @@ class _Call:
             strides = _element_strides(a)
         return self._wrap(a, dtype, strides, name)
 
-    def output(self, a, name, half=False):
+    def output(self, a, name, half=False, bf16=False):
         """Wrap an output array in place; refuse one libattn cannot write.
-        half: a float16 array is written as such (data outputs)."""
+        half: a float16 array is written as such (data outputs); bf16: a
+        uint16 array is bfloat16 bits (a torch bfloat16 tensor's view)."""
         if not isinstance(a, np.ndarray):
             raise TypeError("%s: %s must be a numpy array, not %s"
                             % (self.fn, name, type(a).__name__))
         dtype = _lib.DTYPE_F32
         if half and a.dtype == np.float16:
             dtype = _lib.DTYPE_F16
+        elif bf16 and a.dtype == np.uint16:
+            dtype = _lib.DTYPE_BF16
         elif a.dtype != np.float32:
             raise ValueError("%s: %s has dtype %s but an output must be float32%s (it is "
                              "written in place, so it cannot be converted)"
@@ -321,9 +324,31 @@ def _result_dtype(dt):
     return np.float16 if dt == _lib.DTYPE_F16 else np.float32
 
 
-def _kept_dtype(x):
-    """The type a copy of x keeps: float16 stays float16, the rest float32."""
-    return np.float16 if getattr(x, "dtype", None) == np.float16 else np.float32
+def _update_target(x, inplace, fn):
+    """(array, is_bf16) for an op that updates x in place (rope,
+    sinusoidal_add). inplace: x itself, a numpy array or a CPU torch tensor
+    (float32, float16 or bfloat16, through a zero-copy view). Otherwise a new
+    C-order array with x's values, typed as the other ops type their results:
+    float16 stays float16 (arrays and torch tensors), the rest float32 (a
+    torch bfloat16 tensor widened exactly; values past float32's range and
+    non-numbers refused as the inputs of the other ops)."""
+    if inplace:
+        if _is_torch(x):
+            a, kind = _torch_view(x, fn)
+            return a, kind == "bfloat16"
+        if not isinstance(x, np.ndarray):
+            raise TypeError("%s: inplace needs x to be a numpy array or a torch tensor, not %s"
+                            % (fn, type(x).__name__))
+        return x, False
+    a, dt = _data_array(x, fn)
+    if dt == _lib.DTYPE_BF16:  # bfloat16 bits: float32 is the same bits shifted up
+        return (a.astype(np.uint32, order="C") << 16).view(np.float32), False
+    if dt == _lib.DTYPE_F16:
+        return np.array(a, order="C"), False
+    if a.dtype.kind not in _ADDITIVE_KINDS:
+        raise TypeError("%s: x has dtype %s but must hold real numbers (it is converted to "
+                        "float32)" % (fn, a.dtype))
+    return np.array(_to_float32(a, fn, "x", False), order="C"), False
 
 
 def _is_torch(a):
@@ -667,16 +692,20 @@ class Context(_ClosedWhenCollected):
     def sinusoidal_add(self, x, *, layout="interleaved", base=None, offset=0.0,
                        positions=None, inplace=False):
         """x + the sinusoidal table, for x [L, D] or [B, L, D] (every batch gets
-        the same table). inplace=True adds into x (a writable float32 array)
-        and returns it; otherwise x is left alone and a new array returned."""
+        the same table). x: an array (float16 stays float16, the rest is
+        converted to float32) or a torch float32 / float16 / bfloat16 tensor
+        (bfloat16 gives a float32 result: NumPy has no bfloat16).
+        inplace=True adds into x (a writable float32 or float16 array, or a
+        CPU torch tensor) and returns it; otherwise x is left alone and a new
+        array returned."""
         fn = "sinusoidal_add"
-        y = x if inplace else np.array(x, dtype=_kept_dtype(x), order="C")
+        y, bf16 = _update_target(x, inplace, fn)
         with self._call(fn) as c:
             length = y.shape[-2] if y.ndim >= 2 else 0
             p = self._pe_params(fn, layout, base, offset, positions, length, c)
-            h = c.output(y, "x", half=True)
+            h = c.output(y, "x", half=True, bf16=bf16)
             c.check(_fn("attn_sinusoidal_add")(self._handle, h, ctypes.byref(p)))
-        return y
+        return x if inplace else y
 
     def rope_backward(self, dx, *, style="half", rotary_dim=None, theta=None, offset=0,
                       positions=None, layout="bhld", inplace=False):
@@ -693,15 +722,16 @@ class Context(_ClosedWhenCollected):
         style: "half" (NeoX/LLaMA rotate_half) or "interleaved" (GPT-J).
         rotary_dim: leading dims rotated (even; None = D). theta: None =
         10000. offset: token l has position offset + l; positions: explicit
-        int positions, [L] or [B, L]. inplace=True rotates x itself (a
-        writable float32 array); otherwise a rotated copy is returned."""
+        int positions, [L] or [B, L]. x's types as sinusoidal_add's.
+        inplace=True rotates x itself (a writable float32 or float16 array,
+        or a CPU torch tensor); otherwise a rotated copy is returned."""
         return self._rope("rope", x, style, rotary_dim, theta, offset, positions, layout,
                           inplace)
 
     def _rope(self, fn, x, style, rotary_dim, theta, offset, positions, layout, inplace):
         layout = _layout(layout, fn)
-        y = x if inplace else np.array(x, dtype=_kept_dtype(x), order="C")
-        if not isinstance(y, np.ndarray) or y.ndim not in (3, 4):
+        y, bf16 = _update_target(x, inplace, fn)
+        if y.ndim not in (3, 4):
             raise ValueError("%s: x must have 3 or 4 dims (%s, batch axis optional), not %s"
                              % (fn, layout.upper(), np.shape(y)))
         v = _to_bhld(y, layout, y.ndim == 4)
@@ -719,9 +749,9 @@ class Context(_ClosedWhenCollected):
                 pos = _int64_array(pos, "positions", fn, (B, L))
                 c.keep.append(pos)
                 p.positions = pos.ctypes.data_as(_lib._c_int64_p)
-            h = c.output(v, "x", half=True)
+            h = c.output(v, "x", half=True, bf16=bf16)
             c.check(_fn("attn_" + fn)(self._handle, h, ctypes.byref(p)))
-        return y
+        return x if inplace else y
 
     def alibi_slopes(self, n_heads, max_bias=8.0):
         """ALiBi slopes for n_heads heads as a float32 array (any head count)."""
@@ -781,7 +811,7 @@ class Context(_ClosedWhenCollected):
         the rest copied. style: "half" or "interleaved". x: float32, float16
         (read as it is) or a torch float32 / float16 / bfloat16 tensor.
         Returns the result, float16 for a float16 x, else float32 (x itself
-        when inplace=True: a float32 or float16 array)."""
+        when inplace=True: a float32 or float16 array, or a torch tensor)."""
         fn = "rope_cached"
         result = x
         if inplace and not (isinstance(x, np.ndarray) or _is_torch(x)):
@@ -790,7 +820,8 @@ class Context(_ClosedWhenCollected):
         x, xdt = _data_array(x, fn)
         y = x if inplace else np.empty(x.shape, _result_dtype(xdt))
         with self._call(fn) as c:
-            hx = c.output(x, "x", half=True) if inplace else c.input(x, "x", dtype=xdt)
+            hx = (c.output(x, "x", half=True, bf16=xdt == _lib.DTYPE_BF16) if inplace
+                  else c.input(x, "x", dtype=xdt))
             hy = hx if inplace else c.output(y, "out", half=True)
             p = _lib.RopeCachedParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
                                       num_heads=0 if num_heads is None

@@ -173,6 +173,32 @@ def test_sdpa_torch_bfloat16_cache():
     assert np.allclose(o, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(torch is None, reason="torch not installed")
+def test_rope_and_sinusoidal_torch_half():
+    # rope and sinusoidal_add take torch tensors as the other ops do (a
+    # bfloat16 one failed inside np.array, a float16 one gave float32):
+    # float16 stays float16, bfloat16 gives float32 from its exact widening;
+    # inplace=True writes the tensor itself, rounded once to its type.
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 5, 8, generator=g)
+    for dt, kept in ((torch.float16, np.float16), (torch.bfloat16, np.float32)):
+        t = x.to(dt)
+        same = t.numpy() if dt == torch.float16 else t.float().numpy()
+        for op, arg in ((attn.rope, t), (attn.sinusoidal_add, t[0, 0])):
+            want = op(same if op is attn.rope else same[0, 0])
+            got = op(arg)
+            assert got.dtype == kept and np.array_equal(got, want)
+            w = arg.clone()
+            assert op(w, inplace=True) is w
+            want_t = torch.from_numpy(np.ascontiguousarray(want, np.float32)).to(dt)
+            assert torch.equal(w.view(torch.int16), want_t.view(torch.int16))
+    assert attn.rope(x).dtype == np.float32
+    with pytest.raises(TypeError, match="real numbers"):
+        attn.rope(np.ones((1, 2, 3, 4), bool))
+    with pytest.raises(TypeError, match="torch dtype"):
+        attn.sinusoidal_add(torch.ones(3, 4, dtype=torch.int32))
+
+
 @pytest.mark.parametrize("mode", ["sum", "mean", "max", "weighted"])
 def test_pool_float16_in_and_out(mode):
     rng = np.random.default_rng(6)
