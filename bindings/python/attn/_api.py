@@ -219,10 +219,12 @@ def _to_float32(a, fn, name, additive_mask):
 def _int32(v, fn, name):
     """v for an int32 argument or field: ctypes would wrap a larger value
     silently (rotary_dim 2**32 + 2 became 2)."""
-    n = int(v)
-    if not -2 ** 31 <= n < 2 ** 31:
-        raise ValueError("%s: %s = %d does not fit an int32" % (fn, name, n))
-    return n
+    return _lib.check_int(v, ctypes.c_int32, "%s: %s" % (fn, name))
+
+
+def _int64(v, fn, name):
+    """v for an int64 argument (struct fields check themselves: _lib)."""
+    return _lib.check_int(v, ctypes.c_int64, "%s: %s" % (fn, name))
 
 
 def _int64_array(a, name, fn, shape=None):
@@ -1383,15 +1385,19 @@ class KVCache(_ContextObject):
 
     def truncate(self, seq, length):
         """Keep the first `length` tokens of sequence `seq`."""
-        self._simple("KVCache.truncate", _LIB.attn_kv_truncate, int(seq), int(length))
+        fn = "KVCache.truncate"
+        self._simple(fn, _LIB.attn_kv_truncate, _int64(seq, fn, "seq"),
+                     _int64(length, fn, "length"))
 
     def reset(self, seq=None):
         """Empty sequence `seq`, or every sequence (None)."""
-        self._simple("KVCache.reset", _LIB.attn_kv_reset, -1 if seq is None else int(seq))
+        fn = "KVCache.reset"
+        self._simple(fn, _LIB.attn_kv_reset, -1 if seq is None else _int64(seq, fn, "seq"))
 
     def copy(self, dst, src):
         """Make sequence dst a copy of sequence src."""
-        self._simple("KVCache.copy", _LIB.attn_kv_copy, int(dst), int(src))
+        fn = "KVCache.copy"
+        self._simple(fn, _LIB.attn_kv_copy, _int64(dst, fn, "dst"), _int64(src, fn, "src"))
 
     def read(self, seq, start=0, n=None, dtype="float32"):
         """Keys [Hkv, n, D] and values [Hkv, n, Dv] of sequence `seq` from
@@ -1401,6 +1407,7 @@ class KVCache(_ContextObject):
         fn = "KVCache.read"
         kind = _dtype_name(dtype, fn)
         npt = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[kind]
+        seq, start = _int64(seq, fn, "seq"), _int64(start, fn, "start")
         if n is None:
             n = int(self.lengths[int(seq)]) - int(start)
         k = np.empty((self.kv_heads, n, self.head_dim), npt)
@@ -1413,8 +1420,7 @@ class KVCache(_ContextObject):
                 hv = c._wrap(v, _lib.DTYPE_BF16, _element_strides(v), "v")
             else:
                 hk, hv = c.output(k, "k", half=True), c.output(v, "v", half=True)
-            c.check(_LIB.attn_kv_read(self._ctx._handle, self._handle, int(seq), int(start),
-                                      hk, hv))
+            c.check(_LIB.attn_kv_read(self._ctx._handle, self._handle, seq, start, hk, hv))
         return k, v
 
 

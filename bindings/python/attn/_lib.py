@@ -7,6 +7,7 @@ libattn, so only the fields a caller sets need touching.
 """
 import ctypes
 import ctypes.util
+import numbers
 import os
 import sys
 
@@ -80,14 +81,43 @@ ALLOC_FN = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 FREE_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 
 
+_INT_NAMES = {ctypes.c_int32: "int32", ctypes.c_int64: "int64", ctypes.c_size_t: "size_t"}
+
+
+def int_range(ctype):
+    """[lo, hi) of a ctypes integer type, None for other types."""
+    if ctype not in _INT_NAMES:
+        return None
+    bits = 8 * ctypes.sizeof(ctype)
+    return (0, 2 ** bits) if ctype is ctypes.c_size_t else (-2 ** (bits - 1), 2 ** (bits - 1))
+
+
+def check_int(value, ctype, what):
+    """value as an int for a ctypes integer `ctype`: ctypes keeps an integer
+    modulo 2^bits, so a value out of range would silently be another
+    (capacity 2**64 + 16 became 16, truncate(0, 2**64) emptied a sequence)."""
+    n = int(value)
+    lo, hi = int_range(ctype)
+    if not lo <= n < hi:
+        raise ValueError("%s = %d does not fit an %s" % (what, n, _INT_NAMES[ctype]))
+    return n
+
+
 class _SizedStruct(ctypes.Structure):
-    """A size-tagged parameter struct: struct_size is set on creation."""
+    """A size-tagged parameter struct: struct_size is set on creation;
+    integer fields refuse values out of their type's range."""
 
     def __init__(self, **fields):
         super().__init__()
         self.struct_size = ctypes.sizeof(self)
         for name, value in fields.items():
             setattr(self, name, value)
+
+    def __setattr__(self, name, value):
+        ctype = dict(self._fields_).get(name)
+        if int_range(ctype) and isinstance(value, numbers.Integral):
+            value = check_int(value, ctype, name)
+        super().__setattr__(name, value)
 
 
 class CtxOptions(_SizedStruct):

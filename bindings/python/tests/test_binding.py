@@ -376,3 +376,31 @@ def test_int32_arguments_past_int32_are_refused():
     with pytest.raises(ValueError, match="int32"):
         attn.Context(num_threads=2 ** 32 + 1)
     ctx.close()
+
+
+def test_int64_arguments_past_int64_are_refused():
+    # ctypes keeps an integer modulo 2^64: rope's offset 2**64 + 3 rotated by
+    # 3, truncate(0, 2**64) emptied the sequence, a window of 2**64 + 1 keys
+    # saw 1, capacity 2**64 + 16 made a 16-token cache.
+    ctx = attn.Context(num_threads=1)
+    x = np.ones((1, 1, 3, 8), np.float32)
+    with pytest.raises(ValueError, match="offset = %d does not fit an int64" % (2 ** 64 + 3)):
+        ctx.rope(x, offset=2 ** 64 + 3)
+    with pytest.raises(ValueError, match="int64"):
+        ctx.sdpa(x, x, x, window=(2 ** 64 + 1, 0))
+    with pytest.raises(ValueError, match="int64"):
+        attn.KVCache(1, 1, 8, capacity=2 ** 64 + 16, context=ctx)
+    with pytest.raises(ValueError, match="int64"):
+        attn.KVCache(1, 1, 8, capacity=np.uint64(2 ** 64 - 1), context=ctx)
+    with pytest.raises(ValueError, match="int64"):
+        ctx.rope_cache(8, 4, scaling="dynamic", factor=2.0, original_max_position=2 ** 64 + 4)
+    cache = attn.KVCache(1, 1, 8, capacity=4, context=ctx)
+    cache.append(x[:, :, :2], x[:, :, :2])
+    for call in (lambda: cache.truncate(0, 2 ** 64), lambda: cache.truncate(2 ** 64, 0),
+                 lambda: cache.reset(2 ** 64), lambda: cache.copy(2 ** 64, 0),
+                 lambda: cache.read(0, start=-2 ** 64 + 1)):
+        with pytest.raises(ValueError, match="KVCache.* does not fit an int64"):
+            call()
+    assert cache.lengths.tolist() == [2]
+    cache.close()
+    ctx.close()
