@@ -1758,8 +1758,8 @@ def default_context():
     gen = _defaults["generation"]
     ctx = getattr(_tls, "ctx", None)
     if ctx is None or getattr(_tls, "generation", None) != gen:
-        if ctx is not None:
-            ctx.close()
+        # The previous one is dropped, not closed: it closes when collected,
+        # so a KVCache or layer made on it (which holds it) keeps working.
         ctx = Context(_defaults["threads"])
         _tls.ctx, _tls.generation = ctx, gen
     return ctx
@@ -1767,7 +1767,8 @@ def default_context():
 
 def set_num_threads(n):
     """Thread count of the default contexts (0 = CPUs available). Each
-    thread's default context is recreated with it at its next use."""
+    thread's default context is recreated with it at its next use; objects
+    made on the previous one (KVCache, DecoderLayer, ...) keep it."""
     n = int(n)
     if not 0 <= n <= 1024:
         raise ValueError("set_num_threads: n = %d but must be 0..1024" % n)

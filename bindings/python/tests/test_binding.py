@@ -186,6 +186,27 @@ def test_set_num_threads():
     assert attn.get_num_threads() >= 1 and old >= 1
 
 
+def test_set_num_threads_keeps_objects_of_the_old_default_context():
+    # set_num_threads closed the thread's default context at its next use,
+    # freeing every cache and layer made on it: their next call raised
+    # "the attn.Context is closed" and the cached keys were gone.
+    x = np.ones((1, 1, 2, 8), np.float32)
+    try:
+        attn.set_num_threads(1)
+        cache = attn.KVCache(1, 1, 8, capacity=8)
+        cache.append(x, x)
+        old = attn.default_context()
+        attn.set_num_threads(2)
+        assert attn.get_num_threads() == 2 and attn.default_context() is not old
+        cache.append(x, x)
+        assert cache.lengths.tolist() == [4]
+        k, v = cache.read(0)
+        assert np.array_equal(k, np.ones((1, 4, 8), np.float32))
+        cache.close()
+    finally:
+        attn.set_num_threads(0)
+
+
 def _counting_context():
     """A Context whose allocator counts live blocks (through libc malloc)."""
     libc = ctypes.CDLL(None)
