@@ -280,6 +280,24 @@ def test_wrong_dtype_for_the_argument(tmp_path):
     assert r.returncode == 2 and str(i8) in r.stderr and "|i1" in r.stderr
 
 
+def test_float64_past_float32_range(tmp_path):
+    # 1e39 became inf in float32, then a NaN row, with exit status 0; an
+    # additive mask's finfo(float64).min still masks (-inf).
+    out = tmp_path / "out.npy"
+    big = save(tmp_path, "big.npy", np.array([[1.0, 1e39, 2.0]]))
+    r = attn("softmax", big, "-o", out)
+    assert r.returncode == 2 and "big.npy" in r.stderr and "past float32's range" in r.stderr
+    assert "element 1" in r.stderr and not out.exists()
+    x = save(tmp_path, "x.npy", np.array([[1.0, 2.0, 3.0]]))
+    m = save(tmp_path, "m.npy", np.array([[0.0, np.finfo(np.float64).min, 0.0]]))
+    ok("softmax", x, "--mask", m, "-o", out)
+    close(np.load(out), ref.softmax(np.array([[1.0, 2.0, 3.0]]),
+                                    mask=np.array([[0.0, -np.inf, 0.0]])))
+    r = attn("softmax", x, "--mask", save(tmp_path, "mp.npy", np.array([[0.0, 1e300, 0.0]])),
+             "-o", out)
+    assert r.returncode == 2 and "mp.npy" in r.stderr and "past float32's range" in r.stderr
+
+
 def test_missing_file_and_unwritable_output(tmp_path):
     r = attn("softmax", tmp_path / "nope.npy", "-o", tmp_path / "y.npy")
     assert r.returncode == 2 and "nope.npy" in r.stderr and "cannot open" in r.stderr

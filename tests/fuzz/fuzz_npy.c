@@ -10,9 +10,10 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  static const int accepts[3] = {NPY_ACCEPT_FLOAT, NPY_ACCEPT_BOOL,
-                                 NPY_ACCEPT_FLOAT | NPY_ACCEPT_BOOL};
-  for (int i = 0; i < 3; i++) {
+  static const int accepts[4] = {NPY_ACCEPT_FLOAT, NPY_ACCEPT_BOOL,
+                                 NPY_ACCEPT_FLOAT | NPY_ACCEPT_BOOL,
+                                 NPY_ACCEPT_FLOAT | NPY_ACCEPT_BOOL | NPY_ADDITIVE_MASK};
+  for (int i = 0; i < 4; i++) {
     npy_array a;
     char err[NPY_ERR_LEN];
     if (npy_parse(data, size, accepts[i], &a, err, sizeof err) != 0) {

@@ -409,7 +409,7 @@ static int cmd_softmax(int argc, char **argv) {
   join_files(files, sizeof files, (const char *const[]){in, maskp}, 2);
   run r = {&c, files, NULL};
   if (read_input(&c, in, NPY_ACCEPT_FLOAT, &x) ||
-      (maskp && read_input(&c, maskp, NPY_ACCEPT_FLOAT | NPY_ACCEPT_BOOL, &mask)) ||
+      (maskp && read_input(&c, maskp, NPY_ACCEPT_FLOAT | NPY_ACCEPT_BOOL | NPY_ADDITIVE_MASK, &mask)) ||
       !(y = alloc_floats(&c, npy_count(&x))) || open_ctx(&r))
     goto done;
   attn_tensor *tx, *ty, *tm = NULL;
@@ -709,7 +709,7 @@ static int cmd_sdpa(int argc, char **argv) {
             files, a[0].ndim, a[1].ndim, a[2].ndim);
     goto done;
   }
-  if (maskp && read_input(&c, maskp, NPY_ACCEPT_FLOAT | NPY_ACCEPT_BOOL, &mask))
+  if (maskp && read_input(&c, maskp, NPY_ACCEPT_FLOAT | NPY_ACCEPT_BOOL | NPY_ADDITIVE_MASK, &mask))
     goto done;
   int64_t B = dims[0][0], Hq = dims[0][1], Lq = dims[0][2], Lk = dims[1][2],
           Dv = dims[2][3];
@@ -912,7 +912,8 @@ const attn_subcommand attn_npy_subcommands[] = {
 void attn_npy_usage(FILE *f) {
   for (const attn_subcommand *c = attn_npy_subcommands; c->name; c++)
     fprintf(f, "  attn %-8s %s\n", c->name, c->summary);
-  fprintf(f, "Inputs: .npy float16 (widened exactly), float32 or float64; outputs float32.\n"
+  fprintf(f, "Inputs: .npy float16 (widened exactly), float32 or float64 (rounded; a value\n"
+             "past float32's range is refused, in an additive mask -inf); outputs float32.\n"
              "Each subcommand takes --help. Exit status: 0 success, 1 bad usage,\n"
              "2 bad input (unreadable or malformed file, arrays or values libattn refuses).\n"
              "Benchmarks: attn-bench (installed beside attn; attn-bench --help).\n");

@@ -213,9 +213,10 @@ typedef enum { SRC_F32, SRC_F64, SRC_F16, SRC_U8 } src_type;
 
 static int parse_descr(const char *d, int accept, src_type *t, size_t *itemsize, char *err,
                        size_t es) {
-  const char *want = accept == NPY_ACCEPT_BOOL   ? "bool or uint8"
-                     : accept == NPY_ACCEPT_FLOAT ? "float16, float32 or float64"
-                                                  : "float16, float32, float64, bool or uint8";
+  int kinds = accept & (NPY_ACCEPT_FLOAT | NPY_ACCEPT_BOOL);
+  const char *want = kinds == NPY_ACCEPT_BOOL    ? "bool or uint8"
+                     : kinds == NPY_ACCEPT_FLOAT ? "float16, float32 or float64"
+                                                 : "float16, float32, float64, bool or uint8";
   char order = d[0];
   const char *kind = d + 1;
   if (order != '<' && order != '|' && order != '=' && order != '>')
@@ -348,7 +349,18 @@ int npy_parse(const uint8_t *buf, size_t len, int accept, npy_array *out, char *
     const uint8_t *p = src + e * itemsize;
     switch (t) {
     case SRC_F32: ((float *)data)[dst] = load_f32(p); break;
-    case SRC_F64: ((float *)data)[dst] = (float)load_f64(p); break;
+    case SRC_F64: {
+      double v = load_f64(p);
+      float f = (float)v;
+      if (isinf(f) && isfinite(v) && !(v < 0 && (accept & NPY_ADDITIVE_MASK))) {
+        free(data);
+        return fail(err, es, "element %llu (C order) is %g, past float32's range (float64 "
+                             "data is rounded to float32, where it would be %s)",
+                    (unsigned long long)dst, v, v < 0 ? "-inf" : "inf");
+      }
+      ((float *)data)[dst] = f;
+      break;
+    }
     case SRC_F16: ((float *)data)[dst] = load_f16(p); break;
     case SRC_U8: data[dst] = p[0]; break;
     }

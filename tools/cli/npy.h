@@ -1,6 +1,7 @@
 /* Reading and writing NumPy .npy files (format versions 1.0, 2.0, 3.0) for
  * the attn command: little-endian float32 (float64 rounded and float16
- * widened exactly to float32 on reading),
+ * widened exactly to float32 on reading; float64 values past float32's
+ * range refused),
  * bool/uint8 masks, C or Fortran order, 1 to NPY_MAX_DIMS dims.
  * Malformed input of any kind gives an error message, never a crash. */
 #ifndef ATTN_TOOLS_NPY_H
@@ -14,8 +15,11 @@
 
 typedef enum npy_dtype { NPY_F32 = 0, NPY_U8 = 1 } npy_dtype;
 
-/* Which element types a reader accepts. float16 and float64 count as float. */
-enum { NPY_ACCEPT_FLOAT = 1, NPY_ACCEPT_BOOL = 2 };
+/* Which element types a reader accepts. float16 and float64 count as float.
+ * A finite float64 value past float32's range is refused (it would become
+ * +-inf, then NaN rows, silently); with NPY_ADDITIVE_MASK one below it is
+ * read as -inf (an additive mask's "hide": torch's finfo(float64).min). */
+enum { NPY_ACCEPT_FLOAT = 1, NPY_ACCEPT_BOOL = 2, NPY_ADDITIVE_MASK = 4 };
 
 typedef struct npy_array {
   npy_dtype dtype;   /* after conversion: float16 and float64 become NPY_F32 */
