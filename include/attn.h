@@ -618,7 +618,10 @@ typedef enum attn_rope_scaling {
   ATTN_ROPE_SCALING_LLAMA3 = 5,
   /** "longrope": w_i / f_i with f = long_factors when seq_len > P0, else
    * short_factors. Attention factor: the given one, else 1 for s <= 1, else
-   * sqrt(1 + ln s / ln P0). */
+   * sqrt(1 + ln s / ln P0), which has no value for P0 = 1 (transformers
+   * divides by zero): ATTN_ERR_INVALID_ARG then where the factor is used
+   * (applied, or asked for through attn_rope_cache_fill()'s
+   * attention_factor); tables that do not use it are filled. */
   ATTN_ROPE_SCALING_LONGROPE = 6,
   ATTN_ROPE_SCALING_MAX_ = 0x7fffffff
 } attn_rope_scaling;

@@ -46,9 +46,22 @@ static double plan_attention_factor(const freq_plan *f) {
   if (f->scaling == ATTN_ROPE_SCALING_LONGROPE) {
     if (f->attention_factor)
       return f->attention_factor;
+    /* +Inf for P0 = 1 (ln P0 = 0): check_attention_factor refuses it where used. */
     return s <= 1 ? 1.0 : sqrt(1.0 + log(s) / log((double)f->p0));
   }
   return 1.0;
+}
+
+/* LongRoPE's sqrt(1 + ln s / ln P0) has no finite value for P0 = 1 and s > 1
+ * (transformers divides by zero there): refused where the factor is used,
+ * applied to the tables or returned; tables without it need no factor. */
+static attn_status check_attention_factor(attn_ctx *ctx, const char *where, double af) {
+  if (isfinite(af))
+    return ATTN_OK;
+  return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
+                    "%s.original_max_position = 1 but LongRoPE's attention factor "
+                    "sqrt(1 + ln s / ln P0) needs P0 >= 2 when s > 1 (or give "
+                    "attention_factor)", where);
 }
 
 /* Frequencies w[0..half) of the plan. */
@@ -204,9 +217,11 @@ static attn_status check_cache_params(attn_ctx *ctx, const char *where,
     f->p0 = c->original_max_position;
   }
   f->factor = c->factor;
-  if (c->scaling == ATTN_ROPE_SCALING_LONGROPE && c->factor == 0)
+  /* LongRoPE's default P / P0 is 0 for an empty table: s <= 1, factor 1. */
+  bool derived = c->scaling == ATTN_ROPE_SCALING_LONGROPE && c->factor == 0;
+  if (derived)
     f->factor = (double)f->P / (double)f->p0;
-  if ((uses & U_FACTOR) && !pos_finite(f->factor))
+  if ((uses & U_FACTOR) && !derived && !pos_finite(f->factor))
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "%s.factor = %g but scaling %d needs it finite and > 0", where, c->factor,
                       (int)c->scaling);
@@ -250,10 +265,6 @@ static attn_status check_cache_params(attn_ctx *ctx, const char *where,
                             (long long)i, arrays[a][i]);
     }
     f->short_f = c->short_factors, f->long_f = c->long_factors;
-    if (!c->attention_factor && f->factor > 1 && f->p0 < 2)
-      return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
-                        "%s.original_max_position = 1 but LongRoPE's attention factor "
-                        "sqrt(1 + ln s / ln P0) needs P0 >= 2 (or give attention_factor)", where);
   }
   if ((c->scaling == ATTN_ROPE_SCALING_NTK || c->scaling == ATTN_ROPE_SCALING_DYNAMIC_NTK) &&
       f->half < 2)
@@ -300,6 +311,8 @@ attn_status attn__rope_scaled_freqs(attn_ctx *ctx, const char *where,
     return st;
   plan_freqs(&f, w);
   double af = plan_attention_factor(&f);
+  if (prm->apply_attention_factor && (st = check_attention_factor(ctx, where, af)) != ATTN_OK)
+    return st;
   f.P = INT64_MAX;
   if ((st = check_freqs(ctx, &f, w, prm->apply_attention_factor ? af : 1.0)) == ATTN_OK)
     *attention_factor = af;
@@ -326,6 +339,9 @@ static attn_status cache_fill(attn_ctx *ctx, attn_tensor *cos_t, attn_tensor *si
   if ((st = check_cache_params(ctx, "params", &prm, &f)) != ATTN_OK)
     return st;
   double af = plan_attention_factor(&f);
+  if ((prm.apply_attention_factor || attention_factor) &&
+      (st = check_attention_factor(ctx, "params", af)) != ATTN_OK)
+    return st;
   if (attn__empty(cos_t)) { /* no angles (an empty table may claim 2^62 pairs): the factor */
     if ((st = check_freqs(ctx, &f, NULL, prm.apply_attention_factor ? af : 1.0)) == ATTN_OK &&
         attention_factor)

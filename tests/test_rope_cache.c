@@ -327,6 +327,68 @@ static void llama3_worked_example(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* LongRoPE with P0 = 1: sqrt(1 + ln s / ln P0) has no finite value for s > 1
+ * (transformers divides by zero), so the factor is refused where it is used:
+ * applied, or returned. Tables that do not use it were refused too. */
+static void longrope_p0_one(void **state) {
+  (void)state;
+  attn_ctx *ctx = tu_ctx(1);
+  enum { P = 4, HALF = 2 };
+  float c[P * HALF], s[P * HALF];
+  for (int i = 0; i < P * HALF; i++)
+    c[i] = s[i] = 9.0f;
+  int64_t td[2] = {P, HALF};
+  attn_tensor *tc = tu_wrap(ctx, c, P * HALF, 2, td, NULL), *ts = tu_wrap(ctx, s, P * HALF, 2, td, NULL);
+  double sf[HALF] = {1.5, 2}, lf[HALF] = {3, 5}, af = -1;
+  attn_rope_cache_params p;
+  attn_rope_cache_params_init(&p);
+  p.scaling = ATTN_ROPE_SCALING_LONGROPE, p.original_max_position = 1;
+  p.short_factors = sf, p.long_factors = lf; /* s = P / P0 = 4 */
+  assert_status(attn_rope_cache_fill(ctx, tc, ts, &p, &af), ATTN_ERR_INVALID_ARG);
+  assert_error_mentions(ctx, "P0 >= 2");
+  p.apply_attention_factor = 1;
+  assert_status(attn_rope_cache_fill(ctx, tc, ts, &p, NULL), ATTN_ERR_INVALID_ARG);
+  assert_true(af == -1);
+  for (int i = 0; i < P * HALF; i++)
+    assert_true(c[i] == 9.0f && s[i] == 9.0f);
+  p.apply_attention_factor = 0; /* plain tables: w_i / long_factors_i (seq_len 4 > P0) */
+  assert_ok(attn_rope_cache_fill(ctx, tc, ts, &p, NULL));
+  for (int pos = 0; pos < P; pos++)
+    for (int i = 0; i < HALF; i++) {
+      double w = pow(10000.0, -(double)(2 * i) / (2.0 * HALF)) / lf[i];
+      assert_close(c[pos * HALF + i], cos(pos * w), 1e-7, 1e-7);
+      assert_close(s[pos * HALF + i], sin(pos * w), 1e-7, 1e-7);
+    }
+  p.attention_factor = 1.5, p.apply_attention_factor = 1; /* given: used as it is */
+  assert_ok(attn_rope_cache_fill(ctx, tc, ts, &p, &af));
+  assert_true(af == 1.5);
+  /* An empty table: the default s = P / P0 is 0, so the factor is 1 (was
+   * refused as "factor = 0"). */
+  int64_t none[2] = {0, HALF};
+  attn_tensor *ec = tu_wrap(ctx, c, 0, 2, none, NULL), *es = tu_wrap(ctx, s, 0, 2, none, NULL);
+  p.attention_factor = 0, p.original_max_position = 16;
+  assert_ok(attn_rope_cache_fill(ctx, ec, es, &p, &af));
+  assert_true(af == 1.0);
+  p.original_max_position = 1;
+  /* A layer: only an applied factor is needed. */
+  attn_rope_params rope;
+  attn_rope_params_init(&rope);
+  attn_rope_cache_params sp = p;
+  sp.attention_factor = 0, sp.apply_attention_factor = 0, sp.seq_len = 8;
+  attn_mha_decoder_params lp;
+  attn_mha_decoder_params_init(&lp);
+  lp.embed_dim = 8, lp.num_heads = 2, lp.head_dim = 4, lp.rope = &rope, lp.rope_scaling = &sp;
+  attn_mha *layer = NULL;
+  assert_ok(attn_mha_create_decoder(ctx, &lp, &layer));
+  attn_mha_free(ctx, layer);
+  sp.apply_attention_factor = 1;
+  layer = NULL;
+  assert_status(attn_mha_create_decoder(ctx, &lp, &layer), ATTN_ERR_INVALID_ARG);
+  assert_error_mentions(ctx, "P0 >= 2");
+  assert_true(layer == NULL);
+  attn_ctx_destroy(ctx);
+}
+
 static void cache_fill_bad_input(void **state) {
   (void)state;
   attn_ctx *ctx = tu_ctx(1);
@@ -485,7 +547,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(cached_vs_reference),  cmocka_unit_test(cached_matches_rope),
       cmocka_unit_test(scalings_vs_formulas), cmocka_unit_test(llama3_worked_example),
-      cmocka_unit_test(cache_fill_bad_input), cmocka_unit_test(cached_bad_input),
+      cmocka_unit_test(cache_fill_bad_input),
+      cmocka_unit_test(longrope_p0_one), cmocka_unit_test(cached_bad_input),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
