@@ -1408,12 +1408,14 @@ class KVCache(_ContextObject):
         kind = _dtype_name(dtype, fn)
         npt = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[kind]
         seq, start = _int64(seq, fn, "seq"), _int64(start, fn, "start")
-        if n is None:
-            n = int(self.lengths[int(seq)]) - int(start)
+        if n is None:  # to the end; a bad seq or start is the library's to report
+            lens = self.lengths
+            n = max(int(lens[seq]) - start, 0) if 0 <= seq < lens.shape[0] else 0
+        n = _int64(n, fn, "n")
+        if n < 0:
+            raise ValueError("%s: n = %d but must be >= 0" % (fn, n))
         k = np.empty((self.kv_heads, n, self.head_dim), npt)
         v = np.empty((self.kv_heads, n, self.value_dim), npt)
-        if n == 0:
-            return k, v
         with self._ctx._call(fn) as c:
             if kind == "bfloat16":  # written in place as bits: no conversion
                 hk = c._wrap(k, _lib.DTYPE_BF16, _element_strides(k), "k")

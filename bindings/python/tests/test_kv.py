@@ -75,6 +75,22 @@ def test_copy_truncate_and_bad_input():
     assert cache.free_blocks == 4
 
 
+def test_read_checks_seq_start_and_n():
+    # read(seq, start) with start past the sequence's end returned empty
+    # arrays (n = 0 skipped the library's check) or failed inside NumPy
+    # ("negative dimensions"); a seq out of range was an IndexError.
+    cache = attn.KVCache(2, 1, 8, capacity=4)
+    x = np.ones((2, 1, 2, 8), np.float32)
+    cache.append(x, x)
+    assert cache.read(0, 2)[0].shape == (1, 0, 8)  # at the end: nothing left
+    for args in ((0, 3), (0, 5, 0), (-1,), (5,)):
+        with pytest.raises(attn.AttnError, match="attn_kv_read: (start|seq)"):
+            cache.read(*args)
+    with pytest.raises(ValueError, match="n = -1"):
+        cache.read(0, 0, -1)
+    cache.close()
+
+
 def _bf16_bits(x):
     """float32 -> bfloat16 bits, nearest even (NaN-free input), in NumPy."""
     b = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
