@@ -408,6 +408,7 @@ def test_sdpa_options(tmp_path, rng):
     r = attn("sdpa", *files, "-o", out, "--sinks", "1,2")
     assert r.returncode == 2 and "4 heads" in r.stderr
     for bad in (["--kv-lens", "7,x"], ["--kv-lens", "7.5,9"], ["--window", "-1"],
+                ["--window", "9007199254740993"], ["--kv-lens", "7,9007199254740992"],
                 ["--alibi", "0"], ["--softcap", "-1"], ["--threads", "-1"],
                 ["--scale", "1e-50"], ["--scale", "1e300"]):
         r = attn("sdpa", *files, "-o", out, *bad)
@@ -424,6 +425,9 @@ def test_rope_positions(tmp_path, rng):
     close(np.load(out), ref.rope(x, positions=pos), atol=2e-6)
     r = attn("rope", inp, "-o", out, "--positions", "1,2,3")
     assert r.returncode == 2 and "B * L = 8" in r.stderr
+    # strtod rounded 2^53 + 1 to 2^53: a silent wrong rotation.
+    r = attn("rope", inp, "-o", out, "--positions", ",".join(["9007199254740993"] + ["0"] * 7))
+    assert r.returncode == 1 and "2^53 - 1" in r.stderr
 
 
 def test_output_to_stdout_and_double_dash(tmp_path, rng):

@@ -100,7 +100,11 @@ static int parse_scale(const cli *c, const char *opt, const char *s, double *out
 }
 
 /* A comma-separated list of numbers ("3,5,8") into a new array of doubles;
- * integer lists (want_int) must hold integers that int64 represents. */
+ * integer lists (want_int) must hold integers of at most 2^53 - 1 in
+ * magnitude: a double holds those exactly, and strtod rounds any longer
+ * integer to one at least 2^53 (position 9007199254740993 was read as
+ * 9007199254740992), so none is changed silently. */
+#define INT_LIST_MAX 9007199254740991.0 /* 2^53 - 1 */
 static int parse_list(const cli *c, const char *opt, const char *s, int want_int,
                       double **out, size_t *n) {
   size_t count = 1;
@@ -117,9 +121,11 @@ static int parse_list(const cli *c, const char *opt, const char *s, int want_int
     errno = 0;
     v[k] = strtod(p, &end);
     if (end == p || (*end && *end != ',') || errno == ERANGE || !isfinite(v[k]) ||
-        (want_int && (v[k] != floor(v[k]) || fabs(v[k]) > 9.0e18))) {
+        (want_int && (v[k] != floor(v[k]) || fabs(v[k]) > INT_LIST_MAX))) {
       fprintf(stderr, "attn %s: %s = '%s': item %zu is not %s\nTry 'attn %s --help'.\n",
-              c->cmd, opt, s, k + 1, want_int ? "an integer" : "a finite number", c->cmd);
+              c->cmd, opt, s, k + 1,
+              want_int ? "an integer of at most 2^53 - 1 in magnitude" : "a finite number",
+              c->cmd);
       free(v);
       return -1;
     }
