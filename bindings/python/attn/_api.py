@@ -326,6 +326,16 @@ def _result_dtype(dt):
     return np.float16 if dt == _lib.DTYPE_F16 else np.float32
 
 
+def _check_no_grad(t, fn):
+    """Writing a torch tensor in place goes around autograd (no version
+    bump): refuse it for a tensor that requires grad, as torch refuses
+    in-place ops on leaves, rather than give silently wrong gradients."""
+    if t.requires_grad:
+        raise ValueError("%s: inplace=True on a torch tensor that requires grad would bypass "
+                         "autograd (use attn.torch, or pass x.detach() to write it anyway)"
+                         % fn)
+
+
 def _update_target(x, inplace, fn):
     """(array, is_bf16) for an op that updates x in place (rope,
     sinusoidal_add). inplace: x itself, a numpy array or a CPU torch tensor
@@ -336,6 +346,7 @@ def _update_target(x, inplace, fn):
     non-numbers refused as the inputs of the other ops)."""
     if inplace:
         if _is_torch(x):
+            _check_no_grad(x, fn)
             a, kind = _torch_view(x, fn)
             return a, kind == "bfloat16"
         if not isinstance(x, np.ndarray):
@@ -819,6 +830,8 @@ class Context(_ClosedWhenCollected):
         if inplace and not (isinstance(x, np.ndarray) or _is_torch(x)):
             raise TypeError("%s: inplace needs x to be a numpy array or a torch tensor, not %s"
                             % (fn, type(x).__name__))
+        if inplace and _is_torch(x):
+            _check_no_grad(x, fn)
         x, xdt = _data_array(x, fn)
         y = x if inplace else np.empty(x.shape, _result_dtype(xdt))
         with self._call(fn) as c:

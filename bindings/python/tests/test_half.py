@@ -193,6 +193,14 @@ def test_rope_and_sinusoidal_torch_half():
             want_t = torch.from_numpy(np.ascontiguousarray(want, np.float32)).to(dt)
             assert torch.equal(w.view(torch.int16), want_t.view(torch.int16))
     assert attn.rope(x).dtype == np.float32
+    # In place on a tensor that requires grad would go around autograd.
+    cos, sin, _ = attn.rope_cache(5, 8)
+    g = x[0].clone().requires_grad_()
+    for call in (lambda: attn.rope(g, inplace=True), lambda: attn.sinusoidal_add(g, inplace=True),
+                 lambda: attn.rope_cached(g[None], cos, sin, inplace=True)):
+        with pytest.raises(ValueError, match="requires grad"):
+            call()
+    assert attn.rope(g.detach(), inplace=True) is not None
     with pytest.raises(TypeError, match="real numbers"):
         attn.rope(np.ones((1, 2, 3, 4), bool))
     with pytest.raises(TypeError, match="torch dtype"):
