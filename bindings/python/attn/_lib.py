@@ -103,6 +103,17 @@ def check_int(value, ctype, what):
     return n
 
 
+_INT_FIELDS = {}  # struct class -> {integer field: (lo, hi, ctype)}
+
+
+def _int_fields(cls):
+    f = _INT_FIELDS.get(cls)
+    if f is None:
+        f = _INT_FIELDS[cls] = {name: int_range(t) + (t,) for name, t, *_ in cls._fields_
+                                if int_range(t)}
+    return f
+
+
 class _SizedStruct(ctypes.Structure):
     """A size-tagged parameter struct: struct_size is set on creation;
     integer fields refuse values out of their type's range."""
@@ -114,9 +125,10 @@ class _SizedStruct(ctypes.Structure):
             setattr(self, name, value)
 
     def __setattr__(self, name, value):
-        ctype = dict(self._fields_).get(name)
-        if int_range(ctype) and isinstance(value, numbers.Integral):
-            value = check_int(value, ctype, name)
+        f = _int_fields(type(self)).get(name)
+        if f is not None and (type(value) is int or isinstance(value, numbers.Integral)):
+            if not f[0] <= value < f[1]:
+                check_int(value, f[2], name)  # raises
         super().__setattr__(name, value)
 
 
