@@ -361,7 +361,8 @@ def _update_target(x, inplace, fn):
     if a.dtype.kind not in _ADDITIVE_KINDS:
         raise TypeError("%s: x has dtype %s but must hold real numbers (it is converted to "
                         "float32)" % (fn, a.dtype))
-    return np.array(_to_float32(a, fn, "x", False), order="C"), False
+    b = _to_float32(a, fn, "x", False)  # a new array already
+    return (b if b.flags.c_contiguous else np.array(b, order="C")), False
 
 
 def _is_torch(a):
