@@ -203,7 +203,9 @@ ATTN_API void attn_ctx_options_init(attn_ctx_options *opts);
 ATTN_API attn_status attn_ctx_create(attn_ctx **out, const attn_ctx_options *opts);
 
 /** Destroy a context: join its worker threads, free every tensor created from
- * it and its scratch.
+ * it and its scratch (and the KV caches and layers still alive in it). No
+ * other thread may be inside a call on ctx or use it afterwards: unlike a
+ * second call, which gets ATTN_ERR_BUSY, destruction is not detected.
  * @param[in] ctx the context; NULL is a no-op.
  * @since 0.1.0 */
 ATTN_API void attn_ctx_destroy(attn_ctx *ctx);
