@@ -306,6 +306,35 @@ def test_missing_file_and_unwritable_output(tmp_path):
     assert r.returncode == 2 and "cannot create" in r.stderr
 
 
+def _file_size_limit(limit):
+    # Run in the child: writes past `limit` bytes fail with EFBIG (SIGXFSZ,
+    # which would kill the process instead, is ignored across the exec).
+    def set_limit():
+        import resource
+        import signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return set_limit
+
+
+def test_output_over_an_input_is_replaced_only_when_complete(tmp_path, rng):
+    x = rng.standard_normal((64, 64)).astype(np.float32)
+    p = save(tmp_path, "x.npy", x)
+    os.chmod(p, 0o640)
+    before = p.read_bytes()
+    # A write that fails midway (the file size limit) leaves the input whole.
+    r = subprocess.run([CLI, "softmax", str(p), "-o", str(p)], capture_output=True, text=True,
+                       preexec_fn=_file_size_limit(4096), timeout=60)
+    assert r.returncode == 2 and "write error" in r.stderr, r.stderr
+    assert p.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["x.npy"]  # no file left beside it
+    # A write that succeeds replaces it, keeping its permissions.
+    ok("softmax", p, "-o", p)
+    close(np.load(p), ref.softmax(x))
+    assert os.stat(p).st_mode & 0o777 == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["x.npy"]
+
+
 def test_shapes_libattn_refuses(tmp_path, rng):
     q = save(tmp_path, "q.npy", rng.standard_normal((1, 2, 3, 8)).astype(np.float32))
     k = save(tmp_path, "k.npy", rng.standard_normal((1, 2, 4, 6)).astype(np.float32))

@@ -5,6 +5,7 @@
  * padded with spaces and a newline, then the raw data. The parser accepts
  * exactly that dict (keys in any order, either quote style) and checks
  * every length against the bytes present before touching them. */
+#define _POSIX_C_SOURCE 200809L /* mkstemp, fdopen, lstat, fchmod */
 #include "npy.h"
 
 #include <errno.h>
@@ -13,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* Largest dimension accepted: keeps every size product below 2^63. */
 #define NPY_DIM_MAX ((int64_t)1 << 40)
@@ -446,9 +449,30 @@ int npy_write(const char *path, npy_dtype dtype, int ndim, const int64_t *dims,
   pre[8] = (uint8_t)(hlen & 0xff);
   pre[9] = (uint8_t)(hlen >> 8);
   int to_stdout = !strcmp(path, "-"); /* "-o -": standard output */
-  FILE *f = to_stdout ? stdout : fopen(path, "wb");
-  if (!f)
+  /* An existing plain file (perhaps one of the inputs) is replaced only once
+   * the new one is complete: written beside it, then renamed over it, so a
+   * failed write leaves it as it was. Anything else (a new name, a device, a
+   * symlink, a file with other links) is written in place. */
+  struct stat old;
+  char *tmp = NULL;
+  FILE *f = stdout;
+  if (!to_stdout && lstat(path, &old) == 0 && S_ISREG(old.st_mode) && old.st_nlink == 1 &&
+      (tmp = malloc(strlen(path) + 8)) != NULL) {
+    strcpy(tmp, path);
+    strcat(tmp, ".XXXXXX");
+    int fd = mkstemp(tmp);
+    if (fd < 0 || fchmod(fd, old.st_mode & 07777) != 0 || !(f = fdopen(fd, "wb"))) {
+      int saved = errno;
+      if (fd >= 0) {
+        close(fd);
+        remove(tmp);
+      }
+      free(tmp);
+      return fail(err, es, "%s: cannot create a file beside it: %s", path, strerror(saved));
+    }
+  } else if (!to_stdout && !(f = fopen(path, "wb"))) {
     return fail(err, es, "%s: cannot create: %s", path, strerror(errno));
+  }
   int ok = fwrite(pre, 1, sizeof pre, f) == sizeof pre &&
            fwrite(hdr, 1, (size_t)n, f) == (size_t)n;
   for (size_t i = (size_t)n; ok && i + 1 < hlen; i++)
@@ -478,10 +502,14 @@ int npy_write(const char *path, npy_dtype dtype, int ndim, const int64_t *dims,
     ok = 0;
     saved = errno;
   }
-  if (!ok) {
-    if (!to_stdout)
-      remove(path);
-    return fail(err, es, "%s: write error: %s", path, strerror(saved));
+  if (ok && tmp && rename(tmp, path) != 0) {
+    ok = 0;
+    saved = errno;
   }
+  if (!ok && !to_stdout)
+    remove(tmp ? tmp : path);
+  free(tmp);
+  if (!ok)
+    return fail(err, es, "%s: write error: %s", path, strerror(saved));
   return 0;
 }

@@ -38,7 +38,9 @@ int npy_parse(const uint8_t *buf, size_t len, int accept, npy_array *out, char *
 int npy_read(const char *path, int accept, npy_array *out, char *err, size_t err_size);
 
 /* Write a C-order array (format 1.0, little-endian). Returns 0, or -1 with
- * a message naming the path; a partly written file is removed. */
+ * a message naming the path. An existing plain file is replaced only when
+ * the new one is complete (written beside it, then renamed), so a failed
+ * write leaves it as it was; a partly written new file is removed. */
 int npy_write(const char *path, npy_dtype dtype, int ndim, const int64_t *dims,
               const void *data, char *err, size_t err_size);
 
