@@ -1381,7 +1381,13 @@ def run_rope(ctx, rng, case):
     cp = _lib.RopeCachedParams(style=style)
     keep.append(cp)
     pos = None
-    if rng.random() < 0.5:
+    per_token = rng.random() < 0.3
+    if per_token:
+        # ONNX without position_ids: arbitrary [B|1, L, r/2] tables, one row per token
+        tb = 1 if rng.random() < 0.5 else B
+        cos_t = data(rng, (tb, L, r // 2), F32, 1.5)
+        sin_t = data(rng, (tb, L, r // 2), F32, 1.5)
+    elif rng.random() < 0.5:
         pos, pp = i64(rng.integers(0, P, (B, L)))
         cp.position_ids = pp
     else:
@@ -1390,20 +1396,35 @@ def run_rope(ctx, rng, case):
     hs2, _ = ctx.tensor(rng, sin_t, F32, name="sin_in")
     three = rng.random() < 0.3
     yd = pick_dt(rng)
+    inplace = rng.random() < 0.25
+    if inplace:
+        yd = xd
     if three:
         x3 = np.ascontiguousarray(xv.transpose(0, 2, 1, 3)).reshape(B, L, H * D)
-        hx, _ = ctx.tensor(rng, x3, xd, name="x3")
-        hy, vy = ctx.tensor(rng, np.zeros(x3.shape), yd, out=True, name="y3")
+        hx, vx3 = ctx.tensor(rng, x3, xd, name="x3", bcast=not inplace)
+        if inplace:
+            ctx.outs.append(ctx.inputs.pop())
+            hy, vy = hx, vx3
+        else:
+            hy, vy = ctx.tensor(rng, np.zeros(x3.shape), yd, out=True, name="y3")
         cp.num_heads = H
     else:
-        hx, _ = ctx.tensor(rng, xv, xd, name="x")
-        hy, vy = ctx.tensor(rng, np.zeros(xv.shape), yd, out=True, name="y")
+        hx, vx4 = ctx.tensor(rng, xv, xd, name="x", bcast=not inplace)
+        if inplace:
+            ctx.outs.append(ctx.inputs.pop())
+            hy, vy = hx, vx4
+        else:
+            hy, vy = ctx.tensor(rng, np.zeros(xv.shape), yd, out=True, name="y")
     st = LIB.attn_rope_cached(ctx.h, hx, hy, hc2, hs2, C.byref(cp))
     if st:
         raise Fail("rope_cached status %d: %s" % (st, ctx.err()))
     ctx.check_memory()
-    c = cos_t[pos][:, None]  # [B,1,L,r/2]
-    s_ = sin_t[pos][:, None]
+    if per_token:
+        c = np.broadcast_to(np.asarray(cos_t), (B, L, r // 2))[:, None]
+        s_ = np.broadcast_to(np.asarray(sin_t), (B, L, r // 2))[:, None]
+    else:
+        c = cos_t[pos][:, None]  # [B,1,L,r/2]
+        s_ = sin_t[pos][:, None]
     if style == 0:
         a_, b_ = xv[..., :r // 2], xv[..., r // 2:r]
     else:
