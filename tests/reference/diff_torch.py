@@ -21,7 +21,8 @@ fill with every scaling against Hugging Face's formulas, rope_cached), kv
 (appends with RoPE, truncate, read, attn_kv_attend on contiguous and paged
 caches of each dtype), pool_attention (+ backward), sinusoidal (+ add), copy
 (dtype conversions), bad_sdpa (documented errors: status, message, nothing
-written).
+written), mha_torch (attn_mha_torch_forward against torch.nn.MultiheadAttention,
+torch).
 
 Usage (from the repository root, after a build; /usr/bin/python3 has numpy
 and torch):
@@ -1870,14 +1871,127 @@ def run_bad_sdpa(ctx, rng, case):
     return 0.0, dict(kind=kind)
 
 
+# ------------------------------------------------ nn.MultiheadAttention --
+
+def run_mha_torch(ctx, rng, case):
+    """attn_mha_torch_forward against torch.nn.MultiheadAttention in float64
+    (its masks merged into one float attn_mask for torch; no row fully masked,
+    where torch gives NaN and attn.h zeros)."""
+    if torch is None:
+        return 0.0, {}
+    H = int(rng.choice([1, 2, 4]))
+    E = H * int(rng.choice([1, 2, 8, 16]))
+    kdim = E if rng.random() < 0.6 else int(rng.choice([1, 5, 16]))
+    vdim = kdim if rng.random() < 0.7 else int(rng.choice([3, 8]))
+    B = int(rng.choice([1, 2, 3]))
+    L = int(rng.choice([1, 2, 5, 17]))
+    S = L if rng.random() < 0.5 else int(rng.choice([1, 3, 9, 40]))
+    no_bias, bf = int(rng.random() < 0.3), int(rng.random() < 0.5)
+    self_attn = kdim == E and vdim == E and S == L and rng.random() < 0.4
+    mp = _lib.MhaTorchParams(embed_dim=E, num_heads=H, kdim=kdim, vdim=vdim, no_bias=no_bias,
+                             batch_first=bf)
+    layer = C.c_void_p()
+    st = LIB.attn_mha_create_torch(ctx.h, C.byref(mp), C.byref(layer))
+    if st:
+        raise Fail("mha_create_torch status %d: %s" % (st, ctx.err()))
+    try:
+        m = torch.nn.MultiheadAttention(E, H, bias=not no_bias, kdim=kdim, vdim=vdim,
+                                        batch_first=bool(bf), dtype=torch.float64)
+        ws = {}
+        if kdim == E and vdim == E:
+            ws[8] = ("in_proj_weight", (3 * E, E))
+        else:
+            ws[0], ws[1], ws[2] = (("q_proj_weight", (E, E)), ("k_proj_weight", (E, kdim)),
+                                   ("v_proj_weight", (E, vdim)))
+        ws[3] = ("out_proj.weight", (E, E))
+        if not no_bias:
+            ws[9], ws[7] = ("in_proj_bias", (3 * E,)), ("out_proj.bias", (E,))
+        sd = {}
+        for which, (name, shape) in ws.items():
+            w = data(rng, shape, F32, 1.0 / math.sqrt(shape[-1]), allow_bcast=False)
+            h, _ = ctx.tensor(rng, w, F32, name=name)
+            st = LIB.attn_mha_set_weight(ctx.h, layer, which, h)
+            if st:
+                raise Fail("mha_set_weight %s status %d: %s" % (name, st, ctx.err()))
+            sd[name] = torch.tensor(np.asarray(w))
+        m.load_state_dict(sd, strict=False)
+        dts = [pick_dt(rng) for _ in range(4)]
+        qs = (B, L, E) if bf else (L, B, E)
+        ks = (B, S, kdim) if bf else (S, B, kdim)
+        vs = (B, S, vdim) if bf else (S, B, vdim)
+        query = data(rng, qs, dts[0], 1.0)
+        hq, _ = ctx.tensor(rng, query, dts[0], name="query")
+        if self_attn:
+            key = value = query
+            hk = hv = hq
+        else:
+            key = data(rng, ks, dts[1], 1.0)
+            value = data(rng, vs, dts[2], 1.0)
+            hk, _ = ctx.tensor(rng, key, dts[1], name="key")
+            hv, _ = ctx.tensor(rng, value, dts[2], name="value")
+        merged = np.zeros((B, H, L, S))
+        hkpm = ham = None
+        if rng.random() < 0.5:
+            if rng.random() < 0.5:
+                kp = (rng.random((B, S)) < 0.3).astype(np.uint8)
+                kp[:, 0] = 0
+                hkpm, _ = ctx.tensor(rng, kp, U8, name="key_padding_mask")
+                merged += np.where(kp != 0, -np.inf, 0.0)[:, None, None, :]
+            else:
+                kp = data(rng, (B, S), F32, 2.0)
+                hkpm, _ = ctx.tensor(rng, kp, F32, name="key_padding_mask")
+                merged += np.asarray(kp)[:, None, None, :]
+        if rng.random() < 0.5:
+            shp = (L, S) if rng.random() < 0.5 else (B * H, L, S)
+            if rng.random() < 0.5:
+                am = (rng.random(shp) < 0.3).astype(np.uint8)
+                am[..., 0] = 0
+                ham, _ = ctx.tensor(rng, am, U8, name="attn_mask")
+                add = np.where(am != 0, -np.inf, 0.0)
+            else:
+                am = data(rng, shp, F32, 2.0)
+                ham, _ = ctx.tensor(rng, am, F32, name="attn_mask")
+                add = np.asarray(am, np.float64)
+            merged += add if len(shp) == 2 else add.reshape(B, H, L, S)
+        fp = _lib.MhaTorchForwardParams(need_weights=int(rng.random() < 0.5),
+                                        per_head_weights=int(rng.random() < 0.5),
+                                        is_causal=int(rng.random() < 0.3))
+        if fp.is_causal:
+            merged += np.where(np.arange(S)[None, :] > np.arange(L)[:, None], -np.inf, 0.0)
+        od = dts[3]
+        ho, vo = ctx.tensor(rng, np.zeros(qs), od, out=True, name="out")
+        hw = vw = None
+        if fp.need_weights:
+            wsh = (B, H, L, S) if fp.per_head_weights else (B, L, S)
+            hw, vw = ctx.tensor(rng, np.zeros(wsh), F32, out=True, name="out_weights")
+        st = LIB.attn_mha_torch_forward(ctx.h, layer, hq, hk, hv, hkpm, ham, C.byref(fp), ho, hw)
+        if st:
+            raise Fail("mha_torch_forward status %d: %s" % (st, ctx.err()))
+        ctx.check_memory()
+        tq, tk, tv = (torch.tensor(np.asarray(a, np.float64)) for a in (query, key, value))
+        with torch.no_grad():
+            o, w = m(tq, tk, tv, attn_mask=torch.tensor(merged.reshape(B * H, L, S)),
+                     need_weights=True, average_attn_weights=not fp.per_head_weights)
+        o, w = o.numpy(), w.numpy()
+        scale_o = 1 + np.abs(o).max(initial=0)
+        worst = compare("mha out", get(vo, od), o,
+                        3e-5 * scale_o * math.sqrt(E + kdim + vdim) / 4 + HALF_U[od] * np.abs(o))
+        if vw is not None:
+            worst = max(worst, compare("mha weights", np.array(vw, np.float64), w,
+                                       3e-5 * (np.abs(w) + 1e-2)))
+        return worst, dict(E=E, H=H, bf=bf)
+    finally:
+        LIB.attn_mha_free(ctx.h, layer)
+
+
 OPS = {"sdpa": run_sdpa, "varlen": run_varlen, "sdpa_bwd": run_sdpa_bwd,
        "varlen_bwd": run_varlen_bwd, "softmax": run_softmax, "pool": run_pool,
        "rope": run_rope, "kv": run_kv,
        "pool_attention": run_pool_attention, "sinusoidal": run_sinusoidal, "copy": run_copy,
-       "bad_sdpa": run_bad_sdpa}
+       "bad_sdpa": run_bad_sdpa, "mha_torch": run_mha_torch}
 
 
-NEEDS_TORCH = ("sdpa_bwd", "varlen_bwd")
+NEEDS_TORCH = ("sdpa_bwd", "varlen_bwd", "mha_torch")
 
 
 def run_cases(op, seed, first, count, threads=0, verbose=False, max_fail=20, ctxs=None):
