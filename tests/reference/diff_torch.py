@@ -1167,8 +1167,12 @@ def run_pool(ctx, rng, case):
                             gx[b, h, am[b, h, d], d] = dd4[b, h, d].item()
             y = None
         else:
-            ts = torch.tensor(np.ascontiguousarray(np.asarray(sv, np.float64)), requires_grad=True)
-            sb = ts.reshape(sc4.shape).expand(xv4.shape[:3])
+            # per-token scores as a leaf of their own: attn.h gives a token of
+            # weight 0 no gradient (torch: 0 x NaN when the output is NaN),
+            # then sums over the axes scores is broadcast along
+            sb = torch.tensor(np.ascontiguousarray(np.broadcast_to(
+                np.asarray(sv, np.float64).reshape(sc4.shape), xv4.shape[:3])),
+                requires_grad=True)
             z = sb.masked_fill(~kk, -math.inf)
             m = z.max(-1, keepdim=True).values.detach()
             m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
@@ -1176,11 +1180,17 @@ def run_pool(ctx, rng, case):
             den = e.sum(-1, keepdim=True)
             w = e / torch.where(den > 0, den, torch.ones_like(den))
             y = (w[..., None] * tx.masked_fill(~kk[..., None], 0)).sum(2)
-            leaves.append(ts)
+            leaves.append(sb)
+            w0 = (w == 0).detach().numpy()
         if y is not None:
             gr = torch.autograd.grad(y, leaves, dd4, allow_unused=True)
             gx = gr[0].numpy()
-            gs = gr[1].numpy() if len(gr) > 1 and gr[1] is not None else None
+            gs = None
+            if len(gr) > 1 and gr[1] is not None:
+                g3 = np.where(w0, 0.0, gr[1].numpy())
+                ssh = np.asarray(sv).shape
+                g3 = g3.sum(axis=tuple(a for a in range(3) if sc4.shape[a] == 1), keepdims=True)
+                gs = g3.reshape(ssh)
         gx = gx if four else gx[:, 0]
         tolx = 1e-6 * (1 + np.abs(gx)) + HALF_U[dxd] * np.abs(gx)
         if mode == 3:
