@@ -1653,7 +1653,8 @@ ATTN_API attn_status attn_mha_get_weight(attn_ctx *ctx, const attn_mha *layer, i
  * @param[in]     layer the layer.
  * @param[in,out] cache a KV cache of ctx with B sequences, Hkv heads and
  *                      head dim D = value dim; the new keys and values are
- *                      appended to it.
+ *                      appended to it. A wrapped cache's memory may not
+ *                      overlap a weight used in place (ATTN_ERR_ALIASING).
  * @param[in]     x     F32, F16 or BF16 [B, L, E], any strides (half rows
  *                      widened exactly into the layer's buffer).
  * @param[out]    y     F32, F16 or BF16 [B, L, E], writable, not overlapping

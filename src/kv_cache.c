@@ -319,6 +319,11 @@ void attn__kv_view(const attn_kv_cache *c, attn_kv_view *view) {
   }
 }
 
+void attn__kv_memory(const attn_kv_cache *c, int i, const void **p, size_t *bytes) {
+  *p = i ? c->v : c->k;
+  *bytes = i ? c->v_bytes : c->k_bytes;
+}
+
 void attn__kv_shape(const attn_kv_cache *c, int64_t *B, int64_t *H, int64_t *D, int64_t *Dv,
                     const int64_t **lens) {
   *B = c->B, *H = c->H, *D = c->D, *Dv = c->Dv, *lens = c->lens;

@@ -19,6 +19,8 @@ void attn__kv_shape(const attn_kv_cache *c, int64_t *B, int64_t *H, int64_t *D, 
 void attn__kv_view(const attn_kv_cache *c, attn_kv_view *view);
 /* True if t's bytes intersect the cache's keys or values. */
 bool attn__kv_overlaps(const attn_kv_cache *c, const attn_tensor *t);
+/* The cache's keys (i = 0) or values (i = 1): their first byte and extent. */
+void attn__kv_memory(const attn_kv_cache *c, int i, const void **p, size_t *bytes);
 /* Append rows 0..n_new[b]-1 (L when n_new is NULL) of kn / vn, strides of
  * [B, H, L, D]; every count is checked (range, capacity, pool) before
  * anything changes. */

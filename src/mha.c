@@ -374,7 +374,11 @@ static attn_status mha_get_weight_impl(attn_ctx *ctx, const attn_mha *layer, int
 }
 
 const char *attn__mha_wrapped_overlap(const attn_mha *m, const attn_tensor *t) {
-  uintptr_t a = (uintptr_t)t->data, e = a + t->extent_bytes;
+  return attn__mha_wrapped_overlap_bytes(m, t->data, t->extent_bytes);
+}
+
+const char *attn__mha_wrapped_overlap_bytes(const attn_mha *m, const void *p, size_t bytes) {
+  uintptr_t a = (uintptr_t)p, e = a + bytes;
   for (int32_t i = 0; i < N_WEIGHTS; i++) {
     if (is_owned(m, i))
       continue;

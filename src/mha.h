@@ -61,6 +61,8 @@ attn_gemm_part attn__mha_part(const attn_mha *m, int s);
  * memory t's bytes intersect, or NULL: an output there would change the
  * weight while the call reads it. */
 const char *attn__mha_wrapped_overlap(const attn_mha *m, const attn_tensor *t);
+/* The same for the bytes p .. p + bytes - 1. */
+const char *attn__mha_wrapped_overlap_bytes(const attn_mha *m, const void *p, size_t bytes);
 /* Whether weight `which` belongs to PyTorch-form layer m, and its rows and
  * columns (either pointer may be NULL). */
 bool attn__mha_torch_shape(const attn_mha *m, int32_t which, int64_t *rows, int64_t *cols);

@@ -188,6 +188,17 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   if (wrapped)
     return attn__fail(ctx, ATTN_ERR_ALIASING,
                       "y overlaps the memory of %s, a weight used in place", wrapped);
+  /* A wrapped cache over a weight: the new k and v rows would be written
+   * there while a projection reads it. */
+  for (int i = 0; i < 2; i++) {
+    const void *mem;
+    size_t bytes;
+    attn__kv_memory(cache, i, &mem, &bytes);
+    if ((wrapped = attn__mha_wrapped_overlap_bytes(m, mem, bytes)))
+      return attn__fail(ctx, ATTN_ERR_ALIASING,
+                        "the cache's %s overlap the memory of %s, a weight used in place",
+                        i ? "values" : "keys", wrapped);
+  }
   for (int64_t b = 0; b < B; b++)
     if (n_new && (n_new[b] < 0 || n_new[b] > L))
       return attn__fail(ctx, ATTN_ERR_INVALID_ARG,

@@ -579,6 +579,48 @@ static void y_over_wrapped_weight(void **state) {
   weights_free(&w);
 }
 
+/* A wrapped cache whose keys or values are the memory of a weight used in
+ * place: the forward wrote the new k and v rows there while a projection
+ * still read the weight (a wrong y, the caller's weight overwritten). */
+static void cache_over_wrapped_weight(void **state) {
+  (void)state;
+  mha_case c = {"cache over W", 1, 4, 2, 1, 2, 0, 0, 0, 0, 0, {4}, {4}, 4, 1, 1, NULL, 0};
+  tu_rng r = {26};
+  weights w;
+  weights_make(&c, &w, &r);
+  float x[16], y[16], other[8];
+  tu_fill(&r, x, 16, -1, 1);
+  attn_ctx *ctx = tu_ctx(1);
+  attn_mha *m = make_layer(ctx, &c, &w); /* every weight wrapped */
+  const char *names[4] = {"Wq", "Wk", "Wv", "Wo"};
+  for (int i = 0; i < 4; i++)
+    for (int values = 0; values < 2; values++) {
+      float saved[16];
+      memcpy(saved, w.w[i], w.n[i] * sizeof(float));
+      int64_t dims[4] = {1, 1, 4, 2}, d3[3] = {1, 4, 4}, lens[1] = {-1};
+      attn_tensor *over = tu_wrap(ctx, w.w[i], 8, 4, dims, NULL);
+      attn_tensor *apart = tu_wrap(ctx, other, 8, 4, dims, NULL);
+      attn_kv_cache *kv = NULL;
+      assert_ok(attn_kv_cache_wrap(ctx, values ? apart : over, values ? over : apart, NULL, &kv));
+      for (int j = 0; j < 16; j++)
+        y[j] = 7;
+      attn_status st = attn_mha_forward(ctx, m, kv, tu_wrap(ctx, x, 16, 3, d3, NULL),
+                                        tu_wrap(ctx, y, 16, 3, d3, NULL), NULL);
+      if (st != ATTN_ERR_ALIASING)
+        fail_msg("%s over %s: %s", values ? "values" : "keys", names[i], attn_status_string(st));
+      assert_error_mentions(ctx, names[i]);
+      assert_memory_equal(w.w[i], saved, w.n[i] * sizeof(float));
+      for (int j = 0; j < 16; j++)
+        assert_true(y[j] == 7);
+      attn_kv_cache_info info = {.struct_size = sizeof info};
+      assert_ok(attn_kv_cache_info_get(ctx, kv, &info, lens));
+      assert_int_equal(lens[0], 0);
+      assert_ok(attn_kv_cache_free(ctx, kv));
+    }
+  attn_ctx_destroy(ctx);
+  weights_free(&w);
+}
+
 /* A wrapped cache of capacity 1 may give its row axis any stride (never
  * stepped), 0 included. The layer's projection writes k and v into such a
  * cache's rows directly: a row stride below D reached cblas_sgemm (the sse2
@@ -711,6 +753,7 @@ int main(void) {
       cmocka_unit_test(wrapped_weights_read_each_call),
       cmocka_unit_test(wrapped_one_row_weight),
       cmocka_unit_test(y_over_wrapped_weight),
+      cmocka_unit_test(cache_over_wrapped_weight),
       cmocka_unit_test(cache_of_one_row_any_stride),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
