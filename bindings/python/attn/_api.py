@@ -1528,10 +1528,11 @@ class MultiheadAttention(_ContextObject):
                                      % (fn, name, a[0].shape, shape))
                 arrays[name] = a
         with self._ctx._call(fn) as c:
-            for name, a in arrays.items():
+            # Every array converted and wrapped (which may raise) before any is set.
+            handles = [(name, c.input(a[0], name, dtype=a[1])) for name, a in arrays.items()]
+            for name, h in handles:
                 c.check(_LIB.attn_mha_set_weight(self._ctx._handle, self._handle,
-                                                 _lib.MHA_TORCH_WEIGHTS[name],
-                                                 c.input(a[0], name, dtype=a[1])))
+                                                 _lib.MHA_TORCH_WEIGHTS[name], h))
 
     def state_dict(self):
         """The weights as float32 arrays under torch's state_dict names."""
@@ -1723,9 +1724,11 @@ class DecoderLayer(_ContextObject):
                                  % (fn, prefix + n, a[0].shape, self._shape(n)))
             arrays[n] = a
         with self._ctx._call(fn) as c:
-            for n, (w, wdt) in arrays.items():
+            # Every array converted and wrapped (which may raise) before any is set.
+            handles = [(n, c.input(w, n, dtype=wdt)) for n, (w, wdt) in arrays.items()]
+            for n, h in handles:
                 c.check(_LIB.attn_mha_set_weight(self._ctx._handle, self._handle,
-                                                 self._which(n, fn), c.input(w, n, dtype=wdt)))
+                                                 self._which(n, fn), h))
 
     def forward(self, x, cache, n_new=None):
         """Run new tokens x [B, L, E] through the layer: their keys and values

@@ -128,6 +128,16 @@ def test_bad_input_changes_nothing():
                                "v_proj.weight": np.zeros((8, 7)), "o_proj.weight": np.zeros((8, 8))})
     for n, w in before.items():
         np.testing.assert_array_equal(layer.get_weight(n), w)
+    # A value float32 cannot hold, or a type that is not real, in the last
+    # weight: found before any weight is set (the earlier ones were set).
+    for bad, error in ((np.full((8, 8), 1e40), ValueError),
+                       (np.zeros((8, 8), np.complex64), TypeError)):
+        with pytest.raises(error, match="o_proj.weight"):
+            layer.load_state_dict({"q_proj.weight": np.full((8, 8), 3.0),
+                                   "k_proj.weight": np.full((8, 8), 3.0),
+                                   "v_proj.weight": np.zeros((8, 8)), "o_proj.weight": bad})
+        for n, w in before.items():
+            np.testing.assert_array_equal(layer.get_weight(n), w)
     with pytest.raises(KeyError):
         layer.set_weight("gate_proj.weight", np.zeros((8, 8)))
     with pytest.raises(attn.AttnError):

@@ -82,6 +82,14 @@ def test_state_dict_round_trip_and_refusals():
         ours.load_state_dict({"in_proj_weight": back["in_proj_weight"]})
     with pytest.raises(ValueError):
         ours.load_state_dict(dict(back, **{"out_proj.bias": np.zeros(3, np.float32)}))
+    # The last weight past float32 (or not real): nothing set, the earlier
+    # weights included.
+    doubled = {k: v * 2 for k, v in back.items()}
+    for bad, error in ((np.full(8, 1e40), ValueError), (np.zeros(8, np.complex64), TypeError)):
+        with pytest.raises(error, match="out_proj.bias"):
+            ours.load_state_dict(dict(doubled, **{"out_proj.bias": bad}))
+        for k, v in ours.state_dict().items():
+            np.testing.assert_array_equal(v, back[k])
     with pytest.raises(attn.AttnError) as e:
         attn.MultiheadAttention(8, 2, add_bias_kv=True)
     assert e.value.status == "ATTN_ERR_UNSUPPORTED"
