@@ -1665,8 +1665,9 @@ ATTN_API attn_status attn_mha_get_weight(attn_ctx *ctx, const attn_mha *layer, i
  * @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_BAD_HANDLE, ATTN_ERR_SHAPE (x,
  *  y or the cache do not fit the layer), ATTN_ERR_INVALID_ARG (counts, past
  *  the cache's capacity, a PyTorch-form layer), ATTN_ERR_ALIASING, ATTN_ERR_OVERFLOW,
- *  ATTN_ERR_NO_MEMORY (the pool of a paged cache, or the allocator: nothing
- *  is appended then).
+ *  ATTN_ERR_NO_MEMORY (the pool of a paged cache, or the allocator). On
+ *  failure the cache is exactly as before (contents, lengths, blocks) and y
+ *  is not written.
  * @since 0.2.0 */
 ATTN_API attn_status attn_mha_forward(attn_ctx *ctx, attn_mha *layer, attn_kv_cache *cache,
                                       const attn_tensor *x, attn_tensor *y,

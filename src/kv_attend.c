@@ -75,6 +75,16 @@ attn_status attn__kv_attend_rows(attn_ctx *ctx, const attn_kv_cache *c,
                      prm);
 }
 
+attn_status attn__kv_attend_ws(attn_ctx *ctx, const attn_kv_cache *c, const int64_t *lens,
+                               const int64_t *qs, int64_t Hq, int64_t Lq, const int64_t *os,
+                               const int64_t *n_new, const attn_sdpa_params *prm,
+                               size_t *ws_bytes) {
+  attn_kv_view view;
+  attn__kv_view(c, &view);
+  view.lens = lens;
+  return attn__sdpa_kv_ws(ctx, qs, Hq, Lq, os, &view, n_new, prm, ws_bytes);
+}
+
 attn_status attn_kv_attend(attn_ctx *ctx, const attn_kv_cache *cache, const attn_tensor *q,
                            attn_tensor *out, const int64_t *n_new,
                            const attn_sdpa_params *params) {

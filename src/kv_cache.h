@@ -41,6 +41,12 @@ attn_status attn__kv_check_rows(attn_ctx *ctx, attn_kv_cache *c, const int64_t *
 void attn__kv_commit_rows(attn_kv_cache *c, const int64_t *n_new, int64_t L);
 /* Shorten sequence b to len (<= its length): the rollback of a failed layer. */
 void attn__kv_truncate_to(attn_kv_cache *c, int64_t b, int64_t len);
+/* The workspace attn__kv_attend_rows will take once the cache's lengths are
+ * `lens` (checking prm as it does). */
+attn_status attn__kv_attend_ws(attn_ctx *ctx, const attn_kv_cache *c, const int64_t *lens,
+                               const int64_t *qs, int64_t Hq, int64_t Lq, const int64_t *os,
+                               const int64_t *n_new, const attn_sdpa_params *prm,
+                               size_t *ws_bytes);
 /* attn_kv_attend on raw strided q [B, Hq, Lq, D] and out [B, Hq, Lq, Dv]
  * (strides qs, os); the counts are checked here. */
 attn_status attn__kv_attend_rows(attn_ctx *ctx, const attn_kv_cache *c, const float *q,

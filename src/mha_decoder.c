@@ -9,9 +9,9 @@
  *
  * The layer owns a buffer that grows to the largest call and is reused, so
  * a warm layer allocates nothing (the attention's workspace is the
- * context's scratch, likewise reused). Everything that can fail is checked
- * before the cache changes, except the attention's workspace: if that
- * allocation fails the appended rows are rolled back. */
+ * context's scratch, likewise reused). Everything that can fail is checked,
+ * and every workspace reserved (the attention's planned over the lengths
+ * the append will give), before the cache changes. */
 #include "check.h"
 #include "gemm.h"
 #include "kv_cache.h"
@@ -227,18 +227,19 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
                   attn__kv_rows(cache, &kc, kcs, &vc, vcs) && kcs[2] >= m->D &&
                   kcs[2] <= INT32_MAX && vcs[2] >= m->D && vcs[2] <= INT32_MAX &&
                   !attn__kv_overlaps(cache, x);
-  if (in_place && (st = attn__kv_check_rows(ctx, cache, n_new, L)))
+  if ((st = attn__kv_check_rows(ctx, cache, n_new, L)))
     return st;
 
   /* Buffers: x gathered (when its rows are not evenly strided), q (and k,
    * v unless in place), the attention output, y before scattering, RoPE
-   * positions (int64, counted as two floats each). */
+   * positions and the lengths after the append (int64, counted as two
+   * floats each). */
   int64_t ldp = in_place ? hq : hq + 2 * hkv; /* q (k and v) side by side: one product */
-  size_t sizes[7] = {x_direct ? 0 : (size_t)(T * E), (size_t)(T * ldp), 0, 0, (size_t)(T * hq),
+  size_t sizes[8] = {x_direct ? 0 : (size_t)(T * E), (size_t)(T * ldp), 0, 0, (size_t)(T * hq),
                      y_direct ? 0 : (size_t)(T * E),
-                     m->has_rope ? (size_t)T * 2 : 0};
-  size_t offs[7], total = 0;
-  for (int i = 0; i < 7; i++) {
+                     m->has_rope ? (size_t)T * 2 : 0, (size_t)B * 2};
+  size_t offs[8], total = 0;
+  for (int i = 0; i < 8; i++) {
     offs[i] = total;
     size_t bytes;
     if (__builtin_mul_overflow(sizes[i], sizeof(float), &bytes) ||
@@ -257,6 +258,7 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   float *xg = (float *)(base + offs[0]), *q = (float *)(base + offs[1]);
   float *a = (float *)(base + offs[4]), *yb = (float *)(base + offs[5]);
   int64_t *positions = (int64_t *)(void *)(base + offs[6]);
+  int64_t *lens_after = (int64_t *)(void *)(base + offs[7]);
   /* k and v as [B, H, L, D]: views of their [B, L, H, D] rows beside q, or
    * the cache's rows after the sequence's end. */
   float *k = q + hq, *v = k + hkv;
@@ -311,8 +313,19 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
     attn__rope_plan(ctx, &rq);
     attn__rope_plan(ctx, &rk);
   }
-  /* Every step's workspace, reserved before anything is written. */
-  size_t ws = pqkv.ws_bytes > po.ws_bytes ? pqkv.ws_bytes : po.ws_bytes;
+  /* q, a as [B, H, L, D] views of [B, L, H, D] rows. */
+  const int64_t qs[4] = {L * ldp, m->D, ldp, 1};
+  const int64_t as[4] = {L * hq, m->D, hq, 1};
+  /* Every step's workspace, reserved before anything is written: the
+   * attention's too, planned over the lengths after the append (once rows
+   * are appended nothing may fail: a paged cache's copy on write would stay). */
+  for (int64_t b = 0; b < B; b++)
+    lens_after[b] = lens[b] + (n_new ? n_new[b] : L);
+  size_t ws = pqkv.ws_bytes > po.ws_bytes ? pqkv.ws_bytes : po.ws_bytes, aws;
+  if ((st = attn__kv_attend_ws(ctx, cache, lens_after, qs, m->Hq, L, as, n_new, &m->sp, &aws)))
+    return st;
+  if (aws > ws)
+    ws = aws;
   if (m->has_rope && rq.ws_bytes > ws)
     ws = rq.ws_bytes;
   if (m->has_rope && rk.ws_bytes > ws)
@@ -324,15 +337,12 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
     attn__rope_apply(ctx, &rq);
     attn__rope_apply(ctx, &rk);
   }
-  /* q, a as [B, H, L, D] views of [B, L, H, D] rows. */
-  const int64_t qs[4] = {L * ldp, m->D, ldp, 1};
-  const int64_t as[4] = {L * hq, m->D, hq, 1};
   if (in_place)
     attn__kv_commit_rows(cache, n_new, L);
   else if ((st = attn__kv_append_rows(ctx, cache, k, ks, v, vs, n_new, L)) != ATTN_OK)
     return st;
   if ((st = attn__kv_attend_rows(ctx, cache, q, qs, m->Hq, L, a, as, n_new, &m->sp))) {
-    /* Only the attention's workspace can fail here: take the rows back. */
+    /* Not reached (checked and reserved above); were it, take the rows back. */
     for (int64_t b = 0; b < B; b++)
       attn__kv_truncate_to(cache, b, lens[b] - (n_new ? n_new[b] : L));
     return st;

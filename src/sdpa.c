@@ -329,10 +329,11 @@ attn_status attn_sdpa_varlen(attn_ctx *ctx, const attn_tensor *q, const attn_ten
   return attn__op_end(ctx, st);
 }
 
-attn_status attn__sdpa_kv(attn_ctx *ctx, const void *q, int32_t qdt, const int64_t *qs,
-                          int64_t Hq, int64_t Lq, void *out, int32_t odt, const int64_t *os,
-                          const attn_kv_view *kv, const int64_t *q_lens,
-                          const attn_sdpa_params *prm) {
+/* attn__sdpa_kv's checks and plan into *pp (p->Lq = 0: no row to compute). */
+static attn_status kv_plan(attn_ctx *ctx, const void *q, int32_t qdt, const int64_t *qs,
+                           int64_t Hq, int64_t Lq, void *out, int32_t odt, const int64_t *os,
+                           const attn_kv_view *kv, const int64_t *q_lens,
+                           const attn_sdpa_params *prm, attn_sdpa_problem *pp) {
   if (prm->mask || prm->bool_mask || prm->kv_lens || prm->q_offsets || prm->weights ||
       prm->logits)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
@@ -353,10 +354,11 @@ attn_status attn__sdpa_kv(attn_ctx *ctx, const void *q, int32_t qdt, const int64
                       "[%lld, %lld, %lld]",
                       (long long)prm->lse->dims[0], (long long)prm->lse->dims[1],
                       (long long)prm->lse->dims[2], (long long)B, (long long)Hq, (long long)Lq);
-  if (Lq == 0 || Hq == 0)
-    return ATTN_OK; /* no query row: nothing to compute (the plan divides by Lq) */
   attn_sdpa_problem p;
   memset(&p, 0, sizeof p);
+  *pp = p;
+  if (Lq == 0 || Hq == 0)
+    return ATTN_OK; /* no query row: nothing to compute (the plan divides by Lq) */
   p.B = B, p.Hq = Hq, p.Hkv = kv->Hkv, p.G = Hq / kv->Hkv, p.Lq = Lq, p.Lk = Lk;
   p.D = kv->D, p.Dv = kv->Dv;
   p.q = q, p.k = kv->k, p.v = kv->v, p.out = out;
@@ -378,7 +380,29 @@ attn_status attn__sdpa_kv(attn_ctx *ctx, const void *q, int32_t qdt, const int64
   attn__sdpa_fill_common(&p, prm);
   p.bottom_right = true; /* whatever prm->align says: the cache places the rows */
   attn__sdpa_plan(ctx, &p);
+  *pp = p;
+  return ATTN_OK;
+}
+
+attn_status attn__sdpa_kv(attn_ctx *ctx, const void *q, int32_t qdt, const int64_t *qs,
+                          int64_t Hq, int64_t Lq, void *out, int32_t odt, const int64_t *os,
+                          const attn_kv_view *kv, const int64_t *q_lens,
+                          const attn_sdpa_params *prm) {
+  attn_sdpa_problem p;
+  attn_status st = kv_plan(ctx, q, qdt, qs, Hq, Lq, out, odt, os, kv, q_lens, prm, &p);
+  if (st != ATTN_OK || p.Lq == 0)
+    return st;
   if ((st = attn__ws_reserve(ctx, p.ws_bytes)) == ATTN_OK)
     attn__sdpa_run(ctx, &p);
+  return st;
+}
+
+attn_status attn__sdpa_kv_ws(attn_ctx *ctx, const int64_t *qs, int64_t Hq, int64_t Lq,
+                             const int64_t *os, const attn_kv_view *kv, const int64_t *q_lens,
+                             const attn_sdpa_params *prm, size_t *ws_bytes) {
+  attn_sdpa_problem p;
+  attn_status st = kv_plan(ctx, NULL, ATTN_DTYPE_F32, qs, Hq, Lq, NULL, ATTN_DTYPE_F32, os, kv,
+                           q_lens, prm, &p);
+  *ws_bytes = st == ATTN_OK && p.Lq ? p.ws_bytes : 0;
   return st;
 }

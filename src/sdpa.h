@@ -128,6 +128,12 @@ attn_status attn__sdpa_kv(attn_ctx *ctx, const void *q, int32_t qdt, const int64
                           int64_t Hq, int64_t Lq, void *out, int32_t odt, const int64_t *os,
                           const attn_kv_view *kv, const int64_t *q_lens,
                           const attn_sdpa_params *prm);
+/* The workspace attn__sdpa_kv would reserve for such a call (q and out
+ * strides qs, os, F32), with the checks it makes on prm: a layer reserves it
+ * before it appends the rows the call then reads (kv->lens as they will be). */
+attn_status attn__sdpa_kv_ws(attn_ctx *ctx, const int64_t *qs, int64_t Hq, int64_t Lq,
+                             const int64_t *os, const attn_kv_view *kv, const int64_t *q_lens,
+                             const attn_sdpa_params *prm, size_t *ws_bytes);
 /* Plan: blocks, key split, threads and the exact workspace (p->ws_bytes).
  * Needs the caller's fields; never fails (an overflowing size saturates and
  * the reservation refuses it). */

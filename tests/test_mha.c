@@ -621,6 +621,58 @@ static void cache_over_wrapped_weight(void **state) {
   weights_free(&w);
 }
 
+/* A forward out of memory must leave a paged cache as it was, its blocks
+ * too. The attention's workspace was allocated after the append and its
+ * failure rolled the rows back, but a copy on write of a shared block
+ * stayed: one block fewer free, the sharing undone. Every allocation of
+ * the call is made to fail in turn (the last one lets it through). */
+static void no_memory_leaves_paged_cache(void **state) {
+  (void)state;
+  mha_case c = {"paged", 2, 8, 2, 2, 4, 0, 1, 1, 0, 0, {6, 0}, {6, 0}, 1, 0, 1, NULL, 0};
+  tu_rng r = {27};
+  weights w;
+  weights_make(&c, &w, &r);
+  static float x[2 * 16 * 8], y[2 * 16 * 8];
+  tu_fill(&r, x, sizeof x / 4, -1, 1);
+  tu_counter cnt = {0, 0, 0};
+  attn_ctx_options o;
+  attn_ctx_options_init(&o);
+  o.num_threads = 1, o.alloc = tu_alloc, o.free = tu_free, o.alloc_user = &cnt;
+  int done = 0;
+  for (long k = 1; !done; k++) {
+    attn_ctx *ctx = NULL;
+    assert_ok(attn_ctx_create(&ctx, &o));
+    attn_mha *m = make_layer(ctx, &c, &w);
+    attn_kv_cache *kv = make_cache(ctx, &c, 24); /* blocks of 4 */
+    int64_t d6[3] = {2, 6, 8}, d16[3] = {2, 16, 8}, prompt[2] = {6, 0}, step[2] = {16, 0};
+    assert_ok(attn_mha_forward(ctx, m, kv, tu_wrap(ctx, x, 96, 3, d6, NULL),
+                               tu_wrap(ctx, y, 96, 3, d6, NULL), prompt));
+    assert_ok(attn_kv_copy(ctx, kv, 1, 0)); /* shares block 1, 2 of its 4 rows used */
+    attn_tensor *tx = tu_wrap(ctx, x, sizeof x / 4, 3, d16, NULL);
+    attn_tensor *ty = tu_wrap(ctx, y, sizeof y / 4, 3, d16, NULL);
+    int64_t lens[2];
+    attn_kv_cache_info before = {.struct_size = sizeof before}, after = before;
+    assert_ok(attn_kv_cache_info_get(ctx, kv, &before, NULL));
+    cnt.fail_at = cnt.allocs + k;
+    attn_status st = attn_mha_forward(ctx, m, kv, tx, ty, step);
+    done = cnt.fail_at != 0; /* no allocation failed */
+    cnt.fail_at = 0;
+    assert_ok(attn_kv_cache_info_get(ctx, kv, &after, lens));
+    if (!done) {
+      assert_status(st, ATTN_ERR_NO_MEMORY);
+      assert_int_equal(lens[0], 6);
+      if (after.free_blocks != before.free_blocks)
+        fail_msg("allocation %ld failed: free blocks %lld -> %lld", k,
+                 (long long)before.free_blocks, (long long)after.free_blocks);
+    } else {
+      assert_ok(st);
+      assert_int_equal(lens[0], 22);
+    }
+    attn_ctx_destroy(ctx);
+  }
+  weights_free(&w);
+}
+
 /* A wrapped cache of capacity 1 may give its row axis any stride (never
  * stepped), 0 included. The layer's projection writes k and v into such a
  * cache's rows directly: a row stride below D reached cblas_sgemm (the sse2
@@ -754,6 +806,7 @@ int main(void) {
       cmocka_unit_test(wrapped_one_row_weight),
       cmocka_unit_test(y_over_wrapped_weight),
       cmocka_unit_test(cache_over_wrapped_weight),
+      cmocka_unit_test(no_memory_leaves_paged_cache),
       cmocka_unit_test(cache_of_one_row_any_stride),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -8,9 +8,10 @@
  * and resets, with allocation failures. The harness keeps each sequence's
  * tokens. Checks: creation and every call succeed exactly when the header's
  * rules say so (out of memory aside), a failure leaves a message and
- * changes nothing (the cache read back, y, *out); a forward's rows equal the
- * float64 layer (tests/reference/ref_mha.c) over the sequence's tokens, its
- * padding rows are zero and every output is finite. */
+ * changes nothing (the cache read back, its free blocks, y, *out); a
+ * forward's rows equal the float64 layer (tests/reference/ref_mha.c) over
+ * the sequence's tokens, its padding rows are zero and every output is
+ * finite. */
 #include "fuzz_common.h"
 #include "ref_mha.h"
 #include "ref_posenc.h"
@@ -123,6 +124,13 @@ static bool params_valid(const attn_mha_decoder_params *p, const attn_rope_param
       return false;
   }
   return true;
+}
+
+/* Blocks no sequence holds (0 for a contiguous cache). */
+static int64_t free_blocks(attn_ctx *ctx, attn_kv_cache *kv) {
+  attn_kv_cache_info info = {.struct_size = sizeof info};
+  FZ_CHECK(attn_kv_cache_info_get(ctx, kv, &info, NULL) == ATTN_OK, "info");
+  return info.free_blocks;
 }
 
 static void read_cache(attn_ctx *ctx, attn_kv_cache *kv, const model *m, float *k, float *v,
@@ -304,6 +312,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *name = "?";
     int64_t lens0[MB];
     read_cache(ctx, kv, &m, kb, vb, lens0);
+    int64_t free0 = free_blocks(ctx, kv);
     int fail_now = fz_chance(&in, 10);
     if (kind <= 2) { /* forward: a prompt, a decode step, any chunk */
       name = "forward";
@@ -448,6 +457,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                  "after a failed %s: sequence %lld changed", name, (long long)b);
       }
     }
+    /* Its blocks too: a failed step once kept a copy on write. */
+    FZ_CHECK(st == ATTN_OK || free_blocks(ctx, kv) == free0,
+             "after a failed %s: free blocks %lld -> %lld", name, (long long)free0,
+             (long long)free_blocks(ctx, kv));
     st = ATTN_OK;
   }
   if (fz_chance(&in, 128))
