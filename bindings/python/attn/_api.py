@@ -1306,19 +1306,22 @@ class KVCache(_ContextObject):
             raise ValueError("%s: paged=True needs num_blocks" % fn)
         if not paged and capacity is None:
             raise ValueError("%s: a contiguous cache needs capacity" % fn)
-        p = _lib.KvCacheParams(layout=1 if paged else 0, batch=int(batch),
-                               kv_heads=int(kv_heads), head_dim=int(head_dim),
-                               value_dim=int(value_dim or 0), capacity=int(capacity or 0),
-                               block_size=int(block_size) if paged else 0,
-                               num_blocks=int(num_blocks or 0),
+        batch, kv_heads, head_dim = (_int64(a, fn, name) for a, name in (
+            (batch, "batch"), (kv_heads, "kv_heads"), (head_dim, "head_dim")))
+        value_dim = _int64(value_dim or 0, fn, "value_dim")
+        p = _lib.KvCacheParams(layout=1 if paged else 0, batch=batch, kv_heads=kv_heads,
+                               head_dim=head_dim, value_dim=value_dim,
+                               capacity=_int64(capacity or 0, fn, "capacity"),
+                               block_size=_int64(block_size, fn, "block_size") if paged else 0,
+                               num_blocks=_int64(num_blocks or 0, fn, "num_blocks"),
                                dtype=_DTYPE_CODES[self.dtype])
         h = ctypes.c_void_p()
         with self._ctx._call(fn) as c:
             c.check(_LIB.attn_kv_cache_create(self._ctx._handle, ctypes.byref(p),
                                               ctypes.byref(h)))
         self._handle = h
-        self.batch, self.kv_heads, self.head_dim = int(batch), int(kv_heads), int(head_dim)
-        self.value_dim = int(value_dim or head_dim)
+        self.batch, self.kv_heads, self.head_dim = batch, kv_heads, head_dim
+        self.value_dim = value_dim or head_dim
 
     def _info(self):
         info = _lib.KvCacheInfo()
@@ -1474,9 +1477,10 @@ class MultiheadAttention(_ContextObject):
                                                     str(np.float32), str(np.dtype(np.float32))):
             raise ValueError("%s: dtype = %r but the layer is float32" % (fn, dtype))
         self._ctx = context if context is not None else default_context()
-        self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
-        self.kdim = int(kdim) if kdim is not None else self.embed_dim
-        self.vdim = int(vdim) if vdim is not None else self.embed_dim
+        self.embed_dim, self.num_heads = _int64(embed_dim, fn, "embed_dim"), \
+            _int64(num_heads, fn, "num_heads")
+        self.kdim = _int64(kdim, fn, "kdim") if kdim is not None else self.embed_dim
+        self.vdim = _int64(vdim, fn, "vdim") if vdim is not None else self.embed_dim
         self.batch_first, self.dropout = bool(batch_first), float(dropout)
         self.head_dim = self.embed_dim // max(self.num_heads, 1)
         self._bias = bool(bias)
@@ -1639,13 +1643,17 @@ class DecoderLayer(_ContextObject):
                  softcap=None, window=None, context=None):
         fn = "DecoderLayer"
         self._ctx = context if context is not None else default_context()
-        p = _lib.MhaDecoderParams(embed_dim=int(embed_dim), num_heads=int(num_heads),
-                                  num_kv_heads=int(num_kv_heads or 0),
-                                  head_dim=int(head_dim or 0), qkv_bias=1 if qkv_bias else 0,
+        embed_dim, num_heads = _int64(embed_dim, fn, "embed_dim"), \
+            _int64(num_heads, fn, "num_heads")
+        num_kv_heads = _int64(num_kv_heads or 0, fn, "num_kv_heads")
+        head_dim = _int64(head_dim or 0, fn, "head_dim")
+        p = _lib.MhaDecoderParams(embed_dim=embed_dim, num_heads=num_heads,
+                                  num_kv_heads=num_kv_heads,
+                                  head_dim=head_dim, qkv_bias=1 if qkv_bias else 0,
                                   out_bias=1 if out_bias else 0,
                                   scale=float(scale or 0), softcap=float(softcap or 0),
                                   window=0 if window is None else 1,
-                                  window_left=int(window or 0))
+                                  window_left=_int64(window or 0, fn, "window"))
         h = ctypes.c_void_p()
         with self._ctx._call(fn) as c:
             if rope is not None:

@@ -97,6 +97,8 @@ def check_int(value, ctype, what):
     modulo 2^bits, so a value out of range would silently be another
     (capacity 2**64 + 16 became 16, truncate(0, 2**64) emptied a sequence)."""
     n = int(value)
+    if n != value:  # int() would cut 2.9 to 2: truncate(0, 2.9) kept 2 tokens
+        raise ValueError("%s = %r is not an integer" % (what, value))
     lo, hi = int_range(ctype)
     if not lo <= n < hi:
         raise ValueError("%s = %d does not fit an %s" % (what, n, _INT_NAMES[ctype]))

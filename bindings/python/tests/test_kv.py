@@ -91,6 +91,26 @@ def test_read_checks_seq_start_and_n():
     cache.close()
 
 
+def test_fractions_and_ranges_refused():
+    # int() cut a fraction: truncate(0, 2.9) kept 2 tokens, capacity=10.5
+    # made a cache of 10.
+    cache = attn.KVCache(2, 1, 2, capacity=8)
+    ones = np.ones((2, 1, 5, 2), np.float32)
+    cache.append(ones, ones)
+    for call in (lambda: cache.truncate(0, 2.9), lambda: cache.truncate(0.5, 1),
+                 lambda: cache.copy(1.5, 0), lambda: cache.reset(np.float64(0.25)),
+                 lambda: cache.read(0, 1.5), lambda: cache.read(0, 0, 2.5),
+                 lambda: cache.read(0, 0, -1),
+                 lambda: attn.KVCache(1, 1, 2, capacity=10.5),
+                 lambda: attn.DecoderLayer(8, 2, window=3.5),
+                 lambda: attn.MultiheadAttention(8, 2, kdim=4.5)):
+        with pytest.raises(ValueError, match="not an integer|>= 0"):
+            call()
+    np.testing.assert_array_equal(cache.lengths, [5, 5])
+    cache.truncate(0, 3.0)  # an integral float is taken, as in count arrays
+    np.testing.assert_array_equal(cache.lengths, [3, 5])
+
+
 def _bf16_bits(x):
     """float32 -> bfloat16 bits, nearest even (NaN-free input), in NumPy."""
     b = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
