@@ -223,8 +223,8 @@ static attn_status varlen_check(attn_ctx *ctx, varlen_args *a, int32_t batch,
   if ((st = attn__read_params(ctx, &a->prm, sizeof a->prm, params)) != ATTN_OK ||
       (st = attn__read_params(ctx, &bp, sizeof bp, bparams)) != ATTN_OK)
     return st;
-  if (batch < 1)
-    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "batch = %d but must be >= 1", (int)batch);
+  if (batch < 0)
+    return attn__fail(ctx, ATTN_ERR_INVALID_ARG, "batch = %d but must be >= 0", (int)batch);
   if (a->prm.mask || a->prm.bool_mask || a->prm.kv_lens || bp.dmask)
     return attn__fail(ctx, ATTN_ERR_INVALID_ARG,
                       "params.mask, bool_mask, kv_lens and bparams.dmask must be NULL for "
@@ -317,6 +317,8 @@ attn_status attn_sdpa_varlen_backward(attn_ctx *ctx, const attn_tensor *q, const
     most = pr.ws_bytes > most ? pr.ws_bytes : most;
   }
   pr.ws_bytes = most;
+  /* No sequence (batch 0) left pr unset: the sink sums still go out, as 0. */
+  pr.f.Hq = q->dims[1], pr.dsinks = a.dsinks;
   double *acc;
   if ((st = reserve(ctx, &pr, 0, &acc)) == ATTN_OK) {
     /* A sequence without queries still runs: its keys get zero gradients. */

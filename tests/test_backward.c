@@ -653,6 +653,42 @@ static void sdpa_varlen_backward_matches_dense(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* No sequences (batch 0, as attn_sdpa_varlen takes): nothing to do, the sink
+ * gradients (a sum over no rows) are 0; a negative batch is still refused. */
+static void sdpa_varlen_backward_no_sequences(void **state) {
+  (void)state;
+  attn_ctx *ctx = tu_ctx(2);
+  enum { HQ = 2, HKV = 1, D = 4 };
+  float buf[8] = {0};
+  int64_t qd[3] = {0, HQ, D}, kd[3] = {0, HKV, D}, ld[2] = {HQ, 0}, cu[1] = {0};
+  attn_tensor *tq = wrap(ctx, ATTN_DTYPE_F32, 3, qd, NULL, buf, 0),
+              *tk = wrap(ctx, ATTN_DTYPE_F32, 3, kd, NULL, buf, 0),
+              *tl = wrap(ctx, ATTN_DTYPE_F32, 2, ld, NULL, buf, 0);
+  attn_tensor *tdq = wrap(ctx, ATTN_DTYPE_F32, 3, qd, NULL, buf + 4, 0),
+              *tdk = wrap(ctx, ATTN_DTYPE_F32, 3, kd, NULL, buf + 5, 0),
+              *tdv = wrap(ctx, ATTN_DTYPE_F32, 3, kd, NULL, buf + 6, 0);
+  float sinks[HQ] = {1, -1}, ds[HQ] = {5, 5};
+  attn_sdpa_params p;
+  attn_sdpa_params_init(&p);
+  p.sinks = sinks;
+  p.lse = tl;
+  assert_ok(attn_sdpa_varlen(ctx, tq, tk, tk, tq, 0, cu, cu, &p));
+  attn_sdpa_backward_params bp;
+  attn_sdpa_backward_params_init(&bp);
+  bp.dsinks = ds;
+  assert_ok(attn_sdpa_varlen_backward(ctx, tq, tk, tk, tq, tl, tq, tdq, tdk, tdv, 0, cu, cu, &p,
+                                      &bp));
+  assert_true(ds[0] == 0 && ds[1] == 0);
+  assert_ok(attn_sdpa_varlen_backward(ctx, tq, tk, tk, tq, tl, tq, tdq, tdk, tdv, 0, cu, cu, &p,
+                                      NULL));
+  ds[0] = ds[1] = 5;
+  assert_status(attn_sdpa_varlen_backward(ctx, tq, tk, tk, tq, tl, tq, tdq, tdk, tdv, -1, cu, cu,
+                                          &p, &bp),
+                ATTN_ERR_INVALID_ARG);
+  assert_true(ds[0] == 5 && ds[1] == 5);
+  attn_ctx_destroy(ctx);
+}
+
 /* Bad input to attn_sdpa_backward: refused with a message, nothing written. */
 static void sdpa_backward_bad_input(void **state) {
   (void)state;
@@ -713,6 +749,7 @@ int main(void) {
       cmocka_unit_test(sdpa_backward_matches_reference),
       cmocka_unit_test(sdpa_backward_deterministic),
       cmocka_unit_test(sdpa_varlen_backward_matches_dense),
+      cmocka_unit_test(sdpa_varlen_backward_no_sequences),
       cmocka_unit_test(sdpa_backward_bad_input),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -800,7 +800,7 @@ def run_varlen_bwd(ctx, rng, case):
     cfg["Hq"] = max(cfg["Hq"], cfg["Hkv"])
     cfg["D"] = max(cfg["D"], 1)
     cfg["Dv"] = max(cfg["Dv"], 1)
-    nb = int(rng.choice([1, 2, 3]))
+    nb = int(rng.choice([0, 1, 2, 3]))
     Hq, Hkv, D, Dv = cfg["Hq"], cfg["Hkv"], cfg["D"], cfg["Dv"]
     lq = rng.choice([0, 1, 2, 3, 5, 9, 17], nb)
     lk = rng.choice([0, 1, 2, 5, 9, 17, 33], nb)
