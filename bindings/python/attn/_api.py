@@ -1189,9 +1189,9 @@ class Context(_ClosedWhenCollected):
         arrs = [np.asarray(a) for a in (q, k, v, out, lse, dout)]
         cu_q = _int64_array(cu_seqlens_q, "cu_seqlens_q", fn)
         cu_k = cu_q if cu_seqlens_k is None else _int64_array(cu_seqlens_k, "cu_seqlens_k", fn)
-        if cu_q.ndim != 1 or cu_q.shape[0] < 2 or cu_k.shape != cu_q.shape:
+        if cu_q.ndim != 1 or cu_q.shape[0] < 1 or cu_k.shape != cu_q.shape:
             raise ValueError("%s: cu_seqlens_q and cu_seqlens_k must be 1-D, of the same "
-                             "length batch + 1 >= 2" % fn)
+                             "length batch + 1 >= 1" % fn)
         Hq = arrs[0].shape[1] if arrs[0].ndim == 3 else 0
         grads = [np.empty(a.shape, np.float32) for a in arrs[:3]]
         dsinks = np.empty(Hq, np.float32) if return_dsinks else None

@@ -81,6 +81,10 @@ def test_sdpa_varlen_empty(rng):
     k = np.zeros((0, 1, 4), np.float32)
     out, lse = attn.sdpa_varlen(q, k, k, [0], [0], return_lse=True)
     assert out.shape == (0, 2, 4) and lse.shape == (2, 0)
+    # and its backward: no sequences, empty gradients, sink gradients 0
+    dq, dk, dv, ds = attn.sdpa_varlen_backward(q, k, k, out, lse, out, [0], [0],
+                                               sinks=np.ones(2, np.float32), return_dsinks=True)
+    assert dq.shape == (0, 2, 4) and dk.shape == (0, 1, 4) and np.all(ds == 0)
     q = rng.standard_normal((5, 2, 4)).astype(np.float32)
     out, lse = attn.sdpa_varlen(q, k, k, [0, 2, 5], [0, 0, 0], return_lse=True)
     assert np.all(out == 0) and np.all(lse == -np.inf)
