@@ -42,7 +42,8 @@ void attn_softmax_params_init(attn_softmax_params *p) {
  * 25-80 microseconds of work, well above the cost of a wake-up. */
 #define THREAD_ELEMS 65536.0
 /* Streaming: a float row's z and exponentials live in the worker's row
- * (L1/L2) and only the final pass writes y, with non-temporal stores. A
+ * (L1/L2) or in registers (short rows, log-softmax too) and only the final
+ * pass writes y, with non-temporal stores. A
  * normal store first reads y's line from memory, so this moves 2 bytes of
  * memory traffic per byte of x where the plain passes move 3. Worth it when
  * y is too large to be read back from the cache anyway (bench/RESULTS.md);
@@ -333,7 +334,7 @@ void attn__softmax_plan(const attn_ctx *ctx, attn_softmax_problem *p) {
   p->rows = p->dims[0] * p->dims[1] * p->dims[2];
   p->threads = attn__threads_plan(ctx, (double)p->rows * (double)n, THREAD_ELEMS, 0);
   p->packed = p->xs[2] == n && p->xs[1] == n * p->dims[2] && p->xs[0] == n * p->dims[2] * p->dims[1];
-  p->stream = p->xdt == ATTN_DTYPE_F32 && p->ydt == ATTN_DTYPE_F32 && !p->log &&
+  p->stream = p->xdt == ATTN_DTYPE_F32 && p->ydt == ATTN_DTYPE_F32 &&
               n <= STREAM_MAX_ROW && (double)p->rows * (double)n * sizeof(float) >= STREAM_MIN_BYTES;
   /* Streamed rows: as many per item as balance allows, since each item's
    * last row (short rows: batch) has no next one to overlap its stores with,

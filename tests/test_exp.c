@@ -417,7 +417,7 @@ static void softmax_rows_kernel(void **state) {
         for (int r = 0; r < R; r++)
           composed_row(k, x + r * n, use_m ? m + (shared ? 0 : r * n) : NULL,
                        use_b ? b + (shared ? 0 : r * n) : NULL, want + r * n, n, s, log);
-        for (int stream = 0; stream <= !log; stream++) {
+        for (int stream = 0; stream <= 1; stream++) {
           for (int i = 0; i < R * n + 16; i++)
             y[i] = 777.0f;
           attn_rows_job j = {x, y, use_m ? m : NULL, use_b ? b : NULL, n, n,

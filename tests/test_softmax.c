@@ -252,7 +252,8 @@ static void large_results(void **state) {
 }
 
 /* The same rows give the same bits whether the call is large (streamed) or
- * small: the whole tensor against slices, masked and scaled. Short rows
+ * small: the whole tensor against slices, masked and scaled, softmax and
+ * log-softmax. Short rows
  * (softmax_rows) in slices of 100; long rows (their stores overlapped with
  * the next row's exponentials) one row per call, with a NaN row and a row
  * hidden whole among them, on 1 and 2 threads. */
@@ -272,27 +273,29 @@ static void large_results_match_small_calls(void **state) {
       for (int64_t j = 0; j < N; j++)
         m[9 * N + j] = -INFINITY;
       attn_ctx *ctx = tu_ctx(threads);
-      for (int masked = 0; masked <= 1; masked++) {
-        attn_softmax_params p;
-        attn_softmax_params_init(&p);
-        int64_t d[2] = {R, N};
-        if (masked) {
-          p.mask = tu_wrap(ctx, m, c, 2, d, NULL);
-          p.scale = 0.7f;
+      for (int masked = 0; masked <= 1; masked++)
+        for (int lg = 0; lg <= 1; lg++) { /* log-softmax streams too */
+          softmax_fn op = lg ? attn_log_softmax : attn_softmax;
+          attn_softmax_params p;
+          attn_softmax_params_init(&p);
+          int64_t d[2] = {R, N};
+          if (masked) {
+            p.mask = tu_wrap(ctx, m, c, 2, d, NULL);
+            p.scale = 0.7f;
+          }
+          assert_ok(op(ctx, tu_wrap(ctx, x, c, 2, d, NULL), tu_wrap(ctx, y1, c, 2, d, NULL), &p));
+          for (int64_t r = 0; r < R; r += SLICE) {
+            int64_t ds[2] = {R - r < SLICE ? R - r : SLICE, N};
+            size_t cs = (size_t)(ds[0] * N);
+            if (masked)
+              p.mask = tu_wrap(ctx, m + r * N, cs, 2, ds, NULL);
+            assert_ok(op(ctx, tu_wrap(ctx, x + r * N, cs, 2, ds, NULL),
+                         tu_wrap(ctx, y2 + r * N, cs, 2, ds, NULL), &p));
+          }
+          assert_memory_equal(y1, y2, c * sizeof *y1);
+          assert_true(isnan(y1[7 * N]) &&
+                      (masked ? y1[9 * N] == (lg ? -INFINITY : 0.0f) : !isnan(y1[9 * N])));
         }
-        assert_ok(attn_softmax(ctx, tu_wrap(ctx, x, c, 2, d, NULL), tu_wrap(ctx, y1, c, 2, d, NULL),
-                               &p));
-        for (int64_t r = 0; r < R; r += SLICE) {
-          int64_t ds[2] = {R - r < SLICE ? R - r : SLICE, N};
-          size_t cs = (size_t)(ds[0] * N);
-          if (masked)
-            p.mask = tu_wrap(ctx, m + r * N, cs, 2, ds, NULL);
-          assert_ok(attn_softmax(ctx, tu_wrap(ctx, x + r * N, cs, 2, ds, NULL),
-                                 tu_wrap(ctx, y2 + r * N, cs, 2, ds, NULL), &p));
-        }
-        assert_memory_equal(y1, y2, c * sizeof *y1);
-        assert_true(isnan(y1[7 * N]) && (masked ? y1[9 * N] == 0.0f : !isnan(y1[9 * N])));
-      }
       attn_ctx_destroy(ctx);
       free(x), free(m), free(y1), free(y2);
     }

@@ -27,9 +27,10 @@ typedef struct {
   float scale;      /* 1 = none */
   int log;          /* log-softmax */
   float *w;         /* 2 rows of n floats of scratch: y is then written by
-                       scale_stream (softmax only), each row (or batch of
-                       short rows) during the next one's exponentials; NULL:
-                       computed in y's row */
+                       scale_stream (softmax), each row (or batch of rows)
+                       during the next one's exponentials, and short rows
+                       (both) by non-temporal stores; NULL: computed in y's
+                       row */
   const float *x_end; /* rows lie end to end below x_end: each row's x a page
                          further on (within x_end) is fetched meanwhile; or NULL:
                          the row a batch further on is, and after the last row
@@ -106,7 +107,7 @@ typedef struct attn_kernels {
    * log: sum_exp_shift, sub2; NaN rows give NaN, whatever the payload):
    * the per-row calls and their fixed cost are gone, which is what rows of
    * a few hundred bytes pay for, and short rows go 16 at a time (rows of
-   * at most 4 vectors, softmax only: 4 at a time in registers). NULL in
+   * at most 4 vectors: 4 at a time in registers). NULL in
    * the sets without it. */
   void (*softmax_rows)(const attn_rows_job *j, int64_t rows);
   /* exp_shift_sum (y = exp(x - shift), the sum returned) that meanwhile

@@ -363,13 +363,16 @@ static inline void vsum_totals(const vsum *s, int64_t k, float *out) {
 #define BATCH_ROWS 16
 #define BATCH_FLOATS 4096
 
-/* Softmax rows (not log) of at most SHORT_VECS vectors go SHORT_ROWS at a
- * time through registers: each row's z is loaded (or built, z_vec) once and
- * stays there for its maximum, exponentials and outputs, which are stored
- * straight to y (streamed: non-temporal where the row is aligned). The
- * batch path below stores each row's z or exponentials and reads them back
- * in two more passes, with its control per row: rows of 64 floats took
- * 0.88x the CPU time here ([65536, 64]). The loops over a group are
+/* Rows (softmax and log-softmax) of at most SHORT_VECS vectors go
+ * SHORT_ROWS at a time through registers: each row's z is loaded (or built,
+ * z_vec) once and stays there for its maximum, exponentials and outputs,
+ * which are stored straight to y (streamed: non-temporal where the row is
+ * aligned); log keeps z and computes the exponentials aside, for the sum
+ * only. The batch path below stores each row's z or exponentials and reads
+ * them back in two more passes, with its control per row: rows of 64 floats
+ * took 0.88x the CPU time here ([65536, 64]; log 0.84x). A batch of 16 rows
+ * through L1 with the length fixed per instance, each step over the batch,
+ * took 1.11-1.17x the time of this path (softmax). The loops over a group are
  * unrolled so that the compiler keeps z in registers. Same steps, same
  * bits: full vectors summed in float in order, a partial last one added to
  * the float64 total on its own (exp_vsum); the horizontal steps of a group
@@ -382,7 +385,8 @@ static inline void vsum_totals(const vsum *s, int64_t k, float *out) {
  * add nothing to the maximum or the sum). */
 static inline __attribute__((always_inline)) void short_group(const attn_rows_job *j, int64_t r0,
                                                               int64_t rows, int g, int nv,
-                                                              int build_z, int64_t k, vm past) {
+                                                              int build_z, int lg, int64_t k,
+                                                              vm past) {
   int64_t n = j->n;
   vf vs = v_set1(j->scale);
   vf z[SHORT_ROWS][SHORT_VECS], lanes[SHORT_ROWS];
@@ -424,16 +428,18 @@ static inline __attribute__((always_inline)) void short_group(const attn_rows_jo
     sums[i] = vsum_zero();
     if (!(mx[i] > -INFINITY && mx[i] < INFINITY))
       continue; /* filled below */
-    vf sh = v_set1(mx[i]), acc = v_set1(0.0f);
+    vf sh = v_set1(mx[i]), acc = v_set1(0.0f), e = acc;
     _Pragma("GCC unroll 4") for (int v = 0; v < nv; v++) {
-      z[i][v] = v_exp_below_hi(v_sub(z[i][v], sh));
+      e = v_exp_below_hi(v_sub(z[i][v], sh));
+      if (!lg) /* log keeps z for its outputs */
+        z[i][v] = e;
       /* 0 + e is e (e >= +0 or NaN): the first term needs no add */
       if (v < nv - 1 || k == VW)
-        acc = v == 0 ? z[i][v] : v_add(acc, z[i][v]);
+        acc = v == 0 ? e : v_add(acc, e);
     }
     vsum_add(&sums[i], acc);
     if (k < VW)
-      vsum_add(&sums[i], z[i][nv - 1]);
+      vsum_add(&sums[i], e);
   }
   vsum_totals(sums, g, val);
   _Pragma("GCC unroll 4") for (int i = 0; i < g; i++) {
@@ -443,13 +449,15 @@ static inline __attribute__((always_inline)) void short_group(const attn_rows_jo
       vm bad = v_nan(z[i][0]);
       _Pragma("GCC unroll 4") for (int v = 1; v < nv; v++)
         bad = vm_or(bad, v_nan(z[i][v]));
-      fill_row(yr, n, mx[i] == -INFINITY && !vm_any(bad) ? 0.0f : NAN);
+      fill_row(yr, n, mx[i] != -INFINITY || vm_any(bad) ? NAN : lg ? -INFINITY : 0.0f);
       continue;
     }
-    vf inv = v_set1((float)(1.0 / (double)val[i]));
+    /* a finite maximum gives a sum >= 1 (exp(0)), or NaN */
+    vf f = v_set1(lg ? (float)log((double)val[i]) : (float)(1.0 / (double)val[i]));
+    vf sh = v_set1(mx[i]);
     int nt = j->w && ((uintptr_t)yr & (VA - 1)) == 0;
     _Pragma("GCC unroll 4") for (int v = 0; v < nv; v++) {
-      vf o = v_mul(z[i][v], inv);
+      vf o = lg ? v_sub(v_sub(z[i][v], sh), f) : v_mul(z[i][v], f);
       if (v == nv - 1 && k < VW)
         v_store_part(yr + v * VW, k, o);
       else if (nt)
@@ -462,35 +470,39 @@ static inline __attribute__((always_inline)) void short_group(const attn_rows_jo
 
 static inline __attribute__((always_inline)) void short_rows_k(const attn_rows_job *j,
                                                                int64_t rows, int nv,
-                                                               int build_z) {
+                                                               int build_z, int lg) {
   static const float zeros[VW] = {0};
   int64_t k = j->n - (int64_t)(nv - 1) * VW;
   vm past = v_nan(v_load_part(zeros, k == VW ? 0 : k, k == VW ? 0.0f : NAN));
   int64_t r = 0;
   for (; r + SHORT_ROWS <= rows; r += SHORT_ROWS)
-    short_group(j, r, rows, SHORT_ROWS, nv, build_z, k, past);
+    short_group(j, r, rows, SHORT_ROWS, nv, build_z, lg, k, past);
   for (; r < rows; r++)
-    short_group(j, r, rows, 1, nv, build_z, k, past);
+    short_group(j, r, rows, 1, nv, build_z, lg, k, past);
 }
 
-/* nv and whether z is built, fixed per instance. */
+/* nv, whether z is built and log, fixed per instance (the softmax
+ * instances then have no test of log per row). */
+#define SHORT_ROWS_NV(nv, build_z)                                                             \
+  (j->log ? short_rows_k(j, rows, nv, build_z, 1) : short_rows_k(j, rows, nv, build_z, 0))
 static void short_rows(const attn_rows_job *j, int64_t rows) {
   int build_z = j->scale != 1.0f || j->m || j->b;
   switch ((j->n + VW - 1) / VW * 2 + build_z) {
-  case 2: short_rows_k(j, rows, 1, 0); break;
-  case 3: short_rows_k(j, rows, 1, 1); break;
-  case 4: short_rows_k(j, rows, 2, 0); break;
-  case 5: short_rows_k(j, rows, 2, 1); break;
-  case 6: short_rows_k(j, rows, 3, 0); break;
-  case 7: short_rows_k(j, rows, 3, 1); break;
-  case 8: short_rows_k(j, rows, 4, 0); break;
-  default: short_rows_k(j, rows, 4, 1); break;
+  case 2: SHORT_ROWS_NV(1, 0); break;
+  case 3: SHORT_ROWS_NV(1, 1); break;
+  case 4: SHORT_ROWS_NV(2, 0); break;
+  case 5: SHORT_ROWS_NV(2, 1); break;
+  case 6: SHORT_ROWS_NV(3, 0); break;
+  case 7: SHORT_ROWS_NV(3, 1); break;
+  case 8: SHORT_ROWS_NV(4, 0); break;
+  default: SHORT_ROWS_NV(4, 1); break;
   }
 }
+#undef SHORT_ROWS_NV
 
 static void softmax_rows(const attn_rows_job *j, int64_t rows) {
   int64_t n = j->n;
-  if (n <= SHORT_VECS * VW && !j->log) {
+  if (n <= SHORT_VECS * VW) {
     short_rows(j, rows);
     return;
   }
