@@ -10,6 +10,10 @@
  *   v_load_f16(p), v_load_bf16(p)   VW 2-byte elements widened to floats
  *   v_hsum4(s0, s1, s2, s3, out)    out[i] = v_hsum(s_i), the same bits
  *   v_hsum16t(v, out) (optional)    out[4 (k % 4) + k / 4] = v_hsum(v[k])
+ *   V_BF16_PAIRS (optional, VW 16): v_load_bf16_pairs(p, even, odd) 32 bf16
+ *                                   widened as their even and odd elements,
+ *                                   v_deal32(c) / v_undeal32(c) 32 floats
+ *                                   put in that order and back, in place
  * and included after gemm_body.h (gemm_load_n) by the ISA files with FMA.
  *
  * Orders are fixed by the shape alone: a dot product sums VW lanes over k
@@ -32,6 +36,10 @@
  * is NULL. A prefetch never faults, so the address may lie past the run (formed
  * as an integer). */
 #define DEC_AHEAD 4096
+/* 2-byte rows: 3 KiB ahead (12 rows of D = 128). 4 KiB ahead was 4-7 %
+ * slower (bf16 / f16, Lk = 32768, 1 thread), 8 and 16 KiB 8 and 28 %:
+ * requests in flight past what one core keeps going only wait. */
+#define DEC_AHEAD_HALF 3072
 
 typedef struct {
   uintptr_t base, next; /* the run's first row; the next run's, or 0 */
@@ -42,8 +50,9 @@ typedef struct {
 static inline dec_stream dec_stream_of(const void *b, const void *next, int64_t n, int64_t k,
                                        int64_t ld, size_t size) {
   dec_stream s = {(uintptr_t)b, (uintptr_t)next, n, 1, (size_t)ld * size};
-  if ((size_t)k * size < DEC_AHEAD)
-    s.rows = DEC_AHEAD / ((int64_t)((size_t)k * size) + 1) + 1;
+  size_t ahead = size == 2 ? DEC_AHEAD_HALF : DEC_AHEAD;
+  if ((size_t)k * size < ahead)
+    s.rows = (int64_t)ahead / ((int64_t)((size_t)k * size) + 1) + 1;
   return s;
 }
 
@@ -275,13 +284,15 @@ static inline __attribute__((always_inline)) void dec_qk_e(int e, int64_t m, int
 /* One step of dec_pv over mr query rows and nv vectors of columns from d:
  * c[i, d..] += sum over r < DEC_KEYS of p[i, r] v_r[d..], in key order.
  * full: nv whole vectors; else one vector of the `left` columns left. */
-static inline __attribute__((always_inline)) void dec_pv_step(int mr, int nv, bool full, int e,
+static inline __attribute__((always_inline)) void dec_pv_step(int mr, int nv, bool full,
+                                                              bool pairs, int e,
                                                               int64_t left, const float *p,
                                                               int64_t ldp, const void *v,
                                                               int64_t ldv, int64_t d, float *c,
                                                               int64_t ldc,
                                                               const uintptr_t *ahead) {
   size_t size = e == ATTN_ELEM_F32 ? 4 : 2;
+  (void)pairs; /* without V_BF16_PAIRS, never set */
   vf acc[DEC_ROWS][DEC_VECS];
 #pragma GCC unroll 4
   for (int i = 0; i < mr; i++)
@@ -297,6 +308,13 @@ static inline __attribute__((always_inline)) void dec_pv_step(int mr, int nv, bo
       int64_t o = d + t * VW;
       if (ahead && dec_line_start(o, size))
         __builtin_prefetch((const void *)(ahead[r] + (size_t)o * size), 0, 2);
+#ifdef V_BF16_PAIRS
+      if (pairs) { /* columns in v_deal32's order, a line per two vectors */
+        if (t % 2 == 0)
+          v_load_bf16_pairs((const uint16_t *)row + o, &vr[t], &vr[t + 1]);
+        continue;
+      }
+#endif
       vr[t] = dec_load(e, row, o, full ? VW : left);
     }
 #pragma GCC unroll 4
@@ -329,14 +347,30 @@ static inline __attribute__((always_inline)) void dec_pv_e(int e, int64_t m, int
   size_t size = e == ATTN_ELEM_F32 ? 4 : 2;
   dec_stream st = dec_stream_of(v, next, n, dv, ldv, size);
 #define DEC_ROW(j) ((const void *)((const char *)v + (size_t)((j) * ldv) * size))
-#define DEC_STEP(nv, full, left)                                                                 \
+#define DEC_STEP(nv, full, pairs, left)                                                          \
   switch (mr) {                                                                                  \
-  case 1: dec_pv_step(1, nv, full, e, left, pj, ldp, vj, ldv, d, ci, ldc, aj); break;           \
-  case 2: dec_pv_step(2, nv, full, e, left, pj, ldp, vj, ldv, d, ci, ldc, aj); break;           \
-  case 3: dec_pv_step(3, nv, full, e, left, pj, ldp, vj, ldv, d, ci, ldc, aj); break;           \
-  default: dec_pv_step(4, nv, full, e, left, pj, ldp, vj, ldv, d, ci, ldc, aj); break;          \
+  case 1: dec_pv_step(1, nv, full, pairs, e, left, pj, ldp, vj, ldv, d, ci, ldc, aj); break;    \
+  case 2: dec_pv_step(2, nv, full, pairs, e, left, pj, ldp, vj, ldv, d, ci, ldc, aj); break;    \
+  case 3: dec_pv_step(3, nv, full, pairs, e, left, pj, ldp, vj, ldv, d, ci, ldc, aj); break;    \
+  default: dec_pv_step(4, nv, full, pairs, e, left, pj, ldp, vj, ldv, d, ci, ldc, aj); break;   \
   }
   int64_t j = 0;
+  /* BF16 rows of a long run (a contiguous cache's tile) are widened a line
+   * at a time as even and odd elements (v_load_bf16_pairs: half the
+   * conversion work), their columns' accumulators dealt into that order for
+   * the run and back after it. Each column's FMA chain is the same: the same
+   * bits. A paged cache's short blocks keep the plain loads (the dealing
+   * would cost about what it saves). */
+  bool pairs = false;
+#ifdef V_BF16_PAIRS
+  const int64_t wide = DEC_VECS * VW; /* columns per step of full vectors */
+  int64_t dealt =
+      e == ATTN_ELEM_BF16 && wide == 64 && !skip && n >= DEC_SPREAD ? dv / wide * wide : 0;
+  pairs = dealt > 0;
+  for (int64_t i = 0; i < m && pairs; i++)
+    for (int64_t d = 0; d < dealt; d += 32)
+      v_deal32(c + i * ldc + d);
+#endif
   if (!skip) {
     for (; j + DEC_KEYS <= n; j += DEC_KEYS) {
       uintptr_t ahead[DEC_KEYS];
@@ -349,13 +383,22 @@ static inline __attribute__((always_inline)) void dec_pv_e(int e, int64_t m, int
         float *ci = c + i * ldc;
         const uintptr_t *aj = i == 0 ? ahead : NULL; /* the first rows' pass prefetches */
         int64_t d = 0;
-        for (; d + DEC_VECS * VW <= dv; d += DEC_VECS * VW)
-          DEC_STEP(DEC_VECS, true, VW)
+        if (pairs)
+          for (; d + DEC_VECS * VW <= dv; d += DEC_VECS * VW)
+            DEC_STEP(DEC_VECS, true, true, VW)
+        else
+          for (; d + DEC_VECS * VW <= dv; d += DEC_VECS * VW)
+            DEC_STEP(DEC_VECS, true, false, VW)
         for (; d < dv; d += VW)
-          DEC_STEP(1, false, dv - d)
+          DEC_STEP(1, false, false, dv - d)
       }
     }
   }
+#ifdef V_BF16_PAIRS
+  for (int64_t i = 0; i < m && pairs; i++)
+    for (int64_t d = 0; d < dealt; d += 32)
+      v_undeal32(c + i * ldc + d);
+#endif
 #undef DEC_STEP
   /* The last keys, and every key when zero weights are skipped: the same
    * FMA chain per element, one key at a time. */

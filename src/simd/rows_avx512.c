@@ -224,6 +224,31 @@ static inline vf v_load_bf16(const uint16_t *p) {
   __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
 }
+/* 32 bf16 widened as two vectors, the even elements and the odd (bf16 is
+ * the upper half of an f32: the even ones shifted up, the odd ones with the
+ * lower half cleared): one 64-byte load and two ALU ops, where v_load_bf16
+ * takes a widening move and a shift per 16. v_deal32 puts 32 floats in that
+ * order in place ([even | odd]), v_undeal32 back. */
+#define V_BF16_PAIRS
+static inline void v_load_bf16_pairs(const uint16_t *p, vf *even, vf *odd) {
+  __m512i w = _mm512_loadu_si512((const void *)p);
+  *even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  *odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32((int)0xffff0000u)));
+}
+static inline void v_deal32(float *c) {
+  const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i od = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  vf a = _mm512_loadu_ps(c), b = _mm512_loadu_ps(c + 16);
+  _mm512_storeu_ps(c, _mm512_permutex2var_ps(a, ev, b));
+  _mm512_storeu_ps(c + 16, _mm512_permutex2var_ps(a, od, b));
+}
+static inline void v_undeal32(float *c) {
+  const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  vf a = _mm512_loadu_ps(c), b = _mm512_loadu_ps(c + 16);
+  _mm512_storeu_ps(c, _mm512_permutex2var_ps(a, lo, b));
+  _mm512_storeu_ps(c + 16, _mm512_permutex2var_ps(a, hi, b));
+}
 
 #include "rows_body.h"
 
