@@ -1295,21 +1295,7 @@ def run_rope(ctx, rng, case):
         if st:
             raise Fail("rope status %d: %s" % (st, ctx.err()))
         ctx.check_memory()
-        w = 1.0 / theta ** (np.arange(0, r, 2) / r)
-        ang = pos[:, None, :, None].astype(np.float64) * w  # [B,1,L,r/2]
-        if bwd:
-            ang = -ang
-        c, s_ = np.cos(ang), np.sin(ang)
-        if style == 0:
-            a, b = xv[..., :r // 2], xv[..., r // 2:r]
-        else:
-            a, b = xv[..., 0:r:2], xv[..., 1:r:2]
-        ra, rb = a * c - b * s_, a * s_ + b * c
-        ref = xv.copy()
-        if style == 0:
-            ref[..., :r // 2], ref[..., r // 2:r] = ra, rb
-        else:
-            ref[..., 0:r:2], ref[..., 1:r:2] = ra, rb
+        ref = rope_ref(xv, pos[:, None, :], r, theta, style, inverse=bwd)  # pos [B, L] over the heads
         # the angle p*w in double: a 1e6 position keeps ~1e-10 abs error
         tol = HALF_U[xd] * np.abs(ref) + 2 * EPS * np.abs(ref) + 1e-9 * (1 + pos.max(initial=0) * 1e-6)
         return compare("rope%s" % ("_bwd" if bwd else ""), get(vx, xd), round_to(ref, xd),
