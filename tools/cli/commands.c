@@ -919,7 +919,8 @@ void attn_npy_usage(FILE *f) {
   for (const attn_subcommand *c = attn_npy_subcommands; c->name; c++)
     fprintf(f, "  attn %-8s %s\n", c->name, c->summary);
   fprintf(f, "Inputs: .npy float16 (widened exactly), float32 or float64 (rounded; a value\n"
-             "past float32's range is refused, in an additive mask -inf); outputs float32.\n"
+             "past float32's range is refused, but reads as -inf where it is a negative one in\n"
+             "an additive mask); outputs float32.\n"
              "Each subcommand takes --help. Exit status: 0 success, 1 bad usage,\n"
              "2 bad input (unreadable or malformed file, arrays or values libattn refuses).\n"
              "Benchmarks: attn-bench (installed beside attn; attn-bench --help).\n");
