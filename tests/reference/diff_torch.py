@@ -19,10 +19,16 @@ Ops (--ops, round robin): sdpa, varlen, sdpa_bwd, varlen_bwd (torch), softmax
 (+ log, backward, axis, in place), pool (+ backward), rope (+ backward, cache
 fill with every scaling against Hugging Face's formulas, rope_cached), kv
 (appends with RoPE, truncate, read, attn_kv_attend on contiguous and paged
-caches of each dtype), pool_attention (+ backward), sinusoidal (+ add), copy
-(dtype conversions), bad_sdpa (documented errors: status, message, nothing
-written), mha_torch (attn_mha_torch_forward against torch.nn.MultiheadAttention,
-torch).
+caches of each dtype), kv_edit (random appends, truncates, resets, copies
+with shared blocks and copy on write, and refused calls, against a model of
+the cache; a refused call must leave it exactly as it was), pool_attention
+(+ backward), sinusoidal (+ add), copy (dtype conversions), bad_sdpa
+(documented errors: status, message, nothing written), mha_torch
+(attn_mha_torch_forward against torch.nn.MultiheadAttention, torch), mha (the
+decoder layer: a prompt then chunked steps with per-sequence counts into a
+contiguous or paged cache of each dtype, GQA, biases, RoPE, soft-cap, window,
+against a float64 model of the layer and its cache; rope_scaling is left to
+tests/test_mha.c).
 
 Usage (from the repository root, after a build; /usr/bin/python3 has numpy
 and torch):
@@ -1597,6 +1603,171 @@ def run_kv(ctx, rng, case):
         LIB.attn_kv_cache_free(ctx.h, cache)
 
 
+def kv_snapshot(ctx, cache, B, Hkv, D, Dv, cd):
+    """Every sequence's rows in the cache's own type (exact), the lengths and
+    the free blocks."""
+    info = _lib.KvCacheInfo()
+    lens = np.zeros(B, np.int64)
+    st = LIB.attn_kv_cache_info_get(ctx.h, cache, C.byref(info),
+                                    lens.ctypes.data_as(C.POINTER(C.c_int64)))
+    if st:
+        raise Fail("kv_cache_info_get status %d: %s" % (st, ctx.err()))
+    rows = []
+    for b in range(B):
+        n = int(lens[b])
+        k = np.zeros((Hkv, n, D), STORE[cd])
+        v = np.zeros((Hkv, n, Dv), STORE[cd])
+        if n:
+            keep = []
+            hs = []
+            for a in (k, v):
+                dims = (C.c_int64 * 3)(*a.shape)
+                sts = (C.c_int64 * 3)(a.shape[1] * a.shape[2], a.shape[2], 1)
+                h = C.c_void_p()
+                st = LIB.attn_tensor_wrap(ctx.h, cd, 3, dims, sts, C.c_void_p(a.ctypes.data),
+                                          a.nbytes, C.byref(h))
+                if st:
+                    raise Fail("wrap: %s" % ctx.err())
+                hs.append(h)
+                keep.append(a)
+            st = LIB.attn_kv_read(ctx.h, cache, b, 0, hs[0], hs[1])
+            for h in hs:
+                LIB.attn_tensor_free(ctx.h, h)
+            if st:
+                raise Fail("kv_read status %d: %s" % (st, ctx.err()))
+        rows.append((k, v))
+    return lens, int(info.free_blocks), rows
+
+
+def run_kv_edit(ctx, rng, case):
+    """Random sequences of attn_kv_append, truncate, reset (one or all), copy
+    (paged: shared blocks, copy on write) and refused calls (past the
+    capacity or the block pool, bad sequence indices, lengths, shapes) on a
+    contiguous or paged cache, against a model holding each sequence's rows;
+    after each call the whole cache is read back in its own type. A refused
+    call must leave the cache exactly as it was (rows, lengths, free blocks)."""
+    B = int(rng.choice([1, 2, 3, 4]))
+    Hkv = int(rng.choice([1, 2]))
+    D = int(rng.choice([1, 4, 8, 16]))
+    Dv = D if rng.random() < 0.7 else int(rng.choice([1, 8]))
+    cd = pick_dt(rng, 0.6)
+    paged = rng.random() < 0.6
+    cap = int(rng.choice([4, 9, 30]))
+    kp = _lib.KvCacheParams(layout=int(paged), dtype=cd, batch=B, kv_heads=Hkv, head_dim=D,
+                            value_dim=Dv, capacity=cap)
+    bs = 0
+    if paged:
+        bs = int(rng.choice([1, 2, 3, 8]))
+        # sometimes a pool too small for every sequence at capacity
+        need = (cap + bs - 1) // bs * B
+        kp.block_size = bs
+        kp.num_blocks = need if rng.random() < 0.5 else max((cap + bs - 1) // bs, need // 2)
+    cache = C.c_void_p()
+    st = LIB.attn_kv_cache_create(ctx.h, C.byref(kp), C.byref(cache))
+    if st:
+        raise Fail("kv_cache_create status %d: %s" % (st, ctx.err()))
+    try:
+        model = [(np.zeros((Hkv, 0, D)), np.zeros((Hkv, 0, Dv))) for _ in range(B)]
+        ops = 0
+        for it in range(int(rng.integers(4, 14))):
+            before = kv_snapshot(ctx, cache, B, Hkv, D, Dv, cd)
+            lens = before[0]
+            kind = rng.choice(["append", "append", "truncate", "reset", "copy", "bad"])
+            expect_ok = True
+            if kind == "append" or kind == "bad":
+                L = int(rng.choice([1, 2, 3, 7]))
+                nn = rng.integers(0, L + 1, B)
+                bad = None
+                if kind == "bad":
+                    bad = rng.choice(["count", "shape", "capacity"])
+                    if bad == "count":
+                        nn[int(rng.integers(0, B))] = int(rng.choice([-1, L + 1]))
+                    elif bad == "capacity":
+                        b = int(rng.integers(0, B))
+                        L = max(L, int(cap - lens[b] + 1))
+                        nn = rng.integers(0, L + 1, B)
+                        nn[b] = cap - lens[b] + 1
+                fits = bool(((lens + np.maximum(nn, 0)) <= cap).all())
+                kx = quantize(rng.uniform(-1, 1, (B, Hkv, L, D)), F32)[1]
+                vx = quantize(rng.uniform(-1, 1, (B, Hkv, L, Dv)), F32)[1]
+                shape_v = (B, Hkv, L, Dv + 1) if bad == "shape" else (B, Hkv, L, Dv)
+                if bad == "shape":
+                    vx = np.zeros(shape_v)
+                hk, _ = ctx.tensor(rng, kx, F32, name="k_new")
+                hv, _ = ctx.tensor(rng, vx, F32, name="v_new")
+                a, ptr = i64(nn)
+                st = LIB.attn_kv_append(ctx.h, cache, hk, hv, ptr, None)
+                expect_ok = bad is None and fits
+                if st == 0 and not expect_ok:
+                    raise Fail("append %s accepted (counts %s, lens %s, cap %d)"
+                               % (bad or "past capacity", nn.tolist(), lens.tolist(), cap))
+                if st == 0:
+                    for b in range(B):
+                        n = int(nn[b])
+                        model[b] = (np.concatenate([model[b][0], kx[b, :, :n]], 1),
+                                    np.concatenate([model[b][1], vx[b, :, :n]], 1))
+                elif expect_ok and not (paged and st == 5):
+                    # 5, ATTN_ERR_NO_MEMORY: the block pool ran out (it may be
+                    # smaller than every sequence at capacity); checked below
+                    raise Fail("append refused (%d: %s)" % (st, ctx.err()))
+            elif kind == "truncate":
+                b = int(rng.integers(-1, B + 1))
+                t = int(rng.integers(-1, cap + 2))
+                st = LIB.attn_kv_truncate(ctx.h, cache, b, t)
+                expect_ok = 0 <= b < B and 0 <= t <= lens[b]
+                if (st == 0) != expect_ok:
+                    raise Fail("truncate(%d, %d) with lens %s: status %d" % (b, t, lens.tolist(), st))
+                if st == 0:
+                    model[b] = (model[b][0][:, :t], model[b][1][:, :t])
+            elif kind == "reset":
+                b = int(rng.integers(-2, B + 1))
+                st = LIB.attn_kv_reset(ctx.h, cache, b)
+                expect_ok = -1 <= b < B
+                if (st == 0) != expect_ok:
+                    raise Fail("reset(%d): status %d" % (b, st))
+                if st == 0:
+                    for s in (range(B) if b == -1 else [b]):
+                        model[s] = (model[s][0][:, :0], model[s][1][:, :0])
+            else:
+                d, s = int(rng.integers(-1, B + 1)), int(rng.integers(-1, B + 1))
+                st = LIB.attn_kv_copy(ctx.h, cache, d, s)
+                expect_ok = 0 <= d < B and 0 <= s < B
+                if (st == 0) != expect_ok:
+                    raise Fail("copy(%d, %d): status %d" % (d, s, st))
+                if st == 0:
+                    model[d] = model[s]
+            after = kv_snapshot(ctx, cache, B, Hkv, D, Dv, cd)
+            if st != 0:
+                if not (np.array_equal(after[0], before[0]) and after[1] == before[1] and all(
+                        np.array_equal(x.view(np.uint8), y.view(np.uint8))
+                        for p, q in zip(after[2], before[2]) for x, y in zip(p, q))):
+                    raise Fail("a refused %s (status %d: %s) changed the cache" % (kind, st, ctx.err()))
+            for b in range(B):
+                want_k, want_v = round_to(model[b][0], cd), round_to(model[b][1], cd)
+                got_k, got_v = widen(after[2][b][0], cd), widen(after[2][b][1], cd)
+                if got_k.shape != want_k.shape or not np.array_equal(got_k, want_k) or \
+                        not np.array_equal(got_v, want_v):
+                    raise Fail("after %s: sequence %d differs from the model (len %d, want %d)"
+                               % (kind, b, got_k.shape[1], want_k.shape[1]))
+            if paged:
+                # blocks held: distinct blocks are not visible, but never more
+                # than the unshared count, and all free once everything is reset
+                held = kp.num_blocks - after[1]
+                if held > int(((after[0] + bs - 1) // bs).sum()):
+                    raise Fail("%d blocks held for lengths %s (block size %d)"
+                               % (held, after[0].tolist(), bs))
+            ctx.reset()
+            ops += 1
+        st = LIB.attn_kv_reset(ctx.h, cache, -1)
+        fin = kv_snapshot(ctx, cache, B, Hkv, D, Dv, cd)
+        if st or fin[0].any() or (paged and fin[1] != kp.num_blocks):
+            raise Fail("after reset(-1): lens %s, free blocks %d of %d"
+                       % (fin[0].tolist(), fin[1], kp.num_blocks))
+        return 0.0, dict(B=B, paged=paged, dt=cd, ops=ops)
+    finally:
+        LIB.attn_kv_cache_free(ctx.h, cache)
+
+
 # ---------------------------------------------------- attention pooling --
 
 def run_pool_attention(ctx, rng, case):
@@ -1980,11 +2151,180 @@ def run_mha_torch(ctx, rng, case):
         LIB.attn_mha_free(ctx.h, layer)
 
 
+# ------------------------------------------------- decoder attention layer --
+
+def mha_layer_ref(x, W, cfg, pos, kc, vc):
+    """One attn_mha_forward for one sequence in float64: x [n, E] at
+    positions pos; kc, vc [Hkv, m, D] the cache's rows so far (as stored).
+    Returns (y [n, E], the new keys as rotated, the new values)."""
+    Hq, Hkv, D = cfg["Hq"], cfg["Hkv"], cfg["D"]
+    n = x.shape[0]
+    q = (x @ W[0].T + W[4]).reshape(n, Hq, D).transpose(1, 0, 2)
+    k = (x @ W[1].T + W[5]).reshape(n, Hkv, D).transpose(1, 0, 2)
+    v = (x @ W[2].T + W[6]).reshape(n, Hkv, D).transpose(1, 0, 2)
+    if cfg["rope"] is not None:
+        r, theta, style = cfg["rope"]
+        q = rope_ref(q, np.broadcast_to(pos, (Hq, n)), r, theta, style)
+        k = rope_ref(k, np.broadcast_to(pos, (Hkv, n)), r, theta, style)
+    return q, k, v
+
+
+def run_mha(ctx, rng, case):
+    """attn_mha_create_decoder + attn_mha_forward over a prompt and then
+    chunked steps (per-sequence counts, zeros included) into a contiguous
+    or paged cache of any dtype, against a float64 model of the layer and
+    its cache (projections, RoPE at each sequence's own positions, GQA,
+    causal attention over the cache with window and soft-cap); then the
+    cache's contents read back against the model's."""
+    Hkv = int(rng.choice([1, 2, 3]))
+    Hq = Hkv * int(rng.choice([1, 2, 4]))
+    D = int(rng.choice([2, 4, 8, 16, 32]))
+    E = int(rng.choice([1, 4, 16, 24, 64]))
+    B = int(rng.choice([1, 2, 3]))
+    cd = pick_dt(rng, 0.5)
+    qkv_bias, out_bias = int(rng.random() < 0.5), int(rng.random() < 0.5)
+    rope_on = rng.random() < 0.7
+    rp = _lib.RopeParams(style=int(rng.integers(0, 2)),
+                         rotary_dim=int(rng.integers(1, D // 2 + 1)) * 2 if rng.random() < 0.4 else 0,
+                         theta=float(rng.choice([10000.0, 500000.0, 100.0])))
+    softcap = float(rng.choice([0.0, 0.0, 0.5, 5.0]))
+    scale = float(rng.choice([0.0, 0.0, 0.3]))
+    window = int(rng.random() < 0.3)
+    wl = int(rng.integers(0, 12))
+    mp = _lib.MhaDecoderParams(embed_dim=E, num_heads=Hq, num_kv_heads=Hkv, head_dim=D,
+                               qkv_bias=qkv_bias, out_bias=out_bias, scale=scale,
+                               softcap=softcap, window=window, window_left=wl)
+    if rope_on:
+        mp.rope = C.pointer(rp)
+    layer = C.c_void_p()
+    st = LIB.attn_mha_create_decoder(ctx.h, C.byref(mp), C.byref(layer))
+    if st:
+        raise Fail("mha_create_decoder status %d: %s" % (st, ctx.err()))
+    cache = C.c_void_p()
+    try:
+        shapes = [(Hq * D, E), (Hkv * D, E), (Hkv * D, E), (E, Hq * D),
+                  (Hq * D,), (Hkv * D,), (Hkv * D,), (E,)]
+        W = []
+        for which, shape in enumerate(shapes):
+            used = which < 4 or (which < 7 and qkv_bias) or (which == 7 and out_bias)
+            if not used:
+                W.append(np.zeros(shape))
+                continue
+            wdt = pick_dt(rng, 0.2)
+            w = data(rng, shape, wdt, 1.0 / math.sqrt(shape[-1]), allow_bcast=False)
+            h, _ = ctx.tensor(rng, w, wdt, name="w%d" % which)
+            st = LIB.attn_mha_set_weight(ctx.h, layer, which, h)
+            if st:
+                raise Fail("mha_set_weight %d status %d: %s" % (which, st, ctx.err()))
+            W.append(np.asarray(w, np.float64))
+        cap = int(rng.choice([12, 40, 70]))
+        paged = rng.random() < 0.5
+        kp = _lib.KvCacheParams(layout=int(paged), dtype=cd, batch=B, kv_heads=Hkv,
+                                head_dim=D, value_dim=D, capacity=cap)
+        if paged:
+            bs = int(rng.choice([1, 3, 16, 64]))
+            kp.block_size = bs
+            kp.num_blocks = (cap + bs - 1) // bs * B
+        st = LIB.attn_kv_cache_create(ctx.h, C.byref(kp), C.byref(cache))
+        if st:
+            raise Fail("kv_cache_create status %d: %s" % (st, ctx.err()))
+        cfg = dict(Hq=Hq, Hkv=Hkv, D=D,
+                   rope=(rp.rotary_dim or D, rp.theta, rp.style) if rope_on else None)
+        sc = scale or 1.0 / math.sqrt(D)
+        lens = np.zeros(B, np.int64)
+        mk = [np.zeros((Hkv, 0, D)) for _ in range(B)]
+        mv = [np.zeros((Hkv, 0, D)) for _ in range(B)]
+        worst = 0.0
+        steps = int(rng.integers(1, 5))
+        for step in range(steps):
+            L = int(rng.choice([1, 1, 2, 5, 13])) if step else int(rng.choice([1, 4, 9, 20]))
+            nn = np.minimum(rng.integers(0, L + 1, B), cap - lens)
+            if step == 0 and rng.random() < 0.5:
+                nn = np.minimum(np.full(B, L), cap - lens)
+            full = bool((nn == L).all()) and rng.random() < 0.5
+            xd, yd = pick_dt(rng, 0.3), pick_dt(rng, 0.3)
+            x = data(rng, (B, L, E), xd, 1.0, allow_bcast=False)
+            hx, _ = ctx.tensor(rng, x, xd, name="x")
+            hy, vy = ctx.tensor(rng, np.zeros((B, L, E)), yd, out=True, name="y")
+            a, ptr = i64(nn)
+            st = LIB.attn_mha_forward(ctx.h, layer, cache, hx, hy, None if full else ptr)
+            if st:
+                raise Fail("mha_forward status %d: %s" % (st, ctx.err()))
+            ctx.check_memory()
+            want = np.zeros((B, L, E))
+            tol = np.zeros((B, L, E))
+            for b in range(B):
+                n = int(nn[b])
+                if n == 0:
+                    continue
+                pos = lens[b] + np.arange(n)
+                q, k, v = mha_layer_ref(np.asarray(x, np.float64)[b, :n], W, cfg, pos, mk[b], mv[b])
+                # the cache stores the float results rounded once to its type
+                mk[b] = np.concatenate([mk[b], round_to(k, cd)], 1)
+                mv[b] = np.concatenate([mv[b], round_to(v, cd)], 1)
+                m = mk[b].shape[1]
+                g = Hq // Hkv
+                kk = np.repeat(mk[b], g, 0)
+                vv = np.repeat(mv[b], g, 0)
+                s = sc * q @ kk.transpose(0, 2, 1)  # [Hq, n, m]
+                if softcap > 0:
+                    s = softcap * np.tanh(s / softcap)
+                j = np.arange(m)[None, :]
+                p_ = pos[:, None]
+                hid = j > p_
+                if window:
+                    hid |= j < p_ - wl
+                s = np.where(hid[None], -np.inf, s)
+                e = np.exp(s - s.max(-1, keepdims=True))
+                P = e / e.sum(-1, keepdims=True)
+                o = (P @ vv).transpose(1, 0, 2).reshape(n, Hq * D)
+                y = o @ W[3].T + W[7]
+                want[b, :n] = y
+                # float32 products over E, Hq*D and the keys; a half cache's
+                # stored rows may round the other way from float64's
+                mag = 1 + np.abs(np.asarray(x, np.float64)[b, :n]).max()
+                tol[b, :n] = (2e-5 * math.sqrt(E + Hq * D + m) + 8 * HALF_U[cd]) * mag \
+                    * (1 + np.abs(y).max()) + HALF_U[yd] * np.abs(y)
+            lens += nn
+            worst = max(worst, compare("mha y step %d" % step, get(vy, yd), round_to(want, yd)
+                                       if yd != F32 else want, tol))
+            ctx.reset()
+            info = _lib.KvCacheInfo()
+            got = np.zeros(B, np.int64)
+            st = LIB.attn_kv_cache_info_get(ctx.h, cache, C.byref(info),
+                                            got.ctypes.data_as(C.POINTER(C.c_int64)))
+            if st:
+                raise Fail("kv_cache_info_get status %d: %s" % (st, ctx.err()))
+            if not np.array_equal(got, lens):
+                raise Fail("cache lengths %s, want %s" % (got.tolist(), lens.tolist()))
+            if paged and info.free_blocks != kp.num_blocks - int(((lens + bs - 1) // bs).sum()):
+                raise Fail("free blocks %d with lengths %s, block size %d of %d"
+                           % (info.free_blocks, lens.tolist(), bs, kp.num_blocks))
+        for b in range(B):
+            n = int(lens[b])
+            if n == 0:
+                continue
+            hk, vk = ctx.tensor(rng, np.zeros((Hkv, n, D)), F32, out=True, name="k_read")
+            hv, vv_ = ctx.tensor(rng, np.zeros((Hkv, n, D)), F32, out=True, name="v_read")
+            st = LIB.attn_kv_read(ctx.h, cache, b, 0, hk, hv)
+            if st:
+                raise Fail("kv_read status %d: %s" % (st, ctx.err()))
+            t = (2e-5 * math.sqrt(E) + 2 * HALF_U[cd]) * (1 + np.abs(mk[b]).max())
+            worst = max(worst, compare("mha cache k[%d]" % b, np.array(vk, np.float64), mk[b], t))
+            t = (2e-5 * math.sqrt(E) + 2 * HALF_U[cd]) * (1 + np.abs(mv[b]).max())
+            worst = max(worst, compare("mha cache v[%d]" % b, np.array(vv_, np.float64), mv[b], t))
+        return worst, dict(B=B, paged=paged, dt=cd, rope=rope_on)
+    finally:
+        if cache:
+            LIB.attn_kv_cache_free(ctx.h, cache)
+        LIB.attn_mha_free(ctx.h, layer)
+
+
 OPS = {"sdpa": run_sdpa, "varlen": run_varlen, "sdpa_bwd": run_sdpa_bwd,
        "varlen_bwd": run_varlen_bwd, "softmax": run_softmax, "pool": run_pool,
-       "rope": run_rope, "kv": run_kv,
+       "rope": run_rope, "kv": run_kv, "kv_edit": run_kv_edit,
        "pool_attention": run_pool_attention, "sinusoidal": run_sinusoidal, "copy": run_copy,
-       "bad_sdpa": run_bad_sdpa, "mha_torch": run_mha_torch}
+       "bad_sdpa": run_bad_sdpa, "mha_torch": run_mha_torch, "mha": run_mha}
 
 
 NEEDS_TORCH = ("sdpa_bwd", "varlen_bwd", "mha_torch")
