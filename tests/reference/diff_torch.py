@@ -1711,8 +1711,9 @@ def run_kv_edit(ctx, rng, case):
                     # smaller than every sequence at capacity); checked below
                     raise Fail("append refused (%d: %s)" % (st, ctx.err()))
             elif kind == "truncate":
-                b = int(rng.integers(-1, B + 1))
-                t = int(rng.integers(-1, cap + 2))
+                b = int(rng.integers(0, B)) if rng.random() < 0.8 else int(rng.choice([-1, B]))
+                t = int(rng.integers(0, lens[b] + 1)) if 0 <= b < B and rng.random() < 0.8 \
+                    else int(rng.integers(-1, cap + 2))
                 st = LIB.attn_kv_truncate(ctx.h, cache, b, t)
                 expect_ok = 0 <= b < B and 0 <= t <= lens[b]
                 if (st == 0) != expect_ok:
@@ -1729,7 +1730,8 @@ def run_kv_edit(ctx, rng, case):
                     for s in (range(B) if b == -1 else [b]):
                         model[s] = (model[s][0][:, :0], model[s][1][:, :0])
             else:
-                d, s = int(rng.integers(-1, B + 1)), int(rng.integers(-1, B + 1))
+                d, s = (int(rng.integers(0, B)) if rng.random() < 0.85
+                        else int(rng.choice([-1, B])) for _ in range(2))
                 st = LIB.attn_kv_copy(ctx.h, cache, d, s)
                 expect_ok = 0 <= d < B and 0 <= s < B
                 if (st == 0) != expect_ok:
