@@ -27,8 +27,8 @@ the cache; a refused call must leave it exactly as it was), pool_attention
 (attn_mha_torch_forward against torch.nn.MultiheadAttention, torch), mha (the
 decoder layer: a prompt then chunked steps with per-sequence counts into a
 contiguous or paged cache of each dtype, GQA, biases, RoPE, soft-cap, window,
-against a float64 model of the layer and its cache; rope_scaling is left to
-tests/test_mha.c).
+with the long-context scalings linear, NTK, YaRN and Llama 3, against a float64
+model of the layer and its cache).
 
 Usage (from the repository root, after a build; /usr/bin/python3 has numpy
 and torch):
@@ -2165,10 +2165,24 @@ def mha_layer_ref(x, W, cfg, pos, kc, vc):
     k = (x @ W[1].T + W[5]).reshape(n, Hkv, D).transpose(1, 0, 2)
     v = (x @ W[2].T + W[6]).reshape(n, Hkv, D).transpose(1, 0, 2)
     if cfg["rope"] is not None:
-        r, theta, style = cfg["rope"]
-        q = rope_ref(q, np.broadcast_to(pos, (Hq, n)), r, theta, style)
-        k = rope_ref(k, np.broadcast_to(pos, (Hkv, n)), r, theta, style)
+        r, w, amp, style = cfg["rope"]
+        q = rope_freqs_ref(q, pos, r, w, amp, style)
+        k = rope_freqs_ref(k, pos, r, w, amp, style)
     return q, k, v
+
+
+def rope_freqs_ref(x, pos, r, w, amp, style):
+    """x [..., n, D] with dims 0..r-1 rotated by pos * w and scaled by amp."""
+    ang = pos[:, None].astype(np.float64) * w
+    c, s_ = amp * np.cos(ang), amp * np.sin(ang)
+    y = x.copy()
+    if style == 0:
+        a, b = x[..., :r // 2], x[..., r // 2:r]
+        y[..., :r // 2], y[..., r // 2:r] = a * c - b * s_, a * s_ + b * c
+    else:
+        a, b = x[..., 0:r:2], x[..., 1:r:2]
+        y[..., 0:r:2], y[..., 1:r:2] = a * c - b * s_, a * s_ + b * c
+    return y
 
 
 def run_mha(ctx, rng, case):
@@ -2176,7 +2190,8 @@ def run_mha(ctx, rng, case):
     chunked steps (per-sequence counts, zeros included) into a contiguous
     or paged cache of any dtype, against a float64 model of the layer and
     its cache (projections, RoPE at each sequence's own positions, GQA,
-    causal attention over the cache with window and soft-cap); then the
+    causal attention over the cache with window and soft-cap, RoPE scalings
+    by Hugging Face's formulas); then the
     cache's contents read back against the model's."""
     Hkv = int(rng.choice([1, 2, 3]))
     Hq = Hkv * int(rng.choice([1, 2, 4]))
@@ -2196,8 +2211,24 @@ def run_mha(ctx, rng, case):
     mp = _lib.MhaDecoderParams(embed_dim=E, num_heads=Hq, num_kv_heads=Hkv, head_dim=D,
                                qkv_bias=qkv_bias, out_bias=out_bias, scale=scale,
                                softcap=softcap, window=window, window_left=wl)
+    r = rp.rotary_dim or D
+    freqs, amp = hf_inv_freq(0, r, rp.theta, {})
     if rope_on:
         mp.rope = C.pointer(rp)
+        if rng.random() < 0.4:
+            # a long-context scaling (linear, NTK, YaRN, Llama 3) as
+            # attn_rope_cache_fill() makes it, Hugging Face's formulas
+            kind = int(rng.choice([1, 2, 4, 5] if r >= 4 else [1, 4, 5]))
+            scfg = dict(factor=float(rng.choice([2.0, 4.0, 8.0, 0.5])),
+                        P0=int(rng.choice([4, 16, 64, 2048])), beta_fast=32.0, beta_slow=1.0,
+                        mscale=0.0, mscale_all_dim=0.0, af=0.0, no_trunc=0, lff=1.0, hff=4.0)
+            sp = _lib.RopeCacheParams(scaling=kind, factor=scfg["factor"],
+                                      apply_attention_factor=int(rng.random() < 0.5))
+            if kind in (4, 5):
+                sp.original_max_position = scfg["P0"]
+            mp.rope_scaling = C.pointer(sp)
+            freqs, amp = hf_inv_freq(kind, r, rp.theta, scfg)
+            amp = amp if sp.apply_attention_factor else 1.0
     layer = C.c_void_p()
     st = LIB.attn_mha_create_decoder(ctx.h, C.byref(mp), C.byref(layer))
     if st:
@@ -2231,7 +2262,7 @@ def run_mha(ctx, rng, case):
         if st:
             raise Fail("kv_cache_create status %d: %s" % (st, ctx.err()))
         cfg = dict(Hq=Hq, Hkv=Hkv, D=D,
-                   rope=(rp.rotary_dim or D, rp.theta, rp.style) if rope_on else None)
+                   rope=(r, freqs, amp, rp.style) if rope_on else None)
         sc = scale or 1.0 / math.sqrt(D)
         lens = np.zeros(B, np.int64)
         mk = [np.zeros((Hkv, 0, D)) for _ in range(B)]
