@@ -388,7 +388,7 @@ def _set_axis(p, axis, ndim, fn):
     """NumPy's axis into the params' axis, which libattn counts from the end
     (0 and -1 = the last)."""
     nd = max(ndim, 1)
-    a = int(axis)
+    a = _int64(axis, fn, "axis")
     if not -nd <= a < nd:
         raise ValueError("%s: axis = %d is out of range for %d dims" % (fn, a, ndim))
     neg = a - nd if a >= 0 else a
@@ -429,9 +429,9 @@ def _rope_cache_params(fn, keep, half, *, scaling="none", theta=None, factor=Non
         if value is not None:
             setattr(p, name, float(value))
     if original_max_position is not None:
-        p.original_max_position = int(original_max_position)
+        p.original_max_position = _int64(original_max_position, fn, "original_max_position")
     if seq_len is not None:
-        p.seq_len = int(seq_len)
+        p.seq_len = _int64(seq_len, fn, "seq_len")
     for name, value in (("short_factors", short_factors), ("long_factors", long_factors)):
         if value is not None:
             arr = np.ascontiguousarray(value, dtype=np.float64)
@@ -508,6 +508,9 @@ class Context(_ClosedWhenCollected):
             raise AttnError(name, "attn_ctx_create: " + why.get(name, "failed"), code)
         self._handle = h
         self._busy = threading.Lock()
+        # (free function name, handle) of objects collected while a call ran
+        # on this context: freed when that call ends (_Guarded).
+        self._deferred = []
 
     def close(self):
         """Destroy the context (joins its worker threads). Idempotent. An op
@@ -696,7 +699,7 @@ class Context(_ClosedWhenCollected):
         offset + l; positions: explicit float positions, one per row."""
         fn = "sinusoidal"
         if out is None:
-            out = np.empty((int(length), int(dim)), np.float32)
+            out = np.empty((_int64(length, fn, "length"), _int64(dim, fn, "dim")), np.float32)
         with self._call(fn) as c:
             p = self._pe_params(fn, layout, base, offset, positions, out.shape[0], c)
             h = c.output(out, "out", half=True)
@@ -753,7 +756,7 @@ class Context(_ClosedWhenCollected):
                             rotary_dim=0 if rotary_dim is None else _int32(rotary_dim, fn,
                                                                            "rotary_dim"),
                             theta=0.0 if theta is None else float(theta),
-                            offset=int(offset))
+                            offset=_int64(offset, fn, "offset"))
         with self._call(fn) as c:
             if positions is not None:
                 B, L = v.shape[0], v.shape[2]
@@ -791,7 +794,7 @@ class Context(_ClosedWhenCollected):
         the tables are multiplied by the factor (as transformers does);
         otherwise the caller applies it (YaRN's mscale, LongRoPE's factor)."""
         fn = "rope_cache"
-        P, r = int(max_position), int(rotary_dim)
+        P, r = _int64(max_position, fn, "max_position"), _int64(rotary_dim, fn, "rotary_dim")
         if P < 1 or r < 2 or r % 2:
             raise ValueError("%s: max_position = %d must be >= 1 and rotary_dim = %d even "
                              "and >= 2" % (fn, P, r))
@@ -1029,8 +1032,8 @@ class Context(_ClosedWhenCollected):
             left, right = window
             big = 1 << 62  # libattn clamps extents to Lq + Lk
             p.window = 1
-            p.window_left = big if left is None else int(left)
-            p.window_right = big if right is None else int(right)
+            p.window_left = big if left is None else _int64(left, fn, "window[0]")
+            p.window_right = big if right is None else _int64(right, fn, "window[1]")
         if softcap is not None:
             p.softcap = float(softcap)
             if p.softcap == 0.0:
@@ -1267,10 +1270,39 @@ class _ContextObject(_ClosedWhenCollected):
     _FREE = None
 
     def close(self):
-        """Free it now (it is freed with its context otherwise)."""
-        h, self._handle = getattr(self, "_handle", None), None
-        if h and _LIB is not None and self._ctx._handle:
-            getattr(_LIB, self._FREE)(self._ctx._handle, h)
+        """Free it now (it is freed with its context otherwise). Idempotent.
+        A call running on its context in another thread (which may be using
+        it) finishes first: close waits for it, as Context.close does."""
+        self._release(wait=True)
+
+    def __del__(self):
+        # Collection may happen in any thread, also in the middle of a call
+        # on the context (even this thread's: waiting would deadlock): then
+        # the handle is left to the context, which frees it when that call
+        # ends (_Guarded) or when the context closes.
+        try:
+            self._release(wait=False)
+        except Exception:
+            pass
+
+    def _release(self, wait):
+        h, ctx = getattr(self, "_handle", None), getattr(self, "_ctx", None)
+        if not h or ctx is None or _LIB is None:
+            self._handle = None
+            return
+        busy = ctx._busy
+        if not busy.acquire(blocking=wait):
+            self._handle = None
+            ctx._deferred.append((self._FREE, h))
+            return
+        try:
+            if ctx._handle:
+                code = getattr(_LIB, self._FREE)(ctx._handle, h)
+                if code:  # the handle stays: nothing was freed
+                    raise AttnError(_status_name(code), ctx.last_error(), code)
+            self._handle = None
+        finally:
+            busy.release()
 
 
 class KVCache(_ContextObject):
@@ -1769,7 +1801,13 @@ class _Guarded(_Call):
         try:
             return super().__exit__(*exc)
         finally:
-            self.ctx._busy.release()
+            ctx = self.ctx
+            try:
+                while ctx._deferred and ctx._handle:
+                    name, h = ctx._deferred.pop()
+                    getattr(_LIB, name)(ctx._handle, h)  # a live handle: ATTN_OK
+            finally:
+                ctx._busy.release()
 
 
 # ---- per-thread default contexts ----
@@ -1796,7 +1834,7 @@ def set_num_threads(n):
     """Thread count of the default contexts (0 = CPUs available). Each
     thread's default context is recreated with it at its next use; objects
     made on the previous one (KVCache, DecoderLayer, ...) keep it."""
-    n = int(n)
+    n = _int32(n, "set_num_threads", "n")
     if not 0 <= n <= 1024:
         raise ValueError("set_num_threads: n = %d but must be 0..1024" % n)
     with _defaults_lock:

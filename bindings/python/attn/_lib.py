@@ -96,7 +96,10 @@ def check_int(value, ctype, what):
     """value as an int for a ctypes integer `ctype`: ctypes keeps an integer
     modulo 2^bits, so a value out of range would silently be another
     (capacity 2**64 + 16 became 16, truncate(0, 2**64) emptied a sequence)."""
-    n = int(value)
+    try:
+        n = int(value)
+    except (OverflowError, ValueError):  # inf, NaN, a non-numeric string
+        raise ValueError("%s = %r is not an integer" % (what, value)) from None
     if n != value:  # int() would cut 2.9 to 2: truncate(0, 2.9) kept 2 tokens
         raise ValueError("%s = %r is not an integer" % (what, value))
     lo, hi = int_range(ctype)

@@ -228,6 +228,7 @@ def _counting_context():
     assert attn._api._LIB.attn_ctx_create(ctypes.byref(h), ctypes.byref(opts)) == 0
     ctx = attn.Context.__new__(attn.Context)
     ctx._handle, ctx._busy, ctx._callbacks = h, threading.Lock(), cbs
+    ctx._deferred = []
     return ctx, live
 
 
@@ -424,4 +425,101 @@ def test_int64_arguments_past_int64_are_refused():
             call()
     assert cache.lengths.tolist() == [2]
     cache.close()
+    ctx.close()
+
+
+def test_object_close_waits_for_a_call_on_its_context():
+    # KVCache.close() (and a layer's) freed the cache at once while another
+    # thread was inside a call on its context, which may be using it (the
+    # binding's lock was held; libattn's own ATTN_ERR_BUSY came only once
+    # the call was in C, and close ignored it): now it waits, as
+    # Context.close does.
+    ctx = attn.Context(num_threads=1)
+    cache = attn.KVCache(1, 1, 4, capacity=4, context=ctx)
+    x = np.ones((1, 1, 2, 4), np.float32)
+    cache.append(x, x)
+    entered, release, closed = threading.Event(), threading.Event(), threading.Event()
+
+    def hold():  # another thread inside a call on ctx
+        with ctx._call("test"):
+            entered.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert entered.wait(10)
+    closer = threading.Thread(target=lambda: (cache.close(), closed.set()))
+    closer.start()
+    try:
+        assert not closed.wait(0.3)  # waiting, nothing freed
+        assert cache._handle
+    finally:
+        release.set()
+        holder.join()
+        closer.join()
+    assert closed.is_set() and not cache._handle
+    cache.close()  # idempotent
+    ctx.close()
+
+
+def test_object_collected_during_a_call_is_freed_after_it():
+    # Collection (close from __del__) while a call runs on the context, in
+    # this thread or another, neither waits (a deadlock in this thread) nor
+    # frees under the call: the context frees it when the call ends.
+    ctx = attn.Context(num_threads=1)
+    x = np.ones((1, 1, 2, 4), np.float32)
+    keep = attn.KVCache(1, 1, 4, capacity=4, context=ctx)
+    keep.append(x, x)
+    for make in (lambda: attn.KVCache(1, 1, 4, capacity=4, context=ctx),
+                 lambda: attn.DecoderLayer(8, 2, context=ctx)):
+        obj = make()
+        with ctx._call("test"):
+            obj.__del__()
+            assert len(ctx._deferred) == 1 and not obj._handle
+        assert ctx._deferred == []
+    np.testing.assert_array_equal(keep.read(0)[0], x[0])
+    ctx.close()
+
+
+def test_integer_arguments_refuse_fractions():
+    # An integer argument given as a non-integral number is refused, not cut
+    # by int(): rope_cache(8, 4.5) made tables of 2 pairs, rope(offset=2.5)
+    # rotated from position 2, softmax(axis=0.5) took axis 0, window
+    # (2.5, 0) saw 2 keys back. (The int32 ones, through _int32, were
+    # refused already.)
+    ctx = attn.Context(num_threads=1)
+    x = np.ones((1, 1, 3, 8), np.float32)
+    cos = np.ones((3, 2), np.float32)
+    cache = attn.KVCache(1, 1, 8, capacity=4, context=ctx)
+    for call in (lambda: ctx.rope(x, rotary_dim=4.5),
+                 lambda: ctx.alibi_slopes(2.5),
+                 lambda: ctx.alibi_slopes(np.float32(3.25)),
+                 lambda: ctx.rope_cached(np.ones((1, 3, 8), np.float32), cos, cos,
+                                         num_heads=2.5),
+                 lambda: attn.Context(num_threads=1.5),
+                 lambda: cache.append(x, x, rope={"rotary_dim": 6.5}),
+                 lambda: attn.DecoderLayer(8, 2, rope={"rotary_dim": 2.5}, context=ctx),
+                 lambda: ctx.rope_cache(8, 4.5),
+                 lambda: ctx.rope_cache(8.5, 4),
+                 lambda: ctx.rope_cache(8, 4, scaling="dynamic", factor=2.0,
+                                        original_max_position=4.5),
+                 lambda: ctx.rope_cache(8, 4, scaling="dynamic", factor=2.0,
+                                        original_max_position=4, seq_len=8.5),
+                 lambda: ctx.rope(x, offset=2.5),
+                 lambda: ctx.softmax(x, axis=0.5),
+                 lambda: ctx.log_softmax(x, axis=-1.5),
+                 lambda: ctx.sinusoidal(10.5, 8),
+                 lambda: ctx.sinusoidal(10, 8.5),
+                 lambda: ctx.sdpa(x, x, x, window=(2.5, 0)),
+                 lambda: ctx.sdpa(x, x, x, window=(None, 0.5)),
+                 lambda: attn.set_num_threads(1.5)):
+        with pytest.raises(ValueError, match="not an integer"):
+            call()
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="not an integer"):
+            ctx.alibi_slopes(bad)
+    assert cache.lengths.tolist() == [0]
+    # Integral floats are taken, as elsewhere.
+    np.testing.assert_array_equal(ctx.rope(x, rotary_dim=4.0), ctx.rope(x, rotary_dim=4))
+    assert ctx.alibi_slopes(4.0).shape == (4,)
     ctx.close()
