@@ -172,24 +172,28 @@ static attn_status check_counts(attn_ctx *ctx, attn_kv_cache *c,
 }
 
 /* Store rows 0..n_new[b]-1 of kn/vn (strides of [B, H, L, D]) after each
- * sequence's end. */
+ * sequence's end. kns NULL: kn holds just those keys, packed token-major
+ * ([sum of n_new][H][D], sequence after sequence: the rotated keys). */
 static void store_rows(attn_kv_cache *c, const void *kn, int32_t kdt, const int64_t *kns,
                        const void *vn, int32_t vdt, const int64_t *vns, const int64_t *n_new,
                        int64_t L) {
   const attn_kernels *kern = attn__kernels();
+  int64_t t0 = 0; /* packed keys: sequence b's first row */
   for (int64_t b = 0; b < c->B; b++) {
     int64_t n = n_new ? n_new[b] : L, len = c->lens[b];
     if (paged(c))
       grow(c, b, n);
     for (int64_t i = 0; i < n; i++) {
       for (int64_t h = 0; h < c->H; h++) {
-        attn__convert_row(kern, kdt, attn__elem(kn, kdt, b * kns[0] + h * kns[1] + i * kns[2]),
-                          c->dt, key_row(c, b, h, len + i), c->D);
+        int64_t ke = kns ? b * kns[0] + h * kns[1] + i * kns[2] : ((t0 + i) * c->H + h) * c->D;
+        attn__convert_row(kern, kdt, attn__elem(kn, kdt, ke), c->dt, key_row(c, b, h, len + i),
+                          c->D);
         attn__convert_row(kern, vdt, attn__elem(vn, vdt, b * vns[0] + h * vns[1] + i * vns[2]),
                           c->dt, value_row(c, b, h, len + i), c->Dv);
       }
     }
     c->lens[b] = len + n;
+    t0 += n;
   }
 }
 
@@ -218,17 +222,22 @@ static attn_status kv_append_impl(attn_ctx *ctx, attn_kv_cache *cache, const att
   const void *kn = k_new->data;
   int32_t kdt = k_new->dtype;
   const int64_t *kns = k_new->strides;
-  int64_t rot_strides[4];
-  if (prm.rope && !attn__empty(k_new)) { /* (the plan divides by L) */
-    /* The new keys are copied into the workspace and rotated there, at
-     * positions len_b + i, by attn_rope's own plan and run. */
+  int64_t N = 0; /* rows stored: with RoPE, the only ones read and rotated */
+  for (int64_t b = 0; b < c->B; b++)
+    N += n_new ? n_new[b] : L;
+  if (prm.rope && N > 0) { /* (the plan divides by its L) */
+    /* The stored keys, and only those (a sequence appending fewer than L
+     * rows leaves the rest unread), are packed token-major into the
+     * workspace and rotated there at positions len_b + i, by attn_rope's
+     * own plan and run, as one sequence of N tokens with explicit
+     * positions (each row's angles depend on its position alone). */
     int64_t H = c->H, D = c->D;
     size_t kbytes, pbytes;
-    if (__builtin_mul_overflow((size_t)(c->B * H * L), (size_t)D * sizeof(float), &kbytes) ||
-        __builtin_mul_overflow((size_t)(c->B * L), sizeof(int64_t), &pbytes))
+    if (__builtin_mul_overflow((size_t)(N * H), (size_t)D * sizeof(float), &kbytes) ||
+        __builtin_mul_overflow((size_t)N, sizeof(int64_t), &pbytes))
       return attn__fail(ctx, ATTN_ERR_OVERFLOW, "the workspace size overflows");
-    rope.B = c->B, rope.H = H, rope.L = L, rope.D = D;
-    rot_strides[0] = H * L * D, rot_strides[1] = L * D, rot_strides[2] = D, rot_strides[3] = 1;
+    int64_t rot_strides[4] = {N * H * D, D, H * D, 1};
+    rope.B = 1, rope.H = H, rope.L = N, rope.D = D;
     memcpy(rope.xs, rot_strides, sizeof rope.xs);
     attn__rope_plan(ctx, &rope);
     size_t total = attn__ws_round(kbytes) + attn__ws_round(pbytes) + attn__ws_round(rope.ws_bytes);
@@ -237,18 +246,22 @@ static attn_status kv_append_impl(attn_ctx *ctx, attn_kv_cache *cache, const att
     float *kbuf = attn__ws_alloc(ctx, kbytes);
     int64_t *pos = attn__ws_alloc(ctx, pbytes);
     const attn_kernels *kern = attn__kernels();
-    for (int64_t b = 0; b < c->B; b++)
+    int64_t t0 = 0;
+    for (int64_t b = 0; b < c->B; b++) {
+      int64_t n = n_new ? n_new[b] : L;
       for (int64_t h = 0; h < H; h++)
-        for (int64_t i = 0; i < L; i++) {
+        for (int64_t i = 0; i < n; i++)
           attn__widen(kern, kdt, attn__elem(kn, kdt, b * kns[0] + h * kns[1] + i * kns[2]),
-                      kbuf + ((b * H + h) * L + i) * D, D);
-          pos[b * L + i] = c->lens[b] + i;
-        }
+                      kbuf + ((t0 + i) * H + h) * D, D);
+      for (int64_t i = 0; i < n; i++)
+        pos[t0 + i] = c->lens[b] + i;
+      t0 += n;
+    }
     rope.x = kbuf;
     rope.positions = pos;
     attn__rope_apply(ctx, &rope);
     kn = kbuf, kdt = ATTN_DTYPE_F32; /* rotated in float, rounded once when stored */
-    kns = rot_strides;
+    kns = NULL;                      /* packed */
   }
   /* Checked: from here on nothing fails. */
   store_rows(c, kn, kdt, kns, v_new->data, v_new->dtype, v_new->strides, n_new, L);

@@ -5,7 +5,13 @@
  * The model keeps every sequence's raw (un-rotated) keys and values as
  * generated; the reference rotates them itself (ref_rope), so nothing the
  * expected values come from runs the library's code. */
+#define _DEFAULT_SOURCE /* mmap, MAP_ANONYMOUS, mprotect */
 #include "test_util.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #include "ref_posenc.h"
 #include "ref_sdpa.h"
@@ -780,6 +786,100 @@ static void rope_on_append(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+#if defined(__linux__)
+/* A token-major [L][B][H][w] float buffer whose rows i >= open lie on pages
+ * that cannot be read or written: *map and *map_bytes for munmap. */
+static float *guarded_rows(int64_t B, int64_t H, int64_t w, int64_t L, int64_t open, tu_rng *r,
+                           char **map, size_t *map_bytes) {
+  size_t ps = (size_t)sysconf(_SC_PAGESIZE), row = (size_t)(B * H * w) * sizeof(float);
+  size_t open_bytes = (size_t)open * row, all = (size_t)L * row;
+  assert_true(open_bytes <= ps);
+  *map_bytes = ps + (all + ps - 1) / ps * ps;
+  *map = mmap(NULL, *map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  assert_true(*map != MAP_FAILED);
+  float *x = (float *)(void *)(*map + ps - open_bytes);
+  tu_fill(r, x, open_bytes / sizeof(float), -1, 1);
+  assert_int_equal(mprotect(*map + ps, *map_bytes - ps, PROT_NONE), 0);
+  return x;
+}
+
+/* attn_kv_append reads (and, with RoPE, rotates) only rows 0..n_new[b]-1 of
+ * each sequence: the rows of k_new and v_new past every count lie on pages
+ * that cannot be read (with RoPE all B * L key rows were widened and rotated,
+ * whatever the counts: a fault here), and the readable rows past a count
+ * hold NaN, which must not reach the cache. The keys stored are the raw rows,
+ * or the reference's rotation at len_b + i; the values the raw rows. */
+static void append_reads_only_counted_rows(void **state) {
+  (void)state;
+  enum { B = 3, H = 2, D = 6, DV = 4, L = 64, R = 4, OPEN = 3 };
+  const int64_t n_new[B] = {1, 3, 0}, before[B] = {5, 2, 0};
+  tu_rng r = {77};
+  char *kmap, *vmap;
+  size_t kmap_bytes, vmap_bytes;
+  float *k = guarded_rows(B, H, D, L, OPEN, &r, &kmap, &kmap_bytes);
+  float *v = guarded_rows(B, H, DV, L, OPEN, &r, &vmap, &vmap_bytes);
+  for (int64_t i = 0; i < OPEN; i++) /* readable rows past a count */
+    for (int64_t b = 0; b < B; b++)
+      if (i >= n_new[b]) {
+        for (int64_t e = 0; e < H * D; e++)
+          k[(i * B + b) * H * D + e] = NAN;
+        for (int64_t e = 0; e < H * DV; e++)
+          v[(i * B + b) * H * DV + e] = NAN;
+      }
+  attn_rope_params rp;
+  attn_rope_params_init(&rp);
+  rp.style = ATTN_ROPE_INTERLEAVED, rp.rotary_dim = R, rp.theta = 500;
+  for (int cfg = 0; cfg < 4; cfg++) {
+    int pg = cfg & 1, rot = cfg >> 1;
+    attn_kv_append_params ap;
+    attn_kv_append_params_init(&ap);
+    ap.rope = rot ? &rp : NULL;
+    attn_ctx *ctx = tu_ctx(2);
+    attn_kv_cache *kv = small_cache(ctx, pg, 4, 30);
+    for (int64_t b = 0; b < B; b++)
+      if (before[b])
+        append_one(ctx, kv, B, b, before[b], (uint64_t)(10 + b), &ap);
+    int64_t kd[4] = {B, H, L, D}, ks[4] = {H * D, D, B * H * D, 1};
+    int64_t vd[4] = {B, H, L, DV}, vs[4] = {H * DV, DV, B * H * DV, 1};
+    attn_tensor *tk = tu_wrap(ctx, k, (size_t)(L * B * H * D), 4, kd, ks);
+    attn_tensor *tv = tu_wrap(ctx, v, (size_t)(L * B * H * DV), 4, vd, vs);
+    assert_ok(attn_kv_append(ctx, kv, tk, tv, n_new, &ap));
+    int64_t lens[MAXB];
+    attn_kv_cache_info info = {.struct_size = sizeof info};
+    assert_ok(attn_kv_cache_info_get(ctx, kv, &info, lens));
+    for (int64_t b = 0; b < B; b++) {
+      assert_int_equal(lens[b], before[b] + n_new[b]);
+      int64_t n = n_new[b];
+      if (!n)
+        continue;
+      float gk[H * OPEN * D], gv[H * OPEN * DV];
+      double want[H * OPEN * D];
+      int64_t pos[OPEN], gkd[3] = {H, n, D}, gvd[3] = {H, n, DV};
+      for (int64_t i = 0; i < n; i++) {
+        pos[i] = before[b] + i;
+        for (int64_t h = 0; h < H; h++)
+          for (int64_t e = 0; e < D; e++)
+            want[(h * n + i) * D + e] = k[((i * B + b) * H + h) * D + e];
+      }
+      if (rot)
+        ref_rope(1, 1, H, n, D, R, 500, pos, want);
+      assert_ok(attn_kv_read(ctx, kv, b, before[b],
+                             tu_wrap(ctx, gk, (size_t)(H * n * D), 3, gkd, NULL),
+                             tu_wrap(ctx, gv, (size_t)(H * n * DV), 3, gvd, NULL)));
+      for (int64_t j = 0; j < H * n * D; j++)
+        assert_close(gk[j], want[j], 1e-6, 1e-7);
+      for (int64_t h = 0; h < H; h++)
+        for (int64_t i = 0; i < n; i++)
+          for (int64_t e = 0; e < DV; e++)
+            assert_true(gv[(h * n + i) * DV + e] == v[((i * B + b) * H + h) * DV + e]);
+    }
+    attn_ctx_destroy(ctx);
+  }
+  munmap(kmap, kmap_bytes);
+  munmap(vmap, vmap_bytes);
+}
+#endif
+
 /* A wrapped [B, cap, H, D] buffer (strides): appends land in caller memory. */
 static void wrap_caller_memory(void **state) {
   (void)state;
@@ -1078,6 +1178,9 @@ int main(void) {
       cmocka_unit_test(copy_diverges),
       cmocka_unit_test(shared_block_every_holder_appends),
       cmocka_unit_test(rope_on_append),
+#if defined(__linux__)
+      cmocka_unit_test(append_reads_only_counted_rows),
+#endif
       cmocka_unit_test(wrap_caller_memory),
       cmocka_unit_test(bad_input_changes_nothing),
       cmocka_unit_test(create_params),
