@@ -148,3 +148,42 @@ def test_bad_input_changes_nothing():
     assert "seq_len" in str(e.value)
     with pytest.raises(attn.AttnError):
         attn.DecoderLayer(8, 3)  # E not a multiple of the heads
+
+
+def test_decode_step_passes_x_without_a_copy(monkeypatch):
+    # L = 1: the stride of a size-1 axis never steps, so any value (odd,
+    # negative, zero, a slice's) is irrelevant; x and q are read in place
+    # and give the contiguous copy's result.
+    from numpy.lib.stride_tricks import as_strided
+    from attn import _api
+    B, E, H, D = 2, 16, 2, 8
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((B, 4, E)).astype(np.float32)
+    wrapped = []
+    orig = _api._Call._wrap
+    monkeypatch.setattr(_api._Call, "_wrap", lambda self, a, dt, st, name: (
+        wrapped.append((name, a)), orig(self, a, dt, st, name))[1])
+    ctx = attn.Context(num_threads=1)
+    layer = attn.DecoderLayer(E, H, rope={}, context=ctx)
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        layer.set_weight(name + ".weight", rng.standard_normal((E, E)).astype(np.float32) / 4)
+    s0 = base.strides[0]
+    last = base[:, -1:, :]
+    views = [last] + [as_strided(last, (B, 1, E), (s0, s, 4)) for s in (3, -4, 0)]
+    want = None
+    for x in views:
+        cache = attn.KVCache(B, H, D, capacity=2, context=ctx)
+        wrapped.clear()
+        y = layer(x, cache)
+        assert [np.shares_memory(a, x) for n, a in wrapped if n == "x"] == [True]
+        assert [a is y for n, a in wrapped if n == "y"] == [True]
+        want = y if want is None else want
+        np.testing.assert_array_equal(y, want)
+        q = as_strided(base, (B, H, 1, D), (s0, 4 * D, 7, 4))
+        wrapped.clear()
+        cache.attend(q)
+        assert [np.shares_memory(a, q) for n, a in wrapped if n == "q"] == [True]
+    np.testing.assert_array_equal(
+        layer(np.ascontiguousarray(last), attn.KVCache(B, H, D, capacity=2, context=ctx)),
+        want)
+    ctx.close()
