@@ -187,6 +187,28 @@ def test_rope_cache_yarn_llama3_longrope():
         attn.rope_cache(10, 8, scaling="linear")
 
 
+
+def test_rope_cache_longrope_p0_of_1():
+    # sqrt(1 + ln s / ln P0) has no value for P0 = 1 and s > 1: rope_cache
+    # returns the factor, so it is refused with a message naming the field,
+    # the formula, the rule and the way out (attention_factor); with that
+    # given, or s <= 1, the tables are filled.
+    f = dict(scaling="longrope", original_max_position=1, short_factors=[1.0, 2.0],
+             long_factors=[3.0, 4.0])
+    for kw in (dict(factor=2.0), dict(factor=2.0, apply_attention_factor=True),
+               dict(seq_len=8)):  # factor None: s = 8 / 1
+        with pytest.raises(attn.AttnError) as e:
+            attn.rope_cache(8, 4, **f, **kw)
+        assert e.value.status == "ATTN_ERR_INVALID_ARG"
+        assert ("original_max_position = 1 but LongRoPE's attention factor sqrt(1 + ln s / "
+                "ln P0) needs P0 >= 2 when s > 1 (or give attention_factor)") in str(e.value)
+    cos, sin, af = attn.rope_cache(8, 4, **f, factor=2.0, attention_factor=1.5)
+    assert af == 1.5 and np.isfinite(cos).all()
+    w = 1 / (np.array([3.0, 4.0]) * 10000.0 ** (np.arange(0, 4, 2) / 4))  # past P0: long
+    close(cos, np.cos(np.arange(8)[:, None] * w), atol=2e-7)
+    _, _, af = attn.rope_cache(8, 4, **f, factor=1.0)
+    assert af == 1.0
+
 @pytest.mark.parametrize("axis", [0, 1, -2, 2, -1])
 def test_softmax_any_axis(rng, axis):
     x = rng.standard_normal((3, 5, 7)).astype(np.float32)
