@@ -1368,7 +1368,8 @@ ATTN_API void attn_kv_append_params_init(attn_kv_append_params *p);
 
 /** Append a step's new keys and values: rows 0..n_new[b]-1 of sequence b
  * are stored at positions len_b .. len_b + n_new[b] - 1, and the length
- * grows by n_new[b] (0 is allowed: the sequence is left alone).
+ * grows by n_new[b] (0 is allowed: the sequence is left alone). Rows
+ * i >= n_new[b] of k_new and v_new are not read.
  * @param[in] ctx   the cache's context.
  * @param[in] cache the cache.
  * @param[in] k_new F32, F16 or BF16 [B, Hkv, L, D], any strides (converted
