@@ -656,6 +656,98 @@ static void busy_from_reentry(void **state) {
   attn_ctx_destroy(ctx);
 }
 
+/* The KV cache and layer entry points, frees included, refuse a call made
+ * while another call runs on their context (here: from inside the
+ * allocator), with ATTN_ERR_BUSY and nothing changed: the cache keeps its
+ * rows, the layer stays alive (a free that went ahead would release memory
+ * the running call may use). The NULL rules of the frees too. */
+typedef struct {
+  attn_ctx *ctx;
+  attn_kv_cache *kv;
+  attn_mha *m;
+  attn_tensor *k, *v, *x, *y;
+  attn_status st[6];
+  int calls;
+} obj_reentry;
+
+static void *obj_reentry_alloc(void *user, size_t size) {
+  obj_reentry *r = user;
+  if (r->ctx && r->calls++ == 0) {
+    r->st[0] = attn_kv_cache_free(r->ctx, r->kv);
+    r->st[1] = attn_mha_free(r->ctx, r->m);
+    r->st[2] = attn_kv_append(r->ctx, r->kv, r->k, r->v, NULL, NULL);
+    r->st[3] = attn_kv_reset(r->ctx, r->kv, -1);
+    r->st[4] = attn_kv_truncate(r->ctx, r->kv, 0, 0);
+    r->st[5] = attn_mha_forward(r->ctx, r->m, r->kv, r->x, r->y, NULL);
+  }
+  return malloc(size);
+}
+
+static void busy_object_calls_from_reentry(void **state) {
+  (void)state;
+  obj_reentry r = {0};
+  attn_ctx_options o;
+  attn_ctx_options_init(&o);
+  o.num_threads = 1;
+  o.alloc = obj_reentry_alloc;
+  o.free = reentry_free;
+  o.alloc_user = &r;
+  attn_ctx *ctx = NULL;
+  assert_ok(attn_ctx_create(&ctx, &o));
+  enum { OH = 2, OD = 4, OE = 8 };
+  attn_kv_cache_params kp;
+  attn_kv_cache_params_init(&kp);
+  kp.batch = 1, kp.kv_heads = OH, kp.head_dim = OD, kp.capacity = 8;
+  assert_ok(attn_kv_cache_create(ctx, &kp, &r.kv));
+  attn_mha_decoder_params mp;
+  attn_mha_decoder_params_init(&mp);
+  mp.embed_dim = OE, mp.num_heads = OH;
+  assert_ok(attn_mha_create_decoder(ctx, &mp, &r.m));
+  static float k[OH * OD], v[OH * OD], x[OE], y[OE], out[PE_L * PE_D];
+  for (int i = 0; i < OH * OD; i++)
+    k[i] = (float)i, v[i] = (float)-i;
+  int64_t kd[4] = {1, OH, 1, OD}, xd[3] = {1, 1, OE}, ped[2] = {PE_L, PE_D};
+  r.k = wrap(ctx, k, OH * OD, 4, kd);
+  r.v = wrap(ctx, v, OH * OD, 4, kd);
+  r.x = wrap(ctx, x, OE, 3, xd);
+  r.y = wrap(ctx, y, OE, 3, xd);
+  attn_tensor *tout = wrap(ctx, out, PE_L * PE_D, 2, ped);
+  assert_ok(attn_kv_append(ctx, r.kv, r.k, r.v, NULL, NULL));
+  y[0] = 42;
+  r.ctx = ctx;                                 /* from now on the allocator calls back */
+  assert_ok(attn_sinusoidal(ctx, tout, NULL)); /* allocates its workspace */
+  r.ctx = NULL;
+  assert_int_equal(r.calls, 1);
+  for (int i = 0; i < 6; i++)
+    assert_int_equal(r.st[i], ATTN_ERR_BUSY);
+  assert_true(y[0] == 42);
+  /* Both objects alive and unchanged: one token, its rows as appended. */
+  int64_t lens[1] = {0};
+  attn_kv_cache_info info = {.struct_size = sizeof info};
+  assert_ok(attn_kv_cache_info_get(ctx, r.kv, &info, lens));
+  assert_int_equal(lens[0], 1);
+  float kr[OH * OD], vr[OH * OD];
+  int64_t rd[3] = {OH, 1, OD};
+  assert_ok(attn_kv_read(ctx, r.kv, 0, 0, wrap(ctx, kr, OH * OD, 3, rd), wrap(ctx, vr, OH * OD, 3, rd)));
+  assert_memory_equal(kr, k, sizeof kr);
+  assert_memory_equal(vr, v, sizeof vr);
+  assert_ok(attn_mha_forward(ctx, r.m, r.kv, r.x, r.y, NULL));
+  /* NULL: a NULL object is a no-op, a NULL context an error; a layer or
+   * cache of another context is a bad handle there. */
+  attn_ctx *other = NULL;
+  assert_ok(attn_ctx_create(&other, NULL));
+  assert_ok(attn_mha_free(ctx, NULL));
+  assert_ok(attn_kv_cache_free(ctx, NULL));
+  assert_int_equal(attn_mha_free(NULL, r.m), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_kv_cache_free(NULL, r.kv), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_mha_free(other, r.m), ATTN_ERR_BAD_HANDLE);
+  assert_int_equal(attn_kv_cache_free(other, r.kv), ATTN_ERR_BAD_HANDLE);
+  assert_ok(attn_mha_free(ctx, r.m));
+  assert_ok(attn_kv_cache_free(ctx, r.kv));
+  attn_ctx_destroy(other);
+  attn_ctx_destroy(ctx);
+}
+
 /* ---- fork ---- */
 
 /* In a child process (no CMocka there): the exit status says how it went. */
@@ -743,6 +835,7 @@ int main(void) {
       cmocka_unit_test(context_handed_between_threads),
       cmocka_unit_test(one_context_two_threads),
       cmocka_unit_test(busy_from_reentry),
+      cmocka_unit_test(busy_object_calls_from_reentry),
       cmocka_unit_test(fork_after_use),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
