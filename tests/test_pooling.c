@@ -522,6 +522,94 @@ static void pool_attention_vs_reference(void **state) {
   }
 }
 
+/* Outputs cannot broadcast: a zero stride in out (attn_pool), dx or dscores
+ * (attn_pool_backward) or dqueries (attn_pool_attention_backward) is
+ * refused with ATTN_ERR_INVALID_ARG, naming the operand, and nothing is
+ * written. attn_pool_attention_backward does not read params.weights and
+ * params.lse: tensors of any shape there change nothing. */
+static void pool_outputs_and_unread_params(void **state) {
+  (void)state;
+  enum { B = 2, HQ = 2, HKV = 1, M = 3, L = 5, D = 4, DV = 4 };
+  attn_ctx *ctx = tu_ctx(1);
+  static float x[B * L * D], g[B * D], out[B * D], dx[B * L * D], sc[B * L], ds[B * L];
+  tu_rng rng = {31};
+  tu_fill(&rng, x, B * L * D, -1, 1);
+  tu_fill(&rng, g, B * D, -1, 1);
+  tu_fill(&rng, sc, B * L, -1, 1);
+  int64_t xd[3] = {B, L, D}, od[2] = {B, D}, sd[2] = {B, L};
+  int64_t oz[2] = {0, 1}, xz[3] = {0, D, 1}, sz[2] = {0, 1};
+  for (int i = 0; i < B * D; i++)
+    out[i] = 7.0f;
+  for (int i = 0; i < B * L * D; i++)
+    dx[i] = 7.0f;
+  for (int i = 0; i < B * L; i++)
+    ds[i] = 7.0f;
+  attn_tensor *tx = tu_wrap(ctx, x, B * L * D, 3, xd, NULL), *tg = tu_wrap(ctx, g, B * D, 2, od, NULL);
+  assert_status(attn_pool(ctx, tx, tu_wrap(ctx, out, B * D, 2, od, oz), NULL), ATTN_ERR_INVALID_ARG);
+  assert_error_mentions(ctx, "out.strides[0] = 0");
+  attn_pool_params pp;
+  attn_pool_params_init(&pp);
+  pp.mode = ATTN_POOL_WEIGHTED;
+  pp.scores = tu_wrap(ctx, sc, B * L, 2, sd, NULL);
+  assert_status(attn_pool_backward(ctx, tx, tg, tu_wrap(ctx, dx, B * L * D, 3, xd, xz),
+                                   tu_wrap(ctx, ds, B * L, 2, sd, NULL), &pp),
+                ATTN_ERR_INVALID_ARG);
+  assert_error_mentions(ctx, "dx.strides[0] = 0");
+  assert_status(attn_pool_backward(ctx, tx, tg, tu_wrap(ctx, dx, B * L * D, 3, xd, NULL),
+                                   tu_wrap(ctx, ds, B * L, 2, sd, sz), &pp),
+                ATTN_ERR_INVALID_ARG);
+  assert_error_mentions(ctx, "dscores.strides[0] = 0");
+  for (int i = 0; i < B * D; i++)
+    assert_true(out[i] == 7.0f);
+  for (int i = 0; i < B * L * D; i++)
+    assert_true(dx[i] == 7.0f);
+  for (int i = 0; i < B * L; i++)
+    assert_true(ds[i] == 7.0f);
+
+  static float q[HQ * M * D], k[B * HKV * L * D], v[B * HKV * L * DV], po[B * HQ * M * DV];
+  static float lse[B * HQ * M], go[B * HQ * M * DV], junk[7];
+  static float dq[2][HQ * M * D], dk[2][B * HKV * L * D], dv[2][B * HKV * L * DV];
+  tu_fill(&rng, q, HQ * M * D, -1, 1);
+  tu_fill(&rng, k, B * HKV * L * D, -1, 1);
+  tu_fill(&rng, v, B * HKV * L * DV, -1, 1);
+  tu_fill(&rng, go, B * HQ * M * DV, -1, 1);
+  int64_t qd[3] = {HQ, M, D}, kd[4] = {B, HKV, L, D}, vd[4] = {B, HKV, L, DV};
+  int64_t pod[4] = {B, HQ, M, DV}, ld[3] = {B, HQ, M}, jd[1] = {7}, qz[3] = {0, D, 1};
+  attn_tensor *tq = tu_wrap(ctx, q, HQ * M * D, 3, qd, NULL);
+  attn_tensor *tk = tu_wrap(ctx, k, B * HKV * L * D, 4, kd, NULL);
+  attn_tensor *tv = tu_wrap(ctx, v, B * HKV * L * DV, 4, vd, NULL);
+  attn_tensor *tpo = tu_wrap(ctx, po, B * HQ * M * DV, 4, pod, NULL);
+  attn_tensor *tl = tu_wrap(ctx, lse, B * HQ * M, 3, ld, NULL);
+  attn_tensor *tgo = tu_wrap(ctx, go, B * HQ * M * DV, 4, pod, NULL);
+  attn_tensor *tj = tu_wrap(ctx, junk, 7, 1, jd, NULL);
+  attn_pool_attention_params p;
+  attn_pool_attention_params_init(&p);
+  p.lse = tl;
+  assert_ok(attn_pool_attention(ctx, tq, tk, tv, tpo, &p));
+  for (int run = 0; run < 2; run++) {
+    p.lse = p.weights = run ? tj : NULL; /* run 1: tensors of a wrong shape, not read */
+    assert_ok(attn_pool_attention_backward(
+        ctx, tq, tk, tv, tpo, tl, tgo, tu_wrap(ctx, dq[run], HQ * M * D, 3, qd, NULL),
+        tu_wrap(ctx, dk[run], B * HKV * L * D, 4, kd, NULL),
+        tu_wrap(ctx, dv[run], B * HKV * L * DV, 4, vd, NULL), &p));
+  }
+  assert_memory_equal(dq[0], dq[1], sizeof dq[0]);
+  assert_memory_equal(dk[0], dk[1], sizeof dk[0]);
+  assert_memory_equal(dv[0], dv[1], sizeof dv[0]);
+  for (int i = 0; i < B * HKV * L * D; i++)
+    dk[1][i] = 7.0f;
+  assert_status(attn_pool_attention_backward(
+                    ctx, tq, tk, tv, tpo, tl, tgo, tu_wrap(ctx, dq[1], HQ * M * D, 3, qd, qz),
+                    tu_wrap(ctx, dk[1], B * HKV * L * D, 4, kd, NULL),
+                    tu_wrap(ctx, dv[1], B * HKV * L * DV, 4, vd, NULL), &p),
+                ATTN_ERR_INVALID_ARG);
+  assert_error_mentions(ctx, "dqueries.strides[0] = 0");
+  assert_memory_equal(dq[0], dq[1], sizeof dq[0]);
+  for (int i = 0; i < B * HKV * L * D; i++)
+    assert_true(dk[1][i] == 7.0f);
+  attn_ctx_destroy(ctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(pool_vs_reference),
@@ -530,6 +618,7 @@ int main(void) {
       cmocka_unit_test(pool_backward_properties),
       cmocka_unit_test(pool_backward_bad_input),
       cmocka_unit_test(pool_attention_vs_reference),
+      cmocka_unit_test(pool_outputs_and_unread_params),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
