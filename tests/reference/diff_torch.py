@@ -1468,6 +1468,28 @@ def rope_ref(x, pos, r, theta, style, inverse=False):
     return y
 
 
+def kv_read_f64(ctx, rng, cache, b, n, Hkv, D, Dv):
+    """Sequence b's first n rows of keys and values, read back as F32 (exact
+    for every cache dtype) into random layouts; float64 [Hkv, n, D|Dv]."""
+    hk, vk = ctx.tensor(rng, np.zeros((Hkv, n, D)), F32, out=True, name="k_read")
+    hv, vv = ctx.tensor(rng, np.zeros((Hkv, n, Dv)), F32, out=True, name="v_read")
+    st = LIB.attn_kv_read(ctx.h, cache, b, 0, hk, hv)
+    if st:
+        raise Fail("kv_read status %d: %s" % (st, ctx.err()))
+    return np.array(vk, np.float64), np.array(vv, np.float64)
+
+
+def kv_info(ctx, cache, B):
+    """(attn_kv_cache_info, the B lengths)."""
+    info = _lib.KvCacheInfo()
+    lens = np.zeros(B, np.int64)
+    st = LIB.attn_kv_cache_info_get(ctx.h, cache, C.byref(info),
+                                    lens.ctypes.data_as(C.POINTER(C.c_int64)))
+    if st:
+        raise Fail("kv_cache_info_get status %d: %s" % (st, ctx.err()))
+    return info, lens
+
+
 def run_kv(ctx, rng, case):
     """Appends (with and without RoPE, n_new with zeros, a truncate) into a
     contiguous or paged cache of any dtype, read back, then attn_kv_attend
@@ -1549,13 +1571,7 @@ def run_kv(ctx, rng, case):
             n = int(lens[b])
             if n == 0:
                 continue
-            hk, vk = ctx.tensor(rng, np.zeros((Hkv, n, D)), F32, out=True, name="k_read")
-            hv, vv = ctx.tensor(rng, np.zeros((Hkv, n, Dv)), F32, out=True, name="v_read")
-            st = LIB.attn_kv_read(ctx.h, cache, b, 0, hk, hv)
-            if st:
-                raise Fail("kv_read status %d: %s" % (st, ctx.err()))
-            kc[b, :, :n] = np.array(vk, np.float64)
-            vc[b, :, :n] = np.array(vv, np.float64)
+            kc[b, :, :n], vc[b, :, :n] = kv_read_f64(ctx, rng, cache, b, n, Hkv, D, Dv)
         worst = 0.0
         for b in range(B):
             n = int(lens[b])
@@ -1606,12 +1622,7 @@ def run_kv(ctx, rng, case):
 def kv_snapshot(ctx, cache, B, Hkv, D, Dv, cd):
     """Every sequence's rows in the cache's own type (exact), the lengths and
     the free blocks."""
-    info = _lib.KvCacheInfo()
-    lens = np.zeros(B, np.int64)
-    st = LIB.attn_kv_cache_info_get(ctx.h, cache, C.byref(info),
-                                    lens.ctypes.data_as(C.POINTER(C.c_int64)))
-    if st:
-        raise Fail("kv_cache_info_get status %d: %s" % (st, ctx.err()))
+    info, lens = kv_info(ctx, cache, B)
     rows = []
     for b in range(B):
         n = int(lens[b])
@@ -2322,12 +2333,7 @@ def run_mha(ctx, rng, case):
             worst = max(worst, compare("mha y step %d" % step, get(vy, yd), round_to(want, yd)
                                        if yd != F32 else want, tol))
             ctx.reset()
-            info = _lib.KvCacheInfo()
-            got = np.zeros(B, np.int64)
-            st = LIB.attn_kv_cache_info_get(ctx.h, cache, C.byref(info),
-                                            got.ctypes.data_as(C.POINTER(C.c_int64)))
-            if st:
-                raise Fail("kv_cache_info_get status %d: %s" % (st, ctx.err()))
+            info, got = kv_info(ctx, cache, B)
             if not np.array_equal(got, lens):
                 raise Fail("cache lengths %s, want %s" % (got.tolist(), lens.tolist()))
             if paged and info.free_blocks != kp.num_blocks - int(((lens + bs - 1) // bs).sum()):
@@ -2337,15 +2343,11 @@ def run_mha(ctx, rng, case):
             n = int(lens[b])
             if n == 0:
                 continue
-            hk, vk = ctx.tensor(rng, np.zeros((Hkv, n, D)), F32, out=True, name="k_read")
-            hv, vv_ = ctx.tensor(rng, np.zeros((Hkv, n, D)), F32, out=True, name="v_read")
-            st = LIB.attn_kv_read(ctx.h, cache, b, 0, hk, hv)
-            if st:
-                raise Fail("kv_read status %d: %s" % (st, ctx.err()))
+            gk, gv = kv_read_f64(ctx, rng, cache, b, n, Hkv, D, D)
             t = (2e-5 * math.sqrt(E) + 2 * HALF_U[cd]) * (1 + np.abs(mk[b]).max())
-            worst = max(worst, compare("mha cache k[%d]" % b, np.array(vk, np.float64), mk[b], t))
+            worst = max(worst, compare("mha cache k[%d]" % b, gk, mk[b], t))
             t = (2e-5 * math.sqrt(E) + 2 * HALF_U[cd]) * (1 + np.abs(mv[b]).max())
-            worst = max(worst, compare("mha cache v[%d]" % b, np.array(vv_, np.float64), mv[b], t))
+            worst = max(worst, compare("mha cache v[%d]" % b, gv, mv[b], t))
         return worst, dict(B=B, paged=paged, dt=cd, rope=rope_on)
     finally:
         if cache:
