@@ -1269,6 +1269,12 @@ class _ContextObject(_ClosedWhenCollected):
 
     _FREE = None
 
+    def _call(self, fn):
+        # A closed object's handle is NULL: say so, not libattn's NULL_ARG.
+        if not getattr(self, "_handle", None):
+            raise ValueError("%s: this attn.%s is closed" % (fn, type(self).__name__))
+        return self._ctx._call(fn)
+
     def close(self):
         """Free it now (it is freed with its context otherwise). Idempotent.
         A call running on its context in another thread (which may be using
@@ -1358,7 +1364,7 @@ class KVCache(_ContextObject):
     def _info(self):
         info = _lib.KvCacheInfo()
         lens = np.zeros(self.batch, np.int64)
-        with self._ctx._call("KVCache.info") as c:
+        with self._call("KVCache.info") as c:
             c.check(_LIB.attn_kv_cache_info_get(self._ctx._handle, self._handle,
                                                 ctypes.byref(info),
                                                 lens.ctypes.data_as(_lib._c_int64_p)))
@@ -1390,7 +1396,7 @@ class KVCache(_ContextObject):
         float16 / bfloat16 tensors are read as they are; uint16 arrays of
         bfloat16 bits with src_dtype="bfloat16"."""
         fn = "KVCache.append"
-        with self._ctx._call(fn) as c:
+        with self._call(fn) as c:
             (k, kdt), (v, vdt) = (_kv_rows(a, src_dtype, fn) for a in (k, v))
             hk, hv = c.input(k, "k", dtype=kdt), c.input(v, "v", dtype=vdt)
             ap = _lib.KvAppendParams()
@@ -1418,7 +1424,7 @@ class KVCache(_ContextObject):
         if q.ndim != 4:
             raise ValueError("%s: q must be [B, Hq, Lq, D]" % fn)
         out = np.empty(q.shape[:3] + (self.value_dim,), _result_dtype(qdt))
-        with self._ctx._call(fn) as c:
+        with self._call(fn) as c:
             hq, ho = c.input(q, "q", dtype=qdt), c.output(out, "out", half=True)
             p = self._ctx._sdpa_params(fn, c, causal=causal, align="top-left", scale=scale,
                                        window=window, softcap=softcap,
@@ -1429,7 +1435,7 @@ class KVCache(_ContextObject):
         return out
 
     def _simple(self, fn, call, *args):
-        with self._ctx._call(fn) as c:
+        with self._call(fn) as c:
             c.check(call(self._ctx._handle, self._handle, *args))
 
     def truncate(self, seq, length):
@@ -1465,7 +1471,7 @@ class KVCache(_ContextObject):
             raise ValueError("%s: n = %d but must be >= 0" % (fn, n))
         k = np.empty((self.kv_heads, n, self.head_dim), npt)
         v = np.empty((self.kv_heads, n, self.value_dim), npt)
-        with self._ctx._call(fn) as c:
+        with self._call(fn) as c:
             if kind == "bfloat16":  # written in place as bits: no conversion
                 hk = c._wrap(k, _lib.DTYPE_BF16, _element_strides(k), "k")
                 hv = c._wrap(v, _lib.DTYPE_BF16, _element_strides(v), "v")
@@ -1563,7 +1569,7 @@ class MultiheadAttention(_ContextObject):
                     raise ValueError("%s: %s has shape %s but must be %s"
                                      % (fn, name, a[0].shape, shape))
                 arrays[name] = a
-        with self._ctx._call(fn) as c:
+        with self._call(fn) as c:
             # Every array converted and wrapped (which may raise) before any is set.
             handles = [(name, c.input(a[0], name, dtype=a[1])) for name, a in arrays.items()]
             for name, h in handles:
@@ -1573,7 +1579,7 @@ class MultiheadAttention(_ContextObject):
     def state_dict(self):
         """The weights as float32 arrays under torch's state_dict names."""
         out = {}
-        with self._ctx._call("MultiheadAttention.state_dict") as c:
+        with self._call("MultiheadAttention.state_dict") as c:
             for name, shape in self._weight_shapes().items():
                 a = np.empty(shape, np.float32)
                 c.check(_LIB.attn_mha_get_weight(self._ctx._handle, self._handle,
@@ -1623,7 +1629,7 @@ class MultiheadAttention(_ContextObject):
         if need_weights:
             weights = np.empty((B, L, S) if average_attn_weights
                                else (B, self.num_heads, L, S), np.float32)
-        with self._ctx._call(fn) as c:
+        with self._call(fn) as c:
             hq = c.input(query, "query", dtype=qdt)
             hk = hq if key is query else c.input(key, "key", dtype=kdt)
             hv = hk if value is key else c.input(value, "value", dtype=vdt)
@@ -1730,7 +1736,7 @@ class DecoderLayer(_ContextObject):
         fn = "DecoderLayer.set_weight"
         which = self._which(name, fn)
         w, wdt = _data_array(w, fn)
-        with self._ctx._call(fn) as c:
+        with self._call(fn) as c:
             c.check(_LIB.attn_mha_set_weight(self._ctx._handle, self._handle, which,
                                              c.input(w, name, dtype=wdt)))
 
@@ -1739,7 +1745,7 @@ class DecoderLayer(_ContextObject):
         fn = "DecoderLayer.get_weight"
         which = self._which(name, fn)
         out = np.empty(self._shape(name), np.float32)
-        with self._ctx._call(fn) as c:
+        with self._call(fn) as c:
             c.check(_LIB.attn_mha_get_weight(self._ctx._handle, self._handle, which,
                                              c.output(out, name)))
         return out
@@ -1763,7 +1769,7 @@ class DecoderLayer(_ContextObject):
                 raise ValueError("%s: %s has shape %s but must be %s"
                                  % (fn, prefix + n, a[0].shape, self._shape(n)))
             arrays[n] = a
-        with self._ctx._call(fn) as c:
+        with self._call(fn) as c:
             # Every array converted and wrapped (which may raise) before any is set.
             handles = [(n, c.input(w, n, dtype=wdt)) for n, (w, wdt) in arrays.items()]
             for n, h in handles:
@@ -1784,7 +1790,7 @@ class DecoderLayer(_ContextObject):
         y = np.empty(x.shape[:2] + (self.embed_dim,), _result_dtype(xdt))
         if cache._ctx is not self._ctx:
             raise ValueError("%s: the cache belongs to another context" % fn)
-        with self._ctx._call(fn) as c:
+        with self._call(fn) as c:
             counts = cache._counts(n_new, x.shape[1], fn, c)
             c.check(_LIB.attn_mha_forward(self._ctx._handle, self._handle, cache._handle,
                                           c.input(x, "x", dtype=xdt), c.output(y, "y", half=True),

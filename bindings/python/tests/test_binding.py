@@ -462,6 +462,29 @@ def test_object_close_waits_for_a_call_on_its_context():
     ctx.close()
 
 
+def test_closed_object_says_closed():
+    # A closed cache or layer is refused by the binding with "closed"; it
+    # used to reach libattn with a NULL handle (ATTN_ERR_NULL_ARG, "cache is
+    # NULL", though the caller passed an object).
+    ctx = attn.Context(num_threads=1)
+    x = np.ones((1, 1, 2, 4), np.float32)
+    cache = attn.KVCache(1, 1, 4, capacity=4, context=ctx)
+    cache.close()
+    for call in (lambda: cache.append(x, x), lambda: cache.lengths,
+                 lambda: cache.attend(x), lambda: cache.truncate(0, 0)):
+        with pytest.raises(ValueError, match="KVCache is closed"):
+            call()
+    layer = attn.DecoderLayer(8, 2, context=ctx)
+    layer.close()
+    with pytest.raises(ValueError, match="DecoderLayer is closed"):
+        layer(np.ones((1, 1, 8), np.float32), attn.KVCache(1, 2, 4, capacity=4, context=ctx))
+    mha = attn.MultiheadAttention(8, 2, context=ctx)
+    mha.close()
+    with pytest.raises(ValueError, match="MultiheadAttention is closed"):
+        mha.state_dict()
+    ctx.close()
+
+
 def test_object_collected_during_a_call_is_freed_after_it():
     # Collection (close from __del__) while a call runs on the context, in
     # this thread or another, neither waits (a deadlock in this thread) nor
