@@ -1486,8 +1486,8 @@ ATTN_API attn_status attn_kv_attend(attn_ctx *ctx, const attn_kv_cache *cache,
  * Weights use PyTorch nn.Linear layouts (row-major [out_features,
  * in_features]), so a checkpoint's q_proj/k_proj/v_proj/o_proj load as
  * they are: Wq [Hq*D, E], Wk and Wv [Hkv*D, E], Wo [E, Hq*D], biases
- * [Hq*D], [Hkv*D], [Hkv*D], [E]. The projections of all B * L tokens of a
- * call are one product for q, k and v and one for the output (libattn's
+ * [Hq*D], [Hkv*D], [Hkv*D], [E]. The projections of a call's tokens (those
+ * counted by n_new) are one product for q, k and v and one for the output (libattn's
  * own kernels; cblas_sgemm without AVX2). A layer created from a context is used
  * with it and freed with it (or by attn_mha_free()).
  *
@@ -1646,8 +1646,9 @@ ATTN_API attn_status attn_mha_get_weight(attn_ctx *ctx, const attn_mha *layer, i
 
 /** Run the layer over new tokens: a prompt (L tokens per sequence) that
  * fills the cache, or a decode step (L = 1), or any chunk. Sequence b
- * takes its first n_new[b] tokens of x; the other rows of y are written
- * with zeros. Every count is checked against the cache before anything is
+ * takes its first n_new[b] tokens of x (the other rows of x are not read:
+ * the products run on the counted rows alone); the other rows of y are
+ * written with zeros. Every count is checked against the cache before anything is
  * computed or appended. Buffers grow to the largest call and are reused: a
  * warm context and layer allocate nothing.
  * @param[in]     ctx   the layer's context.

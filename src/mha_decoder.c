@@ -1,6 +1,6 @@
 /* The decoder form of the attention layer: creation (sizes, RoPE and its
  * scalings, the attention's options) and the forward: q/k/v projections
- * (one product over all B * L tokens of a call, the three weights side by
+ * (one product over the counted tokens of a call, the three weights side by
  * side: gemm.h), rotary embedding at the cache positions, append to a KV
  * cache, attention through the cache (kv_attend.c -> sdpa.c), output
  * projection. When one sequence appends every row to an unpaged F32 cache,
@@ -13,6 +13,7 @@
  * and every workspace reserved (the attention's planned over the lengths
  * the append will give), before the cache changes. */
 #include "check.h"
+#include "convert.h"
 #include "gemm.h"
 #include "kv_cache.h"
 #include "mha.h"
@@ -149,6 +150,46 @@ static attn_status check_float(attn_ctx *ctx, const char *name, const attn_tenso
 
 static size_t round_up(size_t n) { return (n + ATTN_ALIGN - 1) & ~(size_t)(ATTN_ALIGN - 1); }
 
+/* The counted rows of x ([B, L, E], any strides and dtype), packed into
+ * rows: sequence b's first n_new[b] rows after the earlier sequences'. */
+static void gather_counted(const attn_tensor *x, const int64_t *n_new, float *rows) {
+  int64_t E = x->dims[2];
+  for (int64_t b = 0; b < x->dims[0]; b++)
+    for (int64_t l = 0; l < n_new[b]; l++, rows += E) {
+      int64_t e = b * x->strides[0] + l * x->strides[1];
+      if (x->dtype == ATTN_DTYPE_F32 && x->strides[2] == 1)
+        memcpy(rows, (const float *)x->data + e, (size_t)E * sizeof(float));
+      else
+        for (int64_t f = 0; f < E; f++)
+          rows[f] = attn__elem_value(x->data, x->dtype, e + f * x->strides[2]);
+    }
+}
+
+/* Packed rows of ld floats to (unpack) or from their places in [B, L, ld]
+ * within one buffer. Sequence b's row l is packed row off_b + l, at or
+ * before its place b * L + l: unpacking goes from the last row back so that
+ * no row is overwritten before it moves, packing goes forward. */
+static void move_counted(float *buf, int64_t B, int64_t L, int64_t ld, const int64_t *n_new,
+                         bool unpack) {
+  int64_t off = 0;
+  for (int64_t b = 0; unpack && b < B; b++)
+    off += n_new[b];
+  for (int64_t i = 0; i < B; i++) {
+    int64_t b = unpack ? B - 1 - i : i, n = n_new[b];
+    if (unpack)
+      off -= n;
+    for (int64_t j = 0; j < n; j++) {
+      int64_t l = unpack ? n - 1 - j : j;
+      float *packed_row = buf + (off + l) * ld, *placed_row = buf + (b * L + l) * ld;
+      if (packed_row != placed_row)
+        memmove(unpack ? placed_row : packed_row, unpack ? packed_row : placed_row,
+                (size_t)ld * sizeof(float));
+    }
+    if (!unpack)
+      off += n;
+  }
+}
+
 static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cache *cache,
                                     const attn_tensor *x, attn_tensor *y, const int64_t *n_new) {
   attn_status st;
@@ -210,10 +251,17 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   int64_t T, hq = m->Hq * m->D, hkv = m->Hkv * m->D;
   if (__builtin_mul_overflow(B, L, &T) || T > INT32_MAX)
     return attn__fail(ctx, ATTN_ERR_OVERFLOW, "B * L exceeds what BLAS takes");
+  /* Tc counted rows: the products run on those alone, packed (a ragged
+   * batch's padding rows would otherwise cost as much as real ones). */
+  int64_t Tc = 0;
+  for (int64_t b = 0; b < B; b++)
+    Tc += n_new ? n_new[b] : L;
+  bool packed = Tc < T;
   if (hq + 2 * hkv > INT32_MAX) /* the row stride of the q, k, v product */
     return attn__fail(ctx, ATTN_ERR_OVERFLOW, "(Hq + 2 Hkv) * D exceeds what BLAS takes");
-  bool x_direct = x->dtype == ATTN_DTYPE_F32 && x->strides[2] == 1 && x->strides[1] >= E &&
-                  x->strides[1] <= INT32_MAX && (B == 1 || x->strides[0] == L * x->strides[1]);
+  bool x_direct = !packed && x->dtype == ATTN_DTYPE_F32 && x->strides[2] == 1 &&
+                  x->strides[1] >= E && x->strides[1] <= INT32_MAX &&
+                  (B == 1 || x->strides[0] == L * x->strides[1]);
   bool y_direct = y->dtype == ATTN_DTYPE_F32 && y->strides[2] == 1 && y->strides[1] == E &&
                   (B == 1 || y->strides[0] == L * E);
   /* One sequence whose every row is appended to unpaged F32 storage: the
@@ -269,17 +317,21 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
     memcpy(vs, vcs, sizeof vs);
   }
 
-  /* Projections of every token, padding rows included. */
+  /* Projections of the counted rows (packed when a sequence has padding
+   * rows; unpacked after RoPE). */
   const float *xa = x->data;
   int64_t ldx = x->strides[1];
-  if (!x_direct) { /* other strides, or half x */
-    attn__mha_copy_rows(x, xg, false);
+  if (!x_direct) { /* packed, other strides, or half x */
+    if (packed)
+      gather_counted(x, n_new, xg);
+    else
+      attn__mha_copy_rows(x, xg, false);
     xa = xg;
     ldx = E;
   }
   attn_gemm_problem pqkv;
   memset(&pqkv, 0, sizeof pqkv);
-  pqkv.m = T, pqkv.k = E, pqkv.a = xa, pqkv.lda = ldx, pqkv.c = q, pqkv.ldc = ldp;
+  pqkv.m = Tc, pqkv.k = E, pqkv.a = xa, pqkv.lda = ldx, pqkv.c = q, pqkv.ldc = ldp;
   pqkv.n_parts = 3;
   for (int i = 0; i < 3; i++)
     pqkv.part[i] = attn__mha_part(m, i);
@@ -295,19 +347,22 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   float *yo = y_direct ? y->data : yb;
   attn_gemm_problem po;
   memset(&po, 0, sizeof po);
-  po.m = T, po.k = hq, po.a = a, po.lda = hq, po.c = yo, po.ldc = E, po.n_parts = 1;
+  po.m = Tc, po.k = hq, po.a = a, po.lda = hq, po.c = yo, po.ldc = E, po.n_parts = 1;
   po.part[0] = attn__mha_part(m, 3);
   attn__gemm_plan(ctx, &po);
   /* q and k rotated at positions len_b + i by attn_rope's plan and run, on
-   * their [B, H, L, D] views. */
+   * their [B, H, L, D] views (packed: [1, H, Tc, D]). */
   attn_rope_problem rq = m->rope, rk = m->rope;
-  if (m->has_rope) {
+  bool rope = m->has_rope && Tc > 0; /* (its plan takes no empty problem) */
+  if (rope) {
+    int64_t rB = packed ? 1 : B, rL = packed ? Tc : L, *pos = positions;
     for (int64_t b = 0; b < B; b++)
-      for (int64_t l = 0; l < L; l++)
-        positions[b * L + l] = lens[b] + l;
-    rq.x = q, rq.B = B, rq.H = m->Hq, rq.L = L, rq.D = m->D, rq.positions = positions;
-    rk.x = k, rk.B = B, rk.H = m->Hkv, rk.L = L, rk.D = m->D, rk.positions = positions;
-    const int64_t xq[4] = {L * ldp, m->D, ldp, 1}, xk[4] = {ks[0], ks[1], ks[2], 1};
+      for (int64_t l = 0; l < (packed ? n_new[b] : L); l++)
+        *pos++ = lens[b] + l;
+    rq.x = q, rq.B = rB, rq.H = m->Hq, rq.L = rL, rq.D = m->D, rq.positions = positions;
+    rk.x = k, rk.B = rB, rk.H = m->Hkv, rk.L = rL, rk.D = m->D, rk.positions = positions;
+    const int64_t xq[4] = {rL * ldp, m->D, ldp, 1};
+    const int64_t xk[4] = {packed ? xq[0] : ks[0], ks[1], ks[2], 1};
     memcpy(rq.xs, xq, sizeof xq);
     memcpy(rk.xs, xk, sizeof xk);
     attn__rope_plan(ctx, &rq);
@@ -326,17 +381,19 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
     return st;
   if (aws > ws)
     ws = aws;
-  if (m->has_rope && rq.ws_bytes > ws)
+  if (rope && rq.ws_bytes > ws)
     ws = rq.ws_bytes;
-  if (m->has_rope && rk.ws_bytes > ws)
+  if (rope && rk.ws_bytes > ws)
     ws = rk.ws_bytes;
   if ((st = attn__ws_reserve(ctx, ws)))
     return st;
   attn__gemm_run(ctx, &pqkv);
-  if (m->has_rope) {
+  if (rope) {
     attn__rope_apply(ctx, &rq);
     attn__rope_apply(ctx, &rk);
   }
+  if (packed)
+    move_counted(q, B, L, ldp, n_new, true);
   if (in_place)
     attn__kv_commit_rows(cache, n_new, L);
   else if ((st = attn__kv_append_rows(ctx, cache, k, ks, v, vs, n_new, L)) != ATTN_OK)
@@ -347,7 +404,11 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
       attn__kv_truncate_to(cache, b, lens[b] - (n_new ? n_new[b] : L));
     return st;
   }
+  if (packed)
+    move_counted(a, B, L, hq, n_new, false);
   attn__gemm_run(ctx, &po); /* its workspace reserved above (the block only grows) */
+  if (packed)
+    move_counted(yo, B, L, E, n_new, true);
   for (int64_t b = 0; b < B; b++)
     for (int64_t l = n_new ? n_new[b] : L; l < L; l++)
       memset(yo + (b * L + l) * E, 0, (size_t)E * sizeof(float));

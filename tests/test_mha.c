@@ -185,7 +185,7 @@ static void run_case(const mha_case *c, float **keep) {
     for (int64_t b = 0; b < c->B; b++)
       for (int64_t i = 0; i < L; i++)
         for (int64_t e = 0; e < c->E; e++)
-          xb[(b * L + i) * c->E + e] = i < n[b] ? x[b][(done[b] + i) * c->E + e] : 99.0f;
+          xb[(b * L + i) * c->E + e] = i < n[b] ? x[b][(done[b] + i) * c->E + e] : NAN;
     int64_t d3[3] = {c->B, L, c->E};
     attn_status st =
         attn_mha_forward(ctx, m, kv, tu_wrap(ctx, xb, (size_t)(c->B * L * c->E), 3, d3, NULL),
@@ -790,6 +790,13 @@ static void warm_and_bad_input(void **state) {
   assert_ok(attn_kv_cache_info_get(ctx, kv, &info, lens1));
   assert_memory_equal(lens0, lens1, sizeof lens0);
   assert_memory_equal(ysave, f.y, sizeof ysave);
+  /* No counted row, even in a full cache: y all zeros, nothing appended. */
+  int64_t n_none[2] = {0, 0};
+  assert_ok(attn_mha_forward(ctx, m, kv, tx, ty, n_none));
+  for (int i = 0; i < 128; i++)
+    assert_true(f.y[i] == 0);
+  assert_ok(attn_kv_cache_info_get(ctx, kv, &info, lens1));
+  assert_memory_equal(lens0, lens1, sizeof lens0);
   warm_layer_end(&f);
 }
 

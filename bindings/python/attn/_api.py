@@ -1692,6 +1692,15 @@ class DecoderLayer(_ContextObject):
                                   scale=float(scale or 0), softcap=float(softcap or 0),
                                   window=0 if window is None else 1,
                                   window_left=_int64(window or 0, fn, "window"))
+        for name, arg, keys in (("rope", rope, ("style", "rotary_dim", "theta")),
+                                ("rope_scaling", rope_scaling, None)):
+            if arg is not None and not isinstance(arg, dict):
+                raise TypeError("%s: %s must be None or a dict, not %s"
+                                % (fn, name, type(arg).__name__))
+            unknown = sorted(set(arg or ()) - set(keys)) if keys else []
+            if unknown:
+                raise TypeError("%s: rope has no key %r (it takes %s)"
+                                % (fn, unknown[0], ", ".join(keys)))
         h = ctypes.c_void_p()
         with self._ctx._call(fn) as c:
             if rope is not None:

@@ -148,6 +148,11 @@ def test_bad_input_changes_nothing():
     assert "seq_len" in str(e.value)
     with pytest.raises(attn.AttnError):
         attn.DecoderLayer(8, 3)  # E not a multiple of the heads
+    # A misspelt or misplaced rope setting is refused, not ignored.
+    with pytest.raises(TypeError, match="must be None or a dict"):
+        attn.DecoderLayer(8, 2, rope="half-split")
+    with pytest.raises(TypeError, match="no key 'Theta'"):
+        attn.DecoderLayer(8, 2, rope={"Theta": 500000.0})
 
 
 def test_decode_step_passes_x_without_a_copy(monkeypatch):
