@@ -546,3 +546,32 @@ def test_integer_arguments_refuse_fractions():
     np.testing.assert_array_equal(ctx.rope(x, rotary_dim=4.0), ctx.rope(x, rotary_dim=4))
     assert ctx.alibi_slopes(4.0).shape == (4,)
     ctx.close()
+
+
+def test_integer_arguments_refuse_bools_and_non_numbers():
+    # int() took True as 1 (Context(True) made a 1-thread context, axis=True
+    # took axis 1) and raised its own TypeError for None or a tuple, naming
+    # neither the call nor the argument.
+    ctx = attn.Context(num_threads=1)
+    x = np.ones((1, 1, 3, 8), np.float32)
+    cache = attn.KVCache(1, 1, 8, capacity=4, context=ctx)
+    for call, what in ((lambda: attn.Context(True), "Context: num_threads"),
+                       (lambda: ctx.softmax(x, axis=True), "softmax: axis"),
+                       (lambda: ctx.rope(x, offset=np.True_), "rope: offset"),
+                       (lambda: ctx.sinusoidal(True, 8), "sinusoidal: length"),
+                       (lambda: attn.set_num_threads(False), "set_num_threads: n")):
+        with pytest.raises(TypeError, match="^%s = .* is a bool, not an integer" % what):
+            call()
+    for call, what in ((lambda: ctx.softmax(x, axis=None), "softmax: axis"),
+                       (lambda: ctx.softmax(x, axis=(0, 1)), "softmax: axis"),
+                       (lambda: ctx.sinusoidal(None, 8), "sinusoidal: length"),
+                       (lambda: ctx.rope(x, offset=None), "rope: offset"),
+                       (lambda: cache.truncate(None, 1), "KVCache.truncate: seq"),
+                       (lambda: attn.KVCache(1, 1, [8], capacity=4, context=ctx),
+                        "KVCache: head_dim"),
+                       (lambda: attn.set_num_threads(None), "set_num_threads: n")):
+        with pytest.raises(TypeError, match="^%s = .* is not an integer" % what):
+            call()
+    assert attn.get_num_threads() >= 1
+    cache.close()
+    ctx.close()
