@@ -17,6 +17,7 @@ Array rule (the one place it is implemented is _Call.input/_Call.output):
   ValueError, because a result written into a copy would be lost.
 """
 import ctypes
+import math
 import threading
 
 import numpy as np
@@ -396,10 +397,33 @@ def _set_axis(p, axis, ndim, fn):
         p.axis = neg
 
 
+def _real(v, fn, name):
+    """v as a float for a real-number argument: float() would take "2" and
+    True, keep the real part of a complex, and its errors name neither the
+    call nor the argument."""
+    if isinstance(v, (str, bytes, bool, np.bool_)) or np.iscomplexobj(v):
+        raise TypeError("%s: %s = %r must be a real number, not a %s"
+                        % (fn, name, v, type(v).__name__))
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise TypeError("%s: %s = %r must be a real number, not a %s"
+                        % (fn, name, v, type(v).__name__)) from None
+
+
+def _float32_arg(v, fn, name):
+    """_real for a float field of a struct: a finite value past float32's
+    range would arrive as inf."""
+    v = _real(v, fn, name)
+    if math.isfinite(v) and abs(v) > float(np.finfo(np.float32).max):
+        raise ValueError("%s: %s = %r is past float32's range" % (fn, name, v))
+    return v
+
+
 def _scale(scale, fn, name="scale"):
     if scale is None:
         return 0.0
-    scale = float(scale)
+    scale = _float32_arg(scale, fn, name)
     if scale == 0.0:
         # 0 selects the default in the C structs, so it cannot mean zero here.
         raise ValueError("%s: %s = 0 is not allowed (pass None for the default)" % (fn, name))
@@ -427,7 +451,7 @@ def _rope_cache_params(fn, keep, half, *, scaling="none", theta=None, factor=Non
                         ("low_freq_factor", low_freq_factor),
                         ("high_freq_factor", high_freq_factor)):
         if value is not None:
-            setattr(p, name, float(value))
+            setattr(p, name, _real(value, fn, name))
     if original_max_position is not None:
         p.original_max_position = _int64(original_max_position, fn, "original_max_position")
     if seq_len is not None:
@@ -678,8 +702,8 @@ class Context(_ClosedWhenCollected):
 
     def _pe_params(self, fn, layout, base, offset, positions, length, c):
         p = _lib.SinusoidalParams(layout=_choice(_lib.PE_LAYOUTS, layout, fn, "layout"),
-                                  base=0.0 if base is None else float(base),
-                                  offset=float(offset))
+                                  base=0.0 if base is None else _real(base, fn, "base"),
+                                  offset=_real(offset, fn, "offset"))
         if positions is not None:
             pos = np.ascontiguousarray(positions, dtype=np.float64)
             if pos.shape != (length,):
@@ -755,7 +779,7 @@ class Context(_ClosedWhenCollected):
         p = _lib.RopeParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
                             rotary_dim=0 if rotary_dim is None else _int32(rotary_dim, fn,
                                                                            "rotary_dim"),
-                            theta=0.0 if theta is None else float(theta),
+                            theta=0.0 if theta is None else _real(theta, fn, "theta"),
                             offset=_int64(offset, fn, "offset"))
         with self._call(fn) as c:
             if positions is not None:
@@ -776,7 +800,7 @@ class Context(_ClosedWhenCollected):
         out = np.empty(max(n, 0), np.float32)
         with self._call("alibi_slopes") as c:
             c.check(_fn("attn_alibi_slopes")(
-                self._handle, n, float(max_bias),
+                self._handle, n, _real(max_bias, "alibi_slopes", "max_bias"),
                 out.ctypes.data_as(_lib._c_float_p) if n > 0 else None))
         return out
 
@@ -1035,7 +1059,7 @@ class Context(_ClosedWhenCollected):
             p.window_left = big if left is None else _int64(left, fn, "window[0]")
             p.window_right = big if right is None else _int64(right, fn, "window[1]")
         if softcap is not None:
-            p.softcap = float(softcap)
+            p.softcap = _float32_arg(softcap, fn, "softcap")
             if p.softcap == 0.0:
                 raise ValueError("%s: softcap = 0 is not allowed (pass None for no cap)" % fn)
         for field, value in (("alibi_slopes", alibi_slopes), ("sinks", sinks)):
@@ -1405,7 +1429,7 @@ class KVCache(_ContextObject):
                 rp = _lib.RopeParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
                                      rotary_dim=_int32(rope.get("rotary_dim", 0), fn,
                                                        "rope rotary_dim"),
-                                     theta=float(rope.get("theta", 0.0)))
+                                     theta=_real(rope.get("theta", 0.0), fn, "rope theta"))
                 c.keep.append(rp)
                 ap.rope = ctypes.pointer(rp)
             c.check(_LIB.attn_kv_append(self._ctx._handle, self._handle, hk, hv,
@@ -1519,7 +1543,7 @@ class MultiheadAttention(_ContextObject):
             _int64(num_heads, fn, "num_heads")
         self.kdim = _int64(kdim, fn, "kdim") if kdim is not None else self.embed_dim
         self.vdim = _int64(vdim, fn, "vdim") if vdim is not None else self.embed_dim
-        self.batch_first, self.dropout = bool(batch_first), float(dropout)
+        self.batch_first, self.dropout = bool(batch_first), _real(dropout, fn, "dropout")
         self.head_dim = self.embed_dim // max(self.num_heads, 1)
         self._bias = bool(bias)
         p = _lib.MhaTorchParams(embed_dim=self.embed_dim, num_heads=self.num_heads,
@@ -1685,6 +1709,8 @@ class DecoderLayer(_ContextObject):
             _int64(num_heads, fn, "num_heads")
         num_kv_heads = _int64(num_kv_heads or 0, fn, "num_kv_heads")
         head_dim = _int64(head_dim or 0, fn, "head_dim")
+        scale = _scale(scale, fn)
+        softcap = None if softcap is None else _float32_arg(softcap, fn, "softcap")
         p = _lib.MhaDecoderParams(embed_dim=embed_dim, num_heads=num_heads,
                                   num_kv_heads=num_kv_heads,
                                   head_dim=head_dim, qkv_bias=1 if qkv_bias else 0,
@@ -1699,7 +1725,7 @@ class DecoderLayer(_ContextObject):
                                                    rope.get("style", "half-split"), fn, "style"),
                                      rotary_dim=_int32(rope.get("rotary_dim", 0), fn,
                                                        "rope rotary_dim"),
-                                     theta=float(rope.get("theta", 0.0)))
+                                     theta=_real(rope.get("theta", 0.0), fn, "rope theta"))
                 c.keep.append(rp)
                 p.rope = ctypes.pointer(rp)
             if rope_scaling is not None:

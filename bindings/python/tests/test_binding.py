@@ -575,3 +575,44 @@ def test_integer_arguments_refuse_bools_and_non_numbers():
     assert attn.get_num_threads() >= 1
     cache.close()
     ctx.close()
+
+
+def test_real_arguments_refuse_strings_bools_and_complex():
+    # float() took scale="2", theta="5e5" and True silently, kept the real
+    # part of a NumPy complex, and its errors (None, "abc", a list) named
+    # neither the call nor the argument.
+    ctx = attn.Context(num_threads=1)
+    x = np.ones((1, 1, 3, 8), np.float32)
+    cache = attn.KVCache(1, 1, 8, capacity=4, context=ctx)
+    for call, what in (
+            (lambda: ctx.softmax(x, scale="2"), "softmax: scale"),
+            (lambda: ctx.softmax(x, scale=True), "softmax: scale"),
+            (lambda: ctx.softmax(x, scale=np.complex128(2)), "softmax: scale"),
+            (lambda: ctx.sdpa(x, x, x, scale=[0.5]), "sdpa: scale"),
+            (lambda: ctx.sdpa(x, x, x, softcap="5"), "sdpa: softcap"),
+            (lambda: ctx.rope(x, theta="500000"), "rope: theta"),
+            (lambda: ctx.sinusoidal(4, 8, base="100"), "sinusoidal: base"),
+            (lambda: ctx.sinusoidal(4, 8, offset=None), "sinusoidal: offset"),
+            (lambda: ctx.alibi_slopes(4, max_bias=True), "alibi_slopes: max_bias"),
+            (lambda: ctx.alibi_slopes(4, max_bias="abc"), "alibi_slopes: max_bias"),
+            (lambda: ctx.rope_cache(8, 4, scaling="linear", factor="2"), "rope_cache: factor"),
+            (lambda: cache.append(x, x, rope={"theta": "5e5"}), "KVCache.append: rope theta"),
+            (lambda: attn.DecoderLayer(8, 2, scale="1", context=ctx), "DecoderLayer: scale"),
+            (lambda: attn.MultiheadAttention(8, 2, dropout="0.1", context=ctx),
+             "MultiheadAttention: dropout")):
+        with pytest.raises(TypeError, match="^%s = .* must be a real number" % what):
+            call()
+    # A float32 field: 1e300 arrived as inf (with a RuntimeWarning from the
+    # rounding check) and libattn said "scale = inf".
+    for call, what in ((lambda: ctx.softmax(x, scale=1e300), "softmax: scale"),
+                       (lambda: ctx.sdpa(x, x, x, softcap=-1e39), "sdpa: softcap")):
+        with pytest.raises(ValueError, match="^%s = .* past float32's range" % what):
+            call()
+    # DecoderLayer's scale follows sdpa's: 0 (and what rounds to 0) meant the default.
+    for s in (0, 1e-50):
+        with pytest.raises(ValueError, match="DecoderLayer: scale"):
+            attn.DecoderLayer(8, 2, scale=s, context=ctx)
+    assert cache.lengths.tolist() == [0]
+    np.testing.assert_array_equal(ctx.softmax(x, scale=np.float64(2)), ctx.softmax(2 * x))
+    cache.close()
+    ctx.close()
