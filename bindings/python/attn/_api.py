@@ -411,6 +411,17 @@ def _real(v, fn, name):
                         % (fn, name, v, type(v).__name__)) from None
 
 
+def _not_default(v, fn, name, real=True):
+    """An argument whose None is the library's default: libattn reads 0 as
+    "the default", so an explicit 0 (theta=0, base=0) would silently give
+    the default instead of being refused."""
+    v = _real(v, fn, name) if real else _int64(v, fn, name)
+    if v == 0:
+        raise ValueError("%s: %s = 0 is not allowed (libattn reads 0 as the default; pass None "
+                         "for that)" % (fn, name))
+    return v
+
+
 def _float32_arg(v, fn, name):
     """_real for a float field of a struct: a finite value past float32's
     range would arrive as inf."""
@@ -451,11 +462,11 @@ def _rope_cache_params(fn, keep, half, *, scaling="none", theta=None, factor=Non
                         ("low_freq_factor", low_freq_factor),
                         ("high_freq_factor", high_freq_factor)):
         if value is not None:
-            setattr(p, name, _real(value, fn, name))
+            setattr(p, name, _not_default(value, fn, name))
     if original_max_position is not None:
         p.original_max_position = _int64(original_max_position, fn, "original_max_position")
     if seq_len is not None:
-        p.seq_len = _int64(seq_len, fn, "seq_len")
+        p.seq_len = _not_default(seq_len, fn, "seq_len", real=False)
     for name, value in (("short_factors", short_factors), ("long_factors", long_factors)):
         if value is not None:
             arr = np.ascontiguousarray(value, dtype=np.float64)
@@ -702,7 +713,7 @@ class Context(_ClosedWhenCollected):
 
     def _pe_params(self, fn, layout, base, offset, positions, length, c):
         p = _lib.SinusoidalParams(layout=_choice(_lib.PE_LAYOUTS, layout, fn, "layout"),
-                                  base=0.0 if base is None else _real(base, fn, "base"),
+                                  base=0.0 if base is None else _not_default(base, fn, "base"),
                                   offset=_real(offset, fn, "offset"))
         if positions is not None:
             pos = np.ascontiguousarray(positions, dtype=np.float64)
@@ -779,7 +790,7 @@ class Context(_ClosedWhenCollected):
         p = _lib.RopeParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
                             rotary_dim=0 if rotary_dim is None else _int32(rotary_dim, fn,
                                                                            "rotary_dim"),
-                            theta=0.0 if theta is None else _real(theta, fn, "theta"),
+                            theta=0.0 if theta is None else _not_default(theta, fn, "theta"),
                             offset=_int64(offset, fn, "offset"))
         with self._call(fn) as c:
             if positions is not None:
@@ -797,10 +808,11 @@ class Context(_ClosedWhenCollected):
     def alibi_slopes(self, n_heads, max_bias=8.0):
         """ALiBi slopes for n_heads heads as a float32 array (any head count)."""
         n = _int32(n_heads, "alibi_slopes", "n_heads")
+        max_bias = _not_default(max_bias, "alibi_slopes", "max_bias")
         out = np.empty(max(n, 0), np.float32)
         with self._call("alibi_slopes") as c:
             c.check(_fn("attn_alibi_slopes")(
-                self._handle, n, _real(max_bias, "alibi_slopes", "max_bias"),
+                self._handle, n, max_bias,
                 out.ctypes.data_as(_lib._c_float_p) if n > 0 else None))
         return out
 
@@ -1429,7 +1441,8 @@ class KVCache(_ContextObject):
                 rp = _lib.RopeParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
                                      rotary_dim=_int32(rope.get("rotary_dim", 0), fn,
                                                        "rope rotary_dim"),
-                                     theta=_real(rope.get("theta", 0.0), fn, "rope theta"))
+                                     theta=(_not_default(rope["theta"], fn, "rope theta")
+                                            if "theta" in rope else 0.0))
                 c.keep.append(rp)
                 ap.rope = ctypes.pointer(rp)
             c.check(_LIB.attn_kv_append(self._ctx._handle, self._handle, hk, hv,

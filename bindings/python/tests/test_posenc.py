@@ -118,3 +118,32 @@ def test_alibi_errors():
     assert e.value.status in ("ATTN_ERR_INVALID_ARG", "ATTN_ERR_NULL_ARG")
     with pytest.raises(attn.AttnError):
         attn.alibi_slopes(4, max_bias=-1.0)
+
+
+def test_explicit_zero_is_not_the_default():
+    # libattn reads 0 as "the default" in these fields, so theta=0, base=0 and
+    # max_bias=0 (all invalid: theta and base must exceed 1) silently gave
+    # theta 10000, base 10000 and max_bias 8; None is the default here.
+    x = np.ones((1, 1, 3, 8), np.float32)
+    cache = attn.KVCache(1, 1, 8, capacity=4)
+    for call, what in ((lambda: attn.rope(x, theta=0), "rope: theta"),
+                       (lambda: attn.rope_backward(x, theta=0.0), "rope_backward: theta"),
+                       (lambda: attn.sinusoidal(4, 8, base=0), "sinusoidal: base"),
+                       (lambda: attn.sinusoidal_add(x[0, 0], base=0), "sinusoidal_add: base"),
+                       (lambda: attn.alibi_slopes(8, max_bias=0), "alibi_slopes: max_bias"),
+                       (lambda: attn.rope_cache(8, 4, theta=0), "rope_cache: theta"),
+                       (lambda: attn.rope_cache(8, 4, scaling="yarn", factor=2,
+                                                original_max_position=4, beta_fast=0),
+                        "rope_cache: beta_fast"),
+                       (lambda: attn.rope_cache(8, 4, scaling="llama3", factor=2,
+                                                original_max_position=4, low_freq_factor=0),
+                        "rope_cache: low_freq_factor"),
+                       (lambda: attn.rope_cache(8, 4, scaling="dynamic", factor=2,
+                                                original_max_position=4, seq_len=0),
+                        "rope_cache: seq_len"),
+                       (lambda: cache.append(x, x, rope={"theta": 0}),
+                        "KVCache.append: rope theta")):
+        with pytest.raises(ValueError, match="^%s = 0 is not allowed" % what):
+            call()
+    assert cache.lengths.tolist() == [0]
+    cache.close()
