@@ -247,8 +247,21 @@ def _int64_array(a, name, fn, shape=None):
     return a
 
 
+def _real_array(a, name, fn, dtype):
+    """A contiguous float32 / float64 copy of a small array of real numbers
+    (slopes, sinks, positions, factors): a cast alone would keep the real
+    part of complex numbers, take bools as 0/1, turn float64 past float32's
+    range into inf and raise numpy's unnamed errors for strings."""
+    a = np.asarray(a)
+    if a.dtype.kind not in _ADDITIVE_KINDS:
+        raise TypeError("%s: %s has dtype %s but must hold real numbers" % (fn, name, a.dtype))
+    if dtype == np.float32:
+        a = _to_float32(a, fn, name, False)
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
 def _float32_vector(a, name, fn, n):
-    a = np.ascontiguousarray(a, dtype=np.float32)
+    a = _real_array(a, name, fn, np.float32)
     if a.shape != (n,):
         raise ValueError("%s: %s has shape %s but must have shape (%d,)"
                          % (fn, name, a.shape, n))
@@ -469,7 +482,7 @@ def _rope_cache_params(fn, keep, half, *, scaling="none", theta=None, factor=Non
         p.seq_len = _not_default(seq_len, fn, "seq_len", real=False)
     for name, value in (("short_factors", short_factors), ("long_factors", long_factors)):
         if value is not None:
-            arr = np.ascontiguousarray(value, dtype=np.float64)
+            arr = _real_array(value, name, fn, np.float64)
             if arr.shape != (half,):
                 raise ValueError("%s: %s has shape %s but must have shape (%d,)"
                                  % (fn, name, arr.shape, half))
@@ -716,7 +729,7 @@ class Context(_ClosedWhenCollected):
                                   base=0.0 if base is None else _not_default(base, fn, "base"),
                                   offset=_real(offset, fn, "offset"))
         if positions is not None:
-            pos = np.ascontiguousarray(positions, dtype=np.float64)
+            pos = _real_array(positions, "positions", fn, np.float64)
             if pos.shape != (length,):
                 raise ValueError("%s: positions has shape %s but must have shape (%d,)"
                                  % (fn, pos.shape, length))

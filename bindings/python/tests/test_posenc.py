@@ -147,3 +147,23 @@ def test_explicit_zero_is_not_the_default():
             call()
     assert cache.lengths.tolist() == [0]
     cache.close()
+
+
+def test_positions_and_factors_must_be_real_numbers():
+    # A float64 cast kept the real part of complex positions (a
+    # ComplexWarning only), took bools as positions 0/1 and raised numpy's
+    # "could not convert string to float" naming nothing.
+    for bad in (np.array([1 + 1j, 2]), np.array([True, False]), ["a", "b"]):
+        with pytest.raises(TypeError, match="^sinusoidal: positions has dtype"):
+            attn.sinusoidal(2, 8, positions=bad)
+        with pytest.raises(TypeError, match="^sinusoidal_add: positions has dtype"):
+            attn.sinusoidal_add(np.ones((2, 8), np.float32), positions=bad)
+    ones = np.ones(2)
+    with pytest.raises(TypeError, match="^rope_cache: short_factors has dtype complex"):
+        attn.rope_cache(8, 4, scaling="longrope", original_max_position=4,
+                        short_factors=ones.astype(complex), long_factors=ones)
+    with pytest.raises(TypeError, match="^rope_cache: long_factors has dtype bool"):
+        attn.rope_cache(8, 4, scaling="longrope", original_max_position=4,
+                        short_factors=ones, long_factors=ones.astype(bool))
+    close(attn.sinusoidal(2, 8, positions=[3, 5]), ref.sinusoidal(2, 8, positions=[3.0, 5.0]),
+          atol=2e-6)

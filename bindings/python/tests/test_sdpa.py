@@ -284,3 +284,19 @@ def test_errors(rng):
     assert "cu_seqlens" in e.value.message
     with pytest.raises(ValueError, match="cu_seqlens"):
         attn.sdpa_varlen(q[0], k[0], v[0], [0, 2, 5], [0, 7])
+
+
+def test_slopes_and_sinks_must_be_real_numbers():
+    # They were cast with np.ascontiguousarray(dtype=float32): a complex
+    # array lost its imaginary part (a ComplexWarning only), bools became
+    # 0/1 slopes, strings raised numpy's error naming nothing, and 1e300
+    # became inf.
+    q = np.ones((1, 2, 3, 4), np.float32)
+    for name in ("alibi_slopes", "sinks"):
+        for bad in (np.array([1 + 1j, 2]), np.array([True, False]), ["a", "b"]):
+            with pytest.raises(TypeError, match="^sdpa: %s has dtype .* real numbers" % name):
+                attn.sdpa(q, q, q, **{name: bad})
+        with pytest.raises(ValueError, match="^sdpa: %s .* past float32's range" % name):
+            attn.sdpa(q, q, q, **{name: np.array([1e300, 1.0])})
+    want = attn.sdpa(q, q, q, alibi_slopes=np.array([0.5, 0.25], np.float32))
+    np.testing.assert_array_equal(attn.sdpa(q, q, q, alibi_slopes=[0.5, 0.25]), want)
