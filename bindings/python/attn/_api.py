@@ -1450,6 +1450,15 @@ class KVCache(_ContextObject):
             hk, hv = c.input(k, "k", dtype=kdt), c.input(v, "v", dtype=vdt)
             ap = _lib.KvAppendParams()
             if rope is not None:
+                # As DecoderLayer's: a string or a misspelt key ("Theta") is
+                # refused, not ignored in favour of the defaults.
+                if not isinstance(rope, dict):
+                    raise TypeError("%s: rope must be None or a dict, not %s"
+                                    % (fn, type(rope).__name__))
+                unknown = sorted(set(rope) - {"style", "rotary_dim", "theta"}, key=str)
+                if unknown:
+                    raise TypeError("%s: rope has no key %r (it takes style, rotary_dim, theta)"
+                                    % (fn, unknown[0]))
                 style = rope.get("style", "half-split")
                 rp = _lib.RopeParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
                                      rotary_dim=_int32(rope.get("rotary_dim", 0), fn,

@@ -111,6 +111,20 @@ def test_fractions_and_ranges_refused():
     np.testing.assert_array_equal(cache.lengths, [3, 5])
 
 
+def test_append_rope_must_be_a_dict_of_known_keys():
+    # rope="half-split" raised AttributeError ('str' object has no attribute
+    # 'get'); rope={"Theta": 5e5} ignored the key and rotated with theta 10000.
+    cache = attn.KVCache(1, 1, 4, capacity=8)
+    x = np.ones((1, 1, 2, 4), np.float32)
+    with pytest.raises(TypeError, match="^KVCache.append: rope must be None or a dict, not str"):
+        cache.append(x, x, rope="half-split")
+    with pytest.raises(TypeError, match="^KVCache.append: rope has no key 'Theta'"):
+        cache.append(x, x, rope={"Theta": 5e5})
+    np.testing.assert_array_equal(cache.lengths, [0])
+    cache.append(x, x, rope={"style": "interleaved", "theta": 5e5})
+    np.testing.assert_array_equal(cache.lengths, [2])
+
+
 def _bf16_bits(x):
     """float32 -> bfloat16 bits, nearest even (NaN-free input), in NumPy."""
     b = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
