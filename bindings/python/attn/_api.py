@@ -1311,6 +1311,17 @@ class Context(_ClosedWhenCollected):
         return (out, lse) if return_lse else out
 
 
+def _context_arg(context, fn):
+    """The context= of an object: an attn.Context, or None for this thread's
+    default (a wrong one failed later with an AttributeError)."""
+    if context is None:
+        return default_context()
+    if not isinstance(context, Context):
+        raise TypeError("%s: context must be an attn.Context or None, not %s"
+                        % (fn, type(context).__name__))
+    return context
+
+
 class _ContextObject(_ClosedWhenCollected):
     """An object the library allocates in a context (a cache, a layer):
     freed by close(), when collected, or with its context. Subclasses set
@@ -1388,7 +1399,7 @@ class KVCache(_ContextObject):
                  context=None):
         fn = "KVCache"
         self.dtype = _dtype_name(dtype, fn)
-        self._ctx = context if context is not None else default_context()
+        self._ctx = _context_arg(context, fn)
         if paged and num_blocks is None:
             raise ValueError("%s: paged=True needs num_blocks" % fn)
         if not paged and capacity is None:
@@ -1573,7 +1584,7 @@ class MultiheadAttention(_ContextObject):
         if dtype is not None and str(dtype) not in ("float32", "torch.float32",
                                                     str(np.float32), str(np.dtype(np.float32))):
             raise ValueError("%s: dtype = %r but the layer is float32" % (fn, dtype))
-        self._ctx = context if context is not None else default_context()
+        self._ctx = _context_arg(context, fn)
         self.embed_dim, self.num_heads = _int64(embed_dim, fn, "embed_dim"), \
             _int64(num_heads, fn, "num_heads")
         self.kdim = _int64(kdim, fn, "kdim") if kdim is not None else self.embed_dim
@@ -1739,7 +1750,7 @@ class DecoderLayer(_ContextObject):
                  qkv_bias=False, out_bias=False, rope=None, rope_scaling=None, scale=None,
                  softcap=None, window=None, context=None):
         fn = "DecoderLayer"
-        self._ctx = context if context is not None else default_context()
+        self._ctx = _context_arg(context, fn)
         embed_dim, num_heads = _int64(embed_dim, fn, "embed_dim"), \
             _int64(num_heads, fn, "num_heads")
         num_kv_heads = _int64(num_kv_heads or 0, fn, "num_kv_heads")
@@ -1849,6 +1860,9 @@ class DecoderLayer(_ContextObject):
         if x.ndim != 3:
             raise ValueError("%s: x must be [B, L, E]" % fn)
         y = np.empty(x.shape[:2] + (self.embed_dim,), _result_dtype(xdt))
+        if not isinstance(cache, KVCache):
+            raise TypeError("%s: cache must be an attn.KVCache, not %s"
+                            % (fn, type(cache).__name__))
         if cache._ctx is not self._ctx:
             raise ValueError("%s: the cache belongs to another context" % fn)
         with self._call(fn) as c:

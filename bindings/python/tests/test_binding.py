@@ -616,3 +616,22 @@ def test_real_arguments_refuse_strings_bools_and_complex():
     np.testing.assert_array_equal(ctx.softmax(x, scale=np.float64(2)), ctx.softmax(2 * x))
     cache.close()
     ctx.close()
+
+
+def test_context_and_cache_arguments_are_type_checked():
+    # context="ctx" raised AttributeError ('str' object has no attribute
+    # '_call'), as did DecoderLayer.forward(x, None) ('_ctx').
+    for call, what in ((lambda: attn.KVCache(1, 1, 8, capacity=4, context="ctx"), "KVCache"),
+                       (lambda: attn.DecoderLayer(8, 2, context=1), "DecoderLayer"),
+                       (lambda: attn.MultiheadAttention(8, 2, context=object()),
+                        "MultiheadAttention")):
+        with pytest.raises(TypeError, match="^%s: context must be an attn.Context" % what):
+            call()
+    with attn.Context(num_threads=1) as ctx:
+        layer = attn.DecoderLayer(8, 2, context=ctx)
+        x = np.ones((1, 2, 8), np.float32)
+        for cache in (None, np.zeros(4)):
+            with pytest.raises(TypeError, match="^DecoderLayer.forward: cache must be an "
+                                                "attn.KVCache"):
+                layer(x, cache)
+        assert layer(x, attn.KVCache(1, 2, 4, capacity=4, context=ctx)).shape == (1, 2, 8)
