@@ -744,12 +744,20 @@ class Context(_ClosedWhenCollected):
         layout: "interleaved" (the paper), "concat" (sin | cos),
         "concat-shifted" (fairseq/tensor2tensor), "cos-sin" (diffusion
         timesteps). base: None = 10000. offset: row l has position
-        offset + l; positions: explicit float positions, one per row."""
+        offset + l; positions: explicit float positions, one per row.
+        out: a float32 or float16 array of shape (length, dim) to write into."""
         fn = "sinusoidal"
+        length, dim = _int64(length, fn, "length"), _int64(dim, fn, "dim")
+        if length < 0 or dim < 0:
+            raise ValueError("%s: length = %d and dim = %d must be >= 0" % (fn, length, dim))
         if out is None:
-            out = np.empty((_int64(length, fn, "length"), _int64(dim, fn, "dim")), np.float32)
+            out = np.empty((length, dim), np.float32)
+        elif isinstance(out, np.ndarray) and out.shape != (length, dim):
+            # The table's size comes from length and dim: out cannot replace them.
+            raise ValueError("%s: out has shape %s but length and dim say (%d, %d)"
+                             % (fn, out.shape, length, dim))
         with self._call(fn) as c:
-            p = self._pe_params(fn, layout, base, offset, positions, out.shape[0], c)
+            p = self._pe_params(fn, layout, base, offset, positions, length, c)
             h = c.output(out, "out", half=True)
             c.check(_fn("attn_sinusoidal")(self._handle, h, ctypes.byref(p)))
         return out

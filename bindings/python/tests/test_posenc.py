@@ -167,3 +167,21 @@ def test_positions_and_factors_must_be_real_numbers():
                         short_factors=ones, long_factors=ones.astype(bool))
     close(attn.sinusoidal(2, 8, positions=[3, 5]), ref.sinusoidal(2, 8, positions=[3.0, 5.0]),
           atol=2e-6)
+
+
+def test_sinusoidal_out_must_match_length_and_dim():
+    # With out= the table's shape came from out alone: sinusoidal(10, 8,
+    # out=[4, 8] array) wrote 4 rows and ignored length; a 0-d out raised
+    # IndexError, a list AttributeError, length=-1 numpy's unnamed error.
+    with pytest.raises(ValueError, match=r"^sinusoidal: out has shape \(4, 8\) but length and "
+                                         r"dim say \(10, 8\)"):
+        attn.sinusoidal(10, 8, out=np.empty((4, 8), np.float32))
+    with pytest.raises(ValueError, match="^sinusoidal: out has shape"):
+        attn.sinusoidal(10, 8, out=np.empty((), np.float32))
+    with pytest.raises(TypeError, match="^sinusoidal: out must be a numpy array"):
+        attn.sinusoidal(2, 2, out=[[0.0, 0.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match="^sinusoidal: length = -1 and dim = 8 must be >= 0"):
+        attn.sinusoidal(-1, 8)
+    out = np.empty((4, 8), np.float32)
+    assert attn.sinusoidal(4, 8, out=out) is out
+    close(out, ref.sinusoidal(4, 8), atol=2e-6)
