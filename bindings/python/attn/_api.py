@@ -830,11 +830,11 @@ class Context(_ClosedWhenCollected):
         """ALiBi slopes for n_heads heads as a float32 array (any head count)."""
         n = _int32(n_heads, "alibi_slopes", "n_heads")
         max_bias = _not_default(max_bias, "alibi_slopes", "max_bias")
-        out = np.empty(max(n, 0), np.float32)
+        # Never NULL: for n < 1 libattn then names n_heads, not "slopes is NULL".
+        out = np.empty(max(n, 1), np.float32)
         with self._call("alibi_slopes") as c:
-            c.check(_fn("attn_alibi_slopes")(
-                self._handle, n, max_bias,
-                out.ctypes.data_as(_lib._c_float_p) if n > 0 else None))
+            c.check(_fn("attn_alibi_slopes")(self._handle, n, max_bias,
+                                             out.ctypes.data_as(_lib._c_float_p)))
         return out
 
     def rope_cache(self, max_position, rotary_dim, *, scaling="none", theta=None, factor=None,

@@ -113,9 +113,11 @@ def test_alibi_slopes(n):
 
 
 def test_alibi_errors():
-    with pytest.raises(attn.AttnError) as e:
-        attn.alibi_slopes(0)
-    assert e.value.status in ("ATTN_ERR_INVALID_ARG", "ATTN_ERR_NULL_ARG")
+    # n_heads < 1 was reported as "slopes is NULL" (the binding passed no array).
+    for n in (0, -3):
+        with pytest.raises(attn.AttnError) as e:
+            attn.alibi_slopes(n)
+        assert e.value.status == "ATTN_ERR_INVALID_ARG" and "n_heads = %d" % n in e.value.message
     with pytest.raises(attn.AttnError):
         attn.alibi_slopes(4, max_bias=-1.0)
 
