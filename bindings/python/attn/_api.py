@@ -1086,7 +1086,13 @@ class Context(_ClosedWhenCollected):
         p.causal = 1 if causal else 0
         p.align = _choice(_lib.ALIGNS, align, fn, "align")
         if window is not None:
-            left, right = window
+            try:
+                if isinstance(window, (str, bytes, dict)):
+                    raise TypeError
+                left, right = window
+            except (TypeError, ValueError):  # unpacking's own errors name nothing
+                raise TypeError("%s: window = %r but must be a pair (left, right) of key "
+                                "counts, None for unbounded" % (fn, window)) from None
             big = 1 << 62  # libattn clamps extents to Lq + Lk
             p.window = 1
             p.window_left = big if left is None else _int64(left, fn, "window[0]")

@@ -300,3 +300,21 @@ def test_slopes_and_sinks_must_be_real_numbers():
             attn.sdpa(q, q, q, **{name: np.array([1e300, 1.0])})
     want = attn.sdpa(q, q, q, alibi_slopes=np.array([0.5, 0.25], np.float32))
     np.testing.assert_array_equal(attn.sdpa(q, q, q, alibi_slopes=[0.5, 0.25]), want)
+
+
+def test_window_must_be_a_pair():
+    # window=2 raised "cannot unpack non-iterable int object" and (2,) "not
+    # enough values to unpack", naming neither the call nor the argument.
+    q = np.ones((1, 1, 3, 4), np.float32)
+    cache = attn.KVCache(1, 1, 4, capacity=4)
+    cache.append(q, q)
+    for call, fn in ((lambda w: attn.sdpa(q, q, q, window=w), "sdpa"),
+                     (lambda w: attn.sdpa_varlen(q[0], q[0], q[0], [0, 1], window=w),
+                      "sdpa_varlen"),
+                     (lambda w: cache.attend(q, window=w), "KVCache.attend")):
+        for bad in (2, (2,), (2, 0, 1), "20", {"left": 2, "right": 0}):
+            with pytest.raises(TypeError, match="^%s: window = .* must be a pair" % fn):
+                call(bad)
+    np.testing.assert_array_equal(attn.sdpa(q, q, q, window=[1, 0]),
+                                  attn.sdpa(q, q, q, window=(1, 0)))
+    cache.close()
