@@ -1030,6 +1030,11 @@ class Context(_ClosedWhenCollected):
         o4 = np.asarray(out)
         g4 = np.asarray(dout)
         ls = np.asarray(lse)
+        nd = 3 if squeeze else 4  # out and dout as pool_attention returned out; lse one less
+        for a, name, want in ((o4, "out", nd), (g4, "dout", nd), (ls, "lse", nd - 1)):
+            if a.ndim != want:
+                raise ValueError("%s: %s has %d dims but must have %d (for these queries and k)"
+                                 % (fn, name, a.ndim, want))
         if squeeze:
             o4, g4, ls = o4[:, None], g4[:, None], ls[:, None]
         dq = np.empty(q3.shape, np.float32)
