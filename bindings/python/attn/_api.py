@@ -1701,6 +1701,11 @@ class MultiheadAttention(_ContextObject):
             key = query
         if same_v:
             value = key
+        if not query.ndim == key.ndim == value.ndim:
+            # Checked before S = key.shape[...] below (a 0-d key: IndexError).
+            raise ValueError("%s: query, key and value have %d, %d and %d dims but must all "
+                             "have 3 (batched) or 2 (unbatched)"
+                             % (fn, query.ndim, key.ndim, value.ndim))
         batched = query.ndim == 3
         if not batched:
             if query.ndim != 2:

@@ -99,3 +99,16 @@ def test_state_dict_round_trip_and_refusals():
     with pytest.raises(attn.AttnError) as e:
         ours(x, x, np.zeros((2, 1, 7), np.float32))
     assert e.value.status == "ATTN_ERR_SHAPE"
+
+
+def test_query_key_value_dims_checked_first():
+    # A key or value of other dims than query raised IndexError ("tuple index
+    # out of range") for 0-d and 1-d ones, and for a 3-D key beside a 2-D
+    # (unbatched) query libattn saw the 4-D key the binding had made of it.
+    m = attn.MultiheadAttention(8, 2, batch_first=True)
+    x3, x2 = np.ones((1, 3, 8), np.float32), np.ones((3, 8), np.float32)
+    for q, k, v in ((x3, np.float32(1), x3), (x3, np.ones(8, np.float32), x3),
+                    (x2, x3, x3), (x3, x3, x2), (x2, "a", "a")):
+        with pytest.raises(ValueError, match="^MultiheadAttention: query, key and value have"):
+            m(q, k, v)
+    assert m(x2, x2, x2)[0].shape == (3, 8)
