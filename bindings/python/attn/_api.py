@@ -325,10 +325,22 @@ _DTYPE_CODES = {"float32": _lib.DTYPE_F32, "float16": _lib.DTYPE_F16,
                 "bfloat16": _lib.DTYPE_BF16}
 
 
+def _torch_src_dtype(kind, src_dtype, fn):
+    """A torch tensor says its own type: a src_dtype that disagrees with it
+    is refused, not ignored."""
+    if src_dtype is not None and _dtype_name(src_dtype, fn) != kind:
+        raise TypeError("%s: src_dtype=%s but the torch tensor is %s"
+                        % (fn, _dtype_name(src_dtype, fn), kind))
+
+
 def _kv_rows(a, src_dtype, fn):
     """Rows for KVCache.append as (array, libattn dtype): src_dtype names a
     numpy array's element type (bfloat16: uint16 bits), else as _data_array."""
-    if src_dtype is None or _is_torch(a):
+    if _is_torch(a):
+        a, dt = _data_array(a, fn)
+        _torch_src_dtype({v: k for k, v in _DTYPE_CODES.items()}[dt], src_dtype, fn)
+        return a, dt
+    if src_dtype is None:
         return _data_array(a, fn)
     a = np.asarray(a)
     return a, _DTYPE_CODES[_half_kind(a, src_dtype, fn)]
@@ -624,6 +636,7 @@ class Context(_ClosedWhenCollected):
         torch_in = _is_torch(a)
         if torch_in:
             a, src = _torch_view(a, fn)
+            _torch_src_dtype(src, src_dtype, fn)
         else:
             a = np.asarray(a)
             src = _half_kind(a, src_dtype, fn)
