@@ -1417,7 +1417,8 @@ class KVCache(_ContextObject):
     Contiguous (default): `capacity` tokens per sequence, reserved up front.
     paged=True: `num_blocks` blocks of `block_size` tokens shared by all
     sequences (vLLM's PagedAttention); `capacity` then caps one sequence
-    (None = the whole pool). copy() shares blocks, copying one only when an
+    (None = the whole pool). num_blocks and block_size are refused without
+    paged=True, and sizes of 0 (None is the default). copy() shares blocks, copying one only when an
     append would change it. Every method checks its input before it changes
     anything: an AttnError leaves the cache as it was.
 
@@ -1436,13 +1437,21 @@ class KVCache(_ContextObject):
             raise ValueError("%s: paged=True needs num_blocks" % fn)
         if not paged and capacity is None:
             raise ValueError("%s: a contiguous cache needs capacity" % fn)
+        if not paged and (num_blocks is not None or block_size != 16):
+            # A contiguous cache has no blocks: they were silently ignored.
+            raise ValueError("%s: num_blocks and block_size are for a paged cache (paged=True)"
+                             % fn)
         batch, kv_heads, head_dim = (_int64(a, fn, name) for a, name in (
             (batch, "batch"), (kv_heads, "kv_heads"), (head_dim, "head_dim")))
-        value_dim = _int64(value_dim or 0, fn, "value_dim")
+        # libattn reads 0 as the default (head_dim; paged: the whole pool, 16).
+        value_dim = 0 if value_dim is None else _not_default(value_dim, fn, "value_dim", False)
+        if paged:
+            capacity = 0 if capacity is None else _not_default(capacity, fn, "capacity", False)
+            block_size = _not_default(block_size, fn, "block_size", False)
         p = _lib.KvCacheParams(layout=1 if paged else 0, batch=batch, kv_heads=kv_heads,
                                head_dim=head_dim, value_dim=value_dim,
-                               capacity=_int64(capacity or 0, fn, "capacity"),
-                               block_size=_int64(block_size, fn, "block_size") if paged else 0,
+                               capacity=_int64(capacity, fn, "capacity"),
+                               block_size=block_size if paged else 0,
                                num_blocks=_int64(num_blocks or 0, fn, "num_blocks"),
                                dtype=_DTYPE_CODES[self.dtype])
         h = ctypes.c_void_p()

@@ -125,6 +125,24 @@ def test_append_rope_must_be_a_dict_of_known_keys():
     np.testing.assert_array_equal(cache.lengths, [2])
 
 
+def test_constructor_refuses_ignored_and_zero_sizes():
+    # num_blocks / block_size without paged=True were ignored (a contiguous
+    # cache was made); value_dim=0, and a paged capacity or block_size of 0,
+    # were read by libattn as "the default" (head_dim, the whole pool, 16).
+    for kw in (dict(num_blocks=4), dict(block_size=32)):
+        with pytest.raises(ValueError, match="^KVCache: num_blocks and block_size are for a "
+                                             "paged cache"):
+            attn.KVCache(1, 1, 4, capacity=8, **kw)
+    for kw, name in ((dict(capacity=8, value_dim=0), "value_dim"),
+                     (dict(paged=True, num_blocks=4, capacity=0), "capacity"),
+                     (dict(paged=True, num_blocks=4, block_size=0), "block_size")):
+        with pytest.raises(ValueError, match="^KVCache: %s = 0 is not allowed" % name):
+            attn.KVCache(1, 1, 4, **kw)
+    with pytest.raises(attn.AttnError, match="capacity = 0"):
+        attn.KVCache(1, 1, 4, capacity=0)  # contiguous: no default, libattn's message
+    assert attn.KVCache(1, 1, 4, capacity=8, value_dim=6).value_dim == 6
+
+
 def _bf16_bits(x):
     """float32 -> bfloat16 bits, nearest even (NaN-free input), in NumPy."""
     b = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
