@@ -1531,6 +1531,12 @@ class KVCache(_ContextObject):
         are zeros. Returns out [B, Hq, Lq, Dv], float16 for a float16 q,
         else float32."""
         fn = "KVCache.attend"
+        if isinstance(causal, str):
+            # sdpa's causal="top-left" sets the alignment, which libattn
+            # ignores here (rows sit at their cache positions): refuse it.
+            raise TypeError("%s: causal = %r but must be True or False (each row sits at its "
+                            "position in the cache; there is no alignment to choose)"
+                            % (fn, causal))
         q, qdt = _data_array(q, fn)
         if q.ndim != 4:
             raise ValueError("%s: q must be [B, Hq, Lq, D]" % fn)

@@ -143,6 +143,19 @@ def test_constructor_refuses_ignored_and_zero_sizes():
     assert attn.KVCache(1, 1, 4, capacity=8, value_dim=6).value_dim == 6
 
 
+def test_attend_causal_takes_no_alignment():
+    # causal="top-left" was taken (as sdpa's alignment), and libattn's
+    # attn_kv_attend ignores the alignment: the rows still sat at their
+    # cache positions, not top-left.
+    cache = attn.KVCache(1, 1, 4, capacity=8)
+    x = np.arange(12, dtype=np.float32).reshape(1, 1, 3, 4)
+    cache.append(x, x)
+    for causal in ("top-left", "bottom-right"):
+        with pytest.raises(TypeError, match="^KVCache.attend: causal = '%s'" % causal):
+            cache.attend(x[:, :, :1], n_new=[0], causal=causal)
+    assert cache.attend(x[:, :, :1], n_new=[0], causal=True).shape == (1, 1, 1, 4)
+
+
 def _bf16_bits(x):
     """float32 -> bfloat16 bits, nearest even (NaN-free input), in NumPy."""
     b = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
