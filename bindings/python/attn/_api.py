@@ -131,7 +131,7 @@ class _Call:
     def input(self, a, name, boolean=False, dtype=None, additive_mask=False):
         """Wrap an input array (copied only when the rule above says so).
         dtype (from _data_array) keeps a float16 / bfloat16 array as it is."""
-        a = np.asarray(a)
+        a = _as_numpy(a, self.fn)
         if dtype in (_lib.DTYPE_F16, _lib.DTYPE_BF16):
             pass
         elif boolean:
@@ -184,7 +184,7 @@ class _Call:
     def mask(self, m, name):
         """Wrap a mask: bool/uint8 -> boolean mask (nonzero = keep), numbers ->
         additive. Returns (additive_handle, bool_handle), one of them None."""
-        m = np.asarray(m)
+        m = _as_numpy(m, self.fn)
         if m.dtype == np.bool_ or m.dtype == np.uint8:
             return None, self.input(m, name, boolean=True)
         if m.dtype.kind in "iu":
@@ -229,7 +229,7 @@ def _int64(v, fn, name):
 
 
 def _int64_array(a, name, fn, shape=None):
-    a = np.asarray(a)
+    a = _as_numpy(a, fn)
     if a.dtype.kind == "f":
         # Truncating 2.5 to 2 would silently change the answer.
         if not np.all(np.isfinite(a)) or np.any(a != np.trunc(a)):
@@ -252,7 +252,7 @@ def _real_array(a, name, fn, dtype):
     (slopes, sinks, positions, factors): a cast alone would keep the real
     part of complex numbers, take bools as 0/1, turn float64 past float32's
     range into inf and raise numpy's unnamed errors for strings."""
-    a = np.asarray(a)
+    a = _as_numpy(a, fn)
     if a.dtype.kind not in _ADDITIVE_KINDS:
         raise TypeError("%s: %s has dtype %s but must hold real numbers" % (fn, name, a.dtype))
     if dtype == np.float32:
@@ -389,6 +389,23 @@ def _update_target(x, inplace, fn):
                         "float32)" % (fn, a.dtype))
     b = _to_float32(a, fn, "x", False)  # a new array already
     return (b if b.flags.c_contiguous else np.array(b, order="C")), False
+
+
+def _as_numpy(a, fn):
+    """np.asarray(a), a CPU torch tensor read through a detached view:
+    np.asarray raised torch's RuntimeError for one that requires grad (an
+    nn.Parameter of sinks) and TypeError "unsupported ScalarType BFloat16",
+    naming nothing; bfloat16 is widened exactly to float32."""
+    if not _is_torch(a):
+        return np.asarray(a)
+    if a.device.type != "cpu":
+        raise ValueError("%s: the torch tensor is on %s; libattn reads CPU memory" % (fn, a.device))
+    a = a.detach()
+    if str(a.dtype) == "torch.bfloat16":
+        import torch
+        return (a.view(torch.int16).numpy().view(np.uint16).astype(np.uint32) << 16).view(
+            np.float32)
+    return a.numpy()
 
 
 def _is_torch(a):
@@ -723,7 +740,7 @@ class Context(_ClosedWhenCollected):
     def _softmax_backward(self, name, y, dy, scale, out, return_dmask, axis):
         fn = name[5:]
         p = _lib.SoftmaxParams(scale=_scale(scale, fn))
-        y = np.asarray(y)
+        y = _as_numpy(y, fn)
         _set_axis(p, axis, y.ndim, fn)
         with self._call(fn) as c:
             hy, hg = c.input(y, "y"), c.input(dy, "dy")
@@ -829,7 +846,7 @@ class Context(_ClosedWhenCollected):
         with self._call(fn) as c:
             if positions is not None:
                 B, L = v.shape[0], v.shape[2]
-                pos = np.asarray(positions)
+                pos = _as_numpy(positions, fn)
                 if pos.ndim == 1:
                     pos = np.broadcast_to(pos, (B, pos.shape[0]))
                 pos = _int64_array(pos, "positions", fn, (B, L))
@@ -1040,9 +1057,7 @@ class Context(_ClosedWhenCollected):
         same_kv = v is None
         q3, k4, v4, squeeze = self._pool_attention_views(fn, queries, k, v)
         B = k4.shape[0]
-        o4 = np.asarray(out)
-        g4 = np.asarray(dout)
-        ls = np.asarray(lse)
+        o4, g4, ls = (_as_numpy(a, fn) for a in (out, dout, lse))
         nd = 3 if squeeze else 4  # out and dout as pool_attention returned out; lse one less
         for a, name, want in ((o4, "out", nd), (g4, "dout", nd), (ls, "lse", nd - 1)):
             if a.ndim != want:
@@ -1071,9 +1086,9 @@ class Context(_ClosedWhenCollected):
 
     @staticmethod
     def _pool_attention_views(fn, queries, k, v):
-        q = np.asarray(queries)
-        k = np.asarray(k)
-        v = k if v is None else np.asarray(v)
+        q = _as_numpy(queries, fn)
+        k = _as_numpy(k, fn)
+        v = k if v is None else _as_numpy(v, fn)
         squeeze = q.ndim == 2 and k.ndim == 3
         q3 = q[None] if q.ndim == 2 else q
         k4 = k[:, None] if k.ndim == 3 else k
@@ -1229,7 +1244,7 @@ class Context(_ClosedWhenCollected):
         Memory O(tile): nothing of size Lq x Lk unless dmask is asked for."""
         fn = "sdpa_backward"
         layout = _layout(layout, fn)
-        arrs = [np.asarray(a) for a in (q, k, v, out, dout)]
+        arrs = [_as_numpy(a, fn) for a in (q, k, v, out, dout)]
         nd = arrs[0].ndim
         if nd not in (3, 4) or any(a.ndim != nd for a in arrs):
             raise ValueError("%s: q, k, v, out, dout must all have 4 dims (%s) or all 3"
@@ -1237,7 +1252,7 @@ class Context(_ClosedWhenCollected):
         batched = nd == 4
         q4, k4, v4, o4, g4 = (_to_bhld(a, layout, batched) for a in arrs)
         B, Hq, Lq, _ = q4.shape
-        lse = np.asarray(lse)
+        lse = _as_numpy(lse, fn)
         lse3 = lse if batched else lse[None]
         grads = [np.empty(a.shape, np.float32) for a in arrs[:3]]
         g4s = [_to_bhld(a, layout, batched) for a in grads]
@@ -1270,7 +1285,7 @@ class Context(_ClosedWhenCollected):
         k [Tk, Hkv, D], v [Tk, Hkv, Dv], from its out, lse [Hq, Tq] and dout;
         (dq, dk, dv, dsinks) with return_dsinks. Pass the forward's arguments."""
         fn = "sdpa_varlen_backward"
-        arrs = [np.asarray(a) for a in (q, k, v, out, lse, dout)]
+        arrs = [_as_numpy(a, fn) for a in (q, k, v, out, lse, dout)]
         cu_q = _int64_array(cu_seqlens_q, "cu_seqlens_q", fn)
         cu_k = cu_q if cu_seqlens_k is None else _int64_array(cu_seqlens_k, "cu_seqlens_k", fn)
         if cu_q.ndim != 1 or cu_q.shape[0] < 1 or cu_k.shape != cu_q.shape:
@@ -1706,7 +1721,7 @@ class MultiheadAttention(_ContextObject):
         return out
 
     def _mask(self, c, m, name):
-        m = np.asarray(m)
+        m = _as_numpy(m, "MultiheadAttention")
         if m.dtype == np.bool_ or m.dtype == np.uint8:
             return c.input(m, name, boolean=True)
         if m.dtype.kind != "f":
@@ -1742,7 +1757,7 @@ class MultiheadAttention(_ContextObject):
             axis = 0 if self.batch_first else 1
             query, key, value = (np.expand_dims(a, axis) for a in (query, key, value))
             if key_padding_mask is not None:
-                key_padding_mask = np.asarray(key_padding_mask)[None]
+                key_padding_mask = _as_numpy(key_padding_mask, fn)[None]
         B = query.shape[0] if self.batch_first else query.shape[1]
         L = query.shape[1] if self.batch_first else query.shape[0]
         S = key.shape[1] if self.batch_first else key.shape[0]
