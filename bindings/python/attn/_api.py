@@ -16,6 +16,7 @@ Array rule (the one place it is implemented is _Call.input/_Call.output):
   they must be writable float32 arrays that qualify as above, else
   ValueError, because a result written into a copy would be lost.
 """
+import collections.abc
 import ctypes
 import math
 import threading
@@ -1358,6 +1359,15 @@ class Context(_ClosedWhenCollected):
         return (out, lse) if return_lse else out
 
 
+def _mapping_arg(state, fn):
+    """A state dict: a list of pairs was searched as a list (every weight
+    "missing", KeyError) and None raised "argument of type 'NoneType' is not
+    iterable"."""
+    if not isinstance(state, collections.abc.Mapping):
+        raise TypeError("%s: the state dict must be a mapping of names to arrays, not %s"
+                        % (fn, type(state).__name__))
+
+
 def _context_arg(context, fn):
     """The context= of an object: an attn.Context, or None for this thread's
     default (a wrong one failed later with an AttributeError)."""
@@ -1686,6 +1696,7 @@ class MultiheadAttention(_ContextObject):
         module.state_dict().items()}. strict: every weight present and no
         other key (KeyError otherwise); nothing is changed on an error."""
         fn = "MultiheadAttention.load_state_dict"
+        _mapping_arg(state_dict, fn)
         shapes = self._weight_shapes()
         if strict:
             missing = sorted(set(shapes) - set(state_dict))
@@ -1895,6 +1906,7 @@ class DecoderLayer(_ContextObject):
         missing weight (KeyError) or one of the wrong shape or type (ValueError,
         TypeError) is found before anything is set."""
         fn = "DecoderLayer.load_state_dict"
+        _mapping_arg(state, fn)
         names = [n for n in _lib.MHA_WEIGHTS
                  if n.endswith(".weight") or (self.out_bias if n == "o_proj.bias"
                                               else self.qkv_bias)]

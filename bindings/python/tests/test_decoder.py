@@ -187,3 +187,17 @@ def test_decode_step_passes_x_without_a_copy(monkeypatch):
         layer(np.ascontiguousarray(last), attn.KVCache(B, H, D, capacity=2, context=ctx)),
         want)
     ctx.close()
+
+
+def test_load_state_dict_needs_a_mapping():
+    # A list of (name, array) pairs was searched as a list: every weight
+    # "missing" (KeyError); None raised "argument of type 'NoneType' is not
+    # iterable".
+    layer = attn.DecoderLayer(8, 2)
+    pairs = [(n, np.zeros((8, 8), np.float32))
+             for n in ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")]
+    for bad in (pairs, None):
+        with pytest.raises(TypeError, match="^DecoderLayer.load_state_dict: the state dict must "
+                                            "be a mapping"):
+            layer.load_state_dict(bad)
+    layer.load_state_dict(dict(pairs))

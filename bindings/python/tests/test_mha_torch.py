@@ -112,3 +112,14 @@ def test_query_key_value_dims_checked_first():
         with pytest.raises(ValueError, match="^MultiheadAttention: query, key and value have"):
             m(q, k, v)
     assert m(x2, x2, x2)[0].shape == (3, 8)
+
+
+def test_load_state_dict_needs_a_mapping():
+    # A list of pairs gave KeyError "missing keys [...], unexpected keys
+    # [('in_proj_weight', ...)]"; None "'NoneType' object is not iterable".
+    m = attn.MultiheadAttention(8, 2)
+    for bad in (list(m.state_dict().items()), None):
+        with pytest.raises(TypeError, match="^MultiheadAttention.load_state_dict: the state "
+                                            "dict must be a mapping"):
+            m.load_state_dict(bad)
+    m.load_state_dict(m.state_dict())
