@@ -1611,6 +1611,12 @@ class KVCache(_ContextObject):
         n = _int64(n, fn, "n")
         if n < 0:
             raise ValueError("%s: n = %d but must be >= 0" % (fn, n))
+        lens = self.lengths
+        if 0 <= seq < lens.shape[0] and n > lens[seq]:
+            # Before allocating n rows: read(0, 0, 2**40) raised MemoryError
+            # (16 TiB) before libattn could refuse it.
+            raise AttnError("ATTN_ERR_INVALID_ARG", "%s: n = %d tokens but sequence %d holds %d"
+                            % (fn, n, seq, lens[seq]), 2)
         k = np.empty((self.kv_heads, n, self.head_dim), npt)
         v = np.empty((self.kv_heads, n, self.value_dim), npt)
         with self._call(fn) as c:

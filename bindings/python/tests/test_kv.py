@@ -88,6 +88,15 @@ def test_read_checks_seq_start_and_n():
             cache.read(*args)
     with pytest.raises(ValueError, match="n = -1"):
         cache.read(0, 0, -1)
+    # n past the sequence is refused before n rows are allocated: 2**40 raised
+    # MemoryError (16 TiB) before libattn could say so.
+    for n in (3, 2 ** 40):
+        with pytest.raises(attn.AttnError, match="n = %d tokens but sequence 0 holds 2" % n) as e:
+            cache.read(0, 0, n)
+        assert e.value.status == "ATTN_ERR_INVALID_ARG"
+    with pytest.raises(attn.AttnError, match="attn_kv_read: start = 1 and n = 2"):
+        cache.read(0, 1, 2)
+    assert cache.read(0, 1, 1)[0].shape == (1, 1, 8)
     cache.close()
 
 
