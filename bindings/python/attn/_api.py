@@ -492,9 +492,15 @@ def _rope_cache_params(fn, keep, half, *, scaling="none", theta=None, factor=Non
                        original_max_position=None, seq_len=None, beta_fast=None,
                        beta_slow=None, mscale=None, mscale_all_dim=None, attention_factor=None,
                        low_freq_factor=None, high_freq_factor=None, short_factors=None,
-                       long_factors=None, truncate=True, apply_attention_factor=False):
+                       long_factors=None, truncate=True, apply_attention_factor=False,
+                       **unknown):
     """attn_rope_cache_params from rope_cache()'s keyword arguments (None =
-    the library's default); the factor arrays (half each) go to `keep`."""
+    the library's default); the factor arrays (half each) go to `keep`.
+    unknown: keys of DecoderLayer's rope_scaling dict that are none of
+    these (Python's own TypeError named this helper, not the argument)."""
+    if unknown:
+        raise TypeError("%s: rope_scaling has no key %r (it takes rope_cache()'s keyword "
+                        "arguments)" % (fn, sorted(unknown)[0]))
     p = _lib.RopeCacheParams(scaling=_choice(_lib.ROPE_SCALINGS, scaling, fn, "scaling"),
                              apply_attention_factor=1 if apply_attention_factor else 0,
                              yarn_no_truncate=0 if truncate else 1)

@@ -201,3 +201,11 @@ def test_load_state_dict_needs_a_mapping():
                                             "be a mapping"):
             layer.load_state_dict(bad)
     layer.load_state_dict(dict(pairs))
+
+
+def test_rope_scaling_names_a_misspelt_key():
+    # TypeError "_rope_cache_params() got an unexpected keyword argument
+    # 'Factor'": the binding's helper, not DecoderLayer's rope_scaling.
+    with pytest.raises(TypeError, match="^DecoderLayer: rope_scaling has no key 'Factor'"):
+        attn.DecoderLayer(8, 2, rope={}, rope_scaling={"scaling": "linear", "Factor": 2.0})
+    attn.DecoderLayer(8, 2, rope={}, rope_scaling={"scaling": "linear", "factor": 2.0})
