@@ -1671,9 +1671,13 @@ class MultiheadAttention(_ContextObject):
         self._ctx = _context_arg(context, fn)
         self.embed_dim, self.num_heads = _int64(embed_dim, fn, "embed_dim"), \
             _int64(num_heads, fn, "num_heads")
-        self.kdim = _int64(kdim, fn, "kdim") if kdim is not None else self.embed_dim
-        self.vdim = _int64(vdim, fn, "vdim") if vdim is not None else self.embed_dim
+        # libattn reads kdim = 0 as embed_dim, where the weights' shapes here
+        # (and torch's) would have 0 columns: refused.
+        self.kdim = _not_default(kdim, fn, "kdim", False) if kdim is not None else self.embed_dim
+        self.vdim = _not_default(vdim, fn, "vdim", False) if vdim is not None else self.embed_dim
         self.batch_first, self.dropout = bool(batch_first), _real(dropout, fn, "dropout")
+        if not 0.0 <= self.dropout <= 1.0:  # torch's rule (it is never applied here)
+            raise ValueError("%s: dropout = %r but must be in [0, 1]" % (fn, dropout))
         self.head_dim = self.embed_dim // max(self.num_heads, 1)
         self._bias = bool(bias)
         p = _lib.MhaTorchParams(embed_dim=self.embed_dim, num_heads=self.num_heads,

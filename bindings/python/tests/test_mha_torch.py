@@ -123,3 +123,17 @@ def test_load_state_dict_needs_a_mapping():
                                             "dict must be a mapping"):
             m.load_state_dict(bad)
     m.load_state_dict(m.state_dict())
+
+
+def test_constructor_refuses_zero_dims_and_bad_dropout():
+    # kdim=0 made a layer libattn built with kdim = embed_dim (0 = default)
+    # while the binding expected k_proj_weight [8, 0]: state_dict() then
+    # failed in libattn. dropout=-1 or 2 was taken (torch refuses them).
+    for kw, what in ((dict(kdim=0), "kdim = 0 is not allowed"),
+                     (dict(vdim=0), "vdim = 0 is not allowed"),
+                     (dict(dropout=-1.0), r"dropout = -1.0 but must be in \[0, 1\]"),
+                     (dict(dropout=2), r"dropout = 2 but must be in \[0, 1\]")):
+        with pytest.raises(ValueError, match="^MultiheadAttention: " + what):
+            attn.MultiheadAttention(8, 2, **kw)
+    m = attn.MultiheadAttention(8, 2, dropout=0.1, kdim=4)
+    assert m.state_dict()["k_proj_weight"].shape == (8, 4)
