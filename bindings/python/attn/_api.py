@@ -1847,8 +1847,10 @@ class DecoderLayer(_ContextObject):
         self._ctx = _context_arg(context, fn)
         embed_dim, num_heads = _int64(embed_dim, fn, "embed_dim"), \
             _int64(num_heads, fn, "num_heads")
-        num_kv_heads = _int64(num_kv_heads or 0, fn, "num_kv_heads")
-        head_dim = _int64(head_dim or 0, fn, "head_dim")
+        # None is the default; libattn reads 0 as it too, so 0 is refused.
+        num_kv_heads = 0 if num_kv_heads is None else _not_default(num_kv_heads, fn,
+                                                                    "num_kv_heads", False)
+        head_dim = 0 if head_dim is None else _not_default(head_dim, fn, "head_dim", False)
         scale = _scale(scale, fn)
         softcap = None if softcap is None else _float32_arg(softcap, fn, "softcap")
         p = _lib.MhaDecoderParams(embed_dim=embed_dim, num_heads=num_heads,

@@ -209,3 +209,13 @@ def test_rope_scaling_names_a_misspelt_key():
     with pytest.raises(TypeError, match="^DecoderLayer: rope_scaling has no key 'Factor'"):
         attn.DecoderLayer(8, 2, rope={}, rope_scaling={"scaling": "linear", "Factor": 2.0})
     attn.DecoderLayer(8, 2, rope={}, rope_scaling={"scaling": "linear", "factor": 2.0})
+
+
+def test_zero_heads_or_head_dim_is_not_the_default():
+    # num_kv_heads=0 made a layer with num_heads kv heads and head_dim=0 one
+    # with embed_dim / num_heads (libattn reads 0 as the default).
+    for kw in (dict(num_kv_heads=0), dict(head_dim=0)):
+        with pytest.raises(ValueError, match="^DecoderLayer: %s = 0 is not allowed" % list(kw)[0]):
+            attn.DecoderLayer(8, 2, **kw)
+    layer = attn.DecoderLayer(8, 2, num_kv_heads=1, head_dim=2)
+    assert (layer.num_kv_heads, layer.head_dim) == (1, 2)
