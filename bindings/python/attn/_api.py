@@ -846,8 +846,9 @@ class Context(_ClosedWhenCollected):
                              % (fn, layout.upper(), np.shape(y)))
         v = _to_bhld(y, layout, y.ndim == 4)
         p = _lib.RopeParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
-                            rotary_dim=0 if rotary_dim is None else _int32(rotary_dim, fn,
-                                                                           "rotary_dim"),
+                            rotary_dim=0 if rotary_dim is None else _int32(
+                                _not_default(rotary_dim, fn, "rotary_dim", False), fn,
+                                "rotary_dim"),
                             theta=0.0 if theta is None else _not_default(theta, fn, "theta"),
                             offset=_int64(offset, fn, "offset"))
         with self._call(fn) as c:

@@ -187,3 +187,12 @@ def test_sinusoidal_out_must_match_length_and_dim():
     out = np.empty((4, 8), np.float32)
     assert attn.sinusoidal(4, 8, out=out) is out
     close(out, ref.sinusoidal(4, 8), atol=2e-6)
+
+
+def test_rope_rotary_dim_zero_is_not_all():
+    # rotary_dim=0 rotated every dim (libattn's 0 = D) where it says none.
+    x = np.ones((1, 1, 3, 8), np.float32)
+    for f in (attn.rope, attn.rope_backward):
+        with pytest.raises(ValueError, match="^%s: rotary_dim = 0 is not allowed" % f.__name__):
+            f(x, rotary_dim=0)
+    close(attn.rope(x, rotary_dim=None), attn.rope(x, rotary_dim=8), atol=0)
