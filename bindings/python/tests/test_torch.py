@@ -209,3 +209,31 @@ def test_numpy_api_reads_tensors_that_require_grad_or_are_bfloat16():
     np.testing.assert_array_equal(
         attn.rope_cached(q, torch.from_numpy(cos).requires_grad_(), sin),
         attn.rope_cached(q, cos, sin))
+
+
+def test_autograd_functions_check_their_tensors():
+    # An int64 tensor was converted to float32 and the result back: softmax
+    # of [1, 2, 3] came out [0, 0, 0]; an int64 1/0 attn_mask (Hugging Face's)
+    # was added to the logits, masking nothing. A NumPy array raised
+    # AttributeError, an out-of-range dim torch's IndexError.
+    t = torch.zeros(1, 2, 3, 4)
+    for call, what in (
+            (lambda: at.softmax(torch.tensor([1, 2, 3]), 0), "softmax: x has dtype torch.int64"),
+            (lambda: at.log_softmax(np.ones(3, np.float32), 0), "log_softmax: x must be a torch"),
+            (lambda: at.scaled_dot_product_attention(t, t, t, attn_mask=torch.ones(3, 3).long()),
+             "scaled_dot_product_attention: attn_mask has dtype torch.int64"),
+            (lambda: at.scaled_dot_product_attention(t.numpy(), t, t),
+             "scaled_dot_product_attention: query must be a torch tensor"),
+            (lambda: at.pool(np.ones((2, 3, 4), np.float32)), "pool: x must be a torch tensor"),
+            (lambda: at.pool(torch.ones(2, 3, 4), keep=torch.ones(2, 3).long()),
+             "pool: keep has dtype torch.int64"),
+            (lambda: at.pool_attention(torch.ones(3, 4), torch.ones(2, 3, 4).int()),
+             "pool_attention: key has dtype torch.int32")):
+        with pytest.raises(TypeError, match="^attn.torch." + what):
+            call()
+    with pytest.raises(ValueError, match=r"^attn.torch.softmax: dim = 4 is out of range"):
+        at.softmax(t, 4)
+    with pytest.raises(TypeError, match=r"^attn.torch.softmax: dim = None is not an integer"):
+        at.softmax(t, None)
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    assert torch.allclose(at.softmax(x, -1), torch.softmax(x, -1), atol=1e-7)
