@@ -663,6 +663,10 @@ class Context(_ClosedWhenCollected):
             _torch_src_dtype(src, src_dtype, fn)
         else:
             a = np.asarray(a)
+            if not a.dtype.isnative:
+                # ">f4" is float32 too: refusing it as "not float32" misled; a
+                # native copy (the values, no rounding) is read instead.
+                a = a.astype(a.dtype.newbyteorder("="))
             src = _half_kind(a, src_dtype, fn)
         dst = _dtype_name(dtype, fn)
         codes = {"float32": _lib.DTYPE_F32, "float16": _lib.DTYPE_F16,

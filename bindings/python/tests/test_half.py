@@ -124,6 +124,19 @@ def test_src_dtype_must_agree_with_a_torch_tensor():
     assert cache.lengths.tolist() == [2]
     assert torch.equal(attn.convert(b, "float32", src_dtype=torch.bfloat16), t)
 
+
+def test_convert_reads_byte_swapped_arrays():
+    # A big-endian float32 or float16 array was refused with "a has dtype >f4
+    # but must be float32 or float16"; the ops themselves take them.
+    x = np.array([1.5, -2.25, 65504.0, 1e-3], np.float32)
+    np.testing.assert_array_equal(attn.convert(x.astype(">f4"), "float16"), x.astype(np.float16))
+    h = x.astype(np.float16)
+    np.testing.assert_array_equal(attn.convert(h.astype(">f2"), "float32"), h.astype(np.float32))
+    bits = attn.convert(x, "bfloat16")
+    np.testing.assert_array_equal(
+        attn.convert(bits.astype(">u2"), "float32", src_dtype="bfloat16"),
+        attn.convert(bits, "float32", src_dtype="bfloat16"))
+
 # ---- ops on half arrays ----
 
 def _bound_ok(got, want, u, tol, scale=1.0):
