@@ -620,25 +620,25 @@ class Context(_ClosedWhenCollected):
     @property
     def num_threads(self):
         """The thread count an op on this context may use."""
-        return int(_LIB.attn_ctx_num_threads(self._live()))
+        return int(_LIB.attn_ctx_num_threads(self._live("Context.num_threads")))
 
     def last_error(self):
         """The message of the last failed call on this context."""
         return _LIB.attn_ctx_last_error(self._handle).decode(errors="replace")
 
-    def _live(self):
+    def _live(self, fn):
         if not self._handle:
-            raise ValueError("the attn.Context is closed")
+            raise ValueError("%s: the attn.Context is closed" % fn)
         return self._handle
 
     def _call(self, fn):
-        self._live()
+        self._live(fn)
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("%s: this attn.Context is in use by another thread; "
                                "use one context per thread" % fn)
         if not self._handle:  # closed meanwhile by another thread
             self._busy.release()
-            self._live()
+            self._live(fn)
         return _Guarded(self, fn)
 
     # ---- dtype conversion ----

@@ -123,8 +123,13 @@ def test_context_threads_and_close():
         q = np.ones((1, 1, 2, 4), np.float32)
         assert ctx.sdpa(q, q, q).shape == (1, 1, 2, 4)
         assert ctx.last_error() == ""
-    with pytest.raises(ValueError, match="closed"):
+    # The message names the call (it said only "the attn.Context is closed").
+    with pytest.raises(ValueError, match="^sdpa: the attn.Context is closed"):
         ctx.sdpa(q, q, q)
+    with pytest.raises(ValueError, match="^KVCache: the attn.Context is closed"):
+        attn.KVCache(1, 1, 4, capacity=2, context=ctx)
+    with pytest.raises(ValueError, match="^Context.num_threads: the attn.Context is closed"):
+        ctx.num_threads
     ctx.close()  # idempotent
     assert attn.Context(3).num_threads == 3
     assert attn.Context().num_threads >= 1
