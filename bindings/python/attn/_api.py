@@ -132,7 +132,7 @@ class _Call:
     def input(self, a, name, boolean=False, dtype=None, additive_mask=False):
         """Wrap an input array (copied only when the rule above says so).
         dtype (from _data_array) keeps a float16 / bfloat16 array as it is."""
-        a = _as_numpy(a, self.fn)
+        a = _as_numpy(a, self.fn, name)
         if dtype in (_lib.DTYPE_F16, _lib.DTYPE_BF16):
             pass
         elif boolean:
@@ -185,7 +185,7 @@ class _Call:
     def mask(self, m, name):
         """Wrap a mask: bool/uint8 -> boolean mask (nonzero = keep), numbers ->
         additive. Returns (additive_handle, bool_handle), one of them None."""
-        m = _as_numpy(m, self.fn)
+        m = _as_numpy(m, self.fn, name)
         if m.dtype == np.bool_ or m.dtype == np.uint8:
             return None, self.input(m, name, boolean=True)
         if m.dtype.kind in "iu":
@@ -230,7 +230,7 @@ def _int64(v, fn, name):
 
 
 def _int64_array(a, name, fn, shape=None):
-    a = _as_numpy(a, fn)
+    a = _as_numpy(a, fn, name)
     if a.dtype.kind == "f":
         # Truncating 2.5 to 2 would silently change the answer.
         if not np.all(np.isfinite(a)) or np.any(a != np.trunc(a)):
@@ -253,7 +253,7 @@ def _real_array(a, name, fn, dtype):
     (slopes, sinks, positions, factors): a cast alone would keep the real
     part of complex numbers, take bools as 0/1, turn float64 past float32's
     range into inf and raise numpy's unnamed errors for strings."""
-    a = _as_numpy(a, fn)
+    a = _as_numpy(a, fn, name)
     if a.dtype.kind not in _ADDITIVE_KINDS:
         raise TypeError("%s: %s has dtype %s but must hold real numbers" % (fn, name, a.dtype))
     if dtype == np.float32:
@@ -308,7 +308,7 @@ def _half_kind(a, src_dtype, fn):
                     % (fn, a.dtype))
 
 
-def _data_array(a, fn):
+def _data_array(a, fn, name):
     """A data input as (numpy array, libattn dtype): float16 arrays and torch
     float16 / bfloat16 tensors pass as they are (a bfloat16 tensor as its
     uint16 bits), anything else as float32 (converted later by input())."""
@@ -316,7 +316,7 @@ def _data_array(a, fn):
         a, kind = _torch_view(a, fn)
         return a, {"float32": _lib.DTYPE_F32, "float16": _lib.DTYPE_F16,
                    "bfloat16": _lib.DTYPE_BF16}[kind]
-    a = np.asarray(a)
+    a = _asarray(a, fn, name)
     if a.dtype.kind == "f" and a.itemsize == 2 and a.dtype != np.float16:
         a = a.astype(np.float16)  # byte-swapped float16: a native copy, still half
     return a, _lib.DTYPE_F16 if a.dtype == np.float16 else _lib.DTYPE_F32
@@ -334,16 +334,16 @@ def _torch_src_dtype(kind, src_dtype, fn):
                         % (fn, _dtype_name(src_dtype, fn), kind))
 
 
-def _kv_rows(a, src_dtype, fn):
+def _kv_rows(a, src_dtype, fn, name):
     """Rows for KVCache.append as (array, libattn dtype): src_dtype names a
     numpy array's element type (bfloat16: uint16 bits), else as _data_array."""
     if _is_torch(a):
-        a, dt = _data_array(a, fn)
+        a, dt = _data_array(a, fn, name)
         _torch_src_dtype({v: k for k, v in _DTYPE_CODES.items()}[dt], src_dtype, fn)
         return a, dt
     if src_dtype is None:
-        return _data_array(a, fn)
-    a = np.asarray(a)
+        return _data_array(a, fn, name)
+    a = _asarray(a, fn, name)
     return a, _DTYPE_CODES[_half_kind(a, src_dtype, fn)]
 
 
@@ -380,7 +380,7 @@ def _update_target(x, inplace, fn):
             raise TypeError("%s: inplace needs x to be a numpy array or a torch tensor, not %s"
                             % (fn, type(x).__name__))
         return x, False
-    a, dt = _data_array(x, fn)
+    a, dt = _data_array(x, fn, "x")
     if dt == _lib.DTYPE_BF16:  # bfloat16 bits: float32 is the same bits shifted up
         return (a.astype(np.uint32, order="C") << 16).view(np.float32), False
     if dt == _lib.DTYPE_F16:
@@ -392,13 +392,22 @@ def _update_target(x, inplace, fn):
     return (b if b.flags.c_contiguous else np.array(b, order="C")), False
 
 
-def _as_numpy(a, fn):
+def _asarray(a, fn, name):
+    """np.asarray(a); numpy's error for what it cannot convert (a ragged
+    list: "setting an array element with a sequence") names nothing."""
+    try:
+        return np.asarray(a)
+    except ValueError as e:
+        raise ValueError("%s: %s cannot be made an array: %s" % (fn, name, e)) from None
+
+
+def _as_numpy(a, fn, name):
     """np.asarray(a), a CPU torch tensor read through a detached view:
     np.asarray raised torch's RuntimeError for one that requires grad (an
     nn.Parameter of sinks) and TypeError "unsupported ScalarType BFloat16",
     naming nothing; bfloat16 is widened exactly to float32."""
     if not _is_torch(a):
-        return np.asarray(a)
+        return _asarray(a, fn, name)
     if a.device.type != "cpu":
         raise ValueError("%s: the torch tensor is on %s; libattn reads CPU memory" % (fn, a.device))
     a = a.detach()
@@ -662,7 +671,7 @@ class Context(_ClosedWhenCollected):
             a, src = _torch_view(a, fn)
             _torch_src_dtype(src, src_dtype, fn)
         else:
-            a = np.asarray(a)
+            a = _asarray(a, fn, "a")
             if not a.dtype.isnative:
                 # ">f4" is float32 too: refusing it as "not float32" misled; a
                 # native copy (the values, no rounding) is read instead.
@@ -714,7 +723,7 @@ class Context(_ClosedWhenCollected):
     def _softmax(self, name, x, scale, mask, bool_mask, out, axis=-1):
         fn = name[5:]
         p = _lib.SoftmaxParams(scale=_scale(scale, fn))
-        x, xdt = _data_array(x, fn)
+        x, xdt = _data_array(x, fn, "x")
         _set_axis(p, axis, x.ndim, fn)
         with self._call(fn) as c:
             hx = c.input(x, "x", dtype=xdt)
@@ -751,7 +760,7 @@ class Context(_ClosedWhenCollected):
     def _softmax_backward(self, name, y, dy, scale, out, return_dmask, axis):
         fn = name[5:]
         p = _lib.SoftmaxParams(scale=_scale(scale, fn))
-        y = _as_numpy(y, fn)
+        y = _as_numpy(y, fn, "y")
         _set_axis(p, axis, y.ndim, fn)
         with self._call(fn) as c:
             hy, hg = c.input(y, "y"), c.input(dy, "dy")
@@ -858,7 +867,7 @@ class Context(_ClosedWhenCollected):
         with self._call(fn) as c:
             if positions is not None:
                 B, L = v.shape[0], v.shape[2]
-                pos = _as_numpy(positions, fn)
+                pos = _as_numpy(positions, fn, "positions")
                 if pos.ndim == 1:
                     pos = np.broadcast_to(pos, (B, pos.shape[0]))
                 pos = _int64_array(pos, "positions", fn, (B, L))
@@ -935,7 +944,7 @@ class Context(_ClosedWhenCollected):
                             % (fn, type(x).__name__))
         if inplace and _is_torch(x):
             _check_no_grad(x, fn)
-        x, xdt = _data_array(x, fn)
+        x, xdt = _data_array(x, fn, "x")
         y = x if inplace else np.empty(x.shape, _result_dtype(xdt))
         with self._call(fn) as c:
             hx = (c.output(x, "x", half=True, bf16=xdt == _lib.DTYPE_BF16) if inplace
@@ -968,7 +977,7 @@ class Context(_ClosedWhenCollected):
         tensors. Returns [B, D] or [B, H, D]: float16 for a float16 x, else
         float32; out: an array of that shape (float32 or float16) to write."""
         fn = "pool"
-        x, xdt = _data_array(x, fn)
+        x, xdt = _data_array(x, fn, "x")
         if x.ndim not in (3, 4):
             raise ValueError("%s: x must be [B, L, D] or [B, H, L, D], not %s" % (fn, x.shape))
         if out is None:
@@ -989,8 +998,8 @@ class Context(_ClosedWhenCollected):
         arguments. Types as pool(): dx (dscores) is float16 for a float16 x
         (scores), else float32."""
         fn = "pool_backward"
-        x, xdt = _data_array(x, fn)
-        dout, gdt = _data_array(dout, fn)
+        x, xdt = _data_array(x, fn, "x")
+        dout, gdt = _data_array(dout, fn, "dout")
         if x.ndim not in (3, 4):
             raise ValueError("%s: x must be [B, L, D] or [B, H, L, D], not %s" % (fn, x.shape))
         dx = np.empty(x.shape, _result_dtype(xdt))
@@ -1013,7 +1022,7 @@ class Context(_ClosedWhenCollected):
         hx = c.input(x, "x", dtype=xdt)
         sdt = _lib.DTYPE_F32
         if scores is not None:
-            scores, sdt = _data_array(scores, fn)
+            scores, sdt = _data_array(scores, fn, "scores")
             p.scores = c.input(scores, "scores", dtype=sdt)
         if keep is not None:
             p.keep = c.input(keep, "keep", boolean=True)
@@ -1035,8 +1044,8 @@ class Context(_ClosedWhenCollected):
         [B, Hq, M, L] with return_weights and the log-sum-exp [B, Hq, M]
         (for pool_attention_backward) with return_lse."""
         fn = "pool_attention"
-        (queries, qdt), (k, kdt) = _data_array(queries, fn), _data_array(k, fn)
-        v, vdt = (k, kdt) if v is None else _data_array(v, fn)
+        (queries, qdt), (k, kdt) = _data_array(queries, fn, "queries"), _data_array(k, fn, "k")
+        v, vdt = (k, kdt) if v is None else _data_array(v, fn, "v")
         q3, k4, v4, squeeze = self._pool_attention_views(fn, queries, k, v)
         B, L = k4.shape[0], k4.shape[2]
         Hq, M = q3.shape[0], q3.shape[1]
@@ -1069,7 +1078,8 @@ class Context(_ClosedWhenCollected):
         same_kv = v is None
         q3, k4, v4, squeeze = self._pool_attention_views(fn, queries, k, v)
         B = k4.shape[0]
-        o4, g4, ls = (_as_numpy(a, fn) for a in (out, dout, lse))
+        o4, g4, ls = (_as_numpy(a, fn, n) for a, n in ((out, "out"), (dout, "dout"),
+                                                         (lse, "lse")))
         nd = 3 if squeeze else 4  # out and dout as pool_attention returned out; lse one less
         for a, name, want in ((o4, "out", nd), (g4, "dout", nd), (ls, "lse", nd - 1)):
             if a.ndim != want:
@@ -1098,9 +1108,9 @@ class Context(_ClosedWhenCollected):
 
     @staticmethod
     def _pool_attention_views(fn, queries, k, v):
-        q = _as_numpy(queries, fn)
-        k = _as_numpy(k, fn)
-        v = k if v is None else _as_numpy(v, fn)
+        q = _as_numpy(queries, fn, "queries")
+        k = _as_numpy(k, fn, "k")
+        v = k if v is None else _as_numpy(v, fn, "v")
         squeeze = q.ndim == 2 and k.ndim == 3
         q3 = q[None] if q.ndim == 2 else q
         k4 = k[:, None] if k.ndim == 3 else k
@@ -1202,7 +1212,8 @@ class Context(_ClosedWhenCollected):
         the logits [B, Hq, Lq, Lk] at that stage, last."""
         fn = "sdpa"
         layout = _layout(layout, fn)
-        (q, qdt), (k, kdt), (v, vdt) = (_data_array(a, fn) for a in (q, k, v))
+        (q, qdt), (k, kdt), (v, vdt) = (_data_array(a, fn, n) for a, n in ((q, "q"), (k, "k"),
+                                                                            (v, "v")))
         if not (q.ndim == k.ndim == v.ndim and q.ndim in (3, 4)):
             raise ValueError("%s: q, k, v have %d, %d, %d dims but must all have 4 (%s) or 3 "
                              "(no batch axis)" % (fn, q.ndim, k.ndim, v.ndim, layout.upper()))
@@ -1256,7 +1267,8 @@ class Context(_ClosedWhenCollected):
         Memory O(tile): nothing of size Lq x Lk unless dmask is asked for."""
         fn = "sdpa_backward"
         layout = _layout(layout, fn)
-        arrs = [_as_numpy(a, fn) for a in (q, k, v, out, dout)]
+        arrs = [_as_numpy(a, fn, n) for a, n in ((q, "q"), (k, "k"), (v, "v"), (out, "out"),
+                                                 (dout, "dout"))]
         nd = arrs[0].ndim
         if nd not in (3, 4) or any(a.ndim != nd for a in arrs):
             raise ValueError("%s: q, k, v, out, dout must all have 4 dims (%s) or all 3"
@@ -1264,7 +1276,7 @@ class Context(_ClosedWhenCollected):
         batched = nd == 4
         q4, k4, v4, o4, g4 = (_to_bhld(a, layout, batched) for a in arrs)
         B, Hq, Lq, _ = q4.shape
-        lse = _as_numpy(lse, fn)
+        lse = _as_numpy(lse, fn, "lse")
         lse3 = lse if batched else lse[None]
         grads = [np.empty(a.shape, np.float32) for a in arrs[:3]]
         g4s = [_to_bhld(a, layout, batched) for a in grads]
@@ -1297,7 +1309,8 @@ class Context(_ClosedWhenCollected):
         k [Tk, Hkv, D], v [Tk, Hkv, Dv], from its out, lse [Hq, Tq] and dout;
         (dq, dk, dv, dsinks) with return_dsinks. Pass the forward's arguments."""
         fn = "sdpa_varlen_backward"
-        arrs = [_as_numpy(a, fn) for a in (q, k, v, out, lse, dout)]
+        arrs = [_as_numpy(a, fn, n) for a, n in ((q, "q"), (k, "k"), (v, "v"), (out, "out"),
+                                                 (lse, "lse"), (dout, "dout"))]
         cu_q = _int64_array(cu_seqlens_q, "cu_seqlens_q", fn)
         cu_k = cu_q if cu_seqlens_k is None else _int64_array(cu_seqlens_k, "cu_seqlens_k", fn)
         if cu_q.ndim != 1 or cu_q.shape[0] < 1 or cu_k.shape != cu_q.shape:
@@ -1335,7 +1348,8 @@ class Context(_ClosedWhenCollected):
         arguments as sdpa(). Returns out
         [Tq, Hq, Dv], or (out, lse) with lse [Hq, Tq]."""
         fn = "sdpa_varlen"
-        (q, qdt), (k, kdt), (v, vdt) = (_data_array(a, fn) for a in (q, k, v))
+        (q, qdt), (k, kdt), (v, vdt) = (_data_array(a, fn, n) for a, n in ((q, "q"), (k, "k"),
+                                                                            (v, "v")))
         cu_q = _int64_array(cu_seqlens_q, "cu_seqlens_q", fn)
         cu_k = cu_q if cu_seqlens_k is None else _int64_array(cu_seqlens_k, "cu_seqlens_k", fn)
         if cu_q.ndim != 1 or cu_q.shape[0] < 1 or cu_k.shape != cu_q.shape:
@@ -1534,7 +1548,7 @@ class KVCache(_ContextObject):
         bfloat16 bits with src_dtype="bfloat16"."""
         fn = "KVCache.append"
         with self._call(fn) as c:
-            (k, kdt), (v, vdt) = (_kv_rows(a, src_dtype, fn) for a in (k, v))
+            (k, kdt), (v, vdt) = (_kv_rows(a, src_dtype, fn, n) for a, n in ((k, "k"), (v, "v")))
             hk, hv = c.input(k, "k", dtype=kdt), c.input(v, "v", dtype=vdt)
             ap = _lib.KvAppendParams()
             if rope is not None:
@@ -1573,7 +1587,7 @@ class KVCache(_ContextObject):
             raise TypeError("%s: causal = %r but must be True or False (each row sits at its "
                             "position in the cache; there is no alignment to choose)"
                             % (fn, causal))
-        q, qdt = _data_array(q, fn)
+        q, qdt = _data_array(q, fn, "q")
         if q.ndim != 4:
             raise ValueError("%s: q must be [B, Hq, Lq, D]" % fn)
         out = np.empty(q.shape[:3] + (self.value_dim,), _result_dtype(qdt))
@@ -1728,7 +1742,7 @@ class MultiheadAttention(_ContextObject):
         arrays = {}
         for name, shape in shapes.items():
             if name in state_dict:
-                a = _data_array(state_dict[name], fn)
+                a = _data_array(state_dict[name], fn, name)
                 if a[0].shape != shape:
                     raise ValueError("%s: %s has shape %s but must be %s"
                                      % (fn, name, a[0].shape, shape))
@@ -1753,7 +1767,7 @@ class MultiheadAttention(_ContextObject):
         return out
 
     def _mask(self, c, m, name):
-        m = _as_numpy(m, "MultiheadAttention")
+        m = _as_numpy(m, "MultiheadAttention", name)
         if m.dtype == np.bool_ or m.dtype == np.uint8:
             return c.input(m, name, boolean=True)
         if m.dtype.kind != "f":
@@ -1771,7 +1785,8 @@ class MultiheadAttention(_ContextObject):
         [B, num_heads, L, S], or None when need_weights is False."""
         fn = "MultiheadAttention"
         same_k, same_v = key is query, value is key
-        (query, qdt), (key, kdt), (value, vdt) = (_data_array(a, fn) for a in (query, key, value))
+        (query, qdt), (key, kdt), (value, vdt) = (
+            _data_array(a, fn, n) for a, n in ((query, "query"), (key, "key"), (value, "value")))
         if same_k:
             key = query
         if same_v:
@@ -1789,7 +1804,7 @@ class MultiheadAttention(_ContextObject):
             axis = 0 if self.batch_first else 1
             query, key, value = (np.expand_dims(a, axis) for a in (query, key, value))
             if key_padding_mask is not None:
-                key_padding_mask = _as_numpy(key_padding_mask, fn)[None]
+                key_padding_mask = _as_numpy(key_padding_mask, fn, "key_padding_mask")[None]
         B = query.shape[0] if self.batch_first else query.shape[1]
         L = query.shape[1] if self.batch_first else query.shape[0]
         S = key.shape[1] if self.batch_first else key.shape[0]
@@ -1908,7 +1923,7 @@ class DecoderLayer(_ContextObject):
         keeps float32)."""
         fn = "DecoderLayer.set_weight"
         which = self._which(name, fn)
-        w, wdt = _data_array(w, fn)
+        w, wdt = _data_array(w, fn, name)
         with self._call(fn) as c:
             c.check(_LIB.attn_mha_set_weight(self._ctx._handle, self._handle, which,
                                              c.input(w, name, dtype=wdt)))
@@ -1938,7 +1953,7 @@ class DecoderLayer(_ContextObject):
             raise KeyError("%s: missing %s" % (fn, ", ".join(missing)))
         arrays = {}
         for n in names:
-            a = _data_array(state[prefix + n], fn)
+            a = _data_array(state[prefix + n], fn, prefix + n)
             if a[0].shape != self._shape(n):
                 raise ValueError("%s: %s has shape %s but must be %s"
                                  % (fn, prefix + n, a[0].shape, self._shape(n)))
@@ -1958,7 +1973,7 @@ class DecoderLayer(_ContextObject):
         are zeros. Returns y [B, L, E]: float16 for a float16 x (x may also be
         a torch float16 / bfloat16 tensor), else float32."""
         fn = "DecoderLayer.forward"
-        x, xdt = _data_array(x, fn)
+        x, xdt = _data_array(x, fn, "x")
         if x.ndim != 3:
             raise ValueError("%s: x must be [B, L, E]" % fn)
         y = np.empty(x.shape[:2] + (self.embed_dim,), _result_dtype(xdt))

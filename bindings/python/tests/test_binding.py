@@ -640,3 +640,21 @@ def test_context_and_cache_arguments_are_type_checked():
                                                 "attn.KVCache"):
                 layer(x, cache)
         assert layer(x, attn.KVCache(1, 2, 4, capacity=4, context=ctx)).shape == (1, 2, 8)
+
+
+def test_unconvertible_input_names_the_argument():
+    # A ragged list raised numpy's "setting an array element with a
+    # sequence..." naming neither the call nor the argument.
+    ragged = [[1.0, 2.0], [3.0]]
+    q = np.ones((1, 2, 2), np.float32)
+    for call, what in ((lambda: attn.softmax(ragged), "softmax: x"),
+                       (lambda: attn.softmax(q[0], mask=ragged), "softmax: mask"),
+                       (lambda: attn.sdpa(q, ragged, q), "sdpa: k"),
+                       (lambda: attn.sdpa(q, q, q, kv_lens=[[1], [1, 2]]), "sdpa: kv_lens"),
+                       (lambda: attn.sdpa(q, q, q, sinks=[[1.0], []]), "sdpa: sinks"),
+                       (lambda: attn.softmax_backward(q, ragged), "softmax_backward: dy"),
+                       (lambda: attn.convert(ragged, "float16"), "convert: a"),
+                       (lambda: attn.KVCache(1, 1, 2, capacity=2).append(ragged, ragged),
+                        "KVCache.append: k")):
+        with pytest.raises(ValueError, match="^%s cannot be made an array" % what):
+            call()
