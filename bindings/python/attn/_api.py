@@ -1682,7 +1682,8 @@ class MultiheadAttention(_ContextObject):
                  add_zero_attn=False, kdim=None, vdim=None, batch_first=False, device=None,
                  dtype=None, *, context=None):
         fn = "MultiheadAttention"
-        if device not in (None, "cpu"):
+        # torch.device("cpu") (and "cpu:0") is the CPU too: it was refused.
+        if device is not None and str(device).split(":")[0] != "cpu":
             raise ValueError("%s: device = %r but libattn runs on the CPU" % (fn, device))
         if dtype is not None and str(dtype) not in ("float32", "torch.float32",
                                                     str(np.float32), str(np.dtype(np.float32))):

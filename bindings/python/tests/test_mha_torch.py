@@ -137,3 +137,14 @@ def test_constructor_refuses_zero_dims_and_bad_dropout():
             attn.MultiheadAttention(8, 2, **kw)
     m = attn.MultiheadAttention(8, 2, dropout=0.1, kdim=4)
     assert m.state_dict()["k_proj_weight"].shape == (8, 4)
+
+
+def test_device_may_be_a_torch_cpu_device():
+    # device=torch.device("cpu") was refused: "device = device(type='cpu')
+    # but libattn runs on the CPU".
+    for dev in (torch.device("cpu"), "cpu:0", torch.device("cpu", 0)):
+        attn.MultiheadAttention(8, 2, device=dev)
+    for dev in (torch.device("meta"), "cuda"):
+        with pytest.raises(ValueError, match="^MultiheadAttention: device = .* but libattn runs "
+                                             "on the CPU"):
+            attn.MultiheadAttention(8, 2, device=dev)
