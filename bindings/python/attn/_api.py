@@ -453,12 +453,14 @@ def _real(v, fn, name):
     """v as a float for a real-number argument: float() would take "2" and
     True, keep the real part of a complex, and its errors name neither the
     call nor the argument."""
-    if isinstance(v, (str, bytes, bool, np.bool_)) or np.iscomplexobj(v):
+    if (isinstance(v, (str, bytes, bool, np.bool_, complex, np.complexfloating))
+            or (isinstance(v, np.ndarray) and v.dtype.kind in "bc")
+            or (_is_torch(v) and (v.is_complex() or str(v.dtype) == "torch.bool"))):
         raise TypeError("%s: %s = %r must be a real number, not a %s"
                         % (fn, name, v, type(v).__name__))
     try:
         return float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RuntimeError):  # torch raises RuntimeError too
         raise TypeError("%s: %s = %r must be a real number, not a %s"
                         % (fn, name, v, type(v).__name__)) from None
 

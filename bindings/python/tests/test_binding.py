@@ -619,6 +619,13 @@ def test_real_arguments_refuse_strings_bools_and_complex():
             attn.DecoderLayer(8, 2, scale=s, context=ctx)
     assert cache.lengths.tolist() == [0]
     np.testing.assert_array_equal(ctx.softmax(x, scale=np.float64(2)), ctx.softmax(2 * x))
+    torch = pytest.importorskip("torch")
+    # A one-element tensor is a number, one that requires grad too.
+    np.testing.assert_array_equal(
+        ctx.softmax(x, scale=torch.tensor(2.0, requires_grad=True)), ctx.softmax(2 * x))
+    for bad in (torch.tensor(1 + 1j), torch.ones(2)):
+        with pytest.raises(TypeError, match="^softmax: scale = .* must be a real number"):
+            ctx.softmax(x, scale=bad)
     cache.close()
     ctx.close()
 
