@@ -781,6 +781,9 @@ class Context(_ClosedWhenCollected):
                                   base=0.0 if base is None else _not_default(base, fn, "base"),
                                   offset=_real(offset, fn, "offset"))
         if positions is not None:
+            if p.offset != 0.0:  # libattn would ignore it: positions replace offset + l
+                raise ValueError("%s: offset = %r and positions are both set; positions "
+                                 "replace offset + l (add the offset to them)" % (fn, offset))
             pos = _real_array(positions, "positions", fn, np.float64)
             if pos.shape != (length,):
                 raise ValueError("%s: positions has shape %s but must have shape (%d,)"
@@ -796,7 +799,8 @@ class Context(_ClosedWhenCollected):
         layout: "interleaved" (the paper), "concat" (sin | cos),
         "concat-shifted" (fairseq/tensor2tensor), "cos-sin" (diffusion
         timesteps). base: None = 10000. offset: row l has position
-        offset + l; positions: explicit float positions, one per row.
+        offset + l; positions: explicit float positions, one per row,
+        instead (not with an offset).
         out: a float32 or float16 array of shape (length, dim) to write into."""
         fn = "sinusoidal"
         length, dim = _int64(length, fn, "length"), _int64(dim, fn, "dim")
@@ -847,7 +851,7 @@ class Context(_ClosedWhenCollected):
         style: "half" (NeoX/LLaMA rotate_half) or "interleaved" (GPT-J).
         rotary_dim: leading dims rotated (even; None = D). theta: None =
         10000. offset: token l has position offset + l; positions: explicit
-        int positions, [L] or [B, L]. x's types as sinusoidal_add's.
+        int positions, [L] or [B, L], instead (not with an offset). x's types as sinusoidal_add's.
         inplace=True rotates x itself (a writable float32 or float16 array,
         or a CPU torch tensor); otherwise a rotated copy is returned."""
         return self._rope("rope", x, style, rotary_dim, theta, offset, positions, layout,
@@ -868,6 +872,9 @@ class Context(_ClosedWhenCollected):
                             offset=_int64(offset, fn, "offset"))
         with self._call(fn) as c:
             if positions is not None:
+                if p.offset:  # libattn would ignore it: positions replace offset + l
+                    raise ValueError("%s: offset = %r and positions are both set; positions "
+                                     "replace offset + l (add the offset to them)" % (fn, offset))
                 B, L = v.shape[0], v.shape[2]
                 pos = _as_numpy(positions, fn, "positions")
                 if pos.ndim == 1:

@@ -196,3 +196,19 @@ def test_rope_rotary_dim_zero_is_not_all():
         with pytest.raises(ValueError, match="^%s: rotary_dim = 0 is not allowed" % f.__name__):
             f(x, rotary_dim=0)
     close(attn.rope(x, rotary_dim=None), attn.rope(x, rotary_dim=8), atol=0)
+
+
+def test_offset_with_positions_is_refused():
+    # libattn uses positions instead of offset + l: rope(x, positions=p,
+    # offset=5) rotated by p alone, the offset silently dropped.
+    x = np.ones((1, 1, 3, 8), np.float32)
+    for call, fn in ((lambda: attn.rope(x, positions=[0, 1, 2], offset=5), "rope"),
+                     (lambda: attn.rope_backward(x, positions=[0, 1, 2], offset=1),
+                      "rope_backward"),
+                     (lambda: attn.sinusoidal(3, 8, positions=[0.0, 1, 2], offset=0.5),
+                      "sinusoidal"),
+                     (lambda: attn.sinusoidal_add(x[0, 0], positions=[0.0, 1, 2], offset=2),
+                      "sinusoidal_add")):
+        with pytest.raises(ValueError, match="^%s: offset = .* and positions are both set" % fn):
+            call()
+    close(attn.rope(x, positions=[5, 6, 7]), attn.rope(x, offset=5), atol=0)
