@@ -1814,7 +1814,12 @@ class MultiheadAttention(_ContextObject):
             axis = 0 if self.batch_first else 1
             query, key, value = (np.expand_dims(a, axis) for a in (query, key, value))
             if key_padding_mask is not None:
-                key_padding_mask = _as_numpy(key_padding_mask, fn, "key_padding_mask")[None]
+                key_padding_mask = _as_numpy(key_padding_mask, fn, "key_padding_mask")
+                if key_padding_mask.ndim != 1:
+                    # Else libattn named the 3-D mask the binding made of it.
+                    raise ValueError("%s: key_padding_mask has %d dims but an unbatched query "
+                                     "takes a 1-D one [S]" % (fn, key_padding_mask.ndim))
+                key_padding_mask = key_padding_mask[None]
         B = query.shape[0] if self.batch_first else query.shape[1]
         L = query.shape[1] if self.batch_first else query.shape[0]
         S = key.shape[1] if self.batch_first else key.shape[0]

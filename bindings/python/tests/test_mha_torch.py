@@ -148,3 +148,15 @@ def test_device_may_be_a_torch_cpu_device():
         with pytest.raises(ValueError, match="^MultiheadAttention: device = .* but libattn runs "
                                              "on the CPU"):
             attn.MultiheadAttention(8, 2, device=dev)
+
+
+def test_unbatched_key_padding_mask_is_1d():
+    # A [1, S] mask beside an unbatched query got a batch axis added and
+    # libattn said "key_padding_mask has 3 dims but must have 2".
+    m = attn.MultiheadAttention(8, 2)
+    x = np.ones((3, 8), np.float32)
+    with pytest.raises(ValueError, match="^MultiheadAttention: key_padding_mask has 2 dims but "
+                                         "an unbatched query takes a 1-D one"):
+        m(x, x, x, key_padding_mask=np.zeros((1, 3), bool))
+    out, w = m(x, x, x, key_padding_mask=np.array([False, False, True]))
+    assert out.shape == (3, 8) and not w[:, 2].any()
