@@ -964,7 +964,11 @@ class Context(_ClosedWhenCollected):
                                       else _int32(num_heads, fn, "num_heads"))
             if position_ids is not None:
                 shape = np.shape(y)
-                L = shape[1] if len(shape) == 3 else (shape[2] if len(shape) == 4 else 0)
+                if len(shape) not in (3, 4):
+                    # Else the shape wanted of position_ids came out as (B, 0).
+                    raise ValueError("%s: x has %d dims but must be [B, H, L, D] or "
+                                     "[B, L, H*D]" % (fn, len(shape)))
+                L = shape[1] if len(shape) == 3 else shape[2]
                 pos = _int64_array(position_ids, "position_ids", fn, (shape[0], L))
                 c.keep.append(pos)
                 p.position_ids = pos.ctypes.data_as(_lib._c_int64_p)

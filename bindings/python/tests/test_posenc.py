@@ -212,3 +212,14 @@ def test_offset_with_positions_is_refused():
         with pytest.raises(ValueError, match="^%s: offset = .* and positions are both set" % fn):
             call()
     close(attn.rope(x, positions=[5, 6, 7]), attn.rope(x, offset=5), atol=0)
+
+
+def test_rope_cached_position_ids_with_bad_x_names_x():
+    # A 2-D x with position_ids gave "position_ids has shape (1, 4) but must
+    # have shape (4, 0)", blaming position_ids for x's dims.
+    cos, sin, _ = attn.rope_cache(4, 8)
+    with pytest.raises(ValueError, match=r"^rope_cached: x has 2 dims but must be \[B, H, L, D\]"):
+        attn.rope_cached(np.ones((4, 8), np.float32), cos, sin, position_ids=[[0, 1, 2, 3]])
+    x = np.ones((1, 1, 4, 8), np.float32)
+    close(attn.rope_cached(x, cos, sin, position_ids=[[0, 1, 2, 3]]),
+          attn.rope_cached(x, cos, sin), atol=0)
