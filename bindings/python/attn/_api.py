@@ -1329,7 +1329,9 @@ class Context(_ClosedWhenCollected):
         if cu_q.ndim != 1 or cu_q.shape[0] < 1 or cu_k.shape != cu_q.shape:
             raise ValueError("%s: cu_seqlens_q and cu_seqlens_k must be 1-D, of the same "
                              "length batch + 1 >= 1" % fn)
-        Hq = arrs[0].shape[1] if arrs[0].ndim == 3 else 0
+        if arrs[0].ndim != 3:  # else sinks were checked against Hq = 0
+            raise ValueError("%s: q has %d dims but must have 3 [T, H, D]" % (fn, arrs[0].ndim))
+        Hq = arrs[0].shape[1]
         grads = [np.empty(a.shape, np.float32) for a in arrs[:3]]
         dsinks = np.empty(Hq, np.float32) if return_dsinks else None
         with self._call(fn) as c:

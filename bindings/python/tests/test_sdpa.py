@@ -318,3 +318,12 @@ def test_window_must_be_a_pair():
     np.testing.assert_array_equal(attn.sdpa(q, q, q, window=[1, 0]),
                                   attn.sdpa(q, q, q, window=(1, 0)))
     cache.close()
+
+
+def test_varlen_backward_names_q_dims():
+    # A 2-D q with sinks said "sinks has shape (2,) but must have shape (0,)".
+    q = np.ones((4, 2, 8), np.float32)
+    out, lse = attn.sdpa_varlen(q, q, q, [0, 4], return_lse=True)
+    with pytest.raises(ValueError, match=r"^sdpa_varlen_backward: q has 2 dims but must have 3"):
+        attn.sdpa_varlen_backward(q[:, 0], q, q, out, lse, out, [0, 4], sinks=[0.0, 0.0])
+    assert len(attn.sdpa_varlen_backward(q, q, q, out, lse, out, [0, 4], sinks=[0.0, 0.0])) == 3
