@@ -16,7 +16,9 @@ Array rule (the one place it is implemented is _Call.input/_Call.output):
   they must be writable float32 arrays that qualify as above, else
   ValueError, because a result written into a copy would be lost.
 """
+import collections.abc
 import ctypes
+import math
 import threading
 
 import numpy as np
@@ -130,7 +132,7 @@ class _Call:
     def input(self, a, name, boolean=False, dtype=None, additive_mask=False):
         """Wrap an input array (copied only when the rule above says so).
         dtype (from _data_array) keeps a float16 / bfloat16 array as it is."""
-        a = np.asarray(a)
+        a = _as_numpy(a, self.fn, name)
         if dtype in (_lib.DTYPE_F16, _lib.DTYPE_BF16):
             pass
         elif boolean:
@@ -183,7 +185,7 @@ class _Call:
     def mask(self, m, name):
         """Wrap a mask: bool/uint8 -> boolean mask (nonzero = keep), numbers ->
         additive. Returns (additive_handle, bool_handle), one of them None."""
-        m = np.asarray(m)
+        m = _as_numpy(m, self.fn, name)
         if m.dtype == np.bool_ or m.dtype == np.uint8:
             return None, self.input(m, name, boolean=True)
         if m.dtype.kind in "iu":
@@ -228,7 +230,7 @@ def _int64(v, fn, name):
 
 
 def _int64_array(a, name, fn, shape=None):
-    a = np.asarray(a)
+    a = _as_numpy(a, fn, name)
     if a.dtype.kind == "f":
         # Truncating 2.5 to 2 would silently change the answer.
         if not np.all(np.isfinite(a)) or np.any(a != np.trunc(a)):
@@ -246,8 +248,21 @@ def _int64_array(a, name, fn, shape=None):
     return a
 
 
+def _real_array(a, name, fn, dtype):
+    """A contiguous float32 / float64 copy of a small array of real numbers
+    (slopes, sinks, positions, factors): a cast alone would keep the real
+    part of complex numbers, take bools as 0/1, turn float64 past float32's
+    range into inf and raise numpy's unnamed errors for strings."""
+    a = _as_numpy(a, fn, name)
+    if a.dtype.kind not in _ADDITIVE_KINDS:
+        raise TypeError("%s: %s has dtype %s but must hold real numbers" % (fn, name, a.dtype))
+    if dtype == np.float32:
+        a = _to_float32(a, fn, name, False)
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
 def _float32_vector(a, name, fn, n):
-    a = np.ascontiguousarray(a, dtype=np.float32)
+    a = _real_array(a, name, fn, np.float32)
     if a.shape != (n,):
         raise ValueError("%s: %s has shape %s but must have shape (%d,)"
                          % (fn, name, a.shape, n))
@@ -293,7 +308,7 @@ def _half_kind(a, src_dtype, fn):
                     % (fn, a.dtype))
 
 
-def _data_array(a, fn):
+def _data_array(a, fn, name):
     """A data input as (numpy array, libattn dtype): float16 arrays and torch
     float16 / bfloat16 tensors pass as they are (a bfloat16 tensor as its
     uint16 bits), anything else as float32 (converted later by input())."""
@@ -301,7 +316,7 @@ def _data_array(a, fn):
         a, kind = _torch_view(a, fn)
         return a, {"float32": _lib.DTYPE_F32, "float16": _lib.DTYPE_F16,
                    "bfloat16": _lib.DTYPE_BF16}[kind]
-    a = np.asarray(a)
+    a = _asarray(a, fn, name)
     if a.dtype.kind == "f" and a.itemsize == 2 and a.dtype != np.float16:
         a = a.astype(np.float16)  # byte-swapped float16: a native copy, still half
     return a, _lib.DTYPE_F16 if a.dtype == np.float16 else _lib.DTYPE_F32
@@ -311,12 +326,24 @@ _DTYPE_CODES = {"float32": _lib.DTYPE_F32, "float16": _lib.DTYPE_F16,
                 "bfloat16": _lib.DTYPE_BF16}
 
 
-def _kv_rows(a, src_dtype, fn):
+def _torch_src_dtype(kind, src_dtype, fn):
+    """A torch tensor says its own type: a src_dtype that disagrees with it
+    is refused, not ignored."""
+    if src_dtype is not None and _dtype_name(src_dtype, fn) != kind:
+        raise TypeError("%s: src_dtype=%s but the torch tensor is %s"
+                        % (fn, _dtype_name(src_dtype, fn), kind))
+
+
+def _kv_rows(a, src_dtype, fn, name):
     """Rows for KVCache.append as (array, libattn dtype): src_dtype names a
     numpy array's element type (bfloat16: uint16 bits), else as _data_array."""
-    if src_dtype is None or _is_torch(a):
-        return _data_array(a, fn)
-    a = np.asarray(a)
+    if _is_torch(a):
+        a, dt = _data_array(a, fn, name)
+        _torch_src_dtype({v: k for k, v in _DTYPE_CODES.items()}[dt], src_dtype, fn)
+        return a, dt
+    if src_dtype is None:
+        return _data_array(a, fn, name)
+    a = _asarray(a, fn, name)
     return a, _DTYPE_CODES[_half_kind(a, src_dtype, fn)]
 
 
@@ -353,7 +380,7 @@ def _update_target(x, inplace, fn):
             raise TypeError("%s: inplace needs x to be a numpy array or a torch tensor, not %s"
                             % (fn, type(x).__name__))
         return x, False
-    a, dt = _data_array(x, fn)
+    a, dt = _data_array(x, fn, "x")
     if dt == _lib.DTYPE_BF16:  # bfloat16 bits: float32 is the same bits shifted up
         return (a.astype(np.uint32, order="C") << 16).view(np.float32), False
     if dt == _lib.DTYPE_F16:
@@ -363,6 +390,32 @@ def _update_target(x, inplace, fn):
                         "float32)" % (fn, a.dtype))
     b = _to_float32(a, fn, "x", False)  # a new array already
     return (b if b.flags.c_contiguous else np.array(b, order="C")), False
+
+
+def _asarray(a, fn, name):
+    """np.asarray(a); numpy's error for what it cannot convert (a ragged
+    list: "setting an array element with a sequence") names nothing."""
+    try:
+        return np.asarray(a)
+    except ValueError as e:
+        raise ValueError("%s: %s cannot be made an array: %s" % (fn, name, e)) from None
+
+
+def _as_numpy(a, fn, name):
+    """np.asarray(a), a CPU torch tensor read through a detached view:
+    np.asarray raised torch's RuntimeError for one that requires grad (an
+    nn.Parameter of sinks) and TypeError "unsupported ScalarType BFloat16",
+    naming nothing; bfloat16 is widened exactly to float32."""
+    if not _is_torch(a):
+        return _asarray(a, fn, name)
+    if a.device.type != "cpu":
+        raise ValueError("%s: the torch tensor is on %s; libattn reads CPU memory" % (fn, a.device))
+    a = a.detach()
+    if str(a.dtype) == "torch.bfloat16":
+        import torch
+        return (a.view(torch.int16).numpy().view(np.uint16).astype(np.uint32) << 16).view(
+            np.float32)
+    return a.numpy()
 
 
 def _is_torch(a):
@@ -396,10 +449,46 @@ def _set_axis(p, axis, ndim, fn):
         p.axis = neg
 
 
+def _real(v, fn, name):
+    """v as a float for a real-number argument: float() would take "2" and
+    True, keep the real part of a complex, and its errors name neither the
+    call nor the argument."""
+    if (isinstance(v, (str, bytes, bool, np.bool_, complex, np.complexfloating))
+            or (isinstance(v, np.ndarray) and v.dtype.kind in "bc")
+            or (_is_torch(v) and (v.is_complex() or str(v.dtype) == "torch.bool"))):
+        raise TypeError("%s: %s = %r must be a real number, not a %s"
+                        % (fn, name, v, type(v).__name__))
+    try:
+        return float(v)
+    except (TypeError, ValueError, RuntimeError):  # torch raises RuntimeError too
+        raise TypeError("%s: %s = %r must be a real number, not a %s"
+                        % (fn, name, v, type(v).__name__)) from None
+
+
+def _not_default(v, fn, name, real=True):
+    """An argument whose None is the library's default: libattn reads 0 as
+    "the default", so an explicit 0 (theta=0, base=0) would silently give
+    the default instead of being refused."""
+    v = _real(v, fn, name) if real else _int64(v, fn, name)
+    if v == 0:
+        raise ValueError("%s: %s = 0 is not allowed (libattn reads 0 as the default; pass None "
+                         "for that)" % (fn, name))
+    return v
+
+
+def _float32_arg(v, fn, name):
+    """_real for a float field of a struct: a finite value past float32's
+    range would arrive as inf."""
+    v = _real(v, fn, name)
+    if math.isfinite(v) and abs(v) > float(np.finfo(np.float32).max):
+        raise ValueError("%s: %s = %r is past float32's range" % (fn, name, v))
+    return v
+
+
 def _scale(scale, fn, name="scale"):
     if scale is None:
         return 0.0
-    scale = float(scale)
+    scale = _float32_arg(scale, fn, name)
     if scale == 0.0:
         # 0 selects the default in the C structs, so it cannot mean zero here.
         raise ValueError("%s: %s = 0 is not allowed (pass None for the default)" % (fn, name))
@@ -414,9 +503,15 @@ def _rope_cache_params(fn, keep, half, *, scaling="none", theta=None, factor=Non
                        original_max_position=None, seq_len=None, beta_fast=None,
                        beta_slow=None, mscale=None, mscale_all_dim=None, attention_factor=None,
                        low_freq_factor=None, high_freq_factor=None, short_factors=None,
-                       long_factors=None, truncate=True, apply_attention_factor=False):
+                       long_factors=None, truncate=True, apply_attention_factor=False,
+                       **unknown):
     """attn_rope_cache_params from rope_cache()'s keyword arguments (None =
-    the library's default); the factor arrays (half each) go to `keep`."""
+    the library's default); the factor arrays (half each) go to `keep`.
+    unknown: keys of DecoderLayer's rope_scaling dict that are none of
+    these (Python's own TypeError named this helper, not the argument)."""
+    if unknown:
+        raise TypeError("%s: rope_scaling has no key %r (it takes rope_cache()'s keyword "
+                        "arguments)" % (fn, sorted(unknown)[0]))
     p = _lib.RopeCacheParams(scaling=_choice(_lib.ROPE_SCALINGS, scaling, fn, "scaling"),
                              apply_attention_factor=1 if apply_attention_factor else 0,
                              yarn_no_truncate=0 if truncate else 1)
@@ -427,14 +522,14 @@ def _rope_cache_params(fn, keep, half, *, scaling="none", theta=None, factor=Non
                         ("low_freq_factor", low_freq_factor),
                         ("high_freq_factor", high_freq_factor)):
         if value is not None:
-            setattr(p, name, float(value))
+            setattr(p, name, _not_default(value, fn, name))
     if original_max_position is not None:
         p.original_max_position = _int64(original_max_position, fn, "original_max_position")
     if seq_len is not None:
-        p.seq_len = _int64(seq_len, fn, "seq_len")
+        p.seq_len = _not_default(seq_len, fn, "seq_len", real=False)
     for name, value in (("short_factors", short_factors), ("long_factors", long_factors)):
         if value is not None:
-            arr = np.ascontiguousarray(value, dtype=np.float64)
+            arr = _real_array(value, name, fn, np.float64)
             if arr.shape != (half,):
                 raise ValueError("%s: %s has shape %s but must have shape (%d,)"
                                  % (fn, name, arr.shape, half))
@@ -536,25 +631,25 @@ class Context(_ClosedWhenCollected):
     @property
     def num_threads(self):
         """The thread count an op on this context may use."""
-        return int(_LIB.attn_ctx_num_threads(self._live()))
+        return int(_LIB.attn_ctx_num_threads(self._live("Context.num_threads")))
 
     def last_error(self):
         """The message of the last failed call on this context."""
         return _LIB.attn_ctx_last_error(self._handle).decode(errors="replace")
 
-    def _live(self):
+    def _live(self, fn):
         if not self._handle:
-            raise ValueError("the attn.Context is closed")
+            raise ValueError("%s: the attn.Context is closed" % fn)
         return self._handle
 
     def _call(self, fn):
-        self._live()
+        self._live(fn)
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("%s: this attn.Context is in use by another thread; "
                                "use one context per thread" % fn)
         if not self._handle:  # closed meanwhile by another thread
             self._busy.release()
-            self._live()
+            self._live(fn)
         return _Guarded(self, fn)
 
     # ---- dtype conversion ----
@@ -576,8 +671,13 @@ class Context(_ClosedWhenCollected):
         torch_in = _is_torch(a)
         if torch_in:
             a, src = _torch_view(a, fn)
+            _torch_src_dtype(src, src_dtype, fn)
         else:
-            a = np.asarray(a)
+            a = _asarray(a, fn, "a")
+            if not a.dtype.isnative:
+                # ">f4" is float32 too: refusing it as "not float32" misled; a
+                # native copy (the values, no rounding) is read instead.
+                a = a.astype(a.dtype.newbyteorder("="))
             src = _half_kind(a, src_dtype, fn)
         dst = _dtype_name(dtype, fn)
         codes = {"float32": _lib.DTYPE_F32, "float16": _lib.DTYPE_F16,
@@ -625,7 +725,7 @@ class Context(_ClosedWhenCollected):
     def _softmax(self, name, x, scale, mask, bool_mask, out, axis=-1):
         fn = name[5:]
         p = _lib.SoftmaxParams(scale=_scale(scale, fn))
-        x, xdt = _data_array(x, fn)
+        x, xdt = _data_array(x, fn, "x")
         _set_axis(p, axis, x.ndim, fn)
         with self._call(fn) as c:
             hx = c.input(x, "x", dtype=xdt)
@@ -662,7 +762,7 @@ class Context(_ClosedWhenCollected):
     def _softmax_backward(self, name, y, dy, scale, out, return_dmask, axis):
         fn = name[5:]
         p = _lib.SoftmaxParams(scale=_scale(scale, fn))
-        y = np.asarray(y)
+        y = _as_numpy(y, fn, "y")
         _set_axis(p, axis, y.ndim, fn)
         with self._call(fn) as c:
             hy, hg = c.input(y, "y"), c.input(dy, "dy")
@@ -678,10 +778,13 @@ class Context(_ClosedWhenCollected):
 
     def _pe_params(self, fn, layout, base, offset, positions, length, c):
         p = _lib.SinusoidalParams(layout=_choice(_lib.PE_LAYOUTS, layout, fn, "layout"),
-                                  base=0.0 if base is None else float(base),
-                                  offset=float(offset))
+                                  base=0.0 if base is None else _not_default(base, fn, "base"),
+                                  offset=_real(offset, fn, "offset"))
         if positions is not None:
-            pos = np.ascontiguousarray(positions, dtype=np.float64)
+            if p.offset != 0.0:  # libattn would ignore it: positions replace offset + l
+                raise ValueError("%s: offset = %r and positions are both set; positions "
+                                 "replace offset + l (add the offset to them)" % (fn, offset))
+            pos = _real_array(positions, "positions", fn, np.float64)
             if pos.shape != (length,):
                 raise ValueError("%s: positions has shape %s but must have shape (%d,)"
                                  % (fn, pos.shape, length))
@@ -696,12 +799,21 @@ class Context(_ClosedWhenCollected):
         layout: "interleaved" (the paper), "concat" (sin | cos),
         "concat-shifted" (fairseq/tensor2tensor), "cos-sin" (diffusion
         timesteps). base: None = 10000. offset: row l has position
-        offset + l; positions: explicit float positions, one per row."""
+        offset + l; positions: explicit float positions, one per row,
+        instead (not with an offset).
+        out: a float32 or float16 array of shape (length, dim) to write into."""
         fn = "sinusoidal"
+        length, dim = _int64(length, fn, "length"), _int64(dim, fn, "dim")
+        if length < 0 or dim < 0:
+            raise ValueError("%s: length = %d and dim = %d must be >= 0" % (fn, length, dim))
         if out is None:
-            out = np.empty((_int64(length, fn, "length"), _int64(dim, fn, "dim")), np.float32)
+            out = np.empty((length, dim), np.float32)
+        elif isinstance(out, np.ndarray) and out.shape != (length, dim):
+            # The table's size comes from length and dim: out cannot replace them.
+            raise ValueError("%s: out has shape %s but length and dim say (%d, %d)"
+                             % (fn, out.shape, length, dim))
         with self._call(fn) as c:
-            p = self._pe_params(fn, layout, base, offset, positions, out.shape[0], c)
+            p = self._pe_params(fn, layout, base, offset, positions, length, c)
             h = c.output(out, "out", half=True)
             c.check(_fn("attn_sinusoidal")(self._handle, h, ctypes.byref(p)))
         return out
@@ -739,7 +851,7 @@ class Context(_ClosedWhenCollected):
         style: "half" (NeoX/LLaMA rotate_half) or "interleaved" (GPT-J).
         rotary_dim: leading dims rotated (even; None = D). theta: None =
         10000. offset: token l has position offset + l; positions: explicit
-        int positions, [L] or [B, L]. x's types as sinusoidal_add's.
+        int positions, [L] or [B, L], instead (not with an offset). x's types as sinusoidal_add's.
         inplace=True rotates x itself (a writable float32 or float16 array,
         or a CPU torch tensor); otherwise a rotated copy is returned."""
         return self._rope("rope", x, style, rotary_dim, theta, offset, positions, layout,
@@ -753,14 +865,18 @@ class Context(_ClosedWhenCollected):
                              % (fn, layout.upper(), np.shape(y)))
         v = _to_bhld(y, layout, y.ndim == 4)
         p = _lib.RopeParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
-                            rotary_dim=0 if rotary_dim is None else _int32(rotary_dim, fn,
-                                                                           "rotary_dim"),
-                            theta=0.0 if theta is None else float(theta),
+                            rotary_dim=0 if rotary_dim is None else _int32(
+                                _not_default(rotary_dim, fn, "rotary_dim", False), fn,
+                                "rotary_dim"),
+                            theta=0.0 if theta is None else _not_default(theta, fn, "theta"),
                             offset=_int64(offset, fn, "offset"))
         with self._call(fn) as c:
             if positions is not None:
+                if p.offset:  # libattn would ignore it: positions replace offset + l
+                    raise ValueError("%s: offset = %r and positions are both set; positions "
+                                     "replace offset + l (add the offset to them)" % (fn, offset))
                 B, L = v.shape[0], v.shape[2]
-                pos = np.asarray(positions)
+                pos = _as_numpy(positions, fn, "positions")
                 if pos.ndim == 1:
                     pos = np.broadcast_to(pos, (B, pos.shape[0]))
                 pos = _int64_array(pos, "positions", fn, (B, L))
@@ -773,11 +889,12 @@ class Context(_ClosedWhenCollected):
     def alibi_slopes(self, n_heads, max_bias=8.0):
         """ALiBi slopes for n_heads heads as a float32 array (any head count)."""
         n = _int32(n_heads, "alibi_slopes", "n_heads")
-        out = np.empty(max(n, 0), np.float32)
+        max_bias = _not_default(max_bias, "alibi_slopes", "max_bias")
+        # Never NULL: for n < 1 libattn then names n_heads, not "slopes is NULL".
+        out = np.empty(max(n, 1), np.float32)
         with self._call("alibi_slopes") as c:
-            c.check(_fn("attn_alibi_slopes")(
-                self._handle, n, float(max_bias),
-                out.ctypes.data_as(_lib._c_float_p) if n > 0 else None))
+            c.check(_fn("attn_alibi_slopes")(self._handle, n, max_bias,
+                                             out.ctypes.data_as(_lib._c_float_p)))
         return out
 
     def rope_cache(self, max_position, rotary_dim, *, scaling="none", theta=None, factor=None,
@@ -836,7 +953,7 @@ class Context(_ClosedWhenCollected):
                             % (fn, type(x).__name__))
         if inplace and _is_torch(x):
             _check_no_grad(x, fn)
-        x, xdt = _data_array(x, fn)
+        x, xdt = _data_array(x, fn, "x")
         y = x if inplace else np.empty(x.shape, _result_dtype(xdt))
         with self._call(fn) as c:
             hx = (c.output(x, "x", half=True, bf16=xdt == _lib.DTYPE_BF16) if inplace
@@ -847,7 +964,11 @@ class Context(_ClosedWhenCollected):
                                       else _int32(num_heads, fn, "num_heads"))
             if position_ids is not None:
                 shape = np.shape(y)
-                L = shape[1] if len(shape) == 3 else (shape[2] if len(shape) == 4 else 0)
+                if len(shape) not in (3, 4):
+                    # Else the shape wanted of position_ids came out as (B, 0).
+                    raise ValueError("%s: x has %d dims but must be [B, H, L, D] or "
+                                     "[B, L, H*D]" % (fn, len(shape)))
+                L = shape[1] if len(shape) == 3 else shape[2]
                 pos = _int64_array(position_ids, "position_ids", fn, (shape[0], L))
                 c.keep.append(pos)
                 p.position_ids = pos.ctypes.data_as(_lib._c_int64_p)
@@ -869,7 +990,7 @@ class Context(_ClosedWhenCollected):
         tensors. Returns [B, D] or [B, H, D]: float16 for a float16 x, else
         float32; out: an array of that shape (float32 or float16) to write."""
         fn = "pool"
-        x, xdt = _data_array(x, fn)
+        x, xdt = _data_array(x, fn, "x")
         if x.ndim not in (3, 4):
             raise ValueError("%s: x must be [B, L, D] or [B, H, L, D], not %s" % (fn, x.shape))
         if out is None:
@@ -890,8 +1011,8 @@ class Context(_ClosedWhenCollected):
         arguments. Types as pool(): dx (dscores) is float16 for a float16 x
         (scores), else float32."""
         fn = "pool_backward"
-        x, xdt = _data_array(x, fn)
-        dout, gdt = _data_array(dout, fn)
+        x, xdt = _data_array(x, fn, "x")
+        dout, gdt = _data_array(dout, fn, "dout")
         if x.ndim not in (3, 4):
             raise ValueError("%s: x must be [B, L, D] or [B, H, L, D], not %s" % (fn, x.shape))
         dx = np.empty(x.shape, _result_dtype(xdt))
@@ -914,7 +1035,7 @@ class Context(_ClosedWhenCollected):
         hx = c.input(x, "x", dtype=xdt)
         sdt = _lib.DTYPE_F32
         if scores is not None:
-            scores, sdt = _data_array(scores, fn)
+            scores, sdt = _data_array(scores, fn, "scores")
             p.scores = c.input(scores, "scores", dtype=sdt)
         if keep is not None:
             p.keep = c.input(keep, "keep", boolean=True)
@@ -936,8 +1057,8 @@ class Context(_ClosedWhenCollected):
         [B, Hq, M, L] with return_weights and the log-sum-exp [B, Hq, M]
         (for pool_attention_backward) with return_lse."""
         fn = "pool_attention"
-        (queries, qdt), (k, kdt) = _data_array(queries, fn), _data_array(k, fn)
-        v, vdt = (k, kdt) if v is None else _data_array(v, fn)
+        (queries, qdt), (k, kdt) = _data_array(queries, fn, "queries"), _data_array(k, fn, "k")
+        v, vdt = (k, kdt) if v is None else _data_array(v, fn, "v")
         q3, k4, v4, squeeze = self._pool_attention_views(fn, queries, k, v)
         B, L = k4.shape[0], k4.shape[2]
         Hq, M = q3.shape[0], q3.shape[1]
@@ -970,9 +1091,13 @@ class Context(_ClosedWhenCollected):
         same_kv = v is None
         q3, k4, v4, squeeze = self._pool_attention_views(fn, queries, k, v)
         B = k4.shape[0]
-        o4 = np.asarray(out)
-        g4 = np.asarray(dout)
-        ls = np.asarray(lse)
+        o4, g4, ls = (_as_numpy(a, fn, n) for a, n in ((out, "out"), (dout, "dout"),
+                                                         (lse, "lse")))
+        nd = 3 if squeeze else 4  # out and dout as pool_attention returned out; lse one less
+        for a, name, want in ((o4, "out", nd), (g4, "dout", nd), (ls, "lse", nd - 1)):
+            if a.ndim != want:
+                raise ValueError("%s: %s has %d dims but must have %d (for these queries and k)"
+                                 % (fn, name, a.ndim, want))
         if squeeze:
             o4, g4, ls = o4[:, None], g4[:, None], ls[:, None]
         dq = np.empty(q3.shape, np.float32)
@@ -996,9 +1121,9 @@ class Context(_ClosedWhenCollected):
 
     @staticmethod
     def _pool_attention_views(fn, queries, k, v):
-        q = np.asarray(queries)
-        k = np.asarray(k)
-        v = k if v is None else np.asarray(v)
+        q = _as_numpy(queries, fn, "queries")
+        k = _as_numpy(k, fn, "k")
+        v = k if v is None else _as_numpy(v, fn, "v")
         squeeze = q.ndim == 2 and k.ndim == 3
         q3 = q[None] if q.ndim == 2 else q
         k4 = k[:, None] if k.ndim == 3 else k
@@ -1029,13 +1154,19 @@ class Context(_ClosedWhenCollected):
         p.causal = 1 if causal else 0
         p.align = _choice(_lib.ALIGNS, align, fn, "align")
         if window is not None:
-            left, right = window
+            try:
+                if isinstance(window, (str, bytes, dict)):
+                    raise TypeError
+                left, right = window
+            except (TypeError, ValueError):  # unpacking's own errors name nothing
+                raise TypeError("%s: window = %r but must be a pair (left, right) of key "
+                                "counts, None for unbounded" % (fn, window)) from None
             big = 1 << 62  # libattn clamps extents to Lq + Lk
             p.window = 1
             p.window_left = big if left is None else _int64(left, fn, "window[0]")
             p.window_right = big if right is None else _int64(right, fn, "window[1]")
         if softcap is not None:
-            p.softcap = float(softcap)
+            p.softcap = _float32_arg(softcap, fn, "softcap")
             if p.softcap == 0.0:
                 raise ValueError("%s: softcap = 0 is not allowed (pass None for no cap)" % fn)
         for field, value in (("alibi_slopes", alibi_slopes), ("sinks", sinks)):
@@ -1094,7 +1225,8 @@ class Context(_ClosedWhenCollected):
         the logits [B, Hq, Lq, Lk] at that stage, last."""
         fn = "sdpa"
         layout = _layout(layout, fn)
-        (q, qdt), (k, kdt), (v, vdt) = (_data_array(a, fn) for a in (q, k, v))
+        (q, qdt), (k, kdt), (v, vdt) = (_data_array(a, fn, n) for a, n in ((q, "q"), (k, "k"),
+                                                                            (v, "v")))
         if not (q.ndim == k.ndim == v.ndim and q.ndim in (3, 4)):
             raise ValueError("%s: q, k, v have %d, %d, %d dims but must all have 4 (%s) or 3 "
                              "(no batch axis)" % (fn, q.ndim, k.ndim, v.ndim, layout.upper()))
@@ -1148,7 +1280,8 @@ class Context(_ClosedWhenCollected):
         Memory O(tile): nothing of size Lq x Lk unless dmask is asked for."""
         fn = "sdpa_backward"
         layout = _layout(layout, fn)
-        arrs = [np.asarray(a) for a in (q, k, v, out, dout)]
+        arrs = [_as_numpy(a, fn, n) for a, n in ((q, "q"), (k, "k"), (v, "v"), (out, "out"),
+                                                 (dout, "dout"))]
         nd = arrs[0].ndim
         if nd not in (3, 4) or any(a.ndim != nd for a in arrs):
             raise ValueError("%s: q, k, v, out, dout must all have 4 dims (%s) or all 3"
@@ -1156,7 +1289,7 @@ class Context(_ClosedWhenCollected):
         batched = nd == 4
         q4, k4, v4, o4, g4 = (_to_bhld(a, layout, batched) for a in arrs)
         B, Hq, Lq, _ = q4.shape
-        lse = np.asarray(lse)
+        lse = _as_numpy(lse, fn, "lse")
         lse3 = lse if batched else lse[None]
         grads = [np.empty(a.shape, np.float32) for a in arrs[:3]]
         g4s = [_to_bhld(a, layout, batched) for a in grads]
@@ -1189,13 +1322,16 @@ class Context(_ClosedWhenCollected):
         k [Tk, Hkv, D], v [Tk, Hkv, Dv], from its out, lse [Hq, Tq] and dout;
         (dq, dk, dv, dsinks) with return_dsinks. Pass the forward's arguments."""
         fn = "sdpa_varlen_backward"
-        arrs = [np.asarray(a) for a in (q, k, v, out, lse, dout)]
+        arrs = [_as_numpy(a, fn, n) for a, n in ((q, "q"), (k, "k"), (v, "v"), (out, "out"),
+                                                 (lse, "lse"), (dout, "dout"))]
         cu_q = _int64_array(cu_seqlens_q, "cu_seqlens_q", fn)
         cu_k = cu_q if cu_seqlens_k is None else _int64_array(cu_seqlens_k, "cu_seqlens_k", fn)
         if cu_q.ndim != 1 or cu_q.shape[0] < 1 or cu_k.shape != cu_q.shape:
             raise ValueError("%s: cu_seqlens_q and cu_seqlens_k must be 1-D, of the same "
                              "length batch + 1 >= 1" % fn)
-        Hq = arrs[0].shape[1] if arrs[0].ndim == 3 else 0
+        if arrs[0].ndim != 3:  # else sinks were checked against Hq = 0
+            raise ValueError("%s: q has %d dims but must have 3 [T, H, D]" % (fn, arrs[0].ndim))
+        Hq = arrs[0].shape[1]
         grads = [np.empty(a.shape, np.float32) for a in arrs[:3]]
         dsinks = np.empty(Hq, np.float32) if return_dsinks else None
         with self._call(fn) as c:
@@ -1227,7 +1363,8 @@ class Context(_ClosedWhenCollected):
         arguments as sdpa(). Returns out
         [Tq, Hq, Dv], or (out, lse) with lse [Hq, Tq]."""
         fn = "sdpa_varlen"
-        (q, qdt), (k, kdt), (v, vdt) = (_data_array(a, fn) for a in (q, k, v))
+        (q, qdt), (k, kdt), (v, vdt) = (_data_array(a, fn, n) for a, n in ((q, "q"), (k, "k"),
+                                                                            (v, "v")))
         cu_q = _int64_array(cu_seqlens_q, "cu_seqlens_q", fn)
         cu_k = cu_q if cu_seqlens_k is None else _int64_array(cu_seqlens_k, "cu_seqlens_k", fn)
         if cu_q.ndim != 1 or cu_q.shape[0] < 1 or cu_k.shape != cu_q.shape:
@@ -1260,6 +1397,26 @@ class Context(_ClosedWhenCollected):
                 cu_q.ctypes.data_as(_lib._c_int64_p), cu_k.ctypes.data_as(_lib._c_int64_p),
                 ctypes.byref(p)))
         return (out, lse) if return_lse else out
+
+
+def _mapping_arg(state, fn):
+    """A state dict: a list of pairs was searched as a list (every weight
+    "missing", KeyError) and None raised "argument of type 'NoneType' is not
+    iterable"."""
+    if not isinstance(state, collections.abc.Mapping):
+        raise TypeError("%s: the state dict must be a mapping of names to arrays, not %s"
+                        % (fn, type(state).__name__))
+
+
+def _context_arg(context, fn):
+    """The context= of an object: an attn.Context, or None for this thread's
+    default (a wrong one failed later with an AttributeError)."""
+    if context is None:
+        return default_context()
+    if not isinstance(context, Context):
+        raise TypeError("%s: context must be an attn.Context or None, not %s"
+                        % (fn, type(context).__name__))
+    return context
 
 
 class _ContextObject(_ClosedWhenCollected):
@@ -1325,7 +1482,8 @@ class KVCache(_ContextObject):
     Contiguous (default): `capacity` tokens per sequence, reserved up front.
     paged=True: `num_blocks` blocks of `block_size` tokens shared by all
     sequences (vLLM's PagedAttention); `capacity` then caps one sequence
-    (None = the whole pool). copy() shares blocks, copying one only when an
+    (None = the whole pool). num_blocks and block_size are refused without
+    paged=True, and sizes of 0 (None is the default). copy() shares blocks, copying one only when an
     append would change it. Every method checks its input before it changes
     anything: an AttnError leaves the cache as it was.
 
@@ -1339,18 +1497,26 @@ class KVCache(_ContextObject):
                  context=None):
         fn = "KVCache"
         self.dtype = _dtype_name(dtype, fn)
-        self._ctx = context if context is not None else default_context()
+        self._ctx = _context_arg(context, fn)
         if paged and num_blocks is None:
             raise ValueError("%s: paged=True needs num_blocks" % fn)
         if not paged and capacity is None:
             raise ValueError("%s: a contiguous cache needs capacity" % fn)
+        if not paged and (num_blocks is not None or block_size != 16):
+            # A contiguous cache has no blocks: they were silently ignored.
+            raise ValueError("%s: num_blocks and block_size are for a paged cache (paged=True)"
+                             % fn)
         batch, kv_heads, head_dim = (_int64(a, fn, name) for a, name in (
             (batch, "batch"), (kv_heads, "kv_heads"), (head_dim, "head_dim")))
-        value_dim = _int64(value_dim or 0, fn, "value_dim")
+        # libattn reads 0 as the default (head_dim; paged: the whole pool, 16).
+        value_dim = 0 if value_dim is None else _not_default(value_dim, fn, "value_dim", False)
+        if paged:
+            capacity = 0 if capacity is None else _not_default(capacity, fn, "capacity", False)
+            block_size = _not_default(block_size, fn, "block_size", False)
         p = _lib.KvCacheParams(layout=1 if paged else 0, batch=batch, kv_heads=kv_heads,
                                head_dim=head_dim, value_dim=value_dim,
-                               capacity=_int64(capacity or 0, fn, "capacity"),
-                               block_size=_int64(block_size, fn, "block_size") if paged else 0,
+                               capacity=_int64(capacity, fn, "capacity"),
+                               block_size=block_size if paged else 0,
                                num_blocks=_int64(num_blocks or 0, fn, "num_blocks"),
                                dtype=_DTYPE_CODES[self.dtype])
         h = ctypes.c_void_p()
@@ -1397,15 +1563,25 @@ class KVCache(_ContextObject):
         bfloat16 bits with src_dtype="bfloat16"."""
         fn = "KVCache.append"
         with self._call(fn) as c:
-            (k, kdt), (v, vdt) = (_kv_rows(a, src_dtype, fn) for a in (k, v))
+            (k, kdt), (v, vdt) = (_kv_rows(a, src_dtype, fn, n) for a, n in ((k, "k"), (v, "v")))
             hk, hv = c.input(k, "k", dtype=kdt), c.input(v, "v", dtype=vdt)
             ap = _lib.KvAppendParams()
             if rope is not None:
+                # As DecoderLayer's: a string or a misspelt key ("Theta") is
+                # refused, not ignored in favour of the defaults.
+                if not isinstance(rope, dict):
+                    raise TypeError("%s: rope must be None or a dict, not %s"
+                                    % (fn, type(rope).__name__))
+                unknown = sorted(set(rope) - {"style", "rotary_dim", "theta"}, key=str)
+                if unknown:
+                    raise TypeError("%s: rope has no key %r (it takes style, rotary_dim, theta)"
+                                    % (fn, unknown[0]))
                 style = rope.get("style", "half-split")
                 rp = _lib.RopeParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
                                      rotary_dim=_int32(rope.get("rotary_dim", 0), fn,
                                                        "rope rotary_dim"),
-                                     theta=float(rope.get("theta", 0.0)))
+                                     theta=(_not_default(rope["theta"], fn, "rope theta")
+                                            if "theta" in rope else 0.0))
                 c.keep.append(rp)
                 ap.rope = ctypes.pointer(rp)
             c.check(_LIB.attn_kv_append(self._ctx._handle, self._handle, hk, hv,
@@ -1420,7 +1596,13 @@ class KVCache(_ContextObject):
         are zeros. Returns out [B, Hq, Lq, Dv], float16 for a float16 q,
         else float32."""
         fn = "KVCache.attend"
-        q, qdt = _data_array(q, fn)
+        if isinstance(causal, str):
+            # sdpa's causal="top-left" sets the alignment, which libattn
+            # ignores here (rows sit at their cache positions): refuse it.
+            raise TypeError("%s: causal = %r but must be True or False (each row sits at its "
+                            "position in the cache; there is no alignment to choose)"
+                            % (fn, causal))
+        q, qdt = _data_array(q, fn, "q")
         if q.ndim != 4:
             raise ValueError("%s: q must be [B, Hq, Lq, D]" % fn)
         out = np.empty(q.shape[:3] + (self.value_dim,), _result_dtype(qdt))
@@ -1469,6 +1651,12 @@ class KVCache(_ContextObject):
         n = _int64(n, fn, "n")
         if n < 0:
             raise ValueError("%s: n = %d but must be >= 0" % (fn, n))
+        lens = self.lengths
+        if 0 <= seq < lens.shape[0] and n > lens[seq]:
+            # Before allocating n rows: read(0, 0, 2**40) raised MemoryError
+            # (16 TiB) before libattn could refuse it.
+            raise AttnError("ATTN_ERR_INVALID_ARG", "%s: n = %d tokens but sequence %d holds %d"
+                            % (fn, n, seq, lens[seq]), 2)
         k = np.empty((self.kv_heads, n, self.head_dim), npt)
         v = np.empty((self.kv_heads, n, self.value_dim), npt)
         with self._call(fn) as c:
@@ -1509,17 +1697,22 @@ class MultiheadAttention(_ContextObject):
                  add_zero_attn=False, kdim=None, vdim=None, batch_first=False, device=None,
                  dtype=None, *, context=None):
         fn = "MultiheadAttention"
-        if device not in (None, "cpu"):
+        # torch.device("cpu") (and "cpu:0") is the CPU too: it was refused.
+        if device is not None and str(device).split(":")[0] != "cpu":
             raise ValueError("%s: device = %r but libattn runs on the CPU" % (fn, device))
         if dtype is not None and str(dtype) not in ("float32", "torch.float32",
                                                     str(np.float32), str(np.dtype(np.float32))):
             raise ValueError("%s: dtype = %r but the layer is float32" % (fn, dtype))
-        self._ctx = context if context is not None else default_context()
+        self._ctx = _context_arg(context, fn)
         self.embed_dim, self.num_heads = _int64(embed_dim, fn, "embed_dim"), \
             _int64(num_heads, fn, "num_heads")
-        self.kdim = _int64(kdim, fn, "kdim") if kdim is not None else self.embed_dim
-        self.vdim = _int64(vdim, fn, "vdim") if vdim is not None else self.embed_dim
-        self.batch_first, self.dropout = bool(batch_first), float(dropout)
+        # libattn reads kdim = 0 as embed_dim, where the weights' shapes here
+        # (and torch's) would have 0 columns: refused.
+        self.kdim = _not_default(kdim, fn, "kdim", False) if kdim is not None else self.embed_dim
+        self.vdim = _not_default(vdim, fn, "vdim", False) if vdim is not None else self.embed_dim
+        self.batch_first, self.dropout = bool(batch_first), _real(dropout, fn, "dropout")
+        if not 0.0 <= self.dropout <= 1.0:  # torch's rule (it is never applied here)
+            raise ValueError("%s: dropout = %r but must be in [0, 1]" % (fn, dropout))
         self.head_dim = self.embed_dim // max(self.num_heads, 1)
         self._bias = bool(bias)
         p = _lib.MhaTorchParams(embed_dim=self.embed_dim, num_heads=self.num_heads,
@@ -1554,6 +1747,7 @@ class MultiheadAttention(_ContextObject):
         module.state_dict().items()}. strict: every weight present and no
         other key (KeyError otherwise); nothing is changed on an error."""
         fn = "MultiheadAttention.load_state_dict"
+        _mapping_arg(state_dict, fn)
         shapes = self._weight_shapes()
         if strict:
             missing = sorted(set(shapes) - set(state_dict))
@@ -1564,7 +1758,7 @@ class MultiheadAttention(_ContextObject):
         arrays = {}
         for name, shape in shapes.items():
             if name in state_dict:
-                a = _data_array(state_dict[name], fn)
+                a = _data_array(state_dict[name], fn, name)
                 if a[0].shape != shape:
                     raise ValueError("%s: %s has shape %s but must be %s"
                                      % (fn, name, a[0].shape, shape))
@@ -1589,7 +1783,7 @@ class MultiheadAttention(_ContextObject):
         return out
 
     def _mask(self, c, m, name):
-        m = np.asarray(m)
+        m = _as_numpy(m, "MultiheadAttention", name)
         if m.dtype == np.bool_ or m.dtype == np.uint8:
             return c.input(m, name, boolean=True)
         if m.dtype.kind != "f":
@@ -1607,11 +1801,17 @@ class MultiheadAttention(_ContextObject):
         [B, num_heads, L, S], or None when need_weights is False."""
         fn = "MultiheadAttention"
         same_k, same_v = key is query, value is key
-        (query, qdt), (key, kdt), (value, vdt) = (_data_array(a, fn) for a in (query, key, value))
+        (query, qdt), (key, kdt), (value, vdt) = (
+            _data_array(a, fn, n) for a, n in ((query, "query"), (key, "key"), (value, "value")))
         if same_k:
             key = query
         if same_v:
             value = key
+        if not query.ndim == key.ndim == value.ndim:
+            # Checked before S = key.shape[...] below (a 0-d key: IndexError).
+            raise ValueError("%s: query, key and value have %d, %d and %d dims but must all "
+                             "have 3 (batched) or 2 (unbatched)"
+                             % (fn, query.ndim, key.ndim, value.ndim))
         batched = query.ndim == 3
         if not batched:
             if query.ndim != 2:
@@ -1620,7 +1820,12 @@ class MultiheadAttention(_ContextObject):
             axis = 0 if self.batch_first else 1
             query, key, value = (np.expand_dims(a, axis) for a in (query, key, value))
             if key_padding_mask is not None:
-                key_padding_mask = np.asarray(key_padding_mask)[None]
+                key_padding_mask = _as_numpy(key_padding_mask, fn, "key_padding_mask")
+                if key_padding_mask.ndim != 1:
+                    # Else libattn named the 3-D mask the binding made of it.
+                    raise ValueError("%s: key_padding_mask has %d dims but an unbatched query "
+                                     "takes a 1-D one [S]" % (fn, key_padding_mask.ndim))
+                key_padding_mask = key_padding_mask[None]
         B = query.shape[0] if self.batch_first else query.shape[1]
         L = query.shape[1] if self.batch_first else query.shape[0]
         S = key.shape[1] if self.batch_first else key.shape[0]
@@ -1680,11 +1885,15 @@ class DecoderLayer(_ContextObject):
                  qkv_bias=False, out_bias=False, rope=None, rope_scaling=None, scale=None,
                  softcap=None, window=None, context=None):
         fn = "DecoderLayer"
-        self._ctx = context if context is not None else default_context()
+        self._ctx = _context_arg(context, fn)
         embed_dim, num_heads = _int64(embed_dim, fn, "embed_dim"), \
             _int64(num_heads, fn, "num_heads")
-        num_kv_heads = _int64(num_kv_heads or 0, fn, "num_kv_heads")
-        head_dim = _int64(head_dim or 0, fn, "head_dim")
+        # None is the default; libattn reads 0 as it too, so 0 is refused.
+        num_kv_heads = 0 if num_kv_heads is None else _not_default(num_kv_heads, fn,
+                                                                    "num_kv_heads", False)
+        head_dim = 0 if head_dim is None else _not_default(head_dim, fn, "head_dim", False)
+        scale = _scale(scale, fn)
+        softcap = None if softcap is None else _float32_arg(softcap, fn, "softcap")
         p = _lib.MhaDecoderParams(embed_dim=embed_dim, num_heads=num_heads,
                                   num_kv_heads=num_kv_heads,
                                   head_dim=head_dim, qkv_bias=1 if qkv_bias else 0,
@@ -1708,7 +1917,7 @@ class DecoderLayer(_ContextObject):
                                                    rope.get("style", "half-split"), fn, "style"),
                                      rotary_dim=_int32(rope.get("rotary_dim", 0), fn,
                                                        "rope rotary_dim"),
-                                     theta=float(rope.get("theta", 0.0)))
+                                     theta=_real(rope.get("theta", 0.0), fn, "rope theta"))
                 c.keep.append(rp)
                 p.rope = ctypes.pointer(rp)
             if rope_scaling is not None:
@@ -1744,7 +1953,7 @@ class DecoderLayer(_ContextObject):
         keeps float32)."""
         fn = "DecoderLayer.set_weight"
         which = self._which(name, fn)
-        w, wdt = _data_array(w, fn)
+        w, wdt = _data_array(w, fn, name)
         with self._call(fn) as c:
             c.check(_LIB.attn_mha_set_weight(self._ctx._handle, self._handle, which,
                                              c.input(w, name, dtype=wdt)))
@@ -1765,6 +1974,7 @@ class DecoderLayer(_ContextObject):
         missing weight (KeyError) or one of the wrong shape or type (ValueError,
         TypeError) is found before anything is set."""
         fn = "DecoderLayer.load_state_dict"
+        _mapping_arg(state, fn)
         names = [n for n in _lib.MHA_WEIGHTS
                  if n.endswith(".weight") or (self.out_bias if n == "o_proj.bias"
                                               else self.qkv_bias)]
@@ -1773,7 +1983,7 @@ class DecoderLayer(_ContextObject):
             raise KeyError("%s: missing %s" % (fn, ", ".join(missing)))
         arrays = {}
         for n in names:
-            a = _data_array(state[prefix + n], fn)
+            a = _data_array(state[prefix + n], fn, prefix + n)
             if a[0].shape != self._shape(n):
                 raise ValueError("%s: %s has shape %s but must be %s"
                                  % (fn, prefix + n, a[0].shape, self._shape(n)))
@@ -1793,10 +2003,13 @@ class DecoderLayer(_ContextObject):
         are zeros. Returns y [B, L, E]: float16 for a float16 x (x may also be
         a torch float16 / bfloat16 tensor), else float32."""
         fn = "DecoderLayer.forward"
-        x, xdt = _data_array(x, fn)
+        x, xdt = _data_array(x, fn, "x")
         if x.ndim != 3:
             raise ValueError("%s: x must be [B, L, E]" % fn)
         y = np.empty(x.shape[:2] + (self.embed_dim,), _result_dtype(xdt))
+        if not isinstance(cache, KVCache):
+            raise TypeError("%s: cache must be an attn.KVCache, not %s"
+                            % (fn, type(cache).__name__))
         if cache._ctx is not self._ctx:
             raise ValueError("%s: the cache belongs to another context" % fn)
         with self._call(fn) as c:

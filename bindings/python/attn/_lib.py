@@ -96,10 +96,16 @@ def check_int(value, ctype, what):
     """value as an int for a ctypes integer `ctype`: ctypes keeps an integer
     modulo 2^bits, so a value out of range would silently be another
     (capacity 2**64 + 16 became 16, truncate(0, 2**64) emptied a sequence)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        # int(True) is 1: Context(True) made a 1-thread context.
+        raise TypeError("%s = %r is a bool, not an integer" % (what, value))
     try:
         n = int(value)
     except (OverflowError, ValueError):  # inf, NaN, a non-numeric string
         raise ValueError("%s = %r is not an integer" % (what, value)) from None
+    except TypeError:  # None, a list: int()'s message names neither call nor argument
+        raise TypeError("%s = %r is not an integer (a %s)"
+                        % (what, value, type(value).__name__)) from None
     if n != value:  # int() would cut 2.9 to 2: truncate(0, 2.9) kept 2 tokens
         raise ValueError("%s = %r is not an integer" % (what, value))
     lo, hi = int_range(ctype)

@@ -22,8 +22,9 @@ pool_attention(queries, key, value=None, ...) is attn.pool_attention
 (learned queries) with gradients for the queries, key and value.
 
 CPU float32 tensors that are contiguous (where the library needs it) are
-passed without any copy: numpy views share their memory. Other tensors are
-converted (a copy) and the results converted back to the input's dtype.
+passed without any copy: numpy views share their memory. Other floating
+tensors are converted (a copy) and the results converted back to the input's
+dtype; integer tensors (masks included: bool or floating) are a TypeError.
 Computation is float32 in any case."""
 import numpy as np
 import torch as _torch
@@ -31,6 +32,22 @@ import torch as _torch
 from . import _api
 
 __all__ = ["scaled_dot_product_attention", "softmax", "log_softmax", "pool", "pool_attention"]
+
+
+def _tensor(t, fn, name, boolean=False):
+    """t when it is a floating tensor (a bool one too for a mask): an integer
+    tensor was converted to float32 and the result back, so softmax of an
+    int64 tensor came out as zeros and an int64 1/0 attn_mask was added to
+    the logits (masking nothing); a NumPy array failed with AttributeError."""
+    if t is None:
+        return t
+    if not isinstance(t, _torch.Tensor):
+        raise TypeError("attn.torch.%s: %s must be a torch tensor, not %s"
+                        % (fn, name, type(t).__name__))
+    if not (t.dtype.is_floating_point or (boolean and t.dtype == _torch.bool)):
+        raise TypeError("attn.torch.%s: %s has dtype %s but must be floating%s"
+                        % (fn, name, t.dtype, " or bool (True = attend)" if boolean else ""))
+    return t
 
 
 def _np(t):
@@ -94,6 +111,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                                  is_causal=False, scale=None):
     """softmax(query key^T * scale + mask) value, with gradients (see the
     module docstring). Same arguments as PyTorch 2's function."""
+    fn = "scaled_dot_product_attention"
+    for t, name in ((query, "query"), (key, "key"), (value, "value")):
+        _tensor(t, fn, name)
+    _tensor(attn_mask, fn, "attn_mask", boolean=True)
     if dropout_p != 0.0:
         raise ValueError("attn.torch.scaled_dot_product_attention: dropout_p = %r but libattn "
                          "has no dropout; only dropout_p=0.0 is supported" % (dropout_p,))
@@ -124,14 +145,25 @@ class _Softmax(_torch.autograd.Function):
         return _back(dx, y).movedim(-1, ctx.dim), None, None
 
 
+def _dim(x, dim, fn):
+    """dim checked here: movedim raised torch's IndexError (out of range)
+    or an unnamed TypeError (None)."""
+    _tensor(x, fn, "x")
+    d = _api._int64(dim, "attn.torch." + fn, "dim")
+    n = max(x.dim(), 1)
+    if not -n <= d < n:
+        raise ValueError("attn.torch.%s: dim = %d is out of range for %d dims" % (fn, d, x.dim()))
+    return d
+
+
 def softmax(x, dim):
     """torch.softmax(x, dim) through libattn, with its backward."""
-    return _Softmax.apply(x, dim, False)
+    return _Softmax.apply(x, _dim(x, dim, "softmax"), False)
 
 
 def log_softmax(x, dim):
     """torch.log_softmax(x, dim) through libattn, with its backward."""
-    return _Softmax.apply(x, dim, True)
+    return _Softmax.apply(x, _dim(x, dim, "log_softmax"), True)
 
 
 class _Pool(_torch.autograd.Function):
@@ -157,6 +189,9 @@ def pool(x, mode="sum", *, scores=None, lengths=None, keep=None):
     """attn.pool over x's sequence axis (see attn.Context.pool), with the
     gradients of x and, for mode "weighted", of scores. lengths: a list or
     array of ints; keep: a bool tensor, True = keep (no gradient)."""
+    _tensor(x, "pool", "x")
+    _tensor(scores, "pool", "scores")
+    _tensor(keep, "pool", "keep", boolean=True)
     return _Pool.apply(x, scores, mode, lengths, keep)
 
 
@@ -181,5 +216,8 @@ def pool_attention(queries, key, value=None, *, scale=None, lengths=None, keep=N
     """attn.pool_attention (see attn.Context.pool_attention) with the
     gradients of queries, key and value (value None: key is both, and its
     gradient sums the two)."""
+    for t, name in ((queries, "queries"), (key, "key"), (value, "value")):
+        _tensor(t, "pool_attention", name)
+    _tensor(keep, "pool_attention", "keep", boolean=True)
     return _PoolAttention.apply(queries, key, key if value is None else value, scale, lengths,
                                 keep)

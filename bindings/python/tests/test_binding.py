@@ -123,8 +123,13 @@ def test_context_threads_and_close():
         q = np.ones((1, 1, 2, 4), np.float32)
         assert ctx.sdpa(q, q, q).shape == (1, 1, 2, 4)
         assert ctx.last_error() == ""
-    with pytest.raises(ValueError, match="closed"):
+    # The message names the call (it said only "the attn.Context is closed").
+    with pytest.raises(ValueError, match="^sdpa: the attn.Context is closed"):
         ctx.sdpa(q, q, q)
+    with pytest.raises(ValueError, match="^KVCache: the attn.Context is closed"):
+        attn.KVCache(1, 1, 4, capacity=2, context=ctx)
+    with pytest.raises(ValueError, match="^Context.num_threads: the attn.Context is closed"):
+        ctx.num_threads
     ctx.close()  # idempotent
     assert attn.Context(3).num_threads == 3
     assert attn.Context().num_threads >= 1
@@ -546,3 +551,117 @@ def test_integer_arguments_refuse_fractions():
     np.testing.assert_array_equal(ctx.rope(x, rotary_dim=4.0), ctx.rope(x, rotary_dim=4))
     assert ctx.alibi_slopes(4.0).shape == (4,)
     ctx.close()
+
+
+def test_integer_arguments_refuse_bools_and_non_numbers():
+    # int() took True as 1 (Context(True) made a 1-thread context, axis=True
+    # took axis 1) and raised its own TypeError for None or a tuple, naming
+    # neither the call nor the argument.
+    ctx = attn.Context(num_threads=1)
+    x = np.ones((1, 1, 3, 8), np.float32)
+    cache = attn.KVCache(1, 1, 8, capacity=4, context=ctx)
+    for call, what in ((lambda: attn.Context(True), "Context: num_threads"),
+                       (lambda: ctx.softmax(x, axis=True), "softmax: axis"),
+                       (lambda: ctx.rope(x, offset=np.True_), "rope: offset"),
+                       (lambda: ctx.sinusoidal(True, 8), "sinusoidal: length"),
+                       (lambda: attn.set_num_threads(False), "set_num_threads: n")):
+        with pytest.raises(TypeError, match="^%s = .* is a bool, not an integer" % what):
+            call()
+    for call, what in ((lambda: ctx.softmax(x, axis=None), "softmax: axis"),
+                       (lambda: ctx.softmax(x, axis=(0, 1)), "softmax: axis"),
+                       (lambda: ctx.sinusoidal(None, 8), "sinusoidal: length"),
+                       (lambda: ctx.rope(x, offset=None), "rope: offset"),
+                       (lambda: cache.truncate(None, 1), "KVCache.truncate: seq"),
+                       (lambda: attn.KVCache(1, 1, [8], capacity=4, context=ctx),
+                        "KVCache: head_dim"),
+                       (lambda: attn.set_num_threads(None), "set_num_threads: n")):
+        with pytest.raises(TypeError, match="^%s = .* is not an integer" % what):
+            call()
+    assert attn.get_num_threads() >= 1
+    cache.close()
+    ctx.close()
+
+
+def test_real_arguments_refuse_strings_bools_and_complex():
+    # float() took scale="2", theta="5e5" and True silently, kept the real
+    # part of a NumPy complex, and its errors (None, "abc", a list) named
+    # neither the call nor the argument.
+    ctx = attn.Context(num_threads=1)
+    x = np.ones((1, 1, 3, 8), np.float32)
+    cache = attn.KVCache(1, 1, 8, capacity=4, context=ctx)
+    for call, what in (
+            (lambda: ctx.softmax(x, scale="2"), "softmax: scale"),
+            (lambda: ctx.softmax(x, scale=True), "softmax: scale"),
+            (lambda: ctx.softmax(x, scale=np.complex128(2)), "softmax: scale"),
+            (lambda: ctx.sdpa(x, x, x, scale=[0.5]), "sdpa: scale"),
+            (lambda: ctx.sdpa(x, x, x, softcap="5"), "sdpa: softcap"),
+            (lambda: ctx.rope(x, theta="500000"), "rope: theta"),
+            (lambda: ctx.sinusoidal(4, 8, base="100"), "sinusoidal: base"),
+            (lambda: ctx.sinusoidal(4, 8, offset=None), "sinusoidal: offset"),
+            (lambda: ctx.alibi_slopes(4, max_bias=True), "alibi_slopes: max_bias"),
+            (lambda: ctx.alibi_slopes(4, max_bias="abc"), "alibi_slopes: max_bias"),
+            (lambda: ctx.rope_cache(8, 4, scaling="linear", factor="2"), "rope_cache: factor"),
+            (lambda: cache.append(x, x, rope={"theta": "5e5"}), "KVCache.append: rope theta"),
+            (lambda: attn.DecoderLayer(8, 2, scale="1", context=ctx), "DecoderLayer: scale"),
+            (lambda: attn.MultiheadAttention(8, 2, dropout="0.1", context=ctx),
+             "MultiheadAttention: dropout")):
+        with pytest.raises(TypeError, match="^%s = .* must be a real number" % what):
+            call()
+    # A float32 field: 1e300 arrived as inf (with a RuntimeWarning from the
+    # rounding check) and libattn said "scale = inf".
+    for call, what in ((lambda: ctx.softmax(x, scale=1e300), "softmax: scale"),
+                       (lambda: ctx.sdpa(x, x, x, softcap=-1e39), "sdpa: softcap")):
+        with pytest.raises(ValueError, match="^%s = .* past float32's range" % what):
+            call()
+    # DecoderLayer's scale follows sdpa's: 0 (and what rounds to 0) meant the default.
+    for s in (0, 1e-50):
+        with pytest.raises(ValueError, match="DecoderLayer: scale"):
+            attn.DecoderLayer(8, 2, scale=s, context=ctx)
+    assert cache.lengths.tolist() == [0]
+    np.testing.assert_array_equal(ctx.softmax(x, scale=np.float64(2)), ctx.softmax(2 * x))
+    torch = pytest.importorskip("torch")
+    # A one-element tensor is a number, one that requires grad too.
+    np.testing.assert_array_equal(
+        ctx.softmax(x, scale=torch.tensor(2.0, requires_grad=True)), ctx.softmax(2 * x))
+    for bad in (torch.tensor(1 + 1j), torch.ones(2)):
+        with pytest.raises(TypeError, match="^softmax: scale = .* must be a real number"):
+            ctx.softmax(x, scale=bad)
+    cache.close()
+    ctx.close()
+
+
+def test_context_and_cache_arguments_are_type_checked():
+    # context="ctx" raised AttributeError ('str' object has no attribute
+    # '_call'), as did DecoderLayer.forward(x, None) ('_ctx').
+    for call, what in ((lambda: attn.KVCache(1, 1, 8, capacity=4, context="ctx"), "KVCache"),
+                       (lambda: attn.DecoderLayer(8, 2, context=1), "DecoderLayer"),
+                       (lambda: attn.MultiheadAttention(8, 2, context=object()),
+                        "MultiheadAttention")):
+        with pytest.raises(TypeError, match="^%s: context must be an attn.Context" % what):
+            call()
+    with attn.Context(num_threads=1) as ctx:
+        layer = attn.DecoderLayer(8, 2, context=ctx)
+        x = np.ones((1, 2, 8), np.float32)
+        for cache in (None, np.zeros(4)):
+            with pytest.raises(TypeError, match="^DecoderLayer.forward: cache must be an "
+                                                "attn.KVCache"):
+                layer(x, cache)
+        assert layer(x, attn.KVCache(1, 2, 4, capacity=4, context=ctx)).shape == (1, 2, 8)
+
+
+def test_unconvertible_input_names_the_argument():
+    # A ragged list raised numpy's "setting an array element with a
+    # sequence..." naming neither the call nor the argument.
+    ragged = [[1.0, 2.0], [3.0]]
+    q = np.ones((1, 2, 2), np.float32)
+    for call, what in ((lambda: attn.softmax(ragged), "softmax: x"),
+                       (lambda: attn.softmax(q[0], mask=ragged), "softmax: mask"),
+                       (lambda: attn.sdpa(q, ragged, q), "sdpa: k"),
+                       (lambda: attn.sdpa(q, q, q, kv_lens=[[1], [1, 2]]), "sdpa: kv_lens"),
+                       (lambda: attn.sdpa(q, q, q, sinks=[[1.0], []]), "sdpa: sinks"),
+                       (lambda: attn.softmax_backward(q, ragged), "softmax_backward: dy"),
+                       (lambda: attn.convert(ragged, "float16"), "convert: a"),
+                       (lambda: attn.KVCache(1, 1, 2, capacity=2).append(ragged, ragged),
+                        "KVCache.append: k")):
+        with pytest.raises(ValueError, match="^%s cannot be made an array" % what):
+            call()

@@ -192,3 +192,35 @@ def test_decode_step_passes_x_without_a_copy(monkeypatch):
         layer(np.ascontiguousarray(last), attn.KVCache(B, H, D, capacity=2, context=ctx)),
         want)
     ctx.close()
+
+
+def test_load_state_dict_needs_a_mapping():
+    # A list of (name, array) pairs was searched as a list: every weight
+    # "missing" (KeyError); None raised "argument of type 'NoneType' is not
+    # iterable".
+    layer = attn.DecoderLayer(8, 2)
+    pairs = [(n, np.zeros((8, 8), np.float32))
+             for n in ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")]
+    for bad in (pairs, None):
+        with pytest.raises(TypeError, match="^DecoderLayer.load_state_dict: the state dict must "
+                                            "be a mapping"):
+            layer.load_state_dict(bad)
+    layer.load_state_dict(dict(pairs))
+
+
+def test_rope_scaling_names_a_misspelt_key():
+    # TypeError "_rope_cache_params() got an unexpected keyword argument
+    # 'Factor'": the binding's helper, not DecoderLayer's rope_scaling.
+    with pytest.raises(TypeError, match="^DecoderLayer: rope_scaling has no key 'Factor'"):
+        attn.DecoderLayer(8, 2, rope={}, rope_scaling={"scaling": "linear", "Factor": 2.0})
+    attn.DecoderLayer(8, 2, rope={}, rope_scaling={"scaling": "linear", "factor": 2.0})
+
+
+def test_zero_heads_or_head_dim_is_not_the_default():
+    # num_kv_heads=0 made a layer with num_heads kv heads and head_dim=0 one
+    # with embed_dim / num_heads (libattn reads 0 as the default).
+    for kw in (dict(num_kv_heads=0), dict(head_dim=0)):
+        with pytest.raises(ValueError, match="^DecoderLayer: %s = 0 is not allowed" % list(kw)[0]):
+            attn.DecoderLayer(8, 2, **kw)
+    layer = attn.DecoderLayer(8, 2, num_kv_heads=1, head_dim=2)
+    assert (layer.num_kv_heads, layer.head_dim) == (1, 2)

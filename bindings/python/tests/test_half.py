@@ -105,6 +105,38 @@ def test_bf16_matches_torch():
     assert torch.equal(h.view(torch.int16), tb.to(torch.float32).to(torch.float16).view(torch.int16))
 
 
+
+@pytest.mark.skipif(torch is None, reason="torch not installed")
+def test_src_dtype_must_agree_with_a_torch_tensor():
+    # It was ignored for torch tensors: a float32 tensor with
+    # src_dtype="bfloat16" was read as float32 (convert, KVCache.append).
+    t = torch.ones(1, 1, 2, 4)
+    with pytest.raises(TypeError, match="^convert: src_dtype=bfloat16 but the torch tensor is "
+                                        "float32"):
+        attn.convert(t, "float16", src_dtype="bfloat16")
+    cache = attn.KVCache(1, 1, 4, capacity=4)
+    with pytest.raises(TypeError, match="^KVCache.append: src_dtype=float16 but the torch "
+                                        "tensor is float32"):
+        cache.append(t, t, src_dtype="float16")
+    assert cache.lengths.tolist() == [0]
+    b = t.to(torch.bfloat16)
+    cache.append(b, b, src_dtype="bfloat16")
+    assert cache.lengths.tolist() == [2]
+    assert torch.equal(attn.convert(b, "float32", src_dtype=torch.bfloat16), t)
+
+
+def test_convert_reads_byte_swapped_arrays():
+    # A big-endian float32 or float16 array was refused with "a has dtype >f4
+    # but must be float32 or float16"; the ops themselves take them.
+    x = np.array([1.5, -2.25, 65504.0, 1e-3], np.float32)
+    np.testing.assert_array_equal(attn.convert(x.astype(">f4"), "float16"), x.astype(np.float16))
+    h = x.astype(np.float16)
+    np.testing.assert_array_equal(attn.convert(h.astype(">f2"), "float32"), h.astype(np.float32))
+    bits = attn.convert(x, "bfloat16")
+    np.testing.assert_array_equal(
+        attn.convert(bits.astype(">u2"), "float32", src_dtype="bfloat16"),
+        attn.convert(bits, "float32", src_dtype="bfloat16"))
+
 # ---- ops on half arrays ----
 
 def _bound_ok(got, want, u, tol, scale=1.0):

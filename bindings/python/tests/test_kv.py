@@ -88,6 +88,15 @@ def test_read_checks_seq_start_and_n():
             cache.read(*args)
     with pytest.raises(ValueError, match="n = -1"):
         cache.read(0, 0, -1)
+    # n past the sequence is refused before n rows are allocated: 2**40 raised
+    # MemoryError (16 TiB) before libattn could say so.
+    for n in (3, 2 ** 40):
+        with pytest.raises(attn.AttnError, match="n = %d tokens but sequence 0 holds 2" % n) as e:
+            cache.read(0, 0, n)
+        assert e.value.status == "ATTN_ERR_INVALID_ARG"
+    with pytest.raises(attn.AttnError, match="attn_kv_read: start = 1 and n = 2"):
+        cache.read(0, 1, 2)
+    assert cache.read(0, 1, 1)[0].shape == (1, 1, 8)
     cache.close()
 
 
@@ -109,6 +118,51 @@ def test_fractions_and_ranges_refused():
     np.testing.assert_array_equal(cache.lengths, [5, 5])
     cache.truncate(0, 3.0)  # an integral float is taken, as in count arrays
     np.testing.assert_array_equal(cache.lengths, [3, 5])
+
+
+def test_append_rope_must_be_a_dict_of_known_keys():
+    # rope="half-split" raised AttributeError ('str' object has no attribute
+    # 'get'); rope={"Theta": 5e5} ignored the key and rotated with theta 10000.
+    cache = attn.KVCache(1, 1, 4, capacity=8)
+    x = np.ones((1, 1, 2, 4), np.float32)
+    with pytest.raises(TypeError, match="^KVCache.append: rope must be None or a dict, not str"):
+        cache.append(x, x, rope="half-split")
+    with pytest.raises(TypeError, match="^KVCache.append: rope has no key 'Theta'"):
+        cache.append(x, x, rope={"Theta": 5e5})
+    np.testing.assert_array_equal(cache.lengths, [0])
+    cache.append(x, x, rope={"style": "interleaved", "theta": 5e5})
+    np.testing.assert_array_equal(cache.lengths, [2])
+
+
+def test_constructor_refuses_ignored_and_zero_sizes():
+    # num_blocks / block_size without paged=True were ignored (a contiguous
+    # cache was made); value_dim=0, and a paged capacity or block_size of 0,
+    # were read by libattn as "the default" (head_dim, the whole pool, 16).
+    for kw in (dict(num_blocks=4), dict(block_size=32)):
+        with pytest.raises(ValueError, match="^KVCache: num_blocks and block_size are for a "
+                                             "paged cache"):
+            attn.KVCache(1, 1, 4, capacity=8, **kw)
+    for kw, name in ((dict(capacity=8, value_dim=0), "value_dim"),
+                     (dict(paged=True, num_blocks=4, capacity=0), "capacity"),
+                     (dict(paged=True, num_blocks=4, block_size=0), "block_size")):
+        with pytest.raises(ValueError, match="^KVCache: %s = 0 is not allowed" % name):
+            attn.KVCache(1, 1, 4, **kw)
+    with pytest.raises(attn.AttnError, match="capacity = 0"):
+        attn.KVCache(1, 1, 4, capacity=0)  # contiguous: no default, libattn's message
+    assert attn.KVCache(1, 1, 4, capacity=8, value_dim=6).value_dim == 6
+
+
+def test_attend_causal_takes_no_alignment():
+    # causal="top-left" was taken (as sdpa's alignment), and libattn's
+    # attn_kv_attend ignores the alignment: the rows still sat at their
+    # cache positions, not top-left.
+    cache = attn.KVCache(1, 1, 4, capacity=8)
+    x = np.arange(12, dtype=np.float32).reshape(1, 1, 3, 4)
+    cache.append(x, x)
+    for causal in ("top-left", "bottom-right"):
+        with pytest.raises(TypeError, match="^KVCache.attend: causal = '%s'" % causal):
+            cache.attend(x[:, :, :1], n_new=[0], causal=causal)
+    assert cache.attend(x[:, :, :1], n_new=[0], causal=True).shape == (1, 1, 1, 4)
 
 
 def _bf16_bits(x):

@@ -99,3 +99,64 @@ def test_state_dict_round_trip_and_refusals():
     with pytest.raises(attn.AttnError) as e:
         ours(x, x, np.zeros((2, 1, 7), np.float32))
     assert e.value.status == "ATTN_ERR_SHAPE"
+
+
+def test_query_key_value_dims_checked_first():
+    # A key or value of other dims than query raised IndexError ("tuple index
+    # out of range") for 0-d and 1-d ones, and for a 3-D key beside a 2-D
+    # (unbatched) query libattn saw the 4-D key the binding had made of it.
+    m = attn.MultiheadAttention(8, 2, batch_first=True)
+    x3, x2 = np.ones((1, 3, 8), np.float32), np.ones((3, 8), np.float32)
+    for q, k, v in ((x3, np.float32(1), x3), (x3, np.ones(8, np.float32), x3),
+                    (x2, x3, x3), (x3, x3, x2), (x2, "a", "a")):
+        with pytest.raises(ValueError, match="^MultiheadAttention: query, key and value have"):
+            m(q, k, v)
+    assert m(x2, x2, x2)[0].shape == (3, 8)
+
+
+def test_load_state_dict_needs_a_mapping():
+    # A list of pairs gave KeyError "missing keys [...], unexpected keys
+    # [('in_proj_weight', ...)]"; None "'NoneType' object is not iterable".
+    m = attn.MultiheadAttention(8, 2)
+    for bad in (list(m.state_dict().items()), None):
+        with pytest.raises(TypeError, match="^MultiheadAttention.load_state_dict: the state "
+                                            "dict must be a mapping"):
+            m.load_state_dict(bad)
+    m.load_state_dict(m.state_dict())
+
+
+def test_constructor_refuses_zero_dims_and_bad_dropout():
+    # kdim=0 made a layer libattn built with kdim = embed_dim (0 = default)
+    # while the binding expected k_proj_weight [8, 0]: state_dict() then
+    # failed in libattn. dropout=-1 or 2 was taken (torch refuses them).
+    for kw, what in ((dict(kdim=0), "kdim = 0 is not allowed"),
+                     (dict(vdim=0), "vdim = 0 is not allowed"),
+                     (dict(dropout=-1.0), r"dropout = -1.0 but must be in \[0, 1\]"),
+                     (dict(dropout=2), r"dropout = 2 but must be in \[0, 1\]")):
+        with pytest.raises(ValueError, match="^MultiheadAttention: " + what):
+            attn.MultiheadAttention(8, 2, **kw)
+    m = attn.MultiheadAttention(8, 2, dropout=0.1, kdim=4)
+    assert m.state_dict()["k_proj_weight"].shape == (8, 4)
+
+
+def test_device_may_be_a_torch_cpu_device():
+    # device=torch.device("cpu") was refused: "device = device(type='cpu')
+    # but libattn runs on the CPU".
+    for dev in (torch.device("cpu"), "cpu:0", torch.device("cpu", 0)):
+        attn.MultiheadAttention(8, 2, device=dev)
+    for dev in (torch.device("meta"), "cuda"):
+        with pytest.raises(ValueError, match="^MultiheadAttention: device = .* but libattn runs "
+                                             "on the CPU"):
+            attn.MultiheadAttention(8, 2, device=dev)
+
+
+def test_unbatched_key_padding_mask_is_1d():
+    # A [1, S] mask beside an unbatched query got a batch axis added and
+    # libattn said "key_padding_mask has 3 dims but must have 2".
+    m = attn.MultiheadAttention(8, 2)
+    x = np.ones((3, 8), np.float32)
+    with pytest.raises(ValueError, match="^MultiheadAttention: key_padding_mask has 2 dims but "
+                                         "an unbatched query takes a 1-D one"):
+        m(x, x, x, key_padding_mask=np.zeros((1, 3), bool))
+    out, w = m(x, x, x, key_padding_mask=np.array([False, False, True]))
+    assert out.shape == (3, 8) and not w[:, 2].any()

@@ -383,3 +383,22 @@ def test_rope_cached_float16_kept(rng):
     assert np.array_equal(y.view(np.uint16), want.view(np.uint16))
     with pytest.raises(TypeError):
         attn.rope_cached(x.tolist(), cos, sin, position_ids=pos, inplace=True)
+
+
+def test_pool_attention_backward_checks_dims_first():
+    # With 2-D queries and 3-D k, a 0-d out, lse or dout raised IndexError
+    # ("too many indices for array") from the binding's squeeze.
+    q = np.ones((3, 4), np.float32)        # [M, D]
+    k = np.ones((2, 5, 4), np.float32)     # [B, L, D]
+    out, lse = attn.pool_attention(q, k, return_lse=True)
+    g = np.ones_like(out)
+    one = np.float32(1)
+    for args, name in (((out, lse, one), "dout"), ((out, one, g), "lse"),
+                       ((one, lse, g), "out"), ((out[0], lse, g), "out")):
+        with pytest.raises(ValueError, match="^pool_attention_backward: %s has" % name):
+            attn.pool_attention_backward(q, k, None, *args)
+    with pytest.raises(ValueError, match="^pool_attention_backward: lse has 2 dims but must "
+                                         "have 3"):
+        attn.pool_attention_backward(q[None], k[:, None], None, out[:, None], lse, g[:, None])
+    dq, dk, dv = attn.pool_attention_backward(q, k, None, out, lse, g)
+    assert dq.shape == q.shape and dk.shape == k.shape and dv is None

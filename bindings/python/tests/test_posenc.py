@@ -113,8 +113,113 @@ def test_alibi_slopes(n):
 
 
 def test_alibi_errors():
-    with pytest.raises(attn.AttnError) as e:
-        attn.alibi_slopes(0)
-    assert e.value.status in ("ATTN_ERR_INVALID_ARG", "ATTN_ERR_NULL_ARG")
+    # n_heads < 1 was reported as "slopes is NULL" (the binding passed no array).
+    for n in (0, -3):
+        with pytest.raises(attn.AttnError) as e:
+            attn.alibi_slopes(n)
+        assert e.value.status == "ATTN_ERR_INVALID_ARG" and "n_heads = %d" % n in e.value.message
     with pytest.raises(attn.AttnError):
         attn.alibi_slopes(4, max_bias=-1.0)
+
+
+def test_explicit_zero_is_not_the_default():
+    # libattn reads 0 as "the default" in these fields, so theta=0, base=0 and
+    # max_bias=0 (all invalid: theta and base must exceed 1) silently gave
+    # theta 10000, base 10000 and max_bias 8; None is the default here.
+    x = np.ones((1, 1, 3, 8), np.float32)
+    cache = attn.KVCache(1, 1, 8, capacity=4)
+    for call, what in ((lambda: attn.rope(x, theta=0), "rope: theta"),
+                       (lambda: attn.rope_backward(x, theta=0.0), "rope_backward: theta"),
+                       (lambda: attn.sinusoidal(4, 8, base=0), "sinusoidal: base"),
+                       (lambda: attn.sinusoidal_add(x[0, 0], base=0), "sinusoidal_add: base"),
+                       (lambda: attn.alibi_slopes(8, max_bias=0), "alibi_slopes: max_bias"),
+                       (lambda: attn.rope_cache(8, 4, theta=0), "rope_cache: theta"),
+                       (lambda: attn.rope_cache(8, 4, scaling="yarn", factor=2,
+                                                original_max_position=4, beta_fast=0),
+                        "rope_cache: beta_fast"),
+                       (lambda: attn.rope_cache(8, 4, scaling="llama3", factor=2,
+                                                original_max_position=4, low_freq_factor=0),
+                        "rope_cache: low_freq_factor"),
+                       (lambda: attn.rope_cache(8, 4, scaling="dynamic", factor=2,
+                                                original_max_position=4, seq_len=0),
+                        "rope_cache: seq_len"),
+                       (lambda: cache.append(x, x, rope={"theta": 0}),
+                        "KVCache.append: rope theta")):
+        with pytest.raises(ValueError, match="^%s = 0 is not allowed" % what):
+            call()
+    assert cache.lengths.tolist() == [0]
+    cache.close()
+
+
+def test_positions_and_factors_must_be_real_numbers():
+    # A float64 cast kept the real part of complex positions (a
+    # ComplexWarning only), took bools as positions 0/1 and raised numpy's
+    # "could not convert string to float" naming nothing.
+    for bad in (np.array([1 + 1j, 2]), np.array([True, False]), ["a", "b"]):
+        with pytest.raises(TypeError, match="^sinusoidal: positions has dtype"):
+            attn.sinusoidal(2, 8, positions=bad)
+        with pytest.raises(TypeError, match="^sinusoidal_add: positions has dtype"):
+            attn.sinusoidal_add(np.ones((2, 8), np.float32), positions=bad)
+    ones = np.ones(2)
+    with pytest.raises(TypeError, match="^rope_cache: short_factors has dtype complex"):
+        attn.rope_cache(8, 4, scaling="longrope", original_max_position=4,
+                        short_factors=ones.astype(complex), long_factors=ones)
+    with pytest.raises(TypeError, match="^rope_cache: long_factors has dtype bool"):
+        attn.rope_cache(8, 4, scaling="longrope", original_max_position=4,
+                        short_factors=ones, long_factors=ones.astype(bool))
+    close(attn.sinusoidal(2, 8, positions=[3, 5]), ref.sinusoidal(2, 8, positions=[3.0, 5.0]),
+          atol=2e-6)
+
+
+def test_sinusoidal_out_must_match_length_and_dim():
+    # With out= the table's shape came from out alone: sinusoidal(10, 8,
+    # out=[4, 8] array) wrote 4 rows and ignored length; a 0-d out raised
+    # IndexError, a list AttributeError, length=-1 numpy's unnamed error.
+    with pytest.raises(ValueError, match=r"^sinusoidal: out has shape \(4, 8\) but length and "
+                                         r"dim say \(10, 8\)"):
+        attn.sinusoidal(10, 8, out=np.empty((4, 8), np.float32))
+    with pytest.raises(ValueError, match="^sinusoidal: out has shape"):
+        attn.sinusoidal(10, 8, out=np.empty((), np.float32))
+    with pytest.raises(TypeError, match="^sinusoidal: out must be a numpy array"):
+        attn.sinusoidal(2, 2, out=[[0.0, 0.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match="^sinusoidal: length = -1 and dim = 8 must be >= 0"):
+        attn.sinusoidal(-1, 8)
+    out = np.empty((4, 8), np.float32)
+    assert attn.sinusoidal(4, 8, out=out) is out
+    close(out, ref.sinusoidal(4, 8), atol=2e-6)
+
+
+def test_rope_rotary_dim_zero_is_not_all():
+    # rotary_dim=0 rotated every dim (libattn's 0 = D) where it says none.
+    x = np.ones((1, 1, 3, 8), np.float32)
+    for f in (attn.rope, attn.rope_backward):
+        with pytest.raises(ValueError, match="^%s: rotary_dim = 0 is not allowed" % f.__name__):
+            f(x, rotary_dim=0)
+    close(attn.rope(x, rotary_dim=None), attn.rope(x, rotary_dim=8), atol=0)
+
+
+def test_offset_with_positions_is_refused():
+    # libattn uses positions instead of offset + l: rope(x, positions=p,
+    # offset=5) rotated by p alone, the offset silently dropped.
+    x = np.ones((1, 1, 3, 8), np.float32)
+    for call, fn in ((lambda: attn.rope(x, positions=[0, 1, 2], offset=5), "rope"),
+                     (lambda: attn.rope_backward(x, positions=[0, 1, 2], offset=1),
+                      "rope_backward"),
+                     (lambda: attn.sinusoidal(3, 8, positions=[0.0, 1, 2], offset=0.5),
+                      "sinusoidal"),
+                     (lambda: attn.sinusoidal_add(x[0, 0], positions=[0.0, 1, 2], offset=2),
+                      "sinusoidal_add")):
+        with pytest.raises(ValueError, match="^%s: offset = .* and positions are both set" % fn):
+            call()
+    close(attn.rope(x, positions=[5, 6, 7]), attn.rope(x, offset=5), atol=0)
+
+
+def test_rope_cached_position_ids_with_bad_x_names_x():
+    # A 2-D x with position_ids gave "position_ids has shape (1, 4) but must
+    # have shape (4, 0)", blaming position_ids for x's dims.
+    cos, sin, _ = attn.rope_cache(4, 8)
+    with pytest.raises(ValueError, match=r"^rope_cached: x has 2 dims but must be \[B, H, L, D\]"):
+        attn.rope_cached(np.ones((4, 8), np.float32), cos, sin, position_ids=[[0, 1, 2, 3]])
+    x = np.ones((1, 1, 4, 8), np.float32)
+    close(attn.rope_cached(x, cos, sin, position_ids=[[0, 1, 2, 3]]),
+          attn.rope_cached(x, cos, sin), atol=0)

@@ -284,3 +284,46 @@ def test_errors(rng):
     assert "cu_seqlens" in e.value.message
     with pytest.raises(ValueError, match="cu_seqlens"):
         attn.sdpa_varlen(q[0], k[0], v[0], [0, 2, 5], [0, 7])
+
+
+def test_slopes_and_sinks_must_be_real_numbers():
+    # They were cast with np.ascontiguousarray(dtype=float32): a complex
+    # array lost its imaginary part (a ComplexWarning only), bools became
+    # 0/1 slopes, strings raised numpy's error naming nothing, and 1e300
+    # became inf.
+    q = np.ones((1, 2, 3, 4), np.float32)
+    for name in ("alibi_slopes", "sinks"):
+        for bad in (np.array([1 + 1j, 2]), np.array([True, False]), ["a", "b"]):
+            with pytest.raises(TypeError, match="^sdpa: %s has dtype .* real numbers" % name):
+                attn.sdpa(q, q, q, **{name: bad})
+        with pytest.raises(ValueError, match="^sdpa: %s .* past float32's range" % name):
+            attn.sdpa(q, q, q, **{name: np.array([1e300, 1.0])})
+    want = attn.sdpa(q, q, q, alibi_slopes=np.array([0.5, 0.25], np.float32))
+    np.testing.assert_array_equal(attn.sdpa(q, q, q, alibi_slopes=[0.5, 0.25]), want)
+
+
+def test_window_must_be_a_pair():
+    # window=2 raised "cannot unpack non-iterable int object" and (2,) "not
+    # enough values to unpack", naming neither the call nor the argument.
+    q = np.ones((1, 1, 3, 4), np.float32)
+    cache = attn.KVCache(1, 1, 4, capacity=4)
+    cache.append(q, q)
+    for call, fn in ((lambda w: attn.sdpa(q, q, q, window=w), "sdpa"),
+                     (lambda w: attn.sdpa_varlen(q[0], q[0], q[0], [0, 1], window=w),
+                      "sdpa_varlen"),
+                     (lambda w: cache.attend(q, window=w), "KVCache.attend")):
+        for bad in (2, (2,), (2, 0, 1), "20", {"left": 2, "right": 0}):
+            with pytest.raises(TypeError, match="^%s: window = .* must be a pair" % fn):
+                call(bad)
+    np.testing.assert_array_equal(attn.sdpa(q, q, q, window=[1, 0]),
+                                  attn.sdpa(q, q, q, window=(1, 0)))
+    cache.close()
+
+
+def test_varlen_backward_names_q_dims():
+    # A 2-D q with sinks said "sinks has shape (2,) but must have shape (0,)".
+    q = np.ones((4, 2, 8), np.float32)
+    out, lse = attn.sdpa_varlen(q, q, q, [0, 4], return_lse=True)
+    with pytest.raises(ValueError, match=r"^sdpa_varlen_backward: q has 2 dims but must have 3"):
+        attn.sdpa_varlen_backward(q[:, 0], q, q, out, lse, out, [0, 4], sinks=[0.0, 0.0])
+    assert len(attn.sdpa_varlen_backward(q, q, q, out, lse, out, [0, 4], sinks=[0.0, 0.0])) == 3

@@ -179,3 +179,61 @@ def test_softmax_backward_over_an_axis_vs_torch(log):
     t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     (torch.log_softmax if log else torch.softmax)(0.5 * t, dim=1).backward(torch.tensor(g).double())
     close(torch.tensor(dx), t.grad)
+
+
+def test_numpy_api_reads_tensors_that_require_grad_or_are_bfloat16():
+    # Masks, sinks, backward inputs and rope_cached's tables went through
+    # np.asarray: a tensor that requires grad (an nn.Parameter of sinks)
+    # raised torch's RuntimeError "Can't call numpy() on Tensor that requires
+    # grad", a bfloat16 one TypeError "Got unsupported ScalarType BFloat16".
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((1, 2, 3, 4)).astype(np.float32)
+    sinks = torch.nn.Parameter(torch.tensor([0.5, -1.0]))
+    np.testing.assert_array_equal(attn.sdpa(q, q, q, sinks=sinks),
+                                  attn.sdpa(q, q, q, sinks=np.array([0.5, -1.0], np.float32)))
+    mask = torch.zeros(3, 3).masked_fill(torch.ones(3, 3, dtype=torch.bool).triu(1), -1e9)
+    want = attn.sdpa(q, q, q, mask=mask.numpy())
+    np.testing.assert_array_equal(attn.sdpa(q, q, q, mask=mask.requires_grad_()), want)
+    np.testing.assert_array_equal(attn.sdpa(q, q, q, mask=mask.detach().bfloat16()), want)
+    out, lse = attn.sdpa(q, q, q, return_lse=True)
+    g = np.ones_like(out)
+    want = attn.sdpa_backward(q, q, q, out, lse, g)
+    tq = torch.from_numpy(q).requires_grad_()
+    for a, b in zip(attn.sdpa_backward(tq, q, q, out, lse, torch.from_numpy(g).bfloat16()), want):
+        np.testing.assert_array_equal(a, b)  # g is ones: exact in bfloat16
+    y = attn.softmax(q)
+    np.testing.assert_array_equal(
+        attn.softmax_backward(torch.from_numpy(y).requires_grad_(), g),
+        attn.softmax_backward(y, g))
+    cos, sin, _ = attn.rope_cache(3, 4)
+    np.testing.assert_array_equal(
+        attn.rope_cached(q, torch.from_numpy(cos).requires_grad_(), sin),
+        attn.rope_cached(q, cos, sin))
+
+
+def test_autograd_functions_check_their_tensors():
+    # An int64 tensor was converted to float32 and the result back: softmax
+    # of [1, 2, 3] came out [0, 0, 0]; an int64 1/0 attn_mask (Hugging Face's)
+    # was added to the logits, masking nothing. A NumPy array raised
+    # AttributeError, an out-of-range dim torch's IndexError.
+    t = torch.zeros(1, 2, 3, 4)
+    for call, what in (
+            (lambda: at.softmax(torch.tensor([1, 2, 3]), 0), "softmax: x has dtype torch.int64"),
+            (lambda: at.log_softmax(np.ones(3, np.float32), 0), "log_softmax: x must be a torch"),
+            (lambda: at.scaled_dot_product_attention(t, t, t, attn_mask=torch.ones(3, 3).long()),
+             "scaled_dot_product_attention: attn_mask has dtype torch.int64"),
+            (lambda: at.scaled_dot_product_attention(t.numpy(), t, t),
+             "scaled_dot_product_attention: query must be a torch tensor"),
+            (lambda: at.pool(np.ones((2, 3, 4), np.float32)), "pool: x must be a torch tensor"),
+            (lambda: at.pool(torch.ones(2, 3, 4), keep=torch.ones(2, 3).long()),
+             "pool: keep has dtype torch.int64"),
+            (lambda: at.pool_attention(torch.ones(3, 4), torch.ones(2, 3, 4).int()),
+             "pool_attention: key has dtype torch.int32")):
+        with pytest.raises(TypeError, match="^attn.torch." + what):
+            call()
+    with pytest.raises(ValueError, match=r"^attn.torch.softmax: dim = 4 is out of range"):
+        at.softmax(t, 4)
+    with pytest.raises(TypeError, match=r"^attn.torch.softmax: dim = None is not an integer"):
+        at.softmax(t, None)
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    assert torch.allclose(at.softmax(x, -1), torch.softmax(x, -1), atol=1e-7)
