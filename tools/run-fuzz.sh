@@ -12,6 +12,7 @@
 # over one shared work corpus: the total time stays SECONDS per target.
 #
 # Environment: CC (default clang-14), ATTN_FUZZ_BUILD (default build/fuzz),
+# ATTN_FUZZ_LANES (fuzzers run at once, default 2),
 # ATTN_FUZZ_JOBS (parallel build jobs, default 2).
 # To grow the committed seeds from a run (keeps only inputs adding coverage):
 #   build/fuzz/tests/fuzz/fuzz_sdpa -merge=1 tests/fuzz/corpus/sdpa build/fuzz/work/sdpa/corpus
@@ -40,8 +41,10 @@ fi
 
 # The ops use their own threads only over a sequential BLAS (see README).
 export OPENBLAS_NUM_THREADS=1
-status=0
-for t in $targets; do
+
+# One target's runs; prints its lines, fails on a finding.
+fuzz_target() {
+  t=$1
   exe=$build/tests/fuzz/fuzz_$t
   work=$build/work/$t
   mkdir -p "$work/corpus"
@@ -65,7 +68,6 @@ for t in $targets; do
       result=ok
     else
       result=FAILED
-      status=1
     fi
     log=$work/log-$set_
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
@@ -77,8 +79,30 @@ for t in $targets; do
       ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-* 2>/dev/null |
         sed 's/^/    input: /'
       echo "    log: $log (rerun: ATTN_KERNELS=$kernels $exe INPUT)"
-      break
+      return 1
     fi
   done
+}
+
+# Each fuzzer runs on one core: ATTN_FUZZ_LANES (default 2) of them at once,
+# each lane taking every LANES-th target in turn; the lines print in target
+# order at the end.
+lanes=${ATTN_FUZZ_LANES:-2}
+for lane in $(seq 1 "$lanes"); do
+  (
+    n=0
+    for t in $targets; do
+      n=$((n + 1))
+      [ $(((n - 1) % lanes + 1)) -eq "$lane" ] || continue
+      mkdir -p "$build/work/$t"
+      fuzz_target "$t" >"$build/work/$t/summary" 2>&1 || echo FAILED >>"$build/work/$t/summary"
+    done
+  ) &
+done
+wait
+status=0
+for t in $targets; do
+  cat "$build/work/$t/summary"
+  grep -q '^FAILED$' "$build/work/$t/summary" && status=1
 done
 exit $status
