@@ -10,11 +10,11 @@
  * The bound keeps an idle application's cores idle.
  *
  * Placement (Linux): a worker woken by the caller can be queued on the
- * caller's CPU and stay there (a KVM guest's idle vCPU looks busy to the
- * scheduler, and two threads that run all the time count as cache-hot, so
- * no balancing moves them): each 2-thread call then ran on one core, in
- * half the quiet runs on the Zen 5 VM. A worker that starts a job on the
- * caller's CPU moves itself off it (move_off).
+ * caller's CPU and stay there (seen in a KVM guest, where an idle vCPU may
+ * look busy to the scheduler; two threads that run all the time count as
+ * cache-hot, so balancing leaves them): each 2-thread call then ran on one
+ * core, in up to half of the quiet runs on the Zen 5 VM. A worker that
+ * starts a job on the caller's CPU moves itself off it (move_off).
  *
  * fork(): a child process has only the thread that called fork, so the
  * pool records the process that started its workers; a job in another
