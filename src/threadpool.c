@@ -9,15 +9,23 @@
  * takes tens of microseconds, as much as a whole job of a short sequence.
  * The bound keeps an idle application's cores idle.
  *
+ * Placement (Linux): a worker woken by the caller can be queued on the
+ * caller's CPU and stay there (seen in a KVM guest, where an idle vCPU may
+ * look busy to the scheduler; two threads that run all the time count as
+ * cache-hot, so balancing leaves them): each 2-thread call then ran on one
+ * core, in up to half of the quiet runs on the Zen 5 VM. A worker that
+ * starts a job on the caller's CPU moves itself off it (move_off).
+ *
  * fork(): a child process has only the thread that called fork, so the
  * pool records the process that started its workers; a job in another
  * process (getpid() differs: one cheap call per job) first starts a new set
  * of workers, and destroy there joins none of the parent's. No atfork
  * handler and no global list of pools are needed. */
-#define _POSIX_C_SOURCE 200809L /* pid_t, getpid */
+#define _GNU_SOURCE /* pid_t, getpid; sched_getcpu and the affinity calls of move_off */
 #include "internal.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/types.h>
@@ -45,6 +53,7 @@ struct attn_threadpool {
   void *arg;
   int64_t n_items;
   int32_t active;         /* threads in this job, the caller included */
+  int caller_cpu;         /* the caller's CPU when it posted the job, or -1 */
   int32_t sleepers;       /* workers in pthread_cond_wait on start_cv */
   bool caller_asleep;     /* the caller in pthread_cond_wait on done_cv */
   atomic_ullong posted;   /* generation, stored after mu is released: what spinners watch */
@@ -107,6 +116,34 @@ static bool workers_done(attn_threadpool *p, uint64_t unused) {
   return atomic_load_explicit(&p->pending, memory_order_acquire) == 0;
 }
 
+static int current_cpu(void) {
+#ifdef __linux__
+  return sched_getcpu();
+#else
+  return -1;
+#endif
+}
+
+/* Moves the calling worker off CPU `cpu`: its affinity without that CPU
+ * (the kernel migrates it at once), then its own mask again, so it stays
+ * free to go anywhere later. Nothing happens if `cpu` is its only CPU or a
+ * call fails (a sandbox may refuse them). */
+static void move_off(int cpu) {
+#ifdef __linux__
+  cpu_set_t mine, others;
+  if (cpu < 0 || cpu >= CPU_SETSIZE ||
+      pthread_getaffinity_np(pthread_self(), sizeof mine, &mine) != 0)
+    return;
+  others = mine;
+  CPU_CLR(cpu, &others);
+  if (CPU_COUNT(&others) > 0 &&
+      pthread_setaffinity_np(pthread_self(), sizeof others, &others) == 0)
+    pthread_setaffinity_np(pthread_self(), sizeof mine, &mine);
+#else
+  (void)cpu;
+#endif
+}
+
 static void *worker_main(void *varg) {
   worker_arg *wa = varg;
   attn_threadpool *p = wa->pool;
@@ -134,7 +171,12 @@ static void *worker_main(void *varg) {
     attn_task_fn fn = p->fn;
     void *arg = p->arg;
     int64_t n = p->n_items;
+    int caller_cpu = p->caller_cpu;
     pthread_mutex_unlock(&p->mu);
+    /* Sharing the caller's CPU, this worker would only run while the
+     * caller waits (see the top). */
+    if (caller_cpu >= 0 && current_cpu() == caller_cpu)
+      move_off(caller_cpu);
     run_items(p, fn, arg, n, id);
     bool last = atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1;
     pthread_mutex_lock(&p->mu);
@@ -242,6 +284,7 @@ void attn__parallel_for(attn_ctx *ctx, int32_t threads, int64_t n, attn_task_fn 
   p->arg = arg;
   p->n_items = n;
   p->active = threads;
+  p->caller_cpu = current_cpu();
   atomic_store_explicit(&p->pending, threads - 1, memory_order_relaxed);
   atomic_store_explicit(&p->next, 0, memory_order_relaxed);
   uint64_t gen = ++p->generation;
