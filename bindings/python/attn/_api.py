@@ -485,6 +485,26 @@ def _float32_arg(v, fn, name):
     return v
 
 
+def _rope_params(rope, fn):
+    """attn_rope_params from a rope dict (KVCache.append, DecoderLayer): a
+    string or a misspelt key ("Theta") is refused, not ignored in favour of
+    the defaults; an absent key is the default, an explicit 0 refused as
+    rope()'s theta and rotary_dim are."""
+    if not isinstance(rope, dict):
+        raise TypeError("%s: rope must be None or a dict, not %s" % (fn, type(rope).__name__))
+    unknown = sorted(set(rope) - {"style", "rotary_dim", "theta"}, key=str)
+    if unknown:
+        raise TypeError("%s: rope has no key %r (it takes style, rotary_dim, theta)"
+                        % (fn, unknown[0]))
+    rotary_dim = rope.get("rotary_dim")
+    theta = rope.get("theta")
+    return _lib.RopeParams(
+        style=_choice(_lib.ROPE_STYLES, rope.get("style", "half-split"), fn, "style"),
+        rotary_dim=0 if rotary_dim is None else _int32(
+            _not_default(rotary_dim, fn, "rope rotary_dim", real=False), fn, "rope rotary_dim"),
+        theta=0.0 if theta is None else _not_default(theta, fn, "rope theta"))
+
+
 def _scale(scale, fn, name="scale"):
     if scale is None:
         return 0.0
@@ -1567,21 +1587,7 @@ class KVCache(_ContextObject):
             hk, hv = c.input(k, "k", dtype=kdt), c.input(v, "v", dtype=vdt)
             ap = _lib.KvAppendParams()
             if rope is not None:
-                # As DecoderLayer's: a string or a misspelt key ("Theta") is
-                # refused, not ignored in favour of the defaults.
-                if not isinstance(rope, dict):
-                    raise TypeError("%s: rope must be None or a dict, not %s"
-                                    % (fn, type(rope).__name__))
-                unknown = sorted(set(rope) - {"style", "rotary_dim", "theta"}, key=str)
-                if unknown:
-                    raise TypeError("%s: rope has no key %r (it takes style, rotary_dim, theta)"
-                                    % (fn, unknown[0]))
-                style = rope.get("style", "half-split")
-                rp = _lib.RopeParams(style=_choice(_lib.ROPE_STYLES, style, fn, "style"),
-                                     rotary_dim=_int32(rope.get("rotary_dim", 0), fn,
-                                                       "rope rotary_dim"),
-                                     theta=(_not_default(rope["theta"], fn, "rope theta")
-                                            if "theta" in rope else 0.0))
+                rp = _rope_params(rope, fn)
                 c.keep.append(rp)
                 ap.rope = ctypes.pointer(rp)
             c.check(_LIB.attn_kv_append(self._ctx._handle, self._handle, hk, hv,
@@ -1901,23 +1907,13 @@ class DecoderLayer(_ContextObject):
                                   scale=float(scale or 0), softcap=float(softcap or 0),
                                   window=0 if window is None else 1,
                                   window_left=_int64(window or 0, fn, "window"))
-        for name, arg, keys in (("rope", rope, ("style", "rotary_dim", "theta")),
-                                ("rope_scaling", rope_scaling, None)):
-            if arg is not None and not isinstance(arg, dict):
-                raise TypeError("%s: %s must be None or a dict, not %s"
-                                % (fn, name, type(arg).__name__))
-            unknown = sorted(set(arg or ()) - set(keys)) if keys else []
-            if unknown:
-                raise TypeError("%s: rope has no key %r (it takes %s)"
-                                % (fn, unknown[0], ", ".join(keys)))
+        if rope_scaling is not None and not isinstance(rope_scaling, dict):
+            raise TypeError("%s: rope_scaling must be None or a dict, not %s"
+                            % (fn, type(rope_scaling).__name__))
         h = ctypes.c_void_p()
         with self._ctx._call(fn) as c:
             if rope is not None:
-                rp = _lib.RopeParams(style=_choice(_lib.ROPE_STYLES,
-                                                   rope.get("style", "half-split"), fn, "style"),
-                                     rotary_dim=_int32(rope.get("rotary_dim", 0), fn,
-                                                       "rope rotary_dim"),
-                                     theta=_real(rope.get("theta", 0.0), fn, "rope theta"))
+                rp = _rope_params(rope, fn)
                 c.keep.append(rp)
                 p.rope = ctypes.pointer(rp)
             if rope_scaling is not None:

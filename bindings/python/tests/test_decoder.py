@@ -153,6 +153,10 @@ def test_bad_input_changes_nothing():
         attn.DecoderLayer(8, 2, rope="half-split")
     with pytest.raises(TypeError, match="no key 'Theta'"):
         attn.DecoderLayer(8, 2, rope={"Theta": 500000.0})
+    # An explicit 0 is refused as rope()'s is (libattn reads 0 as the default).
+    for key in ("theta", "rotary_dim"):
+        with pytest.raises(ValueError, match="DecoderLayer: rope %s = 0" % key):
+            attn.DecoderLayer(8, 2, rope={key: 0})
 
 
 def test_decode_step_passes_x_without_a_copy(monkeypatch):
