@@ -458,6 +458,11 @@ def _real(v, fn, name):
             or (_is_torch(v) and (v.is_complex() or str(v.dtype) == "torch.bool"))):
         raise TypeError("%s: %s = %r must be a real number, not a %s"
                         % (fn, name, v, type(v).__name__))
+    if _is_torch(v) and v.numel() != 1:
+        # Checked here: torch's own refusal is a C++ exception, which a
+        # sanitizer runtime preloaded into Python cannot unwind.
+        raise TypeError("%s: %s = %r must be a real number, not a torch tensor of %d elements"
+                        % (fn, name, v, v.numel()))
     try:
         return float(v)
     except (TypeError, ValueError, RuntimeError):  # torch raises RuntimeError too
