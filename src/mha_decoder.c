@@ -151,11 +151,12 @@ static attn_status check_float(attn_ctx *ctx, const char *name, const attn_tenso
 static size_t round_up(size_t n) { return (n + ATTN_ALIGN - 1) & ~(size_t)(ATTN_ALIGN - 1); }
 
 /* The counted rows of x ([B, L, E], any strides and dtype), packed into
- * rows: sequence b's first n_new[b] rows after the earlier sequences'. */
+ * rows: sequence b's first n_new[b] (NULL: all L) rows after the earlier
+ * sequences'. */
 static void gather_counted(const attn_tensor *x, const int64_t *n_new, float *rows) {
   int64_t E = x->dims[2];
   for (int64_t b = 0; b < x->dims[0]; b++)
-    for (int64_t l = 0; l < n_new[b]; l++, rows += E) {
+    for (int64_t l = 0; l < (n_new ? n_new[b] : x->dims[1]); l++, rows += E) {
       int64_t e = b * x->strides[0] + l * x->strides[1];
       if (x->dtype == ATTN_DTYPE_F32 && x->strides[2] == 1)
         memcpy(rows, (const float *)x->data + e, (size_t)E * sizeof(float));
@@ -322,10 +323,7 @@ static attn_status mha_forward_impl(attn_ctx *ctx, attn_mha *layer, attn_kv_cach
   const float *xa = x->data;
   int64_t ldx = x->strides[1];
   if (!x_direct) { /* packed, other strides, or half x */
-    if (packed)
-      gather_counted(x, n_new, xg);
-    else
-      attn__mha_copy_rows(x, xg, false);
+    gather_counted(x, n_new, xg);
     xa = xg;
     ldx = E;
   }
