@@ -1,13 +1,12 @@
 /* Positional encodings: sinusoidal tables (four column layouts) and ALiBi
  * slopes (RoPE is in rope.c).
  *
- * Angles are formed and passed to sin/cos in double: a float angle at
- * position 1e6 is off by up to 0.03 rad, while the double one stays near
- * 1e-10, so the stored float is the correctly rounded value to within a few
- * 1e-8. Frequencies are computed once per call; sin/cos at every 16th row
- * (row_angles), the rows between stepped from it in double, each row reused
- * across batches (sinusoidal_add), since a sin/cos pair costs far more than
- * the multiply-adds that use it. */
+ * Angles are formed and passed to sin/cos in double (angles.h: sin/cos at
+ * every 256th row, the rows between reached by rotations in double), so the
+ * stored float is the correctly rounded value to within a few 1e-8.
+ * Frequencies are computed once per call, each row reused across batches
+ * (sinusoidal_add). */
+#include "angles.h"
 #include "check.h"
 #include "convert.h"
 
@@ -42,9 +41,10 @@ typedef struct {
   int64_t nf; /* frequencies of the layout */
   /* Workspace (sin_layout). */
   double *freq;         /* the layout's frequencies */
-  double *step;         /* cos, then sin, of each frequency: one position's turn */
+  attn_angles angles;   /* over freq, turns in the workspace */
   float *rowbuf;        /* per worker: one row of D floats (two adding to half x), */
-  size_t rowbuf_stride; /* then cos and sin of the current row (nf doubles each) */
+  size_t rowbuf_stride; /* then cos and sin of the current row and of the
+                           worker's span row (angles.h; nf doubles each) */
 } sin_problem;
 
 /* The workspace: frequencies, then a row per thread. Sizes it when l->base
@@ -54,37 +54,21 @@ static void sin_layout(void *problem, attn_ws_layout *l) {
   size_t rows = p->add && p->xdt != ATTN_DTYPE_F32 ? 2 : 1;
   size_t row_bytes = attn__ws_round(rows * (size_t)p->D * sizeof(float));
   p->rowbuf_stride =
-      attn__ws_round(row_bytes + 2 * (size_t)p->nf * sizeof(double)) / sizeof(float);
+      attn__ws_round(row_bytes + 4 * (size_t)p->nf * sizeof(double)) / sizeof(float);
   p->freq = attn__ws_take(l, (size_t)(p->D / 2 + 1), sizeof(double));
-  p->step = attn__ws_take(l, 2 * (size_t)(p->D / 2 + 1), sizeof(double));
+  p->angles.turns = attn__ws_take(l, attn__angles_doubles(p->nf), sizeof(double));
   p->rowbuf = attn__ws_take(l, (size_t)p->threads, p->rowbuf_stride * sizeof(float));
 }
 
 /* cos and sin at row l of every frequency, into (c, s), which hold row
- * l - 1's unless `first`. As in RoPE (rope.c): sin and cos are called at
- * the rows that are multiples of ANGLE_ANCHOR (and at explicit positions);
- * the rows between are reached from the anchor before them by rotating in
- * double by the one-position angle, so a row's values depend on the row
- * alone, never on how rows are split among items or threads, and stay
- * within a few 2^-53 of the direct ones (the float table: 6e-8). */
-#define ANGLE_ANCHOR 16
-static void row_angles(const sin_problem *p, int64_t l, bool first, double *c, double *s) {
-  int64_t k = p->positions ? 0 : l % ANGLE_ANCHOR, nf = p->nf;
-  if (k == 0 || first) {
-    double pos = p->positions ? p->positions[l] : p->offset + (double)(l - k);
-    for (int64_t i = 0; i < nf; i++) {
-      double a = pos * p->freq[i];
-      c[i] = cos(a);
-      s[i] = sin(a);
-    }
-  }
-  const double *sc = p->step, *ss = p->step + nf;
-  for (int64_t j = first ? k : (k != 0); j > 0; j--)
-    for (int64_t i = 0; i < nf; i++) {
-      double cv = c[i], sv = s[i];
-      c[i] = cv * sc[i] - sv * ss[i];
-      s[i] = sv * sc[i] + cv * ss[i];
-    }
+ * l - 1's unless `first` (angles.h; explicit positions: sin and cos of
+ * each). */
+static void row_angles(const sin_problem *p, attn_angles_span *hi, int64_t l, bool first,
+                       double *c, double *s) {
+  if (p->positions)
+    attn__angles_exact(&p->angles, p->positions[l], c, s);
+  else
+    attn__angles_row(&p->angles, hi, l, first ? NULL : c, s, c, s);
 }
 
 /* Frequencies of a layout; returns how many. Exponents are exact ratios of
@@ -146,6 +130,7 @@ static void sin_item(void *arg, int64_t item, int32_t worker) {
   size_t row_floats = attn__ws_round((p->add && p->xdt != ATTN_DTYPE_F32 ? 2 : 1) *
                                      (size_t)p->D * sizeof(float)) / sizeof(float);
   double *c = (double *)(row + row_floats), *s = c + p->nf;
+  attn_angles_span hi = {-1, s + p->nf, s + 2 * p->nf};
   int64_t l0 = item * p->rows_per_item;
   int64_t l1 = l0 + p->rows_per_item < p->L ? l0 + p->rows_per_item : p->L;
   /* Adding, the row a page (AHEAD_BYTES) further on in each batch is
@@ -156,7 +141,7 @@ static void sin_item(void *arg, int64_t item, int32_t worker) {
   int64_t ahead = AHEAD_BYTES / (int64_t)row_bytes;
   ahead = ahead < 1 ? 1 : ahead;
   for (int64_t l = l0; l < l1; l++) {
-    row_angles(p, l, l == l0, c, s);
+    row_angles(p, &hi, l, l == l0, c, s);
     sin_row(p, c, s, row);
     for (int64_t b = 0; b < p->B; b++) {
       void *dst = attn__elem(p->x, p->xdt, b * p->xs[0] + l * p->xs[1]);
@@ -271,10 +256,12 @@ static void sin_plan(const attn_ctx *ctx, sin_problem *p) {
 static void sin_run(attn_ctx *ctx, sin_problem *p) {
   size_t mark = attn__ws_carve(ctx, sin_layout, p, p->ws_bytes);
   sin_freqs(p->layout, p->D, p->base, p->freq);
-  for (int64_t i = 0; i < p->nf; i++) {
-    p->step[i] = cos(p->freq[i]);
-    p->step[p->nf + i] = sin(p->freq[i]);
-  }
+  p->angles.n = p->nf;
+  p->angles.freq = p->freq;
+  p->angles.origin = p->offset;
+  p->angles.amp = 1;
+  p->angles.negate = false;
+  attn__angles_init(&p->angles);
   attn__parallel_for(ctx, p->threads, p->n_items, sin_item, p);
   attn__ws_release(ctx, mark);
 }

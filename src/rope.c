@@ -1,6 +1,6 @@
 /* Rotary position embedding (RoPE), in place: check -> plan -> run.
  *
- * Angles are formed and passed to sin/cos in double (see posenc.c); a
+ * Angles are formed and passed to sin/cos in double (angles.h); a
  * block of tokens' cos/sin table is computed once (stepped_angles) and
  * reused across heads (and across batches when they share positions); the
  * rotation itself is a dispatched kernel (simd/kernels.h, in double). */
@@ -62,80 +62,39 @@ static void spread_pairs(double *c, double *s, int64_t half) {
   }
 }
 
-/* c[i], s[i] = cos, sin of pos * inv_freq[i], times the amplitude (1 but
- * for a scaled RoPE; the steps below are unit rotations and keep it). */
-static void exact_angles(const attn_rope_problem *p, double pos, double *c, double *s) {
-  double amp = p->amplitude;
-  for (int64_t i = 0; i < p->half; i++) {
-    double a = pos * p->inv_freq[i];
-    c[i] = cos(a) * amp;
-    s[i] = (p->inverse ? -sin(a) : sin(a)) * amp; /* the backward rotates by -a */
-  }
-}
-
-/* (c, s) of the next position from those of (cp, sp) (which may be c, s):
- * one rotation by the one-step angles (sc, ss). */
-static void step_angles(const double *cp, const double *sp, const double *sc, const double *ss,
-                        double *c, double *s, int64_t h) {
-  for (int64_t i = 0; i < h; i++) {
-    double cv = cp[i], sv = sp[i];
-    c[i] = cv * sc[i] - sv * ss[i];
-    s[i] = sv * sc[i] + cv * ss[i];
-  }
-}
-
-/* The angles of the n consecutive positions from pos0 (rows of c and s).
- * cos and sin are called at positions that are multiples of ANGLE_ANCHOR;
- * the positions between are reached from the anchor before them by
- * rotating in double by the one-step angle (p->step). Position p's values
- * depend on p alone, never on where a block starts, so any split into
- * blocks, threads or chunks (offsets) gives the same bits. Each step adds a
- * few roundings of 2^-53, against the float output's 2^-24 (and the
- * 2^-53 * p of forming p * inv_freq itself): the max error stays 6e-8.
- * RoPE ran 1.8x faster per CPU second with it (bench/RESULTS.md).
- * carry (2 * half doubles) holds position pos0 - 1's values when `cont`
- * (the previous block of the same item): the chain continues from there,
- * the same operations as from the anchor; on return it holds the last
- * row's. */
-#define ANGLE_ANCHOR 16
-static void stepped_angles(const attn_rope_problem *p, int64_t pos0, int64_t n, double *c,
-                           double *s, int64_t ld, double *carry, bool cont) {
+/* The angles of the n consecutive positions from pos0 (rows of c and s,
+ * ld apart; angles.h: any split into blocks, threads or chunks gives the
+ * same bits). carry (2 * half doubles) holds position pos0 - 1's values
+ * when `cont` (the previous block of the same item); on return it holds the
+ * last row's. */
+static void stepped_angles(const attn_rope_problem *p, attn_angles_span *hi, int64_t pos0,
+                           int64_t n, double *c, double *s, int64_t ld, double *carry,
+                           bool cont) {
   int64_t h = p->half;
-  const double *sc = p->step, *ss = p->step + h;
-  double *cc = carry, *cs = carry + h;
   for (int64_t t = 0; t < n; t++) {
-    int64_t pos = pos0 + t, k = pos % ANGLE_ANCHOR;
-    double *ct = c + t * ld, *st = s + t * ld;
-    if (k == 0) {
-      exact_angles(p, (double)pos, ct, st);
-    } else if (t > 0) {
-      step_angles(ct - ld, st - ld, sc, ss, ct, st, h);
-    } else if (cont) {
-      step_angles(cc, cs, sc, ss, ct, st, h);
-    } else { /* from the anchor before the block, as that block would */
-      exact_angles(p, (double)(pos - k), ct, st);
-      for (int64_t j = 0; j < k; j++)
-        step_angles(ct, st, sc, ss, ct, st, h);
-    }
+    const double *cp = t > 0 ? c + (t - 1) * ld : cont ? carry : NULL;
+    const double *sp = t > 0 ? s + (t - 1) * ld : carry + h;
+    attn__angles_row(&p->angles, hi, pos0 + t, cp, sp, c + t * ld, s + t * ld);
   }
-  memcpy(cc, c + (n - 1) * ld, (size_t)h * sizeof(double));
-  memcpy(cs, s + (n - 1) * ld, (size_t)h * sizeof(double));
+  memcpy(carry, c + (n - 1) * ld, (size_t)h * sizeof(double));
+  memcpy(carry + h, s + (n - 1) * ld, (size_t)h * sizeof(double));
 }
 
 /* Block blk of T tokens, for batches [b0, b1): its table, then its rows.
  * cont: the previous block was this worker's last (stepped_angles). */
-static void rope_block(const attn_rope_problem *p, const attn_kernels *k, int64_t blk, int64_t b0,
-                       int64_t b1, double *cosv, double *sinv, double *carry, bool cont,
-                       float *rowbuf) {
+static void rope_block(const attn_rope_problem *p, const attn_kernels *k, attn_angles_span *hi,
+                       int64_t blk, int64_t b0, int64_t b1, double *cosv, double *sinv,
+                       double *carry, bool cont, float *rowbuf) {
   int64_t ld = p->interleaved ? 2 * p->half : p->half; /* a token's table row */
   int64_t l0 = blk * p->T, nl = p->L - l0 < p->T ? p->L - l0 : p->T;
   for (int64_t b = b0; b < b1; b++) {
     if (p->positions || b == b0) {
       if (p->positions)
         for (int64_t t = 0; t < nl; t++)
-          exact_angles(p, (double)p->positions[b * p->L + l0 + t], cosv + t * ld, sinv + t * ld);
+          attn__angles_exact(&p->angles, (double)p->positions[b * p->L + l0 + t], cosv + t * ld,
+                             sinv + t * ld);
       else
-        stepped_angles(p, p->offset + l0, nl, cosv, sinv, ld, carry, cont);
+        stepped_angles(p, hi, p->offset + l0, nl, cosv, sinv, ld, carry, cont);
       if (p->interleaved)
         for (int64_t t = 0; t < nl; t++)
           spread_pairs(cosv + t * ld, sinv + t * ld, p->half);
@@ -165,14 +124,15 @@ static void rope_item(void *arg, int64_t item, int32_t worker) {
   double *cosv = p->tables + p->table_stride * (size_t)worker;
   double *sinv = cosv + p->T * ld;
   double *carry = sinv + p->T * ld;
-  float *rowbuf = (float *)(carry + 2 * p->half);
+  attn_angles_span hi = {-1, carry + 2 * p->half, carry + 3 * p->half};
+  float *rowbuf = (float *)(carry + 4 * p->half);
   int64_t per_batch = (p->n_blocks + p->item_blocks - 1) / p->item_blocks;
   int64_t k0 = item % per_batch * p->item_blocks;
   int64_t k1 = k0 + p->item_blocks < p->n_blocks ? k0 + p->item_blocks : p->n_blocks;
   int64_t b0 = p->share_batches ? 0 : item / per_batch;
   int64_t b1 = p->share_batches ? p->B : b0 + 1;
   for (int64_t blk = k0; blk < k1; blk++)
-    rope_block(p, k, blk, b0, b1, cosv, sinv, carry, blk > k0, rowbuf);
+    rope_block(p, k, &hi, blk, b0, b1, cosv, sinv, carry, blk > k0, rowbuf);
 }
 
 void attn_rope_params_init(attn_rope_params *p) {
@@ -266,21 +226,21 @@ static attn_status rope_check(attn_ctx *ctx, attn_tensor *x, const attn_rope_par
   return ATTN_OK;
 }
 
-/* The workspace: inverse frequencies and their one-step angles, then a
+/* The workspace: inverse frequencies and the turns of angles.h, then a
  * cos/sin table per thread.
  * Sizes it when l->base is NULL, carves it otherwise. */
 static void rope_layout(void *problem, attn_ws_layout *l) {
   attn_rope_problem *p = problem;
   /* cos[T][ld], sin[T][ld] (ld: half, or 2 * half interleaved), the
-   * carry of stepped_angles (2 * half), then for F16/BF16 a row of
-   * floats. */
+   * carry of stepped_angles (2 * half), the worker's span row (2 * half),
+   * then for F16/BF16 a row of floats. */
   size_t row = p->xdt == ATTN_DTYPE_F32 ? 0 : (size_t)(2 * p->half) * sizeof(float);
   size_t ld = (size_t)(p->interleaved ? 2 * p->half : p->half);
   p->table_stride =
-      attn__ws_round((2 * (size_t)p->T * ld + 2 * (size_t)p->half) * sizeof(double) + row) /
+      attn__ws_round((2 * (size_t)p->T * ld + 4 * (size_t)p->half) * sizeof(double) + row) /
       sizeof(double);
   p->inv_freq = attn__ws_take(l, (size_t)p->half, sizeof(double));
-  p->step = attn__ws_take(l, 2 * (size_t)p->half, sizeof(double));
+  p->angles.turns = attn__ws_take(l, attn__angles_doubles(p->half), sizeof(double));
   p->tables = attn__ws_take(l, (size_t)p->threads, p->table_stride * sizeof(double));
 }
 
@@ -316,13 +276,12 @@ void attn__rope_apply(attn_ctx *ctx, attn_rope_problem *p) {
   for (int64_t i = 0; i < p->half; i++)
     p->inv_freq[i] =
         p->freqs ? p->freqs[i] : pow(p->theta, -(double)(2 * i) / (double)(2 * p->half));
-  if (p->amplitude == 0)
-    p->amplitude = 1;
-  /* cos, then sin, of the one-step angles, once per call (stepped_angles) */
-  for (int64_t i = 0; i < p->half; i++) {
-    p->step[i] = cos(p->inv_freq[i]);
-    p->step[p->half + i] = p->inverse ? -sin(p->inv_freq[i]) : sin(p->inv_freq[i]);
-  }
+  p->angles.n = p->half;
+  p->angles.freq = p->inv_freq;
+  p->angles.origin = 0;
+  p->angles.amp = p->amplitude == 0 ? 1 : p->amplitude;
+  p->angles.negate = p->inverse; /* the backward rotates by -a */
+  attn__angles_init(&p->angles);
   attn__parallel_for(ctx, p->threads, p->n_items, rope_item, p);
   attn__ws_release(ctx, mark);
 }

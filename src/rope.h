@@ -3,6 +3,7 @@
 #ifndef ATTN_ROPE_H
 #define ATTN_ROPE_H
 
+#include "angles.h"
 #include "internal.h"
 
 typedef struct {
@@ -29,11 +30,12 @@ typedef struct {
   size_t ws_bytes;
   /* Workspace, carved by the run. */
   double *inv_freq; /* half */
-  double *step;     /* cos, then sin, of the one-step angles: 2 * half */
+  attn_angles angles; /* over inv_freq; turns in the workspace */
   double *tables;   /* per worker: cos[T][ld], sin[T][ld] (ld = half, or
                        2 * half interleaved: one value per float, as
                        rotate_pairs reads them), 2 * half doubles carried
-                       from block to block, then (half x) a row of D floats */
+                       from block to block, the span row (2 * half), then
+                       (half x) a row of D floats */
   size_t table_stride;
 } attn_rope_problem;
 
