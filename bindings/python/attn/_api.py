@@ -16,6 +16,7 @@ Array rule (the one place it is implemented is _Call.input/_Call.output):
   they must be writable float32 arrays that qualify as above, else
   ValueError, because a result written into a copy would be lost.
 """
+import collections
 import collections.abc
 import ctypes
 import math
@@ -25,6 +26,10 @@ import numpy as np
 
 from . import _lib
 from ._lib import AttnError
+
+# What MultiheadAttention.load_state_dict did not use, as torch's
+# load_state_dict returns it.
+IncompatibleKeys = collections.namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 _LIB, LIBRARY_PATH = _lib.load()
 
@@ -1756,16 +1761,17 @@ class MultiheadAttention(_ContextObject):
         (in_proj_weight or q/k/v_proj_weight, in_proj_bias, out_proj.weight,
         out_proj.bias), e.g. {k: v.numpy() for k, v in
         module.state_dict().items()}. strict: every weight present and no
-        other key (KeyError otherwise); nothing is changed on an error."""
+        other key (KeyError otherwise); nothing is changed on an error.
+        Returns (missing_keys, unexpected_keys) as torch's does: the weights
+        left as they were and the keys not read (both empty when strict)."""
         fn = "MultiheadAttention.load_state_dict"
         _mapping_arg(state_dict, fn)
         shapes = self._weight_shapes()
-        if strict:
-            missing = sorted(set(shapes) - set(state_dict))
-            unexpected = sorted(set(state_dict) - set(shapes))
-            if missing or unexpected:
-                raise KeyError("%s: missing keys %s, unexpected keys %s"
-                               % (fn, missing, unexpected))
+        missing = sorted(set(shapes) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(shapes))
+        if strict and (missing or unexpected):
+            raise KeyError("%s: missing keys %s, unexpected keys %s"
+                           % (fn, missing, unexpected))
         arrays = {}
         for name, shape in shapes.items():
             if name in state_dict:
@@ -1780,6 +1786,7 @@ class MultiheadAttention(_ContextObject):
             for name, h in handles:
                 c.check(_LIB.attn_mha_set_weight(self._ctx._handle, self._handle,
                                                  _lib.MHA_TORCH_WEIGHTS[name], h))
+        return IncompatibleKeys(missing, unexpected)
 
     def state_dict(self):
         """The weights as float32 arrays under torch's state_dict names."""

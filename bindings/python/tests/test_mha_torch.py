@@ -125,6 +125,24 @@ def test_load_state_dict_needs_a_mapping():
     m.load_state_dict(m.state_dict())
 
 
+def test_load_state_dict_returns_what_torch_returns():
+    # strict=False returned None: torch gives the missing and unexpected keys.
+    ref, ours = make_pair(8, 2, 5)
+    sd = {k: v.numpy() for k, v in ref.state_dict().items() if k != "in_proj_bias"}
+    sd["extra.weight"] = np.zeros(3, np.float32)
+    before = ours.state_dict()["in_proj_bias"].copy()
+    want = ref.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
+    got = ours.load_state_dict(sd, strict=False)
+    assert sorted(got.missing_keys) == sorted(want.missing_keys) == ["in_proj_bias"]
+    assert sorted(got.unexpected_keys) == sorted(want.unexpected_keys) == ["extra.weight"]
+    np.testing.assert_array_equal(ours.state_dict()["in_proj_bias"], before)
+    full = {k: v.numpy() for k, v in ref.state_dict().items()}
+    assert tuple(ours.load_state_dict(full)) == ([], [])
+    with pytest.raises(KeyError, match=r"missing keys \['in_proj_bias'\], unexpected keys "
+                                       r"\['extra.weight'\]"):
+        ours.load_state_dict(sd)
+
+
 def test_constructor_refuses_zero_dims_and_bad_dropout():
     # kdim=0 made a layer libattn built with kdim = embed_dim (0 = default)
     # while the binding expected k_proj_weight [8, 0]: state_dict() then
