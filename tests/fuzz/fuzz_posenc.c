@@ -160,8 +160,8 @@ static void fuzz_rope(fz_in *in, attn_ctx *ctx, fz_alloc_state *a) {
     dims[i] = fz_dim(in, 5);
   if (fz_chance(in, 32))
     dims[3] = 2 * fz_range(in, 1, 80);
-  if (fz_chance(in, 16))
-    dims[2] = fz_range(in, 10, 200);
+  if (fz_chance(in, 16)) /* up to three of angles.h's 256-position spans in one call */
+    dims[2] = fz_range(in, 10, 600);
   fz_tensor x;
   fz_make_tensor(in, ctx, &x, fz_float_dtype(in), nd, dims, FZ_INPUT);
   int64_t B = dims[0], L = dims[2], D = dims[3];
