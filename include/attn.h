@@ -90,7 +90,7 @@ extern "C" {
 /* The one source of truth for the version: CMake reads these three lines. */
 #define ATTN_VERSION_MAJOR 0
 #define ATTN_VERSION_MINOR 2
-#define ATTN_VERSION_PATCH 5
+#define ATTN_VERSION_PATCH 6
 /** @def ATTN_VERSION_MAJOR
  * Major version of this header; the library's SONAME (libattn.so.N) follows it. */
 /** @def ATTN_VERSION_MINOR

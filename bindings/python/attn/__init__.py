@@ -31,7 +31,7 @@ from ._api import (LIBRARY_PATH, Context, DecoderLayer, KVCache, MultiheadAttent
                    set_num_threads, sinusoidal, sinusoidal_add, softmax, softmax_backward,
                    version, version_string)
 
-__version__ = "0.2.5"
+__version__ = "0.2.6"
 
 __all__ = [
     "ABI_MAJOR", "AttnError", "Context", "DecoderLayer", "KVCache", "LIBRARY_PATH",
