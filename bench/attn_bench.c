@@ -492,7 +492,10 @@ static double products_gflops(int threads, int64_t n, const int64_t *cu, int64_t
  * next to theirs: gemm_nt on SDPA's 128 x 256 x 64 tiles, one stream of
  * tiles per thread, from the kernel set the library uses. */
 
-enum { TILE_M = 128, TILE_N = 256, TILE_K = 64, TILE_REPS = 64 };
+enum { TILE_M = 128, TILE_N = 256, TILE_K = 64 };
+/* Tiles per thread per timed call: 64, or 1 in the smoke run (under
+ * valgrind 64 made bench_smoke's layer row alone take 35 s). */
+static int g_tile_reps = 64;
 
 typedef struct {
   const void *kern;
@@ -511,7 +514,7 @@ static void tile_part(void *arg, int t, int nt) {
   const attn_kernels *k = j->kern;
   float *a = j->a + (size_t)t * TILE_M * TILE_K, *b = j->b + (size_t)t * TILE_N * TILE_K;
   float *c = j->c + (size_t)t * TILE_M * TILE_N;
-  for (int r = 0; r < TILE_REPS; r++)
+  for (int r = 0; r < g_tile_reps; r++)
     k->gemm_nt(TILE_M, TILE_N, TILE_K, 1.0f, a, TILE_K, b, TILE_K, c, TILE_N);
 #else
   (void)arg, (void)t;
@@ -555,7 +558,7 @@ static double tile_gflops(int threads) {
   free(r.job.a);
   free(r.job.b);
   free(r.job.c);
-  return 2.0 * TILE_M * TILE_N * TILE_K * TILE_REPS * threads / t * 1e-9;
+  return 2.0 * TILE_M * TILE_N * TILE_K * g_tile_reps * threads / t * 1e-9;
 }
 
 /* ---- memory copy bandwidth (buffers larger than the L3) ---- */
@@ -1764,6 +1767,7 @@ int main(int argc, char **argv) {
     g_budget = 0.001;
     g_sgemm_n = 128;
     g_copy_bytes = (size_t)1 << 20;
+    g_tile_reps = 1;
   } else if (backward) {
     n = backward_cases(cs, 0, 2);
     g_budget = 0.6;
