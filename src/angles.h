@@ -7,14 +7,15 @@
  * multiply-add, so few rows come from them:
  *   - row 256 a (a "span" start): sin/cos, once per span a worker visits;
  *   - row 256 a + 16 b (an anchor): the span's row rotated by the turn of
- *     16 b rows, a per-call table (lo) made by rotations from one row's turn;
- *   - any other row: the row before it rotated by one row's turn (step), or,
- *     with no row before it at hand, its anchor's row stepped forward.
+ *     16 b rows, from the per-call table `turns` (made by rotations from
+ *     one row's turn);
+ *   - any other row: the row before it rotated by one row's turn, or, with
+ *     no row before it at hand, its anchor's row turned forward row by row.
  * A row's values depend on j alone (the same operations whichever rows a
  * worker, block or chunk starts from), so any split gives the same bits.
- * Each rotation adds a few roundings of 2^-53 (at most some 50 on any row,
- * against the float output's 2^-24): the tables stay within 6e-8 of the
- * exact values. */
+ * Each rotation adds a few roundings of 2^-53 (some 35 rotations at most
+ * reach any row, against the float output's 2^-24): the tables stay within
+ * 6e-8 of the exact values. */
 #ifndef ATTN_ANGLES_H
 #define ATTN_ANGLES_H
 

@@ -73,7 +73,7 @@ static void stepped_angles(const attn_rope_problem *p, attn_angles_span *hi, int
   int64_t h = p->half;
   for (int64_t t = 0; t < n; t++) {
     const double *cp = t > 0 ? c + (t - 1) * ld : cont ? carry : NULL;
-    const double *sp = t > 0 ? s + (t - 1) * ld : carry + h;
+    const double *sp = t > 0 ? s + (t - 1) * ld : cont ? carry + h : NULL;
     attn__angles_row(&p->angles, hi, pos0 + t, cp, sp, c + t * ld, s + t * ld);
   }
   memcpy(carry, c + (n - 1) * ld, (size_t)h * sizeof(double));
