@@ -22,7 +22,7 @@
 
 #include <cblas.h>
 #ifdef ATTN_HAVE_X86_KERNELS
-#include "simd/kernels.h" /* the tile kernels, linked from attn_simd's objects */
+#include "kernel_set.h" /* the tile kernels, linked from attn_simd's objects */
 #endif
 #include <math.h>
 #include <pthread.h>
@@ -527,22 +527,11 @@ static int tile_once(void *arg) {
   return 0;
 }
 
-/* The set named in attn_blas_info ("SDPA products: libattn NAME kernels"),
- * or NULL (products through BLAS, or no x86 kernels in this build). */
+/* The tile kernels libattn runs, or NULL (products through BLAS, or no x86
+ * kernels in this build). */
 static const void *tile_kernels(void) {
-#ifdef ATTN_HAVE_X86_KERNELS
-  char info[512], want[64];
-  attn_blas_info(info, sizeof info);
-  const char *at = strstr(info, "SDPA products: libattn ");
-  if (!at || sscanf(at + strlen("SDPA products: libattn "), "%63s", want) != 1)
-    return NULL;
-  const attn_kernels *sets[] = {&attn__kernels_avx2, &attn__kernels_avx512,
-                                &attn__kernels_avx512bf16};
-  for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++)
-    if (!strcmp(sets[i]->name, want) && sets[i]->gemm_nt)
-      return sets[i];
-#endif
-  return NULL;
+  const attn_kernels *k = bench_kernel_set();
+  return k && k->gemm_nt ? k : NULL;
 }
 
 /* GFLOP/s of the tile kernel on `threads` threads; NAN without one. */

@@ -13,9 +13,7 @@
  * The kernel set is the one libattn picked (attn_blas_info). Not a test:
  * nothing here is checked. */
 #define _POSIX_C_SOURCE 200809L
-#include "simd/kernels.h" /* the kernels, linked from attn_simd's objects */
-
-#include <attn.h>
+#include "kernel_set.h" /* the kernels, linked from attn_simd's objects */
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,22 +27,6 @@ static double now(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static const attn_kernels *picked(void) {
-#ifdef ATTN_HAVE_X86_KERNELS
-  char info[512], want[64];
-  attn_blas_info(info, sizeof info);
-  const char *at = strstr(info, "SDPA products: libattn ");
-  if (at && sscanf(at + strlen("SDPA products: libattn "), "%63s", want) == 1) {
-    const attn_kernels *sets[] = {&attn__kernels_avx2, &attn__kernels_avx512,
-                                  &attn__kernels_avx512bf16};
-    for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++)
-      if (!strcmp(sets[i]->name, want) && sets[i]->dec_qk)
-        return sets[i];
-  }
-#endif
-  return NULL;
 }
 
 static int by_value(const void *a, const void *b) {
@@ -66,8 +48,8 @@ static double read_all(const float *p, size_t bytes) {
 
 int main(int argc, char **argv) {
   int rounds = argc > 1 ? atoi(argv[1]) : 5;
-  const attn_kernels *kn = picked();
-  if (!kn) {
+  const attn_kernels *kn = bench_kernel_set();
+  if (!kn || !kn->dec_qk) {
     fprintf(stderr, "dec-kernels: libattn has no decode products on this CPU or build\n");
     return 2;
   }
