@@ -29,6 +29,13 @@
  * when the kernel set has them: K and V rows read once, in place and in
  * their stored type. More rows read K/V tiles through the generic products. */
 #define DECODE_ROWS 8
+/* Keys per tile of the decode products reading K/V from memory: the
+ * products stream a tile's K rows, then its V rows, and every switch
+ * between the two streams costs the prefetchers their distance ahead
+ * (bench/dec_kernels.c, 1 thread: Q.K^T and P.V per 1024-key tile took
+ * 1.27-1.32x a plain read of the bytes for f32 rows, against 1.39-1.44x per
+ * 256-key tile). */
+#define DECODE_TILE_KEYS 1024
 /* Bound on |q_offsets[b]|: positions and window ends stay far from overflow. */
 #define MAX_Q_OFFSET ((int64_t)1 << 60)
 
@@ -77,6 +84,7 @@ typedef struct {
   int64_t n_split;    /* key chunks per item */
   int64_t chunk_keys; /* keys per chunk */
   bool decode; /* the decode products: rows_max <= DECODE_ROWS and the kernels exist */
+  int64_t tile_keys; /* keys per tile: SDPA_TILE_KEYS, or DECODE_TILE_KEYS (plan_tiles) */
   bool gather_k, gather_v;
   int32_t threads;
   size_t ws_bytes; /* exact workspace (sdpa_layout) */
@@ -221,7 +229,7 @@ typedef struct {
 /* Per-thread workspace. */
 typedef struct attn_sdpa_work {
   float *qbuf;        /* rows x D, the block's queries gathered contiguous (attn__sdpa_queries) */
-  float *s;           /* rows x SDPA_TILE_KEYS: logits, then probabilities */
+  float *s;           /* rows x tile_keys: logits, then probabilities */
   float *kbuf;        /* min(SDPA_TILE_KEYS, Lk) x D, when K rows cannot be handed to BLAS as they
                          are (a stride BLAS cannot take, or half elements to widen) */
   float *vbuf;        /* min(SDPA_TILE_KEYS, Lk) x Dv, likewise for V */

@@ -52,12 +52,12 @@ static void sdpa_layout(void *problem, attn_ws_layout *l) {
   size_t rows = (size_t)p->rows_max;
   /* A tile holds at most SDPA_TILE_KEYS keys and never more than Lk: a short
    * problem with a long head dim gathers no more than it has. */
-  size_t tile_keys = (size_t)(p->Lk < SDPA_TILE_KEYS ? (p->Lk > 0 ? p->Lk : 1) : SDPA_TILE_KEYS);
+  size_t tile_keys = (size_t)(p->Lk < p->tile_keys ? (p->Lk > 0 ? p->Lk : 1) : p->tile_keys);
   p->works = attn__ws_take(l, (size_t)p->threads, sizeof(attn_sdpa_work));
   for (int32_t t = 0; t < p->threads; t++) {
     attn_sdpa_work w;
     w.qbuf = attn__ws_take(l, rows * (size_t)p->D, sizeof(float));
-    w.s = attn__ws_take(l, rows * SDPA_TILE_KEYS, sizeof(float));
+    w.s = attn__ws_take(l, rows * (size_t)p->tile_keys, sizeof(float));
     w.kbuf = p->gather_k ? attn__ws_take(l, tile_keys * (size_t)p->D, sizeof(float)) : NULL;
     w.vbuf = p->gather_v ? attn__ws_take(l, tile_keys * (size_t)p->Dv, sizeof(float)) : NULL;
     float *state = attn__ws_take(l, state_floats(p), sizeof(float));
@@ -138,6 +138,10 @@ static void plan_tiles(attn_sdpa_problem *p, int64_t rows) {
   p->heads = 1;
   p->n_items = p->B * p->Hkv * p->n_qblocks;
   p->decode = p->rows_max <= DECODE_ROWS && attn__kernels()->dec_qk;
+  /* Staged rows (in_cache) are in L2 already, and a staged sequence's
+   * logits share buffers laid out for the batch's largest (SDPA_TILE_KEYS
+   * wide at least). */
+  p->tile_keys = p->decode && !p->in_cache ? DECODE_TILE_KEYS : SDPA_TILE_KEYS;
   /* Otherwise K and V tiles go to the products in place when their rows
    * are F32 and contiguous. Strided rows (a packed batch [T, H, D], or
    * [B, L, H, D] views: H * D apart) are gathered once per tile when a block
@@ -187,8 +191,8 @@ void attn__sdpa_plan(const attn_ctx *ctx, attn_sdpa_problem *p) {
     int64_t most = p->Lk / MIN_CHUNK_KEYS;
     p->n_split = want < most ? want : most;
     /* Chunks are whole tiles so the split changes no tile boundary. */
-    int64_t tiles = (p->Lk + SDPA_TILE_KEYS - 1) / SDPA_TILE_KEYS;
-    p->chunk_keys = (tiles + p->n_split - 1) / p->n_split * SDPA_TILE_KEYS;
+    int64_t tiles = (p->Lk + p->tile_keys - 1) / p->tile_keys;
+    p->chunk_keys = (tiles + p->n_split - 1) / p->n_split * p->tile_keys;
     p->n_split = (p->Lk + p->chunk_keys - 1) / p->chunk_keys;
   }
   double work =

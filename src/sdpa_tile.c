@@ -189,11 +189,11 @@ static void decode_products(const attn_sdpa_problem *p, const attn_sdpa_item *it
         else
           next = after;
         if (pv)
-          kern->dec_pv(rows, len, p->Dv, s + h * rows * SDPA_TILE_KEYS + c, SDPA_TILE_KEYS, run,
+          kern->dec_pv(rows, len, p->Dv, s + h * rows * p->tile_keys + c, p->tile_keys, run,
                        elem_of(dt), st[2], next, acc + h * rows * p->Dv, p->Dv, skip);
         else
           kern->dec_qk(rows, len, p->D, p->scale, qbuf + h * rows * p->D, p->D, run, elem_of(dt),
-                       st[2], next, s + h * rows * SDPA_TILE_KEYS + c, SDPA_TILE_KEYS);
+                       st[2], next, s + h * rows * p->tile_keys + c, p->tile_keys);
       }
   }
 }
@@ -224,12 +224,12 @@ bool attn__sdpa_all_finite(const float *x, int64_t rows, int64_t cols, int64_t l
   return acc == 0;
 }
 
-/* acc[rows, dv] += p[rows, n] v[n, dv], skipping zero weights. */
-static void accumulate_nonzero(const float *p, int64_t rows, int64_t n, const float *v, int ldv,
-                               int64_t dv, float *acc) {
+/* acc[rows, dv] += p[rows, n] v[n, dv], skipping zero weights; p rows ldp apart. */
+static void accumulate_nonzero(const float *p, int64_t ldp, int64_t rows, int64_t n,
+                               const float *v, int ldv, int64_t dv, float *acc) {
   for (int64_t r = 0; r < rows; r++)
     for (int64_t j = 0; j < n; j++) {
-      float w = p[r * SDPA_TILE_KEYS + j];
+      float w = p[r * ldp + j];
       if (w == 0)
         continue;
       for (int64_t d = 0; d < dv; d++)
@@ -330,7 +330,7 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
   int64_t v_bytes = Dv * (int64_t)attn__dtype_size(p->vdt);
 
   for (int64_t j0 = j_begin, n; j0 < j_end; j0 += n) {
-    n = j_end - j0 < SDPA_TILE_KEYS ? j_end - j0 : SDPA_TILE_KEYS;
+    n = j_end - j0 < p->tile_keys ? j_end - j0 : p->tile_keys;
     int64_t koff = 0, voff = 0;
     if (p->decode) {
       decode_products(p, it, head_rows, q, wk->s, NULL, j0, n, j_end, false, false);
@@ -340,7 +340,7 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
       const float *kt = tile_rows(attn__elem(p->k, p->kdt, koff), p->kdt, p->ks[2], n, p->D,
                                   p->gather_k, wk->kbuf, &ldk);
       attn__sgemm_nt((int)rows, (int)n, (int)p->D, p->scale, q, (int)p->D, kt, ldk,
-                     wk->s, SDPA_TILE_KEYS);
+                     wk->s, (int)p->tile_keys);
     }
     /* Tiles inside every row's visible range need no per-row bounds. */
     bool inside = j0 >= lo_last && j0 + n <= hi_first;
@@ -351,8 +351,8 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
     bool fetch = !p->decode && !p->in_cache && rows > DECODE_ROWS;
     int64_t kn_off = 0, vn_off, n_next = fetch ? j_end - (j0 + n) : 0;
     if (n_next > 0) {
-      if (n_next > SDPA_TILE_KEYS)
-        n_next = SDPA_TILE_KEYS;
+      if (n_next > p->tile_keys)
+        n_next = p->tile_keys;
       key_offsets(p, it, j0 + n, &n_next, &kn_off, &vn_off);
     }
     int64_t ahead = fetch && n > rows ? n : rows;
@@ -375,7 +375,7 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
         if (e < a)
           e = a;
       }
-      online_row(kern, p, it, st, r, wk->s + r * SDPA_TILE_KEYS, j0, n, a, e, plain);
+      online_row(kern, p, it, st, r, wk->s + r * p->tile_keys, j0, n, a, e, plain);
     }
     /* A hidden key has weight 0, but 0 * NaN is NaN: where the tile may hide
      * keys and V holds a non-finite value, skip the zero weights by hand
@@ -390,10 +390,10 @@ void attn__sdpa_attend(const attn_sdpa_problem *p, const attn_sdpa_item *it, con
     const float *vt = tile_rows(attn__elem(p->v, p->vdt, voff), p->vdt, p->vs[2], n, Dv,
                                 p->gather_v, wk->vbuf, &ldv);
     if ((inside && plain) || attn__sdpa_all_finite(vt, n, Dv, ldv))
-      attn__sgemm_nn_acc((int)rows, (int)Dv, (int)n, wk->s, SDPA_TILE_KEYS, vt, ldv, st.acc,
+      attn__sgemm_nn_acc((int)rows, (int)Dv, (int)n, wk->s, (int)p->tile_keys, vt, ldv, st.acc,
                          (int)Dv);
     else
-      accumulate_nonzero(wk->s, rows, n, vt, ldv, Dv, st.acc);
+      accumulate_nonzero(wk->s, p->tile_keys, rows, n, vt, ldv, Dv, st.acc);
   }
 }
 

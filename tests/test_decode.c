@@ -8,7 +8,8 @@
  * - attn_sdpa over dense F32 / F16 / BF16 K/V and attn_kv_attend over
  *   contiguous and paged caches (blocks of 16 and of 5 keys), head dims 1,
  *   7, 65, 128, 256 (tails of every vector width), key counts that are no
- *   multiple of a block, a tile (256) or a split chunk (1024), sequences of
+ *   multiple of a block, a tile (1024 keys for the decode products, 256 for
+ *   staged rows) or a split chunk, sequences of
  *   different lengths, split items (>= 2048 keys), 1 to 8 rows per KV head,
  *   runs of 1..17 keys with 5..7 rows (every remainder of the products' key
  *   groups), runs read as spans with keys left after them, items of one
