@@ -1,7 +1,7 @@
 /* dec-kernels: SDPA's decode products (simd/decode_body.h) alone, on one
  * thread, for tuning them: a decode step's 4 query rows of one kv head
  * against K and V rows of D = 128 in f32, f16 and bf16, in ns per key,
- *   - in L2: one tile of 256 keys, again and again (the compute's cost);
+ *   - in L2: 256 keys, again and again (the compute's cost);
  *   - from memory: Q.K^T alone, P.V alone and the two per tile as
  *     attn__sdpa_attend takes them, over 2^18 keys (128 MiB of f32 rows),
  *     next to a plain read of the same bytes by the same thread.
@@ -20,7 +20,8 @@
 #include <string.h>
 #include <time.h>
 
-enum { ROWS = 4, D = 128, TILE = 256, L2_REPS = 2000 };
+/* TILE: keys per tile as DECODE_TILE_KEYS in src/sdpa.h. */
+enum { ROWS = 4, D = 128, L2_KEYS = 256, TILE = 1024, L2_REPS = 2000 };
 #define KEYS ((int64_t)1 << 18)
 
 static double now(void) {
@@ -84,12 +85,12 @@ int main(int argc, char **argv) {
     for (int r = 0; r < rounds; r++) {
       double t = now();
       for (int i = 0; i < L2_REPS; i++)
-        kn->dec_qk(ROWS, TILE, D, 0.088f, q, D, kv, e, D, NULL, s, TILE);
-      m[0][r] = (now() - t) / (L2_REPS * (double)TILE) * 1e9;
+        kn->dec_qk(ROWS, L2_KEYS, D, 0.088f, q, D, kv, e, D, NULL, s, TILE);
+      m[0][r] = (now() - t) / (L2_REPS * (double)L2_KEYS) * 1e9;
       t = now();
       for (int i = 0; i < L2_REPS; i++)
-        kn->dec_pv(ROWS, TILE, D, s, TILE, kv, e, D, NULL, o, D, false);
-      m[1][r] = (now() - t) / (L2_REPS * (double)TILE) * 1e9;
+        kn->dec_pv(ROWS, L2_KEYS, D, s, TILE, kv, e, D, NULL, o, D, false);
+      m[1][r] = (now() - t) / (L2_REPS * (double)L2_KEYS) * 1e9;
       /* From memory: K in the first half of the buffer, V in the second. */
       const unsigned char *k = kv, *v = kv + half;
       t = now();
