@@ -50,7 +50,7 @@ static bool ordered(const attn_sdpa_problem *p) {
 static void sdpa_layout(void *problem, attn_ws_layout *l) {
   attn_sdpa_problem *p = problem;
   size_t rows = (size_t)p->rows_max;
-  /* A tile holds at most SDPA_TILE_KEYS keys and never more than Lk: a short
+  /* A tile holds at most tile_keys keys and never more than Lk: a short
    * problem with a long head dim gathers no more than it has. */
   size_t tile_keys = (size_t)(p->Lk < p->tile_keys ? (p->Lk > 0 ? p->Lk : 1) : p->tile_keys);
   p->works = attn__ws_take(l, (size_t)p->threads, sizeof(attn_sdpa_work));

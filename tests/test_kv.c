@@ -417,12 +417,13 @@ static void paged_tile_ends_inside_block(void **state) {
 
 /* A decode step over a paged cache whose items hold several kv heads and
  * take a tile's blocks in groups (block sizes whose groups do not divide a
- * tile's blocks, blocks that start before a tile, several tiles): the same
+ * tile's blocks, blocks that start before a tile, several of the decode
+ * products' 1024-key tiles and split chunks): the same
  * bits as the contiguous cache (whose items read one head's whole tile per
  * product), and close to the float64 reference. */
 static void paged_decode_block_groups(void **state) {
   (void)state;
-  enum { B = 2, Hq = 8, Hkv = 4, L = 1000, D = 16 };
+  enum { B = 2, Hq = 8, Hkv = 4, L = 2500, D = 16 };
   static const int64_t block_sizes[] = {3, 16, 40, 129};
   size_t nkv = (size_t)(B * Hkv * L * D), nq = (size_t)(B * Hq * D);
   float *k = malloc(nkv * sizeof *k), *v = malloc(nkv * sizeof *v);
